@@ -1,0 +1,57 @@
+"""``modelplane status``: ask a running scheduler who it is, whether it serves, and what it offers."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import grpc
+
+from generated.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
+from modelplane.addresses import Address
+from modelplane.standard_services import check_health, list_services
+from modelplane.transport import TransportSecurity, open_channel
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerReport:
+    address: Address
+    version: str
+    health: str
+    services: tuple[str, ...]
+
+    def render(self) -> str:
+        return "\n".join(
+            [
+                f"scheduler at {self.address}",
+                f"  version:  {self.version}",
+                f"  health:   {self.health}",
+                f"  services: {', '.join(self.services)}",
+            ]
+        )
+
+
+async def fetch_report(address: Address, security: TransportSecurity, timeout: float) -> SchedulerReport:
+    """Raises grpc.aio.AioRpcError when the scheduler cannot be reached or answers with an error."""
+    async with open_channel(address, security) as channel:
+        status = await scheduler_pb2_grpc.SchedulerStub(channel).SchedulerStatus(
+            scheduler_pb2.SchedulerStatusRequest(subscriberName="modelplane-cli"), timeout=timeout
+        )
+        health = await check_health(channel, timeout=timeout)
+        services = await list_services(channel, timeout=timeout)
+    return SchedulerReport(
+        address=address,
+        version=status.applicationVersion,
+        health=health,
+        services=services,
+    )
+
+
+def describe_rpc_error(address: Address, error: grpc.aio.AioRpcError) -> str:
+    if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return f"cannot reach the scheduler at {address}: is `modelplane scheduler` running there? ({error.details()})"
+    return f"scheduler at {address} answered {error.code().name}: {error.details()}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="per-call deadline (default 5)")

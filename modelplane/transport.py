@@ -1,0 +1,127 @@
+"""The one place where gRPC servers and channels are made, so TLS and plaintext rules apply everywhere.
+
+Rules:
+- TLS when a certificate is configured; mutual TLS when a client CA is also configured.
+- Plaintext only when asked for explicitly (``insecure=True``) or when every address involved is a
+  loopback address: a process on a laptop needs no certificates, a process on a network does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc import aio
+
+from modelplane.addresses import Address
+
+# Generous but bounded message sizes: model specs and status snapshots are small, inference is not ours.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+_CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Detect dead peers on long-lived streams (status subscriptions, agent sessions).
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+_SERVER_OPTIONS: Sequence[tuple[str, int]] = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    # Clients ping every 20 s; allow that without calls in flight.
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+
+
+class TransportError(ValueError):
+    """Transport settings that cannot work, with a message that says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransportSecurity:
+    """TLS settings for one side of a connection.
+
+    For a server: ``cert_file``/``key_file`` are its identity; ``ca_file`` makes client certificates
+    mandatory (mutual TLS). For a client: ``ca_file`` verifies the server; ``cert_file``/``key_file``
+    are the client's identity for mutual TLS.
+    """
+
+    insecure: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.cert_file is not None or self.ca_file is not None
+
+    def validate(self) -> None:
+        if self.insecure and self.uses_tls:
+            raise TransportError("--insecure cannot be combined with TLS certificate options")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise TransportError("--tls-cert and --tls-key must be given together")
+        for path in (self.cert_file, self.key_file, self.ca_file):
+            if path is not None and not path.is_file():
+                raise TransportError(f"TLS file {path} does not exist or is not a file")
+
+    def check_plaintext_allowed(self, addresses: Sequence[Address]) -> None:
+        if self.uses_tls or self.insecure:
+            return
+        exposed = [str(a) for a in addresses if not a.is_loopback]
+        if exposed:
+            raise TransportError(
+                f"refusing plaintext gRPC on non-loopback address {', '.join(exposed)}: "
+                "give --tls-cert/--tls-key (and --tls-ca for mutual TLS), or --insecure to accept plaintext"
+            )
+
+
+def _read(path: Path | None) -> bytes | None:
+    return path.read_bytes() if path is not None else None
+
+
+def new_server() -> aio.Server:
+    return aio.server(options=_SERVER_OPTIONS)
+
+
+def bind(server: aio.Server, address: Address, security: TransportSecurity) -> int:
+    """Listen on ``address``; returns the bound port (useful when the port was 0).
+
+    Raises TransportError when the address cannot be bound (in use, not local, no permission).
+    """
+    security.validate()
+    security.check_plaintext_allowed([address])
+    try:
+        if security.cert_file is not None and security.key_file is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(security.key_file.read_bytes(), security.cert_file.read_bytes())],
+                root_certificates=_read(security.ca_file),
+                require_client_auth=security.ca_file is not None,
+            )
+            port = server.add_secure_port(str(address), credentials)
+        else:
+            port = server.add_insecure_port(str(address))
+    except RuntimeError as error:
+        raise TransportError(f"cannot listen on {address}: {error}") from None
+    if port == 0:
+        raise TransportError(f"cannot listen on {address}: the address is in use or not local")
+    return port
+
+
+def open_channel(target: Address, security: TransportSecurity) -> aio.Channel:
+    """An asyncio channel to ``target`` with the configured security."""
+    security.validate()
+    security.check_plaintext_allowed([target])
+    if security.uses_tls:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read(security.ca_file),
+            private_key=_read(security.key_file),
+            certificate_chain=_read(security.cert_file),
+        )
+        return aio.secure_channel(str(target), credentials, options=_CHANNEL_OPTIONS)
+    return aio.insecure_channel(str(target), options=_CHANNEL_OPTIONS)

@@ -1,0 +1,138 @@
+"""The scheduler process: its gRPC servers, start-up, readiness and graceful shutdown.
+
+Two listeners, so each can get its own network exposure and credentials:
+- ``listen``: the Scheduler API for clients, controllers and gateways.
+- ``agent_listen``: AgentService, for the agents of inference-server replicas.
+Both also serve the standard gRPC health service and server reflection.
+
+Shutdown (SIGTERM or SIGINT): health turns NOT_SERVING at once, new calls are refused, calls in
+flight get ``shutdown_grace_seconds`` to finish, then both servers stop and the process exits 0.
+A second signal skips the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+from grpc import aio
+
+from generated.mlops.agent.v1 import agent_pb2, agent_pb2_grpc
+from generated.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
+from modelplane import __version__
+from modelplane.addresses import Address
+from modelplane.logs import with_fields
+from modelplane.standard_services import HEALTH_SERVICE, Health, add_reflection
+from modelplane.transport import bind, new_server
+from scheduler.agent_service import AgentService
+from scheduler.scheduler_service import SchedulerService
+from scheduler.settings import SchedulerSettings
+from scheduler.state_dir import StateDir
+
+log = logging.getLogger(__name__)
+
+SCHEDULER_SERVICE = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
+AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+
+
+class ShutdownRequest:
+    """Counts stop signals: the first asks for a graceful stop, a second for an immediate one."""
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self.forced = asyncio.Event()
+
+    def signal(self) -> None:
+        if self.requested.is_set():
+            self.forced.set()
+        self.requested.set()
+
+
+def _write_ready_file(path: Path, addresses: dict[str, str]) -> None:
+    # Written then renamed, so a reader never sees half a file.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps({"pid": os.getpid(), "version": __version__, **addresses}) + "\n")
+    temporary.replace(path)
+
+
+async def _listener(address: Address, settings: SchedulerSettings, services: list[str]) -> tuple[aio.Server, Address]:
+    server = new_server()
+    add_reflection(server, services)
+    port = bind(server, address, settings.security)
+    return server, Address(address.host, port)
+
+
+async def serve(settings: SchedulerSettings, shutdown: ShutdownRequest) -> None:
+    """Serve until ``shutdown`` is requested, then stop gracefully. The state dir must be open."""
+    health = Health()
+    api_services = [SCHEDULER_SERVICE, HEALTH_SERVICE]
+    agent_services = [AGENT_SERVICE, HEALTH_SERVICE]
+
+    api, api_address = await _listener(settings.listen, settings, api_services)
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(), api)
+    health.add_to(api)
+
+    agents, agent_address = await _listener(settings.agent_listen, settings, agent_services)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(), agents)
+    health.add_to(agents)
+
+    await api.start()
+    await agents.start()
+    for service in ("", SCHEDULER_SERVICE, AGENT_SERVICE):
+        await health.set_serving(service)
+    if settings.ready_file is not None:
+        _write_ready_file(settings.ready_file, {"listen": str(api_address), "agent_listen": str(agent_address)})
+    log.info(
+        "scheduler serving",
+        extra=with_fields(
+            version=__version__,
+            listen=str(api_address),
+            agent_listen=str(agent_address),
+            state_dir=str(settings.state_dir),
+        ),
+    )
+
+    await shutdown.requested.wait()
+    log.info("shutting down", extra=with_fields(grace_seconds=settings.shutdown_grace_seconds))
+    await health.enter_graceful_shutdown()
+    stopping = asyncio.create_task(_stop_servers([api, agents], settings.shutdown_grace_seconds))
+    forced = asyncio.create_task(shutdown.forced.wait())
+    await asyncio.wait([stopping, forced], return_when=asyncio.FIRST_COMPLETED)
+    if not stopping.done():
+        log.warning("second stop signal: cancelling calls in flight")
+        await _stop_servers([api, agents], None)
+        await stopping
+    forced.cancel()
+    log.info("scheduler stopped")
+
+
+async def _stop_servers(servers: list[aio.Server], grace: float | None) -> None:
+    await asyncio.gather(*(server.stop(grace) for server in servers))
+
+
+def install_signal_handlers(shutdown: ShutdownRequest) -> Callable[[], None]:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, shutdown.signal)
+
+    def remove() -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+    return remove
+
+
+async def run(settings: SchedulerSettings) -> None:
+    """Open the state dir, serve until SIGTERM/SIGINT, stop gracefully."""
+    with StateDir(settings.state_dir):
+        shutdown = ShutdownRequest()
+        remove_handlers = install_signal_handlers(shutdown)
+        try:
+            await serve(settings, shutdown)
+        finally:
+            remove_handlers()

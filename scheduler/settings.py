@@ -1,0 +1,117 @@
+"""Everything the scheduler process can be told, in one place, with its flags."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelplane import logs
+from modelplane.addresses import Address, AddressError, parse_address
+from modelplane.config import parse_layered
+from modelplane.transport import TransportError, TransportSecurity
+from modelplane.transport_flags import add_tls_flags, security_from
+
+DEFAULT_LISTEN = "127.0.0.1:9004"
+DEFAULT_AGENT_LISTEN = "127.0.0.1:9005"
+DEFAULT_STATE_DIR = ".modelplane/state"
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerSettings:
+    listen: Address
+    agent_listen: Address
+    state_dir: Path
+    security: TransportSecurity
+    # How long in-flight RPCs may take to finish after SIGTERM/SIGINT before they are cancelled.
+    shutdown_grace_seconds: float = 10.0
+    # A file to write the bound addresses to once the scheduler serves (for tools and tests that
+    # start it on port 0).
+    ready_file: Path | None = None
+    log_level: str = "info"
+    log_json: bool = False
+
+
+def listen_address(text: str) -> Address:
+    try:
+        return parse_address(text, allow_port_zero=True)
+    except AddressError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: give 0 < seconds <= 3600")
+    return value
+
+
+def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument(
+        "--listen",
+        type=listen_address,
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"Scheduler API address for clients and controllers (default {DEFAULT_LISTEN}; port 0 picks one)",
+    )
+    parser.add_argument(
+        "--agent-listen",
+        type=listen_address,
+        default=DEFAULT_AGENT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"address agents connect to (default {DEFAULT_AGENT_LISTEN}; port 0 picks one)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        metavar="DIR",
+        help=f"where durable state is kept (default {DEFAULT_STATE_DIR}); created if missing",
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long in-flight calls may run after SIGTERM before they are cancelled (default 10)",
+    )
+    parser.add_argument(
+        "--ready-file",
+        type=Path,
+        metavar="FILE",
+        help="write the bound addresses here as JSON once serving",
+    )
+    parser.add_argument("--log-level", choices=logs.LEVELS, default="info")
+    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file ([scheduler] table)")
+    add_tls_flags(parser, server=True)
+    return parser
+
+
+def parse_settings(
+    parser: argparse.ArgumentParser, argv: Sequence[str], environ: Mapping[str, str] | None = None
+) -> SchedulerSettings:
+    """Parse and check the scheduler's settings; errors exit with status 2 through ``parser``."""
+    options = parse_layered(parser, "scheduler", argv, environ)
+    settings = SchedulerSettings(
+        listen=options.listen,
+        agent_listen=options.agent_listen,
+        state_dir=options.state_dir,
+        security=security_from(options),
+        shutdown_grace_seconds=options.shutdown_grace,
+        ready_file=options.ready_file,
+        log_level=options.log_level,
+        log_json=options.log_json,
+    )
+    if settings.listen == settings.agent_listen and settings.listen.port != 0:
+        parser.error(f"--listen and --agent-listen are both {settings.listen}: give them different ports")
+    try:
+        settings.security.validate()
+        settings.security.check_plaintext_allowed([settings.listen, settings.agent_listen])
+    except TransportError as error:
+        parser.error(str(error))
+    return settings

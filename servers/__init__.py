@@ -1,0 +1,1 @@
+"""Adapters for inference servers (MLServer, Triton) behind one small interface. Built in a later issue."""

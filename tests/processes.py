@@ -1,0 +1,78 @@
+"""Start modelplane processes for tests and stop them by PID, always."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+MODELPLANE = [sys.executable, "-m", "modelplane.cli"]
+
+
+@dataclass
+class SchedulerProcess:
+    process: subprocess.Popen[bytes]
+    listen: str
+    agent_listen: str
+    state_dir: Path
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def run_modelplane(
+    *args: str, timeout: float = 30, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run a modelplane command to completion and capture its output."""
+    return subprocess.run([*MODELPLANE, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+
+def start_scheduler(workdir: Path, *extra: str, ready_timeout: float = 20) -> SchedulerProcess:
+    """Start `modelplane scheduler` on free loopback ports; returns once it serves."""
+    state_dir = workdir / "state"
+    ready_file = workdir / "ready.json"
+    log_path = workdir / "scheduler.log"
+    ready_file.unlink(missing_ok=True)  # left by an earlier scheduler in the same folder
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                *MODELPLANE,
+                "scheduler",
+                "--listen=127.0.0.1:0",
+                "--agent-listen=127.0.0.1:0",
+                f"--state-dir={state_dir}",
+                f"--ready-file={ready_file}",
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + ready_timeout
+    while not ready_file.exists():
+        if process.poll() is not None:
+            raise RuntimeError(f"scheduler exited with {process.returncode}:\n{log_path.read_text()}")
+        if time.monotonic() > deadline:
+            stop_process(process)
+            raise TimeoutError(f"scheduler not ready after {ready_timeout}s:\n{log_path.read_text()}")
+        time.sleep(0.05)
+    addresses = json.loads(ready_file.read_text())
+    assert addresses["pid"] == process.pid
+    return SchedulerProcess(process, addresses["listen"], addresses["agent_listen"], state_dir, log_path)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 20) -> int:
+    """SIGTERM by PID, then SIGKILL if it does not exit in time. Returns the exit status."""
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+    return process.returncode

@@ -1,0 +1,106 @@
+"""Choose a server and replicas for one model version.
+
+Servers are tried in a fixed order (the model's current server first, then by name) so the same state
+always yields the same decision and a loaded model does not move just because another server also fits.
+When nothing fits, every server's rejection is collected into one reason, because an operator reading
+ScheduleFailed needs to see why each server said no, not only the last one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from scheduler.placement.replica_filters import DEFAULT_REPLICA_FILTERS, ReplicaFilter
+from scheduler.placement.replica_sorters import DEFAULT_REPLICA_ORDER, ReplicaKey, sort_replicas
+from scheduler.placement.server_filters import DEFAULT_SERVER_FILTERS, ServerFilter
+from scheduler.placement.views import PlacementDecision, PlacementRequest, ReplicaView, ServerView
+
+NO_SERVERS = "no servers are connected"
+
+
+def place(
+    request: PlacementRequest,
+    servers: Sequence[ServerView],
+    server_filters: Sequence[ServerFilter] = DEFAULT_SERVER_FILTERS,
+    replica_filters: Sequence[ReplicaFilter] = DEFAULT_REPLICA_FILTERS,
+    replica_order: Sequence[ReplicaKey] = DEFAULT_REPLICA_ORDER,
+) -> PlacementDecision:
+    """Place `request` on the first server that takes all desired replicas, else on the first partial fit."""
+    if request.replicas == 0:
+        return PlacementDecision(server=request.current_server, replicas=(), scale_up_to=None, failure=None)
+    if not servers:
+        return PlacementDecision.failed(NO_SERVERS)
+    reasons: list[str] = []
+    partial: PlacementDecision | None = None
+    for server in try_order(request, servers):
+        outcome = _try_server(request, server, server_filters, replica_filters, replica_order)
+        if isinstance(outcome, str):
+            reasons.append(f"server {server.name}: {outcome}")
+        elif not outcome.is_partial:
+            return outcome  # a full placement beats any partial one found earlier
+        elif partial is None:
+            partial = outcome
+    return partial if partial is not None else PlacementDecision.failed("; ".join(reasons))
+
+
+def try_order(request: PlacementRequest, servers: Sequence[ServerView]) -> list[ServerView]:
+    """The model's current server first, then the rest by name."""
+    return sorted(servers, key=lambda server: (server.name != request.current_server, server.name))
+
+
+def _try_server(
+    request: PlacementRequest,
+    server: ServerView,
+    server_filters: Sequence[ServerFilter],
+    replica_filters: Sequence[ReplicaFilter],
+    replica_order: Sequence[ReplicaKey],
+) -> PlacementDecision | str:
+    """A decision (full or partial) for this server, or why it cannot take the model."""
+    for server_filter in server_filters:
+        reason = server_filter.reject(request, server)
+        if reason is not None:
+            return reason
+    replicas = _distinct(server.replicas)
+    # With min_replicas unset, placement is all or nothing; a minimum above the desired count cannot lower it.
+    minimum = min(request.min_replicas, request.replicas)
+    needed = minimum or request.replicas
+    if len(replicas) < needed:
+        noun = "replica" if len(replicas) == 1 else "replicas"
+        return f"has {len(replicas)} {noun}, model needs {'at least ' if minimum else ''}{needed}"
+
+    fitting: list[ReplicaView] = []
+    rejections: list[str] = []
+    for replica in sorted(replicas, key=lambda replica: replica.index):
+        reason = _first_rejection(request, replica, replica_filters)
+        if reason is None:
+            fitting.append(replica)
+        else:
+            rejections.append(reason)
+    chosen = tuple(replica.index for replica in sort_replicas(fitting, replica_order))
+
+    if len(chosen) >= request.replicas:
+        return PlacementDecision(
+            server=server.name, replicas=chosen[: request.replicas], scale_up_to=None, failure=None
+        )
+    if minimum and len(chosen) >= minimum:
+        scale_up_to = min(request.replicas, server.max_replicas) if server.max_replicas > 0 else request.replicas
+        return PlacementDecision(server=server.name, replicas=chosen, scale_up_to=scale_up_to, failure=None)
+    return f"{len(chosen)} of {needed} needed replicas fit ({'; '.join(rejections)})"
+
+
+def _first_rejection(
+    request: PlacementRequest, replica: ReplicaView, replica_filters: Sequence[ReplicaFilter]
+) -> str | None:
+    for replica_filter in replica_filters:
+        reason = replica_filter.reject(request, replica)
+        if reason is not None:
+            return reason
+    return None
+
+
+def _distinct(replicas: Sequence[ReplicaView]) -> list[ReplicaView]:
+    """One view per replica index (the first), so a duplicated report cannot count a replica twice."""
+    by_index: dict[int, ReplicaView] = {}
+    for replica in replicas:
+        by_index.setdefault(replica.index, replica)
+    return list(by_index.values())

@@ -1,0 +1,75 @@
+"""Replica filters: which replicas of an acceptable server can take the model right now."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from scheduler.placement.views import PlacementRequest, ReplicaView
+
+EXPLAINER_CAPABILITY = "alibi-explain"
+
+_UNITS = ("B", "KiB", "MiB", "GiB")
+_STEP = 1024
+
+
+class ReplicaFilter(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def reject(self, request: PlacementRequest, replica: ReplicaView) -> str | None:
+        """None to accept the replica; otherwise a short human reason naming the replica."""
+        ...
+
+
+def format_bytes(count: int) -> str:
+    """Bytes in the largest binary unit up to GiB, with one decimal only when not whole (1536 -> 1.5KiB)."""
+    value = float(count)
+    unit = 0
+    while unit < len(_UNITS) - 1 and abs(value) >= _STEP:
+        value /= _STEP
+        unit += 1
+    rounded = round(value, 1)
+    # Rounding can reach the next unit (1048575 B -> 1024.0KiB); say 1MiB instead.
+    if abs(rounded) >= _STEP and unit < len(_UNITS) - 1:
+        rounded = round(rounded / _STEP, 1)
+        unit += 1
+    text = f"{int(rounded)}" if rounded.is_integer() else f"{rounded:.1f}"
+    return f"{text}{_UNITS[unit]}"
+
+
+class EnoughMemory:
+    """The replica must have the model's memory free, unless it already holds the model."""
+
+    name = "enough-memory"
+
+    def reject(self, request: PlacementRequest, replica: ReplicaView) -> str | None:
+        if replica.holds_model or request.memory_bytes <= replica.free_bytes:
+            return None
+        free, needed = format_bytes(replica.free_bytes), format_bytes(request.memory_bytes)
+        if free == needed:
+            # Rounded units would read "has 1MiB free, model needs 1MiB"; exact bytes show the gap.
+            free, needed = f"{replica.free_bytes}B", f"{request.memory_bytes}B"
+        return f"replica {replica.index} has {free} free, model needs {needed}"
+
+
+class NotDraining:
+    """A draining replica is being emptied, so nothing new may land on it."""
+
+    name = "not-draining"
+
+    def reject(self, request: PlacementRequest, replica: ReplicaView) -> str | None:
+        return f"replica {replica.index} is draining" if replica.draining else None
+
+
+class ExplainerCapable:
+    """Explainer models run only on replicas that provide the explainer runtime."""
+
+    name = "explainer-capable"
+
+    def reject(self, request: PlacementRequest, replica: ReplicaView) -> str | None:
+        if request.is_explainer and EXPLAINER_CAPABILITY not in replica.capabilities:
+            return f"replica {replica.index} lacks capability {EXPLAINER_CAPABILITY}"
+        return None
+
+
+DEFAULT_REPLICA_FILTERS: tuple[ReplicaFilter, ...] = (EnoughMemory(), NotDraining(), ExplainerCapable())

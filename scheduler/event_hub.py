@@ -1,0 +1,255 @@
+"""A publish/subscribe hub for status streams (SubscribeModelStatus, SubscribeServerStatus, ...).
+
+The state owner calls ``hub.publish(key, value)`` whenever the status of ``key`` changes; each stream
+handler holds a ``Subscription`` and forwards what it yields. Invariants:
+
+* **Snapshot first.** A subscriber first receives the current state (the ``snapshot`` it passes to
+  ``subscribe``), then every later change. The snapshot is taken and the subscriber registered in one
+  synchronous step, so no publish falls between them: nothing is missed and nothing is duplicated.
+* **Coalescing.** A subscriber's queue holds at most one value per key, the latest. Publishing a key
+  that is already pending replaces its value and keeps its place; keys are delivered in the order they
+  first became pending. Statuses are state, not events: a reader needs the latest one, not the history.
+* **Bounded.** A subscriber never holds more than ``max_pending_keys`` pending keys. One that would
+  exceed the bound has fallen too far behind to catch up by coalescing: it is dropped, its pending
+  values are freed, and its next read raises ``SubscriberLagged`` so it can reconnect for a fresh snapshot.
+* **Non-blocking publisher.** ``publish`` is synchronous and O(1) per subscriber: it never awaits, never
+  starts a task, and a slow or stuck subscriber cannot delay the publisher or any other subscriber.
+
+The hub is not thread-safe: use it from its event loop's thread (from another thread, go through
+``loop.call_soon_threadsafe``). Domain code: no grpc imports here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable
+from types import TracebackType
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+DEFAULT_MAX_PENDING_KEYS = 10_000
+
+
+class SubscriberLagged(Exception):  # noqa: N818 - the name says what happened to the subscriber
+    """The subscriber fell too far behind and was dropped; reconnect to get a fresh snapshot."""
+
+
+class EventHubClosedError(RuntimeError):
+    """The hub has been closed (the scheduler is shutting down); it accepts no new subscribers."""
+
+
+class Subscription(Generic[K, V]):
+    """One subscriber's view of an ``EventHub``: an async iterator of values, snapshot first.
+
+    Created by ``EventHub.subscribe``. ``async for value in subscription`` yields values in the order
+    their keys became pending (coalesced to the latest value per key) and finishes when the subscription
+    or the hub is closed. Closing drops whatever is still pending: at shutdown a stale status is worth
+    nothing and draining it would only hold the stream open. If the subscriber lagged (see
+    ``EventHub``), reads raise ``SubscriberLagged`` instead. Use it as an async context manager so it is
+    unregistered when the stream handler exits.
+    """
+
+    def __init__(
+        self,
+        hub: EventHub[K, V],
+        name: str,
+        accept: Callable[[K, V], bool] | None,
+        max_pending_keys: int,
+    ) -> None:
+        self._hub = hub
+        self._name = name
+        self._accept = accept
+        self._max_pending_keys = max_pending_keys
+        # OrderedDict rather than dict: popitem(last=False) is O(1), while taking the first key of a plain
+        # dict that has had many front deletions scans over the deleted slots.
+        self._pending: OrderedDict[K, V] = OrderedDict()
+        self._wakeup = asyncio.Event()
+        self._closed = False
+        self._error: Exception | None = None
+
+    @property
+    def name(self) -> str:
+        """Who is subscribed (for logs and metrics), as given to ``subscribe``."""
+        return self._name
+
+    @property
+    def pending_count(self) -> int:
+        """Distinct keys waiting to be read; never more than the hub's ``max_pending_keys``."""
+        return len(self._pending)
+
+    @property
+    def closed(self) -> bool:
+        """True once closed by ``close()``, by the hub's ``close()``, or because the subscriber lagged."""
+        return self._closed
+
+    def close(self) -> None:
+        """Unregister and drop pending values. A read in progress, and every later one, ends the iteration.
+
+        Idempotent. After a lag, reads keep raising ``SubscriberLagged``.
+        """
+        self._hub._unregister(self)
+        self._end()
+
+    def __aiter__(self) -> Subscription[K, V]:
+        return self
+
+    async def __anext__(self) -> V:
+        while True:
+            if self._error is not None:
+                # A fresh traceback each time, rather than one that grows with every re-raise.
+                raise self._error.with_traceback(None)
+            if self._closed:
+                raise StopAsyncIteration
+            if self._pending:
+                _key, value = self._pending.popitem(last=False)
+                return value
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def __aenter__(self) -> Subscription[K, V]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "failed" if self._error is not None else "closed" if self._closed else "open"
+        return f"<Subscription {self._name!r} {state} pending={len(self._pending)}>"
+
+    # The hub's side.
+
+    def _offer(self, key: K, value: V) -> bool:
+        """Queue ``value`` under ``key`` unless filtered out: O(1), never blocks.
+
+        Returns False when this subscriber has failed (lagged, or its filter raised) or is closed, and
+        must be dropped from the hub.
+        """
+        if self._closed:
+            return False  # closed by a callback earlier in the same publish
+        if self._accept is not None:
+            try:
+                accepted = self._accept(key, value)
+            except Exception as error:
+                # A broken filter fails its own subscriber, never the publisher or the other subscribers.
+                self._fail(error)
+                return False
+            if not accepted:
+                return True
+        if key in self._pending:
+            self._pending[key] = value  # assignment to an existing key keeps its place in the order
+        elif len(self._pending) < self._max_pending_keys:
+            self._pending[key] = value
+        else:
+            self._fail(
+                SubscriberLagged(
+                    f"subscriber {self._name!r} fell behind by more than {self._max_pending_keys} distinct keys "
+                    "and was dropped; reconnect to receive a fresh snapshot"
+                )
+            )
+            return False
+        self._wakeup.set()
+        return True
+
+    def _fail(self, error: Exception) -> None:
+        self._error = error
+        self._end()
+
+    def _end(self) -> None:
+        self._closed = True
+        self._pending.clear()  # a dropped subscriber must not keep its backlog alive
+        self._wakeup.set()  # let a blocked reader see the end
+
+
+class EventHub(Generic[K, V]):
+    """Fans out ``(key, value)`` changes to subscribers, each with its own coalescing, bounded queue.
+
+    See the module docstring for the invariants: snapshot first, coalescing per key in first-pending
+    order, at most ``max_pending_keys`` pending keys per subscriber (beyond that the subscriber is
+    dropped with ``SubscriberLagged``), and a publisher that never blocks.
+    """
+
+    def __init__(self, max_pending_keys: int = DEFAULT_MAX_PENDING_KEYS) -> None:
+        if max_pending_keys < 1:
+            raise ValueError(f"max_pending_keys must be at least 1, got {max_pending_keys}")
+        self._max_pending_keys = max_pending_keys
+        # A dict used as an ordered set: subscribers are served in subscription order.
+        self._subscribers: dict[Subscription[K, V], None] = {}
+        self._closed = False
+
+    @property
+    def max_pending_keys(self) -> int:
+        return self._max_pending_keys
+
+    @property
+    def subscriber_count(self) -> int:
+        """Subscribers currently registered (closed and lagged ones are not counted)."""
+        return len(self._subscribers)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def subscribe(
+        self,
+        name: str,
+        snapshot: Callable[[], Iterable[tuple[K, V]]],
+        accept: Callable[[K, V], bool] | None = None,
+    ) -> Subscription[K, V]:
+        """Register a subscriber whose first values are ``snapshot()``, followed by every later publish.
+
+        ``snapshot`` must return the current state synchronously; it is called here, and the subscriber is
+        registered before any other code can run, so no publish is missed or delivered twice. Snapshot
+        items are queued like publishes: a later publish of a key that has not been read yet replaces its
+        snapshot value. ``accept``, if given, decides which ``(key, value)`` pairs this subscriber receives,
+        for the snapshot and for publishes alike; if it raises, the subscriber is dropped and its next read
+        raises that error.
+
+        A snapshot with more than ``max_pending_keys`` accepted keys can never be delivered within the
+        bound: the subscription comes back already lagged (its first read raises ``SubscriberLagged``).
+
+        Raises ``EventHubClosedError`` if the hub is closed.
+        """
+        if self._closed:
+            raise EventHubClosedError(f"event hub is closed; cannot subscribe {name!r}")
+        subscription = Subscription(self, name, accept, self._max_pending_keys)
+        for key, value in snapshot():
+            if not subscription._offer(key, value):
+                return subscription  # lagged on the snapshot alone (or the filter failed): never registered
+        # No await between taking the snapshot and this line: that is what makes the hand-over gapless.
+        self._subscribers[subscription] = None
+        return subscription
+
+    def publish(self, key: K, value: V) -> None:
+        """Queue ``value`` as the latest for ``key`` at every subscriber. Synchronous; never blocks.
+
+        O(1) per subscriber. Subscribers that overflow their bound are dropped (``SubscriberLagged``);
+        the others still receive this value. Publishing to a closed hub does nothing.
+        """
+        dropped: list[Subscription[K, V]] = []
+        # Iterate over a copy: an ``accept`` callback may subscribe or close, which resizes the dict.
+        for subscription in tuple(self._subscribers):
+            if not subscription._offer(key, value):
+                dropped.append(subscription)
+        for subscription in dropped:
+            self._unregister(subscription)
+
+    def close(self) -> None:
+        """End every subscription (pending values are dropped, iterators finish) and refuse new ones.
+
+        Idempotent. Subscribers that already lagged keep raising ``SubscriberLagged``.
+        """
+        self._closed = True
+        subscriptions, self._subscribers = self._subscribers, {}
+        for subscription in subscriptions:
+            subscription._end()
+
+    def _unregister(self, subscription: Subscription[K, V]) -> None:
+        self._subscribers.pop(subscription, None)

@@ -1,0 +1,430 @@
+"""``SqliteStateStore``: the state store in one SQLite file, ``<state dir>/state.sqlite3``, with group commit.
+
+Durability: WAL journal mode with ``synchronous=FULL``, so a transaction is on disk (WAL fsynced) when its
+COMMIT returns; ``apply()`` returns only after the COMMIT of the transaction holding its changes. A kill -9
+at any moment loses nothing that was acknowledged, and SQLite recovers the WAL on the next open.
+
+Threading: every SQLite call runs on one dedicated writer thread that owns the connection; the event loop
+only queues requests and awaits futures, so it never blocks on disk I/O. ``load()`` is synchronous (it
+waits for the writer thread) and is meant for start-up.
+
+Group commit: ``apply()`` calls that arrive while the writer is busy (typically waiting for an fsync) queue
+up; the writer then takes everything queued and commits it as ONE transaction, and each caller's await
+completes after that COMMIT. Requests are handled in arrival order, so a ``load()`` sees every ``apply()``
+queued before it.
+
+Failed transactions: if the group's transaction fails, it is rolled back and EVERY caller of that group
+gets its own ``StateStoreError``; none of their changes is visible. The group is not retried caller by
+caller: changes are validated before they are queued, so what remains are failures of the file or the disk
+(full, busy, I/O error), which a smaller transaction would meet again. The next group gets a fresh
+transaction, so a failure does not poison later writes, except when SQLite reports an I/O error or a
+damaged file: then the store stops accepting writes (fail-stop), because after a failed fsync the kernel
+may have dropped data that an apparently successful later write would not bring back. Restarting the
+scheduler reopens and checks the file.
+
+Cancelling an ``apply()`` removes its changes if the writer has not taken them yet; once taken they are
+committed anyway, so a cancelled ``apply()`` may or may not have been written.
+
+The caller must make sure only one process writes the directory (``scheduler.state_dir.StateDir`` locks it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+from scheduler.persistence.state_store import (
+    Change,
+    Put,
+    StateStoreClosedError,
+    StateStoreError,
+    validate_changes,
+    validate_table,
+)
+
+FILE_NAME = "state.sqlite3"
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 5000
+
+_UPSERT = (
+    "INSERT INTO records (tbl, key, value) VALUES (?, ?, ?) ON CONFLICT (tbl, key) DO UPDATE SET value = excluded.value"
+)
+_DELETE = "DELETE FROM records WHERE tbl = ? AND key = ?"
+
+_DAMAGED_HINT = (
+    "the file is damaged or is not a SQLite database: restore it from a backup, or move it "
+    "(with its -wal and -shm files) aside to start with empty state"
+)
+_HINTS: dict[int, str] = {
+    sqlite3.SQLITE_FULL: "the disk is full: free space on the disk holding the state dir",
+    sqlite3.SQLITE_IOERR: "the disk reported an I/O error: check the disk and the kernel log, then restart",
+    sqlite3.SQLITE_CORRUPT: _DAMAGED_HINT,
+    sqlite3.SQLITE_NOTADB: _DAMAGED_HINT,
+    sqlite3.SQLITE_BUSY: "another process holds a lock on the file: make sure only this scheduler opens it",
+    sqlite3.SQLITE_LOCKED: "another process holds a lock on the file: make sure only this scheduler opens it",
+    sqlite3.SQLITE_READONLY: "the file is read-only: make it and its directory writable by this user",
+    sqlite3.SQLITE_PERM: "permission denied: make the file and its directory writable by this user",
+    sqlite3.SQLITE_CANTOPEN: "the file cannot be opened: check that the state dir exists and is writable",
+}
+# After these, the store stops accepting writes until the process restarts (see the module docstring).
+_FATAL_CODES = frozenset({sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def _primary_code(error: sqlite3.Error) -> int | None:
+    code = getattr(error, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+def is_fatal(error: sqlite3.Error) -> bool:
+    """True if ``error`` means the file or disk can no longer be trusted for writes."""
+    return _primary_code(error) in _FATAL_CODES
+
+
+def describe(path: Path, action: str, error: sqlite3.Error) -> StateStoreError:
+    """A StateStoreError for a failed SQLite call, naming the file and what to do."""
+    code = _primary_code(error)
+    name = getattr(error, "sqlite_errorname", None) or type(error).__name__
+    hint = _HINTS.get(code, "check the file and the disk holding it") if code is not None else "check the file"
+    failure = StateStoreError(f"state store {path}: {action} failed: {error} ({name}); {hint}")
+    failure.__cause__ = error
+    return failure
+
+
+@dataclass(frozen=True, slots=True)
+class _ApplyRequest:
+    changes: tuple[Change, ...]
+    future: Future[None]
+
+
+@dataclass(frozen=True, slots=True)
+class _LoadRequest:
+    table: str
+    future: Future[dict[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class _StopRequest:
+    future: Future[None]
+
+
+_Request = _ApplyRequest | _LoadRequest | _StopRequest
+
+
+class SqliteStateStore:
+    """A ``StateStore`` in ``directory/state.sqlite3``; see the module docstring for its guarantees.
+
+    The constructor opens (creating if needed) and checks the file, waiting for the writer thread;
+    ``await SqliteStateStore.open(directory)`` does the same without blocking the event loop.
+    Raises StateStoreError if the file cannot be used.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / FILE_NAME
+        self._queue: queue.SimpleQueue[_Request] = queue.SimpleQueue()
+        self._lock = threading.Lock()  # guards _closed/_writer_gone with queueing, so nothing queues late
+        self._closed = False
+        self._writer_gone = False
+        self._stopped: Future[None] | None = None
+        self._commit_count = 0  # written by the writer thread only
+        self._failure: StateStoreError | None = None  # writer thread only; set => fail-stop
+        opened: Future[None] = Future()
+        self._thread = threading.Thread(target=self._run, args=(opened,), name="state-store-writer", daemon=True)
+        self._thread.start()
+        try:
+            opened.result()
+        except BaseException:
+            self._thread.join()
+            raise
+
+    @classmethod
+    async def open(cls, directory: Path) -> SqliteStateStore:
+        """Open the store without blocking the event loop."""
+        return await asyncio.to_thread(cls, directory)
+
+    @property
+    def commit_count(self) -> int:
+        """How many transactions of ``apply()`` changes have committed (one per group)."""
+        return self._commit_count
+
+    def load(self, table: str) -> dict[str, bytes]:
+        """Every record of ``table``, including all applies queued before this call. Blocks until read."""
+        validate_table(table)
+        future: Future[dict[str, bytes]] = Future()
+        self._submit(_LoadRequest(table, future))
+        return future.result()
+
+    async def apply(self, changes: Sequence[Change]) -> None:
+        """Validate, queue for the next group, and return once that group's transaction has committed."""
+        batch = tuple(changes)
+        validate_changes(batch)
+        if not batch:
+            with self._lock:
+                self._check_open()
+            return
+        future: Future[None] = Future()
+        self._submit(_ApplyRequest(batch, future))
+        await asyncio.wrap_future(future)
+
+    async def close(self) -> None:
+        """Commit everything queued so far, close the file and stop the writer thread. Idempotent."""
+        with self._lock:
+            self._closed = True
+            if self._stopped is None:
+                self._stopped = Future()
+                if self._writer_gone:
+                    self._stopped.set_result(None)
+                else:
+                    self._queue.put(_StopRequest(self._stopped))
+            stopped = self._stopped
+        await asyncio.shield(asyncio.wrap_future(stopped))
+        self._thread.join()  # the writer resolves ``stopped`` as its last step, so this returns at once
+
+    # --- caller side ---------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StateStoreClosedError(f"state store {self.path} is closed; it cannot be used after close()")
+        if self._writer_gone:
+            raise StateStoreError(f"state store {self.path}: the writer thread has stopped; restart the scheduler")
+
+    def _submit(self, request: _Request) -> None:
+        with self._lock:
+            self._check_open()
+            self._queue.put(request)
+
+    # --- writer thread -------------------------------------------------------------------------------
+
+    def _run(self, opened: Future[None]) -> None:
+        try:
+            connection = _connect(self.path)
+        except BaseException as error:
+            opened.set_exception(error)
+            self._drain_after_exit()
+            return
+        opened.set_result(None)
+        try:
+            self._serve(connection)
+        finally:
+            with contextlib.suppress(sqlite3.Error):  # every acknowledged write is already committed
+                connection.close()
+            self._drain_after_exit()  # resolves the stop request, now that the file is closed
+
+    def _serve(self, connection: sqlite3.Connection) -> None:
+        """Handle requests in arrival order, committing each run of applies as one group, until a stop."""
+        while True:
+            requests = [self._queue.get()]
+            while True:
+                try:
+                    requests.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            group: list[_ApplyRequest] = []
+            for request in requests:
+                if isinstance(request, _ApplyRequest):
+                    if request.future.set_running_or_notify_cancel():  # False: cancelled while queued
+                        group.append(request)
+                    continue
+                self._commit(connection, group)
+                group = []
+                if isinstance(request, _LoadRequest):
+                    self._load(connection, request)
+                else:
+                    self._queue.put(request)  # put back: _drain_after_exit resolves it once the file is closed
+                    return
+            self._commit(connection, group)
+
+    def _commit(self, connection: sqlite3.Connection, group: list[_ApplyRequest]) -> None:
+        """Write one group in one transaction; resolve every caller's future after COMMIT (or fail them all)."""
+        if not group:
+            return
+        if self._failure is not None:
+            self._fail_group(group, self._failure, self._failure)
+            return
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            for request in group:
+                _write(connection, request.changes)
+            connection.execute("COMMIT")
+        except Exception as error:
+            changes = sum(len(request.changes) for request in group)
+            action = f"writing {changes} change(s) of {len(group)} caller(s)"
+            if isinstance(error, sqlite3.Error):
+                failure = describe(self.path, action, error)
+                if is_fatal(error):
+                    self._failure = failure
+            else:
+                failure = StateStoreError(f"state store {self.path}: {action} failed: {error!r}")
+            self._rollback(connection)
+            self._fail_group(group, failure, error)
+            return
+        self._commit_count += 1
+        for request in group:
+            request.future.set_result(None)
+
+    @staticmethod
+    def _fail_group(group: list[_ApplyRequest], failure: StateStoreError, cause: BaseException) -> None:
+        for request in group:  # one exception object per caller: they are raised in different tasks
+            own = StateStoreError(str(failure))
+            own.__cause__ = cause
+            request.future.set_exception(own)
+
+    def _rollback(self, connection: sqlite3.Connection) -> None:
+        if not connection.in_transaction:  # SQLite already rolled back (it does for some errors)
+            return
+        try:
+            connection.execute("ROLLBACK")
+        except sqlite3.Error as error:
+            self._failure = describe(self.path, "rolling back a failed write", error)
+
+    def _load(self, connection: sqlite3.Connection, request: _LoadRequest) -> None:
+        if not request.future.set_running_or_notify_cancel():
+            return
+        if self._failure is not None:
+            request.future.set_exception(StateStoreError(str(self._failure)))
+            return
+        try:
+            rows = connection.execute("SELECT key, value FROM records WHERE tbl = ?", (request.table,)).fetchall()
+        except sqlite3.Error as error:
+            request.future.set_exception(describe(self.path, f"reading table {request.table}", error))
+            return
+        records: dict[str, bytes] = {}
+        for key, value in rows:
+            if not isinstance(key, str) or not isinstance(value, bytes):
+                request.future.set_exception(
+                    StateStoreError(
+                        f"state store {self.path}: record {request.table}/{key!r} is malformed; {_DAMAGED_HINT}"
+                    )
+                )
+                return
+            records[key] = value
+        request.future.set_result(records)
+
+    def _drain_after_exit(self) -> None:
+        with self._lock:
+            self._writer_gone = True
+            while True:
+                try:
+                    request = self._queue.get_nowait()
+                except queue.Empty:
+                    return
+                if isinstance(request, _StopRequest):
+                    if not request.future.done():
+                        request.future.set_result(None)
+                elif request.future.set_running_or_notify_cancel():
+                    request.future.set_exception(
+                        StateStoreError(f"state store {self.path}: the writer thread stopped before this request")
+                    )
+
+
+def _write(connection: sqlite3.Connection, changes: Sequence[Change]) -> None:
+    for change in changes:
+        if isinstance(change, Put):
+            connection.execute(_UPSERT, (change.table, change.key, change.value))
+        else:
+            connection.execute(_DELETE, (change.table, change.key))
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """Open ``path`` with durable settings and check (or create) the schema. Raises StateStoreError."""
+    if not path.parent.is_dir():
+        raise StateStoreError(f"state store {path}: the directory {path.parent} does not exist or is not a directory")
+    try:
+        connection = sqlite3.connect(path, isolation_level=None)  # autocommit: transactions are explicit
+    except sqlite3.Error as error:
+        raise describe(path, "opening", error) from error
+    try:
+        _configure(connection, path)
+        if _ensure_schema(connection, path):
+            _fsync_directory(path.parent)  # make the new file's directory entry durable
+    except sqlite3.Error as error:
+        connection.close()
+        raise describe(path, "opening", error) from error
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _configure(connection: sqlite3.Connection, path: Path) -> None:
+    (mode,) = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+    if mode != "wal":
+        raise StateStoreError(
+            f"state store {path}: SQLite could not enable WAL journaling (mode is {mode!r}); "
+            "put the state dir on a local filesystem"
+        )
+    connection.execute("PRAGMA synchronous = FULL")
+    connection.execute("PRAGMA fullfsync = ON")  # macOS: flush the drive's cache too; no effect elsewhere
+    connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    problems = [row[0] for row in connection.execute("PRAGMA quick_check").fetchall()]
+    if problems != ["ok"]:
+        raise StateStoreError(
+            f"state store {path} failed its integrity check ({'; '.join(problems[:3])}); {_DAMAGED_HINT}"
+        )
+
+
+def _ensure_schema(connection: sqlite3.Connection, path: Path) -> bool:
+    """Create the schema in an empty file, or check an existing one. True if it was created."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "meta" not in tables:
+            if tables:
+                raise StateStoreError(
+                    f"state store {path} is a SQLite database but not a modelplane state store "
+                    f"(tables: {', '.join(sorted(tables))}); move it aside or point --state-dir elsewhere"
+                )
+            connection.execute("CREATE TABLE meta (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)")
+            connection.execute(
+                "CREATE TABLE records"
+                " (tbl TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (tbl, key))"
+            )
+            connection.execute("INSERT INTO meta (name, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            connection.execute("COMMIT")
+            return True
+        row = connection.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+        version = _parse_version(row)
+        if version is None:
+            raise StateStoreError(f"state store {path} has no valid schema version in its meta table; {_DAMAGED_HINT}")
+        if version > SCHEMA_VERSION:
+            raise StateStoreError(
+                f"state store {path} has schema version {version}, newer than the {SCHEMA_VERSION} this modelplane "
+                "understands: it was written by a newer modelplane; run that version (or newer), "
+                "or restore a backup made by this one"
+            )
+        if "records" not in tables:
+            raise StateStoreError(f"state store {path} has no records table; {_DAMAGED_HINT}")
+        connection.execute("COMMIT")
+        return False
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+
+
+def _parse_version(row: object) -> int | None:
+    if not isinstance(row, tuple) or len(row) != 1 or not isinstance(row[0], str):
+        return None
+    try:
+        version = int(row[0])
+    except ValueError:
+        return None
+    return version if version >= 1 else None
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as error:
+        raise StateStoreError(f"state store: cannot sync the state dir {directory}: {error.strerror}") from error

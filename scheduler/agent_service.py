@@ -1,10 +1,172 @@
-"""The servicer agents connect to (mlops.agent.v1.AgentService, see proto/mlops/agent/v1/agent.proto)."""
+"""The servicer agents connect to: one AgentService.Session stream per inference-server replica.
+
+See proto/mlops/agent/v1/agent.proto for the protocol. The stream's first message must be Register;
+the scheduler answers RegisterAccepted, then relays operations from the replica's AgentSession outbox
+while a reader task applies the agent's events. Either side hearing nothing for three heartbeat
+intervals ends the session, and the replica is gone (its models are rescheduled).
+"""
 
 from __future__ import annotations
 
-from generated.mlops.agent.v1 import agent_pb2_grpc
-from scheduler.unimplemented import not_built
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from generated.mlops.agent.v1 import agent_pb2, agent_pb2_grpc
+from scheduler.agent_sessions import AgentSession
+from scheduler.cluster import ReplicaConfig
+from scheduler.errors import InvalidArgument, SchedulerError
+from scheduler.model_names import check_name
+from scheduler.model_specs import MAX_MEMORY_BYTES
+from scheduler.scheduler_core import SchedulerCore
+from scheduler.status_codes import abort
+
+log = logging.getLogger(__name__)
+Context = aio.ServicerContext[Any, Any]
+
+PROTOCOL_VERSION = 1
+MAX_REPLICA_INDEX = 10_000
+MAX_CAPABILITIES = 256
+MAX_LOADED_MODELS = 100_000
+MAX_OVERCOMMIT_PERCENT = 1000
+
+
+def replica_config(register: agent_pb2.Register) -> ReplicaConfig:
+    """Check a Register message; raise InvalidArgument saying what is wrong."""
+    if register.protocol_version != PROTOCOL_VERSION:
+        raise InvalidArgument(
+            f"agent speaks protocol version {register.protocol_version}; this scheduler speaks {PROTOCOL_VERSION}"
+        )
+    replica = register.replica
+    check_name(replica.server_name, "server")
+    if replica.replica_idx >= MAX_REPLICA_INDEX:
+        raise InvalidArgument(f"replica index {replica.replica_idx} is above the limit of {MAX_REPLICA_INDEX - 1}")
+    if not 0 < replica.total_memory_bytes <= MAX_MEMORY_BYTES:
+        raise InvalidArgument(f"total_memory_bytes {replica.total_memory_bytes} must be between 1 byte and 1 PiB")
+    if replica.over_commit_percentage > MAX_OVERCOMMIT_PERCENT:
+        raise InvalidArgument(
+            f"over_commit_percentage {replica.over_commit_percentage} is above {MAX_OVERCOMMIT_PERCENT}"
+        )
+    if len(replica.capabilities) > MAX_CAPABILITIES:
+        raise InvalidArgument(f"more than {MAX_CAPABILITIES} capabilities")
+    if any(not c or len(c) > 253 or c != c.strip() for c in replica.capabilities):
+        raise InvalidArgument("capabilities must be non-empty names without surrounding spaces")
+    if len(register.loaded_models) > MAX_LOADED_MODELS:
+        raise InvalidArgument(f"more than {MAX_LOADED_MODELS} loaded models reported")
+    for held in register.loaded_models:
+        check_name(held.name)
+        if held.version < 1:
+            raise InvalidArgument(f"loaded model {held.name!r} has version {held.version}; versions start at 1")
+    if len(register.agent_id) > 253:
+        raise InvalidArgument("agent_id is longer than 253 characters")
+    return ReplicaConfig(
+        server=replica.server_name,
+        index=replica.replica_idx,
+        shared=replica.shared,
+        capabilities=frozenset(replica.capabilities),
+        total_memory=replica.total_memory_bytes,
+        overcommit_percent=replica.over_commit_percentage,
+        http_url=replica.endpoints.http_url,
+        grpc_target=replica.endpoints.grpc_target,
+        agent_id=register.agent_id or f"{replica.server_name}-{replica.replica_idx}",
+    )
 
 
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
-    Session = not_built("AgentService.Session")
+    def __init__(self, core: SchedulerCore, heartbeat_interval_seconds: float = 5.0) -> None:
+        self.core = core
+        self.heartbeat = heartbeat_interval_seconds
+
+    async def Session(
+        self, request_iterator: AsyncIterator[agent_pb2.SessionRequest], context: Context
+    ) -> AsyncIterator[agent_pb2.SessionResponse]:
+        try:
+            async with asyncio.timeout(3 * self.heartbeat):
+                first = await anext(aiter(request_iterator))
+        except (TimeoutError, StopAsyncIteration):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an agent session must start with a Register message")
+        if first.WhichOneof("message") != "register":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an agent session must start with a Register message")
+        try:
+            config = replica_config(first.register)
+        except SchedulerError as error:
+            await abort(context, error)
+        session = AgentSession(config.agent_id)
+        yield agent_pb2.SessionResponse(
+            register_accepted=agent_pb2.RegisterAccepted(
+                session_id=session.session_id, heartbeat_interval_ms=int(self.heartbeat * 1000)
+            )
+        )
+        self.core.agent_registered(config, first.register.loaded_models, session)
+        log.info("agent connected", extra={"fields": {"server": config.server, "replica": config.index}})
+        reader = asyncio.create_task(self._read(request_iterator, config, session))
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.heartbeat):
+                        message = await session.next_message()
+                except TimeoutError:
+                    message = agent_pb2.SessionResponse(heartbeat=agent_pb2.Heartbeat())
+                if message is None:
+                    break
+                yield message
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            self.core.agent_gone(config, session)
+            log.info(
+                "agent disconnected",
+                extra={"fields": {"server": config.server, "replica": config.index, "why": session.closed_reason}},
+            )
+        if session.closed_reason and session.closed_reason != "agent closed the session":
+            await context.abort(grpc.StatusCode.UNAVAILABLE, session.closed_reason)
+
+    async def _read(
+        self, requests: AsyncIterator[agent_pb2.SessionRequest], config: ReplicaConfig, session: AgentSession
+    ) -> None:
+        iterator = aiter(requests)
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(3 * self.heartbeat):
+                        request = await anext(iterator)
+                except TimeoutError:
+                    session.close(f"no message from the agent for {3 * self.heartbeat:g}s")
+                    return
+                kind = request.WhichOneof("message")
+                if kind == "event":
+                    rejected = self.core.agent_event(config, session, request.event)
+                    if rejected is not None:
+                        log.warning("rejected agent event: %s", rejected)
+                        session.send(
+                            agent_pb2.SessionResponse(
+                                event_rejected=agent_pb2.EventRejected(
+                                    operation_id=request.event.operation_id,
+                                    model_name=request.event.model_name,
+                                    model_version=request.event.model_version,
+                                    reason=rejected,
+                                )
+                            )
+                        )
+                elif kind == "heartbeat":
+                    self.core.agent_heartbeat(config, session, request.heartbeat.available_memory_bytes)
+                elif kind == "drain":
+                    self.core.agent_drain(config, session)
+                else:
+                    session.close(f"unexpected {kind or 'empty'} message in an agent session")
+                    return
+        except StopAsyncIteration:
+            session.close("agent closed the session")
+        except grpc.aio.AioRpcError as error:
+            session.close(f"stream error: {error.code().name}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.exception("agent session reader failed")
+            session.close(f"scheduler error: {error}")

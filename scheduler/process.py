@@ -30,6 +30,8 @@ from modelplane.logs import with_fields
 from modelplane.standard_services import HEALTH_SERVICE, Health, add_reflection
 from modelplane.transport import bind, new_server
 from scheduler.agent_service import AgentService
+from scheduler.persistence import SqliteStateStore
+from scheduler.scheduler_core import CoreSettings, SchedulerCore
 from scheduler.scheduler_service import SchedulerService
 from scheduler.settings import SchedulerSettings
 from scheduler.state_dir import StateDir
@@ -69,16 +71,27 @@ async def _listener(address: Address, settings: SchedulerSettings, services: lis
 
 async def serve(settings: SchedulerSettings, shutdown: ShutdownRequest) -> None:
     """Serve until ``shutdown`` is requested, then stop gracefully. The state dir must be open."""
+    store = await SqliteStateStore.open(settings.state_dir)
+    core = SchedulerCore(store, CoreSettings(sync_grace_seconds=settings.sync_grace_seconds))
+    try:
+        await core.start()
+        await _serve(settings, shutdown, core)
+    finally:
+        await core.close()
+        await store.close()
+
+
+async def _serve(settings: SchedulerSettings, shutdown: ShutdownRequest, core: SchedulerCore) -> None:
     health = Health()
     api_services = [SCHEDULER_SERVICE, HEALTH_SERVICE]
     agent_services = [AGENT_SERVICE, HEALTH_SERVICE]
 
     api, api_address = await _listener(settings.listen, settings, api_services)
-    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(), api)
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(core), api)
     health.add_to(api)
 
     agents, agent_address = await _listener(settings.agent_listen, settings, agent_services)
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(), agents)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(core, settings.heartbeat_seconds), agents)
     health.add_to(agents)
 
     await api.start()
@@ -100,6 +113,7 @@ async def serve(settings: SchedulerSettings, shutdown: ShutdownRequest) -> None:
     await shutdown.requested.wait()
     log.info("shutting down", extra=with_fields(grace_seconds=settings.shutdown_grace_seconds))
     await health.enter_graceful_shutdown()
+    await core.close()  # ends status streams; calls in flight may still finish within the grace period
     stopping = asyncio.create_task(_stop_servers([api, agents], settings.shutdown_grace_seconds))
     forced = asyncio.create_task(shutdown.forced.wait())
     await asyncio.wait([stopping, forced], return_when=asyncio.FIRST_COMPLETED)

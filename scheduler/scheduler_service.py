@@ -1,7 +1,11 @@
-"""The Seldon Core v2 Scheduler API servicer: protobuf in, domain calls, protobuf out."""
+"""The Seldon Core v2 Scheduler API servicer: protobuf in, domain calls, protobuf out.
+
+Thin on purpose: validation and state live in SchedulerCore; errors map to codes in status_codes.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from grpc import aio
@@ -9,30 +13,96 @@ from grpc import aio
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane import __version__
+from scheduler import status_codes
+from scheduler.errors import InvalidArgument
+from scheduler.scheduler_core import SchedulerCore
 from scheduler.unimplemented import not_built
+
+Context = aio.ServicerContext[Any, Any]
 
 
 class SchedulerService(pb_grpc.SchedulerServicer):
-    async def SchedulerStatus(
-        self, request: pb.SchedulerStatusRequest, context: aio.ServicerContext[Any, Any]
-    ) -> pb.SchedulerStatusResponse:
+    def __init__(self, core: SchedulerCore) -> None:
+        self.core = core
+
+    async def SchedulerStatus(self, request: pb.SchedulerStatusRequest, context: Context) -> pb.SchedulerStatusResponse:
         return pb.SchedulerStatusResponse(applicationVersion=__version__)
 
-    ServerNotify = not_built("ServerNotify")
-    LoadModel = not_built("LoadModel")
-    UnloadModel = not_built("UnloadModel")
+    async def LoadModel(self, request: pb.LoadModelRequest, context: Context) -> pb.LoadModelResponse:
+        async def call() -> None:
+            if not request.HasField("model"):
+                raise InvalidArgument("LoadModelRequest.model is missing")
+            await self.core.load_model(request.model)
+
+        await status_codes.unary(context, call)
+        return pb.LoadModelResponse()
+
+    async def UnloadModel(self, request: pb.UnloadModelRequest, context: Context) -> pb.UnloadModelResponse:
+        async def call() -> None:
+            if not request.HasField("model"):
+                raise InvalidArgument("UnloadModelRequest.model is missing")
+            await self.core.unload_model(request.model.name)
+
+        await status_codes.unary(context, call)
+        return pb.UnloadModelResponse()
+
+    async def ServerNotify(self, request: pb.ServerNotifyRequest, context: Context) -> pb.ServerNotifyResponse:
+        await status_codes.unary(context, lambda: self.core.notify_servers(request.servers, request.isFirstSync))
+        return pb.ServerNotifyResponse()
+
+    async def ModelStatusEvent(
+        self, request: pb.ModelUpdateStatusMessage, context: Context
+    ) -> pb.ModelUpdateStatusResponse:
+        self.core.record_gateway_status(request.update, request.success, request.reason)
+        return pb.ModelUpdateStatusResponse()
+
+    async def ModelStatus(
+        self, request: pb.ModelStatusRequest, context: Context
+    ) -> AsyncIterator[pb.ModelStatusResponse]:
+        async def statuses() -> AsyncIterator[pb.ModelStatusResponse]:
+            name = request.model.name if request.HasField("model") else None
+            for status in self.core.model_status(name, all_versions=request.allVersions):
+                yield status
+
+        async for status in status_codes.stream(context, statuses()):
+            yield status
+
+    async def ServerStatus(
+        self, request: pb.ServerStatusRequest, context: Context
+    ) -> AsyncIterator[pb.ServerStatusResponse]:
+        async def statuses() -> AsyncIterator[pb.ServerStatusResponse]:
+            for status in self.core.server_status(request.name if request.HasField("name") else None):
+                yield status
+
+        async for status in status_codes.stream(context, statuses()):
+            yield status
+
+    async def SubscribeModelStatus(
+        self, request: pb.ModelSubscriptionRequest, context: Context
+    ) -> AsyncIterator[pb.ModelStatusResponse]:
+        async with self.core.subscribe_models(request.subscriberName) as subscription:
+            async for status in status_codes.stream(context, aiter(subscription)):
+                yield status
+
+    async def SubscribeServerStatus(
+        self, request: pb.ServerSubscriptionRequest, context: Context
+    ) -> AsyncIterator[pb.ServerStatusResponse]:
+        async with self.core.subscribe_servers(request.subscriberName) as subscription:
+            async for status in status_codes.stream(context, aiter(subscription)):
+                yield status
+
+    async def SubscribeControlPlane(
+        self, request: pb.ControlPlaneSubscriptionRequest, context: Context
+    ) -> AsyncIterator[pb.ControlPlaneResponse]:
+        async for event in self.core.control_plane_events():
+            yield event
+
     LoadPipeline = not_built("LoadPipeline")
     UnloadPipeline = not_built("UnloadPipeline")
     StartExperiment = not_built("StartExperiment")
     StopExperiment = not_built("StopExperiment")
-    ServerStatus = not_built("ServerStatus")
-    ModelStatus = not_built("ModelStatus")
     PipelineStatus = not_built("PipelineStatus")
     ExperimentStatus = not_built("ExperimentStatus")
-    SubscribeServerStatus = not_built("SubscribeServerStatus")
-    SubscribeModelStatus = not_built("SubscribeModelStatus")
     SubscribeExperimentStatus = not_built("SubscribeExperimentStatus")
     SubscribePipelineStatus = not_built("SubscribePipelineStatus")
     PipelineStatusEvent = not_built("PipelineStatusEvent")
-    ModelStatusEvent = not_built("ModelStatusEvent")
-    SubscribeControlPlane = not_built("SubscribeControlPlane")

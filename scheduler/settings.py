@@ -31,6 +31,10 @@ class SchedulerSettings:
     ready_file: Path | None = None
     log_level: str = "info"
     log_json: bool = False
+    # After a restart, how long to wait for known agents to reconnect before placing models.
+    sync_grace_seconds: float = 10.0
+    # How often agents and the scheduler exchange heartbeats; three missed ones end a session.
+    heartbeat_seconds: float = 5.0
 
 
 def listen_address(text: str) -> Address:
@@ -80,6 +84,20 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="how long in-flight calls may run after SIGTERM before they are cancelled (default 10)",
     )
     parser.add_argument(
+        "--sync-grace",
+        type=positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="after a restart, how long to wait for known agents to reconnect before placing models (default 10)",
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=positive_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="agent session heartbeat interval; three missed heartbeats end a session (default 5)",
+    )
+    parser.add_argument(
         "--ready-file",
         type=Path,
         metavar="FILE",
@@ -106,6 +124,8 @@ def parse_settings(
         ready_file=options.ready_file,
         log_level=options.log_level,
         log_json=options.log_json,
+        sync_grace_seconds=options.sync_grace,
+        heartbeat_seconds=options.heartbeat,
     )
     if settings.listen == settings.agent_listen and settings.listen.port != 0:
         parser.error(f"--listen and --agent-listen are both {settings.listen}: give them different ports")

@@ -57,7 +57,11 @@ with grpc.insecure_channel(api) as channel:
     except grpc.RpcError as error:
         out["load_model"] = [error.code().name, error.details()]
     try:
-        list(stub.SubscribeModelStatus(scheduler_pb2.ModelSubscriptionRequest(subscriberName="t"), timeout=5))
+        stub.LoadPipeline(scheduler_pb2.LoadPipelineRequest(), timeout=5)
+    except grpc.RpcError as error:
+        out["load_pipeline"] = [error.code().name, error.details()]
+    try:
+        list(stub.SubscribePipelineStatus(scheduler_pb2.PipelineSubscriptionRequest(subscriberName="t"), timeout=5))
     except grpc.RpcError as error:
         out["subscribe"] = [error.code().name, error.details()]
 with grpc.insecure_channel(agents) as channel:
@@ -107,10 +111,12 @@ def test_client_from_protos_talks_to_scheduler(client_modules: Path, scheduler: 
     assert "mlops/scheduler/scheduler.proto" in answer["reflected_files"]
     assert "mlops/chainer/chainer.proto" in answer["reflected_files"]
     assert len(answer["reflected_methods"]) == 19
+    # Bad input gets a code and a message that names the problem.
+    assert answer["load_model"] == ["INVALID_ARGUMENT", "LoadModelRequest.model is missing"]
     # RPCs not built yet say so, by name, with the right code; unary and streaming alike.
-    assert answer["load_model"][0] == "UNIMPLEMENTED"
-    assert "LoadModel is not implemented yet" in answer["load_model"][1]
+    assert answer["load_pipeline"][0] == "UNIMPLEMENTED"
+    assert "LoadPipeline is not implemented yet" in answer["load_pipeline"][1]
     assert answer["subscribe"][0] == "UNIMPLEMENTED"
-    assert "SubscribeModelStatus" in answer["subscribe"][1]
+    assert "SubscribePipelineStatus" in answer["subscribe"][1]
     assert answer["agent_health"] == "SERVING"
-    assert answer["agent_session"] == "UNIMPLEMENTED"
+    assert answer["agent_session"] == "INVALID_ARGUMENT"

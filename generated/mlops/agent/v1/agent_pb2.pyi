@@ -106,6 +106,7 @@ class SessionResponse(_message.Message):
     OPERATION_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     DRAIN_COMPLETE_FIELD_NUMBER: _builtins.int
+    EVENT_REJECTED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register_accepted(self) -> Global___RegisterAccepted: ...
     @_builtins.property
@@ -114,6 +115,8 @@ class SessionResponse(_message.Message):
     def heartbeat(self) -> Global___Heartbeat: ...
     @_builtins.property
     def drain_complete(self) -> Global___DrainComplete: ...
+    @_builtins.property
+    def event_rejected(self) -> Global___EventRejected: ...
     def __init__(
         self,
         *,
@@ -121,12 +124,13 @@ class SessionResponse(_message.Message):
         operation: Global___ModelOperation | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
         drain_complete: Global___DrainComplete | None = ...,
+        event_rejected: Global___EventRejected | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["drain_complete", b"drain_complete", "heartbeat", b"heartbeat", "message", b"message", "operation", b"operation", "register_accepted", b"register_accepted"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drain_complete", b"drain_complete", "event_rejected", b"event_rejected", "heartbeat", b"heartbeat", "message", b"message", "operation", b"operation", "register_accepted", b"register_accepted"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain_complete", b"drain_complete", "heartbeat", b"heartbeat", "message", b"message", "operation", b"operation", "register_accepted", b"register_accepted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain_complete", b"drain_complete", "event_rejected", b"event_rejected", "heartbeat", b"heartbeat", "message", b"message", "operation", b"operation", "register_accepted", b"register_accepted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["register_accepted", "operation", "heartbeat", "drain_complete"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["register_accepted", "operation", "heartbeat", "drain_complete", "event_rejected"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -432,6 +436,39 @@ class ModelEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelEvent: _TypeAlias = ModelEvent  # noqa: Y015
+
+@_typing.final
+class EventRejected(_message.Message):
+    """The scheduler did not apply an agent's event: it did not match the state the scheduler expected
+    (e.g. a LOADED for a load the scheduler has since cancelled). The agent logs it; the scheduler's
+    view stands, and any operation needed to converge follows separately.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OPERATION_ID_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    MODEL_VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    operation_id: _builtins.int
+    model_name: _builtins.str
+    model_version: _builtins.int
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        operation_id: _builtins.int = ...,
+        model_name: _builtins.str = ...,
+        model_version: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_name", b"model_name", "model_version", b"model_version", "operation_id", b"operation_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EventRejected: _TypeAlias = EventRejected  # noqa: Y015
 
 @_typing.final
 class DrainRequest(_message.Message):

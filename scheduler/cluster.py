@@ -1,0 +1,604 @@
+"""The scheduler's in-memory state of models and servers, and every synchronous change to it.
+
+Every method here runs to completion without awaiting, so on the event loop each one is atomic: no
+other change can interleave, which makes each model's reconcile single-flight by construction.
+Methods record what they touched in ``self.touched`` for the caller (SchedulerCore) to publish,
+persist and reconcile; nothing here does I/O except queueing agent operations.
+
+Invariants (``check_invariants`` verifies them; tests call it after every step):
+- each replica's memory ledger holds exactly the model versions whose assignment on it is in a
+  memory-holding state, each once, and ``used`` is their sum (never negative);
+- an assignment's state changes only along the replica state table;
+- a model's derived state is recomputed whenever one of its assignments changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from generated.mlops.agent.v1 import agent_pb2
+from generated.mlops.scheduler import scheduler_pb2 as pb
+from scheduler import model_specs
+from scheduler.errors import FailedPrecondition, IllegalTransition
+from scheduler.memory_ledger import AccountingError
+from scheduler.model_records import ModelRecord, ModelVersion, ReplicaKey
+from scheduler.model_state import ModelState, derive_live, derive_terminating
+from scheduler.placement import PlacementRequest, ReplicaView, ServerView, place
+from scheduler.replica_state import (
+    FAILED,
+    HOLDS_MEMORY,
+    INACTIVE,
+    SERVING,
+    UNLOADING_STATES,
+    WANTED,
+    ReplicaState,
+)
+from scheduler.server_records import OperationSink, ReplicaRecord, ServerRecord
+
+log = logging.getLogger(__name__)
+S = ReplicaState
+Event = agent_pb2.ModelEvent
+Operation = agent_pb2.ModelOperation
+
+
+@dataclass(slots=True)
+class Touched:
+    """What a change affected, for the caller to act on."""
+
+    models: set[str] = field(default_factory=set)  # status to publish
+    servers: set[str] = field(default_factory=set)  # status to publish
+    durable_models: set[str] = field(default_factory=set)  # durable record changed (or removed)
+    durable_servers: set[str] = field(default_factory=set)
+    reconcile: dict[str, bool] = field(default_factory=dict)  # model -> retry failed placements too
+    scaling: dict[str, int] = field(default_factory=dict)  # server -> replicas wanted
+
+    def want_reconcile(self, name: str, *, retry_failed: bool = False) -> None:
+        self.reconcile[name] = self.reconcile.get(name, False) or retry_failed
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaConfig:
+    server: str
+    index: int
+    shared: bool
+    capabilities: frozenset[str]
+    total_memory: int
+    overcommit_percent: int
+    http_url: str
+    grpc_target: str
+    agent_id: str
+
+
+class Cluster:
+    def __init__(self) -> None:
+        self.models: dict[str, ModelRecord] = {}
+        self.servers: dict[str, ServerRecord] = {}
+        self.touched = Touched()
+
+    def take_touched(self) -> Touched:
+        touched, self.touched = self.touched, Touched()
+        return touched
+
+    # ----------------------------------------------------------------- restore
+
+    def restore(self, models: Iterable[ModelRecord], servers: Iterable[ServerRecord]) -> None:
+        """Load durable state after a restart: desired state only; replicas come back with agents."""
+        for server in servers:
+            self.servers[server.name] = server
+        for record in models:
+            self.models[record.name] = record
+            for version in record.versions:
+                self._derive(record, version)
+            self.touched.want_reconcile(record.name, retry_failed=True)
+
+    # ----------------------------------------------------------------- desired state: models
+
+    def prepare_load(self, model: pb.Model) -> tuple[model_specs.SpecChange, ModelRecord | None]:
+        """What a LoadModel would change, without changing anything: (kind of change, the durable
+        record to write first, or None when nothing changes). Raises FailedPrecondition."""
+        name = model.meta.name
+        record = self.models.get(name)
+        if record is None:
+            return model_specs.SpecChange.NEW_VERSION, ModelRecord(
+                name, [ModelVersion(model_specs.first_version(model), _copy(model))]
+            )
+        if record.deleted:
+            raise FailedPrecondition(
+                f"model {name!r} is in process of deletion: load it again once it is terminated "
+                f"({self._active_count(record)} replica assignment(s) still unloading)"
+            )
+        change = model_specs.classify_change(record.latest.spec, model)
+        if change is model_specs.SpecChange.UNCHANGED:
+            return change, None
+        if change is model_specs.SpecChange.NEW_VERSION:
+            version = ModelVersion(record.latest.version + 1, _copy(model))
+            return change, ModelRecord(name, [*record.versions, version])
+        patched = ModelVersion(record.latest.version, _copy(model), record.latest.created_at)
+        return change, ModelRecord(name, [*record.versions[:-1], patched])
+
+    def apply_load(self, change: model_specs.SpecChange, prepared: ModelRecord) -> None:
+        """Make a prepared LoadModel live (after it has been written durably)."""
+        name = prepared.name
+        record = self.models.get(name)
+        if record is None or change is model_specs.SpecChange.NEW_VERSION:
+            if record is None:
+                self.models[name] = prepared
+            else:
+                record.versions.append(prepared.latest)
+            self._derive(self.models[name], self.models[name].latest)
+        else:
+            # Same version, new spec: keep its replicas and observed state, replace what was asked for.
+            record.latest.spec = prepared.latest.spec
+        self.touched.models.add(name)
+        self.touched.want_reconcile(name, retry_failed=True)
+
+    def prepare_unload(self, name: str) -> ModelRecord:
+        """The durable record of ``name`` marked deleted. Raises FailedPrecondition for unknown models."""
+        record = self.models.get(name)
+        if record is None:
+            # Seldon's clients read FAILED_PRECONDITION as "do not retry"; an unknown model is final.
+            raise FailedPrecondition(f"model {name!r} not found")
+        return ModelRecord(name, list(record.versions), deleted=True)
+
+    def apply_unload(self, name: str) -> None:
+        record = self.models[name]
+        record.deleted = True
+        self.touched.models.add(name)
+        self.touched.want_reconcile(name)
+
+    # ----------------------------------------------------------------- desired state: servers
+
+    def notify_server(self, notify: pb.ServerNotify) -> None:
+        server = self.servers.setdefault(notify.name, ServerRecord(notify.name))
+        server.expected_replicas = notify.expectedReplicas
+        server.min_replicas = notify.minReplicas
+        server.max_replicas = notify.maxReplicas
+        server.shared = notify.shared
+        if notify.HasField("kubernetesMeta"):
+            server.kubernetes_namespace = notify.kubernetesMeta.namespace
+            server.kubernetes_generation = notify.kubernetesMeta.generation
+        self.touched.servers.add(server.name)
+        self.touched.durable_servers.add(server.name)
+        # Expected counts decide which replicas may keep models: every model on the server is affected.
+        for name, record in self.models.items():
+            if any(key[0] == server.name for version in record.versions for key in version.replicas):
+                self.touched.want_reconcile(name, retry_failed=True)
+        self._capacity_changed()
+
+    # ----------------------------------------------------------------- agents
+
+    def register_replica(
+        self, config: ReplicaConfig, loaded: Sequence[agent_pb2.LoadedModel], session: OperationSink
+    ) -> None:
+        """A replica's agent connected. Models it already holds become Available without a reload."""
+        server = self.servers.get(config.server)
+        if server is None:
+            server = self.servers[config.server] = ServerRecord(config.server, shared=config.shared)
+        elif server.expected_replicas is None:
+            server.shared = config.shared  # no controller has said: the agent's word stands
+        if config.index in server.replicas:
+            log.warning("replica %s/%d registered again: replacing its earlier session", config.server, config.index)
+            self._drop_replica(server, server.replicas[config.index])
+        replica = ReplicaRecord(
+            server=config.server,
+            index=config.index,
+            capabilities=config.capabilities,
+            total_memory=config.total_memory,
+            overcommit_percent=config.overcommit_percent,
+            http_url=config.http_url,
+            grpc_target=config.grpc_target,
+            session=session,
+            agent_id=config.agent_id,
+        )
+        server.replicas[config.index] = replica
+        server.empty_since = None
+        if config.index + 1 > server.seen_replicas:
+            server.seen_replicas = config.index + 1
+            self.touched.durable_servers.add(server.name)
+        for held in loaded:
+            self._adopt(replica, held)
+        self.touched.servers.add(server.name)
+        self._capacity_changed()
+
+    def _adopt(self, replica: ReplicaRecord, held: agent_pb2.LoadedModel) -> None:
+        record = self.models.get(held.name)
+        version = record.version(held.version) if record else None
+        if version is not None and version.state_of(replica.key) != S.UNKNOWN:
+            return  # reported twice in one registration
+        if record is None or version is None or record.deleted:
+            log.info(
+                "replica %s/%d holds %s:%d, which is not wanted: unloading it", *replica.key, held.name, held.version
+            )
+            orphan = pb.Model(meta=pb.MetaData(name=held.name))
+            self._send(replica, Operation.KIND_UNLOAD, orphan, held.version)
+            return
+        version.set_replica(replica.key, S.AVAILABLE, "held by the replica when its agent connected")
+        self._commit_memory(replica, record.name, version)
+        self._changed(record)
+
+    def replica_gone(self, server_name: str, index: int, session: OperationSink) -> None:
+        """A replica's session ended (disconnect, missed heartbeats, agent exit)."""
+        server = self.servers.get(server_name)
+        replica = server.replicas.get(index) if server else None
+        if server is None or replica is None or replica.session is not session:
+            return  # already replaced by a newer session of the same replica
+        self._drop_replica(server, replica)
+        self.touched.servers.add(server_name)
+
+    def _drop_replica(self, server: ServerRecord, replica: ReplicaRecord) -> None:
+        del server.replicas[replica.index]
+        if not server.replicas:
+            server.empty_since = time.time()
+        for record in self.models.values():
+            for version in record.versions:
+                if version.replicas.pop(replica.key, None) is not None:
+                    self._changed(record, retry_failed=True)
+        self._check_drains()
+
+    def drain_replica(self, server_name: str, index: int, session: OperationSink) -> None:
+        """The agent asked to leave: move its models elsewhere, then answer DrainComplete."""
+        server = self.servers.get(server_name)
+        replica = server.replicas.get(index) if server else None
+        if replica is None or replica.session is not session:
+            return
+        replica.draining = True
+        for record in self.models.values():
+            for version in record.versions:
+                state = version.state_of(replica.key)
+                if state == S.AVAILABLE:
+                    version.set_replica(replica.key, S.DRAINING, "replica is draining")
+                    self._changed(record)
+                elif state in (S.LOADING, S.LOADED):
+                    self._unload(replica, record, version)
+        self.touched.servers.add(server_name)
+        self._check_drains()
+
+    def model_event(self, server_name: str, index: int, session: OperationSink, event: Event) -> str | None:
+        """Apply an agent's event, compare-and-set on the state the scheduler expects.
+
+        Returns None when applied, or why it was rejected (the caller logs it and tells the agent).
+        """
+        server = self.servers.get(server_name)
+        replica = server.replicas.get(index) if server else None
+        if replica is None or replica.session is not session:
+            return "the session no longer owns this replica"
+        replica.reported_available_memory = event.available_memory_bytes
+        record = self.models.get(event.model_name)
+        version = record.version(event.model_version) if record else None
+        if record is None or version is None or (record.deleted and event.kind == Event.KIND_LOADED):
+            if event.kind in (Event.KIND_UNLOADED, Event.KIND_UNLOAD_FAILED):
+                return None  # an unload of something already forgotten: nothing to do
+            if event.kind == Event.KIND_LOADED:  # loaded but not wanted: take it off the replica again
+                self._send(
+                    replica,
+                    Operation.KIND_UNLOAD,
+                    pb.Model(meta=pb.MetaData(name=event.model_name)),
+                    event.model_version,
+                )
+            return f"unknown model version {event.model_name}:{event.model_version}"
+        expected, new, reason = _event_transition(event)
+        current = version.state_of(replica.key)
+        if current != expected:
+            return (
+                f"{Event.Kind.Name(event.kind)} for {record.name}:{version.version} on replica "
+                f"{server_name}/{index} expects state {expected.name}, but it is {current.name}"
+            )
+        try:
+            version.set_replica(replica.key, new, reason)
+            if new == S.LOADED:
+                version.set_replica(replica.key, S.AVAILABLE)
+        except IllegalTransition as error:  # the table and the event map disagree: a bug, reported
+            return str(error)
+        if new not in HOLDS_MEMORY:
+            replica.ledger.release((record.name, version.version))
+        if new == S.UNLOADED:
+            version.forget_inactive()
+            self._capacity_changed()
+        self._changed(record)
+        self.touched.servers.add(server_name)
+        self._check_drains()
+        return None
+
+    # ----------------------------------------------------------------- reconcile
+
+    def reconcile(self, name: str, *, retry_failed: bool) -> None:
+        """Bring one model's assignments towards its desired state. Synchronous, hence single-flight."""
+        record = self.models.get(name)
+        if record is None:
+            return
+        if record.deleted:
+            for version in record.versions:
+                self._unload_all(record, version, retry_failed=retry_failed)
+        else:
+            self._place_latest(record, retry_failed=retry_failed)
+            self._derive(record, record.latest)
+            if record.latest.derived.state == ModelState.AVAILABLE:
+                for old in record.versions[:-1]:
+                    self._unload_all(record, old, retry_failed=retry_failed)
+            self._unload_draining(record)
+        self._changed(record)
+        self._forget_finished(record)
+        self._check_drains()
+        # This pass has done what the model's own changes asked for; only new events ask again.
+        self.touched.reconcile.pop(name, None)
+
+    def _place_latest(self, record: ModelRecord, *, retry_failed: bool) -> None:
+        version = record.latest
+        spec = version.spec
+        desired = model_specs.desired_replicas(spec)
+        healthy = [key for key in version.keys_in(WANTED) if self._usable(key)]
+        if len(healthy) > desired:
+            self._scale_in(record, version, healthy, desired)
+            return
+        if len(healthy) == desired and len({server for server, _ in healthy}) <= 1:
+            version.schedule_failure = None
+            return
+        if version.keys_in(FAILED) and not retry_failed:
+            return  # a failed load is retried when capacity changes, not in a tight loop
+        current = healthy[0][0] if healthy else _serving_server(record)
+        request = PlacementRequest(
+            model=record.name,
+            version=version.version,
+            memory_bytes=model_specs.memory_needed(spec),
+            requirements=model_specs.requirements(spec),
+            server_pin=spec.modelSpec.server if spec.modelSpec.HasField("server") else None,
+            replicas=desired,
+            min_replicas=model_specs.min_replicas(spec),
+            is_explainer=model_specs.is_explainer(spec),
+            current_server=current,
+        )
+        decision = place(request, self._views(record.name, version))
+        if not decision.ok:
+            version.schedule_failure = decision.failure
+            log.info("cannot place %s:%d: %s", record.name, version.version, decision.failure)
+            return
+        version.schedule_failure = None
+        if decision.server is None:
+            return
+        server = self.servers[decision.server]
+        chosen = {(decision.server, index) for index in decision.replicas}
+        for key in version.keys_in(frozenset({S.LOAD_FAILED})):
+            if key not in chosen:  # retried elsewhere: the old failure no longer describes the model
+                version.set_replica(key, S.UNLOADED)
+        version.forget_inactive()
+        for index in decision.replicas:
+            key = (decision.server, index)
+            if key not in healthy:
+                self._load(server.replicas[index], record, version)
+        if decision.scale_up_to is not None:
+            self.touched.scaling[decision.server] = decision.scale_up_to
+
+    def _scale_in(self, record: ModelRecord, version: ModelVersion, healthy: list[ReplicaKey], desired: int) -> None:
+        # Give up the replicas that serve least first: not yet serving, then the highest index.
+        ordered = sorted(healthy, key=lambda key: (version.state_of(key) in SERVING, -key[1]))
+        for key in ordered[: len(healthy) - desired]:
+            self._unload(self.servers[key[0]].replicas[key[1]], record, version)
+
+    def _unload_draining(self, record: ModelRecord) -> None:
+        """Unload from replicas that are leaving (draining, or beyond the server's expected count)
+        once the model serves elsewhere; until then they keep serving, so a move never drops traffic."""
+        latest = record.latest
+        serving_elsewhere = any(latest.state_of(key) in SERVING and self._usable(key) for key in latest.replicas)
+        for version in record.versions:
+            for key in version.keys_in(WANTED | {S.DRAINING}):
+                if self._usable(key):
+                    continue
+                if version is not latest or serving_elsewhere:
+                    replica = self._replica(key)
+                    if replica is not None:
+                        self._unload(replica, record, version)
+
+    def _unload_all(self, record: ModelRecord, version: ModelVersion, *, retry_failed: bool) -> None:
+        for key, assignment in list(version.replicas.items()):
+            if assignment.state in INACTIVE or assignment.state in UNLOADING_STATES:
+                continue
+            if assignment.state == S.UNLOAD_FAILED and not retry_failed:
+                continue  # retried when capacity changes, not in a tight loop
+            replica = self._replica(key)
+            if replica is None:
+                del version.replicas[key]
+            else:
+                self._unload(replica, record, version)
+
+    # ----------------------------------------------------------------- operations
+
+    def _load(self, replica: ReplicaRecord, record: ModelRecord, version: ModelVersion) -> None:
+        version.set_replica(replica.key, S.LOAD_REQUESTED)
+        self._commit_memory(replica, record.name, version)
+        self._send(replica, Operation.KIND_LOAD, version.spec, version.version)
+        version.set_replica(replica.key, S.LOADING)
+        self.touched.servers.add(replica.server)
+
+    def _unload(self, replica: ReplicaRecord, record: ModelRecord, version: ModelVersion) -> None:
+        state = version.state_of(replica.key)
+        if state == S.LOAD_REQUESTED:
+            version.set_replica(replica.key, S.UNLOADED)
+            replica.ledger.release((record.name, version.version))
+            return
+        version.set_replica(replica.key, S.UNLOAD_REQUESTED)
+        self._send(replica, Operation.KIND_UNLOAD, version.spec, version.version)
+        version.set_replica(replica.key, S.UNLOADING)
+        self.touched.servers.add(replica.server)
+
+    def _send(
+        self, replica: ReplicaRecord, kind: agent_pb2.ModelOperation.Kind.ValueType, model: pb.Model, version: int
+    ) -> None:
+        operation = Operation(operation_id=replica.session.next_operation_id(), kind=kind, model=model, version=version)
+        replica.session.send(agent_pb2.SessionResponse(operation=operation))
+
+    def _commit_memory(self, replica: ReplicaRecord, name: str, version: ModelVersion) -> None:
+        try:
+            replica.ledger.commit((name, version.version), model_specs.memory_needed(version.spec))
+        except AccountingError:
+            log.exception("memory accounting refused %s:%d on %s/%d", name, version.version, *replica.key)
+            raise
+
+    # ----------------------------------------------------------------- derived state
+
+    def _derive_all(self, record: ModelRecord) -> None:
+        # Latest first: whether older versions are terminating depends on it.
+        for version in reversed(record.versions):
+            self._derive(record, version)
+
+    def _derive(self, record: ModelRecord, version: ModelVersion) -> None:
+        # An older version keeps its live state (and keeps serving) until the latest is available.
+        superseded = version is not record.latest and record.latest.derived.state == ModelState.AVAILABLE
+        if record.deleted or superseded:
+            derived = derive_terminating(version.facts())
+        else:
+            previous_available = any(v.serving > 0 for v in record.versions[:-1])
+            derived = derive_live(
+                version.facts(),
+                desired=model_specs.desired_replicas(version.spec),
+                min_replicas=model_specs.min_replicas(version.spec),
+                previous_available=previous_available,
+                schedule_failure=version.schedule_failure,
+            )
+        if derived != version.derived:
+            if derived.state != version.derived.state:
+                version.state_changed_at = time.time()
+            version.derived = derived
+            self.touched.models.add(record.name)
+
+    def _forget_finished(self, record: ModelRecord) -> None:
+        """Drop terminated old versions, and deleted models once nothing of them is left anywhere."""
+        if record.deleted:
+            if all(version.inactive for version in record.versions):
+                del self.models[record.name]
+                self.touched.durable_models.add(record.name)
+                self.touched.models.add(record.name)
+            return
+        if record.latest.derived.state != ModelState.AVAILABLE:
+            return
+        kept = [v for v in record.versions[:-1] if not v.inactive]
+        if len(kept) != len(record.versions) - 1:
+            record.versions[:-1] = kept
+            self.touched.durable_models.add(record.name)
+
+    # ----------------------------------------------------------------- helpers
+
+    def _changed(self, record: ModelRecord, *, retry_failed: bool = False) -> None:
+        self._derive_all(record)
+        self.touched.models.add(record.name)
+        self.touched.want_reconcile(record.name, retry_failed=retry_failed)
+
+    def _capacity_changed(self) -> None:
+        """Capacity appeared or freed up: every model not where it should be gets another try."""
+        for name, record in self.models.items():
+            latest = record.latest
+            if (
+                record.deleted
+                or latest.derived.state != ModelState.AVAILABLE
+                or latest.schedule_failure
+                or latest.derived.available_replicas < model_specs.desired_replicas(latest.spec)
+            ):
+                self.touched.want_reconcile(name, retry_failed=True)
+
+    def _replica(self, key: ReplicaKey) -> ReplicaRecord | None:
+        server = self.servers.get(key[0])
+        return server.replicas.get(key[1]) if server else None
+
+    def _usable(self, key: ReplicaKey) -> bool:
+        """A replica that can keep or take models: connected, not draining, not being scaled away."""
+        server = self.servers.get(key[0])
+        replica = server.replicas.get(key[1]) if server else None
+        if server is None or replica is None or replica.draining:
+            return False
+        return server.expected_replicas is None or key[1] < server.expected_replicas
+
+    def _views(self, name: str, version: ModelVersion) -> list[ServerView]:
+        views = []
+        for server in self.servers.values():
+            replicas = tuple(
+                ReplicaView(
+                    index=replica.index,
+                    capabilities=replica.capabilities,
+                    capacity_bytes=replica.ledger.capacity,
+                    used_bytes=replica.ledger.used,
+                    draining=not self._usable(replica.key),
+                    holds_model=version.state_of(replica.key) in WANTED,
+                )
+                for replica in server.replicas.values()
+            )
+            views.append(
+                ServerView(
+                    name=server.name,
+                    shared=server.shared,
+                    expected_replicas=server.expected_replicas,
+                    max_replicas=server.max_replicas,
+                    capabilities=server.capabilities,
+                    replicas=replicas,
+                )
+            )
+        return views
+
+    def _active_count(self, record: ModelRecord) -> int:
+        return sum(1 for v in record.versions for a in v.replicas.values() if a.state not in INACTIVE)
+
+    def _check_drains(self) -> None:
+        for server in self.servers.values():
+            for replica in server.replicas.values():
+                if replica.draining and not replica.drain_reported:
+                    self._maybe_finish_drain(replica)
+
+    def _maybe_finish_drain(self, replica: ReplicaRecord) -> None:
+        unplaced: list[str] = []
+        for record in self.models.values():
+            for version in record.versions:
+                state = version.state_of(replica.key)
+                if state in INACTIVE or state == S.UNLOAD_FAILED:
+                    continue
+                if state == S.DRAINING and version is record.latest and version.schedule_failure:
+                    unplaced.append(record.name)  # nowhere else to go: it serves here until the agent leaves
+                    continue
+                return  # still moving
+        replica.drain_reported = True
+        replica.session.send(
+            agent_pb2.SessionResponse(drain_complete=agent_pb2.DrainComplete(unplaced_models=sorted(unplaced)))
+        )
+
+    def check_invariants(self) -> None:
+        """Raise AccountingError/AssertionError if any invariant is broken. For tests and debugging."""
+        for server in self.servers.values():
+            for replica in server.replicas.values():
+                replica.ledger.check()
+                holding = {
+                    (record.name, version.version)
+                    for record in self.models.values()
+                    for version in record.versions
+                    if version.state_of(replica.key) in HOLDS_MEMORY
+                }
+                if len(holding) != len(replica.ledger) or not all(replica.ledger.holds(k) for k in holding):
+                    raise AccountingError(f"replica {replica.key}: ledger does not match its assignments")
+
+
+def _event_transition(event: agent_pb2.ModelEvent) -> tuple[ReplicaState, ReplicaState, str]:
+    """(state the scheduler must expect, state the event moves to, reason) for an agent event."""
+    if event.kind == Event.KIND_LOADED:
+        return S.LOADING, S.LOADED, ""
+    if event.kind == Event.KIND_LOAD_FAILED:
+        return S.LOADING, S.LOAD_FAILED, event.reason or "load failed"
+    if event.kind == Event.KIND_LOAD_FAIL_MEMORY:
+        return S.LOADING, S.LOAD_FAILED, f"not enough memory on the replica: {event.reason or 'load refused'}"
+    if event.kind == Event.KIND_UNLOADED:
+        return S.UNLOADING, S.UNLOADED, ""
+    if event.kind == Event.KIND_UNLOAD_FAILED:
+        return S.UNLOADING, S.UNLOAD_FAILED, event.reason or "unload failed"
+    raise IllegalTransition(f"unknown event kind {event.kind}")
+
+
+def _serving_server(record: ModelRecord) -> str | None:
+    for version in reversed(record.versions):
+        for key, assignment in version.replicas.items():
+            if assignment.state in SERVING:
+                return key[0]
+    return None
+
+
+def _copy(model: pb.Model) -> pb.Model:
+    copy = pb.Model()
+    copy.CopyFrom(model)
+    return copy

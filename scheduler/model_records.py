@@ -1,0 +1,120 @@
+"""The scheduler's records of models: desired state (specs, versions, deletion) and observed state
+(which replica holds which version, in which state).
+
+Only ``ModelRecord.to_bytes`` content is durable; replica assignments are rebuilt from agents.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from generated.mlops.scheduler import scheduler_pb2 as pb
+from scheduler.model_state import DerivedState, ModelState, ReplicaFact
+from scheduler.replica_state import INACTIVE, SERVING, ReplicaState, check_transition
+
+ReplicaKey = tuple[str, int]  # (server name, replica index)
+
+
+@dataclass(slots=True)
+class ReplicaAssignment:
+    state: ReplicaState = ReplicaState.UNKNOWN
+    reason: str = ""
+    changed_at: float = field(default_factory=time.time)
+
+    def fact(self) -> ReplicaFact:
+        return ReplicaFact(self.state, self.reason, self.changed_at)
+
+
+@dataclass(slots=True)
+class ModelVersion:
+    version: int
+    spec: pb.Model
+    created_at: float = field(default_factory=time.time)
+    replicas: dict[ReplicaKey, ReplicaAssignment] = field(default_factory=dict)
+    # Why the last placement attempt failed; None once placement succeeds.
+    schedule_failure: str | None = None
+    derived: DerivedState = field(default_factory=lambda: DerivedState(ModelState.PROGRESSING, "", 0, 0))
+    state_changed_at: float = field(default_factory=time.time)
+    gateway_state: ModelState = ModelState.UNKNOWN
+    gateway_reason: str = ""
+
+    def set_replica(self, key: ReplicaKey, state: ReplicaState, reason: str = "") -> ReplicaState:
+        """Move one replica assignment through the state machine; returns the previous state."""
+        assignment = self.replicas.get(key)
+        previous = assignment.state if assignment else ReplicaState.UNKNOWN
+        check_transition(previous, state)
+        if assignment is None:
+            assignment = self.replicas[key] = ReplicaAssignment()
+        assignment.state, assignment.reason, assignment.changed_at = state, reason, time.time()
+        return previous
+
+    def state_of(self, key: ReplicaKey) -> ReplicaState:
+        assignment = self.replicas.get(key)
+        return assignment.state if assignment else ReplicaState.UNKNOWN
+
+    def keys_in(self, states: frozenset[ReplicaState]) -> list[ReplicaKey]:
+        return [key for key, a in self.replicas.items() if a.state in states]
+
+    def facts(self) -> list[ReplicaFact]:
+        return [a.fact() for a in self.replicas.values()]
+
+    @property
+    def serving(self) -> int:
+        return sum(1 for a in self.replicas.values() if a.state in SERVING)
+
+    @property
+    def inactive(self) -> bool:
+        return all(a.state in INACTIVE for a in self.replicas.values())
+
+    def forget_inactive(self) -> None:
+        for key in [k for k, a in self.replicas.items() if a.state in (ReplicaState.UNLOADED, ReplicaState.UNKNOWN)]:
+            del self.replicas[key]
+
+
+@dataclass(slots=True)
+class ModelRecord:
+    """One model: its versions (oldest first; the last is the latest) and whether it is deleted."""
+
+    name: str
+    versions: list[ModelVersion]
+    deleted: bool = False
+
+    @property
+    def latest(self) -> ModelVersion:
+        return self.versions[-1]
+
+    def version(self, number: int) -> ModelVersion | None:
+        for version in self.versions:
+            if version.version == number:
+                return version
+        return None
+
+    def to_bytes(self) -> bytes:
+        """The durable part: specs of every version still present, and the deleted flag."""
+        return json.dumps(
+            {
+                "deleted": self.deleted,
+                "versions": [
+                    {"version": v.version, "created_at": v.created_at, "spec": v.spec.SerializeToString().hex()}
+                    for v in self.versions
+                ],
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, name: str, data: bytes) -> ModelRecord:
+        document = json.loads(data)
+        versions = [
+            ModelVersion(
+                version=int(entry["version"]),
+                spec=pb.Model.FromString(bytes.fromhex(entry["spec"])),
+                created_at=float(entry["created_at"]),
+            )
+            for entry in document["versions"]
+        ]
+        if not versions:
+            raise ValueError(f"stored model {name!r} has no versions")
+        return cls(name=name, versions=versions, deleted=bool(document["deleted"]))

@@ -1,0 +1,99 @@
+"""A model version's state (the Scheduler API's ``ModelStatus.ModelState``), derived from its replicas.
+
+The model state is never set directly: it is computed from the replica states every time one changes,
+so it cannot disagree with them. The rules, in order:
+
+For the live (latest, not deleted) version:
+  1. any replica LoadFailed                      -> ModelFailed, with the newest failure's reason
+  2. placement failed and nothing is assigned    -> ScheduleFailed, with the placement reason
+  3. nothing serving, replicas=0, minReplicas=0  -> ModelScaledDown
+  4. serving == replicas, or minReplicas > 0 and serving >= minReplicas,
+     or (rolling update) serving > 0 while the previous version was available -> ModelAvailable
+  5. otherwise                                   -> ModelProgressing
+For a deleted model or an older version:
+  any UnloadFailed -> ModelTerminateFailed; anything not yet inactive -> ModelTerminating;
+  else ModelTerminated.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from scheduler.replica_state import INACTIVE, SERVING, ReplicaState
+
+
+class ModelState(enum.IntEnum):
+    UNKNOWN = 0
+    PROGRESSING = 1
+    AVAILABLE = 2
+    FAILED = 3
+    TERMINATING = 4
+    TERMINATED = 5
+    TERMINATE_FAILED = 6
+    SCHEDULE_FAILED = 7
+    SCALED_DOWN = 8
+    CREATE = 9
+    TERMINATE = 10
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaFact:
+    """What derivation needs to know about one replica assignment."""
+
+    state: ReplicaState
+    reason: str = ""
+    changed_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DerivedState:
+    state: ModelState
+    reason: str
+    available_replicas: int
+    unavailable_replicas: int
+
+
+def derive_live(
+    replicas: Iterable[ReplicaFact],
+    *,
+    desired: int,
+    min_replicas: int,
+    previous_available: bool,
+    schedule_failure: str | None,
+) -> DerivedState:
+    """The state of the latest version of a model that is not deleted."""
+    facts = list(replicas)
+    serving = sum(1 for f in facts if f.state in SERVING)
+    unavailable = max(0, desired - serving)
+    failed = [f for f in facts if f.state == ReplicaState.LOAD_FAILED]
+    if failed:
+        newest = max(failed, key=lambda f: f.changed_at)
+        return DerivedState(ModelState.FAILED, newest.reason, serving, unavailable)
+    assigned = [f for f in facts if f.state not in INACTIVE]
+    if schedule_failure is not None and not assigned:
+        return DerivedState(ModelState.SCHEDULE_FAILED, schedule_failure, serving, unavailable)
+    if serving == 0 and desired == 0 and min_replicas == 0:
+        return DerivedState(ModelState.SCALED_DOWN, "", 0, 0)
+    if (
+        (desired > 0 and serving >= desired)
+        or (min_replicas > 0 and serving >= min_replicas)
+        or (serving > 0 and previous_available)
+    ):
+        return DerivedState(ModelState.AVAILABLE, "", serving, unavailable)
+    return DerivedState(ModelState.PROGRESSING, schedule_failure or "", serving, unavailable)
+
+
+def derive_terminating(replicas: Iterable[ReplicaFact]) -> DerivedState:
+    """The state of a deleted model's version, or of a version superseded by a newer one."""
+    facts = list(replicas)
+    serving = sum(1 for f in facts if f.state in SERVING)
+    active = [f for f in facts if f.state not in INACTIVE]
+    unload_failed = [f for f in facts if f.state == ReplicaState.UNLOAD_FAILED]
+    if unload_failed:
+        newest = max(unload_failed, key=lambda f: f.changed_at)
+        return DerivedState(ModelState.TERMINATE_FAILED, newest.reason, serving, len(active) - serving)
+    if active:
+        return DerivedState(ModelState.TERMINATING, "", serving, len(active) - serving)
+    return DerivedState(ModelState.TERMINATED, "", 0, 0)

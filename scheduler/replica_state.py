@@ -1,0 +1,72 @@
+"""The state machine of one model version on one server replica.
+
+Values are the wire values of the Scheduler API's ``ModelReplicaStatus.ModelReplicaState``. Every change
+goes through :func:`check_transition`; a transition not in the table is an error, never applied.
+
+    LoadRequested -> Loading -> Loaded -> Available -> Draining
+          |             |         |          |            |
+          +-------------+---------+----------+------------+--> UnloadRequested -> Unloading -> Unloaded
+    Loading -> LoadFailed (agent said so, or the replica went away)        Unloading -> UnloadFailed
+"""
+
+from __future__ import annotations
+
+import enum
+
+from scheduler.errors import IllegalTransition
+
+
+class ReplicaState(enum.IntEnum):
+    UNKNOWN = 0
+    LOAD_REQUESTED = 1
+    LOADING = 2
+    LOADED = 3
+    LOAD_FAILED = 4
+    UNLOAD_REQUESTED = 5
+    UNLOADING = 6
+    UNLOADED = 7
+    UNLOAD_FAILED = 8
+    AVAILABLE = 9
+    LOADED_UNAVAILABLE = 10
+    UNLOAD_ENVOY_REQUESTED = 11
+    DRAINING = 12
+
+
+S = ReplicaState
+TRANSITIONS: dict[ReplicaState, frozenset[ReplicaState]] = {
+    # A new assignment; LOADED/AVAILABLE directly when an agent reports a model it already holds.
+    S.UNKNOWN: frozenset({S.LOAD_REQUESTED, S.LOADED, S.AVAILABLE}),
+    S.LOAD_REQUESTED: frozenset({S.LOADING, S.LOAD_FAILED, S.UNLOADED}),
+    S.LOADING: frozenset({S.LOADED, S.LOAD_FAILED, S.UNLOAD_REQUESTED}),
+    S.LOADED: frozenset({S.AVAILABLE, S.UNLOAD_REQUESTED, S.LOADED_UNAVAILABLE}),
+    S.AVAILABLE: frozenset({S.DRAINING, S.UNLOAD_REQUESTED, S.LOADED_UNAVAILABLE}),
+    S.LOADED_UNAVAILABLE: frozenset({S.AVAILABLE, S.UNLOAD_REQUESTED}),
+    S.DRAINING: frozenset({S.AVAILABLE, S.UNLOAD_REQUESTED}),
+    # A failed load is retried (LOAD_REQUESTED) when capacity changes, or given up (UNLOADED).
+    S.LOAD_FAILED: frozenset({S.LOAD_REQUESTED, S.UNLOAD_REQUESTED, S.UNLOADED}),
+    S.UNLOAD_REQUESTED: frozenset({S.UNLOADING, S.UNLOADED}),
+    S.UNLOADING: frozenset({S.UNLOADED, S.UNLOAD_FAILED}),
+    S.UNLOAD_FAILED: frozenset({S.UNLOAD_REQUESTED, S.UNLOADED}),
+    S.UNLOADED: frozenset({S.LOAD_REQUESTED}),
+    S.UNLOAD_ENVOY_REQUESTED: frozenset({S.UNLOAD_REQUESTED}),
+}
+
+# States in which the model is meant to serve on the replica (loads in flight included).
+WANTED = frozenset({S.LOAD_REQUESTED, S.LOADING, S.LOADED, S.AVAILABLE, S.LOADED_UNAVAILABLE})
+# States in which the replica's memory is committed to the model: from the load request until the
+# agent confirms the unload (a failed unload may still hold the memory).
+HOLDS_MEMORY = WANTED | {S.DRAINING, S.UNLOAD_REQUESTED, S.UNLOADING, S.UNLOAD_FAILED}
+# States in which the model answers requests on the replica.
+SERVING = frozenset({S.AVAILABLE, S.DRAINING})
+# States on the way to being served.
+LOADING_STATES = frozenset({S.LOAD_REQUESTED, S.LOADING, S.LOADED})
+# States that still need the replica to do something before the assignment is gone.
+UNLOADING_STATES = frozenset({S.UNLOAD_REQUESTED, S.UNLOADING})
+FAILED = frozenset({S.LOAD_FAILED, S.UNLOAD_FAILED})
+# Assignments that are over: the record can be dropped.
+INACTIVE = frozenset({S.UNLOADED, S.LOAD_FAILED, S.UNKNOWN})
+
+
+def check_transition(current: ReplicaState, new: ReplicaState) -> None:
+    if new not in TRANSITIONS[current]:
+        raise IllegalTransition(f"replica state {current.name} cannot change to {new.name}")

@@ -1,0 +1,57 @@
+"""Domain errors to gRPC status codes: the one mapping every servicer uses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from grpc import aio
+
+from scheduler import errors
+from scheduler.event_hub import SubscriberLagged
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+CODES: dict[type[errors.SchedulerError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    # Seldon's clients treat FAILED_PRECONDITION as "do not retry"; we use it where Seldon does.
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.IllegalTransition: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+def code_for(error: errors.SchedulerError) -> grpc.StatusCode:
+    for kind in type(error).__mro__:
+        if kind in CODES:
+            return CODES[kind]
+    return grpc.StatusCode.INTERNAL
+
+
+async def abort(context: aio.ServicerContext[Any, Any], error: errors.SchedulerError) -> NoReturn:
+    await context.abort(code_for(error), str(error))
+
+
+async def unary(context: aio.ServicerContext[Any, Any], call: Callable[[], Awaitable[T]]) -> T:
+    """Run a unary handler's domain call, answering domain errors with their status code."""
+    try:
+        return await call()
+    except errors.SchedulerError as error:
+        await abort(context, error)
+
+
+async def stream(context: aio.ServicerContext[Any, Any], source: AsyncIterator[T]) -> AsyncIterator[T]:
+    """Relay a domain stream, answering domain errors (and a lagging subscriber) with a status code."""
+    try:
+        async for item in source:
+            yield item
+    except errors.SchedulerError as error:
+        await abort(context, error)
+    except SubscriberLagged as error:
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))

@@ -1,0 +1,100 @@
+"""Scheduler API messages made from the scheduler's records: the one place that knows both shapes."""
+
+from __future__ import annotations
+
+import time
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from generated.mlops.scheduler import scheduler_pb2 as pb
+from scheduler.model_records import ModelRecord, ModelVersion
+from scheduler.server_records import ServerRecord
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def version_status(version: ModelVersion) -> pb.ModelVersionStatus:
+    derived = version.derived
+    servers = {server for server, _ in version.replicas}
+    status = pb.ModelVersionStatus(
+        version=version.version,
+        serverName=min(servers) if servers else "",
+        state=pb.ModelStatus(
+            state=derived.state.value,  # type: ignore[arg-type]
+            reason=derived.reason,
+            availableReplicas=derived.available_replicas,
+            unavailableReplicas=derived.unavailable_replicas,
+            lastChangeTimestamp=_timestamp(version.state_changed_at),
+            modelGwState=version.gateway_state.value,  # type: ignore[arg-type]
+            modelGwReason=version.gateway_reason,
+        ),
+        modelDefn=version.spec,
+    )
+    if version.spec.meta.HasField("kubernetesMeta"):
+        status.kubernetesMeta.CopyFrom(version.spec.meta.kubernetesMeta)
+    for (_server, index), assignment in version.replicas.items():
+        status.modelReplicaState[index].CopyFrom(
+            pb.ModelReplicaStatus(
+                state=assignment.state.value,  # type: ignore[arg-type]
+                reason=assignment.reason,
+                lastChangeTimestamp=_timestamp(assignment.changed_at),
+            )
+        )
+    return status
+
+
+def model_status(record: ModelRecord, *, all_versions: bool = False) -> pb.ModelStatusResponse:
+    versions = record.versions if all_versions else record.versions[-1:]
+    return pb.ModelStatusResponse(
+        modelName=record.name,
+        versions=[version_status(v) for v in versions],
+        deleted=record.deleted,
+        keepTopics=not record.latest.spec.dataflowSpec.cleanTopicsOnDelete,
+        timestamp=time.time_ns(),
+        operation=pb.ModelStatusResponse.ModelDelete if record.deleted else pb.ModelStatusResponse.ModelCreate,
+    )
+
+
+def removed_model_status(name: str) -> pb.ModelStatusResponse:
+    """The last word on a deleted model once nothing of it is left."""
+    return pb.ModelStatusResponse(
+        modelName=name, deleted=True, timestamp=time.time_ns(), operation=pb.ModelStatusResponse.ModelDelete
+    )
+
+
+def server_status(server: ServerRecord) -> pb.ServerStatusResponse:
+    resources = [
+        pb.ServerReplicaResources(
+            replicaIdx=replica.index,
+            totalMemoryBytes=replica.total_memory,
+            availableMemoryBytes=max(0, replica.total_memory - replica.ledger.used),
+            numLoadedModels=len(replica.ledger),
+            overCommitPercentage=replica.overcommit_percent,
+        )
+        for replica in sorted(server.replicas.values(), key=lambda r: r.index)
+    ]
+    status = pb.ServerStatusResponse(
+        type=pb.ServerStatusResponse.StatusUpdate,
+        serverName=server.name,
+        resources=resources,
+        expectedReplicas=server.expected_replicas if server.expected_replicas is not None else len(resources),
+        availableReplicas=len(resources),
+        numLoadedModelReplicas=sum(r.numLoadedModels for r in resources),
+    )
+    if server.kubernetes_namespace or server.kubernetes_generation:
+        status.kubernetesMeta.CopyFrom(
+            pb.KubernetesMeta(namespace=server.kubernetes_namespace, generation=server.kubernetes_generation)
+        )
+    return status
+
+
+def scaling_request(server: ServerRecord, replicas: int) -> pb.ServerStatusResponse:
+    """Ask the controller to scale ``server`` to ``replicas``."""
+    status = server_status(server)
+    status.type = pb.ServerStatusResponse.ScalingRequest
+    status.expectedReplicas = replicas
+    return status

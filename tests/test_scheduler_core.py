@@ -1,0 +1,372 @@
+"""SchedulerCore in-process: versions, placement in context, rollout, deletion, agents, drain, restart.
+
+Fake replicas answer operations directly; ``Harness.settle`` checks the memory and state invariants
+after every step, so each test also proves accounting stays consistent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from generated.mlops.agent.v1 import agent_pb2
+from generated.mlops.scheduler import scheduler_pb2 as pb
+from scheduler.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from scheduler.model_state import ModelState
+from scheduler.persistence import MemoryStateStore
+from scheduler.scheduler_core import CoreSettings, SchedulerCore
+from tests.scheduler_harness import Harness, MiB, model_spec
+
+M = ModelState
+
+
+# ----------------------------------------------------------------------------- versions
+
+
+@pytest.mark.parametrize(
+    ("second", "expected_versions", "latest_replicas"),
+    [
+        ({}, [1], 1),  # identical request: nothing changes
+        ({"uri": "gs://models/iris-v2"}, [2], 1),  # modelSpec change: new version; v1 unloaded, dropped
+        ({"memory": 200 * MiB}, [2], 1),  # modelSpec change: new version
+        ({"replicas": 2}, [1], 2),  # deployment only: same version, updated in place
+        ({"generation": 7}, [1], 1),  # metadata only: patched in place
+    ],
+)
+async def test_versioning(second: dict[str, object], expected_versions: list[int], latest_replicas: int) -> None:
+    async with Harness() as h:
+        h.add_replica(index=0)
+        h.add_replica(index=1)
+        await h.load("iris")
+        await h.settle()
+        await h.load("iris", **second)  # type: ignore[arg-type]
+        await h.settle()
+        record = h.core.cluster.models["iris"]
+        assert [v.version for v in record.versions] == expected_versions
+        assert h.state("iris") == M.AVAILABLE
+        assert h.status("iris").versions[-1].state.availableReplicas == latest_replicas
+
+
+async def test_first_version_is_the_kubernetes_generation() -> None:
+    async with Harness() as h:
+        await h.load("iris", generation=100)
+        assert [v.version for v in h.core.cluster.models["iris"].versions] == [100]
+        await h.load("iris", generation=100, uri="gs://changed")
+        assert [v.version for v in h.core.cluster.models["iris"].versions] == [100, 101]
+
+
+async def test_identical_load_writes_nothing() -> None:
+    store = MemoryStateStore()
+    async with Harness(store) as h:
+        await h.load("iris")
+        writes = store.apply_count
+        await h.load("iris")
+        assert store.apply_count == writes
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (model_spec("Bad_Name"), "is invalid"),
+        (model_spec("a.b"), "is invalid"),
+        (model_spec("x" * 64), "the limit is 63"),
+        (model_spec(""), "name is empty"),
+        (model_spec("iris", uri=""), "uri is empty"),
+        (model_spec("iris", replicas=5000), "above the limit"),
+        (model_spec("iris", replicas=1, min_replicas=2), "minReplicas=2 is more than replicas=1"),
+        (model_spec("iris", replicas=3, max_replicas=2), "replicas=3 is more than maxReplicas=2"),
+        (model_spec("iris", requirements=[" sklearn"]), "not a capability name"),
+        (model_spec("iris", server="Not A Server"), "server name"),
+        (pb.Model(meta=pb.MetaData(name="iris")), "modelSpec is missing"),
+        (pb.Model(modelSpec=pb.ModelSpec(uri="x")), "meta is missing"),
+    ],
+)
+async def test_bad_models_are_refused(model: pb.Model, message: str) -> None:
+    async with Harness() as h:
+        with pytest.raises(InvalidArgument, match=message):
+            await h.core.load_model(model)
+        assert h.core.cluster.models == {}
+
+
+async def test_model_limit() -> None:
+    core = SchedulerCore(MemoryStateStore(), CoreSettings(sync_grace_seconds=0, max_models=2))
+    await core.start()
+    try:
+        await core.load_model(model_spec("a"))
+        await core.load_model(model_spec("b"))
+        with pytest.raises(ResourceExhausted, match="limit"):
+            await core.load_model(model_spec("c"))
+        await core.load_model(model_spec("a", uri="changed"))  # existing models can still change
+    finally:
+        await core.close()
+
+
+async def test_concurrent_loads_of_one_name_are_single_flight() -> None:
+    async with Harness() as h:
+        replica = h.add_replica(memory=10_000 * MiB)
+        await asyncio.gather(*(h.load("iris") for _ in range(20)))
+        await asyncio.gather(*(h.load("iris", uri=f"gs://v{i}") for i in range(5)))
+        await h.settle()
+        versions = [v.version for v in h.core.cluster.models["iris"].versions]
+        assert versions == [6]  # 1 + 5 changes, each a new version; old ones unloaded and dropped
+        assert h.state("iris") == M.AVAILABLE
+        assert len(replica.held) == 1
+
+
+# ----------------------------------------------------------------------------- placement in context
+
+
+async def test_schedule_failed_names_each_server_and_filter() -> None:
+    async with Harness() as h:
+        h.add_replica("mlserver", memory=100 * MiB)
+        h.add_replica("triton", capabilities=["triton"])
+        await h.load("big", memory=300 * MiB)
+        await h.settle()
+        status = h.status("big").versions[-1].state
+        assert M(status.state) == M.SCHEDULE_FAILED
+        assert "server mlserver" in status.reason
+        assert "replica 0 has 100MiB free, model needs 300MiB" in status.reason
+        assert "server triton: missing capability sklearn" in status.reason
+
+
+async def test_failed_model_is_placed_when_capacity_arrives() -> None:
+    async with Harness() as h:
+        await h.load("iris")
+        await h.settle()
+        assert h.state("iris") == M.SCHEDULE_FAILED
+        assert h.status("iris").versions[-1].state.reason == "no servers are connected"
+        h.add_replica()
+        await h.settle()
+        assert h.state("iris") == M.AVAILABLE
+
+
+async def test_partial_placement_asks_for_scale_up() -> None:
+    async with Harness() as h:
+        h.add_replica(index=0)
+        async with h.core.subscribe_servers("test") as servers:
+            await h.load("iris", replicas=3, min_replicas=1, max_replicas=5)
+            await h.settle()
+            assert h.state("iris") == M.AVAILABLE  # minReplicas met
+            seen: list[pb.ServerStatusResponse] = []
+            while not any(s.type == pb.ServerStatusResponse.ScalingRequest for s in seen):
+                seen.append(await asyncio.wait_for(anext(servers), 5))
+            [scaling] = [s for s in seen if s.type == pb.ServerStatusResponse.ScalingRequest]
+            assert (scaling.serverName, scaling.expectedReplicas) == ("mlserver", 3)
+        h.add_replica(index=1)
+        h.add_replica(index=2)
+        await h.settle()
+        assert h.status("iris").versions[-1].state.availableReplicas == 3
+
+
+async def test_scale_up_and_down_keep_existing_replicas() -> None:
+    async with Harness() as h:
+        for index in range(3):
+            h.add_replica(index=index)
+        await h.load("iris", replicas=1)
+        await h.settle()
+        assert len(h.placed_on("iris")) == 1
+        await h.load("iris", replicas=3)
+        await h.settle()
+        assert set(h.placed_on("iris")) == {0, 1, 2}
+        await h.load("iris", replicas=1)
+        await h.settle()
+        remaining = [i for i, state in h.placed_on("iris").items() if state == "AVAILABLE"]
+        assert len(remaining) == 1
+        await h.load("iris", replicas=0)
+        await h.settle()
+        assert h.state("iris") == M.SCALED_DOWN
+
+
+async def test_memory_never_goes_negative_with_1000_models_on_tiny_replicas() -> None:
+    async with Harness() as h:
+        replicas = [h.add_replica(index=i, memory=10 * MiB) for i in range(4)]
+        for i in range(1000):
+            await h.load(f"m-{i}", memory=MiB)
+        await h.settle(rounds=2000)
+        states = [h.state(f"m-{i}") for i in range(1000)]
+        assert states.count(M.AVAILABLE) == 40  # 4 replicas x 10 MiB / 1 MiB
+        assert states.count(M.SCHEDULE_FAILED) == 960
+        for replica in h.core.cluster.servers["mlserver"].replicas.values():
+            assert replica.ledger.used == 10 * MiB
+        for i in range(0, 1000, 2):
+            await h.core.unload_model(f"m-{i}")
+        await h.settle(rounds=4000)
+        for replica in h.core.cluster.servers["mlserver"].replicas.values():
+            assert 0 <= replica.ledger.used <= replica.ledger.capacity
+        assert sum(len(r.held) for r in replicas) == 40  # freed room was taken by waiting models
+
+
+# ----------------------------------------------------------------------------- rollout and deletion
+
+
+async def test_rollout_replaces_the_old_version_after_the_new_one_serves() -> None:
+    async with Harness() as h:
+        replica = h.add_replica()
+        await h.load("iris")
+        await h.settle()
+        replica.answering = False
+        await h.load("iris", uri="gs://v2")
+        await h.settle()
+        assert replica.unloads == []  # v2 not loaded yet: v1 keeps serving
+        assert h.state("iris") == M.PROGRESSING
+        replica.answering = True
+        for operation in replica.unanswered:
+            replica.answer(operation)
+        await h.settle()
+        assert replica.unloads == [("iris", 1)]
+        assert h.state("iris") == M.AVAILABLE
+        assert [v.version for v in h.core.cluster.models["iris"].versions] == [2]
+
+
+async def test_failing_new_version_leaves_the_old_one_serving() -> None:
+    async with Harness() as h:
+        replica = h.add_replica()
+        await h.load("iris")
+        await h.settle()
+        replica.fail_loads["iris"] = "model file not found: gs://v2/model.joblib"
+        await h.load("iris", uri="gs://v2")
+        await h.settle()
+        versions = h.status("iris", all_versions=True).versions
+        assert [(v.version, M(v.state.state)) for v in versions] == [(1, M.AVAILABLE), (2, M.FAILED)]
+        assert versions[1].state.reason == "model file not found: gs://v2/model.joblib"
+        assert ("iris", 1) in replica.held
+
+
+async def test_unload_and_recreate() -> None:
+    async with Harness() as h:
+        replica = h.add_replica()
+        await h.load("iris")
+        await h.settle()
+        replica.answering = False
+        await h.core.unload_model("iris")
+        await h.settle()
+        assert h.state("iris") == M.TERMINATING
+        with pytest.raises(FailedPrecondition, match="in process of deletion"):
+            await h.load("iris")
+        await h.core.unload_model("iris")  # repeating the unload is fine
+        replica.answering = True
+        for operation in replica.unanswered:
+            replica.answer(operation)
+        await h.settle()
+        assert "iris" not in h.core.cluster.models
+        with pytest.raises(FailedPrecondition, match="not found"):
+            h.core.model_status("iris", all_versions=False)
+        await h.load("iris")
+        await h.settle()
+        assert h.state("iris") == M.AVAILABLE
+
+
+async def test_unknown_model_unload_is_failed_precondition() -> None:
+    async with Harness() as h:
+        with pytest.raises(FailedPrecondition, match="not found"):
+            await h.core.unload_model("nope")
+
+
+# ----------------------------------------------------------------------------- agents
+
+
+async def test_agent_disconnect_reschedules() -> None:
+    async with Harness() as h:
+        first = h.add_replica(index=0, memory=150 * MiB)
+        await h.load("iris")
+        await h.settle()
+        assert h.placed_on("iris") == {0: "AVAILABLE"}
+        second = h.add_replica(index=1)
+        first.disconnect()
+        await h.settle()
+        assert h.placed_on("iris") == {1: "AVAILABLE"}
+        assert second.loads == [("iris", 1)]
+
+
+async def test_events_are_compare_and_set() -> None:
+    async with Harness() as h:
+        replica = h.add_replica()
+        await h.load("iris")
+        await h.settle()
+        # A second LOADED for a load that already completed (a duplicate or late event).
+        replica.answer(
+            agent_pb2.ModelOperation(
+                operation_id=99, kind=agent_pb2.ModelOperation.KIND_LOAD, model=model_spec("iris"), version=1
+            )
+        )
+        assert replica.rejected[-1].reason == (
+            "KIND_LOADED for iris:1 on replica mlserver/0 expects state LOADING, but it is AVAILABLE"
+        )
+        assert h.state("iris") == M.AVAILABLE
+
+
+async def test_held_models_are_adopted_without_reload() -> None:
+    async with Harness() as h:
+        await h.load("iris")
+        replica = h.add_replica(loaded=[("iris", 1, 100 * MiB), ("stranger", 3, MiB)])
+        await h.settle()
+        assert h.state("iris") == M.AVAILABLE
+        assert replica.loads == []
+        assert replica.unloads == [("stranger", 3)]  # not wanted here: removed
+
+
+async def test_drain_moves_models_before_answering() -> None:
+    async with Harness() as h:
+        leaving = h.add_replica(index=0)
+        await h.load("iris")
+        await h.load("wine")
+        await h.settle()
+        staying = h.add_replica(index=1)
+        staying.answering = False
+        leaving.drain()
+        await h.settle()
+        assert leaving.drain_complete == []  # nothing serves elsewhere yet
+        assert h.state("iris") == M.AVAILABLE  # still served by the draining replica
+        staying.answering = True
+        for operation in staying.unanswered:
+            staying.answer(operation)
+        await h.settle()
+        assert sorted(staying.held) == [("iris", 1), ("wine", 1)]
+        assert sorted(leaving.unloads) == [("iris", 1), ("wine", 1)]
+        assert [list(d.unplaced_models) for d in leaving.drain_complete] == [[]]
+
+
+async def test_drain_reports_models_that_cannot_move() -> None:
+    async with Harness() as h:
+        leaving = h.add_replica(index=0)
+        await h.load("iris")
+        await h.settle()
+        leaving.drain()
+        await h.settle()
+        assert [list(d.unplaced_models) for d in leaving.drain_complete] == [["iris"]]
+        assert h.state("iris") == M.AVAILABLE  # keeps serving until the agent actually leaves
+
+
+async def test_server_scaling_to_zero_moves_its_models() -> None:
+    async with Harness() as h:
+        h.add_replica("old")
+        await h.load("iris")
+        await h.settle()
+        h.add_replica("new")
+        await h.core.notify_servers([pb.ServerNotify(name="old", expectedReplicas=0, shared=True)], first_sync=False)
+        await h.settle()
+        record = h.core.cluster.models["iris"]
+        assert {server for server, _ in record.latest.replicas} == {"new"}
+
+
+# ----------------------------------------------------------------------------- restart
+
+
+async def test_restart_restores_models_and_waits_for_agents() -> None:
+    tables: dict[str, dict[str, bytes]] = {}
+    async with Harness(MemoryStateStore(tables)) as h:
+        h.add_replica()
+        await h.load("iris")
+        await h.load("wine", uri="gs://wine")
+        await h.load("wine", uri="gs://wine-2")
+        await h.settle()
+    async with Harness(MemoryStateStore(tables), sync_grace_seconds=30) as again:
+        assert sorted(again.core.cluster.models) == ["iris", "wine"]
+        assert not again.core.ready.is_set()  # the replica seen before has not reconnected yet
+        replica = again.add_replica(loaded=[("iris", 1, 100 * MiB), ("wine", 2, 100 * MiB)])
+        await asyncio.wait_for(again.core.ready.wait(), 5)
+        await again.settle()
+        assert again.state("iris") == M.AVAILABLE
+        assert again.state("wine") == M.AVAILABLE
+        assert replica.loads == []  # nothing reloaded

@@ -560,6 +560,28 @@ class Cluster:
             agent_pb2.SessionResponse(drain_complete=agent_pb2.DrainComplete(unplaced_models=sorted(unplaced)))
         )
 
+    def request_scale_downs(self, now: float, idle_seconds: float) -> None:
+        """Ask to scale servers down when replicas have held nothing for ``idle_seconds``.
+
+        A server never goes below max(minReplicas, 1), and only idle replicas count, so the request can
+        be met by removing replicas that serve nothing.
+        """
+        for server in self.servers.values():
+            idle = 0
+            for replica in server.replicas.values():
+                if len(replica.ledger):
+                    replica.empty_since = None
+                else:
+                    replica.empty_since = replica.empty_since or now
+                    idle += now - replica.empty_since >= idle_seconds
+            floor = max(server.min_replicas, 1)
+            wanted = max(floor, len(server.replicas) - idle)
+            if wanted < len(server.replicas) and wanted != server.scale_down_requested:
+                server.scale_down_requested = wanted
+                self.touched.scaling[server.name] = wanted
+            elif wanted >= len(server.replicas):
+                server.scale_down_requested = None
+
     def check_invariants(self) -> None:
         """Raise AccountingError/AssertionError if any invariant is broken. For tests and debugging."""
         for server in self.servers.values():

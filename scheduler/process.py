@@ -72,7 +72,13 @@ async def _listener(address: Address, settings: SchedulerSettings, services: lis
 async def serve(settings: SchedulerSettings, shutdown: ShutdownRequest) -> None:
     """Serve until ``shutdown`` is requested, then stop gracefully. The state dir must be open."""
     store = await SqliteStateStore.open(settings.state_dir)
-    core = SchedulerCore(store, CoreSettings(sync_grace_seconds=settings.sync_grace_seconds))
+    core = SchedulerCore(
+        store,
+        CoreSettings(
+            sync_grace_seconds=settings.sync_grace_seconds,
+            scale_down_idle_seconds=settings.scale_down_idle_seconds,
+        ),
+    )
     try:
         await core.start()
         await _serve(settings, shutdown, core)

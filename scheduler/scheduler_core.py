@@ -52,6 +52,8 @@ class CoreSettings:
     # Reconcile this many models, then let RPCs in before going on.
     reconcile_batch: int = 200
     max_pending_status_keys: int = 100_000
+    # Ask to remove server replicas that have held no model for this long.
+    scale_down_idle_seconds: float = 300.0
 
 
 class SchedulerCore:
@@ -95,6 +97,7 @@ class SchedulerCore:
             asyncio.create_task(self._reconcile_loop(), name="reconcile"),
             asyncio.create_task(self._write_behind_loop(), name="write-behind"),
             asyncio.create_task(self._synchroniser(), name="synchroniser"),
+            asyncio.create_task(self._scale_down_loop(), name="scale-down"),
         ]
 
     async def close(self) -> None:
@@ -102,6 +105,10 @@ class SchedulerCore:
         self.closing.set()
         self.models_hub.close()
         self.servers_hub.close()
+        for server in self.cluster.servers.values():
+            for replica in server.replicas.values():
+                # Agents see the stream end and reconnect (to this scheduler's successor) with backoff.
+                replica.session.close("the scheduler is shutting down")
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -319,6 +326,14 @@ class SchedulerCore:
                     self._after_change()
                     await asyncio.sleep(0)
             self._after_change()
+
+    async def _scale_down_loop(self) -> None:
+        interval = max(0.05, min(30.0, self.settings.scale_down_idle_seconds / 4))
+        while True:
+            await asyncio.sleep(interval)
+            if self.ready.is_set():
+                self.cluster.request_scale_downs(time.time(), self.settings.scale_down_idle_seconds)
+                self._after_change()
 
     async def _write_behind_loop(self) -> None:
         """Durable changes that follow from agents' events (a version dropped, a deleted model gone).

@@ -25,6 +25,8 @@ class OperationSink(Protocol):
 
     def next_operation_id(self) -> int: ...
 
+    def close(self, reason: str) -> None: ...
+
 
 @dataclass(slots=True)
 class ReplicaRecord:
@@ -41,6 +43,8 @@ class ReplicaRecord:
     draining: bool = False
     drain_reported: bool = False
     connected_at: float = field(default_factory=time.time)
+    # Since when the replica holds no model (None while it holds some): scale-down looks at this.
+    empty_since: float | None = None
     ledger: MemoryLedger = field(init=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +70,8 @@ class ServerRecord:
     seen_replicas: int = 0
     replicas: dict[int, ReplicaRecord] = field(default_factory=dict)
     empty_since: float | None = None
+    # The replica count last asked for in a scale-down ScalingRequest, so it is asked once.
+    scale_down_requested: int | None = None
 
     @property
     def capabilities(self) -> frozenset[str]:

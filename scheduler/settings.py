@@ -35,6 +35,8 @@ class SchedulerSettings:
     sync_grace_seconds: float = 10.0
     # How often agents and the scheduler exchange heartbeats; three missed ones end a session.
     heartbeat_seconds: float = 5.0
+    # Ask the controller to remove server replicas that have held no model for this long.
+    scale_down_idle_seconds: float = 300.0
 
 
 def listen_address(text: str) -> Address:
@@ -98,6 +100,13 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="agent session heartbeat interval; three missed heartbeats end a session (default 5)",
     )
     parser.add_argument(
+        "--scale-down-idle",
+        type=positive_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="ask to scale a server down once replicas have held no model this long (default 300)",
+    )
+    parser.add_argument(
         "--ready-file",
         type=Path,
         metavar="FILE",
@@ -126,6 +135,7 @@ def parse_settings(
         log_json=options.log_json,
         sync_grace_seconds=options.sync_grace,
         heartbeat_seconds=options.heartbeat,
+        scale_down_idle_seconds=options.scale_down_idle,
     )
     if settings.listen == settings.agent_listen and settings.listen.port != 0:
         parser.error(f"--listen and --agent-listen are both {settings.listen}: give them different ports")

@@ -370,3 +370,25 @@ async def test_restart_restores_models_and_waits_for_agents() -> None:
         assert again.state("iris") == M.AVAILABLE
         assert again.state("wine") == M.AVAILABLE
         assert replica.loads == []  # nothing reloaded
+
+
+async def test_idle_replicas_are_offered_for_scale_down() -> None:
+    async with Harness() as h:
+        for index in range(3):
+            h.add_replica(index=index)
+        await h.load("iris")
+        await h.settle()
+        async with h.core.subscribe_servers("test") as servers:
+            h.core.cluster.request_scale_downs(now=1000.0, idle_seconds=60)  # idle clocks start
+            h.core.cluster.request_scale_downs(now=1030.0, idle_seconds=60)  # not idle long enough
+            h.core._after_change()
+            h.core.cluster.request_scale_downs(now=1061.0, idle_seconds=60)
+            h.core._after_change()
+            h.core.cluster.request_scale_downs(now=1200.0, idle_seconds=60)  # asked once, not again
+            h.core._after_change()
+            seen: list[pb.ServerStatusResponse] = []
+            while len(seen) < 2:  # the snapshot, then the scaling request
+                seen.append(await asyncio.wait_for(anext(servers), 5))
+            assert servers.pending_count == 0
+        scaling = [s for s in seen if s.type == pb.ServerStatusResponse.ScalingRequest]
+        assert [(s.serverName, s.expectedReplicas) for s in scaling] == [("mlserver", 1)]

@@ -19,6 +19,9 @@ class SchedulerReport:
     version: str
     health: str
     services: tuple[str, ...]
+    models: int
+    servers: int
+    replicas: int
 
     def render(self) -> str:
         return "\n".join(
@@ -27,6 +30,8 @@ class SchedulerReport:
                 f"  version:  {self.version}",
                 f"  health:   {self.health}",
                 f"  services: {', '.join(self.services)}",
+                f"  models:   {self.models}",
+                f"  servers:  {self.servers} ({self.replicas} replicas connected)",
             ]
         )
 
@@ -39,11 +44,17 @@ async def fetch_report(address: Address, security: TransportSecurity, timeout: f
         )
         health = await check_health(channel, timeout=timeout)
         services = await list_services(channel, timeout=timeout)
+        stub = scheduler_pb2_grpc.SchedulerStub(channel)
+        models = [m async for m in stub.ModelStatus(scheduler_pb2.ModelStatusRequest(), timeout=timeout)]
+        servers = [s async for s in stub.ServerStatus(scheduler_pb2.ServerStatusRequest(), timeout=timeout)]
     return SchedulerReport(
         address=address,
         version=status.applicationVersion,
         health=health,
         services=services,
+        models=len(models),
+        servers=len(servers),
+        replicas=sum(s.availableReplicas for s in servers),
     )
 
 

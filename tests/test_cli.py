@@ -130,6 +130,8 @@ def test_status_of_a_running_scheduler(scheduler: SchedulerProcess) -> None:
     assert f"version:  {__version__}" in result.stdout
     assert "health:   SERVING" in result.stdout
     assert "seldon.mlops.scheduler.Scheduler" in result.stdout
+    assert "models:   0" in result.stdout
+    assert "servers:  0 (0 replicas connected)" in result.stdout
 
 
 def test_status_reads_the_address_from_the_environment(scheduler: SchedulerProcess) -> None:

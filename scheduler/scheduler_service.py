@@ -56,25 +56,21 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         self.core.record_gateway_status(request.update, request.success, request.reason)
         return pb.ModelUpdateStatusResponse()
 
+    # grpc.aio recognises a streaming handler by its being an async generator function, so each
+    # streaming RPC is one, relaying the domain stream.
     async def ModelStatus(
         self, request: pb.ModelStatusRequest, context: Context
     ) -> AsyncIterator[pb.ModelStatusResponse]:
-        async def statuses() -> AsyncIterator[pb.ModelStatusResponse]:
-            name = request.model.name if request.HasField("model") else None
-            for status in self.core.model_status(name, all_versions=request.allVersions):
-                yield status
-
-        async for status in status_codes.stream(context, statuses()):
+        name = request.model.name if request.HasField("model") else None
+        produce = lambda: self.core.model_status(name, all_versions=request.allVersions)  # noqa: E731
+        async for status in status_codes.stream_list(context, produce):
             yield status
 
     async def ServerStatus(
         self, request: pb.ServerStatusRequest, context: Context
     ) -> AsyncIterator[pb.ServerStatusResponse]:
-        async def statuses() -> AsyncIterator[pb.ServerStatusResponse]:
-            for status in self.core.server_status(request.name if request.HasField("name") else None):
-                yield status
-
-        async for status in status_codes.stream(context, statuses()):
+        name = request.name if request.HasField("name") else None
+        async for status in status_codes.stream_list(context, lambda: self.core.server_status(name)):
             yield status
 
     async def SubscribeModelStatus(

@@ -55,3 +55,14 @@ async def stream(context: aio.ServicerContext[Any, Any], source: AsyncIterator[T
         await abort(context, error)
     except SubscriberLagged as error:
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+
+
+async def stream_list(context: aio.ServicerContext[Any, Any], produce: Callable[[], list[T]]) -> AsyncIterator[T]:
+    """Relay a one-shot answer (a list computed at once) as a stream, with domain errors as codes."""
+
+    async def items() -> AsyncIterator[T]:
+        for item in produce():
+            yield item
+
+    async for item in stream(context, items()):
+        yield item

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
@@ -142,30 +143,9 @@ class Harness:
                 return
         raise AssertionError("the scheduler did not settle")
 
-    async def load(
-        self,
-        name: str,
-        *,
-        uri: str = "gs://models/iris",
-        replicas: int | None = 1,
-        min_replicas: int = 0,
-        max_replicas: int = 0,
-        memory: int = 100 * MiB,
-        requirements: Iterable[str] = ("sklearn",),
-        server: str | None = None,
-        generation: int = 0,
-    ) -> pb.Model:
-        model = model_spec(
-            name,
-            uri=uri,
-            replicas=replicas,
-            min_replicas=min_replicas,
-            max_replicas=max_replicas,
-            memory=memory,
-            requirements=requirements,
-            server=server,
-            generation=generation,
-        )
+    async def load(self, name: str, **spec: Any) -> pb.Model:
+        """LoadModel with ``model_spec(name, **spec)``."""
+        model = model_spec(name, **spec)
         await self.core.load_model(model)
         return model
 

@@ -40,7 +40,7 @@ async def test_versioning(second: dict[str, object], expected_versions: list[int
         h.add_replica(index=1)
         await h.load("iris")
         await h.settle()
-        await h.load("iris", **second)  # type: ignore[arg-type]
+        await h.load("iris", **second)
         await h.settle()
         record = h.core.cluster.models["iris"]
         assert [v.version for v in record.versions] == expected_versions

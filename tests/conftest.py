@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import SchedulerProcess, start_scheduler, stop_process
+from tests.processes import SchedulerProcess, start_scheduler, stop_all_started, stop_process
 
 
 @pytest.fixture
@@ -16,3 +16,10 @@ def scheduler(tmp_path: Path) -> Iterator[SchedulerProcess]:
         yield running
     finally:
         stop_process(running.process)
+
+
+@pytest.fixture(autouse=True)
+def _stop_leftover_processes() -> Iterator[None]:
+    """Whatever a test started and did not stop (it failed or timed out midway) is stopped by PID here."""
+    yield
+    stop_all_started()

@@ -13,6 +13,10 @@ from pathlib import Path
 
 MODELPLANE = [sys.executable, "-m", "modelplane.cli"]
 
+# Every process a test starts, so the autouse fixture in conftest.py stops whatever a test left running
+# (an assertion or a timeout between start and stop must not leak a process).
+STARTED: list[subprocess.Popen[bytes]] = []
+
 
 @dataclass
 class SchedulerProcess:
@@ -53,6 +57,7 @@ def start_scheduler(workdir: Path, *extra: str, ready_timeout: float = 20) -> Sc
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    STARTED.append(process)
     deadline = time.monotonic() + ready_timeout
     while not ready_file.exists():
         if process.poll() is not None:
@@ -76,3 +81,8 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 20) -> int:
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
     return process.returncode
+
+
+def stop_all_started() -> None:
+    while STARTED:
+        stop_process(STARTED.pop())

@@ -8,6 +8,13 @@ import pytest
 from tests.processes import SchedulerProcess, start_scheduler, stop_all_started, stop_process
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered here because pyproject's --strict-markers rejects unknown marks.
+    config.addinivalue_line(
+        "markers", "servers: starts real MLServer/Triton processes (the first run builds their venvs, ~2 min)"
+    )
+
+
 @pytest.fixture
 def scheduler(tmp_path: Path) -> Iterator[SchedulerProcess]:
     """A `modelplane scheduler` subprocess on free loopback ports, stopped by PID afterwards."""

@@ -1,0 +1,170 @@
+"""A locally started inference-server process: free ports, its log, readiness, and stopping it by PID.
+
+The process gets its own session (process group), so the workers MLServer forks and the stubs Triton's
+Python backend starts can be killed together when the server itself does not stop on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from servers.adapter import InferenceServer
+from servers.mlserver import MLServer
+from servers.triton import TritonServer
+
+
+class LaunchError(RuntimeError):
+    """The server could not be started or did not become ready; the message includes its log's tail."""
+
+
+@dataclass(eq=False)
+class LocalServer:
+    """A running MLServer or Triton process on loopback ports, with what an adapter needs to drive it."""
+
+    kind: str  # "mlserver" or "triton"
+    pid: int
+    http_url: str
+    grpc_target: str
+    repository: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] = field(repr=False)
+    stop_timeout: float = 15.0
+
+    def adapter(self, *, load_timeout: float = 120.0) -> InferenceServer:
+        """An adapter bound to this server (close it when done; it does not own the process)."""
+        if self.kind == "mlserver":
+            return MLServer(self.http_url, self.grpc_target, self.repository, load_timeout=load_timeout)
+        return TritonServer(self.http_url, self.grpc_target, self.repository, load_timeout=load_timeout)
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        return log_tail(self.log_path, lines)
+
+    def kill(self) -> None:
+        """SIGKILL the server's whole process group at once (its PID is the group id)."""
+        if self.process.poll() is None:
+            _kill_group(self.pid)
+
+    async def stop(self) -> int:
+        """SIGTERM by PID, then SIGKILL to the process group after ``stop_timeout``. Idempotent; returns
+        the exit status (negative: the signal that ended it)."""
+        if self.process.poll() is None:
+            _signal(self.pid, signal.SIGTERM)
+            if not await wait_exit(self.process, self.stop_timeout):
+                _kill_group(self.pid)
+                await wait_exit(self.process, 10.0)
+        return self.process.returncode
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports the kernel reports free (held together, so they differ)."""
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+
+
+def start_process(
+    argv: Sequence[str], *, log_path: Path, cwd: Path, env: Mapping[str, str], name: str
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` with stdout and stderr appended to ``log_path``, in a session of its own."""
+    if not Path(argv[0]).is_file():
+        raise LaunchError(f"{name} is not installed: {argv[0]} does not exist")
+    with log_path.open("ab") as log:
+        try:
+            return subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env=dict(env),
+                start_new_session=True,
+            )
+        except OSError as error:
+            raise LaunchError(f"{name} could not be started ({argv[0]}): {error}") from error
+
+
+async def wait_ready(server: LocalServer, timeout: float, name: str) -> LocalServer:
+    """Return ``server`` once ``/v2/health/ready`` answers 200. If the process exits, the wait times out
+    or is cancelled, the process is stopped and (except on cancel) LaunchError says why."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        async with aiohttp.ClientSession() as session:
+            while True:
+                if server.process.poll() is not None:
+                    raise LaunchError(
+                        f"{name} exited with status {server.process.returncode} before it was ready; "
+                        f"log {server.log_path}:\n{server.log_tail()}"
+                    )
+                if await _answers_ready(session, server.http_url):
+                    return server
+                if loop.time() >= deadline:
+                    raise LaunchError(
+                        f"{name} was not ready after {timeout:g}s; log {server.log_path}:\n{server.log_tail()}"
+                    )
+                await asyncio.sleep(0.1)
+    except BaseException:
+        # Never ready, so nothing to drain: kill at once (also when cancelled, where awaiting is unreliable).
+        server.kill()
+        await asyncio.shield(wait_exit(server.process, 10.0))
+        raise
+
+
+async def _answers_ready(session: aiohttp.ClientSession, http_url: str) -> bool:
+    try:
+        async with session.get(f"{http_url}/v2/health/ready", timeout=aiohttp.ClientTimeout(total=2)) as response:
+            return response.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
+async def wait_exit(process: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Poll (and so reap) ``process`` until it exits (True) or ``timeout`` seconds pass (False)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while process.poll() is None:
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Our environment minus what belongs to our own interpreter, plus ``extra``."""
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env.update(extra or {})
+    return env
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as error:
+        return f"(log unreadable: {error})"
+
+
+def _signal(pid: int, signum: signal.Signals) -> None:
+    with suppress(ProcessLookupError):
+        os.kill(pid, signum)
+
+
+def _kill_group(pid: int) -> None:
+    # The server leads its own session (start_new_session), so its group id is its PID.
+    with suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)

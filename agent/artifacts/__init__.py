@@ -1,0 +1,28 @@
+"""Fetching model artifacts to local folders: local paths, S3 (minio SDK) and http(s) archives.
+
+The contract (implemented in this package):
+
+    store = ArtifactStore(cache_dir, secrets_dir=..., environ=os.environ)
+    folder = await store.fetch(ArtifactSource(uri=..., artifact_version=..., ...))
+
+``folder`` is the selected version folder, ready for a server adapter. Every failure is an
+ArtifactError whose message becomes the LOAD_FAILED reason.
+"""
+
+from agent.artifacts.archives import ArchiveKind, detect_archive, extract_archive
+from agent.artifacts.errors import ArtifactError
+from agent.artifacts.safety import ExtractLimits
+from agent.artifacts.sources import ArtifactSource
+from agent.artifacts.store import ArtifactStore
+from agent.artifacts.versions import select_version
+
+__all__ = [
+    "ArchiveKind",
+    "ArtifactError",
+    "ArtifactSource",
+    "ArtifactStore",
+    "ExtractLimits",
+    "detect_archive",
+    "extract_archive",
+    "select_version",
+]

@@ -1,0 +1,99 @@
+"""The on-disk cache of fetched trees.
+
+Layout of ``cache_dir``::
+
+    <key>/.complete          JSON marker: uri, fetched_at, and what decides reuse (ETags, digests, sizes)
+    <key>/data/...           the fetched tree
+    .tmp-<key16>-<random>/   an entry being built (removed at start-up: a fetch that never finished)
+    .old-<key16>-<random>/   a replaced entry being removed
+
+An entry is built in a temporary folder whose marker is written last, then renamed to ``<key>`` in
+one step, so a ``<key>`` folder is always complete; one without a readable marker is treated as
+incomplete and removed. A cache folder belongs to one ArtifactStore (one agent process).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+MARKER = ".complete"
+DATA = "data"
+_KEY = re.compile(r"[0-9a-f]{64}")
+
+
+def cache_key(*material: str) -> str:
+    """The sha256 of the parts that identify a fetched tree (never credentials)."""
+    digest = hashlib.sha256()
+    for part in material:
+        encoded = part.encode("utf-8", "surrogatepass")
+        digest.update(len(encoded).to_bytes(8, "big"))
+        digest.update(encoded)
+    return digest.hexdigest()
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class CacheDir:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def entry(self, key: str) -> Path:
+        return self.root / key
+
+    def read_marker(self, key: str) -> dict[str, Any] | None:
+        """The marker of a complete entry, or None."""
+        try:
+            loaded = json.loads((self.entry(key) / MARKER).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return loaded if isinstance(loaded, dict) else None
+
+    def new_temp(self, key: str) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / f".tmp-{key[:16]}-{secrets.token_hex(6)}"
+        path.mkdir()
+        return path
+
+    def commit(self, key: str, temp: Path, marker: dict[str, Any]) -> Path:
+        """Write the marker last, then put ``temp`` in place of the entry (replacing an older one)."""
+        partial = temp / f"{MARKER}.part"
+        with partial.open("w", encoding="utf-8") as file:
+            json.dump(marker, file, indent=2, sort_keys=True)
+            file.flush()
+            os.fsync(file.fileno())
+        partial.replace(temp / MARKER)
+        entry = self.entry(key)
+        old: Path | None = None
+        if entry.exists():
+            old = self.root / f".old-{key[:16]}-{secrets.token_hex(6)}"
+            entry.rename(old)
+        temp.rename(entry)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return entry
+
+    @staticmethod
+    def discard(temp: Path) -> None:
+        shutil.rmtree(temp, ignore_errors=True)
+
+    def clean(self) -> None:
+        """Remove what an earlier process left unfinished: temporary folders and entries without a marker."""
+        try:
+            children = list(self.root.iterdir())
+        except FileNotFoundError:
+            return
+        for child in children:
+            if child.name.startswith((".tmp-", ".old-")) or (
+                _KEY.fullmatch(child.name) and child.is_dir() and self.read_marker(child.name) is None
+            ):
+                shutil.rmtree(child, ignore_errors=True)

@@ -1,0 +1,162 @@
+"""Listing and downloading an S3 prefix with the minio SDK (blocking: the store runs it in a thread)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import urllib3
+from minio import Minio
+from minio.error import MinioException, S3Error
+
+from agent.artifacts.errors import ArtifactError
+from agent.artifacts.safety import Budget, ExtractLimits, Tree, UnsafeName, safe_parts
+from agent.artifacts.sources import S3Location
+from agent.artifacts.storage_config import S3Settings
+
+_CREDENTIAL_CODES = frozenset(
+    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+)
+_RETRIES = 2
+
+
+@dataclass(frozen=True, slots=True)
+class S3Object:
+    key: str
+    relative: tuple[str, ...]
+    etag: str
+    size: int
+
+
+def make_client(settings: S3Settings, timeout_seconds: float) -> Minio:
+    """A minio client whose every request gives up after ``timeout_seconds`` without progress."""
+    pool = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=timeout_seconds, read=timeout_seconds),
+        retries=urllib3.Retry(total=_RETRIES, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+        maxsize=4,
+    )
+    try:
+        return Minio(
+            settings.endpoint,
+            access_key=settings.access_key,
+            secret_key=settings.secret_key,
+            session_token=settings.session_token,
+            secure=settings.secure,
+            region=settings.region,
+            http_client=pool,
+        )
+    except ValueError as exc:
+        raise ArtifactError(f"{settings.origin}: unusable S3 endpoint {settings.url}: {exc}") from None
+
+
+def describe_failure(exc: Exception, action: str, settings: S3Settings) -> ArtifactError:
+    """An ArtifactError for a failed S3 call, naming the endpoint and, for credential errors, their origin."""
+    if isinstance(exc, S3Error):
+        if exc.code in _CREDENTIAL_CODES:
+            return ArtifactError(
+                f"{action} on {settings.url} was refused ({exc.code}: {exc.message}); "
+                f"check the credentials from {settings.origin}"
+            )
+        if exc.code == "NoSuchBucket":
+            return ArtifactError(f"{action} on {settings.url} failed: the bucket does not exist")
+        return ArtifactError(f"{action} on {settings.url} failed: {exc.code}: {exc.message}")
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        reason: object = exc.reason
+    else:
+        reason = exc
+    if isinstance(reason, urllib3.exceptions.NewConnectionError):  # a subclass of ConnectTimeoutError, sadly
+        return ArtifactError(f"{action} on {settings.url} failed: cannot connect: {reason}")
+    if isinstance(reason, urllib3.exceptions.TimeoutError):
+        return ArtifactError(f"{action} on {settings.url} timed out (no progress within the timeout)")
+    return ArtifactError(f"{action} on {settings.url} failed: {type(reason).__name__}: {reason}")
+
+
+_S3_ERRORS = (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError)
+
+
+def list_objects(client: Minio, location: S3Location, settings: S3Settings, limits: ExtractLimits) -> list[S3Object]:
+    """Every object under the prefix, with paths relative to it; a prefix naming one object gives that object.
+
+    An empty listing, an unsafe key (``..``, absolute) or more objects than ``limits.max_files`` is an
+    ArtifactError.
+    """
+    prefix = f"{location.prefix}/" if location.prefix else ""
+    where = f"s3://{location.bucket}/{prefix}"
+    objects: list[S3Object] = []
+    try:
+        for item in client.list_objects(location.bucket, prefix=prefix, recursive=True):
+            key = item.object_name or ""
+            if item.is_dir or key.endswith("/"):
+                continue  # folder markers some tools create
+            try:
+                relative = safe_parts(key[len(prefix) :])
+            except UnsafeName as exc:
+                raise ArtifactError(f"refused {where}: object key {key!r} {exc}") from None
+            if not relative:
+                continue
+            objects.append(S3Object(key, relative, (item.etag or "").strip('"'), item.size or 0))
+            if len(objects) > limits.max_files:
+                raise ArtifactError(f"{where} holds more than {limits.max_files} objects")
+        if not objects and location.prefix:
+            objects = _single_object(client, location)
+    except _S3_ERRORS as exc:
+        raise describe_failure(exc, f"listing {where}", settings) from None
+    if not objects:
+        raise ArtifactError(
+            f"no objects under {where} (bucket {location.bucket!r}, prefix {location.prefix!r}) on {settings.url}"
+        )
+    return objects
+
+
+def _single_object(client: Minio, location: S3Location) -> list[S3Object]:
+    """``s3://bucket/path/model.joblib`` names one object: fetched alone, under its base name."""
+    try:
+        stat = client.stat_object(location.bucket, location.prefix)
+    except S3Error as exc:
+        if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"):
+            return []
+        raise
+    name = PurePosixPath(location.prefix).name
+    return [S3Object(location.prefix, (name,), (stat.etag or "").strip('"'), stat.size or 0)]
+
+
+def download_objects(
+    client: Minio,
+    location: S3Location,
+    objects: list[S3Object],
+    target: Path,
+    *,
+    settings: S3Settings,
+    limits: ExtractLimits,
+    stop: threading.Event,
+) -> None:
+    """Download ``objects`` into the new folder ``target``, keeping their relative paths, within ``limits``."""
+    where = f"s3://{location.bucket}/{location.prefix}"
+    target.mkdir()
+    tree = Tree(target)
+    budget = Budget(limits, where, stop)
+    for item in objects:
+        budget.add_member(item.key)
+        budget.check_declared_size(item.key, item.size)
+        try:
+            path = tree.file(item.relative)
+        except (UnsafeName, OSError) as exc:
+            raise ArtifactError(f"cannot store s3://{location.bucket}/{item.key}: {exc}") from None
+        response = None
+        try:
+            headers: dict[str, str | list[str] | tuple[str]] | None = (
+                {"If-Match": f'"{item.etag}"'} if item.etag else None
+            )
+            response = client.get_object(location.bucket, item.key, request_headers=headers)
+            budget.copy(response, path, item.key)
+        except S3Error as exc:
+            if exc.code == "PreconditionFailed":
+                raise ArtifactError(f"s3://{location.bucket}/{item.key} changed while it was downloaded") from None
+            raise describe_failure(exc, f"downloading s3://{location.bucket}/{item.key}", settings) from None
+        except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            raise describe_failure(exc, f"downloading s3://{location.bucket}/{item.key}", settings) from None
+        finally:
+            if response is not None:
+                response.close()
+                response.release_conn()

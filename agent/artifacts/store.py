@@ -1,0 +1,380 @@
+"""ArtifactStore: fetch a model version's files into a local folder, with a cache.
+
+Sources (``ArtifactSource.uri``):
+
+- an absolute path or ``file:///path``: a folder is used in place (never copied); a .tar, .tar.gz,
+  .tgz, .tar.bz2, .tar.xz or .zip file is extracted into the cache (again when its size or mtime changes);
+- ``s3://bucket/prefix``: every object under ``prefix/`` (relative paths kept); a prefix that is
+  itself one object key is fetched as that single file. Credentials: see storage_config.py;
+- ``http(s)://``: an archive (judged by the name's suffix, else by content) is extracted; any other
+  body is kept as one file under the URL's base name. An expected sha256 is verified before anything
+  is extracted or kept.
+
+Version selection (versions.py) runs on the fetched tree; an archive whose top level is a single,
+non-numbered folder is first unwrapped to that folder.
+
+Cache (cache.py): ``cache_dir/<key>/`` with the tree in ``data/`` and the ``.complete`` marker.
+The key is the sha256 of the normalised location: the path of a local archive (and its expected
+digest), the S3 endpoint, bucket and prefix (never credentials), the http URL without its fragment
+and the expected digest. Reuse:
+
+- S3: the prefix is listed on every fetch (so credentials are always checked) and the entry reused
+  if every relative path and ETag is unchanged; otherwise the whole prefix is fetched again;
+- http with a sha256: reused without a request; without: a conditional GET (If-None-Match /
+  If-Modified-Since) and a 304 reuses it;
+- a replaced entry is removed once its successor is in place, so a server must have loaded (or
+  copied) a version's files before the same source is fetched again with changed content.
+
+Network waits are bounded by ``timeout_seconds`` each; minio calls, extraction, hashing and file
+work run in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import stat
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.artifacts.archives import ArchiveKind, detect_archive, extract_archive
+from agent.artifacts.cache import DATA, CacheDir, cache_key, now_iso
+from agent.artifacts.errors import ArtifactError
+from agent.artifacts.http import download
+from agent.artifacts.s3 import download_objects, list_objects, make_client
+from agent.artifacts.safety import CHUNK_BYTES, ExtractLimits
+from agent.artifacts.sources import ArtifactSource, HttpLocation, LocalLocation, S3Location, parse_location
+from agent.artifacts.storage_config import S3Settings, resolve_s3_settings
+from agent.artifacts.versions import select_version, unwrap_single_folder
+
+T = TypeVar("T")
+_DOWNLOAD_FILE = "download"
+# A tar holds each file behind a 512-byte header (two with a long name) and pads it to 512 bytes.
+_ARCHIVE_OVERHEAD_PER_MEMBER = 1536
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _tree(entry: Path, marker: Mapping[str, Any]) -> Path:
+    relative = marker.get("tree", DATA)
+    return entry / (relative if isinstance(relative, str) else DATA)
+
+
+def _digest_mismatch(display: str, expected: str, actual: str) -> ArtifactError:
+    return ArtifactError(f"sha256 mismatch for {display}: expected {expected}, got {actual}")
+
+
+class ArtifactStore:
+    """Fetches artifacts into ``cache_dir`` (local folders are used in place).
+
+    - ``secrets_dir/<name>`` holds the storage secret ``name``; without the file, the environment
+      variable ``MODELPLANE_SECRET_<NAME>`` is used.
+    - ``environ`` (default ``os.environ``) also gives the AWS_* defaults for S3 sources without a config.
+    - ``limits`` bound every extracted archive and every S3 prefix; an http download may be at most
+      ``max_total_bytes`` plus tar's per-member overhead.
+    - ``timeout_seconds`` bounds every network wait: connecting, a response, each read of a body.
+
+    Concurrent fetches of one source share one download. Every failure is an ArtifactError.
+    """
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        *,
+        secrets_dir: Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        limits: ExtractLimits = ExtractLimits(),  # noqa: B008 -- frozen, so one shared default is safe
+        timeout_seconds: float = 600,
+    ) -> None:
+        if timeout_seconds <= 0:
+            raise ValueError("timeout_seconds must be positive")
+        self._cache = CacheDir(Path(cache_dir))
+        self._secrets_dir = secrets_dir
+        self._environ: Mapping[str, str] = os.environ if environ is None else environ
+        self._limits = limits
+        self._timeout = timeout_seconds
+        self._flights: dict[str, asyncio.Task[Path]] = {}
+        self._entry_locks: dict[str, asyncio.Lock] = {}
+        self._cleaned = False
+        self._clean_lock = asyncio.Lock()
+        self._downloads = 0
+
+    @property
+    def cache_dir(self) -> Path:
+        return self._cache.root
+
+    @property
+    def downloads(self) -> int:
+        """How many bodies this store has downloaded (S3 objects, http resources): for tests and metrics."""
+        return self._downloads
+
+    async def fetch(self, source: ArtifactSource) -> Path:
+        """The selected version folder of ``source``, ready to be used read-only."""
+        location = parse_location(source)
+        try:
+            await self._clean_once()
+            if isinstance(location, LocalLocation):
+                root, label = await self._local(location), str(location.path)
+            elif isinstance(location, S3Location):
+                root, label = await self._s3(location, source), location.display
+            else:
+                root, label = await self._http(location), location.display
+            return await asyncio.to_thread(select_version, root, source.artifact_version, label)
+        except OSError as exc:  # network errors are already ArtifactErrors: this is the local disk
+            raise ArtifactError(f"cannot store the artifacts in {self._cache.root}: {exc}") from exc
+
+    # -- shared machinery --------------------------------------------------------------------------
+
+    async def _clean_once(self) -> None:
+        """At the first fetch: remove what an earlier process left unfinished in the cache."""
+        if self._cleaned:
+            return
+        async with self._clean_lock:
+            if not self._cleaned:
+                await asyncio.to_thread(self._cache.clean)
+                self._cleaned = True
+
+    async def _single_flight(self, flight: str, work: Callable[[], Awaitable[Path]]) -> Path:
+        """Run ``work`` once for all concurrent callers with the same ``flight`` key.
+
+        The work runs in its own task, so a caller that is cancelled does not cancel it for the others.
+        """
+        task = self._flights.get(flight)
+        if task is None:
+
+            async def run() -> Path:
+                return await work()
+
+            task = asyncio.get_running_loop().create_task(run())
+            self._flights[flight] = task
+
+            def finished(done: asyncio.Task[Path]) -> None:
+                if self._flights.get(flight) is done:
+                    del self._flights[flight]
+                if not done.cancelled():
+                    done.exception()  # retrieved here, so a flight nobody awaits any more is not logged
+
+            task.add_done_callback(finished)
+        return await asyncio.shield(task)
+
+    def _entry_lock(self, key: str) -> asyncio.Lock:
+        """Serialises the flights that touch one cache entry (e.g. one S3 prefix read with two credentials)."""
+        return self._entry_locks.setdefault(key, asyncio.Lock())
+
+    async def _in_thread(self, function: Callable[[threading.Event], T]) -> T:
+        """Run blocking work in a thread; if the awaiting task is cancelled, tell the thread to stop."""
+        stop = threading.Event()
+        try:
+            return await asyncio.to_thread(function, stop)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+
+    # -- local paths -------------------------------------------------------------------------------
+
+    async def _local(self, location: LocalLocation) -> Path:
+        path = location.path
+        kind = await asyncio.to_thread(self._inspect_local, path)
+        if kind is None:
+            if location.sha256 is not None:
+                raise ArtifactError(f"{path} is a folder: an expected sha256 applies to a single archive file")
+            return path
+        key = cache_key("local-archive", str(path), location.sha256 or "")
+
+        async def work() -> Path:
+            async with self._entry_lock(key):
+                return await self._in_thread(lambda stop: self._extract_local(path, kind, key, location.sha256, stop))
+
+        return await self._single_flight(key, work)
+
+    @staticmethod
+    def _inspect_local(path: Path) -> ArchiveKind | None:
+        """None for a folder, the archive kind for an archive file; anything else is an ArtifactError."""
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            raise ArtifactError(f"local path {path} does not exist") from None
+        except OSError as exc:
+            raise ArtifactError(f"cannot read local path {path}: {exc.strerror or exc}") from None
+        if stat.S_ISDIR(mode):
+            return None
+        if not stat.S_ISREG(mode):
+            raise ArtifactError(f"local path {path} is neither a folder nor a file")
+        try:
+            kind = detect_archive(path)
+        except OSError as exc:
+            raise ArtifactError(f"cannot read local path {path}: {exc.strerror or exc}") from None
+        if kind is None:
+            raise ArtifactError(f"local file {path} is not a folder or a tar/zip archive (.tar, .tar.gz, .tgz, .zip)")
+        return kind
+
+    def _extract_local(
+        self, path: Path, kind: ArchiveKind, key: str, sha256: str | None, stop: threading.Event
+    ) -> Path:
+        try:
+            info = path.stat()
+        except OSError as exc:
+            raise ArtifactError(f"cannot read local path {path}: {exc.strerror or exc}") from None
+        marker = self._cache.read_marker(key)
+        if marker is not None and marker.get("size") == info.st_size and marker.get("mtime_ns") == info.st_mtime_ns:
+            return _tree(self._cache.entry(key), marker)
+        temp = self._cache.new_temp(key)
+        try:
+            if sha256 is not None:
+                actual = _sha256_file(path)
+                if actual != sha256:
+                    raise _digest_mismatch(str(path), sha256, actual)
+            extract_archive(path, temp / DATA, self._limits, kind=kind, stop=stop)
+            tree = unwrap_single_folder(temp / DATA).relative_to(temp)
+            marker = {
+                "uri": path.as_uri(),
+                "fetched_at": now_iso(),
+                "kind": f"local-{kind}",
+                "size": info.st_size,
+                "mtime_ns": info.st_mtime_ns,
+                "sha256": sha256,
+                "tree": tree.as_posix(),
+            }
+            return self._cache.commit(key, temp, marker) / tree
+        except BaseException:
+            self._cache.discard(temp)
+            raise
+
+    # -- S3 ----------------------------------------------------------------------------------------
+
+    async def _s3(self, location: S3Location, source: ArtifactSource) -> Path:
+        settings = await asyncio.to_thread(
+            resolve_s3_settings,
+            rclone_config=source.storage_rclone_config,
+            secret_name=source.storage_secret_name,
+            secrets_dir=self._secrets_dir,
+            environ=self._environ,
+        )
+        # The cache entry is the endpoint's prefix; the flight also keys on the credentials, so a caller
+        # with wrong credentials never shares a listing made with right ones.
+        key = cache_key("s3", settings.url, location.bucket, location.prefix)
+        flight = cache_key(key, settings.access_key or "", settings.secret_key or "", settings.session_token or "")
+
+        async def work() -> Path:
+            async with self._entry_lock(key):
+                tree, downloaded = await self._in_thread(lambda stop: self._sync_s3(location, settings, key, stop))
+                self._downloads += downloaded
+                return tree
+
+        return await self._single_flight(flight, work)
+
+    def _sync_s3(self, location: S3Location, settings: S3Settings, key: str, stop: threading.Event) -> tuple[Path, int]:
+        """List the prefix; reuse the cache entry if every ETag matches, else download the prefix again.
+
+        Returns the tree and how many objects were downloaded.
+        """
+        client = make_client(settings, self._timeout)
+        objects = list_objects(client, location, settings, self._limits)
+        etags = {"/".join(item.relative): item.etag for item in objects}
+        marker = self._cache.read_marker(key)
+        if marker is not None and marker.get("objects") == etags:
+            return _tree(self._cache.entry(key), marker), 0
+        temp = self._cache.new_temp(key)
+        try:
+            download_objects(client, location, objects, temp / DATA, settings=settings, limits=self._limits, stop=stop)
+            marker = {
+                "uri": location.display,
+                "endpoint": settings.url,
+                "fetched_at": now_iso(),
+                "kind": "s3",
+                "objects": etags,
+                "tree": DATA,
+            }
+            return self._cache.commit(key, temp, marker) / DATA, len(objects)
+        except BaseException:
+            self._cache.discard(temp)
+            raise
+
+    # -- http(s) -----------------------------------------------------------------------------------
+
+    async def _http(self, location: HttpLocation) -> Path:
+        key = cache_key("http", location.url, location.sha256 or "")
+
+        async def work() -> Path:
+            async with self._entry_lock(key):
+                return await self._fetch_http(location, key)
+
+        return await self._single_flight(key, work)
+
+    async def _fetch_http(self, location: HttpLocation, key: str) -> Path:
+        marker = await asyncio.to_thread(self._cache.read_marker, key)
+        entry = self._cache.entry(key)
+        conditional: dict[str, str] = {}
+        if marker is not None:
+            if location.sha256 is not None:
+                return _tree(entry, marker)  # the digest pins the content: no request at all
+            if isinstance(marker.get("etag"), str):
+                conditional["If-None-Match"] = marker["etag"]
+            if isinstance(marker.get("last_modified"), str):
+                conditional["If-Modified-Since"] = marker["last_modified"]
+        temp = await asyncio.to_thread(self._cache.new_temp, key)
+        try:
+            got = await download(
+                location.url,
+                location.display,
+                temp / _DOWNLOAD_FILE,
+                timeout_seconds=self._timeout,
+                max_bytes=self._limits.max_total_bytes + _ARCHIVE_OVERHEAD_PER_MEMBER * (self._limits.max_files + 2),
+                conditional=conditional or None,
+            )
+            if got.not_modified and marker is not None:
+                await asyncio.to_thread(self._cache.discard, temp)
+                return _tree(entry, marker)
+            self._downloads += 1
+            if location.sha256 is not None and got.sha256 != location.sha256:
+                raise _digest_mismatch(location.display, location.sha256, got.sha256)
+            tree, content = await self._in_thread(lambda stop: self._unpack(location, temp, stop))
+            new_marker = {
+                "uri": location.display,
+                "fetched_at": now_iso(),
+                "kind": "http",
+                "content": content,
+                "sha256": got.sha256,
+                "etag": got.etag,
+                "last_modified": got.last_modified,
+                "size": got.size,
+                "tree": tree,
+            }
+            committed = await asyncio.to_thread(self._cache.commit, key, temp, new_marker)
+            return committed / tree
+        except asyncio.CancelledError:
+            asyncio.get_running_loop().run_in_executor(None, self._cache.discard, temp)  # not awaited: cancelled
+            raise
+        except BaseException:
+            await asyncio.to_thread(self._cache.discard, temp)
+            raise
+
+    def _unpack(self, location: HttpLocation, temp: Path, stop: threading.Event) -> tuple[str, str]:
+        """Extract the verified download (or keep a single file under its name); returns (tree, content)."""
+        downloaded = temp / _DOWNLOAD_FILE
+        kind = detect_archive(downloaded, location.file_name or "")
+        if kind is not None:
+            extract_archive(downloaded, temp / DATA, self._limits, kind=kind, name=location.display, stop=stop)
+            downloaded.unlink()
+            return unwrap_single_folder(temp / DATA).relative_to(temp).as_posix(), kind
+        if location.file_name is None:
+            raise ArtifactError(
+                f"{location.display} is not a tar or zip archive, and its URL path has no file name to keep it under"
+            )
+        size = downloaded.stat().st_size
+        if size > self._limits.max_file_bytes:
+            raise ArtifactError(
+                f"{location.display} is {size} bytes, over the per-file limit of {self._limits.max_file_bytes}"
+            )
+        (temp / DATA).mkdir()
+        downloaded.rename(temp / DATA / location.file_name)
+        return DATA, "file"

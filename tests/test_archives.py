@@ -1,0 +1,408 @@
+"""Safe extraction of tar and zip archives (agent/artifacts/archives.py)."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import os
+import stat
+import struct
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.artifacts import ArtifactError, ExtractLimits, detect_archive, extract_archive
+from agent.artifacts.safety import UnsafeName, safe_parts
+
+LIMITS = ExtractLimits()
+
+# -- builders (also used by tests/test_artifacts.py) ------------------------------------------------------
+
+Member = tuple[str, bytes] | tarfile.TarInfo
+
+
+def make_tar(members: Iterable[Member], compression: Literal["", "gz", "bz2", "xz"] = "gz") -> bytes:
+    """A tar archive; a (name, data) pair is a regular file, a TarInfo is written as given (links, devices)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for member in members:
+            if isinstance(member, tarfile.TarInfo):
+                tar.addfile(member)
+            else:
+                name, data = member
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    raw = buffer.getvalue()
+    if compression == "gz":
+        return gzip.compress(raw)
+    if compression == "bz2":
+        return bz2.compress(raw)
+    if compression == "xz":
+        return lzma.compress(raw)
+    return raw
+
+
+def tar_link(name: str, target: str, *, hard: bool = False) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.LNKTYPE if hard else tarfile.SYMTYPE
+    info.linkname = target
+    return info
+
+
+def make_zip(members: Iterable[tuple[str, bytes]], *, symlinks: Iterable[tuple[str, str]] = ()) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
+        for name, data in members:
+            zipped.writestr(name, data)
+        for name, target in symlinks:
+            info = zipfile.ZipInfo(name)
+            info.create_system = 3
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zipped.writestr(info, target)
+    return buffer.getvalue()
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    return {path.relative_to(root).as_posix(): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+# -- fixtures and helpers ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """A folder holding only the archive and, if extraction succeeds, the destination."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    return folder
+
+
+def write(work: Path, name: str, data: bytes) -> Path:
+    path = work / name
+    path.write_bytes(data)
+    return path
+
+
+def assert_refused(work: Path, archive: Path, needle: str, limits: ExtractLimits = LIMITS) -> ArtifactError:
+    """Extraction fails naming ``needle``, and leaves nothing but the archive in its folder."""
+    destination = work / "out"
+    with pytest.raises(ArtifactError) as caught:
+        extract_archive(archive, destination, limits)
+    assert needle in str(caught.value), str(caught.value)
+    assert sorted(os.listdir(work)) == [archive.name]
+    return caught.value
+
+
+# -- extraction ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compression", ["", "gz", "bz2", "xz"])
+def test_tar_extracts_files_and_folders(work: Path, compression: Literal["", "gz", "bz2", "xz"]) -> None:
+    folder = tarfile.TarInfo("model/1")
+    folder.type = tarfile.DIRTYPE
+    data = make_tar(
+        [folder, ("model/1/weights.bin", b"\x00\x01" * 1000), ("model/model-settings.json", b"{}"), ("./a", b"a")],
+        compression,
+    )
+    archive = write(work, "model.tar" + (f".{compression}" if compression else ""), data)
+    assert extract_archive(archive, work / "out", LIMITS) == "tar"
+    assert files_under(work / "out") == {
+        "a": b"a",
+        "model/1/weights.bin": b"\x00\x01" * 1000,
+        "model/model-settings.json": b"{}",
+    }
+    assert sorted(os.listdir(work)) == [archive.name, "out"]  # the temporary folder is gone
+
+
+def test_zip_extracts_and_ignores_permission_bits(work: Path) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zipped:
+        info = zipfile.ZipInfo("bin/run.sh")
+        info.create_system = 3
+        info.external_attr = (stat.S_IFREG | 0o4777) << 16  # setuid and world-writable: not reproduced
+        zipped.writestr(info, b"#!/bin/sh\n")
+        zipped.writestr("m/", b"")
+        zipped.writestr("m\\windows\\style.txt", b"w")
+    archive = write(work, "a.zip", buffer.getvalue())
+    assert extract_archive(archive, work / "out", LIMITS) == "zip"
+    assert files_under(work / "out") == {"bin/run.sh": b"#!/bin/sh\n", "m/windows/style.txt": b"w"}
+    assert stat.S_IMODE((work / "out/bin/run.sh").stat().st_mode) & 0o7022 == 0
+
+
+def test_detection_by_name_then_content(work: Path) -> None:
+    tar_bytes = make_tar([("a", b"a")])
+    zip_bytes = make_zip([("a", b"a")])
+    assert detect_archive(write(work, "noext", tar_bytes)) == "tar"
+    assert detect_archive(write(work, "noext2", zip_bytes)) == "zip"
+    assert detect_archive(write(work, "plain", make_tar([("a", b"a")], ""))) == "tar"
+    assert detect_archive(write(work, "blob", b"just bytes")) is None
+    # A zip underneath a model format (PyTorch .pt, Keras .keras) is a file, not an archive to unpack.
+    assert detect_archive(write(work, "model.pt", zip_bytes)) is None
+    assert detect_archive(write(work, "model.pkl.gz", tar_bytes)) is None
+    # An archive suffix decides even when the content disagrees (extraction then fails clearly).
+    assert detect_archive(write(work, "x.ZIP", b"nope")) == "zip"
+    assert detect_archive(write(work, "x.tgz", b"nope")) == "tar"
+    assert detect_archive(write(work, "x", b"nope"), name="download.tar.gz") == "tar"
+
+
+def test_not_an_archive_is_an_error(work: Path) -> None:
+    for name, data, needle in [
+        ("blob", b"not an archive", "archive 'blob' is not a tar or zip archive"),
+        ("bad.tar.gz", b"\x1f\x8b garbage", "cannot extract archive 'bad.tar.gz' as tar"),
+        ("bad.zip", b"PK\x03\x04 garbage", "cannot extract archive 'bad.zip' as zip"),
+    ]:
+        assert_refused(work, write(work, name, data), needle)
+        (work / name).unlink()
+
+
+def test_empty_archive_is_an_error(work: Path) -> None:
+    folder = tarfile.TarInfo("only-a-folder")
+    folder.type = tarfile.DIRTYPE
+    assert_refused(work, write(work, "empty.tar.gz", make_tar([folder])), "holds no files")
+
+
+def test_destination_must_not_exist(work: Path) -> None:
+    archive = write(work, "a.tgz", make_tar([("a", b"a")]))
+    (work / "out").mkdir()
+    with pytest.raises(ArtifactError, match="already exists"):
+        extract_archive(archive, work / "out", LIMITS)
+
+
+# -- refused members ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("../evil", "'..' component"),
+        ("model/../../evil", "'..' component"),
+        ("/modelplane-test-evil-absolute", "absolute path"),
+        ("C:/Windows/evil", "drive letter"),
+        ("..\\evil", "'..' component"),
+    ],
+)
+def test_tar_refuses_escaping_names(work: Path, name: str, reason: str) -> None:
+    archive = write(work, "evil.tar.gz", make_tar([("fine.txt", b"ok"), (name, b"pwned")]))
+    error = assert_refused(work, archive, repr(name))
+    assert reason in str(error)
+    assert not (work.parent / "evil").exists()
+    assert not Path("/modelplane-test-evil-absolute").exists()
+
+
+@pytest.mark.parametrize(("name", "reason"), [("../evil", "'..' component"), ("/abs/evil", "absolute path")])
+def test_zip_refuses_escaping_names(work: Path, name: str, reason: str) -> None:
+    archive = write(work, "evil.zip", make_zip([("fine.txt", b"ok"), (name, b"pwned")]))
+    error = assert_refused(work, archive, repr(name))
+    assert reason in str(error)
+    assert not (work.parent / "evil").exists()
+
+
+@pytest.mark.parametrize(
+    ("link", "needle"),
+    [
+        (tar_link("escape", "../../etc/passwd"), "symbolic link"),
+        (tar_link("inside", "fine.txt"), "symbolic link"),  # links are refused wherever they point
+        (tar_link("hard", "fine.txt", hard=True), "hard link"),
+        (tar_link("hard-out", "/etc/passwd", hard=True), "hard link"),
+    ],
+)
+def test_tar_refuses_links(work: Path, link: tarfile.TarInfo, needle: str) -> None:
+    archive = write(work, "links.tar.gz", make_tar([("fine.txt", b"ok"), link, (f"{link.name}/x", b"through")]))
+    error = assert_refused(work, archive, repr(link.name))
+    assert needle in str(error)
+
+
+@pytest.mark.parametrize("kind", [tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE])
+def test_tar_refuses_devices_and_fifos(work: Path, kind: bytes) -> None:
+    device = tarfile.TarInfo("dev")
+    device.type = kind
+    archive = write(work, "dev.tar", make_tar([device], ""))
+    assert "device file or FIFO" in str(assert_refused(work, archive, "'dev'"))
+
+
+def test_zip_refuses_symlinks(work: Path) -> None:
+    archive = write(work, "links.zip", make_zip([("fine.txt", b"ok")], symlinks=[("escape", "../../etc")]))
+    assert "symbolic link" in str(assert_refused(work, archive, "'escape'"))
+
+
+def test_zip_refuses_encrypted_members(work: Path) -> None:
+    data = bytearray(make_zip([("secret.bin", b"x" * 100)]))
+    central = data.index(b"PK\x01\x02")
+    struct.pack_into("<H", data, central + 8, struct.unpack_from("<H", data, central + 8)[0] | 0x1)
+    assert "is encrypted" in str(assert_refused(work, write(work, "enc.zip", bytes(data)), "'secret.bin'"))
+
+
+# -- limits -------------------------------------------------------------------------------------------------
+
+
+def test_file_count_limit(work: Path) -> None:
+    limits = ExtractLimits(max_files=3)
+    archive = write(work, "many.tgz", make_tar([(f"f{i}", b"x") for i in range(5)]))
+    assert_refused(work, archive, "more than 3 files", limits)
+    archive.unlink()
+    zipped = write(work, "many.zip", make_zip([(f"f{i}", b"x") for i in range(5)]))
+    destination = work / "out"
+    with pytest.raises(ArtifactError, match="over the limit of 3"):
+        extract_archive(zipped, destination, limits)
+    assert not destination.exists()
+
+
+def test_per_file_and_total_limits(work: Path) -> None:
+    limits = ExtractLimits(max_total_bytes=1000, max_file_bytes=500)
+    big = write(work, "big.tgz", make_tar([("big.bin", b"x" * 600)]))
+    assert_refused(work, big, "over the per-file limit of 500", limits)
+    big.unlink()
+    total = write(work, "total.zip", make_zip([(f"part{i}", b"x" * 400) for i in range(3)]))
+    assert_refused(work, total, "over the total size limit of 1000", limits)
+
+
+def test_zip_bomb_is_refused_by_size(work: Path) -> None:
+    bomb = make_zip([("zeros.bin", bytes(20 * 1024 * 1024))])
+    assert len(bomb) < 100_000
+    archive = write(work, "bomb.zip", bomb)
+    assert_refused(work, archive, "zeros.bin", ExtractLimits(max_file_bytes=1024 * 1024))
+
+
+def test_zip_with_understated_sizes_is_refused(work: Path) -> None:
+    """Headers that claim a tiny file do not let a big one through: bytes are counted, and the CRC is checked."""
+    data = bytearray(make_zip([("liar.bin", b"y" * 50_000)]))
+    struct.pack_into("<I", data, 22, 10)  # local header: uncompressed size
+    central = data.index(b"PK\x01\x02")
+    struct.pack_into("<I", data, central + 24, 10)  # central directory: uncompressed size
+    assert_refused(work, write(work, "liar.zip", bytes(data)), "liar.bin", ExtractLimits(max_file_bytes=1000))
+
+
+def test_member_conflicts_are_an_artifact_error(work: Path) -> None:
+    archive = write(work, "clash.tgz", make_tar([("a", b"file"), ("a/b", b"under a file")]))
+    assert_refused(work, archive, "'a/b'")
+
+
+# -- names --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "parts"),
+    [("a/b", ("a", "b")), ("./a//b/", ("a", "b")), ("a\\b", ("a", "b")), (".", ()), ("a/./b", ("a", "b"))],
+)
+def test_safe_parts(name: str, parts: tuple[str, ...]) -> None:
+    assert safe_parts(name) == parts
+
+
+@pytest.mark.parametrize("name", ["/a", "\\a", "a/../b", "..", "c:x", "Z:\\x", "a\x00b"])
+def test_unsafe_parts(name: str) -> None:
+    with pytest.raises(UnsafeName):
+        safe_parts(name)
+
+
+# -- properties ---------------------------------------------------------------------------------------------
+
+_PROPERTY_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _assert_all_inside(folder: Path, destination: Path) -> None:
+    """Everything under ``folder`` is the archive or lies inside ``destination``, and no link was made."""
+    for path in folder.rglob("*"):
+        assert not path.is_symlink(), path
+        assert path.name == "archive" or path == destination or destination in path.parents, path
+
+
+@_PROPERTY_SETTINGS
+@given(
+    prefix=st.sampled_from([b"", b"\x1f\x8b\x08\x00", b"PK\x03\x04", b"PK\x05\x06", b"BZh9", b"\xfd7zXZ\x00"]),
+    body=st.binary(max_size=2048),
+    kind=st.sampled_from([None, "tar", "zip"]),
+)
+def test_arbitrary_bytes_only_raise_artifact_error(
+    prefix: bytes, body: bytes, kind: Literal["tar", "zip"] | None
+) -> None:
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary)
+        archive = folder / "archive"
+        archive.write_bytes(prefix + body)
+        destination = folder / "out"
+        try:
+            extract_archive(archive, destination, ExtractLimits(max_total_bytes=1 << 20), kind=kind)
+        except ArtifactError:
+            assert sorted(os.listdir(folder)) == ["archive"]
+        _assert_all_inside(folder, destination)
+
+
+@_PROPERTY_SETTINGS
+@given(data=st.data())
+def test_arbitrary_tar_members_land_inside_or_are_refused(data: st.DataObject) -> None:
+    """Corrupting a valid tar in place also reaches the header parser with nearly-valid input."""
+    names = data.draw(
+        st.lists(
+            st.lists(
+                st.sampled_from(["a", "b", ".", "..", "/", "\\", ":", "C", "\x00", "é", " ", "-"]), max_size=8
+            ).map("".join),
+            min_size=1,
+            max_size=5,
+        )
+    )
+    try:
+        tar_bytes = make_tar([(name, name.encode("utf-8", "replace")) for name in names], "")
+    except (ValueError, tarfile.TarError):
+        return  # tarfile itself cannot write this name
+    if data.draw(st.booleans()):
+        position = data.draw(st.integers(min_value=0, max_value=len(tar_bytes) - 1))
+        byte = data.draw(st.integers(min_value=0, max_value=255))
+        tar_bytes = tar_bytes[:position] + bytes([byte]) + tar_bytes[position + 1 :]
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary)
+        archive = folder / "archive"
+        archive.write_bytes(tar_bytes)
+        destination = folder / "out"
+        try:
+            extract_archive(archive, destination, LIMITS, kind="tar")
+        except ArtifactError as exc:
+            assert sorted(os.listdir(folder)) == ["archive"]
+            assert "archive 'archive'" in str(exc)
+        _assert_all_inside(folder, destination)
+
+
+def _is_unsafe(name: str) -> bool:
+    try:
+        safe_parts(name)
+    except UnsafeName:
+        return True
+    return False
+
+
+@_PROPERTY_SETTINGS
+@given(
+    names=st.lists(
+        st.lists(st.sampled_from(["a", "b", ".", "..", "/", "\\", ":", "C", "é", "-"]), max_size=8).map("".join),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_unsafe_tar_names_are_always_refused(names: list[str]) -> None:
+    """Uncorrupted archives: any member whose name is unsafe makes the whole archive refused, naming it."""
+    tar_bytes = make_tar([(name, b"x") for name in names], "")
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = Path(temporary)
+        archive = folder / "archive"
+        archive.write_bytes(tar_bytes)
+        destination = folder / "out"
+        try:
+            extract_archive(archive, destination, LIMITS, kind="tar")
+        except ArtifactError:
+            assert sorted(os.listdir(folder)) == ["archive"]
+        else:
+            assert not any(_is_unsafe(name) for name in names), names
+            for name in names:
+                parts = safe_parts(name)
+                if parts:
+                    assert destination.joinpath(*parts).exists(), name
+        _assert_all_inside(folder, destination)

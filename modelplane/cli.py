@@ -1,7 +1,7 @@
 """The ``modelplane`` command: one entry point, one subcommand per process or client action.
 
 Exit status: 0 on success, 1 when the work itself failed (e.g. a scheduler that cannot be reached,
-a port in use), 2 for bad command-line input or configuration.
+a port in use, a model that failed), 2 for bad command-line input or configuration.
 """
 
 from __future__ import annotations
@@ -9,14 +9,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import grpc
 
-from modelplane import __version__, logs, status_command
+from agent import process as agent_process
+from agent.settings import build_parser as build_agent_parser
+from agent.settings import parse_settings as parse_agent_settings
+from modelplane import __version__, logs, model_commands, status_command, up
 from modelplane.addresses import Address, AddressError, parse_address
 from modelplane.config import parse_layered
-from modelplane.transport import TransportError
+from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_tls_flags, security_from
 from scheduler import process
 from scheduler.settings import build_parser, parse_settings
@@ -25,6 +29,8 @@ from scheduler.state_dir import StateDirError
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 DEFAULT_SCHEDULER = "127.0.0.1:9004"
+# Commands with actions (``modelplane model load``): their flags live on the action's parser.
+GROUPS = ("model", "server")
 
 
 def _scheduler_address(text: str) -> Address:
@@ -32,6 +38,20 @@ def _scheduler_address(text: str) -> Address:
         return parse_address(text)
     except AddressError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_client_flags(parser: argparse.ArgumentParser, section: str) -> None:
+    """Flags of every command that talks to a running scheduler's API."""
+    parser.add_argument(
+        "--scheduler",
+        type=_scheduler_address,
+        default=DEFAULT_SCHEDULER,
+        metavar="HOST:PORT",
+        help=f"the scheduler's API address (default {DEFAULT_SCHEDULER}; env MODELPLANE_SCHEDULER)",
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="per-call deadline (default 10)")
+    parser.add_argument("--config", metavar="FILE", help=f"TOML settings file ([{section}] table)")
+    add_tls_flags(parser, server=False)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,21 +71,31 @@ def _parser() -> argparse.ArgumentParser:
             "TOML file given with --config.",
         )
     )
+    build_agent_parser(
+        commands.add_parser(
+            "agent",
+            help="run an agent for one inference-server replica",
+            description="Run an agent: it registers one MLServer or Triton replica with the scheduler, loads "
+            "and unloads models on it, and serves an inference proxy in front of it.",
+        )
+    )
+    up.build_parser(
+        commands.add_parser(
+            "up",
+            help="run the all-in-one local stack: scheduler, agent and a local MLServer",
+            description="Run scheduler, agent and a local inference server in one process, on loopback.",
+        )
+    )
     status = commands.add_parser(
         "status",
         help="show a running scheduler's version, health and services",
-        description="Ask a running scheduler for its version, health and services.",
+        description="Ask a running scheduler for its version, health, services, models and servers.",
     )
-    status.add_argument(
-        "--scheduler",
-        type=_scheduler_address,
-        default=DEFAULT_SCHEDULER,
-        metavar="HOST:PORT",
-        help=f"the scheduler's API address (default {DEFAULT_SCHEDULER}; env MODELPLANE_SCHEDULER)",
-    )
-    status_command.add_arguments(status)
-    status.add_argument("--config", metavar="FILE", help="TOML settings file ([status] table)")
-    add_tls_flags(status, server=False)
+    add_client_flags(status, "status")
+    model_commands.add_model_commands(commands)
+    for group in GROUPS:
+        for action in _subparsers(_subparser(parser, group)).values():
+            add_client_flags(action, group)
     return parser
 
 
@@ -74,9 +104,19 @@ def _fail(message: str, status: int = EXIT_FAILURE) -> int:
     return status
 
 
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    return _subparsers(parser)[name]
+
+
 def _run_scheduler(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
-    subparser = _subparser(parser, "scheduler")
-    settings = parse_settings(subparser, argv)
+    settings = parse_settings(parser, argv)
     logs.configure("scheduler", settings.log_level, json_output=settings.log_json)
     try:
         asyncio.run(process.run(settings))
@@ -87,43 +127,93 @@ def _run_scheduler(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     return 0
 
 
-def _run_status(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
-    options = parse_layered(_subparser(parser, "status"), "status", argv)
-    security = security_from(options)
+def _run_agent(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    settings = parse_agent_settings(parser, argv)
+    logs.configure("agent", settings.log_level, json_output=settings.log_json)
     try:
-        report = asyncio.run(status_command.fetch_report(options.scheduler, security, options.timeout))
-    except TransportError as error:
-        return _fail(str(error), EXIT_USAGE)
-    except grpc.aio.AioRpcError as error:
-        return _fail(status_command.describe_rpc_error(options.scheduler, error))
-    print(report.render())
+        asyncio.run(agent_process.run(settings))
+    except (TransportError, OSError, RuntimeError) as error:
+        return _fail(str(error))
     return 0
 
 
-def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            found: argparse.ArgumentParser = action.choices[name]
-            return found
-    raise LookupError(name)
+def _run_up(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    settings = up.parse_settings(parser, argv)
+    logs.configure("up")
+    try:
+        asyncio.run(up.run(settings))
+    except StateDirError as error:
+        return _fail(str(error), EXIT_USAGE)
+    except (TransportError, OSError, RuntimeError) as error:
+        return _fail(str(error))
+    return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _client(parser: argparse.ArgumentParser, section: str, argv: Sequence[str], action: str | None) -> int:
+    options = parse_layered(parser, section, argv)
+    address: Address = options.scheduler
+    security = security_from(options)
+    try:
+        print(asyncio.run(_client_job(section, action, options, address, security)()))
+    except TransportError as error:
+        return _fail(str(error), EXIT_USAGE)
+    except model_commands.CommandError as error:
+        return _fail(str(error))
+    except grpc.aio.AioRpcError as error:
+        return _fail(model_commands.describe_rpc_error(address, error))
+    return 0
+
+
+def _client_job(
+    section: str, action: str | None, options: argparse.Namespace, address: Address, security: TransportSecurity
+) -> Callable[[], Coroutine[Any, Any, str]]:
+    timeout: float = options.timeout
+    if section == "model" and action == "status" and options.watch:
+        if not options.name:
+            raise model_commands.CommandError("--watch needs a model name")
+        return lambda: model_commands.watch(address, security, options.name, options.until, options.wait_timeout)
+    jobs: dict[tuple[str, str | None], Callable[[], Coroutine[Any, Any, str]]] = {
+        ("status", None): lambda: _render_status(address, security, timeout),
+        ("server", "status"): lambda: model_commands.server_status(address, security, timeout),
+        ("model", "load"): lambda: model_commands.load(address, security, options.file, timeout),
+        ("model", "unload"): lambda: model_commands.unload(address, security, options.name, timeout),
+        ("model", "infer"): lambda: model_commands.infer(address, security, options.name, options.data, timeout),
+        ("model", "status"): lambda: model_commands.status(address, security, options.name, timeout),
+    }
+    return jobs[(section, action)]
+
+
+async def _render_status(address: Address, security: TransportSecurity, timeout: float) -> str:
+    report = await status_command.fetch_report(address, security, timeout)
+    return report.render()
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one return per command
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
-    # Parse the command name first; each command then parses its own flags with layered defaults.
-    options, _ = parser.parse_known_args(argv[:1] if argv and not argv[0].startswith("-") else argv)
-    rest = argv[1:]
-    if options.command == "version":
+    commands = _subparsers(parser)
+    if not argv or argv[0] not in commands:
+        parser.parse_args(argv)  # prints help, the version, or the usage error (exit 2)
+        return EXIT_USAGE
+    command, rest = argv[0], argv[1:]
+    if command == "version":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         print(f"modelplane {__version__}")
         return 0
-    if options.command == "scheduler":
-        return _run_scheduler(parser, rest)
-    if options.command == "status":
-        return _run_status(parser, rest)
-    return _fail(f"unknown command {options.command!r}", EXIT_USAGE)
+    if command == "scheduler":
+        return _run_scheduler(commands[command], rest)
+    if command == "agent":
+        return _run_agent(commands[command], rest)
+    if command == "up":
+        return _run_up(commands[command], rest)
+    if command == "status":
+        return _client(commands[command], "status", rest, None)
+    actions = _subparsers(commands[command])
+    if not rest or rest[0] not in actions:
+        commands[command].parse_args(rest)  # usage error or help
+        return EXIT_USAGE
+    return _client(actions[rest[0]], command, rest[1:], rest[0])
 
 
 if __name__ == "__main__":

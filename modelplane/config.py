@@ -1,7 +1,9 @@
 """Layered configuration for every command: flags over environment over file over built-in defaults.
 
 - Environment: ``MODELPLANE_<FLAG>``, the long flag name upper-cased with dashes as underscores
-  (``--state-dir`` -> ``MODELPLANE_STATE_DIR``). Boolean flags take 1/0, true/false, yes/no, on/off.
+  (``--state-dir`` -> ``MODELPLANE_STATE_DIR``), or ``MODELPLANE_<COMMAND>_<FLAG>`` for one command
+  only (``MODELPLANE_AGENT_SCHEDULER``), which wins over the plain form. Boolean flags take 1/0,
+  true/false, yes/no, on/off.
 - File: ``--config FILE`` (or ``MODELPLANE_CONFIG``), TOML with one table per command, keys named
   like the long flags: ``[scheduler]`` / ``state-dir = "/var/lib/modelplane"``.
 
@@ -90,9 +92,9 @@ def apply_layered_defaults(
             raise ConfigError(f"config file [{section}]: unknown setting {key!r} (known: {known})")
         defaults[matched.dest] = _as_default(matched, value, f"config file [{section}] {key}")
     for key, action in by_key.items():
-        name = env_name(key)
-        if name in environ:
-            defaults[action.dest] = _as_default(action, environ[name], name)
+        for name in (env_name(key), env_name(f"{section}-{key}")):  # the command's own form wins
+            if name in environ:
+                defaults[action.dest] = _as_default(action, environ[name], name)
     parser.set_defaults(**defaults)
 
 

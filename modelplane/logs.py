@@ -30,7 +30,8 @@ def _fields(record: logging.LogRecord, component: str) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
         "level": record.levelname.lower(),
-        "component": component,
+        # A process running several parts (``modelplane up``) names the part by its package.
+        "component": component if component != "up" else record.name.split(".", 1)[0],
         "logger": record.name,
         "message": record.getMessage(),
     }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 
 import grpc
@@ -62,7 +61,3 @@ def describe_rpc_error(address: Address, error: grpc.aio.AioRpcError) -> str:
     if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return f"cannot reach the scheduler at {address}: is `modelplane scheduler` running there? ({error.details()})"
     return f"scheduler at {address} answered {error.code().name}: {error.details()}"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS", help="per-call deadline (default 5)")

@@ -23,6 +23,7 @@ from pathlib import Path
 from grpc import aio
 
 from generated.mlops.agent.v1 import agent_pb2, agent_pb2_grpc
+from generated.mlops.routing.v1 import routing_pb2, routing_pb2_grpc
 from generated.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from modelplane import __version__
 from modelplane.addresses import Address
@@ -31,6 +32,7 @@ from modelplane.standard_services import HEALTH_SERVICE, Health, add_reflection
 from modelplane.transport import bind, new_server
 from scheduler.agent_service import AgentService
 from scheduler.persistence import SqliteStateStore
+from scheduler.routing_service import RoutingService
 from scheduler.scheduler_core import CoreSettings, SchedulerCore
 from scheduler.scheduler_service import SchedulerService
 from scheduler.settings import SchedulerSettings
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 SCHEDULER_SERVICE = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+ROUTING_SERVICE = routing_pb2.DESCRIPTOR.services_by_name["RoutingService"].full_name
 
 
 class ShutdownRequest:
@@ -69,8 +72,15 @@ async def _listener(address: Address, settings: SchedulerSettings, services: lis
     return server, Address(address.host, port)
 
 
-async def serve(settings: SchedulerSettings, shutdown: ShutdownRequest) -> None:
-    """Serve until ``shutdown`` is requested, then stop gracefully. The state dir must be open."""
+async def serve(
+    settings: SchedulerSettings,
+    shutdown: ShutdownRequest,
+    serving: asyncio.Future[tuple[Address, Address]] | None = None,
+) -> None:
+    """Serve until ``shutdown`` is requested, then stop gracefully. The state dir must be open.
+
+    ``serving``, when given, gets the bound (API, agent) addresses once both listen.
+    """
     store = await SqliteStateStore.open(settings.state_dir)
     core = SchedulerCore(
         store,
@@ -81,19 +91,25 @@ async def serve(settings: SchedulerSettings, shutdown: ShutdownRequest) -> None:
     )
     try:
         await core.start()
-        await _serve(settings, shutdown, core)
+        await _serve(settings, shutdown, core, serving)
     finally:
         await core.close()
         await store.close()
 
 
-async def _serve(settings: SchedulerSettings, shutdown: ShutdownRequest, core: SchedulerCore) -> None:
+async def _serve(
+    settings: SchedulerSettings,
+    shutdown: ShutdownRequest,
+    core: SchedulerCore,
+    serving: asyncio.Future[tuple[Address, Address]] | None,
+) -> None:
     health = Health()
-    api_services = [SCHEDULER_SERVICE, HEALTH_SERVICE]
+    api_services = [SCHEDULER_SERVICE, ROUTING_SERVICE, HEALTH_SERVICE]
     agent_services = [AGENT_SERVICE, HEALTH_SERVICE]
 
     api, api_address = await _listener(settings.listen, settings, api_services)
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(core), api)
+    routing_pb2_grpc.add_RoutingServiceServicer_to_server(RoutingService(core), api)
     health.add_to(api)
 
     agents, agent_address = await _listener(settings.agent_listen, settings, agent_services)
@@ -106,6 +122,8 @@ async def _serve(settings: SchedulerSettings, shutdown: ShutdownRequest, core: S
         await health.set_serving(service)
     if settings.ready_file is not None:
         _write_ready_file(settings.ready_file, {"listen": str(api_address), "agent_listen": str(agent_address)})
+    if serving is not None and not serving.done():
+        serving.set_result((api_address, agent_address))
     log.info(
         "scheduler serving",
         extra=with_fields(

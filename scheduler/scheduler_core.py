@@ -25,16 +25,17 @@ from typing import TypeVar
 
 from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane.keyed_locks import KeyedLocks
 from scheduler import model_specs, status_messages
 from scheduler.agent_sessions import AgentSession
 from scheduler.cluster import Cluster, ReplicaConfig
-from scheduler.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from scheduler.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from scheduler.event_hub import EventHub, Subscription
-from scheduler.keyed_locks import KeyedLocks
 from scheduler.model_names import check_name
 from scheduler.model_records import ModelRecord
 from scheduler.model_state import ModelState
 from scheduler.persistence import Change, Delete, Put, StateStore, StateStoreError
+from scheduler.replica_state import SERVING
 from scheduler.server_records import ServerRecord
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,27 @@ class SchedulerCore:
         return self.models_hub.subscribe(
             subscriber, lambda: [(n, status_messages.model_status(r)) for n, r in self.cluster.models.items()]
         )
+
+    def model_endpoints(self, name: str) -> tuple[int, list[tuple[str, int, str, str]]]:
+        """(version, [(server, replica, http_url, grpc_target)]) serving ``name`` now.
+
+        Raises NotFound for an unknown model, Unavailable while nothing serves it.
+        """
+        check_name(name)
+        record = self.cluster.models.get(name)
+        if record is None or record.deleted:
+            raise NotFound(f"model {name!r} not found")
+        for version in reversed(record.versions):
+            endpoints = []
+            for (server_name, index), assignment in sorted(version.replicas.items()):
+                replica = self.cluster.servers.get(server_name, ServerRecord(server_name)).replicas.get(index)
+                if assignment.state in SERVING and replica is not None:
+                    endpoints.append((server_name, index, replica.http_url, replica.grpc_target))
+            if endpoints:
+                return version.version, endpoints
+        state = record.latest.derived
+        detail = f": {state.reason}" if state.reason else ""
+        raise Unavailable(f"model {name!r} is not served yet (state {state.state.name}{detail})")
 
     # ----------------------------------------------------------------- servers
 

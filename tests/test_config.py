@@ -87,3 +87,8 @@ def test_any_toml_text_is_accepted_or_a_usage_error(text: str) -> None:
             _parse([], {"MODELPLANE_CONFIG": str(config)})
         except SystemExit as exited:
             assert exited.code == 2
+
+
+def test_command_specific_environment_wins() -> None:
+    environ = {"MODELPLANE_LISTEN": "127.0.0.1:8001", "MODELPLANE_SCHEDULER_LISTEN": "127.0.0.1:8002"}
+    assert _parse([], environ).listen == Address("127.0.0.1", 8002)

@@ -105,6 +105,7 @@ def test_client_from_protos_talks_to_scheduler(client_modules: Path, scheduler: 
     assert answer["services"] == [
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
+        "mlops.routing.v1.RoutingService",
         "seldon.mlops.scheduler.Scheduler",
     ]
     # Reflection serves the scheduler's file and what it imports, so tools like grpcurl can build requests.

@@ -510,3 +510,31 @@ class DrainComplete(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DrainComplete: _TypeAlias = DrainComplete  # noqa: Y015
+
+@_typing.final
+class InferenceModelName(_message.Message):
+    """The first two fields of the V2 (Open Inference Protocol) gRPC messages that name a model:
+    ModelInferRequest/Response, ModelReadyRequest and ModelMetadataRequest all carry the model's name in
+    field 1 and its version in field 2. The agent's inference proxy reads and rewrites just these
+    (e.g. "iris" -> "iris_3", the name the server knows), keeping every other field as it came.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    version: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InferenceModelName: _TypeAlias = InferenceModelName  # noqa: Y015

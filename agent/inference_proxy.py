@@ -1,0 +1,190 @@
+"""The agent's inference proxy: V2 (Open Inference Protocol) REST and gRPC in front of its server.
+
+Clients (the gateway, `modelplane model infer`) address models by their plain name ("iris"); the
+server knows each version as "iris_3". The proxy maps one to the other, reloads a model evicted
+by the LRU before forwarding its request, and counts the use. REST bodies and gRPC messages pass
+through unchanged apart from the model name (and, in answers, the name and version given back).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import aiohttp
+import grpc
+from aiohttp import web
+from grpc import aio
+
+from agent.model_manager import ModelManager
+from generated.mlops.agent.v1 import agent_pb2
+from servers.adapter import ServerError
+
+log = logging.getLogger(__name__)
+
+GRPC_SERVICE = "inference.GRPCInferenceService"
+# RPCs whose request names a model in field 1 (and its version in field 2).
+_NAMED_RPCS = {"ModelInfer", "ModelReady", "ModelMetadata"}
+_PASS_THROUGH_RPCS = {"ServerLive", "ServerReady", "ServerMetadata"}
+_HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
+
+
+class ModelNotHere(Exception):  # noqa: N818 - the name says what the client hit
+    pass
+
+
+def _parse_version(text: str | None) -> int | None:
+    if text is None or text == "":
+        return None
+    if not text.isdigit():
+        raise ModelNotHere(f"model version {text!r} is not a number")
+    return int(text)
+
+
+class InferenceProxy:
+    def __init__(self, manager: ModelManager, server_http_url: str, server_grpc_target: str) -> None:
+        self.manager = manager
+        self.server_http_url = server_http_url.rstrip("/")
+        self.server_grpc_target = server_grpc_target
+        self._session: aiohttp.ClientSession | None = None
+        self._channel: aio.Channel | None = None
+        self.requests = 0
+
+    async def resolve(self, name: str, version: int | None) -> str:
+        """The server-side name for ``name`` (reloading it if evicted). Raises ModelNotHere or ServerError."""
+        loaded = await self.manager.ensure_on_server(name, version)
+        if loaded is None:
+            which = f"{name} version {version}" if version is not None else name
+            raise ModelNotHere(f"model {which} is not loaded on this replica")
+        self.requests += 1
+        return loaded
+
+    # ----------------------------------------------------------------- REST
+
+    def rest_app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/v2/models/{name}/versions/{version}{rest:(/.*)?}", self._model_route)
+        app.router.add_route("*", "/v2/models/{name}{rest:(/.*)?}", self._model_route)
+        app.router.add_route("GET", "/v2/health/{what:live|ready}", self._pass_through)
+        app.router.add_route("GET", "/v2", self._pass_through)
+        app.on_cleanup.append(self._close_session)
+        return app
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300, sock_connect=10))
+        return self._session
+
+    async def _close_session(self, _app: web.Application) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _model_route(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        try:
+            version = _parse_version(request.match_info.get("version"))
+            loaded = await self.resolve(name, version)
+        except ModelNotHere as error:
+            return web.json_response({"error": str(error)}, status=404)
+        except ServerError as error:
+            return web.json_response({"error": f"could not load {name}: {error}"}, status=503)
+        path = f"/v2/models/{loaded}{request.match_info.get('rest') or ''}"
+        return await self._forward(request, path, rename=(loaded, name, version))
+
+    async def _pass_through(self, request: web.Request) -> web.StreamResponse:
+        return await self._forward(request, request.path, rename=None)
+
+    async def _forward(
+        self, request: web.Request, path: str, rename: tuple[str, str, int | None] | None
+    ) -> web.StreamResponse:
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        body = await request.read()
+        try:
+            async with self._client().request(
+                request.method, self.server_http_url + path, params=request.query, data=body, headers=headers
+            ) as upstream:
+                payload = await upstream.read()
+                content_type = upstream.headers.get("Content-Type", "application/json")
+                status = upstream.status
+        except (aiohttp.ClientError, TimeoutError) as error:
+            return web.json_response({"error": f"inference server unreachable: {error}"}, status=502)
+        if rename is not None and content_type.startswith("application/json"):
+            payload = _rename_json(payload, *rename)
+        return web.Response(body=payload, status=status, headers={"Content-Type": content_type})
+
+    # ----------------------------------------------------------------- gRPC
+
+    def grpc_handler(self) -> grpc.GenericRpcHandler:
+        return _GrpcProxyHandler(self)
+
+    def _grpc_channel(self) -> aio.Channel:
+        if self._channel is None:
+            self._channel = aio.insecure_channel(self.server_grpc_target)
+        return self._channel
+
+    async def forward_grpc(self, rpc: str, request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
+        original: tuple[str, str] | None = None
+        if rpc in _NAMED_RPCS:
+            names = agent_pb2.InferenceModelName.FromString(request)
+            try:
+                loaded = await self.resolve(names.name, _parse_version(names.version))
+            except ModelNotHere as error:
+                await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+            except ServerError as error:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not load {names.name}: {error}")
+            original = (names.name, names.version)
+            # Re-serialising keeps every other field: protobuf carries unknown fields through.
+            names.name, names.version = loaded, ""
+            request = names.SerializeToString()
+        call: aio.UnaryUnaryMultiCallable[bytes, bytes] = self._grpc_channel().unary_unary(f"/{GRPC_SERVICE}/{rpc}")
+        try:
+            response: bytes = await call(
+                request, timeout=context.time_remaining(), metadata=context.invocation_metadata()
+            )
+        except aio.AioRpcError as error:
+            await context.abort(error.code(), error.details() or "")
+        if rpc == "ModelInfer" and original is not None:
+            answer = agent_pb2.InferenceModelName.FromString(response)
+            answer.name, answer.version = original[0], original[1] or answer.version
+            response = answer.SerializeToString()
+        return response
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+        if self._session is not None:
+            await self._session.close()
+
+
+class _GrpcProxyHandler(grpc.GenericRpcHandler):
+    def __init__(self, proxy: InferenceProxy) -> None:
+        self.proxy = proxy
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[bytes, bytes] | None:
+        method: str = handler_call_details.method
+        service, _, rpc = method.lstrip("/").partition("/")
+        if service != GRPC_SERVICE or rpc not in _NAMED_RPCS | _PASS_THROUGH_RPCS:
+            return None
+
+        async def handle(request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
+            return await self.proxy.forward_grpc(rpc, request, context)
+
+        # No (de)serialisers: the proxy handles raw message bytes.
+        return grpc.unary_unary_rpc_method_handler(handle)
+
+
+def _rename_json(payload: bytes, loaded: str, name: str, version: int | None) -> bytes:
+    """Give the client back the name it asked for, not the server's versioned one."""
+    try:
+        document: Any = json.loads(payload)
+    except ValueError:
+        return payload
+    if isinstance(document, dict) and document.get("model_name") == loaded:
+        document["model_name"] = name
+        document["model_version"] = str(version) if version is not None else loaded.rpartition("_")[2]
+        return json.dumps(document).encode()
+    if isinstance(document, dict) and document.get("name") == loaded:
+        document["name"] = name
+        return json.dumps(document).encode()
+    return payload

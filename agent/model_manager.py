@@ -1,0 +1,313 @@
+"""What one agent holds on its inference server, and every load, unload and eviction of it.
+
+Invariants:
+- Operations on one model are serialised (a FIFO lock per model name), in the order they arrived.
+- Registered models (what the scheduler placed here) never exceed memory x (100 + over-commit%) / 100;
+  a load that would is refused with LOAD_FAIL_MEMORY.
+- Models on the server never exceed the replica's memory: a load evicts least-recently-used models
+  first, only as many as it needs, never one that is loading. Evicted models stay registered, with
+  their files in place, and are loaded again on their next request (``ensure_on_server``).
+- Every operation ends in exactly one event; nothing waits forever (artifact fetches and server calls
+  have timeouts, and server failures worth retrying are retried a bounded number of times).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.artifacts import ArtifactError, ArtifactSource, ArtifactStore
+from generated.mlops.agent.v1 import agent_pb2
+from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane.keyed_locks import KeyedLocks
+from scheduler.model_specs import memory_needed
+from servers.adapter import InferenceServer, ModelFiles, ServerError
+
+log = logging.getLogger(__name__)
+Event = agent_pb2.ModelEvent
+INDEX_FILE = ".modelplane-agent.json"
+
+
+@dataclass(slots=True)
+class HeldModel:
+    name: str
+    version: int
+    memory: int
+    files: ModelFiles | None  # None for a model adopted from the server after a restart
+    on_server: bool = True
+    loading: bool = False
+    last_used: float = 0.0
+    # False until the first load succeeds: requests must not go to a version that never served.
+    ready: bool = True
+
+    @property
+    def loaded_name(self) -> str:
+        return f"{self.name}_{self.version}"
+
+
+class NoRoom(Exception):  # noqa: N818 - "no room" is what happened
+    """Evicting every evictable model would still not make room."""
+
+
+def artifact_source(model: pb.Model) -> ArtifactSource:
+    spec = model.modelSpec
+    parameters = {p.name: p.value for p in spec.parameters}
+    config = spec.storageConfig if spec.HasField("storageConfig") else None
+    return ArtifactSource(
+        uri=spec.uri,
+        artifact_version=spec.artifactVersion if spec.HasField("artifactVersion") else None,
+        storage_secret_name=config.storageSecretName if config and config.HasField("storageSecretName") else None,
+        storage_rclone_config=config.storageRcloneConfig if config and config.HasField("storageRcloneConfig") else None,
+        sha256=parameters.get("sha256"),
+    )
+
+
+def instance_count(model: pb.Model) -> int:
+    info = model.modelSpec.modelRuntimeInfo
+    kind = info.WhichOneof("modelRuntimeInfo")
+    if kind == "mlserver":
+        return info.mlserver.parallelWorkers
+    if kind == "triton":
+        return sum(cpu.instanceCount for cpu in info.triton.cpu)
+    return 0
+
+
+class ModelManager:
+    def __init__(
+        self,
+        server: InferenceServer,
+        artifacts: ArtifactStore,
+        *,
+        memory_bytes: int,
+        overcommit_percent: int,
+        load_retries: int = 3,
+        retry_delay_seconds: float = 1.0,
+    ) -> None:
+        self.server = server
+        self.artifacts = artifacts
+        self.memory_bytes = memory_bytes
+        self.accept_bytes = memory_bytes * (100 + overcommit_percent) // 100
+        self.load_retries = load_retries
+        self.retry_delay = retry_delay_seconds
+        self.models: dict[str, HeldModel] = {}  # loaded name -> model
+        self._locks = KeyedLocks()
+        self.server_loads = 0  # loads sent to the server (reloads after eviction included)
+        self.evictions = 0
+
+    # ----------------------------------------------------------------- accounting
+
+    @property
+    def registered_bytes(self) -> int:
+        return sum(m.memory for m in self.models.values())
+
+    @property
+    def on_server_bytes(self) -> int:
+        return sum(m.memory for m in self.models.values() if m.on_server)
+
+    @property
+    def available_bytes(self) -> int:
+        return max(0, self.memory_bytes - self.on_server_bytes)
+
+    def held(self) -> list[agent_pb2.LoadedModel]:
+        """What to report when registering: every model registered here, evicted ones included."""
+        return [
+            agent_pb2.LoadedModel(name=m.name, version=m.version, memory_bytes=m.memory) for m in self.models.values()
+        ]
+
+    def latest_version(self, name: str) -> HeldModel | None:
+        """The newest version of ``name`` that can answer (a first load still in progress cannot)."""
+        versions = [m for m in self.models.values() if m.name == name and m.ready]
+        return max(versions, key=lambda m: m.version) if versions else None
+
+    # ----------------------------------------------------------------- start-up
+
+    async def adopt_from_server(self) -> None:
+        """After an agent restart: take over what the server still holds (per the index file)."""
+        index = _read_index(self.server.repository)
+        for loaded_name in await self.server.loaded_models():
+            name, _, version = loaded_name.rpartition("_")
+            if not name or not version.isdigit():
+                continue  # not loaded by an agent: leave it alone
+            memory = int(index.get(loaded_name, {}).get("memory", 0))
+            self.models[loaded_name] = HeldModel(name, int(version), memory, files=None, last_used=time.monotonic())
+        log.info("adopted %d model(s) the server already held", len(self.models))
+
+    # ----------------------------------------------------------------- operations
+
+    async def handle(self, operation: agent_pb2.ModelOperation) -> agent_pb2.ModelEvent:
+        """Carry out one operation from the scheduler and say how it went."""
+        name, version = operation.model.meta.name, operation.version
+        started = time.monotonic()
+        async with self._locks.hold(name):
+            if operation.kind == agent_pb2.ModelOperation.KIND_LOAD:
+                kind, reason = await self._load(operation.model, version)
+            else:
+                kind, reason = await self._unload(name, version)
+        self._write_index()
+        log.info(
+            "%s %s_%d in %.2fs%s",
+            Event.Kind.Name(kind).removeprefix("KIND_").lower().replace("_", " "),
+            name,
+            version,
+            time.monotonic() - started,
+            f": {reason}" if reason else "",
+        )
+        return Event(
+            operation_id=operation.operation_id,
+            kind=kind,
+            model_name=name,
+            model_version=version,
+            reason=reason,
+            available_memory_bytes=self.available_bytes,
+        )
+
+    async def _load(self, model: pb.Model, version: int) -> tuple[agent_pb2.ModelEvent.Kind.ValueType, str]:
+        loaded_name = f"{model.meta.name}_{version}"
+        held = self.models.get(loaded_name)
+        if held is not None and held.on_server:
+            held.last_used = time.monotonic()
+            return Event.KIND_LOADED, ""  # idempotent: a repeated load changes nothing
+        memory = memory_needed(model)  # the scheduler's formula, so both sides agree
+        if held is None and self.registered_bytes + memory > self.accept_bytes:
+            return Event.KIND_LOAD_FAIL_MEMORY, (
+                f"{self.registered_bytes} bytes registered + {memory} needed exceeds the replica's "
+                f"{self.accept_bytes} bytes (memory + over-commit)"
+            )
+        try:
+            folder = await self.artifacts.fetch(artifact_source(model))
+            files = ModelFiles(
+                name=model.meta.name,
+                version=version,
+                artifact_dir=folder,
+                requirements=frozenset(model.modelSpec.requirements),
+                parameters={p.name: p.value for p in model.modelSpec.parameters},
+                instance_count=instance_count(model),
+            )
+            await self.server.place_files(files)
+        except (ArtifactError, ServerError) as error:
+            return Event.KIND_LOAD_FAILED, str(error)
+        entry = HeldModel(model.meta.name, version, memory, files, on_server=False, loading=True, ready=False)
+        self.models[loaded_name] = entry
+        try:
+            await self._bring_onto_server(entry)
+        except NoRoom as error:
+            del self.models[loaded_name]
+            return Event.KIND_LOAD_FAIL_MEMORY, str(error)
+        except ServerError as error:
+            del self.models[loaded_name]
+            self.server.remove_files(loaded_name)
+            return Event.KIND_LOAD_FAILED, str(error)
+        entry.ready = True
+        return Event.KIND_LOADED, ""
+
+    async def _unload(self, name: str, version: int) -> tuple[agent_pb2.ModelEvent.Kind.ValueType, str]:
+        loaded_name = f"{name}_{version}"
+        held = self.models.get(loaded_name)
+        try:
+            if held is None or held.on_server:
+                await self._retrying(lambda: self.server.unload(loaded_name))
+        except ServerError as error:
+            return Event.KIND_UNLOAD_FAILED, str(error)
+        self.models.pop(loaded_name, None)
+        self.server.remove_files(loaded_name)
+        return Event.KIND_UNLOADED, ""
+
+    # ----------------------------------------------------------------- on-demand reload
+
+    async def ensure_on_server(self, name: str, version: int | None = None) -> str | None:
+        """The loaded name to send a request for ``name`` to, loading it again if it was evicted.
+
+        None when this agent does not hold the model. Counts as a use for LRU.
+        """
+        held = self.models.get(f"{name}_{version}") if version is not None else self.latest_version(name)
+        if held is None or not held.ready:
+            return None
+        held.last_used = time.monotonic()
+        if held.on_server:
+            return held.loaded_name
+        async with self._locks.hold(name):
+            if not held.on_server and held.loaded_name in self.models:
+                held.loading = True
+                await self._bring_onto_server(held)
+        return held.loaded_name
+
+    async def _bring_onto_server(self, entry: HeldModel) -> None:
+        """Make room by evicting LRU models, then load ``entry``. Raises NoRoom or ServerError."""
+        try:
+            await self._make_room(entry)
+            await self._retrying(lambda: self.server.load(entry.loaded_name))
+            self.server_loads += 1
+            entry.on_server = True
+            entry.last_used = time.monotonic()
+        finally:
+            entry.loading = False
+
+    async def _make_room(self, entry: HeldModel) -> None:
+        needed = self.on_server_bytes + entry.memory - self.memory_bytes
+        if needed <= 0:
+            return
+        candidates = sorted(
+            (m for m in self.models.values() if m.on_server and not m.loading and m is not entry),
+            key=lambda m: m.last_used,
+        )
+        if sum(m.memory for m in candidates) < needed:
+            raise NoRoom(
+                f"{entry.loaded_name} needs {entry.memory} bytes; even evicting every idle model frees only "
+                f"{sum(m.memory for m in candidates)} of the {needed} missing"
+            )
+        for victim in candidates:
+            if needed <= 0:
+                break
+            await self.server.unload(victim.loaded_name)
+            victim.on_server = False
+            self.evictions += 1
+            needed -= victim.memory
+            log.info("evicted %s (least recently used) to make room for %s", victim.loaded_name, entry.loaded_name)
+
+    async def _retrying(self, call: Callable[[], Awaitable[None]]) -> None:
+        for attempt in range(1, self.load_retries + 1):
+            try:
+                await call()
+                return
+            except ServerError as error:
+                if not error.retryable or attempt == self.load_retries:
+                    raise
+                log.warning("server call failed (attempt %d of %d): %s", attempt, self.load_retries, error)
+                await asyncio.sleep(self.retry_delay * attempt)
+
+    async def unload_everything(self) -> None:
+        """On agent exit after a drain: take every model off the server."""
+        for held in list(self.models.values()):
+            async with self._locks.hold(held.name):
+                try:
+                    if held.on_server:
+                        await self.server.unload(held.loaded_name)
+                    self.server.remove_files(held.loaded_name)
+                except ServerError as error:
+                    log.warning("could not unload %s on exit: %s", held.loaded_name, error)
+                self.models.pop(held.loaded_name, None)
+        self._write_index()
+
+    def _write_index(self) -> None:
+        """Remember each loaded model's memory next to the repository, for adoption after a restart."""
+        document = {m.loaded_name: {"memory": m.memory} for m in self.models.values()}
+        path = self.server.repository / INDEX_FILE
+        temporary = path.with_suffix(".tmp")
+        try:
+            temporary.write_text(json.dumps(document))
+            temporary.replace(path)
+        except OSError as error:
+            log.warning("could not write %s: %s", path, error)
+
+
+def _read_index(repository: Path) -> dict[str, dict[str, int]]:
+    try:
+        document = json.loads((repository / INDEX_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return document if isinstance(document, dict) else {}

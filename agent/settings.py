@@ -1,0 +1,250 @@
+"""Everything the agent process can be told, in one place, with its flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelplane import logs
+from modelplane.addresses import Address, AddressError, parse_address
+from modelplane.config import parse_layered
+from modelplane.sizes import parse_size
+from modelplane.transport import TransportError, TransportSecurity
+from modelplane.transport_flags import add_tls_flags, security_from
+from scheduler.errors import InvalidArgument
+from scheduler.model_names import check_name
+
+SERVER_KINDS = ("mlserver", "triton")
+DEFAULT_CAPABILITIES = {"mlserver": "sklearn,mlserver", "triton": "triton,python"}
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    scheduler: Address
+    security: TransportSecurity
+    server_name: str
+    replica_idx: int
+    server_kind: str
+    # Either an existing server (its V2 REST URL and gRPC target) or one the agent launches.
+    server_url: str | None
+    server_grpc: str | None
+    launch_server: bool
+    memory_bytes: int
+    capabilities: frozenset[str]
+    overcommit_percent: int
+    shared: bool
+    # The server's model repository (the agent writes model folders here).
+    models_dir: Path
+    cache_dir: Path
+    secrets_dir: Path | None
+    work_dir: Path
+    proxy_http: Address
+    proxy_grpc: Address
+    advertise_host: str
+    drain_timeout_seconds: float
+    ready_file: Path | None
+    log_level: str
+    log_json: bool
+
+
+def _address(text: str) -> Address:
+    try:
+        return parse_address(text, allow_port_zero=True)
+    except AddressError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _size(text: str) -> int:
+    try:
+        value = parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("memory must be more than 0 bytes")
+    return value
+
+
+def _server_name(text: str) -> str:
+    try:
+        return check_name(text, "server")
+    except InvalidArgument as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from {low} to {high}")
+        return int(text)
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 86_400:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: give 0 < seconds <= 86400")
+    return value
+
+
+def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument(
+        "--scheduler",
+        type=_address,
+        default="127.0.0.1:9005",
+        metavar="HOST:PORT",
+        help="the scheduler's agent address (default 127.0.0.1:9005; env MODELPLANE_AGENT_SCHEDULER)",
+    )
+    parser.add_argument(
+        "--server-name", type=_server_name, default="mlserver", help="the server this replica belongs to"
+    )
+    parser.add_argument(
+        "--replica-idx",
+        type=_bounded_int(0, 9999),
+        default=0,
+        metavar="N",
+        help="this replica's index within its server (default 0)",
+    )
+    parser.add_argument("--server-kind", choices=SERVER_KINDS, default="mlserver")
+    parser.add_argument(
+        "--server-url", metavar="URL", help="V2 REST URL of an existing server, e.g. http://127.0.0.1:8080"
+    )
+    parser.add_argument("--server-grpc", metavar="HOST:PORT", help="V2 gRPC target of that server")
+    parser.add_argument(
+        "--launch-server",
+        action="store_true",
+        help="start a local server of --server-kind (its venv is created on first use)",
+    )
+    parser.add_argument(
+        "--memory",
+        type=_size,
+        default="1GiB",
+        metavar="SIZE",
+        help="memory the server may use for models, e.g. 2GiB (default 1GiB)",
+    )
+    parser.add_argument(
+        "--capabilities",
+        metavar="LIST",
+        help="comma-separated capabilities (default: sklearn,mlserver or triton,python)",
+    )
+    parser.add_argument(
+        "--overcommit-percent",
+        type=_bounded_int(0, 1000),
+        default=10,
+        metavar="PCT",
+        help="accept models up to memory x (100+PCT)%%, evicting least-recently-used ones (default 10)",
+    )
+    parser.add_argument(
+        "--dedicated",
+        action="store_true",
+        help="take only models that name this server (default: shared with unpinned models)",
+    )
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        metavar="DIR",
+        help="the server's model repository (default: WORK_DIR/models for a launched server)",
+    )
+    parser.add_argument(
+        "--cache-dir", type=Path, metavar="DIR", help="artifact download cache (default WORK_DIR/cache)"
+    )
+    parser.add_argument(
+        "--secrets-dir", type=Path, metavar="DIR", help="folder of storage secrets, one file per secret"
+    )
+    parser.add_argument(
+        "--work-dir", type=Path, metavar="DIR", help="the agent's own files (default .modelplane/agent-SERVER-N)"
+    )
+    parser.add_argument(
+        "--proxy-http",
+        type=_address,
+        default="127.0.0.1:9100",
+        metavar="HOST:PORT",
+        help="inference proxy, V2 REST (default 127.0.0.1:9100; port 0 picks one)",
+    )
+    parser.add_argument(
+        "--proxy-grpc",
+        type=_address,
+        default="127.0.0.1:9500",
+        metavar="HOST:PORT",
+        help="inference proxy, V2 gRPC (default 127.0.0.1:9500; port 0 picks one)",
+    )
+    parser.add_argument(
+        "--advertise-host",
+        metavar="HOST",
+        help="host the scheduler tells clients to use for the proxy (default: the proxy's host)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="on SIGTERM, how long to wait for the models to serve elsewhere (default 60)",
+    )
+    parser.add_argument(
+        "--ready-file", type=Path, metavar="FILE", help="write the proxy addresses here once registered"
+    )
+    parser.add_argument("--log-level", choices=logs.LEVELS, default="info")
+    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file ([agent] table)")
+    add_tls_flags(parser, server=False)
+    return parser
+
+
+def parse_settings(
+    parser: argparse.ArgumentParser, argv: Sequence[str], environ: Mapping[str, str] | None = None
+) -> AgentSettings:
+    options = parse_layered(parser, "agent", argv, environ)
+    if options.launch_server == bool(options.server_url):
+        parser.error("give either --server-url (an existing server) or --launch-server (start one here)")
+    if options.server_url and not options.models_dir:
+        parser.error("--server-url needs --models-dir: the folder the server loads models from")
+    if options.server_url and not options.server_url.startswith(("http://", "https://")):
+        parser.error(f"--server-url {options.server_url!r} must start with http:// or https://")
+    work_dir = options.work_dir or Path(".modelplane") / f"agent-{options.server_name}-{options.replica_idx}"
+    capabilities = options.capabilities or DEFAULT_CAPABILITIES[options.server_kind]
+    names = frozenset(c.strip() for c in capabilities.split(",") if c.strip())
+    if not names:
+        parser.error("--capabilities is empty")
+    settings = AgentSettings(
+        scheduler=options.scheduler,
+        security=security_from(options),
+        server_name=options.server_name,
+        replica_idx=options.replica_idx,
+        server_kind=options.server_kind,
+        server_url=options.server_url,
+        server_grpc=options.server_grpc,
+        launch_server=options.launch_server,
+        memory_bytes=options.memory,
+        capabilities=names,
+        overcommit_percent=options.overcommit_percent,
+        shared=not options.dedicated,
+        models_dir=options.models_dir or work_dir / "models",
+        cache_dir=options.cache_dir or work_dir / "cache",
+        secrets_dir=options.secrets_dir,
+        work_dir=work_dir,
+        proxy_http=options.proxy_http,
+        proxy_grpc=options.proxy_grpc,
+        advertise_host=options.advertise_host or _advertised(options.proxy_http),
+        drain_timeout_seconds=options.drain_timeout,
+        ready_file=options.ready_file,
+        log_level=options.log_level,
+        log_json=options.log_json,
+    )
+    try:
+        settings.security.validate()
+        settings.security.check_plaintext_allowed([settings.scheduler])
+    except TransportError as error:
+        parser.error(str(error))
+    return settings
+
+
+def _advertised(address: Address) -> str:
+    if address.host in ("0.0.0.0", "::"):  # noqa: S104 - a bind-all address is not reachable as such
+        return os.uname().nodename
+    return address.host

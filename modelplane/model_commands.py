@@ -1,0 +1,217 @@
+"""Client commands against a running scheduler: ``model load|unload|status|infer`` and ``server status``.
+
+Every command takes ``--scheduler HOST:PORT`` (default 127.0.0.1:9004, or MODELPLANE_SCHEDULER) and
+says plainly when the scheduler cannot be reached, the input is invalid, or the model is unknown or
+not yet available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+
+from generated.mlops.routing.v1 import routing_pb2, routing_pb2_grpc
+from generated.mlops.scheduler import scheduler_pb2 as pb
+from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
+from modelplane.addresses import Address
+from modelplane.manifests import ManifestError, parse_model_manifest
+from modelplane.transport import TransportSecurity, open_channel
+
+ModelState = pb.ModelStatus.ModelState
+FAILED_STATES = {ModelState.Value("ModelFailed"), ModelState.Value("ScheduleFailed")}
+
+
+class CommandError(Exception):
+    """A failure to report as ``modelplane: error: ...`` with exit status 1."""
+
+
+def state_name(value: int) -> str:
+    return ModelState.Name(value)  # type: ignore[arg-type]
+
+
+def describe_rpc_error(address: Address, error: grpc.aio.AioRpcError) -> str:
+    details = error.details() or ""
+    unreachable = error.code() == grpc.StatusCode.DEADLINE_EXCEEDED or (
+        error.code() == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "failed" in details.lower())
+    )
+    if unreachable:
+        return f"cannot reach the scheduler at {address}: is `modelplane scheduler` running there? ({details})"
+    return f"scheduler at {address} answered {error.code().name}: {details}"
+
+
+def _status_rows(status: pb.ModelStatusResponse) -> list[str]:
+    rows = []
+    for version in status.versions:
+        state = version.state
+        replicas = ", ".join(
+            f"{index}:{pb.ModelReplicaStatus.ModelReplicaState.Name(r.state)}"
+            for index, r in sorted(version.modelReplicaState.items())
+        )
+        reason = f"  ({state.reason})" if state.reason else ""
+        rows.append(
+            f"{status.modelName:<24} v{version.version:<4} {state_name(state.state):<17} "
+            f"{state.availableReplicas}/{state.availableReplicas + state.unavailableReplicas} available  "
+            f"server={version.serverName or '-'}  replicas=[{replicas}]{reason}"
+        )
+    if not status.versions:
+        rows.append(f"{status.modelName:<24} (deleted)")
+    return rows
+
+
+def read_manifest(manifest: Path) -> pb.Model:
+    try:
+        return parse_model_manifest(manifest.read_text())
+    except OSError as error:
+        raise CommandError(f"cannot read {manifest}: {error.strerror}") from None
+    except ManifestError as error:
+        raise CommandError(f"{manifest}: {error}") from None
+
+
+async def load(scheduler: Address, security: TransportSecurity, manifest: Path, timeout: float) -> str:
+    model = await asyncio.to_thread(read_manifest, manifest)
+    async with open_channel(scheduler, security) as channel:
+        await pb_grpc.SchedulerStub(channel).LoadModel(pb.LoadModelRequest(model=model), timeout=timeout)
+    return f"model {model.meta.name} accepted; follow it with: modelplane model status {model.meta.name} --watch"
+
+
+async def unload(scheduler: Address, security: TransportSecurity, name: str, timeout: float) -> str:
+    async with open_channel(scheduler, security) as channel:
+        request = pb.UnloadModelRequest(model=pb.ModelReference(name=name))
+        await pb_grpc.SchedulerStub(channel).UnloadModel(request, timeout=timeout)
+    return f"model {name} is being unloaded"
+
+
+async def status(scheduler: Address, security: TransportSecurity, name: str | None, timeout: float) -> str:
+    async with open_channel(scheduler, security) as channel:
+        request = pb.ModelStatusRequest(subscriberName="modelplane-cli", allVersions=True)
+        if name:
+            request.model.CopyFrom(pb.ModelReference(name=name))
+        answers = [s async for s in pb_grpc.SchedulerStub(channel).ModelStatus(request, timeout=timeout)]
+    rows = [row for answer in answers for row in _status_rows(answer)]
+    return "\n".join(rows) if rows else "no models"
+
+
+async def watch(scheduler: Address, security: TransportSecurity, name: str, until: str, timeout: float) -> str:
+    """Print each change of ``name`` until it reaches ``until`` (or fails, or the time is up)."""
+    target = ModelState.Value(until)
+    deadline = time.monotonic() + timeout
+    async with open_channel(scheduler, security) as channel:
+        stub = pb_grpc.SchedulerStub(channel)
+        # One-shot first: an unknown model is an error now, not a silent wait.
+        [current] = [
+            s async for s in stub.ModelStatus(pb.ModelStatusRequest(model=pb.ModelReference(name=name)), timeout=10)
+        ]
+        stream = stub.SubscribeModelStatus(pb.ModelSubscriptionRequest(subscriberName="modelplane-cli-watch"))
+        try:
+            update: pb.ModelStatusResponse | None = current
+            while True:
+                if update is not None and update.modelName == name:
+                    for row in _status_rows(update):
+                        print(row, flush=True)
+                    latest = update.versions[-1].state if update.versions else None
+                    if latest is not None and latest.state == target:
+                        return f"model {name} is {until}"
+                    if latest is not None and latest.state in FAILED_STATES and target not in FAILED_STATES:
+                        raise CommandError(f"model {name} is {state_name(latest.state)}: {latest.reason}")
+                    if not update.versions and update.deleted:
+                        raise CommandError(f"model {name} was deleted")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CommandError(f"model {name} did not reach {until} within {timeout:g}s")
+                try:
+                    async with asyncio.timeout(remaining):
+                        message = await stream.read()
+                except TimeoutError:
+                    update = None
+                    continue
+                if not isinstance(message, pb.ModelStatusResponse):
+                    raise CommandError("the scheduler closed the status stream")
+                update = message
+        finally:
+            stream.cancel()
+
+
+async def infer(scheduler: Address, security: TransportSecurity, name: str, data: str, timeout: float) -> str:
+    try:
+        body = json.loads(data)
+    except ValueError as error:
+        raise CommandError(f"--data is not JSON: {error}") from None
+    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
+        raise CommandError(
+            '--data must be a V2 inference request: {"inputs": [{"name", "shape", "datatype", "data"}, ...]}'
+        )
+    async with open_channel(scheduler, security) as channel:
+        route = await routing_pb2_grpc.RoutingServiceStub(channel).ModelEndpoints(
+            routing_pb2.ModelEndpointsRequest(model_name=name), timeout=timeout
+        )
+    errors = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+        for endpoint in route.endpoints:
+            url = f"{endpoint.http_url}/v2/models/{name}/infer"
+            try:
+                async with session.post(url, json=body) as response:
+                    answer: Any = await response.json(content_type=None)
+                    if response.status == 200:
+                        return json.dumps(answer, indent=2)
+                    detail = answer.get("error", answer) if isinstance(answer, dict) else answer
+                    errors.append(f"{url}: HTTP {response.status}: {detail}")
+            except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+                errors.append(f"{url}: {error}")
+    raise CommandError("inference failed on every replica:\n  " + "\n  ".join(errors))
+
+
+async def server_status(scheduler: Address, security: TransportSecurity, timeout: float) -> str:
+    async with open_channel(scheduler, security) as channel:
+        request = pb.ServerStatusRequest(subscriberName="modelplane-cli")
+        servers = [s async for s in pb_grpc.SchedulerStub(channel).ServerStatus(request, timeout=timeout)]
+    rows = []
+    for server in servers:
+        rows.append(
+            f"{server.serverName:<20} replicas {server.availableReplicas}/{server.expectedReplicas}  "
+            f"loaded model replicas {server.numLoadedModelReplicas}"
+        )
+        for replica in server.resources:
+            rows.append(
+                f"  replica {replica.replicaIdx:<3} memory {replica.availableMemoryBytes}/{replica.totalMemoryBytes} "
+                f"bytes free  models {replica.numLoadedModels}  over-commit {replica.overCommitPercentage}%"
+            )
+    return "\n".join(rows) if rows else "no servers"
+
+
+def add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    model = commands.add_parser("model", help="load, unload, watch and query models", description="Manage models.")
+    model_commands = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    load_parser = model_commands.add_parser("load", help="load a model from a Model manifest (YAML)")
+    load_parser.add_argument("-f", "--file", type=Path, required=True, metavar="FILE", help="the Model manifest")
+    unload_parser = model_commands.add_parser("unload", help="unload a model")
+    unload_parser.add_argument("name")
+    status_parser = model_commands.add_parser("status", help="a model's status (all models without a name)")
+    status_parser.add_argument("name", nargs="?")
+    status_parser.add_argument("--watch", action="store_true", help="print changes until --until is reached")
+    status_parser.add_argument(
+        "--until",
+        default="ModelAvailable",
+        choices=list(ModelState.keys()),
+        help="the state --watch waits for (default ModelAvailable)",
+    )
+    status_parser.add_argument(
+        "--wait-timeout", type=float, default=300.0, metavar="SECONDS", help="how long --watch waits (default 300)"
+    )
+    infer_parser = model_commands.add_parser("infer", help="send a V2 inference request and print the answer")
+    infer_parser.add_argument("name")
+    infer_parser.add_argument("--data", required=True, metavar="JSON", help='V2 request body, e.g. {"inputs": [...]}')
+    server = commands.add_parser("server", help="server status", description="Inspect servers.")
+    server_commands = server.add_subparsers(dest="server_command", metavar="ACTION", required=True)
+    server_commands.add_parser("status", help="every server's replicas, memory and models")
+
+
+def print_result(text: str) -> None:
+    sys.stdout.write(text + "\n")

@@ -1,0 +1,40 @@
+"""Byte sizes as people write them: 2GiB, 512Mi, 1.5G, 1000000."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "ki": 1024,
+    "kib": 1024,
+    "mi": 1024**2,
+    "mib": 1024**2,
+    "gi": 1024**3,
+    "gib": 1024**3,
+    "ti": 1024**4,
+    "tib": 1024**4,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+MAX_SIZE = 1 << 50
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``text``; raises ValueError with the accepted forms when it is not a size."""
+    match = _SIZE.match(text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise ValueError(f"{text!r} is not a size: use e.g. 2GiB, 512Mi, 1.5G or a number of bytes")
+    value = int(float(match.group(1)) * _UNITS[unit])
+    if value > MAX_SIZE:
+        raise ValueError(f"{text!r} is more than 1 PiB")
+    return value

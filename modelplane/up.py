@@ -1,0 +1,223 @@
+"""``modelplane up``: the all-in-one local stack in one process.
+
+A scheduler (embedded SQLite state), one agent, and a local MLServer (or Triton) the agent launches,
+everything on loopback with plaintext (never anything else: the addresses are checked). Logs from
+every part go to stderr, each line naming its part; the inference server's own log is a file whose
+path is printed. Ctrl-C (or SIGTERM) stops the agent (its models are unloaded, the server stopped),
+then the scheduler; a second Ctrl-C skips the waiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent import process as agent_process
+from agent.settings import DEFAULT_CAPABILITIES, AgentSettings
+from modelplane.addresses import Address, AddressError, parse_address
+from modelplane.config import parse_layered
+from modelplane.sizes import parse_size
+from modelplane.transport import TransportSecurity
+from scheduler import process as scheduler_process
+from scheduler.settings import SchedulerSettings
+from scheduler.state_dir import StateDir
+
+DEFAULT_STATE_DIR = Path(".modelplane/up")
+
+
+@dataclass(frozen=True, slots=True)
+class UpSettings:
+    state_dir: Path
+    listen: Address
+    agent_listen: Address
+    proxy_http: Address
+    proxy_grpc: Address
+    server_kind: str
+    memory_bytes: int
+    ready_file: Path | None
+
+
+def _loopback(text: str) -> Address:
+    try:
+        address = parse_address(text, allow_port_zero=True)
+    except AddressError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if not address.is_loopback:
+        raise argparse.ArgumentTypeError(f"{text}: `modelplane up` listens on loopback addresses only")
+    return address
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=DEFAULT_STATE_DIR,
+        metavar="DIR",
+        help=f"state, logs, the server's models and the artifact cache (default {DEFAULT_STATE_DIR})",
+    )
+    parser.add_argument(
+        "--listen",
+        type=_loopback,
+        default="127.0.0.1:9004",
+        metavar="HOST:PORT",
+        help="Scheduler API (default 127.0.0.1:9004)",
+    )
+    parser.add_argument(
+        "--agent-listen",
+        type=_loopback,
+        default="127.0.0.1:9005",
+        metavar="HOST:PORT",
+        help="agent service (default 127.0.0.1:9005)",
+    )
+    parser.add_argument(
+        "--proxy-http",
+        type=_loopback,
+        default="127.0.0.1:9100",
+        metavar="HOST:PORT",
+        help="the agent's V2 REST inference proxy (default 127.0.0.1:9100)",
+    )
+    parser.add_argument(
+        "--proxy-grpc",
+        type=_loopback,
+        default="127.0.0.1:9500",
+        metavar="HOST:PORT",
+        help="the agent's V2 gRPC inference proxy (default 127.0.0.1:9500)",
+    )
+    parser.add_argument("--server-kind", choices=("mlserver", "triton"), default="mlserver")
+    parser.add_argument(
+        "--memory", type=_size, default="2GiB", metavar="SIZE", help="memory for models on the server (default 2GiB)"
+    )
+    parser.add_argument("--ready-file", type=Path, metavar="FILE", help="write the addresses here as JSON once up")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file ([up] table)")
+    return parser
+
+
+def parse_settings(parser: argparse.ArgumentParser, argv: Sequence[str]) -> UpSettings:
+    options = parse_layered(parser, "up", argv)
+    return UpSettings(
+        state_dir=options.state_dir,
+        listen=options.listen,
+        agent_listen=options.agent_listen,
+        proxy_http=options.proxy_http,
+        proxy_grpc=options.proxy_grpc,
+        server_kind=options.server_kind,
+        memory_bytes=options.memory,
+        ready_file=options.ready_file,
+    )
+
+
+def _scheduler_settings(up: UpSettings) -> SchedulerSettings:
+    return SchedulerSettings(
+        listen=up.listen,
+        agent_listen=up.agent_listen,
+        state_dir=up.state_dir / "scheduler",
+        security=TransportSecurity(),  # plaintext, and loopback only (checked by the parser)
+        shutdown_grace_seconds=5.0,
+        sync_grace_seconds=5.0,
+    )
+
+
+def _agent_settings(up: UpSettings, agent_address: Address) -> AgentSettings:
+    work_dir = up.state_dir / "agent"
+    return AgentSettings(
+        scheduler=agent_address,
+        security=TransportSecurity(),
+        server_name=up.server_kind,
+        replica_idx=0,
+        server_kind=up.server_kind,
+        server_url=None,
+        server_grpc=None,
+        launch_server=True,
+        memory_bytes=up.memory_bytes,
+        capabilities=frozenset(DEFAULT_CAPABILITIES[up.server_kind].split(",")),
+        overcommit_percent=10,
+        shared=True,
+        models_dir=work_dir / up.server_kind / "models",
+        cache_dir=work_dir / "cache",
+        secrets_dir=None,
+        work_dir=work_dir,
+        proxy_http=up.proxy_http,
+        proxy_grpc=up.proxy_grpc,
+        advertise_host=up.proxy_http.host,
+        drain_timeout_seconds=5.0,
+        ready_file=None,
+        log_level="info",
+        log_json=False,
+    )
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+async def run(up: UpSettings) -> None:
+    up.state_dir.mkdir(parents=True, exist_ok=True)
+    loop = asyncio.get_running_loop()
+    agent_stop, agent_forced = asyncio.Event(), asyncio.Event()
+    shutdown = scheduler_process.ShutdownRequest()
+
+    def on_signal() -> None:
+        if agent_stop.is_set():
+            agent_forced.set()
+            shutdown.signal()
+            shutdown.signal()
+        agent_stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal)
+    scheduler_settings = _scheduler_settings(up)
+    with StateDir(scheduler_settings.state_dir):
+        serving: asyncio.Future[tuple[Address, Address]] = loop.create_future()
+        scheduler_task = asyncio.create_task(scheduler_process.serve(scheduler_settings, shutdown, serving))
+        try:
+            await _first(serving, scheduler_task)
+            api, agents = serving.result()
+            _say(f"scheduler    {api} (Scheduler API)   {agents} (agents)   state in {scheduler_settings.state_dir}")
+            _say(f"agent        starting a local {up.server_kind} (its venv is created on first use: about a minute)")
+            registered: asyncio.Future[agent_process.ProxyAddresses] = loop.create_future()
+            agent_settings = _agent_settings(up, agents)
+            agent_task = asyncio.create_task(agent_process.run(agent_settings, agent_stop, agent_forced, registered))
+            await _first(registered, agent_task)
+            proxy = registered.result()
+            server_log = agent_settings.work_dir / up.server_kind / f"{up.server_kind}.log"
+            _say(f"inference    http://{proxy.http} (V2 REST)   {proxy.grpc} (V2 gRPC)   server log {server_log}")
+            if up.ready_file is not None:
+                addresses = {
+                    "listen": str(api),
+                    "agent_listen": str(agents),
+                    "http": str(proxy.http),
+                    "grpc": str(proxy.grpc),
+                }
+                up.ready_file.write_text(json.dumps(addresses) + "\n")
+            _say("modelplane is up; Ctrl-C stops it")
+            await agent_task
+        finally:
+            agent_stop.set()
+            shutdown.signal()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scheduler_task
+    _say("modelplane is down")
+
+
+async def _first(awaited: asyncio.Future[Any], task: asyncio.Task[None]) -> None:
+    """Wait for ``awaited``; if ``task`` ends first, raise what ended it."""
+    await asyncio.wait([awaited, task], return_when=asyncio.FIRST_COMPLETED)
+    if not awaited.done():
+        task.result()  # re-raises the task's error
+        raise RuntimeError("a part of the stack stopped before it was up")

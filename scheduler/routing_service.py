@@ -1,0 +1,32 @@
+"""modelplane's RoutingService: where models are served now (proto/mlops/routing/v1/routing.proto)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from grpc import aio
+
+from generated.mlops.routing.v1 import routing_pb2 as pb
+from generated.mlops.routing.v1 import routing_pb2_grpc as pb_grpc
+from scheduler import status_codes
+from scheduler.scheduler_core import SchedulerCore
+
+Context = aio.ServicerContext[Any, Any]
+
+
+class RoutingService(pb_grpc.RoutingServiceServicer):
+    def __init__(self, core: SchedulerCore) -> None:
+        self.core = core
+
+    async def ModelEndpoints(self, request: pb.ModelEndpointsRequest, context: Context) -> pb.ModelEndpointsResponse:
+        async def call() -> tuple[int, list[tuple[str, int, str, str]]]:
+            return self.core.model_endpoints(request.model_name)
+
+        version, endpoints = await status_codes.unary(context, call)
+        return pb.ModelEndpointsResponse(
+            model_name=request.model_name,
+            version=version,
+            endpoints=[
+                pb.ModelEndpoint(server_name=s, replica_idx=i, http_url=h, grpc_target=g) for s, i, h, g in endpoints
+            ],
+        )

@@ -206,7 +206,10 @@ def parse_settings(
         parser.error("--server-url needs --models-dir: the folder the server loads models from")
     if options.server_url and not options.server_url.startswith(("http://", "https://")):
         parser.error(f"--server-url {options.server_url!r} must start with http:// or https://")
-    work_dir = options.work_dir or Path(".modelplane") / f"agent-{options.server_name}-{options.replica_idx}"
+    # Absolute: a launched server runs in its own working directory.
+    work_dir = (
+        options.work_dir or Path(".modelplane") / f"agent-{options.server_name}-{options.replica_idx}"
+    ).absolute()
     capabilities = options.capabilities or DEFAULT_CAPABILITIES[options.server_kind]
     names = frozenset(c.strip() for c in capabilities.split(",") if c.strip())
     if not names:

@@ -133,7 +133,7 @@ def _scheduler_settings(up: UpSettings) -> SchedulerSettings:
 
 
 def _agent_settings(up: UpSettings, agent_address: Address) -> AgentSettings:
-    work_dir = up.state_dir / "agent"
+    work_dir = (up.state_dir / "agent").absolute()  # a launched server runs in its own working directory
     return AgentSettings(
         scheduler=agent_address,
         security=TransportSecurity(),

@@ -54,6 +54,9 @@ class Touched:
     durable_servers: set[str] = field(default_factory=set)
     reconcile: dict[str, bool] = field(default_factory=dict)  # model -> retry failed placements too
     scaling: dict[str, int] = field(default_factory=dict)  # server -> replicas wanted
+    # Deleted models dropped by this change, as they were last (every version Terminated): their
+    # final status must still say so.
+    removed: dict[str, ModelRecord] = field(default_factory=dict)
 
     def want_reconcile(self, name: str, *, retry_failed: bool = False) -> None:
         self.reconcile[name] = self.reconcile.get(name, False) or retry_failed
@@ -181,7 +184,9 @@ class Cluster:
             server.shared = config.shared  # no controller has said: the agent's word stands
         if config.index in server.replicas:
             log.warning("replica %s/%d registered again: replacing its earlier session", config.server, config.index)
-            self._drop_replica(server, server.replicas[config.index])
+            earlier = server.replicas[config.index]
+            earlier.session.close("replaced by a newer registration of the same replica")
+            self._drop_replica(server, earlier)
         replica = ReplicaRecord(
             server=config.server,
             index=config.index,
@@ -280,12 +285,9 @@ class Cluster:
                 )
             return f"unknown model version {event.model_name}:{event.model_version}"
         expected, new, reason = _event_transition(event)
-        current = version.state_of(replica.key)
-        if current != expected:
-            return (
-                f"{Event.Kind.Name(event.kind)} for {record.name}:{version.version} on replica "
-                f"{server_name}/{index} expects state {expected.name}, but it is {current.name}"
-            )
+        mismatch = _mismatch(record.name, version, replica.key, event, expected)
+        if mismatch is not None:
+            return mismatch
         try:
             version.set_replica(replica.key, new, reason)
             if new == S.LOADED:
@@ -408,8 +410,9 @@ class Cluster:
     def _load(self, replica: ReplicaRecord, record: ModelRecord, version: ModelVersion) -> None:
         version.set_replica(replica.key, S.LOAD_REQUESTED)
         self._commit_memory(replica, record.name, version)
-        self._send(replica, Operation.KIND_LOAD, version.spec, version.version)
+        operation_id = self._send(replica, Operation.KIND_LOAD, version.spec, version.version)
         version.set_replica(replica.key, S.LOADING)
+        version.replicas[replica.key].operation_id = operation_id
         self.touched.servers.add(replica.server)
 
     def _unload(self, replica: ReplicaRecord, record: ModelRecord, version: ModelVersion) -> None:
@@ -419,15 +422,17 @@ class Cluster:
             replica.ledger.release((record.name, version.version))
             return
         version.set_replica(replica.key, S.UNLOAD_REQUESTED)
-        self._send(replica, Operation.KIND_UNLOAD, version.spec, version.version)
+        operation_id = self._send(replica, Operation.KIND_UNLOAD, version.spec, version.version)
         version.set_replica(replica.key, S.UNLOADING)
+        version.replicas[replica.key].operation_id = operation_id
         self.touched.servers.add(replica.server)
 
     def _send(
         self, replica: ReplicaRecord, kind: agent_pb2.ModelOperation.Kind.ValueType, model: pb.Model, version: int
-    ) -> None:
+    ) -> int:
         operation = Operation(operation_id=replica.session.next_operation_id(), kind=kind, model=model, version=version)
         replica.session.send(agent_pb2.SessionResponse(operation=operation))
+        return operation.operation_id
 
     def _commit_memory(self, replica: ReplicaRecord, name: str, version: ModelVersion) -> None:
         try:
@@ -470,6 +475,7 @@ class Cluster:
                 del self.models[record.name]
                 self.touched.durable_models.add(record.name)
                 self.touched.models.add(record.name)
+                self.touched.removed[record.name] = record
             return
         if record.latest.derived.state != ModelState.AVAILABLE:
             return
@@ -610,6 +616,23 @@ def _event_transition(event: agent_pb2.ModelEvent) -> tuple[ReplicaState, Replic
     if event.kind == Event.KIND_UNLOAD_FAILED:
         return S.UNLOADING, S.UNLOAD_FAILED, event.reason or "unload failed"
     raise IllegalTransition(f"unknown event kind {event.kind}")
+
+
+def _mismatch(
+    name: str, version: ModelVersion, key: ReplicaKey, event: agent_pb2.ModelEvent, expected: ReplicaState
+) -> str | None:
+    """Why ``event`` does not answer what the scheduler is waiting for on ``key``, or None if it does."""
+    what = f"{Event.Kind.Name(event.kind)} for {name}:{version.version}"
+    assignment = version.replicas.get(key)
+    in_flight = assignment.operation_id if assignment else 0
+    if event.operation_id and event.operation_id != in_flight:
+        # A late answer to an earlier operation (e.g. a LOADED for a load since unloaded and requested
+        # again) must not complete the operation now in flight.
+        return f"{what} answers operation {event.operation_id}, but operation {in_flight} is the one in flight"
+    current = version.state_of(key)
+    if current != expected:
+        return f"{what} on replica {key[0]}/{key[1]} expects state {expected.name}, but it is {current.name}"
+    return None
 
 
 def _serving_server(record: ModelRecord) -> str | None:

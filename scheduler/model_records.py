@@ -22,6 +22,8 @@ class ReplicaAssignment:
     state: ReplicaState = ReplicaState.UNKNOWN
     reason: str = ""
     changed_at: float = field(default_factory=time.time)
+    # The operation sent to the replica for this assignment; its event must answer this one.
+    operation_id: int = 0
 
     def fact(self) -> ReplicaFact:
         return ReplicaFact(self.state, self.reason, self.changed_at)

@@ -308,11 +308,12 @@ class SchedulerCore:
     def _after_change(self) -> None:
         """Publish, persist and reconcile what the last Cluster change touched."""
         touched = self.cluster.take_touched()
-        for name in touched.models:
-            record = self.cluster.models.get(name)
+        # Status messages are built only for subscribers: a new one starts from a fresh snapshot anyway.
+        for name in touched.models if self.models_hub.subscriber_count else ():
+            record = self.cluster.models.get(name) or touched.removed.get(name)
             status = status_messages.model_status(record) if record else status_messages.removed_model_status(name)
             self.models_hub.publish(name, status)
-        for name in touched.servers:
+        for name in touched.servers if self.servers_hub.subscriber_count else ():
             server = self.cluster.servers.get(name)
             if server is not None:
                 self.servers_hub.publish(

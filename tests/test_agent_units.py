@@ -23,7 +23,7 @@ def test_defaults_for_a_launched_mlserver() -> None:
     assert settings.scheduler == Address("127.0.0.1", 9005)
     assert settings.capabilities == frozenset({"sklearn", "mlserver"})
     assert settings.memory_bytes == 1024**3
-    assert settings.models_dir == Path(".modelplane/agent-mlserver-0/models")
+    assert settings.models_dir == Path(".modelplane/agent-mlserver-0/models").absolute()
     assert settings.shared is True
 
 

@@ -284,12 +284,16 @@ async def test_events_are_compare_and_set() -> None:
         replica = h.add_replica()
         await h.load("iris")
         await h.settle()
-        # A second LOADED for a load that already completed (a duplicate or late event).
-        replica.answer(
-            agent_pb2.ModelOperation(
-                operation_id=99, kind=agent_pb2.ModelOperation.KIND_LOAD, model=model_spec("iris"), version=1
-            )
+        load = agent_pb2.ModelOperation(kind=agent_pb2.ModelOperation.KIND_LOAD, model=model_spec("iris"), version=1)
+        # A LOADED answering some other operation than the one in flight.
+        load.operation_id = 99
+        replica.answer(load)
+        assert replica.rejected[-1].reason == (
+            "KIND_LOADED for iris:1 answers operation 99, but operation 1 is the one in flight"
         )
+        # The same operation answered twice: the state no longer matches.
+        load.operation_id = 1
+        replica.answer(load)
         assert replica.rejected[-1].reason == (
             "KIND_LOADED for iris:1 on replica mlserver/0 expects state LOADING, but it is AVAILABLE"
         )

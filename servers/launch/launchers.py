@@ -17,7 +17,7 @@ from servers.launch.venvs import server_venv, venv_python_version
 async def launch_mlserver(work_dir: Path, *, venv: Path | None = None, ready_timeout: float = 60) -> LocalServer:
     """Start ``mlserver start`` with ``work_dir/repository`` as its model repository; log in
     ``work_dir/mlserver.log``. Creates the MLServer venv first when ``venv`` is not given."""
-    work_dir = work_dir.resolve()  # the server runs in work_dir: relative paths would point elsewhere
+    _require_absolute(work_dir)
     venv = venv if venv is not None else await asyncio.to_thread(server_venv, "mlserver")
     mlserver = _installed(venv / "bin" / "mlserver", "MLServer")
     repository = work_dir / "repository"
@@ -55,7 +55,7 @@ async def launch_mlserver(work_dir: Path, *, venv: Path | None = None, ready_tim
 async def launch_triton(work_dir: Path, *, venv: Path | None = None, ready_timeout: float = 60) -> LocalServer:
     """Start the ``tritonserver`` shipped in nvidia-pytriton (CPU, Python backend, explicit model control)
     with ``work_dir/repository``; log in ``work_dir/triton.log``. Creates the Triton venv when needed."""
-    work_dir = work_dir.resolve()  # the server runs in work_dir: relative paths would point elsewhere
+    _require_absolute(work_dir)
     venv = venv if venv is not None else await asyncio.to_thread(server_venv, "triton")
     site = _site_packages(venv)
     tritonserver = _installed(site / "pytriton" / "tritonserver" / "bin" / "tritonserver", "Triton")
@@ -129,3 +129,10 @@ def _triton_paths(venv: Path, site: Path) -> dict[str, str]:
         "LD_LIBRARY_PATH": ":".join(filter(None, [libraries, env.get("LD_LIBRARY_PATH", "")])),
         "PATH": ":".join(filter(None, [str(venv / "bin"), env.get("PATH", "")])),
     }
+
+
+def _require_absolute(work_dir: Path) -> None:
+    # The server runs with work_dir as its working directory, so a relative path would point elsewhere
+    # (MLServer then silently falls back to its default settings, on 0.0.0.0:8080).
+    if not work_dir.is_absolute():
+        raise LaunchError(f"the server's work dir must be an absolute path, not {work_dir}")

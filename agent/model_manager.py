@@ -96,6 +96,10 @@ class ModelManager:
         self.retry_delay = retry_delay_seconds
         self.models: dict[str, HeldModel] = {}  # loaded name -> model
         self._locks = KeyedLocks()
+        # Held while memory on the server changes hands (evictions, loads, unloads): room is computed and
+        # taken in one step, so concurrent loads cannot each see the same free memory, and a model is
+        # never unloaded twice at once.
+        self._server_memory = asyncio.Lock()
         self.server_loads = 0  # loads sent to the server (reloads after eviction included)
         self.evictions = 0
 
@@ -209,8 +213,11 @@ class ModelManager:
         loaded_name = f"{name}_{version}"
         held = self.models.get(loaded_name)
         try:
-            if held is None or held.on_server:
-                await self._retrying(lambda: self.server.unload(loaded_name))
+            async with self._server_memory:
+                if held is None or held.on_server:
+                    await self._retrying(lambda: self.server.unload(loaded_name))
+                    if held is not None:
+                        held.on_server = False
         except ServerError as error:
             return Event.KIND_UNLOAD_FAILED, str(error)
         self.models.pop(loaded_name, None)
@@ -239,11 +246,14 @@ class ModelManager:
     async def _bring_onto_server(self, entry: HeldModel) -> None:
         """Make room by evicting LRU models, then load ``entry``. Raises NoRoom or ServerError."""
         try:
-            await self._make_room(entry)
-            await self._retrying(lambda: self.server.load(entry.loaded_name))
-            self.server_loads += 1
-            entry.on_server = True
-            entry.last_used = time.monotonic()
+            async with self._server_memory:
+                if entry.on_server:
+                    return  # another request brought it back while this one waited
+                await self._make_room(entry)
+                await self._retrying(lambda: self.server.load(entry.loaded_name))
+                self.server_loads += 1
+                entry.on_server = True
+                entry.last_used = time.monotonic()
         finally:
             entry.loading = False
 
@@ -283,7 +293,7 @@ class ModelManager:
     async def unload_everything(self) -> None:
         """On agent exit after a drain: take every model off the server."""
         for held in list(self.models.values()):
-            async with self._locks.hold(held.name):
+            async with self._locks.hold(held.name), self._server_memory:
                 try:
                     if held.on_server:
                         await self.server.unload(held.loaded_name)

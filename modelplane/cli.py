@@ -151,6 +151,8 @@ def _run_up(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
 
 def _client(parser: argparse.ArgumentParser, section: str, argv: Sequence[str], action: str | None) -> int:
     options = parse_layered(parser, section, argv)
+    if section == "model" and action == "status" and options.watch and not options.name:
+        parser.error("--watch needs a model name")
     address: Address = options.scheduler
     security = security_from(options)
     try:
@@ -169,8 +171,6 @@ def _client_job(
 ) -> Callable[[], Coroutine[Any, Any, str]]:
     timeout: float = options.timeout
     if section == "model" and action == "status" and options.watch:
-        if not options.name:
-            raise model_commands.CommandError("--watch needs a model name")
         return lambda: model_commands.watch(address, security, options.name, options.until, options.wait_timeout)
     jobs: dict[tuple[str, str | None], Callable[[], Coroutine[Any, Any, str]]] = {
         ("status", None): lambda: _render_status(address, security, timeout),

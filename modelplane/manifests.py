@@ -45,15 +45,42 @@ class ManifestError(ValueError):
     """The manifest cannot be used; the message names the field."""
 
 
+_KIND_NAMES = {dict: "mapping", list: "list", str: "string", int: "whole number"}
+_INT64 = (-(2**63), 2**63 - 1)
+
+
 def _get(mapping: dict[str, Any], key: str, kind: type, where: str, *, required: bool = False) -> Any:
+    field = f"{where}.{key}" if where else key
     if key not in mapping or mapping[key] is None:
         if required:
-            raise ManifestError(f"{where}.{key} is missing")
+            raise ManifestError(f"{field} is missing")
         return None
     value = mapping[key]
     if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
-        raise ManifestError(f"{where}.{key} must be a {kind.__name__}, not {type(value).__name__}")
+        raise ManifestError(f"{field} must be a {_KIND_NAMES.get(kind, kind.__name__)}, not {type(value).__name__}")
+    if isinstance(value, str):
+        _check_text(value, field)
     return value
+
+
+def _check_text(value: str, field: str) -> str:
+    """Protobuf strings must be valid UTF-8: YAML escapes can produce lone surrogates that are not."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ManifestError(f"{field} is not valid Unicode text") from None
+    return value
+
+
+def _scalar_text(value: object, field: str) -> str:
+    """A scalar (string, number or boolean) as text, as YAML wrote it; never a nested structure."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return _check_text(value, field)
+    if isinstance(value, int | float):
+        return str(value)
+    raise ManifestError(f"{field} must be a string or a number, not {type(value).__name__}")
 
 
 def _count(spec: dict[str, Any], key: str) -> int | None:
@@ -71,6 +98,8 @@ def parse_model_manifest(text: str) -> pb.Model:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ManifestError(f"not valid YAML: {error}") from None
+    except RecursionError:
+        raise ManifestError("not valid YAML: nested too deeply") from None
     if not isinstance(document, dict):
         raise ManifestError("the manifest must be a mapping with apiVersion, kind, metadata and spec")
     if document.get("apiVersion") not in API_VERSIONS:
@@ -79,7 +108,7 @@ def parse_model_manifest(text: str) -> pb.Model:
         raise ManifestError(f"kind must be Model, not {document.get('kind')!r}")
     metadata = _get(document, "metadata", dict, "", required=True)
     spec = _get(document, "spec", dict, "", required=True)
-    unknown = sorted(set(spec) - _SPEC_KEYS)
+    unknown = sorted((str(key) for key in spec if key not in _SPEC_KEYS), key=str)
     if unknown:
         raise ManifestError(f"spec has unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(_SPEC_KEYS))}")
     model = pb.Model(meta=_metadata(metadata), modelSpec=_model_spec(spec))
@@ -96,6 +125,8 @@ def _metadata(metadata: dict[str, Any]) -> pb.MetaData:
     meta = pb.MetaData(name=_get(metadata, "name", str, "metadata", required=True), kind="Model")
     namespace = _get(metadata, "namespace", str, "metadata")
     generation = _get(metadata, "generation", int, "metadata")
+    if generation is not None and not _INT64[0] <= generation <= _INT64[1]:
+        raise ManifestError(f"metadata.generation {generation} is out of range")
     if namespace is not None or generation is not None:
         meta.kubernetesMeta.CopyFrom(pb.KubernetesMeta(namespace=namespace or "", generation=generation or 0))
     return meta
@@ -109,10 +140,12 @@ def _model_spec(spec: dict[str, Any]) -> pb.ModelSpec:
     requirements = _get(spec, "requirements", list, "spec") or []
     if not all(isinstance(r, str) for r in requirements):
         raise ManifestError("spec.requirements must be a list of strings")
+    for requirement in requirements:
+        _check_text(requirement, "spec.requirements")
     model_spec.requirements.extend(requirements)
     if spec.get("memory") is not None:
         try:
-            model_spec.memoryBytes = parse_size(str(spec["memory"]))
+            model_spec.memoryBytes = parse_size(_scalar_text(spec["memory"], "spec.memory"))
         except ValueError as error:
             raise ManifestError(f"spec.memory: {error}") from None
     server = _get(spec, "server", str, "spec")
@@ -124,5 +157,10 @@ def _model_spec(spec: dict[str, Any]) -> pb.ModelSpec:
     for index, parameter in enumerate(_get(spec, "parameters", list, "spec") or []):
         if not isinstance(parameter, dict) or not isinstance(parameter.get("name"), str):
             raise ManifestError(f"spec.parameters[{index}] must be a mapping with a name and a value")
-        model_spec.parameters.add(name=parameter["name"], value=str(parameter.get("value", "")))
+        field = f"spec.parameters[{index}]"
+        value = parameter.get("value")
+        model_spec.parameters.add(
+            name=_check_text(parameter["name"], f"{field}.name"),
+            value="" if value is None else _scalar_text(value, f"{field}.value"),
+        )
     return model_spec

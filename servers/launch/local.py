@@ -7,6 +7,7 @@ Python backend starts can be killed together when the server itself does not sto
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import socket
@@ -78,6 +79,19 @@ def free_ports(count: int) -> list[int]:
         return [int(sock.getsockname()[1]) for sock in sockets]
 
 
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGTERM the server if the process that launched it dies (even by kill -9), so a
+    crashed agent never leaves an orphan server holding memory. Linux only; elsewhere a no-op."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def start_process(
     argv: Sequence[str], *, log_path: Path, cwd: Path, env: Mapping[str, str], name: str
 ) -> subprocess.Popen[bytes]:
@@ -94,6 +108,7 @@ def start_process(
                 cwd=cwd,
                 env=dict(env),
                 start_new_session=True,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - runs before exec, calls only prctl
             )
         except OSError as error:
             raise LaunchError(f"{name} could not be started ({argv[0]}): {error}") from error

@@ -1,0 +1,657 @@
+"""The agent end to end, with real components: the scheduler and agents as subprocesses, each agent with the
+MLServer (or Triton) it launched, models from a real S3 store (SeaweedFS), an http server and local folders,
+and V2 inference through the agents' proxies.
+
+Every wait has a generous bound that only guards against hangs; nothing asserts how long anything took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import tarfile
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+from aiohttp import web
+from grpc import aio
+
+from generated.mlops.scheduler import scheduler_pb2 as pb
+from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
+from servers.launch import server_venv
+from tests.processes import SchedulerProcess, start_scheduler, stop_process
+from tests.real_components import (
+    AgentProcess,
+    AgentSpec,
+    S3Server,
+    kill_agent,
+    kill_server_of,
+    start_agents,
+    stop_agent,
+)
+from tests.test_archives import make_tar
+
+# The session's SeaweedFS (the s3_server fixture), shared with the other modules that use it.
+pytest_plugins = ["tests.real_components"]
+
+pytestmark = [pytest.mark.servers, pytest.mark.timeout(600)]  # the timeout is a hang guard only
+
+MIB = 1024 * 1024
+WAIT = 120.0  # seconds: a hang guard for every wait, never an expectation
+CALL_TIMEOUT = 10.0
+State = pb.ModelStatus.ModelState
+AVAILABLE = State.Value("ModelAvailable")
+FAILED = State.Value("ModelFailed")
+REPLICA_AVAILABLE = pb.ModelReplicaStatus.ModelReplicaState.Value("Available")
+SCHEDULER_FLAGS = ("--sync-grace=2", "--heartbeat=0.5")
+REPO = Path(__file__).resolve().parent.parent
+
+
+# -- the model ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Iris:
+    folder: Path  # holds model.joblib only
+    joblib: bytes
+    request: dict[str, Any]  # a V2 inference request body
+    expected: list[int]  # the classes the model predicts for it
+
+
+@pytest.fixture(scope="session")
+def iris(tmp_path_factory: pytest.TempPathFactory) -> Iris:
+    """samples/train_iris.py run by the MLServer venv's Python, so the pickle matches MLServer's scikit-learn."""
+    venv = server_venv("mlserver")
+    out = tmp_path_factory.mktemp("train")
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), str(REPO / "samples" / "train_iris.py"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout)
+    folder = tmp_path_factory.mktemp("iris")
+    joblib = (out / "model.joblib").read_bytes()
+    (folder / "model.joblib").write_bytes(joblib)
+    return Iris(folder, joblib, printed["request"], printed["expected"])
+
+
+def model(
+    name: str,
+    uri: str,
+    *,
+    requirements: tuple[str, ...] = ("sklearn",),
+    memory: int = 10 * MIB,
+    rclone_config: str | None = None,
+    parameters: dict[str, str] | None = None,
+) -> pb.Model:
+    spec = pb.ModelSpec(uri=uri, requirements=list(requirements), memoryBytes=memory)
+    if rclone_config is not None:
+        spec.storageConfig.CopyFrom(pb.StorageConfig(storageRcloneConfig=rclone_config))
+    for key, value in (parameters or {}).items():
+        spec.parameters.append(pb.ParameterSpec(name=key, value=value))
+    return pb.Model(meta=pb.MetaData(name=name), modelSpec=spec, deploymentSpec=pb.DeploymentSpec(replicas=1))
+
+
+# -- the scheduler and its agents --------------------------------------------------------------------------
+
+
+@dataclass
+class Cluster:
+    """A scheduler and agents in one folder; ``close`` stops every process by PID, whatever state it is in."""
+
+    root: Path
+    scheduler: SchedulerProcess | None = None
+    agents: list[AgentProcess] = field(default_factory=list)
+
+    def start_scheduler(self, *extra: str) -> SchedulerProcess:
+        self.scheduler = start_scheduler(self.root / "scheduler", *SCHEDULER_FLAGS, *extra)
+        return self.scheduler
+
+    def start_agents(self, *specs: AgentSpec) -> list[AgentProcess]:
+        assert self.scheduler is not None
+        started = start_agents(self.scheduler.agent_listen, list(specs))
+        self.agents.extend(started)
+        return started
+
+    def agent(self, replica_idx: int = 0, **changes: Any) -> AgentSpec:
+        return AgentSpec(self.root / f"agent{replica_idx}", replica_idx, **changes)
+
+    def diagnostics(self) -> str:
+        parts = [agent.diagnostics() for agent in self.agents]
+        if self.scheduler is not None:
+            parts.append("--- scheduler log:\n" + "\n".join(self.scheduler.log().splitlines()[-30:]))
+        return "\n".join(parts)
+
+    def close(self) -> None:
+        # All agents at once: each drains (nowhere to go, so that is quick) and stops its server.
+        for agent in self.agents:
+            if agent.process.poll() is None:
+                os.kill(agent.pid, signal.SIGTERM)
+        for agent in self.agents:
+            # Waited for, not signalled again: a second SIGTERM would make the agent skip its drain.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                agent.process.wait(60)
+            stop_agent(agent)  # SIGKILL if it is still running, and whatever is left of its server
+        if self.scheduler is not None:
+            stop_process(self.scheduler.process)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    (tmp_path / "scheduler").mkdir()
+    running = Cluster(tmp_path)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+class Api:
+    """The Scheduler API over grpc.aio, with the waits the tests need."""
+
+    def __init__(self, channel: aio.Channel, cluster: Cluster) -> None:
+        self.stub = pb_grpc.SchedulerStub(channel)
+        self.cluster = cluster
+
+    async def load(self, spec: pb.Model) -> None:
+        await self.stub.LoadModel(pb.LoadModelRequest(model=spec), timeout=CALL_TIMEOUT)
+
+    async def unload(self, name: str) -> None:
+        await self.stub.UnloadModel(pb.UnloadModelRequest(model=pb.ModelReference(name=name)), timeout=CALL_TIMEOUT)
+
+    async def status(self, name: str) -> pb.ModelStatusResponse:
+        request = pb.ModelStatusRequest(subscriberName="e2e", model=pb.ModelReference(name=name), allVersions=True)
+        [status] = [s async for s in self.stub.ModelStatus(request, timeout=CALL_TIMEOUT)]
+        return status
+
+    async def wait(
+        self, name: str, done: Callable[[pb.ModelStatusResponse], bool], what: str
+    ) -> pb.ModelStatusResponse:
+        """The first status of ``name`` on a SubscribeModelStatus stream for which ``done`` holds."""
+        stream = self.stub.SubscribeModelStatus(pb.ModelSubscriptionRequest(subscriberName=f"e2e-{uuid.uuid4()}"))
+        last: pb.ModelStatusResponse | None = None
+        try:
+            async with asyncio.timeout(WAIT):
+                async for status in stream:
+                    if status.modelName == name:
+                        last = status
+                        if done(status):
+                            return status
+        except TimeoutError:
+            pass
+        finally:
+            stream.cancel()
+        raise AssertionError(
+            f"{name} was not {what} within {WAIT:g}s; last status:\n{last}\n{self.cluster.diagnostics()}"
+        )
+
+    async def available(self, name: str, version: int | None = None, replica: int | None = None) -> None:
+        def done(status: pb.ModelStatusResponse) -> bool:
+            if not status.versions:
+                return False
+            latest = status.versions[-1]
+            return (
+                latest.state.state == AVAILABLE
+                and (version is None or latest.version == version)
+                and (replica is None or latest.modelReplicaState[replica].state == REPLICA_AVAILABLE)
+            )
+
+        in_version = "" if version is None else f" in version {version}"
+        on_replica = "" if replica is None else f" on replica {replica}"
+        await self.wait(name, done, f"Available{in_version}{on_replica}")
+
+    async def failed(self, name: str) -> str:
+        """Waits for ModelFailed; returns the reason."""
+        status = await self.wait(name, lambda s: bool(s.versions) and s.versions[-1].state.state == FAILED, "Failed")
+        return status.versions[-1].state.reason
+
+    async def gone(self, name: str) -> grpc.StatusCode:
+        """Polls ModelStatus until the scheduler no longer knows ``name``; returns the status code it answers."""
+        status: pb.ModelStatusResponse | None = None
+        try:
+            async with asyncio.timeout(WAIT):
+                while True:
+                    try:
+                        status = await self.status(name)
+                    except aio.AioRpcError as error:
+                        return error.code()
+                    await asyncio.sleep(0.1)
+        except TimeoutError:
+            raise AssertionError(
+                f"{name} still known after {WAIT:g}s:\n{status}\n{self.cluster.diagnostics()}"
+            ) from None
+
+    async def holder(self, name: str) -> int:
+        """The replica index that serves ``name`` now."""
+        status = await self.status(name)
+        serving = [i for i, r in status.versions[-1].modelReplicaState.items() if r.state == REPLICA_AVAILABLE]
+        assert len(serving) == 1, status
+        return serving[0]
+
+
+@contextlib.asynccontextmanager
+async def api_of(cluster: Cluster) -> AsyncIterator[Api]:
+    assert cluster.scheduler is not None
+    async with aio.insecure_channel(cluster.scheduler.listen) as channel:
+        yield Api(channel, cluster)
+
+
+# -- V2 REST -----------------------------------------------------------------------------------------------
+
+
+async def infer(base_url: str, name: str, body: dict[str, Any]) -> tuple[int, Any]:
+    """POST a V2 inference request; the status and the decoded answer."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
+        session.post(f"{base_url}/v2/models/{name}/infer", json=body) as response,
+    ):
+        return response.status, await response.json(content_type=None)
+
+
+async def predict(agent: AgentProcess, name: str, iris: Iris) -> dict[str, Any]:
+    """Asks ``agent``'s proxy for ``name``'s predictions and checks they are the expected classes."""
+    status, answer = await infer(agent.proxy_url, name, iris.request)
+    assert status == 200, f"{answer}\n{agent.diagnostics()}"
+    assert answer["model_name"] == name
+    assert answer["outputs"][0]["data"] == iris.expected
+    return dict(answer)
+
+
+async def index(server_url: str) -> dict[str, list[str]]:
+    """The server's repository index: each model's states (one per version entry; "" when it has none)."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
+        session.post(f"{server_url}/v2/repository/index", json={}) as response,
+    ):
+        assert response.status == 200, await response.text()
+        entries: list[dict[str, Any]] = await response.json()
+    states: dict[str, list[str]] = {}
+    for entry in entries:
+        states.setdefault(str(entry["name"]), []).append(str(entry.get("state", "")))
+    return states
+
+
+async def ready_on_server(agent: AgentProcess, prefix: str) -> set[str]:
+    """Loaded names starting with ``prefix`` that the agent's server holds READY."""
+    return {
+        name
+        for name, states in (await index(agent.server_url())).items()
+        if name.startswith(prefix) and "READY" in states
+    }
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, diagnostics: Callable[[], str]) -> None:
+    """Polls ``check`` until it holds (a hang guard, not a deadline the system must meet)."""
+    try:
+        async with asyncio.timeout(WAIT):
+            while True:
+                if await check():
+                    return
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"not within {WAIT:g}s: {what}\n{diagnostics()}") from None
+
+
+def on_disk(agent: AgentProcess, prefix: str) -> list[str]:
+    return sorted(path.name for path in agent.repository.iterdir() if path.name.startswith(prefix))
+
+
+# -- 1. S3 ---------------------------------------------------------------------------------------------------
+
+
+async def test_s3_model_loads_serves_rolls_out_a_new_version_and_unloads(
+    cluster: Cluster, s3_server: S3Server, iris: Iris
+) -> None:
+    bucket = s3_server.new_bucket({"iris/model.joblib": iris.joblib, "iris-v2/model.joblib": iris.joblib})
+    cluster.start_scheduler()
+    [agent] = await asyncio.to_thread(cluster.start_agents, cluster.agent(0))
+    rclone = s3_server.rclone_json()
+    async with api_of(cluster) as api:
+        await api.load(model("iris", f"s3://{bucket}/iris", rclone_config=rclone))
+        await api.available("iris", version=1)
+        answer = await predict(agent, "iris", iris)
+        assert answer["model_version"] == "1"
+
+        # A changed modelSpec is a new version: it loads beside the old one, which goes once the new one serves.
+        await api.load(model("iris", f"s3://{bucket}/iris-v2", rclone_config=rclone))
+        await api.available("iris", version=2)
+
+        async def rolled_out() -> bool:
+            return await ready_on_server(agent, "iris_") == {"iris_2"} and on_disk(agent, "iris_") == ["iris_2"]
+
+        await until(rolled_out, "MLServer holds iris_2 and not iris_1 (nor its folder)", cluster.diagnostics)
+        states = await index(agent.server_url())
+        assert "READY" not in states.get("iris_1", [])
+        answer = await predict(agent, "iris", iris)
+        assert answer["model_version"] == "2"
+
+        await api.unload("iris")
+        assert await api.gone("iris") == grpc.StatusCode.FAILED_PRECONDITION
+
+        async def unloaded() -> bool:
+            return not await ready_on_server(agent, "iris_") and not on_disk(agent, "iris_")
+
+        await until(unloaded, "MLServer holds no iris_* and its repository no iris_* folder", cluster.diagnostics)
+        status, _ = await infer(agent.proxy_url, "iris", iris.request)
+        assert status == 404
+
+
+# -- 2. local folders and http archives ------------------------------------------------------------------------
+
+
+@dataclass
+class HttpFiles:
+    base: str
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    def url(self, path: str) -> str:
+        return f"{self.base}{path}"
+
+
+@pytest.fixture
+async def http_files() -> AsyncIterator[HttpFiles]:
+    """Serves ``files`` from this test's event loop on 127.0.0.1."""
+    served = HttpFiles(base="")
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = served.files.get(request.path)
+        if body is None:
+            raise web.HTTPNotFound()
+        return web.Response(body=body, content_type="application/octet-stream")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    served.base = f"http://{host}:{port}"
+    try:
+        yield served
+    finally:
+        await runner.cleanup()
+
+
+def tar_gz_of(folder: Path) -> bytes:
+    """``tar czf model.tar.gz iris`` of a model folder: one top-level folder holding the files."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(folder, arcname="iris")
+    return buffer.getvalue()
+
+
+async def test_local_folders_and_http_archives(cluster: Cluster, http_files: HttpFiles, iris: Iris) -> None:
+    archive = tar_gz_of(iris.folder)
+    evil = make_tar([("model.joblib", iris.joblib), ("../evil", b"written outside")])
+    http_files.files |= {"/models/iris.tar.gz": archive, "/models/evil.tar.gz": evil}
+    digest = hashlib.sha256(archive).hexdigest()
+    cluster.start_scheduler()
+    [agent] = await asyncio.to_thread(cluster.start_agents, cluster.agent(0))
+    async with api_of(cluster) as api:
+        await api.load(model("local-iris", str(iris.folder)))
+        await api.available("local-iris")
+        await predict(agent, "local-iris", iris)
+
+        url = http_files.url("/models/iris.tar.gz")
+        await api.load(model("http-iris", url, parameters={"sha256": digest}))
+        await api.available("http-iris")
+        await predict(agent, "http-iris", iris)
+
+        wrong = hashlib.sha256(b"something else").hexdigest()
+        await api.load(model("bad-sum", url, parameters={"sha256": wrong}))
+        reason = await api.failed("bad-sum")
+        assert "sha256" in reason
+        assert wrong in reason
+
+        # The same mistake in a new version of a serving model: the new version fails, the old one serves on.
+        await api.load(model("http-iris", url, parameters={"sha256": wrong}))
+        reason = await api.failed("http-iris")
+        assert "sha256" in reason
+        assert (await api.status("http-iris")).versions[-1].version == 2
+        answer = await predict(agent, "http-iris", iris)
+        assert answer["model_version"] == "1"
+
+        await api.load(model("evil-tar", http_files.url("/models/evil.tar.gz")))
+        reason = await api.failed("evil-tar")
+        assert "'../evil'" in reason
+
+        held = await index(agent.server_url())
+        assert not [name for name in held if name.startswith(("bad-sum", "evil-tar", "http-iris_2"))], held
+        assert on_disk(agent, "bad-sum") == on_disk(agent, "evil-tar") == on_disk(agent, "http-iris_2") == []
+        assert not [path for path in cluster.root.rglob("*evil*") if path.name != "evil-tar"]
+        assert not (Path.cwd() / "evil").exists()
+        # The failures left the models that serve alone.
+        await predict(agent, "local-iris", iris)
+        await predict(agent, "http-iris", iris)
+
+
+# -- 3. Triton ---------------------------------------------------------------------------------------------
+
+DOUBLER_CONFIG = """\
+backend: "python"
+max_batch_size: 0
+input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+"""
+
+DOUBLER_MODEL = """\
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            values = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            doubled = pb_utils.Tensor("OUTPUT0", (values * 2).astype(np.float32))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[doubled]))
+        return responses
+"""
+
+
+async def test_triton_agent_serves_a_python_backend_model(cluster: Cluster, tmp_path: Path) -> None:
+    artifact = tmp_path / "doubler"
+    (artifact / "1").mkdir(parents=True)
+    (artifact / "config.pbtxt").write_text(DOUBLER_CONFIG)
+    (artifact / "1" / "model.py").write_text(DOUBLER_MODEL)
+    await asyncio.to_thread(server_venv, "triton")  # made here on a first run, not under the agent's ready timeout
+    cluster.start_scheduler()
+    [agent] = await asyncio.to_thread(cluster.start_agents, cluster.agent(0, kind="triton"))
+    async with api_of(cluster) as api:
+        await api.load(model("doubler", str(artifact), requirements=("triton",)))
+        await api.available("doubler")
+        body = {"inputs": [{"name": "INPUT0", "shape": [3], "datatype": "FP32", "data": [1, 2.5, -3]}]}
+        status, answer = await infer(agent.proxy_url, "doubler", body)
+        assert status == 200, f"{answer}\n{cluster.diagnostics()}"
+        assert answer["model_name"] == "doubler"
+        assert answer["outputs"][0]["name"] == "OUTPUT0"
+        assert answer["outputs"][0]["data"] == [2.0, 5.0, -6.0]
+        assert await ready_on_server(agent, "doubler_") == {"doubler_1"}
+
+        await api.unload("doubler")
+        await api.gone("doubler")
+
+        async def unloaded() -> bool:
+            return not await ready_on_server(agent, "doubler_") and not on_disk(agent, "doubler_")
+
+        await until(unloaded, "Triton holds no doubler_* and its repository no doubler_* folder", cluster.diagnostics)
+
+
+# -- 4. over-commit and LRU eviction ---------------------------------------------------------------------------
+
+LRU_NAMES = ("lru-a", "lru-b", "lru-c")
+
+
+async def lru_agent(cluster: Cluster) -> AgentProcess:
+    """An agent with 20 MiB of memory and 100% over-commit: it accepts four 10 MiB models, its server holds two."""
+    cluster.start_scheduler()
+    [agent] = await asyncio.to_thread(
+        cluster.start_agents, cluster.agent(0, memory="20MiB", extra=("--overcommit-percent=100",))
+    )
+    return agent
+
+
+async def test_overcommit_accepts_more_than_fits_and_reloads_evicted_models(cluster: Cluster, iris: Iris) -> None:
+    agent = await lru_agent(cluster)
+    async with api_of(cluster) as api:
+        for name in LRU_NAMES:
+            await api.load(model(name, str(iris.folder)))
+            await api.available(name)
+            ready = await ready_on_server(agent, "lru-")
+            assert len(ready) <= 2, ready
+        assert await ready_on_server(agent, "lru-") == {"lru-b_1", "lru-c_1"}  # lru-a was least recently used
+        for _round in range(2):
+            for name in LRU_NAMES:
+                await predict(agent, name, iris)  # an evicted model is loaded again on demand
+                ready = await ready_on_server(agent, "lru-")
+                assert f"{name}_1" in ready
+                assert len(ready) <= 2, ready
+        for name in LRU_NAMES:  # the scheduler still counts all three as Available on the replica
+            status = await api.status(name)
+            assert status.versions[-1].state.state == AVAILABLE
+
+
+async def test_concurrent_loads_never_put_more_on_the_server_than_its_memory(cluster: Cluster, iris: Iris) -> None:
+    agent = await lru_agent(cluster)
+    async with api_of(cluster) as api:
+        await asyncio.gather(*(api.load(model(name, str(iris.folder))) for name in LRU_NAMES))
+        for name in LRU_NAMES:
+            await api.available(name)
+        ready = await ready_on_server(agent, "lru-")
+        assert len(ready) <= 2, f"{sorted(ready)} are all READY on a server with room for two"
+
+
+async def test_concurrent_requests_for_evicted_models_are_answered_within_the_servers_memory(
+    cluster: Cluster, iris: Iris
+) -> None:
+    agent = await lru_agent(cluster)
+    names = (*LRU_NAMES, "lru-d")
+    async with api_of(cluster) as api:
+        for name in names:
+            await api.load(model(name, str(iris.folder)))
+            await api.available(name)
+        assert await ready_on_server(agent, "lru-") == {"lru-c_1", "lru-d_1"}
+        # lru-a and lru-b were evicted: asked for at once, each reload must make room of its own.
+        answers = await asyncio.gather(*(infer(agent.proxy_url, name, iris.request) for name in ("lru-a", "lru-b")))
+        ready = await ready_on_server(agent, "lru-")
+        served = [status == 200 and answer["outputs"][0]["data"] == iris.expected for status, answer in answers]
+        within_memory = len(ready) <= 2
+        assert (served, within_memory) == ([True, True], True), f"answers {answers}; READY: {sorted(ready)}"
+
+
+# -- 5. failover after a crash ------------------------------------------------------------------------------
+
+
+async def test_a_crashed_agents_model_moves_to_the_other_replica(cluster: Cluster, iris: Iris) -> None:
+    cluster.start_scheduler()
+    agents = await asyncio.to_thread(cluster.start_agents, cluster.agent(0), cluster.agent(1))
+    async with api_of(cluster) as api:
+        await api.load(model("failover", str(iris.folder)))
+        await api.available("failover")
+        crashed = agents[await api.holder("failover")]
+        survivor = next(agent for agent in agents if agent is not crashed)
+        await predict(crashed, "failover", iris)
+
+        await asyncio.to_thread(kill_agent, crashed)
+        kill_server_of(crashed)  # in a process group of its own, it outlived the agent
+
+        await api.available("failover", replica=survivor.replica_idx)
+        await predict(survivor, "failover", iris)
+        assert await api.holder("failover") == survivor.replica_idx
+
+
+# -- 6. scheduler restart ------------------------------------------------------------------------------------
+
+
+def server_loads(agent: AgentProcess, loaded_name: str) -> int:
+    """How many times the agent's MLServer loaded ``loaded_name`` (its log says so once per load)."""
+    return agent.server_log().count(f"Loaded model '{loaded_name}' successfully")
+
+
+def agent_loads(agent: AgentProcess, loaded_name: str) -> int:
+    """How many load operations the agent completed for ``loaded_name``."""
+    return sum(1 for line in agent.log().splitlines() if f"agent: loaded {loaded_name} in " in line)
+
+
+async def test_a_restarted_scheduler_finds_the_models_available_without_reloading(cluster: Cluster, iris: Iris) -> None:
+    first = cluster.start_scheduler()
+    [agent] = await asyncio.to_thread(cluster.start_agents, cluster.agent(0))
+    names = ("keep-a", "keep-b")
+    async with api_of(cluster) as api:
+        for name in names:
+            await api.load(model(name, str(iris.folder)))
+        for name in names:
+            await api.available(name)
+    before = {name: (server_loads(agent, f"{name}_1"), agent_loads(agent, f"{name}_1")) for name in names}
+    assert before == {name: (1, 1) for name in names}
+
+    os.kill(first.process.pid, signal.SIGKILL)
+    await asyncio.to_thread(first.process.wait, 30)
+    first.log_path.rename(first.log_path.with_name("scheduler-before-restart.log"))
+    # Same state dir, same agent port: the agent reconnects there by itself.
+    await asyncio.to_thread(cluster.start_scheduler, f"--agent-listen={first.agent_listen}")
+    async with api_of(cluster) as api:
+        for name in names:
+            await api.available(name)
+
+    async def registered_again() -> bool:
+        return agent.log().count("registered with the scheduler") >= 2
+
+    await until(registered_again, "the agent registered again", cluster.diagnostics)
+    after = {name: (server_loads(agent, f"{name}_1"), agent_loads(agent, f"{name}_1")) for name in names}
+    assert after == before, cluster.diagnostics()
+    for name in names:
+        await predict(agent, name, iris)
+
+
+# -- 7. drain on SIGTERM --------------------------------------------------------------------------------------
+
+
+async def test_sigterm_drains_the_model_to_the_other_replica_before_the_agent_exits(
+    cluster: Cluster, iris: Iris
+) -> None:
+    cluster.start_scheduler()
+    agents = await asyncio.to_thread(cluster.start_agents, cluster.agent(0), cluster.agent(1))
+    async with api_of(cluster) as api:
+        await api.load(model("drain-me", str(iris.folder)))
+        await api.available("drain-me")
+        leaving = agents[await api.holder("drain-me")]
+        staying = next(agent for agent in agents if agent is not leaving)
+        status, _ = await infer(staying.proxy_url, "drain-me", iris.request)
+        assert status == 404  # not on the other replica yet
+
+        os.kill(leaving.pid, signal.SIGTERM)
+        leaving_alive_when_served: bool | None = None
+
+        async def served_elsewhere() -> bool:
+            nonlocal leaving_alive_when_served
+            status, _ = await infer(staying.proxy_url, "drain-me", iris.request)
+            if status == 200:
+                leaving_alive_when_served = leaving.process.poll() is None
+            return status == 200
+
+        await until(served_elsewhere, "the other replica serves drain-me", cluster.diagnostics)
+        assert leaving_alive_when_served is True, "the draining agent exited before its model served elsewhere"
+        await predict(staying, "drain-me", iris)
+        exit_status = await asyncio.to_thread(leaving.process.wait, 60)
+        assert exit_status == 0, leaving.diagnostics()
+        assert not leaving.server_pids(), "the agent stopped the server it launched"
+        await api.available("drain-me", replica=staying.replica_idx)

@@ -11,6 +11,7 @@ from pathlib import Path
 from modelplane import logs
 from modelplane.addresses import Address, AddressError, parse_address
 from modelplane.config import parse_layered
+from modelplane.flag_types import seconds
 from modelplane.sizes import parse_size
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_tls_flags, security_from
@@ -81,16 +82,6 @@ def _bounded_int(low: int, high: int) -> Callable[[str], int]:
         return int(text)
 
     return parse
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value <= 86_400:
-        raise argparse.ArgumentTypeError(f"{text} is out of range: give 0 < seconds <= 86400")
-    return value
 
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -181,7 +172,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--drain-timeout",
-        type=_seconds,
+        type=seconds(86_400),
         default=60.0,
         metavar="SECONDS",
         help="on SIGTERM, how long to wait for the models to serve elsewhere (default 60)",

@@ -10,6 +10,7 @@ from pathlib import Path
 from modelplane import logs
 from modelplane.addresses import Address, AddressError, parse_address
 from modelplane.config import parse_layered
+from modelplane.flag_types import seconds
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_tls_flags, security_from
 
@@ -46,14 +47,7 @@ def listen_address(text: str) -> Address:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"{text} is out of range: give 0 < seconds <= 3600")
-    return value
+positive_seconds = seconds(3600)
 
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -42,6 +42,7 @@ from tests.real_components import (
     stop_agent,
 )
 from tests.test_archives import make_tar
+from tests.triton_models import write_doubler
 
 # The session's SeaweedFS (the s3_server fixture), shared with the other modules that use it.
 pytest_plugins = ["tests.real_components"]
@@ -443,35 +444,9 @@ async def test_local_folders_and_http_archives(cluster: Cluster, http_files: Htt
 
 # -- 3. Triton ---------------------------------------------------------------------------------------------
 
-DOUBLER_CONFIG = """\
-backend: "python"
-max_batch_size: 0
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-instance_group [ { count: 1 kind: KIND_CPU } ]
-"""
-
-DOUBLER_MODEL = """\
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            values = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
-            doubled = pb_utils.Tensor("OUTPUT0", (values * 2).astype(np.float32))
-            responses.append(pb_utils.InferenceResponse(output_tensors=[doubled]))
-        return responses
-"""
-
 
 async def test_triton_agent_serves_a_python_backend_model(cluster: Cluster, tmp_path: Path) -> None:
-    artifact = tmp_path / "doubler"
-    (artifact / "1").mkdir(parents=True)
-    (artifact / "config.pbtxt").write_text(DOUBLER_CONFIG)
-    (artifact / "1" / "model.py").write_text(DOUBLER_MODEL)
+    artifact = write_doubler(tmp_path / "doubler")
     await asyncio.to_thread(server_venv, "triton")  # made here on a first run, not under the agent's ready timeout
     cluster.start_scheduler()
     [agent] = await asyncio.to_thread(cluster.start_agents, cluster.agent(0, kind="triton"))

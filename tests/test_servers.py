@@ -27,6 +27,7 @@ from servers.launch import LaunchError, LocalServer, launch_mlserver, launch_tri
 from servers.launch.venvs import MARKER, REQUIREMENTS
 from servers.mlserver import MLServer, model_settings
 from servers.triton import TritonServer, rewrite_config
+from tests.triton_models import DOUBLER_MODEL, write_doubler
 
 # A hang guard only: a first run spends most of it creating the venvs inside a fixture.
 SERVER_TEST_TIMEOUT = 900
@@ -379,29 +380,6 @@ async def test_an_unreachable_server_is_a_retryable_error(tmp_path: Path) -> Non
 
 # --- Triton ---------------------------------------------------------------------------------------
 
-DOUBLER_CONFIG = """\
-# Doubles its input.
-backend: "python"
-max_batch_size: 0
-input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ -1 ] } ]
-instance_group [ { count: 1 kind: KIND_CPU } ]
-"""
-
-DOUBLER_MODEL = """\
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            values = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
-            doubled = pb_utils.Tensor("OUTPUT0", (values * 2).astype(np.float32))
-            responses.append(pb_utils.InferenceResponse(output_tensors=[doubled]))
-        return responses
-"""
 
 FAILING_MODEL = """\
 class TritonPythonModel:
@@ -414,10 +392,7 @@ class TritonPythonModel:
 
 
 def _triton_artifact(folder: Path, model_py: str = DOUBLER_MODEL) -> Path:
-    (folder / "1").mkdir(parents=True)
-    (folder / "config.pbtxt").write_text(DOUBLER_CONFIG)
-    (folder / "1" / "model.py").write_text(model_py)
-    return folder
+    return write_doubler(folder, model_py)
 
 
 @pytest.mark.servers

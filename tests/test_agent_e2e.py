@@ -630,3 +630,56 @@ async def test_sigterm_drains_the_model_to_the_other_replica_before_the_agent_ex
         assert exit_status == 0, leaving.diagnostics()
         assert not leaving.server_pids(), "the agent stopped the server it launched"
         await api.available("drain-me", replica=staying.replica_idx)
+
+
+# -- the V2 gRPC proxy -------------------------------------------------------------------------------------
+
+# A client built from MLServer's own V2 gRPC stubs (in the MLServer venv): what any V2 gRPC client sends.
+GRPC_CLIENT = r"""
+import json, sys
+import grpc
+from mlserver.grpc import dataplane_pb2 as pb, dataplane_pb2_grpc as pb_grpc
+
+target, name, rows = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+flat = [value for row in rows for value in row]
+with grpc.insecure_channel(target) as channel:
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    ready = stub.ModelReady(pb.ModelReadyRequest(name=name), timeout=30).ready
+    request = pb.ModelInferRequest(model_name=name, id="req-1", inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="predict", datatype="FP64", shape=[len(rows), len(rows[0])],
+        contents=pb.InferTensorContents(fp64_contents=flat))])
+    answer = stub.ModelInfer(request, timeout=30)
+    try:
+        stub.ModelReady(pb.ModelReadyRequest(name="no-such-model"), timeout=30)
+        missing = "OK"
+    except grpc.RpcError as error:
+        missing = error.code().name
+print(json.dumps({"ready": ready, "model_name": answer.model_name, "id": answer.id,
+                  "classes": list(answer.outputs[0].contents.int64_contents), "missing": missing}))
+"""
+
+
+async def test_grpc_inference_through_the_agent_proxy(cluster: Cluster, iris: Iris) -> None:
+    cluster.start_scheduler()
+    [agent] = await asyncio.to_thread(cluster.start_agents, cluster.agent(0))
+    async with api_of(cluster) as api:
+        await api.load(model("grpc-iris", str(iris.folder)))
+        await api.available("grpc-iris")
+    rows = iris.request["inputs"][0]["data"]
+    python = server_venv("mlserver") / "bin" / "python"
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [str(python), "-c", GRPC_CLIENT, agent.proxy_grpc, "grpc-iris", json.dumps(rows)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["ready"] is True
+    # The proxy sent the request to the server's grpc-iris_1 and gave the client back the name it used.
+    assert answer["model_name"] == "grpc-iris"
+    assert answer["id"] == "req-1"  # fields the proxy does not touch pass through
+    assert answer["classes"] == iris.expected
+    assert answer["missing"] == "NOT_FOUND"

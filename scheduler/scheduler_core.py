@@ -31,6 +31,7 @@ from scheduler.agent_sessions import AgentSession
 from scheduler.cluster import Cluster, ReplicaConfig
 from scheduler.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from scheduler.event_hub import EventHub, Subscription
+from scheduler.experiments import ExperimentRecord, ExperimentRegistry
 from scheduler.model_names import check_name
 from scheduler.model_records import ModelRecord
 from scheduler.model_state import ModelState
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 MODELS_TABLE = "models"
 SERVERS_TABLE = "servers"
+EXPERIMENTS_TABLE = "experiments"
 ServerKey = tuple[str, int]  # (server name, response type): status updates and scaling requests coalesce apart
 
 
@@ -64,6 +66,10 @@ class SchedulerCore:
         self.cluster = Cluster()
         self.models_hub: EventHub[str, pb.ModelStatusResponse] = EventHub(self.settings.max_pending_status_keys)
         self.servers_hub: EventHub[ServerKey, pb.ServerStatusResponse] = EventHub(self.settings.max_pending_status_keys)
+        self.experiments = ExperimentRegistry()
+        self.experiments_hub: EventHub[str, pb.ExperimentStatusResponse] = EventHub(
+            self.settings.max_pending_status_keys
+        )
         self.ready = asyncio.Event()
         self.closing = asyncio.Event()
         self._locks = KeyedLocks()
@@ -85,6 +91,10 @@ class SchedulerCore:
         ]
         models = [_decode(ModelRecord.from_bytes, MODELS_TABLE, k, v) for k, v in self.store.load(MODELS_TABLE).items()]
         self.cluster.restore([m for m in models if m is not None], [s for s in servers if s is not None])
+        for key, value in self.store.load(EXPERIMENTS_TABLE).items():
+            experiment = _decode(ExperimentRecord.from_bytes, EXPERIMENTS_TABLE, key, value)
+            if experiment is not None:
+                self.experiments.restore(experiment)
         for server in self.cluster.servers.values():
             expected = server.expected_replicas if server.expected_replicas is not None else server.seen_replicas
             self._expected_replicas.update((server.name, index) for index in range(expected))
@@ -106,6 +116,7 @@ class SchedulerCore:
         self.closing.set()
         self.models_hub.close()
         self.servers_hub.close()
+        self.experiments_hub.close()
         for server in self.cluster.servers.values():
             for replica in server.replicas.values():
                 # Agents see the stream end and reconnect (to this scheduler's successor) with backoff.
@@ -206,6 +217,47 @@ class SchedulerCore:
         state = record.latest.derived
         detail = f": {state.reason}" if state.reason else ""
         raise Unavailable(f"model {name!r} is not served yet (state {state.state.name}{detail})")
+
+    # ----------------------------------------------------------------- experiments
+
+    async def start_experiment(self, experiment: pb.Experiment) -> None:
+        """Start (or replace whole) an experiment; durable before it returns."""
+        async with self._locks.hold(f"experiment/{experiment.name}"):
+            prepared = self.experiments.prepare_start(experiment)
+            if prepared is None:
+                return
+            await self._write([Put(EXPERIMENTS_TABLE, experiment.name, prepared.to_bytes())])
+            self.experiments.apply_start(prepared)
+            self._publish_experiments({experiment.name} | self.experiments.refresh(self._ready))
+
+    async def stop_experiment(self, name: str) -> None:
+        async with self._locks.hold(f"experiment/{name}"):
+            prepared = self.experiments.prepare_stop(name)
+            await self._write([Put(EXPERIMENTS_TABLE, name, prepared.to_bytes())])
+            self.experiments.apply_stop(name)
+            self._publish_experiments({name})
+
+    def experiment_status(self, name: str | None) -> list[pb.ExperimentStatusResponse]:
+        return self.experiments.status(name or None)
+
+    def subscribe_experiments(self, subscriber: str) -> Subscription[str, pb.ExperimentStatusResponse]:
+        return self.experiments_hub.subscribe(
+            subscriber, lambda: [(status.experimentName, status) for status in self.experiments.status()]
+        )
+
+    def _ready(self, name: str, resource_type: int) -> bool:
+        """Whether a model (ModelAvailable) or pipeline (Ready) an experiment routes to is ready."""
+        if resource_type == pb.MODEL:
+            record = self.cluster.models.get(name)
+            return record is not None and not record.deleted and record.latest.derived.state == ModelState.AVAILABLE
+        return False  # pipelines are not built yet: a pipeline candidate is never ready
+
+    def _publish_experiments(self, names: set[str]) -> None:
+        if not self.experiments_hub.subscriber_count:
+            return
+        for name in names:
+            for status in self.experiments.status(name):
+                self.experiments_hub.publish(name, status)
 
     # ----------------------------------------------------------------- servers
 
@@ -328,6 +380,8 @@ class SchedulerCore:
             self._durable_models |= touched.durable_models
             self._durable_servers |= touched.durable_servers
             self._durable_wake.set()
+        if touched.models and self.experiments.records:
+            self._publish_experiments(self.experiments.refresh(self._ready))
         if touched.reconcile:
             for name, retry in touched.reconcile.items():
                 self._dirty[name] = self._dirty.get(name, False) or retry

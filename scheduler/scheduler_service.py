@@ -93,12 +93,36 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         async for event in self.core.control_plane_events():
             yield event
 
+    async def StartExperiment(self, request: pb.StartExperimentRequest, context: Context) -> pb.StartExperimentResponse:
+        async def call() -> None:
+            if not request.HasField("experiment"):
+                raise InvalidArgument("StartExperimentRequest.experiment is missing")
+            await self.core.start_experiment(request.experiment)
+
+        await status_codes.unary(context, call)
+        return pb.StartExperimentResponse()
+
+    async def StopExperiment(self, request: pb.StopExperimentRequest, context: Context) -> pb.StopExperimentResponse:
+        await status_codes.unary(context, lambda: self.core.stop_experiment(request.name))
+        return pb.StopExperimentResponse()
+
+    async def ExperimentStatus(
+        self, request: pb.ExperimentStatusRequest, context: Context
+    ) -> AsyncIterator[pb.ExperimentStatusResponse]:
+        name = request.name if request.HasField("name") else None
+        async for status in status_codes.stream_list(context, lambda: self.core.experiment_status(name)):
+            yield status
+
+    async def SubscribeExperimentStatus(
+        self, request: pb.ExperimentSubscriptionRequest, context: Context
+    ) -> AsyncIterator[pb.ExperimentStatusResponse]:
+        async with self.core.subscribe_experiments(request.subscriberName) as subscription:
+            async for status in status_codes.stream(context, aiter(subscription)):
+                yield status
+
     LoadPipeline = not_built("LoadPipeline")
     UnloadPipeline = not_built("UnloadPipeline")
-    StartExperiment = not_built("StartExperiment")
-    StopExperiment = not_built("StopExperiment")
+
     PipelineStatus = not_built("PipelineStatus")
-    ExperimentStatus = not_built("ExperimentStatus")
-    SubscribeExperimentStatus = not_built("SubscribeExperimentStatus")
     SubscribePipelineStatus = not_built("SubscribePipelineStatus")
     PipelineStatusEvent = not_built("PipelineStatusEvent")

@@ -396,3 +396,51 @@ async def test_idle_replicas_are_offered_for_scale_down() -> None:
             assert servers.pending_count == 0
         scaling = [s for s in seen if s.type == pb.ServerStatusResponse.ScalingRequest]
         assert [(s.serverName, s.expectedReplicas) for s in scaling] == [("mlserver", 1)]
+
+
+# ----------------------------------------------------------------------------- experiments
+
+
+def experiment(name: str, *candidates: str, default: str | None = None, mirror: str | None = None) -> pb.Experiment:
+    spec = pb.Experiment(name=name, candidates=[pb.ExperimentCandidate(name=c, weight=50) for c in candidates])
+    if default is not None:
+        spec.default = default
+    if mirror is not None:
+        spec.mirror.CopyFrom(pb.ExperimentMirror(name=mirror, percent=10))
+    return spec
+
+
+async def test_experiment_follows_its_candidates_and_survives_a_restart() -> None:
+    tables: dict[str, dict[str, bytes]] = {}
+    async with Harness(MemoryStateStore(tables)) as h:
+        h.add_replica(memory=10_000 * MiB)
+        async with h.core.subscribe_experiments("test") as statuses:
+            await h.core.start_experiment(experiment("ab", "iris", "wine", default="iris"))
+            [status] = h.core.experiment_status("ab")
+            assert (status.candidatesReady, status.active) == (False, False)
+            assert "iris" in status.statusDescription
+            await h.load("iris")
+            await h.load("wine")
+            await h.settle()
+            [status] = h.core.experiment_status("ab")
+            assert status.candidatesReady is True
+            seen: list[pb.ExperimentStatusResponse] = []
+            while not seen or not seen[-1].candidatesReady:
+                seen.append(await asyncio.wait_for(anext(statuses), 5))
+            assert seen[0].experimentName == "ab"
+        # Starting it again replaces it whole: wine is no longer a candidate.
+        await h.core.start_experiment(experiment("ab", "iris"))
+        assert [c.name for c in h.core.experiments.records["ab"].spec.candidates] == ["iris"]
+        # iris is no longer ab's default, so another experiment may take it, but not two at once.
+        await h.core.start_experiment(experiment("other", "iris", default="iris"))
+        with pytest.raises(FailedPrecondition, match="'other'"):
+            await h.core.start_experiment(experiment("ab", "iris", default="iris"))
+        await h.core.stop_experiment("other")
+        await h.core.start_experiment(experiment("ab", "iris", default="iris"))
+        await h.core.stop_experiment("ab")
+        with pytest.raises(FailedPrecondition, match="not found"):
+            await h.core.stop_experiment("never-started")
+    async with Harness(MemoryStateStore(tables)) as again:
+        [status] = again.core.experiment_status("ab")
+        assert (status.experimentName, status.active, status.candidatesReady) == ("ab", False, False)
+        assert again.core.experiments.records["ab"].stopped

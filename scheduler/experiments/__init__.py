@@ -1,0 +1,29 @@
+"""The experiment control plane: validation, durable records and the registry of experiments.
+
+Pure and synchronous (no grpc): the servicers persist prepared records and publish status changes.
+"""
+
+from scheduler.experiments.experiment_records import ExperimentRecord, copy_experiment
+from scheduler.experiments.experiment_registry import STOPPED, ExperimentRegistry, ReadyCheck
+from scheduler.experiments.validation import (
+    MAX_CANDIDATES,
+    MAX_MIRROR_PERCENT,
+    MAX_WEIGHT,
+    MIN_MIRROR_PERCENT,
+    resource_kind,
+    validate_experiment,
+)
+
+__all__ = [
+    "MAX_CANDIDATES",
+    "MAX_MIRROR_PERCENT",
+    "MAX_WEIGHT",
+    "MIN_MIRROR_PERCENT",
+    "STOPPED",
+    "ExperimentRecord",
+    "ExperimentRegistry",
+    "ReadyCheck",
+    "copy_experiment",
+    "resource_kind",
+    "validate_experiment",
+]

@@ -1,0 +1,77 @@
+"""The scheduler's record of one experiment: what was asked for (durable) and what is observed (rebuilt).
+
+Only the spec and the stopped flag are durable (``to_bytes``); activity and readiness are observed again
+after a restart, from the gateways and the models' and pipelines' states.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from generated.mlops.scheduler import scheduler_pb2 as pb
+
+
+def copy_experiment(experiment: pb.Experiment) -> pb.Experiment:
+    copy = pb.Experiment()
+    copy.CopyFrom(experiment)
+    return copy
+
+
+@dataclass(slots=True)
+class ExperimentRecord:
+    """One experiment. ``stopped`` experiments are kept (terminated) so their status can still be asked for."""
+
+    spec: pb.Experiment
+    stopped: bool = False
+    # Observed: whether the gateways route the experiment, with their last reason.
+    active: bool = False
+    gateway_reason: str = ""
+    # Observed: whether every candidate is ready, and whether the mirror is (True when there is no mirror).
+    candidates_ready: bool = False
+    mirror_ready: bool = False
+    status_description: str = ""
+    changed_at: float = field(default_factory=time.time)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def deleted(self) -> bool:
+        """Alias of ``stopped``, named like ``ModelRecord.deleted``."""
+        return self.stopped
+
+    @property
+    def running(self) -> bool:
+        return not self.stopped
+
+    def to_status(self) -> pb.ExperimentStatusResponse:
+        status = pb.ExperimentStatusResponse(
+            experimentName=self.name,
+            active=self.active,
+            candidatesReady=self.candidates_ready,
+            mirrorReady=self.mirror_ready,
+            statusDescription=self.status_description,
+        )
+        if self.spec.HasField("kubernetesMeta"):
+            status.kubernetesMeta.CopyFrom(self.spec.kubernetesMeta)
+        return status
+
+    def to_bytes(self) -> bytes:
+        """The durable part: the spec (as hex protobuf) and the stopped flag."""
+        return json.dumps(
+            {"stopped": self.stopped, "spec": self.spec.SerializeToString().hex()},
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, name: str, data: bytes) -> ExperimentRecord:
+        """The record stored under ``name``; observed fields start afresh. Raises ValueError if inconsistent."""
+        document = json.loads(data)
+        spec = pb.Experiment.FromString(bytes.fromhex(document["spec"]))
+        if spec.name != name:
+            raise ValueError(f"stored experiment {name!r} holds the spec of {spec.name!r}")
+        stopped = bool(document["stopped"])
+        return cls(spec=spec, stopped=stopped, status_description="stopped" if stopped else "")

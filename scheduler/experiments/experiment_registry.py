@@ -1,0 +1,187 @@
+"""The experiments the scheduler knows: starting (replacing), stopping, readiness and gateway activity.
+
+Changes follow the scheduler's prepare -> durable write -> apply pattern: ``prepare_*`` validates and
+returns the durable record to write without changing anything; ``apply_*`` makes it live afterwards.
+
+Readiness conventions (chosen here, and reported as is in ExperimentStatusResponse):
+
+* ``candidates_ready`` is True when every candidate is ready (vacuously True for a mirror-only experiment);
+* ``mirror_ready`` is True when the mirror is ready **or there is no mirror**, so that
+  ``candidates_ready and mirror_ready`` means "nothing to wait for". Seldon reports mirrorReady True only
+  for an existing, ready mirror; a caller wanting that meaning checks ``spec.HasField("mirror")`` as well.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from generated.mlops.scheduler import scheduler_pb2 as pb
+from scheduler.errors import FailedPrecondition
+from scheduler.experiments.experiment_records import ExperimentRecord, copy_experiment
+from scheduler.experiments.validation import validate_experiment
+from scheduler.model_names import check_name
+
+# ready(name, resource_type): is the model (ModelAvailable) or pipeline (Ready) of that name ready?
+ReadyCheck = Callable[[str, int], bool]
+
+STOPPED = "stopped"
+
+
+def _pending(spec: pb.Experiment) -> tuple[str, ...]:
+    """Every part of ``spec`` as "candidate x" / "mirror y", for an experiment not yet checked."""
+    parts = [f"candidate {c.name}" for c in spec.candidates]
+    if spec.HasField("mirror"):
+        parts.append(f"mirror {spec.mirror.name}")
+    return tuple(parts)
+
+
+def _describe(record: ExperimentRecord, not_ready: tuple[str, ...]) -> str:
+    if record.stopped:
+        return STOPPED
+    parts = [f"{part} not ready" for part in not_ready]
+    if not record.active:
+        parts.append(f"not active in gateways: {record.gateway_reason}" if record.gateway_reason else "not active yet")
+    return "; ".join(parts) if parts else "active"
+
+
+class ExperimentRegistry:
+    """Every experiment by name, running or stopped. Pure and synchronous: callers persist and notify."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, ExperimentRecord] = {}
+        # What refresh last found missing, per experiment (observed, rebuilt by refresh).
+        self._not_ready: dict[str, tuple[str, ...]] = {}
+
+    # ----------------------------------------------------------------- queries
+
+    def running(self) -> dict[str, pb.Experiment]:
+        """The specs of the experiments not stopped, by name."""
+        return {name: record.spec for name, record in self.records.items() if not record.stopped}
+
+    def status(self, name: str | None = None) -> list[pb.ExperimentStatusResponse]:
+        """The status of ``name``, or of every experiment (sorted by name) when None.
+
+        Raises FailedPrecondition for an unknown name (Seldon's clients do not retry that code)."""
+        if name is None:
+            return [self.records[n].to_status() for n in sorted(self.records)]
+        record = self.records.get(name)
+        if record is None:
+            raise FailedPrecondition(f"experiment {name!r} not found")
+        return [record.to_status()]
+
+    def default_routes(self, resource_type: int = pb.MODEL) -> dict[str, str]:
+        """Default (baseline) name -> experiment name, for running experiments of ``resource_type`` with a default.
+
+        Requests for that model (or pipeline) name go through the experiment. Models and pipelines have
+        separate name spaces, hence one map per resource type.
+        """
+        return {
+            record.spec.default: name
+            for name, record in sorted(self.records.items())
+            if not record.stopped and record.spec.resourceType == resource_type and record.spec.HasField("default")
+        }
+
+    # ----------------------------------------------------------------- start / stop
+
+    def prepare_start(self, experiment: pb.Experiment) -> ExperimentRecord | None:
+        """The durable record a StartExperiment would write, or None when ``experiment`` is already running
+        exactly as given. Changes nothing. Raises InvalidArgument or FailedPrecondition.
+
+        Starting an existing name replaces its spec whole (candidates, mirror, config); starting a stopped
+        name starts it again.
+        """
+        name = check_name(experiment.name, what="experiment")
+        others = {n: spec for n, spec in self.running().items() if n != name}
+        validate_experiment(experiment, others)
+        current = self.records.get(name)
+        if current is not None and not current.stopped and current.spec == experiment:
+            return None
+        return ExperimentRecord(spec=copy_experiment(experiment))
+
+    def apply_start(self, prepared: ExperimentRecord) -> None:
+        """Make a prepared start live (after it has been written durably).
+
+        The record replaces any previous one whole, observed state included: the gateways must acknowledge
+        the new spec (``record_gateway_ack``) and ``refresh`` must check its candidates again.
+        """
+        record = ExperimentRecord(spec=copy_experiment(prepared.spec))
+        self._install(record, _pending(record.spec))
+
+    def restore(self, record: ExperimentRecord) -> None:
+        """Install a record read back from durable storage (at startup); observed state starts afresh."""
+        fresh = ExperimentRecord(spec=copy_experiment(record.spec), stopped=record.stopped)
+        self._install(fresh, () if fresh.stopped else _pending(fresh.spec))
+
+    def prepare_stop(self, name: str) -> ExperimentRecord:
+        """The durable record of ``name`` marked stopped. Raises FailedPrecondition for an unknown name.
+
+        Stopping a stopped experiment is allowed and changes nothing (retries of a deletion succeed)."""
+        record = self.records.get(name)
+        if record is None:
+            # Seldon's clients read FAILED_PRECONDITION as "do not retry"; an unknown experiment is final.
+            raise FailedPrecondition(f"experiment {name!r} not found")
+        return ExperimentRecord(spec=copy_experiment(record.spec), stopped=True, status_description=STOPPED)
+
+    def apply_stop(self, name: str) -> None:
+        """Terminate ``name`` but keep its record, so its status still answers (stopped, inactive)."""
+        record = self.records[name]
+        if record.stopped:
+            return
+        record.stopped = True
+        record.active = False
+        record.gateway_reason = ""
+        record.candidates_ready = False
+        record.mirror_ready = False
+        record.status_description = STOPPED
+        record.changed_at = time.time()
+        self._not_ready[name] = ()
+
+    # ----------------------------------------------------------------- observed state
+
+    def refresh(self, ready: ReadyCheck) -> set[str]:
+        """Recompute readiness of every running experiment; return the names whose status changed."""
+        changed: set[str] = set()
+        for name, record in self.records.items():
+            if record.stopped:
+                continue
+            spec = record.spec
+            missing = [f"candidate {c.name}" for c in spec.candidates if not ready(c.name, spec.resourceType)]
+            candidates_ready = not missing
+            mirror_ready = True
+            if spec.HasField("mirror") and not ready(spec.mirror.name, spec.resourceType):
+                mirror_ready = False
+                missing.append(f"mirror {spec.mirror.name}")
+            self._not_ready[name] = tuple(missing)
+            description = _describe(record, tuple(missing))
+            before = (record.candidates_ready, record.mirror_ready, record.status_description)
+            if before != (candidates_ready, mirror_ready, description):
+                record.candidates_ready, record.mirror_ready = candidates_ready, mirror_ready
+                record.status_description = description
+                record.changed_at = time.time()
+                changed.add(name)
+        return changed
+
+    def record_gateway_ack(self, name: str, active: bool, reason: str = "") -> bool:
+        """Record whether the gateways route ``name`` now; return whether its status changed.
+
+        Acknowledgements for unknown or stopped experiments are stale and ignored."""
+        record = self.records.get(name)
+        if record is None or record.stopped:
+            return False
+        before = (record.active, record.status_description)
+        record.active = active
+        record.gateway_reason = "" if active else reason
+        record.status_description = _describe(record, self._not_ready.get(name, ()))
+        if before == (record.active, record.status_description):
+            return False
+        record.changed_at = time.time()
+        return True
+
+    def _install(self, record: ExperimentRecord, not_ready: tuple[str, ...]) -> None:
+        if not record.stopped:
+            record.candidates_ready = not any(part.startswith("candidate ") for part in not_ready)
+            record.mirror_ready = not any(part.startswith("mirror ") for part in not_ready)
+        record.status_description = _describe(record, not_ready)
+        self.records[record.name] = record
+        self._not_ready[record.name] = not_ready

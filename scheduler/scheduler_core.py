@@ -36,6 +36,8 @@ from scheduler.model_names import check_name
 from scheduler.model_records import ModelRecord
 from scheduler.model_state import ModelState
 from scheduler.persistence import Change, Delete, Put, StateStore, StateStoreError
+from scheduler.pipelines import PipelineRecord, PipelineRegistry, PipelineStatus
+from scheduler.pipelines import status_response as pipeline_status_response
 from scheduler.replica_state import SERVING
 from scheduler.server_records import ServerRecord
 
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 MODELS_TABLE = "models"
 SERVERS_TABLE = "servers"
 EXPERIMENTS_TABLE = "experiments"
+PIPELINES_TABLE = "pipelines"
 ServerKey = tuple[str, int]  # (server name, response type): status updates and scaling requests coalesce apart
 
 
@@ -66,6 +69,8 @@ class SchedulerCore:
         self.cluster = Cluster()
         self.models_hub: EventHub[str, pb.ModelStatusResponse] = EventHub(self.settings.max_pending_status_keys)
         self.servers_hub: EventHub[ServerKey, pb.ServerStatusResponse] = EventHub(self.settings.max_pending_status_keys)
+        self.pipelines = PipelineRegistry()
+        self.pipelines_hub: EventHub[str, pb.PipelineStatusResponse] = EventHub(self.settings.max_pending_status_keys)
         self.experiments = ExperimentRegistry()
         self.experiments_hub: EventHub[str, pb.ExperimentStatusResponse] = EventHub(
             self.settings.max_pending_status_keys
@@ -77,6 +82,7 @@ class SchedulerCore:
         self._reconcile_wake = asyncio.Event()
         self._durable_models: set[str] = set()
         self._durable_servers: set[str] = set()
+        self._durable_pipelines_removed: set[str] = set()
         self._durable_wake = asyncio.Event()
         self._expected_replicas: set[tuple[str, int]] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -91,6 +97,11 @@ class SchedulerCore:
         ]
         models = [_decode(ModelRecord.from_bytes, MODELS_TABLE, k, v) for k, v in self.store.load(MODELS_TABLE).items()]
         self.cluster.restore([m for m in models if m is not None], [s for s in servers if s is not None])
+        for key, value in self.store.load(PIPELINES_TABLE).items():
+            pipeline = _decode(PipelineRecord.from_bytes, PIPELINES_TABLE, key, value)
+            if pipeline is not None:
+                self.pipelines.records[key] = pipeline
+        self.pipelines.refresh(self._model_available)
         for key, value in self.store.load(EXPERIMENTS_TABLE).items():
             experiment = _decode(ExperimentRecord.from_bytes, EXPERIMENTS_TABLE, key, value)
             if experiment is not None:
@@ -117,6 +128,7 @@ class SchedulerCore:
         self.models_hub.close()
         self.servers_hub.close()
         self.experiments_hub.close()
+        self.pipelines_hub.close()
         for server in self.cluster.servers.values():
             for replica in server.replicas.values():
                 # Agents see the stream end and reconnect (to this scheduler's successor) with backoff.
@@ -218,6 +230,59 @@ class SchedulerCore:
         detail = f": {state.reason}" if state.reason else ""
         raise Unavailable(f"model {name!r} is not served yet (state {state.state.name}{detail})")
 
+    # ----------------------------------------------------------------- pipelines
+
+    async def load_pipeline(self, pipeline: pb.Pipeline) -> None:
+        """Load or change a pipeline; durable before it returns (a change makes a new version)."""
+        async with self._locks.hold(f"pipeline/{pipeline.name}"):
+            prepared = self.pipelines.prepare_load(pipeline)
+            if prepared is None:
+                return
+            await self._write([Put(PIPELINES_TABLE, pipeline.name, prepared.to_bytes())])
+            self.pipelines.apply_load(prepared)
+            self._refresh_pipelines({pipeline.name})
+
+    async def unload_pipeline(self, name: str) -> None:
+        async with self._locks.hold(f"pipeline/{name}"):
+            prepared = self.pipelines.prepare_unload(name)
+            await self._write([Put(PIPELINES_TABLE, name, prepared.to_bytes())])
+            self.pipelines.apply_unload(name)
+            self._refresh_pipelines({name})
+
+    def pipeline_status(self, name: str | None, *, all_versions: bool) -> list[pb.PipelineStatusResponse]:
+        return self.pipelines.status(name or None, all_versions)
+
+    def subscribe_pipelines(self, subscriber: str) -> Subscription[str, pb.PipelineStatusResponse]:
+        return self.pipelines_hub.subscribe(
+            subscriber, lambda: [(status.pipelineName, status) for status in self.pipelines.status()]
+        )
+
+    def record_pipeline_ack(self, name: str, version: int, success: bool, reason: str) -> None:
+        """A gateway's acknowledgement of a pipeline version (PipelineStatusEvent)."""
+        if self.pipelines.record_gateway_ack(name, version, success, reason):
+            self._refresh_pipelines({name})
+
+    def _model_available(self, name: str) -> bool:
+        record = self.cluster.models.get(name)
+        return record is not None and not record.deleted and record.latest.derived.state == ModelState.AVAILABLE
+
+    def _refresh_pipelines(self, names: set[str]) -> None:
+        """Follow the models' states; publish what changed; forget fully terminated deleted pipelines."""
+        changed = names | self.pipelines.refresh(self._model_available)
+        removed = {record.name: record for record in self.pipelines.pop_removed()}
+        if removed:
+            self._durable_pipelines_removed |= set(removed)
+            self._durable_wake.set()
+        if self.pipelines_hub.subscriber_count:
+            for name in changed:
+                if name in removed:
+                    self.pipelines_hub.publish(name, pipeline_status_response(removed[name]))
+                elif name in self.pipelines.records:
+                    for status in self.pipelines.status(name):
+                        self.pipelines_hub.publish(name, status)
+        if self.experiments.records:
+            self._publish_experiments(self.experiments.refresh(self._ready))
+
     # ----------------------------------------------------------------- experiments
 
     async def start_experiment(self, experiment: pb.Experiment) -> None:
@@ -248,9 +313,9 @@ class SchedulerCore:
     def _ready(self, name: str, resource_type: int) -> bool:
         """Whether a model (ModelAvailable) or pipeline (Ready) an experiment routes to is ready."""
         if resource_type == pb.MODEL:
-            record = self.cluster.models.get(name)
-            return record is not None and not record.deleted and record.latest.derived.state == ModelState.AVAILABLE
-        return False  # pipelines are not built yet: a pipeline candidate is never ready
+            return self._model_available(name)
+        pipeline = self.pipelines.records.get(name)
+        return pipeline is not None and not pipeline.deleted and pipeline.latest.status == PipelineStatus.READY
 
     def _publish_experiments(self, names: set[str]) -> None:
         if not self.experiments_hub.subscriber_count:
@@ -380,8 +445,8 @@ class SchedulerCore:
             self._durable_models |= touched.durable_models
             self._durable_servers |= touched.durable_servers
             self._durable_wake.set()
-        if touched.models and self.experiments.records:
-            self._publish_experiments(self.experiments.refresh(self._ready))
+        if touched.models and (self.pipelines.records or self.experiments.records):
+            self._refresh_pipelines(set())
         if touched.reconcile:
             for name, retry in touched.reconcile.items():
                 self._dirty[name] = self._dirty.get(name, False) or retry
@@ -431,7 +496,8 @@ class SchedulerCore:
     async def _flush_durable(self) -> None:
         models, self._durable_models = self._durable_models, set()
         servers, self._durable_servers = self._durable_servers, set()
-        changes: list[Change] = []
+        pipelines, self._durable_pipelines_removed = self._durable_pipelines_removed, set()
+        changes: list[Change] = [Delete(PIPELINES_TABLE, name) for name in sorted(pipelines)]
         for name in sorted(models):
             record = self.cluster.models.get(name)
             changes.append(Put(MODELS_TABLE, name, record.to_bytes()) if record else Delete(MODELS_TABLE, name))
@@ -445,6 +511,7 @@ class SchedulerCore:
             except StateStoreError:
                 self._durable_models |= models
                 self._durable_servers |= servers
+                self._durable_pipelines_removed |= pipelines
                 raise
 
 

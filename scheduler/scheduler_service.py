@@ -10,13 +10,13 @@ from typing import Any
 
 from grpc import aio
 
+from generated.mlops.chainer import chainer_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane import __version__
 from scheduler import status_codes
 from scheduler.errors import InvalidArgument
 from scheduler.scheduler_core import SchedulerCore
-from scheduler.unimplemented import not_built
 
 Context = aio.ServicerContext[Any, Any]
 
@@ -120,9 +120,37 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             async for status in status_codes.stream(context, aiter(subscription)):
                 yield status
 
-    LoadPipeline = not_built("LoadPipeline")
-    UnloadPipeline = not_built("UnloadPipeline")
+    async def LoadPipeline(self, request: pb.LoadPipelineRequest, context: Context) -> pb.LoadPipelineResponse:
+        async def call() -> None:
+            if not request.HasField("pipeline"):
+                raise InvalidArgument("LoadPipelineRequest.pipeline is missing")
+            await self.core.load_pipeline(request.pipeline)
 
-    PipelineStatus = not_built("PipelineStatus")
-    SubscribePipelineStatus = not_built("SubscribePipelineStatus")
-    PipelineStatusEvent = not_built("PipelineStatusEvent")
+        await status_codes.unary(context, call)
+        return pb.LoadPipelineResponse()
+
+    async def UnloadPipeline(self, request: pb.UnloadPipelineRequest, context: Context) -> pb.UnloadPipelineResponse:
+        await status_codes.unary(context, lambda: self.core.unload_pipeline(request.name))
+        return pb.UnloadPipelineResponse()
+
+    async def PipelineStatus(
+        self, request: pb.PipelineStatusRequest, context: Context
+    ) -> AsyncIterator[pb.PipelineStatusResponse]:
+        name = request.name if request.HasField("name") else None
+        produce = lambda: self.core.pipeline_status(name, all_versions=request.allVersions)  # noqa: E731
+        async for status in status_codes.stream_list(context, produce):
+            yield status
+
+    async def SubscribePipelineStatus(
+        self, request: pb.PipelineSubscriptionRequest, context: Context
+    ) -> AsyncIterator[pb.PipelineStatusResponse]:
+        async with self.core.subscribe_pipelines(request.subscriberName) as subscription:
+            async for status in status_codes.stream(context, aiter(subscription)):
+                yield status
+
+    async def PipelineStatusEvent(
+        self, request: chainer_pb2.PipelineUpdateStatusMessage, context: Context
+    ) -> chainer_pb2.PipelineUpdateStatusResponse:
+        update = request.update
+        self.core.record_pipeline_ack(update.pipeline, update.version, request.success, request.reason)
+        return chainer_pb2.PipelineUpdateStatusResponse()

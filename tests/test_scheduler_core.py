@@ -7,6 +7,7 @@ after every step, so each test also proves accounting stays consistent.
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -444,3 +445,56 @@ async def test_experiment_follows_its_candidates_and_survives_a_restart() -> Non
         [status] = again.core.experiment_status("ab")
         assert (status.experimentName, status.active, status.candidatesReady) == ("ab", False, False)
         assert again.core.experiments.records["ab"].stopped
+
+
+# ----------------------------------------------------------------------------- pipelines
+
+
+def pipeline(name: str, *steps: str) -> pb.Pipeline:
+    chained = [pb.PipelineStep(name=steps[0])]
+    chained += [pb.PipelineStep(name=step, inputs=[f"{before}.outputs"]) for before, step in itertools.pairwise(steps)]
+    return pb.Pipeline(name=name, steps=chained, output=pb.PipelineOutput(steps=[steps[-1]]))
+
+
+def pipeline_state(h: Harness, name: str, *, all_versions: bool = False) -> list[tuple[int, str, bool]]:
+    [status] = h.core.pipeline_status(name, all_versions=all_versions)
+    return [
+        (v.state.pipelineVersion, pb.PipelineVersionState.PipelineStatus.Name(v.state.status), v.state.modelsReady)
+        for v in status.versions
+    ]
+
+
+async def test_pipeline_follows_its_models_versions_and_survives_a_restart() -> None:
+    tables: dict[str, dict[str, bytes]] = {}
+    async with Harness(MemoryStateStore(tables)) as h:
+        h.add_replica(memory=10_000 * MiB)
+        await h.core.load_pipeline(pipeline("flow", "iris", "wine"))
+        assert pipeline_state(h, "flow") == [(1, "PipelineCreating", False)]
+        await h.core.load_pipeline(pipeline("flow", "iris", "wine"))  # identical: nothing changes
+        await h.load("iris")
+        await h.load("wine")
+        await h.settle()
+        assert pipeline_state(h, "flow") == [(1, "PipelineReady", True)]
+        await h.core.load_pipeline(pipeline("flow", "iris"))  # a change: version 2; version 1 ends once 2 is ready
+        assert pipeline_state(h, "flow", all_versions=True) == [
+            (1, "PipelineTerminated", True),
+            (2, "PipelineReady", True),
+        ]
+        await h.core.unload_model("wine")
+        await h.settle()
+        assert pipeline_state(h, "flow") == [(2, "PipelineReady", True)]  # version 2 does not use wine
+        cyclic = pipeline("loop", "a", "b")
+        cyclic.steps[0].inputs.append("b.outputs")
+        with pytest.raises(FailedPrecondition, match="cycle"):
+            await h.core.load_pipeline(cyclic)
+    async with Harness(MemoryStateStore(tables)) as again:
+        again.add_replica(memory=10_000 * MiB, loaded=[("iris", 1, 100 * MiB)])
+        await asyncio.wait_for(again.core.ready.wait(), 5)
+        await again.settle()
+        assert pipeline_state(again, "flow")[-1] == (2, "PipelineReady", True)
+        await again.core.unload_pipeline("flow")
+        await again.settle()
+        with pytest.raises(FailedPrecondition, match="not found"):
+            again.core.pipeline_status("flow", all_versions=False)
+        await again.core.load_pipeline(pipeline("flow", "iris"))
+        assert pipeline_state(again, "flow")[0][0] == 1  # after termination, versions start again at 1

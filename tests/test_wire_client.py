@@ -61,9 +61,9 @@ with grpc.insecure_channel(api) as channel:
     except grpc.RpcError as error:
         out["load_pipeline"] = [error.code().name, error.details()]
     try:
-        list(stub.SubscribePipelineStatus(scheduler_pb2.PipelineSubscriptionRequest(subscriberName="t"), timeout=5))
+        list(stub.PipelineStatus(scheduler_pb2.PipelineStatusRequest(name="nothing-here"), timeout=5))
     except grpc.RpcError as error:
-        out["subscribe"] = [error.code().name, error.details()]
+        out["pipeline_status"] = [error.code().name, error.details()]
 with grpc.insecure_channel(agents) as channel:
     out["agent_health"] = health_pb2.HealthCheckResponse.ServingStatus.Name(
         health_pb2_grpc.HealthStub(channel).Check(
@@ -114,10 +114,9 @@ def test_client_from_protos_talks_to_scheduler(client_modules: Path, scheduler: 
     assert len(answer["reflected_methods"]) == 19
     # Bad input gets a code and a message that names the problem.
     assert answer["load_model"] == ["INVALID_ARGUMENT", "LoadModelRequest.model is missing"]
-    # RPCs not built yet say so, by name, with the right code; unary and streaming alike.
-    assert answer["load_pipeline"][0] == "UNIMPLEMENTED"
-    assert "LoadPipeline is not implemented yet" in answer["load_pipeline"][1]
-    assert answer["subscribe"][0] == "UNIMPLEMENTED"
-    assert "SubscribePipelineStatus" in answer["subscribe"][1]
+    assert answer["load_pipeline"] == ["INVALID_ARGUMENT", "LoadPipelineRequest.pipeline is missing"]
+    # Unknown names are FAILED_PRECONDITION, which Seldon's clients read as "do not retry"; streams alike.
+    assert answer["pipeline_status"][0] == "FAILED_PRECONDITION"
+    assert "nothing-here" in answer["pipeline_status"][1]
     assert answer["agent_health"] == "SERVING"
     assert answer["agent_session"] == "INVALID_ARGUMENT"

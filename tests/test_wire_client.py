@@ -21,7 +21,8 @@ from tests.processes import SchedulerProcess
 REPO = Path(__file__).resolve().parent.parent
 
 CLIENT = r"""
-import json, sys
+import faulthandler, json, os, sys
+faulthandler.dump_traceback_later(40, exit=True)  # a hang prints where it is stuck instead of nothing
 sys.path.insert(0, sys.argv[1])
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -32,47 +33,49 @@ from mlops.agent.v1 import agent_pb2, agent_pb2_grpc
 
 api, agents = sys.argv[2], sys.argv[3]
 out = {}
-with grpc.insecure_channel(api) as channel:
-    stub = scheduler_pb2_grpc.SchedulerStub(channel)
-    status = stub.SchedulerStatus(scheduler_pb2.SchedulerStatusRequest(subscriberName="t"), timeout=5)
-    out["version"] = status.applicationVersion
-    out["health"] = health_pb2.HealthCheckResponse.ServingStatus.Name(
-        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status)
-    out["scheduler_health"] = health_pb2.HealthCheckResponse.ServingStatus.Name(
-        health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service="seldon.mlops.scheduler.Scheduler"), timeout=5).status)
-    reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
-    requests = [
-        reflection_pb2.ServerReflectionRequest(list_services=""),
-        reflection_pb2.ServerReflectionRequest(file_containing_symbol="seldon.mlops.scheduler.Scheduler"),
-    ]
-    answers = list(reflect.ServerReflectionInfo(iter(requests), timeout=5))
-    out["services"] = sorted(s.name for s in answers[0].list_services_response.service)
-    files = [descriptor_pb2.FileDescriptorProto.FromString(raw)
-             for raw in answers[1].file_descriptor_response.file_descriptor_proto]
-    out["reflected_files"] = sorted(f.name for f in files)
-    out["reflected_methods"] = [m.name for f in files for s in f.service if s.name == "Scheduler" for m in s.method]
-    try:
-        stub.LoadModel(scheduler_pb2.LoadModelRequest(), timeout=5)
-    except grpc.RpcError as error:
-        out["load_model"] = [error.code().name, error.details()]
-    try:
-        stub.LoadPipeline(scheduler_pb2.LoadPipelineRequest(), timeout=5)
-    except grpc.RpcError as error:
-        out["load_pipeline"] = [error.code().name, error.details()]
-    try:
-        list(stub.PipelineStatus(scheduler_pb2.PipelineStatusRequest(name="nothing-here"), timeout=5))
-    except grpc.RpcError as error:
-        out["pipeline_status"] = [error.code().name, error.details()]
-with grpc.insecure_channel(agents) as channel:
-    out["agent_health"] = health_pb2.HealthCheckResponse.ServingStatus.Name(
-        health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service="mlops.agent.v1.AgentService"), timeout=5).status)
-    try:
-        list(agent_pb2_grpc.AgentServiceStub(channel).Session(iter([agent_pb2.SessionRequest()]), timeout=5))
-    except grpc.RpcError as error:
-        out["agent_session"] = error.code().name
-print(json.dumps(out))
+# Channels are never closed: closing one can wait on grpc's streaming threads; os._exit ends them all.
+api_channel = grpc.insecure_channel(api)
+stub = scheduler_pb2_grpc.SchedulerStub(api_channel)
+status = stub.SchedulerStatus(scheduler_pb2.SchedulerStatusRequest(subscriberName="t"), timeout=5)
+out["version"] = status.applicationVersion
+out["health"] = health_pb2.HealthCheckResponse.ServingStatus.Name(
+    health_pb2_grpc.HealthStub(api_channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status)
+out["scheduler_health"] = health_pb2.HealthCheckResponse.ServingStatus.Name(
+    health_pb2_grpc.HealthStub(api_channel).Check(
+        health_pb2.HealthCheckRequest(service="seldon.mlops.scheduler.Scheduler"), timeout=5).status)
+reflect = reflection_pb2_grpc.ServerReflectionStub(api_channel)
+requests = [
+    reflection_pb2.ServerReflectionRequest(list_services=""),
+    reflection_pb2.ServerReflectionRequest(file_containing_symbol="seldon.mlops.scheduler.Scheduler"),
+]
+answers = list(reflect.ServerReflectionInfo(iter(requests), timeout=5))
+out["services"] = sorted(s.name for s in answers[0].list_services_response.service)
+files = [descriptor_pb2.FileDescriptorProto.FromString(raw)
+         for raw in answers[1].file_descriptor_response.file_descriptor_proto]
+out["reflected_files"] = sorted(f.name for f in files)
+out["reflected_methods"] = [m.name for f in files for s in f.service if s.name == "Scheduler" for m in s.method]
+try:
+    stub.LoadModel(scheduler_pb2.LoadModelRequest(), timeout=5)
+except grpc.RpcError as error:
+    out["load_model"] = [error.code().name, error.details()]
+try:
+    stub.LoadPipeline(scheduler_pb2.LoadPipelineRequest(), timeout=5)
+except grpc.RpcError as error:
+    out["load_pipeline"] = [error.code().name, error.details()]
+try:
+    list(stub.PipelineStatus(scheduler_pb2.PipelineStatusRequest(name="nothing-here"), timeout=5))
+except grpc.RpcError as error:
+    out["pipeline_status"] = [error.code().name, error.details()]
+agent_channel = grpc.insecure_channel(agents)
+out["agent_health"] = health_pb2.HealthCheckResponse.ServingStatus.Name(
+    health_pb2_grpc.HealthStub(agent_channel).Check(
+        health_pb2.HealthCheckRequest(service="mlops.agent.v1.AgentService"), timeout=5).status)
+try:
+    list(agent_pb2_grpc.AgentServiceStub(agent_channel).Session(iter([agent_pb2.SessionRequest()]), timeout=5))
+except grpc.RpcError as error:
+    out["agent_session"] = error.code().name
+print(json.dumps(out), flush=True)
+os._exit(0)  # skip interpreter shutdown: grpc's streaming threads can stall it (the answer is out)
 """
 
 

@@ -49,7 +49,6 @@ class InferenceProxy:
         self.server_grpc_target = server_grpc_target
         self._session: aiohttp.ClientSession | None = None
         self._channel: aio.Channel | None = None
-        self.requests = 0
 
     async def resolve(self, name: str, version: int | None) -> str:
         """The server-side name for ``name`` (reloading it if evicted). Raises ModelNotHere or ServerError."""
@@ -57,7 +56,6 @@ class InferenceProxy:
         if loaded is None:
             which = f"{name} version {version}" if version is not None else name
             raise ModelNotHere(f"model {which} is not loaded on this replica")
-        self.requests += 1
         return loaded
 
     # ----------------------------------------------------------------- REST

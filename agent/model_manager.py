@@ -100,8 +100,6 @@ class ModelManager:
         # taken in one step, so concurrent loads cannot each see the same free memory, and a model is
         # never unloaded twice at once.
         self._server_memory = asyncio.Lock()
-        self.server_loads = 0  # loads sent to the server (reloads after eviction included)
-        self.evictions = 0
 
     # ----------------------------------------------------------------- accounting
 
@@ -251,7 +249,6 @@ class ModelManager:
                     return  # another request brought it back while this one waited
                 await self._make_room(entry)
                 await self._retrying(lambda: self.server.load(entry.loaded_name))
-                self.server_loads += 1
                 entry.on_server = True
                 entry.last_used = time.monotonic()
         finally:
@@ -275,7 +272,6 @@ class ModelManager:
                 break
             await self.server.unload(victim.loaded_name)
             victim.on_server = False
-            self.evictions += 1
             needed -= victim.memory
             log.info("evicted %s (least recently used) to make room for %s", victim.loaded_name, entry.loaded_name)
 

@@ -155,7 +155,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                             )
                         )
                 elif kind == "heartbeat":
-                    self.core.agent_heartbeat(config, session, request.heartbeat.available_memory_bytes)
+                    # Liveness only: any message resets the read timeout above. Memory is accounted by the
+                    # scheduler's own ledger, not the agent's report, so placement never races a report.
+                    pass
                 elif kind == "drain":
                     self.core.agent_drain(config, session)
                 else:

@@ -199,7 +199,6 @@ class Cluster:
             agent_id=config.agent_id,
         )
         server.replicas[config.index] = replica
-        server.empty_since = None
         if config.index + 1 > server.seen_replicas:
             server.seen_replicas = config.index + 1
             self.touched.durable_servers.add(server.name)
@@ -235,8 +234,6 @@ class Cluster:
 
     def _drop_replica(self, server: ServerRecord, replica: ReplicaRecord) -> None:
         del server.replicas[replica.index]
-        if not server.replicas:
-            server.empty_since = time.time()
         for record in self.models.values():
             for version in record.versions:
                 if version.replicas.pop(replica.key, None) is not None:
@@ -270,7 +267,6 @@ class Cluster:
         replica = server.replicas.get(index) if server else None
         if replica is None or replica.session is not session:
             return "the session no longer owns this replica"
-        replica.reported_available_memory = event.available_memory_bytes
         record = self.models.get(event.model_name)
         version = record.version(event.model_version) if record else None
         if record is None or version is None or (record.deleted and event.kind == Event.KIND_LOADED):

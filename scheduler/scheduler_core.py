@@ -400,12 +400,6 @@ class SchedulerCore:
         self._after_change()
         return rejected
 
-    def agent_heartbeat(self, config: ReplicaConfig, session: AgentSession, available_memory: int) -> None:
-        server = self.cluster.servers.get(config.server)
-        replica = server.replicas.get(config.index) if server else None
-        if replica is not None and replica.session is session:
-            replica.reported_available_memory = available_memory
-
     def agent_drain(self, config: ReplicaConfig, session: AgentSession) -> None:
         self.cluster.drain_replica(config.server, config.index, session)
         self._after_change()

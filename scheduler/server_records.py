@@ -8,7 +8,6 @@ Only the expectations (``ServerRecord.to_bytes``) are durable; connected replica
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -39,10 +38,8 @@ class ReplicaRecord:
     grpc_target: str
     session: OperationSink
     agent_id: str = ""
-    reported_available_memory: int = 0
     draining: bool = False
     drain_reported: bool = False
-    connected_at: float = field(default_factory=time.time)
     # Since when the replica holds no model (None while it holds some): scale-down looks at this.
     empty_since: float | None = None
     ledger: MemoryLedger = field(init=False)
@@ -69,7 +66,6 @@ class ServerRecord:
     # when no controller has said.
     seen_replicas: int = 0
     replicas: dict[int, ReplicaRecord] = field(default_factory=dict)
-    empty_since: float | None = None
     # The replica count last asked for in a scale-down ScalingRequest, so it is asked once.
     scale_down_requested: int | None = None
 

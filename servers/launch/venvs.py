@@ -21,9 +21,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 # Verified on Debian 12 / Python 3.11. uvloop 0.22+ makes MLServer's parallel-worker loads fail with
-# "Worker process stopped unexpectedly"; MLServer 1.7 supports Python < 3.13.
+# "Worker process stopped unexpectedly"; MLServer 1.7 supports Python < 3.13. scikit-learn is pinned to
+# the main venv's (pyproject.toml) so models the trainer pickles load here unchanged.
 REQUIREMENTS: dict[str, tuple[str, ...]] = {
-    "mlserver": ("mlserver==1.7.1", "mlserver-sklearn==1.7.1", "scikit-learn", "uvloop<0.22"),
+    "mlserver": ("mlserver==1.7.1", "mlserver-sklearn==1.7.1", "scikit-learn==1.9.1", "uvloop<0.22"),
     "triton": ("nvidia-pytriton==0.7.0",),
 }
 _DISPLAY = {"mlserver": "MLServer", "triton": "Triton"}

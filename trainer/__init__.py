@@ -1,0 +1,1 @@
+"""The trainer: turns training events (seeds/000) into trained, stored and optionally served models."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from grpc import aio
@@ -9,6 +10,8 @@ from grpc import aio
 from generated.mlops.routing.v1 import routing_pb2 as pb
 from generated.mlops.routing.v1 import routing_pb2_grpc as pb_grpc
 from scheduler import status_codes
+from scheduler.errors import InvalidArgument
+from scheduler.model_names import check_name
 from scheduler.scheduler_core import SchedulerCore
 
 Context = aio.ServicerContext[Any, Any]
@@ -30,3 +33,23 @@ class RoutingService(pb_grpc.RoutingServiceServicer):
                 pb.ModelEndpoint(server_name=s, replica_idx=i, http_url=h, grpc_target=g) for s, i, h, g in endpoints
             ],
         )
+
+    async def WatchRoutes(
+        self, request: pb.WatchRoutesRequest, context: Context
+    ) -> AsyncIterator[pb.WatchRoutesResponse]:
+        subscriber = request.gateway_name[:256] or "gateway"
+        async with self.core.subscribe_routes(subscriber) as subscription:
+            async for update in status_codes.stream(context, aiter(subscription)):
+                yield update
+
+    async def ExperimentRouted(
+        self, request: pb.ExperimentRoutedRequest, context: Context
+    ) -> pb.ExperimentRoutedResponse:
+        async def call() -> None:
+            check_name(request.experiment_name, "experiment")
+            if len(request.reason) > 4096:
+                raise InvalidArgument("ExperimentRouted.reason is longer than 4096 characters")
+            self.core.record_experiment_routed(request.experiment_name, request.active, request.reason)
+
+        await status_codes.unary(context, call)
+        return pb.ExperimentRoutedResponse()

@@ -24,9 +24,10 @@ from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from generated.mlops.agent.v1 import agent_pb2
+from generated.mlops.routing.v1 import routing_pb2 as rpb
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.keyed_locks import KeyedLocks
-from scheduler import model_specs, status_messages
+from scheduler import model_specs, route_messages, status_messages
 from scheduler.agent_sessions import AgentSession
 from scheduler.cluster import Cluster, ReplicaConfig
 from scheduler.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
@@ -38,7 +39,7 @@ from scheduler.model_state import ModelState
 from scheduler.persistence import Change, Delete, Put, StateStore, StateStoreError
 from scheduler.pipelines import PipelineRecord, PipelineRegistry, PipelineStatus
 from scheduler.pipelines import status_response as pipeline_status_response
-from scheduler.replica_state import SERVING
+from scheduler.route_messages import RouteKey
 from scheduler.server_records import ServerRecord
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ class SchedulerCore:
         self.experiments_hub: EventHub[str, pb.ExperimentStatusResponse] = EventHub(
             self.settings.max_pending_status_keys
         )
+        # The routing table for gateways (WatchRoutes): one coalescing key per model, experiment, pipeline.
+        self.routes_hub: EventHub[RouteKey, rpb.WatchRoutesResponse] = EventHub(self.settings.max_pending_status_keys)
         self.ready = asyncio.Event()
         self.closing = asyncio.Event()
         self._locks = KeyedLocks()
@@ -129,6 +132,7 @@ class SchedulerCore:
         self.servers_hub.close()
         self.experiments_hub.close()
         self.pipelines_hub.close()
+        self.routes_hub.close()
         for server in self.cluster.servers.values():
             for replica in server.replicas.values():
                 # Agents see the stream end and reconnect (to this scheduler's successor) with backoff.
@@ -219,16 +223,43 @@ class SchedulerCore:
         if record is None or record.deleted:
             raise NotFound(f"model {name!r} not found")
         for version in reversed(record.versions):
-            endpoints = []
-            for (server_name, index), assignment in sorted(version.replicas.items()):
-                replica = self.cluster.servers.get(server_name, ServerRecord(server_name)).replicas.get(index)
-                if assignment.state in SERVING and replica is not None:
-                    endpoints.append((server_name, index, replica.http_url, replica.grpc_target))
+            endpoints = route_messages.serving_endpoints(version, self.cluster.servers)
             if endpoints:
-                return version.version, endpoints
+                return version.version, [(e.server_name, e.replica_idx, e.http_url, e.grpc_target) for e in endpoints]
         state = record.latest.derived
         detail = f": {state.reason}" if state.reason else ""
         raise Unavailable(f"model {name!r} is not served yet (state {state.state.name}{detail})")
+
+    # ----------------------------------------------------------------- routing table (gateways)
+
+    def subscribe_routes(self, subscriber: str) -> Subscription[RouteKey, rpb.WatchRoutesResponse]:
+        """Every model, experiment and pipeline route, then the snapshot-complete marker, then changes."""
+
+        def snapshot() -> list[tuple[RouteKey, rpb.WatchRoutesResponse]]:
+            servers = self.cluster.servers
+            routes: list[tuple[RouteKey, rpb.WatchRoutesResponse]] = [
+                (("model", n), route_messages.model_route(n, r, servers))
+                for n, r in self.cluster.models.items()
+                if not r.deleted
+            ]
+            routes += [
+                (("experiment", n), route_messages.experiment_route(n, r))
+                for n, r in self.experiments.records.items()
+                if r.running
+            ]
+            routes += [
+                (("pipeline", n), route_messages.pipeline_route(n, r))
+                for n, r in self.pipelines.records.items()
+                if not r.deleted
+            ]
+            return [*routes, (route_messages.SNAPSHOT_COMPLETE_KEY, route_messages.SNAPSHOT_COMPLETE)]
+
+        return self.routes_hub.subscribe(subscriber, snapshot)
+
+    def record_experiment_routed(self, name: str, active: bool, reason: str) -> None:
+        """A gateway's acknowledgement of an experiment (RoutingService.ExperimentRouted)."""
+        if self.experiments.record_gateway_ack(name, active, reason):
+            self._publish_experiments({name}, routes=False)
 
     # ----------------------------------------------------------------- pipelines
 
@@ -273,6 +304,11 @@ class SchedulerCore:
         if removed:
             self._durable_pipelines_removed |= set(removed)
             self._durable_wake.set()
+        if self.routes_hub.subscriber_count:
+            for name in changed:
+                self.routes_hub.publish(
+                    ("pipeline", name), route_messages.pipeline_route(name, self.pipelines.records.get(name))
+                )
         if self.pipelines_hub.subscriber_count:
             for name in changed:
                 if name in removed:
@@ -317,7 +353,12 @@ class SchedulerCore:
         pipeline = self.pipelines.records.get(name)
         return pipeline is not None and not pipeline.deleted and pipeline.latest.status == PipelineStatus.READY
 
-    def _publish_experiments(self, names: set[str]) -> None:
+    def _publish_experiments(self, names: set[str], *, routes: bool = True) -> None:
+        if routes and self.routes_hub.subscriber_count:
+            for name in names:
+                self.routes_hub.publish(
+                    ("experiment", name), route_messages.experiment_route(name, self.experiments.records.get(name))
+                )
         if not self.experiments_hub.subscriber_count:
             return
         for name in names:
@@ -424,6 +465,9 @@ class SchedulerCore:
             record = self.cluster.models.get(name) or touched.removed.get(name)
             status = status_messages.model_status(record) if record else status_messages.removed_model_status(name)
             self.models_hub.publish(name, status)
+        for name in touched.models if self.routes_hub.subscriber_count else ():
+            route = route_messages.model_route(name, self.cluster.models.get(name), self.cluster.servers)
+            self.routes_hub.publish(("model", name), route)
         for name in touched.servers if self.servers_hub.subscriber_count else ():
             server = self.cluster.servers.get(name)
             if server is not None:

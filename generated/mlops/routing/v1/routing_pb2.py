@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from generated.mlops.scheduler import scheduler_pb2 as mlops_dot_scheduler_dot_scheduler__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emlops/routing/v1/routing.proto\x12\x10mlops.routing.v1\"+\n\x15ModelEndpointsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"q\n\x16ModelEndpointsResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x32\n\tendpoints\x18\x03 \x03(\x0b\x32\x1f.mlops.routing.v1.ModelEndpoint\"`\n\rModelEndpoint\x12\x13\n\x0bserver_name\x18\x01 \x01(\t\x12\x13\n\x0breplica_idx\x18\x02 \x01(\r\x12\x10\n\x08http_url\x18\x03 \x01(\t\x12\x13\n\x0bgrpc_target\x18\x04 \x01(\t2w\n\x0eRoutingService\x12\x65\n\x0eModelEndpoints\x12\'.mlops.routing.v1.ModelEndpointsRequest\x1a(.mlops.routing.v1.ModelEndpointsResponse\"\x00\x42GZEgithub.com/modelplane/modelplane/generated/mlops/routing/v1;routingv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emlops/routing/v1/routing.proto\x12\x10mlops.routing.v1\x1a\x1fmlops/scheduler/scheduler.proto\"+\n\x15ModelEndpointsRequest\x12\x12\n\nmodel_name\x18\x01 \x01(\t\"q\n\x16ModelEndpointsResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x32\n\tendpoints\x18\x03 \x03(\x0b\x32\x1f.mlops.routing.v1.ModelEndpoint\"`\n\rModelEndpoint\x12\x13\n\x0bserver_name\x18\x01 \x01(\t\x12\x13\n\x0breplica_idx\x18\x02 \x01(\r\x12\x10\n\x08http_url\x18\x03 \x01(\t\x12\x13\n\x0bgrpc_target\x18\x04 \x01(\t\"*\n\x12WatchRoutesRequest\x12\x14\n\x0cgateway_name\x18\x01 \x01(\t\"\xd6\x01\n\x13WatchRoutesResponse\x12-\n\x05model\x18\x01 \x01(\x0b\x32\x1c.mlops.routing.v1.ModelRouteH\x00\x12\x37\n\nexperiment\x18\x02 \x01(\x0b\x32!.mlops.routing.v1.ExperimentRouteH\x00\x12\x33\n\x08pipeline\x18\x03 \x01(\x0b\x32\x1f.mlops.routing.v1.PipelineRouteH\x00\x12\x19\n\x11snapshot_complete\x18\x04 \x01(\x08\x42\x07\n\x05route\"b\n\nModelRoute\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07removed\x18\x02 \x01(\x08\x12\x35\n\x08versions\x18\x03 \x03(\x0b\x32#.mlops.routing.v1.ModelVersionRoute\"X\n\x11ModelVersionRoute\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x32\n\tendpoints\x18\x02 \x03(\x0b\x32\x1f.mlops.routing.v1.ModelEndpoint\"h\n\x0f\x45xperimentRoute\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07removed\x18\x02 \x01(\x08\x12\x36\n\nexperiment\x18\x03 \x01(\x0b\x32\".seldon.mlops.scheduler.Experiment\"\x80\x01\n\rPipelineRoute\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07removed\x18\x02 \x01(\x08\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x0b\n\x03uid\x18\x04 \x01(\t\x12\x32\n\x08pipeline\x18\x05 \x01(\x0b\x32 .seldon.mlops.scheduler.Pipeline\"h\n\x17\x45xperimentRoutedRequest\x12\x14\n\x0cgateway_name\x18\x01 \x01(\t\x12\x17\n\x0f\x65xperiment_name\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x1a\n\x18\x45xperimentRoutedResponse2\xc4\x02\n\x0eRoutingService\x12\x65\n\x0eModelEndpoints\x12\'.mlops.routing.v1.ModelEndpointsRequest\x1a(.mlops.routing.v1.ModelEndpointsResponse\"\x00\x12^\n\x0bWatchRoutes\x12$.mlops.routing.v1.WatchRoutesRequest\x1a%.mlops.routing.v1.WatchRoutesResponse\"\x00\x30\x01\x12k\n\x10\x45xperimentRouted\x12).mlops.routing.v1.ExperimentRoutedRequest\x1a*.mlops.routing.v1.ExperimentRoutedResponse\"\x00\x42GZEgithub.com/modelplane/modelplane/generated/mlops/routing/v1;routingv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,12 +33,28 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'generated.mlops.routing.v1.
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZEgithub.com/modelplane/modelplane/generated/mlops/routing/v1;routingv1'
-  _globals['_MODELENDPOINTSREQUEST']._serialized_start=52
-  _globals['_MODELENDPOINTSREQUEST']._serialized_end=95
-  _globals['_MODELENDPOINTSRESPONSE']._serialized_start=97
-  _globals['_MODELENDPOINTSRESPONSE']._serialized_end=210
-  _globals['_MODELENDPOINT']._serialized_start=212
-  _globals['_MODELENDPOINT']._serialized_end=308
-  _globals['_ROUTINGSERVICE']._serialized_start=310
-  _globals['_ROUTINGSERVICE']._serialized_end=429
+  _globals['_MODELENDPOINTSREQUEST']._serialized_start=85
+  _globals['_MODELENDPOINTSREQUEST']._serialized_end=128
+  _globals['_MODELENDPOINTSRESPONSE']._serialized_start=130
+  _globals['_MODELENDPOINTSRESPONSE']._serialized_end=243
+  _globals['_MODELENDPOINT']._serialized_start=245
+  _globals['_MODELENDPOINT']._serialized_end=341
+  _globals['_WATCHROUTESREQUEST']._serialized_start=343
+  _globals['_WATCHROUTESREQUEST']._serialized_end=385
+  _globals['_WATCHROUTESRESPONSE']._serialized_start=388
+  _globals['_WATCHROUTESRESPONSE']._serialized_end=602
+  _globals['_MODELROUTE']._serialized_start=604
+  _globals['_MODELROUTE']._serialized_end=702
+  _globals['_MODELVERSIONROUTE']._serialized_start=704
+  _globals['_MODELVERSIONROUTE']._serialized_end=792
+  _globals['_EXPERIMENTROUTE']._serialized_start=794
+  _globals['_EXPERIMENTROUTE']._serialized_end=898
+  _globals['_PIPELINEROUTE']._serialized_start=901
+  _globals['_PIPELINEROUTE']._serialized_end=1029
+  _globals['_EXPERIMENTROUTEDREQUEST']._serialized_start=1031
+  _globals['_EXPERIMENTROUTEDREQUEST']._serialized_end=1135
+  _globals['_EXPERIMENTROUTEDRESPONSE']._serialized_start=1137
+  _globals['_EXPERIMENTROUTEDRESPONSE']._serialized_end=1163
+  _globals['_ROUTINGSERVICE']._serialized_start=1166
+  _globals['_ROUTINGSERVICE']._serialized_end=1490
 # @@protoc_insertion_point(module_scope)

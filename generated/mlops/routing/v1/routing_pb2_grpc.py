@@ -39,6 +39,16 @@ class RoutingServiceStub:
                 request_serializer=mlops_dot_routing_dot_v1_dot_routing__pb2.ModelEndpointsRequest.SerializeToString,
                 response_deserializer=mlops_dot_routing_dot_v1_dot_routing__pb2.ModelEndpointsResponse.FromString,
                 _registered_method=True)
+        self.WatchRoutes = channel.unary_stream(
+                '/mlops.routing.v1.RoutingService/WatchRoutes',
+                request_serializer=mlops_dot_routing_dot_v1_dot_routing__pb2.WatchRoutesRequest.SerializeToString,
+                response_deserializer=mlops_dot_routing_dot_v1_dot_routing__pb2.WatchRoutesResponse.FromString,
+                _registered_method=True)
+        self.ExperimentRouted = channel.unary_unary(
+                '/mlops.routing.v1.RoutingService/ExperimentRouted',
+                request_serializer=mlops_dot_routing_dot_v1_dot_routing__pb2.ExperimentRoutedRequest.SerializeToString,
+                response_deserializer=mlops_dot_routing_dot_v1_dot_routing__pb2.ExperimentRoutedResponse.FromString,
+                _registered_method=True)
 
 
 class RoutingServiceServicer:
@@ -52,6 +62,25 @@ class RoutingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRoutes(self, request, context):
+        """The routing table as a stream, for gateways: first every model, experiment and pipeline (then one
+        RouteUpdate with snapshot_complete set), then each change as it happens. Updates are state, not
+        events: each carries the whole current route of one resource and may be coalesced. A gateway that
+        reconnects gets a fresh snapshot and replaces its table once the snapshot is complete.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExperimentRouted(self, request, context):
+        """A gateway's acknowledgement that it routes (or has stopped routing) an experiment. Models and
+        pipelines are acknowledged through the Scheduler API's ModelStatusEvent and PipelineStatusEvent, as
+        Seldon's gateways do; that API has no experiment counterpart.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RoutingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +88,16 @@ def add_RoutingServiceServicer_to_server(servicer, server):
                     servicer.ModelEndpoints,
                     request_deserializer=mlops_dot_routing_dot_v1_dot_routing__pb2.ModelEndpointsRequest.FromString,
                     response_serializer=mlops_dot_routing_dot_v1_dot_routing__pb2.ModelEndpointsResponse.SerializeToString,
+            ),
+            'WatchRoutes': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRoutes,
+                    request_deserializer=mlops_dot_routing_dot_v1_dot_routing__pb2.WatchRoutesRequest.FromString,
+                    response_serializer=mlops_dot_routing_dot_v1_dot_routing__pb2.WatchRoutesResponse.SerializeToString,
+            ),
+            'ExperimentRouted': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExperimentRouted,
+                    request_deserializer=mlops_dot_routing_dot_v1_dot_routing__pb2.ExperimentRoutedRequest.FromString,
+                    response_serializer=mlops_dot_routing_dot_v1_dot_routing__pb2.ExperimentRoutedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +127,60 @@ class RoutingService:
             '/mlops.routing.v1.RoutingService/ModelEndpoints',
             mlops_dot_routing_dot_v1_dot_routing__pb2.ModelEndpointsRequest.SerializeToString,
             mlops_dot_routing_dot_v1_dot_routing__pb2.ModelEndpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRoutes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/mlops.routing.v1.RoutingService/WatchRoutes',
+            mlops_dot_routing_dot_v1_dot_routing__pb2.WatchRoutesRequest.SerializeToString,
+            mlops_dot_routing_dot_v1_dot_routing__pb2.WatchRoutesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExperimentRouted(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mlops.routing.v1.RoutingService/ExperimentRouted',
+            mlops_dot_routing_dot_v1_dot_routing__pb2.ExperimentRoutedRequest.SerializeToString,
+            mlops_dot_routing_dot_v1_dot_routing__pb2.ExperimentRoutedResponse.FromString,
             options,
             channel_credentials,
             insecure,

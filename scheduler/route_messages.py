@@ -1,0 +1,69 @@
+"""The routing table gateways serve from, as WatchRoutes messages (proto/mlops/routing/v1/routing.proto).
+
+Each message is the whole current route of one resource, so the hub can coalesce them like statuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from generated.mlops.routing.v1 import routing_pb2 as rpb
+from generated.mlops.scheduler import scheduler_pb2 as pb
+from scheduler.experiments import ExperimentRecord
+from scheduler.model_records import ModelRecord, ModelVersion
+from scheduler.pipelines import PipelineRecord, PipelineStatus
+from scheduler.replica_state import SERVING
+from scheduler.server_records import ServerRecord
+
+RouteKey = tuple[str, str]  # ("model" | "experiment" | "pipeline", name)
+SNAPSHOT_COMPLETE_KEY: RouteKey = ("snapshot", "")
+SNAPSHOT_COMPLETE = rpb.WatchRoutesResponse(snapshot_complete=True)
+
+
+def serving_endpoints(version: ModelVersion, servers: Mapping[str, ServerRecord]) -> list[rpb.ModelEndpoint]:
+    """The replicas that serve ``version`` now, in a stable order."""
+    endpoints = []
+    for (server_name, index), assignment in sorted(version.replicas.items()):
+        server = servers.get(server_name)
+        replica = server.replicas.get(index) if server is not None else None
+        if assignment.state in SERVING and replica is not None:
+            endpoints.append(
+                rpb.ModelEndpoint(
+                    server_name=server_name,
+                    replica_idx=index,
+                    http_url=replica.http_url,
+                    grpc_target=replica.grpc_target,
+                )
+            )
+    return endpoints
+
+
+def model_route(name: str, record: ModelRecord | None, servers: Mapping[str, ServerRecord]) -> rpb.WatchRoutesResponse:
+    if record is None or record.deleted:
+        return rpb.WatchRoutesResponse(model=rpb.ModelRoute(name=name, removed=True))
+    versions = []
+    for version in record.versions:
+        endpoints = serving_endpoints(version, servers)
+        if endpoints:
+            versions.append(rpb.ModelVersionRoute(version=version.version, endpoints=endpoints))
+    return rpb.WatchRoutesResponse(model=rpb.ModelRoute(name=name, versions=versions))
+
+
+def experiment_route(name: str, record: ExperimentRecord | None) -> rpb.WatchRoutesResponse:
+    if record is None or record.stopped:
+        return rpb.WatchRoutesResponse(experiment=rpb.ExperimentRoute(name=name, removed=True))
+    return rpb.WatchRoutesResponse(experiment=rpb.ExperimentRoute(name=name, experiment=record.spec))
+
+
+def pipeline_route(name: str, record: PipelineRecord | None) -> rpb.WatchRoutesResponse:
+    """The version gateways should execute: the newest Ready one, else the newest still live."""
+    if record is None or record.deleted:
+        return rpb.WatchRoutesResponse(pipeline=rpb.PipelineRoute(name=name, removed=True))
+    live = [v for v in record.versions if not v.ending]
+    ready = [v for v in live if v.status == PipelineStatus.READY]
+    chosen = (ready or live or [record.latest])[-1]
+    spec = pb.Pipeline()
+    spec.CopyFrom(chosen.spec)
+    return rpb.WatchRoutesResponse(
+        pipeline=rpb.PipelineRoute(name=name, version=chosen.version, uid=chosen.uid, pipeline=spec)
+    )

@@ -17,6 +17,9 @@ import grpc
 from agent import process as agent_process
 from agent.settings import build_parser as build_agent_parser
 from agent.settings import parse_settings as parse_agent_settings
+from gateway import process as gateway_process
+from gateway.settings import build_parser as build_gateway_parser
+from gateway.settings import parse_settings as parse_gateway_settings
 from modelplane import __version__, logs, model_commands, status_command, up
 from modelplane.addresses import Address, AddressError, parse_address
 from modelplane.config import parse_layered
@@ -86,6 +89,15 @@ def _parser() -> argparse.ArgumentParser:
             description="Run scheduler, agent and a local inference server in one process, on loopback.",
         )
     )
+    build_gateway_parser(
+        commands.add_parser(
+            "gateway",
+            help="run a gateway (V2 inference routing, experiments, pipelines)",
+            description="Run a gateway: V2 REST/gRPC inference routed to the replicas that serve each model, "
+            "experiments' traffic split and mirror, pipelines, and Kafka topics, from the routing table the "
+            "scheduler streams. Stateless: run as many as you like.",
+        )
+    )
     status = commands.add_parser(
         "status",
         help="show a running scheduler's version, health and services",
@@ -132,6 +144,16 @@ def _run_agent(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     logs.configure("agent", settings.log_level, json_output=settings.log_json)
     try:
         asyncio.run(agent_process.run(settings))
+    except (TransportError, OSError, RuntimeError) as error:
+        return _fail(str(error))
+    return 0
+
+
+def _run_gateway(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    settings = parse_gateway_settings(parser, argv)
+    logs.configure("gateway", settings.log_level, json_output=settings.log_json)
+    try:
+        asyncio.run(gateway_process.run(settings))
     except (TransportError, OSError, RuntimeError) as error:
         return _fail(str(error))
     return 0
@@ -207,6 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
         return _run_agent(commands[command], rest)
     if command == "up":
         return _run_up(commands[command], rest)
+    if command == "gateway":
+        return _run_gateway(commands[command], rest)
     if command == "status":
         return _client(commands[command], "status", rest, None)
     actions = _subparsers(commands[command])

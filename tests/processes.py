@@ -86,3 +86,50 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 20) -> int:
 def stop_all_started() -> None:
     while STARTED:
         stop_process(STARTED.pop())
+
+
+@dataclass
+class GatewayProcess:
+    process: subprocess.Popen[bytes]
+    listen: str
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.listen}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_gateway(workdir: Path, scheduler_listen: str, *extra: str, ready_timeout: float = 30) -> GatewayProcess:
+    """Start `modelplane gateway` on a free loopback port; returns once it has its first routing table."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    ready_file = workdir / "gateway-ready.json"
+    log_path = workdir / "gateway.log"
+    ready_file.unlink(missing_ok=True)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [
+                *MODELPLANE,
+                "gateway",
+                f"--scheduler={scheduler_listen}",
+                "--listen=127.0.0.1:0",
+                f"--ready-file={ready_file}",
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    STARTED.append(process)
+    deadline = time.monotonic() + ready_timeout
+    while not ready_file.exists():
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited with {process.returncode}:\n{log_path.read_text()}")
+        if time.monotonic() > deadline:
+            stop_process(process)
+            raise TimeoutError(f"gateway not ready after {ready_timeout}s:\n{log_path.read_text()}")
+        time.sleep(0.05)
+    addresses = json.loads(ready_file.read_text())
+    assert addresses["pid"] == process.pid
+    return GatewayProcess(process, addresses["listen"], log_path)

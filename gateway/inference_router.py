@@ -1,0 +1,242 @@
+"""Where each inference request goes: transport-agnostic routing of models, experiments and pipelines.
+
+REST, gRPC and Kafka adapters all call this one object. A request names a model, a pipeline, or an
+experiment (by its own name or by its default's name, see RoutingTable.experiment_for); an experiment
+picks a candidate (and maybe a mirror) and the request continues to that model or pipeline. A pinned
+version (``/versions/{v}``) addresses exactly that model version and bypasses experiments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.experiment_split import ExperimentSplitter
+from gateway.gateway_metrics import GatewayMetrics
+from gateway.inference_types import InferenceError, JsonObject
+from gateway.replica_client import ReplicaAnswer, ReplicaClient
+from gateway.routing_table import ROUTE_HEADER, RoutingTable
+from generated.mlops.scheduler import scheduler_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RoutedAnswer:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def json(self) -> JsonObject:
+        document: Any = json.loads(self.body)
+        if not isinstance(document, dict):
+            raise InferenceError(502, "the answer is not a JSON object")
+        return document
+
+
+def parse_request(body: bytes) -> JsonObject:
+    """A V2 inference request body, checked enough to route it: a JSON object with an ``inputs`` list."""
+    if len(body) > MAX_BODY_BYTES:
+        raise InferenceError(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+    try:
+        document: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InferenceError(400, f"request body is not valid JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise InferenceError(400, "request body must be a JSON object (a V2 inference request)")
+    inputs = document.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise InferenceError(400, "a V2 inference request needs a non-empty 'inputs' list")
+    for index, tensor in enumerate(inputs):
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise InferenceError(400, f"inputs[{index}] must be an object with a string 'name'")
+    return document
+
+
+class PipelineRunner:
+    """What the router needs from the pipeline executor (gateway/pipeline_executor.py)."""
+
+    async def run(self, route_name: str, request: JsonObject, headers: Mapping[str, str]) -> JsonObject:
+        raise NotImplementedError
+
+
+class InferenceRouter:
+    def __init__(
+        self,
+        table: Callable[[], RoutingTable],
+        client: ReplicaClient,
+        metrics: GatewayMetrics,
+        splitter: ExperimentSplitter | None = None,
+    ) -> None:
+        self._table = table
+        self.client = client
+        self.metrics = metrics
+        self.splitter = splitter or ExperimentSplitter()
+        self.pipelines: PipelineRunner | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ----------------------------------------------------------------- models
+
+    async def infer_model(
+        self, name: str, version: int | None, body: bytes, headers: Mapping[str, str]
+    ) -> RoutedAnswer:
+        """A V2 infer for ``name`` (a model, or an experiment over models), body passed through as is."""
+        parse_request(body)  # 400 here rather than whatever the server makes of it
+        table = self._table()
+        experiment = table.experiment_for(name, pb.MODEL) if version is None else None
+        route_headers: dict[str, str] = {}
+        target = name
+        if experiment is not None:
+            decision = self.splitter.decide(experiment, headers)
+            target = decision.candidate
+            if decision.sticky:
+                route_headers[ROUTE_HEADER] = target
+            if decision.mirror:
+                mirror = decision.mirror
+                self._mirror(experiment.name, mirror, lambda: self._forward(mirror, None, body, headers))
+        elif name not in table.models and name in table.pipelines:
+            raise InferenceError(404, f"{name!r} is a pipeline: send it to /v2/pipelines/{name}/infer")
+        answer = await self._forward(target, version, body, headers)
+        self.metrics.count(
+            "modelplane_gateway_requests_total", kind="model", name=name, route=target, code=str(answer.status)
+        )
+        return RoutedAnswer(answer.status, answer.body, answer.content_type, route_headers)
+
+    async def call_model(self, name: str, request: JsonObject, headers: Mapping[str, str]) -> JsonObject:
+        """The ModelCaller of pipelines and Kafka: JSON in, JSON out, experiments applied, errors raised."""
+        answer = await self.infer_model(name, None, json.dumps(request).encode(), headers)
+        if answer.status != 200:
+            raise InferenceError(answer.status if 400 <= answer.status < 600 else 502, _error_text(answer.body))
+        return answer.json()
+
+    async def _forward(self, model: str, version: int | None, body: bytes, headers: Mapping[str, str]) -> ReplicaAnswer:
+        path = f"/v2/models/{model}/versions/{version}/infer" if version is not None else f"/v2/models/{model}/infer"
+        return await self._send(model, version, method="POST", path=path, body=body, headers=headers)
+
+    async def _send(
+        self,
+        model: str,
+        version: int | None,
+        *,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: Mapping[str, str],
+    ) -> ReplicaAnswer:
+        table = self._table()
+        route = table.models.get(model)
+        if route is None:
+            raise InferenceError(404, f"model {model!r} not found")
+        which = f"model {model!r}" + (f" version {version}" if version is not None else "")
+        if version is not None and version not in route.versions:
+            known = ", ".join(str(v) for v in route.versions) or "none"
+            raise InferenceError(404, f"{which} is not served (versions served: {known})")
+        try:
+            return await self.client.send(
+                route.endpoints(version), method=method, path=path, body=body, headers=headers, what=which
+            )
+        except InferenceError as error:
+            # The table may have changed while we tried (a model that moved): one more go with the new route.
+            fresh = self._table().models.get(model)
+            if error.status in (502, 503) and fresh is not None and fresh != route and fresh.endpoints(version):
+                self.metrics.count("modelplane_gateway_replica_retries_total", model=model)
+                return await self.client.send(
+                    fresh.endpoints(version), method=method, path=path, body=body, headers=headers, what=which
+                )
+            raise
+
+    async def model_metadata(self, name: str, version: int | None, headers: Mapping[str, str]) -> RoutedAnswer:
+        path = f"/v2/models/{name}/versions/{version}" if version is not None else f"/v2/models/{name}"
+        answer = await self._send(name, version, method="GET", path=path, body=None, headers=headers)
+        return RoutedAnswer(answer.status, answer.body, answer.content_type)
+
+    def model_ready(self, name: str, version: int | None) -> bool:
+        """Ready when some replica serves it (an experiment: when every candidate is ready)."""
+        table = self._table()
+        experiment = table.experiment_for(name, pb.MODEL, via_default=False) if version is None else None
+        if experiment is not None:
+            return all(self.model_ready(c.name, None) for c in experiment.candidates)
+        route = table.models.get(name)
+        if route is None:
+            raise InferenceError(404, f"model {name!r} not found")
+        return bool(route.endpoints(version))
+
+    # ----------------------------------------------------------------- pipelines
+
+    async def infer_pipeline(self, name: str, body: bytes, headers: Mapping[str, str]) -> RoutedAnswer:
+        request = parse_request(body)
+        table = self._table()
+        experiment = table.experiment_for(name, pb.PIPELINE)
+        route_headers: dict[str, str] = {}
+        target = name
+        if experiment is not None:
+            decision = self.splitter.decide(experiment, headers)
+            target = decision.candidate
+            if decision.sticky:
+                route_headers[ROUTE_HEADER] = target
+            if decision.mirror:
+                mirror = decision.mirror
+                self._mirror(experiment.name, mirror, lambda: self.run_pipeline(mirror, request, headers))
+        response = await self.run_pipeline(target, request, headers)
+        self.metrics.count("modelplane_gateway_requests_total", kind="pipeline", name=name, route=target, code="200")
+        return RoutedAnswer(200, json.dumps(response).encode(), "application/json", route_headers)
+
+    async def call_pipeline(self, name: str, request: JsonObject, headers: Mapping[str, str]) -> JsonObject:
+        """The pipeline caller of the Kafka bridge (experiments applied)."""
+        return (await self.infer_pipeline(name, json.dumps(request).encode(), headers)).json()
+
+    async def run_pipeline(self, name: str, request: JsonObject, headers: Mapping[str, str]) -> JsonObject:
+        if name not in self._table().pipelines:
+            raise InferenceError(404, f"pipeline {name!r} not found")
+        if self.pipelines is None:
+            raise InferenceError(501, "this gateway executes no pipelines")
+        return await self.pipelines.run(name, request, headers)
+
+    def pipeline_ready(self, name: str) -> bool:
+        table = self._table()
+        if name not in table.pipelines:
+            raise InferenceError(404, f"pipeline {name!r} not found")
+        return table.pipeline_models_ready(name)
+
+    # ----------------------------------------------------------------- mirrors
+
+    def _mirror(self, experiment: str, target: str, send: Callable[[], Any]) -> None:
+        """Send a copy in the background; its answer (or failure) is counted and dropped."""
+
+        async def copy() -> None:
+            try:
+                result = await send()
+                failed = isinstance(result, ReplicaAnswer) and result.status != 200
+                outcome = "error" if failed else "ok"
+            except InferenceError as error:
+                log.debug("mirror %s of experiment %s failed: %s", target, experiment, error.message)
+                outcome = "error"
+            self.metrics.count(
+                "modelplane_gateway_mirror_requests_total", experiment=experiment, mirror=target, outcome=outcome
+            )
+
+        task = asyncio.create_task(copy())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        document: Any = json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", errors="replace")[:500]
+    if isinstance(document, dict) and isinstance(document.get("error"), str):
+        return str(document["error"])
+    return json.dumps(document)[:500]

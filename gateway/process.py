@@ -1,0 +1,86 @@
+"""The gateway process: the routing stream from the scheduler, V2 REST (and gRPC) inference, Kafka.
+
+Stateless: everything it routes by comes from the scheduler's WatchRoutes stream, so any number of
+gateways can run side by side and a restarted one rebuilds its table from the stream. It reports
+itself ready (/v2/health/ready, the ready file) once it has its first complete table. SIGTERM/SIGINT
+stop it: listeners close, requests in flight finish (up to a grace), then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.gateway_metrics import GatewayMetrics
+from gateway.inference_router import InferenceRouter
+from gateway.replica_client import ReplicaClient
+from gateway.rest_app import build_app
+from gateway.route_watcher import RouteWatcher
+from gateway.settings import GatewaySettings
+from modelplane.addresses import Address
+from modelplane.transport import TransportError, open_channel
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+async def _start_rest(app: web.Application, address: Address) -> tuple[web.AppRunner, Address]:
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+    await runner.setup()
+    site = web.TCPSite(runner, address.host, address.port)
+    try:
+        await site.start()
+    except OSError as error:
+        await runner.cleanup()
+        raise TransportError(f"cannot listen on {address}: {error.strerror}") from None
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, Address(address.host, port)
+
+
+def _write_ready_file(path: Path, addresses: dict[str, str]) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps({**addresses, "pid": os.getpid()}) + "\n")
+    temporary.replace(path)  # readers never see a half-written file
+
+
+async def run(settings: GatewaySettings, stop: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or until ``stop`` is set, when the caller handles signals)."""
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+    metrics = GatewayMetrics()
+    channel = open_channel(settings.scheduler, settings.security)
+    watcher = RouteWatcher(channel, settings.name)
+    client = ReplicaClient(max_attempts=settings.max_attempts, timeout_seconds=settings.request_timeout_seconds)
+    router = InferenceRouter(lambda: watcher.table, client, metrics)
+    watching = asyncio.create_task(watcher.run(), name="route-watcher")
+    runner, rest_address = await _start_rest(build_app(router, metrics, watcher.synced.is_set), settings.listen)
+    log.info("gateway %s: V2 REST on %s; routing table from %s", settings.name, rest_address, settings.scheduler)
+    try:
+        synced = asyncio.create_task(watcher.synced.wait())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait([synced, stopping], return_when=asyncio.FIRST_COMPLETED)
+        synced.cancel()
+        stopping.cancel()
+        if watcher.synced.is_set() and settings.ready_file is not None:
+            _write_ready_file(settings.ready_file, {"listen": str(rest_address)})
+        await stop.wait()
+        log.info("gateway %s stopping", settings.name)
+    finally:
+        await runner.cleanup()
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
+        await router.close()
+        await client.close()
+        await channel.close()

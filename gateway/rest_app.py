@@ -1,0 +1,100 @@
+"""The gateway's V2 (Open Inference Protocol) REST edge: HTTP in, InferenceRouter calls, HTTP out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from gateway.gateway_metrics import GatewayMetrics
+from gateway.inference_router import InferenceRouter, RoutedAnswer
+from gateway.inference_types import InferenceError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _version(request: web.Request) -> int | None:
+    text = request.match_info.get("version")
+    if text is None:
+        return None
+    if not text.isdigit() or len(text) > 9:
+        raise InferenceError(400, f"model version {text!r} is not a number")
+    return int(text)
+
+
+def _answer(answer: RoutedAnswer) -> web.Response:
+    response = web.Response(status=answer.status, body=answer.body, content_type=None)
+    response.headers["Content-Type"] = answer.content_type
+    response.headers.update(answer.headers)
+    return response
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except InferenceError as error:
+        return _error(error.status, error.message)
+
+
+def build_app(router: InferenceRouter, metrics: GatewayMetrics, is_ready: Callable[[], bool]) -> web.Application:
+    max_body = 64 * 1024 * 1024
+    app = web.Application(middlewares=[_errors], client_max_size=max_body)
+
+    def headers_of(request: web.Request) -> dict[str, str]:
+        return {k.lower(): v for k, v in request.headers.items()}
+
+    async def infer_model(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        body = await request.read()
+        return _answer(await router.infer_model(name, _version(request), body, headers_of(request)))
+
+    async def model_metadata(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        return _answer(await router.model_metadata(name, _version(request), headers_of(request)))
+
+    async def model_ready(request: web.Request) -> web.Response:
+        ready = router.model_ready(request.match_info["name"], _version(request))
+        return web.Response(status=200 if ready else 503)
+
+    async def infer_pipeline(request: web.Request) -> web.Response:
+        body = await request.read()
+        return _answer(await router.infer_pipeline(request.match_info["name"], body, headers_of(request)))
+
+    async def pipeline_ready(request: web.Request) -> web.Response:
+        return web.Response(status=200 if router.pipeline_ready(request.match_info["name"]) else 503)
+
+    async def live(_request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def ready(_request: web.Request) -> web.Response:
+        return web.Response(status=200 if is_ready() else 503)
+
+    async def server_metadata(_request: web.Request) -> web.Response:
+        return web.json_response({"name": "modelplane-gateway", "extensions": []})
+
+    async def render_metrics(_request: web.Request) -> web.Response:
+        return web.Response(text=metrics.render(), content_type="text/plain")
+
+    app.router.add_post("/v2/models/{name}/versions/{version}/infer", infer_model)
+    app.router.add_post("/v2/models/{name}/infer", infer_model)
+    app.router.add_get("/v2/models/{name}/versions/{version}/ready", model_ready)
+    app.router.add_get("/v2/models/{name}/ready", model_ready)
+    app.router.add_get("/v2/models/{name}/versions/{version}", model_metadata)
+    app.router.add_get("/v2/models/{name}", model_metadata)
+    app.router.add_post("/v2/pipelines/{name}/infer", infer_pipeline)
+    app.router.add_get("/v2/pipelines/{name}/ready", pipeline_ready)
+    app.router.add_get("/v2/health/live", live)
+    app.router.add_get("/v2/health/ready", ready)
+    app.router.add_get("/v2", server_metadata)
+    app.router.add_get("/metrics", render_metrics)
+    return app
+
+
+def error_body(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()

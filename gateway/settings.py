@@ -1,0 +1,131 @@
+"""Everything the gateway process can be told, in one place, with its flags
+(also MODELPLANE_GATEWAY_<FLAG>, MODELPLANE_<FLAG>, or a TOML file's [gateway] table)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelplane import logs
+from modelplane.addresses import Address, AddressError, parse_address
+from modelplane.config import parse_layered
+from modelplane.flag_types import seconds
+from modelplane.transport import TransportError, TransportSecurity
+from modelplane.transport_flags import add_tls_flags, security_from
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    scheduler: Address
+    security: TransportSecurity
+    name: str
+    listen: Address
+    grpc_listen: Address | None
+    max_attempts: int
+    request_timeout_seconds: float
+    pipeline_timeout_seconds: float
+    # Kafka: off unless bootstrap servers are given.
+    kafka_bootstrap: str
+    kafka_topic_prefix: str
+    kafka_namespace: str
+    kafka_group: str
+    ready_file: Path | None
+    log_level: str
+    log_json: bool
+
+
+def _address(text: str) -> Address:
+    try:
+        return parse_address(text, allow_port_zero=True)
+    except AddressError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _attempts(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 10:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 10")
+    return int(text)
+
+
+def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument(
+        "--scheduler",
+        type=_address,
+        default="127.0.0.1:9004",
+        metavar="HOST:PORT",
+        help="the scheduler's API address, which also serves the routing table (default 127.0.0.1:9004)",
+    )
+    parser.add_argument("--name", help="this gateway's name in the scheduler's logs (default gateway-HOSTNAME-PID)")
+    parser.add_argument(
+        "--listen",
+        type=_address,
+        default="127.0.0.1:9000",
+        metavar="HOST:PORT",
+        help="V2 REST inference (default 127.0.0.1:9000; port 0 picks one)",
+    )
+    parser.add_argument("--grpc-listen", type=_address, metavar="HOST:PORT", help="V2 gRPC inference (default: off)")
+    parser.add_argument(
+        "--max-attempts",
+        type=_attempts,
+        default=3,
+        metavar="N",
+        help="replicas tried per request before giving up (default 3)",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=seconds(3600),
+        default=60.0,
+        metavar="SECONDS",
+        help="per call to a replica (default 60)",
+    )
+    parser.add_argument(
+        "--pipeline-timeout",
+        type=seconds(3600),
+        default=120.0,
+        metavar="SECONDS",
+        help="per pipeline request, all steps together (default 120)",
+    )
+    parser.add_argument(
+        "--kafka", default="", metavar="HOST:PORT[,...]", help="Kafka bootstrap servers (default: no Kafka)"
+    )
+    parser.add_argument("--kafka-topic-prefix", default="seldon", help="topic prefix (default seldon, as Seldon's)")
+    parser.add_argument("--kafka-namespace", default="default", help="namespace part of topic names")
+    parser.add_argument("--kafka-group", default="modelplane-gateway", help="consumer group all gateways share")
+    parser.add_argument("--ready-file", type=Path, metavar="FILE", help="write the listen addresses here once serving")
+    parser.add_argument("--log-level", choices=logs.LEVELS, default="info")
+    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file ([gateway] table)")
+    add_tls_flags(parser, server=False)
+    return parser
+
+
+def parse_settings(
+    parser: argparse.ArgumentParser, argv: Sequence[str], environ: Mapping[str, str] | None = None
+) -> GatewaySettings:
+    options = parse_layered(parser, "gateway", argv, environ)
+    settings = GatewaySettings(
+        scheduler=options.scheduler,
+        security=security_from(options),
+        name=options.name or f"gateway-{os.uname().nodename}-{os.getpid()}",
+        listen=options.listen,
+        grpc_listen=options.grpc_listen,
+        max_attempts=options.max_attempts,
+        request_timeout_seconds=options.request_timeout,
+        pipeline_timeout_seconds=options.pipeline_timeout,
+        kafka_bootstrap=options.kafka,
+        kafka_topic_prefix=options.kafka_topic_prefix,
+        kafka_namespace=options.kafka_namespace,
+        kafka_group=options.kafka_group,
+        ready_file=options.ready_file,
+        log_level=options.log_level,
+        log_json=options.log_json,
+    )
+    try:
+        settings.security.validate()
+        settings.security.check_plaintext_allowed([settings.scheduler])
+    except TransportError as error:
+        parser.error(str(error))
+    return settings

@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.experiment_split import ExperimentSplitter
 from gateway.gateway_metrics import GatewayMetrics
@@ -60,11 +60,10 @@ def parse_request(body: bytes) -> JsonObject:
     return document
 
 
-class PipelineRunner:
-    """What the router needs from the pipeline executor (gateway/pipeline_executor.py)."""
+class PipelineRunning(Protocol):
+    """What the router needs from gateway/pipeline_runner.py."""
 
-    async def run(self, route_name: str, request: JsonObject, headers: Mapping[str, str]) -> JsonObject:
-        raise NotImplementedError
+    async def run(self, name: str, request: JsonObject, headers: Mapping[str, str]) -> JsonObject: ...
 
 
 class InferenceRouter:
@@ -79,7 +78,7 @@ class InferenceRouter:
         self.client = client
         self.metrics = metrics
         self.splitter = splitter or ExperimentSplitter()
-        self.pipelines: PipelineRunner | None = None
+        self.pipelines: PipelineRunning | None = None
         self._background: set[asyncio.Task[None]] = set()
 
     # ----------------------------------------------------------------- models

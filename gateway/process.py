@@ -20,6 +20,7 @@ from aiohttp import web
 
 from gateway.gateway_metrics import GatewayMetrics
 from gateway.inference_router import InferenceRouter
+from gateway.pipeline_runner import PipelineRunner
 from gateway.replica_client import ReplicaClient
 from gateway.rest_app import build_app
 from gateway.route_watcher import RouteWatcher
@@ -60,9 +61,11 @@ async def run(settings: GatewaySettings, stop: asyncio.Event | None = None) -> N
             loop.add_signal_handler(signum, stop.set)
     metrics = GatewayMetrics()
     channel = open_channel(settings.scheduler, settings.security)
-    watcher = RouteWatcher(channel, settings.name)
     client = ReplicaClient(max_attempts=settings.max_attempts, timeout_seconds=settings.request_timeout_seconds)
     router = InferenceRouter(lambda: watcher.table, client, metrics)
+    pipelines = PipelineRunner(lambda: watcher.table, router.call_model, settings.pipeline_timeout_seconds)
+    router.pipelines = pipelines
+    watcher = RouteWatcher(channel, settings.name, check_pipeline=pipelines.check, on_table=pipelines.forget_missing)
     watching = asyncio.create_task(watcher.run(), name="route-watcher")
     runner, rest_address = await _start_rest(build_app(router, metrics, watcher.synced.is_set), settings.listen)
     log.info("gateway %s: V2 REST on %s; routing table from %s", settings.name, rest_address, settings.scheduler)

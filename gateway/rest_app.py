@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -94,7 +93,3 @@ def build_app(router: InferenceRouter, metrics: GatewayMetrics, is_ready: Callab
     app.router.add_get("/v2", server_metadata)
     app.router.add_get("/metrics", render_metrics)
     return app
-
-
-def error_body(message: str) -> bytes:
-    return json.dumps({"error": message}).encode()

@@ -1,7 +1,8 @@
 """A scheduler with agents that launch real MLServer replicas, and the iris model, for end-to-end tests.
 
 Test modules use it with ``pytest_plugins = ["tests.real_components", "tests.cluster_fixtures"]`` (the
-fixtures then exist once per session however many modules ask) and import the names they call.
+fixtures then exist once per session however many modules ask) and import the names they call, so it is
+imported before pytest could rewrite its asserts: PYTEST_DONT_REWRITE says that is expected.
 """
 
 from __future__ import annotations

@@ -52,8 +52,13 @@ def _write_ready_file(path: Path, addresses: dict[str, str]) -> None:
     temporary.replace(path)  # readers never see a half-written file
 
 
-async def run(settings: GatewaySettings, stop: asyncio.Event | None = None) -> None:
-    """Serve until SIGTERM/SIGINT (or until ``stop`` is set, when the caller handles signals)."""
+async def run(
+    settings: GatewaySettings, stop: asyncio.Event | None = None, serving: asyncio.Future[Address] | None = None
+) -> None:
+    """Serve until SIGTERM/SIGINT (or until ``stop`` is set, when the caller handles signals).
+
+    ``serving`` (for ``modelplane up``) gets the REST address once the first routing table is in.
+    """
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -75,8 +80,11 @@ async def run(settings: GatewaySettings, stop: asyncio.Event | None = None) -> N
         await asyncio.wait([synced, stopping], return_when=asyncio.FIRST_COMPLETED)
         synced.cancel()
         stopping.cancel()
-        if watcher.synced.is_set() and settings.ready_file is not None:
-            _write_ready_file(settings.ready_file, {"listen": str(rest_address)})
+        if watcher.synced.is_set():
+            if settings.ready_file is not None:
+                _write_ready_file(settings.ready_file, {"listen": str(rest_address)})
+            if serving is not None and not serving.done():
+                serving.set_result(rest_address)
         await stop.wait()
         log.info("gateway %s stopping", settings.name)
     finally:

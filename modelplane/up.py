@@ -1,10 +1,11 @@
 """``modelplane up``: the all-in-one local stack in one process.
 
-A scheduler (embedded SQLite state), one agent, and a local MLServer (or Triton) the agent launches,
-everything on loopback with plaintext (never anything else: the addresses are checked). Logs from
-every part go to stderr, each line naming its part; the inference server's own log is a file whose
-path is printed. Ctrl-C (or SIGTERM) stops the agent (its models are unloaded, the server stopped),
-then the scheduler; a second Ctrl-C skips the waiting.
+A scheduler (embedded SQLite state), one agent, a local MLServer (or Triton) the agent launches, and a
+gateway (V2 inference for models, experiments and pipelines), everything on loopback with plaintext
+(never anything else: the addresses are checked). Logs from every part go to stderr, each line naming
+its part; the inference server's own log is a file whose path is printed. Ctrl-C (or SIGTERM) stops the
+gateway and the agent (its models are unloaded, the server stopped), then the scheduler; a second
+Ctrl-C skips the waiting.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 
 from agent import process as agent_process
 from agent.settings import DEFAULT_CAPABILITIES, AgentSettings
+from gateway import process as gateway_process
+from gateway.settings import GatewaySettings
 from modelplane.addresses import Address, AddressError, parse_address
 from modelplane.config import parse_layered
 from modelplane.sizes import parse_size
@@ -40,6 +43,7 @@ class UpSettings:
     agent_listen: Address
     proxy_http: Address
     proxy_grpc: Address
+    gateway: Address
     server_kind: str
     memory_bytes: int
     ready_file: Path | None
@@ -98,6 +102,13 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="the agent's V2 gRPC inference proxy (default 127.0.0.1:9500)",
     )
+    parser.add_argument(
+        "--gateway",
+        type=_loopback,
+        default="127.0.0.1:9000",
+        metavar="HOST:PORT",
+        help="the gateway's V2 REST inference: models, experiments, pipelines (default 127.0.0.1:9000)",
+    )
     parser.add_argument("--server-kind", choices=("mlserver", "triton"), default="mlserver")
     parser.add_argument(
         "--memory", type=_size, default="2GiB", metavar="SIZE", help="memory for models on the server (default 2GiB)"
@@ -115,6 +126,7 @@ def parse_settings(parser: argparse.ArgumentParser, argv: Sequence[str]) -> UpSe
         agent_listen=options.agent_listen,
         proxy_http=options.proxy_http,
         proxy_grpc=options.proxy_grpc,
+        gateway=options.gateway,
         server_kind=options.server_kind,
         memory_bytes=options.memory,
         ready_file=options.ready_file,
@@ -161,6 +173,26 @@ def _agent_settings(up: UpSettings, agent_address: Address) -> AgentSettings:
     )
 
 
+def _gateway_settings(up: UpSettings, api: Address) -> GatewaySettings:
+    return GatewaySettings(
+        scheduler=api,
+        security=TransportSecurity(),
+        name="up-gateway",
+        listen=up.gateway,
+        grpc_listen=None,
+        max_attempts=3,
+        request_timeout_seconds=60.0,
+        pipeline_timeout_seconds=120.0,
+        kafka_bootstrap="",
+        kafka_topic_prefix="seldon",
+        kafka_namespace="default",
+        kafka_group="modelplane-gateway",
+        ready_file=None,
+        log_level="info",
+        log_json=False,
+    )
+
+
 def _say(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
@@ -196,17 +228,26 @@ async def run(up: UpSettings) -> None:
             await _first(registered, agent_task)
             proxy = registered.result()
             server_log = agent_settings.work_dir / up.server_kind / f"{up.server_kind}.log"
-            _say(f"inference    http://{proxy.http} (V2 REST)   {proxy.grpc} (V2 gRPC)   server log {server_log}")
+            _say(f"agent proxy  http://{proxy.http} (V2 REST)   {proxy.grpc} (V2 gRPC)   server log {server_log}")
+            gateway_serving: asyncio.Future[Address] = loop.create_future()
+            gateway_task = asyncio.create_task(
+                gateway_process.run(_gateway_settings(up, api), agent_stop, gateway_serving)
+            )
+            await _first(gateway_serving, gateway_task)
+            gateway = gateway_serving.result()
+            _say(f"gateway      http://{gateway} (V2 REST: /v2/models/NAME/infer, /v2/pipelines/NAME/infer)")
             if up.ready_file is not None:
                 addresses = {
                     "listen": str(api),
                     "agent_listen": str(agents),
                     "http": str(proxy.http),
                     "grpc": str(proxy.grpc),
+                    "gateway": str(gateway),
                 }
                 up.ready_file.write_text(json.dumps(addresses) + "\n")
             _say("modelplane is up; Ctrl-C stops it")
             await agent_task
+            await gateway_task
         finally:
             agent_stop.set()
             shutdown.signal()

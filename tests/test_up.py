@@ -13,6 +13,8 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +77,8 @@ def start_up(workdir: Path, state_dir: Path, label: str) -> Up:
                 "--proxy-http",
                 "127.0.0.1:0",
                 "--proxy-grpc",
+                "127.0.0.1:0",
+                "--gateway",
                 "127.0.0.1:0",
                 "--ready-file",
                 str(ready_file),
@@ -211,6 +215,24 @@ def assert_predicts(up: Up, sample: Sample) -> None:
     assert output["data"] == sample.expected
 
 
+def assert_predicts_through_the_gateway(up: Up, sample: Sample) -> None:
+    url = f"http://{up.addresses['gateway']}/v2/models/iris/infer"
+    request = urllib.request.Request(url, data=json.dumps(sample.request).encode(), method="POST")
+    request.add_header("Content-Type", "application/json")
+    deadline = time.monotonic() + 60  # the gateway's route arrives a moment after ModelAvailable
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback URL
+                answer = json.load(response)
+            break
+        except urllib.error.HTTPError as error:
+            if error.code != 404 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    assert answer["model_name"] == "iris"
+    assert answer["outputs"][0]["data"] == sample.expected
+
+
 def assert_stops_cleanly(up: Up) -> None:
     started = server_processes(up.state_dir)
     assert started, "no MLServer process found under the state dir while up was running"
@@ -227,7 +249,7 @@ def assert_stops_cleanly(up: Up) -> None:
 @pytest.mark.timeout(900)
 def test_up_serves_the_sample_and_stops_on_ctrl_c(tmp_path: Path, state_dir: Path, sample: Sample) -> None:
     up = start_up(tmp_path, state_dir, "up")
-    assert set(up.addresses) == {"listen", "agent_listen", "http", "grpc"}
+    assert set(up.addresses) == {"listen", "agent_listen", "http", "grpc", "gateway"}
     assert all(address.startswith("127.0.0.1:") for address in up.addresses.values())
     printed = up.stdout()
     assert "modelplane is up; Ctrl-C stops it" in printed
@@ -235,6 +257,7 @@ def test_up_serves_the_sample_and_stops_on_ctrl_c(tmp_path: Path, state_dir: Pat
 
     load_and_wait(up, sample)
     assert_predicts(up, sample)
+    assert_predicts_through_the_gateway(up, sample)
     servers = run_modelplane("server", "status", "--scheduler", up.listen)
     assert servers.returncode == 0, servers.stderr
     assert servers.stdout.startswith("mlserver")

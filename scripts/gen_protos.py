@@ -29,12 +29,13 @@ PACKAGE = "generated"
 
 PACKAGE_DOC = '"""protoc output for proto/. Written by scripts/gen_protos.py; never edit by hand."""\n'
 
-# Top-level proto packages (folders under proto/) whose imports are rewritten.
+# Top-level proto folders under proto/ whose imports are rewritten (inference/: the V2 inference protocol).
+_TOP_LEVEL = "mlops|inference"
 _IMPORT_PATTERNS = (
-    (re.compile(r"^from (mlops)(\.| import )", re.MULTILINE), rf"from {PACKAGE}.\1\2"),
-    (re.compile(r"^import (mlops)\.", re.MULTILINE), rf"import {PACKAGE}.\1."),
+    (re.compile(rf"^from ({_TOP_LEVEL})(\.| import )", re.MULTILINE), rf"from {PACKAGE}.\1\2"),
+    (re.compile(rf"^import ({_TOP_LEVEL})\.", re.MULTILINE), rf"import {PACKAGE}.\1."),
     # The module name protoc records for the message classes (their __module__, used by pickle).
-    (re.compile(r"(BuildTopDescriptorsAndMessages\(DESCRIPTOR, ')(mlops)\."), rf"\1{PACKAGE}.\2."),
+    (re.compile(rf"(BuildTopDescriptorsAndMessages\(DESCRIPTOR, ')({_TOP_LEVEL})\."), rf"\1{PACKAGE}.\2."),
 )
 
 

@@ -81,6 +81,9 @@ class InferenceRouter:
         self.pipelines: PipelineRunning | None = None
         self._background: set[asyncio.Task[None]] = set()
 
+    def table(self) -> RoutingTable:
+        return self._table()
+
     # ----------------------------------------------------------------- models
 
     async def infer_model(

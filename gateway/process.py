@@ -17,16 +17,19 @@ import signal
 from pathlib import Path
 
 from aiohttp import web
+from grpc import aio
 
 from gateway.gateway_metrics import GatewayMetrics
+from gateway.grpc_edge import v2_grpc_service
 from gateway.inference_router import InferenceRouter
 from gateway.pipeline_runner import PipelineRunner
 from gateway.replica_client import ReplicaClient
 from gateway.rest_app import build_app
 from gateway.route_watcher import RouteWatcher
 from gateway.settings import GatewaySettings
+from gateway.v2_grpc_service import add_v2_inference_service
 from modelplane.addresses import Address
-from modelplane.transport import TransportError, open_channel
+from modelplane.transport import TransportError, TransportSecurity, bind, new_server, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,19 @@ async def run(
     watching = asyncio.create_task(watcher.run(), name="route-watcher")
     runner, rest_address = await _start_rest(build_app(router, metrics, watcher.synced.is_set), settings.listen)
     log.info("gateway %s: V2 REST on %s; routing table from %s", settings.name, rest_address, settings.scheduler)
+    grpc_server: aio.Server | None = None
+    addresses = {"listen": str(rest_address)}
     try:
+        if settings.grpc_listen is not None:
+            grpc_server = new_server()
+            add_v2_inference_service(grpc_server, v2_grpc_service(router, watcher.synced.is_set))
+            # Inference callers are applications on the network edge: the gateway's own TLS settings would
+            # be the ones to use; until the gateway has server-side TLS flags it serves plaintext, and only
+            # on an address the transport factory allows plaintext for.
+            port = bind(grpc_server, settings.grpc_listen, TransportSecurity())
+            await grpc_server.start()
+            addresses["grpc_listen"] = str(Address(settings.grpc_listen.host, port))
+            log.info("gateway %s: V2 gRPC on %s", settings.name, addresses["grpc_listen"])
         synced = asyncio.create_task(watcher.synced.wait())
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait([synced, stopping], return_when=asyncio.FIRST_COMPLETED)
@@ -82,12 +97,14 @@ async def run(
         stopping.cancel()
         if watcher.synced.is_set():
             if settings.ready_file is not None:
-                _write_ready_file(settings.ready_file, {"listen": str(rest_address)})
+                _write_ready_file(settings.ready_file, addresses)
             if serving is not None and not serving.done():
                 serving.set_result(rest_address)
         await stop.wait()
         log.info("gateway %s stopping", settings.name)
     finally:
+        if grpc_server is not None:
+            await grpc_server.stop(SHUTDOWN_GRACE_SECONDS)
         await runner.cleanup()
         watching.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -20,7 +20,7 @@ import aiohttp
 from gateway.inference_types import InferenceError
 from gateway.routing_table import Endpoint
 
-FORWARDED_REQUEST_HEADERS = ("content-type", "x-request-id", "seldon-request-id", "traceparent", "tracestate")
+FORWARDED_REQUEST_HEADERS = ("x-request-id", "seldon-request-id", "traceparent", "tracestate")
 RETRYABLE_STATUSES = frozenset({404, 500, 502, 503, 504})
 
 
@@ -77,6 +77,9 @@ class ReplicaClient:
         if not endpoints:
             raise InferenceError(503, f"{what} has no available replica")
         forwarded = {k: v for k, v in headers.items() if k.lower() in FORWARDED_REQUEST_HEADERS}
+        if body is not None:
+            # Bodies are V2 JSON whatever the caller's transport was (a gRPC caller says application/grpc).
+            forwarded["Content-Type"] = "application/json"
         failures: list[str] = []
         last: ReplicaAnswer | None = None
         for endpoint in self.order(endpoints)[: self.max_attempts]:

@@ -93,6 +93,7 @@ class GatewayProcess:
     process: subprocess.Popen[bytes]
     listen: str
     log_path: Path
+    grpc_listen: str | None = None
 
     @property
     def url(self) -> str:
@@ -132,4 +133,4 @@ def start_gateway(workdir: Path, scheduler_listen: str, *extra: str, ready_timeo
         time.sleep(0.05)
     addresses = json.loads(ready_file.read_text())
     assert addresses["pid"] == process.pid
-    return GatewayProcess(process, addresses["listen"], log_path)
+    return GatewayProcess(process, addresses["listen"], log_path, addresses.get("grpc_listen"))

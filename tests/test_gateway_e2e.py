@@ -16,9 +16,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 from grpc import aio
 
+from gateway.v2_grpc_codec import decode_infer_response, encode_infer_request
+from generated.inference.v2 import grpc_predict_v2_pb2 as v2_pb
+from generated.inference.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from tests.cluster_fixtures import WAIT, Cluster, Iris, api_of, model
@@ -98,7 +102,9 @@ async def test_models_and_experiments_through_the_gateway(
             await api.load(spec)
         for name in ("iris-a", "iris-b", "iris-m"):
             await api.available(name)
-    gateway = await asyncio.to_thread(start_gateway, cluster.root / "gateway", scheduler.listen)
+    gateway = await asyncio.to_thread(
+        start_gateway, cluster.root / "gateway", scheduler.listen, "--grpc-listen=127.0.0.1:0"
+    )
 
     # Plain model routing, errors that name the problem.
     status, answer, _ = await post(http, f"{gateway.url}/v2/models/iris-a/infer", iris.request)
@@ -120,6 +126,17 @@ async def test_models_and_experiments_through_the_gateway(
     async with http.get(f"{gateway.url}/v2/models/iris-a") as response:
         assert response.status == 200
         assert (await response.json())["name"] == "iris-a"
+
+    # The same over V2 gRPC.
+    assert gateway.grpc_listen is not None
+    async with aio.insecure_channel(gateway.grpc_listen) as channel:
+        v2 = v2_grpc.GRPCInferenceServiceStub(channel)
+        reply = await v2.ModelInfer(encode_infer_request("iris-a", None, iris.request), timeout=30)
+        assert decode_infer_response(reply)["outputs"][0]["data"] == iris.expected
+        assert (await v2.ModelReady(v2_pb.ModelReadyRequest(name="iris-a"), timeout=30)).ready
+        with pytest.raises(aio.AioRpcError) as raised:
+            await v2.ModelInfer(encode_infer_request("nosuch", None, iris.request), timeout=30)
+        assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
     # 50/50 over 2,000 requests: sd = sqrt(2000 * 0.25) = 22.4.
     await start_experiment(

@@ -79,7 +79,7 @@ def free_ports(count: int) -> list[int]:
         return [int(sock.getsockname()[1]) for sock in sockets]
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask the kernel to SIGTERM the server if the process that launched it dies (even by kill -9), so a
     crashed agent never leaves an orphan server holding memory. Linux only; elsewhere a no-op."""
     try:
@@ -108,7 +108,7 @@ def start_process(
                 cwd=cwd,
                 env=dict(env),
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - runs before exec, calls only prctl
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - runs before exec, calls only prctl
             )
         except OSError as error:
             raise LaunchError(f"{name} could not be started ({argv[0]}): {error}") from error

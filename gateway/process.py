@@ -22,10 +22,14 @@ from grpc import aio
 from gateway.gateway_metrics import GatewayMetrics
 from gateway.grpc_edge import v2_grpc_service
 from gateway.inference_router import InferenceRouter
+from gateway.kafka_bridge import KafkaBridge
+from gateway.kafka_settings import KafkaBridgeSettings
+from gateway.kafka_wiring import KafkaTopicsFollower
 from gateway.pipeline_runner import PipelineRunner
 from gateway.replica_client import ReplicaClient
 from gateway.rest_app import build_app
 from gateway.route_watcher import RouteWatcher
+from gateway.routing_table import RoutingTable
 from gateway.settings import GatewaySettings
 from gateway.v2_grpc_service import add_v2_inference_service
 from modelplane.addresses import Address
@@ -49,6 +53,46 @@ async def _start_rest(app: web.Application, address: Address) -> tuple[web.AppRu
     return runner, Address(address.host, port)
 
 
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def _first_table(watcher: RouteWatcher, stop: asyncio.Event) -> bool:
+    """Wait for the first complete routing table (True) or for ``stop`` (False)."""
+    synced = asyncio.create_task(watcher.synced.wait())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([synced, stopping], return_when=asyncio.FIRST_COMPLETED)
+    synced.cancel()
+    stopping.cancel()
+    return watcher.synced.is_set()
+
+
+async def _start_grpc(listen: Address, router: InferenceRouter, watcher: RouteWatcher) -> tuple[aio.Server, Address]:
+    server = new_server()
+    add_v2_inference_service(server, v2_grpc_service(router, watcher.synced.is_set))
+    # Inference callers are applications on the network edge. Until the gateway has server-side TLS flags it
+    # serves plaintext, and only where the transport factory allows plaintext (loopback).
+    port = bind(server, listen, TransportSecurity())
+    await server.start()
+    return server, Address(listen.host, port)
+
+
+def _kafka_follower(settings: GatewaySettings, router: InferenceRouter) -> KafkaTopicsFollower | None:
+    if not settings.kafka_bootstrap:
+        return None
+    bridge_settings = KafkaBridgeSettings(
+        bootstrap_servers=settings.kafka_bootstrap,
+        topic_prefix=settings.kafka_topic_prefix,
+        namespace=settings.kafka_namespace,
+        group_id=settings.kafka_group,
+    )
+    return KafkaTopicsFollower(KafkaBridge(bridge_settings, router.call_model, router.call_pipeline))
+
+
 def _write_ready_file(path: Path, addresses: dict[str, str]) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps({**addresses, "pid": os.getpid()}) + "\n")
@@ -62,40 +106,35 @@ async def run(
 
     ``serving`` (for ``modelplane up``) gets the REST address once the first routing table is in.
     """
-    if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+    stop = stop or _stop_on_signals()
     metrics = GatewayMetrics()
     channel = open_channel(settings.scheduler, settings.security)
     client = ReplicaClient(max_attempts=settings.max_attempts, timeout_seconds=settings.request_timeout_seconds)
     router = InferenceRouter(lambda: watcher.table, client, metrics)
     pipelines = PipelineRunner(lambda: watcher.table, router.call_model, settings.pipeline_timeout_seconds)
     router.pipelines = pipelines
-    watcher = RouteWatcher(channel, settings.name, check_pipeline=pipelines.check, on_table=pipelines.forget_missing)
+    kafka = _kafka_follower(settings, router)
+
+    def on_table(table: RoutingTable) -> None:
+        pipelines.forget_missing(table)
+        if kafka is not None:
+            kafka.on_table(table)
+
+    watcher = RouteWatcher(channel, settings.name, check_pipeline=pipelines.check, on_table=on_table)
     watching = asyncio.create_task(watcher.run(), name="route-watcher")
     runner, rest_address = await _start_rest(build_app(router, metrics, watcher.synced.is_set), settings.listen)
     log.info("gateway %s: V2 REST on %s; routing table from %s", settings.name, rest_address, settings.scheduler)
     grpc_server: aio.Server | None = None
     addresses = {"listen": str(rest_address)}
     try:
+        if kafka is not None:
+            await kafka.start()
+            log.info("gateway %s: Kafka topics from %s", settings.name, settings.kafka_bootstrap)
         if settings.grpc_listen is not None:
-            grpc_server = new_server()
-            add_v2_inference_service(grpc_server, v2_grpc_service(router, watcher.synced.is_set))
-            # Inference callers are applications on the network edge: the gateway's own TLS settings would
-            # be the ones to use; until the gateway has server-side TLS flags it serves plaintext, and only
-            # on an address the transport factory allows plaintext for.
-            port = bind(grpc_server, settings.grpc_listen, TransportSecurity())
-            await grpc_server.start()
-            addresses["grpc_listen"] = str(Address(settings.grpc_listen.host, port))
-            log.info("gateway %s: V2 gRPC on %s", settings.name, addresses["grpc_listen"])
-        synced = asyncio.create_task(watcher.synced.wait())
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait([synced, stopping], return_when=asyncio.FIRST_COMPLETED)
-        synced.cancel()
-        stopping.cancel()
-        if watcher.synced.is_set():
+            grpc_server, grpc_address = await _start_grpc(settings.grpc_listen, router, watcher)
+            addresses["grpc_listen"] = str(grpc_address)
+            log.info("gateway %s: V2 gRPC on %s", settings.name, grpc_address)
+        if await _first_table(watcher, stop):
             if settings.ready_file is not None:
                 _write_ready_file(settings.ready_file, addresses)
             if serving is not None and not serving.done():
@@ -103,6 +142,8 @@ async def run(
         await stop.wait()
         log.info("gateway %s stopping", settings.name)
     finally:
+        if kafka is not None:
+            await kafka.stop()
         if grpc_server is not None:
             await grpc_server.stop(SHUTDOWN_GRACE_SECONDS)
         await runner.cleanup()

@@ -9,6 +9,8 @@ models by hand, in the same order, through the gateway's plain model routes.
 from __future__ import annotations
 
 import asyncio
+import json
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,10 @@ from sklearn.tree import DecisionTreeClassifier
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from tests.cluster_fixtures import WAIT, Cluster, Iris, api_of, model
+from tests.kafka_broker import KafkaBroker, consume_until, create_topics, produce
 from tests.processes import GatewayProcess, start_gateway, stop_process
 
-pytest_plugins = ["tests.real_components", "tests.cluster_fixtures"]
+pytest_plugins = ["tests.real_components", "tests.cluster_fixtures", "tests.kafka_broker"]
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(600)]
 
 READY = pb.PipelineVersionState.PipelineStatus.Value("PipelineReady")
@@ -98,8 +101,8 @@ async def by_hand(http: aiohttp.ClientSession, gateway: GatewayProcess, request:
     return {"b_predict": b["outputs"][0]["data"], "c_predict": c["outputs"][0]["data"]}
 
 
-async def test_three_model_pipeline_over_rest_equals_the_calls_by_hand(
-    cluster: Cluster, iris: Iris, http: aiohttp.ClientSession, tmp_path: Path
+async def test_three_model_pipeline_over_rest_and_kafka_equals_the_calls_by_hand(
+    cluster: Cluster, iris: Iris, http: aiohttp.ClientSession, tmp_path: Path, kafka_broker: KafkaBroker
 ) -> None:
     scheduler = cluster.start_scheduler()
     await asyncio.to_thread(cluster.start_agents, cluster.agent(0))
@@ -107,7 +110,14 @@ async def test_three_model_pipeline_over_rest_equals_the_calls_by_hand(
     async with api_of(cluster) as api:
         for name, folder in (("pa", iris.folder), ("pb", b_folder), ("pc", c_folder)):
             await api.load(model(name, str(folder)))
-        gateway = await asyncio.to_thread(start_gateway, cluster.root / "gateway", scheduler.listen)
+        prefix = f"t{uuid.uuid4().hex[:8]}"  # the session's broker is shared: topics of our own
+        gateway = await asyncio.to_thread(
+            start_gateway,
+            cluster.root / "gateway",
+            scheduler.listen,
+            f"--kafka={kafka_broker.bootstrap}",
+            f"--kafka-topic-prefix={prefix}",
+        )
         async with aio.insecure_channel(scheduler.listen) as channel:
             stub = pb_grpc.SchedulerStub(channel)
             await stub.LoadPipeline(pb.LoadPipelineRequest(pipeline=three_step_pipeline()), timeout=10)
@@ -132,4 +142,40 @@ async def test_three_model_pipeline_over_rest_equals_the_calls_by_hand(
     assert status == 400
     async with http.get(f"{gateway.url}/v2/pipelines/abc/ready") as response:
         assert response.status == 200
+
+    # The same pipeline through Kafka: requests on .pipeline.abc.inputs, answers on .outputs with the
+    # request id in a header; a model's topics too; a malformed request goes to the errors topic.
+    topics = f"{prefix}.default"
+    await create_topics(kafka_broker.bootstrap, [f"{topics}.pipeline.abc.inputs", f"{topics}.model.pa.inputs"])
+    ids = [f"req-{n}" for n in range(5)]
+    for request_id in ids:
+        await produce(
+            kafka_broker.bootstrap,
+            f"{topics}.pipeline.abc.inputs",
+            [json.dumps(iris.request).encode()],
+            key=request_id.encode(),
+            headers=[("x-request-id", request_id.encode())],
+        )
+    await produce(kafka_broker.bootstrap, f"{topics}.model.pa.inputs", [json.dumps(iris.request).encode()], key=b"m")
+    await produce(kafka_broker.bootstrap, f"{topics}.pipeline.abc.inputs", [b"not json"], key=b"bad")
+
+    def request_ids(records: list[Any]) -> set[str]:
+        return {dict(r.headers)["x-request-id"].decode() for r in records}
+
+    answers = await consume_until(
+        kafka_broker.bootstrap, f"{topics}.pipeline.abc.outputs", lambda rs: set(ids) <= request_ids(rs), timeout=WAIT
+    )
+    for record in answers:
+        body = json.loads(record.value)
+        assert {t["name"]: t["data"] for t in body["outputs"]} == expected
+        assert record.key == dict(record.headers)["x-request-id"]
+    assert len(answers) == len(ids), "each request answered once"
+    [model_answer] = await consume_until(
+        kafka_broker.bootstrap, f"{topics}.model.pa.outputs", lambda rs: len(rs) >= 1, timeout=WAIT
+    )
+    assert json.loads(model_answer.value)["outputs"][0]["data"] == iris.expected
+    [error] = await consume_until(kafka_broker.bootstrap, f"{topics}.errors", lambda rs: len(rs) >= 1, timeout=WAIT)
+    problem = json.loads(error.value)
+    assert problem["status"] == 400
+    assert problem["name"] == "abc"
     stop_process(gateway.process)

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -450,7 +450,7 @@ class KafkaBridge:
             if isinstance(decoded, MalformedRecordError):
                 await self._produce_error(record, resource, request_id, decoded.status, decoded.message)
             else:
-                await self._answer(record, resource, request_id, decoded.body, decoded.headers)
+                await self._answer(record, resource, decoded)
             self._answered.add(key)
         finally:
             logs.model_name.reset(model_token)
@@ -458,13 +458,12 @@ class KafkaBridge:
             del self._pending[key]
             finished.set()
 
-    async def _answer(
-        self, record: Any, resource: Resource, request_id: str, body: dict[str, Any], headers: Mapping[str, str]
-    ) -> None:
+    async def _answer(self, record: Any, resource: Resource, decoded: DecodedRequest) -> None:
         call = self._callers[resource.kind]
+        request_id = decoded.request_id
         try:
-            response = await call(resource.name, body, headers)
-            value = encode_response(response, request_id)
+            response = await call(resource.name, decoded.body, decoded.headers)
+            value = encode_response(response, request_id, protobuf=decoded.protobuf)
         except InferenceError as error:
             status, message = error.status, error.message
         except TimeoutError:
@@ -474,7 +473,8 @@ class KafkaBridge:
             status, message = 500, f"internal error: {type(error).__name__}"
         else:
             try:
-                await self._produce(self._names.outputs(resource), value, record.key, answer_headers(request_id))
+                headers = answer_headers(request_id, protobuf=decoded.protobuf)
+                await self._produce(self._names.outputs(resource), value, record.key, headers)
             except MessageSizeTooLargeError:
                 status, message = 413, f"the response is {len(value)} bytes, more than the broker accepts"
             else:

@@ -1,10 +1,10 @@
 """What the gateway's Kafka records hold, decoded and encoded without touching a broker.
 
 Input record (on ``<prefix>.<ns>.{model|pipeline}.<name>.inputs``):
-- value: a V2 inference request as JSON in UTF-8 (``{"id"?, "parameters"?, "inputs": [...], "outputs"?}``).
-  Seldon's own producers may send the gRPC ``ModelInferRequest`` protobuf; that form is NOT supported here
-  (the repository carries no generated V2 dataplane protos): such a value is answered on the errors topic
-  with status 400 and a message saying to send JSON.
+- value: a V2 inference request, either as JSON in UTF-8 (``{"id"?, "parameters"?, "inputs": [...],
+  "outputs"?}``) or as the V2 gRPC ``ModelInferRequest`` protobuf, the form Seldon's own producers send.
+  A value is protobuf when the ``content-type`` header says ``application/x-protobuf`` (or
+  ``application/protobuf``), or when it does not start with ``{`` and parses as a ModelInferRequest.
 - key: anything; copied to the answer so a keyed consumer sees request and answer on matching partitions.
 - headers: ``seldon-request-id`` or ``x-request-id`` name the request; every header whose name and value are
   UTF-8 is passed to the model or pipeline as a request header (names lower-cased).
@@ -13,9 +13,9 @@ The request id is the first usable of: header ``seldon-request-id``, header ``x-
 ``"id"``, and finally ``<topic>-<partition>-<offset>`` (unique per record, so a redelivered record keeps it).
 A usable id is a string of 1..256 characters without control characters; anything else is skipped.
 
-Answer record (on the matching ``.outputs`` topic): value = the V2 response JSON (its ``"id"`` set to the
-request id when the model left it out), same key, headers ``x-request-id`` and
-``content-type: application/json``.
+Answer record (on the matching ``.outputs`` topic): value = the V2 response in the request's form (JSON,
+its ``"id"`` set to the request id when the model left it out; or a ``ModelInferResponse``), same key,
+headers ``x-request-id`` and ``content-type`` (``application/json`` or ``application/x-protobuf``).
 
 Error record (on the errors topic, nothing on ``.outputs``): value = JSON
 ``{"request_id", "kind", "name", "status", "message", "topic", "partition", "offset"}`` where ``status`` is the
@@ -30,13 +30,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from google.protobuf.message import DecodeError
+
 from gateway.inference_types import InferenceError, JsonObject
 from gateway.kafka_topics import Resource
+from gateway.v2_grpc_codec import decode_infer_request, encode_infer_response
+from generated.inference.v2 import grpc_predict_v2_pb2 as v2_pb
 
 REQUEST_ID_HEADERS = ("seldon-request-id", "x-request-id")
 ANSWER_REQUEST_ID_HEADER = "x-request-id"
 CONTENT_TYPE_HEADER = "content-type"
 JSON_CONTENT_TYPE = "application/json"
+PROTOBUF_CONTENT_TYPE = "application/x-protobuf"
+PROTOBUF_CONTENT_TYPES = frozenset({PROTOBUF_CONTENT_TYPE, "application/protobuf"})
 MAX_REQUEST_ID_CHARS = 256
 
 # Record headers as the client hands them over; checked item by item, since producers may send anything.
@@ -48,6 +54,7 @@ class DecodedRequest:
     request_id: str
     body: JsonObject
     headers: dict[str, str]
+    protobuf: bool = False  # the request came as a ModelInferRequest: answer with a ModelInferResponse
 
 
 class MalformedRecordError(InferenceError):
@@ -107,6 +114,12 @@ def decode_request(
         raise MalformedRecordError(
             fallback_id, 413, f"the record's value is {len(value)} bytes, more than the limit of {max_value_bytes}"
         )
+    content_type = readable.get(CONTENT_TYPE_HEADER, "").split(";")[0].strip().lower()
+    forced = content_type in PROTOBUF_CONTENT_TYPES
+    if forced or value.lstrip()[:1] != b"{":
+        decoded = _decode_protobuf(value, readable, header_id, fallback_id, forced=forced)
+        if decoded is not None:
+            return decoded
     try:
         body = json.loads(value.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
@@ -114,8 +127,8 @@ def decode_request(
         raise MalformedRecordError(
             fallback_id,
             400,
-            "the record's value is not a V2 inference request in UTF-8 JSON (protobuf ModelInferRequest values "
-            f"are not supported): {str(error)[:200]}",
+            "the record's value is not a V2 inference request (UTF-8 JSON, or a ModelInferRequest protobuf): "
+            f"{str(error)[:200]}",
         ) from None
     if not isinstance(body, dict):
         raise MalformedRecordError(
@@ -128,18 +141,46 @@ def decode_request(
     return DecodedRequest(request_id, body, readable)
 
 
-def answer_headers(request_id: str) -> list[tuple[str, bytes]]:
+def _decode_protobuf(
+    value: bytes, readable: dict[str, str], header_id: str | None, fallback_id: str, *, forced: bool
+) -> DecodedRequest | None:
+    """A ModelInferRequest value as a DecodedRequest; None when it is not one and the header did not insist."""
+    try:
+        message = v2_pb.ModelInferRequest.FromString(value)
+    except (DecodeError, RecursionError) as error:
+        if forced:
+            raise MalformedRecordError(fallback_id, 400, f"the value is not a ModelInferRequest: {error}") from None
+        return None
+    if not message.inputs and not forced:
+        return None  # not a request, whatever protobuf's lenient parser made of the bytes
+    try:
+        body = decode_infer_request(message).body
+    except InferenceError as error:
+        raise MalformedRecordError(header_id or fallback_id, error.status, error.message) from None
+    request_id = header_id or usable_request_id(message.id) or fallback_id
+    readable[ANSWER_REQUEST_ID_HEADER] = request_id
+    readable.pop(CONTENT_TYPE_HEADER, None)
+    return DecodedRequest(request_id, body, readable, protobuf=True)
+
+
+def answer_headers(request_id: str, *, protobuf: bool = False) -> list[tuple[str, bytes]]:
+    content_type = PROTOBUF_CONTENT_TYPE if protobuf else JSON_CONTENT_TYPE
     return [
         (ANSWER_REQUEST_ID_HEADER, request_id.encode("utf-8")),
-        (CONTENT_TYPE_HEADER, JSON_CONTENT_TYPE.encode("ascii")),
+        (CONTENT_TYPE_HEADER, content_type.encode("ascii")),
     ]
 
 
-def encode_response(response: Mapping[str, Any], request_id: str) -> bytes:
+def encode_response(response: Mapping[str, Any], request_id: str, *, protobuf: bool = False) -> bytes:
     """The answer's value. Raises InferenceError(502) when the model's response cannot be written as JSON
-    (NaN, or a value of a type JSON lacks)."""
+    (NaN, or a value of a type JSON lacks) or as a ModelInferResponse."""
     body = dict(response)
     body.setdefault("id", request_id)
+    if protobuf:
+        name = str(body.get("model_name", ""))
+        version = body.get("model_version")
+        message = encode_infer_response(body, model_name=name, model_version=str(version) if version else None)
+        return message.SerializeToString()
     try:
         return json.dumps(body, separators=(",", ":"), allow_nan=False).encode("utf-8")
     except (TypeError, ValueError, RecursionError) as error:

@@ -25,6 +25,8 @@ from gateway.kafka_messages import (
 )
 from gateway.kafka_settings import KafkaBridgeSettings
 from gateway.kafka_topics import Resource, ResourceKind, TopicNames, is_valid_topic_name
+from gateway.v2_grpc_codec import encode_infer_request
+from generated.inference.v2 import grpc_predict_v2_pb2 as v2_pb
 
 MODEL = Resource(ResourceKind.MODEL, "iris")
 PIPELINE = Resource(ResourceKind.PIPELINE, "flow")
@@ -116,7 +118,8 @@ def test_the_json_id_is_passed_on_as_the_request_id_header() -> None:
     [
         (None, "no value"),
         (b"", "not a V2 inference request"),
-        (b"\x0a\x04iris", "protobuf ModelInferRequest values are not supported"),
+        # A ModelInferRequest naming a model but carrying no inputs is not a request.
+        (b"\x0a\x04iris", "not a V2 inference request (UTF-8 JSON, or a ModelInferRequest protobuf)"),
         (b"[1, 2]", "JSON object, not list"),
         (b'"text"', "JSON object, not str"),
         (b'{"inputs": NaN}', "not a V2 inference request"),
@@ -291,3 +294,34 @@ def test_settings_name_the_topics() -> None:
     configured = KafkaBridgeSettings(bootstrap_servers="127.0.0.1:9092", topic_prefix="p", namespace="n")
     assert configured.topic_names().errors() == "p.n.errors"
     assert configured.group_id == "modelplane-gateway"
+
+
+def test_protobuf_requests_decode_and_are_answered_in_protobuf() -> None:
+    request = {"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP64", "data": [1.5, 2.5]}]}
+    value = encode_infer_request("m", None, request).SerializeToString()
+    decoded = decode_request(
+        value, [("x-request-id", b"r1")], topic="t", partition=0, offset=7, max_value_bytes=1 << 20
+    )
+    assert decoded.protobuf
+    assert decoded.request_id == "r1"
+    assert decoded.body["inputs"] == request["inputs"]
+    response = {"model_name": "m", "outputs": [{"name": "y", "shape": [1], "datatype": "INT64", "data": [3]}]}
+    answer = v2_pb.ModelInferResponse.FromString(encode_response(response, "r1", protobuf=True))
+    assert answer.model_name == "m"
+    assert answer.id == "r1"
+    assert list(answer.outputs[0].contents.int64_contents) == [3]
+    assert dict(answer_headers("r1", protobuf=True))["content-type"] == b"application/x-protobuf"
+
+
+def test_a_protobuf_content_type_insists_on_protobuf() -> None:
+    with pytest.raises(MalformedRecordError) as raised:
+        decode_request(
+            b"\xff\xff\xff",
+            [("content-type", b"application/x-protobuf")],
+            topic="t",
+            partition=0,
+            offset=1,
+            max_value_bytes=1 << 20,
+        )
+    assert raised.value.status == 400
+    assert "ModelInferRequest" in raised.value.message

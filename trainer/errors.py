@@ -1,0 +1,29 @@
+"""The error types of a training run.
+
+A :class:`TrainingInputError` means the same event would fail again (a schema, dataset or hyper-parameter
+that cannot train): the run exits with ``EXIT_BAD_INPUT`` and the message goes to ``result.json`` and on to
+the training status topic, so it names the cause (a column, a hyper-parameter, an expression) and never
+holds a secret. Anything else escaping a run is a bug and exits with ``EXIT_INTERNAL``.
+"""
+
+from __future__ import annotations
+
+
+class TrainingInputError(Exception):
+    """Bad input to a training run; the message says what is wrong and where."""
+
+
+class DatasetError(TrainingInputError):
+    """The dataset cannot be fetched, parsed, or does not fit the design schema."""
+
+
+class ExpressionError(TrainingInputError):
+    """A pre- or postprocessing expression is malformed, unsafe, too large, or fails to evaluate."""
+
+
+class AlgorithmError(TrainingInputError):
+    """The algorithm or its hyper-parameters are unset, unsupported, or invalid."""
+
+
+class DesignError(TrainingInputError):
+    """The design schema lacks or contradicts what training needs (inputs, target, output kind, split)."""

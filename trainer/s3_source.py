@@ -1,0 +1,145 @@
+"""Reading one dataset object from S3 with the minio SDK, settings from the run's environment.
+
+This mirrors agent/artifacts/s3.py (same client construction, same way of describing failures) rather than
+importing it: a training run executes in an image that carries only ``trainer/`` and ``generated/``
+(trainer/launchers/image_build.py), and the agent's artifacts package brings the agent's whole fetch stack.
+
+Environment: ``MODELPLANE_S3_ENDPOINT`` (``http://host:port``; without a scheme, https), ``AWS_ACCESS_KEY_ID``
+and ``AWS_SECRET_ACCESS_KEY`` (both or neither: anonymous), optionally ``AWS_SESSION_TOKEN``, ``AWS_REGION``
+(or ``AWS_DEFAULT_REGION``), and ``MODELPLANE_S3_SECURE`` (true|false, overriding the endpoint's scheme).
+No message holds a key or a secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import urllib3
+from minio import Minio
+from minio.error import MinioException, S3Error
+
+from trainer.errors import DatasetError
+
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+_CREDENTIAL_CODES = frozenset(
+    {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+)
+_MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound", "NoSuchBucket"})
+_CHUNK = 1 << 16
+_RETRIES = 2
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    endpoint: str  # host[:port], as the minio SDK takes it
+    secure: bool
+    region: str | None
+    access_key: str | None = field(default=None, repr=False)
+    secret_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.secure else 'http'}://{self.endpoint}"
+
+
+def settings_from_env(environ: Mapping[str, str]) -> S3Settings:
+    text = environ.get("MODELPLANE_S3_ENDPOINT", "").strip()
+    if not text:
+        raise DatasetError("an s3:// dataset needs MODELPLANE_S3_ENDPOINT in the run's environment")
+    endpoint, secure = _parse_endpoint(text)
+    secure_text = environ.get("MODELPLANE_S3_SECURE", "").strip().lower()
+    if secure_text in _TRUE:
+        secure = True
+    elif secure_text in _FALSE:
+        secure = False
+    elif secure_text:
+        raise DatasetError(f"MODELPLANE_S3_SECURE must be true or false, not {secure_text!r}")
+    access_key = environ.get("AWS_ACCESS_KEY_ID") or None
+    secret_key = environ.get("AWS_SECRET_ACCESS_KEY") or None
+    if (access_key is None) != (secret_key is None):
+        raise DatasetError("set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or neither (anonymous access)")
+    return S3Settings(
+        endpoint=endpoint,
+        secure=secure,
+        region=environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None,
+        access_key=access_key,
+        secret_key=secret_key,
+        session_token=environ.get("AWS_SESSION_TOKEN") or None,
+    )
+
+
+def _parse_endpoint(text: str) -> tuple[str, bool]:
+    raw = text if "://" in text else f"https://{text}"
+    try:
+        parts = urlsplit(raw)
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:
+        raise DatasetError(f"MODELPLANE_S3_ENDPOINT {text!r} is malformed: {exc}") from None
+    if parts.username is not None or parts.password is not None:
+        raise DatasetError("MODELPLANE_S3_ENDPOINT must not hold credentials; use AWS_ACCESS_KEY_ID")
+    if parts.scheme.lower() not in ("http", "https"):
+        raise DatasetError(f"MODELPLANE_S3_ENDPOINT {text!r} must be http:// or https://")
+    if not host:
+        raise DatasetError(f"MODELPLANE_S3_ENDPOINT {text!r} names no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise DatasetError(f"MODELPLANE_S3_ENDPOINT {text!r} must be scheme://host[:port], without a path")
+    if ":" in host:
+        host = f"[{host}]"
+    return (host if port is None else f"{host}:{port}"), parts.scheme.lower() == "https"
+
+
+def read_object(settings: S3Settings, bucket: str, key: str, max_bytes: int, timeout_seconds: float) -> bytes:
+    """The object's bytes; DatasetError when it is missing, too large, refused, or the store is unreachable."""
+    shown = f"s3://{bucket}/{key}"
+    pool = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=timeout_seconds, read=timeout_seconds),
+        retries=urllib3.Retry(total=_RETRIES, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+        maxsize=2,
+    )
+    response = None
+    try:
+        client = Minio(
+            settings.endpoint,
+            access_key=settings.access_key,
+            secret_key=settings.secret_key,
+            session_token=settings.session_token,
+            secure=settings.secure,
+            region=settings.region,
+            http_client=pool,
+        )
+        size = client.stat_object(bucket, key).size or 0
+        if size > max_bytes:
+            raise DatasetError(f"dataset {shown} is {size} bytes; the limit is {max_bytes}")
+        response = client.get_object(bucket, key)
+        data = bytearray()
+        for chunk in response.stream(_CHUNK):
+            data.extend(chunk)
+            if len(data) > max_bytes:
+                raise DatasetError(f"dataset {shown} is larger than the limit of {max_bytes} bytes")
+        return bytes(data)
+    except (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        raise _describe(exc, shown, settings) from None
+    finally:
+        if response is not None:
+            response.close()
+            response.release_conn()
+
+
+def _describe(exc: Exception, shown: str, settings: S3Settings) -> DatasetError:
+    action = f"reading dataset {shown} from {settings.url}"
+    if isinstance(exc, S3Error):
+        if exc.code in _CREDENTIAL_CODES:
+            return DatasetError(f"{action} was refused ({exc.code}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        if exc.code in _MISSING_CODES:
+            return DatasetError(f"dataset {shown} does not exist on {settings.url} ({exc.code})")
+        return DatasetError(f"{action} failed: {exc.code}: {exc.message}")
+    reason: object = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason else exc
+    if isinstance(reason, urllib3.exceptions.NewConnectionError):
+        return DatasetError(f"{action} failed: cannot connect")
+    if isinstance(reason, urllib3.exceptions.TimeoutError):
+        return DatasetError(f"{action} timed out (no progress within the timeout)")
+    return DatasetError(f"{action} failed: {type(reason).__name__}: {reason}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import io
 import json
 import re
@@ -27,6 +28,7 @@ from trainer.jobs import DatasetSource, RunResult, TrainingJob
 from trainer.launchers.base import LaunchVerdict
 from trainer.launchers.image_build import (
     CONTENT_HASH_LABEL,
+    RUN_REQUIREMENTS,
     ImageBuilder,
     ImageBuildError,
     ImageBuildSettings,
@@ -59,7 +61,12 @@ def retail_schema(
 def test_dockerfile_pins_the_framework_and_dependencies_and_labels_the_image() -> None:
     spec = image_spec(retail_schema(), ImageBuildSettings(registry_prefix="registry.local:5000/ml"))
     assert re.fullmatch(r"registry\.local:5000/ml/modelplane-train-designs-retail-forecasting-[0-9a-f]{8}:v2", spec.tag)
-    assert spec.requirements == ("scikit-learn==1.5.2", "pandas>=2.2,<3", "pyarrow[parquet]==17.0")
+    assert spec.requirements == (
+        "scikit-learn==1.5.2",
+        "pandas>=2.2,<3",
+        "pyarrow[parquet]==17.0",
+        *run_pins("numpy", "joblib", "protobuf", "minio"),
+    )
     lines = spec.dockerfile.splitlines()
     assert lines[0] == "FROM python:3.11-slim"
     assert 'LABEL io.modelplane.design-token="designs/Retail Forecasting"' in lines
@@ -91,8 +98,13 @@ def test_the_default_framework_version_is_the_installed_scikit_learn() -> None:
     spec = image_spec(schema, ImageBuildSettings())
     import sklearn  # noqa: PLC0415 - only this test needs it
 
-    assert spec.requirements == (f"scikit-learn=={sklearn.__version__}",)
+    assert spec.requirements == (f"scikit-learn=={sklearn.__version__}", *run_pins(*RUN_REQUIREMENTS))
     assert spec.labels["io.modelplane.framework-version"] == sklearn.__version__
+
+
+def run_pins(*packages: str) -> tuple[str, ...]:
+    """The run's own requirements the image adds, pinned to the versions installed here."""
+    return tuple(f"{package}=={importlib.metadata.version(package)}" for package in packages)
 
 
 def test_model_dependencies_name_and_version_become_a_pin() -> None:
@@ -103,6 +115,7 @@ def test_model_dependencies_name_and_version_become_a_pin() -> None:
         "scikit-learn==1.5.2",
         "joblib==1.4.2",
         "numpy<3",
+        *run_pins("pandas", "protobuf", "pyarrow", "minio"),
     )
 
 
@@ -282,9 +295,9 @@ def test_a_real_build_produces_the_tagged_labelled_image_and_is_not_repeated(
         assert image.attrs["Config"]["Entrypoint"] == ["python", "-m", "trainer.run_job"]
         assert "PYTHONPATH=/opt/modelplane" in image.attrs["Config"]["Env"]
         files = image_files(engine, tag)
-        assert (
-            files["opt/modelplane/requirements.txt"] == b"scikit-learn==1.5.2\npandas>=2.2,<3\npyarrow[parquet]==17.0\n"
-        )
+        requirements = files["opt/modelplane/requirements.txt"].decode().splitlines()
+        assert requirements[:3] == ["scikit-learn==1.5.2", "pandas>=2.2,<3", "pyarrow[parquet]==17.0"]
+        assert requirements[3:] == list(run_pins("numpy", "joblib", "protobuf", "minio"))
         assert files["opt/modelplane/trainer/run_job.py"] == b"raise SystemExit(0)\n"
         assert "opt/modelplane/generated/__init__.py" in files
         assert not any("__pycache__" in path for path in files)

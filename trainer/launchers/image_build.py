@@ -143,6 +143,11 @@ def framework_pin(assembly: training_pb2.ModelAssembly) -> tuple[str, str, str]:
     return "scikit-learn", version, f"scikit-learn=={version}"
 
 
+# The training run's own imports (besides the framework): arrays, tables, the artifact, the design schema,
+# Parquet datasets and s3:// datasets.
+RUN_REQUIREMENTS = ("numpy", "pandas", "joblib", "protobuf", "pyarrow", "minio")
+
+
 def requirements_for(schema: training_pb2.ModelDesignSchema) -> tuple[str, ...]:
     """requirements.txt's lines: the framework pin first, then the schema's dependencies, validated."""
     assembly = schema.model_framework
@@ -155,12 +160,19 @@ def requirements_for(schema: training_pb2.ModelDesignSchema) -> tuple[str, ...]:
     if len(wanted) > MAX_DEPENDENCIES:
         raise InvalidImageSpec(f"{len(wanted)} dependencies: at most {MAX_DEPENDENCIES} are accepted")
     lines = [pin]
+    named: set[str] = set()
     for requirement in map(plain_requirement, wanted):
         if _normalised_name(requirement) == package:
             # Two scikit-learn pins would make pip fail late, or silently pick one; say so now.
             raise InvalidImageSpec(f"dependency {requirement!r} conflicts with the framework pin {pin!r}")
+        named.add(_normalised_name(requirement))
         if requirement not in lines:
             lines.append(requirement)
+    # What trainer/run_job.py itself imports, pinned to the versions it is tested with here, unless the
+    # schema pins one of them itself.
+    for run_package in RUN_REQUIREMENTS:
+        if run_package not in named:
+            lines.append(f"{run_package}=={importlib.metadata.version(run_package)}")
     return tuple(lines)
 
 

@@ -1,0 +1,166 @@
+"""The trainer's commands, for modelplane/cli.py to mount:
+
+- ``modelplane trainer [FLAGS]``: run the trainer process (flags: trainer/settings.py).
+- ``modelplane training status [--trainer URL] [RUN_ID]``: the runs a trainer knows (newest first), or one
+  run, from its status API (trainer/status_api.py).
+
+Exit status as for every modelplane command: 0 success, 1 the work failed (trainer unreachable, run not
+found), 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import urllib.parse
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+from modelplane import logs
+from modelplane.config import parse_layered
+from modelplane.transport import TransportError
+from trainer import process
+from trainer.settings import build_parser, parse_settings
+
+TRAINER_COMMANDS = ("trainer", "training")
+DEFAULT_TRAINER_URL = "http://127.0.0.1:9600"
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def add_trainer_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    build_parser(
+        commands.add_parser(
+            "trainer",
+            help="run the trainer: training events from Kafka become trained, stored (and served) models",
+            description="Run the trainer: consume training events, train each in a job, store the model in S3, "
+            "publish its status. Every flag can also be set as MODELPLANE_TRAINER_<FLAG> or in the [trainer] "
+            "table of a TOML file given with --config.",
+        )
+    )
+    training = commands.add_parser("training", help="ask a running trainer about training runs")
+    actions = training.add_subparsers(dest="action", metavar="ACTION", required=True)
+    status = actions.add_parser("status", help="list recent runs, or show one run")
+    status.add_argument("run_id", nargs="?", metavar="RUN_ID", help="one run's id (default: list recent runs)")
+    status.add_argument(
+        "--trainer",
+        default=DEFAULT_TRAINER_URL,
+        metavar="URL",
+        help=f"the trainer's status API (default {DEFAULT_TRAINER_URL}; env MODELPLANE_TRAINING_TRAINER)",
+    )
+    status.add_argument("--limit", type=int, default=20, metavar="N", help="how many runs to list (default 20)")
+    status.add_argument("--json", action="store_true", help="print the API's JSON as is")
+    status.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    status.add_argument("--config", metavar="FILE", help="TOML settings file ([training] table)")
+
+
+def _fail(message: str, status: int = EXIT_FAILURE) -> int:
+    print(f"modelplane: error: {message}", file=sys.stderr)
+    return status
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def run_trainer_command(parser: argparse.ArgumentParser, command: str, argv: Sequence[str]) -> int:
+    """Run ``command`` ("trainer" or "training") with its arguments; ``parser`` is that command's parser."""
+    if command == "trainer":
+        settings = parse_settings(parser, argv)
+        logs.configure("trainer", settings.log_level, json_output=settings.log_json)
+        try:
+            asyncio.run(process.run(settings))
+        except (TransportError, OSError, RuntimeError) as error:
+            return _fail(str(error))
+        return 0
+    actions = _subparsers(parser)
+    if not argv or argv[0] not in actions:
+        parser.parse_args(argv)  # usage error or help
+        return EXIT_USAGE
+    options = parse_layered(actions[argv[0]], "training", argv[1:])
+    return _status(options)
+
+
+def _status(options: argparse.Namespace) -> int:
+    base = str(options.trainer).rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        return _fail(f"--trainer {base!r} must be an http:// or https:// URL", EXIT_USAGE)
+    if not 1 <= options.limit <= 1000:
+        return _fail("--limit must be from 1 to 1000", EXIT_USAGE)
+    if options.run_id:
+        url = f"{base}/runs/{urllib.parse.quote(options.run_id, safe='')}"
+    else:
+        url = f"{base}/runs?limit={options.limit}"
+    try:
+        status, body = asyncio.run(_get(url, options.timeout))
+    except (aiohttp.ClientError, TimeoutError, OSError) as error:
+        return _fail(f"cannot reach the trainer at {base}: {error or type(error).__name__}")
+    if status != 200:
+        message = body.get("error", body) if isinstance(body, dict) else body
+        return _fail(f"{url}: HTTP {status}: {message}")
+    if options.json:
+        print(json.dumps(body, indent=2))
+    elif options.run_id:
+        print(_render_run(body, detailed=True))
+    else:
+        runs = body.get("runs", []) if isinstance(body, dict) else []
+        print("\n".join(_render_run(run, detailed=False) for run in runs) if runs else "no runs")
+    return 0
+
+
+async def _get(url: str, timeout: float) -> tuple[int, Any]:
+    # Loopback status APIs must not go through a proxy from the environment.
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout), trust_env=False) as session,
+        session.get(url) as response,
+    ):
+        text = await response.text()
+        try:
+            return response.status, json.loads(text)
+        except ValueError:
+            return response.status, text[:500]
+
+
+def _render_run(run: dict[str, Any], *, detailed: bool) -> str:
+    line = (
+        f"{run.get('run_id', '?')}  {run.get('state', '?'):<10} design={run.get('design_schema_id', '')} "
+        f"event={run.get('event_id', '')} attempts={run.get('attempts', 0)}"
+    )
+    if not detailed:
+        errors = run.get("errors") or []
+        return line + (f"  error: {errors[-1]}" if errors else "")
+    lines = [line]
+    if run.get("model_uri"):
+        lines.append(f"  model: {run['model_uri']}")
+    for name, value in sorted((run.get("metrics") or {}).items()):
+        lines.append(f"  metric {name} = {value}")
+    for error in run.get("errors") or []:
+        lines.append(f"  error: {error}")
+    for state, at in run.get("history") or []:
+        lines.append(f"  {state} at {at}")
+    return os.linesep.join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m trainer.commands trainer|training ...``: the same commands without the modelplane CLI."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="modelplane")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_trainer_commands(commands)
+    choices = _subparsers(parser)
+    if not argv or argv[0] not in choices:
+        parser.parse_args(argv)
+        return EXIT_USAGE
+    return run_trainer_command(choices[argv[0]], argv[0], argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The trainer process: the consumer loop, the run status API, Redis, the model store and the launcher, wired.
+
+Start-up: Redis answers (the run registry and design schemas live there), the status API listens, the ready
+file is written, then the consumer joins its group. SIGTERM/SIGINT: stop taking events, let in-flight runs
+finish for up to ``--shutdown-grace`` seconds, cancel the rest (their runs are killed and their claims
+released, so they are trained again on the next delivery), commit what finished, exit 0. A second signal
+cuts the grace short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from trainer.design_store import REDIS_RETRYABLE
+from trainer.launchers.base import Launcher
+from trainer.model_store import ModelStore
+from trainer.service import TrainerService
+from trainer.service_deploy import SchedulerDeployer
+from trainer.settings import TrainerSettings
+from trainer.status_api import start_status_api
+
+log = logging.getLogger(__name__)
+
+
+def default_launcher(settings: TrainerSettings) -> Launcher:
+    """The launcher ``--launcher`` names. Runs read s3:// datasets with the model store's endpoint; a local run
+    also gets its credentials (a Job gets them from ``--k8s-env-secret``: never put secrets in a Job spec)."""
+    scheme = "https" if settings.s3.secure else "http"
+    environment = {
+        "MODELPLANE_S3_ENDPOINT": f"{scheme}://{settings.s3.endpoint}",
+        "MODELPLANE_S3_SECURE": "true" if settings.s3.secure else "false",
+    }
+    if settings.kubernetes is not None:
+        # Imported here: the kubernetes client is heavy and only this launcher needs it.
+        from trainer.launchers.kubernetes_job import (  # noqa: PLC0415
+            KubernetesConnection,
+            KubernetesJobLauncher,
+            KubernetesJobSettings,
+        )
+
+        options = settings.kubernetes
+        return KubernetesJobLauncher(
+            KubernetesJobSettings(
+                image=options.image,
+                work_claim=options.work_claim,
+                work_local_root=settings.work_dir,
+                namespace=options.namespace,
+                service_account=options.service_account,
+                dataset_claim=options.dataset_claim,
+                dataset_mount_path=options.dataset_mount_path,
+                env=environment,
+                env_from_secret=options.env_secret,
+                connection=KubernetesConnection(host=options.api_host, in_cluster=options.in_cluster),
+            )
+        )
+    from trainer.launchers.local import LocalLauncherSettings, LocalProcessLauncher  # noqa: PLC0415
+
+    environment |= {"AWS_ACCESS_KEY_ID": settings.s3.access_key, "AWS_SECRET_ACCESS_KEY": settings.s3.secret_key}
+    return LocalProcessLauncher(LocalLauncherSettings(env=environment))
+
+
+def _write_ready_file(path: Path, status_address: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps({"pid": os.getpid(), "status": status_address}) + "\n")
+    temporary.replace(path)
+
+
+async def _wait_for_redis(client: aioredis.Redis, stop: asyncio.Event) -> bool:
+    delay = 0.2
+    while not stop.is_set():
+        try:
+            await client.ping()  # type: ignore[misc]  # redis-py types ping as sync-or-async
+            return True
+        except REDIS_RETRYABLE as error:
+            log.warning("Redis unreachable; retrying", extra={"fields": {"error": str(error), "retry_in": delay}})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 5.0)
+    return False
+
+
+def _stop_on_signals(stop: asyncio.Event, forced: asyncio.Event) -> None:
+    def on_signal() -> None:
+        (forced if stop.is_set() else stop).set()
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal)
+
+
+async def run(
+    settings: TrainerSettings,
+    stop: asyncio.Event | None = None,
+    *,
+    launcher: Launcher | None = None,
+    forced: asyncio.Event | None = None,
+    started: asyncio.Future[TrainerService] | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT (or until ``stop`` is set, when the caller handles signals)."""
+    if stop is None:
+        stop, forced = asyncio.Event(), asyncio.Event()
+        _stop_on_signals(stop, forced)
+    forced = forced or asyncio.Event()
+    client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
+    try:
+        if not await _wait_for_redis(client, stop):
+            return
+        deployer = SchedulerDeployer(settings.scheduler, settings.security, settings.deploy_requirements)
+        service = TrainerService(
+            settings, launcher or default_launcher(settings), client, ModelStore(settings.s3), deployer
+        )
+
+        def health() -> dict[str, Any]:
+            return {"consuming": service.consuming, "in_flight": service.in_flight, "instance": service.instance}
+
+        runner, port = await start_status_api(settings.status_listen, service.registry, health)
+        status_address = f"{settings.status_listen.host}:{port}"
+        log.info("run status API listening", extra={"fields": {"address": status_address}})
+        try:
+            if settings.ready_file is not None:
+                _write_ready_file(settings.ready_file, status_address)
+            if started is not None and not started.done():
+                started.set_result(service)
+            consumer = asyncio.create_task(service.run(stop), name="trainer-consumer")
+            cut_short = asyncio.create_task(forced.wait())
+            await asyncio.wait({consumer, cut_short}, return_when=asyncio.FIRST_COMPLETED)
+            if not consumer.done():
+                # A second signal: no grace for in-flight runs.
+                service.cut_grace()
+                await consumer
+            cut_short.cancel()
+            consumer.result()
+        finally:
+            await runner.cleanup()
+    finally:
+        await client.aclose()
+    log.info("trainer stopped")

@@ -1,0 +1,380 @@
+"""Everything the trainer process can be told, in one place, with its flags.
+
+Every flag can also be set as ``MODELPLANE_TRAINER_<FLAG>`` (or ``MODELPLANE_<FLAG>``) in the environment or
+in the ``[trainer]`` table of a TOML file given with ``--config`` (modelplane/config.py). The S3 secret key is
+best given through the environment (``MODELPLANE_TRAINER_S3_SECRET_KEY``, or ``AWS_SECRET_ACCESS_KEY`` as a
+fallback) so it does not show in the process list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelplane import logs
+from modelplane.addresses import Address, AddressError, parse_address
+from modelplane.config import parse_layered
+from modelplane.flag_types import seconds
+from modelplane.sizes import parse_size
+from modelplane.transport import TransportError, TransportSecurity
+from modelplane.transport_flags import add_tls_flags, security_from
+from trainer.jobs import DEFAULT_ARTIFACT_NAME
+
+# The Redis key a design schema is stored under; ``{token}`` is the event's model_key_token.
+DEFAULT_DESIGN_KEY_TEMPLATE = "modelplane:design:{token}"
+DEFAULT_REDIS_PREFIX = "modelplane:trainer:"
+DEFAULT_TRAINING_TOPIC = "modelplane.training.events"
+DEFAULT_STATUS_TOPIC = "modelplane.training.status"
+DEFAULT_INFERENCE_STORE_TOPIC = "modelplane.inference.store"
+DEFAULT_GROUP = "modelplane-trainer"
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's own rule for topic names
+_ARTIFACT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True, slots=True)
+class S3Settings:
+    endpoint: str  # host:port, no scheme (the minio SDK's form)
+    access_key: str
+    secret_key: str = field(repr=False)
+    bucket: str
+    prefix: str
+    secure: bool
+    region: str
+
+
+@dataclass(frozen=True, slots=True)
+class KubernetesLauncherOptions:
+    """``--launcher=kubernetes``: each run is a batch/v1 Job (trainer/launchers/kubernetes_job.py). The job
+    folders (``--work-dir``) must be on the PVC ``work_claim``, mounted in the trainer at ``--work-dir``."""
+
+    image: str
+    work_claim: str
+    namespace: str
+    service_account: str | None
+    dataset_claim: str | None
+    dataset_mount_path: str
+    env_secret: str | None
+    api_host: str | None
+    in_cluster: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TrainerSettings:
+    kafka_bootstrap: str
+    training_topic: str
+    status_topic: str
+    inference_store_topic: str
+    consumer_group: str
+    session_timeout_ms: int
+    max_event_bytes: int
+    redis_url: str
+    design_key_template: str
+    redis_prefix: str
+    s3: S3Settings
+    artifact_name: str
+    work_dir: Path
+    datasets_root: Path | None
+    # Where runs see the datasets volume (a Kubernetes Job's mount); dataset paths are rewritten to it.
+    run_datasets_root: Path | None
+    launcher: str
+    kubernetes: KubernetesLauncherOptions | None
+    max_concurrent_runs: int
+    max_attempts: int
+    retry_backoff_seconds: float
+    run_timeout_seconds: float
+    lease_seconds: float
+    dedupe_ttl_seconds: float
+    shutdown_grace_seconds: float
+    auto_deploy: bool
+    scheduler: Address
+    security: TransportSecurity
+    deploy_requirements: tuple[str, ...]
+    status_listen: Address
+    ready_file: Path | None
+    keep_job_dirs: bool
+    log_level: str
+    log_json: bool
+
+
+def _address(text: str) -> Address:
+    try:
+        return parse_address(text, allow_port_zero=True)
+    except AddressError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _topic(text: str) -> str:
+    if not _TOPIC.match(text) or text in {".", ".."}:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Kafka topic name: use 1-249 of A-Z a-z 0-9 . _ -")
+    return text
+
+
+def _bounded_int(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from {low} to {high}")
+        return int(text)
+
+    return parse
+
+
+def _size(text: str) -> int:
+    try:
+        value = parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if not 1024 <= value <= 64 * 1024 * 1024:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a size from 1KiB to 64MiB")
+    return value
+
+
+def _key_template(text: str) -> str:
+    if text.count("{token}") != 1 or text.replace("{token}", "").count("{") or text.replace("{token}", "").count("}"):
+        raise argparse.ArgumentTypeError(f"{text!r} must contain '{{token}}' exactly once and no other braces")
+    return text
+
+
+def _artifact(text: str) -> str:
+    if not _ARTIFACT.match(text) or ".." in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file name: letters, digits, '.', '_', '-'")
+    return text
+
+
+def _retry_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text}: give 0 <= seconds <= 3600")
+    return value
+
+
+def _add_kubernetes_flags(parser: argparse.ArgumentParser) -> None:
+    k8s = parser.add_argument_group("kubernetes launcher (--launcher=kubernetes)")
+    k8s.add_argument("--k8s-image", metavar="IMAGE", help="the training image (has modelplane installed)")
+    k8s.add_argument("--k8s-work-claim", metavar="PVC", help="the PVC holding --work-dir, shared with the Jobs")
+    k8s.add_argument("--k8s-namespace", default="default", metavar="NAMESPACE")
+    k8s.add_argument("--k8s-service-account", metavar="NAME")
+    k8s.add_argument("--k8s-dataset-claim", metavar="PVC", help="the datasets PVC, mounted read-only in Jobs")
+    k8s.add_argument("--k8s-dataset-mount", default="/datasets", metavar="PATH", help="its mount path (/datasets)")
+    k8s.add_argument("--k8s-env-secret", metavar="SECRET", help="a Secret whose keys become the run's environment")
+    k8s.add_argument("--k8s-api", metavar="URL", help="the API server (default: in-cluster, then kubeconfig)")
+    k8s.add_argument("--k8s-in-cluster", action="store_true", help="use the pod's service account")
+
+
+def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    kafka = parser.add_argument_group("kafka")
+    kafka.add_argument("--kafka-bootstrap", default="127.0.0.1:9092", metavar="HOST:PORT[,...]")
+    kafka.add_argument("--training-topic", type=_topic, default=DEFAULT_TRAINING_TOPIC, help="events to train")
+    kafka.add_argument("--status-topic", type=_topic, default=DEFAULT_STATUS_TOPIC, help="ModelTrainingStatus out")
+    kafka.add_argument(
+        "--inference-store-topic",
+        type=_topic,
+        default=DEFAULT_INFERENCE_STORE_TOPIC,
+        help="InferenceStoreMessage out, for schemas whose output_store is inference_store",
+    )
+    kafka.add_argument("--consumer-group", default=DEFAULT_GROUP, help="every trainer replica shares one group")
+    kafka.add_argument(
+        "--session-timeout-ms",
+        type=_bounded_int(1000, 300_000),
+        default=10_000,
+        metavar="MS",
+        help="how long the group waits for a silent member before reassigning its partitions (default 10000)",
+    )
+    kafka.add_argument(
+        "--max-event-bytes",
+        type=_size,
+        default="4MiB",
+        metavar="SIZE",
+        help="larger training events are refused as poison (default 4MiB)",
+    )
+    redis = parser.add_argument_group("redis")
+    redis.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", metavar="URL")
+    redis.add_argument(
+        "--design-key-template",
+        type=_key_template,
+        default=DEFAULT_DESIGN_KEY_TEMPLATE,
+        metavar="TEMPLATE",
+        help="the Redis key of a design schema; {token} is the event's model_key_token "
+        f"(default {DEFAULT_DESIGN_KEY_TEMPLATE!r})",
+    )
+    redis.add_argument(
+        "--redis-prefix",
+        default=DEFAULT_REDIS_PREFIX,
+        metavar="PREFIX",
+        help=f"prefix of the trainer's own keys: event claims and run records (default {DEFAULT_REDIS_PREFIX!r})",
+    )
+    s3 = parser.add_argument_group("model store (S3)")
+    s3.add_argument("--s3-endpoint", default="127.0.0.1:9000", metavar="HOST:PORT")
+    s3.add_argument("--s3-access-key", default=os.environ.get("AWS_ACCESS_KEY_ID", ""), metavar="KEY")
+    s3.add_argument(
+        "--s3-secret-key",
+        default=os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+        metavar="SECRET",
+        help="better set as MODELPLANE_TRAINER_S3_SECRET_KEY than as a flag",
+    )
+    s3.add_argument("--s3-bucket", default="modelplane-models", metavar="BUCKET", help="created when missing")
+    s3.add_argument("--s3-prefix", default="models", metavar="PREFIX", help="key prefix of every stored model")
+    s3.add_argument("--s3-secure", action="store_true", help="HTTPS to the S3 endpoint")
+    s3.add_argument("--s3-region", default="us-east-1")
+    runs = parser.add_argument_group("runs")
+    runs.add_argument(
+        "--artifact-name",
+        type=_artifact,
+        default=DEFAULT_ARTIFACT_NAME,
+        help=f"the artifact's file name (default {DEFAULT_ARTIFACT_NAME})",
+    )
+    runs.add_argument("--work-dir", type=Path, metavar="DIR", help="job folders (default .modelplane/trainer)")
+    runs.add_argument(
+        "--datasets-root",
+        type=Path,
+        metavar="DIR",
+        help="the mounted dataset volume; events' dataset_path must lie inside it (unset: dataset_path refused)",
+    )
+    runs.add_argument(
+        "--run-datasets-root",
+        type=Path,
+        metavar="DIR",
+        help="where runs see the datasets volume (default: --datasets-root; with --launcher=kubernetes, the "
+        "Job's --k8s-dataset-mount)",
+    )
+    runs.add_argument(
+        "--launcher",
+        choices=("local", "kubernetes"),
+        default="local",
+        help="where runs execute: a local child process, or a Kubernetes Job (default local)",
+    )
+    runs.add_argument("--max-concurrent-runs", type=_bounded_int(1, 256), default=2, metavar="N")
+    runs.add_argument(
+        "--max-attempts",
+        type=_bounded_int(1, 20),
+        default=3,
+        metavar="N",
+        help="tries of a run whose failure is retryable (killed, deadline, infrastructure) (default 3)",
+    )
+    runs.add_argument("--retry-backoff", type=_retry_seconds, default=2.0, metavar="SECONDS")
+    runs.add_argument("--run-timeout", type=seconds(7 * 86_400), default=3600.0, metavar="SECONDS")
+    runs.add_argument(
+        "--lease",
+        type=seconds(3600),
+        default=60.0,
+        metavar="SECONDS",
+        help="an event's claim expires this long after its trainer stops renewing it (crash) (default 60)",
+    )
+    runs.add_argument(
+        "--dedupe-ttl",
+        type=seconds(365 * 86_400),
+        default=30 * 86_400.0,
+        metavar="SECONDS",
+        help="how long a finished event's id is remembered, so a duplicate is not trained (default 30 days)",
+    )
+    runs.add_argument("--shutdown-grace", type=seconds(86_400), default=30.0, metavar="SECONDS")
+    runs.add_argument("--keep-job-dirs", action="store_true", help="keep job folders after a run (debugging)")
+    _add_kubernetes_flags(parser)
+    deploy = parser.add_argument_group("auto-deploy")
+    deploy.add_argument(
+        "--auto-deploy",
+        action="store_true",
+        help="LoadModel every trained model on the scheduler (an event can ask with header modelplane-auto-deploy)",
+    )
+    deploy.add_argument("--scheduler", type=_address, default="127.0.0.1:9004", metavar="HOST:PORT")
+    deploy.add_argument("--deploy-requirements", default="sklearn", metavar="LIST", help="comma-separated")
+    parser.add_argument(
+        "--status-listen",
+        type=_address,
+        default="127.0.0.1:9600",
+        metavar="HOST:PORT",
+        help="the run status HTTP API (GET /runs, /runs/ID, /healthz) (default 127.0.0.1:9600; port 0 picks one)",
+    )
+    parser.add_argument("--ready-file", type=Path, metavar="FILE", help="write the status API address here")
+    parser.add_argument("--log-level", choices=logs.LEVELS, default="info")
+    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file ([trainer] table)")
+    add_tls_flags(parser, server=False)
+    return parser
+
+
+def parse_settings(
+    parser: argparse.ArgumentParser, argv: Sequence[str], environ: Mapping[str, str] | None = None
+) -> TrainerSettings:
+    options = parse_layered(parser, "trainer", argv, environ)
+    requirements = tuple(item.strip() for item in options.deploy_requirements.split(",") if item.strip())
+    if options.s3_endpoint.startswith(("http://", "https://")):
+        parser.error("--s3-endpoint is HOST:PORT; use --s3-secure for HTTPS")
+    work_dir = (options.work_dir or Path(".modelplane") / "trainer").absolute()
+    datasets_root = options.datasets_root.resolve() if options.datasets_root else None
+    kubernetes = None
+    if options.launcher == "kubernetes":
+        if not options.k8s_image or not options.k8s_work_claim:
+            parser.error("--launcher=kubernetes needs --k8s-image and --k8s-work-claim")
+        if not options.k8s_dataset_mount.startswith("/"):
+            parser.error("--k8s-dataset-mount must be an absolute path")
+        kubernetes = KubernetesLauncherOptions(
+            image=options.k8s_image,
+            work_claim=options.k8s_work_claim,
+            namespace=options.k8s_namespace,
+            service_account=options.k8s_service_account,
+            dataset_claim=options.k8s_dataset_claim,
+            dataset_mount_path=options.k8s_dataset_mount,
+            env_secret=options.k8s_env_secret,
+            api_host=options.k8s_api,
+            in_cluster=options.k8s_in_cluster,
+        )
+    run_datasets_root = options.run_datasets_root or (
+        Path(kubernetes.dataset_mount_path) if kubernetes is not None else datasets_root
+    )
+    settings = TrainerSettings(
+        kafka_bootstrap=options.kafka_bootstrap,
+        training_topic=options.training_topic,
+        status_topic=options.status_topic,
+        inference_store_topic=options.inference_store_topic,
+        consumer_group=options.consumer_group,
+        session_timeout_ms=options.session_timeout_ms,
+        max_event_bytes=options.max_event_bytes,
+        redis_url=options.redis_url,
+        design_key_template=options.design_key_template,
+        redis_prefix=options.redis_prefix,
+        s3=S3Settings(
+            endpoint=options.s3_endpoint,
+            access_key=options.s3_access_key,
+            secret_key=options.s3_secret_key,
+            bucket=options.s3_bucket,
+            prefix=options.s3_prefix.strip("/"),
+            secure=options.s3_secure,
+            region=options.s3_region,
+        ),
+        artifact_name=options.artifact_name,
+        work_dir=work_dir,
+        datasets_root=datasets_root,
+        run_datasets_root=run_datasets_root,
+        launcher=options.launcher,
+        kubernetes=kubernetes,
+        max_concurrent_runs=options.max_concurrent_runs,
+        max_attempts=options.max_attempts,
+        retry_backoff_seconds=options.retry_backoff,
+        run_timeout_seconds=options.run_timeout,
+        lease_seconds=options.lease,
+        dedupe_ttl_seconds=options.dedupe_ttl,
+        shutdown_grace_seconds=options.shutdown_grace,
+        auto_deploy=options.auto_deploy,
+        scheduler=options.scheduler,
+        security=security_from(options),
+        deploy_requirements=requirements or ("sklearn",),
+        status_listen=options.status_listen,
+        ready_file=options.ready_file,
+        keep_job_dirs=options.keep_job_dirs,
+        log_level=options.log_level,
+        log_json=options.log_json,
+    )
+    try:
+        settings.security.validate()
+        if settings.auto_deploy:
+            settings.security.check_plaintext_allowed([settings.scheduler])
+    except TransportError as error:
+        parser.error(str(error))
+    return settings

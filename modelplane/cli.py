@@ -28,6 +28,7 @@ from modelplane.transport_flags import add_tls_flags, security_from
 from scheduler import process
 from scheduler.settings import build_parser, parse_settings
 from scheduler.state_dir import StateDirError
+from trainer.commands import TRAINER_COMMANDS, add_trainer_commands, run_trainer_command
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -85,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     up.build_parser(
         commands.add_parser(
             "up",
-            help="run the all-in-one local stack: scheduler, agent and a local MLServer",
+            help="run the all-in-one local stack: scheduler, agent, a local MLServer and a gateway",
             description="Run scheduler, agent and a local inference server in one process, on loopback.",
         )
     )
@@ -98,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
             "scheduler streams. Stateless: run as many as you like.",
         )
     )
+    add_trainer_commands(commands)
     status = commands.add_parser(
         "status",
         help="show a running scheduler's version, health and services",
@@ -233,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
         return _run_gateway(commands[command], rest)
     if command == "status":
         return _client(commands[command], "status", rest, None)
+    if command in TRAINER_COMMANDS:
+        return run_trainer_command(commands[command], command, rest)
     actions = _subparsers(commands[command])
     if not rest or rest[0] not in actions:
         commands[command].parse_args(rest)  # usage error or help

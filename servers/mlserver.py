@@ -29,6 +29,7 @@ RUNTIMES: dict[str, str] = {
 # Runtimes that read a model folder rather than one file.
 _FOLDER_RUNTIMES = frozenset({"mlflow", "huggingface"})
 # File names the single-file runtimes save to, in the order they are looked for.
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
 MODEL_FILE_NAMES = ("model.joblib", "model.pkl", "model.bst", "model.json", "model.txt", "model.ubj")
 
 
@@ -145,6 +146,10 @@ def _uri_for(files: ModelFiles, runtime: str) -> str:
     present = sorted(path.name for path in files.artifact_dir.iterdir()) if files.artifact_dir.is_dir() else []
     if len(present) == 1 and (files.artifact_dir / present[0]).is_file():
         return f"./{present[0]}"
+    # A trained model's folder (trainer/): one pickled model beside its metadata.json.
+    pickles = [name for name in present if name.endswith(PICKLE_SUFFIXES) and (files.artifact_dir / name).is_file()]
+    if len(pickles) == 1:
+        return f"./{pickles[0]}"
     raise ServerError(
         f"cannot tell which file in {files.artifact_dir} is the model: expected one of "
         f"{', '.join(MODEL_FILE_NAMES)} or a single file, found [{', '.join(present) or 'nothing'}]"

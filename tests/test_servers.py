@@ -617,3 +617,13 @@ async def test_stop_is_idempotent_and_the_process_is_gone(tmp_path: Path, kind: 
         assert not server.running
     finally:
         await server.stop()
+
+
+def test_a_trained_models_pickle_beside_its_metadata_is_the_model(tmp_path: Path) -> None:
+    (tmp_path / "retail_forecasting_model.pkl").write_bytes(b"pickle")
+    (tmp_path / "metadata.json").write_text("{}")
+    files = ModelFiles("trained", 1, tmp_path, frozenset({"sklearn"}))
+    assert model_settings(files)["parameters"]["uri"] == "./retail_forecasting_model.pkl"
+    (tmp_path / "other.joblib").write_bytes(b"pickle")
+    with pytest.raises(ServerError, match="cannot tell which file"):
+        model_settings(files)

@@ -29,11 +29,12 @@ from google.protobuf import json_format
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.artifacts.storage_config import secret_env_name
 from generated.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from generated.mlops.training.v1 import training_pb2
 from tests.kafka_broker import KafkaBroker, Record, consume_until, create_topics, free_port, produce
 from tests.processes import start_scheduler, stop_process
-from tests.real_components import ACCESS_KEY, SECRET_KEY, S3Server
+from tests.real_components import ACCESS_KEY, SECRET_KEY, AgentSpec, S3Server, start_agents, stop_agent
 from tests.redis_server import RedisServer, start_redis, stop_redis
 from tests.training_schemas import IRIS_CLASSES, IRIS_FEATURES, iris_multiclass_logistic, write_iris_csv
 from trainer import process
@@ -518,3 +519,54 @@ async def test_an_artifact_that_does_not_match_its_reported_sha256_is_not_stored
     assert status_of(record).status == FAILURE
     assert "has SHA-256" in status_of(record).errors[0]
     assert not stack.s3.client.bucket_exists(stack.bucket) or not list(stack.s3.client.list_objects(stack.bucket))
+
+
+@pytest.mark.servers
+@pytest.mark.timeout(600)
+async def test_auto_deploy_serves_the_trained_model_from_mlserver(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Event -> trained -> stored in S3 -> LoadModel -> an agent fetches it with the model store's secret ->
+    MLServer serves it -> its predictions equal the artifact's own."""
+    (tmp_path / "scheduler").mkdir()
+    scheduler = await asyncio.to_thread(start_scheduler, tmp_path / "scheduler", "--sync-grace=1")
+    # The agent reads the model store's S3 settings from the secret the trainer names in each LoadModel.
+    monkeypatch.setenv(secret_env_name("modelstore"), stack.s3.rclone_ini())
+    [agent] = await asyncio.to_thread(start_agents, scheduler.agent_listen, [AgentSpec(tmp_path / "agent0")])
+    try:
+        await put_schema(stack, "served", iris_multiclass_logistic(design_token="iris-served"))
+        argv = (f"--scheduler={scheduler.listen}", "--auto-deploy", "--deploy-storage-secret=modelstore")
+        async with running_trainer(stack.settings(*argv)):
+            await produce(stack.kafka.bootstrap, stack.training_topic, [event("serve-me", "served")])
+            [record] = (await statuses_for(stack, ["serve-me"]))["serve-me"]
+        assert status_of(record).status == SUCCESS, status_of(record).errors
+        name = model_name_for("iris-served")
+        assert headers_of(record)["modelplane-deploy"] == f"loaded {name}"
+
+        async with grpc.aio.insecure_channel(scheduler.listen) as channel:
+            stub = scheduler_pb2_grpc.SchedulerStub(channel)
+            subscription = stub.SubscribeModelStatus(scheduler_pb2.ModelSubscriptionRequest(subscriberName="t"))
+            async with asyncio.timeout(180):
+                async for status in subscription:
+                    if status.modelName == name and status.versions:
+                        state = status.versions[-1].state
+                        assert state.state != scheduler_pb2.ModelStatus.ModelFailed, state.reason
+                        if state.state == scheduler_pb2.ModelStatus.ModelAvailable:
+                            break
+            subscription.cancel()
+
+        bucket, _, prefix = headers_of(record)["modelplane-model-uri"].removeprefix("s3://").partition("/")
+        artifact = stack.s3.client.get_object(bucket, f"{prefix.rstrip('/')}/retail_forecasting_model.pkl").read()
+        model = joblib.load(io.BytesIO(artifact))
+        flowers = [[5.1, 3.5, 1.4, 0.2], [6.9, 3.1, 5.4, 2.1], [5.9, 3.0, 4.2, 1.5]]
+        request = {"inputs": [{"name": "predict", "shape": [3, 4], "datatype": "FP64", "data": flowers}]}
+        async with (
+            aiohttp.ClientSession(trust_env=False) as session,
+            session.post(f"{agent.proxy_url}/v2/models/{name}/infer", json=request) as response,
+        ):
+            answer = await response.json()
+            assert response.status == 200, answer
+        assert answer["outputs"][0]["data"] == model.predict(np.array(flowers)).tolist()
+    finally:
+        stop_agent(agent)
+        stop_process(scheduler.process)

@@ -115,7 +115,12 @@ async def run(
     try:
         if not await _wait_for_redis(client, stop):
             return
-        deployer = SchedulerDeployer(settings.scheduler, settings.security, settings.deploy_requirements)
+        deployer = SchedulerDeployer(
+            settings.scheduler,
+            settings.security,
+            settings.deploy_requirements,
+            storage_secret=settings.deploy_storage_secret,
+        )
         service = TrainerService(
             settings, launcher or default_launcher(settings), client, ModelStore(settings.s3), deployer
         )

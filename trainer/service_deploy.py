@@ -32,8 +32,15 @@ def model_name_for(design_token: str) -> str:
 
 class SchedulerDeployer:
     def __init__(
-        self, scheduler: Address, security: TransportSecurity, requirements: tuple[str, ...], timeout: float = 15.0
+        self,
+        scheduler: Address,
+        security: TransportSecurity,
+        requirements: tuple[str, ...],
+        timeout: float = 15.0,
+        *,
+        storage_secret: str = "",
     ) -> None:
+        self._storage_secret = storage_secret
         self._scheduler = scheduler
         self._security = security
         self._requirements = requirements
@@ -48,6 +55,9 @@ class SchedulerDeployer:
                 deploymentSpec=scheduler_pb2.DeploymentSpec(replicas=1),
             )
         )
+        if self._storage_secret:
+            # The agents read the model store's credentials from this secret (Seldon's storageSecretName).
+            request.model.modelSpec.storageConfig.storageSecretName = self._storage_secret
         async with open_channel(self._scheduler, self._security) as channel:
             stub = scheduler_pb2_grpc.SchedulerStub(channel)
             await stub.LoadModel(request, timeout=self._timeout)

@@ -93,6 +93,7 @@ class TrainerSettings:
     scheduler: Address
     security: TransportSecurity
     deploy_requirements: tuple[str, ...]
+    deploy_storage_secret: str
     status_listen: Address
     ready_file: Path | None
     keep_job_dirs: bool
@@ -284,6 +285,12 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     deploy.add_argument("--scheduler", type=_address, default="127.0.0.1:9004", metavar="HOST:PORT")
     deploy.add_argument("--deploy-requirements", default="sklearn", metavar="LIST", help="comma-separated")
+    deploy.add_argument(
+        "--deploy-storage-secret",
+        default="",
+        metavar="NAME",
+        help="storageSecretName of deployed models: the agents' secret holding the model store's S3 settings",
+    )
     parser.add_argument(
         "--status-listen",
         type=_address,
@@ -365,6 +372,7 @@ def parse_settings(
         scheduler=options.scheduler,
         security=security_from(options),
         deploy_requirements=requirements or ("sklearn",),
+        deploy_storage_secret=options.deploy_storage_secret,
         status_listen=options.status_listen,
         ready_file=options.ready_file,
         keep_job_dirs=options.keep_job_dirs,

@@ -40,7 +40,8 @@ async def test_snapshot_lists_serving_replicas_then_marks_its_end() -> None:
         await harness.settle()
         async with harness.core.subscribe_routes("test") as routes:
             updates = await _drain(routes)
-    assert updates[-1].snapshot_complete and updates[-1].WhichOneof("route") is None
+    assert updates[-1].snapshot_complete
+    assert updates[-1].WhichOneof("route") is None
     models = _models(updates)
     [iris] = models["iris"].versions
     assert iris.version == 1
@@ -48,7 +49,8 @@ async def test_snapshot_lists_serving_replicas_then_marks_its_end() -> None:
         ("mlserver", 0, "http://127.0.0.1:1/mlserver/0"),
         ("mlserver", 1, "http://127.0.0.1:1/mlserver/1"),
     ]
-    assert not models["pending"].removed and list(models["pending"].versions) == []
+    assert not models["pending"].removed
+    assert list(models["pending"].versions) == []
 
 
 async def test_changes_follow_the_snapshot_and_removal_is_announced() -> None:
@@ -97,10 +99,11 @@ async def test_experiments_and_pipelines_are_routed_and_experiment_acks_set_acti
             updates = await _drain(routes)
             experiments = [u.experiment for u in updates if u.WhichOneof("route") == "experiment"]
             pipelines = [u.pipeline for u in updates if u.WhichOneof("route") == "pipeline"]
-            assert experiments[-1].name == "ab" and experiments[-1].experiment.default == "a"
-            assert (
-                pipelines[-1].name == "p" and pipelines[-1].version == 1 and pipelines[-1].pipeline.steps[0].name == "a"
-            )
+            assert experiments[-1].name == "ab"
+            assert experiments[-1].experiment.default == "a"
+            assert pipelines[-1].name == "p"
+            assert pipelines[-1].version == 1
+            assert pipelines[-1].pipeline.steps[0].name == "a"
 
             [status] = harness.core.experiment_status("ab")
             assert not status.active
@@ -113,6 +116,7 @@ async def test_experiments_and_pipelines_are_routed_and_experiment_acks_set_acti
             await harness.settle()
             updates = await _drain(routes)
     removed = {(u.WhichOneof("route"), getattr(u, u.WhichOneof("route") or "model").name) for u in updates}
-    assert ("experiment", "ab") in removed and ("pipeline", "p") in removed
+    assert ("experiment", "ab") in removed
+    assert ("pipeline", "p") in removed
     assert any(u.experiment.removed for u in updates if u.WhichOneof("route") == "experiment")
     assert any(u.pipeline.removed for u in updates if u.WhichOneof("route") == "pipeline")

@@ -71,12 +71,14 @@ async def _first_table(watcher: RouteWatcher, stop: asyncio.Event) -> bool:
     return watcher.synced.is_set()
 
 
-async def _start_grpc(listen: Address, router: InferenceRouter, watcher: RouteWatcher) -> tuple[aio.Server, Address]:
+async def _start_grpc(
+    listen: Address, router: InferenceRouter, watcher: RouteWatcher, insecure: bool
+) -> tuple[aio.Server, Address]:
     server = new_server()
     add_v2_inference_service(server, v2_grpc_service(router, watcher.synced.is_set))
-    # Inference callers are applications on the network edge. Until the gateway has server-side TLS flags it
-    # serves plaintext, and only where the transport factory allows plaintext (loopback).
-    port = bind(server, listen, TransportSecurity())
+    # The gateway has no server-side TLS flags yet: it serves plaintext, on loopback, or anywhere with
+    # --insecure (the same flag that allows plaintext to the scheduler), as the transport factory rules.
+    port = bind(server, listen, TransportSecurity(insecure=insecure))
     await server.start()
     return server, Address(listen.host, port)
 
@@ -131,7 +133,9 @@ async def run(
             await kafka.start()
             log.info("gateway %s: Kafka topics from %s", settings.name, settings.kafka_bootstrap)
         if settings.grpc_listen is not None:
-            grpc_server, grpc_address = await _start_grpc(settings.grpc_listen, router, watcher)
+            grpc_server, grpc_address = await _start_grpc(
+                settings.grpc_listen, router, watcher, settings.security.insecure
+            )
             addresses["grpc_listen"] = str(grpc_address)
             log.info("gateway %s: V2 gRPC on %s", settings.name, grpc_address)
         if await _first_table(watcher, stop):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -87,22 +87,21 @@ class InferenceRouter:
     # ----------------------------------------------------------------- models
 
     async def infer_model(
-        self, name: str, version: int | None, body: bytes, headers: Mapping[str, str]
+        self, name: str, version: int | None, body: bytes, headers: Mapping[str, str], *, checked: bool = False
     ) -> RoutedAnswer:
-        """A V2 infer for ``name`` (a model, or an experiment over models), body passed through as is."""
-        parse_request(body)  # 400 here rather than whatever the server makes of it
+        """A V2 infer for ``name`` (a model, or an experiment over models), body passed through as is.
+
+        ``checked``: the body was built here from a request already checked (pipelines, Kafka), so it is
+        not parsed again."""
+        if not checked:
+            parse_request(body)  # 400 here rather than whatever the server makes of it
         table = self._table()
         experiment = table.experiment_for(name, pb.MODEL) if version is None else None
-        route_headers: dict[str, str] = {}
-        target = name
+        target, route_headers = name, dict[str, str]()
         if experiment is not None:
-            decision = self.splitter.decide(experiment, headers)
-            target = decision.candidate
-            if decision.sticky:
-                route_headers[ROUTE_HEADER] = target
-            if decision.mirror:
-                mirror = decision.mirror
-                self._mirror(experiment.name, mirror, lambda: self._forward(mirror, None, body, headers))
+            target, route_headers = self._split(
+                experiment, headers, lambda mirror: self._forward(mirror, None, body, headers)
+            )
         elif name not in table.models and name in table.pipelines:
             raise InferenceError(404, f"{name!r} is a pipeline: send it to /v2/pipelines/{name}/infer")
         answer = await self._forward(target, version, body, headers)
@@ -113,7 +112,7 @@ class InferenceRouter:
 
     async def call_model(self, name: str, request: JsonObject, headers: Mapping[str, str]) -> JsonObject:
         """The ModelCaller of pipelines and Kafka: JSON in, JSON out, experiments applied, errors raised."""
-        answer = await self.infer_model(name, None, json.dumps(request).encode(), headers)
+        answer = await self.infer_model(name, None, json.dumps(request).encode(), headers, checked=True)
         if answer.status != 200:
             raise InferenceError(answer.status if 400 <= answer.status < 600 else 502, _error_text(answer.body))
         return answer.json()
@@ -174,18 +173,12 @@ class InferenceRouter:
 
     async def infer_pipeline(self, name: str, body: bytes, headers: Mapping[str, str]) -> RoutedAnswer:
         request = parse_request(body)
-        table = self._table()
-        experiment = table.experiment_for(name, pb.PIPELINE)
-        route_headers: dict[str, str] = {}
-        target = name
+        experiment = self._table().experiment_for(name, pb.PIPELINE)
+        target, route_headers = name, dict[str, str]()
         if experiment is not None:
-            decision = self.splitter.decide(experiment, headers)
-            target = decision.candidate
-            if decision.sticky:
-                route_headers[ROUTE_HEADER] = target
-            if decision.mirror:
-                mirror = decision.mirror
-                self._mirror(experiment.name, mirror, lambda: self.run_pipeline(mirror, request, headers))
+            target, route_headers = self._split(
+                experiment, headers, lambda mirror: self.run_pipeline(mirror, request, headers)
+            )
         response = await self.run_pipeline(target, request, headers)
         self.metrics.count("modelplane_gateway_requests_total", kind="pipeline", name=name, route=target, code="200")
         return RoutedAnswer(200, json.dumps(response).encode(), "application/json", route_headers)
@@ -207,7 +200,18 @@ class InferenceRouter:
             raise InferenceError(404, f"pipeline {name!r} not found")
         return table.pipeline_models_ready(name)
 
-    # ----------------------------------------------------------------- mirrors
+    # ----------------------------------------------------------------- experiments and mirrors
+
+    def _split(
+        self, experiment: pb.Experiment, headers: Mapping[str, str], send_copy: Callable[[str], Awaitable[object]]
+    ) -> tuple[str, dict[str, str]]:
+        """The candidate this request goes to, and the response headers that say so (sticky sessions);
+        starts the mirror's copy when the draw says so."""
+        decision = self.splitter.decide(experiment, headers)
+        if decision.mirror:
+            mirror = decision.mirror
+            self._mirror(experiment.name, mirror, lambda: send_copy(mirror))
+        return decision.candidate, {ROUTE_HEADER: decision.candidate} if decision.sticky else {}
 
     def _mirror(self, experiment: str, target: str, send: Callable[[], Any]) -> None:
         """Send a copy in the background; its answer (or failure) is counted and dropped."""

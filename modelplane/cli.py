@@ -14,10 +14,8 @@ from typing import Any
 
 import grpc
 
-from agent import process as agent_process
 from agent.settings import build_parser as build_agent_parser
 from agent.settings import parse_settings as parse_agent_settings
-from gateway import process as gateway_process
 from gateway.settings import build_parser as build_gateway_parser
 from gateway.settings import parse_settings as parse_gateway_settings
 from modelplane import __version__, logs, model_commands, status_command, up
@@ -25,7 +23,6 @@ from modelplane.addresses import Address, AddressError, parse_address
 from modelplane.config import parse_layered
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_tls_flags, security_from
-from scheduler import process
 from scheduler.settings import build_parser, parse_settings
 from scheduler.state_dir import StateDirError
 from trainer.commands import TRAINER_COMMANDS, add_trainer_commands, run_trainer_command
@@ -132,6 +129,8 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
 def _run_scheduler(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     settings = parse_settings(parser, argv)
     logs.configure("scheduler", settings.log_level, json_output=settings.log_json)
+    from scheduler import process  # noqa: PLC0415 - see _run_agent
+
     try:
         asyncio.run(process.run(settings))
     except StateDirError as error:
@@ -144,6 +143,9 @@ def _run_scheduler(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
 def _run_agent(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     settings = parse_agent_settings(parser, argv)
     logs.configure("agent", settings.log_level, json_output=settings.log_json)
+    # Each process imports only its own code: a gateway need not carry the agent's or trainer's libraries.
+    from agent import process as agent_process  # noqa: PLC0415
+
     try:
         asyncio.run(agent_process.run(settings))
     except (TransportError, OSError, RuntimeError) as error:
@@ -154,6 +156,8 @@ def _run_agent(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
 def _run_gateway(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     settings = parse_gateway_settings(parser, argv)
     logs.configure("gateway", settings.log_level, json_output=settings.log_json)
+    from gateway import process as gateway_process  # noqa: PLC0415 - see _run_agent
+
     try:
         asyncio.run(gateway_process.run(settings))
     except (TransportError, OSError, RuntimeError) as error:

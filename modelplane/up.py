@@ -21,15 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import process as agent_process
 from agent.settings import DEFAULT_CAPABILITIES, AgentSettings
-from gateway import process as gateway_process
 from gateway.settings import GatewaySettings
 from modelplane.addresses import Address, AddressError, parse_address
 from modelplane.config import parse_layered
 from modelplane.sizes import parse_size
 from modelplane.transport import TransportSecurity
-from scheduler import process as scheduler_process
 from scheduler.settings import SchedulerSettings
 from scheduler.state_dir import StateDir
 
@@ -199,6 +196,11 @@ def _say(text: str) -> None:
 
 
 async def run(up: UpSettings) -> None:
+    # Imported here, not at the top: the CLI imports this module for its flags whatever command runs.
+    from agent import process as agent_process  # noqa: PLC0415
+    from gateway import process as gateway_process  # noqa: PLC0415
+    from scheduler import process as scheduler_process  # noqa: PLC0415
+
     up.state_dir.mkdir(parents=True, exist_ok=True)
     loop = asyncio.get_running_loop()
     agent_stop, agent_forced = asyncio.Event(), asyncio.Event()

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 MODELPLANE = [sys.executable, "-m", "modelplane.cli"]
 
@@ -37,37 +38,41 @@ def run_modelplane(
     return subprocess.run([*MODELPLANE, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
+def _start_until_ready(
+    argv: list[str], ready_file: Path, log_path: Path, timeout: float, log_mode: str
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """Start ``modelplane ARGV`` (registered in STARTED) and wait for the ready file it writes with its pid."""
+    with log_path.open(log_mode) as log:
+        process = subprocess.Popen([*MODELPLANE, *argv], stdout=log, stderr=subprocess.STDOUT)
+    STARTED.append(process)
+    deadline = time.monotonic() + timeout
+    while not ready_file.exists():
+        if process.poll() is not None:
+            raise RuntimeError(f"{argv[0]} exited with {process.returncode}:\n{log_path.read_text()}")
+        if time.monotonic() > deadline:
+            stop_process(process)
+            raise TimeoutError(f"{argv[0]} not ready after {timeout}s:\n{log_path.read_text()}")
+        time.sleep(0.05)
+    addresses: dict[str, Any] = json.loads(ready_file.read_text())
+    assert addresses["pid"] == process.pid
+    return process, addresses
+
+
 def start_scheduler(workdir: Path, *extra: str, ready_timeout: float = 20) -> SchedulerProcess:
     """Start `modelplane scheduler` on free loopback ports; returns once it serves."""
     state_dir = workdir / "state"
     ready_file = workdir / "ready.json"
     log_path = workdir / "scheduler.log"
     ready_file.unlink(missing_ok=True)  # left by an earlier scheduler in the same folder
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                *MODELPLANE,
-                "scheduler",
-                "--listen=127.0.0.1:0",
-                "--agent-listen=127.0.0.1:0",
-                f"--state-dir={state_dir}",
-                f"--ready-file={ready_file}",
-                *extra,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    STARTED.append(process)
-    deadline = time.monotonic() + ready_timeout
-    while not ready_file.exists():
-        if process.poll() is not None:
-            raise RuntimeError(f"scheduler exited with {process.returncode}:\n{log_path.read_text()}")
-        if time.monotonic() > deadline:
-            stop_process(process)
-            raise TimeoutError(f"scheduler not ready after {ready_timeout}s:\n{log_path.read_text()}")
-        time.sleep(0.05)
-    addresses = json.loads(ready_file.read_text())
-    assert addresses["pid"] == process.pid
+    argv = [
+        "scheduler",
+        "--listen=127.0.0.1:0",
+        "--agent-listen=127.0.0.1:0",
+        f"--state-dir={state_dir}",
+        f"--ready-file={ready_file}",
+        *extra,
+    ]
+    process, addresses = _start_until_ready(argv, ready_file, log_path, ready_timeout, "wb")
     return SchedulerProcess(process, addresses["listen"], addresses["agent_listen"], state_dir, log_path)
 
 
@@ -109,28 +114,6 @@ def start_gateway(workdir: Path, scheduler_listen: str, *extra: str, ready_timeo
     ready_file = workdir / "gateway-ready.json"
     log_path = workdir / "gateway.log"
     ready_file.unlink(missing_ok=True)
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [
-                *MODELPLANE,
-                "gateway",
-                f"--scheduler={scheduler_listen}",
-                "--listen=127.0.0.1:0",
-                f"--ready-file={ready_file}",
-                *extra,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    STARTED.append(process)
-    deadline = time.monotonic() + ready_timeout
-    while not ready_file.exists():
-        if process.poll() is not None:
-            raise RuntimeError(f"gateway exited with {process.returncode}:\n{log_path.read_text()}")
-        if time.monotonic() > deadline:
-            stop_process(process)
-            raise TimeoutError(f"gateway not ready after {ready_timeout}s:\n{log_path.read_text()}")
-        time.sleep(0.05)
-    addresses = json.loads(ready_file.read_text())
-    assert addresses["pid"] == process.pid
+    argv = ["gateway", f"--scheduler={scheduler_listen}", "--listen=127.0.0.1:0", f"--ready-file={ready_file}", *extra]
+    process, addresses = _start_until_ready(argv, ready_file, log_path, ready_timeout, "ab")
     return GatewayProcess(process, addresses["listen"], log_path, addresses.get("grpc_listen"))

@@ -24,7 +24,6 @@ import aiohttp
 from modelplane import logs
 from modelplane.config import parse_layered
 from modelplane.transport import TransportError
-from trainer import process
 from trainer.settings import build_parser, parse_settings
 
 TRAINER_COMMANDS = ("trainer", "training")
@@ -77,6 +76,8 @@ def run_trainer_command(parser: argparse.ArgumentParser, command: str, argv: Seq
         settings = parse_settings(parser, argv)
         logs.configure("trainer", settings.log_level, json_output=settings.log_json)
         try:
+            from trainer import process  # noqa: PLC0415 - the CLI loads a process's code only to run it
+
             asyncio.run(process.run(settings))
         except (TransportError, OSError, RuntimeError) as error:
             return _fail(str(error))

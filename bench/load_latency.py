@@ -28,138 +28,50 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import datetime
 import json
 import os
-import platform
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from bench_processes import (
+    READY_TIMEOUT,
+    MiB,
+    StatusWatch,
+    children_named,
+    environment,
+    hwm_bytes,
+    kill_group_if_alive,
+    load_request,
+    rss_bytes,
+    session_rss_bytes,
+    spawn_agent,
+    spawn_scheduler,
+    stop_process,
+    train_sample,
+    wait_for_json,
+    working_directory,
+)
 from grpc import aio
 
-from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from servers.adapter import ModelFiles
-from servers.launch import LocalServer, launch_mlserver, server_venv
+from servers.launch import LocalServer, launch_mlserver
 from servers.mlserver import SETTINGS_FILE, model_settings
 
-MiB = 1 << 20
-REPO = Path(__file__).resolve().parent.parent
-MODELPLANE = [sys.executable, "-m", "modelplane.cli"]
-AVAILABLE = pb.ModelStatus.ModelAvailable
-FAILED = {pb.ModelStatus.ModelFailed, pb.ModelStatus.ScheduleFailed}
-READY_TIMEOUT = 300.0  # hang guards, not expectations: the first start may create MLServer's venv
 LOAD_TIMEOUT = 120.0
 AGENT_LOADED = re.compile(r"\bloaded (\S+)_(\d+) in ([0-9.]+)s")
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def proc_status(pid: int) -> dict[str, str]:
-    values: dict[str, str] = {}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            values[key] = rest.strip()
-    return values
-
-
-def rss_bytes(pid: int) -> int:
-    """VmRSS of a process in bytes (0 once it is gone)."""
-    value = proc_status(pid).get("VmRSS", "0 kB")
-    return int(value.split()[0]) * 1024
-
-
-def session_rss_bytes(session: int) -> tuple[int, int]:
-    """(sum of VmRSS, number of processes) of every process in ``session`` (MLServer leads its own)."""
-    total, count = 0, 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] != "Z" and int(fields[3]) == session:
-            total += rss_bytes(int(entry.name))
-            count += 1
-    return total, count
-
-
-def children_named(parent: int, word: str) -> list[int]:
-    """PIDs whose parent is ``parent`` and whose command line contains ``word``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        if proc_status(int(entry.name)).get("PPid") != str(parent):
-            continue
-        with contextlib.suppress(OSError):
-            if word in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                found.append(int(entry.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    state = proc_status(pid).get("State", "")
-    return bool(state) and not state.startswith("Z")
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 30) -> tuple[int, float]:
-    """SIGTERM by PID, SIGKILL if it has not exited in ``timeout`` s. Returns (exit status, seconds taken)."""
-    started = time.monotonic()
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
-    return process.returncode, round(time.monotonic() - started, 2)
-
-
-def kill_group_if_alive(pid: int) -> bool:
-    """SIGKILL the process group led by ``pid`` (a launched server) if it is still running; True if it was."""
-    if not alive(pid):
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-    return True
-
-
-def read_ready_file(path: Path) -> dict[str, Any] | None:
-    """The JSON a process wrote once ready (complete: it ends with a newline), or None if not there yet."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    data: dict[str, Any] | None = json.loads(text) if text.endswith("\n") else None
-    return data
-
-
-async def wait_for_json(path: Path, process: subprocess.Popen[bytes], timeout: float, what: str) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while (data := read_ready_file(path)) is None:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with status {process.returncode} before it was ready")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not ready after {timeout:g}s")
-        await asyncio.sleep(0.05)
-    return data
 
 
 def summary(seconds: Sequence[float]) -> dict[str, Any]:
@@ -173,20 +85,6 @@ def summary(seconds: Sequence[float]) -> dict[str, Any]:
         "max_ms": max(ms) if ms else None,
         "all_ms": ms,
     }
-
-
-def train_sample(folder: Path) -> dict[str, Any]:
-    """The iris sample (samples/train_iris.py) trained with the MLServer venv's Python."""
-    python = server_venv("mlserver") / "bin" / "python"
-    trained = subprocess.run(  # noqa: S603 - fixed argv
-        [str(python), str(REPO / "samples" / "train_iris.py"), str(folder)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    printed: dict[str, Any] = json.loads(trained.stdout)
-    return printed
 
 
 async def infer_ok(http_url: str, name: str, request: dict[str, Any], expected: list[int]) -> bool:
@@ -255,100 +153,18 @@ async def direct_run(config: Config, label: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- (a) modelplane
 
 
-def spawn(args: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:
-    with log_path.open("wb") as log:
-        return subprocess.Popen([*MODELPLANE, *args], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)  # noqa: S603
-
-
-def load_request(name: str, folder: Path) -> pb.LoadModelRequest:
-    """What ``modelplane model load`` sends for samples/train_iris.py's manifest, under another name."""
-    return pb.LoadModelRequest(
-        model=pb.Model(
-            meta=pb.MetaData(name=name, kind="Model"),
-            modelSpec=pb.ModelSpec(uri=str(folder), requirements=["sklearn"], memoryBytes=10 * MiB),
-            deploymentSpec=pb.DeploymentSpec(replicas=1),
-        )
-    )
-
-
-class StatusWatch:
-    """One SubscribeModelStatus stream; tells when a model's latest version is first seen Available."""
-
-    def __init__(self, stub: pb_grpc.SchedulerAsyncStub) -> None:
-        self._call = stub.SubscribeModelStatus(pb.ModelSubscriptionRequest(subscriberName="bench-load-latency"))
-        self.available_at: dict[str, float] = {}
-        self.failed: dict[str, str] = {}
-        self._changed = asyncio.Condition()
-        self._task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        async for status in self._call:
-            if not status.versions:
-                continue
-            now = time.perf_counter()
-            latest = status.versions[-1].state
-            async with self._changed:
-                if latest.state == AVAILABLE:
-                    self.available_at.setdefault(status.modelName, now)
-                elif latest.state in FAILED:
-                    self.failed[status.modelName] = latest.reason
-                self._changed.notify_all()
-
-    async def wait_available(self, name: str, timeout: float) -> float:
-        async with asyncio.timeout(timeout), self._changed:
-            while name not in self.available_at:
-                if name in self.failed:
-                    raise RuntimeError(f"model {name} failed: {self.failed[name]}")
-                if self._task.done():
-                    self._task.result()
-                    raise RuntimeError("the status stream ended")
-                await self._changed.wait()
-        return self.available_at[name]
-
-    async def close(self) -> None:
-        self._call.cancel()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, aio.AioRpcError):
-            await self._task
-
-
 async def modelplane_run(config: Config) -> dict[str, Any]:
     """(a): scheduler + agent (--launch-server) processes; N LoadModels one at a time, each to ModelAvailable."""
     work = config.workdir / "modelplane"
     work.mkdir(parents=True)
     scheduler_ready, agent_ready = work / "scheduler.json", work / "agent.json"
-    scheduler = spawn(
-        [
-            "scheduler",
-            "--listen=127.0.0.1:0",
-            "--agent-listen=127.0.0.1:0",
-            f"--state-dir={work / 'state'}",
-            f"--ready-file={scheduler_ready}",
-            "--sync-grace=0.1",
-            "--shutdown-grace=2",
-            "--log-level=warning",
-        ],
-        work / "scheduler.log",
-    )
+    scheduler = spawn_scheduler(work, scheduler_ready)
     agent: subprocess.Popen[bytes] | None = None
     mlserver_pids: list[int] = []
     result: dict[str, Any] = {}
     try:
         addresses = await wait_for_json(scheduler_ready, scheduler, 30, "scheduler")
-        agent = spawn(
-            [
-                "agent",
-                f"--scheduler={addresses['agent_listen']}",
-                "--launch-server",
-                f"--work-dir={work / 'agent'}",
-                "--proxy-http=127.0.0.1:0",
-                "--proxy-grpc=127.0.0.1:0",
-                f"--ready-file={agent_ready}",
-                "--memory=2GiB",
-                "--drain-timeout=5",
-            ],
-            work / "agent.log",
-        )
+        agent = spawn_agent(work, addresses["agent_listen"], agent_ready)
         proxy = await wait_for_json(agent_ready, agent, READY_TIMEOUT, "agent")
         mlserver_pids = children_named(agent.pid, "mlserver")
         await asyncio.sleep(2.0)  # idle: registered, nothing loaded
@@ -375,7 +191,7 @@ async def modelplane_run(config: Config) -> dict[str, Any]:
         rss["agent_loaded"] = rss_bytes(agent.pid)
         await asyncio.sleep(2.0)
         rss["agent_loaded_plus_2s"] = rss_bytes(agent.pid)
-        rss["agent_peak_hwm"] = int(proc_status(agent.pid).get("VmHWM", "0 kB").split()[0]) * 1024
+        rss["agent_peak_hwm"] = hwm_bytes(agent.pid)
         mlserver_processes = 0
         if mlserver_pids:
             rss["agent_mlserver_loaded"], mlserver_processes = session_rss_bytes(mlserver_pids[0])
@@ -402,26 +218,6 @@ async def modelplane_run(config: Config) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------- the run
-
-
-def environment() -> dict[str, Any]:
-    mlserver_version = ""
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        mlserver_version = subprocess.run(  # noqa: S603 - fixed argv
-            [str(server_venv("mlserver") / "bin" / "mlserver"), "--version"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        ).stdout.strip()
-    return {
-        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "nproc": os.cpu_count(),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "mlserver": mlserver_version,
-        "loadavg_start": os.getloadavg()[0],
-    }
 
 
 async def benchmark(config: Config) -> dict[str, Any]:
@@ -513,22 +309,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return options
 
 
-@contextlib.contextmanager
-def working_directory(keep: Path | None) -> Iterator[Path]:
-    if keep is not None:  # a fresh folder inside it, so nothing of an earlier run is reused
-        keep.mkdir(parents=True, exist_ok=True)
-        yield Path(tempfile.mkdtemp(prefix="load-latency-", dir=keep)).resolve()
-        return
-    path = Path(tempfile.mkdtemp(prefix="modelplane-load-latency-")).resolve()
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(sys.argv[1:] if argv is None else argv)
-    with working_directory(options.workdir) as workdir:
+    with working_directory(options.workdir, "load-latency") as workdir:
         printed = train_sample(workdir / "iris")
         config = Config(options.models, workdir, workdir / "iris", printed["request"], printed["expected"])
         result = asyncio.run(benchmark(config))

@@ -22,7 +22,13 @@ from generated.mlops.training.v1 import training_pb2
 from tests.processes import STARTED
 from trainer.jobs import DatasetSource, TrainingJob
 from trainer.launchers.base import LaunchVerdict
-from trainer.launchers.local import RUN_LOG, LocalLauncherSettings, LocalProcessLauncher
+from trainer.launchers.local import (
+    RUN_LOG,
+    THREAD_POOL_VARIABLES,
+    LocalLauncherSettings,
+    LocalProcessLauncher,
+    thread_limits,
+)
 
 GIB = 1024**3
 
@@ -238,3 +244,26 @@ async def test_the_run_dies_with_a_trainer_killed_by_sigkill(tmp_path: Path) -> 
     os.kill(trainer.pid, signal.SIGKILL)
     trainer.wait(10)
     assert await wait_until(lambda: not alive(run_pid), 5), "the run outlived its trainer"
+
+
+async def test_runs_get_bounded_thread_pools_unless_the_operator_set_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in THREAD_POOL_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    schema = training_pb2.ModelDesignSchema()
+    assert thread_limits(schema) == dict.fromkeys(THREAD_POOL_VARIABLES, "1")
+    schema.model_framework.compute_dependencies.cpu.no_of_cores = 10_000
+    assert thread_limits(schema)["OMP_NUM_THREADS"] == str(os.cpu_count())
+
+    # What the run sees: the design's bound, except where the trainer's environment says otherwise.
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")
+    report = f"""
+(job_dir / "threads.json").write_text(json.dumps({{v: os.environ.get(v) for v in {THREAD_POOL_VARIABLES!r}}}))
+"""
+    schema.model_framework.compute_dependencies.cpu.no_of_cores = 1
+    job_dir = job_dir_for(tmp_path)
+    outcome = await launcher(stand_in(report + WRITE_RESULT)).run(job_dir, schema)
+    assert outcome.verdict.name == "SUCCEEDED", outcome.detail
+    seen = json.loads((job_dir / "threads.json").read_text())
+    assert seen == {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "3"}

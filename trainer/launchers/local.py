@@ -66,6 +66,20 @@ class LocalLauncherSettings:
     log_tail_lines: int = 40
 
 
+# The native thread pools scikit-learn's numerics use. Unbounded, each concurrent run starts one thread per
+# core in each, and runs slow each other down several times over (bench/README.md, trainer throughput).
+THREAD_POOL_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def thread_limits(schema: training_pb2.ModelDesignSchema) -> dict[str, str]:
+    """Thread-pool sizes for a run: the design's ``cpu.no_of_cores``, else 1. The trainer's own environment
+    (an operator's explicit setting) and the launcher's ``env`` both override these."""
+    compute = schema.model_framework.compute_dependencies
+    cores = compute.cpu.no_of_cores if compute.WhichOneof("compute_type") == "cpu" else 0
+    threads = str(max(1, min(cores, os.cpu_count() or 1)))
+    return dict.fromkeys(THREAD_POOL_VARIABLES, threads)
+
+
 def memory_limit_bytes(schema: training_pb2.ModelDesignSchema, default_gib: float | None) -> int | None:
     """The address-space limit for a run: ``cpu.ram`` GiB when the schema sets it, else the default."""
     compute = schema.model_framework.compute_dependencies
@@ -136,7 +150,7 @@ class LocalProcessLauncher:
         memory_bytes = memory_limit_bytes(schema, settings.default_memory_gib)
         argv = [*settings.command, str(job_dir)]
         log_path = job_dir / RUN_LOG
-        env = {**os.environ, **settings.env}
+        env = {**thread_limits(schema), **os.environ, **settings.env}
         try:
             with log_path.open("ab") as log:
                 process = await asyncio.create_subprocess_exec(

@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from agent.server_choice import connect_server, launch_server
 from agent.settings import AgentSettings
 from generated.mlops.agent.v1 import agent_pb2
 from modelplane.addresses import Address
+from modelplane.signals import stop_on_signals
 from modelplane.transport import TransportError
 from servers.adapter import InferenceServer
 from servers.launch import LocalServer
@@ -125,7 +125,7 @@ async def run(
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     if stop is None:
         stop, forced = asyncio.Event(), asyncio.Event()
-        _stop_on_signals(stop, forced)
+        stop_on_signals(stop, forced)
     forced = forced or asyncio.Event()
     async with inference_server(settings) as server:
         artifacts = ArtifactStore(settings.cache_dir, secrets_dir=settings.secrets_dir, environ=os.environ)
@@ -164,15 +164,6 @@ async def run(
             await proxy.close()
             await runner.cleanup()
     log.info("agent stopped")
-
-
-def _stop_on_signals(stop: asyncio.Event, forced: asyncio.Event) -> None:
-    def on_signal() -> None:
-        (forced if stop.is_set() else stop).set()
-
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal)
 
 
 async def _announce(

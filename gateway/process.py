@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 from pathlib import Path
 
 from aiohttp import web
@@ -33,6 +32,7 @@ from gateway.routing_table import RoutingTable
 from gateway.settings import GatewaySettings
 from gateway.v2_grpc_service import add_v2_inference_service
 from modelplane.addresses import Address
+from modelplane.signals import stop_on_signals
 from modelplane.transport import TransportError, TransportSecurity, bind, new_server, open_channel
 
 log = logging.getLogger(__name__)
@@ -51,14 +51,6 @@ async def _start_rest(app: web.Application, address: Address) -> tuple[web.AppRu
         raise TransportError(f"cannot listen on {address}: {error.strerror}") from None
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     return runner, Address(address.host, port)
-
-
-def _stop_on_signals() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    return stop
 
 
 async def _first_table(watcher: RouteWatcher, stop: asyncio.Event) -> bool:
@@ -108,7 +100,9 @@ async def run(
 
     ``serving`` (for ``modelplane up``) gets the REST address once the first routing table is in.
     """
-    stop = stop or _stop_on_signals()
+    if stop is None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
     metrics = GatewayMetrics()
     channel = open_channel(settings.scheduler, settings.security)
     client = ReplicaClient(max_attempts=settings.max_attempts, timeout_seconds=settings.request_timeout_seconds)

@@ -20,6 +20,7 @@ from gateway.settings import build_parser as build_gateway_parser
 from gateway.settings import parse_settings as parse_gateway_settings
 from modelplane import __version__, logs, model_commands, status_command, up
 from modelplane.addresses import Address, AddressError, parse_address
+from modelplane.command_line import EXIT_USAGE, fail, subparsers
 from modelplane.config import parse_layered
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_tls_flags, security_from
@@ -27,8 +28,6 @@ from scheduler.settings import build_parser, parse_settings
 from scheduler.state_dir import StateDirError
 from trainer.commands import TRAINER_COMMANDS, add_trainer_commands, run_trainer_command
 
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 DEFAULT_SCHEDULER = "127.0.0.1:9004"
 # Commands with actions (``modelplane model load``): their flags live on the action's parser.
 GROUPS = ("model", "server")
@@ -105,25 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     add_client_flags(status, "status")
     model_commands.add_model_commands(commands)
     for group in GROUPS:
-        for action in _subparsers(_subparser(parser, group)).values():
+        for action in subparsers(_subparser(parser, group)).values():
             add_client_flags(action, group)
     return parser
 
 
-def _fail(message: str, status: int = EXIT_FAILURE) -> int:
-    print(f"modelplane: error: {message}", file=sys.stderr)
-    return status
-
-
-def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
-
-
 def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
-    return _subparsers(parser)[name]
+    return subparsers(parser)[name]
 
 
 def _run_scheduler(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
@@ -134,9 +121,9 @@ def _run_scheduler(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     try:
         asyncio.run(process.run(settings))
     except StateDirError as error:
-        return _fail(str(error), EXIT_USAGE)
+        return fail(str(error), EXIT_USAGE)
     except TransportError as error:
-        return _fail(str(error))
+        return fail(str(error))
     return 0
 
 
@@ -149,7 +136,7 @@ def _run_agent(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     try:
         asyncio.run(agent_process.run(settings))
     except (TransportError, OSError, RuntimeError) as error:
-        return _fail(str(error))
+        return fail(str(error))
     return 0
 
 
@@ -161,7 +148,7 @@ def _run_gateway(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     try:
         asyncio.run(gateway_process.run(settings))
     except (TransportError, OSError, RuntimeError) as error:
-        return _fail(str(error))
+        return fail(str(error))
     return 0
 
 
@@ -171,9 +158,9 @@ def _run_up(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     try:
         asyncio.run(up.run(settings))
     except StateDirError as error:
-        return _fail(str(error), EXIT_USAGE)
+        return fail(str(error), EXIT_USAGE)
     except (TransportError, OSError, RuntimeError) as error:
-        return _fail(str(error))
+        return fail(str(error))
     return 0
 
 
@@ -186,11 +173,11 @@ def _client(parser: argparse.ArgumentParser, section: str, argv: Sequence[str], 
     try:
         print(asyncio.run(_client_job(section, action, options, address, security)()))
     except TransportError as error:
-        return _fail(str(error), EXIT_USAGE)
+        return fail(str(error), EXIT_USAGE)
     except model_commands.CommandError as error:
-        return _fail(str(error))
+        return fail(str(error))
     except grpc.aio.AioRpcError as error:
-        return _fail(model_commands.describe_rpc_error(address, error))
+        return fail(model_commands.describe_rpc_error(address, error))
     return 0
 
 
@@ -219,7 +206,7 @@ async def _render_status(address: Address, security: TransportSecurity, timeout:
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one return per command
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
-    commands = _subparsers(parser)
+    commands = subparsers(parser)
     if not argv or argv[0] not in commands:
         parser.parse_args(argv)  # prints help, the version, or the usage error (exit 2)
         return EXIT_USAGE
@@ -241,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
         return _client(commands[command], "status", rest, None)
     if command in TRAINER_COMMANDS:
         return run_trainer_command(commands[command], command, rest)
-    actions = _subparsers(commands[command])
+    actions = subparsers(commands[command])
     if not rest or rest[0] not in actions:
         commands[command].parse_args(rest)  # usage error or help
         return EXIT_USAGE

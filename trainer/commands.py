@@ -22,14 +22,13 @@ from typing import Any
 import aiohttp
 
 from modelplane import logs
+from modelplane.command_line import EXIT_USAGE, fail, subparsers
 from modelplane.config import parse_layered
 from modelplane.transport import TransportError
 from trainer.settings import build_parser, parse_settings
 
 TRAINER_COMMANDS = ("trainer", "training")
 DEFAULT_TRAINER_URL = "http://127.0.0.1:9600"
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 
 
 def add_trainer_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -58,18 +57,6 @@ def add_trainer_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     status.add_argument("--config", metavar="FILE", help="TOML settings file ([training] table)")
 
 
-def _fail(message: str, status: int = EXIT_FAILURE) -> int:
-    print(f"modelplane: error: {message}", file=sys.stderr)
-    return status
-
-
-def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
-
-
 def run_trainer_command(parser: argparse.ArgumentParser, command: str, argv: Sequence[str]) -> int:
     """Run ``command`` ("trainer" or "training") with its arguments; ``parser`` is that command's parser."""
     if command == "trainer":
@@ -80,9 +67,9 @@ def run_trainer_command(parser: argparse.ArgumentParser, command: str, argv: Seq
 
             asyncio.run(process.run(settings))
         except (TransportError, OSError, RuntimeError) as error:
-            return _fail(str(error))
+            return fail(str(error))
         return 0
-    actions = _subparsers(parser)
+    actions = subparsers(parser)
     if not argv or argv[0] not in actions:
         parser.parse_args(argv)  # usage error or help
         return EXIT_USAGE
@@ -93,9 +80,9 @@ def run_trainer_command(parser: argparse.ArgumentParser, command: str, argv: Seq
 def _status(options: argparse.Namespace) -> int:
     base = str(options.trainer).rstrip("/")
     if not base.startswith(("http://", "https://")):
-        return _fail(f"--trainer {base!r} must be an http:// or https:// URL", EXIT_USAGE)
+        return fail(f"--trainer {base!r} must be an http:// or https:// URL", EXIT_USAGE)
     if not 1 <= options.limit <= 1000:
-        return _fail("--limit must be from 1 to 1000", EXIT_USAGE)
+        return fail("--limit must be from 1 to 1000", EXIT_USAGE)
     if options.run_id:
         url = f"{base}/runs/{urllib.parse.quote(options.run_id, safe='')}"
     else:
@@ -103,10 +90,10 @@ def _status(options: argparse.Namespace) -> int:
     try:
         status, body = asyncio.run(_get(url, options.timeout))
     except (aiohttp.ClientError, TimeoutError, OSError) as error:
-        return _fail(f"cannot reach the trainer at {base}: {error or type(error).__name__}")
+        return fail(f"cannot reach the trainer at {base}: {error or type(error).__name__}")
     if status != 200:
         message = body.get("error", body) if isinstance(body, dict) else body
-        return _fail(f"{url}: HTTP {status}: {message}")
+        return fail(f"{url}: HTTP {status}: {message}")
     if options.json:
         print(json.dumps(body, indent=2))
     elif options.run_id:
@@ -156,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="modelplane")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_trainer_commands(commands)
-    choices = _subparsers(parser)
+    choices = subparsers(parser)
     if not argv or argv[0] not in choices:
         parser.parse_args(argv)
         return EXIT_USAGE

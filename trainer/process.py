@@ -14,12 +14,12 @@ import contextlib
 import json
 import logging
 import os
-import signal
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from modelplane.signals import stop_on_signals
 from trainer.design_store import REDIS_RETRYABLE
 from trainer.launchers.base import Launcher
 from trainer.model_store import ModelStore
@@ -89,15 +89,6 @@ async def _wait_for_redis(client: aioredis.Redis, stop: asyncio.Event) -> bool:
     return False
 
 
-def _stop_on_signals(stop: asyncio.Event, forced: asyncio.Event) -> None:
-    def on_signal() -> None:
-        (forced if stop.is_set() else stop).set()
-
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal)
-
-
 async def run(
     settings: TrainerSettings,
     stop: asyncio.Event | None = None,
@@ -109,7 +100,7 @@ async def run(
     """Run until SIGTERM/SIGINT (or until ``stop`` is set, when the caller handles signals)."""
     if stop is None:
         stop, forced = asyncio.Event(), asyncio.Event()
-        _stop_on_signals(stop, forced)
+        stop_on_signals(stop, forced)
     forced = forced or asyncio.Event()
     client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
     try:

@@ -33,17 +33,20 @@ from gateway.settings import GatewaySettings
 from gateway.v2_grpc_service import add_v2_inference_service
 from modelplane.addresses import Address
 from modelplane.signals import stop_on_signals
-from modelplane.transport import TransportError, TransportSecurity, bind, new_server, open_channel
+from modelplane.transport import TransportError, TransportSecurity, bind, http_server_ssl, new_server, open_channel
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 10.0
 
 
-async def _start_rest(app: web.Application, address: Address) -> tuple[web.AppRunner, Address]:
+async def _start_rest(
+    app: web.Application, address: Address, security: TransportSecurity
+) -> tuple[web.AppRunner, Address]:
+    context = http_server_ssl(security)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
     await runner.setup()
-    site = web.TCPSite(runner, address.host, address.port)
+    site = web.TCPSite(runner, address.host, address.port, ssl_context=context)
     try:
         await site.start()
     except OSError as error:
@@ -64,13 +67,11 @@ async def _first_table(watcher: RouteWatcher, stop: asyncio.Event) -> bool:
 
 
 async def _start_grpc(
-    listen: Address, router: InferenceRouter, watcher: RouteWatcher, insecure: bool
+    listen: Address, router: InferenceRouter, watcher: RouteWatcher, security: TransportSecurity
 ) -> tuple[aio.Server, Address]:
     server = new_server()
     add_v2_inference_service(server, v2_grpc_service(router, watcher.synced.is_set))
-    # The gateway has no server-side TLS flags yet: it serves plaintext, on loopback, or anywhere with
-    # --insecure (the same flag that allows plaintext to the scheduler), as the transport factory rules.
-    port = bind(server, listen, TransportSecurity(insecure=insecure))
+    port = bind(server, listen, security)
     await server.start()
     return server, Address(listen.host, port)
 
@@ -117,8 +118,14 @@ async def run(
             kafka.on_table(table)
 
     watcher = RouteWatcher(channel, settings.name, check_pipeline=pipelines.check, on_table=on_table)
+    app = build_app(router, metrics, watcher.synced.is_set)
+    try:
+        runner, rest_address = await _start_rest(app, settings.listen, settings.serving)
+    except BaseException:
+        await channel.close()
+        await client.close()
+        raise
     watching = asyncio.create_task(watcher.run(), name="route-watcher")
-    runner, rest_address = await _start_rest(build_app(router, metrics, watcher.synced.is_set), settings.listen)
     log.info("gateway %s: V2 REST on %s; routing table from %s", settings.name, rest_address, settings.scheduler)
     grpc_server: aio.Server | None = None
     addresses = {"listen": str(rest_address)}
@@ -127,9 +134,7 @@ async def run(
             await kafka.start()
             log.info("gateway %s: Kafka topics from %s", settings.name, settings.kafka_bootstrap)
         if settings.grpc_listen is not None:
-            grpc_server, grpc_address = await _start_grpc(
-                settings.grpc_listen, router, watcher, settings.security.insecure
-            )
+            grpc_server, grpc_address = await _start_grpc(settings.grpc_listen, router, watcher, settings.serving)
             addresses["grpc_listen"] = str(grpc_address)
             log.info("gateway %s: V2 gRPC on %s", settings.name, grpc_address)
         if await _first_table(watcher, stop):

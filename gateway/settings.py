@@ -14,13 +14,14 @@ from modelplane.addresses import Address, AddressError, parse_address
 from modelplane.config import parse_layered
 from modelplane.flag_types import seconds
 from modelplane.transport import TransportError, TransportSecurity
-from modelplane.transport_flags import add_tls_flags, security_from
+from modelplane.transport_flags import add_serving_tls_flags, add_tls_flags, security_from, serving_security_from
 
 
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
     scheduler: Address
-    security: TransportSecurity
+    security: TransportSecurity  # to the scheduler
+    serving: TransportSecurity  # of the REST and gRPC listeners
     name: str
     listen: Address
     grpc_listen: Address | None
@@ -99,6 +100,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file ([gateway] table)")
     add_tls_flags(parser, server=False)
+    add_serving_tls_flags(parser)
     return parser
 
 
@@ -109,6 +111,7 @@ def parse_settings(
     settings = GatewaySettings(
         scheduler=options.scheduler,
         security=security_from(options),
+        serving=serving_security_from(options),
         name=options.name or f"gateway-{os.uname().nodename}-{os.getpid()}",
         listen=options.listen,
         grpc_listen=options.grpc_listen,
@@ -126,6 +129,9 @@ def parse_settings(
     try:
         settings.security.validate()
         settings.security.check_plaintext_allowed([settings.scheduler])
+        settings.serving.validate()
+        listeners = [settings.listen, *([settings.grpc_listen] if settings.grpc_listen else [])]
+        settings.serving.check_plaintext_allowed(listeners)
     except TransportError as error:
         parser.error(str(error))
     return settings

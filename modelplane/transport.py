@@ -8,6 +8,7 @@ Rules:
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,22 @@ def bind(server: aio.Server, address: Address, security: TransportSecurity) -> i
     if port == 0:
         raise TransportError(f"cannot listen on {address}: the address is in use or not local")
     return port
+
+
+def http_server_ssl(security: TransportSecurity) -> ssl.SSLContext | None:
+    """The TLS context of an HTTP server with ``security`` (None: plaintext). A CA makes client certificates
+    mandatory, as for gRPC servers."""
+    if security.cert_file is None or security.key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(security.cert_file, security.key_file)
+        if security.ca_file is not None:
+            context.load_verify_locations(security.ca_file)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as error:
+        raise TransportError(f"cannot use the TLS files: {error}") from None
+    return context
 
 
 def open_channel(target: Address, security: TransportSecurity) -> aio.Channel:

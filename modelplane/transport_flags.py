@@ -28,6 +28,25 @@ def add_tls_flags(parser: argparse.ArgumentParser, *, server: bool) -> None:
     )
 
 
+def add_serving_tls_flags(parser: argparse.ArgumentParser) -> None:
+    """TLS of what a process serves, for processes whose --tls-* flags are about the scheduler they call."""
+    group = parser.add_argument_group("serving security (plaintext is refused off loopback without --insecure)")
+    group.add_argument("--serve-tls-cert", type=Path, metavar="PEM", help="this server's certificate chain")
+    group.add_argument("--serve-tls-key", type=Path, metavar="PEM", help="this server's private key")
+    group.add_argument(
+        "--serve-tls-ca", type=Path, metavar="PEM", help="CA that client certificates must chain to (mutual TLS)"
+    )
+
+
+def serving_security_from(options: argparse.Namespace) -> TransportSecurity:
+    return TransportSecurity(
+        insecure=options.insecure,
+        cert_file=options.serve_tls_cert,
+        key_file=options.serve_tls_key,
+        ca_file=options.serve_tls_ca,
+    )
+
+
 def security_from(options: argparse.Namespace) -> TransportSecurity:
     return TransportSecurity(
         insecure=options.insecure,

@@ -174,6 +174,7 @@ def _gateway_settings(up: UpSettings, api: Address) -> GatewaySettings:
     return GatewaySettings(
         scheduler=api,
         security=TransportSecurity(),
+        serving=TransportSecurity(),  # loopback only (checked by the parser)
         name="up-gateway",
         listen=up.gateway,
         grpc_listen=None,

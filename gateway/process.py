@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -94,6 +95,41 @@ def _write_ready_file(path: Path, addresses: dict[str, str]) -> None:
     temporary.replace(path)  # readers never see a half-written file
 
 
+@dataclass
+class _Gateway:
+    """The gateway's parts, wired: the routing table's watcher feeds the router, pipelines and Kafka."""
+
+    channel: aio.Channel
+    client: ReplicaClient
+    router: InferenceRouter
+    watcher: RouteWatcher
+    kafka: KafkaTopicsFollower | None
+    metrics: GatewayMetrics
+
+    @classmethod
+    def wire(cls, settings: GatewaySettings) -> _Gateway:
+        metrics = GatewayMetrics()
+        channel = open_channel(settings.scheduler, settings.security)
+        client = ReplicaClient(max_attempts=settings.max_attempts, timeout_seconds=settings.request_timeout_seconds)
+        router = InferenceRouter(lambda: watcher.table, client, metrics)
+        pipelines = PipelineRunner(lambda: watcher.table, router.call_model, settings.pipeline_timeout_seconds)
+        router.pipelines = pipelines
+        kafka = _kafka_follower(settings, router)
+
+        def on_table(table: RoutingTable) -> None:
+            pipelines.forget_missing(table)
+            if kafka is not None:
+                kafka.on_table(table)
+
+        watcher = RouteWatcher(channel, settings.name, check_pipeline=pipelines.check, on_table=on_table)
+        return cls(channel, client, router, watcher, kafka, metrics)
+
+    async def close(self) -> None:
+        await self.router.close()
+        await self.client.close()
+        await self.channel.close()
+
+
 async def run(
     settings: GatewaySettings, stop: asyncio.Event | None = None, serving: asyncio.Future[Address] | None = None
 ) -> None:
@@ -104,40 +140,28 @@ async def run(
     if stop is None:
         stop = asyncio.Event()
         stop_on_signals(stop)
-    metrics = GatewayMetrics()
-    channel = open_channel(settings.scheduler, settings.security)
-    client = ReplicaClient(max_attempts=settings.max_attempts, timeout_seconds=settings.request_timeout_seconds)
-    router = InferenceRouter(lambda: watcher.table, client, metrics)
-    pipelines = PipelineRunner(lambda: watcher.table, router.call_model, settings.pipeline_timeout_seconds)
-    router.pipelines = pipelines
-    kafka = _kafka_follower(settings, router)
-
-    def on_table(table: RoutingTable) -> None:
-        pipelines.forget_missing(table)
-        if kafka is not None:
-            kafka.on_table(table)
-
-    watcher = RouteWatcher(channel, settings.name, check_pipeline=pipelines.check, on_table=on_table)
-    app = build_app(router, metrics, watcher.synced.is_set)
+    parts = _Gateway.wire(settings)
+    app = build_app(parts.router, parts.metrics, parts.watcher.synced.is_set)
     try:
         runner, rest_address = await _start_rest(app, settings.listen, settings.serving)
     except BaseException:
-        await channel.close()
-        await client.close()
+        await parts.close()
         raise
-    watching = asyncio.create_task(watcher.run(), name="route-watcher")
+    watching = asyncio.create_task(parts.watcher.run(), name="route-watcher")
     log.info("gateway %s: V2 REST on %s; routing table from %s", settings.name, rest_address, settings.scheduler)
     grpc_server: aio.Server | None = None
     addresses = {"listen": str(rest_address)}
     try:
-        if kafka is not None:
-            await kafka.start()
+        if parts.kafka is not None:
+            await parts.kafka.start()
             log.info("gateway %s: Kafka topics from %s", settings.name, settings.kafka_bootstrap)
         if settings.grpc_listen is not None:
-            grpc_server, grpc_address = await _start_grpc(settings.grpc_listen, router, watcher, settings.serving)
+            grpc_server, grpc_address = await _start_grpc(
+                settings.grpc_listen, parts.router, parts.watcher, settings.serving
+            )
             addresses["grpc_listen"] = str(grpc_address)
             log.info("gateway %s: V2 gRPC on %s", settings.name, grpc_address)
-        if await _first_table(watcher, stop):
+        if await _first_table(parts.watcher, stop):
             if settings.ready_file is not None:
                 _write_ready_file(settings.ready_file, addresses)
             if serving is not None and not serving.done():
@@ -145,14 +169,12 @@ async def run(
         await stop.wait()
         log.info("gateway %s stopping", settings.name)
     finally:
-        if kafka is not None:
-            await kafka.stop()
+        if parts.kafka is not None:
+            await parts.kafka.stop()
         if grpc_server is not None:
             await grpc_server.stop(SHUTDOWN_GRACE_SECONDS)
         await runner.cleanup()
         watching.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watching
-        await router.close()
-        await client.close()
-        await channel.close()
+        await parts.close()

@@ -256,3 +256,45 @@ async def test_a_restarted_gateway_rebuilds_its_routes_and_follows_a_moved_model
     assert {code for code, _, _ in after} == {200}
     assert all(body["outputs"][0]["data"] == iris.expected for _, body, _ in after)
     stop_process(gateway.process)
+
+
+async def test_the_gateway_keeps_serving_through_a_scheduler_kill_and_resyncs_after(
+    cluster: Cluster, iris: Iris, http: aiohttp.ClientSession
+) -> None:
+    """The data plane does not depend on the control plane being up: while the scheduler is down the gateway
+    serves from its last table; once a scheduler is back on the same address it takes the new snapshot."""
+    first = cluster.start_scheduler()
+    await asyncio.to_thread(cluster.start_agents, cluster.agent(0))
+    async with api_of(cluster) as api:
+        await api.load(model("steady", str(iris.folder)))
+        await api.available("steady")
+    gateway = await asyncio.to_thread(start_gateway, cluster.root / "gateway", first.listen)
+    url = f"{gateway.url}/v2/models/steady/infer"
+    status, answer, _ = await post(http, url, iris.request)
+    assert (status, answer["outputs"][0]["data"]) == (200, iris.expected)
+
+    os.kill(first.process.pid, signal.SIGKILL)
+    await asyncio.to_thread(first.process.wait, 30)
+    during = await many(http, url, iris.request, 50)
+    assert {code for code, _, _ in during} == {200}, "the gateway must serve from its table while the scheduler is away"
+    assert all(body["outputs"][0]["data"] == iris.expected for _, body, _ in during)
+
+    first.log_path.rename(first.log_path.with_name("scheduler-before-restart.log"))
+    second = await asyncio.to_thread(
+        cluster.start_scheduler, f"--listen={first.listen}", f"--agent-listen={first.agent_listen}"
+    )
+    async with api_of(cluster) as api:
+        await api.load(model("newcomer", str(iris.folder)))  # only the new scheduler knows it
+        await api.available("newcomer")
+    async with asyncio.timeout(WAIT):
+        while True:  # the gateway reconnects with backoff; then the new model is routable
+            status, answer, _ = await post(http, f"{gateway.url}/v2/models/newcomer/infer", iris.request)
+            if status == 200:
+                break
+            assert status == 404, answer
+            await asyncio.sleep(0.2)
+    assert answer["outputs"][0]["data"] == iris.expected
+    status, answer, _ = await post(http, url, iris.request)
+    assert (status, answer["outputs"][0]["data"]) == (200, iris.expected)
+    assert second.listen == first.listen
+    stop_process(gateway.process)

@@ -12,6 +12,9 @@ features, three classes, a random forest), the same design schema and dataset ev
                     time and C at a time (C = the trainer's default ``--max-concurrent-runs``);
     ``launcher``    the trainer's own ``LocalProcessLauncher.run`` (the same subprocess with its rlimits and
                     process group), one at a time.
+    ``warm``        ``WarmProcessLauncher.run`` (``--launcher=warm``: each run forked from a fork server that has
+                    imported run_job once): its first run (the fork server's start included), then one at a time
+                    and C at a time.
     The subprocess rungs run before and after (a), so drift of the shared machine shows.
 (a) The trainer: Tansu (Kafka), Redis and SeaweedFS (S3) started here, and a ``modelplane trainer`` process per
     setting of ``--max-concurrent-runs`` (its default, then 1), each with its own topics, group, Redis prefix and
@@ -21,6 +24,8 @@ features, three classes, a random forest), the same design schema and dataset ev
     status topic gives events per minute; per-event latency (publish to SUCCESS, queueing included) percentiles.
     Each run's history from the trainer's status API (queued, fetching, training, uploading, succeeded) and the
     ``duration_seconds``/``fit_seconds`` the run wrote into its metadata.json (read back from S3) split the time.
+    Then the same at the default concurrency with ``--launcher=warm`` (its runs' CPU is not in the trainer's
+    cutime there: the fork server reaps them).
 
 Reported: the table of rungs, ratios trainer/direct (events per minute against runs per minute of the subprocess
 rung at the same concurrency; sequential latency against each direct rung), where a trainer run's time goes,
@@ -87,6 +92,7 @@ from trainer.fitting import train
 from trainer.jobs import DESIGN_SCHEMA_FILE, DatasetSource, TrainingJob
 from trainer.launchers.base import LaunchVerdict
 from trainer.launchers.local import LocalLauncherSettings, LocalProcessLauncher
+from trainer.launchers.warm import WarmProcessLauncher
 from trainer.run_job import execute
 from trainer.settings import build_parser
 
@@ -257,6 +263,53 @@ async def direct_launcher(model: Model, work: Path, count: int) -> dict[str, Any
         if outcome.verdict is not LaunchVerdict.SUCCEEDED:
             raise RuntimeError(f"launcher run failed: {outcome.detail}")
     return {"latency": stats(times)}
+
+
+async def direct_warm_launcher(model: Model, work: Path, count: int, burst: int) -> dict[str, Any]:
+    """WarmProcessLauncher: the first run (fork server start + imports), ``count`` runs one at a time, then
+    ``burst`` runs DEFAULT_CONCURRENCY at a time. The runs' CPU is the fork server's cutime + cstime (it reaps
+    them), not ours."""
+    launcher = WarmProcessLauncher()
+
+    async def one(job_dir: Path) -> float:
+        started = time.perf_counter()
+        outcome = await launcher.run(job_dir, model.schema)
+        if outcome.verdict is not LaunchVerdict.SUCCEEDED:
+            raise RuntimeError(f"warm launcher run failed: {outcome.detail}")
+        return time.perf_counter() - started
+
+    try:
+        first = await one(job_folder(model, work, "warm-first"))
+        server = launcher.server_pid
+        if server is None:
+            raise RuntimeError("the warm launcher has no fork server after a run")
+        cpu_before = children_cpu_seconds(server)
+        times = [await one(job_folder(model, work, f"warm-c1-{index}")) for index in range(count)]
+        cpu_c1 = children_cpu_seconds(server) - cpu_before
+        gate = asyncio.Semaphore(DEFAULT_CONCURRENCY)
+
+        async def gated(job_dir: Path) -> float:
+            async with gate:
+                return await one(job_dir)
+
+        jobs = [job_folder(model, work, f"warm-c{DEFAULT_CONCURRENCY}-{index}") for index in range(burst)]
+        started = time.perf_counter()
+        burst_times = await asyncio.gather(*(gated(job_dir) for job_dir in jobs))
+        elapsed = time.perf_counter() - started
+        server_rss = rss_bytes(server)
+    finally:
+        await launcher.aclose()
+    return {
+        "first_run_ms": round(first * 1000, 1),
+        "c1": {"latency": stats(times), "cpu_s_per_run": round(cpu_c1 / count, 3)},
+        f"c{DEFAULT_CONCURRENCY}": {
+            "runs": burst,
+            "elapsed_s": round(elapsed, 2),
+            "runs_per_min": round(burst / elapsed * 60, 1),
+            "latency": stats(burst_times),
+        },
+        "fork_server_rss_bytes": server_rss,
+    }
 
 
 # --------------------------------------------------------------------------------------------- components
@@ -449,7 +502,9 @@ class TrainerTopics:
     argv: list[str]  # ``modelplane trainer`` and its flags
 
 
-async def trainer_setup(model: Model, comps: Components, folder: Path, concurrency: int | None) -> TrainerTopics:
+async def trainer_setup(
+    model: Model, comps: Components, folder: Path, concurrency: int | None, launcher: str = "local"
+) -> TrainerTopics:
     """Fresh topics, consumer group, Redis prefix (the schema stored under it) and bucket; the trainer's flags."""
     suffix = uuid.uuid4().hex[:8]
     training, status, inference = f"training-{suffix}", f"status-{suffix}", f"inference-{suffix}"
@@ -479,21 +534,29 @@ async def trainer_setup(model: Model, comps: Components, folder: Path, concurren
         "--status-listen=127.0.0.1:0",
         f"--ready-file={folder / 'ready.json'}",
         *([f"--max-concurrent-runs={concurrency}"] if concurrency is not None else []),
+        f"--launcher={launcher}",
     ]
     return TrainerTopics(training, status, argv)
 
 
 async def trainer_part(
-    model: Model, comps: Components, work: Path, *, concurrency: int | None, events: int, sequential: int
+    model: Model,
+    comps: Components,
+    work: Path,
+    *,
+    concurrency: int | None,
+    events: int,
+    sequential: int,
+    launcher: str = "local",
 ) -> dict[str, Any]:
     """One ``modelplane trainer`` process: warm-up, ``sequential`` events one at a time, then ``events`` at once."""
-    folder = work / f"trainer-c{concurrency or DEFAULT_CONCURRENCY}"
+    folder = work / f"trainer-{launcher}-c{concurrency or DEFAULT_CONCURRENCY}"
     folder.mkdir(parents=True)
-    setup = await trainer_setup(model, comps, folder, concurrency)
+    setup = await trainer_setup(model, comps, folder, concurrency, launcher)
     training, status, ready_file = setup.training, setup.status, folder / "ready.json"
     os.environ["MODELPLANE_TRAINER_S3_SECRET_KEY"] = SECRET_KEY  # inherited by the trainer, kept off its argv
     process = spawn(setup.argv, folder / "trainer.log")
-    result: dict[str, Any] = {"max_concurrent_runs": concurrency or DEFAULT_CONCURRENCY}
+    result: dict[str, Any] = {"max_concurrent_runs": concurrency or DEFAULT_CONCURRENCY, "launcher": launcher}
     reader = StatusReader(comps.bootstrap, status)
     producer = AIOKafkaProducer(bootstrap_servers=comps.bootstrap, acks="all", enable_idempotence=False, linger_ms=0)
     try:
@@ -607,6 +670,9 @@ async def benchmark(config: Config) -> dict[str, Any]:
         }
 
     result["launcher"] = await timed("LocalProcessLauncher", lambda: direct_launcher(model, direct, config.repeats))
+    result["warm_launcher"] = await timed(
+        "WarmProcessLauncher", lambda: direct_warm_launcher(model, direct, config.repeats, config.events)
+    )
     result["subprocess_before"] = await timed("python -m trainer.run_job", lambda: subprocess_rungs("before"))
     with components(work / "components") as comps:
         result["trainer"] = {}
@@ -622,6 +688,18 @@ async def benchmark(config: Config) -> dict[str, Any]:
                 sequential=config.sequential if concurrency is None else 0,
             )
             result["trainer"][label] = await timed(f"modelplane trainer, {label}", part)
+        # The same trainer at its default concurrency with --launcher=warm (runs forked from a warm fork server).
+        warm_part = functools.partial(
+            trainer_part,
+            model,
+            comps,
+            work,
+            concurrency=None,
+            events=config.events,
+            sequential=config.sequential,
+            launcher="warm",
+        )
+        result["trainer_warm"] = await timed("modelplane trainer --launcher=warm", warm_part)
     result["subprocess_after"] = await timed("python -m trainer.run_job again", lambda: subprocess_rungs("after"))
     result["environment"]["loadavg_end"] = os.getloadavg()[0]
     result["ratios"] = ratios(result)
@@ -637,6 +715,22 @@ def ratios(result: dict[str, Any]) -> dict[str, Any]:
         rate = part["burst"]["events_per_min"]
         found[f"events_per_min_{label}_vs_subprocess"] = round(rate / statistics.mean([before, after]), 3)
         found[f"events_per_min_{label}_vs_subprocess_before_after"] = [round(rate / before, 3), round(rate / after, 3)]
+    warm, c = result["warm_launcher"], f"c{DEFAULT_CONCURRENCY}"
+    subprocess_c = statistics.mean(
+        result[side][c]["runs_per_min"] for side in ("subprocess_before", "subprocess_after")
+    )
+    found["warm_vs_local_launcher_latency_c1"] = round(
+        warm["c1"]["latency"]["p50_ms"] / result["launcher"]["latency"]["p50_ms"], 3
+    )
+    found[f"warm_vs_subprocess_runs_per_min_{c}"] = round(warm[c]["runs_per_min"] / subprocess_c, 2)
+    trainer_warm, trainer_local = result["trainer_warm"], result["trainer"][c]
+    found[f"trainer_warm_vs_local_events_per_min_{c}"] = round(
+        trainer_warm["burst"]["events_per_min"] / trainer_local["burst"]["events_per_min"], 2
+    )
+    if "sequential" in trainer_warm and "sequential" in trainer_local:
+        found["trainer_warm_vs_local_sequential_latency"] = round(
+            trainer_warm["sequential"]["latency"]["p50_ms"] / trainer_local["sequential"]["latency"]["p50_ms"], 3
+        )
     sequential = result["trainer"][f"c{DEFAULT_CONCURRENCY}"].get("sequential")
     if sequential is not None and sequential["latency"]["count"]:
         latency = sequential["latency"]["p50_ms"]
@@ -673,6 +767,14 @@ def render(result: dict[str, Any]) -> str:
         f"{'launcher (LocalProcessLauncher), c1':<44} {60_000 / result['launcher']['latency']['p50_ms']:>9.0f}  "
         f"{lat(result['launcher']['latency'])}",
     ]
+    warm = result["warm_launcher"]
+    lines += [
+        f"{'warm launcher (WarmProcessLauncher), c1':<44} {60_000 / warm['c1']['latency']['p50_ms']:>9.0f}  "
+        f"{lat(warm['c1']['latency'])}; CPU {warm['c1']['cpu_s_per_run']} s/run; first run (fork server start) "
+        f"{warm['first_run_ms']} ms",
+        f"{f'warm launcher, {c}':<44} {warm[c]['runs_per_min']:>9}  {lat(warm[c]['latency'])}; fork server RSS "
+        f"{warm['fork_server_rss_bytes'] / MiB:.1f} MiB",
+    ]
     for side, part in (("before", before), ("after", after)):
         for label in ("c1", c):
             rung, name = part[label], f"python -m trainer.run_job, {label}, {side}"
@@ -686,8 +788,17 @@ def render(result: dict[str, Any]) -> str:
         if "sequential" in part:
             name = f"modelplane trainer, {label}, one at a time"
             lines.append(f"{name:<44} {'':>9}  {lat(part['sequential']['latency'])}")
+    warm_trainer = result["trainer_warm"]
+    name = f"modelplane trainer --launcher=warm, {c}, {warm_trainer['burst']['events']} at once"
+    lines.append(
+        f"{name:<44} {warm_trainer['burst']['events_per_min']:>9}  {lat(warm_trainer['burst']['latency'])} "
+        "(queueing included)"
+    )
+    if "sequential" in warm_trainer:
+        name = f"modelplane trainer --launcher=warm, {c}, one at a time"
+        lines.append(f"{name:<44} {'':>9}  {lat(warm_trainer['sequential']['latency'])}")
     lines += ["", f"ratios trainer/direct: {json.dumps(result['ratios'])}", ""]
-    for label, part in result["trainer"].items():
+    for label, part in [*result["trainer"].items(), (f"warm {c}", warm_trainer)]:
         burst, rss = part["burst"], part["rss_bytes"]
         lines += [
             f"trainer {label}: warm-up (group join) {part['warm_up_s']} s; failures {len(part['failures'])}; exit "
@@ -738,7 +849,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(render(result))
     if options.json is not None:
         options.json.write_text(json.dumps(result, indent=2) + "\n")
-    healthy = all(not part["failures"] and part["trainer_exit"][0] == 0 for part in result["trainer"].values())
+    parts = [*result["trainer"].values(), result["trainer_warm"]]
+    healthy = all(not part["failures"] and part["trainer_exit"][0] == 0 for part in parts)
     return 0 if healthy else 1
 
 

@@ -133,10 +133,14 @@ def real_launcher(**overrides: Any) -> LocalProcessLauncher:
 
 
 @asynccontextmanager
-async def running_trainer(settings: TrainerSettings, launcher: Any = None) -> AsyncIterator[TrainerService]:
+async def running_trainer(
+    settings: TrainerSettings, launcher: Any = None, *, from_settings: bool = False
+) -> AsyncIterator[TrainerService]:
+    """The trainer in this process; with ``from_settings`` it builds its launcher from ``settings`` itself."""
     stop = asyncio.Event()
     started: asyncio.Future[TrainerService] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(process.run(settings, stop, launcher=launcher or real_launcher(), started=started))
+    chosen = None if from_settings else launcher or real_launcher()
+    task = asyncio.create_task(process.run(settings, stop, launcher=chosen, started=started))
     waiting: set[asyncio.Future[Any]] = {task, started}
     await asyncio.wait(waiting, timeout=30, return_when=asyncio.FIRST_COMPLETED)
     if task.done():
@@ -570,3 +574,19 @@ async def test_auto_deploy_serves_the_trained_model_from_mlserver(
     finally:
         stop_agent(agent)
         stop_process(scheduler.process)
+
+
+async def test_the_warm_launcher_trains_events_through_the_whole_flow(stack: Stack) -> None:
+    """--launcher=warm: runs forked from a fork server that has scikit-learn imported already."""
+    await put_schema(stack, "warm-key", iris_multiclass_logistic(design_token="iris-warm"))
+    async with running_trainer(stack.settings("--launcher=warm"), from_settings=True):
+        await produce(stack.kafka.bootstrap, stack.training_topic, [event(f"warm-{n}", "warm-key") for n in range(3)])
+        statuses = await statuses_for(stack, [f"warm-{n}" for n in range(3)])
+    for n in range(3):
+        [record] = statuses[f"warm-{n}"]
+        assert status_of(record).status == SUCCESS, status_of(record).errors
+        assert json.loads(headers_of(record)["modelplane-metrics"])["accuracy"] > 0.8
+    uri = headers_of(statuses["warm-0"][0])["modelplane-model-uri"]
+    folder = uri.removeprefix(f"s3://{stack.bucket}/")
+    artifact = stack.s3.client.get_object(stack.bucket, f"{folder}/retail_forecasting_model.pkl").read()
+    assert list(joblib.load(io.BytesIO(artifact)).predict(np.array([[5.1, 3.5, 1.4, 0.2]]))) == ["setosa"]

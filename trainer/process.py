@@ -65,6 +65,10 @@ def default_launcher(settings: TrainerSettings) -> Launcher:
     from trainer.launchers.local import LocalLauncherSettings, LocalProcessLauncher  # noqa: PLC0415
 
     environment |= {"AWS_ACCESS_KEY_ID": settings.s3.access_key, "AWS_SECRET_ACCESS_KEY": settings.s3.secret_key}
+    if settings.launcher == "warm":
+        from trainer.launchers.warm import WarmLauncherSettings, WarmProcessLauncher  # noqa: PLC0415
+
+        return WarmProcessLauncher(WarmLauncherSettings(limits=LocalLauncherSettings(env=environment)))
     return LocalProcessLauncher(LocalLauncherSettings(env=environment))
 
 
@@ -112,9 +116,8 @@ async def run(
             settings.deploy_requirements,
             storage_secret=settings.deploy_storage_secret,
         )
-        service = TrainerService(
-            settings, launcher or default_launcher(settings), client, ModelStore(settings.s3), deployer
-        )
+        chosen = launcher or default_launcher(settings)
+        service = TrainerService(settings, chosen, client, ModelStore(settings.s3), deployer)
 
         def health() -> dict[str, Any]:
             return {"consuming": service.consuming, "in_flight": service.in_flight, "instance": service.instance}
@@ -138,6 +141,9 @@ async def run(
             consumer.result()
         finally:
             await runner.cleanup()
+            close = getattr(chosen, "aclose", None)
+            if launcher is None and close is not None:
+                await close()  # the warm launcher's fork server (in-flight runs were finished or cancelled above)
     finally:
         await client.aclose()
     log.info("trainer stopped")

@@ -25,6 +25,8 @@ import pytest
 from generated.mlops.training.v1 import training_pb2
 from tests import training_schemas as schemas
 from tests.processes import STARTED
+from tests.test_training_launch_local import alive, wait_until
+from tests.test_training_launch_local import wait_for_file as wait_for_local_file
 from trainer import process
 from trainer.jobs import DESIGN_SCHEMA_FILE, DatasetSource, RunResult, TrainingJob
 from trainer.launchers.base import LaunchVerdict
@@ -75,30 +77,9 @@ def iris_job(tmp_path: Path, name: str, dataset: Path | None = None) -> tuple[Pa
     return job_dir, schema
 
 
-def alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def read_if_present(path: Path) -> str:
-    return path.read_text() if path.exists() else ""
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    for _ in range(int(timeout / 0.02)):
-        if condition():
-            return True
-        await asyncio.sleep(0.02)
-    return condition()
-
-
 async def wait_for_file(path: Path, timeout: float = 30.0) -> str:
-    assert await wait_until(lambda: bool(read_if_present(path)), timeout), f"{path} never appeared"
-    return read_if_present(path)
+    """As the local launcher's tests wait, with room for the fork server's first start."""
+    return await wait_for_local_file(path, timeout)
 
 
 def kill_if_alive(*pids: int) -> None:

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelplane import logs
-from modelplane.addresses import Address, AddressError, parse_address
+from modelplane.addresses import Address
 from modelplane.config import parse_layered
-from modelplane.flag_types import seconds
+from modelplane.flag_types import address, seconds
 from modelplane.sizes import parse_size
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_tls_flags, security_from
@@ -51,13 +51,6 @@ class AgentSettings:
     log_json: bool
 
 
-def _address(text: str) -> Address:
-    try:
-        return parse_address(text, allow_port_zero=True)
-    except AddressError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def _size(text: str) -> int:
     try:
         value = parse_size(text)
@@ -87,7 +80,7 @@ def _bounded_int(low: int, high: int) -> Callable[[str], int]:
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--scheduler",
-        type=_address,
+        type=address,
         default="127.0.0.1:9005",
         metavar="HOST:PORT",
         help="the scheduler's agent address (default 127.0.0.1:9005; env MODELPLANE_AGENT_SCHEDULER)",
@@ -153,14 +146,14 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--proxy-http",
-        type=_address,
+        type=address,
         default="127.0.0.1:9100",
         metavar="HOST:PORT",
         help="inference proxy, V2 REST (default 127.0.0.1:9100; port 0 picks one)",
     )
     parser.add_argument(
         "--proxy-grpc",
-        type=_address,
+        type=address,
         default="127.0.0.1:9500",
         metavar="HOST:PORT",
         help="inference proxy, V2 gRPC (default 127.0.0.1:9500; port 0 picks one)",

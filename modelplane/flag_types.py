@@ -5,6 +5,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from modelplane.addresses import Address, AddressError, parse_address
+
+
+def address(text: str) -> Address:
+    """HOST:PORT, port 0 allowed (a listener picks a free port; for a peer it is refused when dialled)."""
+    try:
+        return parse_address(text, allow_port_zero=True)
+    except AddressError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
 
 def seconds(maximum: float) -> Callable[[str], float]:
     """A positive number of seconds up to ``maximum``."""

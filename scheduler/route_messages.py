@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from generated.mlops.routing.v1 import routing_pb2 as rpb
-from generated.mlops.scheduler import scheduler_pb2 as pb
 from scheduler.experiments import ExperimentRecord
 from scheduler.model_records import ModelRecord, ModelVersion
 from scheduler.pipelines import PipelineRecord, PipelineStatus
@@ -62,8 +61,7 @@ def pipeline_route(name: str, record: PipelineRecord | None) -> rpb.WatchRoutesR
     live = [v for v in record.versions if not v.ending]
     ready = [v for v in live if v.status == PipelineStatus.READY]
     chosen = (ready or live or [record.latest])[-1]
-    spec = pb.Pipeline()
-    spec.CopyFrom(chosen.spec)
+    # The message constructor copies the spec: the route never aliases the record.
     return rpb.WatchRoutesResponse(
-        pipeline=rpb.PipelineRoute(name=name, version=chosen.version, uid=chosen.uid, pipeline=spec)
+        pipeline=rpb.PipelineRoute(name=name, version=chosen.version, uid=chosen.uid, pipeline=chosen.spec)
     )

@@ -22,17 +22,11 @@ class RoutingService(pb_grpc.RoutingServiceServicer):
         self.core = core
 
     async def ModelEndpoints(self, request: pb.ModelEndpointsRequest, context: Context) -> pb.ModelEndpointsResponse:
-        async def call() -> tuple[int, list[tuple[str, int, str, str]]]:
+        async def call() -> tuple[int, list[pb.ModelEndpoint]]:
             return self.core.model_endpoints(request.model_name)
 
         version, endpoints = await status_codes.unary(context, call)
-        return pb.ModelEndpointsResponse(
-            model_name=request.model_name,
-            version=version,
-            endpoints=[
-                pb.ModelEndpoint(server_name=s, replica_idx=i, http_url=h, grpc_target=g) for s, i, h, g in endpoints
-            ],
-        )
+        return pb.ModelEndpointsResponse(model_name=request.model_name, version=version, endpoints=endpoints)
 
     async def WatchRoutes(
         self, request: pb.WatchRoutesRequest, context: Context

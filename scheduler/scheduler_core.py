@@ -213,8 +213,8 @@ class SchedulerCore:
             subscriber, lambda: [(n, status_messages.model_status(r)) for n, r in self.cluster.models.items()]
         )
 
-    def model_endpoints(self, name: str) -> tuple[int, list[tuple[str, int, str, str]]]:
-        """(version, [(server, replica, http_url, grpc_target)]) serving ``name`` now.
+    def model_endpoints(self, name: str) -> tuple[int, list[rpb.ModelEndpoint]]:
+        """(version, its serving endpoints): where ``name`` is served now.
 
         Raises NotFound for an unknown model, Unavailable while nothing serves it.
         """
@@ -225,7 +225,7 @@ class SchedulerCore:
         for version in reversed(record.versions):
             endpoints = route_messages.serving_endpoints(version, self.cluster.servers)
             if endpoints:
-                return version.version, [(e.server_name, e.replica_idx, e.http_url, e.grpc_target) for e in endpoints]
+                return version.version, endpoints
         state = record.latest.derived
         detail = f": {state.reason}" if state.reason else ""
         raise Unavailable(f"model {name!r} is not served yet (state {state.state.name}{detail})")

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelplane import logs
-from modelplane.addresses import Address, AddressError, parse_address
+from modelplane.addresses import Address
 from modelplane.config import parse_layered
-from modelplane.flag_types import seconds
+from modelplane.flag_types import address, seconds
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_tls_flags, security_from
 
@@ -40,27 +40,20 @@ class SchedulerSettings:
     scale_down_idle_seconds: float = 300.0
 
 
-def listen_address(text: str) -> Address:
-    try:
-        return parse_address(text, allow_port_zero=True)
-    except AddressError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 positive_seconds = seconds(3600)
 
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--listen",
-        type=listen_address,
+        type=address,
         default=DEFAULT_LISTEN,
         metavar="HOST:PORT",
         help=f"Scheduler API address for clients and controllers (default {DEFAULT_LISTEN}; port 0 picks one)",
     )
     parser.add_argument(
         "--agent-listen",
-        type=listen_address,
+        type=address,
         default=DEFAULT_AGENT_LISTEN,
         metavar="HOST:PORT",
         help=f"address agents connect to (default {DEFAULT_AGENT_LISTEN}; port 0 picks one)",

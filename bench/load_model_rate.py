@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from bench_processes import cpu_seconds, stop_process
 from grpc import aio
 
 from generated.mlops.agent.v1 import agent_pb2, agent_pb2_grpc
@@ -86,14 +87,6 @@ def rss_bytes(pid: int) -> tuple[int, int]:
         if key in ("VmRSS", "VmHWM"):
             values[key] = int(rest.split()[0]) * 1024  # reported in kB
     return values["VmRSS"], values["VmHWM"]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (all its threads), from /proc/PID/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": fields[0] is field 3 (state)
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def filesystem_of(path: Path) -> str:
@@ -136,19 +129,6 @@ def wait_for_file(path: Path, process: subprocess.Popen[bytes], timeout: float, 
         time.sleep(0.02)
     data: dict[str, Any] = json.loads(path.read_text())
     return data
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 20) -> tuple[int, float]:
-    """SIGTERM by PID, SIGKILL if it has not exited in ``timeout`` s. Returns (exit status, seconds taken)."""
-    started = time.monotonic()
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
-    return process.returncode, time.monotonic() - started
 
 
 def spawn(args: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:

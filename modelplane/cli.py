@@ -19,9 +19,10 @@ from agent.settings import parse_settings as parse_agent_settings
 from gateway.settings import build_parser as build_gateway_parser
 from gateway.settings import parse_settings as parse_gateway_settings
 from modelplane import __version__, logs, model_commands, status_command, up
-from modelplane.addresses import Address, AddressError, parse_address
+from modelplane.addresses import Address
 from modelplane.command_line import EXIT_USAGE, fail, subparsers
 from modelplane.config import parse_layered
+from modelplane.flag_types import peer_address
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_tls_flags, security_from
 from scheduler.settings import build_parser, parse_settings
@@ -33,18 +34,11 @@ DEFAULT_SCHEDULER = "127.0.0.1:9004"
 GROUPS = ("model", "server")
 
 
-def _scheduler_address(text: str) -> Address:
-    try:
-        return parse_address(text)
-    except AddressError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def add_client_flags(parser: argparse.ArgumentParser, section: str) -> None:
     """Flags of every command that talks to a running scheduler's API."""
     parser.add_argument(
         "--scheduler",
-        type=_scheduler_address,
+        type=peer_address,
         default=DEFAULT_SCHEDULER,
         metavar="HOST:PORT",
         help=f"the scheduler's API address (default {DEFAULT_SCHEDULER}; env MODELPLANE_SCHEDULER)",

@@ -8,6 +8,14 @@ from collections.abc import Callable
 from modelplane.addresses import Address, AddressError, parse_address
 
 
+def peer_address(text: str) -> Address:
+    """HOST:PORT of something to connect to (port 0 refused)."""
+    try:
+        return parse_address(text)
+    except AddressError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def address(text: str) -> Address:
     """HOST:PORT, port 0 allowed (a listener picks a free port; for a peer it is refused when dialled)."""
     try:

@@ -244,6 +244,9 @@ def test_deep_nesting_is_refused_not_a_crash(depth: int) -> None:
             parse_expression(source, "deep")
         except ExpressionError as exc:
             assert "deep" in str(exc)
+        else:
+            # Parentheses add no syntax nodes; nested operators and calls beyond the limit must be refused.
+            assert source.startswith("(") or depth <= MAX_DEPTH, f"depth {depth} was accepted"
 
 
 # --- preprocessing ---------------------------------------------------------------------------------------------

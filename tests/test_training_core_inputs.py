@@ -62,7 +62,7 @@ def test_an_integer_is_accepted_for_a_float_and_random_state_is_kept() -> None:
         ("logistic_regression", {"max_iter": "100"}, "expected an integer (i32) in [1, 100000]"),
         ("logistic_regression", {"max_iter": 0}, "'max_iter' of multiclass/logistic_regression got 0"),
         ("logistic_regression", {"C": 0.0}, "'C' of multiclass/logistic_regression got 0; expected a number"),
-        ("logistic_regression", {"C": -1}, "'C'"),
+        ("logistic_regression", {"C": -1}, "'C' of multiclass/logistic_regression got -1; expected a number"),
         ("logistic_regression", {"solver": "magic"}, "got 'magic'; expected one of ['lbfgs'"),
         ("logistic_regression", {"fit_intercept": 1}, "'fit_intercept' of multiclass/logistic_regression got i32"),
         ("logistic_regression", {"C": [1.0, 2.0]}, "'C' of multiclass/logistic_regression got a fvector"),
@@ -283,6 +283,7 @@ def test_limits(tmp_path: Path) -> None:
         (DatasetSource(url="file://otherhost/a.csv"), "must name a local path"),
         (DatasetSource(url="s3://bucket-only"), "must name one object"),
         (DatasetSource(url="s3://bucket/key.csv"), "needs MODELPLANE_S3_ENDPOINT"),
+        (DatasetSource(url="s3://key:secret@bucket/key.csv"), "s3://bucket/key.csv must not hold credentials"),
         (
             DatasetSource(url="http://user:secret@127.0.0.1:1/a.csv?token=abc"),
             "fetching dataset http://127.0.0.1:1/a.csv",
@@ -423,3 +424,11 @@ def test_any_design_trains_or_fails_as_bad_input(
         return
     assert model.features == tuple(features)
     assert model.split.train_rows + model.split.test_rows == 150
+
+
+def test_repeated_names_are_named() -> None:
+    schema = schemas.iris_multiclass_logistic(features=("sepal_length", "petal_width", "sepal_length"))
+    with pytest.raises(DesignError, match=r"names columns more than once: \['sepal_length'\]"):
+        read_design(schema)
+    with pytest.raises(DatasetError, match=r"has duplicate columns: \['a'\]"):
+        parse_table(b"a, a ,b\n1,2,3\n", "d.csv", "d.csv", LIMITS)

@@ -91,21 +91,22 @@ def _base_schema(
     return schema
 
 
-def _set_classifier(
-    models: training_pb2.BinaryClassificationModels | training_pb2.MulticlassClassificationModels,
+CLASSIFIERS = ("logistic_regression", "decision_tree", "random_forest", "gbdt")
+REGRESSORS = ("linear_regression", "decision_tree", "random_forest", "gbdt")
+
+
+def _set_model(
+    models: training_pb2.BinaryClassificationModels
+    | training_pb2.MulticlassClassificationModels
+    | training_pb2.RegressionModels,
     algorithm: str,
+    known: tuple[str, ...],
     params: training_pb2.ModelHyperParameter,
 ) -> None:
-    if algorithm == "logistic_regression":
-        models.logistic_regression.hyper_parameters.CopyFrom(params)
-    elif algorithm == "decision_tree":
-        models.decision_tree.hyper_parameters.CopyFrom(params)
-    elif algorithm == "random_forest":
-        models.random_forest.hyper_parameters.CopyFrom(params)
-    elif algorithm == "gbdt":
-        models.gbdt.hyper_parameters.CopyFrom(params)
-    else:
-        raise ValueError(f"unknown classification algorithm {algorithm!r} in a test builder")
+    """Select ``algorithm`` (one of ``known``, each a field of ``models``) with ``params``."""
+    if algorithm not in known:
+        raise ValueError(f"unknown algorithm {algorithm!r} in a test builder (known: {known})")
+    getattr(models, algorithm).hyper_parameters.CopyFrom(params)
 
 
 def iris_multiclass_logistic(
@@ -139,7 +140,7 @@ def iris_multiclass_logistic(
     schema.algorithm.algorithm_token.value = f"multiclass-{algorithm}"
     if hyper is None:
         hyper = {"max_iter": 500} if algorithm == "logistic_regression" else {"random_state": 0}
-    _set_classifier(schema.algorithm.classification.multiclass, algorithm, hyper_parameters(hyper))
+    _set_model(schema.algorithm.classification.multiclass, algorithm, CLASSIFIERS, hyper_parameters(hyper))
     schema.output.design_output_type = training_pb2.OUTPUT_TYPE_CLASSIFICATION
     multi = schema.output.classification_schema.multi_class
     multi.target_variable.value = target
@@ -177,7 +178,7 @@ def iris_binary(
     schema.algorithm.algorithm_token.value = f"binary-{algorithm}"
     if hyper is None:
         hyper = {"max_iter": 500} if algorithm == "logistic_regression" else {"random_state": 0}
-    _set_classifier(schema.algorithm.classification.binary, algorithm, hyper_parameters(hyper))
+    _set_model(schema.algorithm.classification.binary, algorithm, CLASSIFIERS, hyper_parameters(hyper))
     schema.output.design_output_type = training_pb2.OUTPUT_TYPE_CLASSIFICATION
     binary = schema.output.classification_schema.binary
     binary.target_variable.value = target
@@ -217,18 +218,7 @@ def linear_regression(
     schema.algorithm.algorithm_token.value = f"regression-{algorithm}"
     if hyper is None:
         hyper = {} if algorithm == "linear_regression" else {"random_state": 0}
-    params = hyper_parameters(hyper)
-    regression = schema.algorithm.regression
-    if algorithm == "linear_regression":
-        regression.linear_regression.hyper_parameters.CopyFrom(params)
-    elif algorithm == "decision_tree":
-        regression.decision_tree.hyper_parameters.CopyFrom(params)
-    elif algorithm == "random_forest":
-        regression.random_forest.hyper_parameters.CopyFrom(params)
-    elif algorithm == "gbdt":
-        regression.gbdt.hyper_parameters.CopyFrom(params)
-    else:
-        raise ValueError(f"unknown regression algorithm {algorithm!r} in a test builder")
+    _set_model(schema.algorithm.regression, algorithm, REGRESSORS, hyper_parameters(hyper))
     schema.output.design_output_type = training_pb2.OUTPUT_TYPE_REGRESSION
     schema.output.regression_schema.label_schema = target
     schema.output.regression_schema.inference_schema = "prediction"

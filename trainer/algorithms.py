@@ -95,6 +95,11 @@ _CLASS_WEIGHT = Param(("str",), choices=("balanced",))
 _CLASSIFIER_CRITERIA = Param(("str",), choices=("gini", "entropy", "log_loss"))
 _REGRESSOR_CRITERIA = Param(("str",), choices=("squared_error", "friedman_mse", "absolute_error", "poisson"))
 _N_ESTIMATORS = Param(("i32",), 1, 5_000)
+_FOREST: dict[str, Param] = {  # on top of _TREE_PARAMS, for both random forests
+    "n_estimators": _N_ESTIMATORS,
+    "bootstrap": Param(("bl",)),
+    "max_samples": Param(("i32", "flt"), 1, 10_000_000, float_low=0.0, float_high=1.0),
+}
 _BOOSTING: dict[str, Param] = {
     "n_estimators": _N_ESTIMATORS,
     "learning_rate": Param(("flt",), 0.0, 10.0, low_inclusive=False),
@@ -143,11 +148,9 @@ def _classifiers(task: Task, group: str) -> dict[str, AlgorithmSpec]:
             RandomForestClassifier,
             {
                 **_TREE_PARAMS,
+                **_FOREST,
                 "criterion": _CLASSIFIER_CRITERIA,
                 "class_weight": Param(("str",), choices=("balanced", "balanced_subsample")),
-                "n_estimators": _N_ESTIMATORS,
-                "bootstrap": Param(("bl",)),
-                "max_samples": Param(("i32", "flt"), 1, 10_000_000, float_low=0.0, float_high=1.0),
             },
         ),
         "gbdt": AlgorithmSpec(
@@ -171,13 +174,7 @@ _REGRESSORS: dict[str, AlgorithmSpec] = {
         "regression/random_forest",
         Task.REGRESSION,
         RandomForestRegressor,
-        {
-            **_TREE_PARAMS,
-            "criterion": _REGRESSOR_CRITERIA,
-            "n_estimators": _N_ESTIMATORS,
-            "bootstrap": Param(("bl",)),
-            "max_samples": Param(("i32", "flt"), 1, 10_000_000, float_low=0.0, float_high=1.0),
-        },
+        {**_TREE_PARAMS, **_FOREST, "criterion": _REGRESSOR_CRITERIA},
     ),
     "gbdt": AlgorithmSpec(
         "regression/gbdt",

@@ -16,6 +16,7 @@ import hashlib
 import io
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -85,6 +86,8 @@ def fetch_bytes(source: DatasetSource, environ: Mapping[str, str], limits: Datas
         local = unquote(parts.path)
         return _read_file(Path(local), shown, limits)
     if scheme == "s3":
+        if parts.username is not None or parts.password is not None:  # else the bucket carries them into messages
+            raise DatasetError(f"dataset URL {shown} must not hold credentials; use AWS_ACCESS_KEY_ID")
         return _read_s3(parts.netloc, unquote(parts.path.lstrip("/")), environ, limits)
     if scheme in ("http", "https"):
         return _read_http(url, shown, limits), shown, PurePosixPath(unquote(parts.path)).name
@@ -222,7 +225,7 @@ def _check_shape(rows: int, columns: int, origin: str, limits: DatasetLimits) ->
 def _normalise_columns(frame: pd.DataFrame, origin: str) -> pd.DataFrame:
     """Column names as stripped text; duplicates (possible in Parquet) are an error naming them."""
     names = [str(column).strip() for column in frame.columns]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
     if duplicates:
         raise DatasetError(f"dataset {origin} has duplicate columns: {duplicates}")
     frame.columns = names

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 from generated.mlops.training.v1 import training_pb2
@@ -79,7 +80,7 @@ def _features(input_schema: training_pb2.ModelDesignInputSchema) -> tuple[str, .
     blank = [index for index, name in enumerate(features) if not name.strip()]
     if blank:
         raise DesignError(f"input.multivariate.design_input has empty column names at positions {blank}")
-    duplicates = sorted({name for name in features if features.count(name) > 1})
+    duplicates = sorted(name for name, count in Counter(features).items() if count > 1)
     if duplicates:
         raise DesignError(f"input.multivariate.design_input names columns more than once: {duplicates}")
     return features

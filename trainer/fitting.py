@@ -70,7 +70,6 @@ class TrainedModel:
     metrics: dict[str, float]
     metrics_skipped: dict[str, str]
     fitted_parameters: dict[str, object]  # JSON-ready
-    logistic_parameters: training_pb2.LogisticRegressionParameter | None
     split: SplitUsed
     dataset_stats: dict[str, object]
     preprocessing: list[dict[str, object]]
@@ -91,7 +90,7 @@ def train(schema: training_pb2.ModelDesignSchema, frame: pd.DataFrame, origin: s
     stats = dataset_stats(frame, plan, design.task)
     rows = len(frame)
     processed = apply_preprocessor(steps, numeric_columns(frame, plan.raw_features), rows)
-    features = np.column_stack([processed[name] for name in design.features]).astype(np.float64)
+    features = np.column_stack([processed[name] for name in design.features]).astype(np.float64, copy=False)
     target = _target(frame, plan, design)
     split = split_rows(rows, design.split)
     train_y = target[split.train_indices]
@@ -114,7 +113,6 @@ def train(schema: training_pb2.ModelDesignSchema, frame: pd.DataFrame, origin: s
         metrics={},
         metrics_skipped={},
         fitted_parameters=fitted_parameters(estimator, design.features),
-        logistic_parameters=logistic_parameters(estimator),
         split=split,
         dataset_stats=stats,
         preprocessing=[step.describe() for step in steps],

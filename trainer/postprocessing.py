@@ -45,10 +45,16 @@ class PostprocessProgram:
         }
 
 
+def _label_variable(label: str) -> str | None:
+    """``p_<label>`` when that is an identifier expressions can name, else None (see the module docstring)."""
+    name = f"p_{label}"
+    return name if name.isidentifier() else None
+
+
 def probability_variables(classes: list[str]) -> list[str]:
     """The names the program may read for a model with these classes (see the module docstring)."""
     names = [f"p{index}" for index in range(len(classes))]
-    names.extend(f"p_{label}" for label in classes if f"p_{label}".isidentifier())
+    names.extend(name for name in map(_label_variable, classes) if name is not None)
     return names
 
 
@@ -152,8 +158,9 @@ def run_postprocessor(
     for index, label in enumerate(classes):
         column = np.ascontiguousarray(probabilities[:, index], dtype=np.float64)
         variables[f"p{index}"] = column
-        if f"p_{label}".isidentifier():
-            variables[f"p_{label}"] = column
+        named = _label_variable(label)
+        if named is not None:
+            variables[named] = column
     results: dict[str, FloatArray] = {}
     for name in program.order:
         results[name] = evaluate(program.expressions[name], variables, rows)

@@ -111,13 +111,13 @@ def _run(job_dir: Path, environ: Mapping[str, str]) -> RunResult:
     temporary = output / f".{artifact_name}.partial"
     joblib.dump(model.estimator, temporary)
     temporary.replace(artifact)  # a reader never sees a half-written artifact under the final name
-    data = artifact.read_bytes()
-    sha256 = hashlib.sha256(data).hexdigest()
+    with artifact.open("rb") as handle:  # streamed: the artifact may be large, its bytes are not needed here
+        sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
     metadata = build_metadata(job, schema, model, dataset_info=_dataset_info(dataset))
     metadata["artifact"] = {
         "name": artifact_name,
         "format": "joblib",
-        "size_bytes": len(data),
+        "size_bytes": artifact.stat().st_size,
         "sha256": sha256,
         "input": {"dtype": "float64", "columns": list(model.features)},  # the design inputs, after preprocessing
     }

@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-u
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-untyped]
 from aiokafka.errors import TopicAlreadyExistsError  # type: ignore[import-untyped]
 
+from servers.launch.local import free_ports
 from tests.processes import stop_process
 
 # A consumed record (aiokafka.ConsumerRecord): topic, partition, offset, key, value, headers.
@@ -64,10 +65,7 @@ class KafkaBroker:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return free_ports(1)[0]
 
 
 def _wait_until_accepting(process: subprocess.Popen[bytes], port: int, log: Path, timeout: float) -> None:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from servers.launch.local import free_ports
+
 
 @dataclass(frozen=True)
 class RedisServer:
@@ -47,13 +49,6 @@ class RedisServer:
     def unique_prefix(prefix: str = "test") -> str:
         """A key prefix no other test uses: the session's server is shared."""
         return f"{prefix}:{uuid.uuid4().hex[:12]}:"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _alive(pid: int) -> bool:
@@ -94,7 +89,7 @@ def start_redis(folder: Path, *, port: int | None = None, timeout: float = 20) -
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is missing: apt-get install -y redis-server")
-    port = port or _free_port()
+    port = port or free_ports(1)[0]
     pidfile = folder / "redis.pid"
     log = folder / "redis.log"
     subprocess.run(

@@ -42,6 +42,7 @@ from trainer.design_store import DesignStore
 from trainer.jobs import RunResult, TrainingJob
 from trainer.launchers.base import LaunchOutcome, LaunchVerdict
 from trainer.launchers.local import LocalLauncherSettings, LocalProcessLauncher
+from trainer.run_registry import ClaimKind, FinalRecord, RunRegistry
 from trainer.service import TrainerService
 from trainer.service_deploy import model_name_for
 from trainer.settings import TrainerSettings, build_parser, parse_settings
@@ -420,7 +421,39 @@ async def _stack_for(kafka: KafkaBroker, redis: RedisServer, s3: S3Server, folde
     return stack
 
 
+async def test_the_run_registry_lease_is_exclusive_renewable_releasable_and_final(redis_server: RedisServer) -> None:
+    client = aioredis.Redis.from_url(redis_server.url)
+    registry = RunRegistry(client, redis_server.unique_prefix(), lease_seconds=30, ttl_seconds=60)
+    try:
+        assert (await registry.claim("ev", "a/run-1")).kind is ClaimKind.CLAIMED
+        held = await registry.claim("ev", "b/run-2")
+        assert (held.kind, held.holder) == (ClaimKind.HELD, "a/run-1")
+        assert await registry.renew("ev", "a/run-1")
+        assert not await registry.renew("ev", "b/run-2")  # only the holder renews
+        await registry.release("ev", "b/run-2")  # not the holder: the lease stays
+        assert (await registry.claim("ev", "b/run-2")).kind is ClaimKind.HELD
+        await registry.release("ev", "a/run-1")  # the holder: the next claim gets it at once
+        assert (await registry.claim("ev", "b/run-2")).kind is ClaimKind.CLAIMED
+        await registry.finish("ev", "b/run-2", FinalRecord("run-2", True, [], "s3://m/x", 1.0))
+        done = await registry.claim("ev", "c/run-3")
+        assert done.kind is ClaimKind.DONE
+        assert done.final == FinalRecord("run-2", True, [], "s3://m/x", 1.0)
+        assert not await registry.renew("ev", "b/run-2")  # finishing dropped the lease
+    finally:
+        await client.aclose()
+
+
 async def test_redis_away_makes_the_schema_fetch_wait_not_fail(tmp_path: Path) -> None:
+    # The schema is in the snapshot the server loads before it answers: written after it started, a retry could
+    # reach the server first and find no key (DesignNotFoundError), a race in the test, not in the store.
+    seed = start_redis(tmp_path)
+    try:
+        writer = aioredis.Redis.from_url(seed.url)
+        await writer.set("design:later", iris_multiclass_logistic(design_token="later").SerializeToString())
+        await writer.save()  # dump.rdb in tmp_path, which the server below loads at start-up
+        await writer.aclose()
+    finally:
+        stop_redis(seed)
     port = free_port()
     client = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=1)
     store = DesignStore(client, "design:{token}", backoff_initial=0.05, backoff_max=0.2)
@@ -430,9 +463,6 @@ async def test_redis_away_makes_the_schema_fetch_wait_not_fail(tmp_path: Path) -
         assert not fetching.done()  # still retrying: an outage is not the event's fault
         server = start_redis(tmp_path, port=port)
         try:
-            writer = aioredis.Redis.from_url(server.url)
-            await writer.set("design:later", iris_multiclass_logistic(design_token="later").SerializeToString())
-            await writer.aclose()
             schema = await asyncio.wait_for(fetching, 20)
             assert schema.design_token.value == "later"
         finally:

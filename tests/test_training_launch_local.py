@@ -82,10 +82,18 @@ async def wait_for_file(path: Path, timeout: float = 10.0) -> str:
     return read_if_present(path)
 
 
-async def test_success_runs_the_command_with_the_job_dir_and_logs_its_output(tmp_path: Path) -> None:
+async def test_success_runs_the_command_with_the_job_dir_and_logs_its_output(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     job_dir = job_dir_for(tmp_path)
     body = WRITE_RESULT + "print('training', job_dir.name, os.getcwd()); print('to stderr', file=sys.stderr)\n"
-    outcome = await launcher(stand_in(body)).run(job_dir, training_pb2.ModelDesignSchema())
+    with caplog.at_level("INFO", logger="trainer.launchers.local"):
+        outcome = await launcher(stand_in(body)).run(job_dir, training_pb2.ModelDesignSchema())
+    [started] = [record for record in caplog.records if record.getMessage() == "training run started"]
+    # Under "fields", the only extras modelplane.logs writes out.
+    fields = getattr(started, "fields", {})
+    assert fields["job_dir"] == str(job_dir)
+    assert isinstance(fields["pid"], int)
     assert outcome.verdict is LaunchVerdict.SUCCEEDED
     assert outcome.exit_code == 0
     assert json.loads((job_dir / "result.json").read_text())["succeeded"] is True

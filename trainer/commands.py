@@ -24,6 +24,7 @@ import aiohttp
 from modelplane import logs
 from modelplane.command_line import EXIT_USAGE, fail, subparsers
 from modelplane.config import parse_layered
+from modelplane.flag_types import seconds
 from modelplane.transport import TransportError
 from trainer.settings import build_parser, parse_settings
 
@@ -53,7 +54,7 @@ def add_trainer_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     )
     status.add_argument("--limit", type=int, default=20, metavar="N", help="how many runs to list (default 20)")
     status.add_argument("--json", action="store_true", help="print the API's JSON as is")
-    status.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    status.add_argument("--timeout", type=seconds(3600), default=10.0, metavar="SECONDS")
     status.add_argument("--config", metavar="FILE", help="TOML settings file ([training] table)")
 
 

@@ -43,6 +43,11 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 """
 
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 _FINISH = """
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
@@ -152,6 +157,7 @@ class RunRegistry:
         self._claim = client.register_script(_CLAIM)
         self._renew = client.register_script(_RENEW)
         self._finish = client.register_script(_FINISH)
+        self._release = client.register_script(_RELEASE)
 
     def _key(self, kind: str, name: str) -> str:
         return f"{self._prefix}{kind}:{name}"
@@ -180,8 +186,7 @@ class RunRegistry:
 
     async def release(self, event_id: str, owner: str) -> None:
         """Drop our lease without an outcome (shutting down mid-run): the next delivery retrains at once."""
-        script = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-        await self._client.eval(script, 1, self._key("lease", event_id), owner)  # type: ignore[misc]  # redis-py types eval as sync-or-async
+        await self._release(keys=[self._key("lease", event_id)], args=[owner])
 
     async def latest_run_for(self, event_id: str) -> RunRecord | None:
         run_id = await self._client.get(self._key("event-run", event_id))

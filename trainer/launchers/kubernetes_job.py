@@ -50,8 +50,9 @@ from kubernetes.aio.client import models as m
 from kubernetes.aio.client.exceptions import ApiException
 
 from generated.mlops.training.v1 import training_pb2
+from modelplane.logs import with_fields
 from trainer.jobs import RESULT_FILE, TrainingJob
-from trainer.launchers.base import LaunchOutcome, LaunchVerdict
+from trainer.launchers.base import LaunchOutcome, LaunchVerdict, verdict_for_exit_code
 
 logger = logging.getLogger(__name__)
 
@@ -388,7 +389,7 @@ class KubernetesJobLauncher:
                 ours = True
                 created = await batch.create_namespaced_job(namespace, body)
                 resource_version = created.metadata.resource_version if created.metadata else None
-                logger.info("training Job created", extra={"job": name, "namespace": namespace, "run_id": run_id})
+                logger.info("training Job created", extra=with_fields(job=name, namespace=namespace, run_id=run_id))
             except ApiException as error:
                 ours = False
                 if error.status != 409:
@@ -425,7 +426,7 @@ class KubernetesJobLauncher:
             )
         labels = (existing.metadata.labels if existing.metadata else None) or {}
         if labels.get(LABEL_MANAGED_BY) == MANAGED_BY and labels.get(LABEL_RUN_ID) == label_value(run_id):
-            logger.info("following the existing training Job of this run", extra={"job": name, "run_id": run_id})
+            logger.info("following the existing training Job of this run", extra=with_fields(job=name, run_id=run_id))
             return None
         return LaunchOutcome(
             LaunchVerdict.FAILED_RETRYABLE,
@@ -535,7 +536,7 @@ class KubernetesJobLauncher:
                 else LaunchVerdict.FAILED_RETRYABLE
             )
             return LaunchOutcome(verdict, None, f"{why}; its pods could not be listed: {error}")
-        permanent = [t for t in terminations if 1 <= t[1] <= 127]
+        permanent = [t for t in terminations if verdict_for_exit_code(t[1]) is LaunchVerdict.FAILED_PERMANENTLY]
         if permanent:
             pod, code, message = permanent[-1]
             detail = f"{why}; pod {pod} exited {code}: permanent (exit 1-127: the same input would fail again)"
@@ -569,7 +570,7 @@ class KubernetesJobLauncher:
             await batch.delete_namespaced_job(
                 name, self.settings.namespace, body=m.V1DeleteOptions(propagation_policy="Background")
             )
-            logger.info("training Job deleted", extra={"job": name, "namespace": self.settings.namespace})
+            logger.info("training Job deleted", extra=with_fields(job=name, namespace=self.settings.namespace))
         except ApiException as error:
             if error.status != 404:
                 logger.warning("could not delete training Job %s: %s", name, _describe_api_error(error, "delete"))

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from generated.mlops.training.v1 import training_pb2
+from modelplane.logs import with_fields
 from servers.launch.local import die_with_parent, log_tail
 from trainer.jobs import JOB_FILE, RESULT_FILE, TrainingJob
 from trainer.launchers.base import LaunchOutcome, LaunchVerdict, verdict_for_exit_code
@@ -166,7 +167,7 @@ class LocalProcessLauncher:
         except (OSError, ValueError) as error:
             # A command that cannot start is a deployment problem, not the event's fault: retry elsewhere.
             return LaunchOutcome(LaunchVerdict.FAILED_RETRYABLE, None, f"could not start {argv[0]}: {error}")
-        logger.info("training run started", extra={"pid": process.pid, "job_dir": str(job_dir)})
+        logger.info("training run started", extra=with_fields(pid=process.pid, job_dir=str(job_dir)))
         try:
             exit_code = await asyncio.wait_for(process.wait(), timeout)
         except TimeoutError:
@@ -197,14 +198,14 @@ class LocalProcessLauncher:
     def _outcome(self, job_dir: Path, exit_code: int, memory_bytes: int | None) -> LaunchOutcome:
         code = _normalised(exit_code)
         verdict = verdict_for_exit_code(code)
+        if verdict is LaunchVerdict.SUCCEEDED and (job_dir / RESULT_FILE).is_file():
+            return LaunchOutcome(verdict, code, "exit 0")  # the log's tail is read only when a failure reports it
         tail = log_tail(job_dir / RUN_LOG, self.settings.log_tail_lines)
         if verdict is LaunchVerdict.SUCCEEDED:
-            if not (job_dir / RESULT_FILE).is_file():
-                # The contract says a successful run leaves result.json; without it there is nothing to store.
-                return LaunchOutcome(
-                    LaunchVerdict.FAILED_PERMANENTLY, code, f"exit 0 but the run wrote no {RESULT_FILE}\n{tail}"
-                )
-            return LaunchOutcome(verdict, code, "exit 0")
+            # The contract says a successful run leaves result.json; without it there is nothing to store.
+            return LaunchOutcome(
+                LaunchVerdict.FAILED_PERMANENTLY, code, f"exit 0 but the run wrote no {RESULT_FILE}\n{tail}"
+            )
         reason = f"exit {code} (killed by {_signal_name(-exit_code)})" if exit_code < 0 else f"exit {code}"
         if memory_bytes is not None and "MemoryError" in tail:
             reason += f" (out of memory under the {memory_bytes / _GIB:g} GiB address-space limit?)"

@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from generated.mlops.training.v1 import training_pb2
+from modelplane.logs import with_fields
 from servers.launch.local import die_with_parent, log_tail
 from trainer.launchers.base import LaunchOutcome, LaunchVerdict
 from trainer.launchers.local import (
@@ -67,6 +68,7 @@ from trainer.launchers.local import (
     LocalLauncherSettings,
     LocalProcessLauncher,
     _limits_for,
+    _normalised,
     memory_limit_bytes,
     thread_limits,
 )
@@ -158,7 +160,7 @@ class _ForkServer:
             await server.kill()
             raise
         server._reader = asyncio.create_task(server._read(), name="warm-fork-server-reader")
-        logger.info("warm fork server ready", extra={"pid": process.pid})
+        logger.info("warm fork server ready", extra=with_fields(pid=process.pid))
         return server
 
     async def _read(self) -> None:
@@ -298,7 +300,7 @@ class WarmProcessLauncher:
             raise
         except ForkServerError as error:
             return LaunchOutcome(LaunchVerdict.FAILED_RETRYABLE, None, str(error))
-        logger.info("training run started", extra={"pid": pid, "job_dir": str(job_dir), "fork_server": server.pid})
+        logger.info("training run started", extra=with_fields(pid=pid, job_dir=str(job_dir), fork_server=server.pid))
         exited = server.exit_of(pid)
         try:
             exit_code = await asyncio.wait_for(asyncio.shield(exited), timeout)
@@ -349,10 +351,6 @@ class WarmProcessLauncher:
             return await exited
         except ForkServerError:
             return None
-
-
-def _normalised(exit_code: int) -> int:
-    return 128 - exit_code if exit_code < 0 else exit_code
 
 
 # --- the fork server (``python -m trainer.launchers.warm``) -------------------------------------------------

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from aiohttp import web
 from grpc import aio
@@ -29,6 +27,7 @@ from agent.server_choice import connect_server, launch_server
 from agent.settings import AgentSettings
 from generated.mlops.agent.v1 import agent_pb2
 from modelplane.addresses import Address
+from modelplane.ready_file import write_ready_file
 from modelplane.signals import stop_on_signals
 from modelplane.transport import TransportError
 from servers.adapter import InferenceServer
@@ -109,12 +108,6 @@ def register_message(settings: AgentSettings, manager: ModelManager, proxy: Prox
     )
 
 
-def _write_ready_file(path: Path, proxy: ProxyAddresses) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps({"pid": os.getpid(), "http": str(proxy.http), "grpc": str(proxy.grpc)}) + "\n")
-    temporary.replace(path)
-
-
 async def run(
     settings: AgentSettings,
     stop: asyncio.Event | None = None,
@@ -177,4 +170,4 @@ async def _announce(
     connected.cancel()
     stopping.cancel()
     if session.connected.is_set() and settings.ready_file is not None:
-        _write_ready_file(settings.ready_file, proxy)
+        write_ready_file(settings.ready_file, {"http": str(proxy.http), "grpc": str(proxy.grpc)})

@@ -13,12 +13,9 @@ A second signal skips the grace period.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import signal
 from collections.abc import Callable
-from pathlib import Path
 
 from grpc import aio
 
@@ -28,6 +25,7 @@ from generated.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from modelplane import __version__
 from modelplane.addresses import Address
 from modelplane.logs import with_fields
+from modelplane.ready_file import write_ready_file
 from modelplane.standard_services import HEALTH_SERVICE, Health, add_reflection
 from modelplane.transport import bind, new_server
 from scheduler.agent_service import AgentService
@@ -56,13 +54,6 @@ class ShutdownRequest:
         if self.requested.is_set():
             self.forced.set()
         self.requested.set()
-
-
-def _write_ready_file(path: Path, addresses: dict[str, str]) -> None:
-    # Written then renamed, so a reader never sees half a file.
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps({"pid": os.getpid(), "version": __version__, **addresses}) + "\n")
-    temporary.replace(path)
 
 
 async def _listener(address: Address, settings: SchedulerSettings, services: list[str]) -> tuple[aio.Server, Address]:
@@ -121,7 +112,10 @@ async def _serve(
     for service in ("", SCHEDULER_SERVICE, AGENT_SERVICE):
         await health.set_serving(service)
     if settings.ready_file is not None:
-        _write_ready_file(settings.ready_file, {"listen": str(api_address), "agent_listen": str(agent_address)})
+        write_ready_file(
+            settings.ready_file,
+            {"version": __version__, "listen": str(api_address), "agent_listen": str(agent_address)},
+        )
     if serving is not None and not serving.done():
         serving.set_result((api_address, agent_address))
     log.info(

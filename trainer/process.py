@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from modelplane.ready_file import write_ready_file
 from modelplane.signals import stop_on_signals
 from trainer.design_store import REDIS_RETRYABLE
 from trainer.launchers.base import Launcher
@@ -72,13 +70,6 @@ def default_launcher(settings: TrainerSettings) -> Launcher:
     return LocalProcessLauncher(LocalLauncherSettings(env=environment))
 
 
-def _write_ready_file(path: Path, status_address: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps({"pid": os.getpid(), "status": status_address}) + "\n")
-    temporary.replace(path)
-
-
 async def _wait_for_redis(client: aioredis.Redis, stop: asyncio.Event) -> bool:
     delay = 0.2
     while not stop.is_set():
@@ -127,7 +118,7 @@ async def run(
         log.info("run status API listening", extra={"fields": {"address": status_address}})
         try:
             if settings.ready_file is not None:
-                _write_ready_file(settings.ready_file, status_address)
+                write_ready_file(settings.ready_file, {"status": status_address})
             if started is not None and not started.done():
                 started.set_result(service)
             consumer = asyncio.create_task(service.run(stop), name="trainer-consumer")

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelplane import logs
-from modelplane.addresses import Address, AddressError, parse_address
+from modelplane.addresses import Address
 from modelplane.config import parse_layered
-from modelplane.flag_types import seconds
+from modelplane.flag_types import address, seconds
 from modelplane.sizes import parse_size
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_tls_flags, security_from
@@ -99,13 +99,6 @@ class TrainerSettings:
     keep_job_dirs: bool
     log_level: str
     log_json: bool
-
-
-def _address(text: str) -> Address:
-    try:
-        return parse_address(text, allow_port_zero=True)
-    except AddressError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _topic(text: str) -> str:
@@ -285,7 +278,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         action="store_true",
         help="LoadModel every trained model on the scheduler (an event can ask with header modelplane-auto-deploy)",
     )
-    deploy.add_argument("--scheduler", type=_address, default="127.0.0.1:9004", metavar="HOST:PORT")
+    deploy.add_argument("--scheduler", type=address, default="127.0.0.1:9004", metavar="HOST:PORT")
     deploy.add_argument("--deploy-requirements", default="sklearn", metavar="LIST", help="comma-separated")
     deploy.add_argument(
         "--deploy-storage-secret",
@@ -295,7 +288,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--status-listen",
-        type=_address,
+        type=address,
         default="127.0.0.1:9600",
         metavar="HOST:PORT",
         help="the run status HTTP API (GET /runs, /runs/ID, /healthz) (default 127.0.0.1:9600; port 0 picks one)",

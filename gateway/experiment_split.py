@@ -45,8 +45,9 @@ class ExperimentSplitter:
                 weights = [1] * len(names)
             chosen = self._rng.choices(names, weights=weights)[0]
         mirror = None
-        wants_copy = self._rng.random() * 100 < experiment.mirror.percent
-        if experiment.HasField("mirror") and experiment.mirror.name and wants_copy:
+        # Drawn only when there is a mirror: most experiments have none, and this is per request.
+        has_mirror = experiment.HasField("mirror") and bool(experiment.mirror.name)
+        if has_mirror and self._rng.random() * 100 < experiment.mirror.percent:
             mirror = experiment.mirror.name
         if chosen is None:
             # A mirror-only experiment: the default takes the traffic (validation guarantees one exists).

@@ -35,20 +35,49 @@ class RoutedAnswer:
     headers: dict[str, str] = field(default_factory=dict)
 
     def json(self) -> JsonObject:
-        document: Any = json.loads(self.body)
+        try:
+            document: Any = json.loads(self.body)
+        except ValueError:  # UnicodeDecodeError included
+            raise InferenceError(502, "the answer is not valid JSON") from None
         if not isinstance(document, dict):
             raise InferenceError(502, "the answer is not a JSON object")
         return document
 
+    def checked_json(self) -> JsonObject:
+        """The JSON of a 200 answer; any other answer raised as an InferenceError (a status outside 4xx/5xx
+        becomes 502) carrying the answer's error text."""
+        if self.status != 200:
+            status = self.status if 400 <= self.status < 600 else 502
+            raise InferenceError(status, _error_text(self.body) or f"HTTP {self.status}")
+        return self.json()
+
 
 def parse_request(body: bytes) -> JsonObject:
     """A V2 inference request body, checked enough to route it: a JSON object with an ``inputs`` list."""
-    if len(body) > MAX_BODY_BYTES:
-        raise InferenceError(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+    _check_size(body)
     try:
         document: Any = json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise InferenceError(400, f"request body is not valid JSON: {error}") from None
+    return check_routable(document)
+
+
+def encode_request(request: JsonObject) -> bytes:
+    """The body of an already-decoded request (gRPC, Kafka), held to the same checks as :func:`parse_request`
+    without parsing it back."""
+    body = json.dumps(request).encode()
+    _check_size(body)
+    check_routable(request)
+    return body
+
+
+def _check_size(body: bytes) -> None:
+    if len(body) > MAX_BODY_BYTES:
+        raise InferenceError(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+
+
+def check_routable(document: object) -> JsonObject:
+    """A decoded V2 inference request, checked enough to route it: an object with a non-empty ``inputs`` list."""
     if not isinstance(document, dict):
         raise InferenceError(400, "request body must be a JSON object (a V2 inference request)")
     inputs = document.get("inputs")
@@ -58,6 +87,15 @@ def parse_request(body: bytes) -> JsonObject:
         if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
             raise InferenceError(400, f"inputs[{index}] must be an object with a string 'name'")
     return document
+
+
+def parse_version(text: str | None) -> int | None:
+    """A model version from a URL path or a gRPC request (None or empty: the newest)."""
+    if not text:
+        return None
+    if not text.isdigit() or len(text) > 9:
+        raise InferenceError(400, f"model version {text!r} is not a number")
+    return int(text)
 
 
 class PipelineRunning(Protocol):
@@ -113,9 +151,7 @@ class InferenceRouter:
     async def call_model(self, name: str, request: JsonObject, headers: Mapping[str, str]) -> JsonObject:
         """The ModelCaller of pipelines and Kafka: JSON in, JSON out, experiments applied, errors raised."""
         answer = await self.infer_model(name, None, json.dumps(request).encode(), headers, checked=True)
-        if answer.status != 200:
-            raise InferenceError(answer.status if 400 <= answer.status < 600 else 502, _error_text(answer.body))
-        return answer.json()
+        return answer.checked_json()
 
     async def _forward(self, model: str, version: int | None, body: bytes, headers: Mapping[str, str]) -> ReplicaAnswer:
         path = f"/v2/models/{model}/versions/{version}/infer" if version is not None else f"/v2/models/{model}/infer"
@@ -172,7 +208,19 @@ class InferenceRouter:
     # ----------------------------------------------------------------- pipelines
 
     async def infer_pipeline(self, name: str, body: bytes, headers: Mapping[str, str]) -> RoutedAnswer:
-        request = parse_request(body)
+        response, route_headers = await self.route_pipeline(name, parse_request(body), headers)
+        return RoutedAnswer(200, json.dumps(response).encode(), "application/json", route_headers)
+
+    async def call_pipeline(self, name: str, request: JsonObject, headers: Mapping[str, str]) -> JsonObject:
+        """The pipeline caller of the Kafka bridge (experiments applied)."""
+        encode_request(request)  # the REST body's checks, size included
+        return (await self.route_pipeline(name, request, headers))[0]
+
+    async def route_pipeline(
+        self, name: str, request: JsonObject, headers: Mapping[str, str]
+    ) -> tuple[JsonObject, dict[str, str]]:
+        """Run ``request`` (already checked) through pipeline ``name`` or its experiment: the V2 response,
+        and the response headers that name the candidate taken (sticky sessions)."""
         experiment = self._table().experiment_for(name, pb.PIPELINE)
         target, route_headers = name, dict[str, str]()
         if experiment is not None:
@@ -181,11 +229,7 @@ class InferenceRouter:
             )
         response = await self.run_pipeline(target, request, headers)
         self.metrics.count("modelplane_gateway_requests_total", kind="pipeline", name=name, route=target, code="200")
-        return RoutedAnswer(200, json.dumps(response).encode(), "application/json", route_headers)
-
-    async def call_pipeline(self, name: str, request: JsonObject, headers: Mapping[str, str]) -> JsonObject:
-        """The pipeline caller of the Kafka bridge (experiments applied)."""
-        return (await self.infer_pipeline(name, json.dumps(request).encode(), headers)).json()
+        return response, route_headers
 
     async def run_pipeline(self, name: str, request: JsonObject, headers: Mapping[str, str]) -> JsonObject:
         if name not in self._table().pipelines:

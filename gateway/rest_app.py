@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway.gateway_metrics import GatewayMetrics
-from gateway.inference_router import InferenceRouter, RoutedAnswer
+from gateway.inference_router import MAX_BODY_BYTES, InferenceRouter, RoutedAnswer, parse_version
 from gateway.inference_types import InferenceError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -18,12 +18,7 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def _version(request: web.Request) -> int | None:
-    text = request.match_info.get("version")
-    if text is None:
-        return None
-    if not text.isdigit() or len(text) > 9:
-        raise InferenceError(400, f"model version {text!r} is not a number")
-    return int(text)
+    return parse_version(request.match_info.get("version"))
 
 
 def _answer(answer: RoutedAnswer) -> web.Response:
@@ -42,8 +37,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def build_app(router: InferenceRouter, metrics: GatewayMetrics, is_ready: Callable[[], bool]) -> web.Application:
-    max_body = 64 * 1024 * 1024
-    app = web.Application(middlewares=[_errors], client_max_size=max_body)
+    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
 
     def headers_of(request: web.Request) -> dict[str, str]:
         return {k.lower(): v for k, v in request.headers.items()}

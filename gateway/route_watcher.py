@@ -70,7 +70,7 @@ class RouteWatcher:
         self._max_backoff = max_backoff
         self._ack_timeout = ack_timeout
         self._acks: asyncio.Queue[_Ack] = asyncio.Queue()
-        self._acked: dict[tuple[str, str], tuple[int, ...] | tuple[str, bool]] = {}
+        self._acked: dict[tuple[str, str], tuple[int, ...] | str] = {}  # model: versions; pipeline: uid
         self.snapshots = 0  # how many snapshots were swapped in (tests, logs)
 
     async def run(self) -> None:
@@ -160,10 +160,10 @@ class RouteWatcher:
             if pipeline.removed:
                 self._acked.pop(("pipeline", pipeline.name), None)
                 return
-            if self._acked.get(("pipeline", pipeline.name)) == (pipeline.uid, True):
+            if self._acked.get(("pipeline", pipeline.name)) == pipeline.uid:
                 return
             problem = self._check_pipeline(pipeline) if self._check_pipeline is not None else None
-            self._acked[("pipeline", pipeline.name)] = (pipeline.uid, True)
+            self._acked[("pipeline", pipeline.name)] = pipeline.uid
             ack = _Ack("pipeline", pipeline.name, pipeline.version, pipeline.uid, problem is None, False, problem or "")
             self._acks.put_nowait(ack)
 

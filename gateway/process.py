@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from aiohttp import web
 from grpc import aio
@@ -33,6 +30,7 @@ from gateway.routing_table import RoutingTable
 from gateway.settings import GatewaySettings
 from gateway.v2_grpc_service import add_v2_inference_service
 from modelplane.addresses import Address
+from modelplane.ready_file import write_ready_file
 from modelplane.signals import stop_on_signals
 from modelplane.transport import TransportError, TransportSecurity, bind, http_server_ssl, new_server, open_channel
 
@@ -87,12 +85,6 @@ def _kafka_follower(settings: GatewaySettings, router: InferenceRouter) -> Kafka
         group_id=settings.kafka_group,
     )
     return KafkaTopicsFollower(KafkaBridge(bridge_settings, router.call_model, router.call_pipeline))
-
-
-def _write_ready_file(path: Path, addresses: dict[str, str]) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps({**addresses, "pid": os.getpid()}) + "\n")
-    temporary.replace(path)  # readers never see a half-written file
 
 
 @dataclass
@@ -163,7 +155,7 @@ async def run(
             log.info("gateway %s: V2 gRPC on %s", settings.name, grpc_address)
         if await _first_table(parts.watcher, stop):
             if settings.ready_file is not None:
-                _write_ready_file(settings.ready_file, addresses)
+                write_ready_file(settings.ready_file, addresses)
             if serving is not None and not serving.done():
                 serving.set_result(rest_address)
         await stop.wait()

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelplane import logs
-from modelplane.addresses import Address, AddressError, parse_address
+from modelplane.addresses import Address
 from modelplane.config import parse_layered
-from modelplane.flag_types import seconds
+from modelplane.flag_types import address, seconds
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_serving_tls_flags, add_tls_flags, security_from, serving_security_from
 
@@ -38,13 +38,6 @@ class GatewaySettings:
     log_json: bool
 
 
-def _address(text: str) -> Address:
-    try:
-        return parse_address(text, allow_port_zero=True)
-    except AddressError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def _attempts(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 10:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 10")
@@ -54,7 +47,7 @@ def _attempts(text: str) -> int:
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--scheduler",
-        type=_address,
+        type=address,
         default="127.0.0.1:9004",
         metavar="HOST:PORT",
         help="the scheduler's API address, which also serves the routing table (default 127.0.0.1:9004)",
@@ -62,12 +55,12 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--name", help="this gateway's name in the scheduler's logs (default gateway-HOSTNAME-PID)")
     parser.add_argument(
         "--listen",
-        type=_address,
+        type=address,
         default="127.0.0.1:9000",
         metavar="HOST:PORT",
         help="V2 REST inference (default 127.0.0.1:9000; port 0 picks one)",
     )
-    parser.add_argument("--grpc-listen", type=_address, metavar="HOST:PORT", help="V2 gRPC inference (default: off)")
+    parser.add_argument("--grpc-listen", type=address, metavar="HOST:PORT", help="V2 gRPC inference (default: off)")
     parser.add_argument(
         "--max-attempts",
         type=_attempts,

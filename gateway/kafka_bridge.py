@@ -63,6 +63,7 @@ class BridgeStats:
     errors: int = 0  # error records produced
     duplicates: int = 0  # records not run again because their request id was answered recently
     skipped: int = 0  # fetched records of resources or partitions no longer ours, left for a later owner
+    assignments: int = 0  # partition assignments received from the group (the first, then one per rebalance)
 
 
 @dataclass
@@ -91,7 +92,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka's
         await self._bridge._on_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: Collection[Any]) -> None:
-        self._bridge._on_assigned(assigned)
+        await self._bridge._on_assigned(assigned)
 
 
 class KafkaBridge:
@@ -128,6 +129,7 @@ class KafkaBridge:
         self._run_task: asyncio.Task[None] | None = None
         self._commit_task: asyncio.Task[None] | None = None
         self._connected = False
+        self._assigned_since_connect = False  # the first assignment after a connect follows _connect's topic check
 
     # ---- public API -------------------------------------------------------------------------------------
 
@@ -252,6 +254,7 @@ class KafkaBridge:
                 # Tansu (and some managed brokers) lack InitProducerId: idempotence would fail at start.
                 enable_idempotence=False,
                 max_request_size=settings.max_message_bytes,
+                metadata_max_age_ms=settings.metadata_max_age_ms,
             )
             try:
                 await producer.start()
@@ -276,6 +279,7 @@ class KafkaBridge:
         async with self._update_lock:
             await self._ensure_topics()
             self._apply_subscription()
+            self._assigned_since_connect = False
             self._connected = True
 
     async def _close_consumer(self) -> None:
@@ -510,19 +514,38 @@ class KafkaBridge:
             except MessageSizeTooLargeError:
                 raise
             except KafkaError as error:
+                # The topic may be gone (deleted, or a broker restarted without durable storage): have the fetch
+                # loop check and recreate it, or the retries below could never succeed.
+                self._topics_missing.add(topic)
                 delay = backoff.next()
                 log.warning("kafka bridge: producing to %s failed (%r); retrying in %.1fs", topic, error, delay)
                 await asyncio.sleep(delay)
 
     # ---- offsets ----------------------------------------------------------------------------------------
 
-    def _on_assigned(self, assigned: Collection[Any]) -> None:
+    async def _on_assigned(self, assigned: Collection[Any]) -> None:
         # A fresh tracker per assignment: the fetch position restarts at the committed offset, and records still
         # in flight from an earlier assignment are recognised by request id (pending or recently answered).
         for partition in assigned:
             self._trackers[partition] = OffsetTracker()
             self._committed.pop(partition, None)
         log.info("kafka bridge: assigned %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
+        if self._assigned_since_connect:
+            await self._recheck_topics_after_rebalance()
+        self._assigned_since_connect = True
+        self.stats.assignments += 1
+
+    async def _recheck_topics_after_rebalance(self) -> None:
+        """A rebalance on a live connection may mean the broker restarted, and a broker without durable storage
+        comes back without our topics. Recreate them and refresh the producer's metadata before any record of the
+        new assignment is fetched (the fetch positions are set after this listener returns): an answer produced
+        with the old broker's metadata to a topic that no longer exists is lost by some brokers (Tansu's memory
+        engine acknowledges it at offset 0 and never serves it)."""
+        await self._ensure_topics()
+        producer = self._producer
+        if producer is not None:
+            with contextlib.suppress(TimeoutError, KafkaError):
+                await asyncio.wait_for(producer.client.force_metadata_update(), timeout=10)
 
     async def _on_revoked(self, revoked: Collection[Any]) -> None:
         await self._drain_and_commit(list(revoked), self._settings.revoke_timeout_s)

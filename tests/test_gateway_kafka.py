@@ -504,11 +504,17 @@ async def test_the_bridge_rides_out_a_broker_restart(tmp_path: Path) -> None:
         async with running(settings, fake, {"m"}) as bridge:
             await send(broker, inputs, request_value(), rid="before")
             await consume(broker.bootstrap, outputs, 1)
+            assignments = bridge.stats.assignments
             stop_process(process)
             await asyncio.sleep(1.0)  # the bridge sees the broker gone
-            # Tansu keeps topics in memory: the restarted broker has none. The bridge recreates its topics.
+            # Tansu keeps topics and groups in memory: the restarted broker has neither. The bridge's consumer is
+            # told its member id is unknown, joins again, and on that assignment the bridge recreates its topics.
             process = start_tansu_on(port, tmp_path)
-            await wait_for(lambda: bool(bridge.assignment), timeout=60, what="partitions assigned again")
+            await wait_for(
+                lambda: bridge.stats.assignments > assignments and bool(bridge.assignment),
+                timeout=60,
+                what="partitions assigned again",
+            )
             await send(broker, inputs, request_value(), rid="after")
             [answer] = await consume(broker.bootstrap, outputs, 1, timeout=40)
             assert header(answer, "x-request-id") == "after"

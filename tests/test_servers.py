@@ -20,13 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 
 from servers.adapter import InferenceServer, ModelFiles, ServerError
+from servers.designed_model.served_model import InputTensor, ServedModel
 from servers.launch import LaunchError, LocalServer, launch_mlserver, launch_triton, server_venv
 from servers.launch.venvs import MARKER, REQUIREMENTS
 from servers.mlserver import MLServer, model_settings
 from servers.triton import TritonServer, rewrite_config
+from tests import training_schemas as schemas
+from tests.test_designed_model import designed_schema, expected_outputs, raw_rows, train_into
 from tests.triton_models import DOUBLER_MODEL, write_doubler
 
 # A hang guard only: a first run spends most of it creating the venvs inside a fixture.
@@ -265,6 +269,65 @@ async def test_mlserver_reports_a_bad_artifact_as_not_retryable(mlserver: Infere
     await mlserver.unload("garbage_1")
     mlserver.remove_files("garbage_1")
     assert await mlserver.ready()  # the server survives a bad model
+
+
+async def _post_infer(server: InferenceServer, model: str, inputs: list[dict[str, Any]]) -> tuple[int, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{server.http_url}/v2/models/{model}/infer",
+            json={"inputs": inputs},
+            timeout=aiohttp.ClientTimeout(total=60),
+        ) as response,
+    ):
+        return response.status, await response.json()
+
+
+@pytest.mark.servers
+@pytest.mark.timeout(SERVER_TEST_TIMEOUT)
+async def test_mlserver_serves_trained_designs_with_their_preprocessing(
+    mlserver: InferenceServer, tmp_path: Path
+) -> None:
+    # The trainer's folders as they are (model-settings.json naming the shipped runtime). Two of them in one
+    # MLServer: the runtime package is imported from the first folder and must serve the second too.
+    designed = train_into(tmp_path / "designed", designed_schema(), schemas.write_iris_csv(tmp_path / "iris.csv"))
+    regressor = train_into(
+        tmp_path / "regressor", schemas.linear_regression(), schemas.write_regression_csv(tmp_path / "r.csv")
+    )
+    for name, folder in (("designed", designed), ("regressor", regressor)):
+        await mlserver.place_files(ModelFiles(name, 1, folder, frozenset({"sklearn"})))
+        await mlserver.load(f"{name}_1")
+    try:
+        # Raw columns, one input each: the server computes the design inputs and the postprocessing outputs.
+        columns = {name: values[45:105] for name, values in raw_rows().items()}
+        inputs = [
+            {"name": name, "shape": [len(values)], "datatype": "FP64", "data": values.tolist()}
+            for name, values in columns.items()
+        ]
+        outputs = {output["name"]: output for output in await _infer(mlserver, "designed_1", inputs)}
+        expected = expected_outputs(designed, columns)
+        assert list(outputs) == ["predict", "score", "flag"]
+        assert outputs["predict"]["data"] == expected["predict"].tolist()
+        assert set(outputs["predict"]["data"]) == {0, 1}
+        assert outputs["score"]["data"] == expected["score"].tolist()
+        assert outputs["flag"]["data"] == expected["flag"].tolist()
+
+        frame = schemas.regression_frame()
+        served = ServedModel.load(regressor)
+        matrix = frame[list(served.input_columns)].to_numpy()[:7]
+        inputs = [{"name": "x", "shape": list(matrix.shape), "datatype": "FP64", "data": matrix.ravel().tolist()}]
+        [answer] = await _infer(mlserver, "regressor_1", inputs)
+        np.testing.assert_allclose(answer["data"], served.predict([InputTensor("x", matrix)])["predict"])
+
+        # A request that does not fit is a 400 naming what is wrong, and the model keeps serving.
+        status, body = await _post_infer(mlserver, "designed_1", inputs=[inputs[0] | {"name": "sepal_length"}])
+        assert status == 400, body
+        assert "missing ['petal_length', 'petal_width', 'sepal_width']" in body["error"]
+        assert (await _infer(mlserver, "regressor_1", inputs))[0]["data"] == answer["data"]
+    finally:
+        for name in ("designed_1", "regressor_1"):
+            await mlserver.unload(name)
+            mlserver.remove_files(name)
 
 
 # --- MLServer files, without a server ---------------------------------------------------------------

@@ -29,6 +29,7 @@ from google.protobuf import json_format
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import servers.designed_model
 from agent.artifacts.storage_config import secret_env_name
 from generated.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from generated.mlops.training.v1 import training_pb2
@@ -45,6 +46,7 @@ from trainer.launchers.local import LocalLauncherSettings, LocalProcessLauncher
 from trainer.run_registry import ClaimKind, FinalRecord, RunRegistry
 from trainer.service import TrainerService
 from trainer.service_deploy import model_name_for
+from trainer.serving_bundle import RUNTIME_PACKAGE, SETTINGS_FILE
 from trainer.settings import TrainerSettings, build_parser, parse_settings
 
 pytest_plugins = ["tests.real_components", "tests.kafka_broker", "tests.redis_server"]
@@ -209,10 +211,19 @@ async def test_event_becomes_a_stored_model_a_success_status_and_an_inference_st
         model_uri = headers["modelplane-model-uri"]
         assert model_uri == f"s3://{stack.bucket}/models/iris-lr/1/{run_id}"
 
-        # The model store holds the artifact (its SHA-256 as published) and metadata; the artifact predicts.
+        # The model store holds the artifact (its SHA-256 as published), metadata and what lets MLServer serve
+        # the design (model-settings.json and the runtime package); the artifact predicts.
         objects = sorted(o.object_name for o in stack.s3.client.list_objects(stack.bucket, recursive=True))
         folder = model_uri.removeprefix(f"s3://{stack.bucket}/")
-        assert objects == [f"{folder}/metadata.json", f"{folder}/retail_forecasting_model.pkl"]
+        runtime = sorted(path.name for path in Path(servers.designed_model.__file__).parent.glob("*.py"))
+        assert objects == sorted(
+            [
+                f"{folder}/metadata.json",
+                f"{folder}/retail_forecasting_model.pkl",
+                f"{folder}/{SETTINGS_FILE}",
+                *(f"{folder}/{RUNTIME_PACKAGE}/{name}" for name in runtime),
+            ]
+        )
         artifact = stack.s3.client.get_object(stack.bucket, f"{folder}/retail_forecasting_model.pkl").read()
         model = joblib.load(io.BytesIO(artifact))
         predictions = model.predict(np.array([[5.1, 3.5, 1.4, 0.2], [7.7, 3.0, 6.1, 2.3]]))
@@ -353,7 +364,8 @@ async def test_a_duplicate_event_is_trained_once(stack: Stack) -> None:
         assert [status_of(record).status for record in statuses["dup"]] == [SUCCESS]
         assert counting.calls == 1
     objects = [o.object_name for o in stack.s3.client.list_objects(stack.bucket, recursive=True)]
-    assert len(objects) == 2  # one run folder: artifact and metadata
+    assert len({name.split("/")[3] for name in objects}) == 1  # one run folder (models/dup/1/<run>/...)
+    assert sum(name.endswith("retail_forecasting_model.pkl") for name in objects) == 1
 
 
 async def test_embedded_schema_and_json_event_train_without_redis_schema(stack: Stack) -> None:

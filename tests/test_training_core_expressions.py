@@ -13,11 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from generated.mlops.training.v1 import training_pb2
+from servers.designed_model.expressions import MAX_DEPTH, MAX_EXPRESSION_CHARS, evaluate, parse_expression
+from servers.designed_model.postprocessing import probability_variables, run_postprocessor
+from servers.designed_model.preprocessing import apply_preprocessor, input_columns
 from tests import training_schemas as schemas
 from trainer.errors import ExpressionError
-from trainer.expressions import MAX_DEPTH, MAX_EXPRESSION_CHARS, evaluate, parse_expression
-from trainer.postprocessing import compile_postprocessor, probability_variables, run_postprocessor
-from trainer.preprocessing import apply_preprocessor, compile_preprocessor, input_columns
+from trainer.postprocessing import compile_postprocessor
+from trainer.preprocessing import compile_preprocessor
 
 A = np.array([1.0, 2.0, 3.0])
 B = np.array([4.0, 0.5, -1.0])

@@ -18,10 +18,10 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from servers.designed_model.expressions import FloatArray
+from servers.designed_model.preprocessing import PreprocessStep, outputs, raw_columns
 from trainer.design import Design, Task
 from trainer.errors import DatasetError, DesignError
-from trainer.expressions import FloatArray
-from trainer.preprocessing import PreprocessStep, input_columns, outputs
 
 MAX_CLASSES = 1_000
 _MAX_NAMED = 20  # columns named in one message before "and N more"
@@ -35,8 +35,7 @@ class ColumnPlan:
 
 def plan_columns(design: Design, steps: list[PreprocessStep]) -> ColumnPlan:
     produced = outputs(steps)
-    raw = list(input_columns(steps))
-    raw.extend(name for name in design.features if name not in produced and name not in raw)
+    raw = raw_columns(steps, design.features)
     if design.target in design.features:
         raise DesignError(f"the target column {design.target!r} is also a design input (feature)")
     if design.target in raw:

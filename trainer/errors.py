@@ -8,6 +8,10 @@ holds a secret. Anything else escaping a run is a bug and exits with ``EXIT_INTE
 
 from __future__ import annotations
 
+from servers.designed_model.expressions import ExpressionError
+
+__all__ = ["BAD_INPUT_ERRORS", "AlgorithmError", "DatasetError", "DesignError", "ExpressionError", "TrainingInputError"]
+
 
 class TrainingInputError(Exception):
     """Bad input to a training run; the message says what is wrong and where."""
@@ -17,13 +21,15 @@ class DatasetError(TrainingInputError):
     """The dataset cannot be fetched, parsed, or does not fit the design schema."""
 
 
-class ExpressionError(TrainingInputError):
-    """A pre- or postprocessing expression is malformed, unsafe, too large, or fails to evaluate."""
-
-
 class AlgorithmError(TrainingInputError):
     """The algorithm or its hyper-parameters are unset, unsupported, or invalid."""
 
 
 class DesignError(TrainingInputError):
     """The design schema lacks or contradicts what training needs (inputs, target, output kind, split)."""
+
+
+# A pre- or postprocessing expression that is malformed, unsafe, too large, or fails to evaluate is bad input
+# too. ExpressionError is defined beside the evaluator, which also runs inside inference servers and so cannot
+# import the trainer.
+BAD_INPUT_ERRORS: tuple[type[Exception], ...] = (TrainingInputError, ExpressionError)

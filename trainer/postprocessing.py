@@ -1,61 +1,21 @@
-"""The classification probability postprocessor: an ExpressionProgram over a model's class probabilities.
+"""The classification probability postprocessor, compiled from the design schema's ExpressionProgram.
 
-Variables an expression may read:
+The variables an expression may read are listed in servers/designed_model/postprocessing.py, which also runs
+the program: inside the trainer over the test split's probabilities (so a program that fails on real numbers
+fails the run), and again inside the inference server that serves the trained model, from metadata.json.
 
-- ``p0`` .. ``p<N-1>``: the probability of each class, in the estimator's ``classes_`` order (the column
-  order of ``predict_proba``, recorded as ``classes`` in metadata.json);
-- ``p_<label>`` for each class label that makes a valid identifier that way (``p_setosa``, ``p_1``);
-  labels that do not (spaces, dashes) are reachable through ``p<index>`` only;
-- the program's ``initialization.constants`` (numeric or boolean);
-- the outputs of expressions earlier in the topological order.
-
-The program is checked when training: every output has an expression, ``dependency.depends_on`` names only
-known names, the dependencies (declared, plus the outputs each expression actually reads) have no cycle, and
+The program is checked here: every output has an expression, ``dependency.depends_on`` names only known
+names, the dependencies (declared, plus the outputs each expression actually reads) have no cycle, and
 ``topological_order`` (when given; computed when empty) lists every output once, each after what it depends
-on. It is then evaluated over the test split's probabilities, so a program that fails on real numbers fails
-the run. Like preprocessing, it is recorded in metadata.json, not inside the served artifact.
+on.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-
 from generated.mlops.training.v1 import training_pb2
-from trainer.errors import ExpressionError
-from trainer.expressions import FloatArray, ParsedExpression, Value, evaluate, parse_expression, primitive_number
-
-MAX_OUTPUTS = 256
-
-
-@dataclass(frozen=True)
-class PostprocessProgram:
-    expressions: dict[str, ParsedExpression]
-    constants: dict[str, float]
-    order: tuple[str, ...]
-    dependencies: dict[str, frozenset[str]]
-
-    def describe(self) -> dict[str, object]:
-        return {
-            "expressions": {name: parsed.source for name, parsed in self.expressions.items()},
-            "constants": dict(self.constants),
-            "topological_order": list(self.order),
-            "depends_on": {name: sorted(names) for name, names in self.dependencies.items()},
-        }
-
-
-def _label_variable(label: str) -> str | None:
-    """``p_<label>`` when that is an identifier expressions can name, else None (see the module docstring)."""
-    name = f"p_{label}"
-    return name if name.isidentifier() else None
-
-
-def probability_variables(classes: list[str]) -> list[str]:
-    """The names the program may read for a model with these classes (see the module docstring)."""
-    names = [f"p{index}" for index in range(len(classes))]
-    names.extend(name for name in map(_label_variable, classes) if name is not None)
-    return names
+from servers.designed_model.expressions import ExpressionError, ParsedExpression, parse_expression
+from servers.designed_model.postprocessing import MAX_OUTPUTS, PostprocessProgram, probability_variables
+from trainer.preprocessing import primitive_number
 
 
 def compile_postprocessor(schema: training_pb2.ModelDesignSchema, classes: list[str]) -> PostprocessProgram | None:
@@ -147,22 +107,3 @@ def _topological(dependencies: dict[str, set[str]], where: str) -> tuple[str, ..
         for deps in remaining.values():
             deps.difference_update(ready)
     return tuple(order)
-
-
-def run_postprocessor(
-    program: PostprocessProgram, probabilities: FloatArray, classes: list[str]
-) -> dict[str, FloatArray]:
-    """Every output of the program over ``probabilities`` (rows x classes, in ``classes`` order)."""
-    rows = int(probabilities.shape[0])
-    variables: dict[str, Value] = dict(program.constants)
-    for index, label in enumerate(classes):
-        column = np.ascontiguousarray(probabilities[:, index], dtype=np.float64)
-        variables[f"p{index}"] = column
-        named = _label_variable(label)
-        if named is not None:
-            variables[named] = column
-    results: dict[str, FloatArray] = {}
-    for name in program.order:
-        results[name] = evaluate(program.expressions[name], variables, rows)
-        variables[name] = results[name]
-    return results

@@ -1,34 +1,17 @@
-"""The design schema's preprocessor: PreprocessorExpressions applied in order over the dataset's columns.
+"""The design schema's preprocessor, compiled from its protobuf: PreprocessorExpressions checked for training.
 
-Each expression's ``output`` becomes a new column (or replaces one of that name); a later expression may
-read an earlier output. Names an expression reads are, in this order: its own constants, earlier outputs,
-then dataset columns. Those last ones are the columns the dataset must have (see ``input_columns``).
-
-The served artifact is a plain scikit-learn estimator (MLServer's sklearn runtime loads it and cannot import
-modelplane), so preprocessing is not inside it: it is recorded in metadata.json, and whoever calls the
-model computes the design inputs first.
+Evaluation lives in servers/designed_model/preprocessing.py, because the same steps run again inside the
+inference server that serves the trained model (recorded in metadata.json, rebuilt there): a caller sends the
+dataset's raw columns and the served model computes the design inputs itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import numpy as np
 
 from generated.mlops.training.v1 import training_pb2
-from trainer.errors import ExpressionError
-from trainer.expressions import FloatArray, ParsedExpression, Value, evaluate, parse_expression, primitive_number
-
-MAX_STEPS = 256
-
-
-@dataclass(frozen=True)
-class PreprocessStep:
-    output: str
-    expression: ParsedExpression
-    constants: dict[str, float]
-
-    def describe(self) -> dict[str, object]:
-        return {"output": self.output, "expression": self.expression.source, "constants": dict(self.constants)}
+from servers.designed_model.expressions import ExpressionError, parse_expression
+from servers.designed_model.preprocessing import MAX_STEPS, PreprocessStep
 
 
 def compile_preprocessor(schema: training_pb2.ModelDesignSchema) -> list[PreprocessStep]:
@@ -52,28 +35,14 @@ def compile_preprocessor(schema: training_pb2.ModelDesignSchema) -> list[Preproc
     return steps
 
 
-def input_columns(steps: list[PreprocessStep]) -> list[str]:
-    """The dataset columns the expressions read (not constants, not earlier outputs), in first-use order."""
-    produced: set[str] = set()
-    needed: list[str] = []
-    for step in steps:
-        for name in sorted(step.expression.names):
-            if name not in step.constants and name not in produced and name not in needed:
-                needed.append(name)
-        produced.add(step.output)
-    return needed
-
-
-def outputs(steps: list[PreprocessStep]) -> set[str]:
-    return {step.output for step in steps}
-
-
-def apply_preprocessor(
-    steps: list[PreprocessStep], columns: Mapping[str, FloatArray], rows: int
-) -> dict[str, FloatArray]:
-    """The columns plus every step's output, evaluated in order."""
-    result = dict(columns)
-    for step in steps:
-        variables: dict[str, Value] = {**result, **step.constants}
-        result[step.output] = evaluate(step.expression, variables, rows)
-    return result
+def primitive_number(primitive: training_pb2.Primitive, where: str) -> float:
+    """A numeric Primitive (a constant of an expression) as a float; strings and lists are errors."""
+    kind = primitive.WhichOneof("primitive_is_one_of")
+    if kind is None:
+        raise ExpressionError(f"{where}: the constant has no value set")
+    if kind in ("string_data", "list_data"):
+        raise ExpressionError(f"{where}: only numeric or boolean constants are supported, not {kind}")
+    value = float(getattr(primitive, kind))
+    if not np.isfinite(value):
+        raise ExpressionError(f"{where}: the constant is not a finite number ({value})")
+    return value

@@ -1,13 +1,16 @@
 """One training run: ``python -m trainer.run_job JOB_DIR`` (see trainer/jobs.py for the folder's contract).
 
 Reads ``job.json`` and ``design_schema.pb``, loads the dataset, trains, and writes
-``output/<artifact_name>`` (the fitted scikit-learn estimator, with joblib), ``output/metadata.json`` and
-``result.json``. Exit codes: ``EXIT_SUCCESS``; ``EXIT_BAD_INPUT`` when the job, schema, dataset or
-hyper-parameters cannot train (``result.json`` errors name the cause); ``EXIT_INTERNAL`` for anything
-unexpected (the error's type and message in ``result.json``, one log line on stderr, no traceback).
+``output/<artifact_name>`` (the fitted scikit-learn estimator, with joblib), ``output/metadata.json``, the
+files that let MLServer serve the whole design (trainer/serving_bundle.py), and ``result.json``.
+Exit codes: ``EXIT_SUCCESS``; ``EXIT_BAD_INPUT`` when the job, schema, dataset or hyper-parameters cannot
+train (``result.json`` errors name the cause); ``EXIT_INTERNAL`` for anything unexpected (the error's type
+and message in ``result.json``, one log line on stderr, no traceback).
 
 The artifact takes a float64 array whose columns are the design inputs in schema order (``features`` in
 metadata.json), after preprocessing; classification models' ``predict_proba`` columns follow ``classes``.
+Served through the bundle, the model takes the raw columns instead and applies the preprocessing itself
+(servers/designed_model/served_model.py).
 
 metadata.json keys: ``format_version``, ``run_id``, ``event_id``, ``design_schema`` (the schema as JSON,
 MessageToDict with proto field names), ``algorithm``, ``task``, ``features``, ``target``, ``classes``,
@@ -41,7 +44,7 @@ from google.protobuf.message import DecodeError
 
 from generated.mlops.training.v1 import training_pb2
 from trainer.datasets import DatasetLimits, LoadedDataset, load_dataset
-from trainer.errors import TrainingInputError
+from trainer.errors import BAD_INPUT_ERRORS, TrainingInputError
 from trainer.fitting import TrainedModel, train
 from trainer.jobs import (
     DESIGN_SCHEMA_FILE,
@@ -55,6 +58,7 @@ from trainer.jobs import (
     RunResult,
     TrainingJob,
 )
+from trainer.serving_bundle import RUNTIME_PACKAGE, SETTINGS_FILE, write_serving_bundle
 
 METADATA_FORMAT_VERSION = 1
 MAX_SCHEMA_BYTES = 16 * 1024 * 1024
@@ -74,7 +78,7 @@ def execute_with_exit_code(job_dir: Path, environ: Mapping[str, str] | None = No
     try:
         result = _run(job_dir, environment)
         code = EXIT_SUCCESS
-    except TrainingInputError as exc:
+    except BAD_INPUT_ERRORS as exc:
         result, code = RunResult(succeeded=False, errors=[str(exc)]), EXIT_BAD_INPUT
     except Exception as exc:  # a bug: report it as such, with its type, never as the caller's fault
         log.error("training run in %s failed unexpectedly: %s: %s", job_dir, type(exc).__name__, exc)
@@ -129,6 +133,7 @@ def _run(job_dir: Path, environ: Mapping[str, str]) -> RunResult:
         fit_seconds=fit_seconds,
     )
     (output / METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=False, default=_json_default))
+    write_serving_bundle(output, artifact_name)
     log.info("run %s trained %s: %s", job.run_id, model.algorithm, model.metrics)
     return RunResult(succeeded=True, metrics=dict(model.metrics), artifact_sha256=sha256)
 
@@ -178,8 +183,8 @@ def _artifact_name(name: str) -> str:
         raise TrainingInputError(f"artifact_name {name!r} must be a plain file name (no folders, not hidden)")
     if len(name) > 255 or not name.isprintable():
         raise TrainingInputError(f"artifact_name {name[:40]!r} is too long or has unprintable characters")
-    if name == METADATA_FILE:
-        raise TrainingInputError(f"artifact_name must not be {METADATA_FILE!r}")
+    if name in (METADATA_FILE, SETTINGS_FILE, RUNTIME_PACKAGE):
+        raise TrainingInputError(f"artifact_name must not be {name!r}: the model's folder holds a file of that name")
     return name
 
 

@@ -15,6 +15,10 @@ calls numpy only. The language:
 
 Everything else (attribute access, subscripts, lambdas, comprehensions, strings, keyword arguments, any other
 function) is rejected at parse time with an :class:`ExpressionError` naming the expression and the construct.
+
+This module runs in two places: in the trainer, and inside an inference server that serves a trained model
+(copied into the model's folder, see servers/designed_model/__init__.py). So it imports only the standard
+library and numpy, and only relative imports may be added.
 All values are float64, so no expression can build huge Python integers; ``**`` takes exponents of at most
 ``MAX_EXPONENT`` in absolute value; a result that is not finite (log of 0, division by 0) is an error.
 """
@@ -28,8 +32,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from generated.mlops.training.v1 import training_pb2
-from trainer.errors import ExpressionError
+
+class ExpressionError(ValueError):
+    """An expression is malformed, unsafe, too large, or fails to evaluate; the message names it."""
+
 
 FloatArray = npt.NDArray[np.float64]
 Value = FloatArray | float
@@ -141,7 +147,7 @@ class ParsedExpression:
         return ExpressionError(f"{self.label} {self.source!r}: {why}")
 
 
-def parse_expression(source: str, label: str) -> ParsedExpression:
+def parse_expression(source: object, label: str) -> ParsedExpression:
     """Parse and check ``source``; raises ExpressionError naming ``label`` and the offending construct."""
     if not isinstance(source, str):
         raise ExpressionError(f"{label}: the expression must be text, not {type(source).__name__}")
@@ -236,19 +242,6 @@ def _constant_number(node: ast.AST) -> float | None:
     if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
         return sign * float(node.value)
     return None
-
-
-def primitive_number(primitive: training_pb2.Primitive, where: str) -> float:
-    """A numeric Primitive (a constant of an expression) as a float; strings and lists are errors."""
-    kind = primitive.WhichOneof("primitive_is_one_of")
-    if kind is None:
-        raise ExpressionError(f"{where}: the constant has no value set")
-    if kind in ("string_data", "list_data"):
-        raise ExpressionError(f"{where}: only numeric or boolean constants are supported, not {kind}")
-    value = float(getattr(primitive, kind))
-    if not np.isfinite(value):
-        raise ExpressionError(f"{where}: the constant is not a finite number ({value})")
-    return value
 
 
 def evaluate(parsed: ParsedExpression, variables: Mapping[str, Value], rows: int) -> FloatArray:

@@ -10,7 +10,9 @@ It starts, on free 127.0.0.1 ports and in a work folder (default ``.modelplane/t
 Then it writes the iris CSV into the datasets root and the iris design schema into Redis, publishes one
 ``ModelTrainingEvent``, waits for the SUCCESS status (and prints its metrics) and the inference-store message,
 waits until the deployed model is ModelAvailable, and sends a V2 inference request through the gateway,
-printing the answer beside scikit-learn's own prediction from the stored artifact.
+printing the answer beside scikit-learn's own prediction from the stored artifact. The design computes one of
+its inputs, ``petal_area = petal_length * petal_width``: the request carries the four raw measurements and
+MLServer applies that preprocessing itself (servers/designed_model/).
 
 ``--once`` stops everything afterwards; without it everything keeps running until Ctrl-C. Every process it
 starts is stopped by PID, also on Ctrl-C and on errors. Nothing listens or connects beyond 127.0.0.1.
@@ -78,6 +80,7 @@ SKLEARN_VERSION = "1.9.1"  # the trainer's and the MLServer venv's scikit-learn 
 IRIS_FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 IRIS_CLASSES = ("setosa", "versicolor", "virginica")
 FLOWERS = [[5.1, 3.5, 1.4, 0.2], [6.9, 3.1, 5.4, 2.1], [5.9, 3.0, 4.2, 1.5]]
+DESIGN_INPUTS = ("sepal_length", "sepal_width", "petal_area")  # petal_area is computed (preprocessing)
 VENV_BIN = Path(sys.executable).parent
 MODELPLANE = [sys.executable, "-m", "modelplane.cli"]
 LOOPBACK = "127.0.0.1"
@@ -484,9 +487,12 @@ def iris_design(token: str) -> training_pb2.ModelDesignSchema:
     schema.producer_token.value = "training-demo"
     schema.version.version = "1"
     schema.metadata.name = "iris-multiclass"
-    schema.metadata.description = "iris species from the four measurements (./run training-demo)"
+    schema.metadata.description = "iris species from the sepal and the petal area (./run training-demo)"
     schema.input.input_type = training_pb2.MODEL_INPUT_MULTIVARIATE
-    schema.input.multivariate.design_input.element.extend(IRIS_FEATURES)
+    schema.input.multivariate.design_input.element.extend(DESIGN_INPUTS)
+    area = schema.preprocessor.multivariate.preprocess.add()
+    area.expression = "petal_length * petal_width"
+    area.output = "petal_area"
     schema.criteria.test_fraction = 0.2
     schema.criteria.random_seed = 7
     framework = schema.model_framework
@@ -615,7 +621,8 @@ async def infer_through_gateway(gateway: str, name: str, request: dict[str, Any]
 
 
 def local_prediction(store: ModelStore, artifact_uri: str) -> list[Any]:
-    """scikit-learn's own prediction for FLOWERS, from the artifact as stored in the model store."""
+    """scikit-learn's own prediction for FLOWERS, from the artifact as stored in the model store (which takes the
+    design's inputs, after preprocessing)."""
     bucket, _, key = artifact_uri.removeprefix("s3://").partition("/")
     response = store.client().get_object(bucket, key)
     try:
@@ -625,7 +632,14 @@ def local_prediction(store: ModelStore, artifact_uri: str) -> list[Any]:
         response.release_conn()
     # The artifact this demo's own trainer just stored: trusted, as MLServer trusts it to load it.
     model = joblib.load(io.BytesIO(data))
-    return list(model.predict(np.array(FLOWERS)).tolist())
+    # The design's inputs computed by hand: sepal_length, sepal_width, petal_area.
+    features = np.array(
+        [
+            [sepal_length, sepal_width, petal_length * petal_width]
+            for sepal_length, sepal_width, petal_length, petal_width in FLOWERS
+        ]
+    )
+    return list(model.predict(features).tolist())
 
 
 async def training_flow(
@@ -669,7 +683,13 @@ async def training_flow(
     say(f"waiting until {name} is ModelAvailable (the agent fetches it from S3 with the secret {STORAGE_SECRET})")
     await wait_available(up.listen, name, 240)
 
-    request = {"inputs": [{"name": "predict", "shape": [len(FLOWERS), 4], "datatype": "FP64", "data": FLOWERS}]}
+    # The raw measurements, one input per column: the served design computes petal_area from two of them.
+    request = {
+        "inputs": [
+            {"name": column, "shape": [len(FLOWERS)], "datatype": "FP64", "data": [row[index] for row in FLOWERS]}
+            for index, column in enumerate(IRIS_FEATURES)
+        ]
+    }
     say(f"V2 inference through the gateway: POST http://{up.gateway}/v2/models/{name}/infer")
     answer = await infer_through_gateway(up.gateway, name, request, 60)
     served = answer["outputs"][0]["data"]

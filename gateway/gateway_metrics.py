@@ -11,9 +11,12 @@ _HELP = {
 }
 
 
+_LABEL_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
+
+
 def _labels(pairs: tuple[tuple[str, str], ...]) -> str:
-    escaped = (f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"' for k, v in pairs)
-    return "{" + ",".join(escaped) + "}"
+    # The text format's escapes for label values: backslash, double quote and line feed.
+    return "{" + ",".join(f'{key}="{value.translate(_LABEL_ESCAPES)}"' for key, value in pairs) + "}"
 
 
 class GatewayMetrics:

@@ -31,8 +31,7 @@ class RoutingService(pb_grpc.RoutingServiceServicer):
     async def WatchRoutes(
         self, request: pb.WatchRoutesRequest, context: Context
     ) -> AsyncIterator[pb.WatchRoutesResponse]:
-        subscriber = request.gateway_name[:256] or "gateway"
-        async with self.core.subscribe_routes(subscriber) as subscription:
+        async with self.core.watch_routes(_gateway(request.gateway_name)) as subscription:
             async for update in status_codes.stream(context, aiter(subscription)):
                 yield update
 
@@ -43,7 +42,14 @@ class RoutingService(pb_grpc.RoutingServiceServicer):
             check_name(request.experiment_name, "experiment")
             if len(request.reason) > 4096:
                 raise InvalidArgument("ExperimentRouted.reason is longer than 4096 characters")
-            self.core.record_experiment_routed(request.experiment_name, request.active, request.reason)
+            self.core.record_experiment_routed(
+                request.experiment_name, _gateway(request.gateway_name), request.active, request.reason
+            )
 
         await status_codes.unary(context, call)
         return pb.ExperimentRoutedResponse()
+
+
+def _gateway(name: str) -> str:
+    """The name a gateway's streams and acknowledgements are filed under (the same in both RPCs)."""
+    return name[:256] or "gateway"

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -81,6 +82,7 @@ class SchedulerCore:
         self.ready = asyncio.Event()
         self.closing = asyncio.Event()
         self._locks = KeyedLocks()
+        self._route_watchers: Counter[str] = Counter()  # gateway name -> its open WatchRoutes streams
         self._dirty: dict[str, bool] = {}
         self._reconcile_wake = asyncio.Event()
         self._durable_models: set[str] = set()
@@ -256,9 +258,30 @@ class SchedulerCore:
 
         return self.routes_hub.subscribe(subscriber, snapshot)
 
-    def record_experiment_routed(self, name: str, active: bool, reason: str) -> None:
-        """A gateway's acknowledgement of an experiment (RoutingService.ExperimentRouted)."""
-        if self.experiments.record_gateway_ack(name, active, reason):
+    @contextlib.asynccontextmanager
+    async def watch_routes(self, gateway: str) -> AsyncIterator[Subscription[RouteKey, rpb.WatchRoutesResponse]]:
+        """``subscribe_routes`` for a gateway's WatchRoutes stream. While any stream of ``gateway`` is open it
+        counts as connected; when its last one ends, what it said of experiments is forgotten, so an experiment
+        that no connected gateway routes is not ``active``."""
+        self._route_watchers[gateway] += 1
+        try:
+            async with self.subscribe_routes(gateway) as subscription:
+                yield subscription
+        finally:
+            self._route_watchers[gateway] -= 1
+            if self._route_watchers[gateway] <= 0:
+                del self._route_watchers[gateway]
+                changed = self.experiments.forget_gateway(gateway)
+                if changed:
+                    self._publish_experiments(changed, routes=False)
+
+    def record_experiment_routed(self, name: str, gateway: str, active: bool, reason: str) -> None:
+        """A gateway's acknowledgement of an experiment (RoutingService.ExperimentRouted). Ignored from a
+        gateway with no open WatchRoutes stream: it arrived after the stream ended, and would never be forgotten."""
+        if gateway not in self._route_watchers:
+            log.info("ignoring %s's acknowledgement of experiment %s: it watches no routes", gateway, name)
+            return
+        if self.experiments.record_gateway_ack(name, gateway, active, reason):
             self._publish_experiments({name}, routes=False)
 
     # ----------------------------------------------------------------- pipelines

@@ -170,7 +170,7 @@ def test_stop_keeps_a_terminated_record_and_start_again_revives_it() -> None:
     registry = ExperimentRegistry()
     started(registry, experiment())
     registry.refresh(lambda _name, _kind: True)
-    registry.record_gateway_ack("ab", active=True, reason="")
+    registry.record_gateway_ack("ab", "gw-1", active=True, reason="")
     prepared = registry.prepare_stop("ab")
     assert prepared.stopped
     assert "ab" in registry.running()  # prepare changes nothing
@@ -180,7 +180,7 @@ def test_stop_keeps_a_terminated_record_and_start_again_revives_it() -> None:
     assert registry.default_routes() == {}
     assert registry.running() == {}
     # A stale gateway ack does not revive it; stopping again is harmless.
-    assert not registry.record_gateway_ack("ab", active=True, reason="")
+    assert not registry.record_gateway_ack("ab", "gw-1", active=True, reason="")
     stopped(registry, "ab")
     assert registry.records["ab"].stopped
     assert registry.running() == {}
@@ -271,26 +271,45 @@ def test_gateway_acks_set_active() -> None:
     registry = ExperimentRegistry()
     started(registry, experiment())
     registry.refresh(lambda _name, _kind: True)
-    assert registry.record_gateway_ack("ab", active=True, reason="")
-    assert not registry.record_gateway_ack("ab", active=True, reason="")
+    assert registry.record_gateway_ack("ab", "gw-1", active=True, reason="")
+    assert not registry.record_gateway_ack("ab", "gw-1", active=True, reason="")
     [status] = registry.status("ab")
     assert status.active
     assert status.statusDescription == "active"
-    assert registry.record_gateway_ack("ab", active=False, reason="envoy rejected the route")
+    assert registry.record_gateway_ack("ab", "gw-1", active=False, reason="envoy rejected the route")
     [status] = registry.status("ab")
     assert not status.active
     assert "envoy rejected the route" in status.statusDescription
-    assert not registry.record_gateway_ack("unknown", active=True, reason="")
+    assert not registry.record_gateway_ack("unknown", "gw-1", active=True, reason="")
     # A replaced experiment waits for the gateways again.
     started(registry, experiment(default="iris-v2"))
     assert not registry.records["ab"].active
+
+
+def test_active_while_any_connected_gateway_routes_it() -> None:
+    registry = ExperimentRegistry()
+    started(registry, experiment())
+    registry.refresh(lambda _name, _kind: True)
+    assert registry.record_gateway_ack("ab", "gw-1", active=True)
+    assert not registry.record_gateway_ack("ab", "gw-2", active=False, reason="no route to iris-v2")
+    assert registry.records["ab"].active  # gw-1 routes it
+    assert registry.forget_gateway("gw-1") == {"ab"}
+    [status] = registry.status("ab")
+    assert not status.active
+    assert status.statusDescription == "not active in gateways: gw-2: no route to iris-v2"
+    assert registry.forget_gateway("gw-2") == {"ab"}
+    [status] = registry.status("ab")
+    assert (status.active, status.statusDescription) == (False, "not active yet")
+    assert registry.forget_gateway("gw-3") == set()  # never said anything: nothing changes
 
 
 # ----------------------------------------------------------------- durability and routes
 
 
 def test_durable_round_trip() -> None:
-    record = ExperimentRecord(spec=experiment(mirror=("shadow", 5), sticky=True), stopped=True, active=True)
+    record = ExperimentRecord(spec=experiment(mirror=("shadow", 5), sticky=True), stopped=True)
+    record.gateway_acks["gw-1"] = (True, "")
+    assert record.active
     record.candidates_ready = True
     back = ExperimentRecord.from_bytes("ab", record.to_bytes())
     assert back.spec == record.spec

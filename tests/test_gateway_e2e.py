@@ -86,6 +86,17 @@ async def start_experiment(listen: str, experiment: pb.Experiment) -> None:
                 await asyncio.sleep(0.1)
 
 
+async def experiment_active(listen: str, name: str, active: bool) -> None:
+    """Wait until the scheduler reports the experiment's ``active`` as given."""
+    async with aio.insecure_channel(listen) as channel, asyncio.timeout(WAIT):
+        stub = pb_grpc.SchedulerStub(channel)
+        while True:
+            [status] = [s async for s in stub.ExperimentStatus(pb.ExperimentStatusRequest(name=name), timeout=10)]
+            if status.active == active:
+                return
+            await asyncio.sleep(0.1)
+
+
 def candidates(*pairs: tuple[str, int]) -> list[pb.ExperimentCandidate]:
     return [pb.ExperimentCandidate(name=name, weight=weight) for name, weight in pairs]
 
@@ -218,13 +229,18 @@ async def test_a_restarted_gateway_rebuilds_its_routes_and_follows_a_moved_model
         gateway = await asyncio.to_thread(start_gateway, cluster.root / "gateway", scheduler.listen)
         status, answer, _ = await post(http, f"{gateway.url}/v2/models/mover/infer", iris.request)
         assert (status, answer["outputs"][0]["data"]) == (200, iris.expected)
+        experiment = pb.Experiment(name="mover-trial", candidates=candidates(("mover", 1)))
+        await start_experiment(scheduler.listen, experiment)  # returns once the gateway routes it (active)
 
-        # kill -9 the gateway; a new one knows nothing but what the scheduler streams to it.
+        # kill -9 the gateway; a new one knows nothing but what the scheduler streams to it. Meanwhile no
+        # gateway routes the experiment, and the scheduler says so.
         os.kill(gateway.process.pid, signal.SIGKILL)
         gateway.process.wait(10)
+        await experiment_active(scheduler.listen, "mover-trial", False)
         gateway = await asyncio.to_thread(start_gateway, cluster.root / "gateway2", scheduler.listen)
         status, answer, _ = await post(http, f"{gateway.url}/v2/models/mover/infer", iris.request)
         assert (status, answer["outputs"][0]["data"]) == (200, iris.expected), answer
+        await experiment_active(scheduler.listen, "mover-trial", True)
 
         # The replica that holds the model dies; the model moves. Requests keep coming throughout.
         holder = agents[await api.holder("mover")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from generated.mlops.routing.v1 import routing_pb2 as rpb
 from generated.mlops.scheduler import scheduler_pb2 as pb
@@ -107,9 +108,13 @@ async def test_experiments_and_pipelines_are_routed_and_experiment_acks_set_acti
 
             [status] = harness.core.experiment_status("ab")
             assert not status.active
-            harness.core.record_experiment_routed("ab", True, "")
+            harness.core.record_experiment_routed("ab", "gw-1", True, "")
             [status] = harness.core.experiment_status("ab")
-            assert status.active
+            assert not status.active  # gw-1 watches no routes: its word is stale and ignored
+            async with harness.core.watch_routes("gw-1"):
+                harness.core.record_experiment_routed("ab", "gw-1", True, "")
+                [status] = harness.core.experiment_status("ab")
+                assert status.active
 
             await harness.core.stop_experiment("ab")
             await harness.core.unload_pipeline("p")
@@ -120,3 +125,37 @@ async def test_experiments_and_pipelines_are_routed_and_experiment_acks_set_acti
     assert ("pipeline", "p") in removed
     assert any(u.experiment.removed for u in updates if u.WhichOneof("route") == "experiment")
     assert any(u.pipeline.removed for u in updates if u.WhichOneof("route") == "pipeline")
+
+
+async def test_an_experiment_is_inactive_once_the_gateways_that_routed_it_are_gone() -> None:
+    async with Harness() as harness:
+        harness.add_replica(index=0)
+        await harness.load("a", replicas=1)
+        await harness.load("b", replicas=1)
+        await harness.settle()
+        await harness.core.start_experiment(_experiment("ab", "a", "b"))
+        await harness.settle()
+
+        def active() -> bool:
+            return harness.core.experiment_status("ab")[0].active
+
+        async with harness.core.subscribe_experiments("test") as statuses:
+            gw1, gw2_old, gw2_new = (contextlib.AsyncExitStack() for _ in range(3))
+            await gw1.enter_async_context(harness.core.watch_routes("gw-1"))
+            await gw2_old.enter_async_context(harness.core.watch_routes("gw-2"))
+            harness.core.record_experiment_routed("ab", "gw-1", True, "")
+            harness.core.record_experiment_routed("ab", "gw-2", True, "")
+            await gw2_new.enter_async_context(harness.core.watch_routes("gw-2"))  # reconnects before...
+            await gw2_old.aclose()  # ...its old stream ends: still connected
+            assert active()
+            await gw2_new.aclose()
+            assert active()  # gw-1 still routes it
+            await gw1.aclose()
+            [status] = harness.core.experiment_status("ab")
+            assert not status.active
+            assert status.statusDescription == "not active yet"
+            seen = []
+            while statuses.pending_count:
+                seen.append(await anext(statuses))
+    assert seen[-1].experimentName == "ab"
+    assert not seen[-1].active  # subscribers are told

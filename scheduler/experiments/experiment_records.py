@@ -25,9 +25,8 @@ class ExperimentRecord:
 
     spec: pb.Experiment
     stopped: bool = False
-    # Observed: whether the gateways route the experiment, with their last reason.
-    active: bool = False
-    gateway_reason: str = ""
+    # Observed: each connected gateway's last word on the experiment, (routes it, reason when it cannot).
+    gateway_acks: dict[str, tuple[bool, str]] = field(default_factory=dict)
     # Observed: whether every candidate is ready, and whether the mirror is (True when there is no mirror).
     candidates_ready: bool = False
     mirror_ready: bool = False
@@ -46,6 +45,16 @@ class ExperimentRecord:
     @property
     def running(self) -> bool:
         return not self.stopped
+
+    @property
+    def active(self) -> bool:
+        """True while at least one connected gateway routes the experiment."""
+        return any(routed for routed, _ in self.gateway_acks.values())
+
+    @property
+    def gateway_reason(self) -> str:
+        """Why the gateways do not route it: the reasons they gave, by gateway name; "" if none gave one."""
+        return "; ".join(f"{gateway}: {reason}" for gateway, (_, reason) in sorted(self.gateway_acks.items()) if reason)
 
     def to_status(self) -> pb.ExperimentStatusResponse:
         status = pb.ExperimentStatusResponse(

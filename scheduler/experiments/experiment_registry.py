@@ -129,8 +129,7 @@ class ExperimentRegistry:
         if record.stopped:
             return
         record.stopped = True
-        record.active = False
-        record.gateway_reason = ""
+        record.gateway_acks.clear()
         record.candidates_ready = False
         record.mirror_ready = False
         record.status_description = STOPPED
@@ -162,17 +161,32 @@ class ExperimentRegistry:
                 changed.add(name)
         return changed
 
-    def record_gateway_ack(self, name: str, active: bool, reason: str = "") -> bool:
-        """Record whether the gateways route ``name`` now; return whether its status changed.
+    def record_gateway_ack(self, name: str, gateway: str, active: bool, reason: str = "") -> bool:
+        """Record whether ``gateway`` routes ``name`` now; return whether the experiment's status changed.
 
+        ``active`` is true while any connected gateway routes it (see :meth:`forget_gateway`).
         Acknowledgements for unknown or stopped experiments are stale and ignored."""
         record = self.records.get(name)
         if record is None or record.stopped:
             return False
         before = (record.active, record.status_description)
-        record.active = active
-        record.gateway_reason = "" if active else reason
-        record.status_description = _describe(record, self._not_ready.get(name, ()))
+        record.gateway_acks[gateway] = (active, "" if active else reason)
+        return self._redescribe(record, before)
+
+    def forget_gateway(self, gateway: str) -> set[str]:
+        """``gateway`` no longer watches the routes (its stream ended): what it said no longer counts, and an
+        experiment that no connected gateway routes is not active. The names whose status changed."""
+        changed: set[str] = set()
+        for name, record in self.records.items():
+            if gateway in record.gateway_acks:
+                before = (record.active, record.status_description)
+                del record.gateway_acks[gateway]
+                if self._redescribe(record, before):
+                    changed.add(name)
+        return changed
+
+    def _redescribe(self, record: ExperimentRecord, before: tuple[bool, str]) -> bool:
+        record.status_description = _describe(record, self._not_ready.get(record.name, ()))
         if before == (record.active, record.status_description):
             return False
         record.changed_at = time.time()

@@ -75,12 +75,13 @@ def test_dockerfile_pins_the_framework_and_dependencies_and_labels_the_image() -
     assert 'LABEL io.modelplane.framework-version="1.5.2"' in lines
     assert 'LABEL org.opencontainers.image.version="v2"' in lines
     assert 'LABEL org.opencontainers.image.licenses="Apache-2.0"' in lines
-    assert lines[-6:] == [
+    assert lines[-7:] == [
         "COPY requirements.txt /opt/modelplane/requirements.txt",
         'RUN ["python", "-m", "pip", "install", "--no-cache-dir", "-r", "/opt/modelplane/requirements.txt"]',
         "COPY trainer /opt/modelplane/trainer",
         "COPY generated /opt/modelplane/generated",
         "COPY servers/designed_model /opt/modelplane/servers/designed_model",
+        "COPY modelplane /opt/modelplane/modelplane",
         'ENTRYPOINT ["python", "-m", "trainer.run_job"]',
     ]
     assert "ENV PYTHONPATH=/opt/modelplane PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1" in lines
@@ -220,13 +221,15 @@ def test_strings_made_of_shell_and_url_syntax_are_refused_or_harmless(text: str)
 
 @pytest.fixture
 def source_root(tmp_path: Path) -> Path:
-    """A small stand-in for the repository's trainer/, generated/ and servers/designed_model/ (vfs copies every
-    layer in full)."""
+    """A small stand-in for the repository's trainer/, generated/, servers/designed_model/ and modelplane/ (vfs
+    copies every layer in full)."""
     root = tmp_path / "source"
     (root / "trainer" / "__pycache__").mkdir(parents=True)
     (root / "generated").mkdir()
     (root / "servers" / "designed_model").mkdir(parents=True)
     (root / "servers" / "designed_model" / "__init__.py").write_text('"""stand-in served design"""\n')
+    (root / "modelplane").mkdir()
+    (root / "modelplane" / "__init__.py").write_text('"""stand-in modelplane"""\n')
     (root / "trainer" / "__init__.py").write_text('"""stand-in trainer"""\n')
     (root / "trainer" / "run_job.py").write_text("raise SystemExit(0)\n")
     (root / "trainer" / "__pycache__" / "run_job.cpython-311.pyc").write_bytes(b"\0compiled")

@@ -19,9 +19,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from minio import Minio
-from minio.error import S3Error
+import urllib3
+from minio.error import MinioException, S3Error
 
+from modelplane.s3_client import minio_client
 from trainer.jobs import METADATA_FILE
 from trainer.serving_bundle import RUNTIME_PACKAGE, SETTINGS_FILE
 from trainer.settings import S3Settings
@@ -32,6 +33,11 @@ MAX_SEGMENT = 100
 
 class ArtifactMismatchError(ValueError):
     """The artifact on disk is not the one the run reported."""
+
+
+# What an upload may raise that says nothing about the artifact (S3 away, slow, refusing): retried later.
+# ValueError: urllib3 reports some refused connections through minio as one.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (MinioException, urllib3.exceptions.HTTPError, OSError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -86,12 +92,14 @@ def expected_sha256s(output_dir: Path, reported: str) -> set[str]:
 class ModelStore:
     def __init__(self, settings: S3Settings) -> None:
         self._settings = settings
-        self._client = Minio(
+        # Bounded requests: an S3 that stops answering fails the upload (retried later), never hangs the trainer.
+        self._client = minio_client(
             settings.endpoint,
             access_key=settings.access_key,
             secret_key=settings.secret_key,
             secure=settings.secure,
             region=settings.region,
+            timeout_seconds=settings.timeout_seconds,
         )
         self._bucket_ready = False
 

@@ -1,8 +1,9 @@
 """Reading one dataset object from S3 with the minio SDK, settings from the run's environment.
 
-This mirrors agent/artifacts/s3.py (same client construction, same way of describing failures) rather than
-importing it: a training run executes in an image that carries only ``trainer/`` and ``generated/``
-(trainer/launchers/image_build.py), and the agent's artifacts package brings the agent's whole fetch stack.
+The client comes from modelplane/s3_client.py, like the agent's. Failures are described the way
+agent/artifacts/s3.py describes them, written here rather than imported: a training run executes in an image
+that carries only what it needs (trainer/launchers/image_build.py), and the agent's artifacts package brings
+the agent's whole fetch stack.
 
 Environment: ``MODELPLANE_S3_ENDPOINT`` (``http://host:port``; without a scheme, https), ``AWS_ACCESS_KEY_ID``
 and ``AWS_SECRET_ACCESS_KEY`` (both or neither: anonymous), optionally ``AWS_SESSION_TOKEN``, ``AWS_REGION``
@@ -17,9 +18,9 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import urllib3
-from minio import Minio
 from minio.error import MinioException, S3Error
 
+from modelplane.s3_client import minio_client
 from trainer.errors import DatasetError
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
@@ -29,7 +30,6 @@ _CREDENTIAL_CODES = frozenset(
 )
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound", "NoSuchBucket"})
 _CHUNK = 1 << 16
-_RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -95,21 +95,17 @@ def _parse_endpoint(text: str) -> tuple[str, bool]:
 def read_object(settings: S3Settings, bucket: str, key: str, max_bytes: int, timeout_seconds: float) -> bytes:
     """The object's bytes; DatasetError when it is missing, too large, refused, or the store is unreachable."""
     shown = f"s3://{bucket}/{key}"
-    pool = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=timeout_seconds, read=timeout_seconds),
-        retries=urllib3.Retry(total=_RETRIES, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
-        maxsize=2,
-    )
     response = None
     try:
-        client = Minio(
+        client = minio_client(
             settings.endpoint,
             access_key=settings.access_key,
             secret_key=settings.secret_key,
             session_token=settings.session_token,
             secure=settings.secure,
             region=settings.region,
-            http_client=pool,
+            timeout_seconds=timeout_seconds,
+            pool_size=2,
         )
         size = client.stat_object(bucket, key).size or 0
         if size > max_bytes:

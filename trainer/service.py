@@ -45,7 +45,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-u
 from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from aiokafka.structs import OffsetAndMetadata  # type: ignore[import-untyped]
-from minio.error import S3Error
 
 from generated.mlops.training.v1 import training_pb2
 from modelplane import logs
@@ -53,7 +52,7 @@ from trainer.design_store import REDIS_RETRYABLE, DesignInvalidError, DesignNotF
 from trainer.events import PoisonEventError, RecordPosition, TrainingRequest, dataset_for_run, decode_event
 from trainer.jobs import DESIGN_SCHEMA_FILE, OUTPUT_DIR, RESULT_FILE, RunResult, TrainingJob
 from trainer.launchers.base import Launcher, LaunchOutcome, LaunchVerdict
-from trainer.model_store import ArtifactMismatchError, ModelStore, StoredModel
+from trainer.model_store import TRANSIENT_ERRORS, ArtifactMismatchError, ModelStore, StoredModel
 from trainer.run_registry import ClaimKind, FinalRecord, RunRecord, RunRegistry, RunState
 from trainer.service_deploy import model_name_for
 from trainer.settings import TrainerSettings
@@ -524,8 +523,7 @@ class TrainerService:
                 break
             except ArtifactMismatchError as error:
                 return _Outcome(False, [str(error)])
-            except (S3Error, OSError, ValueError) as error:
-                # ValueError: urllib3's errors for a refused connection surface as such through minio.
+            except TRANSIENT_ERRORS as error:
                 logger.warning("model store upload failed", extra={"fields": {"attempt": attempt, "error": str(error)}})
                 if attempt == self.settings.max_attempts:
                     return _Outcome(False, [f"model store upload failed after {attempt} attempts: {error}"])

@@ -44,6 +44,7 @@ class S3Settings:
     prefix: str
     secure: bool
     region: str
+    timeout_seconds: float = 60.0  # per request, connect and read (modelplane/s3_client.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +217,9 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     s3.add_argument("--s3-prefix", default="models", metavar="PREFIX", help="key prefix of every stored model")
     s3.add_argument("--s3-secure", action="store_true", help="HTTPS to the S3 endpoint")
     s3.add_argument("--s3-region", default="us-east-1")
+    s3.add_argument(
+        "--s3-timeout", type=seconds(3600), default=60.0, metavar="SECONDS", help="per S3 request, connect and read"
+    )
     runs = parser.add_argument_group("runs")
     runs.add_argument(
         "--artifact-name",
@@ -349,6 +353,7 @@ def parse_settings(
             prefix=options.s3_prefix.strip("/"),
             secure=options.s3_secure,
             region=options.s3_region,
+            timeout_seconds=options.s3_timeout,
         ),
         artifact_name=options.artifact_name,
         work_dir=work_dir,

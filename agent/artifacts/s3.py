@@ -14,11 +14,11 @@ from agent.artifacts.errors import ArtifactError
 from agent.artifacts.safety import Budget, ExtractLimits, Tree, UnsafeName, safe_parts
 from agent.artifacts.sources import S3Location
 from agent.artifacts.storage_config import S3Settings
+from modelplane.s3_client import minio_client
 
 _CREDENTIAL_CODES = frozenset(
     {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
 )
-_RETRIES = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,20 +31,15 @@ class S3Object:
 
 def make_client(settings: S3Settings, timeout_seconds: float) -> Minio:
     """A minio client whose every request gives up after ``timeout_seconds`` without progress."""
-    pool = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=timeout_seconds, read=timeout_seconds),
-        retries=urllib3.Retry(total=_RETRIES, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
-        maxsize=4,
-    )
     try:
-        return Minio(
+        return minio_client(
             settings.endpoint,
             access_key=settings.access_key,
             secret_key=settings.secret_key,
             session_token=settings.session_token,
             secure=settings.secure,
             region=settings.region,
-            http_client=pool,
+            timeout_seconds=timeout_seconds,
         )
     except ValueError as exc:
         raise ArtifactError(f"{settings.origin}: unusable S3 endpoint {settings.url}: {exc}") from None

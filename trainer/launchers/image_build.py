@@ -9,7 +9,7 @@ From a schema's ``ModelAssembly`` it generates a Dockerfile and a build context:
   validated as a *plain* requirement: a name, optional extras and version specifiers; no URLs, no pip
   options, no environment markers, no shell metacharacters;
 - optionally ``RUN python -m pip install -r requirements.txt`` (exec form: no shell);
-- the modelplane ``trainer/`` code, ``servers/designed_model/`` and the ``generated/`` protos;
+- the modelplane ``trainer/`` code, ``servers/designed_model/``, ``modelplane/`` and the ``generated/`` protos;
   ``ENTRYPOINT ["python", "-m", "trainer.run_job"]``;
 - labels: ``org.opencontainers.image.*`` and ``io.modelplane.design-token``, ``io.modelplane.design-version``,
   ``io.modelplane.framework``, ``io.modelplane.framework-version``; the build adds
@@ -49,9 +49,10 @@ from generated.mlops.training.v1 import training_pb2
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_HOME = "/opt/modelplane"  # where the code lives in the image (its PYTHONPATH)
-# What `python -m trainer.run_job` imports from this repository (servers/ only its designed_model package, which
-# a run also copies into the model's folder: servers becomes a namespace package in the image).
-SOURCE_PACKAGES = ("trainer", "generated", "servers/designed_model")
+# What `python -m trainer.run_job` imports from this repository: servers/ only its designed_model package, which
+# a run also copies into the model's folder (servers becomes a namespace package in the image); modelplane/ for
+# its S3 client (modelplane/s3_client.py; the package's other modules are never imported by a run).
+SOURCE_PACKAGES = ("trainer", "generated", "servers/designed_model", "modelplane")
 CONTENT_HASH_LABEL = "io.modelplane.content-hash"
 MAX_DEPENDENCIES = 100
 MAX_REQUIREMENT_LENGTH = 200

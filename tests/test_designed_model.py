@@ -36,19 +36,6 @@ from trainer.serving_bundle import RUNTIME_CLASS, RUNTIME_PACKAGE, SETTINGS_FILE
 RAW_COLUMNS = ("petal_length", "petal_width", "sepal_width", "sepal_length")
 
 
-def designed_schema() -> training_pb2.ModelDesignSchema:
-    """Binary iris on two computed inputs and one raw one, with a postprocessor over the probabilities."""
-    schema = schemas.iris_binary(features=("petal_area", "sepal_length", "wide"))
-    schemas.add_preprocessor(schema, "petal_length * petal_width * scale", "petal_area", {"scale": 1.0})
-    schemas.add_preprocessor(schema, "sepal_width > 3", "wide")
-    program = schema.postprocessor.probability_postprocessor_schema.program
-    program.program.expressions["score"] = "round(p_1 * 100)"
-    program.program.expressions["flag"] = "1 if score >= threshold else 0"
-    program.initialization.constants["threshold"].double_data = 50.0
-    program.topological_order.extend(["score", "flag"])
-    return schema
-
-
 def train_into(root: Path, schema: training_pb2.ModelDesignSchema, frame_csv: Path) -> Path:
     """Run one training job in-process; the model's folder (the job's output/)."""
     job_dir = root / "job"
@@ -64,7 +51,7 @@ def train_into(root: Path, schema: training_pb2.ModelDesignSchema, frame_csv: Pa
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("designed")
-    return train_into(root, designed_schema(), schemas.write_iris_csv(root / "iris.csv"))
+    return train_into(root, schemas.iris_designed(), schemas.write_iris_csv(root / "iris.csv"))
 
 
 @pytest.fixture(scope="module")

@@ -85,12 +85,16 @@ async def test_a_moved_model_is_routed_only_to_its_new_replica() -> None:
     assert [e.replica_idx for v in after.versions for e in v.endpoints] == [1]
 
 
+async def _two_models(harness: Harness) -> None:
+    harness.add_replica(index=0)
+    await harness.load("a", replicas=1)
+    await harness.load("b", replicas=1)
+    await harness.settle()
+
+
 async def test_experiments_and_pipelines_are_routed_and_experiment_acks_set_active() -> None:
     async with Harness() as harness:
-        harness.add_replica(index=0)
-        await harness.load("a", replicas=1)
-        await harness.load("b", replicas=1)
-        await harness.settle()
+        await _two_models(harness)
         async with harness.core.subscribe_routes("test") as routes:
             await _drain(routes)
             await harness.core.start_experiment(_experiment("ab", "a", "b", default="a"))
@@ -129,10 +133,7 @@ async def test_experiments_and_pipelines_are_routed_and_experiment_acks_set_acti
 
 async def test_an_experiment_is_inactive_once_the_gateways_that_routed_it_are_gone() -> None:
     async with Harness() as harness:
-        harness.add_replica(index=0)
-        await harness.load("a", replicas=1)
-        await harness.load("b", replicas=1)
-        await harness.settle()
+        await _two_models(harness)
         await harness.core.start_experiment(_experiment("ab", "a", "b"))
         await harness.settle()
 

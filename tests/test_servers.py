@@ -30,7 +30,7 @@ from servers.launch.venvs import MARKER, REQUIREMENTS
 from servers.mlserver import MLServer, model_settings
 from servers.triton import TritonServer, rewrite_config
 from tests import training_schemas as schemas
-from tests.test_designed_model import designed_schema, expected_outputs, raw_rows, train_into
+from tests.test_designed_model import expected_outputs, raw_rows, train_into
 from tests.triton_models import DOUBLER_MODEL, write_doubler
 
 # A hang guard only: a first run spends most of it creating the venvs inside a fixture.
@@ -110,7 +110,7 @@ async def triton(triton_process: LocalServer) -> AsyncIterator[InferenceServer]:
         await adapter.close()
 
 
-async def _infer(server: InferenceServer, model: str, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+async def _post_infer(server: InferenceServer, model: str, inputs: list[dict[str, Any]]) -> tuple[int, Any]:
     async with (
         aiohttp.ClientSession() as session,
         session.post(
@@ -119,10 +119,14 @@ async def _infer(server: InferenceServer, model: str, inputs: list[dict[str, Any
             timeout=aiohttp.ClientTimeout(total=60),
         ) as response,
     ):
-        body = await response.json()
-        assert response.status == 200, body
-        outputs: list[dict[str, Any]] = body["outputs"]
-        return outputs
+        return response.status, await response.json()
+
+
+async def _infer(server: InferenceServer, model: str, inputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    status, body = await _post_infer(server, model, inputs)
+    assert status == 200, body
+    outputs: list[dict[str, Any]] = body["outputs"]
+    return outputs
 
 
 async def _index_states(server: InferenceServer, name: str) -> list[str | None]:
@@ -271,18 +275,6 @@ async def test_mlserver_reports_a_bad_artifact_as_not_retryable(mlserver: Infere
     assert await mlserver.ready()  # the server survives a bad model
 
 
-async def _post_infer(server: InferenceServer, model: str, inputs: list[dict[str, Any]]) -> tuple[int, Any]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"{server.http_url}/v2/models/{model}/infer",
-            json={"inputs": inputs},
-            timeout=aiohttp.ClientTimeout(total=60),
-        ) as response,
-    ):
-        return response.status, await response.json()
-
-
 @pytest.mark.servers
 @pytest.mark.timeout(SERVER_TEST_TIMEOUT)
 async def test_mlserver_serves_trained_designs_with_their_preprocessing(
@@ -290,7 +282,7 @@ async def test_mlserver_serves_trained_designs_with_their_preprocessing(
 ) -> None:
     # The trainer's folders as they are (model-settings.json naming the shipped runtime). Two of them in one
     # MLServer: the runtime package is imported from the first folder and must serve the second too.
-    designed = train_into(tmp_path / "designed", designed_schema(), schemas.write_iris_csv(tmp_path / "iris.csv"))
+    designed = train_into(tmp_path / "designed", schemas.iris_designed(), schemas.write_iris_csv(tmp_path / "iris.csv"))
     regressor = train_into(
         tmp_path / "regressor", schemas.linear_regression(), schemas.write_regression_csv(tmp_path / "r.csv")
     )

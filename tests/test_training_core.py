@@ -218,16 +218,7 @@ def test_parquet_and_csv_train_the_same_model(tmp_path: Path) -> None:
 
 
 def test_preprocessing_and_postprocessing_are_recorded(tmp_path: Path) -> None:
-    schema = schemas.iris_binary(features=("petal_area", "sepal_length", "wide"))
-    schemas.add_preprocessor(schema, "petal_length * petal_width * scale", "petal_area", {"scale": 1.0})
-    schemas.add_preprocessor(schema, "sepal_width > 3", "wide")
-    program = schema.postprocessor.probability_postprocessor_schema.program
-    program.program.expressions["score"] = "round(p_1 * 100)"
-    program.program.expressions["flag"] = "1 if score >= threshold else 0"
-    program.initialization.constants["threshold"].double_data = 50.0
-    program.dependency.depends_on["flag"].element.append("score")
-    program.topological_order.extend(["score", "flag"])
-    job_dir = make_job(tmp_path, schema, DatasetSource(path=str(iris_csv(tmp_path))))
+    job_dir = make_job(tmp_path, schemas.iris_designed(), DatasetSource(path=str(iris_csv(tmp_path))))
     result = execute(job_dir)
     assert result.succeeded, result.errors
     metadata = metadata_of(job_dir)

@@ -249,6 +249,21 @@ def add_preprocessor(
     return schema
 
 
+def iris_designed() -> training_pb2.ModelDesignSchema:
+    """Binary iris on two computed inputs (petal_area, wide) and one raw one, with a postprocessor over the
+    probabilities (score, then flag from score)."""
+    schema = iris_binary(features=("petal_area", "sepal_length", "wide"))
+    add_preprocessor(schema, "petal_length * petal_width * scale", "petal_area", {"scale": 1.0})
+    add_preprocessor(schema, "sepal_width > 3", "wide")
+    program = schema.postprocessor.probability_postprocessor_schema.program
+    program.program.expressions["score"] = "round(p_1 * 100)"
+    program.program.expressions["flag"] = "1 if score >= threshold else 0"
+    program.initialization.constants["threshold"].double_data = 50.0
+    program.dependency.depends_on["flag"].element.append("score")
+    program.topological_order.extend(["score", "flag"])
+    return schema
+
+
 def iris_frame() -> pd.DataFrame:
     """Iris (150 rows) with named feature columns, the species as strings and the binary target."""
     iris = load_iris()

@@ -89,7 +89,17 @@ def expected_outputs(model_folder: Path, columns: dict[str, np.ndarray]) -> dict
 
 def test_the_trainer_writes_settings_and_the_runtime_package(model_folder: Path) -> None:
     settings = json.loads((model_folder / SETTINGS_FILE).read_text())
-    assert settings == {"implementation": RUNTIME_CLASS, "parameters": {"uri": "./model.joblib"}}
+    assert settings == {
+        "implementation": RUNTIME_CLASS,
+        "parameters": {"uri": "./model.joblib"},
+        "inputs": [{"name": name, "datatype": "FP64", "shape": [-1]} for name in RAW_COLUMNS],
+        "outputs": [
+            {"name": "predict", "datatype": "INT64", "shape": [-1]},  # the binary labels are 0 and 1
+            {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 2]},
+            {"name": "score", "datatype": "FP64", "shape": [-1]},
+            {"name": "flag", "datatype": "FP64", "shape": [-1]},
+        ],
+    }
     source = Path(servers.designed_model.__file__).parent
     shipped = sorted(path.name for path in (model_folder / RUNTIME_PACKAGE).iterdir())
     assert shipped == sorted(path.name for path in source.glob("*.py"))

@@ -296,6 +296,12 @@ async def test_mlserver_serves_trained_designs_with_their_preprocessing(
             {"name": name, "shape": [len(values)], "datatype": "FP64", "data": values.tolist()}
             for name, values in columns.items()
         ]
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{mlserver.http_url}/v2/models/designed_1") as response,
+        ):
+            metadata = await response.json()
+        assert [tensor["name"] for tensor in metadata["inputs"]] == list(columns)  # callers can ask what to send
         outputs = {output["name"]: output for output in await _infer(mlserver, "designed_1", inputs)}
         expected = expected_outputs(designed, columns)
         assert list(outputs) == ["predict", "score", "flag"]

@@ -80,6 +80,23 @@ class ServedModel:
             names.extend(self.postprocessor.order)
         return tuple(names)
 
+    def tensor_metadata(self) -> dict[str, list[dict[str, object]]]:
+        """The V2 model metadata of ``inputs`` and ``outputs`` (the one-input-per-column layout), for
+        model-settings.json, so a server's ``/v2/models/{name}`` tells callers what to send."""
+        labels = np.asarray(self.classes).dtype.kind if self.is_classifier else "f"
+        predict_type = {"U": "BYTES", "O": "BYTES", "S": "BYTES", "b": "BOOL", "i": "INT64", "u": "INT64"}.get(
+            labels, "FP64"
+        )
+        outputs: list[dict[str, object]] = [{"name": PREDICT, "datatype": predict_type, "shape": [-1]}]
+        if self.is_classifier:
+            outputs.append({"name": PREDICT_PROBA, "datatype": "FP64", "shape": [-1, len(self.classes)]})
+        if self.postprocessor is not None:
+            outputs += [{"name": name, "datatype": "FP64", "shape": [-1]} for name in self.postprocessor.order]
+        return {
+            "inputs": [{"name": name, "datatype": "FP64", "shape": [-1]} for name in self.input_columns],
+            "outputs": outputs,
+        }
+
     @classmethod
     def load(cls, path: Path) -> ServedModel:
         """Read ``metadata.json`` and the artifact it names from the model's folder (``path``, or the folder of

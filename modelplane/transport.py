@@ -130,6 +130,20 @@ def http_server_ssl(security: TransportSecurity) -> ssl.SSLContext | None:
     return context
 
 
+def http_client_ssl(ca_file: Path | None, cert_file: Path | None, key_file: Path | None) -> ssl.SSLContext | None:
+    """The TLS context of an HTTPS client: the system's CAs, or ``ca_file``'s; a client certificate when given
+    (mutual TLS). None when nothing is given, so an https:// URL uses aiohttp's default verification."""
+    if ca_file is None and cert_file is None:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+        if cert_file is not None:
+            context.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as error:
+        raise TransportError(f"cannot use the TLS files: {error}") from None
+    return context
+
+
 def open_channel(target: Address, security: TransportSecurity) -> aio.Channel:
     """An asyncio channel to ``target`` with the configured security."""
     security.validate()

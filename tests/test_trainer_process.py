@@ -1,7 +1,7 @@
 # ruff: noqa: S106 -- tokens here are identifiers of design schemas, not passwords
 """The trainer as a process (``python -m trainer.commands trainer``, what ``modelplane trainer`` runs): killed
 with SIGKILL mid-run, a restarted trainer trains the event again and loses nothing; SIGTERM stops it cleanly;
-``training status`` reads its runs."""
+``training status`` reads its runs, over TLS and mutual TLS too."""
 
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from tests.test_trainer_service import (
     status_of,
     statuses_for,
 )
+from tests.tls_material import make_tls_files
 from tests.training_schemas import iris_multiclass_logistic
 
 pytest_plugins = ["tests.real_components", "tests.kafka_broker", "tests.redis_server"]
@@ -135,6 +136,39 @@ async def test_killed_mid_run_the_event_is_trained_after_restart_and_nothing_is_
 
     # SIGTERM: a clean stop.
     assert stop_process(second, 60) == 0, log.read_text()
+
+
+async def test_the_status_api_serves_https_and_requires_client_certificates_with_a_ca(stack: Stack) -> None:
+    (stack.work.parent / "tls").mkdir()
+    tls = make_tls_files(stack.work.parent / "tls")
+    serve = [f"--serve-tls-cert={tls.server_cert}", f"--serve-tls-key={tls.server_key}"]
+    process, address, _ = start_trainer(stack, "tls", *serve)
+    try:
+        ready = json.loads((stack.work.parent / "tls.json").read_text())
+        assert ready["status_url"] == f"https://{address}"
+        trusted = await _command("training", "status", f"--trainer=https://{address}", f"--tls-ca={tls.ca}")
+        assert trusted.returncode == 0, trusted.stderr
+        assert trusted.stdout.strip() == "no runs"
+        unknown_ca = await _command("training", "status", f"--trainer=https://{address}")
+        assert unknown_ca.returncode == 1
+        assert "certificate verify failed" in unknown_ca.stderr
+        plaintext = await _command("training", "status", f"--trainer=http://{address}")
+        assert plaintext.returncode == 1
+        assert f"cannot reach the trainer at http://{address}" in plaintext.stderr
+    finally:
+        stop_process(process)
+
+    process, address, _ = start_trainer(stack, "mtls", *serve, f"--serve-tls-ca={tls.ca}")
+    try:
+        server_only = await _command("training", "status", f"--trainer=https://{address}", f"--tls-ca={tls.ca}")
+        assert server_only.returncode == 1  # no client certificate: the handshake fails
+        client = [f"--tls-cert={tls.client_cert}", f"--tls-key={tls.client_key}"]
+        mutual = await _command("training", "status", f"--trainer=https://{address}", f"--tls-ca={tls.ca}", *client)
+        assert mutual.returncode == 0, mutual.stderr
+        half = await _command("training", "status", f"--trainer=https://{address}", f"--tls-cert={tls.client_cert}")
+        assert (half.returncode, "--tls-cert and --tls-key go together" in half.stderr) == (2, True)
+    finally:
+        stop_process(process)
 
 
 async def test_sigterm_lets_the_in_flight_run_finish_and_commits_it(stack: Stack) -> None:

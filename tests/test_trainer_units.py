@@ -265,6 +265,8 @@ def test_settings_from_flags_and_environment(tmp_path: Path) -> None:
         ["--artifact-name=../x.pkl"],
         ["--s3-endpoint=http://127.0.0.1:9000"],
         ["--auto-deploy", "--scheduler=10.0.0.1:9004"],
+        ["--status-listen=0.0.0.0:9600"],  # plaintext off loopback, without --insecure or --serve-tls-*
+        ["--serve-tls-cert=/nonexistent/cert.pem", "--serve-tls-key=/nonexistent/key.pem"],
     ],
 )
 def test_bad_settings_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,9 +14,11 @@ import argparse
 import asyncio
 import json
 import os
+import ssl
 import sys
 import urllib.parse
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -25,7 +27,7 @@ from modelplane import logs
 from modelplane.command_line import EXIT_USAGE, fail, subparsers
 from modelplane.config import parse_layered
 from modelplane.flag_types import seconds
-from modelplane.transport import TransportError
+from modelplane.transport import TransportError, http_client_ssl
 from trainer.settings import build_parser, parse_settings
 
 TRAINER_COMMANDS = ("trainer", "training")
@@ -56,6 +58,10 @@ def add_trainer_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     status.add_argument("--json", action="store_true", help="print the API's JSON as is")
     status.add_argument("--timeout", type=seconds(3600), default=10.0, metavar="SECONDS")
     status.add_argument("--config", metavar="FILE", help="TOML settings file ([training] table)")
+    tls = status.add_argument_group("HTTPS (a trainer serving its status API with --serve-tls-*)")
+    tls.add_argument("--tls-ca", type=Path, metavar="PEM", help="CA the trainer's certificate chains to")
+    tls.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate (mutual TLS)")
+    tls.add_argument("--tls-key", type=Path, metavar="PEM", help="client private key (mutual TLS)")
 
 
 def run_trainer_command(parser: argparse.ArgumentParser, command: str, argv: Sequence[str]) -> int:
@@ -78,18 +84,30 @@ def run_trainer_command(parser: argparse.ArgumentParser, command: str, argv: Seq
     return _status(options)
 
 
+def _usage_problem(options: argparse.Namespace, base: str) -> str | None:
+    if not base.startswith(("http://", "https://")):
+        return f"--trainer {base!r} must be an http:// or https:// URL"
+    if not 1 <= options.limit <= 1000:
+        return "--limit must be from 1 to 1000"
+    if (options.tls_cert is None) != (options.tls_key is None):
+        return "--tls-cert and --tls-key go together"
+    return None
+
+
 def _status(options: argparse.Namespace) -> int:
     base = str(options.trainer).rstrip("/")
-    if not base.startswith(("http://", "https://")):
-        return fail(f"--trainer {base!r} must be an http:// or https:// URL", EXIT_USAGE)
-    if not 1 <= options.limit <= 1000:
-        return fail("--limit must be from 1 to 1000", EXIT_USAGE)
+    problem = _usage_problem(options, base)
+    if problem is not None:
+        return fail(problem, EXIT_USAGE)
     if options.run_id:
         url = f"{base}/runs/{urllib.parse.quote(options.run_id, safe='')}"
     else:
         url = f"{base}/runs?limit={options.limit}"
     try:
-        status, body = asyncio.run(_get(url, options.timeout))
+        context = http_client_ssl(options.tls_ca, options.tls_cert, options.tls_key)
+        status, body = asyncio.run(_get(url, options.timeout, context))
+    except TransportError as error:
+        return fail(str(error), EXIT_USAGE)
     except (aiohttp.ClientError, TimeoutError, OSError) as error:
         return fail(f"cannot reach the trainer at {base}: {error or type(error).__name__}")
     if status != 200:
@@ -105,11 +123,11 @@ def _status(options: argparse.Namespace) -> int:
     return 0
 
 
-async def _get(url: str, timeout: float) -> tuple[int, Any]:
+async def _get(url: str, timeout: float, context: ssl.SSLContext | None) -> tuple[int, Any]:
     # Loopback status APIs must not go through a proxy from the environment.
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout), trust_env=False) as session,
-        session.get(url) as response,
+        session.get(url, ssl=True if context is None else context) as response,
     ):
         text = await response.text()
         try:

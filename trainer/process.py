@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from modelplane.ready_file import write_ready_file
 from modelplane.signals import stop_on_signals
+from modelplane.transport import http_server_ssl
 from trainer.design_store import REDIS_RETRYABLE
 from trainer.launchers.base import Launcher
 from trainer.model_store import ModelStore
@@ -97,6 +98,7 @@ async def run(
         stop, forced = asyncio.Event(), asyncio.Event()
         stop_on_signals(stop, forced)
     forced = forced or asyncio.Event()
+    status_tls = http_server_ssl(settings.serving)  # before anything starts: unusable TLS files fail at once
     client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10)
     try:
         if not await _wait_for_redis(client, stop):
@@ -113,12 +115,13 @@ async def run(
         def health() -> dict[str, Any]:
             return {"consuming": service.consuming, "in_flight": service.in_flight, "instance": service.instance}
 
-        runner, port = await start_status_api(settings.status_listen, service.registry, health)
+        runner, port = await start_status_api(settings.status_listen, service.registry, health, status_tls)
         status_address = f"{settings.status_listen.host}:{port}"
+        status_url = f"{'https' if status_tls else 'http'}://{status_address}"
         log.info("run status API listening", extra={"fields": {"address": status_address}})
         try:
             if settings.ready_file is not None:
-                write_ready_file(settings.ready_file, {"status": status_address})
+                write_ready_file(settings.ready_file, {"status": status_address, "status_url": status_url})
             if started is not None and not started.done():
                 started.set_result(service)
             consumer = asyncio.create_task(service.run(stop), name="trainer-consumer")

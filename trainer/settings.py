@@ -21,7 +21,7 @@ from modelplane.config import parse_layered
 from modelplane.flag_types import address, seconds
 from modelplane.sizes import parse_size
 from modelplane.transport import TransportError, TransportSecurity
-from modelplane.transport_flags import add_tls_flags, security_from
+from modelplane.transport_flags import add_serving_tls_flags, add_tls_flags, security_from, serving_security_from
 from trainer.jobs import DEFAULT_ARTIFACT_NAME
 
 # The Redis key a design schema is stored under; ``{token}`` is the event's model_key_token.
@@ -96,6 +96,7 @@ class TrainerSettings:
     deploy_requirements: tuple[str, ...]
     deploy_storage_secret: str
     status_listen: Address
+    serving: TransportSecurity  # the status API's TLS (--serve-tls-*)
     ready_file: Path | None
     keep_job_dirs: bool
     log_level: str
@@ -302,6 +303,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file ([trainer] table)")
     add_tls_flags(parser, server=False)
+    add_serving_tls_flags(parser)
     return parser
 
 
@@ -374,6 +376,7 @@ def parse_settings(
         deploy_requirements=requirements or ("sklearn",),
         deploy_storage_secret=options.deploy_storage_secret,
         status_listen=options.status_listen,
+        serving=serving_security_from(options),
         ready_file=options.ready_file,
         keep_job_dirs=options.keep_job_dirs,
         log_level=options.log_level,
@@ -383,6 +386,8 @@ def parse_settings(
         settings.security.validate()
         if settings.auto_deploy:
             settings.security.check_plaintext_allowed([settings.scheduler])
+        settings.serving.validate()
+        settings.serving.check_plaintext_allowed([settings.status_listen])
     except TransportError as error:
         parser.error(str(error))
     return settings

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -64,12 +65,16 @@ def build_app(registry: RunRegistry, health: Callable[[], dict[str, Any]]) -> we
 
 
 async def start_status_api(
-    address: Address, registry: RunRegistry, health: Callable[[], dict[str, Any]]
+    address: Address,
+    registry: RunRegistry,
+    health: Callable[[], dict[str, Any]],
+    ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[web.AppRunner, int]:
-    """Serve on ``address`` (port 0 picks one); returns the runner (to clean up) and the bound port."""
+    """Serve on ``address`` (port 0 picks one), over TLS with ``ssl_context``; returns the runner (to clean
+    up) and the bound port."""
     runner = web.AppRunner(build_app(registry, health), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, address.host, address.port)
+    site = web.TCPSite(runner, address.host, address.port, ssl_context=ssl_context)
     try:
         await site.start()
     except OSError:

@@ -2,10 +2,13 @@
 
 A scheduler (embedded SQLite state), one agent, a local MLServer (or Triton) the agent launches, and a
 gateway (V2 inference for models, experiments and pipelines), everything on loopback with plaintext
-(never anything else: the addresses are checked). Logs from every part go to stderr, each line naming
-its part; the inference server's own log is a file whose path is printed. Ctrl-C (or SIGTERM) stops the
-gateway and the agent (its models are unloaded, the server stopped), then the scheduler; a second
-Ctrl-C skips the waiting.
+(never anything else: the addresses are checked). With ``--trainer-config FILE`` also a trainer (training
+runs as local processes), configured like ``modelplane trainer`` by that TOML file's ``[trainer]`` table;
+Kafka, Redis and S3 are the caller's to run, and what it trains it deploys to this stack's scheduler.
+
+Logs from every part go to stderr, each line naming its part; the inference server's own log is a file whose
+path is printed. Ctrl-C (or SIGTERM) stops the gateway, the trainer and the agent (its models are unloaded,
+the server stopped), then the scheduler; a second Ctrl-C skips the waiting.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.settings import DEFAULT_CAPABILITIES, AgentSettings
 from gateway.settings import GatewaySettings
@@ -29,6 +33,9 @@ from modelplane.sizes import parse_size
 from modelplane.transport import TransportSecurity
 from scheduler.settings import SchedulerSettings
 from scheduler.state_dir import StateDir
+
+if TYPE_CHECKING:
+    from trainer.settings import TrainerSettings
 
 DEFAULT_STATE_DIR = Path(".modelplane/up")
 
@@ -44,6 +51,7 @@ class UpSettings:
     server_kind: str
     memory_bytes: int
     ready_file: Path | None
+    trainer: TrainerSettings | None = None
 
 
 def _loopback(text: str) -> Address:
@@ -112,6 +120,13 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--ready-file", type=Path, metavar="FILE", help="write the addresses here as JSON once up")
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file ([up] table)")
+    parser.add_argument(
+        "--trainer-config",
+        type=Path,
+        metavar="FILE",
+        help="also run a trainer, set up like `modelplane trainer` by this TOML file's [trainer] table (and "
+        "MODELPLANE_TRAINER_* variables); Kafka, Redis and S3 are yours to run; it deploys to this scheduler",
+    )
     return parser
 
 
@@ -127,7 +142,22 @@ def parse_settings(parser: argparse.ArgumentParser, argv: Sequence[str]) -> UpSe
         server_kind=options.server_kind,
         memory_bytes=options.memory,
         ready_file=options.ready_file,
+        trainer=None if options.trainer_config is None else _trainer_settings(parser, options.trainer_config),
     )
+
+
+def _trainer_settings(parser: argparse.ArgumentParser, config: Path) -> TrainerSettings:
+    """The embedded trainer's settings, checked now so a mistake is a usage error before anything starts."""
+    from trainer.settings import build_parser as build_trainer_parser  # noqa: PLC0415 - only with a trainer
+    from trainer.settings import parse_settings as parse_trainer_settings  # noqa: PLC0415
+
+    if not config.is_file():
+        parser.error(f"--trainer-config {config}: no such file")
+    trainer_parser = build_trainer_parser(argparse.ArgumentParser(prog=f"modelplane up --trainer-config {config}"))
+    settings = parse_trainer_settings(trainer_parser, ["--config", str(config)])
+    if not settings.status_listen.is_loopback:
+        parser.error(f"--trainer-config {config}: status_listen {settings.status_listen} is not a loopback address")
+    return settings
 
 
 def _scheduler_settings(up: UpSettings) -> SchedulerSettings:
@@ -199,7 +229,6 @@ def _say(text: str) -> None:
 async def run(up: UpSettings) -> None:
     # Imported here, not at the top: the CLI imports this module for its flags whatever command runs.
     from agent import process as agent_process  # noqa: PLC0415
-    from gateway import process as gateway_process  # noqa: PLC0415
     from scheduler import process as scheduler_process  # noqa: PLC0415
 
     up.state_dir.mkdir(parents=True, exist_ok=True)
@@ -232,31 +261,55 @@ async def run(up: UpSettings) -> None:
             proxy = registered.result()
             server_log = agent_settings.work_dir / up.server_kind / f"{up.server_kind}.log"
             _say(f"agent proxy  http://{proxy.http} (V2 REST)   {proxy.grpc} (V2 gRPC)   server log {server_log}")
-            gateway_serving: asyncio.Future[Address] = loop.create_future()
-            gateway_task = asyncio.create_task(
-                gateway_process.run(_gateway_settings(up, api), agent_stop, gateway_serving)
-            )
-            await _first(gateway_serving, gateway_task)
-            gateway = gateway_serving.result()
-            _say(f"gateway      http://{gateway} (V2 REST: /v2/models/NAME/infer, /v2/pipelines/NAME/infer)")
+            gateway_task, gateway = await _start_gateway(up, api, agent_stop)
+            addresses = {
+                "listen": str(api),
+                "agent_listen": str(agents),
+                "http": str(proxy.http),
+                "grpc": str(proxy.grpc),
+                "gateway": str(gateway),
+            }
+            trainer_task = None
+            if up.trainer is not None:
+                trainer_task, addresses["trainer"] = await _start_trainer(up.trainer, api, agent_stop, agent_forced)
             if up.ready_file is not None:
-                addresses = {
-                    "listen": str(api),
-                    "agent_listen": str(agents),
-                    "http": str(proxy.http),
-                    "grpc": str(proxy.grpc),
-                    "gateway": str(gateway),
-                }
                 up.ready_file.write_text(json.dumps(addresses) + "\n")
             _say("modelplane is up; Ctrl-C stops it")
             await agent_task
             await gateway_task
+            if trainer_task is not None:
+                await trainer_task
         finally:
             agent_stop.set()
             shutdown.signal()
             with contextlib.suppress(asyncio.CancelledError):
                 await scheduler_task
     _say("modelplane is down")
+
+
+async def _start_gateway(up: UpSettings, api: Address, stop: asyncio.Event) -> tuple[asyncio.Task[None], Address]:
+    from gateway import process as gateway_process  # noqa: PLC0415 - see run()
+
+    serving: asyncio.Future[Address] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(gateway_process.run(_gateway_settings(up, api), stop, serving))
+    await _first(serving, task)
+    _say(f"gateway      http://{serving.result()} (V2 REST: /v2/models/NAME/infer, /v2/pipelines/NAME/infer)")
+    return task, serving.result()
+
+
+async def _start_trainer(
+    settings: TrainerSettings, api: Address, stop: asyncio.Event, forced: asyncio.Event
+) -> tuple[asyncio.Task[None], str]:
+    """Start the embedded trainer, deploying to this stack's scheduler; its task and status API URL."""
+    from trainer import process as trainer_process  # noqa: PLC0415 - only with a trainer
+
+    settings = dataclasses.replace(settings, scheduler=api, security=TransportSecurity())
+    _say(f"trainer      waiting for Redis at {settings.redis_url}; events from {settings.training_topic}")
+    status_url: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(trainer_process.run(settings, stop, forced=forced, status_url=status_url))
+    await _first(status_url, task)
+    _say(f"trainer      {status_url.result()} (runs: modelplane training status --trainer {status_url.result()})")
+    return task, status_url.result()
 
 
 async def _first(awaited: asyncio.Future[Any], task: asyncio.Task[None]) -> None:

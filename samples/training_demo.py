@@ -3,9 +3,10 @@
 It starts, on free 127.0.0.1 ports and in a work folder (default ``.modelplane/training-demo``, emptied first):
 
 - Tansu (a Kafka-compatible broker, memory only), Redis (no persistence) and SeaweedFS (S3, the model store);
-- ``modelplane up`` (scheduler + agent + local MLServer + gateway), its agent given the model store's S3
-  settings as the secret ``modelstore`` (``MODELPLANE_SECRET_MODELSTORE``, an rclone-style ini);
-- ``modelplane trainer`` with ``--auto-deploy --deploy-storage-secret=modelstore``.
+- ``modelplane up --trainer-config trainer.toml``: scheduler + agent + local MLServer + gateway, and the
+  trainer embedded (its ``[trainer]`` table: Kafka, Redis, the S3 model store, ``auto_deploy`` with
+  ``deploy_storage_secret = "modelstore"``); the agent is given the model store's S3 settings as the secret
+  ``modelstore`` (``MODELPLANE_SECRET_MODELSTORE``, an rclone-style ini).
 
 Then it writes the iris CSV into the datasets root and the iris design schema into Redis, publishes one
 ``ModelTrainingEvent``, waits for the SUCCESS status (and prints its metrics) and the inference-store message,
@@ -410,10 +411,32 @@ class Up:
     process: subprocess.Popen[bytes]
     listen: str
     gateway: str
+    trainer: str  # the embedded trainer's status API URL
     log: Path
 
 
-def start_up(started: Started, folder: Path, store: ModelStore) -> Up:
+def write_trainer_config(folder: Path, *, kafka: str, redis_url: str, store: ModelStore, datasets: Path) -> Path:
+    """The ``[trainer]`` table of ``modelplane up --trainer-config`` (the S3 secret key goes by environment)."""
+    settings: dict[str, str | int | bool] = {
+        "kafka_bootstrap": kafka,
+        "session_timeout_ms": 6000,
+        "redis_url": redis_url,
+        "s3_endpoint": store.endpoint,
+        "s3_access_key": ACCESS_KEY,
+        "s3_bucket": BUCKET,
+        "work_dir": str(folder / "jobs"),
+        "datasets_root": str(datasets),
+        "auto_deploy": True,
+        "deploy_storage_secret": STORAGE_SECRET,
+        "status_listen": f"{LOOPBACK}:0",
+        "shutdown_grace": 10,
+    }
+    path = folder / "trainer.toml"
+    path.write_text("[trainer]\n" + "".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items()))
+    return path
+
+
+def start_up(started: Started, folder: Path, store: ModelStore, trainer_config: Path) -> Up:
     ready = folder / "up.json"
     log = folder / "up.log"
     command = [
@@ -421,52 +444,21 @@ def start_up(started: Started, folder: Path, store: ModelStore) -> Up:
         "up",
         f"--state-dir={folder / 'state'}",
         *(f"--{flag}={LOOPBACK}:0" for flag in ("listen", "agent-listen", "proxy-http", "proxy-grpc", "gateway")),
+        f"--trainer-config={trainer_config}",
         f"--ready-file={ready}",
     ]
-    # The agent reads the model store's S3 settings from the secret each trained model's LoadModel names.
-    environment = {**CHILD_ENV, secret_env_name(STORAGE_SECRET): store.rclone_ini()}
-    # SIGINT as a Ctrl-C: the agent unloads its models and stops MLServer, then the scheduler stops.
+    environment = {
+        **CHILD_ENV,
+        # The agent reads the model store's S3 settings from the secret each trained model's LoadModel names.
+        secret_env_name(STORAGE_SECRET): store.rclone_ini(),
+        # The trainer's S3 secret key through the environment, so it is in no file and no process list.
+        "MODELPLANE_TRAINER_S3_SECRET_KEY": store.secret_key,
+    }
+    # SIGINT as a Ctrl-C: the trainer and the agent stop (models unloaded, MLServer stopped), then the scheduler.
     process = started.spawn("modelplane up", command, log, env=environment, stop_signal=signal.SIGINT, stop_timeout=60)
     wait_for("modelplane up", lambda: ready.exists() and ready.stat().st_size > 0, process, log, 600)
     addresses = json.loads(ready.read_text())
-    return Up(process, addresses["listen"], addresses["gateway"], log)
-
-
-@dataclass(frozen=True)
-class Trainer:
-    process: subprocess.Popen[bytes]
-    status_api: str
-    log: Path
-
-
-def start_trainer(
-    started: Started, folder: Path, *, kafka: str, redis_url: str, store: ModelStore, datasets: Path, scheduler: str
-) -> Trainer:
-    ready = folder / "trainer.json"
-    log = folder / "trainer.log"
-    command = [
-        *MODELPLANE,
-        "trainer",
-        f"--kafka-bootstrap={kafka}",
-        "--session-timeout-ms=6000",
-        f"--redis-url={redis_url}",
-        f"--s3-endpoint={store.endpoint}",
-        f"--s3-access-key={ACCESS_KEY}",
-        f"--s3-bucket={BUCKET}",
-        f"--work-dir={folder / 'jobs'}",
-        f"--datasets-root={datasets}",
-        "--auto-deploy",
-        f"--deploy-storage-secret={STORAGE_SECRET}",
-        f"--scheduler={scheduler}",
-        f"--status-listen={LOOPBACK}:0",
-        f"--ready-file={ready}",
-        "--shutdown-grace=10",
-    ]
-    # The secret key through the environment, so it does not show in the process list.
-    environment = {**CHILD_ENV, "MODELPLANE_TRAINER_S3_SECRET_KEY": store.secret_key}
-    process = started.spawn("modelplane trainer", command, log, env=environment, stop_timeout=30)
-    wait_for("modelplane trainer", lambda: ready.exists() and ready.stat().st_size > 0, process, log, 60)
-    return Trainer(process, json.loads(ready.read_text())["status"], log)
+    return Up(process, addresses["listen"], addresses["gateway"], addresses["trainer"], log)
 
 
 # -- the data: dataset and design schema -------------------------------------------------------------------------
@@ -642,9 +634,7 @@ def local_prediction(store: ModelStore, artifact_uri: str) -> list[Any]:
     return list(model.predict(features).tolist())
 
 
-async def training_flow(
-    *, kafka: str, redis_url: str, datasets: Path, up: Up, store: ModelStore, trainer: Trainer
-) -> None:
+async def training_flow(*, kafka: str, redis_url: str, datasets: Path, up: Up, store: ModelStore) -> None:
     say(f"creating the topics {DEFAULT_TRAINING_TOPIC}, {DEFAULT_STATUS_TOPIC}, {DEFAULT_INFERENCE_STORE_TOPIC}")
     await create_topics(kafka, [DEFAULT_TRAINING_TOPIC, DEFAULT_STATUS_TOPIC, DEFAULT_INFERENCE_STORE_TOPIC])
 
@@ -660,7 +650,7 @@ async def training_flow(
     say(f"published ModelTrainingEvent on {DEFAULT_TRAINING_TOPIC} (offset {offset})")
     detail(f"event_id={event_id} model_key_token={DESIGN_TOKEN} dataset_path=iris.csv")
 
-    say(f"waiting for the status on {DEFAULT_STATUS_TOPIC} (run progress: http://{trainer.status_api}/runs)")
+    say(f"waiting for the status on {DEFAULT_STATUS_TOPIC} (run progress: {up.trainer}/runs)")
     record = await first_record_for(kafka, DEFAULT_STATUS_TOPIC, event_id, 300)
     status = training_pb2.ModelTrainingStatus()
     status.ParseFromString(record.value)
@@ -669,7 +659,7 @@ async def training_flow(
     for name in ("modelplane-run-id", "modelplane-metrics", "modelplane-model-uri", "modelplane-deploy"):
         detail(f"{name}: {headers.get(name, '(none)')}")
     if status.status != training_pb2.TRAINING_STATUS_SUCCESS:
-        raise DemoError(f"training failed: {list(status.errors)}; trainer log {trainer.log}")
+        raise DemoError(f"training failed: {list(status.errors)}; log {up.log}")
 
     say(f"waiting for the message on {DEFAULT_INFERENCE_STORE_TOPIC}")
     inference = training_pb2.InferenceStoreMessage()
@@ -737,41 +727,30 @@ def run(work: Path, once: bool) -> int:
         store = start_seaweedfs(started, work / "s3")
         detail(f"s3         http://{store.endpoint} (bucket {BUCKET}; access key {ACCESS_KEY}, secret generated)")
 
-        say(f"starting modelplane up (log {work / 'up' / 'up.log'}; the first start creates MLServer's venv)")
-        (work / "up").mkdir()
-        up = start_up(started, work / "up", store)
-        detail(f"scheduler  {up.listen}")
-        detail(f"gateway    http://{up.gateway}")
-
         datasets = work / "datasets"
         datasets.mkdir()
-        say(f"starting modelplane trainer --auto-deploy --deploy-storage-secret={STORAGE_SECRET} (log {work}/trainer)")
-        (work / "trainer").mkdir()
-        trainer = start_trainer(
-            started,
-            work / "trainer",
-            kafka=kafka,
-            redis_url=redis_url,
-            store=store,
-            datasets=datasets,
-            scheduler=up.listen,
-        )
-        detail(f"status API http://{trainer.status_api}/runs")
+        (work / "up").mkdir()
+        config = write_trainer_config(work / "up", kafka=kafka, redis_url=redis_url, store=store, datasets=datasets)
+        say(f"starting modelplane up --trainer-config {config}")
+        detail(f"log {work / 'up' / 'up.log'} (the first start creates MLServer's venv)")
+        detail(f"the trainer: auto_deploy, deploy_storage_secret = {STORAGE_SECRET}")
+        up = start_up(started, work / "up", store, config)
+        detail(f"scheduler  {up.listen}")
+        detail(f"gateway    http://{up.gateway}")
+        detail(f"trainer    {up.trainer}/runs")
 
-        asyncio.run(
-            training_flow(kafka=kafka, redis_url=redis_url, datasets=datasets, up=up, store=store, trainer=trainer)
-        )
+        asyncio.run(training_flow(kafka=kafka, redis_url=redis_url, datasets=datasets, up=up, store=store))
         if once:
             say("done; stopping (--once)")
             return 0
         serving = True
         say("everything keeps running; Ctrl-C stops it")
         detail(f"kafka {kafka}   redis {redis_url}   s3 http://{store.endpoint}")
-        detail(f"scheduler {up.listen}   gateway http://{up.gateway}   trainer http://{trainer.status_api}/runs")
+        detail(f"scheduler {up.listen}   gateway http://{up.gateway}   trainer {up.trainer}/runs")
         detail(f"logs under {work}")
-        while up.process.poll() is None and trainer.process.poll() is None:
+        while up.process.poll() is None:
             time.sleep(1)
-        raise DemoError(f"a process stopped by itself; logs: {up.log}, {trainer.log}")
+        raise DemoError(f"modelplane up stopped by itself; log {up.log}")
     except KeyboardInterrupt:
         say("stopping (Ctrl-C)" if serving else "interrupted; stopping")
         return 0 if serving else 130

@@ -58,8 +58,9 @@ class Up:
         return self.stderr_path.read_text(errors="replace")
 
 
-def start_up(workdir: Path, state_dir: Path, label: str) -> Up:
-    """Start ``modelplane up`` on free loopback ports; returns once its ready file is written."""
+def start_up(workdir: Path, state_dir: Path, label: str, *extra: str, env: dict[str, str] | None = None) -> Up:
+    """Start ``modelplane up`` on free loopback ports (with ``extra`` flags and ``env`` added to the
+    environment); returns once its ready file is written."""
     ready_file = workdir / f"{label}.json"
     stdout_path, stderr_path = workdir / f"{label}.out", workdir / f"{label}.err"
     ready_file.unlink(missing_ok=True)
@@ -82,10 +83,12 @@ def start_up(workdir: Path, state_dir: Path, label: str) -> Up:
                 "127.0.0.1:0",
                 "--ready-file",
                 str(ready_file),
+                *extra,
             ],
             stdout=out,
             stderr=err,
             cwd=REPO,
+            env={**os.environ, **(env or {})},
         )
     STARTED.append(process)
     deadline = time.monotonic() + READY_TIMEOUT

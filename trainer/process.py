@@ -92,8 +92,10 @@ async def run(
     launcher: Launcher | None = None,
     forced: asyncio.Event | None = None,
     started: asyncio.Future[TrainerService] | None = None,
+    status_url: asyncio.Future[str] | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT (or until ``stop`` is set, when the caller handles signals)."""
+    """Run until SIGTERM/SIGINT (or until ``stop`` is set, when the caller handles signals). ``started`` gets
+    the service and ``status_url`` the status API's URL once it listens (for callers that embed the trainer)."""
     if stop is None:
         stop, forced = asyncio.Event(), asyncio.Event()
         stop_on_signals(stop, forced)
@@ -117,11 +119,13 @@ async def run(
 
         runner, port = await start_status_api(settings.status_listen, service.registry, health, status_tls)
         status_address = f"{settings.status_listen.host}:{port}"
-        status_url = f"{'https' if status_tls else 'http'}://{status_address}"
+        url = f"{'https' if status_tls else 'http'}://{status_address}"
         log.info("run status API listening", extra={"fields": {"address": status_address}})
         try:
             if settings.ready_file is not None:
-                write_ready_file(settings.ready_file, {"status": status_address, "status_url": status_url})
+                write_ready_file(settings.ready_file, {"status": status_address, "status_url": url})
+            if status_url is not None and not status_url.done():
+                status_url.set_result(url)
             if started is not None and not started.done():
                 started.set_result(service)
             consumer = asyncio.create_task(service.run(stop), name="trainer-consumer")

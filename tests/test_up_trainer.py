@@ -1,0 +1,129 @@
+"""``modelplane up --trainer-config FILE``: the trainer embedded in the all-in-one stack. One training event
+becomes a model trained by a local run, stored in S3, deployed to up's own scheduler and served by up's
+MLServer, answering through up's gateway; Ctrl-C stops it all. Real Tansu, Redis, SeaweedFS and MLServer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from agent.artifacts.storage_config import secret_env_name
+from tests.kafka_broker import KafkaBroker, produce
+from tests.processes import run_modelplane
+from tests.real_components import SECRET_KEY, S3Server
+from tests.redis_server import RedisServer
+from tests.test_trainer_service import (
+    SUCCESS,
+    Stack,
+    _stack_for,
+    event,
+    headers_of,
+    put_schema,
+    status_of,
+    statuses_for,
+)
+from tests.test_up import assert_stops_cleanly, server_processes, start_up
+from tests.training_schemas import iris_designed, write_iris_csv
+from trainer.service_deploy import model_name_for
+
+pytest_plugins = ["tests.real_components", "tests.kafka_broker", "tests.redis_server"]
+
+
+@pytest.fixture
+async def stack(kafka_broker: KafkaBroker, redis_server: RedisServer, s3_server: S3Server, tmp_path: Path) -> Stack:
+    return await _stack_for(kafka_broker, redis_server, s3_server, tmp_path)
+
+
+def trainer_config(stack: Stack, path: Path) -> Path:
+    """The test's trainer settings as up's [trainer] table: every --flag=value as flag = "value"."""
+    lines = ["[trainer]"]
+    for flag in stack.argv("--auto-deploy", "--deploy-storage-secret=modelstore"):
+        key, _, value = flag.removeprefix("--").partition("=")
+        lines.append(f"{key.replace('-', '_')} = {json.dumps(value or True)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def get_json(url: str) -> dict[str, object]:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 -- a loopback URL the test made
+        body: dict[str, object] = json.loads(response.read())
+        return body
+
+
+def post_json(url: str, body: dict[str, object]) -> dict[str, object]:
+    request = urllib.request.Request(  # noqa: S310 -- loopback
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        answer: dict[str, object] = json.loads(response.read())
+        return answer
+
+
+@pytest.mark.servers
+@pytest.mark.timeout(900)
+async def test_up_with_a_trainer_trains_deploys_and_serves(stack: Stack, tmp_path: Path) -> None:
+    write_iris_csv(stack.datasets / "iris.csv")
+    schema = iris_designed()
+    schema.design_token.value = "iris-up"
+    await put_schema(stack, "designed", schema)
+    config = trainer_config(stack, tmp_path / "trainer.toml")
+    env = {
+        "MODELPLANE_TRAINER_S3_SECRET_KEY": SECRET_KEY,
+        secret_env_name("modelstore"): stack.s3.rclone_ini(),  # what the agent fetches trained models with
+        "NO_PROXY": "127.0.0.1",
+    }
+    up = await asyncio.to_thread(start_up, tmp_path, tmp_path / "state", "up", f"--trainer-config={config}", env=env)
+    trainer = up.addresses["trainer"]
+    assert trainer.startswith("http://127.0.0.1:")
+    assert f"trainer      {trainer}" in up.stdout()
+    assert (await asyncio.to_thread(get_json, f"{trainer}/healthz"))["consuming"] in (True, False)
+
+    await produce(stack.kafka.bootstrap, stack.training_topic, [event("up-1", "designed")])
+    [record] = (await statuses_for(stack, ["up-1"], timeout=300))["up-1"]
+    assert status_of(record).status == SUCCESS, status_of(record).errors
+    name = model_name_for("iris-up")
+    assert headers_of(record)["modelplane-deploy"] == f"loaded {name}"
+
+    # The model reaches up's MLServer and answers through up's gateway, from the raw columns.
+    async with asyncio.timeout(240):
+        while True:
+            shown = await asyncio.to_thread(run_modelplane, "model", "status", name, "--scheduler", up.listen)
+            if "ModelAvailable" in shown.stdout:
+                break
+            await asyncio.sleep(0.5)
+    # Two flowers as raw measurements (a setosa, a virginica): the served design computes its inputs itself.
+    rows = {
+        "petal_length": [1.4, 5.4],
+        "petal_width": [0.2, 2.1],
+        "sepal_width": [3.5, 3.1],
+        "sepal_length": [5.1, 6.9],
+    }
+    request: dict[str, object] = {
+        "inputs": [{"name": column, "shape": [2], "datatype": "FP64", "data": data} for column, data in rows.items()]
+    }
+    answer = await asyncio.to_thread(post_json, f"http://{up.addresses['gateway']}/v2/models/{name}/infer", request)
+    outputs = {output["name"]: output for output in answer["outputs"]}  # type: ignore[attr-defined]
+    assert outputs["predict"]["data"] == [0, 1]  # is_virginica
+    assert set(outputs) == {"predict", "score", "flag"}
+
+    runs = await asyncio.to_thread(run_modelplane, "training", "status", f"--trainer={trainer}")
+    assert runs.returncode == 0, runs.stderr
+    assert "succeeded" in runs.stdout
+    assert server_processes(up.state_dir)
+    await asyncio.to_thread(assert_stops_cleanly, up)
+
+
+def test_a_trainer_config_with_an_exposed_status_api_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "trainer.toml"
+    config.write_text('[trainer]\nstatus_listen = "0.0.0.0:9600"\ninsecure = true\n')
+    result = run_modelplane("up", "--state-dir", str(tmp_path / "up"), "--trainer-config", str(config))
+    assert result.returncode == 2
+    assert "status_listen 0.0.0.0:9600 is not a loopback address" in result.stderr
+    assert not (tmp_path / "up").exists()
+    missing = run_modelplane("up", "--state-dir", str(tmp_path / "up"), "--trainer-config", str(tmp_path / "no.toml"))
+    assert missing.returncode == 2
+    assert "no such file" in missing.stderr

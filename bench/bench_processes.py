@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -306,3 +307,16 @@ class StatusWatch:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError, aio.AioRpcError):
             await self._task
+
+
+def source_fingerprint(files: Sequence[Path]) -> dict[str, Any]:
+    """Which source was measured (sha256 of ``files``, names and bytes), as the tree changes often."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    newest = max(path.stat().st_mtime for path in files)
+    return {
+        "sha256_12": digest.hexdigest()[:12],
+        "files": len(files),
+        "newest_mtime_utc": datetime.datetime.fromtimestamp(newest, datetime.UTC).isoformat(timespec="seconds"),
+    }

@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -64,17 +62,16 @@ from bench_processes import (
     environment,
     session_cpu_seconds,
     session_rss_bytes,
+    source_fingerprint,
     working_directory,
 )
 from gateway_inference import (
     Call,
     Run,
     closed_loop,
-    combine,
-    latency_summary,
+    measure_ways,
     post,
     ratios,
-    rotated,
     sequential,
 )
 
@@ -242,37 +239,6 @@ async def phase(cpu: CpuProbe, run: Run) -> tuple[list[float], dict[str, Any]]:
     return latencies, {"wall_s": round(wall, 3), "requests": len(latencies), "errors": errors, "cpu_s": used}
 
 
-async def measure_ways(
-    ways: Sequence[str], rounds: int, slices: int, cpu: CpuProbe, make_slice: Callable[[str], Run]
-) -> dict[str, Any]:
-    """R rounds; in each, every way runs ``slices`` short slices, the ways taking turns slice by slice (the order
-    rotating), so a change of the machine's load hits every way alike. Figures per round and pooled."""
-    parts: dict[str, list[dict[str, Any]]] = {way: [] for way in ways}
-    pooled: dict[str, list[float]] = {way: [] for way in ways}
-    for turn in range(rounds):
-        latencies: dict[str, list[float]] = {way: [] for way in ways}
-        slices_of: dict[str, list[dict[str, Any]]] = {way: [] for way in ways}
-        for index in range(slices):
-            for way in rotated(ways, turn + index):
-                found, part = await phase(cpu, make_slice(way))
-                latencies[way].extend(found)
-                slices_of[way].append(part)
-        for way in ways:
-            mine = slices_of[way]
-            parts[way].append(
-                {
-                    "round": turn + 1,
-                    "wall_s": round(sum(p["wall_s"] for p in mine), 3),
-                    "requests": len(latencies[way]),
-                    "errors": sum(p["errors"] for p in mine),
-                    "cpu_s": {k: round(sum(p["cpu_s"][k] for p in mine), 3) for k in mine[0]["cpu_s"]},
-                    "latency": latency_summary(latencies[way]),
-                }
-            )
-            pooled[way].extend(latencies[way])
-    return {way: combine(parts[way], pooled[way]) for way in ways}
-
-
 def ratio(over: float | None, under: float | None, digits: int = 3) -> float | None:
     return round(over / under, digits) if over and under else None
 
@@ -316,14 +282,18 @@ async def measure(server: LocalServer, config: Config, requests: Requests) -> di
             await sequential(session, call_of(way), 50)()
         chunk = min(SLICE_REQUESTS, config.requests)
         result["latency"] = await measure_ways(
-            ways, config.rounds, max(1, config.requests // chunk), cpu, lambda w: sequential(session, call_of(w), chunk)
+            ways,
+            config.rounds,
+            max(1, config.requests // chunk),
+            lambda run: phase(cpu, run),
+            lambda w: sequential(session, call_of(w), chunk),
         )
         slices = max(1, round(config.seconds))
         result["throughput"] = await measure_ways(
             ways,
             config.rounds,
             slices,
-            cpu,
+            lambda run: phase(cpu, run),
             lambda w: closed_loop(session, call_of(w), config.clients, config.seconds / slices),
         )
     result["mlserver_rss_bytes"], result["mlserver_processes"] = session_rss_bytes(mlserver_pid)
@@ -423,17 +393,8 @@ def in_process_breakdown(repository: Path, config: Config, requests: Requests) -
 
 
 def code_fingerprint() -> dict[str, Any]:
-    """Which runtime source was measured (sha256 of servers/designed_model/*.py), as the tree changes often."""
-    files = sorted((REPO / "servers" / "designed_model").glob("*.py"))
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    newest = max(path.stat().st_mtime for path in files)
-    return {
-        "sha256_12": digest.hexdigest()[:12],
-        "files": len(files),
-        "newest_mtime_utc": datetime.datetime.fromtimestamp(newest, datetime.UTC).isoformat(timespec="seconds"),
-    }
+    """Which runtime source was measured (servers/designed_model/*.py)."""
+    return source_fingerprint(sorted((REPO / "servers" / "designed_model").glob("*.py")))
 
 
 async def benchmark(config: Config, models: Models, requests: Requests) -> dict[str, Any]:

@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
-import hashlib
 import json
 import os
 import statistics
@@ -65,6 +63,7 @@ from bench_processes import (
     rss_bytes,
     session_cpu_seconds,
     session_rss_bytes,
+    source_fingerprint,
     spawn,
     spawn_agent,
     spawn_scheduler,
@@ -412,11 +411,15 @@ def combine(parts: list[dict[str, Any]], latencies: list[float]) -> dict[str, An
     }
 
 
+PhaseRunner = Callable[[Run], Awaitable[tuple[list[float], dict[str, Any]]]]
+
+
 async def measure_ways(
-    ways: Sequence[str], rounds: int, slices: int, watched: Watched, make_slice: Callable[[str], Run]
+    ways: Sequence[str], rounds: int, slices: int, run_phase: PhaseRunner, make_slice: Callable[[str], Run]
 ) -> dict[str, Any]:
     """R rounds; in each, every way runs ``slices`` short slices, the ways taking turns slice by slice (the
-    order rotating), so a change of the machine's load hits every way alike. Figures per round and pooled."""
+    order rotating), so a change of the machine's load hits every way alike. ``run_phase`` runs one slice and
+    measures it (latencies, and a part with wall_s, errors and cpu_s). Figures per round and pooled."""
     parts: dict[str, list[dict[str, Any]]] = {way: [] for way in ways}
     pooled: dict[str, list[float]] = {way: [] for way in ways}
     for turn in range(rounds):
@@ -424,7 +427,7 @@ async def measure_ways(
         slices_of: dict[str, list[dict[str, Any]]] = {way: [] for way in ways}
         for index in range(slices):
             for way in rotated(ways, turn + index):
-                found, part = await phase(watched, make_slice(way))
+                found, part = await run_phase(make_slice(way))
                 latencies[way].extend(found)
                 slices_of[way].append(part)
         for way in ways:
@@ -454,7 +457,11 @@ async def measure_sequential(
     """``requests`` sequential requests per way and round, the ways taking turns every ``slice_size``."""
     chunk = min(slice_size, requests)
     return await measure_ways(
-        names, config.rounds, max(1, requests // chunk), watched, lambda name: sequential(session, call_of(name), chunk)
+        names,
+        config.rounds,
+        max(1, requests // chunk),
+        lambda run: phase(watched, run),
+        lambda name: sequential(session, call_of(name), chunk),
     )
 
 
@@ -522,7 +529,7 @@ async def measure(stack: Stack, config: Config, request: dict[str, Any], expecte
             TARGETS,
             config.rounds,
             slices,
-            watched,
+            lambda run: phase(watched, run),
             lambda t: closed_loop(session, ways.model_call(t), config.clients, config.seconds / slices),
         )
         result["gateway_rss_bytes"]["after_model_part"] = rss_bytes(gateway_pid)
@@ -699,17 +706,8 @@ def scaled(request: dict[str, Any], expected: list[int], rows: int) -> tuple[dic
 
 
 def code_fingerprint() -> dict[str, Any]:
-    """Which gateway and agent-proxy source was measured (sha256 of the files), as the tree changes often."""
-    files = [*sorted((REPO / "gateway").glob("*.py")), REPO / "agent" / "inference_proxy.py"]
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    newest = max(path.stat().st_mtime for path in files)
-    return {
-        "sha256_12": digest.hexdigest()[:12],
-        "files": len(files),
-        "newest_mtime_utc": datetime.datetime.fromtimestamp(newest, datetime.UTC).isoformat(timespec="seconds"),
-    }
+    """Which gateway and agent-proxy source was measured."""
+    return source_fingerprint([*sorted((REPO / "gateway").glob("*.py")), REPO / "agent" / "inference_proxy.py"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

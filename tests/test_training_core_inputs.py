@@ -225,6 +225,7 @@ def test_stats() -> None:
     assert stats["samples"] == 150
     assert stats["columns"] == 6
     assert stats["class_counts"] == {"0": 100, "1": 50}
+    assert stats["nulls_by_column"] == {}
     features: Any = stats["features"]
     assert features["sepal_width"] == {
         "nulls": 0,
@@ -232,6 +233,16 @@ def test_stats() -> None:
         "max": pytest.approx(4.4),
         "mean": pytest.approx(frame["sepal_width"].mean()),
     }
+
+
+def test_stats_count_nulls_in_the_columns_the_model_does_not_read() -> None:
+    frame = schemas.iris_frame()
+    frame["notes"] = ["ok" if row % 3 else None for row in range(len(frame))]  # not a design column
+    frame.loc[[4, 9], "species"] = None  # the multiclass target, unused by the binary design
+    plan, task = _plan(schemas.iris_binary())
+    check_dataset(frame, plan, task, "iris.csv")  # what the model reads is complete
+    stats = dataset_stats(frame, plan, task)
+    assert stats["nulls_by_column"] == {"species": 2, "notes": 50}
 
 
 # --- fetching and parsing -------------------------------------------------------------------------------------

@@ -105,7 +105,10 @@ def class_labels(column: pd.Series) -> npt.NDArray[Any]:  # labels may be number
 
 
 def dataset_stats(frame: pd.DataFrame, plan: ColumnPlan, task: Task) -> dict[str, object]:
-    """Samples, per-feature nulls/min/max/mean, and target class counts (classification) or range (regression)."""
+    """Samples, per-feature nulls/min/max/mean, and target class counts (classification) or range (regression).
+
+    The features' nulls are 0 whenever the run gets this far (check_dataset refuses empty values in the columns
+    the model reads); ``nulls_by_column`` counts them in every column that has any, the unread ones included."""
     features: dict[str, dict[str, float | int]] = {}
     for name in plan.raw_features:
         values = frame[name].to_numpy(dtype=np.float64)
@@ -115,9 +118,11 @@ def dataset_stats(frame: pd.DataFrame, plan: ColumnPlan, task: Task) -> dict[str
             "max": float(np.max(values)),
             "mean": float(np.mean(values)),
         }
+    nulls = frame.isna().sum()
     stats: dict[str, object] = {
         "samples": len(frame),
         "columns": len(frame.columns),
+        "nulls_by_column": {str(name): int(count) for name, count in nulls.items() if count},
         "features": features,
         "target": plan.target,
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from servers.designed_model.served_model import (
 from tests import training_schemas as schemas
 from trainer.jobs import DESIGN_SCHEMA_FILE, METADATA_FILE, OUTPUT_DIR, DatasetSource, TrainingJob
 from trainer.run_job import execute
-from trainer.serving_bundle import RUNTIME_CLASS, RUNTIME_PACKAGE, SETTINGS_FILE
+from trainer.serving_bundle import ENTRY_MODULE, RUNTIME_CLASS, RUNTIME_PACKAGE, SETTINGS_FILE
 
 RAW_COLUMNS = ("petal_length", "petal_width", "sepal_width", "sepal_length")
 
@@ -94,10 +95,10 @@ def test_the_trainer_writes_settings_and_the_runtime_package(model_folder: Path)
         "parameters": {"uri": "./model.joblib"},
         "inputs": [{"name": name, "datatype": "FP64", "shape": [-1]} for name in RAW_COLUMNS],
         "outputs": [
-            {"name": "predict", "datatype": "INT64", "shape": [-1]},  # the binary labels are 0 and 1
+            {"name": "predict", "datatype": "INT64", "shape": [-1, 1]},  # the binary labels are 0 and 1
             {"name": "predict_proba", "datatype": "FP64", "shape": [-1, 2]},
-            {"name": "score", "datatype": "FP64", "shape": [-1]},
-            {"name": "flag", "datatype": "FP64", "shape": [-1]},
+            {"name": "score", "datatype": "FP64", "shape": [-1, 1]},
+            {"name": "flag", "datatype": "FP64", "shape": [-1, 1]},
         ],
     }
     source = Path(servers.designed_model.__file__).parent
@@ -105,6 +106,9 @@ def test_the_trainer_writes_settings_and_the_runtime_package(model_folder: Path)
     assert shipped == sorted(path.name for path in source.glob("*.py"))
     for name in shipped:
         assert (model_folder / RUNTIME_PACKAGE / name).read_bytes() == (source / name).read_bytes()
+    entry = (source.parent / "designed_model_entry.py").read_bytes()
+    assert (model_folder / f"{ENTRY_MODULE}.py").read_bytes() == entry
+    assert f"{ENTRY_MODULE}.DesignedModelRuntime" == RUNTIME_CLASS
 
 
 # ---- predictions ------------------------------------------------------------------------------------------
@@ -234,6 +238,26 @@ def test_any_request_is_answered_or_refused_with_a_request_error(
     assert rows.pop() >= 1
 
 
+def test_postprocessing_runs_only_when_its_outputs_are_asked_for(folder_copy: Path) -> None:
+    broken = {"expressions": {"bad": "1 / (p0 - p0)"}, "constants": {}, "topological_order": ["bad"]}
+    _rewrite_metadata(folder_copy, postprocessing=broken)
+    model = ServedModel.load(folder_copy)
+    assert set(model.predict(_named(), wanted=[PREDICT])) == {PREDICT}  # never computed, never in the way
+    assert model.predict(_named(), wanted=[PREDICT_PROBA])[PREDICT_PROBA].shape == (3, 2)
+    with pytest.raises(RequestError, match=r"postprocessing failed: .*bad"):
+        model.predict(_named())  # the default outputs include the postprocessing's
+
+
+def test_a_one_dimensional_input_must_be_named_like_its_column(tmp_path: Path) -> None:
+    schema = schemas.linear_regression(features=("x1",))
+    model = ServedModel.load(train_into(tmp_path, schema, schemas.write_regression_csv(tmp_path / "r.csv")))
+    assert model.input_columns == ("x1",)
+    assert model.predict([InputTensor("x1", [0.5, 1.5])])[PREDICT].shape == (2,)
+    assert model.predict([InputTensor("anything", [[0.5], [1.5]])])[PREDICT].shape == (2,)  # [N, 1]: any name
+    with pytest.raises(RequestError, match=r"input 'x2' has shape \[2\]; send \[N, 1\]"):
+        model.predict([InputTensor("x2", [0.5, 1.5])])  # a wrongly named column is not taken for x1
+
+
 # ---- bad folders ----------------------------------------------------------------------------------------------
 
 
@@ -275,7 +299,13 @@ def test_a_folder_without_metadata_is_refused(folder_copy: Path) -> None:
         ({"classes": ["one"]}, "needs 'classes'"),
         ({"preprocessing": [{"output": "x", "expression": "__import__('os')"}]}, "preprocessing step 1"),
         ({"preprocessing": [{"output": "x", "expression": "a", "constants": {"a": "1"}}]}, "must be a number"),
-        ({"postprocessing": {"expressions": {"s": "p0"}, "topological_order": []}}, "exactly once"),
+        ({"postprocessing": {"expressions": {"s": "p0"}, "topological_order": []}}, "non-empty list"),
+        ({"postprocessing": {"expressions": {"s": "p0"}, "topological_order": ["s", "s"]}}, "more than once"),
+        (
+            {"postprocessing": {"expressions": {"a": "b + 1", "b": "p0"}, "topological_order": ["a", "b"]}},
+            "puts 'a' before what it depends on: ['b']",
+        ),
+        ({"postprocessing": {"expressions": {"a": "p7"}, "topological_order": ["a"]}}, "unknown name(s) ['p7']"),
         ({"postprocessing": {"expressions": {"s s": "p0"}, "topological_order": ["s s"]}}, "not an identifier"),
     ],
 )
@@ -283,7 +313,7 @@ def test_a_malformed_metadata_file_is_refused_naming_the_field(
     folder_copy: Path, changes: dict[str, Any], message: str
 ) -> None:
     _rewrite_metadata(folder_copy, **changes)
-    with pytest.raises(ModelFolderError, match=message.replace("(", r"\(").replace("[", r"\[")):
+    with pytest.raises(ModelFolderError, match=re.escape(message)):
         ServedModel.load(folder_copy)
 
 

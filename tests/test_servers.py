@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import textwrap
@@ -32,6 +33,7 @@ from servers.triton import TritonServer, rewrite_config
 from tests import training_schemas as schemas
 from tests.test_designed_model import expected_outputs, raw_rows, train_into
 from tests.triton_models import DOUBLER_MODEL, write_doubler
+from trainer.serving_bundle import RUNTIME_PACKAGE
 
 # A hang guard only: a first run spends most of it creating the venvs inside a fixture.
 SERVER_TEST_TIMEOUT = 900
@@ -280,8 +282,8 @@ async def test_mlserver_reports_a_bad_artifact_as_not_retryable(mlserver: Infere
 async def test_mlserver_serves_trained_designs_with_their_preprocessing(
     mlserver: InferenceServer, tmp_path: Path
 ) -> None:
-    # The trainer's folders as they are (model-settings.json naming the shipped runtime). Two of them in one
-    # MLServer: the runtime package is imported from the first folder and must serve the second too.
+    # The trainer's folders as they are (model-settings.json naming the shipped runtime), two of them in one
+    # MLServer; then, as in a rollout, the first folder goes away and later ones load from their own copies.
     designed = train_into(tmp_path / "designed", schemas.iris_designed(), schemas.write_iris_csv(tmp_path / "iris.csv"))
     regressor = train_into(
         tmp_path / "regressor", schemas.linear_regression(), schemas.write_regression_csv(tmp_path / "r.csv")
@@ -322,8 +324,25 @@ async def test_mlserver_serves_trained_designs_with_their_preprocessing(
         assert status == 400, body
         assert "missing ['petal_length', 'petal_width', 'sepal_width']" in body["error"]
         assert (await _infer(mlserver, "regressor_1", inputs))[0]["data"] == answer["data"]
+
+        # The first folder is removed (unloaded; a new version rolled out). The next version loads from its own
+        # folder, and so does a model whose runtime package differs (as one trained by another release would).
+        await mlserver.unload("designed_1")
+        mlserver.remove_files("designed_1")
+        other = tmp_path / "other"
+        shutil.copytree(regressor, other)
+        with (other / RUNTIME_PACKAGE / "served_model.py").open("a") as source:
+            source.write("\n# as trained by another release\n")
+        await mlserver.place_files(ModelFiles("designed", 2, designed, frozenset({"sklearn"})))
+        await mlserver.place_files(ModelFiles("other", 1, other, frozenset({"sklearn"})))
+        await mlserver.load("designed_2")
+        await mlserver.load("other_1")
+        assert (await _infer(mlserver, "other_1", inputs))[0]["data"] == answer["data"]
+        raw = [{"name": n, "shape": [len(v)], "datatype": "FP64", "data": v.tolist()} for n, v in columns.items()]
+        again = {output["name"]: output["data"] for output in await _infer(mlserver, "designed_2", raw)}
+        assert again["predict"] == expected["predict"].tolist()
     finally:
-        for name in ("designed_1", "regressor_1"):
+        for name in ("designed_1", "regressor_1", "designed_2", "other_1"):
             await mlserver.unload(name)
             mlserver.remove_files(name)
 

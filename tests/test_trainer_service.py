@@ -46,7 +46,7 @@ from trainer.launchers.local import LocalLauncherSettings, LocalProcessLauncher
 from trainer.run_registry import ClaimKind, FinalRecord, RunRegistry
 from trainer.service import TrainerService
 from trainer.service_deploy import model_name_for
-from trainer.serving_bundle import RUNTIME_PACKAGE, SETTINGS_FILE
+from trainer.serving_bundle import ENTRY_MODULE, RUNTIME_PACKAGE, SETTINGS_FILE
 from trainer.settings import TrainerSettings, build_parser, parse_settings
 
 pytest_plugins = ["tests.real_components", "tests.kafka_broker", "tests.redis_server"]
@@ -221,6 +221,7 @@ async def test_event_becomes_a_stored_model_a_success_status_and_an_inference_st
                 f"{folder}/metadata.json",
                 f"{folder}/retail_forecasting_model.pkl",
                 f"{folder}/{SETTINGS_FILE}",
+                f"{folder}/{ENTRY_MODULE}.py",
                 *(f"{folder}/{RUNTIME_PACKAGE}/{name}" for name in runtime),
             ]
         )

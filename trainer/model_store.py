@@ -24,7 +24,7 @@ from minio.error import MinioException, S3Error
 
 from modelplane.s3_client import minio_client
 from trainer.jobs import METADATA_FILE
-from trainer.serving_bundle import RUNTIME_PACKAGE, SETTINGS_FILE
+from trainer.serving_bundle import bundle_files
 from trainer.settings import S3Settings
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -143,12 +143,10 @@ class ModelStore:
         metadata = output_dir / METADATA_FILE
         if metadata.is_file():
             uploads.append((metadata, f"{folder}/{METADATA_FILE}", "application/json"))
-        # What lets MLServer serve the whole design (trainer/serving_bundle.py): the folder is the model.
-        settings = output_dir / SETTINGS_FILE
-        if settings.is_file():
-            uploads.append((settings, f"{folder}/{SETTINGS_FILE}", "application/json"))
-        for module in sorted((output_dir / RUNTIME_PACKAGE).glob("*.py")):
-            uploads.append((module, f"{folder}/{RUNTIME_PACKAGE}/{module.name}", "text/x-python"))
+        # What lets MLServer serve the whole design (trainer/serving_bundle.py), model-settings.json last.
+        for relative in bundle_files(output_dir):
+            content_type = "application/json" if relative.suffix == ".json" else "text/x-python"
+            uploads.append((output_dir / relative, f"{folder}/{relative.as_posix()}", content_type))
         for path, key, content_type in uploads:
             self._client.fput_object(
                 bucket, key, str(path), content_type=content_type, metadata={"x-amz-meta-artifact-sha256": actual}

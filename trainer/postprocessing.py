@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from generated.mlops.training.v1 import training_pb2
 from servers.designed_model.expressions import ExpressionError, ParsedExpression, parse_expression
-from servers.designed_model.postprocessing import MAX_OUTPUTS, PostprocessProgram, probability_variables
+from servers.designed_model.postprocessing import MAX_OUTPUTS, PostprocessProgram, checked_order, probability_variables
 from trainer.preprocessing import primitive_number
 
 
@@ -42,7 +42,7 @@ def compile_postprocessor(schema: training_pb2.ModelDesignSchema, classes: list[
         raise ExpressionError(f"{where}: outputs {clashes} shadow a probability variable or a constant")
     parsed = {name: parse_expression(text, f"{where} output {name!r}") for name, text in sources.items()}
     dependencies = _dependencies(program, parsed, inputs, where)
-    order = _order(list(program.topological_order), dependencies, where)
+    order = checked_order(list(program.topological_order), dependencies, where)
     return PostprocessProgram(parsed, constants, order, {name: frozenset(d) for name, d in dependencies.items()})
 
 
@@ -70,40 +70,3 @@ def _dependencies(
             )
         dependencies[name].update(expression.names & set(parsed))
     return dependencies
-
-
-def _order(given: list[str], dependencies: dict[str, set[str]], where: str) -> tuple[str, ...]:
-    computed = _topological(dependencies, where)
-    if not given:
-        return computed
-    unknown = sorted(set(given) - set(dependencies))
-    if unknown:
-        raise ExpressionError(f"{where}: topological_order names {unknown}, which have no expression")
-    repeated = sorted({name for name in given if given.count(name) > 1})
-    if repeated:
-        raise ExpressionError(f"{where}: topological_order lists {repeated} more than once")
-    missing = sorted(set(dependencies) - set(given))
-    if missing:
-        raise ExpressionError(f"{where}: topological_order leaves out {missing}")
-    position = {name: index for index, name in enumerate(given)}
-    for name in given:
-        late = sorted(dep for dep in dependencies[name] if position[dep] > position[name])
-        if late:
-            raise ExpressionError(f"{where}: topological_order puts {name!r} before what it depends on: {late}")
-    return tuple(given)
-
-
-def _topological(dependencies: dict[str, set[str]], where: str) -> tuple[str, ...]:
-    """Kahn's algorithm, ties broken by name so the order is deterministic; a cycle is an error naming it."""
-    remaining = {name: set(deps) for name, deps in dependencies.items()}
-    order: list[str] = []
-    while remaining:
-        ready = sorted(name for name, deps in remaining.items() if not deps)
-        if not ready:
-            raise ExpressionError(f"{where}: the dependencies form a cycle among {sorted(remaining)}")
-        for name in ready:
-            order.append(name)
-            del remaining[name]
-        for deps in remaining.values():
-            deps.difference_update(ready)
-    return tuple(order)

@@ -23,7 +23,6 @@ MessageToDict with proto field names), ``algorithm``, ``task``, ``features``, ``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -43,6 +42,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from generated.mlops.training.v1 import training_pb2
+from servers.designed_model.served_model import file_sha256
 from trainer.datasets import DatasetLimits, LoadedDataset, load_dataset
 from trainer.errors import BAD_INPUT_ERRORS, TrainingInputError
 from trainer.fitting import TrainedModel, train
@@ -58,7 +58,7 @@ from trainer.jobs import (
     RunResult,
     TrainingJob,
 )
-from trainer.serving_bundle import RUNTIME_PACKAGE, SETTINGS_FILE, write_serving_bundle
+from trainer.serving_bundle import ENTRY_MODULE, RUNTIME_PACKAGE, SETTINGS_FILE, write_serving_bundle
 
 METADATA_FORMAT_VERSION = 1
 MAX_SCHEMA_BYTES = 16 * 1024 * 1024
@@ -115,8 +115,7 @@ def _run(job_dir: Path, environ: Mapping[str, str]) -> RunResult:
     temporary = output / f".{artifact_name}.partial"
     joblib.dump(model.estimator, temporary)
     temporary.replace(artifact)  # a reader never sees a half-written artifact under the final name
-    with artifact.open("rb") as handle:  # streamed: the artifact may be large, its bytes are not needed here
-        sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
+    sha256 = file_sha256(artifact)  # streamed: the artifact may be large, its bytes are not needed here
     metadata = build_metadata(job, schema, model, dataset_info=_dataset_info(dataset))
     metadata["artifact"] = {
         "name": artifact_name,
@@ -183,7 +182,7 @@ def _artifact_name(name: str) -> str:
         raise TrainingInputError(f"artifact_name {name!r} must be a plain file name (no folders, not hidden)")
     if len(name) > 255 or not name.isprintable():
         raise TrainingInputError(f"artifact_name {name[:40]!r} is too long or has unprintable characters")
-    if name in (METADATA_FILE, SETTINGS_FILE, RUNTIME_PACKAGE):
+    if name in (METADATA_FILE, SETTINGS_FILE, RUNTIME_PACKAGE, f"{ENTRY_MODULE}.py"):
         raise TrainingInputError(f"artifact_name must not be {name!r}: the model's folder holds a file of that name")
     return name
 

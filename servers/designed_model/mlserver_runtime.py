@@ -1,7 +1,7 @@
 """MLServer's adapter for a trained model: decodes V2 tensors, calls ServedModel, encodes the outputs.
 
-Loaded by MLServer from the model's own folder (see __init__.py); never imported by modelplane itself, whose
-environment has no mlserver. Everything a request means is decided in served_model.py.
+Imported by MLServer through the model folder's entry module (servers/designed_model_entry.py); never imported
+by modelplane itself, whose environment has no mlserver. Everything a request means is decided in served_model.py.
 """
 
 from __future__ import annotations
@@ -21,13 +21,15 @@ from .served_model import InputTensor, RequestError, ServedModel
 
 
 class DesignedModelRuntime(MLModel):  # type: ignore[misc]  # mlserver is untyped here (not installed)
+    _served: ServedModel  # set by load(), which MLServer awaits before any predict()
+
     async def load(self) -> bool:
         # parameters.uri names the artifact (or the folder): either way, the model's folder is what is read.
         self._served = await asyncio.to_thread(ServedModel.load, Path(await get_model_uri(self._settings)))
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        served: ServedModel = self._served
+        served = self._served
         try:
             tensors = [InputTensor(item.name, _decode(item)) for item in payload.inputs]
             wanted = [output.name for output in payload.outputs or ()]

@@ -74,23 +74,67 @@ def run_postprocessor(
     return results
 
 
-def program_from_record(record: object) -> PostprocessProgram:
-    """The program recorded in metadata.json, parsed again (the file is input like any other). The order must
-    list every output once; a name an expression reads that is neither a probability, a constant nor an
-    earlier output fails when the program runs, naming it."""
+def program_from_record(record: object, classes: list[str]) -> PostprocessProgram:
+    """The program recorded in metadata.json for a model with these classes, parsed and checked again (the file
+    is input like any other): every name an expression reads is a probability, a constant or an output, and
+    the order lists every output once, each after what it reads."""
     where = "postprocessing"
     if not isinstance(record, dict):
         raise ExpressionError(f"{where}: expected an object, got {type(record).__name__}")
     sources, order = record.get("expressions"), record.get("topological_order")
     if not isinstance(sources, dict) or not sources or len(sources) > MAX_OUTPUTS:
         raise ExpressionError(f"{where}: 'expressions' must be an object of 1 to {MAX_OUTPUTS} expressions")
-    if not isinstance(order, list) or sorted(map(str, order)) != sorted(map(str, sources)):
-        raise ExpressionError(f"{where}: 'topological_order' must list every output exactly once")
+    if not isinstance(order, list) or not order or not all(isinstance(name, str) for name in order):
+        raise ExpressionError(f"{where}: 'topological_order' must be a non-empty list of output names")
     parsed: dict[str, ParsedExpression] = {}
     for name, source in sources.items():
         if not isinstance(name, str) or not name.isidentifier():
             raise ExpressionError(f"{where}: output name {name!r} is not an identifier")
         parsed[name] = parse_expression(source, f"{where} output {name!r}")
     constants = numeric_constants(record.get("constants", {}), where)
-    dependencies = {name: frozenset(expression.names & set(parsed)) for name, expression in parsed.items()}
-    return PostprocessProgram(parsed, constants, tuple(order), dependencies)
+    known = set(probability_variables(classes)) | set(constants) | set(parsed)
+    for expression in parsed.values():
+        unknown = sorted(expression.names - known)
+        if unknown:
+            raise expression.fail(f"unknown name(s) {unknown}")
+    dependencies = {name: set(expression.names & set(parsed)) for name, expression in parsed.items()}
+    checked = checked_order(order, dependencies, where)
+    return PostprocessProgram(parsed, constants, checked, {name: frozenset(d) for name, d in dependencies.items()})
+
+
+def checked_order(given: list[str], dependencies: dict[str, set[str]], where: str) -> tuple[str, ...]:
+    """``given`` when it lists every output once, each after what it depends on; computed when empty."""
+    computed = _topological(dependencies, where)
+    if not given:
+        return computed
+    unknown = sorted(set(given) - set(dependencies))
+    if unknown:
+        raise ExpressionError(f"{where}: topological_order names {unknown}, which have no expression")
+    repeated = sorted({name for name in given if given.count(name) > 1})
+    if repeated:
+        raise ExpressionError(f"{where}: topological_order lists {repeated} more than once")
+    missing = sorted(set(dependencies) - set(given))
+    if missing:
+        raise ExpressionError(f"{where}: topological_order leaves out {missing}")
+    position = {name: index for index, name in enumerate(given)}
+    for name in given:
+        late = sorted(dep for dep in dependencies[name] if position[dep] > position[name])
+        if late:
+            raise ExpressionError(f"{where}: topological_order puts {name!r} before what it depends on: {late}")
+    return tuple(given)
+
+
+def _topological(dependencies: dict[str, set[str]], where: str) -> tuple[str, ...]:
+    """Kahn's algorithm, ties broken by name so the order is deterministic; a cycle is an error naming it."""
+    remaining = {name: set(deps) for name, deps in dependencies.items()}
+    order: list[str] = []
+    while remaining:
+        ready = sorted(name for name, deps in remaining.items() if not deps)
+        if not ready:
+            raise ExpressionError(f"{where}: the dependencies form a cycle among {sorted(remaining)}")
+        for name in ready:
+            order.append(name)
+            del remaining[name]
+        for deps in remaining.values():
+            deps.difference_update(ready)
+    return tuple(order)

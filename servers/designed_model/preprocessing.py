@@ -12,7 +12,7 @@ Standard library and numpy only, relative imports only (see __init__.py).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .expressions import ExpressionError, FloatArray, ParsedExpression, Value, evaluate, parse_expression
@@ -30,7 +30,7 @@ class PreprocessStep:
         return {"output": self.output, "expression": self.expression.source, "constants": dict(self.constants)}
 
 
-def input_columns(steps: list[PreprocessStep]) -> list[str]:
+def input_columns(steps: Sequence[PreprocessStep]) -> list[str]:
     """The columns the expressions read (not constants, not earlier outputs), in first-use order."""
     produced: set[str] = set()
     needed: list[str] = []
@@ -42,11 +42,11 @@ def input_columns(steps: list[PreprocessStep]) -> list[str]:
     return needed
 
 
-def outputs(steps: list[PreprocessStep]) -> set[str]:
+def outputs(steps: Sequence[PreprocessStep]) -> set[str]:
     return {step.output for step in steps}
 
 
-def raw_columns(steps: list[PreprocessStep], features: tuple[str, ...]) -> list[str]:
+def raw_columns(steps: Sequence[PreprocessStep], features: tuple[str, ...]) -> list[str]:
     """The columns a dataset (or a request to the served model) must have: those the expressions read, then
     the design inputs (``features``) that no expression produces."""
     produced = outputs(steps)
@@ -56,7 +56,7 @@ def raw_columns(steps: list[PreprocessStep], features: tuple[str, ...]) -> list[
 
 
 def apply_preprocessor(
-    steps: list[PreprocessStep], columns: Mapping[str, FloatArray], rows: int
+    steps: Sequence[PreprocessStep], columns: Mapping[str, FloatArray], rows: int
 ) -> dict[str, FloatArray]:
     """The columns plus every step's output, evaluated in order."""
     result = dict(columns)

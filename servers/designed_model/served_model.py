@@ -63,8 +63,8 @@ class ServedModel:
     task: str
     features: tuple[str, ...]  # the estimator's columns, after preprocessing
     input_columns: tuple[str, ...]  # what a caller sends
-    steps: list[PreprocessStep]
-    classes: list[Any]  # predict_proba's column order; [] for regression
+    steps: tuple[PreprocessStep, ...]
+    classes: tuple[Any, ...]  # predict_proba's column order; () for regression
     postprocessor: PostprocessProgram | None
 
     @property
@@ -83,15 +83,16 @@ class ServedModel:
     def tensor_metadata(self) -> dict[str, list[dict[str, object]]]:
         """The V2 model metadata of ``inputs`` and ``outputs`` (the one-input-per-column layout), for
         model-settings.json, so a server's ``/v2/models/{name}`` tells callers what to send."""
-        labels = np.asarray(self.classes).dtype.kind if self.is_classifier else "f"
+        kind = np.asarray(self.classes).dtype.kind if self.is_classifier else "f"
         predict_type = {"U": "BYTES", "O": "BYTES", "S": "BYTES", "b": "BOOL", "i": "INT64", "u": "INT64"}.get(
-            labels, "FP64"
+            kind, "FP64"
         )
-        outputs: list[dict[str, object]] = [{"name": PREDICT, "datatype": predict_type, "shape": [-1]}]
+        # One value per row is encoded [N, 1], as MLServer's NumpyCodec (and its stock runtimes) do.
+        outputs: list[dict[str, object]] = [{"name": PREDICT, "datatype": predict_type, "shape": [-1, 1]}]
         if self.is_classifier:
             outputs.append({"name": PREDICT_PROBA, "datatype": "FP64", "shape": [-1, len(self.classes)]})
         if self.postprocessor is not None:
-            outputs += [{"name": name, "datatype": "FP64", "shape": [-1]} for name in self.postprocessor.order]
+            outputs += [{"name": name, "datatype": "FP64", "shape": [-1, 1]} for name in self.postprocessor.order]
         return {
             "inputs": [{"name": name, "datatype": "FP64", "shape": [-1]} for name in self.input_columns],
             "outputs": outputs,
@@ -111,8 +112,7 @@ class ServedModel:
             raise ModelFolderError(f"{METADATA_FILE}: artifact name {name!r} must be a plain file name")
         path = folder / name
         try:
-            with path.open("rb") as handle:
-                actual = hashlib.file_digest(handle, "sha256").hexdigest()
+            actual = file_sha256(path)
         except OSError as error:
             raise ModelFolderError(f"cannot read the artifact {name}: {error}") from error
         if actual != artifact.get("sha256"):
@@ -126,12 +126,6 @@ class ServedModel:
         classes = metadata.get("classes") or []
         if not isinstance(classes, list) or (task != "regression" and len(classes) < 2):
             raise ModelFolderError(f"{METADATA_FILE}: a classifier needs 'classes' (two or more)")
-        try:
-            steps = steps_from_record(metadata.get("preprocessing") or [])
-            record = metadata.get("postprocessing")
-            postprocessor = None if record is None else program_from_record(record)
-        except ExpressionError as error:
-            raise ModelFolderError(f"{METADATA_FILE}: {error}") from error
         estimator = joblib.load(path)
         width = getattr(estimator, "n_features_in_", len(features))
         if width != len(features):
@@ -142,13 +136,20 @@ class ServedModel:
                 raise ModelFolderError(
                     f"{METADATA_FILE}: 'classes' {classes} differ from the estimator's classes_ {fitted}"
                 )
+        try:
+            steps = steps_from_record(metadata.get("preprocessing") or [])
+            record = metadata.get("postprocessing")
+            labels = [str(label) for label in classes]
+            postprocessor = None if record is None else program_from_record(record, labels)
+        except ExpressionError as error:
+            raise ModelFolderError(f"{METADATA_FILE}: {error}") from error
         return cls(
             estimator=estimator,
             task=task,
             features=features,
             input_columns=tuple(raw_columns(steps, features)),
-            steps=steps,
-            classes=classes,
+            steps=tuple(steps),
+            classes=tuple(classes),
             postprocessor=postprocessor,
         )
 
@@ -160,7 +161,7 @@ class ServedModel:
         if len(by_name) != len(tensors):
             raise RequestError("the request names an input more than once")
         if len(tensors) == 1 and tensors[0].name not in self.input_columns:
-            return self._columns_of_matrix(tensors[0])
+            return self._columns_of_matrix(tensors[0])  # the one layout where the name is free
         unknown = sorted(set(by_name) - set(self.input_columns))
         missing = [name for name in self.input_columns if name not in by_name]
         if unknown or missing:
@@ -184,8 +185,8 @@ class ServedModel:
     def _columns_of_matrix(self, tensor: InputTensor) -> tuple[dict[str, FloatArray], int]:
         values = _numbers(tensor.values, tensor.name)
         width = len(self.input_columns)
-        if values.ndim == 1 and width == 1:
-            values = values.reshape(-1, 1)
+        # Strictly [N, K]: a one-dimensional tensor must be named like its column, so a wrongly named one is
+        # never taken for the model's only column.
         if values.ndim != 2 or values.shape[1] != width:
             raise RequestError(
                 f"input {tensor.name!r} has shape {list(values.shape)}; send [N, {width}] with the columns "
@@ -209,10 +210,11 @@ class ServedModel:
         results: dict[str, npt.NDArray[Any]] = {}
         if PREDICT in names:
             results[PREDICT] = np.asarray(self.estimator.predict(features))
-        if self.is_classifier and (PREDICT_PROBA in names or self.postprocessor is not None):
+        post_wanted = self.postprocessor is not None and any(name in self.postprocessor.order for name in names)
+        if self.is_classifier and (PREDICT_PROBA in names or post_wanted):
             probabilities = np.asarray(self.estimator.predict_proba(features), dtype=np.float64)
             results[PREDICT_PROBA] = probabilities
-            if self.postprocessor is not None:
+            if self.postprocessor is not None and post_wanted:
                 try:
                     results.update(
                         run_postprocessor(self.postprocessor, probabilities, [str(label) for label in self.classes])
@@ -220,6 +222,15 @@ class ServedModel:
                 except ExpressionError as error:
                     raise RequestError(f"postprocessing failed: {error}") from error
         return {name: results[name] for name in names}
+
+
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256, read in chunks (hashlib.file_digest needs Python 3.11; servers may run 3.10)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _read_metadata(path: Path) -> dict[str, Any]:

@@ -71,6 +71,12 @@ class TransportSecurity:
             if path is not None and not path.is_file():
                 raise TransportError(f"TLS file {path} does not exist or is not a file")
 
+    def check_server(self) -> None:
+        """For a server: a CA (client certificates required) means nothing without the server's own certificate,
+        and serving plaintext while the operator asked for mutual TLS would be worse than refusing to start."""
+        if self.ca_file is not None and self.cert_file is None:
+            raise TransportError("a server's CA (client certificates) needs its own certificate and key as well")
+
     def check_plaintext_allowed(self, addresses: Sequence[Address]) -> None:
         if self.uses_tls or self.insecure:
             return
@@ -96,6 +102,7 @@ def bind(server: aio.Server, address: Address, security: TransportSecurity) -> i
     Raises TransportError when the address cannot be bound (in use, not local, no permission).
     """
     security.validate()
+    security.check_server()
     security.check_plaintext_allowed([address])
     try:
         if security.cert_file is not None and security.key_file is not None:
@@ -117,6 +124,7 @@ def bind(server: aio.Server, address: Address, security: TransportSecurity) -> i
 def http_server_ssl(security: TransportSecurity) -> ssl.SSLContext | None:
     """The TLS context of an HTTP server with ``security`` (None: plaintext). A CA makes client certificates
     mandatory, as for gRPC servers."""
+    security.check_server()
     if security.cert_file is None or security.key_file is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

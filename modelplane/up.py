@@ -20,6 +20,7 @@ import dataclasses
 import json
 import signal
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,10 +155,12 @@ def _trainer_settings(parser: argparse.ArgumentParser, config: Path) -> TrainerS
     if not config.is_file():
         parser.error(f"--trainer-config {config}: no such file")
     trainer_parser = build_trainer_parser(argparse.ArgumentParser(prog=f"modelplane up --trainer-config {config}"))
-    settings = parse_trainer_settings(trainer_parser, ["--config", str(config)])
+    # The scheduler is this stack's (its address is known once it listens): whatever the file names is replaced,
+    # so it is not checked either. A ready file is up's own, even when MODELPLANE_READY_FILE names one.
+    settings = parse_trainer_settings(trainer_parser, ["--config", str(config), "--scheduler=127.0.0.1:9004"])
     if not settings.status_listen.is_loopback:
         parser.error(f"--trainer-config {config}: status_listen {settings.status_listen} is not a loopback address")
-    return settings
+    return dataclasses.replace(settings, ready_file=None)
 
 
 def _scheduler_settings(up: UpSettings) -> SchedulerSettings:
@@ -249,6 +252,7 @@ async def run(up: UpSettings) -> None:
     with StateDir(scheduler_settings.state_dir):
         serving: asyncio.Future[tuple[Address, Address]] = loop.create_future()
         scheduler_task = asyncio.create_task(scheduler_process.serve(scheduler_settings, shutdown, serving))
+        parts: list[asyncio.Task[None]] = []  # what stops before the scheduler does
         try:
             await _first(serving, scheduler_task)
             api, agents = serving.result()
@@ -257,11 +261,12 @@ async def run(up: UpSettings) -> None:
             registered: asyncio.Future[agent_process.ProxyAddresses] = loop.create_future()
             agent_settings = _agent_settings(up, agents)
             agent_task = asyncio.create_task(agent_process.run(agent_settings, agent_stop, agent_forced, registered))
+            parts.append(agent_task)
             await _first(registered, agent_task)
             proxy = registered.result()
             server_log = agent_settings.work_dir / up.server_kind / f"{up.server_kind}.log"
             _say(f"agent proxy  http://{proxy.http} (V2 REST)   {proxy.grpc} (V2 gRPC)   server log {server_log}")
-            gateway_task, gateway = await _start_gateway(up, api, agent_stop)
+            gateway = await _start_gateway(up, api, agent_stop, parts)
             addresses = {
                 "listen": str(api),
                 "agent_listen": str(agents),
@@ -269,47 +274,91 @@ async def run(up: UpSettings) -> None:
                 "grpc": str(proxy.grpc),
                 "gateway": str(gateway),
             }
-            trainer_task = None
             if up.trainer is not None:
-                trainer_task, addresses["trainer"] = await _start_trainer(up.trainer, api, agent_stop, agent_forced)
-            if up.ready_file is not None:
-                up.ready_file.write_text(json.dumps(addresses) + "\n")
-            _say("modelplane is up; Ctrl-C stops it")
-            await agent_task
-            await gateway_task
-            if trainer_task is not None:
-                await trainer_task
+                trainer = await _start_trainer(up.trainer, api, agent_stop, agent_forced, parts)
+                if trainer is not None:
+                    addresses["trainer"] = trainer
+            if not agent_stop.is_set():
+                if up.ready_file is not None:
+                    up.ready_file.write_text(json.dumps(addresses) + "\n")
+                _say("modelplane is up; Ctrl-C stops it")
+                await _until_stopped(parts, agent_stop)
         finally:
             agent_stop.set()
+            # The parts stop first (the agent unloads its models and stops its server), the scheduler last.
+            await asyncio.gather(*parts, return_exceptions=True)
             shutdown.signal()
             with contextlib.suppress(asyncio.CancelledError):
                 await scheduler_task
     _say("modelplane is down")
 
 
-async def _start_gateway(up: UpSettings, api: Address, stop: asyncio.Event) -> tuple[asyncio.Task[None], Address]:
+async def _until_stopped(parts: list[asyncio.Task[None]], stop: asyncio.Event) -> None:
+    """Serve until Ctrl-C; a part that ends before that (a bug, a lost resource) stops the whole stack with
+    its error, rather than leaving a stack that says it is up and is not."""
+    done, _ = await asyncio.wait(parts, return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        return
+    stop.set()
+    ended = next(iter(done))
+    error = ended.exception()
+    if error is not None:
+        raise error
+    raise RuntimeError(f"{ended.get_name()} stopped by itself; modelplane up stopped the rest")
+
+
+async def _start_gateway(up: UpSettings, api: Address, stop: asyncio.Event, parts: list[asyncio.Task[None]]) -> Address:
     from gateway import process as gateway_process  # noqa: PLC0415 - see run()
 
     serving: asyncio.Future[Address] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(gateway_process.run(_gateway_settings(up, api), stop, serving))
+    task = asyncio.create_task(gateway_process.run(_gateway_settings(up, api), stop, serving), name="the gateway")
+    parts.append(task)
     await _first(serving, task)
     _say(f"gateway      http://{serving.result()} (V2 REST: /v2/models/NAME/infer, /v2/pipelines/NAME/infer)")
-    return task, serving.result()
+    return serving.result()
 
 
 async def _start_trainer(
-    settings: TrainerSettings, api: Address, stop: asyncio.Event, forced: asyncio.Event
-) -> tuple[asyncio.Task[None], str]:
-    """Start the embedded trainer, deploying to this stack's scheduler; its task and status API URL."""
+    settings: TrainerSettings,
+    api: Address,
+    stop: asyncio.Event,
+    forced: asyncio.Event,
+    parts: list[asyncio.Task[None]],
+) -> str | None:
+    """Start the embedded trainer, deploying to this stack's scheduler; its status API URL, or None when the stack
+    is stopped (Ctrl-C) before the trainer is up (it waits for Redis)."""
     from trainer import process as trainer_process  # noqa: PLC0415 - only with a trainer
 
     settings = dataclasses.replace(settings, scheduler=api, security=TransportSecurity())
-    _say(f"trainer      waiting for Redis at {settings.redis_url}; events from {settings.training_topic}")
+    redis = _without_password(settings.redis_url)
+    _say(f"trainer      waiting for Redis at {redis}; events from {settings.training_topic}")
     status_url: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(trainer_process.run(settings, stop, forced=forced, status_url=status_url))
-    await _first(status_url, task)
-    _say(f"trainer      {status_url.result()} (runs: modelplane training status --trainer {status_url.result()})")
-    return task, status_url.result()
+    task = asyncio.create_task(
+        trainer_process.run(settings, stop, forced=forced, status_url=status_url), name="the trainer"
+    )
+    parts.append(task)
+    waiting: list[asyncio.Future[Any]] = [status_url, task]
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    if not status_url.done():
+        task.result()  # re-raises what ended it
+        if stop.is_set():
+            return None
+        raise RuntimeError("the trainer stopped before it was up")
+    url = status_url.result()
+    client = " --tls-ca CA.pem" if url.startswith("https") else ""
+    _say(f"trainer      {url} (runs: modelplane training status --trainer {url}{client})")
+    return url
+
+
+def _without_password(url: str) -> str:
+    """``url`` with any user and password left out: it is printed."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    netloc += f":{parts.port}" if parts.port is not None else ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{netloc}"))
 
 
 async def _first(awaited: asyncio.Future[Any], task: asyncio.Task[None]) -> None:

@@ -155,6 +155,8 @@ async def test_the_status_api_serves_https_and_requires_client_certificates_with
         plaintext = await _command("training", "status", f"--trainer=http://{address}")
         assert plaintext.returncode == 1
         assert f"cannot reach the trainer at http://{address}" in plaintext.stderr
+        ignored = await _command("training", "status", f"--trainer=http://{address}", f"--tls-ca={tls.ca}")
+        assert (ignored.returncode, "need an https:// --trainer URL" in ignored.stderr) == (2, True)
     finally:
         stop_process(process)
 

@@ -37,7 +37,7 @@ from trainer.jobs import (
     RunResult,
     TrainingJob,
 )
-from trainer.launchers.image_build import SOURCE_PACKAGES
+from trainer.launchers.image_build import SOURCE_PATHS
 from trainer.run_job import execute, execute_with_exit_code
 
 # The session's SeaweedFS (the s3_server fixture), shared with the other modules that use it.
@@ -486,8 +486,7 @@ def test_usage_errors(tmp_path: Path) -> None:
 
 
 def test_the_run_imports_only_what_the_training_image_carries() -> None:
-    # trainer/launchers/image_build.py copies only SOURCE_PACKAGES into the image (servers/ only its
-    # designed_model package, servers itself then being a namespace package there).
+    # trainer/launchers/image_build.py copies only SOURCE_PATHS into the image (servers/ and modelplane/ in part).
     probe = (
         "import sys, trainer.run_job, trainer.s3_source\n"
         "own = {'agent', 'scheduler', 'gateway', 'servers', 'modelplane', 'tests', 'bench'}\n"
@@ -496,12 +495,20 @@ def test_the_run_imports_only_what_the_training_image_carries() -> None:
     completed = subprocess.run(
         [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
     )
-    carried = [package.replace("/", ".") for package in SOURCE_PACKAGES]
+    modules = {
+        path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        for path in SOURCE_PATHS
+        if path.endswith(".py")
+    }
+    packages = [path.replace("/", ".") for path in SOURCE_PATHS if not path.endswith(".py")]
     imported = completed.stdout.split()
     assert "servers.designed_model.expressions" in imported  # the probe sees what it should
+    assert "modelplane.s3_client" in imported
     outside = [
         name
         for name in imported
-        if name != "servers" and not any(name == package or name.startswith(f"{package}.") for package in carried)
+        if name != "servers"
+        and name not in modules
+        and not any(name == package or name.startswith(f"{package}.") for package in packages)
     ]
     assert outside == []

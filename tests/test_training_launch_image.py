@@ -75,13 +75,15 @@ def test_dockerfile_pins_the_framework_and_dependencies_and_labels_the_image() -
     assert 'LABEL io.modelplane.framework-version="1.5.2"' in lines
     assert 'LABEL org.opencontainers.image.version="v2"' in lines
     assert 'LABEL org.opencontainers.image.licenses="Apache-2.0"' in lines
-    assert lines[-7:] == [
+    assert lines[-9:] == [
         "COPY requirements.txt /opt/modelplane/requirements.txt",
         'RUN ["python", "-m", "pip", "install", "--no-cache-dir", "-r", "/opt/modelplane/requirements.txt"]',
         "COPY trainer /opt/modelplane/trainer",
         "COPY generated /opt/modelplane/generated",
         "COPY servers/designed_model /opt/modelplane/servers/designed_model",
-        "COPY modelplane /opt/modelplane/modelplane",
+        "COPY servers/designed_model_entry.py /opt/modelplane/servers/designed_model_entry.py",
+        "COPY modelplane/__init__.py /opt/modelplane/modelplane/__init__.py",
+        "COPY modelplane/s3_client.py /opt/modelplane/modelplane/s3_client.py",
         'ENTRYPOINT ["python", "-m", "trainer.run_job"]',
     ]
     assert "ENV PYTHONPATH=/opt/modelplane PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1" in lines
@@ -228,8 +230,10 @@ def source_root(tmp_path: Path) -> Path:
     (root / "generated").mkdir()
     (root / "servers" / "designed_model").mkdir(parents=True)
     (root / "servers" / "designed_model" / "__init__.py").write_text('"""stand-in served design"""\n')
+    (root / "servers" / "designed_model_entry.py").write_text('"""stand-in entry module"""\n')
     (root / "modelplane").mkdir()
     (root / "modelplane" / "__init__.py").write_text('"""stand-in modelplane"""\n')
+    (root / "modelplane" / "s3_client.py").write_text('"""stand-in S3 client"""\n')
     (root / "trainer" / "__init__.py").write_text('"""stand-in trainer"""\n')
     (root / "trainer" / "run_job.py").write_text("raise SystemExit(0)\n")
     (root / "trainer" / "__pycache__" / "run_job.cpython-311.pyc").write_bytes(b"\0compiled")

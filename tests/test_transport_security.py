@@ -8,8 +8,8 @@ import grpc
 import pytest
 
 from generated.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
-from modelplane.addresses import parse_address
-from modelplane.transport import TransportError, TransportSecurity, open_channel
+from modelplane.addresses import Address, parse_address
+from modelplane.transport import TransportError, TransportSecurity, bind, http_server_ssl, open_channel
 from tests.processes import run_modelplane, start_scheduler, stop_process
 from tests.tls_material import TlsFiles, make_tls_files
 
@@ -72,6 +72,16 @@ async def test_mutual_tls_requires_a_client_certificate(tmp_path: Path, tls: Tls
 def test_inconsistent_settings(security: TransportSecurity, message: str) -> None:
     with pytest.raises(TransportError, match=message):
         security.validate()
+
+
+async def test_a_server_with_a_ca_and_no_certificate_refuses_to_start(tls: TlsFiles) -> None:
+    # Serving plaintext when client certificates were asked for would be the worst reading of these flags.
+    security = TransportSecurity(ca_file=tls.ca)
+    with pytest.raises(TransportError, match="needs its own certificate and key"):
+        http_server_ssl(security)
+    with pytest.raises(TransportError, match="needs its own certificate and key"):
+        bind(grpc.aio.server(), Address("127.0.0.1", 0), security)
+    assert http_server_ssl(TransportSecurity(cert_file=tls.server_cert, key_file=tls.server_key)) is not None
 
 
 def test_missing_certificate_file_is_a_usage_error(tmp_path: Path) -> None:

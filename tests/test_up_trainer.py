@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from agent.artifacts.storage_config import secret_env_name
-from tests.kafka_broker import KafkaBroker, produce
-from tests.processes import run_modelplane
+from tests.kafka_broker import KafkaBroker, free_port, produce
+from tests.processes import MODELPLANE, STARTED, run_modelplane
 from tests.real_components import SECRET_KEY, S3Server
 from tests.redis_server import RedisServer
 from tests.test_trainer_service import (
@@ -127,3 +131,31 @@ def test_a_trainer_config_with_an_exposed_status_api_is_refused(tmp_path: Path) 
     missing = run_modelplane("up", "--state-dir", str(tmp_path / "up"), "--trainer-config", str(tmp_path / "no.toml"))
     assert missing.returncode == 2
     assert "no such file" in missing.stderr
+
+
+@pytest.mark.servers
+@pytest.mark.timeout(600)
+def test_ctrl_c_while_the_trainer_waits_for_redis_stops_everything_cleanly(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there: the trainer waits for Redis
+    config = tmp_path / "trainer.toml"
+    config.write_text(f'[trainer]\nredis_url = "redis://:hunter2@127.0.0.1:{port}/0"\nstatus_listen = "127.0.0.1:0"\n')
+    state = tmp_path / "state"
+    out, err = tmp_path / "up.out", tmp_path / "up.err"
+    argv = [*MODELPLANE, "up", f"--state-dir={state}", f"--trainer-config={config}"]
+    argv += [f"--{flag}=127.0.0.1:0" for flag in ("listen", "agent-listen", "proxy-http", "proxy-grpc", "gateway")]
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        process = subprocess.Popen(argv, stdout=stdout, stderr=stderr)
+    STARTED.append(process)
+    deadline = time.monotonic() + 300
+    while "waiting for Redis" not in out.read_text():
+        assert process.poll() is None, err.read_text()
+        assert time.monotonic() < deadline, err.read_text()
+        time.sleep(0.1)
+    assert f"waiting for Redis at redis://***@127.0.0.1:{port}/0" in out.read_text()  # never the password
+    os.kill(process.pid, signal.SIGINT)
+    assert process.wait(120) == 0, err.read_text()
+    printed = out.read_text()
+    assert "modelplane is up" not in printed
+    assert printed.rstrip().endswith("modelplane is down")
+    assert "hunter2" not in printed + err.read_text()
+    assert not server_processes(state)

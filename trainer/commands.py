@@ -91,6 +91,8 @@ def _usage_problem(options: argparse.Namespace, base: str) -> str | None:
         return "--limit must be from 1 to 1000"
     if (options.tls_cert is None) != (options.tls_key is None):
         return "--tls-cert and --tls-key go together"
+    if base.startswith("http://") and (options.tls_ca or options.tls_cert):
+        return "--tls-ca/--tls-cert/--tls-key need an https:// --trainer URL"
     return None
 
 

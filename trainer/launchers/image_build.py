@@ -9,7 +9,7 @@ From a schema's ``ModelAssembly`` it generates a Dockerfile and a build context:
   validated as a *plain* requirement: a name, optional extras and version specifiers; no URLs, no pip
   options, no environment markers, no shell metacharacters;
 - optionally ``RUN python -m pip install -r requirements.txt`` (exec form: no shell);
-- the modelplane ``trainer/`` code, ``servers/designed_model/``, ``modelplane/`` and the ``generated/`` protos;
+- the modelplane ``trainer/`` code, ``generated/`` protos and the few other modules a run imports (``SOURCE_PATHS``);
   ``ENTRYPOINT ["python", "-m", "trainer.run_job"]``;
 - labels: ``org.opencontainers.image.*`` and ``io.modelplane.design-token``, ``io.modelplane.design-version``,
   ``io.modelplane.framework``, ``io.modelplane.framework-version``; the build adds
@@ -49,10 +49,18 @@ from generated.mlops.training.v1 import training_pb2
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_HOME = "/opt/modelplane"  # where the code lives in the image (its PYTHONPATH)
-# What `python -m trainer.run_job` imports from this repository: servers/ only its designed_model package, which
-# a run also copies into the model's folder (servers becomes a namespace package in the image); modelplane/ for
-# its S3 client (modelplane/s3_client.py; the package's other modules are never imported by a run).
-SOURCE_PACKAGES = ("trainer", "generated", "servers/designed_model", "modelplane")
+# What `python -m trainer.run_job` imports from this repository, folders and single files: of servers/ only the
+# designed_model package and its entry module, which a run copies into the model's folder (servers becomes a
+# namespace package in the image); of modelplane/ only the S3 client, so that editing the rest of modelplane
+# does not change every training image.
+SOURCE_PATHS = (
+    "trainer",
+    "generated",
+    "servers/designed_model",
+    "servers/designed_model_entry.py",
+    "modelplane/__init__.py",
+    "modelplane/s3_client.py",
+)
 CONTENT_HASH_LABEL = "io.modelplane.content-hash"
 MAX_DEPENDENCIES = 100
 MAX_REQUIREMENT_LENGTH = 200
@@ -251,18 +259,20 @@ def image_spec(schema: training_pb2.ModelDesignSchema, settings: ImageBuildSetti
         # Exec form (a JSON array): no shell ever sees the requirements.
         install = ["python", "-m", "pip", "install", "--no-cache-dir", "-r", f"{IMAGE_HOME}/requirements.txt"]
         lines.append(f"RUN {json.dumps(install)}")
-    lines += [f"COPY {package} {IMAGE_HOME}/{package}" for package in SOURCE_PACKAGES]
+    lines += [f"COPY {path} {IMAGE_HOME}/{path}" for path in SOURCE_PATHS]
     lines.append(f"ENTRYPOINT {json.dumps(['python', '-m', 'trainer.run_job'])}")
     return ImageSpec(tag=tag, dockerfile="\n".join(lines) + "\n", requirements=requirements, labels=labels)
 
 
 def _source_files(root: Path) -> Iterator[tuple[str, bytes]]:
-    for package in SOURCE_PACKAGES:
-        if not (root / package).is_dir():
-            raise ImageBuildError(
-                f"{root / package} does not exist: source_root must hold {', '.join(SOURCE_PACKAGES)}"
-            )
-        for path in sorted((root / package).rglob("*")):
+    for source in SOURCE_PATHS:
+        top = root / source
+        if top.is_file():
+            yield source, top.read_bytes()
+            continue
+        if not top.is_dir():
+            raise ImageBuildError(f"{top} does not exist: source_root must hold {', '.join(SOURCE_PATHS)}")
+        for path in sorted(top.rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyo"):
                 yield path.relative_to(root).as_posix(), path.read_bytes()
 

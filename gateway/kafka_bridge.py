@@ -130,6 +130,7 @@ class KafkaBridge:
         self._commit_task: asyncio.Task[None] | None = None
         self._connected = False
         self._assigned_since_connect = False  # the first assignment after a connect follows _connect's topic check
+        self._held: set[Any] = set()  # partitions paused until the topics are checked after a rebalance
 
     # ---- public API -------------------------------------------------------------------------------------
 
@@ -181,7 +182,8 @@ class KafkaBridge:
                 self._consumer.pause(*paused)
                 await self._drain_and_commit(list(self._trackers), self._settings.revoke_timeout_s)
                 if not self._apply_subscription():
-                    self._consumer.resume(*(tp for tp in paused if tp in self._consumer.assignment()))
+                    current = self._consumer.assignment()
+                    self._consumer.resume(*(tp for tp in paused if tp in current and tp not in self._held))
 
     async def stop(self) -> None:
         """Stop fetching, let in-flight requests finish (up to ``drain_timeout_s``), commit what was answered,
@@ -246,6 +248,7 @@ class KafkaBridge:
 
     async def _connect(self) -> None:
         settings = self._settings
+        reused_producer = self._producer is not None
         if self._producer is None:
             producer = AIOKafkaProducer(
                 bootstrap_servers=settings.bootstrap_servers,
@@ -278,6 +281,9 @@ class KafkaBridge:
         await self._consumer.start()
         async with self._update_lock:
             await self._ensure_topics()
+            if reused_producer:
+                # A reconnect may follow a broker restart: the kept producer's metadata may name what is gone.
+                await self._refresh_producer_metadata()
             self._apply_subscription()
             self._assigned_since_connect = False
             self._connected = True
@@ -288,6 +294,7 @@ class KafkaBridge:
             self._connected = False
             self._trackers.clear()
             self._committed.clear()
+            self._held.clear()
             if self._consumer is not None:
                 consumer, self._consumer = self._consumer, None
                 with contextlib.suppress(KafkaError, OSError):
@@ -309,6 +316,8 @@ class KafkaBridge:
     async def _fetch_loop(self) -> None:
         last_topic_attempt = time.monotonic()
         while not self._stopping.is_set():
+            if self._held:
+                await self._release_held()
             # Retry topic creation that failed; and with nothing assigned for a while, check the topics still
             # exist: a broker without durable storage that restarted, or an operator, may have removed them.
             since_attempt = time.monotonic() - last_topic_attempt
@@ -386,7 +395,7 @@ class KafkaBridge:
                             entry[2] if len(entry) > 2 else "",
                         )
                 await self._wait_listed(admin, missing)
-            self._topics_missing = set()
+            self._topics_missing -= topics  # only what this call checked: a newer failure stays marked
         except (KafkaError, OSError, TimeoutError) as error:
             self._topics_missing = topics
             log.warning("kafka bridge: cannot create topics %s yet (%r); will retry", sorted(topics), error)
@@ -530,18 +539,29 @@ class KafkaBridge:
             self._trackers[partition] = OffsetTracker()
             self._committed.pop(partition, None)
         log.info("kafka bridge: assigned %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
-        if self._assigned_since_connect:
-            await self._recheck_topics_after_rebalance()
+        if self._assigned_since_connect and self._consumer is not None:
+            # A rebalance on a live connection may mean the broker restarted (see _release_held). The new
+            # partitions stay paused until the fetch loop has checked; not here: the group's heartbeats wait
+            # for this listener, and the check may take longer than a session.
+            self._consumer.pause(*assigned)
+            self._held.update(assigned)
         self._assigned_since_connect = True
         self.stats.assignments += 1
 
-    async def _recheck_topics_after_rebalance(self) -> None:
-        """A rebalance on a live connection may mean the broker restarted, and a broker without durable storage
-        comes back without our topics. Recreate them and refresh the producer's metadata before any record of the
-        new assignment is fetched (the fetch positions are set after this listener returns): an answer produced
-        with the old broker's metadata to a topic that no longer exists is lost by some brokers (Tansu's memory
-        engine acknowledges it at offset 0 and never serves it)."""
-        await self._ensure_topics()
+    async def _release_held(self) -> None:
+        """Resume the partitions a rebalance brought once topics and the producer's metadata are checked.
+
+        A rebalance on a live connection may mean the broker restarted, and a broker without durable storage
+        comes back without our topics. An answer produced with the old broker's metadata to a topic that no longer
+        exists is lost by some brokers (Tansu's memory engine acknowledges it at offset 0 and never serves it)."""
+        async with self._update_lock:
+            await self._ensure_topics()
+            await self._refresh_producer_metadata()
+        held, self._held = self._held, set()
+        current = self._consumer.assignment()
+        self._consumer.resume(*(partition for partition in held if partition in current))
+
+    async def _refresh_producer_metadata(self) -> None:
         producer = self._producer
         if producer is not None:
             with contextlib.suppress(TimeoutError, KafkaError):

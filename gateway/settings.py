@@ -52,7 +52,11 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="the scheduler's API address, which also serves the routing table (default 127.0.0.1:9004)",
     )
-    parser.add_argument("--name", help="this gateway's name in the scheduler's logs (default gateway-HOSTNAME-PID)")
+    parser.add_argument(
+        "--name",
+        help="this gateway's name (default gateway-HOSTNAME-PID): in the scheduler's logs, and what its experiment "
+        "acknowledgements are filed under, so each replica needs its own",
+    )
     parser.add_argument(
         "--listen",
         type=address,

@@ -219,7 +219,12 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     s3.add_argument("--s3-secure", action="store_true", help="HTTPS to the S3 endpoint")
     s3.add_argument("--s3-region", default="us-east-1")
     s3.add_argument(
-        "--s3-timeout", type=seconds(3600), default=60.0, metavar="SECONDS", help="per S3 request, connect and read"
+        "--s3-timeout",
+        type=seconds(3600),
+        default=60.0,
+        metavar="SECONDS",
+        help="connect and read timeout of each S3 request (tried 3 times: a silent S3 costs about 3x this per "
+        "request, and --max-attempts such waits before a run is reported failed)",
     )
     runs = parser.add_argument_group("runs")
     runs.add_argument(

@@ -32,6 +32,8 @@ from servers.launch import server_venv
 
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parent.parent
+# tests/ is not an installed package: benchmarks reuse its helpers (process handling, models, schemas).
+sys.path.insert(1, str(REPO))
 MODELPLANE = [sys.executable, "-m", "modelplane.cli"]
 AVAILABLE = pb.ModelStatus.ModelAvailable
 FAILED = {pb.ModelStatus.ModelFailed, pb.ModelStatus.ScheduleFailed}
@@ -123,16 +125,12 @@ def alive(pid: int) -> bool:
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 30) -> tuple[int, float]:
-    """SIGTERM by PID, SIGKILL if it has not exited in ``timeout`` s. Returns (exit status, seconds taken)."""
+    """tests.processes.stop_process (SIGTERM by PID, SIGKILL after ``timeout`` s), timed: (exit status, seconds)."""
+    from tests.processes import stop_process as stop_process_by_pid  # noqa: PLC0415 - tests/ joins sys.path above
+
     started = time.monotonic()
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
-    return process.returncode, round(time.monotonic() - started, 2)
+    code = stop_process_by_pid(process, timeout)
+    return code, round(time.monotonic() - started, 2)
 
 
 def kill_group_if_alive(pid: int) -> bool:

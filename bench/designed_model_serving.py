@@ -48,9 +48,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# tests/ is not an installed package: the trainer's test helpers (train_into, the schemas, the oracle) are reused.
-sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
-
 import aiohttp
 import joblib
 import numpy as np

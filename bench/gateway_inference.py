@@ -47,8 +47,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import joblib
-import numpy as np
 from bench_processes import (
     READY_TIMEOUT,
     REPO,
@@ -74,11 +72,10 @@ from bench_processes import (
 )
 from grpc import aio
 from load_model_rate import percentile, start_profiler, stop_profiler, summarize_profile
-from sklearn.linear_model import LinearRegression
-from sklearn.tree import DecisionTreeClassifier
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
+from tests.test_gateway_pipelines_e2e import class_models, three_step_pipeline  # the e2e test's models
 
 PIPELINE = "abc"
 MODELS = ("iris", "pa", "pb", "pc")
@@ -136,38 +133,6 @@ def mlserver_http_url(agent_work: Path) -> str:
     raise RuntimeError(f"no MLServer settings.json with an http_port under {agent_work}")
 
 
-def class_models(root: Path) -> tuple[Path, Path]:
-    """pb: a linear regression of the class (2k + 1); pc: a tree mapping class k to (k + 1) % 3 (as the e2e test)."""
-    classes = np.array([[0], [1], [2]] * 10)
-    folders = []
-    estimators = (
-        ("pb", LinearRegression().fit(classes, 2 * classes.ravel() + 1)),
-        ("pc", DecisionTreeClassifier(random_state=0).fit(classes, (classes.ravel() + 1) % 3)),
-    )
-    for name, estimator in estimators:
-        folder = root / name
-        folder.mkdir(parents=True)
-        joblib.dump(estimator, folder / "model.joblib")
-        folders.append(folder)
-    return folders[0], folders[1]
-
-
-def three_step_pipeline() -> pb.Pipeline:
-    return pb.Pipeline(
-        name=PIPELINE,
-        steps=[
-            pb.PipelineStep(name="pa"),
-            pb.PipelineStep(name="pb", inputs=["pa"]),
-            pb.PipelineStep(name="pc", inputs=["pa.outputs.predict"]),
-        ],
-        output=pb.PipelineOutput(
-            steps=["pb", "pc"],
-            stepsJoin=pb.PipelineOutput.INNER,
-            tensorMap={"pb.outputs.predict": "b_predict", "pc.outputs.predict": "c_predict"},
-        ),
-    )
-
-
 async def wait_http_ok(url: str, timeout: float) -> None:
     async with aiohttp.ClientSession() as session, asyncio.timeout(timeout):
         while True:
@@ -216,7 +181,7 @@ async def start_stack(work: Path, iris: Path, b_folder: Path, c_folder: Path) ->
                     await watch.wait_available(name, LOAD_TIMEOUT)
             finally:
                 await watch.close()
-            await stub.LoadPipeline(pb.LoadPipelineRequest(pipeline=three_step_pipeline()), timeout=30)
+            await stub.LoadPipeline(pb.LoadPipelineRequest(pipeline=three_step_pipeline(PIPELINE)), timeout=30)
         for name in MODELS:
             await wait_http_ok(f"{stack.gateway_url}/v2/models/{name}/ready", 60)
         await wait_http_ok(f"{stack.gateway_url}/v2/pipelines/{PIPELINE}/ready", 60)

@@ -13,26 +13,20 @@ from collections.abc import Callable, Mapping
 from gateway.inference_router import InferenceRouter, encode_request, parse_version
 from gateway.inference_types import JsonObject
 from gateway.v2_grpc_service import InferResult, V2InferenceService
-from generated.mlops.scheduler import scheduler_pb2 as pb
 
 
 def v2_grpc_service(router: InferenceRouter, synced: Callable[[], bool]) -> V2InferenceService:
     async def infer(name: str, version: str | None, body: JsonObject, headers: Mapping[str, str]) -> InferResult:
-        tables = router.table()
-        data = encode_request(body)
-        # An experiment over pipelines, called by its own name, is a pipeline too (REST has its own path).
-        pipeline_experiment = tables.experiment_for(name, pb.PIPELINE, via_default=False) is not None
-        if version is None and name not in tables.models and (name in tables.pipelines or pipeline_experiment):
+        number = parse_version(version)
+        if router.is_pipeline(name, number):
             response, route_headers = await router.route_pipeline(name, body, headers)
             return InferResult(response, route_headers)
-        answer = await router.infer_model(name, parse_version(version), data, headers, checked=True)
+        answer = await router.infer_model(name, number, encode_request(body), headers, checked=True)
         return InferResult(answer.checked_json(), answer.headers)
 
     async def model_ready(name: str, version: str | None) -> bool:
-        tables = router.table()
-        if version is None and name in tables.pipelines and name not in tables.models:
-            return router.pipeline_ready(name)
-        return router.model_ready(name, parse_version(version))
+        number = parse_version(version)
+        return router.pipeline_ready(name) if router.is_pipeline(name, number) else router.model_ready(name, number)
 
     async def model_metadata(name: str, version: str | None) -> JsonObject:
         return (await router.model_metadata(name, parse_version(version), {})).checked_json()

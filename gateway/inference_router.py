@@ -150,7 +150,7 @@ class InferenceRouter:
 
     async def call_model(self, name: str, request: JsonObject, headers: Mapping[str, str]) -> JsonObject:
         """The ModelCaller of pipelines and Kafka: JSON in, JSON out, experiments applied, errors raised."""
-        answer = await self.infer_model(name, None, json.dumps(request).encode(), headers, checked=True)
+        answer = await self.infer_model(name, None, encode_request(request), headers, checked=True)
         return answer.checked_json()
 
     async def _forward(self, model: str, version: int | None, body: bytes, headers: Mapping[str, str]) -> ReplicaAnswer:
@@ -239,10 +239,22 @@ class InferenceRouter:
         return await self.pipelines.run(name, request, headers)
 
     def pipeline_ready(self, name: str) -> bool:
+        """Ready when every step's model is (an experiment over pipelines: when every candidate is)."""
         table = self._table()
+        experiment = table.experiment_for(name, pb.PIPELINE, via_default=False)
+        if experiment is not None and name not in table.pipelines:
+            return all(self.pipeline_ready(c.name) for c in experiment.candidates)
         if name not in table.pipelines:
             raise InferenceError(404, f"pipeline {name!r} not found")
         return table.pipeline_models_ready(name)
+
+    def is_pipeline(self, name: str, version: int | None) -> bool:
+        """Whether a request for ``name`` by the model protocol (gRPC has no pipeline path) means a pipeline:
+        a pipeline's name, or an experiment over pipelines called by its own name."""
+        table = self._table()
+        if version is not None or name in table.models:
+            return False
+        return name in table.pipelines or table.experiment_for(name, pb.PIPELINE, via_default=False) is not None
 
     # ----------------------------------------------------------------- experiments and mirrors
 

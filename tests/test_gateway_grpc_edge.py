@@ -13,11 +13,12 @@ from grpc import aio
 from gateway.gateway_metrics import GatewayMetrics
 from gateway.grpc_edge import v2_grpc_service
 from gateway.inference_router import InferenceRouter
-from gateway.inference_types import JsonObject
+from gateway.inference_types import InferenceError, JsonObject
 from gateway.replica_client import ReplicaClient
 from gateway.routing_table import ROUTE_HEADER, PipelineRoute, RoutingTable
 from gateway.v2_grpc_codec import decode_infer_response, encode_infer_request
 from gateway.v2_grpc_service import add_v2_inference_service
+from generated.inference.v2 import grpc_predict_v2_pb2 as v2_pb
 from generated.inference.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.addresses import Address
@@ -78,8 +79,7 @@ async def test_a_pipeline_name_runs_the_pipeline_with_the_request_as_sent(edge: 
     assert [(t["name"], t["data"]) for t in outputs] == [("y", [2, 4])]
     [(name, request, headers)] = edge.pipelines.calls
     assert name == "p1"
-    assert request["inputs"][0]["name"] == "x"
-    assert request["inputs"][0]["data"] == [1, 2]
+    assert request["inputs"] == REQUEST["inputs"]  # name, shape, datatype and data as sent
     assert headers["x-request-id"] == "r1"
     assert edge.metrics.value("modelplane_gateway_requests_total", kind="pipeline", name="p1", route="p1") == 1
 
@@ -99,3 +99,31 @@ async def test_an_unknown_name_is_not_found_and_runs_nothing(edge: Edge) -> None
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
     assert "nosuch" in (raised.value.details() or "")
     assert edge.pipelines.calls == []
+
+
+async def test_readiness_of_a_pipeline_and_of_an_experiment_over_pipelines_by_its_own_name(edge: Edge) -> None:
+    for name in ("p1", "exp"):
+        reply = await edge.stub.ModelReady(v2_pb.ModelReadyRequest(name=name))
+        assert reply.ready, name
+    with pytest.raises(aio.AioRpcError) as raised:
+        await edge.stub.ModelReady(v2_pb.ModelReadyRequest(name="nosuch"))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_model_request_from_kafka_or_a_pipeline_is_checked_like_any_other() -> None:
+    table = RoutingTable()
+    metrics, client = GatewayMetrics(), ReplicaClient()
+    router = InferenceRouter(lambda: table, client, metrics)
+    try:
+        malformed: list[JsonObject] = [
+            {},
+            {"inputs": []},
+            {"inputs": [{"shape": [1], "datatype": "FP32", "data": [1]}]},
+        ]
+        for request in malformed:
+            with pytest.raises(InferenceError) as raised:
+                await router.call_model("m", request, {})
+            assert raised.value.status == 400, request
+    finally:
+        await router.close()
+        await client.close()

@@ -13,6 +13,7 @@ import pytest
 
 from generated.inference.v2 import grpc_predict_v2_pb2 as v2_pb
 from generated.inference.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
+from modelplane.transport import http_client_ssl
 from tests.processes import SchedulerProcess, run_modelplane, start_gateway, start_scheduler, stop_process
 from tests.tls_material import TlsFiles, make_tls_files
 
@@ -35,9 +36,9 @@ def plain_scheduler(tmp_path: Path) -> Iterator[SchedulerProcess]:
 
 
 def client_context(tls: TlsFiles, *, with_certificate: bool) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(tls.ca))
-    if with_certificate:
-        context.load_cert_chain(tls.client_cert, tls.client_key)
+    """What `modelplane training status` uses for HTTPS (modelplane.transport.http_client_ssl)."""
+    context = http_client_ssl(tls.ca, tls.client_cert if with_certificate else None, tls.client_key)
+    assert context is not None
     return context
 
 

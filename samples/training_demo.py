@@ -63,7 +63,9 @@ from agent.artifacts.storage_config import secret_env_name
 from generated.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from generated.mlops.training.v1 import training_pb2
 from modelplane.addresses import parse_address
+from modelplane.s3_client import minio_client
 from modelplane.transport import TransportSecurity, open_channel
+from servers.launch.local import free_ports, log_tail
 from trainer.design_store import design_key
 from trainer.service_deploy import model_name_for
 from trainer.settings import (
@@ -227,35 +229,14 @@ def _names(argument: str, folder: str) -> bool:
     return rest == "" or rest.startswith("/")
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free loopback ports (held open together while chosen, so none repeats)."""
-    probes = []
-    try:
-        for _ in range(count):
-            probe = socket.socket()
-            probes.append(probe)
-            probe.bind((LOOPBACK, 0))
-        return [int(probe.getsockname()[1]) for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
-
-
 def wait_for(what: str, ready: Callable[[], bool], process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         if process.poll() is not None:
-            raise DemoError(f"{what} exited with {process.returncode}; its log {log} ends:\n{tail(log)}")
+            raise DemoError(f"{what} exited with {process.returncode}; its log {log} ends:\n{log_tail(log, 30)}")
         if time.monotonic() > deadline:
-            raise DemoError(f"{what} not ready after {timeout:.0f}s; its log {log} ends:\n{tail(log)}")
+            raise DemoError(f"{what} not ready after {timeout:.0f}s; its log {log} ends:\n{log_tail(log, 30)}")
         time.sleep(0.1)
-
-
-def tail(log: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def accepting(port: int) -> bool:
@@ -328,7 +309,7 @@ def start_redis(started: Started, folder: Path) -> str:
     deadline = time.monotonic() + 20
     while not (_pid_from(pidfile) and _redis_ping(port)):
         if time.monotonic() > deadline:
-            raise DemoError(f"redis-server not answering on {port}; its log {log} ends:\n{tail(log)}")
+            raise DemoError(f"redis-server not answering on {port}; its log {log} ends:\n{log_tail(log, 30)}")
         time.sleep(0.02)
     return f"redis://{LOOPBACK}:{port}/0"
 
@@ -339,7 +320,14 @@ class ModelStore:
     secret_key: str
 
     def client(self) -> Minio:
-        return Minio(self.endpoint, ACCESS_KEY, self.secret_key, secure=False, region="us-east-1")
+        return minio_client(
+            self.endpoint,
+            access_key=ACCESS_KEY,
+            secret_key=self.secret_key,
+            secure=False,
+            region="us-east-1",
+            timeout_seconds=10,  # the readiness probe must not hang on an S3 that accepts and never answers
+        )
 
     def rclone_ini(self) -> str:
         """The agent's secret: the rclone-style settings of the model store (agent/artifacts/storage_config.py)."""
@@ -667,9 +655,10 @@ async def training_flow(*, kafka: str, redis_url: str, datasets: Path, up: Up, s
     detail(f"model_id={inference.model_id} dataset_artifact_url={inference.dataset_artifact_url}")
 
     deploy = headers.get("modelplane-deploy", "")
-    name = deploy.removeprefix("loaded ") if deploy.startswith("loaded ") else model_name_for(DESIGN_TOKEN)
     if not deploy.startswith("loaded "):
-        raise DemoError(f"auto-deploy did not load {name}: {deploy or '(no modelplane-deploy header)'}")
+        wanted = model_name_for(DESIGN_TOKEN)
+        raise DemoError(f"auto-deploy did not load {wanted}: {deploy or '(no modelplane-deploy header)'}")
+    name = deploy.removeprefix("loaded ")
     say(f"waiting until {name} is ModelAvailable (the agent fetches it from S3 with the secret {STORAGE_SECRET})")
     await wait_available(up.listen, name, 240)
 

@@ -163,12 +163,13 @@ async def test_the_status_api_serves_https_and_requires_client_certificates_with
     process, address, _ = start_trainer(stack, "mtls", *serve, f"--serve-tls-ca={tls.ca}")
     try:
         server_only = await _command("training", "status", f"--trainer=https://{address}", f"--tls-ca={tls.ca}")
-        assert server_only.returncode == 1  # no client certificate: the handshake fails
+        assert server_only.returncode == 1  # no client certificate: the server ends the handshake
+        assert f"cannot reach the trainer at https://{address}" in server_only.stderr
         client = [f"--tls-cert={tls.client_cert}", f"--tls-key={tls.client_key}"]
         mutual = await _command("training", "status", f"--trainer=https://{address}", f"--tls-ca={tls.ca}", *client)
         assert mutual.returncode == 0, mutual.stderr
         half = await _command("training", "status", f"--trainer=https://{address}", f"--tls-cert={tls.client_cert}")
-        assert (half.returncode, "--tls-cert and --tls-key go together" in half.stderr) == (2, True)
+        assert (half.returncode, "--tls-cert and --tls-key must be given together" in half.stderr) == (2, True)
     finally:
         stop_process(process)
 

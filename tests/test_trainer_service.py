@@ -43,6 +43,7 @@ from trainer.design_store import DesignStore
 from trainer.jobs import RunResult, TrainingJob
 from trainer.launchers.base import LaunchOutcome, LaunchVerdict
 from trainer.launchers.local import LocalLauncherSettings, LocalProcessLauncher
+from trainer.launchers.warm import WarmProcessLauncher
 from trainer.run_registry import ClaimKind, FinalRecord, RunRegistry
 from trainer.service import TrainerService
 from trainer.service_deploy import model_name_for
@@ -622,9 +623,11 @@ async def test_auto_deploy_serves_the_trained_model_from_mlserver(
 async def test_the_warm_launcher_trains_events_through_the_whole_flow(stack: Stack) -> None:
     """--launcher=warm: runs forked from a fork server that has scikit-learn imported already."""
     await put_schema(stack, "warm-key", iris_multiclass_logistic(design_token="iris-warm"))
-    async with running_trainer(stack.settings("--launcher=warm"), from_settings=True):
+    async with running_trainer(stack.settings("--launcher=warm"), from_settings=True) as service:
         await produce(stack.kafka.bootstrap, stack.training_topic, [event(f"warm-{n}", "warm-key") for n in range(3)])
         statuses = await statuses_for(stack, [f"warm-{n}" for n in range(3)])
+        assert isinstance(service.launcher, WarmProcessLauncher)  # the settings chose it, and it ran the events
+        assert service.launcher.server_pid is not None
     for n in range(3):
         [record] = statuses[f"warm-{n}"]
         assert status_of(record).status == SUCCESS, status_of(record).errors

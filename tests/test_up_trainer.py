@@ -84,7 +84,11 @@ async def test_up_with_a_trainer_trains_deploys_and_serves(stack: Stack, tmp_pat
     trainer = up.addresses["trainer"]
     assert trainer.startswith("http://127.0.0.1:")
     assert f"trainer      {trainer}" in up.stdout()
-    assert (await asyncio.to_thread(get_json, f"{trainer}/healthz"))["consuming"] in (True, False)
+    async with asyncio.timeout(60):  # the trainer joins its consumer group before the event is sent
+        while True:
+            if (await asyncio.to_thread(get_json, f"{trainer}/healthz"))["consuming"] is True:
+                break
+            await asyncio.sleep(0.2)
 
     await produce(stack.kafka.bootstrap, stack.training_topic, [event("up-1", "designed")])
     [record] = (await statuses_for(stack, ["up-1"], timeout=300))["up-1"]
@@ -116,7 +120,8 @@ async def test_up_with_a_trainer_trains_deploys_and_serves(stack: Stack, tmp_pat
 
     runs = await asyncio.to_thread(run_modelplane, "training", "status", f"--trainer={trainer}")
     assert runs.returncode == 0, runs.stderr
-    assert "succeeded" in runs.stdout
+    [line] = [line for line in runs.stdout.splitlines() if "event=up-1 " in line]
+    assert line.split()[1] == "succeeded"
     assert server_processes(up.state_dir)
     await asyncio.to_thread(assert_stops_cleanly, up)
 

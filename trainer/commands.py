@@ -27,7 +27,7 @@ from modelplane import logs
 from modelplane.command_line import EXIT_USAGE, fail, subparsers
 from modelplane.config import parse_layered
 from modelplane.flag_types import seconds
-from modelplane.transport import TransportError, http_client_ssl
+from modelplane.transport import TransportError, TransportSecurity, http_client_ssl
 from trainer.settings import build_parser, parse_settings
 
 TRAINER_COMMANDS = ("trainer", "training")
@@ -89,8 +89,6 @@ def _usage_problem(options: argparse.Namespace, base: str) -> str | None:
         return f"--trainer {base!r} must be an http:// or https:// URL"
     if not 1 <= options.limit <= 1000:
         return "--limit must be from 1 to 1000"
-    if (options.tls_cert is None) != (options.tls_key is None):
-        return "--tls-cert and --tls-key go together"
     if base.startswith("http://") and (options.tls_ca or options.tls_cert):
         return "--tls-ca/--tls-cert/--tls-key need an https:// --trainer URL"
     return None
@@ -106,6 +104,8 @@ def _status(options: argparse.Namespace) -> int:
     else:
         url = f"{base}/runs?limit={options.limit}"
     try:
+        # The same checks as every client's TLS flags: cert and key together, files that exist.
+        TransportSecurity(cert_file=options.tls_cert, key_file=options.tls_key, ca_file=options.tls_ca).validate()
         context = http_client_ssl(options.tls_ca, options.tls_cert, options.tls_key)
         status, body = asyncio.run(_get(url, options.timeout, context))
     except TransportError as error:

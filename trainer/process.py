@@ -64,11 +64,13 @@ def default_launcher(settings: TrainerSettings) -> Launcher:
     from trainer.launchers.local import LocalLauncherSettings, LocalProcessLauncher  # noqa: PLC0415
 
     environment |= {"AWS_ACCESS_KEY_ID": settings.s3.access_key, "AWS_SECRET_ACCESS_KEY": settings.s3.secret_key}
+    # The deadline every job.json of this trainer holds (service.py writes it): no run reads it back.
+    limits = LocalLauncherSettings(env=environment, timeout_seconds=settings.run_timeout_seconds)
     if settings.launcher == "warm":
         from trainer.launchers.warm import WarmLauncherSettings, WarmProcessLauncher  # noqa: PLC0415
 
-        return WarmProcessLauncher(WarmLauncherSettings(limits=LocalLauncherSettings(env=environment)))
-    return LocalProcessLauncher(LocalLauncherSettings(env=environment))
+        return WarmProcessLauncher(WarmLauncherSettings(limits=limits))
+    return LocalProcessLauncher(limits)
 
 
 async def _wait_for_redis(client: aioredis.Redis, stop: asyncio.Event) -> bool:

@@ -76,7 +76,6 @@ from trainer.launchers.local import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_ENTRY = "trainer.run_job:main"
-DEFAULT_PRELOAD: tuple[str, ...] = ("trainer.run_job",)
 EXIT_SETUP_FAILED = 255  # the child could not be set up (rlimit, log file): retryable, reason in run.log
 # Which threadpoolctl pools (by user_api) the per-run environment variables size, first one set wins.
 THREAD_POOLS: dict[str, tuple[str, ...]] = {
@@ -93,11 +92,9 @@ class WarmLauncherSettings:
     limits: LocalLauncherSettings = field(default_factory=LocalLauncherSettings)
     # "module:function": called in the child with ``[JOB_DIR]``; returns the exit code (run_job's ``main``).
     entry: str = DEFAULT_ENTRY
-    # Modules the fork server imports before it forks anything (the entry's module is imported too).
-    preload: tuple[str, ...] = DEFAULT_PRELOAD
     # The interpreter that runs the fork server.
     python: str = sys.executable
-    # How long the fork server may take to import ``preload`` and report ready.
+    # How long the fork server may take to import the entry's module (scikit-learn and all) and report ready.
     start_timeout_seconds: float = 120.0
 
 
@@ -136,8 +133,6 @@ class _ForkServer:
     @classmethod
     async def start(cls, settings: WarmLauncherSettings) -> _ForkServer:
         argv = [settings.python, "-m", "trainer.launchers.warm", "--entry", settings.entry]
-        for module in settings.preload:
-            argv += ["--preload", module]
         process = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.PIPE,
@@ -506,10 +501,10 @@ class _Server:
                 os.waitpid(pid, 0)
 
 
-def serve(entry_name: str, preload: Sequence[str]) -> int:
-    """The fork server: import once, then fork a run per request and report each exit until EOF or SIGTERM."""
-    for module in (*preload, "threadpoolctl"):
-        importlib.import_module(module)
+def serve(entry_name: str) -> int:
+    """The fork server: import the entry's module once (every run forks from that), then fork a run per request
+    and report each exit until EOF or SIGTERM."""
+    importlib.import_module("threadpoolctl")
     server = _Server(_resolve(entry_name))
     try:
         server.loop()
@@ -521,10 +516,9 @@ def serve(entry_name: str, preload: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.launchers.warm", description="the warm fork server")
     parser.add_argument("--entry", default=DEFAULT_ENTRY)
-    parser.add_argument("--preload", action="append", default=[])
     options = parser.parse_args(argv)
     die_with_parent()  # again, in case the interpreter was started by something other than the launcher
-    return serve(options.entry, options.preload)
+    return serve(options.entry)
 
 
 if __name__ == "__main__":

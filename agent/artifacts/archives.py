@@ -7,8 +7,10 @@ An archive is untrusted input. Extraction refuses, naming the member:
   chained to reach outside it, and model folders do not need links);
 - device files, FIFOs, sockets, and tar member types it does not know;
 - encrypted zip members;
-- more members than ``ExtractLimits.max_files``, a file over ``max_file_bytes`` or a tree over
-  ``max_total_bytes``, counting the bytes actually written (headers are only used to refuse early);
+- a name nested more than MAX_DEPTH folders deep;
+- more members than ``ExtractLimits.max_files`` (or more files and folders made, parents included),
+  a file over ``max_file_bytes`` or a tree over ``max_total_bytes``, counting the bytes actually
+  written (headers are only used to refuse early);
 - a tree, or a tar's decompressed stream, that expands to more than ``max_ratio`` times the archive's
   size (``ExtractLimits.expansion_limit``): a decompression bomb, gzip/bzip2/xz, zip or a sparse tar
   member, is stopped at the first byte over that, before it is written;
@@ -274,7 +276,7 @@ def extract_archive(
     current: list[str] = [""]
     try:
         extract = _extract_tar if kind == "tar" else _extract_zip
-        extract(archive, Tree(temporary), budget, current)
+        extract(archive, Tree(temporary, budget), budget, current)
         if budget.files == 0:
             raise ArtifactError(f"{what} holds no files")
         temporary.rename(destination)
@@ -284,6 +286,11 @@ def extract_archive(
     except _Refused as exc:
         shutil.rmtree(temporary, ignore_errors=True)
         raise ArtifactError(f"refused {what}: {exc}") from None
+    except (IsADirectoryError, NotADirectoryError, FileExistsError):
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise ArtifactError(
+            f"refused {what}: member {current[0]!r} clashes with another member: a file and a folder of one path"
+        ) from None
     except Exception as exc:  # untrusted bytes reach tarfile, zipfile and the decompressors: any error is the archive's
         shutil.rmtree(temporary, ignore_errors=True)
         at = f" at member {current[0]!r}" if current[0] else ""

@@ -139,8 +139,8 @@ def download_objects(
     if charge is not None:
         charge.check_room(declared, f"its objects are {declared} bytes")
     target.mkdir()
-    tree = Tree(target)
     budget = Budget(limits, where, stop, charge=charge)
+    tree = Tree(target, budget)
     for item in objects:
         budget.add_member(item.key)
         budget.check_declared_size(item.key, item.size)

@@ -15,6 +15,8 @@ MIB = 1 << 20
 GIB = 1 << 30
 CHUNK_BYTES = 1 << 20
 
+# Real model trees are a few folders deep; a limit keeps one member from making thousands of folders.
+MAX_DEPTH = 64
 _DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
 _SEPARATORS = re.compile(r"[\\/]+")
 
@@ -23,7 +25,8 @@ _SEPARATORS = re.compile(r"[\\/]+")
 class ExtractLimits:
     """What one fetched tree (an extracted archive or an S3 prefix) may hold: the per-model limits.
 
-    ``max_files`` counts every member (files and folders); the byte limits count the bytes actually
+    ``max_files`` bounds the members read (files and folders) and, separately, the files and folders
+    written, including the parent folders a member's path makes; the byte limits count the bytes actually
     written, never the sizes an archive header or a listing claims (those only refuse early).
 
     - ``max_total_bytes``: what one model version's tree may take on disk (the agent's --max-model-disk);
@@ -84,7 +87,8 @@ def safe_parts(name: str) -> tuple[str, ...]:
 
     Both ``/`` and ``\\`` separate components (archives made on Windows use backslashes). Empty and
     ``.`` components are dropped, so ``./a//b`` is ``("a", "b")`` and ``./`` is ``()`` (the target
-    itself). Raises UnsafeName for an absolute path, a drive letter, a ``..`` component or a NUL byte.
+    itself). Raises UnsafeName for an absolute path, a drive letter, a ``..`` component, a NUL byte or
+    more than MAX_DEPTH components.
     """
     if "\x00" in name:
         raise UnsafeName("holds a NUL byte")
@@ -95,6 +99,8 @@ def safe_parts(name: str) -> tuple[str, ...]:
     parts = tuple(part for part in _SEPARATORS.split(name) if part not in ("", "."))
     if ".." in parts:
         raise UnsafeName("has a '..' component")
+    if len(parts) > MAX_DEPTH:
+        raise UnsafeName(f"is nested more than {MAX_DEPTH} folders deep")
     return parts
 
 
@@ -125,6 +131,7 @@ class Budget:
         self.charge = charge
         self.members = 0
         self.files = 0
+        self.written_entries = 0  # files and folders made on disk
         self.total_bytes = 0
 
     def add_member(self, name: str) -> None:
@@ -132,6 +139,14 @@ class Budget:
         if self.members > self.limits.max_files:
             raise ArtifactError(
                 f"{self.what} holds more than {self.limits.max_files} files (limit reached at {name!r})"
+            )
+
+    def add_entry(self, name: str) -> None:
+        """A file or folder is about to be made on disk."""
+        self.written_entries += 1
+        if self.written_entries > self.limits.max_files:
+            raise ArtifactError(
+                f"{self.what} makes more than {self.limits.max_files} files and folders (limit reached at {name!r})"
             )
 
     def check_declared_size(self, name: str, size: int) -> None:
@@ -170,6 +185,7 @@ class Budget:
     def copy(self, source: Readable, target: Path, name: str) -> int:
         """Stream ``source`` into a new regular file ``target``, counting what is written. Returns the size."""
         self.files += 1
+        self.add_entry(name)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
         written = 0
         with os.fdopen(os.open(target, flags, 0o644), "wb") as out:
@@ -181,21 +197,32 @@ class Budget:
 
 
 class Tree:
-    """Creates folders and files under a root that only this code writes to (so it holds no links)."""
+    """Creates folders and files under a root that only this code writes to (so it holds no links).
 
-    def __init__(self, root: Path) -> None:
+    Every folder it makes, a member's parent folders too, is counted by ``budget``.
+    """
+
+    def __init__(self, root: Path, budget: Budget | None = None) -> None:
         self.root = root
+        self._budget = budget
         self._real_root = os.path.realpath(root)
-        self._checked: set[tuple[str, ...]] = set()
+        self._made: set[tuple[str, ...]] = {()}
 
     def folder(self, parts: tuple[str, ...]) -> Path:
         path = self.root.joinpath(*parts)
-        if parts not in self._checked:
-            path.mkdir(parents=True, exist_ok=True)
-            real = os.path.realpath(path)
-            if os.path.commonpath([real, self._real_root]) != self._real_root:  # defence in depth
-                raise UnsafeName("resolves outside the target folder")
-            self._checked.add(parts)
+        if parts in self._made:
+            return path
+        for depth in range(1, len(parts) + 1):
+            prefix = parts[:depth]
+            if prefix in self._made:
+                continue
+            if self._budget is not None:
+                self._budget.add_entry("/".join(prefix))
+            self.root.joinpath(*prefix).mkdir(exist_ok=True)
+            self._made.add(prefix)
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, self._real_root]) != self._real_root:  # defence in depth
+            raise UnsafeName("resolves outside the target folder")
         return path
 
     def file(self, parts: tuple[str, ...]) -> Path:

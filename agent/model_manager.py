@@ -156,6 +156,7 @@ class ModelManager:
                     log.warning("could not remove the files of %s: %s", loaded_name, error)
         holds = {name: key for name in self.models if isinstance(key := index.get(name, {}).get("artifact"), str)}
         await self.artifacts.keep_only(holds)
+        self._write_index()
 
     # ----------------------------------------------------------------- operations
 

@@ -7,6 +7,9 @@ Invariants:
 - Models on the server never exceed the replica's memory: a load evicts least-recently-used models
   first, only as many as it needs, never one that is loading. Evicted models stay registered, with
   their files in place, and are loaded again on their next request (``ensure_on_server``).
+- A registered model holds its artifact in the cache (ArtifactStore holds, by loaded name); the scheduler's
+  unload releases it, and the cache removes an artifact no registered model holds. The repository links
+  the cached files rather than copying them, so a model takes its disk space once.
 - Every operation ends in exactly one event; nothing waits forever (artifact fetches and server calls
   have timeouts, and server failures worth retrying are retried a bounded number of times).
 """
@@ -20,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agent.artifacts import ArtifactError, ArtifactSource, ArtifactStore
 from generated.mlops.agent.v1 import agent_pb2
@@ -138,6 +142,21 @@ class ModelManager:
             memory = int(index.get(loaded_name, {}).get("memory", 0))
             self.models[loaded_name] = HeldModel(name, int(version), memory, files=None, last_used=time.monotonic())
         log.info("adopted %d model(s) the server already held", len(self.models))
+        await self._forget_what_was_not_adopted(index)
+
+    async def _forget_what_was_not_adopted(self, index: dict[str, dict[str, Any]]) -> None:
+        """What the agent held before its restart and the server no longer serves leaves the disk: its
+        placed folder, and every cached artifact no adopted model holds (the scheduler sends those loads
+        again, and they are fetched again)."""
+        for loaded_name in index:
+            if loaded_name not in self.models:
+                try:
+                    self.server.remove_files(loaded_name)
+                except (ServerError, OSError) as error:
+                    log.warning("could not remove the files of %s: %s", loaded_name, error)
+        holds = {name: key for name in self.models if isinstance(key := index.get(name, {}).get("artifact"), str)}
+        await self.artifacts.keep_only(holds)
+        self._write_index()
 
     # ----------------------------------------------------------------- operations
 
@@ -181,7 +200,7 @@ class ModelManager:
                 f"{self.accept_bytes} bytes (memory + over-commit)"
             )
         try:
-            folder = await self.artifacts.fetch(artifact_source(model))
+            folder = await self.artifacts.fetch(artifact_source(model), holder=loaded_name)
             files = ModelFiles(
                 name=model.meta.name,
                 version=version,
@@ -189,9 +208,11 @@ class ModelManager:
                 requirements=frozenset(model.modelSpec.requirements),
                 parameters={p.name: p.value for p in model.modelSpec.parameters},
                 instance_count=instance_count(model),
+                linkable=self.artifacts.owns(folder),
             )
             await self.server.place_files(files)
         except (ArtifactError, ServerError) as error:
+            await self._release_unless_registered(loaded_name)
             return Event.KIND_LOAD_FAILED, str(error)
         entry = HeldModel(model.meta.name, version, memory, files, on_server=False, loading=True, ready=False)
         self.models[loaded_name] = entry
@@ -199,10 +220,12 @@ class ModelManager:
             await self._bring_onto_server(entry)
         except NoRoom as error:
             del self.models[loaded_name]
+            await self._release_unless_registered(loaded_name)
             return Event.KIND_LOAD_FAIL_MEMORY, str(error)
         except ServerError as error:
             del self.models[loaded_name]
             self.server.remove_files(loaded_name)
+            await self._release_unless_registered(loaded_name)
             return Event.KIND_LOAD_FAILED, str(error)
         entry.ready = True
         return Event.KIND_LOADED, ""
@@ -220,7 +243,13 @@ class ModelManager:
             return Event.KIND_UNLOAD_FAILED, str(error)
         self.models.pop(loaded_name, None)
         self.server.remove_files(loaded_name)
+        await self.artifacts.release(loaded_name)
         return Event.KIND_UNLOADED, ""
+
+    async def _release_unless_registered(self, loaded_name: str) -> None:
+        """After a failed load: the artifact is released unless the version stays registered (evicted)."""
+        if loaded_name not in self.models:
+            await self.artifacts.release(loaded_name)
 
     # ----------------------------------------------------------------- on-demand reload
 
@@ -294,6 +323,7 @@ class ModelManager:
                     if held.on_server:
                         await self.server.unload(held.loaded_name)
                     self.server.remove_files(held.loaded_name)
+                    await self.artifacts.release(held.loaded_name)
                 except ServerError as error:
                     log.warning("could not unload %s on exit: %s", held.loaded_name, error)
                 self.models.pop(held.loaded_name, None)
@@ -301,7 +331,10 @@ class ModelManager:
 
     def _write_index(self) -> None:
         """Remember each loaded model's memory next to the repository, for adoption after a restart."""
-        document = {m.loaded_name: {"memory": m.memory} for m in self.models.values()}
+        document: dict[str, dict[str, Any]] = {}
+        for m in self.models.values():
+            artifact = self.artifacts.held_key(m.loaded_name)  # held again after a restart (adopt_from_server)
+            document[m.loaded_name] = {"memory": m.memory} | ({"artifact": artifact} if artifact else {})
         path = self.server.repository / INDEX_FILE
         temporary = path.with_suffix(".tmp")
         try:
@@ -311,9 +344,11 @@ class ModelManager:
             log.warning("could not write %s: %s", path, error)
 
 
-def _read_index(repository: Path) -> dict[str, dict[str, int]]:
+def _read_index(repository: Path) -> dict[str, dict[str, Any]]:
     try:
         document = json.loads((repository / INDEX_FILE).read_text())
     except (OSError, ValueError):
         return {}
-    return document if isinstance(document, dict) else {}
+    if not isinstance(document, dict):
+        return {}
+    return {name: entry for name, entry in document.items() if isinstance(entry, dict)}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from aiohttp import web
 from grpc import aio
 
-from agent.artifacts import ArtifactStore
+from agent.artifacts import ArtifactStore, ExtractLimits
 from agent.inference_proxy import InferenceProxy
 from agent.model_manager import ModelManager
 from agent.scheduler_session import SchedulerSession
@@ -121,7 +121,18 @@ async def run(
         stop_on_signals(stop, forced)
     forced = forced or asyncio.Event()
     async with inference_server(settings) as server:
-        artifacts = ArtifactStore(settings.cache_dir, secrets_dir=settings.secrets_dir, environ=os.environ)
+        limits = ExtractLimits(
+            max_total_bytes=settings.max_model_disk_bytes,
+            max_file_bytes=settings.max_model_disk_bytes,
+            max_ratio=settings.max_compression_ratio,
+        )
+        artifacts = ArtifactStore(
+            settings.cache_dir,
+            secrets_dir=settings.secrets_dir,
+            environ=os.environ,
+            limits=limits,
+            cache_limit_bytes=settings.max_cache_disk_bytes,
+        )
         manager = ModelManager(
             server, artifacts, memory_bytes=settings.memory_bytes, overcommit_percent=settings.overcommit_percent
         )

@@ -21,6 +21,20 @@ from scheduler.model_names import check_name
 SERVER_KINDS = ("mlserver", "triton")
 DEFAULT_CAPABILITIES = {"mlserver": "sklearn,mlserver", "triton": "triton,python"}
 
+# Disk limits for model artifacts (agent/artifacts). The defaults, and why:
+# - 8 GiB per model version (fetched, or extracted from an archive): far above what CPU MLServer/Triton
+#   replicas serve (scikit-learn, XGBoost, ONNX models take megabytes; a quantised 7B LLM ~4-5 GiB), low
+#   enough that one wrong URI cannot fill a disk. A bigger model needs only this flag.
+DEFAULT_MAX_MODEL_DISK = "8GiB"
+# - 32 GiB for the whole cache: four models at the per-model limit, or hundreds of ordinary ones. The
+#   cache holds only what this replica's registered models use (an unload frees it), and those are
+#   bounded by --memory (1 GiB by default), so the limit binds on mistakes and bombs, not on real use.
+DEFAULT_MAX_CACHE_DISK = "32GiB"
+# - 100:1 expansion for an archive as a whole: tensors of floats compress ~1.1-2:1, pickles and text
+#   ~3-10:1, so a real model is far below it, while a deflate bomb reaches ~1000:1 and bzip2, xz or a
+#   sparse tar member millions to one. Archives that expand to under 16 MiB are never refused for it.
+DEFAULT_MAX_COMPRESSION_RATIO = 100
+
 
 @dataclass(frozen=True, slots=True)
 class AgentSettings:
@@ -49,6 +63,11 @@ class AgentSettings:
     ready_file: Path | None
     log_level: str
     log_json: bool
+    # What one model version's artifacts may take on disk, and the artifact cache as a whole.
+    max_model_disk_bytes: int = parse_size(DEFAULT_MAX_MODEL_DISK)
+    max_cache_disk_bytes: int = parse_size(DEFAULT_MAX_CACHE_DISK)
+    # How many times its own size an archive may expand to when extracted.
+    max_compression_ratio: int = DEFAULT_MAX_COMPRESSION_RATIO
 
 
 def _size(text: str) -> int:
@@ -58,6 +77,16 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error)) from None
     if value <= 0:
         raise argparse.ArgumentTypeError("memory must be more than 0 bytes")
+    return value
+
+
+def _disk_size(text: str) -> int:
+    try:
+        value = parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("a disk limit must be more than 0 bytes")
     return value
 
 
@@ -139,6 +168,30 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--cache-dir", type=Path, metavar="DIR", help="artifact download cache (default WORK_DIR/cache)"
     )
     parser.add_argument(
+        "--max-model-disk",
+        type=_disk_size,
+        default=DEFAULT_MAX_MODEL_DISK,
+        metavar="SIZE",
+        help="most disk one model version's artifacts may take, downloaded or extracted; a load over it fails "
+        f"(default {DEFAULT_MAX_MODEL_DISK})",
+    )
+    parser.add_argument(
+        "--max-cache-disk",
+        type=_disk_size,
+        default=DEFAULT_MAX_CACHE_DISK,
+        metavar="SIZE",
+        help="most disk the artifact cache may take for all models together; a load that would go over it "
+        f"fails (default {DEFAULT_MAX_CACHE_DISK})",
+    )
+    parser.add_argument(
+        "--max-compression-ratio",
+        type=_bounded_int(1, 1_000_000),
+        default=DEFAULT_MAX_COMPRESSION_RATIO,
+        metavar="N",
+        help="an archive may expand to at most N times its size (a decompression bomb is stopped there; "
+        f"archives under 16 MiB expanded are exempt) (default {DEFAULT_MAX_COMPRESSION_RATIO})",
+    )
+    parser.add_argument(
         "--secrets-dir", type=Path, metavar="DIR", help="folder of storage secrets, one file per secret"
     )
     parser.add_argument(
@@ -198,6 +251,11 @@ def parse_settings(
     names = frozenset(c.strip() for c in capabilities.split(",") if c.strip())
     if not names:
         parser.error("--capabilities is empty")
+    if options.max_model_disk > options.max_cache_disk:
+        parser.error(
+            f"--max-model-disk ({options.max_model_disk} bytes) is more than --max-cache-disk "
+            f"({options.max_cache_disk} bytes): no model that large could be cached"
+        )
     settings = AgentSettings(
         scheduler=options.scheduler,
         security=security_from(options),
@@ -222,6 +280,9 @@ def parse_settings(
         ready_file=options.ready_file,
         log_level=options.log_level,
         log_json=options.log_json,
+        max_model_disk_bytes=options.max_model_disk,
+        max_cache_disk_bytes=options.max_cache_disk,
+        max_compression_ratio=options.max_compression_ratio,
     )
     try:
         settings.security.validate()

@@ -1,7 +1,8 @@
 """The ``modelplane`` command: one entry point, one subcommand per process or client action.
 
 Exit status: 0 on success, 1 when the work itself failed (e.g. a scheduler that cannot be reached,
-a port in use, a model that failed), 2 for bad command-line input or configuration.
+a port in use, a model that failed), 2 for bad input: command line, configuration, a manifest, or a
+request the scheduler refused as INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from gateway.settings import build_parser as build_gateway_parser
 from gateway.settings import parse_settings as parse_gateway_settings
 from modelplane import __version__, logs, model_commands, status_command, up
 from modelplane.addresses import Address
-from modelplane.command_line import EXIT_USAGE, fail, subparsers
+from modelplane.command_line import EXIT_FAILURE, EXIT_USAGE, fail, subparsers
 from modelplane.config import parse_layered
 from modelplane.flag_types import peer_address
 from modelplane.transport import TransportError, TransportSecurity
@@ -169,9 +170,11 @@ def _client(parser: argparse.ArgumentParser, section: str, argv: Sequence[str], 
     except TransportError as error:
         return fail(str(error), EXIT_USAGE)
     except model_commands.CommandError as error:
-        return fail(str(error))
+        return fail(str(error), error.exit_status)
     except grpc.aio.AioRpcError as error:
-        return fail(model_commands.describe_rpc_error(address, error))
+        # The scheduler refused the input itself (a bad name, a value out of range): bad input, as above.
+        status = EXIT_USAGE if error.code() == grpc.StatusCode.INVALID_ARGUMENT else EXIT_FAILURE
+        return fail(model_commands.describe_rpc_error(address, error), status)
     return 0
 
 

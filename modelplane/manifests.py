@@ -42,7 +42,36 @@ _SPEC_KEYS = {
 
 
 class ManifestError(ValueError):
-    """The manifest cannot be used; the message names the field."""
+    """The manifest cannot be used; the message names the field, on one line of bounded length."""
+
+
+_MAX_SHOWN = 80  # characters of a user's value quoted in a message
+_MAX_LISTED = 10  # unknown fields named in a message
+
+
+def _shown(value: object) -> str:
+    """``value`` for a message: its repr (so on one line), at most _MAX_SHOWN characters."""
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else f"{text[: _MAX_SHOWN - 3]}..."
+
+
+def _key_name(key: object) -> str:
+    return key if isinstance(key, str) and key.isidentifier() and len(key) <= _MAX_SHOWN else _shown(key)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """Where and what, on one line: PyYAML's own text spans several lines and quotes the input."""
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark or error.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(part for part in (error.context, error.problem) if part)
+        return f"not valid YAML{where}: {_one_line(what or type(error).__name__)}"
+    return f"not valid YAML: {_one_line(str(error))}"
+
+
+def _one_line(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= 2 * _MAX_SHOWN else f"{flat[: 2 * _MAX_SHOWN - 3]}..."
 
 
 _KIND_NAMES = {dict: "mapping", list: "list", str: "string", int: "whole number"}
@@ -86,7 +115,7 @@ def _scalar_text(value: object, field: str) -> str:
 def _count(spec: dict[str, Any], key: str) -> int | None:
     value = _get(spec, key, int, "spec")
     if value is not None and not 0 <= value <= 1000:
-        raise ManifestError(f"spec.{key} must be between 0 and 1000, not {value}")
+        raise ManifestError(f"spec.{key} must be between 0 and 1000, not {_shown(value)}")
     return value  # type: ignore[no-any-return]
 
 
@@ -97,20 +126,34 @@ def parse_model_manifest(text: str) -> pb.Model:
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ManifestError(f"not valid YAML: {error}") from None
+        raise ManifestError(_yaml_problem(error)) from None
     except RecursionError:
         raise ManifestError("not valid YAML: nested too deeply") from None
+    except Exception as error:
+        # A tagged or implicit value PyYAML cannot build (a timestamp 2020-13-45, !!float abc, an integer
+        # of 5,000 digits, an empty !!timestamp): its constructors raise plain Python errors (ValueError,
+        # AttributeError, ...), not YAMLError. The text is the user's, so each is theirs to fix.
+        if isinstance(error, ValueError | OverflowError):
+            detail = _one_line(str(error))
+        else:
+            detail = f"a tagged value is malformed ({type(error).__name__} in the YAML library)"
+        raise ManifestError(f"not valid YAML: a value cannot be read: {detail}") from None
     if not isinstance(document, dict):
         raise ManifestError("the manifest must be a mapping with apiVersion, kind, metadata and spec")
     if document.get("apiVersion") not in API_VERSIONS:
-        raise ManifestError(f"apiVersion must be one of {', '.join(API_VERSIONS)}, not {document.get('apiVersion')!r}")
+        raise ManifestError(
+            f"apiVersion must be one of {', '.join(API_VERSIONS)}, not {_shown(document.get('apiVersion'))}"
+        )
     if document.get("kind") != "Model":
-        raise ManifestError(f"kind must be Model, not {document.get('kind')!r}")
+        raise ManifestError(f"kind must be Model, not {_shown(document.get('kind'))}")
     metadata = _get(document, "metadata", dict, "", required=True)
     spec = _get(document, "spec", dict, "", required=True)
-    unknown = sorted((str(key) for key in spec if key not in _SPEC_KEYS), key=str)
+    unknown = sorted(_key_name(key) for key in spec if key not in _SPEC_KEYS)
     if unknown:
-        raise ManifestError(f"spec has unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(_SPEC_KEYS))}")
+        listed = ", ".join(unknown[:_MAX_LISTED]) + (
+            f" and {len(unknown) - _MAX_LISTED} more" if len(unknown) > _MAX_LISTED else ""
+        )
+        raise ManifestError(f"spec has unknown field(s) {listed}; known: {', '.join(sorted(_SPEC_KEYS))}")
     model = pb.Model(meta=_metadata(metadata), modelSpec=_model_spec(spec))
     replicas, minimum, maximum = _count(spec, "replicas"), _count(spec, "minReplicas"), _count(spec, "maxReplicas")
     model.deploymentSpec.CopyFrom(
@@ -126,7 +169,7 @@ def _metadata(metadata: dict[str, Any]) -> pb.MetaData:
     namespace = _get(metadata, "namespace", str, "metadata")
     generation = _get(metadata, "generation", int, "metadata")
     if generation is not None and not _INT64[0] <= generation <= _INT64[1]:
-        raise ManifestError(f"metadata.generation {generation} is out of range")
+        raise ManifestError(f"metadata.generation {_shown(generation)} is out of range")
     if namespace is not None or generation is not None:
         meta.kubernetesMeta.CopyFrom(pb.KubernetesMeta(namespace=namespace or "", generation=generation or 0))
     return meta
@@ -144,10 +187,12 @@ def _model_spec(spec: dict[str, Any]) -> pb.ModelSpec:
         _check_text(requirement, "spec.requirements")
     model_spec.requirements.extend(requirements)
     if spec.get("memory") is not None:
+        memory = _scalar_text(spec["memory"], "spec.memory")
         try:
-            model_spec.memoryBytes = parse_size(_scalar_text(spec["memory"], "spec.memory"))
+            model_spec.memoryBytes = parse_size(memory)
         except ValueError as error:
-            raise ManifestError(f"spec.memory: {error}") from None
+            problem = str(error) if len(str(error)) <= 2 * _MAX_SHOWN else f"{_shown(memory)} is not a size"
+            raise ManifestError(f"spec.memory: {problem}") from None
     server = _get(spec, "server", str, "spec")
     if server is not None:
         model_spec.server = server

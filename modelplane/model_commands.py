@@ -22,7 +22,8 @@ from generated.mlops.routing.v1 import routing_pb2, routing_pb2_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane.addresses import Address
-from modelplane.manifests import ManifestError, parse_model_manifest
+from modelplane.command_line import EXIT_FAILURE, EXIT_USAGE
+from modelplane.manifests import MAX_MANIFEST_BYTES, ManifestError, parse_model_manifest
 from modelplane.transport import TransportSecurity, open_channel
 
 ModelState = pb.ModelStatus.ModelState
@@ -30,7 +31,11 @@ FAILED_STATES = {ModelState.Value("ModelFailed"), ModelState.Value("ScheduleFail
 
 
 class CommandError(Exception):
-    """A failure to report as ``modelplane: error: ...`` with exit status 1."""
+    """A failure to report as ``modelplane: error: ...``, with exit status 1 (the work failed) or 2 (bad input)."""
+
+    def __init__(self, message: str, exit_status: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 def state_name(value: int) -> str:
@@ -69,14 +74,26 @@ def _status_rows(status: pb.ModelStatusResponse) -> list[str]:
 
 
 def read_manifest(manifest: Path) -> pb.Model:
+    """The Model a manifest file describes; anything wrong with the file is bad input (exit status 2).
+
+    At most 1 MiB and one byte more is read, so ``-f /dev/zero`` or a huge file costs nothing."""
     try:
-        return parse_model_manifest(manifest.read_text())
+        with manifest.open("rb") as file:
+            raw = file.read(MAX_MANIFEST_BYTES + 1)
     except OSError as error:
-        raise CommandError(f"cannot read {manifest}: {error.strerror}") from None
-    except UnicodeDecodeError:
-        raise CommandError(f"cannot read {manifest}: it is not UTF-8 text") from None
+        raise CommandError(f"cannot read {manifest}: {error.strerror or error}", EXIT_USAGE) from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise CommandError(f"{manifest}: the manifest is larger than 1 MiB", EXIT_USAGE)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CommandError(
+            f"cannot read {manifest}: it is not UTF-8 text (byte {error.start} is {raw[error.start]:#04x})", EXIT_USAGE
+        ) from None
+    try:
+        return parse_model_manifest(text)
     except ManifestError as error:
-        raise CommandError(f"{manifest}: {error}") from None
+        raise CommandError(f"{manifest}: {error}", EXIT_USAGE) from None
 
 
 async def load(scheduler: Address, security: TransportSecurity, manifest: Path, timeout: float) -> str:
@@ -147,10 +164,11 @@ async def infer(scheduler: Address, security: TransportSecurity, name: str, data
     try:
         body = json.loads(data)
     except ValueError as error:
-        raise CommandError(f"--data is not JSON: {error}") from None
+        raise CommandError(f"--data is not JSON: {error}", EXIT_USAGE) from None
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
         raise CommandError(
-            '--data must be a V2 inference request: {"inputs": [{"name", "shape", "datatype", "data"}, ...]}'
+            '--data must be a V2 inference request: {"inputs": [{"name", "shape", "datatype", "data"}, ...]}',
+            EXIT_USAGE,
         )
     async with open_channel(scheduler, security) as channel:
         route = await routing_pb2_grpc.RoutingServiceStub(channel).ModelEndpoints(

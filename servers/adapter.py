@@ -28,6 +28,10 @@ class ModelFiles:
     parameters: Mapping[str, str] = field(default_factory=dict)
     # Parallel workers (MLServer) or CPU instances (Triton); 0 keeps the server's default.
     instance_count: int = 0
+    # True when artifact_dir's files are the agent's own (its artifact cache), never written again: the
+    # server's repository may then hard-link them instead of holding a second copy. A user's folder used
+    # in place is copied: a link would let the user's next write change a placed model underneath it.
+    linkable: bool = False
 
     @property
     def loaded_name(self) -> str:
@@ -57,8 +61,9 @@ class InferenceServer(Protocol):
         ...
 
     async def place_files(self, files: ModelFiles) -> None:
-        """Write ``repository/<loaded_name>/`` with the artifact and the server's settings file.
-        Raises ServerError when the artifact does not suit this server (e.g. no config.pbtxt for Triton)."""
+        """Write ``repository/<loaded_name>/`` with the artifact (hard links where ``files.linkable`` and the
+        filesystem allow, else a copy) and the server's settings file. Raises ServerError when the artifact
+        does not suit this server (e.g. no config.pbtxt for Triton)."""
         ...
 
     async def load(self, loaded_name: str) -> None:

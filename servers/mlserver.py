@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from servers.adapter import ModelFiles, ServerError
-from servers.v2_repository import V2Http, model_dir, place_atomically, ready_names, remove_dir
+from servers.v2_repository import V2Http, model_dir, place_atomically, ready_names, remove_dir, write_new_file
 
 SETTINGS_FILE = "model-settings.json"
 
@@ -60,9 +60,11 @@ class MLServer:
         # Everything that can reject the model runs before anything is written.
         settings = await asyncio.to_thread(model_settings, files)
         text = json.dumps(settings, indent=2) + "\n"
-        await asyncio.to_thread(
-            place_atomically, files.artifact_dir, target, lambda folder: (folder / SETTINGS_FILE).write_text(text)
-        )
+
+        def write_settings(folder: Path) -> None:
+            write_new_file(folder / SETTINGS_FILE, text)
+
+        await asyncio.to_thread(place_atomically, files.artifact_dir, target, write_settings, link=files.linkable)
 
     async def load(self, loaded_name: str) -> None:
         # MLServer answers a load once the model is ready (or has failed), so no polling is needed.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from servers.adapter import ModelFiles, ServerError
-from servers.v2_repository import V2Http, model_dir, place_atomically, ready_names, remove_dir, wait_for
+from servers.v2_repository import V2Http, model_dir, place_atomically, ready_names, remove_dir, wait_for, write_new_file
 
 CONFIG_FILE = "config.pbtxt"
 
@@ -52,9 +52,11 @@ class TritonServer:
         text = rewrite_config(
             await asyncio.to_thread(config.read_text), name=files.loaded_name, instance_count=files.instance_count
         )
-        await asyncio.to_thread(
-            place_atomically, files.artifact_dir, target, lambda folder: (folder / CONFIG_FILE).write_text(text)
-        )
+
+        def write_settings(folder: Path) -> None:
+            write_new_file(folder / CONFIG_FILE, text)
+
+        await asyncio.to_thread(place_atomically, files.artifact_dir, target, write_settings, link=files.linkable)
 
     async def load(self, loaded_name: str) -> None:
         reply = await self._http.call(

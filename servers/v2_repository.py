@@ -7,14 +7,19 @@ connection problems, timeouts and 5xx answers may pass; a 4xx answer (a bad mode
 adapter refines that where its server bends the convention (MLServer answers a model whose own load
 raised with a 500 and a plain-text traceback).
 
-Files are placed atomically: the artifact is copied into a hidden temporary folder in the repository
-(same filesystem) and renamed into place, so a server never sees half a model.
+Files are placed atomically: the artifact is put into a hidden temporary folder in the repository
+(same filesystem) and renamed into place, so a server never sees half a model. An artifact from the
+agent's cache is hard-linked, file by file, so the model takes its disk space once; where links cannot be
+made (another filesystem, a filesystem without them) it is copied, and the log says so. The files the
+adapter writes itself (the server's settings) are always new files, never written through a link.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,6 +33,7 @@ import aiohttp
 
 from servers.adapter import ServerError
 
+log = logging.getLogger(__name__)
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _MAX_ERROR_TEXT = 2000
 _TRACEBACK = "Traceback (most recent call last):"
@@ -163,9 +169,10 @@ def model_dir(repository: Path, loaded_name: str) -> Path:
     return repository / loaded_name
 
 
-def place_atomically(artifact_dir: Path, target: Path, finish: Callable[[Path], object]) -> None:
-    """Copy ``artifact_dir`` to ``target``: into a hidden temporary sibling, ``finish(temp)`` (write the
-    server's settings there), then rename into place. An existing ``target`` is replaced."""
+def place_atomically(artifact_dir: Path, target: Path, finish: Callable[[Path], object], *, link: bool = False) -> None:
+    """Put ``artifact_dir`` at ``target``: into a hidden temporary sibling (hard links when ``link``, where
+    the filesystem allows, else a copy), ``finish(temp)`` (write the server's settings there, with
+    ``write_new_file``), then rename into place. An existing ``target`` is replaced."""
     if not artifact_dir.is_dir():
         raise ServerError(f"artifact folder {artifact_dir} does not exist")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -175,7 +182,8 @@ def place_atomically(artifact_dir: Path, target: Path, finish: Callable[[Path], 
             shutil.rmtree(stale, ignore_errors=True)
     temp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        shutil.copytree(artifact_dir, temp, symlinks=False)
+        if not (link and _linked(artifact_dir, temp)):
+            shutil.copytree(artifact_dir, temp, symlinks=False)
         finish(temp)
         if target.exists():
             old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
@@ -188,6 +196,45 @@ def place_atomically(artifact_dir: Path, target: Path, finish: Callable[[Path], 
         raise ServerError(f"could not place {artifact_dir} at {target}: {error}", retryable=True) from error
     finally:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+# Why a hard link could not be made, when a copy still can: another filesystem, a filesystem without
+# links, too many links to one file, or a kernel that protects links to files of other users.
+_CANNOT_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES})
+
+
+def _linked(artifact_dir: Path, temp: Path) -> bool:
+    """Hard-link every file of ``artifact_dir`` into the new folder ``temp``; False (and nothing left at
+    ``temp``) when the filesystem cannot, so the caller copies instead."""
+    if artifact_dir.stat().st_dev != temp.parent.stat().st_dev:
+        log.warning(
+            "copying %s into %s: they are on different filesystems, so the model takes its disk space twice "
+            "(put the agent's --cache-dir on the repository's filesystem to link instead)",
+            artifact_dir,
+            temp.parent,
+        )
+        return False
+    try:
+        shutil.copytree(artifact_dir, temp, symlinks=False, copy_function=os.link)
+    except shutil.Error as error:  # copytree tries every file, then lists the failures
+        failures = error.args[0] if error.args and isinstance(error.args[0], list) else []
+        reason = "; ".join(str(failure[2]) for failure in failures[:3])
+    except OSError as error:
+        if error.errno not in _CANNOT_LINK:
+            raise
+        reason = str(error)
+    else:
+        return True
+    shutil.rmtree(temp, ignore_errors=True)
+    log.warning("copying %s into %s: hard links could not be made (%s)", artifact_dir, temp.parent, reason)
+    return False
+
+
+def write_new_file(path: Path, text: str) -> None:
+    """Write ``path`` as a new file, even where a hard link to a cached artifact's file of that name is:
+    the cache's file must never change."""
+    path.unlink(missing_ok=True)
+    path.write_text(text)
 
 
 def remove_dir(path: Path) -> None:

@@ -40,7 +40,7 @@ from tests.real_components import (
     kill_agent,
     kill_server_of,
 )
-from tests.test_archives import make_tar
+from tests.test_archives import make_tar, zero_bomb
 from tests.triton_models import write_doubler
 
 # The session's SeaweedFS (s3_server), and the cluster and iris fixtures, shared with other modules.
@@ -237,6 +237,42 @@ async def test_local_folders_and_http_archives(cluster: Cluster, http_files: Htt
         # The failures left the models that serve alone.
         await predict(agent, "local-iris", iris)
         await predict(agent, "http-iris", iris)
+
+
+async def test_a_decompression_bomb_fails_and_an_archive_is_linked_then_freed_on_unload(
+    cluster: Cluster, http_files: HttpFiles, iris: Iris
+) -> None:
+    """The agent's own flags' defaults: 1 GiB of zeros in a ~1 MB .tar.gz is refused while extracting and
+    leaves nothing; a model from an archive is linked, not copied, into MLServer's repository; unloading
+    it frees the cache."""
+    http_files.files |= {
+        "/models/bomb.tar.gz": zero_bomb("tar.gz", 1 << 30, [("model.joblib", iris.joblib)]),
+        "/models/iris.tar.gz": tar_gz_of(iris.folder),
+    }
+    cluster.start_scheduler()
+    [agent] = await asyncio.to_thread(cluster.start_agents, cluster.agent(0))
+    cache = agent.spec.work_dir.resolve() / "cache"
+    async with api_of(cluster) as api:
+        await api.load(model("bomb", http_files.url("/models/bomb.tar.gz")))
+        reason = await api.failed("bomb")
+        assert "compression ratio" in reason, reason
+        assert "--max-compression-ratio" in reason, reason
+        assert on_disk(agent, "bomb") == []
+        assert [path for path in cache.rglob("*") if path.is_file()] == []
+
+        await api.load(model("archived", http_files.url("/models/iris.tar.gz")))
+        await api.available("archived")
+        await predict(agent, "archived", iris)
+        [cached] = [path for path in cache.rglob("model.joblib")]
+        assert (agent.repository / "archived_1" / "model.joblib").stat().st_ino == cached.stat().st_ino
+
+        await api.unload("archived")
+        await api.gone("archived")
+
+        async def freed() -> bool:
+            return on_disk(agent, "archived") == [] and not [path for path in cache.rglob("*") if path.is_file()]
+
+        await until(freed, "neither the repository nor the cache holds the unloaded model", cluster.diagnostics)
 
 
 # -- 3. Triton ---------------------------------------------------------------------------------------------

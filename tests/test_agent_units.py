@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.artifacts import ExtractLimits
+from agent.artifacts.store import DEFAULT_CACHE_LIMIT_BYTES
 from agent.inference_proxy import _rename_json
 from agent.settings import AgentSettings, build_parser, parse_settings
 from generated.mlops.agent.v1 import agent_pb2
@@ -25,6 +27,27 @@ def test_defaults_for_a_launched_mlserver() -> None:
     assert settings.memory_bytes == 1024**3
     assert settings.models_dir == Path(".modelplane/agent-mlserver-0/models").absolute()
     assert settings.shared is True
+
+
+def test_disk_limits_default_to_the_artifact_stores_and_come_from_flags_or_the_environment() -> None:
+    defaults = _parse("--launch-server")
+    assert (defaults.max_model_disk_bytes, defaults.max_cache_disk_bytes, defaults.max_compression_ratio) == (
+        ExtractLimits().max_total_bytes,
+        DEFAULT_CACHE_LIMIT_BYTES,
+        ExtractLimits().max_ratio,
+    )
+    flags = _parse(
+        "--launch-server", "--max-model-disk", "1GiB", "--max-cache-disk", "3GiB", "--max-compression-ratio", "7"
+    )
+    assert (flags.max_model_disk_bytes, flags.max_cache_disk_bytes, flags.max_compression_ratio) == (
+        1 << 30,
+        3 << 30,
+        7,
+    )
+    parser = build_parser(argparse.ArgumentParser(prog="modelplane agent"))
+    environment = {"MODELPLANE_AGENT_MAX_CACHE_DISK": "16GiB", "MODELPLANE_MAX_COMPRESSION_RATIO": "50"}
+    from_environment = parse_settings(parser, ["--launch-server"], environment)
+    assert (from_environment.max_cache_disk_bytes, from_environment.max_compression_ratio) == (16 << 30, 50)
 
 
 def test_an_existing_server_needs_its_models_dir() -> None:
@@ -47,6 +70,13 @@ def test_an_existing_server_needs_its_models_dir() -> None:
         (["--launch-server", "--server-kind", "torchserve"], "invalid choice"),
         (["--launch-server", "--capabilities", " , "], "--capabilities is empty"),
         (["--launch-server", "--scheduler", "10.0.0.1:9005"], "refusing plaintext gRPC"),
+        (["--launch-server", "--max-model-disk", "0"], "a disk limit must be more than 0 bytes"),
+        (["--launch-server", "--max-cache-disk", "lots"], "is not a size"),
+        (["--launch-server", "--max-compression-ratio", "0"], "from 1 to 1000000"),
+        (
+            ["--launch-server", "--max-model-disk", "2GiB", "--max-cache-disk", "1GiB"],
+            "--max-model-disk (2147483648 bytes) is more than --max-cache-disk (1073741824 bytes)",
+        ),
     ],
 )
 def test_bad_agent_flags(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:

@@ -7,20 +7,24 @@ import gzip
 import io
 import lzma
 import os
+import re
 import stat
 import struct
 import tarfile
 import tempfile
+import warnings
 import zipfile
-from collections.abc import Iterable
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from agent.artifacts import ArtifactError, ExtractLimits, detect_archive, extract_archive
+from agent.artifacts.quota import CacheQuota
 from agent.artifacts.safety import UnsafeName, safe_parts
 
 LIMITS = ExtractLimits()
@@ -70,6 +74,98 @@ def make_zip(members: Iterable[tuple[str, bytes]], *, symlinks: Iterable[tuple[s
             info.external_attr = (stat.S_IFLNK | 0o777) << 16
             zipped.writestr(info, target)
     return buffer.getvalue()
+
+
+BombKind = Literal["tar.gz", "tar.bz2", "tar.xz", "zip", "sparse-tar"]
+BOMB_KINDS: tuple[BombKind, ...] = ("tar.gz", "tar.bz2", "tar.xz", "zip", "sparse-tar")
+_BOMB_CHUNK = 16 << 20
+
+
+def _tar_file_header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    return info.tobuf(format=tarfile.GNU_FORMAT)
+
+
+def _tar_files(files: Sequence[tuple[str, bytes]]) -> bytes:
+    """Tar members without the end-of-archive blocks, so more can follow."""
+    out = bytearray()
+    for name, data in files:
+        out += _tar_file_header(name, len(data)) + data + bytes(-len(data) % tarfile.BLOCKSIZE)
+    return bytes(out)
+
+
+def _sparse_tar_member(name: str, size: int) -> bytes:
+    """An old-GNU sparse member: one 512-byte block of data stored, ``size`` bytes when read (the rest holes)."""
+    header = bytearray(_tar_file_header(name, tarfile.BLOCKSIZE))
+    header[156:157] = tarfile.GNUTYPE_SPARSE
+    header[386:398] = b"%011o\0" % (size - tarfile.BLOCKSIZE)  # the one stored run: offset ...
+    header[398:410] = b"%011o\0" % tarfile.BLOCKSIZE  # ... and length
+    header[483:495] = b"%011o\0" % size  # the real size
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header)
+    return bytes(header) + bytes(tarfile.BLOCKSIZE)
+
+
+def _concatenated(compress: Callable[[bytes], bytes], head: bytes, zeros: int) -> bytes:
+    """``head`` then ``zeros`` zero bytes as concatenated compressed streams (gzip, bzip2 and xz readers
+    read on across stream ends): one compressed chunk of zeros is reused, so no 1 GiB is ever compressed."""
+    whole, rest = divmod(zeros, _BOMB_CHUNK)
+    chunk = compress(bytes(_BOMB_CHUNK)) if whole else b""
+    return compress(head) + chunk * whole + (compress(bytes(rest)) if rest else b"")
+
+
+def _deflated_zeros(size: int) -> tuple[bytes, int]:
+    """A raw deflate stream of ``size`` zero bytes and its CRC-32, from one full-flushed block reused."""
+    whole, rest = divmod(size, _BOMB_CHUNK)
+    crc = 0
+    for _ in range(whole):
+        crc = zlib.crc32(bytes(_BOMB_CHUNK), crc)
+    crc = zlib.crc32(bytes(rest), crc)
+    block = zlib.compressobj(9, zlib.DEFLATED, -15)
+    chunk = block.compress(bytes(_BOMB_CHUNK)) + block.flush(zlib.Z_FULL_FLUSH) if whole else b""
+    tail = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return chunk * whole + tail.compress(bytes(rest)) + tail.flush(), crc
+
+
+def _zip_with_deflated(files: Sequence[tuple[str, bytes]], name: str, size: int) -> bytes:
+    """A zip of ``files`` and then ``name`` holding ``size`` zero bytes (deflated; under 4 GiB, no zip64)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
+        for file_name, data in files:
+            zipped.writestr(file_name, data)
+    data, crc = _deflated_zeros(size)
+    encoded = name.encode()
+    stored = buffer.getvalue()
+    end = stored.rindex(b"PK\x05\x06")
+    _, _, _, _, count, central_size, central_at, _ = struct.unpack_from("<IHHHHIIH", stored, end)
+    local_at = central_at  # the new member goes where the central directory was
+    local = struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0, crc, len(data), size, len(encoded), 0)
+    central = struct.pack(
+        "<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0, crc, len(data), size, len(encoded), 0, 0, 0, 0, 0,
+        local_at,
+    )  # fmt: skip
+    body = stored[:central_at] + local + encoded + data
+    directory = stored[central_at : central_at + central_size] + central + encoded
+    eocd = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count + 1, count + 1, len(directory), len(body), 0)
+    return body + directory + eocd
+
+
+def zero_bomb(kind: BombKind, size: int, files: Sequence[tuple[str, bytes]] = (), name: str = "zeros.bin") -> bytes:
+    """A small archive of ``kind`` holding ``files`` and then ``name``: ``size`` zero bytes when extracted.
+
+    Built in well under a second even for gigabytes (nothing of that size is ever held or compressed).
+    """
+    if kind == "zip":
+        return _zip_with_deflated(files, name, size)
+    if kind == "sparse-tar":
+        return _tar_files(files) + _sparse_tar_member(name, size) + bytes(2 * tarfile.BLOCKSIZE)
+    head = _tar_files(files) + _tar_file_header(name, size)
+    # The member's data, its padding and the end-of-archive blocks are all zeros.
+    zeros = size + (-size % tarfile.BLOCKSIZE) + 2 * tarfile.BLOCKSIZE
+    compress: dict[str, Callable[[bytes], bytes]] = {"tar.gz": gzip.compress, "tar.bz2": bz2.compress,
+                                                     "tar.xz": lzma.compress}  # fmt: skip
+    return _concatenated(compress[kind], head, zeros)
 
 
 def files_under(root: Path) -> dict[str, bytes]:
@@ -263,7 +359,7 @@ def test_per_file_and_total_limits(work: Path) -> None:
     assert_refused(work, big, "over the per-file limit of 500", limits)
     big.unlink()
     total = write(work, "total.zip", make_zip([(f"part{i}", b"x" * 400) for i in range(3)]))
-    assert_refused(work, total, "over the total size limit of 1000", limits)
+    assert_refused(work, total, "over the per-model size limit of 1000 bytes", limits)
 
 
 def test_zip_bomb_is_refused_by_size(work: Path) -> None:
@@ -284,7 +380,10 @@ def test_zip_with_understated_sizes_is_refused(work: Path) -> None:
 
 def test_member_conflicts_are_an_artifact_error(work: Path) -> None:
     archive = write(work, "clash.tgz", make_tar([("a", b"file"), ("a/b", b"under a file")]))
-    assert_refused(work, archive, "'a/b'")
+    assert "'a/b' clashes with another member" in str(assert_refused(work, archive, "'a/b'"))
+    archive.unlink()
+    archive = write(work, "clash2.tgz", make_tar([("a/b", b"in a folder"), ("a", b"where the folder is")]))
+    assert "'a' clashes with another member" in str(assert_refused(work, archive, "'a'"))
 
 
 # -- names --------------------------------------------------------------------------------------------------
@@ -406,3 +505,208 @@ def test_unsafe_tar_names_are_always_refused(names: list[str]) -> None:
                 if parts:
                     assert destination.joinpath(*parts).exists(), name
         _assert_all_inside(folder, destination)
+
+
+# -- properties: hostile archives of every kind ----------------------------------------------------------------
+
+# What a member may be. Tar: every type tarfile knows, plus a GNU long name whose header claims huge data.
+TAR_TYPES = ("file", "dir", "symlink", "hardlink", "chr", "blk", "fifo", "contiguous", "sparse", "longname")
+ZIP_TYPES = ("file", "dir", "symlink", "chr", "fifo", "socket")
+_TAR_TYPE_FLAGS = {"dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE,
+                   "chr": tarfile.CHRTYPE, "blk": tarfile.BLKTYPE, "fifo": tarfile.FIFOTYPE,
+                   "contiguous": tarfile.CONTTYPE}  # fmt: skip
+_ZIP_MODES = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "symlink": stat.S_IFLNK, "chr": stat.S_IFCHR,
+              "fifo": stat.S_IFIFO, "socket": stat.S_IFSOCK}  # fmt: skip
+ESCAPE = "escaped"  # the name every escaping member aims at, beside the extraction folder
+
+_components = st.sampled_from(["a", "b", "m", ".", "..", "", "é", "C:", "\\", "\x00", " ", "x" * 300])
+member_names = st.one_of(
+    st.lists(_components, min_size=1, max_size=6).map("/".join),
+    st.sampled_from([f"../{ESCAPE}", f"a/../../{ESCAPE}", f"C:\\{ESCAPE}", f"..\\{ESCAPE}", "/", ".", "a/", "a"]),
+    st.integers(min_value=1, max_value=200).map(lambda depth: "d/" * depth + "f"),
+)
+link_targets = st.sampled_from(["a", f"../{ESCAPE}", f"../../{ESCAPE}", "/etc/passwd", "", "a/../../.."])
+
+
+@st.composite
+def tar_members(draw: st.DrawFn) -> bytes:
+    """One member's raw bytes: a header (declaring any size, up to 2**36) and data (maybe shorter)."""
+    kind = draw(st.sampled_from(TAR_TYPES))
+    name = draw(member_names)
+    data = draw(st.binary(max_size=600))
+    if kind == "sparse":
+        return _sparse_tar_member(name or "s", draw(st.integers(min_value=512, max_value=1 << 36)))
+    info = tarfile.TarInfo(name)
+    declared = draw(st.one_of(st.just(len(data)), st.integers(min_value=0, max_value=1 << 36)))
+    if kind == "longname":  # GNU 'L': the next member's name, in as many bytes as the header says
+        info.type = tarfile.GNUTYPE_LONGNAME
+        info.name = "././@LongLink"
+    elif kind != "file":
+        info.type = _TAR_TYPE_FLAGS[kind]
+        info.linkname = draw(link_targets)
+    if kind in ("file", "contiguous", "longname"):
+        info.size = declared
+    try:
+        header = info.tobuf(format=draw(st.sampled_from([tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])))
+    except (ValueError, tarfile.HeaderError, UnicodeEncodeError):
+        header = _tar_file_header("fallback", len(data))
+    body = data if info.size else b""
+    return header + body + bytes(-len(body) % tarfile.BLOCKSIZE)
+
+
+@st.composite
+def hostile_tars(draw: st.DrawFn) -> tuple[str, bytes]:
+    raw = b"".join(draw(st.lists(tar_members(), min_size=1, max_size=6))) + bytes(2 * tarfile.BLOCKSIZE)
+    compression = draw(st.sampled_from(["tar", "tar.gz", "tar.bz2", "tar.xz"]))
+    compress: dict[str, Callable[[bytes], bytes]] = {"tar": bytes, "tar.gz": gzip.compress, "tar.bz2": bz2.compress,
+                                                     "tar.xz": lzma.compress}  # fmt: skip
+    return f"archive.{compression}", compress[compression](raw)
+
+
+@st.composite
+def hostile_zips(draw: st.DrawFn) -> tuple[str, bytes]:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zipped:
+        for _ in range(draw(st.integers(min_value=1, max_value=6))):
+            info = zipfile.ZipInfo(draw(member_names).replace("\x00", "") or "z")
+            info.create_system = 3
+            info.external_attr = (_ZIP_MODES[draw(st.sampled_from(ZIP_TYPES))] | 0o644) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # duplicate names are the point
+                zipped.writestr(info, draw(st.binary(max_size=600)))
+    data = bytearray(buffer.getvalue())
+    central = data.find(b"PK\x01\x02")
+    if draw(st.booleans()) and central >= 0:  # one entry lies about its size, in both headers
+        size = draw(st.integers(min_value=0, max_value=(1 << 32) - 1))
+        struct.pack_into("<I", data, central + 24, size)
+        local = struct.unpack_from("<I", data, central + 42)[0]
+        struct.pack_into("<I", data, local + 22, size)
+    return "archive.zip", bytes(data)
+
+
+bombs = st.builds(
+    lambda kind, size: (f"archive.{'tar' if kind == 'sparse-tar' else kind}", zero_bomb(kind, size)),
+    st.sampled_from(BOMB_KINDS),
+    st.integers(min_value=1, max_value=20_000_000),
+)
+
+
+@st.composite
+def damaged(draw: st.DrawFn, archives: st.SearchStrategy[tuple[str, bytes]]) -> tuple[str, bytes]:
+    """An archive as made, truncated, or with bytes changed: a download cut short, a disk error."""
+    name, data = draw(archives)
+    damage = draw(st.sampled_from(["none", "none", "truncate", "flip"]))
+    if damage == "truncate" and data:
+        data = data[: draw(st.integers(min_value=0, max_value=len(data) - 1))]
+    elif damage == "flip" and data:
+        for _ in range(draw(st.integers(min_value=1, max_value=4))):
+            position = draw(st.integers(min_value=0, max_value=len(data) - 1))
+            data = data[:position] + bytes([draw(st.integers(0, 255))]) + data[position + 1 :]
+    if draw(st.booleans()):
+        name = "archive"  # no suffix: detected by content
+    return name, data
+
+
+small_limits = st.builds(
+    ExtractLimits,
+    max_total_bytes=st.integers(min_value=1, max_value=3_000_000),
+    max_files=st.integers(min_value=1, max_value=40),
+    max_file_bytes=st.integers(min_value=1, max_value=3_000_000),
+    max_ratio=st.integers(min_value=1, max_value=2000),
+    ratio_exempt_bytes=st.integers(min_value=1, max_value=2_000_000),
+)
+
+
+_REASON = re.compile(r"'[^']*'|[0-9]+")
+
+
+def _entries(root: Path) -> list[Path]:
+    return [Path(folder, name) for folder, dirs, files in os.walk(root) for name in (*dirs, *files)]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(
+    archive=damaged(st.one_of(hostile_tars(), hostile_zips(), bombs)),
+    limits=small_limits,
+    cache_limit=st.integers(min_value=1, max_value=3_000_000),
+)
+def test_hostile_archives_stay_inside_within_limits_or_fail_with_an_artifact_error(
+    archive: tuple[str, bytes], limits: ExtractLimits, cache_limit: int
+) -> None:
+    """Whatever an archive holds: extraction writes only regular files and folders inside the destination,
+    within every limit (counted byte by byte against the cache too), or fails with an ArtifactError and
+    leaves nothing. Any other exception fails the test."""
+    name, data = archive
+    with tempfile.TemporaryDirectory() as temporary:
+        outer = Path(temporary)
+        work = outer / "work"
+        work.mkdir()
+        path = work / name
+        path.write_bytes(data)
+        destination = work / "out"
+        charge = CacheQuota(cache_limit).charge("the test")
+        try:
+            extract_archive(path, destination, limits, charge=charge)
+        except ArtifactError as error:
+            event(f"refused: {_REASON.sub('N', str(error).split(': ', 1)[-1])[:60]}")
+            assert sorted(os.listdir(work)) == [name]  # nothing left, not even a temporary folder
+        else:
+            event("extracted")
+            entries = _entries(destination)
+            files = [entry for entry in entries if stat.S_ISREG(entry.lstat().st_mode)]
+            assert all(stat.S_ISDIR(entry.lstat().st_mode) for entry in entries if entry not in files)
+            written = sum(entry.lstat().st_size for entry in files)
+            assert written <= charge.bytes <= cache_limit  # every byte on disk was counted
+            assert written <= limits.max_total_bytes
+            assert written <= limits.expansion_limit(len(data))
+            assert all(entry.lstat().st_size <= limits.max_file_bytes for entry in files)
+            assert len(entries) <= limits.max_files
+        assert sorted(os.listdir(outer)) == ["work"]  # nothing escaped beside the folder ...
+        assert not Path(f"/{ESCAPE}").exists()  # ... nor to an absolute path
+
+
+plain_names = st.lists(st.sampled_from(["a", "b", "c", "é", "w.bin"]), min_size=1, max_size=5).map("/".join)
+contents = st.one_of(st.binary(max_size=3000), st.integers(min_value=0, max_value=300_000).map(bytes))
+
+
+@st.composite
+def well_formed(draw: st.DrawFn) -> tuple[str, bytes, dict[str, bytes]]:
+    """A valid archive of regular files (names may repeat: the last one wins), and what it should extract to."""
+    members = draw(st.lists(st.tuples(plain_names, contents), min_size=1, max_size=8))
+    kind = draw(st.sampled_from(["tar", "tar.gz", "tar.bz2", "tar.xz", "zip"]))
+    if kind == "zip":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = make_zip(members)
+    else:
+        compression = kind.removeprefix("tar").removeprefix(".")
+        data = make_tar(members, compression)  # type: ignore[arg-type]
+    return f"archive.{kind}", data, dict(members)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(archive=well_formed(), limits=small_limits, cache_limit=st.integers(min_value=1, max_value=3_000_000))
+def test_valid_archives_extract_exactly_or_are_refused_by_a_named_limit(
+    archive: tuple[str, bytes, dict[str, bytes]], limits: ExtractLimits, cache_limit: int
+) -> None:
+    name, data, expected = archive
+    with tempfile.TemporaryDirectory() as temporary:
+        work = Path(temporary)
+        path = work / name
+        path.write_bytes(data)
+        destination = work / "out"
+        charge = CacheQuota(cache_limit).charge("the test")
+        try:
+            extract_archive(path, destination, limits, charge=charge)
+        except ArtifactError as error:
+            limits_named = ("limit", "more than", "compression ratio", "clashes with another member")
+            assert any(words in str(error) for words in limits_named), str(error)
+            event(f"refused: {_REASON.sub('N', str(error).split(': ', 1)[-1])[:50]}")
+            assert sorted(os.listdir(work)) == [name]
+            return
+        event("extracted")
+        assert files_under(destination) == {"/".join(safe_parts(key)): value for key, value in expected.items()}
+        written = sum(len(value) for value in expected.values())
+        assert written <= min(limits.max_total_bytes, limits.expansion_limit(len(data)), charge.bytes, cache_limit)
+        assert len(_entries(destination)) <= limits.max_files

@@ -34,6 +34,7 @@ def make_store(
     environ: dict[str, str] | None = None,
     limits: ExtractLimits | None = None,
     timeout_seconds: float = 30,
+    cache_limit_bytes: int = 1 << 30,
 ) -> ArtifactStore:
     """A store over ``tmp_path/cache`` that sees no host environment unless a test gives one."""
     return ArtifactStore(
@@ -42,6 +43,7 @@ def make_store(
         environ={} if environ is None else environ,
         limits=limits or ExtractLimits(),
         timeout_seconds=timeout_seconds,
+        cache_limit_bytes=cache_limit_bytes,
     )
 
 
@@ -365,6 +367,21 @@ async def test_s3_cache_reuses_until_an_object_changes(s3_server: S3Server, tmp_
     assert [name for name in cache_entries(store) if name.startswith(".")] == []  # no temporary folders left
 
 
+async def test_s3_declared_sizes_over_a_limit_are_refused_before_anything_is_downloaded(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    bucket = s3_server.new_bucket({"big/a.bin": bytes(3000), "big/b.bin": bytes(3000)})
+    source = ArtifactSource(f"s3://{bucket}/big", storage_rclone_config=s3_server.rclone_json())
+    store = make_store(tmp_path, limits=ExtractLimits(max_total_bytes=5000))
+    with pytest.raises(ArtifactError, match=r"holds 6000 bytes, over the per-model size limit of 5000 bytes"):
+        await store.fetch(source)
+    cramped = make_store(tmp_path, cache_limit_bytes=5000)
+    with pytest.raises(ArtifactError, match=r"the artifact cache is full: its limit is 5000 bytes"):
+        await cramped.fetch(source)
+    assert (store.downloads, cramped.downloads) == (0, 0)
+    assert cache_entries(store) == []
+
+
 async def test_s3_unreachable_endpoint_is_an_artifact_error(tmp_path: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
@@ -632,3 +649,91 @@ async def test_restart_reuses_complete_entries_and_removes_leftovers(http_files:
     assert http_files.requests["/m.zip"] == 1
     assert restarted.downloads == 0
     assert cache_entries(restarted) == [folder.parent.name]
+
+
+# -- holds, the cache's limit, restarts -----------------------------------------------------------------------
+
+
+async def test_an_entry_goes_when_its_last_holder_releases_it(http_files: HttpFiles, tmp_path: Path) -> None:
+    http_files.files["/m.tgz"] = TAR_MODEL
+    store = make_store(tmp_path)
+    source = ArtifactSource(http_files.url("/m.tgz"))
+    first = await store.fetch(source, holder="a_1")
+    assert await store.fetch(replace(source, artifact_version=1), holder="b_1") == first / "1"
+    assert store.held_key("a_1") == store.held_key("b_1") is not None
+    assert store.cache_bytes > 0
+    await store.release("a_1")
+    assert files_under(first)["2/model.onnx"] == b"onnx v2"  # still there: b_1 holds it
+    await store.release("b_1")
+    await store.release("b_1")  # twice: nothing more to do
+    assert cache_entries(store) == []
+    assert store.cache_bytes == 0
+
+
+async def test_a_release_while_another_holder_fetches_the_same_source_keeps_the_entry(
+    http_files: HttpFiles, tmp_path: Path
+) -> None:
+    http_files.files["/m.tgz"] = TAR_MODEL
+    store = make_store(tmp_path)
+    source = ArtifactSource(http_files.url("/m.tgz"))  # no digest: every fetch asks the server again
+    folder = await store.fetch(source, holder="a_1")
+    http_files.gate.clear()
+    http_files.arrived.clear()
+    second = asyncio.create_task(store.fetch(source, holder="b_1"))
+    await asyncio.wait_for(http_files.arrived.wait(), 20)  # b_1's fetch is under way (hang guard only)
+    release = asyncio.create_task(store.release("a_1"))
+    for _ in range(20):
+        await asyncio.sleep(0)  # the release waits for the entry, which b_1's fetch is using
+    http_files.gate.set()
+    assert await second == folder  # 304: the same entry
+    await release
+    assert files_under(folder)["2/model.onnx"] == b"onnx v2"
+    await store.release("b_1")
+    assert cache_entries(store) == []
+
+
+async def test_a_failed_fetch_holds_nothing_and_leaves_nothing(http_files: HttpFiles, tmp_path: Path) -> None:
+    http_files.files["/m.tgz"] = TAR_MODEL
+    store = make_store(tmp_path)
+    with pytest.raises(ArtifactError, match="no version folder 7"):
+        await store.fetch(ArtifactSource(http_files.url("/m.tgz"), artifact_version=7), holder="m_1")
+    assert store.held_key("m_1") is None
+    assert cache_entries(store) == []
+    assert store.cache_bytes == 0
+
+
+async def test_the_cache_limit_counts_downloads_as_they_are_written(http_files: HttpFiles, tmp_path: Path) -> None:
+    http_files.files["/weights.bin"] = os.urandom(3_000_000)
+    store = make_store(tmp_path, cache_limit_bytes=1_000_000)
+    with pytest.raises(ArtifactError) as caught:
+        await store.fetch(ArtifactSource(http_files.url("/weights.bin")), holder="w_1")
+    message = str(caught.value)
+    assert "the artifact cache is full: its limit is 1000000 bytes (the agent's --max-cache-disk)" in message
+    assert "0 bytes are cached for 0 model artifact(s)" in message
+    assert cache_entries(store) == []
+    assert store.cache_bytes == 0
+
+
+async def test_a_restarted_store_counts_what_the_cache_holds_and_keeps_only_what_is_held(
+    http_files: HttpFiles, tmp_path: Path
+) -> None:
+    http_files.files |= {"/a.bin": os.urandom(600_000), "/b.bin": os.urandom(600_000)}
+    before = make_store(tmp_path, cache_limit_bytes=1_000_000)
+    await before.fetch(ArtifactSource(http_files.url("/a.bin")), holder="a_1")
+    key = before.held_key("a_1")
+    assert key is not None
+    held = before.cache_bytes
+    assert held > 600_000
+
+    after = make_store(tmp_path, cache_limit_bytes=1_000_000)  # a new process over the same cache
+    with pytest.raises(ArtifactError) as caught:  # the limit counts what the earlier process cached
+        await after.fetch(ArtifactSource(http_files.url("/b.bin")), holder="b_1")
+    assert f"{held} bytes are cached for 1 model artifact(s)" in str(caught.value)
+    assert after.cache_bytes == held
+
+    await after.keep_only({"a_1": key})  # the agent adopted a_1: its artifact stays
+    assert cache_entries(after) == [key]
+    await after.keep_only({})  # nothing adopted: nothing stays
+    assert cache_entries(after) == []
+    assert after.cache_bytes == 0
+    await after.fetch(ArtifactSource(http_files.url("/b.bin")), holder="b_1")

@@ -284,15 +284,57 @@ def test_deep_nesting_is_a_manifest_error() -> None:
         parse_model_manifest("[" * 3000 + "]" * 3000)
 
 
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("2020-13-45", "month must be in 1..12"),  # looks like a date, so YAML makes one
+        ("!!timestamp 2020-01-01 99:00:00", "hour must be in 0..23"),
+        ("!!float abc", "could not convert string to float"),
+        ("!!int 0xZZ", "invalid literal for int()"),
+        ("9" * 5000, "integer string conversion"),
+        ("!!timestamp", "a tagged value is malformed (AttributeError in the YAML library)"),  # found by hypothesis
+    ],
+)
+def test_a_value_yaml_cannot_build_is_a_manifest_error(value: str, problem: str) -> None:
+    with pytest.raises(ManifestError) as caught:
+        parse_model_manifest(BASE + f"  server: {value}\n")
+    assert str(caught.value).startswith("not valid YAML: a value cannot be read: ")
+    assert problem in str(caught.value)
+
+
+def test_messages_are_one_bounded_line_whatever_the_input() -> None:
+    long_key = "k" * 5000
+    for text in (
+        "apiVersion: [unclosed\n",  # PyYAML's own message spans lines and quotes the input
+        BASE + '  "two\\nlines": 1\n',
+        BASE + "".join(f"  field{index}: 1\n" for index in range(500)),
+        BASE + f"  {long_key}: 1\n",
+        BASE.replace("mlops.seldon.io/v1", "x" * 5000),
+        BASE + "  memory: " + "z" * 5000 + "\n",
+    ):
+        with pytest.raises(ManifestError) as caught:
+            parse_model_manifest(text)
+        assert "\n" not in str(caught.value)
+        assert len(str(caught.value)) <= MAX_MESSAGE, str(caught.value)
+    with pytest.raises(ManifestError, match=r"not valid YAML at line 2, column 1: while parsing a flow sequence"):
+        parse_model_manifest("apiVersion: [unclosed\n")
+
+
 # ------------------------------------------------------------------------------------- properties
 
 
+MAX_MESSAGE = 600  # characters: the longest a ManifestError's message may be (the known fields fill most)
+
+
 def _check(text: str) -> pb.Model | None:
-    """Parse; a ManifestError must carry a message. Anything else raised fails the test."""
+    """Parse; a ManifestError must carry a message on one line of bounded length. Anything else raised
+    fails the test."""
     try:
         return parse_model_manifest(text)
     except ManifestError as error:
         assert str(error)
+        assert "\n" not in str(error)
+        assert len(str(error)) <= MAX_MESSAGE, str(error)
         return None
 
 
@@ -306,6 +348,21 @@ def test_any_text_is_a_model_or_a_manifest_error(text: str) -> None:
 @given(st.text(alphabet="abcdeimnprsty:-[]{}&*!|>'\" \n\t#0123456789.,", max_size=200))
 def test_yaml_punctuation_is_a_model_or_a_manifest_error(text: str) -> None:
     _check("apiVersion: mlops.seldon.io/v1\nkind: Model\n" + text)
+
+
+TAGS = ["!!timestamp", "!!float", "!!int", "!!binary", "!!bool", "!!null", "!!str", "!!set", "!!omap", "!!pairs",
+        "!!map", "!!seq", "!!python/tuple", "!custom", ""]  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    field=st.sampled_from(["apiVersion", "kind", "metadata", "spec", "x"]),
+    tag=st.sampled_from(TAGS),
+    value=st.text(alphabet="0123456789-:.TZ abcefxyn+[]{},'\"", max_size=30),
+)
+def test_tagged_and_typed_values_are_a_model_or_a_manifest_error(field: str, tag: str, value: str) -> None:
+    _check(f"{field}: {tag} {value}\n" + BASE)
+    _check(BASE + f"  server: {tag} {value}\n")
 
 
 # Values YAML can hold. Integers stay within int64 and strings have no surrogates: beyond those lie the

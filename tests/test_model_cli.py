@@ -10,8 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from modelplane.cli import main
+from modelplane.model_commands import CommandError, read_manifest
 from tests.processes import SchedulerProcess, run_modelplane
 
 MANIFEST = """\
@@ -60,7 +63,7 @@ def in_process(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.Com
 def assert_clean_failure(result: subprocess.CompletedProcess[str], status: int = 1) -> None:
     assert result.returncode == status, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
-    if status == 1:
+    if "usage: modelplane" not in result.stderr:  # argparse's own errors come after the usage lines
         assert result.stderr.startswith("modelplane: error: ")
 
 
@@ -167,7 +170,7 @@ def test_unloading_an_unknown_model(scheduler: SchedulerProcess) -> None:
 def test_a_manifest_the_scheduler_refuses(scheduler: SchedulerProcess, tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path, "Not_A_Valid_Name")
     result = cli(scheduler, "model", "load", "-f", str(manifest))
-    assert_clean_failure(result)
+    assert_clean_failure(result, status=2)  # bad input, even when it is the scheduler that says so
     assert f"scheduler at {scheduler.listen} answered INVALID_ARGUMENT" in result.stderr
 
 
@@ -214,6 +217,55 @@ def test_the_scheduler_address_from_the_environment(scheduler: SchedulerProcess,
     assert "cannot reach the scheduler" in overridden.stderr
 
 
+GOOD = MANIFEST.format(name="good", uri="/models/good", replicas=1)
+BAD_INPUT = [
+    ("control-characters", b"\x00\x01\x02 PK\x03\x04 \x1f", "not valid YAML"),
+    ("not-utf8", b"apiVersion: \xff\xfe\n", "it is not UTF-8 text (byte 12 is 0xff)"),
+    ("yaml-error", b"apiVersion: [unclosed\n", "not valid YAML at line 2, column 1"),
+    ("bad-date", GOOD.replace("replicas: 1", "replicas: 2020-13-45").encode(), "month must be in 1..12"),
+    ("empty-tag", GOOD.replace("memory: 10Mi", "memory: !!timestamp").encode(), "a tagged value is malformed"),
+    ("key-with-newline", (GOOD + '  "two\\nlines": 1\n').encode(), "unknown field(s) 'two\\nlines'"),
+    ("kind", GOOD.replace("kind: Model", "kind: Pipeline").encode(), "kind must be Model, not 'Pipeline'"),
+    ("huge", b"#" * (2 * 1024 * 1024), "the manifest is larger than 1 MiB"),
+    ("refused-name", GOOD.replace("name: good", "name: Not_A_Valid_Name").encode(), "answered INVALID_ARGUMENT"),
+]
+
+
+def test_bad_manifests_through_the_cli_exit_2_with_one_line(scheduler: SchedulerProcess, tmp_path: Path) -> None:
+    """`modelplane model load -f FILE` against a live scheduler: whatever the file holds, bad input is exit
+    status 2 and one line saying what is wrong, never a traceback; the scheduler serves on."""
+    for name, data, problem in BAD_INPUT:
+        manifest = tmp_path / f"{name}.yaml"
+        manifest.write_bytes(data)
+        result = cli(scheduler, "model", "load", "-f", str(manifest))
+        assert (result.returncode, result.stdout) == (2, ""), (name, result.stderr)
+        assert "Traceback" not in result.stderr, name
+        [line] = result.stderr.splitlines()
+        assert line.startswith("modelplane: error: "), (name, line)
+        assert problem in line, (name, line)
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    assert cli(scheduler, "model", "load", "-f", str(good)).returncode == 0
+    listed = cli(scheduler, "model", "status")
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == ["good"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(st.binary(max_size=400), st.text(max_size=400).map(str.encode), st.just(GOOD.encode())))
+def test_any_file_is_a_model_or_bad_input_on_one_line(tmp_path: Path, data: bytes) -> None:
+    manifest = tmp_path / "any.yaml"
+    manifest.write_bytes(data)
+    try:
+        model = read_manifest(manifest)
+    except CommandError as error:
+        assert error.exit_status == 2
+        assert "\n" not in str(error)
+        assert str(error).startswith((f"{manifest}: ", f"cannot read {manifest}: "))
+    else:
+        assert model.meta.name
+
+
 # ------------------------------------------------------------------------------- without a scheduler
 
 
@@ -221,7 +273,7 @@ def test_an_invalid_manifest_names_the_file_and_the_field(tmp_path: Path) -> Non
     manifest = write_manifest(tmp_path, "iris", replicas="-1")
     # The manifest is checked before any connection: the closed port is never tried.
     result = run_modelplane("model", "load", "-f", str(manifest), "--scheduler", f"127.0.0.1:{closed_port()}")
-    assert_clean_failure(result)
+    assert_clean_failure(result, status=2)
     assert f"{manifest}: spec.replicas must be between 0 and 1000, not -1" in result.stderr
 
 
@@ -229,20 +281,20 @@ def test_a_manifest_that_is_not_yaml(capsys: pytest.CaptureFixture[str], tmp_pat
     manifest = tmp_path / "broken.yaml"
     manifest.write_text("apiVersion: [unclosed\n")
     result = in_process(capsys, "model", "load", "-f", str(manifest), "--scheduler", f"127.0.0.1:{closed_port()}")
-    assert_clean_failure(result)
+    assert_clean_failure(result, status=2)
     assert f"{manifest}: not valid YAML" in result.stderr
 
 
 def test_a_missing_manifest(tmp_path: Path) -> None:
     missing = tmp_path / "missing.yaml"
     result = run_modelplane("model", "load", "-f", str(missing), "--scheduler", f"127.0.0.1:{closed_port()}")
-    assert_clean_failure(result)
+    assert_clean_failure(result, status=2)
     assert f"cannot read {missing}: No such file or directory" in result.stderr
 
 
 def test_a_manifest_that_is_a_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     result = in_process(capsys, "model", "load", "-f", str(tmp_path), "--scheduler", f"127.0.0.1:{closed_port()}")
-    assert_clean_failure(result)
+    assert_clean_failure(result, status=2)
     assert f"cannot read {tmp_path}: Is a directory" in result.stderr
 
 
@@ -250,7 +302,7 @@ def test_a_manifest_that_is_not_utf8(tmp_path: Path) -> None:
     manifest = tmp_path / "binary.yaml"
     manifest.write_bytes(b"apiVersion: \xff\xfe\n")
     result = run_modelplane("model", "load", "-f", str(manifest), "--scheduler", f"127.0.0.1:{closed_port()}")
-    assert_clean_failure(result)
+    assert_clean_failure(result, status=2)
     assert str(manifest) in result.stderr
 
 
@@ -289,7 +341,7 @@ def test_infer_data_is_checked_before_anything_is_sent(
     capsys: pytest.CaptureFixture[str], data: str, message: str
 ) -> None:
     result = in_process(capsys, "model", "infer", "iris", "--data", data, "--scheduler", f"127.0.0.1:{closed_port()}")
-    assert_clean_failure(result)
+    assert_clean_failure(result, status=2)
     assert message in result.stderr
 
 

@@ -11,10 +11,13 @@ import asyncio
 import atexit
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
 import subprocess
+import tarfile
+import tempfile
 import textwrap
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,6 +27,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+from agent.artifacts import ArtifactSource, ArtifactStore
 from servers.adapter import InferenceServer, ModelFiles, ServerError
 from servers.designed_model.served_model import InputTensor, ServedModel
 from servers.launch import LaunchError, LocalServer, launch_mlserver, launch_triton, server_venv
@@ -439,6 +443,108 @@ async def test_placing_again_replaces_the_folder_and_leaves_no_temporary_folders
     server.remove_files("m_1")  # already gone: fine
     assert list(repository.iterdir()) == []
     await server.close()
+
+
+# --- placement from the artifact cache: hard links where the filesystem allows, copies elsewhere -------
+
+
+async def _cached(tmp_path: Path, artifact: Path) -> Path:
+    """``artifact`` as an agent gets it from a .tar.gz: extracted into an ArtifactStore's cache."""
+    archive = tmp_path / f"{artifact.name}.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(artifact, arcname=artifact.name)
+    store = ArtifactStore(tmp_path / "cache", environ={})
+    folder = await store.fetch(ArtifactSource(str(archive)))
+    assert store.owns(folder)
+    return folder
+
+
+def _inodes(folder: Path) -> dict[str, int]:
+    return {path.relative_to(folder).as_posix(): path.stat().st_ino for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.mark.servers
+@pytest.mark.timeout(SERVER_TEST_TIMEOUT)
+async def test_mlserver_serves_a_cached_artifact_placed_by_hard_link(
+    mlserver: InferenceServer, iris_model: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    artifact, expected = iris_model
+    cached = await _cached(tmp_path, artifact)
+    await mlserver.place_files(ModelFiles("linked-iris", 1, cached, frozenset({"sklearn"}), linkable=True))
+    placed = mlserver.repository / "linked-iris_1"
+    assert (placed / "model.joblib").stat().st_ino == (cached / "model.joblib").stat().st_ino
+    assert (placed / "model.joblib").stat().st_nlink == 2
+    assert not (cached / "model-settings.json").exists()  # written in the repository only
+
+    await mlserver.load("linked-iris_1")
+    rows = expected["rows"]
+    flat = [value for row in rows for value in row]
+    outputs = await _infer(
+        mlserver, "linked-iris_1", [{"name": "input-0", "shape": [len(rows), 4], "datatype": "FP32", "data": flat}]
+    )
+    assert outputs[0]["data"] == expected["predictions"]
+    await mlserver.unload("linked-iris_1")
+    mlserver.remove_files("linked-iris_1")
+    assert (cached / "model.joblib").stat().st_nlink == 1
+    assert (cached / "model.joblib").read_bytes() == (artifact / "model.joblib").read_bytes()
+
+
+@pytest.mark.servers
+@pytest.mark.timeout(SERVER_TEST_TIMEOUT)
+async def test_triton_serves_a_cached_artifact_placed_by_hard_link(triton: InferenceServer, tmp_path: Path) -> None:
+    cached = await _cached(tmp_path, _triton_artifact(tmp_path / "doubler"))
+    config = (cached / "config.pbtxt").read_text()
+    await triton.place_files(ModelFiles("linked-doubler", 1, cached, linkable=True))
+    placed = triton.repository / "linked-doubler_1"
+    assert _inodes(placed)["1/model.py"] == _inodes(cached)["1/model.py"]
+    # The config Triton needs renamed is a new file; the cached one is unchanged.
+    assert _inodes(placed)["config.pbtxt"] != _inodes(cached)["config.pbtxt"]
+    assert (cached / "config.pbtxt").read_text() == config
+    assert 'name: "linked-doubler_1"' in (placed / "config.pbtxt").read_text()
+
+    await triton.load("linked-doubler_1")
+    outputs = await _infer(
+        triton, "linked-doubler_1", [{"name": "INPUT0", "shape": [2], "datatype": "FP32", "data": [1, -2]}]
+    )
+    assert outputs[0]["data"] == [2.0, -4.0]
+    await triton.unload("linked-doubler_1")
+    triton.remove_files("linked-doubler_1")
+    assert (cached / "1" / "model.py").stat().st_nlink == 1
+
+
+async def test_a_users_own_folder_is_copied_not_linked(tmp_path: Path) -> None:
+    """A folder used in place belongs to its user, who may rewrite a file in place: the server gets a copy."""
+    server = MLServer(NOWHERE, "127.0.0.1:9", tmp_path / "repository")
+    artifact = _artifact(tmp_path / "mine", "model.joblib")
+    await server.place_files(ModelFiles("mine", 1, artifact, frozenset({"sklearn"})))
+    assert _inodes(tmp_path / "repository" / "mine_1")["model.joblib"] != _inodes(artifact)["model.joblib"]
+    await server.close()
+
+
+def _another_filesystem(here: Path) -> Path | None:
+    """The shared-memory folder when it is a filesystem other than ``here``'s (tmpfs on Linux)."""
+    shared_memory = Path("/dev/shm")  # noqa: S108 -- a private folder is made inside it
+    if shared_memory.is_dir() and shared_memory.stat().st_dev != here.stat().st_dev:
+        return shared_memory
+    return None
+
+
+async def test_placement_copies_across_filesystems_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shared_memory = _another_filesystem(tmp_path)
+    if shared_memory is None:
+        pytest.skip("needs a second filesystem (/dev/shm) beside the test's temporary folder")
+    with tempfile.TemporaryDirectory(dir=shared_memory) as elsewhere:
+        cached = await _cached(Path(elsewhere), _artifact(Path(elsewhere) / "far", "model.joblib"))
+        server = MLServer(NOWHERE, "127.0.0.1:9", tmp_path / "repository")
+        with caplog.at_level(logging.WARNING, logger="servers.v2_repository"):
+            await server.place_files(ModelFiles("far", 1, cached, frozenset({"sklearn"}), linkable=True))
+        placed = tmp_path / "repository" / "far_1" / "model.joblib"
+        assert placed.read_bytes() == (cached / "model.joblib").read_bytes()
+        assert placed.stat().st_nlink == 1
+        assert "different filesystems" in caplog.text
+        await server.close()
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "", ".hidden"])

@@ -2,11 +2,14 @@
 
 The contract (implemented in this package):
 
-    store = ArtifactStore(cache_dir, secrets_dir=..., environ=os.environ)
-    folder = await store.fetch(ArtifactSource(uri=..., artifact_version=..., ...))
+    store = ArtifactStore(cache_dir, secrets_dir=..., environ=os.environ, limits=..., cache_limit_bytes=...)
+    folder = await store.fetch(ArtifactSource(uri=..., artifact_version=..., ...), holder="iris_3")
+    ...
+    await store.release("iris_3")  # the cached artifact goes once no holder uses it
 
 ``folder`` is the selected version folder, ready for a server adapter. Every failure is an
-ArtifactError whose message becomes the LOAD_FAILED reason.
+ArtifactError whose message becomes the LOAD_FAILED reason. Nothing is written past a limit
+(ExtractLimits per model, the cache's limit in quota.py).
 """
 
 from agent.artifacts.archives import ArchiveKind, detect_archive, extract_archive

@@ -7,8 +7,15 @@ An archive is untrusted input. Extraction refuses, naming the member:
   chained to reach outside it, and model folders do not need links);
 - device files, FIFOs, sockets, and tar member types it does not know;
 - encrypted zip members;
-- more members than ``ExtractLimits.max_files``, a file over ``max_file_bytes`` or a tree over
-  ``max_total_bytes``, counting the bytes actually written (headers are only used to refuse early).
+- a name nested more than MAX_DEPTH folders deep;
+- more members than ``ExtractLimits.max_files`` (or more files and folders made, parents included),
+  a file over ``max_file_bytes`` or a tree over ``max_total_bytes``, counting the bytes actually
+  written (headers are only used to refuse early);
+- a tree, or a tar's decompressed stream, that expands to more than ``max_ratio`` times the archive's
+  size (``ExtractLimits.expansion_limit``): a decompression bomb, gzip/bzip2/xz, zip or a sparse tar
+  member, is stopped at the first byte over that, before it is written;
+- a tar header (a GNU long name, a pax record) over 16 MiB, before tarfile reads it into memory, and a
+  tar stream that would have to be read backwards (only a malformed sparse member asks for that).
 
 Files are written with mode 0644 and folders with the default mode: permission bits, owners and
 times in the archive are ignored. Everything is extracted into a temporary sibling of the destination
@@ -32,7 +39,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from agent.artifacts.errors import ArtifactError
-from agent.artifacts.safety import Budget, ExtractLimits, Tree, UnsafeName, safe_parts
+from agent.artifacts.safety import CHUNK_BYTES, Budget, Charge, ExtractLimits, Tree, UnsafeName, safe_parts
 
 ArchiveKind = Literal["tar", "zip"]
 
@@ -40,6 +47,9 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz
 ZIP_SUFFIXES = (".zip",)
 _HEADER_BYTES = 512
 _USTAR_OFFSET = 257
+# tarfile reads a GNU long name or a pax header whole, in one read of the size its header claims; real ones
+# are a few hundred bytes. Member data is read in CHUNK_BYTES pieces, below this.
+_MAX_TAR_READ = 16 * CHUNK_BYTES
 
 
 def _is_ustar(block: bytes) -> bool:
@@ -117,8 +127,62 @@ def _parts(name: str) -> tuple[str, ...]:
         raise _refuse(name, str(exc)) from None
 
 
+class _CountedTarStream:
+    """The (decompressed) tar stream tarfile reads, with every byte counted against ``limit``.
+
+    It only moves forward: a forward seek reads and drops the bytes in between (counted like the rest).
+    """
+
+    def __init__(self, stream: BinaryIO, limit: int, budget: Budget, archive_bytes: int) -> None:
+        self._stream = stream
+        self._limit = limit
+        self._budget = budget
+        self._archive_bytes = archive_bytes
+        self._position = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0 or size > _MAX_TAR_READ:
+            claimed = "an unbounded read" if size is None or size < 0 else f"{size} bytes"
+            raise ArtifactError(f"{self._budget.what}: a tar header asks for {claimed}; refused")
+        if self._budget.stop is not None and self._budget.stop.is_set():
+            raise ArtifactError(f"{self._budget.what}: fetch cancelled")
+        allowed = self._limit - self._position
+        data = self._stream.read(min(size, allowed + 1))
+        if len(data) > allowed:
+            raise self._budget.limits.ratio_refusal(self._budget.what, self._archive_bytes, self._budget.total_bytes)
+        self._position += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        target = offset if whence == io.SEEK_SET else self._position + offset if whence == io.SEEK_CUR else -1
+        if target < self._position:
+            raise ArtifactError(f"{self._budget.what}: the tar stream would have to be read backwards (malformed)")
+        while self._position < target:
+            if not self.read(min(target - self._position, CHUNK_BYTES)):
+                break  # past the end: the next read finds nothing, and tarfile reports the truncation
+        return self._position
+
+
 def _extract_tar(archive: Path, tree: Tree, budget: Budget, current: list[str]) -> None:
-    with tarfile.open(archive, mode="r:*") as tar:
+    archive_bytes = archive.stat().st_size
+    with archive.open("rb") as raw:
+        head = raw.read(_HEADER_BYTES)
+        raw.seek(0)
+        decompressed = _open_compressed(head, raw)
+        stream: BinaryIO = raw if decompressed is None else decompressed  # type: ignore[assignment]
+        counted = _CountedTarStream(stream, budget.limits.expansion_limit(archive_bytes), budget, archive_bytes)
+        try:
+            _extract_tar_members(counted, tree, budget, current)
+        finally:
+            if decompressed is not None:
+                decompressed.close()
+
+
+def _extract_tar_members(stream: _CountedTarStream, tree: Tree, budget: Budget, current: list[str]) -> None:
+    with tarfile.open(fileobj=stream, mode="r:") as tar:  # type: ignore[call-overload]
         while (member := tar.next()) is not None:
             name = member.name
             current[0] = name
@@ -182,12 +246,14 @@ def extract_archive(
     kind: ArchiveKind | None = None,
     name: str | None = None,
     stop: threading.Event | None = None,
+    charge: Charge | None = None,
 ) -> ArchiveKind:
     """Extract ``archive`` into ``destination`` (which must not exist yet), safely; returns the kind.
 
     ``kind`` skips detection; ``name`` is the archive's name for detection and messages (default: the
-    file's name). Every failure, whatever the archive holds, is an ArtifactError, and leaves neither
-    ``destination`` nor any temporary folder behind.
+    file's name); ``charge`` counts every written byte against the cache's limit too. Every failure,
+    whatever the archive holds, is an ArtifactError, and leaves neither ``destination`` nor any
+    temporary folder behind.
     """
     label = archive.name if name is None else name
     what = f"archive {label!r}"
@@ -201,12 +267,16 @@ def extract_archive(
     if os.path.lexists(destination):
         raise ArtifactError(f"cannot extract {what}: {destination} already exists")
     temporary = destination.with_name(f".{destination.name}.extracting-{secrets.token_hex(6)}")
+    try:
+        archive_bytes = archive.stat().st_size
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {what}: {exc.strerror or exc}") from exc
     temporary.mkdir(parents=True)
-    budget = Budget(limits, what, stop)
+    budget = Budget(limits, what, stop, archive_bytes=archive_bytes, charge=charge)
     current: list[str] = [""]
     try:
         extract = _extract_tar if kind == "tar" else _extract_zip
-        extract(archive, Tree(temporary), budget, current)
+        extract(archive, Tree(temporary, budget), budget, current)
         if budget.files == 0:
             raise ArtifactError(f"{what} holds no files")
         temporary.rename(destination)
@@ -216,6 +286,11 @@ def extract_archive(
     except _Refused as exc:
         shutil.rmtree(temporary, ignore_errors=True)
         raise ArtifactError(f"refused {what}: {exc}") from None
+    except (IsADirectoryError, NotADirectoryError, FileExistsError):
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise ArtifactError(
+            f"refused {what}: member {current[0]!r} clashes with another member: a file and a folder of one path"
+        ) from None
     except Exception as exc:  # untrusted bytes reach tarfile, zipfile and the decompressors: any error is the archive's
         shutil.rmtree(temporary, ignore_errors=True)
         at = f" at member {current[0]!r}" if current[0] else ""

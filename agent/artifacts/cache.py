@@ -9,7 +9,8 @@ Layout of ``cache_dir``::
 
 An entry is built in a temporary folder whose marker is written last, then renamed to ``<key>`` in
 one step, so a ``<key>`` folder is always complete; one without a readable marker is treated as
-incomplete and removed. A cache folder belongs to one ArtifactStore (one agent process).
+incomplete and removed. An entry is removed by renaming it to ``.old-...`` first, so a removal cut
+short leaves only what start-up removes. A cache folder belongs to one ArtifactStore (one agent process).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,24 @@ def cache_key(*material: str) -> str:
         digest.update(len(encoded).to_bytes(8, "big"))
         digest.update(encoded)
     return digest.hexdigest()
+
+
+def is_key(text: str) -> bool:
+    return _KEY.fullmatch(text) is not None
+
+
+def tree_bytes(root: Path) -> int:
+    """The sizes of the regular files under ``root``, added up (links are not followed)."""
+    total = 0
+    for folder, _, names in os.walk(root):
+        for name in names:
+            try:
+                info = os.lstat(os.path.join(folder, name))
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                total += info.st_size
+    return total
 
 
 def now_iso() -> str:
@@ -85,6 +105,26 @@ class CacheDir:
     @staticmethod
     def discard(temp: Path) -> None:
         shutil.rmtree(temp, ignore_errors=True)
+
+    def remove(self, key: str) -> None:
+        entry = self.entry(key)
+        if not entry.exists():
+            return
+        old = self.root / f".old-{key[:16]}-{secrets.token_hex(6)}"
+        entry.rename(old)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def complete_keys(self) -> list[str]:
+        """The keys of the complete entries."""
+        try:
+            names = [child.name for child in self.root.iterdir()]
+        except FileNotFoundError:
+            return []
+        return sorted(name for name in names if _KEY.fullmatch(name) and self.read_marker(name) is not None)
+
+    def measure(self, key: str) -> int:
+        """Bytes the entry's files take (their sizes; links are never made inside the cache)."""
+        return tree_bytes(self.entry(key))
 
     def clean(self) -> None:
         """Remove what an earlier process left unfinished: temporary folders and entries without a marker."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -41,6 +42,12 @@ class _Sink:
         return self._hash.hexdigest()
 
 
+def _write(sink: _Sink, data: bytes, before_write: Callable[[int], None] | None) -> None:
+    if before_write is not None:
+        before_write(len(data))
+    sink.write(data)
+
+
 def _message(exc: BaseException, url: str, display: str) -> str:
     """An exception's text with the full URL (which may hold credentials) replaced by its redacted form."""
     return f"{type(exc).__name__}: {exc}".replace(url, display)
@@ -54,12 +61,15 @@ async def download(
     timeout_seconds: float,
     max_bytes: int,
     conditional: dict[str, str] | None = None,
+    before_write: Callable[[int], None] | None = None,
 ) -> Downloaded:
     """GET ``url`` into the new file ``target``.
 
     ``timeout_seconds`` bounds every wait: connecting, the response headers, and each read of the body.
-    ``conditional`` (If-None-Match / If-Modified-Since) may make the answer a 304. A status other than
-    200 (or that 304), a body over ``max_bytes``, a timeout or a connection failure is an ArtifactError.
+    ``conditional`` (If-None-Match / If-Modified-Since) may make the answer a 304. ``before_write`` is
+    told how many bytes are about to be written, and may refuse them by raising an ArtifactError. A status
+    other than 200 (or that 304), a body over ``max_bytes``, a timeout or a connection failure is an
+    ArtifactError.
     """
     timeout = aiohttp.ClientTimeout(
         total=None, connect=timeout_seconds, sock_connect=timeout_seconds, sock_read=timeout_seconds
@@ -76,7 +86,8 @@ async def download(
                 raise ArtifactError(f"HTTP GET {display} returned {response.status} {response.reason or ''}".rstrip())
             if response.content_length is not None and response.content_length > max_bytes:
                 raise ArtifactError(
-                    f"HTTP GET {display}: the body is {response.content_length} bytes, over the limit of {max_bytes}"
+                    f"HTTP GET {display}: the body is {response.content_length} bytes, over the limit of {max_bytes} "
+                    "(the per-model size limit, the agent's --max-model-disk, with room for archive headers)"
                 )
             sink = await asyncio.to_thread(_Sink, target)
             size = 0
@@ -85,13 +96,16 @@ async def download(
                 async for chunk in response.content.iter_chunked(CHUNK_BYTES):
                     size += len(chunk)
                     if size > max_bytes:
-                        raise ArtifactError(f"HTTP GET {display}: the body is over the limit of {max_bytes} bytes")
+                        raise ArtifactError(
+                            f"HTTP GET {display}: the body is over the limit of {max_bytes} bytes (the per-model "
+                            "size limit, the agent's --max-model-disk, with room for archive headers)"
+                        )
                     pending += chunk
                     if len(pending) >= CHUNK_BYTES:
-                        await asyncio.to_thread(sink.write, bytes(pending))
+                        await asyncio.to_thread(_write, sink, bytes(pending), before_write)
                         pending.clear()
                 if pending:
-                    await asyncio.to_thread(sink.write, bytes(pending))
+                    await asyncio.to_thread(_write, sink, bytes(pending), before_write)
             finally:
                 digest = await asyncio.to_thread(sink.close)
             return Downloaded(

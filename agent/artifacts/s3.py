@@ -11,7 +11,7 @@ from minio import Minio
 from minio.error import MinioException, S3Error
 
 from agent.artifacts.errors import ArtifactError
-from agent.artifacts.safety import Budget, ExtractLimits, Tree, UnsafeName, safe_parts
+from agent.artifacts.safety import Budget, Charge, ExtractLimits, Tree, UnsafeName, safe_parts
 from agent.artifacts.sources import S3Location
 from agent.artifacts.storage_config import S3Settings
 from modelplane.s3_client import minio_client
@@ -125,12 +125,22 @@ def download_objects(
     settings: S3Settings,
     limits: ExtractLimits,
     stop: threading.Event,
+    charge: Charge | None = None,
 ) -> None:
-    """Download ``objects`` into the new folder ``target``, keeping their relative paths, within ``limits``."""
+    """Download ``objects`` into the new folder ``target``, keeping their relative paths, within ``limits``
+    (and ``charge``'s room in the cache): what the listing declares is checked first, what is written always."""
     where = f"s3://{location.bucket}/{location.prefix}"
+    declared = sum(item.size for item in objects)
+    if declared > limits.max_total_bytes:
+        raise ArtifactError(
+            f"{where} holds {declared} bytes, over the per-model size limit of {limits.max_total_bytes} bytes "
+            "(the agent's --max-model-disk)"
+        )
+    if charge is not None:
+        charge.check_room(declared, f"its objects are {declared} bytes")
     target.mkdir()
-    tree = Tree(target)
-    budget = Budget(limits, where, stop)
+    budget = Budget(limits, where, stop, charge=charge)
+    tree = Tree(target, budget)
     for item in objects:
         budget.add_member(item.key)
         budget.check_declared_size(item.key, item.size)

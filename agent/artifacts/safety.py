@@ -11,29 +11,71 @@ from typing import Protocol
 
 from agent.artifacts.errors import ArtifactError
 
+MIB = 1 << 20
 GIB = 1 << 30
 CHUNK_BYTES = 1 << 20
 
+# Real model trees are a few folders deep; a limit keeps one member from making thousands of folders.
+MAX_DEPTH = 64
 _DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
 _SEPARATORS = re.compile(r"[\\/]+")
 
 
 @dataclass(frozen=True, slots=True)
 class ExtractLimits:
-    """What one fetched tree (an extracted archive or an S3 prefix) may hold.
+    """What one fetched tree (an extracted archive or an S3 prefix) may hold: the per-model limits.
 
-    ``max_files`` counts every member (files and folders); the byte limits count the bytes actually
-    written, never the sizes an archive header or a listing claims.
+    ``max_files`` bounds the members read (files and folders) and, separately, the files and folders
+    written, including the parent folders a member's path makes; the byte limits count the bytes actually
+    written, never the sizes an archive header or a listing claims (those only refuse early).
+
+    - ``max_total_bytes``: what one model version's tree may take on disk (the agent's --max-model-disk);
+    - ``max_ratio``: an archive may expand to at most ``max_ratio`` times its own size (the agent's
+      --max-compression-ratio), and always to ``ratio_exempt_bytes``. Extraction stops at the first byte
+      over, so a decompression bomb costs that much disk and time, never what it claims.
+
+    The defaults are the agent's (agent/settings.py explains them).
     """
 
     max_total_bytes: int = 8 * GIB
     max_files: int = 100_000
     max_file_bytes: int = 4 * GIB
+    max_ratio: int = 100
+    ratio_exempt_bytes: int = 16 * MIB
 
     def __post_init__(self) -> None:
-        for name in ("max_total_bytes", "max_files", "max_file_bytes"):
+        for name in ("max_total_bytes", "max_files", "max_file_bytes", "max_ratio", "ratio_exempt_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ExtractLimits.{name} must be at least 1")
+
+    def expansion_limit(self, archive_bytes: int) -> int:
+        """The most an archive of ``archive_bytes`` may expand to under the compression ratio limit."""
+        return max(self.max_ratio * archive_bytes, self.ratio_exempt_bytes)
+
+    def ratio_refusal(self, what: str, archive_bytes: int, written: int) -> ArtifactError:
+        return ArtifactError(
+            f"{what} expands to more than {self.expansion_limit(archive_bytes)} bytes, over the compression ratio "
+            f"limit of {self.max_ratio}:1 for its {archive_bytes} bytes (the agent's --max-compression-ratio); "
+            f"extraction stopped after {written} bytes and was undone: refused as a likely decompression bomb"
+        )
+
+    def size_refusal(self, what: str, written: int) -> ArtifactError:
+        return ArtifactError(
+            f"{what} is over the per-model size limit of {self.max_total_bytes} bytes (the agent's "
+            f"--max-model-disk); stopped after {written} bytes and undone"
+        )
+
+
+class Charge(Protocol):
+    """Where written bytes are counted against the artifact cache's limit (quota.py)."""
+
+    def take(self, count: int) -> None:
+        """Count ``count`` more bytes about to be written; raises ArtifactError when they do not fit."""
+        ...
+
+    def check_room(self, count: int, claim: str) -> None:
+        """Refuse early when ``count`` more bytes (what ``claim`` says is coming) would not fit."""
+        ...
 
 
 class UnsafeName(Exception):  # noqa: N818 -- a reason, caught by the callers and turned into an ArtifactError
@@ -45,7 +87,8 @@ def safe_parts(name: str) -> tuple[str, ...]:
 
     Both ``/`` and ``\\`` separate components (archives made on Windows use backslashes). Empty and
     ``.`` components are dropped, so ``./a//b`` is ``("a", "b")`` and ``./`` is ``()`` (the target
-    itself). Raises UnsafeName for an absolute path, a drive letter, a ``..`` component or a NUL byte.
+    itself). Raises UnsafeName for an absolute path, a drive letter, a ``..`` component, a NUL byte or
+    more than MAX_DEPTH components.
     """
     if "\x00" in name:
         raise UnsafeName("holds a NUL byte")
@@ -56,6 +99,8 @@ def safe_parts(name: str) -> tuple[str, ...]:
     parts = tuple(part for part in _SEPARATORS.split(name) if part not in ("", "."))
     if ".." in parts:
         raise UnsafeName("has a '..' component")
+    if len(parts) > MAX_DEPTH:
+        raise UnsafeName(f"is nested more than {MAX_DEPTH} folders deep")
     return parts
 
 
@@ -64,14 +109,29 @@ class Readable(Protocol):
 
 
 class Budget:
-    """Counts members and written bytes against ExtractLimits; ``what`` names the tree in messages."""
+    """Counts members and written bytes against ExtractLimits; ``what`` names the tree in messages.
 
-    def __init__(self, limits: ExtractLimits, what: str, stop: threading.Event | None = None) -> None:
+    ``archive_bytes`` (for an archive) turns on the compression ratio limit; ``charge`` also counts every
+    byte against the cache's limit.
+    """
+
+    def __init__(
+        self,
+        limits: ExtractLimits,
+        what: str,
+        stop: threading.Event | None = None,
+        *,
+        archive_bytes: int | None = None,
+        charge: Charge | None = None,
+    ) -> None:
         self.limits = limits
         self.what = what
         self.stop = stop
+        self.archive_bytes = archive_bytes
+        self.charge = charge
         self.members = 0
         self.files = 0
+        self.written_entries = 0  # files and folders made on disk
         self.total_bytes = 0
 
     def add_member(self, name: str) -> None:
@@ -81,6 +141,14 @@ class Budget:
                 f"{self.what} holds more than {self.limits.max_files} files (limit reached at {name!r})"
             )
 
+    def add_entry(self, name: str) -> None:
+        """A file or folder is about to be made on disk."""
+        self.written_entries += 1
+        if self.written_entries > self.limits.max_files:
+            raise ArtifactError(
+                f"{self.what} makes more than {self.limits.max_files} files and folders (limit reached at {name!r})"
+            )
+
     def check_declared_size(self, name: str, size: int) -> None:
         """Refuse early when a header or listing already claims too much (the real count still follows)."""
         if size > self.limits.max_file_bytes:
@@ -88,22 +156,36 @@ class Budget:
                 f"{self.what}: {name!r} is {size} bytes, over the per-file limit of {self.limits.max_file_bytes}"
             )
         if self.total_bytes + size > self.limits.max_total_bytes:
-            raise ArtifactError(f"{self.what} is over the total size limit of {self.limits.max_total_bytes} bytes")
+            raise ArtifactError(
+                f"{self.what}: {name!r} is {size} bytes, which takes it over the per-model size limit of "
+                f"{self.limits.max_total_bytes} bytes (the agent's --max-model-disk)"
+            )
+        if self.archive_bytes is not None and self.total_bytes + size > self.limits.expansion_limit(self.archive_bytes):
+            raise self.limits.ratio_refusal(self.what, self.archive_bytes, self.total_bytes)
+        if self.charge is not None:
+            self.charge.check_room(size, f"{name!r} is {size} bytes")
 
     def _count(self, name: str, file_bytes: int, added: int) -> None:
+        """Count ``added`` bytes about to be written (so nothing over a limit is ever written)."""
+        written = self.total_bytes
         self.total_bytes += added
         if file_bytes > self.limits.max_file_bytes:
             raise ArtifactError(
                 f"{self.what}: {name!r} is over the per-file limit of {self.limits.max_file_bytes} bytes"
             )
         if self.total_bytes > self.limits.max_total_bytes:
-            raise ArtifactError(f"{self.what} is over the total size limit of {self.limits.max_total_bytes} bytes")
+            raise self.limits.size_refusal(self.what, written)
+        if self.archive_bytes is not None and self.total_bytes > self.limits.expansion_limit(self.archive_bytes):
+            raise self.limits.ratio_refusal(self.what, self.archive_bytes, written)
         if self.stop is not None and self.stop.is_set():
             raise ArtifactError(f"{self.what}: fetch cancelled")
+        if self.charge is not None:
+            self.charge.take(added)
 
     def copy(self, source: Readable, target: Path, name: str) -> int:
         """Stream ``source`` into a new regular file ``target``, counting what is written. Returns the size."""
         self.files += 1
+        self.add_entry(name)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
         written = 0
         with os.fdopen(os.open(target, flags, 0o644), "wb") as out:
@@ -115,21 +197,32 @@ class Budget:
 
 
 class Tree:
-    """Creates folders and files under a root that only this code writes to (so it holds no links)."""
+    """Creates folders and files under a root that only this code writes to (so it holds no links).
 
-    def __init__(self, root: Path) -> None:
+    Every folder it makes, a member's parent folders too, is counted by ``budget``.
+    """
+
+    def __init__(self, root: Path, budget: Budget | None = None) -> None:
         self.root = root
+        self._budget = budget
         self._real_root = os.path.realpath(root)
-        self._checked: set[tuple[str, ...]] = set()
+        self._made: set[tuple[str, ...]] = {()}
 
     def folder(self, parts: tuple[str, ...]) -> Path:
         path = self.root.joinpath(*parts)
-        if parts not in self._checked:
-            path.mkdir(parents=True, exist_ok=True)
-            real = os.path.realpath(path)
-            if os.path.commonpath([real, self._real_root]) != self._real_root:  # defence in depth
-                raise UnsafeName("resolves outside the target folder")
-            self._checked.add(parts)
+        if parts in self._made:
+            return path
+        for depth in range(1, len(parts) + 1):
+            prefix = parts[:depth]
+            if prefix in self._made:
+                continue
+            if self._budget is not None:
+                self._budget.add_entry("/".join(prefix))
+            self.root.joinpath(*prefix).mkdir(exist_ok=True)
+            self._made.add(prefix)
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, self._real_root]) != self._real_root:  # defence in depth
+            raise UnsafeName("resolves outside the target folder")
         return path
 
     def file(self, parts: tuple[str, ...]) -> Path:

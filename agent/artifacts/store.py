@@ -23,7 +23,15 @@ and the expected digest. Reuse:
 - http with a sha256: reused without a request; without: a conditional GET (If-None-Match /
   If-Modified-Since) and a 304 reuses it;
 - a replaced entry is removed once its successor is in place, so a server must have loaded (or
-  copied) a version's files before the same source is fetched again with changed content.
+  linked or copied) a version's files before the same source is fetched again with changed content.
+
+Disk: every byte written into the cache is counted before it is written, against the per-model limits
+(``ExtractLimits``: size, file count, compression ratio) and the cache's limit (quota.py); a fetch over
+any of them stops there, and what it wrote is removed. Holds: ``fetch(source, holder=...)`` records that
+``holder`` (a loaded model version) uses the entry; ``release(holder)`` removes the entry once no holder
+is left, so the cache holds what the agent's models need and nothing more. After a restart the agent
+says which holds survive (``keep_only``); every other entry is removed, and the limit counts what
+remains as measured on disk.
 
 Network waits are bounded by ``timeout_seconds`` each; minio calls, extraction, hashing and file
 work run in threads.
@@ -33,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import stat
 import threading
@@ -41,19 +50,22 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.artifacts.archives import ArchiveKind, detect_archive, extract_archive
-from agent.artifacts.cache import DATA, CacheDir, cache_key, now_iso
+from agent.artifacts.cache import DATA, CacheDir, cache_key, is_key, now_iso
 from agent.artifacts.errors import ArtifactError
 from agent.artifacts.http import download
+from agent.artifacts.quota import CacheQuota, QuotaCharge
 from agent.artifacts.s3 import download_objects, list_objects, make_client
-from agent.artifacts.safety import CHUNK_BYTES, ExtractLimits
+from agent.artifacts.safety import CHUNK_BYTES, GIB, ExtractLimits
 from agent.artifacts.sources import ArtifactSource, HttpLocation, LocalLocation, S3Location, parse_location
 from agent.artifacts.storage_config import S3Settings, resolve_s3_settings
 from agent.artifacts.versions import select_version, unwrap_single_folder
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _DOWNLOAD_FILE = "download"
 # A tar holds each file behind a 512-byte header (two with a long name) and pads it to 512 bytes.
 _ARCHIVE_OVERHEAD_PER_MEMBER = 1536
+DEFAULT_CACHE_LIMIT_BYTES = 32 * GIB  # the agent's default; agent/settings.py says why
 
 
 def _sha256_file(path: Path) -> str:
@@ -81,9 +93,11 @@ class ArtifactStore:
     - ``environ`` (default ``os.environ``) also gives the AWS_* defaults for S3 sources without a config.
     - ``limits`` bound every extracted archive and every S3 prefix; an http download may be at most
       ``max_total_bytes`` plus tar's per-member overhead.
+    - ``cache_limit_bytes`` bounds everything the cache holds, complete or being fetched.
     - ``timeout_seconds`` bounds every network wait: connecting, a response, each read of a body.
 
-    Concurrent fetches of one source share one download. Every failure is an ArtifactError.
+    Concurrent fetches of one source share one download. Every failure is an ArtifactError. A fetch
+    without a holder is not protected from a release that removes the entry it returned.
     """
 
     def __init__(
@@ -93,6 +107,7 @@ class ArtifactStore:
         secrets_dir: Path | None = None,
         environ: Mapping[str, str] | None = None,
         limits: ExtractLimits = ExtractLimits(),  # noqa: B008 -- frozen, so one shared default is safe
+        cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES,
         timeout_seconds: float = 600,
     ) -> None:
         if timeout_seconds <= 0:
@@ -107,41 +122,132 @@ class ArtifactStore:
         self._cleaned = False
         self._clean_lock = asyncio.Lock()
         self._downloads = 0
+        self._quota = CacheQuota(cache_limit_bytes)
+        self._holds: dict[str, str] = {}  # holder (a loaded model version) -> the cache key it uses
+        self._removals: set[asyncio.Task[None]] = set()
 
     @property
     def cache_dir(self) -> Path:
         return self._cache.root
 
     @property
+    def cache_bytes(self) -> int:
+        """What the cache holds on disk now, complete entries and fetches in progress (for metrics and tests)."""
+        return self._quota.used_bytes
+
+    def owns(self, folder: Path) -> bool:
+        """Whether ``folder`` lies in the cache: files this store wrote and never writes again."""
+        return folder.is_relative_to(self._cache.root)
+
+    def held_key(self, holder: str) -> str | None:
+        """The cache entry ``holder`` uses, or None (a local folder, used in place)."""
+        return self._holds.get(holder)
+
+    async def release(self, holder: str) -> None:
+        """``holder`` no longer uses its entry: removed when no other holder uses it."""
+        key = self._holds.pop(holder, None)
+        if key is not None:
+            await self._remove_unheld(key)
+
+    async def keep_only(self, holds: Mapping[str, str]) -> None:
+        """After a restart: ``holds`` (holder -> cache key) are all that survive; every other entry is removed."""
+        await self._clean_once()
+        self._holds = {holder: key for holder, key in holds.items() if is_key(key)}
+        for key in await asyncio.to_thread(self._cache.complete_keys):
+            await self._remove_unheld(key)
+
+    @property
     def downloads(self) -> int:
         """How many bodies this store has downloaded (S3 objects, http resources): for tests and metrics."""
         return self._downloads
 
-    async def fetch(self, source: ArtifactSource) -> Path:
-        """The selected version folder of ``source``, ready to be used read-only."""
+    async def fetch(self, source: ArtifactSource, *, holder: str | None = None) -> Path:
+        """The selected version folder of ``source``, ready to be used read-only.
+
+        With ``holder``, the cache entry is held for it until ``release(holder)`` (a failed fetch holds nothing).
+        """
         location = parse_location(source)
         try:
             await self._clean_once()
             if isinstance(location, LocalLocation):
-                root, label = await self._local(location), str(location.path)
+                (key, fetch_root), label = await self._local(location), str(location.path)
             elif isinstance(location, S3Location):
-                root, label = await self._s3(location, source), location.display
+                (key, fetch_root), label = await self._s3(location, source), location.display
             else:
-                root, label = await self._http(location), location.display
-            return await asyncio.to_thread(select_version, root, source.artifact_version, label)
+                (key, fetch_root), label = self._http(location), location.display
+
+            async def fetch_version() -> Path:
+                root = await fetch_root()
+                return await asyncio.to_thread(select_version, root, source.artifact_version, label)
+
+            if holder is None or key is None:
+                return await fetch_version()
+            return await self._held(holder, key, fetch_version)
         except OSError as exc:  # network errors are already ArtifactErrors: this is the local disk
             raise ArtifactError(f"cannot store the artifacts in {self._cache.root}: {exc}") from exc
 
     # -- shared machinery --------------------------------------------------------------------------
 
     async def _clean_once(self) -> None:
-        """At the first fetch: remove what an earlier process left unfinished in the cache."""
+        """At the first use: remove what an earlier process left unfinished, and measure what it left complete."""
         if self._cleaned:
             return
         async with self._clean_lock:
             if not self._cleaned:
                 await asyncio.to_thread(self._cache.clean)
+                measured = await asyncio.to_thread(self._measure_entries)
+                self._quota.set_entries(measured)
                 self._cleaned = True
+
+    def _measure_entries(self) -> dict[str, int]:
+        return {key: self._cache.measure(key) for key in self._cache.complete_keys()}
+
+    async def _held(self, holder: str, key: str, fetch: Callable[[], Awaitable[Path]]) -> Path:
+        """Run ``fetch`` (of cache entry ``key``) for ``holder``. The hold is taken first, so no release by
+        another holder removes the entry meanwhile; a failed fetch gives it back."""
+        previous = self._holds.get(holder)
+        self._holds[holder] = key
+        try:
+            tree = await fetch()
+        except asyncio.CancelledError:
+            self._restore_hold(holder, previous)
+            if previous != key:  # the shared flight goes on; once it is done, the entry goes if unheld
+                removal = asyncio.get_running_loop().create_task(self._remove_unheld(key))
+                self._removals.add(removal)
+                removal.add_done_callback(self._removals.discard)
+            raise
+        except BaseException:
+            self._restore_hold(holder, previous)
+            if previous != key:
+                await self._remove_unheld(key)
+            raise
+        if previous is not None and previous != key:
+            await self._remove_unheld(previous)
+        return tree
+
+    def _restore_hold(self, holder: str, previous: str | None) -> None:
+        if previous is None:
+            self._holds.pop(holder, None)
+        else:
+            self._holds[holder] = previous
+
+    async def _remove_unheld(self, key: str) -> None:
+        """Remove entry ``key`` unless a holder uses it (checked under the entry's lock, after its flights)."""
+        async with self._entry_lock(key):
+            if key in self._holds.values():
+                return
+            try:
+                await asyncio.to_thread(self._cache.remove, key)
+            except OSError as error:  # still on disk, so still counted; the next start-up tries again
+                log.warning("could not remove cache entry %s: %s", key, error)
+                return
+            self._quota.drop_entry(key)
+
+    def _settle(self, charge: QuotaCharge, key: str, temp: Path, marker: dict[str, Any]) -> Path:
+        """Commit ``temp`` as entry ``key`` and count it as measured on disk (blocking: runs in a thread)."""
+        entry = self._cache.commit(key, temp, marker)
+        charge.settle(key, self._cache.measure(key))
+        return entry
 
     async def _single_flight(self, flight: str, work: Callable[[], Awaitable[Path]]) -> Path:
         """Run ``work`` once for all concurrent callers with the same ``flight`` key.
@@ -181,20 +287,25 @@ class ArtifactStore:
 
     # -- local paths -------------------------------------------------------------------------------
 
-    async def _local(self, location: LocalLocation) -> Path:
+    async def _local(self, location: LocalLocation) -> tuple[str | None, Callable[[], Awaitable[Path]]]:
+        """The cache key (None for a folder, used in place) and how to fetch the tree."""
         path = location.path
         kind = await asyncio.to_thread(self._inspect_local, path)
         if kind is None:
             if location.sha256 is not None:
                 raise ArtifactError(f"{path} is a folder: an expected sha256 applies to a single archive file")
-            return path
+
+            async def in_place() -> Path:
+                return path
+
+            return None, in_place
         key = cache_key("local-archive", str(path), location.sha256 or "")
 
         async def work() -> Path:
             async with self._entry_lock(key):
                 return await self._in_thread(lambda stop: self._extract_local(path, kind, key, location.sha256, stop))
 
-        return await self._single_flight(key, work)
+        return key, lambda: self._single_flight(key, work)
 
     @staticmethod
     def _inspect_local(path: Path) -> ArchiveKind | None:
@@ -228,12 +339,13 @@ class ArtifactStore:
         if marker is not None and marker.get("size") == info.st_size and marker.get("mtime_ns") == info.st_mtime_ns:
             return _tree(self._cache.entry(key), marker)
         temp = self._cache.new_temp(key)
+        charge = self._quota.charge(f"archive {path.name!r}")
         try:
             if sha256 is not None:
                 actual = _sha256_file(path)
                 if actual != sha256:
                     raise _digest_mismatch(str(path), sha256, actual)
-            extract_archive(path, temp / DATA, self._limits, kind=kind, stop=stop)
+            extract_archive(path, temp / DATA, self._limits, kind=kind, stop=stop, charge=charge)
             tree = unwrap_single_folder(temp / DATA).relative_to(temp)
             marker = {
                 "uri": path.as_uri(),
@@ -244,14 +356,15 @@ class ArtifactStore:
                 "sha256": sha256,
                 "tree": tree.as_posix(),
             }
-            return self._cache.commit(key, temp, marker) / tree
+            return self._settle(charge, key, temp, marker) / tree
         except BaseException:
             self._cache.discard(temp)
+            charge.cancel()
             raise
 
     # -- S3 ----------------------------------------------------------------------------------------
 
-    async def _s3(self, location: S3Location, source: ArtifactSource) -> Path:
+    async def _s3(self, location: S3Location, source: ArtifactSource) -> tuple[str, Callable[[], Awaitable[Path]]]:
         settings = await asyncio.to_thread(
             resolve_s3_settings,
             rclone_config=source.storage_rclone_config,
@@ -270,7 +383,7 @@ class ArtifactStore:
                 self._downloads += downloaded
                 return tree
 
-        return await self._single_flight(flight, work)
+        return key, lambda: self._single_flight(flight, work)
 
     def _sync_s3(self, location: S3Location, settings: S3Settings, key: str, stop: threading.Event) -> tuple[Path, int]:
         """List the prefix; reuse the cache entry if every ETag matches, else download the prefix again.
@@ -284,8 +397,11 @@ class ArtifactStore:
         if marker is not None and marker.get("objects") == etags:
             return _tree(self._cache.entry(key), marker), 0
         temp = self._cache.new_temp(key)
+        charge = self._quota.charge(location.display)
         try:
-            download_objects(client, location, objects, temp / DATA, settings=settings, limits=self._limits, stop=stop)
+            download_objects(
+                client, location, objects, temp / DATA, settings=settings, limits=self._limits, stop=stop, charge=charge
+            )
             marker = {
                 "uri": location.display,
                 "endpoint": settings.url,
@@ -294,21 +410,22 @@ class ArtifactStore:
                 "objects": etags,
                 "tree": DATA,
             }
-            return self._cache.commit(key, temp, marker) / DATA, len(objects)
+            return self._settle(charge, key, temp, marker) / DATA, len(objects)
         except BaseException:
             self._cache.discard(temp)
+            charge.cancel()
             raise
 
     # -- http(s) -----------------------------------------------------------------------------------
 
-    async def _http(self, location: HttpLocation) -> Path:
+    def _http(self, location: HttpLocation) -> tuple[str, Callable[[], Awaitable[Path]]]:
         key = cache_key("http", location.url, location.sha256 or "")
 
         async def work() -> Path:
             async with self._entry_lock(key):
                 return await self._fetch_http(location, key)
 
-        return await self._single_flight(key, work)
+        return key, lambda: self._single_flight(key, work)
 
     async def _fetch_http(self, location: HttpLocation, key: str) -> Path:
         marker = await asyncio.to_thread(self._cache.read_marker, key)
@@ -322,6 +439,7 @@ class ArtifactStore:
             if isinstance(marker.get("last_modified"), str):
                 conditional["If-Modified-Since"] = marker["last_modified"]
         temp = await asyncio.to_thread(self._cache.new_temp, key)
+        charge = self._quota.charge(location.display)
         try:
             got = await download(
                 location.url,
@@ -330,14 +448,16 @@ class ArtifactStore:
                 timeout_seconds=self._timeout,
                 max_bytes=self._limits.max_total_bytes + _ARCHIVE_OVERHEAD_PER_MEMBER * (self._limits.max_files + 2),
                 conditional=conditional or None,
+                before_write=charge.take,
             )
             if got.not_modified and marker is not None:
                 await asyncio.to_thread(self._cache.discard, temp)
+                charge.cancel()
                 return _tree(entry, marker)
             self._downloads += 1
             if location.sha256 is not None and got.sha256 != location.sha256:
                 raise _digest_mismatch(location.display, location.sha256, got.sha256)
-            tree, content = await self._in_thread(lambda stop: self._unpack(location, temp, stop))
+            tree, content = await self._in_thread(lambda stop: self._unpack(location, temp, charge, stop))
             new_marker = {
                 "uri": location.display,
                 "fetched_at": now_iso(),
@@ -349,22 +469,33 @@ class ArtifactStore:
                 "size": got.size,
                 "tree": tree,
             }
-            committed = await asyncio.to_thread(self._cache.commit, key, temp, new_marker)
+            committed = await asyncio.to_thread(self._settle, charge, key, temp, new_marker)
             return committed / tree
         except asyncio.CancelledError:
-            asyncio.get_running_loop().run_in_executor(None, self._cache.discard, temp)  # not awaited: cancelled
+            # Not awaited: cancelled. The charge is given back once the folder is gone.
+            asyncio.get_running_loop().run_in_executor(None, self._discard, temp, charge)
             raise
         except BaseException:
-            await asyncio.to_thread(self._cache.discard, temp)
+            await asyncio.to_thread(self._discard, temp, charge)
             raise
 
-    def _unpack(self, location: HttpLocation, temp: Path, stop: threading.Event) -> tuple[str, str]:
+    def _discard(self, temp: Path, charge: QuotaCharge) -> None:
+        self._cache.discard(temp)
+        charge.cancel()
+
+    def _unpack(
+        self, location: HttpLocation, temp: Path, charge: QuotaCharge, stop: threading.Event
+    ) -> tuple[str, str]:
         """Extract the verified download (or keep a single file under its name); returns (tree, content)."""
         downloaded = temp / _DOWNLOAD_FILE
         kind = detect_archive(downloaded, location.file_name or "")
         if kind is not None:
-            extract_archive(downloaded, temp / DATA, self._limits, kind=kind, name=location.display, stop=stop)
+            extract_archive(
+                downloaded, temp / DATA, self._limits, kind=kind, name=location.display, stop=stop, charge=charge
+            )
+            archive_bytes = downloaded.stat().st_size
             downloaded.unlink()
+            charge.give_back(archive_bytes)
             return unwrap_single_folder(temp / DATA).relative_to(temp).as_posix(), kind
         if location.file_name is None:
             raise ArtifactError(

@@ -325,18 +325,6 @@ def check_fields(message: Message, where: str, error: type[SchedulerError] = Inv
             check_text(value, path, rule.text or IDENTIFIER, error)
 
 
-def check_subscriber(name: str, what: str = "subscriberName") -> str:
-    """A subscriber's or gateway's name: free, but bounded and on one line (it goes into logs)."""
-    check_text(name, what, SUBSCRIBER)
-    return name
-
-
-def check_version(version: int, what: str) -> int:
-    if not 1 <= version <= MAX_VERSION:
-        raise InvalidArgument(f"{what} {version} is out of range: versions are 1 to {MAX_VERSION} (uint32)")
-    return version
-
-
 def clean_reason(text: str, limit: int = MAX_REASON_CHARS) -> str:
     """Free text a component reported (a reason): control characters become spaces, and text beyond ``limit``
     characters is cut, saying how much. Never refused: the state change it comes with matters more."""

@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -631,3 +631,89 @@ def test_the_largest_pipeline_server_experiment_and_route_messages_fit_too() -> 
     print(sizes)
     assert len(route.model.versions) == limits.MAX_MODEL_VERSIONS
     assert all(size <= bound for size, bound in sizes.values()), sizes
+
+
+def test_every_string_and_repeated_field_of_every_request_has_a_rule() -> None:
+    """limits.FIELD_RULES names every string, repeated and map field reachable from every request of the
+    Scheduler API, the RoutingService and the AgentService, and nothing else."""
+    from google.protobuf.descriptor import Descriptor, FieldDescriptor  # noqa: PLC0415
+
+    from generated.mlops.agent.v1 import agent_pb2 as apb  # noqa: PLC0415
+    from generated.mlops.routing.v1 import routing_pb2  # noqa: PLC0415
+    from scheduler import limits  # noqa: PLC0415
+
+    def fields(message: Descriptor, seen: set[str]) -> Iterator[FieldDescriptor]:
+        if message.full_name in seen:
+            return
+        seen.add(message.full_name)
+        for field in message.fields:
+            if field.message_type is not None and field.message_type.GetOptions().map_entry:
+                yield field
+            elif field.message_type is not None:
+                if field.is_repeated:
+                    yield field
+                yield from fields(field.message_type, seen)
+            elif field.type == FieldDescriptor.TYPE_STRING or field.is_repeated:
+                yield field
+
+    services = [
+        pb.DESCRIPTOR.services_by_name["Scheduler"],
+        routing_pb2.DESCRIPTOR.services_by_name["RoutingService"],
+        apb.DESCRIPTOR.services_by_name["AgentService"],
+    ]
+    seen: set[str] = set()
+    reachable = {
+        field.full_name
+        for service in services
+        for method in service.methods
+        for field in fields(method.input_type, seen)
+    }
+    assert reachable - limits.FIELD_RULES.keys() == set()
+    assert limits.FIELD_RULES.keys() - reachable == set()
+
+
+async def test_a_model_keeps_at_most_four_versions() -> None:
+    """Inactive versions make room for a new one; versions still on replicas refuse it (RESOURCE_EXHAUSTED)."""
+    from scheduler import limits  # noqa: PLC0415
+    from scheduler.errors import ResourceExhausted  # noqa: PLC0415
+    from tests.scheduler_harness import Harness  # noqa: PLC0415
+
+    async with Harness() as h:
+        for index in range(10):  # nowhere to place them: every older version is inactive
+            await h.load("iris", uri=f"gs://models/iris-{index}")
+            await h.settle()
+        record = h.core.cluster.models["iris"]
+        assert [v.version for v in record.versions] == [7, 8, 9, 10]
+        replica = h.add_replica(index=0)
+        replica.answering = False  # loads hang: each version keeps its replica
+        for index in range(10, 13):
+            await h.load("iris", uri=f"gs://models/iris-{index}")
+            await h.settle()
+        assert [v.version for v in record.versions if not v.inactive] == [11, 12, 13]
+        await h.load("iris", uri="gs://models/iris-13")  # drops version 10, the last inactive one
+        await h.settle()
+        with pytest.raises(ResourceExhausted, match="keeps 4 versions that still have replicas"):
+            await h.load("iris", uri="gs://models/iris-14")
+        assert len(record.versions) == limits.MAX_MODEL_VERSIONS
+        h.core.check_invariants()
+
+
+def test_a_pipeline_keeps_at_most_four_versions_and_drops_those_that_serve_nothing() -> None:
+    from scheduler import limits  # noqa: PLC0415
+    from scheduler.pipelines import PipelineRegistry, PipelineStatus  # noqa: PLC0415
+
+    registry = PipelineRegistry()
+    ready: set[str] = set()
+    for index in range(10):
+        prepared = registry.prepare_load(pipeline("flow", step=f"step-{index}"))
+        assert prepared is not None
+        registry.apply_load(prepared)
+        registry.refresh(lambda name: name in ready)
+        if index == 2:
+            ready.add("step-2")  # version 3 becomes Ready and keeps serving while later ones wait
+            registry.refresh(lambda name: name in ready)
+    record = registry.records["flow"]
+    assert len(record.versions) <= limits.MAX_PIPELINE_VERSIONS
+    assert record.versions[-1].version == 10
+    assert [v.version for v in record.versions if v.status == PipelineStatus.READY] == [3]
+    registry.check_invariants()

@@ -93,7 +93,7 @@ class PipelineRegistry:
         if record is None or record.deleted:
             self.records[prepared.name] = PipelineRecord(prepared.name, list(prepared.versions))
         else:
-            # Terminated versions prepare_load left out (to stay within MAX_PIPELINE_VERSIONS) go.
+            # Versions prepare_load left out (to stay within MAX_PIPELINE_VERSIONS; they serve nothing) go.
             kept = {id(version) for version in prepared.versions}
             record.versions[:] = [*(v for v in record.versions if id(v) in kept), prepared.latest]
 
@@ -256,17 +256,23 @@ class PipelineRegistry:
 
 
 def _versions_to_keep(record: PipelineRecord) -> list[PipelineVersion]:
-    """The versions to keep beside a new one: all, or without terminated ones (oldest first) when the record
-    would exceed MAX_PIPELINE_VERSIONS. Raises ResourceExhausted when too many are still live."""
+    """The versions to keep beside a new one: all, or, when the record would exceed MAX_PIPELINE_VERSIONS, without
+    those that serve nothing (oldest first): terminated ones, then any not Ready (the new version supersedes them;
+    a Ready one keeps serving until the new one is). Raises ResourceExhausted when too many are Ready."""
     versions = list(record.versions)
-    for version in list(versions):
-        if len(versions) < limits.MAX_PIPELINE_VERSIONS:
-            break
-        if version.terminated:
-            versions.remove(version)
+    serve_nothing: tuple[Callable[[PipelineVersion], bool], ...] = (
+        lambda version: version.terminated,
+        lambda version: version.status != PipelineStatus.READY,
+    )
+    for serves_nothing in serve_nothing:
+        for version in list(versions):
+            if len(versions) < limits.MAX_PIPELINE_VERSIONS:
+                return versions
+            if serves_nothing(version):
+                versions.remove(version)
     if len(versions) >= limits.MAX_PIPELINE_VERSIONS:
         raise ResourceExhausted(
-            f"pipeline {record.name!r} keeps {len(versions)} versions not yet terminated; the limit is "
+            f"pipeline {record.name!r} keeps {len(versions)} Ready versions; the limit is "
             f"{limits.MAX_PIPELINE_VERSIONS}: load a new version once older ones are terminated (they are once the "
             "latest is ready), or unload the pipeline"
         )

@@ -3,6 +3,12 @@
 Each record carries the process's component name and, when set, the model, version and request
 ids of the work in progress (from contextvars, so asyncio tasks keep their own). Output is
 ``key=value`` text by default, or one JSON object per line with ``json_output=True``.
+
+Every record is bounded, whatever a caller sent or a component produced: the message is cut to
+MAX_MESSAGE_CHARS, each field to MAX_FIELD_CHARS, a traceback to MAX_TRACEBACK_CHARS (its head and its
+tail, where the error is), and the whole record to MAX_RECORD_CHARS; each cut says how much it left out.
+In text output, control characters of the message and fields are escaped, so one record is one line
+(a traceback follows on its own lines) and no caller can forge a line.
 """
 
 from __future__ import annotations
@@ -25,6 +31,30 @@ _CONTEXT: dict[str, contextvars.ContextVar[Any]] = {
 }
 LEVELS = ("debug", "info", "warning", "error")
 
+MAX_MESSAGE_CHARS = 4096
+MAX_FIELD_CHARS = 1024
+MAX_TRACEBACK_CHARS = 16 * 1024
+MAX_RECORD_CHARS = 32 * 1024
+_ESCAPES = str.maketrans({code: f"\\x{code:02x}" for code in [*range(32), 127]} | {10: "\\n", 13: "\\r", 9: "\\t"})
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def _cut_traceback(text: str) -> str:
+    if len(text) <= MAX_TRACEBACK_CHARS:
+        return text
+    head = MAX_TRACEBACK_CHARS // 4
+    tail = MAX_TRACEBACK_CHARS - head
+    return f"{text[:head]}\n... ({len(text) - head - tail} characters left out) ...\n{text[-tail:]}"
+
+
+def _bounded_field(value: Any) -> Any:
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    return _cut(value if isinstance(value, str) else str(value), MAX_FIELD_CHARS)
+
 
 def _fields(record: logging.LogRecord, component: str) -> dict[str, Any]:
     fields: dict[str, Any] = {
@@ -33,7 +63,7 @@ def _fields(record: logging.LogRecord, component: str) -> dict[str, Any]:
         # A process running several parts (``modelplane up``) names the part by its package.
         "component": component if component != "up" else record.name.split(".", 1)[0],
         "logger": record.name,
-        "message": record.getMessage(),
+        "message": _cut(record.getMessage(), MAX_MESSAGE_CHARS),
     }
     for key, var in _CONTEXT.items():
         value = var.get()
@@ -41,9 +71,9 @@ def _fields(record: logging.LogRecord, component: str) -> dict[str, Any]:
             fields[key] = value
     extra = getattr(record, "fields", None)
     if isinstance(extra, dict):
-        fields.update(extra)
+        fields.update({str(key)[:100]: _bounded_field(value) for key, value in extra.items()})
     if record.exc_info:
-        fields["error"] = logging.Formatter().formatException(record.exc_info)
+        fields["error"] = _cut_traceback(logging.Formatter().formatException(record.exc_info))
     return fields
 
 
@@ -53,7 +83,18 @@ class JsonFormatter(logging.Formatter):
         self._component = component
 
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(_fields(record, self._component), default=str)
+        fields = _fields(record, self._component)
+        line = json.dumps(fields, default=str)
+        if len(line) <= MAX_RECORD_CHARS:
+            return line
+        # Too many fields: keep what says what happened, and that the rest was left out.
+        kept: dict[str, Any] = {
+            key: fields[key] for key in ("time", "level", "component", "logger", "message") if key in fields
+        }
+        kept["truncated"] = f"{len(line)} characters; fields left out"
+        if "error" in fields:
+            kept["error"] = _cut(str(fields["error"]), MAX_RECORD_CHARS // 2)
+        return json.dumps(kept, default=str)
 
 
 class TextFormatter(logging.Formatter):
@@ -63,11 +104,12 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         fields = _fields(record, self._component)
-        head = f"{fields.pop('time')} {fields.pop('level'):<7} {fields.pop('component')}: {fields.pop('message')}"
+        message = str(fields.pop("message")).translate(_ESCAPES)
+        head = f"{fields.pop('time')} {fields.pop('level'):<7} {fields.pop('component')}: {message}"
         fields.pop("logger")
         error = fields.pop("error", None)
-        tail = " ".join(f"{key}={value}" for key, value in fields.items())
-        text = f"{head} {tail}" if tail else head
+        tail = " ".join(f"{key}={str(value).translate(_ESCAPES)}" for key, value in fields.items())
+        text = _cut(f"{head} {tail}" if tail else head, MAX_RECORD_CHARS - MAX_TRACEBACK_CHARS - 100)
         return f"{text}\n{error}" if error else text
 
 

@@ -92,8 +92,8 @@ def _read(path: Path | None) -> bytes | None:
     return path.read_bytes() if path is not None else None
 
 
-def new_server() -> aio.Server:
-    return aio.server(options=_SERVER_OPTIONS)
+def new_server(interceptors: Sequence[aio.ServerInterceptor] = ()) -> aio.Server:
+    return aio.server(options=_SERVER_OPTIONS, interceptors=list(interceptors) or None)
 
 
 def bind(server: aio.Server, address: Address, security: TransportSecurity) -> int:

@@ -21,8 +21,15 @@ from generated.mlops.agent.v1 import agent_pb2, agent_pb2_grpc
 from scheduler.agent_sessions import AgentSession
 from scheduler.cluster import ReplicaConfig
 from scheduler.errors import InvalidArgument, SchedulerError
+from scheduler.limits import (
+    MAX_MEMORY_BYTES,
+    MAX_NAME_CHARS,
+    MAX_OVERCOMMIT_PERCENT,
+    MAX_SERVER_REPLICAS,
+    check_fields,
+    shown,
+)
 from scheduler.model_names import check_name
-from scheduler.model_specs import MAX_MEMORY_BYTES
 from scheduler.scheduler_core import SchedulerCore
 from scheduler.status_codes import abort
 
@@ -30,18 +37,18 @@ log = logging.getLogger(__name__)
 Context = aio.ServicerContext[Any, Any]
 
 PROTOCOL_VERSION = 1
-MAX_REPLICA_INDEX = 10_000
-MAX_CAPABILITIES = 256
-MAX_LOADED_MODELS = 100_000
-MAX_OVERCOMMIT_PERCENT = 1000
+# Replica indexes are 0..MAX_SERVER_REPLICAS-1, like the replica counts ServerNotify and models may ask for.
+MAX_REPLICA_INDEX = MAX_SERVER_REPLICAS
 
 
 def replica_config(register: agent_pb2.Register) -> ReplicaConfig:
-    """Check a Register message; raise InvalidArgument saying what is wrong."""
+    """Check a Register message; raise InvalidArgument saying what is wrong. Field lengths, characters and counts
+    are scheduler/limits.py's."""
     if register.protocol_version != PROTOCOL_VERSION:
         raise InvalidArgument(
             f"agent speaks protocol version {register.protocol_version}; this scheduler speaks {PROTOCOL_VERSION}"
         )
+    check_fields(register, "register")
     replica = register.replica
     check_name(replica.server_name, "server")
     if replica.replica_idx >= MAX_REPLICA_INDEX:
@@ -52,18 +59,19 @@ def replica_config(register: agent_pb2.Register) -> ReplicaConfig:
         raise InvalidArgument(
             f"over_commit_percentage {replica.over_commit_percentage} is above {MAX_OVERCOMMIT_PERCENT}"
         )
-    if len(replica.capabilities) > MAX_CAPABILITIES:
-        raise InvalidArgument(f"more than {MAX_CAPABILITIES} capabilities")
-    if any(not c or len(c) > 253 or c != c.strip() for c in replica.capabilities):
-        raise InvalidArgument("capabilities must be non-empty names without surrounding spaces")
-    if len(register.loaded_models) > MAX_LOADED_MODELS:
-        raise InvalidArgument(f"more than {MAX_LOADED_MODELS} loaded models reported")
+    for capability in replica.capabilities:
+        if not capability or capability != capability.strip():
+            raise InvalidArgument(
+                f"capability {shown(capability)}: capabilities must be non-empty names without surrounding spaces"
+            )
+    held_once: set[tuple[str, int]] = set()
     for held in register.loaded_models:
         check_name(held.name)
         if held.version < 1:
             raise InvalidArgument(f"loaded model {held.name!r} has version {held.version}; versions start at 1")
-    if len(register.agent_id) > 253:
-        raise InvalidArgument("agent_id is longer than 253 characters")
+        if (held.name, held.version) in held_once:
+            raise InvalidArgument(f"loaded model {held.name!r} version {held.version} is listed more than once")
+        held_once.add((held.name, held.version))
     return ReplicaConfig(
         server=replica.server_name,
         index=replica.replica_idx,
@@ -148,7 +156,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                             agent_pb2.SessionResponse(
                                 event_rejected=agent_pb2.EventRejected(
                                     operation_id=request.event.operation_id,
-                                    model_name=request.event.model_name,
+                                    model_name=request.event.model_name[:MAX_NAME_CHARS],
                                     model_version=request.event.model_version,
                                     reason=rejected,
                                 )

@@ -8,8 +8,13 @@ persist and reconcile; nothing here does I/O except queueing agent operations.
 Invariants (``check_invariants`` verifies them; tests call it after every step):
 - each replica's memory ledger holds exactly the model versions whose assignment on it is in a
   memory-holding state, each once, and ``used`` is their sum (never negative);
-- an assignment's state changes only along the replica state table;
-- a model's derived state is recomputed whenever one of its assignments changes.
+- an assignment's state changes only along the replica state table, and every assignment is on a
+  connected replica;
+- a model's derived state is recomputed whenever one of its assignments or its desired state changes,
+  so it always equals what its replicas say;
+- every record is one a request could have made: versions rising within 1..MAX_VERSION (a uint32), at
+  most MAX_MODEL_VERSIONS of them, specs that pass validation, reasons within their limits; so every
+  model's and server's status renders and fits a default client (scheduler/limits.py).
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ from dataclasses import dataclass, field
 
 from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
-from scheduler import model_specs
-from scheduler.errors import FailedPrecondition, IllegalTransition
+from scheduler import limits, model_specs, server_specs, status_messages
+from scheduler.errors import FailedPrecondition, IllegalTransition, ResourceExhausted
+from scheduler.invariants import require
 from scheduler.memory_ledger import AccountingError
 from scheduler.model_records import ModelRecord, ModelVersion, ReplicaKey
-from scheduler.model_state import ModelState, derive_live, derive_terminating
+from scheduler.model_state import DerivedState, ModelState, derive_live, derive_terminating
 from scheduler.placement import PlacementRequest, ReplicaView, ServerView, place
 from scheduler.replica_state import (
     FAILED,
@@ -88,13 +94,23 @@ class Cluster:
     # ----------------------------------------------------------------- restore
 
     def restore(self, models: Iterable[ModelRecord], servers: Iterable[ServerRecord]) -> None:
-        """Load durable state after a restart: desired state only; replicas come back with agents."""
+        """Load durable state after a restart: desired state only; replicas come back with agents.
+
+        Stored records pass the same checks as requests (a record written by an older scheduler, or damaged,
+        must not break anything): what fails them is left out and logged; the store keeps it untouched.
+        """
         for server in servers:
+            problem = server_specs.stored_server_problem(server)
+            if problem is not None:
+                log.error("cannot use stored server %s (%s); skipping it", limits.shown(server.name), problem)
+                continue
             self.servers[server.name] = server
-        for record in models:
+        for stored in models:
+            record = model_specs.usable_record(stored)
+            if record is None:
+                continue
             self.models[record.name] = record
-            for version in record.versions:
-                self._derive(record, version)
+            self._derive_all(record)
             self.touched.want_reconcile(record.name, retry_failed=True)
 
     # ----------------------------------------------------------------- desired state: models
@@ -117,8 +133,8 @@ class Cluster:
         if change is model_specs.SpecChange.UNCHANGED:
             return change, None
         if change is model_specs.SpecChange.NEW_VERSION:
-            version = ModelVersion(record.latest.version + 1, _copy(model))
-            return change, ModelRecord(name, [*record.versions, version])
+            version = ModelVersion(model_specs.next_version(name, record.latest.version), _copy(model))
+            return change, ModelRecord(name, [*_versions_to_keep(record), version])
         patched = ModelVersion(record.latest.version, _copy(model), record.latest.created_at)
         return change, ModelRecord(name, [*record.versions[:-1], patched])
 
@@ -130,11 +146,18 @@ class Cluster:
             if record is None:
                 self.models[name] = prepared
             else:
-                record.versions.append(prepared.latest)
-            self._derive(self.models[name], self.models[name].latest)
+                # Versions prepare_load dropped (inactive, to stay within MAX_MODEL_VERSIONS) go, unless an
+                # agent reported one of them while the record was being written: what a replica holds is kept.
+                kept = {id(version) for version in prepared.versions}
+                versions = [v for v in record.versions if id(v) in kept or not v.inactive]
+                record.versions[:] = [*versions, prepared.latest]
+                if len(record.versions) != len(prepared.versions):
+                    self.touched.durable_models.add(name)
         else:
             # Same version, new spec: keep its replicas and observed state, replace what was asked for.
             record.latest.spec = prepared.latest.spec
+        # The derived states follow at once (replicas wanted may have changed), not only after the reconcile.
+        self._derive_all(self.models[name])
         self.touched.models.add(name)
         self.touched.want_reconcile(name, retry_failed=True)
 
@@ -149,6 +172,7 @@ class Cluster:
     def apply_unload(self, name: str) -> None:
         record = self.models[name]
         record.deleted = True
+        self._derive_all(record)  # Terminating at once: the status published now must not say otherwise
         self.touched.models.add(name)
         self.touched.want_reconcile(name)
 
@@ -266,7 +290,11 @@ class Cluster:
         server = self.servers.get(server_name)
         replica = server.replicas.get(index) if server else None
         if replica is None or replica.session is not session:
-            return "the session no longer owns this replica"
+            problem: str | None = "the session no longer owns this replica"
+        else:
+            problem = model_specs.event_problem(event)  # a malformed name or version
+        if replica is None or problem is not None:
+            return problem
         record = self.models.get(event.model_name)
         version = record.version(event.model_version) if record else None
         if record is None or version is None or (record.deleted and event.kind == Event.KIND_LOADED):
@@ -445,19 +473,7 @@ class Cluster:
             self._derive(record, version)
 
     def _derive(self, record: ModelRecord, version: ModelVersion) -> None:
-        # An older version keeps its live state (and keeps serving) until the latest is available.
-        superseded = version is not record.latest and record.latest.derived.state == ModelState.AVAILABLE
-        if record.deleted or superseded:
-            derived = derive_terminating(version.facts())
-        else:
-            previous_available = any(v.serving > 0 for v in record.versions[:-1])
-            derived = derive_live(
-                version.facts(),
-                desired=model_specs.desired_replicas(version.spec),
-                min_replicas=model_specs.min_replicas(version.spec),
-                previous_available=previous_available,
-                schedule_failure=version.schedule_failure,
-            )
+        derived = _derived_state(record, version)
         if derived != version.derived:
             if derived.state != version.derived.state:
                 version.state_changed_at = time.time()
@@ -562,6 +578,28 @@ class Cluster:
             agent_pb2.SessionResponse(drain_complete=agent_pb2.DrainComplete(unplaced_models=sorted(unplaced)))
         )
 
+    def _check_record(self, name: str, record: ModelRecord) -> None:
+        require(record.name == name, f"model {name!r} holds the record of {record.name!r}")
+        numbers = [version.version for version in record.versions]
+        require(bool(numbers), f"model {name!r} has no versions")
+        require(numbers == sorted(set(numbers)), f"model {name!r}: versions {numbers} do not rise")
+        require(all(1 <= n <= limits.MAX_VERSION for n in numbers), f"model {name!r}: versions {numbers}")
+        require(len(numbers) <= limits.MAX_MODEL_VERSIONS, f"model {name!r} keeps {len(numbers)} versions")
+        for version in record.versions:
+            model_specs.validate_spec(version.spec)
+            require(version.spec.meta.name == name, f"model {name!r}: version {version.version} is another's")
+            require(
+                version.derived == _derived_state(record, version),
+                f"{name}:{version.version}: state {version.derived} is not {_derived_state(record, version)}",
+            )
+            _check_reason(version.schedule_failure, f"{name}:{version.version} placement")
+            _check_reason(version.gateway_reason, f"{name}:{version.version} gateway")
+            for key, assignment in version.replicas.items():
+                require(self._replica(key) is not None, f"{name}:{version.version} is on {key}, not connected")
+                _check_reason(assignment.reason, f"{name}:{version.version} on {key}")
+        status = status_messages.render_model_status(record, all_versions=True)
+        require(status.ByteSize() <= limits.MAX_STATUS_BYTES, f"model {name!r}: status too large")
+
     def request_scale_downs(self, now: float, idle_seconds: float) -> None:
         """Ask to scale servers down when replicas have held nothing for ``idle_seconds``.
 
@@ -585,7 +623,20 @@ class Cluster:
                 server.scale_down_requested = None
 
     def check_invariants(self) -> None:
-        """Raise AccountingError/AssertionError if any invariant is broken. For tests and debugging."""
+        """Raise AccountingError/InvariantError if any invariant is broken. For tests and debugging.
+
+        Beyond the ledgers (see the module docstring): every record renders and its status fits a client;
+        version numbers rise within 1..MAX_VERSION, at most MAX_MODEL_VERSIONS of them; every spec passes the
+        checks a request passes; every derived state is what its replicas say; every assignment is on a
+        connected replica; stored reasons are within their limit.
+        """
+        for name, record in self.models.items():
+            self._check_record(name, record)
+        for name, server in self.servers.items():
+            require(server.name == name, f"server {name!r} holds the record of {server.name!r}")
+            require(server_specs.stored_server_problem(server) is None, f"server {name!r}: bad record")
+            status = status_messages.render_server_status(server)
+            require(status.ByteSize() <= limits.MAX_STATUS_BYTES, f"server {name!r}: status too large")
         for server in self.servers.values():
             for replica in server.replicas.values():
                 replica.ledger.check()
@@ -599,18 +650,38 @@ class Cluster:
                     raise AccountingError(f"replica {replica.key}: ledger does not match its assignments")
 
 
+def _check_reason(text: str | None, where: str) -> None:
+    # A cleaned reason may carry a prefix and the note of how much was cut; twice the limit bounds both.
+    require(text is None or len(text) <= 2 * limits.MAX_REASON_CHARS, f"{where}: reason of {len(text or '')} chars")
+
+
+def _derived_state(record: ModelRecord, version: ModelVersion) -> DerivedState:
+    # An older version keeps its live state (and keeps serving) until the latest is available.
+    superseded = version is not record.latest and record.latest.derived.state == ModelState.AVAILABLE
+    if record.deleted or superseded:
+        return derive_terminating(version.facts())
+    return derive_live(
+        version.facts(),
+        desired=model_specs.desired_replicas(version.spec),
+        min_replicas=model_specs.min_replicas(version.spec),
+        previous_available=any(v.serving > 0 for v in record.versions[:-1]),
+        schedule_failure=version.schedule_failure,
+    )
+
+
 def _event_transition(event: agent_pb2.ModelEvent) -> tuple[ReplicaState, ReplicaState, str]:
     """(state the scheduler must expect, state the event moves to, reason) for an agent event."""
+    reason = limits.clean_reason(event.reason)  # an agent's words: bounded and on one line, never refused
     if event.kind == Event.KIND_LOADED:
         return S.LOADING, S.LOADED, ""
     if event.kind == Event.KIND_LOAD_FAILED:
-        return S.LOADING, S.LOAD_FAILED, event.reason or "load failed"
+        return S.LOADING, S.LOAD_FAILED, reason or "load failed"
     if event.kind == Event.KIND_LOAD_FAIL_MEMORY:
-        return S.LOADING, S.LOAD_FAILED, f"not enough memory on the replica: {event.reason or 'load refused'}"
+        return S.LOADING, S.LOAD_FAILED, f"not enough memory on the replica: {reason or 'load refused'}"
     if event.kind == Event.KIND_UNLOADED:
         return S.UNLOADING, S.UNLOADED, ""
     if event.kind == Event.KIND_UNLOAD_FAILED:
-        return S.UNLOADING, S.UNLOAD_FAILED, event.reason or "unload failed"
+        return S.UNLOADING, S.UNLOAD_FAILED, reason or "unload failed"
     raise IllegalTransition(f"unknown event kind {event.kind}")
 
 
@@ -629,6 +700,25 @@ def _mismatch(
     if current != expected:
         return f"{what} on replica {key[0]}/{key[1]} expects state {expected.name}, but it is {current.name}"
     return None
+
+
+def _versions_to_keep(record: ModelRecord) -> list[ModelVersion]:
+    """The versions to keep beside a new one: all, or without inactive ones (oldest first) when the record would
+    exceed MAX_MODEL_VERSIONS. Raises ResourceExhausted when the versions still on replicas are too many."""
+    versions = list(record.versions)
+    for version in list(versions):
+        if len(versions) < limits.MAX_MODEL_VERSIONS:
+            break
+        if version.inactive:
+            versions.remove(version)
+    if len(versions) >= limits.MAX_MODEL_VERSIONS:
+        numbers = ", ".join(str(v.version) for v in versions)
+        raise ResourceExhausted(
+            f"model {record.name!r} keeps {len(versions)} versions that still have replicas ({numbers}); the limit is "
+            f"{limits.MAX_MODEL_VERSIONS}: load a new version once older ones are unloaded (they are once the "
+            "latest is available), or unload the model"
+        )
+    return versions
 
 
 def _serving_server(record: ModelRecord) -> str | None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 
-from scheduler.errors import InvalidArgument
+from generated.mlops.scheduler import scheduler_pb2 as pb
+from scheduler.errors import InvalidArgument, SchedulerError
+from scheduler.limits import MAX_GENERATION, MAX_NAME_CHARS, shown
 
-MAX_NAME_LENGTH = 63
+MAX_NAME_LENGTH = MAX_NAME_CHARS
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -24,7 +26,20 @@ def check_name(name: str, what: str = "model") -> str:
         )
     if not _NAME.match(name):
         raise InvalidArgument(
-            f"{what} name {name!r} is invalid: use lower-case letters, digits and '-', "
+            f"{what} name {shown(name)} is invalid: use lower-case letters, digits and '-', "
             "starting and ending with a letter or digit (e.g. 'iris-classifier')"
         )
     return name
+
+
+def is_namespace(namespace: str) -> bool:
+    """Empty, or a Kubernetes namespace name (a DNS label)."""
+    return not namespace or (len(namespace) <= MAX_NAME_LENGTH and _NAME.match(namespace) is not None)
+
+
+def check_kubernetes_meta(meta: pb.KubernetesMeta, where: str, error: type[SchedulerError] = InvalidArgument) -> None:
+    """A Kubernetes namespace is a DNS label (or empty); a generation is never negative."""
+    if not is_namespace(meta.namespace):
+        raise error(f"{where}.kubernetesMeta.namespace {shown(meta.namespace)} is not a Kubernetes namespace name")
+    if not 0 <= meta.generation <= MAX_GENERATION:
+        raise error(f"{where}.kubernetesMeta.generation {meta.generation} is negative")

@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import enum
+import logging
+import math
 
+from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
-from scheduler.errors import InvalidArgument
-from scheduler.model_names import check_name
+from scheduler.errors import FailedPrecondition, InvalidArgument
+from scheduler.limits import (
+    MAX_INSTANCES,
+    MAX_MEMORY_BYTES,
+    MAX_MODEL_SPEC_BYTES,
+    MAX_MODEL_VERSIONS,
+    MAX_REPLICAS,
+    MAX_VERSION,
+    check_fields,
+    shown,
+)
+from scheduler.model_names import check_kubernetes_meta, check_name
+from scheduler.model_records import ModelRecord, ModelVersion
 
-MAX_REPLICAS = 1000
-MAX_REQUIREMENTS = 64
-MAX_PARAMETERS = 256
-MAX_TEXT = 4096
-# Larger than any single machine's memory today; a bigger figure is a mistake, and it keeps sums in range.
-MAX_MEMORY_BYTES = 1 << 50
-MAX_INSTANCES = 1024
+log = logging.getLogger(__name__)
 
 
 class SpecChange(enum.Enum):
@@ -27,33 +35,55 @@ class SpecChange(enum.Enum):
 
 
 def validate_model(model: pb.Model) -> None:
-    """Raise InvalidArgument naming the first problem with ``model``; return if it can be loaded."""
+    """Raise InvalidArgument naming the first problem with ``model``; return if it can be loaded.
+
+    Field lengths, characters and counts are scheduler/limits.py's; what makes a model loadable is here.
+    """
+    validate_spec(model)
+    generation = model.meta.kubernetesMeta.generation
+    if generation > MAX_VERSION:
+        raise InvalidArgument(
+            f"model {model.meta.name!r}: kubernetesMeta.generation {generation} is above {MAX_VERSION}: "
+            "it becomes the model's first version, and versions are uint32"
+        )
+
+
+def validate_spec(model: pb.Model) -> None:
+    """``validate_model`` but for the generation, which matters only when it makes a model's first version: what
+    every stored version's spec must pass too."""
     if not model.HasField("meta"):
         raise InvalidArgument("model.meta is missing: it carries the model's name")
     check_name(model.meta.name)
+    name = model.meta.name
+    check_fields(model, f"model {name!r}")
     if not model.HasField("modelSpec"):
-        raise InvalidArgument(f"model {model.meta.name!r}: modelSpec is missing (it says where the artifact is)")
+        raise InvalidArgument(f"model {name!r}: modelSpec is missing (it says where the artifact is)")
     spec = model.modelSpec
     if not spec.uri:
-        raise InvalidArgument(f"model {model.meta.name!r}: modelSpec.uri is empty")
-    if len(spec.uri) > MAX_TEXT:
-        raise InvalidArgument(f"model {model.meta.name!r}: modelSpec.uri is longer than {MAX_TEXT} characters")
-    if len(spec.requirements) > MAX_REQUIREMENTS:
-        raise InvalidArgument(f"model {model.meta.name!r}: more than {MAX_REQUIREMENTS} requirements")
+        raise InvalidArgument(f"model {name!r}: modelSpec.uri is empty")
     for requirement in spec.requirements:
-        if not requirement or len(requirement) > 253 or requirement != requirement.strip():
-            raise InvalidArgument(f"model {model.meta.name!r}: requirement {requirement!r} is not a capability name")
-    if len(spec.parameters) > MAX_PARAMETERS:
-        raise InvalidArgument(f"model {model.meta.name!r}: more than {MAX_PARAMETERS} parameters")
+        if not requirement or requirement != requirement.strip():
+            raise InvalidArgument(f"model {name!r}: requirement {shown(requirement)} is not a capability name")
+    for parameter in spec.parameters:
+        if not parameter.name or parameter.name != parameter.name.strip():
+            raise InvalidArgument(
+                f"model {name!r}: parameter name {shown(parameter.name)} is empty or has surrounding spaces"
+            )
     if spec.HasField("memoryBytes") and spec.memoryBytes > MAX_MEMORY_BYTES:
-        raise InvalidArgument(f"model {model.meta.name!r}: memoryBytes {spec.memoryBytes} is more than 1 PiB")
+        raise InvalidArgument(f"model {name!r}: memoryBytes {spec.memoryBytes} is more than 1 PiB")
     if spec.HasField("server"):
         check_name(spec.server, "server")
     if instance_count(model) > MAX_INSTANCES:
-        raise InvalidArgument(f"model {model.meta.name!r}: more than {MAX_INSTANCES} instances in modelRuntimeInfo")
+        raise InvalidArgument(f"model {name!r}: more than {MAX_INSTANCES} instances in modelRuntimeInfo")
     _validate_deployment(model)
-    if model.meta.HasField("kubernetesMeta") and model.meta.kubernetesMeta.generation < 0:
-        raise InvalidArgument(f"model {model.meta.name!r}: kubernetesMeta.generation is negative")
+    if model.meta.HasField("kubernetesMeta"):
+        check_kubernetes_meta(model.meta.kubernetesMeta, f"model {name!r}: meta")
+    size = model.ByteSize()
+    if size > MAX_MODEL_SPEC_BYTES:
+        raise InvalidArgument(
+            f"model {name!r} is {size} bytes serialized; the limit is {MAX_MODEL_SPEC_BYTES} bytes "
+            "(parameters are the usual culprit), so that the status of every version kept fits a client's 4 MB"
+        )
 
 
 def _validate_deployment(model: pb.Model) -> None:
@@ -124,6 +154,79 @@ def classify_change(latest: pb.Model, requested: pb.Model) -> SpecChange:
 
 
 def first_version(model: pb.Model) -> int:
-    """A new model's first version: its Kubernetes generation when it has one, else 1."""
+    """A new model's first version: its Kubernetes generation when it has one, else 1.
+
+    ``validate_model`` refuses a generation above MAX_VERSION, so the version always fits the wire's uint32.
+    """
     generation = model.meta.kubernetesMeta.generation if model.meta.HasField("kubernetesMeta") else 0
-    return max(1, min(generation, 2**32 - 1))
+    return max(1, generation)
+
+
+def next_version(name: str, latest: int) -> int:
+    """The version after ``latest``. Raises FailedPrecondition past the last number a uint32 holds: the client
+    must not retry (Seldon's clients read FAILED_PRECONDITION so) but unload the model and load it again."""
+    if latest >= MAX_VERSION:
+        raise FailedPrecondition(
+            f"model {name!r} is at version {latest}, the largest a version can be ({MAX_VERSION}, a uint32): "
+            "a changed modelSpec cannot make a new version; unload the model and load it again to restart its "
+            "versions (a deploymentSpec-only change still applies in place)"
+        )
+    return latest + 1
+
+
+def usable_record(stored: ModelRecord) -> ModelRecord | None:
+    """``stored`` (read back from the state store) with only the versions a request could have made: a version
+    number in range, above the one before, and a spec that passes ``validate_model`` for this very model; at most
+    the newest MAX_MODEL_VERSIONS. None when no version is left. Every version left out is logged."""
+    try:
+        check_name(stored.name)
+    except InvalidArgument as error:
+        log.error("cannot use stored model record %s: %s; skipping it (kept in the store)", shown(stored.name), error)
+        return None
+    kept: list[ModelVersion] = []
+    for version in stored.versions:
+        problem = _stored_version_problem(stored.name, version.version, version.spec, version.created_at)
+        if problem is None and kept and version.version <= kept[-1].version:
+            problem = f"its number is not above the version before it ({kept[-1].version})"
+        if problem is not None:
+            log.error(
+                "cannot use version %d of stored model %r (%s); leaving it out (it stays in the store)",
+                version.version,
+                stored.name,
+                problem,
+            )
+            continue
+        kept.append(version)
+    for version in kept[:-MAX_MODEL_VERSIONS]:
+        log.error("stored model %r keeps too many versions: leaving out version %d", stored.name, version.version)
+    kept = kept[-MAX_MODEL_VERSIONS:]
+    if not kept:
+        log.error("stored model %r has no usable version; skipping it (kept in the store)", stored.name)
+        return None
+    return ModelRecord(stored.name, kept, deleted=stored.deleted)
+
+
+def _stored_version_problem(name: str, number: int, spec: pb.Model, created_at: float) -> str | None:
+    if not 1 <= number <= MAX_VERSION:
+        return f"version {number} is outside 1..{MAX_VERSION}"
+    if not math.isfinite(created_at):
+        return f"its creation time {created_at} is not a number"
+    if spec.meta.name != name:
+        return f"its spec is of model {shown(spec.meta.name)}"
+    try:
+        validate_spec(spec)
+    except InvalidArgument as error:
+        return str(error)
+    return None
+
+
+def event_problem(event: agent_pb2.ModelEvent) -> str | None:
+    """Why an agent's event cannot be applied as it is (a malformed name or version), or None."""
+    try:
+        check_fields(event, "event")
+        check_name(event.model_name)
+    except InvalidArgument as error:
+        return str(error)
+    if not 1 <= event.model_version <= MAX_VERSION:
+        return f"event for {event.model_name}: version {event.model_version} is not a model version"
+    return None

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from grpc import aio
 
@@ -30,6 +30,7 @@ from modelplane.standard_services import HEALTH_SERVICE, Health, add_reflection
 from modelplane.transport import bind, new_server
 from scheduler.agent_service import AgentService
 from scheduler.persistence import SqliteStateStore
+from scheduler.request_limits import RequestLimits
 from scheduler.routing_service import RoutingService
 from scheduler.scheduler_core import CoreSettings, SchedulerCore
 from scheduler.scheduler_service import SchedulerService
@@ -56,8 +57,13 @@ class ShutdownRequest:
         self.requested.set()
 
 
-async def _listener(address: Address, settings: SchedulerSettings, services: list[str]) -> tuple[aio.Server, Address]:
-    server = new_server()
+async def _listener(
+    address: Address,
+    settings: SchedulerSettings,
+    services: list[str],
+    interceptors: Sequence[aio.ServerInterceptor] = (),
+) -> tuple[aio.Server, Address]:
+    server = new_server(interceptors)
     add_reflection(server, services)
     port = bind(server, address, settings.security)
     return server, Address(address.host, port)
@@ -98,7 +104,8 @@ async def _serve(
     api_services = [SCHEDULER_SERVICE, ROUTING_SERVICE, HEALTH_SERVICE]
     agent_services = [AGENT_SERVICE, HEALTH_SERVICE]
 
-    api, api_address = await _listener(settings.listen, settings, api_services)
+    # Every Scheduler API and RoutingService request passes the field limits first (scheduler/limits.py).
+    api, api_address = await _listener(settings.listen, settings, api_services, [RequestLimits()])
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(core), api)
     routing_pb2_grpc.add_RoutingServiceServicer_to_server(RoutingService(core), api)
     health.add_to(api)

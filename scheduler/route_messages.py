@@ -1,6 +1,8 @@
 """The routing table gateways serve from, as WatchRoutes messages (proto/mlops/routing/v1/routing.proto).
 
-Each message is the whole current route of one resource, so the hub can coalesce them like statuses.
+Each message is the whole current route of one resource, so the hub can coalesce them like statuses. A route
+that cannot be rendered is logged and sent as "not routable" (no versions, or removed), never as an exception
+that would end the stream or the change that published it (scheduler/status_guard.py).
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from collections.abc import Mapping
 
 from generated.mlops.routing.v1 import routing_pb2 as rpb
 from scheduler.experiments import ExperimentRecord
+from scheduler.limits import MAX_ROUTE_BYTES
 from scheduler.model_records import ModelRecord, ModelVersion
 from scheduler.pipelines import PipelineRecord, PipelineStatus
 from scheduler.replica_state import SERVING
 from scheduler.server_records import ServerRecord
+from scheduler.status_guard import guarded, safe_name
 
 RouteKey = tuple[str, str]  # ("model" | "experiment" | "pipeline", name)
 SNAPSHOT_COMPLETE_KEY: RouteKey = ("snapshot", "")
@@ -38,6 +42,16 @@ def serving_endpoints(version: ModelVersion, servers: Mapping[str, ServerRecord]
 
 
 def model_route(name: str, record: ModelRecord | None, servers: Mapping[str, ServerRecord]) -> rpb.WatchRoutesResponse:
+    return guarded(
+        "model route",
+        name,
+        lambda: _model_route(name, record, servers),
+        lambda _reason: rpb.WatchRoutesResponse(model=rpb.ModelRoute(name=safe_name(name))),
+        MAX_ROUTE_BYTES,
+    )
+
+
+def _model_route(name: str, record: ModelRecord | None, servers: Mapping[str, ServerRecord]) -> rpb.WatchRoutesResponse:
     if record is None or record.deleted:
         return rpb.WatchRoutesResponse(model=rpb.ModelRoute(name=name, removed=True))
     versions = []
@@ -49,6 +63,16 @@ def model_route(name: str, record: ModelRecord | None, servers: Mapping[str, Ser
 
 
 def experiment_route(name: str, record: ExperimentRecord | None) -> rpb.WatchRoutesResponse:
+    return guarded(
+        "experiment route",
+        name,
+        lambda: _experiment_route(name, record),
+        lambda _reason: rpb.WatchRoutesResponse(experiment=rpb.ExperimentRoute(name=safe_name(name), removed=True)),
+        MAX_ROUTE_BYTES,
+    )
+
+
+def _experiment_route(name: str, record: ExperimentRecord | None) -> rpb.WatchRoutesResponse:
     if record is None or record.stopped:
         return rpb.WatchRoutesResponse(experiment=rpb.ExperimentRoute(name=name, removed=True))
     return rpb.WatchRoutesResponse(experiment=rpb.ExperimentRoute(name=name, experiment=record.spec))
@@ -56,6 +80,16 @@ def experiment_route(name: str, record: ExperimentRecord | None) -> rpb.WatchRou
 
 def pipeline_route(name: str, record: PipelineRecord | None) -> rpb.WatchRoutesResponse:
     """The version gateways should execute: the newest Ready one, else the newest still live."""
+    return guarded(
+        "pipeline route",
+        name,
+        lambda: _pipeline_route(name, record),
+        lambda _reason: rpb.WatchRoutesResponse(pipeline=rpb.PipelineRoute(name=safe_name(name), removed=True)),
+        MAX_ROUTE_BYTES,
+    )
+
+
+def _pipeline_route(name: str, record: PipelineRecord | None) -> rpb.WatchRoutesResponse:
     if record is None or record.deleted:
         return rpb.WatchRoutesResponse(pipeline=rpb.PipelineRoute(name=name, removed=True))
     live = [v for v in record.versions if not v.ending]

@@ -10,7 +10,6 @@ from grpc import aio
 from generated.mlops.routing.v1 import routing_pb2 as pb
 from generated.mlops.routing.v1 import routing_pb2_grpc as pb_grpc
 from scheduler import status_codes
-from scheduler.errors import InvalidArgument
 from scheduler.model_names import check_name
 from scheduler.scheduler_core import SchedulerCore
 
@@ -39,9 +38,9 @@ class RoutingService(pb_grpc.RoutingServiceServicer):
         self, request: pb.ExperimentRoutedRequest, context: Context
     ) -> pb.ExperimentRoutedResponse:
         async def call() -> None:
+            # Field limits are checked before this runs (scheduler/request_limits.py); the reason, a gateway's
+            # words, is bounded where it is stored, never refused.
             check_name(request.experiment_name, "experiment")
-            if len(request.reason) > 4096:
-                raise InvalidArgument("ExperimentRouted.reason is longer than 4096 characters")
             self.core.record_experiment_routed(
                 request.experiment_name, _gateway(request.gateway_name), request.active, request.reason
             )
@@ -51,5 +50,6 @@ class RoutingService(pb_grpc.RoutingServiceServicer):
 
 
 def _gateway(name: str) -> str:
-    """The name a gateway's streams and acknowledgements are filed under (the same in both RPCs)."""
-    return name[:256] or "gateway"
+    """The name a gateway's streams and acknowledgements are filed under (the same in both RPCs); its length and
+    characters are checked before the handler runs (scheduler/limits.py, SUBSCRIBER)."""
+    return name or "gateway"

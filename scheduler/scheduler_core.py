@@ -28,10 +28,10 @@ from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.routing.v1 import routing_pb2 as rpb
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.keyed_locks import KeyedLocks
-from scheduler import model_specs, route_messages, status_messages
+from scheduler import limits, model_specs, route_messages, server_specs, status_messages
 from scheduler.agent_sessions import AgentSession
 from scheduler.cluster import Cluster, ReplicaConfig
-from scheduler.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from scheduler.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from scheduler.event_hub import EventHub, Subscription
 from scheduler.experiments import ExperimentRecord, ExperimentRegistry
 from scheduler.model_names import check_name
@@ -105,7 +105,7 @@ class SchedulerCore:
         for key, value in self.store.load(PIPELINES_TABLE).items():
             pipeline = _decode(PipelineRecord.from_bytes, PIPELINES_TABLE, key, value)
             if pipeline is not None:
-                self.pipelines.records[key] = pipeline
+                self.pipelines.restore(pipeline)
         self.pipelines.refresh(self._model_available)
         for key, value in self.store.load(EXPERIMENTS_TABLE).items():
             experiment = _decode(ExperimentRecord.from_bytes, EXPERIMENTS_TABLE, key, value)
@@ -170,6 +170,8 @@ class SchedulerCore:
         async with self._locks.hold(name):
             if name not in self.cluster.models and len(self.cluster.models) >= self.settings.max_models:
                 raise ResourceExhausted(f"the scheduler holds {len(self.cluster.models)} models, its limit")
+            # A model named like a running experiment would make routing ambiguous (see ExperimentRegistry).
+            self.experiments.check_name_free(name, pb.MODEL)
             change, prepared = self.cluster.prepare_load(model)
             if prepared is None:
                 return
@@ -189,7 +191,10 @@ class SchedulerCore:
             self._after_change()
 
     def model_status(self, name: str | None, *, all_versions: bool) -> list[pb.ModelStatusResponse]:
-        if name:
+        """One model's status, or every model's when ``name`` is None (the request names none). An empty name is
+        not a missing one: like any malformed name it is INVALID_ARGUMENT, for every status RPC alike."""
+        if name is not None:
+            check_name(name)
             record = self.cluster.models.get(name)
             if record is None:
                 raise FailedPrecondition(f"model {name!r} not found")
@@ -206,7 +211,7 @@ class SchedulerCore:
             version.gateway_state = ModelState.TERMINATED if success else ModelState.TERMINATE_FAILED
         else:
             version.gateway_state = ModelState.AVAILABLE if success else ModelState.FAILED
-        version.gateway_reason = reason
+        version.gateway_reason = limits.clean_reason(reason)
         self.cluster.touched.models.add(record.name)
         self._after_change()
 
@@ -288,7 +293,9 @@ class SchedulerCore:
 
     async def load_pipeline(self, pipeline: pb.Pipeline) -> None:
         """Load or change a pipeline; durable before it returns (a change makes a new version)."""
-        async with self._locks.hold(f"pipeline/{pipeline.name}"):
+        # The name's own lock too: a model, pipeline or experiment of one name is checked and written atomically.
+        async with self._locks.hold(f"pipeline/{pipeline.name}"), self._locks.hold(pipeline.name):
+            self.experiments.check_name_free(pipeline.name, pb.PIPELINE)
             prepared = self.pipelines.prepare_load(pipeline)
             if prepared is None:
                 return
@@ -304,7 +311,7 @@ class SchedulerCore:
             self._refresh_pipelines({name})
 
     def pipeline_status(self, name: str | None, *, all_versions: bool) -> list[pb.PipelineStatusResponse]:
-        return self.pipelines.status(name or None, all_versions)
+        return self.pipelines.status(name, all_versions)
 
     def subscribe_pipelines(self, subscriber: str) -> Subscription[str, pb.PipelineStatusResponse]:
         return self.pipelines_hub.subscribe(
@@ -346,8 +353,8 @@ class SchedulerCore:
 
     async def start_experiment(self, experiment: pb.Experiment) -> None:
         """Start (or replace whole) an experiment; durable before it returns."""
-        async with self._locks.hold(f"experiment/{experiment.name}"):
-            prepared = self.experiments.prepare_start(experiment)
+        async with self._locks.hold(f"experiment/{experiment.name}"), self._locks.hold(experiment.name):
+            prepared = self.experiments.prepare_start(experiment, self._routed_as)
             if prepared is None:
                 return
             await self._write([Put(EXPERIMENTS_TABLE, experiment.name, prepared.to_bytes())])
@@ -362,7 +369,15 @@ class SchedulerCore:
             self._publish_experiments({name})
 
     def experiment_status(self, name: str | None) -> list[pb.ExperimentStatusResponse]:
-        return self.experiments.status(name or None)
+        return self.experiments.status(name)
+
+    def _routed_as(self, name: str) -> int | None:
+        """pb.MODEL or pb.PIPELINE when a model or pipeline (not being deleted) has this name, else None."""
+        model = self.cluster.models.get(name)
+        if model is not None and not model.deleted:
+            return pb.MODEL
+        pipeline = self.pipelines.records.get(name)
+        return pb.PIPELINE if pipeline is not None and not pipeline.deleted else None
 
     def subscribe_experiments(self, subscriber: str) -> Subscription[str, pb.ExperimentStatusResponse]:
         return self.experiments_hub.subscribe(
@@ -391,10 +406,7 @@ class SchedulerCore:
     # ----------------------------------------------------------------- servers
 
     async def notify_servers(self, servers: Sequence[pb.ServerNotify], first_sync: bool) -> None:
-        for notify in servers:
-            check_name(notify.name, "server")
-            if notify.expectedReplicas > model_specs.MAX_REPLICAS or notify.maxReplicas > model_specs.MAX_REPLICAS:
-                raise InvalidArgument(f"server {notify.name!r}: replica counts above {model_specs.MAX_REPLICAS}")
+        server_specs.validate_notify(servers, self.cluster.servers.keys())
         changes: list[Change] = []
         for notify in servers:
             current = self.cluster.servers.get(notify.name) or ServerRecord(notify.name)
@@ -415,7 +427,8 @@ class SchedulerCore:
         self._after_change()
 
     def server_status(self, name: str | None) -> list[pb.ServerStatusResponse]:
-        if name:
+        if name is not None:
+            check_name(name, "server")
             server = self.cluster.servers.get(name)
             if server is None:
                 raise FailedPrecondition(f"server {name!r} not found")
@@ -471,6 +484,14 @@ class SchedulerCore:
     def agent_gone(self, config: ReplicaConfig, session: AgentSession) -> None:
         self.cluster.replica_gone(config.server, config.index, session)
         self._after_change()
+
+    def check_invariants(self) -> None:
+        """Raise if the state breaks an invariant (tests call this after each step): the cluster's (records render,
+        versions in range, ledgers match, derived states consistent), the pipelines' and the experiments' (specs
+        valid, statuses fit a client, no running experiment named like a model or pipeline it is not in front of)."""
+        self.cluster.check_invariants()
+        self.pipelines.check_invariants()
+        self.experiments.check_invariants(self._routed_as)
 
     # ----------------------------------------------------------------- internals
 

@@ -61,6 +61,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     async def ModelStatus(
         self, request: pb.ModelStatusRequest, context: Context
     ) -> AsyncIterator[pb.ModelStatusResponse]:
+        # Unset (no model, like the optional names of the other status RPCs) asks for all, as in Seldon; a name
+        # that is set, even "", is looked up, so "" is INVALID_ARGUMENT like any malformed name (README, API notes).
         name = request.model.name if request.HasField("model") else None
         produce = lambda: self.core.model_status(name, all_versions=request.allVersions)  # noqa: E731
         async for status in status_codes.stream_list(context, produce):

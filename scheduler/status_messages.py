@@ -1,4 +1,9 @@
-"""Scheduler API messages made from the scheduler's records: the one place that knows both shapes."""
+"""Scheduler API messages made from the scheduler's records: the one place that knows both shapes.
+
+``model_status`` and ``server_status`` never fail: a record that cannot be rendered becomes its own error status
+(scheduler/status_guard.py). ``render_model_status`` and ``render_server_status`` are the unguarded builders, for
+invariant checks that want to see the failure.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,10 @@ import time
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from scheduler import limits
 from scheduler.model_records import ModelRecord, ModelVersion
 from scheduler.server_records import ServerRecord
+from scheduler.status_guard import guarded, safe_name
 
 
 def _timestamp(seconds: float) -> Timestamp:
@@ -25,12 +32,12 @@ def version_status(version: ModelVersion) -> pb.ModelVersionStatus:
         serverName=min(servers) if servers else "",
         state=pb.ModelStatus(
             state=derived.state.value,  # type: ignore[arg-type]
-            reason=derived.reason,
+            reason=limits.cut(derived.reason, limits.MAX_STATUS_REASON_CHARS),
             availableReplicas=derived.available_replicas,
             unavailableReplicas=derived.unavailable_replicas,
             lastChangeTimestamp=_timestamp(version.state_changed_at),
             modelGwState=version.gateway_state.value,  # type: ignore[arg-type]
-            modelGwReason=version.gateway_reason,
+            modelGwReason=limits.cut(version.gateway_reason, limits.MAX_STATUS_REASON_CHARS),
         ),
         modelDefn=version.spec,
     )
@@ -40,7 +47,7 @@ def version_status(version: ModelVersion) -> pb.ModelVersionStatus:
         status.modelReplicaState[index].CopyFrom(
             pb.ModelReplicaStatus(
                 state=assignment.state.value,  # type: ignore[arg-type]
-                reason=assignment.reason,
+                reason=limits.cut(assignment.reason, limits.MAX_REPLICA_REASON_CHARS),
                 lastChangeTimestamp=_timestamp(assignment.changed_at),
             )
         )
@@ -48,6 +55,32 @@ def version_status(version: ModelVersion) -> pb.ModelVersionStatus:
 
 
 def model_status(record: ModelRecord, *, all_versions: bool = False) -> pb.ModelStatusResponse:
+    """The model's status, or, if it cannot be rendered, its own error status (never an exception)."""
+    return guarded(
+        "model",
+        record.name,
+        lambda: render_model_status(record, all_versions=all_versions),
+        lambda reason: _model_error(record, reason),
+    )
+
+
+def _model_error(record: ModelRecord, reason: str) -> pb.ModelStatusResponse:
+    latest = record.versions[-1].version if record.versions else 0
+    return pb.ModelStatusResponse(
+        modelName=safe_name(record.name),
+        versions=[
+            pb.ModelVersionStatus(
+                version=latest if 0 <= latest <= limits.MAX_VERSION else 0,
+                state=pb.ModelStatus(state=pb.ModelStatus.ModelFailed, reason=reason),
+            )
+        ],
+        deleted=bool(record.deleted),
+        timestamp=time.time_ns(),
+        operation=pb.ModelStatusResponse.ModelDelete if record.deleted else pb.ModelStatusResponse.ModelCreate,
+    )
+
+
+def render_model_status(record: ModelRecord, *, all_versions: bool = False) -> pb.ModelStatusResponse:
     versions = record.versions if all_versions else record.versions[-1:]
     return pb.ModelStatusResponse(
         modelName=record.name,
@@ -67,6 +100,18 @@ def removed_model_status(name: str) -> pb.ModelStatusResponse:
 
 
 def server_status(server: ServerRecord) -> pb.ServerStatusResponse:
+    """The server's status, or, if it cannot be rendered, one that names only the server (never an exception)."""
+    return guarded(
+        "server",
+        server.name,
+        lambda: render_server_status(server),
+        lambda _reason: pb.ServerStatusResponse(
+            type=pb.ServerStatusResponse.StatusUpdate, serverName=safe_name(server.name)
+        ),
+    )
+
+
+def render_server_status(server: ServerRecord) -> pb.ServerStatusResponse:
     resources = [
         pb.ServerReplicaResources(
             replicaIdx=replica.index,

@@ -619,8 +619,9 @@ async def test_a_lagging_subscriber_still_learns_that_a_deleted_model_terminated
     try:
         assert isinstance(await asyncio.wait_for(lagging.read(), 20), pb.ModelStatusResponse)
         reading = client.watch_models("reading")
-        names = [f"b-{i}" for i in range(60)]
-        await load_many(client, names, bulk_kib=200)  # fills the lagging stream's transport
+        names = [f"b-{i}" for i in range(100)]
+        # 12 MB in all fills the lagging stream's transport; each spec stays within MAX_MODEL_SPEC_BYTES (128 KiB).
+        await load_many(client, names, bulk_kib=120)
         await wait_for(lambda: all(reading.state(name) == AVAILABLE for name in names), 60, "bulk models Available")
 
         await client.load(model_spec("doomed", generation=1))

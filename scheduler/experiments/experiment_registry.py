@@ -13,17 +13,25 @@ Readiness conventions (chosen here, and reported as is in ExperimentStatusRespon
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
-from scheduler.errors import FailedPrecondition
+from scheduler import limits
+from scheduler.errors import FailedPrecondition, InvalidArgument
 from scheduler.experiments.experiment_records import ExperimentRecord, copy_experiment
-from scheduler.experiments.validation import validate_experiment
+from scheduler.experiments.validation import check_routing_name, resource_kind, validate_experiment
+from scheduler.invariants import require
 from scheduler.model_names import check_name
+from scheduler.status_guard import guarded, safe_name
+
+log = logging.getLogger(__name__)
 
 # ready(name, resource_type): is the model (ModelAvailable) or pipeline (Ready) of that name ready?
 ReadyCheck = Callable[[str, int], bool]
+# routed_as(name): pb.MODEL or pb.PIPELINE when a model or pipeline (not being deleted) has that name, else None.
+RoutedAs = Callable[[str], int | None]
 
 STOPPED = "stopped"
 
@@ -42,7 +50,18 @@ def _describe(record: ExperimentRecord, not_ready: tuple[str, ...]) -> str:
     parts = [f"{part} not ready" for part in not_ready]
     if not record.active:
         parts.append(f"not active in gateways: {record.gateway_reason}" if record.gateway_reason else "not active yet")
-    return "; ".join(parts) if parts else "active"
+    # Every gateway may give a reason: bounded, so the status message is.
+    return limits.cut("; ".join(parts), limits.MAX_REASON_CHARS) if parts else "active"
+
+
+def _status(record: ExperimentRecord) -> pb.ExperimentStatusResponse:
+    """The experiment's status, or, if it cannot be rendered, its own error status (never an exception)."""
+    return guarded(
+        "experiment",
+        record.name,
+        record.to_status,
+        lambda reason: pb.ExperimentStatusResponse(experimentName=safe_name(record.name), statusDescription=reason),
+    )
 
 
 class ExperimentRegistry:
@@ -62,13 +81,15 @@ class ExperimentRegistry:
     def status(self, name: str | None = None) -> list[pb.ExperimentStatusResponse]:
         """The status of ``name``, or of every experiment (sorted by name) when None.
 
-        Raises FailedPrecondition for an unknown name (Seldon's clients do not retry that code)."""
+        Raises FailedPrecondition for an unknown name (Seldon's clients do not retry that code), InvalidArgument
+        for a malformed one (an empty name included: only None asks for every experiment)."""
         if name is None:
-            return [self.records[n].to_status() for n in sorted(self.records)]
+            return [_status(self.records[n]) for n in sorted(self.records)]
+        check_name(name, "experiment")
         record = self.records.get(name)
         if record is None:
             raise FailedPrecondition(f"experiment {name!r} not found")
-        return [record.to_status()]
+        return [_status(record)]
 
     def default_routes(self, resource_type: int = pb.MODEL) -> dict[str, str]:
         """Default (baseline) name -> experiment name, for running experiments of ``resource_type`` with a default.
@@ -84,16 +105,18 @@ class ExperimentRegistry:
 
     # ----------------------------------------------------------------- start / stop
 
-    def prepare_start(self, experiment: pb.Experiment) -> ExperimentRecord | None:
+    def prepare_start(self, experiment: pb.Experiment, routed_as: RoutedAs = lambda _: None) -> ExperimentRecord | None:
         """The durable record a StartExperiment would write, or None when ``experiment`` is already running
         exactly as given. Changes nothing. Raises InvalidArgument or FailedPrecondition.
 
         Starting an existing name replaces its spec whole (candidates, mirror, config); starting a stopped
-        name starts it again.
+        name starts it again. ``routed_as`` says whether a model or pipeline has the experiment's name (see
+        ``check_routing_name``).
         """
         name = check_name(experiment.name, what="experiment")
         others = {n: spec for n, spec in self.running().items() if n != name}
         validate_experiment(experiment, others)
+        check_routing_name(experiment, routed_as(name))
         current = self.records.get(name)
         if current is not None and not current.stopped and current.spec == experiment:
             return None
@@ -109,14 +132,40 @@ class ExperimentRegistry:
         self._install(record, _pending(record.spec))
 
     def restore(self, record: ExperimentRecord) -> None:
-        """Install a record read back from durable storage (at startup); observed state starts afresh."""
+        """Install a record read back from durable storage (at startup); observed state starts afresh. A record
+        that a request could not have made (an invalid spec) is left out and logged; the store keeps it."""
+        try:
+            validate_experiment(record.spec, {})
+        except (InvalidArgument, FailedPrecondition) as error:
+            log.error("cannot use stored experiment %s (%s); skipping it", limits.shown(record.name), error)
+            return
         fresh = ExperimentRecord(spec=copy_experiment(record.spec), stopped=record.stopped)
         self._install(fresh, () if fresh.stopped else _pending(fresh.spec))
 
+    def check_name_free(self, name: str, resource_type: int) -> None:
+        """Refuse a model (or pipeline) named like a running experiment: a request to that name would go to the
+        experiment, not to it (gateway/routing_table.py resolves an experiment's own name first). The exception is
+        Seldon's case, an experiment in front of its default of that name and resource type: there every request
+        to the name reaches the experiment by either rule, as meant. FailedPrecondition: stop the experiment
+        first (Seldon's clients do not retry this code; the request is right once the state is fixed)."""
+        record = self.records.get(name)
+        if record is None or record.stopped:
+            return
+        spec = record.spec
+        if spec.resourceType == resource_type and spec.HasField("default") and spec.default == name:
+            return
+        kind = "model" if resource_type == pb.MODEL else "pipeline"
+        raise FailedPrecondition(
+            f"{kind} {name!r}: running experiment {name!r} has that name, so requests to {name!r} would go to the "
+            f"experiment; stop experiment {name!r} first or choose another name"
+        )
+
     def prepare_stop(self, name: str) -> ExperimentRecord:
-        """The durable record of ``name`` marked stopped. Raises FailedPrecondition for an unknown name.
+        """The durable record of ``name`` marked stopped. Raises FailedPrecondition for an unknown name,
+        InvalidArgument for a malformed one (an empty name included).
 
         Stopping a stopped experiment is allowed and changes nothing (retries of a deletion succeed)."""
+        check_name(name, "experiment")
         record = self.records.get(name)
         if record is None:
             # Seldon's clients read FAILED_PRECONDITION as "do not retry"; an unknown experiment is final.
@@ -170,7 +219,7 @@ class ExperimentRegistry:
         if record is None or record.stopped:
             return False
         before = (record.active, record.status_description)
-        record.gateway_acks[gateway] = (active, "" if active else reason)
+        record.gateway_acks[gateway] = (active, "" if active else limits.clean_reason(reason))
         return self._redescribe(record, before)
 
     def forget_gateway(self, gateway: str) -> set[str]:
@@ -199,3 +248,22 @@ class ExperimentRegistry:
         record.status_description = _describe(record, not_ready)
         self.records[record.name] = record
         self._not_ready[record.name] = not_ready
+
+    # ----------------------------------------------------------------- invariants
+
+    def check_invariants(self, routed_as: RoutedAs) -> None:
+        """Raise AssertionError if a record breaks what requests guarantee. For tests and debugging."""
+        for name, record in self.records.items():
+            require(record.name == name, f"experiment {name!r} holds the record of {record.name!r}")
+            validate_experiment(record.spec, {})
+            if record.stopped:
+                require(not record.active and not record.gateway_acks, f"stopped experiment {name!r} is routed")
+                continue
+            resource_kind(record.spec.resourceType)
+            check_routing_name(record.spec, routed_as(name))
+            status = record.to_status()
+            require(status.ByteSize() <= limits.MAX_STATUS_BYTES, f"experiment {name!r}: status too large")
+            require(
+                len(record.status_description) <= limits.MAX_REASON_CHARS,
+                f"experiment {name!r}: its description is longer than {limits.MAX_REASON_CHARS} characters",
+            )

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from scheduler.errors import FailedPrecondition, InvalidArgument
-from scheduler.model_names import check_name
+from scheduler.limits import check_fields
+from scheduler.model_names import check_kubernetes_meta, check_name
 
 MAX_CANDIDATES = 64
 MAX_WEIGHT = 10_000
@@ -46,6 +47,9 @@ def validate_experiment(experiment: pb.Experiment, others: Mapping[str, pb.Exper
     """
     check_name(experiment.name, what="experiment")
     prefix = f"experiment {experiment.name!r}"
+    check_fields(experiment, prefix)
+    if experiment.HasField("kubernetesMeta"):
+        check_kubernetes_meta(experiment.kubernetesMeta, prefix)
     try:
         kind = resource_kind(experiment.resourceType)
     except InvalidArgument as error:
@@ -105,3 +109,24 @@ def _check_default(
                 f"{prefix} default {default!r}: {kind} {default!r} is already the default of running "
                 f"experiment {other_name!r}; stop that experiment first"
             )
+
+
+def check_routing_name(experiment: pb.Experiment, routed_as: int | None) -> None:
+    """Refuse an experiment named like a model or pipeline: a request to that name would reach the experiment by
+    its name (the gateway resolves an experiment's own name first), or the model or pipeline itself, depending on
+    the path it takes (gateway/inference_router.py). Allowed only in front of its own default of that name and
+    resource type (Seldon's case), where every path reaches the experiment. ``routed_as`` is pb.MODEL or
+    pb.PIPELINE when a model or pipeline (not being deleted) has the experiment's name, else None.
+
+    FailedPrecondition: the request is right once the state is fixed, and Seldon's clients do not retry it."""
+    if routed_as is None:
+        return
+    name = experiment.name
+    if experiment.resourceType == routed_as and experiment.HasField("default") and experiment.default == name:
+        return
+    kind = "model" if routed_as == pb.MODEL else "pipeline"
+    raise FailedPrecondition(
+        f"experiment {name!r}: {kind} {name!r} has that name, so requests to {name!r} could reach either; "
+        f"name the experiment differently (an experiment in front of {kind} {name!r} takes its traffic with "
+        f"default: {name})"
+    )

@@ -12,6 +12,7 @@ available: it does not wait for a pipeline gateway. A gateway's acknowledgement,
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -19,12 +20,17 @@ from collections.abc import Callable
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
-from scheduler.errors import FailedPrecondition
+from scheduler import limits
+from scheduler.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from scheduler.invariants import require
+from scheduler.model_names import check_name
 from scheduler.pipelines.pipeline_records import PipelineRecord, PipelineVersion
 from scheduler.pipelines.pipeline_state import ENDING, LIVE, PipelineStatus
 from scheduler.pipelines.validation import pipeline_models, validate_pipeline
+from scheduler.status_guard import guarded, safe_name
 
 P = PipelineStatus
+log = logging.getLogger(__name__)
 
 
 def new_uid() -> str:
@@ -70,11 +76,16 @@ class PipelineRegistry:
         if record is not None and _comparable(record.latest.spec) == _comparable(pipeline):
             return None
         number = 1 if record is None else record.latest.version + 1
+        if number > limits.MAX_VERSION:
+            raise FailedPrecondition(
+                f"pipeline {name!r} is at version {number - 1}, the largest a version can be (a uint32): "
+                "unload it and load it again to restart its versions"
+            )
         spec = pb.Pipeline()
         spec.CopyFrom(pipeline)
         spec.uid, spec.version = new_uid(), number
         version = PipelineVersion(version=number, uid=spec.uid, spec=spec)
-        return PipelineRecord(name, [version] if record is None else [*record.versions, version])
+        return PipelineRecord(name, [version] if record is None else [*_versions_to_keep(record), version])
 
     def apply_load(self, prepared: PipelineRecord) -> None:
         """Make a prepared load live (after it has been written durably)."""
@@ -82,11 +93,40 @@ class PipelineRegistry:
         if record is None or record.deleted:
             self.records[prepared.name] = PipelineRecord(prepared.name, list(prepared.versions))
         else:
-            record.versions.append(prepared.latest)
+            # Versions prepare_load left out (to stay within MAX_PIPELINE_VERSIONS; they serve nothing) go.
+            kept = {id(version) for version in prepared.versions}
+            record.versions[:] = [*(v for v in record.versions if id(v) in kept), prepared.latest]
+
+    def restore(self, record: PipelineRecord) -> None:
+        """Install a record read back from the state store (at startup). Versions a request could not have made
+        (a number out of range or not rising, an invalid spec) are left out and logged; a record with none left
+        is skipped. The store keeps what it has."""
+        kept: list[PipelineVersion] = []
+        for version in record.versions:
+            problem = None
+            if not 1 <= version.version <= limits.MAX_VERSION or (kept and version.version <= kept[-1].version):
+                problem = f"version {version.version} is out of range or not above the one before"
+            elif version.spec.name != record.name:
+                problem = f"its spec is of pipeline {limits.shown(version.spec.name)}"
+            else:
+                try:
+                    validate_pipeline(version.spec)
+                except (FailedPrecondition, InvalidArgument) as error:
+                    problem = str(error)
+            if problem is None:
+                kept.append(version)
+            else:
+                log.error("leaving out version %d of stored pipeline %r: %s", version.version, record.name, problem)
+        kept = kept[-limits.MAX_PIPELINE_VERSIONS :]
+        if not kept:
+            log.error("stored pipeline %s has no usable version; skipping it", limits.shown(record.name))
+            return
+        self.records[record.name] = PipelineRecord(record.name, kept, deleted=record.deleted)
 
     def prepare_unload(self, name: str) -> PipelineRecord:
         """The durable record of ``name`` marked deleted. Raises FailedPrecondition for unknown pipelines
         (Seldon's clients read FAILED_PRECONDITION as "do not retry")."""
+        check_name(name, "pipeline")
         record = self.records.get(name)
         if record is None:
             raise FailedPrecondition(f"pipeline {name!r} not found")
@@ -135,7 +175,7 @@ class PipelineRegistry:
 
     @staticmethod
     def _advance_live(version: PipelineVersion, missing: list[str]) -> None:
-        waiting = f"models not available: {', '.join(missing)}" if missing else ""
+        waiting = f"models not available: {limits.bounded_join(missing, separator=', ')}" if missing else ""
         if version.status == P.CREATE:
             version.move(P.CREATING, waiting)
         if version.status in (P.CREATING, P.REBALANCING):
@@ -189,8 +229,14 @@ class PipelineRegistry:
             status = P.TERMINATED
         else:
             status = P.READY
-        found.gateway_status, found.gateway_reason = status, reason
+        found.gateway_status, found.gateway_reason = status, limits.clean_reason(reason)
         return True
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError (or the validation error) if a record breaks what requests guarantee: versions
+        rising within 1..MAX_VERSION and at most MAX_PIPELINE_VERSIONS, specs valid, statuses that render and fit
+        a client. For tests and debugging."""
+        _check_records(self)
 
     def _version(self, name: str, number: int) -> PipelineVersion | None:
         record = self.records.get(name)
@@ -201,6 +247,7 @@ class PipelineRegistry:
     def status(self, name: str | None = None, all_versions: bool = False) -> list[pb.PipelineStatusResponse]:
         """PipelineStatus answers: one pipeline (FailedPrecondition if unknown) or all, sorted by name."""
         if name is not None:
+            check_name(name, "pipeline")  # an empty name is malformed: only None asks for every pipeline
             record = self.records.get(name)
             if record is None:
                 raise FailedPrecondition(f"pipeline {name!r} not found")
@@ -208,20 +255,62 @@ class PipelineRegistry:
         return [status_response(self.records[n], all_versions) for n in sorted(self.records)]
 
 
+def _versions_to_keep(record: PipelineRecord) -> list[PipelineVersion]:
+    """The versions to keep beside a new one: all, or, when the record would exceed MAX_PIPELINE_VERSIONS, without
+    those that serve nothing (oldest first): terminated ones, then any not Ready (the new version supersedes them;
+    a Ready one keeps serving until the new one is). Raises ResourceExhausted when too many are Ready."""
+    versions = list(record.versions)
+    serve_nothing: tuple[Callable[[PipelineVersion], bool], ...] = (
+        lambda version: version.terminated,
+        lambda version: version.status != PipelineStatus.READY,
+    )
+    for serves_nothing in serve_nothing:
+        for version in list(versions):
+            if len(versions) < limits.MAX_PIPELINE_VERSIONS:
+                return versions
+            if serves_nothing(version):
+                versions.remove(version)
+    if len(versions) >= limits.MAX_PIPELINE_VERSIONS:
+        raise ResourceExhausted(
+            f"pipeline {record.name!r} keeps {len(versions)} Ready versions; the limit is "
+            f"{limits.MAX_PIPELINE_VERSIONS}: load a new version once older ones are terminated (they are once the "
+            "latest is ready), or unload the pipeline"
+        )
+    return versions
+
+
 def version_state(version: PipelineVersion) -> pb.PipelineVersionState:
     return pb.PipelineVersionState(
         pipelineVersion=version.version,
         status=pb.PipelineVersionState.PipelineStatus.ValueType(version.status.value),
-        reason=version.reason,
+        reason=limits.cut(version.reason, limits.MAX_STATUS_REASON_CHARS),
         lastChangeTimestamp=_timestamp(version.changed_at),
         modelsReady=version.models_ready,
         pipelineGwStatus=pb.PipelineVersionState.PipelineStatus.ValueType(version.gateway_status.value),
-        pipelineGwReason=version.gateway_reason,
+        pipelineGwReason=limits.cut(version.gateway_reason, limits.MAX_STATUS_REASON_CHARS),
     )
 
 
 def status_response(record: PipelineRecord, all_versions: bool = False) -> pb.PipelineStatusResponse:
-    """The status message of one pipeline: its latest version, or all of them oldest first."""
+    """The status message of one pipeline: its latest version, or all of them oldest first. Never fails: a record
+    that cannot be rendered becomes the pipeline's own error status (scheduler/status_guard.py)."""
+    return guarded(
+        "pipeline",
+        record.name,
+        lambda: render_status_response(record, all_versions),
+        lambda reason: pb.PipelineStatusResponse(
+            pipelineName=safe_name(record.name),
+            versions=[
+                pb.PipelineWithState(
+                    state=pb.PipelineVersionState(status=pb.PipelineVersionState.PipelineFailed, reason=reason)
+                )
+            ],
+            timestamp=time.time_ns(),
+        ),
+    )
+
+
+def render_status_response(record: PipelineRecord, all_versions: bool = False) -> pb.PipelineStatusResponse:
     versions = record.versions if all_versions else [record.latest]
     operation = (
         pb.PipelineStatusResponse.PipelineOperation.PipelineDelete
@@ -234,3 +323,20 @@ def status_response(record: PipelineRecord, all_versions: bool = False) -> pb.Pi
         timestamp=time.time_ns(),
         operation=operation,
     )
+
+
+def _check_records(registry: PipelineRegistry) -> None:
+    for name, record in registry.records.items():
+        require(record.name == name and bool(record.versions), f"pipeline {name!r}: record of {record.name!r} or empty")
+        require(len(record.versions) <= limits.MAX_PIPELINE_VERSIONS, f"pipeline {name!r} keeps too many versions")
+        numbers = [v.version for v in record.versions]
+        require(numbers == sorted(set(numbers)), f"pipeline {name!r}: versions {numbers} do not rise")
+        require(all(1 <= n <= limits.MAX_VERSION for n in numbers), f"pipeline {name!r}: versions {numbers}")
+        for version in record.versions:
+            validate_pipeline(version.spec)
+            require(
+                version.spec.version == version.version and version.spec.uid == version.uid,
+                f"pipeline {name!r}: version {version.version}'s spec says version {version.spec.version}",
+            )
+        status = render_status_response(record, all_versions=True)
+        require(status.ByteSize() <= limits.MAX_STATUS_BYTES, f"pipeline {name!r}: status too large")

@@ -26,14 +26,36 @@ from typing import Literal
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from scheduler.errors import FailedPrecondition, InvalidArgument
-from scheduler.model_names import check_name
+from scheduler.limits import (
+    MAX_PIPELINE_SPEC_BYTES,
+    MAX_REFERENCE_CHARS,
+    MAX_REFERENCES,
+    MAX_STEPS,
+    MAX_TENSOR_MAP,
+    check_fields,
+    shown,
+)
+from scheduler.model_names import check_kubernetes_meta, check_name
+
+__all__ = [
+    "MAX_REFERENCES",
+    "MAX_REFERENCE_LENGTH",
+    "MAX_STEPS",
+    "MAX_STEP_REVISITS",
+    "MAX_TENSOR_MAP",
+    "Reference",
+    "Side",
+    "parse_external_reference",
+    "parse_reference",
+    "pipeline_models",
+    "validate_pipeline",
+]
 
 Side = Literal["inputs", "outputs"]
 
-MAX_STEPS = 256
-MAX_REFERENCES = 64  # per list: a step's inputs, its triggers, the output's steps, external inputs/triggers
-MAX_TENSOR_MAP = 256
-MAX_REFERENCE_LENGTH = 512
+# Counts and lengths are scheduler/limits.py's (MAX_REFERENCES: per list, i.e. a step's inputs, its triggers,
+# the output's steps, external inputs/triggers).
+MAX_REFERENCE_LENGTH = MAX_REFERENCE_CHARS
 MAX_STEP_REVISITS = 1000
 
 _SIDES: tuple[Side, ...] = ("inputs", "outputs")
@@ -74,8 +96,8 @@ def _check_text(text: str, what: str) -> None:
         raise _fail(f"{what} is empty")
     if len(text) > MAX_REFERENCE_LENGTH:
         raise _fail(f"{what} {text[:40]!r}... is longer than {MAX_REFERENCE_LENGTH} characters")
-    if any(c.isspace() for c in text):
-        raise _fail(f"{what} {text!r} contains white space")
+    if any(c.isspace() or not c.isprintable() for c in text):
+        raise _fail(f"{what} {shown(text)} contains white space or a control character")
 
 
 def _side_and_tensor(parts: list[str], text: str) -> tuple[Side, str | None]:
@@ -269,6 +291,15 @@ def validate_pipeline(pipeline: pb.Pipeline) -> None:
     """Raise FailedPrecondition naming the first problem found in ``pipeline``; return None if valid."""
     _check_name(pipeline.name, "pipeline", "invalid pipeline")
     name = pipeline.name
+    check_fields(pipeline, f"pipeline {name!r}", FailedPrecondition)
+    size = pipeline.ByteSize()
+    if size > MAX_PIPELINE_SPEC_BYTES:
+        raise _fail(
+            f"pipeline {name!r} is {size} bytes serialized; the limit is {MAX_PIPELINE_SPEC_BYTES} bytes, so that "
+            "the status of every version kept fits a client's 4 MB"
+        )
+    if pipeline.HasField("kubernetesMeta"):
+        check_kubernetes_meta(pipeline.kubernetesMeta, f"pipeline {name!r}", FailedPrecondition)
     if not pipeline.steps:
         raise _fail(f"pipeline {name!r} has no steps")
     _check_count(pipeline.steps, MAX_STEPS, f"pipeline {name!r} steps")

@@ -2,14 +2,16 @@
 
 Servers are tried in a fixed order (the model's current server first, then by name) so the same state
 always yields the same decision and a loaded model does not move just because another server also fits.
-When nothing fits, every server's rejection is collected into one reason, because an operator reading
-ScheduleFailed needs to see why each server said no, not only the last one.
+When nothing fits, the servers' rejections are collected into one reason, because an operator reading
+ScheduleFailed needs to see why servers said no, not only the last one. The reason names the first few servers
+(and replicas) and says how many more there were, so ten thousand servers make one short line, not 340 KB.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+from scheduler.limits import bounded_join
 from scheduler.placement.replica_filters import DEFAULT_REPLICA_FILTERS, ReplicaFilter
 from scheduler.placement.replica_sorters import DEFAULT_REPLICA_ORDER, ReplicaKey, sort_replicas
 from scheduler.placement.server_filters import DEFAULT_SERVER_FILTERS, ServerFilter
@@ -40,7 +42,7 @@ def place(
             return outcome  # a full placement beats any partial one found earlier
         elif partial is None:
             partial = outcome
-    return partial if partial is not None else PlacementDecision.failed("; ".join(reasons))
+    return partial if partial is not None else PlacementDecision.failed(bounded_join(reasons, noun="more servers"))
 
 
 def try_order(request: PlacementRequest, servers: Sequence[ServerView]) -> list[ServerView]:
@@ -85,7 +87,8 @@ def _try_server(
     if minimum and len(chosen) >= minimum:
         scale_up_to = min(request.replicas, server.max_replicas) if server.max_replicas > 0 else request.replicas
         return PlacementDecision(server=server.name, replicas=chosen, scale_up_to=scale_up_to, failure=None)
-    return f"{len(chosen)} of {needed} needed replicas fit ({'; '.join(rejections)})"
+    listed = bounded_join(rejections, shown_items=3, noun="more replicas")
+    return f"{len(chosen)} of {needed} needed replicas fit ({listed})"
 
 
 def _first_rejection(

@@ -18,8 +18,10 @@ from typing import Any, Protocol
 from gateway.experiment_split import ExperimentSplitter
 from gateway.gateway_metrics import GatewayMetrics
 from gateway.inference_types import InferenceError, JsonObject
+from gateway.json_documents import JsonDocumentError, loads_bounded
 from gateway.replica_client import ReplicaAnswer, ReplicaClient
 from gateway.routing_table import ROUTE_HEADER, RoutingTable
+from gateway.v2_grpc_codec import check_infer_request
 from generated.mlops.scheduler import scheduler_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -36,30 +38,26 @@ class RoutedAnswer:
 
     def json(self) -> JsonObject:
         try:
-            document: Any = json.loads(self.body)
-        except ValueError:  # UnicodeDecodeError included
-            raise InferenceError(502, "the answer is not valid JSON") from None
+            document: Any = loads_bounded(self.body)
+        except JsonDocumentError as error:
+            raise InferenceError(502, f"the answer is not valid JSON: {error}") from None
         if not isinstance(document, dict):
             raise InferenceError(502, "the answer is not a JSON object")
         return document
 
-    def checked_json(self) -> JsonObject:
-        """The JSON of a 200 answer; any other answer raised as an InferenceError (a status outside 4xx/5xx
-        becomes 502) carrying the answer's error text."""
-        if self.status != 200:
-            status = self.status if 400 <= self.status < 600 else 502
-            raise InferenceError(status, _error_text(self.body) or f"HTTP {self.status}")
-        return self.json()
-
 
 def parse_request(body: bytes) -> JsonObject:
-    """A V2 inference request body, checked enough to route it: a JSON object with an ``inputs`` list."""
+    """A V2 inference request body from a caller: JSON within the nesting limit, an object with an ``inputs``
+    list, and every tensor well formed (gateway.v2_grpc_codec.check_infer_request), so that a request no
+    server could take is the caller's 400 here, not whatever each server makes of it."""
     _check_size(body)
     try:
-        document: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
+        document: Any = loads_bounded(body)
+    except JsonDocumentError as error:
         raise InferenceError(400, f"request body is not valid JSON: {error}") from None
-    return check_routable(document)
+    request = check_routable(document)
+    check_infer_request(request)
+    return request
 
 
 def encode_request(request: JsonObject) -> bytes:
@@ -142,16 +140,22 @@ class InferenceRouter:
             )
         elif name not in table.models and name in table.pipelines:
             raise InferenceError(404, f"{name!r} is a pipeline: send it to /v2/pipelines/{name}/infer")
-        answer = await self._forward(target, version, body, headers)
-        self.metrics.count(
-            "modelplane_gateway_requests_total", kind="model", name=name, route=target, code=str(answer.status)
-        )
+        try:
+            answer = await self._forward(target, version, body, headers)
+        except InferenceError as error:
+            if target in table.models:  # names of unknown models stay out of the metrics' labels
+                self._count_model(name, target, error.status)
+            raise
+        self._count_model(name, target, answer.status)
         return RoutedAnswer(answer.status, answer.body, answer.content_type, route_headers)
+
+    def _count_model(self, name: str, target: str, status: int) -> None:
+        self.metrics.count("modelplane_gateway_requests_total", kind="model", name=name, route=target, code=str(status))
 
     async def call_model(self, name: str, request: JsonObject, headers: Mapping[str, str]) -> JsonObject:
         """The ModelCaller of pipelines and Kafka: JSON in, JSON out, experiments applied, errors raised."""
         answer = await self.infer_model(name, None, encode_request(request), headers, checked=True)
-        return answer.checked_json()
+        return answer.json()
 
     async def _forward(self, model: str, version: int | None, body: bytes, headers: Mapping[str, str]) -> ReplicaAnswer:
         path = f"/v2/models/{model}/versions/{version}/infer" if version is not None else f"/v2/models/{model}/infer"
@@ -292,13 +296,3 @@ class InferenceRouter:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-
-
-def _error_text(body: bytes) -> str:
-    try:
-        document: Any = json.loads(body)
-    except ValueError:
-        return body.decode("utf-8", errors="replace")[:500]
-    if isinstance(document, dict) and isinstance(document.get("error"), str):
-        return str(document["error"])
-    return json.dumps(document)[:500]

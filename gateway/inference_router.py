@@ -199,11 +199,12 @@ class InferenceRouter:
         return RoutedAnswer(answer.status, answer.body, answer.content_type)
 
     def model_ready(self, name: str, version: int | None) -> bool:
-        """Ready when some replica serves it (an experiment: when every candidate is ready)."""
+        """Ready when some replica serves it (an experiment: when a candidate can answer, as requests go
+        only to those)."""
         table = self._table()
         experiment = table.experiment_for(name, pb.MODEL, via_default=False) if version is None else None
         if experiment is not None:
-            return all(self.model_ready(c.name, None) for c in experiment.candidates)
+            return _any_candidate_serves(table, experiment)
         route = table.models.get(name)
         if route is None:
             raise InferenceError(404, f"model {name!r} not found")
@@ -243,11 +244,11 @@ class InferenceRouter:
         return await self.pipelines.run(name, request, headers)
 
     def pipeline_ready(self, name: str) -> bool:
-        """Ready when every step's model is (an experiment over pipelines: when every candidate is)."""
+        """Ready when every step's model is (an experiment over pipelines: when a candidate is)."""
         table = self._table()
         experiment = table.experiment_for(name, pb.PIPELINE, via_default=False)
         if experiment is not None and name not in table.pipelines:
-            return all(self.pipeline_ready(c.name) for c in experiment.candidates)
+            return _any_candidate_serves(table, experiment)
         if name not in table.pipelines:
             raise InferenceError(404, f"pipeline {name!r} not found")
         return table.pipeline_models_ready(name)
@@ -266,8 +267,16 @@ class InferenceRouter:
         self, experiment: pb.Experiment, headers: Mapping[str, str], send_copy: Callable[[str], Awaitable[object]]
     ) -> tuple[str, dict[str, str]]:
         """The candidate this request goes to, and the response headers that say so (sticky sessions);
-        starts the mirror's copy when the draw says so."""
-        decision = self.splitter.decide(experiment, headers)
+        starts the mirror's copy when the draw says so. Only candidates (and a mirror) with a serving route
+        are drawn: one that was unloaded or lost its replicas gets no traffic until it is back, and with
+        none left the answer is 503 (the experiment exists; nothing can answer for it now)."""
+        table = self._table()
+        decision = self.splitter.decide(experiment, headers, lambda n: table.serves(n, experiment.resourceType))
+        if decision.candidate is None:
+            names = [c.name for c in experiment.candidates] or [experiment.default]
+            raise InferenceError(
+                503, f"experiment {experiment.name!r}: none of its candidates ({', '.join(names)}) can answer now"
+            )
         if decision.mirror:
             mirror = decision.mirror
             self._mirror(experiment.name, mirror, lambda: send_copy(mirror))
@@ -296,3 +305,8 @@ class InferenceRouter:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _any_candidate_serves(table: RoutingTable, experiment: pb.Experiment) -> bool:
+    names = [c.name for c in experiment.candidates] or [experiment.default]
+    return any(table.serves(name, experiment.resourceType) for name in names)

@@ -1,4 +1,5 @@
-"""Sending one V2 REST request to a model's replicas: load-balanced, with a bounded retry elsewhere.
+"""Sending one V2 REST request to a model's replicas: load-balanced, with a bounded retry elsewhere, and
+passive ejection of replicas that are down.
 
 Balancing: the replica with the fewest requests in flight from this gateway, ties broken round-robin,
 so a slow replica gets less work without any coordination between gateways.
@@ -14,6 +15,13 @@ Answers (modelplane.inference_errors reads every non-2xx one):
   request (other 5xx): the request goes to another replica, at most ``max_attempts`` replicas in all.
   Retrying is safe: inference requests have no side effects.
 
+Passive ejection: a replica that cannot be reached or says it cannot answer (502, 503, 504, or no
+connection at all) is skipped for :data:`EJECT_SECONDS` seconds, doubled after each further failure in a
+row up to :data:`MAX_EJECT_SECONDS`, while the model has other replicas: between a server dying and the
+scheduler's route update, requests do not keep paying for the dead one. Skipped replicas are still tried
+last, so a request still goes to a model's only replica, and the first request after the period tests
+the replica again; any answer from it ends the ejection.
+
 What a server says beyond that line (a traceback, file paths) is logged here, bounded, never answered.
 """
 
@@ -22,7 +30,8 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -36,6 +45,8 @@ log = logging.getLogger(__name__)
 
 FORWARDED_REQUEST_HEADERS = ("x-request-id", "seldon-request-id", "traceparent", "tracestate")
 MAX_FORWARDED_HEADER_CHARS: Final = 1024
+EJECT_SECONDS: Final = 1.0
+MAX_EJECT_SECONDS: Final = 30.0
 # Header values travel as given, so they must be what HTTP allows in one: visible ASCII, spaces, tabs.
 _HEADER_VALUE: Final = re.compile(r"[\t\x20-\x7e]*")
 
@@ -48,6 +59,12 @@ class ReplicaAnswer:
     endpoint: Endpoint
 
 
+@dataclass(slots=True)
+class _Ejection:
+    until: float  # skipped until then (time.monotonic)
+    failures: int  # in a row
+
+
 class ReplicaClient:
     def __init__(
         self,
@@ -55,6 +72,8 @@ class ReplicaClient:
         max_attempts: int = 3,
         timeout_seconds: float = 60.0,
         connections: int = 256,
+        clock: Callable[[], float] = time.monotonic,
+        on_eject: Callable[[Endpoint, float, str], None] | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -64,6 +83,9 @@ class ReplicaClient:
         self._session: aiohttp.ClientSession | None = None
         self._in_flight: dict[str, int] = {}
         self._turn = itertools.count()
+        self._clock = clock
+        self._on_eject = on_eject
+        self._ejected: dict[str, _Ejection] = {}  # by the replica's URL: it is the address that fails
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -78,11 +100,19 @@ class ReplicaClient:
     def in_flight(self, endpoint: Endpoint) -> int:
         return self._in_flight.get(endpoint.key, 0)
 
+    def ejected(self, endpoint: Endpoint) -> bool:
+        """Whether ``endpoint`` is being skipped now."""
+        ejection = self._ejected.get(endpoint.http_url)
+        return ejection is not None and ejection.until > self._clock()
+
     def order(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
-        """Replicas to try, best first: fewest in flight, then round-robin among equals."""
+        """Replicas to try, best first: those not ejected by fewest in flight, then round-robin among equals;
+        then the ejected ones, soonest back first."""
         start = next(self._turn) % len(endpoints) if endpoints else 0
         rotated = [*endpoints[start:], *endpoints[:start]]
-        return sorted(rotated, key=self.in_flight)  # stable: equal loads keep the rotation
+        healthy = [endpoint for endpoint in rotated if not self.ejected(endpoint)]
+        skipped = sorted((e for e in rotated if self.ejected(e)), key=lambda e: self._ejected[e.http_url].until)
+        return sorted(healthy, key=self.in_flight) + skipped  # stable: equal loads keep the rotation
 
     async def send(
         self,
@@ -124,7 +154,7 @@ class ReplicaClient:
     async def _try(
         self, endpoint: Endpoint, method: str, path: str, body: bytes | None, headers: Mapping[str, str]
     ) -> ReplicaAnswer | ErrorAnswer:
-        """One attempt: the 2xx answer, or what went wrong (logged)."""
+        """One attempt: the 2xx answer, or what went wrong (recorded for ejection and logged)."""
         self._in_flight[endpoint.key] = self._in_flight.get(endpoint.key, 0) + 1
         try:
             async with self._client().request(
@@ -132,7 +162,9 @@ class ReplicaClient:
             ) as response:
                 if 200 <= response.status < 300:
                     content_type = response.headers.get("content-type", "application/json")
-                    return ReplicaAnswer(response.status, await response.read(), content_type, endpoint)
+                    answer = ReplicaAnswer(response.status, await response.read(), content_type, endpoint)
+                    self._ejected.pop(endpoint.http_url, None)
+                    return answer
                 error = read_error_answer(response.status, await read_error_body(response))
         except (TimeoutError, aiohttp.ClientError, OSError) as failure:
             text = safe_reason(f"{type(failure).__name__}: {failure}".rstrip(": "))
@@ -141,9 +173,28 @@ class ReplicaClient:
             self._in_flight[endpoint.key] -= 1
             if not self._in_flight[endpoint.key]:
                 del self._in_flight[endpoint.key]
-        if error.verdict is Verdict.FAILED:
-            log.warning("replica %s failed on %s %s: %s", endpoint.key, method, path, error.detail)
+        if error.verdict is Verdict.UNAVAILABLE:
+            self._eject(endpoint, error.reason)
+        else:
+            self._ejected.pop(endpoint.http_url, None)  # it answered: it is up
+            if error.verdict is Verdict.FAILED:
+                log.warning("replica %s failed on %s %s: %s", endpoint.key, method, path, error.detail)
         return error
+
+    def _eject(self, endpoint: Endpoint, reason: str) -> None:
+        now = self._clock()
+        # Forget replicas quiet for a while (they left the table, or recovered): the map stays small.
+        for url in [url for url, e in self._ejected.items() if e.until < now - MAX_EJECT_SECONDS]:
+            del self._ejected[url]
+        ejection = self._ejected.get(endpoint.http_url)
+        if ejection is not None and ejection.until > now:
+            return  # already skipped (requests that were in flight when it failed)
+        failures = 1 if ejection is None else ejection.failures + 1
+        seconds = min(MAX_EJECT_SECONDS, EJECT_SECONDS * 2 ** min(failures - 1, 16))
+        self._ejected[endpoint.http_url] = _Ejection(now + seconds, failures)
+        log.warning("replica %s (%s) skipped for %gs: %s", endpoint.key, endpoint.http_url, seconds, reason)
+        if self._on_eject is not None:
+            self._on_eject(endpoint, seconds, reason)
 
 
 def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:

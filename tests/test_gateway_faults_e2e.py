@@ -1,13 +1,16 @@
-"""Routing around what cannot answer (issue 10, defect 8), end to end: a scheduler, an agent with a real
-MLServer replica, and a `modelplane gateway` process.
+"""Routing around what cannot answer (issue 10, defects 8 and 2), end to end: a scheduler, agents with real
+MLServer replicas, and `modelplane gateway` processes.
 
 * An experiment whose candidate is unloaded keeps answering from the candidates that remain, and its status
   says which candidate is missing and why.
+* A replica whose server died is skipped by the gateway at once, before the scheduler says anything.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,7 +22,8 @@ from grpc import aio
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from tests.cluster_fixtures import WAIT, Cluster, Iris, api_of, model
-from tests.processes import start_gateway, stop_process
+from tests.processes import GatewayProcess, start_gateway, stop_process
+from tests.real_components import kill_server_of
 
 pytest_plugins = ["tests.real_components", "tests.cluster_fixtures"]
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(600)]
@@ -147,3 +151,52 @@ async def test_an_unloaded_candidate_gets_no_traffic_and_the_status_says_why(
         answers = await many(http, f"{gateway.url}/v2/models/ab/infer", iris.request, 50)
         assert {(status, body["model_name"]) for status, body in answers} == {(200, "iris-a")}
     stop_process(gateway.process)
+
+
+async def metric(http: aiohttp.ClientSession, gateway: GatewayProcess, name: str) -> int:
+    async with http.get(f"{gateway.url}/metrics") as response:
+        text = await response.text()
+    return sum(int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+async def test_a_replica_whose_server_died_is_skipped_without_waiting_for_the_scheduler(
+    cluster: Cluster, iris: Iris, http: aiohttp.ClientSession
+) -> None:
+    scheduler = cluster.start_scheduler()
+    doomed, _ = await asyncio.to_thread(cluster.start_agents, cluster.agent(0), cluster.agent(1))
+    async with api_of(cluster) as api:
+        spec = model("pair", str(iris.folder))
+        spec.deploymentSpec.replicas = 2
+        await api.load(spec)
+        await api.available("pair")
+    # One attempt per request: every request that goes to the dead replica fails, so the failures count
+    # how often the gateway still sends it traffic. And one gateway as deployed (three attempts).
+    single = await asyncio.to_thread(start_gateway, cluster.root / "single", scheduler.listen, "--max-attempts=1")
+    retrying = await asyncio.to_thread(start_gateway, cluster.root / "retrying", scheduler.listen)
+    for gateway in (single, retrying):
+        answers = await many(http, f"{gateway.url}/v2/models/pair/infer", iris.request, 20)
+        assert {status for status, _ in answers} == {200}
+
+    # The scheduler is frozen, so no route update can reach the gateways: what they do, they do alone.
+    os.kill(scheduler.process.pid, signal.SIGSTOP)
+    try:
+        kill_server_of(doomed)
+        results: list[tuple[int, Any]] = []
+        for _ in range(200):  # one at a time: each one sees what the ones before taught the gateway
+            results.append(await post(http, f"{single.url}/v2/models/pair/infer", iris.request))
+        retried = await many(http, f"{retrying.url}/v2/models/pair/infer", iris.request, 100)
+    finally:
+        os.kill(scheduler.process.pid, signal.SIGCONT)
+
+    failed = [body for status, body in results if status != 200]
+    # Each skip lasts 1 s, doubling per failure in a row up to 30 s: the dead replica gets one request per
+    # period, so 200 requests fail at most 10 times unless they took over two minutes; without skipping,
+    # about 100 (every other one) fail.
+    assert len(failed) <= 10, f"{len(failed)} of 200 failed: {failed[:3]}"
+    assert all(status == 503 and "pair" in body["error"] for status, body in results if status != 200), failed[:3]
+    assert all(body["outputs"][0]["data"] == iris.expected for status, body in results if status == 200)
+    assert {status for status, _ in retried} == {200}, Counter(status for status, _ in retried)
+    assert all(body["outputs"][0]["data"] == iris.expected for _, body in retried)
+    for gateway in (single, retrying):
+        assert await metric(http, gateway, "modelplane_gateway_replica_ejections_total") >= 1
+        stop_process(gateway.process)

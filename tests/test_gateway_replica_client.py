@@ -1,6 +1,6 @@
 """gateway.replica_client against real HTTP servers on loopback ports standing in for replicas (each answers
-what the test tells it and counts the requests it got): which answers are retried on another replica, and
-what the caller is told."""
+what the test tells it and counts the requests it got): which answers are retried on another replica, what
+the caller is told, and which replicas are skipped for a while (on a clock the test moves)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from gateway.inference_types import InferenceError
-from gateway.replica_client import ReplicaClient
+from gateway.replica_client import EJECT_SECONDS, MAX_EJECT_SECONDS, ReplicaClient
 from gateway.routing_table import Endpoint
 
 TRACEBACK = (
@@ -198,3 +198,125 @@ async def test_only_tracing_headers_that_http_can_carry_are_forwarded(
     assert "traceparent" not in got  # not something an HTTP header can carry as given
     assert "tracestate" not in got  # too long
     assert "authorization" not in got  # not ours to pass on
+
+
+# ----------------------------------------------------------------- passive ejection
+
+
+class Clock:
+    """time.monotonic as the test says."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def timed() -> AsyncIterator[tuple[ReplicaClient, Clock, list[tuple[str, float]]]]:
+    clock = Clock()
+    ejections: list[tuple[str, float]] = []
+    made = ReplicaClient(
+        max_attempts=3,
+        timeout_seconds=30,
+        clock=clock,
+        on_eject=lambda endpoint, seconds, _reason: ejections.append((endpoint.key, seconds)),
+    )
+    yield made, clock, ejections
+    await made.close()
+
+
+async def sends(client: ReplicaClient, replicas: list[Replica], count: int) -> None:
+    for _ in range(count):
+        assert json.loads(await send(client, replicas)) == {"outputs": []}
+
+
+@pytest.mark.parametrize("down", ["refuses connections", "answers 503", "answers 502"])
+async def test_a_replica_that_cannot_answer_is_skipped_for_a_while_then_tried_again(
+    timed: tuple[ReplicaClient, Clock, list[tuple[str, float]]], replicas: list[Replica], down: str
+) -> None:
+    client, clock, ejections = timed
+    dead = replicas[0]
+    if down == "refuses connections":
+        assert dead.runner is not None
+        await dead.runner.cleanup()
+        dead.runner = None
+    else:
+        dead.answer = error(int(down.rsplit(maxsplit=1)[-1]), "the inference server is unreachable")
+    await sends(client, replicas, 30)  # every one answered by the others
+    assert ejections == [("mlserver/0", EJECT_SECONDS)]
+    if dead.runner is not None:
+        assert dead.hits == 1, "after one failure it is skipped"
+    # The period ends: the next requests try it again (one of them fails over), and it is skipped twice as long.
+    clock.now += EJECT_SECONDS
+    await sends(client, replicas, 3)
+    assert ejections[-1] == ("mlserver/0", 2 * EJECT_SECONDS)
+    clock.now += 1.5 * EJECT_SECONDS
+    await sends(client, replicas, 10)
+    assert len(ejections) == 2, "still skipped"
+    # Each failure in a row doubles the period, up to the most.
+    for _ in range(10):
+        clock.now += MAX_EJECT_SECONDS
+        await sends(client, replicas, 3)
+    assert ejections[-1] == ("mlserver/0", MAX_EJECT_SECONDS)
+    assert [seconds for _, seconds in ejections[:6]] == [1, 2, 4, 8, 16, MAX_EJECT_SECONDS]
+    if dead.runner is not None:
+        # It answers again: the next time it is tried it is back, and a later failure starts from 1 s.
+        dead.answer = lambda: web.json_response({"outputs": []})
+        clock.now += MAX_EJECT_SECONDS
+        before = dead.hits
+        await sends(client, replicas, 9)
+        assert dead.hits >= before + 3, "back in the rotation"
+        dead.answer = error(503, "busy")
+        await sends(client, replicas, 3)
+        assert ejections[-1] == ("mlserver/0", EJECT_SECONDS)
+
+
+async def test_a_models_only_replica_still_gets_every_request_while_skipped(
+    timed: tuple[ReplicaClient, Clock, list[tuple[str, float]]], replicas: list[Replica]
+) -> None:
+    client, _, ejections = timed
+    only = replicas[:1]
+    only[0].answer = error(503, "busy")
+    for _ in range(3):
+        with pytest.raises(InferenceError) as raised:
+            await send(client, only)
+        assert raised.value.status == 503
+    assert only[0].hits == 3
+    assert len(ejections) == 1
+    only[0].answer = lambda: web.json_response({"outputs": []})
+    await sends(client, only, 1)
+    assert only[0].hits == 4
+
+
+async def test_skipped_replicas_are_tried_last_when_the_others_fail(
+    timed: tuple[ReplicaClient, Clock, list[tuple[str, float]]], replicas: list[Replica]
+) -> None:
+    client, _, _ = timed
+    replicas[0].answer = error(503, "busy")
+    await sends(client, replicas, 6)  # replica 0 is now skipped
+    replicas[0].answer = lambda: web.json_response({"outputs": []})
+    replicas[1].answer = replicas[2].answer = error(500, "broken")
+    hits = replicas[0].hits
+    await sends(client, replicas, 1)  # 1 and 2 fail, then the skipped one answers
+    assert replicas[0].hits == hits + 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [error(404, "not here"), error(400, "bad request"), error(500, "broken"), text(500, TRACEBACK)],
+)
+async def test_a_replica_that_answers_is_not_skipped(
+    timed: tuple[ReplicaClient, Clock, list[tuple[str, float]]],
+    replicas: list[Replica],
+    answer: Callable[[], web.Response],
+) -> None:
+    client, _, ejections = timed
+    for replica in replicas:
+        replica.answer = answer
+    for _ in range(6):
+        with pytest.raises(InferenceError):
+            await send(client, replicas)
+    assert ejections == []
+    assert min(replica.hits for replica in replicas) >= 2

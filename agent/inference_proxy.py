@@ -27,7 +27,16 @@ from grpc import aio
 
 from agent.model_manager import ModelManager
 from generated.mlops.agent.v1 import agent_pb2
-from modelplane.inference_errors import ErrorAnswer, Verdict, read_error_answer, read_error_body, safe_reason
+from modelplane.inference_errors import (
+    UNREADABLE_BODY,
+    ErrorAnswer,
+    Verdict,
+    quiet_caller_http_errors,
+    read_error_answer,
+    read_error_body,
+    safe_reason,
+    unreadable_body_answer,
+)
 from servers.adapter import ServerError
 
 log = logging.getLogger(__name__)
@@ -36,7 +45,8 @@ GRPC_SERVICE = "inference.GRPCInferenceService"
 # RPCs whose request names a model in field 1 (and its version in field 2).
 _NAMED_RPCS = {"ModelInfer", "ModelReady", "ModelMetadata"}
 _PASS_THROUGH_RPCS = {"ServerLive", "ServerReady", "ServerMetadata"}
-_HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
+# Not passed on: they describe this hop (the body is forwarded as read, so decoded, whatever it came as).
+_HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "content-encoding"}
 # The status the proxy answers a server's error with, by verdict (INVALID keeps the server's 4xx).
 _ANSWER_STATUS = {Verdict.NOT_HERE: 404, Verdict.UNAVAILABLE: 503, Verdict.FAILED: 500}
 
@@ -72,6 +82,7 @@ class InferenceProxy:
     # ----------------------------------------------------------------- REST
 
     def rest_app(self) -> web.Application:
+        quiet_caller_http_errors()
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/v2/models/{name}/versions/{version}{rest:(/.*)?}", self._model_route)
         app.router.add_route("*", "/v2/models/{name}{rest:(/.*)?}", self._model_route)
@@ -108,7 +119,10 @@ class InferenceProxy:
         self, request: web.Request, path: str, rename: tuple[str, str, int | None] | None
     ) -> web.StreamResponse:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
-        body = await request.read()
+        try:
+            body = await request.read()
+        except UNREADABLE_BODY as error:  # a body aiohttp cannot read: bad gzip, a bad chunk
+            return unreadable_body_answer(error)
         for attempt in (1, 2):
             try:
                 async with self._client().request(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -27,6 +28,8 @@ from generated.mlops.scheduler import scheduler_pb2 as pb
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_REQUEST_ID_CHARS = 256
+_REQUEST_ID = re.compile(r"[\x20-\x7e]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +78,18 @@ def _check_size(body: bytes) -> None:
 
 
 def check_routable(document: object) -> JsonObject:
-    """A decoded V2 inference request, checked enough to route it: an object with a non-empty ``inputs`` list."""
+    """A decoded V2 inference request, checked enough to route it: an object with a non-empty ``inputs`` list,
+    and an ``id`` (if any) that servers can carry: MLServer echoes it in an HTTP header, and fails with a
+    500 on one that is not Latin-1, so it must be printable ASCII, at most MAX_REQUEST_ID_CHARS long."""
     if not isinstance(document, dict):
         raise InferenceError(400, "request body must be a JSON object (a V2 inference request)")
+    request_id = document.get("id")
+    if request_id is not None and not (
+        isinstance(request_id, str) and len(request_id) <= MAX_REQUEST_ID_CHARS and _REQUEST_ID.fullmatch(request_id)
+    ):
+        raise InferenceError(
+            400, f"the request id must be a string of at most {MAX_REQUEST_ID_CHARS} printable ASCII characters"
+        )
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InferenceError(400, "a V2 inference request needs a non-empty 'inputs' list")

@@ -305,10 +305,10 @@ def _bytes_to_text(data: list[Any], parameters: JsonObject, where: str, status: 
 
 def check_infer_request(body: Mapping[str, Any]) -> None:
     """Hold a V2 JSON request (a REST body) to the checks a gRPC request gets by conversion: the id is a
-    string, parameters are objects, every input has a name, a known datatype, a shape of non-negative
-    integers and data whose elements fit both (integers within the datatype's range), and every requested
-    output has a name. Raises InferenceError(400) naming the tensor; the model's own expectations are the
-    model's to check."""
+    string (gateway.inference_router bounds it further), parameters are objects, every input has a name, a
+    known datatype, a shape of non-negative integers and data whose elements fit both (integers within the
+    datatype's range), and every requested output has a name. Raises InferenceError(400) naming the tensor;
+    the model's own expectations are the model's to check."""
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InferenceError(BAD_REQUEST, f"the request id must be a string, not {_json_type(request_id)}")

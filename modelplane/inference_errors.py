@@ -35,11 +35,15 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 MAX_REASON_CHARS: Final = 300
 MAX_DETAIL_CHARS: Final = 2000  # the end of a traceback, for the log
@@ -53,6 +57,9 @@ _NOT_OURS_TO_TELL: Final = frozenset({401, 403, 407})
 # Two or more path segments not glued to a word (so "application/json" and a URL's path survive).
 _PATH: Final = re.compile(r"(?<![\w.:/])~?(?:/[^\s/'\"()\[\]{}<>:,;|]+){2,}/?")
 _SPACES: Final = re.compile(r"\s+")
+
+# What aiohttp's server raises from request.read() for a body it cannot read (bad gzip, a broken chunk).
+UNREADABLE_BODY: Final = (RequestPayloadError, HttpProcessingError)
 
 
 class Verdict(enum.Enum):
@@ -106,6 +113,16 @@ async def read_error_body(response: aiohttp.ClientResponse, limit: int = MAX_ERR
         if size >= limit:
             break
     return b"".join(chunks)
+
+
+def unreadable_body_answer(error: BaseException) -> web.Response:
+    """The 400 for a request body aiohttp could not read (one of UNREADABLE_BODY). The connection is not
+    kept: the rest of the body is unreadable too."""
+    cause = error.__cause__ if isinstance(error.__cause__, HttpProcessingError) else error
+    message = cause.message if isinstance(cause, HttpProcessingError) else str(cause)
+    response = web.json_response({"error": safe_reason(f"the request body could not be read: {message}")}, status=400)
+    response.force_close()
+    return response
 
 
 def safe_reason(text: str, limit: int = MAX_REASON_CHARS) -> str:
@@ -174,8 +191,37 @@ def _validation_error(item: Any) -> str:
 
 
 def _final_exception(traceback: str) -> str:
-    """The exception that ended a Python traceback: the lines after its last indented (frame) line."""
+    """The exception that ended a Python traceback: what follows its last frame (a ``  File "..."`` line
+    and the source and caret lines indented under it). Its message may run over several lines, some
+    indented (numpy wraps long arrays), so the start is found from the frame, not from the indentation."""
     lines = traceback.rstrip().splitlines()
-    last_frame = max((index for index, line in enumerate(lines) if line[:1].isspace()), default=-1)
-    exception = " ".join(line.strip() for line in lines[last_frame + 1 :])
+    start = 1 + max((index for index, line in enumerate(lines) if line.startswith('  File "')), default=0)
+    while start < len(lines) and lines[start].startswith("    "):
+        start += 1
+    exception = " ".join(line.strip() for line in lines[start:])
     return exception or "an exception"
+
+
+class CallerHttpErrors(logging.Filter):
+    """aiohttp's server logs every request it cannot parse or decode (a malformed request line or header,
+    a body that is not the gzip it says) at error level with a traceback, although the caller got its 400.
+    This filter, on the ``aiohttp.server`` logger, makes each such record one info line without the
+    traceback, so callers' mistakes cannot fill the log with tracebacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, UNREADABLE_BODY):
+            cause = error.__cause__ if isinstance(error.__cause__, HttpProcessingError) else error
+            what = cause.message if isinstance(cause, HttpProcessingError) else str(cause)
+            said = record.getMessage()
+            record.msg, record.args = "%s: %s", (said, safe_reason(f"{type(cause).__name__}: {what}"))
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        return True
+
+
+def quiet_caller_http_errors() -> None:
+    """Install CallerHttpErrors on aiohttp's server logger (once)."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(existing, CallerHttpErrors) for existing in server_log.filters):
+        server_log.addFilter(CallerHttpErrors())

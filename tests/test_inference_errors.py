@@ -5,12 +5,15 @@ file."""
 from __future__ import annotations
 
 import json
+import logging
+import sys
 
 import pytest
+from aiohttp.http_exceptions import BadHttpMessage
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelplane.inference_errors import MAX_REASON_CHARS, Verdict, read_error_answer, safe_reason
+from modelplane.inference_errors import MAX_REASON_CHARS, CallerHttpErrors, Verdict, read_error_answer, safe_reason
 
 VENV = "/root/.cache/modelplane/venvs/mlserver/lib/python3.11/site-packages"
 
@@ -23,6 +26,12 @@ def traceback(exception: str) -> bytes:
     return f"Traceback (most recent call last):\n{frames}{exception}\n".encode()
 
 
+# What MLServer answered for shape [5] of FP64 (found by tests/test_gateway_properties.py): numpy wraps the
+# array over two lines, the second indented.
+SKLEARN_WRAPPED = (
+    "ValueError: Expected 2D array, got 1D array instead:\narray=[0.00000000e+00 0.00000000e+00 0.00000000e+00\n"
+    " 1.00000001e+08].\nReshape your data either using array.reshape(-1, 1) if your data has a single feature."
+)
 SKLEARN_2D = (
     "ValueError: Expected 2D array, got 1D array instead:\narray=['" + "x" * 100_000 + "'].\n"
     "Reshape your data either using array.reshape(-1, 1) if your data has a single feature."
@@ -36,6 +45,7 @@ SKLEARN_2D = (
         (500, traceback("ValueError: cannot reshape array of size 8 into shape (1,4)"), Verdict.INVALID, 400,
          "the model raised ValueError: cannot reshape array of size 8 into shape (1,4)"),
         (500, traceback(SKLEARN_2D), Verdict.INVALID, 400, "the model raised ValueError: Expected 2D array, got 1D"),
+        (500, traceback(SKLEARN_WRAPPED), Verdict.INVALID, 400, "ValueError: Expected 2D array, got 1D array instead"),
         (500, traceback("TypeError: unsupported operand"), Verdict.INVALID, 400, "the model raised TypeError"),
         (500, traceback("KeyError: 'petal'"), Verdict.FAILED, 502, "the model raised KeyError: 'petal'"),
         (500, traceback(f"FileNotFoundError: [Errno 2] No such file: '{VENV}/x.joblib'"), Verdict.FAILED, 502,
@@ -103,3 +113,23 @@ def test_json_that_nests_too_deep_for_the_parser_is_just_text() -> None:
     answer = read_error_answer(500, b'{"error": ' + b"[" * 100_000)
     assert answer.verdict is Verdict.FAILED
     assert json.dumps(answer.reason)
+
+
+def test_aiohttps_log_of_a_malformed_request_is_one_info_line() -> None:
+    try:
+        raise BadHttpMessage(f"Duplicate 'Content-Type' header found in {VENV}/x.py.\n  more")
+    except BadHttpMessage:
+        record = logging.LogRecord(
+            "aiohttp.server", logging.ERROR, "p", 1, "Error handling request from %s", ("1.2.3.4",), sys.exc_info()
+        )
+    other = logging.LogRecord("aiohttp.server", logging.ERROR, "p", 1, "something else", (), None)
+    quiet = CallerHttpErrors()
+    assert quiet.filter(record)
+    assert quiet.filter(other)
+    assert (record.levelno, record.exc_info) == (logging.INFO, None)
+    assert record.getMessage() == (
+        "Error handling request from 1.2.3.4: BadHttpMessage: Duplicate 'Content-Type' header found in <path> more"
+    )
+    assert "\n" not in record.getMessage()
+    assert VENV not in record.getMessage()
+    assert other.levelno == logging.ERROR

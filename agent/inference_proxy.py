@@ -4,6 +4,13 @@ Clients (the gateway, `modelplane model infer`) address models by their plain na
 server knows each version as "iris_3". The proxy maps one to the other, reloads a model evicted
 by the LRU before forwarding its request, and counts the use. REST bodies and gRPC messages pass
 through unchanged apart from the model name (and, in answers, the name and version given back).
+
+What the server says when it fails stays here: a REST error answer is read by
+modelplane.inference_errors (which says what MLServer's and Triton's errors mean) and passed on as
+``{"error": one short line}`` with the status that puts the blame where it belongs (a request the server
+found invalid: its 4xx, or 400 for a traceback of a ValueError; the model not here: 404; the server
+unreachable or busy: 503; the server failed: 500); the server's own words (a traceback with its file
+paths) go to the log, bounded. gRPC errors keep the server's code with their details cut to one line.
 """
 
 from __future__ import annotations
@@ -15,10 +22,21 @@ from typing import Any
 import aiohttp
 import grpc
 from aiohttp import web
+from google.protobuf.message import DecodeError
 from grpc import aio
 
 from agent.model_manager import ModelManager
 from generated.mlops.agent.v1 import agent_pb2
+from modelplane.inference_errors import (
+    UNREADABLE_BODY,
+    ErrorAnswer,
+    Verdict,
+    quiet_caller_http_errors,
+    read_error_answer,
+    read_error_body,
+    safe_reason,
+    unreadable_body_answer,
+)
 from servers.adapter import ServerError
 
 log = logging.getLogger(__name__)
@@ -27,7 +45,10 @@ GRPC_SERVICE = "inference.GRPCInferenceService"
 # RPCs whose request names a model in field 1 (and its version in field 2).
 _NAMED_RPCS = {"ModelInfer", "ModelReady", "ModelMetadata"}
 _PASS_THROUGH_RPCS = {"ServerLive", "ServerReady", "ServerMetadata"}
-_HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
+# Not passed on: they describe this hop (the body is forwarded as read, so decoded, whatever it came as).
+_HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "content-encoding"}
+# The status the proxy answers a server's error with, by verdict (INVALID keeps the server's 4xx).
+_ANSWER_STATUS = {Verdict.NOT_HERE: 404, Verdict.UNAVAILABLE: 503, Verdict.FAILED: 500}
 
 
 class ModelNotHere(Exception):  # noqa: N818 - the name says what the client hit
@@ -61,6 +82,7 @@ class InferenceProxy:
     # ----------------------------------------------------------------- REST
 
     def rest_app(self) -> web.Application:
+        quiet_caller_http_errors()
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/v2/models/{name}/versions/{version}{rest:(/.*)?}", self._model_route)
         app.router.add_route("*", "/v2/models/{name}{rest:(/.*)?}", self._model_route)
@@ -86,7 +108,7 @@ class InferenceProxy:
         except ModelNotHere as error:
             return web.json_response({"error": str(error)}, status=404)
         except ServerError as error:
-            return web.json_response({"error": f"could not load {name}: {error}"}, status=503)
+            return web.json_response({"error": safe_reason(f"could not load {name}: {error}")}, status=503)
         path = f"/v2/models/{loaded}{request.match_info.get('rest') or ''}"
         return await self._forward(request, path, rename=(loaded, name, version))
 
@@ -97,19 +119,41 @@ class InferenceProxy:
         self, request: web.Request, path: str, rename: tuple[str, str, int | None] | None
     ) -> web.StreamResponse:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
-        body = await request.read()
         try:
-            async with self._client().request(
-                request.method, self.server_http_url + path, params=request.query, data=body, headers=headers
-            ) as upstream:
-                payload = await upstream.read()
-                content_type = upstream.headers.get("Content-Type", "application/json")
-                status = upstream.status
-        except (aiohttp.ClientError, TimeoutError) as error:
-            return web.json_response({"error": f"inference server unreachable: {error}"}, status=502)
+            body = await request.read()
+        except UNREADABLE_BODY as error:  # a body aiohttp cannot read: bad gzip, a bad chunk
+            return unreadable_body_answer(error)
+        for attempt in (1, 2):
+            try:
+                async with self._client().request(
+                    request.method, self.server_http_url + path, params=request.query, data=body, headers=headers
+                ) as upstream:
+                    status = upstream.status
+                    content_type = upstream.headers.get("Content-Type", "application/json")
+                    if 200 <= status < 300:
+                        payload = await upstream.read()
+                    else:
+                        return self._error_answer(path, read_error_answer(status, await read_error_body(upstream)))
+                break
+            except aiohttp.ClientConnectorError as error:
+                return _unreachable(error)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as error:
+                # A pooled connection the server had closed (uvicorn closes one after a 500): once more, on a
+                # new connection. Safe: inference and the V2 reads have no side effects.
+                if attempt == 2:
+                    return _unreachable(error)
+            except (aiohttp.ClientError, TimeoutError) as error:
+                return _unreachable(error)
         if rename is not None and content_type.startswith("application/json"):
             payload = _rename_json(payload, *rename)
         return web.Response(body=payload, status=status, headers={"Content-Type": content_type})
+
+    def _error_answer(self, path: str, error: ErrorAnswer) -> web.Response:
+        if error.verdict is Verdict.INVALID:
+            log.info("the server refused %s as invalid: %s", path, error.detail)
+        else:
+            log.warning("the server failed on %s (%s): %s", path, error.verdict.value, error.detail)
+        return web.json_response({"error": error.reason}, status=_ANSWER_STATUS.get(error.verdict, error.status))
 
     # ----------------------------------------------------------------- gRPC
 
@@ -124,13 +168,16 @@ class InferenceProxy:
     async def forward_grpc(self, rpc: str, request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
         original: tuple[str, str] | None = None
         if rpc in _NAMED_RPCS:
-            names = agent_pb2.InferenceModelName.FromString(request)
+            try:
+                names = agent_pb2.InferenceModelName.FromString(request)
+            except DecodeError:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {rpc} request")
             try:
                 loaded = await self.resolve(names.name, _parse_version(names.version))
             except ModelNotHere as error:
                 await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
             except ServerError as error:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not load {names.name}: {error}")
+                await context.abort(grpc.StatusCode.UNAVAILABLE, safe_reason(f"could not load {names.name}: {error}"))
             original = (names.name, names.version)
             # Re-serialising keeps every other field: protobuf carries unknown fields through.
             names.name, names.version = loaded, ""
@@ -141,7 +188,10 @@ class InferenceProxy:
                 request, timeout=context.time_remaining(), metadata=context.invocation_metadata()
             )
         except aio.AioRpcError as error:
-            await context.abort(error.code(), error.details() or "")
+            # The server's code stands; its details (MLServer puts an exception's whole message there, data
+            # included) are cut to one line without file paths.
+            log.debug("the server answered %s with %s: %s", rpc, error.code().name, (error.details() or "")[:2000])
+            await context.abort(error.code(), safe_reason(error.details() or error.code().name))
         if rpc == "ModelInfer" and original is not None:
             answer = agent_pb2.InferenceModelName.FromString(response)
             answer.name, answer.version = original[0], original[1] or answer.version
@@ -172,11 +222,16 @@ class _GrpcProxyHandler(grpc.GenericRpcHandler):
         return grpc.unary_unary_rpc_method_handler(handle)
 
 
+def _unreachable(error: Exception) -> web.Response:
+    reason = safe_reason(f"{type(error).__name__}: {error}")
+    return web.json_response({"error": f"the inference server is unreachable: {reason}"}, status=503)
+
+
 def _rename_json(payload: bytes, loaded: str, name: str, version: int | None) -> bytes:
     """Give the client back the name it asked for, not the server's versioned one."""
     try:
         document: Any = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested past the parser's recursion limit
         return payload
     if isinstance(document, dict) and document.get("model_name") == loaded:
         document["model_name"] = name

@@ -1,9 +1,9 @@
 """The V2 gRPC edge wired to the router: gRPC requests take the same routes as REST ones.
 
 A name that is a pipeline or an experiment over pipelines (and not a model) runs the pipeline;
-everything else goes through model routing, experiments included. Non-200 answers from a replica
-become InferenceErrors, which the servicer maps to gRPC codes. Requests arrive decoded, so they are
-checked as REST bodies are but never parsed back from JSON.
+everything else goes through model routing, experiments included. A replica's error answers arrive
+as InferenceErrors (gateway.replica_client), which the servicer maps to gRPC codes. Requests arrive
+decoded, so they are checked as REST bodies are but never parsed back from JSON.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ def v2_grpc_service(router: InferenceRouter, synced: Callable[[], bool]) -> V2In
             response, route_headers = await router.route_pipeline(name, body, headers)
             return InferResult(response, route_headers)
         answer = await router.infer_model(name, number, encode_request(body), headers, checked=True)
-        return InferResult(answer.checked_json(), answer.headers)
+        return InferResult(answer.json(), answer.headers)
 
     async def model_ready(name: str, version: str | None) -> bool:
         number = parse_version(version)
         return router.pipeline_ready(name) if router.is_pipeline(name, number) else router.model_ready(name, number)
 
     async def model_metadata(name: str, version: str | None) -> JsonObject:
-        return (await router.model_metadata(name, parse_version(version), {})).checked_json()
+        return (await router.model_metadata(name, parse_version(version), {})).json()
 
     async def server_ready() -> bool:
         return synced()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,13 +19,17 @@ from typing import Any, Protocol
 from gateway.experiment_split import ExperimentSplitter
 from gateway.gateway_metrics import GatewayMetrics
 from gateway.inference_types import InferenceError, JsonObject
+from gateway.json_documents import JsonDocumentError, loads_bounded
 from gateway.replica_client import ReplicaAnswer, ReplicaClient
 from gateway.routing_table import ROUTE_HEADER, RoutingTable
+from gateway.v2_grpc_codec import check_infer_request
 from generated.mlops.scheduler import scheduler_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_REQUEST_ID_CHARS = 256
+_REQUEST_ID = re.compile(r"[\x20-\x7e]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,30 +41,26 @@ class RoutedAnswer:
 
     def json(self) -> JsonObject:
         try:
-            document: Any = json.loads(self.body)
-        except ValueError:  # UnicodeDecodeError included
-            raise InferenceError(502, "the answer is not valid JSON") from None
+            document: Any = loads_bounded(self.body)
+        except JsonDocumentError as error:
+            raise InferenceError(502, f"the answer is not valid JSON: {error}") from None
         if not isinstance(document, dict):
             raise InferenceError(502, "the answer is not a JSON object")
         return document
 
-    def checked_json(self) -> JsonObject:
-        """The JSON of a 200 answer; any other answer raised as an InferenceError (a status outside 4xx/5xx
-        becomes 502) carrying the answer's error text."""
-        if self.status != 200:
-            status = self.status if 400 <= self.status < 600 else 502
-            raise InferenceError(status, _error_text(self.body) or f"HTTP {self.status}")
-        return self.json()
-
 
 def parse_request(body: bytes) -> JsonObject:
-    """A V2 inference request body, checked enough to route it: a JSON object with an ``inputs`` list."""
+    """A V2 inference request body from a caller: JSON within the nesting limit, an object with an ``inputs``
+    list, and every tensor well formed (gateway.v2_grpc_codec.check_infer_request), so that a request no
+    server could take is the caller's 400 here, not whatever each server makes of it."""
     _check_size(body)
     try:
-        document: Any = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as error:
+        document: Any = loads_bounded(body)
+    except JsonDocumentError as error:
         raise InferenceError(400, f"request body is not valid JSON: {error}") from None
-    return check_routable(document)
+    request = check_routable(document)
+    check_infer_request(request)
+    return request
 
 
 def encode_request(request: JsonObject) -> bytes:
@@ -77,9 +78,18 @@ def _check_size(body: bytes) -> None:
 
 
 def check_routable(document: object) -> JsonObject:
-    """A decoded V2 inference request, checked enough to route it: an object with a non-empty ``inputs`` list."""
+    """A decoded V2 inference request, checked enough to route it: an object with a non-empty ``inputs`` list,
+    and an ``id`` (if any) that servers can carry: MLServer echoes it in an HTTP header, and fails with a
+    500 on one that is not Latin-1, so it must be printable ASCII, at most MAX_REQUEST_ID_CHARS long."""
     if not isinstance(document, dict):
         raise InferenceError(400, "request body must be a JSON object (a V2 inference request)")
+    request_id = document.get("id")
+    if request_id is not None and not (
+        isinstance(request_id, str) and len(request_id) <= MAX_REQUEST_ID_CHARS and _REQUEST_ID.fullmatch(request_id)
+    ):
+        raise InferenceError(
+            400, f"the request id must be a string of at most {MAX_REQUEST_ID_CHARS} printable ASCII characters"
+        )
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise InferenceError(400, "a V2 inference request needs a non-empty 'inputs' list")
@@ -142,16 +152,22 @@ class InferenceRouter:
             )
         elif name not in table.models and name in table.pipelines:
             raise InferenceError(404, f"{name!r} is a pipeline: send it to /v2/pipelines/{name}/infer")
-        answer = await self._forward(target, version, body, headers)
-        self.metrics.count(
-            "modelplane_gateway_requests_total", kind="model", name=name, route=target, code=str(answer.status)
-        )
+        try:
+            answer = await self._forward(target, version, body, headers)
+        except InferenceError as error:
+            if target in table.models:  # names of unknown models stay out of the metrics' labels
+                self._count_model(name, target, error.status)
+            raise
+        self._count_model(name, target, answer.status)
         return RoutedAnswer(answer.status, answer.body, answer.content_type, route_headers)
+
+    def _count_model(self, name: str, target: str, status: int) -> None:
+        self.metrics.count("modelplane_gateway_requests_total", kind="model", name=name, route=target, code=str(status))
 
     async def call_model(self, name: str, request: JsonObject, headers: Mapping[str, str]) -> JsonObject:
         """The ModelCaller of pipelines and Kafka: JSON in, JSON out, experiments applied, errors raised."""
         answer = await self.infer_model(name, None, encode_request(request), headers, checked=True)
-        return answer.checked_json()
+        return answer.json()
 
     async def _forward(self, model: str, version: int | None, body: bytes, headers: Mapping[str, str]) -> ReplicaAnswer:
         path = f"/v2/models/{model}/versions/{version}/infer" if version is not None else f"/v2/models/{model}/infer"
@@ -195,11 +211,12 @@ class InferenceRouter:
         return RoutedAnswer(answer.status, answer.body, answer.content_type)
 
     def model_ready(self, name: str, version: int | None) -> bool:
-        """Ready when some replica serves it (an experiment: when every candidate is ready)."""
+        """Ready when some replica serves it (an experiment: when a candidate can answer, as requests go
+        only to those)."""
         table = self._table()
         experiment = table.experiment_for(name, pb.MODEL, via_default=False) if version is None else None
         if experiment is not None:
-            return all(self.model_ready(c.name, None) for c in experiment.candidates)
+            return _any_candidate_serves(table, experiment)
         route = table.models.get(name)
         if route is None:
             raise InferenceError(404, f"model {name!r} not found")
@@ -239,11 +256,11 @@ class InferenceRouter:
         return await self.pipelines.run(name, request, headers)
 
     def pipeline_ready(self, name: str) -> bool:
-        """Ready when every step's model is (an experiment over pipelines: when every candidate is)."""
+        """Ready when every step's model is (an experiment over pipelines: when a candidate is)."""
         table = self._table()
         experiment = table.experiment_for(name, pb.PIPELINE, via_default=False)
         if experiment is not None and name not in table.pipelines:
-            return all(self.pipeline_ready(c.name) for c in experiment.candidates)
+            return _any_candidate_serves(table, experiment)
         if name not in table.pipelines:
             raise InferenceError(404, f"pipeline {name!r} not found")
         return table.pipeline_models_ready(name)
@@ -262,8 +279,16 @@ class InferenceRouter:
         self, experiment: pb.Experiment, headers: Mapping[str, str], send_copy: Callable[[str], Awaitable[object]]
     ) -> tuple[str, dict[str, str]]:
         """The candidate this request goes to, and the response headers that say so (sticky sessions);
-        starts the mirror's copy when the draw says so."""
-        decision = self.splitter.decide(experiment, headers)
+        starts the mirror's copy when the draw says so. Only candidates (and a mirror) with a serving route
+        are drawn: one that was unloaded or lost its replicas gets no traffic until it is back, and with
+        none left the answer is 503 (the experiment exists; nothing can answer for it now)."""
+        table = self._table()
+        decision = self.splitter.decide(experiment, headers, lambda n: table.serves(n, experiment.resourceType))
+        if decision.candidate is None:
+            names = [c.name for c in experiment.candidates] or [experiment.default]
+            raise InferenceError(
+                503, f"experiment {experiment.name!r}: none of its candidates ({', '.join(names)}) can answer now"
+            )
         if decision.mirror:
             mirror = decision.mirror
             self._mirror(experiment.name, mirror, lambda: send_copy(mirror))
@@ -294,11 +319,6 @@ class InferenceRouter:
         await asyncio.gather(*self._background, return_exceptions=True)
 
 
-def _error_text(body: bytes) -> str:
-    try:
-        document: Any = json.loads(body)
-    except ValueError:
-        return body.decode("utf-8", errors="replace")[:500]
-    if isinstance(document, dict) and isinstance(document.get("error"), str):
-        return str(document["error"])
-    return json.dumps(document)[:500]
+def _any_candidate_serves(table: RoutingTable, experiment: pb.Experiment) -> bool:
+    names = [c.name for c in experiment.candidates] or [experiment.default]
+    return any(table.serves(name, experiment.resourceType) for name in names)

@@ -102,7 +102,13 @@ class _Gateway:
     def wire(cls, settings: GatewaySettings) -> _Gateway:
         metrics = GatewayMetrics()
         channel = open_channel(settings.scheduler, settings.security)
-        client = ReplicaClient(max_attempts=settings.max_attempts, timeout_seconds=settings.request_timeout_seconds)
+        client = ReplicaClient(
+            max_attempts=settings.max_attempts,
+            timeout_seconds=settings.request_timeout_seconds,
+            on_eject=lambda endpoint, _seconds, _reason: metrics.count(
+                "modelplane_gateway_replica_ejections_total", replica=endpoint.key
+            ),
+        )
         router = InferenceRouter(lambda: watcher.table, client, metrics)
         pipelines = PipelineRunner(lambda: watcher.table, router.call_model, settings.pipeline_timeout_seconds)
         router.pipelines = pipelines

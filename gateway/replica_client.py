@@ -1,27 +1,54 @@
-"""Sending one V2 REST request to a model's replicas: load-balanced, with a bounded retry elsewhere.
+"""Sending one V2 REST request to a model's replicas: load-balanced, with a bounded retry elsewhere, and
+passive ejection of replicas that are down.
 
 Balancing: the replica with the fewest requests in flight from this gateway, ties broken round-robin,
 so a slow replica gets less work without any coordination between gateways.
 
-Retry: a replica that cannot be reached, answers 5xx, or answers 404 (the model moved away from it and
-the routing update has not arrived yet: the agent proxy says so with 404) is skipped and the request goes
-to another replica, at most ``max_attempts`` replicas in all. Any other answer, a 4xx caused by the
-request itself included, is the answer. Retrying is safe: inference requests have no side effects.
+Answers (modelplane.inference_errors reads every non-2xx one):
+
+* 2xx: the answer.
+* A request the replica found invalid (4xx; MLServer's traceback of a ValueError or TypeError; Triton's
+  "Unable to parse"): the caller's mistake, answered at once with the replica's status and one short line
+  of its reason, never retried: another replica of the same model would say the same.
+* The model is not on the replica (404: it moved, and the routing update has not arrived yet), the replica
+  cannot answer now (no connection, a timeout, 408, 429, 502, 503, 504), or its server failed on the
+  request (other 5xx): the request goes to another replica, at most ``max_attempts`` replicas in all.
+  Retrying is safe: inference requests have no side effects.
+
+Passive ejection: a replica that cannot be reached or says it cannot answer (502, 503, 504, or no
+connection at all) is skipped for :data:`EJECT_SECONDS` seconds, doubled after each further failure in a
+row up to :data:`MAX_EJECT_SECONDS`, while the model has other replicas: between a server dying and the
+scheduler's route update, requests do not keep paying for the dead one. Skipped replicas are still tried
+last, so a request still goes to a model's only replica, and the first request after the period tests
+the replica again; any answer from it ends the ejection.
+
+What a server says beyond that line (a traceback, file paths) is logged here, bounded, never answered.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 import aiohttp
 
 from gateway.inference_types import InferenceError
 from gateway.routing_table import Endpoint
+from modelplane.inference_errors import ErrorAnswer, Verdict, read_error_answer, read_error_body, safe_reason
+
+log = logging.getLogger(__name__)
 
 FORWARDED_REQUEST_HEADERS = ("x-request-id", "seldon-request-id", "traceparent", "tracestate")
-RETRYABLE_STATUSES = frozenset({404, 500, 502, 503, 504})
+MAX_FORWARDED_HEADER_CHARS: Final = 1024
+EJECT_SECONDS: Final = 1.0
+MAX_EJECT_SECONDS: Final = 30.0
+# Header values travel as given, so they must be what HTTP allows in one: visible ASCII, spaces, tabs.
+_HEADER_VALUE: Final = re.compile(r"[\t\x20-\x7e]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +59,22 @@ class ReplicaAnswer:
     endpoint: Endpoint
 
 
+@dataclass(slots=True)
+class _Ejection:
+    until: float  # skipped until then (time.monotonic)
+    failures: int  # in a row
+
+
 class ReplicaClient:
-    def __init__(self, *, max_attempts: int = 3, timeout_seconds: float = 60.0, connections: int = 256) -> None:
+    def __init__(
+        self,
+        *,
+        max_attempts: int = 3,
+        timeout_seconds: float = 60.0,
+        connections: int = 256,
+        clock: Callable[[], float] = time.monotonic,
+        on_eject: Callable[[Endpoint, float, str], None] | None = None,
+    ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self.max_attempts = max_attempts
@@ -42,6 +83,9 @@ class ReplicaClient:
         self._session: aiohttp.ClientSession | None = None
         self._in_flight: dict[str, int] = {}
         self._turn = itertools.count()
+        self._clock = clock
+        self._on_eject = on_eject
+        self._ejected: dict[str, _Ejection] = {}  # by the replica's URL: it is the address that fails
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -56,11 +100,19 @@ class ReplicaClient:
     def in_flight(self, endpoint: Endpoint) -> int:
         return self._in_flight.get(endpoint.key, 0)
 
+    def ejected(self, endpoint: Endpoint) -> bool:
+        """Whether ``endpoint`` is being skipped now."""
+        ejection = self._ejected.get(endpoint.http_url)
+        return ejection is not None and ejection.until > self._clock()
+
     def order(self, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
-        """Replicas to try, best first: fewest in flight, then round-robin among equals."""
+        """Replicas to try, best first: those not ejected by fewest in flight, then round-robin among equals;
+        then the ejected ones, soonest back first."""
         start = next(self._turn) % len(endpoints) if endpoints else 0
         rotated = [*endpoints[start:], *endpoints[:start]]
-        return sorted(rotated, key=self.in_flight)  # stable: equal loads keep the rotation
+        healthy = [endpoint for endpoint in rotated if not self.ejected(endpoint)]
+        skipped = sorted((e for e in rotated if self.ejected(e)), key=lambda e: self._ejected[e.http_url].until)
+        return sorted(healthy, key=self.in_flight) + skipped  # stable: equal loads keep the rotation
 
     async def send(
         self,
@@ -72,47 +124,85 @@ class ReplicaClient:
         headers: Mapping[str, str],
         what: str,
     ) -> ReplicaAnswer:
-        """``method path`` on one of ``endpoints`` (tried in :meth:`order`). Raises InferenceError(503) when
-        there are none, or (502) when every attempt failed, naming the replicas and their failures."""
+        """``method path`` on one of ``endpoints`` (tried in :meth:`order`): the first 2xx answer. Raises
+        InferenceError: 503 when there are none or none could answer now, the replica's 4xx when it found the
+        request invalid, 502 when the servers failed; each with a short reason naming the replicas."""
         if not endpoints:
             raise InferenceError(503, f"{what} has no available replica")
-        forwarded = {k: v for k, v in headers.items() if k.lower() in FORWARDED_REQUEST_HEADERS}
+        forwarded = forwarded_headers(headers)
         if body is not None:
             # Bodies are V2 JSON whatever the caller's transport was (a gRPC caller says application/grpc).
             forwarded["Content-Type"] = "application/json"
-        failures: list[str] = []
-        last: ReplicaAnswer | None = None
+        failures: list[tuple[Endpoint, ErrorAnswer]] = []
         for endpoint in self.order(endpoints)[: self.max_attempts]:
-            self._in_flight[endpoint.key] = self._in_flight.get(endpoint.key, 0) + 1
-            try:
-                async with self._client().request(
-                    method, endpoint.http_url.rstrip("/") + path, data=body, headers=forwarded
-                ) as response:
-                    answer = ReplicaAnswer(
-                        response.status,
-                        await response.read(),
-                        response.headers.get("content-type", "application/json"),
-                        endpoint,
-                    )
-            except (TimeoutError, aiohttp.ClientError, OSError) as error:
-                failures.append(f"{endpoint.key}: {type(error).__name__}: {error}".rstrip(": "))
-                continue
-            finally:
-                self._in_flight[endpoint.key] -= 1
-                if not self._in_flight[endpoint.key]:
-                    del self._in_flight[endpoint.key]
-            if answer.status not in RETRYABLE_STATUSES:
+            answer = await self._try(endpoint, method, path, body, forwarded)
+            if isinstance(answer, ReplicaAnswer):
                 return answer
-            last = answer
-            failures.append(f"{endpoint.key}: HTTP {answer.status} {_excerpt(answer.body)}")
-        if last is not None and all(": HTTP 404 " in failure for failure in failures):
+            if answer.verdict is Verdict.INVALID:
+                log.debug("%s on %s: invalid request (HTTP %d): %s", what, endpoint.key, answer.status, answer.detail)
+                raise InferenceError(answer.status, f"{what}: {answer.reason}")
+            failures.append((endpoint, answer))
+        said = "; ".join(f"{endpoint.key}: {answer.reason}" for endpoint, answer in failures)
+        verdicts = {answer.verdict for _, answer in failures}
+        if verdicts == {Verdict.NOT_HERE}:
             # Every replica said the model is not there: it is moving, and the new route is on its way.
-            raise InferenceError(
-                503, f"{what} is not on the replicas routed to; it may be moving ({'; '.join(failures)})"
-            )
-        raise InferenceError(502, f"{what}: every replica tried failed ({'; '.join(failures)})")
+            raise InferenceError(503, f"{what} is not on the replicas routed to; it may be moving ({said})")
+        if Verdict.FAILED not in verdicts:
+            raise InferenceError(503, f"{what}: no replica could answer now ({said})")
+        raise InferenceError(502, f"{what}: every replica tried failed ({said})")
+
+    async def _try(
+        self, endpoint: Endpoint, method: str, path: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> ReplicaAnswer | ErrorAnswer:
+        """One attempt: the 2xx answer, or what went wrong (recorded for ejection and logged)."""
+        self._in_flight[endpoint.key] = self._in_flight.get(endpoint.key, 0) + 1
+        try:
+            async with self._client().request(
+                method, endpoint.http_url.rstrip("/") + path, data=body, headers=headers
+            ) as response:
+                if 200 <= response.status < 300:
+                    content_type = response.headers.get("content-type", "application/json")
+                    answer = ReplicaAnswer(response.status, await response.read(), content_type, endpoint)
+                    self._ejected.pop(endpoint.http_url, None)
+                    return answer
+                error = read_error_answer(response.status, await read_error_body(response))
+        except (TimeoutError, aiohttp.ClientError, OSError) as failure:
+            text = safe_reason(f"{type(failure).__name__}: {failure}".rstrip(": "))
+            error = ErrorAnswer(Verdict.UNAVAILABLE, 503, f"unreachable ({text})", text)
+        finally:
+            self._in_flight[endpoint.key] -= 1
+            if not self._in_flight[endpoint.key]:
+                del self._in_flight[endpoint.key]
+        if error.verdict is Verdict.UNAVAILABLE:
+            self._eject(endpoint, error.reason)
+        else:
+            self._ejected.pop(endpoint.http_url, None)  # it answered: it is up
+            if error.verdict is Verdict.FAILED:
+                log.warning("replica %s failed on %s %s: %s", endpoint.key, method, path, error.detail)
+        return error
+
+    def _eject(self, endpoint: Endpoint, reason: str) -> None:
+        now = self._clock()
+        # Forget replicas quiet for a while (they left the table, or recovered): the map stays small.
+        for url in [url for url, e in self._ejected.items() if e.until < now - MAX_EJECT_SECONDS]:
+            del self._ejected[url]
+        ejection = self._ejected.get(endpoint.http_url)
+        if ejection is not None and ejection.until > now:
+            return  # already skipped (requests that were in flight when it failed)
+        failures = 1 if ejection is None else ejection.failures + 1
+        seconds = min(MAX_EJECT_SECONDS, EJECT_SECONDS * 2 ** min(failures - 1, 16))
+        self._ejected[endpoint.http_url] = _Ejection(now + seconds, failures)
+        log.warning("replica %s (%s) skipped for %gs: %s", endpoint.key, endpoint.http_url, seconds, reason)
+        if self._on_eject is not None:
+            self._on_eject(endpoint, seconds, reason)
 
 
-def _excerpt(body: bytes, limit: int = 200) -> str:
-    text = body.decode("utf-8", errors="replace").strip().replace("\n", " ")
-    return text if len(text) <= limit else text[:limit] + "..."
+def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The caller's headers a replica gets: tracing and request ids only, and only values HTTP can carry."""
+    return {
+        name: value
+        for name, value in headers.items()
+        if name.lower() in FORWARDED_REQUEST_HEADERS
+        and len(value) <= MAX_FORWARDED_HEADER_CHARS
+        and _HEADER_VALUE.fullmatch(value)
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -9,6 +10,9 @@ from aiohttp import web
 from gateway.gateway_metrics import GatewayMetrics
 from gateway.inference_router import MAX_BODY_BYTES, InferenceRouter, RoutedAnswer, parse_version
 from gateway.inference_types import InferenceError
+from modelplane.inference_errors import UNREADABLE_BODY, quiet_caller_http_errors, unreadable_body_answer
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -30,13 +34,29 @@ def _answer(answer: RoutedAnswer) -> web.Response:
 
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error as JSON ``{"error": ...}``: the router's, aiohttp's own (no such route 404, wrong method
+    405, body over the limit 413, a body it cannot decode 400), and anything unexpected as a 500 that names
+    nothing of our insides (it is logged with its traceback instead)."""
     try:
         return await handler(request)
     except InferenceError as error:
         return _error(error.status, error.message)
+    except UNREADABLE_BODY as error:  # a body aiohttp cannot read: bad gzip, a bad chunk
+        return unreadable_body_answer(error)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        response = _error(error.status, error.text or error.reason)
+        if isinstance(error, web.HTTPMethodNotAllowed):
+            response.headers["Allow"] = ",".join(sorted(error.allowed_methods))
+        return response
+    except Exception:
+        log.exception("%s %s failed inside the gateway", request.method, request.rel_url.path[:200])
+        return _error(500, "the gateway failed on this request; its log says why")
 
 
 def build_app(router: InferenceRouter, metrics: GatewayMetrics, is_ready: Callable[[], bool]) -> web.Application:
+    quiet_caller_http_errors()
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
 
     def headers_of(request: web.Request) -> dict[str, str]:

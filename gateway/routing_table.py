@@ -110,6 +110,14 @@ class RoutingTable:
                 return self.experiments.get(owner)
         return None
 
+    def serves(self, name: str, resource_type: int) -> bool:
+        """Whether a request for ``name`` can be answered now: a model with replicas for its newest version,
+        or a pipeline whose every step's model has them."""
+        if resource_type == pb.PIPELINE:
+            return self.pipeline_models_ready(name)
+        route = self.models.get(name)
+        return route is not None and bool(route.endpoints(None))
+
     def pipeline_models_ready(self, name: str) -> bool:
         route = self.pipelines.get(name)
         if route is None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 from grpc import aio
 
 from gateway.inference_types import InferenceError, JsonObject
@@ -187,9 +188,51 @@ class V2InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
 
+# The RPCs served and the message each one takes.
+_REQUEST_TYPES: Final[Mapping[str, type[Message]]] = {
+    "ServerLive": pb.ServerLiveRequest,
+    "ServerReady": pb.ServerReadyRequest,
+    "ModelReady": pb.ModelReadyRequest,
+    "ServerMetadata": pb.ServerMetadataRequest,
+    "ModelMetadata": pb.ModelMetadataRequest,
+    "ModelInfer": pb.ModelInferRequest,
+}
+
+
 def add_v2_inference_service(server: aio.Server, service: V2InferenceService) -> None:
-    """Mount the service on a grpc.aio server (before it starts)."""
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)
+    """Mount the service on a grpc.aio server (before it starts).
+
+    Requests arrive as bytes and are parsed here rather than by gRPC: bytes that are not the RPC's message
+    are the caller's mistake (INVALID_ARGUMENT), where gRPC's own deserialiser would answer UNKNOWN with
+    protobuf's exception in the details."""
+    handlers: dict[str, grpc.RpcMethodHandler[bytes, Message]] = {
+        rpc: grpc.unary_unary_rpc_method_handler(
+            _parsing(request_type, getattr(service, rpc)), response_serializer=_serialize
+        )
+        for rpc, request_type in _REQUEST_TYPES.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
+
+
+def _parsing(
+    request_type: type[Message], method: Callable[[Any, Context], Awaitable[Message]]
+) -> Callable[[bytes, Context], Awaitable[Message]]:
+    async def handle(request: bytes, context: Context) -> Message:
+        try:
+            message = request_type.FromString(request)
+        except DecodeError:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request is not a valid {request_type.DESCRIPTOR.full_name} message",
+            )
+        return await method(message, context)
+
+    return handle
 
 
 async def _abort(context: Context, error: Exception, rpc: str) -> NoReturn:

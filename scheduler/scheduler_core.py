@@ -347,7 +347,7 @@ class SchedulerCore:
                     for status in self.pipelines.status(name):
                         self.pipelines_hub.publish(name, status)
         if self.experiments.records:
-            self._publish_experiments(self.experiments.refresh(self._ready))
+            self._publish_experiments(self.experiments.refresh(self._why_not_ready))
 
     # ----------------------------------------------------------------- experiments
 
@@ -359,7 +359,7 @@ class SchedulerCore:
                 return
             await self._write([Put(EXPERIMENTS_TABLE, experiment.name, prepared.to_bytes())])
             self.experiments.apply_start(prepared)
-            self._publish_experiments({experiment.name} | self.experiments.refresh(self._ready))
+            self._publish_experiments({experiment.name} | self.experiments.refresh(self._why_not_ready))
 
     async def stop_experiment(self, name: str) -> None:
         async with self._locks.hold(f"experiment/{name}"):
@@ -384,12 +384,29 @@ class SchedulerCore:
             subscriber, lambda: [(status.experimentName, status) for status in self.experiments.status()]
         )
 
-    def _ready(self, name: str, resource_type: int) -> bool:
-        """Whether a model (ModelAvailable) or pipeline (Ready) an experiment routes to is ready."""
+    def _why_not_ready(self, name: str, resource_type: int) -> str | None:
+        """None when a model (ModelAvailable) or pipeline (Ready) an experiment routes to is ready; else why
+        not, for the experiment's status."""
+        record: ModelRecord | PipelineRecord | None
         if resource_type == pb.MODEL:
-            return self._model_available(name)
-        pipeline = self.pipelines.records.get(name)
-        return pipeline is not None and not pipeline.deleted and pipeline.latest.status == PipelineStatus.READY
+            record = self.cluster.models.get(name)
+            if record is None or record.deleted:
+                return "being unloaded" if record is not None else "not loaded: unloaded, or never loaded"
+            derived = record.latest.derived
+            if derived.state == ModelState.AVAILABLE:
+                return None
+            state = pb.ModelStatus.ModelState.Name(pb.ModelStatus.ModelState.ValueType(derived.state))
+            return f"{state}: {derived.reason}" if derived.reason else state
+        record = self.pipelines.records.get(name)
+        if record is None or record.deleted:
+            return "being unloaded" if record is not None else "not loaded: unloaded, or never loaded"
+        latest = record.latest
+        if latest.status == PipelineStatus.READY:
+            return None
+        status = pb.PipelineVersionState.PipelineStatus.Name(
+            pb.PipelineVersionState.PipelineStatus.ValueType(latest.status)
+        )
+        return f"{status}: {latest.reason}" if latest.reason else status
 
     def _publish_experiments(self, names: set[str], *, routes: bool = True) -> None:
         if routes and self.routes_hub.subscriber_count:

@@ -169,7 +169,7 @@ def test_prepared_record_does_not_alias_the_request() -> None:
 def test_stop_keeps_a_terminated_record_and_start_again_revives_it() -> None:
     registry = ExperimentRegistry()
     started(registry, experiment())
-    registry.refresh(lambda _name, _kind: True)
+    registry.refresh(all_ready)
     registry.record_gateway_ack("ab", "gw-1", active=True, reason="")
     prepared = registry.prepare_stop("ab")
     assert prepared.stopped
@@ -216,19 +216,52 @@ def test_status_lists_all_sorted_with_kubernetes_meta() -> None:
 # ----------------------------------------------------------------- refresh and gateway acks
 
 
-def only(*ready: str) -> Callable[[str, int], bool]:
-    return lambda name, _kind: name in ready
+def only(*ready: str) -> Callable[[str, int], str | None]:
+    """Every name in ``ready`` is; any other is "<name> is gone"."""
+    return lambda name, _kind: None if name in ready else f"{name} is gone"
+
+
+def all_ready(_name: str, _kind: int) -> None:
+    """Everything is ready."""
+    return None
 
 
 @pytest.mark.parametrize(
     ("mirror", "ready", "candidates_ready", "mirror_ready", "description"),
     [
         (None, ("iris-v1", "iris-v2"), True, True, "not active yet"),
-        (None, ("iris-v1",), False, True, "candidate iris-v2 not ready; not active yet"),
-        (None, (), False, True, "candidate iris-v1 not ready; candidate iris-v2 not ready; not active yet"),
+        (
+            None,
+            ("iris-v1",),
+            False,
+            True,
+            "degraded: requests go to the candidates that are ready; "
+            "candidate iris-v2 not ready (iris-v2 is gone); not active yet",
+        ),
+        (
+            None,
+            (),
+            False,
+            True,
+            "candidate iris-v1 not ready (iris-v1 is gone); candidate iris-v2 not ready (iris-v2 is gone); "
+            "no candidate can take requests; not active yet",
+        ),
         (("shadow", 5), ("iris-v1", "iris-v2", "shadow"), True, True, "not active yet"),
-        (("shadow", 5), ("iris-v1", "iris-v2"), True, False, "mirror shadow not ready; not active yet"),
-        (("shadow", 5), ("shadow",), False, True, "candidate iris-v1 not ready; candidate iris-v2 not ready"),
+        (
+            ("shadow", 5),
+            ("iris-v1", "iris-v2"),
+            True,
+            False,
+            "mirror shadow not ready (shadow is gone); not active yet",
+        ),
+        (
+            ("shadow", 5),
+            ("shadow",),
+            False,
+            True,
+            "candidate iris-v1 not ready (iris-v1 is gone); candidate iris-v2 not ready (iris-v2 is gone); "
+            "no candidate can take requests",
+        ),
     ],
 )
 def test_refresh(
@@ -252,25 +285,27 @@ def test_refresh_passes_the_resource_type_and_reports_changes_only() -> None:
     started(registry, experiment(name="pipes", candidates=(("p1", 1),), default="p1", resource_type=pb.PIPELINE))
     asked: list[tuple[str, int]] = []
 
-    def ready(name: str, kind: int) -> bool:
+    def ready(name: str, kind: int) -> str | None:
         asked.append((name, kind))
-        return kind == pb.PIPELINE
+        return None if kind == pb.PIPELINE else "ModelProgressing"
 
-    # A started experiment is assumed not ready until checked: "models" stays as it was.
-    assert registry.refresh(ready) == {"pipes"}
+    # A started experiment is assumed not ready until checked: "models" stays not ready, and now says why.
+    assert registry.refresh(ready) == {"pipes", "models"}
     assert ("p1", pb.PIPELINE) in asked
     assert ("iris-v1", pb.MODEL) in asked
+    assert not registry.status("models")[0].candidatesReady
+    assert "candidate iris-v1 not ready (ModelProgressing)" in registry.status("models")[0].statusDescription
     assert registry.refresh(ready) == set()
-    assert registry.refresh(lambda _name, _kind: True) == {"models"}
+    assert registry.refresh(all_ready) == {"models"}
     stopped(registry, "models")
-    assert registry.refresh(lambda _name, _kind: False) == {"pipes"}
+    assert registry.refresh(lambda _name, _kind: "not loaded") == {"pipes"}
     assert registry.status("models")[0].statusDescription == STOPPED
 
 
 def test_gateway_acks_set_active() -> None:
     registry = ExperimentRegistry()
     started(registry, experiment())
-    registry.refresh(lambda _name, _kind: True)
+    registry.refresh(all_ready)
     assert registry.record_gateway_ack("ab", "gw-1", active=True, reason="")
     assert not registry.record_gateway_ack("ab", "gw-1", active=True, reason="")
     [status] = registry.status("ab")
@@ -289,7 +324,7 @@ def test_gateway_acks_set_active() -> None:
 def test_active_while_any_connected_gateway_routes_it() -> None:
     registry = ExperimentRegistry()
     started(registry, experiment())
-    registry.refresh(lambda _name, _kind: True)
+    registry.refresh(all_ready)
     assert registry.record_gateway_ack("ab", "gw-1", active=True)
     assert not registry.record_gateway_ack("ab", "gw-2", active=False, reason="no route to iris-v2")
     assert registry.records["ab"].active  # gw-1 routes it
@@ -393,4 +428,4 @@ def test_any_experiment_validates_or_raises_a_domain_error(spec: pb.Experiment, 
     if prepared is not None:
         registry.apply_start(prepared)
     assert registry.records[spec.name].spec == spec
-    registry.refresh(lambda _name, _kind: True)
+    registry.refresh(all_ready)

@@ -447,6 +447,33 @@ async def test_experiment_follows_its_candidates_and_survives_a_restart() -> Non
         assert again.core.experiments.records["ab"].stopped
 
 
+async def test_an_experiment_says_which_candidate_is_not_ready_and_why() -> None:
+    async with Harness() as h:
+        replica = h.add_replica(memory=10_000 * MiB)
+        replica.fail_loads["broken"] = "the artifact is not a model"
+        for name in ("iris", "wine", "broken"):
+            await h.load(name)
+        await h.settle()
+        await h.core.start_experiment(experiment("abc", "iris", "wine", "broken", default="iris"))
+        [status] = h.core.experiment_status("abc")
+        assert not status.candidatesReady
+        assert status.statusDescription.startswith("degraded: requests go to the candidates that are ready")
+        assert "candidate broken not ready (ModelFailed: the artifact is not a model)" in status.statusDescription
+        assert "candidate iris" not in status.statusDescription
+
+        await h.core.unload_model("wine")
+        [status] = h.core.experiment_status("abc")
+        assert "candidate wine not ready (being unloaded)" in status.statusDescription
+        await h.settle()
+        [status] = h.core.experiment_status("abc")
+        assert "candidate wine not ready (not loaded: unloaded, or never loaded)" in status.statusDescription
+
+        await h.core.unload_model("iris")
+        await h.settle()
+        [status] = h.core.experiment_status("abc")
+        assert "no candidate can take requests" in status.statusDescription
+
+
 # ----------------------------------------------------------------------------- pipelines
 
 

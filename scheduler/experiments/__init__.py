@@ -4,7 +4,7 @@ Pure and synchronous (no grpc): the servicers persist prepared records and publi
 """
 
 from scheduler.experiments.experiment_records import ExperimentRecord, copy_experiment
-from scheduler.experiments.experiment_registry import STOPPED, ExperimentRegistry, ReadyCheck
+from scheduler.experiments.experiment_registry import STOPPED, ExperimentRegistry, ReadinessCheck
 from scheduler.experiments.validation import (
     MAX_CANDIDATES,
     MAX_MIRROR_PERCENT,
@@ -22,7 +22,7 @@ __all__ = [
     "STOPPED",
     "ExperimentRecord",
     "ExperimentRegistry",
-    "ReadyCheck",
+    "ReadinessCheck",
     "copy_experiment",
     "resource_kind",
     "validate_experiment",

@@ -9,6 +9,10 @@ Readiness conventions (chosen here, and reported as is in ExperimentStatusRespon
 * ``mirror_ready`` is True when the mirror is ready **or there is no mirror**, so that
   ``candidates_ready and mirror_ready`` means "nothing to wait for". Seldon reports mirrorReady True only
   for an existing, ready mirror; a caller wanting that meaning checks ``spec.HasField("mirror")`` as well.
+* ``status_description`` names each part that is not ready and why (``candidate iris-a not ready (not
+  loaded: unloaded, or never loaded)``), and whether the experiment still takes requests: gateways send
+  them only to the candidates that can answer, so with some candidates missing it is ``degraded``, with
+  none it takes none.
 """
 
 from __future__ import annotations
@@ -28,26 +32,36 @@ from scheduler.status_guard import guarded, safe_name
 
 log = logging.getLogger(__name__)
 
-# ready(name, resource_type): is the model (ModelAvailable) or pipeline (Ready) of that name ready?
-ReadyCheck = Callable[[str, int], bool]
 # routed_as(name): pb.MODEL or pb.PIPELINE when a model or pipeline (not being deleted) has that name, else None.
 RoutedAs = Callable[[str], int | None]
+# why_not_ready(name, resource_type): None when the model (ModelAvailable) or pipeline (Ready) of that name
+# is ready; else why not, in a few words ("ModelFailed: ...", "not loaded: unloaded, or never loaded").
+ReadinessCheck = Callable[[str, int], str | None]
 
 STOPPED = "stopped"
+MAX_WHY_CHARS = 200  # per part: a model's failure reason can be long, and every part goes in one status
+
+# A part of an experiment that is not ready: ("candidate x" | "mirror y", why; "" before it was checked).
+NotReady = tuple[str, str]
 
 
-def _pending(spec: pb.Experiment) -> tuple[str, ...]:
-    """Every part of ``spec`` as "candidate x" / "mirror y", for an experiment not yet checked."""
-    parts = [f"candidate {c.name}" for c in spec.candidates]
+def _pending(spec: pb.Experiment) -> tuple[NotReady, ...]:
+    """Every part of ``spec``, for an experiment not yet checked."""
+    parts = [(f"candidate {c.name}", "") for c in spec.candidates]
     if spec.HasField("mirror"):
-        parts.append(f"mirror {spec.mirror.name}")
+        parts.append((f"mirror {spec.mirror.name}", ""))
     return tuple(parts)
 
 
-def _describe(record: ExperimentRecord, not_ready: tuple[str, ...]) -> str:
+def _describe(record: ExperimentRecord, not_ready: tuple[NotReady, ...]) -> str:
     if record.stopped:
         return STOPPED
-    parts = [f"{part} not ready" for part in not_ready]
+    parts = [f"{part} not ready ({why})" if why else f"{part} not ready" for part, why in not_ready]
+    missing = sum(1 for part, _ in not_ready if part.startswith("candidate "))
+    if missing and missing == len(record.spec.candidates):
+        parts.append("no candidate can take requests")
+    elif missing:
+        parts.insert(0, "degraded: requests go to the candidates that are ready")
     if not record.active:
         parts.append(f"not active in gateways: {record.gateway_reason}" if record.gateway_reason else "not active yet")
     # Every gateway may give a reason: bounded, so the status message is.
@@ -70,7 +84,7 @@ class ExperimentRegistry:
     def __init__(self) -> None:
         self.records: dict[str, ExperimentRecord] = {}
         # What refresh last found missing, per experiment (observed, rebuilt by refresh).
-        self._not_ready: dict[str, tuple[str, ...]] = {}
+        self._not_ready: dict[str, tuple[NotReady, ...]] = {}
 
     # ----------------------------------------------------------------- queries
 
@@ -187,19 +201,23 @@ class ExperimentRegistry:
 
     # ----------------------------------------------------------------- observed state
 
-    def refresh(self, ready: ReadyCheck) -> set[str]:
+    def refresh(self, why_not_ready: ReadinessCheck) -> set[str]:
         """Recompute readiness of every running experiment; return the names whose status changed."""
         changed: set[str] = set()
         for name, record in self.records.items():
             if record.stopped:
                 continue
             spec = record.spec
-            missing = [f"candidate {c.name}" for c in spec.candidates if not ready(c.name, spec.resourceType)]
-            candidates_ready = not missing
-            mirror_ready = True
-            if spec.HasField("mirror") and not ready(spec.mirror.name, spec.resourceType):
-                mirror_ready = False
-                missing.append(f"mirror {spec.mirror.name}")
+            parts = [(f"candidate {c.name}", c.name) for c in spec.candidates]
+            if spec.HasField("mirror"):
+                parts.append((f"mirror {spec.mirror.name}", spec.mirror.name))
+            missing: list[NotReady] = []
+            for part, resource in parts:
+                why = why_not_ready(resource, spec.resourceType)
+                if why is not None:
+                    missing.append((part, limits.cut(" ".join(why.split()), MAX_WHY_CHARS) or "not ready"))
+            candidates_ready = not any(part.startswith("candidate ") for part, _ in missing)
+            mirror_ready = not any(part.startswith("mirror ") for part, _ in missing)
             self._not_ready[name] = tuple(missing)
             description = _describe(record, tuple(missing))
             before = (record.candidates_ready, record.mirror_ready, record.status_description)
@@ -241,10 +259,10 @@ class ExperimentRegistry:
         record.changed_at = time.time()
         return True
 
-    def _install(self, record: ExperimentRecord, not_ready: tuple[str, ...]) -> None:
+    def _install(self, record: ExperimentRecord, not_ready: tuple[NotReady, ...]) -> None:
         if not record.stopped:
-            record.candidates_ready = not any(part.startswith("candidate ") for part in not_ready)
-            record.mirror_ready = not any(part.startswith("mirror ") for part in not_ready)
+            record.candidates_ready = not any(part.startswith("candidate ") for part, _ in not_ready)
+            record.mirror_ready = not any(part.startswith("mirror ") for part, _ in not_ready)
         record.status_description = _describe(record, not_ready)
         self.records[record.name] = record
         self._not_ready[record.name] = not_ready

@@ -1,13 +1,14 @@
 """A locally started inference-server process: free ports, its log, readiness, and stopping it by PID.
 
 The process gets its own session (process group), so the workers MLServer forks and the stubs Triton's
-Python backend starts can be killed together when the server itself does not stop on SIGTERM.
+Python backend starts can be killed together when the server itself does not stop on SIGTERM, and a death
+signal, so a launcher killed by kill -9 takes its server with it. It is started by
+``modelplane.child_processes`` (no Python runs in the forked child: the agent has gRPC threads; see there).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import signal
 import socket
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
+from modelplane.child_processes import start_child
 from servers.adapter import InferenceServer
 from servers.mlserver import MLServer
 from servers.triton import TritonServer
@@ -79,37 +81,16 @@ def free_ports(count: int) -> list[int]:
         return [int(sock.getsockname()[1]) for sock in sockets]
 
 
-def die_with_parent() -> None:
-    """Ask the kernel to SIGTERM the server if the process that launched it dies (even by kill -9), so a
-    crashed agent never leaves an orphan server holding memory. Linux only; elsewhere a no-op."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-
-
-_PR_SET_PDEATHSIG = 1
-
-
 def start_process(
     argv: Sequence[str], *, log_path: Path, cwd: Path, env: Mapping[str, str], name: str
 ) -> subprocess.Popen[bytes]:
-    """Start ``argv`` with stdout and stderr appended to ``log_path``, in a session of its own."""
+    """Start ``argv`` with stdout and stderr appended to ``log_path``, in a session of its own, sent SIGTERM
+    if the thread that started it dies (even by kill -9), so a crashed agent never leaves an orphan server."""
     if not Path(argv[0]).is_file():
         raise LaunchError(f"{name} is not installed: {argv[0]} does not exist")
     with log_path.open("ab") as log:
         try:
-            return subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                env=dict(env),
-                start_new_session=True,
-                preexec_fn=die_with_parent,  # noqa: PLW1509 - runs before exec, calls only prctl
-            )
+            return start_child(argv, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
         except OSError as error:
             raise LaunchError(f"{name} could not be started ({argv[0]}): {error}") from error
 

@@ -4,7 +4,8 @@ Start-up: the server (launched, or an existing one) must be ready; the agent tak
 server already holds; the proxy starts; then the agent registers and keeps its session.
 SIGTERM/SIGINT: ask the scheduler to drain this replica, wait (bounded) until its models serve
 elsewhere, take everything off the server, stop what was started, exit 0. A second signal skips the
-wait.
+wait, and so does a scheduler that is not there: with no session, or when it ends during the drain,
+nothing can move the models, so the agent does not wait out the drain timeout (the log says why).
 """
 
 from __future__ import annotations
@@ -137,17 +138,7 @@ async def run(
             if registered is not None and not registered.done():
                 registered.set_result(addresses)
             await stop.wait()
-            log.info("stopping: asking the scheduler to drain this replica")
-            drained = asyncio.create_task(session.drain(settings.drain_timeout_seconds))
-            skipped = asyncio.create_task(forced.wait())
-            await asyncio.wait([drained, skipped], return_when=asyncio.FIRST_COMPLETED)
-            skipped.cancel()
-            if drained.done() and drained.result() is not None:
-                unplaced = drained.result()
-                log.info("drained", extra={"fields": {"unplaced": unplaced or []}})
-            else:
-                drained.cancel()
-                log.warning("leaving without a completed drain")
+            await _drain(session, settings.drain_timeout_seconds, forced)
             await manager.unload_everything()
         finally:
             session_task.cancel()
@@ -157,6 +148,27 @@ async def run(
             await proxy.close()
             await runner.cleanup()
     log.info("agent stopped")
+
+
+async def _drain(session: SchedulerSession, timeout: float, forced: asyncio.Event) -> None:
+    """Ask the scheduler to drain this replica; wait until it is done, the session is gone, or a second signal."""
+    if not session.connected.is_set():
+        log.warning("stopping, not draining: no session with the scheduler, so nothing can move the models")
+        return
+    log.info("stopping: asking the scheduler to drain this replica")
+    drained = asyncio.create_task(session.drain(timeout))
+    skipped = asyncio.create_task(forced.wait())
+    await asyncio.wait([drained, skipped], return_when=asyncio.FIRST_COMPLETED)
+    skipped.cancel()
+    if not drained.done():
+        drained.cancel()
+        log.warning("leaving without a completed drain: a second signal said not to wait")
+        return
+    outcome = drained.result()
+    if outcome.unplaced is not None:
+        log.info("drained", extra={"fields": {"unplaced": outcome.unplaced}})
+    else:
+        log.warning("leaving without a completed drain: %s", outcome.why_not)
 
 
 async def _announce(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -34,6 +34,7 @@ MAX_REPLICA_INDEX = 10_000
 MAX_CAPABILITIES = 256
 MAX_LOADED_MODELS = 100_000
 MAX_OVERCOMMIT_PERCENT = 1000
+MAX_HEALTH_REASON_CHARS = 1024  # ServerHealth.reason, as agent.proto documents
 
 
 def replica_config(register: agent_pb2.Register) -> ReplicaConfig:
@@ -56,12 +57,9 @@ def replica_config(register: agent_pb2.Register) -> ReplicaConfig:
         raise InvalidArgument(f"more than {MAX_CAPABILITIES} capabilities")
     if any(not c or len(c) > 253 or c != c.strip() for c in replica.capabilities):
         raise InvalidArgument("capabilities must be non-empty names without surrounding spaces")
-    if len(register.loaded_models) > MAX_LOADED_MODELS:
-        raise InvalidArgument(f"more than {MAX_LOADED_MODELS} loaded models reported")
-    for held in register.loaded_models:
-        check_name(held.name)
-        if held.version < 1:
-            raise InvalidArgument(f"loaded model {held.name!r} has version {held.version}; versions start at 1")
+    _check_loaded(register.loaded_models)
+    if register.HasField("server_health"):
+        check_server_health(register.server_health)
     if len(register.agent_id) > 253:
         raise InvalidArgument("agent_id is longer than 253 characters")
     return ReplicaConfig(
@@ -75,6 +73,33 @@ def replica_config(register: agent_pb2.Register) -> ReplicaConfig:
         grpc_target=replica.endpoints.grpc_target,
         agent_id=register.agent_id or f"{replica.server_name}-{replica.replica_idx}",
     )
+
+
+def _check_loaded(loaded: Sequence[agent_pb2.LoadedModel]) -> None:
+    if len(loaded) > MAX_LOADED_MODELS:
+        raise InvalidArgument(f"more than {MAX_LOADED_MODELS} loaded models reported")
+    for held in loaded:
+        check_name(held.name)
+        if held.version < 1:
+            raise InvalidArgument(f"loaded model {held.name!r} has version {held.version}; versions start at 1")
+
+
+def check_server_health(health: agent_pb2.ServerHealth) -> None:
+    """Check a ServerHealth message; raise InvalidArgument saying what is wrong."""
+    if len(health.reason) > MAX_HEALTH_REASON_CHARS:
+        raise InvalidArgument(f"server health reason is longer than {MAX_HEALTH_REASON_CHARS} characters")
+    if not health.reason.isprintable():
+        raise InvalidArgument("server health reason has control characters")
+    if not health.serving and health.loaded_models:
+        raise InvalidArgument("a server that is not serving holds no loaded models")
+    _check_loaded(health.loaded_models)
+
+
+def server_down_reason(register: agent_pb2.Register) -> str | None:
+    """Why the replica's server is not serving as its agent registers; None when it serves."""
+    if register.HasField("server_health") and not register.server_health.serving:
+        return register.server_health.reason or "its agent gave no reason"
+    return None
 
 
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
@@ -102,7 +127,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 session_id=session.session_id, heartbeat_interval_ms=int(self.heartbeat * 1000)
             )
         )
-        self.core.agent_registered(config, first.register.loaded_models, session)
+        self.core.agent_registered(
+            config, first.register.loaded_models, session, server_down=server_down_reason(first.register)
+        )
         log.info("agent connected", extra={"fields": {"server": config.server, "replica": config.index}})
         reader = asyncio.create_task(self._read(request_iterator, config, session))
         try:
@@ -139,29 +166,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 except TimeoutError:
                     session.close(f"no message from the agent for {3 * self.heartbeat:g}s")
                     return
-                kind = request.WhichOneof("message")
-                if kind == "event":
-                    rejected = self.core.agent_event(config, session, request.event)
-                    if rejected is not None:
-                        log.warning("rejected agent event: %s", rejected)
-                        session.send(
-                            agent_pb2.SessionResponse(
-                                event_rejected=agent_pb2.EventRejected(
-                                    operation_id=request.event.operation_id,
-                                    model_name=request.event.model_name,
-                                    model_version=request.event.model_version,
-                                    reason=rejected,
-                                )
-                            )
-                        )
-                elif kind == "heartbeat":
-                    # Liveness only: any message resets the read timeout above. Memory is accounted by the
-                    # scheduler's own ledger, not the agent's report, so placement never races a report.
-                    pass
-                elif kind == "drain":
-                    self.core.agent_drain(config, session)
-                else:
-                    session.close(f"unexpected {kind or 'empty'} message in an agent session")
+                problem = self._apply(request, config, session)
+                if problem is not None:
+                    session.close(problem)
                     return
         except StopAsyncIteration:
             session.close("agent closed the session")
@@ -172,3 +179,36 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         except Exception as error:
             log.exception("agent session reader failed")
             session.close(f"scheduler error: {error}")
+
+    def _apply(self, request: agent_pb2.SessionRequest, config: ReplicaConfig, session: AgentSession) -> str | None:
+        """Act on one message from the agent; returns why the session must end, or None."""
+        kind = request.WhichOneof("message")
+        if kind == "event":
+            rejected = self.core.agent_event(config, session, request.event)
+            if rejected is not None:
+                log.warning("rejected agent event: %s", rejected)
+                session.send(
+                    agent_pb2.SessionResponse(
+                        event_rejected=agent_pb2.EventRejected(
+                            operation_id=request.event.operation_id,
+                            model_name=request.event.model_name,
+                            model_version=request.event.model_version,
+                            reason=rejected,
+                        )
+                    )
+                )
+        elif kind == "heartbeat":
+            # Liveness only: any message resets the read timeout. Memory is accounted by the scheduler's own
+            # ledger, not the agent's report, so placement never races a report.
+            pass
+        elif kind == "drain":
+            self.core.agent_drain(config, session)
+        elif kind == "server_health":
+            try:
+                check_server_health(request.server_health)
+            except SchedulerError as error:
+                return f"invalid ServerHealth: {error}"
+            self.core.agent_server_health(config, session, request.server_health)
+        else:
+            return f"unexpected {kind or 'empty'} message in an agent session"
+        return None

@@ -4,12 +4,22 @@ Clients (the gateway, `modelplane model infer`) address models by their plain na
 server knows each version as "iris_3". The proxy maps one to the other, reloads a model evicted
 by the LRU before forwarding its request, and counts the use. REST bodies and gRPC messages pass
 through unchanged apart from the model name (and, in answers, the name and version given back).
+
+While the server is down (the agent's watch says so) every request is answered 503 (gRPC UNAVAILABLE)
+with the reason, at once; a request the server cannot be reached for is answered 503 too, and asks the
+watch to probe the server now. 502 is kept for a server that answered something the proxy cannot pass
+on, 504 for one that did not answer in time. When the server serves again the proxy opens new
+connections to it (the old ones may lead to a dead process, and gRPC's reconnect backoff after an
+outage would delay the first calls), letting requests still on the old ones finish.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -17,7 +27,7 @@ import grpc
 from aiohttp import web
 from grpc import aio
 
-from agent.model_manager import ModelManager
+from agent.model_manager import ModelManager, ServerDown
 from generated.mlops.agent.v1 import agent_pb2
 from servers.adapter import ServerError
 
@@ -28,6 +38,8 @@ GRPC_SERVICE = "inference.GRPCInferenceService"
 _NAMED_RPCS = {"ModelInfer", "ModelReady", "ModelMetadata"}
 _PASS_THROUGH_RPCS = {"ServerLive", "ServerReady", "ServerMetadata"}
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
+# How long requests still on connections replaced after a restart may take to finish before those close.
+_RETIRE_GRACE_SECONDS = 60.0
 
 
 class ModelNotHere(Exception):  # noqa: N818 - the name says what the client hit
@@ -49,6 +61,37 @@ class InferenceProxy:
         self.server_grpc_target = server_grpc_target
         self._session: aiohttp.ClientSession | None = None
         self._channel: aio.Channel | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        # Called when the server could not be reached (the agent's watch probes it at once).
+        self.on_unreachable: Callable[[], None] = lambda: None
+
+    def reconnect(self) -> None:
+        """The server serves again: new requests go over new connections; the old ones close after a grace."""
+        session, channel = self._session, self._channel
+        self._session = self._channel = None
+        if session is not None or channel is not None:
+            task = asyncio.create_task(self._retire(session, channel))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    @staticmethod
+    async def _retire(
+        session: aiohttp.ClientSession | None, channel: aio.Channel | None, grace: float = _RETIRE_GRACE_SECONDS
+    ) -> None:
+        try:
+            if channel is not None:
+                await channel.close(grace)
+            else:
+                await asyncio.sleep(grace)
+        finally:
+            if channel is not None:
+                await channel.close()
+            if session is not None:
+                await session.close()
+
+    def _down(self) -> ServerDown | None:
+        reason = self.manager.down_reason
+        return ServerDown(reason) if reason is not None else None
 
     async def resolve(self, name: str, version: int | None) -> str:
         """The server-side name for ``name`` (reloading it if evicted). Raises ModelNotHere or ServerError."""
@@ -85,6 +128,8 @@ class InferenceProxy:
             loaded = await self.resolve(name, version)
         except ModelNotHere as error:
             return web.json_response({"error": str(error)}, status=404)
+        except ServerDown as error:
+            return web.json_response({"error": str(error)}, status=503)
         except ServerError as error:
             return web.json_response({"error": f"could not load {name}: {error}"}, status=503)
         path = f"/v2/models/{loaded}{request.match_info.get('rest') or ''}"
@@ -96,6 +141,9 @@ class InferenceProxy:
     async def _forward(
         self, request: web.Request, path: str, rename: tuple[str, str, int | None] | None
     ) -> web.StreamResponse:
+        down = self._down()
+        if down is not None:
+            return web.json_response({"error": str(down)}, status=503)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         body = await request.read()
         try:
@@ -105,8 +153,15 @@ class InferenceProxy:
                 payload = await upstream.read()
                 content_type = upstream.headers.get("Content-Type", "application/json")
                 status = upstream.status
-        except (aiohttp.ClientError, TimeoutError) as error:
-            return web.json_response({"error": f"inference server unreachable: {error}"}, status=502)
+        except aiohttp.ClientConnectionError as error:  # refused, reset, or not reached in time
+            self.on_unreachable()
+            down = self._down()
+            reason = str(down) if down is not None else f"the inference server is unreachable: {error}"
+            return web.json_response({"error": reason}, status=503)
+        except TimeoutError:
+            return web.json_response({"error": "the inference server did not answer in time"}, status=504)
+        except aiohttp.ClientError as error:
+            return web.json_response({"error": f"the inference server's answer was unusable: {error}"}, status=502)
         if rename is not None and content_type.startswith("application/json"):
             payload = _rename_json(payload, *rename)
         return web.Response(body=payload, status=status, headers={"Content-Type": content_type})
@@ -122,6 +177,9 @@ class InferenceProxy:
         return self._channel
 
     async def forward_grpc(self, rpc: str, request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
+        down = self._down()
+        if down is not None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(down))
         original: tuple[str, str] | None = None
         if rpc in _NAMED_RPCS:
             names = agent_pb2.InferenceModelName.FromString(request)
@@ -129,6 +187,8 @@ class InferenceProxy:
                 loaded = await self.resolve(names.name, _parse_version(names.version))
             except ModelNotHere as error:
                 await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+            except ServerDown as error:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
             except ServerError as error:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not load {names.name}: {error}")
             original = (names.name, names.version)
@@ -141,6 +201,8 @@ class InferenceProxy:
                 request, timeout=context.time_remaining(), metadata=context.invocation_metadata()
             )
         except aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNAVAILABLE:
+                self.on_unreachable()
             await context.abort(error.code(), error.details() or "")
         if rpc == "ModelInfer" and original is not None:
             answer = agent_pb2.InferenceModelName.FromString(response)
@@ -149,6 +211,11 @@ class InferenceProxy:
         return response
 
     async def close(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
+        for task in list(self._retiring):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._channel is not None:
             await self._channel.close()
         if self._session is not None:

@@ -165,6 +165,14 @@ class SchedulerSession:
                 "session changed while %s was handled; the next registration reports it", operation.model.meta.name
             )
 
+    def report(self, message: Request) -> bool:
+        """Send ``message`` (e.g. a ServerHealth) on the live session; False when there is none, and the
+        next registration carries the news instead."""
+        if self._outbox is None:
+            return False
+        self._outbox.put_nowait(message)
+        return True
+
     async def drain(self, timeout: float) -> DrainOutcome:
         """Ask the scheduler to move our models away, and wait (up to ``timeout``) until it says that is done.
 

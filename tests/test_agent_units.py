@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.inference_proxy import _rename_json
+from agent.server_watch import WatchSettings, describe_exit, reason_text
 from agent.settings import AgentSettings, build_parser, parse_settings
 from generated.mlops.agent.v1 import agent_pb2
 from modelplane.addresses import Address
@@ -25,6 +26,30 @@ def test_defaults_for_a_launched_mlserver() -> None:
     assert settings.memory_bytes == 1024**3
     assert settings.models_dir == Path(".modelplane/agent-mlserver-0/models").absolute()
     assert settings.shared is True
+
+
+def test_server_watch_settings_have_documented_defaults_and_flags() -> None:
+    assert _parse("--launch-server").watch == WatchSettings(2.0, 5.0, 3, 1.0, 60.0)
+    watch = _parse(
+        "--launch-server",
+        "--server-probe-interval=0.5",
+        "--server-probe-timeout=1",
+        "--server-probe-failures=5",
+        "--server-restart-backoff=30",
+        "--server-restart-backoff-max=10",
+    ).watch
+    # A cap below the first wait would make no sense: the first wait is the cap then.
+    assert (watch.probe_interval, watch.probe_timeout, watch.probe_failures) == (0.5, 1.0, 5)
+    assert (watch.restart_backoff, watch.restart_backoff_max) == (30.0, 30.0)
+
+
+def test_reasons_are_one_printable_line_within_the_protocols_limit() -> None:
+    text = reason_text("Triton could not start:\nI1204 log line\n\tmore " + "x" * 2000)
+    assert text.isprintable()
+    assert len(text) == 1024
+    assert text.startswith("Triton could not start: I1204 log line more x")
+    assert describe_exit(-9) == "killed by SIGKILL"
+    assert describe_exit(3) == "exit status 3"
 
 
 def test_an_existing_server_needs_its_models_dir() -> None:
@@ -47,6 +72,9 @@ def test_an_existing_server_needs_its_models_dir() -> None:
         (["--launch-server", "--server-kind", "torchserve"], "invalid choice"),
         (["--launch-server", "--capabilities", " , "], "--capabilities is empty"),
         (["--launch-server", "--scheduler", "10.0.0.1:9005"], "refusing plaintext gRPC"),
+        (["--launch-server", "--server-probe-failures", "0"], "from 1 to 1000"),
+        (["--launch-server", "--server-probe-interval", "0"], "out of range"),
+        (["--launch-server", "--server-restart-backoff", "-1"], "out of range"),
     ],
 )
 def test_bad_agent_flags(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:

@@ -11,12 +11,22 @@ modelplane.inference_errors (which says what MLServer's and Triton's errors mean
 found invalid: its 4xx, or 400 for a traceback of a ValueError; the model not here: 404; the server
 unreachable or busy: 503; the server failed: 500); the server's own words (a traceback with its file
 paths) go to the log, bounded. gRPC errors keep the server's code with their details cut to one line.
+
+While the server is down (the agent's watch says so) every request is answered 503 (gRPC UNAVAILABLE)
+with the reason, at once; a request the server cannot be reached for is answered 503 too, and asks the
+watch to probe the server now. 502 is kept for a server that answered something the proxy cannot pass
+on, 504 for one that did not answer in time. When the server serves again the proxy opens new
+connections to it (the old ones may lead to a dead process, and gRPC's reconnect backoff after an
+outage would delay the first calls), letting requests still on the old ones finish.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -25,7 +35,7 @@ from aiohttp import web
 from google.protobuf.message import DecodeError
 from grpc import aio
 
-from agent.model_manager import ModelManager
+from agent.model_manager import ModelManager, ServerDown
 from generated.mlops.agent.v1 import agent_pb2
 from modelplane.inference_errors import (
     UNREADABLE_BODY,
@@ -49,6 +59,8 @@ _PASS_THROUGH_RPCS = {"ServerLive", "ServerReady", "ServerMetadata"}
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "content-encoding"}
 # The status the proxy answers a server's error with, by verdict (INVALID keeps the server's 4xx).
 _ANSWER_STATUS = {Verdict.NOT_HERE: 404, Verdict.UNAVAILABLE: 503, Verdict.FAILED: 500}
+# How long requests still on connections replaced after a restart may take to finish before those close.
+_RETIRE_GRACE_SECONDS = 60.0
 
 
 class ModelNotHere(Exception):  # noqa: N818 - the name says what the client hit
@@ -70,6 +82,37 @@ class InferenceProxy:
         self.server_grpc_target = server_grpc_target
         self._session: aiohttp.ClientSession | None = None
         self._channel: aio.Channel | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        # Called when the server could not be reached (the agent's watch probes it at once).
+        self.on_unreachable: Callable[[], None] = lambda: None
+
+    def reconnect(self) -> None:
+        """The server serves again: new requests go over new connections; the old ones close after a grace."""
+        session, channel = self._session, self._channel
+        self._session = self._channel = None
+        if session is not None or channel is not None:
+            task = asyncio.create_task(self._retire(session, channel))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    @staticmethod
+    async def _retire(
+        session: aiohttp.ClientSession | None, channel: aio.Channel | None, grace: float = _RETIRE_GRACE_SECONDS
+    ) -> None:
+        try:
+            if channel is not None:
+                await channel.close(grace)
+            else:
+                await asyncio.sleep(grace)
+        finally:
+            if channel is not None:
+                await channel.close()
+            if session is not None:
+                await session.close()
+
+    def _down(self) -> ServerDown | None:
+        reason = self.manager.down_reason
+        return ServerDown(reason) if reason is not None else None
 
     async def resolve(self, name: str, version: int | None) -> str:
         """The server-side name for ``name`` (reloading it if evicted). Raises ModelNotHere or ServerError."""
@@ -107,6 +150,8 @@ class InferenceProxy:
             loaded = await self.resolve(name, version)
         except ModelNotHere as error:
             return web.json_response({"error": str(error)}, status=404)
+        except ServerDown as error:
+            return web.json_response({"error": str(error)}, status=503)
         except ServerError as error:
             return web.json_response({"error": safe_reason(f"could not load {name}: {error}")}, status=503)
         path = f"/v2/models/{loaded}{request.match_info.get('rest') or ''}"
@@ -118,12 +163,28 @@ class InferenceProxy:
     async def _forward(
         self, request: web.Request, path: str, rename: tuple[str, str, int | None] | None
     ) -> web.StreamResponse:
+        down = self._down()
+        if down is not None:
+            return web.json_response({"error": str(down)}, status=503)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         try:
             body = await request.read()
         except UNREADABLE_BODY as error:  # a body aiohttp cannot read: bad gzip, a bad chunk
             return unreadable_body_answer(error)
-        for attempt in (1, 2):
+        answer = await self._ask_server(request, path, body, headers)
+        if isinstance(answer, web.Response):
+            return answer
+        status, content_type, payload = answer
+        if rename is not None and content_type.startswith("application/json"):
+            payload = _rename_json(payload, *rename)
+        return web.Response(body=payload, status=status, headers={"Content-Type": content_type})
+
+    async def _ask_server(
+        self, request: web.Request, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, str, bytes] | web.Response:
+        """The server's 2xx answer as (status, content type, body), or the proxy's answer for anything else."""
+        retried = False
+        while True:
             try:
                 async with self._client().request(
                     request.method, self.server_http_url + path, params=request.query, data=body, headers=headers
@@ -131,22 +192,30 @@ class InferenceProxy:
                     status = upstream.status
                     content_type = upstream.headers.get("Content-Type", "application/json")
                     if 200 <= status < 300:
-                        payload = await upstream.read()
-                    else:
-                        return self._error_answer(path, read_error_answer(status, await read_error_body(upstream)))
-                break
-            except aiohttp.ClientConnectorError as error:
-                return _unreachable(error)
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as error:
-                # A pooled connection the server had closed (uvicorn closes one after a 500): once more, on a
-                # new connection. Safe: inference and the V2 reads have no side effects.
-                if attempt == 2:
-                    return _unreachable(error)
+                        return status, content_type, await upstream.read()
+                    return self._error_answer(path, read_error_answer(status, await read_error_body(upstream)))
             except (aiohttp.ClientError, TimeoutError) as error:
-                return _unreachable(error)
-        if rename is not None and content_type.startswith("application/json"):
-            payload = _rename_json(payload, *rename)
-        return web.Response(body=payload, status=status, headers={"Content-Type": content_type})
+                if not retried and _stale_connection(error):
+                    # A pooled connection the server had closed (uvicorn closes one after a 500): once more, on
+                    # a new connection. Safe: inference and the V2 reads have no side effects.
+                    retried = True
+                    continue
+                return self._failure_answer(error)
+
+    def _failure_answer(self, error: aiohttp.ClientError | TimeoutError) -> web.Response:
+        """504 for a server that did not answer in time; 503 for one the proxy could not reach (and the watch is
+        asked to probe it now); 502 for an answer the proxy cannot pass on."""
+        if isinstance(error, TimeoutError):
+            return web.json_response({"error": "the inference server did not answer in time"}, status=504)
+        if isinstance(error, aiohttp.ClientConnectionError):
+            self.on_unreachable()
+            down = self._down()
+            if down is not None:
+                return web.json_response({"error": str(down)}, status=503)
+            reason = safe_reason(f"{type(error).__name__}: {error}")
+            return web.json_response({"error": f"the inference server is unreachable: {reason}"}, status=503)
+        reason = safe_reason(f"the inference server's answer was unusable: {error}")
+        return web.json_response({"error": reason}, status=502)
 
     def _error_answer(self, path: str, error: ErrorAnswer) -> web.Response:
         if error.verdict is Verdict.INVALID:
@@ -166,6 +235,9 @@ class InferenceProxy:
         return self._channel
 
     async def forward_grpc(self, rpc: str, request: bytes, context: aio.ServicerContext[bytes, bytes]) -> bytes:
+        down = self._down()
+        if down is not None:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(down))
         original: tuple[str, str] | None = None
         if rpc in _NAMED_RPCS:
             try:
@@ -176,6 +248,8 @@ class InferenceProxy:
                 loaded = await self.resolve(names.name, _parse_version(names.version))
             except ModelNotHere as error:
                 await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+            except ServerDown as error:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
             except ServerError as error:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, safe_reason(f"could not load {names.name}: {error}"))
             original = (names.name, names.version)
@@ -188,6 +262,8 @@ class InferenceProxy:
                 request, timeout=context.time_remaining(), metadata=context.invocation_metadata()
             )
         except aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.UNAVAILABLE:
+                self.on_unreachable()
             # The server's code stands; its details (MLServer puts an exception's whole message there, data
             # included) are cut to one line without file paths.
             log.debug("the server answered %s with %s: %s", rpc, error.code().name, (error.details() or "")[:2000])
@@ -199,6 +275,11 @@ class InferenceProxy:
         return response
 
     async def close(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
+        for task in list(self._retiring):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._channel is not None:
             await self._channel.close()
         if self._session is not None:
@@ -222,9 +303,11 @@ class _GrpcProxyHandler(grpc.GenericRpcHandler):
         return grpc.unary_unary_rpc_method_handler(handle)
 
 
-def _unreachable(error: Exception) -> web.Response:
-    reason = safe_reason(f"{type(error).__name__}: {error}")
-    return web.json_response({"error": f"the inference server is unreachable: {reason}"}, status=503)
+def _stale_connection(error: BaseException) -> bool:
+    """A pooled connection the server had closed, rather than a server that cannot be reached at all."""
+    return isinstance(error, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError) and not isinstance(
+        error, aiohttp.ClientConnectorError
+    )
 
 
 def _rename_json(payload: bytes, loaded: str, name: str, version: int | None) -> bytes:

@@ -12,18 +12,26 @@ Invariants:
   the cached files rather than copying them, so a model takes its disk space once.
 - Every operation ends in exactly one event; nothing waits forever (artifact fetches and server calls
   have timeouts, and server failures worth retrying are retried a bounded number of times).
+- While the server is down (``server_down``, from the agent's watch of it) nothing counts as on it, every
+  call to it in flight ends at once with ServerDown, and none is retried: a load fails, an unload succeeds
+  (a dead server holds nothing; one that comes back still holding the model has it unloaded by
+  ``server_back``), a request for a model gets ServerDown. ``server_back`` makes the server hold again what
+  this agent holds (most recently used first, as memory allows; the rest load on their next request) and
+  unloads what it holds that is no longer wanted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.artifacts import ArtifactError, ArtifactSource, ArtifactStore
 from generated.mlops.agent.v1 import agent_pb2
@@ -35,6 +43,7 @@ from servers.adapter import InferenceServer, ModelFiles, ServerError
 log = logging.getLogger(__name__)
 Event = agent_pb2.ModelEvent
 INDEX_FILE = ".modelplane-agent.json"
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -56,6 +65,13 @@ class HeldModel:
 
 class NoRoom(Exception):  # noqa: N818 - "no room" is what happened
     """Evicting every evictable model would still not make room."""
+
+
+class ServerDown(ServerError):  # noqa: N818 - it says what is the matter
+    """The inference server is down: a call to it could not be made, or was cut short."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the inference server is down: {reason}", retryable=False)
 
 
 def artifact_source(model: pb.Model) -> ArtifactSource:
@@ -104,6 +120,9 @@ class ModelManager:
         # taken in one step, so concurrent loads cannot each see the same free memory, and a model is
         # never unloaded twice at once.
         self._server_memory = asyncio.Lock()
+        # Why the server does not serve; None while it does. Set with ``_down``, which ends calls in flight.
+        self.down_reason: str | None = None
+        self._down = asyncio.Event()
 
     # ----------------------------------------------------------------- accounting
 
@@ -136,9 +155,9 @@ class ModelManager:
         """After an agent restart: take over what the server still holds (per the index file)."""
         index = _read_index(self.server.repository)
         for loaded_name in await self.server.loaded_models():
-            name, _, version = loaded_name.rpartition("_")
-            if not name or not version.isdigit():
+            if not _is_agents_name(loaded_name):
                 continue  # not loaded by an agent: leave it alone
+            name, _, version = loaded_name.rpartition("_")
             memory = int(index.get(loaded_name, {}).get("memory", 0))
             self.models[loaded_name] = HeldModel(name, int(version), memory, files=None, last_used=time.monotonic())
         log.info("adopted %d model(s) the server already held", len(self.models))
@@ -165,7 +184,9 @@ class ModelManager:
         name, version = operation.model.meta.name, operation.version
         started = time.monotonic()
         async with self._locks.hold(name):
-            if operation.kind == agent_pb2.ModelOperation.KIND_LOAD:
+            if operation.kind == agent_pb2.ModelOperation.KIND_LOAD and self.down_reason is not None:
+                kind, reason = Event.KIND_LOAD_FAILED, str(ServerDown(self.down_reason))
+            elif operation.kind == agent_pb2.ModelOperation.KIND_LOAD:
                 kind, reason = await self._load(operation.model, version)
             else:
                 kind, reason = await self._unload(name, version)
@@ -235,10 +256,12 @@ class ModelManager:
         held = self.models.get(loaded_name)
         try:
             async with self._server_memory:
-                if held is None or held.on_server:
+                if (held is None or held.on_server) and self.down_reason is None:
                     await self._retrying(lambda: self.server.unload(loaded_name))
                     if held is not None:
                         held.on_server = False
+        except ServerDown:
+            pass  # a dead server holds nothing; if it comes back holding the model, server_back unloads it
         except ServerError as error:
             return Event.KIND_UNLOAD_FAILED, str(error)
         self.models.pop(loaded_name, None)
@@ -261,6 +284,8 @@ class ModelManager:
         held = self.models.get(f"{name}_{version}") if version is not None else self.latest_version(name)
         if held is None or not held.ready:
             return None
+        if self.down_reason is not None:
+            raise ServerDown(self.down_reason)
         held.last_used = time.monotonic()
         if held.on_server:
             return held.loaded_name
@@ -299,7 +324,7 @@ class ModelManager:
         for victim in candidates:
             if needed <= 0:
                 break
-            await self.server.unload(victim.loaded_name)
+            await self._on_server(functools.partial(self.server.unload, victim.loaded_name))
             victim.on_server = False
             needed -= victim.memory
             log.info("evicted %s (least recently used) to make room for %s", victim.loaded_name, entry.loaded_name)
@@ -307,7 +332,7 @@ class ModelManager:
     async def _retrying(self, call: Callable[[], Awaitable[None]]) -> None:
         for attempt in range(1, self.load_retries + 1):
             try:
-                await call()
+                await self._on_server(call)
                 return
             except ServerError as error:
                 if not error.retryable or attempt == self.load_retries:
@@ -321,13 +346,77 @@ class ModelManager:
             async with self._locks.hold(held.name), self._server_memory:
                 try:
                     if held.on_server:
-                        await self.server.unload(held.loaded_name)
+                        await self._on_server(functools.partial(self.server.unload, held.loaded_name))
                     self.server.remove_files(held.loaded_name)
                     await self.artifacts.release(held.loaded_name)
                 except ServerError as error:
                     log.warning("could not unload %s on exit: %s", held.loaded_name, error)
                 self.models.pop(held.loaded_name, None)
         self._write_index()
+
+    # ----------------------------------------------------------------- the server's health
+
+    def server_down(self, reason: str) -> None:
+        """The server stopped serving (it died, or stopped answering). See the module docstring."""
+        self.down_reason = reason
+        self._down.set()
+        for held in self.models.values():
+            held.on_server = False
+
+    async def server_back(self) -> None:
+        """The server serves again (restarted, or answering again): make it hold what this agent holds, most
+        recently used first and as memory allows, and unload what it holds that is not ours any more. A model
+        that cannot be loaded again (the model's fault) is dropped, so it is not reported as held. Raises
+        ServerError when the server fails again meanwhile."""
+        async with self._server_memory:
+            self.down_reason = None
+            self._down.clear()
+            on_server = set(await self._on_server(self.server.loaded_models))
+            for loaded_name in sorted(on_server - set(self.models)):
+                if _is_agents_name(loaded_name):
+                    log.info("unloading %s: the server holds it, but this agent no longer does", loaded_name)
+                    await self._retrying(functools.partial(self.server.unload, loaded_name))
+            for held in sorted(self.models.values(), key=lambda m: m.last_used, reverse=True):
+                if held.loaded_name in on_server:
+                    held.on_server = True
+                elif held.ready and self.on_server_bytes + held.memory <= self.memory_bytes:
+                    await self._load_again(held)
+        self._write_index()
+
+    async def _load_again(self, held: HeldModel) -> None:
+        try:
+            await self._retrying(lambda: self.server.load(held.loaded_name))
+        except ServerError as error:
+            if error.retryable:
+                raise
+            log.warning(
+                "dropping %s: it could not be loaded again on the restarted server: %s", held.loaded_name, error
+            )
+            self.models.pop(held.loaded_name, None)
+            self.server.remove_files(held.loaded_name)
+            await self.artifacts.release(held.loaded_name)
+            return
+        held.on_server = True
+        log.info("loaded %s again on the server", held.loaded_name)
+
+    async def _on_server(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` to the server, ended at once with ServerDown when the server goes (or is) down."""
+        if self.down_reason is not None:
+            raise ServerDown(self.down_reason)
+        work = asyncio.ensure_future(call())
+        down = asyncio.ensure_future(self._down.wait())
+        try:
+            await asyncio.wait({work, down}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            down.cancel()
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ServerError):
+                    await work
+        if self.down_reason is not None:
+            # Cut short, or answered as the server went: either way nothing it did is on a server now.
+            raise ServerDown(self.down_reason)
+        return work.result()
 
     def _write_index(self) -> None:
         """Remember each loaded model's memory next to the repository, for adoption after a restart."""
@@ -342,6 +431,12 @@ class ModelManager:
             temporary.replace(path)
         except OSError as error:
             log.warning("could not write %s: %s", path, error)
+
+
+def _is_agents_name(loaded_name: str) -> bool:
+    """``<name>_<version>``: how this agent names what it loads (anything else on the server is not ours)."""
+    name, _, version = loaded_name.rpartition("_")
+    return bool(name) and version.isdigit()
 
 
 def _read_index(repository: Path) -> dict[str, dict[str, Any]]:

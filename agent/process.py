@@ -2,9 +2,13 @@
 
 Start-up: the server (launched, or an existing one) must be ready; the agent takes over what the
 server already holds; the proxy starts; then the agent registers and keeps its session.
+While it runs, the agent watches its server (agent/server_watch.py): when the server stops serving, the
+model manager, the proxy and the scheduler learn of it at once; a launched server is restarted; once the
+server serves again, the agent loads again what it held and tells the scheduler.
 SIGTERM/SIGINT: ask the scheduler to drain this replica, wait (bounded) until its models serve
 elsewhere, take everything off the server, stop what was started, exit 0. A second signal skips the
-wait.
+wait, and so does a scheduler that is not there: with no session, or when it ends during the drain,
+nothing can move the models, so the agent does not wait out the drain timeout (the log says why).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from agent.inference_proxy import InferenceProxy
 from agent.model_manager import ModelManager
 from agent.scheduler_session import SchedulerSession
 from agent.server_choice import connect_server, launch_server
+from agent.server_watch import ServerWatch, reason_text
 from agent.settings import AgentSettings
 from generated.mlops.agent.v1 import agent_pb2
 from modelplane.addresses import Address
@@ -44,8 +49,8 @@ class ProxyAddresses:
 
 
 @contextlib.asynccontextmanager
-async def inference_server(settings: AgentSettings) -> AsyncIterator[InferenceServer]:
-    """The agent's server: launched here (and stopped on exit) or an existing one."""
+async def inference_server(settings: AgentSettings) -> AsyncIterator[tuple[InferenceServer, LocalServer | None]]:
+    """The agent's server (and its process when launched here, stopped on exit) or an existing one."""
     launched: LocalServer | None = None
     if settings.launch_server:
         launched = await launch_server(settings.server_kind, settings.work_dir / settings.server_kind)
@@ -57,11 +62,11 @@ async def inference_server(settings: AgentSettings) -> AsyncIterator[InferenceSe
     else:
         raise ValueError("an agent needs --server-url or --launch-server")
     try:
-        yield server
+        yield server, launched
     finally:
         await server.close()
         if launched is not None:
-            await launched.stop()
+            await launched.stop()  # the process running now: a restart replaces it
 
 
 async def start_proxy(
@@ -105,7 +110,33 @@ def register_message(settings: AgentSettings, manager: ModelManager, proxy: Prox
         ),
         loaded_models=manager.held(),
         available_memory_bytes=manager.available_bytes,
+        server_health=_health(manager) if manager.down_reason is not None else None,
     )
+
+
+def _health(manager: ModelManager) -> agent_pb2.ServerHealth:
+    if manager.down_reason is not None:
+        return agent_pb2.ServerHealth(serving=False, reason=reason_text(manager.down_reason))
+    return agent_pb2.ServerHealth(serving=True, loaded_models=manager.held())
+
+
+class HealthRelay:
+    """What the agent does when its server stops or resumes serving (the watch's ``on_down``/``on_up``)."""
+
+    def __init__(self, manager: ModelManager, proxy: InferenceProxy, session: SchedulerSession) -> None:
+        self.manager = manager
+        self.proxy = proxy
+        self.session = session
+
+    def down(self, reason: str) -> None:
+        # The report goes out before the failed operations' events: the scheduler hears the cause first.
+        self.manager.server_down(reason)
+        self.session.report(agent_pb2.SessionRequest(server_health=_health(self.manager)))
+
+    async def up(self) -> None:
+        await self.manager.server_back()
+        self.proxy.reconnect()
+        self.session.report(agent_pb2.SessionRequest(server_health=_health(self.manager)))
 
 
 async def run(
@@ -120,7 +151,7 @@ async def run(
         stop, forced = asyncio.Event(), asyncio.Event()
         stop_on_signals(stop, forced)
     forced = forced or asyncio.Event()
-    async with inference_server(settings) as server:
+    async with inference_server(settings) as (server, launched):
         limits = ExtractLimits(
             max_total_bytes=settings.max_model_disk_bytes,
             max_file_bytes=settings.max_model_disk_bytes,
@@ -142,32 +173,63 @@ async def run(
         session = SchedulerSession(
             settings.scheduler, settings.security, lambda: register_message(settings, manager, addresses), manager
         )
+        relay = HealthRelay(manager, proxy, session)
+        watch = ServerWatch(server, launched, settings.watch, on_down=relay.down, on_up=relay.up)
+        proxy.on_unreachable = watch.probe_now
         session_task = asyncio.create_task(session.run(), name="scheduler-session")
+        watch_task = asyncio.create_task(watch.run(), name="server-watch")
+        watch_task.add_done_callback(_report_crash)
         try:
             await _announce(settings, session, addresses, stop)
             if registered is not None and not registered.done():
                 registered.set_result(addresses)
             await stop.wait()
-            log.info("stopping: asking the scheduler to drain this replica")
-            drained = asyncio.create_task(session.drain(settings.drain_timeout_seconds))
-            skipped = asyncio.create_task(forced.wait())
-            await asyncio.wait([drained, skipped], return_when=asyncio.FIRST_COMPLETED)
-            skipped.cancel()
-            if drained.done() and drained.result() is not None:
-                unplaced = drained.result()
-                log.info("drained", extra={"fields": {"unplaced": unplaced or []}})
-            else:
-                drained.cancel()
-                log.warning("leaving without a completed drain")
+            await _drain(session, settings.drain_timeout_seconds, forced)
+            await _cancel(watch_task)  # nothing is restarted once the models are taken off
             await manager.unload_everything()
         finally:
-            session_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await session_task
+            await _cancel(watch_task)
+            await _cancel(session_task)
             await grpc_server.stop(1)
             await proxy.close()
             await runner.cleanup()
     log.info("agent stopped")
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s stopped: its server is no longer watched", task.get_name(), exc_info=task.exception())
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:  # noqa: S110 - _report_crash logged it when it happened
+        pass
+
+
+async def _drain(session: SchedulerSession, timeout: float, forced: asyncio.Event) -> None:
+    """Ask the scheduler to drain this replica; wait until it is done, the session is gone, or a second signal."""
+    if not session.connected.is_set():
+        log.warning("stopping, not draining: no session with the scheduler, so nothing can move the models")
+        return
+    log.info("stopping: asking the scheduler to drain this replica")
+    drained = asyncio.create_task(session.drain(timeout))
+    skipped = asyncio.create_task(forced.wait())
+    await asyncio.wait([drained, skipped], return_when=asyncio.FIRST_COMPLETED)
+    skipped.cancel()
+    if not drained.done():
+        drained.cancel()
+        log.warning("leaving without a completed drain: a second signal said not to wait")
+        return
+    outcome = drained.result()
+    if outcome.unplaced is not None:
+        log.info("drained", extra={"fields": {"unplaced": outcome.unplaced}})
+    else:
+        log.warning("leaving without a completed drain: %s", outcome.why_not)
 
 
 async def _announce(

@@ -5,6 +5,9 @@ reconnects with jittered exponential backoff and registers again, reporting ever
 a restarted scheduler finds them Available without a reload. Operations run concurrently across
 models (the ModelManager serialises each model's own), and their events go back on the session
 they came from; one whose session has ended is covered by the next registration.
+
+A drain happens over a live session only: with no session, or when the session ends during the drain, there is
+no scheduler to move the models, so waiting out the drain timeout would only delay the agent's exit.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 
@@ -28,6 +32,15 @@ Request = agent_pb2.SessionRequest
 
 class SessionEnded(Exception):  # noqa: N818 - it is what happened, not a failure of ours
     """The scheduler closed or lost the stream."""
+
+
+@dataclass(frozen=True, slots=True)
+class DrainOutcome:
+    """How a drain ended: ``unplaced`` (models that could not move) once the scheduler said it is complete,
+    else None and ``why_not`` says why the agent stopped waiting."""
+
+    unplaced: list[str] | None
+    why_not: str = ""
 
 
 class SchedulerSession:
@@ -50,7 +63,7 @@ class SchedulerSession:
         self.connected = asyncio.Event()
         self.sessions = 0  # how many sessions were accepted (reconnects + 1)
         self._outbox: asyncio.Queue[Request] | None = None
-        self._drain_done: asyncio.Future[list[str]] | None = None
+        self._drain_done: asyncio.Future[DrainOutcome] | None = None
         self._operations: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
@@ -58,15 +71,19 @@ class SchedulerSession:
         backoff = self.initial_backoff
         while True:
             sessions_before = self.sessions
+            why = "the agent is stopping"
             try:
                 await self._session()
+                why = "the scheduler closed the session"
             except asyncio.CancelledError:
                 raise
             except (SessionEnded, grpc.aio.AioRpcError, ConnectionError, TimeoutError) as error:
-                log.warning("scheduler session ended: %s", _describe(error))
+                why = _describe(error)
+                log.warning("scheduler session ended: %s", why)
             finally:
                 self.connected.clear()
                 self._outbox = None
+                self._end_drain(f"the session with the scheduler ended during the drain ({why})")
             if self.sessions > sessions_before:
                 backoff = self.initial_backoff  # it worked for a while: start over from the shortest delay
             delay = backoff * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
@@ -128,7 +145,7 @@ class SchedulerSession:
                 task.add_done_callback(self._operations.discard)
             elif kind == "drain_complete":
                 if self._drain_done is not None and not self._drain_done.done():
-                    self._drain_done.set_result(list(message.drain_complete.unplaced_models))
+                    self._drain_done.set_result(DrainOutcome(list(message.drain_complete.unplaced_models)))
             elif kind == "event_rejected":
                 rejected = message.event_rejected
                 log.warning(
@@ -148,19 +165,34 @@ class SchedulerSession:
                 "session changed while %s was handled; the next registration reports it", operation.model.meta.name
             )
 
-    async def drain(self, timeout: float) -> list[str] | None:
-        """Ask the scheduler to move our models away; their names that could not move, or None on timeout."""
-        loop = asyncio.get_running_loop()
-        self._drain_done = loop.create_future()
+    def report(self, message: Request) -> bool:
+        """Send ``message`` (e.g. a ServerHealth) on the live session; False when there is none, and the
+        next registration carries the news instead."""
+        if self._outbox is None:
+            return False
+        self._outbox.put_nowait(message)
+        return True
+
+    async def drain(self, timeout: float) -> DrainOutcome:
+        """Ask the scheduler to move our models away, and wait (up to ``timeout``) until it says that is done.
+
+        Only over a live session: without one, or once it ends, nothing can move the models, so the
+        outcome then says why the agent stopped waiting instead."""
+        outbox = self._outbox
+        if outbox is None or not self.connected.is_set():
+            return DrainOutcome(None, "no session with the scheduler (it is down or unreachable)")
+        done: asyncio.Future[DrainOutcome] = asyncio.get_running_loop().create_future()
+        self._drain_done = done
+        outbox.put_nowait(Request(drain=agent_pb2.DrainRequest()))
         try:
             async with asyncio.timeout(timeout):
-                while self._outbox is None:
-                    await self.connected.wait()
-                    await asyncio.sleep(0)
-                self._outbox.put_nowait(Request(drain=agent_pb2.DrainRequest()))
-                return await self._drain_done
+                return await done
         except TimeoutError:
-            return None
+            return DrainOutcome(None, f"the scheduler did not complete the drain within {timeout:g}s")
+
+    def _end_drain(self, why: str) -> None:
+        if self._drain_done is not None and not self._drain_done.done():
+            self._drain_done.set_result(DrainOutcome(None, why))
 
 
 def _describe(error: BaseException) -> str:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.server_watch import WatchSettings
 from modelplane import logs
 from modelplane.addresses import Address
 from modelplane.config import parse_layered
@@ -68,6 +69,8 @@ class AgentSettings:
     max_cache_disk_bytes: int = parse_size(DEFAULT_MAX_CACHE_DISK)
     # How many times its own size an archive may expand to when extracted.
     max_compression_ratio: int = DEFAULT_MAX_COMPRESSION_RATIO
+    # How the agent watches its server and restarts a launched one (agent/server_watch.py).
+    watch: WatchSettings = field(default_factory=WatchSettings)
 
 
 def _size(text: str) -> int:
@@ -224,6 +227,43 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="on SIGTERM, how long to wait for the models to serve elsewhere (default 60)",
     )
     parser.add_argument(
+        "--server-probe-interval",
+        type=seconds(3600),
+        default=2.0,
+        metavar="SECONDS",
+        help="how often to probe the server's liveness (GET /v2/health/live; default 2)",
+    )
+    parser.add_argument(
+        "--server-probe-timeout",
+        type=seconds(3600),
+        default=5.0,
+        metavar="SECONDS",
+        help="how long one liveness probe may take (default 5)",
+    )
+    parser.add_argument(
+        "--server-probe-failures",
+        type=_bounded_int(1, 1000),
+        default=3,
+        metavar="N",
+        help="failed probes in a row after which the server counts as down (default 3); a launched server "
+        "that exits counts as down at once",
+    )
+    parser.add_argument(
+        "--server-restart-backoff",
+        type=seconds(86_400),
+        default=1.0,
+        metavar="SECONDS",
+        help="wait before restarting a launched server that died; doubled after each failed attempt (default 1)",
+    )
+    parser.add_argument(
+        "--server-restart-backoff-max",
+        type=seconds(86_400),
+        default=60.0,
+        metavar="SECONDS",
+        help="the longest wait between restart attempts; the wait starts over once the server has served this "
+        "long (default 60)",
+    )
+    parser.add_argument(
         "--ready-file", type=Path, metavar="FILE", help="write the proxy addresses here once registered"
     )
     parser.add_argument("--log-level", choices=logs.LEVELS, default="info")
@@ -277,6 +317,13 @@ def parse_settings(
         proxy_grpc=options.proxy_grpc,
         advertise_host=options.advertise_host or _advertised(options.proxy_http),
         drain_timeout_seconds=options.drain_timeout,
+        watch=WatchSettings(
+            probe_interval=options.server_probe_interval,
+            probe_timeout=options.server_probe_timeout,
+            probe_failures=options.server_probe_failures,
+            restart_backoff=options.server_restart_backoff,
+            restart_backoff_max=max(options.server_restart_backoff, options.server_restart_backoff_max),
+        ),
         ready_file=options.ready_file,
         log_level=options.log_level,
         log_json=options.log_json,

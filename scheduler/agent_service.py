@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
@@ -64,14 +64,9 @@ def replica_config(register: agent_pb2.Register) -> ReplicaConfig:
             raise InvalidArgument(
                 f"capability {shown(capability)}: capabilities must be non-empty names without surrounding spaces"
             )
-    held_once: set[tuple[str, int]] = set()
-    for held in register.loaded_models:
-        check_name(held.name)
-        if held.version < 1:
-            raise InvalidArgument(f"loaded model {held.name!r} has version {held.version}; versions start at 1")
-        if (held.name, held.version) in held_once:
-            raise InvalidArgument(f"loaded model {held.name!r} version {held.version} is listed more than once")
-        held_once.add((held.name, held.version))
+    _check_loaded(register.loaded_models)
+    if register.HasField("server_health"):
+        check_server_health(register.server_health)
     return ReplicaConfig(
         server=replica.server_name,
         index=replica.replica_idx,
@@ -83,6 +78,34 @@ def replica_config(register: agent_pb2.Register) -> ReplicaConfig:
         grpc_target=replica.endpoints.grpc_target,
         agent_id=register.agent_id or f"{replica.server_name}-{replica.replica_idx}",
     )
+
+
+def _check_loaded(loaded: Sequence[agent_pb2.LoadedModel]) -> None:
+    """Models an agent says its server holds (at registration, or when its server serves again)."""
+    held_once: set[tuple[str, int]] = set()
+    for held in loaded:
+        check_name(held.name)
+        if held.version < 1:
+            raise InvalidArgument(f"loaded model {held.name!r} has version {held.version}; versions start at 1")
+        if (held.name, held.version) in held_once:
+            raise InvalidArgument(f"loaded model {held.name!r} version {held.version} is listed more than once")
+        held_once.add((held.name, held.version))
+
+
+def check_server_health(health: agent_pb2.ServerHealth) -> None:
+    """Check a ServerHealth message; raise InvalidArgument saying what is wrong. Its reason is an agent's words,
+    never refused: the cluster stores it cleaned (limits.clean_reason)."""
+    check_fields(health, "server_health")
+    if not health.serving and health.loaded_models:
+        raise InvalidArgument("a server that is not serving holds no loaded models")
+    _check_loaded(health.loaded_models)
+
+
+def server_down_reason(register: agent_pb2.Register) -> str | None:
+    """Why the replica's server is not serving as its agent registers; None when it serves."""
+    if register.HasField("server_health") and not register.server_health.serving:
+        return register.server_health.reason or "its agent gave no reason"
+    return None
 
 
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
@@ -110,7 +133,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 session_id=session.session_id, heartbeat_interval_ms=int(self.heartbeat * 1000)
             )
         )
-        self.core.agent_registered(config, first.register.loaded_models, session)
+        self.core.agent_registered(
+            config, first.register.loaded_models, session, server_down=server_down_reason(first.register)
+        )
         log.info("agent connected", extra={"fields": {"server": config.server, "replica": config.index}})
         reader = asyncio.create_task(self._read(request_iterator, config, session))
         try:
@@ -147,29 +172,9 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 except TimeoutError:
                     session.close(f"no message from the agent for {3 * self.heartbeat:g}s")
                     return
-                kind = request.WhichOneof("message")
-                if kind == "event":
-                    rejected = self.core.agent_event(config, session, request.event)
-                    if rejected is not None:
-                        log.warning("rejected agent event: %s", rejected)
-                        session.send(
-                            agent_pb2.SessionResponse(
-                                event_rejected=agent_pb2.EventRejected(
-                                    operation_id=request.event.operation_id,
-                                    model_name=request.event.model_name[:MAX_NAME_CHARS],
-                                    model_version=request.event.model_version,
-                                    reason=rejected,
-                                )
-                            )
-                        )
-                elif kind == "heartbeat":
-                    # Liveness only: any message resets the read timeout above. Memory is accounted by the
-                    # scheduler's own ledger, not the agent's report, so placement never races a report.
-                    pass
-                elif kind == "drain":
-                    self.core.agent_drain(config, session)
-                else:
-                    session.close(f"unexpected {kind or 'empty'} message in an agent session")
+                problem = self._apply(request, config, session)
+                if problem is not None:
+                    session.close(problem)
                     return
         except StopAsyncIteration:
             session.close("agent closed the session")
@@ -180,3 +185,36 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         except Exception as error:
             log.exception("agent session reader failed")
             session.close(f"scheduler error: {error}")
+
+    def _apply(self, request: agent_pb2.SessionRequest, config: ReplicaConfig, session: AgentSession) -> str | None:
+        """Act on one message from the agent; returns why the session must end, or None."""
+        kind = request.WhichOneof("message")
+        if kind == "event":
+            rejected = self.core.agent_event(config, session, request.event)
+            if rejected is not None:
+                log.warning("rejected agent event: %s", rejected)
+                session.send(
+                    agent_pb2.SessionResponse(
+                        event_rejected=agent_pb2.EventRejected(
+                            operation_id=request.event.operation_id,
+                            model_name=request.event.model_name[:MAX_NAME_CHARS],
+                            model_version=request.event.model_version,
+                            reason=rejected,
+                        )
+                    )
+                )
+        elif kind == "heartbeat":
+            # Liveness only: any message resets the read timeout. Memory is accounted by the scheduler's own
+            # ledger, not the agent's report, so placement never races a report.
+            pass
+        elif kind == "drain":
+            self.core.agent_drain(config, session)
+        elif kind == "server_health":
+            try:
+                check_server_health(request.server_health)
+            except SchedulerError as error:
+                return f"invalid ServerHealth: {error}"
+            self.core.agent_server_health(config, session, request.server_health)
+        else:
+            return f"unexpected {kind or 'empty'} message in an agent session"
+        return None

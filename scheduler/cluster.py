@@ -198,9 +198,15 @@ class Cluster:
     # ----------------------------------------------------------------- agents
 
     def register_replica(
-        self, config: ReplicaConfig, loaded: Sequence[agent_pb2.LoadedModel], session: OperationSink
+        self,
+        config: ReplicaConfig,
+        loaded: Sequence[agent_pb2.LoadedModel],
+        session: OperationSink,
+        *,
+        server_down: str | None = None,
     ) -> None:
-        """A replica's agent connected. Models it already holds become Available without a reload."""
+        """A replica's agent connected. Models it already holds become Available without a reload (or
+        LoadedUnavailable while its server is down, ``server_down`` saying why)."""
         server = self.servers.get(config.server)
         if server is None:
             server = self.servers[config.server] = ServerRecord(config.server, shared=config.shared)
@@ -221,6 +227,7 @@ class Cluster:
             grpc_target=config.grpc_target,
             session=session,
             agent_id=config.agent_id,
+            server_down=None if server_down is None else limits.clean_reason(server_down),
         )
         server.replicas[config.index] = replica
         if config.index + 1 > server.seen_replicas:
@@ -243,7 +250,10 @@ class Cluster:
             orphan = pb.Model(meta=pb.MetaData(name=held.name))
             self._send(replica, Operation.KIND_UNLOAD, orphan, held.version)
             return
-        version.set_replica(replica.key, S.AVAILABLE, "held by the replica when its agent connected")
+        if replica.server_down is None:
+            version.set_replica(replica.key, S.AVAILABLE, "held by the replica when its agent connected")
+        else:
+            version.set_replica(replica.key, S.LOADED_UNAVAILABLE, _down_reason(replica))
         self._commit_memory(replica, record.name, version)
         self._changed(record)
 
@@ -263,6 +273,63 @@ class Cluster:
                 if version.replicas.pop(replica.key, None) is not None:
                     self._changed(record, retry_failed=True)
         self._check_drains()
+
+    def server_health(
+        self,
+        server_name: str,
+        index: int,
+        session: OperationSink,
+        *,
+        serving: bool,
+        reason: str,
+        loaded: Sequence[agent_pb2.LoadedModel],
+    ) -> None:
+        """A replica's agent says its inference server stopped serving (``reason``), or serves again holding
+        ``loaded``. See agent.proto's file comment for what each means to the replica's assignments."""
+        server = self.servers.get(server_name)
+        replica = server.replicas.get(index) if server else None
+        if replica is None or replica.session is not session:
+            return
+        if serving:
+            self._server_serving(replica, loaded)
+        else:
+            self._server_down(replica, limits.clean_reason(reason) or "its agent gave no reason")
+        self.touched.servers.add(server_name)
+        self._capacity_changed()
+        self._check_drains()
+
+    def _server_down(self, replica: ReplicaRecord, reason: str) -> None:
+        replica.server_down = reason
+        why = _down_reason(replica)
+        for record in self.models.values():
+            for version in record.versions:
+                state = version.state_of(replica.key)
+                if state == S.LOADED_UNAVAILABLE:
+                    version.set_reason(replica.key, why)  # still down, for a new reason (e.g. a failed restart)
+                elif state in (S.LOADED, S.AVAILABLE, S.DRAINING):
+                    version.set_replica(replica.key, S.LOADED_UNAVAILABLE, why)
+                else:
+                    continue  # loads and unloads in flight end with the agent's events
+                self._changed(record, retry_failed=True)
+
+    def _server_serving(self, replica: ReplicaRecord, loaded: Sequence[agent_pb2.LoadedModel]) -> None:
+        replica.server_down = None
+        held = {(model.name, model.version) for model in loaded}
+        for record in self.models.values():
+            for version in record.versions:
+                if version.state_of(replica.key) != S.LOADED_UNAVAILABLE:
+                    continue
+                if (record.name, version.version) in held:
+                    version.set_replica(replica.key, S.AVAILABLE, "its server serves again")
+                    if replica.draining:
+                        version.set_replica(replica.key, S.DRAINING, "replica is draining")
+                else:
+                    version.set_replica(replica.key, S.UNLOADED, "its server came back without it")
+                    replica.ledger.release((record.name, version.version))
+                    version.forget_inactive()
+                self._changed(record, retry_failed=True)
+        for model in loaded:
+            self._adopt(replica, model)  # held but not assigned here: adopted if wanted, else unloaded
 
     def drain_replica(self, server_name: str, index: int, session: OperationSink) -> None:
         """The agent asked to leave: move its models elsewhere, then answer DrainComplete."""
@@ -314,8 +381,10 @@ class Cluster:
             return mismatch
         try:
             version.set_replica(replica.key, new, reason)
-            if new == S.LOADED:
+            if new == S.LOADED and replica.server_down is None:
                 version.set_replica(replica.key, S.AVAILABLE)
+            elif new == S.LOADED:  # loaded just before the server went down, as the agent reported first
+                version.set_replica(replica.key, S.LOADED_UNAVAILABLE, _down_reason(replica))
         except IllegalTransition as error:  # the table and the event map disagree: a bug, reported
             return str(error)
         if new not in HOLDS_MEMORY:
@@ -520,12 +589,16 @@ class Cluster:
         return server.replicas.get(key[1]) if server else None
 
     def _usable(self, key: ReplicaKey) -> bool:
-        """A replica that can keep or take models: connected, not draining, not being scaled away."""
-        server = self.servers.get(key[0])
-        replica = server.replicas.get(key[1]) if server else None
-        if server is None or replica is None or replica.draining:
+        """A replica that can keep or take models: connected, its server serving, staying."""
+        replica = self._replica(key)
+        return replica is not None and replica.server_down is None and self._staying(replica)
+
+    def _staying(self, replica: ReplicaRecord) -> bool:
+        """Not draining, and not beyond the server's expected replica count (being scaled away)."""
+        server = self.servers[replica.server]
+        if replica.draining:
             return False
-        return server.expected_replicas is None or key[1] < server.expected_replicas
+        return server.expected_replicas is None or replica.index < server.expected_replicas
 
     def _views(self, name: str, version: ModelVersion) -> list[ServerView]:
         views = []
@@ -536,8 +609,9 @@ class Cluster:
                     capabilities=replica.capabilities,
                     capacity_bytes=replica.ledger.capacity,
                     used_bytes=replica.ledger.used,
-                    draining=not self._usable(replica.key),
+                    draining=not self._staying(replica),
                     holds_model=version.state_of(replica.key) in WANTED,
+                    server_down=replica.server_down is not None,
                 )
                 for replica in server.replicas.values()
             )
@@ -569,7 +643,8 @@ class Cluster:
                 state = version.state_of(replica.key)
                 if state in INACTIVE or state == S.UNLOAD_FAILED:
                     continue
-                if state == S.DRAINING and version is record.latest and version.schedule_failure:
+                stuck = state in (S.DRAINING, S.LOADED_UNAVAILABLE)
+                if stuck and version is record.latest and version.schedule_failure:
                     unplaced.append(record.name)  # nowhere else to go: it serves here until the agent leaves
                     continue
                 return  # still moving
@@ -719,6 +794,10 @@ def _versions_to_keep(record: ModelRecord) -> list[ModelVersion]:
             "latest is available), or unload the model"
         )
     return versions
+
+
+def _down_reason(replica: ReplicaRecord) -> str:
+    return f"server {replica.server} replica {replica.index} is down: {replica.server_down}"
 
 
 def _serving_server(record: ModelRecord) -> str | None:

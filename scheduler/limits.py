@@ -254,6 +254,8 @@ FIELD_RULES: dict[str, Rule] = {
     _A + "LoadedModel.name": Rule(NAME),
     _A + "ModelEvent.model_name": Rule(NAME),
     _A + "ModelEvent.reason": Rule(REASON),
+    _A + "ServerHealth.reason": Rule(REASON),
+    _A + "ServerHealth.loaded_models": Rule(None, MAX_LOADED_MODELS),
 }
 
 # ----------------------------------------------------------------- checks

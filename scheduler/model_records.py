@@ -52,6 +52,11 @@ class ModelVersion:
         assignment.state, assignment.reason, assignment.changed_at = state, reason, time.time()
         return previous
 
+    def set_reason(self, key: ReplicaKey, reason: str) -> None:
+        """A new reason for an assignment's unchanged state (e.g. its server is still down, for another reason)."""
+        assignment = self.replicas[key]
+        assignment.reason, assignment.changed_at = reason, time.time()
+
     def state_of(self, key: ReplicaKey) -> ReplicaState:
         assignment = self.replicas.get(key)
         return assignment.state if assignment else ReplicaState.UNKNOWN

@@ -9,7 +9,15 @@ For the live (latest, not deleted) version:
   3. nothing serving, replicas=0, minReplicas=0  -> ModelScaledDown
   4. serving == replicas, or minReplicas > 0 and serving >= minReplicas,
      or (rolling update) serving > 0 while the previous version was available -> ModelAvailable
-  5. otherwise                                   -> ModelProgressing
+  5. otherwise                                   -> ModelProgressing, with the reason of the newest replica
+     whose server is down (LoadedUnavailable) if any, then the placement failure if any
+
+A replica whose inference server is down (LoadedUnavailable) does not serve, so a model that has no other
+replica serving leaves ModelAvailable at once. It becomes ModelProgressing, not ModelFailed: nothing is wrong
+with the model, and the system is already at work to serve it again (the agent restarts its server and loads
+the model again, and the scheduler moves it to a replica with room if there is one); ModelFailed stays the
+state of a model whose own load failed. The reason names the dead server, and the placement failure when the
+model has nowhere else to go, so a person can see both why it does not serve and why it did not move.
 For a deleted model or an older version:
   any UnloadFailed -> ModelTerminateFailed; anything not yet inactive -> ModelTerminating;
   else ModelTerminated.
@@ -82,7 +90,11 @@ def derive_live(
         or (serving > 0 and previous_available)
     ):
         return DerivedState(ModelState.AVAILABLE, "", serving, unavailable)
-    return DerivedState(ModelState.PROGRESSING, schedule_failure or "", serving, unavailable)
+    down = [f for f in facts if f.state == ReplicaState.LOADED_UNAVAILABLE]
+    reasons = [max(down, key=lambda f: f.changed_at).reason] if down else []
+    if schedule_failure:
+        reasons.append(schedule_failure)
+    return DerivedState(ModelState.PROGRESSING, "; ".join(reasons), serving, unavailable)
 
 
 def derive_terminating(replicas: Iterable[ReplicaFact]) -> DerivedState:

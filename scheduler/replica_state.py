@@ -7,6 +7,12 @@ goes through :func:`check_transition`; a transition not in the table is an error
           |             |         |          |            |
           +-------------+---------+----------+------------+--> UnloadRequested -> Unloading -> Unloaded
     Loading -> LoadFailed (agent said so, or the replica went away)        Unloading -> UnloadFailed
+
+    Loaded, Available, Draining -> LoadedUnavailable: the replica's inference server stopped serving (its agent
+    said so in ServerHealth). The model is still assigned there, but answers nothing, is not routed to and
+    counts as not serving. When the server serves again: -> Available if the agent still holds the model,
+    -> Unloaded if it does not (the server came back without it; the model is placed again). Unknown ->
+    LoadedUnavailable when an agent registers while its server is down.
 """
 
 from __future__ import annotations
@@ -35,13 +41,15 @@ class ReplicaState(enum.IntEnum):
 S = ReplicaState
 TRANSITIONS: dict[ReplicaState, frozenset[ReplicaState]] = {
     # A new assignment; LOADED/AVAILABLE directly when an agent reports a model it already holds.
-    S.UNKNOWN: frozenset({S.LOAD_REQUESTED, S.LOADED, S.AVAILABLE}),
+    # LOADED_UNAVAILABLE when it reports one while its server is down.
+    S.UNKNOWN: frozenset({S.LOAD_REQUESTED, S.LOADED, S.AVAILABLE, S.LOADED_UNAVAILABLE}),
     S.LOAD_REQUESTED: frozenset({S.LOADING, S.LOAD_FAILED, S.UNLOADED}),
     S.LOADING: frozenset({S.LOADED, S.LOAD_FAILED, S.UNLOAD_REQUESTED}),
     S.LOADED: frozenset({S.AVAILABLE, S.UNLOAD_REQUESTED, S.LOADED_UNAVAILABLE}),
     S.AVAILABLE: frozenset({S.DRAINING, S.UNLOAD_REQUESTED, S.LOADED_UNAVAILABLE}),
-    S.LOADED_UNAVAILABLE: frozenset({S.AVAILABLE, S.UNLOAD_REQUESTED}),
-    S.DRAINING: frozenset({S.AVAILABLE, S.UNLOAD_REQUESTED}),
+    # Back to AVAILABLE (or UNLOADED, lost) when the server serves again.
+    S.LOADED_UNAVAILABLE: frozenset({S.AVAILABLE, S.UNLOAD_REQUESTED, S.UNLOADED}),
+    S.DRAINING: frozenset({S.AVAILABLE, S.UNLOAD_REQUESTED, S.LOADED_UNAVAILABLE}),
     # A failed load is retried (LOAD_REQUESTED) when capacity changes, or given up (UNLOADED).
     S.LOAD_FAILED: frozenset({S.LOAD_REQUESTED, S.UNLOAD_REQUESTED, S.UNLOADED}),
     S.UNLOAD_REQUESTED: frozenset({S.UNLOADING, S.UNLOADED}),

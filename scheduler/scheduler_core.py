@@ -484,9 +484,31 @@ class SchedulerCore:
     # ----------------------------------------------------------------- agents
 
     def agent_registered(
-        self, config: ReplicaConfig, loaded: Sequence[agent_pb2.LoadedModel], session: AgentSession
+        self,
+        config: ReplicaConfig,
+        loaded: Sequence[agent_pb2.LoadedModel],
+        session: AgentSession,
+        *,
+        server_down: str | None = None,
     ) -> None:
-        self.cluster.register_replica(config, loaded, session)
+        self.cluster.register_replica(config, loaded, session, server_down=server_down)
+        self._after_change()
+
+    def agent_server_health(self, config: ReplicaConfig, session: AgentSession, health: agent_pb2.ServerHealth) -> None:
+        """The replica's inference server stopped serving, or serves again (agent.proto's ServerHealth)."""
+        fields = {"server": config.server, "replica": config.index}
+        if health.serving:
+            log.info("inference server serves again", extra={"fields": {**fields, "models": len(health.loaded_models)}})
+        else:
+            log.warning("inference server is down", extra={"fields": {**fields, "reason": health.reason}})
+        self.cluster.server_health(
+            config.server,
+            config.index,
+            session,
+            serving=health.serving,
+            reason=health.reason,
+            loaded=health.loaded_models,
+        )
         self._after_change()
 
     def agent_event(self, config: ReplicaConfig, session: AgentSession, event: agent_pb2.ModelEvent) -> str | None:

@@ -40,6 +40,8 @@ class ReplicaRecord:
     agent_id: str = ""
     draining: bool = False
     drain_reported: bool = False
+    # Why the replica's inference server does not serve (its agent's ServerHealth); None while it serves.
+    server_down: str | None = None
     # Since when the replica holds no model (None while it holds some): scale-down looks at this.
     empty_since: float | None = None
     ledger: MemoryLedger = field(init=False)

@@ -127,7 +127,8 @@ def render_server_status(server: ServerRecord) -> pb.ServerStatusResponse:
         serverName=server.name,
         resources=resources,
         expectedReplicas=server.expected_replicas if server.expected_replicas is not None else len(resources),
-        availableReplicas=len(resources),
+        # A replica whose inference server is down is connected but not available.
+        availableReplicas=sum(1 for replica in server.replicas.values() if replica.server_down is None),
         numLoadedModelReplicas=sum(r.numLoadedModels for r in resources),
     )
     if server.kubernetes_namespace or server.kubernetes_generation:

@@ -60,6 +60,11 @@ class InferenceServer(Protocol):
         """True when the server answers its readiness endpoint."""
         ...
 
+    async def live(self, timeout: float) -> bool:
+        """True when the server answers its liveness endpoint within ``timeout`` seconds. Liveness, not
+        readiness: MLServer is not "ready" while any model loads, but it is alive."""
+        ...
+
     async def place_files(self, files: ModelFiles) -> None:
         """Write ``repository/<loaded_name>/`` with the artifact (hard links where ``files.linkable`` and the
         filesystem allow, else a copy) and the server's settings file. Raises ServerError when the artifact

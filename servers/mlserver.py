@@ -55,6 +55,9 @@ class MLServer:
     async def ready(self) -> bool:
         return await self._http.ready()
 
+    async def live(self, timeout: float) -> bool:
+        return await self._http.live(timeout)
+
     async def place_files(self, files: ModelFiles) -> None:
         target = model_dir(self.repository, files.loaded_name)
         # Everything that can reject the model runs before anything is written.

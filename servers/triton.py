@@ -44,6 +44,9 @@ class TritonServer:
     async def ready(self) -> bool:
         return await self._http.ready()
 
+    async def live(self, timeout: float) -> bool:
+        return await self._http.live(timeout)
+
     async def place_files(self, files: ModelFiles) -> None:
         target = model_dir(self.repository, files.loaded_name)
         config = files.artifact_dir / CONFIG_FILE

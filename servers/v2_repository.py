@@ -107,6 +107,13 @@ class V2Http:
         except ServerError:
             return False
 
+    async def live(self, timeout: float) -> bool:
+        """True when ``/v2/health/live`` answers 200 within ``timeout``; any failure to ask is "not live"."""
+        try:
+            return (await self.call("GET", "/v2/health/live", timeout=timeout)).ok
+        except ServerError:
+            return False
+
     async def index(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         """The repository index: one entry per model (and version) with ``name`` and, once touched, ``state``."""
         reply = await self.call("POST", "/v2/repository/index", body=body)

@@ -283,6 +283,12 @@ class FakeGrpcAgent:
         if not await self._send(agent_pb2.SessionRequest(event=event)):
             raise AssertionError(f"agent {self.agent_id} could not send an event: session over")
 
+    async def send_server_health(self, health: agent_pb2.ServerHealth) -> None:
+        """Say the replica's inference server stopped (or resumed) serving."""
+        self._note("server_health")
+        if not await self._send(agent_pb2.SessionRequest(server_health=health)):
+            raise AssertionError(f"agent {self.agent_id} could not send ServerHealth: session over")
+
     async def wait_drain_complete(self, timeout: float = 20.0) -> agent_pb2.DrainComplete:
         await wait_for(lambda: bool(self.drain_completes), timeout, f"DrainComplete at {self.agent_id}")
         return self.drain_completes[0]

@@ -80,6 +80,19 @@ class FakeReplica:
         if rejected is not None:
             self.rejected.append(agent_pb2.EventRejected(model_name=name, model_version=version, reason=rejected))
 
+    def server_down(self, reason: str) -> None:
+        """Its inference server stopped serving: tell the scheduler (ServerHealth), as the agent would."""
+        health = agent_pb2.ServerHealth(serving=False, reason=reason)
+        self.core.agent_server_health(self.config, self.session, health)
+
+    def server_serving(self, held: Iterable[tuple[str, int]] | None = None) -> None:
+        """Its server serves again, holding ``held`` (default: everything it held before)."""
+        if held is not None:
+            self.held = set(held)
+        loaded = [agent_pb2.LoadedModel(name=name, version=version) for name, version in sorted(self.held)]
+        health = agent_pb2.ServerHealth(serving=True, loaded_models=loaded)
+        self.core.agent_server_health(self.config, self.session, health)
+
     def disconnect(self) -> None:
         self.session.close("test disconnected the agent")
         self.core.agent_gone(self.config, self.session)
@@ -111,6 +124,7 @@ class Harness:
         shared: bool = True,
         overcommit: int = 0,
         loaded: Iterable[tuple[str, int, int]] = (),
+        server_down: str | None = None,
     ) -> FakeReplica:
         config = ReplicaConfig(
             server=server,
@@ -126,7 +140,7 @@ class Harness:
         session = AgentSession(config.agent_id)
         held = [agent_pb2.LoadedModel(name=n, version=v, memory_bytes=m) for n, v, m in loaded]
         replica = FakeReplica(self.core, config, session, held={(n, v) for n, v, _ in loaded})
-        self.core.agent_registered(config, held, session)
+        self.core.agent_registered(config, held, session, server_down=server_down)
         self.replicas.append(replica)
         return replica
 

@@ -10,6 +10,7 @@ import pytest
 from agent.artifacts import ExtractLimits
 from agent.artifacts.store import DEFAULT_CACHE_LIMIT_BYTES
 from agent.inference_proxy import _rename_json
+from agent.server_watch import WatchSettings, describe_exit, reason_text
 from agent.settings import AgentSettings, build_parser, parse_settings
 from generated.mlops.agent.v1 import agent_pb2
 from modelplane.addresses import Address
@@ -50,6 +51,30 @@ def test_disk_limits_default_to_the_artifact_stores_and_come_from_flags_or_the_e
     assert (from_environment.max_cache_disk_bytes, from_environment.max_compression_ratio) == (16 << 30, 50)
 
 
+def test_server_watch_settings_have_documented_defaults_and_flags() -> None:
+    assert _parse("--launch-server").watch == WatchSettings(2.0, 5.0, 3, 1.0, 60.0)
+    watch = _parse(
+        "--launch-server",
+        "--server-probe-interval=0.5",
+        "--server-probe-timeout=1",
+        "--server-probe-failures=5",
+        "--server-restart-backoff=30",
+        "--server-restart-backoff-max=10",
+    ).watch
+    # A cap below the first wait would make no sense: the first wait is the cap then.
+    assert (watch.probe_interval, watch.probe_timeout, watch.probe_failures) == (0.5, 1.0, 5)
+    assert (watch.restart_backoff, watch.restart_backoff_max) == (30.0, 30.0)
+
+
+def test_reasons_are_one_printable_line_within_the_protocols_limit() -> None:
+    text = reason_text("Triton could not start:\nI1204 log line\n\tmore " + "x" * 2000)
+    assert text.isprintable()
+    assert len(text) == 1024
+    assert text.startswith("Triton could not start: I1204 log line more x")
+    assert describe_exit(-9) == "killed by SIGKILL"
+    assert describe_exit(3) == "exit status 3"
+
+
 def test_an_existing_server_needs_its_models_dir() -> None:
     settings = _parse("--server-url", "http://127.0.0.1:8080", "--models-dir", "/srv/models", "--memory", "512Mi")
     assert settings.models_dir == Path("/srv/models")
@@ -77,6 +102,9 @@ def test_an_existing_server_needs_its_models_dir() -> None:
             ["--launch-server", "--max-model-disk", "2GiB", "--max-cache-disk", "1GiB"],
             "--max-model-disk (2147483648 bytes) is more than --max-cache-disk (1073741824 bytes)",
         ),
+        (["--launch-server", "--server-probe-failures", "0"], "from 1 to 1000"),
+        (["--launch-server", "--server-probe-interval", "0"], "out of range"),
+        (["--launch-server", "--server-restart-backoff", "-1"], "out of range"),
     ],
 )
 def test_bad_agent_flags(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:

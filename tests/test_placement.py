@@ -32,6 +32,7 @@ def replica(
     free_mib: int = 1024,
     draining: bool = False,
     holds: bool = False,
+    down: bool = False,
     capabilities: frozenset[str] = frozenset({"sklearn"}),
 ) -> ReplicaView:
     return ReplicaView(
@@ -41,6 +42,7 @@ def replica(
         used_bytes=4 * GiB - free_mib * MiB,
         draining=draining,
         holds_model=holds,
+        server_down=down,
     )
 
 
@@ -191,6 +193,18 @@ failed = PlacementDecision.failed
             [server("mlserver", replica(0, draining=True, free_mib=4000), replica(1))],
             placed("mlserver", 1),
             id="draining-replica-excluded",
+        ),
+        pytest.param(
+            request(current="mlserver"),
+            [server("mlserver", replica(0, down=True, holds=True), replica(1))],
+            placed("mlserver", 1),
+            id="replica-with-a-dead-server-excluded-even-if-it-holds-the-model",
+        ),
+        pytest.param(
+            request(),
+            [server("mlserver", replica(0, down=True, free_mib=10))],
+            failed("server mlserver: 0 of 1 needed replicas fit (replica 0's inference server is down)"),
+            id="a-dead-server-is-the-reason-before-its-memory",
         ),
         pytest.param(
             request(explainer=True),

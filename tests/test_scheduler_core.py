@@ -13,7 +13,7 @@ import pytest
 
 from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
-from scheduler.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from scheduler.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from scheduler.model_state import ModelState
 from scheduler.persistence import MemoryStateStore
 from scheduler.scheduler_core import CoreSettings, SchedulerCore
@@ -341,6 +341,155 @@ async def test_drain_reports_models_that_cannot_move() -> None:
         await h.settle()
         assert [list(d.unplaced_models) for d in leaving.drain_complete] == [["iris"]]
         assert h.state("iris") == M.AVAILABLE  # keeps serving until the agent actually leaves
+
+
+# ----------------------------------------------------------------------------- a replica's server dies
+
+DOWN = "MLServer (pid 812) exited: killed by SIGKILL; restarting it"
+
+
+def routed_to(h: Harness, name: str) -> list[int]:
+    """Replica indexes the routing table sends ``name``'s requests to."""
+    try:
+        _version, endpoints = h.core.model_endpoints(name)
+    except Unavailable:
+        return []
+    return [endpoint.replica_idx for endpoint in endpoints]
+
+
+async def test_a_dead_servers_model_leaves_available_with_the_reason_and_comes_back_without_a_reload() -> None:
+    async with Harness() as h:
+        replica = h.add_replica(index=0)
+        await h.load("iris")
+        await h.settle()
+        assert (h.state("iris"), routed_to(h, "iris")) == (M.AVAILABLE, [0])
+
+        replica.server_down(DOWN)
+        await h.settle()
+        latest = h.status("iris").versions[-1]
+        assert h.state("iris") == M.PROGRESSING
+        assert latest.state.reason.startswith(f"server mlserver replica 0 is down: {DOWN}; ")
+        assert "replica 0's inference server is down" in latest.state.reason  # and why it could not move
+        assert (latest.state.availableReplicas, latest.state.unavailableReplicas) == (0, 1)
+        assert h.placed_on("iris") == {0: "LOADED_UNAVAILABLE"}
+        assert latest.modelReplicaState[0].reason == f"server mlserver replica 0 is down: {DOWN}"
+        assert routed_to(h, "iris") == []
+        [server] = h.core.server_status("mlserver")
+        assert server.availableReplicas == 0
+        assert replica.loads == [("iris", 1)]  # nothing is sent to a dead server
+
+        replica.server_down("MLServer could not be restarted (attempt 2): port 9000 is in use")
+        await h.settle()
+        assert "attempt 2" in h.status("iris").versions[-1].state.reason  # the newest word on it
+
+        replica.server_serving()
+        await h.settle()
+        assert (h.state("iris"), routed_to(h, "iris"), replica.loads) == (M.AVAILABLE, [0], [("iris", 1)])
+        assert h.core.server_status("mlserver")[0].availableReplicas == 1
+
+
+async def test_a_model_on_a_dead_server_moves_to_a_replica_with_room() -> None:
+    async with Harness() as h:
+        dead = h.add_replica(index=0)
+        await h.load("iris")
+        await h.settle()
+        other = h.add_replica(index=1)
+        dead.server_down(DOWN)
+        await h.settle()
+        assert h.placed_on("iris") == {1: "AVAILABLE"}  # and the dead replica's assignment is unloaded
+        assert dead.unloads == [("iris", 1)]
+        assert (h.state("iris"), routed_to(h, "iris"), other.loads) == (M.AVAILABLE, [1], [("iris", 1)])
+
+        dead.server_serving(held=[])
+        await h.settle()
+        assert h.placed_on("iris") == {1: "AVAILABLE"}  # it does not move back
+
+
+async def test_a_server_back_without_a_model_gets_it_loaded_again_and_unloads_what_is_not_wanted() -> None:
+    async with Harness() as h:
+        replica = h.add_replica(index=0)
+        await h.load("iris")
+        await h.load("wine")
+        await h.settle()
+        replica.server_down(DOWN)
+        await h.settle()
+        replica.server_serving(held=[("wine", 1), ("stranger", 4)])
+        await h.settle()
+        assert replica.loads == [("iris", 1), ("wine", 1), ("iris", 1)]  # iris was lost: loaded again
+        assert replica.unloads == [("stranger", 4)]
+        assert (h.state("iris"), h.state("wine")) == (M.AVAILABLE, M.AVAILABLE)
+
+
+async def test_an_agent_that_registers_while_its_server_is_down_serves_nothing_until_it_is_back() -> None:
+    async with Harness() as h:
+        await h.load("iris")
+        replica = h.add_replica(loaded=[("iris", 1, 100 * MiB)], server_down=DOWN)
+        await h.settle()
+        assert h.placed_on("iris") == {0: "LOADED_UNAVAILABLE"}
+        assert (h.state("iris"), routed_to(h, "iris")) == (M.PROGRESSING, [])
+        replica.server_serving()
+        await h.settle()
+        assert (h.state("iris"), routed_to(h, "iris"), replica.loads) == (M.AVAILABLE, [0], [])
+
+
+async def test_a_load_in_flight_on_a_dead_server_fails_and_is_retried_once_it_serves() -> None:
+    async with Harness() as h:
+        replica = h.add_replica()
+        replica.answering = False
+        await h.load("iris")
+        await h.settle()
+        [load] = replica.unanswered
+        replica.server_down(DOWN)
+        await h.settle()
+        assert h.placed_on("iris") == {0: "LOADING"}  # the agent's event ends it, not the scheduler
+        replica.answering = True
+        replica.fail_loads["iris"] = f"the inference server is down: {DOWN}"
+        replica.answer(load)
+        await h.settle()
+        assert (h.state("iris"), h.placed_on("iris")) == (M.FAILED, {0: "LOAD_FAILED"})
+        del replica.fail_loads["iris"]
+        replica.server_serving()
+        await h.settle()
+        assert (h.state("iris"), replica.loads) == (M.AVAILABLE, [("iris", 1), ("iris", 1)])
+
+
+async def test_a_load_that_finished_as_the_server_died_is_not_counted_as_serving() -> None:
+    async with Harness() as h:
+        replica = h.add_replica()
+        replica.answering = False
+        await h.load("iris")
+        await h.settle()
+        [load] = replica.unanswered
+        replica.server_down(DOWN)  # the agent reports the death before the load's answer
+        replica.answer(load)
+        await h.settle()
+        assert (h.state("iris"), h.placed_on("iris"), routed_to(h, "iris")) == (
+            M.PROGRESSING,
+            {0: "LOADED_UNAVAILABLE"},
+            [],
+        )
+
+
+async def test_a_draining_replica_whose_server_dies_reports_what_cannot_move() -> None:
+    async with Harness() as h:
+        leaving = h.add_replica(index=0)
+        await h.load("iris")
+        await h.settle()
+        leaving.server_down(DOWN)
+        leaving.drain()
+        await h.settle()
+        assert [list(d.unplaced_models) for d in leaving.drain_complete] == [["iris"]]
+
+
+async def test_server_health_from_a_replaced_session_changes_nothing() -> None:
+    async with Harness() as h:
+        first = h.add_replica(index=0)
+        await h.load("iris")
+        await h.settle()
+        h.add_replica(index=0, loaded=[("iris", 1, 100 * MiB)])  # the same replica registers again
+        first.server_down(DOWN)
+        await h.settle()
+        assert (h.state("iris"), h.placed_on("iris")) == (M.AVAILABLE, {0: "AVAILABLE"})
 
 
 async def test_server_scaling_to_zero_moves_its_models() -> None:

@@ -510,6 +510,49 @@ async def test_drain_with_nowhere_to_go_completes_naming_the_model(client: Clien
     assert await client.state("iris") == AVAILABLE
 
 
+async def test_a_dead_server_reported_over_the_session_makes_its_model_unavailable(
+    client: Client, agents: Agents
+) -> None:
+    agent = await agents.start()
+    await client.load(model_spec("iris"))
+    await client.wait_state("iris", AVAILABLE)
+    await agent.send_server_health(agent_pb2.ServerHealth(serving=False, reason="MLServer exited"))
+    await client.wait_state("iris", State.ModelProgressing)
+    status = await client.status("iris")
+    assert replica_states(status) == {0: Replica.LoadedUnavailable}
+    assert status.versions[-1].state.reason.startswith("server mlserver replica 0 is down: MLServer exited")
+    held = [agent_pb2.LoadedModel(name="iris", version=1)]
+    await agent.send_server_health(agent_pb2.ServerHealth(serving=True, loaded_models=held))
+    await client.wait_state("iris", AVAILABLE)
+    assert agent.loads == Counter({("iris", 1): 1})  # served again without a reload
+
+
+@pytest.mark.parametrize(
+    ("health", "problem"),
+    [
+        (agent_pb2.ServerHealth(serving=False, reason="x" * 1025), "longer than 1024 characters"),
+        (agent_pb2.ServerHealth(serving=False, reason="bad\x00reason"), "control characters"),
+        (
+            agent_pb2.ServerHealth(serving=False, loaded_models=[agent_pb2.LoadedModel(name="iris", version=1)]),
+            "a server that is not serving holds no loaded models",
+        ),
+        (
+            agent_pb2.ServerHealth(serving=True, loaded_models=[agent_pb2.LoadedModel(name="iris", version=0)]),
+            "versions start at 1",
+        ),
+    ],
+)
+async def test_an_invalid_server_health_ends_the_session_with_the_reason(
+    client: Client, agents: Agents, health: agent_pb2.ServerHealth, problem: str
+) -> None:
+    agent = await agents.start()
+    await agent.send_server_health(health)
+    await agent.wait_ended()
+    assert agent.end_code == grpc.StatusCode.UNAVAILABLE
+    assert "invalid ServerHealth" in agent.end_details
+    assert problem in agent.end_details
+
+
 async def test_model_held_but_not_wanted_is_unloaded_when_the_agent_registers(client: Client, agents: Agents) -> None:
     agent = await agents.start(loaded=[("stale", 3, 10 * MiB)])
     await wait_for(lambda: not agent.held, what="the stale model unloaded")

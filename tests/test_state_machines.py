@@ -47,6 +47,14 @@ def test_enum_values_are_the_wire_values() -> None:
         (S.LOADING, S.LOAD_FAILED),
         (S.LOAD_FAILED, S.LOAD_REQUESTED),
         (S.UNKNOWN, S.AVAILABLE),  # adopted from an agent that already holds it
+        # the replica's inference server stops serving, and serves again
+        (S.AVAILABLE, S.LOADED_UNAVAILABLE),
+        (S.LOADED, S.LOADED_UNAVAILABLE),
+        (S.DRAINING, S.LOADED_UNAVAILABLE),
+        (S.UNKNOWN, S.LOADED_UNAVAILABLE),  # held by an agent that registers while its server is down
+        (S.LOADED_UNAVAILABLE, S.AVAILABLE),
+        (S.LOADED_UNAVAILABLE, S.UNLOADED),  # the server came back without it
+        (S.LOADED_UNAVAILABLE, S.UNLOAD_REQUESTED),  # moved elsewhere while the server is down
     ],
 )
 def test_allowed_transitions(current: ReplicaState, new: ReplicaState) -> None:
@@ -64,6 +72,11 @@ def test_allowed_transitions(current: ReplicaState, new: ReplicaState) -> None:
         (S.UNLOADING, S.AVAILABLE),
         (S.UNLOAD_FAILED, S.AVAILABLE),
         (S.AVAILABLE, S.AVAILABLE),  # an event applied twice
+        (S.LOADED_UNAVAILABLE, S.LOADED_UNAVAILABLE),  # still down: only the reason changes
+        (S.LOADING, S.LOADED_UNAVAILABLE),  # a load in flight ends with the agent's event
+        (S.UNLOADING, S.LOADED_UNAVAILABLE),
+        (S.LOADED_UNAVAILABLE, S.DRAINING),  # a dead server's replica serves nothing to drain
+        (S.LOADED_UNAVAILABLE, S.LOADING),
     ],
 )
 def test_illegal_transitions_raise(current: ReplicaState, new: ReplicaState) -> None:
@@ -119,6 +132,29 @@ def facts(*states: ReplicaState, reason: str = "") -> list[ReplicaFact]:
         (facts(S.AVAILABLE), 2, 0, False, "no room", DerivedState(M.PROGRESSING, "no room", 1, 1)),
         ([], 0, 0, False, None, DerivedState(M.SCALED_DOWN, "", 0, 0)),
         (facts(S.DRAINING), 1, 0, False, None, DerivedState(M.AVAILABLE, "", 1, 0)),
+        # the only replica's server is down: not serving, Progressing, with why (and why it could not move)
+        (facts(S.LOADED_UNAVAILABLE, reason="dead"), 1, 0, False, None, DerivedState(M.PROGRESSING, "dead", 0, 1)),
+        (
+            facts(S.LOADED_UNAVAILABLE, reason="dead"),
+            1,
+            0,
+            False,
+            "no room",
+            DerivedState(M.PROGRESSING, "dead; no room", 0, 1),
+        ),
+        # ... even while the previous version was available (it does not serve either)
+        (facts(S.LOADED_UNAVAILABLE, reason="dead"), 1, 0, True, None, DerivedState(M.PROGRESSING, "dead", 0, 1)),
+        # another replica still serves enough
+        (facts(S.AVAILABLE, S.LOADED_UNAVAILABLE), 2, 1, False, None, DerivedState(M.AVAILABLE, "", 1, 1)),
+        # moving: loading elsewhere while the dead replica holds it
+        (
+            facts(S.LOADED_UNAVAILABLE, S.LOADING, reason="dead"),
+            1,
+            0,
+            False,
+            None,
+            DerivedState(M.PROGRESSING, "dead", 0, 1),
+        ),
     ],
 )
 def test_derive_live(  # noqa: PLR0917 - one parameter per table column
@@ -141,10 +177,17 @@ def test_newest_failure_reason_wins() -> None:
     assert (derived.state, derived.reason) == (M.FAILED, "new")
 
 
+def test_the_newest_down_reason_wins() -> None:
+    replicas = [ReplicaFact(S.LOADED_UNAVAILABLE, "old", 1.0), ReplicaFact(S.LOADED_UNAVAILABLE, "new", 2.0)]
+    derived = derive_live(replicas, desired=2, min_replicas=0, previous_available=False, schedule_failure=None)
+    assert (derived.state, derived.reason, derived.available_replicas) == (M.PROGRESSING, "new", 0)
+
+
 @pytest.mark.parametrize(
     ("replicas", "state"),
     [
         (facts(S.AVAILABLE), M.TERMINATING),
+        (facts(S.LOADED_UNAVAILABLE), M.TERMINATING),
         (facts(S.UNLOADING), M.TERMINATING),
         (facts(S.UNLOADED, S.LOAD_FAILED), M.TERMINATED),
         ([], M.TERMINATED),

@@ -12,6 +12,7 @@ from scheduler.placement.replica_filters import (
     ExplainerCapable,
     NotDraining,
     ReplicaFilter,
+    ServerServing,
     format_bytes,
 )
 from scheduler.placement.replica_sorters import (
@@ -51,6 +52,7 @@ __all__ = [
     "ReplicaKey",
     "ReplicaView",
     "ServerFilter",
+    "ServerServing",
     "ServerView",
     "format_bytes",
     "holds_model_first",

@@ -61,6 +61,15 @@ class NotDraining:
         return f"replica {replica.index} is draining" if replica.draining else None
 
 
+class ServerServing:
+    """A replica whose inference server is down can load nothing until it serves again."""
+
+    name = "server-serving"
+
+    def reject(self, request: PlacementRequest, replica: ReplicaView) -> str | None:
+        return f"replica {replica.index}'s inference server is down" if replica.server_down else None
+
+
 class ExplainerCapable:
     """Explainer models run only on replicas that provide the explainer runtime."""
 
@@ -72,4 +81,9 @@ class ExplainerCapable:
         return None
 
 
-DEFAULT_REPLICA_FILTERS: tuple[ReplicaFilter, ...] = (EnoughMemory(), NotDraining(), ExplainerCapable())
+DEFAULT_REPLICA_FILTERS: tuple[ReplicaFilter, ...] = (
+    ServerServing(),
+    EnoughMemory(),
+    NotDraining(),
+    ExplainerCapable(),
+)

@@ -23,6 +23,8 @@ class ReplicaView:
     draining: bool
     # The replica already has (or is loading) this model's version, so keeping it there costs nothing.
     holds_model: bool
+    # Its inference server does not serve (it died and is being restarted, or stopped answering).
+    server_down: bool = False
 
     @property
     def free_bytes(self) -> int:

@@ -10,7 +10,15 @@ import json
 import shutil
 from pathlib import Path
 
-from servers.launch.local import LaunchError, LocalServer, free_ports, server_env, start_process, wait_ready
+from servers.launch.local import (
+    LaunchError,
+    LocalServer,
+    ServerCommand,
+    free_ports,
+    server_env,
+    start_process,
+    wait_ready,
+)
 from servers.launch.venvs import server_venv, venv_python_version
 
 
@@ -40,16 +48,11 @@ async def launch_mlserver(work_dir: Path, *, venv: Path | None = None, ready_tim
     }
     (repository / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
     log_path = work_dir / "mlserver.log"
-    process = start_process(
-        [str(mlserver), "start", str(repository)],
-        log_path=log_path,
-        cwd=work_dir,
-        env=server_env(),
-        name="MLServer",
-    )
+    command = ServerCommand("MLServer", (str(mlserver), "start", str(repository)), work_dir, server_env())
+    process = start_process(command.argv, log_path=log_path, cwd=work_dir, env=command.env, name=command.name)
     http_url, grpc_target = f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
-    server = LocalServer("mlserver", process.pid, http_url, grpc_target, repository, log_path, process)
-    return await wait_ready(server, ready_timeout, "MLServer")
+    server = LocalServer("mlserver", process.pid, http_url, grpc_target, repository, log_path, process, command)
+    return await wait_ready(server, ready_timeout, command.name)
 
 
 async def launch_triton(work_dir: Path, *, venv: Path | None = None, ready_timeout: float = 60) -> LocalServer:
@@ -64,30 +67,26 @@ async def launch_triton(work_dir: Path, *, venv: Path | None = None, ready_timeo
     repository.mkdir(parents=True, exist_ok=True)
     http_port, grpc_port = free_ports(2)
     log_path = work_dir / "triton.log"
-    process = start_process(
-        [
-            str(tritonserver),
-            f"--model-repository={repository}",
-            f"--backend-directory={backends}",
-            "--model-control-mode=explicit",
-            "--http-address=127.0.0.1",
-            f"--http-port={http_port}",
-            "--grpc-address=127.0.0.1",
-            f"--grpc-port={grpc_port}",
-            "--allow-metrics=false",
-            "--allow-gpu-metrics=false",
-            "--exit-timeout-secs=5",
-        ],
-        log_path=log_path,
-        cwd=work_dir,
-        # The binary's shared libraries live beside the wheel; the Python backend's stub runs the
-        # venv's python (numpy and friends), found on PATH.
-        env=server_env(_triton_paths(venv, site)),
-        name="Triton",
+    argv = (
+        str(tritonserver),
+        f"--model-repository={repository}",
+        f"--backend-directory={backends}",
+        "--model-control-mode=explicit",
+        "--http-address=127.0.0.1",
+        f"--http-port={http_port}",
+        "--grpc-address=127.0.0.1",
+        f"--grpc-port={grpc_port}",
+        "--allow-metrics=false",
+        "--allow-gpu-metrics=false",
+        "--exit-timeout-secs=5",
     )
+    # The binary's shared libraries live beside the wheel; the Python backend's stub runs the venv's python
+    # (numpy and friends), found on PATH.
+    command = ServerCommand("Triton", argv, work_dir, server_env(_triton_paths(venv, site)))
+    process = start_process(command.argv, log_path=log_path, cwd=work_dir, env=command.env, name=command.name)
     http_url, grpc_target = f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
-    server = LocalServer("triton", process.pid, http_url, grpc_target, repository, log_path, process)
-    return await wait_ready(server, ready_timeout, "Triton")
+    server = LocalServer("triton", process.pid, http_url, grpc_target, repository, log_path, process, command)
+    return await wait_ready(server, ready_timeout, command.name)
 
 
 def _site_packages(venv: Path) -> Path:

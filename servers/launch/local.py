@@ -1,13 +1,14 @@
 """A locally started inference-server process: free ports, its log, readiness, and stopping it by PID.
 
 The process gets its own session (process group), so the workers MLServer forks and the stubs Triton's
-Python backend starts can be killed together when the server itself does not stop on SIGTERM.
+Python backend starts can be killed together when the server itself does not stop on SIGTERM, and a death
+signal, so a launcher killed by kill -9 takes its server with it. It is started by
+``modelplane.child_processes`` (no Python runs in the forked child: the agent has gRPC threads; see there).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import signal
 import socket
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
+from modelplane.child_processes import start_child
 from servers.adapter import InferenceServer
 from servers.mlserver import MLServer
 from servers.triton import TritonServer
@@ -26,6 +28,16 @@ from servers.triton import TritonServer
 
 class LaunchError(RuntimeError):
     """The server could not be started or did not become ready; the message includes its log's tail."""
+
+
+@dataclass(frozen=True)
+class ServerCommand:
+    """How a server process is started, kept so it can be started again exactly so (same ports, same files)."""
+
+    name: str  # "MLServer" or "Triton", for messages
+    argv: tuple[str, ...]
+    cwd: Path
+    env: Mapping[str, str] = field(repr=False)
 
 
 @dataclass(eq=False)
@@ -39,10 +51,16 @@ class LocalServer:
     repository: Path
     log_path: Path
     process: subprocess.Popen[bytes] = field(repr=False)
+    command: ServerCommand
     stop_timeout: float = 15.0
 
+    @property
+    def name(self) -> str:
+        return self.command.name
+
     def adapter(self, *, load_timeout: float = 120.0) -> InferenceServer:
-        """An adapter bound to this server (close it when done; it does not own the process)."""
+        """An adapter for this server's ports (close it when done; it does not own the process). It stays
+        valid across ``start_again``, which keeps the ports."""
         if self.kind == "mlserver":
             return MLServer(self.http_url, self.grpc_target, self.repository, load_timeout=load_timeout)
         return TritonServer(self.http_url, self.grpc_target, self.repository, load_timeout=load_timeout)
@@ -55,8 +73,9 @@ class LocalServer:
         return log_tail(self.log_path, lines)
 
     def kill(self) -> None:
-        """SIGKILL the server's whole process group at once (its PID is the group id)."""
-        if self.process.poll() is None:
+        """SIGKILL the server's whole process group at once (its PID is the group id). Also after the server
+        itself exited, until it is reaped: what it started may live on in its group."""
+        if self.process.returncode is None:  # not reaped, so the PID (the group's id) is still this server's
             _kill_group(self.pid)
 
     async def stop(self) -> int:
@@ -69,6 +88,62 @@ class LocalServer:
                 await wait_exit(self.process, 10.0)
         return self.process.returncode
 
+    async def exited(self, poll_interval: float = 0.5) -> int:
+        """Wait until the process exits, however it ends (a crash, kill -9, the OOM killer); then kill what is
+        left of its process group (MLServer's workers, Triton's backend stubs) and reap it, so no zombie or
+        orphan remains. Returns the exit status (negative: the signal that ended it)."""
+        process = self.process
+        if process.returncode is not None:
+            return process.returncode  # reaped already (its PID may be another process's by now)
+        await _until_exited(process.pid, poll_interval)
+        # Not reaped yet, so the PID (the group's id) cannot have been reused: the group is still this server's.
+        _kill_group(process.pid)
+        return process.wait()
+
+    async def start_again(self, ready_timeout: float = 60.0) -> None:
+        """Start the same command again (same ports, repository and log) after the process exited; returns
+        once it is ready. Raises LaunchError as the first launch does (the new process is then stopped)."""
+        if self.process.poll() is None:
+            raise LaunchError(f"{self.name} (pid {self.pid}) is still running")
+        command = self.command
+        self.process = start_process(
+            command.argv, log_path=self.log_path, cwd=command.cwd, env=command.env, name=command.name
+        )
+        self.pid = self.process.pid
+        await wait_ready(self, ready_timeout, command.name)
+
+
+async def _until_exited(pid: int, poll_interval: float) -> None:
+    """Return once ``pid`` (our child) has exited, without reaping it: at once through a pidfd where the kernel
+    has them (Linux 5.3), else by polling ``waitid(WNOWAIT)``."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    if pidfd is not None:
+        loop = asyncio.get_running_loop()
+        readable: asyncio.Future[None] = loop.create_future()
+
+        def on_exit() -> None:
+            if not readable.done():
+                readable.set_result(None)
+
+        loop.add_reader(pidfd, on_exit)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        return
+    while True:
+        try:
+            # WNOHANG: never blocks; WNOWAIT: leaves the child to be reaped by its Popen.
+            if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:  # noqa: ASYNC222
+                return
+        except ChildProcessError:
+            return  # already reaped
+        await asyncio.sleep(poll_interval)
+
 
 def free_ports(count: int) -> list[int]:
     """``count`` distinct loopback ports the kernel reports free (held together, so they differ)."""
@@ -79,37 +154,16 @@ def free_ports(count: int) -> list[int]:
         return [int(sock.getsockname()[1]) for sock in sockets]
 
 
-def die_with_parent() -> None:
-    """Ask the kernel to SIGTERM the server if the process that launched it dies (even by kill -9), so a
-    crashed agent never leaves an orphan server holding memory. Linux only; elsewhere a no-op."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
-
-
-_PR_SET_PDEATHSIG = 1
-
-
 def start_process(
     argv: Sequence[str], *, log_path: Path, cwd: Path, env: Mapping[str, str], name: str
 ) -> subprocess.Popen[bytes]:
-    """Start ``argv`` with stdout and stderr appended to ``log_path``, in a session of its own."""
+    """Start ``argv`` with stdout and stderr appended to ``log_path``, in a session of its own, sent SIGTERM
+    if the thread that started it dies (even by kill -9), so a crashed agent never leaves an orphan server."""
     if not Path(argv[0]).is_file():
         raise LaunchError(f"{name} is not installed: {argv[0]} does not exist")
     with log_path.open("ab") as log:
         try:
-            return subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                env=dict(env),
-                start_new_session=True,
-                preexec_fn=die_with_parent,  # noqa: PLW1509 - runs before exec, calls only prctl
-            )
+            return start_child(argv, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
         except OSError as error:
             raise LaunchError(f"{name} could not be started ({argv[0]}): {error}") from error
 

@@ -5,12 +5,16 @@ substitute their own). It gets:
 
 - its own session (process group), so a deadline or a cancellation kills the run *and* anything it forked
   (joblib workers, BLAS threads' helpers) with one ``killpg``;
-- ``PR_SET_PDEATHSIG`` (the project's ``servers.launch.local`` helper), so a trainer that dies, even by
-  ``kill -9``, takes its run with it instead of leaving an orphan holding memory;
+- a death signal (SIGTERM), so a trainer that dies, even by ``kill -9``, takes its run with it instead of
+  leaving an orphan holding memory;
 - ``RLIMIT_AS`` from the schema's ``ModelCPUCompute.ram`` (GiB) or a configured default, optional
   ``RLIMIT_CPU``, and ``RLIMIT_NOFILE``: a local run shares the machine with the trainer and the agent, so it
   must not be able to take all of it;
 - stdout and stderr appended to ``JOB_DIR/run.log``; a failure's outcome detail carries the log's tail.
+
+The death signal and the limits are set by util-linux's ``setpriv`` and ``prlimit`` in the child, never by Python
+code between fork and exec: the trainer runs gRPC, whose fork handlers make that crash
+(``modelplane.child_processes`` says why).
 
 Exit codes follow trainer/jobs.py: 0 success, 1-127 permanent, 128+N (killed by signal N) retryable. A
 deadline is reported as retryable too (the machine may simply have been busy).
@@ -24,14 +28,15 @@ import os
 import resource
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from generated.mlops.training.v1 import training_pb2
+from modelplane.child_processes import start_child_async
 from modelplane.logs import with_fields
-from servers.launch.local import die_with_parent, log_tail
+from servers.launch.local import log_tail
 from trainer.jobs import JOB_FILE, RESULT_FILE, TrainingJob
 from trainer.launchers.base import LaunchOutcome, LaunchVerdict, verdict_for_exit_code
 
@@ -93,7 +98,7 @@ def memory_limit_bytes(schema: training_pb2.ModelDesignSchema, default_gib: floa
 
 def _clamped(kind: int, wanted: int) -> tuple[int, int]:
     """(soft, hard) for ``wanted``, never above the current hard limit: an unprivileged child cannot raise it,
-    and setrlimit failing inside preexec would abort the launch with an opaque SubprocessError."""
+    and prlimit would refuse to start the run."""
     _, hard = resource.getrlimit(kind)
     if hard != resource.RLIM_INFINITY:
         wanted = min(wanted, hard)
@@ -109,18 +114,6 @@ def _limits_for(settings: LocalLauncherSettings, memory_bytes: int | None) -> li
         soft, hard = _clamped(resource.RLIMIT_CPU, settings.cpu_seconds + 1)
         limits.append((resource.RLIMIT_CPU, (max(1, soft - 1), hard)))
     return limits
-
-
-def _preexec(limits: list[tuple[int, tuple[int, int]]]) -> Callable[[], None]:
-    # Computed in the parent, so the forked child only makes system calls before exec.
-    def apply() -> None:
-        for kind, values in limits:
-            resource.setrlimit(kind, values)
-        # The death signal follows the *thread* that forked: asyncio forks from the event loop's thread, which
-        # lives as long as the trainer does.
-        die_with_parent()
-
-    return apply
 
 
 def _signal_name(number: int) -> str:
@@ -154,15 +147,14 @@ class LocalProcessLauncher:
         env = {**thread_limits(schema), **os.environ, **settings.env}
         try:
             with log_path.open("ab") as log:
-                process = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
+                # In a session of its own: the run leads its group, whose id is its PID.
+                process = await start_child_async(
+                    argv,
                     stdout=log,
                     stderr=asyncio.subprocess.STDOUT,
                     cwd=job_dir,
                     env=env,
-                    start_new_session=True,  # the run leads its own group: its PID is the group id
-                    preexec_fn=_preexec(_limits_for(settings, memory_bytes)),
+                    limits=_limits_for(settings, memory_bytes),
                 )
         except (OSError, ValueError) as error:
             # A command that cannot start is a deployment problem, not the event's fault: retry elsewhere.

@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import importlib
 import json
 import logging
@@ -59,8 +60,9 @@ from pathlib import Path
 from typing import Any
 
 from generated.mlops.training.v1 import training_pb2
+from modelplane.child_processes import start_child_async
 from modelplane.logs import with_fields
-from servers.launch.local import die_with_parent, log_tail
+from servers.launch.local import log_tail
 from trainer.launchers.base import LaunchOutcome, LaunchVerdict
 from trainer.launchers.local import (
     RUN_LOG,
@@ -133,15 +135,17 @@ class _ForkServer:
     @classmethod
     async def start(cls, settings: WarmLauncherSettings) -> _ForkServer:
         argv = [settings.python, "-m", "trainer.launchers.warm", "--entry", settings.entry]
-        process = await asyncio.create_subprocess_exec(
-            *argv,
+        # In a session of its own (a terminal's Ctrl-C goes to the trainer, which decides about its runs), with
+        # the death signal set by setpriv: no Python runs between the trainer's fork and the exec, as the
+        # trainer has gRPC threads (modelplane.child_processes).
+        process = await start_child_async(
+            argv,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            stderr=None,
             # One thread per pool while importing: a run that wants one (the default) then needs no change, and
             # changing OpenBLAS's count costs its first call in the child ~40 ms here.
             env={**os.environ, **dict.fromkeys(THREAD_POOL_VARIABLES, "1")},
-            start_new_session=True,  # a terminal's Ctrl-C goes to the trainer, which decides about its runs
-            preexec_fn=die_with_parent,  # only prctl before exec
         )
         server = cls(process)
         try:
@@ -349,6 +353,19 @@ class WarmProcessLauncher:
 
 
 # --- the fork server (``python -m trainer.launchers.warm``) -------------------------------------------------
+# Forking and running Python in the child is this process's purpose, and safe here: it has one thread and never
+# imports gRPC (unlike the trainer, which therefore starts it through setpriv, see _ForkServer.start).
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this process when its parent (thread) dies. Linux only; elsewhere a no-op."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def _resolve(entry: str) -> Callable[[list[str]], int]:
@@ -368,7 +385,7 @@ def _run_child(request: dict[str, Any], server: _Server) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for fd in (server.requests, server.replies, server.wake_read, server.wake_write):
             os.close(fd)
-        die_with_parent()
+        _die_with_parent()
         if os.getppid() != server.pid:  # the fork server died before the death signal was armed
             return 128 + signal.SIGTERM
         log = os.open(os.path.join(job_dir, RUN_LOG), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -517,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.launchers.warm", description="the warm fork server")
     parser.add_argument("--entry", default=DEFAULT_ENTRY)
     options = parser.parse_args(argv)
-    die_with_parent()  # again, in case the interpreter was started by something other than the launcher
+    _die_with_parent()  # again, in case the interpreter was started by something other than the launcher
     return serve(options.entry)
 
 

@@ -7,7 +7,8 @@ One agent serves one inference-server replica (an MLServer or Triton process). I
 bidirectional stream, AgentService.Session, and keeps it open for its whole life:
 
   agent -> scheduler (SessionRequest):  register (first message, exactly once), then events,
-                                        heartbeats and at most one drain request.
+                                        server_health reports, heartbeats and at most one drain
+                                        request.
   scheduler -> agent (SessionResponse): register_accepted (first message), then operations,
                                         heartbeats and drain_complete.
 
@@ -24,6 +25,18 @@ Why one stream rather than unary calls:
 Operations carry a per-session, strictly increasing `operation_id`; events echo it so the
 scheduler can match an event to the operation it answers. Events are applied compare-and-set on
 the replica state the scheduler expects; a stale or duplicate event is rejected, never applied.
+
+The session says the agent is alive; ServerHealth says whether its inference server is. An agent
+watches its server (the process's exit for a server it launched, liveness probes for any) and,
+the moment the server stops serving, sends ServerHealth{serving: false, reason}: the scheduler
+then reports the replica's models LoadedUnavailable with that reason, removes the replica from the
+routes, places nothing on it, and moves the models that have somewhere else to go. Operations in
+flight on the dead server still end with their events (a load fails, an unload succeeds: a dead
+server holds nothing). Once the server serves again (an agent restarts a server it launched, with
+backoff, and loads again what it held), the agent sends ServerHealth{serving: true,
+loaded_models}: those assignments become Available again; an assignment it no longer holds ends
+(Unloaded) and is placed again. An agent whose server is down when it (re)connects says so in
+Register.server_health, so the scheduler never counts those models as serving in between.
 """
 
 from collections import abc as _abc
@@ -70,6 +83,7 @@ class SessionRequest(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
+    SERVER_HEALTH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register(self) -> Global___Register: ...
     @_builtins.property
@@ -78,6 +92,8 @@ class SessionRequest(_message.Message):
     def heartbeat(self) -> Global___Heartbeat: ...
     @_builtins.property
     def drain(self) -> Global___DrainRequest: ...
+    @_builtins.property
+    def server_health(self) -> Global___ServerHealth: ...
     def __init__(
         self,
         *,
@@ -85,12 +101,13 @@ class SessionRequest(_message.Message):
         event: Global___ModelEvent | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
         drain: Global___DrainRequest | None = ...,
+        server_health: Global___ServerHealth | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "event", b"event", "heartbeat", b"heartbeat", "message", b"message", "register", b"register"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "event", b"event", "heartbeat", b"heartbeat", "message", b"message", "register", b"register", "server_health", b"server_health"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "event", b"event", "heartbeat", b"heartbeat", "message", b"message", "register", b"register"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "event", b"event", "heartbeat", b"heartbeat", "message", b"message", "register", b"register", "server_health", b"server_health"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["register", "event", "heartbeat", "drain"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["register", "event", "heartbeat", "drain", "server_health"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -147,6 +164,7 @@ class Register(_message.Message):
     REPLICA_FIELD_NUMBER: _builtins.int
     LOADED_MODELS_FIELD_NUMBER: _builtins.int
     AVAILABLE_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    SERVER_HEALTH_FIELD_NUMBER: _builtins.int
     protocol_version: _builtins.int
     """Version of this protocol the agent speaks; the scheduler refuses versions it does not know."""
     agent_id: _builtins.str
@@ -159,6 +177,12 @@ class Register(_message.Message):
     def loaded_models(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoadedModel]:
         """Model versions the server already holds (after an agent or scheduler restart)."""
 
+    @_builtins.property
+    def server_health(self) -> Global___ServerHealth:
+        """Set when the inference server is not serving as the agent registers (serving: false); absent
+        means it serves. `loaded_models` above are then what the agent will load again once it does.
+        """
+
     def __init__(
         self,
         *,
@@ -167,10 +191,11 @@ class Register(_message.Message):
         replica: Global___ReplicaConfig | None = ...,
         loaded_models: _abc.Iterable[Global___LoadedModel] | None = ...,
         available_memory_bytes: _builtins.int = ...,
+        server_health: Global___ServerHealth | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["replica", b"replica"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["replica", b"replica", "server_health", b"server_health"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "available_memory_bytes", b"available_memory_bytes", "loaded_models", b"loaded_models", "protocol_version", b"protocol_version", "replica", b"replica"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "available_memory_bytes", b"available_memory_bytes", "loaded_models", b"loaded_models", "protocol_version", b"protocol_version", "replica", b"replica", "server_health", b"server_health"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -469,6 +494,41 @@ class EventRejected(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EventRejected: _TypeAlias = EventRejected  # noqa: Y015
+
+@_typing.final
+class ServerHealth(_message.Message):
+    """Whether the replica's inference server serves (see the file comment). Sent when that changes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVING_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    LOADED_MODELS_FIELD_NUMBER: _builtins.int
+    serving: _builtins.bool
+    reason: _builtins.str
+    """Why it does not serve (e.g. "MLServer (pid 812) exited: killed by SIGKILL; restarting it"), in
+    words a person can act on; at most 1024 characters. Empty when serving.
+    """
+    @_builtins.property
+    def loaded_models(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoadedModel]:
+        """With serving: true, every model version the agent holds on the restarted server (as in
+        Register.loaded_models); with serving: false, empty.
+        """
+
+    def __init__(
+        self,
+        *,
+        serving: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        loaded_models: _abc.Iterable[Global___LoadedModel] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loaded_models", b"loaded_models", "reason", b"reason", "serving", b"serving"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServerHealth: _TypeAlias = ServerHealth  # noqa: Y015
 
 @_typing.final
 class DrainRequest(_message.Message):

@@ -7,7 +7,8 @@ One agent serves one inference-server replica (an MLServer or Triton process). I
 bidirectional stream, AgentService.Session, and keeps it open for its whole life:
 
   agent -> scheduler (SessionRequest):  register (first message, exactly once), then events,
-                                        heartbeats and at most one drain request.
+                                        server_health reports, heartbeats and at most one drain
+                                        request.
   scheduler -> agent (SessionResponse): register_accepted (first message), then operations,
                                         heartbeats and drain_complete.
 
@@ -24,6 +25,18 @@ Why one stream rather than unary calls:
 Operations carry a per-session, strictly increasing `operation_id`; events echo it so the
 scheduler can match an event to the operation it answers. Events are applied compare-and-set on
 the replica state the scheduler expects; a stale or duplicate event is rejected, never applied.
+
+The session says the agent is alive; ServerHealth says whether its inference server is. An agent
+watches its server (the process's exit for a server it launched, liveness probes for any) and,
+the moment the server stops serving, sends ServerHealth{serving: false, reason}: the scheduler
+then reports the replica's models LoadedUnavailable with that reason, removes the replica from the
+routes, places nothing on it, and moves the models that have somewhere else to go. Operations in
+flight on the dead server still end with their events (a load fails, an unload succeeds: a dead
+server holds nothing). Once the server serves again (an agent restarts a server it launched, with
+backoff, and loads again what it held), the agent sends ServerHealth{serving: true,
+loaded_models}: those assignments become Available again; an assignment it no longer holds ends
+(Unloaded) and is placed again. An agent whose server is down when it (re)connects says so in
+Register.server_health, so the scheduler never counts those models as serving in between.
 """
 
 from collections import abc as _abc

@@ -35,6 +35,7 @@ from scheduler.scheduler_core import CoreSettings, SchedulerCore
 from scheduler.scheduler_service import SchedulerService
 from scheduler.settings import SchedulerSettings
 from scheduler.state_dir import StateDir
+from scheduler.stream_watchdog import StreamWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +100,9 @@ async def _serve(
     agent_services = [AGENT_SERVICE, HEALTH_SERVICE]
 
     api, api_address = await _listener(settings.listen, settings, api_services)
-    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(core), api)
-    routing_pb2_grpc.add_RoutingServiceServicer_to_server(RoutingService(core), api)
+    streams = StreamWatchdog(settings.subscriber_lag_seconds)
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(core, streams), api)
+    routing_pb2_grpc.add_RoutingServiceServicer_to_server(RoutingService(core, streams), api)
     health.add_to(api)
 
     agents, agent_address = await _listener(settings.agent_listen, settings, agent_services)

@@ -580,6 +580,12 @@ async def test_control_plane_asks_for_servers_first_then_the_rest_in_order(clien
 # --------------------------------------------------------------------------- status streams
 
 
+# A stall shorter than the subscriber lag is caught up by coalescing (a longer one is dropped: see
+# tests/test_status_stream_lag.py); the lag is set far above what these stalls last on a loaded machine.
+LONG_LAG = ("--subscriber-lag=3600",)
+
+
+@pytest.mark.parametrize("running", [LONG_LAG], indirect=True)
 async def test_a_stalled_subscriber_does_not_delay_a_reading_one(client: Client, agents: Agents) -> None:
     await agents.start(memory=100_000 * MiB)
     await client.load(model_spec("seed", memory=MiB))
@@ -609,6 +615,7 @@ async def test_a_stalled_subscriber_does_not_delay_a_reading_one(client: Client,
         stalled.cancel()
 
 
+@pytest.mark.parametrize("running", [LONG_LAG], indirect=True)
 async def test_a_lagging_subscriber_still_learns_that_a_deleted_model_terminated(
     client: Client, agents: Agents
 ) -> None:

@@ -34,11 +34,12 @@ from generated.mlops.agent.v1 import agent_pb2
 from modelplane.addresses import Address
 from modelplane.ready_file import write_ready_file
 from modelplane.signals import stop_on_signals
-from modelplane.transport import TransportError
+from modelplane.transport import TransportError, TransportSecurity, bind, new_server
 from servers.adapter import InferenceServer
 from servers.launch import LocalServer
 
 log = logging.getLogger(__name__)
+PROXY_SECURITY = TransportSecurity(insecure=True)
 SERVER_KIND = {"mlserver": agent_pb2.SERVER_KIND_MLSERVER, "triton": agent_pb2.SERVER_KIND_TRITON}
 
 
@@ -81,12 +82,14 @@ async def start_proxy(
         await runner.cleanup()
         raise TransportError(f"cannot listen on {settings.proxy_http}: {error.strerror}") from None
     http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    grpc_server = aio.server()
+    grpc_server = new_server()
     grpc_server.add_generic_rpc_handlers((proxy.grpc_handler(),))
-    grpc_port = grpc_server.add_insecure_port(str(settings.proxy_grpc))
-    if grpc_port == 0:
+    try:
+        # Plaintext, like the proxy's REST side (it always was): the server factory refuses a port in use.
+        grpc_port = bind(grpc_server, settings.proxy_grpc, PROXY_SECURITY)
+    except TransportError:
         await runner.cleanup()
-        raise TransportError(f"cannot listen on {settings.proxy_grpc}")
+        raise
     await grpc_server.start()
     advertised = ProxyAddresses(
         Address(settings.advertise_host, http_port), Address(settings.advertise_host, grpc_port)

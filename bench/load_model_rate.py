@@ -56,6 +56,8 @@ from grpc import aio
 from generated.mlops.agent.v1 import agent_pb2, agent_pb2_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
+from modelplane.addresses import Address
+from modelplane.transport import TransportSecurity, bind, new_server
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -292,10 +294,10 @@ class EmptyScheduler(pb_grpc.SchedulerServicer):
 
 
 async def serve_baseline(ready_file: Path) -> None:
-    server = aio.server()
+    server = new_server()  # the project's server factory, with the scheduler's own server options
     # Abstract for mypy only: the other RPCs keep the generated base's UNIMPLEMENTED answer, as wanted here.
     pb_grpc.add_SchedulerServicer_to_server(EmptyScheduler(), server)  # type: ignore[abstract]
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = bind(server, Address("127.0.0.1", 0), TransportSecurity(insecure=True))
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -8,6 +8,8 @@ Rules:
 
 from __future__ import annotations
 
+import os
+import socket
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +39,10 @@ _SERVER_OPTIONS: Sequence[tuple[str, int]] = (
     # Clients ping every 20 s; allow that without calls in flight.
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # gRPC turns SO_REUSEPORT on by default: a second server could then bind a port this one holds and the
+    # kernel would share connections between them (two schedulers behind one address). Off, a port in use is
+    # an error at start, as for every other listener.
+    ("grpc.so_reuseport", 0),
 )
 
 
@@ -93,6 +99,8 @@ def _read(path: Path | None) -> bytes | None:
 
 
 def new_server(interceptors: Sequence[aio.ServerInterceptor] = ()) -> aio.Server:
+    """Every gRPC server of the project is made here (with ``bind`` for its listener), so its options, among
+    them the refusal of a port in use, are the same everywhere."""
     return aio.server(options=_SERVER_OPTIONS, interceptors=list(interceptors) or None)
 
 
@@ -115,10 +123,32 @@ def bind(server: aio.Server, address: Address, security: TransportSecurity) -> i
         else:
             port = server.add_insecure_port(str(address))
     except RuntimeError as error:
-        raise TransportError(f"cannot listen on {address}: {error}") from None
+        raise TransportError(f"cannot listen on {address}: {_why_not_bindable(address) or error}") from None
     if port == 0:
-        raise TransportError(f"cannot listen on {address}: the address is in use or not local")
+        reason = _why_not_bindable(address) or "the address is in use or not local"
+        raise TransportError(f"cannot listen on {address}: {reason}")
     return port
+
+
+def _why_not_bindable(address: Address) -> str | None:
+    """Why ``address`` cannot be bound, in the operating system's words (as the REST listeners report it).
+
+    gRPC only says that binding failed; binding a plain socket the way it does (SO_REUSEADDR, no
+    SO_REUSEPORT) tells why. None when that socket binds after all (the port was freed meanwhile).
+    """
+    try:
+        infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as error:
+        return f"cannot resolve {address.host}: {error.strerror or error}"
+    for family, kind, protocol, _name, socket_address in infos:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(socket_address)
+            except OSError as error:
+                # "address already in use", "cannot assign requested address", "permission denied"
+                return os.strerror(error.errno).lower() if error.errno else str(error)
+    return None
 
 
 def http_server_ssl(security: TransportSecurity) -> ssl.SSLContext | None:

@@ -3,15 +3,21 @@
 The state owner calls ``hub.publish(key, value)`` whenever the status of ``key`` changes; each stream
 handler holds a ``Subscription`` and forwards what it yields. Invariants:
 
-* **Snapshot first.** A subscriber first receives the current state (the ``snapshot`` it passes to
-  ``subscribe``), then every later change. The snapshot is taken and the subscriber registered in one
-  synchronous step, so no publish falls between them: nothing is missed and nothing is duplicated.
+* **Snapshot first.** A subscriber first receives the current state, then every later change. The keys
+  of the current state are taken and the subscriber registered in one synchronous step, so no publish
+  falls between them: nothing is missed and nothing is duplicated. The snapshot's values are rendered
+  one by one as the subscriber reads them (a key published meanwhile is delivered with its published
+  value instead, in its snapshot place), so a subscriber that reads nothing holds its snapshot's keys,
+  never a copy of every value. For that to be the state at subscription or the latest published one, the
+  state owner publishes every change before anything else runs, as it must anyway.
 * **Coalescing.** A subscriber's queue holds at most one value per key, the latest. Publishing a key
   that is already pending replaces its value and keeps its place; keys are delivered in the order they
   first became pending. Statuses are state, not events: a reader needs the latest one, not the history.
-* **Bounded.** A subscriber never holds more than ``max_pending_keys`` pending keys. One that would
-  exceed the bound has fallen too far behind to catch up by coalescing: it is dropped, its pending
-  values are freed, and its next read raises ``SubscriberLagged`` so it can reconnect for a fresh snapshot.
+* **Bounded.** A subscriber never holds more than ``max_pending_keys`` published values (and its
+  snapshot at most as many keys). One that would exceed the bound has fallen too far behind to catch up
+  by coalescing: it is dropped, its pending values are freed, and its next read raises
+  ``SubscriberLagged`` so it can reconnect for a fresh snapshot. Whoever relays a subscription can also
+  drop it (``Subscription.drop``) when its reader has stopped taking values, with the same effect.
 * **Non-blocking publisher.** ``publish`` is synchronous and O(1) per subscriber: it never awaits, never
   starts a task, and a slow or stuck subscriber cannot delay the publisher or any other subscriber.
 
@@ -56,11 +62,19 @@ class Subscription(Generic[K, V]):
         self,
         hub: EventHub[K, V],
         name: str,
+        snapshot: list[K],
+        *,
+        render: Callable[[K], V | None],
         accept: Callable[[K, V], bool] | None,
         max_pending_keys: int,
     ) -> None:
         self._hub = hub
         self._name = name
+        # The keys of the state at subscription, in order, and how far they have been read. Values are rendered
+        # when read: a subscriber that does not read keeps these references, not a message per key.
+        self._snapshot = snapshot
+        self._snapshot_read = 0
+        self._render = render
         self._accept = accept
         self._max_pending_keys = max_pending_keys
         # OrderedDict rather than dict: popitem(last=False) is O(1), while taking the first key of a plain
@@ -77,8 +91,10 @@ class Subscription(Generic[K, V]):
 
     @property
     def pending_count(self) -> int:
-        """Distinct keys waiting to be read; never more than the hub's ``max_pending_keys``."""
-        return len(self._pending)
+        """Keys waiting to be read: the unread part of the snapshot and the published values (each at most the
+        hub's ``max_pending_keys``). A snapshot key that was also published counts twice but is read once;
+        a snapshot key whose state is gone, or that ``accept`` refuses, is not read at all."""
+        return len(self._snapshot) - self._snapshot_read + len(self._pending)
 
     @property
     def closed(self) -> bool:
@@ -93,6 +109,13 @@ class Subscription(Generic[K, V]):
         self._hub._unregister(self)
         self._end()
 
+    def drop(self, reason: str) -> None:
+        """Drop a subscriber whose reader has stopped taking values: unregister it, free what is pending,
+        and make its reads raise ``SubscriberLagged(reason)`` (unless it had already ended)."""
+        self._hub._unregister(self)
+        if not self._closed:
+            self._fail(SubscriberLagged(reason))
+
     def __aiter__(self) -> Subscription[K, V]:
         return self
 
@@ -103,11 +126,40 @@ class Subscription(Generic[K, V]):
                 raise self._error.with_traceback(None)
             if self._closed:
                 raise StopAsyncIteration
-            if self._pending:
-                _key, value = self._pending.popitem(last=False)
+            value = self._take()
+            if value is not None:
                 return value
+            if self.closed:  # rendering or filtering failed this subscriber just now
+                continue
             self._wakeup.clear()
             await self._wakeup.wait()
+
+    def _take(self) -> V | None:
+        """The next value to deliver, or None when nothing is pending: the snapshot first, then publishes."""
+        while self._snapshot_read < len(self._snapshot):
+            key = self._snapshot[self._snapshot_read]
+            self._snapshot_read += 1
+            if key in self._pending:
+                return self._pending.pop(key)  # published since: the latest value, in its snapshot place
+            try:
+                value = self._render(key)
+                if value is None or not self._accepts(key, value):
+                    continue  # gone since (its removal was published), or filtered out
+            except Exception as error:
+                # Like a broken filter: a value that cannot be rendered fails this subscriber, nobody else.
+                self._hub._unregister(self)
+                self._fail(error)
+                return None
+            return value
+        if self._snapshot:
+            self._snapshot, self._snapshot_read = [], 0  # all read: let the keys go
+        if self._pending:
+            _key, value = self._pending.popitem(last=False)
+            return value
+        return None
+
+    def _accepts(self, key: K, value: V) -> bool:
+        return self._accept is None or self._accept(key, value)
 
     async def __aenter__(self) -> Subscription[K, V]:
         return self
@@ -134,15 +186,14 @@ class Subscription(Generic[K, V]):
         """
         if self._closed:
             return False  # closed by a callback earlier in the same publish
-        if self._accept is not None:
-            try:
-                accepted = self._accept(key, value)
-            except Exception as error:
-                # A broken filter fails its own subscriber, never the publisher or the other subscribers.
-                self._fail(error)
-                return False
-            if not accepted:
-                return True
+        try:
+            accepted = self._accepts(key, value)
+        except Exception as error:
+            # A broken filter fails its own subscriber, never the publisher or the other subscribers.
+            self._fail(error)
+            return False
+        if not accepted:
+            return True
         if key in self._pending:
             self._pending[key] = value  # assignment to an existing key keeps its place in the order
         elif len(self._pending) < self._max_pending_keys:
@@ -165,6 +216,7 @@ class Subscription(Generic[K, V]):
     def _end(self) -> None:
         self._closed = True
         self._pending.clear()  # a dropped subscriber must not keep its backlog alive
+        self._snapshot, self._snapshot_read = [], 0
         self._wakeup.set()  # let a blocked reader see the end
 
 
@@ -200,30 +252,41 @@ class EventHub(Generic[K, V]):
     def subscribe(
         self,
         name: str,
-        snapshot: Callable[[], Iterable[tuple[K, V]]],
+        keys: Callable[[], Iterable[K]],
+        render: Callable[[K], V | None],
         accept: Callable[[K, V], bool] | None = None,
     ) -> Subscription[K, V]:
-        """Register a subscriber whose first values are ``snapshot()``, followed by every later publish.
+        """Register a subscriber whose first values are the current state of ``keys()``, followed by every
+        later publish.
 
-        ``snapshot`` must return the current state synchronously; it is called here, and the subscriber is
-        registered before any other code can run, so no publish is missed or delivered twice. Snapshot
-        items are queued like publishes: a later publish of a key that has not been read yet replaces its
-        snapshot value. ``accept``, if given, decides which ``(key, value)`` pairs this subscriber receives,
-        for the snapshot and for publishes alike; if it raises, the subscriber is dropped and its next read
-        raises that error.
+        ``keys`` must return the keys of the current state synchronously, in the order to deliver them; it
+        is called here, and the subscriber is registered before any other code can run, so no publish is
+        missed or delivered twice. ``render(key)`` gives a key's current value when the subscriber reads it
+        (None: skip the key, its state is gone); a key published before it was read is delivered with the
+        published value instead, in its snapshot place. If ``render`` raises, this subscriber is dropped and
+        its next read raises that error. ``accept``, if given, decides which ``(key, value)`` pairs this
+        subscriber receives, for the snapshot and for publishes alike; if it raises, likewise.
 
-        A snapshot with more than ``max_pending_keys`` accepted keys can never be delivered within the
-        bound: the subscription comes back already lagged (its first read raises ``SubscriberLagged``).
+        A snapshot of more than ``max_pending_keys`` keys can never be delivered within the bound: the
+        subscription comes back already lagged (its first read raises ``SubscriberLagged``).
 
         Raises ``EventHubClosedError`` if the hub is closed.
         """
         if self._closed:
             raise EventHubClosedError(f"event hub is closed; cannot subscribe {name!r}")
-        subscription = Subscription(self, name, accept, self._max_pending_keys)
-        for key, value in snapshot():
-            if not subscription._offer(key, value):
-                return subscription  # lagged on the snapshot alone (or the filter failed): never registered
-        # No await between taking the snapshot and this line: that is what makes the hand-over gapless.
+        snapshot = list(keys())
+        subscription = Subscription(
+            self, name, snapshot, render=render, accept=accept, max_pending_keys=self._max_pending_keys
+        )
+        if len(snapshot) > self._max_pending_keys:
+            subscription._fail(
+                SubscriberLagged(
+                    f"subscriber {name!r}: the current state has {len(snapshot)} keys, more than the "
+                    f"{self._max_pending_keys} a subscriber may have pending; it cannot be sent"
+                )
+            )
+            return subscription  # never registered
+        # No await between taking the keys and this line: that is what makes the hand-over gapless.
         self._subscribers[subscription] = None
         return subscription
 

@@ -36,6 +36,7 @@ from scheduler.scheduler_core import CoreSettings, SchedulerCore
 from scheduler.scheduler_service import SchedulerService
 from scheduler.settings import SchedulerSettings
 from scheduler.state_dir import StateDir
+from scheduler.stream_watchdog import StreamWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +107,9 @@ async def _serve(
 
     # Every Scheduler API and RoutingService request passes the field limits first (scheduler/limits.py).
     api, api_address = await _listener(settings.listen, settings, api_services, [RequestLimits()])
-    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(core), api)
-    routing_pb2_grpc.add_RoutingServiceServicer_to_server(RoutingService(core), api)
+    streams = StreamWatchdog(settings.subscriber_lag_seconds)
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(core, streams), api)
+    routing_pb2_grpc.add_RoutingServiceServicer_to_server(RoutingService(core, streams), api)
     health.add_to(api)
 
     agents, agent_address = await _listener(settings.agent_listen, settings, agent_services)

@@ -12,13 +12,15 @@ from generated.mlops.routing.v1 import routing_pb2_grpc as pb_grpc
 from scheduler import status_codes
 from scheduler.model_names import check_name
 from scheduler.scheduler_core import SchedulerCore
+from scheduler.stream_watchdog import StreamWatchdog
 
 Context = aio.ServicerContext[Any, Any]
 
 
 class RoutingService(pb_grpc.RoutingServiceServicer):
-    def __init__(self, core: SchedulerCore) -> None:
+    def __init__(self, core: SchedulerCore, streams: StreamWatchdog) -> None:
         self.core = core
+        self.streams = streams  # WatchRoutes goes through it (the subscriber lag)
 
     async def ModelEndpoints(self, request: pb.ModelEndpointsRequest, context: Context) -> pb.ModelEndpointsResponse:
         async def call() -> tuple[int, list[pb.ModelEndpoint]]:
@@ -30,8 +32,11 @@ class RoutingService(pb_grpc.RoutingServiceServicer):
     async def WatchRoutes(
         self, request: pb.WatchRoutesRequest, context: Context
     ) -> AsyncIterator[pb.WatchRoutesResponse]:
-        async with self.core.watch_routes(_gateway(request.gateway_name)) as subscription:
-            async for update in status_codes.stream(context, aiter(subscription)):
+        gateway = _gateway(request.gateway_name)
+        async with self.core.watch_routes(gateway) as subscription:
+            async for update in status_codes.subscription(
+                context, subscription, self.streams, rpc="WatchRoutes", subscriber=gateway
+            ):
                 yield update
 
     async def ExperimentRouted(

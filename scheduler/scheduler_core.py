@@ -216,9 +216,12 @@ class SchedulerCore:
         self._after_change()
 
     def subscribe_models(self, subscriber: str) -> Subscription[str, pb.ModelStatusResponse]:
-        return self.models_hub.subscribe(
-            subscriber, lambda: [(n, status_messages.model_status(r)) for n, r in self.cluster.models.items()]
-        )
+        def render(name: str) -> pb.ModelStatusResponse | None:
+            record = self.cluster.models.get(name)
+            return status_messages.model_status(record) if record is not None else None
+
+        # Statuses are rendered as the subscriber reads them: one that reads nothing holds no copy of them.
+        return self.models_hub.subscribe(subscriber, lambda: list(self.cluster.models), render)
 
     def model_endpoints(self, name: str) -> tuple[int, list[rpb.ModelEndpoint]]:
         """(version, its serving endpoints): where ``name`` is served now.
@@ -242,26 +245,23 @@ class SchedulerCore:
     def subscribe_routes(self, subscriber: str) -> Subscription[RouteKey, rpb.WatchRoutesResponse]:
         """Every model, experiment and pipeline route, then the snapshot-complete marker, then changes."""
 
-        def snapshot() -> list[tuple[RouteKey, rpb.WatchRoutesResponse]]:
-            servers = self.cluster.servers
-            routes: list[tuple[RouteKey, rpb.WatchRoutesResponse]] = [
-                (("model", n), route_messages.model_route(n, r, servers))
-                for n, r in self.cluster.models.items()
-                if not r.deleted
-            ]
-            routes += [
-                (("experiment", n), route_messages.experiment_route(n, r))
-                for n, r in self.experiments.records.items()
-                if r.running
-            ]
-            routes += [
-                (("pipeline", n), route_messages.pipeline_route(n, r))
-                for n, r in self.pipelines.records.items()
-                if not r.deleted
-            ]
-            return [*routes, (route_messages.SNAPSHOT_COMPLETE_KEY, route_messages.SNAPSHOT_COMPLETE)]
+        def keys() -> list[RouteKey]:
+            routes: list[RouteKey] = [("model", n) for n, r in self.cluster.models.items() if not r.deleted]
+            routes += [("experiment", n) for n, r in self.experiments.records.items() if r.running]
+            routes += [("pipeline", n) for n, r in self.pipelines.records.items() if not r.deleted]
+            return [*routes, route_messages.SNAPSHOT_COMPLETE_KEY]
 
-        return self.routes_hub.subscribe(subscriber, snapshot)
+        def render(key: RouteKey) -> rpb.WatchRoutesResponse:
+            kind, name = key
+            if kind == "model":
+                return route_messages.model_route(name, self.cluster.models.get(name), self.cluster.servers)
+            if kind == "experiment":
+                return route_messages.experiment_route(name, self.experiments.records.get(name))
+            if kind == "pipeline":
+                return route_messages.pipeline_route(name, self.pipelines.records.get(name))
+            return route_messages.SNAPSHOT_COMPLETE
+
+        return self.routes_hub.subscribe(subscriber, keys, render)
 
     @contextlib.asynccontextmanager
     async def watch_routes(self, gateway: str) -> AsyncIterator[Subscription[RouteKey, rpb.WatchRoutesResponse]]:
@@ -314,9 +314,11 @@ class SchedulerCore:
         return self.pipelines.status(name, all_versions)
 
     def subscribe_pipelines(self, subscriber: str) -> Subscription[str, pb.PipelineStatusResponse]:
-        return self.pipelines_hub.subscribe(
-            subscriber, lambda: [(status.pipelineName, status) for status in self.pipelines.status()]
-        )
+        def render(name: str) -> pb.PipelineStatusResponse | None:
+            record = self.pipelines.records.get(name)
+            return pipeline_status_response(record) if record is not None else None
+
+        return self.pipelines_hub.subscribe(subscriber, lambda: sorted(self.pipelines.records), render)
 
     def record_pipeline_ack(self, name: str, version: int, success: bool, reason: str) -> None:
         """A gateway's acknowledgement of a pipeline version (PipelineStatusEvent)."""
@@ -380,9 +382,11 @@ class SchedulerCore:
         return pb.PIPELINE if pipeline is not None and not pipeline.deleted else None
 
     def subscribe_experiments(self, subscriber: str) -> Subscription[str, pb.ExperimentStatusResponse]:
-        return self.experiments_hub.subscribe(
-            subscriber, lambda: [(status.experimentName, status) for status in self.experiments.status()]
-        )
+        def render(name: str) -> pb.ExperimentStatusResponse | None:
+            record = self.experiments.records.get(name)
+            return record.to_status() if record is not None else None
+
+        return self.experiments_hub.subscribe(subscriber, lambda: sorted(self.experiments.records), render)
 
     def _why_not_ready(self, name: str, resource_type: int) -> str | None:
         """None when a model (ModelAvailable) or pipeline (Ready) an experiment routes to is ready; else why
@@ -453,13 +457,12 @@ class SchedulerCore:
         return [status_messages.server_status(s) for s in self.cluster.servers.values()]
 
     def subscribe_servers(self, subscriber: str) -> Subscription[ServerKey, pb.ServerStatusResponse]:
-        return self.servers_hub.subscribe(
-            subscriber,
-            lambda: [
-                ((n, pb.ServerStatusResponse.StatusUpdate), status_messages.server_status(s))
-                for n, s in self.cluster.servers.items()
-            ],
-        )
+        def render(key: ServerKey) -> pb.ServerStatusResponse | None:
+            server = self.cluster.servers.get(key[0])
+            return status_messages.server_status(server) if server is not None else None
+
+        update = pb.ServerStatusResponse.StatusUpdate
+        return self.servers_hub.subscribe(subscriber, lambda: [(n, update) for n in self.cluster.servers], render)
 
     async def control_plane_events(self) -> AsyncIterator[pb.ControlPlaneResponse]:
         """SEND_SERVERS at once; once ready, the rest in the order a controller must re-send them."""

@@ -17,13 +17,15 @@ from modelplane import __version__
 from scheduler import status_codes
 from scheduler.errors import InvalidArgument
 from scheduler.scheduler_core import SchedulerCore
+from scheduler.stream_watchdog import StreamWatchdog
 
 Context = aio.ServicerContext[Any, Any]
 
 
 class SchedulerService(pb_grpc.SchedulerServicer):
-    def __init__(self, core: SchedulerCore) -> None:
+    def __init__(self, core: SchedulerCore, streams: StreamWatchdog) -> None:
         self.core = core
+        self.streams = streams  # every streaming answer goes through it (the subscriber lag)
 
     async def SchedulerStatus(self, request: pb.SchedulerStatusRequest, context: Context) -> pb.SchedulerStatusResponse:
         return pb.SchedulerStatusResponse(applicationVersion=__version__)
@@ -65,34 +67,46 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         # that is set, even "", is looked up, so "" is INVALID_ARGUMENT like any malformed name (README, API notes).
         name = request.model.name if request.HasField("model") else None
         produce = lambda: self.core.model_status(name, all_versions=request.allVersions)  # noqa: E731
-        async for status in status_codes.stream_list(context, produce):
+        async for status in status_codes.stream_list(
+            context, produce, self.streams, rpc="ModelStatus", subscriber=request.subscriberName
+        ):
             yield status
 
     async def ServerStatus(
         self, request: pb.ServerStatusRequest, context: Context
     ) -> AsyncIterator[pb.ServerStatusResponse]:
         name = request.name if request.HasField("name") else None
-        async for status in status_codes.stream_list(context, lambda: self.core.server_status(name)):
+        produce = lambda: self.core.server_status(name)  # noqa: E731
+        async for status in status_codes.stream_list(
+            context, produce, self.streams, rpc="ServerStatus", subscriber=request.subscriberName
+        ):
             yield status
 
     async def SubscribeModelStatus(
         self, request: pb.ModelSubscriptionRequest, context: Context
     ) -> AsyncIterator[pb.ModelStatusResponse]:
-        async with self.core.subscribe_models(request.subscriberName) as subscription:
-            async for status in status_codes.stream(context, aiter(subscription)):
-                yield status
+        subscription = self.core.subscribe_models(request.subscriberName)
+        async for status in status_codes.subscription(
+            context, subscription, self.streams, rpc="SubscribeModelStatus", subscriber=request.subscriberName
+        ):
+            yield status
 
     async def SubscribeServerStatus(
         self, request: pb.ServerSubscriptionRequest, context: Context
     ) -> AsyncIterator[pb.ServerStatusResponse]:
-        async with self.core.subscribe_servers(request.subscriberName) as subscription:
-            async for status in status_codes.stream(context, aiter(subscription)):
-                yield status
+        subscription = self.core.subscribe_servers(request.subscriberName)
+        async for status in status_codes.subscription(
+            context, subscription, self.streams, rpc="SubscribeServerStatus", subscriber=request.subscriberName
+        ):
+            yield status
 
     async def SubscribeControlPlane(
         self, request: pb.ControlPlaneSubscriptionRequest, context: Context
     ) -> AsyncIterator[pb.ControlPlaneResponse]:
-        async for event in self.core.control_plane_events():
+        events = self.core.control_plane_events()
+        async for event in status_codes.stream(
+            context, events, self.streams, rpc="SubscribeControlPlane", subscriber=request.subscriberName
+        ):
             yield event
 
     async def StartExperiment(self, request: pb.StartExperimentRequest, context: Context) -> pb.StartExperimentResponse:
@@ -112,15 +126,20 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         self, request: pb.ExperimentStatusRequest, context: Context
     ) -> AsyncIterator[pb.ExperimentStatusResponse]:
         name = request.name if request.HasField("name") else None
-        async for status in status_codes.stream_list(context, lambda: self.core.experiment_status(name)):
+        produce = lambda: self.core.experiment_status(name)  # noqa: E731
+        async for status in status_codes.stream_list(
+            context, produce, self.streams, rpc="ExperimentStatus", subscriber=request.subscriberName
+        ):
             yield status
 
     async def SubscribeExperimentStatus(
         self, request: pb.ExperimentSubscriptionRequest, context: Context
     ) -> AsyncIterator[pb.ExperimentStatusResponse]:
-        async with self.core.subscribe_experiments(request.subscriberName) as subscription:
-            async for status in status_codes.stream(context, aiter(subscription)):
-                yield status
+        subscription = self.core.subscribe_experiments(request.subscriberName)
+        async for status in status_codes.subscription(
+            context, subscription, self.streams, rpc="SubscribeExperimentStatus", subscriber=request.subscriberName
+        ):
+            yield status
 
     async def LoadPipeline(self, request: pb.LoadPipelineRequest, context: Context) -> pb.LoadPipelineResponse:
         async def call() -> None:
@@ -140,15 +159,19 @@ class SchedulerService(pb_grpc.SchedulerServicer):
     ) -> AsyncIterator[pb.PipelineStatusResponse]:
         name = request.name if request.HasField("name") else None
         produce = lambda: self.core.pipeline_status(name, all_versions=request.allVersions)  # noqa: E731
-        async for status in status_codes.stream_list(context, produce):
+        async for status in status_codes.stream_list(
+            context, produce, self.streams, rpc="PipelineStatus", subscriber=request.subscriberName
+        ):
             yield status
 
     async def SubscribePipelineStatus(
         self, request: pb.PipelineSubscriptionRequest, context: Context
     ) -> AsyncIterator[pb.PipelineStatusResponse]:
-        async with self.core.subscribe_pipelines(request.subscriberName) as subscription:
-            async for status in status_codes.stream(context, aiter(subscription)):
-                yield status
+        subscription = self.core.subscribe_pipelines(request.subscriberName)
+        async for status in status_codes.subscription(
+            context, subscription, self.streams, rpc="SubscribePipelineStatus", subscriber=request.subscriberName
+        ):
+            yield status
 
     async def PipelineStatusEvent(
         self, request: chainer_pb2.PipelineUpdateStatusMessage, context: Context

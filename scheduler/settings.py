@@ -13,6 +13,7 @@ from modelplane.config import parse_layered
 from modelplane.flag_types import address, seconds
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_tls_flags, security_from
+from scheduler.stream_watchdog import DEFAULT_SUBSCRIBER_LAG_SECONDS
 
 DEFAULT_LISTEN = "127.0.0.1:9004"
 DEFAULT_AGENT_LISTEN = "127.0.0.1:9005"
@@ -38,6 +39,9 @@ class SchedulerSettings:
     heartbeat_seconds: float = 5.0
     # Ask the controller to remove server replicas that have held no model for this long.
     scale_down_idle_seconds: float = 300.0
+    # Drop a server stream (status subscriptions, WatchRoutes, status lists) whose client has taken no message
+    # for this long while one was waiting: it ends with RESOURCE_EXHAUSTED and should subscribe again.
+    subscriber_lag_seconds: float = DEFAULT_SUBSCRIBER_LAG_SECONDS
 
 
 positive_seconds = seconds(3600)
@@ -94,6 +98,15 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="ask to scale a server down once replicas have held no model this long (default 300)",
     )
     parser.add_argument(
+        "--subscriber-lag",
+        type=positive_seconds,
+        default=DEFAULT_SUBSCRIBER_LAG_SECONDS,
+        metavar="SECONDS",
+        help="drop a status or routes stream whose client has taken no message for this long while one was "
+        "waiting; it ends with RESOURCE_EXHAUSTED and should subscribe again "
+        f"(default {DEFAULT_SUBSCRIBER_LAG_SECONDS:g})",
+    )
+    parser.add_argument(
         "--ready-file",
         type=Path,
         metavar="FILE",
@@ -123,6 +136,7 @@ def parse_settings(
         sync_grace_seconds=options.sync_grace,
         heartbeat_seconds=options.heartbeat,
         scale_down_idle_seconds=options.scale_down_idle,
+        subscriber_lag_seconds=options.subscriber_lag,
     )
     if settings.listen == settings.agent_listen and settings.listen.port != 0:
         parser.error(f"--listen and --agent-listen are both {settings.listen}: give them different ports")

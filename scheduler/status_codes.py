@@ -10,7 +10,8 @@ import grpc
 from grpc import aio
 
 from scheduler import errors
-from scheduler.event_hub import SubscriberLagged
+from scheduler.event_hub import SubscriberLagged, Subscription
+from scheduler.stream_watchdog import StreamWatchdog
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -46,10 +47,19 @@ async def unary(context: aio.ServicerContext[Any, Any], call: Callable[[], Await
         await abort(context, error)
 
 
-async def stream(context: aio.ServicerContext[Any, Any], source: AsyncIterator[T]) -> AsyncIterator[T]:
-    """Relay a domain stream, answering domain errors (and a lagging subscriber) with a status code."""
+async def stream(
+    context: aio.ServicerContext[Any, Any],
+    source: AsyncIterator[T],
+    streams: StreamWatchdog,
+    *,
+    rpc: str,
+    subscriber: str = "",
+    release: Callable[[str], None] | None = None,
+) -> AsyncIterator[T]:
+    """Relay a domain stream through the watchdog (see StreamWatchdog.relay), answering domain errors (and a
+    subscriber that fell too far behind) with a status code."""
     try:
-        async for item in source:
+        async for item in streams.relay(context, source, rpc=rpc, subscriber=subscriber, release=release):
             yield item
     except errors.SchedulerError as error:
         await abort(context, error)
@@ -57,12 +67,40 @@ async def stream(context: aio.ServicerContext[Any, Any], source: AsyncIterator[T
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
 
 
-async def stream_list(context: aio.ServicerContext[Any, Any], produce: Callable[[], list[T]]) -> AsyncIterator[T]:
-    """Relay a one-shot answer (a list computed at once) as a stream, with domain errors as codes."""
-
-    async def items() -> AsyncIterator[T]:
-        for item in produce():
+async def subscription(
+    context: aio.ServicerContext[Any, Any],
+    subscribed: Subscription[Any, T],
+    streams: StreamWatchdog,
+    *,
+    rpc: str,
+    subscriber: str,
+) -> AsyncIterator[T]:
+    """Relay a subscription (``stream``); one whose client stops reading is dropped and its backlog freed."""
+    async with subscribed:
+        async for item in stream(
+            context, aiter(subscribed), streams, rpc=rpc, subscriber=subscriber, release=subscribed.drop
+        ):
             yield item
 
-    async for item in stream(context, items()):
+
+async def stream_list(
+    context: aio.ServicerContext[Any, Any],
+    produce: Callable[[], list[T]],
+    streams: StreamWatchdog,
+    *,
+    rpc: str,
+    subscriber: str = "",
+) -> AsyncIterator[T]:
+    """Relay a one-shot answer (a list computed at once) as a stream (``stream``), with domain errors as codes.
+
+    Items are let go as they are sent, and all at once if the client stops reading and the stream is dropped.
+    """
+    items: list[T] = []
+
+    async def each() -> AsyncIterator[T]:
+        items.extend(reversed(produce()))
+        while items:
+            yield items.pop()
+
+    async for item in stream(context, each(), streams, rpc=rpc, subscriber=subscriber, release=lambda _: items.clear()):
         yield item

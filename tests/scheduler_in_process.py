@@ -25,6 +25,7 @@ from scheduler.request_limits import RequestLimits
 from scheduler.routing_service import RoutingService
 from scheduler.scheduler_core import CoreSettings, SchedulerCore
 from scheduler.scheduler_service import SchedulerService
+from scheduler.stream_watchdog import StreamWatchdog
 
 
 @dataclass
@@ -45,8 +46,9 @@ async def in_process_scheduler(
     core = SchedulerCore(store or MemoryStateStore(), CoreSettings(sync_grace_seconds=sync_grace_seconds))
     await core.start()
     server = new_server([RequestLimits()])
-    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(core), server)
-    routing_pb2_grpc.add_RoutingServiceServicer_to_server(RoutingService(core), server)
+    streams = StreamWatchdog()
+    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(core, streams), server)
+    routing_pb2_grpc.add_RoutingServiceServicer_to_server(RoutingService(core, streams), server)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(core, heartbeat_seconds), server)
     port = bind(server, Address("127.0.0.1", 0), TransportSecurity())
     await server.start()

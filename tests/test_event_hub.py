@@ -7,7 +7,7 @@ guards only; no assertion depends on timing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import pytest
 from hypothesis import given
@@ -22,8 +22,17 @@ Sub = Subscription[str, Event]
 HANG_GUARD = 30.0  # seconds; only stops a broken test from hanging the run
 
 
-def nothing() -> Iterable[tuple[str, Event]]:
+def nothing() -> Iterable[str]:
     return ()
+
+
+def no_value(key: str) -> Event | None:
+    raise AssertionError(f"nothing to render, yet {key!r} was rendered")
+
+
+def snapshot_of(state: dict[str, Event]) -> tuple[Callable[[], Iterable[str]], Callable[[str], Event | None]]:
+    """``keys`` and ``render`` for ``EventHub.subscribe`` over a dict of the current state."""
+    return (lambda: list(state)), state.get
 
 
 def publish(hub: Hub, key: str, number: int) -> None:
@@ -57,7 +66,7 @@ async def read_to_end(sub: Sub) -> list[Event]:
 async def test_snapshot_first_then_changes() -> None:
     hub = Hub()
     state = {"a": ("a", 1), "b": ("b", 2)}
-    sub = hub.subscribe("watcher", state.items)
+    sub = hub.subscribe("watcher", *snapshot_of(state))
     assert sub.name == "watcher"
     assert await read(sub, 2) == [("a", 1), ("b", 2)]
     publish(hub, "c", 3)
@@ -68,9 +77,12 @@ async def test_snapshot_first_then_changes() -> None:
 
 async def test_publish_before_reading_replaces_snapshot_value_without_duplicate() -> None:
     hub = Hub()
-    sub = hub.subscribe("watcher", lambda: [("a", ("a", 1)), ("b", ("b", 2))])
+    state = {"a": ("a", 1), "b": ("b", 2)}
+    sub = hub.subscribe("watcher", *snapshot_of(state))
+    state["a"] = ("a", 10)
     publish(hub, "a", 10)  # "a" is still pending from the snapshot: replaced in place, not queued twice
-    assert await read_pending(sub) == [("a", 10), ("b", 2)]
+    assert await read(sub, 2) == [("a", 10), ("b", 2)]
+    assert sub.pending_count == 0
 
 
 async def test_subscribing_while_state_changes_misses_nothing_and_duplicates_nothing() -> None:
@@ -85,7 +97,7 @@ async def test_subscribing_while_state_changes_misses_nothing_and_duplicates_not
             state[key] = (key, number)
             hub.publish(key, state[key])
             if number == 1000:
-                subs.append(hub.subscribe("late", state.items))
+                subs.append(hub.subscribe("late", *snapshot_of(state)))
                 subscribed.set()
             await asyncio.sleep(0)
         publish(hub, "done", -1)  # queued behind everything still pending for the reader
@@ -109,12 +121,75 @@ async def test_subscribing_while_state_changes_misses_nothing_and_duplicates_not
     assert len(seen) == len(set(seen))
 
 
+async def test_snapshot_values_are_rendered_when_read_and_a_reader_that_reads_nothing_holds_none() -> None:
+    hub = Hub()
+    state = {f"k{number}": (f"k{number}", number) for number in range(1000)}
+    rendered: list[str] = []
+
+    def render(key: str) -> Event | None:
+        rendered.append(key)
+        return state.get(key)
+
+    idle = hub.subscribe("idle", lambda: list(state), render)
+    reader = hub.subscribe("reader", lambda: list(state), render)
+    assert rendered == []  # subscribing copies no value
+    assert await read(reader, 2) == [("k0", 0), ("k1", 1)]
+    assert rendered == ["k0", "k1"]
+    assert idle.pending_count == 1000
+    idle.close()
+    assert idle.pending_count == 0
+
+
+async def test_a_snapshot_key_whose_state_is_gone_is_passed_over() -> None:
+    hub = Hub()
+    state = {"a": ("a", 1), "b": ("b", 2), "c": ("c", 3)}
+    sub = hub.subscribe("watcher", *snapshot_of(state))
+    del state["b"]  # an owner that publishes its removals delivers those instead (see the test above)
+    assert await read(sub, 2) == [("a", 1), ("c", 3)]
+    assert sub.pending_count == 0
+
+
+async def test_a_snapshot_value_that_cannot_be_rendered_fails_only_its_subscriber() -> None:
+    def broken(key: str) -> Event | None:
+        raise ValueError(f"cannot render {key}")
+
+    hub = Hub()
+    fragile = hub.subscribe("fragile", lambda: ["a"], broken)
+    healthy = hub.subscribe("healthy", nothing, no_value)
+    with pytest.raises(ValueError, match="cannot render a"):
+        await read(fragile, 1)
+    assert fragile.closed
+    assert hub.subscriber_count == 1
+    publish(hub, "b", 2)
+    assert await read_pending(healthy) == [("b", 2)]
+
+
+async def test_drop_frees_what_is_pending_and_tells_the_reader_why() -> None:
+    hub = Hub()
+    state = {"a": ("a", 1)}
+    sub = hub.subscribe("stuck", *snapshot_of(state))
+    publish(hub, "b", 2)
+    sub.drop("no message was taken for 30 s")
+    assert (sub.closed, sub.pending_count, hub.subscriber_count) == (True, 0, 0)
+    publish(hub, "c", 3)  # reaches it no more
+    with pytest.raises(SubscriberLagged, match="no message was taken for 30 s"):
+        await read(sub, 1)
+    sub.drop("again")  # idempotent; the first reason stands
+    with pytest.raises(SubscriberLagged, match="30 s"):
+        await read(sub, 1)
+
+    ended = hub.subscribe("ended", nothing, no_value)
+    ended.close()
+    ended.drop("too late")  # a subscription that already ended just stays ended
+    assert await read_to_end(ended) == []
+
+
 # Coalescing and order.
 
 
 async def test_coalesces_to_latest_value_per_key() -> None:
     hub = Hub()
-    sub = hub.subscribe("idle", nothing)
+    sub = hub.subscribe("idle", nothing, no_value)
     for number in range(1000):
         publish(hub, "x", number)
     assert sub.pending_count == 1
@@ -123,7 +198,7 @@ async def test_coalesces_to_latest_value_per_key() -> None:
 
 async def test_distinct_keys_keep_first_pending_order() -> None:
     hub = Hub()
-    sub = hub.subscribe("idle", nothing)
+    sub = hub.subscribe("idle", nothing, no_value)
     for key, number in [("c", 1), ("a", 2), ("b", 3), ("a", 4), ("c", 5)]:
         publish(hub, key, number)
     assert await read_pending(sub) == [("c", 5), ("a", 4), ("b", 3)]
@@ -138,8 +213,8 @@ async def test_distinct_keys_keep_first_pending_order() -> None:
 
 async def test_stuck_subscriber_does_not_delay_a_fast_one() -> None:
     hub = Hub()
-    stuck = hub.subscribe("stuck", nothing)  # never reads
-    fast = hub.subscribe("fast", nothing)
+    stuck = hub.subscribe("stuck", nothing, no_value)  # never reads
+    fast = hub.subscribe("fast", nothing, no_value)
     count = 500
     received: list[Event] = []
 
@@ -162,8 +237,8 @@ async def test_stuck_subscriber_does_not_delay_a_fast_one() -> None:
 
 async def test_subscriber_over_the_bound_lags_and_others_continue() -> None:
     hub = Hub(max_pending_keys=3)
-    slow = hub.subscribe("slow", nothing)
-    fast = hub.subscribe("fast", nothing)
+    slow = hub.subscribe("slow", nothing, no_value)
+    fast = hub.subscribe("fast", nothing, no_value)
     for number, key in enumerate("abc"):
         publish(hub, key, number)
     assert await read_pending(fast) == [("a", 0), ("b", 1), ("c", 2)]
@@ -185,7 +260,7 @@ async def test_subscriber_over_the_bound_lags_and_others_continue() -> None:
 
 async def test_snapshot_larger_than_the_bound_lags_at_once() -> None:
     hub = Hub(max_pending_keys=2)
-    sub = hub.subscribe("big", lambda: [(key, (key, 0)) for key in "abc"])
+    sub = hub.subscribe("big", lambda: "abc", lambda key: (key, 0))
     assert sub.closed
     assert hub.subscriber_count == 0
     with pytest.raises(SubscriberLagged):
@@ -194,7 +269,7 @@ async def test_snapshot_larger_than_the_bound_lags_at_once() -> None:
 
 async def test_memory_stays_bounded_by_distinct_keys() -> None:
     hub = Hub()
-    sub = hub.subscribe("idle", nothing)
+    sub = hub.subscribe("idle", nothing, no_value)
     for number in range(100_000):
         publish(hub, f"k{number % 1000}", number)
     assert sub.pending_count <= 1000
@@ -212,7 +287,7 @@ def test_max_pending_keys_must_be_positive() -> None:
 
 async def test_context_exit_unsubscribes() -> None:
     hub = Hub()
-    async with hub.subscribe("scoped", nothing) as sub:
+    async with hub.subscribe("scoped", nothing, no_value) as sub:
         assert hub.subscriber_count == 1
         publish(hub, "a", 1)
         assert await read(sub, 1) == [("a", 1)]
@@ -225,14 +300,14 @@ async def test_context_exit_unsubscribes() -> None:
 async def test_context_exit_on_error_unsubscribes() -> None:
     hub = Hub()
     with pytest.raises(RuntimeError, match="handler failed"):
-        async with hub.subscribe("scoped", nothing):
+        async with hub.subscribe("scoped", nothing, no_value):
             raise RuntimeError("handler failed")
     assert hub.subscriber_count == 0
 
 
 async def test_close_ends_a_blocked_reader_and_drops_pending() -> None:
     hub = Hub()
-    sub = hub.subscribe("s", nothing)
+    sub = hub.subscribe("s", nothing, no_value)
     reading = asyncio.create_task(collect(sub))
     await asyncio.sleep(0)  # let the reader block on an empty queue
     assert not reading.done()
@@ -240,7 +315,7 @@ async def test_close_ends_a_blocked_reader_and_drops_pending() -> None:
     assert await asyncio.wait_for(reading, HANG_GUARD) == []
     sub.close()  # idempotent
 
-    other = hub.subscribe("other", nothing)
+    other = hub.subscribe("other", nothing, no_value)
     publish(hub, "a", 1)
     other.close()
     assert await read_to_end(other) == []  # documented: close() drops what is pending
@@ -248,8 +323,8 @@ async def test_close_ends_a_blocked_reader_and_drops_pending() -> None:
 
 async def test_hub_close_ends_every_iterator() -> None:
     hub = Hub()
-    blocked = hub.subscribe("blocked", nothing)
-    backlogged = hub.subscribe("backlogged", nothing)
+    blocked = hub.subscribe("blocked", nothing, no_value)
+    backlogged = hub.subscribe("backlogged", nothing, no_value)
     received: list[Event] = []
     got_first = asyncio.Event()
 
@@ -271,12 +346,12 @@ async def test_hub_close_ends_every_iterator() -> None:
     assert await read_to_end(backlogged) == []
     publish(hub, "c", 3)  # publishing to a closed hub is a no-op
     with pytest.raises(EventHubClosedError, match="closed"):
-        hub.subscribe("late", nothing)
+        hub.subscribe("late", nothing, no_value)
 
 
 async def test_hub_close_keeps_a_lagged_subscriber_failed() -> None:
     hub = Hub(max_pending_keys=1)
-    sub = hub.subscribe("slow", nothing)
+    sub = hub.subscribe("slow", nothing, no_value)
     publish(hub, "a", 1)
     publish(hub, "b", 2)
     hub.close()
@@ -290,11 +365,12 @@ async def test_hub_close_keeps_a_lagged_subscriber_failed() -> None:
 async def test_accept_filters_snapshot_and_publishes() -> None:
     hub = Hub()
     state = {key: (key, 0) for key in ["model-a", "server-x", "model-b"]}
-    models = hub.subscribe("models", state.items, accept=lambda key, _value: key.startswith("model-"))
-    everything = hub.subscribe("all", state.items)
+    models = hub.subscribe("models", *snapshot_of(state), accept=lambda key, _value: key.startswith("model-"))
+    everything = hub.subscribe("all", *snapshot_of(state))
     publish(hub, "server-y", 1)
     publish(hub, "model-c", 2)
-    assert await read_pending(models) == [("model-a", 0), ("model-b", 0), ("model-c", 2)]
+    assert await read(models, 3) == [("model-a", 0), ("model-b", 0), ("model-c", 2)]
+    assert models.pending_count == 0  # "server-x" was passed over, not delivered
     assert len(await read_pending(everything)) == 5
 
 
@@ -305,8 +381,8 @@ async def test_failing_filter_fails_only_its_subscriber() -> None:
         return True
 
     hub = Hub()
-    fragile = hub.subscribe("fragile", nothing, accept=broken)
-    healthy = hub.subscribe("healthy", nothing)
+    fragile = hub.subscribe("fragile", nothing, no_value, accept=broken)
+    healthy = hub.subscribe("healthy", nothing, no_value)
     publish(hub, "poison", 1)  # must not raise into the publisher
     publish(hub, "fine", 2)
     assert hub.subscriber_count == 1
@@ -324,7 +400,7 @@ keys = st.sampled_from(["a", "b", "c", "d", "e", "f"])
 def test_reading_at_the_end_gives_each_key_once_with_its_last_value(publishes: list[tuple[str, int]]) -> None:
     async def scenario() -> None:
         hub = Hub()
-        sub = hub.subscribe("idle", nothing)
+        sub = hub.subscribe("idle", nothing, no_value)
         expected: dict[str, int] = {}  # a dict keeps first-insertion order and the last assigned value
         for key, number in publishes:
             publish(hub, key, number)
@@ -342,7 +418,7 @@ def test_interleaved_reads_always_see_current_values_and_converge(operations: li
     async def scenario() -> None:
         hub = Hub()
         state: dict[str, int] = {}
-        sub = hub.subscribe("reader", nothing)
+        sub = hub.subscribe("reader", nothing, no_value)
         seen: dict[str, int] = {}
         for operation in operations:
             if operation is None:

@@ -9,7 +9,7 @@ import pytest
 
 from generated.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from modelplane.addresses import Address, parse_address
-from modelplane.transport import TransportError, TransportSecurity, bind, http_server_ssl, open_channel
+from modelplane.transport import TransportError, TransportSecurity, bind, http_server_ssl, new_server, open_channel
 from tests.processes import run_modelplane, start_scheduler, stop_process
 from tests.tls_material import TlsFiles, make_tls_files
 
@@ -80,7 +80,7 @@ async def test_a_server_with_a_ca_and_no_certificate_refuses_to_start(tls: TlsFi
     with pytest.raises(TransportError, match="needs its own certificate and key"):
         http_server_ssl(security)
     with pytest.raises(TransportError, match="needs its own certificate and key"):
-        bind(grpc.aio.server(), Address("127.0.0.1", 0), security)
+        bind(new_server(), Address("127.0.0.1", 0), security)
     assert http_server_ssl(TransportSecurity(cert_file=tls.server_cert, key_file=tls.server_key)) is not None
 
 

@@ -125,6 +125,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an agent session must start with a Register message")
         try:
             config = replica_config(first.register)
+            self.core.check_registration(config)
         except SchedulerError as error:
             await abort(context, error)
         session = AgentSession(config.agent_id)

@@ -486,6 +486,15 @@ class SchedulerCore:
 
     # ----------------------------------------------------------------- agents
 
+    def check_registration(self, config: ReplicaConfig) -> None:
+        """Raise ResourceExhausted when ``config`` names a server the scheduler may not take on: an agent's
+        registration makes a server known as ServerNotify does, so it counts against the same limit."""
+        if config.server not in self.cluster.servers and len(self.cluster.servers) >= limits.MAX_SERVERS:
+            raise ResourceExhausted(
+                f"the scheduler knows {len(self.cluster.servers)} servers, its limit ({limits.MAX_SERVERS}): "
+                f"server {config.server!r} cannot be added"
+            )
+
     def agent_registered(
         self,
         config: ReplicaConfig,

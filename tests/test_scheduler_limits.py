@@ -23,6 +23,7 @@ from grpc import aio
 from generated.mlops.agent.v1 import agent_pb2, agent_pb2_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
+from scheduler import limits
 from scheduler.persistence import Put, SqliteStateStore
 from tests.grpc_agent import FakeGrpcAgent, MiB, wait_for_async
 from tests.processes import STARTED, start_scheduler, stop_process
@@ -305,6 +306,25 @@ async def test_server_notify_refuses_floods_duplicates_and_min_above_max() -> No
             assert error.code() == INVALID, error.details()
             assert words in (error.details() or ""), error.details()
         assert running.core.cluster.servers == {}
+
+
+async def test_agents_cannot_take_the_scheduler_past_its_server_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ServerNotify is not the only way a server becomes known: an agent's registration names one too."""
+    monkeypatch.setattr(limits, "MAX_SERVERS", 2)
+    async with in_process_scheduler() as running:
+        first, second = (FakeGrpcAgent(running.listen, server=name) for name in ("one", "two"))
+        await first.start()
+        await second.start()
+        another_replica = FakeGrpcAgent(running.listen, server="two", replica_idx=1)
+        await another_replica.start()  # a known server takes more replicas
+        third = FakeGrpcAgent(running.listen, server="three")
+        with pytest.raises(grpc.aio.AioRpcError) as refusal:
+            await third.start()
+        assert refusal.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "knows 2 servers" in (refusal.value.details() or "")
+        assert set(running.core.cluster.servers) == {"one", "two"}
+        for agent in (first, second, another_replica):
+            await agent.close()
 
 
 async def test_a_3_mb_reason_in_model_status_event_is_kept_bounded() -> None:

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -190,16 +190,26 @@ class SchedulerCore:
             self.cluster.apply_unload(name)
             self._after_change()
 
-    def model_status(self, name: str | None, *, all_versions: bool) -> list[pb.ModelStatusResponse]:
+    def model_status(self, name: str | None, *, all_versions: bool) -> Iterator[pb.ModelStatusResponse]:
         """One model's status, or every model's when ``name`` is None (the request names none). An empty name is
-        not a missing one: like any malformed name it is INVALID_ARGUMENT, for every status RPC alike."""
+        not a missing one: like any malformed name it is INVALID_ARGUMENT, for every status RPC alike.
+
+        Every model's status is rendered one at a time, as the caller takes it: a reader that is slow (or stops
+        reading) holds the list of names, not 100,000 rendered statuses. Each status is its model's state when it
+        is rendered; a model removed meanwhile is left out."""
         if name is not None:
             check_name(name)
             record = self.cluster.models.get(name)
             if record is None:
                 raise FailedPrecondition(f"model {name!r} not found")
-            return [status_messages.model_status(record, all_versions=all_versions)]
-        return [status_messages.model_status(r, all_versions=all_versions) for r in self.cluster.models.values()]
+            return iter([status_messages.model_status(record, all_versions=all_versions)])
+        return self._each_model_status(list(self.cluster.models), all_versions)
+
+    def _each_model_status(self, names: list[str], all_versions: bool) -> Iterator[pb.ModelStatusResponse]:
+        for name in names:
+            record = self.cluster.models.get(name)
+            if record is not None:
+                yield status_messages.model_status(record, all_versions=all_versions)
 
     def record_gateway_status(self, update: pb.ModelUpdateMessage, success: bool, reason: str) -> None:
         """A gateway's acknowledgement of a model's routing (ModelStatusEvent)."""

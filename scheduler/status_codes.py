@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -85,22 +85,21 @@ async def subscription(
 
 async def stream_list(
     context: aio.ServicerContext[Any, Any],
-    produce: Callable[[], list[T]],
+    produce: Callable[[], Iterable[T]],
     streams: StreamWatchdog,
     *,
     rpc: str,
     subscriber: str = "",
 ) -> AsyncIterator[T]:
-    """Relay a one-shot answer (a list computed at once) as a stream (``stream``), with domain errors as codes.
+    """Relay a one-shot answer as a stream (``stream``), with domain errors as codes.
 
-    Items are let go as they are sent, and all at once if the client stops reading and the stream is dropped.
+    ``produce`` may render lazily (an iterator): items are rendered one per message sent, so a client that stops
+    reading holds one rendered item (and whatever the iterator keeps) until the stream is dropped.
     """
-    items: list[T] = []
 
     async def each() -> AsyncIterator[T]:
-        items.extend(reversed(produce()))
-        while items:
-            yield items.pop()
+        for item in produce():
+            yield item
 
-    async for item in stream(context, each(), streams, rpc=rpc, subscriber=subscriber, release=lambda _: items.clear()):
+    async for item in stream(context, each(), streams, rpc=rpc, subscriber=subscriber):
         yield item

@@ -103,6 +103,24 @@ async def test_model_limit() -> None:
         await core.close()
 
 
+async def test_every_models_status_is_rendered_as_it_is_taken() -> None:
+    """ModelStatus for all models renders one status per message sent: models changed or removed between two
+    messages are rendered as they are then (or left out), never an error for the whole answer."""
+    async with Harness() as h:
+        h.add_replica(memory=10_000 * MiB)
+        for name in ("a", "b", "c"):
+            await h.load(name)
+        await h.settle()
+        statuses = h.core.model_status(None, all_versions=False)
+        assert next(statuses).modelName == "a"
+        h.core.cluster.models.pop("b")  # as if its deletion had finished meanwhile
+        await h.load("c", uri="gs://changed")
+        await h.load("d")  # loaded after the answer began: not in it
+        rest = list(statuses)
+        assert [status.modelName for status in rest] == ["c"]
+        assert [version.version for version in rest[0].versions] == [2]
+
+
 async def test_concurrent_loads_of_one_name_are_single_flight() -> None:
     async with Harness() as h:
         replica = h.add_replica(memory=10_000 * MiB)

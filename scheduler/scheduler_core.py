@@ -172,6 +172,8 @@ class SchedulerCore:
                 raise ResourceExhausted(f"the scheduler holds {len(self.cluster.models)} models, its limit")
             change, prepared = self.cluster.prepare_load(model)
             if prepared is None:
+                self.cluster.retry_placement(name)
+                self._after_change()
                 return
             await self._write([Put(MODELS_TABLE, name, prepared.to_bytes())])
             self.cluster.apply_load(change, prepared)

@@ -12,8 +12,9 @@ substitute their own). It gets:
   must not be able to take all of it;
 - stdout and stderr appended to ``JOB_DIR/run.log``; a failure's outcome detail carries the log's tail.
 
-Exit codes follow trainer/jobs.py: 0 success, 1-127 permanent, 128+N (killed by signal N) retryable. A
-deadline is reported as retryable too (the machine may simply have been busy).
+Exit codes follow trainer/jobs.py: 0 success, 1-127 permanent but EXIT_UNAVAILABLE (an unreachable dataset store)
+retryable, 128+N (killed by signal N) retryable. A deadline is reported as retryable too (the machine may simply
+have been busy).
 """
 
 from __future__ import annotations

@@ -227,9 +227,9 @@ class AgentSpec:
     server_name: str | None = None  # default: the kind
     memory: str = "200MiB"
     extra: tuple[str, ...] = ()
-    # False: no --launch-server; ``extra`` names the server (--server-url, --server-grpc, --models-dir), which
-    # the test started in ``work_dir/kind`` so the helpers below find its repository and log.
-    launch: bool = True
+    # A server started elsewhere, as (V2 REST URL, V2 gRPC target, its model repository); None: the agent
+    # launches one of ``kind``.
+    existing_server: tuple[str, str, Path] | None = None
 
 
 @dataclass
@@ -329,6 +329,13 @@ def _kill_servers(repository: Path) -> None:
             pass
 
 
+def _server_flags(spec: AgentSpec) -> list[str]:
+    if spec.existing_server is None:
+        return ["--launch-server"]
+    url, grpc_target, repository = spec.existing_server
+    return [f"--server-url={url}", f"--server-grpc={grpc_target}", f"--models-dir={repository}"]
+
+
 def start_agents(agent_listen: str, specs: list[AgentSpec], *, ready_timeout: float = 180) -> list[AgentProcess]:
     """Start the agents together; return once each has registered (its ready file is written).
 
@@ -347,7 +354,7 @@ def start_agents(agent_listen: str, specs: list[AgentSpec], *, ready_timeout: fl
             f"--server-name={spec.server_name or spec.kind}",
             f"--server-kind={spec.kind}",
             f"--replica-idx={spec.replica_idx}",
-            *(["--launch-server"] if spec.launch else []),
+            *_server_flags(spec),
             f"--memory={spec.memory}",
             "--proxy-http=127.0.0.1:0",
             "--proxy-grpc=127.0.0.1:0",

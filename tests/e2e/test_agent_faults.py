@@ -239,12 +239,8 @@ async def test_scheduler_and_agent_killed_together_bring_back_every_acknowledged
     spec = cluster.agent(0)
     server = await launch_mlserver((spec.work_dir / "mlserver").resolve())
     try:
-        flags = (
-            f"--server-url={server.http_url}",
-            f"--server-grpc={server.grpc_target}",
-            f"--models-dir={server.repository}",
-        )
-        spec = cluster.agent(0, launch=False, extra=flags)
+        # In the folder a launched one would have, so the helpers find its repository and log.
+        spec = cluster.agent(0, existing_server=(server.http_url, server.grpc_target, server.repository))
         first = cluster.start_scheduler()
         [agent] = await asyncio.to_thread(cluster.start_agents, spec)
         names = ("both-a", "both-b")

@@ -138,6 +138,13 @@ class Cluster:
         patched = ModelVersion(record.latest.version, _copy(model), record.latest.created_at)
         return change, ModelRecord(name, [*record.versions[:-1], patched])
 
+    def retry_placement(self, name: str) -> None:
+        """An unchanged LoadModel: the desired state stays as it is, but, as in Seldon's scheduler, asking again
+        places the model again, so a load that failed (its artifact store was down, say) is retried once its
+        cause is gone. A model that serves where it should is left alone by the reconcile."""
+        if name in self.models:
+            self.touched.want_reconcile(name, retry_failed=True)
+
     def apply_load(self, change: model_specs.SpecChange, prepared: ModelRecord) -> None:
         """Make a prepared LoadModel live (after it has been written durably)."""
         name = prepared.name

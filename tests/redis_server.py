@@ -83,9 +83,13 @@ def stop_redis(server: RedisServer, timeout: float = 10) -> None:
         time.sleep(0.02)
 
 
-def start_redis(folder: Path, *, port: int | None = None, timeout: float = 20) -> RedisServer:
-    """Start redis-server on ``port`` (default: a free one) on loopback with no persistence; returns once it
-    answers PING. The caller stops it with :func:`stop_redis`."""
+def start_redis(folder: Path, *, port: int | None = None, timeout: float = 20, durable: bool = False) -> RedisServer:
+    """Start redis-server on ``port`` (default: a free one) on loopback; returns once it answers PING. The
+    caller stops it with :func:`stop_redis`.
+
+    No persistence by default. ``durable`` keeps an append-only file in ``folder``, written through on every
+    write (``appendfsync always``), so a server started again in the same folder has every acknowledged
+    write, as a production Redis with AOF has after a restart."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is missing: apt-get install -y redis-server")
@@ -102,7 +106,9 @@ def start_redis(folder: Path, *, port: int | None = None, timeout: float = 20) -
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if durable else "no",
+            "--appendfsync",
+            "always",
             "--daemonize",
             "yes",
             "--pidfile",

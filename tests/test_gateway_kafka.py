@@ -8,7 +8,6 @@ import contextlib
 import json
 import math
 import random
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
@@ -25,7 +24,6 @@ from gateway.kafka_bridge import KafkaBridge
 from gateway.kafka_settings import KafkaBridgeSettings
 from gateway.kafka_topics import Resource, ResourceKind
 from tests.kafka_broker import (
-    TANSU_BIN,
     KafkaBroker,
     Record,
     consume,
@@ -33,6 +31,7 @@ from tests.kafka_broker import (
     create_topics,
     free_port,
     produce,
+    start_tansu,
     unique_topic,
 )
 from tests.processes import STARTED, stop_process
@@ -444,33 +443,9 @@ async def test_two_bridges_in_one_group_answer_each_request_once(kafka_broker: K
 
 def start_tansu_on(port: int, folder: Path) -> subprocess.Popen[bytes]:
     """Tansu on a chosen port (the shared fixture picks its own), so a test can start it after the bridge."""
-    url = f"tcp://127.0.0.1:{port}"
-    log = folder / f"tansu-{port}-{time.monotonic_ns()}.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [
-                str(TANSU_BIN),
-                "broker",
-                f"--listener-url={url}",
-                f"--advertised-listener-url={url}",
-                "--storage-engine=memory://tansu/",
-                "--cluster-id=modelplane-bridge-outage",
-            ],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            cwd=folder,
-        )
+    process, _ = start_tansu(folder, port, cluster_id="modelplane-bridge-outage")
     STARTED.append(process)  # stopped by PID by the autouse fixture even if this test fails midway
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return process
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                stop_process(process)
-                raise RuntimeError(f"tansu did not start on {port}:\n{log.read_text(errors='replace')}") from None
-            time.sleep(0.02)
+    return process
 
 
 async def test_a_bridge_started_before_its_broker_serves_once_the_broker_is_up(tmp_path: Path) -> None:

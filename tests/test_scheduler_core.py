@@ -252,6 +252,26 @@ async def test_failing_new_version_leaves_the_old_one_serving() -> None:
         assert ("iris", 1) in replica.held
 
 
+async def test_an_unchanged_load_retries_a_failed_model_and_leaves_a_serving_one_alone() -> None:
+    """As Seldon's scheduler does: LoadModel again with the same spec places a failed model again (its
+    artifact store is back, say) without a new version, and changes nothing for a model that serves."""
+    async with Harness() as h:
+        replica = h.add_replica()
+        replica.fail_loads["iris"] = "listing s3://models/iris/ failed: cannot connect"
+        await h.load("iris")
+        await h.settle()
+        assert h.state("iris") == M.FAILED
+        del replica.fail_loads["iris"]
+        await h.load("iris")
+        await h.settle()
+        assert h.state("iris") == M.AVAILABLE
+        assert [v.version for v in h.core.cluster.models["iris"].versions] == [1]
+        assert replica.loads == [("iris", 1), ("iris", 1)]  # the failed load, then the retried one
+        await h.load("iris")
+        await h.settle()
+        assert replica.loads == [("iris", 1), ("iris", 1)]
+
+
 async def test_unload_and_recreate() -> None:
     async with Harness() as h:
         replica = h.add_replica()

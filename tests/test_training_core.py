@@ -23,6 +23,7 @@ import pytest
 from sklearn.linear_model import LinearRegression
 
 from generated.mlops.training.v1 import training_pb2
+from servers.launch.local import free_ports
 from tests import training_schemas as schemas
 from tests.real_components import ACCESS_KEY, SECRET_KEY, S3Server
 from trainer.jobs import (
@@ -30,6 +31,7 @@ from trainer.jobs import (
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
     EXIT_SUCCESS,
+    EXIT_UNAVAILABLE,
     METADATA_FILE,
     OUTPUT_DIR,
     RESULT_FILE,
@@ -37,7 +39,9 @@ from trainer.jobs import (
     RunResult,
     TrainingJob,
 )
+from trainer.launchers.base import LaunchVerdict, verdict_for_exit_code
 from trainer.launchers.image_build import SOURCE_PATHS
+from trainer.launchers.kubernetes_job import PERMANENT_EXIT_CODES
 from trainer.run_job import execute, execute_with_exit_code
 
 # The session's SeaweedFS (the s3_server fixture), shared with the other modules that use it.
@@ -291,7 +295,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     files: ClassVar[dict[str, bytes]] = {}  # each server gets its own subclass with its own dict
 
     def do_GET(self) -> None:
-        body = self.files.get(self.path.split("?", 1)[0])
+        path = self.path.split("?", 1)[0]
+        body = self.files.get(path)
+        if path == "/overloaded":
+            self.send_response(503)
+            self.end_headers()
+            return
         if body is None:
             self.send_response(404)
             self.end_headers()
@@ -333,6 +342,34 @@ def test_dataset_over_http(tmp_path: Path, http_files: tuple[str, dict[str, byte
     assert code == EXIT_BAD_INPUT
     assert "HTTP 404" in result.errors[0]
     assert "/gone.csv" in result.errors[0]
+
+
+def test_an_unreachable_dataset_store_is_retryable_not_bad_input(
+    tmp_path: Path, http_files: tuple[str, dict[str, bytes]]
+) -> None:
+    """S3 or an http server that is down, or answers 5xx, is the infrastructure's fault: the run exits with
+    EXIT_UNAVAILABLE, which launchers retry, and says what it could not reach. The same event trains later."""
+    schema = schemas.iris_multiclass_logistic()
+    [closed] = free_ports(1)
+    down = {
+        "MODELPLANE_S3_ENDPOINT": f"http://127.0.0.1:{closed}",
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+    }
+    base, _ = http_files
+    cases = [
+        (DatasetSource(url="s3://datasets/iris.csv"), down, f"from http://127.0.0.1:{closed} failed: cannot connect"),
+        (DatasetSource(url=f"http://127.0.0.1:{closed}/iris.csv"), {}, f"http://127.0.0.1:{closed}/iris.csv failed"),
+        (DatasetSource(url=f"{base}/overloaded"), {}, "HTTP 503"),
+    ]
+    for number, (source, environ, named) in enumerate(cases):
+        job_dir = make_job(tmp_path / str(number), schema, source)
+        result, code = execute_with_exit_code(job_dir, environ)
+        assert (code, verdict_for_exit_code(code)) == (EXIT_UNAVAILABLE, LaunchVerdict.FAILED_RETRYABLE), result
+        assert named in result.errors[0]
+        assert SECRET_KEY not in result.errors[0]
+    assert verdict_for_exit_code(EXIT_BAD_INPUT) is LaunchVerdict.FAILED_PERMANENTLY
+    assert EXIT_UNAVAILABLE not in PERMANENT_EXIT_CODES  # a Kubernetes Job retries it too
 
 
 # --- failures: exit codes and causes -------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from trainer.algorithms import select_algorithm
 from trainer.dataset_checks import check_dataset, dataset_stats, plan_columns
 from trainer.datasets import DatasetLimits, fetch_bytes, load_dataset, parse_table
 from trainer.design import Task, read_design
-from trainer.errors import AlgorithmError, DatasetError, DesignError, TrainingInputError
+from trainer.errors import AlgorithmError, DatasetError, DatasetUnavailableError, DesignError, TrainingInputError
 from trainer.fitting import split_rows, train
 from trainer.jobs import DatasetSource
 from trainer.preprocessing import compile_preprocessor
@@ -295,10 +295,6 @@ def test_limits(tmp_path: Path) -> None:
         (DatasetSource(url="s3://bucket-only"), "must name one object"),
         (DatasetSource(url="s3://bucket/key.csv"), "needs MODELPLANE_S3_ENDPOINT"),
         (DatasetSource(url="s3://key:secret@bucket/key.csv"), "s3://bucket/key.csv must not hold credentials"),
-        (
-            DatasetSource(url="http://user:secret@127.0.0.1:1/a.csv?token=abc"),
-            "fetching dataset http://127.0.0.1:1/a.csv",
-        ),
         (DatasetSource(url="http://[::1"), "malformed dataset URL"),
     ],
 )
@@ -306,6 +302,16 @@ def test_bad_sources_are_named(source: DatasetSource, named: str) -> None:
     with pytest.raises(DatasetError) as caught:
         fetch_bytes(source, {}, DatasetLimits(timeout_seconds=2))
     assert named in str(caught.value)
+    assert "secret" not in str(caught.value)
+    assert "token=abc" not in str(caught.value)
+
+
+def test_an_unreachable_source_is_unavailable_not_bad_input_and_named_without_secrets() -> None:
+    source = DatasetSource(url="http://user:secret@127.0.0.1:1/a.csv?token=abc")
+    with pytest.raises(DatasetUnavailableError) as caught:
+        fetch_bytes(source, {}, DatasetLimits(timeout_seconds=2))
+    assert not isinstance(caught.value, TrainingInputError)
+    assert "fetching dataset http://127.0.0.1:1/a.csv" in str(caught.value)
     assert "secret" not in str(caught.value)
     assert "token=abc" not in str(caught.value)
 

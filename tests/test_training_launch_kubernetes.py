@@ -131,9 +131,11 @@ async def test_the_job_sent_is_what_the_schema_and_settings_imply(fake: FakeKube
     assert spec["activeDeadlineSeconds"] == 900  # job.json's timeout_seconds
     assert spec["ttlSecondsAfterFinished"] == 600
     fail_rule, ignore_rule = spec["podFailurePolicy"]["rules"]
+    # 1-127 fail the Job at once, but 75 (EXIT_UNAVAILABLE: the dataset's store was unreachable) is retried.
+    permanent = [*range(1, 75), *range(76, 128)]
     assert fail_rule == {
         "action": "FailJob",
-        "onExitCodes": {"containerName": "train", "operator": "In", "values": list(range(1, 128))},
+        "onExitCodes": {"containerName": "train", "operator": "In", "values": permanent},
     }
     assert ignore_rule == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     pod = spec["template"]

@@ -5,8 +5,9 @@ and parsed as CSV or Parquet: by the name's extension (``.csv``, ``.csv.gz``, ``
 by content (Parquet files start with ``PAR1``), else CSV. S3 settings come from the run's environment:
 ``MODELPLANE_S3_ENDPOINT`` (``http://host:port``; without a scheme, https), ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, optionally ``AWS_SESSION_TOKEN``, ``AWS_REGION``, and ``MODELPLANE_S3_SECURE``
-(true|false, overriding the endpoint's scheme). Every failure is a DatasetError naming the source and the
-cause; no message holds a credential or a URL's query string.
+(true|false, overriding the endpoint's scheme). Every failure names the source and the cause, and no message
+holds a credential or a URL's query string: a DatasetError when the dataset itself is at fault (missing, refused,
+too large, unparsable), a DatasetUnavailableError when its store cannot be reached or does not answer (retried).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pandas as pd
 
-from trainer.errors import DatasetError
+from trainer.errors import DatasetError, DatasetUnavailableError
 from trainer.jobs import DatasetSource
 
 PARQUET_MAGIC = b"PAR1"
@@ -144,6 +145,8 @@ def _read_limited(stream: _Readable, limit: int, shown: str) -> bytes:
 
 
 def _read_http(url: str, shown: str, limits: DatasetLimits) -> bytes:
+    """The body; DatasetError for an answer that says the request is wrong (4xx, too large), DatasetUnavailableError
+    when the server cannot be reached, times out or answers 5xx/429 (retried later)."""
     request = urllib.request.Request(url, headers={"User-Agent": "modelplane-trainer"})  # noqa: S310 -- scheme checked
     try:
         with urllib.request.urlopen(request, timeout=limits.timeout_seconds) as response:  # noqa: S310 -- http(s) only
@@ -152,10 +155,15 @@ def _read_http(url: str, shown: str, limits: DatasetLimits) -> bytes:
                 raise DatasetError(f"dataset {shown} is {length} bytes; the limit is {limits.max_bytes}")
             return _read_limited(response, limits.max_bytes, shown)
     except urllib.error.HTTPError as exc:
-        raise DatasetError(f"fetching dataset {shown} failed: HTTP {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
-        raise DatasetError(f"fetching dataset {shown} failed: {exc.reason}") from None
-    except (TimeoutError, OSError, ValueError) as exc:
+        failure = f"fetching dataset {shown} failed: HTTP {exc.code} {exc.reason}"
+        if exc.code >= 500 or exc.code == 429:
+            raise DatasetUnavailableError(failure) from None
+        raise DatasetError(failure) from None
+    except urllib.error.URLError as exc:  # no answer at all: refused, unresolvable, reset
+        raise DatasetUnavailableError(f"fetching dataset {shown} failed: {exc.reason}") from None
+    except (TimeoutError, OSError) as exc:
+        raise DatasetUnavailableError(f"fetching dataset {shown} failed: {type(exc).__name__}: {exc}") from None
+    except ValueError as exc:
         raise DatasetError(f"fetching dataset {shown} failed: {type(exc).__name__}: {exc}") from None
 
 

@@ -3,14 +3,24 @@
 A :class:`TrainingInputError` means the same event would fail again (a schema, dataset or hyper-parameter
 that cannot train): the run exits with ``EXIT_BAD_INPUT`` and the message goes to ``result.json`` and on to
 the training status topic, so it names the cause (a column, a hyper-parameter, an expression) and never
-holds a secret. Anything else escaping a run is a bug and exits with ``EXIT_INTERNAL``.
+holds a secret. A :class:`DatasetUnavailableError` is the infrastructure's fault, not the event's: the run exits
+with ``EXIT_UNAVAILABLE``, which the launchers report as retryable. Anything else escaping a run is a bug and
+exits with ``EXIT_INTERNAL``.
 """
 
 from __future__ import annotations
 
 from servers.designed_model.expressions import ExpressionError
 
-__all__ = ["BAD_INPUT_ERRORS", "AlgorithmError", "DatasetError", "DesignError", "ExpressionError", "TrainingInputError"]
+__all__ = [
+    "BAD_INPUT_ERRORS",
+    "AlgorithmError",
+    "DatasetError",
+    "DatasetUnavailableError",
+    "DesignError",
+    "ExpressionError",
+    "TrainingInputError",
+]
 
 
 class TrainingInputError(Exception):
@@ -19,6 +29,11 @@ class TrainingInputError(Exception):
 
 class DatasetError(TrainingInputError):
     """The dataset cannot be fetched, parsed, or does not fit the design schema."""
+
+
+class DatasetUnavailableError(Exception):
+    """The dataset's store could not be reached or did not answer (connection refused or reset, a timeout, a 5xx
+    or throttling answer). Not bad input: the same event may train once the store is back, so it is retried."""
 
 
 class AlgorithmError(TrainingInputError):

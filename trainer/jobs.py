@@ -8,8 +8,8 @@ trains, and writes ``output/`` (the artifact and ``metadata.json``) and ``result
 container's mounted volume and a Kubernetes Job's PVC.
 
 Exit codes of a run follow the Kubernetes convention the launchers rely on: 0 success; 1-127 a permanent
-failure (bad input: the same event would fail again); 128-255 (killed by a signal, out of memory,
-deadline) retryable.
+failure (bad input: the same event would fail again), except EXIT_UNAVAILABLE (75: the dataset's store could
+not be reached), which is retryable; 128-255 (killed by a signal, out of memory, deadline) retryable.
 """
 
 from __future__ import annotations
@@ -29,6 +29,9 @@ DEFAULT_ARTIFACT_NAME = "retail_forecasting_model.pkl"  # the seed's model-store
 EXIT_SUCCESS = 0
 EXIT_BAD_INPUT = 2  # permanent: schema, dataset or hyper-parameters that cannot train
 EXIT_INTERNAL = 3  # permanent: a bug or an unexpected error inside the run
+# Retryable although below 128: something the run needs (its dataset's store) could not be reached. sysexits'
+# EX_TEMPFAIL, "a temporary failure ... the user is invited to retry".
+EXIT_UNAVAILABLE = 75
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ Reads ``job.json`` and ``design_schema.pb``, loads the dataset, trains, and writ
 ``output/<artifact_name>`` (the fitted scikit-learn estimator, with joblib), ``output/metadata.json``, the
 files that let MLServer serve the whole design (trainer/serving_bundle.py), and ``result.json``.
 Exit codes: ``EXIT_SUCCESS``; ``EXIT_BAD_INPUT`` when the job, schema, dataset or hyper-parameters cannot
-train (``result.json`` errors name the cause); ``EXIT_INTERNAL`` for anything unexpected (the error's type
-and message in ``result.json``, one log line on stderr, no traceback).
+train (``result.json`` errors name the cause); ``EXIT_UNAVAILABLE`` when the dataset's store could not be reached
+(retryable: the event is not at fault); ``EXIT_INTERNAL`` for anything unexpected (the error's type and message in
+``result.json``, one log line on stderr, no traceback).
 
 The artifact takes a float64 array whose columns are the design inputs in schema order (``features`` in
 metadata.json), after preprocessing; classification models' ``predict_proba`` columns follow ``classes``.
@@ -44,13 +45,14 @@ from google.protobuf.message import DecodeError
 from generated.mlops.training.v1 import training_pb2
 from servers.designed_model.served_model import file_sha256
 from trainer.datasets import DatasetLimits, LoadedDataset, load_dataset
-from trainer.errors import BAD_INPUT_ERRORS, TrainingInputError
+from trainer.errors import BAD_INPUT_ERRORS, DatasetUnavailableError, TrainingInputError
 from trainer.fitting import TrainedModel, train
 from trainer.jobs import (
     DESIGN_SCHEMA_FILE,
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
     EXIT_SUCCESS,
+    EXIT_UNAVAILABLE,
     JOB_FILE,
     METADATA_FILE,
     OUTPUT_DIR,
@@ -78,6 +80,8 @@ def execute_with_exit_code(job_dir: Path, environ: Mapping[str, str] | None = No
     try:
         result = _run(job_dir, environment)
         code = EXIT_SUCCESS
+    except DatasetUnavailableError as exc:
+        result, code = RunResult(succeeded=False, errors=[str(exc)]), EXIT_UNAVAILABLE
     except BAD_INPUT_ERRORS as exc:
         result, code = RunResult(succeeded=False, errors=[str(exc)]), EXIT_BAD_INPUT
     except Exception as exc:  # a bug: report it as such, with its type, never as the caller's fault

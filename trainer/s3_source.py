@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import urllib3
-from minio.error import MinioException, S3Error
+from minio.error import MinioException, S3Error, ServerError
 
 from modelplane.s3_client import minio_client
-from trainer.errors import DatasetError
+from trainer.errors import DatasetError, DatasetUnavailableError
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
@@ -29,6 +29,8 @@ _CREDENTIAL_CODES = frozenset(
     {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
 )
 _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound", "NoSuchBucket"})
+# The store's own trouble, not the request's: the same read may work later.
+_UNAVAILABLE_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"})
 _CHUNK = 1 << 16
 
 
@@ -93,7 +95,8 @@ def _parse_endpoint(text: str) -> tuple[str, bool]:
 
 
 def read_object(settings: S3Settings, bucket: str, key: str, max_bytes: int, timeout_seconds: float) -> bytes:
-    """The object's bytes; DatasetError when it is missing, too large, refused, or the store is unreachable."""
+    """The object's bytes. DatasetError when it is missing, too large or refused (the event's fault);
+    DatasetUnavailableError when the store cannot be reached or does not answer (retried later)."""
     shown = f"s3://{bucket}/{key}"
     response = None
     try:
@@ -125,17 +128,30 @@ def read_object(settings: S3Settings, bucket: str, key: str, max_bytes: int, tim
             response.release_conn()
 
 
-def _describe(exc: Exception, shown: str, settings: S3Settings) -> DatasetError:
+def _describe(exc: Exception, shown: str, settings: S3Settings) -> DatasetError | DatasetUnavailableError:
     action = f"reading dataset {shown} from {settings.url}"
     if isinstance(exc, S3Error):
-        if exc.code in _CREDENTIAL_CODES:
-            return DatasetError(f"{action} was refused ({exc.code}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
-        if exc.code in _MISSING_CODES:
-            return DatasetError(f"dataset {shown} does not exist on {settings.url} ({exc.code})")
-        return DatasetError(f"{action} failed: {exc.code}: {exc.message}")
+        return _describe_answer(exc, action, shown, settings)
+    if isinstance(exc, ServerError):  # a 5xx without an S3 error body (a proxy in front of the store, say)
+        return DatasetUnavailableError(f"{action} failed: HTTP {exc.status_code}")
     reason: object = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason else exc
     if isinstance(reason, urllib3.exceptions.NewConnectionError):
-        return DatasetError(f"{action} failed: cannot connect")
+        return DatasetUnavailableError(f"{action} failed: cannot connect")
     if isinstance(reason, urllib3.exceptions.TimeoutError):
-        return DatasetError(f"{action} timed out (no progress within the timeout)")
+        return DatasetUnavailableError(f"{action} timed out (no progress within the timeout)")
+    if isinstance(reason, urllib3.exceptions.HTTPError | OSError):  # reset mid-answer, 5xx after retries, ...
+        return DatasetUnavailableError(f"{action} failed: {type(reason).__name__}: {reason}")
     return DatasetError(f"{action} failed: {type(reason).__name__}: {reason}")
+
+
+def _describe_answer(
+    exc: S3Error, action: str, shown: str, settings: S3Settings
+) -> DatasetError | DatasetUnavailableError:
+    """An S3 error answer: the request's fault (refused, missing), or the store's (retried later)."""
+    if exc.code in _CREDENTIAL_CODES:
+        return DatasetError(f"{action} was refused ({exc.code}); check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    if exc.code in _MISSING_CODES:
+        return DatasetError(f"dataset {shown} does not exist on {settings.url} ({exc.code})")
+    if exc.code in _UNAVAILABLE_CODES:
+        return DatasetUnavailableError(f"{action} failed: {exc.code}: {exc.message}")
+    return DatasetError(f"{action} failed: {exc.code}: {exc.message}")

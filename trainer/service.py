@@ -486,7 +486,10 @@ class TrainerService:
             if outcome.verdict is LaunchVerdict.FAILED_PERMANENTLY:
                 errors = result.errors if result is not None and result.errors else [_truncate(outcome.detail)]
                 return self._discard(job_dir, _Outcome(False, errors))
-            last_detail = _truncate(outcome.detail)
+            # What the run said (its dataset's store was unreachable, say) and how it ended; else the log's tail.
+            said = "; ".join(result.errors) if result is not None and result.errors else ""
+            ended = outcome.detail.partition("\n")[0]
+            last_detail = _truncate(f"{said} ({ended})" if said else outcome.detail)
             run.errors.append(f"attempt {run.attempts}: {last_detail}")
             logger.warning("retryable run failure", extra={"fields": {"attempt": run.attempts, "detail": last_detail}})
             self._discard(job_dir, None)

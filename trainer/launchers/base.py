@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Protocol
 
 from generated.mlops.training.v1 import training_pb2
+from trainer.jobs import EXIT_UNAVAILABLE
 
 
 class LaunchVerdict(enum.Enum):
@@ -35,12 +36,13 @@ class Launcher(Protocol):
 
 
 def verdict_for_exit_code(exit_code: int) -> LaunchVerdict:
-    """Kubernetes' convention: 0 success, 1-127 permanent, 128-255 (signals, OOM kills) retryable.
+    """Kubernetes' convention: 0 success, 1-127 permanent, 128-255 (signals, OOM kills) retryable; and the
+    run's own EXIT_UNAVAILABLE (its dataset's store was unreachable) retryable.
 
     A negative code (Python's subprocess for "killed by signal N") counts as 128+N.
     """
     if exit_code == 0:
         return LaunchVerdict.SUCCEEDED
-    if exit_code < 0 or exit_code >= 128:
+    if exit_code < 0 or exit_code >= 128 or exit_code == EXIT_UNAVAILABLE:
         return LaunchVerdict.FAILED_RETRYABLE
     return LaunchVerdict.FAILED_PERMANENTLY

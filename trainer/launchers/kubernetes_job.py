@@ -11,15 +11,17 @@ The Job:
   gives the image for a schema: ``trainer.launchers.image_build.ImageBuilder.image_for``);
 - requests and limits what the schema's ``ModelCompute`` names (cores, RAM GiB, GPUs by vendor);
 - ``restartPolicy: Never`` with a ``podFailurePolicy`` that fails the Job at once on exit codes 1-127 (the run's
-  "bad input / bug": retrying cannot help) and lets ``backoffLimit`` retry the rest (signals, OOM kills);
+  "bad input / bug": retrying cannot help) except EXIT_UNAVAILABLE (its dataset's store was unreachable), and
+  lets ``backoffLimit`` retry the rest (that one, signals, OOM kills);
   evictions and preemptions (``DisruptionTarget``) are ignored, not counted against the limit;
 - carries labels ``app.kubernetes.io/managed-by=modelplane``, ``modelplane.io/run-id`` and
   ``modelplane.io/design-token`` (sanitised to label syntax).
 
 The launcher creates the Job, then follows it with list+watch by name (resuming from the last
 ``resourceVersion``, re-listing after ``410 Gone``, reconnecting when a stream ends) until it is ``Complete``
-or ``Failed``. A failed Job's verdict comes from its pods' terminated exit codes (1-127 permanent, otherwise
-retryable) and says which. Cancelling ``run()`` deletes the Job with ``propagationPolicy: Background``.
+or ``Failed``. A failed Job's verdict comes from its pods' terminated exit codes (1-127 but EXIT_UNAVAILABLE
+permanent, otherwise retryable) and says which. Cancelling ``run()`` deletes the Job with
+``propagationPolicy: Background``.
 API errors become outcomes with a detail a person can act on (401/403 name the RBAC the service account
 needs), never an exception out of ``run()``.
 
@@ -51,7 +53,7 @@ from kubernetes.aio.client.exceptions import ApiException
 
 from generated.mlops.training.v1 import training_pb2
 from modelplane.logs import with_fields
-from trainer.jobs import RESULT_FILE, TrainingJob
+from trainer.jobs import EXIT_UNAVAILABLE, RESULT_FILE, TrainingJob
 from trainer.launchers.base import LaunchOutcome, LaunchVerdict, verdict_for_exit_code
 
 logger = logging.getLogger(__name__)
@@ -61,7 +63,8 @@ MANAGED_BY = "modelplane"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_RUN_ID = "modelplane.io/run-id"
 LABEL_DESIGN_TOKEN = "modelplane.io/design-token"  # noqa: S105 - a label key, not a secret
-PERMANENT_EXIT_CODES = list(range(1, 128))  # the run's "bad input / internal error" codes (trainer/jobs.py)
+# The run's "bad input / internal error" codes (trainer/jobs.py): 1-127 but the retryable EXIT_UNAVAILABLE.
+PERMANENT_EXIT_CODES = [code for code in range(1, 128) if code != EXIT_UNAVAILABLE]
 _FALLBACK_DEADLINE_SECONDS = 3600  # TrainingJob's own default timeout
 _MIN_WATCH_SECONDS = 0.5  # a watch that ended sooner is reopened only after this pause
 _MAX_NAME = 63  # a Job's name becomes a pod label value (job-name), so it must fit one

@@ -16,8 +16,9 @@ The death signal and the limits are set by util-linux's ``setpriv`` and ``prlimi
 code between fork and exec: the trainer runs gRPC, whose fork handlers make that crash
 (``modelplane.child_processes`` says why).
 
-Exit codes follow trainer/jobs.py: 0 success, 1-127 permanent, 128+N (killed by signal N) retryable. A
-deadline is reported as retryable too (the machine may simply have been busy).
+Exit codes follow trainer/jobs.py: 0 success, 1-127 permanent but EXIT_UNAVAILABLE (an unreachable dataset store)
+retryable, 128+N (killed by signal N) retryable. A deadline is reported as retryable too (the machine may simply
+have been busy).
 """
 
 from __future__ import annotations

@@ -28,10 +28,10 @@ The helper starts with the first run (that run pays the ~2-3 s of imports once) 
 (trainer/process.py calls it at shutdown) or the trainer's death.
 
 The helper reaps its children and reports each exit status to the trainer, which maps it exactly as the local
-launcher does (0 success, 1-127 permanent, 128+N killed by signal N: retryable; a deadline is retryable; exit 0
-without result.json is permanent). A run whose set-up fails in the child (an rlimit, the log file) exits 255:
-retryable, with the reason in run.log. If the helper itself dies, runs in flight are killed and reported as
-retryable, and the next run starts a new helper.
+launcher does (0 success, 1-127 permanent but EXIT_UNAVAILABLE retryable, 128+N killed by signal N: retryable; a
+deadline is retryable; exit 0 without result.json is permanent). A run whose set-up fails in the child (an rlimit,
+the log file) exits 255: retryable, with the reason in run.log. If the helper itself dies, runs in flight are
+killed and reported as retryable, and the next run starts a new helper.
 
 Protocol (one JSON object per line): trainer -> helper ``{"id", "job_dir", "env", "limits", "threads"}``;
 helper -> trainer ``{"ready": PID}`` once, then ``{"id", "pid"}`` (or ``{"id", "error"}``) per request and

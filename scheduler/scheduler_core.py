@@ -111,6 +111,8 @@ class SchedulerCore:
             experiment = _decode(ExperimentRecord.from_bytes, EXPERIMENTS_TABLE, key, value)
             if experiment is not None:
                 self.experiments.restore(experiment)
+        # Restored experiments say why their parts are not ready at once, not only after the next change.
+        self.experiments.refresh(self._why_not_ready)
         for server in self.cluster.servers.values():
             expected = server.expected_replicas if server.expected_replicas is not None else server.seen_replicas
             self._expected_replicas.update((server.name, index) for index in range(expected))

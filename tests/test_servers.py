@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tarfile
 import tempfile
@@ -30,7 +31,8 @@ import pytest
 from agent.artifacts import ArtifactSource, ArtifactStore
 from servers.adapter import InferenceServer, ModelFiles, ServerError
 from servers.designed_model.served_model import InputTensor, ServedModel
-from servers.launch import LaunchError, LocalServer, launch_mlserver, launch_triton, server_venv
+from servers.launch import LaunchError, LocalServer, launch_mlserver, launch_triton, launchers, server_venv
+from servers.launch.local import free_ports
 from servers.launch.venvs import MARKER, REQUIREMENTS
 from servers.mlserver import MLServer, model_settings
 from servers.triton import TritonServer, rewrite_config
@@ -813,3 +815,47 @@ def test_a_trained_models_pickle_beside_its_metadata_is_the_model(tmp_path: Path
     (tmp_path / "other.joblib").write_bytes(b"pickle")
     with pytest.raises(ServerError, match="cannot tell which file"):
         model_settings(files)
+
+
+def test_free_ports_are_below_the_kernels_ephemeral_range() -> None:
+    """A port bind(0) hands out comes from the ephemeral range, where any outgoing connection may take it as its
+    source port between the pick and the server's own bind (seen: MLServer exiting with 'address already in use')."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = free_ports(200)
+    assert len(set(ports)) == 200
+    assert all(1024 < port < low for port in ports), sorted(ports)[-5:]
+
+
+@pytest.mark.parametrize("kind", ["mlserver", "triton"])
+async def test_a_server_whose_port_was_taken_meanwhile_starts_on_other_ports(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlserver_venv: Path, triton_venv: Path
+) -> None:
+    """Ports are picked, then the server binds them: anything may take one in between. The launcher notices
+    (the server exits saying so) and starts it again on ports picked anew."""
+    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    taken_port = taken.getsockname()[1]
+    picks: list[list[int]] = []
+
+    def first_pick_taken(count: int) -> list[int]:
+        ports = free_ports(count)
+        if not picks:
+            ports[0] = taken_port  # the HTTP port, the first a server binds
+        picks.append(ports)
+        return ports
+
+    monkeypatch.setattr(launchers, "free_ports", first_pick_taken)
+    try:
+        if kind == "mlserver":
+            server = await launch_mlserver(tmp_path / "work", venv=mlserver_venv)
+        else:
+            server = await launch_triton(tmp_path / "work", venv=triton_venv)
+        try:
+            assert len(picks) == 2
+            assert server.http_url == f"http://127.0.0.1:{picks[1][0]}"
+            assert server.running
+        finally:
+            await server.stop()
+    finally:
+        taken.close()

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from servers.launch.local import (
     LaunchError,
     LocalServer,
+    PortTakenError,
     ServerCommand,
     free_ports,
     server_env,
@@ -20,6 +23,10 @@ from servers.launch.local import (
     wait_ready,
 )
 from servers.launch.venvs import server_venv, venv_python_version
+
+log = logging.getLogger(__name__)
+# Starts of one server, each on newly picked ports, while a picked port turns out to be taken.
+PORT_ATTEMPTS = 3
 
 
 async def launch_mlserver(work_dir: Path, *, venv: Path | None = None, ready_timeout: float = 60) -> LocalServer:
@@ -30,29 +37,33 @@ async def launch_mlserver(work_dir: Path, *, venv: Path | None = None, ready_tim
     mlserver = _installed(venv / "bin" / "mlserver", "MLServer")
     repository = work_dir / "repository"
     repository.mkdir(parents=True, exist_ok=True)
-    http_port, grpc_port, metrics_port = free_ports(3)
-    settings = {
-        "host": "127.0.0.1",
-        "http_port": http_port,
-        "grpc_port": grpc_port,
-        "metrics_port": metrics_port,
-        "load_models_at_startup": False,
-        # A model whose own load raises is answered with a 500 carrying the traceback, which is where the
-        # adapter finds the reason to report; without debug the body is just "Internal Server Error".
-        "debug": True,
-        # Inference in the server process: workers cost memory and start-up time per model.
-        "parallel_workers": 0,
-        # Kept under work_dir so two servers never share them (the defaults are relative to the cwd).
-        "metrics_dir": str(work_dir / "mlserver-metrics"),
-        "environments_dir": str(work_dir / "mlserver-envs"),
-    }
-    (repository / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
-    log_path = work_dir / "mlserver.log"
-    command = ServerCommand("MLServer", (str(mlserver), "start", str(repository)), work_dir, server_env())
-    process = start_process(command.argv, log_path=log_path, cwd=work_dir, env=command.env, name=command.name)
-    http_url, grpc_target = f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
-    server = LocalServer("mlserver", process.pid, http_url, grpc_target, repository, log_path, process, command)
-    return await wait_ready(server, ready_timeout, command.name)
+
+    async def start() -> LocalServer:
+        http_port, grpc_port, metrics_port = free_ports(3)
+        settings = {
+            "host": "127.0.0.1",
+            "http_port": http_port,
+            "grpc_port": grpc_port,
+            "metrics_port": metrics_port,
+            "load_models_at_startup": False,
+            # A model whose own load raises is answered with a 500 carrying the traceback, which is where the
+            # adapter finds the reason to report; without debug the body is just "Internal Server Error".
+            "debug": True,
+            # Inference in the server process: workers cost memory and start-up time per model.
+            "parallel_workers": 0,
+            # Kept under work_dir so two servers never share them (the defaults are relative to the cwd).
+            "metrics_dir": str(work_dir / "mlserver-metrics"),
+            "environments_dir": str(work_dir / "mlserver-envs"),
+        }
+        (repository / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+        log_path = work_dir / "mlserver.log"
+        command = ServerCommand("MLServer", (str(mlserver), "start", str(repository)), work_dir, server_env())
+        process = start_process(command.argv, log_path=log_path, cwd=work_dir, env=command.env, name=command.name)
+        http_url, grpc_target = f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
+        server = LocalServer("mlserver", process.pid, http_url, grpc_target, repository, log_path, process, command)
+        return await wait_ready(server, ready_timeout, command.name)
+
+    return await start_on_free_ports(start, "MLServer")
 
 
 async def launch_triton(work_dir: Path, *, venv: Path | None = None, ready_timeout: float = 60) -> LocalServer:
@@ -65,28 +76,45 @@ async def launch_triton(work_dir: Path, *, venv: Path | None = None, ready_timeo
     backends = _backend_dir(site, work_dir / "backends", venv_python_version(venv))
     repository = work_dir / "repository"
     repository.mkdir(parents=True, exist_ok=True)
-    http_port, grpc_port = free_ports(2)
-    log_path = work_dir / "triton.log"
-    argv = (
-        str(tritonserver),
-        f"--model-repository={repository}",
-        f"--backend-directory={backends}",
-        "--model-control-mode=explicit",
-        "--http-address=127.0.0.1",
-        f"--http-port={http_port}",
-        "--grpc-address=127.0.0.1",
-        f"--grpc-port={grpc_port}",
-        "--allow-metrics=false",
-        "--allow-gpu-metrics=false",
-        "--exit-timeout-secs=5",
-    )
-    # The binary's shared libraries live beside the wheel; the Python backend's stub runs the venv's python
-    # (numpy and friends), found on PATH.
-    command = ServerCommand("Triton", argv, work_dir, server_env(_triton_paths(venv, site)))
-    process = start_process(command.argv, log_path=log_path, cwd=work_dir, env=command.env, name=command.name)
-    http_url, grpc_target = f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
-    server = LocalServer("triton", process.pid, http_url, grpc_target, repository, log_path, process, command)
-    return await wait_ready(server, ready_timeout, command.name)
+
+    async def start() -> LocalServer:
+        http_port, grpc_port = free_ports(2)
+        log_path = work_dir / "triton.log"
+        argv = (
+            str(tritonserver),
+            f"--model-repository={repository}",
+            f"--backend-directory={backends}",
+            "--model-control-mode=explicit",
+            "--http-address=127.0.0.1",
+            f"--http-port={http_port}",
+            "--grpc-address=127.0.0.1",
+            f"--grpc-port={grpc_port}",
+            "--allow-metrics=false",
+            "--allow-gpu-metrics=false",
+            "--exit-timeout-secs=5",
+        )
+        # The binary's shared libraries live beside the wheel; the Python backend's stub runs the venv's python
+        # (numpy and friends), found on PATH.
+        command = ServerCommand("Triton", argv, work_dir, server_env(_triton_paths(venv, site)))
+        process = start_process(command.argv, log_path=log_path, cwd=work_dir, env=command.env, name=command.name)
+        http_url, grpc_target = f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}"
+        server = LocalServer("triton", process.pid, http_url, grpc_target, repository, log_path, process, command)
+        return await wait_ready(server, ready_timeout, command.name)
+
+    return await start_on_free_ports(start, "Triton")
+
+
+async def start_on_free_ports(start: Callable[[], Awaitable[LocalServer]], name: str) -> LocalServer:
+    """``start()``, which picks its ports anew each time, again (up to PORT_ATTEMPTS in all) while the server exits
+    because something took a port between the pick and its bind (free_ports says why that is rare)."""
+    for _ in range(PORT_ATTEMPTS - 1):
+        try:
+            return await start()
+        except PortTakenError as error:
+            log.warning(
+                "%s could not bind a port picked for it, taken meanwhile; starting it on others: %s", name, error
+            )
+    return await start()
 
 
 def _site_packages(venv: Path) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,6 +29,10 @@ from servers.triton import TritonServer
 
 class LaunchError(RuntimeError):
     """The server could not be started or did not become ready; the message includes its log's tail."""
+
+
+class PortTakenError(LaunchError):
+    """The server exited because a port it was given was taken after it was picked: start it on others."""
 
 
 @dataclass(frozen=True)
@@ -145,13 +150,44 @@ async def _until_exited(pid: int, poll_interval: float) -> None:
         await asyncio.sleep(poll_interval)
 
 
+# Ports for servers are picked from here up to the kernel's ephemeral range. A port that bind(0) hands out comes
+# from that range, and once released, any outgoing connection on the machine may take it as its source port
+# before the server binds it (seen under load: MLServer exiting with "address already in use"). Below the range
+# only another explicit pick can take it, which ``launchers.start_on_free_ports`` answers by picking again.
+_PICKED_PORTS_FROM = 10_000
+_DEFAULT_EPHEMERAL_RANGE = (32_768, 60_999)
+
+
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports the kernel reports free (held together, so they differ)."""
+    """``count`` distinct loopback ports, free when picked (held together, so they differ), from below the
+    kernel's ephemeral range; from the kernel (bind to port 0) when that range leaves too little room below."""
+    low = _ephemeral_range()[0]
+    room = range(_PICKED_PORTS_FROM, low)
+    candidates = random.sample(room, min(len(room), 50 * count))
     with ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
-        for sock in sockets:
+        ports: list[int] = []
+        for candidate in candidates:
+            if len(ports) == count:
+                break
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            ports.append(candidate)
+        while len(ports) < count:
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
+            ports.append(int(sock.getsockname()[1]))
+        return ports
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(word) for word in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return _DEFAULT_EPHEMERAL_RANGE
+    return low, high
 
 
 def start_process(
@@ -177,9 +213,12 @@ async def wait_ready(server: LocalServer, timeout: float, name: str) -> LocalSer
         async with aiohttp.ClientSession() as session:
             while True:
                 if server.process.poll() is not None:
-                    raise LaunchError(
+                    tail = server.log_tail()
+                    # MLServer (uvicorn): "address already in use"; Triton: "Socket '...' already in use".
+                    error = PortTakenError if "already in use" in tail.lower() else LaunchError
+                    raise error(
                         f"{name} exited with status {server.process.returncode} before it was ready; "
-                        f"log {server.log_path}:\n{server.log_tail()}"
+                        f"log {server.log_path}:\n{tail}"
                     )
                 if await _answers_ready(session, server.http_url):
                     return server

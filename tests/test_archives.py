@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from agent.artifacts import ArtifactError, ExtractLimits, detect_archive, extract_archive
 from agent.artifacts.quota import CacheQuota
-from agent.artifacts.safety import UnsafeName, safe_parts
+from agent.artifacts.safety import Tree, UnsafeName, safe_parts
 
 LIMITS = ExtractLimits()
 
@@ -401,6 +401,28 @@ def test_safe_parts(name: str, parts: tuple[str, ...]) -> None:
 def test_unsafe_parts(name: str) -> None:
     with pytest.raises(UnsafeName):
         safe_parts(name)
+
+
+@pytest.mark.parametrize(
+    "parts", [("..", "escaped"), ("a", "..", "..", "escaped"), ("a/../../escaped",), ("", "escaped"), (".", "x")]
+)
+def test_a_tree_makes_nothing_for_parts_that_are_not_plain_names(tmp_path: Path, parts: tuple[str, ...]) -> None:
+    """Tree is the last guard before the disk: it checks every component before it makes a folder, not the
+    resolved path after (by then a folder outside its root would exist)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    tree = Tree(root)
+    with pytest.raises(UnsafeName):
+        tree.folder(parts)
+    with pytest.raises(UnsafeName):
+        tree.file((*parts, "model.bin"))
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["root"]
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "a\\b", "a\x00b"])
+def test_a_trees_file_name_is_one_plain_name(tmp_path: Path, name: str) -> None:
+    with pytest.raises(UnsafeName):
+        Tree(tmp_path).file(("models", name))
 
 
 # -- properties ---------------------------------------------------------------------------------------------

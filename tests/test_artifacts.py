@@ -116,6 +116,44 @@ async def test_local_archive_is_extracted_into_the_cache_once(tmp_path: Path) ->
     assert files_under(folder) == {"model.bin": b"v3"}
 
 
+async def test_only_folders_inside_the_caches_entries_are_its_own_whatever_the_path_says(tmp_path: Path) -> None:
+    """What the store owns may be hard-linked into a server's repository; a user's folder must be copied. A path
+    that names the cache but leads elsewhere (``..``, a link) is the user's folder."""
+    archive = tmp_path / "model.tar.gz"
+    archive.write_bytes(make_tar([("model.bin", b"weights")]))
+    store = make_store(tmp_path)
+    cached = await store.fetch(ArtifactSource(str(archive)))
+    mine = write_tree(tmp_path / "mine", {"model.bin": b"the user's own"})
+    (store.cache_dir / "link").symlink_to(mine)
+    assert store.owns(cached)
+    assert not store.owns(store.cache_dir / ".." / "mine")
+    assert not store.owns(cached / ".." / ".." / ".." / ".." / "mine")
+    assert not store.owns(store.cache_dir / "link")
+    assert not store.owns(store.cache_dir)  # the cache folder itself is no entry
+    # The same path given as a model's URI is used in place, and is still not the store's.
+    used = await store.fetch(ArtifactSource(str(store.cache_dir / ".." / "mine")))
+    assert not store.owns(used)
+
+
+async def test_a_marker_that_points_outside_its_entry_is_not_trusted(tmp_path: Path) -> None:
+    """A marker names the tree inside its entry; one that names a path outside (damaged, or edited) makes the
+    entry incomplete: fetched again, never served from wherever the marker points."""
+    archive = tmp_path / "model.tar.gz"
+    archive.write_bytes(make_tar([("model.bin", b"weights")]))
+    outside = write_tree(tmp_path / "outside", {"model.bin": b"not from the archive"})
+    folder = await make_store(tmp_path).fetch(ArtifactSource(str(archive)))
+    entry = folder.parent
+    marker = json.loads((entry / ".complete").read_text())
+    marker["tree"] = f"../../{outside.name}"  # CACHE/KEY/../../outside
+    (entry / ".complete").write_text(json.dumps(marker))
+
+    restarted = make_store(tmp_path)
+    again = await restarted.fetch(ArtifactSource(str(archive)))
+    assert again.resolve().is_relative_to(restarted.cache_dir.resolve()), again
+    assert files_under(again) == {"model.bin": b"weights"}
+    assert restarted.owns(again)
+
+
 async def test_local_archive_sha256_is_checked(tmp_path: Path) -> None:
     data = make_zip([("model.onnx", b"onnx")])
     archive = tmp_path / "model.zip"

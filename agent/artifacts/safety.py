@@ -196,9 +196,20 @@ class Budget:
         return written
 
 
+def check_plain_name(part: str) -> None:
+    """Raises UnsafeName unless ``part`` names one entry of a folder: not empty, ``.`` or ``..``, without a
+    separator or a NUL byte."""
+    if part in ("", ".", ".."):
+        raise UnsafeName(f"has a path component {part!r}")
+    if "/" in part or "\\" in part or "\x00" in part:
+        raise UnsafeName(f"has a path component {part!r} that is not a plain name")
+
+
 class Tree:
     """Creates folders and files under a root that only this code writes to (so it holds no links).
 
+    Every component is checked to be a plain name before anything is made, so nothing is ever made outside
+    the root, whatever the caller passes (the resolved path is checked again after, in case a link appeared).
     Every folder it makes, a member's parent folders too, is counted by ``budget``.
     """
 
@@ -212,6 +223,8 @@ class Tree:
         path = self.root.joinpath(*parts)
         if parts in self._made:
             return path
+        for part in parts:
+            check_plain_name(part)
         for depth in range(1, len(parts) + 1):
             prefix = parts[:depth]
             if prefix in self._made:
@@ -227,4 +240,7 @@ class Tree:
 
     def file(self, parts: tuple[str, ...]) -> Path:
         """The path for a file member; its parent folders are created. ``parts`` must not be empty."""
+        if not parts:
+            raise UnsafeName("names no file")
+        check_plain_name(parts[-1])
         return self.folder(parts[:-1]) / parts[-1]

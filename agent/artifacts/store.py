@@ -136,8 +136,10 @@ class ArtifactStore:
         return self._quota.used_bytes
 
     def owns(self, folder: Path) -> bool:
-        """Whether ``folder`` lies in the cache: files this store wrote and never writes again."""
-        return folder.is_relative_to(self._cache.root)
+        """Whether ``folder`` lies in one of the cache's entries: files this store wrote and never writes again,
+        so they may be hard-linked. Judged on resolved paths: ``CACHE/../mine``, or a link in the cache to a
+        folder elsewhere, is not the store's (a user may rewrite their own files in place)."""
+        return self._cache.key_of(folder) is not None
 
     def held_key(self, holder: str) -> str | None:
         """The cache entry ``holder`` uses, or None (a local folder, used in place)."""

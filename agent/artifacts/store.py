@@ -65,7 +65,11 @@ log = logging.getLogger(__name__)
 _DOWNLOAD_FILE = "download"
 # A tar holds each file behind a 512-byte header (two with a long name) and pads it to 512 bytes.
 _ARCHIVE_OVERHEAD_PER_MEMBER = 1536
-DEFAULT_CACHE_LIMIT_BYTES = 32 * GIB  # the agent's default; agent/settings.py says why
+# The cache's default limit, here and nowhere else (the agent's --max-cache-disk takes it from here): 32 GiB, four
+# models at the per-model limit or hundreds of ordinary ones. The cache holds only what the replica's registered
+# models use (an unload frees it), and those are bounded by the agent's --memory, so the limit binds on mistakes
+# and bombs, not on real use.
+DEFAULT_CACHE_LIMIT_BYTES = 32 * GIB
 
 
 def _sha256_file(path: Path) -> str:
@@ -503,11 +507,9 @@ class ArtifactStore:
             raise ArtifactError(
                 f"{location.display} is not a tar or zip archive, and its URL path has no file name to keep it under"
             )
-        size = downloaded.stat().st_size
-        if size > self._limits.max_file_bytes:
-            raise ArtifactError(
-                f"{location.display} is {size} bytes, over the per-file limit of {self._limits.max_file_bytes}"
-            )
+        refusal = self._limits.file_refusal(location.display, downloaded.stat().st_size)
+        if refusal is not None:
+            raise refusal
         (temp / DATA).mkdir()
         downloaded.rename(temp / DATA / location.file_name)
         return DATA, "file"

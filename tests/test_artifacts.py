@@ -9,9 +9,10 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from aiohttp import web
@@ -634,16 +635,60 @@ async def test_http_connection_refused(tmp_path: Path) -> None:
             await make_store(tmp_path).fetch(ArtifactSource(f"http://127.0.0.1:{port}/m.tgz"))
 
 
-async def test_http_concurrent_fetches_download_once(http_files: HttpFiles, tmp_path: Path) -> None:
+def watch_flights(store: ArtifactStore, monkeypatch: pytest.MonkeyPatch, callers: int) -> asyncio.Event:
+    """An event set once ``callers`` fetches have joined a flight (white-box: the store has no public hook).
+
+    The store's ``_single_flight`` joins or starts a flight without suspending, so when the event's waiter runs,
+    every caller counted is on its flight."""
+    joined = asyncio.Event()
+    entered = 0
+    single_flight = store._single_flight
+
+    async def counted(flight: str, work: Callable[[], Awaitable[Path]]) -> Path:
+        nonlocal entered
+        entered += 1
+        if entered == callers:
+            joined.set()
+        return await single_flight(flight, work)
+
+    monkeypatch.setattr(store, "_single_flight", counted)
+    return joined
+
+
+class ContendedLock(asyncio.Lock):
+    """An entry lock that says when someone had to wait for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited_on = asyncio.Event()
+
+    async def acquire(self) -> Literal[True]:
+        if self.locked():
+            self.waited_on.set()  # the waiter is queued before the event's own waiter can run
+        return await super().acquire()
+
+
+def watch_entry_locks(store: ArtifactStore, monkeypatch: pytest.MonkeyPatch) -> dict[str, ContendedLock]:
+    """The store's entry locks, as ContendedLocks (white-box: the store has no public hook)."""
+    locks: dict[str, ContendedLock] = {}
+    monkeypatch.setattr(store, "_entry_lock", lambda key: locks.setdefault(key, ContendedLock()))
+    return locks
+
+
+async def test_http_concurrent_fetches_download_once(
+    http_files: HttpFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     http_files.files["/shared.tgz"] = TAR_MODEL
     http_files.gate.clear()
     store = make_store(tmp_path)
-    source = ArtifactSource(http_files.url("/shared.tgz"), sha256=sha256(TAR_MODEL))
+    both_joined = watch_flights(store, monkeypatch, callers=2)
+    source = ArtifactSource(http_files.url("/shared.tgz"))  # no digest: a caller of its own would ask again
     first = asyncio.create_task(store.fetch(source))
     second = asyncio.create_task(store.fetch(replace(source, artifact_version=1)))
     await asyncio.wait_for(http_files.arrived.wait(), 20)  # hang guard only
-    for _ in range(20):
-        await asyncio.sleep(0)  # let the second caller reach the shared flight
+    await asyncio.wait_for(both_joined.wait(), 20)  # both wait on the one download, which the gate holds
+    assert not first.done()
+    assert not second.done()
     http_files.gate.set()
     one, two = await asyncio.gather(first, second)
     assert (one.name, two.name) == ("mnist", "1")
@@ -709,19 +754,21 @@ async def test_an_entry_goes_when_its_last_holder_releases_it(http_files: HttpFi
 
 
 async def test_a_release_while_another_holder_fetches_the_same_source_keeps_the_entry(
-    http_files: HttpFiles, tmp_path: Path
+    http_files: HttpFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     http_files.files["/m.tgz"] = TAR_MODEL
     store = make_store(tmp_path)
+    locks = watch_entry_locks(store, monkeypatch)
     source = ArtifactSource(http_files.url("/m.tgz"))  # no digest: every fetch asks the server again
     folder = await store.fetch(source, holder="a_1")
     http_files.gate.clear()
     http_files.arrived.clear()
     second = asyncio.create_task(store.fetch(source, holder="b_1"))
     await asyncio.wait_for(http_files.arrived.wait(), 20)  # b_1's fetch is under way (hang guard only)
+    [lock] = locks.values()
     release = asyncio.create_task(store.release("a_1"))
-    for _ in range(20):
-        await asyncio.sleep(0)  # the release waits for the entry, which b_1's fetch is using
+    await asyncio.wait_for(lock.waited_on.wait(), 20)  # the release waits for the entry b_1's fetch is using
+    assert not release.done()
     http_files.gate.set()
     assert await second == folder  # 304: the same entry
     await release

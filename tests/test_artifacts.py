@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
+import shutil
 import socket
 import time
 from collections import Counter
@@ -797,6 +799,22 @@ async def test_the_cache_limit_counts_downloads_as_they_are_written(http_files: 
     assert "0 bytes are cached for 0 model artifact(s)" in message
     assert cache_entries(store) == []
     assert store.cache_bytes == 0
+
+
+async def test_a_cache_limit_beyond_the_free_disk_is_warned_about_at_start_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The limit cannot promise disk the filesystem does not have: an agent whose --max-cache-disk is more than
+    the cache's filesystem has free says so when it starts (loads then fail for want of disk, not at the limit)."""
+    free = shutil.disk_usage(tmp_path).free
+    with caplog.at_level(logging.WARNING, logger="agent.artifacts.store"):
+        await make_store(tmp_path / "fits", cache_limit_bytes=1 << 20).keep_only({})
+        assert caplog.records == []
+        await make_store(tmp_path / "too-big", cache_limit_bytes=free + (1 << 40)).keep_only({})
+    [warning] = caplog.records
+    message = warning.getMessage()
+    assert f"--max-cache-disk is {free + (1 << 40)} bytes" in message, message
+    assert str(tmp_path / "too-big") in message, message
 
 
 async def test_a_restarted_store_counts_what_the_cache_holds_and_keeps_only_what_is_held(

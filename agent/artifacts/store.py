@@ -43,6 +43,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import shutil
 import stat
 import threading
 from collections.abc import Awaitable, Callable, Mapping
@@ -203,7 +204,31 @@ class ArtifactStore:
                 await asyncio.to_thread(self._cache.clean)
                 measured = await asyncio.to_thread(self._measure_entries)
                 self._quota.set_entries(measured)
+                await asyncio.to_thread(self._warn_if_the_disk_is_smaller)
                 self._cleaned = True
+
+    def _warn_if_the_disk_is_smaller(self) -> None:
+        """The cache's limit counts what the cache writes; it cannot make room on the disk. Said once, at start-up,
+        when the limit is more than the cache holds plus what its filesystem has free."""
+        folder = self._cache.root
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent  # made at the first fetch: the filesystem it will be made on
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError as error:
+            log.warning("cannot tell how much disk is free for the artifact cache %s: %s", self._cache.root, error)
+            return
+        held = self._quota.used_bytes
+        if self._quota.limit_bytes > held + free:
+            log.warning(
+                "the artifact cache's limit (the agent's --max-cache-disk is %d bytes) is more than its filesystem "
+                "can give: %s holds %d bytes and %d more are free. Loads will fail for want of disk (naming the "
+                "cache folder) before the limit refuses them; lower --max-cache-disk or free disk",
+                self._quota.limit_bytes,
+                self._cache.root,
+                held,
+                free,
+            )
 
     def _measure_entries(self) -> dict[str, int]:
         return {key: self._cache.measure(key) for key in self._cache.complete_keys()}

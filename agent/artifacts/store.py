@@ -222,8 +222,8 @@ class ArtifactStore:
         if self._quota.limit_bytes > held + free:
             log.warning(
                 "the artifact cache's limit (the agent's --max-cache-disk is %d bytes) is more than its filesystem "
-                "can give: %s holds %d bytes and %d more are free. Loads will fail for want of disk (naming the "
-                "cache folder) before the limit refuses them; lower --max-cache-disk or free disk",
+                "can give: %s holds %d bytes and %d more are free. Loads will fail for want of disk ('No space left "
+                "on device') before the limit refuses them; lower --max-cache-disk or free disk",
                 self._quota.limit_bytes,
                 self._cache.root,
                 held,

@@ -155,11 +155,7 @@ async def run(
         stop_on_signals(stop, forced)
     forced = forced or asyncio.Event()
     async with inference_server(settings) as (server, launched):
-        limits = ExtractLimits(
-            max_total_bytes=settings.max_model_disk_bytes,
-            max_file_bytes=settings.max_model_disk_bytes,
-            max_ratio=settings.max_compression_ratio,
-        )
+        limits = ExtractLimits(max_total_bytes=settings.max_model_disk_bytes, max_ratio=settings.max_compression_ratio)
         artifacts = ArtifactStore(
             settings.cache_dir,
             secrets_dir=settings.secrets_dir,

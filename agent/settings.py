@@ -8,12 +8,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.artifacts import (
+    DEFAULT_CACHE_LIMIT_BYTES,
+    DEFAULT_MAX_COMPRESSION_RATIO,
+    DEFAULT_MAX_MODEL_BYTES,
+    RATIO_EXEMPT_BYTES,
+)
 from agent.server_watch import WatchSettings
 from modelplane import logs
 from modelplane.addresses import Address
 from modelplane.config import parse_layered
 from modelplane.flag_types import address, seconds
-from modelplane.sizes import parse_size
+from modelplane.sizes import format_size, parse_size
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_tls_flags, security_from
 from scheduler.errors import InvalidArgument
@@ -22,19 +28,9 @@ from scheduler.model_names import check_name
 SERVER_KINDS = ("mlserver", "triton")
 DEFAULT_CAPABILITIES = {"mlserver": "sklearn,mlserver", "triton": "triton,python"}
 
-# Disk limits for model artifacts (agent/artifacts). The defaults, and why:
-# - 8 GiB per model version (fetched, or extracted from an archive): far above what CPU MLServer/Triton
-#   replicas serve (scikit-learn, XGBoost, ONNX models take megabytes; a quantised 7B LLM ~4-5 GiB), low
-#   enough that one wrong URI cannot fill a disk. A bigger model needs only this flag.
-DEFAULT_MAX_MODEL_DISK = "8GiB"
-# - 32 GiB for the whole cache: four models at the per-model limit, or hundreds of ordinary ones. The
-#   cache holds only what this replica's registered models use (an unload frees it), and those are
-#   bounded by --memory (1 GiB by default), so the limit binds on mistakes and bombs, not on real use.
-DEFAULT_MAX_CACHE_DISK = "32GiB"
-# - 100:1 expansion for an archive as a whole: tensors of floats compress ~1.1-2:1, pickles and text
-#   ~3-10:1, so a real model is far below it, while a deflate bomb reaches ~1000:1 and bzip2, xz or a
-#   sparse tar member millions to one. Archives that expand to under 16 MiB are never refused for it.
-DEFAULT_MAX_COMPRESSION_RATIO = 100
+# Disk limits for model artifacts: their defaults, and why, are agent/artifacts' own (safety.py, store.py).
+DEFAULT_MAX_MODEL_DISK = format_size(DEFAULT_MAX_MODEL_BYTES)
+DEFAULT_MAX_CACHE_DISK = format_size(DEFAULT_CACHE_LIMIT_BYTES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +61,8 @@ class AgentSettings:
     log_level: str
     log_json: bool
     # What one model version's artifacts may take on disk, and the artifact cache as a whole.
-    max_model_disk_bytes: int = parse_size(DEFAULT_MAX_MODEL_DISK)
-    max_cache_disk_bytes: int = parse_size(DEFAULT_MAX_CACHE_DISK)
+    max_model_disk_bytes: int = DEFAULT_MAX_MODEL_BYTES
+    max_cache_disk_bytes: int = DEFAULT_CACHE_LIMIT_BYTES
     # How many times its own size an archive may expand to when extracted.
     max_compression_ratio: int = DEFAULT_MAX_COMPRESSION_RATIO
     # How the agent watches its server and restarts a launched one (agent/server_watch.py).
@@ -175,8 +171,8 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         type=_disk_size,
         default=DEFAULT_MAX_MODEL_DISK,
         metavar="SIZE",
-        help="most disk one model version's artifacts may take, downloaded or extracted; a load over it fails "
-        f"(default {DEFAULT_MAX_MODEL_DISK})",
+        help="most disk one model version's artifacts may take, downloaded or extracted (one file may take all of "
+        f"it); a load over it fails (default {DEFAULT_MAX_MODEL_DISK})",
     )
     parser.add_argument(
         "--max-cache-disk",
@@ -191,8 +187,8 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         type=_bounded_int(1, 1_000_000),
         default=DEFAULT_MAX_COMPRESSION_RATIO,
         metavar="N",
-        help="an archive may expand to at most N times its size (a decompression bomb is stopped there; "
-        f"archives under 16 MiB expanded are exempt) (default {DEFAULT_MAX_COMPRESSION_RATIO})",
+        help="an archive may expand to at most N times its size (a decompression bomb is stopped there; archives "
+        f"under {format_size(RATIO_EXEMPT_BYTES)} expanded are exempt) (default {DEFAULT_MAX_COMPRESSION_RATIO})",
     )
     parser.add_argument(
         "--secrets-dir", type=Path, metavar="DIR", help="folder of storage secrets, one file per secret"

@@ -85,7 +85,7 @@ from threadpoolctl import threadpool_info  # type: ignore[import-untyped]
 
 from generated.mlops.training.v1 import training_pb2
 from tests.kafka_broker import create_topics, start_broker
-from tests.real_components import ACCESS_KEY, SECRET_KEY, _pick_ports, _wait_for_seaweedfs
+from tests.real_components import ACCESS_KEY, SECRET_KEY, SeaweedFS
 from tests.redis_server import RedisServer, start_redis, stop_redis
 from tests.training_schemas import IRIS_CLASSES, iris_multiclass_logistic, write_iris_csv
 from trainer.fitting import train
@@ -330,30 +330,20 @@ def components(work: Path) -> Iterator[Components]:
     real_components.py); stopped by PID on the way out."""
     started: list[subprocess.Popen[bytes]] = []
     redis: RedisServer | None = None
+    seaweedfs: SeaweedFS | None = None
     try:
         (work / "tansu").mkdir(parents=True)
         tansu, broker = start_broker(work / "tansu")
         started.append(tansu)
         (work / "redis").mkdir()
         redis = start_redis(work / "redis")
-        folder = work / "seaweedfs"
-        (folder / "data").mkdir(parents=True)
-        s3_port, master_port, volume_port, filer_port = _pick_ports(4)
-        log = folder / "weed.log"
-        weed = Path(sys.executable).parent / "weed"
-        command = [
-            str(weed), "mini", f"-dir={folder / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-master.telemetry=false", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
-            f"-s3.port={s3_port}", f"-master.port={master_port}", f"-volume.port={volume_port}",
-            f"-filer.port={filer_port}",
-        ]  # fmt: skip
         env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
-        with log.open("wb") as output:
-            weed_process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env, cwd=folder)  # noqa: S603
-        started.append(weed_process)
-        client = _wait_for_seaweedfs(weed_process, s3_port, log)
-        yield Components(broker.bootstrap, redis, f"127.0.0.1:{s3_port}", client, started)
+        seaweedfs = SeaweedFS.in_folder(work / "seaweedfs", env)
+        client = seaweedfs.start()  # stops what it started if it fails
+        yield Components(broker.bootstrap, redis, f"127.0.0.1:{seaweedfs.s3_port}", client, started)
     finally:
+        if seaweedfs is not None:
+            seaweedfs.stop()
         for process in reversed(started):
             stop_process(process)
         if redis is not None:

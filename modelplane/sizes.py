@@ -38,3 +38,11 @@ def parse_size(text: str) -> int:
     if not number * _UNITS[unit] <= MAX_SIZE:
         raise ValueError(f"{text[:40]!r} is more than 1 PiB")
     return int(number * _UNITS[unit])
+
+
+def format_size(count: int) -> str:
+    """``count`` bytes in the largest binary unit that holds it exactly (8GiB, 16MiB, 1000), as parse_size reads it."""
+    for unit, size in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if count and count % size == 0:
+            return f"{count // size}{unit}"
+    return str(count)

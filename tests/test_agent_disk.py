@@ -222,6 +222,27 @@ async def test_an_archived_model_is_linked_into_the_repository_not_copied(
     assert (await unload(manager, "linked")).kind == Event.KIND_UNLOADED
 
 
+async def test_a_users_folder_named_through_the_cache_is_copied_not_linked(
+    mlserver: InferenceServer, iris: Iris, tmp_path: Path
+) -> None:
+    """A URI that passes through the cache folder (``CACHE/../mine``) still names the user's own folder, which its
+    user may rewrite in place: the server gets a copy, and the user's files are never linked into its repository."""
+    cache = tmp_path / "cache"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model.joblib").write_bytes(iris.joblib)
+    cache.mkdir()
+    manager = manager_for(mlserver, cache)
+
+    assert_loaded(await load(manager, "through-cache", str(cache / ".." / "mine")))
+
+    served = mlserver.repository / "through-cache_1" / "model.joblib"
+    assert served.stat().st_ino != (mine / "model.joblib").stat().st_ino
+    assert (mine / "model.joblib").stat().st_nlink == 1
+    assert (await unload(manager, "through-cache")).kind == Event.KIND_UNLOADED
+    assert (mine / "model.joblib").read_bytes() == iris.joblib
+
+
 # -- freeing the cache on unload -------------------------------------------------------------------------------
 
 

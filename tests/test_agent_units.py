@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.artifacts import ExtractLimits
-from agent.artifacts.store import DEFAULT_CACHE_LIMIT_BYTES
 from agent.inference_proxy import _rename_json
 from agent.server_watch import WatchSettings, describe_exit, reason_text
 from agent.settings import AgentSettings, build_parser, parse_settings
@@ -30,13 +28,7 @@ def test_defaults_for_a_launched_mlserver() -> None:
     assert settings.shared is True
 
 
-def test_disk_limits_default_to_the_artifact_stores_and_come_from_flags_or_the_environment() -> None:
-    defaults = _parse("--launch-server")
-    assert (defaults.max_model_disk_bytes, defaults.max_cache_disk_bytes, defaults.max_compression_ratio) == (
-        ExtractLimits().max_total_bytes,
-        DEFAULT_CACHE_LIMIT_BYTES,
-        ExtractLimits().max_ratio,
-    )
+def test_disk_limits_come_from_flags_or_the_environment() -> None:
     flags = _parse(
         "--launch-server", "--max-model-disk", "1GiB", "--max-cache-disk", "3GiB", "--max-compression-ratio", "7"
     )

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from agent.artifacts import ArtifactError, ExtractLimits, detect_archive, extract_archive
 from agent.artifacts.quota import CacheQuota
-from agent.artifacts.safety import UnsafeName, safe_parts
+from agent.artifacts.safety import Tree, UnsafeName, safe_parts
 
 LIMITS = ExtractLimits()
 
@@ -362,6 +362,22 @@ def test_per_file_and_total_limits(work: Path) -> None:
     assert_refused(work, total, "over the per-model size limit of 1000 bytes", limits)
 
 
+def test_one_file_may_take_the_whole_per_model_limit_unless_a_narrower_per_file_limit_is_given(work: Path) -> None:
+    """The agent has one size flag, --max-model-disk: a model that is one big file (a quantised LLM) may use all of
+    it. A tar member that claims 5 GiB under a 6 GiB limit is read (and found truncated), never refused by a
+    per-file limit nobody set."""
+    gib = 1 << 30
+    archive = write(work, "one-big-file.tar", _tar_file_header("weights.bin", 5 * gib) + bytes(tarfile.BLOCKSIZE))
+    unlimited_ratio = 10**12  # the header alone must decide here, not the compression ratio
+    error = assert_refused(
+        work, archive, "weights.bin", ExtractLimits(max_total_bytes=6 * gib, max_ratio=unlimited_ratio)
+    )
+    assert "per-file" not in str(error), error
+    assert "unexpected end of data" in str(error), error
+    narrower = ExtractLimits(max_total_bytes=6 * gib, max_file_bytes=gib, max_ratio=unlimited_ratio)
+    assert_refused(work, archive, f"over the per-file limit of {gib}", narrower)
+
+
 def test_zip_bomb_is_refused_by_size(work: Path) -> None:
     bomb = make_zip([("zeros.bin", bytes(20 * 1024 * 1024))])
     assert len(bomb) < 100_000
@@ -401,6 +417,28 @@ def test_safe_parts(name: str, parts: tuple[str, ...]) -> None:
 def test_unsafe_parts(name: str) -> None:
     with pytest.raises(UnsafeName):
         safe_parts(name)
+
+
+@pytest.mark.parametrize(
+    "parts", [("..", "escaped"), ("a", "..", "..", "escaped"), ("a/../../escaped",), ("", "escaped"), (".", "x")]
+)
+def test_a_tree_makes_nothing_for_parts_that_are_not_plain_names(tmp_path: Path, parts: tuple[str, ...]) -> None:
+    """Tree is the last guard before the disk: it checks every component before it makes a folder, not the
+    resolved path after (by then a folder outside its root would exist)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    tree = Tree(root)
+    with pytest.raises(UnsafeName):
+        tree.folder(parts)
+    with pytest.raises(UnsafeName):
+        tree.file((*parts, "model.bin"))
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["root"]
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "a\\b", "a\x00b"])
+def test_a_trees_file_name_is_one_plain_name(tmp_path: Path, name: str) -> None:
+    with pytest.raises(UnsafeName):
+        Tree(tmp_path).file(("models", name))
 
 
 # -- properties ---------------------------------------------------------------------------------------------
@@ -612,7 +650,7 @@ small_limits = st.builds(
     ExtractLimits,
     max_total_bytes=st.integers(min_value=1, max_value=3_000_000),
     max_files=st.integers(min_value=1, max_value=40),
-    max_file_bytes=st.integers(min_value=1, max_value=3_000_000),
+    max_file_bytes=st.none() | st.integers(min_value=1, max_value=3_000_000),
     max_ratio=st.integers(min_value=1, max_value=2000),
     ratio_exempt_bytes=st.integers(min_value=1, max_value=2_000_000),
 )
@@ -660,7 +698,7 @@ def test_hostile_archives_stay_inside_within_limits_or_fail_with_an_artifact_err
             assert written <= charge.bytes <= cache_limit  # every byte on disk was counted
             assert written <= limits.max_total_bytes
             assert written <= limits.expansion_limit(len(data))
-            assert all(entry.lstat().st_size <= limits.max_file_bytes for entry in files)
+            assert all(entry.lstat().st_size <= (limits.max_file_bytes or limits.max_total_bytes) for entry in files)
             assert len(entries) <= limits.max_files
         assert sorted(os.listdir(outer)) == ["work"]  # nothing escaped beside the folder ...
         assert not Path(f"/{ESCAPE}").exists()  # ... nor to an absolute path

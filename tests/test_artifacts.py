@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
+import shutil
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from aiohttp import web
@@ -114,6 +117,44 @@ async def test_local_archive_is_extracted_into_the_cache_once(tmp_path: Path) ->
     os.utime(archive, ns=(time.time_ns(), time.time_ns() + 10**9))
     folder = await store.fetch(ArtifactSource(str(archive)))
     assert files_under(folder) == {"model.bin": b"v3"}
+
+
+async def test_only_folders_inside_the_caches_entries_are_its_own_whatever_the_path_says(tmp_path: Path) -> None:
+    """What the store owns may be hard-linked into a server's repository; a user's folder must be copied. A path
+    that names the cache but leads elsewhere (``..``, a link) is the user's folder."""
+    archive = tmp_path / "model.tar.gz"
+    archive.write_bytes(make_tar([("model.bin", b"weights")]))
+    store = make_store(tmp_path)
+    cached = await store.fetch(ArtifactSource(str(archive)))
+    mine = write_tree(tmp_path / "mine", {"model.bin": b"the user's own"})
+    (store.cache_dir / "link").symlink_to(mine)
+    assert store.owns(cached)
+    assert not store.owns(store.cache_dir / ".." / "mine")
+    assert not store.owns(cached / ".." / ".." / ".." / ".." / "mine")
+    assert not store.owns(store.cache_dir / "link")
+    assert not store.owns(store.cache_dir)  # the cache folder itself is no entry
+    # The same path given as a model's URI is used in place, and is still not the store's.
+    used = await store.fetch(ArtifactSource(str(store.cache_dir / ".." / "mine")))
+    assert not store.owns(used)
+
+
+async def test_a_marker_that_points_outside_its_entry_is_not_trusted(tmp_path: Path) -> None:
+    """A marker names the tree inside its entry; one that names a path outside (damaged, or edited) makes the
+    entry incomplete: fetched again, never served from wherever the marker points."""
+    archive = tmp_path / "model.tar.gz"
+    archive.write_bytes(make_tar([("model.bin", b"weights")]))
+    outside = write_tree(tmp_path / "outside", {"model.bin": b"not from the archive"})
+    folder = await make_store(tmp_path).fetch(ArtifactSource(str(archive)))
+    entry = folder.parent
+    marker = json.loads((entry / ".complete").read_text())
+    marker["tree"] = f"../../{outside.name}"  # CACHE/KEY/../../outside
+    (entry / ".complete").write_text(json.dumps(marker))
+
+    restarted = make_store(tmp_path)
+    again = await restarted.fetch(ArtifactSource(str(archive)))
+    assert again.resolve().is_relative_to(restarted.cache_dir.resolve()), again
+    assert files_under(again) == {"model.bin": b"weights"}
+    assert restarted.owns(again)
 
 
 async def test_local_archive_sha256_is_checked(tmp_path: Path) -> None:
@@ -596,16 +637,60 @@ async def test_http_connection_refused(tmp_path: Path) -> None:
             await make_store(tmp_path).fetch(ArtifactSource(f"http://127.0.0.1:{port}/m.tgz"))
 
 
-async def test_http_concurrent_fetches_download_once(http_files: HttpFiles, tmp_path: Path) -> None:
+def watch_flights(store: ArtifactStore, monkeypatch: pytest.MonkeyPatch, callers: int) -> asyncio.Event:
+    """An event set once ``callers`` fetches have joined a flight (white-box: the store has no public hook).
+
+    The store's ``_single_flight`` joins or starts a flight without suspending, so when the event's waiter runs,
+    every caller counted is on its flight."""
+    joined = asyncio.Event()
+    entered = 0
+    single_flight = store._single_flight
+
+    async def counted(flight: str, work: Callable[[], Awaitable[Path]]) -> Path:
+        nonlocal entered
+        entered += 1
+        if entered == callers:
+            joined.set()
+        return await single_flight(flight, work)
+
+    monkeypatch.setattr(store, "_single_flight", counted)
+    return joined
+
+
+class ContendedLock(asyncio.Lock):
+    """An entry lock that says when someone had to wait for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waited_on = asyncio.Event()
+
+    async def acquire(self) -> Literal[True]:
+        if self.locked():
+            self.waited_on.set()  # the waiter is queued before the event's own waiter can run
+        return await super().acquire()
+
+
+def watch_entry_locks(store: ArtifactStore, monkeypatch: pytest.MonkeyPatch) -> dict[str, ContendedLock]:
+    """The store's entry locks, as ContendedLocks (white-box: the store has no public hook)."""
+    locks: dict[str, ContendedLock] = {}
+    monkeypatch.setattr(store, "_entry_lock", lambda key: locks.setdefault(key, ContendedLock()))
+    return locks
+
+
+async def test_http_concurrent_fetches_download_once(
+    http_files: HttpFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     http_files.files["/shared.tgz"] = TAR_MODEL
     http_files.gate.clear()
     store = make_store(tmp_path)
-    source = ArtifactSource(http_files.url("/shared.tgz"), sha256=sha256(TAR_MODEL))
+    both_joined = watch_flights(store, monkeypatch, callers=2)
+    source = ArtifactSource(http_files.url("/shared.tgz"))  # no digest: a caller of its own would ask again
     first = asyncio.create_task(store.fetch(source))
     second = asyncio.create_task(store.fetch(replace(source, artifact_version=1)))
     await asyncio.wait_for(http_files.arrived.wait(), 20)  # hang guard only
-    for _ in range(20):
-        await asyncio.sleep(0)  # let the second caller reach the shared flight
+    await asyncio.wait_for(both_joined.wait(), 20)  # both wait on the one download, which the gate holds
+    assert not first.done()
+    assert not second.done()
     http_files.gate.set()
     one, two = await asyncio.gather(first, second)
     assert (one.name, two.name) == ("mnist", "1")
@@ -671,19 +756,21 @@ async def test_an_entry_goes_when_its_last_holder_releases_it(http_files: HttpFi
 
 
 async def test_a_release_while_another_holder_fetches_the_same_source_keeps_the_entry(
-    http_files: HttpFiles, tmp_path: Path
+    http_files: HttpFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     http_files.files["/m.tgz"] = TAR_MODEL
     store = make_store(tmp_path)
+    locks = watch_entry_locks(store, monkeypatch)
     source = ArtifactSource(http_files.url("/m.tgz"))  # no digest: every fetch asks the server again
     folder = await store.fetch(source, holder="a_1")
     http_files.gate.clear()
     http_files.arrived.clear()
     second = asyncio.create_task(store.fetch(source, holder="b_1"))
     await asyncio.wait_for(http_files.arrived.wait(), 20)  # b_1's fetch is under way (hang guard only)
+    [lock] = locks.values()
     release = asyncio.create_task(store.release("a_1"))
-    for _ in range(20):
-        await asyncio.sleep(0)  # the release waits for the entry, which b_1's fetch is using
+    await asyncio.wait_for(lock.waited_on.wait(), 20)  # the release waits for the entry b_1's fetch is using
+    assert not release.done()
     http_files.gate.set()
     assert await second == folder  # 304: the same entry
     await release
@@ -712,6 +799,22 @@ async def test_the_cache_limit_counts_downloads_as_they_are_written(http_files: 
     assert "0 bytes are cached for 0 model artifact(s)" in message
     assert cache_entries(store) == []
     assert store.cache_bytes == 0
+
+
+async def test_a_cache_limit_beyond_the_free_disk_is_warned_about_at_start_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The limit cannot promise disk the filesystem does not have: an agent whose --max-cache-disk is more than
+    the cache's filesystem has free says so when it starts (loads then fail for want of disk, not at the limit)."""
+    free = shutil.disk_usage(tmp_path).free
+    with caplog.at_level(logging.WARNING, logger="agent.artifacts.store"):
+        await make_store(tmp_path / "fits", cache_limit_bytes=1 << 20).keep_only({})
+        assert caplog.records == []
+        await make_store(tmp_path / "too-big", cache_limit_bytes=free + (1 << 40)).keep_only({})
+    [warning] = caplog.records
+    message = warning.getMessage()
+    assert f"--max-cache-disk is {free + (1 << 40)} bytes" in message, message
+    assert str(tmp_path / "too-big") in message, message
 
 
 async def test_a_restarted_store_counts_what_the_cache_holds_and_keeps_only_what_is_held(

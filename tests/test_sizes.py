@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from modelplane.sizes import MAX_SIZE, parse_size
+from modelplane.sizes import MAX_SIZE, format_size, parse_size
 
 
 @pytest.mark.parametrize(
@@ -141,3 +141,16 @@ def test_well_formed_sizes(number: str, unit: str, upper: bool, space: str) -> N
             parse_size(text)
     else:
         assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("count", "text"),
+    [(8 * 1024**3, "8GiB"), (32 * 1024**3, "32GiB"), (16 * 1024**2, "16MiB"), (3072, "3KiB"), (1536, "1536"), (0, "0")],
+)
+def test_format_size_uses_the_largest_exact_binary_unit(count: int, text: str) -> None:
+    assert format_size(count) == text
+
+
+@given(st.integers(min_value=0, max_value=MAX_SIZE))
+def test_parse_size_reads_back_what_format_size_writes(count: int) -> None:
+    assert parse_size(format_size(count)) == count

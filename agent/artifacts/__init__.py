@@ -14,12 +14,21 @@ ArtifactError whose message becomes the LOAD_FAILED reason. Nothing is written p
 
 from agent.artifacts.archives import ArchiveKind, detect_archive, extract_archive
 from agent.artifacts.errors import ArtifactError
-from agent.artifacts.safety import ExtractLimits
+from agent.artifacts.safety import (
+    DEFAULT_MAX_COMPRESSION_RATIO,
+    DEFAULT_MAX_MODEL_BYTES,
+    RATIO_EXEMPT_BYTES,
+    ExtractLimits,
+)
 from agent.artifacts.sources import ArtifactSource
-from agent.artifacts.store import ArtifactStore
+from agent.artifacts.store import DEFAULT_CACHE_LIMIT_BYTES, ArtifactStore
 from agent.artifacts.versions import select_version
 
 __all__ = [
+    "DEFAULT_CACHE_LIMIT_BYTES",
+    "DEFAULT_MAX_COMPRESSION_RATIO",
+    "DEFAULT_MAX_MODEL_BYTES",
+    "RATIO_EXEMPT_BYTES",
     "ArchiveKind",
     "ArtifactError",
     "ArtifactSource",

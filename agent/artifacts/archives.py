@@ -9,7 +9,7 @@ An archive is untrusted input. Extraction refuses, naming the member:
 - encrypted zip members;
 - a name nested more than MAX_DEPTH folders deep;
 - more members than ``ExtractLimits.max_files`` (or more files and folders made, parents included),
-  a file over ``max_file_bytes`` or a tree over ``max_total_bytes``, counting the bytes actually
+  a file over ``max_file_bytes`` (if set) or a tree over ``max_total_bytes``, counting the bytes actually
   written (headers are only used to refuse early);
 - a tree, or a tar's decompressed stream, that expands to more than ``max_ratio`` times the archive's
   size (``ExtractLimits.expansion_limit``): a decompression bomb, gzip/bzip2/xz, zip or a sparse tar

@@ -8,9 +8,10 @@ Layout of ``cache_dir``::
     .old-<key16>-<random>/   a replaced entry being removed
 
 An entry is built in a temporary folder whose marker is written last, then renamed to ``<key>`` in
-one step, so a ``<key>`` folder is always complete; one without a readable marker is treated as
-incomplete and removed. An entry is removed by renaming it to ``.old-...`` first, so a removal cut
-short leaves only what start-up removes. A cache folder belongs to one ArtifactStore (one agent process).
+one step, so a ``<key>`` folder is always complete; one without a readable marker (or whose marker names
+a tree outside the entry) is treated as incomplete and removed. An entry is removed by renaming it to
+``.old-...`` first, so a removal cut short leaves only what start-up removes. A cache folder belongs to
+one ArtifactStore (one agent process).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from agent.artifacts.safety import UnsafeName, safe_parts
 
 MARKER = ".complete"
 DATA = "data"
@@ -59,6 +62,17 @@ def tree_bytes(root: Path) -> int:
     return total
 
 
+def resolved_inside(path: Path, folder: Path) -> Path | None:
+    """``path`` relative to ``folder``, both resolved (``..`` and links followed), or None when it lies outside.
+
+    Never a lexical check: ``folder/../x`` and a link inside ``folder`` to elsewhere lie outside it.
+    """
+    try:
+        return path.resolve().relative_to(folder.resolve())
+    except (ValueError, OSError, RuntimeError):  # outside; unreadable; a link loop (RuntimeError before 3.13)
+        return None
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -71,12 +85,32 @@ class CacheDir:
         return self.root / key
 
     def read_marker(self, key: str) -> dict[str, Any] | None:
-        """The marker of a complete entry, or None."""
+        """The marker of a complete entry, or None (also when its ``tree`` is not a folder inside the entry)."""
         try:
             loaded = json.loads((self.entry(key) / MARKER).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        return loaded if isinstance(loaded, dict) else None
+        if not isinstance(loaded, dict) or not self._tree_inside(key, loaded.get("tree", DATA)):
+            return None
+        return loaded
+
+    def _tree_inside(self, key: str, tree: object) -> bool:
+        if not isinstance(tree, str):
+            return False
+        try:
+            parts = safe_parts(tree)
+        except UnsafeName:
+            return False
+        entry = self.entry(key)
+        inside = resolved_inside(entry.joinpath(*parts), entry)
+        return inside is not None and inside.parts[:1] == (DATA,)
+
+    def key_of(self, path: Path) -> str | None:
+        """The key of the entry ``path`` lies in, judged on resolved paths, or None."""
+        inside = resolved_inside(path, self.root)
+        if inside is None or not inside.parts or not is_key(inside.parts[0]):
+            return None
+        return inside.parts[0]
 
     def new_temp(self, key: str) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import urllib3
 from minio import Minio
@@ -105,15 +105,21 @@ def list_objects(client: Minio, location: S3Location, settings: S3Settings, limi
 
 
 def _single_object(client: Minio, location: S3Location) -> list[S3Object]:
-    """``s3://bucket/path/model.joblib`` names one object: fetched alone, under its base name."""
+    """``s3://bucket/path/model.joblib`` names one object: fetched alone, under its base name (checked like
+    every other key: ``s3://bucket/path/..`` names no file to write)."""
+    try:
+        parts = safe_parts(location.prefix)
+    except UnsafeName as exc:
+        raise ArtifactError(f"refused s3://{location.bucket}/{location.prefix}: the object key {exc}") from None
+    if not parts:
+        return []
     try:
         stat = client.stat_object(location.bucket, location.prefix)
     except S3Error as exc:
         if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"):
             return []
         raise
-    name = PurePosixPath(location.prefix).name
-    return [S3Object(location.prefix, (name,), (stat.etag or "").strip('"'), stat.size or 0)]
+    return [S3Object(location.prefix, parts[-1:], (stat.etag or "").strip('"'), stat.size or 0)]
 
 
 def download_objects(

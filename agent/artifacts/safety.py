@@ -21,6 +21,20 @@ _DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
 _SEPARATORS = re.compile(r"[\\/]+")
 
 
+# The per-model defaults, here and nowhere else: the agent's --max-model-disk and --max-compression-ratio take
+# theirs from these. Why these values:
+# - 8 GiB per model version (fetched, or extracted from an archive): far above what CPU MLServer/Triton replicas
+#   serve (scikit-learn, XGBoost, ONNX models take megabytes; a quantised 7B LLM ~4-5 GiB, in one file), low
+#   enough that one wrong URI cannot fill a disk. A bigger model needs only that flag: one file may take all of
+#   it (there is no separate per-file default).
+DEFAULT_MAX_MODEL_BYTES = 8 * GIB
+# - 100:1 expansion for an archive as a whole: tensors of floats compress ~1.1-2:1, pickles and text ~3-10:1, so a
+#   real model is far below it, while a deflate bomb reaches ~1000:1 and bzip2, xz or a sparse tar member
+#   millions to one. Archives that expand to under RATIO_EXEMPT_BYTES are never refused for it.
+DEFAULT_MAX_COMPRESSION_RATIO = 100
+RATIO_EXEMPT_BYTES = 16 * MIB
+
+
 @dataclass(frozen=True, slots=True)
 class ExtractLimits:
     """What one fetched tree (an extracted archive or an S3 prefix) may hold: the per-model limits.
@@ -30,23 +44,35 @@ class ExtractLimits:
     written, never the sizes an archive header or a listing claims (those only refuse early).
 
     - ``max_total_bytes``: what one model version's tree may take on disk (the agent's --max-model-disk);
+    - ``max_file_bytes``: a narrower limit for each file, or None (the default, and the agent's): one file
+      may take all of ``max_total_bytes``;
     - ``max_ratio``: an archive may expand to at most ``max_ratio`` times its own size (the agent's
       --max-compression-ratio), and always to ``ratio_exempt_bytes``. Extraction stops at the first byte
       over, so a decompression bomb costs that much disk and time, never what it claims.
-
-    The defaults are the agent's (agent/settings.py explains them).
     """
 
-    max_total_bytes: int = 8 * GIB
+    max_total_bytes: int = DEFAULT_MAX_MODEL_BYTES
     max_files: int = 100_000
-    max_file_bytes: int = 4 * GIB
-    max_ratio: int = 100
-    ratio_exempt_bytes: int = 16 * MIB
+    max_file_bytes: int | None = None
+    max_ratio: int = DEFAULT_MAX_COMPRESSION_RATIO
+    ratio_exempt_bytes: int = RATIO_EXEMPT_BYTES
 
     def __post_init__(self) -> None:
         for name in ("max_total_bytes", "max_files", "max_file_bytes", "max_ratio", "ratio_exempt_bytes"):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 raise ValueError(f"ExtractLimits.{name} must be at least 1")
+
+    def file_refusal(self, what: str, size: int) -> ArtifactError | None:
+        """Why one file of ``size`` bytes may not be written, naming the limit it is over; None if it may."""
+        if self.max_file_bytes is not None and size > self.max_file_bytes:
+            return ArtifactError(f"{what} is {size} bytes, over the per-file limit of {self.max_file_bytes}")
+        if size > self.max_total_bytes:
+            return ArtifactError(
+                f"{what} is {size} bytes, over the per-model size limit of {self.max_total_bytes} bytes "
+                "(the agent's --max-model-disk)"
+            )
+        return None
 
     def expansion_limit(self, archive_bytes: int) -> int:
         """The most an archive of ``archive_bytes`` may expand to under the compression ratio limit."""
@@ -151,10 +177,9 @@ class Budget:
 
     def check_declared_size(self, name: str, size: int) -> None:
         """Refuse early when a header or listing already claims too much (the real count still follows)."""
-        if size > self.limits.max_file_bytes:
-            raise ArtifactError(
-                f"{self.what}: {name!r} is {size} bytes, over the per-file limit of {self.limits.max_file_bytes}"
-            )
+        refusal = self.limits.file_refusal(f"{self.what}: {name!r}", size)
+        if refusal is not None:
+            raise refusal
         if self.total_bytes + size > self.limits.max_total_bytes:
             raise ArtifactError(
                 f"{self.what}: {name!r} is {size} bytes, which takes it over the per-model size limit of "
@@ -169,7 +194,7 @@ class Budget:
         """Count ``added`` bytes about to be written (so nothing over a limit is ever written)."""
         written = self.total_bytes
         self.total_bytes += added
-        if file_bytes > self.limits.max_file_bytes:
+        if self.limits.max_file_bytes is not None and file_bytes > self.limits.max_file_bytes:
             raise ArtifactError(
                 f"{self.what}: {name!r} is over the per-file limit of {self.limits.max_file_bytes} bytes"
             )
@@ -196,9 +221,20 @@ class Budget:
         return written
 
 
+def check_plain_name(part: str) -> None:
+    """Raises UnsafeName unless ``part`` names one entry of a folder: not empty, ``.`` or ``..``, without a
+    separator or a NUL byte."""
+    if part in ("", ".", ".."):
+        raise UnsafeName(f"has a path component {part!r}")
+    if "/" in part or "\\" in part or "\x00" in part:
+        raise UnsafeName(f"has a path component {part!r} that is not a plain name")
+
+
 class Tree:
     """Creates folders and files under a root that only this code writes to (so it holds no links).
 
+    Every component is checked to be a plain name before anything is made, so nothing is ever made outside
+    the root, whatever the caller passes (the resolved path is checked again after, in case a link appeared).
     Every folder it makes, a member's parent folders too, is counted by ``budget``.
     """
 
@@ -212,6 +248,8 @@ class Tree:
         path = self.root.joinpath(*parts)
         if parts in self._made:
             return path
+        for part in parts:
+            check_plain_name(part)
         for depth in range(1, len(parts) + 1):
             prefix = parts[:depth]
             if prefix in self._made:
@@ -227,4 +265,7 @@ class Tree:
 
     def file(self, parts: tuple[str, ...]) -> Path:
         """The path for a file member; its parent folders are created. ``parts`` must not be empty."""
+        if not parts:
+            raise UnsafeName("names no file")
+        check_plain_name(parts[-1])
         return self.folder(parts[:-1]) / parts[-1]

@@ -43,6 +43,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import shutil
 import stat
 import threading
 from collections.abc import Awaitable, Callable, Mapping
@@ -65,7 +66,11 @@ log = logging.getLogger(__name__)
 _DOWNLOAD_FILE = "download"
 # A tar holds each file behind a 512-byte header (two with a long name) and pads it to 512 bytes.
 _ARCHIVE_OVERHEAD_PER_MEMBER = 1536
-DEFAULT_CACHE_LIMIT_BYTES = 32 * GIB  # the agent's default; agent/settings.py says why
+# The cache's default limit, here and nowhere else (the agent's --max-cache-disk takes it from here): 32 GiB, four
+# models at the per-model limit or hundreds of ordinary ones. The cache holds only what the replica's registered
+# models use (an unload frees it), and those are bounded by the agent's --memory, so the limit binds on mistakes
+# and bombs, not on real use.
+DEFAULT_CACHE_LIMIT_BYTES = 32 * GIB
 
 
 def _sha256_file(path: Path) -> str:
@@ -136,8 +141,10 @@ class ArtifactStore:
         return self._quota.used_bytes
 
     def owns(self, folder: Path) -> bool:
-        """Whether ``folder`` lies in the cache: files this store wrote and never writes again."""
-        return folder.is_relative_to(self._cache.root)
+        """Whether ``folder`` lies in one of the cache's entries: files this store wrote and never writes again,
+        so they may be hard-linked. Judged on resolved paths: ``CACHE/../mine``, or a link in the cache to a
+        folder elsewhere, is not the store's (a user may rewrite their own files in place)."""
+        return self._cache.key_of(folder) is not None
 
     def held_key(self, holder: str) -> str | None:
         """The cache entry ``holder`` uses, or None (a local folder, used in place)."""
@@ -197,7 +204,31 @@ class ArtifactStore:
                 await asyncio.to_thread(self._cache.clean)
                 measured = await asyncio.to_thread(self._measure_entries)
                 self._quota.set_entries(measured)
+                await asyncio.to_thread(self._warn_if_the_disk_is_smaller)
                 self._cleaned = True
+
+    def _warn_if_the_disk_is_smaller(self) -> None:
+        """The cache's limit counts what the cache writes; it cannot make room on the disk. Said once, at start-up,
+        when the limit is more than the cache holds plus what its filesystem has free."""
+        folder = self._cache.root
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent  # made at the first fetch: the filesystem it will be made on
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError as error:
+            log.warning("cannot tell how much disk is free for the artifact cache %s: %s", self._cache.root, error)
+            return
+        held = self._quota.used_bytes
+        if self._quota.limit_bytes > held + free:
+            log.warning(
+                "the artifact cache's limit (the agent's --max-cache-disk is %d bytes) is more than its filesystem "
+                "can give: %s holds %d bytes and %d more are free. Loads will fail for want of disk ('No space left "
+                "on device') before the limit refuses them; lower --max-cache-disk or free disk",
+                self._quota.limit_bytes,
+                self._cache.root,
+                held,
+                free,
+            )
 
     def _measure_entries(self) -> dict[str, int]:
         return {key: self._cache.measure(key) for key in self._cache.complete_keys()}
@@ -501,11 +532,9 @@ class ArtifactStore:
             raise ArtifactError(
                 f"{location.display} is not a tar or zip archive, and its URL path has no file name to keep it under"
             )
-        size = downloaded.stat().st_size
-        if size > self._limits.max_file_bytes:
-            raise ArtifactError(
-                f"{location.display} is {size} bytes, over the per-file limit of {self._limits.max_file_bytes}"
-            )
+        refusal = self._limits.file_refusal(location.display, downloaded.stat().st_size)
+        if refusal is not None:
+            raise refusal
         (temp / DATA).mkdir()
         downloaded.rename(temp / DATA / location.file_name)
         return DATA, "file"

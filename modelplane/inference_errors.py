@@ -73,6 +73,11 @@ _NOT_OURS_TO_TELL: Final = frozenset({401, 403, 407})
 _PATH: Final = re.compile(r"(?<![\w.:/])~?(?:/[^\s/'\"()\[\]{}<>:,;|]+){2,}/?")
 _SPACES: Final = re.compile(r"\s+")
 
+# The agent's proxy marks an answer with this header (value "1") when it means "my inference server is down or
+# cannot be reached: no model here can answer now". The gateway skips the whole replica for those answers
+# only: not for one model that could not be loaded (a plain 503), nor for one slow request (504).
+SERVER_DOWN_HEADER: Final = "Modelplane-Server-Down"
+
 # What aiohttp's server raises from request.read() for a body it cannot read (bad gzip, a broken chunk).
 UNREADABLE_BODY: Final = (RequestPayloadError, HttpProcessingError)
 

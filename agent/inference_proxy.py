@@ -63,7 +63,7 @@ _PASS_THROUGH_RPCS = {"ServerLive", "ServerReady", "ServerMetadata"}
 # Not passed on: they describe this hop (the body is forwarded as read, so decoded, whatever it came as).
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "content-encoding"}
 # The status the proxy answers a server's error with, by verdict (INVALID keeps the server's 4xx).
-_ANSWER_STATUS = {Verdict.NOT_HERE: 404, Verdict.UNAVAILABLE: 503, Verdict.FAILED: 500}
+_ANSWER_STATUS = {Verdict.NOT_HERE: 404, Verdict.UNAVAILABLE: 503, Verdict.TIMED_OUT: 504, Verdict.FAILED: 500}
 # How long requests still on connections replaced after a restart may take to finish before those close.
 _RETIRE_GRACE_SECONDS = 60.0
 

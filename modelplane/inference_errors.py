@@ -22,7 +22,9 @@ Verdicts (each with the status to answer a caller with when it is the last word)
   wrong value or type, which numpy, scikit-learn and MLServer's codecs raise for shapes and datatypes that
   do not fit) become 400.
 * NOT_HERE: 404, the model is not on this replica (it moved; the routing update is on its way).
-* UNAVAILABLE: this replica cannot answer now (408, 429, 502, 503, 504): another one may.
+* UNAVAILABLE: this replica cannot answer now (408, 429, 502, 503): another one may.
+* TIMED_OUT: 504, the server took too long over this request; another replica would most likely take as
+  long (the request is what is slow), so it is not retried.
 * FAILED: the server failed on a request it took (any other 5xx, or the authentication 4xx, which are our
   configuration's fault): another replica may not, so it may be retried; 502 if none answers.
 
@@ -86,6 +88,7 @@ class Verdict(enum.Enum):
     INVALID = "invalid"
     NOT_HERE = "not here"
     UNAVAILABLE = "unavailable"
+    TIMED_OUT = "timed out"
     FAILED = "failed"
 
 
@@ -100,8 +103,8 @@ class ErrorAnswer:
 
     @property
     def retryable(self) -> bool:
-        """Whether another replica might answer: everything but a request the server found invalid."""
-        return self.verdict is not Verdict.INVALID
+        """Whether to try another replica: not for a request the server found invalid or took too long over."""
+        return self.verdict not in (Verdict.INVALID, Verdict.TIMED_OUT)
 
 
 class ErrorBody:
@@ -212,7 +215,9 @@ def safe_reason(text: str, limit: int = MAX_REASON_CHARS) -> str:
 def _verdict(status: int) -> Verdict:
     if status == 404:
         return Verdict.NOT_HERE
-    if status in (408, 429, 502, 503, 504):
+    if status == 504:
+        return Verdict.TIMED_OUT
+    if status in (408, 429, 502, 503):
         return Verdict.UNAVAILABLE
     if 400 <= status < 500 and status not in _NOT_OURS_TO_TELL:
         return Verdict.INVALID
@@ -225,6 +230,8 @@ def _caller_status(status: int) -> int:
         return status
     if verdict is Verdict.NOT_HERE:
         return 404
+    if verdict is Verdict.TIMED_OUT:
+        return 504
     if verdict is Verdict.UNAVAILABLE:
         return 503
     return 502

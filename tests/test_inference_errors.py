@@ -86,6 +86,7 @@ SKLEARN_2D = (
          "unreachable"),
         (502, b"<html>Bad Gateway</html>", Verdict.UNAVAILABLE, 503, "<html>Bad Gateway</html>"),
         (429, b"", Verdict.UNAVAILABLE, 503, "HTTP 429"),
+        (504, b'{"error":"the inference server did not answer in time"}', Verdict.TIMED_OUT, 504, "in time"),
         (500, b"Internal Server Error", Verdict.FAILED, 502, "Internal Server Error"),
         (403, b'{"error":"forbidden"}', Verdict.FAILED, 502, "forbidden"),
         (301, b"", Verdict.FAILED, 502, "HTTP 301"),
@@ -98,7 +99,7 @@ def test_measured_answers(status: int, body: bytes, verdict: Verdict, caller_sta
     assert len(answer.reason) <= MAX_REASON_CHARS
     assert VENV not in answer.reason
     assert "Traceback" not in answer.reason
-    assert answer.retryable == (verdict is not Verdict.INVALID)
+    assert answer.retryable == (verdict not in (Verdict.INVALID, Verdict.TIMED_OUT))
 
 
 def test_the_detail_for_the_log_is_the_end_of_what_was_said_and_bounded() -> None:

@@ -52,6 +52,7 @@ from modelplane.inference_errors import (
     safe_reason,
     unreadable_body_answer,
 )
+from modelplane.inference_limits import MAX_REQUEST_BODY_BYTES
 from servers.adapter import ServerError
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ class InferenceProxy:
 
     def rest_app(self) -> web.Application:
         quiet_caller_http_errors()
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=MAX_REQUEST_BODY_BYTES)
         app.router.add_route("*", "/v2/models/{name}/versions/{version}{rest:(/.*)?}", self._model_route)
         app.router.add_route("*", "/v2/models/{name}{rest:(/.*)?}", self._model_route)
         app.router.add_route("GET", "/v2/health/{what:live|ready}", self._pass_through)

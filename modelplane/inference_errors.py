@@ -54,10 +54,12 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from modelplane.inference_limits import MAX_REQUEST_BODY_BYTES
+
 MAX_REASON_CHARS: Final = 300
 MAX_DETAIL_CHARS: Final = 2000  # the end of a traceback, for the log
-# An error answer is read up to this size (MLServer echoes a whole request in some); the rest is not read.
-MAX_ERROR_ANSWER_BYTES: Final = 128 * 1024 * 1024
+# An error answer is read up to this size (MLServer echoes a whole request in some, escaped); the rest is not.
+MAX_ERROR_ANSWER_BYTES: Final = 2 * MAX_REQUEST_BODY_BYTES
 # What is kept of an error answer, three times over (its head, its tail, from its last frame on): a final
 # exception's message is cut to MAX_REASON_CHARS anyway, and 60 frames of a traceback fit in 16 KiB.
 KEPT_BYTES: Final = 64 * 1024

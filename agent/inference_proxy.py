@@ -14,10 +14,14 @@ paths) go to the log, bounded. gRPC errors keep the server's code with their det
 
 While the server is down (the agent's watch says so) every request is answered 503 (gRPC UNAVAILABLE)
 with the reason, at once; a request the server cannot be reached for is answered 503 too, and asks the
-watch to probe the server now. 502 is kept for a server that answered something the proxy cannot pass
-on, 504 for one that did not answer in time. When the server serves again the proxy opens new
-connections to it (the old ones may lead to a dead process, and gRPC's reconnect backoff after an
-outage would delay the first calls), letting requests still on the old ones finish.
+watch to probe the server now. Those REST answers, and only those, carry the header
+``modelplane.inference_errors.SERVER_DOWN_HEADER``: the gateway skips this whole replica for them. What
+concerns one model is a plain 503 (gRPC UNAVAILABLE) with the reason: an evicted model that cannot be
+loaded again, or has no room to come back (the agent was restarted with less memory than it needs);
+another replica may have it. 502 is kept for a server that answered something the proxy cannot pass on,
+504 for one that did not answer in time. When the server serves again the proxy opens new connections to
+it (the old ones may lead to a dead process, and gRPC's reconnect backoff after an outage would delay the
+first calls), letting requests still on the old ones finish.
 """
 
 from __future__ import annotations
@@ -35,9 +39,10 @@ from aiohttp import web
 from google.protobuf.message import DecodeError
 from grpc import aio
 
-from agent.model_manager import ModelManager, ServerDown
+from agent.model_manager import ModelManager, NoRoom, ServerDown
 from generated.mlops.agent.v1 import agent_pb2
 from modelplane.inference_errors import (
+    SERVER_DOWN_HEADER,
     UNREADABLE_BODY,
     ErrorAnswer,
     Verdict,
@@ -47,6 +52,7 @@ from modelplane.inference_errors import (
     safe_reason,
     unreadable_body_answer,
 )
+from modelplane.inference_limits import MAX_REQUEST_BODY_BYTES
 from servers.adapter import ServerError
 
 log = logging.getLogger(__name__)
@@ -58,13 +64,22 @@ _PASS_THROUGH_RPCS = {"ServerLive", "ServerReady", "ServerMetadata"}
 # Not passed on: they describe this hop (the body is forwarded as read, so decoded, whatever it came as).
 _HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "content-encoding"}
 # The status the proxy answers a server's error with, by verdict (INVALID keeps the server's 4xx).
-_ANSWER_STATUS = {Verdict.NOT_HERE: 404, Verdict.UNAVAILABLE: 503, Verdict.FAILED: 500}
+_ANSWER_STATUS = {Verdict.NOT_HERE: 404, Verdict.UNAVAILABLE: 503, Verdict.TIMED_OUT: 504, Verdict.FAILED: 500}
 # How long requests still on connections replaced after a restart may take to finish before those close.
 _RETIRE_GRACE_SECONDS = 60.0
 
 
 class ModelNotHere(Exception):  # noqa: N818 - the name says what the client hit
     pass
+
+
+class ModelCannotAnswer(Exception):  # noqa: N818 - the name says what the client hit
+    """The model is held here but could not be brought back onto the server; the message is the reason."""
+
+
+def _server_down_answer(reason: str) -> web.Response:
+    """The 503 for "the server is down or unreachable", marked so the gateway skips this whole replica."""
+    return web.json_response({"error": reason}, status=503, headers={SERVER_DOWN_HEADER: "1"})
 
 
 def _parse_version(text: str | None) -> int | None:
@@ -115,8 +130,16 @@ class InferenceProxy:
         return ServerDown(reason) if reason is not None else None
 
     async def resolve(self, name: str, version: int | None) -> str:
-        """The server-side name for ``name`` (reloading it if evicted). Raises ModelNotHere or ServerError."""
-        loaded = await self.manager.ensure_on_server(name, version)
+        """The server-side name for ``name`` (reloading it if evicted). Raises ModelNotHere, ServerDown (the
+        server is down), or ModelCannotAnswer (this model could not be brought back onto the server)."""
+        try:
+            loaded = await self.manager.ensure_on_server(name, version)
+        except ServerDown:
+            raise
+        except NoRoom as error:
+            raise ModelCannotAnswer(safe_reason(f"no room on this replica to load {name} again: {error}")) from None
+        except ServerError as error:
+            raise ModelCannotAnswer(safe_reason(f"could not load {name}: {error}")) from None
         if loaded is None:
             which = f"{name} version {version}" if version is not None else name
             raise ModelNotHere(f"model {which} is not loaded on this replica")
@@ -126,7 +149,7 @@ class InferenceProxy:
 
     def rest_app(self) -> web.Application:
         quiet_caller_http_errors()
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=MAX_REQUEST_BODY_BYTES)
         app.router.add_route("*", "/v2/models/{name}/versions/{version}{rest:(/.*)?}", self._model_route)
         app.router.add_route("*", "/v2/models/{name}{rest:(/.*)?}", self._model_route)
         app.router.add_route("GET", "/v2/health/{what:live|ready}", self._pass_through)
@@ -151,9 +174,9 @@ class InferenceProxy:
         except ModelNotHere as error:
             return web.json_response({"error": str(error)}, status=404)
         except ServerDown as error:
+            return _server_down_answer(str(error))
+        except ModelCannotAnswer as error:
             return web.json_response({"error": str(error)}, status=503)
-        except ServerError as error:
-            return web.json_response({"error": safe_reason(f"could not load {name}: {error}")}, status=503)
         path = f"/v2/models/{loaded}{request.match_info.get('rest') or ''}"
         return await self._forward(request, path, rename=(loaded, name, version))
 
@@ -165,7 +188,7 @@ class InferenceProxy:
     ) -> web.StreamResponse:
         down = self._down()
         if down is not None:
-            return web.json_response({"error": str(down)}, status=503)
+            return _server_down_answer(str(down))
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         try:
             body = await request.read()
@@ -211,9 +234,10 @@ class InferenceProxy:
             self.on_unreachable()
             down = self._down()
             if down is not None:
-                return web.json_response({"error": str(down)}, status=503)
-            reason = safe_reason(f"{type(error).__name__}: {error}")
-            return web.json_response({"error": f"the inference server is unreachable: {reason}"}, status=503)
+                return _server_down_answer(str(down))
+            return _server_down_answer(
+                safe_reason(f"the inference server is unreachable: {type(error).__name__}: {error}")
+            )
         reason = safe_reason(f"the inference server's answer was unusable: {error}")
         return web.json_response({"error": reason}, status=502)
 
@@ -250,8 +274,8 @@ class InferenceProxy:
                 await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
             except ServerDown as error:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
-            except ServerError as error:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, safe_reason(f"could not load {names.name}: {error}"))
+            except ModelCannotAnswer as error:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
             original = (names.name, names.version)
             # Re-serialising keeps every other field: protobuf carries unknown fields through.
             names.name, names.version = loaded, ""

@@ -8,7 +8,9 @@ _HELP = {
     "modelplane_gateway_requests_total": "Inference requests answered, by kind, name, route taken and HTTP status.",
     "modelplane_gateway_mirror_requests_total": "Mirrored copies sent, by experiment, mirror and outcome.",
     "modelplane_gateway_replica_retries_total": "Requests retried on another replica, by model.",
-    "modelplane_gateway_replica_ejections_total": "Times a replica that could not answer was skipped for a while.",
+    "modelplane_gateway_replica_ejections_total": (
+        "Times a replica was skipped for a while (no connection to it, or its proxy said its server is down)."
+    ),
 }
 
 

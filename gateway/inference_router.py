@@ -18,17 +18,16 @@ from typing import Any, Protocol
 
 from gateway.experiment_split import ExperimentSplitter
 from gateway.gateway_metrics import GatewayMetrics
-from gateway.inference_types import InferenceError, JsonObject
+from gateway.inference_types import MAX_REQUEST_ID_CHARS, InferenceError, JsonObject
 from gateway.json_documents import JsonDocumentError, loads_bounded
 from gateway.replica_client import ReplicaAnswer, ReplicaClient
 from gateway.routing_table import ROUTE_HEADER, RoutingTable
 from gateway.v2_grpc_codec import check_infer_request
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane.inference_limits import MAX_REQUEST_BODY_BYTES
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 64 * 1024 * 1024
-MAX_REQUEST_ID_CHARS = 256
 _REQUEST_ID = re.compile(r"[\x20-\x7e]*")
 
 
@@ -73,8 +72,8 @@ def encode_request(request: JsonObject) -> bytes:
 
 
 def _check_size(body: bytes) -> None:
-    if len(body) > MAX_BODY_BYTES:
-        raise InferenceError(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+    if len(body) > MAX_REQUEST_BODY_BYTES:
+        raise InferenceError(413, f"request body larger than {MAX_REQUEST_BODY_BYTES} bytes")
 
 
 def check_routable(document: object) -> JsonObject:

@@ -9,9 +9,12 @@ converts at its edge, so routing, experiments and pipelines are written once, tr
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 JsonObject = dict[str, Any]
+
+# A request's id (a V2 request's "id", a Kafka record's x-request-id or key) is at most this long.
+MAX_REQUEST_ID_CHARS: Final = 256
 
 
 class InferenceError(Exception):

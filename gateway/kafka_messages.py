@@ -32,7 +32,7 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from gateway.inference_types import InferenceError, JsonObject
+from gateway.inference_types import MAX_REQUEST_ID_CHARS, InferenceError, JsonObject
 from gateway.kafka_topics import Resource
 from gateway.v2_grpc_codec import decode_infer_request, encode_infer_response
 from generated.inference.v2 import grpc_predict_v2_pb2 as v2_pb
@@ -43,7 +43,6 @@ CONTENT_TYPE_HEADER = "content-type"
 JSON_CONTENT_TYPE = "application/json"
 PROTOBUF_CONTENT_TYPE = "application/x-protobuf"
 PROTOBUF_CONTENT_TYPES = frozenset({PROTOBUF_CONTENT_TYPE, "application/protobuf"})
-MAX_REQUEST_ID_CHARS = 256
 
 # Record headers as the client hands them over; checked item by item, since producers may send anything.
 Headers = Sequence[tuple[Any, Any]]

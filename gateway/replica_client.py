@@ -10,17 +10,24 @@ Answers (modelplane.inference_errors reads every non-2xx one):
 * A request the replica found invalid (4xx; MLServer's traceback of a ValueError or TypeError; Triton's
   "Unable to parse"): the caller's mistake, answered at once with the replica's status and one short line
   of its reason, never retried: another replica of the same model would say the same.
+* A request that took too long (no answer within ``timeout_seconds``, or the replica's 504: its server
+  did not answer in time): answered 504 at once, never retried: the request is what is slow, and trying it
+  on every replica would cost each of them as much.
 * The model is not on the replica (404: it moved, and the routing update has not arrived yet), the replica
-  cannot answer now (no connection, a timeout, 408, 429, 502, 503, 504), or its server failed on the
-  request (other 5xx): the request goes to another replica, at most ``max_attempts`` replicas in all.
-  Retrying is safe: inference requests have no side effects.
+  cannot answer now (no connection, 408, 429, 502, 503), or its server failed on the request (other 5xx):
+  the request goes to another replica, at most ``max_attempts`` replicas in all. Retrying is safe:
+  inference requests have no side effects.
 
-Passive ejection: a replica that cannot be reached or says it cannot answer (502, 503, 504, or no
-connection at all) is skipped for :data:`EJECT_SECONDS` seconds, doubled after each further failure in a
-row up to :data:`MAX_EJECT_SECONDS`, while the model has other replicas: between a server dying and the
-scheduler's route update, requests do not keep paying for the dead one. Skipped replicas are still tried
-last, so a request still goes to a model's only replica, and the first request after the period tests
-the replica again; any answer from it ends the ejection.
+Passive ejection: a replica is skipped for :data:`EJECT_SECONDS` seconds, doubled after each further
+ejection in a row up to :data:`MAX_EJECT_SECONDS`, while the model has other replicas, for exactly two
+reasons: no connection could be made to it (refused, reset, or not made within the connect timeout), or it
+answered with the ``modelplane.inference_errors.SERVER_DOWN_HEADER`` mark, which the agent's proxy puts
+on its answers while its inference server is down or cannot be reached. Between a server dying and the
+scheduler's route update, requests do not keep paying for the dead one. Nothing else ejects a replica:
+not a 503 for one model (the proxy could not load it again, or has no room for it: the replica's other
+models still answer), not 502, 504, 429 or any other status, not a timeout. Skipped replicas are still
+tried last, so a request still goes to a model's only replica, and the first request after the period
+tests the replica again; any unmarked answer from it ends the ejection.
 
 What a server says beyond that line (a traceback, file paths) is logged here, bounded, never answered.
 """
@@ -39,7 +46,14 @@ import aiohttp
 
 from gateway.inference_types import InferenceError
 from gateway.routing_table import Endpoint
-from modelplane.inference_errors import ErrorAnswer, Verdict, read_error_answer, read_error_body, safe_reason
+from modelplane.inference_errors import (
+    SERVER_DOWN_HEADER,
+    ErrorAnswer,
+    Verdict,
+    read_error_answer,
+    read_error_body,
+    safe_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +61,8 @@ FORWARDED_REQUEST_HEADERS = ("x-request-id", "seldon-request-id", "traceparent",
 MAX_FORWARDED_HEADER_CHARS: Final = 1024
 EJECT_SECONDS: Final = 1.0
 MAX_EJECT_SECONDS: Final = 30.0
+# A connection not made within this is a replica that cannot be reached (ejected), not a slow request.
+CONNECT_TIMEOUT_SECONDS: Final = 10.0
 # Header values travel as given, so they must be what HTTP allows in one: visible ASCII, spaces, tabs.
 _HEADER_VALUE: Final = re.compile(r"[\t\x20-\x7e]*")
 
@@ -78,7 +94,9 @@ class ReplicaClient:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self.max_attempts = max_attempts
-        self.timeout = aiohttp.ClientTimeout(total=timeout_seconds)
+        self.timeout = aiohttp.ClientTimeout(
+            total=timeout_seconds, sock_connect=min(CONNECT_TIMEOUT_SECONDS, timeout_seconds)
+        )
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
         self._in_flight: dict[str, int] = {}
@@ -126,7 +144,8 @@ class ReplicaClient:
     ) -> ReplicaAnswer:
         """``method path`` on one of ``endpoints`` (tried in :meth:`order`): the first 2xx answer. Raises
         InferenceError: 503 when there are none or none could answer now, the replica's 4xx when it found the
-        request invalid, 502 when the servers failed; each with a short reason naming the replicas."""
+        request invalid, 504 when it took too long, 502 when the servers failed; each with a short reason
+        naming the replicas."""
         if not endpoints:
             raise InferenceError(503, f"{what} has no available replica")
         forwarded = forwarded_headers(headers)
@@ -142,7 +161,9 @@ class ReplicaClient:
                 log.debug("%s on %s: invalid request (HTTP %d): %s", what, endpoint.key, answer.status, answer.detail)
                 raise InferenceError(answer.status, f"{what}: {answer.reason}")
             failures.append((endpoint, answer))
-        said = "; ".join(f"{endpoint.key}: {answer.reason}" for endpoint, answer in failures)
+            if answer.verdict is Verdict.TIMED_OUT:
+                raise InferenceError(504, f"{what}: {_said(failures)}")
+        said = _said(failures)
         verdicts = {answer.verdict for _, answer in failures}
         if verdicts == {Verdict.NOT_HERE}:
             # Every replica said the model is not there: it is moving, and the new route is on its way.
@@ -165,18 +186,28 @@ class ReplicaClient:
                     answer = ReplicaAnswer(response.status, await response.read(), content_type, endpoint)
                     self._ejected.pop(endpoint.http_url, None)
                     return answer
+                server_down = SERVER_DOWN_HEADER in response.headers
                 error = read_error_answer(response.status, await read_error_body(response))
-        except (TimeoutError, aiohttp.ClientError, OSError) as failure:
-            text = safe_reason(f"{type(failure).__name__}: {failure}".rstrip(": "))
-            error = ErrorAnswer(Verdict.UNAVAILABLE, 503, f"unreachable ({text})", text)
+        except aiohttp.ConnectionTimeoutError as failure:  # no connection made in time: unreachable
+            error, server_down = _unreachable(failure), True
+        except TimeoutError:  # connected, then no answer in time (the total or aiohttp's read timeout)
+            reason = f"did not answer within {self.timeout.total:g}s"
+            error, server_down = ErrorAnswer(Verdict.TIMED_OUT, 504, reason, reason), False
+        except (aiohttp.ClientConnectionError, OSError) as failure:  # refused, reset, closed
+            error, server_down = _unreachable(failure), True
+        except aiohttp.ClientError as failure:  # connected, but its answer could not be read
+            text = _failure_text(failure)
+            error, server_down = ErrorAnswer(Verdict.FAILED, 502, f"its answer could not be read ({text})", text), False
         finally:
             self._in_flight[endpoint.key] -= 1
             if not self._in_flight[endpoint.key]:
                 del self._in_flight[endpoint.key]
-        if error.verdict is Verdict.UNAVAILABLE:
+        if error.verdict is Verdict.TIMED_OUT:
+            log.warning("replica %s: %s %s %s", endpoint.key, method, path, error.reason)
+        elif server_down:
             self._eject(endpoint, error.reason)
         else:
-            self._ejected.pop(endpoint.http_url, None)  # it answered: it is up
+            self._ejected.pop(endpoint.http_url, None)  # it answered, unmarked: it is up
             if error.verdict is Verdict.FAILED:
                 log.warning("replica %s failed on %s %s: %s", endpoint.key, method, path, error.detail)
         return error
@@ -195,6 +226,19 @@ class ReplicaClient:
         log.warning("replica %s (%s) skipped for %gs: %s", endpoint.key, endpoint.http_url, seconds, reason)
         if self._on_eject is not None:
             self._on_eject(endpoint, seconds, reason)
+
+
+def _failure_text(failure: BaseException) -> str:
+    return safe_reason(f"{type(failure).__name__}: {failure}".rstrip(": "))
+
+
+def _unreachable(failure: BaseException) -> ErrorAnswer:
+    text = _failure_text(failure)
+    return ErrorAnswer(Verdict.UNAVAILABLE, 503, f"unreachable ({text})", text)
+
+
+def _said(failures: Sequence[tuple[Endpoint, ErrorAnswer]]) -> str:
+    return "; ".join(f"{endpoint.key}: {answer.reason}" for endpoint, answer in failures)
 
 
 def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:

@@ -8,9 +8,10 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway.gateway_metrics import GatewayMetrics
-from gateway.inference_router import MAX_BODY_BYTES, InferenceRouter, RoutedAnswer, parse_version
+from gateway.inference_router import InferenceRouter, RoutedAnswer, parse_version
 from gateway.inference_types import InferenceError
 from modelplane.inference_errors import UNREADABLE_BODY, quiet_caller_http_errors, unreadable_body_answer
+from modelplane.inference_limits import MAX_REQUEST_BODY_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def build_app(router: InferenceRouter, metrics: GatewayMetrics, is_ready: Callable[[], bool]) -> web.Application:
     quiet_caller_http_errors()
-    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[_errors], client_max_size=MAX_REQUEST_BODY_BYTES)
 
     def headers_of(request: web.Request) -> dict[str, str]:
         return {k.lower(): v for k, v in request.headers.items()}

@@ -22,13 +22,22 @@ Verdicts (each with the status to answer a caller with when it is the last word)
   wrong value or type, which numpy, scikit-learn and MLServer's codecs raise for shapes and datatypes that
   do not fit) become 400.
 * NOT_HERE: 404, the model is not on this replica (it moved; the routing update is on its way).
-* UNAVAILABLE: this replica cannot answer now (408, 429, 502, 503, 504): another one may.
+* UNAVAILABLE: this replica cannot answer now (408, 429, 502, 503): another one may.
+* TIMED_OUT: 504, the server took too long over this request; another replica would most likely take as
+  long (the request is what is slow), so it is not retried.
 * FAILED: the server failed on a request it took (any other 5xx, or the authentication 4xx, which are our
   configuration's fault): another replica may not, so it may be retried; 502 if none answers.
 
 The reason is one line of at most :data:`MAX_REASON_CHARS` characters: the JSON ``error``, FastAPI's
 details as ``where: what``, or a traceback's exception (type and message), with anything that looks like a
-file path replaced by ``<path>``. The server's full answer is for the log only (:attr:`detail`, bounded).
+file path replaced by ``<path>``. The end of the server's answer is for the log only (:attr:`detail`, bounded).
+
+An answer can be as large as the request it echoes (MLServer puts a 10 MB BYTES element into its exception's
+message; a request may hold 64 MiB). :func:`read_error_body` keeps only what the verdict needs, as it reads
+(:class:`ErrorBody`): the first :data:`KEPT_BYTES` (whether it is a traceback or JSON, and the start of a
+JSON ``error``), the last :data:`KEPT_BYTES` (the detail for the log) and :data:`KEPT_BYTES` from the last
+traceback frame on (the final exception's type and the start of its message, wherever they are); the rest
+is dropped. A JSON answer cut that way is read for the start of its ``error`` or ``detail`` string only.
 """
 
 from __future__ import annotations
@@ -45,18 +54,33 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from modelplane.inference_limits import MAX_REQUEST_BODY_BYTES
+
 MAX_REASON_CHARS: Final = 300
 MAX_DETAIL_CHARS: Final = 2000  # the end of a traceback, for the log
-# An error answer is read up to this size (MLServer echoes a whole request in some); the rest is dropped.
-MAX_ERROR_ANSWER_BYTES: Final = 128 * 1024 * 1024
+# An error answer is read up to this size (MLServer echoes a whole request in some, escaped); the rest is not.
+MAX_ERROR_ANSWER_BYTES: Final = 2 * MAX_REQUEST_BODY_BYTES
+# What is kept of an error answer, three times over (its head, its tail, from its last frame on): a final
+# exception's message is cut to MAX_REASON_CHARS anyway, and 60 frames of a traceback fit in 16 KiB.
+KEPT_BYTES: Final = 64 * 1024
 
 _TRACEBACK: Final = "Traceback (most recent call last):"
+_FRAME: Final = b'\n  File "'  # how each frame of a Python traceback starts
+# The start of a JSON error answer cut short: its "error" (or "detail") string, as far as it was kept.
+_LEADING_SAID: Final = re.compile(
+    r'\s*\{\s*"(error|detail)"\s*:\s*"((?:[^"\\]|\\.){0,' + str(MAX_REASON_CHARS * 8) + "})"
+)
 _INVALID_EXCEPTIONS: Final = frozenset({"ValueError", "TypeError"})
 _TRITON_PARSE_FAILURES: Final = ("Unable to parse", "failed to parse the request")
 _NOT_OURS_TO_TELL: Final = frozenset({401, 403, 407})
 # Two or more path segments not glued to a word (so "application/json" and a URL's path survive).
 _PATH: Final = re.compile(r"(?<![\w.:/])~?(?:/[^\s/'\"()\[\]{}<>:,;|]+){2,}/?")
 _SPACES: Final = re.compile(r"\s+")
+
+# The agent's proxy marks an answer with this header (value "1") when it means "my inference server is down or
+# cannot be reached: no model here can answer now". The gateway skips the whole replica for those answers
+# only: not for one model that could not be loaded (a plain 503), nor for one slow request (504).
+SERVER_DOWN_HEADER: Final = "Modelplane-Server-Down"
 
 # What aiohttp's server raises from request.read() for a body it cannot read (bad gzip, a broken chunk).
 UNREADABLE_BODY: Final = (RequestPayloadError, HttpProcessingError)
@@ -66,6 +90,7 @@ class Verdict(enum.Enum):
     INVALID = "invalid"
     NOT_HERE = "not here"
     UNAVAILABLE = "unavailable"
+    TIMED_OUT = "timed out"
     FAILED = "failed"
 
 
@@ -80,17 +105,74 @@ class ErrorAnswer:
 
     @property
     def retryable(self) -> bool:
-        """Whether another replica might answer: everything but a request the server found invalid."""
-        return self.verdict is not Verdict.INVALID
+        """Whether to try another replica: not for a request the server found invalid or took too long over."""
+        return self.verdict not in (Verdict.INVALID, Verdict.TIMED_OUT)
 
 
-def read_error_answer(status: int, body: bytes) -> ErrorAnswer:
+class ErrorBody:
+    """What is kept of an error answer as it is read (see the module's docstring): all of it when it is at
+    most twice :data:`KEPT_BYTES`, else its head, its tail and the text from its last traceback frame on."""
+
+    def __init__(self) -> None:
+        self.size = 0  # bytes read
+        self._head = bytearray()
+        self._tail = bytearray()  # trimmed to its last KEPT_BYTES when it grows past twice that
+        self._from_last_frame: bytearray | None = None
+        self._carry = b""  # the end of what was read, where a frame's start may continue in the next chunk
+
+    @classmethod
+    def whole(cls, body: bytes) -> ErrorBody:
+        kept = cls()
+        kept.feed(body)
+        return kept
+
+    def feed(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        room = KEPT_BYTES - len(self._head)
+        self._head += chunk[:room]
+        self._tail += chunk[room:] if room > 0 else chunk
+        if len(self._tail) > 2 * KEPT_BYTES:
+            del self._tail[:-KEPT_BYTES]
+        searched = self._carry + chunk
+        frame = searched.rfind(_FRAME)
+        if frame >= 0:
+            self._from_last_frame = bytearray(searched[frame : frame + KEPT_BYTES])
+        elif self._from_last_frame is not None and len(self._from_last_frame) < KEPT_BYTES:
+            self._from_last_frame += chunk[: KEPT_BYTES - len(self._from_last_frame)]
+        self._carry = searched[-(len(_FRAME) - 1) :]
+
+    @property
+    def dropped(self) -> int:
+        """How many bytes between the head and the tail were not kept."""
+        return self.size - len(self._head) - min(len(self._tail), KEPT_BYTES)
+
+    def text(self) -> str:
+        """The answer as text: whole, or its head and tail around a note of what was left out."""
+        if not self.dropped:
+            return (self._head + self._tail).decode("utf-8", errors="replace")
+        head = self._head.decode("utf-8", errors="replace")
+        tail = self._tail[-KEPT_BYTES:].decode("utf-8", errors="replace")
+        return f"{head}\n[{self.dropped} bytes left out]\n{tail}"
+
+    def from_last_frame(self) -> str | None:
+        """The text from the last traceback frame on (bounded), or None when there was no frame."""
+        if self._from_last_frame is None:
+            return None
+        return self._from_last_frame.decode("utf-8", errors="replace")
+
+    @property
+    def kept_bytes(self) -> int:
+        return len(self._head) + len(self._tail) + len(self._from_last_frame or b"")
+
+
+def read_error_answer(status: int, body: bytes | ErrorBody) -> ErrorAnswer:
     """The verdict on a non-2xx V2 REST answer from MLServer, Triton or an agent's proxy."""
-    text = body.decode("utf-8", errors="replace")
-    document = _json(text)
+    kept = body if isinstance(body, ErrorBody) else ErrorBody.whole(body)
+    text = kept.text()
+    document = _json(text) if not kept.dropped else _leading_said(text)
     detail = text[-MAX_DETAIL_CHARS:]
     if _TRACEBACK in text[:200]:
-        exception = _final_exception(text)
+        exception = _final_exception(kept.from_last_frame() or text)
         kind = exception.partition(":")[0].strip().rpartition(".")[2]
         reason = safe_reason(f"the model raised {exception}")
         if status == 500 and kind in _INVALID_EXCEPTIONS:
@@ -103,16 +185,15 @@ def read_error_answer(status: int, body: bytes) -> ErrorAnswer:
     return ErrorAnswer(_verdict(status), _caller_status(status), reason, detail)
 
 
-async def read_error_body(response: aiohttp.ClientResponse, limit: int = MAX_ERROR_ANSWER_BYTES) -> bytes:
-    """An error answer's body, cut at ``limit`` bytes (aiohttp then closes the connection, unread)."""
-    chunks: list[bytes] = []
-    size = 0
+async def read_error_body(response: aiohttp.ClientResponse, limit: int = MAX_ERROR_ANSWER_BYTES) -> ErrorBody:
+    """What is kept of an error answer's body (:class:`ErrorBody`), read up to ``limit`` bytes (aiohttp then
+    closes the connection, the rest unread)."""
+    kept = ErrorBody()
     async for chunk in response.content.iter_chunked(64 * 1024):
-        chunks.append(chunk[: limit - size])
-        size += len(chunks[-1])
-        if size >= limit:
+        kept.feed(chunk[: limit - kept.size])
+        if kept.size >= limit:
             break
-    return b"".join(chunks)
+    return kept
 
 
 def unreadable_body_answer(error: BaseException) -> web.Response:
@@ -136,7 +217,9 @@ def safe_reason(text: str, limit: int = MAX_REASON_CHARS) -> str:
 def _verdict(status: int) -> Verdict:
     if status == 404:
         return Verdict.NOT_HERE
-    if status in (408, 429, 502, 503, 504):
+    if status == 504:
+        return Verdict.TIMED_OUT
+    if status in (408, 429, 502, 503):
         return Verdict.UNAVAILABLE
     if 400 <= status < 500 and status not in _NOT_OURS_TO_TELL:
         return Verdict.INVALID
@@ -149,6 +232,8 @@ def _caller_status(status: int) -> int:
         return status
     if verdict is Verdict.NOT_HERE:
         return 404
+    if verdict is Verdict.TIMED_OUT:
+        return 504
     if verdict is Verdict.UNAVAILABLE:
         return 503
     return 502
@@ -161,6 +246,19 @@ def _json(text: str) -> Any:
         return json.loads(text)
     except (ValueError, RecursionError):
         return None
+
+
+def _leading_said(text: str) -> dict[str, str] | None:
+    """The start of the ``error`` (or ``detail``) string of a JSON answer cut short, as ``{name: start}``."""
+    found = _LEADING_SAID.match(text)
+    if found is None:
+        return None
+    escaped = found.group(2)
+    try:
+        said = json.loads(f'"{escaped}"')
+    except ValueError:  # cut inside an escape
+        said = escaped
+    return {found.group(1): said}
 
 
 def _said(document: Any, text: str) -> str:

@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane.inference_errors import SERVER_DOWN_HEADER
 from servers.launch import launch_mlserver, server_venv
 from tests.cluster_fixtures import AVAILABLE, FAILED, WAIT, Api, Cluster, Iris, api_of, model
 from tests.processes import start_gateway, stop_process
@@ -248,9 +249,15 @@ async def test_a_server_reached_by_url_that_stops_answering_is_reported_down_and
             try:
                 down = await left_available(api, "sleeper")
                 assert_down_because(down, 0, server.http_url, "did not answer")
-                status, answer = await infer(agent.proxy_url, "sleeper", iris.request)
+                async with (
+                    aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
+                    session.post(f"{agent.proxy_url}/v2/models/sleeper/infer", json=iris.request) as response,
+                ):
+                    status, answer = response.status, await response.json(content_type=None)
+                    marked = response.headers.get(SERVER_DOWN_HEADER)
                 assert status == 503, answer
                 assert "down" in answer["error"], answer
+                assert marked == "1", "the gateway skips this replica for this answer"
             finally:
                 os.kill(server.pid, signal.SIGCONT)
             await api.available("sleeper")

@@ -3,13 +3,16 @@ MLServer replicas, and `modelplane gateway` processes.
 
 * An experiment whose candidate is unloaded keeps answering from the candidates that remain, and its status
   says which candidate is missing and why.
-* A replica whose server died is skipped by the gateway at once, before the scheduler says anything.
+* A replica whose server died is skipped by the gateway at once, before the scheduler says anything, and
+  only that replica: the gateway's ejection counter and log say which replica was skipped, how often and
+  for how long; nothing here depends on how long the requests took.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -153,17 +156,33 @@ async def test_an_unloaded_candidate_gets_no_traffic_and_the_status_says_why(
     stop_process(gateway.process)
 
 
-async def metric(http: aiohttp.ClientSession, gateway: GatewayProcess, name: str) -> int:
+async def metric(http: aiohttp.ClientSession, gateway: GatewayProcess, name: str, **labels: str) -> int:
+    """The sum of ``name``'s series whose labels include ``labels``, from the gateway's /metrics."""
     async with http.get(f"{gateway.url}/metrics") as response:
         text = await response.text()
-    return sum(int(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]
+    return sum(
+        int(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and all(label in line for label in wanted)
+    )
+
+
+def skip_periods(gateway: GatewayProcess, replica: str) -> list[float]:
+    """How long the gateway's log says it skipped ``replica`` each time, in order."""
+    found = re.findall(rf"replica {re.escape(replica)} \(\S+\) skipped for ([0-9.]+)s", gateway.log())
+    return [float(seconds) for seconds in found]
 
 
 async def test_a_replica_whose_server_died_is_skipped_without_waiting_for_the_scheduler(
     cluster: Cluster, iris: Iris, http: aiohttp.ClientSession
 ) -> None:
     scheduler = cluster.start_scheduler()
-    doomed, _ = await asyncio.to_thread(cluster.start_agents, cluster.agent(0), cluster.agent(1))
+    # The killed server stays down for the whole test (its agent would restart it after 600 s): every
+    # request its replica gets fails, and every 200 comes from the other replica.
+    doomed, survivor = await asyncio.to_thread(
+        cluster.start_agents, cluster.agent(0, extra=("--server-restart-backoff=600",)), cluster.agent(1)
+    )
     async with api_of(cluster) as api:
         spec = model("pair", str(iris.folder))
         spec.deploymentSpec.replicas = 2
@@ -176,6 +195,7 @@ async def test_a_replica_whose_server_died_is_skipped_without_waiting_for_the_sc
     for gateway in (single, retrying):
         answers = await many(http, f"{gateway.url}/v2/models/pair/infer", iris.request, 20)
         assert {status for status, _ in answers} == {200}
+    dead_key, live_key = (f"mlserver/{agent.replica_idx}" for agent in (doomed, survivor))
 
     # The scheduler is frozen, so no route update can reach the gateways: what they do, they do alone.
     os.kill(scheduler.process.pid, signal.SIGSTOP)
@@ -187,16 +207,25 @@ async def test_a_replica_whose_server_died_is_skipped_without_waiting_for_the_sc
         retried = await many(http, f"{retrying.url}/v2/models/pair/infer", iris.request, 100)
     finally:
         os.kill(scheduler.process.pid, signal.SIGCONT)
+    assert not doomed.server_pids(), "the killed server stayed down: every 200 came from the other replica"
 
     failed = [body for status, body in results if status != 200]
-    # Each skip lasts 1 s, doubling per failure in a row up to 30 s: the dead replica gets one request per
-    # period, so 200 requests fail at most 10 times unless they took over two minutes; without skipping,
-    # about 100 (every other one) fail.
-    assert len(failed) <= 10, f"{len(failed)} of 200 failed: {failed[:3]}"
     assert all(status == 503 and "pair" in body["error"] for status, body in results if status != 200), failed[:3]
     assert all(body["outputs"][0]["data"] == iris.expected for status, body in results if status == 200)
+    # Each request the dead replica got failed and had it skipped; while skipped it got none (a request to a
+    # skipped replica would fail without a new skip). Without skipping, about every other request fails.
+    ejections = await metric(http, single, "modelplane_gateway_replica_ejections_total", replica=dead_key)
+    assert failed, "the dead replica was tried"
+    assert len(failed) == ejections, f"{len(failed)} of 200 failed, the dead replica was skipped {ejections} times"
+    # Skipped for 1 s, then twice as long after each failure in a row, up to 30 s.
+    periods = skip_periods(single, dead_key)
+    assert periods == [min(30.0, 2.0**n) for n in range(len(periods))], periods
+    assert len(periods) == ejections, periods
+    assert await metric(http, single, "modelplane_gateway_replica_ejections_total", replica=live_key) == 0
+
     assert {status for status, _ in retried} == {200}, Counter(status for status, _ in retried)
     assert all(body["outputs"][0]["data"] == iris.expected for _, body in retried)
+    assert await metric(http, retrying, "modelplane_gateway_replica_ejections_total", replica=dead_key) >= 1
+    assert await metric(http, retrying, "modelplane_gateway_replica_ejections_total", replica=live_key) == 0
     for gateway in (single, retrying):
-        assert await metric(http, gateway, "modelplane_gateway_replica_ejections_total") >= 1
         stop_process(gateway.process)

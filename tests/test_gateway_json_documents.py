@@ -1,5 +1,7 @@
 """gateway.json_documents: the nesting depth is measured without recursion and agrees with a recursive
-count on any JSON; too deep is refused before the parser sees it."""
+count on any JSON; too deep (for the parser, or past the limit) is refused; no body costs more than a pass
+or two over it (a pre-scan whose cost grew with the square of the body's length let one 64 KB request hold
+the gateway's event loop for 14 s)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.inference_router import parse_request
+from gateway.inference_types import InferenceError
 from gateway.json_documents import MAX_JSON_DEPTH, JsonDocumentError, loads_bounded, nesting_depth
 
 json_values = st.recursive(
@@ -30,12 +34,26 @@ def depth_of(value: Any) -> int:
 @given(json_values, st.booleans())
 def test_the_depth_is_that_of_the_document(value: Any, ascii_only: bool) -> None:
     data = json.dumps(value, ensure_ascii=ascii_only).encode()
-    assert nesting_depth(data) == depth_of(value)
+    assert nesting_depth(value) == depth_of(value)
     assert loads_bounded(data) == value
+    if depth_of(value) > 0:
+        with pytest.raises(JsonDocumentError, match=f"the limit is {depth_of(value) - 1}"):
+            loads_bounded(data, max_depth=depth_of(value) - 1)
 
 
 def test_brackets_in_strings_and_escaped_quotes_are_text() -> None:
-    assert nesting_depth(b'{"a": "[[[[\\"]]]]", "b": ["\\\\", "{"]}') == 2
+    data = b'{"a": "[[[[\\"]]]]", "b": ["\\\\", "{"]}'
+    assert loads_bounded(data, max_depth=2) == {"a": '[[[["]]]]', "b": ["\\", "{"]}
+    with pytest.raises(JsonDocumentError, match="the limit is 1"):
+        loads_bounded(data, max_depth=1)
+
+
+def test_the_measure_stops_past_the_limit() -> None:
+    deep: list[object] = []
+    for _ in range(500):
+        deep = [deep]
+    assert nesting_depth(deep) == 501
+    assert nesting_depth(deep, stop_after=MAX_JSON_DEPTH) == MAX_JSON_DEPTH + 1
 
 
 @pytest.mark.parametrize(
@@ -44,17 +62,18 @@ def test_brackets_in_strings_and_escaped_quotes_are_text() -> None:
         b"[" * 100_000,
         b"[" * 100_000 + b"]" * 100_000,
         b'{"inputs": ' + b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1) + b"}",
-        b"[{" * 60_000,
+        b'[{"a": ' * 60_000,
+        b"[" * 500 + b"]" * 500,  # within what the parser can follow, beyond the limit
     ],
 )
-def test_too_deep_is_refused_with_the_depth_and_the_limit(data: bytes) -> None:
+def test_too_deep_is_refused_with_the_limit(data: bytes) -> None:
     with pytest.raises(JsonDocumentError, match=f"the limit is {MAX_JSON_DEPTH}"):
         loads_bounded(data)
 
 
 def test_at_the_limit_it_parses() -> None:
     data = b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH
-    assert nesting_depth(data) == MAX_JSON_DEPTH
+    assert nesting_depth(json.loads(data)) == MAX_JSON_DEPTH
     assert isinstance(loads_bounded(data), list)
 
 
@@ -64,3 +83,35 @@ def test_any_bytes_parse_or_are_refused_with_a_short_reason(data: bytes) -> None
         loads_bounded(data)
     except JsonDocumentError as error:
         assert len(str(error)) <= 200
+
+
+# Bodies whose strings never end, in the shapes that made a regular expression for JSON strings start over at
+# every quote and scan to the end each time: quadratic, 14 s for 64 KB, so these 4 MB ones would take hours.
+# Each is answered in one pass (the test's timeout, 120 s, is the guard).
+ADVERSARIAL_BODY_CHARS = 4 * 1024 * 1024
+UNENDING_STRINGS = {
+    "a quote, then escaped quotes": b'"' + b'\\"' * (ADVERSARIAL_BODY_CHARS // 2),
+    "escaped quotes ending in a backslash": b'"' + b'\\"' * (ADVERSARIAL_BODY_CHARS // 2) + b"\\",
+    "brackets and escaped quotes in an array": b'["' + b'[\\"{' * (ADVERSARIAL_BODY_CHARS // 4),
+    "a request whose id never ends": b'{"inputs": [], "id": "' + b'\\"' * (ADVERSARIAL_BODY_CHARS // 2),
+}
+
+
+@pytest.mark.parametrize("shape", list(UNENDING_STRINGS))
+def test_a_large_body_of_unterminated_strings_is_refused_in_one_pass(shape: str) -> None:
+    body = UNENDING_STRINGS[shape]
+    assert len(body) >= ADVERSARIAL_BODY_CHARS
+    with pytest.raises(JsonDocumentError, match=r"Unterminated string|Expecting"):
+        loads_bounded(body)
+    with pytest.raises(InferenceError) as raised:
+        parse_request(body)
+    assert raised.value.status == 400
+    assert raised.value.message.startswith("request body is not valid JSON")
+    assert len(raised.value.message) <= 300
+
+
+def test_a_large_request_full_of_escaped_quotes_parses() -> None:
+    quotes = '"' * (ADVERSARIAL_BODY_CHARS // 2)
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": [quotes]}]}).encode()
+    request = parse_request(body)
+    assert request["inputs"][0]["data"] == [quotes]

@@ -11,10 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.inference_types import InferenceError
+from gateway.inference_types import MAX_REQUEST_ID_CHARS, InferenceError
 from gateway.kafka_delivery import OffsetTracker, RecentIds
 from gateway.kafka_messages import (
-    MAX_REQUEST_ID_CHARS,
     DecodedRequest,
     MalformedRecordError,
     answer_headers,

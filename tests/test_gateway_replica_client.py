@@ -1,9 +1,11 @@
 """gateway.replica_client against real HTTP servers on loopback ports standing in for replicas (each answers
 what the test tells it and counts the requests it got): which answers are retried on another replica, what
-the caller is told, and which replicas are skipped for a while (on a clock the test moves)."""
+the caller is told, and which replicas are skipped for a while (on a clock the test moves): only those that
+cannot be connected to, or whose proxy says its server is down (SERVER_DOWN_HEADER)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from aiohttp import web
 from gateway.inference_types import InferenceError
 from gateway.replica_client import EJECT_SECONDS, MAX_EJECT_SECONDS, ReplicaClient
 from gateway.routing_table import Endpoint
+from modelplane.inference_errors import SERVER_DOWN_HEADER
 
 TRACEBACK = (
     "Traceback (most recent call last):\n"
@@ -31,6 +34,7 @@ class Replica:
     index: int
     answer: Callable[[], web.Response] = lambda: web.json_response({"outputs": []})
     hits: int = 0
+    stalled: asyncio.Event | None = None  # when set, requests wait for it before they are answered
     url: str = ""
     runner: web.AppRunner | None = field(default=None, repr=False)
 
@@ -42,6 +46,8 @@ class Replica:
 async def _start(replica: Replica) -> None:
     async def infer(_request: web.Request) -> web.Response:
         replica.hits += 1
+        if replica.stalled is not None:
+            await replica.stalled.wait()
         return replica.answer()
 
     app = web.Application()
@@ -61,6 +67,8 @@ async def replicas() -> AsyncIterator[list[Replica]]:
         await _start(replica)
     yield started
     for replica in started:
+        if replica.stalled is not None:
+            replica.stalled.set()
         if replica.runner is not None:
             await replica.runner.cleanup()
 
@@ -90,6 +98,11 @@ def text(status: int, body: str) -> Callable[[], web.Response]:
 
 def error(status: int, message: str) -> Callable[[], web.Response]:
     return lambda: web.json_response({"error": message}, status=status)
+
+
+def server_down(message: str = "the inference server is down: MLServer exited") -> Callable[[], web.Response]:
+    """What an agent's proxy answers while its server is down or unreachable."""
+    return lambda: web.json_response({"error": message}, status=503, headers={SERVER_DOWN_HEADER: "1"})
 
 
 @pytest.mark.parametrize(
@@ -129,7 +142,9 @@ async def test_a_request_the_replica_found_invalid_is_answered_at_once_and_not_r
         (text(500, TRACEBACK.replace("ValueError", "KeyError")), 502),  # the server failed on it
         (error(500, "something broke"), 502),
         (error(503, "busy"), 503),  # could not answer now
-        (error(502, "the inference server is unreachable"), 503),
+        (error(503, "could not load m: the server said 500"), 503),  # this model, on this replica
+        (server_down(), 503),
+        (error(502, "the inference server's answer was unusable"), 503),
         (error(404, "model m is not loaded on this replica"), 503),  # moving
     ],
 )
@@ -232,7 +247,7 @@ async def sends(client: ReplicaClient, replicas: list[Replica], count: int) -> N
         assert json.loads(await send(client, replicas)) == {"outputs": []}
 
 
-@pytest.mark.parametrize("down", ["refuses connections", "answers 503", "answers 502"])
+@pytest.mark.parametrize("down", ["refuses connections", "says its server is down"])
 async def test_a_replica_that_cannot_answer_is_skipped_for_a_while_then_tried_again(
     timed: tuple[ReplicaClient, Clock, list[tuple[str, float]]], replicas: list[Replica], down: str
 ) -> None:
@@ -243,7 +258,7 @@ async def test_a_replica_that_cannot_answer_is_skipped_for_a_while_then_tried_ag
         await dead.runner.cleanup()
         dead.runner = None
     else:
-        dead.answer = error(int(down.rsplit(maxsplit=1)[-1]), "the inference server is unreachable")
+        dead.answer = server_down()
     await sends(client, replicas, 30)  # every one answered by the others
     assert ejections == [("mlserver/0", EJECT_SECONDS)]
     if dead.runner is not None:
@@ -268,7 +283,7 @@ async def test_a_replica_that_cannot_answer_is_skipped_for_a_while_then_tried_ag
         before = dead.hits
         await sends(client, replicas, 9)
         assert dead.hits >= before + 3, "back in the rotation"
-        dead.answer = error(503, "busy")
+        dead.answer = server_down()
         await sends(client, replicas, 3)
         assert ejections[-1] == ("mlserver/0", EJECT_SECONDS)
 
@@ -278,7 +293,7 @@ async def test_a_models_only_replica_still_gets_every_request_while_skipped(
 ) -> None:
     client, _, ejections = timed
     only = replicas[:1]
-    only[0].answer = error(503, "busy")
+    only[0].answer = server_down()
     for _ in range(3):
         with pytest.raises(InferenceError) as raised:
             await send(client, only)
@@ -293,9 +308,10 @@ async def test_a_models_only_replica_still_gets_every_request_while_skipped(
 async def test_skipped_replicas_are_tried_last_when_the_others_fail(
     timed: tuple[ReplicaClient, Clock, list[tuple[str, float]]], replicas: list[Replica]
 ) -> None:
-    client, _, _ = timed
-    replicas[0].answer = error(503, "busy")
-    await sends(client, replicas, 6)  # replica 0 is now skipped
+    client, _, ejections = timed
+    replicas[0].answer = server_down()
+    await sends(client, replicas, 6)
+    assert ejections == [("mlserver/0", EJECT_SECONDS)]  # replica 0 is now skipped
     replicas[0].answer = lambda: web.json_response({"outputs": []})
     replicas[1].answer = replicas[2].answer = error(500, "broken")
     hits = replicas[0].hits
@@ -305,7 +321,18 @@ async def test_skipped_replicas_are_tried_last_when_the_others_fail(
 
 @pytest.mark.parametrize(
     "answer",
-    [error(404, "not here"), error(400, "bad request"), error(500, "broken"), text(500, TRACEBACK)],
+    [
+        error(404, "not here"),
+        error(400, "bad request"),
+        error(500, "broken"),
+        text(500, TRACEBACK),
+        # One model that could not be loaded again on the replica: its other models still answer there.
+        error(503, "could not load m: MLServer answered 500"),
+        error(503, "no room on this replica to load m again"),
+        error(502, "the inference server's answer was unusable"),
+        error(429, "too many requests"),
+        error(504, "the inference server did not answer in time"),  # one slow request
+    ],
 )
 async def test_a_replica_that_answers_is_not_skipped(
     timed: tuple[ReplicaClient, Clock, list[tuple[str, float]]],
@@ -320,3 +347,34 @@ async def test_a_replica_that_answers_is_not_skipped(
             await send(client, replicas)
     assert ejections == []
     assert min(replica.hits for replica in replicas) >= 2
+
+
+async def test_a_request_that_timed_out_is_not_retried_and_its_replica_is_not_skipped(
+    replicas: list[Replica],
+) -> None:
+    ejections: list[str] = []
+    # The stalled replica never answers: the client's own timeout ends the request (the test waits for
+    # nothing else; a slow machine only makes the other replicas' requests slower, never time out here).
+    client = ReplicaClient(max_attempts=3, timeout_seconds=2, on_eject=lambda e, _s, _r: ejections.append(e.key))
+    try:
+        for replica in replicas:
+            replica.stalled = asyncio.Event()
+        with pytest.raises(InferenceError) as raised:
+            await send(client, replicas)
+        assert raised.value.status == 504
+        assert "did not answer within 2s" in raised.value.message
+        assert sum(r.hits for r in replicas) == 1, "a request that took too long on one replica is not tried again"
+        assert ejections == []
+        # The proxy's own 504 (its server did not answer in time) is not retried either.
+        for replica in replicas:
+            assert replica.stalled is not None
+            replica.stalled.set()  # the stalled request's handler ends (its caller is long gone)
+            replica.stalled = None
+            replica.answer = error(504, "the inference server did not answer in time")
+        with pytest.raises(InferenceError) as raised:
+            await send(client, replicas)
+        assert raised.value.status == 504
+        assert sum(r.hits for r in replicas) == 2
+        assert ejections == []
+    finally:
+        await client.close()

@@ -202,13 +202,22 @@ class ServerWatch:
 
     async def _probes_fail(self) -> Failure:
         failures = 0
+        excused = False  # whether the log said that failed probes are not counted while this silence lasts
         while True:
             await self._next_probe()
             if await self._probe():
-                failures = 0
+                failures, excused = 0, False
                 continue
             silent_for = self._silent_for()
             if self.busy():
+                if not excused:
+                    excused = True
+                    log.info(
+                        "%s does not answer its liveness probe while a call is in flight on it: not counted, it may "
+                        "be busy (unless it answers nothing for %gs)",
+                        self._what(),
+                        self.settings.hung_timeout,
+                    )
                 if silent_for >= self.settings.hung_timeout:
                     return Failure(
                         Cause.SILENT,

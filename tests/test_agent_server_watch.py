@@ -344,6 +344,17 @@ async def test_a_server_reached_by_url_is_probed_until_it_answers_again() -> Non
         await until(lambda: w.agent.ups == 1, "recovered")
 
 
+async def test_a_failed_recovery_on_a_server_reached_by_url_is_tried_again_after_a_wait() -> None:
+    async with watching(launched=False) as w:
+        w.agent.up_failures = [ServerError("MLServer repository index failed (HTTP 500): oops", retryable=True)]
+        w.server.answering = False
+        await until(lambda: bool(w.agent.downs), "reported down")
+        w.server.answering = True
+        await until(lambda: w.agent.ups == 2, "recovered on the second try")
+        assert "failed as the models were loaded again: MLServer repository index failed" in w.agent.downs[1]
+        assert w.clock.waits == [1.0]  # not a tight loop against a server that keeps failing the same way
+
+
 async def test_probe_now_probes_without_waiting_for_the_interval() -> None:
     # An hour between probes: a report within the hang guard came from the probe asked for.
     async with watching(settings=WatchSettings(probe_interval=3600, probe_failures=1, hung_timeout=300)) as w:

@@ -17,7 +17,15 @@ Invariants:
   (a dead server holds nothing; one that comes back still holding the model has it unloaded by
   ``server_back``), a request for a model gets ServerDown. ``server_back`` makes the server hold again what
   this agent holds (most recently used first, as memory allows; the rest load on their next request) and
-  unloads what it holds that is no longer wanted.
+  unloads what it holds that is no longer wanted. The server counts as down until that is done (a request
+  is not sent to a half-filled server), and a death meanwhile cuts it short at once.
+- A load whose call was in flight on the server when it went down may have killed it (a segfault, the OOM
+  killer): a first load's LOAD_FAILED says so (``server_died_during_load``: the scheduler's crash-loop guard
+  then keeps the version off this replica), and a registered model being loaded again is dropped by the next
+  ``server_back`` instead of being loaded into every restarted server (the scheduler, seeing the server back
+  without it, places it again, and its load's event tells the scheduler if it kills the server again).
+- ``busy()`` is True while a call is in flight on the server: a load can block the server's event loop for
+  long (MLServer loads in its own process), and the watch does not count failed probes meanwhile.
 """
 
 from __future__ import annotations
@@ -57,6 +65,8 @@ class HeldModel:
     last_used: float = 0.0
     # False until the first load succeeds: requests must not go to a version that never served.
     ready: bool = True
+    # The server went down while this model's load call was in flight on it: the load may have killed it.
+    server_died_loading: bool = False
 
     @property
     def loaded_name(self) -> str:
@@ -72,6 +82,15 @@ class ServerDown(ServerError):  # noqa: N818 - it says what is the matter
 
     def __init__(self, reason: str) -> None:
         super().__init__(f"the inference server is down: {reason}", retryable=False)
+
+
+@dataclass(frozen=True, slots=True)
+class OperationOutcome:
+    """How a load or unload ended, for its event."""
+
+    kind: agent_pb2.ModelEvent.Kind.ValueType
+    reason: str = ""
+    server_died: bool = False  # a failed load: the server went down while it was in flight on it
 
 
 def artifact_source(model: pb.Model) -> ArtifactSource:
@@ -120,9 +139,14 @@ class ModelManager:
         # taken in one step, so concurrent loads cannot each see the same free memory, and a model is
         # never unloaded twice at once.
         self._server_memory = asyncio.Lock()
-        # Why the server does not serve; None while it does. Set with ``_down``, which ends calls in flight.
+        # Why the server does not serve; None while it does (set by server_down, cleared once server_back is done).
         self.down_reason: str | None = None
+        # Set when the server goes down, which ends every call in flight on it. Each time the server answers again
+        # (server_back) it gets a new one: calls to the server that answers now are not cut short by an old death.
         self._down = asyncio.Event()
+        self._calls_in_flight = 0
+        # Models whose load call is in flight on the server (loaded name -> model), for server_down to mark.
+        self._loads_in_flight: dict[str, HeldModel] = {}
 
     # ----------------------------------------------------------------- accounting
 
@@ -139,10 +163,17 @@ class ModelManager:
         return max(0, self.memory_bytes - self.on_server_bytes)
 
     def held(self) -> list[agent_pb2.LoadedModel]:
-        """What to report when registering: every model registered here, evicted ones included."""
+        """What to report when registering: every model registered here that has served (evicted ones included), not
+        one still on its first load: a scheduler told of it would count it Available before it is."""
         return [
-            agent_pb2.LoadedModel(name=m.name, version=m.version, memory_bytes=m.memory) for m in self.models.values()
+            agent_pb2.LoadedModel(name=m.name, version=m.version, memory_bytes=m.memory)
+            for m in self.models.values()
+            if m.ready and not m.server_died_loading  # the next server_back drops such a model
         ]
+
+    def busy(self) -> bool:
+        """True while a call (a load, an unload, the index) is in flight on the server."""
+        return self._calls_in_flight > 0
 
     def latest_version(self, name: str) -> HeldModel | None:
         """The newest version of ``name`` that can answer (a first load still in progress cannot)."""
@@ -185,40 +216,43 @@ class ModelManager:
         started = time.monotonic()
         async with self._locks.hold(name):
             if operation.kind == agent_pb2.ModelOperation.KIND_LOAD and self.down_reason is not None:
-                kind, reason = Event.KIND_LOAD_FAILED, str(ServerDown(self.down_reason))
+                outcome = OperationOutcome(Event.KIND_LOAD_FAILED, str(ServerDown(self.down_reason)))
             elif operation.kind == agent_pb2.ModelOperation.KIND_LOAD:
-                kind, reason = await self._load(operation.model, version)
+                outcome = await self._load(operation.model, version)
             else:
-                kind, reason = await self._unload(name, version)
+                outcome = await self._unload(name, version)
         self._write_index()
         log.info(
-            "%s %s_%d in %.2fs%s",
-            Event.Kind.Name(kind).removeprefix("KIND_").lower().replace("_", " "),
+            "%s %s_%d in %.2fs%s%s",
+            Event.Kind.Name(outcome.kind).removeprefix("KIND_").lower().replace("_", " "),
             name,
             version,
             time.monotonic() - started,
-            f": {reason}" if reason else "",
+            f": {outcome.reason}" if outcome.reason else "",
+            " (the server went down while it loaded: the load may have killed it)" if outcome.server_died else "",
         )
         return Event(
             operation_id=operation.operation_id,
-            kind=kind,
+            kind=outcome.kind,
             model_name=name,
             model_version=version,
-            reason=reason,
+            reason=outcome.reason,
             available_memory_bytes=self.available_bytes,
+            server_died_during_load=outcome.server_died,
         )
 
-    async def _load(self, model: pb.Model, version: int) -> tuple[agent_pb2.ModelEvent.Kind.ValueType, str]:
+    async def _load(self, model: pb.Model, version: int) -> OperationOutcome:
         loaded_name = f"{model.meta.name}_{version}"
         held = self.models.get(loaded_name)
         if held is not None and held.on_server:
             held.last_used = time.monotonic()
-            return Event.KIND_LOADED, ""  # idempotent: a repeated load changes nothing
+            return OperationOutcome(Event.KIND_LOADED)  # idempotent: a repeated load changes nothing
         memory = memory_needed(model)  # the scheduler's formula, so both sides agree
         if held is None and self.registered_bytes + memory > self.accept_bytes:
-            return Event.KIND_LOAD_FAIL_MEMORY, (
+            return OperationOutcome(
+                Event.KIND_LOAD_FAIL_MEMORY,
                 f"{self.registered_bytes} bytes registered + {memory} needed exceeds the replica's "
-                f"{self.accept_bytes} bytes (memory + over-commit)"
+                f"{self.accept_bytes} bytes (memory + over-commit)",
             )
         try:
             folder = await self.artifacts.fetch(artifact_source(model), holder=loaded_name)
@@ -234,40 +268,42 @@ class ModelManager:
             await self.server.place_files(files)
         except (ArtifactError, ServerError) as error:
             await self._release_unless_registered(loaded_name)
-            return Event.KIND_LOAD_FAILED, str(error)
+            return OperationOutcome(Event.KIND_LOAD_FAILED, str(error))
         entry = HeldModel(model.meta.name, version, memory, files, on_server=False, loading=True, ready=False)
         self.models[loaded_name] = entry
         try:
             await self._bring_onto_server(entry)
-        except NoRoom as error:
-            del self.models[loaded_name]
-            await self._release_unless_registered(loaded_name)
-            return Event.KIND_LOAD_FAIL_MEMORY, str(error)
-        except ServerError as error:
+        except (NoRoom, ServerError) as error:
+            # Nothing of a load that failed stays: not the registration, the placed folder, nor the cached artifact.
             del self.models[loaded_name]
             self.server.remove_files(loaded_name)
             await self._release_unless_registered(loaded_name)
-            return Event.KIND_LOAD_FAILED, str(error)
+            if isinstance(error, NoRoom):
+                return OperationOutcome(Event.KIND_LOAD_FAIL_MEMORY, str(error))
+            return OperationOutcome(Event.KIND_LOAD_FAILED, str(error), server_died=entry.server_died_loading)
         entry.ready = True
-        return Event.KIND_LOADED, ""
+        return OperationOutcome(Event.KIND_LOADED)
 
-    async def _unload(self, name: str, version: int) -> tuple[agent_pb2.ModelEvent.Kind.ValueType, str]:
+    async def _unload(self, name: str, version: int) -> OperationOutcome:
         loaded_name = f"{name}_{version}"
         held = self.models.get(loaded_name)
+        # An evicted model is known not to be on the server; while the server is down or coming back what it holds is
+        # not known, so it is asked (a dead one is not: ServerDown at once).
+        may_hold = held is None or held.on_server or self.down_reason is not None
         try:
             async with self._server_memory:
-                if (held is None or held.on_server) and self.down_reason is None:
+                if may_hold:
                     await self._retrying(lambda: self.server.unload(loaded_name))
                     if held is not None:
                         held.on_server = False
         except ServerDown:
             pass  # a dead server holds nothing; if it comes back holding the model, server_back unloads it
         except ServerError as error:
-            return Event.KIND_UNLOAD_FAILED, str(error)
+            return OperationOutcome(Event.KIND_UNLOAD_FAILED, str(error))
         self.models.pop(loaded_name, None)
         self.server.remove_files(loaded_name)
         await self.artifacts.release(loaded_name)
-        return Event.KIND_UNLOADED, ""
+        return OperationOutcome(Event.KIND_UNLOADED)
 
     async def _release_unless_registered(self, loaded_name: str) -> None:
         """After a failed load: the artifact is released unless the version stays registered (evicted)."""
@@ -302,11 +338,19 @@ class ModelManager:
                 if entry.on_server:
                     return  # another request brought it back while this one waited
                 await self._make_room(entry)
-                await self._retrying(lambda: self.server.load(entry.loaded_name))
+                await self._load_call(entry)
                 entry.on_server = True
                 entry.last_used = time.monotonic()
         finally:
             entry.loading = False
+
+    async def _load_call(self, entry: HeldModel) -> None:
+        """Load ``entry`` on the server (retrying what may pass); a death of the server meanwhile marks it."""
+        self._loads_in_flight[entry.loaded_name] = entry
+        try:
+            await self._retrying(lambda: self.server.load(entry.loaded_name))
+        finally:
+            self._loads_in_flight.pop(entry.loaded_name, None)
 
     async def _make_room(self, entry: HeldModel) -> None:
         needed = self.on_server_bytes + entry.memory - self.memory_bytes
@@ -362,60 +406,85 @@ class ModelManager:
         self._down.set()
         for held in self.models.values():
             held.on_server = False
+        for held in self._loads_in_flight.values():
+            held.server_died_loading = True
 
     async def server_back(self) -> None:
-        """The server serves again (restarted, or answering again): make it hold what this agent holds, most
-        recently used first and as memory allows, and unload what it holds that is not ours any more. A model
-        that cannot be loaded again (the model's fault) is dropped, so it is not reported as held. Raises
-        ServerError when the server fails again meanwhile."""
-        async with self._server_memory:
-            self.down_reason = None
-            self._down.clear()
-            on_server = set(await self._on_server(self.server.loaded_models))
-            for loaded_name in sorted(on_server - set(self.models)):
-                if _is_agents_name(loaded_name):
-                    log.info("unloading %s: the server holds it, but this agent no longer does", loaded_name)
+        """The server answers again (restarted, or no longer busy): make it hold what this agent holds, most recently
+        used first and as memory allows, and unload what it holds that is not ours any more; then it serves
+        (``down_reason`` is cleared). A model that cannot be loaded again (the model's fault), or whose load was in
+        flight when the server went down (it may have killed it), is dropped, so it is not reported as held. The
+        memory lock is taken per model, so operations meanwhile (the scheduler's unloads) are not held up behind
+        the whole reload. Raises ServerError (ServerDown) when the server fails again meanwhile."""
+        down = self._down = asyncio.Event()  # this server's: an earlier death does not cut calls to it short
+        for held in [m for m in self.models.values() if m.server_died_loading]:
+            log.warning(
+                "dropping %s: the server went down while it was being loaded, which may be what killed it; the "
+                "scheduler places it again, and learns from that load if it kills the server again",
+                held.loaded_name,
+            )
+            await self._forget(held)
+        on_server = set(await self._on_server(self.server.loaded_models))
+        for loaded_name in sorted(on_server - set(self.models)):
+            if _is_agents_name(loaded_name):
+                log.info("unloading %s: the server holds it, but this agent no longer does", loaded_name)
+                async with self._server_memory:
                     await self._retrying(functools.partial(self.server.unload, loaded_name))
-            for held in sorted(self.models.values(), key=lambda m: m.last_used, reverse=True):
+        for held in sorted(self.models.values(), key=lambda m: m.last_used, reverse=True):
+            async with self._server_memory:
+                if self.models.get(held.loaded_name) is not held:
+                    continue  # unloaded meanwhile
                 if held.loaded_name in on_server:
                     held.on_server = True
                 elif held.ready and self.on_server_bytes + held.memory <= self.memory_bytes:
                     await self._load_again(held)
+        if down.is_set():
+            raise ServerDown(self.down_reason or "it went down again as the models were loaded again")
+        self.down_reason = None
         self._write_index()
 
     async def _load_again(self, held: HeldModel) -> None:
         try:
-            await self._retrying(lambda: self.server.load(held.loaded_name))
+            await self._load_call(held)
+        except ServerDown:
+            raise  # not the model's fault (or, if it killed the server, the next server_back drops it)
         except ServerError as error:
             if error.retryable:
                 raise
             log.warning(
                 "dropping %s: it could not be loaded again on the restarted server: %s", held.loaded_name, error
             )
-            self.models.pop(held.loaded_name, None)
-            self.server.remove_files(held.loaded_name)
-            await self.artifacts.release(held.loaded_name)
+            await self._forget(held)
             return
         held.on_server = True
         log.info("loaded %s again on the server", held.loaded_name)
 
+    async def _forget(self, held: HeldModel) -> None:
+        """Drop a registered model this agent will not load again: its registration, placed files and artifact."""
+        self.models.pop(held.loaded_name, None)
+        self.server.remove_files(held.loaded_name)
+        await self.artifacts.release(held.loaded_name)
+
     async def _on_server(self, call: Callable[[], Awaitable[T]]) -> T:
         """``call()`` to the server, ended at once with ServerDown when the server goes (or is) down."""
-        if self.down_reason is not None:
-            raise ServerDown(self.down_reason)
+        down = self._down  # the death of the server this call goes to
+        if down.is_set():
+            raise ServerDown(self.down_reason or "it is down")
+        self._calls_in_flight += 1
         work = asyncio.ensure_future(call())
-        down = asyncio.ensure_future(self._down.wait())
+        went_down = asyncio.ensure_future(down.wait())
         try:
-            await asyncio.wait({work, down}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({work, went_down}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            down.cancel()
+            self._calls_in_flight -= 1
+            went_down.cancel()
             if not work.done():
                 work.cancel()
                 with contextlib.suppress(asyncio.CancelledError, ServerError):
                     await work
-        if self.down_reason is not None:
+        if down.is_set():
             # Cut short, or answered as the server went: either way nothing it did is on a server now.
-            raise ServerDown(self.down_reason)
+            raise ServerDown(self.down_reason or "it went down")
         return work.result()
 
     def _write_index(self) -> None:

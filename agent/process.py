@@ -9,6 +9,11 @@ SIGTERM/SIGINT: ask the scheduler to drain this replica, wait (bounded) until it
 elsewhere, take everything off the server, stop what was started, exit 0. A second signal skips the
 wait, and so does a scheduler that is not there: with no session, or when it ends during the drain,
 nothing can move the models, so the agent does not wait out the drain timeout (the log says why).
+The watch over the server and the session with the scheduler run for the agent's whole life and never end by
+themselves. If one fails (a bug), the agent does not run on without it (unwatched, what it reports could be false;
+without a session, nothing it does is known): it logs the error with its traceback, stops what it started and
+ends with PartFailed (the command exits 1, and a supervisor starts it again); the scheduler sees the session
+end and moves the models.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -41,6 +46,10 @@ from servers.launch import LocalServer
 log = logging.getLogger(__name__)
 PROXY_SECURITY = TransportSecurity(insecure=True)
 SERVER_KIND = {"mlserver": agent_pb2.SERVER_KIND_MLSERVER, "triton": agent_pb2.SERVER_KIND_TRITON}
+
+
+class PartFailed(RuntimeError):  # noqa: N818 - it says what happened
+    """A part of the agent that runs for its whole life (the server watch, the scheduler session) failed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,17 +182,13 @@ async def run(
             settings.scheduler, settings.security, lambda: register_message(settings, manager, addresses), manager
         )
         relay = HealthRelay(manager, proxy, session)
-        watch = ServerWatch(server, launched, settings.watch, on_down=relay.down, on_up=relay.up)
+        watch = ServerWatch(server, launched, settings.watch, on_down=relay.down, on_up=relay.up, busy=manager.busy)
         proxy.on_unreachable = watch.probe_now
         session_task = asyncio.create_task(session.run(), name="scheduler-session")
         watch_task = asyncio.create_task(watch.run(), name="server-watch")
-        watch_task.add_done_callback(_report_crash)
         try:
-            await _announce(settings, session, addresses, stop)
-            if registered is not None and not registered.done():
-                registered.set_result(addresses)
-            await stop.wait()
-            await _drain(session, settings.drain_timeout_seconds, forced)
+            serving = _serve(settings, session, addresses, stop, forced=forced, registered=registered)
+            await _until_stopped((watch_task, session_task), serving)
             await _cancel(watch_task)  # nothing is restarted once the models are taken off
             await manager.unload_everything()
         finally:
@@ -195,19 +200,49 @@ async def run(
     log.info("agent stopped")
 
 
-def _report_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("%s stopped: its server is no longer watched", task.get_name(), exc_info=task.exception())
+async def _serve(
+    settings: AgentSettings,
+    session: SchedulerSession,
+    addresses: ProxyAddresses,
+    stop: asyncio.Event,
+    *,
+    forced: asyncio.Event,
+    registered: asyncio.Future[ProxyAddresses] | None,
+) -> None:
+    """The agent's running life: announce itself, serve until asked to stop, then drain."""
+    await _announce(settings, session, addresses, stop)
+    if registered is not None and not registered.done():
+        registered.set_result(addresses)
+    await stop.wait()
+    await _drain(session, settings.drain_timeout_seconds, forced)
+
+
+async def _until_stopped(parts: tuple[asyncio.Task[None], ...], serving: Coroutine[None, None, None]) -> None:
+    """Run ``serving`` until it returns (the agent was asked to stop). ``parts`` never end by themselves: when one
+    does first, it failed, and PartFailed says so (see the module docstring)."""
+    serve_task = asyncio.create_task(serving, name="serving")
+    try:
+        await asyncio.wait({serve_task, *parts}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not serve_task.done():
+            serve_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serve_task
+    for part in parts:
+        if part.done():
+            error = part.exception() if not part.cancelled() else None
+            log.error("%s failed: stopping the agent rather than run on without it", part.get_name(), exc_info=error)
+            raise PartFailed(f"the agent's {part.get_name()} failed: {error!r}") from error
+    serve_task.result()
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
+    """End ``task``. One that ended by itself was dealt with where it ended (_until_stopped)."""
+    if task.done():
+        return
     task.cancel()
-    try:
+    with contextlib.suppress(asyncio.CancelledError):
         await task
-    except asyncio.CancelledError:
-        pass
-    except Exception:  # noqa: S110 - _report_crash logged it when it happened
-        pass
 
 
 async def _drain(session: SchedulerSession, timeout: float, forced: asyncio.Event) -> None:

@@ -245,6 +245,16 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "that exits counts as down at once",
     )
     parser.add_argument(
+        "--server-hung-timeout",
+        type=seconds(86_400),
+        default=300.0,
+        metavar="SECONDS",
+        help="how long a launched server that still runs may answer no liveness probe before it is killed as hung "
+        "and restarted (default 300). It is reported down after the failed probes, but may only be busy: a model's "
+        "load or one long request blocks MLServer (probes that fail while a load or unload is in flight do not count "
+        "at all, until this long)",
+    )
+    parser.add_argument(
         "--server-restart-backoff",
         type=seconds(86_400),
         default=1.0,
@@ -317,6 +327,7 @@ def parse_settings(
             probe_interval=options.server_probe_interval,
             probe_timeout=options.server_probe_timeout,
             probe_failures=options.server_probe_failures,
+            hung_timeout=options.server_hung_timeout,
             restart_backoff=options.server_restart_backoff,
             restart_backoff_max=max(options.server_restart_backoff, options.server_restart_backoff_max),
         ),

@@ -49,6 +49,15 @@ S = ReplicaState
 Event = agent_pb2.ModelEvent
 Operation = agent_pb2.ModelOperation
 
+# The crash-loop guard. An agent marks a failed load "the server died during it" (server_died_during_load): the
+# load may have killed the server (a segfault, the OOM killer). The version is then never placed on that replica
+# again, and once its loads were in flight at this many server deaths (each on another replica) it is ModelFailed
+# and placed nowhere, until a LoadModel for it (changed or not) asks for another try. Capacity changes, which
+# otherwise retry failed loads, never lift either: a server back from its death is new capacity, and placing the
+# model there again is what would loop. Two, not one: a server may die of something else while a load is in
+# flight on it, and one innocent model should get a second chance elsewhere.
+SERVER_DEATHS_TO_FAIL = 2
+
 
 @dataclass(slots=True)
 class Touched:
@@ -143,6 +152,7 @@ class Cluster:
         places the model again, so a load that failed (its artifact store was down, say) is retried once its
         cause is gone. A model that serves where it should is left alone by the reconcile."""
         if name in self.models:
+            self._forgive_server_deaths(self.models[name])
             self.touched.want_reconcile(name, retry_failed=True)
 
     def apply_load(self, change: model_specs.SpecChange, prepared: ModelRecord) -> None:
@@ -163,10 +173,18 @@ class Cluster:
         else:
             # Same version, new spec: keep its replicas and observed state, replace what was asked for.
             record.latest.spec = prepared.latest.spec
+        self._forgive_server_deaths(self.models[name])
         # The derived states follow at once (replicas wanted may have changed), not only after the reconcile.
         self._derive_all(self.models[name])
         self.touched.models.add(name)
         self.touched.want_reconcile(name, retry_failed=True)
+
+    def _forgive_server_deaths(self, record: ModelRecord) -> None:
+        """A LoadModel lifts the crash-loop guard (see SERVER_DEATHS_TO_FAIL): the user asks for another try."""
+        if record.latest.server_deaths:
+            record.latest.server_deaths.clear()
+            self._derive_all(record)
+            self.touched.models.add(record.name)
 
     def prepare_unload(self, name: str) -> ModelRecord:
         """The durable record of ``name`` marked deleted. Raises FailedPrecondition for unknown models."""
@@ -386,6 +404,7 @@ class Cluster:
         mismatch = _mismatch(record.name, version, replica.key, event, expected)
         if mismatch is not None:
             return mismatch
+        reason = _note_server_death(record.name, version, replica.key, event, reason)
         try:
             version.set_replica(replica.key, new, reason)
             if new == S.LOADED and replica.server_down is None:
@@ -429,6 +448,8 @@ class Cluster:
 
     def _place_latest(self, record: ModelRecord, *, retry_failed: bool) -> None:
         version = record.latest
+        if len(version.server_deaths) >= SERVER_DEATHS_TO_FAIL:
+            return  # the crash-loop guard failed it: placed nowhere until a LoadModel (SERVER_DEATHS_TO_FAIL)
         spec = version.spec
         desired = model_specs.desired_replicas(spec)
         healthy = [key for key in version.keys_in(WANTED) if self._usable(key)]
@@ -619,6 +640,7 @@ class Cluster:
                     draining=not self._staying(replica),
                     holds_model=version.state_of(replica.key) in WANTED,
                     server_down=replica.server_down is not None,
+                    server_died_loading=replica.key in version.server_deaths,
                 )
                 for replica in server.replicas.values()
             )
@@ -748,6 +770,33 @@ def _derived_state(record: ModelRecord, version: ModelVersion) -> DerivedState:
         min_replicas=model_specs.min_replicas(version.spec),
         previous_available=any(v.serving > 0 for v in record.versions[:-1]),
         schedule_failure=version.schedule_failure,
+        failure=_crash_loop_failure(version),
+    )
+
+
+def _note_server_death(name: str, version: ModelVersion, key: ReplicaKey, event: Event, reason: str) -> str:
+    """The reason to record for ``event``: when it is a load the server died during, that is recorded too (the
+    crash-loop guard, SERVER_DEATHS_TO_FAIL) and the reason says so."""
+    if event.kind != Event.KIND_LOAD_FAILED or not event.server_died_during_load:
+        return reason
+    version.server_deaths[key] = reason
+    log.warning("%s:%d: the server of replica %s/%d died while loading it", name, version.version, *key)
+    return (
+        f"its server died during this load, so it is not placed on this replica again "
+        f"({len(version.server_deaths)} of {SERVER_DEATHS_TO_FAIL} such deaths fail the model): {reason}"
+    )
+
+
+def _crash_loop_failure(version: ModelVersion) -> str | None:
+    """Why the crash-loop guard failed ``version`` (SERVER_DEATHS_TO_FAIL), or None while it has not."""
+    deaths = version.server_deaths
+    if len(deaths) < SERVER_DEATHS_TO_FAIL:
+        return None
+    where = ", ".join(f"{server}/{index}" for server, index in deaths)
+    last = next(reversed(deaths.values()))
+    return limits.clean_reason(
+        f"its load killed its server {len(deaths)} times (replicas {where}): it may crash any server it loads on, "
+        f"so it is placed nowhere until its spec changes or LoadModel is sent for it again; last: {last}"
     )
 
 

@@ -41,6 +41,11 @@ class ModelVersion:
     state_changed_at: float = field(default_factory=time.time)
     gateway_state: ModelState = ModelState.UNKNOWN
     gateway_reason: str = ""
+    # Replicas whose inference server died while this version's load was in flight on it (its agent said so),
+    # with the agent's reason: the load may have killed the server, so the version is not placed there again, and
+    # enough of them fail it (scheduler/cluster.py, the crash-loop guard). Observed state, not durable: a LoadModel
+    # for the model (changed or not) clears it; capacity changes never do.
+    server_deaths: dict[ReplicaKey, str] = field(default_factory=dict)
 
     def set_replica(self, key: ReplicaKey, state: ReplicaState, reason: str = "") -> ReplicaState:
         """Move one replica assignment through the state machine; returns the previous state."""

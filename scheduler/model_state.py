@@ -4,6 +4,8 @@ The model state is never set directly: it is computed from the replica states ev
 so it cannot disagree with them. The rules, in order:
 
 For the live (latest, not deleted) version:
+  0. the version itself failed (its loads killed  -> ModelFailed, with that reason (scheduler/cluster.py:
+     SERVER_DEATHS_TO_FAIL inference servers)        the crash-loop guard), whatever its replicas say
   1. any replica LoadFailed                      -> ModelFailed, with the newest failure's reason
   2. placement failed and nothing is assigned    -> ScheduleFailed, with the placement reason
   3. nothing serving, replicas=0, minReplicas=0  -> ModelScaledDown
@@ -70,11 +72,14 @@ def derive_live(
     min_replicas: int,
     previous_available: bool,
     schedule_failure: str | None,
+    failure: str | None = None,
 ) -> DerivedState:
-    """The state of the latest version of a model that is not deleted."""
+    """The state of the latest version of a model that is not deleted (``failure``: rule 0's reason)."""
     facts = list(replicas)
     serving = sum(1 for f in facts if f.state in SERVING)
     unavailable = max(0, desired - serving)
+    if failure is not None:
+        return DerivedState(ModelState.FAILED, failure, serving, unavailable)
     failed = [f for f in facts if f.state == ReplicaState.LOAD_FAILED]
     if failed:
         newest = max(failed, key=lambda f: f.changed_at)

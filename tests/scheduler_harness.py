@@ -32,6 +32,9 @@ class FakeReplica:
     session: AgentSession
     # Models whose loads this replica fails, with the reason it gives.
     fail_loads: dict[str, str] = field(default_factory=dict)
+    # Models whose load kills this replica's inference server, with the reason its agent gives: the agent reports
+    # the server down, then the load failed with server_died_during_load (as a real agent does).
+    kills_server: dict[str, str] = field(default_factory=dict)
     # When False the replica takes operations but does not answer them (a hung server).
     answering: bool = True
     loads: list[tuple[str, int]] = field(default_factory=list)
@@ -65,7 +68,11 @@ class FakeReplica:
         name, version = operation.model.meta.name, operation.version
         if operation.kind == Kind.KIND_LOAD:
             self.loads.append((name, version))
-            if name in self.fail_loads:
+            if name in self.kills_server:
+                self.server_down(self.kills_server[name])
+                reason = f"the inference server is down: {self.kills_server[name]}"
+                event = Event(kind=Event.KIND_LOAD_FAILED, reason=reason, server_died_during_load=True)
+            elif name in self.fail_loads:
                 event = Event(kind=Event.KIND_LOAD_FAILED, reason=self.fail_loads[name])
             else:
                 self.held.add((name, version))

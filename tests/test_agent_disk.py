@@ -307,6 +307,23 @@ async def test_a_model_evicted_by_lru_keeps_its_files_and_loads_again(
     assert placed(mlserver, "lru-") == []
 
 
+async def test_a_load_refused_for_want_of_room_leaves_no_files(
+    mlserver: InferenceServer, iris: Iris, tmp_path: Path
+) -> None:
+    """Accepted on over-commit, but no room on the server even after evicting every idle model: the load fails
+    (LOAD_FAIL_MEMORY), and neither the cache nor the server's repository keeps its files (review 1.7)."""
+    archive = archive_of(tmp_path / "src", {"model.joblib": iris.joblib})
+    cache = tmp_path / "cache"
+    manager = manager_for(mlserver, cache, memory_bytes=5 * MIB, overcommit_percent=100)  # a 10 MiB model
+
+    refused = await load(manager, "roomless", str(archive))
+
+    assert refused.kind == Event.KIND_LOAD_FAIL_MEMORY, refused
+    assert placed(mlserver, "roomless") == []
+    assert files_in(cache) == []
+    assert manager.held() == []
+
+
 # -- agent restarts --------------------------------------------------------------------------------------------
 
 

@@ -269,7 +269,12 @@ async def test_a_server_reached_by_url_that_stops_answering_is_reported_down_and
 
 async def test_a_launched_server_that_hangs_is_killed_and_restarted(cluster: Cluster, iris: Iris) -> None:
     cluster.start_scheduler()
-    probes = ("--server-probe-interval=0.5", "--server-probe-timeout=1", "--server-probe-failures=2")
+    probes = (
+        "--server-probe-interval=0.5",
+        "--server-probe-timeout=1",
+        "--server-probe-failures=2",
+        "--server-hung-timeout=5",
+    )
     [agent] = await asyncio.to_thread(cluster.start_agents, cluster.agent(0, extra=probes))
     async with api_of(cluster) as api:
         await api.load(model("hung", str(iris.folder)))
@@ -279,6 +284,8 @@ async def test_a_launched_server_that_hangs_is_killed_and_restarted(cluster: Clu
         os.kill(stopped, signal.SIGSTOP)  # alive, but answers nothing
         down = await left_available(api, "hung")
         assert_down_because(down, 0, f"MLServer (pid {stopped}) did not answer its liveness probe")
+        # Reported down at once; killed only once it has answered nothing for --server-hung-timeout.
+        assert "it may be busy: killed if it answers nothing for 5s" in down.state.reason, down
 
         async def killed() -> bool:
             return reaped(stopped) and group_empty(stopped)
@@ -304,7 +311,7 @@ class Model:
 """
 
 
-async def test_a_load_in_flight_when_triton_dies_ends_failed_and_loads_once_it_is_back(
+async def test_a_load_in_flight_when_triton_dies_ends_failed_and_loads_when_asked_again_once_it_is_back(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     hold = tmp_path / "hold-the-load"
@@ -329,8 +336,12 @@ async def test_a_load_in_flight_when_triton_dies_ends_failed_and_loads_once_it_i
         reason = failed.versions[-1].state.reason
         assert "the inference server is down" in reason, failed
         assert f"pid {killed}" in reason, failed
+        # Its load may be what killed the server: the scheduler's crash-loop guard keeps it off this replica, its
+        # only one, until the user asks for another try.
+        assert reason.startswith("its server died during this load, so it is not placed on this replica"), failed
 
         hold.unlink()  # the restarted Triton's load may finish
+        await api.load(model("slow", str(artifact), requirements=("triton",)))  # the same spec: try again
         await api.available("slow")
         status, answer = await infer(agent.proxy_url, "slow", DOUBLER_REQUEST)
         assert status == 200, f"{answer}\n{cluster.diagnostics()}"

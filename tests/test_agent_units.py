@@ -44,18 +44,26 @@ def test_disk_limits_come_from_flags_or_the_environment() -> None:
 
 
 def test_server_watch_settings_have_documented_defaults_and_flags() -> None:
-    assert _parse("--launch-server").watch == WatchSettings(2.0, 5.0, 3, 1.0, 60.0)
+    assert _parse("--launch-server").watch == WatchSettings(
+        probe_interval=2.0,
+        probe_timeout=5.0,
+        probe_failures=3,
+        hung_timeout=300.0,
+        restart_backoff=1.0,
+        restart_backoff_max=60.0,
+    )
     watch = _parse(
         "--launch-server",
         "--server-probe-interval=0.5",
         "--server-probe-timeout=1",
         "--server-probe-failures=5",
+        "--server-hung-timeout=45",
         "--server-restart-backoff=30",
         "--server-restart-backoff-max=10",
     ).watch
     # A cap below the first wait would make no sense: the first wait is the cap then.
     assert (watch.probe_interval, watch.probe_timeout, watch.probe_failures) == (0.5, 1.0, 5)
-    assert (watch.restart_backoff, watch.restart_backoff_max) == (30.0, 30.0)
+    assert (watch.hung_timeout, watch.restart_backoff, watch.restart_backoff_max) == (45.0, 30.0, 30.0)
 
 
 def test_reasons_are_one_printable_line_within_the_protocols_limit() -> None:
@@ -97,6 +105,7 @@ def test_an_existing_server_needs_its_models_dir() -> None:
         (["--launch-server", "--server-probe-failures", "0"], "from 1 to 1000"),
         (["--launch-server", "--server-probe-interval", "0"], "out of range"),
         (["--launch-server", "--server-restart-backoff", "-1"], "out of range"),
+        (["--launch-server", "--server-hung-timeout", "0"], "out of range"),
     ],
 )
 def test_bad_agent_flags(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:

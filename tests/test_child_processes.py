@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from modelplane.child_processes import LauncherMissing, launcher_argv, start_child
+from modelplane.child_processes import LauncherMissing, could_not_execute, launcher_argv, start_child
 from tests.processes import STARTED
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,3 +114,27 @@ def test_a_missing_program_or_launcher_is_a_clear_error(tmp_path: Path, monkeypa
         launcher_argv(["/bin/true"])
     with pytest.raises(LauncherMissing, match="prlimit is not installed"):
         launcher_argv(["/bin/true"], death_signal=None, limits=[(resource.RLIMIT_NOFILE, (10, 10))])
+
+
+def test_what_the_launchers_would_fail_on_in_the_child_fails_in_the_parent(tmp_path: Path) -> None:
+    """An exec or prlimit failure in the child is only an exit status (127, 126, 1), which reads like the program's
+    own: what can be checked before the start is checked in the parent, as an OSError naming the problem (review
+    1.12)."""
+    script = tmp_path / "train.py"
+    script.write_text("#!/nonexistent/python3\nprint('hello')\n")
+    script.chmod(0o755)
+    with pytest.raises(FileNotFoundError, match=r"cannot start .*train.py: its interpreter /nonexistent/python3"):
+        start_child([str(script)])
+    above = int(Path("/proc/sys/fs/nr_open").read_text()) + 1  # more open files than the kernel allows anyone
+    with pytest.raises(PermissionError, match=r"cannot give the child RLIMIT_NOFILE"):
+        start_child(["/bin/true"], limits=[(resource.RLIMIT_NOFILE, (above, above))])
+    with pytest.raises(ValueError, match="soft limit 20 is above its hard limit 10"):
+        start_child(["/bin/true"], limits=[(resource.RLIMIT_NOFILE, (20, 10))])
+
+
+def test_the_launchers_exit_codes_say_the_program_was_not_executed() -> None:
+    assert could_not_execute(126) == "exit 126, the program could not be executed"
+    assert could_not_execute(127) == "exit 127, the program was not found"
+    assert could_not_execute(1) is None
+    assert could_not_execute(0) is None
+    assert could_not_execute(-9) is None

@@ -33,6 +33,7 @@ def replica(
     draining: bool = False,
     holds: bool = False,
     down: bool = False,
+    killed: bool = False,
     capabilities: frozenset[str] = frozenset({"sklearn"}),
 ) -> ReplicaView:
     return ReplicaView(
@@ -43,6 +44,7 @@ def replica(
         draining=draining,
         holds_model=holds,
         server_down=down,
+        server_died_loading=killed,
     )
 
 
@@ -205,6 +207,18 @@ failed = PlacementDecision.failed
             [server("mlserver", replica(0, down=True, free_mib=10))],
             failed("server mlserver: 0 of 1 needed replicas fit (replica 0's inference server is down)"),
             id="a-dead-server-is-the-reason-before-its-memory",
+        ),
+        pytest.param(
+            request(current="mlserver"),
+            [server("mlserver", replica(0, killed=True, free_mib=4096), replica(1))],
+            placed("mlserver", 1),
+            id="not-again-where-its-load-killed-the-server",
+        ),
+        pytest.param(
+            request(),
+            [server("mlserver", replica(0, killed=True))],
+            failed("server mlserver: 0 of 1 needed replicas fit (replica 0's server died while loading this version)"),
+            id="where-its-load-killed-the-server-is-the-reason",
         ),
         pytest.param(
             request(explainer=True),

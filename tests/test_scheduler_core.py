@@ -519,6 +519,65 @@ async def test_a_draining_replica_whose_server_dies_reports_what_cannot_move() -
         assert [list(d.unplaced_models) for d in leaving.drain_complete] == [["iris"]]
 
 
+KILLED = "MLServer (pid 813) exited: killed by SIGKILL; the agent is restarting it"
+
+
+async def test_a_model_whose_load_kills_its_server_is_not_placed_there_again_and_fails_after_two_deaths() -> None:
+    """A model that kills its server as it loads (a segfault, the OOM killer) must not crash-loop the replicas:
+    after its load took a server down it is not placed on that replica again, whatever capacity comes and goes,
+    and after two such deaths it is ModelFailed, saying why, until LoadModel is sent for it again."""
+    async with Harness() as h:
+        replicas = [h.add_replica(index=0), h.add_replica(index=1)]
+        for replica in replicas:
+            replica.kills_server["killer"] = KILLED
+        await h.load("iris")
+        await h.load("killer")
+        await h.settle()
+        for replica in replicas:  # each server restarts, holding what its agent held (iris, wherever it is)
+            replica.server_serving()
+        await h.settle()
+        h.add_replica(index=2).kills_server["killer"] = KILLED  # new capacity
+        await h.settle()
+
+        loads = [load for replica in h.replicas for load in replica.loads if load[0] == "killer"]
+        assert loads == [("killer", 1), ("killer", 1)]  # once on each of the first two replicas, never again
+        latest = h.status("killer").versions[-1]
+        assert h.state("killer") == M.FAILED
+        assert "killed its server 2 times" in latest.state.reason, latest.state.reason
+        assert "LoadModel" in latest.state.reason, latest.state.reason
+        assert h.state("iris") == M.AVAILABLE  # the other model serves on, wherever it went
+        assert len(routed_to(h, "iris")) == 1
+
+        await h.load("killer")  # the same spec again: the user asks for another try, and gets two more deaths
+        await h.settle()
+        loads = [load for replica in h.replicas for load in replica.loads if load[0] == "killer"]
+        assert len(loads) == 4, loads
+        assert h.state("killer") == M.FAILED
+
+
+async def test_a_load_that_killed_its_only_replicas_server_fails_the_model_there_and_a_new_spec_tries_again() -> None:
+    async with Harness() as h:
+        replica = h.add_replica(index=0)
+        replica.kills_server["killer"] = KILLED
+        await h.load("killer")
+        await h.settle()
+        replica.server_serving()
+        await h.settle()
+        replica.server_down("MLServer (pid 814) exited: killed by SIGTERM; the agent is restarting it")
+        replica.server_serving()  # capacity events: none of them places it on this replica again
+        await h.settle()
+        assert replica.loads == [("killer", 1)]
+        latest = h.status("killer").versions[-1]
+        assert h.state("killer") == M.FAILED
+        assert latest.modelReplicaState[0].reason.startswith("its server died during this load"), latest
+        assert KILLED in latest.state.reason, latest
+
+        del replica.kills_server["killer"]
+        await h.load("killer", uri="gs://models/killer-fixed")  # a new spec is a new version: tried again
+        await h.settle()
+        assert (h.state("killer"), replica.loads) == (M.AVAILABLE, [("killer", 1), ("killer", 2)])
+
+
 async def test_server_health_from_a_replaced_session_changes_nothing() -> None:
     async with Harness() as h:
         first = h.add_replica(index=0)

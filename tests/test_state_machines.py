@@ -177,6 +177,14 @@ def test_newest_failure_reason_wins() -> None:
     assert (derived.state, derived.reason) == (M.FAILED, "new")
 
 
+def test_a_version_failed_by_the_crash_loop_guard_is_failed_whatever_its_replicas_say() -> None:
+    for replicas in ([], facts(S.AVAILABLE), facts(S.LOAD_FAILED, reason="other"), facts(S.LOADING)):
+        derived = derive_live(
+            replicas, desired=1, min_replicas=0, previous_available=True, schedule_failure="x", failure="killed 2"
+        )
+        assert (derived.state, derived.reason) == (M.FAILED, "killed 2")
+
+
 def test_the_newest_down_reason_wins() -> None:
     replicas = [ReplicaFact(S.LOADED_UNAVAILABLE, "old", 1.0), ReplicaFact(S.LOADED_UNAVAILABLE, "new", 2.0)]
     derived = derive_live(replicas, desired=2, min_replicas=0, previous_available=False, schedule_failure=None)

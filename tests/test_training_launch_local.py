@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from trainer.launchers.local import (
 )
 
 GIB = 1024**3
+PYTHON_BINARY = os.path.realpath(sys.executable)  # the binary itself, not a venv's link to it
 
 
 def stand_in(body: str) -> tuple[str, ...]:
@@ -206,6 +208,27 @@ async def test_a_command_that_cannot_start_is_a_clear_retryable_outcome(tmp_path
     assert outcome.exit_code is None
     assert "could not start" in outcome.detail
     assert "no-such-python" in outcome.detail
+
+
+async def test_a_program_that_cannot_be_executed_is_retryable_and_says_so(tmp_path: Path) -> None:
+    """The program exists and is executable, yet the launcher in the child cannot execute it (here: it is open for
+    writing, ETXTBSY; in life a half-written binary, a broken loader): that is no fault of the training event, so
+    retryable, as an OSError in the parent was before children were started through setpriv and prlimit."""
+    program = tmp_path / "python-being-written"
+    shutil.copy(PYTHON_BINARY, program)  # with its mode: executable
+    with program.open("ab"):  # open for writing while it is started
+        outcome = await launcher((str(program), "-c", "pass")).run(
+            job_dir_for(tmp_path), training_pb2.ModelDesignSchema()
+        )
+    assert outcome.verdict is LaunchVerdict.FAILED_RETRYABLE, outcome
+    assert outcome.exit_code == 126
+    assert outcome.detail.startswith(f"could not start {program}: exit 126, the program could not be executed")
+    assert "Text file busy" in outcome.detail  # the launcher's own words, from the run's log
+
+
+async def test_a_run_that_exits_1_by_itself_stays_permanent(tmp_path: Path) -> None:
+    outcome = await launcher(stand_in("sys.exit(1)\n")).run(job_dir_for(tmp_path), training_pb2.ModelDesignSchema())
+    assert (outcome.verdict, outcome.exit_code) == (LaunchVerdict.FAILED_PERMANENTLY, 1)
 
 
 async def test_cancelling_run_kills_the_process_group_and_waits(tmp_path: Path) -> None:

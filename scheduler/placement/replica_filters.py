@@ -70,6 +70,18 @@ class ServerServing:
         return f"replica {replica.index}'s inference server is down" if replica.server_down else None
 
 
+class NoServerDeathHere:
+    """A version whose load was in flight when a replica's server died is not placed on that replica again: the
+    load may have killed it (a segfault, the OOM killer), and placing it again would crash-loop the server."""
+
+    name = "no-server-death-here"
+
+    def reject(self, request: PlacementRequest, replica: ReplicaView) -> str | None:
+        if replica.server_died_loading:
+            return f"replica {replica.index}'s server died while loading this version"
+        return None
+
+
 class ExplainerCapable:
     """Explainer models run only on replicas that provide the explainer runtime."""
 
@@ -83,6 +95,7 @@ class ExplainerCapable:
 
 DEFAULT_REPLICA_FILTERS: tuple[ReplicaFilter, ...] = (
     ServerServing(),
+    NoServerDeathHere(),
     EnoughMemory(),
     NotDraining(),
     ExplainerCapable(),

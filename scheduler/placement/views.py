@@ -25,6 +25,8 @@ class ReplicaView:
     holds_model: bool
     # Its inference server does not serve (it died and is being restarted, or stopped answering).
     server_down: bool = False
+    # Its inference server died while this model version was loading on it: the load may kill it again.
+    server_died_loading: bool = False
 
     @property
     def free_bytes(self) -> int:

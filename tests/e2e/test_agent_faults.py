@@ -12,16 +12,30 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import grpc
 import pytest
 
+from generated.mlops.scheduler import scheduler_pb2 as pb
 from servers.launch import launch_mlserver
-from tests.cluster_fixtures import AVAILABLE, REPLICA_AVAILABLE, WAIT, Cluster, Iris, State, api_of, model
+from tests.cluster_fixtures import (
+    AVAILABLE,
+    CALL_TIMEOUT,
+    FAILED,
+    REPLICA_AVAILABLE,
+    WAIT,
+    Cluster,
+    Iris,
+    State,
+    api_of,
+    model,
+)
 from tests.e2e.harness import (
     held_files,
     recording_statuses,
@@ -30,8 +44,9 @@ from tests.e2e.harness import (
     wait_for,
 )
 from tests.processes import start_gateway
-from tests.real_components import kill_agent
+from tests.real_components import AgentProcess, kill_agent
 from tests.test_agent_e2e import index, predict, server_loads, tar_gz_of
+from tests.test_agent_liveness_e2e import server_leader
 
 pytest_plugins = ["tests.real_components", "tests.cluster_fixtures"]
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(600)]  # the timeout is a hang guard only
@@ -289,3 +304,128 @@ async def test_scheduler_and_agent_killed_together_bring_back_every_acknowledged
         assert server_loads(restarted, "both-late_1") == 1
     finally:
         await server.stop()
+
+
+# -- a model whose load kills its server (review 1.3), and one whose load blocks it (review 1.4) ------------------
+
+# MLServer runtimes shipped in the artifact (its own model-settings.json names them). parallel_workers is 0, so a
+# model loads in MLServer's own process: this one kills it, as a segfault or the OOM killer would.
+KILLER_RUNTIME = """import os
+import signal
+
+from mlserver import MLModel
+
+
+class Killer(MLModel):
+    async def load(self) -> bool:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return True
+"""
+
+# And this one blocks MLServer's event loop as it loads (as a big synchronous load does), for longer than the agent's
+# probes take to report a server that does not answer; then it answers like the iris model.
+BLOCKING_RUNTIME = """import time
+
+from mlserver import MLModel
+from mlserver.codecs import NumpyCodec
+from mlserver.types import InferenceRequest, InferenceResponse
+
+BLOCK_SECONDS = {seconds}
+
+
+class Blocking(MLModel):
+    async def load(self) -> bool:
+        time.sleep(BLOCK_SECONDS)  # the event loop answers nothing meanwhile, not even /v2/health/live
+        return True
+
+    async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        values = NumpyCodec.decode_input(payload.inputs[0])
+        return InferenceResponse(model_name=self.name, outputs=[NumpyCodec.encode_output("echo", values)])
+"""
+# Probes that report a silent server after 2 failures, 0.5 s apart, 1 s each: the load blocks far longer.
+FAST_PROBES = ("--server-probe-interval=0.5", "--server-probe-timeout=1", "--server-probe-failures=2")
+ECHO_REQUEST = {"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2, 3]}]}
+
+
+def runtime_artifact(folder: Path, module: str, runtime: str, class_name: str) -> Path:
+    folder.mkdir(parents=True)
+    (folder / f"{module}.py").write_text(runtime)
+    settings = {"name": module, "implementation": f"{module}.{class_name}"}
+    (folder / "model-settings.json").write_text(json.dumps(settings))
+    return folder
+
+
+def load_failures(agent: AgentProcess, loaded_name: str) -> int:
+    """How many load operations the agent ended with LOAD_FAILED for ``loaded_name``."""
+    return sum(1 for line in agent.log().splitlines() if f"load failed {loaded_name} in " in line)
+
+
+async def test_a_model_whose_load_kills_its_server_kills_each_replica_once_then_fails(
+    cluster: Cluster, iris: Iris, tmp_path: Path
+) -> None:
+    killer = runtime_artifact(tmp_path / "killer", "modelplane_test_killer", KILLER_RUNTIME, "Killer")
+    cluster.start_scheduler()
+    agents = await asyncio.to_thread(cluster.start_agents, cluster.agent(0), cluster.agent(1))
+    async with api_of(cluster) as api:
+        await api.load(model("killer", str(killer), requirements=()))
+
+        def failed_for_good(status: pb.ModelStatusResponse) -> bool:
+            # Failed already after the first death (that load failed), until it is placed on the other replica.
+            latest = status.versions[-1].state if status.versions else None
+            return latest is not None and latest.state == FAILED and "killed its server" in latest.reason
+
+        status = await api.wait("killer", failed_for_good, "Failed by the crash-loop guard")
+        reason = status.versions[-1].state.reason
+        assert "its load killed its server 2 times (replicas mlserver/" in reason, reason
+        assert "until its spec changes or LoadModel is sent for it again" in reason, reason
+
+        # Both servers come back (new capacity, twice): another model loads and serves, the killer does not. The
+        # scheduler answers each server's return before that later load, so by then any load of the killer the
+        # returns caused would have been sent.
+        await api.load(model("survivor", str(iris.folder)))
+        await api.available("survivor")
+        serving = agents[await api.holder("survivor")]
+        await predict(serving, "survivor", iris)
+
+        async def both_back() -> bool:
+            [status] = [
+                s
+                async for s in api.stub.ServerStatus(
+                    pb.ServerStatusRequest(subscriberName="e2e", name="mlserver"), timeout=CALL_TIMEOUT
+                )
+            ]
+            return status.availableReplicas == 2
+
+        await wait_for(both_back, "both servers serve again", cluster.diagnostics)
+        await api.load(model("after", str(iris.folder)))  # one more round trip with every agent's news applied
+        await api.available("after")
+        for agent in agents:
+            assert load_failures(agent, "killer_1") == 1, agent.diagnostics()
+            assert agent.log().count("restarted MLServer") == 1, agent.diagnostics()
+        status = await api.status("killer")
+        assert status.versions[-1].state.state == FAILED, status
+
+
+async def test_a_server_blocked_by_a_long_load_is_not_restarted_and_the_model_serves(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    blocking = runtime_artifact(
+        tmp_path / "blocking", "modelplane_test_blocking", BLOCKING_RUNTIME.format(seconds=8), "Blocking"
+    )
+    cluster.start_scheduler()
+    [agent] = await asyncio.to_thread(cluster.start_agents, cluster.agent(0, extra=FAST_PROBES))
+    server = server_leader(agent)
+    async with api_of(cluster) as api:
+        await api.load(model("blocking", str(blocking), requirements=()))
+        await api.available("blocking")
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{agent.proxy_url}/v2/models/blocking/infer", json=ECHO_REQUEST) as response,
+        ):
+            assert response.status == 200, await response.text()
+            assert (await response.json())["outputs"][0]["data"] == [1, 2, 3]
+    log = agent.log()
+    assert "does not answer its liveness probe while a call is in flight on it" in log, agent.diagnostics()
+    assert "inference server is down" not in log, agent.diagnostics()
+    assert "restarting" not in log, agent.diagnostics()
+    assert server_leader(agent) == server  # the same MLServer process throughout

@@ -18,7 +18,9 @@ code between fork and exec: the trainer runs gRPC, whose fork handlers make that
 
 Exit codes follow trainer/jobs.py: 0 success, 1-127 permanent but EXIT_UNAVAILABLE (an unreachable dataset store)
 retryable, 128+N (killed by signal N) retryable. A deadline is reported as retryable too (the machine may simply
-have been busy).
+have been busy). A run that could not be started at all is retryable (a deployment problem, not the event's fault):
+an OSError in the trainer, or the launchers' exit 126 or 127 when the program could not be executed in the child
+(``modelplane.child_processes.could_not_execute``; run_job never exits with those).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from generated.mlops.training.v1 import training_pb2
-from modelplane.child_processes import start_child_async
+from modelplane.child_processes import could_not_execute, start_child_async
 from modelplane.logs import with_fields
 from servers.launch.local import log_tail
 from trainer.jobs import JOB_FILE, RESULT_FILE, TrainingJob
@@ -175,6 +177,14 @@ class LocalProcessLauncher:
             # Cancelled by the caller: no grace, but wait for the exit so no zombie or orphan remains.
             await asyncio.shield(self._stop_group(process, grace=0.0))
             raise
+        not_executed = could_not_execute(exit_code)
+        if not_executed is not None:
+            # As an OSError at the start would be: retryable, the event is not at fault (the log says why).
+            return LaunchOutcome(
+                LaunchVerdict.FAILED_RETRYABLE,
+                exit_code,
+                f"could not start {argv[0]}: {not_executed}\n{log_tail(log_path, settings.log_tail_lines)}",
+            )
         return self._outcome(job_dir, exit_code, memory_bytes)
 
     async def _stop_group(self, process: asyncio.subprocess.Process, *, grace: float) -> int:

@@ -428,6 +428,7 @@ class ModelEvent(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     AVAILABLE_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     RUNTIME_INFO_FIELD_NUMBER: _builtins.int
+    SERVER_DIED_DURING_LOAD_FIELD_NUMBER: _builtins.int
     operation_id: _builtins.int
     """The operation this event answers; 0 for events the agent raises by itself (e.g. a model the
     server dropped).
@@ -439,6 +440,13 @@ class ModelEvent(_message.Message):
     """Why a load or unload failed, in words a person can act on."""
     available_memory_bytes: _builtins.int
     """Memory still free on the replica after the operation, in bytes."""
+    server_died_during_load: _builtins.bool
+    """With KIND_LOAD_FAILED: the inference server went down (died, or was killed as hung) while this load was
+    in flight on it, so the load may have killed it (a model that segfaults or runs out of memory as it
+    loads). The scheduler does not place this version on this replica again, and after a few such deaths
+    (README: the scheduler's crash-loop guard) fails the model, until LoadModel is sent for it again. False
+    for a load refused because the server was already down.
+    """
     @_builtins.property
     def runtime_info(self) -> _scheduler_pb2.ModelRuntimeInfo:
         """Runtime settings the agent used (e.g. parallel workers, Triton instance count)."""
@@ -453,10 +461,11 @@ class ModelEvent(_message.Message):
         reason: _builtins.str = ...,
         available_memory_bytes: _builtins.int = ...,
         runtime_info: _scheduler_pb2.ModelRuntimeInfo | None = ...,
+        server_died_during_load: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["runtime_info", b"runtime_info"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_memory_bytes", b"available_memory_bytes", "kind", b"kind", "model_name", b"model_name", "model_version", b"model_version", "operation_id", b"operation_id", "reason", b"reason", "runtime_info", b"runtime_info"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available_memory_bytes", b"available_memory_bytes", "kind", b"kind", "model_name", b"model_name", "model_version", b"model_version", "operation_id", b"operation_id", "reason", b"reason", "runtime_info", b"runtime_info", "server_died_during_load", b"server_died_during_load"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

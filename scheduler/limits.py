@@ -39,6 +39,9 @@ parameters                                 256
 triton cpu entries                         64
 servers in one ServerNotify                1000
 servers known                              10000
+models known                               100000
+pipelines known                            10000
+experiments running                        10000
 replicas (wanted, min, max, expected)      1000             replica indexes are 0..999
 experiment candidates                      64
 pipeline steps / references per list       256 / 64
@@ -104,6 +107,9 @@ MAX_OVERCOMMIT_PERCENT = 1000
 MAX_SERVERS_PER_NOTIFY = 1000
 MAX_SERVERS = 10_000
 MAX_LOADED_MODELS = 100_000
+MAX_MODELS = 100_000
+MAX_PIPELINES = 10_000
+MAX_EXPERIMENTS = 10_000  # running at once (a stopped one keeps its record, so its status still answers)
 MAX_CANDIDATES = 64
 MAX_STEPS = 256
 MAX_REFERENCES = 64

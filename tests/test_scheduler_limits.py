@@ -327,6 +327,37 @@ async def test_agents_cannot_take_the_scheduler_past_its_server_limit(monkeypatc
             await agent.close()
 
 
+async def test_pipelines_and_running_experiments_are_limited_in_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Their count bounds the state a status stream starts with, as the model and server limits do."""
+    monkeypatch.setattr(limits, "MAX_PIPELINES", 2)
+    monkeypatch.setattr(limits, "MAX_EXPERIMENTS", 1)
+    async with scheduler_client() as (running, stub):
+        for name in ("p1", "p2"):
+            pipeline = pb.Pipeline(name=name, steps=[pb.PipelineStep(name="iris")])
+            await stub.LoadPipeline(pb.LoadPipelineRequest(pipeline=pipeline), timeout=CALL_TIMEOUT)
+        changed = pb.Pipeline(name="p2", steps=[pb.PipelineStep(name="other")])
+        await stub.LoadPipeline(pb.LoadPipelineRequest(pipeline=changed), timeout=CALL_TIMEOUT)  # may still change
+        third = pb.Pipeline(name="p3", steps=[pb.PipelineStep(name="iris")])
+        error = await refused(stub.LoadPipeline(pb.LoadPipelineRequest(pipeline=third), timeout=CALL_TIMEOUT))
+        assert error.code() == EXHAUSTED, error.details()
+        assert "holds 2 pipelines" in (error.details() or "")
+        assert set(running.core.pipelines.records) == {"p1", "p2"}
+
+        def experiment(name: str, candidate: str) -> pb.StartExperimentRequest:
+            candidates = [pb.ExperimentCandidate(name=candidate, weight=1)]
+            return pb.StartExperimentRequest(experiment=pb.Experiment(name=name, candidates=candidates))
+
+        await stub.StartExperiment(experiment("e1", "a"), timeout=CALL_TIMEOUT)
+        await stub.StartExperiment(experiment("e1", "b"), timeout=CALL_TIMEOUT)  # replacing it is no new one
+        error = await refused(stub.StartExperiment(experiment("e2", "a"), timeout=CALL_TIMEOUT))
+        assert error.code() == EXHAUSTED, error.details()
+        assert "runs 1 experiments" in (error.details() or "")
+        await stub.StopExperiment(pb.StopExperimentRequest(name="e1"), timeout=CALL_TIMEOUT)
+        await stub.StartExperiment(experiment("e2", "a"), timeout=CALL_TIMEOUT)  # a stopped one does not count
+        assert running.core.experiments.running().keys() == {"e2"}
+        running.core.check_invariants()
+
+
 async def test_a_3_mb_reason_in_model_status_event_is_kept_bounded() -> None:
     async with scheduler_client() as (_running, stub):
         await load(stub, model("iris"))

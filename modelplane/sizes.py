@@ -24,13 +24,14 @@ _UNITS = {
     "ti": 1024**4,
     "tib": 1024**4,
 }
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+# ASCII: \d would take any script's digits (which float() reads). Used with fullmatch; white space around is allowed.
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", re.ASCII)
 MAX_SIZE = 1 << 50
 
 
 def parse_size(text: str) -> int:
     """Bytes in ``text``; raises ValueError with the accepted forms when it is not a size."""
-    match = _SIZE.match(text)
+    match = _SIZE.fullmatch(text)
     unit = match.group(2).lower() if match else ""
     if match is None or unit not in _UNITS:
         raise ValueError(f"{text!r} is not a size: use e.g. 2GiB, 512Mi, 1.5G or a number of bytes")

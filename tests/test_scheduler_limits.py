@@ -241,6 +241,39 @@ async def test_a_bad_record_restored_after_kill_9_breaks_nothing(tmp_path: Path)
 # ----------------------------------------------------------------- defect 3: sizes without limits
 
 
+def test_a_name_or_namespace_with_a_trailing_newline_is_refused() -> None:
+    """A pattern ending in ``$`` also matches before a final newline: names are checked whole."""
+    from scheduler.errors import InvalidArgument  # noqa: PLC0415
+    from scheduler.model_names import check_name, is_namespace  # noqa: PLC0415
+
+    for name in ("iris\n", "iris\n\n", "\niris"):
+        with pytest.raises(InvalidArgument, match="invalid"):
+            check_name(name)
+    assert not is_namespace("seldon\n")
+    assert is_namespace("seldon")
+
+
+async def test_stored_servers_named_with_a_trailing_newline_are_left_out() -> None:
+    """Server records read back from the store pass the request's checks (server_specs.stored_server_problem):
+    what no ServerNotify could create is skipped, the others restored."""
+    from scheduler.persistence import MemoryStateStore  # noqa: PLC0415
+    from scheduler.server_records import ServerRecord  # noqa: PLC0415
+
+    store = MemoryStateStore()
+    await store.apply(
+        [
+            Put("servers", name, ServerRecord(name, kubernetes_namespace=namespace).to_bytes())
+            for name, namespace in (("mlserver\n", ""), ("triton", "seldon\n"), ("good", "seldon"))
+        ]
+    )
+    async with in_process_scheduler(store) as running, running.channel() as channel:
+        stub = pb_grpc.SchedulerStub(channel)
+        request = pb.ServerStatusRequest(subscriberName="t")
+        names = [s.serverName async for s in stub.ServerStatus(request, timeout=CALL_TIMEOUT)]
+        assert names == ["good"]
+        running.core.check_invariants()
+
+
 async def test_a_3_9_mb_parameter_value_is_refused_saying_the_limit_and_the_size() -> None:
     async with scheduler_client() as (_running, stub):
         error = await refused(load(stub, model("big", parameters={"p": "x" * 3_900_000})))

@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -24,8 +24,8 @@ from generated.mlops.agent.v1 import agent_pb2, agent_pb2_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from scheduler import limits
-from scheduler.persistence import Put, SqliteStateStore
-from tests.grpc_agent import FakeGrpcAgent, MiB, wait_for_async
+from scheduler.persistence import Put, SqliteStateStore, StateStore
+from tests.grpc_agent import FakeGrpcAgent, MiB, wait_for, wait_for_async
 from tests.processes import STARTED, start_scheduler, stop_process
 from tests.scheduler_in_process import InProcessScheduler, in_process_scheduler
 
@@ -88,8 +88,10 @@ async def subscription_snapshot(stub: pb_grpc.SchedulerAsyncStub, names: set[str
 
 
 @contextlib.asynccontextmanager
-async def scheduler_client() -> AsyncIterator[tuple[InProcessScheduler, pb_grpc.SchedulerAsyncStub]]:
-    async with in_process_scheduler() as running, running.channel() as channel:
+async def scheduler_client(
+    store: StateStore | None = None,
+) -> AsyncIterator[tuple[InProcessScheduler, pb_grpc.SchedulerAsyncStub]]:
+    async with in_process_scheduler(store) as running, running.channel() as channel:
         yield running, pb_grpc.SchedulerStub(channel)
 
 
@@ -780,6 +782,56 @@ async def test_a_model_keeps_at_most_four_versions() -> None:
             await h.load("iris", uri="gs://models/iris-14")
         assert len(record.versions) == limits.MAX_MODEL_VERSIONS
         h.core.check_invariants()
+
+
+async def test_a_version_dropped_while_an_agent_reports_it_leaves_the_record_and_the_replica() -> None:
+    """LoadModel drops an inactive version to make room; while its record is being written an agent connects
+    holding that very version. The record written is the one that counts: the version is not kept (a fifth
+    version, past MAX_MODEL_VERSIONS), and the replica is told to unload it, as it would be after a restart."""
+    from scheduler.persistence import Change, MemoryStateStore  # noqa: PLC0415
+
+    class HeldStore(MemoryStateStore):
+        """Holds the next write of model ``held``'s record alone (a LoadModel's) until ``release`` is set."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.held: str | None = None
+            self.holding = asyncio.Event()
+            self.release = asyncio.Event()
+
+        async def apply(self, changes: Sequence[Change]) -> None:
+            [first, *rest] = changes
+            if not rest and isinstance(first, Put) and (first.table, first.key) == ("models", self.held):
+                self.held = None
+                self.holding.set()
+                await self.release.wait()
+            await super().apply(changes)
+
+    store = HeldStore()
+    async with scheduler_client(store) as (running, stub):
+        for index in range(1, 5):  # nowhere to place them yet: every version is inactive
+            await load(stub, model("iris", uri=f"gs://models/iris-{index}"))
+        record = running.core.cluster.models["iris"]
+        assert [v.version for v in record.versions] == [1, 2, 3, 4]
+
+        store.held = "iris"
+        fifth = asyncio.create_task(load(stub, model("iris", uri="gs://models/iris-5")))  # drops version 1
+        await asyncio.wait_for(store.holding.wait(), CALL_TIMEOUT)
+        agent = FakeGrpcAgent(running.listen, loaded=[("iris", 1, 10 * MiB)], answering=False)
+        await agent.start()  # holding version 1: the scheduler takes it as Available there
+        try:
+            assert record.versions[0].state_of(("mlserver", 0)).name == "AVAILABLE"
+            store.release.set()
+            await asyncio.wait_for(fifth, CALL_TIMEOUT)
+
+            assert [v.version for v in record.versions] == [2, 3, 4, 5]
+            running.core.check_invariants()
+            await wait_for(lambda: ("iris", 1) in agent.unloads, CALL_TIMEOUT, "version 1 unloaded from the replica")
+            statuses = await all_model_statuses(stub)
+            assert [v.version for v in statuses["iris"].versions] == [2, 3, 4, 5]
+            running.core.check_invariants()
+        finally:
+            await agent.close()
 
 
 def test_a_pipeline_keeps_at_most_four_versions_and_drops_those_that_serve_nothing() -> None:

@@ -65,6 +65,7 @@ from dataclasses import dataclass
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from modelplane.sizes import MAX_MESSAGE_BYTES, MAX_SIZE
 from scheduler.errors import InvalidArgument, SchedulerError
 
 # ----------------------------------------------------------------- counts, sizes and numbers
@@ -84,8 +85,8 @@ MAX_REPLICA_REASON_CHARS = 128
 MAX_STATUS_REASON_CHARS = 2 * MAX_REASON_CHARS
 # Default client receive limit of gRPC (4 MiB); every status message the scheduler builds fits in it.
 MAX_STATUS_BYTES = 4 * 1024 * 1024
-# What a gateway accepts (modelplane/transport.py MAX_MESSAGE_BYTES): WatchRoutes messages fit in it.
-MAX_ROUTE_BYTES = 16 * 1024 * 1024
+# What a gateway accepts (every process's gRPC message limit): WatchRoutes messages fit in it.
+MAX_ROUTE_BYTES = MAX_MESSAGE_BYTES
 
 MAX_MODEL_SPEC_BYTES = 128 * 1024
 MAX_MODEL_VERSIONS = 4
@@ -99,8 +100,8 @@ MAX_CAPABILITIES = 256
 MAX_PARAMETERS = 256
 MAX_TRITON_CPUS = 64
 MAX_INSTANCES = 1024
-# Larger than any single machine's memory today; a bigger figure is a mistake, and it keeps sums in range.
-MAX_MEMORY_BYTES = 1 << 50
+# The largest size anywhere (modelplane/sizes.py): more than any machine's memory; it keeps sums in range.
+MAX_MEMORY_BYTES = MAX_SIZE
 MAX_REPLICAS = 1000
 MAX_SERVER_REPLICAS = MAX_REPLICAS  # replica indexes are 0..MAX_SERVER_REPLICAS-1
 MAX_OVERCOMMIT_PERCENT = 1000

@@ -79,7 +79,8 @@ MAX_ENDPOINT_CHARS = 256
 MAX_VALUE_CHARS = 16 * 1024
 MAX_REASON_CHARS = 1024
 # A replica's reason inside a model's status (ModelReplicaStatus.reason): up to MAX_SERVER_REPLICAS of them
-# per version, so shorter; the model's own reason (ModelStatus.reason) carries the whole MAX_REASON_CHARS.
+# per version, so shorter; the model's own reasons (ModelStatus.reason, modelGwReason) are cut to
+# MAX_STATUS_REASON_CHARS.
 MAX_REPLICA_REASON_CHARS = 128
 # Any reason in a status message is cut to this when rendered, whatever produced it.
 MAX_STATUS_REASON_CHARS = 2 * MAX_REASON_CHARS

@@ -74,8 +74,9 @@ _RESERVED_HEADERS: Final = frozenset(
     {"content-type", "content-length", "content-encoding", "te", "trailer", "transfer-encoding", "connection",
      "keep-alive", "host", "upgrade", "user-agent"}
 )  # fmt: skip
-_METADATA_KEY: Final = re.compile(r"^[0-9a-z_.\-]+$")
-_METADATA_VALUE: Final = re.compile(r"^[\x20-\x7e]*$")
+# Used with fullmatch: a pattern ending in "$" would also match before a final newline.
+_METADATA_KEY: Final = re.compile(r"[0-9a-z_.\-]+")
+_METADATA_VALUE: Final = re.compile(r"[\x20-\x7e]*")
 
 
 def grpc_code_for(status: int) -> grpc.StatusCode:
@@ -111,7 +112,7 @@ def response_metadata(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]
         name = key.lower()
         if name in _RESERVED_HEADERS or name.startswith(("grpc-", ":")):
             continue
-        if not _METADATA_KEY.match(name) or name.endswith("-bin") or not _METADATA_VALUE.match(value):
+        if not _METADATA_KEY.fullmatch(name) or name.endswith("-bin") or not _METADATA_VALUE.fullmatch(value):
             log.warning("dropping response header %r: not valid as gRPC metadata", key)
             continue
         pairs.append((name, value))

@@ -6,10 +6,10 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-# RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens.
-_HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
-)
+# RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens. Used with fullmatch (a pattern
+# ending in "$" would also match before a final newline); the length is checked apart.
+_HOSTNAME = re.compile(r"([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+_MAX_HOSTNAME_CHARS = 253
 
 
 class AddressError(ValueError):
@@ -52,7 +52,7 @@ def parse_address(text: str, *, allow_port_zero: bool = False) -> Address:
             raise AddressError(f"{text!r} is not an address: expected HOST:PORT, e.g. 127.0.0.1:9004")
         if ":" in host:
             raise AddressError(f"{text!r}: write IPv6 addresses in brackets, e.g. [::1]:9004")
-        if not _HOSTNAME.match(host):
+        if len(host) > _MAX_HOSTNAME_CHARS or not _HOSTNAME.fullmatch(host):
             raise AddressError(f"{text!r}: {host!r} is not a valid host name or IP address")
     if not (port_text.isascii() and port_text.isdigit()):
         raise AddressError(f"{text!r}: port {port_text!r} is not a number")

@@ -1,4 +1,4 @@
-"""Byte sizes as people write them: 2GiB, 512Mi, 1.5G, 1000000."""
+"""Byte sizes as people write them (2GiB, 512Mi, 1.5G, 1000000), and the largest sizes the base allows."""
 
 from __future__ import annotations
 
@@ -24,13 +24,20 @@ _UNITS = {
     "ti": 1024**4,
     "tib": 1024**4,
 }
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+# ASCII: \d would take any script's digits (which float() reads). Used with fullmatch; white space around is allowed.
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", re.ASCII)
+# The largest size anything accepts (1 PiB): more than any machine's memory today, so a bigger figure is a mistake,
+# and sums of many stay far from overflowing anything.
 MAX_SIZE = 1 << 50
+# The largest gRPC message any process sends or accepts (modelplane/transport.py sets it on every server and channel):
+# model specs and status snapshots are small, inference is not ours. Here, not in transport, so that domain code can
+# size its messages by it without importing grpc.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 def parse_size(text: str) -> int:
     """Bytes in ``text``; raises ValueError with the accepted forms when it is not a size."""
-    match = _SIZE.match(text)
+    match = _SIZE.fullmatch(text)
     unit = match.group(2).lower() if match else ""
     if match is None or unit not in _UNITS:
         raise ValueError(f"{text!r} is not a size: use e.g. 2GiB, 512Mi, 1.5G or a number of bytes")

@@ -19,9 +19,7 @@ import grpc
 from grpc import aio
 
 from modelplane.addresses import Address
-
-# Generous but bounded message sizes: model specs and status snapshots are small, inference is not ours.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+from modelplane.sizes import MAX_MESSAGE_BYTES
 
 _CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

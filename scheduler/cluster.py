@@ -163,13 +163,17 @@ class Cluster:
             if record is None:
                 self.models[name] = prepared
             else:
-                # Versions prepare_load dropped (inactive, to stay within MAX_MODEL_VERSIONS) go, unless an
-                # agent reported one of them while the record was being written: what a replica holds is kept.
+                # The record written is the one that counts. Versions prepare_load dropped (inactive then, to stay
+                # within MAX_MODEL_VERSIONS) go, even one an agent reported while the record was being written (it
+                # connected holding it): keeping it would pass the limit, and the replica would be told to unload
+                # it anyway once the scheduler restarts, so it is told now.
                 kept = {id(version) for version in prepared.versions}
-                versions = [v for v in record.versions if id(v) in kept or not v.inactive]
-                record.versions[:] = [*versions, prepared.latest]
+                for version in record.versions:
+                    if id(version) not in kept:
+                        self._unload_dropped(name, version)
+                record.versions[:] = [*(v for v in record.versions if id(v) in kept), prepared.latest]
                 if len(record.versions) != len(prepared.versions):
-                    self.touched.durable_models.add(name)
+                    self.touched.durable_models.add(name)  # a version kept was forgotten meanwhile
         else:
             # Same version, new spec: keep its replicas and observed state, replace what was asked for.
             record.latest.spec = prepared.latest.spec
@@ -185,6 +189,22 @@ class Cluster:
             record.latest.server_deaths.clear()
             self._derive_all(record)
             self.touched.models.add(record.name)
+
+    def _unload_dropped(self, name: str, version: ModelVersion) -> None:
+        """``version`` is leaving its model's record: its replicas stop counting its memory and unload it. Their
+        answers then find no such version, which is how an unload of a version already forgotten ends."""
+        for key, assignment in version.replicas.items():
+            replica = self._replica(key)
+            if replica is None or assignment.state in INACTIVE:
+                continue
+            if assignment.state in HOLDS_MEMORY:
+                replica.ledger.release((name, version.version))
+            if assignment.state not in UNLOADING_STATES:
+                log.info(
+                    "replica %s/%d holds %s:%d, which is no longer wanted: unloading it", *key, name, version.version
+                )
+                self._send(replica, Operation.KIND_UNLOAD, version.spec, version.version)
+            self.touched.servers.add(replica.server)
 
     def prepare_unload(self, name: str) -> ModelRecord:
         """The durable record of ``name`` marked deleted. Raises FailedPrecondition for unknown models."""

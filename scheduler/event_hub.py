@@ -13,11 +13,16 @@ handler holds a ``Subscription`` and forwards what it yields. Invariants:
 * **Coalescing.** A subscriber's queue holds at most one value per key, the latest. Publishing a key
   that is already pending replaces its value and keeps its place; keys are delivered in the order they
   first became pending. Statuses are state, not events: a reader needs the latest one, not the history.
-* **Bounded.** A subscriber never holds more than ``max_pending_keys`` published values (and its
-  snapshot at most as many keys). One that would exceed the bound has fallen too far behind to catch up
-  by coalescing: it is dropped, its pending values are freed, and its next read raises
-  ``SubscriberLagged`` so it can reconnect for a fresh snapshot. Whoever relays a subscription can also
-  drop it (``Subscription.drop``) when its reader has stopped taking values, with the same effect.
+* **Bounded.** A subscriber never holds more than ``max_pending_keys`` published values. One whose reader
+  has stopped taking values is for whoever relays it to drop (``Subscription.drop``; the scheduler's stream
+  watchdog does, after the subscriber lag). The bound is for one that reads, but more slowly than distinct
+  keys are published: removed resources' final values stay pending under their own keys, so with churn
+  under new names its keys are not limited by the state's size, and the bound caps what it holds. Size it
+  to the most keys the state can have, so that a subscriber with every key of the largest state changed
+  before it reads one still fits. One that would exceed it has fallen too far behind to catch up by
+  coalescing: it is dropped, its pending values are freed, and its next read raises ``SubscriberLagged``
+  so it can reconnect for a fresh snapshot. The snapshot does not count: it is the state's own keys,
+  however many, and each value is rendered only when read.
 * **Non-blocking publisher.** ``publish`` is synchronous and O(1) per subscriber: it never awaits, never
   starts a task, and a slow or stuck subscriber cannot delay the publisher or any other subscriber.
 
@@ -91,9 +96,9 @@ class Subscription(Generic[K, V]):
 
     @property
     def pending_count(self) -> int:
-        """Keys waiting to be read: the unread part of the snapshot and the published values (each at most the
-        hub's ``max_pending_keys``). A snapshot key that was also published counts twice but is read once;
-        a snapshot key whose state is gone, or that ``accept`` refuses, is not read at all."""
+        """Keys waiting to be read: the unread part of the snapshot and the published values (at most the hub's
+        ``max_pending_keys``). A snapshot key that was also published counts twice but is read once; a snapshot
+        key whose state is gone, or that ``accept`` refuses, is not read at all."""
         return len(self._snapshot) - self._snapshot_read + len(self._pending)
 
     @property
@@ -224,8 +229,8 @@ class EventHub(Generic[K, V]):
     """Fans out ``(key, value)`` changes to subscribers, each with its own coalescing, bounded queue.
 
     See the module docstring for the invariants: snapshot first, coalescing per key in first-pending
-    order, at most ``max_pending_keys`` pending keys per subscriber (beyond that the subscriber is
-    dropped with ``SubscriberLagged``), and a publisher that never blocks.
+    order, at most ``max_pending_keys`` published values pending per subscriber (beyond that the subscriber
+    is dropped with ``SubscriberLagged``), and a publisher that never blocks.
     """
 
     def __init__(self, max_pending_keys: int = DEFAULT_MAX_PENDING_KEYS) -> None:
@@ -267,25 +272,15 @@ class EventHub(Generic[K, V]):
         its next read raises that error. ``accept``, if given, decides which ``(key, value)`` pairs this
         subscriber receives, for the snapshot and for publishes alike; if it raises, likewise.
 
-        A snapshot of more than ``max_pending_keys`` keys can never be delivered within the bound: the
-        subscription comes back already lagged (its first read raises ``SubscriberLagged``).
+        The snapshot may have any number of keys: ``max_pending_keys`` bounds the published values only.
 
         Raises ``EventHubClosedError`` if the hub is closed.
         """
         if self._closed:
             raise EventHubClosedError(f"event hub is closed; cannot subscribe {name!r}")
-        snapshot = list(keys())
         subscription = Subscription(
-            self, name, snapshot, render=render, accept=accept, max_pending_keys=self._max_pending_keys
+            self, name, list(keys()), render=render, accept=accept, max_pending_keys=self._max_pending_keys
         )
-        if len(snapshot) > self._max_pending_keys:
-            subscription._fail(
-                SubscriberLagged(
-                    f"subscriber {name!r}: the current state has {len(snapshot)} keys, more than the "
-                    f"{self._max_pending_keys} a subscriber may have pending; it cannot be sent"
-                )
-            )
-            return subscription  # never registered
         # No await between taking the keys and this line: that is what makes the hand-over gapless.
         self._subscribers[subscription] = None
         return subscription

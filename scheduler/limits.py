@@ -39,6 +39,9 @@ parameters                                 256
 triton cpu entries                         64
 servers in one ServerNotify                1000
 servers known                              10000
+models known                               100000
+pipelines known                            10000
+experiments running                        10000
 replicas (wanted, min, max, expected)      1000             replica indexes are 0..999
 experiment candidates                      64
 pipeline steps / references per list       256 / 64
@@ -62,6 +65,7 @@ from dataclasses import dataclass
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from modelplane.sizes import MAX_MESSAGE_BYTES, MAX_SIZE
 from scheduler.errors import InvalidArgument, SchedulerError
 
 # ----------------------------------------------------------------- counts, sizes and numbers
@@ -75,14 +79,15 @@ MAX_ENDPOINT_CHARS = 256
 MAX_VALUE_CHARS = 16 * 1024
 MAX_REASON_CHARS = 1024
 # A replica's reason inside a model's status (ModelReplicaStatus.reason): up to MAX_SERVER_REPLICAS of them
-# per version, so shorter; the model's own reason (ModelStatus.reason) carries the whole MAX_REASON_CHARS.
+# per version, so shorter; the model's own reasons (ModelStatus.reason, modelGwReason) are cut to
+# MAX_STATUS_REASON_CHARS.
 MAX_REPLICA_REASON_CHARS = 128
 # Any reason in a status message is cut to this when rendered, whatever produced it.
 MAX_STATUS_REASON_CHARS = 2 * MAX_REASON_CHARS
 # Default client receive limit of gRPC (4 MiB); every status message the scheduler builds fits in it.
 MAX_STATUS_BYTES = 4 * 1024 * 1024
-# What a gateway accepts (modelplane/transport.py MAX_MESSAGE_BYTES): WatchRoutes messages fit in it.
-MAX_ROUTE_BYTES = 16 * 1024 * 1024
+# What a gateway accepts (every process's gRPC message limit): WatchRoutes messages fit in it.
+MAX_ROUTE_BYTES = MAX_MESSAGE_BYTES
 
 MAX_MODEL_SPEC_BYTES = 128 * 1024
 MAX_MODEL_VERSIONS = 4
@@ -96,14 +101,17 @@ MAX_CAPABILITIES = 256
 MAX_PARAMETERS = 256
 MAX_TRITON_CPUS = 64
 MAX_INSTANCES = 1024
-# Larger than any single machine's memory today; a bigger figure is a mistake, and it keeps sums in range.
-MAX_MEMORY_BYTES = 1 << 50
+# The largest size anywhere (modelplane/sizes.py): more than any machine's memory; it keeps sums in range.
+MAX_MEMORY_BYTES = MAX_SIZE
 MAX_REPLICAS = 1000
 MAX_SERVER_REPLICAS = MAX_REPLICAS  # replica indexes are 0..MAX_SERVER_REPLICAS-1
 MAX_OVERCOMMIT_PERCENT = 1000
 MAX_SERVERS_PER_NOTIFY = 1000
 MAX_SERVERS = 10_000
 MAX_LOADED_MODELS = 100_000
+MAX_MODELS = 100_000
+MAX_PIPELINES = 10_000
+MAX_EXPERIMENTS = 10_000  # running at once (a stopped one keeps its record, so its status still answers)
 MAX_CANDIDATES = 64
 MAX_STEPS = 256
 MAX_REFERENCES = 64

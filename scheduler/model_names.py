@@ -9,7 +9,8 @@ from scheduler.errors import InvalidArgument, SchedulerError
 from scheduler.limits import MAX_GENERATION, MAX_NAME_CHARS, shown
 
 MAX_NAME_LENGTH = MAX_NAME_CHARS
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Used with fullmatch: a pattern ending in "$" would also match before a final newline.
+_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
 def check_name(name: str, what: str = "model") -> str:
@@ -24,7 +25,7 @@ def check_name(name: str, what: str = "model") -> str:
         raise InvalidArgument(
             f"{what} name {name[:20]!r}... is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}"
         )
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise InvalidArgument(
             f"{what} name {shown(name)} is invalid: use lower-case letters, digits and '-', "
             "starting and ending with a letter or digit (e.g. 'iris-classifier')"
@@ -34,7 +35,7 @@ def check_name(name: str, what: str = "model") -> str:
 
 def is_namespace(namespace: str) -> bool:
     """Empty, or a Kubernetes namespace name (a DNS label)."""
-    return not namespace or (len(namespace) <= MAX_NAME_LENGTH and _NAME.match(namespace) is not None)
+    return not namespace or (len(namespace) <= MAX_NAME_LENGTH and _NAME.fullmatch(namespace) is not None)
 
 
 def check_kubernetes_meta(meta: pb.KubernetesMeta, where: str, error: type[SchedulerError] = InvalidArgument) -> None:

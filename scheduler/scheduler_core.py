@@ -56,12 +56,19 @@ ServerKey = tuple[str, int]  # (server name, response type): status updates and 
 class CoreSettings:
     # How long, after a start with known servers, to wait for their agents before placing anything.
     sync_grace_seconds: float = 10.0
-    max_models: int = 100_000
+    max_models: int = limits.MAX_MODELS
     # Reconcile this many models, then let RPCs in before going on.
     reconcile_batch: int = 200
-    max_pending_status_keys: int = 100_000
     # Ask to remove server replicas that have held no model for this long.
     scale_down_idle_seconds: float = 300.0
+
+
+def most_status_keys(max_models: int) -> int:
+    """The most keys a status stream's state can have within the limits: every model, every server's status and
+    scaling request (a ServerKey each), every pipeline and running experiment, and the routing table's
+    end-of-snapshot marker. Every hub's bound on published values pending per subscriber: a subscriber that
+    has all of them changed before it reads one still fits (scheduler/event_hub.py says what the bound is for)."""
+    return max_models + 2 * limits.MAX_SERVERS + limits.MAX_PIPELINES + limits.MAX_EXPERIMENTS + 1
 
 
 class SchedulerCore:
@@ -69,16 +76,15 @@ class SchedulerCore:
         self.settings = settings or CoreSettings()
         self.store = store
         self.cluster = Cluster()
-        self.models_hub: EventHub[str, pb.ModelStatusResponse] = EventHub(self.settings.max_pending_status_keys)
-        self.servers_hub: EventHub[ServerKey, pb.ServerStatusResponse] = EventHub(self.settings.max_pending_status_keys)
+        bound = most_status_keys(self.settings.max_models)
+        self.models_hub: EventHub[str, pb.ModelStatusResponse] = EventHub(bound)
+        self.servers_hub: EventHub[ServerKey, pb.ServerStatusResponse] = EventHub(bound)
         self.pipelines = PipelineRegistry()
-        self.pipelines_hub: EventHub[str, pb.PipelineStatusResponse] = EventHub(self.settings.max_pending_status_keys)
+        self.pipelines_hub: EventHub[str, pb.PipelineStatusResponse] = EventHub(bound)
         self.experiments = ExperimentRegistry()
-        self.experiments_hub: EventHub[str, pb.ExperimentStatusResponse] = EventHub(
-            self.settings.max_pending_status_keys
-        )
+        self.experiments_hub: EventHub[str, pb.ExperimentStatusResponse] = EventHub(bound)
         # The routing table for gateways (WatchRoutes): one coalescing key per model, experiment, pipeline.
-        self.routes_hub: EventHub[RouteKey, rpb.WatchRoutesResponse] = EventHub(self.settings.max_pending_status_keys)
+        self.routes_hub: EventHub[RouteKey, rpb.WatchRoutesResponse] = EventHub(bound)
         self.ready = asyncio.Event()
         self.closing = asyncio.Event()
         self._locks = KeyedLocks()
@@ -313,6 +319,11 @@ class SchedulerCore:
             prepared = self.pipelines.prepare_load(pipeline)
             if prepared is None:
                 return
+            known = len(self.pipelines.records)
+            if pipeline.name not in self.pipelines.records and known >= limits.MAX_PIPELINES:
+                raise ResourceExhausted(
+                    f"the scheduler holds {known} pipelines, its limit: unload one before loading {pipeline.name!r}"
+                )
             await self._write([Put(PIPELINES_TABLE, pipeline.name, prepared.to_bytes())])
             self.pipelines.apply_load(prepared)
             self._refresh_pipelines({pipeline.name})
@@ -373,6 +384,12 @@ class SchedulerCore:
             prepared = self.experiments.prepare_start(experiment, self._routed_as)
             if prepared is None:
                 return
+            running = self.experiments.running()
+            if experiment.name not in running and len(running) >= limits.MAX_EXPERIMENTS:
+                raise ResourceExhausted(
+                    f"the scheduler runs {len(running)} experiments, its limit: stop one before starting "
+                    f"{experiment.name!r}"
+                )
             await self._write([Put(EXPERIMENTS_TABLE, experiment.name, prepared.to_bytes())])
             self.experiments.apply_start(prepared)
             self._publish_experiments({experiment.name} | self.experiments.refresh(self._why_not_ready))

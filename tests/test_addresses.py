@@ -50,6 +50,8 @@ def test_port_zero_only_when_allowed() -> None:
         "127.0.0.1:99999999999999999999",
         "h:\u00b2",
         "h:\u0661",
+        "scheduler\n:9004",  # a host name is checked whole: not up to a final newline
+        "a.b\n:1",
     ],
 )
 def test_invalid_addresses(text: str) -> None:

@@ -258,10 +258,16 @@ async def test_subscriber_over_the_bound_lags_and_others_continue() -> None:
     assert await read_pending(fast) == [("a", 10), ("d", 3), ("e", 4)]
 
 
-async def test_snapshot_larger_than_the_bound_lags_at_once() -> None:
+async def test_a_snapshot_larger_than_the_bound_is_delivered_whole_and_the_bound_counts_publishes() -> None:
     hub = Hub(max_pending_keys=2)
-    sub = hub.subscribe("big", lambda: "abc", lambda key: (key, 0))
-    assert sub.closed
+    sub = hub.subscribe("big", lambda: "abcde", lambda key: (key, 0))  # the state's keys, however many
+    assert hub.subscriber_count == 1
+    publish(hub, "a", 1)  # published values count against the bound, the snapshot does not
+    publish(hub, "f", 2)
+    assert (sub.closed, sub.pending_count) == (False, 7)
+    assert await read(sub, 6) == [("a", 1), ("b", 0), ("c", 0), ("d", 0), ("e", 0), ("f", 2)]  # "a" read once
+    for number, key in enumerate("xyz"):  # a third distinct published key: over the bound
+        publish(hub, key, number)
     assert hub.subscriber_count == 0
     with pytest.raises(SubscriberLagged):
         await read(sub, 1)

@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from scheduler.errors import FailedPrecondition, InvalidArgument
 from scheduler.experiments import (
-    MAX_CANDIDATES,
     STOPPED,
     ExperimentRecord,
     ExperimentRegistry,
     validate_experiment,
 )
+from scheduler.limits import MAX_CANDIDATES
 
 
 def experiment(

@@ -269,6 +269,8 @@ def test_header_conversion() -> None:
     assert response_metadata({"Grpc-Status": "0", "x-ok": "1", "x-bad": "caf\u00e9", "te": "trailers"}) == (
         ("x-ok", "1"),
     )
+    # Keys and values are checked whole, not up to a final newline (which gRPC refuses in metadata).
+    assert response_metadata({"x-value": "1\n", "x-key\n": "1", "x-fine": "2"}) == (("x-fine", "2"),)
 
 
 def test_service_name_matches_the_proto() -> None:

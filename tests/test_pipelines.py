@@ -10,9 +10,8 @@ from hypothesis import strategies as st
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from scheduler.errors import FailedPrecondition, IllegalTransition
+from scheduler.limits import MAX_REFERENCES, MAX_STEPS
 from scheduler.pipelines import (
-    MAX_REFERENCES,
-    MAX_STEPS,
     TRANSITIONS,
     PipelineRecord,
     PipelineRegistry,

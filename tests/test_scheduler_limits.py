@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -24,8 +24,8 @@ from generated.mlops.agent.v1 import agent_pb2, agent_pb2_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from scheduler import limits
-from scheduler.persistence import Put, SqliteStateStore
-from tests.grpc_agent import FakeGrpcAgent, MiB, wait_for_async
+from scheduler.persistence import Put, SqliteStateStore, StateStore
+from tests.grpc_agent import FakeGrpcAgent, MiB, wait_for, wait_for_async
 from tests.processes import STARTED, start_scheduler, stop_process
 from tests.scheduler_in_process import InProcessScheduler, in_process_scheduler
 
@@ -88,8 +88,10 @@ async def subscription_snapshot(stub: pb_grpc.SchedulerAsyncStub, names: set[str
 
 
 @contextlib.asynccontextmanager
-async def scheduler_client() -> AsyncIterator[tuple[InProcessScheduler, pb_grpc.SchedulerAsyncStub]]:
-    async with in_process_scheduler() as running, running.channel() as channel:
+async def scheduler_client(
+    store: StateStore | None = None,
+) -> AsyncIterator[tuple[InProcessScheduler, pb_grpc.SchedulerAsyncStub]]:
+    async with in_process_scheduler(store) as running, running.channel() as channel:
         yield running, pb_grpc.SchedulerStub(channel)
 
 
@@ -241,6 +243,39 @@ async def test_a_bad_record_restored_after_kill_9_breaks_nothing(tmp_path: Path)
 # ----------------------------------------------------------------- defect 3: sizes without limits
 
 
+def test_a_name_or_namespace_with_a_trailing_newline_is_refused() -> None:
+    """A pattern ending in ``$`` also matches before a final newline: names are checked whole."""
+    from scheduler.errors import InvalidArgument  # noqa: PLC0415
+    from scheduler.model_names import check_name, is_namespace  # noqa: PLC0415
+
+    for name in ("iris\n", "iris\n\n", "\niris"):
+        with pytest.raises(InvalidArgument, match="invalid"):
+            check_name(name)
+    assert not is_namespace("seldon\n")
+    assert is_namespace("seldon")
+
+
+async def test_stored_servers_named_with_a_trailing_newline_are_left_out() -> None:
+    """Server records read back from the store pass the request's checks (server_specs.stored_server_problem):
+    what no ServerNotify could create is skipped, the others restored."""
+    from scheduler.persistence import MemoryStateStore  # noqa: PLC0415
+    from scheduler.server_records import ServerRecord  # noqa: PLC0415
+
+    store = MemoryStateStore()
+    await store.apply(
+        [
+            Put("servers", name, ServerRecord(name, kubernetes_namespace=namespace).to_bytes())
+            for name, namespace in (("mlserver\n", ""), ("triton", "seldon\n"), ("good", "seldon"))
+        ]
+    )
+    async with in_process_scheduler(store) as running, running.channel() as channel:
+        stub = pb_grpc.SchedulerStub(channel)
+        request = pb.ServerStatusRequest(subscriberName="t")
+        names = [s.serverName async for s in stub.ServerStatus(request, timeout=CALL_TIMEOUT)]
+        assert names == ["good"]
+        running.core.check_invariants()
+
+
 async def test_a_3_9_mb_parameter_value_is_refused_saying_the_limit_and_the_size() -> None:
     async with scheduler_client() as (_running, stub):
         error = await refused(load(stub, model("big", parameters={"p": "x" * 3_900_000})))
@@ -325,6 +360,37 @@ async def test_agents_cannot_take_the_scheduler_past_its_server_limit(monkeypatc
         assert set(running.core.cluster.servers) == {"one", "two"}
         for agent in (first, second, another_replica):
             await agent.close()
+
+
+async def test_pipelines_and_running_experiments_are_limited_in_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Their count bounds the state a status stream starts with, as the model and server limits do."""
+    monkeypatch.setattr(limits, "MAX_PIPELINES", 2)
+    monkeypatch.setattr(limits, "MAX_EXPERIMENTS", 1)
+    async with scheduler_client() as (running, stub):
+        for name in ("p1", "p2"):
+            pipeline = pb.Pipeline(name=name, steps=[pb.PipelineStep(name="iris")])
+            await stub.LoadPipeline(pb.LoadPipelineRequest(pipeline=pipeline), timeout=CALL_TIMEOUT)
+        changed = pb.Pipeline(name="p2", steps=[pb.PipelineStep(name="other")])
+        await stub.LoadPipeline(pb.LoadPipelineRequest(pipeline=changed), timeout=CALL_TIMEOUT)  # may still change
+        third = pb.Pipeline(name="p3", steps=[pb.PipelineStep(name="iris")])
+        error = await refused(stub.LoadPipeline(pb.LoadPipelineRequest(pipeline=third), timeout=CALL_TIMEOUT))
+        assert error.code() == EXHAUSTED, error.details()
+        assert "holds 2 pipelines" in (error.details() or "")
+        assert set(running.core.pipelines.records) == {"p1", "p2"}
+
+        def experiment(name: str, candidate: str) -> pb.StartExperimentRequest:
+            candidates = [pb.ExperimentCandidate(name=candidate, weight=1)]
+            return pb.StartExperimentRequest(experiment=pb.Experiment(name=name, candidates=candidates))
+
+        await stub.StartExperiment(experiment("e1", "a"), timeout=CALL_TIMEOUT)
+        await stub.StartExperiment(experiment("e1", "b"), timeout=CALL_TIMEOUT)  # replacing it is no new one
+        error = await refused(stub.StartExperiment(experiment("e2", "a"), timeout=CALL_TIMEOUT))
+        assert error.code() == EXHAUSTED, error.details()
+        assert "runs 1 experiments" in (error.details() or "")
+        await stub.StopExperiment(pb.StopExperimentRequest(name="e1"), timeout=CALL_TIMEOUT)
+        await stub.StartExperiment(experiment("e2", "a"), timeout=CALL_TIMEOUT)  # a stopped one does not count
+        assert running.core.experiments.running().keys() == {"e2"}
+        running.core.check_invariants()
 
 
 async def test_a_3_mb_reason_in_model_status_event_is_kept_bounded() -> None:
@@ -716,6 +782,56 @@ async def test_a_model_keeps_at_most_four_versions() -> None:
             await h.load("iris", uri="gs://models/iris-14")
         assert len(record.versions) == limits.MAX_MODEL_VERSIONS
         h.core.check_invariants()
+
+
+async def test_a_version_dropped_while_an_agent_reports_it_leaves_the_record_and_the_replica() -> None:
+    """LoadModel drops an inactive version to make room; while its record is being written an agent connects
+    holding that very version. The record written is the one that counts: the version is not kept (a fifth
+    version, past MAX_MODEL_VERSIONS), and the replica is told to unload it, as it would be after a restart."""
+    from scheduler.persistence import Change, MemoryStateStore  # noqa: PLC0415
+
+    class HeldStore(MemoryStateStore):
+        """Holds the next write of model ``held``'s record alone (a LoadModel's) until ``release`` is set."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.held: str | None = None
+            self.holding = asyncio.Event()
+            self.release = asyncio.Event()
+
+        async def apply(self, changes: Sequence[Change]) -> None:
+            [first, *rest] = changes
+            if not rest and isinstance(first, Put) and (first.table, first.key) == ("models", self.held):
+                self.held = None
+                self.holding.set()
+                await self.release.wait()
+            await super().apply(changes)
+
+    store = HeldStore()
+    async with scheduler_client(store) as (running, stub):
+        for index in range(1, 5):  # nowhere to place them yet: every version is inactive
+            await load(stub, model("iris", uri=f"gs://models/iris-{index}"))
+        record = running.core.cluster.models["iris"]
+        assert [v.version for v in record.versions] == [1, 2, 3, 4]
+
+        store.held = "iris"
+        fifth = asyncio.create_task(load(stub, model("iris", uri="gs://models/iris-5")))  # drops version 1
+        await asyncio.wait_for(store.holding.wait(), CALL_TIMEOUT)
+        agent = FakeGrpcAgent(running.listen, loaded=[("iris", 1, 10 * MiB)], answering=False)
+        await agent.start()  # holding version 1: the scheduler takes it as Available there
+        try:
+            assert record.versions[0].state_of(("mlserver", 0)).name == "AVAILABLE"
+            store.release.set()
+            await asyncio.wait_for(fifth, CALL_TIMEOUT)
+
+            assert [v.version for v in record.versions] == [2, 3, 4, 5]
+            running.core.check_invariants()
+            await wait_for(lambda: ("iris", 1) in agent.unloads, CALL_TIMEOUT, "version 1 unloaded from the replica")
+            statuses = await all_model_statuses(stub)
+            assert [v.version for v in statuses["iris"].versions] == [2, 3, 4, 5]
+            running.core.check_invariants()
+        finally:
+            await agent.close()
 
 
 def test_a_pipeline_keeps_at_most_four_versions_and_drops_those_that_serve_nothing() -> None:

@@ -33,6 +33,7 @@ from modelplane.sizes import MAX_SIZE, format_size, parse_size
         ("7B", 7),
         ("7b", 7),
         ("  42  ", 42),
+        ("2Gi\n", 2 * 1024**3),  # white space around the size, a final newline included, is allowed on purpose
         ("1.5", 1),  # fractions of a byte are dropped
         ("0.5Ki", 512),
         ("1024Ti", 1 << 50),  # exactly MAX_SIZE is still accepted
@@ -65,6 +66,8 @@ def test_sizes_people_write(text: str, expected: int) -> None:
         "1,000",
         "0x10",
         "1_000",
+        "\u0661\u0662Mi",  # digits are ASCII digits (float() would read these as 12)
+        "\uff11G",
     ],
 )
 def test_what_is_not_a_size(text: str) -> None:

@@ -6,7 +6,6 @@ Pure and synchronous (no grpc): the servicers persist prepared records and publi
 from scheduler.experiments.experiment_records import ExperimentRecord, copy_experiment
 from scheduler.experiments.experiment_registry import STOPPED, ExperimentRegistry, ReadinessCheck
 from scheduler.experiments.validation import (
-    MAX_CANDIDATES,
     MAX_MIRROR_PERCENT,
     MAX_WEIGHT,
     MIN_MIRROR_PERCENT,
@@ -15,7 +14,6 @@ from scheduler.experiments.validation import (
 )
 
 __all__ = [
-    "MAX_CANDIDATES",
     "MAX_MIRROR_PERCENT",
     "MAX_WEIGHT",
     "MIN_MIRROR_PERCENT",

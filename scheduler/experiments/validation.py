@@ -14,7 +14,6 @@ from scheduler.errors import FailedPrecondition, InvalidArgument
 from scheduler.limits import check_fields
 from scheduler.model_names import check_kubernetes_meta, check_name
 
-MAX_CANDIDATES = 64
 MAX_WEIGHT = 10_000
 MIN_MIRROR_PERCENT = 1
 MAX_MIRROR_PERCENT = 100
@@ -64,11 +63,7 @@ def validate_experiment(experiment: pb.Experiment, others: Mapping[str, pb.Exper
 
 
 def _check_candidates(experiment: pb.Experiment, kind: str, prefix: str) -> set[str]:
-    """The candidates' names, once each is checked."""
-    if len(experiment.candidates) > MAX_CANDIDATES:
-        raise InvalidArgument(
-            f"{prefix}: candidates has {len(experiment.candidates)} entries; the limit is {MAX_CANDIDATES}"
-        )
+    """The candidates' names, once each is checked (their number is limits.MAX_CANDIDATES's, by check_fields)."""
     seen: set[str] = set()
     for index, candidate in enumerate(experiment.candidates):
         _check_name(candidate.name, kind, f"{prefix} candidate {index}")

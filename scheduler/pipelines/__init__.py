@@ -7,9 +7,7 @@ from scheduler.pipelines.pipeline_records import PipelineRecord, PipelineVersion
 from scheduler.pipelines.pipeline_registry import PipelineRegistry, new_uid, status_response, version_state
 from scheduler.pipelines.pipeline_state import ENDING, LIVE, TRANSITIONS, PipelineStatus, check_transition
 from scheduler.pipelines.validation import (
-    MAX_REFERENCES,
     MAX_STEP_REVISITS,
-    MAX_STEPS,
     Reference,
     parse_external_reference,
     parse_reference,
@@ -20,8 +18,6 @@ from scheduler.pipelines.validation import (
 __all__ = [
     "ENDING",
     "LIVE",
-    "MAX_REFERENCES",
-    "MAX_STEPS",
     "MAX_STEP_REVISITS",
     "TRANSITIONS",
     "PipelineRecord",

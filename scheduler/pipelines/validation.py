@@ -26,23 +26,11 @@ from typing import Literal
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from scheduler.errors import FailedPrecondition, InvalidArgument
-from scheduler.limits import (
-    MAX_PIPELINE_SPEC_BYTES,
-    MAX_REFERENCE_CHARS,
-    MAX_REFERENCES,
-    MAX_STEPS,
-    MAX_TENSOR_MAP,
-    check_fields,
-    shown,
-)
+from scheduler.limits import MAX_PIPELINE_SPEC_BYTES, MAX_REFERENCE_CHARS, check_fields, shown
 from scheduler.model_names import check_kubernetes_meta, check_name
 
 __all__ = [
-    "MAX_REFERENCES",
-    "MAX_REFERENCE_LENGTH",
-    "MAX_STEPS",
     "MAX_STEP_REVISITS",
-    "MAX_TENSOR_MAP",
     "Reference",
     "Side",
     "parse_external_reference",
@@ -53,9 +41,8 @@ __all__ = [
 
 Side = Literal["inputs", "outputs"]
 
-# Counts and lengths are scheduler/limits.py's (MAX_REFERENCES: per list, i.e. a step's inputs, its triggers,
-# the output's steps, external inputs/triggers).
-MAX_REFERENCE_LENGTH = MAX_REFERENCE_CHARS
+# Counts and lengths are scheduler/limits.py's, checked by check_fields (FIELD_RULES) before anything here
+# (MAX_REFERENCES: per list, i.e. a step's inputs, its triggers, the output's steps, external inputs/triggers).
 MAX_STEP_REVISITS = 1000
 
 _SIDES: tuple[Side, ...] = ("inputs", "outputs")
@@ -94,8 +81,8 @@ def _check_name(name: str, what: str, context: str) -> None:
 def _check_text(text: str, what: str) -> None:
     if not text:
         raise _fail(f"{what} is empty")
-    if len(text) > MAX_REFERENCE_LENGTH:
-        raise _fail(f"{what} {text[:40]!r}... is longer than {MAX_REFERENCE_LENGTH} characters")
+    if len(text) > MAX_REFERENCE_CHARS:
+        raise _fail(f"{what} {text[:40]!r}... is longer than {MAX_REFERENCE_CHARS} characters")
     if any(c.isspace() or not c.isprintable() for c in text):
         raise _fail(f"{what} {shown(text)} contains white space or a control character")
 
@@ -168,14 +155,7 @@ def pipeline_models(pipeline: pb.Pipeline) -> set[str]:
     return {step.name for step in pipeline.steps}
 
 
-def _check_count(items: Iterable[object], limit: int, what: str) -> None:
-    count = sum(1 for _ in items)
-    if count > limit:
-        raise _fail(f"{what} has {count} entries; the limit is {limit}")
-
-
 def _check_tensor_map(tensor_map: Mapping[str, str], where: str) -> None:
-    _check_count(tensor_map, MAX_TENSOR_MAP, f"tensorMap of {where}")
     for key, value in tensor_map.items():
         if not key or not value:
             raise _fail(f"tensorMap of {where} has an empty key or value ({key!r} -> {value!r})")
@@ -245,8 +225,6 @@ def _check_steps(pipeline: pb.Pipeline, steps: set[str]) -> dict[str, set[str]]:
     readers: dict[str, set[str]] = {step: set() for step in steps}
     for step in pipeline.steps:
         where = f"step {step.name!r}"
-        _check_count(step.inputs, MAX_REFERENCES, f"pipeline {name!r} {where} inputs")
-        _check_count(step.triggers, MAX_REFERENCES, f"pipeline {name!r} {where} triggers")
         inputs = _step_references(step.inputs, pipeline, steps, f"{where} inputs")
         triggers = _step_references(step.triggers, pipeline, steps, f"{where} triggers")
         for trigger in triggers:
@@ -261,7 +239,6 @@ def _check_steps(pipeline: pb.Pipeline, steps: set[str]) -> dict[str, set[str]]:
 
 def _check_output(pipeline: pb.Pipeline, steps: set[str]) -> None:
     name = pipeline.name
-    _check_count(pipeline.output.steps, MAX_REFERENCES, f"pipeline {name!r} output steps")
     for reference in _step_references(pipeline.output.steps, pipeline, steps, "output"):
         if reference.step is None:
             raise _fail(f"pipeline {name!r} output: {reference} is the pipeline's inputs, not a step")
@@ -274,7 +251,6 @@ def _check_input(pipeline: pb.Pipeline) -> None:
         ("externalInputs", pipeline.input.externalInputs),
         ("externalTriggers", pipeline.input.externalTriggers),
     ):
-        _check_count(texts, MAX_REFERENCES, f"pipeline {name!r} input {field}")
         seen: set[Reference] = set()
         for text in texts:
             try:
@@ -302,7 +278,6 @@ def validate_pipeline(pipeline: pb.Pipeline) -> None:
         check_kubernetes_meta(pipeline.kubernetesMeta, f"pipeline {name!r}", FailedPrecondition)
     if not pipeline.steps:
         raise _fail(f"pipeline {name!r} has no steps")
-    _check_count(pipeline.steps, MAX_STEPS, f"pipeline {name!r} steps")
     steps = _check_step_names(pipeline)
     # Cycles follow both data (inputs) and triggers.
     readers = _check_steps(pipeline, steps)

@@ -34,6 +34,10 @@ class SessionEnded(Exception):  # noqa: N818 - it is what happened, not a failur
     """The scheduler closed or lost the stream."""
 
 
+class SchedulerSaidGoodbye(SessionEnded):
+    """The scheduler's last message (SessionEnding): it ends the session, for the reason given."""
+
+
 @dataclass(frozen=True, slots=True)
 class DrainOutcome:
     """How a drain ended: ``unplaced`` (models that could not move) once the scheduler said it is complete,
@@ -109,6 +113,15 @@ class SchedulerSession:
             writer = asyncio.create_task(self._write(call, outbox, interval))
             try:
                 await self._read(call, interval)
+            except SchedulerSaidGoodbye:
+                # agent.proto: stop writing and half-close, so the stream ends with the scheduler's status (a write
+                # into a stream the scheduler has finished would end it as INTERNAL instead).
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                    await writer
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await call.done_writing()
+                raise
             finally:
                 writer.cancel()
                 with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
@@ -146,6 +159,8 @@ class SchedulerSession:
             elif kind == "drain_complete":
                 if self._drain_done is not None and not self._drain_done.done():
                     self._drain_done.set_result(DrainOutcome(list(message.drain_complete.unplaced_models)))
+            elif kind == "session_ending":
+                raise SchedulerSaidGoodbye(f"the scheduler ended the session: {message.session_ending.reason}")
             elif kind == "event_rejected":
                 rejected = message.event_rejected
                 log.warning(

@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 Context = aio.ServicerContext[Any, Any]
 
 PROTOCOL_VERSION = 1
+# How long a session that ends waits for its agent to stop writing and half-close after SessionEnding.
+SESSION_END_GRACE_SECONDS = 2.0
+AGENT_CLOSED = "agent closed the session"
+NO_MESSAGE_PREFIX = "no message from the agent for"
+STREAM_ERROR_PREFIX = "stream error:"
 # Replica indexes are 0..MAX_SERVER_REPLICAS-1, like the replica counts ServerNotify and models may ask for.
 MAX_REPLICA_INDEX = MAX_SERVER_REPLICAS
 
@@ -108,6 +113,12 @@ def server_down_reason(register: agent_pb2.Register) -> str | None:
     return None
 
 
+def _agent_listens(reason: str) -> bool:
+    """Whether an agent may still be there to hear why its session ends: not when it left, went silent or broke
+    the stream itself."""
+    return reason != AGENT_CLOSED and not reason.startswith((NO_MESSAGE_PREFIX, STREAM_ERROR_PREFIX))
+
+
 class AgentService(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, core: SchedulerCore, heartbeat_interval_seconds: float = 5.0) -> None:
         self.core = core
@@ -149,6 +160,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 if message is None:
                     break
                 yield message
+            self.core.agent_gone(config, session)  # at once: the replica is gone, whatever the goodbye takes
+            if session.closed_reason is not None and _agent_listens(session.closed_reason):
+                # See agent.proto: the agent stops writing and half-closes, so it reads the status below rather
+                # than gRPC's INTERNAL for a stream finished under its writes. Bounded: it may not listen.
+                yield agent_pb2.SessionResponse(session_ending=agent_pb2.SessionEnding(reason=session.closed_reason))
+                await asyncio.wait([reader], timeout=min(self.heartbeat, SESSION_END_GRACE_SECONDS))
         finally:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -158,7 +175,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                 "agent disconnected",
                 extra={"fields": {"server": config.server, "replica": config.index, "why": session.closed_reason}},
             )
-        if session.closed_reason and session.closed_reason != "agent closed the session":
+        if session.closed_reason and session.closed_reason != AGENT_CLOSED:
             await context.abort(grpc.StatusCode.UNAVAILABLE, session.closed_reason)
 
     async def _read(
@@ -171,16 +188,17 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
                     async with asyncio.timeout(3 * self.heartbeat):
                         request = await anext(iterator)
                 except TimeoutError:
-                    session.close(f"no message from the agent for {3 * self.heartbeat:g}s")
+                    session.close(f"{NO_MESSAGE_PREFIX} {3 * self.heartbeat:g}s")
                     return
+                if session.closed_reason is not None:
+                    continue  # the session is ending: what the agent still sends is dropped until it half-closes
                 problem = self._apply(request, config, session)
                 if problem is not None:
                     session.close(problem)
-                    return
         except StopAsyncIteration:
-            session.close("agent closed the session")
+            session.close(AGENT_CLOSED)
         except grpc.aio.AioRpcError as error:
-            session.close(f"stream error: {error.code().name}")
+            session.close(f"{STREAM_ERROR_PREFIX} {error.code().name}")
         except asyncio.CancelledError:
             raise
         except Exception as error:

@@ -116,6 +116,7 @@ class FakeGrpcAgent:
         self.accepted: agent_pb2.RegisterAccepted | None = None
         self.sessions = 0  # registrations the scheduler accepted
         self.end_code: grpc.StatusCode | None = None
+        self.goodbye = ""  # the reason in the scheduler's SessionEnding, if it said goodbye
         self.end_details = ""
 
         self._channel: aio.Channel | None = None
@@ -352,6 +353,15 @@ class FakeGrpcAgent:
             self.drain_completes.append(message.drain_complete)
         elif kind == "event_rejected":
             self.rejected.append(message.event_rejected)
+        elif kind == "session_ending":
+            # As agent.proto asks: stop writing and half-close, then read the stream's status.
+            self.goodbye = message.session_ending.reason
+            self._stop_heartbeats.set()
+            call = self._call
+            if call is not None:
+                async with self._write_lock:
+                    with contextlib.suppress(aio.AioRpcError, asyncio.InvalidStateError):
+                        await call.done_writing()
 
     async def _answer(self, operation: agent_pb2.ModelOperation) -> None:
         name, version = operation.model.meta.name, operation.version

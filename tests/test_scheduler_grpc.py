@@ -570,6 +570,43 @@ async def test_an_invalid_server_health_ends_the_session_with_the_reason(
     assert problem in agent.end_details
 
 
+async def test_an_agent_writing_when_its_session_ends_hears_why(running: SchedulerProcess) -> None:
+    """A session the scheduler ends while its agent is writing (here: replaced by a newer registration of the same
+    replica) ends with the scheduler's status and reason at the agent, not gRPC's INTERNAL "Internal error from
+    Core" (what a client writing into a stream its server has finished sees, in nearly every try before the
+    scheduler said goodbye first). The agent does what agent.proto asks: on SessionEnding it stops writing and
+    half-closes."""
+    register = FakeGrpcAgent(running.agent_listen, agent_id="earlier").register_message()
+    async with aio.insecure_channel(running.agent_listen) as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        for attempt in range(20):
+            call = stub.Session()
+            await call.write(register)
+            accepted = await call.read()
+            assert isinstance(accepted, agent_pb2.SessionResponse)
+            assert accepted.HasField("register_accepted")
+            goodbye = asyncio.Event()
+
+            async def read_until_goodbye(call: Any = call, goodbye: asyncio.Event = goodbye) -> None:
+                while (message := await call.read()) is not aio.EOF:
+                    if message.WhichOneof("message") == "session_ending":
+                        goodbye.set()
+                        return
+
+            reader = asyncio.create_task(read_until_goodbye())
+            newer = FakeGrpcAgent(running.agent_listen, agent_id=f"newer-{attempt}")
+            await newer.start()
+            with contextlib.suppress(aio.AioRpcError):
+                async with asyncio.timeout(30):
+                    while not goodbye.is_set() and not reader.done():
+                        await call.write(agent_pb2.SessionRequest(heartbeat=agent_pb2.Heartbeat()))
+                    await call.done_writing()
+            assert await call.code() == grpc.StatusCode.UNAVAILABLE, (attempt, await call.details())
+            assert "replaced by a newer registration" in (await call.details() or "")
+            reader.cancel()
+            await newer.close()
+
+
 async def test_model_held_but_not_wanted_is_unloaded_when_the_agent_registers(client: Client, agents: Agents) -> None:
     agent = await agents.start(loaded=[("stale", 3, 10 * MiB)])
     await wait_for(lambda: not agent.held, what="the stale model unloaded")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from generated.mlops.scheduler import scheduler_pb2 as mlops_dot_scheduler_dot_scheduler__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amlops/agent/v1/agent.proto\x12\x0emlops.agent.v1\x1a\x1fmlops/scheduler/scheduler.proto\"\x8c\x02\n\x0eSessionRequest\x12,\n\x08register\x18\x01 \x01(\x0b\x32\x18.mlops.agent.v1.RegisterH\x00\x12+\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1a.mlops.agent.v1.ModelEventH\x00\x12.\n\theartbeat\x18\x03 \x01(\x0b\x32\x19.mlops.agent.v1.HeartbeatH\x00\x12-\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x1c.mlops.agent.v1.DrainRequestH\x00\x12\x35\n\rserver_health\x18\x05 \x01(\x0b\x32\x1c.mlops.agent.v1.ServerHealthH\x00\x42\t\n\x07message\"\xb2\x02\n\x0fSessionResponse\x12=\n\x11register_accepted\x18\x01 \x01(\x0b\x32 .mlops.agent.v1.RegisterAcceptedH\x00\x12\x33\n\toperation\x18\x02 \x01(\x0b\x32\x1e.mlops.agent.v1.ModelOperationH\x00\x12.\n\theartbeat\x18\x03 \x01(\x0b\x32\x19.mlops.agent.v1.HeartbeatH\x00\x12\x37\n\x0e\x64rain_complete\x18\x04 \x01(\x0b\x32\x1d.mlops.agent.v1.DrainCompleteH\x00\x12\x37\n\x0e\x65vent_rejected\x18\x05 \x01(\x0b\x32\x1d.mlops.agent.v1.EventRejectedH\x00\x42\t\n\x07message\"\xef\x01\n\x08Register\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12.\n\x07replica\x18\x03 \x01(\x0b\x32\x1d.mlops.agent.v1.ReplicaConfig\x12\x32\n\rloaded_models\x18\x04 \x03(\x0b\x32\x1b.mlops.agent.v1.LoadedModel\x12\x1e\n\x16\x61vailable_memory_bytes\x18\x05 \x01(\x04\x12\x33\n\rserver_health\x18\x06 \x01(\x0b\x32\x1c.mlops.agent.v1.ServerHealth\"\x83\x02\n\rReplicaConfig\x12\x13\n\x0bserver_name\x18\x01 \x01(\t\x12\x13\n\x0breplica_idx\x18\x02 \x01(\r\x12\x0e\n\x06shared\x18\x03 \x01(\x08\x12/\n\x0bserver_kind\x18\x04 \x01(\x0e\x32\x1a.mlops.agent.v1.ServerKind\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t\x12\x1a\n\x12total_memory_bytes\x18\x06 \x01(\x04\x12\x1e\n\x16over_commit_percentage\x18\x07 \x01(\r\x12\x35\n\tendpoints\x18\x08 \x01(\x0b\x32\".mlops.agent.v1.InferenceEndpoints\";\n\x12InferenceEndpoints\x12\x10\n\x08http_url\x18\x01 \x01(\t\x12\x13\n\x0bgrpc_target\x18\x02 \x01(\t\"B\n\x0bLoadedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\"E\n\x10RegisterAccepted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\"+\n\tHeartbeat\x12\x1e\n\x16\x61vailable_memory_bytes\x18\x01 \x01(\x04\"\xd6\x01\n\x0eModelOperation\x12\x14\n\x0coperation_id\x18\x01 \x01(\x04\x12\x31\n\x04kind\x18\x02 \x01(\x0e\x32#.mlops.agent.v1.ModelOperation.Kind\x12,\n\x05model\x18\x03 \x01(\x0b\x32\x1d.seldon.mlops.scheduler.Model\x12\x0f\n\x07version\x18\x04 \x01(\r\"<\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\r\n\tKIND_LOAD\x10\x01\x12\x0f\n\x0bKIND_UNLOAD\x10\x02\"\x99\x03\n\nModelEvent\x12\x14\n\x0coperation_id\x18\x01 \x01(\x04\x12-\n\x04kind\x18\x02 \x01(\x0e\x32\x1f.mlops.agent.v1.ModelEvent.Kind\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\r\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x1e\n\x16\x61vailable_memory_bytes\x18\x06 \x01(\x04\x12>\n\x0cruntime_info\x18\x07 \x01(\x0b\x32(.seldon.mlops.scheduler.ModelRuntimeInfo\x12\x1f\n\x17server_died_during_load\x18\x08 \x01(\x08\"\x89\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0bKIND_LOADED\x10\x01\x12\x14\n\x10KIND_LOAD_FAILED\x10\x02\x12\x19\n\x15KIND_LOAD_FAIL_MEMORY\x10\x03\x12\x11\n\rKIND_UNLOADED\x10\x04\x12\x16\n\x12KIND_UNLOAD_FAILED\x10\x05\"`\n\rEventRejected\x12\x14\n\x0coperation_id\x18\x01 \x01(\x04\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12\x0e\n\x06reason\x18\x04 \x01(\t\"c\n\x0cServerHealth\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x32\n\rloaded_models\x18\x03 \x03(\x0b\x32\x1b.mlops.agent.v1.LoadedModel\"\x0e\n\x0c\x44rainRequest\"(\n\rDrainComplete\x12\x17\n\x0funplaced_models\x18\x01 \x03(\t\"3\n\x12InferenceModelName\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t*[\n\nServerKind\x12\x1b\n\x17SERVER_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14SERVER_KIND_MLSERVER\x10\x01\x12\x16\n\x12SERVER_KIND_TRITON\x10\x02\x32`\n\x0c\x41gentService\x12P\n\x07Session\x12\x1e.mlops.agent.v1.SessionRequest\x1a\x1f.mlops.agent.v1.SessionResponse\"\x00(\x01\x30\x01\x42\x43ZAgithub.com/modelplane/modelplane/generated/mlops/agent/v1;agentv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amlops/agent/v1/agent.proto\x12\x0emlops.agent.v1\x1a\x1fmlops/scheduler/scheduler.proto\"\x8c\x02\n\x0eSessionRequest\x12,\n\x08register\x18\x01 \x01(\x0b\x32\x18.mlops.agent.v1.RegisterH\x00\x12+\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1a.mlops.agent.v1.ModelEventH\x00\x12.\n\theartbeat\x18\x03 \x01(\x0b\x32\x19.mlops.agent.v1.HeartbeatH\x00\x12-\n\x05\x64rain\x18\x04 \x01(\x0b\x32\x1c.mlops.agent.v1.DrainRequestH\x00\x12\x35\n\rserver_health\x18\x05 \x01(\x0b\x32\x1c.mlops.agent.v1.ServerHealthH\x00\x42\t\n\x07message\"\xeb\x02\n\x0fSessionResponse\x12=\n\x11register_accepted\x18\x01 \x01(\x0b\x32 .mlops.agent.v1.RegisterAcceptedH\x00\x12\x33\n\toperation\x18\x02 \x01(\x0b\x32\x1e.mlops.agent.v1.ModelOperationH\x00\x12.\n\theartbeat\x18\x03 \x01(\x0b\x32\x19.mlops.agent.v1.HeartbeatH\x00\x12\x37\n\x0e\x64rain_complete\x18\x04 \x01(\x0b\x32\x1d.mlops.agent.v1.DrainCompleteH\x00\x12\x37\n\x0e\x65vent_rejected\x18\x05 \x01(\x0b\x32\x1d.mlops.agent.v1.EventRejectedH\x00\x12\x37\n\x0esession_ending\x18\x06 \x01(\x0b\x32\x1d.mlops.agent.v1.SessionEndingH\x00\x42\t\n\x07message\"\xef\x01\n\x08Register\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12.\n\x07replica\x18\x03 \x01(\x0b\x32\x1d.mlops.agent.v1.ReplicaConfig\x12\x32\n\rloaded_models\x18\x04 \x03(\x0b\x32\x1b.mlops.agent.v1.LoadedModel\x12\x1e\n\x16\x61vailable_memory_bytes\x18\x05 \x01(\x04\x12\x33\n\rserver_health\x18\x06 \x01(\x0b\x32\x1c.mlops.agent.v1.ServerHealth\"\x83\x02\n\rReplicaConfig\x12\x13\n\x0bserver_name\x18\x01 \x01(\t\x12\x13\n\x0breplica_idx\x18\x02 \x01(\r\x12\x0e\n\x06shared\x18\x03 \x01(\x08\x12/\n\x0bserver_kind\x18\x04 \x01(\x0e\x32\x1a.mlops.agent.v1.ServerKind\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t\x12\x1a\n\x12total_memory_bytes\x18\x06 \x01(\x04\x12\x1e\n\x16over_commit_percentage\x18\x07 \x01(\r\x12\x35\n\tendpoints\x18\x08 \x01(\x0b\x32\".mlops.agent.v1.InferenceEndpoints\";\n\x12InferenceEndpoints\x12\x10\n\x08http_url\x18\x01 \x01(\t\x12\x13\n\x0bgrpc_target\x18\x02 \x01(\t\"B\n\x0bLoadedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\"E\n\x10RegisterAccepted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\"+\n\tHeartbeat\x12\x1e\n\x16\x61vailable_memory_bytes\x18\x01 \x01(\x04\"\xd6\x01\n\x0eModelOperation\x12\x14\n\x0coperation_id\x18\x01 \x01(\x04\x12\x31\n\x04kind\x18\x02 \x01(\x0e\x32#.mlops.agent.v1.ModelOperation.Kind\x12,\n\x05model\x18\x03 \x01(\x0b\x32\x1d.seldon.mlops.scheduler.Model\x12\x0f\n\x07version\x18\x04 \x01(\r\"<\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\r\n\tKIND_LOAD\x10\x01\x12\x0f\n\x0bKIND_UNLOAD\x10\x02\"\x99\x03\n\nModelEvent\x12\x14\n\x0coperation_id\x18\x01 \x01(\x04\x12-\n\x04kind\x18\x02 \x01(\x0e\x32\x1f.mlops.agent.v1.ModelEvent.Kind\x12\x12\n\nmodel_name\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\r\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x1e\n\x16\x61vailable_memory_bytes\x18\x06 \x01(\x04\x12>\n\x0cruntime_info\x18\x07 \x01(\x0b\x32(.seldon.mlops.scheduler.ModelRuntimeInfo\x12\x1f\n\x17server_died_during_load\x18\x08 \x01(\x08\"\x89\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0bKIND_LOADED\x10\x01\x12\x14\n\x10KIND_LOAD_FAILED\x10\x02\x12\x19\n\x15KIND_LOAD_FAIL_MEMORY\x10\x03\x12\x11\n\rKIND_UNLOADED\x10\x04\x12\x16\n\x12KIND_UNLOAD_FAILED\x10\x05\"`\n\rEventRejected\x12\x14\n\x0coperation_id\x18\x01 \x01(\x04\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\r\x12\x0e\n\x06reason\x18\x04 \x01(\t\"c\n\x0cServerHealth\x12\x0f\n\x07serving\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x32\n\rloaded_models\x18\x03 \x03(\x0b\x32\x1b.mlops.agent.v1.LoadedModel\"\x0e\n\x0c\x44rainRequest\"(\n\rDrainComplete\x12\x17\n\x0funplaced_models\x18\x01 \x03(\t\"3\n\x12InferenceModelName\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\x1f\n\rSessionEnding\x12\x0e\n\x06reason\x18\x01 \x01(\t*[\n\nServerKind\x12\x1b\n\x17SERVER_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14SERVER_KIND_MLSERVER\x10\x01\x12\x16\n\x12SERVER_KIND_TRITON\x10\x02\x32`\n\x0c\x41gentService\x12P\n\x07Session\x12\x1e.mlops.agent.v1.SessionRequest\x1a\x1f.mlops.agent.v1.SessionResponse\"\x00(\x01\x30\x01\x42\x43ZAgithub.com/modelplane/modelplane/generated/mlops/agent/v1;agentv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,42 +33,44 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'generated.mlops.agent.v1.ag
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZAgithub.com/modelplane/modelplane/generated/mlops/agent/v1;agentv1'
-  _globals['_SERVERKIND']._serialized_start=2347
-  _globals['_SERVERKIND']._serialized_end=2438
+  _globals['_SERVERKIND']._serialized_start=2437
+  _globals['_SERVERKIND']._serialized_end=2528
   _globals['_SESSIONREQUEST']._serialized_start=80
   _globals['_SESSIONREQUEST']._serialized_end=348
   _globals['_SESSIONRESPONSE']._serialized_start=351
-  _globals['_SESSIONRESPONSE']._serialized_end=657
-  _globals['_REGISTER']._serialized_start=660
-  _globals['_REGISTER']._serialized_end=899
-  _globals['_REPLICACONFIG']._serialized_start=902
-  _globals['_REPLICACONFIG']._serialized_end=1161
-  _globals['_INFERENCEENDPOINTS']._serialized_start=1163
-  _globals['_INFERENCEENDPOINTS']._serialized_end=1222
-  _globals['_LOADEDMODEL']._serialized_start=1224
-  _globals['_LOADEDMODEL']._serialized_end=1290
-  _globals['_REGISTERACCEPTED']._serialized_start=1292
-  _globals['_REGISTERACCEPTED']._serialized_end=1361
-  _globals['_HEARTBEAT']._serialized_start=1363
-  _globals['_HEARTBEAT']._serialized_end=1406
-  _globals['_MODELOPERATION']._serialized_start=1409
-  _globals['_MODELOPERATION']._serialized_end=1623
-  _globals['_MODELOPERATION_KIND']._serialized_start=1563
-  _globals['_MODELOPERATION_KIND']._serialized_end=1623
-  _globals['_MODELEVENT']._serialized_start=1626
-  _globals['_MODELEVENT']._serialized_end=2035
-  _globals['_MODELEVENT_KIND']._serialized_start=1898
-  _globals['_MODELEVENT_KIND']._serialized_end=2035
-  _globals['_EVENTREJECTED']._serialized_start=2037
-  _globals['_EVENTREJECTED']._serialized_end=2133
-  _globals['_SERVERHEALTH']._serialized_start=2135
-  _globals['_SERVERHEALTH']._serialized_end=2234
-  _globals['_DRAINREQUEST']._serialized_start=2236
-  _globals['_DRAINREQUEST']._serialized_end=2250
-  _globals['_DRAINCOMPLETE']._serialized_start=2252
-  _globals['_DRAINCOMPLETE']._serialized_end=2292
-  _globals['_INFERENCEMODELNAME']._serialized_start=2294
-  _globals['_INFERENCEMODELNAME']._serialized_end=2345
-  _globals['_AGENTSERVICE']._serialized_start=2440
-  _globals['_AGENTSERVICE']._serialized_end=2536
+  _globals['_SESSIONRESPONSE']._serialized_end=714
+  _globals['_REGISTER']._serialized_start=717
+  _globals['_REGISTER']._serialized_end=956
+  _globals['_REPLICACONFIG']._serialized_start=959
+  _globals['_REPLICACONFIG']._serialized_end=1218
+  _globals['_INFERENCEENDPOINTS']._serialized_start=1220
+  _globals['_INFERENCEENDPOINTS']._serialized_end=1279
+  _globals['_LOADEDMODEL']._serialized_start=1281
+  _globals['_LOADEDMODEL']._serialized_end=1347
+  _globals['_REGISTERACCEPTED']._serialized_start=1349
+  _globals['_REGISTERACCEPTED']._serialized_end=1418
+  _globals['_HEARTBEAT']._serialized_start=1420
+  _globals['_HEARTBEAT']._serialized_end=1463
+  _globals['_MODELOPERATION']._serialized_start=1466
+  _globals['_MODELOPERATION']._serialized_end=1680
+  _globals['_MODELOPERATION_KIND']._serialized_start=1620
+  _globals['_MODELOPERATION_KIND']._serialized_end=1680
+  _globals['_MODELEVENT']._serialized_start=1683
+  _globals['_MODELEVENT']._serialized_end=2092
+  _globals['_MODELEVENT_KIND']._serialized_start=1955
+  _globals['_MODELEVENT_KIND']._serialized_end=2092
+  _globals['_EVENTREJECTED']._serialized_start=2094
+  _globals['_EVENTREJECTED']._serialized_end=2190
+  _globals['_SERVERHEALTH']._serialized_start=2192
+  _globals['_SERVERHEALTH']._serialized_end=2291
+  _globals['_DRAINREQUEST']._serialized_start=2293
+  _globals['_DRAINREQUEST']._serialized_end=2307
+  _globals['_DRAINCOMPLETE']._serialized_start=2309
+  _globals['_DRAINCOMPLETE']._serialized_end=2349
+  _globals['_INFERENCEMODELNAME']._serialized_start=2351
+  _globals['_INFERENCEMODELNAME']._serialized_end=2402
+  _globals['_SESSIONENDING']._serialized_start=2404
+  _globals['_SESSIONENDING']._serialized_end=2435
+  _globals['_AGENTSERVICE']._serialized_start=2530
+  _globals['_AGENTSERVICE']._serialized_end=2626
 # @@protoc_insertion_point(module_scope)

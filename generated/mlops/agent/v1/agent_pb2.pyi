@@ -10,7 +10,7 @@ bidirectional stream, AgentService.Session, and keeps it open for its whole life
                                         server_health reports, heartbeats and at most one drain
                                         request.
   scheduler -> agent (SessionResponse): register_accepted (first message), then operations,
-                                        heartbeats and drain_complete.
+                                        heartbeats, drain_complete and, last, session_ending.
 
 Why one stream rather than unary calls:
 - Ordering: operations for a replica reach it in the order the scheduler decided them, and the
@@ -37,6 +37,13 @@ backoff, and loads again what it held), the agent sends ServerHealth{serving: tr
 loaded_models}: those assignments become Available again; an assignment it no longer holds ends
 (Unloaded) and is placed again. An agent whose server is down when it (re)connects says so in
 Register.server_health, so the scheduler never counts those models as serving in between.
+
+When the scheduler ends a session the agent is still using (a newer registration of the same replica
+replaced it, a message broke the protocol, the scheduler is stopping), its last message is
+SessionEnding with the reason. The agent then stops writing and half-closes; the scheduler waits
+briefly for that before ending the stream with its status (UNAVAILABLE, the same reason). Without
+this, gRPC reports a stream its server finished while its client was still writing as INTERNAL
+("Internal error from Core") at the client, and the agent would never learn why its session ended.
 """
 
 from collections import abc as _abc
@@ -124,6 +131,7 @@ class SessionResponse(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     DRAIN_COMPLETE_FIELD_NUMBER: _builtins.int
     EVENT_REJECTED_FIELD_NUMBER: _builtins.int
+    SESSION_ENDING_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def register_accepted(self) -> Global___RegisterAccepted: ...
     @_builtins.property
@@ -134,6 +142,8 @@ class SessionResponse(_message.Message):
     def drain_complete(self) -> Global___DrainComplete: ...
     @_builtins.property
     def event_rejected(self) -> Global___EventRejected: ...
+    @_builtins.property
+    def session_ending(self) -> Global___SessionEnding: ...
     def __init__(
         self,
         *,
@@ -142,12 +152,13 @@ class SessionResponse(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         drain_complete: Global___DrainComplete | None = ...,
         event_rejected: Global___EventRejected | None = ...,
+        session_ending: Global___SessionEnding | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["drain_complete", b"drain_complete", "event_rejected", b"event_rejected", "heartbeat", b"heartbeat", "message", b"message", "operation", b"operation", "register_accepted", b"register_accepted"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drain_complete", b"drain_complete", "event_rejected", b"event_rejected", "heartbeat", b"heartbeat", "message", b"message", "operation", b"operation", "register_accepted", b"register_accepted", "session_ending", b"session_ending"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain_complete", b"drain_complete", "event_rejected", b"event_rejected", "heartbeat", b"heartbeat", "message", b"message", "operation", b"operation", "register_accepted", b"register_accepted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drain_complete", b"drain_complete", "event_rejected", b"event_rejected", "heartbeat", b"heartbeat", "message", b"message", "operation", b"operation", "register_accepted", b"register_accepted", "session_ending", b"session_ending"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["register_accepted", "operation", "heartbeat", "drain_complete", "event_rejected"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["register_accepted", "operation", "heartbeat", "drain_complete", "event_rejected", "session_ending"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -607,3 +618,27 @@ class InferenceModelName(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InferenceModelName: _TypeAlias = InferenceModelName  # noqa: Y015
+
+@_typing.final
+class SessionEnding(_message.Message):
+    """The scheduler's last message on a session it ends while the agent may still be writing: stop writing,
+    half-close, then read the stream's status (see the file comment).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """Why the session ends, in words a person can act on."""
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionEnding: _TypeAlias = SessionEnding  # noqa: Y015

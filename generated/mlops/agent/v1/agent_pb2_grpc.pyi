@@ -10,7 +10,7 @@ bidirectional stream, AgentService.Session, and keeps it open for its whole life
                                         server_health reports, heartbeats and at most one drain
                                         request.
   scheduler -> agent (SessionResponse): register_accepted (first message), then operations,
-                                        heartbeats and drain_complete.
+                                        heartbeats, drain_complete and, last, session_ending.
 
 Why one stream rather than unary calls:
 - Ordering: operations for a replica reach it in the order the scheduler decided them, and the
@@ -37,6 +37,13 @@ backoff, and loads again what it held), the agent sends ServerHealth{serving: tr
 loaded_models}: those assignments become Available again; an assignment it no longer holds ends
 (Unloaded) and is placed again. An agent whose server is down when it (re)connects says so in
 Register.server_health, so the scheduler never counts those models as serving in between.
+
+When the scheduler ends a session the agent is still using (a newer registration of the same replica
+replaced it, a message broke the protocol, the scheduler is stopping), its last message is
+SessionEnding with the reason. The agent then stops writing and half-closes; the scheduler waits
+briefly for that before ending the stream with its status (UNAVAILABLE, the same reason). Without
+this, gRPC reports a stream its server finished while its client was still writing as INTERNAL
+("Internal error from Core") at the client, and the agent would never learn why its session ended.
 """
 
 from collections import abc as _abc

@@ -43,12 +43,11 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Protocol
 
+from modelplane.bounded_text import MAX_REASON_CHARS, cut, one_line
 from servers.adapter import ServerError
 from servers.launch import LaunchError
 
 log = logging.getLogger(__name__)
-
-MAX_REASON_CHARS = 1024  # ServerHealth.reason's limit (agent.proto)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +108,7 @@ class Failure:
 
 def reason_text(text: str) -> str:
     """``text`` as one printable line within the protocol's limit (a launch error carries its log's tail)."""
-    line = " ".join(text.split())
-    return line if len(line) <= MAX_REASON_CHARS else line[: MAX_REASON_CHARS - 3] + "..."
+    return cut(one_line(text), MAX_REASON_CHARS)
 
 
 def describe_exit(status: int) -> str:

@@ -54,6 +54,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from modelplane.bounded_text import cut, one_line
 from modelplane.inference_limits import MAX_REQUEST_BODY_BYTES
 
 MAX_REASON_CHARS: Final = 300
@@ -75,7 +76,6 @@ _TRITON_PARSE_FAILURES: Final = ("Unable to parse", "failed to parse the request
 _NOT_OURS_TO_TELL: Final = frozenset({401, 403, 407})
 # Two or more path segments not glued to a word (so "application/json" and a URL's path survive).
 _PATH: Final = re.compile(r"(?<![\w.:/])~?(?:/[^\s/'\"()\[\]{}<>:,;|]+){2,}/?")
-_SPACES: Final = re.compile(r"\s+")
 
 # The agent's proxy marks an answer with this header (value "1") when it means "my inference server is down or
 # cannot be reached: no model here can answer now". The gateway skips the whole replica for those answers
@@ -178,7 +178,7 @@ def read_error_answer(status: int, body: bytes | ErrorBody) -> ErrorAnswer:
         if status == 500 and kind in _INVALID_EXCEPTIONS:
             return ErrorAnswer(Verdict.INVALID, 400, reason, detail)
         return ErrorAnswer(_verdict(status), _caller_status(status), reason, detail)
-    reason = safe_reason(_said(document, text) or f"HTTP {status}")
+    reason = safe_reason(_said(document, text)) or f"HTTP {status}"
     said_error = document.get("error") if isinstance(document, dict) else None
     if status == 500 and isinstance(said_error, str) and said_error.startswith(_TRITON_PARSE_FAILURES):
         return ErrorAnswer(Verdict.INVALID, 400, reason, detail)
@@ -208,10 +208,8 @@ def unreadable_body_answer(error: BaseException) -> web.Response:
 
 def safe_reason(text: str, limit: int = MAX_REASON_CHARS) -> str:
     """``text`` as one printable line of at most ``limit`` characters, file paths replaced by ``<path>``."""
-    line = _SPACES.sub(" ", text[: limit * 8]).strip()
-    line = "".join(character if character.isprintable() else "?" for character in line)
-    line = _PATH.sub("<path>", line)
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+    line = "".join(c if c.isprintable() else "?" for c in one_line(text[: limit * 8]))
+    return cut(_PATH.sub("<path>", line), limit)
 
 
 def _verdict(status: int) -> Verdict:

@@ -20,6 +20,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from modelplane.bounded_text import cut_saying_how_much
+
 model_name: contextvars.ContextVar[str | None] = contextvars.ContextVar("model_name", default=None)
 model_version: contextvars.ContextVar[int | None] = contextvars.ContextVar("model_version", default=None)
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -38,10 +40,6 @@ MAX_RECORD_CHARS = 32 * 1024
 _ESCAPES = str.maketrans({code: f"\\x{code:02x}" for code in [*range(32), 127]} | {10: "\\n", 13: "\\r", 9: "\\t"})
 
 
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
-
-
 def _cut_traceback(text: str) -> str:
     if len(text) <= MAX_TRACEBACK_CHARS:
         return text
@@ -53,7 +51,7 @@ def _cut_traceback(text: str) -> str:
 def _bounded_field(value: Any) -> Any:
     if isinstance(value, bool | int | float) or value is None:
         return value
-    return _cut(value if isinstance(value, str) else str(value), MAX_FIELD_CHARS)
+    return cut_saying_how_much(value if isinstance(value, str) else str(value), MAX_FIELD_CHARS)
 
 
 def _fields(record: logging.LogRecord, component: str) -> dict[str, Any]:
@@ -63,7 +61,7 @@ def _fields(record: logging.LogRecord, component: str) -> dict[str, Any]:
         # A process running several parts (``modelplane up``) names the part by its package.
         "component": component if component != "up" else record.name.split(".", 1)[0],
         "logger": record.name,
-        "message": _cut(record.getMessage(), MAX_MESSAGE_CHARS),
+        "message": cut_saying_how_much(record.getMessage(), MAX_MESSAGE_CHARS),
     }
     for key, var in _CONTEXT.items():
         value = var.get()
@@ -93,7 +91,7 @@ class JsonFormatter(logging.Formatter):
         }
         kept["truncated"] = f"{len(line)} characters; fields left out"
         if "error" in fields:
-            kept["error"] = _cut(str(fields["error"]), MAX_RECORD_CHARS // 2)
+            kept["error"] = cut_saying_how_much(str(fields["error"]), MAX_RECORD_CHARS // 2)
         return json.dumps(kept, default=str)
 
 
@@ -109,7 +107,7 @@ class TextFormatter(logging.Formatter):
         fields.pop("logger")
         error = fields.pop("error", None)
         tail = " ".join(f"{key}={str(value).translate(_ESCAPES)}" for key, value in fields.items())
-        text = _cut(f"{head} {tail}" if tail else head, MAX_RECORD_CHARS - MAX_TRACEBACK_CHARS - 100)
+        text = cut_saying_how_much(f"{head} {tail}" if tail else head, MAX_RECORD_CHARS - MAX_TRACEBACK_CHARS - 100)
         return f"{text}\n{error}" if error else text
 
 

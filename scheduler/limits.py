@@ -65,6 +65,8 @@ from dataclasses import dataclass
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from modelplane import bounded_text
+from modelplane.bounded_text import cut, cut_saying_how_much, one_line
 from modelplane.sizes import MAX_MESSAGE_BYTES, MAX_SIZE
 from scheduler.errors import InvalidArgument, SchedulerError
 
@@ -77,7 +79,8 @@ MAX_URI_CHARS = 4096
 MAX_REFERENCE_CHARS = 512
 MAX_ENDPOINT_CHARS = 256
 MAX_VALUE_CHARS = 16 * 1024
-MAX_REASON_CHARS = 1024
+# The agent protocol's reason limit, owned by modelplane.bounded_text (the agent cuts to it as well).
+MAX_REASON_CHARS = bounded_text.MAX_REASON_CHARS
 # A replica's reason inside a model's status (ModelReplicaStatus.reason): up to MAX_SERVER_REPLICAS of them
 # per version, so shorter; the model's own reasons (ModelStatus.reason, modelGwReason) are cut to
 # MAX_STATUS_REASON_CHARS.
@@ -336,18 +339,9 @@ def check_fields(message: Message, where: str, error: type[SchedulerError] = Inv
 
 
 def clean_reason(text: str, limit: int = MAX_REASON_CHARS) -> str:
-    """Free text a component reported (a reason): control characters become spaces, and text beyond ``limit``
-    characters is cut, saying how much. Never refused: the state change it comes with matters more."""
-    if len(text) > limit:
-        text = f"{text[:limit]}... ({len(text) - limit} more characters)"
-    if _bad_character(text, lines=False) is None:
-        return text
-    return "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp", "Cs") else c for c in text)
-
-
-def cut(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters (for text of our own making that may grow, e.g. a join)."""
-    return text if len(text) <= limit else f"{text[: max(0, limit - 3)]}..."
+    """Free text a component reported (a reason): one line (modelplane.bounded_text.one_line), cut to ``limit``
+    characters saying how much more there was. Never refused: the state change it comes with matters more."""
+    return cut_saying_how_much(one_line(text), limit)
 
 
 def bounded_join(items: Iterable[str], *, separator: str = "; ", shown_items: int = 5, noun: str = "more") -> str:

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
+from modelplane.bounded_text import cut
 from scheduler import limits
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def guarded(
         return message
     except Exception as error:
         _report(kind, name, error)
-        reason = f"the scheduler cannot report this {kind}'s status ({limits.cut(str(error), 200)}); see its log"
+        reason = f"the scheduler cannot report this {kind}'s status ({cut(str(error), 200)}); see its log"
         return fallback(limits.clean_reason(reason))
 
 

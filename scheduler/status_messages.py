@@ -12,6 +12,7 @@ import time
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane.bounded_text import cut
 from scheduler import limits
 from scheduler.model_records import ModelRecord, ModelVersion
 from scheduler.server_records import ServerRecord
@@ -32,12 +33,12 @@ def version_status(version: ModelVersion) -> pb.ModelVersionStatus:
         serverName=min(servers) if servers else "",
         state=pb.ModelStatus(
             state=derived.state.value,  # type: ignore[arg-type]
-            reason=limits.cut(derived.reason, limits.MAX_STATUS_REASON_CHARS),
+            reason=cut(derived.reason, limits.MAX_STATUS_REASON_CHARS),
             availableReplicas=derived.available_replicas,
             unavailableReplicas=derived.unavailable_replicas,
             lastChangeTimestamp=_timestamp(version.state_changed_at),
             modelGwState=version.gateway_state.value,  # type: ignore[arg-type]
-            modelGwReason=limits.cut(version.gateway_reason, limits.MAX_STATUS_REASON_CHARS),
+            modelGwReason=cut(version.gateway_reason, limits.MAX_STATUS_REASON_CHARS),
         ),
         modelDefn=version.spec,
     )
@@ -47,7 +48,7 @@ def version_status(version: ModelVersion) -> pb.ModelVersionStatus:
         status.modelReplicaState[index].CopyFrom(
             pb.ModelReplicaStatus(
                 state=assignment.state.value,  # type: ignore[arg-type]
-                reason=limits.cut(assignment.reason, limits.MAX_REPLICA_REASON_CHARS),
+                reason=cut(assignment.reason, limits.MAX_REPLICA_REASON_CHARS),
                 lastChangeTimestamp=_timestamp(assignment.changed_at),
             )
         )

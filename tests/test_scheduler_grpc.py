@@ -540,9 +540,9 @@ async def test_a_server_health_reason_is_an_agents_words_kept_on_one_bounded_lin
     await client.wait_state("iris", State.ModelProgressing)
     assert agent.connected
     shown = (await client.status("iris")).versions[-1].state.reason
-    assert shown.startswith("server mlserver replica 0 is down: MLServer exited  Traceback xxx")
+    assert shown.startswith("server mlserver replica 0 is down: MLServer exited Traceback xxx")
     assert shown.isprintable()
-    assert "(99003 more characters)" in shown  # the agent's words were cut to MAX_REASON_CHARS when stored
+    assert "(99002 more characters)" in shown  # the agent's words were cut to MAX_REASON_CHARS when stored
     assert len(shown) <= limits.MAX_STATUS_REASON_CHARS
 
 

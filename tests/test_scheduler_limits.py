@@ -23,6 +23,7 @@ from grpc import aio
 from generated.mlops.agent.v1 import agent_pb2, agent_pb2_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
+from modelplane.bounded_text import cut
 from scheduler import limits
 from scheduler.persistence import Put, SqliteStateStore, StateStore
 from tests.grpc_agent import FakeGrpcAgent, MiB, wait_for, wait_for_async
@@ -694,9 +695,7 @@ def test_the_largest_pipeline_server_experiment_and_route_messages_fit_too() -> 
         candidates=[pb.ExperimentCandidate(name=f"{i}" + "c" * 60, weight=1) for i in range(limits.MAX_CANDIDATES)],
         kubernetesMeta=pb.KubernetesMeta(namespace="n" * 63, generation=2**63 - 1),
     )
-    experiment_record = ExperimentRecord(
-        experiment, status_description=limits.cut(reason * 50, limits.MAX_REASON_CHARS)
-    )
+    experiment_record = ExperimentRecord(experiment, status_description=cut(reason * 50, limits.MAX_REASON_CHARS))
     experiment_status = experiment_record.to_status()
 
     model_versions = []

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane.bounded_text import cut, one_line
 from scheduler import limits
 from scheduler.errors import FailedPrecondition, InvalidArgument
 from scheduler.experiments.experiment_records import ExperimentRecord, copy_experiment
@@ -65,7 +66,7 @@ def _describe(record: ExperimentRecord, not_ready: tuple[NotReady, ...]) -> str:
     if not record.active:
         parts.append(f"not active in gateways: {record.gateway_reason}" if record.gateway_reason else "not active yet")
     # Every gateway may give a reason: bounded, so the status message is.
-    return limits.cut("; ".join(parts), limits.MAX_REASON_CHARS) if parts else "active"
+    return cut("; ".join(parts), limits.MAX_REASON_CHARS) if parts else "active"
 
 
 def _status(record: ExperimentRecord) -> pb.ExperimentStatusResponse:
@@ -215,7 +216,7 @@ class ExperimentRegistry:
             for part, resource in parts:
                 why = why_not_ready(resource, spec.resourceType)
                 if why is not None:
-                    missing.append((part, limits.cut(" ".join(why.split()), MAX_WHY_CHARS) or "not ready"))
+                    missing.append((part, cut(one_line(why), MAX_WHY_CHARS) or "not ready"))
             candidates_ready = not any(part.startswith("candidate ") for part, _ in missing)
             mirror_ready = not any(part.startswith("mirror ") for part, _ in missing)
             self._not_ready[name] = tuple(missing)

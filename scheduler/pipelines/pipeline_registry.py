@@ -20,6 +20,7 @@ from collections.abc import Callable
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane.bounded_text import cut
 from scheduler import limits
 from scheduler.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from scheduler.invariants import require
@@ -283,11 +284,11 @@ def version_state(version: PipelineVersion) -> pb.PipelineVersionState:
     return pb.PipelineVersionState(
         pipelineVersion=version.version,
         status=pb.PipelineVersionState.PipelineStatus.ValueType(version.status.value),
-        reason=limits.cut(version.reason, limits.MAX_STATUS_REASON_CHARS),
+        reason=cut(version.reason, limits.MAX_STATUS_REASON_CHARS),
         lastChangeTimestamp=_timestamp(version.changed_at),
         modelsReady=version.models_ready,
         pipelineGwStatus=pb.PipelineVersionState.PipelineStatus.ValueType(version.gateway_status.value),
-        pipelineGwReason=limits.cut(version.gateway_reason, limits.MAX_STATUS_REASON_CHARS),
+        pipelineGwReason=cut(version.gateway_reason, limits.MAX_STATUS_REASON_CHARS),
     )
 
 

@@ -19,13 +19,14 @@ import asyncio
 import contextlib
 import itertools
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import grpc
 from grpc import aio
 
 from generated.mlops.agent.v1 import agent_pb2, agent_pb2_grpc
+from tests.waiting import wait_for
 
 MiB = 1024 * 1024
 PROTOCOL_VERSION = 1
@@ -34,28 +35,6 @@ Event = agent_pb2.ModelEvent
 ModelKey = tuple[str, int]  # (model name, version)
 
 _sequence = itertools.count(1)
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "the condition") -> None:
-    """Poll ``predicate`` until it is true; fail after ``timeout`` seconds (a hang guard, not a timing check)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-async def wait_for_async(
-    predicate: Callable[[], Awaitable[bool]], timeout: float = 20.0, what: str = "the condition"
-) -> None:
-    """Like ``wait_for`` for a predicate that must await (e.g. one that asks the scheduler)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @dataclass(frozen=True, slots=True)

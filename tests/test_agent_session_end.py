@@ -14,8 +14,9 @@ from agent.model_manager import ModelManager
 from agent.scheduler_session import SchedulerSession
 from modelplane.addresses import Address
 from modelplane.transport import TransportSecurity
-from tests.grpc_agent import FakeGrpcAgent, wait_for
+from tests.grpc_agent import FakeGrpcAgent
 from tests.scheduler_in_process import in_process_scheduler
+from tests.waiting import wait_for
 
 
 class _Manager:

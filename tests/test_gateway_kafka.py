@@ -10,7 +10,7 @@ import math
 import random
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from tests.kafka_broker import (
     unique_topic,
 )
 from tests.processes import STARTED, stop_process
+from tests.waiting import wait_for
 
 pytest_plugins = ["tests.kafka_broker"]
 
@@ -130,14 +131,6 @@ def ids_of(records: Sequence[Record]) -> list[str]:
     return [header(record, "x-request-id") for record in records]
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not met in {timeout}s")
-        await asyncio.sleep(0.05)
-
-
 async def send(
     broker: KafkaBroker, topic: str, value: bytes, *, key: bytes | None = None, rid: str | None = None
 ) -> None:
@@ -228,7 +221,7 @@ async def test_an_inference_error_goes_to_the_errors_topic_not_to_outputs(kafka_
     await send(kafka_broker, names.inputs(broken), request_value(), key=b"kb", rid="fails")
     async with running(settings, FakeGateway(), {"broken"}) as bridge:
         [error] = await consume(kafka_broker.bootstrap, names.errors(), 1)
-        await wait_for(lambda: bridge.stats.errors == 1, what="error counted")
+        await wait_for(lambda: bridge.stats.errors == 1, timeout=30, what="error counted")
     assert (error.key, header(error, "x-request-id")) == (b"kb", "fails")
     body = json.loads(error.value)
     assert body["request_id"] == "fails"
@@ -358,7 +351,7 @@ async def test_a_duplicate_request_id_is_answered_once(kafka_broker: KafkaBroker
         await send(kafka_broker, inputs, request_value("same"))
         await send(kafka_broker, inputs, request_value("other"))
         answers = await consume_until(kafka_broker.bootstrap, outputs, lambda got: "other" in ids_of(got))
-        await wait_for(lambda: bridge.stats.duplicates == 2, what="two duplicates counted")
+        await wait_for(lambda: bridge.stats.duplicates == 2, timeout=30, what="two duplicates counted")
         # Ids are remembered per resource: the same id sent to another model is a different request.
         await send(kafka_broker, names.inputs(model("n")), request_value("same"))
         [other_model] = await consume(kafka_broker.bootstrap, names.outputs(model("n")), 1)
@@ -377,7 +370,7 @@ async def test_stop_finishes_in_flight_requests_and_commits_them(kafka_broker: K
     first = FakeGateway()
     first.delay = 0.5
     async with running(settings, first, {"m"}) as bridge:
-        await wait_for(lambda: bridge.in_flight == 4, what="four requests in flight")
+        await wait_for(lambda: bridge.in_flight == 4, timeout=30, what="four requests in flight")
     # Leaving the context stopped the bridge: every request in flight was answered, then committed.
     assert len(await consume(kafka_broker.bootstrap, outputs, 4)) == 4
 
@@ -398,7 +391,7 @@ async def test_abandoned_requests_are_answered_by_the_next_member_of_the_group(k
     first = FakeGateway()
     first.hold = {"r3", "r6"}  # these never finish in the first bridge: it is stopped with them in flight
     async with running(settings, first, {"m"}) as bridge:
-        await wait_for(lambda: bridge.stats.answered == 6, what="six answers")
+        await wait_for(lambda: bridge.stats.answered == 6, timeout=30, what="six answers")
         await asyncio.sleep(0.3)  # let the commit of what is answered go out
     answered_first = ids_of(await consume(kafka_broker.bootstrap, outputs, 6))
     assert sorted(answered_first) == sorted(set(request_ids) - first.hold)
@@ -427,6 +420,7 @@ async def test_two_bridges_in_one_group_answer_each_request_once(kafka_broker: K
                 and bool(first.assignment)
                 and bool(second.assignment)
             ),
+            timeout=30,
             what="partitions shared by both bridges",
         )
         for index in range(12):

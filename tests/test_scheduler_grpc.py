@@ -26,8 +26,9 @@ from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane import __version__
 from scheduler import limits
-from tests.grpc_agent import FakeGrpcAgent, MiB, wait_for, wait_for_async
+from tests.grpc_agent import FakeGrpcAgent, MiB
 from tests.processes import STARTED, SchedulerProcess, start_scheduler, stop_process
+from tests.waiting import wait_for, wait_for_async
 
 FLAGS = ("--sync-grace=1", "--heartbeat=1", "--shutdown-grace=1")
 CALL_TIMEOUT = 10.0

@@ -26,9 +26,10 @@ from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane.bounded_text import cut
 from scheduler import limits
 from scheduler.persistence import Put, SqliteStateStore, StateStore
-from tests.grpc_agent import FakeGrpcAgent, MiB, wait_for, wait_for_async
+from tests.grpc_agent import FakeGrpcAgent, MiB
 from tests.processes import STARTED, start_scheduler, stop_process
 from tests.scheduler_in_process import InProcessScheduler, in_process_scheduler
+from tests.waiting import wait_for, wait_for_async
 
 CALL_TIMEOUT = 20.0
 UINT32_MAX = 2**32 - 1

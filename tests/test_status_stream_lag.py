@@ -30,10 +30,11 @@ from grpc import aio
 from generated.mlops.routing.v1 import routing_pb2 as rpb
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
-from tests.grpc_agent import FakeGrpcAgent, MiB, wait_for, wait_for_async
+from tests.grpc_agent import FakeGrpcAgent, MiB
 from tests.processes import SchedulerProcess, start_scheduler, stop_process
 from tests.stalled_streams import StalledCall
 from tests.test_scheduler_grpc import AVAILABLE, Client, is_final, load_many, model_spec
+from tests.waiting import wait_for, wait_for_async
 
 pytestmark = pytest.mark.timeout(600)  # a hang guard: this test starts and fills many streams
 

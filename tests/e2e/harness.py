@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from tests.cluster_fixtures import AVAILABLE, WAIT, Cluster
 from tests.real_components import AgentProcess
+from tests.waiting import wait_for_async
 
 
 @contextlib.contextmanager
@@ -86,11 +86,7 @@ async def run_processes(job_root: Path) -> list[int]:
 
 async def wait_for(check: Callable[[], Awaitable[bool]], what: str, diagnostics: Callable[[], str] = str) -> None:
     """Poll ``check`` until it holds; fail naming ``what`` after WAIT seconds."""
-    deadline = time.monotonic() + WAIT
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {WAIT:g}s: {what}\n{diagnostics()}")
-        await asyncio.sleep(0.1)
+    await wait_for_async(check, WAIT, what, diagnostics)
 
 
 async def restart_agent(cluster: Cluster, agent: AgentProcess) -> AgentProcess:

@@ -7,87 +7,35 @@ the same objects an agent process drives, fed the operations the scheduler sends
 
 from __future__ import annotations
 
-import asyncio
 import io
-import itertools
 import os
 import re
 import tarfile
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from agent.artifacts import ArtifactStore, ExtractLimits
+from agent.artifacts import ExtractLimits
 from agent.model_manager import ModelManager
 from generated.mlops.agent.v1 import agent_pb2
 from servers.adapter import InferenceServer
-from servers.launch import LocalServer, launch_mlserver, server_venv
-from tests.cluster_fixtures import MIB, Iris, model
+from tests.cluster_fixtures import MIB, Iris
+from tests.model_manager_support import Operation, manager_for, operation
 from tests.test_archives import zero_bomb
 
-pytest_plugins = ["tests.real_components", "tests.cluster_fixtures"]
+pytest_plugins = ["tests.real_components", "tests.cluster_fixtures", "tests.mlserver_fixtures"]
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(600)]  # a hang guard only
 
 GIB = 1 << 30
 Event = agent_pb2.ModelEvent
-_operation_ids = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def mlserver_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    server = asyncio.run(launch_mlserver(tmp_path_factory.mktemp("mlserver"), venv=server_venv("mlserver")))
-    try:
-        yield server
-    finally:
-        asyncio.run(server.stop())
-
-
-@pytest.fixture
-async def mlserver(mlserver_process: LocalServer) -> AsyncIterator[InferenceServer]:
-    adapter = mlserver_process.adapter(load_timeout=120)
-    try:
-        yield adapter
-    finally:
-        await adapter.close()
-
-
-def manager_for(
-    server: InferenceServer,
-    cache: Path,
-    *,
-    limits: ExtractLimits | None = None,
-    cache_limit_bytes: int | None = None,
-    memory_bytes: int = 200 * MIB,
-    overcommit_percent: int = 10,
-) -> ModelManager:
-    options: dict[str, object] = {}
-    if limits is not None:
-        options["limits"] = limits
-    if cache_limit_bytes is not None:
-        options["cache_limit_bytes"] = cache_limit_bytes
-    store = ArtifactStore(cache, environ={}, timeout_seconds=30, **options)  # type: ignore[arg-type]
-    return ModelManager(server, store, memory_bytes=memory_bytes, overcommit_percent=overcommit_percent)
 
 
 async def load(manager: ModelManager, name: str, uri: str, version: int = 1) -> agent_pb2.ModelEvent:
-    operation = agent_pb2.ModelOperation(
-        operation_id=next(_operation_ids),
-        kind=agent_pb2.ModelOperation.KIND_LOAD,
-        model=model(name, uri),
-        version=version,
-    )
-    return await manager.handle(operation)
+    return await manager.handle(operation(Operation.KIND_LOAD, name, uri, version=version))
 
 
 async def unload(manager: ModelManager, name: str, version: int = 1) -> agent_pb2.ModelEvent:
-    operation = agent_pb2.ModelOperation(
-        operation_id=next(_operation_ids),
-        kind=agent_pb2.ModelOperation.KIND_UNLOAD,
-        model=model(name, "/unused"),
-        version=version,
-    )
-    return await manager.handle(operation)
+    return await manager.handle(operation(Operation.KIND_UNLOAD, name, "/unused", version=version))
 
 
 def assert_loaded(event: agent_pb2.ModelEvent) -> None:

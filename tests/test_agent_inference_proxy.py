@@ -10,11 +10,9 @@ the request to another replica without taking this one out of the rotation.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import itertools
 import json
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,6 @@ import grpc
 import pytest
 from grpc import aio
 
-from agent.artifacts import ArtifactStore
 from agent.inference_proxy import InferenceProxy
 from agent.model_manager import ModelManager
 from agent.process import start_proxy
@@ -34,47 +31,18 @@ from generated.inference.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from generated.mlops.agent.v1 import agent_pb2
 from modelplane.inference_errors import SERVER_DOWN_HEADER
 from servers.adapter import InferenceServer
-from servers.launch import LocalServer, launch_mlserver, server_venv
-from tests.cluster_fixtures import MIB, Iris, model
+from servers.launch import LocalServer
+from tests.cluster_fixtures import MIB, Iris
+from tests.model_manager_support import Operation, manager_for, operation
 
-pytest_plugins = ["tests.real_components", "tests.cluster_fixtures"]
+pytest_plugins = ["tests.real_components", "tests.cluster_fixtures", "tests.mlserver_fixtures"]
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(600)]  # a hang guard only
 
 Event = agent_pb2.ModelEvent
-_operation_ids = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def mlserver_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    server = asyncio.run(launch_mlserver(tmp_path_factory.mktemp("mlserver"), venv=server_venv("mlserver")))
-    try:
-        yield server
-    finally:
-        asyncio.run(server.stop())
-
-
-@pytest.fixture
-async def mlserver(mlserver_process: LocalServer) -> AsyncIterator[InferenceServer]:
-    adapter = mlserver_process.adapter(load_timeout=120)
-    try:
-        yield adapter
-    finally:
-        await adapter.close()
-
-
-def manager_for(server: InferenceServer, cache: Path, *, memory_bytes: int, overcommit_percent: int) -> ModelManager:
-    store = ArtifactStore(cache, environ={}, timeout_seconds=30)
-    return ModelManager(server, store, memory_bytes=memory_bytes, overcommit_percent=overcommit_percent)
 
 
 async def load(manager: ModelManager, name: str, folder: Path, memory: int) -> None:
-    operation = agent_pb2.ModelOperation(
-        operation_id=next(_operation_ids),
-        kind=agent_pb2.ModelOperation.KIND_LOAD,
-        model=model(name, str(folder), memory=memory),
-        version=1,
-    )
-    event = await manager.handle(operation)
+    event = await manager.handle(operation(Operation.KIND_LOAD, name, folder, memory=memory))
     assert event.kind == Event.KIND_LOADED, f"{Event.Kind.Name(event.kind)}: {event.reason}"
 
 

@@ -11,23 +11,21 @@ to end (tests/test_agent_liveness_e2e.py, tests/e2e/test_agent_faults.py).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import shutil
 from pathlib import Path
 
 import pytest
 
-from agent.artifacts import ArtifactStore
 from agent.model_manager import ModelManager, ServerDown
 from generated.mlops.agent.v1 import agent_pb2
 from servers.adapter import ModelFiles, ServerError
-from tests.cluster_fixtures import MIB, model
+from tests.cluster_fixtures import MIB
+from tests.model_manager_support import manager_for, operation
 
 Event = agent_pb2.ModelEvent
 Operation = agent_pb2.ModelOperation
 HANG_GUARD = 60.0  # seconds: only ends a test that would otherwise hang; nothing asserts how long anything took
 DOWN = "MLServer (pid 9) exited: killed by SIGKILL; the agent is restarting it"
-_operation_ids = itertools.count(1)
 
 
 class GatedServer:
@@ -102,14 +100,7 @@ def artifact(tmp_path: Path) -> Path:
 
 
 def manager_of(server: GatedServer, tmp_path: Path, *, memory: int = 100 * MIB) -> ModelManager:
-    store = ArtifactStore(tmp_path / "cache", environ={}, timeout_seconds=30)
-    return ModelManager(server, store, memory_bytes=memory, overcommit_percent=0, retry_delay_seconds=0.01)
-
-
-def operation(kind: Operation.Kind.ValueType, name: str, uri: Path, version: int = 1) -> Operation:
-    return Operation(
-        operation_id=next(_operation_ids), kind=kind, model=model(name, str(uri), memory=10 * MIB), version=version
-    )
+    return manager_for(server, tmp_path / "cache", memory_bytes=memory, overcommit_percent=0, retry_delay_seconds=0.01)
 
 
 async def load(manager: ModelManager, name: str, uri: Path) -> Event:

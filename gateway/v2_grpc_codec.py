@@ -326,13 +326,22 @@ def check_infer_request(body: Mapping[str, Any]) -> None:
             for value in (min(values), max(values)):
                 if not limits.min <= value <= limits.max:
                     raise InferenceError(BAD_REQUEST, f"{where}: {value} is out of range for {datatype.name}")
+    for name, wanted in _requested_outputs(body):
+        _check_parameters(wanted.get("parameters"), f"requested output {name!r}")
+
+
+def _requested_outputs(body: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """The request's ``outputs`` as (name, the output's object); raises InferenceError(400) for one without a name."""
     outputs = body.get("outputs")
-    if outputs is not None:
-        for index, wanted in enumerate(_tensor_list(outputs, "outputs", BAD_REQUEST)):
-            name = wanted.get("name") if isinstance(wanted, Mapping) else None
-            if not isinstance(name, str) or not name:
-                raise InferenceError(BAD_REQUEST, f"requested output #{index} has no name")
-            _check_parameters(wanted.get("parameters"), f"requested output {name!r}")
+    if outputs is None:
+        return []
+    requested = []
+    for index, wanted in enumerate(_tensor_list(outputs, "outputs", BAD_REQUEST)):
+        name = wanted.get("name") if isinstance(wanted, Mapping) else None
+        if not isinstance(name, str) or not name:
+            raise InferenceError(BAD_REQUEST, f"requested output #{index} has no name")
+        requested.append((name, wanted))
+    return requested
 
 
 def _check_parameters(parameters: Any, where: str) -> None:
@@ -368,14 +377,9 @@ def encode_infer_request(
             request.raw_input_contents.append(encode_raw(values, datatype, where, BAD_REQUEST))
         else:
             _fill_contents(tensor.contents, values, datatype, where, BAD_REQUEST)
-    outputs = body.get("outputs")
-    if outputs is not None:
-        for index, wanted in enumerate(_tensor_list(outputs, "outputs", BAD_REQUEST)):
-            name = wanted.get("name") if isinstance(wanted, Mapping) else None
-            if not isinstance(name, str) or not name:
-                raise InferenceError(BAD_REQUEST, f"requested output #{index} has no name")
-            output = request.outputs.add(name=name)
-            fill_parameters(output.parameters, wanted.get("parameters"), f"requested output {name!r}")
+    for name, wanted in _requested_outputs(body):
+        output = request.outputs.add(name=name)
+        fill_parameters(output.parameters, wanted.get("parameters"), f"requested output {name!r}")
     return request
 
 

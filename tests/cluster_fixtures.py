@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,17 @@ from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from servers.launch import server_venv
 from tests.processes import SchedulerProcess, start_scheduler, stop_process
 from tests.real_components import AgentProcess, AgentSpec, start_agents, stop_agent
+from tests.waiting import wait_for_async
 
 MIB = 1024 * 1024
 WAIT = 120.0  # seconds: a hang guard for every wait, never an expectation
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, diagnostics: Callable[[], str] = str) -> None:
+    """Poll ``check`` until it holds; fail naming ``what`` (and what ``diagnostics()`` says) after WAIT seconds."""
+    await wait_for_async(check, WAIT, what, diagnostics)
+
+
 CALL_TIMEOUT = 10.0
 State = pb.ModelStatus.ModelState
 AVAILABLE = State.Value("ModelAvailable")

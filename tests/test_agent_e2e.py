@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import tarfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +28,13 @@ from aiohttp import web
 from servers.launch import server_venv
 from tests.cluster_fixtures import (
     AVAILABLE,
-    WAIT,
     Cluster,
     Iris,
     api_of,
     model,
+    until,
 )
+from tests.http_stand_ins import serving
 from tests.real_components import (
     AgentProcess,
     S3Server,
@@ -91,18 +92,6 @@ async def ready_on_server(agent: AgentProcess, prefix: str) -> set[str]:
         for name, states in (await index(agent.server_url())).items()
         if name.startswith(prefix) and "READY" in states
     }
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, diagnostics: Callable[[], str]) -> None:
-    """Polls ``check`` until it holds (a hang guard, not a deadline the system must meet)."""
-    try:
-        async with asyncio.timeout(WAIT):
-            while True:
-                if await check():
-                    return
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        raise AssertionError(f"not within {WAIT:g}s: {what}\n{diagnostics()}") from None
 
 
 def on_disk(agent: AgentProcess, prefix: str) -> list[str]:
@@ -174,16 +163,8 @@ async def http_files() -> AsyncIterator[HttpFiles]:
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    served.base = f"http://{host}:{port}"
-    try:
+    async with serving(app) as served.base:
         yield served
-    finally:
-        await runner.cleanup()
 
 
 def tar_gz_of(folder: Path) -> bytes:

@@ -12,7 +12,6 @@ import asyncio
 import os
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import pytest
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.inference_errors import SERVER_DOWN_HEADER
 from servers.launch import launch_mlserver, server_venv
-from tests.cluster_fixtures import AVAILABLE, FAILED, WAIT, Api, Cluster, Iris, api_of, model
+from tests.cluster_fixtures import AVAILABLE, FAILED, WAIT, Api, Cluster, Iris, api_of, model, until
 from tests.processes import start_gateway, stop_process
 from tests.real_components import AgentProcess
 from tests.triton_models import DOUBLER_MODEL, write_doubler
@@ -30,18 +29,6 @@ from tests.triton_models import DOUBLER_MODEL, write_doubler
 pytest_plugins = ["tests.real_components", "tests.cluster_fixtures"]
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(900)]  # the timeout is a hang guard only
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, diagnostics: Callable[[], str]) -> None:
-    """Polls ``check`` until it holds (a hang guard, not a deadline the system must meet)."""
-    try:
-        async with asyncio.timeout(WAIT):
-            while True:
-                if await check():
-                    return
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        raise AssertionError(f"not within {WAIT:g}s: {what}\n{diagnostics()}") from None
 
 
 PROGRESSING = pb.ModelStatus.ModelState.Value("ModelProgressing")

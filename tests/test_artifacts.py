@@ -21,6 +21,7 @@ from aiohttp import web
 
 from agent.artifacts import ArtifactError, ArtifactSource, ArtifactStore, ExtractLimits
 from agent.artifacts.storage_config import resolve_s3_settings
+from tests.http_stand_ins import serving
 from tests.real_components import ACCESS_KEY, SECRET_KEY, S3Server
 from tests.test_archives import files_under, make_tar, make_zip, tar_link
 
@@ -474,17 +475,11 @@ async def http_files() -> AsyncIterator[HttpFiles]:
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    served.base = f"http://{host}:{port}"
-    try:
-        yield served
-    finally:
-        served.gate.set()
-        await runner.cleanup()
+    async with serving(app) as served.base:
+        try:
+            yield served
+        finally:
+            served.gate.set()
 
 
 TAR_MODEL = make_tar([("mnist/1/model.onnx", b"onnx v1"), ("mnist/2/model.onnx", b"onnx v2"),

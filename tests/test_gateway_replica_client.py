@@ -17,6 +17,7 @@ from gateway.inference_types import InferenceError
 from gateway.replica_client import EJECT_SECONDS, MAX_EJECT_SECONDS, ReplicaClient
 from gateway.routing_table import Endpoint
 from modelplane.inference_errors import SERVER_DOWN_HEADER
+from tests.http_stand_ins import serving
 
 TRACEBACK = (
     "Traceback (most recent call last):\n"
@@ -186,12 +187,7 @@ async def test_only_tracing_headers_that_http_can_carry_are_forwarded(
 
     app = web.Application()
     app.router.add_post("/v2/models/{name}/infer", infer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serving(app) as base:
         headers = {
             "x-request-id": "abc",
             "traceparent": "ok\u00e9",
@@ -199,15 +195,13 @@ async def test_only_tracing_headers_that_http_can_carry_are_forwarded(
             "tracestate": "x" * 5000,
         }
         await client.send(
-            [Endpoint("s", 0, f"http://127.0.0.1:{port}", "")],
+            [Endpoint("s", 0, base, "")],
             method="POST",
             path="/v2/models/m/infer",
             body=b"{}",
             headers=headers,
             what="m",
         )
-    finally:
-        await runner.cleanup()
     [got] = seen
     assert got.get("x-request-id") == "abc"
     assert "traceparent" not in got  # not something an HTTP header can carry as given

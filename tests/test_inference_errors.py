@@ -29,6 +29,7 @@ from modelplane.inference_errors import (
     read_error_body,
     safe_reason,
 )
+from tests.http_stand_ins import serving
 
 VENV = "/root/.cache/modelplane/venvs/mlserver/lib/python3.11/site-packages"
 
@@ -193,15 +194,8 @@ async def answering(status: int, parts: list[bytes]) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_post("/", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        await runner.cleanup()
+    async with serving(app) as base:
+        yield f"{base}/"
 
 
 SKLEARN_ECHO = "ValueError: Expected 2D array, got 1D array instead:\narray=['{}'].\nReshape your data."

@@ -11,7 +11,7 @@ import contextlib
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,9 +21,9 @@ from grpc import aio
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
-from tests.cluster_fixtures import AVAILABLE, WAIT, Cluster
+from tests.cluster_fixtures import AVAILABLE, Cluster, until
+from tests.http_stand_ins import serving
 from tests.real_components import AgentProcess
-from tests.waiting import wait_for_async
 
 
 @contextlib.contextmanager
@@ -80,13 +80,8 @@ async def run_processes(job_root: Path) -> list[int]:
         found[:] = processes_mentioning(str(job_root))
         return bool(found)
 
-    await wait_for(started, f"a training run's process in {job_root}")
+    await until(started, f"a training run's process in {job_root}")
     return found
-
-
-async def wait_for(check: Callable[[], Awaitable[bool]], what: str, diagnostics: Callable[[], str] = str) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` after WAIT seconds."""
-    await wait_for_async(check, WAIT, what, diagnostics)
 
 
 async def restart_agent(cluster: Cluster, agent: AgentProcess) -> AgentProcess:
@@ -136,17 +131,11 @@ async def held_files() -> AsyncIterator[HeldFiles]:
     served = HeldFiles()
     app = web.Application()
     app.router.add_get("/{tail:.*}", served.handle)
-    runner = web.AppRunner(app, shutdown_timeout=1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    served.base = f"http://{host}:{port}"
-    try:
-        yield served
-    finally:
-        served.release()  # nothing stays held while the server shuts down
-        await runner.cleanup()
+    async with serving(app, shutdown_timeout=1) as served.base:
+        try:
+            yield served
+        finally:
+            served.release()  # nothing stays held while the server shuts down
 
 
 # -- every model status the scheduler streams ------------------------------------------------------------------
@@ -184,7 +173,7 @@ class StatusRecorder:
                 raise AssertionError("the status stream ended")
             return bool(self.of(model))
 
-        await wait_for(arrived, f"a status of {model} on the status stream")
+        await until(arrived, f"a status of {model} on the status stream")
 
     def mark(self) -> int:
         return len(self.seen)

@@ -35,13 +35,13 @@ from tests.cluster_fixtures import (
     State,
     api_of,
     model,
+    until,
 )
 from tests.e2e.harness import (
     held_files,
     recording_statuses,
     restart_agent,
     sigstopped,
-    wait_for,
 )
 from tests.processes import start_gateway
 from tests.real_components import AgentProcess, kill_agent
@@ -74,9 +74,7 @@ async def test_an_agent_killed_mid_load_serves_the_model_after_its_restart_and_l
         async def downloading() -> bool:
             return files.waiting == 1
 
-        await wait_for(
-            downloading, "the agent is downloading the artifact (the load is in flight)", cluster.diagnostics
-        )
+        await until(downloading, "the agent is downloading the artifact (the load is in flight)", cluster.diagnostics)
         await asyncio.to_thread(kill_agent, agent)  # kill -9 with the load in flight
         # Meanwhile the user is told why nothing serves it, rather than seeing it progress forever.
         reason = await api.wait(
@@ -144,7 +142,7 @@ async def test_a_frozen_agent_s_model_leaves_available_and_returns_after_sigcont
             async def unrouted() -> bool:
                 return not await gateway_ready(http, gateway.url, "frozen")
 
-            await wait_for(unrouted, "the gateway no longer routes to the frozen replica", cluster.diagnostics)
+            await until(unrouted, "the gateway no longer routes to the frozen replica", cluster.diagnostics)
             status, answer = await gateway_answers(http, url, iris)
             assert status == 503, answer
             assert "frozen" in answer["error"]
@@ -156,7 +154,7 @@ async def test_a_frozen_agent_s_model_leaves_available_and_returns_after_sigcont
         async def routed() -> bool:
             return await gateway_ready(http, gateway.url, "frozen")
 
-        await wait_for(routed, "the gateway routes the model again", cluster.diagnostics)
+        await until(routed, "the gateway routes the model again", cluster.diagnostics)
         status, answer = await gateway_answers(http, url, iris)
         assert (status, answer["outputs"][0]["data"]) == (200, iris.expected), answer
         while_frozen = seen.of("frozen", left, resumed)
@@ -208,7 +206,7 @@ async def test_a_frozen_agent_s_model_moves_keeps_answering_and_converges_after_
                     status, body = await gateway_answers(http, url, iris)
                     return status == 200 and body["model_version"] == "2"
 
-                await wait_for(serves_version_2, "the gateway serves version 2", cluster.diagnostics)
+                await until(serves_version_2, "the gateway serves version 2", cluster.diagnostics)
                 phase = "moved"
             # SIGCONT: the frozen agent registers again, still holding version 1, which nothing wants any more.
 
@@ -216,7 +214,7 @@ async def test_a_frozen_agent_s_model_moves_keeps_answering_and_converges_after_
                 held = await index(frozen.server_url())
                 return not [name for name, states in held.items() if name.startswith("mover") and "READY" in states]
 
-            await wait_for(converged, "the thawed replica no longer holds any version of mover", cluster.diagnostics)
+            await until(converged, "the thawed replica no longer holds any version of mover", cluster.diagnostics)
             phase = "converged"
             await asyncio.wait_for(enough_after_convergence.wait(), WAIT)
         finally:
@@ -274,7 +272,7 @@ async def test_scheduler_and_agent_killed_together_bring_back_every_acknowledged
                 async def downloading() -> bool:
                     return files.waiting == 1
 
-                await wait_for(downloading, "the late model's load is in flight", cluster.diagnostics)
+                await until(downloading, "the late model's load is in flight", cluster.diagnostics)
             os.kill(first.process.pid, signal.SIGKILL)
             os.kill(agent.pid, signal.SIGKILL)
             await asyncio.to_thread(first.process.wait, 30)
@@ -298,7 +296,7 @@ async def test_scheduler_and_agent_killed_together_bring_back_every_acknowledged
             async def unloaded() -> bool:
                 return "READY" not in (await index(server.http_url)).get("both-gone_1", [])
 
-            await wait_for(unloaded, "the server no longer holds the unloaded model", cluster.diagnostics)
+            await until(unloaded, "the server no longer holds the unloaded model", cluster.diagnostics)
         after = {name: server_loads(restarted, f"{name}_1") for name in names}
         assert after == before, restarted.diagnostics()  # taken over, not loaded again
         assert server_loads(restarted, "both-late_1") == 1
@@ -396,7 +394,7 @@ async def test_a_model_whose_load_kills_its_server_kills_each_replica_once_then_
             ]
             return status.availableReplicas == 2
 
-        await wait_for(both_back, "both servers serve again", cluster.diagnostics)
+        await until(both_back, "both servers serve again", cluster.diagnostics)
         await api.load(model("after", str(iris.folder)))  # one more round trip with every agent's news applied
         await api.available("after")
         for agent in agents:

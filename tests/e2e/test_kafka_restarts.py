@@ -26,8 +26,8 @@ import pytest
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
 from gateway.kafka_topics import Resource, ResourceKind, TopicNames
-from tests.cluster_fixtures import WAIT, Cluster, Iris, api_of, model
-from tests.e2e.harness import requests_waiting_on, run_processes, sigstopped, wait_for
+from tests.cluster_fixtures import WAIT, Cluster, Iris, api_of, model, until
+from tests.e2e.harness import requests_waiting_on, run_processes, sigstopped
 from tests.kafka_broker import DurableBroker, Record, consume_until, create_topics
 from tests.processes import start_gateway, stop_process
 from tests.real_components import S3Server
@@ -95,7 +95,7 @@ async def test_every_kafka_request_is_answered_across_a_broker_restart(
             async def in_flight() -> bool:
                 return requests_waiting_on(proxy_port) > 0
 
-            await wait_for(in_flight, "requests from the Kafka bridge wait on the frozen replica", cluster.diagnostics)
+            await until(in_flight, "requests from the Kafka bridge wait on the frozen replica", cluster.diagnostics)
             durable_broker.kill()
         # The replica answers them now, with the broker down: the bridge must hold the answers and its offsets.
 
@@ -151,7 +151,7 @@ async def test_no_training_event_or_status_is_lost_across_a_broker_restart(
             code, run = await get_json(f"http://{address}/runs/{running['run_id']}")
             return code == 200 and run["state"] == "uploading"
 
-        await wait_for(trained, "the first run finished training, its status waiting for the broker", log.read_text)
+        await until(trained, "the first run finished training, its status waiting for the broker", log.read_text)
         assert not late.done()
 
         await asyncio.to_thread(durable_broker.start)

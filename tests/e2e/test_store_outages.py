@@ -21,14 +21,13 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 
-from tests.cluster_fixtures import WAIT, Cluster, Iris, api_of, model
+from tests.cluster_fixtures import WAIT, Cluster, Iris, api_of, model, until
 from tests.e2e.harness import (
     processes_mentioning,
     recording_statuses,
     requests_waiting_on,
     run_processes,
     sigstopped,
-    wait_for,
 )
 from tests.kafka_broker import KafkaBroker, Record, produce
 from tests.real_components import S3Server
@@ -63,7 +62,7 @@ async def records_now(bootstrap: str, topic: str) -> list[Record]:
         async def assigned() -> bool:
             return bool(consumer.assignment())
 
-        await wait_for(assigned, f"the partitions of {topic}")
+        await until(assigned, f"the partitions of {topic}")
         ends = await consumer.end_offsets(list(consumer.assignment()))
         records: list[Record] = []
         while True:
@@ -120,7 +119,7 @@ async def test_redis_stopped_mid_run_the_trainer_waits_and_finishes_every_event_
         async def trained() -> bool:
             return not processes_mentioning(str(job))
 
-        await wait_for(trained, "the first run's process finished", log.read_text)
+        await until(trained, "the first run's process finished", log.read_text)
         assert not await records_now(kafka_broker.bootstrap, stack.status_topic)  # nothing reported yet
         redis = start_redis(folder, port=redis.port, durable=True)
 
@@ -161,7 +160,7 @@ async def test_s3_stopped_under_training_the_run_is_retried_until_s3_returns_or_
         async def run_failed() -> bool:
             return "retryable run failure" in log.read_text()
 
-        await wait_for(run_failed, "a run failed reading its dataset from the stopped S3, to be retried", log.read_text)
+        await until(run_failed, "a run failed reading its dataset from the stopped S3, to be retried", log.read_text)
     [record] = (await statuses_for(stack, ["dataset-in-s3"], timeout=WAIT))["dataset-in-s3"]
     assert status_of(record).status == SUCCESS, status_of(record).errors
     assert int(headers_of(record)["modelplane-attempts"]) >= 2
@@ -177,7 +176,7 @@ async def test_s3_stopped_under_training_the_run_is_retried_until_s3_returns_or_
         async def upload_failed() -> bool:
             return "model store upload failed" in log.read_text()
 
-        await wait_for(upload_failed, "an upload to the stopped S3 failed", log.read_text)
+        await until(upload_failed, "an upload to the stopped S3 failed", log.read_text)
         assert (await run_of(address, running["run_id"]))["state"] == "uploading"  # not reported done
         reported = {
             headers_of(record)["modelplane-event-id"]
@@ -230,7 +229,7 @@ async def test_a_model_load_from_a_silent_or_stopped_s3_never_hangs_nor_lies(
             async def downloading() -> bool:
                 return requests_waiting_on(s3_port) > 0
 
-            await wait_for(downloading, "the agent's request waits on the silent S3", cluster.diagnostics)
+            await until(downloading, "the agent's request waits on the silent S3", cluster.diagnostics)
             silent = seen.mark()
         await api.available("s3-silent")
         await predict(agent, "s3-silent", iris)

@@ -46,6 +46,7 @@ from gateway.kafka_messages import (
 from gateway.kafka_settings import KafkaBridgeSettings
 from gateway.kafka_topics import Resource, ResourceKind
 from modelplane import logs
+from modelplane.kafka_membership import commit_only_as_a_member
 
 __all__ = ["BridgeStats", "KafkaBridge", "KafkaBridgeSettings"]
 
@@ -279,6 +280,7 @@ class KafkaBridge:
             max_poll_records=settings.max_in_flight,
         )
         await self._consumer.start()
+        commit_only_as_a_member(self._consumer)
         async with self._update_lock:
             await self._ensure_topics()
             if reused_producer:

@@ -48,6 +48,7 @@ from aiokafka.structs import OffsetAndMetadata  # type: ignore[import-untyped]
 
 from generated.mlops.training.v1 import training_pb2
 from modelplane import logs
+from modelplane.kafka_membership import commit_only_as_a_member
 from trainer.design_store import REDIS_RETRYABLE, DesignInvalidError, DesignNotFoundError, DesignStore
 from trainer.events import PoisonEventError, RecordPosition, TrainingRequest, dataset_for_run, decode_event
 from trainer.jobs import DESIGN_SCHEMA_FILE, OUTPUT_DIR, RESULT_FILE, RunResult, TrainingJob
@@ -171,6 +172,7 @@ class TrainerService:
             if await self._start(self._producer, "producer", stop) and await self._start(
                 self._consumer, "consumer", stop
             ):
+                commit_only_as_a_member(self._consumer)
                 self._consumer.subscribe([settings.training_topic], listener=_Rebalance(self))
                 self.consuming = True
                 try:

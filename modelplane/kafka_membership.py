@@ -1,0 +1,42 @@
+"""Kafka consumer groups: committing only while the group still knows the member.
+
+Both of modelplane's consumers (the gateway's Kafka bridge and the trainer) commit offsets by hand after the work
+for them is done; this module is where that commit is kept honest across lost group membership."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
+
+__all__ = ["ForgottenMemberError", "commit_only_as_a_member"]
+
+# The generation aiokafka gives a member its group has forgotten (OffsetCommitRequest.DEFAULT_GENERATION_ID).
+_NO_GENERATION = -1
+
+
+class ForgottenMemberError(KafkaError):  # type: ignore[misc]  # aiokafka's errors are untyped
+    """A commit refused because the group no longer knows this member (not retriable)."""
+
+
+def commit_only_as_a_member(consumer: Any) -> None:
+    """Make ``consumer`` refuse to commit offsets once its group has forgotten it.
+
+    When the broker no longer knows the member (its session expired, or the broker restarted without its state),
+    aiokafka resets the member to generation -1 and goes on retrying a pending commit with it; a broker takes such
+    a commit for a group without members. After a restart that lost the log, the old log's offsets then land on the
+    new one and the records that arrive below them are never read. Kafka's Java client fails such a commit (and
+    tells lost partitions from revoked ones, KIP-429); aiokafka has neither, so this wraps its coordinator's one
+    commit request. Records whose offsets were not committed are handled again by their next owner: at least once,
+    never lost."""
+    coordinator = consumer._coordinator
+    send_commit = coordinator._do_commit_offsets
+
+    async def commit_as_a_member(assignment: Any, offsets: Any) -> Any:
+        if coordinator.generation == _NO_GENERATION:
+            raise ForgottenMemberError(
+                "the group no longer knows this member; its next owner reads from the last commit"
+            )
+        return await send_commit(assignment, offsets)
+
+    coordinator._do_commit_offsets = commit_as_a_member

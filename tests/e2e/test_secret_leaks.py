@@ -3,8 +3,9 @@
 A model whose LoadModel carries an inline ``storageRcloneConfig`` is loaded from the session's S3 store (SeaweedFS)
 by a real scheduler, agent, MLServer and gateway; it fails (a URI with nothing behind it), is loaded again, the
 scheduler restarts, the client gives the config again, and the model is unloaded. Every answer and every message
-of every stream seen meanwhile, and every file under the test's folder (the scheduler's state dir, every process's
-log, the agent's and MLServer's folders) are then searched for the secret, raw and encoded: zero hits. The search
+of every stream seen meanwhile (model and server status, SubscribeControlPlane, the gateways' WatchRoutes), the
+gateway's metrics, and every file under the test's folder (the scheduler's state dir, every process's log, the
+agent's and MLServer's folders) are then searched for the secret, raw and encoded: zero hits. The search
 first proves it can find the secret, in a file written for that purpose.
 """
 
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from google.protobuf import text_format
 from google.protobuf.message import Message
@@ -31,7 +33,7 @@ from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane.storage_secrets import REDACTED_RCLONE_CONFIG
 from tests.cluster_fixtures import Api, Cluster, Iris, api_of, model
-from tests.processes import start_gateway, stop_process
+from tests.processes import GatewayProcess, start_gateway, stop_process
 from tests.real_components import SECRET_KEY, S3Server
 
 pytest_plugins = ["tests.real_components", "tests.cluster_fixtures"]
@@ -99,11 +101,11 @@ class Streams:
 
 
 @contextlib.contextmanager
-def gateway_of(cluster: Cluster) -> Iterator[None]:
+def gateway_of(cluster: Cluster) -> Iterator[GatewayProcess]:
     assert cluster.scheduler is not None
     gateway = start_gateway(cluster.root / "gateway", cluster.scheduler.listen)
     try:
-        yield
+        yield gateway
     finally:
         stop_process(gateway.process)
 
@@ -129,7 +131,7 @@ async def test_an_inline_secret_appears_in_no_status_stream_log_or_state_file(
 
     cluster.start_scheduler()
     await asyncio.to_thread(cluster.start_agents, cluster.agent(0))
-    with gateway_of(cluster):
+    with gateway_of(cluster) as gateway:
         streams = Streams()
         async with api_of(cluster) as api:
             assert cluster.scheduler is not None
@@ -163,6 +165,10 @@ async def test_an_inline_secret_appears_in_no_status_stream_log_or_state_file(
             await api.unload("iris")
             await api.gone("iris")
             await streams_again.close()
+        # The gateway's metrics (the only process serving /metrics): kept as a file under the folder searched.
+        async with aiohttp.ClientSession() as http, http.get(f"{gateway.url}/metrics") as scraped:
+            assert scraped.status == 200
+            (cluster.root / "gateway" / "metrics.txt").write_bytes(await scraped.read())
     seen.extend(streams.seen + streams_again.seen)
     assert any(isinstance(m, pb.ModelStatusResponse) and m.modelName == "iris" for m in streams.seen)
     assert any(isinstance(m, rpb.WatchRoutesResponse) for m in streams_again.seen)

@@ -125,3 +125,17 @@ async def test_a_load_that_quotes_the_marker_is_refused() -> None:
     async with Harness() as h:
         with pytest.raises(InvalidArgument, match="redaction marker"):
             await h.core.load_model(with_inline_config(model_spec("iris"), REDACTED_RCLONE_CONFIG))
+
+
+async def test_only_a_load_operation_carries_the_config() -> None:
+    secret = f"s3cr3t-{uuid.uuid4().hex}"
+    async with Harness() as h:
+        replica = h.add_replica()
+        await h.core.load_model(with_inline_config(model_spec("iris"), secret_config(secret)))
+        await h.settle()
+        replica.answering = False
+        await h.core.unload_model("iris")
+        await h.settle()
+        [unload] = replica.unanswered
+    assert unload.kind == agent_pb2.ModelOperation.KIND_UNLOAD
+    assert unload.model.modelSpec.storageConfig.storageRcloneConfig == REDACTED_RCLONE_CONFIG

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
-from modelplane.storage_secrets import redacted_model
+from modelplane.storage_secrets import has_inline_config, is_redacted, redacted_model
 from scheduler.model_state import DerivedState, ModelState, ReplicaFact
 from scheduler.replica_state import INACTIVE, SERVING, ReplicaState, check_transition
 
@@ -115,6 +115,14 @@ class ModelRecord:
             if version.version == number:
                 return version
         return None
+
+    def stores_credentials_in_clear(self) -> bool:
+        """True if a version holds an inline storage config in clear: restored from a record written before they
+        were redacted (the scheduler then writes the record again)."""
+        return any(
+            has_inline_config(v.spec) and not is_redacted(v.spec.modelSpec.storageConfig.storageRcloneConfig)
+            for v in self.versions
+        )
 
     def to_bytes(self) -> bytes:
         """The durable part: specs of every version still present, and the deleted flag."""

@@ -30,13 +30,15 @@ def is_redacted(config_text: str) -> bool:
 
 
 def redacted_model(model: pb.Model) -> pb.Model:
-    """A copy of ``model`` with an inline storage config replaced by the marker; ``model`` itself is unchanged.
+    """``model`` with an inline storage config replaced by the marker; ``model`` itself is never changed.
 
-    A model without an inline config comes back as an equal copy, so callers need not ask first."""
+    A model without an inline config is returned as it is (no copy: statuses of every model are rendered often),
+    so the result must not be changed by the caller."""
+    if not has_inline_config(model):
+        return model
     copy = pb.Model()
     copy.CopyFrom(model)
-    if has_inline_config(copy):
-        copy.modelSpec.storageConfig.storageRcloneConfig = REDACTED_RCLONE_CONFIG
+    copy.modelSpec.storageConfig.storageRcloneConfig = REDACTED_RCLONE_CONFIG
     return copy
 
 

@@ -4,22 +4,30 @@ Rules:
 - TLS when a certificate is configured; mutual TLS when a client CA is also configured.
 - Plaintext only when asked for explicitly (``insecure=True``) or when every address involved is a
   loopback address: a process on a laptop needs no certificates, a process on a network does.
+- A server's certificate, key and client CA are reloaded when their files change (modelplane/tls_files.py):
+  new connections get the new ones, established ones keep theirs. A client reads its files when it opens a
+  channel, so a client that reconnects through ``open_channel`` (the agent) picks up a rotated client certificate.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import grpc
 from grpc import aio
 
 from modelplane.addresses import Address
 from modelplane.sizes import MAX_MESSAGE_BYTES
+from modelplane.tls_files import LoadedTls, ServerTlsFiles, TlsFilesError, http_server_context
+
+log = logging.getLogger(__name__)
 
 _CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -112,11 +120,7 @@ def bind(server: aio.Server, address: Address, security: TransportSecurity) -> i
     security.check_plaintext_allowed([address])
     try:
         if security.cert_file is not None and security.key_file is not None:
-            credentials = grpc.ssl_server_credentials(
-                [(security.key_file.read_bytes(), security.cert_file.read_bytes())],
-                root_certificates=_read(security.ca_file),
-                require_client_auth=security.ca_file is not None,
-            )
+            credentials = _reloading_server_credentials(security, f"gRPC server on {address}")
             port = server.add_secure_port(str(address), credentials)
         else:
             port = server.add_insecure_port(str(address))
@@ -126,6 +130,40 @@ def bind(server: aio.Server, address: Address, security: TransportSecurity) -> i
         reason = _why_not_bindable(address) or "the address is in use or not local"
         raise TransportError(f"cannot listen on {address}: {reason}")
     return port
+
+
+def _server_tls_files(security: TransportSecurity, what: str) -> ServerTlsFiles:
+    if security.cert_file is None or security.key_file is None:
+        raise TransportError(f"{what}: TLS needs both a certificate and a key")
+    try:
+        return ServerTlsFiles(security.cert_file, security.key_file, security.ca_file, what)
+    except TlsFilesError as error:
+        raise TransportError(str(error)) from None
+
+
+def _reloading_server_credentials(security: TransportSecurity, what: str) -> grpc.ServerCredentials:
+    """Server credentials that follow the TLS files as they change (modelplane/tls_files.py): gRPC asks the
+    fetcher before every new connection's handshake."""
+    files = _server_tls_files(security, what)
+
+    def configuration(loaded: LoadedTls) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(
+            [(loaded.private_key, loaded.cert_chain)], root_certificates=loaded.client_ca
+        )
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        try:
+            loaded = files.refreshed()
+        except Exception:  # raised into gRPC's core, it would fail the handshake: the current files still serve
+            log.exception("%s: checking its TLS files failed; serving the current ones", what)
+            return None
+        return configuration(loaded) if loaded is not None else None
+
+    # gRPC's stubs say the fetcher returns a configuration; its documentation says None means "no change".
+    fetcher = cast(Callable[[], grpc.ServerCertificateConfiguration], fetch)
+    return grpc.dynamic_ssl_server_credentials(
+        configuration(files.current), fetcher, require_client_authentication=security.ca_file is not None
+    )
 
 
 def _why_not_bindable(address: Address) -> str | None:
@@ -151,19 +189,12 @@ def _why_not_bindable(address: Address) -> str | None:
 
 def http_server_ssl(security: TransportSecurity) -> ssl.SSLContext | None:
     """The TLS context of an HTTP server with ``security`` (None: plaintext). A CA makes client certificates
-    mandatory, as for gRPC servers."""
+    mandatory, as for gRPC servers. New connections get the files as they are then (modelplane/tls_files.py)."""
     security.check_server()
     if security.cert_file is None or security.key_file is None:
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(security.cert_file, security.key_file)
-        if security.ca_file is not None:
-            context.load_verify_locations(security.ca_file)
-            context.verify_mode = ssl.CERT_REQUIRED
-    except (OSError, ssl.SSLError) as error:
-        raise TransportError(f"cannot use the TLS files: {error}") from None
-    return context
+    # Reloaded when the files change, at the next handshake (modelplane/tls_files.py).
+    return http_server_context(_server_tls_files(security, "HTTPS server"))
 
 
 def http_client_ssl(ca_file: Path | None, cert_file: Path | None, key_file: Path | None) -> ssl.SSLContext | None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane.storage_secrets import redacted_model
 from scheduler import limits, model_specs, server_specs, status_messages
 from scheduler.errors import FailedPrecondition, IllegalTransition, ResourceExhausted
 from scheduler.invariants import require
@@ -571,6 +572,8 @@ class Cluster:
     def _send(
         self, replica: ReplicaRecord, kind: agent_pb2.ModelOperation.Kind.ValueType, model: pb.Model, version: int
     ) -> int:
+        if kind != Operation.KIND_LOAD:
+            model = redacted_model(model)  # only a load needs the credentials (modelplane/storage_secrets.py)
         operation = Operation(operation_id=replica.session.next_operation_id(), kind=kind, model=model, version=version)
         replica.session.send(agent_pb2.SessionResponse(operation=operation))
         return operation.operation_id

@@ -19,7 +19,8 @@ subscriber                 512             subscriberName, subscriberIp, gateway
 uri                        4096            modelSpec.uri
 reference                  512             pipeline inputs, triggers, output steps, external refs, tensor maps
 endpoint                   256, ASCII      a replica's http_url and grpc_target
-value (lines)              16384           parameter values, storageRcloneConfig
+value (lines)              16384           parameter values, storageRcloneConfig (a secret value: never
+                                           quoted in an error, see modelplane/storage_secrets.py)
 reason (cleaned)           1024            reasons from agents and gateways: never refused (the state change
                                            they come with matters more); control characters become spaces
                                            and the rest is cut, saying how much was cut
@@ -140,6 +141,8 @@ class Text:
     cleaned: bool = False
     # Only ASCII (addresses: a URL's host is punycode, its path percent-encoded), so its bytes are its characters.
     ascii: bool = False
+    # Credentials (an inline storage config): an error names the field and the problem, never quotes the text.
+    secret: bool = False
 
 
 NAME = Text("name", MAX_NAME_CHARS)
@@ -150,6 +153,7 @@ URI = Text("uri", MAX_URI_CHARS)
 REFERENCE = Text("reference", MAX_REFERENCE_CHARS)
 ENDPOINT = Text("endpoint", MAX_ENDPOINT_CHARS, ascii=True)
 VALUE = Text("value", MAX_VALUE_CHARS, lines=True)
+SECRET_VALUE = Text("secret value", MAX_VALUE_CHARS, lines=True, secret=True)
 REASON = Text("reason", MAX_REASON_CHARS, cleaned=True)
 
 
@@ -188,7 +192,7 @@ FIELD_RULES: dict[str, Rule] = {
     _S + "StreamSpec.inputTopic": Rule(IDENTIFIER),
     _S + "StreamSpec.outputTopic": Rule(IDENTIFIER),
     _S + "StorageConfig.storageSecretName": Rule(IDENTIFIER),
-    _S + "StorageConfig.storageRcloneConfig": Rule(VALUE),
+    _S + "StorageConfig.storageRcloneConfig": Rule(SECRET_VALUE),
     _S + "ModelReference.name": Rule(NAME),
     # Scheduler API: servers, status requests, subscriptions
     _S + "ServerNotifyRequest.servers": Rule(None, MAX_SERVERS_PER_NOTIFY),
@@ -295,12 +299,14 @@ def check_text(text: str, where: str, rule: Text, error: type[SchedulerError] = 
         return  # cleaned where stored (clean_reason), never refused
     if len(text) > rule.max_chars:
         raise error(f"{where} is {len(text)} characters long; the limit is {rule.max_chars}")
+    quoted = "" if rule.secret else f" {shown(text)}"
     if rule.ascii and not text.isascii():
-        raise error(f"{where} {shown(text)} is not ASCII (a URL's host is punycode, its path percent-encoded)")
+        raise error(f"{where}{quoted} is not ASCII (a URL's host is punycode, its path percent-encoded)")
     bad = _bad_character(text, rule.lines)
     if bad is not None:
         allowed = " (tab, newline and carriage return are allowed)" if rule.lines else ""
-        raise error(f"{where} {shown(text)} contains the control character {bad!r}{allowed}")
+        where_bad = f" at character {text.index(bad)}" if rule.secret else ""
+        raise error(f"{where}{quoted} contains the control character {bad!r}{where_bad}{allowed}")
 
 
 def check_count(count: int, where: str, limit: int, error: type[SchedulerError] = InvalidArgument) -> None:

@@ -2,6 +2,18 @@
 (which replica holds which version, in which state).
 
 Only ``ModelRecord.to_bytes`` content is durable; replica assignments are rebuilt from agents.
+
+Inline storage credentials are never persisted (``to_bytes`` writes the spec through
+modelplane/storage_secrets.py's ``redacted_model``): the scheduler holds an inline ``storageRcloneConfig`` in
+memory only, for as long as the version lives and an agent may need to load it. The trade-off, chosen over
+"encrypted at rest with a key from a file": no key to manage, rotate or lose, and no state-store row (SQLite
+file, Redis, backups of either) that can ever yield the credentials, whatever happens to the key; the cost is
+that after a scheduler restart a restored version holds only the marker. Replicas that still hold the model
+keep serving it (agents report it when they reconnect), but a new load (a new replica, a moved model) fails
+with a reason saying the credentials must be sent again, until a client re-sends the model's LoadModel (a
+Seldon controller does so when the scheduler asks it to, SEND_MODELS on SubscribeControlPlane). That LoadModel
+restores the credentials in place, without a new version (model_specs.classify_change). Models that name a
+``storageSecretName`` instead lose nothing on a restart: prefer it in production.
 """
 
 from __future__ import annotations
@@ -11,6 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane.storage_secrets import has_inline_config, is_redacted, redacted_model
 from scheduler.model_state import DerivedState, ModelState, ReplicaFact
 from scheduler.replica_state import INACTIVE, SERVING, ReplicaState, check_transition
 
@@ -103,13 +116,25 @@ class ModelRecord:
                 return version
         return None
 
+    def stores_credentials_in_clear(self) -> bool:
+        """True if a version holds an inline storage config in clear: restored from a record written before they
+        were redacted (the scheduler then writes the record again)."""
+        return any(
+            has_inline_config(v.spec) and not is_redacted(v.spec.modelSpec.storageConfig.storageRcloneConfig)
+            for v in self.versions
+        )
+
     def to_bytes(self) -> bytes:
         """The durable part: specs of every version still present, and the deleted flag."""
         return json.dumps(
             {
                 "deleted": self.deleted,
                 "versions": [
-                    {"version": v.version, "created_at": v.created_at, "spec": v.spec.SerializeToString().hex()}
+                    {
+                        "version": v.version,
+                        "created_at": v.created_at,
+                        "spec": redacted_model(v.spec).SerializeToString().hex(),
+                    }
                     for v in self.versions
                 ],
             },

@@ -8,6 +8,7 @@ import math
 
 from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane import storage_secrets
 from scheduler.errors import FailedPrecondition, InvalidArgument
 from scheduler.limits import (
     MAX_INSTANCES,
@@ -32,6 +33,8 @@ class SpecChange(enum.Enum):
     NEW_VERSION = "new version"  # modelSpec changed
     DEPLOYMENT = "deployment"  # only deploymentSpec (replicas, min/max) changed: update in place
     METADATA = "metadata"  # only metadata or stream settings changed: patch in place
+    # Nothing changed but an inline storage config withheld since a restart is given again: patch in place.
+    CREDENTIALS = "credentials"
 
 
 def validate_model(model: pb.Model) -> None:
@@ -40,6 +43,14 @@ def validate_model(model: pb.Model) -> None:
     Field lengths, characters and counts are scheduler/limits.py's; what makes a model loadable is here.
     """
     validate_spec(model)
+    if storage_secrets.has_inline_config(model) and storage_secrets.is_redacted(
+        model.modelSpec.storageConfig.storageRcloneConfig
+    ):
+        # A spec copied from a status answer: the marker is not a config (only stored versions may hold it).
+        raise InvalidArgument(
+            f"model {model.meta.name!r}: modelSpec.storageConfig.storageRcloneConfig is the redaction marker a "
+            "status shows, not a config: send the rclone config itself, or name a storageSecretName"
+        )
     generation = model.meta.kubernetesMeta.generation
     if generation > MAX_VERSION:
         raise InvalidArgument(
@@ -144,13 +155,28 @@ def requirements(model: pb.Model) -> frozenset[str]:
 
 
 def classify_change(latest: pb.Model, requested: pb.Model) -> SpecChange:
+    restored = _credentials_restored(latest, requested)
+    if restored:
+        # The stored version lost its inline config on a restart (scheduler/model_records.py): the scheduler cannot
+        # tell the one given now from the one it had, so the request's is taken as the same, in place.
+        latest = storage_secrets.with_config_of(latest, requested)
     if latest.modelSpec != requested.modelSpec:
         return SpecChange.NEW_VERSION
     if latest.deploymentSpec != requested.deploymentSpec:
         return SpecChange.DEPLOYMENT
     if latest != requested:
         return SpecChange.METADATA
-    return SpecChange.UNCHANGED
+    return SpecChange.CREDENTIALS if restored else SpecChange.UNCHANGED
+
+
+def _credentials_restored(latest: pb.Model, requested: pb.Model) -> bool:
+    """True if ``latest`` holds the marker where its inline config was and ``requested`` gives a real one."""
+    if not (storage_secrets.has_inline_config(latest) and storage_secrets.has_inline_config(requested)):
+        return False
+    config = requested.modelSpec.storageConfig.storageRcloneConfig
+    return storage_secrets.is_redacted(latest.modelSpec.storageConfig.storageRcloneConfig) and not (
+        storage_secrets.is_redacted(config)
+    )
 
 
 def first_version(model: pb.Model) -> int:

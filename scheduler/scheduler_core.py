@@ -108,6 +108,10 @@ class SchedulerCore:
         ]
         models = [_decode(ModelRecord.from_bytes, MODELS_TABLE, k, v) for k, v in self.store.load(MODELS_TABLE).items()]
         self.cluster.restore([m for m in models if m is not None], [s for s in servers if s is not None])
+        # Records written before inline credentials were redacted hold them in clear: written again, redacted.
+        self._durable_models |= {m.name for m in models if m is not None and m.stores_credentials_in_clear()}
+        if self._durable_models:
+            self._durable_wake.set()
         for key, value in self.store.load(PIPELINES_TABLE).items():
             pipeline = _decode(PipelineRecord.from_bytes, PIPELINES_TABLE, key, value)
             if pipeline is not None:

@@ -13,6 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.bounded_text import cut
+from modelplane.storage_secrets import redacted_model
 from scheduler import limits
 from scheduler.model_records import ModelRecord, ModelVersion
 from scheduler.server_records import ServerRecord
@@ -40,7 +41,8 @@ def version_status(version: ModelVersion) -> pb.ModelVersionStatus:
             modelGwState=version.gateway_state.value,  # type: ignore[arg-type]
             modelGwReason=cut(version.gateway_reason, limits.MAX_STATUS_REASON_CHARS),
         ),
-        modelDefn=version.spec,
+        # Credentials stay with the agents that load the model (modelplane/storage_secrets.py).
+        modelDefn=redacted_model(version.spec),
     )
     if version.spec.meta.HasField("kubernetesMeta"):
         status.kubernetesMeta.CopyFrom(version.spec.meta.kubernetesMeta)

@@ -26,33 +26,41 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+@dataclass(frozen=True)
+class Authority:
+    """A CA that issues leaf certificates for 127.0.0.1 and localhost (each with a fresh key and serial)."""
 
+    cert: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
 
-def make_tls_files(folder: Path) -> TlsFiles:
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("modelplane test CA"))
-        .issuer_name(_name("modelplane test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    def leaf(common_name: str, usage: x509.ObjectIdentifier) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    @classmethod
+    def new(cls, common_name: str = "modelplane test CA") -> Authority:
+        now = datetime.datetime.now(datetime.UTC)
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
             x509.CertificateBuilder()
             .subject_name(_name(common_name))
-            .issuer_name(ca_cert.subject)
+            .issuer_name(_name(common_name))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(cert, key)
+
+    def pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def issue(self, common_name: str, usage: x509.ObjectIdentifier) -> tuple[bytes, bytes, int]:
+        """A leaf certificate: (certificate PEM, private key PEM, serial number)."""
+        now = datetime.datetime.now(datetime.UTC)
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(common_name))
+            .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
@@ -64,10 +72,22 @@ def make_tls_files(folder: Path) -> TlsFiles:
                 critical=False,
             )
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .sign(ca_key, hashes.SHA256())
+            .sign(self.key, hashes.SHA256())
         )
-        return cert, key
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return cert.public_bytes(serialization.Encoding.PEM), key_pem, cert.serial_number
 
+    def issue_to(self, cert_path: Path, key_path: Path, common_name: str, usage: x509.ObjectIdentifier) -> int:
+        cert, key, serial = self.issue(common_name, usage)
+        cert_path.write_bytes(cert)
+        key_path.write_bytes(key)
+        return serial
+
+
+def make_tls_files(folder: Path, authority: Authority | None = None) -> TlsFiles:
+    authority = authority or Authority.new()
     files = TlsFiles(
         ca=folder / "ca.pem",
         server_cert=folder / "server.pem",
@@ -75,11 +95,7 @@ def make_tls_files(folder: Path) -> TlsFiles:
         client_cert=folder / "client.pem",
         client_key=folder / "client-key.pem",
     )
-    files.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    server_cert, server_key = leaf("scheduler", ExtendedKeyUsageOID.SERVER_AUTH)
-    files.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(files.server_key, server_key)
-    client_cert, client_key = leaf("operator", ExtendedKeyUsageOID.CLIENT_AUTH)
-    files.client_cert.write_bytes(client_cert.public_bytes(serialization.Encoding.PEM))
-    _write_key(files.client_key, client_key)
+    files.ca.write_bytes(authority.pem())
+    authority.issue_to(files.server_cert, files.server_key, "scheduler", ExtendedKeyUsageOID.SERVER_AUTH)
+    authority.issue_to(files.client_cert, files.client_key, "operator", ExtendedKeyUsageOID.CLIENT_AUTH)
     return files

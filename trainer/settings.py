@@ -1,9 +1,12 @@
 """Everything the trainer process can be told, in one place, with its flags.
 
 Every flag can also be set as ``MODELPLANE_TRAINER_<FLAG>`` (or ``MODELPLANE_<FLAG>``) in the environment or
-in the ``[trainer]`` table of a TOML file given with ``--config`` (modelplane/config.py). The S3 secret key is
-best given through the environment (``MODELPLANE_TRAINER_S3_SECRET_KEY``, or ``AWS_SECRET_ACCESS_KEY`` as a
-fallback) so it does not show in the process list.
+in the ``[trainer]`` table of a TOML file given with ``--config`` (modelplane/config.py). Secrets are never flags
+(a flag shows in the process list, modelplane/secret_inputs.py): the S3 secret key comes from a file
+(``--s3-secret-key-file``) or the environment (``MODELPLANE_TRAINER_S3_SECRET_KEY``, ``MODELPLANE_S3_SECRET_KEY``,
+or ``AWS_SECRET_ACCESS_KEY`` as a fallback); a ``--redis-url`` holding a password is refused (set
+``MODELPLANE_TRAINER_REDIS_URL`` or the config file's ``redis-url`` instead). ``--s3-secret-key`` is refused with
+a message saying so.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from modelplane import logs
 from modelplane.addresses import Address
 from modelplane.config import parse_layered
 from modelplane.flag_types import address, seconds
+from modelplane.secret_inputs import SecretFileError, read_secret_file, refuse_secret_flags
 from modelplane.sizes import parse_size
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_serving_tls_flags, add_tls_flags, security_from, serving_security_from
@@ -31,6 +35,8 @@ DEFAULT_TRAINING_TOPIC = "modelplane.training.events"
 DEFAULT_STATUS_TOPIC = "modelplane.training.status"
 DEFAULT_INFERENCE_STORE_TOPIC = "modelplane.inference.store"
 DEFAULT_GROUP = "modelplane-trainer"
+# Where the S3 secret key may come from when no --s3-secret-key-file is given, the first set winning.
+S3_SECRET_KEY_VARIABLES = ("MODELPLANE_TRAINER_S3_SECRET_KEY", "MODELPLANE_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's own rule for topic names
 _ARTIFACT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -209,10 +215,11 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     s3.add_argument("--s3-endpoint", default="127.0.0.1:9000", metavar="HOST:PORT")
     s3.add_argument("--s3-access-key", default=os.environ.get("AWS_ACCESS_KEY_ID", ""), metavar="KEY")
     s3.add_argument(
-        "--s3-secret-key",
-        default=os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
-        metavar="SECRET",
-        help="better set as MODELPLANE_TRAINER_S3_SECRET_KEY than as a flag",
+        "--s3-secret-key-file",
+        type=Path,
+        metavar="FILE",
+        help=f"file holding the S3 secret key (else the environment: {', '.join(S3_SECRET_KEY_VARIABLES)}); "
+        "never a flag, which would show in the process list",
     )
     s3.add_argument("--s3-bucket", default="modelplane-models", metavar="BUCKET", help="created when missing")
     s3.add_argument("--s3-prefix", default="models", metavar="PREFIX", help="key prefix of every stored model")
@@ -312,10 +319,33 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _s3_secret_key(parser: argparse.ArgumentParser, key_file: Path | None, environ: Mapping[str, str]) -> str:
+    """The S3 secret key: from ``--s3-secret-key-file``, else the first of S3_SECRET_KEY_VARIABLES set."""
+    if key_file is not None:
+        try:
+            return read_secret_file(key_file, "--s3-secret-key-file")
+        except SecretFileError as error:
+            parser.error(str(error))
+    return next((environ[name] for name in S3_SECRET_KEY_VARIABLES if environ.get(name)), "")
+
+
 def parse_settings(
     parser: argparse.ArgumentParser, argv: Sequence[str], environ: Mapping[str, str] | None = None
 ) -> TrainerSettings:
+    environ = os.environ if environ is None else environ
+    refuse_secret_flags(
+        parser,
+        argv,
+        removed={
+            "--s3-secret-key": "put the key in a file and give --s3-secret-key-file FILE, or set "
+            "MODELPLANE_TRAINER_S3_SECRET_KEY in the environment"
+        },
+        url_flags={
+            "--redis-url": "set MODELPLANE_TRAINER_REDIS_URL in the environment, or redis-url in the --config file"
+        },
+    )
     options = parse_layered(parser, "trainer", argv, environ)
+    secret_key = _s3_secret_key(parser, options.s3_secret_key_file, environ)
     requirements = tuple(item.strip() for item in options.deploy_requirements.split(",") if item.strip())
     if options.s3_endpoint.startswith(("http://", "https://")):
         parser.error("--s3-endpoint is HOST:PORT; use --s3-secure for HTTPS")
@@ -355,7 +385,7 @@ def parse_settings(
         s3=S3Settings(
             endpoint=options.s3_endpoint,
             access_key=options.s3_access_key,
-            secret_key=options.s3_secret_key,
+            secret_key=secret_key,
             bucket=options.s3_bucket,
             prefix=options.s3_prefix.strip("/"),
             secure=options.s3_secure,

@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from agent.artifacts.errors import ArtifactError
+from modelplane.storage_secrets import is_redacted
 
 SECRET_ENV_PREFIX = "MODELPLANE_SECRET_"  # noqa: S105 -- a variable-name prefix, not a password
 _SECRET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
@@ -211,6 +212,13 @@ def resolve_s3_settings(
         raise ArtifactError("give either a storage rclone config or a storage secret name, not both")
     if rclone_config is not None:
         origin = "storage_rclone_config"
+        if is_redacted(rclone_config):
+            # The scheduler never stores an inline config; after its restart it has none to send (see
+            # scheduler/model_records.py) until a client gives it again.
+            raise ArtifactError(
+                f"{origin}: the scheduler no longer holds this model's inline storage config (it is never stored, "
+                "so a scheduler restart drops it): send the model's LoadModel again, or name a storageSecretName"
+            )
         return settings_from_config(parse_config_text(rclone_config, origin), origin, environ)
     if secret_name is not None:
         text, origin = _read_secret(secret_name, secrets_dir, environ)

@@ -18,9 +18,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from modelplane.addresses import Address
-from modelplane.auth.access_check import AuthSettings
+from modelplane.auth.access_check import AccessCheck, AuthSettings
 from modelplane.auth.certificates import DEFAULT_SAN_KINDS, SanKind
-from modelplane.auth.reloading_file import MAX_FILE_BYTES
+from modelplane.auth.reloading_file import MAX_FILE_BYTES, AuthFileError
 from modelplane.auth.tokens import MAX_TOKEN_CHARS
 from modelplane.transport import TransportError, TransportSecurity
 
@@ -100,12 +100,17 @@ def auth_settings_from(options: argparse.Namespace, listening: Sequence[Address]
         inference = options.auth_policy is not None and any(not address.is_loopback for address in listening)
     else:
         inference = options.auth_inference == "on"
-    return AuthSettings(
+    settings = AuthSettings(
         tokens_file=options.auth_tokens,
         policy_file=options.auth_policy,
         san_kinds=options.auth_san_kind,
         inference_check=inference,
     )
+    try:
+        AccessCheck(settings)  # reads both files: one that cannot be used stops the process at start
+    except AuthFileError as error:
+        raise TransportError(str(error)) from None
+    return settings
 
 
 def check_authenticated_exposure(addresses: Sequence[Address], security: TransportSecurity, auth: AuthSettings) -> None:

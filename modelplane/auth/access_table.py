@@ -148,7 +148,6 @@ GRPC_METHODS: Mapping[str, Rule] = {
     "/grpc.health.v1.Health/Watch": _OPEN,
     "/grpc.health.v1.Health/List": _OPEN,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": _AUTHENTICATED,
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": _AUTHENTICATED,
     # V2 inference (gateway --grpc-listen, agent proxy)
     _V2 + "ServerLive": _OPEN,
     _V2 + "ServerReady": _OPEN,

@@ -21,7 +21,7 @@ from grpc import aio
 from modelplane.addresses import Address
 from modelplane.auth.access_check import AccessCheck, AuthSettings
 from modelplane.auth.grpc_access import AccessInterceptor
-from modelplane.auth.grpc_client import BearerToken
+from modelplane.auth.grpc_client import bearer_token_interceptors
 from modelplane.sizes import MAX_MESSAGE_BYTES
 
 _CHANNEL_OPTIONS: Sequence[tuple[str, int]] = (
@@ -189,7 +189,7 @@ def http_client_ssl(ca_file: Path | None, cert_file: Path | None, key_file: Path
 def open_channel(target: Address, security: TransportSecurity, token: str | None = None) -> aio.Channel:
     """An asyncio channel to ``target`` with the configured security; ``token``, when given, goes with every
     call as ``authorization: Bearer`` (see modelplane/auth_flags.client_token for where it comes from)."""
-    interceptors = [BearerToken(token)] if token else None
+    interceptors = bearer_token_interceptors(token) if token else None
     security.validate()
     security.check_plaintext_allowed([target])
     if security.uses_tls:

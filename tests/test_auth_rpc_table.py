@@ -30,12 +30,12 @@ from generated.inference.v2 import grpc_predict_v2_pb2_grpc
 from generated.mlops.agent.v1 import agent_pb2_grpc
 from generated.mlops.routing.v1 import routing_pb2_grpc
 from generated.mlops.scheduler import scheduler_pb2_grpc
-from modelplane.addresses import Address
+from modelplane.addresses import Address, parse_address
 from modelplane.auth.access_check import AccessCheck, AuthSettings
 from modelplane.auth.access_table import GRPC_METHODS, HTTP_ROUTES, Access, Role, Rule
 from modelplane.auth.http_access import protect
 from modelplane.standard_services import HEALTH_SERVICE, Health, add_reflection
-from modelplane.transport import TransportSecurity, bind, new_server
+from modelplane.transport import TransportSecurity, bind, new_server, open_channel
 from scheduler.agent_service import AgentService
 from scheduler.persistence import MemoryStateStore
 from scheduler.request_limits import RequestLimits
@@ -164,15 +164,24 @@ async def _server(
         await server.stop(None)
 
 
-async def test_every_scheduler_rpc_with_each_role_and_without_a_credential(tmp_path: Path) -> None:
-    tokens, policy = one_identity_per_role(tmp_path)
+SCHEDULER_SERVICES = {
+    "seldon.mlops.scheduler.Scheduler",
+    "mlops.routing.v1.RoutingService",
+    "mlops.agent.v1.AgentService",
+    HEALTH_SERVICE,
+    "grpc.reflection.v1alpha.ServerReflection",
+}
+
+
+@contextlib.asynccontextmanager
+async def _scheduler(folder: Path, admissions: Admissions) -> AsyncIterator[str]:
+    """The scheduler's services as its process mounts them (scheduler/process.py), on one port, with one identity
+    per role; RequestLimits after the check, as in the scheduler process."""
+    tokens, policy = one_identity_per_role(folder)
     access = AccessCheck(AuthSettings(tokens_file=tokens, policy_file=policy))
-    admissions = Admissions()
     core = SchedulerCore(MemoryStateStore(), CoreSettings(sync_grace_seconds=0))
     await core.start()
     try:
-        # The scheduler's services as its process mounts them (scheduler/process.py), on one port.
-        # RequestLimits after the check, as in the scheduler process.
         async with _server(access, admissions, RequestLimits()) as (server, address):
             streams = StreamWatchdog()
             scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(core, streams), server)
@@ -180,23 +189,37 @@ async def test_every_scheduler_rpc_with_each_role_and_without_a_credential(tmp_p
             agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(core, 5.0), server)
             health = Health()
             health.add_to(server)
-            services = {
-                "seldon.mlops.scheduler.Scheduler",
-                "mlops.routing.v1.RoutingService",
-                "mlops.agent.v1.AgentService",
-                HEALTH_SERVICE,
-            }
-            add_reflection(server, sorted(services))
+            add_reflection(server, sorted(SCHEDULER_SERVICES - {"grpc.reflection.v1alpha.ServerReflection"}))
             await server.start()
             await health.set_serving("")
-            async with aio.insecure_channel(address) as channel:
-                served = {*services, "grpc.reflection.v1alpha.ServerReflection"}
-                checked = await _check_every_method(channel, admissions, served, inference_check=False)
+            yield address
     finally:
         await core.close()
-    assert checked == (len(Role) + 1) * sum(
-        1 for method in _all_methods().values() if method.containing_service.full_name in served
-    )
+
+
+async def test_every_scheduler_rpc_with_each_role_and_without_a_credential(tmp_path: Path) -> None:
+    admissions = Admissions()
+    async with _scheduler(tmp_path, admissions) as address, aio.insecure_channel(address) as channel:
+        checked = await _check_every_method(channel, admissions, SCHEDULER_SERVICES, inference_check=False)
+    served = [method for method in _all_methods().values() if method.containing_service.full_name in SCHEDULER_SERVICES]
+    assert checked == (len(Role) + 1) * len(served)
+
+
+async def test_a_clients_token_goes_with_every_kind_of_call(tmp_path: Path) -> None:
+    """open_channel(token=...) as the gateway (unary, server streams) and the agents (bidirectional) use it."""
+    admissions = Admissions()
+    async with _scheduler(tmp_path, admissions) as address:
+        for role, rpc in ((Role.VIEWER, "SchedulerStatus"), (Role.GATEWAY, "WatchRoutes"), (Role.AGENT, "Session")):
+            name = next(name for name in GRPC_METHODS if name.endswith("/" + rpc))
+            method = _all_methods()[name]
+            since = len(admissions.seen)
+            async with open_channel(parse_address(address), TransportSecurity(), TOKENS[role]) as channel:
+                call = await _call(channel, name, method, None)
+                try:
+                    caller = await asyncio.wait_for(admissions.wait_for(name, since), 60)
+                finally:
+                    call.cancel()
+            assert caller.identity == IDENTITIES[role]
 
 
 async def test_every_v2_inference_rpc_with_the_inference_check_on(tmp_path: Path) -> None:

@@ -7,22 +7,28 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Any, cast
 
+import aiohttp
 import grpc
 import pytest
+from aiohttp import web
 from cryptography import x509
 
 from generated.mlops.chainer import chainer_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc
 from modelplane.addresses import parse_address
+from modelplane.auth.access_check import AccessCheck, AuthSettings
+from modelplane.auth.http_access import protect
 from modelplane.auth.policy import parse_policy
 from modelplane.auth.reloading_file import AuthFileError
 from modelplane.auth.tokens import parse_token_file
-from modelplane.transport import TransportSecurity, open_channel
+from modelplane.transport import TransportSecurity, http_client_ssl, http_server_ssl, open_channel
 from tests.auth_certificates import new_ca
-from tests.auth_material import token_line, write_replacing
+from tests.auth_material import bearer, token_line, write_replacing
 from tests.processes import SchedulerProcess, run_modelplane, start_gateway, start_scheduler, stop_process
+from trainer.status_api import build_app as trainer_app
 
 PLAIN = TransportSecurity()
 
@@ -261,3 +267,79 @@ def test_policy_file_errors_say_where(text: str, error: str) -> None:
     with pytest.raises(AuthFileError) as raised:
         parse_policy(text, "policy.yaml")
     assert error in str(raised.value)
+
+
+async def test_gateway_inference_check_with_tokens(tmp_path: Path) -> None:
+    """The gateway's REST inference endpoints with --auth-inference=on: a token is needed to infer, not to probe."""
+    tokens, policy = tmp_path / "tokens", tmp_path / "policy.yaml"
+    tokens.write_text(token_line("client-token", "client-1"))
+    policy.write_text("identities:\n  client-1: []\n")
+    scheduler = start_scheduler(tmp_path)  # no policy: the gateway needs no token to watch routes
+    try:
+        gateway = start_gateway(
+            tmp_path / "gateway",
+            scheduler.listen,
+            f"--auth-tokens={tokens}",
+            f"--auth-policy={policy}",
+            "--auth-inference=on",
+        )
+        try:
+            base = f"http://{gateway.listen}"
+            async with aiohttp.ClientSession() as session:
+                infer = f"{base}/v2/models/iris/infer"
+                document = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+                async with session.post(infer, json=document) as response:
+                    assert response.status == 401
+                    assert response.headers["WWW-Authenticate"] == "Bearer"
+                async with session.post(infer, json=document, headers=dict(bearer("wrong"))) as response:
+                    assert response.status == 401
+                    assert (await response.json())["error"] == "the bearer token is not valid"
+                async with session.post(infer, json=document, headers=dict(bearer("client-token"))) as response:
+                    assert response.status == 404, await response.text()  # past the check: no such model
+                async with session.get(f"{base}/v2/health/live") as response:
+                    assert response.status == 200
+        finally:
+            assert stop_process(gateway.process) == 0
+    finally:
+        assert stop_process(scheduler.process) == 0
+
+
+async def test_http_caller_from_the_client_certificate(tmp_path: Path) -> None:
+    """The HTTP middleware names a mutual-TLS caller by its certificate's SAN (the trainer's status API)."""
+    ca = new_ca(tmp_path / "ca")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("identities:\n  spiffe://test.example/dashboard: [viewer]\n")
+    cert, key = ca.issue("server", [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))], server=True)
+    serving = http_server_ssl(TransportSecurity(cert_file=cert, key_file=key, ca_file=ca.ca_file))
+    access = AccessCheck(AuthSettings(policy_file=policy))
+    runner = web.AppRunner(protect(trainer_app(cast(Any, _NoRuns()), lambda: {}), access), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=serving)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        for san, status, said in (
+            ("spiffe://test.example/dashboard", 200, None),
+            ("spiffe://test.example/intruder", 403, "needs role viewer, which spiffe://test.example/intruder does"),
+        ):
+            client = ca.client(san.rsplit("/", 1)[1], [x509.UniformResourceIdentifier(san)])
+            context = http_client_ssl(client.ca_file, client.cert_file, client.key_file)
+            assert context is not None
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"https://127.0.0.1:{port}/runs", ssl=context) as response,
+            ):
+                body = await response.json()
+                assert response.status == status, body
+                if said is not None:
+                    assert said in body["error"]
+    finally:
+        await runner.cleanup()
+
+
+class _NoRuns:
+    async def list_runs(self, limit: int = 100) -> list[Any]:
+        return []
+
+    async def get(self, run_id: str) -> Any:
+        return None

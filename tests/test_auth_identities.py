@@ -6,6 +6,7 @@ gateway presenting its token."""
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Any, cast
 
@@ -343,3 +344,27 @@ class _NoRuns:
 
     async def get(self, run_id: str) -> Any:
         return None
+
+
+def test_the_command_line_presents_a_token_from_a_file_or_the_environment(tmp_path: Path) -> None:
+    tokens, policy, token_file = tmp_path / "tokens", tmp_path / "policy.yaml", tmp_path / "my-token"
+    tokens.write_text(token_line("cli-token", "carol"))
+    policy.write_text("identities:\n  carol: [viewer]\n")
+    token_file.write_text("cli-token\n")
+    scheduler = start_scheduler(tmp_path, f"--auth-tokens={tokens}", f"--auth-policy={policy}")
+    try:
+        anonymous = run_modelplane("model", "status", f"--scheduler={scheduler.listen}")
+        assert anonymous.returncode == 1
+        assert "no credential" in anonymous.stderr
+        from_file = run_modelplane(
+            "model", "status", f"--scheduler={scheduler.listen}", f"--auth-token-file={token_file}"
+        )
+        assert from_file.returncode == 0, from_file.stderr
+        environment = {**os.environ, "MODELPLANE_AUTH_TOKEN": "cli-token"}
+        from_env = run_modelplane("server", "status", f"--scheduler={scheduler.listen}", env=environment)
+        assert from_env.returncode == 0, from_env.stderr
+        environment = {**os.environ, "MODELPLANE_AUTH_TOKEN": "not-the-token"}
+        refused = run_modelplane("status", f"--scheduler={scheduler.listen}", env=environment)
+        assert "the bearer token is not valid" in refused.stdout + refused.stderr
+    finally:
+        assert stop_process(scheduler.process) == 0

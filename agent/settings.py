@@ -359,7 +359,9 @@ def parse_settings(
         settings.security.validate()
         settings.security.check_plaintext_allowed([settings.scheduler])
         # The proxy serves plaintext (it always has): beyond loopback, only tokens can authenticate its callers.
-        auth = auth_settings_from(options, listening)
+        # Its inference check is off unless asked for: the gateways that call it present no token to replicas
+        # (a token sent in plaintext across the network could be replayed against the scheduler).
+        auth = auth_settings_from(options, [] if options.auth_inference == "auto" else listening)
         check_authenticated_exposure(listening, TransportSecurity(insecure=options.insecure), auth)
         client_token(settings.token_file)  # a token file that cannot be used stops the agent at start
     except TransportError as error:

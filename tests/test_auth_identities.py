@@ -123,6 +123,14 @@ async def test_tokens_from_the_file_changed_while_running(tmp_path: Path) -> Non
         assert await _status(scheduler, PLAIN, "third-token") == "UNAUTHENTICATED: the bearer token is not valid"
         assert f"{tokens} line 2: the first field must be the token's SHA-256" in scheduler.log()
         assert "third-token" not in scheduler.log()
+
+        # So does a file that is gone; once it is back, it is read again.
+        tokens.unlink()
+        assert await _status(scheduler, PLAIN, "second-token") == "OK"
+        assert f"cannot read {tokens}" in scheduler.log()
+        write_replacing(tokens, token_line("third-token", "alice"))
+        assert await _status(scheduler, PLAIN, "third-token") == "OK"
+        assert await _status(scheduler, PLAIN, "second-token") == "UNAUTHENTICATED: the bearer token is not valid"
     finally:
         assert stop_process(scheduler.process) == 0
 

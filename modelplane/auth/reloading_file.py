@@ -25,7 +25,10 @@ class AuthFileError(ValueError):
     """A token or policy file that cannot be used, with a message naming the file and line."""
 
 
-def _signature(stat: os.stat_result) -> tuple[int, int, int, int, int]:
+Signature = tuple[int, int, int, int, int]
+
+
+def _signature(stat: os.stat_result) -> Signature:
     return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
@@ -38,8 +41,9 @@ class ReloadingFile(Generic[T]):
         for its messages). Raises AuthFileError when the file cannot be read or parsed now."""
         self.path = path
         self._parse = parse
-        self._signature: tuple[int, int, int, int, int] | None = None
-        self._refused: tuple[int, int, int, int, int] | None = None
+        self._signature: Signature | None = None
+        self._refused: Signature | None = None
+        self._unreadable = False
         self._value = self._read()
 
     def _read(self) -> T:
@@ -62,22 +66,21 @@ class ReloadingFile(Generic[T]):
     def current(self) -> T:
         """The file's contents as last parsed successfully, read again first if the file changed."""
         try:
-            signature = _signature(self.path.stat())
+            signature: Signature | None = _signature(self.path.stat())
         except OSError as error:
-            signature = None
-            why = f"cannot read {self.path}: {error.strerror or error}"
-        if signature is not None and signature in (self._signature, self._refused):
+            # Gone or unreadable (a rename in progress, a permission change): the last good contents stay.
+            if not self._unreadable:
+                log.error("cannot read %s: %s; keeping the last good contents", self.path, error.strerror or error)
+                self._unreadable = True
             return self._value
-        if signature is None:
-            if self._refused != (0, 0, 0, 0, 0):
-                log.error("%s; keeping the last good contents", why)
-                self._refused = (0, 0, 0, 0, 0)
+        self._unreadable = False
+        if signature in (self._signature, self._refused):
             return self._value
         try:
             self._value = self._read()
         except AuthFileError as error:
             log.error("%s; keeping the last good contents", error)
-            self._refused = signature
+            self._refused = signature  # logged once; read again when the file changes again
             return self._value
         self._refused = None
         log.info("reloaded %s", self.path)

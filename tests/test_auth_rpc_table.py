@@ -25,8 +25,12 @@ from grpc_reflection.v1alpha import reflection_pb2
 import generated
 from agent.inference_proxy import InferenceProxy
 from gateway.gateway_metrics import GatewayMetrics
+from gateway.grpc_edge import v2_grpc_service
+from gateway.inference_router import InferenceRouter
+from gateway.replica_client import ReplicaClient
 from gateway.rest_app import build_app as gateway_app
-from generated.inference.v2 import grpc_predict_v2_pb2_grpc
+from gateway.routing_table import RoutingTable
+from gateway.v2_grpc_service import add_v2_inference_service
 from generated.mlops.agent.v1 import agent_pb2_grpc
 from generated.mlops.routing.v1 import routing_pb2_grpc
 from generated.mlops.scheduler import scheduler_pb2_grpc
@@ -223,20 +227,48 @@ async def test_a_clients_token_goes_with_every_kind_of_call(tmp_path: Path) -> N
 
 
 async def test_every_v2_inference_rpc_with_the_inference_check_on(tmp_path: Path) -> None:
-    """The gateway's --grpc-listen and the agent proxy serve inference.GRPCInferenceService: with the inference
+    """The gateway's --grpc-listen (and the agent proxy) serve inference.GRPCInferenceService: with the inference
     check on, any authenticated caller may infer, none without a credential; liveness and readiness stay open.
-    (The servicer here answers UNIMPLEMENTED: the check is what is under test.)"""
+    The gateway's own service, routing by an empty table (admitted calls find no model)."""
     tokens, policy = one_identity_per_role(tmp_path)
     access = AccessCheck(AuthSettings(tokens_file=tokens, policy_file=policy, inference_check=True))
     admissions = Admissions()
+    client = ReplicaClient()
+    router = InferenceRouter(RoutingTable, client, GatewayMetrics())
+    try:
+        async with _server(access, admissions) as (server, address):
+            add_v2_inference_service(server, v2_grpc_service(router, lambda: True))
+            await server.start()
+            async with aio.insecure_channel(address) as channel:
+                checked = await _check_every_method(
+                    channel, admissions, {"inference.GRPCInferenceService"}, inference_check=True
+                )
+    finally:
+        await router.close()
+        await client.close()
+    assert checked == 6 * (len(Role) + 1)
+
+
+class _ServerDown:
+    """A model manager whose server is down: the agent proxy answers every admitted call UNAVAILABLE."""
+
+    down_reason = "the test's server is down"
+
+
+async def test_every_agent_proxy_rpc_with_the_inference_check_on(tmp_path: Path) -> None:
+    """The agent proxy's gRPC (a generic handler, forwarding raw bytes) behind the same check."""
+    tokens, policy = one_identity_per_role(tmp_path)
+    access = AccessCheck(AuthSettings(tokens_file=tokens, policy_file=policy, inference_check=True))
+    admissions = Admissions()
+    proxy = InferenceProxy(cast(Any, _ServerDown()), "http://127.0.0.1:1", "127.0.0.1:1")
     async with _server(access, admissions) as (server, address):
-        unimplemented: Any = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceServicer
-        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(unimplemented(), server)
+        server.add_generic_rpc_handlers((proxy.grpc_handler(),))
         await server.start()
         async with aio.insecure_channel(address) as channel:
             checked = await _check_every_method(
                 channel, admissions, {"inference.GRPCInferenceService"}, inference_check=True
             )
+    await proxy.close()
     assert checked == 6 * (len(Role) + 1)
 
 

@@ -37,6 +37,9 @@ from agent.server_watch import ServerWatch, reason_text
 from agent.settings import AgentSettings
 from generated.mlops.agent.v1 import agent_pb2
 from modelplane.addresses import Address
+from modelplane.auth.access_check import AccessCheck
+from modelplane.auth.http_access import protect
+from modelplane.auth_flags import client_token
 from modelplane.ready_file import write_ready_file
 from modelplane.signals import stop_on_signals
 from modelplane.transport import TransportError, TransportSecurity, bind, new_server
@@ -82,7 +85,8 @@ async def inference_server(settings: AgentSettings) -> AsyncIterator[tuple[Infer
 async def start_proxy(
     proxy: InferenceProxy, settings: AgentSettings
 ) -> tuple[web.AppRunner, aio.Server, ProxyAddresses]:
-    runner = web.AppRunner(proxy.rest_app(), access_log=None)
+    access = AccessCheck(settings.auth)
+    runner = web.AppRunner(protect(proxy.rest_app(), access), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.proxy_http.host, settings.proxy_http.port)
     try:
@@ -91,7 +95,7 @@ async def start_proxy(
         await runner.cleanup()
         raise TransportError(f"cannot listen on {settings.proxy_http}: {error.strerror}") from None
     http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    grpc_server = new_server()
+    grpc_server = new_server(access=access)
     grpc_server.add_generic_rpc_handlers((proxy.grpc_handler(),))
     try:
         # Plaintext, like the proxy's REST side (it always was): the server factory refuses a port in use.
@@ -179,7 +183,11 @@ async def run(
         proxy = InferenceProxy(manager, server.http_url, server.grpc_target)
         runner, grpc_server, addresses = await start_proxy(proxy, settings)
         session = SchedulerSession(
-            settings.scheduler, settings.security, lambda: register_message(settings, manager, addresses), manager
+            settings.scheduler,
+            settings.security,
+            lambda: register_message(settings, manager, addresses),
+            manager,
+            token=client_token(settings.token_file),
         )
         relay = HealthRelay(manager, proxy, session)
         watch = ServerWatch(server, launched, settings.watch, on_down=relay.down, on_up=relay.up, busy=manager.busy)

@@ -57,8 +57,10 @@ class SchedulerSession:
         *,
         initial_backoff: float = 0.2,
         max_backoff: float = 10.0,
+        token: str | None = None,
     ) -> None:
         self.scheduler = scheduler
+        self._token = token  # presented on every session (authorization: Bearer), when given
         self.security = security
         self.register = register
         self.manager = manager
@@ -96,7 +98,7 @@ class SchedulerSession:
             backoff = min(self.max_backoff, backoff * 2)
 
     async def _session(self) -> None:
-        async with open_channel(self.scheduler, self.security) as channel:
+        async with open_channel(self.scheduler, self.security, self._token) as channel:
             call = agent_pb2_grpc.AgentServiceStub(channel).Session()
             await call.write(Request(register=self.register()))
             accepted = await call.read()

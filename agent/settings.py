@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,14 @@ from agent.artifacts import (
 from agent.server_watch import WatchSettings
 from modelplane import logs
 from modelplane.addresses import Address
+from modelplane.auth.access_check import AuthSettings
+from modelplane.auth_flags import (
+    add_auth_flags,
+    add_client_token_flag,
+    auth_settings_from,
+    check_authenticated_exposure,
+    client_token,
+)
 from modelplane.config import parse_layered
 from modelplane.flag_types import address, seconds
 from modelplane.sizes import format_size, parse_size
@@ -67,6 +76,10 @@ class AgentSettings:
     max_compression_ratio: int = DEFAULT_MAX_COMPRESSION_RATIO
     # How the agent watches its server and restarts a launched one (agent/server_watch.py).
     watch: WatchSettings = field(default_factory=WatchSettings)
+    # Identities and roles of the inference proxy's callers (modelplane/auth), and the token this agent presents
+    # to the scheduler (a file; else MODELPLANE_AUTH_TOKEN; else none, or its client certificate).
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    token_file: Path | None = None
 
 
 def _size(text: str) -> int:
@@ -276,6 +289,8 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file ([agent] table)")
     add_tls_flags(parser, server=False)
+    add_auth_flags(parser)
+    add_client_token_flag(parser)
     return parser
 
 
@@ -337,13 +352,21 @@ def parse_settings(
         max_model_disk_bytes=options.max_model_disk,
         max_cache_disk_bytes=options.max_cache_disk,
         max_compression_ratio=options.max_compression_ratio,
+        token_file=options.auth_token_file,
     )
+    listening = [settings.proxy_http, settings.proxy_grpc]
     try:
         settings.security.validate()
         settings.security.check_plaintext_allowed([settings.scheduler])
+        # The proxy serves plaintext (it always has): beyond loopback, only tokens can authenticate its callers.
+        # Its inference check is off unless asked for: the gateways that call it present no token to replicas
+        # (a token sent in plaintext across the network could be replayed against the scheduler).
+        auth = auth_settings_from(options, [] if options.auth_inference == "auto" else listening)
+        check_authenticated_exposure(listening, TransportSecurity(insecure=options.insecure), auth)
+        client_token(settings.token_file)  # a token file that cannot be used stops the agent at start
     except TransportError as error:
         parser.error(str(error))
-    return settings
+    return dataclasses.replace(settings, auth=auth)
 
 
 def _advertised(address: Address) -> str:

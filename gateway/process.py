@@ -30,6 +30,9 @@ from gateway.routing_table import RoutingTable
 from gateway.settings import GatewaySettings
 from gateway.v2_grpc_service import add_v2_inference_service
 from modelplane.addresses import Address
+from modelplane.auth.access_check import AccessCheck
+from modelplane.auth.http_access import protect
+from modelplane.auth_flags import client_token
 from modelplane.ready_file import write_ready_file
 from modelplane.signals import stop_on_signals
 from modelplane.transport import TransportError, TransportSecurity, bind, http_server_ssl, new_server, open_channel
@@ -66,9 +69,9 @@ async def _first_table(watcher: RouteWatcher, stop: asyncio.Event) -> bool:
 
 
 async def _start_grpc(
-    listen: Address, router: InferenceRouter, watcher: RouteWatcher, security: TransportSecurity
+    listen: Address, router: InferenceRouter, watcher: RouteWatcher, security: TransportSecurity, access: AccessCheck
 ) -> tuple[aio.Server, Address]:
-    server = new_server()
+    server = new_server(access=access)
     add_v2_inference_service(server, v2_grpc_service(router, watcher.synced.is_set))
     port = bind(server, listen, security)
     await server.start()
@@ -101,7 +104,7 @@ class _Gateway:
     @classmethod
     def wire(cls, settings: GatewaySettings) -> _Gateway:
         metrics = GatewayMetrics()
-        channel = open_channel(settings.scheduler, settings.security)
+        channel = open_channel(settings.scheduler, settings.security, client_token(settings.token_file))
         client = ReplicaClient(
             max_attempts=settings.max_attempts,
             timeout_seconds=settings.request_timeout_seconds,
@@ -138,8 +141,9 @@ async def run(
     if stop is None:
         stop = asyncio.Event()
         stop_on_signals(stop)
+    access = AccessCheck(settings.auth)
     parts = _Gateway.wire(settings)
-    app = build_app(parts.router, parts.metrics, parts.watcher.synced.is_set)
+    app = protect(build_app(parts.router, parts.metrics, parts.watcher.synced.is_set), access)
     try:
         runner, rest_address = await _start_rest(app, settings.listen, settings.serving)
     except BaseException:
@@ -155,7 +159,7 @@ async def run(
             log.info("gateway %s: Kafka topics from %s", settings.name, settings.kafka_bootstrap)
         if settings.grpc_listen is not None:
             grpc_server, grpc_address = await _start_grpc(
-                settings.grpc_listen, parts.router, parts.watcher, settings.serving
+                settings.grpc_listen, parts.router, parts.watcher, settings.serving, access
             )
             addresses["grpc_listen"] = str(grpc_address)
             log.info("gateway %s: V2 gRPC on %s", settings.name, grpc_address)

@@ -4,13 +4,22 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelplane import logs
 from modelplane.addresses import Address
+from modelplane.auth.access_check import AuthSettings
+from modelplane.auth_flags import (
+    add_auth_flags,
+    add_client_token_flag,
+    auth_settings_from,
+    check_authenticated_exposure,
+    client_token,
+)
 from modelplane.config import parse_layered
 from modelplane.flag_types import address, seconds
 from modelplane.transport import TransportError, TransportSecurity
@@ -36,6 +45,10 @@ class GatewaySettings:
     ready_file: Path | None
     log_level: str
     log_json: bool
+    # Identities and roles of the REST and gRPC listeners' callers (modelplane/auth), and the token this gateway
+    # presents to the scheduler (a file; else MODELPLANE_AUTH_TOKEN; else none, or its client certificate).
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    token_file: Path | None = None
 
 
 def _attempts(text: str) -> int:
@@ -98,6 +111,8 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file ([gateway] table)")
     add_tls_flags(parser, server=False)
     add_serving_tls_flags(parser)
+    add_auth_flags(parser)
+    add_client_token_flag(parser)
     return parser
 
 
@@ -122,6 +137,7 @@ def parse_settings(
         ready_file=options.ready_file,
         log_level=options.log_level,
         log_json=options.log_json,
+        token_file=options.auth_token_file,
     )
     try:
         settings.security.validate()
@@ -129,6 +145,9 @@ def parse_settings(
         settings.serving.validate()
         listeners = [settings.listen, *([settings.grpc_listen] if settings.grpc_listen else [])]
         settings.serving.check_plaintext_allowed(listeners)
+        auth = auth_settings_from(options, listeners)
+        check_authenticated_exposure(listeners, settings.serving, auth)
+        client_token(settings.token_file)  # a token file that cannot be used stops the gateway at start
     except TransportError as error:
         parser.error(str(error))
-    return settings
+    return dataclasses.replace(settings, auth=auth)

@@ -21,6 +21,7 @@ from gateway.settings import build_parser as build_gateway_parser
 from gateway.settings import parse_settings as parse_gateway_settings
 from modelplane import __version__, logs, model_commands, status_command, up
 from modelplane.addresses import Address
+from modelplane.auth_flags import add_client_token_flag, client_token
 from modelplane.command_line import EXIT_FAILURE, EXIT_USAGE, fail, subparsers
 from modelplane.config import parse_layered
 from modelplane.flag_types import peer_address
@@ -47,6 +48,7 @@ def add_client_flags(parser: argparse.ArgumentParser, section: str) -> None:
     parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="per-call deadline (default 10)")
     parser.add_argument("--config", metavar="FILE", help=f"TOML settings file ([{section}] table)")
     add_tls_flags(parser, server=False)
+    add_client_token_flag(parser)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -166,7 +168,8 @@ def _client(parser: argparse.ArgumentParser, section: str, argv: Sequence[str], 
     address: Address = options.scheduler
     security = security_from(options)
     try:
-        print(asyncio.run(_client_job(section, action, options, address, security)()))
+        token = client_token(options.auth_token_file)
+        print(asyncio.run(_client_job(section, action, options, address, security, token=token)()))
     except TransportError as error:
         return fail(str(error), EXIT_USAGE)
     except model_commands.CommandError as error:
@@ -179,24 +182,34 @@ def _client(parser: argparse.ArgumentParser, section: str, argv: Sequence[str], 
 
 
 def _client_job(
-    section: str, action: str | None, options: argparse.Namespace, address: Address, security: TransportSecurity
+    section: str,
+    action: str | None,
+    options: argparse.Namespace,
+    address: Address,
+    security: TransportSecurity,
+    *,
+    token: str | None,
 ) -> Callable[[], Coroutine[Any, Any, str]]:
     timeout: float = options.timeout
     if section == "model" and action == "status" and options.watch:
-        return lambda: model_commands.watch(address, security, options.name, options.until, options.wait_timeout)
+        return lambda: model_commands.watch(
+            address, security, options.name, options.until, options.wait_timeout, token=token
+        )
     jobs: dict[tuple[str, str | None], Callable[[], Coroutine[Any, Any, str]]] = {
-        ("status", None): lambda: _render_status(address, security, timeout),
-        ("server", "status"): lambda: model_commands.server_status(address, security, timeout),
-        ("model", "load"): lambda: model_commands.load(address, security, options.file, timeout),
-        ("model", "unload"): lambda: model_commands.unload(address, security, options.name, timeout),
-        ("model", "infer"): lambda: model_commands.infer(address, security, options.name, options.data, timeout),
-        ("model", "status"): lambda: model_commands.status(address, security, options.name, timeout),
+        ("status", None): lambda: _render_status(address, security, timeout, token),
+        ("server", "status"): lambda: model_commands.server_status(address, security, timeout, token=token),
+        ("model", "load"): lambda: model_commands.load(address, security, options.file, timeout, token=token),
+        ("model", "unload"): lambda: model_commands.unload(address, security, options.name, timeout, token=token),
+        ("model", "infer"): lambda: model_commands.infer(
+            address, security, options.name, options.data, timeout, token=token
+        ),
+        ("model", "status"): lambda: model_commands.status(address, security, options.name, timeout, token=token),
     }
     return jobs[(section, action)]
 
 
-async def _render_status(address: Address, security: TransportSecurity, timeout: float) -> str:
-    report = await status_command.fetch_report(address, security, timeout)
+async def _render_status(address: Address, security: TransportSecurity, timeout: float, token: str | None) -> str:
+    report = await status_command.fetch_report(address, security, timeout, token=token)
     return report.render()
 
 

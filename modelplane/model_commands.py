@@ -96,22 +96,28 @@ def read_manifest(manifest: Path) -> pb.Model:
         raise CommandError(f"{manifest}: {error}", EXIT_USAGE) from None
 
 
-async def load(scheduler: Address, security: TransportSecurity, manifest: Path, timeout: float) -> str:
+async def load(
+    scheduler: Address, security: TransportSecurity, manifest: Path, timeout: float, *, token: str | None = None
+) -> str:
     model = await asyncio.to_thread(read_manifest, manifest)
-    async with open_channel(scheduler, security) as channel:
+    async with open_channel(scheduler, security, token) as channel:
         await pb_grpc.SchedulerStub(channel).LoadModel(pb.LoadModelRequest(model=model), timeout=timeout)
     return f"model {model.meta.name} accepted; follow it with: modelplane model status {model.meta.name} --watch"
 
 
-async def unload(scheduler: Address, security: TransportSecurity, name: str, timeout: float) -> str:
-    async with open_channel(scheduler, security) as channel:
+async def unload(
+    scheduler: Address, security: TransportSecurity, name: str, timeout: float, *, token: str | None = None
+) -> str:
+    async with open_channel(scheduler, security, token) as channel:
         request = pb.UnloadModelRequest(model=pb.ModelReference(name=name))
         await pb_grpc.SchedulerStub(channel).UnloadModel(request, timeout=timeout)
     return f"model {name} is being unloaded"
 
 
-async def status(scheduler: Address, security: TransportSecurity, name: str | None, timeout: float) -> str:
-    async with open_channel(scheduler, security) as channel:
+async def status(
+    scheduler: Address, security: TransportSecurity, name: str | None, timeout: float, *, token: str | None = None
+) -> str:
+    async with open_channel(scheduler, security, token) as channel:
         request = pb.ModelStatusRequest(subscriberName="modelplane-cli", allVersions=True)
         if name:
             request.model.CopyFrom(pb.ModelReference(name=name))
@@ -120,11 +126,13 @@ async def status(scheduler: Address, security: TransportSecurity, name: str | No
     return "\n".join(rows) if rows else "no models"
 
 
-async def watch(scheduler: Address, security: TransportSecurity, name: str, until: str, timeout: float) -> str:
+async def watch(
+    scheduler: Address, security: TransportSecurity, name: str, until: str, timeout: float, *, token: str | None = None
+) -> str:
     """Print each change of ``name`` until it reaches ``until`` (or fails, or the time is up)."""
     target = ModelState.Value(until)
     deadline = time.monotonic() + timeout
-    async with open_channel(scheduler, security) as channel:
+    async with open_channel(scheduler, security, token) as channel:
         stub = pb_grpc.SchedulerStub(channel)
         # One-shot first: an unknown model is an error now, not a silent wait.
         [current] = [
@@ -160,7 +168,9 @@ async def watch(scheduler: Address, security: TransportSecurity, name: str, unti
             stream.cancel()
 
 
-async def infer(scheduler: Address, security: TransportSecurity, name: str, data: str, timeout: float) -> str:
+async def infer(
+    scheduler: Address, security: TransportSecurity, name: str, data: str, timeout: float, *, token: str | None = None
+) -> str:
     try:
         body = json.loads(data)
     except ValueError as error:
@@ -170,7 +180,7 @@ async def infer(scheduler: Address, security: TransportSecurity, name: str, data
             '--data must be a V2 inference request: {"inputs": [{"name", "shape", "datatype", "data"}, ...]}',
             EXIT_USAGE,
         )
-    async with open_channel(scheduler, security) as channel:
+    async with open_channel(scheduler, security, token) as channel:
         route = await routing_pb2_grpc.RoutingServiceStub(channel).ModelEndpoints(
             routing_pb2.ModelEndpointsRequest(model_name=name), timeout=timeout
         )
@@ -190,8 +200,10 @@ async def infer(scheduler: Address, security: TransportSecurity, name: str, data
     raise CommandError("inference failed on every replica:\n  " + "\n  ".join(errors))
 
 
-async def server_status(scheduler: Address, security: TransportSecurity, timeout: float) -> str:
-    async with open_channel(scheduler, security) as channel:
+async def server_status(
+    scheduler: Address, security: TransportSecurity, timeout: float, *, token: str | None = None
+) -> str:
+    async with open_channel(scheduler, security, token) as channel:
         request = pb.ServerStatusRequest(subscriberName="modelplane-cli")
         servers = [s async for s in pb_grpc.SchedulerStub(channel).ServerStatus(request, timeout=timeout)]
     rows = []

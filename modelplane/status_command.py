@@ -35,9 +35,11 @@ class SchedulerReport:
         )
 
 
-async def fetch_report(address: Address, security: TransportSecurity, timeout: float) -> SchedulerReport:
+async def fetch_report(
+    address: Address, security: TransportSecurity, timeout: float, *, token: str | None = None
+) -> SchedulerReport:
     """Raises grpc.aio.AioRpcError when the scheduler cannot be reached or answers with an error."""
-    async with open_channel(address, security) as channel:
+    async with open_channel(address, security, token) as channel:
         status = await scheduler_pb2_grpc.SchedulerStub(channel).SchedulerStatus(
             scheduler_pb2.SchedulerStatusRequest(subscriberName="modelplane-cli"), timeout=timeout
         )

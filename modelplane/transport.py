@@ -24,6 +24,9 @@ import grpc
 from grpc import aio
 
 from modelplane.addresses import Address
+from modelplane.auth.access_check import AccessCheck, AuthSettings
+from modelplane.auth.grpc_access import AccessInterceptor
+from modelplane.auth.grpc_client import bearer_token_interceptors
 from modelplane.sizes import MAX_MESSAGE_BYTES
 from modelplane.tls_files import LoadedTls, ServerTlsFiles, TlsFilesError, http_server_context
 
@@ -104,10 +107,13 @@ def _read(path: Path | None) -> bytes | None:
     return path.read_bytes() if path is not None else None
 
 
-def new_server(interceptors: Sequence[aio.ServerInterceptor] = ()) -> aio.Server:
+def new_server(interceptors: Sequence[aio.ServerInterceptor] = (), access: AccessCheck | None = None) -> aio.Server:
     """Every gRPC server of the project is made here (with ``bind`` for its listener), so its options, among
-    them the refusal of a port in use, are the same everywhere."""
-    return aio.server(options=_SERVER_OPTIONS, interceptors=list(interceptors) or None)
+    them the refusal of a port in use, are the same everywhere, and so is the access check (identities and
+    roles, modelplane/auth), which comes first: a caller it refuses reaches nothing else. Without ``access``,
+    nothing is refused, but the handlers still learn who called (modelplane.auth.caller)."""
+    checked = AccessInterceptor(access or AccessCheck(AuthSettings()))
+    return aio.server(options=_SERVER_OPTIONS, interceptors=[checked, *interceptors])
 
 
 def bind(server: aio.Server, address: Address, security: TransportSecurity) -> int:
@@ -211,8 +217,10 @@ def http_client_ssl(ca_file: Path | None, cert_file: Path | None, key_file: Path
     return context
 
 
-def open_channel(target: Address, security: TransportSecurity) -> aio.Channel:
-    """An asyncio channel to ``target`` with the configured security."""
+def open_channel(target: Address, security: TransportSecurity, token: str | None = None) -> aio.Channel:
+    """An asyncio channel to ``target`` with the configured security; ``token``, when given, goes with every
+    call as ``authorization: Bearer`` (see modelplane/auth_flags.client_token for where it comes from)."""
+    interceptors = bearer_token_interceptors(token) if token else None
     security.validate()
     security.check_plaintext_allowed([target])
     if security.uses_tls:
@@ -221,5 +229,5 @@ def open_channel(target: Address, security: TransportSecurity) -> aio.Channel:
             private_key=_read(security.key_file),
             certificate_chain=_read(security.cert_file),
         )
-        return aio.secure_channel(str(target), credentials, options=_CHANNEL_OPTIONS)
-    return aio.insecure_channel(str(target), options=_CHANNEL_OPTIONS)
+        return aio.secure_channel(str(target), credentials, options=_CHANNEL_OPTIONS, interceptors=interceptors)
+    return aio.insecure_channel(str(target), options=_CHANNEL_OPTIONS, interceptors=interceptors)

@@ -256,7 +256,10 @@ async def run(up: UpSettings) -> None:
         try:
             await _first(serving, scheduler_task)
             api, agents = serving.result()
-            _say(f"scheduler    {api} (Scheduler API)   {agents} (agents)   state in {scheduler_settings.state_dir}")
+            _say(
+                f"scheduler    {api} (Scheduler API)   {agents} (agents)   state in {scheduler_settings.state_dir}\n"
+                "auth         off: everything listens on loopback only, so any local process may call anything"
+            )
             _say(f"agent        starting a local {up.server_kind} (its venv is created on first use: about a minute)")
             registered: asyncio.Future[agent_process.ProxyAddresses] = loop.create_future()
             agent_settings = _agent_settings(up, agents)

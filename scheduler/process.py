@@ -24,6 +24,7 @@ from generated.mlops.routing.v1 import routing_pb2, routing_pb2_grpc
 from generated.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from modelplane import __version__
 from modelplane.addresses import Address
+from modelplane.auth.access_check import AccessCheck
 from modelplane.logs import with_fields
 from modelplane.ready_file import write_ready_file
 from modelplane.standard_services import HEALTH_SERVICE, Health, add_reflection
@@ -62,9 +63,10 @@ async def _listener(
     address: Address,
     settings: SchedulerSettings,
     services: list[str],
+    access: AccessCheck,
     interceptors: Sequence[aio.ServerInterceptor] = (),
 ) -> tuple[aio.Server, Address]:
-    server = new_server(interceptors)
+    server = new_server(interceptors, access)
     add_reflection(server, services)
     port = bind(server, address, settings.security)
     return server, Address(address.host, port)
@@ -106,13 +108,15 @@ async def _serve(
     agent_services = [AGENT_SERVICE, HEALTH_SERVICE]
 
     # Every Scheduler API and RoutingService request passes the field limits first (scheduler/limits.py).
-    api, api_address = await _listener(settings.listen, settings, api_services, [RequestLimits()])
+    # One access check for both listeners: one policy, one token file (modelplane/auth).
+    access = AccessCheck(settings.auth)
+    api, api_address = await _listener(settings.listen, settings, api_services, access, [RequestLimits()])
     streams = StreamWatchdog(settings.subscriber_lag_seconds)
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(core, streams), api)
     routing_pb2_grpc.add_RoutingServiceServicer_to_server(RoutingService(core, streams), api)
     health.add_to(api)
 
-    agents, agent_address = await _listener(settings.agent_listen, settings, agent_services)
+    agents, agent_address = await _listener(settings.agent_listen, settings, agent_services, access)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(core, settings.heartbeat_seconds), agents)
     health.add_to(agents)
 
@@ -134,6 +138,7 @@ async def _serve(
             listen=str(api_address),
             agent_listen=str(agent_address),
             state_dir=str(settings.state_dir),
+            roles=str(settings.auth.policy_file) if settings.auth.policy_file is not None else "off",
         ),
     )
 

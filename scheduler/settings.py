@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelplane import logs
 from modelplane.addresses import Address
+from modelplane.auth.access_check import AuthSettings
+from modelplane.auth_flags import add_auth_flags, auth_settings_from, check_authenticated_exposure
 from modelplane.config import parse_layered
 from modelplane.flag_types import address, seconds
 from modelplane.transport import TransportError, TransportSecurity
@@ -42,6 +45,8 @@ class SchedulerSettings:
     # Drop a server stream (status subscriptions, WatchRoutes, status lists) whose client has taken no message
     # for this long while one was waiting: it ends with RESOURCE_EXHAUSTED and should subscribe again.
     subscriber_lag_seconds: float = DEFAULT_SUBSCRIBER_LAG_SECONDS
+    # Identities and roles of the callers of both listeners (modelplane/auth).
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
 
 positive_seconds = seconds(3600)
@@ -116,6 +121,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file ([scheduler] table)")
     add_tls_flags(parser, server=True)
+    add_auth_flags(parser)
     return parser
 
 
@@ -140,9 +146,12 @@ def parse_settings(
     )
     if settings.listen == settings.agent_listen and settings.listen.port != 0:
         parser.error(f"--listen and --agent-listen are both {settings.listen}: give them different ports")
+    listening = [settings.listen, settings.agent_listen]
     try:
         settings.security.validate()
-        settings.security.check_plaintext_allowed([settings.listen, settings.agent_listen])
+        settings.security.check_plaintext_allowed(listening)
+        auth = auth_settings_from(options, listening)
+        check_authenticated_exposure(listening, settings.security, auth)
     except TransportError as error:
         parser.error(str(error))
-    return settings
+    return dataclasses.replace(settings, auth=auth)

@@ -257,6 +257,8 @@ def test_up_serves_the_sample_and_stops_on_ctrl_c(tmp_path: Path, state_dir: Pat
     printed = up.stdout()
     assert "modelplane is up; Ctrl-C stops it" in printed
     assert f"scheduler    {up.listen} (Scheduler API)" in printed
+    # Zero configuration on loopback, and it says so.
+    assert "auth         off: everything listens on loopback only" in printed
 
     load_and_wait(up, sample)
     assert_predicts(up, sample)

@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 
 from modelplane import logs
+from modelplane.auth_flags import add_client_token_flag, client_token
 from modelplane.command_line import EXIT_USAGE, fail, subparsers
 from modelplane.config import parse_layered
 from modelplane.flag_types import seconds
@@ -62,6 +63,7 @@ def add_trainer_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     tls.add_argument("--tls-ca", type=Path, metavar="PEM", help="CA the trainer's certificate chains to")
     tls.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate (mutual TLS)")
     tls.add_argument("--tls-key", type=Path, metavar="PEM", help="client private key (mutual TLS)")
+    add_client_token_flag(status)
 
 
 def run_trainer_command(parser: argparse.ArgumentParser, command: str, argv: Sequence[str]) -> int:
@@ -107,7 +109,8 @@ def _status(options: argparse.Namespace) -> int:
         # The same checks as every client's TLS flags: cert and key together, files that exist.
         TransportSecurity(cert_file=options.tls_cert, key_file=options.tls_key, ca_file=options.tls_ca).validate()
         context = http_client_ssl(options.tls_ca, options.tls_cert, options.tls_key)
-        status, body = asyncio.run(_get(url, options.timeout, context))
+        token = client_token(options.auth_token_file)
+        status, body = asyncio.run(_get(url, options.timeout, context, token))
     except TransportError as error:
         return fail(str(error), EXIT_USAGE)
     except (aiohttp.ClientError, TimeoutError, OSError) as error:
@@ -125,11 +128,12 @@ def _status(options: argparse.Namespace) -> int:
     return 0
 
 
-async def _get(url: str, timeout: float, context: ssl.SSLContext | None) -> tuple[int, Any]:
+async def _get(url: str, timeout: float, context: ssl.SSLContext | None, token: str | None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     # Loopback status APIs must not go through a proxy from the environment.
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout), trust_env=False) as session,
-        session.get(url, ssl=True if context is None else context) as response,
+        session.get(url, ssl=True if context is None else context, headers=headers) as response,
     ):
         text = await response.text()
         try:

@@ -16,6 +16,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from modelplane.auth.access_check import AccessCheck
+from modelplane.auth_flags import client_token
 from modelplane.ready_file import write_ready_file
 from modelplane.signals import stop_on_signals
 from modelplane.transport import http_server_ssl
@@ -112,6 +114,7 @@ async def run(
             settings.security,
             settings.deploy_requirements,
             storage_secret=settings.deploy_storage_secret,
+            token=client_token(settings.token_file),
         )
         chosen = launcher or default_launcher(settings)
         service = TrainerService(settings, chosen, client, ModelStore(settings.s3), deployer)
@@ -119,7 +122,9 @@ async def run(
         def health() -> dict[str, Any]:
             return {"consuming": service.consuming, "in_flight": service.in_flight, "instance": service.instance}
 
-        runner, port = await start_status_api(settings.status_listen, service.registry, health, status_tls)
+        runner, port = await start_status_api(
+            settings.status_listen, service.registry, health, status_tls, AccessCheck(settings.auth)
+        )
         status_address = f"{settings.status_listen.host}:{port}"
         url = f"{'https' if status_tls else 'http'}://{status_address}"
         log.info("run status API listening", extra={"fields": {"address": status_address}})

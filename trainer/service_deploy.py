@@ -39,8 +39,10 @@ class SchedulerDeployer:
         timeout: float = 15.0,
         *,
         storage_secret: str = "",
+        token: str | None = None,
     ) -> None:
         self._storage_secret = storage_secret
+        self._token = token
         self._scheduler = scheduler
         self._security = security
         self._requirements = requirements
@@ -58,6 +60,6 @@ class SchedulerDeployer:
         if self._storage_secret:
             # The agents read the model store's credentials from this secret (Seldon's storageSecretName).
             request.model.modelSpec.storageConfig.storageSecretName = self._storage_secret
-        async with open_channel(self._scheduler, self._security) as channel:
+        async with open_channel(self._scheduler, self._security, self._token) as channel:
             stub = scheduler_pb2_grpc.SchedulerStub(channel)
             await stub.LoadModel(request, timeout=self._timeout)

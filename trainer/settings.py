@@ -12,6 +12,7 @@ a message saying so.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -20,6 +21,14 @@ from pathlib import Path
 
 from modelplane import logs
 from modelplane.addresses import Address
+from modelplane.auth.access_check import AuthSettings
+from modelplane.auth_flags import (
+    add_auth_flags,
+    add_client_token_flag,
+    auth_settings_from,
+    check_authenticated_exposure,
+    client_token,
+)
 from modelplane.config import parse_layered
 from modelplane.flag_types import address, seconds
 from modelplane.secret_inputs import SecretFileError, read_secret_file, refuse_secret_flags
@@ -107,6 +116,10 @@ class TrainerSettings:
     keep_job_dirs: bool
     log_level: str
     log_json: bool
+    # Identities and roles of the status API's callers (modelplane/auth), and the token this trainer presents to
+    # the scheduler when it deploys (a file; else MODELPLANE_AUTH_TOKEN; else none, or its client certificate).
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    token_file: Path | None = None
 
 
 def _topic(text: str) -> str:
@@ -316,6 +329,8 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file ([trainer] table)")
     add_tls_flags(parser, server=False)
     add_serving_tls_flags(parser)
+    add_auth_flags(parser)
+    add_client_token_flag(parser)
     return parser
 
 
@@ -416,6 +431,7 @@ def parse_settings(
         keep_job_dirs=options.keep_job_dirs,
         log_level=options.log_level,
         log_json=options.log_json,
+        token_file=options.auth_token_file,
     )
     try:
         settings.security.validate()
@@ -423,6 +439,9 @@ def parse_settings(
             settings.security.check_plaintext_allowed([settings.scheduler])
         settings.serving.validate()
         settings.serving.check_plaintext_allowed([settings.status_listen])
+        auth = auth_settings_from(options, [settings.status_listen])
+        check_authenticated_exposure([settings.status_listen], settings.serving, auth)
+        client_token(settings.token_file)  # a token file that cannot be used stops the trainer at start
     except TransportError as error:
         parser.error(str(error))
-    return settings
+    return dataclasses.replace(settings, auth=auth)

@@ -20,6 +20,8 @@ from typing import Any
 from aiohttp import web
 
 from modelplane.addresses import Address
+from modelplane.auth.access_check import AccessCheck, AuthSettings
+from modelplane.auth.http_access import protect
 from trainer.design_store import REDIS_RETRYABLE
 from trainer.run_registry import RunRegistry
 
@@ -69,10 +71,13 @@ async def start_status_api(
     registry: RunRegistry,
     health: Callable[[], dict[str, Any]],
     ssl_context: ssl.SSLContext | None = None,
+    access: AccessCheck | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Serve on ``address`` (port 0 picks one), over TLS with ``ssl_context``; returns the runner (to clean
     up) and the bound port."""
-    runner = web.AppRunner(build_app(registry, health), access_log=None)
+    # Every HTTP server passes the access check (modelplane/auth); without one, nothing is refused.
+    app = protect(build_app(registry, health), access or AccessCheck(AuthSettings()))
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, address.host, address.port, ssl_context=ssl_context)
     try:

@@ -7,6 +7,7 @@ refuses something only one role may do. A request served with authentication off
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import uuid
 from collections.abc import Iterator
@@ -61,4 +62,8 @@ def serving(caller: Caller) -> Iterator[Caller]:
     try:
         yield caller
     finally:
-        _CURRENT.reset(token)
+        # Left in another context than the one it was entered in (ValueError): an async generator (a server
+        # stream) that grpc.aio closes from another task when the stream is cancelled. That context never had this
+        # caller, and the stream's own context ends with its task.
+        with contextlib.suppress(ValueError):
+            _CURRENT.reset(token)

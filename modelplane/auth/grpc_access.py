@@ -1,0 +1,141 @@
+"""The one server interceptor that applies the access check (access_check.py) to every gRPC server of every
+process: it is given to modelplane.transport.new_server.
+
+A call without a credential ends with UNAUTHENTICATED, one whose caller lacks the role with PERMISSION_DENIED
+naming that role, before its handler runs; a stream is checked once, when it starts. An admitted handler runs
+with its caller set (caller.serving), for the audit log and the logs. The check runs inside the handler because
+only the handler's context knows the peer's certificate; a method no service serves is left to gRPC
+(UNIMPLEMENTED).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, cast
+
+import grpc
+from grpc import aio
+
+from modelplane.auth.access_check import AccessCheck, Credentials, Refusal
+from modelplane.auth.access_table import rule_for_grpc
+from modelplane.auth.caller import Caller, serving
+from modelplane.auth.certificates import SanKind
+from modelplane.auth.request_resource import resource_of
+
+__all__ = ["AccessInterceptor", "bearer_token"]
+
+Context = aio.ServicerContext[Any, Any]
+Unary = Callable[[Any, Context], Awaitable[Any]]
+Streaming = Callable[[Any, Context], AsyncIterator[Any]]
+
+# gRPC's auth context names a verified peer certificate's SANs by kind.
+_SAN_PROPERTIES = {SanKind.URI: "peer_uri", SanKind.DNS: "peer_dns", SanKind.EMAIL: "peer_email"}
+_MAX_HEADER_CHARS = 8192
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``authorization: Bearer <token>`` value; None without the header, "" when it is not a
+    bearer token (refused as a bad credential rather than ignored)."""
+    if authorization is None:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or len(authorization) > _MAX_HEADER_CHARS:
+        return ""
+    return token.strip()
+
+
+def _credentials(context: Context) -> Credentials:
+    authorization: str | None = None
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            authorization = value
+    properties = context.auth_context() or {}
+    sans: dict[SanKind, list[str]] = {}
+    for kind, name in _SAN_PROPERTIES.items():
+        values = [raw.decode("utf-8", "replace") for raw in properties.get(name, ())]
+        if values:
+            sans[kind] = values
+    return Credentials(peer=context.peer() or "", bearer=bearer_token(authorization), certificate_sans=sans)
+
+
+class AccessInterceptor(aio.ServerInterceptor):
+    def __init__(self, check: AccessCheck) -> None:
+        self.check = check
+
+    async def _admit(self, method: str, request: object, context: Context) -> Caller:
+        rule = rule_for_grpc(method)
+        verdict = await self.check.admit(
+            method,
+            rule,
+            _credentials(context),
+            lambda: resource_of(request, rule.resource if rule is not None else None),
+        )
+        if isinstance(verdict, Refusal):
+            code = grpc.StatusCode.UNAUTHENTICATED if verdict.unauthenticated else grpc.StatusCode.PERMISSION_DENIED
+            await context.abort(code, verdict.message)  # raises
+            raise AssertionError("context.abort returned")
+        return verdict
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        admit = self._admit
+        # On a grpc.aio server, handlers are coroutine functions (unary responses) and async generator functions
+        # (streamed responses), whatever the sync-typed stubs say; the wrappers keep each kind.
+        if handler.unary_unary is not None:
+            unary_unary = cast(Unary, handler.unary_unary)
+
+            async def checked_unary_unary(request: Any, context: Context) -> Any:
+                with serving(await admit(method, request, context)):
+                    return await unary_unary(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                checked_unary_unary, handler.request_deserializer, handler.response_serializer
+            )
+        streaming_request = handler.request_streaming
+        for kind, make in (
+            ("unary_stream", grpc.unary_stream_rpc_method_handler),
+            ("stream_unary", grpc.stream_unary_rpc_method_handler),
+            ("stream_stream", grpc.stream_stream_rpc_method_handler),
+        ):
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                return make(
+                    _checked(behavior, admit, method, streaming_request),
+                    handler.request_deserializer,
+                    handler.response_serializer,
+                )
+        return handler
+
+
+def _checked(
+    behavior: Callable[[Any, Context], Any],
+    admit: Callable[[str, object, Context], Awaitable[Caller]],
+    method: str,
+    streaming_request: bool,
+) -> Callable[[Any, Context], Any]:
+    """``behavior`` (an async generator function or a coroutine function that writes to its context), checked
+    once before it starts. A streamed request has no resource to read before it starts (None)."""
+    if inspect.isasyncgenfunction(behavior):
+        generator = cast(Streaming, behavior)
+
+        async def checked_generator(request: Any, context: Context) -> AsyncIterator[Any]:
+            with serving(await admit(method, None if streaming_request else request, context)):
+                async for response in generator(request, context):
+                    yield response
+
+        return checked_generator
+    coroutine = cast(Unary, behavior)
+
+    async def checked_coroutine(request: Any, context: Context) -> Any:
+        with serving(await admit(method, None if streaming_request else request, context)):
+            return await coroutine(request, context)
+
+    return checked_coroutine

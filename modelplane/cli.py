@@ -21,6 +21,7 @@ from gateway.settings import build_parser as build_gateway_parser
 from gateway.settings import parse_settings as parse_gateway_settings
 from modelplane import __version__, logs, model_commands, status_command, up
 from modelplane.addresses import Address
+from modelplane.audit import AuditLogError
 from modelplane.command_line import EXIT_FAILURE, EXIT_USAGE, fail, subparsers
 from modelplane.config import parse_layered
 from modelplane.flag_types import peer_address
@@ -117,7 +118,7 @@ def _run_scheduler(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
         asyncio.run(process.run(settings))
     except StateDirError as error:
         return fail(str(error), EXIT_USAGE)
-    except TransportError as error:
+    except (TransportError, AuditLogError) as error:
         return fail(str(error))
     return 0
 

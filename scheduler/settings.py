@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelplane import logs
 from modelplane.addresses import Address
+from modelplane.audit.audit_settings import AuditSettings, add_audit_flags, audit_settings_from
 from modelplane.config import parse_layered
 from modelplane.flag_types import address, seconds
 from modelplane.transport import TransportError, TransportSecurity
@@ -42,6 +43,8 @@ class SchedulerSettings:
     # Drop a server stream (status subscriptions, WatchRoutes, status lists) whose client has taken no message
     # for this long while one was waiting: it ends with RESOURCE_EXHAUSTED and should subscribe again.
     subscriber_lag_seconds: float = DEFAULT_SUBSCRIBER_LAG_SECONDS
+    # Where every accepted or refused mutation is recorded (default: audit.log in the state dir).
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
 
 positive_seconds = seconds(3600)
@@ -116,6 +119,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file ([scheduler] table)")
     add_tls_flags(parser, server=True)
+    add_audit_flags(parser)
     return parser
 
 
@@ -137,6 +141,7 @@ def parse_settings(
         heartbeat_seconds=options.heartbeat,
         scale_down_idle_seconds=options.scale_down_idle,
         subscriber_lag_seconds=options.subscriber_lag,
+        audit=audit_settings_from(options),
     )
     if settings.listen == settings.agent_listen and settings.listen.port != 0:
         parser.error(f"--listen and --agent-listen are both {settings.listen}: give them different ports")

@@ -92,7 +92,16 @@ def _result_matches(wanted: str, code: str) -> bool:
     return code != "OK" if wanted.lower() == REFUSED else code.upper() == wanted.upper()
 
 
-_COLUMNS = (("TIME", 26), ("IDENTITY", 32), ("RPC", 19), ("RESOURCE", 40), ("VERSION", 11), ("RESULT", 19))
+_COLUMNS = (
+    ("TIME", 24),
+    ("IDENTITY", 32),
+    ("PEER", 24),
+    ("RPC", 19),
+    ("RESOURCE", 40),
+    ("VERSION", 11),
+    ("RESULT", 19),
+)
+ANONYMOUS = "(anonymous)"
 
 
 def _row(record: AuditRecord) -> list[str]:
@@ -100,10 +109,10 @@ def _row(record: AuditRecord) -> list[str]:
     if record.resource is not None and record.resource.namespace:
         resource = f"{record.resource.namespace}/{resource}"
     version = f"{_version(record.version_before)}->{_version(record.version_after)}"
-    identity = record.identity or f"(anonymous {record.peer})".replace(" )", ")")
     return [
         record.time.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        identity,
+        record.identity or ANONYMOUS,
+        record.peer or "-",
         record.method,
         resource,
         version,
@@ -114,7 +123,7 @@ def _row(record: AuditRecord) -> list[str]:
 
 
 def _version(version: int | None) -> str:
-    return "-" if version is None else str(version)
+    return "none" if version is None else str(version)
 
 
 def render_table(records: Iterable[AuditRecord], out: TextIO) -> None:
@@ -123,7 +132,7 @@ def render_table(records: Iterable[AuditRecord], out: TextIO) -> None:
     out.write("  ".join(name.ljust(width) for name, width in zip(head, widths, strict=True)) + "  REQUEST  MESSAGE\n")
     for record in records:
         cells = [cut(one_line(cell), 200) for cell in _row(record)]
-        fixed = [cut(cell, width).ljust(width) for cell, width in zip(cells, widths, strict=True)]
+        fixed = [cut(cell, width).ljust(width) for cell, width in zip(cells[: len(widths)], widths, strict=True)]
         out.write("  ".join([*fixed, *cells[len(widths) :]]).rstrip() + "\n")
 
 

@@ -86,14 +86,14 @@ class RotatingFile:
         self._open()
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._size = os.fstat(self._fd).st_size
+            self._line_open = self._size > 0 and not self._ends_with_line_feed()
+            _fsync_directory(self.path.parent)  # the file's name is durable too, not only its content
         except OSError as error:
-            raise AuditLogError(f"cannot open the audit log {self.path}: {error.strerror}") from None
-        self._size = os.fstat(self._fd).st_size
-        self._line_open = self._size > 0 and not self._ends_with_line_feed()
-        _fsync_directory(self.path.parent)  # the file's name is durable too, not only its content
+            raise AuditLogError(f"cannot open the audit log {self.path}: {error.strerror or error}") from None
 
     def _ends_with_line_feed(self) -> bool:
         with self.path.open("rb") as existing:

@@ -1,0 +1,352 @@
+"""Issue 11, Audit: every mutation of the Scheduler API appears once in the audit log, with the caller, the
+resource, the versions around it and the result the client saw, refusals too (invalid input, not found, the
+request limits, an access check's); the line is on disk before the answer, so kill -9 right after an
+acknowledged LoadModel keeps it; its request id is in the scheduler's log; ``modelplane audit`` filters it.
+
+Against a real ``modelplane scheduler`` process, except where a test plays the access check that the auth work
+puts in front of the audit (the real servicers on a real gRPC server in this process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, cast
+
+import grpc
+import pytest
+from grpc import aio
+
+from generated.mlops.chainer import chainer_pb2
+from generated.mlops.scheduler import scheduler_pb2 as pb
+from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
+from modelplane.audit import AuditLog, AuditRecord, RotatingFile
+from modelplane.audit.audit_reader import BadLine, read_log
+from modelplane.audit.audit_record import MAX_NAME_CHARS
+from modelplane.auth.caller import Caller, CredentialKind, serving
+from scheduler import resource_versions
+from scheduler.audit_interceptor import AuditInterceptor, resource_of
+from scheduler.scheduler_core import SchedulerCore
+from tests.processes import SchedulerProcess, run_modelplane, start_scheduler, stop_process
+from tests.scheduler_in_process import in_process_scheduler
+
+CALL_TIMEOUT = 20.0
+MiB = 1024 * 1024
+PREFIX = "/seldon.mlops.scheduler.Scheduler/"
+Versions = tuple[int | None, int | None]  # a resource's live version before and after a call
+
+
+def model(name: str, uri: str = "gs://models/iris") -> pb.Model:
+    return pb.Model(
+        meta=pb.MetaData(name=name, kubernetesMeta=pb.KubernetesMeta(namespace="seldon-mesh", generation=1)),
+        modelSpec=pb.ModelSpec(uri=uri, requirements=["sklearn"], memoryBytes=10 * MiB),
+        deploymentSpec=pb.DeploymentSpec(replicas=1),
+    )
+
+
+def pipeline(name: str) -> pb.Pipeline:
+    return pb.Pipeline(
+        name=name,
+        steps=[pb.PipelineStep(name="pre"), pb.PipelineStep(name="model", inputs=["pre.outputs"])],
+        output=pb.PipelineOutput(steps=["model"]),
+    )
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the audit line of one call must say: the client's answer, and the versions around it."""
+
+    method: str
+    kind: str
+    name: str
+    code: str
+    message: str
+    before: int | None
+    after: int | None
+
+
+def audit_lines(path: Path) -> list[AuditRecord]:
+    items = list(read_log(path))
+    assert not [item for item in items if isinstance(item, BadLine)], items
+    return [item for item in items if isinstance(item, AuditRecord)]
+
+
+async def answer(call: Awaitable[Any]) -> tuple[str, str]:
+    """The status code name and message a client saw for one call."""
+    try:
+        await call
+    except aio.AioRpcError as error:
+        return error.code().name, error.details() or ""
+    return "OK", ""
+
+
+async def test_every_mutation_appears_once_with_the_result_the_client_saw(tmp_path: Path) -> None:
+    running = start_scheduler(tmp_path)
+    expected: list[Expected] = []
+    try:
+        async with aio.insecure_channel(running.listen) as channel:
+            stub = pb_grpc.SchedulerStub(channel)
+
+            async def call(method: str, request: Any, resource: tuple[str, str], versions: Versions) -> str:
+                code, message = await answer(getattr(stub, method)(request, timeout=CALL_TIMEOUT))
+                expected.append(Expected(method, *resource, code, message, *versions))
+                return code
+
+            iris, flow, ab = ("model", "iris"), ("pipeline", "flow"), ("experiment", "ab")
+            huge = "a" * 10_000
+            load, changed = pb.LoadModelRequest(model=model("iris")), pb.LoadModelRequest(model=model("iris", "gs://b"))
+            assert await call("LoadModel", load, iris, (None, 1)) == "OK"
+            assert await call("LoadModel", load, iris, (1, 1)) == "OK"  # the same again: no new version
+            assert await call("LoadModel", changed, iris, (1, 2)) == "OK"
+            assert await call("LoadModel", pb.LoadModelRequest(), ("model", ""), (None, None)) == "INVALID_ARGUMENT"
+            bad_name = pb.LoadModelRequest(model=model("Bad_Name"))
+            assert await call("LoadModel", bad_name, ("model", "Bad_Name"), (None, None)) == "INVALID_ARGUMENT"
+            too_long = pb.LoadModelRequest(model=model(huge))  # refused by the request limits, before the handler
+            assert await call("LoadModel", too_long, ("model", huge), (None, None)) == "INVALID_ARGUMENT"
+            unknown = pb.UnloadModelRequest(model=pb.ModelReference(name="never"))
+            assert await call("UnloadModel", unknown, ("model", "never"), (None, None)) != "OK"
+            assert (
+                await call("LoadPipeline", pb.LoadPipelineRequest(pipeline=pipeline("flow")), flow, (None, 1)) == "OK"
+            )
+            [status] = [s async for s in stub.PipelineStatus(pb.PipelineStatusRequest(name="flow"), timeout=10)]
+            update = chainer_pb2.PipelineUpdateMessage(
+                op=chainer_pb2.PipelineUpdateMessage.Create,
+                pipeline="flow",
+                version=1,
+                uid=status.versions[-1].pipeline.uid,
+            )
+            ack = chainer_pb2.PipelineUpdateStatusMessage(update=update, success=True)
+            assert await call("PipelineStatusEvent", ack, flow, (1, 1)) == "OK"
+            model_ack = pb.ModelUpdateStatusMessage(update=pb.ModelUpdateMessage(model="iris", version=2), success=True)
+            assert await call("ModelStatusEvent", model_ack, iris, (2, 2)) == "OK"
+            assert await call("UnloadPipeline", pb.UnloadPipelineRequest(name="flow"), flow, (1, None)) == "OK"
+            never = pb.UnloadPipelineRequest(name="never")
+            assert await call("UnloadPipeline", never, ("pipeline", "never"), (None, None)) != "OK"
+            candidates = [pb.ExperimentCandidate(name="iris", weight=100)]
+            start = pb.StartExperimentRequest(
+                experiment=pb.Experiment(name="ab", default="iris", candidates=candidates)
+            )
+            assert await call("StartExperiment", start, ab, (None, None)) == "OK"
+            assert await call("StopExperiment", pb.StopExperimentRequest(name="ab"), ab, (None, None)) == "OK"
+            stop_never = pb.StopExperimentRequest(name="never")
+            assert (
+                await call("StopExperiment", stop_never, ("experiment", "never"), (None, None)) == "FAILED_PRECONDITION"
+            )
+            servers = [pb.ServerNotify(name="mlserver", expectedReplicas=1), pb.ServerNotify(name="triton")]
+            notify = pb.ServerNotifyRequest(servers=servers)
+            assert await call("ServerNotify", notify, ("servers", "mlserver,triton"), (None, None)) == "OK"
+            unload = pb.UnloadModelRequest(model=pb.ModelReference(name="iris"))
+            assert await call("UnloadModel", unload, iris, (2, None)) == "OK"
+            # Calls that change nothing are not audited.
+            await stub.SchedulerStatus(pb.SchedulerStatusRequest(subscriberName="t"), timeout=CALL_TIMEOUT)
+            [_ async for _ in stub.ModelStatus(pb.ModelStatusRequest(subscriberName="t"), timeout=CALL_TIMEOUT)]
+    finally:
+        assert stop_process(running.process) == 0
+
+    lines = audit_lines(running.state_dir / "audit.log")
+    seen = [
+        Expected(
+            line.method,
+            line.resource.kind if line.resource else "",
+            line.resource_name,
+            line.code,
+            line.message,
+            line.version_before,
+            line.version_after,
+        )
+        for line in lines
+    ]
+    # The oversized name is kept as its first characters only (the audit line is bounded whatever comes).
+    cut_name = huge[: MAX_NAME_CHARS - 3] + "..."
+    assert seen == [replace(e, name=cut_name) if e.name == huge else e for e in expected]
+    assert all(line.rpc == PREFIX + line.method for line in lines)
+    assert all((line.identity, line.credential, line.roles) == ("", "none", ()) for line in lines)  # no access check
+    assert all(line.peer.startswith("ipv4:127.0.0.1:") for line in lines)
+    loads = [line.resource for line in lines if line.resource and line.method == "LoadModel" and line.resource.name]
+    assert {resource.namespace for resource in loads} == {"seldon-mesh"}
+    request_ids = [line.request_id for line in lines]
+    assert len(set(request_ids)) == len(lines)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", rid) for rid in request_ids)
+    # Each line can be matched to what the scheduler logged while serving its call.
+    log = running.log()
+    assert all(f"request_id={rid}" in log for rid in request_ids)
+    # No request body: the model's URI is nowhere in the audit log.
+    assert b"gs://" not in (running.state_dir / "audit.log").read_bytes()
+
+    check_audit_command(running, lines)
+
+
+def check_audit_command(running: SchedulerProcess, lines: list[AuditRecord]) -> None:
+    """`modelplane audit` over the log the scheduler wrote: each filter keeps exactly the lines it names."""
+    path = running.state_dir / "audit.log"
+
+    def audit(*flags: str) -> list[AuditRecord]:
+        result = run_modelplane("audit", f"--audit-log={path}", "--output=json", *flags)
+        assert result.returncode == 0, result.stderr
+        assert result.stderr == ""
+        return [AuditRecord.from_document(json.loads(line)) for line in result.stdout.splitlines()]
+
+    assert audit() == lines
+    assert audit("--resource=iris") == [line for line in lines if line.resource_name == "iris"]
+    assert audit("--rpc=UnloadPipeline") == [line for line in lines if line.method == "UnloadPipeline"]
+    assert audit(f"--rpc={PREFIX}StopExperiment") == [line for line in lines if line.method == "StopExperiment"]
+    assert audit("--result=refused") == [line for line in lines if line.code != "OK"]
+    assert audit("--result=failed_precondition") == [line for line in lines if line.code == "FAILED_PRECONDITION"]
+    assert audit("--identity=") == lines
+    assert audit("--identity=spiffe://example.org/ci") == []
+    assert audit("--since=1h") == lines
+    middle = lines[len(lines) // 2].time
+    assert audit(f"--since={middle.isoformat()}") == [line for line in lines if line.time >= middle]
+    assert audit(f"--until={middle.isoformat()}") == [line for line in lines if line.time < middle]
+    table = run_modelplane("audit", f"--audit-log={path}", "--resource=iris", "--rpc=LoadModel")
+    assert table.returncode == 0, table.stderr
+    rows = table.stdout.splitlines()
+    assert rows[0].split() == ["TIME", "IDENTITY", "PEER", "RPC", "RESOURCE", "VERSION", "RESULT", "REQUEST", "MESSAGE"]
+    assert len(rows) == 1 + 3
+    assert all("seldon-mesh/model/iris" in row for row in rows[1:])
+    assert [row.split()[1:] for row in rows[1:]] == [
+        ["(anonymous)", line.peer, "LoadModel", "seldon-mesh/model/iris", version, "OK", line.request_id]
+        for line, version in zip(
+            [line for line in lines if line.method == "LoadModel"][:3], ["none->1", "1->1", "1->2"], strict=True
+        )
+    ]
+
+
+async def test_kill_9_right_after_an_acknowledged_load_keeps_its_line(tmp_path: Path) -> None:
+    running = start_scheduler(tmp_path)
+    async with aio.insecure_channel(running.listen) as channel:
+        stub = pb_grpc.SchedulerStub(channel)
+        await stub.LoadModel(pb.LoadModelRequest(model=model("iris")), timeout=CALL_TIMEOUT)
+        os.kill(running.process.pid, signal.SIGKILL)  # at once: no graceful stop, nothing flushed at exit
+    assert running.process.wait(timeout=CALL_TIMEOUT) == -signal.SIGKILL
+    [line] = audit_lines(running.state_dir / "audit.log")
+    assert (line.method, line.resource_name, line.code, line.version_after) == ("LoadModel", "iris", "OK", 1)
+
+    # The next scheduler on the same state dir appends to the same log.
+    again = start_scheduler(tmp_path)
+    try:
+        async with aio.insecure_channel(again.listen) as channel:
+            stub = pb_grpc.SchedulerStub(channel)
+            await stub.UnloadModel(pb.UnloadModelRequest(model=pb.ModelReference(name="iris")), timeout=CALL_TIMEOUT)
+    finally:
+        assert stop_process(again.process) == 0
+    lines = audit_lines(running.state_dir / "audit.log")
+    assert [(line.method, line.version_before, line.version_after) for line in lines] == [
+        ("LoadModel", None, 1),
+        ("UnloadModel", 1, None),
+    ]
+
+
+async def test_the_audit_log_flags_choose_the_file_and_its_rotation(tmp_path: Path) -> None:
+    path = tmp_path / "elsewhere" / "trail.log"
+    running = start_scheduler(tmp_path, f"--audit-log={path}", "--audit-log-max-bytes=4KiB", "--audit-log-keep=2")
+    try:
+        async with aio.insecure_channel(running.listen) as channel:
+            stub = pb_grpc.SchedulerStub(channel)
+            for number in range(30):
+                await stub.LoadModel(pb.LoadModelRequest(model=model(f"model-{number}")), timeout=CALL_TIMEOUT)
+    finally:
+        assert stop_process(running.process) == 0
+    assert not (running.state_dir / "audit.log").exists()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["trail.log", "trail.log.1", "trail.log.2"]
+    assert all(p.stat().st_size <= 4096 for p in path.parent.iterdir())
+    names = [line.resource_name for line in audit_lines(path)]
+    assert names == [f"model-{number}" for number in range(30 - len(names), 30)]  # the newest, whole, in order
+
+
+def test_bad_audit_flags_are_usage_errors(tmp_path: Path) -> None:
+    for flag in ("--audit-log-max-bytes=1", "--audit-log-keep=0", "--audit-log-keep=many"):
+        result = run_modelplane("scheduler", f"--state-dir={tmp_path}", flag)
+        assert result.returncode == 2, result.stderr
+        assert "audit-log" in result.stderr
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    result = run_modelplane(
+        "scheduler",
+        "--listen=127.0.0.1:0",
+        "--agent-listen=127.0.0.1:0",
+        f"--state-dir={tmp_path / 'state'}",
+        f"--audit-log={blocked / 'audit.log'}",
+    )
+    assert result.returncode == 1
+    assert "cannot open the audit log" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------ with an access check in front
+
+
+@dataclass
+class PlayedAccessCheck(aio.ServerInterceptor):
+    """What the auth work's interceptor does, as far as the audit is concerned: it runs first, sets the caller
+    for the handler, and records the calls it refuses itself (with AuditLog.record_refusal), since those never
+    reach the audit interceptor."""
+
+    audit: AuditLog
+    callers: dict[str, Caller]  # by the "who" metadata value
+    operators: frozenset[str]
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        metadata = dict(details.invocation_metadata or ())
+        caller = self.callers[str(metadata.get("who", ""))]
+        inner = handler.unary_unary
+        method = details.method
+
+        async def checked(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+            if resource_of(method, request) is not None and caller.identity not in self.operators:
+                message = f"{caller.identity} lacks the operator role"
+                await self.audit.record_refusal(
+                    caller, method, resource_of(method, request), "PERMISSION_DENIED", message
+                )
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+            with serving(caller):
+                return await cast(Callable[[Any, Any], Awaitable[Any]], inner)(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(checked, handler.request_deserializer, handler.response_serializer)
+
+
+async def test_the_callers_identity_and_an_access_checks_refusals_are_audited_once(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    audit = AuditLog(RotatingFile(path))
+    operator = Caller("spiffe://example.org/ci", CredentialKind.CERTIFICATE, roles=frozenset({"operator"}), peer="p1")
+    viewer = Caller("team-viewer", CredentialKind.TOKEN, groups=frozenset({"g"}), roles=frozenset({"viewer"}))
+    check = PlayedAccessCheck(audit, {"ci": operator, "viewer": viewer}, frozenset({operator.identity}))
+
+    def interceptors(core: SchedulerCore) -> Sequence[aio.ServerInterceptor]:
+        versions = AuditInterceptor(audit, lambda resource: resource_versions.live_version(core, resource))
+        return [check, versions]
+
+    async with in_process_scheduler(outer_interceptors=interceptors) as running, running.channel() as channel:
+        stub = pb_grpc.SchedulerStub(channel)
+        load = pb.LoadModelRequest(model=model("iris"))
+        await stub.LoadModel(load, metadata=(("who", "ci"),), timeout=CALL_TIMEOUT)
+        unload = pb.UnloadModelRequest(model=pb.ModelReference(name="iris"))
+        with pytest.raises(aio.AioRpcError) as refused:
+            await stub.UnloadModel(unload, metadata=(("who", "viewer"),), timeout=CALL_TIMEOUT)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(aio.AioRpcError):
+            await stub.LoadModel(pb.LoadModelRequest(model=model("Bad_Name")), metadata=(("who", "ci"),))
+    audit.close()
+
+    lines = audit_lines(path)
+    assert [(line.identity, line.credential, line.roles, line.method, line.code) for line in lines] == [
+        ("spiffe://example.org/ci", "certificate", ("operator",), "LoadModel", "OK"),
+        ("team-viewer", "token", ("viewer",), "UnloadModel", "PERMISSION_DENIED"),
+        ("spiffe://example.org/ci", "certificate", ("operator",), "LoadModel", "INVALID_ARGUMENT"),
+    ]
+    # The access check ran first and set the request id: the audit kept it.
+    assert [line.request_id for line in lines] == [operator.request_id, viewer.request_id, operator.request_id]
+    assert lines[0].peer == "p1"
+    assert (lines[1].version_before, lines[1].version_after) == (None, None)  # refused before any lookup

@@ -11,6 +11,8 @@ the agents' observed state, not a caller's mutation.
 Order on the server: the access check (when there is one) runs first and sets the caller (modelplane/auth/caller.py);
 a call it refuses never gets here, so it records that refusal itself (``AuditLog.record_refusal``). Then this
 interceptor, then the request limits (scheduler/request_limits.py), whose refusals it records like the handlers'.
+A request whose bytes are no message of its type never reaches a handler: this interceptor refuses it as
+INVALID_ARGUMENT (gRPC would say UNKNOWN) and records that too.
 When no access check set a caller, the call gets the anonymous one with a fresh request id and the peer's address:
 whoever runs first sets the request id, the other keeps it. Log lines written while the call is served carry that
 request id (modelplane/logs.py), so an audit line can be matched to them.
@@ -28,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import grpc
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from grpc import aio
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
@@ -37,7 +39,8 @@ from modelplane.auth.caller import current_caller, new_request_id, serving
 
 log = logging.getLogger(__name__)
 
-SCHEDULER_PREFIX = "/" + pb.DESCRIPTOR.services_by_name["Scheduler"].full_name + "/"
+SCHEDULER = pb.DESCRIPTOR.services_by_name["Scheduler"]
+SCHEDULER_PREFIX = "/" + SCHEDULER.full_name + "/"
 
 Context = aio.ServicerContext[Any, Any]
 # The live version of a resource in the scheduler (None when it has none: unknown, deleted, or versionless).
@@ -106,6 +109,27 @@ def _outcome(context: Context, error: BaseException | None) -> tuple[str, str]:
     return code.name, context.details() or ""
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Undecodable:
+    """What the audited RPCs' requests deserialize to when their bytes are no message of their type: gRPC would
+    answer UNKNOWN before any handler (so before the audit) ran; the audit refuses them as INVALID_ARGUMENT."""
+
+    problem: str
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as error:
+            return Undecodable(str(error))
+
+    return decode
+
+
 def _audited(
     behavior: Callable[[Any, Context], Awaitable[Any]],
     rpc: str,
@@ -113,11 +137,19 @@ def _audited(
     audit: AuditLog,
     version_of: VersionOf,
 ) -> Callable[[Any, Context], Awaitable[Any]]:
-    async def audited(request: Message, context: Context) -> Any:
+    method = rpc[len(SCHEDULER_PREFIX) :]
+    request_type = SCHEDULER.methods_by_name[method].input_type.name
+
+    async def audited(request: Message | Undecodable, context: Context) -> Any:
         caller = current_caller()
         if not caller.request_id:
             caller = dataclasses.replace(caller, request_id=new_request_id(), peer=caller.peer or context.peer())
         with serving(caller):
+            if isinstance(request, Undecodable):
+                message = f"the request is not a valid {request_type} message ({request.problem})"
+                line = audit_record(caller, rpc, None, grpc.StatusCode.INVALID_ARGUMENT.name, message)
+                await _write(audit, line, context, applied=False)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
             resource = describe(request)
             before = version_of(resource)
             error: BaseException | None = None
@@ -131,23 +163,24 @@ def _audited(
                 line = audit_record(
                     caller, rpc, resource, code, message, version_before=before, version_after=version_of(resource)
                 )
-                await _write(audit, line, resource, context, applied=code == "OK")
+                await _write(audit, line, context, applied=code == "OK")
 
     return audited
 
 
-async def _write(audit: AuditLog, line: AuditRecord, resource: Resource, context: Context, *, applied: bool) -> None:
+async def _write(audit: AuditLog, line: AuditRecord, context: Context, *, applied: bool) -> None:
+    about = f"{line.method} of {line.resource.kind} {line.resource.name}" if line.resource else line.method
     try:
         await audit.record(line)
     except AuditLogError as error:
-        log.error("audit line of %s of %s %s not written: %s", line.method, resource.kind, line.resource_name, error)
+        log.error("audit line of %s not written: %s", about, error)
         if applied:
             await context.abort(
                 grpc.StatusCode.INTERNAL,
                 f"the change was applied, but its audit line could not be written ({error}); retrying is safe",
             )
         return
-    log.info("audited %s of %s %s: %s", line.method, resource.kind, line.resource_name, line.code)
+    log.info("audited %s: %s", about, line.code)
 
 
 class AuditInterceptor(aio.ServerInterceptor):
@@ -173,6 +206,6 @@ class AuditInterceptor(aio.ServerInterceptor):
         unary = cast(Callable[[Any, Context], Awaitable[Any]], handler.unary_unary)
         return grpc.unary_unary_rpc_method_handler(
             _audited(unary, method, describe, self._audit, self._version_of),
-            handler.request_deserializer,
+            _tolerant(handler.request_deserializer),
             handler.response_serializer,
         )

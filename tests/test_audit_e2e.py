@@ -217,6 +217,27 @@ def check_audit_command(running: SchedulerProcess, lines: list[AuditRecord]) -> 
     ]
 
 
+async def test_an_undecodable_mutation_is_refused_as_invalid_and_audited(tmp_path: Path) -> None:
+    """Bytes that are no LoadModelRequest never reach a handler: the refusal is still audited, and says
+    INVALID_ARGUMENT (the client's input is malformed), not UNKNOWN."""
+    running = start_scheduler(tmp_path)
+    try:
+        async with aio.insecure_channel(running.listen) as channel:
+            for method in ("LoadModel", "UnloadPipeline"):
+                # bytes in, bytes out: no serializer
+                raw: aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(PREFIX + method)
+                code, message = await answer(raw(b"\xff\xff\xff", timeout=CALL_TIMEOUT))
+                assert code == "INVALID_ARGUMENT", message
+                assert f"not a valid {method}Request" in message
+    finally:
+        assert stop_process(running.process) == 0
+    lines = audit_lines(running.state_dir / "audit.log")
+    assert [(line.method, line.resource, line.code) for line in lines] == [
+        ("LoadModel", None, "INVALID_ARGUMENT"),
+        ("UnloadPipeline", None, "INVALID_ARGUMENT"),
+    ]
+
+
 async def test_kill_9_right_after_an_acknowledged_load_keeps_its_line(tmp_path: Path) -> None:
     running = start_scheduler(tmp_path)
     async with aio.insecure_channel(running.listen) as channel:

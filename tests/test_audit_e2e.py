@@ -25,7 +25,7 @@ from grpc import aio
 from generated.mlops.chainer import chainer_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
-from modelplane.audit import AuditLog, AuditRecord, RotatingFile
+from modelplane.audit import AuditLog, AuditLogError, AuditRecord, RotatingFile
 from modelplane.audit.audit_reader import BadLine, read_log
 from modelplane.audit.audit_record import MAX_NAME_CHARS
 from modelplane.auth.caller import Caller, CredentialKind, serving
@@ -371,3 +371,32 @@ async def test_the_callers_identity_and_an_access_checks_refusals_are_audited_on
     assert [line.request_id for line in lines] == [operator.request_id, viewer.request_id, operator.request_id]
     assert lines[0].peer == "p1"
     assert (lines[1].version_before, lines[1].version_after) == (None, None)  # refused before any lookup
+
+
+class FullDisk:
+    """A sink whose every write fails, like a file on a full disk."""
+
+    def append(self, line: bytes) -> None:
+        raise AuditLogError("cannot write the audit log /full/audit.log: No space left on device")
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_change_whose_audit_line_cannot_be_written_is_not_acknowledged() -> None:
+    audit = AuditLog(FullDisk())
+
+    def interceptors(core: SchedulerCore) -> Sequence[aio.ServerInterceptor]:
+        return [AuditInterceptor(audit, lambda resource: resource_versions.live_version(core, resource))]
+
+    async with in_process_scheduler(outer_interceptors=interceptors) as running, running.channel() as channel:
+        stub = pb_grpc.SchedulerStub(channel)
+        with pytest.raises(aio.AioRpcError) as failed:
+            await stub.LoadModel(pb.LoadModelRequest(model=model("iris")), timeout=CALL_TIMEOUT)
+        assert failed.value.code() == grpc.StatusCode.INTERNAL
+        assert "the change was applied, but its audit line could not be written" in (failed.value.details() or "")
+        assert "No space left on device" in (failed.value.details() or "")
+        assert "iris" in running.core.cluster.models  # applied: the retry the message invites changes nothing more
+        with pytest.raises(aio.AioRpcError) as refused:
+            await stub.LoadModel(pb.LoadModelRequest(model=model("Bad_Name")), timeout=CALL_TIMEOUT)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # a refusal stays what it was

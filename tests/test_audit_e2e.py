@@ -376,7 +376,7 @@ async def test_the_callers_identity_and_an_access_checks_refusals_are_audited_on
 class FullDisk:
     """A sink whose every write fails, like a file on a full disk."""
 
-    def append(self, line: bytes) -> None:
+    def append_many(self, lines: Sequence[bytes]) -> None:
         raise AuditLogError("cannot write the audit log /full/audit.log: No space left on device")
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from modelplane.audit.audit_log import rotated_path
 from modelplane.audit.audit_reader import MAX_LINE_BYTES, BadLine, log_files, read_log
 from modelplane.audit.audit_record import MAX_MESSAGE_CHARS, MAX_NAME_CHARS
 from modelplane.auth.caller import ANONYMOUS, Caller, CredentialKind
+from tests.waiting import wait_for
 
 ALICE = Caller(
     identity="spiffe://example.org/ci",
@@ -76,12 +78,12 @@ def test_a_record_is_one_bounded_line_without_the_request(tmp_path: Path) -> Non
 def test_lines_survive_reopening_and_a_line_cut_short_spoils_only_itself(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
     first = RotatingFile(path)
-    first.append(record(1).to_line())
+    first.append_many([record(1).to_line()])
     first.close()
     with path.open("ab") as torn:  # a write cut short by a full disk, or a machine that died mid-write
         torn.write(record(2).to_line()[:40])
     second = RotatingFile(path)
-    second.append(record(3).to_line())
+    second.append_many([record(3).to_line()])
     second.close()
     good, bad = records_in(path)
     assert [r.version_before for r in good] == [1, 3]
@@ -95,7 +97,7 @@ def test_rotation_keeps_every_line_whole_and_in_order(tmp_path: Path) -> None:
     rng = random.Random(7)  # noqa: S311 - line lengths, not secrets
     written = [record(n, message="m" * rng.randrange(0, 1000)) for n in range(400)]
     for line in written:
-        sink.append(line.to_line())
+        sink.append_many([line.to_line()])
     sink.close()
     files = log_files(path)
     assert len(files) > 50  # it did rotate, many times
@@ -115,7 +117,7 @@ def test_rotation_drops_only_the_oldest_files(tmp_path: Path) -> None:
     sink = RotatingFile(path, max_bytes=1000, keep=3)
     written = [record(n) for n in range(100)]
     for line in written:
-        sink.append(line.to_line())
+        sink.append_many([line.to_line()])
     sink.close()
     assert log_files(path) == [rotated_path(path, 3), rotated_path(path, 2), rotated_path(path, 1), path]
     good, bad = records_in(path)
@@ -128,7 +130,7 @@ def test_a_line_longer_than_a_file_gets_a_file_of_its_own(tmp_path: Path) -> Non
     sink = RotatingFile(path, max_bytes=100, keep=5)
     lines = [record(n) for n in range(3)]
     for line in lines:
-        sink.append(line.to_line())
+        sink.append_many([line.to_line()])
     sink.close()
     assert [len(file.read_bytes().splitlines()) for file in log_files(path)] == [1, 1, 1]
     assert records_in(path) == (lines, [])
@@ -152,6 +154,44 @@ def test_concurrent_records_are_whole_lines(tmp_path: Path) -> None:
     good, bad = records_in(path)
     assert bad == []
     assert sorted(r.version_before or 0 for r in good) == sorted([*range(300), *range(1000, 1020)])
+
+
+class HeldSink:
+    """A file sink whose first write waits until the test lets it go, recording how lines were grouped."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = RotatingFile(path)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.groups: list[int] = []
+
+    def append_many(self, lines: Sequence[bytes]) -> None:
+        self.entered.set()
+        assert self.release.wait(20), "the test never released the sink"
+        self.groups.append(len(lines))
+        self.file.append_many(lines)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+async def test_lines_recorded_while_one_is_written_share_the_next_fsync(tmp_path: Path) -> None:
+    sink = HeldSink(tmp_path / "audit.log")
+    audit = AuditLog(sink)
+    try:
+        first = asyncio.create_task(audit.record(record(0)))
+        await wait_for(sink.entered.is_set, what="the first write to begin")
+        rest = [asyncio.create_task(audit.record(record(n))) for n in range(1, 51)]
+        await wait_for(lambda: audit._queue.qsize() == 50, what="50 lines to wait for the writer")
+        assert not any(task.done() for task in [first, *rest])  # nothing is acknowledged before its fsync
+        sink.release.set()
+        await asyncio.gather(first, *rest)
+    finally:
+        sink.release.set()
+        audit.close()
+    assert sink.groups == [1, 50]
+    assert sink.file.fsyncs == 2
+    assert [line.version_before for line in records_in(tmp_path / "audit.log")[0]] == list(range(51))
 
 
 def test_record_refusal_is_what_an_access_check_calls(tmp_path: Path) -> None:

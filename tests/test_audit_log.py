@@ -21,6 +21,7 @@ from modelplane.audit.audit_log import rotated_path
 from modelplane.audit.audit_reader import MAX_LINE_BYTES, BadLine, log_files, read_log
 from modelplane.audit.audit_record import MAX_MESSAGE_CHARS, MAX_NAME_CHARS
 from modelplane.auth.caller import ANONYMOUS, Caller, CredentialKind
+from tests.processes import run_modelplane
 from tests.waiting import wait_for
 
 ALICE = Caller(
@@ -309,3 +310,34 @@ def test_the_reader_orders_rotated_files_oldest_first(tmp_path: Path) -> None:
     times = [r.time for r in records_in(path)[0]]
     assert times == sorted(times)
     assert len(times) == 4
+
+
+# ------------------------------------------------------------------------------------------------ modelplane audit
+
+
+def test_modelplane_audit_reports_bad_lines_and_reads_on(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    rotated = rotated_path(path, 1)
+    rotated.write_bytes(record(1).to_line() + b"\x1b[31mnot a record\n")
+    path.write_bytes(b"x" * (MAX_LINE_BYTES + 5) + b"\n" + record(2, name="evil\x1b[2Jname").to_line() + b'{"cut')
+    result = run_modelplane("audit", f"--audit-log={path}")
+    assert result.returncode == 0, result.stderr
+    rows = result.stdout.splitlines()
+    assert len(rows) == 3
+    assert "seldon-mesh/model/iris" in rows[1]
+    assert "\x1b" not in result.stdout  # what the file holds is shown on one printable line
+    assert result.stderr.splitlines() == [
+        f"modelplane audit: {rotated}:2: not JSON",
+        f"modelplane audit: {path}:1: longer than {MAX_LINE_BYTES} bytes",
+        f"modelplane audit: {path}:3: not JSON (cut short)",
+    ]
+
+
+def test_modelplane_audit_without_a_log_or_with_a_bad_time_says_so(tmp_path: Path) -> None:
+    missing = run_modelplane("audit", f"--audit-log={tmp_path / 'none.log'}")
+    assert missing.returncode == 1
+    assert "no audit log at" in missing.stderr
+    (tmp_path / "audit.log").write_bytes(record(1).to_line())
+    bad_time = run_modelplane("audit", f"--audit-log={tmp_path / 'audit.log'}", "--since=last tuesday")
+    assert bad_time.returncode == 2
+    assert "is not a time" in bad_time.stderr

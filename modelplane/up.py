@@ -147,7 +147,7 @@ def parse_settings(parser: argparse.ArgumentParser, argv: Sequence[str]) -> UpSe
         memory_bytes=options.memory,
         ready_file=options.ready_file,
         trainer=None if options.trainer_config is None else _trainer_settings(parser, options.trainer_config),
-        audit=audit_settings_from(options),
+        audit=audit_settings_from(parser, options),
     )
 
 

@@ -17,6 +17,9 @@ When no access check set a caller, the call gets the anonymous one with a fresh 
 whoever runs first sets the request id, the other keeps it. Log lines written while the call is served carry that
 request id (modelplane/logs.py), so an audit line can be matched to them.
 
+The versions before and after are read from the live state just before and after the handler; calls about one
+resource at the same moment may see each other's change (the state store orders the changes themselves).
+
 An audit line that cannot be written fails the call (INTERNAL, saying whether the change was applied), so that no
 change is acknowledged without its line; mutations are idempotent, so the client's retry is safe.
 """

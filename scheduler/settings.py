@@ -141,7 +141,7 @@ def parse_settings(
         heartbeat_seconds=options.heartbeat,
         scale_down_idle_seconds=options.scale_down_idle,
         subscriber_lag_seconds=options.subscriber_lag,
-        audit=audit_settings_from(options),
+        audit=audit_settings_from(parser, options),
     )
     if settings.listen == settings.agent_listen and settings.listen.port != 0:
         parser.error(f"--listen and --agent-listen are both {settings.listen}: give them different ports")

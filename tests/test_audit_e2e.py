@@ -280,9 +280,27 @@ async def test_the_audit_log_flags_choose_the_file_and_its_rotation(tmp_path: Pa
     assert names == [f"model-{number}" for number in range(30 - len(names), 30)]  # the newest, whole, in order
 
 
+async def test_audit_stdout_writes_the_lines_to_standard_output(tmp_path: Path) -> None:
+    running = start_scheduler(tmp_path, "--audit-stdout")  # its stdout and stderr go to scheduler.log
+    try:
+        async with aio.insecure_channel(running.listen) as channel:
+            stub = pb_grpc.SchedulerStub(channel)
+            await stub.LoadModel(pb.LoadModelRequest(model=model("iris")), timeout=CALL_TIMEOUT)
+    finally:
+        assert stop_process(running.process) == 0
+    assert not (running.state_dir / "audit.log").exists()
+    [line] = [json.loads(text) for text in running.log().splitlines() if text.startswith('{"time"')]
+    assert (line["rpc"], line["resource"]["name"], line["code"]) == (PREFIX + "LoadModel", "iris", "OK")
+
+
 def test_bad_audit_flags_are_usage_errors(tmp_path: Path) -> None:
-    for flag in ("--audit-log-max-bytes=1", "--audit-log-keep=0", "--audit-log-keep=many"):
-        result = run_modelplane("scheduler", f"--state-dir={tmp_path}", flag)
+    for flags in (
+        ["--audit-log-max-bytes=1"],
+        ["--audit-log-keep=0"],
+        ["--audit-log-keep=many"],
+        ["--audit-stdout", f"--audit-log={tmp_path / 'audit.log'}"],
+    ):
+        result = run_modelplane("scheduler", f"--state-dir={tmp_path}", *flags)
         assert result.returncode == 2, result.stderr
         assert "audit-log" in result.stderr
     blocked = tmp_path / "a-file"

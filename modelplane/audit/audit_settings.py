@@ -80,7 +80,9 @@ def add_audit_flags(parser: argparse.ArgumentParser, state_dir_name: str = "the 
     )
 
 
-def audit_settings_from(options: argparse.Namespace) -> AuditSettings:
+def audit_settings_from(parser: argparse.ArgumentParser, options: argparse.Namespace) -> AuditSettings:
+    if options.audit_stdout and options.audit_log is not None:
+        parser.error("--audit-stdout writes audit lines to standard output instead of --audit-log: give one")
     return AuditSettings(
         path=options.audit_log,
         max_bytes=options.audit_log_max_bytes,

@@ -30,7 +30,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -133,6 +133,26 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return decode
 
 
+class _AuditedContext:
+    """The handler's view of its context: ``abort`` writes the audit line first, since grpc.aio sends the status
+    inside ``abort``, before its exception reaches the interceptor. Everything else is the real context's."""
+
+    def __init__(self, context: Context, before_abort: Callable[[grpc.StatusCode, str], Awaitable[None]]) -> None:
+        self._context = context
+        self._before_abort = before_abort
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> NoReturn:
+        await self._before_abort(code, details)
+        await self._context.abort(code, details, trailing_metadata)
+
+    async def abort_with_status(self, status: grpc.Status) -> NoReturn:
+        await self._before_abort(status.code, status.details)
+        await self._context.abort_with_status(status)
+
+
 def _audited(
     behavior: Callable[[Any, Context], Awaitable[Any]],
     rpc: str,
@@ -155,18 +175,29 @@ def _audited(
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
             resource = describe(request)
             before = version_of(resource)
-            error: BaseException | None = None
-            try:
-                return await behavior(request, context)
-            except BaseException as raised:
-                error = raised
-                raise
-            finally:
-                code, message = _outcome(context, error)
+            written = False
+
+            async def write(code: str, message: str) -> None:
+                nonlocal written
+                written = True
                 line = audit_record(
                     caller, rpc, resource, code, message, version_before=before, version_after=version_of(resource)
                 )
                 await _write(audit, line, context, applied=code == "OK")
+
+            async def before_abort(code: grpc.StatusCode, details: str) -> None:
+                if not written:
+                    await write(code.name, details)
+
+            error: BaseException | None = None
+            try:
+                return await behavior(request, cast(Context, _AuditedContext(context, before_abort)))
+            except BaseException as raised:
+                error = raised
+                raise
+            finally:
+                if not written:  # answered by returning (or by an exception grpc turns into a status)
+                    await write(*_outcome(context, error))
 
     return audited
 

@@ -9,11 +9,14 @@ puts in front of the audit (the real servicers on a real gRPC server in this pro
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import re
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -21,19 +24,24 @@ from typing import Any, cast
 import grpc
 import pytest
 from grpc import aio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from generated.mlops.chainer import chainer_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane.audit import AuditLog, AuditLogError, AuditRecord, RotatingFile
 from modelplane.audit.audit_reader import BadLine, read_log
-from modelplane.audit.audit_record import MAX_NAME_CHARS
+from modelplane.audit.audit_record import MAX_MESSAGE_CHARS, MAX_NAME_CHARS
 from modelplane.auth.caller import Caller, CredentialKind, serving
+from modelplane.bounded_text import cut, one_line
 from scheduler import resource_versions
-from scheduler.audit_interceptor import AuditInterceptor, resource_of
+from scheduler.audit_interceptor import AUDITED, AuditInterceptor, resource_of
 from scheduler.scheduler_core import SchedulerCore
 from tests.processes import SchedulerProcess, run_modelplane, start_scheduler, stop_process
 from tests.scheduler_in_process import in_process_scheduler
+from tests.test_scheduler_properties import PROPERTY_SETTINGS, Call, Stubs, invoke, plant_anchors, unary_calls
+from tests.waiting import wait_for
 
 CALL_TIMEOUT = 20.0
 MiB = 1024 * 1024
@@ -418,3 +426,94 @@ async def test_a_change_whose_audit_line_cannot_be_written_is_not_acknowledged()
         with pytest.raises(aio.AioRpcError) as refused:
             await stub.LoadModel(pb.LoadModelRequest(model=model("Bad_Name")), timeout=CALL_TIMEOUT)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # a refusal stays what it was
+
+
+# ------------------------------------------------------------------------ any call, hostile or not
+
+
+@pytest.fixture
+def process_with_anchors(tmp_path: Path) -> Iterator[tuple[asyncio.Runner, Stubs, Path]]:
+    running = start_scheduler(tmp_path, "--sync-grace=1")
+    try:
+        with asyncio.Runner() as runner:
+            stack = contextlib.AsyncExitStack()
+            api = runner.run(stack.enter_async_context(aio.insecure_channel(running.listen)))
+            runner.run(plant_anchors(Stubs.on(api)))
+            try:
+                yield runner, Stubs.on(api), running.state_dir / "audit.log"
+            finally:
+                runner.run(stack.aclose())
+    finally:
+        assert stop_process(running.process) == 0
+        assert "Traceback" not in running.log()
+
+
+@settings(PROPERTY_SETTINGS, max_examples=60)
+@given(calls=st.lists(unary_calls(), min_size=1, max_size=4))
+def test_any_call_is_audited_once_exactly_when_it_is_a_mutation(
+    process_with_anchors: tuple[asyncio.Runner, Stubs, Path], calls: list[Call]
+) -> None:
+    """Whatever the requests hold (hostile names, huge fields, numbers past every limit), each call of a mutating
+    RPC adds exactly one line, with the code and message its client got, before the answer; other calls add none."""
+    runner, stubs, path = process_with_anchors
+    before = len(audit_lines(path))
+    outcomes = [runner.run(invoke(stubs, call)) for call in calls]
+    added = audit_lines(path)[before:]
+    assert [(line.method, line.code, line.message) for line in added] == [
+        (call.rpc, outcome.code.name, cut(one_line(outcome.details), MAX_MESSAGE_CHARS))
+        for call, outcome in zip(calls, outcomes, strict=True)
+        if call.rpc in AUDITED
+    ]
+
+
+class HeldLines:
+    """A file sink whose writes wait until the test lets them go."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = RotatingFile(path)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def append_many(self, lines: Sequence[bytes]) -> None:
+        self.entered.set()
+        assert self.release.wait(60), "the test never released the sink"
+        self.file.append_many(lines)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+@pytest.mark.parametrize(
+    ("request_", "code"),
+    [
+        (pb.LoadModelRequest(model=model("iris")), grpc.StatusCode.OK),
+        (pb.LoadModelRequest(model=model("Bad_Name")), grpc.StatusCode.INVALID_ARGUMENT),  # the handler refuses
+        (pb.LoadModelRequest(model=model("a" * 1000)), grpc.StatusCode.INVALID_ARGUMENT),  # the limits refuse
+    ],
+)
+async def test_no_answer_leaves_before_its_audit_line_is_written(
+    tmp_path: Path, request_: pb.LoadModelRequest, code: grpc.StatusCode
+) -> None:
+    """grpc.aio sends a refusal when the handler calls context.abort, before the handler's exception reaches the
+    interceptor: the audit line must be written before that, not after."""
+    sink = HeldLines(tmp_path / "audit.log")
+    audit = AuditLog(sink)
+
+    def interceptors(core: SchedulerCore) -> Sequence[aio.ServerInterceptor]:
+        return [AuditInterceptor(audit, lambda resource: resource_versions.live_version(core, resource))]
+
+    try:
+        async with in_process_scheduler(outer_interceptors=interceptors) as running, running.channel() as channel:
+            stub = pb_grpc.SchedulerStub(channel)
+            call = asyncio.ensure_future(answer(stub.LoadModel(request_, timeout=60)))
+            await wait_for(sink.entered.is_set, what="the audit line's write to begin")
+            # While the line is being written the answer must not arrive (given a second to do so if it were sent).
+            done, _ = await asyncio.wait([call], timeout=1.0)
+            assert not done, f"answered {call.result()} before its audit line was written"
+            sink.release.set()
+            assert (await call)[0] == code.name
+    finally:
+        sink.release.set()
+        audit.close()
+    [line] = audit_lines(tmp_path / "audit.log")
+    assert line.code == code.name

@@ -9,7 +9,8 @@ Status, subscriptions and the routing stream change nothing and are not audited;
 the agents' observed state, not a caller's mutation.
 
 Order on the server: the access check (when there is one) runs first and sets the caller (modelplane/auth/caller.py);
-a call it refuses never gets here, so it records that refusal itself (``AuditLog.record_refusal``). Then this
+a call it refuses never gets here, so it records that refusal itself (``AuditLog.record_refusal``, before
+``context.abort``: grpc.aio sends the status inside ``abort``; ``resource_of`` says what a call is about). Then this
 interceptor, then the request limits (scheduler/request_limits.py), whose refusals it records like the handlers'.
 A request whose bytes are no message of its type never reaches a handler: this interceptor refuses it as
 INVALID_ARGUMENT (gRPC would say UNKNOWN) and records that too.
@@ -19,6 +20,9 @@ request id (modelplane/logs.py), so an audit line can be matched to them.
 
 The versions before and after are read from the live state just before and after the handler; calls about one
 resource at the same moment may see each other's change (the state store orders the changes themselves).
+
+"Before the answer" holds for refusals too: grpc.aio sends a status inside ``context.abort``, before its exception
+reaches this interceptor, so the context the handler gets writes the audit line before it aborts.
 
 An audit line that cannot be written fails the call (INTERNAL, saying whether the change was applied), so that no
 change is acknowledged without its line; mutations are idempotent, so the client's retry is safe.

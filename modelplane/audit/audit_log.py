@@ -191,8 +191,9 @@ class AuditLog:
     ) -> None:
         """Record a call refused before its handler ran (by an access check): ``code`` is the gRPC status code's
         name ("UNAUTHENTICATED", "PERMISSION_DENIED"), ``message`` what the caller was told, ``resource`` what the
-        call was about when the refusal knows it (else None). Returns once the line is durable; an access check
-        answers the call after it. Raises AuditLogError when the line cannot be written."""
+        call was about when the refusal knows it (else None). Returns once the line is durable; call it before
+        ``context.abort``, which on grpc.aio sends the status at once. Raises AuditLogError when the line cannot
+        be written."""
         await self.record(audit_record(caller, rpc, resource, code, message))
 
     def close(self) -> None:

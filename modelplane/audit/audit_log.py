@@ -93,14 +93,18 @@ class RotatingFile:
         self._open()
 
     def _open(self) -> None:
+        fd = -1
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._size = os.fstat(self._fd).st_size
-            self._line_open = self._size > 0 and not self._ends_with_line_feed()
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            size = os.fstat(fd).st_size
+            line_open = size > 0 and not self._ends_with_line_feed()
             _fsync_directory(self.path.parent)  # the file's name is durable too, not only its content
         except OSError as error:
+            if fd >= 0:
+                os.close(fd)
             raise AuditLogError(f"cannot open the audit log {self.path}: {error.strerror or error}") from None
+        self._fd, self._size, self._line_open = fd, size, line_open
 
     def _ends_with_line_feed(self) -> bool:
         with self.path.open("rb") as existing:
@@ -177,10 +181,13 @@ class AuditLog:
     def __init__(self, sink: LineSink) -> None:
         self._sink = sink
         self._queue: queue.SimpleQueue[_Waiting | None] = queue.SimpleQueue()
+        self._closed = False
         self._writer = threading.Thread(target=self._write_lines, name="audit-log", daemon=True)
         self._writer.start()
 
     async def record(self, record: AuditRecord) -> None:
+        if self._closed:
+            raise AuditLogError("the audit log is closed: the process is stopping")
         written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put((record.to_line(), written))
         # A caller cancelled meanwhile stops waiting; its line is written all the same.
@@ -198,6 +205,7 @@ class AuditLog:
 
     def close(self) -> None:
         """Write what was recorded, then stop the writer and close the sink."""
+        self._closed = True
         if self._writer.is_alive():
             self._queue.put(None)
             self._writer.join()

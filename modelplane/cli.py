@@ -19,8 +19,9 @@ from agent.settings import build_parser as build_agent_parser
 from agent.settings import parse_settings as parse_agent_settings
 from gateway.settings import build_parser as build_gateway_parser
 from gateway.settings import parse_settings as parse_gateway_settings
-from modelplane import __version__, logs, model_commands, status_command, up
+from modelplane import __version__, audit_command, logs, model_commands, status_command, up
 from modelplane.addresses import Address
+from modelplane.audit import AuditLogError
 from modelplane.auth_flags import add_client_token_flag, client_token
 from modelplane.command_line import EXIT_FAILURE, EXIT_USAGE, fail, subparsers
 from modelplane.config import parse_layered
@@ -99,6 +100,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Ask a running scheduler for its version, health, services, models and servers.",
     )
     add_client_flags(status, "status")
+    audit_command.build_parser(
+        commands.add_parser(
+            "audit",
+            help="read a scheduler's audit log: who changed what, and what came of it",
+            description="Read a scheduler's audit log (one line per accepted or refused mutation) and its rotated "
+            "files, oldest first, filtered by identity, resource, RPC, result and time.",
+        )
+    )
     model_commands.add_model_commands(commands)
     for group in GROUPS:
         for action in subparsers(_subparser(parser, group)).values():
@@ -119,7 +128,7 @@ def _run_scheduler(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
         asyncio.run(process.run(settings))
     except StateDirError as error:
         return fail(str(error), EXIT_USAGE)
-    except TransportError as error:
+    except (TransportError, AuditLogError) as error:
         return fail(str(error))
     return 0
 
@@ -236,6 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
         return _run_gateway(commands[command], rest)
     if command == "status":
         return _client(commands[command], "status", rest, None)
+    if command == "audit":
+        return audit_command.run(commands[command], rest)
     if command in TRAINER_COMMANDS:
         return run_trainer_command(commands[command], command, rest)
     actions = subparsers(commands[command])

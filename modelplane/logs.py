@@ -1,8 +1,10 @@
 """Structured logging for every modelplane process.
 
 Each record carries the process's component name and, when set, the model, version and request
-ids of the work in progress (from contextvars, so asyncio tasks keep their own). Output is
-``key=value`` text by default, or one JSON object per line with ``json_output=True``.
+ids of the work in progress (from contextvars, so asyncio tasks keep their own). A record written while
+a request is served also carries its caller's request id and identity (modelplane/auth/caller.py): the
+request id its audit line has. Output is ``key=value`` text by default, or one JSON object per line
+with ``json_output=True``.
 
 Every record is bounded, whatever a caller sent or a component produced: the message is cut to
 MAX_MESSAGE_CHARS, each field to MAX_FIELD_CHARS, a traceback to MAX_TRACEBACK_CHARS (its head and its
@@ -20,6 +22,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from modelplane.auth.caller import current_caller
 from modelplane.bounded_text import cut_saying_how_much
 
 model_name: contextvars.ContextVar[str | None] = contextvars.ContextVar("model_name", default=None)
@@ -67,6 +70,11 @@ def _fields(record: logging.LogRecord, component: str) -> dict[str, Any]:
         value = var.get()
         if value is not None:
             fields[key] = value
+    caller = current_caller()
+    if caller.request_id:
+        fields.setdefault("request_id", _bounded_field(caller.request_id))
+    if caller.identity:
+        fields["caller"] = _bounded_field(caller.identity)
     extra = getattr(record, "fields", None)
     if isinstance(extra, dict):
         fields.update({str(key)[:100]: _bounded_field(value) for key, value in extra.items()})

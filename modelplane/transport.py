@@ -25,7 +25,7 @@ from grpc import aio
 
 from modelplane.addresses import Address
 from modelplane.auth.access_check import AccessCheck, AuthSettings
-from modelplane.auth.grpc_access import AccessInterceptor
+from modelplane.auth.grpc_access import AccessInterceptor, RefusalRecorder
 from modelplane.auth.grpc_client import bearer_token_interceptors
 from modelplane.sizes import MAX_MESSAGE_BYTES
 from modelplane.tls_files import LoadedTls, ServerTlsFiles, TlsFilesError, http_server_context
@@ -107,12 +107,17 @@ def _read(path: Path | None) -> bytes | None:
     return path.read_bytes() if path is not None else None
 
 
-def new_server(interceptors: Sequence[aio.ServerInterceptor] = (), access: AccessCheck | None = None) -> aio.Server:
+def new_server(
+    interceptors: Sequence[aio.ServerInterceptor] = (),
+    access: AccessCheck | None = None,
+    record_refusal: RefusalRecorder | None = None,
+) -> aio.Server:
     """Every gRPC server of the project is made here (with ``bind`` for its listener), so its options, among
     them the refusal of a port in use, are the same everywhere, and so is the access check (identities and
     roles, modelplane/auth), which comes first: a caller it refuses reaches nothing else. Without ``access``,
-    nothing is refused, but the handlers still learn who called (modelplane.auth.caller)."""
-    checked = AccessInterceptor(access or AccessCheck(AuthSettings()))
+    nothing is refused, but the handlers still learn who called (modelplane.auth.caller). ``record_refusal`` is
+    told of each call the check refuses, before the answer (the scheduler's audit log)."""
+    checked = AccessInterceptor(access or AccessCheck(AuthSettings()), record_refusal)
     return aio.server(options=_SERVER_OPTIONS, interceptors=[checked, *interceptors])
 
 

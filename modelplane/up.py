@@ -22,13 +22,14 @@ import signal
 import sys
 import urllib.parse
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.settings import DEFAULT_CAPABILITIES, AgentSettings
 from gateway.settings import GatewaySettings
 from modelplane.addresses import Address, AddressError, parse_address
+from modelplane.audit.audit_settings import AuditSettings, add_audit_flags, audit_settings_from
 from modelplane.config import parse_layered
 from modelplane.sizes import parse_size
 from modelplane.transport import TransportSecurity
@@ -53,6 +54,7 @@ class UpSettings:
     memory_bytes: int
     ready_file: Path | None
     trainer: TrainerSettings | None = None
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
 
 def _loopback(text: str) -> Address:
@@ -128,6 +130,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="also run a trainer, set up like `modelplane trainer` by this TOML file's [trainer] table (and "
         "MODELPLANE_TRAINER_* variables); Kafka, Redis and S3 are yours to run; it deploys to this scheduler",
     )
+    add_audit_flags(parser, "the scheduler's state dir, DIR/scheduler")
     return parser
 
 
@@ -144,6 +147,7 @@ def parse_settings(parser: argparse.ArgumentParser, argv: Sequence[str]) -> UpSe
         memory_bytes=options.memory,
         ready_file=options.ready_file,
         trainer=None if options.trainer_config is None else _trainer_settings(parser, options.trainer_config),
+        audit=audit_settings_from(parser, options),
     )
 
 
@@ -171,6 +175,7 @@ def _scheduler_settings(up: UpSettings) -> SchedulerSettings:
         security=TransportSecurity(),  # plaintext, and loopback only (checked by the parser)
         shutdown_grace_seconds=5.0,
         sync_grace_seconds=5.0,
+        audit=up.audit,
     )
 
 

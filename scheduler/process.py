@@ -24,12 +24,16 @@ from generated.mlops.routing.v1 import routing_pb2, routing_pb2_grpc
 from generated.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from modelplane import __version__
 from modelplane.addresses import Address
+from modelplane.audit import AuditLog
 from modelplane.auth.access_check import AccessCheck
+from modelplane.auth.grpc_access import RefusalRecorder
 from modelplane.logs import with_fields
 from modelplane.ready_file import write_ready_file
 from modelplane.standard_services import HEALTH_SERVICE, Health, add_reflection
 from modelplane.transport import bind, new_server
+from scheduler import resource_versions
 from scheduler.agent_service import AgentService
+from scheduler.audit_interceptor import AccessRefusals, AuditInterceptor
 from scheduler.persistence import SqliteStateStore
 from scheduler.request_limits import RequestLimits
 from scheduler.routing_service import RoutingService
@@ -65,8 +69,10 @@ async def _listener(
     services: list[str],
     access: AccessCheck,
     interceptors: Sequence[aio.ServerInterceptor] = (),
+    *,
+    record_refusal: RefusalRecorder | None = None,
 ) -> tuple[aio.Server, Address]:
-    server = new_server(interceptors, access)
+    server = new_server(interceptors, access, record_refusal)
     add_reflection(server, services)
     port = bind(server, address, settings.security)
     return server, Address(address.host, port)
@@ -90,10 +96,14 @@ async def serve(
         ),
     )
     try:
-        await core.start()
-        await _serve(settings, shutdown, core, serving)
+        audit = settings.audit.open(settings.state_dir)
+        try:
+            await core.start()
+            await _serve(settings, shutdown, core, audit, serving)
+        finally:
+            await core.close()
+            audit.close()
     finally:
-        await core.close()
         await store.close()
 
 
@@ -101,16 +111,26 @@ async def _serve(
     settings: SchedulerSettings,
     shutdown: ShutdownRequest,
     core: SchedulerCore,
+    audit: AuditLog,
     serving: asyncio.Future[tuple[Address, Address]] | None,
 ) -> None:
     health = Health()
     api_services = [SCHEDULER_SERVICE, ROUTING_SERVICE, HEALTH_SERVICE]
     agent_services = [AGENT_SERVICE, HEALTH_SERVICE]
 
-    # Every Scheduler API and RoutingService request passes the field limits first (scheduler/limits.py).
+    # Every mutation is audited, refusals by the field limits too (scheduler/audit_interceptor.py); every Scheduler
+    # API and RoutingService request passes the field limits before its handler (scheduler/limits.py).
     # One access check for both listeners: one policy, one token file (modelplane/auth).
     access = AccessCheck(settings.auth)
-    api, api_address = await _listener(settings.listen, settings, api_services, access, [RequestLimits()])
+    audited = AuditInterceptor(audit, lambda resource: resource_versions.live_version(core, resource))
+    api, api_address = await _listener(
+        settings.listen,
+        settings,
+        api_services,
+        access,
+        [audited, RequestLimits()],
+        record_refusal=AccessRefusals(audit),
+    )
     streams = StreamWatchdog(settings.subscriber_lag_seconds)
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(core, streams), api)
     routing_pb2_grpc.add_RoutingServiceServicer_to_server(RoutingService(core, streams), api)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from modelplane import logs
 from modelplane.addresses import Address
+from modelplane.audit.audit_settings import AuditSettings, add_audit_flags, audit_settings_from
 from modelplane.auth.access_check import AuthSettings
 from modelplane.auth_flags import add_auth_flags, auth_settings_from, check_authenticated_exposure
 from modelplane.config import parse_layered
@@ -47,6 +48,8 @@ class SchedulerSettings:
     subscriber_lag_seconds: float = DEFAULT_SUBSCRIBER_LAG_SECONDS
     # Identities and roles of the callers of both listeners (modelplane/auth).
     auth: AuthSettings = field(default_factory=AuthSettings)
+    # Where every accepted or refused mutation is recorded (default: audit.log in the state dir).
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
 
 positive_seconds = seconds(3600)
@@ -122,6 +125,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file ([scheduler] table)")
     add_tls_flags(parser, server=True)
     add_auth_flags(parser)
+    add_audit_flags(parser)
     return parser
 
 
@@ -143,6 +147,7 @@ def parse_settings(
         heartbeat_seconds=options.heartbeat,
         scale_down_idle_seconds=options.scale_down_idle,
         subscriber_lag_seconds=options.subscriber_lag,
+        audit=audit_settings_from(parser, options),
     )
     if settings.listen == settings.agent_listen and settings.listen.port != 0:
         parser.error(f"--listen and --agent-listen are both {settings.listen}: give them different ports")

@@ -302,6 +302,8 @@ class FakeGrpcAgent:
                     self.end_code = await call.code()
                     self.end_details = await call.details() or ""
                     return
+                # Paused while this read was pending: the message stays unseen until resumed, like those in transit.
+                await self._reading.wait()
                 await self._handle(message)
         except aio.AioRpcError as error:
             self.end_code, self.end_details = error.code(), error.details() or ""

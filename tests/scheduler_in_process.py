@@ -9,7 +9,7 @@ AgentService.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from grpc import aio
@@ -41,11 +41,16 @@ class InProcessScheduler:
 
 @contextlib.asynccontextmanager
 async def in_process_scheduler(
-    store: StateStore | None = None, *, heartbeat_seconds: float = 5.0, sync_grace_seconds: float = 0.0
+    store: StateStore | None = None,
+    *,
+    heartbeat_seconds: float = 5.0,
+    sync_grace_seconds: float = 0.0,
+    outer_interceptors: Callable[[SchedulerCore], Sequence[aio.ServerInterceptor]] = lambda core: (),
 ) -> AsyncIterator[InProcessScheduler]:
+    """``outer_interceptors`` (given the core) run before the request limits, in their order."""
     core = SchedulerCore(store or MemoryStateStore(), CoreSettings(sync_grace_seconds=sync_grace_seconds))
     await core.start()
-    server = new_server([RequestLimits()])
+    server = new_server([*outer_interceptors(core), RequestLimits()])
     streams = StreamWatchdog()
     scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(core, streams), server)
     routing_pb2_grpc.add_RoutingServiceServicer_to_server(RoutingService(core, streams), server)

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from dataclasses import replace
 
 from modelplane import logs
+from modelplane.auth.caller import ANONYMOUS, Caller, CredentialKind, serving
 
 BOUND = 64 * 1024  # far above any real record, far below the lines the issue saw
 
@@ -68,3 +70,21 @@ def test_too_many_fields_still_make_one_bounded_json_object() -> None:
     document = json.loads(line)
     assert document["message"] == "many fields"
     assert "fields left out" in document["truncated"]
+
+
+def test_a_record_written_while_a_request_is_served_names_its_request_and_caller() -> None:
+    """The request id of the request being served (and its caller's identity, bounded and on one line) is in
+    every record logged meanwhile, so the request's audit line can be matched to them; outside a request,
+    neither is."""
+    caller = Caller("spiffe://example.org/ci\nforged", CredentialKind.CERTIFICATE, request_id="4f2a" * 8)
+    with serving(caller):
+        text = logs.TextFormatter("scheduler").format(_record("placing iris"))
+        document = json.loads(logs.JsonFormatter("scheduler").format(_record("placing iris")))
+    assert f"request_id={'4f2a' * 8}" in text
+    assert "caller=spiffe://example.org/ci\\nforged" in text
+    assert (document["request_id"], document["caller"]) == ("4f2a" * 8, "spiffe://example.org/ci\nforged")
+    with serving(replace(ANONYMOUS, request_id="anon-1")):
+        assert "caller" not in json.loads(logs.JsonFormatter("scheduler").format(_record("x")))
+    outside = json.loads(logs.JsonFormatter("scheduler").format(_record("x")))
+    assert "request_id" not in outside
+    assert "caller" not in outside

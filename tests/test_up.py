@@ -272,6 +272,14 @@ def test_up_serves_the_sample_and_stops_on_ctrl_c(tmp_path: Path, state_dir: Pat
     gone = run_modelplane("model", "status", "--scheduler", up.listen, "--timeout", "5")
     assert gone.returncode == 1
     assert "cannot reach the scheduler" in gone.stderr
+    # The load is in the stack's audit log, where `modelplane audit` reads it (up has no access check: anonymous).
+    audited = run_modelplane("audit", f"--audit-log={state_dir / 'scheduler' / 'audit.log'}", "--output=json")
+    assert audited.returncode == 0, audited.stderr
+    lines = [json.loads(line) for line in audited.stdout.splitlines()]
+    assert [(line["rpc"].rsplit("/", 1)[-1], line["code"], line["identity"]) for line in lines][:1] == [
+        ("LoadModel", "OK", "")
+    ]
+    assert lines[0]["resource"]["name"] == "iris"
 
 
 @pytest.mark.servers

@@ -53,6 +53,7 @@ class Refusal:
 
     unauthenticated: bool
     message: str
+    caller: Caller | None = None  # who was refused, when the credential named someone (not permitted)
 
 
 class AccessCheck:
@@ -87,7 +88,7 @@ class AccessCheck:
         if isinstance(caller, Refusal):
             return caller
         if rule is None:
-            return Refusal(False, f"{method} is not in modelplane's access table: no one may call it")
+            return Refusal(False, f"{method} is not in modelplane's access table: no one may call it", caller)
         if rule.access in (Access.AUTHENTICATED, Access.INFERENCE):
             return caller
         return self._authorise(method, rule, caller, resource)
@@ -116,13 +117,13 @@ class AccessCheck:
         grants = [grant for grant in self.policy.grants(caller.identity, caller.groups) if grant.role in rule.roles]
         needed = rule.describe_roles()
         if not grants:
-            return Refusal(False, f"{method} needs role {needed}, which {caller.identity} does not have")
+            return Refusal(False, f"{method} needs role {needed}, which {caller.identity} does not have", caller)
         if any(not grant.namespaces and not grant.name_prefixes for grant in grants):
             return caller
         target = resource()
         if any(grant.covers(target) for grant in grants):
             return caller
-        return Refusal(False, f"{method} needs role {needed} for {_describe(target)}; {_limits(grants)}")
+        return Refusal(False, f"{method} needs role {needed} for {_describe(target)}; {_limits(grants)}", caller)
 
 
 def _describe(resource: Resource) -> str:

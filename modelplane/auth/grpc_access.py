@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import grpc
 from grpc import aio
 
 from modelplane.auth.access_check import AccessCheck, Credentials, Refusal
 from modelplane.auth.access_table import rule_for_grpc
-from modelplane.auth.caller import Caller, serving
+from modelplane.auth.caller import Caller, CredentialKind, serving
 from modelplane.auth.certificates import SanKind
 from modelplane.auth.request_resource import resource_of
 
-__all__ = ["AccessInterceptor", "bearer_token"]
+__all__ = ["AccessInterceptor", "RefusalRecorder", "bearer_token"]
 
 Context = aio.ServicerContext[Any, Any]
 Unary = Callable[[Any, Context], Awaitable[Any]]
@@ -59,20 +59,33 @@ def _credentials(context: Context) -> Credentials:
     return Credentials(peer=context.peer() or "", bearer=bearer_token(authorization), certificate_sans=sans)
 
 
+class RefusalRecorder(Protocol):
+    """Told of every call the check refuses, before the refusal is sent (the scheduler's audit log): ``request``
+    is None for a streamed request, ``code`` the gRPC status code's name."""
+
+    async def __call__(self, method: str, request: object | None, caller: Caller, code: str, message: str) -> None: ...
+
+
 class AccessInterceptor(aio.ServerInterceptor):
-    def __init__(self, check: AccessCheck) -> None:
+    def __init__(self, check: AccessCheck, record_refusal: RefusalRecorder | None = None) -> None:
         self.check = check
+        self._record_refusal = record_refusal
 
     async def _admit(self, method: str, request: object, context: Context) -> Caller:
         rule = rule_for_grpc(method)
+        credentials = _credentials(context)
         verdict = await self.check.admit(
             method,
             rule,
-            _credentials(context),
+            credentials,
             lambda: resource_of(request, rule.resource if rule is not None else None),
         )
         if isinstance(verdict, Refusal):
             code = grpc.StatusCode.UNAUTHENTICATED if verdict.unauthenticated else grpc.StatusCode.PERMISSION_DENIED
+            if self._record_refusal is not None:
+                # Before abort: grpc.aio sends the status inside it, and a refusal is recorded before it is answered.
+                refused = verdict.caller or Caller("", CredentialKind.NONE, peer=credentials.peer)
+                await self._record_refusal(method, request, refused, code.name, verdict.message)
             await context.abort(code, verdict.message)  # raises
             raise AssertionError("context.abort returned")
         return verdict

@@ -42,7 +42,9 @@ from grpc import aio
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.audit import AuditLog, AuditLogError, AuditRecord, Resource, audit_record
+from modelplane.auth.access_table import rule_for_grpc
 from modelplane.auth.caller import Caller, current_caller, new_request_id, serving
+from modelplane.auth.request_resource import resource_of as request_resource
 
 log = logging.getLogger(__name__)
 
@@ -54,43 +56,38 @@ Context = aio.ServicerContext[Any, Any]
 VersionOf = Callable[[Resource], int | None]
 
 
-def _namespace(message: Message) -> str:
-    return cast(str, message.kubernetesMeta.namespace) if message.HasField("kubernetesMeta") else ""  # type: ignore[attr-defined]
-
-
-def _load_model(request: Any) -> Resource:
-    meta = request.model.meta
-    return Resource("model", meta.name, _namespace(meta))
-
-
-def _unload_model(request: Any) -> Resource:
-    return Resource("model", request.model.name, _namespace(request))
-
-
-def _load_pipeline(request: Any) -> Resource:
-    return Resource("pipeline", request.pipeline.name, _namespace(request.pipeline))
-
-
-def _start_experiment(request: Any) -> Resource:
-    return Resource("experiment", request.experiment.name, _namespace(request.experiment))
-
-
-def _server_notify(request: Any) -> Resource:
-    # One line for the whole call: the servers it names, in its order (bounded by the audit record).
+def _servers_named(request: Any) -> Resource:
+    # One line for the whole call: the servers it names, in its order (bounded by the audit record). The access
+    # table names no single server here (no limited grant may cover several), so the audit reads them itself.
     return Resource("servers", ",".join(server.name for server in request.servers))
+
+
+def _from_access_table(method: str) -> Callable[[Any], Resource]:
+    # Where a request names its resource has one owner: the access table (modelplane/auth/access_table.py).
+    rule = rule_for_grpc(method)
+    fields = rule.resource if rule is not None else None
+
+    def describe(request: Any) -> Resource:
+        found = request_resource(request, fields)
+        return Resource(found.kind, found.name, found.namespace)
+
+    return describe
 
 
 # Method name -> what its request is about.
 AUDITED: dict[str, Callable[[Any], Resource]] = {
-    "LoadModel": _load_model,
-    "UnloadModel": _unload_model,
-    "LoadPipeline": _load_pipeline,
-    "UnloadPipeline": lambda request: Resource("pipeline", request.name),
-    "StartExperiment": _start_experiment,
-    "StopExperiment": lambda request: Resource("experiment", request.name),
-    "ServerNotify": _server_notify,
-    "ModelStatusEvent": lambda request: Resource("model", request.update.model),
-    "PipelineStatusEvent": lambda request: Resource("pipeline", request.update.pipeline),
+    name: _servers_named if name == "ServerNotify" else _from_access_table(SCHEDULER_PREFIX + name)
+    for name in (
+        "LoadModel",
+        "UnloadModel",
+        "LoadPipeline",
+        "UnloadPipeline",
+        "StartExperiment",
+        "StopExperiment",
+        "ServerNotify",
+        "ModelStatusEvent",
+        "PipelineStatusEvent",
+    )
 }
 
 

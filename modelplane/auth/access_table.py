@@ -135,8 +135,8 @@ GRPC_METHODS: Mapping[str, Rule] = {
     _SCHEDULER + "SubscribePipelineStatus": _roles(Role.VIEWER),
     _SCHEDULER + "SubscribeControlPlane": _roles(Role.CONTROLLER),
     # Acknowledgements of the updates a gateway was sent
-    _SCHEDULER + "ModelStatusEvent": _roles(Role.GATEWAY),
-    _SCHEDULER + "PipelineStatusEvent": _roles(Role.GATEWAY),
+    _SCHEDULER + "ModelStatusEvent": _roles(Role.GATEWAY, resource=ResourceFields("model", "update.model")),
+    _SCHEDULER + "PipelineStatusEvent": _roles(Role.GATEWAY, resource=ResourceFields("pipeline", "update.pipeline")),
     # The routing stream
     _ROUTING + "ModelEndpoints": _roles(Role.GATEWAY),
     _ROUTING + "WatchRoutes": _roles(Role.GATEWAY),

@@ -94,7 +94,6 @@ def _kafka_follower(settings: GatewaySettings, router: InferenceRouter) -> Kafka
 class _Gateway:
     """The gateway's parts, wired: the routing table's watcher feeds the router, pipelines and Kafka."""
 
-    channel: aio.Channel
     client: ReplicaClient
     router: InferenceRouter
     watcher: RouteWatcher
@@ -104,7 +103,11 @@ class _Gateway:
     @classmethod
     def wire(cls, settings: GatewaySettings) -> _Gateway:
         metrics = GatewayMetrics()
-        channel = open_channel(settings.scheduler, settings.security, client_token(settings.token_file))
+
+        def connect() -> aio.Channel:
+            # Each new channel reads the TLS files and the token again (the watcher makes one per reconnection).
+            return open_channel(settings.scheduler, settings.security, client_token(settings.token_file))
+
         client = ReplicaClient(
             max_attempts=settings.max_attempts,
             timeout_seconds=settings.request_timeout_seconds,
@@ -122,13 +125,13 @@ class _Gateway:
             if kafka is not None:
                 kafka.on_table(table)
 
-        watcher = RouteWatcher(channel, settings.name, check_pipeline=pipelines.check, on_table=on_table)
-        return cls(channel, client, router, watcher, kafka, metrics)
+        watcher = RouteWatcher(connect, settings.name, check_pipeline=pipelines.check, on_table=on_table)
+        return cls(client, router, watcher, kafka, metrics)
 
     async def close(self) -> None:
         await self.router.close()
         await self.client.close()
-        await self.channel.close()
+        await self.watcher.close()
 
 
 async def run(

@@ -27,6 +27,7 @@ from generated.mlops.routing.v1 import routing_pb2 as rpb
 from generated.mlops.routing.v1 import routing_pb2_grpc as rpb_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
+from modelplane.transport import TransportError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class _Ack:
 class RouteWatcher:
     def __init__(
         self,
-        channel: aio.Channel,
+        connect: Callable[[], aio.Channel],
         gateway_name: str,
         *,
         check_pipeline: PipelineCheck | None = None,
@@ -61,8 +62,10 @@ class RouteWatcher:
     ) -> None:
         self.table = RoutingTable()
         self.synced = asyncio.Event()  # set once a first snapshot is complete
-        self._routes = rpb_grpc.RoutingServiceStub(channel)
-        self._scheduler = pb_grpc.SchedulerStub(channel)
+        self._connect = connect
+        self._channel = connect()  # a channel that cannot be made stops the gateway at start, saying why
+        self._routes = rpb_grpc.RoutingServiceStub(self._channel)
+        self._scheduler = pb_grpc.SchedulerStub(self._channel)
         self._name = gateway_name
         self._check_pipeline = check_pipeline
         self._on_table = on_table
@@ -87,10 +90,28 @@ class RouteWatcher:
                 delay = backoff * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
                 await asyncio.sleep(delay)
                 backoff = min(self._max_backoff, backoff * 2)
+                await self._reconnect()
         finally:
             acker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await acker
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _reconnect(self) -> None:
+        """Watch on a new channel: it reads the TLS files and the token again. gRPC fixes a channel's credentials
+        when it is made, so without this a rotated client certificate, CA or token would never be used, and a
+        scheduler that trusts only the new ones would stay unreachable until the gateway restarts."""
+        try:
+            fresh = self._connect()
+        except (TransportError, OSError) as error:
+            log.warning("keeping the channel to the scheduler: a new one cannot be made: %s", error)
+            return
+        old, self._channel = self._channel, fresh
+        self._routes = rpb_grpc.RoutingServiceStub(fresh)
+        self._scheduler = pb_grpc.SchedulerStub(fresh)
+        await old.close()  # an acknowledgement in flight on it is sent again after the next snapshot
 
     async def _watch_once(self) -> bool:
         """One stream; returns True when it got as far as a complete snapshot."""

@@ -1,7 +1,8 @@
 """TLS certificates rotated under live connections, without a restart: the real scheduler process (gRPC, mutual
 TLS) and an HTTPS server made by the transport factory. New connections see the new certificate (its serial), a
 half-written file keeps the last good one (and the server says why), established connections and a long-lived
-stream keep working, and after the CA rotates a client certificate from the old CA is refused."""
+stream keep working, and after the CA rotates a client certificate from the old CA is refused. A gateway whose
+files rotate reaches a scheduler that trusts only the new CA once its routing stream reconnects."""
 
 from __future__ import annotations
 
@@ -24,13 +25,14 @@ from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane.addresses import parse_address
 from modelplane.transport import TransportSecurity, http_server_ssl, open_channel
-from tests.processes import start_scheduler, stop_process
+from tests.processes import start_gateway, start_scheduler, stop_process
 from tests.tls_material import Authority, TlsFiles, make_tls_files
 from tests.waiting import wait_for_async
 
 WAIT = 60.0  # seconds: a hang guard for every wait, never an expectation
 SERVER = ExtendedKeyUsageOID.SERVER_AUTH
 CLIENT = ExtendedKeyUsageOID.CLIENT_AUTH
+READY = pb.PipelineVersionState.PipelineStatus.Value("PipelineReady")
 
 
 def replace_file(path: Path, data: bytes) -> None:
@@ -150,6 +152,56 @@ async def test_scheduler_certificates_rotate_under_live_connections(tmp_path: Pa
     finally:
         assert stop_process(scheduler.process) == 0
     assert scheduler.log().count("reloaded its TLS files") >= 2
+
+
+async def gateway_acknowledged(listen: str, security: TransportSecurity, pipeline: str) -> bool:
+    """Whether a gateway acknowledged ``pipeline`` (it has a routing stream to the scheduler that works)."""
+    async with open_channel(parse_address(listen), security) as channel:
+        request = pb.PipelineStatusRequest(name=pipeline)
+        [status] = [answer async for answer in pb_grpc.SchedulerStub(channel).PipelineStatus(request, timeout=10)]
+    return bool(status.versions[-1].state.pipelineGwStatus == READY)
+
+
+async def test_the_gateway_reaches_a_scheduler_that_trusts_only_a_new_ca(tmp_path: Path) -> None:
+    (tmp_path / "tls").mkdir()
+    (tmp_path / "tls2").mkdir()
+    (tmp_path / "scheduler").mkdir()
+    files = make_tls_files(tmp_path / "tls", Authority.new("first CA"))
+    scheduler_flags = [f"--tls-cert={files.server_cert}", f"--tls-key={files.server_key}", f"--tls-ca={files.ca}"]
+    scheduler = start_scheduler(tmp_path / "scheduler", *scheduler_flags)
+    client_flags = [f"--tls-cert={files.client_cert}", f"--tls-key={files.client_key}", f"--tls-ca={files.ca}"]
+    gateway = start_gateway(tmp_path / "gateway", scheduler.listen, *client_flags)
+    operator = TransportSecurity(ca_file=files.ca, cert_file=files.client_cert, key_file=files.client_key)
+    try:
+        async with open_channel(parse_address(scheduler.listen), operator) as channel:
+            await pb_grpc.SchedulerStub(channel).LoadPipeline(pb.LoadPipelineRequest(pipeline=one_step("before")))
+        await wait_for_async(
+            lambda: gateway_acknowledged(scheduler.listen, operator, "before"), WAIT, "the gateway acknowledged"
+        )
+        # Every file rotates to a second CA, and the scheduler restarts (on the same ports): the gateway's
+        # connection ends, and only what it reads from its files now can reach the scheduler again.
+        rotated = make_tls_files(tmp_path / "tls2", Authority.new("second CA"))
+        for path in ("ca", "server_cert", "server_key", "client_cert", "client_key"):
+            replace_file(getattr(files, path), getattr(rotated, path).read_bytes())
+        assert stop_process(scheduler.process) == 0
+        scheduler = start_scheduler(
+            tmp_path / "scheduler",
+            *scheduler_flags,
+            f"--listen={scheduler.listen}",
+            f"--agent-listen={scheduler.agent_listen}",
+        )
+        async with open_channel(parse_address(scheduler.listen), operator) as channel:
+            await pb_grpc.SchedulerStub(channel).LoadPipeline(pb.LoadPipelineRequest(pipeline=one_step("after")))
+        await wait_for_async(
+            lambda: gateway_acknowledged(scheduler.listen, operator, "after"), WAIT, "the gateway acknowledged again"
+        )
+    finally:
+        stop_process(gateway.process)
+        stop_process(scheduler.process)
+
+
+def one_step(name: str) -> pb.Pipeline:
+    return pb.Pipeline(name=name, steps=[pb.PipelineStep(name="m")], output=pb.PipelineOutput(steps=["m"]))
 
 
 # -- HTTPS: any HTTP server the transport factory secures (the gateway's REST, the trainer's status API) --------

@@ -45,7 +45,7 @@ from agent.artifacts import ArtifactError, ArtifactSource, ArtifactStore
 from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.keyed_locks import KeyedLocks
-from scheduler.model_specs import memory_needed
+from modelplane.spec.model_resources import memory_needed, requested_instances
 from servers.adapter import InferenceServer, ModelFiles, ServerError
 
 log = logging.getLogger(__name__)
@@ -104,16 +104,6 @@ def artifact_source(model: pb.Model) -> ArtifactSource:
         storage_rclone_config=config.storageRcloneConfig if config and config.HasField("storageRcloneConfig") else None,
         sha256=parameters.get("sha256"),
     )
-
-
-def instance_count(model: pb.Model) -> int:
-    info = model.modelSpec.modelRuntimeInfo
-    kind = info.WhichOneof("modelRuntimeInfo")
-    if kind == "mlserver":
-        return info.mlserver.parallelWorkers
-    if kind == "triton":
-        return sum(cpu.instanceCount for cpu in info.triton.cpu)
-    return 0
 
 
 class ModelManager:
@@ -247,7 +237,7 @@ class ModelManager:
         if held is not None and held.on_server:
             held.last_used = time.monotonic()
             return OperationOutcome(Event.KIND_LOADED)  # idempotent: a repeated load changes nothing
-        memory = memory_needed(model)  # the scheduler's formula, so both sides agree
+        memory = memory_needed(model)  # the formula the scheduler places by (modelplane/spec), so both agree
         if held is None and self.registered_bytes + memory > self.accept_bytes:
             return OperationOutcome(
                 Event.KIND_LOAD_FAIL_MEMORY,
@@ -262,7 +252,7 @@ class ModelManager:
                 artifact_dir=folder,
                 requirements=frozenset(model.modelSpec.requirements),
                 parameters={p.name: p.value for p in model.modelSpec.parameters},
-                instance_count=instance_count(model),
+                instance_count=requested_instances(model),
                 linkable=self.artifacts.owns(folder),
             )
             await self.server.place_files(files)

@@ -29,10 +29,10 @@ from modelplane.auth_flags import (
 from modelplane.config import parse_layered
 from modelplane.flag_types import address, seconds
 from modelplane.sizes import format_size, parse_size
+from modelplane.spec.errors import InvalidArgument
+from modelplane.spec.names import check_name
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_tls_flags, security_from
-from scheduler.errors import InvalidArgument
-from scheduler.model_names import check_name
 
 SERVER_KINDS = ("mlserver", "triton")
 DEFAULT_CAPABILITIES = {"mlserver": "sklearn,mlserver", "triton": "triton,python"}

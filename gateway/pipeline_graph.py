@@ -1,6 +1,6 @@
 """A pipeline compiled once per version into the graph the executor walks for every request.
 
-The spec's references are parsed with the scheduler's own grammar (:mod:`scheduler.pipelines.validation`), so
+The spec's references are parsed with the grammar the scheduler validates by (:mod:`modelplane.spec.pipelines`), so
 the gateway and the scheduler can never disagree on what ``a.outputs.t`` means. What compiling decides:
 
 * Each step runs the model of its own name (Seldon's rule; ``PipelineStep`` has no model field).
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 from gateway.inference_types import InferenceError
 from generated.mlops.scheduler import scheduler_pb2 as pb
-from scheduler.errors import FailedPrecondition
-from scheduler.pipelines.validation import Reference, Side, parse_reference, validate_pipeline
+from modelplane.spec.errors import FailedPrecondition
+from modelplane.spec.pipelines import Reference, Side, parse_reference, validate_pipeline
 
 # Seldon leaves the default join window to its dataflow engine's configuration; ours is the executor's.
 DEFAULT_JOIN_WINDOW_MS = 1000

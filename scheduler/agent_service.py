@@ -18,10 +18,8 @@ import grpc
 from grpc import aio
 
 from generated.mlops.agent.v1 import agent_pb2, agent_pb2_grpc
-from scheduler.agent_sessions import AgentSession
-from scheduler.cluster import ReplicaConfig
-from scheduler.errors import InvalidArgument, SchedulerError
-from scheduler.limits import (
+from modelplane.spec.errors import InvalidArgument, SchedulerError
+from modelplane.spec.limits import (
     MAX_MEMORY_BYTES,
     MAX_NAME_CHARS,
     MAX_OVERCOMMIT_PERCENT,
@@ -29,7 +27,9 @@ from scheduler.limits import (
     check_fields,
     shown,
 )
-from scheduler.model_names import check_name
+from modelplane.spec.names import check_name
+from scheduler.agent_sessions import AgentSession
+from scheduler.cluster import ReplicaConfig
 from scheduler.scheduler_core import SchedulerCore
 from scheduler.status_codes import abort
 
@@ -48,7 +48,7 @@ MAX_REPLICA_INDEX = MAX_SERVER_REPLICAS
 
 def replica_config(register: agent_pb2.Register) -> ReplicaConfig:
     """Check a Register message; raise InvalidArgument saying what is wrong. Field lengths, characters and counts
-    are scheduler/limits.py's."""
+    are modelplane/spec/limits.py's."""
     if register.protocol_version != PROTOCOL_VERSION:
         raise InvalidArgument(
             f"agent speaks protocol version {register.protocol_version}; this scheduler speaks {PROTOCOL_VERSION}"

@@ -14,7 +14,7 @@ Invariants (``check_invariants`` verifies them; tests call it after every step):
   so it always equals what its replicas say;
 - every record is one a request could have made: versions rising within 1..MAX_VERSION (a uint32), at
   most MAX_MODEL_VERSIONS of them, specs that pass validation, reasons within their limits; so every
-  model's and server's status renders and fits a default client (scheduler/limits.py).
+  model's and server's status renders and fits a default client (modelplane/spec/limits.py).
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 
 from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane.spec import limits
+from modelplane.spec.errors import FailedPrecondition, IllegalTransition, ResourceExhausted
+from modelplane.spec.model_resources import memory_needed
 from modelplane.storage_secrets import redacted_model
-from scheduler import limits, model_specs, server_specs, status_messages
-from scheduler.errors import FailedPrecondition, IllegalTransition, ResourceExhausted
+from scheduler import model_specs, server_specs, status_messages
 from scheduler.invariants import require
 from scheduler.memory_ledger import AccountingError
 from scheduler.model_records import ModelRecord, ModelVersion, ReplicaKey
@@ -486,7 +488,7 @@ class Cluster:
         request = PlacementRequest(
             model=record.name,
             version=version.version,
-            memory_bytes=model_specs.memory_needed(spec),
+            memory_bytes=memory_needed(spec),
             requirements=model_specs.requirements(spec),
             server_pin=spec.modelSpec.server if spec.modelSpec.HasField("server") else None,
             replicas=desired,
@@ -580,7 +582,7 @@ class Cluster:
 
     def _commit_memory(self, replica: ReplicaRecord, name: str, version: ModelVersion) -> None:
         try:
-            replica.ledger.commit((name, version.version), model_specs.memory_needed(version.spec))
+            replica.ledger.commit((name, version.version), memory_needed(version.spec))
         except AccountingError:
             log.exception("memory accounting refused %s:%d on %s/%d", name, version.version, *replica.key)
             raise

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
-from scheduler.errors import SchedulerError
+from modelplane.spec.errors import SchedulerError
 
 # No real replica comes close; exceeding this means a bug or a hostile report, never a valid state.
 MAX_BYTES = 1 << 62

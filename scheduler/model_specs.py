@@ -9,8 +9,8 @@ import math
 from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane import storage_secrets
-from scheduler.errors import FailedPrecondition, InvalidArgument
-from scheduler.limits import (
+from modelplane.spec.errors import FailedPrecondition, InvalidArgument
+from modelplane.spec.limits import (
     MAX_INSTANCES,
     MAX_MEMORY_BYTES,
     MAX_MODEL_SPEC_BYTES,
@@ -20,7 +20,8 @@ from scheduler.limits import (
     check_fields,
     shown,
 )
-from scheduler.model_names import check_kubernetes_meta, check_name
+from modelplane.spec.model_resources import instance_count
+from modelplane.spec.names import check_kubernetes_meta, check_name
 from scheduler.model_records import ModelRecord, ModelVersion
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ class SpecChange(enum.Enum):
 def validate_model(model: pb.Model) -> None:
     """Raise InvalidArgument naming the first problem with ``model``; return if it can be loaded.
 
-    Field lengths, characters and counts are scheduler/limits.py's; what makes a model loadable is here.
+    Field lengths, characters and counts are modelplane/spec/limits.py's; what makes a model loadable is here.
     """
     validate_spec(model)
     if storage_secrets.has_inline_config(model) and storage_secrets.is_redacted(
@@ -127,22 +128,6 @@ def desired_replicas(model: pb.Model) -> int:
 
 def min_replicas(model: pb.Model) -> int:
     return model.deploymentSpec.minReplicas
-
-
-def instance_count(model: pb.Model) -> int:
-    """How many copies of the model one replica runs (each needs the model's memory)."""
-    info = model.modelSpec.modelRuntimeInfo
-    kind = info.WhichOneof("modelRuntimeInfo")
-    if kind == "mlserver":
-        return max(1, info.mlserver.parallelWorkers)
-    if kind == "triton":
-        return max(1, sum(cpu.instanceCount for cpu in info.triton.cpu))
-    return 1
-
-
-def memory_needed(model: pb.Model) -> int:
-    """Bytes one replica commits to the model: memoryBytes x instance count (0 when unspecified)."""
-    return model.modelSpec.memoryBytes * instance_count(model)
 
 
 def is_explainer(model: pb.Model) -> bool:

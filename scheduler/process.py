@@ -119,7 +119,7 @@ async def _serve(
     agent_services = [AGENT_SERVICE, HEALTH_SERVICE]
 
     # Every mutation is audited, refusals by the field limits too (scheduler/audit_interceptor.py); every Scheduler
-    # API and RoutingService request passes the field limits before its handler (scheduler/limits.py).
+    # API and RoutingService request passes the field limits before its handler (modelplane/spec/limits.py).
     # One access check for both listeners: one policy, one token file (modelplane/auth).
     access = AccessCheck(settings.auth)
     audited = AuditInterceptor(audit, lambda resource: resource_versions.live_version(core, resource))

@@ -1,5 +1,5 @@
 """A server interceptor that checks every request of the Scheduler API and the RoutingService against the field
-limits (scheduler/limits.py) before its handler runs, so no handler ever sees an oversized or control-character
+limits (modelplane/spec/limits.py) before its handler runs, so no handler ever sees an oversized or control-character
 field, whatever it does with it (even fields it ignores).
 
 The agent's stream (AgentService.Session) is checked message by message where it is read (agent_service.py):
@@ -18,8 +18,9 @@ from grpc import aio
 
 from generated.mlops.routing.v1 import routing_pb2
 from generated.mlops.scheduler import scheduler_pb2
-from scheduler import limits, status_codes
-from scheduler.errors import FailedPrecondition, InvalidArgument, SchedulerError
+from modelplane.spec import limits
+from modelplane.spec.errors import FailedPrecondition, InvalidArgument, SchedulerError
+from scheduler import status_codes
 
 CHECKED_SERVICES = (
     "/" + scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name + "/",

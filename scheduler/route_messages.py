@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from generated.mlops.routing.v1 import routing_pb2 as rpb
+from modelplane.spec.limits import MAX_ROUTE_BYTES
 from scheduler.experiments import ExperimentRecord
-from scheduler.limits import MAX_ROUTE_BYTES
 from scheduler.model_records import ModelRecord, ModelVersion
 from scheduler.pipelines import PipelineRecord, PipelineStatus
 from scheduler.replica_state import SERVING

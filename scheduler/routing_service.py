@@ -9,8 +9,8 @@ from grpc import aio
 
 from generated.mlops.routing.v1 import routing_pb2 as pb
 from generated.mlops.routing.v1 import routing_pb2_grpc as pb_grpc
+from modelplane.spec.names import check_name
 from scheduler import status_codes
-from scheduler.model_names import check_name
 from scheduler.scheduler_core import SchedulerCore
 from scheduler.stream_watchdog import StreamWatchdog
 
@@ -56,5 +56,5 @@ class RoutingService(pb_grpc.RoutingServiceServicer):
 
 def _gateway(name: str) -> str:
     """The name a gateway's streams and acknowledgements are filed under (the same in both RPCs); its length and
-    characters are checked before the handler runs (scheduler/limits.py, SUBSCRIBER)."""
+    characters are checked before the handler runs (modelplane/spec/limits.py, SUBSCRIBER)."""
     return name or "gateway"

@@ -28,13 +28,14 @@ from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.routing.v1 import routing_pb2 as rpb
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.keyed_locks import KeyedLocks
-from scheduler import limits, model_specs, route_messages, server_specs, status_messages
+from modelplane.spec import limits
+from modelplane.spec.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
+from modelplane.spec.names import check_name
+from scheduler import model_specs, route_messages, server_specs, status_messages
 from scheduler.agent_sessions import AgentSession
 from scheduler.cluster import Cluster, ReplicaConfig
-from scheduler.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from scheduler.event_hub import EventHub, Subscription
 from scheduler.experiments import ExperimentRecord, ExperimentRegistry
-from scheduler.model_names import check_name
 from scheduler.model_records import ModelRecord
 from scheduler.model_state import ModelState
 from scheduler.persistence import Change, Delete, Put, StateStore, StateStoreError

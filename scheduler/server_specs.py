@@ -1,6 +1,6 @@
 """Checking what ServerNotify says of servers, and server records read back from the state store.
 
-Field lengths, characters and counts are scheduler/limits.py's; what makes a notification coherent is here.
+Field lengths, characters and counts are modelplane/spec/limits.py's; what makes a notification coherent is here.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
-from scheduler.errors import InvalidArgument, ResourceExhausted
-from scheduler.limits import (
+from modelplane.spec.errors import InvalidArgument, ResourceExhausted
+from modelplane.spec.limits import (
     MAX_GENERATION,
     MAX_REPLICAS,
     MAX_SERVERS,
@@ -18,7 +18,7 @@ from scheduler.limits import (
     check_fields,
     shown,
 )
-from scheduler.model_names import check_kubernetes_meta, check_name, is_namespace
+from modelplane.spec.names import check_kubernetes_meta, check_name, is_namespace
 from scheduler.server_records import ServerRecord
 
 

@@ -9,7 +9,7 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 from grpc import aio
 
-from scheduler import errors
+from modelplane.spec import errors
 from scheduler.event_hub import SubscriberLagged, Subscription
 from scheduler.stream_watchdog import StreamWatchdog
 

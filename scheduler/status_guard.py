@@ -2,7 +2,7 @@
 
 A record that cannot be rendered (a number out of a proto field's range, a message past the 4 MiB a default client
 accepts, any bug) is reported as that resource's own error status, and logged once; the stream, and every other
-resource's status, go on. Records are checked where they are accepted (scheduler/limits.py), so this is the net
+resource's status, go on. Records are checked where they are accepted (modelplane/spec/limits.py), so this is the net
 under those checks, not a substitute for them.
 """
 
@@ -15,7 +15,7 @@ from typing import TypeVar
 from google.protobuf.message import Message
 
 from modelplane.bounded_text import cut
-from scheduler import limits
+from modelplane.spec import limits
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=Message)

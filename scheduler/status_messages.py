@@ -13,8 +13,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.bounded_text import cut
+from modelplane.spec import limits
 from modelplane.storage_secrets import redacted_model
-from scheduler import limits
 from scheduler.model_records import ModelRecord, ModelVersion
 from scheduler.server_records import ServerRecord
 from scheduler.status_guard import guarded, safe_name

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane.spec.errors import InvalidArgument
 from scheduler.agent_service import replica_config
-from scheduler.errors import InvalidArgument
 from tests.scheduler_harness import Harness
 
 names = st.one_of(st.text(max_size=80), st.from_regex(r"\A[a-z0-9][a-z0-9-]{0,70}\Z"))

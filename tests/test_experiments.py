@@ -9,14 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
-from scheduler.errors import FailedPrecondition, InvalidArgument
+from modelplane.spec.errors import FailedPrecondition, InvalidArgument
+from modelplane.spec.limits import MAX_CANDIDATES
 from scheduler.experiments import (
     STOPPED,
     ExperimentRecord,
     ExperimentRegistry,
     validate_experiment,
 )
-from scheduler.limits import MAX_CANDIDATES
 
 
 def experiment(

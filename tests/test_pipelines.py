@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
-from scheduler.errors import FailedPrecondition, IllegalTransition
-from scheduler.limits import MAX_REFERENCES, MAX_STEPS
+from modelplane.spec.errors import FailedPrecondition, IllegalTransition
+from modelplane.spec.limits import MAX_REFERENCES, MAX_STEPS
 from scheduler.pipelines import (
     TRANSITIONS,
     PipelineRecord,

@@ -13,7 +13,7 @@ import pytest
 
 from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
-from scheduler.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from modelplane.spec.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from scheduler.model_state import ModelState
 from scheduler.persistence import MemoryStateStore
 from scheduler.scheduler_core import CoreSettings, SchedulerCore

@@ -25,7 +25,7 @@ from generated.mlops.agent.v1 import agent_pb2, agent_pb2_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane import __version__
-from scheduler import limits
+from modelplane.spec import limits
 from tests.grpc_agent import FakeGrpcAgent, MiB
 from tests.processes import STARTED, SchedulerProcess, start_scheduler, stop_process
 from tests.waiting import wait_for, wait_for_async

@@ -1,7 +1,7 @@
 """The largest state the scheduler accepts streams whole, over real gRPC, to every kind of subscriber.
 
 A status stream starts with a snapshot of the current state; however many models, servers, pipelines and
-experiments the scheduler holds within its limits (scheduler/limits.py), that snapshot is sent whole, and a
+experiments the scheduler holds within its limits (modelplane/spec/limits.py), that snapshot is sent whole, and a
 subscriber that has every one of them changed before it reads stays subscribed. Waits are hang guards.
 """
 
@@ -15,7 +15,7 @@ from generated.mlops.routing.v1 import routing_pb2 as rpb
 from generated.mlops.routing.v1 import routing_pb2_grpc as rpb_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
-from scheduler import limits
+from modelplane.spec import limits
 from tests.scheduler_in_process import in_process_scheduler
 
 pytestmark = pytest.mark.timeout(900)  # a hang guard: 100,000 models are loaded and streamed twice

@@ -24,7 +24,7 @@ from generated.mlops.agent.v1 import agent_pb2, agent_pb2_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane.bounded_text import cut
-from scheduler import limits
+from modelplane.spec import limits
 from scheduler.persistence import Put, SqliteStateStore, StateStore
 from tests.grpc_agent import FakeGrpcAgent, MiB
 from tests.processes import STARTED, start_scheduler, stop_process
@@ -247,8 +247,8 @@ async def test_a_bad_record_restored_after_kill_9_breaks_nothing(tmp_path: Path)
 
 def test_a_name_or_namespace_with_a_trailing_newline_is_refused() -> None:
     """A pattern ending in ``$`` also matches before a final newline: names are checked whole."""
-    from scheduler.errors import InvalidArgument  # noqa: PLC0415
-    from scheduler.model_names import check_name, is_namespace  # noqa: PLC0415
+    from modelplane.spec.errors import InvalidArgument  # noqa: PLC0415
+    from modelplane.spec.names import check_name, is_namespace  # noqa: PLC0415
 
     for name in ("iris\n", "iris\n\n", "\niris"):
         with pytest.raises(InvalidArgument, match="invalid"):
@@ -597,7 +597,8 @@ LATEST_TIME = 253402300799.999  # 9999-12-31: the widest timestamp
 
 def _largest_allowed_model(name: str, generation: int) -> pb.Model:
     """A Model that passes validate_spec with its serialized size at MAX_MODEL_SPEC_BYTES (within a few bytes)."""
-    from scheduler import limits, model_specs  # noqa: PLC0415 - these tests are about the new limits
+    from modelplane.spec import limits  # noqa: PLC0415 - these tests are about the new limits
+    from scheduler import model_specs  # noqa: PLC0415 - these tests are about the new limits
 
     spec = pb.Model(
         meta=pb.MetaData(name=name, kubernetesMeta=pb.KubernetesMeta(namespace="n" * 63, generation=generation)),
@@ -619,7 +620,8 @@ def _largest_allowed_model(name: str, generation: int) -> pb.Model:
 def test_the_largest_model_status_the_limits_allow_fits_a_default_client() -> None:
     """Computed, not guessed: every version kept, each with the largest spec, a replica at every index with the
     longest reason (four-byte characters), the longest model and gateway reasons, the widest numbers."""
-    from scheduler import limits, status_messages  # noqa: PLC0415
+    from modelplane.spec import limits  # noqa: PLC0415
+    from scheduler import status_messages  # noqa: PLC0415
     from scheduler.model_records import ModelRecord, ModelVersion, ReplicaAssignment  # noqa: PLC0415
     from scheduler.model_state import DerivedState, ModelState  # noqa: PLC0415
     from scheduler.replica_state import ReplicaState  # noqa: PLC0415
@@ -651,7 +653,8 @@ def test_the_largest_model_status_the_limits_allow_fits_a_default_client() -> No
 
 
 def test_the_largest_pipeline_server_experiment_and_route_messages_fit_too() -> None:
-    from scheduler import limits, route_messages, status_messages  # noqa: PLC0415
+    from modelplane.spec import limits  # noqa: PLC0415
+    from scheduler import route_messages, status_messages  # noqa: PLC0415
     from scheduler.experiments import ExperimentRecord  # noqa: PLC0415
     from scheduler.model_records import ModelRecord, ModelVersion, ReplicaAssignment  # noqa: PLC0415
     from scheduler.pipelines import PipelineRecord, PipelineStatus, PipelineVersion, validate_pipeline  # noqa: PLC0415
@@ -726,7 +729,7 @@ def test_every_string_and_repeated_field_of_every_request_has_a_rule() -> None:
 
     from generated.mlops.agent.v1 import agent_pb2 as apb  # noqa: PLC0415
     from generated.mlops.routing.v1 import routing_pb2  # noqa: PLC0415
-    from scheduler import limits  # noqa: PLC0415
+    from modelplane.spec import limits  # noqa: PLC0415
 
     def fields(message: Descriptor, seen: set[str]) -> Iterator[FieldDescriptor]:
         if message.full_name in seen:
@@ -760,8 +763,8 @@ def test_every_string_and_repeated_field_of_every_request_has_a_rule() -> None:
 
 async def test_a_model_keeps_at_most_four_versions() -> None:
     """Inactive versions make room for a new one; versions still on replicas refuse it (RESOURCE_EXHAUSTED)."""
-    from scheduler import limits  # noqa: PLC0415
-    from scheduler.errors import ResourceExhausted  # noqa: PLC0415
+    from modelplane.spec import limits  # noqa: PLC0415
+    from modelplane.spec.errors import ResourceExhausted  # noqa: PLC0415
     from tests.scheduler_harness import Harness  # noqa: PLC0415
 
     async with Harness() as h:
@@ -835,7 +838,7 @@ async def test_a_version_dropped_while_an_agent_reports_it_leaves_the_record_and
 
 
 def test_a_pipeline_keeps_at_most_four_versions_and_drops_those_that_serve_nothing() -> None:
-    from scheduler import limits  # noqa: PLC0415
+    from modelplane.spec import limits  # noqa: PLC0415
     from scheduler.pipelines import PipelineRegistry, PipelineStatus  # noqa: PLC0415
 
     registry = PipelineRegistry()

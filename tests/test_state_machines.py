@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
-from scheduler.errors import IllegalTransition
+from modelplane.spec.errors import IllegalTransition
 from scheduler.model_state import DerivedState, ModelState, ReplicaFact, derive_live, derive_terminating
 from scheduler.replica_state import TRANSITIONS, ReplicaState, check_transition
 

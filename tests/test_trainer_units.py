@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from generated.mlops.training.v1 import training_pb2
-from scheduler.model_names import check_name
+from modelplane.spec.names import check_name
 from tests.training_schemas import iris_multiclass_logistic
 from trainer.design_store import DesignInvalidError, design_key, parse_schema
 from trainer.events import PoisonEventError, RecordPosition, dataset_for_run, decode_event, resolve_dataset_path

@@ -1,7 +1,7 @@
 """Optional auto-deploy of a freshly trained model: LoadModel on the scheduler (the Seldon Scheduler API).
 
 The model is named after the design token, made a valid scheduler model name (lower-case letters, digits and
-``-``, at most 63 characters; see scheduler/model_names.py), and points at the run's folder in the model
+``-``, at most 63 characters; see modelplane/spec/names.py), and points at the run's folder in the model
 store. Re-sending LoadModel with a changed URI makes a new version of the same model, so a retrained model
 replaces the served one the way any other update does.
 """
@@ -13,8 +13,8 @@ import re
 
 from generated.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from modelplane.addresses import Address
+from modelplane.spec.names import MAX_NAME_LENGTH
 from modelplane.transport import TransportSecurity, open_channel
-from scheduler.model_names import MAX_NAME_LENGTH
 
 _INVALID = re.compile(r"[^a-z0-9-]+")
 

@@ -23,12 +23,12 @@ from collections.abc import Callable
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.bounded_text import cut, one_line
-from scheduler import limits
-from scheduler.errors import FailedPrecondition, InvalidArgument
+from modelplane.spec import limits
+from modelplane.spec.errors import FailedPrecondition, InvalidArgument
+from modelplane.spec.names import check_name
 from scheduler.experiments.experiment_records import ExperimentRecord, copy_experiment
 from scheduler.experiments.validation import check_routing_name, resource_kind, validate_experiment
 from scheduler.invariants import require
-from scheduler.model_names import check_name
 from scheduler.status_guard import guarded, safe_name
 
 log = logging.getLogger(__name__)

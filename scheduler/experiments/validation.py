@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
-from scheduler.errors import FailedPrecondition, InvalidArgument
-from scheduler.limits import check_fields
-from scheduler.model_names import check_kubernetes_meta, check_name
+from modelplane.spec.errors import FailedPrecondition, InvalidArgument
+from modelplane.spec.limits import check_fields
+from modelplane.spec.names import check_kubernetes_meta, check_name
 
 MAX_WEIGHT = 10_000
 MIN_MIRROR_PERCENT = 1

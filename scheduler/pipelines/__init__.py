@@ -3,10 +3,7 @@
 Pure and synchronous; the scheduler's servicers wire it to the Scheduler API's pipeline RPCs.
 """
 
-from scheduler.pipelines.pipeline_records import PipelineRecord, PipelineVersion
-from scheduler.pipelines.pipeline_registry import PipelineRegistry, new_uid, status_response, version_state
-from scheduler.pipelines.pipeline_state import ENDING, LIVE, TRANSITIONS, PipelineStatus, check_transition
-from scheduler.pipelines.validation import (
+from modelplane.spec.pipelines import (
     MAX_STEP_REVISITS,
     Reference,
     parse_external_reference,
@@ -14,6 +11,9 @@ from scheduler.pipelines.validation import (
     pipeline_models,
     validate_pipeline,
 )
+from scheduler.pipelines.pipeline_records import PipelineRecord, PipelineVersion
+from scheduler.pipelines.pipeline_registry import PipelineRegistry, new_uid, status_response, version_state
+from scheduler.pipelines.pipeline_state import ENDING, LIVE, TRANSITIONS, PipelineStatus, check_transition
 
 __all__ = [
     "ENDING",

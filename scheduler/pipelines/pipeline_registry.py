@@ -21,13 +21,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.bounded_text import cut
-from scheduler import limits
-from scheduler.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from modelplane.spec import limits
+from modelplane.spec.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from modelplane.spec.names import check_name
+from modelplane.spec.pipelines import pipeline_models, validate_pipeline
 from scheduler.invariants import require
-from scheduler.model_names import check_name
 from scheduler.pipelines.pipeline_records import PipelineRecord, PipelineVersion
 from scheduler.pipelines.pipeline_state import ENDING, LIVE, PipelineStatus
-from scheduler.pipelines.validation import pipeline_models, validate_pipeline
 from scheduler.status_guard import guarded, safe_name
 
 P = PipelineStatus

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 
-from scheduler.errors import IllegalTransition
+from modelplane.spec.errors import IllegalTransition
 
 
 class PipelineStatus(enum.IntEnum):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from scheduler.limits import bounded_join
+from modelplane.spec.limits import bounded_join
 from scheduler.placement.replica_filters import DEFAULT_REPLICA_FILTERS, ReplicaFilter
 from scheduler.placement.replica_sorters import DEFAULT_REPLICA_ORDER, ReplicaKey, sort_replicas
 from scheduler.placement.server_filters import DEFAULT_SERVER_FILTERS, ServerFilter

@@ -1,4 +1,4 @@
-"""Every limit on what the scheduler accepts, and the checks that apply them: the one place to read them.
+"""Every limit on what the Scheduler API accepts, and the checks that apply them: the one place to read them.
 
 A request field is checked where it is accepted, before anything is stored: its length (in characters),
 its characters (no NUL or other control characters, no line or paragraph separators; only the free-text
@@ -69,7 +69,7 @@ from google.protobuf.message import Message
 from modelplane import bounded_text
 from modelplane.bounded_text import cut, cut_saying_how_much, one_line
 from modelplane.sizes import MAX_MESSAGE_BYTES, MAX_SIZE
-from scheduler.errors import InvalidArgument, SchedulerError
+from modelplane.spec.errors import InvalidArgument, SchedulerError
 
 # ----------------------------------------------------------------- counts, sizes and numbers
 

@@ -14,7 +14,7 @@ References to other pipelines (``input.externalInputs`` and ``input.externalTrig
 
 ``other`` alone means that pipeline's outputs; with ``.step.S`` it means step ``S`` of that pipeline.
 
-Every violation raises :class:`~scheduler.errors.FailedPrecondition` (the code Seldon uses for an invalid
+Every violation raises :class:`~modelplane.spec.errors.FailedPrecondition` (the code Seldon uses for an invalid
 pipeline, which its clients read as "do not retry"), with a message naming the offending step or reference.
 """
 
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
-from scheduler.errors import FailedPrecondition, InvalidArgument
-from scheduler.limits import MAX_PIPELINE_SPEC_BYTES, MAX_REFERENCE_CHARS, check_fields, shown
-from scheduler.model_names import check_kubernetes_meta, check_name
+from modelplane.spec.errors import FailedPrecondition, InvalidArgument
+from modelplane.spec.limits import MAX_PIPELINE_SPEC_BYTES, MAX_REFERENCE_CHARS, check_fields, shown
+from modelplane.spec.names import check_kubernetes_meta, check_name
 
 __all__ = [
     "MAX_STEP_REVISITS",
@@ -41,7 +41,7 @@ __all__ = [
 
 Side = Literal["inputs", "outputs"]
 
-# Counts and lengths are scheduler/limits.py's, checked by check_fields (FIELD_RULES) before anything here
+# Counts and lengths are modelplane/spec/limits.py's, checked by check_fields (FIELD_RULES) before anything here
 # (MAX_REFERENCES: per list, i.e. a step's inputs, its triggers, the output's steps, external inputs/triggers).
 MAX_STEP_REVISITS = 1000
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
-from scheduler.errors import InvalidArgument, SchedulerError
-from scheduler.limits import MAX_GENERATION, MAX_NAME_CHARS, shown
+from modelplane.spec.errors import InvalidArgument, SchedulerError
+from modelplane.spec.limits import MAX_GENERATION, MAX_NAME_CHARS, shown
 
 MAX_NAME_LENGTH = MAX_NAME_CHARS
 # Used with fullmatch: a pattern ending in "$" would also match before a final newline.

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
-from modelplane.manifests import MAX_MANIFEST_BYTES, ManifestError, parse_model_manifest
+from modelplane.cli.manifests import MAX_MANIFEST_BYTES, ManifestError, parse_model_manifest
 
 FULL = """\
 apiVersion: mlops.seldon.io/v1alpha1

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modelplane.cli import main
-from modelplane.model_commands import CommandError, read_manifest
+from modelplane.cli.main import main
+from modelplane.cli.model_commands import CommandError, read_manifest
 from tests.processes import SchedulerProcess, run_modelplane
 
 MANIFEST = """\

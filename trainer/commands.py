@@ -1,4 +1,4 @@
-"""The trainer's commands, for modelplane/cli.py to mount:
+"""The trainer's commands, for modelplane/cli/main.py to mount:
 
 - ``modelplane trainer [FLAGS]``: run the trainer process (flags: trainer/settings.py).
 - ``modelplane training status [--trainer URL] [RUN_ID]``: the runs a trainer knows (newest first), or one

@@ -19,10 +19,11 @@ from agent.settings import build_parser as build_agent_parser
 from agent.settings import parse_settings as parse_agent_settings
 from gateway.settings import build_parser as build_gateway_parser
 from gateway.settings import parse_settings as parse_gateway_settings
-from modelplane import __version__, audit_command, logs, model_commands, status_command, up
+from modelplane import __version__, logs
 from modelplane.addresses import Address
 from modelplane.audit import AuditLogError
 from modelplane.auth_flags import add_client_token_flag, client_token
+from modelplane.cli import audit_command, model_commands, status_command, up
 from modelplane.command_line import EXIT_FAILURE, EXIT_USAGE, fail, subparsers
 from modelplane.config import parse_layered
 from modelplane.flag_types import peer_address

@@ -22,8 +22,8 @@ from generated.mlops.routing.v1 import routing_pb2, routing_pb2_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane.addresses import Address
+from modelplane.cli.manifests import MAX_MANIFEST_BYTES, ManifestError, parse_model_manifest
 from modelplane.command_line import EXIT_FAILURE, EXIT_USAGE
-from modelplane.manifests import MAX_MANIFEST_BYTES, ManifestError, parse_model_manifest
 from modelplane.transport import TransportSecurity, open_channel
 
 ModelState = pb.ModelStatus.ModelState

@@ -45,7 +45,7 @@ from agent.artifacts import ArtifactError, ArtifactSource, ArtifactStore
 from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.keyed_locks import KeyedLocks
-from scheduler.model_specs import memory_needed
+from scheduler.models.model_specs import memory_needed
 from servers.adapter import InferenceServer, ModelFiles, ServerError
 
 log = logging.getLogger(__name__)

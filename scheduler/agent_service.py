@@ -19,7 +19,7 @@ from grpc import aio
 
 from generated.mlops.agent.v1 import agent_pb2, agent_pb2_grpc
 from scheduler.agent_sessions import AgentSession
-from scheduler.cluster import ReplicaConfig
+from scheduler.core import SchedulerCore
 from scheduler.errors import InvalidArgument, SchedulerError
 from scheduler.limits import (
     MAX_MEMORY_BYTES,
@@ -30,7 +30,7 @@ from scheduler.limits import (
     shown,
 )
 from scheduler.model_names import check_name
-from scheduler.scheduler_core import SchedulerCore
+from scheduler.models.cluster import ReplicaConfig
 from scheduler.status_codes import abort
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from grpc import aio
 from generated.mlops.routing.v1 import routing_pb2 as pb
 from generated.mlops.routing.v1 import routing_pb2_grpc as pb_grpc
 from scheduler import status_codes
+from scheduler.core import SchedulerCore
 from scheduler.model_names import check_name
-from scheduler.scheduler_core import SchedulerCore
 from scheduler.stream_watchdog import StreamWatchdog
 
 Context = aio.ServicerContext[Any, Any]

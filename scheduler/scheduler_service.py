@@ -15,8 +15,8 @@ from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane import __version__
 from scheduler import status_codes
+from scheduler.core import SchedulerCore
 from scheduler.errors import InvalidArgument
-from scheduler.scheduler_core import SchedulerCore
 from scheduler.stream_watchdog import StreamWatchdog
 
 Context = aio.ServicerContext[Any, Any]

@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.storage_secrets import redacted_model
-from scheduler import limits, model_specs, server_specs, status_messages
+from scheduler import limits, status_messages
 from scheduler.errors import FailedPrecondition, IllegalTransition, ResourceExhausted
 from scheduler.invariants import require
-from scheduler.memory_ledger import AccountingError
-from scheduler.model_records import ModelRecord, ModelVersion, ReplicaKey
-from scheduler.model_state import DerivedState, ModelState, derive_live, derive_terminating
-from scheduler.placement import PlacementRequest, ReplicaView, ServerView, place
-from scheduler.replica_state import (
+from scheduler.models import model_specs, server_specs
+from scheduler.models.memory_ledger import AccountingError
+from scheduler.models.model_records import ModelRecord, ModelVersion, ReplicaKey
+from scheduler.models.model_state import DerivedState, ModelState, derive_live, derive_terminating
+from scheduler.models.replica_state import (
     FAILED,
     HOLDS_MEMORY,
     INACTIVE,
@@ -43,7 +43,8 @@ from scheduler.replica_state import (
     WANTED,
     ReplicaState,
 )
-from scheduler.server_records import OperationSink, ReplicaRecord, ServerRecord
+from scheduler.models.server_records import OperationSink, ReplicaRecord, ServerRecord
+from scheduler.placement import PlacementRequest, ReplicaView, ServerView, place
 
 log = logging.getLogger(__name__)
 S = ReplicaState

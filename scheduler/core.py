@@ -28,20 +28,21 @@ from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.routing.v1 import routing_pb2 as rpb
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.keyed_locks import KeyedLocks
-from scheduler import limits, model_specs, route_messages, server_specs, status_messages
+from scheduler import limits, route_messages, status_messages
 from scheduler.agent_sessions import AgentSession
-from scheduler.cluster import Cluster, ReplicaConfig
 from scheduler.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from scheduler.event_hub import EventHub, Subscription
 from scheduler.experiments import ExperimentRecord, ExperimentRegistry
 from scheduler.model_names import check_name
-from scheduler.model_records import ModelRecord
-from scheduler.model_state import ModelState
+from scheduler.models import model_specs, server_specs
+from scheduler.models.cluster import Cluster, ReplicaConfig
+from scheduler.models.model_records import ModelRecord
+from scheduler.models.model_state import ModelState
+from scheduler.models.server_records import ServerRecord
 from scheduler.persistence import Change, Delete, Put, StateStore, StateStoreError
 from scheduler.pipelines import PipelineRecord, PipelineRegistry, PipelineStatus
 from scheduler.pipelines import status_response as pipeline_status_response
 from scheduler.route_messages import RouteKey
-from scheduler.server_records import ServerRecord
 
 log = logging.getLogger(__name__)
 

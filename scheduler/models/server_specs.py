@@ -19,7 +19,7 @@ from scheduler.limits import (
     shown,
 )
 from scheduler.model_names import check_kubernetes_meta, check_name, is_namespace
-from scheduler.server_records import ServerRecord
+from scheduler.models.server_records import ServerRecord
 
 
 def validate_notify(servers: Sequence[pb.ServerNotify], known: Collection[str]) -> None:

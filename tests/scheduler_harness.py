@@ -158,7 +158,7 @@ class Harness:
             await asyncio.sleep(0)
             moved = sum(r.pump() for r in self.replicas)
             self.core.cluster.check_invariants()
-            busy = moved or self.core._dirty or self.core._reconcile_wake.is_set()
+            busy = moved or self.core.reconciler.busy
             quiet = 0 if busy else quiet + 1
             if quiet >= 3:
                 return

@@ -30,7 +30,7 @@ from scheduler.limits import (
     shown,
 )
 from scheduler.model_names import check_name
-from scheduler.models.cluster import ReplicaConfig
+from scheduler.models.cluster_state import ReplicaConfig
 from scheduler.status_codes import abort
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,8 @@ from scheduler.event_hub import Subscription
 from scheduler.experiments import ExperimentRecord, ExperimentRegistry
 from scheduler.model_names import check_name
 from scheduler.models import model_specs, server_specs
-from scheduler.models.cluster import Cluster, ReplicaConfig
+from scheduler.models.cluster import Cluster
+from scheduler.models.cluster_state import ReplicaConfig
 from scheduler.models.model_records import ModelRecord
 from scheduler.models.model_state import ModelState
 from scheduler.models.server_records import ServerRecord

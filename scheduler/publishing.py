@@ -12,7 +12,8 @@ from generated.mlops.scheduler import scheduler_pb2 as pb
 from scheduler import limits, route_messages, status_messages
 from scheduler.event_hub import EventHub, Subscription
 from scheduler.experiments import ExperimentRegistry
-from scheduler.models.cluster import Cluster, Touched
+from scheduler.models.cluster import Cluster
+from scheduler.models.cluster_state import Touched
 from scheduler.pipelines import PipelineRecord, PipelineRegistry
 from scheduler.pipelines import status_response as pipeline_status_response
 from scheduler.route_messages import RouteKey

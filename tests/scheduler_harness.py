@@ -16,7 +16,7 @@ from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from scheduler.agent_sessions import AgentSession
 from scheduler.core import CoreSettings, SchedulerCore
-from scheduler.models.cluster import ReplicaConfig
+from scheduler.models.cluster_state import ReplicaConfig
 from scheduler.models.model_state import ModelState
 from scheduler.persistence import MemoryStateStore, StateStore
 

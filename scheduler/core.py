@@ -12,6 +12,12 @@ these promises:
 - Nothing is placed until the synchroniser is ready: after a restart, the agents that held models get
   a grace period to reconnect and report them, so nothing is loaded twice or moved needlessly.
 - Status streams get the current state first, then changes (see EventHub).
+
+Over 400 lines, on purpose: it is one class whose methods are each a few lines of the same pattern (lock the
+name, validate, write durably, apply, publish), one per RPC. Split by resource, the rule that a model, pipeline
+or experiment of one name is checked and written under that name's one lock (``_locks``) would be spread over
+modules that each must remember it; the work itself lives in models/, pipelines/, experiments/, publishing.py,
+reconciler.py and write_behind.py.
 """
 
 from __future__ import annotations

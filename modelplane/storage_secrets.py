@@ -9,7 +9,7 @@ stays as given, the inline text becomes ``REDACTED_RCLONE_CONFIG``.
 The marker keeps the wire shape: the ``config`` oneof still says "inline config" (a client can see that the model
 uses one), and its value is a fixed string that is neither JSON nor INI, so no client mistakes it for a config.
 An agent handed the marker (the scheduler restored the model without its credentials, see
-scheduler/model_records.py) says so in a reason a person can act on, see ``is_redacted``.
+scheduler/models/model_records.py) says so in a reason a person can act on, see ``is_redacted``.
 """
 
 from __future__ import annotations

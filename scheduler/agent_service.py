@@ -29,8 +29,8 @@ from modelplane.spec.limits import (
 )
 from modelplane.spec.names import check_name
 from scheduler.agent_sessions import AgentSession
-from scheduler.cluster import ReplicaConfig
-from scheduler.scheduler_core import SchedulerCore
+from scheduler.core import SchedulerCore
+from scheduler.models.cluster_state import ReplicaConfig
 from scheduler.status_codes import abort
 
 log = logging.getLogger(__name__)

@@ -34,10 +34,10 @@ from modelplane.transport import bind, new_server
 from scheduler import resource_versions
 from scheduler.agent_service import AgentService
 from scheduler.audit_interceptor import AccessRefusals, AuditInterceptor
+from scheduler.core import CoreSettings, SchedulerCore
 from scheduler.persistence import SqliteStateStore
 from scheduler.request_limits import RequestLimits
 from scheduler.routing_service import RoutingService
-from scheduler.scheduler_core import CoreSettings, SchedulerCore
 from scheduler.scheduler_service import SchedulerService
 from scheduler.settings import SchedulerSettings
 from scheduler.state_dir import StateDir

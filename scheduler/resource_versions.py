@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from modelplane.audit import Resource
-from scheduler.scheduler_core import SchedulerCore
+from scheduler.core import SchedulerCore
 
 
 def live_version(core: SchedulerCore, resource: Resource) -> int | None:

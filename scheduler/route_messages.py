@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from generated.mlops.routing.v1 import routing_pb2 as rpb
 from modelplane.spec.limits import MAX_ROUTE_BYTES
 from scheduler.experiments import ExperimentRecord
-from scheduler.model_records import ModelRecord, ModelVersion
+from scheduler.models.model_records import ModelRecord, ModelVersion
+from scheduler.models.replica_state import SERVING
+from scheduler.models.server_records import ServerRecord
 from scheduler.pipelines import PipelineRecord, PipelineStatus
-from scheduler.replica_state import SERVING
-from scheduler.server_records import ServerRecord
 from scheduler.status_guard import guarded, safe_name
 
 RouteKey = tuple[str, str]  # ("model" | "experiment" | "pipeline", name)

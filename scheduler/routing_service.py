@@ -11,7 +11,7 @@ from generated.mlops.routing.v1 import routing_pb2 as pb
 from generated.mlops.routing.v1 import routing_pb2_grpc as pb_grpc
 from modelplane.spec.names import check_name
 from scheduler import status_codes
-from scheduler.scheduler_core import SchedulerCore
+from scheduler.core import SchedulerCore
 from scheduler.stream_watchdog import StreamWatchdog
 
 Context = aio.ServicerContext[Any, Any]

@@ -16,7 +16,7 @@ from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane import __version__
 from modelplane.spec.errors import InvalidArgument
 from scheduler import status_codes
-from scheduler.scheduler_core import SchedulerCore
+from scheduler.core import SchedulerCore
 from scheduler.stream_watchdog import StreamWatchdog
 
 Context = aio.ServicerContext[Any, Any]

@@ -15,8 +15,8 @@ from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.bounded_text import cut
 from modelplane.spec import limits
 from modelplane.storage_secrets import redacted_model
-from scheduler.model_records import ModelRecord, ModelVersion
-from scheduler.server_records import ServerRecord
+from scheduler.models.model_records import ModelRecord, ModelVersion
+from scheduler.models.server_records import ServerRecord
 from scheduler.status_guard import guarded, safe_name
 
 

@@ -15,10 +15,10 @@ from typing import Any
 from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from scheduler.agent_sessions import AgentSession
-from scheduler.cluster import ReplicaConfig
-from scheduler.model_state import ModelState
+from scheduler.core import CoreSettings, SchedulerCore
+from scheduler.models.cluster_state import ReplicaConfig
+from scheduler.models.model_state import ModelState
 from scheduler.persistence import MemoryStateStore, StateStore
-from scheduler.scheduler_core import CoreSettings, SchedulerCore
 
 MiB = 1024 * 1024
 Kind = agent_pb2.ModelOperation
@@ -158,7 +158,7 @@ class Harness:
             await asyncio.sleep(0)
             moved = sum(r.pump() for r in self.replicas)
             self.core.cluster.check_invariants()
-            busy = moved or self.core._dirty or self.core._reconcile_wake.is_set()
+            busy = moved or self.core.reconciler.busy
             quiet = 0 if busy else quiet + 1
             if quiet >= 3:
                 return

@@ -20,10 +20,10 @@ from generated.mlops.scheduler import scheduler_pb2_grpc
 from modelplane.addresses import Address
 from modelplane.transport import TransportSecurity, bind, new_server
 from scheduler.agent_service import AgentService
+from scheduler.core import CoreSettings, SchedulerCore
 from scheduler.persistence import MemoryStateStore, StateStore
 from scheduler.request_limits import RequestLimits
 from scheduler.routing_service import RoutingService
-from scheduler.scheduler_core import CoreSettings, SchedulerCore
 from scheduler.scheduler_service import SchedulerService
 from scheduler.stream_watchdog import StreamWatchdog
 

@@ -38,7 +38,7 @@ from modelplane.bounded_text import cut, one_line
 from modelplane.transport import TransportSecurity, open_channel
 from scheduler import resource_versions
 from scheduler.audit_interceptor import AUDITED, AuditInterceptor
-from scheduler.scheduler_core import SchedulerCore
+from scheduler.core import SchedulerCore
 from tests.auth_material import token_line
 from tests.processes import SchedulerProcess, run_modelplane, start_scheduler, stop_process
 from tests.scheduler_in_process import in_process_scheduler

@@ -41,10 +41,10 @@ from modelplane.auth.http_access import protect
 from modelplane.standard_services import HEALTH_SERVICE, Health, add_reflection
 from modelplane.transport import TransportSecurity, bind, new_server, open_channel
 from scheduler.agent_service import AgentService
+from scheduler.core import CoreSettings, SchedulerCore
 from scheduler.persistence import MemoryStateStore
 from scheduler.request_limits import RequestLimits
 from scheduler.routing_service import RoutingService
-from scheduler.scheduler_core import CoreSettings, SchedulerCore
 from scheduler.scheduler_service import SchedulerService
 from scheduler.stream_watchdog import StreamWatchdog
 from tests.auth_material import IDENTITIES, TOKENS, Admissions, RecordingInterceptor, bearer, one_identity_per_role

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
-from modelplane.spec.errors import FailedPrecondition, InvalidArgument
+from modelplane.spec.errors import FailedPrecondition, IllegalTransition, InvalidArgument
 from modelplane.spec.limits import MAX_CANDIDATES
 from scheduler.experiments import (
     STOPPED,
@@ -17,6 +17,7 @@ from scheduler.experiments import (
     ExperimentRegistry,
     validate_experiment,
 )
+from scheduler.experiments.experiment_state import TRANSITIONS, ExperimentState
 
 
 def experiment(
@@ -342,7 +343,7 @@ def test_active_while_any_connected_gateway_routes_it() -> None:
 
 
 def test_durable_round_trip() -> None:
-    record = ExperimentRecord(spec=experiment(mirror=("shadow", 5), sticky=True), stopped=True)
+    record = ExperimentRecord(spec=experiment(mirror=("shadow", 5), sticky=True), state=ExperimentState.STOPPED)
     record.gateway_acks["gw-1"] = (True, "")
     assert record.active
     record.candidates_ready = True
@@ -360,7 +361,7 @@ def test_durable_round_trip() -> None:
 def test_restore_installs_stored_records() -> None:
     registry = ExperimentRegistry()
     registry.restore(ExperimentRecord.from_bytes("ab", ExperimentRecord(spec=experiment()).to_bytes()))
-    stored_stopped = ExperimentRecord(spec=experiment(name="old"), stopped=True)
+    stored_stopped = ExperimentRecord(spec=experiment(name="old"), state=ExperimentState.STOPPED)
     registry.restore(ExperimentRecord.from_bytes("old", stored_stopped.to_bytes()))
     assert registry.default_routes() == {"iris-v1": "ab"}
     assert registry.status("old")[0].statusDescription == STOPPED
@@ -429,3 +430,41 @@ def test_any_experiment_validates_or_raises_a_domain_error(spec: pb.Experiment, 
         registry.apply_start(prepared)
     assert registry.records[spec.name].spec == spec
     registry.refresh(all_ready)
+
+
+# ----------------------------------------------------------------- state table
+
+
+def state_of(registry: ExperimentRegistry, name: str = "ab") -> ExperimentState:
+    return registry.records[name].state
+
+
+def test_experiment_state_follows_its_table() -> None:
+    """Pending until a connected gateway routes it, Active while one does, Pending again when none does; Stopped
+    is final for the record (starting again installs a new one), and a change off the table is refused."""
+    registry = ExperimentRegistry()
+    started(registry, experiment())
+    record = registry.records["ab"]
+    assert state_of(registry) is ExperimentState.PENDING
+    assert not record.to_status().active
+    registry.record_gateway_ack("ab", "gw-1", active=True, reason="")
+    registry.record_gateway_ack("ab", "gw-2", active=False, reason="no route yet")
+    assert record.to_status().active
+    assert state_of(registry) is ExperimentState.ACTIVE
+    registry.forget_gateway("gw-1")  # the one gateway that routed it is gone
+    assert not record.to_status().active
+    assert state_of(registry) is ExperimentState.PENDING
+    stopped(registry, "ab")
+    assert record.to_status().statusDescription == STOPPED
+    assert state_of(registry) is ExperimentState.STOPPED
+    with pytest.raises(IllegalTransition):
+        record.move_to(ExperimentState.ACTIVE)
+    assert not registry.record_gateway_ack("ab", "gw-2", active=True, reason="")  # stale: ignored
+    assert registry.records["ab"].stopped
+    started(registry, experiment())
+    assert state_of(registry) is ExperimentState.PENDING
+    for state, allowed in TRANSITIONS.items():
+        assert state not in allowed  # every change is a change: no state moves to itself
+    # Only stopped-or-not is durable: a restart restores Stopped, or Pending until gateways route it again.
+    restored = ExperimentRecord.from_bytes("ab", registry.records["ab"].to_bytes())
+    assert restored.state is ExperimentState.PENDING

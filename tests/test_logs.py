@@ -17,7 +17,7 @@ BOUND = 64 * 1024  # far above any real record, far below the lines the issue sa
 def _record(
     message: str, *, fields: dict[str, object] | None = None, error: BaseException | None = None
 ) -> logging.LogRecord:
-    record = logging.LogRecord("scheduler.cluster", logging.INFO, __file__, 1, "%s", (message,), None)
+    record = logging.LogRecord("scheduler.models.cluster", logging.INFO, __file__, 1, "%s", (message,), None)
     if fields is not None:
         record.fields = fields
     if error is not None:

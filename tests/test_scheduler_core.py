@@ -14,9 +14,9 @@ import pytest
 from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.spec.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
-from scheduler.model_state import ModelState
+from scheduler.core import CoreSettings, SchedulerCore
+from scheduler.models.model_state import ModelState
 from scheduler.persistence import MemoryStateStore
-from scheduler.scheduler_core import CoreSettings, SchedulerCore
 from tests.scheduler_harness import Harness, MiB, model_spec
 
 M = ModelState

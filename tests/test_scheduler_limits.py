@@ -260,8 +260,8 @@ def test_a_name_or_namespace_with_a_trailing_newline_is_refused() -> None:
 async def test_stored_servers_named_with_a_trailing_newline_are_left_out() -> None:
     """Server records read back from the store pass the request's checks (server_specs.stored_server_problem):
     what no ServerNotify could create is skipped, the others restored."""
+    from scheduler.models.server_records import ServerRecord  # noqa: PLC0415
     from scheduler.persistence import MemoryStateStore  # noqa: PLC0415
-    from scheduler.server_records import ServerRecord  # noqa: PLC0415
 
     store = MemoryStateStore()
     await store.apply(
@@ -598,7 +598,7 @@ LATEST_TIME = 253402300799.999  # 9999-12-31: the widest timestamp
 def _largest_allowed_model(name: str, generation: int) -> pb.Model:
     """A Model that passes validate_spec with its serialized size at MAX_MODEL_SPEC_BYTES (within a few bytes)."""
     from modelplane.spec import limits  # noqa: PLC0415 - these tests are about the new limits
-    from scheduler import model_specs  # noqa: PLC0415 - these tests are about the new limits
+    from scheduler.models import model_specs  # noqa: PLC0415
 
     spec = pb.Model(
         meta=pb.MetaData(name=name, kubernetesMeta=pb.KubernetesMeta(namespace="n" * 63, generation=generation)),
@@ -622,9 +622,9 @@ def test_the_largest_model_status_the_limits_allow_fits_a_default_client() -> No
     longest reason (four-byte characters), the longest model and gateway reasons, the widest numbers."""
     from modelplane.spec import limits  # noqa: PLC0415
     from scheduler import status_messages  # noqa: PLC0415
-    from scheduler.model_records import ModelRecord, ModelVersion, ReplicaAssignment  # noqa: PLC0415
-    from scheduler.model_state import DerivedState, ModelState  # noqa: PLC0415
-    from scheduler.replica_state import ReplicaState  # noqa: PLC0415
+    from scheduler.models.model_records import ModelRecord, ModelVersion, ReplicaAssignment  # noqa: PLC0415
+    from scheduler.models.model_state import DerivedState, ModelState  # noqa: PLC0415
+    from scheduler.models.replica_state import ReplicaState  # noqa: PLC0415
 
     name = "m" * limits.MAX_NAME_CHARS
     reason = limits.clean_reason(WIDE * 10 * limits.MAX_REASON_CHARS)
@@ -656,11 +656,11 @@ def test_the_largest_pipeline_server_experiment_and_route_messages_fit_too() -> 
     from modelplane.spec import limits  # noqa: PLC0415
     from scheduler import route_messages, status_messages  # noqa: PLC0415
     from scheduler.experiments import ExperimentRecord  # noqa: PLC0415
-    from scheduler.model_records import ModelRecord, ModelVersion, ReplicaAssignment  # noqa: PLC0415
+    from scheduler.models.model_records import ModelRecord, ModelVersion, ReplicaAssignment  # noqa: PLC0415
+    from scheduler.models.replica_state import ReplicaState  # noqa: PLC0415
+    from scheduler.models.server_records import ReplicaRecord, ServerRecord  # noqa: PLC0415
     from scheduler.pipelines import PipelineRecord, PipelineStatus, PipelineVersion, validate_pipeline  # noqa: PLC0415
     from scheduler.pipelines.pipeline_registry import render_status_response  # noqa: PLC0415
-    from scheduler.replica_state import ReplicaState  # noqa: PLC0415
-    from scheduler.server_records import ReplicaRecord, ServerRecord  # noqa: PLC0415
 
     name = "p" * limits.MAX_NAME_CHARS
     reason = limits.clean_reason(WIDE * 10 * limits.MAX_REASON_CHARS)

@@ -8,8 +8,8 @@ import pytest
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.spec.errors import IllegalTransition
-from scheduler.model_state import DerivedState, ModelState, ReplicaFact, derive_live, derive_terminating
-from scheduler.replica_state import TRANSITIONS, ReplicaState, check_transition
+from scheduler.models.model_state import DerivedState, ModelState, ReplicaFact, derive_live, derive_terminating
+from scheduler.models.replica_state import TRANSITIONS, ReplicaState, check_transition
 
 S = ReplicaState
 M = ModelState

@@ -17,7 +17,7 @@ from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.spec.errors import InvalidArgument
 from modelplane.storage_secrets import REDACTED_RCLONE_CONFIG
-from scheduler.model_state import ModelState
+from scheduler.models.model_state import ModelState
 from scheduler.persistence import MemoryStateStore
 from tests.scheduler_harness import Harness, model_spec
 

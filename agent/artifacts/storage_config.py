@@ -214,7 +214,7 @@ def resolve_s3_settings(
         origin = "storage_rclone_config"
         if is_redacted(rclone_config):
             # The scheduler never stores an inline config; after its restart it has none to send (see
-            # scheduler/model_records.py) until a client gives it again.
+            # scheduler/models/model_records.py) until a client gives it again.
             raise ArtifactError(
                 f"{origin}: the scheduler no longer holds this model's inline storage config (it is never stored, "
                 "so a scheduler restart drops it): send the model's LoadModel again, or name a storageSecretName"

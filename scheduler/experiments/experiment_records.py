@@ -1,7 +1,8 @@
 """The scheduler's record of one experiment: what was asked for (durable) and what is observed (rebuilt).
 
-Only the spec and the stopped flag are durable (``to_bytes``); activity and readiness are observed again
-after a restart, from the gateways and the models' and pipelines' states.
+Only the spec and whether it is stopped are durable (``to_bytes``); activity and readiness are observed again
+after a restart, from the gateways and the models' and pipelines' states. Its state changes only along the
+table in experiment_state.py (``move_to``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from scheduler.experiments.experiment_state import ExperimentState, check_transition
 
 
 def copy_experiment(experiment: pb.Experiment) -> pb.Experiment:
@@ -21,11 +23,12 @@ def copy_experiment(experiment: pb.Experiment) -> pb.Experiment:
 
 @dataclass(slots=True)
 class ExperimentRecord:
-    """One experiment. ``stopped`` experiments are kept (terminated) so their status can still be asked for."""
+    """One experiment. Stopped experiments are kept (terminated) so their status can still be asked for."""
 
     spec: pb.Experiment
-    stopped: bool = False
-    # Observed: each connected gateway's last word on the experiment, (routes it, reason when it cannot).
+    state: ExperimentState = ExperimentState.PENDING
+    # Observed: each connected gateway's last word on the experiment, (routes it, reason when it cannot). The
+    # state is Active exactly while one of them routes it.
     gateway_acks: dict[str, tuple[bool, str]] = field(default_factory=dict)
     # Observed: whether every candidate is ready, and whether the mirror is (True when there is no mirror).
     candidates_ready: bool = False
@@ -38,6 +41,10 @@ class ExperimentRecord:
         return self.spec.name
 
     @property
+    def stopped(self) -> bool:
+        return self.state is ExperimentState.STOPPED
+
+    @property
     def deleted(self) -> bool:
         """Alias of ``stopped``, named like ``ModelRecord.deleted``."""
         return self.stopped
@@ -48,8 +55,13 @@ class ExperimentRecord:
 
     @property
     def active(self) -> bool:
-        """True while at least one connected gateway routes the experiment."""
+        """True while at least one connected gateway routes the experiment: what the Active state follows."""
         return any(routed for routed, _ in self.gateway_acks.values())
+
+    def move_to(self, new: ExperimentState) -> None:
+        """Change the state along the table (experiment_state.py); raises IllegalTransition off it."""
+        check_transition(self.state, new)
+        self.state = new
 
     @property
     def gateway_reason(self) -> str:
@@ -83,4 +95,5 @@ class ExperimentRecord:
         if spec.name != name:
             raise ValueError(f"stored experiment {name!r} holds the spec of {spec.name!r}")
         stopped = bool(document["stopped"])
-        return cls(spec=spec, stopped=stopped, status_description="stopped" if stopped else "")
+        state = ExperimentState.STOPPED if stopped else ExperimentState.PENDING
+        return cls(spec=spec, state=state, status_description="stopped" if stopped else "")

@@ -27,6 +27,7 @@ from modelplane.spec import limits
 from modelplane.spec.errors import FailedPrecondition, InvalidArgument
 from modelplane.spec.names import check_name
 from scheduler.experiments.experiment_records import ExperimentRecord, copy_experiment
+from scheduler.experiments.experiment_state import ExperimentState
 from scheduler.experiments.validation import check_routing_name, resource_kind, validate_experiment
 from scheduler.invariants import require
 from scheduler.status_guard import guarded, safe_name
@@ -67,6 +68,13 @@ def _describe(record: ExperimentRecord, not_ready: tuple[NotReady, ...]) -> str:
         parts.append(f"not active in gateways: {record.gateway_reason}" if record.gateway_reason else "not active yet")
     # Every gateway may give a reason: bounded, so the status message is.
     return cut("; ".join(parts), limits.MAX_REASON_CHARS) if parts else "active"
+
+
+def _follow_gateways(record: ExperimentRecord) -> None:
+    """Pending <-> Active after what the gateways say changed (a running record only)."""
+    routed = ExperimentState.ACTIVE if record.active else ExperimentState.PENDING
+    if record.state is not routed:
+        record.move_to(routed)
 
 
 def _status(record: ExperimentRecord) -> pb.ExperimentStatusResponse:
@@ -154,7 +162,8 @@ class ExperimentRegistry:
         except (InvalidArgument, FailedPrecondition) as error:
             log.error("cannot use stored experiment %s (%s); skipping it", limits.shown(record.name), error)
             return
-        fresh = ExperimentRecord(spec=copy_experiment(record.spec), stopped=record.stopped)
+        state = ExperimentState.STOPPED if record.stopped else ExperimentState.PENDING
+        fresh = ExperimentRecord(spec=copy_experiment(record.spec), state=state)
         self._install(fresh, () if fresh.stopped else _pending(fresh.spec))
 
     def check_name_free(self, name: str, resource_type: int) -> None:
@@ -185,14 +194,16 @@ class ExperimentRegistry:
         if record is None:
             # Seldon's clients read FAILED_PRECONDITION as "do not retry"; an unknown experiment is final.
             raise FailedPrecondition(f"experiment {name!r} not found")
-        return ExperimentRecord(spec=copy_experiment(record.spec), stopped=True, status_description=STOPPED)
+        return ExperimentRecord(
+            spec=copy_experiment(record.spec), state=ExperimentState.STOPPED, status_description=STOPPED
+        )
 
     def apply_stop(self, name: str) -> None:
         """Terminate ``name`` but keep its record, so its status still answers (stopped, inactive)."""
         record = self.records[name]
         if record.stopped:
             return
-        record.stopped = True
+        record.move_to(ExperimentState.STOPPED)
         record.gateway_acks.clear()
         record.candidates_ready = False
         record.mirror_ready = False
@@ -239,6 +250,7 @@ class ExperimentRegistry:
             return False
         before = (record.active, record.status_description)
         record.gateway_acks[gateway] = (active, "" if active else limits.clean_reason(reason))
+        _follow_gateways(record)
         return self._redescribe(record, before)
 
     def forget_gateway(self, gateway: str) -> set[str]:
@@ -249,6 +261,7 @@ class ExperimentRegistry:
             if gateway in record.gateway_acks:
                 before = (record.active, record.status_description)
                 del record.gateway_acks[gateway]
+                _follow_gateways(record)
                 if self._redescribe(record, before):
                     changed.add(name)
         return changed
@@ -278,6 +291,8 @@ class ExperimentRegistry:
             if record.stopped:
                 require(not record.active and not record.gateway_acks, f"stopped experiment {name!r} is routed")
                 continue
+            routed = record.state is ExperimentState.ACTIVE
+            require(routed == record.active, f"experiment {name!r} is {record.state.name}, its gateways say otherwise")
             resource_kind(record.spec.resourceType)
             check_routing_name(record.spec, routed_as(name))
             status = record.to_status()

@@ -26,6 +26,9 @@ Cancelling an ``apply()`` removes its changes if the writer has not taken them y
 committed anyway, so a cancelled ``apply()`` may or may not have been written.
 
 The caller must make sure only one process writes the directory (``scheduler.state_dir.StateDir`` locks it).
+
+Over 400 lines on purpose: the writer thread, group commit, cancellation and fail-stop above are one protocol
+around one connection, and each part leans on the others' guarantees; split, they would be read apart.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The scheduler's domain façade: what the servicers call. No grpc here.
 
-It owns the Cluster (in-memory state), the durable StateStore, the status event hubs, the reconcile
-loop and the synchroniser, and keeps these promises:
+It owns the Cluster (in-memory state, scheduler/models/), the pipelines and experiments, the durable StateStore
+(write_behind.py), the status streams (publishing.py) and the loops over the cluster (reconciler.py), and keeps
+these promises:
 
 - Durable before acknowledged: a LoadModel/UnloadModel/ServerNotify returns only after its change is
   in the state store; the in-memory state changes only after the write succeeded.
@@ -11,6 +12,12 @@ loop and the synchroniser, and keeps these promises:
 - Nothing is placed until the synchroniser is ready: after a restart, the agents that held models get
   a grace period to reconnect and report them, so nothing is loaded twice or moved needlessly.
 - Status streams get the current state first, then changes (see EventHub).
+
+Over 400 lines, on purpose: it is one class whose methods are each a few lines of the same pattern (lock the
+name, validate, write durably, apply, publish), one per RPC. Split by resource, the rule that a model, pipeline
+or experiment of one name is checked and written under that name's one lock (``_locks``) would be spread over
+modules that each must remember it; the work itself lives in models/, pipelines/, experiments/, publishing.py,
+reconciler.py and write_behind.py.
 """
 
 from __future__ import annotations
@@ -18,11 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import TypeVar
 
 from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.routing.v1 import routing_pb2 as rpb
@@ -31,26 +36,32 @@ from modelplane.keyed_locks import KeyedLocks
 from modelplane.spec import limits
 from modelplane.spec.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from modelplane.spec.names import check_name
-from scheduler import model_specs, route_messages, server_specs, status_messages
+from scheduler import route_messages, status_messages
 from scheduler.agent_sessions import AgentSession
-from scheduler.cluster import Cluster, ReplicaConfig
-from scheduler.event_hub import EventHub, Subscription
+from scheduler.event_hub import Subscription
 from scheduler.experiments import ExperimentRecord, ExperimentRegistry
-from scheduler.model_records import ModelRecord
-from scheduler.model_state import ModelState
-from scheduler.persistence import Change, Delete, Put, StateStore, StateStoreError
+from scheduler.models import model_specs, server_specs
+from scheduler.models.cluster import Cluster
+from scheduler.models.cluster_state import ReplicaConfig
+from scheduler.models.model_records import ModelRecord
+from scheduler.models.model_state import ModelState
+from scheduler.models.server_records import ServerRecord
+from scheduler.persistence import Change, Put, StateStore
 from scheduler.pipelines import PipelineRecord, PipelineRegistry, PipelineStatus
-from scheduler.pipelines import status_response as pipeline_status_response
+from scheduler.publishing import Publisher, ServerKey
+from scheduler.reconciler import Reconciler
 from scheduler.route_messages import RouteKey
-from scheduler.server_records import ServerRecord
+from scheduler.write_behind import (
+    EXPERIMENTS_TABLE,
+    MODELS_TABLE,
+    PIPELINES_TABLE,
+    SERVERS_TABLE,
+    WriteBehind,
+    decode,
+    write,
+)
 
 log = logging.getLogger(__name__)
-
-MODELS_TABLE = "models"
-SERVERS_TABLE = "servers"
-EXPERIMENTS_TABLE = "experiments"
-PIPELINES_TABLE = "pipelines"
-ServerKey = tuple[str, int]  # (server name, response type): status updates and scaling requests coalesce apart
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,90 +75,70 @@ class CoreSettings:
     scale_down_idle_seconds: float = 300.0
 
 
-def most_status_keys(max_models: int) -> int:
-    """The most keys a status stream's state can have within the limits: every model, every server's status and
-    scaling request (a ServerKey each), every pipeline and running experiment, and the routing table's
-    end-of-snapshot marker. Every hub's bound on published values pending per subscriber: a subscriber that
-    has all of them changed before it reads one still fits (scheduler/event_hub.py says what the bound is for)."""
-    return max_models + 2 * limits.MAX_SERVERS + limits.MAX_PIPELINES + limits.MAX_EXPERIMENTS + 1
-
-
 class SchedulerCore:
     def __init__(self, store: StateStore, settings: CoreSettings | None = None) -> None:
         self.settings = settings or CoreSettings()
         self.store = store
         self.cluster = Cluster()
-        bound = most_status_keys(self.settings.max_models)
-        self.models_hub: EventHub[str, pb.ModelStatusResponse] = EventHub(bound)
-        self.servers_hub: EventHub[ServerKey, pb.ServerStatusResponse] = EventHub(bound)
         self.pipelines = PipelineRegistry()
-        self.pipelines_hub: EventHub[str, pb.PipelineStatusResponse] = EventHub(bound)
         self.experiments = ExperimentRegistry()
-        self.experiments_hub: EventHub[str, pb.ExperimentStatusResponse] = EventHub(bound)
-        # The routing table for gateways (WatchRoutes): one coalescing key per model, experiment, pipeline.
-        self.routes_hub: EventHub[RouteKey, rpb.WatchRoutesResponse] = EventHub(bound)
-        self.ready = asyncio.Event()
+        self.publisher = Publisher(self.cluster, self.pipelines, self.experiments, self.settings.max_models)
+        self.reconciler = Reconciler(
+            self.cluster,
+            self._after_change,
+            reconcile_batch=self.settings.reconcile_batch,
+            scale_down_idle_seconds=self.settings.scale_down_idle_seconds,
+        )
+        self.ready = self.reconciler.ready
         self.closing = asyncio.Event()
+        self._write_behind = WriteBehind(store, self.cluster)
         self._locks = KeyedLocks()
         self._route_watchers: Counter[str] = Counter()  # gateway name -> its open WatchRoutes streams
-        self._dirty: dict[str, bool] = {}
-        self._reconcile_wake = asyncio.Event()
-        self._durable_models: set[str] = set()
-        self._durable_servers: set[str] = set()
-        self._durable_pipelines_removed: set[str] = set()
-        self._durable_wake = asyncio.Event()
-        self._expected_replicas: set[tuple[str, int]] = set()
         self._tasks: list[asyncio.Task[None]] = []
-        self._sync_deadline = 0.0
 
     # ----------------------------------------------------------------- life cycle
 
     async def start(self) -> None:
         """Restore durable state, then start the reconcile and write-behind loops and the synchroniser."""
         servers = [
-            _decode(ServerRecord.from_bytes, SERVERS_TABLE, k, v) for k, v in self.store.load(SERVERS_TABLE).items()
+            decode(ServerRecord.from_bytes, SERVERS_TABLE, k, v) for k, v in self.store.load(SERVERS_TABLE).items()
         ]
-        models = [_decode(ModelRecord.from_bytes, MODELS_TABLE, k, v) for k, v in self.store.load(MODELS_TABLE).items()]
+        models = [decode(ModelRecord.from_bytes, MODELS_TABLE, k, v) for k, v in self.store.load(MODELS_TABLE).items()]
         self.cluster.restore([m for m in models if m is not None], [s for s in servers if s is not None])
         # Records written before inline credentials were redacted hold them in clear: written again, redacted.
-        self._durable_models |= {m.name for m in models if m is not None and m.stores_credentials_in_clear()}
-        if self._durable_models:
-            self._durable_wake.set()
+        self._write_behind.save(models={m.name for m in models if m is not None and m.stores_credentials_in_clear()})
         for key, value in self.store.load(PIPELINES_TABLE).items():
-            pipeline = _decode(PipelineRecord.from_bytes, PIPELINES_TABLE, key, value)
+            pipeline = decode(PipelineRecord.from_bytes, PIPELINES_TABLE, key, value)
             if pipeline is not None:
                 self.pipelines.restore(pipeline)
         self.pipelines.refresh(self._model_available)
         for key, value in self.store.load(EXPERIMENTS_TABLE).items():
-            experiment = _decode(ExperimentRecord.from_bytes, EXPERIMENTS_TABLE, key, value)
+            experiment = decode(ExperimentRecord.from_bytes, EXPERIMENTS_TABLE, key, value)
             if experiment is not None:
                 self.experiments.restore(experiment)
         # Restored experiments say why their parts are not ready at once, not only after the next change.
         self.experiments.refresh(self._why_not_ready)
         for server in self.cluster.servers.values():
             expected = server.expected_replicas if server.expected_replicas is not None else server.seen_replicas
-            self._expected_replicas.update((server.name, index) for index in range(expected))
+            self.reconciler.expect((server.name, index) for index in range(expected))
+        expected_replicas = self.reconciler.expected_replica_count
         log.info(
             "restored state",
-            extra={"fields": {"models": len(self.cluster.models), "expected_replicas": len(self._expected_replicas)}},
+            extra={"fields": {"models": len(self.cluster.models), "expected_replicas": expected_replicas}},
         )
-        self._sync_deadline = time.monotonic() + self.settings.sync_grace_seconds
+        self.reconciler.start_grace(self.settings.sync_grace_seconds)
         self._after_change()
         self._tasks = [
-            asyncio.create_task(self._reconcile_loop(), name="reconcile"),
-            asyncio.create_task(self._write_behind_loop(), name="write-behind"),
-            asyncio.create_task(self._synchroniser(), name="synchroniser"),
-            asyncio.create_task(self._scale_down_loop(), name="scale-down"),
+            asyncio.create_task(self.reconciler.reconcile_loop(), name="reconcile"),
+            asyncio.create_task(self._write_behind.loop(), name="write-behind"),
+            asyncio.create_task(self.reconciler.synchroniser(), name="synchroniser"),
+            asyncio.create_task(self.reconciler.scale_down_loop(), name="scale-down"),
         ]
 
     async def close(self) -> None:
         """End every status stream, stop the loops, flush pending writes."""
         self.closing.set()
-        self.models_hub.close()
-        self.servers_hub.close()
-        self.experiments_hub.close()
-        self.pipelines_hub.close()
-        self.routes_hub.close()
+        self.publisher.close()
         for server in self.cluster.servers.values():
             for replica in server.replicas.values():
                 # Agents see the stream end and reconnect (to this scheduler's successor) with backoff.
@@ -157,23 +148,7 @@ class SchedulerCore:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._flush_durable()
-
-    async def _synchroniser(self) -> None:
-        """Ready once every expected replica has reconnected, or the grace period is over."""
-        while not self.ready.is_set():
-            connected = {(s.name, i) for s in self.cluster.servers.values() for i in s.replicas}
-            missing = self._expected_replicas - connected
-            if not missing or time.monotonic() >= self._sync_deadline:
-                if missing:
-                    log.warning(
-                        "starting to schedule without %d expected replica(s): %s", len(missing), sorted(missing)[:10]
-                    )
-                self.ready.set()
-                self._reconcile_wake.set()
-                log.info("scheduler ready")
-                return
-            await asyncio.sleep(0.05)
+        await self._write_behind.flush()
 
     # ----------------------------------------------------------------- models
 
@@ -241,12 +216,7 @@ class SchedulerCore:
         self._after_change()
 
     def subscribe_models(self, subscriber: str) -> Subscription[str, pb.ModelStatusResponse]:
-        def render(name: str) -> pb.ModelStatusResponse | None:
-            record = self.cluster.models.get(name)
-            return status_messages.model_status(record) if record is not None else None
-
-        # Statuses are rendered as the subscriber reads them: one that reads nothing holds no copy of them.
-        return self.models_hub.subscribe(subscriber, lambda: list(self.cluster.models), render)
+        return self.publisher.subscribe_models(subscriber)
 
     def model_endpoints(self, name: str) -> tuple[int, list[rpb.ModelEndpoint]]:
         """(version, its serving endpoints): where ``name`` is served now.
@@ -269,24 +239,7 @@ class SchedulerCore:
 
     def subscribe_routes(self, subscriber: str) -> Subscription[RouteKey, rpb.WatchRoutesResponse]:
         """Every model, experiment and pipeline route, then the snapshot-complete marker, then changes."""
-
-        def keys() -> list[RouteKey]:
-            routes: list[RouteKey] = [("model", n) for n, r in self.cluster.models.items() if not r.deleted]
-            routes += [("experiment", n) for n, r in self.experiments.records.items() if r.running]
-            routes += [("pipeline", n) for n, r in self.pipelines.records.items() if not r.deleted]
-            return [*routes, route_messages.SNAPSHOT_COMPLETE_KEY]
-
-        def render(key: RouteKey) -> rpb.WatchRoutesResponse:
-            kind, name = key
-            if kind == "model":
-                return route_messages.model_route(name, self.cluster.models.get(name), self.cluster.servers)
-            if kind == "experiment":
-                return route_messages.experiment_route(name, self.experiments.records.get(name))
-            if kind == "pipeline":
-                return route_messages.pipeline_route(name, self.pipelines.records.get(name))
-            return route_messages.SNAPSHOT_COMPLETE
-
-        return self.routes_hub.subscribe(subscriber, keys, render)
+        return self.publisher.subscribe_routes(subscriber)
 
     @contextlib.asynccontextmanager
     async def watch_routes(self, gateway: str) -> AsyncIterator[Subscription[RouteKey, rpb.WatchRoutesResponse]]:
@@ -303,7 +256,7 @@ class SchedulerCore:
                 del self._route_watchers[gateway]
                 changed = self.experiments.forget_gateway(gateway)
                 if changed:
-                    self._publish_experiments(changed, routes=False)
+                    self.publisher.publish_experiments(changed, routes=False)
 
     def record_experiment_routed(self, name: str, gateway: str, active: bool, reason: str) -> None:
         """A gateway's acknowledgement of an experiment (RoutingService.ExperimentRouted). Ignored from a
@@ -312,7 +265,7 @@ class SchedulerCore:
             log.info("ignoring %s's acknowledgement of experiment %s: it watches no routes", gateway, name)
             return
         if self.experiments.record_gateway_ack(name, gateway, active, reason):
-            self._publish_experiments({name}, routes=False)
+            self.publisher.publish_experiments({name}, routes=False)
 
     # ----------------------------------------------------------------- pipelines
 
@@ -344,11 +297,7 @@ class SchedulerCore:
         return self.pipelines.status(name, all_versions)
 
     def subscribe_pipelines(self, subscriber: str) -> Subscription[str, pb.PipelineStatusResponse]:
-        def render(name: str) -> pb.PipelineStatusResponse | None:
-            record = self.pipelines.records.get(name)
-            return pipeline_status_response(record) if record is not None else None
-
-        return self.pipelines_hub.subscribe(subscriber, lambda: sorted(self.pipelines.records), render)
+        return self.publisher.subscribe_pipelines(subscriber)
 
     def record_pipeline_ack(self, name: str, version: int, success: bool, reason: str) -> None:
         """A gateway's acknowledgement of a pipeline version (PipelineStatusEvent)."""
@@ -363,23 +312,10 @@ class SchedulerCore:
         """Follow the models' states; publish what changed; forget fully terminated deleted pipelines."""
         changed = names | self.pipelines.refresh(self._model_available)
         removed = {record.name: record for record in self.pipelines.pop_removed()}
-        if removed:
-            self._durable_pipelines_removed |= set(removed)
-            self._durable_wake.set()
-        if self.routes_hub.subscriber_count:
-            for name in changed:
-                self.routes_hub.publish(
-                    ("pipeline", name), route_messages.pipeline_route(name, self.pipelines.records.get(name))
-                )
-        if self.pipelines_hub.subscriber_count:
-            for name in changed:
-                if name in removed:
-                    self.pipelines_hub.publish(name, pipeline_status_response(removed[name]))
-                elif name in self.pipelines.records:
-                    for status in self.pipelines.status(name):
-                        self.pipelines_hub.publish(name, status)
+        self._write_behind.save(pipelines_removed=set(removed))
+        self.publisher.publish_pipelines(changed, removed)
         if self.experiments.records:
-            self._publish_experiments(self.experiments.refresh(self._why_not_ready))
+            self.publisher.publish_experiments(self.experiments.refresh(self._why_not_ready))
 
     # ----------------------------------------------------------------- experiments
 
@@ -397,14 +333,14 @@ class SchedulerCore:
                 )
             await self._write([Put(EXPERIMENTS_TABLE, experiment.name, prepared.to_bytes())])
             self.experiments.apply_start(prepared)
-            self._publish_experiments({experiment.name} | self.experiments.refresh(self._why_not_ready))
+            self.publisher.publish_experiments({experiment.name} | self.experiments.refresh(self._why_not_ready))
 
     async def stop_experiment(self, name: str) -> None:
         async with self._locks.hold(f"experiment/{name}"):
             prepared = self.experiments.prepare_stop(name)
             await self._write([Put(EXPERIMENTS_TABLE, name, prepared.to_bytes())])
             self.experiments.apply_stop(name)
-            self._publish_experiments({name})
+            self.publisher.publish_experiments({name})
 
     def experiment_status(self, name: str | None) -> list[pb.ExperimentStatusResponse]:
         return self.experiments.status(name)
@@ -418,11 +354,7 @@ class SchedulerCore:
         return pb.PIPELINE if pipeline is not None and not pipeline.deleted else None
 
     def subscribe_experiments(self, subscriber: str) -> Subscription[str, pb.ExperimentStatusResponse]:
-        def render(name: str) -> pb.ExperimentStatusResponse | None:
-            record = self.experiments.records.get(name)
-            return record.to_status() if record is not None else None
-
-        return self.experiments_hub.subscribe(subscriber, lambda: sorted(self.experiments.records), render)
+        return self.publisher.subscribe_experiments(subscriber)
 
     def _why_not_ready(self, name: str, resource_type: int) -> str | None:
         """None when a model (ModelAvailable) or pipeline (Ready) an experiment routes to is ready; else why
@@ -448,18 +380,6 @@ class SchedulerCore:
         )
         return f"{status}: {latest.reason}" if latest.reason else status
 
-    def _publish_experiments(self, names: set[str], *, routes: bool = True) -> None:
-        if routes and self.routes_hub.subscriber_count:
-            for name in names:
-                self.routes_hub.publish(
-                    ("experiment", name), route_messages.experiment_route(name, self.experiments.records.get(name))
-                )
-        if not self.experiments_hub.subscriber_count:
-            return
-        for name in names:
-            for status in self.experiments.status(name):
-                self.experiments_hub.publish(name, status)
-
     # ----------------------------------------------------------------- servers
 
     async def notify_servers(self, servers: Sequence[pb.ServerNotify], first_sync: bool) -> None:
@@ -480,7 +400,7 @@ class SchedulerCore:
         for notify in servers:
             self.cluster.notify_server(notify)
             if first_sync:
-                self._expected_replicas.update((notify.name, i) for i in range(notify.expectedReplicas))
+                self.reconciler.expect((notify.name, i) for i in range(notify.expectedReplicas))
         self._after_change()
 
     def server_status(self, name: str | None) -> list[pb.ServerStatusResponse]:
@@ -493,12 +413,7 @@ class SchedulerCore:
         return [status_messages.server_status(s) for s in self.cluster.servers.values()]
 
     def subscribe_servers(self, subscriber: str) -> Subscription[ServerKey, pb.ServerStatusResponse]:
-        def render(key: ServerKey) -> pb.ServerStatusResponse | None:
-            server = self.cluster.servers.get(key[0])
-            return status_messages.server_status(server) if server is not None else None
-
-        update = pb.ServerStatusResponse.StatusUpdate
-        return self.servers_hub.subscribe(subscriber, lambda: [(n, update) for n in self.cluster.servers], render)
+        return self.publisher.subscribe_servers(subscriber)
 
     async def control_plane_events(self) -> AsyncIterator[pb.ControlPlaneResponse]:
         """SEND_SERVERS at once; once ready, the rest in the order a controller must re-send them."""
@@ -583,114 +498,14 @@ class SchedulerCore:
     # ----------------------------------------------------------------- internals
 
     async def _write(self, changes: Sequence[Change]) -> None:
-        try:
-            await self.store.apply(changes)
-        except StateStoreError as error:
-            raise Unavailable(f"the state store could not save the change, so it was not made: {error}") from None
+        await write(self.store, changes)
 
     def _after_change(self) -> None:
         """Publish, persist and reconcile what the last Cluster change touched."""
         touched = self.cluster.take_touched()
-        # Status messages are built only for subscribers: a new one starts from a fresh snapshot anyway.
-        for name in touched.models if self.models_hub.subscriber_count else ():
-            record = self.cluster.models.get(name) or touched.removed.get(name)
-            status = status_messages.model_status(record) if record else status_messages.removed_model_status(name)
-            self.models_hub.publish(name, status)
-        for name in touched.models if self.routes_hub.subscriber_count else ():
-            route = route_messages.model_route(name, self.cluster.models.get(name), self.cluster.servers)
-            self.routes_hub.publish(("model", name), route)
-        for name in touched.servers if self.servers_hub.subscriber_count else ():
-            server = self.cluster.servers.get(name)
-            if server is not None:
-                self.servers_hub.publish(
-                    (name, pb.ServerStatusResponse.StatusUpdate), status_messages.server_status(server)
-                )
-        for name, replicas in touched.scaling.items():
-            server = self.cluster.servers.get(name)
-            if server is not None:
-                request = status_messages.scaling_request(server, replicas)
-                self.servers_hub.publish((name, pb.ServerStatusResponse.ScalingRequest), request)
-        if touched.durable_models or touched.durable_servers:
-            self._durable_models |= touched.durable_models
-            self._durable_servers |= touched.durable_servers
-            self._durable_wake.set()
+        self.publisher.publish_touched(touched)
+        self._write_behind.save(models=touched.durable_models, servers=touched.durable_servers)
         if touched.models and (self.pipelines.records or self.experiments.records):
             self._refresh_pipelines(set())
         if touched.reconcile:
-            for name, retry in touched.reconcile.items():
-                self._dirty[name] = self._dirty.get(name, False) or retry
-            self._reconcile_wake.set()
-
-    async def _reconcile_loop(self) -> None:
-        while True:
-            await self._reconcile_wake.wait()
-            self._reconcile_wake.clear()
-            if not self.ready.is_set():
-                continue  # the synchroniser wakes us once ready
-            batch, self._dirty = self._dirty, {}
-            for count, (name, retry) in enumerate(batch.items(), 1):
-                try:
-                    self.cluster.reconcile(name, retry_failed=retry)
-                except Exception:
-                    log.exception("reconcile of model %r failed; it will be retried on the next change", name)
-                if count % self.settings.reconcile_batch == 0:
-                    self._after_change()
-                    await asyncio.sleep(0)
-            self._after_change()
-
-    async def _scale_down_loop(self) -> None:
-        interval = max(0.05, min(30.0, self.settings.scale_down_idle_seconds / 4))
-        while True:
-            await asyncio.sleep(interval)
-            if self.ready.is_set():
-                self.cluster.request_scale_downs(time.time(), self.settings.scale_down_idle_seconds)
-                self._after_change()
-
-    async def _write_behind_loop(self) -> None:
-        """Durable changes that follow from agents' events (a version dropped, a deleted model gone).
-
-        They are not acknowledgements, so they need not block anything; lost on a crash, they are
-        recomputed after the restart.
-        """
-        while True:
-            await self._durable_wake.wait()
-            self._durable_wake.clear()
-            try:
-                await self._flush_durable()
-            except StateStoreError:
-                log.exception("could not save state changes; retrying in 1s")
-                self._durable_wake.set()
-                await asyncio.sleep(1)
-
-    async def _flush_durable(self) -> None:
-        models, self._durable_models = self._durable_models, set()
-        servers, self._durable_servers = self._durable_servers, set()
-        pipelines, self._durable_pipelines_removed = self._durable_pipelines_removed, set()
-        changes: list[Change] = [Delete(PIPELINES_TABLE, name) for name in sorted(pipelines)]
-        for name in sorted(models):
-            record = self.cluster.models.get(name)
-            changes.append(Put(MODELS_TABLE, name, record.to_bytes()) if record else Delete(MODELS_TABLE, name))
-        for name in sorted(servers):
-            server = self.cluster.servers.get(name)
-            if server is not None:
-                changes.append(Put(SERVERS_TABLE, name, server.to_bytes()))
-        if changes:
-            try:
-                await self.store.apply(changes)
-            except StateStoreError:
-                self._durable_models |= models
-                self._durable_servers |= servers
-                self._durable_pipelines_removed |= pipelines
-                raise
-
-
-T = TypeVar("T")
-
-
-def _decode(decode: Callable[[str, bytes], T], table: str, key: str, data: bytes) -> T | None:
-    try:
-        return decode(key, data)
-    except (ValueError, KeyError, TypeError) as error:
-        # Kept in the store untouched, so a fixed version can still read it; skipped for now.
-        log.error("cannot read stored %s record %r (%s); skipping it", table, key, error)
-        return None
+            self.reconciler.mark(touched.reconcile)

@@ -4,7 +4,7 @@ The model state is never set directly: it is computed from the replica states ev
 so it cannot disagree with them. The rules, in order:
 
 For the live (latest, not deleted) version:
-  0. the version itself failed (its loads killed  -> ModelFailed, with that reason (scheduler/cluster.py:
+  0. the version itself failed (its loads killed  -> ModelFailed, with that reason (scheduler/models/cluster.py:
      SERVER_DEATHS_TO_FAIL inference servers)        the crash-loop guard), whatever its replicas say
   1. any replica LoadFailed                      -> ModelFailed, with the newest failure's reason
   2. placement failed and nothing is assigned    -> ScheduleFailed, with the placement reason
@@ -31,7 +31,7 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from scheduler.replica_state import INACTIVE, SERVING, ReplicaState
+from scheduler.models.replica_state import INACTIVE, SERVING, ReplicaState
 
 
 class ModelState(enum.IntEnum):

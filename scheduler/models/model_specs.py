@@ -22,7 +22,7 @@ from modelplane.spec.limits import (
 )
 from modelplane.spec.model_resources import instance_count
 from modelplane.spec.names import check_kubernetes_meta, check_name
-from scheduler.model_records import ModelRecord, ModelVersion
+from scheduler.models.model_records import ModelRecord, ModelVersion
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def requirements(model: pb.Model) -> frozenset[str]:
 def classify_change(latest: pb.Model, requested: pb.Model) -> SpecChange:
     restored = _credentials_restored(latest, requested)
     if restored:
-        # The stored version lost its inline config on a restart (scheduler/model_records.py): the scheduler cannot
+        # The stored version lost its inline config on a restart (models/model_records.py): the scheduler cannot
         # tell the one given now from the one it had, so the request's is taken as the same, in place.
         latest = storage_secrets.with_config_of(latest, requested)
     if latest.modelSpec != requested.modelSpec:

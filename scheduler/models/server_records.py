@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from generated.mlops.agent.v1 import agent_pb2
-from scheduler.memory_ledger import MemoryLedger
+from scheduler.models.memory_ledger import MemoryLedger
 
 ModelVersionKey = tuple[str, int]  # (model name, version)
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.storage_secrets import has_inline_config, is_redacted, redacted_model
-from scheduler.model_state import DerivedState, ModelState, ReplicaFact
-from scheduler.replica_state import INACTIVE, SERVING, ReplicaState, check_transition
+from scheduler.models.model_state import DerivedState, ModelState, ReplicaFact
+from scheduler.models.replica_state import INACTIVE, SERVING, ReplicaState, check_transition
 
 ReplicaKey = tuple[str, int]  # (server name, replica index)
 
@@ -56,7 +56,7 @@ class ModelVersion:
     gateway_reason: str = ""
     # Replicas whose inference server died while this version's load was in flight on it (its agent said so),
     # with the agent's reason: the load may have killed the server, so the version is not placed there again, and
-    # enough of them fail it (scheduler/cluster.py, the crash-loop guard). Observed state, not durable: a LoadModel
+    # enough of them fail it (models/cluster.py, the crash-loop guard). Observed state, not durable: a LoadModel
     # for the model (changed or not) clears it; capacity changes never do.
     server_deaths: dict[ReplicaKey, str] = field(default_factory=dict)
 

@@ -19,7 +19,7 @@ from modelplane.spec.limits import (
     shown,
 )
 from modelplane.spec.names import check_kubernetes_meta, check_name, is_namespace
-from scheduler.server_records import ServerRecord
+from scheduler.models.server_records import ServerRecord
 
 
 def validate_notify(servers: Sequence[pb.ServerNotify], known: Collection[str]) -> None:

@@ -1,0 +1,219 @@
+"""The cluster's state and what every kind of change to it shares (the base of Cluster, scheduler/models/cluster.py).
+
+The models and servers, what a change touched (for the caller to publish, persist and reconcile), the derived
+states, the operations sent to replicas (load, unload) with their memory accounting, and the drains they finish.
+The changes themselves live beside it: desired state in cluster.py, agents' reports in replica_lifecycle.py, the
+reconcile (placement of versions, scale-in and scale-down) in version_placement.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from generated.mlops.agent.v1 import agent_pb2
+from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane.spec import limits
+from modelplane.spec.model_resources import memory_needed
+from modelplane.storage_secrets import redacted_model
+from scheduler.models import model_specs
+from scheduler.models.memory_ledger import AccountingError
+from scheduler.models.model_records import ModelRecord, ModelVersion, ReplicaKey
+from scheduler.models.model_state import DerivedState, ModelState, derive_live, derive_terminating
+from scheduler.models.replica_state import INACTIVE, ReplicaState
+from scheduler.models.server_records import ReplicaRecord, ServerRecord
+
+log = logging.getLogger(__name__)
+S = ReplicaState
+Operation = agent_pb2.ModelOperation
+
+# The crash-loop guard. An agent marks a failed load "the server died during it" (server_died_during_load): the
+# load may have killed the server (a segfault, the OOM killer). The version is then never placed on that replica
+# again, and once its loads were in flight at this many server deaths (each on another replica) it is ModelFailed
+# and placed nowhere, until a LoadModel for it (changed or not) asks for another try. Capacity changes, which
+# otherwise retry failed loads, never lift either: a server back from its death is new capacity, and placing the
+# model there again is what would loop. Two, not one: a server may die of something else while a load is in
+# flight on it, and one innocent model should get a second chance elsewhere.
+SERVER_DEATHS_TO_FAIL = 2
+
+
+@dataclass(slots=True)
+class Touched:
+    """What a change affected, for the caller to act on."""
+
+    models: set[str] = field(default_factory=set)  # status to publish
+    servers: set[str] = field(default_factory=set)  # status to publish
+    durable_models: set[str] = field(default_factory=set)  # durable record changed (or removed)
+    durable_servers: set[str] = field(default_factory=set)
+    reconcile: dict[str, bool] = field(default_factory=dict)  # model -> retry failed placements too
+    scaling: dict[str, int] = field(default_factory=dict)  # server -> replicas wanted
+    # Deleted models dropped by this change, as they were last (every version Terminated): their
+    # final status must still say so.
+    removed: dict[str, ModelRecord] = field(default_factory=dict)
+
+    def want_reconcile(self, name: str, *, retry_failed: bool = False) -> None:
+        self.reconcile[name] = self.reconcile.get(name, False) or retry_failed
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaConfig:
+    server: str
+    index: int
+    shared: bool
+    capabilities: frozenset[str]
+    total_memory: int
+    overcommit_percent: int
+    http_url: str
+    grpc_target: str
+    agent_id: str
+
+
+class ClusterState:
+    """The models and servers and the changes every part of the cluster makes to them alike."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, ModelRecord] = {}
+        self.servers: dict[str, ServerRecord] = {}
+        self.touched = Touched()
+
+    def take_touched(self) -> Touched:
+        touched, self.touched = self.touched, Touched()
+        return touched
+
+    def _changed(self, record: ModelRecord, *, retry_failed: bool = False) -> None:
+        self._derive_all(record)
+        self.touched.models.add(record.name)
+        self.touched.want_reconcile(record.name, retry_failed=retry_failed)
+
+    def _capacity_changed(self) -> None:
+        """Capacity appeared or freed up: every model not where it should be gets another try."""
+        for name, record in self.models.items():
+            latest = record.latest
+            if (
+                record.deleted
+                or latest.derived.state != ModelState.AVAILABLE
+                or latest.schedule_failure
+                or latest.derived.available_replicas < model_specs.desired_replicas(latest.spec)
+            ):
+                self.touched.want_reconcile(name, retry_failed=True)
+
+    def _derive_all(self, record: ModelRecord) -> None:
+        # Latest first: whether older versions are terminating depends on it.
+        for version in reversed(record.versions):
+            self._derive(record, version)
+
+    def _derive(self, record: ModelRecord, version: ModelVersion) -> None:
+        derived = _derived_state(record, version)
+        if derived != version.derived:
+            if derived.state != version.derived.state:
+                version.state_changed_at = time.time()
+            version.derived = derived
+            self.touched.models.add(record.name)
+
+    def _replica(self, key: ReplicaKey) -> ReplicaRecord | None:
+        server = self.servers.get(key[0])
+        return server.replicas.get(key[1]) if server else None
+
+    def _usable(self, key: ReplicaKey) -> bool:
+        """A replica that can keep or take models: connected, its server serving, staying."""
+        replica = self._replica(key)
+        return replica is not None and replica.server_down is None and self._staying(replica)
+
+    def _staying(self, replica: ReplicaRecord) -> bool:
+        """Not draining, and not beyond the server's expected replica count (being scaled away)."""
+        server = self.servers[replica.server]
+        if replica.draining:
+            return False
+        return server.expected_replicas is None or replica.index < server.expected_replicas
+
+    def _load(self, replica: ReplicaRecord, record: ModelRecord, version: ModelVersion) -> None:
+        version.set_replica(replica.key, S.LOAD_REQUESTED)
+        self._commit_memory(replica, record.name, version)
+        operation_id = self._send(replica, Operation.KIND_LOAD, version.spec, version.version)
+        version.set_replica(replica.key, S.LOADING)
+        version.replicas[replica.key].operation_id = operation_id
+        self.touched.servers.add(replica.server)
+
+    def _unload(self, replica: ReplicaRecord, record: ModelRecord, version: ModelVersion) -> None:
+        state = version.state_of(replica.key)
+        if state == S.LOAD_REQUESTED:
+            version.set_replica(replica.key, S.UNLOADED)
+            replica.ledger.release((record.name, version.version))
+            return
+        version.set_replica(replica.key, S.UNLOAD_REQUESTED)
+        operation_id = self._send(replica, Operation.KIND_UNLOAD, version.spec, version.version)
+        version.set_replica(replica.key, S.UNLOADING)
+        version.replicas[replica.key].operation_id = operation_id
+        self.touched.servers.add(replica.server)
+
+    def _send(
+        self, replica: ReplicaRecord, kind: agent_pb2.ModelOperation.Kind.ValueType, model: pb.Model, version: int
+    ) -> int:
+        if kind != Operation.KIND_LOAD:
+            model = redacted_model(model)  # only a load needs the credentials (modelplane/storage_secrets.py)
+        operation = Operation(operation_id=replica.session.next_operation_id(), kind=kind, model=model, version=version)
+        replica.session.send(agent_pb2.SessionResponse(operation=operation))
+        return operation.operation_id
+
+    def _commit_memory(self, replica: ReplicaRecord, name: str, version: ModelVersion) -> None:
+        try:
+            replica.ledger.commit((name, version.version), memory_needed(version.spec))
+        except AccountingError:
+            log.exception("memory accounting refused %s:%d on %s/%d", name, version.version, *replica.key)
+            raise
+
+    def _check_drains(self) -> None:
+        for server in self.servers.values():
+            for replica in server.replicas.values():
+                if replica.draining and not replica.drain_reported:
+                    self._maybe_finish_drain(replica)
+
+    def _maybe_finish_drain(self, replica: ReplicaRecord) -> None:
+        unplaced: list[str] = []
+        for record in self.models.values():
+            for version in record.versions:
+                state = version.state_of(replica.key)
+                if state in INACTIVE or state == S.UNLOAD_FAILED:
+                    continue
+                stuck = state in (S.DRAINING, S.LOADED_UNAVAILABLE)
+                if stuck and version is record.latest and version.schedule_failure:
+                    unplaced.append(record.name)  # nowhere else to go: it serves here until the agent leaves
+                    continue
+                return  # still moving
+        replica.drain_reported = True
+        replica.session.send(
+            agent_pb2.SessionResponse(drain_complete=agent_pb2.DrainComplete(unplaced_models=sorted(unplaced)))
+        )
+
+
+def _derived_state(record: ModelRecord, version: ModelVersion) -> DerivedState:
+    # An older version keeps its live state (and keeps serving) until the latest is available.
+    superseded = version is not record.latest and record.latest.derived.state == ModelState.AVAILABLE
+    if record.deleted or superseded:
+        return derive_terminating(version.facts())
+    return derive_live(
+        version.facts(),
+        desired=model_specs.desired_replicas(version.spec),
+        min_replicas=model_specs.min_replicas(version.spec),
+        previous_available=any(v.serving > 0 for v in record.versions[:-1]),
+        schedule_failure=version.schedule_failure,
+        failure=_crash_loop_failure(version),
+    )
+
+
+def _crash_loop_failure(version: ModelVersion) -> str | None:
+    """Why the crash-loop guard failed ``version`` (SERVER_DEATHS_TO_FAIL), or None while it has not."""
+    deaths = version.server_deaths
+    if len(deaths) < SERVER_DEATHS_TO_FAIL:
+        return None
+    where = ", ".join(f"{server}/{index}" for server, index in deaths)
+    last = next(reversed(deaths.values()))
+    return limits.clean_reason(
+        f"its load killed its server {len(deaths)} times (replicas {where}): it may crash any server it loads on, "
+        f"so it is placed nowhere until its spec changes or LoadModel is sent for it again; last: {last}"
+    )
+
+
+def _down_reason(replica: ReplicaRecord) -> str:
+    return f"server {replica.server} replica {replica.index} is down: {replica.server_down}"

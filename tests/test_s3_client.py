@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from modelplane.s3_client import minio_client
-from trainer.model_store import TRANSIENT_ERRORS, ModelStore
+from trainer.service.model_store import TRANSIENT_ERRORS, ModelStore
 from trainer.settings import S3Settings
 
 

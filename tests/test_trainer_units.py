@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from generated.mlops.training.v1 import training_pb2
 from scheduler.model_names import check_name
 from tests.training_schemas import iris_multiclass_logistic
-from trainer.design_store import DesignInvalidError, design_key, parse_schema
-from trainer.events import PoisonEventError, RecordPosition, dataset_for_run, decode_event, resolve_dataset_path
-from trainer.jobs import DatasetSource
-from trainer.model_store import expected_sha256s, path_segment
-from trainer.service import _PartitionOffsets
-from trainer.service_deploy import model_name_for
+from trainer.run.jobs import DatasetSource
+from trainer.service.consumer import _PartitionOffsets
+from trainer.service.deploy import model_name_for
+from trainer.service.design_store import DesignInvalidError, design_key, parse_schema
+from trainer.service.events import PoisonEventError, RecordPosition, dataset_for_run, decode_event, resolve_dataset_path
+from trainer.service.model_store import expected_sha256s, path_segment
 from trainer.settings import DEFAULT_DESIGN_KEY_TEMPLATE, build_parser, parse_settings
 
 POSITION = RecordPosition("training", 3, 41)

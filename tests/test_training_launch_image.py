@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 
 from generated.mlops.training.v1 import training_pb2
 from tests.fake_kubernetes import FakeKubernetes
-from trainer.jobs import DatasetSource, RunResult, TrainingJob
 from trainer.launchers.base import LaunchVerdict
 from trainer.launchers.image_build import (
     CONTENT_HASH_LABEL,
@@ -38,6 +37,7 @@ from trainer.launchers.image_build import (
     plain_requirement,
 )
 from trainer.launchers.kubernetes_job import KubernetesConnection, KubernetesJobLauncher, KubernetesJobSettings
+from trainer.run.jobs import DatasetSource, RunResult, TrainingJob
 
 pytest_plugins = ["tests.podman_engine"]
 
@@ -84,7 +84,7 @@ def test_dockerfile_pins_the_framework_and_dependencies_and_labels_the_image() -
         "COPY servers/designed_model_entry.py /opt/modelplane/servers/designed_model_entry.py",
         "COPY modelplane/__init__.py /opt/modelplane/modelplane/__init__.py",
         "COPY modelplane/s3_client.py /opt/modelplane/modelplane/s3_client.py",
-        'ENTRYPOINT ["python", "-m", "trainer.run_job"]',
+        'ENTRYPOINT ["python", "-m", "trainer.run.run_job"]',
     ]
     assert "ENV PYTHONPATH=/opt/modelplane PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1" in lines
 
@@ -223,10 +223,10 @@ def test_strings_made_of_shell_and_url_syntax_are_refused_or_harmless(text: str)
 
 @pytest.fixture
 def source_root(tmp_path: Path) -> Path:
-    """A small stand-in for the repository's trainer/, generated/, servers/designed_model/ and modelplane/ (vfs
+    """A small stand-in for the repository's trainer/run/, generated/, servers/designed_model/ and modelplane/ (vfs
     copies every layer in full)."""
     root = tmp_path / "source"
-    (root / "trainer" / "__pycache__").mkdir(parents=True)
+    (root / "trainer" / "run" / "__pycache__").mkdir(parents=True)
     (root / "generated").mkdir()
     (root / "servers" / "designed_model").mkdir(parents=True)
     (root / "servers" / "designed_model" / "__init__.py").write_text('"""stand-in served design"""\n')
@@ -235,8 +235,8 @@ def source_root(tmp_path: Path) -> Path:
     (root / "modelplane" / "__init__.py").write_text('"""stand-in modelplane"""\n')
     (root / "modelplane" / "s3_client.py").write_text('"""stand-in S3 client"""\n')
     (root / "trainer" / "__init__.py").write_text('"""stand-in trainer"""\n')
-    (root / "trainer" / "run_job.py").write_text("raise SystemExit(0)\n")
-    (root / "trainer" / "__pycache__" / "run_job.cpython-311.pyc").write_bytes(b"\0compiled")
+    (root / "trainer" / "run" / "run_job.py").write_text("raise SystemExit(0)\n")
+    (root / "trainer" / "run" / "__pycache__" / "run_job.cpython-311.pyc").write_bytes(b"\0compiled")
     (root / "generated" / "__init__.py").write_text("")
     return root
 
@@ -303,13 +303,13 @@ def test_a_real_build_produces_the_tagged_labelled_image_and_is_not_repeated(
         assert labels["org.opencontainers.image.title"] == tag.rsplit(":", 1)[0].rsplit("/", 1)[1]
         assert labels["org.opencontainers.image.base.name"] == "scratch"
         assert re.fullmatch(r"[0-9a-f]{64}", labels[CONTENT_HASH_LABEL])
-        assert image.attrs["Config"]["Entrypoint"] == ["python", "-m", "trainer.run_job"]
+        assert image.attrs["Config"]["Entrypoint"] == ["python", "-m", "trainer.run.run_job"]
         assert "PYTHONPATH=/opt/modelplane" in image.attrs["Config"]["Env"]
         files = image_files(engine, tag)
         requirements = files["opt/modelplane/requirements.txt"].decode().splitlines()
         assert requirements[:3] == ["scikit-learn==1.5.2", "pandas>=2.2,<3", "pyarrow[parquet]==17.0"]
         assert requirements[3:] == list(run_pins("numpy", "joblib", "protobuf", "minio"))
-        assert files["opt/modelplane/trainer/run_job.py"] == b"raise SystemExit(0)\n"
+        assert files["opt/modelplane/trainer/run/run_job.py"] == b"raise SystemExit(0)\n"
         assert "opt/modelplane/generated/__init__.py" in files
         assert "opt/modelplane/servers/designed_model/__init__.py" in files
         assert not any("__pycache__" in path for path in files)

@@ -21,13 +21,13 @@ from modelplane.auth_flags import client_token
 from modelplane.ready_file import write_ready_file
 from modelplane.signals import stop_on_signals
 from modelplane.transport import http_server_ssl
-from trainer.design_store import REDIS_RETRYABLE
 from trainer.launchers.base import Launcher
-from trainer.model_store import ModelStore
-from trainer.service import TrainerService
-from trainer.service_deploy import SchedulerDeployer
+from trainer.service.consumer import TrainerService
+from trainer.service.deploy import SchedulerDeployer
+from trainer.service.design_store import REDIS_RETRYABLE
+from trainer.service.model_store import ModelStore
+from trainer.service.status_api import start_status_api
 from trainer.settings import TrainerSettings
-from trainer.status_api import start_status_api
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from modelplane.secret_inputs import SecretFileError, read_secret_file, refuse_s
 from modelplane.sizes import parse_size
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_serving_tls_flags, add_tls_flags, security_from, serving_security_from
-from trainer.jobs import DEFAULT_ARTIFACT_NAME
+from trainer.run.jobs import DEFAULT_ARTIFACT_NAME
 
 # The Redis key a design schema is stored under; ``{token}`` is the event's model_key_token.
 DEFAULT_DESIGN_KEY_TEMPLATE = "modelplane:design:{token}"

@@ -21,7 +21,7 @@ import urllib3
 from minio.error import MinioException, S3Error, ServerError
 
 from modelplane.s3_client import minio_client
-from trainer.errors import DatasetError, DatasetUnavailableError
+from trainer.run.errors import DatasetError, DatasetUnavailableError
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})

@@ -1,7 +1,7 @@
 """The gateway's Kafka side: V2 inference requests consumed from the ``.inputs`` topics of the models and
 pipelines the gateway serves, answered on their ``.outputs`` topics, failures on the errors topic.
 
-Record formats and headers: :mod:`gateway.kafka_messages`; topic names: :mod:`gateway.kafka_topics`.
+Record formats and headers: :mod:`gateway.kafka.messages`; topic names: :mod:`gateway.kafka.topics`.
 
 Delivery is at-least-once, with duplicate suppression:
 - offsets are committed by hand (no auto-commit), per partition, only up to the lowest offset whose answer (or
@@ -34,8 +34,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError  # type: ignore[import-untyped]
 
 from gateway.inference_types import InferenceError, ModelCaller
-from gateway.kafka_delivery import OffsetTracker, RecentIds
-from gateway.kafka_messages import (
+from gateway.kafka.delivery import OffsetTracker, RecentIds
+from gateway.kafka.messages import (
     DecodedRequest,
     MalformedRecordError,
     answer_headers,
@@ -43,8 +43,8 @@ from gateway.kafka_messages import (
     encode_error,
     encode_response,
 )
-from gateway.kafka_settings import KafkaBridgeSettings
-from gateway.kafka_topics import Resource, ResourceKind
+from gateway.kafka.settings import KafkaBridgeSettings
+from gateway.kafka.topics import Resource, ResourceKind
 from modelplane import logs
 from modelplane.kafka_membership import commit_only_as_a_member
 

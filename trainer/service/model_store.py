@@ -23,8 +23,8 @@ import urllib3
 from minio.error import MinioException, S3Error
 
 from modelplane.s3_client import minio_client
-from trainer.jobs import METADATA_FILE
-from trainer.serving_bundle import bundle_files
+from trainer.run.jobs import METADATA_FILE
+from trainer.run.serving_bundle import bundle_files
 from trainer.settings import S3Settings
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -143,7 +143,7 @@ class ModelStore:
         metadata = output_dir / METADATA_FILE
         if metadata.is_file():
             uploads.append((metadata, f"{folder}/{METADATA_FILE}", "application/json"))
-        # What lets MLServer serve the whole design (trainer/serving_bundle.py), model-settings.json last.
+        # What lets MLServer serve the whole design (trainer/run/serving_bundle.py), model-settings.json last.
         for relative in bundle_files(output_dir):
             content_type = "application/json" if relative.suffix == ".json" else "text/x-python"
             uploads.append((output_dir / relative, f"{folder}/{relative.as_posix()}", content_type))

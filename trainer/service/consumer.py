@@ -1,7 +1,7 @@
 """The trainer's consumer loop: training events in, trained models and status messages out.
 
 Per event (seeds/000): decode -> claim (dedupe by event id, run_registry.py) -> fetch the design schema from
-Redis -> write a job folder (trainer/jobs.py) -> ``launcher.run`` (retryable failures retried up to
+Redis -> write a job folder (trainer/run/jobs.py) -> ``launcher.run`` (retryable failures retried up to
 ``max_attempts``) -> upload to S3 -> optional LoadModel -> InferenceStoreMessage -> ModelTrainingStatus.
 
 Delivery is at least once end to end: offsets are committed by hand, per partition, only up to the lowest
@@ -49,13 +49,13 @@ from aiokafka.structs import OffsetAndMetadata  # type: ignore[import-untyped]
 from generated.mlops.training.v1 import training_pb2
 from modelplane import logs
 from modelplane.kafka_membership import commit_only_as_a_member
-from trainer.design_store import REDIS_RETRYABLE, DesignInvalidError, DesignNotFoundError, DesignStore
-from trainer.events import PoisonEventError, RecordPosition, TrainingRequest, dataset_for_run, decode_event
-from trainer.jobs import DESIGN_SCHEMA_FILE, OUTPUT_DIR, RESULT_FILE, RunResult, TrainingJob
 from trainer.launchers.base import Launcher, LaunchOutcome, LaunchVerdict
-from trainer.model_store import TRANSIENT_ERRORS, ArtifactMismatchError, ModelStore, StoredModel
-from trainer.run_registry import ClaimKind, FinalRecord, RunRecord, RunRegistry, RunState
-from trainer.service_deploy import model_name_for
+from trainer.run.jobs import DESIGN_SCHEMA_FILE, OUTPUT_DIR, RESULT_FILE, RunResult, TrainingJob
+from trainer.service.deploy import model_name_for
+from trainer.service.design_store import REDIS_RETRYABLE, DesignInvalidError, DesignNotFoundError, DesignStore
+from trainer.service.events import PoisonEventError, RecordPosition, TrainingRequest, dataset_for_run, decode_event
+from trainer.service.model_store import TRANSIENT_ERRORS, ArtifactMismatchError, ModelStore, StoredModel
+from trainer.service.run_registry import ClaimKind, FinalRecord, RunRecord, RunRegistry, RunState
 from trainer.settings import TrainerSettings
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 
 from gateway.edges.v2_grpc_codec import encode_infer_request
 from gateway.inference_types import MAX_REQUEST_ID_CHARS, InferenceError
-from gateway.kafka.delivery import OffsetTracker, RecentIds
 from gateway.kafka.messages import (
     DecodedRequest,
     MalformedRecordError,
@@ -26,6 +25,7 @@ from gateway.kafka.messages import (
 from gateway.kafka.settings import KafkaBridgeSettings
 from gateway.kafka.topics import Resource, ResourceKind, TopicNames, is_valid_topic_name
 from generated.inference.v2 import grpc_predict_v2_pb2 as v2_pb
+from modelplane.kafka_delivery import OffsetTracker, RecentIds
 
 MODEL = Resource(ResourceKind.MODEL, "iris")
 PIPELINE = Resource(ResourceKind.PIPELINE, "flow")

@@ -34,7 +34,6 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError  # type: ignore[import-untyped]
 
 from gateway.inference_types import InferenceError, ModelCaller
-from gateway.kafka.delivery import OffsetTracker, RecentIds
 from gateway.kafka.messages import (
     DecodedRequest,
     MalformedRecordError,
@@ -46,6 +45,7 @@ from gateway.kafka.messages import (
 from gateway.kafka.settings import KafkaBridgeSettings
 from gateway.kafka.topics import Resource, ResourceKind
 from modelplane import logs
+from modelplane.kafka_delivery import OffsetTracker, RecentIds
 from modelplane.kafka_membership import commit_only_as_a_member
 
 __all__ = ["BridgeStats", "KafkaBridge", "KafkaBridgeSettings"]

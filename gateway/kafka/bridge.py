@@ -116,7 +116,6 @@ class KafkaBridge:
         self._producer: Any = None
         self._listener = _Rebalance(self)
         self._trackers: dict[Any, OffsetTracker] = {}  # TopicPartition -> its tracker, for assigned partitions
-        self._committed: dict[Any, int] = {}
         self._answered = RecentIds(settings.dedupe_window)
         self._pending: dict[tuple[str, str], asyncio.Event] = {}  # (input topic, request id) being handled
         self._tasks: set[asyncio.Task[None]] = set()
@@ -295,7 +294,6 @@ class KafkaBridge:
         async with self._update_lock:
             self._connected = False
             self._trackers.clear()
-            self._committed.clear()
             self._held.clear()
             if self._consumer is not None:
                 consumer, self._consumer = self._consumer, None
@@ -539,7 +537,6 @@ class KafkaBridge:
         # in flight from an earlier assignment are recognised by request id (pending or recently answered).
         for partition in assigned:
             self._trackers[partition] = OffsetTracker()
-            self._committed.pop(partition, None)
         log.info("kafka bridge: assigned %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
         if self._assigned_since_connect and self._consumer is not None:
             # A rebalance on a live connection may mean the broker restarted (see _release_held). The new
@@ -573,7 +570,6 @@ class KafkaBridge:
         await self._drain_and_commit(list(revoked), self._settings.revoke_timeout_s)
         for partition in revoked:
             self._trackers.pop(partition, None)
-            self._committed.pop(partition, None)
 
     async def _drain_and_commit(self, partitions: list[Any], timeout: float) -> None:
         trackers = [self._trackers[tp] for tp in partitions if tp in self._trackers]
@@ -596,12 +592,14 @@ class KafkaBridge:
                 return
             assigned = consumer.assignment()
             offsets: dict[Any, int] = {}
+            committing: list[tuple[OffsetTracker, int]] = []
             for partition, tracker in list(self._trackers.items()):
                 if (partitions is not None and partition not in partitions) or partition not in assigned:
                     continue
-                position = tracker.committable()
-                if position is not None and position > self._committed.get(partition, -1):
+                position = tracker.to_commit()
+                if position is not None:
                     offsets[partition] = position
+                    committing.append((tracker, position))
             if not offsets:
                 return
             try:
@@ -610,4 +608,5 @@ class KafkaBridge:
                 # Typically the group rebalanced meanwhile: the new owner starts from the last good commit.
                 log.info("kafka bridge: commit of %s failed: %r", offsets, error)
                 return
-            self._committed.update(offsets)
+            for tracker, position in committing:
+                tracker.mark_committed(position)

@@ -48,6 +48,7 @@ from aiokafka.structs import OffsetAndMetadata  # type: ignore[import-untyped]
 
 from generated.mlops.training.v1 import training_pb2
 from modelplane import logs
+from modelplane.kafka_delivery import OffsetTracker
 from modelplane.kafka_membership import commit_only_as_a_member
 from trainer.launchers.base import Launcher, LaunchOutcome, LaunchVerdict
 from trainer.run.jobs import DESIGN_SCHEMA_FILE, OUTPUT_DIR, RESULT_FILE, RunResult, TrainingJob
@@ -80,26 +81,6 @@ class Deployer(Protocol):
 
 class _StoppingError(Exception):
     """The service is stopping while an event waits on infrastructure: leave the event uncommitted."""
-
-
-@dataclass
-class _PartitionOffsets:
-    """Offsets handed out on one partition, in order, and which have finished; ``commit_point`` is the offset
-    to commit: the lowest unfinished one, or one past the last when all have finished."""
-
-    generation: int
-    started: list[int] = field(default_factory=list)
-    finished: set[int] = field(default_factory=set)
-    committed: int = -1
-    after_finished: int = -1  # one past the highest offset finished in order
-
-    def commit_point(self) -> int | None:
-        while self.started and self.started[0] in self.finished:
-            last = self.started.pop(0)
-            self.finished.discard(last)
-            self.after_finished = last + 1
-        point = self.started[0] if self.started else self.after_finished
-        return point if point > self.committed else None
 
 
 @dataclass
@@ -140,8 +121,7 @@ class TrainerService:
         self._stopping = asyncio.Event()
         self._no_grace = asyncio.Event()
         self._tasks: set[asyncio.Task[bool]] = set()
-        self._offsets: dict[Any, _PartitionOffsets] = {}
-        self._generation = 0
+        self._offsets: dict[Any, OffsetTracker] = {}  # TopicPartition -> its tracker, for assigned partitions
         self._consumer: Any = None
         self._producer: Any = None
 
@@ -227,31 +207,30 @@ class TrainerService:
             await self._commit_ready()
 
     def _dispatch(self, tp: Any, record: Any) -> None:
-        offsets = self._offsets.get(tp)
-        if offsets is None:
-            offsets = self._offsets[tp] = _PartitionOffsets(self._generation)
-        offsets.started.append(record.offset)
-        generation = offsets.generation
+        tracker = self._offsets.get(tp)
+        if tracker is None:
+            tracker = self._offsets[tp] = OffsetTracker()
+        tracker.add(record.offset)
         task = asyncio.create_task(self._handle(record), name=f"event {tp.topic}[{tp.partition}]@{record.offset}")
         self._tasks.add(task)
 
         def done(finished: asyncio.Task[bool]) -> None:
             self._tasks.discard(finished)
-            current = self._offsets.get(tp)
             # Only an event whose processing completed may be committed past: one left for redelivery (stopping,
-            # cancelled) must not be. And a partition revoked (maybe reassigned) since is its new owner's to commit.
+            # cancelled) must not be. And a partition revoked (maybe reassigned) since has a new tracker: the new
+            # owner's to commit.
             completed = not finished.cancelled() and finished.exception() is None and finished.result()
-            if completed and current is not None and current.generation == generation:
-                current.finished.add(record.offset)
+            if completed and self._offsets.get(tp) is tracker:
+                tracker.done(record.offset)
 
         task.add_done_callback(done)
 
     async def _commit_ready(self) -> None:
         ready = {}
-        for tp, offsets in self._offsets.items():
-            point = offsets.commit_point()
+        for tp, tracker in self._offsets.items():
+            point = tracker.to_commit()
             if point is not None:
-                ready[tp] = (offsets, point)
+                ready[tp] = (tracker, point)
         if not ready:
             return
         try:
@@ -260,11 +239,10 @@ class TrainerService:
             # Rebalancing: the events stay uncommitted and are redelivered; the claim keeps them from retraining.
             logger.warning("offset commit failed", extra={"fields": {"error": str(error)}})
             return
-        for offsets, point in ready.values():
-            offsets.committed = point
+        for tracker, point in ready.values():
+            tracker.mark_committed(point)
 
     def _forget(self, partitions: Any) -> None:
-        self._generation += 1
         for tp in partitions:
             self._offsets.pop(tp, None)
 

@@ -541,7 +541,7 @@ def test_the_run_imports_only_what_the_training_image_carries() -> None:
     packages = [path.replace("/", ".") for path in SOURCE_PATHS if not path.endswith(".py")]
     imported = completed.stdout.split()
     assert "servers.designed_model.expressions" in imported  # the probe sees what it should
-    assert "modelplane.s3_client" in imported
+    assert "modelplane.s3" in imported
     assert "trainer.run.fitting" in imported
     outside = [
         name

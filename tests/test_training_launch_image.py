@@ -83,7 +83,7 @@ def test_dockerfile_pins_the_framework_and_dependencies_and_labels_the_image() -
         "COPY servers/designed_model /opt/modelplane/servers/designed_model",
         "COPY servers/designed_model_entry.py /opt/modelplane/servers/designed_model_entry.py",
         "COPY modelplane/__init__.py /opt/modelplane/modelplane/__init__.py",
-        "COPY modelplane/s3_client.py /opt/modelplane/modelplane/s3_client.py",
+        "COPY modelplane/s3.py /opt/modelplane/modelplane/s3.py",
         'ENTRYPOINT ["python", "-m", "trainer.run.run_job"]',
     ]
     assert "ENV PYTHONPATH=/opt/modelplane PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1" in lines
@@ -233,7 +233,7 @@ def source_root(tmp_path: Path) -> Path:
     (root / "servers" / "designed_model_entry.py").write_text('"""stand-in entry module"""\n')
     (root / "modelplane").mkdir()
     (root / "modelplane" / "__init__.py").write_text('"""stand-in modelplane"""\n')
-    (root / "modelplane" / "s3_client.py").write_text('"""stand-in S3 client"""\n')
+    (root / "modelplane" / "s3.py").write_text('"""stand-in S3 client"""\n')
     (root / "trainer" / "__init__.py").write_text('"""stand-in trainer"""\n')
     (root / "trainer" / "run" / "run_job.py").write_text("raise SystemExit(0)\n")
     (root / "trainer" / "run" / "__pycache__" / "run_job.cpython-311.pyc").write_bytes(b"\0compiled")

@@ -59,7 +59,7 @@ class S3Settings:
     prefix: str
     secure: bool
     region: str
-    timeout_seconds: float = 60.0  # per request, connect and read (modelplane/s3_client.py)
+    timeout_seconds: float = 60.0  # per request, connect and read (modelplane/s3.py)
 
 
 @dataclass(frozen=True, slots=True)

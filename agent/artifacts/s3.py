@@ -14,7 +14,7 @@ from agent.artifacts.errors import ArtifactError
 from agent.artifacts.safety import Budget, Charge, ExtractLimits, Tree, UnsafeName, safe_parts
 from agent.artifacts.sources import S3Location
 from agent.artifacts.storage_config import S3Settings
-from modelplane.s3_client import minio_client
+from modelplane.s3 import minio_client
 
 _CREDENTIAL_CODES = frozenset(
     {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}

@@ -61,7 +61,7 @@ SOURCE_PATHS = (
     "servers/designed_model",
     "servers/designed_model_entry.py",
     "modelplane/__init__.py",
-    "modelplane/s3_client.py",
+    "modelplane/s3.py",
 )
 CONTENT_HASH_LABEL = "io.modelplane.content-hash"
 MAX_DEPENDENCIES = 100

@@ -1,6 +1,6 @@
 """Reading one dataset object from S3 with the minio SDK, settings from the run's environment.
 
-The client comes from modelplane/s3_client.py, like the agent's. Failures are described the way
+The client comes from modelplane/s3.py, like the agent's. Failures are described the way
 agent/artifacts/s3.py describes them, written here rather than imported: a training run executes in an image
 that carries only what it needs (trainer/launchers/image_build.py), and the agent's artifacts package brings
 the agent's whole fetch stack.
@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import urllib3
 from minio.error import MinioException, S3Error, ServerError
 
-from modelplane.s3_client import minio_client
+from modelplane.s3 import minio_client
 from trainer.run.errors import DatasetError, DatasetUnavailableError
 
 _TRUE = frozenset({"true", "1", "yes", "on"})

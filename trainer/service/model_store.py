@@ -22,7 +22,7 @@ from pathlib import Path
 import urllib3
 from minio.error import MinioException, S3Error
 
-from modelplane.s3_client import minio_client
+from modelplane.s3 import minio_client
 from trainer.run.jobs import METADATA_FILE
 from trainer.run.serving_bundle import bundle_files
 from trainer.settings import S3Settings

@@ -15,7 +15,7 @@ import pytest
 
 from modelplane.s3 import minio_client
 from trainer.service.model_store import TRANSIENT_ERRORS, ModelStore
-from trainer.settings import S3Settings
+from trainer.settings import ModelStoreSettings
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ async def test_the_model_store_upload_fails_retryably_against_a_silent_endpoint(
 ) -> None:
     artifact = tmp_path / "model.pkl"
     artifact.write_bytes(b"weights")
-    settings = S3Settings(
+    settings = ModelStoreSettings(
         endpoint=silent_endpoint,
         access_key="k",
         secret_key="s",  # noqa: S106 -- nothing checks it

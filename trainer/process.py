@@ -65,7 +65,8 @@ def default_launcher(settings: TrainerSettings) -> Launcher:
         )
     from trainer.launchers.local import LocalLauncherSettings, LocalProcessLauncher  # noqa: PLC0415
 
-    environment |= {"AWS_ACCESS_KEY_ID": settings.s3.access_key, "AWS_SECRET_ACCESS_KEY": settings.s3.secret_key}
+    if settings.s3.access_key is not None and settings.s3.secret_key is not None:  # parse_settings sets both
+        environment |= {"AWS_ACCESS_KEY_ID": settings.s3.access_key, "AWS_SECRET_ACCESS_KEY": settings.s3.secret_key}
     # The deadline every job.json of this trainer holds (service.py writes it): no run reads it back.
     limits = LocalLauncherSettings(env=environment, timeout_seconds=settings.run_timeout_seconds)
     if settings.launcher == "warm":

@@ -31,6 +31,7 @@ from modelplane.auth_flags import (
 )
 from modelplane.config import parse_layered
 from modelplane.flag_types import address, seconds
+from modelplane.s3 import S3Settings
 from modelplane.secret_inputs import SecretFileError, read_secret_file, refuse_secret_flags
 from modelplane.sizes import parse_size
 from modelplane.transport import TransportError, TransportSecurity
@@ -50,15 +51,12 @@ _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's own rule for topic na
 _ARTIFACT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-@dataclass(frozen=True, slots=True)
-class S3Settings:
-    endpoint: str  # host:port, no scheme (the minio SDK's form)
-    access_key: str
-    secret_key: str = field(repr=False)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelStoreSettings(S3Settings):
+    """The model store: the S3 store of ``--s3-*`` and where in it trained models go."""
+
     bucket: str
     prefix: str
-    secure: bool
-    region: str
     timeout_seconds: float = 60.0  # per request, connect and read (modelplane/s3.py)
 
 
@@ -90,7 +88,7 @@ class TrainerSettings:
     redis_url: str
     design_key_template: str
     redis_prefix: str
-    s3: S3Settings
+    s3: ModelStoreSettings
     artifact_name: str
     work_dir: Path
     datasets_root: Path | None
@@ -397,8 +395,9 @@ def parse_settings(
         redis_url=options.redis_url,
         design_key_template=options.design_key_template,
         redis_prefix=options.redis_prefix,
-        s3=S3Settings(
+        s3=ModelStoreSettings(
             endpoint=options.s3_endpoint,
+            origin="the trainer's --s3-* settings",
             access_key=options.s3_access_key,
             secret_key=secret_key,
             bucket=options.s3_bucket,

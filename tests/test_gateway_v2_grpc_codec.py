@@ -12,13 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.edges.v2_grpc_codec import (
-    DATATYPES,
     decode_infer_request,
     decode_infer_response,
     encode_infer_request,
     encode_infer_response,
     encode_model_metadata,
 )
+from gateway.edges.v2_grpc_tensors import DATATYPES
 from gateway.inference_types import InferenceError, JsonObject
 from generated.inference.v2 import grpc_predict_v2_pb2 as pb
 

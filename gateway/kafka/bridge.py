@@ -16,6 +16,14 @@ Delivery is at-least-once, with duplicate suppression:
 - Tansu, the test broker, has no idempotent producer or transactions, and the design does not need them.
 
 All gateways share one consumer group (``group_id``), so each request is handled by one of them.
+
+Over 400 lines on purpose: the bridge is one state machine around one consumer and one producer (connect,
+subscription, held partitions after a rebalance, in-flight records, duplicate window, per-partition offsets),
+and every method reads or changes that shared state under the same two locks; cut apart, the halves would hand
+each other private state. What is separable already lives beside it: record formats (messages.py), topic names
+(topics.py), settings, the offset tracker and duplicate window (modelplane/kafka_delivery.py) and the commit
+guard (modelplane/kafka_membership.py). The next seam, if it grows: topic creation (``_ensure_topics``) and the
+answering of one record (``_serve`` .. ``_produce``) as their own classes.
 """
 
 from __future__ import annotations

@@ -24,6 +24,14 @@ Messages published (protobuf binary, header ``content-type: application/x-protob
 
 Event headers read: ``content-type`` (events.py) and ``modelplane-auto-deploy`` (``true`` deploys this model
 even without ``--auto-deploy``; ``false`` skips it even with it).
+
+Over 400 lines on purpose: one class owns the consumer group membership, the in-flight runs and their shutdown
+grace, and every step of an event's life goes through the same retry-until-stopping rule (``_retrying``, which
+leaves an event uncommitted when the service stops): the Kafka loop and the event's life share that stopping state
+and the producer. The parts with their own state already live beside it: the run registry (run_registry.py), the
+design and model stores, events (decoding), the deploy, the offset tracker (modelplane/kafka_delivery.py). The
+seam if it grows: one event's life (``_handle`` .. ``_publish``) as a class given the registry, the stores and a
+stopping event, leaving this module the loop.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 # (tests/test_compose.py checks this file and docker-compose.yml as text instead).
 FROM python:3.11-slim
 
-# Training runs (python -m trainer.run_job) need a compiler-free scientific stack: wheels only.
+# Training runs (python -m trainer.run.run_job) need a compiler-free scientific stack: wheels only.
 ENV PIP_NO_CACHE_DIR=1 PIP_ONLY_BINARY=:all: PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 
 WORKDIR /opt/modelplane

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +16,6 @@ from agent.artifacts import (
     RATIO_EXEMPT_BYTES,
 )
 from agent.server_watch import WatchSettings
-from modelplane import logs
 from modelplane.addresses import Address
 from modelplane.auth.access_check import AuthSettings
 from modelplane.auth_flags import (
@@ -27,8 +26,9 @@ from modelplane.auth_flags import (
     client_token,
 )
 from modelplane.config import parse_layered
-from modelplane.flag_types import address, seconds
-from modelplane.sizes import format_size, parse_size
+from modelplane.flag_types import address, bounded_int, byte_size, seconds
+from modelplane.process_flags import add_process_flags
+from modelplane.sizes import format_size
 from modelplane.spec.errors import InvalidArgument
 from modelplane.spec.names import check_name
 from modelplane.transport import TransportError, TransportSecurity
@@ -82,40 +82,11 @@ class AgentSettings:
     token_file: Path | None = None
 
 
-def _size(text: str) -> int:
-    try:
-        value = parse_size(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("memory must be more than 0 bytes")
-    return value
-
-
-def _disk_size(text: str) -> int:
-    try:
-        value = parse_size(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("a disk limit must be more than 0 bytes")
-    return value
-
-
 def _server_name(text: str) -> str:
     try:
         return check_name(text, "server")
     except InvalidArgument as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _bounded_int(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        if not text.isdigit() or not low <= int(text) <= high:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from {low} to {high}")
-        return int(text)
-
-    return parse
 
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -131,7 +102,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--replica-idx",
-        type=_bounded_int(0, 9999),
+        type=bounded_int(0, 9999),
         default=0,
         metavar="N",
         help="this replica's index within its server (default 0)",
@@ -148,7 +119,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--memory",
-        type=_size,
+        type=byte_size(1, what="memory"),
         default="1GiB",
         metavar="SIZE",
         help="memory the server may use for models, e.g. 2GiB (default 1GiB)",
@@ -160,7 +131,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--overcommit-percent",
-        type=_bounded_int(0, 1000),
+        type=bounded_int(0, 1000),
         default=10,
         metavar="PCT",
         help="accept models up to memory x (100+PCT)%%, evicting least-recently-used ones (default 10)",
@@ -181,7 +152,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-model-disk",
-        type=_disk_size,
+        type=byte_size(1, what="a disk limit"),
         default=DEFAULT_MAX_MODEL_DISK,
         metavar="SIZE",
         help="most disk one model version's artifacts may take, downloaded or extracted (one file may take all of "
@@ -189,7 +160,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-cache-disk",
-        type=_disk_size,
+        type=byte_size(1, what="a disk limit"),
         default=DEFAULT_MAX_CACHE_DISK,
         metavar="SIZE",
         help="most disk the artifact cache may take for all models together; a load that would go over it "
@@ -197,7 +168,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-compression-ratio",
-        type=_bounded_int(1, 1_000_000),
+        type=bounded_int(1, 1_000_000),
         default=DEFAULT_MAX_COMPRESSION_RATIO,
         metavar="N",
         help="an archive may expand to at most N times its size (a decompression bomb is stopped there; archives "
@@ -251,7 +222,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--server-probe-failures",
-        type=_bounded_int(1, 1000),
+        type=bounded_int(1, 1000),
         default=3,
         metavar="N",
         help="failed probes in a row after which the server counts as down (default 3); a launched server "
@@ -282,12 +253,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="the longest wait between restart attempts; the wait starts over once the server has served this "
         "long (default 60)",
     )
-    parser.add_argument(
-        "--ready-file", type=Path, metavar="FILE", help="write the proxy addresses here once registered"
-    )
-    parser.add_argument("--log-level", choices=logs.LEVELS, default="info")
-    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
-    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file ([agent] table)")
+    add_process_flags(parser, section="agent", ready_file_help="write the proxy addresses here once registered")
     add_tls_flags(parser, server=False)
     add_auth_flags(parser)
     add_client_token_flag(parser)

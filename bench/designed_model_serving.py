@@ -1,6 +1,6 @@
 """Our MLServer runtime for trained designs vs MLServer's stock scikit-learn runtime: the same estimator, one server.
 
-What it measures (see bench/README.md for why, and for recorded results). The trainer (``trainer.run_job.execute``,
+What it measures (see bench/README.md for why, and for recorded results). The trainer (``trainer.run.run_job.execute``,
 in this process) trains iris with multiclass logistic regression (tests/training_schemas.py's
 ``iris_multiclass_logistic``); the folder it writes holds the artifact, metadata.json, a model-settings.json naming
 ``modelplane_designed_model.mlserver_runtime.DesignedModelRuntime`` and that runtime package. One MLServer
@@ -77,7 +77,7 @@ from servers.designed_model.served_model import ServedModel
 from servers.launch import LocalServer, launch_mlserver, server_venv
 from tests import training_schemas as schemas
 from tests.test_designed_model import expected_outputs, train_into
-from trainer.serving_bundle import SETTINGS_FILE
+from trainer.run.serving_bundle import SETTINGS_FILE
 
 WAYS = ("stock", "designed", "designed-columns", "designed-pre")
 LIKE_FOR_LIKE = ("designed", "designed-columns")  # the same estimator as stock, so their ratio to it means something

@@ -5,10 +5,10 @@ model (default: iris, 150 rows, multiclass logistic regression; ``--dataset synt
 features, three classes, a random forest), the same design schema and dataset everywhere:
 
 (b) The direct rungs, in and from this process:
-    ``fit``         ``trainer.fitting.train(schema, frame)`` on a DataFrame already in memory;
-    ``execute``     ``trainer.run_job.execute(job_dir)`` on a prepared job folder (reads the CSV, fits, writes the
+    ``fit``         ``trainer.run.fitting.train(schema, frame)`` on a DataFrame already in memory;
+    ``execute``     ``trainer.run.run_job.execute(job_dir)`` on a prepared job folder (reads the CSV, fits, writes the
                     artifact, metadata.json and result.json), in this process;
-    ``subprocess``  ``python -m trainer.run_job JOB_DIR`` as a child process (a fresh interpreter per run), one at a
+    ``subprocess``  ``python -m trainer.run.run_job JOB_DIR`` as a child process (a fresh interpreter per run), one at a
                     time and C at a time (C = the trainer's default ``--max-concurrent-runs``);
     ``launcher``    the trainer's own ``LocalProcessLauncher.run`` (the same subprocess with its rlimits and
                     process group), one at a time.
@@ -88,12 +88,12 @@ from tests.kafka_broker import create_topics, start_broker
 from tests.real_components import ACCESS_KEY, SECRET_KEY, SeaweedFS
 from tests.redis_server import RedisServer, start_redis, stop_redis
 from tests.training_schemas import IRIS_CLASSES, iris_multiclass_logistic, write_iris_csv
-from trainer.fitting import train
-from trainer.jobs import DESIGN_SCHEMA_FILE, DatasetSource, TrainingJob
 from trainer.launchers.base import LaunchVerdict
 from trainer.launchers.local import LocalLauncherSettings, LocalProcessLauncher
 from trainer.launchers.warm import WarmProcessLauncher
-from trainer.run_job import execute
+from trainer.run.fitting import train
+from trainer.run.jobs import DESIGN_SCHEMA_FILE, DatasetSource, TrainingJob
+from trainer.run.run_job import execute
 from trainer.settings import build_parser
 
 SUCCESS = training_pb2.TRAINING_STATUS_SUCCESS
@@ -182,7 +182,7 @@ def make_model(kind: str, folder: Path) -> Model:
 
 
 def job_folder(model: Model, parent: Path, name: str) -> Path:
-    """A job directory as the trainer writes it (trainer/service.py ``_train``)."""
+    """A job directory as the trainer writes it (trainer/service/consumer.py ``_train``)."""
     job_dir = parent / name
     job_dir.mkdir(parents=True)
     TrainingJob(run_id=name, event_id=name, dataset=DatasetSource(path=str(model.csv))).write(job_dir)
@@ -217,17 +217,17 @@ async def run_subprocess(job_dir: Path) -> float:
     started = time.perf_counter()
     with (job_dir / "run.log").open("ab") as log:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "trainer.run_job", str(job_dir),
+            sys.executable, "-m", "trainer.run.run_job", str(job_dir),
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT, cwd=job_dir,
         )  # fmt: skip
         code = await process.wait()
     if code != 0:
-        raise RuntimeError(f"python -m trainer.run_job {job_dir} exited {code}")
+        raise RuntimeError(f"python -m trainer.run.run_job {job_dir} exited {code}")
     return time.perf_counter() - started
 
 
 async def direct_subprocesses(model: Model, work: Path, count: int, concurrency: int) -> dict[str, Any]:
-    """``count`` runs of ``python -m trainer.run_job``, ``concurrency`` at a time."""
+    """``count`` runs of ``python -m trainer.run.run_job``, ``concurrency`` at a time."""
     jobs = [job_folder(model, work, f"subprocess-c{concurrency}-{index}") for index in range(count)]
     gate = asyncio.Semaphore(concurrency)
 
@@ -663,7 +663,7 @@ async def benchmark(config: Config) -> dict[str, Any]:
     result["warm_launcher"] = await timed(
         "WarmProcessLauncher", lambda: direct_warm_launcher(model, direct, config.repeats, config.events)
     )
-    result["subprocess_before"] = await timed("python -m trainer.run_job", lambda: subprocess_rungs("before"))
+    result["subprocess_before"] = await timed("python -m trainer.run.run_job", lambda: subprocess_rungs("before"))
     with components(work / "components") as comps:
         result["trainer"] = {}
         for concurrency in (None, 1):
@@ -690,7 +690,7 @@ async def benchmark(config: Config) -> dict[str, Any]:
             launcher="warm",
         )
         result["trainer_warm"] = await timed("modelplane trainer --launcher=warm", warm_part)
-    result["subprocess_after"] = await timed("python -m trainer.run_job again", lambda: subprocess_rungs("after"))
+    result["subprocess_after"] = await timed("python -m trainer.run.run_job again", lambda: subprocess_rungs("after"))
     result["environment"]["loadavg_end"] = os.getloadavg()[0]
     result["ratios"] = ratios(result)
     return result
@@ -752,7 +752,7 @@ def render(result: dict[str, Any]) -> str:
         f"model: {result['model']}; metrics {ip['metrics']}",
         "",
         f"{'rung':<44} {'runs/min':>9}  latency per run",
-        f"{'fit (trainer.fitting.train), in process':<44} {60_000 / ip['fit']['p50_ms']:>9.0f}  {lat(ip['fit'])}",
+        f"{'fit (trainer.run.fitting.train), in process':<44} {60_000 / ip['fit']['p50_ms']:>9.0f}  {lat(ip['fit'])}",
         f"{'execute(job_dir), in process':<44} {60_000 / ip['execute']['p50_ms']:>9.0f}  {lat(ip['execute'])}",
         f"{'launcher (LocalProcessLauncher), c1':<44} {60_000 / result['launcher']['latency']['p50_ms']:>9.0f}  "
         f"{lat(result['launcher']['latency'])}",
@@ -767,7 +767,7 @@ def render(result: dict[str, Any]) -> str:
     ]
     for side, part in (("before", before), ("after", after)):
         for label in ("c1", c):
-            rung, name = part[label], f"python -m trainer.run_job, {label}, {side}"
+            rung, name = part[label], f"python -m trainer.run.run_job, {label}, {side}"
             lines.append(
                 f"{name:<44} {rung['runs_per_min']:>9}  {lat(rung['latency'])}; CPU {rung['cpu_s_per_run']} s/run"
             )
@@ -802,7 +802,7 @@ def render(result: dict[str, Any]) -> str:
         if "sequential" in part:
             lines.append(f"  one-at-a-time breakdown (medians, ms): {json.dumps(part['sequential']['breakdown_ms'])}")
     lines.append(
-        f"a run's peak RSS (python -m trainer.run_job): {before['c1']['children_peak_rss_bytes'] / MiB:.1f} MiB"
+        f"a run's peak RSS (python -m trainer.run.run_job): {before['c1']['children_peak_rss_bytes'] / MiB:.1f} MiB"
     )
     return "\n".join(lines)
 

@@ -16,13 +16,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gateway.edges.v2_grpc_codec import check_infer_request
 from gateway.experiment_split import ExperimentSplitter
 from gateway.gateway_metrics import GatewayMetrics
 from gateway.inference_types import MAX_REQUEST_ID_CHARS, InferenceError, JsonObject
 from gateway.json_documents import JsonDocumentError, loads_bounded
 from gateway.replica_client import ReplicaAnswer, ReplicaClient
 from gateway.routing_table import ROUTE_HEADER, RoutingTable
-from gateway.v2_grpc_codec import check_infer_request
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.inference_limits import MAX_REQUEST_BODY_BYTES
 
@@ -50,7 +50,7 @@ class RoutedAnswer:
 
 def parse_request(body: bytes) -> JsonObject:
     """A V2 inference request body from a caller: JSON within the nesting limit, an object with an ``inputs``
-    list, and every tensor well formed (gateway.v2_grpc_codec.check_infer_request), so that a request no
+    list, and every tensor well formed (gateway.edges.v2_grpc_codec.check_infer_request), so that a request no
     server could take is the caller's 400 here, not whatever each server makes of it."""
     _check_size(body)
     try:
@@ -108,7 +108,7 @@ def parse_version(text: str | None) -> int | None:
 
 
 class PipelineRunning(Protocol):
-    """What the router needs from gateway/pipeline_runner.py."""
+    """What the router needs from gateway/pipelines/runner.py."""
 
     async def run(self, name: str, request: JsonObject, headers: Mapping[str, str]) -> JsonObject: ...
 

@@ -16,19 +16,19 @@ from dataclasses import dataclass
 from aiohttp import web
 from grpc import aio
 
+from gateway.edges.grpc_edge import v2_grpc_service
+from gateway.edges.rest_app import build_app
+from gateway.edges.v2_grpc_service import add_v2_inference_service
 from gateway.gateway_metrics import GatewayMetrics
-from gateway.grpc_edge import v2_grpc_service
 from gateway.inference_router import InferenceRouter
-from gateway.kafka_bridge import KafkaBridge
-from gateway.kafka_settings import KafkaBridgeSettings
-from gateway.kafka_wiring import KafkaTopicsFollower
-from gateway.pipeline_runner import PipelineRunner
+from gateway.kafka.bridge import KafkaBridge
+from gateway.kafka.settings import KafkaBridgeSettings
+from gateway.kafka.wiring import KafkaTopicsFollower
+from gateway.pipelines.runner import PipelineRunner
 from gateway.replica_client import ReplicaClient
-from gateway.rest_app import build_app
 from gateway.route_watcher import RouteWatcher
 from gateway.routing_table import RoutingTable
 from gateway.settings import GatewaySettings
-from gateway.v2_grpc_service import add_v2_inference_service
 from modelplane.addresses import Address
 from modelplane.auth.access_check import AccessCheck
 from modelplane.auth.http_access import protect

@@ -10,7 +10,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelplane import logs
 from modelplane.addresses import Address
 from modelplane.auth.access_check import AuthSettings
 from modelplane.auth_flags import (
@@ -22,6 +21,7 @@ from modelplane.auth_flags import (
 )
 from modelplane.config import parse_layered
 from modelplane.flag_types import address, seconds
+from modelplane.process_flags import add_process_flags
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_serving_tls_flags, add_tls_flags, security_from, serving_security_from
 
@@ -105,10 +105,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--kafka-topic-prefix", default="seldon", help="topic prefix (default seldon, as Seldon's)")
     parser.add_argument("--kafka-namespace", default="default", help="namespace part of topic names")
     parser.add_argument("--kafka-group", default="modelplane-gateway", help="consumer group all gateways share")
-    parser.add_argument("--ready-file", type=Path, metavar="FILE", help="write the listen addresses here once serving")
-    parser.add_argument("--log-level", choices=logs.LEVELS, default="info")
-    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
-    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file ([gateway] table)")
+    add_process_flags(parser, section="gateway", ready_file_help="write the listen addresses here once serving")
     add_tls_flags(parser, server=False)
     add_serving_tls_flags(parser)
     add_auth_flags(parser)

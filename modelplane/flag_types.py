@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 
 from modelplane.addresses import Address, AddressError, parse_address
+from modelplane.sizes import format_size, parse_size
 
 
 def peer_address(text: str) -> Address:
@@ -34,6 +35,38 @@ def seconds(maximum: float) -> Callable[[str], float]:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
         if not 0 < value <= maximum:
             raise argparse.ArgumentTypeError(f"{text} is out of range: give 0 < seconds <= {maximum:g}")
+        return value
+
+    return parse
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """A whole number from ``low`` to ``high`` (digits only: no sign, no spaces)."""
+
+    def parse(text: str) -> int:
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from {low} to {high}")
+        return int(text)
+
+    return parse
+
+
+def byte_size(minimum: int = 0, maximum: int | None = None, *, what: str = "a size") -> Callable[[str], int]:
+    """A number of bytes as :func:`modelplane.sizes.parse_size` reads it (2GiB, 512Mi, 1000), at least
+    ``minimum`` and, when given, at most ``maximum``; ``what`` names the value in the error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = parse_size(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        if maximum is not None and not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give a size from {format_size(minimum)} to {format_size(maximum)}"
+            )
+        if value < minimum:
+            least = "more than 0 bytes" if minimum == 1 else f"at least {format_size(minimum)}"
+            raise argparse.ArgumentTypeError(f"{what} must be {least}")
         return value
 
     return parse

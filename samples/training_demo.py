@@ -63,11 +63,11 @@ from agent.artifacts.storage_config import secret_env_name
 from generated.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from generated.mlops.training.v1 import training_pb2
 from modelplane.addresses import parse_address
-from modelplane.s3_client import minio_client
+from modelplane.s3 import minio_client
 from modelplane.transport import TransportSecurity, open_channel
 from servers.launch.local import free_ports, log_tail
-from trainer.design_store import design_key
-from trainer.service_deploy import model_name_for
+from trainer.service.deploy import model_name_for
+from trainer.service.design_store import design_key
 from trainer.settings import (
     DEFAULT_DESIGN_KEY_TEMPLATE,
     DEFAULT_INFERENCE_STORE_TOPIC,

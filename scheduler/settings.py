@@ -8,13 +8,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelplane import logs
 from modelplane.addresses import Address
 from modelplane.audit.audit_settings import AuditSettings, add_audit_flags, audit_settings_from
 from modelplane.auth.access_check import AuthSettings
 from modelplane.auth_flags import add_auth_flags, auth_settings_from, check_authenticated_exposure
 from modelplane.config import parse_layered
 from modelplane.flag_types import address, seconds
+from modelplane.process_flags import add_process_flags
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_tls_flags, security_from
 from scheduler.stream_watchdog import DEFAULT_SUBSCRIBER_LAG_SECONDS
@@ -114,15 +114,9 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "waiting; it ends with RESOURCE_EXHAUSTED and should subscribe again "
         f"(default {DEFAULT_SUBSCRIBER_LAG_SECONDS:g})",
     )
-    parser.add_argument(
-        "--ready-file",
-        type=Path,
-        metavar="FILE",
-        help="write the bound addresses here as JSON once serving",
+    add_process_flags(
+        parser, section="scheduler", ready_file_help="write the bound addresses here as JSON once serving"
     )
-    parser.add_argument("--log-level", choices=logs.LEVELS, default="info")
-    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
-    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file ([scheduler] table)")
     add_tls_flags(parser, server=True)
     add_auth_flags(parser)
     add_audit_flags(parser)

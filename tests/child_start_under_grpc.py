@@ -27,8 +27,8 @@ from grpc import aio
 
 from generated.mlops.training.v1 import training_pb2
 from servers.launch.local import server_env, start_process
-from trainer.jobs import DatasetSource, TrainingJob
 from trainer.launchers.local import LocalLauncherSettings, LocalProcessLauncher
+from trainer.run.jobs import DatasetSource, TrainingJob
 
 ECHO = "/test.Echo/Unary"
 STREAM = "/test.Echo/Stream"

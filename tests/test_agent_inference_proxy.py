@@ -26,7 +26,7 @@ from agent.inference_proxy import InferenceProxy
 from agent.model_manager import ModelManager
 from agent.process import start_proxy
 from agent.settings import build_parser, parse_settings
-from gateway.v2_grpc_codec import encode_infer_request
+from gateway.edges.v2_grpc_codec import encode_infer_request
 from generated.inference.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from generated.mlops.agent.v1 import agent_pb2
 from modelplane.inference_errors import SERVER_DOWN_HEADER

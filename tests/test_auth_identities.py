@@ -29,7 +29,7 @@ from modelplane.transport import TransportSecurity, http_client_ssl, http_server
 from tests.auth_certificates import new_ca
 from tests.auth_material import bearer, token_line, write_replacing
 from tests.processes import SchedulerProcess, run_modelplane, start_gateway, start_scheduler, stop_process
-from trainer.status_api import build_app as trainer_app
+from trainer.service.status_api import build_app as trainer_app
 
 PLAIN = TransportSecurity()
 

@@ -24,13 +24,13 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 import generated
 from agent.inference_proxy import InferenceProxy
+from gateway.edges.grpc_edge import v2_grpc_service
+from gateway.edges.rest_app import build_app as gateway_app
+from gateway.edges.v2_grpc_service import add_v2_inference_service
 from gateway.gateway_metrics import GatewayMetrics
-from gateway.grpc_edge import v2_grpc_service
 from gateway.inference_router import InferenceRouter
 from gateway.replica_client import ReplicaClient
-from gateway.rest_app import build_app as gateway_app
 from gateway.routing_table import RoutingTable
-from gateway.v2_grpc_service import add_v2_inference_service
 from generated.mlops.agent.v1 import agent_pb2_grpc
 from generated.mlops.routing.v1 import routing_pb2_grpc
 from generated.mlops.scheduler import scheduler_pb2_grpc
@@ -48,7 +48,7 @@ from scheduler.routing_service import RoutingService
 from scheduler.scheduler_service import SchedulerService
 from scheduler.stream_watchdog import StreamWatchdog
 from tests.auth_material import IDENTITIES, TOKENS, Admissions, RecordingInterceptor, bearer, one_identity_per_role
-from trainer.status_api import build_app as trainer_app
+from trainer.service.status_api import build_app as trainer_app
 
 REFUSALS = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 # Services in generated/ that no modelplane process serves, and why.

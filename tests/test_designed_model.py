@@ -30,9 +30,9 @@ from servers.designed_model.served_model import (
     ServedModel,
 )
 from tests import training_schemas as schemas
-from trainer.jobs import DESIGN_SCHEMA_FILE, METADATA_FILE, OUTPUT_DIR, DatasetSource, TrainingJob
-from trainer.run_job import execute
-from trainer.serving_bundle import ENTRY_MODULE, RUNTIME_CLASS, RUNTIME_PACKAGE, SETTINGS_FILE
+from trainer.run.jobs import DESIGN_SCHEMA_FILE, METADATA_FILE, OUTPUT_DIR, DatasetSource, TrainingJob
+from trainer.run.run_job import execute
+from trainer.run.serving_bundle import ENTRY_MODULE, RUNTIME_CLASS, RUNTIME_PACKAGE, SETTINGS_FILE
 
 RAW_COLUMNS = ("petal_length", "petal_width", "sepal_width", "sepal_length")
 

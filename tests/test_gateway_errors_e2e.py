@@ -21,7 +21,7 @@ import grpc
 import pytest
 from grpc import aio
 
-from gateway.v2_grpc_codec import encode_infer_request
+from gateway.edges.v2_grpc_codec import encode_infer_request
 from generated.inference.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from servers.launch import server_venv
 from tests.cluster_fixtures import Cluster, Iris, api_of, model

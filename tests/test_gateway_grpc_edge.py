@@ -1,4 +1,4 @@
-"""gateway.grpc_edge over real grpc.aio on a loopback port, with the real InferenceRouter and routing table;
+"""gateway.edges.grpc_edge over real grpc.aio on a loopback port, with the real InferenceRouter and routing table;
 only the pipeline runner is a fake (it records what it was given)."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import grpc
 import pytest
 from grpc import aio
 
+from gateway.edges.grpc_edge import v2_grpc_service
+from gateway.edges.v2_grpc_codec import decode_infer_response, encode_infer_request
+from gateway.edges.v2_grpc_service import add_v2_inference_service
 from gateway.gateway_metrics import GatewayMetrics
-from gateway.grpc_edge import v2_grpc_service
 from gateway.inference_router import InferenceRouter
 from gateway.inference_types import InferenceError, JsonObject
 from gateway.replica_client import ReplicaClient
 from gateway.routing_table import ROUTE_HEADER, PipelineRoute, RoutingTable
-from gateway.v2_grpc_codec import decode_infer_response, encode_infer_request
-from gateway.v2_grpc_service import add_v2_inference_service
 from generated.inference.v2 import grpc_predict_v2_pb2 as v2_pb
 from generated.inference.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb

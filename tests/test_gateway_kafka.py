@@ -20,9 +20,9 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient  # type: ignore[import-untyped]
 
 from gateway.inference_types import InferenceError, JsonObject
-from gateway.kafka_bridge import KafkaBridge
-from gateway.kafka_settings import KafkaBridgeSettings
-from gateway.kafka_topics import Resource, ResourceKind
+from gateway.kafka.bridge import KafkaBridge
+from gateway.kafka.settings import KafkaBridgeSettings
+from gateway.kafka.topics import Resource, ResourceKind
 from tests.kafka_broker import (
     KafkaBroker,
     Record,

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.edges.v2_grpc_codec import encode_infer_request
 from gateway.inference_types import MAX_REQUEST_ID_CHARS, InferenceError
-from gateway.kafka_delivery import OffsetTracker, RecentIds
-from gateway.kafka_messages import (
+from gateway.kafka.messages import (
     DecodedRequest,
     MalformedRecordError,
     answer_headers,
@@ -22,10 +22,10 @@ from gateway.kafka_messages import (
     encode_response,
     usable_request_id,
 )
-from gateway.kafka_settings import KafkaBridgeSettings
-from gateway.kafka_topics import Resource, ResourceKind, TopicNames, is_valid_topic_name
-from gateway.v2_grpc_codec import encode_infer_request
+from gateway.kafka.settings import KafkaBridgeSettings
+from gateway.kafka.topics import Resource, ResourceKind, TopicNames, is_valid_topic_name
 from generated.inference.v2 import grpc_predict_v2_pb2 as v2_pb
+from modelplane.kafka_delivery import OffsetTracker, RecentIds
 
 MODEL = Resource(ResourceKind.MODEL, "iris")
 PIPELINE = Resource(ResourceKind.PIPELINE, "flow")

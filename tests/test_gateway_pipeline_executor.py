@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.inference_types import InferenceError, JsonObject
-from gateway.pipeline_executor import LOOP_STATUS, NO_OUTPUT_STATUS, PipelineExecutor, TriggerRule
+from gateway.pipelines.executor import LOOP_STATUS, NO_OUTPUT_STATUS, PipelineExecutor, TriggerRule
 from generated.mlops.scheduler import scheduler_pb2 as pb
 
 Model = Callable[[JsonObject], Awaitable[JsonObject]]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.pipeline_tensors import (
+from gateway.pipelines.tensors import (
     DATATYPES,
     TensorError,
     TensorLimits,

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.v2_grpc_codec import decode_infer_response, encode_infer_request
+from gateway.edges.v2_grpc_codec import decode_infer_response, encode_infer_request
 from generated.inference.v2 import grpc_predict_v2_pb2 as v2_pb
 from generated.inference.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb

@@ -1,4 +1,4 @@
-"""gateway.v2_grpc_codec: V2 gRPC messages <-> the V2 JSON form, round trips and malformed input."""
+"""gateway.edges.v2_grpc_codec: V2 gRPC messages <-> the V2 JSON form, round trips and malformed input."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.inference_types import InferenceError, JsonObject
-from gateway.v2_grpc_codec import (
-    DATATYPES,
+from gateway.edges.v2_grpc_codec import (
     decode_infer_request,
     decode_infer_response,
     encode_infer_request,
     encode_infer_response,
     encode_model_metadata,
 )
+from gateway.edges.v2_grpc_tensors import DATATYPES
+from gateway.inference_types import InferenceError, JsonObject
 from generated.inference.v2 import grpc_predict_v2_pb2 as pb
 
 # -- strategies -----------------------------------------------------------------------------------------------

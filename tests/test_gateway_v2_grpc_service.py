@@ -1,4 +1,4 @@
-"""gateway.v2_grpc_service over real grpc.aio on a loopback port, with in-process fake routing callables."""
+"""gateway.edges.v2_grpc_service over real grpc.aio on a loopback port, with in-process fake routing callables."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ import grpc
 import pytest
 from grpc import aio
 
-from gateway.inference_types import InferenceError, JsonObject
-from gateway.v2_grpc_service import (
+from gateway.edges.v2_grpc_service import (
     SERVICE_NAME,
     InferResult,
     V2InferenceService,
@@ -24,6 +23,7 @@ from gateway.v2_grpc_service import (
     request_headers,
     response_metadata,
 )
+from gateway.inference_types import InferenceError, JsonObject
 from generated.inference.v2 import grpc_predict_v2_pb2 as pb
 from generated.inference.v2 import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelplane.addresses import Address
@@ -243,7 +243,7 @@ async def test_a_malformed_model_answer_is_internal(edge: Edge) -> None:
 
 async def test_an_unexpected_failure_is_internal_without_details(edge: Edge, caplog: pytest.LogCaptureFixture) -> None:
     edge.gateway.answer = RuntimeError("secret internals")
-    with caplog.at_level(logging.ERROR, logger="gateway.v2_grpc_service"):
+    with caplog.at_level(logging.ERROR, logger="gateway.edges.v2_grpc_service"):
         code, details = await _code_of(edge.stub.ModelInfer(_request()))
     assert code == grpc.StatusCode.INTERNAL
     assert "secret" not in details

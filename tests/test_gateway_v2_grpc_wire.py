@@ -22,9 +22,9 @@ import aiohttp
 import pytest
 from grpc import aio
 
+from gateway.edges.v2_grpc_codec import decode_infer_response, encode_infer_request
+from gateway.edges.v2_grpc_service import InferResult, V2InferenceService, add_v2_inference_service
 from gateway.inference_types import InferenceError, JsonObject
-from gateway.v2_grpc_codec import decode_infer_response, encode_infer_request
-from gateway.v2_grpc_service import InferResult, V2InferenceService, add_v2_inference_service
 from generated.inference.v2 import grpc_predict_v2_pb2 as pb
 from generated.inference.v2 import grpc_predict_v2_pb2_grpc as pb_grpc
 from modelplane.addresses import Address

@@ -1,4 +1,4 @@
-"""modelplane/s3_client.py: every S3 request is bounded. An endpoint that accepts connections and never
+"""modelplane/s3.py: every S3 request is bounded. An endpoint that accepts connections and never
 answers fails the call (a retryable error) instead of hanging the agent or the trainer. No time is asserted:
 pytest-timeout fails the test if a call hangs, as it did before the client had timeouts."""
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from modelplane.s3_client import minio_client
-from trainer.model_store import TRANSIENT_ERRORS, ModelStore
-from trainer.settings import S3Settings
+from modelplane.s3 import minio_client
+from trainer.service.model_store import TRANSIENT_ERRORS, ModelStore
+from trainer.settings import ModelStoreSettings
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ async def test_the_model_store_upload_fails_retryably_against_a_silent_endpoint(
 ) -> None:
     artifact = tmp_path / "model.pkl"
     artifact.write_bytes(b"weights")
-    settings = S3Settings(
+    settings = ModelStoreSettings(
         endpoint=silent_endpoint,
         access_key="k",
         secret_key="s",  # noqa: S106 -- nothing checks it

@@ -39,7 +39,7 @@ from servers.triton import TritonServer, rewrite_config
 from tests import training_schemas as schemas
 from tests.test_designed_model import expected_outputs, raw_rows, train_into
 from tests.triton_models import DOUBLER_MODEL, write_doubler
-from trainer.serving_bundle import RUNTIME_PACKAGE
+from trainer.run.serving_bundle import RUNTIME_PACKAGE
 
 # A hang guard only: a first run spends most of it creating the venvs inside a fixture.
 SERVER_TEST_TIMEOUT = 900

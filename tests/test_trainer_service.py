@@ -1,6 +1,6 @@
 # ruff: noqa: S106 -- tokens here are identifiers of design schemas, not passwords
 """The trainer service against real components: Tansu (Kafka), Redis and SeaweedFS (S3), with real runs
-(``python -m trainer.run_job`` through the LocalProcessLauncher).
+(``python -m trainer.run.run_job`` through the LocalProcessLauncher).
 
 Each test has its own topics, consumer group, Redis key prefix and bucket, so they share the session's servers.
 """
@@ -39,15 +39,15 @@ from tests.real_components import ACCESS_KEY, SECRET_KEY, AgentSpec, S3Server, s
 from tests.redis_server import RedisServer, start_redis, stop_redis
 from tests.training_schemas import IRIS_CLASSES, IRIS_FEATURES, iris_multiclass_logistic, write_iris_csv
 from trainer import process
-from trainer.design_store import DesignStore
-from trainer.jobs import RunResult, TrainingJob
 from trainer.launchers.base import LaunchOutcome, LaunchVerdict
 from trainer.launchers.local import LocalLauncherSettings, LocalProcessLauncher
 from trainer.launchers.warm import WarmProcessLauncher
-from trainer.run_registry import ClaimKind, FinalRecord, RunRegistry
-from trainer.service import TrainerService
-from trainer.service_deploy import model_name_for
-from trainer.serving_bundle import ENTRY_MODULE, RUNTIME_PACKAGE, SETTINGS_FILE
+from trainer.run.jobs import RunResult, TrainingJob
+from trainer.run.serving_bundle import ENTRY_MODULE, RUNTIME_PACKAGE, SETTINGS_FILE
+from trainer.service.consumer import TrainerService
+from trainer.service.deploy import model_name_for
+from trainer.service.design_store import DesignStore
+from trainer.service.run_registry import ClaimKind, FinalRecord, RunRegistry
 from trainer.settings import TrainerSettings, build_parser, parse_settings
 
 pytest_plugins = ["tests.real_components", "tests.kafka_broker", "tests.redis_server"]

@@ -14,14 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from generated.mlops.training.v1 import training_pb2
+from modelplane.kafka_delivery import OffsetTracker
 from modelplane.spec.names import check_name
 from tests.training_schemas import iris_multiclass_logistic
-from trainer.design_store import DesignInvalidError, design_key, parse_schema
-from trainer.events import PoisonEventError, RecordPosition, dataset_for_run, decode_event, resolve_dataset_path
-from trainer.jobs import DatasetSource
-from trainer.model_store import expected_sha256s, path_segment
-from trainer.service import _PartitionOffsets
-from trainer.service_deploy import model_name_for
+from trainer.run.jobs import DatasetSource
+from trainer.service.deploy import model_name_for
+from trainer.service.design_store import DesignInvalidError, design_key, parse_schema
+from trainer.service.events import PoisonEventError, RecordPosition, dataset_for_run, decode_event, resolve_dataset_path
+from trainer.service.model_store import expected_sha256s, path_segment
 from trainer.settings import DEFAULT_DESIGN_KEY_TEMPLATE, build_parser, parse_settings
 
 POSITION = RecordPosition("training", 3, 41)
@@ -183,30 +183,33 @@ def test_dataset_paths_never_escape_the_root(raw: str) -> None:
 
 
 def test_offsets_commit_only_up_to_the_lowest_unfinished() -> None:
-    offsets = _PartitionOffsets(generation=0)
-    offsets.started.extend([5, 6, 7])
-    assert offsets.commit_point() == 5  # nothing finished: a restart must read from 5 again
-    offsets.committed = 5
-    offsets.finished.update({6, 7})
-    assert offsets.commit_point() is None  # 5 still runs: committing 6 or 8 would skip it after a crash
-    offsets.finished.add(5)
-    assert offsets.commit_point() == 8
-    offsets.committed = 8
-    assert offsets.commit_point() is None
+    offsets = OffsetTracker()
+    for offset in (5, 6, 7):
+        offsets.add(offset)
+    assert offsets.to_commit() == 5  # nothing finished: a restart must read from 5 again
+    offsets.mark_committed(5)
+    offsets.done(6)
+    offsets.done(7)
+    assert offsets.to_commit() is None  # 5 still runs: committing 6 or 8 would skip it after a crash
+    offsets.done(5)
+    assert offsets.to_commit() == 8
+    offsets.mark_committed(8)
+    assert offsets.to_commit() is None
 
 
 @given(order=st.permutations(list(range(10))))
 def test_commit_point_never_passes_an_unfinished_offset(order: list[int]) -> None:
-    offsets = _PartitionOffsets(generation=0)
-    offsets.started.extend(range(100, 110))
+    offsets = OffsetTracker()
+    for offset in range(100, 110):
+        offsets.add(offset)
     finished: set[int] = set()
     for index in order:
         finished.add(100 + index)
-        offsets.finished.add(100 + index)
-        point = offsets.commit_point()
+        offsets.done(100 + index)
+        point = offsets.to_commit()
         if point is not None:
             assert all(offset in finished for offset in range(100, point))
-            offsets.committed = point
+            offsets.mark_committed(point)
     assert offsets.committed == 110
 
 

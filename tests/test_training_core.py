@@ -1,4 +1,4 @@
-"""The training run end to end: ``python -m trainer.run_job JOB_DIR`` and its in-process twin ``execute``.
+"""The training run end to end: ``python -m trainer.run.run_job JOB_DIR`` and its in-process twin ``execute``.
 
 Datasets come from a mounted path, file://, a real S3 server (SeaweedFS, the session fixture) and a local
 HTTP server; every failure must exit with the right code and name its cause in result.json.
@@ -26,7 +26,10 @@ from generated.mlops.training.v1 import training_pb2
 from servers.launch.local import free_ports
 from tests import training_schemas as schemas
 from tests.real_components import ACCESS_KEY, SECRET_KEY, S3Server
-from trainer.jobs import (
+from trainer.launchers.base import LaunchVerdict, verdict_for_exit_code
+from trainer.launchers.image_build import SOURCE_PATHS
+from trainer.launchers.kubernetes_job import PERMANENT_EXIT_CODES
+from trainer.run.jobs import (
     DESIGN_SCHEMA_FILE,
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
@@ -39,10 +42,7 @@ from trainer.jobs import (
     RunResult,
     TrainingJob,
 )
-from trainer.launchers.base import LaunchVerdict, verdict_for_exit_code
-from trainer.launchers.image_build import SOURCE_PATHS
-from trainer.launchers.kubernetes_job import PERMANENT_EXIT_CODES
-from trainer.run_job import execute, execute_with_exit_code
+from trainer.run.run_job import execute, execute_with_exit_code
 
 # The session's SeaweedFS (the s3_server fixture), shared with the other modules that use it.
 pytest_plugins = ["tests.real_components"]
@@ -65,7 +65,7 @@ def make_job(
 
 def run_subprocess(job_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "trainer.run_job", str(job_dir)],
+        [sys.executable, "-m", "trainer.run.run_job", str(job_dir)],
         cwd=REPO,
         env={**os.environ, **(env or {})},
         capture_output=True,
@@ -512,7 +512,7 @@ def test_a_failed_retry_leaves_nothing_of_the_earlier_success(tmp_path: Path) ->
 
 def test_usage_errors(tmp_path: Path) -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "trainer.run_job"], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "trainer.run.run_job"], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
     )
     assert completed.returncode == EXIT_BAD_INPUT
     assert "usage" in completed.stderr
@@ -523,10 +523,11 @@ def test_usage_errors(tmp_path: Path) -> None:
 
 
 def test_the_run_imports_only_what_the_training_image_carries() -> None:
-    # trainer/launchers/image_build.py copies only SOURCE_PATHS into the image (servers/ and modelplane/ in part).
+    # trainer/launchers/image_build.py copies only SOURCE_PATHS into the image (trainer/, servers/ and modelplane/
+    # in part: of trainer/ only trainer/run, never the service that schedules runs).
     probe = (
-        "import sys, trainer.run_job, trainer.s3_source\n"
-        "own = {'agent', 'scheduler', 'gateway', 'servers', 'modelplane', 'tests', 'bench'}\n"
+        "import sys, trainer.run.run_job, trainer.run.s3_source\n"
+        "own = {'agent', 'scheduler', 'gateway', 'trainer', 'servers', 'modelplane', 'tests', 'bench'}\n"
         "print('\\n'.join(sorted(name for name in sys.modules if name.split('.')[0] in own)))\n"
     )
     completed = subprocess.run(
@@ -540,7 +541,8 @@ def test_the_run_imports_only_what_the_training_image_carries() -> None:
     packages = [path.replace("/", ".") for path in SOURCE_PATHS if not path.endswith(".py")]
     imported = completed.stdout.split()
     assert "servers.designed_model.expressions" in imported  # the probe sees what it should
-    assert "modelplane.s3_client" in imported
+    assert "modelplane.s3" in imported
+    assert "trainer.run.fitting" in imported
     outside = [
         name
         for name in imported

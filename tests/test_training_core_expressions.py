@@ -17,9 +17,9 @@ from servers.designed_model.expressions import MAX_DEPTH, MAX_EXPRESSION_CHARS, 
 from servers.designed_model.postprocessing import probability_variables, run_postprocessor
 from servers.designed_model.preprocessing import apply_preprocessor, input_columns
 from tests import training_schemas as schemas
-from trainer.errors import ExpressionError
-from trainer.postprocessing import compile_postprocessor
-from trainer.preprocessing import compile_preprocessor
+from trainer.run.errors import ExpressionError
+from trainer.run.postprocessing import compile_postprocessor
+from trainer.run.preprocessing import compile_preprocessor
 
 A = np.array([1.0, 2.0, 3.0])
 B = np.array([4.0, 0.5, -1.0])

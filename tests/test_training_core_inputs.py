@@ -16,15 +16,15 @@ from hypothesis import strategies as st
 
 from generated.mlops.training.v1 import training_pb2
 from tests import training_schemas as schemas
-from trainer.algorithms import select_algorithm
-from trainer.dataset_checks import check_dataset, dataset_stats, plan_columns
-from trainer.datasets import DatasetLimits, fetch_bytes, load_dataset, parse_table
-from trainer.design import Task, read_design
-from trainer.errors import AlgorithmError, DatasetError, DatasetUnavailableError, DesignError, TrainingInputError
-from trainer.fitting import split_rows, train
-from trainer.jobs import DatasetSource
-from trainer.preprocessing import compile_preprocessor
-from trainer.s3_source import settings_from_env
+from trainer.run.algorithms import select_algorithm
+from trainer.run.dataset_checks import check_dataset, dataset_stats, plan_columns
+from trainer.run.datasets import DatasetLimits, fetch_bytes, load_dataset, parse_table
+from trainer.run.design import Task, read_design
+from trainer.run.errors import AlgorithmError, DatasetError, DatasetUnavailableError, DesignError, TrainingInputError
+from trainer.run.fitting import split_rows, train
+from trainer.run.jobs import DatasetSource
+from trainer.run.preprocessing import compile_preprocessor
+from trainer.run.s3_source import settings_from_env
 
 # --- algorithms and hyper-parameters ----------------------------------------------------------------------------
 

@@ -24,7 +24,6 @@ from hypothesis import strategies as st
 
 from generated.mlops.training.v1 import training_pb2
 from tests.fake_kubernetes import FakeKubernetes
-from trainer.jobs import DatasetSource, RunResult, TrainingJob
 from trainer.launchers.base import LaunchVerdict
 from trainer.launchers.image_build import (
     CONTENT_HASH_LABEL,
@@ -38,6 +37,7 @@ from trainer.launchers.image_build import (
     plain_requirement,
 )
 from trainer.launchers.kubernetes_job import KubernetesConnection, KubernetesJobLauncher, KubernetesJobSettings
+from trainer.run.jobs import DatasetSource, RunResult, TrainingJob
 
 pytest_plugins = ["tests.podman_engine"]
 
@@ -75,16 +75,17 @@ def test_dockerfile_pins_the_framework_and_dependencies_and_labels_the_image() -
     assert 'LABEL io.modelplane.framework-version="1.5.2"' in lines
     assert 'LABEL org.opencontainers.image.version="v2"' in lines
     assert 'LABEL org.opencontainers.image.licenses="Apache-2.0"' in lines
-    assert lines[-9:] == [
+    assert lines[-10:] == [
         "COPY requirements.txt /opt/modelplane/requirements.txt",
         'RUN ["python", "-m", "pip", "install", "--no-cache-dir", "-r", "/opt/modelplane/requirements.txt"]',
-        "COPY trainer /opt/modelplane/trainer",
+        "COPY trainer/__init__.py /opt/modelplane/trainer/__init__.py",
+        "COPY trainer/run /opt/modelplane/trainer/run",
         "COPY generated /opt/modelplane/generated",
         "COPY servers/designed_model /opt/modelplane/servers/designed_model",
         "COPY servers/designed_model_entry.py /opt/modelplane/servers/designed_model_entry.py",
         "COPY modelplane/__init__.py /opt/modelplane/modelplane/__init__.py",
-        "COPY modelplane/s3_client.py /opt/modelplane/modelplane/s3_client.py",
-        'ENTRYPOINT ["python", "-m", "trainer.run_job"]',
+        "COPY modelplane/s3.py /opt/modelplane/modelplane/s3.py",
+        'ENTRYPOINT ["python", "-m", "trainer.run.run_job"]',
     ]
     assert "ENV PYTHONPATH=/opt/modelplane PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1" in lines
 
@@ -223,20 +224,22 @@ def test_strings_made_of_shell_and_url_syntax_are_refused_or_harmless(text: str)
 
 @pytest.fixture
 def source_root(tmp_path: Path) -> Path:
-    """A small stand-in for the repository's trainer/, generated/, servers/designed_model/ and modelplane/ (vfs
+    """A small stand-in for the repository's trainer/run/, generated/, servers/designed_model/ and modelplane/ (vfs
     copies every layer in full)."""
     root = tmp_path / "source"
-    (root / "trainer" / "__pycache__").mkdir(parents=True)
+    (root / "trainer" / "run" / "__pycache__").mkdir(parents=True)
     (root / "generated").mkdir()
     (root / "servers" / "designed_model").mkdir(parents=True)
     (root / "servers" / "designed_model" / "__init__.py").write_text('"""stand-in served design"""\n')
     (root / "servers" / "designed_model_entry.py").write_text('"""stand-in entry module"""\n')
     (root / "modelplane").mkdir()
     (root / "modelplane" / "__init__.py").write_text('"""stand-in modelplane"""\n')
-    (root / "modelplane" / "s3_client.py").write_text('"""stand-in S3 client"""\n')
+    (root / "modelplane" / "s3.py").write_text('"""stand-in S3 client"""\n')
     (root / "trainer" / "__init__.py").write_text('"""stand-in trainer"""\n')
-    (root / "trainer" / "run_job.py").write_text("raise SystemExit(0)\n")
-    (root / "trainer" / "__pycache__" / "run_job.cpython-311.pyc").write_bytes(b"\0compiled")
+    (root / "trainer" / "service").mkdir()
+    (root / "trainer" / "service" / "consumer.py").write_text('"""stand-in service: never in an image"""\n')
+    (root / "trainer" / "run" / "run_job.py").write_text("raise SystemExit(0)\n")
+    (root / "trainer" / "run" / "__pycache__" / "run_job.cpython-311.pyc").write_bytes(b"\0compiled")
     (root / "generated" / "__init__.py").write_text("")
     return root
 
@@ -303,13 +306,14 @@ def test_a_real_build_produces_the_tagged_labelled_image_and_is_not_repeated(
         assert labels["org.opencontainers.image.title"] == tag.rsplit(":", 1)[0].rsplit("/", 1)[1]
         assert labels["org.opencontainers.image.base.name"] == "scratch"
         assert re.fullmatch(r"[0-9a-f]{64}", labels[CONTENT_HASH_LABEL])
-        assert image.attrs["Config"]["Entrypoint"] == ["python", "-m", "trainer.run_job"]
+        assert image.attrs["Config"]["Entrypoint"] == ["python", "-m", "trainer.run.run_job"]
         assert "PYTHONPATH=/opt/modelplane" in image.attrs["Config"]["Env"]
         files = image_files(engine, tag)
         requirements = files["opt/modelplane/requirements.txt"].decode().splitlines()
         assert requirements[:3] == ["scikit-learn==1.5.2", "pandas>=2.2,<3", "pyarrow[parquet]==17.0"]
         assert requirements[3:] == list(run_pins("numpy", "joblib", "protobuf", "minio"))
-        assert files["opt/modelplane/trainer/run_job.py"] == b"raise SystemExit(0)\n"
+        assert files["opt/modelplane/trainer/run/run_job.py"] == b"raise SystemExit(0)\n"
+        assert not any(path.startswith("opt/modelplane/trainer/service") for path in files)  # only trainer/run
         assert "opt/modelplane/generated/__init__.py" in files
         assert "opt/modelplane/servers/designed_model/__init__.py" in files
         assert not any("__pycache__" in path for path in files)
@@ -320,7 +324,7 @@ def test_a_real_build_produces_the_tagged_labelled_image_and_is_not_repeated(
         first_id = image.id
 
         # Changed code under the same tag: rebuilt, with a new content hash.
-        (source_root / "trainer" / "run_job.py").write_text("raise SystemExit(3)\n")
+        (source_root / "trainer" / "run" / "run_job.py").write_text("raise SystemExit(3)\n")
         assert builder.image_for(schema) == tag
         assert builds == [tag, tag]
         rebuilt = engine.images.get(tag)
@@ -406,5 +410,7 @@ async def test_the_kubernetes_launcher_runs_the_image_the_builder_made(
 
 def test_a_source_root_without_the_trainer_is_a_clear_error(tmp_path: Path) -> None:
     settings = ImageBuildSettings(docker_url=f"unix://{tmp_path}/unused.sock", source_root=tmp_path)
-    with pytest.raises(ImageBuildError, match="source_root must hold trainer, generated"):
+    with pytest.raises(
+        ImageBuildError, match=re.escape("source_root must hold trainer/__init__.py, trainer/run, generated")
+    ):
         ImageBuilder(settings).image_for(retail_schema())

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 from generated.mlops.training.v1 import training_pb2
 from tests.fake_kubernetes import FakeKubernetes
-from trainer.jobs import DatasetSource, RunResult, TrainingJob
 from trainer.launchers.base import LaunchOutcome, LaunchVerdict
 from trainer.launchers.kubernetes_job import (
     KubernetesConnection,
@@ -27,6 +26,7 @@ from trainer.launchers.kubernetes_job import (
     job_name,
     label_value,
 )
+from trainer.run.jobs import DatasetSource, RunResult, TrainingJob
 
 TOKEN = "fake-service-account-token"  # noqa: S105 - the fake server's throwaway token
 DATASET_PATH = "/mnt/datasets"  # the seed's datasetPath
@@ -149,7 +149,7 @@ async def test_the_job_sent_is_what_the_schema_and_settings_imply(fake: FakeKube
     (container,) = pod["spec"]["containers"]
     assert container["name"] == "train"
     assert container["image"] == "registry.local/modelplane-train-retail:1"
-    assert container["command"] == ["python", "-m", "trainer.run_job", "/modelplane/jobs/2026/run-1"]
+    assert container["command"] == ["python", "-m", "trainer.run.run_job", "/modelplane/jobs/2026/run-1"]
     assert container["resources"] == {
         "requests": {"cpu": "2", "memory": "1536Mi"},
         "limits": {"cpu": "2", "memory": "1536Mi"},

@@ -1,5 +1,5 @@
 """LocalProcessLauncher against stand-in runs: small ``python -c`` programs that behave like
-``python -m trainer.run_job JOB_DIR`` would (write result.json, exit with a code, sleep, fork, allocate)."""
+``python -m trainer.run.run_job JOB_DIR`` would (write result.json, exit with a code, sleep, fork, allocate)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ import pytest
 
 from generated.mlops.training.v1 import training_pb2
 from tests.processes import STARTED
-from trainer.jobs import DatasetSource, TrainingJob
 from trainer.launchers.base import LaunchVerdict
 from trainer.launchers.local import (
     RUN_LOG,
@@ -30,6 +29,7 @@ from trainer.launchers.local import (
     LocalProcessLauncher,
     thread_limits,
 )
+from trainer.run.jobs import DatasetSource, TrainingJob
 
 GIB = 1024**3
 PYTHON_BINARY = os.path.realpath(sys.executable)  # the binary itself, not a venv's link to it
@@ -202,7 +202,7 @@ async def test_cpu_limit_kills_a_busy_run_with_sigxcpu(tmp_path: Path) -> None:
 
 
 async def test_a_command_that_cannot_start_is_a_clear_retryable_outcome(tmp_path: Path) -> None:
-    command = (str(tmp_path / "no-such-python"), "-m", "trainer.run_job")
+    command = (str(tmp_path / "no-such-python"), "-m", "trainer.run.run_job")
     outcome = await launcher(command).run(job_dir_for(tmp_path), training_pb2.ModelDesignSchema())
     assert outcome.verdict is LaunchVerdict.FAILED_RETRYABLE
     assert outcome.exit_code is None

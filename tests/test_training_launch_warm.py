@@ -1,6 +1,6 @@
 """WarmProcessLauncher: runs forked from a warm fork server, with the local launcher's outcomes.
 
-Real runs (iris through ``trainer.run_job.main``) show the fork of a process with numpy/scikit-learn loaded works,
+Real runs (iris through ``trainer.run.run_job.main``) show the fork of a process with numpy/scikit-learn loaded works,
 in a row and two at once; stand-in runs (``stand_in_main`` below, which executes the job folder's
 ``stand_in.py``) behave like a run would to exercise deadlines, signals, limits and cancellation."""
 
@@ -28,10 +28,10 @@ from tests.processes import STARTED
 from tests.test_training_launch_local import alive, wait_until
 from tests.test_training_launch_local import wait_for_file as wait_for_local_file
 from trainer import process
-from trainer.jobs import DESIGN_SCHEMA_FILE, DatasetSource, RunResult, TrainingJob
 from trainer.launchers.base import LaunchVerdict
 from trainer.launchers.local import RUN_LOG, LocalLauncherSettings
 from trainer.launchers.warm import WarmLauncherSettings, WarmProcessLauncher
+from trainer.run.jobs import DESIGN_SCHEMA_FILE, DatasetSource, RunResult, TrainingJob
 from trainer.settings import build_parser, parse_settings
 
 pytestmark = pytest.mark.timeout(180)
@@ -131,7 +131,7 @@ async def make_launcher() -> AsyncIterator[Make]:
 async def test_a_real_iris_run_writes_the_artifact_and_result_several_times_in_a_row(
     tmp_path: Path, make_launcher: Make
 ) -> None:
-    launcher = make_launcher("trainer.run_job:main")
+    launcher = make_launcher("trainer.run.run_job:main")
     pids = set()
     for index in range(3):
         job_dir, schema = iris_job(tmp_path, f"iris-{index}")
@@ -149,7 +149,7 @@ async def test_a_real_iris_run_writes_the_artifact_and_result_several_times_in_a
 
 
 async def test_two_real_runs_at_once_do_not_deadlock(tmp_path: Path, make_launcher: Make) -> None:
-    launcher = make_launcher("trainer.run_job:main")
+    launcher = make_launcher("trainer.run.run_job:main")
     for round_ in range(2):
         jobs = [iris_job(tmp_path, f"iris-{round_}-{index}") for index in range(2)]
         outcomes = await asyncio.wait_for(asyncio.gather(*(launcher.run(d, s) for d, s in jobs)), 120)
@@ -160,7 +160,7 @@ async def test_two_real_runs_at_once_do_not_deadlock(tmp_path: Path, make_launch
 
 async def test_bad_input_is_a_permanent_exit_2_with_the_log_tail(tmp_path: Path, make_launcher: Make) -> None:
     job_dir, schema = iris_job(tmp_path, "missing", dataset=tmp_path / "no-such.csv")
-    outcome = await make_launcher("trainer.run_job:main").run(job_dir, schema)
+    outcome = await make_launcher("trainer.run.run_job:main").run(job_dir, schema)
     assert outcome.verdict is LaunchVerdict.FAILED_PERMANENTLY
     assert outcome.exit_code == 2
     assert outcome.detail.startswith("exit 2")

@@ -32,7 +32,7 @@ from tests.test_trainer_service import (
 )
 from tests.test_up import assert_stops_cleanly, server_processes, start_up
 from tests.training_schemas import iris_designed, write_iris_csv
-from trainer.service_deploy import model_name_for
+from trainer.service.deploy import model_name_for
 
 pytest_plugins = ["tests.real_components", "tests.kafka_broker", "tests.redis_server"]
 

@@ -2,7 +2,7 @@
 
 - ``modelplane trainer [FLAGS]``: run the trainer process (flags: trainer/settings.py).
 - ``modelplane training status [--trainer URL] [RUN_ID]``: the runs a trainer knows (newest first), or one
-  run, from its status API (trainer/status_api.py).
+  run, from its status API (trainer/service/status_api.py).
 
 Exit status as for every modelplane command: 0 success, 1 the work failed (trainer unreachable, run not
 found), 2 bad input.

@@ -21,13 +21,13 @@ from modelplane.auth_flags import client_token
 from modelplane.ready_file import write_ready_file
 from modelplane.signals import stop_on_signals
 from modelplane.transport import http_server_ssl
-from trainer.design_store import REDIS_RETRYABLE
 from trainer.launchers.base import Launcher
-from trainer.model_store import ModelStore
-from trainer.service import TrainerService
-from trainer.service_deploy import SchedulerDeployer
+from trainer.service.consumer import TrainerService
+from trainer.service.deploy import SchedulerDeployer
+from trainer.service.design_store import REDIS_RETRYABLE
+from trainer.service.model_store import ModelStore
+from trainer.service.status_api import start_status_api
 from trainer.settings import TrainerSettings
-from trainer.status_api import start_status_api
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ def default_launcher(settings: TrainerSettings) -> Launcher:
         )
     from trainer.launchers.local import LocalLauncherSettings, LocalProcessLauncher  # noqa: PLC0415
 
-    environment |= {"AWS_ACCESS_KEY_ID": settings.s3.access_key, "AWS_SECRET_ACCESS_KEY": settings.s3.secret_key}
+    if settings.s3.access_key is not None and settings.s3.secret_key is not None:  # parse_settings sets both
+        environment |= {"AWS_ACCESS_KEY_ID": settings.s3.access_key, "AWS_SECRET_ACCESS_KEY": settings.s3.secret_key}
     # The deadline every job.json of this trainer holds (service.py writes it): no run reads it back.
     limits = LocalLauncherSettings(env=environment, timeout_seconds=settings.run_timeout_seconds)
     if settings.launcher == "warm":

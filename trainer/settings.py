@@ -15,11 +15,10 @@ import argparse
 import dataclasses
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelplane import logs
 from modelplane.addresses import Address
 from modelplane.auth.access_check import AuthSettings
 from modelplane.auth_flags import (
@@ -30,12 +29,13 @@ from modelplane.auth_flags import (
     client_token,
 )
 from modelplane.config import parse_layered
-from modelplane.flag_types import address, seconds
+from modelplane.flag_types import address, bounded_int, byte_size, seconds
+from modelplane.process_flags import add_process_flags
+from modelplane.s3 import S3Settings
 from modelplane.secret_inputs import SecretFileError, read_secret_file, refuse_secret_flags
-from modelplane.sizes import parse_size
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_serving_tls_flags, add_tls_flags, security_from, serving_security_from
-from trainer.jobs import DEFAULT_ARTIFACT_NAME
+from trainer.run.jobs import DEFAULT_ARTIFACT_NAME
 
 # The Redis key a design schema is stored under; ``{token}`` is the event's model_key_token.
 DEFAULT_DESIGN_KEY_TEMPLATE = "modelplane:design:{token}"
@@ -50,16 +50,13 @@ _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's own rule for topic na
 _ARTIFACT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-@dataclass(frozen=True, slots=True)
-class S3Settings:
-    endpoint: str  # host:port, no scheme (the minio SDK's form)
-    access_key: str
-    secret_key: str = field(repr=False)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelStoreSettings(S3Settings):
+    """The model store: the S3 store of ``--s3-*`` and where in it trained models go."""
+
     bucket: str
     prefix: str
-    secure: bool
-    region: str
-    timeout_seconds: float = 60.0  # per request, connect and read (modelplane/s3_client.py)
+    timeout_seconds: float = 60.0  # per request, connect and read (modelplane/s3.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +87,7 @@ class TrainerSettings:
     redis_url: str
     design_key_template: str
     redis_prefix: str
-    s3: S3Settings
+    s3: ModelStoreSettings
     artifact_name: str
     work_dir: Path
     datasets_root: Path | None
@@ -126,25 +123,6 @@ def _topic(text: str) -> str:
     if not _TOPIC.match(text) or text in {".", ".."}:
         raise argparse.ArgumentTypeError(f"{text!r} is not a Kafka topic name: use 1-249 of A-Z a-z 0-9 . _ -")
     return text
-
-
-def _bounded_int(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        if not text.isdigit() or not low <= int(text) <= high:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from {low} to {high}")
-        return int(text)
-
-    return parse
-
-
-def _size(text: str) -> int:
-    try:
-        value = parse_size(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    if not 1024 <= value <= 64 * 1024 * 1024:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a size from 1KiB to 64MiB")
-    return value
 
 
 def _key_template(text: str) -> str:
@@ -196,14 +174,14 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     kafka.add_argument("--consumer-group", default=DEFAULT_GROUP, help="every trainer replica shares one group")
     kafka.add_argument(
         "--session-timeout-ms",
-        type=_bounded_int(1000, 300_000),
+        type=bounded_int(1000, 300_000),
         default=10_000,
         metavar="MS",
         help="how long the group waits for a silent member before reassigning its partitions (default 10000)",
     )
     kafka.add_argument(
         "--max-event-bytes",
-        type=_size,
+        type=byte_size(1024, 64 * 1024 * 1024),
         default="4MiB",
         metavar="SIZE",
         help="larger training events are refused as poison (default 4MiB)",
@@ -275,10 +253,10 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "fork server that has imported scikit-learn and pandas once (same limits, ~3 s less start-up per run), "
         "or a Kubernetes Job (default local)",
     )
-    runs.add_argument("--max-concurrent-runs", type=_bounded_int(1, 256), default=2, metavar="N")
+    runs.add_argument("--max-concurrent-runs", type=bounded_int(1, 256), default=2, metavar="N")
     runs.add_argument(
         "--max-attempts",
-        type=_bounded_int(1, 20),
+        type=bounded_int(1, 20),
         default=3,
         metavar="N",
         help="tries of a run whose failure is retryable (killed, deadline, infrastructure) (default 3)",
@@ -323,10 +301,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="the run status HTTP API (GET /runs, /runs/ID, /healthz) (default 127.0.0.1:9600; port 0 picks one)",
     )
-    parser.add_argument("--ready-file", type=Path, metavar="FILE", help="write the status API address here")
-    parser.add_argument("--log-level", choices=logs.LEVELS, default="info")
-    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
-    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file ([trainer] table)")
+    add_process_flags(parser, section="trainer", ready_file_help="write the status API address here")
     add_tls_flags(parser, server=False)
     add_serving_tls_flags(parser)
     add_auth_flags(parser)
@@ -397,8 +372,9 @@ def parse_settings(
         redis_url=options.redis_url,
         design_key_template=options.design_key_template,
         redis_prefix=options.redis_prefix,
-        s3=S3Settings(
+        s3=ModelStoreSettings(
             endpoint=options.s3_endpoint,
+            origin="the trainer's --s3-* settings",
             access_key=options.s3_access_key,
             secret_key=secret_key,
             bucket=options.s3_bucket,

@@ -13,8 +13,7 @@ from minio.error import MinioException, S3Error
 from agent.artifacts.errors import ArtifactError
 from agent.artifacts.safety import Budget, Charge, ExtractLimits, Tree, UnsafeName, safe_parts
 from agent.artifacts.sources import S3Location
-from agent.artifacts.storage_config import S3Settings
-from modelplane.s3_client import minio_client
+from modelplane.s3 import S3Settings, s3_client
 
 _CREDENTIAL_CODES = frozenset(
     {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
@@ -32,15 +31,7 @@ class S3Object:
 def make_client(settings: S3Settings, timeout_seconds: float) -> Minio:
     """A minio client whose every request gives up after ``timeout_seconds`` without progress."""
     try:
-        return minio_client(
-            settings.endpoint,
-            access_key=settings.access_key,
-            secret_key=settings.secret_key,
-            session_token=settings.session_token,
-            secure=settings.secure,
-            region=settings.region,
-            timeout_seconds=timeout_seconds,
-        )
+        return s3_client(settings, timeout_seconds=timeout_seconds)
     except ValueError as exc:
         raise ArtifactError(f"{settings.origin}: unusable S3 endpoint {settings.url}: {exc}") from None
 

@@ -17,34 +17,17 @@ import configparser
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from agent.artifacts.errors import ArtifactError
+from modelplane.s3 import S3Settings
 from modelplane.storage_secrets import is_redacted
 
 SECRET_ENV_PREFIX = "MODELPLANE_SECRET_"  # noqa: S105 -- a variable-name prefix, not a password
 _SECRET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 _AWS_ENDPOINT = "https://s3.amazonaws.com"
 _TRUE = frozenset({"true", "1", "yes", "on"})
-
-
-@dataclass(frozen=True, slots=True)
-class S3Settings:
-    """Where an S3 store is and how to sign requests to it. The credentials never appear in its repr."""
-
-    endpoint: str  # host[:port], as the minio SDK takes it
-    secure: bool
-    region: str | None
-    origin: str  # where these settings came from, for messages
-    access_key: str | None = field(default=None, repr=False)
-    secret_key: str | None = field(default=None, repr=False)
-    session_token: str | None = field(default=None, repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.secure else 'http'}://{self.endpoint}"
 
 
 def _flatten_json(loaded: object, origin: str) -> dict[str, str]:

@@ -58,8 +58,9 @@ from agent.artifacts.quota import CacheQuota, QuotaCharge
 from agent.artifacts.s3 import download_objects, list_objects, make_client
 from agent.artifacts.safety import CHUNK_BYTES, GIB, ExtractLimits
 from agent.artifacts.sources import ArtifactSource, HttpLocation, LocalLocation, S3Location, parse_location
-from agent.artifacts.storage_config import S3Settings, resolve_s3_settings
+from agent.artifacts.storage_config import resolve_s3_settings
 from agent.artifacts.versions import select_version, unwrap_single_folder
+from modelplane.s3 import S3Settings
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -160,7 +160,7 @@ GRPC_METHODS: Mapping[str, Rule] = {
 # Every HTTP route of every process, as "METHOD /canonical/{path}" (aiohttp's resource.canonical; "*" for a route
 # that takes every method). tests/test_auth_rpc_table.py checks every route of every app against this.
 HTTP_ROUTES: Mapping[str, Rule] = {
-    # gateway REST (gateway/rest_app.py)
+    # gateway REST (gateway/edges/rest_app.py)
     "POST /v2/models/{name}/versions/{version}/infer": _INFERENCE,
     "POST /v2/models/{name}/infer": _INFERENCE,
     "GET /v2/models/{name}/versions/{version}/ready": _INFERENCE,
@@ -177,7 +177,7 @@ HTTP_ROUTES: Mapping[str, Rule] = {
     "* /v2/models/{name}/versions/{version}{rest}": _INFERENCE,
     "* /v2/models/{name}{rest}": _INFERENCE,
     "GET /v2/health/{what}": _OPEN,
-    # trainer status API (trainer/status_api.py)
+    # trainer status API (trainer/service/status_api.py)
     "GET /healthz": _OPEN,
     "GET /runs": _roles(Role.VIEWER),
     "GET /runs/{run_id}": _roles(Role.VIEWER),

@@ -31,7 +31,7 @@ from gateway.settings import GatewaySettings
 from modelplane.addresses import Address, AddressError, parse_address
 from modelplane.audit.audit_settings import AuditSettings, add_audit_flags, audit_settings_from
 from modelplane.config import parse_layered
-from modelplane.sizes import parse_size
+from modelplane.flag_types import byte_size
 from modelplane.transport import TransportSecurity
 from scheduler.settings import SchedulerSettings
 from scheduler.state_dir import StateDir
@@ -65,13 +65,6 @@ def _loopback(text: str) -> Address:
     if not address.is_loopback:
         raise argparse.ArgumentTypeError(f"{text}: `modelplane up` listens on loopback addresses only")
     return address
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -119,7 +112,11 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--server-kind", choices=("mlserver", "triton"), default="mlserver")
     parser.add_argument(
-        "--memory", type=_size, default="2GiB", metavar="SIZE", help="memory for models on the server (default 2GiB)"
+        "--memory",
+        type=byte_size(),
+        default="2GiB",
+        metavar="SIZE",
+        help="memory for models on the server (default 2GiB)",
     )
     parser.add_argument("--ready-file", type=Path, metavar="FILE", help="write the addresses here as JSON once up")
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file ([up] table)")

@@ -9,7 +9,7 @@ Variables an expression may read:
 - the program's constants (numeric);
 - the outputs of expressions earlier in the program's order.
 
-The trainer compiles and checks the program from the schema (trainer/postprocessing.py) and records it with
+The trainer compiles and checks the program from the schema (trainer/run/postprocessing.py) and records it with
 :meth:`PostprocessProgram.describe`; a served model rebuilds it with :func:`program_from_record`.
 Standard library and numpy only, relative imports only (see __init__.py).
 """

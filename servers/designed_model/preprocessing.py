@@ -4,7 +4,7 @@ Each step's ``output`` becomes a new column (or replaces one of that name); a la
 output. Names a step reads are, in this order: its own constants, earlier outputs, then input columns. Those
 last ones are the columns a caller must supply (see :func:`input_columns`).
 
-The trainer compiles steps from the schema's protobuf (trainer/preprocessing.py) and records them in
+The trainer compiles steps from the schema's protobuf (trainer/run/preprocessing.py) and records them in
 metadata.json with :meth:`PreprocessStep.describe`; a served model rebuilds them with :func:`steps_from_record`.
 Standard library and numpy only, relative imports only (see __init__.py).
 """

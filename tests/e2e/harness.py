@@ -73,7 +73,7 @@ def processes_mentioning(text: str) -> list[int]:
 
 
 async def run_processes(job_root: Path) -> list[int]:
-    """The processes of a training run (``python -m trainer.run_job JOB_ROOT/attempt-N``), once there are any."""
+    """The processes of a training run (``python -m trainer.run.run_job JOB_ROOT/attempt-N``), once there are any."""
     found: list[int] = []
 
     async def started() -> bool:

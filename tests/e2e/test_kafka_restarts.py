@@ -25,7 +25,7 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
-from gateway.kafka_topics import Resource, ResourceKind, TopicNames
+from gateway.kafka.topics import Resource, ResourceKind, TopicNames
 from tests.cluster_fixtures import WAIT, Cluster, Iris, api_of, model, until
 from tests.e2e.harness import requests_waiting_on, run_processes, sigstopped
 from tests.kafka_broker import DurableBroker, Record, consume_until, create_topics

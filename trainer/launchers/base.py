@@ -1,4 +1,4 @@
-"""The launcher interface: run one training job (see trainer/jobs.py) to completion somewhere."""
+"""The launcher interface: run one training job (see trainer/run/jobs.py) to completion somewhere."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Protocol
 
 from generated.mlops.training.v1 import training_pb2
-from trainer.jobs import EXIT_UNAVAILABLE
+from trainer.run.jobs import EXIT_UNAVAILABLE
 
 
 class LaunchVerdict(enum.Enum):
@@ -26,7 +26,7 @@ class LaunchOutcome:
 
 class Launcher(Protocol):
     async def run(self, job_dir: Path, schema: training_pb2.ModelDesignSchema) -> LaunchOutcome:
-        """Run ``python -m trainer.run_job job_dir`` (or its container equivalent) to completion.
+        """Run ``python -m trainer.run.run_job job_dir`` (or its container equivalent) to completion.
 
         ``job_dir`` already holds job.json and design_schema.pb; on return it holds result.json and output/
         when the run got that far. ``schema`` is passed for what the launcher itself needs (ModelAssembly's

@@ -9,8 +9,9 @@ From a schema's ``ModelAssembly`` it generates a Dockerfile and a build context:
   validated as a *plain* requirement: a name, optional extras and version specifiers; no URLs, no pip
   options, no environment markers, no shell metacharacters;
 - optionally ``RUN python -m pip install -r requirements.txt`` (exec form: no shell);
-- the modelplane ``trainer/`` code, ``generated/`` protos and the few other modules a run imports (``SOURCE_PATHS``);
-  ``ENTRYPOINT ["python", "-m", "trainer.run_job"]``;
+- the modelplane ``trainer/run/`` code (what a run executes; not the service that schedules runs), ``generated/``
+  protos and the few other modules a run imports (``SOURCE_PATHS``);
+  ``ENTRYPOINT ["python", "-m", "trainer.run.run_job"]``;
 - labels: ``org.opencontainers.image.*`` and ``io.modelplane.design-token``, ``io.modelplane.design-version``,
   ``io.modelplane.framework``, ``io.modelplane.framework-version``; the build adds
   ``io.modelplane.content-hash`` (a hash of the whole context), so an image whose tag exists with the same
@@ -49,17 +50,18 @@ from generated.mlops.training.v1 import training_pb2
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_HOME = "/opt/modelplane"  # where the code lives in the image (its PYTHONPATH)
-# What `python -m trainer.run_job` imports from this repository, folders and single files: of servers/ only the
+# What `python -m trainer.run.run_job` imports from this repository, folders and single files: of servers/ only the
 # designed_model package and its entry module, which a run copies into the model's folder (servers becomes a
 # namespace package in the image); of modelplane/ only the S3 client, so that editing the rest of modelplane
 # does not change every training image.
 SOURCE_PATHS = (
-    "trainer",
+    "trainer/__init__.py",
+    "trainer/run",
     "generated",
     "servers/designed_model",
     "servers/designed_model_entry.py",
     "modelplane/__init__.py",
-    "modelplane/s3_client.py",
+    "modelplane/s3.py",
 )
 CONTENT_HASH_LABEL = "io.modelplane.content-hash"
 MAX_DEPENDENCIES = 100
@@ -94,7 +96,7 @@ class ImageBuildSettings:
     # RUN pip install -r requirements.txt at build time; off where the build has no package index (the
     # pins then travel as requirements.txt and labels, installed by whatever runs the image).
     install_dependencies: bool = True
-    source_root: Path = REPOSITORY_ROOT  # where trainer/ and generated/ are copied from
+    source_root: Path = REPOSITORY_ROOT  # where trainer/run/ and generated/ are copied from
     source_url: str = "https://github.com/modelplane/modelplane"
     network_mode: str | None = None  # the build's network ("none", "host"); None: the engine's default
     timeout_seconds: int = 1800  # the Docker API client's timeout for one build
@@ -180,7 +182,7 @@ def requirements_for(schema: training_pb2.ModelDesignSchema) -> tuple[str, ...]:
         named.add(_normalised_name(requirement))
         if requirement not in lines:
             lines.append(requirement)
-    # What trainer/run_job.py itself imports, pinned to the versions it is tested with here, unless the
+    # What trainer/run/run_job.py itself imports, pinned to the versions it is tested with here, unless the
     # schema pins one of them itself.
     for run_package in RUN_REQUIREMENTS:
         if run_package not in named:
@@ -260,7 +262,7 @@ def image_spec(schema: training_pb2.ModelDesignSchema, settings: ImageBuildSetti
         install = ["python", "-m", "pip", "install", "--no-cache-dir", "-r", f"{IMAGE_HOME}/requirements.txt"]
         lines.append(f"RUN {json.dumps(install)}")
     lines += [f"COPY {path} {IMAGE_HOME}/{path}" for path in SOURCE_PATHS]
-    lines.append(f"ENTRYPOINT {json.dumps(['python', '-m', 'trainer.run_job'])}")
+    lines.append(f"ENTRYPOINT {json.dumps(['python', '-m', 'trainer.run.run_job'])}")
     return ImageSpec(tag=tag, dockerfile="\n".join(lines) + "\n", requirements=requirements, labels=labels)
 
 

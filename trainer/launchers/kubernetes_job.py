@@ -7,7 +7,7 @@ read-only at ``dataset_mount_path``: the seed's ``datasetPath`` ("will be alread
 
 The Job:
 
-- runs ``python -m trainer.run_job <pod job dir>`` in the training image (a fixed name, or a callable that
+- runs ``python -m trainer.run.run_job <pod job dir>`` in the training image (a fixed name, or a callable that
   gives the image for a schema: ``trainer.launchers.image_build.ImageBuilder.image_for``);
 - requests and limits what the schema's ``ModelCompute`` names (cores, RAM GiB, GPUs by vendor);
 - ``restartPolicy: Never`` with a ``podFailurePolicy`` that fails the Job at once on exit codes 1-127 (the run's
@@ -53,8 +53,8 @@ from kubernetes.aio.client.exceptions import ApiException
 
 from generated.mlops.training.v1 import training_pb2
 from modelplane.logs import with_fields
-from trainer.jobs import EXIT_UNAVAILABLE, RESULT_FILE, TrainingJob
 from trainer.launchers.base import LaunchOutcome, LaunchVerdict, verdict_for_exit_code
+from trainer.run.jobs import EXIT_UNAVAILABLE, RESULT_FILE, TrainingJob
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ MANAGED_BY = "modelplane"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_RUN_ID = "modelplane.io/run-id"
 LABEL_DESIGN_TOKEN = "modelplane.io/design-token"  # noqa: S105 - a label key, not a secret
-# The run's "bad input / internal error" codes (trainer/jobs.py): 1-127 but the retryable EXIT_UNAVAILABLE.
+# The run's "bad input / internal error" codes (trainer/run/jobs.py): 1-127 but the retryable EXIT_UNAVAILABLE.
 PERMANENT_EXIT_CODES = [code for code in range(1, 128) if code != EXIT_UNAVAILABLE]
 _FALLBACK_DEADLINE_SECONDS = 3600  # TrainingJob's own default timeout
 _MIN_WATCH_SECONDS = 0.5  # a watch that ended sooner is reopened only after this pause
@@ -103,7 +103,7 @@ class KubernetesJobSettings:
     env: Mapping[str, str] = field(default_factory=dict)  # extra environment for the run
     env_from_secret: str | None = None  # a Secret whose keys become environment (S3 credentials)
     image_pull_policy: str = "IfNotPresent"
-    command: tuple[str, ...] = ("python", "-m", "trainer.run_job")  # the pod job dir is appended
+    command: tuple[str, ...] = ("python", "-m", "trainer.run.run_job")  # the pod job dir is appended
     job_name_prefix: str = "modelplane-train"
     watch_timeout_seconds: int = 240  # server-side watch timeout; the launcher reconnects after it
     api_retries: int = 5  # consecutive failed API calls while following a Job before giving up on it

@@ -1,6 +1,6 @@
 """Run a training job as a local child process: its own process group, a deadline, resource limits.
 
-The run is ``python -m trainer.run_job JOB_DIR`` (the command is a setting, so tests and other runtimes can
+The run is ``python -m trainer.run.run_job JOB_DIR`` (the command is a setting, so tests and other runtimes can
 substitute their own). It gets:
 
 - its own session (process group), so a deadline or a cancellation kills the run *and* anything it forked
@@ -16,7 +16,7 @@ The death signal and the limits are set by util-linux's ``setpriv`` and ``prlimi
 code between fork and exec: the trainer runs gRPC, whose fork handlers make that crash
 (``modelplane.child_processes`` says why).
 
-Exit codes follow trainer/jobs.py: 0 success, 1-127 permanent but EXIT_UNAVAILABLE (an unreachable dataset store)
+Exit codes follow trainer/run/jobs.py: 0 success, 1-127 permanent but EXIT_UNAVAILABLE (an unreachable dataset store)
 retryable, 128+N (killed by signal N) retryable. A deadline is reported as retryable too (the machine may simply
 have been busy). A run that could not be started at all is retryable (a deployment problem, not the event's fault):
 an OSError in the trainer, or the launchers' exit 126 or 127 when the program could not be executed in the child
@@ -40,13 +40,13 @@ from generated.mlops.training.v1 import training_pb2
 from modelplane.child_processes import could_not_execute, start_child_async
 from modelplane.logs import with_fields
 from servers.launch.local import log_tail
-from trainer.jobs import JOB_FILE, RESULT_FILE, TrainingJob
 from trainer.launchers.base import LaunchOutcome, LaunchVerdict, verdict_for_exit_code
+from trainer.run.jobs import JOB_FILE, RESULT_FILE, TrainingJob
 
 logger = logging.getLogger(__name__)
 
 RUN_LOG = "run.log"
-DEFAULT_COMMAND: tuple[str, ...] = (sys.executable, "-m", "trainer.run_job")
+DEFAULT_COMMAND: tuple[str, ...] = (sys.executable, "-m", "trainer.run.run_job")
 _GIB = 1024**3
 _FALLBACK_TIMEOUT_SECONDS = 3600.0  # TrainingJob's own default
 

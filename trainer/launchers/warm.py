@@ -2,8 +2,8 @@
 trainer/launchers/local.py, without paying interpreter start-up and the scikit-learn/pandas imports per run.
 
 The trainer starts one helper process, ``python -m trainer.launchers.warm``, on the first run. The helper imports
-``trainer.run_job`` (and with it numpy, pandas, scikit-learn) once, never runs any numerics itself, and then
-forks one child per run on request. The child, before it calls ``trainer.run_job.main([JOB_DIR])``:
+``trainer.run.run_job`` (and with it numpy, pandas, scikit-learn) once, never runs any numerics itself, and then
+forks one child per run on request. The child, before it calls ``trainer.run.run_job.main([JOB_DIR])``:
 
 - starts its own session (``setsid``), so a deadline or a cancellation kills the run and anything it forked
   with one ``killpg`` (the trainer signals the group directly; it is the same user);
@@ -77,7 +77,7 @@ from trainer.launchers.local import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_ENTRY = "trainer.run_job:main"
+DEFAULT_ENTRY = "trainer.run.run_job:main"
 EXIT_SETUP_FAILED = 255  # the child could not be set up (rlimit, log file): retryable, reason in run.log
 # Which threadpoolctl pools (by user_api) the per-run environment variables size, first one set wins.
 THREAD_POOLS: dict[str, tuple[str, ...]] = {

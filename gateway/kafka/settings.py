@@ -1,11 +1,11 @@
-"""Settings of the gateway's Kafka bridge (:mod:`gateway.kafka_bridge`): every knob, documented here."""
+"""Settings of the gateway's Kafka bridge (:mod:`gateway.kafka.bridge`): every knob, documented here."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.kafka_topics import TopicNames
+from gateway.kafka.topics import TopicNames
 
 
 @dataclass(frozen=True)

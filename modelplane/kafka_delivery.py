@@ -1,5 +1,10 @@
 """Bookkeeping for at-least-once delivery with concurrent handling: which offset of a partition may be
-committed, and which request ids were answered recently."""
+committed, and which request ids were answered recently.
+
+Both of modelplane's Kafka consumers (the gateway's bridge and the trainer's service) hand records to concurrent
+tasks and commit by hand; both keep one :class:`OffsetTracker` per assigned partition (and a new one when a
+partition is assigned again, so a task of the previous assignment cannot mark the new owner's offsets). The
+commit itself goes through :func:`modelplane.kafka_membership.commit_only_as_a_member`."""
 
 from __future__ import annotations
 
@@ -13,11 +18,13 @@ class OffsetTracker:
 
     Records finish out of order when several run at once; the committed offset must never pass a record whose
     answer is not yet produced, or a crash would lose it. So the committable position is the lowest offset still
-    in flight, or one past the highest offset seen when nothing is in flight."""
+    in flight, or one past the highest offset seen when nothing is in flight. A record whose handling did not
+    complete (cancelled at shutdown, left for redelivery) is simply never marked done: it holds the position."""
 
     def __init__(self) -> None:
         self._in_flight: set[int] = set()
         self._highest_seen = -1
+        self.committed = -1  # the last position committed for this partition (-1: none yet)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -37,6 +44,14 @@ class OffsetTracker:
             # Bounded by the bridge's in-flight limit, so a linear scan is cheaper than keeping a heap.
             return min(self._in_flight)
         return self._highest_seen + 1 if self._highest_seen >= 0 else None
+
+    def to_commit(self) -> int | None:
+        """The committable position when it is past the last one committed, else None (nothing new to commit)."""
+        position = self.committable()
+        return position if position is not None and position > self.committed else None
+
+    def mark_committed(self, position: int) -> None:
+        self.committed = max(self.committed, position)
 
     @property
     def in_flight(self) -> int:

@@ -20,8 +20,8 @@ import pandas as pd
 
 from servers.designed_model.expressions import FloatArray
 from servers.designed_model.preprocessing import PreprocessStep, outputs, raw_columns
-from trainer.design import Design, Task
-from trainer.errors import DatasetError, DesignError
+from trainer.run.design import Design, Task
+from trainer.run.errors import DatasetError, DesignError
 
 MAX_CLASSES = 1_000
 _MAX_NAMED = 20  # columns named in one message before "and N more"

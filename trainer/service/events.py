@@ -39,7 +39,7 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 
 from generated.mlops.training.v1 import training_pb2
-from trainer.jobs import DatasetSource
+from trainer.run.jobs import DatasetSource
 
 CONTENT_TYPE_HEADER = "content-type"
 JSON_CONTENT_TYPES = frozenset({"application/json", "text/json"})

@@ -1,7 +1,7 @@
 """The gateway's V2 gRPC edge: ``inference.GRPCInferenceService`` (the Open Inference Protocol) served
 with grpc.aio, in front of the transport-agnostic routing callables the gateway already has.
 
-Each RPC converts at the boundary (gateway.v2_grpc_codec) and calls one of the callables the gateway
+Each RPC converts at the boundary (gateway.edges.v2_grpc_codec) and calls one of the callables the gateway
 gives the constructor; the gateway decides whether a name is a model, an experiment or a pipeline.
 InferenceError statuses become gRPC codes (:func:`grpc_code_for`); anything else a callable raises is
 logged and answered INTERNAL without its details.
@@ -22,8 +22,8 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from grpc import aio
 
+from gateway.edges.v2_grpc_codec import decode_infer_request, encode_infer_response, encode_model_metadata
 from gateway.inference_types import InferenceError, JsonObject
-from gateway.v2_grpc_codec import decode_infer_request, encode_infer_response, encode_model_metadata
 from generated.inference.v2 import grpc_predict_v2_pb2 as pb
 from generated.inference.v2 import grpc_predict_v2_pb2_grpc as pb_grpc
 

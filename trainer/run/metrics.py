@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 from sklearn import metrics as sk
 
-from trainer.design import Task
-from trainer.errors import DesignError
+from trainer.run.design import Task
+from trainer.run.errors import DesignError
 
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
 REGRESSION_METRICS = ("rmse", "mae", "r2")

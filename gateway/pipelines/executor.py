@@ -21,7 +21,7 @@ Semantics (one request; "source" = the pipeline's inputs, a step's inputs, or a 
 
 * Steps run as asyncio tasks, each started as soon as its joins are satisfied, so independent steps overlap.
   The response is the output's first firing; everything still running is then cancelled (only steps the
-  output depends on run at all, see :mod:`gateway.pipeline_graph`).
+  output depends on run at all, see :mod:`gateway.pipelines.graph`).
 * Cycles (``allowCycles``): a step fires again whenever its joins are satisfied again by new messages, so
   it runs at most ``1 + maxStepRevisits`` times per request; one firing too many fails the request with
   508 (Loop Detected). Without cycles each step runs at most once (a later ANY arrival is ignored).
@@ -48,7 +48,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gateway.inference_types import InferenceError, JsonObject, ModelCaller
-from gateway.pipeline_graph import (
+from gateway.pipelines.graph import (
     DEFAULT_JOIN_WINDOW_MS,
     OUTPUT_NAME,
     PIPELINE_INPUTS,
@@ -59,7 +59,7 @@ from gateway.pipeline_graph import (
     SourceKey,
     compile_pipeline,
 )
-from gateway.pipeline_tensors import (
+from gateway.pipelines.tensors import (
     TensorError,
     TensorLimits,
     check_request,

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from gateway.edges.v2_grpc_service import InferResult, V2InferenceService
 from gateway.inference_router import InferenceRouter, encode_request, parse_version
 from gateway.inference_types import JsonObject
-from gateway.v2_grpc_service import InferResult, V2InferenceService
 
 
 def v2_grpc_service(router: InferenceRouter, synced: Callable[[], bool]) -> V2InferenceService:

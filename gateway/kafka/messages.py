@@ -32,9 +32,9 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from gateway.edges.v2_grpc_codec import decode_infer_request, encode_infer_response
 from gateway.inference_types import MAX_REQUEST_ID_CHARS, InferenceError, JsonObject
-from gateway.kafka_topics import Resource
-from gateway.v2_grpc_codec import decode_infer_request, encode_infer_response
+from gateway.kafka.topics import Resource
 from generated.inference.v2 import grpc_predict_v2_pb2 as v2_pb
 
 REQUEST_ID_HEADERS = ("seldon-request-id", "x-request-id")

@@ -31,8 +31,8 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from generated.mlops.training.v1 import training_pb2
-from trainer.design import Task
-from trainer.errors import AlgorithmError
+from trainer.run.design import Task
+from trainer.run.errors import AlgorithmError
 
 HyperValue = str | bool | int | float | list[float] | list[str]
 MAX_SEED = 2**32 - 1

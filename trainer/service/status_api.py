@@ -2,7 +2,7 @@
 
 - ``GET /healthz``: ``{"status": "ok", "consuming": bool, "in_flight": N, "instance": ID}``.
 - ``GET /runs?limit=N``: ``{"runs": [RunRecord, ...]}``, newest first (N from 1 to 1000, default 100).
-- ``GET /runs/{run_id}``: one RunRecord (see trainer/run_registry.py), or 404.
+- ``GET /runs/{run_id}``: one RunRecord (see trainer/service/run_registry.py), or 404.
 
 The records live in Redis, so any replica answers for every replica's runs. Redis being unreachable is a 503
 with a message, never a crash. Plain HTTP on purpose: it serves read-only progress, bound to loopback unless
@@ -22,8 +22,8 @@ from aiohttp import web
 from modelplane.addresses import Address
 from modelplane.auth.access_check import AccessCheck, AuthSettings
 from modelplane.auth.http_access import protect
-from trainer.design_store import REDIS_RETRYABLE
-from trainer.run_registry import RunRegistry
+from trainer.service.design_store import REDIS_RETRYABLE
+from trainer.service.run_registry import RunRegistry
 
 _RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 MAX_LIMIT = 1000

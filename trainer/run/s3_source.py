@@ -1,6 +1,6 @@
 """Reading one dataset object from S3 with the minio SDK, settings from the run's environment.
 
-The client comes from modelplane/s3_client.py, like the agent's. Failures are described the way
+The client comes from modelplane/s3.py, like the agent's. Failures are described the way
 agent/artifacts/s3.py describes them, written here rather than imported: a training run executes in an image
 that carries only what it needs (trainer/launchers/image_build.py), and the agent's artifacts package brings
 the agent's whole fetch stack.
@@ -14,14 +14,13 @@ No message holds a key or a secret.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import urllib3
 from minio.error import MinioException, S3Error, ServerError
 
-from modelplane.s3_client import minio_client
-from trainer.errors import DatasetError, DatasetUnavailableError
+from modelplane.s3 import S3Settings, s3_client
+from trainer.run.errors import DatasetError, DatasetUnavailableError
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
@@ -32,20 +31,6 @@ _MISSING_CODES = frozenset({"NoSuchKey", "NoSuchObject", "NotFound", "ResourceNo
 # The store's own trouble, not the request's: the same read may work later.
 _UNAVAILABLE_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"})
 _CHUNK = 1 << 16
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    endpoint: str  # host[:port], as the minio SDK takes it
-    secure: bool
-    region: str | None
-    access_key: str | None = field(default=None, repr=False)
-    secret_key: str | None = field(default=None, repr=False)
-    session_token: str | None = field(default=None, repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.secure else 'http'}://{self.endpoint}"
 
 
 def settings_from_env(environ: Mapping[str, str]) -> S3Settings:
@@ -68,6 +53,7 @@ def settings_from_env(environ: Mapping[str, str]) -> S3Settings:
         endpoint=endpoint,
         secure=secure,
         region=environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or None,
+        origin="the run's environment",
         access_key=access_key,
         secret_key=secret_key,
         session_token=environ.get("AWS_SESSION_TOKEN") or None,
@@ -100,16 +86,7 @@ def read_object(settings: S3Settings, bucket: str, key: str, max_bytes: int, tim
     shown = f"s3://{bucket}/{key}"
     response = None
     try:
-        client = minio_client(
-            settings.endpoint,
-            access_key=settings.access_key,
-            secret_key=settings.secret_key,
-            session_token=settings.session_token,
-            secure=settings.secure,
-            region=settings.region,
-            timeout_seconds=timeout_seconds,
-            pool_size=2,
-        )
+        client = s3_client(settings, timeout_seconds=timeout_seconds, pool_size=2)
         size = client.stat_object(bucket, key).size or 0
         if size > max_bytes:
             raise DatasetError(f"dataset {shown} is {size} bytes; the limit is {max_bytes}")

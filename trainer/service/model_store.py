@@ -22,10 +22,10 @@ from pathlib import Path
 import urllib3
 from minio.error import MinioException, S3Error
 
-from modelplane.s3_client import minio_client
-from trainer.jobs import METADATA_FILE
-from trainer.serving_bundle import bundle_files
-from trainer.settings import S3Settings
+from modelplane.s3 import s3_client
+from trainer.run.jobs import METADATA_FILE
+from trainer.run.serving_bundle import bundle_files
+from trainer.settings import ModelStoreSettings
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 MAX_SEGMENT = 100
@@ -90,17 +90,10 @@ def expected_sha256s(output_dir: Path, reported: str) -> set[str]:
 
 
 class ModelStore:
-    def __init__(self, settings: S3Settings) -> None:
+    def __init__(self, settings: ModelStoreSettings) -> None:
         self._settings = settings
         # Bounded requests: an S3 that stops answering fails the upload (retried later), never hangs the trainer.
-        self._client = minio_client(
-            settings.endpoint,
-            access_key=settings.access_key,
-            secret_key=settings.secret_key,
-            secure=settings.secure,
-            region=settings.region,
-            timeout_seconds=settings.timeout_seconds,
-        )
+        self._client = s3_client(settings, timeout_seconds=settings.timeout_seconds)
         self._bucket_ready = False
 
     def _ensure_bucket(self) -> None:
@@ -143,7 +136,7 @@ class ModelStore:
         metadata = output_dir / METADATA_FILE
         if metadata.is_file():
             uploads.append((metadata, f"{folder}/{METADATA_FILE}", "application/json"))
-        # What lets MLServer serve the whole design (trainer/serving_bundle.py), model-settings.json last.
+        # What lets MLServer serve the whole design (trainer/run/serving_bundle.py), model-settings.json last.
         for relative in bundle_files(output_dir):
             content_type = "application/json" if relative.suffix == ".json" else "text/x-python"
             uploads.append((output_dir / relative, f"{folder}/{relative.as_posix()}", content_type))

@@ -26,8 +26,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pandas as pd
 
-from trainer.errors import DatasetError, DatasetUnavailableError
-from trainer.jobs import DatasetSource
+from trainer.run.errors import DatasetError, DatasetUnavailableError
+from trainer.run.jobs import DatasetSource
 
 PARQUET_MAGIC = b"PAR1"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -120,7 +120,7 @@ def _read_s3(bucket: str, key: str, environ: Mapping[str, str], limits: DatasetL
         raise DatasetError(f"dataset URL {shown} must name one object: s3://bucket/key")
     # Imported here: only s3:// datasets need the minio SDK, so an image without it still trains from files.
     try:
-        from trainer import s3_source  # noqa: PLC0415
+        from trainer.run import s3_source  # noqa: PLC0415
     except ImportError as exc:  # the image's fault, not the event's: an internal error
         raise RuntimeError(f"s3:// datasets need the minio package in the training image ({exc})") from None
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from generated.mlops.training.v1 import training_pb2
 from servers.designed_model.expressions import ExpressionError, ParsedExpression, parse_expression
 from servers.designed_model.postprocessing import MAX_OUTPUTS, PostprocessProgram, checked_order, probability_variables
-from trainer.preprocessing import primitive_number
+from trainer.run.preprocessing import primitive_number
 
 
 def compile_postprocessor(schema: training_pb2.ModelDesignSchema, classes: list[str]) -> PostprocessProgram | None:

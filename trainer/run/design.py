@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from generated.mlops.training.v1 import training_pb2
-from trainer.errors import DesignError
+from trainer.run.errors import DesignError
 
 DEFAULT_TEST_FRACTION = 0.2
 MAX_FEATURES = 10_000

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from gateway.inference_types import InferenceError, JsonObject, ModelCaller
-from gateway.pipeline_executor import PipelineExecutor
+from gateway.pipelines.executor import PipelineExecutor
 from gateway.routing_table import PipelineRoute, RoutingTable
 from generated.mlops.routing.v1 import routing_pb2 as rpb
 

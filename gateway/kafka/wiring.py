@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 
-from gateway.kafka_bridge import KafkaBridge
+from gateway.kafka.bridge import KafkaBridge
 from gateway.routing_table import RoutingTable
 
 log = logging.getLogger(__name__)

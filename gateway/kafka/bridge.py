@@ -1,7 +1,7 @@
 """The gateway's Kafka side: V2 inference requests consumed from the ``.inputs`` topics of the models and
 pipelines the gateway serves, answered on their ``.outputs`` topics, failures on the errors topic.
 
-Record formats and headers: :mod:`gateway.kafka_messages`; topic names: :mod:`gateway.kafka_topics`.
+Record formats and headers: :mod:`gateway.kafka.messages`; topic names: :mod:`gateway.kafka.topics`.
 
 Delivery is at-least-once, with duplicate suppression:
 - offsets are committed by hand (no auto-commit), per partition, only up to the lowest offset whose answer (or
@@ -16,6 +16,14 @@ Delivery is at-least-once, with duplicate suppression:
 - Tansu, the test broker, has no idempotent producer or transactions, and the design does not need them.
 
 All gateways share one consumer group (``group_id``), so each request is handled by one of them.
+
+Over 400 lines on purpose: the bridge is one state machine around one consumer and one producer (connect,
+subscription, held partitions after a rebalance, in-flight records, duplicate window, per-partition offsets),
+and every method reads or changes that shared state under the same two locks; cut apart, the halves would hand
+each other private state. What is separable already lives beside it: record formats (messages.py), topic names
+(topics.py), settings, the offset tracker and duplicate window (modelplane/kafka_delivery.py) and the commit
+guard (modelplane/kafka_membership.py). The next seam, if it grows: topic creation (``_ensure_topics``) and the
+answering of one record (``_serve`` .. ``_produce``) as their own classes.
 """
 
 from __future__ import annotations
@@ -34,8 +42,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # type: ignore[import-
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError  # type: ignore[import-untyped]
 
 from gateway.inference_types import InferenceError, ModelCaller
-from gateway.kafka_delivery import OffsetTracker, RecentIds
-from gateway.kafka_messages import (
+from gateway.kafka.messages import (
     DecodedRequest,
     MalformedRecordError,
     answer_headers,
@@ -43,9 +50,10 @@ from gateway.kafka_messages import (
     encode_error,
     encode_response,
 )
-from gateway.kafka_settings import KafkaBridgeSettings
-from gateway.kafka_topics import Resource, ResourceKind
+from gateway.kafka.settings import KafkaBridgeSettings
+from gateway.kafka.topics import Resource, ResourceKind
 from modelplane import logs
+from modelplane.kafka_delivery import OffsetTracker, RecentIds
 from modelplane.kafka_membership import commit_only_as_a_member
 
 __all__ = ["BridgeStats", "KafkaBridge", "KafkaBridgeSettings"]
@@ -116,7 +124,6 @@ class KafkaBridge:
         self._producer: Any = None
         self._listener = _Rebalance(self)
         self._trackers: dict[Any, OffsetTracker] = {}  # TopicPartition -> its tracker, for assigned partitions
-        self._committed: dict[Any, int] = {}
         self._answered = RecentIds(settings.dedupe_window)
         self._pending: dict[tuple[str, str], asyncio.Event] = {}  # (input topic, request id) being handled
         self._tasks: set[asyncio.Task[None]] = set()
@@ -295,7 +302,6 @@ class KafkaBridge:
         async with self._update_lock:
             self._connected = False
             self._trackers.clear()
-            self._committed.clear()
             self._held.clear()
             if self._consumer is not None:
                 consumer, self._consumer = self._consumer, None
@@ -539,7 +545,6 @@ class KafkaBridge:
         # in flight from an earlier assignment are recognised by request id (pending or recently answered).
         for partition in assigned:
             self._trackers[partition] = OffsetTracker()
-            self._committed.pop(partition, None)
         log.info("kafka bridge: assigned %s", sorted(f"{tp.topic}-{tp.partition}" for tp in assigned))
         if self._assigned_since_connect and self._consumer is not None:
             # A rebalance on a live connection may mean the broker restarted (see _release_held). The new
@@ -573,7 +578,6 @@ class KafkaBridge:
         await self._drain_and_commit(list(revoked), self._settings.revoke_timeout_s)
         for partition in revoked:
             self._trackers.pop(partition, None)
-            self._committed.pop(partition, None)
 
     async def _drain_and_commit(self, partitions: list[Any], timeout: float) -> None:
         trackers = [self._trackers[tp] for tp in partitions if tp in self._trackers]
@@ -596,12 +600,14 @@ class KafkaBridge:
                 return
             assigned = consumer.assignment()
             offsets: dict[Any, int] = {}
+            committing: list[tuple[OffsetTracker, int]] = []
             for partition, tracker in list(self._trackers.items()):
                 if (partitions is not None and partition not in partitions) or partition not in assigned:
                     continue
-                position = tracker.committable()
-                if position is not None and position > self._committed.get(partition, -1):
+                position = tracker.to_commit()
+                if position is not None:
                     offsets[partition] = position
+                    committing.append((tracker, position))
             if not offsets:
                 return
             try:
@@ -610,4 +616,5 @@ class KafkaBridge:
                 # Typically the group rebalanced meanwhile: the new owner starts from the last good commit.
                 log.info("kafka bridge: commit of %s failed: %r", offsets, error)
                 return
-            self._committed.update(offsets)
+            for tracker, position in committing:
+                tracker.mark_committed(position)

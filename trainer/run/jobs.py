@@ -2,7 +2,7 @@
 
 A run is a folder (the *job directory*). The service writes ``job.json`` (a :class:`TrainingJob`) and the
 design schema (``design_schema.pb``, serialised ``ModelDesignSchema``) into it; the run
-(``python -m trainer.run_job JOB_DIR``, in a local process, a container or a Kubernetes Job) reads them,
+(``python -m trainer.run.run_job JOB_DIR``, in a local process, a container or a Kubernetes Job) reads them,
 trains, and writes ``output/`` (the artifact and ``metadata.json``) and ``result.json`` (a
 :class:`RunResult`). Files rather than arguments, so the same contract works across a process boundary, a
 container's mounted volume and a Kubernetes Job's PVC.

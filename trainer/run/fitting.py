@@ -26,13 +26,20 @@ from google.protobuf import json_format
 from generated.mlops.training.v1 import training_pb2
 from servers.designed_model.postprocessing import probability_variables, run_postprocessor
 from servers.designed_model.preprocessing import apply_preprocessor
-from trainer.algorithms import Algorithm, HyperValue, select_algorithm
-from trainer.dataset_checks import ColumnPlan, check_dataset, class_labels, dataset_stats, numeric_columns, plan_columns
-from trainer.design import Design, Split, Task, read_design
-from trainer.errors import AlgorithmError, DatasetError, DesignError
-from trainer.metrics import classification_metrics, regression_metrics, select_metrics
-from trainer.postprocessing import compile_postprocessor
-from trainer.preprocessing import compile_preprocessor
+from trainer.run.algorithms import Algorithm, HyperValue, select_algorithm
+from trainer.run.dataset_checks import (
+    ColumnPlan,
+    check_dataset,
+    class_labels,
+    dataset_stats,
+    numeric_columns,
+    plan_columns,
+)
+from trainer.run.design import Design, Split, Task, read_design
+from trainer.run.errors import AlgorithmError, DatasetError, DesignError
+from trainer.run.metrics import classification_metrics, regression_metrics, select_metrics
+from trainer.run.postprocessing import compile_postprocessor
+from trainer.run.preprocessing import compile_preprocessor
 
 MAX_WARNINGS = 20
 

@@ -1,8 +1,8 @@
-"""One training run: ``python -m trainer.run_job JOB_DIR`` (see trainer/jobs.py for the folder's contract).
+"""One training run: ``python -m trainer.run.run_job JOB_DIR`` (see trainer/run/jobs.py for the folder's contract).
 
 Reads ``job.json`` and ``design_schema.pb``, loads the dataset, trains, and writes
 ``output/<artifact_name>`` (the fitted scikit-learn estimator, with joblib), ``output/metadata.json``, the
-files that let MLServer serve the whole design (trainer/serving_bundle.py), and ``result.json``.
+files that let MLServer serve the whole design (trainer/run/serving_bundle.py), and ``result.json``.
 Exit codes: ``EXIT_SUCCESS``; ``EXIT_BAD_INPUT`` when the job, schema, dataset or hyper-parameters cannot
 train (``result.json`` errors name the cause); ``EXIT_UNAVAILABLE`` when the dataset's store could not be reached
 (retryable: the event is not at fault); ``EXIT_INTERNAL`` for anything unexpected (the error's type and message in
@@ -44,10 +44,10 @@ from google.protobuf.message import DecodeError
 
 from generated.mlops.training.v1 import training_pb2
 from servers.designed_model.served_model import file_sha256
-from trainer.datasets import DatasetLimits, LoadedDataset, load_dataset
-from trainer.errors import BAD_INPUT_ERRORS, DatasetUnavailableError, TrainingInputError
-from trainer.fitting import TrainedModel, train
-from trainer.jobs import (
+from trainer.run.datasets import DatasetLimits, LoadedDataset, load_dataset
+from trainer.run.errors import BAD_INPUT_ERRORS, DatasetUnavailableError, TrainingInputError
+from trainer.run.fitting import TrainedModel, train
+from trainer.run.jobs import (
     DESIGN_SCHEMA_FILE,
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
@@ -60,13 +60,13 @@ from trainer.jobs import (
     RunResult,
     TrainingJob,
 )
-from trainer.serving_bundle import ENTRY_MODULE, RUNTIME_PACKAGE, SETTINGS_FILE, write_serving_bundle
+from trainer.run.serving_bundle import ENTRY_MODULE, RUNTIME_PACKAGE, SETTINGS_FILE, write_serving_bundle
 
 METADATA_FORMAT_VERSION = 1
 MAX_SCHEMA_BYTES = 16 * 1024 * 1024
 MAX_JOB_FILE_BYTES = 1024 * 1024
 
-log = logging.getLogger("trainer.run_job")
+log = logging.getLogger("trainer.run.run_job")
 
 
 def execute(job_dir: Path, environ: Mapping[str, str] | None = None) -> RunResult:
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if len(arguments) != 1:
-        sys.stderr.write("usage: python -m trainer.run_job JOB_DIR\n")
+        sys.stderr.write("usage: python -m trainer.run.run_job JOB_DIR\n")
         return EXIT_BAD_INPUT
     job_dir = Path(arguments[0])
     if not job_dir.is_dir():

@@ -39,7 +39,9 @@ from aiohttp import web
 from google.protobuf.message import DecodeError
 from grpc import aio
 
-from agent.model_manager import ModelManager, NoRoom, ServerDown
+from agent.held_models import NoRoom
+from agent.model_manager import ModelManager
+from agent.server_calls import ServerDown
 from generated.mlops.agent.v1 import agent_pb2
 from modelplane.inference_errors import (
     SERVER_DOWN_HEADER,

@@ -31,17 +31,15 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from agent.artifacts import ArtifactError, ArtifactSource, ArtifactStore
+from agent.artifacts import ArtifactError, ArtifactStore
+from agent.held_index import is_agents_name, read_index, write_index
+from agent.held_models import HeldModel, NoRoom, OperationOutcome, artifact_source
+from agent.server_calls import ServerCalls, ServerDown
 from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.keyed_locks import KeyedLocks
@@ -50,60 +48,6 @@ from servers.adapter import InferenceServer, ModelFiles, ServerError
 
 log = logging.getLogger(__name__)
 Event = agent_pb2.ModelEvent
-INDEX_FILE = ".modelplane-agent.json"
-T = TypeVar("T")
-
-
-@dataclass(slots=True)
-class HeldModel:
-    name: str
-    version: int
-    memory: int
-    files: ModelFiles | None  # None for a model adopted from the server after a restart
-    on_server: bool = True
-    loading: bool = False
-    last_used: float = 0.0
-    # False until the first load succeeds: requests must not go to a version that never served.
-    ready: bool = True
-    # The server went down while this model's load call was in flight on it: the load may have killed it.
-    server_died_loading: bool = False
-
-    @property
-    def loaded_name(self) -> str:
-        return f"{self.name}_{self.version}"
-
-
-class NoRoom(Exception):  # noqa: N818 - "no room" is what happened
-    """Evicting every evictable model would still not make room."""
-
-
-class ServerDown(ServerError):  # noqa: N818 - it says what is the matter
-    """The inference server is down: a call to it could not be made, or was cut short."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(f"the inference server is down: {reason}", retryable=False)
-
-
-@dataclass(frozen=True, slots=True)
-class OperationOutcome:
-    """How a load or unload ended, for its event."""
-
-    kind: agent_pb2.ModelEvent.Kind.ValueType
-    reason: str = ""
-    server_died: bool = False  # a failed load: the server went down while it was in flight on it
-
-
-def artifact_source(model: pb.Model) -> ArtifactSource:
-    spec = model.modelSpec
-    parameters = {p.name: p.value for p in spec.parameters}
-    config = spec.storageConfig if spec.HasField("storageConfig") else None
-    return ArtifactSource(
-        uri=spec.uri,
-        artifact_version=spec.artifactVersion if spec.HasField("artifactVersion") else None,
-        storage_secret_name=config.storageSecretName if config and config.HasField("storageSecretName") else None,
-        storage_rclone_config=config.storageRcloneConfig if config and config.HasField("storageRcloneConfig") else None,
-        sha256=parameters.get("sha256"),
-    )
 
 
 class ModelManager:
@@ -121,20 +65,14 @@ class ModelManager:
         self.artifacts = artifacts
         self.memory_bytes = memory_bytes
         self.accept_bytes = memory_bytes * (100 + overcommit_percent) // 100
-        self.load_retries = load_retries
-        self.retry_delay = retry_delay_seconds
         self.models: dict[str, HeldModel] = {}  # loaded name -> model
         self._locks = KeyedLocks()
         # Held while memory on the server changes hands (evictions, loads, unloads): room is computed and
         # taken in one step, so concurrent loads cannot each see the same free memory, and a model is
         # never unloaded twice at once.
         self._server_memory = asyncio.Lock()
-        # Why the server does not serve; None while it does (set by server_down, cleared once server_back is done).
-        self.down_reason: str | None = None
-        # Set when the server goes down, which ends every call in flight on it. Each time the server answers again
-        # (server_back) it gets a new one: calls to the server that answers now are not cut short by an old death.
-        self._down = asyncio.Event()
-        self._calls_in_flight = 0
+        # Every call to the server, ended at once when it goes down (server_down), and whether it serves.
+        self._calls = ServerCalls(retries=load_retries, retry_delay_seconds=retry_delay_seconds)
         # Models whose load call is in flight on the server (loaded name -> model), for server_down to mark.
         self._loads_in_flight: dict[str, HeldModel] = {}
 
@@ -161,9 +99,14 @@ class ModelManager:
             if m.ready and not m.server_died_loading  # the next server_back drops such a model
         ]
 
+    @property
+    def down_reason(self) -> str | None:
+        """Why the server does not serve; None while it does (set by server_down, cleared once server_back is done)."""
+        return self._calls.down_reason
+
     def busy(self) -> bool:
         """True while a call (a load, an unload, the index) is in flight on the server."""
-        return self._calls_in_flight > 0
+        return self._calls.busy()
 
     def latest_version(self, name: str) -> HeldModel | None:
         """The newest version of ``name`` that can answer (a first load still in progress cannot)."""
@@ -174,9 +117,9 @@ class ModelManager:
 
     async def adopt_from_server(self) -> None:
         """After an agent restart: take over what the server still holds (per the index file)."""
-        index = _read_index(self.server.repository)
+        index = read_index(self.server.repository)
         for loaded_name in await self.server.loaded_models():
-            if not _is_agents_name(loaded_name):
+            if not is_agents_name(loaded_name):
                 continue  # not loaded by an agent: leave it alone
             name, _, version = loaded_name.rpartition("_")
             memory = int(index.get(loaded_name, {}).get("memory", 0))
@@ -283,7 +226,7 @@ class ModelManager:
         try:
             async with self._server_memory:
                 if may_hold:
-                    await self._retrying(lambda: self.server.unload(loaded_name))
+                    await self._calls.retrying(lambda: self.server.unload(loaded_name))
                     if held is not None:
                         held.on_server = False
         except ServerDown:
@@ -338,7 +281,7 @@ class ModelManager:
         """Load ``entry`` on the server (retrying what may pass); a death of the server meanwhile marks it."""
         self._loads_in_flight[entry.loaded_name] = entry
         try:
-            await self._retrying(lambda: self.server.load(entry.loaded_name))
+            await self._calls.retrying(lambda: self.server.load(entry.loaded_name))
         finally:
             self._loads_in_flight.pop(entry.loaded_name, None)
 
@@ -358,21 +301,10 @@ class ModelManager:
         for victim in candidates:
             if needed <= 0:
                 break
-            await self._on_server(functools.partial(self.server.unload, victim.loaded_name))
+            await self._calls.call(functools.partial(self.server.unload, victim.loaded_name))
             victim.on_server = False
             needed -= victim.memory
             log.info("evicted %s (least recently used) to make room for %s", victim.loaded_name, entry.loaded_name)
-
-    async def _retrying(self, call: Callable[[], Awaitable[None]]) -> None:
-        for attempt in range(1, self.load_retries + 1):
-            try:
-                await self._on_server(call)
-                return
-            except ServerError as error:
-                if not error.retryable or attempt == self.load_retries:
-                    raise
-                log.warning("server call failed (attempt %d of %d): %s", attempt, self.load_retries, error)
-                await asyncio.sleep(self.retry_delay * attempt)
 
     async def unload_everything(self) -> None:
         """On agent exit after a drain: take every model off the server."""
@@ -380,7 +312,7 @@ class ModelManager:
             async with self._locks.hold(held.name), self._server_memory:
                 try:
                     if held.on_server:
-                        await self._on_server(functools.partial(self.server.unload, held.loaded_name))
+                        await self._calls.call(functools.partial(self.server.unload, held.loaded_name))
                     self.server.remove_files(held.loaded_name)
                     await self.artifacts.release(held.loaded_name)
                 except ServerError as error:
@@ -392,8 +324,7 @@ class ModelManager:
 
     def server_down(self, reason: str) -> None:
         """The server stopped serving (it died, or stopped answering). See the module docstring."""
-        self.down_reason = reason
-        self._down.set()
+        self._calls.went_down(reason)
         for held in self.models.values():
             held.on_server = False
         for held in self._loads_in_flight.values():
@@ -406,7 +337,7 @@ class ModelManager:
         flight when the server went down (it may have killed it), is dropped, so it is not reported as held. The
         memory lock is taken per model, so operations meanwhile (the scheduler's unloads) are not held up behind
         the whole reload. Raises ServerError (ServerDown) when the server fails again meanwhile."""
-        down = self._down = asyncio.Event()  # this server's: an earlier death does not cut calls to it short
+        down = self._calls.answering_again()  # this server's: an earlier death does not cut calls to it short
         for held in [m for m in self.models.values() if m.server_died_loading]:
             log.warning(
                 "dropping %s: the server went down while it was being loaded, which may be what killed it; the "
@@ -414,12 +345,12 @@ class ModelManager:
                 held.loaded_name,
             )
             await self._forget(held)
-        on_server = set(await self._on_server(self.server.loaded_models))
+        on_server = set(await self._calls.call(self.server.loaded_models))
         for loaded_name in sorted(on_server - set(self.models)):
-            if _is_agents_name(loaded_name):
+            if is_agents_name(loaded_name):
                 log.info("unloading %s: the server holds it, but this agent no longer does", loaded_name)
                 async with self._server_memory:
-                    await self._retrying(functools.partial(self.server.unload, loaded_name))
+                    await self._calls.retrying(functools.partial(self.server.unload, loaded_name))
         for held in sorted(self.models.values(), key=lambda m: m.last_used, reverse=True):
             async with self._server_memory:
                 if self.models.get(held.loaded_name) is not held:
@@ -430,7 +361,7 @@ class ModelManager:
                     await self._load_again(held)
         if down.is_set():
             raise ServerDown(self.down_reason or "it went down again as the models were loaded again")
-        self.down_reason = None
+        self._calls.serving_again()
         self._write_index()
 
     async def _load_again(self, held: HeldModel) -> None:
@@ -455,54 +386,10 @@ class ModelManager:
         self.server.remove_files(held.loaded_name)
         await self.artifacts.release(held.loaded_name)
 
-    async def _on_server(self, call: Callable[[], Awaitable[T]]) -> T:
-        """``call()`` to the server, ended at once with ServerDown when the server goes (or is) down."""
-        down = self._down  # the death of the server this call goes to
-        if down.is_set():
-            raise ServerDown(self.down_reason or "it is down")
-        self._calls_in_flight += 1
-        work = asyncio.ensure_future(call())
-        went_down = asyncio.ensure_future(down.wait())
-        try:
-            await asyncio.wait({work, went_down}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            self._calls_in_flight -= 1
-            went_down.cancel()
-            if not work.done():
-                work.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ServerError):
-                    await work
-        if down.is_set():
-            # Cut short, or answered as the server went: either way nothing it did is on a server now.
-            raise ServerDown(self.down_reason or "it went down")
-        return work.result()
-
     def _write_index(self) -> None:
         """Remember each loaded model's memory next to the repository, for adoption after a restart."""
         document: dict[str, dict[str, Any]] = {}
         for m in self.models.values():
             artifact = self.artifacts.held_key(m.loaded_name)  # held again after a restart (adopt_from_server)
             document[m.loaded_name] = {"memory": m.memory} | ({"artifact": artifact} if artifact else {})
-        path = self.server.repository / INDEX_FILE
-        temporary = path.with_suffix(".tmp")
-        try:
-            temporary.write_text(json.dumps(document))
-            temporary.replace(path)
-        except OSError as error:
-            log.warning("could not write %s: %s", path, error)
-
-
-def _is_agents_name(loaded_name: str) -> bool:
-    """``<name>_<version>``: how this agent names what it loads (anything else on the server is not ours)."""
-    name, _, version = loaded_name.rpartition("_")
-    return bool(name) and version.isdigit()
-
-
-def _read_index(repository: Path) -> dict[str, dict[str, Any]]:
-    try:
-        document = json.loads((repository / INDEX_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(document, dict):
-        return {}
-    return {name: entry for name, entry in document.items() if isinstance(entry, dict)}
+        write_index(self.server.repository, document)

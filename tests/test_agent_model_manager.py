@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.model_manager import ModelManager, ServerDown
+from agent.model_manager import ModelManager
+from agent.server_calls import ServerDown
 from generated.mlops.agent.v1 import agent_pb2
 from servers.adapter import ModelFiles, ServerError
 from tests.cluster_fixtures import MIB

@@ -40,55 +40,27 @@ work run in threads.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import shutil
-import stat
-import threading
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
 
-from agent.artifacts.archives import ArchiveKind, detect_archive, extract_archive
-from agent.artifacts.cache import DATA, CacheDir, cache_key, is_key, now_iso
+from agent.artifacts.cache import CacheDir, cache_key, is_key
 from agent.artifacts.errors import ArtifactError
-from agent.artifacts.http import download
-from agent.artifacts.quota import CacheQuota, QuotaCharge
-from agent.artifacts.s3 import download_objects, list_objects, make_client
-from agent.artifacts.safety import CHUNK_BYTES, GIB, ExtractLimits
+from agent.artifacts.quota import CacheQuota
+from agent.artifacts.safety import GIB, ExtractLimits
+from agent.artifacts.source_fetchers import SourceFetchers, inspect_local
 from agent.artifacts.sources import ArtifactSource, HttpLocation, LocalLocation, S3Location, parse_location
 from agent.artifacts.storage_config import resolve_s3_settings
-from agent.artifacts.versions import select_version, unwrap_single_folder
-from modelplane.s3 import S3Settings
+from agent.artifacts.versions import select_version
 
-T = TypeVar("T")
 log = logging.getLogger(__name__)
-_DOWNLOAD_FILE = "download"
-# A tar holds each file behind a 512-byte header (two with a long name) and pads it to 512 bytes.
-_ARCHIVE_OVERHEAD_PER_MEMBER = 1536
 # The cache's default limit, here and nowhere else (the agent's --max-cache-disk takes it from here): 32 GiB, four
 # models at the per-model limit or hundreds of ordinary ones. The cache holds only what the replica's registered
 # models use (an unload frees it), and those are bounded by the agent's --memory, so the limit binds on mistakes
 # and bombs, not on real use.
 DEFAULT_CACHE_LIMIT_BYTES = 32 * GIB
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _tree(entry: Path, marker: Mapping[str, Any]) -> Path:
-    relative = marker.get("tree", DATA)
-    return entry / (relative if isinstance(relative, str) else DATA)
-
-
-def _digest_mismatch(display: str, expected: str, actual: str) -> ArtifactError:
-    return ArtifactError(f"sha256 mismatch for {display}: expected {expected}, got {actual}")
 
 
 class ArtifactStore:
@@ -121,14 +93,12 @@ class ArtifactStore:
         self._cache = CacheDir(Path(cache_dir))
         self._secrets_dir = secrets_dir
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
-        self._limits = limits
-        self._timeout = timeout_seconds
         self._flights: dict[str, asyncio.Task[Path]] = {}
         self._entry_locks: dict[str, asyncio.Lock] = {}
         self._cleaned = False
         self._clean_lock = asyncio.Lock()
-        self._downloads = 0
         self._quota = CacheQuota(cache_limit_bytes)
+        self._fetchers = SourceFetchers(self._cache, self._quota, limits, timeout_seconds)
         self._holds: dict[str, str] = {}  # holder (a loaded model version) -> the cache key it uses
         self._removals: set[asyncio.Task[None]] = set()
 
@@ -167,7 +137,7 @@ class ArtifactStore:
     @property
     def downloads(self) -> int:
         """How many bodies this store has downloaded (S3 objects, http resources): for tests and metrics."""
-        return self._downloads
+        return self._fetchers.downloads
 
     async def fetch(self, source: ArtifactSource, *, holder: str | None = None) -> Path:
         """The selected version folder of ``source``, ready to be used read-only.
@@ -194,7 +164,7 @@ class ArtifactStore:
         except OSError as exc:  # network errors are already ArtifactErrors: this is the local disk
             raise ArtifactError(f"cannot store the artifacts in {self._cache.root}: {exc}") from exc
 
-    # -- shared machinery --------------------------------------------------------------------------
+    # -- holds, flights and the entries they share ----------------------------------------------------
 
     async def _clean_once(self) -> None:
         """At the first use: remove what an earlier process left unfinished, and measure what it left complete."""
@@ -275,12 +245,6 @@ class ArtifactStore:
                 return
             self._quota.drop_entry(key)
 
-    def _settle(self, charge: QuotaCharge, key: str, temp: Path, marker: dict[str, Any]) -> Path:
-        """Commit ``temp`` as entry ``key`` and count it as measured on disk (blocking: runs in a thread)."""
-        entry = self._cache.commit(key, temp, marker)
-        charge.settle(key, self._cache.measure(key))
-        return entry
-
     async def _single_flight(self, flight: str, work: Callable[[], Awaitable[Path]]) -> Path:
         """Run ``work`` once for all concurrent callers with the same ``flight`` key.
 
@@ -308,21 +272,12 @@ class ArtifactStore:
         """Serialises the flights that touch one cache entry (e.g. one S3 prefix read with two credentials)."""
         return self._entry_locks.setdefault(key, asyncio.Lock())
 
-    async def _in_thread(self, function: Callable[[threading.Event], T]) -> T:
-        """Run blocking work in a thread; if the awaiting task is cancelled, tell the thread to stop."""
-        stop = threading.Event()
-        try:
-            return await asyncio.to_thread(function, stop)
-        except asyncio.CancelledError:
-            stop.set()
-            raise
-
     # -- local paths -------------------------------------------------------------------------------
 
     async def _local(self, location: LocalLocation) -> tuple[str | None, Callable[[], Awaitable[Path]]]:
         """The cache key (None for a folder, used in place) and how to fetch the tree."""
         path = location.path
-        kind = await asyncio.to_thread(self._inspect_local, path)
+        kind = await asyncio.to_thread(inspect_local, path)
         if kind is None:
             if location.sha256 is not None:
                 raise ArtifactError(f"{path} is a folder: an expected sha256 applies to a single archive file")
@@ -335,64 +290,9 @@ class ArtifactStore:
 
         async def work() -> Path:
             async with self._entry_lock(key):
-                return await self._in_thread(lambda stop: self._extract_local(path, kind, key, location.sha256, stop))
+                return await self._fetchers.local_archive(path, kind, key, location.sha256)
 
         return key, lambda: self._single_flight(key, work)
-
-    @staticmethod
-    def _inspect_local(path: Path) -> ArchiveKind | None:
-        """None for a folder, the archive kind for an archive file; anything else is an ArtifactError."""
-        try:
-            mode = path.stat().st_mode
-        except FileNotFoundError:
-            raise ArtifactError(f"local path {path} does not exist") from None
-        except OSError as exc:
-            raise ArtifactError(f"cannot read local path {path}: {exc.strerror or exc}") from None
-        if stat.S_ISDIR(mode):
-            return None
-        if not stat.S_ISREG(mode):
-            raise ArtifactError(f"local path {path} is neither a folder nor a file")
-        try:
-            kind = detect_archive(path)
-        except OSError as exc:
-            raise ArtifactError(f"cannot read local path {path}: {exc.strerror or exc}") from None
-        if kind is None:
-            raise ArtifactError(f"local file {path} is not a folder or a tar/zip archive (.tar, .tar.gz, .tgz, .zip)")
-        return kind
-
-    def _extract_local(
-        self, path: Path, kind: ArchiveKind, key: str, sha256: str | None, stop: threading.Event
-    ) -> Path:
-        try:
-            info = path.stat()
-        except OSError as exc:
-            raise ArtifactError(f"cannot read local path {path}: {exc.strerror or exc}") from None
-        marker = self._cache.read_marker(key)
-        if marker is not None and marker.get("size") == info.st_size and marker.get("mtime_ns") == info.st_mtime_ns:
-            return _tree(self._cache.entry(key), marker)
-        temp = self._cache.new_temp(key)
-        charge = self._quota.charge(f"archive {path.name!r}")
-        try:
-            if sha256 is not None:
-                actual = _sha256_file(path)
-                if actual != sha256:
-                    raise _digest_mismatch(str(path), sha256, actual)
-            extract_archive(path, temp / DATA, self._limits, kind=kind, stop=stop, charge=charge)
-            tree = unwrap_single_folder(temp / DATA).relative_to(temp)
-            marker = {
-                "uri": path.as_uri(),
-                "fetched_at": now_iso(),
-                "kind": f"local-{kind}",
-                "size": info.st_size,
-                "mtime_ns": info.st_mtime_ns,
-                "sha256": sha256,
-                "tree": tree.as_posix(),
-            }
-            return self._settle(charge, key, temp, marker) / tree
-        except BaseException:
-            self._cache.discard(temp)
-            charge.cancel()
-            raise
 
     # -- S3 ----------------------------------------------------------------------------------------
 
@@ -411,42 +311,9 @@ class ArtifactStore:
 
         async def work() -> Path:
             async with self._entry_lock(key):
-                tree, downloaded = await self._in_thread(lambda stop: self._sync_s3(location, settings, key, stop))
-                self._downloads += downloaded
-                return tree
+                return await self._fetchers.s3_prefix(location, settings, key)
 
         return key, lambda: self._single_flight(flight, work)
-
-    def _sync_s3(self, location: S3Location, settings: S3Settings, key: str, stop: threading.Event) -> tuple[Path, int]:
-        """List the prefix; reuse the cache entry if every ETag matches, else download the prefix again.
-
-        Returns the tree and how many objects were downloaded.
-        """
-        client = make_client(settings, self._timeout)
-        objects = list_objects(client, location, settings, self._limits)
-        etags = {"/".join(item.relative): item.etag for item in objects}
-        marker = self._cache.read_marker(key)
-        if marker is not None and marker.get("objects") == etags:
-            return _tree(self._cache.entry(key), marker), 0
-        temp = self._cache.new_temp(key)
-        charge = self._quota.charge(location.display)
-        try:
-            download_objects(
-                client, location, objects, temp / DATA, settings=settings, limits=self._limits, stop=stop, charge=charge
-            )
-            marker = {
-                "uri": location.display,
-                "endpoint": settings.url,
-                "fetched_at": now_iso(),
-                "kind": "s3",
-                "objects": etags,
-                "tree": DATA,
-            }
-            return self._settle(charge, key, temp, marker) / DATA, len(objects)
-        except BaseException:
-            self._cache.discard(temp)
-            charge.cancel()
-            raise
 
     # -- http(s) -----------------------------------------------------------------------------------
 
@@ -455,87 +322,6 @@ class ArtifactStore:
 
         async def work() -> Path:
             async with self._entry_lock(key):
-                return await self._fetch_http(location, key)
+                return await self._fetchers.http_resource(location, key)
 
         return key, lambda: self._single_flight(key, work)
-
-    async def _fetch_http(self, location: HttpLocation, key: str) -> Path:
-        marker = await asyncio.to_thread(self._cache.read_marker, key)
-        entry = self._cache.entry(key)
-        conditional: dict[str, str] = {}
-        if marker is not None:
-            if location.sha256 is not None:
-                return _tree(entry, marker)  # the digest pins the content: no request at all
-            if isinstance(marker.get("etag"), str):
-                conditional["If-None-Match"] = marker["etag"]
-            if isinstance(marker.get("last_modified"), str):
-                conditional["If-Modified-Since"] = marker["last_modified"]
-        temp = await asyncio.to_thread(self._cache.new_temp, key)
-        charge = self._quota.charge(location.display)
-        try:
-            got = await download(
-                location.url,
-                location.display,
-                temp / _DOWNLOAD_FILE,
-                timeout_seconds=self._timeout,
-                max_bytes=self._limits.max_total_bytes + _ARCHIVE_OVERHEAD_PER_MEMBER * (self._limits.max_files + 2),
-                conditional=conditional or None,
-                before_write=charge.take,
-            )
-            if got.not_modified and marker is not None:
-                await asyncio.to_thread(self._cache.discard, temp)
-                charge.cancel()
-                return _tree(entry, marker)
-            self._downloads += 1
-            if location.sha256 is not None and got.sha256 != location.sha256:
-                raise _digest_mismatch(location.display, location.sha256, got.sha256)
-            tree, content = await self._in_thread(lambda stop: self._unpack(location, temp, charge, stop))
-            new_marker = {
-                "uri": location.display,
-                "fetched_at": now_iso(),
-                "kind": "http",
-                "content": content,
-                "sha256": got.sha256,
-                "etag": got.etag,
-                "last_modified": got.last_modified,
-                "size": got.size,
-                "tree": tree,
-            }
-            committed = await asyncio.to_thread(self._settle, charge, key, temp, new_marker)
-            return committed / tree
-        except asyncio.CancelledError:
-            # Not awaited: cancelled. The charge is given back once the folder is gone.
-            asyncio.get_running_loop().run_in_executor(None, self._discard, temp, charge)
-            raise
-        except BaseException:
-            await asyncio.to_thread(self._discard, temp, charge)
-            raise
-
-    def _discard(self, temp: Path, charge: QuotaCharge) -> None:
-        self._cache.discard(temp)
-        charge.cancel()
-
-    def _unpack(
-        self, location: HttpLocation, temp: Path, charge: QuotaCharge, stop: threading.Event
-    ) -> tuple[str, str]:
-        """Extract the verified download (or keep a single file under its name); returns (tree, content)."""
-        downloaded = temp / _DOWNLOAD_FILE
-        kind = detect_archive(downloaded, location.file_name or "")
-        if kind is not None:
-            extract_archive(
-                downloaded, temp / DATA, self._limits, kind=kind, name=location.display, stop=stop, charge=charge
-            )
-            archive_bytes = downloaded.stat().st_size
-            downloaded.unlink()
-            charge.give_back(archive_bytes)
-            return unwrap_single_folder(temp / DATA).relative_to(temp).as_posix(), kind
-        if location.file_name is None:
-            raise ArtifactError(
-                f"{location.display} is not a tar or zip archive, and its URL path has no file name to keep it under"
-            )
-        refusal = self._limits.file_refusal(location.display, downloaded.stat().st_size)
-        if refusal is not None:
-            raise refusal
-        (temp / DATA).mkdir()
-        downloaded.rename(temp / DATA / location.file_name)
-        return DATA, "file"

@@ -28,7 +28,7 @@ from tests import training_schemas as schemas
 from tests.real_components import ACCESS_KEY, SECRET_KEY, S3Server
 from trainer.launchers.base import LaunchVerdict, verdict_for_exit_code
 from trainer.launchers.image_build import SOURCE_PATHS
-from trainer.launchers.kubernetes_job import PERMANENT_EXIT_CODES
+from trainer.launchers.kubernetes_manifest import PERMANENT_EXIT_CODES
 from trainer.run.jobs import (
     DESIGN_SCHEMA_FILE,
     EXIT_BAD_INPUT,

@@ -36,7 +36,8 @@ from trainer.launchers.image_build import (
     image_spec,
     plain_requirement,
 )
-from trainer.launchers.kubernetes_job import KubernetesConnection, KubernetesJobLauncher, KubernetesJobSettings
+from trainer.launchers.kubernetes_job import KubernetesJobLauncher
+from trainer.launchers.kubernetes_manifest import KubernetesConnection, KubernetesJobSettings
 from trainer.run.jobs import DatasetSource, RunResult, TrainingJob
 
 pytest_plugins = ["tests.podman_engine"]

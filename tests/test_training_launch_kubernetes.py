@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from generated.mlops.training.v1 import training_pb2
 from tests.fake_kubernetes import FakeKubernetes
 from trainer.launchers.base import LaunchOutcome, LaunchVerdict
-from trainer.launchers.kubernetes_job import (
+from trainer.launchers.kubernetes_job import KubernetesJobLauncher
+from trainer.launchers.kubernetes_manifest import (
     KubernetesConnection,
-    KubernetesJobLauncher,
     KubernetesJobSettings,
     build_job,
     job_name,

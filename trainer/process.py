@@ -42,11 +42,8 @@ def default_launcher(settings: TrainerSettings) -> Launcher:
     }
     if settings.kubernetes is not None:
         # Imported here: the kubernetes client is heavy and only this launcher needs it.
-        from trainer.launchers.kubernetes_job import (  # noqa: PLC0415
-            KubernetesConnection,
-            KubernetesJobLauncher,
-            KubernetesJobSettings,
-        )
+        from trainer.launchers.kubernetes_job import KubernetesJobLauncher  # noqa: PLC0415
+        from trainer.launchers.kubernetes_manifest import KubernetesConnection, KubernetesJobSettings  # noqa: PLC0415
 
         options = settings.kubernetes
         return KubernetesJobLauncher(

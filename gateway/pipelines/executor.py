@@ -44,8 +44,7 @@ import asyncio
 import enum
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 
 from gateway.inference_types import InferenceError, JsonObject, ModelCaller
 from gateway.pipelines.graph import (
@@ -59,6 +58,7 @@ from gateway.pipelines.graph import (
     SourceKey,
     compile_pipeline,
 )
+from gateway.pipelines.joins import Held, Missing, could_fire, ready_to_fire
 from gateway.pipelines.tensors import (
     TensorError,
     TensorLimits,
@@ -82,23 +82,6 @@ class TriggerRule(enum.Enum):
 
     PRESENT = "present"  # the referenced tensor (or any tensor of the side) was emitted: Seldon's rule
     TRUTHY = "truthy"  # ... and holds an element that is true, non-zero or a non-empty string
-
-
-@dataclass(frozen=True, slots=True)
-class _Missing:
-    """A reference to a tensor its source did not emit; an error only if a firing needs it."""
-
-    status: int
-    message: str
-
-
-@dataclass(slots=True)
-class _Held:
-    """What a step (or the output) holds until it fires: the latest message per reference."""
-
-    data: dict[int, list[JsonObject] | _Missing] = field(default_factory=dict)
-    triggers: dict[int, bool] = field(default_factory=dict)
-    window_ends: float | None = None  # join window, started by the first arrival after the last firing
 
 
 class _StepError(Exception):
@@ -174,7 +157,7 @@ class _Run:
         self.headers = headers
         self.request_id: str = request.get("id") or uuid.uuid4().hex
         self.parameters: object = request.get("parameters")
-        self.held: dict[str, _Held] = {name: _Held() for name in [*self.graph.steps, OUTPUT_NAME]}
+        self.held: dict[str, Held] = {name: Held() for name in [*self.graph.steps, OUTPUT_NAME]}
         self.fired: dict[str, int] = dict.fromkeys(self.graph.steps, 0)
         self.untriggered: set[str] = set()  # steps that saw a false trigger
         self.running: dict[asyncio.Task[list[JsonObject]], str] = {}
@@ -261,7 +244,7 @@ class _Run:
             if held.window_ends is None:
                 held.window_ends = now + consumer.window_s
 
-    def _select(self, port: Port, tensors: list[JsonObject]) -> list[JsonObject] | _Missing:
+    def _select(self, port: Port, tensors: list[JsonObject]) -> list[JsonObject] | Missing:
         if port.tensor is None:
             return tensors
         for tensor in tensors:
@@ -270,10 +253,10 @@ class _Run:
         step = port.reference.step
         produced = ", ".join(repr(t["name"]) for t in tensors) or "none"
         if step is None:
-            return _Missing(400, f"{port.text!r} names input tensor {port.tensor!r}, which the request does not hold")
+            return Missing(400, f"{port.text!r} names input tensor {port.tensor!r}, which the request does not hold")
         what = "received" if port.reference.side == "inputs" else "produced"
         # A model answering without a tensor the spec relies on is an upstream failure.
-        return _Missing(502, f"{port.text!r} names tensor {port.tensor!r}, but step {step!r} {what} only: {produced}")
+        return Missing(502, f"{port.text!r} names tensor {port.tensor!r}, but step {step!r} {what} only: {produced}")
 
     def _trigger(self, port: Port, tensors: list[JsonObject]) -> bool:
         selected = tensors if port.tensor is None else [t for t in tensors if t["name"] == port.tensor]
@@ -294,46 +277,10 @@ class _Run:
         while changed:
             changed = False
             for name, step in self.graph.steps.items():
-                if name not in live and not self._exhausted(name) and self._possible(step, live):
+                if name not in live and not self._exhausted(name) and could_fire(step, self.held[name], live):
                     live.add(name)
                     changed = True
         return live
-
-    def _possible(self, consumer: Consumer, live: set[str]) -> bool:
-        held = self.held[consumer.name]
-
-        def coming(port: Port) -> bool:
-            return port.reference.step in live
-
-        data = [index in held.data or coming(port) for index, port in enumerate(consumer.inputs)]
-        if not (all(data) if consumer.inputs_join is JoinType.INNER else any(data)):
-            return False
-        if not consumer.triggers:
-            return True
-        triggers = [held.triggers.get(index, False) or coming(port) for index, port in enumerate(consumer.triggers)]
-        return all(triggers) if consumer.triggers_join is JoinType.INNER else any(triggers)
-
-    def _ready(self, consumer: Consumer, live: set[str], now: float) -> bool:
-        held = self.held[consumer.name]
-        window_over = held.window_ends is not None and now >= held.window_ends
-
-        def settled(ports: Sequence[Port], arrived: Mapping[int, object]) -> bool:
-            """Every reference arrived, or the missing ones cannot arrive any more, or the window passed."""
-            return window_over or all(
-                index in arrived or port.reference.step not in live for index, port in enumerate(ports)
-            )
-
-        data_ready = bool(held.data) and (
-            len(held.data) == len(consumer.inputs)
-            if consumer.inputs_join is JoinType.INNER
-            else consumer.inputs_join is JoinType.ANY or settled(consumer.inputs, held.data)
-        )
-        if not data_ready or not consumer.triggers:
-            return data_ready
-        true = sum(held.triggers.values())
-        if consumer.triggers_join is JoinType.INNER:
-            return true == len(consumer.triggers)
-        return true > 0 and (consumer.triggers_join is JoinType.ANY or settled(consumer.triggers, held.triggers))
 
     def _window_ends(self) -> list[float]:
         """When a waiting OUTER join's window closes: the loop must wake then even if no step finishes."""
@@ -346,7 +293,7 @@ class _Run:
             # A window already closed is not what the join waits for (a step still running is): no busy loop.
             closes = held.window_ends
             waiting = outer and closes is not None and closes > now and not self._exhausted(name)
-            if waiting and closes is not None and self._possible(consumer, live):
+            if waiting and closes is not None and could_fire(consumer, held, live):
                 ends.append(closes)
         return ends
 
@@ -359,10 +306,10 @@ class _Run:
             now = self.loop.time()
             for name in [*self.graph.steps, OUTPUT_NAME]:
                 consumer = self.graph.consumer(name)
-                if not self._ready(consumer, live, now):
+                if not ready_to_fire(consumer, self.held[name], live, now):
                     continue
                 if self._exhausted(name) and not self.graph.allow_cycles:
-                    self.held[name] = _Held()  # a later ANY/OUTER arrival: each step runs once
+                    self.held[name] = Held()  # a later ANY/OUTER arrival: each step runs once
                     continue
                 # Firing makes no step less live (a ready step was live already), so one pass can fire every
                 # ready step; what their inputs ready in turn is found by the next pass.
@@ -373,14 +320,14 @@ class _Run:
 
     # ------------------------------------------------------------------ firing
 
-    def _assemble(self, consumer: Consumer, held: _Held, where: str) -> list[JsonObject]:
+    def _assemble(self, consumer: Consumer, held: Held, where: str) -> list[JsonObject]:
         tensors: list[JsonObject] = []
         origin: dict[str, str] = {}
         for index, port in enumerate(consumer.inputs):
             selected = held.data.get(index)
             if selected is None:
                 continue
-            if isinstance(selected, _Missing):
+            if isinstance(selected, Missing):
                 raise InferenceError(selected.status, f"pipeline {self.graph.name!r} {where}: {selected.message}")
             prefix = port.key_prefix(self.graph.name)
             for tensor in selected:
@@ -397,7 +344,7 @@ class _Run:
 
     def _fire(self, consumer: Consumer) -> None:
         held = self.held[consumer.name]
-        self.held[consumer.name] = _Held()
+        self.held[consumer.name] = Held()
         if consumer.name == OUTPUT_NAME:
             outputs = self._assemble(consumer, held, "output")
             self.response = {"model_name": self.graph.name, "id": self.request_id, "outputs": outputs}

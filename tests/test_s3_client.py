@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from modelplane.s3 import minio_client
+from trainer.model_store_settings import ModelStoreSettings
 from trainer.service.model_store import TRANSIENT_ERRORS, ModelStore
-from trainer.settings import ModelStoreSettings
 
 
 @pytest.fixture

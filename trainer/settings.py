@@ -1,4 +1,6 @@
-"""Everything the trainer process can be told, in one place, with its flags.
+"""Everything the trainer process can be told, in one place, with its flags. The flags of the model store
+(model_store_settings.py) and of the Kubernetes launcher (kubernetes_settings.py) are declared next to what they
+build; build_parser and parse_settings here gather every flag into one parser and one TrainerSettings.
 
 Every flag can also be set as ``MODELPLANE_TRAINER_<FLAG>`` (or ``MODELPLANE_<FLAG>``) in the environment or
 in the ``[trainer]`` table of a TOML file given with ``--config`` (modelplane/config.py). Secrets are never flags
@@ -31,10 +33,11 @@ from modelplane.auth_flags import (
 from modelplane.config import parse_layered
 from modelplane.flag_types import address, bounded_int, byte_size, seconds
 from modelplane.process_flags import add_process_flags
-from modelplane.s3 import S3Settings
-from modelplane.secret_inputs import SecretFileError, read_secret_file, refuse_secret_flags
+from modelplane.secret_inputs import refuse_secret_flags
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_serving_tls_flags, add_tls_flags, security_from, serving_security_from
+from trainer.kubernetes_settings import KubernetesLauncherOptions, add_kubernetes_flags, kubernetes_options_from
+from trainer.model_store_settings import ModelStoreSettings, add_model_store_flags, model_store_from
 from trainer.run.jobs import DEFAULT_ARTIFACT_NAME
 
 # The Redis key a design schema is stored under; ``{token}`` is the event's model_key_token.
@@ -44,35 +47,8 @@ DEFAULT_TRAINING_TOPIC = "modelplane.training.events"
 DEFAULT_STATUS_TOPIC = "modelplane.training.status"
 DEFAULT_INFERENCE_STORE_TOPIC = "modelplane.inference.store"
 DEFAULT_GROUP = "modelplane-trainer"
-# Where the S3 secret key may come from when no --s3-secret-key-file is given, the first set winning.
-S3_SECRET_KEY_VARIABLES = ("MODELPLANE_TRAINER_S3_SECRET_KEY", "MODELPLANE_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's own rule for topic names
 _ARTIFACT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ModelStoreSettings(S3Settings):
-    """The model store: the S3 store of ``--s3-*`` and where in it trained models go."""
-
-    bucket: str
-    prefix: str
-    timeout_seconds: float = 60.0  # per request, connect and read (modelplane/s3.py)
-
-
-@dataclass(frozen=True, slots=True)
-class KubernetesLauncherOptions:
-    """``--launcher=kubernetes``: each run is a batch/v1 Job (trainer/launchers/kubernetes_job.py). The job
-    folders (``--work-dir``) must be on the PVC ``work_claim``, mounted in the trainer at ``--work-dir``."""
-
-    image: str
-    work_claim: str
-    namespace: str
-    service_account: str | None
-    dataset_claim: str | None
-    dataset_mount_path: str
-    env_secret: str | None
-    api_host: str | None
-    in_cluster: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,19 +123,6 @@ def _retry_seconds(text: str) -> float:
     return value
 
 
-def _add_kubernetes_flags(parser: argparse.ArgumentParser) -> None:
-    k8s = parser.add_argument_group("kubernetes launcher (--launcher=kubernetes)")
-    k8s.add_argument("--k8s-image", metavar="IMAGE", help="the training image (has modelplane installed)")
-    k8s.add_argument("--k8s-work-claim", metavar="PVC", help="the PVC holding --work-dir, shared with the Jobs")
-    k8s.add_argument("--k8s-namespace", default="default", metavar="NAMESPACE")
-    k8s.add_argument("--k8s-service-account", metavar="NAME")
-    k8s.add_argument("--k8s-dataset-claim", metavar="PVC", help="the datasets PVC, mounted read-only in Jobs")
-    k8s.add_argument("--k8s-dataset-mount", default="/datasets", metavar="PATH", help="its mount path (/datasets)")
-    k8s.add_argument("--k8s-env-secret", metavar="SECRET", help="a Secret whose keys become the run's environment")
-    k8s.add_argument("--k8s-api", metavar="URL", help="the API server (default: in-cluster, then kubeconfig)")
-    k8s.add_argument("--k8s-in-cluster", action="store_true", help="use the pod's service account")
-
-
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     kafka = parser.add_argument_group("kafka")
     kafka.add_argument("--kafka-bootstrap", default="127.0.0.1:9092", metavar="HOST:PORT[,...]")
@@ -202,28 +165,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="PREFIX",
         help=f"prefix of the trainer's own keys: event claims and run records (default {DEFAULT_REDIS_PREFIX!r})",
     )
-    s3 = parser.add_argument_group("model store (S3)")
-    s3.add_argument("--s3-endpoint", default="127.0.0.1:9000", metavar="HOST:PORT")
-    s3.add_argument("--s3-access-key", default=os.environ.get("AWS_ACCESS_KEY_ID", ""), metavar="KEY")
-    s3.add_argument(
-        "--s3-secret-key-file",
-        type=Path,
-        metavar="FILE",
-        help=f"file holding the S3 secret key (else the environment: {', '.join(S3_SECRET_KEY_VARIABLES)}); "
-        "never a flag, which would show in the process list",
-    )
-    s3.add_argument("--s3-bucket", default="modelplane-models", metavar="BUCKET", help="created when missing")
-    s3.add_argument("--s3-prefix", default="models", metavar="PREFIX", help="key prefix of every stored model")
-    s3.add_argument("--s3-secure", action="store_true", help="HTTPS to the S3 endpoint")
-    s3.add_argument("--s3-region", default="us-east-1")
-    s3.add_argument(
-        "--s3-timeout",
-        type=seconds(3600),
-        default=60.0,
-        metavar="SECONDS",
-        help="connect and read timeout of each S3 request (tried 3 times: a silent S3 costs about 3x this per "
-        "request, and --max-attempts such waits before a run is reported failed)",
-    )
+    add_model_store_flags(parser)
     runs = parser.add_argument_group("runs")
     runs.add_argument(
         "--artifact-name",
@@ -279,7 +221,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     runs.add_argument("--shutdown-grace", type=seconds(86_400), default=30.0, metavar="SECONDS")
     runs.add_argument("--keep-job-dirs", action="store_true", help="keep job folders after a run (debugging)")
-    _add_kubernetes_flags(parser)
+    add_kubernetes_flags(parser)
     deploy = parser.add_argument_group("auto-deploy")
     deploy.add_argument(
         "--auto-deploy",
@@ -309,16 +251,6 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def _s3_secret_key(parser: argparse.ArgumentParser, key_file: Path | None, environ: Mapping[str, str]) -> str:
-    """The S3 secret key: from ``--s3-secret-key-file``, else the first of S3_SECRET_KEY_VARIABLES set."""
-    if key_file is not None:
-        try:
-            return read_secret_file(key_file, "--s3-secret-key-file")
-        except SecretFileError as error:
-            parser.error(str(error))
-    return next((environ[name] for name in S3_SECRET_KEY_VARIABLES if environ.get(name)), "")
-
-
 def parse_settings(
     parser: argparse.ArgumentParser, argv: Sequence[str], environ: Mapping[str, str] | None = None
 ) -> TrainerSettings:
@@ -335,29 +267,11 @@ def parse_settings(
         },
     )
     options = parse_layered(parser, "trainer", argv, environ)
-    secret_key = _s3_secret_key(parser, options.s3_secret_key_file, environ)
+    model_store = model_store_from(parser, options, environ)
     requirements = tuple(item.strip() for item in options.deploy_requirements.split(",") if item.strip())
-    if options.s3_endpoint.startswith(("http://", "https://")):
-        parser.error("--s3-endpoint is HOST:PORT; use --s3-secure for HTTPS")
     work_dir = (options.work_dir or Path(".modelplane") / "trainer").absolute()
     datasets_root = options.datasets_root.resolve() if options.datasets_root else None
-    kubernetes = None
-    if options.launcher == "kubernetes":
-        if not options.k8s_image or not options.k8s_work_claim:
-            parser.error("--launcher=kubernetes needs --k8s-image and --k8s-work-claim")
-        if not options.k8s_dataset_mount.startswith("/"):
-            parser.error("--k8s-dataset-mount must be an absolute path")
-        kubernetes = KubernetesLauncherOptions(
-            image=options.k8s_image,
-            work_claim=options.k8s_work_claim,
-            namespace=options.k8s_namespace,
-            service_account=options.k8s_service_account,
-            dataset_claim=options.k8s_dataset_claim,
-            dataset_mount_path=options.k8s_dataset_mount,
-            env_secret=options.k8s_env_secret,
-            api_host=options.k8s_api,
-            in_cluster=options.k8s_in_cluster,
-        )
+    kubernetes = kubernetes_options_from(parser, options)
     run_datasets_root = options.run_datasets_root or (
         Path(kubernetes.dataset_mount_path) if kubernetes is not None else datasets_root
     )
@@ -372,17 +286,7 @@ def parse_settings(
         redis_url=options.redis_url,
         design_key_template=options.design_key_template,
         redis_prefix=options.redis_prefix,
-        s3=ModelStoreSettings(
-            endpoint=options.s3_endpoint,
-            origin="the trainer's --s3-* settings",
-            access_key=options.s3_access_key,
-            secret_key=secret_key,
-            bucket=options.s3_bucket,
-            prefix=options.s3_prefix.strip("/"),
-            secure=options.s3_secure,
-            region=options.s3_region,
-            timeout_seconds=options.s3_timeout,
-        ),
+        s3=model_store,
         artifact_name=options.artifact_name,
         work_dir=work_dir,
         datasets_root=datasets_root,

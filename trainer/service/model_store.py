@@ -23,9 +23,9 @@ import urllib3
 from minio.error import MinioException, S3Error
 
 from modelplane.s3 import s3_client
+from trainer.model_store_settings import ModelStoreSettings
 from trainer.run.jobs import METADATA_FILE
 from trainer.run.serving_bundle import bundle_files
-from trainer.settings import ModelStoreSettings
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 MAX_SEGMENT = 100

@@ -1,5 +1,5 @@
-"""The one way modelplane describes an S3 store (:class:`S3Settings`) and makes a client for it (the minio SDK):
-every request bounded, a few retries.
+"""The one way modelplane describes an S3 store (:class:`S3Settings`), reads an endpoint URL, and makes a client
+for it (the minio SDK): every request bounded, a few retries.
 
 The minio SDK's default HTTP pool waits forever on a server that accepts a connection and never answers;
 every caller here (the agent fetching artifacts, a training run reading its dataset, the trainer's model
@@ -10,6 +10,7 @@ answers a couple of times with backoff. Light on purpose (urllib3 and minio only
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import urllib3
 from minio import Minio
@@ -36,6 +37,40 @@ class S3Settings:
     @property
     def url(self) -> str:
         return f"{'https' if self.secure else 'http'}://{self.endpoint}"
+
+
+class S3EndpointError(ValueError):
+    """An S3 endpoint URL that names no usable store; the message says why (callers prefix where it came from)."""
+
+
+def parse_s3_endpoint(value: str) -> tuple[str, bool]:
+    """``(host[:port], secure)`` from an endpoint URL such as ``http://127.0.0.1:9000``. Without a scheme it is
+    https, as in rclone. The agent reads it from a model's storage config, a training run from its environment."""
+    raw = value.strip()
+    if not raw:
+        raise S3EndpointError("the S3 endpoint is empty")
+    if "://" not in raw:
+        raw = f"https://{raw}"
+    try:
+        parts = urlsplit(raw)
+        if parts.username is not None or parts.password is not None:
+            raise S3EndpointError("the S3 endpoint must not hold credentials: give them as the access and secret key")
+        host = parts.hostname
+        port = parts.port
+    except S3EndpointError:
+        raise
+    except ValueError as exc:
+        raise S3EndpointError(f"bad S3 endpoint {value.strip()!r}: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise S3EndpointError(f"S3 endpoint {value.strip()!r} must be http:// or https://, not {scheme}://")
+    if not host:
+        raise S3EndpointError(f"S3 endpoint {value.strip()!r} names no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise S3EndpointError(f"S3 endpoint {value.strip()!r} must be scheme://host[:port], without a path")
+    if ":" in host:
+        host = f"[{host}]"
+    return (host if port is None else f"{host}:{port}"), scheme == "https"
 
 
 def s3_client(settings: S3Settings, *, timeout_seconds: float, pool_size: int = 4) -> Minio:

@@ -18,10 +18,9 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from agent.artifacts.errors import ArtifactError
-from modelplane.s3 import S3Settings
+from modelplane.s3 import S3EndpointError, S3Settings, parse_s3_endpoint
 from modelplane.storage_secrets import is_redacted
 
 SECRET_ENV_PREFIX = "MODELPLANE_SECRET_"  # noqa: S105 -- a variable-name prefix, not a password
@@ -88,30 +87,11 @@ def parse_config_text(text: str, origin: str) -> dict[str, str]:
 
 
 def parse_endpoint(value: str, origin: str) -> tuple[str, bool]:
-    """``(host[:port], secure)`` from an endpoint URL such as ``http://127.0.0.1:9000``."""
-    raw = value.strip()
-    if not raw:
-        raise ArtifactError(f"{origin}: the S3 endpoint is empty")
-    if "://" not in raw:
-        raw = f"https://{raw}"
+    """``(host[:port], secure)`` from an endpoint URL such as ``http://127.0.0.1:9000`` (modelplane/s3.py)."""
     try:
-        parts = urlsplit(raw)
-        if parts.username is not None or parts.password is not None:
-            raise ArtifactError(f"{origin}: the S3 endpoint must not hold credentials; use access_key_id")
-        host = parts.hostname
-        port = parts.port
-    except ValueError as exc:
-        raise ArtifactError(f"{origin}: bad S3 endpoint {value.strip()!r}: {exc}") from None
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise ArtifactError(f"{origin}: S3 endpoint {value.strip()!r} must be http:// or https://, not {scheme}://")
-    if not host:
-        raise ArtifactError(f"{origin}: S3 endpoint {value.strip()!r} names no host")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ArtifactError(f"{origin}: S3 endpoint {value.strip()!r} must be scheme://host[:port], without a path")
-    if ":" in host:
-        host = f"[{host}]"
-    return (host if port is None else f"{host}:{port}"), scheme == "https"
+        return parse_s3_endpoint(value)
+    except S3EndpointError as error:
+        raise ArtifactError(f"{origin}: {error}") from None
 
 
 def _env_credentials(environ: Mapping[str, str]) -> tuple[str | None, str | None, str | None]:

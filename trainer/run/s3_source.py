@@ -14,12 +14,11 @@ No message holds a key or a secret.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from urllib.parse import urlsplit
 
 import urllib3
 from minio.error import MinioException, S3Error, ServerError
 
-from modelplane.s3 import S3Settings, s3_client
+from modelplane.s3 import S3EndpointError, S3Settings, parse_s3_endpoint, s3_client
 from trainer.run.errors import DatasetError, DatasetUnavailableError
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
@@ -61,23 +60,10 @@ def settings_from_env(environ: Mapping[str, str]) -> S3Settings:
 
 
 def _parse_endpoint(text: str) -> tuple[str, bool]:
-    raw = text if "://" in text else f"https://{text}"
     try:
-        parts = urlsplit(raw)
-        host, port = parts.hostname, parts.port
-    except ValueError as exc:
-        raise DatasetError(f"MODELPLANE_S3_ENDPOINT {text!r} is malformed: {exc}") from None
-    if parts.username is not None or parts.password is not None:
-        raise DatasetError("MODELPLANE_S3_ENDPOINT must not hold credentials; use AWS_ACCESS_KEY_ID")
-    if parts.scheme.lower() not in ("http", "https"):
-        raise DatasetError(f"MODELPLANE_S3_ENDPOINT {text!r} must be http:// or https://")
-    if not host:
-        raise DatasetError(f"MODELPLANE_S3_ENDPOINT {text!r} names no host")
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise DatasetError(f"MODELPLANE_S3_ENDPOINT {text!r} must be scheme://host[:port], without a path")
-    if ":" in host:
-        host = f"[{host}]"
-    return (host if port is None else f"{host}:{port}"), parts.scheme.lower() == "https"
+        return parse_s3_endpoint(text)
+    except S3EndpointError as error:
+        raise DatasetError(f"MODELPLANE_S3_ENDPOINT: {error}") from None
 
 
 def read_object(settings: S3Settings, bucket: str, key: str, max_bytes: int, timeout_seconds: float) -> bytes:

@@ -45,13 +45,13 @@ from modelplane.audit import AuditLog, AuditLogError, AuditRecord, Resource, aud
 from modelplane.auth.access_table import rule_for_grpc
 from modelplane.auth.caller import Caller, current_caller, new_request_id, serving
 from modelplane.auth.request_resource import resource_of as request_resource
+from modelplane.grpc_handlers import Context, rewrapped
 
 log = logging.getLogger(__name__)
 
 SCHEDULER = pb.DESCRIPTOR.services_by_name["Scheduler"]
 SCHEDULER_PREFIX = "/" + SCHEDULER.full_name + "/"
 
-Context = aio.ServicerContext[Any, Any]
 # The live version of a resource in the scheduler (None when it has none: unknown, deleted, or versionless).
 VersionOf = Callable[[Resource], int | None]
 
@@ -255,10 +255,9 @@ class AuditInterceptor(aio.ServerInterceptor):
         describe = AUDITED.get(method[len(SCHEDULER_PREFIX) :])
         if describe is None:
             return handler
-        # On a grpc.aio server, unary handlers are coroutine functions, whatever the sync-typed stubs say.
-        unary = cast(Callable[[Any, Context], Awaitable[Any]], handler.unary_unary)
-        return grpc.unary_unary_rpc_method_handler(
-            _audited(unary, method, describe, self._audit, self._version_of),
-            _tolerant(handler.request_deserializer),
-            handler.response_serializer,
+        # A unary handler's behaviour is a coroutine function (modelplane/grpc_handlers.py).
+        return rewrapped(
+            handler,
+            lambda unary: _audited(unary, method, describe, self._audit, self._version_of),
+            request_deserializer=_tolerant(handler.request_deserializer),
         )

@@ -9,8 +9,9 @@ pass through untouched.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
@@ -18,6 +19,7 @@ from grpc import aio
 
 from generated.mlops.routing.v1 import routing_pb2
 from generated.mlops.scheduler import scheduler_pb2
+from modelplane.grpc_handlers import Context, guarded, rewrapped
 from modelplane.spec import limits
 from modelplane.spec.errors import FailedPrecondition, InvalidArgument, SchedulerError
 from scheduler import status_codes
@@ -29,33 +31,14 @@ CHECKED_SERVICES = (
 # Seldon's clients read FAILED_PRECONDITION as "do not retry", and Seldon answers it for an invalid pipeline.
 _ERRORS: dict[str, type[SchedulerError]] = {scheduler_pb2.LoadPipelineRequest.DESCRIPTOR.full_name: FailedPrecondition}
 
-Context = aio.ServicerContext[Any, Any]
 
-
-async def _check(request: Message, context: Context) -> None:
+async def _check(request: Message, context: Context) -> AbstractContextManager[object]:
     try:
         error = _ERRORS.get(request.DESCRIPTOR.full_name, InvalidArgument)
         limits.check_fields(request, request.DESCRIPTOR.name, error)
     except SchedulerError as problem:
         await status_codes.abort(context, problem)
-
-
-def _unary(behavior: Callable[[Any, Context], Awaitable[Any]]) -> Callable[[Any, Context], Awaitable[Any]]:
-    async def checked(request: Message, context: Context) -> Any:
-        await _check(request, context)
-        return await behavior(request, context)
-
-    return checked
-
-
-def _stream(behavior: Callable[[Any, Context], AsyncIterator[Any]]) -> Callable[[Any, Context], AsyncIterator[Any]]:
-    # grpc.aio recognises a streaming handler by its being an async generator function: so is this one.
-    async def checked(request: Message, context: Context) -> AsyncIterator[Any]:
-        await _check(request, context)
-        async for response in behavior(request, context):
-            yield response
-
-    return checked
+    return nullcontext()
 
 
 class RequestLimits(aio.ServerInterceptor):
@@ -68,16 +51,4 @@ class RequestLimits(aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or not method.startswith(CHECKED_SERVICES) or handler.request_streaming:
             return handler
-        if handler.unary_unary is not None:
-            # On a grpc.aio server, handlers are coroutine functions (unary) and async generator functions
-            # (streams), whatever the sync-typed stubs say.
-            unary = cast(Callable[[Any, Context], Awaitable[Any]], handler.unary_unary)
-            return grpc.unary_unary_rpc_method_handler(
-                _unary(unary), handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream is not None:
-            stream = cast(Callable[[Any, Context], AsyncIterator[Any]], handler.unary_stream)
-            return grpc.unary_stream_rpc_method_handler(
-                _stream(stream), handler.request_deserializer, handler.response_serializer
-            )
-        return handler
+        return rewrapped(handler, lambda behavior: guarded(behavior, _check))

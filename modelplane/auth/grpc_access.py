@@ -10,9 +10,9 @@ only the handler's context knows the peer's certificate; a method no service ser
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol, cast
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 import grpc
 from grpc import aio
@@ -22,12 +22,10 @@ from modelplane.auth.access_table import rule_for_grpc
 from modelplane.auth.caller import Caller, CredentialKind, serving
 from modelplane.auth.certificates import SanKind
 from modelplane.auth.request_resource import resource_of
+from modelplane.grpc_handlers import Context, guarded, rewrapped
 
 __all__ = ["AccessInterceptor", "RefusalRecorder", "bearer_token"]
 
-Context = aio.ServicerContext[Any, Any]
-Unary = Callable[[Any, Context], Awaitable[Any]]
-Streaming = Callable[[Any, Context], AsyncIterator[Any]]
 
 # gRPC's auth context names a verified peer certificate's SANs by kind.
 _SAN_PROPERTIES = {SanKind.URI: "peer_uri", SanKind.DNS: "peer_dns", SanKind.EMAIL: "peer_email"}
@@ -99,56 +97,11 @@ class AccessInterceptor(aio.ServerInterceptor):
         if handler is None:
             return None
         method: str = handler_call_details.method
-        admit = self._admit
-        # On a grpc.aio server, handlers are coroutine functions (unary responses) and async generator functions
-        # (streamed responses), whatever the sync-typed stubs say; the wrappers keep each kind.
-        if handler.unary_unary is not None:
-            unary_unary = cast(Unary, handler.unary_unary)
-
-            async def checked_unary_unary(request: Any, context: Context) -> Any:
-                with serving(await admit(method, request, context)):
-                    return await unary_unary(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(
-                checked_unary_unary, handler.request_deserializer, handler.response_serializer
-            )
+        # A streamed request has no resource to read before its handler starts: the check is given None.
         streaming_request = handler.request_streaming
-        for kind, make in (
-            ("unary_stream", grpc.unary_stream_rpc_method_handler),
-            ("stream_unary", grpc.stream_unary_rpc_method_handler),
-            ("stream_stream", grpc.stream_stream_rpc_method_handler),
-        ):
-            behavior = getattr(handler, kind)
-            if behavior is not None:
-                return make(
-                    _checked(behavior, admit, method, streaming_request),
-                    handler.request_deserializer,
-                    handler.response_serializer,
-                )
-        return handler
+        admit = self._admit
 
+        async def check(request: Any, context: Context) -> AbstractContextManager[object]:
+            return serving(await admit(method, None if streaming_request else request, context))
 
-def _checked(
-    behavior: Callable[[Any, Context], Any],
-    admit: Callable[[str, object, Context], Awaitable[Caller]],
-    method: str,
-    streaming_request: bool,
-) -> Callable[[Any, Context], Any]:
-    """``behavior`` (an async generator function or a coroutine function that writes to its context), checked
-    once before it starts. A streamed request has no resource to read before it starts (None)."""
-    if inspect.isasyncgenfunction(behavior):
-        generator = cast(Streaming, behavior)
-
-        async def checked_generator(request: Any, context: Context) -> AsyncIterator[Any]:
-            with serving(await admit(method, None if streaming_request else request, context)):
-                async for response in generator(request, context):
-                    yield response
-
-        return checked_generator
-    coroutine = cast(Unary, behavior)
-
-    async def checked_coroutine(request: Any, context: Context) -> Any:
-        with serving(await admit(method, None if streaming_request else request, context)):
-            return await coroutine(request, context)
-
-    return checked_coroutine
+        return rewrapped(handler, lambda behavior: guarded(behavior, check))

@@ -24,6 +24,7 @@ import grpc
 from agent.model_manager import ModelManager
 from generated.mlops.agent.v1 import agent_pb2, agent_pb2_grpc
 from modelplane.addresses import Address
+from modelplane.backoff import Backoff
 from modelplane.transport import TransportSecurity, open_channel
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class SchedulerSession:
 
     async def run(self) -> None:
         """Keep a session open until cancelled."""
-        backoff = self.initial_backoff
+        backoff = Backoff(self.initial_backoff, self.max_backoff)
         while True:
             sessions_before = self.sessions
             why = "the agent is stopping"
@@ -91,11 +92,10 @@ class SchedulerSession:
                 self._outbox = None
                 self._end_drain(f"the session with the scheduler ended during the drain ({why})")
             if self.sessions > sessions_before:
-                backoff = self.initial_backoff  # it worked for a while: start over from the shortest delay
-            delay = backoff * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
+                backoff.reset()  # it worked for a while: start over from the shortest delay
+            delay = backoff.next() * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
             log.info("reconnecting to the scheduler at %s in %.1fs", self.scheduler, delay)
             await asyncio.sleep(delay)
-            backoff = min(self.max_backoff, backoff * 2)
 
     async def _session(self) -> None:
         async with open_channel(self.scheduler, self.security, self._token) as channel:

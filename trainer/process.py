@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from modelplane.auth.access_check import AccessCheck
 from modelplane.auth_flags import client_token
+from modelplane.backoff import Backoff
 from modelplane.ready_file import write_ready_file
 from modelplane.signals import stop_on_signals
 from modelplane.transport import http_server_ssl
@@ -74,16 +75,16 @@ def default_launcher(settings: TrainerSettings) -> Launcher:
 
 
 async def _wait_for_redis(client: aioredis.Redis, stop: asyncio.Event) -> bool:
-    delay = 0.2
+    backoff = Backoff(0.2, 5.0)
     while not stop.is_set():
         try:
             await client.ping()  # type: ignore[misc]  # redis-py types ping as sync-or-async
             return True
         except REDIS_RETRYABLE as error:
+            delay = backoff.next()
             log.warning("Redis unreachable; retrying", extra={"fields": {"error": str(error), "retry_in": delay}})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, 5.0)
     return False
 
 

@@ -33,7 +33,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 # aiokafka ships no type information: its names are Any here.
@@ -53,6 +53,7 @@ from gateway.kafka.messages import (
 from gateway.kafka.settings import KafkaBridgeSettings
 from gateway.kafka.topics import Resource, ResourceKind
 from modelplane import logs
+from modelplane.backoff import Backoff
 from modelplane.kafka_delivery import OffsetTracker, RecentIds
 from modelplane.kafka_membership import commit_only_as_a_member
 
@@ -73,24 +74,6 @@ class BridgeStats:
     duplicates: int = 0  # records not run again because their request id was answered recently
     skipped: int = 0  # fetched records of resources or partitions no longer ours, left for a later owner
     assignments: int = 0  # partition assignments received from the group (the first, then one per rebalance)
-
-
-@dataclass
-class _Backoff:
-    initial: float
-    maximum: float
-    current: float = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.current = self.initial
-
-    def next(self) -> float:
-        delay = self.current
-        self.current = min(self.current * 2, self.maximum)
-        return delay
-
-    def reset(self) -> None:
-        self.current = self.initial
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka's base class is untyped
@@ -227,7 +210,7 @@ class KafkaBridge:
     # ---- connection and fetching --------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        backoff = _Backoff(self._settings.backoff_initial_s, self._settings.backoff_max_s)
+        backoff = Backoff(self._settings.backoff_initial_s, self._settings.backoff_max_s)
         while not self._stopping.is_set():
             connected_at: float | None = None
             try:
@@ -248,7 +231,7 @@ class KafkaBridge:
             await self._close_consumer()
             await asyncio.sleep(delay)
 
-    def _reset_after_a_good_run(self, backoff: _Backoff, connected_at: float | None) -> None:
+    def _reset_after_a_good_run(self, backoff: Backoff, connected_at: float | None) -> None:
         # Back off from the start only after a connection that lasted: one failing at every fetch must not make
         # the bridge reconnect in a tight loop.
         if connected_at is not None and time.monotonic() - connected_at > self._settings.backoff_max_s:
@@ -520,7 +503,7 @@ class KafkaBridge:
     async def _produce(self, topic: str, value: bytes, key: bytes | None, headers: list[tuple[str, bytes]]) -> None:
         """Send with acks=all, retrying broker trouble with backoff until it succeeds or the request is
         abandoned (cancelled at shutdown). Oversized values raise MessageSizeTooLargeError."""
-        backoff = _Backoff(self._settings.backoff_initial_s, self._settings.backoff_max_s)
+        backoff = Backoff(self._settings.backoff_initial_s, self._settings.backoff_max_s)
         while True:
             producer = self._producer
             if producer is None:

@@ -44,6 +44,7 @@ from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untype
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from aiokafka.structs import OffsetAndMetadata  # type: ignore[import-untyped]
 
+from modelplane.backoff import Backoff
 from modelplane.kafka_delivery import OffsetTracker
 from modelplane.kafka_membership import commit_only_as_a_member
 from trainer.launchers.base import Launcher
@@ -139,19 +140,19 @@ class TrainerService:
 
     async def _start(self, client: Any, what: str, stop: asyncio.Event) -> bool:
         """Start a Kafka client, retrying while the brokers are unreachable; False if stopped meanwhile."""
-        delay = 0.5
+        backoff = Backoff(0.5, 10.0)
         while not stop.is_set():
             try:
                 await client.start()
                 return True
             except KafkaError as error:
+                delay = backoff.next()
                 logger.warning(
                     f"Kafka unreachable starting the {what}; retrying",
                     extra={"fields": {"bootstrap": self.settings.kafka_bootstrap, "error": str(error)}},
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, 10.0)
         return False
 
     async def _consume(self, stop: asyncio.Event) -> None:

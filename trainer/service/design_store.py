@@ -22,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from generated.mlops.training.v1 import training_pb2
+from modelplane.backoff import Backoff
 
 logger = logging.getLogger(__name__)
 
@@ -76,18 +77,18 @@ class DesignStore:
     async def fetch(self, token: str) -> training_pb2.ModelDesignSchema:
         """The schema stored under ``token``; retries while Redis is unreachable (cancel to give up)."""
         key = design_key(self._template, token)
-        delay = self._backoff_initial
+        backoff = Backoff(self._backoff_initial, self._backoff_max)
         while True:
             try:
                 raw = await self._client.get(key)
                 break
             except REDIS_RETRYABLE as error:
+                delay = backoff.next()
                 logger.warning(
                     "Redis unreachable fetching a design schema; retrying",
                     extra={"fields": {"key": key, "error": str(error), "retry_in": delay}},
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, self._backoff_max)
         if raw is None:
             raise DesignNotFoundError(f"design schema {key} not found in Redis")
         if not isinstance(raw, bytes):  # a client made with decode_responses=True

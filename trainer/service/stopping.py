@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from modelplane.backoff import Backoff
 from trainer.service.design_store import REDIS_RETRYABLE
 
 logger = logging.getLogger(__name__)
@@ -33,16 +34,16 @@ class UntilStopped:
     ) -> _T:
         """``call()`` until it succeeds, backing off while the infrastructure is away; raises StoppingError when
         the service stops meanwhile (the event then stays uncommitted and is redelivered)."""
-        delay = 0.2
+        backoff = Backoff(0.2, 5.0)
         while True:
             try:
                 return await call()
             except retryable as error:
                 if self._stopping.is_set():
                     raise StoppingError(what) from error
+                delay = backoff.next()
                 logger.warning(f"cannot {what}; retrying", extra={"fields": {"error": str(error), "retry_in": delay}})
                 await self.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     async def cancellable(self, call: Awaitable[_T]) -> _T:
         """Await ``call`` (which retries by itself), but give up with StoppingError once stopping is asked."""

@@ -1,0 +1,30 @@
+"""Exponential backoff for retry loops: the first wait is ``initial`` seconds, each further one twice the last, never
+more than ``maximum``; ``reset()`` starts over (after a connection that lasted, say).
+
+Used by the loops that wait for infrastructure to come back (brokers, Redis, the scheduler). Loops whose failure
+count is state of its own (a restart attempt numbered in a message, a retry budget, an ejection count) compute the
+delay from that count instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Backoff:
+    initial: float
+    maximum: float
+    current: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.current = self.initial
+
+    def next(self) -> float:
+        """The wait before the next try; the one after it doubles (up to ``maximum``)."""
+        delay = self.current
+        self.current = min(self.current * 2, self.maximum)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.initial

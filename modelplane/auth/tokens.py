@@ -1,7 +1,7 @@
 """Bearer tokens: who a token says the caller is.
 
-``TokenVerifier`` is what the access check asks; ``TokenFile`` is one verifier, backed by a file. (A Kubernetes
-TokenReview verifier, for ServiceAccount tokens, is another; it is built with the controller.)
+``TokenVerifier`` is what the access check asks; ``TokenFile`` is one verifier, backed by a file. (The Kubernetes
+TokenReview verifier, for ServiceAccount tokens, is another: token_review.py.)
 
 The token file holds one token a line, never the token itself but its SHA-256:
 

@@ -23,6 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from generated.mlops.training.v1 import training_pb2
+from modelplane.kubernetes_api import KubernetesConnection
 from tests.fake_kubernetes import FakeKubernetes
 from trainer.launchers.base import LaunchVerdict
 from trainer.launchers.image_build import (
@@ -37,7 +38,7 @@ from trainer.launchers.image_build import (
     plain_requirement,
 )
 from trainer.launchers.kubernetes_job import KubernetesJobLauncher
-from trainer.launchers.kubernetes_manifest import KubernetesConnection, KubernetesJobSettings
+from trainer.launchers.kubernetes_manifest import KubernetesJobSettings
 from trainer.run.jobs import DatasetSource, RunResult, TrainingJob
 
 pytest_plugins = ["tests.podman_engine"]

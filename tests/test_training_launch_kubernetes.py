@@ -16,11 +16,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from generated.mlops.training.v1 import training_pb2
+from modelplane.kubernetes_api import KubernetesConnection
 from tests.fake_kubernetes import FakeKubernetes
 from trainer.launchers.base import LaunchOutcome, LaunchVerdict
 from trainer.launchers.kubernetes_job import KubernetesJobLauncher
 from trainer.launchers.kubernetes_manifest import (
-    KubernetesConnection,
     KubernetesJobSettings,
     build_job,
     job_name,

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from modelplane.kubernetes_api import KubernetesConnection, connection_from_flags
+from modelplane.kubernetes_api import add_kubernetes_flags as add_kubernetes_api_flags
+from modelplane.secret_inputs import SecretFileError
+
 
 @dataclass(frozen=True, slots=True)
 class KubernetesLauncherOptions:
@@ -18,8 +22,7 @@ class KubernetesLauncherOptions:
     dataset_claim: str | None
     dataset_mount_path: str
     env_secret: str | None
-    api_host: str | None
-    in_cluster: bool
+    connection: KubernetesConnection
 
 
 def add_kubernetes_flags(parser: argparse.ArgumentParser) -> None:
@@ -31,8 +34,7 @@ def add_kubernetes_flags(parser: argparse.ArgumentParser) -> None:
     k8s.add_argument("--k8s-dataset-claim", metavar="PVC", help="the datasets PVC, mounted read-only in Jobs")
     k8s.add_argument("--k8s-dataset-mount", default="/datasets", metavar="PATH", help="its mount path (/datasets)")
     k8s.add_argument("--k8s-env-secret", metavar="SECRET", help="a Secret whose keys become the run's environment")
-    k8s.add_argument("--k8s-api", metavar="URL", help="the API server (default: in-cluster, then kubeconfig)")
-    k8s.add_argument("--k8s-in-cluster", action="store_true", help="use the pod's service account")
+    add_kubernetes_api_flags(parser, title="kubernetes API (--launcher=kubernetes)")
 
 
 def kubernetes_options_from(
@@ -45,6 +47,10 @@ def kubernetes_options_from(
         parser.error("--launcher=kubernetes needs --k8s-image and --k8s-work-claim")
     if not options.k8s_dataset_mount.startswith("/"):
         parser.error("--k8s-dataset-mount must be an absolute path")
+    try:
+        connection = connection_from_flags(options)
+    except SecretFileError as error:
+        parser.error(str(error))
     return KubernetesLauncherOptions(
         image=options.k8s_image,
         work_claim=options.k8s_work_claim,
@@ -53,6 +59,5 @@ def kubernetes_options_from(
         dataset_claim=options.k8s_dataset_claim,
         dataset_mount_path=options.k8s_dataset_mount,
         env_secret=options.k8s_env_secret,
-        api_host=options.k8s_api,
-        in_cluster=options.k8s_in_cluster,
+        connection=connection,
     )

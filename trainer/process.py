@@ -44,7 +44,7 @@ def default_launcher(settings: TrainerSettings) -> Launcher:
     if settings.kubernetes is not None:
         # Imported here: the kubernetes client is heavy and only this launcher needs it.
         from trainer.launchers.kubernetes_job import KubernetesJobLauncher  # noqa: PLC0415
-        from trainer.launchers.kubernetes_manifest import KubernetesConnection, KubernetesJobSettings  # noqa: PLC0415
+        from trainer.launchers.kubernetes_manifest import KubernetesJobSettings  # noqa: PLC0415
 
         options = settings.kubernetes
         return KubernetesJobLauncher(
@@ -58,7 +58,7 @@ def default_launcher(settings: TrainerSettings) -> Launcher:
                 dataset_mount_path=options.dataset_mount_path,
                 env=environment,
                 env_from_secret=options.env_secret,
-                connection=KubernetesConnection(host=options.api_host, in_cluster=options.in_cluster),
+                connection=options.connection,
             )
         )
     from trainer.launchers.local import LocalLauncherSettings, LocalProcessLauncher  # noqa: PLC0415

@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import signal
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -29,11 +29,11 @@ from typing import Any
 
 import aiohttp
 from kubernetes.aio import client as k8s
-from kubernetes.aio import config as k8s_config
 from kubernetes.aio.client import models as m
 from kubernetes.aio.client.exceptions import ApiException
 
 from generated.mlops.training.v1 import training_pb2
+from modelplane.kubernetes_api import KubernetesConfigError, kubernetes_client
 from modelplane.logs import with_fields
 from trainer.launchers.base import LaunchOutcome, LaunchVerdict, verdict_for_exit_code
 from trainer.launchers.kubernetes_manifest import (
@@ -142,10 +142,10 @@ class KubernetesJobLauncher:
         except ValueError as error:
             return LaunchOutcome(LaunchVerdict.FAILED_PERMANENTLY, None, str(error))
         try:
-            async with self._api() as api:
+            async with kubernetes_client(self.settings.connection) as api:
                 return await self._create_and_follow(api, body, name, run_id, job_dir)
-        except k8s_config.ConfigException as error:
-            return LaunchOutcome(LaunchVerdict.FAILED_RETRYABLE, None, f"no Kubernetes configuration: {error}")
+        except KubernetesConfigError as error:
+            return LaunchOutcome(LaunchVerdict.FAILED_RETRYABLE, None, str(error))
 
     def pod_path(self, job_dir: Path) -> str:
         """Where the pod sees ``job_dir``: the same place under the work volume's mount path."""
@@ -159,29 +159,6 @@ class KubernetesJobLauncher:
         return str(PurePosixPath(self.settings.work_mount_path) / PurePosixPath(*relative.parts))
 
     # -- internals --
-
-    @contextlib.asynccontextmanager
-    async def _api(self) -> AsyncIterator[k8s.ApiClient]:
-        connection = self.settings.connection
-        configuration = k8s.Configuration()
-        if connection.host:
-            configuration.host = connection.host
-            configuration.verify_ssl = connection.verify_ssl
-            configuration.ssl_ca_cert = connection.ca_cert
-            if connection.token:
-                configuration.api_key = {"BearerToken": connection.token}
-                configuration.api_key_prefix = {"BearerToken": "Bearer"}
-        elif connection.in_cluster:
-            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-        else:
-            await k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=connection.kubeconfig, context=connection.context, client_configuration=configuration
-            )
-        api = k8s.ApiClient(configuration)
-        try:
-            yield api
-        finally:
-            await api.close()  # type: ignore[no-untyped-call]
 
     async def _create_and_follow(
         self, api: k8s.ApiClient, body: m.V1Job, name: str, run_id: str, job_dir: Path

@@ -30,6 +30,7 @@ from pathlib import Path
 from kubernetes.aio.client import models as m
 
 from generated.mlops.training.v1 import training_pb2
+from modelplane.kubernetes_api import KubernetesConnection
 from trainer.run.jobs import EXIT_UNAVAILABLE
 
 CONTAINER_NAME = "train"
@@ -42,19 +43,6 @@ PERMANENT_EXIT_CODES = [code for code in range(1, 128) if code != EXIT_UNAVAILAB
 _MAX_NAME = 63  # a Job's name becomes a pod label value (job-name), so it must fit one
 
 ImageSource = str | Callable[[training_pb2.ModelDesignSchema], str]
-
-
-@dataclass(frozen=True)
-class KubernetesConnection:
-    """Where the API server is. Precedence: ``host`` (an explicit URL), then in-cluster, then kubeconfig."""
-
-    host: str | None = None  # e.g. https://kubernetes.default.svc, or the tests' fake at http://127.0.0.1:PORT
-    token: str | None = None  # bearer token sent to ``host``
-    ca_cert: str | None = None  # CA bundle file for ``host``
-    verify_ssl: bool = True
-    in_cluster: bool = False  # the pod's service-account token and the KUBERNETES_SERVICE_* environment
-    kubeconfig: str | None = None  # None: $KUBECONFIG or ~/.kube/config
-    context: str | None = None
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,7 @@ class ReconcileLoop:
     def resend(self) -> None:
         """Reconcile every cached object again, telling the scheduler even what it was told before."""
         self.reconciler.forget_sent()
-        for key in self.cache.keys():  # noqa: SIM118 - a sorted copy: not a dict
+        for key in self.cache.sorted_keys():
             self.queue.add_now(key)
 
     async def run(self) -> None:

@@ -36,7 +36,7 @@ class ResourceCache:
     def get(self, key: ObjectKey) -> JsonObject | None:
         return self._objects.get(key)
 
-    def keys(self) -> list[ObjectKey]:
+    def sorted_keys(self) -> list[ObjectKey]:
         return sorted(self._objects)
 
     def values(self) -> Iterator[JsonObject]:

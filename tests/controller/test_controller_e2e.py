@@ -212,3 +212,154 @@ async def test_a_model_resource_is_served_changed_and_deleted(
     finally:
         await controller.stop()
         await asyncio.to_thread(stop_process, gateway.process)
+
+
+async def test_restarts_and_an_expired_watch_converge_without_duplicate_versions(
+    cluster: Cluster, iris: Iris, api: fake.FakeKubernetesApi, tmp_path: Path
+) -> None:
+    scheduler = await asyncio.to_thread(cluster.start_scheduler)
+    await asyncio.to_thread(cluster.start_agents, cluster.agent(0))
+    uri = str(versioned_iris(iris, tmp_path / "iris-versions"))
+    api.put(fake.MODELS, iris_resource(uri))
+    controller = await start_controller(tmp_path / "controller", api, scheduler.listen)
+    try:
+        explain = diagnostics(cluster, controller, api)
+        await until(lambda: ready(api, "iris", 1), "iris Ready at generation 1", explain)
+
+        # The controller restarts; the spec changes while it is away.
+        await controller.stop()
+        changed = api.get(fake.MODELS, "iris", "team-a")
+        assert changed is not None
+        changed["spec"]["artifactVersion"] = 2
+        api.put(fake.MODELS, changed)
+        controller = await start_controller(tmp_path / "controller", api, scheduler.listen)
+        explain = diagnostics(cluster, controller, api)
+        await until(lambda: ready(api, "iris", 2), "iris Ready at generation 2 after a controller restart", explain)
+        async with api_of(cluster) as scheduler_api:
+            assert await versions(scheduler_api, "iris") in ([1, 2], [2])
+
+        # A second restart with nothing changed: the LoadModel it sends again changes nothing.
+        await controller.stop()
+        controller = await start_controller(tmp_path / "controller", api, scheduler.listen)
+        explain = diagnostics(cluster, controller, api)
+        await until(lambda: "control-plane stream from" in controller.log(), "the control-plane stream", explain)
+        async with api_of(cluster) as scheduler_api:
+            assert (await scheduler_api.status("iris")).versions[-1].version == 2
+            assert await versions(scheduler_api, "iris") in ([1, 2], [2])
+
+        # The scheduler restarts (same state, same ports): it asks for everything again, and gets the same spec.
+        await asyncio.to_thread(stop_process, scheduler.process)
+        scheduler.log_path.rename(scheduler.log_path.with_name("scheduler-before-restart.log"))
+        restarted = await asyncio.to_thread(
+            cluster.start_scheduler, f"--listen={scheduler.listen}", f"--agent-listen={scheduler.agent_listen}"
+        )
+        await until(lambda: controller.log().count("asks for SEND_MODELS") >= 2, "SEND_MODELS again", explain)
+        async with api_of(cluster) as scheduler_api:
+            await scheduler_api.available("iris", version=2)
+            assert await versions(scheduler_api, "iris") in ([1, 2], [2]), "no version for the same spec"
+        await until(lambda: ready(api, "iris", 2), "iris still Ready at generation 2", explain)
+
+        # The watch expires (410) while a change happens: the controller lists again and applies it.
+        lists_before = len([r for r in api.requests_for("GET", "/models") if "watch" not in r.query])
+        api.close_watches()
+        changed = api.get(fake.MODELS, "iris", "team-a")
+        assert changed is not None
+        changed["spec"]["artifactVersion"] = 1
+        api.put(fake.MODELS, changed)
+        api.compact()
+        await until(lambda: ready(api, "iris", 3), "iris Ready at generation 3 after a 410", explain)
+        assert len([r for r in api.requests_for("GET", "/models") if "watch" not in r.query]) > lists_before
+        async with api_of(cluster) as scheduler_api:
+            assert (await scheduler_api.status("iris")).versions[-1].version == 3
+        assert restarted.process.poll() is None
+    finally:
+        await controller.stop()
+
+
+async def test_pipelines_and_experiments_as_resources(
+    cluster: Cluster, iris: Iris, api: fake.FakeKubernetesApi, tmp_path: Path
+) -> None:
+    scheduler = await asyncio.to_thread(cluster.start_scheduler)
+    await asyncio.to_thread(cluster.start_agents, cluster.agent(0))
+    for name in ("iris", "iris-b"):
+        model = iris_resource(str(iris.folder), artifactVersion=None)
+        model["metadata"]["name"] = name
+        api.put(fake.MODELS, model)
+    api.put(
+        fake.PIPELINES,
+        {
+            "apiVersion": "mlops.seldon.io/v1alpha1",
+            "kind": "Pipeline",
+            "metadata": {"name": "classify", "namespace": "team-a"},
+            "spec": {
+                "steps": [{"name": "iris"}, {"name": "iris-b", "inputs": ["iris.inputs"], "inputsJoinType": "inner"}],
+                "output": {"steps": ["iris-b"], "stepsJoin": "any"},
+            },
+        },
+    )
+    api.put(
+        fake.EXPERIMENTS,
+        {
+            "apiVersion": "mlops.seldon.io/v1alpha1",
+            "kind": "Experiment",
+            "metadata": {"name": "iris-ab", "namespace": "team-a"},
+            "spec": {
+                "default": "iris",
+                "resourceType": "model",
+                "candidates": [{"name": "iris", "weight": 50}, {"name": "iris-b", "weight": 50}],
+            },
+        },
+    )
+    bad = {
+        "apiVersion": "mlops.seldon.io/v1alpha1",
+        "kind": "Pipeline",
+        "metadata": {"name": "loops", "namespace": "team-a"},
+        "spec": {"steps": [{"name": "a", "inputs": ["nosuch-step"]}]},
+    }
+    api.put(fake.PIPELINES, bad)
+    gateway = await asyncio.to_thread(start_gateway, tmp_path / "gateway", scheduler.listen)
+    controller = await start_controller(tmp_path / "controller", api, scheduler.listen)
+    explain = diagnostics(cluster, controller, api)
+    try:
+
+        def condition_of(kind: fake.Kind, name: str, which: str) -> dict[str, Any] | None:
+            return condition(api.get(kind, name, "team-a"), which)
+
+        def is_true(kind: fake.Kind, name: str, which: str) -> bool:
+            found = condition_of(kind, name, which)
+            return found is not None and found["status"] == "True"
+
+        await until(lambda: is_true(fake.PIPELINES, "classify", "PipelineReady"), "the pipeline Ready", explain)
+        await until(lambda: is_true(fake.EXPERIMENTS, "iris-ab", "ExperimentReady"), "the experiment Ready", explain)
+        await until(lambda: condition_of(fake.PIPELINES, "loops", "PipelineReady") is not None, "refusal", explain)
+        refused = condition_of(fake.PIPELINES, "loops", "PipelineReady")
+        assert refused is not None
+        assert (refused["status"], refused["reason"]) == ("False", "LoadRejected"), refused
+        assert "nosuch-step" in refused.get("message", ""), refused
+        refusals = "Pipeline team-a/loops generation 1 refused"
+        # Once from the first reconcile, and at most once more if the scheduler's SEND_PIPELINES came after it
+        # (the scheduler asking for everything again forgets what it refused, on purpose).
+        assert controller.log().count(refusals) in (1, 2), controller.log()
+        seen = controller.log().count(refusals)
+        # A metadata-only change (no new generation) is no reason to send generation 1 again; a fixed spec is.
+        labelled = api.get(fake.PIPELINES, "loops", "team-a")
+        assert labelled is not None
+        labelled["metadata"]["labels"] = {"touched": "yes"}
+        api.put(fake.PIPELINES, labelled)
+        fixed = api.get(fake.PIPELINES, "loops", "team-a")
+        assert fixed is not None
+        fixed["spec"] = {"steps": [{"name": "iris"}]}
+        api.put(fake.PIPELINES, fixed)
+        await until(lambda: is_true(fake.PIPELINES, "loops", "PipelineReady"), "the fixed pipeline Ready", explain)
+        assert controller.log().count(refusals) == seen, "FAILED_PRECONDITION is final for its generation"
+        fixed_status = api.get(fake.PIPELINES, "loops", "team-a")
+        assert fixed_status is not None
+        assert fixed_status["status"]["observedGeneration"] == 2
+
+        api.remove(fake.EXPERIMENTS, "iris-ab", "team-a")
+        api.remove(fake.PIPELINES, "classify", "team-a")
+        await until(lambda: api.get(fake.EXPERIMENTS, "iris-ab", "team-a") is None, "experiment deleted", explain)
+        await until(lambda: api.get(fake.PIPELINES, "classify", "team-a") is None, "pipeline deleted", explain)
+    finally:
+        await controller.stop()
+        await asyncio.to_thread(stop_process, gateway.process)

@@ -178,12 +178,12 @@ BAD_MANIFESTS = [
     (
         "parameters-not-mapping",
         manifest(parameters=["sha256=x"]),
-        "spec.parameters[0] must be a mapping with a name and a value",
+        "spec.parameters[0] must be a mapping, not str",
     ),
     (
         "parameters-no-name",
         manifest(parameters=[{"name": "a", "value": "1"}, {"value": "2"}]),
-        "spec.parameters[1] must be a mapping with a name and a value",
+        "spec.parameters[1].name is missing",
     ),
     ("parameters-int-name", manifest(parameters=[{"name": 3, "value": "x"}]), "spec.parameters[0]"),
     ("yaml-unclosed", "apiVersion: [unclosed\n", "not valid YAML"),
@@ -217,9 +217,13 @@ def test_unknown_fields_are_listed_with_the_known_ones() -> None:
     assert "replicas" in message.split("known: ")[1]
 
 
-def test_explainer_and_llm_are_known_but_ignored() -> None:
-    model = parse_model_manifest(manifest(explainer={"type": "anchor"}, llm={"modelRef": "x"}))
-    assert model.meta.name == "m"
+def test_explainer_and_llm_map_and_exclude_each_other() -> None:
+    explainer = parse_model_manifest(manifest(explainer={"type": "anchor_tabular", "modelRef": "iris"}))
+    assert explainer.modelSpec.explainer == pb.ExplainerSpec(type="anchor_tabular", modelRef="iris")
+    llm = parse_model_manifest(manifest(llm={"pipelineRef": "chat"}))
+    assert llm.modelSpec.llm == pb.LlmSpec(pipelineRef="chat")
+    with pytest.raises(ManifestError, match="cannot both be set"):
+        parse_model_manifest(manifest(explainer={"type": "anchor"}, llm={"modelRef": "x"}))
 
 
 def test_both_api_versions_are_accepted() -> None:

@@ -329,7 +329,14 @@ def test_versioning() -> None:
     # Identical, ignoring the fields the scheduler assigns and the Kubernetes generation.
     again = pipeline(uid="whatever", version=7, kubernetesMeta=pb.KubernetesMeta(namespace="ns", generation=3))
     assert load(registry, pipeline(kubernetesMeta=pb.KubernetesMeta(namespace="ns", generation=1))) is not None
-    assert registry.prepare_load(again) is None
+    same_generation = pipeline(
+        uid="whatever", version=7, kubernetesMeta=pb.KubernetesMeta(namespace="ns", generation=1)
+    )
+    assert registry.prepare_load(same_generation) is None
+    # A new generation of the same spec is recorded on the same version (tests/scheduler/test_pipeline_generation.py).
+    patched = load(registry, again)
+    assert patched is not None
+    assert (patched.latest.version, patched.latest.spec.kubernetesMeta.generation) == (2, 3)
     changed = load(registry, pipeline(steps=[step("a")]))
     assert changed is not None
     assert [v.version for v in changed.versions] == [1, 2, 3]

@@ -12,6 +12,7 @@ available: it does not wait for a pipeline gateway. A gateway's acknowledgement,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -75,7 +76,15 @@ class PipelineRegistry:
                 )
             record = None  # Fully terminated: starts again at version 1.
         if record is not None and _comparable(record.latest.spec) == _comparable(pipeline):
-            return None
+            if record.latest.spec.kubernetesMeta == pipeline.kubernetesMeta:
+                return None
+            # Only the Kubernetes generation (or namespace) is new: the same version, its state kept, now saying
+            # which generation of the resource it is (a controller reads its status by that generation).
+            spec = pb.Pipeline()
+            spec.CopyFrom(record.latest.spec)
+            spec.kubernetesMeta.CopyFrom(pipeline.kubernetesMeta)
+            patched = dataclasses.replace(record.latest, spec=spec)
+            return PipelineRecord(name, [*record.versions[:-1], patched])
         number = 1 if record is None else record.latest.version + 1
         if number > limits.MAX_VERSION:
             raise FailedPrecondition(
@@ -93,6 +102,8 @@ class PipelineRegistry:
         record = self.records.get(prepared.name)
         if record is None or record.deleted:
             self.records[prepared.name] = PipelineRecord(prepared.name, list(prepared.versions))
+        elif prepared.latest.version == record.latest.version:
+            record.latest.spec = prepared.latest.spec  # a new generation of the same spec: state kept
         else:
             # Versions prepare_load left out (to stay within MAX_PIPELINE_VERSIONS; they serve nothing) go.
             kept = {id(version) for version in prepared.versions}

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -93,7 +92,7 @@ class SchedulerSession:
                 self._end_drain(f"the session with the scheduler ended during the drain ({why})")
             if self.sessions > sessions_before:
                 backoff.reset()  # it worked for a while: start over from the shortest delay
-            delay = backoff.next() * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
+            delay = backoff.next_jittered()
             log.info("reconnecting to the scheduler at %s in %.1fs", self.scheduler, delay)
             await asyncio.sleep(delay)
 

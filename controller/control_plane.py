@@ -15,9 +15,9 @@ from collections.abc import Awaitable, Callable
 import grpc
 from grpc import aio
 
-from controller.backoff import Backoff
 from controller.scheduler_connection import SchedulerConnection
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class ControlPlaneFollower:
             finally:
                 self.connected = False
                 call.cancel()
-            await asyncio.sleep(self._backoff.next_delay())
+            await asyncio.sleep(self._backoff.next_jittered())
 
     async def _follow(
         self, call: aio.UnaryStreamCall[pb.ControlPlaneSubscriptionRequest, pb.ControlPlaneResponse]

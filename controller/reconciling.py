@@ -20,12 +20,12 @@ from typing import Protocol
 
 from kubernetes.aio import client as k8s
 
-from controller.backoff import Backoff
 from controller.resource_kinds import JsonObject, ObjectKey, ResourceKind
 from controller.resource_watcher import ResourceCache
 from controller.scheduler_connection import SchedulerConnection
 from controller.settings import ControllerSettings
 from controller.work_queue import KeyedWorkQueue
+from modelplane.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class ReconcileLoop:
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # any failure of one object is retried; the loop goes on
-                delay = self._backoffs.setdefault(key, Backoff(initial=0.5, maximum=60.0)).next_delay()
+                delay = self._backoffs.setdefault(key, Backoff(initial=0.5, maximum=60.0)).next_jittered()
                 log.warning("reconciling %s %s failed (%s); again in %.1fs", kind.kind, key, _describe(error), delay)
                 self.queue.add_after(key, delay)
             else:

@@ -17,9 +17,9 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterator
 
-from controller.backoff import Backoff
 from controller.resource_client import ApiException, ResourceClient, WatchExpiredError
 from controller.resource_kinds import JsonObject, ObjectKey, ResourceKind
+from modelplane.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class ResourceWatcher:
                     version, events = await self._follow(version)
                     if not events:
                         # A stream that ended without an event: do not ask again in a tight loop.
-                        await asyncio.sleep(self._backoff.next_delay())
+                        await asyncio.sleep(self._backoff.next_jittered())
             except WatchExpiredError as expired:
                 log.info("watch of %s expired (%s): listing again", self.where, expired)
                 continue
@@ -103,7 +103,7 @@ class ResourceWatcher:
                 raise
             except (ApiException, OSError, TimeoutError, ValueError, TypeError) as error:
                 # ValueError/TypeError: an answer that is not the JSON we expect. Asking again is all we can do.
-                delay = self._backoff.next_delay()
+                delay = self._backoff.next_jittered()
                 log.warning("watching %s failed (%s); again in %.1fs", self.where, _describe(error), delay)
                 await asyncio.sleep(delay)
 

@@ -30,12 +30,12 @@ from typing import Any, Generic, Protocol, TypeVar
 import grpc
 from grpc import aio
 
-from controller.backoff import Backoff
 from controller.reconciling import ControllerContext, ControlPlaneEvent
 from controller.resource_client import ApiException, ResourceClient, is_conflict, is_not_found
 from controller.resource_kinds import JsonObject, ObjectKey, ResourceKind
 from controller.status_documents import Observed, same_status, status_document
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
+from modelplane.backoff import Backoff
 from modelplane.spec.seldon_resources import ResourceSpecError, Translation
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class SchedulerResourceReconciler(Generic[M, S]):
                     self._requeue_name(name)
             except aio.AioRpcError as error:
                 log.info("%s status stream: %s %s", self.kind.kind, error.code().name, error.details())
-            await asyncio.sleep(backoff.next_delay())
+            await asyncio.sleep(backoff.next_jittered())
 
     async def reconcile(self, key: ObjectKey, resource: JsonObject | None) -> None:
         if resource is None:

@@ -8,6 +8,7 @@ delay from that count instead.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 
@@ -25,6 +26,10 @@ class Backoff:
         delay = self.current
         self.current = min(self.current * 2, self.maximum)
         return delay
+
+    def next_jittered(self) -> float:
+        """:meth:`next`, shortened at random to 50-100%: many clients retrying one server do not arrive together."""
+        return self.next() * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
 
     def reset(self) -> None:
         self.current = self.initial

@@ -14,6 +14,11 @@ import enum
 from modelplane.spec.errors import IllegalTransition
 
 
+class LeadershipLost(Exception):  # noqa: N818 - what happened, not a failure of the code
+    """This replica led and lost the Lease (or its election failed): it stopped acting as leader, and the process
+    exits to start again as a standby."""
+
+
 class LeadershipState(enum.Enum):
     STANDBY = "standby"
     LEADING = "leading"

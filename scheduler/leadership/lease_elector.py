@@ -95,6 +95,7 @@ class LeaseElector:
         self._seen_at = 0.0  # ... and when (monotonic) it first saw it
         self._renew_sent_at = 0.0  # monotonic: when the last successful acquire or renewal was sent
         self._task: asyncio.Task[None] | None = None
+        self.lost = False  # stepped down because the Lease could not be renewed or was taken
 
     # -- what the process asks ----------------------------------------------------------------------------------
 
@@ -105,6 +106,15 @@ class LeaseElector:
         if self.state is LeadershipState.STEPPED_DOWN or self._record is None:
             return None
         return self._record.leader() if not self._record.held_by(self.identity) else None
+
+    @property
+    def acting_deadline(self) -> float | None:
+        """Monotonic: when this replica must have stopped acting as leader, unless it renews first. None while it
+        stands by and after it stopped gracefully; kept after it lost the Lease (the process must be gone by then,
+        see scheduler/leadership/stall_fence.py)."""
+        if self.state is LeadershipState.LEADING or self.lost:
+            return self._renew_sent_at + self.timing.renew_deadline_seconds
+        return None
 
     def start(self) -> asyncio.Task[None]:
         """Run the election as a task of its own (``stop`` ends it)."""
@@ -278,6 +288,7 @@ class LeaseElector:
             self.leading.set()
             log.warning("leading: %s", why)
         elif self.state is LeadershipState.STEPPED_DOWN and before is not LeadershipState.STEPPED_DOWN:
+            self.lost = event is LeadershipEvent.LOST
             self.why_stepped_down = why
             self.stepped_down.set()
             if before is LeadershipState.LEADING:

@@ -115,7 +115,7 @@ async def _lead(
             "led since this one's store was written): the controller's re-send and the agents rebuild the state",
             extra=with_fields(identity=election.identity, transitions=elector.term.transitions),
         )
-        await serve(settings, shutdown)
+        await serve(dataclasses.replace(settings, hold_unknown_models=not kept), shutdown)
     finally:
         lost.cancel()
         await elector.stop(release=not elector.stepped_down.is_set())

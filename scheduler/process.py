@@ -93,6 +93,7 @@ async def serve(
         CoreSettings(
             sync_grace_seconds=settings.sync_grace_seconds,
             scale_down_idle_seconds=settings.scale_down_idle_seconds,
+            hold_unknown_models=settings.hold_unknown_models,
         ),
     )
     try:

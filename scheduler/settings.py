@@ -57,6 +57,9 @@ class SchedulerSettings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     # Several replicas, one leading (scheduler/leadership/); None: this scheduler is the only one.
     leader_election: LeaderElectionSettings | None = None
+    # Set by the elected process, not a flag: this leader's term starts from an empty store, so what agents hold of
+    # models not known yet waits for the controller's re-send (CoreSettings.hold_unknown_models).
+    hold_unknown_models: bool = False
 
 
 positive_seconds = seconds(3600)

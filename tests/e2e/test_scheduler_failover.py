@@ -38,7 +38,7 @@ from tests.real_components import AgentSpec, start_agents, stop_agent
 from tests.support.controller_stand_in import ControllerStandIn
 from tests.support.fake_kubernetes_api import LEASES, FakeKubernetesApi
 from tests.support.fake_service import FakeService
-from tests.test_agent_e2e import predict
+from tests.test_agent_e2e import predict, server_loads
 
 pytest_plugins = ["tests.real_components", "tests.cluster_fixtures"]
 pytestmark = [pytest.mark.timeout(600)]  # a hang guard only
@@ -186,6 +186,8 @@ async def test_kill_9_of_the_leader_a_standby_leads_and_every_acknowledged_model
                     await controller.apply(kubernetes_model(name, str(iris.folder), generation))
                 await until(lambda: all_available(stub, names), "every model Available", running.diagnostics)
             acknowledged = {name: controller.models[name].meta.kubernetesMeta.generation for name in names}
+            loads_before = {name: server_loads(agent, f"{name}_{version}") for name, version in acknowledged.items()}
+            assert loads_before == dict.fromkeys(names, 1)
 
             killed_at = time.monotonic()
             os.kill(running.schedulers[leader].process.pid, signal.SIGKILL)
@@ -220,6 +222,11 @@ async def test_kill_9_of_the_leader_a_standby_leads_and_every_acknowledged_model
 
             await until(registered_again, "the agent registered with the new leader", running.diagnostics)
             assert controller.resent_models >= 2, "each leader asked the controller for every model"
+            loads_after = {name: server_loads(agent, f"{name}_{version}") for name, version in acknowledged.items()}
+            assert loads_after == loads_before, (
+                "the new leader adopts what the agent holds once the controller re-sends it: nothing is loaded again\n"
+                + running.diagnostics()
+            )
             lease = running.api.get(LEASES, LEASE)
             assert lease is not None
             assert lease["spec"]["leaseTransitions"] == 2

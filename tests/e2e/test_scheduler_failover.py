@@ -159,6 +159,33 @@ async def test_a_standby_refuses_mutations_naming_the_leader_and_is_not_ready(tm
         assert (running.schedulers[leader].state_dir / "state.sqlite3").exists()
 
 
+async def test_a_leader_that_cannot_renew_stops_serving_and_exits_then_a_restart_stands_by(tmp_path: Path) -> None:
+    async with replicas(tmp_path) as running:
+        leader, standby = await running.leader()
+        process = running.schedulers[leader].process
+        # The API server answers nobody's writes: the leader cannot renew, and the standby cannot take over.
+        running.api.inject_error("PATCH", f"/leases/{LEASE}", 503, "ServiceUnavailable", times=1_000_000)
+        status = await asyncio.to_thread(process.wait, 60)
+        assert status == 1, running.diagnostics()
+        assert "could not renew the lease within the renew deadline" in running.schedulers[leader].log()
+        assert running.holder() == leader, "nobody could write the Lease: it still names the old leader"
+
+        async def no_leader_routed() -> bool:
+            return not running.service.ready
+
+        await until(no_leader_routed, "the Service routing to nobody", running.diagnostics)
+        running.api.clear_errors()
+        assert await running.leader() == (standby, leader), "the standby leads once the API server answers"
+
+        # Kubernetes starts the replica again: it stands by, naming the new leader.
+        folder = running.schedulers[leader].state_dir.parent
+        flags = [*SCHEDULER_FLAGS, *election_flags(running.api, leader)]
+        restarted = await asyncio.to_thread(start_scheduler, folder, *flags)
+        running.schedulers[leader] = restarted
+        refused = await refusal_of_load(restarted.listen)
+        assert (LEADER_METADATA_KEY, running.schedulers[standby].listen) in tuple(refused.trailing_metadata() or ())
+
+
 def kubernetes_model(name: str, uri: str, generation: int) -> pb.Model:
     """A model as the controller sends a Model resource: with its namespace and generation (the first version)."""
     spec = model(name, uri)

@@ -17,11 +17,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-
-from kubernetes.aio import client as k8s
-from kubernetes.aio import config as k8s_config
+from typing import TYPE_CHECKING
 
 from modelplane.secret_inputs import read_secret_file
+
+if TYPE_CHECKING:  # the client itself is imported where a connection is made: it takes a second to import, and
+    # every command's flags (the scheduler's --k8s-*) are built from this module
+    from kubernetes.aio import client as k8s
 
 __all__ = [
     "KubernetesConfigError",
@@ -57,6 +59,9 @@ class KubernetesConnection:
 
 
 async def configuration_for(connection: KubernetesConnection) -> k8s.Configuration:
+    from kubernetes.aio import client as k8s  # noqa: PLC0415 - see the imports
+    from kubernetes.aio import config as k8s_config  # noqa: PLC0415
+
     configuration = k8s.Configuration()
     try:
         if connection.host:
@@ -80,6 +85,8 @@ async def configuration_for(connection: KubernetesConnection) -> k8s.Configurati
 @contextlib.asynccontextmanager
 async def kubernetes_client(connection: KubernetesConnection) -> AsyncIterator[k8s.ApiClient]:
     """An API client for ``connection``, closed on exit. Raises KubernetesConfigError when none can be made."""
+    from kubernetes.aio import client as k8s  # noqa: PLC0415 - see the imports
+
     api = k8s.ApiClient(await configuration_for(connection))
     try:
         yield api

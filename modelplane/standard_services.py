@@ -32,6 +32,10 @@ class Health:
     async def set_serving(self, service: str) -> None:
         await self._servicer.set(service, SERVING)
 
+    async def set_not_serving(self, service: str) -> None:
+        """``service`` ("" for the whole server) answers NOT_SERVING: up, but not ready (a standby scheduler)."""
+        await self._servicer.set(service, NOT_SERVING)
+
     async def enter_graceful_shutdown(self) -> None:
         """Every service NOT_SERVING, for good: watchers hear it before the server goes away."""
         await self._servicer.enter_graceful_shutdown()

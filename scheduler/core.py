@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -63,6 +64,9 @@ from scheduler.write_behind import (
 
 log = logging.getLogger(__name__)
 
+# The longest a new leader keeps models the controller has not re-sent, in sync grace periods after it was ready.
+RESEND_WAIT_LIMIT = 6
+
 
 @dataclass(frozen=True, slots=True)
 class CoreSettings:
@@ -73,6 +77,9 @@ class CoreSettings:
     reconcile_batch: int = 200
     # Ask to remove server replicas that have held no model for this long.
     scale_down_idle_seconds: float = 300.0
+    # A new leader whose term starts from an empty store (scheduler/leadership/term_state.py): keep what agents hold
+    # of models not known yet until the controller's re-send claims them (_end_of_resend), instead of unloading it.
+    hold_unknown_models: bool = False
 
 
 class SchedulerCore:
@@ -95,6 +102,8 @@ class SchedulerCore:
         self._locks = KeyedLocks()
         self._route_watchers: Counter[str] = Counter()  # gateway name -> its open WatchRoutes streams
         self._tasks: list[asyncio.Task[None]] = []
+        self._last_load_at = 0.0  # monotonic: when the last LoadModel arrived (a re-send in progress)
+        self._resend_asked_at: float | None = None  # monotonic: when a controller was last asked for every model
 
     # ----------------------------------------------------------------- life cycle
 
@@ -127,6 +136,7 @@ class SchedulerCore:
             extra={"fields": {"models": len(self.cluster.models), "expected_replicas": expected_replicas}},
         )
         self.reconciler.start_grace(self.settings.sync_grace_seconds)
+        self.cluster.holding_unknown = self.settings.hold_unknown_models
         self._after_change()
         self._tasks = [
             asyncio.create_task(self.reconciler.reconcile_loop(), name="reconcile"),
@@ -134,6 +144,8 @@ class SchedulerCore:
             asyncio.create_task(self.reconciler.synchroniser(), name="synchroniser"),
             asyncio.create_task(self.reconciler.scale_down_loop(), name="scale-down"),
         ]
+        if self.settings.hold_unknown_models:
+            self._tasks.append(asyncio.create_task(self._end_of_resend(), name="end-of-resend"))
 
     async def close(self) -> None:
         """End every status stream, stop the loops, flush pending writes."""
@@ -152,7 +164,27 @@ class SchedulerCore:
 
     # ----------------------------------------------------------------- models
 
+    async def _end_of_resend(self) -> None:
+        """Release what no re-sent LoadModel claimed once the controller's re-send is over. The scheduler asks for
+        it (SubscribeControlPlane's SEND_MODELS) when ready and a controller subscribes; the re-send is taken as
+        over when no LoadModel came for ``sync_grace_seconds`` after the ask, and at the latest
+        ``RESEND_WAIT_LIMIT`` grace periods after the scheduler was ready (no controller came, or a stream of
+        LoadModels would keep unwanted models loaded for ever)."""
+        await self.ready.wait()
+        quiet = self.settings.sync_grace_seconds
+        latest = time.monotonic() + RESEND_WAIT_LIMIT * quiet
+        while True:
+            # A deadline that moves with every LoadModel: slept towards, then looked at again.
+            asked = self._resend_asked_at
+            end = latest if asked is None else min(latest, max(asked, self._last_load_at) + quiet)
+            if time.monotonic() >= end:
+                break
+            await asyncio.sleep(min(end - time.monotonic(), quiet))
+        self.cluster.release_unclaimed()
+        self._after_change()
+
     async def load_model(self, model: pb.Model) -> None:
+        self._last_load_at = time.monotonic()
         model_specs.validate_model(model)
         name = model.meta.name
         async with self._locks.hold(name):
@@ -429,6 +461,8 @@ class SchedulerCore:
                 pb.ControlPlaneResponse.SEND_MODELS,
                 pb.ControlPlaneResponse.SEND_PIPELINES,
             ):
+                if event == pb.ControlPlaneResponse.SEND_MODELS:
+                    self._resend_asked_at = time.monotonic()
                 yield pb.ControlPlaneResponse(event=event)
             await self.closing.wait()
         finally:

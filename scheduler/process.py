@@ -93,6 +93,7 @@ async def serve(
         CoreSettings(
             sync_grace_seconds=settings.sync_grace_seconds,
             scale_down_idle_seconds=settings.scale_down_idle_seconds,
+            hold_unknown_models=settings.hold_unknown_models,
         ),
     )
     try:
@@ -194,11 +195,17 @@ def install_signal_handlers(shutdown: ShutdownRequest) -> Callable[[], None]:
 
 
 async def run(settings: SchedulerSettings) -> None:
-    """Open the state dir, serve until SIGTERM/SIGINT, stop gracefully."""
+    """Open the state dir, serve until SIGTERM/SIGINT, stop gracefully. With leader election, stand by until
+    elected first (scheduler/elected_process.py; it raises LeadershipLost when the Lease is lost)."""
     with StateDir(settings.state_dir):
         shutdown = ShutdownRequest()
         remove_handlers = install_signal_handlers(shutdown)
         try:
-            await serve(settings, shutdown)
+            if settings.leader_election is None:
+                await serve(settings, shutdown)
+            else:
+                from scheduler.elected_process import serve_elected  # noqa: PLC0415 - it imports this module
+
+                await serve_elected(settings, settings.leader_election, shutdown)
         finally:
             remove_handlers()

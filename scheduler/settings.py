@@ -17,6 +17,11 @@ from modelplane.flag_types import address, seconds
 from modelplane.process_flags import add_process_flags
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_tls_flags, security_from
+from scheduler.leadership.election_settings import (
+    LeaderElectionSettings,
+    add_leader_election_flags,
+    leader_election_from,
+)
 from scheduler.stream_watchdog import DEFAULT_SUBSCRIBER_LAG_SECONDS
 
 DEFAULT_LISTEN = "127.0.0.1:9004"
@@ -50,6 +55,11 @@ class SchedulerSettings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     # Where every accepted or refused mutation is recorded (default: audit.log in the state dir).
     audit: AuditSettings = field(default_factory=AuditSettings)
+    # Several replicas, one leading (scheduler/leadership/); None: this scheduler is the only one.
+    leader_election: LeaderElectionSettings | None = None
+    # Set by the elected process, not a flag: this leader's term starts from an empty store, so what agents hold of
+    # models not known yet waits for the controller's re-send (CoreSettings.hold_unknown_models).
+    hold_unknown_models: bool = False
 
 
 positive_seconds = seconds(3600)
@@ -120,6 +130,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_tls_flags(parser, server=True)
     add_auth_flags(parser)
     add_audit_flags(parser)
+    add_leader_election_flags(parser)
     return parser
 
 
@@ -142,6 +153,7 @@ def parse_settings(
         scale_down_idle_seconds=options.scale_down_idle,
         subscriber_lag_seconds=options.subscriber_lag,
         audit=audit_settings_from(parser, options),
+        leader_election=leader_election_from(parser, options, options.listen),
     )
     if settings.listen == settings.agent_listen and settings.listen.port != 0:
         parser.error(f"--listen and --agent-listen are both {settings.listen}: give them different ports")

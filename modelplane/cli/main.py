@@ -29,8 +29,10 @@ from modelplane.cli import audit_command, model_commands, status_command, up
 from modelplane.command_line import EXIT_FAILURE, EXIT_USAGE, fail, subparsers
 from modelplane.config import parse_layered
 from modelplane.flag_types import peer_address
+from modelplane.kubernetes_api import KubernetesConfigError
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_tls_flags, security_from
+from scheduler.leadership.leadership_state import LeadershipLost
 from scheduler.settings import build_parser, parse_settings
 from scheduler.state_dir import StateDirError
 from trainer.commands import TRAINER_COMMANDS, add_trainer_commands, run_trainer_command
@@ -137,9 +139,9 @@ def _run_scheduler(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
 
     try:
         asyncio.run(process.run(settings))
-    except StateDirError as error:
+    except (StateDirError, KubernetesConfigError) as error:
         return fail(str(error), EXIT_USAGE)
-    except (TransportError, AuditLogError) as error:
+    except (TransportError, AuditLogError, LeadershipLost) as error:
         return fail(str(error))
     return 0
 

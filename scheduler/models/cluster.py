@@ -122,6 +122,8 @@ class Cluster(ReplicaLifecycle, VersionPlacement):
             # Same version, new spec: keep its replicas and observed state, replace what was asked for.
             record.latest.spec = prepared.latest.spec
         self._forgive_server_deaths(self.models[name])
+        if self.holding_unknown:
+            self.claim_unclaimed(name)  # before the reconcile: what a replica holds already is not placed again
         # The derived states follow at once (replicas wanted may have changed), not only after the reconcile.
         self._derive_all(self.models[name])
         self.touched.models.add(name)
@@ -225,12 +227,13 @@ class Cluster(ReplicaLifecycle, VersionPlacement):
         for server in self.servers.values():
             for replica in server.replicas.values():
                 replica.ledger.check()
-                holding = {
+                holding: set[tuple[str, int] | tuple[str, str, int]] = {
                     (record.name, version.version)
                     for record in self.models.values()
                     for version in record.versions
                     if version.state_of(replica.key) in HOLDS_MEMORY
                 }
+                holding |= {("unclaimed", *key) for key in replica.unclaimed}
                 if len(holding) != len(replica.ledger) or not all(replica.ledger.holds(k) for k in holding):
                     raise AccountingError(f"replica {replica.key}: ledger does not match its assignments")
 

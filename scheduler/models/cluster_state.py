@@ -76,6 +76,9 @@ class ClusterState:
         self.models: dict[str, ModelRecord] = {}
         self.servers: dict[str, ServerRecord] = {}
         self.touched = Touched()
+        # A new leader whose term started from an empty store keeps what agents hold of models it does not know
+        # yet, unclaimed, until the controller has re-sent them (see ReplicaLifecycle.release_unclaimed).
+        self.holding_unknown = False
 
     def take_touched(self) -> Touched:
         touched, self.touched = self.touched, Touched()

@@ -20,6 +20,7 @@ from scheduler.models.cluster_state import (
     S,
     _down_reason,
 )
+from scheduler.models.memory_ledger import AccountingError
 from scheduler.models.model_records import ModelVersion, ReplicaKey
 from scheduler.models.replica_state import HOLDS_MEMORY, ReplicaState
 from scheduler.models.server_records import OperationSink, ReplicaRecord, ServerRecord
@@ -77,6 +78,8 @@ class ReplicaLifecycle(ClusterState):
         version = record.version(held.version) if record else None
         if version is not None and version.state_of(replica.key) != S.UNKNOWN:
             return  # reported twice in one registration
+        if record is None and self.holding_unknown and self._hold_unclaimed(replica, held):
+            return
         if record is None or version is None or record.deleted:
             log.info(
                 "replica %s/%d holds %s:%d, which is not wanted: unloading it", *replica.key, held.name, held.version
@@ -90,6 +93,49 @@ class ReplicaLifecycle(ClusterState):
             version.set_replica(replica.key, S.LOADED_UNAVAILABLE, _down_reason(replica))
         self._commit_memory(replica, record.name, version)
         self._changed(record)
+
+    # -- what a new leader holds for the controller's re-send ----------------------------------------------------------
+
+    def _hold_unclaimed(self, replica: ReplicaRecord, held: agent_pb2.LoadedModel) -> bool:
+        """Keep ``held`` (a model this leader does not know yet) on ``replica``, its memory counted, for a LoadModel
+        of the same version to claim. False when its size cannot be counted (then it is unloaded as unwanted)."""
+        key = (held.name, held.version)
+        if key in replica.unclaimed:
+            return True
+        try:
+            replica.ledger.commit(_unclaimed_key(key), held.memory_bytes)
+        except AccountingError:
+            log.warning("replica %s/%d reports %s:%d with a size that cannot be counted", *replica.key, *key)
+            return False
+        replica.unclaimed[key] = held.memory_bytes
+        log.info("replica %s/%d holds %s:%d, not known yet: kept for the controller's re-send", *replica.key, *key)
+        return True
+
+    def claim_unclaimed(self, name: str) -> None:
+        """A LoadModel made ``name`` known: what replicas hold of it unclaimed becomes its replicas (Available,
+        without a load) when the version matches, and is unloaded otherwise."""
+        for server in self.servers.values():
+            for replica in server.replicas.values():
+                for key in [key for key in replica.unclaimed if key[0] == name]:
+                    memory = replica.unclaimed.pop(key)
+                    replica.ledger.release(_unclaimed_key(key))
+                    self._adopt(replica, agent_pb2.LoadedModel(name=key[0], version=key[1], memory_bytes=memory))
+
+    def release_unclaimed(self) -> None:
+        """The controller's re-send is over: what no LoadModel claimed is not wanted, and is unloaded."""
+        self.holding_unknown = False
+        for server in self.servers.values():
+            for replica in server.replicas.values():
+                for (name, version), _memory in list(replica.unclaimed.items()):
+                    log.info(
+                        "replica %s/%d holds %s:%d, which nobody re-sent: unloading it", *replica.key, name, version
+                    )
+                    replica.ledger.release(_unclaimed_key((name, version)))
+                    self._send(replica, Operation.KIND_UNLOAD, pb.Model(meta=pb.MetaData(name=name)), version)
+                if replica.unclaimed:
+                    replica.unclaimed.clear()
+                    self.touched.servers.add(server.name)
+        self._capacity_changed()
 
     def replica_gone(self, server_name: str, index: int, session: OperationSink) -> None:
         """A replica's session ended (disconnect, missed heartbeats, agent exit)."""
@@ -277,3 +323,8 @@ def _mismatch(
     if current != expected:
         return f"{what} on replica {key[0]}/{key[1]} expects state {expected.name}, but it is {current.name}"
     return None
+
+
+def _unclaimed_key(key: tuple[str, int]) -> tuple[str, str, int]:
+    """The ledger's key for an unclaimed holding: three parts, so it never meets a (model, version) commitment."""
+    return ("unclaimed", *key)

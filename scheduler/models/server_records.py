@@ -44,6 +44,9 @@ class ReplicaRecord:
     server_down: str | None = None
     # Since when the replica holds no model (None while it holds some): scale-down looks at this.
     empty_since: float | None = None
+    # (model, version) -> bytes: what the agent holds of models a new leader did not know yet when it reported them,
+    # kept (and its memory counted) until the controller's re-send claims them or the wait ends (Cluster.unclaimed).
+    unclaimed: dict[tuple[str, int], int] = field(default_factory=dict)
     ledger: MemoryLedger = field(init=False)
 
     def __post_init__(self) -> None:

@@ -21,8 +21,9 @@ emulator. What it implements, for every kind in :data:`KINDS`:
 - TokenReview (``authentication.k8s.io/v1``): create answers from :attr:`FakeKubernetesApi.token_reviews`.
 
 Tests drive and inspect it directly (:meth:`objects`, :meth:`get`, :meth:`put`, :meth:`set_status`,
-:meth:`remove`); every request is recorded, and :meth:`inject_error` makes the next matching requests fail with a
-Kubernetes ``Status``. What it does not do: admission, defaulting, schema validation, garbage collection by owner
+:meth:`remove`); every request is recorded, :meth:`inject_error` makes the next matching requests fail with a
+Kubernetes ``Status``, and :meth:`hold` keeps matching requests waiting until released (to line up races). What
+it does not do: admission, defaulting, schema validation, garbage collection by owner
 references, real pods, or any controller (no kubelet: tests run what pods would run as local processes).
 """
 
@@ -123,6 +124,19 @@ class _InjectedError:
     status: int
     reason: str
     times: int
+
+
+@dataclass
+class HeldRequests:
+    """Requests held before they are handled (see :meth:`FakeKubernetesApi.hold`) until :meth:`release`."""
+
+    method: str
+    path_suffix: str
+    waiting: int = 0  # held right now
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def release(self) -> None:
+        self.released.set()
 
 
 @dataclass
@@ -278,6 +292,7 @@ class FakeKubernetesApi:
         self._history: list[tuple[int, Kind, str, JsonObject]] = []  # (rv, kind, event type, object)
         self._watchers: list[_Watcher] = []
         self._errors: list[_InjectedError] = []
+        self._holds: list[HeldRequests] = []
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -305,6 +320,17 @@ class FakeKubernetesApi:
     def inject_error(self, method: str, path_suffix: str, status: int, reason: str, *, times: int = 1) -> None:
         """The next ``times`` requests with ``method`` whose path ends with ``path_suffix`` get ``status``."""
         self._errors.append(_InjectedError(method, path_suffix, status, reason, times))
+
+    def clear_errors(self) -> None:
+        """Forget every injected error not yet used up: the API server answers again."""
+        self._errors.clear()
+
+    def hold(self, method: str, path_suffix: str) -> HeldRequests:
+        """Hold every request with ``method`` whose path ends with ``path_suffix`` (recorded, not yet handled) until
+        ``release()``: how a test lines up two clients' writes of one version, so both reach the store together."""
+        held = HeldRequests(method, path_suffix)
+        self._holds.append(held)
+        return held
 
     def requests_for(self, method: str, path_suffix: str = "") -> list[RecordedRequest]:
         return [r for r in self.requests if r.method == method and r.path.endswith(path_suffix)]
@@ -469,6 +495,13 @@ class FakeKubernetesApi:
         )
         if self.token is not None and request.headers.get("Authorization") != f"Bearer {self.token}":
             return ApiError(401, "Unauthorized", "Unauthorized").response()
+        for held in self._holds:
+            if not held.released.is_set() and held.method == request.method and request.path.endswith(held.path_suffix):
+                held.waiting += 1
+                try:
+                    await held.released.wait()
+                finally:
+                    held.waiting -= 1
         for error in self._errors:
             if error.times > 0 and error.method == request.method and request.path.endswith(error.path_suffix):
                 error.times -= 1

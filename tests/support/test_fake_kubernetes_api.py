@@ -3,6 +3,7 @@ semantics the controller and the scheduler's leader election rely on behave as a
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +20,7 @@ from tests.support.fake_kubernetes_api import (
     labels_match,
     merge_patch,
 )
+from tests.waiting import wait_for
 
 V = "v1alpha1"
 
@@ -219,6 +221,40 @@ async def test_stateful_sets_leases_and_token_reviews(api: FakeKubernetesApi, cl
     assert (good.status.authenticated, good.status.user.username) == (True, "system:serviceaccount:ns:agent")
     assert bad.status is not None
     assert bad.status.authenticated is False
+
+
+async def test_held_requests_wait_until_released_and_injected_errors_can_be_cleared(
+    api: FakeKubernetesApi, client: k8s.ApiClient
+) -> None:
+    coordination = k8s.CoordinationV1Api(client)
+    await coordination.create_namespaced_lease("default", k8s.V1Lease(metadata=k8s.V1ObjectMeta(name="held")))
+    read = await coordination.read_namespaced_lease("held", "default")
+    assert read.metadata is not None
+    version = read.metadata.resource_version
+    held = api.hold("PATCH", "/leases/held")
+
+    async def write(holder: str) -> int:
+        patch = {"metadata": {"resourceVersion": version}, "spec": {"holderIdentity": holder}}
+        try:
+            await coordination.patch_namespaced_lease(
+                "held", "default", patch, _content_type="application/merge-patch+json"
+            )
+        except ApiException as error:
+            return int(error.status)
+        return 200
+
+    writes = [asyncio.create_task(write(holder)) for holder in ("a", "b")]
+    await wait_for(lambda: held.waiting == 2, what="both writes held")
+    assert not any(task.done() for task in writes)
+    held.release()
+    assert sorted(await asyncio.gather(*writes)) == [200, 409], "two writes of one version: one wins, one is 409"
+
+    api.inject_error("GET", "/leases/held", 503, "ServiceUnavailable", times=5)
+    with pytest.raises(ApiException) as unavailable:
+        await coordination.read_namespaced_lease("held", "default")
+    assert unavailable.value.status == 503
+    api.clear_errors()
+    assert (await coordination.read_namespaced_lease("held", "default")).spec is not None
 
 
 def test_patch_and_selector_rules() -> None:

@@ -36,8 +36,8 @@ COPY --from=build /opt/modelplane /opt/modelplane
 # The runtime user (uid 10001) owns the folders modelplane writes, so a volume mounted on one starts out
 # writable (Docker and Podman give a new volume the ownership of the folder it is mounted on): the scheduler's
 # --state-dir, the agent's models (repository and download cache) and work folder, the trainer's datasets.
-RUN groupadd --system --gid 10001 modelplane \
-    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/modelplane --no-create-home modelplane \
+RUN groupadd --gid 10001 modelplane \
+    && useradd --no-log-init --uid 10001 --gid 10001 --home-dir /var/lib/modelplane --no-create-home modelplane \
     && install -d -o 10001 -g 10001 -m 0755 /var/lib/modelplane /var/lib/modelplane/state \
        /var/lib/modelplane/models /var/lib/modelplane/agent /var/lib/modelplane/datasets
 

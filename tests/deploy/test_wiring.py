@@ -43,12 +43,17 @@ def containers_of(pod: Manifest) -> Iterator[Manifest]:
     yield from pod["containers"]
 
 
+def is_modelplane(container: Manifest) -> bool:
+    """Whether the container runs modelplane's image (whatever registry an overlay names it in)."""
+    return bool(container["image"].split("/")[-1].split(":")[0] == "modelplane")
+
+
 def modelplane_containers(folder: str) -> Iterator[tuple[Manifest, Manifest, Manifest]]:
     """(object, pod spec, container) for every container that runs a modelplane process."""
     for document in render(folder):
         for pod in pod_specs(document):
             for container in pod["containers"]:
-                if container["image"].split("/")[-1].split(":")[0] == "modelplane":
+                if is_modelplane(container):
                     yield document, pod, container
 
 
@@ -238,7 +243,7 @@ def test_modelplane_runs_as_the_images_user_and_writes_only_to_volumes(folder: s
         claims = {t["metadata"]["name"] for t in document.get("spec", {}).get("volumeClaimTemplates", [])}
         for pod in pod_specs(document):
             for container in containers_of(pod):
-                if container["image"].split(":")[0] != "modelplane":
+                if not is_modelplane(container):
                     continue
                 what = label(document, container)
                 assert _run_as(pod, container) == IMAGE_USER, what

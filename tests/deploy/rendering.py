@@ -1,0 +1,77 @@
+"""deploy/ rendered the way a user applies it: `kubectl kustomize DIR`, offline, for every kustomization there.
+
+kubectl is a hard requirement of these tests (preinstalled on the project's machines; `./run test` says how to
+get it when it is missing): without it they fail, never skip, because a skipped render checks nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+KUBECTL_TIMEOUT = 120  # seconds: a render takes well under one, but the machine may be loaded
+
+Manifest = dict[str, Any]
+
+
+def kustomizations() -> list[str]:
+    """Every folder under deploy/ with a kustomization.yaml, relative to deploy/ (crds, base, overlays/tls ...)."""
+    return sorted(str(path.parent.relative_to(DEPLOY)) for path in DEPLOY.rglob("kustomization.yaml"))
+
+
+def kubectl() -> str:
+    found = shutil.which("kubectl")
+    if found is None:
+        pytest.fail(
+            "kubectl is not on PATH: tests/deploy/ render deploy/ with `kubectl kustomize` (kubectl 1.32 or newer; "
+            "see https://kubernetes.io/docs/tasks/tools/ or apt's kubectl from pkgs.k8s.io)",
+            pytrace=False,
+        )
+    return found
+
+
+@functools.cache
+def _render(folder: str) -> tuple[Manifest, ...]:
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(DEPLOY / folder)],
+        capture_output=True,
+        text=True,
+        timeout=KUBECTL_TIMEOUT,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"kubectl kustomize deploy/{folder} failed:\n{result.stderr.strip()}", pytrace=False)
+    return tuple(document for document in yaml.safe_load_all(result.stdout) if document is not None)
+
+
+def render(folder: str) -> list[Manifest]:
+    """The objects `kubectl kustomize deploy/FOLDER` prints (a fresh copy each call: tests may change them)."""
+    return [yaml.safe_load(yaml.safe_dump(document)) for document in _render(folder)]
+
+
+def crd_schemas() -> dict[tuple[str, str], Manifest]:
+    """(apiVersion, kind) -> the openAPIV3Schema our CRDs give it."""
+    schemas: dict[tuple[str, str], Manifest] = {}
+    for crd in render("crds"):
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            schemas[(f"{group}/{version['name']}", kind)] = version["schema"]["openAPIV3Schema"]
+    return schemas
+
+
+def pod_specs(document: Manifest) -> list[Manifest]:
+    """The pod specs an object carries: a workload's template, a ServerConfig's podSpec, a Server's podSpec."""
+    kind = document.get("kind")
+    if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+        return [document["spec"]["template"]["spec"]]
+    if kind == "ServerConfig":
+        return [document["spec"]["podSpec"]]
+    return []

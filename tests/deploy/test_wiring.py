@@ -93,6 +93,11 @@ def environment(pod: Manifest, container: Manifest) -> dict[str, str]:
     return env
 
 
+def expand_variables(arg: str, env: Mapping[str, str]) -> str:
+    """``$(NAME)`` in an argument replaced by the container's variable, as the kubelet does (``$$`` escapes)."""
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: "$" if m[0] == "$$" else env.get(m[1], m[0]), arg)
+
+
 def mounted_files(folder: str, pod: Manifest, container: Manifest, root: Path) -> dict[str, Path]:
     """The container's Secret and ConfigMap mounts as local folders under ``root`` (mount path -> folder): a
     ConfigMap's files with the rendered data, a TLS Secret's three files empty (their content is the user's)."""
@@ -126,11 +131,11 @@ def check_commands(folder: str, commands: Mapping[str, tuple[Build, Parse]], roo
             continue
         for mount_path, local in mounted_files(folder, pod, container, root / str(checked)).items():
             argv = [arg.replace(f"={mount_path}/", f"={local}/") for arg in argv]
+        env = environment(pod, container)
+        argv = [expand_variables(arg, env) for arg in argv]
         build, parse = commands[command]
         try:
-            settings = parse(
-                build(argparse.ArgumentParser(prog=f"modelplane {command}")), argv, environment(pod, container)
-            )
+            settings = parse(build(argparse.ArgumentParser(prog=f"modelplane {command}")), argv, env)
         except SystemExit:
             pytest.fail(f"deploy/{folder} {label(document, container)}: `modelplane {command}` refuses {argv}")
         security = settings.security

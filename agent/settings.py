@@ -31,11 +31,9 @@ from modelplane.process_flags import add_process_flags
 from modelplane.sizes import format_size
 from modelplane.spec.errors import InvalidArgument
 from modelplane.spec.names import check_name
+from modelplane.spec.server_kinds import DEFAULT_CAPABILITIES, SERVER_KINDS
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_tls_flags, security_from
-
-SERVER_KINDS = ("mlserver", "triton")
-DEFAULT_CAPABILITIES = {"mlserver": "sklearn,mlserver", "triton": "triton,python"}
 
 # Disk limits for model artifacts: their defaults, and why, are agent/artifacts' own (safety.py, store.py).
 DEFAULT_MAX_MODEL_DISK = format_size(DEFAULT_MAX_MODEL_BYTES)

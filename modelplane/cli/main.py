@@ -27,6 +27,7 @@ from modelplane.cli import audit_command, model_commands, status_command, up
 from modelplane.command_line import EXIT_FAILURE, EXIT_USAGE, fail, subparsers
 from modelplane.config import parse_layered
 from modelplane.flag_types import peer_address
+from modelplane.kubernetes_api import KubernetesConfigError
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_tls_flags, security_from
 from scheduler.settings import build_parser, parse_settings
@@ -142,7 +143,7 @@ def _run_agent(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
 
     try:
         asyncio.run(agent_process.run(settings))
-    except (TransportError, OSError, RuntimeError) as error:
+    except (TransportError, OSError, RuntimeError, KubernetesConfigError) as error:
         return fail(str(error))
     return 0
 

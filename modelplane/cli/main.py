@@ -17,6 +17,8 @@ import grpc
 
 from agent.settings import build_parser as build_agent_parser
 from agent.settings import parse_settings as parse_agent_settings
+from controller.settings import build_parser as build_controller_parser
+from controller.settings import parse_settings as parse_controller_settings
 from gateway.settings import build_parser as build_gateway_parser
 from gateway.settings import parse_settings as parse_gateway_settings
 from modelplane import __version__, logs
@@ -95,6 +97,14 @@ def _parser() -> argparse.ArgumentParser:
             "scheduler streams. Stateless: run as many as you like.",
         )
     )
+    build_controller_parser(
+        commands.add_parser(
+            "controller",
+            help="run the Kubernetes controller (Seldon's Model, Pipeline, Experiment, Server resources)",
+            description="Run the controller: it watches Seldon's custom resources (mlops.seldon.io/v1alpha1) in "
+            "the Kubernetes API, sends them to the scheduler, and writes their status back.",
+        )
+    )
     add_trainer_commands(commands)
     status = commands.add_parser(
         "status",
@@ -155,6 +165,21 @@ def _run_gateway(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
 
     try:
         asyncio.run(gateway_process.run(settings))
+    except (TransportError, OSError, RuntimeError) as error:
+        return fail(str(error))
+    return 0
+
+
+def _run_controller(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    settings = parse_controller_settings(parser, argv)
+    logs.configure("controller", settings.log_level, json_output=settings.log_json)
+    from controller import process as controller_process  # noqa: PLC0415 - see _run_agent
+    from modelplane.kubernetes_api import KubernetesConfigError  # noqa: PLC0415 - loads the kubernetes client
+
+    try:
+        asyncio.run(controller_process.run(settings))
+    except KubernetesConfigError as error:
+        return fail(str(error), EXIT_USAGE)
     except (TransportError, OSError, RuntimeError) as error:
         return fail(str(error))
     return 0
@@ -245,6 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
         return _run_up(commands[command], rest)
     if command == "gateway":
         return _run_gateway(commands[command], rest)
+    if command == "controller":
+        return _run_controller(commands[command], rest)
     if command == "status":
         return _client(commands[command], "status", rest, None)
     if command == "audit":

@@ -21,6 +21,7 @@ from controller.reconciling import ControllerContext, ReconcileLoop, ReconcilerF
 from controller.resource_client import ResourceClient
 from controller.resource_watcher import ResourceWatcher
 from controller.scheduler_connection import SchedulerConnection
+from controller.servers.server_reconciler import SERVER_RECONCILERS
 from controller.settings import ControllerSettings
 from modelplane.kubernetes_api import kubernetes_client
 from modelplane.ready_file import write_ready_file
@@ -29,7 +30,7 @@ from modelplane.signals import stop_on_signals
 log = logging.getLogger(__name__)
 
 # The reconcilers, one per kind. Add a kind's factory here (see controller/reconciling.py).
-RECONCILERS: list[ReconcilerFactory] = []
+RECONCILERS: list[ReconcilerFactory] = [*SERVER_RECONCILERS]
 
 
 class Controller:

@@ -255,4 +255,38 @@ async def test_a_restarted_scheduler_is_told_every_server_again_and_nothing_is_w
         )
         async with api_of(cluster) as api:
             await wait_for_async(both_told, WAIT, "the new scheduler expects 2 and 0 replicas")
-        assert stateful_set_writes(kubernetes) == writes, "reconciling again wrote no StatefulSet"
+            assert stateful_set_writes(kubernetes) == writes, "reconciling again wrote no StatefulSet"
+
+            # A deleted Server: the scheduler is told to expect none of it (its objects go by owner reference).
+            kubernetes.remove(fake.SERVERS, NAME, NS)
+
+            async def none_expected() -> bool:
+                return await expected_replicas(api, NAME) == 0
+
+            await wait_for_async(none_expected, WAIT, "the scheduler expects 0 replicas of the deleted Server")
+
+
+async def test_a_server_that_cannot_run_says_why_and_runs_once_its_server_config_exists(
+    cluster: Cluster, kubernetes: fake.FakeKubernetesApi
+) -> None:
+    kubernetes.put(fake.SERVERS, a_server(NAME, config="later"))
+    kubernetes.put(fake.SERVERS, a_server("bounded", minReplicas=3, maxReplicas=2))
+    kubernetes.put(fake.SERVER_CONFIGS, server_config_with_agent())
+    scheduler = cluster.start_scheduler()
+    async with running_controller(kubernetes, scheduler.listen):
+        await until(
+            lambda: ready(kubernetes).get("reason") == "ServerConfigNotFound", "the Server names what is missing"
+        )
+        assert "no ServerConfig 'later' in namespace 'models'" in ready(kubernetes)["message"]
+
+        def bounded() -> dict[str, Any]:
+            server = kubernetes.get(fake.SERVERS, "bounded", NS) or {}
+            return dict(((server.get("status") or {}).get("conditions") or [{}])[0])
+
+        await until(lambda: bounded().get("reason") == "InvalidSpec", "the invalid Server says why")
+        assert "spec.minReplicas (3) is more than spec.maxReplicas (2)" in bounded()["message"]
+        assert kubernetes.objects(fake.STATEFUL_SETS, NS) == []
+
+        kubernetes.put(fake.SERVER_CONFIGS, server_config_with_agent("later"))
+        await until(lambda: stateful_set(kubernetes) is not None, "the StatefulSet is made once its ServerConfig is")
+        await until(lambda: ready(kubernetes).get("reason") == "ReplicasNotAvailable", "the Server waits for its pods")

@@ -111,8 +111,17 @@ class ServerReconciler:
                 ),
             )
             return
-        await self._workloads.apply_service(objects.service)
         existing = await self._workloads.stateful_set(key.namespace, key.name)
+        if existing is not None and not _controlled_by(existing, resource):
+            problem = ("NameTaken", f"a StatefulSet {key.name!r} exists in {key.namespace!r} and is not this Server's")
+            await self._write_status(
+                resource,
+                server_status(
+                    resource, stateful_set=None, wanted=0, loaded_models=None, selector=None, problem=problem
+                ),
+            )
+            return
+        await self._workloads.apply_service(objects.service)
         live = None if existing is None else int((existing.get("spec") or {}).get("replicas") or 0)
         followed = None if existing is None else _annotations(existing).get(SPEC_REPLICAS_ANNOTATION)
         target, by_user = target_replicas(
@@ -295,6 +304,12 @@ class ServerReconciler:
         known = self._context.cache(SERVERS).keys()
         matches = [key for key in known if key.name == message.serverName]
         return matches[0] if len(matches) == 1 else None
+
+
+def _controlled_by(obj: JsonObject, server: JsonObject) -> bool:
+    uid = (server.get("metadata") or {}).get("uid")
+    owners = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(isinstance(o, dict) and o.get("controller") and o.get("uid") == uid for o in owners)
 
 
 def _annotations(obj: JsonObject) -> dict[str, Any]:

@@ -271,6 +271,9 @@ async def test_a_server_that_cannot_run_says_why_and_runs_once_its_server_config
 ) -> None:
     kubernetes.put(fake.SERVERS, a_server(NAME, config="later"))
     kubernetes.put(fake.SERVERS, a_server("bounded", minReplicas=3, maxReplicas=2))
+    unrelated = {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "taken", "namespace": NS}}
+    kubernetes.put(fake.STATEFUL_SETS, {**unrelated, "spec": {"replicas": 7}})
+    kubernetes.put(fake.SERVERS, a_server("taken"))
     kubernetes.put(fake.SERVER_CONFIGS, server_config_with_agent())
     scheduler = cluster.start_scheduler()
     async with running_controller(kubernetes, scheduler.listen):
@@ -285,7 +288,14 @@ async def test_a_server_that_cannot_run_says_why_and_runs_once_its_server_config
 
         await until(lambda: bounded().get("reason") == "InvalidSpec", "the invalid Server says why")
         assert "spec.minReplicas (3) is more than spec.maxReplicas (2)" in bounded()["message"]
-        assert kubernetes.objects(fake.STATEFUL_SETS, NS) == []
+
+        def taken() -> dict[str, Any]:
+            server = kubernetes.get(fake.SERVERS, "taken", NS) or {}
+            return dict(((server.get("status") or {}).get("conditions") or [{}])[0])
+
+        await until(lambda: taken().get("reason") == "NameTaken", "a Server never takes another's StatefulSet")
+        assert [s["metadata"]["name"] for s in kubernetes.objects(fake.STATEFUL_SETS, NS)] == ["taken"]
+        assert (kubernetes.get(fake.STATEFUL_SETS, "taken", NS) or {})["spec"] == {"replicas": 7}
 
         kubernetes.put(fake.SERVER_CONFIGS, server_config_with_agent("later"))
         await until(lambda: stateful_set(kubernetes) is not None, "the StatefulSet is made once its ServerConfig is")

@@ -29,6 +29,7 @@ from aiohttp import web
 from grpc import aio
 
 from agent.artifacts import ArtifactStore, ExtractLimits
+from agent.artifacts.kubernetes_secrets import KubernetesSecrets
 from agent.inference_proxy import InferenceProxy
 from agent.model_manager import ModelManager
 from agent.scheduler_session import SchedulerSession
@@ -40,6 +41,7 @@ from modelplane.addresses import Address
 from modelplane.auth.access_check import AccessCheck
 from modelplane.auth.http_access import protect
 from modelplane.auth_flags import client_token
+from modelplane.kubernetes_api import kubernetes_client
 from modelplane.ready_file import write_ready_file
 from modelplane.signals import stop_on_signals
 from modelplane.transport import TransportError, TransportSecurity, bind, new_server
@@ -80,6 +82,16 @@ async def inference_server(settings: AgentSettings) -> AsyncIterator[tuple[Infer
         await server.close()
         if launched is not None:
             await launched.stop()  # the process running now: a restart replaces it
+
+
+@contextlib.asynccontextmanager
+async def storage_secrets(settings: AgentSettings) -> AsyncIterator[KubernetesSecrets | None]:
+    """The reader of Kubernetes Secrets (--k8s-secrets), its API client open for the agent's life; else None."""
+    if settings.kubernetes is None or settings.secrets_namespace is None:
+        yield None
+        return
+    async with kubernetes_client(settings.kubernetes) as api:
+        yield KubernetesSecrets(api, settings.secrets_namespace)
 
 
 async def start_proxy(
@@ -167,7 +179,7 @@ async def run(
         stop, forced = asyncio.Event(), asyncio.Event()
         stop_on_signals(stop, forced)
     forced = forced or asyncio.Event()
-    async with inference_server(settings) as (server, launched):
+    async with inference_server(settings) as (server, launched), storage_secrets(settings) as secret_reader:
         limits = ExtractLimits(max_total_bytes=settings.max_model_disk_bytes, max_ratio=settings.max_compression_ratio)
         artifacts = ArtifactStore(
             settings.cache_dir,
@@ -175,6 +187,7 @@ async def run(
             environ=os.environ,
             limits=limits,
             cache_limit_bytes=settings.max_cache_disk_bytes,
+            secret_reader=secret_reader,
         )
         manager = ModelManager(
             server, artifacts, memory_bytes=settings.memory_bytes, overcommit_percent=settings.overcommit_percent

@@ -15,6 +15,7 @@ from agent.artifacts import (
     DEFAULT_MAX_MODEL_BYTES,
     RATIO_EXEMPT_BYTES,
 )
+from agent.pod_identity import MAX_REPLICA_INDEX, PodNameError, identity_from_pod_name
 from agent.server_watch import WatchSettings
 from modelplane.addresses import Address
 from modelplane.auth.access_check import AuthSettings
@@ -27,16 +28,18 @@ from modelplane.auth_flags import (
 )
 from modelplane.config import parse_layered
 from modelplane.flag_types import address, bounded_int, byte_size, seconds
+from modelplane.kubernetes_api import KubernetesConnection, add_kubernetes_flags, connection_from_flags
 from modelplane.process_flags import add_process_flags
+from modelplane.secret_inputs import SecretFileError
 from modelplane.sizes import format_size
 from modelplane.spec.errors import InvalidArgument
-from modelplane.spec.names import check_name
+from modelplane.spec.names import check_name, is_namespace
+from modelplane.spec.server_kinds import DEFAULT_CAPABILITIES, SERVER_KINDS
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_tls_flags, security_from
 
-SERVER_KINDS = ("mlserver", "triton")
-DEFAULT_CAPABILITIES = {"mlserver": "sklearn,mlserver", "triton": "triton,python"}
-
+# Where a pod's service account says which namespace the pod is in.
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # Disk limits for model artifacts: their defaults, and why, are agent/artifacts' own (safety.py, store.py).
 DEFAULT_MAX_MODEL_DISK = format_size(DEFAULT_MAX_MODEL_BYTES)
 DEFAULT_MAX_CACHE_DISK = format_size(DEFAULT_CACHE_LIMIT_BYTES)
@@ -80,6 +83,9 @@ class AgentSettings:
     # to the scheduler (a file; else MODELPLANE_AUTH_TOKEN; else none, or its client certificate).
     auth: AuthSettings = field(default_factory=AuthSettings)
     token_file: Path | None = None
+    # Models' storage secrets read from Kubernetes Secrets in this namespace (--k8s-secrets), through this API.
+    kubernetes: KubernetesConnection | None = None
+    secrets_namespace: str | None = None
 
 
 def _server_name(text: str) -> str:
@@ -98,14 +104,21 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="the scheduler's agent address (default 127.0.0.1:9005; env MODELPLANE_AGENT_SCHEDULER)",
     )
     parser.add_argument(
-        "--server-name", type=_server_name, default="mlserver", help="the server this replica belongs to"
+        "--server-name",
+        type=_server_name,
+        help="the server this replica belongs to (default: from --pod-name, else mlserver)",
     )
     parser.add_argument(
         "--replica-idx",
-        type=bounded_int(0, 9999),
-        default=0,
+        type=bounded_int(0, MAX_REPLICA_INDEX),
         metavar="N",
-        help="this replica's index within its server (default 0)",
+        help="this replica's index within its server (default: from --pod-name, else 0)",
+    )
+    parser.add_argument(
+        "--pod-name",
+        metavar="NAME-N",
+        help="the StatefulSet pod this agent runs in (e.g. --pod-name=$(POD_NAME)): the replica index is its ordinal "
+        "N, and the server name NAME unless --server-name is given",
     )
     parser.add_argument("--server-kind", choices=SERVER_KINDS, default="mlserver")
     parser.add_argument(
@@ -176,6 +189,18 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--secrets-dir", type=Path, metavar="DIR", help="folder of storage secrets, one file per secret"
+    )
+    parser.add_argument(
+        "--k8s-secrets",
+        action="store_true",
+        help="read a model's storage secret from the Kubernetes Secret of that name in --k8s-namespace (an rclone "
+        "config under one key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; see agent/artifacts/"
+        "kubernetes_secrets.py), through the API the --k8s-* flags name, instead of --secrets-dir",
+    )
+    parser.add_argument(
+        "--k8s-namespace",
+        metavar="NAMESPACE",
+        help="the namespace of those Secrets (default with --k8s-in-cluster: the pod's own)",
     )
     parser.add_argument(
         "--work-dir", type=Path, metavar="DIR", help="the agent's own files (default .modelplane/agent-SERVER-N)"
@@ -253,6 +278,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="the longest wait between restart attempts; the wait starts over once the server has served this "
         "long (default 60)",
     )
+    add_kubernetes_flags(parser)
     add_process_flags(parser, section="agent", ready_file_help="write the proxy addresses here once registered")
     add_tls_flags(parser, server=False)
     add_auth_flags(parser)
@@ -270,10 +296,10 @@ def parse_settings(
         parser.error("--server-url needs --models-dir: the folder the server loads models from")
     if options.server_url and not options.server_url.startswith(("http://", "https://")):
         parser.error(f"--server-url {options.server_url!r} must start with http:// or https://")
+    server_name, replica_idx = _identity(parser, options)
+    kubernetes, secrets_namespace = _kubernetes_secrets(parser, options)
     # Absolute: a launched server runs in its own working directory.
-    work_dir = (
-        options.work_dir or Path(".modelplane") / f"agent-{options.server_name}-{options.replica_idx}"
-    ).absolute()
+    work_dir = (options.work_dir or Path(".modelplane") / f"agent-{server_name}-{replica_idx}").absolute()
     capabilities = options.capabilities or DEFAULT_CAPABILITIES[options.server_kind]
     names = frozenset(c.strip() for c in capabilities.split(",") if c.strip())
     if not names:
@@ -286,8 +312,8 @@ def parse_settings(
     settings = AgentSettings(
         scheduler=options.scheduler,
         security=security_from(options),
-        server_name=options.server_name,
-        replica_idx=options.replica_idx,
+        server_name=server_name,
+        replica_idx=replica_idx,
         server_kind=options.server_kind,
         server_url=options.server_url,
         server_grpc=options.server_grpc,
@@ -319,6 +345,8 @@ def parse_settings(
         max_cache_disk_bytes=options.max_cache_disk,
         max_compression_ratio=options.max_compression_ratio,
         token_file=options.auth_token_file,
+        kubernetes=kubernetes,
+        secrets_namespace=secrets_namespace,
     )
     listening = [settings.proxy_http, settings.proxy_grpc]
     try:
@@ -333,6 +361,46 @@ def parse_settings(
     except TransportError as error:
         parser.error(str(error))
     return dataclasses.replace(settings, auth=auth)
+
+
+def _kubernetes_secrets(
+    parser: argparse.ArgumentParser, options: argparse.Namespace
+) -> tuple[KubernetesConnection | None, str | None]:
+    """The API and namespace of the Kubernetes Secrets that hold storage secrets, with --k8s-secrets."""
+    if not options.k8s_secrets:
+        if options.k8s_namespace is not None:
+            parser.error("--k8s-namespace is for --k8s-secrets")
+        return None, None
+    if options.secrets_dir is not None:
+        parser.error("give --k8s-secrets or --secrets-dir, not both: a secret name must mean one thing")
+    namespace = options.k8s_namespace
+    if namespace is None and options.k8s_in_cluster:
+        try:
+            namespace = SERVICE_ACCOUNT_NAMESPACE.read_text(encoding="utf-8").strip()
+        except OSError as error:
+            parser.error(f"--k8s-secrets: no --k8s-namespace, and {SERVICE_ACCOUNT_NAMESPACE}: {error.strerror}")
+    if namespace is None:
+        parser.error("--k8s-secrets needs --k8s-namespace (or --k8s-in-cluster, for the pod's own namespace)")
+    if not is_namespace(namespace) or not namespace:
+        parser.error(f"--k8s-namespace {namespace[:70]!r} is not a Kubernetes namespace name")
+    try:
+        connection = connection_from_flags(options)
+    except SecretFileError as error:
+        parser.error(str(error))
+    return connection, namespace
+
+
+def _identity(parser: argparse.ArgumentParser, options: argparse.Namespace) -> tuple[str, int]:
+    """The server name and replica index: given, or from the pod's name (agent/pod_identity.py)."""
+    if options.pod_name is None:
+        return options.server_name or "mlserver", 0 if options.replica_idx is None else options.replica_idx
+    if options.replica_idx is not None:
+        parser.error("give --pod-name (the index is its ordinal) or --replica-idx, not both")
+    try:
+        pod = identity_from_pod_name(options.pod_name)
+    except PodNameError as error:
+        parser.error(str(error))
+    return options.server_name or pod.server_name, pod.replica_idx
 
 
 def _advertised(address: Address) -> str:

@@ -23,6 +23,7 @@ from controller.resource_watcher import ResourceWatcher
 from controller.scheduler_connection import SchedulerConnection
 from controller.scheduler_kinds import ExperimentKind, ModelKind, PipelineKind
 from controller.scheduler_resources import SchedulerResourceReconciler
+from controller.servers.server_reconciler import SERVER_RECONCILERS
 from controller.settings import ControllerSettings
 from modelplane.kubernetes_api import kubernetes_client
 from modelplane.ready_file import write_ready_file
@@ -35,6 +36,7 @@ RECONCILERS: list[ReconcilerFactory] = [
     lambda context: SchedulerResourceReconciler(context, ModelKind()),
     lambda context: SchedulerResourceReconciler(context, PipelineKind()),
     lambda context: SchedulerResourceReconciler(context, ExperimentKind()),
+    *SERVER_RECONCILERS,
 ]
 
 

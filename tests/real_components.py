@@ -299,6 +299,8 @@ class AgentSpec:
     # A server started elsewhere, as (V2 REST URL, V2 gRPC target, its model repository); None: the agent
     # launches one of ``kind``.
     existing_server: tuple[str, str, Path] | None = None
+    # The StatefulSet pod the agent would run in (--pod-name): it names the server and replica instead.
+    pod_name: str | None = None
 
 
 @dataclass
@@ -405,6 +407,12 @@ def _server_flags(spec: AgentSpec) -> list[str]:
     return [f"--server-url={url}", f"--server-grpc={grpc_target}", f"--models-dir={repository}"]
 
 
+def _identity_flags(spec: AgentSpec) -> list[str]:
+    if spec.pod_name is not None:
+        return [f"--pod-name={spec.pod_name}", *([f"--server-name={spec.server_name}"] if spec.server_name else [])]
+    return [f"--server-name={spec.server_name or spec.kind}", f"--replica-idx={spec.replica_idx}"]
+
+
 def start_agents(agent_listen: str, specs: list[AgentSpec], *, ready_timeout: float = 180) -> list[AgentProcess]:
     """Start the agents together; return once each has registered (its ready file is written).
 
@@ -420,9 +428,8 @@ def start_agents(agent_listen: str, specs: list[AgentSpec], *, ready_timeout: fl
             *MODELPLANE,
             "agent",
             f"--scheduler={agent_listen}",
-            f"--server-name={spec.server_name or spec.kind}",
+            *_identity_flags(spec),
             f"--server-kind={spec.kind}",
-            f"--replica-idx={spec.replica_idx}",
             *_server_flags(spec),
             f"--memory={spec.memory}",
             "--proxy-http=127.0.0.1:0",

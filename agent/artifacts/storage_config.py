@@ -29,9 +29,9 @@ _AWS_ENDPOINT = "https://s3.amazonaws.com"
 _TRUE = frozenset({"true", "1", "yes", "on"})
 
 
-def _flatten_json(loaded: object, origin: str) -> dict[str, str]:
+def flatten_config_object(loaded: object, origin: str) -> dict[str, str]:
     if not isinstance(loaded, dict):
-        raise ArtifactError(f"{origin}: the JSON storage config must be an object")
+        raise ArtifactError(f"{origin}: the storage config must be an object (a map of keys to values)")
     values: dict[str, object] = dict(loaded)
     parameters = values.pop("parameters", None)
     if parameters is not None:
@@ -61,7 +61,7 @@ def parse_config_text(text: str, origin: str) -> dict[str, str]:
             raise ArtifactError(
                 f"{origin}: the storage config is not valid JSON ({exc.msg} at line {exc.lineno})"
             ) from None
-        return _flatten_json(loaded, origin)
+        return flatten_config_object(loaded, origin)
     parser = configparser.ConfigParser(interpolation=None, strict=True)
     try:
         parser.read_string(stripped)

@@ -45,6 +45,7 @@ import os
 import shutil
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 from agent.artifacts.cache import CacheDir, cache_key, is_key
 from agent.artifacts.errors import ArtifactError
@@ -52,8 +53,17 @@ from agent.artifacts.quota import CacheQuota
 from agent.artifacts.safety import GIB, ExtractLimits
 from agent.artifacts.source_fetchers import SourceFetchers, inspect_local
 from agent.artifacts.sources import ArtifactSource, HttpLocation, LocalLocation, S3Location, parse_location
-from agent.artifacts.storage_config import resolve_s3_settings
+from agent.artifacts.storage_config import resolve_s3_settings, settings_from_config
 from agent.artifacts.versions import select_version
+
+
+class StorageSecretReader(Protocol):
+    """Where named storage secrets come from when not from files or the environment (kubernetes_secrets.py)."""
+
+    async def storage_values(self, secret_name: str) -> tuple[dict[str, str], str]:
+        """The rclone-style S3 keys of ``secret_name`` and a description of where they came from."""
+        ...
+
 
 log = logging.getLogger(__name__)
 # The cache's default limit, here and nowhere else (the agent's --max-cache-disk takes it from here): 32 GiB, four
@@ -67,7 +77,8 @@ class ArtifactStore:
     """Fetches artifacts into ``cache_dir`` (local folders are used in place).
 
     - ``secrets_dir/<name>`` holds the storage secret ``name``; without the file, the environment
-      variable ``MODELPLANE_SECRET_<NAME>`` is used.
+      variable ``MODELPLANE_SECRET_<NAME>`` is used. With a ``secret_reader`` (an agent in a pod: the
+      Secrets of its namespace, kubernetes_secrets.py), that reader alone answers for named secrets.
     - ``environ`` (default ``os.environ``) also gives the AWS_* defaults for S3 sources without a config.
     - ``limits`` bound every extracted archive and every S3 prefix; an http download may be at most
       ``max_total_bytes`` plus tar's per-member overhead.
@@ -87,11 +98,13 @@ class ArtifactStore:
         limits: ExtractLimits = ExtractLimits(),  # noqa: B008 -- frozen, so one shared default is safe
         cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES,
         timeout_seconds: float = 600,
+        secret_reader: StorageSecretReader | None = None,
     ) -> None:
         if timeout_seconds <= 0:
             raise ValueError("timeout_seconds must be positive")
         self._cache = CacheDir(Path(cache_dir))
         self._secrets_dir = secrets_dir
+        self._secret_reader = secret_reader
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
         self._flights: dict[str, asyncio.Task[Path]] = {}
         self._entry_locks: dict[str, asyncio.Lock] = {}
@@ -297,13 +310,18 @@ class ArtifactStore:
     # -- S3 ----------------------------------------------------------------------------------------
 
     async def _s3(self, location: S3Location, source: ArtifactSource) -> tuple[str, Callable[[], Awaitable[Path]]]:
-        settings = await asyncio.to_thread(
-            resolve_s3_settings,
-            rclone_config=source.storage_rclone_config,
-            secret_name=source.storage_secret_name,
-            secrets_dir=self._secrets_dir,
-            environ=self._environ,
-        )
+        secret_name = source.storage_secret_name
+        if secret_name is not None and source.storage_rclone_config is None and self._secret_reader is not None:
+            values, origin = await self._secret_reader.storage_values(secret_name)
+            settings = settings_from_config(values, origin, self._environ)
+        else:
+            settings = await asyncio.to_thread(
+                resolve_s3_settings,
+                rclone_config=source.storage_rclone_config,
+                secret_name=secret_name,
+                secrets_dir=self._secrets_dir,
+                environ=self._environ,
+            )
         # The cache entry is the endpoint's prefix; the flight also keys on the credentials, so a caller
         # with wrong credentials never shares a listing made with right ones.
         key = cache_key("s3", settings.url, location.bucket, location.prefix)

@@ -154,7 +154,7 @@ def _run_agent(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
 
     try:
         asyncio.run(agent_process.run(settings))
-    except (TransportError, OSError, RuntimeError) as error:
+    except (TransportError, OSError, RuntimeError, KubernetesConfigError) as error:
         return fail(str(error))
     return 0
 

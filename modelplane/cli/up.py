@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.settings import DEFAULT_CAPABILITIES, AgentSettings
+from agent.settings import AgentSettings
 from gateway.settings import GatewaySettings
 from modelplane.addresses import Address, AddressError, parse_address
 from modelplane.audit.audit_settings import AuditSettings, add_audit_flags, audit_settings_from
 from modelplane.config import parse_layered
 from modelplane.flag_types import byte_size
+from modelplane.spec.server_kinds import DEFAULT_CAPABILITIES
 from modelplane.transport import TransportSecurity
 from scheduler.settings import SchedulerSettings
 from scheduler.state_dir import StateDir

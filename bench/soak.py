@@ -57,7 +57,7 @@ from generated.mlops.routing.v1 import routing_pb2 as rpb
 from generated.mlops.routing.v1 import routing_pb2_grpc as rpb_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
-from tests.stalled_streams import StalledCall
+from tests.support.stalled_streams import StalledCall
 
 MiB = 1 << 20
 AVAILABLE = pb.ModelStatus.ModelAvailable

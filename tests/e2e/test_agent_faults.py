@@ -24,7 +24,15 @@ import pytest
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from servers.launch import launch_mlserver
-from tests.cluster_fixtures import (
+from tests.e2e.harness import (
+    held_files,
+    recording_statuses,
+    restart_agent,
+    sigstopped,
+)
+from tests.e2e.test_agent import index, predict, server_loads, tar_gz_of
+from tests.e2e.test_agent_liveness import server_leader
+from tests.support.cluster_fixtures import (
     AVAILABLE,
     CALL_TIMEOUT,
     FAILED,
@@ -37,18 +45,10 @@ from tests.cluster_fixtures import (
     model,
     until,
 )
-from tests.e2e.harness import (
-    held_files,
-    recording_statuses,
-    restart_agent,
-    sigstopped,
-)
-from tests.processes import start_gateway
-from tests.real_components import AgentProcess, kill_agent
-from tests.test_agent_e2e import index, predict, server_loads, tar_gz_of
-from tests.test_agent_liveness_e2e import server_leader
+from tests.support.processes import start_gateway
+from tests.support.real_components import AgentProcess, kill_agent
 
-pytest_plugins = ["tests.real_components", "tests.cluster_fixtures"]
+pytest_plugins = ["tests.support.real_components", "tests.support.cluster_fixtures"]
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(600)]  # the timeout is a hang guard only
 
 ARCHIVE = "/models/iris.tar.gz"

@@ -26,17 +26,17 @@ import pytest
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
 from gateway.kafka.topics import Resource, ResourceKind, TopicNames
-from tests.cluster_fixtures import WAIT, Cluster, Iris, api_of, model, until
 from tests.e2e.harness import requests_waiting_on, run_processes, sigstopped
-from tests.kafka_broker import DurableBroker, Record, consume_until, create_topics
-from tests.processes import start_gateway, stop_process
-from tests.real_components import S3Server
-from tests.redis_server import RedisServer
-from tests.test_trainer_process import get_json, start_trainer, wait_for_run_state
-from tests.test_trainer_service import SUCCESS, _stack_for, event, headers_of, put_schema, status_of, statuses_for
-from tests.training_schemas import iris_multiclass_logistic
+from tests.support.cluster_fixtures import WAIT, Cluster, Iris, api_of, model, until
+from tests.support.kafka_broker import DurableBroker, Record, consume_until, create_topics
+from tests.support.processes import start_gateway, stop_process
+from tests.support.real_components import S3Server
+from tests.support.redis_server import RedisServer
+from tests.support.training_schemas import iris_multiclass_logistic
+from tests.trainer.test_process import get_json, start_trainer, wait_for_run_state
+from tests.trainer.test_service import SUCCESS, _stack_for, event, headers_of, put_schema, status_of, statuses_for
 
-pytest_plugins = ["tests.real_components", "tests.cluster_fixtures", "tests.redis_server"]
+pytest_plugins = ["tests.support.real_components", "tests.support.cluster_fixtures", "tests.support.redis_server"]
 pytestmark = pytest.mark.timeout(600)  # a hang guard only
 
 

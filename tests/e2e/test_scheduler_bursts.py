@@ -25,9 +25,9 @@ from google.protobuf.message import Message
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
-from tests.cluster_fixtures import WAIT
-from tests.processes import SchedulerProcess, start_scheduler, stop_process
-from tests.test_control_plane_durability import _routed_experiments
+from tests.scheduler.test_control_plane_durability import _routed_experiments
+from tests.support.cluster_fixtures import WAIT
+from tests.support.processes import SchedulerProcess, start_scheduler, stop_process
 
 pytestmark = pytest.mark.timeout(300)  # a hang guard only
 

@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 
-from tests.cluster_fixtures import WAIT, Cluster, Iris, api_of, model, until
 from tests.e2e.harness import (
     processes_mentioning,
     recording_statuses,
@@ -29,12 +28,14 @@ from tests.e2e.harness import (
     run_processes,
     sigstopped,
 )
-from tests.kafka_broker import KafkaBroker, Record, produce
-from tests.real_components import S3Server
-from tests.redis_server import RedisServer, start_redis, stop_redis
-from tests.test_agent_e2e import predict
-from tests.test_trainer_process import get_json, start_trainer, wait_for_run_state
-from tests.test_trainer_service import (
+from tests.e2e.test_agent import predict
+from tests.support.cluster_fixtures import WAIT, Cluster, Iris, api_of, model, until
+from tests.support.kafka_broker import KafkaBroker, Record, produce
+from tests.support.real_components import S3Server
+from tests.support.redis_server import RedisServer, start_redis, stop_redis
+from tests.support.training_schemas import iris_multiclass_logistic
+from tests.trainer.test_process import get_json, start_trainer, wait_for_run_state
+from tests.trainer.test_service import (
     FAILURE,
     SUCCESS,
     Stack,
@@ -45,9 +46,13 @@ from tests.test_trainer_service import (
     status_of,
     statuses_for,
 )
-from tests.training_schemas import iris_multiclass_logistic
 
-pytest_plugins = ["tests.real_components", "tests.cluster_fixtures", "tests.kafka_broker", "tests.redis_server"]
+pytest_plugins = [
+    "tests.support.real_components",
+    "tests.support.cluster_fixtures",
+    "tests.support.kafka_broker",
+    "tests.support.redis_server",
+]
 pytestmark = pytest.mark.timeout(600)  # a hang guard only
 
 

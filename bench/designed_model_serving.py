@@ -75,8 +75,8 @@ from gateway_inference import (
 from servers.adapter import InferenceServer, ModelFiles
 from servers.designed_model.served_model import ServedModel
 from servers.launch import LocalServer, launch_mlserver, server_venv
-from tests.servers.test_designed_model import expected_outputs, train_into
 from tests.support import training_schemas as schemas
+from tests.support.designed_models import expected_outputs, train_into
 from trainer.run.serving_bundle import SETTINGS_FILE
 
 WAYS = ("stock", "designed", "designed-columns", "designed-pre")

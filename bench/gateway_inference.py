@@ -75,7 +75,7 @@ from load_model_rate import percentile, start_profiler, stop_profiler, summarize
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
-from tests.e2e.test_gateway_pipelines import class_models, three_step_pipeline  # the e2e test's models
+from tests.support.pipeline_models import class_models, three_step_pipeline  # the e2e test's models
 
 PIPELINE = "abc"
 MODELS = ("iris", "pa", "pb", "pc")

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from agent.artifacts import ArtifactError, ArtifactSource, ArtifactStore, ExtractLimits
 from agent.artifacts.storage_config import resolve_s3_settings
-from tests.agent.test_archives import files_under, make_tar, make_zip, tar_link
+from tests.support.archives import files_under, make_tar, make_zip, tar_link
 from tests.support.http_stand_ins import serving
 from tests.support.real_components import ACCESS_KEY, SECRET_KEY, S3Server
 

@@ -19,7 +19,7 @@ from agent.artifacts import ExtractLimits
 from agent.model_manager import ModelManager
 from generated.mlops.agent.v1 import agent_pb2
 from servers.adapter import InferenceServer
-from tests.agent.test_archives import zero_bomb
+from tests.support.archives import zero_bomb
 from tests.support.cluster_fixtures import MIB, Iris
 from tests.support.model_manager_support import Operation, manager_for, operation
 

@@ -16,22 +16,22 @@ from pathlib import Path
 import pytest
 
 from agent.artifacts.storage_config import secret_env_name
-from tests.cli.test_up import assert_stops_cleanly, server_processes, start_up
 from tests.support.kafka_broker import KafkaBroker, free_port, produce
+from tests.support.modelplane_up import assert_stops_cleanly, server_processes, start_up
 from tests.support.processes import MODELPLANE, STARTED, run_modelplane
 from tests.support.real_components import SECRET_KEY, S3Server
 from tests.support.redis_server import RedisServer
-from tests.support.training_schemas import iris_designed, write_iris_csv
-from tests.trainer.test_service import (
+from tests.support.trainer_stack import (
     SUCCESS,
     Stack,
-    _stack_for,
     event,
     headers_of,
     put_schema,
+    stack_for,
     status_of,
     statuses_for,
 )
+from tests.support.training_schemas import iris_designed, write_iris_csv
 from trainer.service.deploy import model_name_for
 
 pytest_plugins = ["tests.support.real_components", "tests.support.kafka_broker", "tests.support.redis_server"]
@@ -39,7 +39,7 @@ pytest_plugins = ["tests.support.real_components", "tests.support.kafka_broker",
 
 @pytest.fixture
 async def stack(kafka_broker: KafkaBroker, redis_server: RedisServer, s3_server: S3Server, tmp_path: Path) -> Stack:
-    return await _stack_for(kafka_broker, redis_server, s3_server, tmp_path)
+    return await stack_for(kafka_broker, redis_server, s3_server, tmp_path)
 
 
 def trainer_config(stack: Stack, path: Path) -> Path:

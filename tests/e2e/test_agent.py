@@ -9,24 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import json
 import os
 import signal
 import subprocess
-import tarfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import grpc
 import pytest
 from aiohttp import web
 
 from servers.launch import server_venv
-from tests.agent.test_archives import make_tar, zero_bomb
+from tests.support.agent_serving import index, infer, predict, server_loads, tar_gz_of
+from tests.support.archives import make_tar, zero_bomb
 from tests.support.cluster_fixtures import (
     AVAILABLE,
     Cluster,
@@ -51,38 +48,6 @@ pytestmark = [pytest.mark.servers, pytest.mark.timeout(600)]  # the timeout is a
 
 
 # -- V2 REST -----------------------------------------------------------------------------------------------
-
-
-async def infer(base_url: str, name: str, body: dict[str, Any]) -> tuple[int, Any]:
-    """POST a V2 inference request; the status and the decoded answer."""
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
-        session.post(f"{base_url}/v2/models/{name}/infer", json=body) as response,
-    ):
-        return response.status, await response.json(content_type=None)
-
-
-async def predict(agent: AgentProcess, name: str, iris: Iris) -> dict[str, Any]:
-    """Asks ``agent``'s proxy for ``name``'s predictions and checks they are the expected classes."""
-    status, answer = await infer(agent.proxy_url, name, iris.request)
-    assert status == 200, f"{answer}\n{agent.diagnostics()}"
-    assert answer["model_name"] == name
-    assert answer["outputs"][0]["data"] == iris.expected
-    return dict(answer)
-
-
-async def index(server_url: str) -> dict[str, list[str]]:
-    """The server's repository index: each model's states (one per version entry; "" when it has none)."""
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session,
-        session.post(f"{server_url}/v2/repository/index", json={}) as response,
-    ):
-        assert response.status == 200, await response.text()
-        entries: list[dict[str, Any]] = await response.json()
-    states: dict[str, list[str]] = {}
-    for entry in entries:
-        states.setdefault(str(entry["name"]), []).append(str(entry.get("state", "")))
-    return states
 
 
 async def ready_on_server(agent: AgentProcess, prefix: str) -> set[str]:
@@ -165,14 +130,6 @@ async def http_files() -> AsyncIterator[HttpFiles]:
     app.router.add_get("/{tail:.*}", handle)
     async with serving(app) as served.base:
         yield served
-
-
-def tar_gz_of(folder: Path) -> bytes:
-    """``tar czf model.tar.gz iris`` of a model folder: one top-level folder holding the files."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        tar.add(folder, arcname="iris")
-    return buffer.getvalue()
 
 
 async def test_local_folders_and_http_archives(cluster: Cluster, http_files: HttpFiles, iris: Iris) -> None:
@@ -368,11 +325,6 @@ async def test_a_crashed_agents_model_moves_to_the_other_replica(cluster: Cluste
 
 
 # -- 6. scheduler restart ------------------------------------------------------------------------------------
-
-
-def server_loads(agent: AgentProcess, loaded_name: str) -> int:
-    """How many times the agent's MLServer loaded ``loaded_name`` (its log says so once per load)."""
-    return agent.server_log().count(f"Loaded model '{loaded_name}' successfully")
 
 
 def agent_loads(agent: AgentProcess, loaded_name: str) -> int:

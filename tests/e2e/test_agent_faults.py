@@ -30,8 +30,7 @@ from tests.e2e.harness import (
     restart_agent,
     sigstopped,
 )
-from tests.e2e.test_agent import index, predict, server_loads, tar_gz_of
-from tests.e2e.test_agent_liveness import server_leader
+from tests.support.agent_serving import index, predict, server_leader, server_loads, tar_gz_of
 from tests.support.cluster_fixtures import (
     AVAILABLE,
     CALL_TIMEOUT,

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -21,6 +20,7 @@ import pytest
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.inference_errors import SERVER_DOWN_HEADER
 from servers.launch import launch_mlserver, server_venv
+from tests.support.agent_serving import infer, server_leader
 from tests.support.cluster_fixtures import AVAILABLE, FAILED, WAIT, Api, Cluster, Iris, api_of, model, until
 from tests.support.processes import start_gateway, stop_process
 from tests.support.real_components import AgentProcess
@@ -36,34 +36,11 @@ LOADED_UNAVAILABLE = pb.ModelReplicaStatus.ModelReplicaState.Value("LoadedUnavai
 DOUBLER_REQUEST = {"inputs": [{"name": "INPUT0", "shape": [3], "datatype": "FP32", "data": [1, 2.5, -3]}]}
 
 
-async def infer(base_url: str, name: str, body: dict[str, Any]) -> tuple[int, Any]:
-    """POST a V2 inference request; the status and the decoded answer."""
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session,
-        session.post(f"{base_url}/v2/models/{name}/infer", json=body) as response,
-    ):
-        return response.status, await response.json(content_type=None)
-
-
 async def predict(agent: AgentProcess, name: str, iris: Iris) -> None:
     """Asks ``agent``'s proxy for ``name``'s predictions and checks they are the expected classes."""
     status, answer = await infer(agent.proxy_url, name, iris.request)
     assert status == 200, f"{answer}\n{agent.diagnostics()}"
     assert answer["outputs"][0]["data"] == iris.expected
-
-
-def server_leader(agent: AgentProcess) -> int:
-    """The PID of the server the agent launched (it leads its own process group)."""
-    leaders = [pid for pid in agent.server_pids() if _group_of(pid) == pid]
-    assert len(leaders) == 1, f"server processes {agent.server_pids()}, leaders {leaders}\n{agent.diagnostics()}"
-    return leaders[0]
-
-
-def _group_of(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except ProcessLookupError:
-        return None
 
 
 def reaped(pid: int) -> bool:

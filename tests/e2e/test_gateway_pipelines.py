@@ -16,52 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import joblib
-import numpy as np
 import pytest
 from grpc import aio
-from sklearn.linear_model import LinearRegression
-from sklearn.tree import DecisionTreeClassifier
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from tests.support.cluster_fixtures import WAIT, Cluster, Iris, api_of, model
 from tests.support.kafka_broker import KafkaBroker, consume_until, create_topics, produce
+from tests.support.pipeline_models import class_models, three_step_pipeline
 from tests.support.processes import GatewayProcess, start_gateway, stop_process
 
 pytest_plugins = ["tests.support.real_components", "tests.support.cluster_fixtures", "tests.support.kafka_broker"]
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(600)]
 
 READY = pb.PipelineVersionState.PipelineStatus.Value("PipelineReady")
-
-
-def fitted(folder: Path, estimator: Any) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    joblib.dump(estimator, folder / "model.joblib")
-    return folder
-
-
-def class_models(root: Path) -> tuple[Path, Path]:
-    classes = np.array([[0], [1], [2]] * 10)
-    b = LinearRegression().fit(classes, 2 * classes.ravel() + 1)
-    c = DecisionTreeClassifier(random_state=0).fit(classes, (classes.ravel() + 1) % 3)
-    return fitted(root / "b", b), fitted(root / "c", c)
-
-
-def three_step_pipeline(name: str = "abc") -> pb.Pipeline:
-    return pb.Pipeline(
-        name=name,
-        steps=[
-            pb.PipelineStep(name="pa"),
-            pb.PipelineStep(name="pb", inputs=["pa"]),
-            pb.PipelineStep(name="pc", inputs=["pa.outputs.predict"]),
-        ],
-        output=pb.PipelineOutput(
-            steps=["pb", "pc"],
-            stepsJoin=pb.PipelineOutput.INNER,
-            tensorMap={"pb.outputs.predict": "b_predict", "pc.outputs.predict": "c_predict"},
-        ),
-    )
 
 
 @pytest.fixture

@@ -32,9 +32,19 @@ from tests.support.kafka_broker import DurableBroker, Record, consume_until, cre
 from tests.support.processes import start_gateway, stop_process
 from tests.support.real_components import S3Server
 from tests.support.redis_server import RedisServer
+from tests.support.trainer_stack import (
+    SUCCESS,
+    event,
+    get_json,
+    headers_of,
+    put_schema,
+    stack_for,
+    start_trainer,
+    status_of,
+    statuses_for,
+    wait_for_run_state,
+)
 from tests.support.training_schemas import iris_multiclass_logistic
-from tests.trainer.test_process import get_json, start_trainer, wait_for_run_state
-from tests.trainer.test_service import SUCCESS, _stack_for, event, headers_of, put_schema, status_of, statuses_for
 
 pytest_plugins = ["tests.support.real_components", "tests.support.cluster_fixtures", "tests.support.redis_server"]
 pytestmark = pytest.mark.timeout(600)  # a hang guard only
@@ -132,7 +142,7 @@ async def test_every_kafka_request_is_answered_across_a_broker_restart(
 async def test_no_training_event_or_status_is_lost_across_a_broker_restart(
     durable_broker: DurableBroker, redis_server: RedisServer, s3_server: S3Server, tmp_path: Path
 ) -> None:
-    stack = await _stack_for(durable_broker.broker, redis_server, s3_server, tmp_path)
+    stack = await stack_for(durable_broker.broker, redis_server, s3_server, tmp_path)
     await put_schema(stack, "tok", iris_multiclass_logistic(design_token="broker-restart"))
     _, address, log = start_trainer(stack, "trainer", "--max-concurrent-runs=1")
     producer = waiting_producer(durable_broker.bootstrap)

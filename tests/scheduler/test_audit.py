@@ -39,9 +39,9 @@ from modelplane.transport import TransportSecurity, open_channel
 from scheduler import resource_versions
 from scheduler.audit_interceptor import AUDITED, AuditInterceptor
 from scheduler.core import SchedulerCore
-from tests.scheduler.test_properties import PROPERTY_SETTINGS, Call, Stubs, invoke, plant_anchors, unary_calls
 from tests.support.auth_material import token_line
 from tests.support.processes import SchedulerProcess, run_modelplane, start_scheduler, stop_process
+from tests.support.scheduler_calls import PROPERTY_SETTINGS, Call, Stubs, invoke, plant_anchors, unary_calls
 from tests.support.scheduler_in_process import in_process_scheduler
 from tests.support.waiting import wait_for
 

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import grpc
 
-from generated.mlops.routing.v1 import routing_pb2 as rpb
-from generated.mlops.routing.v1 import routing_pb2_grpc as rpb_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from tests.support.processes import start_scheduler, stop_process
+from tests.support.scheduler_client import routed_experiments
 
 
 def _pipeline(name: str, second_input: str) -> pb.Pipeline:
@@ -21,19 +20,6 @@ def _pipeline(name: str, second_input: str) -> pb.Pipeline:
         steps=[pb.PipelineStep(name="a"), pb.PipelineStep(name="b", inputs=[second_input])],
         output=pb.PipelineOutput(steps=["b"]),
     )
-
-
-async def _routed_experiments(channel: grpc.aio.Channel) -> dict[str, pb.Experiment]:
-    """The running experiments' whole specs, as the routing stream's snapshot gives them to gateways."""
-    experiments: dict[str, pb.Experiment] = {}
-    stream = rpb_grpc.RoutingServiceStub(channel).WatchRoutes(rpb.WatchRoutesRequest(gateway_name="test"))
-    async for update in stream:
-        if update.snapshot_complete:
-            break
-        if update.WhichOneof("route") == "experiment":
-            experiments[update.experiment.name] = update.experiment.experiment
-    stream.cancel()
-    return experiments
 
 
 async def test_pipelines_and_experiments_survive_kill_minus_nine(tmp_path: Path) -> None:
@@ -83,7 +69,7 @@ async def test_pipelines_and_experiments_survive_kill_minus_nine(tmp_path: Path)
                 async for s in stub.ExperimentStatus(pb.ExperimentStatusRequest(), timeout=10)
             ]
             # The experiment's whole spec came back (the stopped one is not routed), not just its name.
-            routed = await _routed_experiments(channel)
+            routed = await routed_experiments(channel)
     finally:
         stop_process(second.process)
     assert sorted((n, v, u) for n, v, u, _ in before_pipelines) == sorted((n, v, u) for n, v, u, _ in after_pipelines)

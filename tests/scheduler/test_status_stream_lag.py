@@ -30,9 +30,9 @@ from grpc import aio
 from generated.mlops.routing.v1 import routing_pb2 as rpb
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
-from tests.scheduler.test_grpc import AVAILABLE, Client, is_final, load_many, model_spec
 from tests.support.grpc_agent import FakeGrpcAgent, MiB
 from tests.support.processes import SchedulerProcess, start_scheduler, stop_process
+from tests.support.scheduler_client import AVAILABLE, Client, is_final, load_many, model_spec
 from tests.support.stalled_streams import StalledCall
 from tests.support.waiting import wait_for, wait_for_async
 

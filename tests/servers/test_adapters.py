@@ -36,8 +36,8 @@ from servers.launch.local import free_ports
 from servers.launch.venvs import MARKER, REQUIREMENTS
 from servers.mlserver import MLServer, model_settings
 from servers.triton import TritonServer, rewrite_config
-from tests.servers.test_designed_model import expected_outputs, raw_rows, train_into
 from tests.support import training_schemas as schemas
+from tests.support.designed_models import expected_outputs, raw_rows, train_into
 from tests.support.triton_models import DOUBLER_MODEL, write_doubler
 from trainer.run.serving_bundle import RUNTIME_PACKAGE
 

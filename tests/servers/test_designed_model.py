@@ -20,7 +20,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import servers.designed_model
-from generated.mlops.training.v1 import training_pb2
 from servers.designed_model.served_model import (
     PREDICT,
     PREDICT_PROBA,
@@ -30,23 +29,9 @@ from servers.designed_model.served_model import (
     ServedModel,
 )
 from tests.support import training_schemas as schemas
-from trainer.run.jobs import DESIGN_SCHEMA_FILE, METADATA_FILE, OUTPUT_DIR, DatasetSource, TrainingJob
-from trainer.run.run_job import execute
+from tests.support.designed_models import RAW_COLUMNS, expected_outputs, raw_rows, train_into
+from trainer.run.jobs import METADATA_FILE
 from trainer.run.serving_bundle import ENTRY_MODULE, RUNTIME_CLASS, RUNTIME_PACKAGE, SETTINGS_FILE
-
-RAW_COLUMNS = ("petal_length", "petal_width", "sepal_width", "sepal_length")
-
-
-def train_into(root: Path, schema: training_pb2.ModelDesignSchema, frame_csv: Path) -> Path:
-    """Run one training job in-process; the model's folder (the job's output/)."""
-    job_dir = root / "job"
-    job_dir.mkdir(parents=True)
-    dataset = DatasetSource(path=str(frame_csv))
-    TrainingJob(run_id="run-1", event_id="event-1", dataset=dataset, artifact_name="model.joblib").write(job_dir)
-    (job_dir / DESIGN_SCHEMA_FILE).write_bytes(schema.SerializeToString())
-    result = execute(job_dir)
-    assert result.succeeded, result.errors
-    return job_dir / OUTPUT_DIR
 
 
 @pytest.fixture(scope="module")
@@ -58,31 +43,6 @@ def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def served(model_folder: Path) -> ServedModel:
     return ServedModel.load(model_folder)
-
-
-def raw_rows() -> dict[str, np.ndarray]:
-    frame = schemas.iris_frame()
-    return {name: frame[name].to_numpy(dtype=np.float64) for name in RAW_COLUMNS}
-
-
-def expected_outputs(model_folder: Path, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The design computed by hand with numpy, straight from the estimator: the oracle."""
-    estimator = joblib.load(model_folder / "model.joblib")
-    features = np.column_stack(
-        [
-            columns["petal_length"] * columns["petal_width"] * 1.0,
-            columns["sepal_length"],
-            (columns["sepal_width"] > 3).astype(np.float64),
-        ]
-    )
-    probabilities = estimator.predict_proba(features)
-    score = np.round(probabilities[:, 1] * 100)
-    return {
-        PREDICT: estimator.predict(features),
-        PREDICT_PROBA: probabilities,
-        "score": score,
-        "flag": (score >= 50).astype(np.float64),
-    }
 
 
 # ---- the folder the trainer writes ---------------------------------------------------------------------------

@@ -117,3 +117,12 @@ def start_gateway(workdir: Path, scheduler_listen: str, *extra: str, ready_timeo
     argv = ["gateway", f"--scheduler={scheduler_listen}", "--listen=127.0.0.1:0", f"--ready-file={ready_file}", *extra]
     process, addresses = _start_until_ready(argv, ready_file, log_path, ready_timeout, "ab")
     return GatewayProcess(process, addresses["listen"], log_path, addresses.get("grpc_listen"))
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (a reaped or zombie child counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

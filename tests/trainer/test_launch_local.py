@@ -13,14 +13,14 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from generated.mlops.training.v1 import training_pb2
-from tests.support.processes import STARTED
+from tests.support.processes import STARTED, alive
+from tests.support.waiting import wait_for_file, wait_until
 from trainer.launchers.base import LaunchVerdict
 from trainer.launchers.local import (
     RUN_LOG,
@@ -55,33 +55,6 @@ def job_dir_for(tmp_path: Path, timeout_seconds: float = 60.0) -> Path:
 
 def launcher(command: tuple[str, ...], **settings: Any) -> LocalProcessLauncher:
     return LocalProcessLauncher(LocalLauncherSettings(command=command, **settings))
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie (a reaped or zombie child counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def read_if_present(path: Path) -> str:
-    return path.read_text() if path.exists() else ""
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll ``condition`` until it holds (True) or ``timeout`` seconds pass (False)."""
-    for _ in range(int(timeout / 0.02)):
-        if condition():
-            return True
-        await asyncio.sleep(0.02)
-    return condition()
-
-
-async def wait_for_file(path: Path, timeout: float = 10.0) -> str:
-    assert await wait_until(lambda: bool(read_if_present(path)), timeout), f"{path} never appeared"
-    return read_if_present(path)
 
 
 async def test_success_runs_the_command_with_the_job_dir_and_logs_its_output(

@@ -24,9 +24,9 @@ import pytest
 
 from generated.mlops.training.v1 import training_pb2
 from tests.support import training_schemas as schemas
-from tests.support.processes import STARTED
-from tests.trainer.test_launch_local import alive, wait_until
-from tests.trainer.test_launch_local import wait_for_file as wait_for_local_file
+from tests.support.processes import STARTED, alive
+from tests.support.waiting import wait_for_file as wait_for_local_file
+from tests.support.waiting import wait_until
 from trainer import process
 from trainer.launchers.base import LaunchVerdict
 from trainer.launchers.local import RUN_LOG, LocalLauncherSettings

@@ -13,81 +13,29 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 
-from tests.support.kafka_broker import KafkaBroker, produce
-from tests.support.processes import STARTED, stop_process
-from tests.support.real_components import SECRET_KEY, S3Server
-from tests.support.redis_server import RedisServer
+from tests.support.kafka_broker import produce
+from tests.support.processes import stop_process
 from tests.support.tls_material import make_tls_files
-from tests.support.training_schemas import iris_multiclass_logistic
-from tests.trainer.test_service import (
+from tests.support.trainer_stack import (
     SUCCESS,
     Stack,
-    _stack_for,
     event,
+    get_json,
     headers_of,
     put_schema,
+    start_trainer,
     status_of,
     statuses_for,
+    wait_for_run_state,
 )
+from tests.support.training_schemas import iris_multiclass_logistic
 
 pytest_plugins = ["tests.support.real_components", "tests.support.kafka_broker", "tests.support.redis_server"]
 
 pytestmark = pytest.mark.timeout(300)
-
-TRAINER = [sys.executable, "-m", "trainer.commands", "trainer"]
-
-
-@pytest.fixture
-async def stack(kafka_broker: KafkaBroker, redis_server: RedisServer, s3_server: S3Server, tmp_path: Path) -> Stack:
-    return await _stack_for(kafka_broker, redis_server, s3_server, tmp_path)
-
-
-def start_trainer(stack: Stack, name: str, *extra: str) -> tuple[subprocess.Popen[bytes], str, Path]:
-    """Start a trainer process; returns it, its status API address and its log, once the API answers."""
-    ready = stack.work.parent / f"{name}.json"
-    log = stack.work.parent / f"{name}.log"
-    environment = {**os.environ, "MODELPLANE_TRAINER_S3_SECRET_KEY": SECRET_KEY, "NO_PROXY": "127.0.0.1"}
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [*TRAINER, *stack.argv(f"--ready-file={ready}", *extra)],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env=environment,
-        )
-    STARTED.append(process)
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        if process.poll() is not None:
-            raise RuntimeError(f"trainer exited with {process.returncode}:\n{log.read_text()}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"trainer not ready:\n{log.read_text()}")
-        time.sleep(0.05)
-    info = json.loads(ready.read_text())
-    assert info["pid"] == process.pid
-    return process, info["status"], log
-
-
-async def get_json(url: str) -> tuple[int, Any]:
-    async with aiohttp.ClientSession(trust_env=False) as session, session.get(url) as response:
-        return response.status, await response.json()
-
-
-async def wait_for_run_state(address: str, state: str, timeout: float = 90) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        _, body = await get_json(f"http://{address}/runs")
-        matching = [run for run in body["runs"] if run["state"] == state]
-        if matching:
-            run: dict[str, Any] = matching[0]
-            return run
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no run reached {state}: {body}")
-        await asyncio.sleep(0.1)
 
 
 async def test_killed_mid_run_the_event_is_trained_after_restart_and_nothing_is_lost(stack: Stack) -> None:

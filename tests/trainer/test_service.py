@@ -7,15 +7,12 @@ Each test has its own topics, consumer group, Redis key prefix and bucket, so th
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import io
 import json
-import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +30,24 @@ import servers.designed_model
 from agent.artifacts.storage_config import secret_env_name
 from generated.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from generated.mlops.training.v1 import training_pb2
-from tests.support.kafka_broker import KafkaBroker, Record, consume_until, create_topics, free_port, produce
+from tests.support.kafka_broker import KafkaBroker, consume_until, free_port, produce
 from tests.support.processes import start_scheduler, stop_process
-from tests.support.real_components import ACCESS_KEY, SECRET_KEY, AgentSpec, S3Server, start_agents, stop_agent
+from tests.support.real_components import AgentSpec, S3Server, start_agents, stop_agent
 from tests.support.redis_server import RedisServer, start_redis, stop_redis
-from tests.support.training_schemas import IRIS_CLASSES, IRIS_FEATURES, iris_multiclass_logistic, write_iris_csv
+from tests.support.trainer_stack import (
+    FAILURE,
+    SUCCESS,
+    Stack,
+    by_event,
+    event,
+    get_json,
+    headers_of,
+    put_schema,
+    stack_for,
+    status_of,
+    statuses_for,
+)
+from tests.support.training_schemas import IRIS_CLASSES, IRIS_FEATURES, iris_multiclass_logistic
 from trainer import process
 from trainer.launchers.base import LaunchOutcome, LaunchVerdict
 from trainer.launchers.local import LocalLauncherSettings, LocalProcessLauncher
@@ -48,88 +58,11 @@ from trainer.service.consumer import TrainerService
 from trainer.service.deploy import model_name_for
 from trainer.service.design_store import DesignStore
 from trainer.service.run_registry import ClaimKind, FinalRecord, RunRegistry
-from trainer.settings import TrainerSettings, build_parser, parse_settings
+from trainer.settings import TrainerSettings
 
 pytest_plugins = ["tests.support.real_components", "tests.support.kafka_broker", "tests.support.redis_server"]
 
 pytestmark = pytest.mark.timeout(300)
-
-SUCCESS = training_pb2.TRAINING_STATUS_SUCCESS
-FAILURE = training_pb2.TRAINING_STATUS_FAILURE
-
-
-@dataclass
-class Stack:
-    """One test's slice of the shared servers, and the settings of a trainer that uses it."""
-
-    kafka: KafkaBroker
-    redis: RedisServer
-    s3: S3Server
-    datasets: Path
-    work: Path
-    training_topic: str
-    status_topic: str
-    inference_topic: str
-    group: str
-    prefix: str
-    bucket: str
-
-    def argv(self, *extra: str) -> list[str]:
-        return [
-            f"--kafka-bootstrap={self.kafka.bootstrap}",
-            f"--training-topic={self.training_topic}",
-            f"--status-topic={self.status_topic}",
-            f"--inference-store-topic={self.inference_topic}",
-            f"--consumer-group={self.group}",
-            "--session-timeout-ms=3000",
-            f"--redis-url={self.redis.url}",
-            f"--redis-prefix={self.prefix}trainer:",
-            f"--design-key-template={self.prefix}design:{{token}}",
-            f"--s3-endpoint={self.s3.endpoint.removeprefix('http://')}",
-            f"--s3-access-key={ACCESS_KEY}",
-            f"--s3-bucket={self.bucket}",
-            "--s3-prefix=models",
-            f"--work-dir={self.work}",
-            f"--datasets-root={self.datasets}",
-            "--status-listen=127.0.0.1:0",
-            "--retry-backoff=0.1",
-            "--lease=3",
-            "--shutdown-grace=30",
-            *extra,
-        ]
-
-    def settings(self, *extra: str) -> TrainerSettings:
-        return parse_settings(
-            build_parser(argparse.ArgumentParser()),
-            self.argv(*extra),
-            environ={"MODELPLANE_TRAINER_S3_SECRET_KEY": SECRET_KEY},
-        )
-
-    def design_key(self, token: str) -> str:
-        return f"{self.prefix}design:{token}"
-
-
-@pytest.fixture
-async def stack(kafka_broker: KafkaBroker, redis_server: RedisServer, s3_server: S3Server, tmp_path: Path) -> Stack:
-    return await _stack_for(kafka_broker, redis_server, s3_server, tmp_path)
-
-
-async def put_schema(
-    stack: Stack, token: str, schema: training_pb2.ModelDesignSchema, *, as_json: bool = False
-) -> None:
-    client = aioredis.Redis.from_url(stack.redis.url)
-    try:
-        value = json_format.MessageToJson(schema).encode() if as_json else schema.SerializeToString()
-        await client.set(stack.design_key(token), value)
-    finally:
-        await client.aclose()
-
-
-def event(event_id: str, token: str = "", *, dataset_path: str = "iris.csv", **fields: Any) -> bytes:
-    message = training_pb2.ModelTrainingEvent(event_id=event_id, model_key_token=token, **fields)
-    if dataset_path and not message.dataset_artifact_url:
-        message.dataset_path = dataset_path
-    return message.SerializeToString()
 
 
 def real_launcher(**overrides: Any) -> LocalProcessLauncher:
@@ -156,37 +89,6 @@ async def running_trainer(
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)
-
-
-def status_of(record: Record) -> training_pb2.ModelTrainingStatus:
-    message = training_pb2.ModelTrainingStatus()
-    message.ParseFromString(record.value)
-    return message
-
-
-def headers_of(record: Record) -> dict[str, str]:
-    return {name: value.decode() for name, value in record.headers}
-
-
-def by_event(records: Sequence[Record]) -> dict[str, list[Record]]:
-    result: dict[str, list[Record]] = {}
-    for record in records:
-        result.setdefault(headers_of(record).get("modelplane-event-id", ""), []).append(record)
-    return result
-
-
-async def statuses_for(stack: Stack, event_ids: Sequence[str], timeout: float = 120) -> dict[str, list[Record]]:
-    """Read the status topic until every event id has a status; returns them grouped by event id."""
-    wanted = set(event_ids)
-    records = await consume_until(
-        stack.kafka.bootstrap, stack.status_topic, lambda got: wanted <= set(by_event(got)), timeout=timeout
-    )
-    return by_event(records)
-
-
-async def get_json(url: str) -> tuple[int, Any]:
-    async with aiohttp.ClientSession(trust_env=False) as session, session.get(url) as response:
-        return response.status, await response.json()
 
 
 # ---------------------------------------------------------------------------------------------------------- tests
@@ -395,7 +297,7 @@ def test_random_bytes_on_the_topic_are_each_answered_and_consuming_goes_on(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     async def scenario() -> None:
-        stack = await _stack_for(kafka_broker, redis_server, s3_server, tmp_path_factory.mktemp("random"))
+        stack = await stack_for(kafka_broker, redis_server, s3_server, tmp_path_factory.mktemp("random"))
         async with running_trainer(stack.settings("--max-concurrent-runs=4")):
             await produce(stack.kafka.bootstrap, stack.training_topic, values)
             # A sentinel that fails fast (no schema stored) and comes after all of them.
@@ -411,28 +313,6 @@ def test_random_bytes_on_the_topic_are_each_answered_and_consuming_goes_on(
         assert all(status_of(record).errors for record in records)
 
     asyncio.run(scenario())
-
-
-async def _stack_for(kafka: KafkaBroker, redis: RedisServer, s3: S3Server, folder: Path) -> Stack:
-    datasets = folder / "datasets"
-    datasets.mkdir()
-    write_iris_csv(datasets / "iris.csv")
-    suffix = uuid.uuid4().hex[:10]
-    stack = Stack(
-        kafka,
-        redis,
-        s3,
-        datasets,
-        folder / "work",
-        f"training-{suffix}",
-        f"status-{suffix}",
-        f"inference-{suffix}",
-        f"trainer-{suffix}",
-        f"t{suffix}:",
-        f"models-{suffix}",
-    )
-    await create_topics(kafka.bootstrap, [stack.training_topic, stack.status_topic, stack.inference_topic])
-    return stack
 
 
 async def test_the_run_registry_lease_is_exclusive_renewable_releasable_and_final(redis_server: RedisServer) -> None:

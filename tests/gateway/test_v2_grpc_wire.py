@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from modelplane.addresses import Address
 from modelplane.transport import TransportSecurity, bind, new_server
 from servers.adapter import ModelFiles
 from servers.launch import LocalServer, launch_mlserver, launch_triton, server_venv
+from tests.support.local_servers import stopped_at_exit
 from tests.support.triton_models import write_doubler
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(900)]  # a first run builds the venvs
@@ -109,17 +108,6 @@ class Served:
     expected: list[int]  # the classes the model predicts for them
 
 
-def _stop_at_exit(server: LocalServer) -> None:
-    """Last resort if pytest dies before the fixture's teardown: stop by PID."""
-    if server.process.poll() is None:
-        os.kill(server.pid, signal.SIGTERM)
-        try:
-            server.process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.process.wait()
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """MLServer with samples/train_iris.py's model loaded as iris_1 (trained by the MLServer venv)."""
@@ -137,9 +125,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     artifact = tmp_path_factory.mktemp("iris")
     (artifact / "model.joblib").write_bytes((out / "model.joblib").read_bytes())
     server = asyncio.run(launch_mlserver(tmp_path_factory.mktemp("mlserver"), venv=venv))
-    import atexit  # noqa: PLC0415 -- registered only when a server was started
-
-    atexit.register(_stop_at_exit, server)
 
     async def load() -> None:
         adapter = server.adapter(load_timeout=120)
@@ -149,12 +134,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         finally:
             await adapter.close()
 
-    try:
+    with stopped_at_exit(server):
         asyncio.run(load())
         yield Served(server, "iris_1", printed["request"], printed["expected"])
-    finally:
-        asyncio.run(server.stop())
-        atexit.unregister(_stop_at_exit)
 
 
 @pytest.fixture
@@ -271,11 +253,8 @@ async def test_the_edge_reports_mlservers_not_found(
 @pytest.fixture(scope="module")
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     """Triton with the test doubler (OUTPUT0 = INPUT0 * 2, FP32) loaded as doubler_1."""
-    server = asyncio.run(launch_triton(tmp_path_factory.mktemp("triton"), venv=server_venv("triton")))
-    import atexit  # noqa: PLC0415 -- registered only when a server was started
-
-    atexit.register(_stop_at_exit, server)
     artifact = write_doubler(tmp_path_factory.mktemp("doubler") / "doubler")
+    server = asyncio.run(launch_triton(tmp_path_factory.mktemp("triton"), venv=server_venv("triton")))
 
     async def load() -> None:
         adapter = server.adapter(load_timeout=120)
@@ -285,12 +264,9 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
         finally:
             await adapter.close()
 
-    try:
+    with stopped_at_exit(server):
         asyncio.run(load())
         yield server
-    finally:
-        asyncio.run(server.stop())
-        atexit.unregister(_stop_at_exit)
 
 
 @pytest.mark.parametrize("raw", [False, True], ids=["typed", "raw"])

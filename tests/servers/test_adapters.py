@@ -1,6 +1,6 @@
 """The MLServer and Triton adapters and launchers, against real servers started from their own venvs.
 
-Tests marked ``servers`` start one MLServer and one Triton per session (the first run creates their
+Tests marked ``servers`` start one MLServer and one Triton for the module (the first run creates their
 venvs under ~/.cache/modelplane/venvs, about two minutes; later runs reuse them). The rest check file
 placement and config.pbtxt rewriting without a server.
 """
@@ -8,13 +8,10 @@ placement and config.pbtxt rewriting without a server.
 from __future__ import annotations
 
 import asyncio
-import atexit
-import contextlib
 import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tarfile
@@ -38,8 +35,12 @@ from servers.mlserver import MLServer, model_settings
 from servers.triton import TritonServer, rewrite_config
 from tests.support import training_schemas as schemas
 from tests.support.designed_models import expected_outputs, raw_rows, train_into
+from tests.support.local_servers import adapter_to, stopped_at_exit
 from tests.support.triton_models import DOUBLER_MODEL, write_doubler
 from trainer.run.serving_bundle import RUNTIME_PACKAGE
+
+# mlserver_process (one MLServer for this module) and mlserver (an adapter to it per test).
+pytest_plugins = ["tests.support.mlserver_fixtures"]
 
 # A hang guard only: a first run spends most of it creating the venvs inside a fixture.
 SERVER_TEST_TIMEOUT = 900
@@ -55,27 +56,6 @@ def _pid_gone(pid: int) -> bool:
     return False
 
 
-def _stop_at_exit(server: LocalServer) -> None:
-    """Last resort if pytest dies before the session fixture's teardown: stop by PID, synchronously."""
-    if server.process.poll() is None:
-        os.kill(server.pid, signal.SIGTERM)
-        try:
-            server.process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.process.wait()
-
-
-@contextlib.contextmanager
-def _session_server(server: LocalServer) -> Iterator[LocalServer]:
-    atexit.register(_stop_at_exit, server)
-    try:
-        yield server
-    finally:
-        asyncio.run(server.stop())
-        atexit.unregister(_stop_at_exit)
-
-
 @pytest.fixture(scope="session")
 def mlserver_venv() -> Path:
     return server_venv("mlserver")
@@ -86,36 +66,17 @@ def triton_venv() -> Path:
     return server_venv("triton")
 
 
-@pytest.fixture(scope="session")
-def mlserver_process(tmp_path_factory: pytest.TempPathFactory, mlserver_venv: Path) -> Iterator[LocalServer]:
-    server = asyncio.run(launch_mlserver(tmp_path_factory.mktemp("mlserver"), venv=mlserver_venv))
-    with _session_server(server):
-        yield server
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def triton_process(tmp_path_factory: pytest.TempPathFactory, triton_venv: Path) -> Iterator[LocalServer]:
     server = asyncio.run(launch_triton(tmp_path_factory.mktemp("triton"), venv=triton_venv))
-    with _session_server(server):
+    with stopped_at_exit(server):
         yield server
-
-
-@pytest.fixture
-async def mlserver(mlserver_process: LocalServer) -> AsyncIterator[InferenceServer]:
-    adapter = mlserver_process.adapter(load_timeout=120)
-    try:
-        yield adapter
-    finally:
-        await adapter.close()
 
 
 @pytest.fixture
 async def triton(triton_process: LocalServer) -> AsyncIterator[InferenceServer]:
-    adapter = triton_process.adapter(load_timeout=120)
-    try:
+    async with adapter_to(triton_process) as adapter:
         yield adapter
-    finally:
-        await adapter.close()
 
 
 async def _post_infer(server: InferenceServer, model: str, inputs: list[dict[str, Any]]) -> tuple[int, Any]:

@@ -10,21 +10,17 @@ import pytest
 
 from servers.adapter import InferenceServer
 from servers.launch import LocalServer, launch_mlserver, server_venv
+from tests.support.local_servers import adapter_to, stopped_at_exit
 
 
 @pytest.fixture(scope="module")
 def mlserver_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     server = asyncio.run(launch_mlserver(tmp_path_factory.mktemp("mlserver"), venv=server_venv("mlserver")))
-    try:
+    with stopped_at_exit(server):
         yield server
-    finally:
-        asyncio.run(server.stop())
 
 
 @pytest.fixture
 async def mlserver(mlserver_process: LocalServer) -> AsyncIterator[InferenceServer]:
-    adapter = mlserver_process.adapter(load_timeout=120)
-    try:
+    async with adapter_to(mlserver_process) as adapter:
         yield adapter
-    finally:
-        await adapter.close()

@@ -1,7 +1,7 @@
 # modelplane: one image for the scheduler, agent, gateway and trainer (the command picks the process).
 #
 # Not built in CI: the CI machines have no Docker engine and no registry to pull python:3.11-slim from
-# (tests/test_compose.py checks this file and docker-compose.yml as text instead).
+# (tests/deploy/test_compose.py checks this file and docker-compose.yml as text instead).
 FROM python:3.11-slim
 
 # Training runs (python -m trainer.run.run_job) need a compiler-free scientific stack: wheels only.

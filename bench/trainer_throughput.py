@@ -326,7 +326,7 @@ class Components:
 
 @contextlib.contextmanager
 def components(work: Path) -> Iterator[Components]:
-    """Tansu, Redis and SeaweedFS, started as the tests start them (tests/kafka_broker.py, redis_server.py,
+    """Tansu, Redis and SeaweedFS, started as the tests start them (tests/support/kafka_broker.py, redis_server.py,
     real_components.py); stopped by PID on the way out."""
     started: list[subprocess.Popen[bytes]] = []
     redis: RedisServer | None = None

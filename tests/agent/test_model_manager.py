@@ -5,7 +5,7 @@ serves again.
 The inference server here is a fake (``GatedServer``) whose loads wait until the test lets them finish: that is
 what lets a test kill the server "during" a load, at a point it chooses, and see what the manager does then. The
 artifact store is the real one, with models from local folders. Real MLServer and Triton cover the same ground end
-to end (tests/test_agent_liveness_e2e.py, tests/e2e/test_agent_faults.py).
+to end (tests/e2e/test_agent_liveness.py, tests/e2e/test_agent_faults.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """ServerWatch on its own, with fakes of what it drives: the server it probes (``live``), the process it launched
 (exit, kill, start again) and the agent's callbacks. Fast and exact about the order of things: when the server is
 reported down and up, when it is killed, how long each restart waits. Real MLServer and Triton cover the same
-behaviour end to end (tests/test_agent_liveness_e2e.py, tests/e2e/test_agent_faults.py).
+behaviour end to end (tests/e2e/test_agent_liveness.py, tests/e2e/test_agent_faults.py).
 
 Probes run every few milliseconds here; the watch's clock (silence, time served) and its restart waits are the
 test's, so nothing depends on how fast this machine is: every wait is on a condition, with a hang guard.

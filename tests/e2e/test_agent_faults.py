@@ -4,8 +4,8 @@ what a user sees meanwhile and afterwards: model status from the Scheduler API, 
 the agents' proxies, and that nothing acknowledged is lost or loaded twice.
 
 Existing tests cover neighbouring faults and are not repeated here: kill -9 of an agent whose model then moves
-to another replica (tests/test_agent_e2e.py, and under the gateway tests/test_gateway_e2e.py), kill -9 of the
-scheduler alone (the same two files), SIGTERM drains (tests/test_agent_e2e.py).
+to another replica (tests/e2e/test_agent.py, and under the gateway tests/e2e/test_gateway.py), kill -9 of the
+scheduler alone (the same two files), SIGTERM drains (tests/e2e/test_agent.py).
 """
 
 from __future__ import annotations

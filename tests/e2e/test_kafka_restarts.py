@@ -1,6 +1,6 @@
 # ruff: noqa: S106 -- tokens here are identifiers of design schemas, not passwords
 """The Kafka broker restarted under its users, as a real Kafka restarts: Tansu keeping its topics, records and
-committed offsets in S3 (tests/kafka_broker.py's DurableBroker), killed with SIGKILL and started again on the
+committed offsets in S3 (tests/support/kafka_broker.py's DurableBroker), killed with SIGKILL and started again on the
 same port.
 
 - Under the gateway's Kafka bridge (a `modelplane gateway --kafka` process routing to a real MLServer): every
@@ -9,7 +9,7 @@ same port.
 - Under the trainer (a `modelplane trainer` process with real runs): no training event is lost, each is trained
   once, and every status message arrives.
 
-tests/test_gateway_kafka.py has the bridge (in-process) riding out a restart of Tansu's memory engine, which
+tests/gateway/test_kafka.py has the bridge (in-process) riding out a restart of Tansu's memory engine, which
 forgets every topic and group: a different fault (a broker that lost its state), kept there.
 """
 

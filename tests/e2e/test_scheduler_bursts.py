@@ -5,7 +5,7 @@ calls are in flight when the scheduler dies. After a restart over the same state
 call's effect is there with its whole spec; an unacknowledged one is there whole or not at all, never in part,
 never in a spec nobody sent.
 
-tests/test_control_plane_durability.py covers a kill after a quiet sequence of calls (versions, stops, the
+tests/scheduler/test_control_plane_durability.py covers a kill after a quiet sequence of calls (versions, stops, the
 experiment's routed spec); this adds the kill mid-burst.
 """
 

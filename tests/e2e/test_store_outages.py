@@ -6,8 +6,8 @@ What the user must see: a run waits or fails with a status that says why, never 
 stored; when the store returns the trainer goes on by itself. A model load from a silent or stopped S3 never
 hangs and is never Available falsely: it succeeds once S3 answers, or fails naming S3, and loads when asked again.
 
-tests/test_trainer_service.py has the design-schema fetch waiting for a Redis that is not there yet (in-process);
-tests/test_trainer_process.py has kill -9 of the trainer mid-run.
+tests/trainer/test_service.py has the design-schema fetch waiting for a Redis that is not there yet (in-process);
+tests/trainer/test_process.py has kill -9 of the trainer mid-run.
 """
 
 from __future__ import annotations

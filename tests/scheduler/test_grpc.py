@@ -1,5 +1,5 @@
 """The scheduler core over REAL gRPC: a `modelplane scheduler` subprocess, Scheduler API clients, and fake
-agents (tests/grpc_agent.py) that speak AgentService.Session like node agents would.
+agents (tests/support/grpc_agent.py) that speak AgentService.Session like node agents would.
 
 Waits are hang guards only (generous timeouts on conditions), never timing assertions.
 """
@@ -514,7 +514,7 @@ async def test_control_plane_asks_for_servers_first_then_the_rest_in_order(clien
 
 
 # A stall shorter than the subscriber lag is caught up by coalescing (a longer one is dropped: see
-# tests/test_status_stream_lag.py); the lag is set far above what these stalls last on a loaded machine.
+# tests/scheduler/test_status_stream_lag.py); the lag is set far above what these stalls last on a loaded machine.
 LONG_LAG = ("--subscriber-lag=3600",)
 
 

@@ -3,7 +3,7 @@ string and repeated field of the Scheduler API and the agent protocol has a limi
 largest status fits a default client, empty names and names shared with experiments are refused.
 
 Over real gRPC: a `modelplane scheduler` process where restarts matter, else the real servicers on a real
-grpc.aio server in this process (tests/scheduler_in_process.py), so the test can also check invariants.
+grpc.aio server in this process (tests/support/scheduler_in_process.py), so the test can also check invariants.
 """
 
 from __future__ import annotations

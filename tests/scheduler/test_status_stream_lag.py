@@ -5,7 +5,7 @@ it is dropped once its client has taken no message for the subscriber lag while 
 RESOURCE_EXHAUSTED and a message that says to subscribe again, and the memory it held is given back.
 
 Two kinds of clients that never read: raw HTTP/2 clients that grant the server no flow-control window at
-all (tests/stalled_streams.py), on every server-streaming RPC, and ordinary grpc clients that never call
+all (tests/support/stalled_streams.py), on every server-streaming RPC, and ordinary grpc clients that never call
 read, whose transport takes a few MiB before it stops (the statuses here are large enough to fill it).
 The subscriber that reads does so on a thread of its own, so however long this test's event loop is held up
 (opening ~90 streams, a loaded machine), it never stops reading and only the stalled clients can lag.

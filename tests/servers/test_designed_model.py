@@ -1,6 +1,6 @@
 """A trained model served with its design: the folder the trainer writes, read back as ServedModel.
 
-The same folder served by a real MLServer is tested in test_servers.py; here the request semantics (the two
+The same folder served by a real MLServer is tested in test_adapters.py; here the request semantics (the two
 input layouts, outputs, every bad request and bad folder) without a server.
 """
 

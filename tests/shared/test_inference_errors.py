@@ -1,4 +1,4 @@
-"""modelplane.inference_errors on the answers MLServer 1.7 and Triton 2.51 gave in tests/test_gateway_errors_e2e.py
+"""modelplane.inference_errors on the answers MLServer 1.7 and Triton 2.51 gave in tests/e2e/test_gateway_errors.py
 (copied here as they came), and hypothesis: whatever a server answers, the reason is one short line that names no
 file; an answer of any size is read in bounded memory and still understood."""
 
@@ -42,7 +42,7 @@ def traceback(exception: str) -> bytes:
     return f"Traceback (most recent call last):\n{frames}{exception}\n".encode()
 
 
-# What MLServer answered for shape [5] of FP64 (found by tests/test_gateway_properties.py): numpy wraps the
+# What MLServer answered for shape [5] of FP64 (found by tests/gateway/test_properties.py): numpy wraps the
 # array over two lines, the second indented.
 SKLEARN_WRAPPED = (
     "ValueError: Expected 2D array, got 1D array instead:\narray=[0.00000000e+00 0.00000000e+00 0.00000000e+00\n"
@@ -206,7 +206,7 @@ FLOAT_ECHO = "ValueError: could not convert string to float: '{}'"
 @pytest.mark.parametrize(
     ("parts", "verdict", "reason"),
     [
-        # What MLServer 1.7 answered for a 3 MB BYTES element (tests/test_gateway_errors_e2e.py), at 40 MB.
+        # What MLServer 1.7 answered for a 3 MB BYTES element (tests/e2e/test_gateway_errors.py), at 40 MB.
         (large_traceback(SKLEARN_ECHO, None), Verdict.INVALID, "the model raised ValueError: Expected 2D array"),
         # Chained: the final exception is the verdict, whatever the first one said.
         (large_traceback(KEY_ECHO, FLOAT_ECHO), Verdict.INVALID, "the model raised ValueError: could not convert"),

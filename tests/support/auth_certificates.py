@@ -1,5 +1,5 @@
 """A throwaway CA that issues client certificates with chosen subject alternative names, for the identity tests
-(tests/tls_material.py's Authority issues them; it also makes the fixed set of the TLS tests)."""
+(tests/support/tls_material.py's Authority issues them; it also makes the fixed set of the TLS tests)."""
 
 from __future__ import annotations
 

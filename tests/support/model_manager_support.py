@@ -1,5 +1,5 @@
 """An agent's ModelManager driven directly by tests: the manager over a server, and the operations the scheduler
-would send. tests/mlserver_fixtures.py has a real MLServer per test module to drive."""
+would send. tests/support/mlserver_fixtures.py has a real MLServer per test module to drive."""
 
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ a unix socket in that folder: no TCP port, so no traffic leaves the machine. Sto
 the folder is removed, and so are the host paths Podman creates regardless of ``--root``/``--runroot``
 (/run/libpod, /run/crun, /var/lib/containers/cache) when they did not exist before and no other Podman runs.
 
-Test modules use it with ``pytest_plugins = ["tests.support.podman_engine"]`` (as tests/real_components.py is used),
-so the service exists once however many modules ask for it.
+Test modules use it with ``pytest_plugins = ["tests.support.podman_engine"]`` (as tests/support/real_components.py is
+used), so the service exists once however many modules ask for it.
 """
 
 from __future__ import annotations

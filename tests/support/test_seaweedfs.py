@@ -1,5 +1,5 @@
-"""The session's SeaweedFS (tests/real_components.py), which the e2e tests stop and start again: every later S3 test
-needs it back on the same endpoint with the same data, whatever took one of its ports while it was stopped."""
+"""The session's SeaweedFS (tests/support/real_components.py), which the e2e tests stop and start again: every later
+S3 test needs it back on the same endpoint with the same data, whatever took one of its ports while it was stopped."""
 
 from __future__ import annotations
 

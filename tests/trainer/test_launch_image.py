@@ -1,6 +1,6 @@
 """The training image: the Dockerfile and requirements generated from a schema (text), the refusal of unsafe
 dependency strings (examples and hypothesis), and a REAL build through Podman's Docker Engine API
-(tests/podman_engine.py). The real build is ``FROM scratch`` without ``RUN pip install``: nothing can be
+(tests/support/podman_engine.py). The real build is ``FROM scratch`` without ``RUN pip install``: nothing can be
 pulled or installed here, so the ``RUN pip install`` path is checked as text only."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""KubernetesJobLauncher through the real ``kubernetes`` client against a FAKE API server (tests/fake_kubernetes.py:
-no kube-apiserver can run here). The fake applies the Job's own backoffLimit and podFailurePolicy when a test
-fails a pod, so the verdicts below follow from the Job the launcher sent."""
+"""KubernetesJobLauncher through the real ``kubernetes`` client against a FAKE API server
+(tests/support/fake_kubernetes.py: no kube-apiserver can run here). The fake applies the Job's own backoffLimit and
+podFailurePolicy when a test fails a pod, so the verdicts below follow from the Job the launcher sent."""
 
 from __future__ import annotations
 

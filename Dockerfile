@@ -8,7 +8,7 @@
 #     --build-arg BASE_IMAGE=localhost/debian-python:bookworm -t modelplane:0.1.0 .
 # BASE_IMAGE is any image with Python 3.11+ and its venv module as `python3`.
 #
-# Not built in CI (no registry to pull the base image from): tests/test_compose.py and tests/deploy/ check this
+# Not built in CI (no registry to pull the base image from): tests/deploy/test_compose.py and tests/deploy/ check this
 # file, .dockerignore and docker-compose.yml as text.
 ARG BASE_IMAGE=python:3.11-slim
 

@@ -125,8 +125,9 @@ def alive(pid: int) -> bool:
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 30) -> tuple[int, float]:
-    """tests.processes.stop_process (SIGTERM by PID, SIGKILL after ``timeout`` s), timed: (exit status, seconds)."""
-    from tests.processes import stop_process as stop_process_by_pid  # noqa: PLC0415 - tests/ joins sys.path above
+    """tests.support.processes.stop_process (SIGTERM by PID, SIGKILL after ``timeout`` s), timed: (exit status,
+    seconds)."""
+    from tests.support.processes import stop_process as stop_process_by_pid  # noqa: PLC0415 - tests/ joins sys.path
 
     started = time.monotonic()
     code = stop_process_by_pid(process, timeout)

@@ -1,7 +1,7 @@
 """Our MLServer runtime for trained designs vs MLServer's stock scikit-learn runtime: the same estimator, one server.
 
 What it measures (see bench/README.md for why, and for recorded results). The trainer (``trainer.run.run_job.execute``,
-in this process) trains iris with multiclass logistic regression (tests/training_schemas.py's
+in this process) trains iris with multiclass logistic regression (tests/support/training_schemas.py's
 ``iris_multiclass_logistic``); the folder it writes holds the artifact, metadata.json, a model-settings.json naming
 ``modelplane_designed_model.mlserver_runtime.DesignedModelRuntime`` and that runtime package. One MLServer
 (``servers.launch.launch_mlserver``, MLServer's own venv, ``parallel_workers: 0``) serves, side by side:
@@ -15,7 +15,7 @@ in this process) trains iris with multiclass logistic regression (tests/training
                       Its ratio to ``stock`` is not like for like: it shows what a design's expressions add.
 
 Every answer is checked once before measuring: ``predict`` of stock, designed and designed-columns equals what the
-estimator predicts here for the same rows (designed-pre: the oracle of tests/test_designed_model.py); a mismatch
+estimator predicts here for the same rows (designed-pre: the oracle of tests/support/designed_models.py); a mismatch
 stops the run. Latency: N sequential requests per way and round on a kept-alive connection, p50/p90/p99.
 Throughput: C clients, each sending its next request when the last is answered, T seconds per way and round. R
 rounds; within a round the ways take turns in short slices (25 requests; 1 s of throughput; the order rotating), so
@@ -75,8 +75,8 @@ from gateway_inference import (
 from servers.adapter import InferenceServer, ModelFiles
 from servers.designed_model.served_model import ServedModel
 from servers.launch import LocalServer, launch_mlserver, server_venv
-from tests import training_schemas as schemas
-from tests.test_designed_model import expected_outputs, train_into
+from tests.support import training_schemas as schemas
+from tests.support.designed_models import expected_outputs, train_into
 from trainer.run.serving_bundle import SETTINGS_FILE
 
 WAYS = ("stock", "designed", "designed-columns", "designed-pre")

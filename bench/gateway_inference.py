@@ -12,7 +12,7 @@ gateway``, all processes on 127.0.0.1:
    sending its next request when the last is answered, for T seconds. Both in R rounds; within a round the
    three take turns in short slices (25 requests; 1 s of throughput; the order rotating), so a change of the
    shared machine's load hits all three alike, and drift between rounds shows in the per-round figures.
-2. A pipeline ``pa -> pb, pa -> pc, join pb + pc -> output`` (tests/test_gateway_pipelines_e2e.py's) through
+2. A pipeline ``pa -> pb, pa -> pc, join pb + pc -> output`` (tests/e2e/test_gateway_pipelines.py's) through
    the gateway, ``/v2/pipelines/abc/infer``, against the same three model calls made by hand straight to
    MLServer: a then b then c, and a then b and c concurrently; also by hand through the gateway's model
    routes (b and c concurrently), which separates the pipeline executor from the extra hops. N sequential
@@ -75,7 +75,7 @@ from load_model_rate import percentile, start_profiler, stop_profiler, summarize
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
-from tests.test_gateway_pipelines_e2e import class_models, three_step_pipeline  # the e2e test's models
+from tests.support.pipeline_models import class_models, three_step_pipeline  # the e2e test's models
 
 PIPELINE = "abc"
 MODELS = ("iris", "pa", "pb", "pc")

@@ -10,7 +10,7 @@ What runs (see bench/README.md for why and for recorded results):
   model that is not being changed is unloaded, given a new version (a new uri) or loaded again;
 - subscribers that read everything: SubscribeModelStatus (several), WatchRoutes, SubscribeServerStatus;
 - subscribers that never read, opened in waves (the first after a stretch with none, to compare): raw
-  HTTP/2 clients that grant no flow-control window (tests/stalled_streams.py) on four streaming RPCs,
+  HTTP/2 clients that grant no flow-control window (tests/support/stalled_streams.py) on four streaming RPCs,
   and grpc clients that never call read (their transport takes a few MiB first);
 - a probe: ``ModelStatus`` of one model every half second, timed.
 
@@ -57,7 +57,7 @@ from generated.mlops.routing.v1 import routing_pb2 as rpb
 from generated.mlops.routing.v1 import routing_pb2_grpc as rpb_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
-from tests.stalled_streams import StalledCall
+from tests.support.stalled_streams import StalledCall
 
 MiB = 1 << 20
 AVAILABLE = pb.ModelStatus.ModelAvailable

@@ -84,10 +84,10 @@ from minio import Minio
 from threadpoolctl import threadpool_info  # type: ignore[import-untyped]
 
 from generated.mlops.training.v1 import training_pb2
-from tests.kafka_broker import create_topics, start_broker
-from tests.real_components import ACCESS_KEY, SECRET_KEY, SeaweedFS
-from tests.redis_server import RedisServer, start_redis, stop_redis
-from tests.training_schemas import IRIS_CLASSES, iris_multiclass_logistic, write_iris_csv
+from tests.support.kafka_broker import create_topics, start_broker
+from tests.support.real_components import ACCESS_KEY, SECRET_KEY, SeaweedFS
+from tests.support.redis_server import RedisServer, start_redis, stop_redis
+from tests.support.training_schemas import IRIS_CLASSES, iris_multiclass_logistic, write_iris_csv
 from trainer.launchers.base import LaunchVerdict
 from trainer.launchers.local import LocalLauncherSettings, LocalProcessLauncher
 from trainer.launchers.warm import WarmProcessLauncher
@@ -326,7 +326,7 @@ class Components:
 
 @contextlib.contextmanager
 def components(work: Path) -> Iterator[Components]:
-    """Tansu, Redis and SeaweedFS, started as the tests start them (tests/kafka_broker.py, redis_server.py,
+    """Tansu, Redis and SeaweedFS, started as the tests start them (tests/support/kafka_broker.py, redis_server.py,
     real_components.py); stopped by PID on the way out."""
     started: list[subprocess.Popen[bytes]] = []
     redis: RedisServer | None = None

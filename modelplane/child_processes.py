@@ -5,7 +5,7 @@ Why no ``preexec_fn``: it makes ``subprocess`` fork() the interpreter and run Py
 fork() runs gRPC's fork handlers, which are skipped when other threads are inside gRPC ("Other threads are
 currently calling into gRPC, skipping fork() handlers"); the child then runs on gRPC's copied, half-owned state
 and can crash before it execs (MLServer "exited with status -6", children killed by SIGSEGV), and the parent's
-poller can break ("epoll_wait error: Bad file descriptor"). tests/test_child_processes.py shows it: with gRPC
+poller can break ("epoll_wait error: Bad file descriptor"). tests/shared/test_child_processes.py shows it: with gRPC
 busy, about one start in ten failed. Without ``preexec_fn`` CPython starts the child in C (vfork + exec, or
 posix_spawn): no fork handler and no Python code runs between the fork and the exec.
 

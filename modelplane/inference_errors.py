@@ -2,7 +2,7 @@
 
 The agent's inference proxy (in front of its MLServer or Triton) and the gateway (in front of the agents'
 proxies) both read V2 REST error answers with :func:`read_error_answer`. Measured on MLServer 1.7 and
-Triton 2.51 (the requests of tests/test_gateway_errors_e2e.py):
+Triton 2.51 (the requests of tests/e2e/test_gateway_errors.py):
 
 * MLServer: a request its codecs refuse (e.g. two inputs for the ``np`` codec) is 400 ``{"error"}``; one its
   schema refuses (an unknown datatype, JSON it cannot parse, nesting past its depth limit) is 422 with

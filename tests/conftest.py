@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import SchedulerProcess, start_scheduler, stop_all_started, stop_process
+from tests.support.processes import SchedulerProcess, start_scheduler, stop_all_started, stop_process
 
 
 def pytest_configure(config: pytest.Config) -> None:

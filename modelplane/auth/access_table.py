@@ -105,7 +105,7 @@ _V2 = "/inference.GRPCInferenceService/"
 
 # Every RPC of every service of every process (scheduler: Scheduler, RoutingService, AgentService, health,
 # reflection; gateway: the V2 GRPCInferenceService; agent proxy: the same V2 service, forwarded). A method not
-# here is refused to everyone, and tests/test_auth_rpc_table.py fails for every RPC the descriptors have and
+# here is refused to everyone, and tests/shared/test_auth_rpc_table.py fails for every RPC the descriptors have and
 # this table lacks.
 GRPC_METHODS: Mapping[str, Rule] = {
     # Mutations
@@ -158,7 +158,7 @@ GRPC_METHODS: Mapping[str, Rule] = {
 }
 
 # Every HTTP route of every process, as "METHOD /canonical/{path}" (aiohttp's resource.canonical; "*" for a route
-# that takes every method). tests/test_auth_rpc_table.py checks every route of every app against this.
+# that takes every method). tests/shared/test_auth_rpc_table.py checks every route of every app against this.
 HTTP_ROUTES: Mapping[str, Rule] = {
     # gateway REST (gateway/edges/rest_app.py)
     "POST /v2/models/{name}/versions/{version}/infer": _INFERENCE,

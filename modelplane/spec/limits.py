@@ -4,7 +4,7 @@ A request field is checked where it is accepted, before anything is stored: its 
 its characters (no NUL or other control characters, no line or paragraph separators; only the free-text
 kinds marked "lines" may hold tab, newline and carriage return), and for repeated and map fields their count.
 Every string and repeated field of every Scheduler API, RoutingService and AgentService request has an entry
-in ``FIELD_RULES`` (tests/test_scheduler_limits.py walks the protos to prove it); ``check_fields`` applies
+in ``FIELD_RULES`` (tests/scheduler/test_limits.py walks the protos to prove it); ``check_fields`` applies
 them to a whole message. Semantic checks (DNS names, duplicates, min <= max, references) live beside each
 kind of resource (model_specs, server_specs, pipelines/validation, experiments/validation, agent_service).
 
@@ -49,7 +49,7 @@ pipeline steps / references per list       256 / 64
 tensor map entries                         256
 models an agent reports at registration   100000
 status message (any, built by scheduler)   4 MiB            gRPC's default client receive limit; every status
-                                                            type is proved to fit by test_scheduler_limits.py
+                                                            type is proved to fit by scheduler/test_limits.py
 a log line                                 see modelplane/logs.py
 =========================================  ===============  ====================================================
 

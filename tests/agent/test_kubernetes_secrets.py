@@ -19,11 +19,11 @@ from hypothesis import strategies as st
 from agent.artifacts.errors import ArtifactError
 from agent.artifacts.kubernetes_secrets import storage_values_from
 from generated.mlops.scheduler import scheduler_pb2 as pb
-from tests.cluster_fixtures import MIB, Cluster, Iris, api_of
-from tests.real_components import ACCESS_KEY, SECRET_KEY, S3Server
+from tests.support.cluster_fixtures import MIB, Cluster, Iris, api_of
 from tests.support.fake_kubernetes_api import SECRETS, FakeKubernetesApi
+from tests.support.real_components import ACCESS_KEY, SECRET_KEY, S3Server
 
-pytest_plugins = ["tests.real_components", "tests.cluster_fixtures"]
+pytest_plugins = ["tests.support.real_components", "tests.support.cluster_fixtures"]
 
 NAMESPACE = "models"
 API_TOKEN = "fake-api-token-of-the-agent"  # noqa: S105 -- the fake API's throwaway token

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from agent.pod_identity import PodIdentity, PodNameError, identity_from_pod_name
 from agent.settings import AgentSettings, build_parser, parse_settings
-from tests.processes import MODELPLANE
+from tests.support.processes import MODELPLANE
 
 BASE = ("--server-url=http://127.0.0.1:1", "--models-dir=/tmp/models")
 

@@ -1,7 +1,7 @@
 """``modelplane controller`` as a real process against the fake Kubernetes API, for the controller's tests.
 
 The fake API runs on the test's event loop, so the controller process is started and awaited without blocking
-that loop (the harnesses in tests/processes.py wait by sleeping: fine for processes that need nothing from the
+that loop (the harnesses in tests/support/processes.py wait by sleeping: fine for processes that need nothing from the
 test, not for one that lists from it before it is ready).
 """
 
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.processes import MODELPLANE, STARTED, stop_process
 from tests.support import fake_kubernetes_api as fake
+from tests.support.processes import MODELPLANE, STARTED, stop_process
 
 READY_WAIT = 60.0  # seconds: a hang guard, not an expectation
 

@@ -20,13 +20,13 @@ import pytest
 
 from controller.scheduler_resources import FINALIZER
 from generated.mlops.scheduler import scheduler_pb2 as pb
-from tests.cluster_fixtures import Api, Cluster, Iris, api_of
 from tests.controller.controller_harness import ControllerProcess, condition, start_controller
-from tests.processes import GatewayProcess, start_gateway, stop_process
 from tests.support import fake_kubernetes_api as fake
-from tests.waiting import wait_for
+from tests.support.cluster_fixtures import Api, Cluster, Iris, api_of
+from tests.support.processes import GatewayProcess, start_gateway, stop_process
+from tests.support.waiting import wait_for
 
-pytest_plugins = ["tests.real_components", "tests.cluster_fixtures"]
+pytest_plugins = ["tests.support.real_components", "tests.support.cluster_fixtures"]
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(900)]
 
 WAIT = 180.0  # seconds: a hang guard for every wait

@@ -19,7 +19,7 @@ from modelplane.addresses import Address
 from modelplane.kubernetes_api import KubernetesConnection
 from modelplane.transport import TransportSecurity
 from tests.support import fake_kubernetes_api as fake
-from tests.waiting import wait_for
+from tests.support.waiting import wait_for
 
 DEADLINE = 60.0
 

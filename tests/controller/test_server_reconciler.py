@@ -23,14 +23,14 @@ from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.addresses import parse_address
 from modelplane.kubernetes_api import KubernetesConnection
 from modelplane.transport import TransportSecurity
-from tests.cluster_fixtures import MIB, REPLICA_AVAILABLE, SCHEDULER_FLAGS, Api, Cluster, Iris, api_of
 from tests.controller.server_manifests import a_server, server_config_with_agent
-from tests.processes import start_scheduler, stop_process
-from tests.real_components import AgentProcess, stop_agent
 from tests.support import fake_kubernetes_api as fake
-from tests.waiting import wait_for_async
+from tests.support.cluster_fixtures import MIB, REPLICA_AVAILABLE, SCHEDULER_FLAGS, Api, Cluster, Iris, api_of
+from tests.support.processes import start_scheduler, stop_process
+from tests.support.real_components import AgentProcess, stop_agent
+from tests.support.waiting import wait_for_async
 
-pytest_plugins = ["tests.real_components", "tests.cluster_fixtures"]
+pytest_plugins = ["tests.support.real_components", "tests.support.cluster_fixtures"]
 
 NS = "models"
 NAME = "iris-servers"

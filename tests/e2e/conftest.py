@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.kafka_broker import DurableBroker
-from tests.real_components import ACCESS_KEY, SECRET_KEY, S3Server
+from tests.support.kafka_broker import DurableBroker
+from tests.support.real_components import ACCESS_KEY, SECRET_KEY, S3Server
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ what a user sees meanwhile and afterwards: model status from the Scheduler API, 
 the agents' proxies, and that nothing acknowledged is lost or loaded twice.
 
 Existing tests cover neighbouring faults and are not repeated here: kill -9 of an agent whose model then moves
-to another replica (tests/test_agent_e2e.py, and under the gateway tests/test_gateway_e2e.py), kill -9 of the
-scheduler alone (the same two files), SIGTERM drains (tests/test_agent_e2e.py).
+to another replica (tests/e2e/test_agent.py, and under the gateway tests/e2e/test_gateway.py), kill -9 of the
+scheduler alone (the same two files), SIGTERM drains (tests/e2e/test_agent.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,14 @@ import pytest
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from servers.launch import launch_mlserver
-from tests.cluster_fixtures import (
+from tests.e2e.harness import (
+    held_files,
+    recording_statuses,
+    restart_agent,
+    sigstopped,
+)
+from tests.support.agent_serving import index, predict, server_leader, server_loads, tar_gz_of
+from tests.support.cluster_fixtures import (
     AVAILABLE,
     CALL_TIMEOUT,
     FAILED,
@@ -37,18 +44,10 @@ from tests.cluster_fixtures import (
     model,
     until,
 )
-from tests.e2e.harness import (
-    held_files,
-    recording_statuses,
-    restart_agent,
-    sigstopped,
-)
-from tests.processes import start_gateway
-from tests.real_components import AgentProcess, kill_agent
-from tests.test_agent_e2e import index, predict, server_loads, tar_gz_of
-from tests.test_agent_liveness_e2e import server_leader
+from tests.support.processes import start_gateway
+from tests.support.real_components import AgentProcess, kill_agent
 
-pytest_plugins = ["tests.real_components", "tests.cluster_fixtures"]
+pytest_plugins = ["tests.support.real_components", "tests.support.cluster_fixtures"]
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(600)]  # the timeout is a hang guard only
 
 ARCHIVE = "/models/iris.tar.gz"

@@ -1,6 +1,6 @@
 # ruff: noqa: S106 -- tokens here are identifiers of design schemas, not passwords
 """The Kafka broker restarted under its users, as a real Kafka restarts: Tansu keeping its topics, records and
-committed offsets in S3 (tests/kafka_broker.py's DurableBroker), killed with SIGKILL and started again on the
+committed offsets in S3 (tests/support/kafka_broker.py's DurableBroker), killed with SIGKILL and started again on the
 same port.
 
 - Under the gateway's Kafka bridge (a `modelplane gateway --kafka` process routing to a real MLServer): every
@@ -9,7 +9,7 @@ same port.
 - Under the trainer (a `modelplane trainer` process with real runs): no training event is lost, each is trained
   once, and every status message arrives.
 
-tests/test_gateway_kafka.py has the bridge (in-process) riding out a restart of Tansu's memory engine, which
+tests/gateway/test_kafka.py has the bridge (in-process) riding out a restart of Tansu's memory engine, which
 forgets every topic and group: a different fault (a broker that lost its state), kept there.
 """
 
@@ -26,17 +26,27 @@ import pytest
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 
 from gateway.kafka.topics import Resource, ResourceKind, TopicNames
-from tests.cluster_fixtures import WAIT, Cluster, Iris, api_of, model, until
 from tests.e2e.harness import requests_waiting_on, run_processes, sigstopped
-from tests.kafka_broker import DurableBroker, Record, consume_until, create_topics
-from tests.processes import start_gateway, stop_process
-from tests.real_components import S3Server
-from tests.redis_server import RedisServer
-from tests.test_trainer_process import get_json, start_trainer, wait_for_run_state
-from tests.test_trainer_service import SUCCESS, _stack_for, event, headers_of, put_schema, status_of, statuses_for
-from tests.training_schemas import iris_multiclass_logistic
+from tests.support.cluster_fixtures import WAIT, Cluster, Iris, api_of, model, until
+from tests.support.kafka_broker import DurableBroker, Record, consume_until, create_topics
+from tests.support.processes import start_gateway, stop_process
+from tests.support.real_components import S3Server
+from tests.support.redis_server import RedisServer
+from tests.support.trainer_stack import (
+    SUCCESS,
+    event,
+    get_json,
+    headers_of,
+    put_schema,
+    stack_for,
+    start_trainer,
+    status_of,
+    statuses_for,
+    wait_for_run_state,
+)
+from tests.support.training_schemas import iris_multiclass_logistic
 
-pytest_plugins = ["tests.real_components", "tests.cluster_fixtures", "tests.redis_server"]
+pytest_plugins = ["tests.support.real_components", "tests.support.cluster_fixtures", "tests.support.redis_server"]
 pytestmark = pytest.mark.timeout(600)  # a hang guard only
 
 
@@ -132,7 +142,7 @@ async def test_every_kafka_request_is_answered_across_a_broker_restart(
 async def test_no_training_event_or_status_is_lost_across_a_broker_restart(
     durable_broker: DurableBroker, redis_server: RedisServer, s3_server: S3Server, tmp_path: Path
 ) -> None:
-    stack = await _stack_for(durable_broker.broker, redis_server, s3_server, tmp_path)
+    stack = await stack_for(durable_broker.broker, redis_server, s3_server, tmp_path)
     await put_schema(stack, "tok", iris_multiclass_logistic(design_token="broker-restart"))
     _, address, log = start_trainer(stack, "trainer", "--max-concurrent-runs=1")
     producer = waiting_producer(durable_broker.bootstrap)

@@ -5,7 +5,7 @@ calls are in flight when the scheduler dies. After a restart over the same state
 call's effect is there with its whole spec; an unacknowledged one is there whole or not at all, never in part,
 never in a spec nobody sent.
 
-tests/test_control_plane_durability.py covers a kill after a quiet sequence of calls (versions, stops, the
+tests/scheduler/test_control_plane_durability.py covers a kill after a quiet sequence of calls (versions, stops, the
 experiment's routed spec); this adds the kill mid-burst.
 """
 
@@ -25,9 +25,9 @@ from google.protobuf.message import Message
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
-from tests.cluster_fixtures import WAIT
-from tests.processes import SchedulerProcess, start_scheduler, stop_process
-from tests.test_control_plane_durability import _routed_experiments
+from tests.support.cluster_fixtures import WAIT
+from tests.support.processes import SchedulerProcess, start_scheduler, stop_process
+from tests.support.scheduler_client import routed_experiments
 
 pytestmark = pytest.mark.timeout(300)  # a hang guard only
 
@@ -165,7 +165,7 @@ async def test_every_acknowledged_experiment_survives_a_kill_mid_burst(tmp_path:
         async with grpc.aio.insecure_channel(second.listen) as channel:
             stub = pb_grpc.SchedulerStub(channel)
             names = {s.experimentName async for s in stub.ExperimentStatus(pb.ExperimentStatusRequest(), timeout=WAIT)}
-            routed = await _routed_experiments(channel)  # each running experiment's whole spec
+            routed = await routed_experiments(channel)  # each running experiment's whole spec
             await start_experiment(stub, experiment("after-restart", 0))
     finally:
         stop_process(second.process)

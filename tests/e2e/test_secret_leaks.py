@@ -32,11 +32,11 @@ from generated.mlops.routing.v1 import routing_pb2_grpc as rpb_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane.storage_secrets import REDACTED_RCLONE_CONFIG
-from tests.cluster_fixtures import Api, Cluster, Iris, api_of, model
-from tests.processes import GatewayProcess, start_gateway, stop_process
-from tests.real_components import SECRET_KEY, S3Server
+from tests.support.cluster_fixtures import Api, Cluster, Iris, api_of, model
+from tests.support.processes import GatewayProcess, start_gateway, stop_process
+from tests.support.real_components import SECRET_KEY, S3Server
 
-pytest_plugins = ["tests.real_components", "tests.cluster_fixtures"]
+pytest_plugins = ["tests.support.real_components", "tests.support.cluster_fixtures"]
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(600)]  # the timeout is a hang guard only
 

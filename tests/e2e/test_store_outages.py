@@ -6,8 +6,8 @@ What the user must see: a run waits or fails with a status that says why, never 
 stored; when the store returns the trainer goes on by itself. A model load from a silent or stopped S3 never
 hangs and is never Available falsely: it succeeds once S3 answers, or fails naming S3, and loads when asked again.
 
-tests/test_trainer_service.py has the design-schema fetch waiting for a Redis that is not there yet (in-process);
-tests/test_trainer_process.py has kill -9 of the trainer mid-run.
+tests/trainer/test_service.py has the design-schema fetch waiting for a Redis that is not there yet (in-process);
+tests/trainer/test_process.py has kill -9 of the trainer mid-run.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 
-from tests.cluster_fixtures import WAIT, Cluster, Iris, api_of, model, until
 from tests.e2e.harness import (
     processes_mentioning,
     recording_statuses,
@@ -29,25 +28,33 @@ from tests.e2e.harness import (
     run_processes,
     sigstopped,
 )
-from tests.kafka_broker import KafkaBroker, Record, produce
-from tests.real_components import S3Server
-from tests.redis_server import RedisServer, start_redis, stop_redis
-from tests.test_agent_e2e import predict
-from tests.test_trainer_process import get_json, start_trainer, wait_for_run_state
-from tests.test_trainer_service import (
+from tests.support.agent_serving import predict
+from tests.support.cluster_fixtures import WAIT, Cluster, Iris, api_of, model, until
+from tests.support.kafka_broker import KafkaBroker, Record, produce
+from tests.support.real_components import S3Server
+from tests.support.redis_server import RedisServer, start_redis, stop_redis
+from tests.support.trainer_stack import (
     FAILURE,
     SUCCESS,
     Stack,
-    _stack_for,
     event,
+    get_json,
     headers_of,
     put_schema,
+    stack_for,
+    start_trainer,
     status_of,
     statuses_for,
+    wait_for_run_state,
 )
-from tests.training_schemas import iris_multiclass_logistic
+from tests.support.training_schemas import iris_multiclass_logistic
 
-pytest_plugins = ["tests.real_components", "tests.cluster_fixtures", "tests.kafka_broker", "tests.redis_server"]
+pytest_plugins = [
+    "tests.support.real_components",
+    "tests.support.cluster_fixtures",
+    "tests.support.kafka_broker",
+    "tests.support.redis_server",
+]
 pytestmark = pytest.mark.timeout(600)  # a hang guard only
 
 
@@ -101,7 +108,7 @@ async def test_redis_stopped_mid_run_the_trainer_waits_and_finishes_every_event_
     (tmp_path / "stack").mkdir()
     redis = start_redis(folder, durable=True)
     try:
-        stack = await _stack_for(kafka_broker, redis, s3_server, tmp_path / "stack")
+        stack = await stack_for(kafka_broker, redis, s3_server, tmp_path / "stack")
         await put_schema(stack, "tok", iris_multiclass_logistic(design_token="redis-outage"))
         _, address, log = start_trainer(stack, "trainer", "--max-concurrent-runs=1")
         await produce(kafka_broker.bootstrap, stack.training_topic, [event("first", "tok"), event("second", "tok")])
@@ -146,7 +153,7 @@ async def test_s3_stopped_under_training_the_run_is_retried_until_s3_returns_or_
 ) -> None:
     """S3 holds the model store and, for some events, the dataset. Stopped while a run reads its dataset, and
     while a run uploads its model: an outage is the infrastructure's fault, not the event's, so it is retried."""
-    stack = await _stack_for(kafka_broker, redis_server, s3_server, tmp_path)
+    stack = await stack_for(kafka_broker, redis_server, s3_server, tmp_path)
     await put_schema(stack, "tok", iris_multiclass_logistic(design_token="s3-outage"))
     datasets = s3_server.new_bucket({"iris.csv": (stack.datasets / "iris.csv").read_bytes()})
     # Patient: runs and uploads are retried (20 attempts, backing off from 0.5 s) for as long as S3 takes to return.

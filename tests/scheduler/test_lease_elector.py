@@ -33,7 +33,7 @@ from scheduler.leadership.lease_records import (
     LeaseTimingError,
 )
 from tests.support.fake_kubernetes_api import LEASES, FakeKubernetesApi
-from tests.waiting import wait_for
+from tests.support.waiting import wait_for
 
 LEASE = "scheduler"
 QUICK = LeaseTiming(lease_duration_seconds=2, renew_deadline_seconds=1.0, retry_period_seconds=0.1)

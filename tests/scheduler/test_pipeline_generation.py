@@ -8,7 +8,7 @@ from __future__ import annotations
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from scheduler.persistence import MemoryStateStore
-from tests.scheduler_in_process import in_process_scheduler
+from tests.support.scheduler_in_process import in_process_scheduler
 
 
 def a_pipeline(generation: int) -> pb.Pipeline:

@@ -2,8 +2,8 @@
 of models it does not know yet is kept, its memory counted, until the controller's re-send claims it (Available
 without a reload when the version matches), and unloaded once the re-send is over if nobody claimed it.
 
-In-process, with the fake replicas of tests/scheduler_harness.py; ``settle`` checks the cluster's invariants (the
-ledgers included) after every step.
+In-process, with the fake replicas of tests/support/scheduler_harness.py; ``settle`` checks the cluster's
+invariants (the ledgers included) after every step.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from collections.abc import AsyncGenerator
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from scheduler.core import CoreSettings, SchedulerCore
 from scheduler.models.model_state import ModelState
-from tests.scheduler_harness import Harness, MiB
-from tests.waiting import wait_for
+from tests.support.scheduler_harness import Harness, MiB
+from tests.support.waiting import wait_for
 
 GRACE = 0.2  # the re-send's quiet period: short, so the release comes soon in the test
 

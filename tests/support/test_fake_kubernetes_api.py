@@ -20,7 +20,7 @@ from tests.support.fake_kubernetes_api import (
     labels_match,
     merge_patch,
 )
-from tests.waiting import wait_for
+from tests.support.waiting import wait_for
 
 V = "v1alpha1"
 

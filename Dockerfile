@@ -21,6 +21,7 @@ COPY wheelhouse/ /wheelhouse/
 COPY pyproject.toml README.md ./
 COPY modelplane ./modelplane
 COPY scheduler ./scheduler
+COPY controller ./controller
 COPY agent ./agent
 COPY servers ./servers
 COPY gateway ./gateway

@@ -8,6 +8,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from modelplane.whole_numbers import is_whole_number
+
 log = logging.getLogger(__name__)
 INDEX_FILE = ".modelplane-agent.json"
 
@@ -15,7 +17,7 @@ INDEX_FILE = ".modelplane-agent.json"
 def is_agents_name(loaded_name: str) -> bool:
     """``<name>_<version>``: how this agent names what it loads (anything else on the server is not ours)."""
     name, _, version = loaded_name.rpartition("_")
-    return bool(name) and version.isdigit()
+    return bool(name) and is_whole_number(version)
 
 
 def read_index(repository: Path) -> dict[str, dict[str, Any]]:

@@ -55,6 +55,7 @@ from modelplane.inference_errors import (
     unreadable_body_answer,
 )
 from modelplane.inference_limits import MAX_REQUEST_BODY_BYTES
+from modelplane.whole_numbers import parse_whole_number
 from servers.adapter import ServerError
 
 log = logging.getLogger(__name__)
@@ -84,12 +85,13 @@ def _server_down_answer(reason: str) -> web.Response:
     return web.json_response({"error": reason}, status=503, headers={SERVER_DOWN_HEADER: "1"})
 
 
-def _parse_version(text: str | None) -> int | None:
+def parse_version(text: str | None) -> int | None:
     if text is None or text == "":
         return None
-    if not text.isdigit():
+    number = parse_whole_number(text)
+    if number is None:
         raise ModelNotHere(f"model version {text!r} is not a number")
-    return int(text)
+    return number
 
 
 class InferenceProxy:
@@ -171,7 +173,7 @@ class InferenceProxy:
     async def _model_route(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         try:
-            version = _parse_version(request.match_info.get("version"))
+            version = parse_version(request.match_info.get("version"))
             loaded = await self.resolve(name, version)
         except ModelNotHere as error:
             return web.json_response({"error": str(error)}, status=404)
@@ -271,7 +273,7 @@ class InferenceProxy:
             except DecodeError:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {rpc} request")
             try:
-                loaded = await self.resolve(names.name, _parse_version(names.version))
+                loaded = await self.resolve(names.name, parse_version(names.version))
             except ModelNotHere as error:
                 await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
             except ServerDown as error:

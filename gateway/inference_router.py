@@ -25,6 +25,7 @@ from gateway.replica_client import ReplicaAnswer, ReplicaClient
 from gateway.routing_table import ROUTE_HEADER, RoutingTable
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.inference_limits import MAX_REQUEST_BODY_BYTES
+from modelplane.whole_numbers import parse_whole_number
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +103,10 @@ def parse_version(text: str | None) -> int | None:
     """A model version from a URL path or a gRPC request (None or empty: the newest)."""
     if not text:
         return None
-    if not text.isdigit() or len(text) > 9:
+    number = parse_whole_number(text, max_digits=9)
+    if number is None:
         raise InferenceError(400, f"model version {text!r} is not a number")
-    return int(text)
+    return number
 
 
 class PipelineRunning(Protocol):

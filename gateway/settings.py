@@ -24,6 +24,7 @@ from modelplane.flag_types import address, seconds
 from modelplane.process_flags import add_process_flags
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_serving_tls_flags, add_tls_flags, security_from, serving_security_from
+from modelplane.whole_numbers import parse_whole_number
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +53,10 @@ class GatewaySettings:
 
 
 def _attempts(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 10:
+    number = parse_whole_number(text)
+    if number is None or not 1 <= number <= 10:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 10")
-    return int(text)
+    return number
 
 
 def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

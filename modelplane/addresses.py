@@ -6,6 +6,8 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from modelplane.whole_numbers import is_whole_number
+
 # RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens. Used with fullmatch (a pattern
 # ending in "$" would also match before a final newline); the length is checked apart.
 _HOSTNAME = re.compile(r"([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
@@ -54,7 +56,7 @@ def parse_address(text: str, *, allow_port_zero: bool = False) -> Address:
             raise AddressError(f"{text!r}: write IPv6 addresses in brackets, e.g. [::1]:9004")
         if len(host) > _MAX_HOSTNAME_CHARS or not _HOSTNAME.fullmatch(host):
             raise AddressError(f"{text!r}: {host!r} is not a valid host name or IP address")
-    if not (port_text.isascii() and port_text.isdigit()):
+    if not is_whole_number(port_text):
         raise AddressError(f"{text!r}: port {port_text!r} is not a number")
     port = int(port_text)
     lowest = 0 if allow_port_zero else 1

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from modelplane.addresses import Address, AddressError, parse_address
 from modelplane.sizes import format_size, parse_size
+from modelplane.whole_numbers import parse_whole_number
 
 
 def peer_address(text: str) -> Address:
@@ -44,9 +45,10 @@ def bounded_int(low: int, high: int) -> Callable[[str], int]:
     """A whole number from ``low`` to ``high`` (digits only: no sign, no spaces)."""
 
     def parse(text: str) -> int:
-        if not text.isdigit() or not low <= int(text) <= high:
+        number = parse_whole_number(text)
+        if number is None or not low <= number <= high:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from {low} to {high}")
-        return int(text)
+        return number
 
     return parse
 

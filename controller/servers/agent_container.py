@@ -32,6 +32,7 @@ from typing import Any
 
 from controller.servers.errors import ServerSpecError
 from modelplane.spec.server_kinds import DEFAULT_CAPABILITIES, SERVER_KINDS
+from modelplane.whole_numbers import parse_whole_number
 
 JsonObject = dict[str, Any]
 
@@ -129,13 +130,13 @@ def _strings(value: object) -> list[str]:
     return list(value)
 
 
-def _port_of(address: str | None, default: int, flag: str) -> int:
+def port_of(address: str | None, default: int, flag: str) -> int:
     if address is None:
         return default
-    port = address.rpartition(":")[2]
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    port = parse_whole_number(address.rpartition(":")[2])
+    if port is None or not 0 < port < 65536:
         raise ServerSpecError(f"the agent's {flag}={address!r} names no port from 1 to 65535")
-    return int(port)
+    return port
 
 
 def capabilities_for(agent: JsonObject, capabilities: list[str] | None, extra: list[str] | None) -> str | None:
@@ -214,8 +215,8 @@ def complete_agent(
     if _setting(agent, "--advertise-host") is None and not _has_env(agent, "MODELPLANE_AGENT_ADVERTISE_HOST"):
         env.append(_field_env("MODELPLANE_AGENT_ADVERTISE_HOST", "status.podIP"))
     ports = AgentPorts(
-        _port_of(_setting(agent, "--proxy-http"), DEFAULT_PROXY_HTTP_PORT, "--proxy-http"),
-        _port_of(_setting(agent, "--proxy-grpc"), DEFAULT_PROXY_GRPC_PORT, "--proxy-grpc"),
+        port_of(_setting(agent, "--proxy-http"), DEFAULT_PROXY_HTTP_PORT, "--proxy-http"),
+        port_of(_setting(agent, "--proxy-grpc"), DEFAULT_PROXY_GRPC_PORT, "--proxy-grpc"),
     )
     if not pod.get("serviceAccountName"):
         pod["serviceAccountName"] = defaults.service_account

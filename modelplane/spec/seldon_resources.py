@@ -51,6 +51,7 @@ from modelplane.sizes import MAX_SIZE, parse_size
 from modelplane.spec.errors import InvalidArgument
 from modelplane.spec.limits import MAX_GENERATION, check_fields
 from modelplane.spec.names import is_namespace
+from modelplane.whole_numbers import is_whole_number
 
 __all__ = [
     "API_VERSIONS",
@@ -289,7 +290,7 @@ def memory_bytes(value: object, field: str) -> int:
     text = str(value) if not isinstance(value, float) else repr(value)
     _check_text(text, field)
     stripped = text.strip()
-    if stripped.endswith("m") and stripped[:-1].replace(".", "", 1).isdigit():
+    if stripped.endswith("m") and is_whole_number(stripped[:-1].replace(".", "", 1)):
         # Kubernetes reads a lower-case m as milli: "128m" is 0.128 bytes, certainly not what was meant.
         raise ResourceSpecError(f"{field}: {shown(text)} is milli-bytes in Kubernetes' notation; write M or Mi")
     exponent = _KUBERNETES_EXPONENT.fullmatch(text)

@@ -44,6 +44,7 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from typing import Any
 
+from modelplane.whole_numbers import parse_whole_number
 from trainer.launchers.local import RUN_LOG
 
 DEFAULT_ENTRY = "trainer.run.run_job:main"
@@ -61,9 +62,9 @@ def thread_counts(env: Mapping[str, str]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for pool, variables in THREAD_POOLS.items():
         for variable in variables:
-            value = env.get(variable, "").strip()
-            if value.isdigit() and int(value) > 0:
-                counts[pool] = int(value)
+            value = parse_whole_number(env.get(variable, "").strip())
+            if value is not None and value > 0:
+                counts[pool] = value
                 break
     return counts
 

@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pandas as pd
 
+from modelplane.whole_numbers import parse_whole_number
 from trainer.run.errors import DatasetError, DatasetUnavailableError
 from trainer.run.jobs import DatasetSource
 
@@ -150,8 +151,8 @@ def _read_http(url: str, shown: str, limits: DatasetLimits) -> bytes:
     request = urllib.request.Request(url, headers={"User-Agent": "modelplane-trainer"})  # noqa: S310 -- scheme checked
     try:
         with urllib.request.urlopen(request, timeout=limits.timeout_seconds) as response:  # noqa: S310 -- http(s) only
-            length = response.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) > limits.max_bytes:
+            length = parse_whole_number(response.headers.get("Content-Length") or "")
+            if length is not None and length > limits.max_bytes:
                 raise DatasetError(f"dataset {shown} is {length} bytes; the limit is {limits.max_bytes}")
             return _read_limited(response, limits.max_bytes, shown)
     except urllib.error.HTTPError as exc:

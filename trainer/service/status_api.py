@@ -22,6 +22,7 @@ from aiohttp import web
 from modelplane.addresses import Address
 from modelplane.auth.access_check import AccessCheck, AuthSettings
 from modelplane.auth.http_access import protect
+from modelplane.whole_numbers import parse_whole_number
 from trainer.service.design_store import REDIS_RETRYABLE
 from trainer.service.run_registry import RunRegistry
 
@@ -38,11 +39,11 @@ def build_app(registry: RunRegistry, health: Callable[[], dict[str, Any]]) -> we
         return _json({"status": "ok", **health()})
 
     async def runs(request: web.Request) -> web.Response:
-        text = request.query.get("limit", "100")
-        if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+        limit = parse_whole_number(request.query.get("limit", "100"))
+        if limit is None or not 1 <= limit <= MAX_LIMIT:
             return _json({"error": f"limit must be a whole number from 1 to {MAX_LIMIT}"}, 400)
         try:
-            records = await registry.list_runs(int(text))
+            records = await registry.list_runs(limit)
         except REDIS_RETRYABLE as error:
             return _json({"error": f"run registry (Redis) unreachable: {error}"}, 503)
         return _json({"runs": [record.to_json() for record in records]})

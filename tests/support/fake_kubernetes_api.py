@@ -20,6 +20,9 @@ emulator. What it implements, for every kind in :data:`KINDS`:
   (:meth:`FakeKubernetesApi.compact`); ``timeoutSeconds`` ends the stream; :meth:`close_watches` ends them all;
 - TokenReview (``authentication.k8s.io/v1``): create answers from :attr:`FakeKubernetesApi.token_reviews`.
 
+batch/v1 Jobs are one more kind here; what the Job controller does with them (a pod per Job, completion, the
+backoffLimit and podFailurePolicy) is the layer in tests/support/fake_job_controller.py.
+
 Tests drive and inspect it directly (:meth:`objects`, :meth:`get`, :meth:`put`, :meth:`set_status`,
 :meth:`remove`); every request is recorded, :meth:`inject_error` makes the next matching requests fail with a
 Kubernetes ``Status``, and :meth:`hold` keeps matching requests waiting until released (to line up races). What
@@ -82,6 +85,7 @@ STATEFUL_SETS = Kind(
     initial_status=(("replicas", 0), ("availableReplicas", 0)),
 )
 LEASES = Kind("coordination.k8s.io", "v1", "leases", "Lease")
+JOBS = Kind("batch", "v1", "jobs", "Job", status_subresource=True)
 SELDON_GROUP = "mlops.seldon.io"
 MODELS = Kind(SELDON_GROUP, "v1alpha1", "models", "Model", status_subresource=True)
 SERVERS = Kind(SELDON_GROUP, "v1alpha1", "servers", "Server", status_subresource=True)
@@ -98,6 +102,7 @@ KINDS: tuple[Kind, ...] = (
     EVENTS,
     STATEFUL_SETS,
     LEASES,
+    JOBS,
     MODELS,
     SERVERS,
     SERVER_CONFIGS,
@@ -465,7 +470,9 @@ class FakeKubernetesApi:
         self._emit(kind, "MODIFIED", stored)
         return stored
 
-    def _delete(self, obj: JsonObject, kind: Kind) -> JsonObject:
+    def _delete(self, obj: JsonObject, kind: Kind, propagation_policy: str | None = None) -> JsonObject:
+        """Delete ``obj`` (with finalizers: only mark it). This fake has no garbage collector, so dependents stay
+        whatever the ``propagation_policy``; a controller layer over it may collect them."""
         metadata = obj["metadata"]
         key = (kind, metadata.get("namespace", "") if kind.namespaced else "", metadata["name"])
         if metadata.get("finalizers"):
@@ -580,7 +587,9 @@ class FakeKubernetesApi:
             patched = self._patched(existing, body, request.content_type)
             return web.json_response(self._replace(target.kind, existing, patched, status_only=status_only))
         if method == "DELETE":
-            return web.json_response(self._delete(existing, target.kind))
+            policy = body.get("propagationPolicy") if isinstance(body, dict) else None
+            policy = policy or request.query.get("propagationPolicy")
+            return web.json_response(self._delete(existing, target.kind, policy))
         raise ApiError(405, "MethodNotAllowed", f"{method} on an object")
 
     @staticmethod

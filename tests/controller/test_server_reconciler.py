@@ -39,12 +39,8 @@ WAIT = 90.0  # a hang guard for every wait (under the suite's 120 s per test), n
 
 @pytest.fixture
 async def kubernetes() -> AsyncIterator[fake.FakeKubernetesApi]:
-    api = fake.FakeKubernetesApi()
-    await api.start()
-    try:
+    async with fake.FakeKubernetesApi() as api:
         yield api
-    finally:
-        await api.stop()
 
 
 @contextlib.asynccontextmanager

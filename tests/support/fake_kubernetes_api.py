@@ -39,7 +39,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -319,6 +319,13 @@ class FakeKubernetesApi:
         self.close_watches()
         if self._runner is not None:
             await self._runner.cleanup()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
 
     # -- what tests drive and inspect -------------------------------------------------------------------------
 

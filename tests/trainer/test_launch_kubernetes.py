@@ -36,12 +36,8 @@ JOB = "modelplane-train-run-1"
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeJobController]:
-    server = FakeJobController(token=TOKEN)
-    await server.start()
-    try:
+    async with FakeJobController(token=TOKEN) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 def settings_for(fake: FakeJobController, tmp_path: Path, **overrides: Any) -> KubernetesJobSettings:

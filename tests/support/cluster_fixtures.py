@@ -24,9 +24,9 @@ from grpc import aio
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
+from tests.support.agent_processes import AgentProcess, AgentSpec, start_agents, stop_agent
 from tests.support.iris_sample import train_iris_sample
 from tests.support.processes import SchedulerProcess, start_scheduler, stop_process
-from tests.support.real_components import AgentProcess, AgentSpec, start_agents, stop_agent
 from tests.support.waiting import wait_for_async
 
 MIB = 1024 * 1024

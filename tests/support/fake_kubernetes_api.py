@@ -28,6 +28,10 @@ Tests drive and inspect it directly (:meth:`objects`, :meth:`get`, :meth:`put`, 
 Kubernetes ``Status``, and :meth:`hold` keeps matching requests waiting until released (to line up races). What
 it does not do: admission, defaulting, schema validation, garbage collection by owner
 references, real pods, or any controller (no kubelet: tests run what pods would run as local processes).
+
+Over 400 lines on purpose: one API server's rules (resourceVersion, generation, status subresource, finalizers)
+and the watch that replays its writes are one state machine over one store; the kinds' controllers are layers on
+top (tests/support/fake_job_controller.py).
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from modelplane.addresses import Address
 from modelplane.auth.access_check import AccessCheck
 from modelplane.auth.http_access import protect
 from modelplane.auth_flags import client_token
+from modelplane.http_site import serve_runner
 from modelplane.kubernetes_api import kubernetes_client
 from modelplane.ready_file import write_ready_file
 from modelplane.signals import stop_on_signals
@@ -99,14 +100,7 @@ async def start_proxy(
 ) -> tuple[web.AppRunner, aio.Server, ProxyAddresses]:
     access = AccessCheck(settings.auth)
     runner = web.AppRunner(protect(proxy.rest_app(), access), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.proxy_http.host, settings.proxy_http.port)
-    try:
-        await site.start()
-    except OSError as error:
-        await runner.cleanup()
-        raise TransportError(f"cannot listen on {settings.proxy_http}: {error.strerror}") from None
-    http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    http_port = (await serve_runner(runner, settings.proxy_http)).port
     grpc_server = new_server(access=access)
     grpc_server.add_generic_rpc_handlers((proxy.grpc_handler(),))
     try:

@@ -1,4 +1,7 @@
-"""Everything the agent process can be told, in one place, with its flags."""
+"""Everything the agent process can be told, in one place, with its flags.
+
+Over 400 lines on purpose: one flag table (``build_parser``) and the one parse that checks the flags against each
+other into one frozen AgentSettings; split, a flag and the field it fills would live apart."""
 
 from __future__ import annotations
 

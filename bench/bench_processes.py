@@ -116,11 +116,6 @@ def children_named(parent: int, word: str) -> list[int]:
     return found
 
 
-def alive(pid: int) -> bool:
-    state = proc_status(pid).get("State", "")
-    return bool(state) and not state.startswith("Z")
-
-
 # --------------------------------------------------------------------------------------------- processes
 
 
@@ -136,6 +131,8 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 30) -> tuple
 
 def kill_group_if_alive(pid: int) -> bool:
     """SIGKILL the process group led by ``pid`` (a launched server) if it is still running; True if it was."""
+    from tests.support.processes import alive  # noqa: PLC0415 - tests/ joins sys.path
+
     if not alive(pid):
         return False
     with contextlib.suppress(ProcessLookupError):

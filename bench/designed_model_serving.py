@@ -31,6 +31,10 @@ estimator's ``predict`` for stock, ``ServedModel.predict`` for ours) and dumping
                                                      [--workdir DIR]
 
 Everything listens on 127.0.0.1; MLServer is stopped by its PID (``LocalServer.stop``) whatever happens.
+
+Over 400 lines on purpose: one benchmark is one script read top to bottom (the models and requests, the
+answer check, the measuring, the in-process breakdown, the report); what the benchmarks share is in bench_processes.py
+and tests/support/.
 """
 
 from __future__ import annotations

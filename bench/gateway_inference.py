@@ -29,6 +29,9 @@ gateway's RSS (``VmRSS``) idle, after each part, and its peak (``VmHWM``).
 ``--py-spy`` samples the gateway in an extra phase after the measurements (so the figures are not slowed by
 it): gateway model throughput and sequential pipeline requests, and prints its top functions.
 Every process is stopped by its PID.
+
+Over 400 lines on purpose: one benchmark is one script read top to bottom (the stack, the ways of calling,
+the measuring, the pipeline part, the report); what the benchmarks share is in bench_processes.py and tests/support/.
 """
 
 from __future__ import annotations

@@ -25,6 +25,10 @@ its top functions; sampling slows the scheduler, so take figures from runs witho
 
 Everything listens on 127.0.0.1 ports picked by the kernel. Child processes are stopped by PID
 (SIGTERM, then SIGKILL). The same file is also the entry point of the child processes (``--role``).
+
+Over 400 lines on purpose: one benchmark is one script read top to bottom, and it is also the entry point of
+its own child processes (the baseline server and the fake agents, which soak.py reuses), so that one file is the whole
+benchmark; what the benchmarks share is in bench_processes.py.
 """
 
 from __future__ import annotations

@@ -25,6 +25,10 @@ non-reader got when it finally read; probe and churn latencies before and after 
 
 Everything listens on 127.0.0.1 ports picked by the kernel; child processes are stopped by PID (the
 scheduler first). Exit status 1 if a model is stuck, an event was lost, or a process failed.
+
+Over 400 lines on purpose: one benchmark is one script read top to bottom (readers, churn, non-readers,
+sampling, the run and its verdict); what the benchmarks share is in bench_processes.py, load_model_rate.py's fake
+agents and tests/support/.
 """
 
 from __future__ import annotations

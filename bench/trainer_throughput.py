@@ -37,6 +37,9 @@ runs, peak), and a run's peak RSS.
 
 Everything listens on 127.0.0.1; every process started here is stopped by its PID (redis-server daemonizes: by
 the PID in its pidfile).
+
+Over 400 lines on purpose: one benchmark is one script read top to bottom (the model, the direct rungs,
+the components, the trainer runs, the report); the components come from tests/support/.
 """
 
 from __future__ import annotations

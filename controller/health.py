@@ -9,7 +9,8 @@ from collections.abc import Callable
 from aiohttp import web
 
 from modelplane.addresses import Address
-from modelplane.transport import TransportError, TransportSecurity, http_server_ssl
+from modelplane.http_site import serve_runner
+from modelplane.transport import TransportSecurity, http_server_ssl
 
 # Why the controller is not ready, or None when it is.
 ReadinessCheck = Callable[[], str | None]
@@ -35,13 +36,6 @@ async def start_health_listener(
     address: Address, security: TransportSecurity, not_ready: ReadinessCheck
 ) -> tuple[web.AppRunner, Address]:
     """Serving on ``address`` (port 0 picks one): the runner to clean up and the address bound."""
+    context = http_server_ssl(security)
     runner = web.AppRunner(build_app(not_ready), access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, address.host, address.port, ssl_context=http_server_ssl(security))
-    try:
-        await site.start()
-    except OSError as error:
-        await runner.cleanup()
-        raise TransportError(f"cannot listen on {address}: {error.strerror}") from None
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, Address(address.host, port)
+    return runner, await serve_runner(runner, address, context)

@@ -33,9 +33,10 @@ from modelplane.addresses import Address
 from modelplane.auth.access_check import AccessCheck
 from modelplane.auth.http_access import protect
 from modelplane.auth_flags import client_token
+from modelplane.http_site import serve_runner
 from modelplane.ready_file import write_ready_file
 from modelplane.signals import stop_on_signals
-from modelplane.transport import TransportError, TransportSecurity, bind, http_server_ssl, new_server, open_channel
+from modelplane.transport import TransportSecurity, bind, http_server_ssl, new_server, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +48,7 @@ async def _start_rest(
 ) -> tuple[web.AppRunner, Address]:
     context = http_server_ssl(security)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
-    await runner.setup()
-    site = web.TCPSite(runner, address.host, address.port, ssl_context=context)
-    try:
-        await site.start()
-    except OSError as error:
-        await runner.cleanup()
-        raise TransportError(f"cannot listen on {address}: {error.strerror}") from None
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    return runner, Address(address.host, port)
+    return runner, await serve_runner(runner, address, context)
 
 
 async def _first_table(watcher: RouteWatcher, stop: asyncio.Event) -> bool:

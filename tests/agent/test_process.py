@@ -17,7 +17,7 @@ from agent import process
 from agent.server_watch import ServerWatch
 from agent.settings import build_parser, parse_settings
 from servers.launch import server_venv
-from tests.support.real_components import processes_naming
+from tests.support.agent_processes import processes_naming
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(600)]  # a hang guard only
 

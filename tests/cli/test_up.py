@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -22,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from servers.launch import server_venv
-from tests.support.modelplane_up import REPO, Up, assert_stops_cleanly, server_processes, start_up
+from tests.support.iris_sample import train_iris_sample
+from tests.support.modelplane_up import Up, assert_stops_cleanly, server_processes, start_up
 from tests.support.processes import run_modelplane, stop_all_started
 
 AVAILABLE_TIMEOUT = 120
@@ -53,16 +52,7 @@ def state_dir(tmp_path: Path) -> Iterator[Path]:
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Sample:
     """The iris sample, trained once with the MLServer venv's Python."""
     folder = tmp_path_factory.mktemp("iris")
-    python = server_venv("mlserver") / "bin" / "python"
-    trained = subprocess.run(
-        [str(python), str(REPO / "samples" / "train_iris.py"), str(folder)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert trained.returncode == 0, trained.stderr
-    printed = json.loads(trained.stdout)
+    printed = train_iris_sample(folder)
     return Sample(folder, folder / "model.yaml", printed["request"], printed["expected"])
 
 

@@ -34,12 +34,8 @@ WAIT = 180.0  # seconds: a hang guard for every wait
 
 @pytest.fixture
 async def api() -> AsyncIterator[fake.FakeKubernetesApi]:
-    server = fake.FakeKubernetesApi()
-    await server.start()
-    try:
+    async with fake.FakeKubernetesApi() as server:
         yield server
-    finally:
-        await server.stop()
 
 
 def versioned_iris(iris: Iris, root: Path) -> Path:

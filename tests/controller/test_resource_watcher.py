@@ -54,12 +54,8 @@ class RecordingReconciler:
 
 @pytest.fixture
 async def api() -> AsyncIterator[fake.FakeKubernetesApi]:
-    server = fake.FakeKubernetesApi()
-    await server.start()
-    try:
+    async with fake.FakeKubernetesApi() as server:
         yield server
-    finally:
-        await server.stop()
 
 
 def settings_for(api: fake.FakeKubernetesApi, namespaces: tuple[str, ...] = ()) -> ControllerSettings:

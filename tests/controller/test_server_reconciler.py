@@ -25,9 +25,9 @@ from modelplane.kubernetes_api import KubernetesConnection
 from modelplane.transport import TransportSecurity
 from tests.controller.server_manifests import a_server, server_config_with_agent
 from tests.support import fake_kubernetes_api as fake
+from tests.support.agent_processes import AgentProcess, stop_agent
 from tests.support.cluster_fixtures import MIB, REPLICA_AVAILABLE, SCHEDULER_FLAGS, Api, Cluster, Iris, api_of
 from tests.support.processes import start_scheduler, stop_process
-from tests.support.real_components import AgentProcess, stop_agent
 from tests.support.waiting import wait_for_async
 
 pytest_plugins = ["tests.support.real_components", "tests.support.cluster_fixtures"]
@@ -39,12 +39,8 @@ WAIT = 90.0  # a hang guard for every wait (under the suite's 120 s per test), n
 
 @pytest.fixture
 async def kubernetes() -> AsyncIterator[fake.FakeKubernetesApi]:
-    api = fake.FakeKubernetesApi()
-    await api.start()
-    try:
+    async with fake.FakeKubernetesApi() as api:
         yield api
-    finally:
-        await api.stop()
 
 
 @contextlib.asynccontextmanager

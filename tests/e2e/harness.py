@@ -21,9 +21,9 @@ from grpc import aio
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
+from tests.support.agent_processes import AgentProcess
 from tests.support.cluster_fixtures import AVAILABLE, Cluster, until
 from tests.support.http_stand_ins import serving
-from tests.support.real_components import AgentProcess
 
 
 @contextlib.contextmanager

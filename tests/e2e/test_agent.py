@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 
 from servers.launch import server_venv
+from tests.support.agent_processes import AgentProcess, kill_agent, kill_server_of
 from tests.support.agent_serving import index, infer, predict, server_loads, tar_gz_of
 from tests.support.archives import make_tar, zero_bomb
 from tests.support.cluster_fixtures import (
@@ -33,12 +34,7 @@ from tests.support.cluster_fixtures import (
     until,
 )
 from tests.support.http_stand_ins import serving
-from tests.support.real_components import (
-    AgentProcess,
-    S3Server,
-    kill_agent,
-    kill_server_of,
-)
+from tests.support.real_components import S3Server
 from tests.support.triton_models import write_doubler
 
 # The session's SeaweedFS (s3_server), and the cluster and iris fixtures, shared with other modules.

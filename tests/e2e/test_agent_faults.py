@@ -30,6 +30,7 @@ from tests.e2e.harness import (
     restart_agent,
     sigstopped,
 )
+from tests.support.agent_processes import AgentProcess, kill_agent
 from tests.support.agent_serving import index, predict, server_leader, server_loads, tar_gz_of
 from tests.support.cluster_fixtures import (
     AVAILABLE,
@@ -45,7 +46,6 @@ from tests.support.cluster_fixtures import (
     until,
 )
 from tests.support.processes import start_gateway
-from tests.support.real_components import AgentProcess, kill_agent
 
 pytest_plugins = ["tests.support.real_components", "tests.support.cluster_fixtures"]
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(600)]  # the timeout is a hang guard only

@@ -20,10 +20,10 @@ import pytest
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.inference_errors import SERVER_DOWN_HEADER
 from servers.launch import launch_mlserver, server_venv
+from tests.support.agent_processes import AgentProcess
 from tests.support.agent_serving import infer, server_leader
 from tests.support.cluster_fixtures import AVAILABLE, FAILED, WAIT, Api, Cluster, Iris, api_of, model, until
 from tests.support.processes import start_gateway, stop_process
-from tests.support.real_components import AgentProcess
 from tests.support.triton_models import DOUBLER_MODEL, write_doubler
 
 pytest_plugins = ["tests.support.real_components", "tests.support.cluster_fixtures"]

@@ -25,9 +25,9 @@ from generated.inference.v2 import grpc_predict_v2_pb2 as v2_pb
 from generated.inference.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
+from tests.support.agent_processes import kill_agent, kill_server_of
 from tests.support.cluster_fixtures import WAIT, Cluster, Iris, api_of, model
 from tests.support.processes import GatewayProcess, start_gateway, stop_process
-from tests.support.real_components import kill_agent, kill_server_of
 
 pytest_plugins = ["tests.support.real_components", "tests.support.cluster_fixtures"]
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(600)]

@@ -24,9 +24,9 @@ from grpc import aio
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
+from tests.support.agent_processes import kill_server_of
 from tests.support.cluster_fixtures import WAIT, Cluster, Iris, api_of, model
 from tests.support.processes import GatewayProcess, start_gateway, stop_process
-from tests.support.real_components import kill_server_of
 
 pytest_plugins = ["tests.support.real_components", "tests.support.cluster_fixtures"]
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(600)]

@@ -32,13 +32,13 @@ from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane.standard_services import check_health
 from scheduler.leadership.lease_records import LeaseTiming
 from scheduler.standby_service import LEADER_METADATA_KEY
+from tests.support.agent_processes import AgentSpec, start_agents, stop_agent
 from tests.support.agent_serving import predict, server_loads
 from tests.support.cluster_fixtures import AVAILABLE, CALL_TIMEOUT, SCHEDULER_FLAGS, Iris, model, until
 from tests.support.controller_stand_in import ControllerStandIn
 from tests.support.fake_kubernetes_api import LEASES, FakeKubernetesApi
 from tests.support.fake_service import FakeService
 from tests.support.processes import SchedulerProcess, start_scheduler, stop_process
-from tests.support.real_components import AgentSpec, start_agents, stop_agent
 
 pytest_plugins = ["tests.support.real_components", "tests.support.cluster_fixtures"]
 pytestmark = [pytest.mark.timeout(600)]  # a hang guard only

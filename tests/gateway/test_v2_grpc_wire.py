@@ -29,6 +29,7 @@ from modelplane.addresses import Address
 from modelplane.transport import TransportSecurity, bind, new_server
 from servers.adapter import ModelFiles
 from servers.launch import LocalServer, launch_mlserver, launch_triton, server_venv
+from tests.support.iris_sample import train_iris_sample
 from tests.support.local_servers import stopped_at_exit
 from tests.support.triton_models import write_doubler
 
@@ -113,15 +114,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """MLServer with samples/train_iris.py's model loaded as iris_1 (trained by the MLServer venv)."""
     venv = server_venv("mlserver")
     out = tmp_path_factory.mktemp("train")
-    done = subprocess.run(
-        [str(venv / "bin" / "python"), str(REPO / "samples" / "train_iris.py"), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    printed = json.loads(done.stdout)
+    printed = train_iris_sample(out)
     artifact = tmp_path_factory.mktemp("iris")
     (artifact / "model.joblib").write_bytes((out / "model.joblib").read_bytes())
     server = asyncio.run(launch_mlserver(tmp_path_factory.mktemp("mlserver"), venv=venv))

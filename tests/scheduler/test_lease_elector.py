@@ -45,12 +45,8 @@ MICRO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 
 @pytest.fixture
 async def api() -> AsyncIterator[FakeKubernetesApi]:
-    fake = FakeKubernetesApi()
-    await fake.start()
-    try:
+    async with FakeKubernetesApi() as fake:
         yield fake
-    finally:
-        await fake.stop()
 
 
 @pytest.fixture

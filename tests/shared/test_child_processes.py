@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from modelplane.child_processes import LauncherMissing, could_not_execute, launcher_argv, start_child
-from tests.support.processes import STARTED
+from tests.support.processes import STARTED, alive
 
 REPO = Path(__file__).resolve().parents[2]
 STARTS = 120  # start_process children; a quarter as many trainer runs come on top
@@ -41,15 +41,6 @@ def test_many_starts_while_grpc_is_busy_all_run_and_exit_normally(tmp_path: Path
     assert outcomes == {("start_process", 0, True): STARTS, ("trainer", 0, True): STARTS // 4}, (
         f"{outcomes}\n{script.stderr[-2000:]}"
     )
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def wait_until(check: object, timeout: float) -> bool:

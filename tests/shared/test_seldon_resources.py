@@ -1,4 +1,4 @@
-"""modelplane/spec/seldon_resources.py: Seldon's Model, Pipeline and Experiment resources to the Scheduler API.
+"""modelplane/spec/seldon_resources/: Seldon's Model, Pipeline and Experiment resources to the Scheduler API.
 
 Every field maps (or is named as having no place); unknown fields are named, not refused; every bad resource is a
 ResourceSpecError that names the field on one bounded line; and (Hypothesis) no JSON-like body raises anything else.

@@ -24,11 +24,8 @@ async def api() -> AsyncIterator[FakeKubernetesApi]:
         "authenticated": True,
         "user": {"username": ACCOUNT, "groups": ["system:serviceaccounts", "system:serviceaccounts:models"]},
     }
-    await fake.start()
-    try:
+    async with fake:
         yield fake
-    finally:
-        await fake.stop()
 
 
 class Clock:

@@ -12,8 +12,8 @@ from typing import Any
 
 import aiohttp
 
+from tests.support.agent_processes import AgentProcess
 from tests.support.cluster_fixtures import Iris
-from tests.support.real_components import AgentProcess
 
 
 async def infer(base_url: str, name: str, body: dict[str, Any]) -> tuple[int, Any]:

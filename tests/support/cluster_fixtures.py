@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -25,9 +24,9 @@ from grpc import aio
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
-from servers.launch import server_venv
+from tests.support.agent_processes import AgentProcess, AgentSpec, start_agents, stop_agent
+from tests.support.iris_sample import train_iris_sample
 from tests.support.processes import SchedulerProcess, start_scheduler, stop_process
-from tests.support.real_components import AgentProcess, AgentSpec, start_agents, stop_agent
 from tests.support.waiting import wait_for_async
 
 MIB = 1024 * 1024
@@ -62,17 +61,8 @@ class Iris:
 @pytest.fixture(scope="session")
 def iris(tmp_path_factory: pytest.TempPathFactory) -> Iris:
     """samples/train_iris.py run by the MLServer venv's Python, so the pickle matches MLServer's scikit-learn."""
-    venv = server_venv("mlserver")
     out = tmp_path_factory.mktemp("train")
-    done = subprocess.run(
-        [str(venv / "bin" / "python"), str(REPO / "samples" / "train_iris.py"), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    printed = json.loads(done.stdout)
+    printed = train_iris_sample(out)
     folder = tmp_path_factory.mktemp("iris")
     joblib = (out / "model.joblib").read_bytes()
     (folder / "model.joblib").write_bytes(joblib)

@@ -20,11 +20,18 @@ emulator. What it implements, for every kind in :data:`KINDS`:
   (:meth:`FakeKubernetesApi.compact`); ``timeoutSeconds`` ends the stream; :meth:`close_watches` ends them all;
 - TokenReview (``authentication.k8s.io/v1``): create answers from :attr:`FakeKubernetesApi.token_reviews`.
 
+batch/v1 Jobs are one more kind here; what the Job controller does with them (a pod per Job, completion, the
+backoffLimit and podFailurePolicy) is the layer in tests/support/fake_job_controller.py.
+
 Tests drive and inspect it directly (:meth:`objects`, :meth:`get`, :meth:`put`, :meth:`set_status`,
 :meth:`remove`); every request is recorded, :meth:`inject_error` makes the next matching requests fail with a
 Kubernetes ``Status``, and :meth:`hold` keeps matching requests waiting until released (to line up races). What
 it does not do: admission, defaulting, schema validation, garbage collection by owner
 references, real pods, or any controller (no kubelet: tests run what pods would run as local processes).
+
+Over 400 lines on purpose: one API server's rules (resourceVersion, generation, status subresource, finalizers)
+and the watch that replays its writes are one state machine over one store; the kinds' controllers are layers on
+top (tests/support/fake_job_controller.py).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -82,6 +89,7 @@ STATEFUL_SETS = Kind(
     initial_status=(("replicas", 0), ("availableReplicas", 0)),
 )
 LEASES = Kind("coordination.k8s.io", "v1", "leases", "Lease")
+JOBS = Kind("batch", "v1", "jobs", "Job", status_subresource=True)
 SELDON_GROUP = "mlops.seldon.io"
 MODELS = Kind(SELDON_GROUP, "v1alpha1", "models", "Model", status_subresource=True)
 SERVERS = Kind(SELDON_GROUP, "v1alpha1", "servers", "Server", status_subresource=True)
@@ -98,6 +106,7 @@ KINDS: tuple[Kind, ...] = (
     EVENTS,
     STATEFUL_SETS,
     LEASES,
+    JOBS,
     MODELS,
     SERVERS,
     SERVER_CONFIGS,
@@ -315,6 +324,13 @@ class FakeKubernetesApi:
         if self._runner is not None:
             await self._runner.cleanup()
 
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
     # -- what tests drive and inspect -------------------------------------------------------------------------
 
     def inject_error(self, method: str, path_suffix: str, status: int, reason: str, *, times: int = 1) -> None:
@@ -465,7 +481,9 @@ class FakeKubernetesApi:
         self._emit(kind, "MODIFIED", stored)
         return stored
 
-    def _delete(self, obj: JsonObject, kind: Kind) -> JsonObject:
+    def _delete(self, obj: JsonObject, kind: Kind, propagation_policy: str | None = None) -> JsonObject:
+        """Delete ``obj`` (with finalizers: only mark it). This fake has no garbage collector, so dependents stay
+        whatever the ``propagation_policy``; a controller layer over it may collect them."""
         metadata = obj["metadata"]
         key = (kind, metadata.get("namespace", "") if kind.namespaced else "", metadata["name"])
         if metadata.get("finalizers"):
@@ -580,7 +598,9 @@ class FakeKubernetesApi:
             patched = self._patched(existing, body, request.content_type)
             return web.json_response(self._replace(target.kind, existing, patched, status_only=status_only))
         if method == "DELETE":
-            return web.json_response(self._delete(existing, target.kind))
+            policy = body.get("propagationPolicy") if isinstance(body, dict) else None
+            policy = policy or request.query.get("propagationPolicy")
+            return web.json_response(self._delete(existing, target.kind, policy))
         raise ApiError(405, "MethodNotAllowed", f"{method} on an object")
 
     @staticmethod

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.processes import MODELPLANE, STARTED
+from tests.support.processes import MODELPLANE, STARTED, alive
 
 REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 300.0  # hang guards, not performance bounds: the first start may create MLServer's venv
@@ -104,12 +104,6 @@ def _stat(pid: int) -> list[str] | None:
     return None if stat is None else stat[stat.rindex(")") + 2 :].split()
 
 
-def _alive(pid: int) -> bool:
-    """Running (a zombie, waiting only to be reaped, does not count)."""
-    fields = _stat(pid)
-    return fields is not None and fields[0] != "Z"
-
-
 def _session(pid: int) -> int | None:
     fields = _stat(pid)
     return None if fields is None or fields[0] == "Z" else int(fields[3])
@@ -127,7 +121,7 @@ def server_processes(state_dir: Path) -> set[int]:
             cwd = os.readlink(f"/proc/{pid}/cwd")
         except OSError:
             cwd = ""
-        if (marker in cmdline or cwd.startswith(marker)) and _alive(pid):
+        if (marker in cmdline or cwd.startswith(marker)) and alive(pid):
             found.add(pid)
     sessions = {pid for pid in found if _session(pid) == pid}
     found.update(pid for pid in pids if _session(pid) in sessions)
@@ -144,4 +138,4 @@ def assert_stops_cleanly(up: Up) -> None:
     # The MLServer is stopped before up exits: nothing it started is left.
     leftover = server_processes(up.state_dir)
     assert not leftover, f"left running after up exited: {sorted(leftover)}"
-    assert not [pid for pid in started if _alive(pid)]
+    assert not [pid for pid in started if alive(pid)]

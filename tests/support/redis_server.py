@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from servers.launch.local import free_ports
+from tests.support.processes import alive
 
 
 @dataclass(frozen=True)
@@ -51,16 +52,6 @@ class RedisServer:
         return f"{prefix}:{uuid.uuid4().hex[:12]}:"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, but not ours: treat as alive, never signal it
-        return True
-    return True
-
-
 def _ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as connection:
@@ -72,11 +63,11 @@ def _ping(port: int) -> bool:
 
 def stop_redis(server: RedisServer, timeout: float = 10) -> None:
     """SIGTERM by the pidfile's PID, SIGKILL if it does not exit in time."""
-    if not _alive(server.pid):
+    if not alive(server.pid):
         return
     os.kill(server.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(server.pid):
+    while alive(server.pid):
         if time.monotonic() > deadline:
             os.kill(server.pid, signal.SIGKILL)
             break

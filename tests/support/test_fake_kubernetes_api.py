@@ -27,12 +27,8 @@ V = "v1alpha1"
 
 @pytest.fixture
 async def api() -> AsyncIterator[FakeKubernetesApi]:
-    fake = FakeKubernetesApi()
-    await fake.start()
-    try:
+    async with FakeKubernetesApi() as fake:
         yield fake
-    finally:
-        await fake.stop()
 
 
 @pytest.fixture

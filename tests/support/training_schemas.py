@@ -60,6 +60,8 @@ def hyper_parameters(values: Mapping[str, HyperParameterValue] | None) -> traini
 
 def _base_schema(
     *,
+    algorithm_token: str,
+    algorithm: str,
     design_token: str,
     version: str,
     name: str,
@@ -84,11 +86,20 @@ def _base_schema(
     schema.model_framework.model_framework.framework_version = SKLEARN_VERSION
     schema.model_framework.dependencies.name = "scikit-learn"
     schema.model_framework.dependencies.version = SKLEARN_VERSION
+    schema.algorithm.algorithm_token.value = algorithm_token
+    schema.model_framework.model_framework.framework_algorithm_name = algorithm
     if output_store_model:
         schema.output_store.model_store = True
     else:
         schema.output_store.inference_store = True
     return schema
+
+
+# What an algorithm gets when a builder is given no hyper-parameters.
+_DEFAULT_HYPER: dict[str, dict[str, HyperParameterValue]] = {
+    "logistic_regression": {"max_iter": 500},
+    "linear_regression": {},
+}
 
 
 CLASSIFIERS = ("logistic_regression", "decision_tree", "random_forest", "gbdt")
@@ -101,12 +112,14 @@ def _set_model(
     | training_pb2.RegressionModels,
     algorithm: str,
     known: tuple[str, ...],
-    params: training_pb2.ModelHyperParameter,
+    hyper: Mapping[str, HyperParameterValue] | None,
 ) -> None:
-    """Select ``algorithm`` (one of ``known``, each a field of ``models``) with ``params``."""
+    """Select ``algorithm`` (one of ``known``, each a field of ``models``) with ``hyper`` (None: its default)."""
     if algorithm not in known:
         raise ValueError(f"unknown algorithm {algorithm!r} in a test builder (known: {known})")
-    getattr(models, algorithm).hyper_parameters.CopyFrom(params)
+    if hyper is None:
+        hyper = _DEFAULT_HYPER.get(algorithm, {"random_state": 0})
+    getattr(models, algorithm).hyper_parameters.CopyFrom(hyper_parameters(hyper))
 
 
 def iris_multiclass_logistic(
@@ -128,6 +141,8 @@ def iris_multiclass_logistic(
     ``hyper`` goes into the algorithm message's own hyper_parameters (default max_iter=500 for logistic regression).
     """
     schema = _base_schema(
+        algorithm_token=f"multiclass-{algorithm}",
+        algorithm=algorithm,
         design_token=design_token,
         version=version,
         name="iris-multiclass",
@@ -137,15 +152,11 @@ def iris_multiclass_logistic(
         first_rows_for_training=first_rows_for_training,
         output_store_model=output_store_model,
     )
-    schema.algorithm.algorithm_token.value = f"multiclass-{algorithm}"
-    if hyper is None:
-        hyper = {"max_iter": 500} if algorithm == "logistic_regression" else {"random_state": 0}
-    _set_model(schema.algorithm.classification.multiclass, algorithm, CLASSIFIERS, hyper_parameters(hyper))
+    _set_model(schema.algorithm.classification.multiclass, algorithm, CLASSIFIERS, hyper)
     schema.output.design_output_type = training_pb2.OUTPUT_TYPE_CLASSIFICATION
     multi = schema.output.classification_schema.multi_class
     multi.target_variable.value = target
     multi.class_dictionary.element.extend(IRIS_CLASSES)
-    schema.model_framework.model_framework.framework_algorithm_name = algorithm
     return schema
 
 
@@ -166,6 +177,8 @@ def iris_binary(
 ) -> training_pb2.ModelDesignSchema:
     """Binary iris: is the flower virginica (target column ``is_virginica``, values 0/1; positive "1")."""
     schema = _base_schema(
+        algorithm_token=f"binary-{algorithm}",
+        algorithm=algorithm,
         design_token=design_token,
         version=version,
         name="iris-binary",
@@ -175,16 +188,12 @@ def iris_binary(
         first_rows_for_training=first_rows_for_training,
         output_store_model=output_store_model,
     )
-    schema.algorithm.algorithm_token.value = f"binary-{algorithm}"
-    if hyper is None:
-        hyper = {"max_iter": 500} if algorithm == "logistic_regression" else {"random_state": 0}
-    _set_model(schema.algorithm.classification.binary, algorithm, CLASSIFIERS, hyper_parameters(hyper))
+    _set_model(schema.algorithm.classification.binary, algorithm, CLASSIFIERS, hyper)
     schema.output.design_output_type = training_pb2.OUTPUT_TYPE_CLASSIFICATION
     binary = schema.output.classification_schema.binary
     binary.target_variable.value = target
     binary.positive = positive
     binary.negative = negative
-    schema.model_framework.model_framework.framework_algorithm_name = algorithm
     return schema
 
 
@@ -206,6 +215,8 @@ def linear_regression(
     ``algorithm`` picks another regressor: "decision_tree", "random_forest", "gbdt".
     """
     schema = _base_schema(
+        algorithm_token=f"regression-{algorithm}",
+        algorithm=algorithm,
         design_token=design_token,
         version=version,
         name="linear-regression",
@@ -215,14 +226,10 @@ def linear_regression(
         first_rows_for_training=first_rows_for_training,
         output_store_model=output_store_model,
     )
-    schema.algorithm.algorithm_token.value = f"regression-{algorithm}"
-    if hyper is None:
-        hyper = {} if algorithm == "linear_regression" else {"random_state": 0}
-    _set_model(schema.algorithm.regression, algorithm, REGRESSORS, hyper_parameters(hyper))
+    _set_model(schema.algorithm.regression, algorithm, REGRESSORS, hyper)
     schema.output.design_output_type = training_pb2.OUTPUT_TYPE_REGRESSION
     schema.output.regression_schema.label_schema = target
     schema.output.regression_schema.inference_schema = "prediction"
-    schema.model_framework.model_framework.framework_algorithm_name = algorithm
     return schema
 
 

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from generated.mlops.training.v1 import training_pb2
 from modelplane.kubernetes_api import KubernetesConnection
-from tests.support.fake_kubernetes import FakeKubernetes
+from tests.support.fake_job_controller import FakeJobController
+from tests.support.fake_kubernetes_api import JOBS
 from trainer.launchers.base import LaunchVerdict
 from trainer.launchers.image_build import (
     CONTENT_HASH_LABEL,
@@ -375,7 +376,7 @@ async def test_the_kubernetes_launcher_runs_the_image_the_builder_made(
             network_mode="none",
         )
     )
-    fake = FakeKubernetes()
+    fake = FakeJobController()
     await fake.start()
     job_dir = tmp_path / "work" / "run-7"
     job_dir.mkdir(parents=True)
@@ -391,7 +392,7 @@ async def test_the_kubernetes_launcher_runs_the_image_the_builder_made(
         launcher = KubernetesJobLauncher(settings)
         task = asyncio.create_task(launcher.run(job_dir, retail_schema()))
         for _ in range(1500):  # the build runs in a thread first
-            if fake.jobs or task.done():
+            if fake.objects(JOBS) or task.done():
                 break
             await asyncio.sleep(0.02)
         RunResult(succeeded=True).write(job_dir)

@@ -1,5 +1,5 @@
 """KubernetesJobLauncher through the real ``kubernetes`` client against a FAKE API server
-(tests/support/fake_kubernetes.py: no kube-apiserver can run here). The fake applies the Job's own backoffLimit and
+(tests/support/fake_job_controller.py: no kube-apiserver can run here). The fake applies the Job's own backoffLimit and
 podFailurePolicy when a test fails a pod, so the verdicts below follow from the Job the launcher sent."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from generated.mlops.training.v1 import training_pb2
 from modelplane.kubernetes_api import KubernetesConnection
-from tests.support.fake_kubernetes import FakeKubernetes
+from tests.support.fake_job_controller import FakeJobController
+from tests.support.fake_kubernetes_api import JOBS
 from trainer.launchers.base import LaunchOutcome, LaunchVerdict
 from trainer.launchers.kubernetes_job import KubernetesJobLauncher
 from trainer.launchers.kubernetes_manifest import (
@@ -34,16 +35,12 @@ JOB = "modelplane-train-run-1"
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeKubernetes]:
-    server = FakeKubernetes(token=TOKEN)
-    await server.start()
-    try:
+async def fake() -> AsyncIterator[FakeJobController]:
+    async with FakeJobController(token=TOKEN) as server:
         yield server
-    finally:
-        await server.stop()
 
 
-def settings_for(fake: FakeKubernetes, tmp_path: Path, **overrides: Any) -> KubernetesJobSettings:
+def settings_for(fake: FakeJobController, tmp_path: Path, **overrides: Any) -> KubernetesJobSettings:
     base = KubernetesJobSettings(
         image="registry.local/modelplane-train-retail:1",
         work_claim="modelplane-work",
@@ -86,12 +83,12 @@ async def eventually(condition: Callable[[], bool], what: str, timeout: float = 
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def watch_requests(fake: FakeKubernetes) -> list[dict[str, str]]:
+def watch_requests(fake: FakeJobController) -> list[dict[str, str]]:
     return [r.query for r in fake.requests_for("GET", "/jobs") if r.query.get("watch") == "true"]
 
 
 async def started(
-    fake: FakeKubernetes, launcher: KubernetesJobLauncher, job_dir: Path, schema: training_pb2.ModelDesignSchema
+    fake: FakeJobController, launcher: KubernetesJobLauncher, job_dir: Path, schema: training_pb2.ModelDesignSchema
 ) -> asyncio.Task[LaunchOutcome]:
     """Start ``run`` and return once the Job exists and the launcher is watching it."""
     task = asyncio.create_task(launcher.run(job_dir, schema))
@@ -105,7 +102,7 @@ def write_result(job_dir: Path) -> None:
     RunResult(succeeded=True, metrics={"accuracy": 0.91}).write(job_dir)
 
 
-async def test_the_job_sent_is_what_the_schema_and_settings_imply(fake: FakeKubernetes, tmp_path: Path) -> None:
+async def test_the_job_sent_is_what_the_schema_and_settings_imply(fake: FakeJobController, tmp_path: Path) -> None:
     job_dir = make_job_dir(tmp_path)
     launcher = KubernetesJobLauncher(settings_for(fake, tmp_path))
     task = await started(fake, launcher, job_dir, schema_with_cpu())
@@ -209,7 +206,7 @@ def test_no_compute_means_no_resources_and_no_dataset_claim_means_no_dataset_vol
     assert [volume.name for volume in pod.volumes or []] == ["work"]
 
 
-async def test_exit_2_fails_the_job_at_once_and_is_permanent(fake: FakeKubernetes, tmp_path: Path) -> None:
+async def test_exit_2_fails_the_job_at_once_and_is_permanent(fake: FakeJobController, tmp_path: Path) -> None:
     job_dir = make_job_dir(tmp_path)
     task = await started(fake, KubernetesJobLauncher(settings_for(fake, tmp_path)), job_dir, schema_with_cpu())
     fake.fail_pod(JOB, 2, message="error: column 'price' is missing from the dataset", namespace="training")
@@ -222,7 +219,7 @@ async def test_exit_2_fails_the_job_at_once_and_is_permanent(fake: FakeKubernete
     assert len(fake.pods_of(JOB, "training")) == 1  # no retry for a permanent failure
 
 
-async def test_exit_137_is_retried_by_backoff_then_reported_retryable(fake: FakeKubernetes, tmp_path: Path) -> None:
+async def test_exit_137_is_retried_by_backoff_then_reported_retryable(fake: FakeJobController, tmp_path: Path) -> None:
     job_dir = make_job_dir(tmp_path)
     task = await started(fake, KubernetesJobLauncher(settings_for(fake, tmp_path)), job_dir, schema_with_cpu())
     fake.fail_pod(JOB, 137, namespace="training")
@@ -239,7 +236,7 @@ async def test_exit_137_is_retried_by_backoff_then_reported_retryable(fake: Fake
     assert outcome.detail.splitlines()[0].endswith(": retryable")
 
 
-async def test_deadline_exceeded_is_retryable(fake: FakeKubernetes, tmp_path: Path) -> None:
+async def test_deadline_exceeded_is_retryable(fake: FakeJobController, tmp_path: Path) -> None:
     job_dir = make_job_dir(tmp_path)
     task = await started(fake, KubernetesJobLauncher(settings_for(fake, tmp_path)), job_dir, schema_with_cpu())
     fake.exceed_deadline(JOB, namespace="training")
@@ -249,7 +246,7 @@ async def test_deadline_exceeded_is_retryable(fake: FakeKubernetes, tmp_path: Pa
     assert "DeadlineExceeded" in outcome.detail
 
 
-async def test_complete_without_result_json_is_a_clear_failure(fake: FakeKubernetes, tmp_path: Path) -> None:
+async def test_complete_without_result_json_is_a_clear_failure(fake: FakeJobController, tmp_path: Path) -> None:
     job_dir = make_job_dir(tmp_path)
     task = await started(fake, KubernetesJobLauncher(settings_for(fake, tmp_path)), job_dir, schema_with_cpu())
     fake.complete(JOB, namespace="training")
@@ -260,7 +257,7 @@ async def test_complete_without_result_json_is_a_clear_failure(fake: FakeKuberne
 
 
 async def test_watch_resumes_from_the_last_version_after_the_stream_closes(
-    fake: FakeKubernetes, tmp_path: Path
+    fake: FakeJobController, tmp_path: Path
 ) -> None:
     job_dir = make_job_dir(tmp_path)
     task = await started(fake, KubernetesJobLauncher(settings_for(fake, tmp_path)), job_dir, schema_with_cpu())
@@ -275,7 +272,7 @@ async def test_watch_resumes_from_the_last_version_after_the_stream_closes(
     assert len(fake.requests_for("POST", "/jobs")) == 1
 
 
-async def test_an_expired_watch_version_makes_it_relist(fake: FakeKubernetes, tmp_path: Path) -> None:
+async def test_an_expired_watch_version_makes_it_relist(fake: FakeJobController, tmp_path: Path) -> None:
     job_dir = make_job_dir(tmp_path)
     task = await started(fake, KubernetesJobLauncher(settings_for(fake, tmp_path)), job_dir, schema_with_cpu())
     await asyncio.sleep(0.1)
@@ -292,7 +289,7 @@ async def test_an_expired_watch_version_makes_it_relist(fake: FakeKubernetes, tm
     assert lists == [{"fieldSelector": f"metadata.name={JOB}"}]
 
 
-async def test_server_errors_while_watching_are_retried(fake: FakeKubernetes, tmp_path: Path) -> None:
+async def test_server_errors_while_watching_are_retried(fake: FakeJobController, tmp_path: Path) -> None:
     job_dir = make_job_dir(tmp_path)
     fake.inject_error("GET", "/namespaces/training/jobs", 503, "ServiceUnavailable", times=2)
     task = asyncio.create_task(KubernetesJobLauncher(settings_for(fake, tmp_path)).run(job_dir, schema_with_cpu()))
@@ -303,7 +300,7 @@ async def test_server_errors_while_watching_are_retried(fake: FakeKubernetes, tm
     assert outcome.verdict is LaunchVerdict.SUCCEEDED
 
 
-async def test_cancelling_run_deletes_the_job_in_the_background(fake: FakeKubernetes, tmp_path: Path) -> None:
+async def test_cancelling_run_deletes_the_job_in_the_background(fake: FakeJobController, tmp_path: Path) -> None:
     job_dir = make_job_dir(tmp_path)
     task = await started(fake, KubernetesJobLauncher(settings_for(fake, tmp_path)), job_dir, schema_with_cpu())
     task.cancel()
@@ -312,13 +309,13 @@ async def test_cancelling_run_deletes_the_job_in_the_background(fake: FakeKubern
     (delete,) = fake.requests_for("DELETE", f"/namespaces/training/jobs/{JOB}")
     assert delete.body is not None
     assert delete.body["propagationPolicy"] == "Background"
-    assert fake.jobs == {}
+    assert fake.objects(JOBS) == []
     assert fake.pods_of(JOB, "training") == []
 
 
 @pytest.mark.parametrize(("status", "reason"), [(403, "Forbidden"), (401, "Unauthorized")])
 async def test_a_refused_create_is_a_clear_outcome(
-    fake: FakeKubernetes, tmp_path: Path, status: int, reason: str
+    fake: FakeJobController, tmp_path: Path, status: int, reason: str
 ) -> None:
     fake.inject_error("POST", "/jobs", status, reason)
     outcome = await KubernetesJobLauncher(settings_for(fake, tmp_path)).run(make_job_dir(tmp_path), schema_with_cpu())
@@ -329,15 +326,17 @@ async def test_a_refused_create_is_a_clear_outcome(
     assert watch_requests(fake) == []
 
 
-async def test_a_wrong_token_is_refused_with_401(fake: FakeKubernetes, tmp_path: Path) -> None:
+async def test_a_wrong_token_is_refused_with_401(fake: FakeJobController, tmp_path: Path) -> None:
     settings = settings_for(fake, tmp_path, connection=KubernetesConnection(host=fake.url, token="wrong"))  # noqa: S106
     outcome = await KubernetesJobLauncher(settings).run(make_job_dir(tmp_path), schema_with_cpu())
     assert outcome.verdict is LaunchVerdict.FAILED_RETRYABLE
     assert "HTTP 401" in outcome.detail
-    assert fake.jobs == {}
+    assert fake.objects(JOBS) == []
 
 
-async def test_a_second_launch_of_the_same_run_follows_the_existing_job(fake: FakeKubernetes, tmp_path: Path) -> None:
+async def test_a_second_launch_of_the_same_run_follows_the_existing_job(
+    fake: FakeJobController, tmp_path: Path
+) -> None:
     """A trainer restarted mid-run launches the run again: 409 on create, then it follows the Job already there."""
     job_dir = make_job_dir(tmp_path)
     launcher = KubernetesJobLauncher(settings_for(fake, tmp_path))
@@ -349,14 +348,16 @@ async def test_a_second_launch_of_the_same_run_follows_the_existing_job(fake: Fa
     outcomes = await asyncio.wait_for(asyncio.gather(first, second), 10)
     assert [outcome.verdict for outcome in outcomes] == [LaunchVerdict.SUCCEEDED] * 2
     assert len(fake.requests_for("POST", "/jobs")) == 2
-    assert len(fake.jobs) == 1
+    assert len(fake.objects(JOBS)) == 1
 
 
-async def test_409_for_someone_elses_job_is_a_clear_outcome(fake: FakeKubernetes, tmp_path: Path) -> None:
+async def test_409_for_someone_elses_job_is_a_clear_outcome(fake: FakeJobController, tmp_path: Path) -> None:
     job_dir = make_job_dir(tmp_path)
     launcher = KubernetesJobLauncher(settings_for(fake, tmp_path))
     first = await started(fake, launcher, job_dir, schema_with_cpu())
-    fake.job(JOB, "training")["metadata"]["labels"]["modelplane.io/run-id"] = "another-run"
+    someone_elses = fake.job(JOB, "training")
+    someone_elses["metadata"]["labels"]["modelplane.io/run-id"] = "another-run"
+    fake.put(JOBS, someone_elses)
     outcome = await launcher.run(job_dir, schema_with_cpu())
     assert outcome.verdict is LaunchVerdict.FAILED_RETRYABLE
     assert "HTTP 409 a Job of that name exists and is not run run-1's" in outcome.detail
@@ -365,7 +366,9 @@ async def test_409_for_someone_elses_job_is_a_clear_outcome(fake: FakeKubernetes
         await first
 
 
-async def test_a_job_dir_outside_the_work_volume_is_a_configuration_error(fake: FakeKubernetes, tmp_path: Path) -> None:
+async def test_a_job_dir_outside_the_work_volume_is_a_configuration_error(
+    fake: FakeJobController, tmp_path: Path
+) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     outcome = await KubernetesJobLauncher(settings_for(fake, tmp_path)).run(elsewhere, schema_with_cpu())
@@ -374,7 +377,7 @@ async def test_a_job_dir_outside_the_work_volume_is_a_configuration_error(fake: 
     assert fake.requests == []
 
 
-async def test_an_image_that_cannot_exist_for_the_schema_is_permanent(fake: FakeKubernetes, tmp_path: Path) -> None:
+async def test_an_image_that_cannot_exist_for_the_schema_is_permanent(fake: FakeJobController, tmp_path: Path) -> None:
     def image_for(schema: training_pb2.ModelDesignSchema) -> str:
         raise ValueError("dependency 'numpy; os.system(1)' is not a plain requirement")
 
@@ -385,7 +388,7 @@ async def test_an_image_that_cannot_exist_for_the_schema_is_permanent(fake: Fake
     assert fake.requests == []
 
 
-async def test_the_image_callable_is_asked_with_the_schema(fake: FakeKubernetes, tmp_path: Path) -> None:
+async def test_the_image_callable_is_asked_with_the_schema(fake: FakeJobController, tmp_path: Path) -> None:
     seen: list[str] = []
 
     def image_for(schema: training_pb2.ModelDesignSchema) -> str:
@@ -405,7 +408,7 @@ async def test_the_image_callable_is_asked_with_the_schema(fake: FakeKubernetes,
     assert body["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.local/built:7"
 
 
-async def test_negative_compute_is_bad_input(fake: FakeKubernetes, tmp_path: Path) -> None:
+async def test_negative_compute_is_bad_input(fake: FakeJobController, tmp_path: Path) -> None:
     outcome = await KubernetesJobLauncher(settings_for(fake, tmp_path)).run(
         make_job_dir(tmp_path), schema_with_cpu(cores=-1)
     )
@@ -439,7 +442,9 @@ def test_different_invalid_tokens_do_not_collapse_into_one_label() -> None:
     assert job_name("p", "Run_1") != job_name("p", "run-1")
 
 
-async def test_a_job_deleted_by_someone_else_is_a_clear_retryable_outcome(fake: FakeKubernetes, tmp_path: Path) -> None:
+async def test_a_job_deleted_by_someone_else_is_a_clear_retryable_outcome(
+    fake: FakeJobController, tmp_path: Path
+) -> None:
     job_dir = make_job_dir(tmp_path)
     task = await started(fake, KubernetesJobLauncher(settings_for(fake, tmp_path)), job_dir, schema_with_cpu())
     fake.delete_job(JOB, "training")
@@ -449,7 +454,7 @@ async def test_a_job_deleted_by_someone_else_is_a_clear_retryable_outcome(fake: 
 
 
 async def test_a_persistently_failing_api_makes_it_give_up_and_delete_the_job(
-    fake: FakeKubernetes, tmp_path: Path
+    fake: FakeJobController, tmp_path: Path
 ) -> None:
     job_dir = make_job_dir(tmp_path)
     fake.inject_error("GET", "/namespaces/training/jobs", 500, "InternalError", times=100)
@@ -459,11 +464,11 @@ async def test_a_persistently_failing_api_makes_it_give_up_and_delete_the_job(
     assert outcome.detail.startswith(f"following Job training/{JOB}: HTTP 500")
     assert outcome.detail.endswith(f"Job training/{JOB} deleted")
     assert len(watch_requests(fake)) == 3  # the first attempt and two retries
-    assert fake.jobs == {}  # a Job nobody follows must not run on
+    assert fake.objects(JOBS) == []  # a Job nobody follows must not run on
 
 
 async def test_an_unreachable_api_server_is_a_clear_outcome(tmp_path: Path) -> None:
-    closed = FakeKubernetes()
+    closed = FakeJobController()
     url = await closed.start()
     await closed.stop()  # nothing listens there any more
     settings = KubernetesJobSettings(

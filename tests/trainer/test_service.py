@@ -30,9 +30,10 @@ import servers.designed_model
 from agent.artifacts.storage_config import secret_env_name
 from generated.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from generated.mlops.training.v1 import training_pb2
+from tests.support.agent_processes import AgentSpec, start_agents, stop_agent
 from tests.support.kafka_broker import KafkaBroker, consume_until, free_port, produce
 from tests.support.processes import start_scheduler, stop_process
-from tests.support.real_components import AgentSpec, S3Server, start_agents, stop_agent
+from tests.support.real_components import S3Server
 from tests.support.redis_server import RedisServer, start_redis, stop_redis
 from tests.support.trainer_stack import (
     FAILURE,

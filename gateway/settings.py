@@ -21,6 +21,7 @@ from modelplane.auth_flags import (
 )
 from modelplane.config import parse_layered
 from modelplane.flag_types import address, seconds
+from modelplane.kubernetes_api import add_kubernetes_flags
 from modelplane.process_flags import add_process_flags
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_serving_tls_flags, add_tls_flags, security_from, serving_security_from
@@ -109,6 +110,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_tls_flags(parser, server=False)
     add_serving_tls_flags(parser)
     add_auth_flags(parser)
+    add_kubernetes_flags(parser, title="kubernetes API (--auth-token-review)")
     add_client_token_flag(parser)
     return parser
 

@@ -23,6 +23,7 @@ import grpc
 from agent.model_manager import ModelManager
 from generated.mlops.agent.v1 import agent_pb2, agent_pb2_grpc
 from modelplane.addresses import Address
+from modelplane.auth.client_token import ClientToken
 from modelplane.backoff import Backoff
 from modelplane.transport import TransportSecurity, open_channel
 
@@ -57,10 +58,11 @@ class SchedulerSession:
         *,
         initial_backoff: float = 0.2,
         max_backoff: float = 10.0,
-        token: str | None = None,
+        token: ClientToken | None = None,
     ) -> None:
         self.scheduler = scheduler
-        self._token = token  # presented on every session (authorization: Bearer), when given
+        # Presented on every session (authorization: Bearer), when given: as the file holds it at each reconnection.
+        self._token = token
         self.security = security
         self.register = register
         self.manager = manager

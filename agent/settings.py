@@ -26,7 +26,7 @@ from modelplane.auth_flags import (
     add_auth_flags,
     add_client_token_flag,
     auth_settings_from,
-    check_authenticated_exposure,
+    check_plaintext_inference_exposure,
     client_token,
 )
 from modelplane.config import parse_layered
@@ -355,11 +355,13 @@ def parse_settings(
     try:
         settings.security.validate()
         settings.security.check_plaintext_allowed([settings.scheduler])
-        # The proxy serves plaintext (it always has): beyond loopback, only tokens can authenticate its callers.
-        # Its inference check is off unless asked for: the gateways that call it present no token to replicas
-        # (a token sent in plaintext across the network could be replayed against the scheduler).
-        auth = auth_settings_from(options, [] if options.auth_inference == "auto" else listening)
-        check_authenticated_exposure(listening, TransportSecurity(insecure=options.insecure), auth)
+        # The proxy serves plaintext (pods are reached by IP: no serving certificate), whatever the agent's TLS to
+        # the scheduler: beyond loopback only tokens can authenticate its callers (the gateways present theirs,
+        # best a token of an audience of its own, which the scheduler does not accept: it travels in plaintext).
+        auth = auth_settings_from(options, listening)
+        check_plaintext_inference_exposure(
+            listening, auth, insecure=options.insecure, inference_flag=options.auth_inference
+        )
         client_token(settings.token_file)  # a token file that cannot be used stops the agent at start
     except TransportError as error:
         parser.error(str(error))

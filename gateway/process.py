@@ -96,12 +96,16 @@ class _Gateway:
     @classmethod
     def wire(cls, settings: GatewaySettings) -> _Gateway:
         metrics = GatewayMetrics()
+        # Read again when their files change (the kubelet rotates ServiceAccount tokens), at each call.
+        token = client_token(settings.token_file)
+        agent_token = client_token(settings.agent_token_file) if settings.agent_token_file is not None else None
 
         def connect() -> aio.Channel:
-            # Each new channel reads the TLS files and the token again (the watcher makes one per reconnection).
-            return open_channel(settings.scheduler, settings.security, client_token(settings.token_file))
+            # Each new channel reads the TLS files again (the watcher makes one per reconnection).
+            return open_channel(settings.scheduler, settings.security, token)
 
         client = ReplicaClient(
+            token=agent_token,
             max_attempts=settings.max_attempts,
             timeout_seconds=settings.request_timeout_seconds,
             on_eject=lambda endpoint, _seconds, _reason: metrics.count(

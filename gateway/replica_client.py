@@ -30,6 +30,11 @@ tried last, so a request still goes to a model's only replica, and the first req
 tests the replica again; any unmarked answer from it ends the ejection.
 
 What a server says beyond that line (a traceback, file paths) is logged here, bounded, never answered.
+
+Identity: the gateway's own token (``token``, its --agent-token-file) goes with every request as
+``authorization: Bearer``, for agents that check their callers (--auth-inference); the caller's own
+``authorization`` never passes (only tracing headers do). An agent that refuses the gateway's credential (401,
+403) is this gateway's failure, not the caller's: 502, tried on other replicas, and logged with the agent's reason.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import aiohttp
 
 from gateway.inference_types import InferenceError
 from gateway.routing_table import Endpoint
+from modelplane.auth.client_token import ClientToken
 from modelplane.inference_errors import (
     SERVER_DOWN_HEADER,
     ErrorAnswer,
@@ -90,6 +96,7 @@ class ReplicaClient:
         connections: int = 256,
         clock: Callable[[], float] = time.monotonic,
         on_eject: Callable[[Endpoint, float, str], None] | None = None,
+        token: ClientToken | None = None,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -103,6 +110,7 @@ class ReplicaClient:
         self._turn = itertools.count()
         self._clock = clock
         self._on_eject = on_eject
+        self._token = token  # presented to the replicas' proxies; read at each request (its file may rotate)
         self._ejected: dict[str, _Ejection] = {}  # by the replica's URL: it is the address that fails
 
     def _client(self) -> aiohttp.ClientSession:
@@ -152,6 +160,8 @@ class ReplicaClient:
         if body is not None:
             # Bodies are V2 JSON whatever the caller's transport was (a gRPC caller says application/grpc).
             forwarded["Content-Type"] = "application/json"
+        if self._token is not None:
+            forwarded["Authorization"] = f"Bearer {self._token.current()}"
         failures: list[tuple[Endpoint, ErrorAnswer]] = []
         for endpoint in self.order(endpoints)[: self.max_attempts]:
             answer = await self._try(endpoint, method, path, body, forwarded)

@@ -21,6 +21,7 @@ from modelplane.auth_flags import (
 )
 from modelplane.config import parse_layered
 from modelplane.flag_types import address, seconds
+from modelplane.kubernetes_api import add_kubernetes_flags
 from modelplane.process_flags import add_process_flags
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_serving_tls_flags, add_tls_flags, security_from, serving_security_from
@@ -50,6 +51,10 @@ class GatewaySettings:
     # presents to the scheduler (a file; else MODELPLANE_AUTH_TOKEN; else none, or its client certificate).
     auth: AuthSettings = field(default_factory=AuthSettings)
     token_file: Path | None = None
+    # The token this gateway presents to the agents' inference proxies (None: none). Its own file, not the
+    # scheduler's token: the proxies are plaintext, and a token of an audience only agents accept cannot be
+    # replayed against the scheduler by whoever reads the pod network.
+    agent_token_file: Path | None = None
 
 
 def _attempts(text: str) -> int:
@@ -111,7 +116,16 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_tls_flags(parser, server=False)
     add_serving_tls_flags(parser)
     add_auth_flags(parser)
+    add_kubernetes_flags(parser, title="kubernetes API (--auth-token-review)")
     add_client_token_flag(parser)
+    parser.add_argument(
+        "--agent-token-file",
+        type=Path,
+        metavar="FILE",
+        help="a bearer token to present to the agents' inference proxies, for agents that check their callers "
+        "(--auth-inference); read again when the file changes. They are plaintext: give a token only they accept "
+        "(a ServiceAccount token projected for their audience), not the one the scheduler accepts",
+    )
     return parser
 
 
@@ -137,6 +151,7 @@ def parse_settings(
         log_level=options.log_level,
         log_json=options.log_json,
         token_file=options.auth_token_file,
+        agent_token_file=options.agent_token_file,
     )
     try:
         settings.security.validate()
@@ -147,6 +162,8 @@ def parse_settings(
         auth = auth_settings_from(options, listeners)
         check_authenticated_exposure(listeners, settings.serving, auth)
         client_token(settings.token_file)  # a token file that cannot be used stops the gateway at start
+        if settings.agent_token_file is not None:
+            client_token(settings.agent_token_file)
     except TransportError as error:
         parser.error(str(error))
     return dataclasses.replace(settings, auth=auth)

@@ -25,6 +25,7 @@ from grpc import aio
 
 from modelplane.addresses import Address
 from modelplane.auth.access_check import AccessCheck, AuthSettings
+from modelplane.auth.client_token import ClientToken
 from modelplane.auth.grpc_access import AccessInterceptor, RefusalRecorder
 from modelplane.auth.grpc_client import bearer_token_interceptors
 from modelplane.sizes import MAX_MESSAGE_BYTES
@@ -222,10 +223,13 @@ def http_client_ssl(ca_file: Path | None, cert_file: Path | None, key_file: Path
     return context
 
 
-def open_channel(target: Address, security: TransportSecurity, token: str | None = None) -> aio.Channel:
+def open_channel(target: Address, security: TransportSecurity, token: ClientToken | str | None = None) -> aio.Channel:
     """An asyncio channel to ``target`` with the configured security; ``token``, when given, goes with every
-    call as ``authorization: Bearer`` (see modelplane/auth_flags.client_token for where it comes from)."""
-    interceptors = bearer_token_interceptors(token) if token else None
+    call as ``authorization: Bearer`` (see modelplane/auth_flags.client_token for where it comes from), a token
+    file's as it is at the time of each call."""
+    if isinstance(token, str):
+        token = ClientToken(token) if token else None
+    interceptors = bearer_token_interceptors(token) if token is not None else None
     security.validate()
     security.check_plaintext_allowed([target])
     if security.uses_tls:

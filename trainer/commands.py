@@ -109,7 +109,8 @@ def _status(options: argparse.Namespace) -> int:
         # The same checks as every client's TLS flags: cert and key together, files that exist.
         TransportSecurity(cert_file=options.tls_cert, key_file=options.tls_key, ca_file=options.tls_ca).validate()
         context = http_client_ssl(options.tls_ca, options.tls_cert, options.tls_key)
-        token = client_token(options.auth_token_file)
+        presented = client_token(options.auth_token_file)
+        token = presented.current() if presented is not None else None
         status, body = asyncio.run(_get(url, options.timeout, context, token))
     except TransportError as error:
         return fail(str(error), EXIT_USAGE)

@@ -4,6 +4,9 @@ middleware (http_access.py), which only gather a request's credentials and turn 
 
 Authorisation is on when a policy file is given. Without one, nothing is refused (a loopback ``modelplane up``, a
 deployment that relies on its network); callers that prove an identity are still named, for the audit log.
+
+Bearer tokens are looked up in the token file first, then, with token review on, asked of the Kubernetes API
+server (ServiceAccount tokens, token_review.py): a token either knows names the caller.
 """
 
 from __future__ import annotations
@@ -18,21 +21,36 @@ from modelplane.auth.caller import Caller, CredentialKind
 from modelplane.auth.certificates import DEFAULT_SAN_KINDS, SanKind, identity_from_sans
 from modelplane.auth.policy import EMPTY_POLICY, Grant, Policy, PolicyFile
 from modelplane.auth.tokens import TokenFile, TokenVerifier
+from modelplane.kubernetes_api import KubernetesConnection
 
-__all__ = ["AccessCheck", "AuthSettings", "Credentials", "Refusal"]
+__all__ = ["AccessCheck", "AuthSettings", "Credentials", "Refusal", "TokenReviewSettings"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
+class TokenReviewSettings:
+    """Bearer tokens the token file does not know are asked of this API server (TokenReview)."""
+
+    connection: KubernetesConnection
+    # A token is valid only if issued for one of these (a projected token's audience); empty: the API server's.
+    audiences: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class AuthSettings:
-    """What a serving process was told about authentication (modelplane/auth/flags.py)."""
+    """What a serving process was told about authentication (modelplane/auth_flags.py)."""
 
     tokens_file: Path | None = None
     policy_file: Path | None = None
     san_kinds: tuple[SanKind, ...] = DEFAULT_SAN_KINDS
-    # Inference endpoints need an authenticated caller (off by default; see flags.py).
+    # Inference endpoints need an authenticated caller (off by default; see auth_flags.py).
     inference_check: bool = False
+    token_review: TokenReviewSettings | None = None
+
+    @property
+    def verifies_tokens(self) -> bool:
+        return self.tokens_file is not None or self.token_review is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +79,7 @@ class AccessCheck:
         """``verifier`` replaces the token file's (a TokenReview verifier, for instance). Raises AuthFileError when
         the token or policy file cannot be used at start."""
         self.settings = settings
-        self.verifier = verifier or (TokenFile(settings.tokens_file) if settings.tokens_file is not None else None)
+        self.verifier = verifier or _token_verifier(settings)
         self._policy = PolicyFile(settings.policy_file) if settings.policy_file is not None else None
 
     @property
@@ -97,7 +115,9 @@ class AccessCheck:
         if credentials.bearer is not None:
             if self.verifier is None:
                 if strict:
-                    return Refusal(True, "this server accepts no bearer tokens (no --auth-tokens)")
+                    return Refusal(
+                        True, "this server accepts no bearer tokens (no --auth-tokens or --auth-token-review)"
+                    )
             else:
                 who = await self.verifier.verify(credentials.bearer)
                 if who is None:
@@ -124,6 +144,21 @@ class AccessCheck:
         if any(grant.covers(target) for grant in grants):
             return caller
         return Refusal(False, f"{method} needs role {needed} for {_describe(target)}; {_limits(grants)}", caller)
+
+
+def _token_verifier(settings: AuthSettings) -> TokenVerifier | None:
+    """The token file's verifier, then the API server's: the file's tokens cost no round trip."""
+    verifiers: list[TokenVerifier] = []
+    if settings.tokens_file is not None:
+        verifiers.append(TokenFile(settings.tokens_file))
+    if settings.token_review is not None:
+        # Imported here: the Kubernetes client takes a second to import, and most processes never review a token.
+        from modelplane.auth.token_review import FirstVerifier, TokenReviewVerifier  # noqa: PLC0415
+
+        review = settings.token_review
+        verifiers.append(TokenReviewVerifier(review.connection, audiences=review.audiences))
+        return FirstVerifier(verifiers) if len(verifiers) > 1 else verifiers[0]
+    return verifiers[0] if verifiers else None
 
 
 def _describe(resource: Resource) -> str:

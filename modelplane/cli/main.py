@@ -205,7 +205,8 @@ def _client(parser: argparse.ArgumentParser, section: str, argv: Sequence[str], 
     address: Address = options.scheduler
     security = security_from(options)
     try:
-        token = client_token(options.auth_token_file)
+        presented = client_token(options.auth_token_file)
+        token = presented.current() if presented is not None else None  # one command: one read
         print(asyncio.run(_client_job(section, action, options, address, security, token=token)()))
     except TransportError as error:
         return fail(str(error), EXIT_USAGE)

@@ -1,7 +1,9 @@
 """The rendered manifests fit together and fit modelplane: every modelplane container's command parses with
 modelplane's own flags (with its environment), Services select pods and name their ports, every account, role,
 volume and address a pod names exists, the processes run as the image's user and write only to volumes, the
-TLS overlay leaves nothing plaintext, and RBAC grants no more than the controller, scheduler and agents use.
+TLS overlay leaves nothing plaintext, every process proves who it is with a projected ServiceAccount token whose
+audience the process it calls accepts, the policy gives each account its role, and RBAC grants no more than the
+controller, scheduler, gateway and agents use.
 """
 
 from __future__ import annotations
@@ -99,8 +101,9 @@ def expand_variables(arg: str, env: Mapping[str, str]) -> str:
 
 
 def mounted_files(folder: str, pod: Manifest, container: Manifest, root: Path) -> dict[str, Path]:
-    """The container's Secret and ConfigMap mounts as local folders under ``root`` (mount path -> folder): a
-    ConfigMap's files with the rendered data, a TLS Secret's three files empty (their content is the user's)."""
+    """The container's Secret, ConfigMap and projected token mounts as local folders under ``root`` (mount path ->
+    folder): a ConfigMap's files with the rendered data, a TLS Secret's three files empty (their content is the
+    user's), a projected ServiceAccount token a made-up token (the kubelet's)."""
     config_maps = {d["metadata"]["name"]: d for d in render(folder) if d["kind"] == "ConfigMap"}
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     folders: dict[str, Path] = {}
@@ -115,6 +118,10 @@ def mounted_files(folder: str, pod: Manifest, container: Manifest, root: Path) -
             local.mkdir(parents=True)
             for name in ("tls.crt", "tls.key", "ca.crt"):
                 (local / name).touch()
+        elif "projected" in volume:
+            local.mkdir(parents=True)
+            for source in volume["projected"]["sources"]:
+                (local / source["serviceAccountToken"]["path"]).write_text("a-projected-service-account-token\n")
         else:
             continue
         folders[mount["mountPath"]] = local
@@ -344,6 +351,18 @@ def test_rbac_is_least_privilege() -> None:
     assert _grants(_rules(folder, "Role", "modelplane-scheduler-leader-election")) == {
         ("coordination.k8s.io", "leases", v) for v in ("get", "list", "watch", "create", "update", "patch")
     }
+    # The processes that check callers' tokens ask the API server about them (--auth-token-review); no one else.
+    assert _grants(_rules(folder, "ClusterRole", "modelplane-token-review")) == {
+        ("authentication.k8s.io", "tokenreviews", "create")
+    }
+    [binding] = [d for d in render(folder) if d["metadata"]["name"] == "modelplane-token-review" and "roleRef" in d]
+    assert binding["kind"] == "ClusterRoleBinding"  # TokenReview is cluster-scoped
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": binding["metadata"]["name"],
+    }
+    assert {s["name"] for s in binding["subjects"]} == {f"modelplane-{p}" for p in ("scheduler", "gateway", "agent")}
     assert set(crd_schemas())  # the CRDs the rules name exist (rendered above)
 
 
@@ -360,3 +379,64 @@ def test_bindings_name_roles_and_accounts_of_the_overlay(folder: str) -> None:
     for document in documents:
         if document["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
             assert document["metadata"].get("namespace") == namespace, document["metadata"]["name"]
+
+
+# What each modelplane process calls, with the audience of the token it presents there, and the role it needs.
+SCHEDULER_AUDIENCE = "modelplane-scheduler"
+AGENT_AUDIENCE = "modelplane-agent"
+GATEWAY_AUDIENCE = "modelplane-gateway"
+ROLES = {"controller": "controller", "gateway": "gateway", "agent": "agent"}
+CHECKS_WITH = {"scheduler": SCHEDULER_AUDIENCE, "agent": AGENT_AUDIENCE, "gateway": GATEWAY_AUDIENCE}
+
+
+def _projected_audiences(pod: Manifest, container: Manifest) -> dict[str, str]:
+    """Path of each projected ServiceAccount token the container mounts -> its audience."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    found: dict[str, str] = {}
+    for mount in container.get("volumeMounts", []):
+        for source in volumes.get(mount["name"], {}).get("projected", {}).get("sources", []):
+            token = source.get("serviceAccountToken")
+            if token is not None:
+                assert token.get("expirationSeconds", 3600) <= 3600, "a short-lived token: the kubelet rotates it"
+                found[f"{mount['mountPath']}/{token['path']}"] = token["audience"]
+    return found
+
+
+@pytest.mark.parametrize("folder", APPLIED)
+def test_every_process_proves_who_it_is_with_a_service_account_token_for_whom_it_calls(folder: str) -> None:
+    seen = set()
+    for document, pod, container in modelplane_containers(folder):
+        command, what = container["args"][0], label(document, container)
+        seen.add(command)
+        projected = _projected_audiences(pod, container)
+        if command in ("controller", "gateway", "agent"):
+            assert projected.get(flag(container, "auth-token-file") or "") == SCHEDULER_AUDIENCE, what
+        if command == "gateway":
+            assert projected.get(flag(container, "agent-token-file") or "") == AGENT_AUDIENCE, what
+        if command in CHECKS_WITH:
+            assert "--auth-token-review" in container["args"], what
+            assert flag(container, "auth-token-audience") == CHECKS_WITH[command], what
+            assert (flag(container, "auth-policy") or "").startswith("/etc/modelplane/auth/"), what
+            if command != "agent":  # the controller adds --k8s-in-cluster to the agents it runs
+                assert "--k8s-in-cluster" in container["args"], what
+    assert seen == {"scheduler", "gateway", "controller", "agent"}
+
+
+@pytest.mark.parametrize("folder", OVERLAYS)
+def test_the_policy_gives_each_service_account_its_role(folder: str) -> None:
+    documents = render(folder)
+    namespace = next(d["metadata"]["name"] for d in documents if d["kind"] == "Namespace")
+    [config_map] = [d for d in documents if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "modelplane-auth"]
+    policy = parse_policy(config_map["data"]["policy.yaml"], "policy.yaml")
+    accounts = {}
+    for document, pod, container in modelplane_containers(folder):
+        accounts[container["args"][0]] = pod["serviceAccountName"]
+        for volume in pod.get("volumes", []):
+            if "configMap" in volume and flag(container, "auth-policy"):
+                assert volume["configMap"]["name"] == "modelplane-auth", label(document, container)
+    for command, role in ROLES.items():
+        identity = f"system:serviceaccount:{namespace}:{accounts[command]}"
+        assert policy.roles(identity, frozenset({f"system:serviceaccounts:{namespace}"})) >= {role}, identity
+    everyone = {f"system:serviceaccount:{namespace}:{account}" for account in accounts.values()}
+    assert set(policy.identities) <= everyone, "the policy names only modelplane's own accounts"
+    assert not policy.groups, "no role for a whole namespace's accounts"

@@ -11,7 +11,7 @@ import pytest
 from modelplane.auth.token_review import FirstVerifier, TokenReviewVerifier
 from modelplane.auth.tokens import TokenIdentity
 from modelplane.kubernetes_api import KubernetesConnection
-from tests.support.fake_kubernetes_api import FakeKubernetesApi
+from tests.support.fake_kubernetes_api import API_SERVER_AUDIENCE, FakeKubernetesApi
 
 GOOD = "service-account-token-of-the-agent"
 ACCOUNT = "system:serviceaccount:models:agent"
@@ -24,6 +24,7 @@ async def api() -> AsyncIterator[FakeKubernetesApi]:
         "authenticated": True,
         "user": {"username": ACCOUNT, "groups": ["system:serviceaccounts", "system:serviceaccounts:models"]},
     }
+    fake.token_audiences[GOOD] = ["modelplane", API_SERVER_AUDIENCE]  # projected for modelplane; and the default
     async with fake:
         yield fake
 

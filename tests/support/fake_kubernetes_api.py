@@ -18,7 +18,10 @@ emulator. What it implements, for every kind in :data:`KINDS`:
 - watch (``watch=true``): without a resourceVersion (or "0") a synthetic ADDED for every object, then changes;
   from resourceVersion N the changes after N, or an ``ERROR`` event with 410 Expired when N was compacted away
   (:meth:`FakeKubernetesApi.compact`); ``timeoutSeconds`` ends the stream; :meth:`close_watches` ends them all;
-- TokenReview (``authentication.k8s.io/v1``): create answers from :attr:`FakeKubernetesApi.token_reviews`.
+- TokenReview (``authentication.k8s.io/v1``): create answers from :attr:`FakeKubernetesApi.token_reviews`; a
+  token listed in :attr:`FakeKubernetesApi.token_audiences` (a projected token's audiences) is authenticated only
+  for a review whose ``spec.audiences`` names one of them (``status.audiences``: the ones in common), as an API
+  server does; a review without audiences gets the API server's own, :data:`API_SERVER_AUDIENCE`.
 
 batch/v1 Jobs are one more kind here; what the Job controller does with them (a pod per Job, completion, the
 backoffLimit and podFailurePolicy) is the layer in tests/support/fake_job_controller.py.
@@ -96,6 +99,7 @@ SERVERS = Kind(SELDON_GROUP, "v1alpha1", "servers", "Server", status_subresource
 SERVER_CONFIGS = Kind(SELDON_GROUP, "v1alpha1", "serverconfigs", "ServerConfig")
 PIPELINES = Kind(SELDON_GROUP, "v1alpha1", "pipelines", "Pipeline", status_subresource=True)
 EXPERIMENTS = Kind(SELDON_GROUP, "v1alpha1", "experiments", "Experiment", status_subresource=True)
+API_SERVER_AUDIENCE = "https://kubernetes.default.svc.cluster.local"  # what a review without audiences wants
 TOKEN_REVIEWS = Kind("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", namespaced=False)
 
 KINDS: tuple[Kind, ...] = (
@@ -295,6 +299,8 @@ class FakeKubernetesApi:
         self.requests: list[RecordedRequest] = []
         # TokenReview answers: token -> the status the API server gives it (absent: not authenticated).
         self.token_reviews: dict[str, JsonObject] = {}
+        # The audiences a token was issued for (absent: the API server's own, API_SERVER_AUDIENCE).
+        self.token_audiences: dict[str, list[str]] = {}
         self._objects: dict[tuple[Kind, str, str], JsonObject] = {}  # (kind, namespace or "", name)
         self._version = 1000
         self._oldest_watchable = 0  # events below this resourceVersion are "compacted": watching them is 410
@@ -693,6 +699,13 @@ class FakeKubernetesApi:
         if not isinstance(token, str):
             raise ApiError(400, "BadRequest", "a TokenReview needs spec.token")
         status = copy.deepcopy(self.token_reviews.get(token, {"authenticated": False, "error": "invalid token"}))
+        wanted = body["spec"].get("audiences") or [API_SERVER_AUDIENCE]
+        issued_for = self.token_audiences.get(token, [API_SERVER_AUDIENCE])
+        common = [audience for audience in wanted if audience in issued_for]
+        if status.get("authenticated") and not common:
+            status = {"authenticated": False, "error": "token audiences is invalid for the target audiences"}
+        elif status.get("authenticated"):
+            status["audiences"] = common
         review = {
             "apiVersion": TOKEN_REVIEWS.api_version,
             "kind": TOKEN_REVIEWS.kind,

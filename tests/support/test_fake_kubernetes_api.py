@@ -218,6 +218,19 @@ async def test_stateful_sets_leases_and_token_reviews(api: FakeKubernetesApi, cl
     assert bad.status is not None
     assert bad.status.authenticated is False
 
+    # A projected token is valid only for the audiences it was issued for.
+    api.token_audiences[good_token] = ["modelplane-agent"]
+    for audiences, authenticated in (
+        (None, False),
+        (["modelplane-scheduler"], False),
+        (["x", "modelplane-agent"], True),
+    ):
+        spec = k8s.V1TokenReviewSpec(token=good_token, audiences=audiences)
+        review = await authentication.create_token_review(k8s.V1TokenReview(spec=spec))
+        assert review.status is not None
+        assert review.status.authenticated is authenticated, audiences
+        assert review.status.audiences == (["modelplane-agent"] if authenticated else None)
+
 
 async def test_held_requests_wait_until_released_and_injected_errors_can_be_cleared(
     api: FakeKubernetesApi, client: k8s.ApiClient

@@ -13,6 +13,7 @@ import re
 
 from generated.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from modelplane.addresses import Address
+from modelplane.auth.client_token import ClientToken
 from modelplane.spec.names import MAX_NAME_LENGTH
 from modelplane.transport import TransportSecurity, open_channel
 
@@ -39,7 +40,7 @@ class SchedulerDeployer:
         timeout: float = 15.0,
         *,
         storage_secret: str = "",
-        token: str | None = None,
+        token: ClientToken | None = None,
     ) -> None:
         self._storage_secret = storage_secret
         self._token = token

@@ -204,6 +204,35 @@ def test_a_process_that_talks_to_kubernetes_uses_its_pods_service_account(folder
 
 
 @pytest.mark.parametrize("folder", APPLIED)
+def test_the_controller_gives_server_pods_what_the_deploy_folder_has(folder: str, tmp_path: Path) -> None:
+    """Where a ServerConfig says nothing, the controller's --agent-* flags decide: they name this folder's image,
+    the scheduler's agent port, an agent ServiceAccount that exists, and plaintext only where the folder has it."""
+    commands = {"controller": (controller_settings.build_parser, controller_settings.parse_settings)}
+    parsed: list[tuple[str, Any]] = []
+    check_commands(folder, commands, tmp_path, parsed)
+    [(_, settings)] = parsed
+    documents = render(folder)
+    [controller] = [c for d, _, c in modelplane_containers(folder) if c["args"][0] == "controller"]
+    agent_images = {c["image"] for d, _, c in modelplane_containers(folder) if c["args"][0] == "agent"}
+    assert settings.agent.image == controller["image"], "made agents run the controller's own image"
+    assert agent_images == {controller["image"]}, "and so do the ServerConfigs' agents"
+    host, port = settings.agent.scheduler.rsplit(":", 1)
+    services = {
+        (d["metadata"]["name"], p["port"]) for d in documents if d["kind"] == "Service" for p in d["spec"]["ports"]
+    }
+    assert (host, int(port)) == ("modelplane-scheduler", 9005)
+    assert (host, int(port)) in services
+    accounts = {d["metadata"]["name"] for d in documents if d["kind"] == "ServiceAccount"}
+    assert settings.agent.service_account in accounts
+    agent_secrets = next(
+        d for d in documents if d["kind"] == "RoleBinding" and d["roleRef"]["name"] == "modelplane-agent-secrets"
+    )
+    assert settings.agent.service_account in {s["name"] for s in agent_secrets["subjects"]}, "it may read Secrets"
+    plaintext = "false" if folder == "overlays/tls" else "true"
+    assert dict(settings.agent.extra_env).get("MODELPLANE_INSECURE") == plaintext
+
+
+@pytest.mark.parametrize("folder", APPLIED)
 def test_services_select_pods_and_name_their_ports(folder: str) -> None:
     documents = render(folder)
     pods = [

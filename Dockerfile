@@ -26,6 +26,7 @@ COPY agent ./agent
 COPY servers ./servers
 COPY gateway ./gateway
 COPY trainer ./trainer
+COPY controller ./controller
 COPY generated ./generated
 # A venv, so the runtime stage takes exactly what was installed and nothing of the build (sources, wheels).
 RUN python3 -m venv /opt/modelplane \

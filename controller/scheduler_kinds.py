@@ -46,8 +46,11 @@ async def _stream(call: Any) -> AsyncIterator[Any]:
 
 
 def _not_known(error: aio.AioRpcError) -> bool:
-    """The scheduler's way of saying it does not know a name (Seldon's FAILED_PRECONDITION, or NOT_FOUND)."""
-    return error.code() == grpc.StatusCode.NOT_FOUND or (
+    """The scheduler's ways of saying it holds nothing of a name: it does not know it (Seldon's FAILED_PRECONDITION,
+    or NOT_FOUND), or the name is one it refuses (INVALID_ARGUMENT: the API server admits names with dots or of
+    up to 253 characters, the scheduler does not, so it never loaded one; waiting for its unload would keep the
+    resource's finalizer, and so the resource, for ever)."""
+    return error.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT) or (
         error.code() == grpc.StatusCode.FAILED_PRECONDITION and "not found" in (error.details() or "")
     )
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from controller.agent_flags import DEFAULT_DRAIN_TIMEOUT_SECONDS, add_agent_flags, agent_defaults_from
+from controller.servers.agent_container import AgentDefaults
 from modelplane.addresses import Address
 from modelplane.auth_flags import add_client_token_flag, client_token
 from modelplane.config import parse_layered
@@ -39,6 +41,9 @@ class ControllerSettings:
     log_json: bool
     # The token presented to the scheduler (a file; else MODELPLANE_AUTH_TOKEN; else none, or the client certificate).
     token_file: Path | None = None
+    # What Server pods get where their ServerConfig says nothing (controller/agent_flags.py).
+    agent: AgentDefaults = field(default_factory=AgentDefaults)
+    scale_down_drain_timeout_seconds: float = DEFAULT_DRAIN_TIMEOUT_SECONDS
 
 
 def _namespace(text: str) -> str:
@@ -75,6 +80,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve GET /healthz (alive) and /readyz (watching and connected) here (default: off)",
     )
+    add_agent_flags(parser)
     add_process_flags(parser, section="controller", ready_file_help="write this file once the first lists are in")
     add_kubernetes_flags(parser)
     add_tls_flags(parser, server=False)
@@ -106,6 +112,8 @@ def parse_settings(
         log_level=options.log_level,
         log_json=options.log_json,
         token_file=options.auth_token_file,
+        agent=agent_defaults_from(options),
+        scale_down_drain_timeout_seconds=options.scale_down_drain_timeout,
     )
     try:
         settings.security.validate()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from controller.resource_kinds import JsonObject
 
@@ -39,22 +38,30 @@ def _bounded(text: str) -> str:
     return flat if len(flat) <= MAX_MESSAGE_CHARS else f"{flat[: MAX_MESSAGE_CHARS - 3]}..."
 
 
-def _condition(kind: str, observed: Observed, previous: list[Any]) -> JsonObject:
+def _conditions(document: JsonObject | None) -> list[JsonObject]:
+    """The conditions a status holds, as far as they are conditions: a status is anyone's to write (a user with
+    rights on the status subresource, another tool), and the API server checks it only against the CRD's schema, so
+    what is there is read, never trusted to have the shape ours have."""
+    found = (document or {}).get("conditions")
+    return [item for item in found if isinstance(item, dict)] if isinstance(found, list) else []
+
+
+def _condition(kind: str, observed: Observed, previous: list[JsonObject]) -> JsonObject:
     status = "True" if observed.ready else "False"
     condition: JsonObject = {"type": kind, "status": status, "reason": observed.reason}
     message = _bounded(observed.message)
     if message:
         condition["message"] = message
     # The time the status last changed: kept while it stays the same, as Kubernetes' conditions do.
-    old = next((c for c in previous if isinstance(c, dict) and c.get("type") == kind), None)
-    same = old is not None and old.get("status") == status and old.get("lastTransitionTime")
-    condition["lastTransitionTime"] = old["lastTransitionTime"] if same and old is not None else now()
+    old = next((c for c in previous if c.get("type") == kind), None)
+    since = old.get("lastTransitionTime") if old is not None and old.get("status") == status else None
+    condition["lastTransitionTime"] = since if isinstance(since, str) and since else now()
     return condition
 
 
 def status_document(condition_type: str, observed: Observed, current: JsonObject | None) -> JsonObject:
     """The status to write for ``observed``; ``current`` (the resource's status now) gives the transition times."""
-    previous = list((current or {}).get("conditions") or [])
+    previous = _conditions(current)
     document: JsonObject = {
         "conditions": [_condition(condition_type, observed, previous), _condition("Ready", observed, previous)],
         "observedGeneration": observed.generation,
@@ -74,8 +81,7 @@ def same_status(current: JsonObject | None, wanted: JsonObject) -> bool:
         document = {key: value for key, value in (document or {}).items() if key in wanted}
         document["conditions"] = [
             {key: value for key, value in condition.items() if key != "lastTransitionTime"}
-            for condition in document.get("conditions") or []
-            if isinstance(condition, dict)
+            for condition in _conditions(document)
         ]
         return document
 

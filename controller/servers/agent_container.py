@@ -12,7 +12,8 @@ deploy/'s ServerConfigs do): how the agent reaches its server (``--server-kind``
   from a Secret in its own namespace with the pod's ServiceAccount, so no credential passes the scheduler;
 - ``POD_NAME`` and ``POD_NAMESPACE`` from the downward API; a proxy that listens beyond the pod
   (``--proxy-http``/``--proxy-grpc`` on 0.0.0.0 unless given) and is advertised at the pod's IP unless the
-  ServerConfig says where; the modelplane image when the container names none.
+  ServerConfig says where; the modelplane image and the scheduler's agent address (the controller's
+  ``--agent-image``, ``--agent-scheduler``) when the container names none.
 
 Flags the controller owns replace the ServerConfig's own values for them (never two values of one flag).
 
@@ -46,11 +47,30 @@ _SERVER_PORTS = {"mlserver": (8080, 8081), "triton": (8000, 8001)}
 # Flags whose value the controller decides; a value the ServerConfig gives for them is dropped.
 _OWNED_FLAGS = ("--server-name", "--replica-idx", "--pod-name", "--k8s-namespace")
 _OWNED_SWITCHES = ("--k8s-secrets", "--k8s-in-cluster")
+# Every flag the controller sets on an agent it makes (the owned ones, and those of _made_agent's arguments):
+# the controller's --agent-args may not repeat them (argparse would keep the last of two values silently).
+CONTROLLER_SET_AGENT_FLAGS = frozenset(
+    {
+        *_OWNED_FLAGS,
+        *_OWNED_SWITCHES,
+        "--capabilities",
+        "--scheduler",
+        "--server-kind",
+        "--server-url",
+        "--server-grpc",
+        "--models-dir",
+        "--cache-dir",
+        "--work-dir",
+        "--proxy-http",
+        "--proxy-grpc",
+    }
+)
 
 
 @dataclass(frozen=True)
 class AgentDefaults:
-    """What the controller knows about agents that no ServerConfig says: the controller's own settings."""
+    """What the controller knows about agents that no ServerConfig says: the controller's own settings
+    (controller/agent_flags.py has their flags and limits)."""
 
     image: str = "modelplane"  # the modelplane image (its entrypoint is ``modelplane``)
     scheduler: str = "modelplane-scheduler:9005"  # the scheduler's agent address, host:port
@@ -194,6 +214,8 @@ def complete_agent(
     for flag, port in (("--proxy-http", DEFAULT_PROXY_HTTP_PORT), ("--proxy-grpc", DEFAULT_PROXY_GRPC_PORT)):
         if _setting(agent, flag) is None:
             args.append(f"{flag}=0.0.0.0:{port}")
+    if _setting(agent, "--scheduler") is None:  # the agent's own default is loopback: no scheduler in its pod
+        args.append(f"--scheduler={defaults.scheduler}")
     args += [
         f"--server-name={server_name}",
         "--pod-name=$(POD_NAME)",

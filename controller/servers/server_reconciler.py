@@ -41,9 +41,6 @@ from modelplane.backoff import Backoff
 log = logging.getLogger(__name__)
 
 SEND_SERVERS = pb.ControlPlaneResponse.SEND_SERVERS
-# How long a scale-down waits for its replicas to hand their models on before it is made anyway (each agent
-# then still drains on SIGTERM, within its pod's termination grace period).
-DEFAULT_DRAIN_TIMEOUT_SECONDS = 600.0
 # While a drain is under way the Server is looked at again this often, should a status update be missed.
 DRAIN_RECHECK_SECONDS = 2.0
 CALL_TIMEOUT_SECONDS = 10.0
@@ -57,11 +54,18 @@ class ServerReconciler:
         context: ControllerContext,
         *,
         defaults: AgentDefaults | None = None,
-        drain_timeout_seconds: float = DEFAULT_DRAIN_TIMEOUT_SECONDS,
+        drain_timeout_seconds: float | None = None,
     ) -> None:
+        """``defaults`` and ``drain_timeout_seconds`` default to the controller's settings (--agent-*,
+        --scale-down-drain-timeout)."""
         self._context = context
-        self._defaults = defaults or AgentDefaults()
-        self._drain_timeout = drain_timeout_seconds
+        self._defaults = defaults or context.settings.agent
+        # How long a scale-down waits for its replicas to hand their models on before it is made anyway (each
+        # agent then still drains on SIGTERM, within its pod's termination grace period).
+        settings = context.settings
+        self._drain_timeout = (
+            settings.scale_down_drain_timeout_seconds if drain_timeout_seconds is None else drain_timeout_seconds
+        )
         self._servers = ResourceClient(context.api_client, SERVERS)
         self._workloads = Workloads(context.api_client)
         self._configs = context.cache(SERVER_CONFIGS)

@@ -18,9 +18,11 @@ from typing import Any
 import pytest
 
 from agent import settings as agent_settings
+from controller import settings as controller_settings
 from gateway import settings as gateway_settings
 from modelplane.auth.policy import parse_policy
 from modelplane.auth.tokens import parse_token_file
+from modelplane.kubernetes_api import KubernetesConnection
 from modelplane.sizes import parse_size
 from scheduler import settings as scheduler_settings
 from tests.deploy.rendering import REPO, Manifest, crd_schemas, pod_specs, render
@@ -128,9 +130,15 @@ def mounted_files(folder: str, pod: Manifest, container: Manifest, root: Path) -
     return folders
 
 
-def check_commands(folder: str, commands: Mapping[str, tuple[Build, Parse]], root: Path) -> int:
+def check_commands(
+    folder: str,
+    commands: Mapping[str, tuple[Build, Parse]],
+    root: Path,
+    parsed: list[tuple[str, Any]] | None = None,
+) -> int:
     """Parse each container's command of ``commands`` with modelplane's own parser and its environment; the
-    number parsed. Files from Secrets and ConfigMaps are given locally (they must exist to parse)."""
+    number parsed (and, in ``parsed``, each container's label and settings). Files from Secrets and ConfigMaps
+    are given locally (they must exist to parse)."""
     checked = 0
     for document, pod, container in modelplane_containers(folder):
         command, *argv = container["args"]
@@ -152,6 +160,8 @@ def check_commands(folder: str, commands: Mapping[str, tuple[Build, Parse]], roo
             assert security.ca_file is not None, label(document, container)
         else:
             assert security.insecure, label(document, container)
+        if parsed is not None:
+            parsed.append((label(document, container), settings))
         checked += 1
     return checked
 
@@ -176,6 +186,57 @@ def test_the_controller_command_parses_with_its_own_flags(folder: str, tmp_path:
     except ModuleNotFoundError:
         pytest.skip("`modelplane controller` is not on this branch yet (controller/settings.py): flags not checked")
     assert check_commands(folder, {"controller": (module.build_parser, module.parse_settings)}, tmp_path) == 1
+
+
+def kubernetes_connections(settings: Any) -> list[KubernetesConnection]:
+    """The connections to the API server a process's settings hold (the controller's, the scheduler's election)."""
+    found = [settings.kubernetes] if isinstance(getattr(settings, "kubernetes", None), KubernetesConnection) else []
+    election = getattr(settings, "leader_election", None)
+    if election is not None:
+        found.append(election.kubernetes)
+    return found
+
+
+@pytest.mark.parametrize("folder", APPLIED)
+def test_a_process_that_talks_to_kubernetes_uses_its_pods_service_account(folder: str, tmp_path: Path) -> None:
+    """A pod has no kubeconfig: without --k8s-in-cluster (or an explicit --k8s-api) the client looks for
+    ~/.kube/config and the process cannot reach the API server at all."""
+    commands = {**PARSERS, "controller": (controller_settings.build_parser, controller_settings.parse_settings)}
+    parsed: list[tuple[str, Any]] = []
+    check_commands(folder, commands, tmp_path, parsed)
+    talking = [(what, connection) for what, settings in parsed for connection in kubernetes_connections(settings)]
+    assert {what.split(" ")[0] for what, _ in talking} >= {"Deployment/modelplane-controller"}, talking
+    for what, connection in talking:
+        assert connection.in_cluster or connection.host, f"{what}: no --k8s-in-cluster and no --k8s-api"
+
+
+@pytest.mark.parametrize("folder", APPLIED)
+def test_the_controller_gives_server_pods_what_the_deploy_folder_has(folder: str, tmp_path: Path) -> None:
+    """Where a ServerConfig says nothing, the controller's --agent-* flags decide: they name this folder's image,
+    the scheduler's agent port, an agent ServiceAccount that exists, and plaintext only where the folder has it."""
+    commands = {"controller": (controller_settings.build_parser, controller_settings.parse_settings)}
+    parsed: list[tuple[str, Any]] = []
+    check_commands(folder, commands, tmp_path, parsed)
+    [(_, settings)] = parsed
+    documents = render(folder)
+    [controller] = [c for d, _, c in modelplane_containers(folder) if c["args"][0] == "controller"]
+    agent_images = {c["image"] for d, _, c in modelplane_containers(folder) if c["args"][0] == "agent"}
+    assert settings.agent.image == controller["image"], "made agents run the controller's own image"
+    assert agent_images == {controller["image"]}, "and so do the ServerConfigs' agents"
+    host, port = settings.agent.scheduler.rsplit(":", 1)
+    services = {
+        (d["metadata"]["name"], p["port"]) for d in documents if d["kind"] == "Service" for p in d["spec"]["ports"]
+    }
+    assert (host, int(port)) == ("modelplane-scheduler", 9005)
+    assert (host, int(port)) in services
+    accounts = {d["metadata"]["name"] for d in documents if d["kind"] == "ServiceAccount"}
+    assert settings.agent.service_account in accounts
+    agent_secrets = next(
+        d for d in documents if d["kind"] == "RoleBinding" and d["roleRef"]["name"] == "modelplane-agent-secrets"
+    )
+    assert settings.agent.service_account in {s["name"] for s in agent_secrets["subjects"]}, "it may read Secrets"
+    plaintext = "false" if folder == "overlays/tls" else "true"
+    assert dict(settings.agent.extra_env).get("MODELPLANE_INSECURE") == plaintext
 
 
 @pytest.mark.parametrize("folder", APPLIED)

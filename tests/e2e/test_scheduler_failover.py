@@ -1,12 +1,13 @@
 """Two `modelplane scheduler` replicas electing a leader with a Lease in the FAKE Kubernetes API
 (tests/support/fake_kubernetes_api.py), with a real agent and MLServer: a standby refuses mutations naming the
-leader and is not ready; after kill -9 of the leader the standby leads, every model acknowledged before is
-Available again, rebuilt from the controller's re-send, and the agent has reconnected.
+leader and is not ready; after kill -9 of the leader the standby leads, and the real `modelplane controller`
+(Model resources in the fake API) re-sends every Model when the new leader asks: every model acknowledged before
+(Ready at its generation) is Available again at the same version, without a duplicate version or a reload, the
+resources are Ready again, and a later change reaches the new leader.
 
 How the clients find the leader here: through a FAKE Service (tests/support/fake_service.py) that routes each new
 connection to the replica whose gRPC health says SERVING, as a Kubernetes Service with a readiness probe does; the
-agent and the controller dial one address, as on Kubernetes. The controller's re-send comes from a STAND-IN
-(tests/support/controller_stand_in.py) until the real controller lands.
+agent and the controller dial one address, as on Kubernetes.
 
 Timings are short (lease 3 s, renew deadline 2 s, retry period 0.5 s) so the test is quick; every wait is a hang
 guard on a condition. The takeover time is written to the test's log (measured, never asserted).
@@ -20,9 +21,10 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from grpc import StatusCode, aio
@@ -32,11 +34,12 @@ from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane.standard_services import check_health
 from scheduler.leadership.lease_records import LeaseTiming
 from scheduler.standby_service import LEADER_METADATA_KEY
+from tests.controller.controller_harness import condition, start_controller
+from tests.controller.server_manifests import a_server, server_config_with_agent
 from tests.support.agent_processes import AgentSpec, start_agents, stop_agent
 from tests.support.agent_serving import predict, server_loads
 from tests.support.cluster_fixtures import AVAILABLE, CALL_TIMEOUT, SCHEDULER_FLAGS, Iris, model, until
-from tests.support.controller_stand_in import ControllerStandIn
-from tests.support.fake_kubernetes_api import LEASES, FakeKubernetesApi
+from tests.support.fake_kubernetes_api import LEASES, MODELS, SERVER_CONFIGS, SERVERS, FakeKubernetesApi
 from tests.support.fake_service import FakeService
 from tests.support.processes import SchedulerProcess, start_scheduler, stop_process
 
@@ -186,35 +189,71 @@ async def test_a_leader_that_cannot_renew_stops_serving_and_exits_then_a_restart
         assert (LEADER_METADATA_KEY, running.schedulers[standby].listen) in tuple(refused.trailing_metadata() or ())
 
 
-def kubernetes_model(name: str, uri: str, generation: int) -> pb.Model:
-    """A model as the controller sends a Model resource: with its namespace and generation (the first version)."""
-    spec = model(name, uri)
-    spec.meta.kubernetesMeta.CopyFrom(pb.KubernetesMeta(namespace="default", generation=generation))
-    return spec
+GROUP_VERSION = "mlops.seldon.io/v1alpha1"
+NAMESPACE = "default"
+
+
+def model_resource(name: str, uri: str) -> dict[str, Any]:
+    return {
+        "apiVersion": GROUP_VERSION,
+        "kind": "Model",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"storageUri": uri, "requirements": ["sklearn"], "memory": "10Mi", "server": "mlserver"},
+    }
+
+
+def model_condition(api: FakeKubernetesApi, name: str) -> tuple[str, int] | None:
+    """(ModelReady's status, observedGeneration) of the Model resource ``name``, or None before any."""
+    found = condition(api.get(MODELS, name, NAMESPACE), "ModelReady")
+    if found is None:
+        return None
+    status = (api.get(MODELS, name, NAMESPACE) or {}).get("status") or {}
+    return str(found["status"]), int(status.get("observedGeneration") or 0)
+
+
+def generation_of(api: FakeKubernetesApi, name: str) -> int:
+    return int((api.get(MODELS, name, NAMESPACE) or {})["metadata"]["generation"])
+
+
+def every_model_ready(api: FakeKubernetesApi, names: tuple[str, ...]) -> bool:
+    return all(model_condition(api, name) == ("True", generation_of(api, name)) for name in names)
 
 
 @pytest.mark.servers
-async def test_kill_9_of_the_leader_a_standby_leads_and_every_acknowledged_model_is_available_again(
+async def test_kill_9_of_the_leader_a_standby_leads_and_the_real_controller_makes_every_model_ready_again(
     tmp_path: Path, iris: Iris
 ) -> None:
+    """Model resources in the fake API, the real `modelplane controller` dialling the schedulers' Service."""
     names = ("iris-a", "iris-b")
     async with replicas(tmp_path) as running:
         leader, standby = await running.leader()
         [agent] = await asyncio.to_thread(
             start_agents, running.agent_service.address, [AgentSpec(tmp_path / "agent0", 0)]
         )
-        controller = ControllerStandIn(running.service.address)
-        controller.servers["mlserver"] = pb.ServerNotify(name="mlserver", expectedReplicas=1, shared=True)
-        controller.start()
+        running.api.put(SERVER_CONFIGS, server_config_with_agent())
+        running.api.put(SERVERS, a_server("mlserver"))
+        for name in names:
+            running.api.put(MODELS, model_resource(name, str(iris.folder)))
+        controller = await start_controller(tmp_path / "controller", running.api, running.service.address)
+
+        def diagnostics() -> str:
+            models = {name: running.api.get(MODELS, name, NAMESPACE) for name in names}
+            tail = "\n".join(controller.log().splitlines()[-40:])
+            return f"{running.diagnostics()}\n--- controller:\n{tail}\n--- models: {models}\n{agent.diagnostics()}"
+
         try:
-            async with aio.insecure_channel(running.service.address) as channel:
-                stub = pb_grpc.SchedulerStub(channel)
-                for generation, name in enumerate(names, start=3):
-                    await controller.apply(kubernetes_model(name, str(iris.folder), generation))
-                await until(lambda: all_available(stub, names), "every model Available", running.diagnostics)
-            acknowledged = {name: controller.models[name].meta.kubernetesMeta.generation for name in names}
+            await until_true(lambda: every_model_ready(running.api, names), "every Model Ready", diagnostics)
+            # A spec change before the kill: iris-b is at generation 2, version 2.
+            changed = running.api.get(MODELS, "iris-b", NAMESPACE)
+            assert changed is not None
+            changed["spec"]["memory"] = "11Mi"
+            running.api.put(MODELS, changed)
+            await until_true(lambda: every_model_ready(running.api, names), "iris-b Ready at generation 2", diagnostics)
+            acknowledged = {name: generation_of(running.api, name) for name in names}
+            assert acknowledged == {"iris-a": 1, "iris-b": 2}
             loads_before = {name: server_loads(agent, f"{name}_{version}") for name, version in acknowledged.items()}
             assert loads_before == dict.fromkeys(names, 1)
+            asked_before = controller.log().count("the scheduler asks for SEND_MODELS")
 
             killed_at = time.monotonic()
             os.kill(running.schedulers[leader].process.pid, signal.SIGKILL)
@@ -226,20 +265,26 @@ async def test_kill_9_of_the_leader_a_standby_leads_and_every_acknowledged_model
             await until(taken_over, f"{standby} holding the lease", running.diagnostics)
             lease_taken = time.monotonic() - killed_at
             assert (await running.leader()) == (standby, leader)
-            routed = time.monotonic() - killed_at
 
+            async def resent() -> bool:
+                return controller.log().count("the scheduler asks for SEND_MODELS") > asked_before
+
+            await until(resent, "the new leader asking the controller for every Model", diagnostics)
             async with aio.insecure_channel(running.service.address) as channel:
                 stub = pb_grpc.SchedulerStub(channel)
-                await until(lambda: all_available(stub, names), "every model Available again", running.diagnostics)
+                await until(lambda: all_available(stub, names), "every model Available again", diagnostics)
                 available_again = time.monotonic() - killed_at
-                for name, version in acknowledged.items():
+                for name, generation in acknowledged.items():
                     [status] = [s async for s in stub.ModelStatus(status_request(name), timeout=CALL_TIMEOUT)]
-                    assert status.versions[-1].version == version, f"{name}: the resource's generation, no new one"
+                    versions = [version.version for version in status.versions]
+                    assert versions[-1] == generation, f"{name}: the resource's generation is its version"
+                    assert len(set(versions)) == len(versions), f"{name}: no duplicate versions {versions}"
+                    assert max(versions) == generation, f"{name}: no version beyond the generation {versions}"
+            await until_true(lambda: every_model_ready(running.api, names), "every Model Ready again", diagnostics)
             log.warning(
-                "failover measured (not asserted): lease taken %.2fs after the kill, routed %.2fs, every model "
-                "Available again %.2fs; stated takeover bound %.2fs (+ start-up and reconnection)",
+                "failover measured (not asserted): lease taken %.2fs after the kill, every model Available again "
+                "%.2fs; stated takeover bound %.2fs (+ start-up and reconnection)",
                 lease_taken,
-                routed,
                 available_again,
                 TIMING.takeover_bound_seconds,
             )
@@ -248,20 +293,34 @@ async def test_kill_9_of_the_leader_a_standby_leads_and_every_acknowledged_model
                 return agent.log().count("registered with the scheduler") >= 2
 
             await until(registered_again, "the agent registered with the new leader", running.diagnostics)
-            assert controller.resent_models >= 2, "each leader asked the controller for every model"
             loads_after = {name: server_loads(agent, f"{name}_{version}") for name, version in acknowledged.items()}
             assert loads_after == loads_before, (
                 "the new leader adopts what the agent holds once the controller re-sends it: nothing is loaded again\n"
-                + running.diagnostics()
+                + diagnostics()
             )
             lease = running.api.get(LEASES, LEASE)
             assert lease is not None
             assert lease["spec"]["leaseTransitions"] == 2
             for name in names:
                 await predict(agent, name, iris)
+
+            # The controller drives the new leader: a change after the failover is its version 3, and Ready.
+            changed = running.api.get(MODELS, "iris-b", NAMESPACE)
+            assert changed is not None
+            changed["spec"]["memory"] = "12Mi"
+            running.api.put(MODELS, changed)
+            await until_true(lambda: model_condition(running.api, "iris-b") == ("True", 3), "generation 3", diagnostics)
+            assert controller.process.poll() is None
         finally:
             await controller.stop()
             await asyncio.to_thread(stop_agent, agent)
+
+
+async def until_true(check: Callable[[], bool], what: str, diagnostics: Callable[[], str]) -> None:
+    async def holds() -> bool:
+        return check()
+
+    await until(holds, what, diagnostics)
 
 
 def status_request(name: str) -> pb.ModelStatusRequest:

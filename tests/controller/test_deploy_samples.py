@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from agent import settings as agent_settings
 from controller.servers.agent_container import AGENT_CONTAINER
 from controller.servers.workloads import HASH_ANNOTATION
 from tests.controller.controller_harness import ControllerProcess, condition, start_controller
-from tests.deploy.rendering import render
+from tests.deploy.rendering import expand_variables, mounted_files, render
 from tests.support import fake_kubernetes_api as fake
 from tests.support.agent_processes import AgentProcess
 from tests.support.agent_serving import predict
@@ -90,11 +89,6 @@ def pod_environment(container: dict[str, Any], pod_name: str) -> dict[str, str]:
         elif "fieldRef" in variable.get("valueFrom", {}):
             env[variable["name"]] = fields[variable["valueFrom"]["fieldRef"]["fieldPath"]]
     return env
-
-
-def expanded(args: list[str], env: dict[str, str]) -> list[str]:
-    """``$(NAME)`` replaced as the kubelet does (an unknown name is left as it is)."""
-    return [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m[1], m[0]), arg) for arg in args]
 
 
 def flag_name(arg: str) -> str:
@@ -178,7 +172,10 @@ async def test_the_samples_and_server_configs_run_through_the_real_controller_an
         agent = agent_container(stateful_set)
         pod0 = f"{server_name}-0"
         env = pod_environment(agent, pod0)
-        argv = expanded(agent["args"], env)
+        argv = [expand_variables(arg, env) for arg in agent["args"]]
+        # The files its ConfigMaps, Secrets and projected token would put in the pod, as local files.
+        for mount_path, local in mounted_files("base", pod, agent, tmp_path / "pod0").items():
+            argv = [arg.replace(f"={mount_path}/", f"={local}/") for arg in argv]
         assert argv[0] == "agent"
         parsed = agent_settings.parse_settings(
             agent_settings.build_parser(argparse.ArgumentParser(prog="modelplane agent")), argv[1:], env

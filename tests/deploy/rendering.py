@@ -7,8 +7,10 @@ get it when it is missing): without it they fail, never skip, because a skipped 
 from __future__ import annotations
 
 import functools
+import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +77,36 @@ def pod_specs(document: Manifest) -> list[Manifest]:
     if kind == "ServerConfig":
         return [document["spec"]["podSpec"]]
     return []
+
+
+def expand_variables(arg: str, env: Mapping[str, str]) -> str:
+    """``$(NAME)`` in an argument replaced by the container's variable, as the kubelet does (``$$`` escapes)."""
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: "$" if m[0] == "$$" else env.get(m[1], m[0]), arg)
+
+
+def mounted_files(folder: str, pod: Manifest, container: Manifest, root: Path) -> dict[str, Path]:
+    """The container's Secret, ConfigMap and projected token mounts as local folders under ``root`` (mount path ->
+    folder): a ConfigMap's files with the rendered data, a TLS Secret's three files empty (their content is the
+    user's), a projected ServiceAccount token a made-up token (the kubelet's)."""
+    config_maps = {d["metadata"]["name"]: d for d in render(folder) if d["kind"] == "ConfigMap"}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    folders: dict[str, Path] = {}
+    for index, mount in enumerate(container.get("volumeMounts", [])):
+        volume = volumes.get(mount["name"], {})
+        local = root / f"{container['name']}-{index}"
+        if "configMap" in volume:
+            local.mkdir(parents=True)
+            for name, text in config_maps[volume["configMap"]["name"]]["data"].items():
+                (local / name).write_text(text)
+        elif "secret" in volume:
+            local.mkdir(parents=True)
+            for name in ("tls.crt", "tls.key", "ca.crt"):
+                (local / name).touch()
+        elif "projected" in volume:
+            local.mkdir(parents=True)
+            for source in volume["projected"]["sources"]:
+                (local / source["serviceAccountToken"]["path"]).write_text("a-projected-service-account-token\n")
+        else:
+            continue
+        folders[mount["mountPath"]] = local
+    return folders

@@ -13,7 +13,7 @@ from controller.agent_flags import DEFAULT_DRAIN_TIMEOUT_SECONDS, add_agent_flag
 from controller.servers.agent_container import AgentDefaults
 from modelplane.addresses import Address
 from modelplane.auth_flags import add_client_token_flag, client_token
-from modelplane.config import parse_layered
+from modelplane.config import LayeredAppend, parse_layered
 from modelplane.flag_types import address, peer_address
 from modelplane.kubernetes_api import KubernetesConnection, add_kubernetes_flags, connection_from_flags
 from modelplane.process_flags import add_process_flags
@@ -65,7 +65,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--namespace",
         type=_namespace,
-        action="append",
+        action=LayeredAppend,
         default=None,
         metavar="NS",
         help="watch the resources of this namespace; repeat for more (default: every namespace)",

@@ -41,7 +41,47 @@ def _is_boolean(action: argparse.Action) -> bool:
     return isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction)
 
 
+class LayeredAppend(argparse._AppendAction):
+    """A repeatable flag (``--namespace a --namespace b``) that layers like every other flag: a list from the
+    environment (comma-separated) or the config file (a TOML list, or one value) is its default, and the command
+    line, when it gives the flag at all, replaces that list rather than adding to it."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        if getattr(namespace, self.dest, None) is self.default:  # still the layered default: start afresh
+            setattr(namespace, self.dest, None)
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _as_list_default(action: argparse.Action, value: object, origin: str) -> list[object]:
+    """A repeatable flag's values, each converted by the flag's type (argparse converts only string defaults)."""
+    if isinstance(value, str):
+        items: list[object] = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, list):
+        items = list(value)
+    else:
+        items = [value]
+    converted: list[object] = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, str | int | float):
+            raise ConfigError(f"{origin}: expected values such as a, b; got {type(item).__name__}")
+        try:
+            converted.append(action.type(str(item)) if callable(action.type) else str(item))
+        except (argparse.ArgumentTypeError, TypeError, ValueError) as error:
+            raise ConfigError(f"{origin}: {item!r}: {error}") from None
+    return converted
+
+
 def _as_default(action: argparse.Action, value: object, origin: str) -> object:
+    if isinstance(action, argparse._AppendAction):
+        if not isinstance(action, LayeredAppend):
+            raise ConfigError(f"{origin}: --{action.dest} is repeatable but not a LayeredAppend flag")
+        return _as_list_default(action, value, origin)
     if _is_boolean(action):
         text = str(value).strip().lower()
         if isinstance(value, bool):

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modelplane.addresses import Address
+from modelplane.config import LayeredAppend, parse_layered
 from scheduler.settings import SchedulerSettings, build_parser, parse_settings
 
 
@@ -92,3 +93,42 @@ def test_any_toml_text_is_accepted_or_a_usage_error(text: str) -> None:
 def test_command_specific_environment_wins() -> None:
     environ = {"MODELPLANE_LISTEN": "127.0.0.1:8001", "MODELPLANE_SCHEDULER_LISTEN": "127.0.0.1:8002"}
     assert _parse([], environ).listen == Address("127.0.0.1", 8002)
+
+
+def repeated_flag_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="modelplane controller")
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("--namespace", action=LayeredAppend, type=str.upper, default=None)
+    return parser
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "toml", "expected"),
+    [
+        ([], {}, "", None),
+        ([], {"MODELPLANE_NAMESPACE": "team-a"}, "", ["TEAM-A"]),
+        ([], {"MODELPLANE_CONTROLLER_NAMESPACE": "team-a, team-b"}, "", ["TEAM-A", "TEAM-B"]),
+        ([], {}, '[controller]\nnamespace = ["a", "b"]\n', ["A", "B"]),
+        ([], {}, '[controller]\nnamespace = "a"\n', ["A"]),
+        (["--namespace", "x"], {"MODELPLANE_NAMESPACE": "team-a"}, "", ["X"]),
+        (["--namespace", "x", "--namespace", "y"], {}, '[controller]\nnamespace = ["a"]\n', ["X", "Y"]),
+    ],
+)
+def test_a_repeatable_flag_takes_lists_from_the_environment_and_the_file_and_the_command_line_replaces_them(
+    argv: list[str], environ: dict[str, str], toml: str, expected: list[str] | None, tmp_path: Path
+) -> None:
+    """A repeatable flag (action append) layered like every other: the command line wins over the environment (a
+    comma-separated list) and the file (a TOML list or one value). Before, an environment value was taken as
+    the list of its characters, and a flag given as well crashed argparse (str has no append)."""
+    config = tmp_path / "modelplane.toml"
+    config.write_text(toml)
+    options = parse_layered(repeated_flag_parser(), "controller", ["--config", str(config), *argv], environ)
+    assert options.namespace == expected
+
+
+def test_a_repeatable_flag_checks_each_value_from_the_environment() -> None:
+    parser = argparse.ArgumentParser(prog="modelplane controller")
+    parser.add_argument("--replicas", action=LayeredAppend, type=int)
+    with pytest.raises(SystemExit) as usage:
+        parse_layered(parser, "controller", [], {"MODELPLANE_REPLICAS": "1,two"})
+    assert usage.value.code == 2

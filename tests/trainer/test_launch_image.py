@@ -78,7 +78,7 @@ def test_dockerfile_pins_the_framework_and_dependencies_and_labels_the_image() -
     assert 'LABEL io.modelplane.framework-version="1.5.2"' in lines
     assert 'LABEL org.opencontainers.image.version="v2"' in lines
     assert 'LABEL org.opencontainers.image.licenses="Apache-2.0"' in lines
-    assert lines[-10:] == [
+    assert lines[-11:] == [
         "COPY requirements.txt /opt/modelplane/requirements.txt",
         'RUN ["python", "-m", "pip", "install", "--no-cache-dir", "-r", "/opt/modelplane/requirements.txt"]',
         "COPY trainer/__init__.py /opt/modelplane/trainer/__init__.py",
@@ -88,6 +88,7 @@ def test_dockerfile_pins_the_framework_and_dependencies_and_labels_the_image() -
         "COPY servers/designed_model_entry.py /opt/modelplane/servers/designed_model_entry.py",
         "COPY modelplane/__init__.py /opt/modelplane/modelplane/__init__.py",
         "COPY modelplane/s3.py /opt/modelplane/modelplane/s3.py",
+        "COPY modelplane/whole_numbers.py /opt/modelplane/modelplane/whole_numbers.py",
         'ENTRYPOINT ["python", "-m", "trainer.run.run_job"]',
     ]
     assert "ENV PYTHONPATH=/opt/modelplane PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1" in lines
@@ -238,6 +239,7 @@ def source_root(tmp_path: Path) -> Path:
     (root / "modelplane").mkdir()
     (root / "modelplane" / "__init__.py").write_text('"""stand-in modelplane"""\n')
     (root / "modelplane" / "s3.py").write_text('"""stand-in S3 client"""\n')
+    (root / "modelplane" / "whole_numbers.py").write_text('"""stand-in whole-number check"""\n')
     (root / "trainer" / "__init__.py").write_text('"""stand-in trainer"""\n')
     (root / "trainer" / "service").mkdir()
     (root / "trainer" / "service" / "consumer.py").write_text('"""stand-in service: never in an image"""\n')

@@ -479,6 +479,7 @@ class FakeAgent:
             finally:
                 if session.heartbeats is not None:
                     session.heartbeats.cancel()
+                session.outbox.put_nowait(None)  # ends the request iterator gRPC is still reading from
                 call.cancel()
         if session.record is None and not self.stopping:
             self.stats.failed_reasons[reason[:120]] = self.stats.failed_reasons.get(reason[:120], 0) + 1

@@ -1,8 +1,8 @@
 """The benchmark suite: every figure of issue 14's table in one command, each beside its reference from the same
 run, written to bench/RESULTS.md with the command that produced it, the machine and the commit.
 
-    ./run bench                          # the default sizes (10,000 models; ~15 minutes on 2 shared cores)
-    ./run bench --scale 100k             # 100,000 models on 1,000 replicas (long: ~40 minutes on main)
+    ./run bench                          # the default sizes (10,000 models; ~16 minutes on 2 shared cores)
+    ./run bench --scale 100k             # 100,000 models on 100 and 1,000 replicas (long: ~40 minutes on main)
     ./run bench --quick                  # every benchmark at a small size, figures not meant to be read (~1.5 min)
     ./run bench --only load,fanout       # some parts: load, restart, fanout, gateway
     .venv/bin/python bench/run_all.py --repeat 1 --out /tmp/RESULTS.md --json /tmp/results.json
@@ -53,7 +53,7 @@ class Sizes:
     models: int  # LoadModel calls of each load run
     ratio_replicas: tuple[int, int]  # the table's "100 replicas" and "1,000 replicas" rows
     cpu_replicas: tuple[int, ...]  # the scheduler CPU per LoadModel row: these, plus the two above
-    repeat: int  # runs of each ratio_replicas point (the CPU-only points run once)
+    repeat: int  # runs of each ratio_replicas point and of the restart (the CPU-only points run once)
     restart_models: int
     restart_replicas: int
     fanout_models: int
@@ -149,7 +149,10 @@ def plan(sizes: Sizes, parts: Sequence[str], work: Path) -> list[Step]:
             steps.append(step)
     if "restart" in parts:
         arguments = ["--models", str(sizes.restart_models), "--replicas", str(sizes.restart_replicas)]
-        steps.append(Step("restart", "restart", "scheduler_restart.py", [*arguments, *sizes.restart_flags], work))
+        arguments += sizes.restart_flags
+        for run in range(1, sizes.repeat + 1):
+            label = f"restart-run{run}"
+            steps.append(Step("restart", label, "scheduler_restart.py", arguments, work / f"{label}.json"))
     if "fanout" in parts:
         arguments = ["--models", str(sizes.fanout_models), "--replicas", str(sizes.fanout_replicas)]
         arguments += ["--subscribers", ",".join(map(str, sizes.fanout_subscribers))]
@@ -273,6 +276,7 @@ def load_figures(steps: list[Step], sizes: Sizes) -> list[Figure]:
             [s for r in replica_counts for s in cpu_runs[r]],
         )
     )
+    load = sorted(load, key=lambda s: (s.params["replicas"], s.params["run"]))
     rss = [number(dig(s.result, "modelplane", "bytes_per_model")) for s in load]
     figures.append(
         Figure(
@@ -333,43 +337,53 @@ def restart_figures(steps: list[Step], sizes: Sizes) -> list[Figure]:
     runs = [s for s in steps if s.part == "restart"]
     if not runs:
         return []
-    step = runs[0]
-    restart = dig(step.result, "restart") or {}
-    agents = restart.get("agents") or {}
     where = f"{sizes.restart_models:,} models / {sizes.restart_replicas:,} replicas"
-    loading = dig(step.result, "before", "seconds_to_all_available")
-    answer, available = number(restart.get("first_answer_seconds")), number(restart.get("all_available_seconds"))
-    dropped = number(agents.get("sessions_dropped"))
-    registrations = number(agents.get("registrations"))
-    beyond = number(agents.get("re_registrations_beyond_one_per_replica"))
-    loads = number(agents.get("loads_sent_after_restart"))
-    shutdown = number(dig(restart, "graceful_shutdown", "seconds"))
+    restarts = [dig(step.result, "restart") or {} for step in runs]
+    agents = [restart.get("agents") or {} for restart in restarts]
+    loading = [number(dig(step.result, "before", "seconds_to_all_available")) for step in runs]
+    answers = [number(restart.get("first_answer_seconds")) for restart in restarts]
+    available = [number(restart.get("all_available_seconds")) for restart in restarts]
+    shutdowns = [number(dig(restart, "graceful_shutdown", "seconds")) for restart in restarts]
+    dropped = [number(a.get("sessions_dropped")) for a in agents]
+    loads = [number(a.get("loads_sent_after_restart")) for a in agents]
+    from_scratch = "loading them with LoadModel from scratch: " + "; ".join(f"{fmt(v, 1)} s" for v in loading)
+
+    def sessions(a: dict[str, Any]) -> str:
+        return (
+            f"**{fmt(number(a.get('sessions_dropped')), 0)}** dropped; {fmt(number(a.get('registrations')), 0)} "
+            f"registrations ({fmt(number(a.get('re_registrations_beyond_one_per_replica')), 0)} beyond one per "
+            f"replica), {fmt(number(a.get('replicas_registered')), 0)} of {sizes.restart_replicas:,} replicas "
+            f"back, after (p50, p90, max) {a.get('registration_seconds_p50_p90_max')} s"
+        )
+
     return [
         Figure(
             "restart_first_answer",
             f"restart after kill -9, {where}: first answer (s from the new process's start)",
-            [answer],
-            f"**{fmt(answer)}** s (ready file {fmt(number(restart.get('ready_file_seconds')))} s)",
-            f"the same {sizes.restart_models:,} models took {fmt(number(loading), 1)} s to load from scratch",
+            answers,
+            "; ".join(
+                f"**{fmt(v)}** s (ready file {fmt(number(r.get('ready_file_seconds')))} s)"
+                for v, r in zip(answers, restarts, strict=True)
+            ),
+            from_scratch,
             "< 2 s at 100,000 models",
             runs,
         ),
         Figure(
             "restart_all_available",
-            f"restart after kill -9, {where}: all Available again (s)",
-            [available],
-            f"**{fmt(available)}** s; {fmt(loads, 0)} LOADs sent (models not kept where they were)",
-            f"loading them from scratch: {fmt(number(loading), 1)} s",
+            f"restart after kill -9, {where}: all Available again (s), and the LOADs the new scheduler sent (models "
+            "placed again rather than kept where they were)",
+            available,
+            "; ".join(f"**{fmt(v)}** s, {fmt(n, 0)} LOADs" for v, n in zip(available, loads, strict=True)),
+            from_scratch,
             "< 10 s at 100,000 models",
             runs,
         ),
         Figure(
             "restart_agent_sessions",
-            f"restart after kill -9, {where}: agent sessions dropped by the new scheduler / registrations",
-            [dropped, registrations, beyond],
-            f"**{fmt(dropped, 0)}** dropped; {fmt(registrations, 0)} registrations from "
-            f"{fmt(number(agents.get('replicas_registered')), 0)} replicas ({fmt(beyond, 0)} beyond one per "
-            f"replica), registered after (p50, p90, max) {agents.get('registration_seconds_p50_p90_max')} s",
+            f"restart after kill -9, {where}: agent sessions the new scheduler dropped; registrations",
+            dropped,
+            "; ".join(sessions(a) for a in agents),
             f"{sizes.restart_replicas:,} replicas were registered before the kill",
             "no session dropped",
             runs,
@@ -377,8 +391,11 @@ def restart_figures(steps: list[Step], sizes: Sizes) -> list[Figure]:
         Figure(
             "graceful_shutdown_restarted",
             f"graceful shutdown of the restarted scheduler, {where} (s)",
-            [shutdown],
-            f"**{fmt(shutdown)}** s, exit status {dig(restart, 'graceful_shutdown', 'exit_status')}",
+            shutdowns,
+            "; ".join(
+                f"**{fmt(v)}** s (exit status {dig(r, 'graceful_shutdown', 'exit_status')})"
+                for v, r in zip(shutdowns, restarts, strict=True)
+            ),
             "the load runs' shutdowns at fewer replicas (row above)",
             "< 2 s",
             runs,

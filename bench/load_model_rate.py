@@ -241,36 +241,52 @@ async def drive_load_model(
     )
 
 
-async def wait_all_available(target: str, names: set[str], timeout: float) -> tuple[float | None, dict[str, int]]:
+async def wait_all_available(
+    target: str, names: set[str], timeout: float, dropped: list[str] | None = None
+) -> tuple[float | None, dict[str, int]]:
     """Subscribe to model status (snapshot first, then changes) until every model in ``names`` is Available.
 
-    Returns (monotonic time when the last one was seen Available, or None on timeout; the latest state of
-    every model by state name, for the report).
+    A stream the scheduler drops for lagging (RESOURCE_EXHAUSTED, "subscribe again") is subscribed again, as the
+    scheduler asks and as a real client would; each drop's message is appended to ``dropped`` when given.
+    Returns (monotonic time when the last one was seen Available, or None on timeout or when the stream ended;
+    the latest state of every model by state name, for the report).
     """
     latest: dict[str, int] = {}
     available: set[str] = set()
     done_at: float | None = None
+    request = pb.ModelSubscriptionRequest(subscriberName="bench-load-model-rate")
     async with aio.insecure_channel(target) as channel:
         stub = pb_grpc.SchedulerStub(channel)
-        call = stub.SubscribeModelStatus(pb.ModelSubscriptionRequest(subscriberName="bench-load-model-rate"))
         try:
             async with asyncio.timeout(timeout):
-                async for status in call:
-                    if status.modelName not in names:
-                        continue
-                    state = status.versions[-1].state.state if status.versions else pb.ModelStatus.ModelStateUnknown
-                    latest[status.modelName] = state
-                    if state == AVAILABLE:
-                        available.add(status.modelName)
-                    else:
-                        available.discard(status.modelName)
-                    if len(available) == len(names):
-                        done_at = time.monotonic()
-                        break
+                while done_at is None:
+                    call = stub.SubscribeModelStatus(request)
+                    try:
+                        async for status in call:
+                            if status.modelName not in names:
+                                continue
+                            state = (
+                                status.versions[-1].state.state if status.versions else pb.ModelStatus.ModelStateUnknown
+                            )
+                            latest[status.modelName] = state
+                            if state == AVAILABLE:
+                                available.add(status.modelName)
+                            else:
+                                available.discard(status.modelName)
+                            if len(available) == len(names):
+                                done_at = time.monotonic()
+                                break
+                        else:
+                            break  # the scheduler ended the stream (it is stopping)
+                    except aio.AioRpcError as error:
+                        if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                            raise
+                        if dropped is not None:
+                            dropped.append(f"{error.details()}"[:300])
+                    finally:
+                        call.cancel()
         except TimeoutError:
             pass
-        finally:
-            call.cancel()
     states = Counter(pb.ModelStatus.ModelState.Name(s) for s in latest.values())  # type: ignore[arg-type]
     states["(never reported)"] = len(names) - len(latest)
     return done_at, {k: v for k, v in states.items() if v}

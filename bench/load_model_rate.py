@@ -61,6 +61,7 @@ from generated.mlops.agent.v1 import agent_pb2, agent_pb2_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane.addresses import Address
+from modelplane.backoff import Backoff
 from modelplane.transport import TransportSecurity, bind, new_server
 
 MiB = 1 << 20
@@ -181,6 +182,9 @@ class DriveResult:
     server_cpu_seconds: float
     started_monotonic: float  # CLOCK_MONOTONIC is system-wide, so other processes' timestamps compare
     finished_monotonic: float
+    # Each tenth of the calls: [calls answered so far, seconds since the first call, server CPU seconds since
+    # the first call], so the cost of a call can be compared as the models accumulate.
+    segments: list[list[float]] = field(default_factory=list)
 
 
 async def drive_load_model(
@@ -193,15 +197,21 @@ async def drive_load_model(
         indexes = iter(range(len(requests)))  # shared by the workers: next() never awaits, so no races
         latencies: list[float] = []
         errors: Counter[str] = Counter()
+        segments: list[list[float]] = []
+        tenth = max(1, len(requests) // 10)
 
         async def worker() -> None:
             for index in indexes:
-                started = time.perf_counter()
+                sent = time.perf_counter()
                 try:
                     await stub.LoadModel(requests[index], timeout=120)
                 except aio.AioRpcError as error:
                     errors[f"{error.code().name}: {error.details()}"[:200]] += 1
-                latencies.append(time.perf_counter() - started)
+                now = time.perf_counter()
+                latencies.append(now - sent)
+                if len(latencies) % tenth == 0 or len(latencies) == len(requests):
+                    used = cpu_seconds(server_pid) - server_cpu
+                    segments.append([len(latencies), round(now - started, 3), round(used, 2)])
 
         client_cpu = time.process_time()
         server_cpu = cpu_seconds(server_pid)
@@ -227,39 +237,56 @@ async def drive_load_model(
         server_cpu_seconds=round(server_cpu, 2),
         started_monotonic=started_monotonic,
         finished_monotonic=finished_monotonic,
+        segments=segments,
     )
 
 
-async def wait_all_available(target: str, names: set[str], timeout: float) -> tuple[float | None, dict[str, int]]:
+async def wait_all_available(
+    target: str, names: set[str], timeout: float, dropped: list[str] | None = None
+) -> tuple[float | None, dict[str, int]]:
     """Subscribe to model status (snapshot first, then changes) until every model in ``names`` is Available.
 
-    Returns (monotonic time when the last one was seen Available, or None on timeout; the latest state of
-    every model by state name, for the report).
+    A stream the scheduler drops for lagging (RESOURCE_EXHAUSTED, "subscribe again") is subscribed again, as the
+    scheduler asks and as a real client would; each drop's message is appended to ``dropped`` when given.
+    Returns (monotonic time when the last one was seen Available, or None on timeout or when the stream ended;
+    the latest state of every model by state name, for the report).
     """
     latest: dict[str, int] = {}
     available: set[str] = set()
     done_at: float | None = None
+    request = pb.ModelSubscriptionRequest(subscriberName="bench-load-model-rate")
     async with aio.insecure_channel(target) as channel:
         stub = pb_grpc.SchedulerStub(channel)
-        call = stub.SubscribeModelStatus(pb.ModelSubscriptionRequest(subscriberName="bench-load-model-rate"))
         try:
             async with asyncio.timeout(timeout):
-                async for status in call:
-                    if status.modelName not in names:
-                        continue
-                    state = status.versions[-1].state.state if status.versions else pb.ModelStatus.ModelStateUnknown
-                    latest[status.modelName] = state
-                    if state == AVAILABLE:
-                        available.add(status.modelName)
-                    else:
-                        available.discard(status.modelName)
-                    if len(available) == len(names):
-                        done_at = time.monotonic()
-                        break
+                while done_at is None:
+                    call = stub.SubscribeModelStatus(request)
+                    try:
+                        async for status in call:
+                            if status.modelName not in names:
+                                continue
+                            state = (
+                                status.versions[-1].state.state if status.versions else pb.ModelStatus.ModelStateUnknown
+                            )
+                            latest[status.modelName] = state
+                            if state == AVAILABLE:
+                                available.add(status.modelName)
+                            else:
+                                available.discard(status.modelName)
+                            if len(available) == len(names):
+                                done_at = time.monotonic()
+                                break
+                        else:
+                            break  # the scheduler ended the stream (it is stopping)
+                    except aio.AioRpcError as error:
+                        if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                            raise
+                        if dropped is not None:
+                            dropped.append(f"{error.details()}"[:300])
+                    finally:
+                        call.cancel()
         except TimeoutError:
             pass
-        finally:
-            call.cancel()
     states = Counter(pb.ModelStatus.ModelState.Name(s) for s in latest.values())  # type: ignore[arg-type]
     states["(never reported)"] = len(names) - len(latest)
     return done_at, {k: v for k, v in states.items() if v}
@@ -317,7 +344,7 @@ async def serve_baseline(ready_file: Path) -> None:
 
 @dataclass
 class AgentStats:
-    registered: int = 0
+    registered: int = 0  # accepted registrations, reconnections included
     loads: int = 0
     unloads: int = 0
     other_operations: int = 0
@@ -325,49 +352,77 @@ class AgentStats:
     heartbeats_received: int = 0
     heartbeats_sent: int = 0
     drain_completes: int = 0
-    # Sessions that ended before the agents were told to stop, with when (monotonic) and how.
+    session_endings: int = 0  # SessionEnding messages: the scheduler ended the session (it is stopping, say)
+    # Accepted sessions that ended before the agents were told to stop, with when (monotonic) and how.
     session_ends: list[float] = field(default_factory=list)
     end_reasons: dict[str, int] = field(default_factory=dict)
+    # Every accepted session: [agent index, registered at, ended at (0: open until the agents stopped),
+    # LOADs answered on it, models it reported held when it registered, how it ended].
+    sessions: list[list[Any]] = field(default_factory=list)
+    failed_attempts: int = 0  # with --reconnect: sessions that ended before the scheduler accepted them
+    failed_reasons: dict[str, int] = field(default_factory=dict)
     heartbeat_interval_ms: int = 0
     first_load_monotonic: float = 0.0
     last_loaded_monotonic: float = 0.0
 
 
-class FakeAgent:
-    """One replica's agent: registers, answers LOAD with LOADED and UNLOAD with UNLOADED at once, heartbeats."""
+@dataclass
+class AgentSession:
+    """One session of a simulated agent: the queue its requests are sent from and, once the scheduler accepted
+    it, its record in AgentStats.sessions, its heartbeat task and how long a silence of the scheduler it bears."""
 
-    def __init__(self, target: str, index: int, memory: int, stats: AgentStats) -> None:
+    outbox: asyncio.Queue[agent_pb2.SessionRequest | None]
+    record: list[Any] | None = None
+    heartbeats: asyncio.Task[None] | None = None
+    silence: float | None = None  # with reconnect: three heartbeat intervals, as the real agent
+
+
+class FakeAgent:
+    """One replica's agent: registers, answers LOAD with LOADED and UNLOAD with UNLOADED at once, heartbeats.
+
+    With ``reconnect`` it behaves as the real agent does when its session ends (agent/scheduler_session.py):
+    it ends a session on which the scheduler has said nothing for three heartbeat intervals, reconnects with
+    the same jittered exponential backoff (0.2 s doubling to 10 s) and registers again reporting every model
+    it holds. Without it, a session that ends stays ended (what load_model_rate and soak measure)."""
+
+    def __init__(self, target: str, index: int, memory: int, stats: AgentStats, *, reconnect: bool = False) -> None:
         self.target = target
         self.index = index
         self.memory = memory
-        self.used = 0
+        self.held: dict[str, tuple[int, int]] = {}  # model name -> (version, memory bytes)
         self.stats = stats
+        self.reconnect = reconnect
         self.outbox: asyncio.Queue[agent_pb2.SessionRequest | None] = asyncio.Queue()
         self.stopping = False
 
-    async def _requests(self) -> AsyncIterator[agent_pb2.SessionRequest]:
-        while (message := await self.outbox.get()) is not None:
+    @property
+    def used(self) -> int:
+        return sum(memory for _version, memory in self.held.values())
+
+    async def _requests(self, outbox: asyncio.Queue[agent_pb2.SessionRequest | None]) -> AsyncIterator[Any]:
+        while (message := await outbox.get()) is not None:
             yield message
 
-    async def _heartbeats(self, interval: float) -> None:
+    async def _heartbeats(self, outbox: asyncio.Queue[agent_pb2.SessionRequest | None], interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            self.outbox.put_nowait(
+            outbox.put_nowait(
                 agent_pb2.SessionRequest(heartbeat=agent_pb2.Heartbeat(available_memory_bytes=self.memory - self.used))
             )
             self.stats.heartbeats_sent += 1
 
-    def _answer(self, operation: agent_pb2.ModelOperation) -> None:
-        size = operation.model.modelSpec.memoryBytes
+    def _answer(self, operation: agent_pb2.ModelOperation, session: list[Any]) -> None:
+        name, size = operation.model.meta.name, operation.model.modelSpec.memoryBytes
         if operation.kind == Operation.KIND_LOAD:
             self.stats.loads += 1
+            session[3] += 1
             if not self.stats.first_load_monotonic:
                 self.stats.first_load_monotonic = time.monotonic()
-            self.used += size
+            self.held[name] = (operation.version, size)
             kind = Event.KIND_LOADED
         elif operation.kind == Operation.KIND_UNLOAD:
             self.stats.unloads += 1
-            self.used = max(0, self.used - size)
+            self.held.pop(name, None)
             kind = Event.KIND_UNLOADED
         else:
             self.stats.other_operations += 1
@@ -375,7 +430,7 @@ class FakeAgent:
         event = Event(
             operation_id=operation.operation_id,
             kind=kind,
-            model_name=operation.model.meta.name,
+            model_name=name,
             model_version=operation.version,
             available_memory_bytes=self.memory - self.used,
         )
@@ -383,8 +438,8 @@ class FakeAgent:
         if kind == Event.KIND_LOADED:
             self.stats.last_loaded_monotonic = time.monotonic()
 
-    async def run(self, registered: Callable[[], None]) -> None:
-        register = agent_pb2.Register(
+    def _register(self) -> agent_pb2.Register:
+        return agent_pb2.Register(
             protocol_version=PROTOCOL_VERSION,
             agent_id=f"bench-agent-{self.index}",
             replica=agent_pb2.ReplicaConfig(
@@ -398,51 +453,100 @@ class FakeAgent:
                     http_url=f"http://127.0.0.1:1/{self.index}", grpc_target="127.0.0.1:1"
                 ),
             ),
-            available_memory_bytes=self.memory,
+            loaded_models=[
+                agent_pb2.LoadedModel(name=name, version=version, memory_bytes=memory)
+                for name, (version, memory) in self.held.items()
+            ],
+            available_memory_bytes=self.memory - self.used,
         )
-        self.outbox.put_nowait(agent_pb2.SessionRequest(register=register))
-        heartbeats: asyncio.Task[None] | None = None
+
+    async def run(self, registered: Callable[[int], None]) -> None:
+        backoff = Backoff(0.2, 10.0)  # the real agent's (agent/scheduler_session.py)
+        while not self.stopping:
+            accepted = await self._session(registered)
+            if not self.reconnect or self.stopping:
+                return
+            if accepted:
+                backoff.reset()
+            else:
+                self.stats.failed_attempts += 1  # its reason is in failed_reasons
+            await asyncio.sleep(backoff.next_jittered())
+
+    async def _session(self, registered: Callable[[int], None]) -> bool:
+        """One session, until it ends; True if the scheduler accepted the registration."""
+        session = AgentSession(asyncio.Queue())
+        self.outbox = session.outbox
+        session.outbox.put_nowait(agent_pb2.SessionRequest(register=self._register()))
         # Its own connection, as separate agent processes would have (no shared subchannel).
         async with aio.insecure_channel(self.target, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
-            call = agent_pb2_grpc.AgentServiceStub(channel).Session(self._requests())
+            call = agent_pb2_grpc.AgentServiceStub(channel).Session(self._requests(session.outbox))
             try:
-                async for response in call:
-                    kind = response.WhichOneof("message")
-                    if kind == "operation":
-                        self._answer(response.operation)
-                    elif kind == "register_accepted":
-                        interval = response.register_accepted.heartbeat_interval_ms
-                        self.stats.heartbeat_interval_ms = interval
-                        heartbeats = asyncio.create_task(self._heartbeats(max(interval, 100) / 1000))
-                        registered()
-                    elif kind == "heartbeat":
-                        self.stats.heartbeats_received += 1
-                    elif kind == "event_rejected":
-                        self.stats.rejected += 1
-                    elif kind == "drain_complete":
-                        self.stats.drain_completes += 1
+                while True:
+                    async with asyncio.timeout(session.silence):
+                        response = await call.read()
+                    if not isinstance(response, agent_pb2.SessionResponse):  # aio.EOF: the stream ended
+                        break
+                    self._receive(response, session, registered)
                 reason = f"OK: {await call.code()}"
             except aio.AioRpcError as error:
                 reason = f"{error.code().name}: {error.details()}"
+            except TimeoutError:
+                reason = f"no message from the scheduler for {session.silence:g}s"
             finally:
-                if heartbeats is not None:
-                    heartbeats.cancel()
-            if not self.stopping:
-                self.stats.session_ends.append(time.monotonic())
-                self.stats.end_reasons[reason] = self.stats.end_reasons.get(reason, 0) + 1
+                if session.heartbeats is not None:
+                    session.heartbeats.cancel()
+                session.outbox.put_nowait(None)  # ends the request iterator gRPC is still reading from
+                call.cancel()
+        if session.record is None and not self.stopping:
+            self.stats.failed_reasons[reason[:120]] = self.stats.failed_reasons.get(reason[:120], 0) + 1
+        if session.record is not None and not self.stopping:
+            session.record[2], session.record[5] = time.monotonic(), reason
+            self.stats.session_ends.append(session.record[2])
+            self.stats.end_reasons[reason] = self.stats.end_reasons.get(reason, 0) + 1
+        return session.record is not None
+
+    def _receive(
+        self, response: agent_pb2.SessionResponse, session: AgentSession, registered: Callable[[int], None]
+    ) -> None:
+        kind = response.WhichOneof("message")
+        if kind == "operation" and session.record is not None:
+            self._answer(response.operation, session.record)
+        elif kind == "register_accepted":
+            interval = max(response.register_accepted.heartbeat_interval_ms, 100) / 1000
+            self.stats.heartbeat_interval_ms = response.register_accepted.heartbeat_interval_ms
+            session.heartbeats = asyncio.create_task(self._heartbeats(session.outbox, interval))
+            session.record = [self.index, time.monotonic(), 0.0, 0, len(self.held), ""]
+            self.stats.sessions.append(session.record)
+            self.stats.registered += 1
+            session.silence = 3 * interval if self.reconnect else None
+            registered(self.index)
+        elif kind == "heartbeat":
+            self.stats.heartbeats_received += 1
+        elif kind == "event_rejected":
+            self.stats.rejected += 1
+        elif kind == "drain_complete":
+            self.stats.drain_completes += 1
+        elif kind == "session_ending":  # agent.proto: stop writing, half-close, then read the status
+            self.stats.session_endings += 1
+            if session.heartbeats is not None:
+                session.heartbeats.cancel()
+            session.outbox.put_nowait(None)
 
     def stop(self) -> None:
         self.stopping = True
         self.outbox.put_nowait(None)  # half-close: the scheduler sees the agent leave
 
 
-async def run_agents(target: str, replicas: int, memory: int, ready_file: Path, stats_file: Path) -> None:
+async def run_agents(
+    target: str, replicas: int, memory: int, ready_file: Path, stats_file: Path, *, reconnect: bool = False
+) -> None:
     stats = AgentStats()
-    agents = [FakeAgent(target, index, memory, stats) for index in range(replicas)]
+    agents = [FakeAgent(target, index, memory, stats, reconnect=reconnect) for index in range(replicas)]
+    ever_registered: set[int] = set()
 
-    def registered() -> None:
-        stats.registered += 1
-        if stats.registered == replicas:
+    def registered(index: int) -> None:
+        ever_registered.add(index)
+        if len(ever_registered) == replicas and not ready_file.exists():
             write_json(ready_file, {"pid": os.getpid(), "registered": replicas})
 
     stop = asyncio.Event()
@@ -600,6 +704,7 @@ def after_run(config: Config, result: dict[str, Any]) -> dict[str, Any]:
     if agents:
         ends = agents.pop("session_ends")
         agents["sessions_ended_before_scheduler_stop"] = sum(1 for t in ends if t < result["scheduler_stop_monotonic"])
+        agents.pop("sessions")  # one entry per session: what scheduler_restart.py reads, not needed here
     found["agents"] = agents
     log_path = config.workdir / "scheduler.log"
     lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
@@ -685,6 +790,20 @@ async def benchmark(config: Config) -> dict[str, Any]:
     }
 
 
+def per_call_cpu_ms(load: dict[str, Any]) -> str:
+    """Scheduler CPU ms per LoadModel in the second and in the last tenth of the calls (the first tenth includes
+    the warm-up of the first calls in flight), "?" with fewer than three tenths."""
+    segments = load.get("segments") or []
+    if len(segments) < 3:
+        return "?"
+
+    def tenth(k: int) -> float:
+        (calls_0, _, cpu_0), (calls_1, _, cpu_1) = segments[k - 1], segments[k]
+        return float(1000 * (cpu_1 - cpu_0) / max(1, calls_1 - calls_0))
+
+    return f"{tenth(1):.2f} / {tenth(len(segments) - 1):.2f}"
+
+
 def render(result: dict[str, Any]) -> str:
     """A short human table of the result."""
     env, config, mp = result["environment"], result["config"], result["modelplane"]
@@ -716,6 +835,8 @@ def render(result: dict[str, Any]) -> str:
                         f"{mp.get('scheduler_cpu_seconds_load_to_available')} until all Available; "
                         f"client {load.get('client_cpu_seconds')}; "
                         f"agents {mp.get('agents_cpu_seconds_load_to_available')}"),
+        ("  per call", f"{per_call_cpu_ms(load)} ms of scheduler CPU per LoadModel (second tenth / last "
+                       "tenth of the calls)"),
         ("scheduler RSS", f"{mib('agents_registered')} before loading, {mib('all_available')} all Available, "
                           f"{mib('all_available_plus_2s')} 2 s later, peak {mib('peak_hwm')}"),
         ("  per tracked model", f"{mp.get('bytes_per_model')} bytes"),
@@ -759,6 +880,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--stats-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
+    parser.add_argument("--reconnect", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.models is None:
         options.models = 1000 if options.quick else 10_000
@@ -791,7 +913,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if options.role == "agents":
         asyncio.run(
-            run_agents(options.target, options.replicas, REPLICA_MEMORY, options.ready_file, options.stats_file)
+            run_agents(
+                options.target,
+                options.replicas,
+                REPLICA_MEMORY,
+                options.ready_file,
+                options.stats_file,
+                reconnect=options.reconnect,
+            )
         )
         return 0
     with working_directory(options.workdir) as workdir:

@@ -2,11 +2,18 @@
 
 Placement is a pure function of these views, so the scheduler can take a consistent snapshot under its
 lock, release the lock, and plan without touching live state (and tests can build views directly).
+
+A server's replicas come either listed (a tuple of views: every replica judged, as tests build them) or from a
+``ReplicaCandidates`` source that answers the planner's two questions without a view of every replica: the
+scheduler's (scheduler/models/placement_candidates.py) keeps each server's replicas ordered by free memory, so a
+LoadModel costs the same with 10 replicas or 1,000.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +41,26 @@ class ReplicaView:
         return max(0, self.capacity_bytes - self.used_bytes)
 
 
+class ReplicaCandidates(Protocol):
+    """A server's replicas, asked about as placement needs them rather than all judged."""
+
+    def __len__(self) -> int:
+        """How many distinct replicas the server has."""
+        ...
+
+    def __iter__(self) -> Iterator[ReplicaView]:
+        """Every replica, lowest index first (for the reason when too few fit, only the first few are read)."""
+        ...
+
+    def preferred(
+        self, request: PlacementRequest, wanted: int, fits: Callable[[ReplicaView], bool]
+    ) -> list[ReplicaView]:
+        """Up to ``wanted`` replicas that ``fits`` accepts, most preferred first in DEFAULT_REPLICA_ORDER (holding the
+        model, most free memory, lowest index). Replicas that ServerServing, NotDraining or EnoughMemory reject may
+        be left out without asking ``fits``: the planner uses a source only with those filters among its own."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class ServerView:
     """One server (a set of interchangeable replicas) as placement sees it."""
@@ -46,7 +73,7 @@ class ServerView:
     max_replicas: int
     # Taken as given: the capabilities every replica of the server offers.
     capabilities: frozenset[str]
-    replicas: tuple[ReplicaView, ...]
+    replicas: tuple[ReplicaView, ...] | ReplicaCandidates
 
 
 @dataclass(frozen=True, slots=True)

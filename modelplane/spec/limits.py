@@ -62,6 +62,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -319,6 +320,27 @@ def check_count(count: int, where: str, limit: int, error: type[SchedulerError] 
 
 
 _DEFAULT_RULE = Rule(IDENTIFIER, DEFAULT_COUNT)
+# How check_fields walks a field: its kind and rule, looked up once per field of a message type, not per message.
+_MAP, _REPEATED, _MESSAGE, _STRING, _OTHER = range(5)
+_WALKS: dict[FieldDescriptor, tuple[int, Rule]] = {}
+
+
+def _walk(field: FieldDescriptor) -> tuple[int, Rule]:
+    walk = _WALKS.get(field)
+    if walk is None:
+        rule = FIELD_RULES.get(field.full_name, _DEFAULT_RULE)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            kind = _MAP
+        elif field.is_repeated:
+            kind = _REPEATED
+        elif field.message_type is not None:
+            kind = _MESSAGE
+        elif field.type == FieldDescriptor.TYPE_STRING:
+            kind = _STRING
+        else:
+            kind = _OTHER
+        walk = _WALKS[field] = (kind, rule)
+    return walk
 
 
 def check_fields(message: Message, where: str, error: type[SchedulerError] = InvalidArgument) -> None:
@@ -327,28 +349,34 @@ def check_fields(message: Message, where: str, error: type[SchedulerError] = Inv
     ``where`` names the message in error messages (e.g. "model"); a field is named by its path from there.
     """
     for field, value in message.ListFields():
+        kind, rule = _walk(field)
+        if kind == _OTHER:
+            continue
         path = f"{where}.{field.name}"
-        rule = FIELD_RULES.get(field.full_name, _DEFAULT_RULE)
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            check_count(len(value), path, rule.count or DEFAULT_COUNT, error)
-            for key, item in value.items():
-                if isinstance(key, str):
-                    check_text(key, f"{path} key", rule.text or IDENTIFIER, error)
-                if isinstance(item, str):
-                    check_text(item, f"{path}[{shown(str(key), 20)}]", rule.text or IDENTIFIER, error)
-                elif isinstance(item, Message):
-                    check_fields(item, f"{path}[{shown(str(key), 20)}]", error)
-        elif field.is_repeated:
+        if kind == _MAP:
+            _check_map(value, path, rule, error)
+        elif kind == _REPEATED:
             check_count(len(value), path, rule.count or DEFAULT_COUNT, error)
             for index, item in enumerate(value):
                 if isinstance(item, Message):
                     check_fields(item, f"{path}[{index}]", error)
                 elif isinstance(item, str):
                     check_text(item, f"{path}[{index}]", rule.text or IDENTIFIER, error)
-        elif isinstance(value, Message):
+        elif kind == _MESSAGE:
             check_fields(value, path, error)
-        elif field.type == FieldDescriptor.TYPE_STRING:
+        else:
             check_text(value, path, rule.text or IDENTIFIER, error)
+
+
+def _check_map(value: Any, path: str, rule: Rule, error: type[SchedulerError]) -> None:
+    check_count(len(value), path, rule.count or DEFAULT_COUNT, error)
+    for key, item in value.items():
+        if isinstance(key, str):
+            check_text(key, f"{path} key", rule.text or IDENTIFIER, error)
+        if isinstance(item, str):
+            check_text(item, f"{path}[{shown(str(key), 20)}]", rule.text or IDENTIFIER, error)
+        elif isinstance(item, Message):
+            check_fields(item, f"{path}[{shown(str(key), 20)}]", error)
 
 
 def clean_reason(text: str, limit: int = MAX_REASON_CHARS) -> str:

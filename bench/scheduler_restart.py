@@ -387,7 +387,12 @@ async def measure_start(config: Config, label: str, profile: bool) -> tuple[subp
 def session_report(stats: dict[str, Any], since: float, until: float) -> dict[str, Any]:
     """Registrations and dropped sessions of the agents between ``since`` and ``until`` (monotonic)."""
     registrations = [t for agent in stats["agents"] for t in agent["registrations"] if since <= t <= until]
-    dropped = [end for agent in stats["agents"] for end in agent["ended"] if since <= end["registered_at"] <= until]
+    dropped = [  # ended before the scheduler was killed or stopped: ended by the scheduler on its own
+        end
+        for agent in stats["agents"]
+        for end in agent["ended"]
+        if since <= end["registered_at"] <= until and end["ended_at"] < until
+    ]
     per_agent = Counter(sum(1 for t in agent["registrations"] if since <= t <= until) for agent in stats["agents"])
     return {
         "registrations": len(registrations),
@@ -429,6 +434,7 @@ async def benchmark(config: Config) -> dict[str, Any]:
         await asyncio.sleep(2)
         stopping = time.monotonic()
         status, seconds = stop_process(scheduler)
+        result["restart"]["stopped_monotonic"] = stopping
         result["restart"]["graceful_shutdown_seconds"] = seconds
         result["restart"]["exit_status"] = status
         scheduler = None

@@ -28,6 +28,7 @@ class VersionPlacement(ClusterState):
             return
         # The replicas whose drains this reconcile may end: those the model is on (a move only leaves them).
         on = {key for version in record.versions for key in version.replicas}
+        before = _what_status_shows(record)
         if record.deleted:
             for version in record.versions:
                 self._unload_all(record, version, retry_failed=retry_failed)
@@ -38,7 +39,11 @@ class VersionPlacement(ClusterState):
                 for old in record.versions[:-1]:
                     self._unload_all(record, old, retry_failed=retry_failed)
             self._unload_draining(record)
-        self._changed(record)
+        self._derive_all(record)
+        if _what_status_shows(record) != before:
+            # A reconcile that changed nothing publishes nothing: after a restart, 100,000 models held where they
+            # should be are each reconciled once, and would each be sent to every status subscriber again.
+            self.touched.models.add(name)
         self._forget_finished(record)
         self._check_drains(on)
         # This pass has done what the model's own changes asked for; only new events ask again.
@@ -178,6 +183,23 @@ class VersionPlacement(ClusterState):
                 self.touched.scaling[server.name] = wanted
             elif wanted >= len(server.replicas):
                 server.scale_down_requested = None
+
+
+def _what_status_shows(record: ModelRecord) -> tuple[object, ...]:
+    """What the model's status and route are made of, but for the spec (a reconcile never changes it): compared
+    before and after a reconcile, so that one that changed nothing publishes nothing."""
+    return (
+        record.deleted,
+        tuple(
+            (
+                version.version,
+                version.derived,
+                version.state_changed_at,
+                tuple((key, a.state, a.reason, a.changed_at) for key, a in version.replicas.items()),
+            )
+            for version in record.versions
+        ),
+    )
 
 
 def _serving_server(record: ModelRecord) -> str | None:

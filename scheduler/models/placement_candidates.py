@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from scheduler.models.model_records import ModelVersion
-from scheduler.models.replica_state import WANTED
+from scheduler.models.replica_state import LEAVING, WANTED
 from scheduler.models.server_records import ReplicaRecord, ServerRecord
 from scheduler.placement import PlacementRequest, ReplicaView
 
@@ -37,6 +37,7 @@ class ServerCandidates:
             holds_model=self._version.state_of(replica.key) in WANTED,
             server_down=replica.server_down is not None,
             server_died_loading=replica.key in self._version.server_deaths,
+            unloading_model=self._version.state_of(replica.key) in LEAVING,
         )
 
     def preferred(

@@ -34,6 +34,8 @@ class ReplicaView:
     server_down: bool = False
     # Its inference server died while this model version was loading on it: the load may kill it again.
     server_died_loading: bool = False
+    # This model version is on its way out of the replica (being unloaded): it cannot be loaded there again yet.
+    unloading_model: bool = False
 
     @property
     def free_bytes(self) -> int:

@@ -541,5 +541,5 @@ class SchedulerCore:
         self._write_behind.save(models=touched.durable_models, servers=touched.durable_servers)
         if touched.models and (self.pipelines.records or self.experiments.records):
             self._refresh_pipelines(set())
-        if touched.reconcile:
-            self.reconciler.mark(touched.reconcile)
+        if touched.reconcile or touched.capacity:
+            self.reconciler.mark(touched.reconcile, capacity_changed=touched.capacity)

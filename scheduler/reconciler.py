@@ -4,6 +4,9 @@
   period to reconnect and report them, so nothing is loaded twice or moved needlessly.
 - Reconciles are synchronous Cluster calls, and their triggers coalesce in one dirty set drained by one loop,
   a batch at a time so that RPCs get in between batches.
+- New capacity (a replica registering, memory freed) retries the models waiting for it
+  (``Cluster.waiting_for_capacity``) once per round of the loop, however many times it changed meanwhile: a restart's
+  thousand registrations cost one pass over the waiting models, not a thousand.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class Reconciler:
         self._scale_down_idle_seconds = scale_down_idle_seconds
         self.ready = asyncio.Event()
         self._dirty: dict[str, bool] = {}  # model name -> whether to retry a failed placement
+        self._capacity_changed = False  # the models waiting for capacity join the next round
         self._wake = asyncio.Event()
         self._expected_replicas: set[tuple[str, int]] = set()
         self._sync_deadline = 0.0
@@ -43,7 +47,7 @@ class Reconciler:
     @property
     def busy(self) -> bool:
         """Whether models are waiting to be reconciled (tests wait for the scheduler to be quiet)."""
-        return bool(self._dirty) or self._wake.is_set()
+        return bool(self._dirty) or self._capacity_changed or self._wake.is_set()
 
     @property
     def expected_replica_count(self) -> int:
@@ -57,10 +61,12 @@ class Reconciler:
         """Start the synchroniser's grace period: ready after it at the latest."""
         self._sync_deadline = time.monotonic() + seconds
 
-    def mark(self, reconcile: dict[str, bool]) -> None:
-        """Reconcile these models (name -> retry a failed placement) on the loop's next round."""
+    def mark(self, reconcile: dict[str, bool], *, capacity_changed: bool = False) -> None:
+        """Reconcile these models (name -> retry a failed placement) on the loop's next round; with
+        ``capacity_changed``, every model waiting for capacity then too (retrying failed placements)."""
         for name, retry in reconcile.items():
             self._dirty[name] = self._dirty.get(name, False) or retry
+        self._capacity_changed = self._capacity_changed or capacity_changed
         self._wake.set()
 
     async def synchroniser(self) -> None:
@@ -86,6 +92,10 @@ class Reconciler:
             if not self.ready.is_set():
                 continue  # the synchroniser wakes us once ready
             batch, self._dirty = self._dirty, {}
+            if self._capacity_changed:
+                self._capacity_changed = False
+                for name in self._cluster.waiting_for_capacity:
+                    batch[name] = True
             for count, (name, retry) in enumerate(batch.items(), 1):
                 try:
                     self._cluster.reconcile(name, retry_failed=retry)

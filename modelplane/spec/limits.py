@@ -59,9 +59,10 @@ escaped), so no message, log line or trailer ever carries a caller's megabytes.
 
 from __future__ import annotations
 
-import unicodedata
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -284,13 +285,16 @@ def shown(text: str, limit: int = SHOWN_CHARS) -> str:
     return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
+# The characters no text may hold: Unicode categories Cc (controls), Zl and Zp (line and paragraph separators) and Cs
+# (surrogates), in one expression, so a text is checked in one pass in C (a scheduler restoring 100,000 records checks
+# millions of characters); the same with tab, newline and carriage return allowed, for texts that may hold lines.
+_BAD_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_BAD_CHARACTERS_IN_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
 def _bad_character(text: str, lines: bool) -> str | None:
-    for character in text:
-        if character in "\t\n\r" and lines:
-            continue
-        if unicodedata.category(character) in ("Cc", "Zl", "Zp", "Cs"):
-            return character
-    return None
+    found = (_BAD_CHARACTERS_IN_LINES if lines else _BAD_CHARACTERS).search(text)
+    return found.group() if found is not None else None
 
 
 def check_text(text: str, where: str, rule: Text, error: type[SchedulerError] = InvalidArgument) -> None:
@@ -299,11 +303,12 @@ def check_text(text: str, where: str, rule: Text, error: type[SchedulerError] = 
         return  # cleaned where stored (clean_reason), never refused
     if len(text) > rule.max_chars:
         raise error(f"{where} is {len(text)} characters long; the limit is {rule.max_chars}")
-    quoted = "" if rule.secret else f" {shown(text)}"
     if rule.ascii and not text.isascii():
+        quoted = "" if rule.secret else f" {shown(text)}"
         raise error(f"{where}{quoted} is not ASCII (a URL's host is punycode, its path percent-encoded)")
     bad = _bad_character(text, rule.lines)
     if bad is not None:
+        quoted = "" if rule.secret else f" {shown(text)}"
         allowed = " (tab, newline and carriage return are allowed)" if rule.lines else ""
         where_bad = f" at character {text.index(bad)}" if rule.secret else ""
         raise error(f"{where}{quoted} contains the control character {bad!r}{where_bad}{allowed}")
@@ -314,34 +319,64 @@ def check_count(count: int, where: str, limit: int, error: type[SchedulerError] 
         raise error(f"{where} has {count} entries; the limit is {limit}")
 
 
+_DEFAULT_RULE = Rule(IDENTIFIER, DEFAULT_COUNT)
+# How check_fields walks a field: its kind and rule, looked up once per field of a message type, not per message.
+_MAP, _REPEATED, _MESSAGE, _STRING, _OTHER = range(5)
+_WALKS: dict[FieldDescriptor, tuple[int, Rule]] = {}
+
+
+def _walk(field: FieldDescriptor) -> tuple[int, Rule]:
+    walk = _WALKS.get(field)
+    if walk is None:
+        rule = FIELD_RULES.get(field.full_name, _DEFAULT_RULE)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            kind = _MAP
+        elif field.is_repeated:
+            kind = _REPEATED
+        elif field.message_type is not None:
+            kind = _MESSAGE
+        elif field.type == FieldDescriptor.TYPE_STRING:
+            kind = _STRING
+        else:
+            kind = _OTHER
+        walk = _WALKS[field] = (kind, rule)
+    return walk
+
+
 def check_fields(message: Message, where: str, error: type[SchedulerError] = InvalidArgument) -> None:
     """Check every set string, repeated and map field of ``message`` (recursively) against ``FIELD_RULES``.
 
     ``where`` names the message in error messages (e.g. "model"); a field is named by its path from there.
     """
     for field, value in message.ListFields():
+        kind, rule = _walk(field)
+        if kind == _OTHER:
+            continue
         path = f"{where}.{field.name}"
-        rule = FIELD_RULES.get(field.full_name, Rule(IDENTIFIER, DEFAULT_COUNT))
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            check_count(len(value), path, rule.count or DEFAULT_COUNT, error)
-            for key, item in value.items():
-                if isinstance(key, str):
-                    check_text(key, f"{path} key", rule.text or IDENTIFIER, error)
-                if isinstance(item, str):
-                    check_text(item, f"{path}[{shown(str(key), 20)}]", rule.text or IDENTIFIER, error)
-                elif isinstance(item, Message):
-                    check_fields(item, f"{path}[{shown(str(key), 20)}]", error)
-        elif field.is_repeated:
+        if kind == _MAP:
+            _check_map(value, path, rule, error)
+        elif kind == _REPEATED:
             check_count(len(value), path, rule.count or DEFAULT_COUNT, error)
             for index, item in enumerate(value):
                 if isinstance(item, Message):
                     check_fields(item, f"{path}[{index}]", error)
                 elif isinstance(item, str):
                     check_text(item, f"{path}[{index}]", rule.text or IDENTIFIER, error)
-        elif isinstance(value, Message):
+        elif kind == _MESSAGE:
             check_fields(value, path, error)
-        elif field.type == FieldDescriptor.TYPE_STRING:
+        else:
             check_text(value, path, rule.text or IDENTIFIER, error)
+
+
+def _check_map(value: Any, path: str, rule: Rule, error: type[SchedulerError]) -> None:
+    check_count(len(value), path, rule.count or DEFAULT_COUNT, error)
+    for key, item in value.items():
+        if isinstance(key, str):
+            check_text(key, f"{path} key", rule.text or IDENTIFIER, error)
+        if isinstance(item, str):
+            check_text(item, f"{path}[{shown(str(key), 20)}]", rule.text or IDENTIFIER, error)
+        elif isinstance(item, Message):
+            check_fields(item, f"{path}[{shown(str(key), 20)}]", error)
 
 
 def clean_reason(text: str, limit: int = MAX_REASON_CHARS) -> str:
@@ -350,10 +385,13 @@ def clean_reason(text: str, limit: int = MAX_REASON_CHARS) -> str:
     return cut_saying_how_much(one_line(text), limit)
 
 
-def bounded_join(items: Iterable[str], *, separator: str = "; ", shown_items: int = 5, noun: str = "more") -> str:
-    """Join the first ``shown_items`` items, then say how many more there were ("and 9995 more servers")."""
+def bounded_join(
+    items: Iterable[str], *, separator: str = "; ", shown_items: int = 5, noun: str = "more", more: int = 0
+) -> str:
+    """Join the first ``shown_items`` items, then say how many more there were ("and 9995 more servers"); ``more``
+    counts items beyond those given (a caller that knows how many there are without producing them)."""
     listed: list[str] = []
-    rest = 0
+    rest = more
     for item in items:
         if len(listed) < shown_items:
             listed.append(cut(item, MAX_REASON_CHARS // shown_items))

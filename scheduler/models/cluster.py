@@ -20,7 +20,10 @@ Invariants (``check_invariants`` verifies them; tests call it after every step):
   so it always equals what its replicas say;
 - every record is one a request could have made: versions rising within 1..MAX_VERSION (a uint32), at
   most MAX_MODEL_VERSIONS of them, specs that pass validation, reasons within their limits; so every
-  model's and server's status renders and fits a default client (modelplane/spec/limits.py).
+  model's and server's status renders and fits a default client (modelplane/spec/limits.py);
+- the indexes (cluster_state.py's docstring says who keeps each) say what a full scan says: the assignments by
+  replica, the models waiting for capacity, the holders of unclaimed models, each server's replicas by free
+  memory (exactly its usable replicas, each with its ledger's free memory) and its capabilities.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from modelplane.spec.errors import FailedPrecondition, ResourceExhausted
 from scheduler import status_messages
 from scheduler.invariants import require
 from scheduler.models import model_specs, server_specs
-from scheduler.models.cluster_state import Operation, _derived_state
+from scheduler.models.cluster_state import Operation, _derived_state, needs_capacity
 from scheduler.models.memory_ledger import AccountingError
 from scheduler.models.model_records import ModelRecord, ModelVersion
 from scheduler.models.replica_lifecycle import ReplicaLifecycle
@@ -65,6 +68,7 @@ class Cluster(ReplicaLifecycle, VersionPlacement):
             if record is None:
                 continue
             self.models[record.name] = record
+            self._track(record)
             self._derive_all(record)
             self.touched.want_reconcile(record.name, retry_failed=True)
 
@@ -115,9 +119,11 @@ class Cluster(ReplicaLifecycle, VersionPlacement):
                 for version in record.versions:
                     if id(version) not in kept:
                         self._unload_dropped(name, version)
+                        self._untrack(version)
                 record.versions[:] = [*(v for v in record.versions if id(v) in kept), prepared.latest]
                 if len(record.versions) != len(prepared.versions):
                     self.touched.durable_models.add(name)  # a version kept was forgotten meanwhile
+            self._track(self.models[name])
         else:
             # Same version, new spec: keep its replicas and observed state, replace what was asked for.
             record.latest.spec = prepared.latest.spec
@@ -179,8 +185,9 @@ class Cluster(ReplicaLifecycle, VersionPlacement):
         self.touched.servers.add(server.name)
         self.touched.durable_servers.add(server.name)
         # Expected counts decide which replicas may keep models: every model on the server is affected.
-        for name, record in self.models.items():
-            if any(key[0] == server.name for version in record.versions for key in version.replicas):
+        for replica in server.replicas.values():
+            self._refresh_free_memory(replica)
+            for name, _version in self.assignments.on(replica.key):
                 self.touched.want_reconcile(name, retry_failed=True)
         self._capacity_changed()
 
@@ -224,18 +231,33 @@ class Cluster(ReplicaLifecycle, VersionPlacement):
             require(server_specs.stored_server_problem(server) is None, f"server {name!r}: bad record")
             status = status_messages.render_server_status(server)
             require(status.ByteSize() <= limits.MAX_STATUS_BYTES, f"server {name!r}: status too large")
+        assigned: dict[tuple[str, int], set[tuple[str, int]]] = {}
+        holding: dict[tuple[str, int], set[tuple[str, int] | tuple[str, str, int]]] = {}
+        for record in self.models.values():
+            for version in record.versions:
+                require(version.index is self.assignments, f"{record.name}:{version.version} is not indexed")
+                for key, assignment in version.replicas.items():
+                    assigned.setdefault(key, set()).add((record.name, version.version))
+                    if assignment.state in HOLDS_MEMORY:
+                        holding.setdefault(key, set()).add((record.name, version.version))
+        require(self.assignments.as_sets() == assigned, "the assignment index does not match the assignments")
+        waiting = {name for name, record in self.models.items() if needs_capacity(record)}
+        require(set(self.waiting_for_capacity) == waiting, "the models waiting for capacity are not those that do")
+        unclaimed: dict[str, dict[tuple[str, int], None]] = {}
         for server in self.servers.values():
+            require(server.check_capabilities(), f"server {server.name!r}: capabilities do not match its replicas")
+            usable = {}
             for replica in server.replicas.values():
                 replica.ledger.check()
-                holding: set[tuple[str, int] | tuple[str, str, int]] = {
-                    (record.name, version.version)
-                    for record in self.models.values()
-                    for version in record.versions
-                    if version.state_of(replica.key) in HOLDS_MEMORY
-                }
-                holding |= {("unclaimed", *key) for key in replica.unclaimed}
-                if len(holding) != len(replica.ledger) or not all(replica.ledger.holds(k) for k in holding):
+                held = holding.get(replica.key, set()) | {("unclaimed", *key) for key in replica.unclaimed}
+                if len(held) != len(replica.ledger) or not all(replica.ledger.holds(k) for k in held):
                     raise AccountingError(f"replica {replica.key}: ledger does not match its assignments")
+                if self._replica_usable(replica):
+                    usable[replica.index] = replica.ledger.free
+                for name, _version in replica.unclaimed:
+                    unclaimed.setdefault(name, {})[replica.key] = None
+            server.by_free_memory.check(usable)
+        require(self.unclaimed_holders == unclaimed, "the holders of unclaimed models are not those that hold them")
 
 
 def _check_reason(text: str | None, where: str) -> None:

@@ -4,12 +4,32 @@ The models and servers, what a change touched (for the caller to publish, persis
 states, the operations sent to replicas (load, unload) with their memory accounting, and the drains they finish.
 The changes themselves live beside it: desired state in cluster.py, agents' reports in replica_lifecycle.py, the
 reconcile (placement of versions, scale-in and scale-down) in version_placement.py.
+
+The indexes, so that no change looks at every model or every replica (issue 14). Each is kept by one place and
+checked against a full scan by ``Cluster.check_invariants``:
+- ``assignments`` (models/assignment_index.py): replica -> the live model versions assigned there; kept by
+  ``ModelVersion`` itself, which live versions report to (``_track`` makes a record's versions live, ``_untrack``
+  retires one leaving its record). A change about one replica looks at its models only.
+- ``waiting_for_capacity``: the models that capacity appearing could help (``needs_capacity``), in the order they
+  began waiting. Kept by ``_derive`` (every change of what it depends on re-derives the latest version) and
+  ``_forget_model``. New capacity asks the reconciler to try them once on its next round (``Touched.capacity``),
+  instead of marking each of them at every registration.
+- ``unclaimed_holders``: model name -> replicas holding it unclaimed (a new leader's holdings of models it does not
+  know yet), so a LoadModel claims them without asking every replica; kept with each replica's ``unclaimed`` by
+  ``_hold_unclaimed``, ``claim_unclaimed``, ``release_unclaimed`` and ``_drop_replica``.
+- each server's ``by_free_memory`` (models/free_memory_order.py): its replicas that may take a model (``_usable``),
+  by free memory; kept by ``_refresh_free_memory``, which each replica's ledger calls on every change of its used
+  memory, and which the changes of whether a replica is usable (its server down or serving, a drain, a new
+  expected replica count, a registration) call.
+- each server's capabilities (a count per capability over its replicas): kept by ``ServerRecord.add_replica`` and
+  ``remove_replica``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from generated.mlops.agent.v1 import agent_pb2
@@ -18,6 +38,7 @@ from modelplane.spec import limits
 from modelplane.spec.model_resources import memory_needed
 from modelplane.storage_secrets import redacted_model
 from scheduler.models import model_specs
+from scheduler.models.assignment_index import AssignmentIndex
 from scheduler.models.memory_ledger import AccountingError
 from scheduler.models.model_records import ModelRecord, ModelVersion, ReplicaKey
 from scheduler.models.model_state import DerivedState, ModelState, derive_live, derive_terminating
@@ -51,6 +72,8 @@ class Touched:
     # Deleted models dropped by this change, as they were last (every version Terminated): their
     # final status must still say so.
     removed: dict[str, ModelRecord] = field(default_factory=dict)
+    # Capacity appeared or freed up: the models waiting for it (Cluster.waiting_for_capacity) get another try.
+    capacity: bool = False
 
     def want_reconcile(self, name: str, *, retry_failed: bool = False) -> None:
         self.reconcile[name] = self.reconcile.get(name, False) or retry_failed
@@ -79,6 +102,10 @@ class ClusterState:
         # A new leader whose term started from an empty store keeps what agents hold of models it does not know
         # yet, unclaimed, until the controller has re-sent them (see ReplicaLifecycle.release_unclaimed).
         self.holding_unknown = False
+        # The indexes (see the module docstring).
+        self.assignments = AssignmentIndex()
+        self.waiting_for_capacity: dict[str, None] = {}
+        self.unclaimed_holders: dict[str, dict[ReplicaKey, None]] = {}
 
     def take_touched(self) -> Touched:
         touched, self.touched = self.touched, Touched()
@@ -90,16 +117,24 @@ class ClusterState:
         self.touched.want_reconcile(record.name, retry_failed=retry_failed)
 
     def _capacity_changed(self) -> None:
-        """Capacity appeared or freed up: every model not where it should be gets another try."""
-        for name, record in self.models.items():
-            latest = record.latest
-            if (
-                record.deleted
-                or latest.derived.state != ModelState.AVAILABLE
-                or latest.schedule_failure
-                or latest.derived.available_replicas < model_specs.desired_replicas(latest.spec)
-            ):
-                self.touched.want_reconcile(name, retry_failed=True)
+        """Capacity appeared or freed up: every model not where it should be (``waiting_for_capacity``) gets another
+        try on the reconciler's next round. Said once per change, whatever the number of models waiting."""
+        self.touched.capacity = True
+
+    def _track(self, record: ModelRecord) -> None:
+        """``record`` is (or stays) the cluster's: its versions' assignments are indexed from now on."""
+        for version in record.versions:
+            version.join(self.assignments)
+
+    def _untrack(self, version: ModelVersion) -> None:
+        """``version`` leaves its record: what it still had on replicas is forgotten by the index."""
+        version.retire()
+
+    def _forget_model(self, record: ModelRecord) -> None:
+        del self.models[record.name]
+        for version in record.versions:
+            version.retire()
+        self.waiting_for_capacity.pop(record.name, None)
 
     def _derive_all(self, record: ModelRecord) -> None:
         # Latest first: whether older versions are terminating depends on it.
@@ -113,6 +148,22 @@ class ClusterState:
                 version.state_changed_at = time.time()
             version.derived = derived
             self.touched.models.add(record.name)
+        if version is record.latest:
+            # Everything needs_capacity reads changes before a re-derivation of the latest version follows.
+            if needs_capacity(record):
+                self.waiting_for_capacity[record.name] = None
+            else:
+                self.waiting_for_capacity.pop(record.name, None)
+
+    def _versions_on(self, key: ReplicaKey) -> list[tuple[ModelRecord, ModelVersion]]:
+        """The live model versions assigned on replica ``key`` (any state), from the index."""
+        found = []
+        for name, number in self.assignments.on(key):
+            record = self.models.get(name)
+            version = record.version(number) if record is not None else None
+            if record is not None and version is not None:  # always, while the index keeps its invariant
+                found.append((record, version))
+        return found
 
     def _replica(self, key: ReplicaKey) -> ReplicaRecord | None:
         server = self.servers.get(key[0])
@@ -121,7 +172,17 @@ class ClusterState:
     def _usable(self, key: ReplicaKey) -> bool:
         """A replica that can keep or take models: connected, its server serving, staying."""
         replica = self._replica(key)
-        return replica is not None and replica.server_down is None and self._staying(replica)
+        return replica is not None and self._replica_usable(replica)
+
+    def _replica_usable(self, replica: ReplicaRecord) -> bool:
+        return replica.server_down is None and self._staying(replica)
+
+    def _refresh_free_memory(self, replica: ReplicaRecord) -> None:
+        """Its free memory, or whether it is usable, may have changed: its server's order of replicas follows."""
+        server = self.servers.get(replica.server)
+        if server is not None and server.replicas.get(replica.index) is replica:
+            usable = self._replica_usable(replica)
+            server.by_free_memory.update(replica.index, replica.ledger.free if usable else None)
 
     def _staying(self, replica: ReplicaRecord) -> bool:
         """Not draining, and not beyond the server's expected replica count (being scaled away)."""
@@ -166,28 +227,41 @@ class ClusterState:
             log.exception("memory accounting refused %s:%d on %s/%d", name, version.version, *replica.key)
             raise
 
-    def _check_drains(self) -> None:
-        for server in self.servers.values():
-            for replica in server.replicas.values():
-                if replica.draining and not replica.drain_reported:
-                    self._maybe_finish_drain(replica)
+    def _check_drains(self, keys: Iterable[ReplicaKey]) -> None:
+        """Answer the drains of these replicas that are over. A drain ends only by a change of an assignment on
+        its replica, or by a reconcile of a model assigned there: the callers pass those replicas only."""
+        for key in keys:
+            replica = self._replica(key)
+            if replica is not None and replica.draining and not replica.drain_reported:
+                self._maybe_finish_drain(replica)
 
     def _maybe_finish_drain(self, replica: ReplicaRecord) -> None:
         unplaced: list[str] = []
-        for record in self.models.values():
-            for version in record.versions:
-                state = version.state_of(replica.key)
-                if state in INACTIVE or state == S.UNLOAD_FAILED:
-                    continue
-                stuck = state in (S.DRAINING, S.LOADED_UNAVAILABLE)
-                if stuck and version is record.latest and version.schedule_failure:
-                    unplaced.append(record.name)  # nowhere else to go: it serves here until the agent leaves
-                    continue
-                return  # still moving
+        for record, version in self._versions_on(replica.key):
+            state = version.state_of(replica.key)
+            if state in INACTIVE or state == S.UNLOAD_FAILED:
+                continue
+            stuck = state in (S.DRAINING, S.LOADED_UNAVAILABLE)
+            if stuck and version is record.latest and version.schedule_failure:
+                unplaced.append(record.name)  # nowhere else to go: it serves here until the agent leaves
+                continue
+            return  # still moving
         replica.drain_reported = True
         replica.session.send(
             agent_pb2.SessionResponse(drain_complete=agent_pb2.DrainComplete(unplaced_models=sorted(unplaced)))
         )
+
+
+def needs_capacity(record: ModelRecord) -> bool:
+    """Whether new capacity could help ``record``: being deleted, not available, its placement failed, or fewer
+    replicas serving than it wants."""
+    latest = record.latest
+    return (
+        record.deleted
+        or latest.derived.state != ModelState.AVAILABLE
+        or bool(latest.schedule_failure)
+        or latest.derived.available_replicas < model_specs.desired_replicas(latest.spec)
+    )
 
 
 def _derived_state(record: ModelRecord, version: ModelVersion) -> DerivedState:

@@ -8,7 +8,7 @@ Invariants (checked by :meth:`MemoryLedger.check`, which tests run after every o
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 from modelplane.spec.errors import SchedulerError
 
@@ -33,7 +33,7 @@ def checked_sub(a: int, b: int) -> int:
 
 
 class MemoryLedger:
-    __slots__ = ("_commitments", "capacity", "used")
+    __slots__ = ("_commitments", "capacity", "on_change", "used")
 
     def __init__(self, capacity: int) -> None:
         if not 0 <= capacity <= MAX_BYTES:
@@ -41,6 +41,8 @@ class MemoryLedger:
         self.capacity = capacity
         self.used = 0
         self._commitments: dict[Hashable, int] = {}
+        # Called after every change of ``used``: the cluster keeps its replicas ordered by free memory with it.
+        self.on_change: Callable[[], None] | None = None
 
     @property
     def free(self) -> int:
@@ -54,11 +56,15 @@ class MemoryLedger:
             return
         self.used = checked_add(self.used, amount)
         self._commitments[key] = amount
+        if self.on_change is not None:
+            self.on_change()
 
     def release(self, key: Hashable) -> None:
         amount = self._commitments.pop(key, None)
         if amount is not None:
             self.used = checked_sub(self.used, amount)
+            if self.on_change is not None:
+                self.on_change()
 
     def check(self) -> None:
         total = sum(self._commitments.values())

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.storage_secrets import has_inline_config, is_redacted, redacted_model
+from scheduler.models.assignment_index import AssignmentIndex
 from scheduler.models.model_state import DerivedState, ModelState, ReplicaFact
 from scheduler.models.replica_state import INACTIVE, SERVING, ReplicaState, check_transition
 
@@ -59,6 +60,9 @@ class ModelVersion:
     # enough of them fail it (models/cluster.py, the crash-loop guard). Observed state, not durable: a LoadModel
     # for the model (changed or not) clears it; capacity changes never do.
     server_deaths: dict[ReplicaKey, str] = field(default_factory=dict)
+    # The cluster's index of assignments by replica (models/assignment_index.py) while this version is live: every
+    # assignment gained or forgotten is reported to it. None before the version joins its record, and once retired.
+    index: AssignmentIndex | None = field(default=None, repr=False, compare=False)
 
     def set_replica(self, key: ReplicaKey, state: ReplicaState, reason: str = "") -> ReplicaState:
         """Move one replica assignment through the state machine; returns the previous state."""
@@ -67,8 +71,37 @@ class ModelVersion:
         check_transition(previous, state)
         if assignment is None:
             assignment = self.replicas[key] = ReplicaAssignment()
+            if self.index is not None:
+                self.index.added(key, self.version_key)
         assignment.state, assignment.reason, assignment.changed_at = state, reason, time.time()
         return previous
+
+    @property
+    def version_key(self) -> tuple[str, int]:
+        """(model name, version): how the assignment index and the memory ledgers name this version."""
+        return (self.spec.meta.name, self.version)
+
+    def drop_replica(self, key: ReplicaKey) -> ReplicaAssignment | None:
+        """Forget the assignment on ``key`` whatever its state (its replica is gone); returns it, if there was one."""
+        assignment = self.replicas.pop(key, None)
+        if assignment is not None and self.index is not None:
+            self.index.removed(key, self.version_key)
+        return assignment
+
+    def join(self, index: AssignmentIndex) -> None:
+        """The version is live in the cluster from now on: its assignments are indexed."""
+        if self.index is index:
+            return
+        self.index = index
+        for key in self.replicas:
+            index.added(key, self.version_key)
+
+    def retire(self) -> None:
+        """The version leaves its record (or its model is forgotten): its assignments leave the index."""
+        if self.index is not None:
+            for key in self.replicas:
+                self.index.removed(key, self.version_key)
+        self.index = None
 
     def set_reason(self, key: ReplicaKey, reason: str) -> None:
         """A new reason for an assignment's unchanged state (e.g. its server is still down, for another reason)."""
@@ -95,7 +128,7 @@ class ModelVersion:
 
     def forget_inactive(self) -> None:
         for key in [k for k, a in self.replicas.items() if a.state in (ReplicaState.UNLOADED, ReplicaState.UNKNOWN)]:
-            del self.replicas[key]
+            self.drop_replica(key)
 
 
 @dataclass(slots=True)

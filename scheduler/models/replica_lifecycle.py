@@ -4,6 +4,7 @@ the scheduler expects, along the replica state table)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -64,7 +65,9 @@ class ReplicaLifecycle(ClusterState):
             agent_id=config.agent_id,
             server_down=None if server_down is None else limits.clean_reason(server_down),
         )
-        server.replicas[config.index] = replica
+        server.add_replica(replica)
+        replica.ledger.on_change = functools.partial(self._refresh_free_memory, replica)
+        self._refresh_free_memory(replica)
         if config.index + 1 > server.seen_replicas:
             server.seen_replicas = config.index + 1
             self.touched.durable_servers.add(server.name)
@@ -108,18 +111,21 @@ class ReplicaLifecycle(ClusterState):
             log.warning("replica %s/%d reports %s:%d with a size that cannot be counted", *replica.key, *key)
             return False
         replica.unclaimed[key] = held.memory_bytes
+        self.unclaimed_holders.setdefault(held.name, {})[replica.key] = None
         log.info("replica %s/%d holds %s:%d, not known yet: kept for the controller's re-send", *replica.key, *key)
         return True
 
     def claim_unclaimed(self, name: str) -> None:
         """A LoadModel made ``name`` known: what replicas hold of it unclaimed becomes its replicas (Available,
         without a load) when the version matches, and is unloaded otherwise."""
-        for server in self.servers.values():
-            for replica in server.replicas.values():
-                for key in [key for key in replica.unclaimed if key[0] == name]:
-                    memory = replica.unclaimed.pop(key)
-                    replica.ledger.release(_unclaimed_key(key))
-                    self._adopt(replica, agent_pb2.LoadedModel(name=key[0], version=key[1], memory_bytes=memory))
+        for replica_key in self.unclaimed_holders.pop(name, {}):
+            replica = self._replica(replica_key)
+            if replica is None:
+                continue
+            for key in [key for key in replica.unclaimed if key[0] == name]:
+                memory = replica.unclaimed.pop(key)
+                replica.ledger.release(_unclaimed_key(key))
+                self._adopt(replica, agent_pb2.LoadedModel(name=key[0], version=key[1], memory_bytes=memory))
 
     def release_unclaimed(self) -> None:
         """The controller's re-send is over: what no LoadModel claimed is not wanted, and is unloaded."""
@@ -135,6 +141,7 @@ class ReplicaLifecycle(ClusterState):
                 if replica.unclaimed:
                     replica.unclaimed.clear()
                     self.touched.servers.add(server.name)
+        self.unclaimed_holders.clear()
         self._capacity_changed()
 
     def replica_gone(self, server_name: str, index: int, session: OperationSink) -> None:
@@ -147,12 +154,18 @@ class ReplicaLifecycle(ClusterState):
         self.touched.servers.add(server_name)
 
     def _drop_replica(self, server: ServerRecord, replica: ReplicaRecord) -> None:
-        del server.replicas[replica.index]
-        for record in self.models.values():
-            for version in record.versions:
-                if version.replicas.pop(replica.key, None) is not None:
-                    self._changed(record, retry_failed=True)
-        self._check_drains()
+        """``replica`` is gone: its assignments (and unclaimed holdings) go with it. Looks at its models only."""
+        server.remove_replica(replica.index)
+        replica.ledger.on_change = None
+        for record, version in self._versions_on(replica.key):
+            version.drop_replica(replica.key)
+            self._changed(record, retry_failed=True)
+        for name, _version in replica.unclaimed:
+            holders = self.unclaimed_holders.get(name)
+            if holders is not None:
+                holders.pop(replica.key, None)
+                if not holders:
+                    del self.unclaimed_holders[name]
 
     def server_health(
         self,
@@ -174,40 +187,39 @@ class ReplicaLifecycle(ClusterState):
             self._server_serving(replica, loaded)
         else:
             self._server_down(replica, limits.clean_reason(reason) or "its agent gave no reason")
+        self._refresh_free_memory(replica)
         self.touched.servers.add(server_name)
         self._capacity_changed()
-        self._check_drains()
+        self._check_drains([replica.key])
 
     def _server_down(self, replica: ReplicaRecord, reason: str) -> None:
         replica.server_down = reason
         why = _down_reason(replica)
-        for record in self.models.values():
-            for version in record.versions:
-                state = version.state_of(replica.key)
-                if state == S.LOADED_UNAVAILABLE:
-                    version.set_reason(replica.key, why)  # still down, for a new reason (e.g. a failed restart)
-                elif state in (S.LOADED, S.AVAILABLE, S.DRAINING):
-                    version.set_replica(replica.key, S.LOADED_UNAVAILABLE, why)
-                else:
-                    continue  # loads and unloads in flight end with the agent's events
-                self._changed(record, retry_failed=True)
+        for record, version in self._versions_on(replica.key):
+            state = version.state_of(replica.key)
+            if state == S.LOADED_UNAVAILABLE:
+                version.set_reason(replica.key, why)  # still down, for a new reason (e.g. a failed restart)
+            elif state in (S.LOADED, S.AVAILABLE, S.DRAINING):
+                version.set_replica(replica.key, S.LOADED_UNAVAILABLE, why)
+            else:
+                continue  # loads and unloads in flight end with the agent's events
+            self._changed(record, retry_failed=True)
 
     def _server_serving(self, replica: ReplicaRecord, loaded: Sequence[agent_pb2.LoadedModel]) -> None:
         replica.server_down = None
         held = {(model.name, model.version) for model in loaded}
-        for record in self.models.values():
-            for version in record.versions:
-                if version.state_of(replica.key) != S.LOADED_UNAVAILABLE:
-                    continue
-                if (record.name, version.version) in held:
-                    version.set_replica(replica.key, S.AVAILABLE, "its server serves again")
-                    if replica.draining:
-                        version.set_replica(replica.key, S.DRAINING, "replica is draining")
-                else:
-                    version.set_replica(replica.key, S.UNLOADED, "its server came back without it")
-                    replica.ledger.release((record.name, version.version))
-                    version.forget_inactive()
-                self._changed(record, retry_failed=True)
+        for record, version in self._versions_on(replica.key):
+            if version.state_of(replica.key) != S.LOADED_UNAVAILABLE:
+                continue
+            if (record.name, version.version) in held:
+                version.set_replica(replica.key, S.AVAILABLE, "its server serves again")
+                if replica.draining:
+                    version.set_replica(replica.key, S.DRAINING, "replica is draining")
+            else:
+                version.set_replica(replica.key, S.UNLOADED, "its server came back without it")
+                replica.ledger.release((record.name, version.version))
+                version.forget_inactive()
+            self._changed(record, retry_failed=True)
         for model in loaded:
             self._adopt(replica, model)  # held but not assigned here: adopted if wanted, else unloaded
 
@@ -218,16 +230,16 @@ class ReplicaLifecycle(ClusterState):
         if replica is None or replica.session is not session:
             return
         replica.draining = True
-        for record in self.models.values():
-            for version in record.versions:
-                state = version.state_of(replica.key)
-                if state == S.AVAILABLE:
-                    version.set_replica(replica.key, S.DRAINING, "replica is draining")
-                    self._changed(record)
-                elif state in (S.LOADING, S.LOADED):
-                    self._unload(replica, record, version)
+        self._refresh_free_memory(replica)  # it takes nothing new from now on
+        for record, version in self._versions_on(replica.key):
+            state = version.state_of(replica.key)
+            if state == S.AVAILABLE:
+                version.set_replica(replica.key, S.DRAINING, "replica is draining")
+                self._changed(record)
+            elif state in (S.LOADING, S.LOADED):
+                self._unload(replica, record, version)
         self.touched.servers.add(server_name)
-        self._check_drains()
+        self._check_drains([replica.key])
 
     def model_event(self, server_name: str, index: int, session: OperationSink, event: Event) -> str | None:
         """Apply an agent's event, compare-and-set on the state the scheduler expects.
@@ -275,7 +287,7 @@ class ReplicaLifecycle(ClusterState):
             self._capacity_changed()
         self._changed(record)
         self.touched.servers.add(server_name)
-        self._check_drains()
+        self._check_drains([replica.key])
         return None
 
 

@@ -71,6 +71,11 @@ LOADING_STATES = frozenset({S.LOAD_REQUESTED, S.LOADING, S.LOADED})
 # States that still need the replica to do something before the assignment is gone.
 UNLOADING_STATES = frozenset({S.UNLOAD_REQUESTED, S.UNLOADING})
 FAILED = frozenset({S.LOAD_FAILED, S.UNLOAD_FAILED})
+# States in which the model is on its way out of the replica: it cannot be loaded there again before that ends
+# (the table has no move from them to LOAD_REQUESTED), so placement does not choose the replica for it.
+LEAVING = frozenset(
+    state for state, moves in TRANSITIONS.items() if state not in WANTED and S.LOAD_REQUESTED not in moves
+)
 # Assignments that are over: the record can be dropped.
 INACTIVE = frozenset({S.UNLOADED, S.LOAD_FAILED, S.UNKNOWN})
 

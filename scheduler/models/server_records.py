@@ -8,10 +8,12 @@ Only the expectations (``ServerRecord.to_bytes``) are durable; connected replica
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from generated.mlops.agent.v1 import agent_pb2
+from scheduler.models.free_memory_order import ReplicasByFreeMemory
 from scheduler.models.memory_ledger import MemoryLedger
 
 ModelVersionKey = tuple[str, int]  # (model name, version)
@@ -59,6 +61,9 @@ class ReplicaRecord:
 
 @dataclass(slots=True)
 class ServerRecord:
+    """A server and its connected replicas. ``replicas`` changes only through ``add_replica`` and
+    ``remove_replica``, which keep the capabilities every replica offers (a count per capability) as they go."""
+
     name: str
     shared: bool = True
     # From ServerNotify; None until a controller says.
@@ -73,12 +78,51 @@ class ServerRecord:
     replicas: dict[int, ReplicaRecord] = field(default_factory=dict)
     # The replica count last asked for in a scale-down ScalingRequest, so it is asked once.
     scale_down_requested: int | None = None
+    # The replicas that can take a new model, most free memory first (kept by the cluster: models/cluster_state.py).
+    by_free_memory: ReplicasByFreeMemory = field(
+        default_factory=ReplicasByFreeMemory, init=False, repr=False, compare=False
+    )
+    # capability -> how many connected replicas offer it; and those all of them offer, derived from it.
+    _capability_counts: Counter[str] = field(default_factory=Counter, init=False, repr=False, compare=False)
+    _capabilities: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
+    # The connected replicas' indexes, lowest first: computed when asked, forgotten when a replica comes or goes.
+    _in_order: list[int] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def capabilities(self) -> frozenset[str]:
         """Capabilities every connected replica has (replicas of one server should agree)."""
+        return self._capabilities
+
+    def add_replica(self, replica: ReplicaRecord) -> None:
+        """Connect ``replica`` (its index must be free: a replica registering again is removed first)."""
+        self.replicas[replica.index] = replica
+        self._capability_counts.update(replica.capabilities)
+        self._capabilities = self._offered_by_all()
+        self._in_order = None
+
+    def remove_replica(self, index: int) -> ReplicaRecord:
+        replica = self.replicas.pop(index)
+        self._capability_counts.subtract(replica.capabilities)
+        self._capability_counts = +self._capability_counts  # drop the capabilities no replica offers any more
+        self._capabilities = self._offered_by_all()
+        self._in_order = None
+        self.by_free_memory.update(index, None)
+        return replica
+
+    def indexes_in_order(self) -> list[int]:
+        """The connected replicas' indexes, lowest first (sorted once per change of the replicas)."""
+        if self._in_order is None:
+            self._in_order = sorted(self.replicas)
+        return self._in_order
+
+    def _offered_by_all(self) -> frozenset[str]:
+        count = len(self.replicas)
+        return frozenset(c for c, n in self._capability_counts.items() if n == count) if count else frozenset()
+
+    def check_capabilities(self) -> bool:
+        """Whether the kept capabilities are those every connected replica has (the invariant check's question)."""
         sets = [r.capabilities for r in self.replicas.values()]
-        return frozenset.intersection(*sets) if sets else frozenset()
+        return self._capabilities == (frozenset.intersection(*sets) if sets else frozenset())
 
     def to_bytes(self) -> bytes:
         return json.dumps(

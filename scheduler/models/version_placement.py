@@ -11,8 +11,9 @@ from scheduler.models import model_specs
 from scheduler.models.cluster_state import SERVER_DEATHS_TO_FAIL, ClusterState, S
 from scheduler.models.model_records import ModelRecord, ModelVersion, ReplicaKey
 from scheduler.models.model_state import ModelState
+from scheduler.models.placement_candidates import ServerCandidates
 from scheduler.models.replica_state import FAILED, INACTIVE, SERVING, UNLOADING_STATES, WANTED
-from scheduler.placement import PlacementRequest, ReplicaView, ServerView, place
+from scheduler.placement import PlacementRequest, ServerView, place
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,9 @@ class VersionPlacement(ClusterState):
         record = self.models.get(name)
         if record is None:
             return
+        # The replicas whose drains this reconcile may end: those the model is on (a move only leaves them).
+        on = {key for version in record.versions for key in version.replicas}
+        before = _what_status_shows(record)
         if record.deleted:
             for version in record.versions:
                 self._unload_all(record, version, retry_failed=retry_failed)
@@ -35,9 +39,13 @@ class VersionPlacement(ClusterState):
                 for old in record.versions[:-1]:
                     self._unload_all(record, old, retry_failed=retry_failed)
             self._unload_draining(record)
-        self._changed(record)
+        self._derive_all(record)
+        if _what_status_shows(record) != before:
+            # A reconcile that changed nothing publishes nothing: after a restart, 100,000 models held where they
+            # should be are each reconciled once, and would each be sent to every status subscriber again.
+            self.touched.models.add(name)
         self._forget_finished(record)
-        self._check_drains()
+        self._check_drains(on)
         # This pass has done what the model's own changes asked for; only new events ask again.
         self.touched.reconcile.pop(name, None)
 
@@ -68,7 +76,7 @@ class VersionPlacement(ClusterState):
             is_explainer=model_specs.is_explainer(spec),
             current_server=current,
         )
-        decision = place(request, self._views(record.name, version))
+        decision = place(request, self._views(version))
         if not decision.ok:
             version.schedule_failure = decision.failure
             log.info("cannot place %s:%d: %s", record.name, version.version, decision.failure)
@@ -117,7 +125,7 @@ class VersionPlacement(ClusterState):
                 continue  # retried when capacity changes, not in a tight loop
             replica = self._replica(key)
             if replica is None:
-                del version.replicas[key]
+                version.drop_replica(key)
             else:
                 self._unload(replica, record, version)
 
@@ -125,7 +133,7 @@ class VersionPlacement(ClusterState):
         """Drop terminated old versions, and deleted models once nothing of them is left anywhere."""
         if record.deleted:
             if all(version.inactive for version in record.versions):
-                del self.models[record.name]
+                self._forget_model(record)
                 self.touched.durable_models.add(record.name)
                 self.touched.models.add(record.name)
                 self.touched.removed[record.name] = record
@@ -134,36 +142,25 @@ class VersionPlacement(ClusterState):
             return
         kept = [v for v in record.versions[:-1] if not v.inactive]
         if len(kept) != len(record.versions) - 1:
+            for version in record.versions[:-1]:
+                if version.inactive:
+                    self._untrack(version)
             record.versions[:-1] = kept
             self.touched.durable_models.add(record.name)
 
-    def _views(self, name: str, version: ModelVersion) -> list[ServerView]:
-        views = []
-        for server in self.servers.values():
-            replicas = tuple(
-                ReplicaView(
-                    index=replica.index,
-                    capabilities=replica.capabilities,
-                    capacity_bytes=replica.ledger.capacity,
-                    used_bytes=replica.ledger.used,
-                    draining=not self._staying(replica),
-                    holds_model=version.state_of(replica.key) in WANTED,
-                    server_down=replica.server_down is not None,
-                    server_died_loading=replica.key in version.server_deaths,
-                )
-                for replica in server.replicas.values()
+    def _views(self, version: ModelVersion) -> list[ServerView]:
+        """Every server as placement sees it for ``version``: its replicas asked about, not listed (O(servers))."""
+        return [
+            ServerView(
+                name=server.name,
+                shared=server.shared,
+                expected_replicas=server.expected_replicas,
+                max_replicas=server.max_replicas,
+                capabilities=server.capabilities,
+                replicas=ServerCandidates(server, version, self._staying),
             )
-            views.append(
-                ServerView(
-                    name=server.name,
-                    shared=server.shared,
-                    expected_replicas=server.expected_replicas,
-                    max_replicas=server.max_replicas,
-                    capabilities=server.capabilities,
-                    replicas=replicas,
-                )
-            )
-        return views
+            for server in self.servers.values()
+        ]
 
     def request_scale_downs(self, now: float, idle_seconds: float) -> None:
         """Ask to scale servers down when replicas have held nothing for ``idle_seconds``.
@@ -186,6 +183,23 @@ class VersionPlacement(ClusterState):
                 self.touched.scaling[server.name] = wanted
             elif wanted >= len(server.replicas):
                 server.scale_down_requested = None
+
+
+def _what_status_shows(record: ModelRecord) -> tuple[object, ...]:
+    """What the model's status and route are made of, but for the spec (a reconcile never changes it): compared
+    before and after a reconcile, so that one that changed nothing publishes nothing."""
+    return (
+        record.deleted,
+        tuple(
+            (
+                version.version,
+                version.derived,
+                version.state_changed_at,
+                tuple((key, a.state, a.reason, a.changed_at) for key, a in version.replicas.items()),
+            )
+            for version in record.versions
+        ),
+    )
 
 
 def _serving_server(record: ModelRecord) -> str | None:

@@ -82,6 +82,16 @@ class NoServerDeathHere:
         return None
 
 
+class NotUnloadingHere:
+    """A replica still unloading this version cannot load it again until the unload is over (the replica state
+    table has no way back), so another replica must take it meanwhile."""
+
+    name = "not-unloading-here"
+
+    def reject(self, request: PlacementRequest, replica: ReplicaView) -> str | None:
+        return f"replica {replica.index} is still unloading this version" if replica.unloading_model else None
+
+
 class ExplainerCapable:
     """Explainer models run only on replicas that provide the explainer runtime."""
 
@@ -96,6 +106,7 @@ class ExplainerCapable:
 DEFAULT_REPLICA_FILTERS: tuple[ReplicaFilter, ...] = (
     ServerServing(),
     NoServerDeathHere(),
+    NotUnloadingHere(),
     EnoughMemory(),
     NotDraining(),
     ExplainerCapable(),

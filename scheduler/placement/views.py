@@ -2,11 +2,18 @@
 
 Placement is a pure function of these views, so the scheduler can take a consistent snapshot under its
 lock, release the lock, and plan without touching live state (and tests can build views directly).
+
+A server's replicas come either listed (a tuple of views: every replica judged, as tests build them) or from a
+``ReplicaCandidates`` source that answers the planner's two questions without a view of every replica: the
+scheduler's (scheduler/models/placement_candidates.py) keeps each server's replicas ordered by free memory, so a
+LoadModel costs the same with 10 replicas or 1,000.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,11 +34,33 @@ class ReplicaView:
     server_down: bool = False
     # Its inference server died while this model version was loading on it: the load may kill it again.
     server_died_loading: bool = False
+    # This model version is on its way out of the replica (being unloaded): it cannot be loaded there again yet.
+    unloading_model: bool = False
 
     @property
     def free_bytes(self) -> int:
         """Memory still available; never negative, since over-committed replicas simply have none."""
         return max(0, self.capacity_bytes - self.used_bytes)
+
+
+class ReplicaCandidates(Protocol):
+    """A server's replicas, asked about as placement needs them rather than all judged."""
+
+    def __len__(self) -> int:
+        """How many distinct replicas the server has."""
+        ...
+
+    def __iter__(self) -> Iterator[ReplicaView]:
+        """Every replica, lowest index first (for the reason when too few fit, only the first few are read)."""
+        ...
+
+    def preferred(
+        self, request: PlacementRequest, wanted: int, fits: Callable[[ReplicaView], bool]
+    ) -> list[ReplicaView]:
+        """Up to ``wanted`` replicas that ``fits`` accepts, most preferred first in DEFAULT_REPLICA_ORDER (holding the
+        model, most free memory, lowest index). Replicas that ServerServing, NotDraining or EnoughMemory reject may
+        be left out without asking ``fits``: the planner uses a source only with those filters among its own."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +75,7 @@ class ServerView:
     max_replicas: int
     # Taken as given: the capabilities every replica of the server offers.
     capabilities: frozenset[str]
-    replicas: tuple[ReplicaView, ...]
+    replicas: tuple[ReplicaView, ...] | ReplicaCandidates
 
 
 @dataclass(frozen=True, slots=True)

@@ -318,6 +318,26 @@ async def test_agent_disconnect_reschedules() -> None:
         assert second.loads == [("iris", 1)]
 
 
+async def test_a_replica_still_unloading_a_version_is_not_chosen_to_load_it_again() -> None:
+    """A replica whose copy of a version is on its way out (UNLOADING) cannot load it again until the unload is
+    over (the replica state table); placement must go elsewhere, not fail the reconcile on an illegal move."""
+    async with Harness() as h:
+        leaving = h.add_replica(index=1, memory=4000 * MiB)  # the most free memory: placement's first choice
+        await h.load("iris")
+        await h.settle()
+        assert h.placed_on("iris") == {1: "AVAILABLE"}
+        leaving.answering = False  # its unload stays in flight
+        holder = h.add_replica(index=0, loaded=[("iris", 1, 100 * MiB)])  # one copy too many: index 1 gives up
+        await h.settle()
+        assert h.placed_on("iris") == {0: "AVAILABLE", 1: "UNLOADING"}
+        other = h.add_replica(index=2, memory=2000 * MiB)
+        holder.disconnect()
+        await h.settle()
+        assert h.placed_on("iris") == {1: "UNLOADING", 2: "AVAILABLE"}
+        assert other.loads == [("iris", 1)]
+        assert h.state("iris") == M.AVAILABLE
+
+
 async def test_events_are_compare_and_set() -> None:
     async with Harness() as h:
         replica = h.add_replica()

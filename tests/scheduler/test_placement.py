@@ -301,6 +301,14 @@ def test_failure_names_every_server_filter_in_try_order() -> None:
     assert not decision.ok
 
 
+def test_a_replica_still_unloading_the_version_is_passed_over() -> None:
+    unloading = dataclasses.replace(replica(0, free_mib=4000), unloading_model=True)
+    assert place(request(), [server("mlserver", unloading, replica(1))]) == placed("mlserver", 1)
+    assert place(request(), [server("mlserver", unloading)]) == failed(
+        "server mlserver: 0 of 1 needed replicas fit (replica 0 is still unloading this version)"
+    )
+
+
 def test_pinned_model_rejected_elsewhere() -> None:
     decision = place(request(pin="triton"), [server("mlserver", replica(0))])
     assert decision == failed("server mlserver: model is pinned to server triton")

@@ -5,14 +5,17 @@ A handler has one behaviour, under the attribute of its kind (``unary_unary``, `
 ``stream_stream``). On a grpc.aio server a behaviour is a coroutine function (it returns the response, or writes
 to its context) or an async generator function (it yields the responses), whatever the sync-typed stubs say, and
 grpc.aio tells which by looking at the function: so a wrapper must be the same sort of function as what it wraps.
+
+A method whose handler has no response serializer sends what its behaviour gives as it is, which must be bytes
+(``add_with_raw_responses``).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import grpc
 from grpc import aio
@@ -23,6 +26,8 @@ Behavior = Callable[[Any, Context], Any]  # a coroutine function or an async gen
 # inside the context manager it returns.
 Guard = Callable[[Any, Context], Awaitable[AbstractContextManager[object]]]
 Deserializer = Callable[[bytes], Any] | None
+Serializer = Callable[[Any], bytes] | None
+S = TypeVar("S")
 
 _KINDS = (
     ("unary_unary", grpc.unary_unary_rpc_method_handler),
@@ -32,19 +37,25 @@ _KINDS = (
 )
 
 
+_KEEP: Any = object()  # rewrapped's default: keep the handler's response serializer
+
+
 def rewrapped(
     handler: grpc.RpcMethodHandler[Any, Any],
     wrap: Callable[[Behavior], Behavior],
     *,
     request_deserializer: Deserializer = None,
+    response_serializer: Serializer = _KEEP,
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same kind and serializers whose behaviour is ``wrap(behaviour)`` (and whose requests are
-    read by ``request_deserializer`` when one is given)."""
+    read by ``request_deserializer`` when one is given; whose responses are written by ``response_serializer`` when
+    one is given: None sends bytes as they are)."""
     for kind, make in _KINDS:
         behavior = getattr(handler, kind)
         if behavior is not None:
             deserializer = request_deserializer or handler.request_deserializer
-            return make(wrap(behavior), deserializer, handler.response_serializer)
+            serializer = handler.response_serializer if response_serializer is _KEEP else response_serializer
+            return make(wrap(behavior), deserializer, serializer)
     return handler
 
 
@@ -67,3 +78,38 @@ def guarded(behavior: Behavior, guard: Guard) -> Behavior:
             return await coroutine(request, context)
 
     return guarded_coroutine
+
+
+class _Registrations:
+    """Stands in for a server while a generated ``add_*Servicer_to_server`` registers its handlers
+    (``add_with_raw_responses``)."""
+
+    def __init__(self) -> None:
+        self.service: str | None = None
+        self.handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        pass  # the same handlers come again through add_registered_method_handlers
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        self.service, self.handlers = service, dict(handlers)
+
+
+def add_with_raw_responses(
+    add_to_server: Callable[[S, Any], None], servicer: S, server: aio.Server, raw: Collection[str]
+) -> None:
+    """Register ``servicer`` as the generated ``add_to_server`` does, except that the methods named in ``raw`` send
+    what their behaviour gives as it is: bytes the servicer has serialised already (a status serialised once for
+    every subscriber, scheduler/event_hub.py). The bytes on the wire are the same as if gRPC had serialised the
+    message, so clients see no difference."""
+    registrations = _Registrations()
+    add_to_server(servicer, registrations)
+    service, handlers = registrations.service, registrations.handlers
+    if service is None or not set(raw) <= handlers.keys():
+        raise ValueError(f"{add_to_server.__name__} registered no methods {sorted(set(raw) - handlers.keys())}")
+    for method in raw:
+        handlers[method] = rewrapped(handlers[method], lambda behavior: behavior, response_serializer=None)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)

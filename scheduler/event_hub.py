@@ -25,6 +25,11 @@ handler holds a ``Subscription`` and forwards what it yields. Invariants:
   however many, and each value is rendered only when read.
 * **Non-blocking publisher.** ``publish`` is synchronous and O(1) per subscriber: it never awaits, never
   starts a task, and a slow or stuck subscriber cannot delay the publisher or any other subscriber.
+* **Encoded once.** A hub made with ``encode`` gives its subscribers each value also as bytes
+  (``Subscription.encoded()``, for a stream that sends bytes as they are). A published value is one entry shared
+  by every subscriber it is offered to; the first subscriber that takes it as bytes encodes it, the others get
+  those same bytes. A snapshot value is rendered for one subscriber, so it is encoded for that one. A value is
+  never encoded if no subscriber takes it as bytes (coalesced away, or read as a value).
 
 The hub is not thread-safe: use it from its event loop's thread (from another thread, go through
 ``loop.call_soon_threadsafe``). Domain code: no grpc imports here.
@@ -34,7 +39,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable
 from types import TracebackType
 from typing import Generic, TypeVar
 
@@ -42,6 +47,17 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 DEFAULT_MAX_PENDING_KEYS = 10_000
+
+
+class _Entry(Generic[V]):
+    """One value as subscribers hold it: published values are one entry shared by every subscriber they were offered
+    to, so that its bytes, once encoded, are encoded for all of them."""
+
+    __slots__ = ("data", "value")
+
+    def __init__(self, value: V) -> None:
+        self.value = value
+        self.data: bytes | None = None
 
 
 class SubscriberLagged(Exception):  # noqa: N818 - the name says what happened to the subscriber
@@ -57,7 +73,8 @@ class Subscription(Generic[K, V]):
 
     Created by ``EventHub.subscribe``. ``async for value in subscription`` yields values in the order
     their keys became pending (coalesced to the latest value per key) and finishes when the subscription
-    or the hub is closed. Closing drops whatever is still pending: at shutdown a stale status is worth
+    or the hub is closed; ``async for data in subscription.encoded()`` yields the same values as bytes, from a
+    hub made with ``encode``. Closing drops whatever is still pending: at shutdown a stale status is worth
     nothing and draining it would only hold the stream open. If the subscriber lagged (see
     ``EventHub``), reads raise ``SubscriberLagged`` instead. Use it as an async context manager so it is
     unregistered when the stream handler exits.
@@ -84,7 +101,7 @@ class Subscription(Generic[K, V]):
         self._max_pending_keys = max_pending_keys
         # OrderedDict rather than dict: popitem(last=False) is O(1), while taking the first key of a plain
         # dict that has had many front deletions scans over the deleted slots.
-        self._pending: OrderedDict[K, V] = OrderedDict()
+        self._pending: OrderedDict[K, _Entry[V]] = OrderedDict()
         self._wakeup = asyncio.Event()
         self._closed = False
         self._error: Exception | None = None
@@ -125,22 +142,32 @@ class Subscription(Generic[K, V]):
         return self
 
     async def __anext__(self) -> V:
+        return (await self._next()).value
+
+    def encoded(self) -> AsyncIterator[bytes]:
+        """The same values as this iterator, as the hub's ``encode`` gives them (module docstring: encoded once)."""
+        encode = self._hub.encode
+        if encode is None:
+            raise TypeError("this hub has no encode: its values cannot be read as bytes")
+        return _Encoded(self, encode)
+
+    async def _next(self) -> _Entry[V]:
         while True:
             if self._error is not None:
                 # A fresh traceback each time, rather than one that grows with every re-raise.
                 raise self._error.with_traceback(None)
             if self._closed:
                 raise StopAsyncIteration
-            value = self._take()
-            if value is not None:
-                return value
+            entry = self._take()
+            if entry is not None:
+                return entry
             if self.closed:  # rendering or filtering failed this subscriber just now
                 continue
             self._wakeup.clear()
             await self._wakeup.wait()
 
-    def _take(self) -> V | None:
-        """The next value to deliver, or None when nothing is pending: the snapshot first, then publishes."""
+    def _take(self) -> _Entry[V] | None:
+        """The next entry to deliver, or None when nothing is pending: the snapshot first, then publishes."""
         while self._snapshot_read < len(self._snapshot):
             key = self._snapshot[self._snapshot_read]
             self._snapshot_read += 1
@@ -155,12 +182,12 @@ class Subscription(Generic[K, V]):
                 self._hub._unregister(self)
                 self._fail(error)
                 return None
-            return value
+            return _Entry(value)
         if self._snapshot:
             self._snapshot, self._snapshot_read = [], 0  # all read: let the keys go
         if self._pending:
-            _key, value = self._pending.popitem(last=False)
-            return value
+            _key, entry = self._pending.popitem(last=False)
+            return entry
         return None
 
     def _accepts(self, key: K, value: V) -> bool:
@@ -183,26 +210,27 @@ class Subscription(Generic[K, V]):
 
     # The hub's side.
 
-    def _offer(self, key: K, value: V) -> bool:
-        """Queue ``value`` under ``key`` unless filtered out: O(1), never blocks.
+    def _offer(self, key: K, entry: _Entry[V]) -> bool:
+        """Queue ``entry`` under ``key`` unless filtered out: O(1), never blocks.
 
         Returns False when this subscriber has failed (lagged, or its filter raised) or is closed, and
         must be dropped from the hub.
         """
         if self._closed:
             return False  # closed by a callback earlier in the same publish
-        try:
-            accepted = self._accepts(key, value)
-        except Exception as error:
-            # A broken filter fails its own subscriber, never the publisher or the other subscribers.
-            self._fail(error)
-            return False
-        if not accepted:
-            return True
+        if self._accept is not None:
+            try:
+                accepted = self._accept(key, entry.value)
+            except Exception as error:
+                # A broken filter fails its own subscriber, never the publisher or the other subscribers.
+                self._fail(error)
+                return False
+            if not accepted:
+                return True
         if key in self._pending:
-            self._pending[key] = value  # assignment to an existing key keeps its place in the order
+            self._pending[key] = entry  # assignment to an existing key keeps its place in the order
         elif len(self._pending) < self._max_pending_keys:
-            self._pending[key] = value
+            self._pending[key] = entry
         else:
             self._fail(
                 SubscriberLagged(
@@ -225,18 +253,41 @@ class Subscription(Generic[K, V]):
         self._wakeup.set()  # let a blocked reader see the end
 
 
+class _Encoded(Generic[K, V]):
+    """A subscription's values as bytes (``Subscription.encoded``): a published entry is encoded by the first
+    subscriber that takes it and kept on the entry for the others."""
+
+    def __init__(self, subscription: Subscription[K, V], encode: Callable[[V], bytes]) -> None:
+        self._subscription = subscription
+        self._encode = encode
+
+    def __aiter__(self) -> _Encoded[K, V]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        entry = await self._subscription._next()
+        data = entry.data
+        if data is None:
+            data = entry.data = self._encode(entry.value)
+        return data
+
+
 class EventHub(Generic[K, V]):
     """Fans out ``(key, value)`` changes to subscribers, each with its own coalescing, bounded queue.
 
     See the module docstring for the invariants: snapshot first, coalescing per key in first-pending
     order, at most ``max_pending_keys`` published values pending per subscriber (beyond that the subscriber
-    is dropped with ``SubscriberLagged``), and a publisher that never blocks.
+    is dropped with ``SubscriberLagged``), a publisher that never blocks, and each published value encoded at
+    most once, for every subscriber that reads bytes (``encode``: how a value becomes bytes, if it may).
     """
 
-    def __init__(self, max_pending_keys: int = DEFAULT_MAX_PENDING_KEYS) -> None:
+    def __init__(
+        self, max_pending_keys: int = DEFAULT_MAX_PENDING_KEYS, *, encode: Callable[[V], bytes] | None = None
+    ) -> None:
         if max_pending_keys < 1:
             raise ValueError(f"max_pending_keys must be at least 1, got {max_pending_keys}")
         self._max_pending_keys = max_pending_keys
+        self.encode = encode
         # A dict used as an ordered set: subscribers are served in subscription order.
         self._subscribers: dict[Subscription[K, V], None] = {}
         self._closed = False
@@ -292,9 +343,10 @@ class EventHub(Generic[K, V]):
         the others still receive this value. Publishing to a closed hub does nothing.
         """
         dropped: list[Subscription[K, V]] = []
+        entry = _Entry(value)  # one for every subscriber: encoded once, by the first that reads it as bytes
         # Iterate over a copy: an ``accept`` callback may subscribe or close, which resizes the dict.
         for subscription in tuple(self._subscribers):
-            if not subscription._offer(key, value):
+            if not subscription._offer(key, entry):
                 dropped.append(subscription)
         for subscription in dropped:
             self._unregister(subscription)

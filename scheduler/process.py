@@ -21,8 +21,8 @@ from collections.abc import Callable, Sequence
 from grpc import aio
 
 from generated.mlops.agent.v1 import agent_pb2, agent_pb2_grpc
-from generated.mlops.routing.v1 import routing_pb2, routing_pb2_grpc
-from generated.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
+from generated.mlops.routing.v1 import routing_pb2
+from generated.mlops.scheduler import scheduler_pb2
 from modelplane import __version__
 from modelplane.addresses import Address
 from modelplane.audit import AuditLog
@@ -149,8 +149,8 @@ async def _serve(
         record_refusal=AccessRefusals(audit),
     )
     streams = StreamWatchdog(settings.subscriber_lag_seconds)
-    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(core, streams), api)
-    routing_pb2_grpc.add_RoutingServiceServicer_to_server(RoutingService(core, streams), api)
+    SchedulerService(core, streams).add_to(api)
+    RoutingService(core, streams).add_to(api)
     health.add_to(api)
 
     agents, agent_address = await _listener(settings.agent_listen, settings, agent_services, access)

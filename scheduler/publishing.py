@@ -2,10 +2,13 @@
 
 Status messages are built only for subscribers: a new one starts from a fresh snapshot anyway (see EventHub), so
 nothing is rendered while nobody watches. Each subscription renders lazily, as its subscriber reads: one that
-reads nothing holds no copy of the statuses.
+reads nothing holds no copy of the statuses. A published status is built once and serialised once, for every
+subscriber (the hubs' ``encode``; the streams send the bytes as they are, scheduler/scheduler_service.py).
 """
 
 from __future__ import annotations
+
+from google.protobuf.message import Message
 
 from generated.mlops.routing.v1 import routing_pb2 as rpb
 from generated.mlops.scheduler import scheduler_pb2 as pb
@@ -30,6 +33,12 @@ def most_status_keys(max_models: int) -> int:
     return max_models + 2 * limits.MAX_SERVERS + limits.MAX_PIPELINES + limits.MAX_EXPERIMENTS + 1
 
 
+def wire_bytes(message: Message) -> bytes:
+    """A status as gRPC would send it: the generated services serialise every message with ``SerializeToString()``
+    and its defaults, so a stream that sends these bytes sends exactly what it would have sent the message as."""
+    return message.SerializeToString()
+
+
 class Publisher:
     """The five status hubs (models, servers, pipelines, experiments, the gateways' routing table) over the state
     they render: the cluster, the pipelines and the experiments, which the façade changes and then tells this
@@ -42,12 +51,13 @@ class Publisher:
         self._pipelines = pipelines
         self._experiments = experiments
         bound = most_status_keys(max_models)
-        self.models_hub: EventHub[str, pb.ModelStatusResponse] = EventHub(bound)
-        self.servers_hub: EventHub[ServerKey, pb.ServerStatusResponse] = EventHub(bound)
-        self.pipelines_hub: EventHub[str, pb.PipelineStatusResponse] = EventHub(bound)
-        self.experiments_hub: EventHub[str, pb.ExperimentStatusResponse] = EventHub(bound)
+        # Each published status is serialised once, by the first subscriber stream that sends it, for all of them.
+        self.models_hub: EventHub[str, pb.ModelStatusResponse] = EventHub(bound, encode=wire_bytes)
+        self.servers_hub: EventHub[ServerKey, pb.ServerStatusResponse] = EventHub(bound, encode=wire_bytes)
+        self.pipelines_hub: EventHub[str, pb.PipelineStatusResponse] = EventHub(bound, encode=wire_bytes)
+        self.experiments_hub: EventHub[str, pb.ExperimentStatusResponse] = EventHub(bound, encode=wire_bytes)
         # The routing table for gateways (WatchRoutes): one coalescing key per model, experiment, pipeline.
-        self.routes_hub: EventHub[RouteKey, rpb.WatchRoutesResponse] = EventHub(bound)
+        self.routes_hub: EventHub[RouteKey, rpb.WatchRoutesResponse] = EventHub(bound, encode=wire_bytes)
 
     def close(self) -> None:
         """End every status stream."""

@@ -9,6 +9,7 @@ from grpc import aio
 
 from generated.mlops.routing.v1 import routing_pb2 as pb
 from generated.mlops.routing.v1 import routing_pb2_grpc as pb_grpc
+from modelplane.grpc_handlers import add_with_raw_responses
 from modelplane.spec.names import check_name
 from scheduler import status_codes
 from scheduler.core import SchedulerCore
@@ -22,6 +23,11 @@ class RoutingService(pb_grpc.RoutingServiceServicer):
         self.core = core
         self.streams = streams  # WatchRoutes goes through it (the subscriber lag)
 
+    def add_to(self, server: aio.Server) -> None:
+        """Serve this on ``server``; WatchRoutes sends each route as the bytes it was serialised to once, for every
+        gateway (the same bytes gRPC would have made of it)."""
+        add_with_raw_responses(pb_grpc.add_RoutingServiceServicer_to_server, self, server, ["WatchRoutes"])
+
     async def ModelEndpoints(self, request: pb.ModelEndpointsRequest, context: Context) -> pb.ModelEndpointsResponse:
         async def call() -> tuple[int, list[pb.ModelEndpoint]]:
             return self.core.model_endpoints(request.model_name)
@@ -29,9 +35,9 @@ class RoutingService(pb_grpc.RoutingServiceServicer):
         version, endpoints = await status_codes.unary(context, call)
         return pb.ModelEndpointsResponse(model_name=request.model_name, version=version, endpoints=endpoints)
 
-    async def WatchRoutes(
+    async def WatchRoutes(  # type: ignore[override] # serialised already (add_to)
         self, request: pb.WatchRoutesRequest, context: Context
-    ) -> AsyncIterator[pb.WatchRoutesResponse]:
+    ) -> AsyncIterator[bytes]:
         gateway = _gateway(request.gateway_name)
         async with self.core.watch_routes(gateway) as subscription:
             async for update in status_codes.subscription(

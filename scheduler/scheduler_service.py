@@ -14,6 +14,7 @@ from generated.mlops.chainer import chainer_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane import __version__
+from modelplane.grpc_handlers import add_with_raw_responses
 from modelplane.spec.errors import InvalidArgument
 from scheduler import status_codes
 from scheduler.core import SchedulerCore
@@ -22,10 +23,24 @@ from scheduler.stream_watchdog import StreamWatchdog
 Context = aio.ServicerContext[Any, Any]
 
 
+# The status subscriptions send each status as the bytes it was serialised to once, for every subscriber: the same
+# bytes gRPC would have made of the message (scheduler/publishing.py), so no client sees a difference.
+RAW_RESPONSES = (
+    "SubscribeModelStatus",
+    "SubscribeServerStatus",
+    "SubscribeExperimentStatus",
+    "SubscribePipelineStatus",
+)
+
+
 class SchedulerService(pb_grpc.SchedulerServicer):
     def __init__(self, core: SchedulerCore, streams: StreamWatchdog) -> None:
         self.core = core
         self.streams = streams  # every streaming answer goes through it (the subscriber lag)
+
+    def add_to(self, server: aio.Server) -> None:
+        """Serve this on ``server``: the generated registration, with ``RAW_RESPONSES`` sending bytes as they are."""
+        add_with_raw_responses(pb_grpc.add_SchedulerServicer_to_server, self, server, RAW_RESPONSES)
 
     async def SchedulerStatus(self, request: pb.SchedulerStatusRequest, context: Context) -> pb.SchedulerStatusResponse:
         return pb.SchedulerStatusResponse(applicationVersion=__version__)
@@ -82,18 +97,18 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         ):
             yield status
 
-    async def SubscribeModelStatus(
+    async def SubscribeModelStatus(  # type: ignore[override] # serialised already: RAW_RESPONSES
         self, request: pb.ModelSubscriptionRequest, context: Context
-    ) -> AsyncIterator[pb.ModelStatusResponse]:
+    ) -> AsyncIterator[bytes]:
         subscription = self.core.subscribe_models(request.subscriberName)
         async for status in status_codes.subscription(
             context, subscription, self.streams, rpc="SubscribeModelStatus", subscriber=request.subscriberName
         ):
             yield status
 
-    async def SubscribeServerStatus(
+    async def SubscribeServerStatus(  # type: ignore[override] # serialised already: RAW_RESPONSES
         self, request: pb.ServerSubscriptionRequest, context: Context
-    ) -> AsyncIterator[pb.ServerStatusResponse]:
+    ) -> AsyncIterator[bytes]:
         subscription = self.core.subscribe_servers(request.subscriberName)
         async for status in status_codes.subscription(
             context, subscription, self.streams, rpc="SubscribeServerStatus", subscriber=request.subscriberName
@@ -132,9 +147,9 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         ):
             yield status
 
-    async def SubscribeExperimentStatus(
+    async def SubscribeExperimentStatus(  # type: ignore[override] # serialised already: RAW_RESPONSES
         self, request: pb.ExperimentSubscriptionRequest, context: Context
-    ) -> AsyncIterator[pb.ExperimentStatusResponse]:
+    ) -> AsyncIterator[bytes]:
         subscription = self.core.subscribe_experiments(request.subscriberName)
         async for status in status_codes.subscription(
             context, subscription, self.streams, rpc="SubscribeExperimentStatus", subscriber=request.subscriberName
@@ -164,9 +179,9 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         ):
             yield status
 
-    async def SubscribePipelineStatus(
+    async def SubscribePipelineStatus(  # type: ignore[override] # serialised already: RAW_RESPONSES
         self, request: pb.PipelineSubscriptionRequest, context: Context
-    ) -> AsyncIterator[pb.PipelineStatusResponse]:
+    ) -> AsyncIterator[bytes]:
         subscription = self.core.subscribe_pipelines(request.subscriberName)
         async for status in status_codes.subscription(
             context, subscription, self.streams, rpc="SubscribePipelineStatus", subscriber=request.subscriberName

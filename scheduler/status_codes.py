@@ -69,16 +69,18 @@ async def stream(
 
 async def subscription(
     context: aio.ServicerContext[Any, Any],
-    subscribed: Subscription[Any, T],
+    subscribed: Subscription[Any, Any],
     streams: StreamWatchdog,
     *,
     rpc: str,
     subscriber: str,
-) -> AsyncIterator[T]:
-    """Relay a subscription (``stream``); one whose client stops reading is dropped and its backlog freed."""
+) -> AsyncIterator[bytes]:
+    """Relay a subscription (``stream``) as the bytes of its messages, each serialised once for every subscriber
+    (scheduler/event_hub.py); the method must send bytes as they are (``add_with_raw_responses``). One whose client
+    stops reading is dropped and its backlog freed."""
     async with subscribed:
         async for item in stream(
-            context, aiter(subscribed), streams, rpc=rpc, subscriber=subscriber, release=subscribed.drop
+            context, subscribed.encoded(), streams, rpc=rpc, subscriber=subscriber, release=subscribed.drop
         ):
             yield item
 

@@ -14,7 +14,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.bounded_text import cut
 from modelplane.spec import limits
-from modelplane.storage_secrets import redacted_model
 from scheduler.models.model_records import ModelRecord, ModelVersion
 from scheduler.models.server_records import ServerRecord
 from scheduler.status_guard import guarded, safe_name
@@ -41,11 +40,12 @@ def version_status(version: ModelVersion) -> pb.ModelVersionStatus:
             modelGwState=version.gateway_state.value,  # type: ignore[arg-type]
             modelGwReason=cut(version.gateway_reason, limits.MAX_STATUS_REASON_CHARS),
         ),
-        # Credentials stay with the agents that load the model (modelplane/storage_secrets.py).
-        modelDefn=redacted_model(version.spec),
     )
-    if version.spec.meta.HasField("kubernetesMeta"):
-        status.kubernetesMeta.CopyFrom(version.spec.meta.kubernetesMeta)
+    # The spec as it may be shown: credentials stay with the agents that load the model (modelplane/storage_secrets.py).
+    status.modelDefn.SetInParent()  # present even if empty, as when set from a message
+    status.modelDefn.MergeFromString(version.shown_spec)
+    if status.modelDefn.meta.HasField("kubernetesMeta"):
+        status.kubernetesMeta.CopyFrom(status.modelDefn.meta.kubernetesMeta)
     for (_server, index), assignment in version.replicas.items():
         status.modelReplicaState[index].CopyFrom(
             pb.ModelReplicaStatus(
@@ -89,7 +89,7 @@ def render_model_status(record: ModelRecord, *, all_versions: bool = False) -> p
         modelName=record.name,
         versions=[version_status(v) for v in versions],
         deleted=record.deleted,
-        keepTopics=not record.latest.spec.dataflowSpec.cleanTopicsOnDelete,
+        keepTopics=not record.latest.spec_facts.clean_topics_on_delete,
         timestamp=time.time_ns(),
         operation=pb.ModelStatusResponse.ModelDelete if record.deleted else pb.ModelStatusResponse.ModelCreate,
     )

@@ -126,7 +126,7 @@ class Cluster(ReplicaLifecycle, VersionPlacement):
             self._track(self.models[name])
         else:
             # Same version, new spec: keep its replicas and observed state, replace what was asked for.
-            record.latest.spec = prepared.latest.spec
+            record.latest.take_spec_of(prepared.latest)
         self._forgive_server_deaths(self.models[name])
         if self.holding_unknown:
             self.claim_unclaimed(name)  # before the reconcile: what a replica holds already is not placed again
@@ -202,8 +202,10 @@ class Cluster(ReplicaLifecycle, VersionPlacement):
         require(all(1 <= n <= limits.MAX_VERSION for n in numbers), f"model {name!r}: versions {numbers}")
         require(len(numbers) <= limits.MAX_MODEL_VERSIONS, f"model {name!r} keeps {len(numbers)} versions")
         for version in record.versions:
-            model_specs.validate_spec(version.spec)
-            require(version.spec.meta.name == name, f"model {name!r}: version {version.version} is another's")
+            spec = version.spec
+            model_specs.validate_spec(spec)
+            require(spec.meta.name == name, f"model {name!r}: version {version.version} is another's")
+            require(version.kept_as(spec), f"{name}:{version.version}: its facts or stored form disagree with its spec")
             require(
                 version.derived == _derived_state(record, version),
                 f"{name}:{version.version}: state {version.derived} is not {_derived_state(record, version)}",

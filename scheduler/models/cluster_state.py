@@ -35,9 +35,7 @@ from dataclasses import dataclass, field
 from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.spec import limits
-from modelplane.spec.model_resources import memory_needed
 from modelplane.storage_secrets import redacted_model
-from scheduler.models import model_specs
 from scheduler.models.assignment_index import AssignmentIndex
 from scheduler.models.memory_ledger import AccountingError
 from scheduler.models.model_records import ModelRecord, ModelVersion, ReplicaKey
@@ -222,7 +220,7 @@ class ClusterState:
 
     def _commit_memory(self, replica: ReplicaRecord, name: str, version: ModelVersion) -> None:
         try:
-            replica.ledger.commit((name, version.version), memory_needed(version.spec))
+            replica.ledger.commit((name, version.version), version.spec_facts.memory_bytes)
         except AccountingError:
             log.exception("memory accounting refused %s:%d on %s/%d", name, version.version, *replica.key)
             raise
@@ -260,7 +258,7 @@ def needs_capacity(record: ModelRecord) -> bool:
         record.deleted
         or latest.derived.state != ModelState.AVAILABLE
         or bool(latest.schedule_failure)
-        or latest.derived.available_replicas < model_specs.desired_replicas(latest.spec)
+        or latest.derived.available_replicas < latest.spec_facts.desired_replicas
     )
 
 
@@ -271,8 +269,8 @@ def _derived_state(record: ModelRecord, version: ModelVersion) -> DerivedState:
         return derive_terminating(version.facts())
     return derive_live(
         version.facts(),
-        desired=model_specs.desired_replicas(version.spec),
-        min_replicas=model_specs.min_replicas(version.spec),
+        desired=version.spec_facts.desired_replicas,
+        min_replicas=version.spec_facts.min_replicas,
         previous_available=any(v.serving > 0 for v in record.versions[:-1]),
         schedule_failure=version.schedule_failure,
         failure=_crash_loop_failure(version),

@@ -1,7 +1,15 @@
 """The scheduler's records of models: desired state (specs, versions, deletion) and observed state
 (which replica holds which version, in which state).
 
-Only ``ModelRecord.to_bytes`` content is durable; replica assignments are rebuilt from agents.
+Only ``ModelRecord.to_bytes`` content is durable; replica assignments are rebuilt from agents. The stored form is
+the ``mlops.state.v1.ModelRecord`` protobuf (proto/mlops/state/v1/state.proto); records written before it are JSON
+with each spec in hex, told apart by their first byte (``{``), and read as well, so a state dir written by an
+earlier modelplane opens unchanged; each such record is written in the new form the next time it changes.
+
+Memory (the scheduler holds every model): a version keeps its spec as the bytes it was serialised to, not as a
+protobuf message, whose arena costs ~1.3 KB even for a small spec; ``ModelVersion.spec`` parses a new message
+when asked. What placement and derivation read on every change (replicas wanted, memory, requirements, ...) is
+kept parsed in ``SpecFacts``, one object shared by every version whose facts are equal.
 
 Inline storage credentials are never persisted (``to_bytes`` writes the spec through
 modelplane/storage_secrets.py's ``redacted_model``): the scheduler holds an inline ``storageRcloneConfig`` in
@@ -19,16 +27,63 @@ restores the credentials in place, without a new version (model_specs.classify_c
 from __future__ import annotations
 
 import json
+import sys
 import time
+import weakref
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from generated.mlops.state.v1 import state_pb2
+from modelplane.spec.model_resources import memory_needed
 from modelplane.storage_secrets import has_inline_config, is_redacted, redacted_model
 from scheduler.models.assignment_index import AssignmentIndex
 from scheduler.models.model_state import DerivedState, ModelState, ReplicaFact
 from scheduler.models.replica_state import INACTIVE, SERVING, ReplicaState, check_transition
 
 ReplicaKey = tuple[str, int]  # (server name, replica index)
+
+# The first byte of a record written as JSON (before the protobuf form); a ModelRecord protobuf never starts with it
+# (it would be field 15, a group, which the message does not have).
+_JSON_RECORD = b"{"[0]
+# A version's derived state until its replicas say otherwise: frozen, so one object serves every new version.
+_NEW_VERSION_STATE = DerivedState(ModelState.PROGRESSING, "", 0, 0)
+
+
+@dataclass(frozen=True, slots=True, weakref_slot=True)
+class SpecFacts:
+    """What the scheduler reads from a version's spec on every change, parsed once. Equal facts are one shared object
+    (``of``), so that the thousands of models made alike cost one of these, not one each."""
+
+    desired_replicas: int
+    min_replicas: int
+    memory_bytes: int  # what one replica commits to the model (memory x instances)
+    requirements: frozenset[str]
+    server_pin: str | None
+    explainer: bool
+    clean_topics_on_delete: bool
+    # An inline storage config is held (and, when not the marker, its credentials, which are never stored).
+    inline_config: bool
+    credentials_in_clear: bool
+
+    _shared: ClassVar[weakref.WeakValueDictionary[SpecFacts, SpecFacts]] = weakref.WeakValueDictionary()
+
+    @classmethod
+    def of(cls, model: pb.Model) -> SpecFacts:
+        spec = model.modelSpec
+        inline = has_inline_config(model)
+        facts = cls(
+            desired_replicas=model.deploymentSpec.replicas if model.HasField("deploymentSpec") else 1,
+            min_replicas=model.deploymentSpec.minReplicas,
+            memory_bytes=memory_needed(model),
+            requirements=frozenset(spec.requirements),
+            server_pin=spec.server if spec.HasField("server") else None,
+            explainer=spec.WhichOneof("model_spec") == "explainer",
+            clean_topics_on_delete=model.dataflowSpec.cleanTopicsOnDelete,
+            inline_config=inline,
+            credentials_in_clear=inline and not is_redacted(spec.storageConfig.storageRcloneConfig),
+        )
+        return cls._shared.setdefault(facts, facts)
 
 
 @dataclass(slots=True)
@@ -43,26 +98,88 @@ class ReplicaAssignment:
         return ReplicaFact(self.state, self.reason, self.changed_at)
 
 
-@dataclass(slots=True)
 class ModelVersion:
-    version: int
-    spec: pb.Model
-    created_at: float = field(default_factory=time.time)
-    replicas: dict[ReplicaKey, ReplicaAssignment] = field(default_factory=dict)
-    # Why the last placement attempt failed; None once placement succeeds.
-    schedule_failure: str | None = None
-    derived: DerivedState = field(default_factory=lambda: DerivedState(ModelState.PROGRESSING, "", 0, 0))
-    state_changed_at: float = field(default_factory=time.time)
-    gateway_state: ModelState = ModelState.UNKNOWN
-    gateway_reason: str = ""
-    # Replicas whose inference server died while this version's load was in flight on it (its agent said so),
-    # with the agent's reason: the load may have killed the server, so the version is not placed there again, and
-    # enough of them fail it (models/cluster.py, the crash-loop guard). Observed state, not durable: a LoadModel
-    # for the model (changed or not) clears it; capacity changes never do.
-    server_deaths: dict[ReplicaKey, str] = field(default_factory=dict)
-    # The cluster's index of assignments by replica (models/assignment_index.py) while this version is live: every
-    # assignment gained or forgotten is reported to it. None before the version joins its record, and once retired.
-    index: AssignmentIndex | None = field(default=None, repr=False, compare=False)
+    """One version of a model: its spec (kept serialised; module docstring), its replica assignments and the state
+    derived from them."""
+
+    __slots__ = (
+        "_spec",
+        "_stored",
+        "created_at",
+        "derived",
+        "gateway_reason",
+        "gateway_state",
+        "index",
+        "name",
+        "replicas",
+        "schedule_failure",
+        "server_deaths",
+        "spec_facts",
+        "state_changed_at",
+        "version",
+    )
+
+    def __init__(self, version: int, spec: pb.Model, created_at: float | None = None) -> None:
+        self.version = version
+        self._spec = b""
+        self._stored = b""
+        self.spec_facts: SpecFacts
+        self.spec = spec
+        self.created_at: float = time.time() if created_at is None else created_at
+        self.replicas: dict[ReplicaKey, ReplicaAssignment] = {}
+        # Why the last placement attempt failed; None once placement succeeds.
+        self.schedule_failure: str | None = None
+        self.derived: DerivedState = _NEW_VERSION_STATE
+        self.state_changed_at: float = time.time()
+        self.gateway_state: ModelState = ModelState.UNKNOWN
+        self.gateway_reason = ""
+        # Replicas whose inference server died while this version's load was in flight on it (its agent said so),
+        # with the agent's reason: the load may have killed the server, so the version is not placed there again,
+        # and enough of them fail it (models/cluster.py, the crash-loop guard). Observed state, not durable: a
+        # LoadModel for the model (changed or not) clears it; capacity changes never do.
+        self.server_deaths: dict[ReplicaKey, str] = {}
+        # The cluster's index of assignments by replica (models/assignment_index.py) while this version is live:
+        # every assignment gained or forgotten is reported to it. None before the version joins its record, and once
+        # retired.
+        self.index: AssignmentIndex | None = None
+
+    @classmethod
+    def restored(cls, version: int, stored_spec: bytes, created_at: float) -> ModelVersion:
+        """A version read back from the store: its spec as stored (redacted), parsed once for its facts."""
+        restored = cls.__new__(cls)
+        cls.__init__(restored, version, pb.Model.FromString(stored_spec), created_at)
+        return restored
+
+    @property
+    def spec(self) -> pb.Model:
+        """The version's Model, with inline credentials if it holds them: a new message each time, for the caller to
+        keep only while it needs it (changing it changes nothing here)."""
+        return pb.Model.FromString(self._spec)
+
+    @spec.setter
+    def spec(self, model: pb.Model) -> None:
+        self._spec = model.SerializeToString()
+        # Interned: the record, its versions and the assignment index name the model with one string.
+        self.name: str = sys.intern(model.meta.name)
+        self.spec_facts = SpecFacts.of(model)
+        # What is stored and shown: the same bytes unless inline credentials are to be withheld.
+        clear = self.spec_facts.credentials_in_clear
+        self._stored = redacted_model(model).SerializeToString() if clear else self._spec
+
+    def take_spec_of(self, other: ModelVersion) -> None:
+        """Hold ``other``'s spec from now on (a LoadModel that changed the spec but not the version)."""
+        self._spec, self._stored, self.spec_facts = other._spec, other._stored, other.spec_facts
+        self.name = other.name
+
+    def kept_as(self, spec: pb.Model) -> bool:
+        """The invariant of what is kept beside the serialised spec (checked by Cluster.check_invariants): its facts
+        are ``spec``'s, and the stored form is ``spec`` with inline credentials redacted."""
+        return self.spec_facts == SpecFacts.of(spec) and self._stored == redacted_model(spec).SerializeToString()
+
+    @property
+    def shown_spec(self) -> bytes:
+        """The serialised spec as it may be stored and shown: an inline storage config redacted."""
+        return self._stored
 
     def set_replica(self, key: ReplicaKey, state: ReplicaState, reason: str = "") -> ReplicaState:
         """Move one replica assignment through the state machine; returns the previous state."""
@@ -79,7 +196,7 @@ class ModelVersion:
     @property
     def version_key(self) -> tuple[str, int]:
         """(model name, version): how the assignment index and the memory ledgers name this version."""
-        return (self.spec.meta.name, self.version)
+        return (self.name, self.version)
 
     def drop_replica(self, key: ReplicaKey) -> ReplicaAssignment | None:
         """Forget the assignment on ``key`` whatever its state (its replica is gone); returns it, if there was one."""
@@ -130,6 +247,9 @@ class ModelVersion:
         for key in [k for k, a in self.replicas.items() if a.state in (ReplicaState.UNLOADED, ReplicaState.UNKNOWN)]:
             self.drop_replica(key)
 
+    def __repr__(self) -> str:
+        return f"<ModelVersion {self.version} {self.derived.state.name} replicas={len(self.replicas)}>"
+
 
 @dataclass(slots=True)
 class ModelRecord:
@@ -152,39 +272,45 @@ class ModelRecord:
     def stores_credentials_in_clear(self) -> bool:
         """True if a version holds an inline storage config in clear: restored from a record written before they
         were redacted (the scheduler then writes the record again)."""
-        return any(
-            has_inline_config(v.spec) and not is_redacted(v.spec.modelSpec.storageConfig.storageRcloneConfig)
-            for v in self.versions
-        )
+        return any(v.spec_facts.credentials_in_clear for v in self.versions)
 
     def to_bytes(self) -> bytes:
-        """The durable part: specs of every version still present, and the deleted flag."""
-        return json.dumps(
-            {
-                "deleted": self.deleted,
-                "versions": [
-                    {
-                        "version": v.version,
-                        "created_at": v.created_at,
-                        "spec": redacted_model(v.spec).SerializeToString().hex(),
-                    }
-                    for v in self.versions
-                ],
-            },
-            separators=(",", ":"),
-        ).encode()
+        """The durable part: specs of every version still present (redacted), and the deleted flag."""
+        return state_pb2.ModelRecord(
+            deleted=self.deleted,
+            versions=[
+                state_pb2.ModelVersionRecord(version=v.version, created_at=v.created_at, spec=v.shown_spec)
+                for v in self.versions
+            ],
+        ).SerializeToString()
 
     @classmethod
     def from_bytes(cls, name: str, data: bytes) -> ModelRecord:
-        document = json.loads(data)
-        versions = [
-            ModelVersion(
-                version=int(entry["version"]),
-                spec=pb.Model.FromString(bytes.fromhex(entry["spec"])),
-                created_at=float(entry["created_at"]),
-            )
-            for entry in document["versions"]
-        ]
+        """A stored record, in either form (module docstring). Raises ValueError (or KeyError, TypeError) if it
+        cannot be read."""
+        if data[:1] == bytes([_JSON_RECORD]):
+            versions = _versions_from_json(data)
+            deleted = bool(json.loads(data)["deleted"])
+        else:
+            try:
+                stored = state_pb2.ModelRecord.FromString(data)
+                versions = [ModelVersion.restored(v.version, v.spec, v.created_at) for v in stored.versions]
+            except Exception as error:  # protobuf's DecodeError and friends: the record is damaged
+                raise ValueError(f"stored model {name!r} is not a model record: {error}") from None
+            deleted = stored.deleted
         if not versions:
             raise ValueError(f"stored model {name!r} has no versions")
-        return cls(name=name, versions=versions, deleted=bool(document["deleted"]))
+        return cls(name=name, versions=versions, deleted=deleted)
+
+
+def _versions_from_json(data: bytes) -> list[ModelVersion]:
+    """The versions of a record written as JSON, each spec in hex (the form before the protobuf one)."""
+    document = json.loads(data)
+    return [
+        ModelVersion(
+            version=int(entry["version"]),
+            spec=pb.Model.FromString(bytes.fromhex(entry["spec"])),
+            created_at=float(entry["created_at"]),
+        )
+        for entry in document["versions"]
+    ]

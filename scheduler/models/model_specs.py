@@ -121,24 +121,6 @@ def _validate_deployment(model: pb.Model) -> None:
         )
 
 
-def desired_replicas(model: pb.Model) -> int:
-    """Replicas wanted. A request without a deploymentSpec wants one, like Seldon's Model resource default."""
-    return model.deploymentSpec.replicas if model.HasField("deploymentSpec") else 1
-
-
-def min_replicas(model: pb.Model) -> int:
-    return model.deploymentSpec.minReplicas
-
-
-def is_explainer(model: pb.Model) -> bool:
-    return model.modelSpec.WhichOneof("model_spec") == "explainer"
-
-
-def requirements(model: pb.Model) -> frozenset[str]:
-    """Capabilities the server must have (explainers' extra need is checked per replica by placement)."""
-    return frozenset(model.modelSpec.requirements)
-
-
 def classify_change(latest: pb.Model, requested: pb.Model) -> SpecChange:
     restored = _credentials_restored(latest, requested)
     if restored:

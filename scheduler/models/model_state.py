@@ -28,6 +28,7 @@ For a deleted model or an older version:
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -65,6 +66,19 @@ class DerivedState:
     unavailable_replicas: int
 
 
+@functools.lru_cache(maxsize=1024)
+def _without_reason(state: ModelState, available: int, unavailable: int) -> DerivedState:
+    return DerivedState(state, "", available, unavailable)
+
+
+def _derived(state: ModelState, reason: str, available: int, unavailable: int) -> DerivedState:
+    """A DerivedState; without a reason, one shared by every version in that state (it is frozen): most models are
+    in a few such states, and each version holds its own."""
+    if reason:
+        return DerivedState(state, reason, available, unavailable)
+    return _without_reason(state, available, unavailable)
+
+
 def derive_live(
     replicas: Iterable[ReplicaFact],
     *,
@@ -79,27 +93,27 @@ def derive_live(
     serving = sum(1 for f in facts if f.state in SERVING)
     unavailable = max(0, desired - serving)
     if failure is not None:
-        return DerivedState(ModelState.FAILED, failure, serving, unavailable)
+        return _derived(ModelState.FAILED, failure, serving, unavailable)
     failed = [f for f in facts if f.state == ReplicaState.LOAD_FAILED]
     if failed:
         newest = max(failed, key=lambda f: f.changed_at)
-        return DerivedState(ModelState.FAILED, newest.reason, serving, unavailable)
+        return _derived(ModelState.FAILED, newest.reason, serving, unavailable)
     assigned = [f for f in facts if f.state not in INACTIVE]
     if schedule_failure is not None and not assigned:
-        return DerivedState(ModelState.SCHEDULE_FAILED, schedule_failure, serving, unavailable)
+        return _derived(ModelState.SCHEDULE_FAILED, schedule_failure, serving, unavailable)
     if serving == 0 and desired == 0 and min_replicas == 0:
-        return DerivedState(ModelState.SCALED_DOWN, "", 0, 0)
+        return _derived(ModelState.SCALED_DOWN, "", 0, 0)
     if (
         (desired > 0 and serving >= desired)
         or (min_replicas > 0 and serving >= min_replicas)
         or (serving > 0 and previous_available)
     ):
-        return DerivedState(ModelState.AVAILABLE, "", serving, unavailable)
+        return _derived(ModelState.AVAILABLE, "", serving, unavailable)
     down = [f for f in facts if f.state == ReplicaState.LOADED_UNAVAILABLE]
     reasons = [max(down, key=lambda f: f.changed_at).reason] if down else []
     if schedule_failure:
         reasons.append(schedule_failure)
-    return DerivedState(ModelState.PROGRESSING, "; ".join(reasons), serving, unavailable)
+    return _derived(ModelState.PROGRESSING, "; ".join(reasons), serving, unavailable)
 
 
 def derive_terminating(replicas: Iterable[ReplicaFact]) -> DerivedState:
@@ -110,7 +124,7 @@ def derive_terminating(replicas: Iterable[ReplicaFact]) -> DerivedState:
     unload_failed = [f for f in facts if f.state == ReplicaState.UNLOAD_FAILED]
     if unload_failed:
         newest = max(unload_failed, key=lambda f: f.changed_at)
-        return DerivedState(ModelState.TERMINATE_FAILED, newest.reason, serving, len(active) - serving)
+        return _derived(ModelState.TERMINATE_FAILED, newest.reason, serving, len(active) - serving)
     if active:
-        return DerivedState(ModelState.TERMINATING, "", serving, len(active) - serving)
-    return DerivedState(ModelState.TERMINATED, "", 0, 0)
+        return _derived(ModelState.TERMINATING, "", serving, len(active) - serving)
+    return _derived(ModelState.TERMINATED, "", 0, 0)

@@ -50,13 +50,12 @@ class ReplicaRecord:
     # kept (and its memory counted) until the controller's re-send claims them or the wait ends (Cluster.unclaimed).
     unclaimed: dict[tuple[str, int], int] = field(default_factory=dict)
     ledger: MemoryLedger = field(init=False)
+    # (server, index): made once, so that the assignments of every model on this replica share it, not a copy each.
+    key: tuple[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.ledger = MemoryLedger(self.total_memory * (100 + self.overcommit_percent) // 100)
-
-    @property
-    def key(self) -> tuple[str, int]:
-        return (self.server, self.index)
+        self.key = (self.server, self.index)
 
 
 @dataclass(slots=True)

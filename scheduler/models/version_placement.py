@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import logging
 
-from modelplane.spec.model_resources import memory_needed
-from scheduler.models import model_specs
 from scheduler.models.cluster_state import SERVER_DEATHS_TO_FAIL, ClusterState, S
 from scheduler.models.model_records import ModelRecord, ModelVersion, ReplicaKey
 from scheduler.models.model_state import ModelState
@@ -53,8 +51,8 @@ class VersionPlacement(ClusterState):
         version = record.latest
         if len(version.server_deaths) >= SERVER_DEATHS_TO_FAIL:
             return  # the crash-loop guard failed it: placed nowhere until a LoadModel (SERVER_DEATHS_TO_FAIL)
-        spec = version.spec
-        desired = model_specs.desired_replicas(spec)
+        facts = version.spec_facts
+        desired = facts.desired_replicas
         healthy = [key for key in version.keys_in(WANTED) if self._usable(key)]
         if len(healthy) > desired:
             self._scale_in(record, version, healthy, desired)
@@ -68,12 +66,12 @@ class VersionPlacement(ClusterState):
         request = PlacementRequest(
             model=record.name,
             version=version.version,
-            memory_bytes=memory_needed(spec),
-            requirements=model_specs.requirements(spec),
-            server_pin=spec.modelSpec.server if spec.modelSpec.HasField("server") else None,
+            memory_bytes=facts.memory_bytes,
+            requirements=facts.requirements,
+            server_pin=facts.server_pin,
             replicas=desired,
-            min_replicas=model_specs.min_replicas(spec),
-            is_explainer=model_specs.is_explainer(spec),
+            min_replicas=facts.min_replicas,
+            is_explainer=facts.explainer,
             current_server=current,
         )
         decision = place(request, self._views(version))

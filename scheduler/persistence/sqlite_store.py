@@ -8,10 +8,14 @@ Threading: every SQLite call runs on one dedicated writer thread that owns the c
 only queues requests and awaits futures, so it never blocks on disk I/O. ``load()`` is synchronous (it
 waits for the writer thread) and is meant for start-up.
 
-Group commit: ``apply()`` calls that arrive while the writer is busy (typically waiting for an fsync) queue
-up; the writer then takes everything queued and commits it as ONE transaction, and each caller's await
-completes after that COMMIT. Requests are handled in arrival order, so a ``load()`` sees every ``apply()``
-queued before it.
+Group commit, one thread hop per group: an ``apply()`` first waits on the event loop's side. When no group is
+being written, the waiting callers go to the writer at once as one group; while one is (typically waiting for
+an fsync), the callers that arrive wait together and go as the next group when it is done. The writer commits
+a group (and any groups queued behind it) as ONE transaction, and hands the outcome back to the event loop in
+one call, which completes every caller's await. So the cost of crossing between the threads is per group, not
+per caller; and the writer writes a group's final value of each key with one ``executemany``, so its Python
+work (which holds the GIL the event loop needs) is small. Requests are handled in arrival order, so a
+``load()`` sees every ``apply()`` made before it.
 
 Failed transactions: if the group's transaction fails, it is rolled back and EVERY caller of that group
 gets its own ``StateStoreError``; none of their changes is visible. The group is not retried caller by
@@ -22,7 +26,7 @@ damaged file: then the store stops accepting writes (fail-stop), because after a
 may have dropped data that an apparently successful later write would not bring back. Restarting the
 scheduler reopens and checks the file.
 
-Cancelling an ``apply()`` removes its changes if the writer has not taken them yet; once taken they are
+Cancelling an ``apply()`` removes its changes if they have not gone to the writer yet; once gone they are
 committed anyway, so a cancelled ``apply()`` may or may not have been written.
 
 The caller must make sure only one process writes the directory (``scheduler.state_dir.StateDir`` locks it).
@@ -39,7 +43,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,9 +106,20 @@ def describe(path: Path, action: str, error: sqlite3.Error) -> StateStoreError:
 
 
 @dataclass(frozen=True, slots=True)
-class _ApplyRequest:
+class _Caller:
+    """One ``apply()`` waiting for its group's commit."""
+
     changes: tuple[Change, ...]
-    future: Future[None]
+    future: asyncio.Future[None]
+
+
+@dataclass(frozen=True, slots=True)
+class _ApplyGroup:
+    """Callers of one event loop, handed to the writer together; ``resolve`` is called on their loop, once."""
+
+    callers: list[_Caller]
+    loop: asyncio.AbstractEventLoop
+    resolve: Callable[[_ApplyGroup, StateStoreError | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +133,7 @@ class _StopRequest:
     future: Future[None]
 
 
-_Request = _ApplyRequest | _LoadRequest | _StopRequest
+_Request = _ApplyGroup | _LoadRequest | _StopRequest
 
 
 class SqliteStateStore:
@@ -138,6 +153,11 @@ class SqliteStateStore:
         self._stopped: Future[None] | None = None
         self._commit_count = 0  # written by the writer thread only
         self._failure: StateStoreError | None = None  # writer thread only; set => fail-stop
+        # The event loop's side (its thread only): callers waiting to go to the writer, of which loop, and how
+        # many groups have gone to the writer and not come back.
+        self._waiting: list[_Caller] = []
+        self._waiting_loop: asyncio.AbstractEventLoop | None = None
+        self._groups_out = 0
         opened: Future[None] = Future()
         self._thread = threading.Thread(target=self._run, args=(opened,), name="state-store-writer", daemon=True)
         self._thread.start()
@@ -158,27 +178,38 @@ class SqliteStateStore:
         return self._commit_count
 
     def load(self, table: str) -> dict[str, bytes]:
-        """Every record of ``table``, including all applies queued before this call. Blocks until read."""
+        """Every record of ``table``, including all applies made before this call. Blocks until read."""
         validate_table(table)
         future: Future[dict[str, bytes]] = Future()
-        self._submit(_LoadRequest(table, future))
+        with self._lock:
+            self._check_open()
+            self._send_waiting()
+            self._queue.put(_LoadRequest(table, future))
         return future.result()
 
     async def apply(self, changes: Sequence[Change]) -> None:
-        """Validate, queue for the next group, and return once that group's transaction has committed."""
+        """Validate, wait for the next group (module docstring), and return once its transaction has committed."""
         batch = tuple(changes)
         validate_changes(batch)
-        if not batch:
-            with self._lock:
-                self._check_open()
-            return
-        future: Future[None] = Future()
-        self._submit(_ApplyRequest(batch, future))
-        await asyncio.wrap_future(future)
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            self._check_open()
+            if not batch:
+                return
+            if self._waiting_loop is not loop:
+                self._send_waiting()  # a group is of one loop: its outcome is handed to that loop
+            future = loop.create_future()
+            self._waiting.append(_Caller(batch, future))
+            self._waiting_loop = loop
+            if not self._groups_out:
+                self._send_waiting()
+        await future
 
     async def close(self) -> None:
-        """Commit everything queued so far, close the file and stop the writer thread. Idempotent."""
+        """Commit everything applied so far, close the file and stop the writer thread. Idempotent."""
         with self._lock:
+            if not self._closed:
+                self._send_waiting()
             self._closed = True
             if self._stopped is None:
                 self._stopped = Future()
@@ -198,10 +229,38 @@ class SqliteStateStore:
         if self._writer_gone:
             raise StateStoreError(f"state store {self.path}: the writer thread has stopped; restart the scheduler")
 
-    def _submit(self, request: _Request) -> None:
+    def _send_waiting(self) -> None:
+        """Hand the waiting callers (those not cancelled meanwhile) to the writer as one group. Under ``_lock``."""
+        callers = [caller for caller in self._waiting if not caller.future.done()]
+        loop = self._waiting_loop
+        self._waiting = []
+        if not callers or loop is None:
+            return
+        group = _ApplyGroup(callers, loop, self._resolved)
+        self._groups_out += 1
+        if self._writer_gone:
+            self._hand_back([group], self._writer_stopped())
+        else:
+            self._queue.put(group)
+
+    def _resolved(self, group: _ApplyGroup, failure: StateStoreError | None) -> None:
+        """On the callers' loop: complete every caller of ``group``, then send the callers that waited meanwhile."""
+        for caller in group.callers:
+            if caller.future.done():  # cancelled after it went to the writer: written anyway, nobody to tell
+                continue
+            if failure is None:
+                caller.future.set_result(None)
+            else:  # one exception object per caller: they are raised in different tasks
+                own = StateStoreError(str(failure))
+                own.__cause__ = failure.__cause__
+                caller.future.set_exception(own)
         with self._lock:
-            self._check_open()
-            self._queue.put(request)
+            self._groups_out = max(0, self._groups_out - 1)
+            if not self._groups_out and self._waiting_loop is group.loop:
+                self._send_waiting()
+
+    def _writer_stopped(self) -> StateStoreError:
+        return StateStoreError(f"state store {self.path}: the writer thread stopped before this request")
 
     # --- writer thread -------------------------------------------------------------------------------
 
@@ -229,11 +288,10 @@ class SqliteStateStore:
                     requests.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            group: list[_ApplyRequest] = []
+            group: list[_ApplyGroup] = []
             for request in requests:
-                if isinstance(request, _ApplyRequest):
-                    if request.future.set_running_or_notify_cancel():  # False: cancelled while queued
-                        group.append(request)
+                if isinstance(request, _ApplyGroup):
+                    group.append(request)
                     continue
                 self._commit(connection, group)
                 group = []
@@ -244,40 +302,41 @@ class SqliteStateStore:
                     return
             self._commit(connection, group)
 
-    def _commit(self, connection: sqlite3.Connection, group: list[_ApplyRequest]) -> None:
-        """Write one group in one transaction; resolve every caller's future after COMMIT (or fail them all)."""
-        if not group:
+    def _commit(self, connection: sqlite3.Connection, groups: list[_ApplyGroup]) -> None:
+        """Write these groups in one transaction; after COMMIT hand each group's outcome to its loop (or fail them
+        all)."""
+        if not groups:
             return
         if self._failure is not None:
-            self._fail_group(group, self._failure, self._failure)
+            self._hand_back(groups, self._failure)
             return
+        changes = [change for group in groups for caller in group.callers for change in caller.changes]
         try:
             connection.execute("BEGIN IMMEDIATE")
-            for request in group:
-                _write(connection, request.changes)
+            _write(connection, changes)
             connection.execute("COMMIT")
         except Exception as error:
-            changes = sum(len(request.changes) for request in group)
-            action = f"writing {changes} change(s) of {len(group)} caller(s)"
+            callers = sum(len(group.callers) for group in groups)
+            action = f"writing {len(changes)} change(s) of {callers} caller(s)"
             if isinstance(error, sqlite3.Error):
                 failure = describe(self.path, action, error)
                 if is_fatal(error):
                     self._failure = failure
             else:
                 failure = StateStoreError(f"state store {self.path}: {action} failed: {error!r}")
+                failure.__cause__ = error
             self._rollback(connection)
-            self._fail_group(group, failure, error)
+            self._hand_back(groups, failure)
             return
         self._commit_count += 1
-        for request in group:
-            request.future.set_result(None)
+        self._hand_back(groups, None)
 
     @staticmethod
-    def _fail_group(group: list[_ApplyRequest], failure: StateStoreError, cause: BaseException) -> None:
-        for request in group:  # one exception object per caller: they are raised in different tasks
-            own = StateStoreError(str(failure))
-            own.__cause__ = cause
-            request.future.set_exception(own)
+    def _hand_back(groups: list[_ApplyGroup], failure: StateStoreError | None) -> None:
+        """One call per group into its loop, which completes every caller of the group there."""
+        for group in groups:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+                group.loop.call_soon_threadsafe(group.resolve, group, failure)
 
     def _rollback(self, connection: sqlite3.Connection) -> None:
         if not connection.in_transaction:  # SQLite already rolled back (it does for some errors)
@@ -321,18 +380,20 @@ class SqliteStateStore:
                 if isinstance(request, _StopRequest):
                     if not request.future.done():
                         request.future.set_result(None)
+                elif isinstance(request, _ApplyGroup):
+                    self._hand_back([request], self._writer_stopped())
                 elif request.future.set_running_or_notify_cancel():
-                    request.future.set_exception(
-                        StateStoreError(f"state store {self.path}: the writer thread stopped before this request")
-                    )
+                    request.future.set_exception(self._writer_stopped())
 
 
 def _write(connection: sqlite3.Connection, changes: Sequence[Change]) -> None:
+    """Apply ``changes`` in order inside the open transaction: as only the last change of a key is visible once it
+    commits, write each key's last one, upserts and deletes each with one ``executemany``."""
+    last: dict[tuple[str, str], bytes | None] = {}
     for change in changes:
-        if isinstance(change, Put):
-            connection.execute(_UPSERT, (change.table, change.key, change.value))
-        else:
-            connection.execute(_DELETE, (change.table, change.key))
+        last[(change.table, change.key)] = change.value if isinstance(change, Put) else None
+    connection.executemany(_DELETE, [key for key, value in last.items() if value is None])
+    connection.executemany(_UPSERT, [(*key, value) for key, value in last.items() if value is not None])
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -32,8 +32,6 @@ from gateway.inference_router import InferenceRouter
 from gateway.replica_client import ReplicaClient
 from gateway.routing_table import RoutingTable
 from generated.mlops.agent.v1 import agent_pb2_grpc
-from generated.mlops.routing.v1 import routing_pb2_grpc
-from generated.mlops.scheduler import scheduler_pb2_grpc
 from modelplane.addresses import Address, parse_address
 from modelplane.auth.access_check import AccessCheck, AuthSettings
 from modelplane.auth.access_table import GRPC_METHODS, HTTP_ROUTES, Access, Role, Rule
@@ -195,8 +193,8 @@ async def _scheduler(folder: Path, admissions: Admissions) -> AsyncIterator[str]
     try:
         async with _server(access, admissions, RequestLimits()) as (server, address):
             streams = StreamWatchdog()
-            scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(core, streams), server)
-            routing_pb2_grpc.add_RoutingServiceServicer_to_server(RoutingService(core, streams), server)
+            SchedulerService(core, streams).add_to(server)
+            RoutingService(core, streams).add_to(server)
             agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(core, 5.0), server)
             health = Health()
             health.add_to(server)

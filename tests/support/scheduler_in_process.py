@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from grpc import aio
 
 from generated.mlops.agent.v1 import agent_pb2_grpc
-from generated.mlops.routing.v1 import routing_pb2_grpc
-from generated.mlops.scheduler import scheduler_pb2_grpc
 from modelplane.addresses import Address
 from modelplane.transport import TransportSecurity, bind, new_server
 from scheduler.agent_service import AgentService
@@ -52,8 +50,8 @@ async def in_process_scheduler(
     await core.start()
     server = new_server([*outer_interceptors(core), RequestLimits()])
     streams = StreamWatchdog()
-    scheduler_pb2_grpc.add_SchedulerServicer_to_server(SchedulerService(core, streams), server)
-    routing_pb2_grpc.add_RoutingServiceServicer_to_server(RoutingService(core, streams), server)
+    SchedulerService(core, streams).add_to(server)
+    RoutingService(core, streams).add_to(server)
     agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(core, heartbeat_seconds), server)
     port = bind(server, Address("127.0.0.1", 0), TransportSecurity())
     await server.start()

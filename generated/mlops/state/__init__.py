@@ -1,0 +1,1 @@
+"""protoc output for proto/. Written by scripts/gen_protos.py; never edit by hand."""

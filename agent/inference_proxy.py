@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -343,15 +344,27 @@ class _GrpcProxyHandler(grpc.GenericRpcHandler):
         return grpc.unary_unary_rpc_method_handler(handle)
 
 
+# The start of an inference answer as MLServer and Triton write it (compact JSON, these two keys first): the
+# server's name and version strings (or a null version), at most 512 characters each.
+_ANSWER_START = re.compile(rb'\{"model_name":("(?:[^"\\]|\\.){0,512}"),"model_version":("(?:[^"\\]|\\.){0,512}"|null),')
+
+
 def _rename_json(payload: bytes, loaded: str, name: str, version: int | None) -> bytes:
     """Give the client back the name it asked for, not the server's versioned one."""
+    given_version = str(version) if version is not None else loaded.rpartition("_")[2]
+    start = _ANSWER_START.match(payload)
+    if start is not None and json.loads(start[1]) == loaded:
+        # An inference answer: its first two values are replaced and the rest (the tensors) passes on as the
+        # server wrote it, rather than being parsed and written again.
+        renamed = f'{{"model_name":{json.dumps(name)},"model_version":{json.dumps(given_version)},'
+        return renamed.encode() + payload[start.end() :]
     try:
         document: Any = json.loads(payload)
     except (ValueError, RecursionError):  # not JSON, or nested past the parser's recursion limit
         return payload
     if isinstance(document, dict) and document.get("model_name") == loaded:
         document["model_name"] = name
-        document["model_version"] = str(version) if version is not None else loaded.rpartition("_")[2]
+        document["model_version"] = given_version
         return json.dumps(document).encode()
     if isinstance(document, dict) and document.get("name") == loaded:
         document["name"] = name

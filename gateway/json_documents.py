@@ -63,7 +63,10 @@ def nesting_depth(document: Any, *, stop_after: int | None = None) -> int:
         for container in level:
             children = container.values() if type(container) is dict else container
             # map(type) runs in C: a list of a million numbers is passed over without a Python-level step each.
-            if not _CONTAINERS.isdisjoint(map(type, children)):
+            kinds = set(map(type, children))
+            if kinds <= _CONTAINERS:
+                deeper.extend(children)  # only arrays and objects (a tensor's rows): taken whole, in C
+            elif not kinds.isdisjoint(_CONTAINERS):
                 deeper.extend(child for child in children if type(child) in _CONTAINERS)
         level = deeper
     return depth

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agent.held_models import HeldModel, HeldTable
 from agent.inference_proxy import _rename_json
 from agent.server_watch import WatchSettings, describe_exit, reason_text
 from agent.settings import AgentSettings, build_parser, parse_settings
@@ -178,3 +179,30 @@ def test_grpc_name_rewrite_keeps_every_other_field() -> None:
     rewritten = names.SerializeToString()
     assert rewritten.startswith(b"\x0a\x06iris_7")
     assert rewritten.endswith(b"\x1a\x03abc\x2a\x07\x0a\x05input")
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["set", "del", "pop"]), st.sampled_from(["a", "b", "a_b"]), st.integers(1, 3)),
+        max_size=40,
+    )
+)
+def test_the_held_table_indexes_every_version_of_each_name(steps: list[tuple[str, str, int]]) -> None:
+    """The proxy's lookup of a model's versions (HeldTable.versions) always agrees with a scan of the table."""
+    table = HeldTable()
+    for action, name, version in steps:
+        loaded = f"{name}_{version}"
+        if action == "set":
+            table[loaded] = HeldModel(name, version, memory=1, files=None)
+        elif action == "del" and loaded in table:
+            del table[loaded]
+        elif action == "pop":
+            held = table.get(loaded)
+            assert table.pop(loaded, None) is held
+        for each in ("a", "b", "a_b", "c"):
+            indexed = sorted((m.loaded_name, id(m)) for m in table.versions(each))
+            assert indexed == sorted((key, id(m)) for key, m in table.items() if m.name == each)
+    with pytest.raises(TypeError):
+        table.update({})
+    with pytest.raises(ValueError, match="another name"):
+        table["a_1"] = HeldModel("a", 2, memory=1, files=None)

@@ -124,7 +124,6 @@ class _Connection(asyncio.Protocol):
     def _reset(self) -> None:
         self._status = 0
         self._headers: dict[str, str] = {}
-        self._header_name = ""
         self._body = bytearray()
         self._error_body: ErrorBody | None = None
         self._headers_done = False
@@ -178,6 +177,12 @@ class _Connection(asyncio.Protocol):
         self._fail(BrokenConnectionError(f"the connection closed before the answer was whole{why}"))
 
     # -- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self._answer is None or self._answer.done():
+            # An answer nobody asked for, in the same bytes as the last one: what follows on this connection
+            # cannot be told apart from it, so the connection is not used again.
+            self.close()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")

@@ -149,6 +149,24 @@ async def test_an_answer_cut_short_is_not_sent_again(client: HopClient) -> None:
     assert requests == 2
 
 
+async def test_bytes_after_an_answer_retire_its_connection(client: HopClient) -> None:
+    """A server that writes more than the answer (the start of another one): the next request must not read
+    those bytes as its answer, so it goes on a new connection."""
+
+    async def overlong(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer_bytes(200, b"first") + b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nstale")
+        await writer.drain()
+        await read_request(reader)
+        writer.write(answer_bytes(200, b"second"))
+        await writer.drain()
+        await reader.read()
+
+    async with raw_server(overlong) as base:
+        assert (await client.request("GET", base, "/a")).body == b"first"
+        assert (await client.request("GET", base, "/b")).body == b"first", "answered on a new connection"
+
+
 async def test_bodies_by_length_chunked_and_until_the_connection_ends_are_read_whole(client: HopClient) -> None:
     chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
     until_eof = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it"

@@ -26,8 +26,8 @@ gateway's RSS (``VmRSS``) idle, after each part, and its peak (``VmHWM``).
                                                 [--clients 8] [--seconds 3] [--rows 2] [--quick] [--json PATH]
                                                 [--workdir DIR] [--py-spy BIN [--profile-out PATH]]
 
-``--py-spy`` samples the gateway and the agent in an extra phase after the measurements (so the figures are not slowed by
-it): gateway model throughput and sequential pipeline requests, and prints its top functions.
+``--py-spy`` samples the gateway and the agent in an extra phase after the measurements (so the figures are not
+slowed by it): gateway model throughput and sequential pipeline requests, and prints their top functions.
 Every process is stopped by its PID.
 
 Over 400 lines on purpose: one benchmark is one script read top to bottom (the stack, the ways of calling,
@@ -659,7 +659,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, 50 requests, 1 s")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the result as JSON here")
     parser.add_argument("--workdir", type=Path, help="keep logs in a new folder in DIR (default: temporary, removed)")
-    parser.add_argument("--py-spy", metavar="BIN", help="profile the gateway and the agent with this py-spy in an extra phase")
+    parser.add_argument("--py-spy", metavar="BIN", help="profile the gateway and agent with this py-spy (extra phase)")
     parser.add_argument("--profile-out", type=Path, metavar="PATH", help="py-spy's raw output (default: in workdir)")
     options = parser.parse_args(argv)
     if options.quick:

@@ -28,7 +28,6 @@ from modelplane.auth_flags import add_client_token_flag, client_token
 from modelplane.cli import audit_command, model_commands, status_command, up
 from modelplane.command_line import EXIT_FAILURE, EXIT_USAGE, fail, subparsers
 from modelplane.config import parse_layered
-from modelplane.event_loop import run_on_fast_loop
 from modelplane.flag_types import peer_address
 from modelplane.kubernetes_api import KubernetesConfigError
 from modelplane.transport import TransportError, TransportSecurity
@@ -154,7 +153,7 @@ def _run_agent(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     from agent import process as agent_process  # noqa: PLC0415
 
     try:
-        run_on_fast_loop(agent_process.run(settings))
+        asyncio.run(agent_process.run(settings))
     except (TransportError, OSError, RuntimeError, KubernetesConfigError) as error:
         return fail(str(error))
     return 0
@@ -166,7 +165,7 @@ def _run_gateway(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     from gateway import process as gateway_process  # noqa: PLC0415 - see _run_agent
 
     try:
-        run_on_fast_loop(gateway_process.run(settings))
+        asyncio.run(gateway_process.run(settings))
     except (TransportError, OSError, RuntimeError) as error:
         return fail(str(error))
     return 0

@@ -12,15 +12,16 @@ Proxies (``--proxy``, several may be given; they take turns ``--rounds`` times):
   ``hop-client``      the same server forwarding with modelplane.http_hop.HopClient;
   ``agent``           the agent's real InferenceProxy REST app (a stub model manager), without the access check;
   ``agent-protected`` the same with modelplane.auth.http_access.protect (authentication off, as in ``up``).
-``--loop asyncio|uvloop`` picks the proxy's event loop (the stub server always runs on uvloop when installed).
+``--loop asyncio|uvloop`` picks the proxy's event loop (uvloop is not a dependency: install it to compare).
 
-    .venv/bin/python bench/hop_floor.py --proxy hop-client agent-protected --loop uvloop --rounds 2
+    .venv/bin/python bench/hop_floor.py --proxy aiohttp-client hop-client agent agent-protected --rounds 2
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import socket
 import statistics
@@ -125,8 +126,7 @@ def run_role(role: str, port: int, upstream: str, loop: str) -> None:
     else:
         app = agent_app(upstream, role == "agent-protected")
     if loop == "uvloop":
-        import uvloop  # noqa: PLC0415
-
+        uvloop = importlib.import_module("uvloop")  # not a dependency of modelplane: `pip install uvloop` to compare
         uvloop.run(serve(app, port))
     else:
         asyncio.run(serve(app, port))
@@ -197,7 +197,7 @@ async def measure(url: str, pid: int, clients: int, seconds: float) -> dict[str,
 
 async def benchmark(options: argparse.Namespace) -> list[dict[str, Any]]:
     stub_port = free_port()
-    stub = start("stub", stub_port, "", "uvloop")
+    stub = start("stub", stub_port, "", "asyncio")
     upstream = f"http://127.0.0.1:{stub_port}"
     results = []
     try:
@@ -231,7 +231,7 @@ async def benchmark(options: argparse.Namespace) -> list[dict[str, Any]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The CPU one HTTP hop of the data path costs per request.")
     parser.add_argument("--proxy", nargs="+", choices=PROXIES, default=["hop-client", "agent-protected"])
-    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="uvloop")
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=5.0)

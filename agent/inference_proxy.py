@@ -30,10 +30,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import grpc
 from aiohttp import web
 from google.protobuf.message import DecodeError
@@ -43,14 +43,22 @@ from agent.held_models import NoRoom
 from agent.model_manager import ModelManager
 from agent.server_calls import ServerDown
 from generated.mlops.agent.v1 import agent_pb2
+from modelplane.http_hop import (
+    AnswerTimeoutError,
+    BrokenConnectionError,
+    ConnectError,
+    HopClient,
+    HopError,
+    request_target,
+)
 from modelplane.inference_errors import (
     SERVER_DOWN_HEADER,
     UNREADABLE_BODY,
     ErrorAnswer,
+    ErrorBody,
     Verdict,
     quiet_caller_http_errors,
     read_error_answer,
-    read_error_body,
     safe_reason,
     unreadable_body_answer,
 )
@@ -64,12 +72,16 @@ GRPC_SERVICE = "inference.GRPCInferenceService"
 # RPCs whose request names a model in field 1 (and its version in field 2).
 _NAMED_RPCS = {"ModelInfer", "ModelReady", "ModelMetadata"}
 _PASS_THROUGH_RPCS = {"ServerLive", "ServerReady", "ServerMetadata"}
-# Not passed on: they describe this hop (the body is forwarded as read, so decoded, whatever it came as).
-_HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "content-encoding"}
+# Not passed on: they describe this hop (the body is forwarded as read, so decoded, whatever it came as; the
+# server's answer is asked for uncompressed, which is how the proxy's client reads it).
+_HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "content-encoding", "accept-encoding"}
 # The status the proxy answers a server's error with, by verdict (INVALID keeps the server's 4xx).
 _ANSWER_STATUS = {Verdict.NOT_HERE: 404, Verdict.UNAVAILABLE: 503, Verdict.TIMED_OUT: 504, Verdict.FAILED: 500}
 # How long requests still on connections replaced after a restart may take to finish before those close.
 _RETIRE_GRACE_SECONDS = 60.0
+_REQUEST_TIMEOUT_SECONDS = 300.0
+_CONNECT_TIMEOUT_SECONDS = 10.0
+_SERVER_CONNECTIONS = 256  # at once, as many as the gateway keeps to one agent
 
 
 class ModelNotHere(Exception):  # noqa: N818 - the name says what the client hit
@@ -99,7 +111,7 @@ class InferenceProxy:
         self.manager = manager
         self.server_http_url = server_http_url.rstrip("/")
         self.server_grpc_target = server_grpc_target
-        self._session: aiohttp.ClientSession | None = None
+        self._session: HopClient | None = None
         self._channel: aio.Channel | None = None
         self._retiring: set[asyncio.Task[None]] = set()
         # Called when the server could not be reached (the agent's watch probes it at once).
@@ -116,7 +128,7 @@ class InferenceProxy:
 
     @staticmethod
     async def _retire(
-        session: aiohttp.ClientSession | None, channel: aio.Channel | None, grace: float = _RETIRE_GRACE_SECONDS
+        session: HopClient | None, channel: aio.Channel | None, grace: float = _RETIRE_GRACE_SECONDS
     ) -> None:
         try:
             if channel is not None:
@@ -161,9 +173,13 @@ class InferenceProxy:
         app.on_cleanup.append(self._close_session)
         return app
 
-    def _client(self) -> aiohttp.ClientSession:
+    def _client(self) -> HopClient:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300, sock_connect=10))
+            self._session = HopClient(
+                connections=_SERVER_CONNECTIONS,
+                total_timeout=_REQUEST_TIMEOUT_SECONDS,
+                connect_timeout=_CONNECT_TIMEOUT_SECONDS,
+            )
         return self._session
 
     async def _close_session(self, _app: web.Application) -> None:
@@ -209,32 +225,29 @@ class InferenceProxy:
     async def _ask_server(
         self, request: web.Request, path: str, body: bytes, headers: dict[str, str]
     ) -> tuple[int, str, bytes] | web.Response:
-        """The server's 2xx answer as (status, content type, body), or the proxy's answer for anything else."""
-        retried = False
-        while True:
-            try:
-                async with self._client().request(
-                    request.method, self.server_http_url + path, params=request.query, data=body, headers=headers
-                ) as upstream:
-                    status = upstream.status
-                    content_type = upstream.headers.get("Content-Type", "application/json")
-                    if 200 <= status < 300:
-                        return status, content_type, await upstream.read()
-                    return self._error_answer(path, read_error_answer(status, await read_error_body(upstream)))
-            except (aiohttp.ClientError, TimeoutError) as error:
-                if not retried and _stale_connection(error):
-                    # A pooled connection the server had closed (uvicorn closes one after a 500): once more, on
-                    # a new connection. Safe: inference and the V2 reads have no side effects.
-                    retried = True
-                    continue
-                return self._failure_answer(error)
+        """The server's 2xx answer as (status, content type, body), or the proxy's answer for anything else. (A
+        request on a kept-alive connection the server had just closed, as uvicorn does after a 500, is sent once
+        more on a new one by the client: inference and the V2 reads have no side effects.)"""
+        try:
+            target = request_target(path, request.rel_url.raw_query_string)
+            answer = await self._client().request(
+                request.method, self.server_http_url, target, headers=headers, body=body
+            )
+        except HopError as error:
+            return self._failure_answer(error)
+        except ValueError as error:  # a method or query that cannot go on a request line
+            return web.json_response({"error": safe_reason(f"the request cannot be passed on: {error}")}, status=400)
+        content_type = answer.headers.get("content-type", "application/json")
+        if 200 <= answer.status < 300:
+            return answer.status, content_type, answer.body
+        return self._error_answer(path, read_error_answer(answer.status, answer.error_body or ErrorBody()))
 
-    def _failure_answer(self, error: aiohttp.ClientError | TimeoutError) -> web.Response:
+    def _failure_answer(self, error: HopError) -> web.Response:
         """504 for a server that did not answer in time; 503 for one the proxy could not reach (and the watch is
         asked to probe it now); 502 for an answer the proxy cannot pass on."""
-        if isinstance(error, TimeoutError):
+        if isinstance(error, AnswerTimeoutError):
             return web.json_response({"error": "the inference server did not answer in time"}, status=504)
-        if isinstance(error, aiohttp.ClientConnectionError):
+        if isinstance(error, ConnectError | BrokenConnectionError):
             self.on_unreachable()
             down = self._down()
             if down is not None:
@@ -331,22 +344,27 @@ class _GrpcProxyHandler(grpc.GenericRpcHandler):
         return grpc.unary_unary_rpc_method_handler(handle)
 
 
-def _stale_connection(error: BaseException) -> bool:
-    """A pooled connection the server had closed, rather than a server that cannot be reached at all."""
-    return isinstance(error, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError) and not isinstance(
-        error, aiohttp.ClientConnectorError
-    )
+# The start of an inference answer as MLServer and Triton write it (compact JSON, these two keys first): the
+# server's name and version strings (or a null version), at most 512 characters each.
+_ANSWER_START = re.compile(rb'\{"model_name":("(?:[^"\\]|\\.){0,512}"),"model_version":("(?:[^"\\]|\\.){0,512}"|null),')
 
 
 def _rename_json(payload: bytes, loaded: str, name: str, version: int | None) -> bytes:
     """Give the client back the name it asked for, not the server's versioned one."""
+    given_version = str(version) if version is not None else loaded.rpartition("_")[2]
+    start = _ANSWER_START.match(payload)
+    if start is not None and json.loads(start[1]) == loaded:
+        # An inference answer: its first two values are replaced and the rest (the tensors) passes on as the
+        # server wrote it, rather than being parsed and written again.
+        renamed = f'{{"model_name":{json.dumps(name)},"model_version":{json.dumps(given_version)},'
+        return renamed.encode() + payload[start.end() :]
     try:
         document: Any = json.loads(payload)
     except (ValueError, RecursionError):  # not JSON, or nested past the parser's recursion limit
         return payload
     if isinstance(document, dict) and document.get("model_name") == loaded:
         document["model_name"] = name
-        document["model_version"] = str(version) if version is not None else loaded.rpartition("_")[2]
+        document["model_version"] = given_version
         return json.dumps(document).encode()
     if isinstance(document, dict) and document.get("name") == loaded:
         document["name"] = name

@@ -38,7 +38,7 @@ from typing import Any
 
 from agent.artifacts import ArtifactError, ArtifactStore
 from agent.held_index import is_agents_name, read_index, write_index
-from agent.held_models import HeldModel, NoRoom, OperationOutcome, artifact_source
+from agent.held_models import HeldModel, HeldTable, NoRoom, OperationOutcome, artifact_source
 from agent.server_calls import ServerCalls, ServerDown
 from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
@@ -65,7 +65,7 @@ class ModelManager:
         self.artifacts = artifacts
         self.memory_bytes = memory_bytes
         self.accept_bytes = memory_bytes * (100 + overcommit_percent) // 100
-        self.models: dict[str, HeldModel] = {}  # loaded name -> model
+        self.models = HeldTable()  # loaded name -> model
         self._locks = KeyedLocks()
         # Held while memory on the server changes hands (evictions, loads, unloads): room is computed and
         # taken in one step, so concurrent loads cannot each see the same free memory, and a model is
@@ -110,7 +110,7 @@ class ModelManager:
 
     def latest_version(self, name: str) -> HeldModel | None:
         """The newest version of ``name`` that can answer (a first load still in progress cannot)."""
-        versions = [m for m in self.models.values() if m.name == name and m.ready]
+        versions = [m for m in self.models.versions(name) if m.ready]
         return max(versions, key=lambda m: m.version) if versions else None
 
     # ----------------------------------------------------------------- start-up

@@ -26,8 +26,8 @@ gateway's RSS (``VmRSS``) idle, after each part, and its peak (``VmHWM``).
                                                 [--clients 8] [--seconds 3] [--rows 2] [--quick] [--json PATH]
                                                 [--workdir DIR] [--py-spy BIN [--profile-out PATH]]
 
-``--py-spy`` samples the gateway in an extra phase after the measurements (so the figures are not slowed by
-it): gateway model throughput and sequential pipeline requests, and prints its top functions.
+``--py-spy`` samples the gateway and the agent in an extra phase after the measurements (so the figures are not
+slowed by it): gateway model throughput and sequential pipeline requests, and prints their top functions.
 Every process is stopped by its PID.
 
 Over 400 lines on purpose: one benchmark is one script read top to bottom (the stack, the ways of calling,
@@ -508,7 +508,7 @@ async def measure(stack: Stack, config: Config, request: dict[str, Any], expecte
         result["gateway_rss_bytes"]["after_pipeline_part"] = rss_bytes(gateway_pid)
         result["gateway_rss_bytes"]["peak_hwm"] = hwm_bytes(gateway_pid)
         if config.py_spy is not None:
-            result["profile"] = await profile_gateway(config.py_spy, session, ways, config, watched)
+            result.update(await profile_gateway(config.py_spy, session, ways, config, watched))
 
     keys = ("p50_ms", "p90_ms", "p99_ms")
     lat, thr, pipe = result["model_latency"], result["model_throughput"], result["pipeline_latency"]
@@ -526,17 +526,23 @@ async def measure(stack: Stack, config: Config, request: dict[str, Any], expecte
 
 async def profile_gateway(
     py_spy: str, session: aiohttp.ClientSession, ways: Ways, config: Config, watched: Watched
-) -> dict[str, Any]:
-    """py-spy on the gateway during model throughput, then sequential pipeline requests (figures not kept)."""
+) -> dict[str, dict[str, Any]]:
+    """py-spy on the gateway and on the agent (its inference proxy: the second hop of every gateway request) at
+    once, during gateway model throughput, then sequential pipeline requests (figures not kept)."""
     out = config.profile_out or config.workdir / "gateway-profile.txt"
-    profiler = start_profiler(py_spy, watched.gateway, out)
+    agent_out = out.with_name(f"{out.stem}-agent{out.suffix}")
+    profilers = [start_profiler(py_spy, watched.gateway, out), start_profiler(py_spy, watched.agent, agent_out)]
     try:
         await asyncio.sleep(1.0)  # py-spy attaches
         await closed_loop(session, ways.model_call("gateway"), config.clients, 2 * config.seconds)()
         await sequential(session, ways.pipeline_call("gateway_pipeline"), 2 * config.pipeline_requests)()
     finally:
-        stop_profiler(profiler)
-    return {"raw": str(out), **summarize_profile(out, top=25)}
+        for profiler in profilers:
+            stop_profiler(profiler)
+    return {
+        "profile": {"raw": str(out), **summarize_profile(out, top=25)},
+        "agent_profile": {"raw": str(agent_out), **summarize_profile(agent_out, top=25)},
+    }
 
 
 # --------------------------------------------------------------------------------------------- the run
@@ -625,9 +631,10 @@ def render(result: dict[str, Any]) -> str:
         f"pipeline part {sum(p['cpu_s']['gateway'] for p in result['pipeline_latency'].values()):.2f}",
         f"errors: {errors_of(result)}; checks {result['checks']}; exits {result['exits']}",
     ]
-    if "profile" in result:
-        lines += ["", f"gateway profile ({result['profile'].get('samples')} samples), inclusive %:"]
-        lines += [f"  {share:5.1f}  {frame}" for frame, share in result["profile"].get("inclusive_percent", [])]
+    for key, process in (("profile", "gateway"), ("agent_profile", "agent")):
+        if key in result:
+            lines += ["", f"{process} profile ({result[key].get('samples')} samples), inclusive %:"]
+            lines += [f"  {share:5.1f}  {frame}" for frame, share in result[key].get("inclusive_percent", [])]
     return "\n".join(lines)
 
 
@@ -652,7 +659,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, 50 requests, 1 s")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the result as JSON here")
     parser.add_argument("--workdir", type=Path, help="keep logs in a new folder in DIR (default: temporary, removed)")
-    parser.add_argument("--py-spy", metavar="BIN", help="profile the gateway with this py-spy in an extra phase")
+    parser.add_argument("--py-spy", metavar="BIN", help="profile the gateway and agent with this py-spy (extra phase)")
     parser.add_argument("--profile-out", type=Path, metavar="PATH", help="py-spy's raw output (default: in workdir)")
     options = parser.parse_args(argv)
     if options.quick:

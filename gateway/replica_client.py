@@ -47,17 +47,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-import aiohttp
-
 from gateway.inference_types import InferenceError
 from gateway.routing_table import Endpoint
 from modelplane.auth.client_token import ClientToken
+from modelplane.http_hop import (
+    AnswerTimeoutError,
+    BadAnswerError,
+    BrokenConnectionError,
+    ConnectError,
+    HopClient,
+    request_target,
+)
 from modelplane.inference_errors import (
     SERVER_DOWN_HEADER,
     ErrorAnswer,
+    ErrorBody,
     Verdict,
     read_error_answer,
-    read_error_body,
     safe_reason,
 )
 
@@ -71,6 +77,7 @@ MAX_EJECT_SECONDS: Final = 30.0
 CONNECT_TIMEOUT_SECONDS: Final = 10.0
 # Header values travel as given, so they must be what HTTP allows in one: visible ASCII, spaces, tabs.
 _HEADER_VALUE: Final = re.compile(r"[\t\x20-\x7e]*")
+_SERVER_DOWN: Final = SERVER_DOWN_HEADER.lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +108,10 @@ class ReplicaClient:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         self.max_attempts = max_attempts
-        self.timeout = aiohttp.ClientTimeout(
-            total=timeout_seconds, sock_connect=min(CONNECT_TIMEOUT_SECONDS, timeout_seconds)
+        self.timeout_seconds = timeout_seconds
+        self._hop = HopClient(
+            connections=connections, total_timeout=timeout_seconds, connect_timeout=CONNECT_TIMEOUT_SECONDS
         )
-        self._connections = connections
-        self._session: aiohttp.ClientSession | None = None
         self._in_flight: dict[str, int] = {}
         self._turn = itertools.count()
         self._clock = clock
@@ -113,15 +119,8 @@ class ReplicaClient:
         self._token = token  # presented to the replicas' proxies; read at each request (its file may rotate)
         self._ejected: dict[str, _Ejection] = {}  # by the replica's URL: it is the address that fails
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=0)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
-        return self._session
-
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self._hop.close()
 
     def in_flight(self, endpoint: Endpoint) -> int:
         return self._in_flight.get(endpoint.key, 0)
@@ -188,26 +187,27 @@ class ReplicaClient:
         """One attempt: the 2xx answer, or what went wrong (recorded for ejection and logged)."""
         self._in_flight[endpoint.key] = self._in_flight.get(endpoint.key, 0) + 1
         try:
-            async with self._client().request(
-                method, endpoint.http_url.rstrip("/") + path, data=body, headers=headers
-            ) as response:
-                if 200 <= response.status < 300:
-                    content_type = response.headers.get("content-type", "application/json")
-                    answer = ReplicaAnswer(response.status, await response.read(), content_type, endpoint)
-                    self._ejected.pop(endpoint.http_url, None)
-                    return answer
-                server_down = SERVER_DOWN_HEADER in response.headers
-                error = read_error_answer(response.status, await read_error_body(response))
-        except aiohttp.ConnectionTimeoutError as failure:  # no connection made in time: unreachable
-            error, server_down = _unreachable(failure), True
-        except TimeoutError:  # connected, then no answer in time (the total or aiohttp's read timeout)
-            reason = f"did not answer within {self.timeout.total:g}s"
+            answer = await self._hop.request(
+                method, endpoint.http_url, request_target(path), headers=dict(headers), body=body or b""
+            )
+        except AnswerTimeoutError:  # connected, then no whole answer in time
+            reason = f"did not answer within {self.timeout_seconds:g}s"
             error, server_down = ErrorAnswer(Verdict.TIMED_OUT, 504, reason, reason), False
-        except (aiohttp.ClientConnectionError, OSError) as failure:  # refused, reset, closed
+        except (ConnectError, BrokenConnectionError) as failure:  # refused, not made in time, reset, closed
             error, server_down = _unreachable(failure), True
-        except aiohttp.ClientError as failure:  # connected, but its answer could not be read
+        except BadAnswerError as failure:  # connected, but its answer could not be read
             text = _failure_text(failure)
             error, server_down = ErrorAnswer(Verdict.FAILED, 502, f"its answer could not be read ({text})", text), False
+        except ValueError as failure:  # an address from the routing table that is no http:// URL
+            text = _failure_text(failure)
+            error, server_down = ErrorAnswer(Verdict.FAILED, 502, f"its address cannot be used ({text})", text), False
+        else:
+            if 200 <= answer.status < 300:
+                self._ejected.pop(endpoint.http_url, None)
+                content_type = answer.headers.get("content-type", "application/json")
+                return ReplicaAnswer(answer.status, answer.body, content_type, endpoint)
+            server_down = _SERVER_DOWN in answer.headers
+            error = read_error_answer(answer.status, answer.error_body or ErrorBody())
         finally:
             self._in_flight[endpoint.key] -= 1
             if not self._in_flight[endpoint.key]:

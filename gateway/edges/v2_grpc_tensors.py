@@ -10,6 +10,7 @@ import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Final
 
 import numpy as np
@@ -221,6 +222,16 @@ def _flatten(data: Any, where: str, status: int) -> list[Any]:
         raise InferenceError(status, f"{where} has no data")
     if not isinstance(data, list):
         return [data]
+    # Data nested evenly (rows of lists of numbers: every JSON tensor of more than one dimension) is flattened
+    # a level at a time in C; a level that mixes lists and elements takes the general walk below.
+    level: list[Any] = data
+    while True:
+        kinds = set(map(type, level))
+        if list not in kinds:
+            return level if level is not data else list(data)
+        if kinds != {list}:
+            break
+        level = list(chain.from_iterable(level))
     flat: list[Any] = []
     stack: list[Iterable[Any]] = [iter(data)]
     while stack:

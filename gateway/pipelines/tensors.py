@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from math import prod
 from typing import Any
 
@@ -79,6 +80,35 @@ def iter_elements(data: Sequence[Any], max_depth: int) -> Iterator[Any]:
             stack.pop()
 
 
+# The element types each datatype takes, for the check of a whole tensor at once (bool is not an int here).
+_KIND_TYPES: dict[str, frozenset[type]] = {
+    "BOOL": frozenset({bool}),
+    "BYTES": frozenset({str}),
+    **dict.fromkeys(_FLOATS, frozenset({float, int})),
+    **dict.fromkeys(_INTEGER_RANGES, frozenset({int})),
+}
+
+
+def _evenly_nested_and_fitting(data: list[Any], max_depth: int, expected: int, datatype: str) -> bool:
+    """Whether ``data`` is certainly well formed, checked a level at a time in C: nested evenly (each level all
+    lists, then all elements) no deeper than ``max_depth``, ``expected`` elements, each of ``datatype``'s kind
+    and range. False means "not certain": the element-by-element walk then finds and names the problem."""
+    level, depth = data, 1
+    while True:
+        kinds = set(map(type, level))
+        if list not in kinds:
+            break
+        if kinds != {list} or depth >= max_depth:
+            return False
+        level, depth = list(chain.from_iterable(level)), depth + 1
+        if len(level) > expected:
+            return False
+    if len(level) != expected or not kinds <= _KIND_TYPES[datatype]:
+        return False
+    limits = _INTEGER_RANGES.get(datatype)
+    return limits is None or not level or (limits[0] <= min(level) and max(level) <= limits[1])
+
+
 def _check_shape(shape: object, max_elements: int) -> list[int]:
     if not isinstance(shape, list):
         raise TensorError("shape must be a list of non-negative integers")
@@ -116,20 +146,26 @@ def check_tensor(tensor: object, index: int, limits: TensorLimits, budget: int) 
         expected = prod(shape)
         if expected > budget:
             raise TensorError(f"the message would hold more than {limits.max_elements} elements")
-        what, accepts = _element_checker(datatype)
-        count = 0
-        for element in iter_elements(data, max(len(shape), 1)):
-            count += 1
-            if count > expected:
-                break
-            if not accepts(element):
-                raise TensorError(f"element #{count - 1} ({element!r:.40}) is not {what}, as {datatype} requires")
-        if count != expected:
-            shown = f"more than {expected}" if count > expected else str(count)
-            raise TensorError(f"data holds {shown} elements but shape {shape} needs {expected}")
+        if not _evenly_nested_and_fitting(data, max(len(shape), 1), expected, datatype):
+            _check_elements(data, shape, expected, datatype)
     except TensorError as error:
         raise TensorError(f"tensor {name!r}: {error}") from None
     return name, expected
+
+
+def _check_elements(data: list[Any], shape: list[int], expected: int, datatype: str) -> None:
+    """The element-by-element walk: raises TensorError naming the first element or count that does not fit."""
+    what, accepts = _element_checker(datatype)
+    count = 0
+    for element in iter_elements(data, max(len(shape), 1)):
+        count += 1
+        if count > expected:
+            break
+        if not accepts(element):
+            raise TensorError(f"element #{count - 1} ({element!r:.40}) is not {what}, as {datatype} requires")
+    if count != expected:
+        shown = f"more than {expected}" if count > expected else str(count)
+        raise TensorError(f"data holds {shown} elements but shape {shape} needs {expected}")
 
 
 def check_tensors(tensors: object, field: str, limits: TensorLimits) -> list[JsonObject]:

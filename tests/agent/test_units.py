@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from agent.held_models import HeldModel, HeldTable
 from agent.inference_proxy import _rename_json
 from agent.server_watch import WatchSettings, describe_exit, reason_text
 from agent.settings import AgentSettings, build_parser, parse_settings
@@ -133,6 +137,38 @@ def test_rest_answers_carry_the_name_the_client_used() -> None:
     assert _rename_json(b'{"model_name": "other"}', "iris_3", "iris", None) == b'{"model_name": "other"}'
 
 
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(
+    loaded=st.text(min_size=1, max_size=30).map(lambda name: f"{name}_7"),
+    server_version=st.none() | st.text(max_size=30),
+    asked_version=st.none() | st.integers(0, 10**9),
+    rest=st.dictionaries(st.text(max_size=10).filter(lambda key: not key.startswith("model_")), _JSON_VALUES),
+)
+def test_compact_answers_are_renamed_as_a_parsed_answer_would_be(
+    loaded: str, server_version: str | None, asked_version: int | None, rest: dict[str, object]
+) -> None:
+    """MLServer and Triton write compact JSON with model_name and model_version first: the proxy replaces those
+    two and passes the rest on as written; the result means what renaming the parsed document means."""
+    document = {"model_name": loaded, "model_version": server_version, **rest}
+    compact = json.dumps(document, separators=(",", ":")).encode()
+    spaced = json.dumps(document).encode()  # not the servers' form: parsed and written again
+    expected = {**document, "model_name": "plain", "model_version": str(asked_version) if asked_version else "7"}
+    if asked_version == 0:
+        expected["model_version"] = "0"
+    renamed = _rename_json(compact, loaded, "plain", asked_version)
+    assert json.loads(renamed) == json.loads(_rename_json(spaced, loaded, "plain", asked_version)) == expected
+    if rest:
+        assert renamed.endswith(json.dumps(rest, separators=(",", ":")).encode()[1:])  # the tensors, as written
+    other = json.dumps({**document, "model_name": loaded + "x"}, separators=(",", ":")).encode()
+    assert _rename_json(other, loaded, "plain", asked_version) == other  # another model's answer: untouched
+
+
 def test_grpc_name_rewrite_keeps_every_other_field() -> None:
     """The proxy parses only fields 1-2 of a V2 gRPC message; the rest must survive re-serialisation."""
     # ModelInferRequest: model_name=1, model_version=2, id=3, inputs=5 (a message with name=1).
@@ -143,3 +179,30 @@ def test_grpc_name_rewrite_keeps_every_other_field() -> None:
     rewritten = names.SerializeToString()
     assert rewritten.startswith(b"\x0a\x06iris_7")
     assert rewritten.endswith(b"\x1a\x03abc\x2a\x07\x0a\x05input")
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["set", "del", "pop"]), st.sampled_from(["a", "b", "a_b"]), st.integers(1, 3)),
+        max_size=40,
+    )
+)
+def test_the_held_table_indexes_every_version_of_each_name(steps: list[tuple[str, str, int]]) -> None:
+    """The proxy's lookup of a model's versions (HeldTable.versions) always agrees with a scan of the table."""
+    table = HeldTable()
+    for action, name, version in steps:
+        loaded = f"{name}_{version}"
+        if action == "set":
+            table[loaded] = HeldModel(name, version, memory=1, files=None)
+        elif action == "del" and loaded in table:
+            del table[loaded]
+        elif action == "pop":
+            held = table.get(loaded)
+            assert table.pop(loaded, None) is held
+        for each in ("a", "b", "a_b", "c"):
+            indexed = sorted((m.loaded_name, id(m)) for m in table.versions(each))
+            assert indexed == sorted((key, id(m)) for key, m in table.items() if m.name == each)
+    with pytest.raises(TypeError):
+        table.update({})
+    with pytest.raises(ValueError, match="another name"):
+        table["a_1"] = HeldModel("a", 2, memory=1, files=None)

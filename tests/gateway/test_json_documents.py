@@ -41,6 +41,50 @@ def test_the_depth_is_that_of_the_document(value: Any, ascii_only: bool) -> None
             loads_bounded(data, max_depth=depth_of(value) - 1)
 
 
+def same_value(a: Any, b: Any) -> bool:
+    """Equal and of the same types all the way down (1, 1.0 and True are == in Python; NaN is not == itself)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(same_value(a[key], b[key]) for key in a)
+    if isinstance(a, float) and a != a:  # noqa: PLR0124 - NaN
+        return bool(b != b)  # noqa: PLR0124
+    return bool(a == b)
+
+
+any_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    max_leaves=40,
+)
+
+
+@given(any_json_values, st.booleans(), st.booleans())
+def test_documents_read_exactly_as_the_standard_library_reads_them(value: Any, ascii_only: bool, spaced: bool) -> None:
+    """orjson reads what it can, the standard library the rest (NaN, Infinity, integers past 64 bits, lone
+    surrogates): the value is the standard library's, to the type of every number."""
+    separators = (", ", ": ") if spaced else (",", ":")
+    data = json.dumps(value, ensure_ascii=ascii_only, separators=separators).encode("utf-8", "surrogatepass")
+    try:
+        expected = json.loads(data)
+    except ValueError:  # a lone surrogate written raw is not UTF-8: refused by both
+        with pytest.raises(JsonDocumentError):
+            loads_bounded(data)
+        return
+    assert same_value(loads_bounded(data), expected)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"-9223372036854775809", b"18446744073709551616", b'{"seed": 123456789012345678901234}', b"NaN", b"1e400",
+     b'"\\ud800"', b"\xef\xbb\xbf[1]", '[1, "\u00e9"]'.encode("utf-16"), b"0.10000000000000000555111512312578"],
+)  # fmt: skip
+def test_what_orjson_reads_otherwise_or_not_at_all_reads_as_before(data: bytes) -> None:
+    assert same_value(loads_bounded(data), json.loads(data))
+
+
 def test_brackets_in_strings_and_escaped_quotes_are_text() -> None:
     data = b'{"a": "[[[[\\"]]]]", "b": ["\\\\", "{"]}'
     assert loads_bounded(data, max_depth=2) == {"a": '[[[["]]]]', "b": ["\\", "{"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from math import prod
 from typing import Any
 
 import pytest
@@ -12,6 +13,8 @@ from gateway.pipelines.tensors import (
     DATATYPES,
     TensorError,
     TensorLimits,
+    _check_elements,
+    _evenly_nested_and_fitting,
     check_request,
     check_response,
     has_truthy_element,
@@ -165,3 +168,39 @@ def test_wrong_element_counts_are_always_refused(datatype: str, shape: list[int]
     element = {"BOOL": True, "BYTES": "a"}.get(datatype, 1)
     with pytest.raises(TensorError, match="elements but shape"):
         check_request({"inputs": [tensor(shape=shape, datatype=datatype, data=[element] * count)]}, LIMITS)
+
+
+_ELEMENTS = st.one_of(
+    st.booleans(), st.integers(-(2**64), 2**64), st.floats(allow_nan=False), st.text(max_size=3), st.none()
+)
+_DATA = st.recursive(st.lists(_ELEMENTS, max_size=4), lambda inner: st.lists(inner, max_size=3), max_leaves=30)
+
+
+def _evenly_nested(data: list[Any]) -> bool:
+    """Each level all lists or all elements."""
+    level = data
+    while any(isinstance(item, list) for item in level):
+        if not all(isinstance(item, list) for item in level):
+            return False
+        level = [element for item in level for element in item]
+    return True
+
+
+@given(data=_DATA, shape=st.lists(st.integers(0, 5), max_size=4), datatype=st.sampled_from(sorted(DATATYPES)))
+def test_the_whole_tensor_check_accepts_exactly_what_the_element_walk_accepts(
+    data: list[Any], shape: list[int], datatype: str
+) -> None:
+    """Tensors nested evenly are checked a level at a time in C; the element-by-element walk (which names the
+    problem) takes the rest. The first never accepts what the walk refuses, and accepts all evenly nested data
+    the walk accepts."""
+    expected = prod(shape)
+    try:
+        _check_elements(data, shape, expected, datatype)
+        walk_accepts = True
+    except TensorError:
+        walk_accepts = False
+    at_once = _evenly_nested_and_fitting(data, max(len(shape), 1), expected, datatype)
+    if at_once:
+        assert walk_accepts
+    if walk_accepts and _evenly_nested(data):
+        assert at_once

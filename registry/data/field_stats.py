@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from registry.data.column_kinds import is_numeric
 from registry.data.histograms import HistogramBin, categorical_histogram, numeric_histogram, similarity
 
 T = TypeVar("T")
@@ -110,10 +111,6 @@ def split_stats(train: pd.DataFrame, test: pd.DataFrame, outcome: str | None = N
 
 def stats_to_json(stats: Sequence[FieldStats]) -> list[dict[str, object]]:
     return [field.to_json() for field in stats]
-
-
-def is_numeric(series: pd.Series) -> bool:
-    return bool(pd.api.types.is_integer_dtype(series.dtype) or pd.api.types.is_float_dtype(series.dtype))
 
 
 def _field_stats(name: str, train: pd.Series, test: pd.Series) -> FieldStats:

@@ -50,7 +50,8 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except RegistryError as error:
-        return error_response(STATUS_OF.get(type(error), 500), error.message)
+        status = next((code for kind, code in STATUS_OF.items() if isinstance(error, kind)), 500)
+        return error_response(status, error.message)
     except ValidationError as error:
         return error_response(400, describe_invalid(error))
     except UNREADABLE_BODY as error:  # a body aiohttp cannot read: bad gzip, a bad chunk

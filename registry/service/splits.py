@@ -99,14 +99,14 @@ class SplitService:
         return self._context.split_maker
 
     async def create(self, experiment_name: str, spec: SplitSpec) -> SplitRow:
-        maker = self._maker()
-
         def unit(session: Session) -> SplitRow:
             experiment = lookups.experiment(session, experiment_name)
-            return new_split_row(session, experiment, spec, self._context.clock())
+            row = new_split_row(session, experiment, spec, self._context.clock())
+            self._maker()  # after the checks above: a 404 or 409 says more than a 503
+            return row
 
         row = await self._context.store.write(unit)
-        self.start_computing(row, maker)
+        self.start_computing(row)
         return row
 
     def start_computing(self, row: SplitRow, maker: SplitMaker | None = None) -> None:

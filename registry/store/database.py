@@ -89,7 +89,9 @@ def guard(session: Session, row: Base) -> None:
     """Make ``row``'s version part of this unit of work although the unit does not change it: it is written back
     (its version bumped), so the commit fails if anyone changed the row since it was read."""
     session.add(row)
-    flag_modified(row, "row_version")
+    # Marking a column as changed makes the flush write the row, with the version check and bump. Not the version
+    # column itself (SQLAlchemy then has no old version to check against): every table has a description.
+    flag_modified(row, "description")
 
 
 class Store:

@@ -30,7 +30,12 @@ import pytest
 from servers.launch.local import free_ports
 from tests.support.processes import alive
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# Debian installs each major version in its own folder (15 on bookworm): the newest there is used.
+_INITDBS = sorted(
+    (path for path in Path("/usr/lib/postgresql").glob("*/bin/initdb") if path.parts[-3].isdigit()),
+    key=lambda path: int(path.parts[-3]),
+)
+PG_BIN = _INITDBS[-1].parent if _INITDBS else Path("/usr/lib/postgresql/15/bin")
 USER = "modelplane"
 
 
@@ -60,7 +65,7 @@ def start_postgres(timeout: float = 60) -> PostgresServer:
     """initdb and start a cluster in a new folder (short: the Unix socket lives there); returns once it accepts
     connections. The caller stops it with :func:`stop_postgres`."""
     if not (PG_BIN / "initdb").exists():
-        pytest.fail("PostgreSQL 15 is missing: apt-get install -y postgresql")
+        pytest.fail("PostgreSQL is missing: apt-get install -y postgresql (./run test installs it)")
     folder = Path(tempfile.mkdtemp(prefix="mp-pg-"))
     shutil.chown(folder, "postgres")
     data, log = folder / "data", folder / "log"

@@ -1,1 +1,1 @@
-"""The model registry process of issue 15: experiments, datasets, splits and models (seeds 001 and 002)."""
+"""The registry: model management of seeds 001 and 002 (experiments, datasets, splits, models and their lifecycle)."""

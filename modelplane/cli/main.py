@@ -32,6 +32,8 @@ from modelplane.flag_types import peer_address
 from modelplane.kubernetes_api import KubernetesConfigError
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_tls_flags, security_from
+from registry.settings import build_parser as build_registry_parser
+from registry.settings import parse_settings as parse_registry_settings
 from scheduler.leadership.leadership_state import LeadershipLost
 from scheduler.settings import build_parser, parse_settings
 from scheduler.state_dir import StateDirError
@@ -107,6 +109,14 @@ def _parser() -> argparse.ArgumentParser:
         )
     )
     add_trainer_commands(commands)
+    build_registry_parser(
+        commands.add_parser(
+            "registry",
+            help="run the model registry (experiments, splits, models: a REST API)",
+            description="Run the registry: seed 002's REST API of experiments, splits and models on --listen, "
+            "/openapi.json describing it, kept in SQLite in --state-dir or in PostgreSQL (--database).",
+        )
+    )
     status = commands.add_parser(
         "status",
         help="show a running scheduler's version, health and services",
@@ -186,6 +196,18 @@ def _run_controller(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int
     return 0
 
 
+def _run_registry(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    settings = parse_registry_settings(parser, argv)
+    logs.configure("registry", settings.log_level, json_output=settings.log_json)
+    from registry import process as registry_process  # noqa: PLC0415 - see _run_agent
+
+    try:
+        asyncio.run(registry_process.run(settings))
+    except (TransportError, OSError, RuntimeError) as error:
+        return fail(str(error))
+    return 0
+
+
 def _run_up(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     settings = up.parse_settings(parser, argv)
     logs.configure("up")
@@ -251,6 +273,17 @@ async def _render_status(address: Address, security: TransportSecurity, timeout:
     return report.render()
 
 
+# The long-running processes, each run from its own parser and arguments.
+PROCESSES: dict[str, Callable[[argparse.ArgumentParser, Sequence[str]], int]] = {
+    "scheduler": _run_scheduler,
+    "agent": _run_agent,
+    "up": _run_up,
+    "gateway": _run_gateway,
+    "controller": _run_controller,
+    "registry": _run_registry,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one return per command
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
@@ -264,16 +297,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         print(f"modelplane {__version__}")
         return 0
-    if command == "scheduler":
-        return _run_scheduler(commands[command], rest)
-    if command == "agent":
-        return _run_agent(commands[command], rest)
-    if command == "up":
-        return _run_up(commands[command], rest)
-    if command == "gateway":
-        return _run_gateway(commands[command], rest)
-    if command == "controller":
-        return _run_controller(commands[command], rest)
+    if command in PROCESSES:
+        return PROCESSES[command](commands[command], rest)
     if command == "status":
         return _client(commands[command], "status", rest, None)
     if command == "audit":

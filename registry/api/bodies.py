@@ -1,0 +1,76 @@
+"""The request bodies of seed 002's calls, with the seed's JSON names: strict types, unknown fields refused, every
+list, map and string bounded. pydantic checks them and gives /openapi.json their JSON Schemas."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, StringConstraints
+
+MAX_DIRECTIVES: Final = 1000
+MAX_DIRECTIVE_CHARS: Final = 4096
+MAX_NAME_CHARS: Final = 128
+MAX_DESCRIPTION_CHARS: Final = 10_000
+MAX_FEATURES: Final = 1000
+MAX_HYPERPARAMETERS: Final = 100
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_CHARS)]
+Description = Annotated[str, StringConstraints(max_length=MAX_DESCRIPTION_CHARS)]
+Directives = Annotated[
+    list[Annotated[str, StringConstraints(max_length=MAX_DIRECTIVE_CHARS)]], Field(max_length=MAX_DIRECTIVES)
+]
+Features = Annotated[list[Name], Field(max_length=MAX_FEATURES)]
+HyperparameterValue = StrictStr | StrictInt | StrictFloat | StrictBool
+Hyperparameters = Annotated[dict[Name, HyperparameterValue], Field(max_length=MAX_HYPERPARAMETERS)]
+
+
+class Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ExperimentBody(Body):
+    """PUT /experiments/{name}. srcpath, outcome and outcomeType are defined once (409 when redefined)."""
+
+    description: Description | None = None
+    srcpath: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = None
+    outcome: Name | None = None
+    outcome_type: Name | None = Field(default=None, alias="outcomeType")
+    directives: Directives | None = None
+
+
+class SplitParameters(Body):
+    # The seed writes "percent": "80": a numeric string is read as its number.
+    percent: float = Field(gt=0, lt=100, strict=False, description="percent of the rows that go to training")
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = Field(
+        default=None, description="random splits: the same seed gives the same split"
+    )
+
+
+class SplitBody(Body):
+    """POST /experiments/{name}/splits, and POST .../models/{id}/split (where directives default to the model's)."""
+
+    kind: Literal["random", "first"] = Field(alias="type")
+    parameters: SplitParameters
+    directives: Directives | None = None
+    split_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    description: Description = ""
+
+
+class ModelBody(Body):
+    """POST /experiments/{name}/models: directives or an existing split, not both."""
+
+    name: Annotated[str, StringConstraints(max_length=MAX_NAME_CHARS)] = ""
+    description: Description = ""
+    directives: Directives | None = None
+    split: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = None
+    features: Features | None = None
+
+
+class DirectivesBody(Body):
+    directives: Directives
+
+
+class TrainBody(Body):
+    algorithm: Name
+    hyperparameters: Hyperparameters = Field(default_factory=dict)
+    features: Features | None = None

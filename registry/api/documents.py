@@ -1,0 +1,77 @@
+"""Rows as the JSON documents of seed 002, with its names (outcomeType, trainingPath, evaluationMetrics,
+createtime, ...). Times are whole seconds since the epoch; ``traintime`` and ``deploytime`` are missing until the
+model is trained or deployed, as the seed says."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from registry.service.splits import SplitView
+from registry.store.tables import ExperimentRow, ModelRow, SplitRow
+
+
+def experiment(row: ExperimentRow) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "description": row.description,
+        "srcpath": row.srcpath,
+        "outcome": row.outcome,
+        "outcomeType": row.outcome_type,
+        "directives": row.directives,
+        "createtime": row.create_time,
+    }
+
+
+def _with_reason(document: dict[str, Any], reason: str | None) -> dict[str, Any]:
+    if reason:
+        document["reason"] = reason
+    return document
+
+
+def split(view: SplitView, *, with_stats: bool) -> dict[str, Any]:
+    row = view.split
+    document: dict[str, Any] = {
+        "id": row.id,
+        "description": row.description,
+        "type": row.kind,
+        "parameters": row.parameters,
+        "directives": row.directives,
+        "schema": row.schema,
+        "trainingPath": row.training_path,
+        "testPath": row.test_path,
+        "status": row.state,
+        "createtime": row.create_time,
+        "models": view.models,
+    }
+    if with_stats:
+        document["stats"] = row.stats or []
+    return _with_reason(document, row.reason)
+
+
+def split_status(row: SplitRow) -> dict[str, Any]:
+    return _with_reason({"id": row.id, "status": row.state}, row.reason)
+
+
+def model(row: ModelRow) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "id": row.id,
+        "name": row.name,
+        "description": row.description,
+        "split": row.split_id,
+        "algorithm": row.algorithm,
+        "hyperparameters": row.hyperparameters,
+        "evaluationMetrics": row.evaluation_metrics,
+        "directives": row.directives,
+        "features": row.features,
+        "status": row.state,
+        "createtime": row.create_time,
+    }
+    if row.train_time is not None:
+        document["traintime"] = row.train_time
+    if row.deploy_time is not None:
+        document["deploytime"] = row.deploy_time
+    return _with_reason(document, row.reason)
+
+
+def model_status(row: ModelRow) -> dict[str, Any]:
+    return _with_reason({"id": row.id, "status": row.state}, row.reason)

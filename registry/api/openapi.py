@@ -1,0 +1,100 @@
+"""/openapi.json: the REST table (routes.ROUTES) as an OpenAPI 3.1 document, the request bodies' schemas from their
+pydantic models. Built from the same list the app serves, so every path served is described and nothing else."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from modelplane import __version__
+from registry.api.bodies import MAX_NAME_CHARS
+from registry.api.requests import DEFAULT_LIMIT, MAX_LIMIT
+from registry.api.routes import ROUTES, TOTAL_COUNT_HEADER, Route
+
+_ERRORS = {
+    400: "malformed input: the reason names the field",
+    404: "no such experiment, split or model",
+    409: "the resource's state does not allow this (registry/lifecycle.py's tables), or a defined field redefined",
+    413: "body over the size limit",
+    502: "the trainer or the scheduler refused",
+    503: "the database, or the part of the registry this needs, is unavailable",
+}
+_ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+_PARAMETER = re.compile(r"\{(\w+)\}")
+
+
+def _parameters(route: Route) -> list[dict[str, Any]]:
+    described = {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$", "maxLength": MAX_NAME_CHARS},
+        "split": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+        "model": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+    }
+    parameters: list[dict[str, Any]] = [
+        {"name": name, "in": "path", "required": True, "schema": described[name]}
+        for name in _PARAMETER.findall(route.path)
+    ]
+    if route.paged:
+        parameters += [
+            {"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0, "default": 0}},
+            {
+                "name": "limit",
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+            },
+        ]
+    parameters += [{"name": name, "in": "query", "schema": {"type": "string"}} for name in route.query]
+    return parameters
+
+
+def _operation(route: Route) -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    for status, what in route.answers.items():
+        answer: dict[str, Any] = {"description": what or "done"}
+        if what:
+            answer["content"] = {"application/json": {"schema": {"type": "array" if route.paged else "object"}}}
+        if route.paged:
+            answer["headers"] = {
+                TOTAL_COUNT_HEADER: {"description": "how many match, all pages", "schema": {"type": "integer"}}
+            }
+        responses[str(status)] = answer
+    errors = {404, 500} | ({400, 413} if route.body or route.paged or route.method == "PUT" else set())
+    for status in sorted(errors | set(route.refusals)):
+        description = _ERRORS.get(status, "the registry failed; its log says why")
+        responses[str(status)] = {
+            "description": description,
+            "content": {"application/json": {"schema": _ERROR_SCHEMA}},
+        }
+    operation: dict[str, Any] = {"summary": route.summary, "parameters": _parameters(route), "responses": responses}
+    if route.body is not None:
+        schema = route.body.model_json_schema(by_alias=True, ref_template="#/components/schemas/{model}")
+        operation["requestBody"] = {
+            "required": route.method != "PUT",
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{route.body.__name__}"}}},
+        }
+        operation["x-schema-defs"] = schema.pop("$defs", {})
+        operation["x-schema"] = schema
+    return operation
+
+
+def openapi_document() -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    schemas: dict[str, Any] = {}
+    for route in ROUTES:
+        operation = _operation(route)
+        schemas.update(operation.pop("x-schema-defs", {}))
+        if "x-schema" in operation and route.body is not None:
+            schemas[route.body.__name__] = operation.pop("x-schema")
+        paths.setdefault(route.path, {})[route.method.lower()] = operation
+    paths["/openapi.json"] = {
+        "get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI 3.1"}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "modelplane registry",
+            "version": __version__,
+            "description": "Experiments, splits and models (seed 002's REST table).",
+        },
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }

@@ -1,0 +1,88 @@
+"""What the registry asks of the world, as ports the composition root (modelplane/cli) fills in: computing a split
+(over registry/data), launching a training run (the trainer), deploying a model (the scheduler). A registry
+without one answers 503 for the requests that need it and never pretends: no port, no state change.
+
+Each port raises its Error with a message for the model's or split's status (``reason``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class SplitRequest:
+    split_id: str
+    experiment: str
+    source: Path | str  # resolved srcpath: a file under the datasets root, or an s3:// URL
+    kind: str  # "random" or "first"
+    percent: float  # of the rows that go to training
+    seed: int | None  # for "random": the same seed, the same split
+    directives: list[str]
+    outcome: str | None
+    output_dir: Path  # where trainingPath and testPath are written
+
+
+@dataclass(frozen=True, slots=True)
+class SplitOutcome:
+    training_path: str
+    test_path: str
+    schema: dict[str, Any]
+    stats: list[dict[str, Any]]  # seed 002's per-field stats, as JSON
+    features: list[str]  # the fields a model trains on (all but the outcome)
+
+
+class SplitError(Exception):
+    """The split could not be made (a dataset that cannot be read, a directive that fails on the data)."""
+
+
+class SplitMaker(Protocol):
+    async def make_split(self, request: SplitRequest) -> SplitOutcome: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingRequest:
+    experiment: str
+    model_id: str
+    model_name: str
+    algorithm: str
+    hyperparameters: dict[str, Any]
+    features: list[str]
+    outcome: str | None
+    outcome_type: str | None
+    training_path: str
+    test_path: str
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingResult:
+    """What a finished run reports back (ModelService.record_training_result)."""
+
+    evaluation_metrics: dict[str, float | None] = field(default_factory=dict)
+
+
+class LaunchError(Exception):
+    """The training run could not be started."""
+
+
+class TrainingLauncher(Protocol):
+    async def launch(self, request: TrainingRequest) -> str:
+        """Start the run; its id. The result comes back later through ModelService.record_training_result."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeployRequest:
+    experiment: str
+    model_id: str
+    model_name: str
+    training_run: str | None
+
+
+class DeployError(Exception):
+    """The model could not be deployed (the scheduler refused it)."""
+
+
+class Deployer(Protocol):
+    async def deploy(self, request: DeployRequest) -> None: ...

@@ -1,0 +1,107 @@
+"""The registry process: migrate the database, serve the REST API, fail overdue splits now and then.
+
+It holds nothing a restart loses: every accepted call is committed before it is answered, and a split whose
+computation a stop interrupted is failed (at the stop, or by the next registry to look: splits.expire_overdue).
+SIGTERM/SIGINT stop it: the listener closes, calls in flight finish (up to a grace), then it exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Final
+
+from aiohttp import web
+from sqlalchemy.exc import OperationalError
+
+from modelplane.http_site import serve_runner
+from modelplane.ready_file import write_ready_file
+from modelplane.signals import stop_on_signals
+from modelplane.transport import http_server_ssl
+from registry.api.app import build_app
+from registry.errors import RegistryError
+from registry.ports import Deployer, SplitMaker, TrainingLauncher
+from registry.service.context import ServiceContext
+from registry.service.registry_service import RegistryService
+from registry.service.splits import EXPIRY_INTERVAL_SECONDS
+from registry.settings import RegistrySettings
+from registry.store import schema
+from registry.store.database import Store, open_engine, shown
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS: Final = 10.0
+
+
+class RegistryStartError(RuntimeError):
+    """The registry cannot start: its database cannot be reached or migrated."""
+
+
+def _migrate(settings: RegistrySettings) -> None:
+    try:
+        schema.upgrade(settings.database)
+    except OperationalError as error:
+        raise RegistryStartError(f"cannot open the database {shown(settings.database)}: {error.orig}") from None
+
+
+async def _expire_overdue_splits(service: RegistryService, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            expired = await service.splits.expire_overdue()
+        except RegistryError as error:  # the database away for a while: try again at the next round
+            log.warning("registry: could not look for overdue splits: %s", error.message)
+        else:
+            if expired:
+                log.info("registry: failed %d split(s) whose computation never finished", expired)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), EXPIRY_INTERVAL_SECONDS)
+
+
+async def run(
+    settings: RegistrySettings,
+    stop: asyncio.Event | None = None,
+    *,
+    split_maker: SplitMaker | None = None,
+    launcher: TrainingLauncher | None = None,
+    deployer: Deployer | None = None,
+) -> None:
+    """Serve until SIGTERM/SIGINT (or ``stop``). The ports are the composition root's to give (modelplane/cli);
+    without them, splits, training and deploying answer 503."""
+    if stop is None:
+        stop = asyncio.Event()
+        stop_on_signals(stop)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    settings.datasets_root.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(_migrate, settings)
+    store = Store(open_engine(settings.database))
+    context = ServiceContext(
+        store=store,
+        datasets_root=settings.datasets_root,
+        splits_dir=settings.splits_dir,
+        split_timeout_seconds=settings.split_timeout_seconds,
+        split_maker=split_maker,
+        launcher=launcher,
+        deployer=deployer,
+    )
+    service = RegistryService(context)
+    runner = web.AppRunner(build_app(service), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+    try:
+        listen = await serve_runner(runner, settings.listen, http_server_ssl(settings.serving))
+    except BaseException:
+        store.close()
+        raise
+    expiring = asyncio.create_task(_expire_overdue_splits(service, stop), name="registry-split-expiry")
+    log.info("registry: REST API on %s; database %s", listen, shown(settings.database))
+    try:
+        if settings.ready_file is not None:
+            write_ready_file(settings.ready_file, {"listen": str(listen)})
+        await stop.wait()
+        log.info("registry stopping")
+    finally:
+        await runner.cleanup()
+        await service.close()
+        expiring.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await expiring
+        store.close()

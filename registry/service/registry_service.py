@@ -1,0 +1,19 @@
+"""The service layer as one object the REST edge and the process hold: experiments, splits, models."""
+
+from __future__ import annotations
+
+from registry.service.context import ServiceContext
+from registry.service.experiments import ExperimentService
+from registry.service.models import ModelService
+from registry.service.splits import SplitService
+
+
+class RegistryService:
+    def __init__(self, context: ServiceContext) -> None:
+        self.context = context
+        self.experiments = ExperimentService(context)
+        self.splits = SplitService(context)
+        self.models = ModelService(context, self.splits)
+
+    async def close(self) -> None:
+        await self.splits.close()

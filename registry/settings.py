@@ -1,0 +1,107 @@
+"""Everything the registry process can be told, in one place, with its flags (also MODELPLANE_REGISTRY_<FLAG>,
+MODELPLANE_<FLAG>, or a TOML file's [registry] table: modelplane/config.py)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import URL
+
+from modelplane.addresses import Address
+from modelplane.config import parse_layered
+from modelplane.flag_types import address, seconds
+from modelplane.process_flags import add_process_flags
+from modelplane.transport import TransportError, TransportSecurity
+from modelplane.transport_flags import add_serving_tls_flags, serving_security_from
+from registry.store.database import DatabaseUrlError, database_url
+
+DEFAULT_LISTEN = "127.0.0.1:9010"
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrySettings:
+    listen: Address
+    serving: TransportSecurity
+    state_dir: Path
+    datasets_root: Path
+    database: URL  # with any password: log it only through registry.store.database.shown
+    split_timeout_seconds: float
+    ready_file: Path | None
+    log_level: str
+    log_json: bool
+
+    @property
+    def splits_dir(self) -> Path:
+        return self.state_dir / "splits"
+
+
+def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument(
+        "--listen",
+        type=address,
+        default=DEFAULT_LISTEN,
+        metavar="HOST:PORT",
+        help=f"the REST API (default {DEFAULT_LISTEN}; port 0 picks one)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        required=False,
+        default=Path(".modelplane/registry"),
+        metavar="DIR",
+        help="the SQLite database (unless --database) and computed splits (default .modelplane/registry)",
+    )
+    parser.add_argument(
+        "--datasets-root",
+        type=Path,
+        metavar="DIR",
+        help="where srcpaths that are paths are read from; nothing outside it is (default STATE_DIR/datasets)",
+    )
+    parser.add_argument(
+        "--database",
+        metavar="URL",
+        help="sqlite:///FILE or postgresql://USER@HOST:PORT/DB (default: STATE_DIR/registry.db). Give a password "
+        "through MODELPLANE_REGISTRY_DATABASE, PGPASSWORD or a PGPASSFILE, never on the command line",
+    )
+    parser.add_argument(
+        "--split-timeout",
+        type=seconds(86_400),
+        default=600.0,
+        metavar="SECONDS",
+        help="a split not computed within this fails (also one whose registry stopped; default 600)",
+    )
+    parser.add_argument("--insecure", action="store_true", help="allow plaintext HTTP on a non-loopback --listen")
+    add_serving_tls_flags(parser)
+    add_process_flags(parser, section="registry", ready_file_help="write the listen address here once serving")
+    return parser
+
+
+def parse_settings(
+    parser: argparse.ArgumentParser, argv: Sequence[str], environ: Mapping[str, str] | None = None
+) -> RegistrySettings:
+    options = parse_layered(parser, "registry", argv, environ)
+    state_dir: Path = options.state_dir
+    try:
+        database = database_url(options.database, state_dir)
+    except DatabaseUrlError as error:
+        parser.error(str(error))
+    settings = RegistrySettings(
+        listen=options.listen,
+        serving=serving_security_from(options),
+        state_dir=state_dir,
+        datasets_root=options.datasets_root or state_dir / "datasets",
+        database=database,
+        split_timeout_seconds=options.split_timeout,
+        ready_file=options.ready_file,
+        log_level=options.log_level,
+        log_json=options.log_json,
+    )
+    try:
+        settings.serving.validate()
+        settings.serving.check_plaintext_allowed([settings.listen])
+    except TransportError as error:
+        parser.error(str(error))
+    return settings

@@ -1,0 +1,93 @@
+"""The registry's tables, as SQLAlchemy 2 typed ORM classes: experiments, their splits, their models.
+
+Every row carries ``row_version``, SQLAlchemy's ``version_id_col``: each UPDATE or DELETE says ``WHERE
+row_version = <the version read>`` and bumps it, so a writer that decided from a row another writer has changed
+since fails (StaleDataError) instead of overwriting; the store then runs its unit of work again on fresh rows
+(registry/store/database.py). That is the registry's concurrency control, the same on SQLite and PostgreSQL.
+
+JSON columns hold what the seed's documents hold as lists and objects (directives, parameters, stats, metrics);
+times are whole seconds since the epoch, as the seed's ``createtime`` / ``traintime`` / ``deploytime`` are.
+
+The schema here is the one the newest migration (registry/store/migrations/versions/) makes; a test compares them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAME_CHARS = 128
+ID_CHARS = 32
+PATH_CHARS = 2048
+STATE_CHARS = 32
+REASON_CHARS = 2000
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ExperimentRow(Base):
+    __tablename__ = "experiments"
+
+    name: Mapped[str] = mapped_column(String(NAME_CHARS), primary_key=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    srcpath: Mapped[str | None] = mapped_column(String(PATH_CHARS), index=True)
+    outcome: Mapped[str | None] = mapped_column(String(NAME_CHARS))
+    outcome_type: Mapped[str | None] = mapped_column(String(NAME_CHARS))
+    directives: Mapped[list[str]] = mapped_column(JSON, default=list)
+    create_time: Mapped[int] = mapped_column(BigInteger)
+    row_version: Mapped[int] = mapped_column(Integer)
+
+    __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012 - SQLAlchemy's declarative form
+
+
+class SplitRow(Base):
+    __tablename__ = "splits"
+
+    id: Mapped[str] = mapped_column(String(ID_CHARS), primary_key=True)
+    experiment_name: Mapped[str] = mapped_column(
+        String(NAME_CHARS), ForeignKey("experiments.name", ondelete="CASCADE"), index=True
+    )
+    description: Mapped[str] = mapped_column(Text, default="")
+    kind: Mapped[str] = mapped_column("type", String(STATE_CHARS))  # "random" or "first"
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    directives: Mapped[list[str]] = mapped_column(JSON, default=list)
+    schema: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    training_path: Mapped[str | None] = mapped_column(String(PATH_CHARS))
+    test_path: Mapped[str | None] = mapped_column(String(PATH_CHARS))
+    stats: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(STATE_CHARS))
+    reason: Mapped[str | None] = mapped_column(String(REASON_CHARS))  # why it failed
+    create_time: Mapped[int] = mapped_column(BigInteger)
+    row_version: Mapped[int] = mapped_column(Integer)
+
+    __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012 - SQLAlchemy's declarative form
+
+
+class ModelRow(Base):
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(ID_CHARS), primary_key=True)
+    experiment_name: Mapped[str] = mapped_column(
+        String(NAME_CHARS), ForeignKey("experiments.name", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(NAME_CHARS), default="")
+    description: Mapped[str] = mapped_column(Text, default="")
+    split_id: Mapped[str | None] = mapped_column(String(ID_CHARS), ForeignKey("splits.id"), index=True)
+    directives: Mapped[list[str]] = mapped_column(JSON, default=list)
+    algorithm: Mapped[str | None] = mapped_column(String(NAME_CHARS))
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    evaluation_metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    features: Mapped[list[str]] = mapped_column(JSON, default=list)
+    state: Mapped[str] = mapped_column(String(STATE_CHARS))
+    reason: Mapped[str | None] = mapped_column(String(REASON_CHARS))  # why its split or training failed
+    training_run: Mapped[str | None] = mapped_column(String(NAME_CHARS))  # the launcher's id of its training run
+    create_time: Mapped[int] = mapped_column(BigInteger)
+    train_time: Mapped[int | None] = mapped_column(BigInteger)
+    deploy_time: Mapped[int | None] = mapped_column(BigInteger)
+    row_version: Mapped[int] = mapped_column(Integer)
+
+    __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012 - SQLAlchemy's declarative form

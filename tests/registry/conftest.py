@@ -1,0 +1,36 @@
+"""The registry's suites run twice: on the default SQLite file in the state directory, and on a real PostgreSQL
+the session starts (tests/support/postgres_server.py), each test with a database of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.postgres_server import PostgresServer
+from tests.support.processes import stop_process
+from tests.support.registry_process import RegistryProcess, start_registry
+
+pytest_plugins = ["tests.support.postgres_server"]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL of the backend the test runs on, empty and the test's alone."""
+    if request.param == "sqlite":  # the default: the registry's file in its state directory
+        return f"sqlite:///{tmp_path / 'state' / 'registry.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.new_database()
+
+
+@pytest.fixture
+def registry(tmp_path: Path, database_url: str) -> Iterator[RegistryProcess]:
+    """A live `modelplane registry` on ``database_url``, with a datasets root, stopped by PID afterwards."""
+    (tmp_path / "datasets").mkdir()
+    database = [f"--database={database_url}"] if database_url.startswith("postgresql") else []
+    running = start_registry(tmp_path, *database, f"--datasets-root={tmp_path / 'datasets'}")
+    try:
+        yield running
+    finally:
+        stop_process(running.process)

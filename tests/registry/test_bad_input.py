@@ -1,0 +1,134 @@
+"""Bad input against a live registry: malformed JSON, unknown fields, wrong types, huge bodies, hostile names.
+Every answer is a 4xx with a reason; never a 500, and the registry keeps serving."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from registry.api.app import MAX_BODY_BYTES
+from tests.support.processes import STARTED, alive, stop_process
+from tests.support.registry_process import Answer, RegistryProcess, start_registry
+
+MODEL = "{model}"
+# Each call that reads a body, with the fields its body knows.
+BODY_CALLS: list[tuple[str, str, set[str]]] = [
+    ("PUT", "/experiments/target", {"description", "srcpath", "outcome", "outcomeType", "directives"}),
+    ("POST", "/experiments/target/splits", {"type", "parameters", "directives", "schema", "description"}),
+    ("POST", "/experiments/target/models", {"name", "description", "directives", "split", "features"}),
+    ("PUT", f"/experiments/target/models/{MODEL}/directives", {"directives"}),
+    ("POST", f"/experiments/target/models/{MODEL}/train", {"algorithm", "hyperparameters", "features"}),
+    (
+        "POST",
+        f"/experiments/target/models/{MODEL}/split",
+        {"type", "parameters", "directives", "schema", "description"},
+    ),
+]
+RELAXED = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RegistryProcess, str]]:
+    registry = start_registry(Path(tmp_path_factory.mktemp("registry")))
+    # One registry for the module: kept out of the per-test sweep of leftover processes, stopped below.
+    STARTED.remove(registry.process)
+    try:
+        assert registry.call("PUT", "/experiments/target", {"srcpath": "/t.csv", "outcome": "y"}).status == 201
+        model = registry.call("POST", "/experiments/target/models", {"name": "m"}).body["id"]
+        yield registry, model
+    finally:
+        stop_process(registry.process)
+
+
+def _refused(answer: Answer, *statuses: int) -> None:
+    assert 400 <= answer.status < 500, answer
+    if statuses:
+        assert answer.status in statuses, answer
+    assert isinstance(answer.body, dict), answer
+    assert isinstance(answer.body.get("error"), str), answer
+    assert answer.body["error"], answer
+
+
+@RELAXED
+@given(call=st.sampled_from(BODY_CALLS), raw=st.binary(min_size=1, max_size=300))
+def test_bytes_that_are_not_a_json_object(live: tuple[RegistryProcess, str], call: Any, raw: bytes) -> None:
+    registry, model = live
+    method, path, _ = call
+    try:
+        document = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        document = None
+    if isinstance(document, dict) or not raw.strip():
+        return  # an object (or nothing: {}) is a body the other tests judge
+    _refused(registry.call(method, path.format(model=model), raw=raw), 400)
+
+
+@RELAXED
+@given(call=st.sampled_from(BODY_CALLS), extra=st.text(min_size=1, max_size=30), value=json_values)
+def test_unknown_fields_are_named(live: tuple[RegistryProcess, str], call: Any, extra: str, value: Any) -> None:
+    registry, model = live
+    method, path, known = call
+    if extra in known:
+        return
+    answer = registry.call(method, path.format(model=model), {extra: value})
+    _refused(answer, 400)
+    assert "unknown field" in answer.error or "Field required" in answer.error
+
+
+@RELAXED
+@given(call=st.sampled_from(BODY_CALLS), data=st.data())
+def test_known_fields_of_any_type(live: tuple[RegistryProcess, str], call: Any, data: st.DataObject) -> None:
+    """Any JSON value in any known field: accepted (2xx) or refused with a reason (4xx); never a 500."""
+    registry, model = live
+    method, path, known = call
+    fields = data.draw(st.dictionaries(st.sampled_from(sorted(known)), json_values, max_size=len(known)))
+    answer = registry.call(method, path.format(model=model), fields)
+    assert answer.status < 500 or answer.status == 503, answer  # 503: a port this registry lacks (split, train)
+    if answer.status >= 400:
+        assert isinstance(answer.body, dict), answer
+        assert answer.body.get("error"), answer
+
+
+@RELAXED
+@given(name=st.text(min_size=1, max_size=200), method=st.sampled_from(["GET", "PUT", "DELETE"]))
+def test_hostile_names_in_the_path(live: tuple[RegistryProcess, str], name: str, method: str) -> None:
+    registry, _ = live
+    if name in {"target"}:
+        return
+    answer = registry.call(method, "/experiments/" + quote(name, safe=""), {} if method == "PUT" else None)
+    assert answer.status < 500, answer
+    if answer.status >= 400:
+        _refused(answer)
+
+
+@pytest.mark.parametrize("call", BODY_CALLS, ids=lambda call: f"{call[0]} {call[1]}")
+def test_huge_bodies_are_refused_with_413(live: tuple[RegistryProcess, str], call: Any) -> None:
+    registry, model = live
+    method, path, _ = call
+    huge = json.dumps({"description": "x" * (MAX_BODY_BYTES + 1)}).encode()
+    _refused(registry.call(method, path.format(model=model), raw=huge), 413)
+    # Under the size limit, the counts have limits of their own: 1,001 directives are refused by name.
+    many = registry.call(method, path.format(model=model), {"directives": ["drop x"] * 1001})
+    if "directives" in call[2]:
+        _refused(many, 400)
+        assert "directives" in many.error
+
+
+def test_still_serving_after_all_that(live: tuple[RegistryProcess, str]) -> None:
+    registry, _ = live
+    assert alive(registry.process.pid)
+    assert registry.call("GET", "/experiments/target").status == 200
+    assert "Traceback" not in registry.log()

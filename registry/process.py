@@ -15,6 +15,8 @@ from typing import Final
 from aiohttp import web
 from sqlalchemy.exc import OperationalError
 
+from modelplane.auth.access_check import AccessCheck
+from modelplane.auth.http_access import protect
 from modelplane.http_site import serve_runner
 from modelplane.ready_file import write_ready_file
 from modelplane.signals import stop_on_signals
@@ -85,7 +87,8 @@ async def run(
         deployer=deployer,
     )
     service = RegistryService(context)
-    runner = web.AppRunner(build_app(service), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
+    app = protect(build_app(service), AccessCheck(settings.auth))
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
     try:
         listen = await serve_runner(runner, settings.listen, http_server_ssl(settings.serving))
     except BaseException:

@@ -4,13 +4,16 @@ MODELPLANE_<FLAG>, or a TOML file's [registry] table: modelplane/config.py)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy.engine import URL
 
 from modelplane.addresses import Address
+from modelplane.auth.access_check import AuthSettings
+from modelplane.auth_flags import add_auth_flags, auth_settings_from, check_authenticated_exposure
 from modelplane.config import parse_layered
 from modelplane.flag_types import address, seconds
 from modelplane.process_flags import add_process_flags
@@ -32,6 +35,8 @@ class RegistrySettings:
     ready_file: Path | None
     log_level: str
     log_json: bool
+    # Who may call what (modelplane/auth): tokens, client certificates and roles, as every serving process has them.
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
     @property
     def splits_dir(self) -> Path:
@@ -75,6 +80,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--insecure", action="store_true", help="allow plaintext HTTP on a non-loopback --listen")
     add_serving_tls_flags(parser)
+    add_auth_flags(parser)
     add_process_flags(parser, section="registry", ready_file_help="write the listen address here once serving")
     return parser
 
@@ -102,6 +108,8 @@ def parse_settings(
     try:
         settings.serving.validate()
         settings.serving.check_plaintext_allowed([settings.listen])
+        auth = auth_settings_from(options, [settings.listen])
+        check_authenticated_exposure([settings.listen], settings.serving, auth)
     except TransportError as error:
         parser.error(str(error))
-    return settings
+    return dataclasses.replace(settings, auth=auth)

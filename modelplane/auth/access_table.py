@@ -181,6 +181,28 @@ HTTP_ROUTES: Mapping[str, Rule] = {
     "GET /healthz": _OPEN,
     "GET /runs": _roles(Role.VIEWER),
     "GET /runs/{run_id}": _roles(Role.VIEWER),
+    # registry REST (registry/api/routes.py): reading is a viewer's, every change (train and deploy included) an
+    # operator's, as for the scheduler's API; its schema, like gRPC reflection, to any authenticated caller.
+    "GET /openapi.json": _AUTHENTICATED,
+    "GET /experiments": _roles(Role.VIEWER),
+    "GET /experiments/{name}": _roles(Role.VIEWER),
+    "PUT /experiments/{name}": _roles(Role.OPERATOR),
+    "DELETE /experiments/{name}": _roles(Role.OPERATOR),
+    "GET /experiments/{name}/splits": _roles(Role.VIEWER),
+    "POST /experiments/{name}/splits": _roles(Role.OPERATOR),
+    "GET /experiments/{name}/splits/{split}": _roles(Role.VIEWER),
+    "GET /experiments/{name}/splits/{split}/status": _roles(Role.VIEWER),
+    "DELETE /experiments/{name}/splits/{split}": _roles(Role.OPERATOR),
+    "POST /experiments/{name}/models": _roles(Role.OPERATOR),
+    "GET /experiments/{name}/models": _roles(Role.VIEWER),
+    "GET /experiments/{name}/models/{model}": _roles(Role.VIEWER),
+    "DELETE /experiments/{name}/models/{model}": _roles(Role.OPERATOR),
+    "GET /experiments/{name}/models/{model}/status": _roles(Role.VIEWER),
+    "POST /experiments/{name}/models/{model}/split": _roles(Role.OPERATOR),
+    "DELETE /experiments/{name}/models/{model}/split": _roles(Role.OPERATOR),
+    "PUT /experiments/{name}/models/{model}/directives": _roles(Role.OPERATOR),
+    "POST /experiments/{name}/models/{model}/train": _roles(Role.OPERATOR),
+    "POST /experiments/{name}/models/{model}/deploy": _roles(Role.OPERATOR),
 }
 
 # aiohttp adds a HEAD route next to every GET one; it answers what GET answers, without the body.

@@ -227,6 +227,15 @@ def test_listening_beyond_loopback_needs_authentication(tmp_path: Path) -> None:
     refused = run_modelplane("gateway", "--listen=0.0.0.0:0", f"--serve-tls-cert={cert}", f"--serve-tls-key={key}")
     assert refused.returncode == 2
     assert "beyond loopback without authentication" in refused.stderr
+    refused = run_modelplane(
+        "registry",
+        "--listen=0.0.0.0:0",
+        f"--state-dir={tmp_path / 'registry'}",
+        f"--serve-tls-cert={cert}",
+        f"--serve-tls-key={key}",
+    )
+    assert refused.returncode == 2
+    assert "beyond loopback without authentication" in refused.stderr
     tokens = tmp_path / "tokens"
     tokens.write_text(token_line("t", "someone"))
     refused = run_modelplane("scheduler", f"--auth-tokens={tokens}", f"--state-dir={tmp_path / 'state'}")

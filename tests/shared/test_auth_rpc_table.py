@@ -38,6 +38,7 @@ from modelplane.auth.access_table import GRPC_METHODS, HTTP_ROUTES, Access, Role
 from modelplane.auth.http_access import protect
 from modelplane.standard_services import HEALTH_SERVICE, Health, add_reflection
 from modelplane.transport import TransportSecurity, bind, new_server, open_channel
+from registry.api.app import build_app as registry_app
 from scheduler.agent_service import AgentService
 from scheduler.core import CoreSettings, SchedulerCore
 from scheduler.persistence import MemoryStateStore
@@ -291,6 +292,7 @@ def _apps() -> dict[str, web.Application]:
         "gateway": gateway_app(cast(Any, None), GatewayMetrics(), lambda: True),
         "agent proxy": proxy.rest_app(),
         "trainer": trainer_app(cast(Any, _NoRuns()), lambda: {}),
+        "registry": registry_app(cast(Any, None)),
     }
 
 

@@ -7,8 +7,10 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, StringConstraints
 
-MAX_DIRECTIVES: Final = 1000
-MAX_DIRECTIVE_CHARS: Final = 4096
+# The directives language owns its limits (registry/data/directives.py); the body refuses more before parsing.
+from registry.data.directives import MAX_DIRECTIVES
+from registry.data.directives import MAX_LINE_CHARS as MAX_DIRECTIVE_CHARS
+
 MAX_NAME_CHARS: Final = 128
 MAX_DESCRIPTION_CHARS: Final = 10_000
 MAX_FEATURES: Final = 1000

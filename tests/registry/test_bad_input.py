@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from registry.api.app import MAX_BODY_BYTES
+from registry.data.directives import MAX_DIRECTIVES
 from tests.support.processes import STARTED, alive, stop_process
 from tests.support.registry_process import Answer, RegistryProcess, start_registry
 
@@ -120,8 +121,8 @@ def test_huge_bodies_are_refused_with_413(live: tuple[RegistryProcess, str], cal
     method, path, _ = call
     huge = json.dumps({"description": "x" * (MAX_BODY_BYTES + 1)}).encode()
     _refused(registry.call(method, path.format(model=model), raw=huge), 413)
-    # Under the size limit, the counts have limits of their own: 1,001 directives are refused by name.
-    many = registry.call(method, path.format(model=model), {"directives": ["drop x"] * 1001})
+    # Under the size limit, the counts have limits of their own: one directive too many is refused by name.
+    many = registry.call(method, path.format(model=model), {"directives": ["drop x"] * (MAX_DIRECTIVES + 1)})
     if "directives" in call[2]:
         _refused(many, 400)
         assert "directives" in many.error

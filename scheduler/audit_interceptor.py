@@ -45,7 +45,7 @@ from modelplane.audit import AuditLog, AuditLogError, AuditRecord, Resource, aud
 from modelplane.auth.access_table import rule_for_grpc
 from modelplane.auth.caller import Caller, current_caller, new_request_id, serving
 from modelplane.auth.request_resource import resource_of as request_resource
-from modelplane.grpc_handlers import Context, rewrapped
+from modelplane.grpc_handlers import Context, WrappedHandlers, rewrapped
 
 log = logging.getLogger(__name__)
 
@@ -242,6 +242,7 @@ class AuditInterceptor(aio.ServerInterceptor):
     def __init__(self, audit: AuditLog, version_of: VersionOf) -> None:
         self._audit = audit
         self._version_of = version_of
+        self._wrapped = WrappedHandlers()
 
     async def intercept_service(
         self,
@@ -256,8 +257,12 @@ class AuditInterceptor(aio.ServerInterceptor):
         if describe is None:
             return handler
         # A unary handler's behaviour is a coroutine function (modelplane/grpc_handlers.py).
-        return rewrapped(
+        return self._wrapped.get(
+            method,
             handler,
-            lambda unary: _audited(unary, method, describe, self._audit, self._version_of),
-            request_deserializer=_tolerant(handler.request_deserializer),
+            lambda given: rewrapped(
+                given,
+                lambda unary: _audited(unary, method, describe, self._audit, self._version_of),
+                request_deserializer=_tolerant(given.request_deserializer),
+            ),
         )

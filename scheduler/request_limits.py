@@ -19,7 +19,7 @@ from grpc import aio
 
 from generated.mlops.routing.v1 import routing_pb2
 from generated.mlops.scheduler import scheduler_pb2
-from modelplane.grpc_handlers import Context, guarded, rewrapped
+from modelplane.grpc_handlers import Context, WrappedHandlers, guarded, rewrapped
 from modelplane.spec import limits
 from modelplane.spec.errors import FailedPrecondition, InvalidArgument, SchedulerError
 from scheduler import status_codes
@@ -41,7 +41,14 @@ async def _check(request: Message, context: Context) -> AbstractContextManager[o
     return nullcontext()
 
 
+def _checked(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    return rewrapped(handler, lambda behavior: guarded(behavior, _check))
+
+
 class RequestLimits(aio.ServerInterceptor):
+    def __init__(self) -> None:
+        self._wrapped = WrappedHandlers()
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
@@ -51,4 +58,4 @@ class RequestLimits(aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or not method.startswith(CHECKED_SERVICES) or handler.request_streaming:
             return handler
-        return rewrapped(handler, lambda behavior: guarded(behavior, _check))
+        return self._wrapped.get(method, handler, _checked)

@@ -22,7 +22,7 @@ from modelplane.auth.access_table import rule_for_grpc
 from modelplane.auth.caller import Caller, CredentialKind, serving
 from modelplane.auth.certificates import SanKind
 from modelplane.auth.request_resource import resource_of
-from modelplane.grpc_handlers import Context, guarded, rewrapped
+from modelplane.grpc_handlers import Context, WrappedHandlers, guarded, rewrapped
 
 __all__ = ["AccessInterceptor", "RefusalRecorder", "bearer_token"]
 
@@ -68,6 +68,7 @@ class AccessInterceptor(aio.ServerInterceptor):
     def __init__(self, check: AccessCheck, record_refusal: RefusalRecorder | None = None) -> None:
         self.check = check
         self._record_refusal = record_refusal
+        self._wrapped = WrappedHandlers()
 
     async def _admit(self, method: str, request: object, context: Context) -> Caller:
         rule = rule_for_grpc(method)
@@ -97,6 +98,9 @@ class AccessInterceptor(aio.ServerInterceptor):
         if handler is None:
             return None
         method: str = handler_call_details.method
+        return self._wrapped.get(method, handler, lambda given: self._checked(method, given))
+
+    def _checked(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         # A streamed request has no resource to read before its handler starts: the check is given None.
         streaming_request = handler.request_streaming
         admit = self._admit

@@ -343,11 +343,59 @@ def _walk(field: FieldDescriptor) -> tuple[int, Rule]:
     return walk
 
 
+def _text_ok(text: str, rule: Text) -> bool:
+    """Whether ``check_text`` passes ``text``, without building what its error would say."""
+    if rule.cleaned:
+        return True
+    return (
+        len(text) <= rule.max_chars
+        and (not rule.ascii or text.isascii())
+        and (_BAD_CHARACTERS_IN_LINES if rule.lines else _BAD_CHARACTERS).search(text) is None
+    )
+
+
+def _item_ok(item: object, text: Text) -> bool:
+    """An item of a repeated field, or a map's value: a message is walked, a string checked, else it passes."""
+    if isinstance(item, Message):
+        return _fields_ok(item)
+    return not isinstance(item, str) or _text_ok(item, text)
+
+
+def _fields_ok(message: Message) -> bool:
+    """Whether ``check_fields`` passes ``message``: the same walk and rules, without the field paths an error
+    would name (building them for every field was most of the check's cost, on every request)."""
+    for field, value in message.ListFields():
+        kind, rule = _walk(field)
+        if kind == _OTHER:
+            continue
+        text = rule.text or IDENTIFIER
+        if kind == _MAP:
+            ok = len(value) <= (rule.count or DEFAULT_COUNT) and all(
+                (not isinstance(key, str) or _text_ok(key, text)) and _item_ok(item, text)
+                for key, item in value.items()
+            )
+        elif kind == _REPEATED:
+            ok = len(value) <= (rule.count or DEFAULT_COUNT) and all(_item_ok(item, text) for item in value)
+        elif kind == _MESSAGE:
+            ok = _fields_ok(value)
+        else:
+            ok = _text_ok(value, text)
+        if not ok:
+            return False
+    return True
+
+
 def check_fields(message: Message, where: str, error: type[SchedulerError] = InvalidArgument) -> None:
     """Check every set string, repeated and map field of ``message`` (recursively) against ``FIELD_RULES``.
 
     ``where`` names the message in error messages (e.g. "model"); a field is named by its path from there.
     """
+    if _fields_ok(message):
+        return  # the usual case; otherwise the walk below finds the first problem and says where it is
+    _check_fields_saying_where(message, where, error)
+
+
+def _check_fields_saying_where(message: Message, where: str, error: type[SchedulerError]) -> None:
     for field, value in message.ListFields():
         kind, rule = _walk(field)
         if kind == _OTHER:
@@ -359,11 +407,11 @@ def check_fields(message: Message, where: str, error: type[SchedulerError] = Inv
             check_count(len(value), path, rule.count or DEFAULT_COUNT, error)
             for index, item in enumerate(value):
                 if isinstance(item, Message):
-                    check_fields(item, f"{path}[{index}]", error)
+                    _check_fields_saying_where(item, f"{path}[{index}]", error)
                 elif isinstance(item, str):
                     check_text(item, f"{path}[{index}]", rule.text or IDENTIFIER, error)
         elif kind == _MESSAGE:
-            check_fields(value, path, error)
+            _check_fields_saying_where(value, path, error)
         else:
             check_text(value, path, rule.text or IDENTIFIER, error)
 
@@ -376,7 +424,7 @@ def _check_map(value: Any, path: str, rule: Rule, error: type[SchedulerError]) -
         if isinstance(item, str):
             check_text(item, f"{path}[{shown(str(key), 20)}]", rule.text or IDENTIFIER, error)
         elif isinstance(item, Message):
-            check_fields(item, f"{path}[{shown(str(key), 20)}]", error)
+            _check_fields_saying_where(item, f"{path}[{shown(str(key), 20)}]", error)
 
 
 def clean_reason(text: str, limit: int = MAX_REASON_CHARS) -> str:

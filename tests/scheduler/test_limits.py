@@ -19,12 +19,15 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc import aio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from generated.mlops.agent.v1 import agent_pb2, agent_pb2_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane.bounded_text import cut
 from modelplane.spec import limits
+from modelplane.spec.errors import InvalidArgument
 from scheduler.persistence import Put, SqliteStateStore, StateStore
 from tests.support.grpc_agent import FakeGrpcAgent, MiB
 from tests.support.processes import STARTED, start_scheduler, stop_process
@@ -856,3 +859,50 @@ def test_a_pipeline_keeps_at_most_four_versions_and_drops_those_that_serve_nothi
     assert record.versions[-1].version == 10
     assert [v.version for v in record.versions if v.status == PipelineStatus.READY] == [3]
     registry.check_invariants()
+
+
+_TEXTS = st.one_of(
+    st.text(max_size=8),
+    st.text(alphabet=st.sampled_from("ab\t\n\r\x00\x1f\x7f\x85\u2028\u00e9"), max_size=12),
+    st.integers(0, 3).map(lambda extra: "x" * (limits.MAX_NAME_CHARS + extra - 1)),
+    st.integers(0, 3).map(lambda extra: "y" * (limits.MAX_URI_CHARS + extra - 1)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=_TEXTS,
+    uri=_TEXTS,
+    requirements=st.lists(_TEXTS, max_size=3) | st.integers(255, 258).map(lambda n: ["r"] * n),
+    parameters=st.lists(st.tuples(_TEXTS, _TEXTS), max_size=3),
+    step_inputs=st.lists(_TEXTS, max_size=2),
+    tensor_map=st.dictionaries(_TEXTS, _TEXTS, max_size=3),
+)
+def test_the_quick_field_check_passes_exactly_what_the_check_naming_the_field_passes(
+    *,
+    name: str,
+    uri: str,
+    requirements: list[str],
+    parameters: list[tuple[str, str]],
+    step_inputs: list[str],
+    tensor_map: dict[str, str],
+) -> None:
+    # check_fields tries a walk that builds no field paths first and walks again naming the field only when that
+    # one fails (modelplane/spec/limits.py): both must draw the line at the same place, strings, counts and maps.
+    model = pb.Model(
+        meta=pb.MetaData(name=name),
+        modelSpec=pb.ModelSpec(
+            uri=uri,
+            requirements=requirements,
+            parameters=[pb.ParameterSpec(name=key, value=value) for key, value in parameters],
+        ),
+    )
+    pipeline = pb.Pipeline(name=name, steps=[pb.PipelineStep(name=uri, inputs=step_inputs, tensorMap=tensor_map)])
+    for message in (pb.LoadModelRequest(model=model), pb.LoadPipelineRequest(pipeline=pipeline)):
+        try:
+            limits._check_fields_saying_where(message, "request", InvalidArgument)
+        except InvalidArgument:
+            passes = False
+        else:
+            passes = True
+        assert limits._fields_ok(message) is passes

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 class SplitRequest:
     split_id: str
     experiment: str
+    srcpath: str  # as the experiment names it (the dataset's name in the registry)
     source: Path | str  # resolved srcpath: a file under the datasets root, or an s3:// URL
     kind: str  # "random" or "first"
     percent: float  # of the rows that go to training
@@ -25,12 +26,28 @@ class SplitRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class DatasetRecord:
+    """What the registry keeps of a dataset it read (seed 001): its format, sample count and sha256 (a dataset's
+    version is the sha256 of its bytes: the same srcpath with other bytes is another version)."""
+
+    srcpath: str  # as the experiment names it
+    sha256: str
+    format: str  # "csv", "parquet", "txt" (image-classification list), "xml" (detection annotations)
+    sample_count: int
+    size_bytes: int
+    columns: list[str] = field(default_factory=list)  # tables: the columns as read (before directives)
+    label_counts: dict[str, int] | None = None  # TXT: images per label; XML: objects per class
+
+
+@dataclass(frozen=True, slots=True)
 class SplitOutcome:
     training_path: str
     test_path: str
     schema: dict[str, Any]
     stats: list[dict[str, Any]]  # seed 002's per-field stats, as JSON
     features: list[str]  # the fields a model trains on (all but the outcome)
+    dataset: DatasetRecord | None = None  # the dataset the split was made of, registered with the split
+    seed: int | None = None  # the seed a random split used (chosen when none was given): the split can be made again
 
 
 class SplitError(Exception):

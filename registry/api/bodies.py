@@ -5,10 +5,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+)
 
-MAX_DIRECTIVES: Final = 1000
-MAX_DIRECTIVE_CHARS: Final = 4096
+from registry.data.directives import MAX_DIRECTIVES, MAX_LINE_CHARS, parse_directives
+
+MAX_DIRECTIVE_CHARS: Final = MAX_LINE_CHARS
 MAX_NAME_CHARS: Final = 128
 MAX_DESCRIPTION_CHARS: Final = 10_000
 MAX_FEATURES: Final = 1000
@@ -16,8 +27,20 @@ MAX_HYPERPARAMETERS: Final = 100
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_CHARS)]
 Description = Annotated[str, StringConstraints(max_length=MAX_DESCRIPTION_CHARS)]
+
+
+def _parsed(lines: list[str]) -> list[str]:
+    """Directives are checked when they are accepted, whichever call brings them: an unknown directive, a missing
+    argument or a refused expression is a 400 naming it and its line (DirectiveError is a ValueError, which pydantic
+    reports as this field's problem), never a split that fails later."""
+    parse_directives(lines)
+    return lines
+
+
 Directives = Annotated[
-    list[Annotated[str, StringConstraints(max_length=MAX_DIRECTIVE_CHARS)]], Field(max_length=MAX_DIRECTIVES)
+    list[Annotated[str, StringConstraints(max_length=MAX_DIRECTIVE_CHARS)]],
+    Field(max_length=MAX_DIRECTIVES),
+    AfterValidator(_parsed),
 ]
 Features = Annotated[list[Name], Field(max_length=MAX_FEATURES)]
 HyperparameterValue = StrictStr | StrictInt | StrictFloat | StrictBool

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from registry.service.splits import SplitView
-from registry.store.tables import ExperimentRow, ModelRow, SplitRow
+from registry.store.tables import DatasetRow, ExperimentRow, ModelRow, SplitRow
 
 
 def experiment(row: ExperimentRow) -> dict[str, Any]:
@@ -43,6 +43,8 @@ def split(view: SplitView, *, with_stats: bool) -> dict[str, Any]:
         "createtime": row.create_time,
         "models": view.models,
     }
+    if row.dataset_id is not None:
+        document["dataset"] = {"id": row.dataset_id, "sha256": row.dataset_sha256}
     if with_stats:
         document["stats"] = row.stats or []
     return _with_reason(document, row.reason)
@@ -75,3 +77,20 @@ def model(row: ModelRow) -> dict[str, Any]:
 
 def model_status(row: ModelRow) -> dict[str, Any]:
     return _with_reason({"id": row.id, "status": row.state}, row.reason)
+
+
+def dataset(row: DatasetRow) -> dict[str, Any]:
+    """Seed 001's dataset: its format and sample count, with the sha256 that names this version of it."""
+    document: dict[str, Any] = {
+        "id": row.id,
+        "srcpath": row.srcpath,
+        "format": row.format,
+        "sampleCount": row.sample_count,
+        "sha256": row.sha256,
+        "sizeBytes": row.size_bytes,
+        "columns": row.columns,
+        "createtime": row.create_time,
+    }
+    if row.label_counts is not None:
+        document["labelCounts"] = row.label_counts
+    return document

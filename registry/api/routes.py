@@ -63,6 +63,16 @@ async def list_experiments(service: RegistryService, request: web.Request) -> we
     return _paged([documents.experiment(row) for row in found.rows], found.total)
 
 
+async def list_datasets(service: RegistryService, request: web.Request) -> web.StreamResponse:
+    offset, limit = page(request)
+    found = await service.datasets.list(request.query.get("srcpath"), offset, limit)
+    return _paged([documents.dataset(row) for row in found.rows], found.total)
+
+
+async def get_dataset(service: RegistryService, request: web.Request) -> web.StreamResponse:
+    return _json(documents.dataset(await service.datasets.get(resource_id(request, "dataset", "dataset"))))
+
+
 async def get_experiment(service: RegistryService, request: web.Request) -> web.StreamResponse:
     return _json(documents.experiment(await service.experiments.get(experiment_name(request))))
 
@@ -180,6 +190,9 @@ _MODEL: Final = _EXPERIMENT + "/models/{model}"
 ROUTES: Final = (
     Route("GET", "/experiments", list_experiments, "list experiments", answers={200: "experiments"}, paged=True,
           query=("srcpath",)),
+    Route("GET", "/datasets", list_datasets, "list the datasets splits have read (each version once)",
+          answers={200: "datasets"}, paged=True, query=("srcpath",)),
+    Route("GET", "/datasets/{dataset}", get_dataset, "get a dataset", answers={200: "dataset"}),
     Route("GET", _EXPERIMENT, get_experiment, "get an experiment", answers={200: "experiment"}),
     Route("PUT", _EXPERIMENT, put_experiment, "add or update an experiment", ExperimentBody,
           {200: "experiment (updated)", 201: "experiment (created)"}, (409,)),

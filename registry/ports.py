@@ -60,6 +60,7 @@ class SplitMaker(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class TrainingRequest:
+    run_id: str  # the registry's id of the run, unique: the launcher names its run (and its folder) by it
     experiment: str
     model_id: str
     model_name: str
@@ -73,19 +74,37 @@ class TrainingRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class TrainedArtifact:
+    """Where a trained model is (seed 001's manifest): ``url`` the folder it is served from (LoadModel's uri, the
+    manifest's download URL), ``sha256`` of the artifact file ``name`` in it."""
+
+    url: str
+    sha256: str
+    name: str
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class TrainingResult:
-    """What a finished run reports back (ModelService.record_training_result)."""
+    """What a finished run reports (ModelService.record_training_result)."""
 
     evaluation_metrics: dict[str, float | None] = field(default_factory=dict)
+    fitted_parameters: dict[str, Any] = field(default_factory=dict)
+    artifact: TrainedArtifact | None = None
+    task: str | None = None  # "binary_classification", "multiclass_classification", "regression"
+    classes: list[str] = field(default_factory=list)  # a classifier's labels, in its output order
+    framework: str | None = None  # e.g. "scikit-learn"
+    framework_version: str | None = None
 
 
 class LaunchError(Exception):
-    """The training run could not be started."""
+    """The training run could not be started, or failed; the message says why (the model's ``reason``)."""
 
 
 class TrainingLauncher(Protocol):
-    async def launch(self, request: TrainingRequest) -> str:
-        """Start the run; its id. The result comes back later through ModelService.record_training_result."""
+    async def train(self, request: TrainingRequest) -> TrainingResult:
+        """Run the training to its end: its result, or LaunchError naming why it failed. Cancelling the call
+        stops the run."""
         ...
 
 
@@ -95,6 +114,8 @@ class DeployRequest:
     model_id: str
     model_name: str
     training_run: str | None
+    version: int  # the registered version deployed (the model's newest)
+    artifact_url: str  # its folder (TrainedArtifact.url)
 
 
 class DeployError(Exception):
@@ -102,4 +123,6 @@ class DeployError(Exception):
 
 
 class Deployer(Protocol):
-    async def deploy(self, request: DeployRequest) -> None: ...
+    async def deploy(self, request: DeployRequest) -> str:
+        """Deploy and wait until it serves: the name it is served under (DeployError when it cannot be)."""
+        ...

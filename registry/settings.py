@@ -29,6 +29,7 @@ class RegistrySettings:
     datasets_root: Path
     database: URL  # with any password: log it only through registry.store.database.shown
     split_timeout_seconds: float
+    training_timeout_seconds: float
     ready_file: Path | None
     log_level: str
     log_json: bool
@@ -73,6 +74,13 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="a split not computed within this fails (also one whose registry stopped; default 600)",
     )
+    parser.add_argument(
+        "--training-timeout",
+        type=seconds(7 * 86_400),
+        default=3600.0,
+        metavar="SECONDS",
+        help="a training run not finished within this fails (also one whose registry stopped; default 3600)",
+    )
     parser.add_argument("--insecure", action="store_true", help="allow plaintext HTTP on a non-loopback --listen")
     add_serving_tls_flags(parser)
     add_process_flags(parser, section="registry", ready_file_help="write the listen address here once serving")
@@ -95,6 +103,7 @@ def parse_settings(
         datasets_root=options.datasets_root or state_dir / "datasets",
         database=database,
         split_timeout_seconds=options.split_timeout,
+        training_timeout_seconds=options.training_timeout,
         ready_file=options.ready_file,
         log_level=options.log_level,
         log_json=options.log_json,

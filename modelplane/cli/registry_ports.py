@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from modelplane.cli.registry_training import TrainerRunLauncher
 from registry.dataset_splits import DatasetSplitMaker
 from registry.ports import Deployer, SplitMaker, TrainingLauncher
 from registry.settings import RegistrySettings
+from trainer.launchers.local import LocalLauncherSettings, LocalProcessLauncher
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,5 +21,9 @@ class RegistryPorts:
 
 
 def registry_ports(settings: RegistrySettings) -> RegistryPorts:
-    # Splits are computed in the registry's own process (registry/data), in worker threads.
-    return RegistryPorts(split_maker=DatasetSplitMaker(), launcher=None, deployer=None)
+    # Splits are computed in the registry's own process (registry/data), in worker threads; each training is the
+    # trainer's run in a child process (its deadline, memory limit and process group: trainer/launchers/local.py).
+    timeout = settings.training_timeout_seconds
+    runs = LocalProcessLauncher(LocalLauncherSettings(timeout_seconds=timeout))
+    launcher = TrainerRunLauncher(settings.state_dir / "runs", runs, timeout)
+    return RegistryPorts(split_maker=DatasetSplitMaker(), launcher=launcher, deployer=None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from registry.service.splits import SplitView
-from registry.store.tables import DatasetRow, ExperimentRow, ModelRow, SplitRow
+from registry.store.tables import DatasetRow, ExperimentRow, ModelRow, ModelVersionRow, SplitRow
 
 
 def experiment(row: ExperimentRow) -> dict[str, Any]:
@@ -72,6 +72,10 @@ def model(row: ModelRow) -> dict[str, Any]:
         document["traintime"] = row.train_time
     if row.deploy_time is not None:
         document["deploytime"] = row.deploy_time
+    if row.training_run is not None:
+        document["trainingRun"] = row.training_run
+    if row.serving_name is not None:
+        document["servingName"] = row.serving_name  # the name to infer with, through the gateway
     return _with_reason(document, row.reason)
 
 
@@ -94,3 +98,23 @@ def dataset(row: DatasetRow) -> dict[str, Any]:
     if row.label_counts is not None:
         document["labelCounts"] = row.label_counts
     return document
+
+
+def model_version(row: ModelVersionRow) -> dict[str, Any]:
+    """Seed 001's registered model: its manifest (version, download URL, sha256), metrics, metadata, lineage."""
+    return {
+        "model": row.model_id,
+        "version": row.version,
+        "manifest": {
+            "version": str(row.version),
+            "downloadURL": row.artifact_url,
+            "sha256sum": row.artifact_sha256,
+            "artifact": row.artifact_name,
+            "sizeBytes": row.artifact_size_bytes,
+        },
+        "evaluationMetrics": row.evaluation_metrics,
+        "fittedParameters": row.fitted_parameters,
+        "metadata": row.model_metadata,
+        "lineage": row.lineage,
+        "createtime": row.create_time,
+    }

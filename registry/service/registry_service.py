@@ -7,6 +7,8 @@ from registry.service.datasets import DatasetService
 from registry.service.experiments import ExperimentService
 from registry.service.models import ModelService
 from registry.service.splits import SplitService
+from registry.service.training import TrainingService
+from registry.service.versions import VersionService
 
 
 class RegistryService:
@@ -16,6 +18,9 @@ class RegistryService:
         self.datasets = DatasetService(context)
         self.splits = SplitService(context)
         self.models = ModelService(context, self.splits)
+        self.training = TrainingService(context)
+        self.versions = VersionService(context)
 
     async def close(self) -> None:
         await self.splits.close()
+        await self.training.close()

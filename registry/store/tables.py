@@ -115,6 +115,38 @@ class ModelRow(Base):
     create_time: Mapped[int] = mapped_column(BigInteger)
     train_time: Mapped[int | None] = mapped_column(BigInteger)
     deploy_time: Mapped[int | None] = mapped_column(BigInteger)
+    # When its training started: a run still TRAINING long after is failed (the registry running it stopped).
+    train_start_time: Mapped[int | None] = mapped_column(BigInteger)
+    serving_name: Mapped[str | None] = mapped_column(String(NAME_CHARS))  # the name it is deployed under
+    row_version: Mapped[int] = mapped_column(Integer)
+
+    __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012 - SQLAlchemy's declarative form
+
+
+class ModelVersionRow(Base):
+    """A registered model version (seed 001): what one training run of a model made, never changed afterwards.
+    ``artifact_*`` is its manifest, ``model_metadata`` what it is (task, classes, framework), ``lineage`` what it
+    was made of (dataset and its sha256, split, directives, training run, modelplane version)."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "version", name="uq_model_versions_model_version"),)
+
+    id: Mapped[str] = mapped_column(String(ID_CHARS), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(ID_CHARS), ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    experiment_name: Mapped[str] = mapped_column(
+        String(NAME_CHARS), ForeignKey("experiments.name", ondelete="CASCADE"), index=True
+    )
+    version: Mapped[int] = mapped_column(Integer)  # 1, 2, ... per model
+    artifact_url: Mapped[str] = mapped_column(String(PATH_CHARS))
+    artifact_sha256: Mapped[str] = mapped_column(String(SHA256_CHARS))
+    artifact_name: Mapped[str] = mapped_column(String(NAME_CHARS))
+    artifact_size_bytes: Mapped[int] = mapped_column(BigInteger)
+    evaluation_metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    fitted_parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    model_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    lineage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    create_time: Mapped[int] = mapped_column(BigInteger)
+    description: Mapped[str] = mapped_column(Text, default="")
     row_version: Mapped[int] = mapped_column(Integer)
 
     __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012 - SQLAlchemy's declarative form

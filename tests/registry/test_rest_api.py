@@ -148,18 +148,21 @@ def test_models_create_list_get_status_delete(registry: RegistryProcess, store: 
     assert registry.call("GET", f"/experiments/other/models/{second.body['id']}").status == 404
 
 
-# What each model call answers when the lifecycle table allows it, in a registry with its split computation but
-# without a trainer or a scheduler: the state check comes first, then the missing port (503).
+# What each model call answers when the lifecycle table allows it, in a registry with its split computation and
+# trainer but no scheduler: the state check comes first, then the missing port (503).
 CALLS: dict[ModelAction, tuple[str, str, object, int]] = {
     ModelAction.EDIT_DIRECTIVES: ("PUT", "directives", {"directives": ["drop size"]}, 200),
     ModelAction.UNASSIGN_SPLIT: ("DELETE", "split", None, 200),
-    ModelAction.TRAIN: ("POST", "train", {"algorithm": "decision tree", "hyperparameters": {"maxBins": "3"}}, 503),
+    ModelAction.TRAIN: ("POST", "train", {"algorithm": "decision tree", "hyperparameters": {"maxBins": "3"}}, 202),
     ModelAction.DEPLOY: ("POST", "deploy", None, 503),
     ModelAction.SPLIT: ("POST", "split", {"type": "random", "parameters": {"percent": "80"}}, 201),
 }
 # Calls accepted and finished in the background: the states the model may be in once answered (there is no
-# /houses.csv in the datasets root, so the split fails, sooner or later).
-IN_BACKGROUND: dict[ModelAction, set[str]] = {ModelAction.SPLIT: {"SPLITTING", "SPLIT_FAILED"}}
+# /houses.csv in the datasets root, nor the split files these rows name, so the split and the training fail).
+IN_BACKGROUND: dict[ModelAction, set[str]] = {
+    ModelAction.SPLIT: {"SPLITTING", "SPLIT_FAILED"},
+    ModelAction.TRAIN: {"TRAINING", "TRAINING_FAILED"},
+}
 
 
 @pytest.mark.parametrize("action", list(CALLS))

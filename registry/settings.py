@@ -30,6 +30,10 @@ class RegistrySettings:
     database: URL  # with any password: log it only through registry.store.database.shown
     split_timeout_seconds: float
     training_timeout_seconds: float
+    scheduler: Address | None  # where trained models are deployed; None: deploying answers 503
+    scheduler_security: TransportSecurity
+    deploy_timeout_seconds: float
+    deploy_requirements: tuple[str, ...]
     ready_file: Path | None
     log_level: str
     log_json: bool
@@ -81,6 +85,28 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="a training run not finished within this fails (also one whose registry stopped; default 3600)",
     )
+    parser.add_argument(
+        "--scheduler",
+        type=address,
+        metavar="HOST:PORT",
+        help="the scheduler deploys go to (LoadModel); without it, deploying answers 503",
+    )
+    parser.add_argument("--scheduler-tls-cert", type=Path, metavar="PEM", help="client certificate (mutual TLS)")
+    parser.add_argument("--scheduler-tls-key", type=Path, metavar="PEM", help="client private key (mutual TLS)")
+    parser.add_argument("--scheduler-tls-ca", type=Path, metavar="PEM", help="CA the scheduler's certificate chains to")
+    parser.add_argument(
+        "--deploy-timeout",
+        type=seconds(3600),
+        default=300.0,
+        metavar="SECONDS",
+        help="how long a deploy waits for the model to be available (default 300)",
+    )
+    parser.add_argument(
+        "--deploy-requirements",
+        default="sklearn",
+        metavar="LIST",
+        help="comma-separated requirements of deployed models (the servers that can load them; default sklearn)",
+    )
     parser.add_argument("--insecure", action="store_true", help="allow plaintext HTTP on a non-loopback --listen")
     add_serving_tls_flags(parser)
     add_process_flags(parser, section="registry", ready_file_help="write the listen address here once serving")
@@ -104,6 +130,15 @@ def parse_settings(
         database=database,
         split_timeout_seconds=options.split_timeout,
         training_timeout_seconds=options.training_timeout,
+        scheduler=options.scheduler,
+        scheduler_security=TransportSecurity(
+            insecure=options.insecure,
+            cert_file=options.scheduler_tls_cert,
+            key_file=options.scheduler_tls_key,
+            ca_file=options.scheduler_tls_ca,
+        ),
+        deploy_timeout_seconds=options.deploy_timeout,
+        deploy_requirements=tuple(item.strip() for item in options.deploy_requirements.split(",") if item.strip()),
         ready_file=options.ready_file,
         log_level=options.log_level,
         log_json=options.log_json,
@@ -111,6 +146,9 @@ def parse_settings(
     try:
         settings.serving.validate()
         settings.serving.check_plaintext_allowed([settings.listen])
+        if settings.scheduler is not None:
+            settings.scheduler_security.validate()
+            settings.scheduler_security.check_plaintext_allowed([settings.scheduler])
     except TransportError as error:
         parser.error(str(error))
     return settings

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from modelplane.cli.registry_training import TrainerRunLauncher
 from registry.dataset_splits import DatasetSplitMaker
 from registry.ports import Deployer, SplitMaker, TrainingLauncher
+from registry.scheduler_deployer import SchedulerDeployer
 from registry.settings import RegistrySettings
 from trainer.launchers.local import LocalLauncherSettings, LocalProcessLauncher
 
@@ -26,4 +27,12 @@ def registry_ports(settings: RegistrySettings) -> RegistryPorts:
     timeout = settings.training_timeout_seconds
     runs = LocalProcessLauncher(LocalLauncherSettings(timeout_seconds=timeout))
     launcher = TrainerRunLauncher(settings.state_dir / "runs", runs, timeout)
-    return RegistryPorts(split_maker=DatasetSplitMaker(), launcher=launcher, deployer=None)
+    deployer = None
+    if settings.scheduler is not None:
+        deployer = SchedulerDeployer(
+            settings.scheduler,
+            settings.scheduler_security,
+            settings.deploy_requirements or ("sklearn",),
+            settings.deploy_timeout_seconds,
+        )
+    return RegistryPorts(split_maker=DatasetSplitMaker(), launcher=launcher, deployer=deployer)

@@ -15,7 +15,9 @@ import sklearn
 from sklearn.linear_model import LogisticRegression
 
 from modelplane import __version__ as modelplane_version
-from tests.support.registry_process import RegistryProcess, wait_for_status
+from servers.launch.local import free_ports
+from tests.support.processes import stop_process
+from tests.support.registry_process import RegistryProcess, start_registry, wait_for_status
 from tests.support.training_schemas import write_iris_csv
 
 IRIS = {"srcpath": "iris.csv", "outcome": "species", "outcomeType": "string"}
@@ -136,3 +138,27 @@ def test_a_model_without_a_computed_split_is_not_trained(registry: RegistryProce
     refused = registry.call("POST", f"/experiments/iris/models/{model}/train", {"algorithm": "gbdt"})
     assert refused.status == 409
     assert "PREPARING" in refused.error
+
+
+@pytest.mark.timeout(600)
+def test_a_deploy_the_scheduler_cannot_take_is_502_with_the_reason_and_the_model_stays_trained(
+    tmp_path: Path,
+) -> None:
+    """A scheduler that is not there: the deploy answers 502 naming it, the model stays TRAINED with the reason."""
+    port = free_ports(1)[0]  # nothing listens on it
+    datasets = tmp_path / "datasets"
+    datasets.mkdir()
+    registry = start_registry(tmp_path, f"--datasets-root={datasets}", f"--scheduler=127.0.0.1:{port}")
+    try:
+        split_id, _ = _iris_split(registry, datasets)
+        model = _model(registry, split_id, "logistic")
+        trained = _train(registry, model, {"algorithm": "logistic_regression", "hyperparameters": {"max_iter": 500}})
+        assert trained == {"id": model, "status": "TRAINED"}
+        refused = registry.call("POST", f"/experiments/iris/models/{model}/deploy")
+        assert refused.status == 502
+        assert f"127.0.0.1:{port}" in refused.error
+        status = registry.call("GET", f"/experiments/iris/models/{model}/status").body
+        assert status["status"] == "TRAINED"
+        assert status["reason"].startswith("deploy failed:")
+    finally:
+        stop_process(registry.process)

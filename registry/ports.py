@@ -15,6 +15,7 @@ from typing import Any, Protocol
 class SplitRequest:
     split_id: str
     experiment: str
+    srcpath: str  # as the experiment names it (the dataset's name in the registry)
     source: Path | str  # resolved srcpath: a file under the datasets root, or an s3:// URL
     kind: str  # "random" or "first"
     percent: float  # of the rows that go to training
@@ -25,12 +26,28 @@ class SplitRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class DatasetRecord:
+    """What the registry keeps of a dataset it read (seed 001): its format, sample count and sha256 (a dataset's
+    version is the sha256 of its bytes: the same srcpath with other bytes is another version)."""
+
+    srcpath: str  # as the experiment names it
+    sha256: str
+    format: str  # "csv", "parquet", "txt" (image-classification list), "xml" (detection annotations)
+    sample_count: int
+    size_bytes: int
+    columns: list[str] = field(default_factory=list)  # tables: the columns as read (before directives)
+    label_counts: dict[str, int] | None = None  # TXT: images per label; XML: objects per class
+
+
+@dataclass(frozen=True, slots=True)
 class SplitOutcome:
     training_path: str
     test_path: str
     schema: dict[str, Any]
     stats: list[dict[str, Any]]  # seed 002's per-field stats, as JSON
     features: list[str]  # the fields a model trains on (all but the outcome)
+    dataset: DatasetRecord | None = None  # the dataset the split was made of, registered with the split
+    seed: int | None = None  # the seed a random split used (chosen when none was given): the split can be made again
 
 
 class SplitError(Exception):
@@ -43,6 +60,7 @@ class SplitMaker(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class TrainingRequest:
+    run_id: str  # the registry's id of the run, unique: the launcher names its run (and its folder) by it
     experiment: str
     model_id: str
     model_name: str
@@ -56,19 +74,37 @@ class TrainingRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class TrainedArtifact:
+    """Where a trained model is (seed 001's manifest): ``url`` the folder it is served from (LoadModel's uri, the
+    manifest's download URL), ``sha256`` of the artifact file ``name`` in it."""
+
+    url: str
+    sha256: str
+    name: str
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class TrainingResult:
-    """What a finished run reports back (ModelService.record_training_result)."""
+    """What a finished run reports (ModelService.record_training_result)."""
 
     evaluation_metrics: dict[str, float | None] = field(default_factory=dict)
+    fitted_parameters: dict[str, Any] = field(default_factory=dict)
+    artifact: TrainedArtifact | None = None
+    task: str | None = None  # "binary_classification", "multiclass_classification", "regression"
+    classes: list[str] = field(default_factory=list)  # a classifier's labels, in its output order
+    framework: str | None = None  # e.g. "scikit-learn"
+    framework_version: str | None = None
 
 
 class LaunchError(Exception):
-    """The training run could not be started."""
+    """The training run could not be started, or failed; the message says why (the model's ``reason``)."""
 
 
 class TrainingLauncher(Protocol):
-    async def launch(self, request: TrainingRequest) -> str:
-        """Start the run; its id. The result comes back later through ModelService.record_training_result."""
+    async def train(self, request: TrainingRequest) -> TrainingResult:
+        """Run the training to its end: its result, or LaunchError naming why it failed. Cancelling the call
+        stops the run."""
         ...
 
 
@@ -78,6 +114,8 @@ class DeployRequest:
     model_id: str
     model_name: str
     training_run: str | None
+    version: int  # the registered version deployed (the model's newest)
+    artifact_url: str  # its folder (TrainedArtifact.url)
 
 
 class DeployError(Exception):
@@ -85,4 +123,6 @@ class DeployError(Exception):
 
 
 class Deployer(Protocol):
-    async def deploy(self, request: DeployRequest) -> None: ...
+    async def deploy(self, request: DeployRequest) -> str:
+        """Deploy and wait until it serves: the name it is served under (DeployError when it cannot be)."""
+        ...

@@ -47,15 +47,17 @@ def _migrate(settings: RegistrySettings) -> None:
         raise RegistryStartError(f"cannot open the database {shown(settings.database)}: {error.orig}") from None
 
 
-async def _expire_overdue_splits(service: RegistryService, stop: asyncio.Event) -> None:
+async def _expire_overdue_work(service: RegistryService, stop: asyncio.Event) -> None:
+    """Fail the splits and training runs whose registry stopped before they finished (see splits.py, training.py)."""
     while not stop.is_set():
         try:
-            expired = await service.splits.expire_overdue()
+            splits = await service.splits.expire_overdue()
+            runs = await service.training.expire_overdue()
         except RegistryError as error:  # the database away for a while: try again at the next round
-            log.warning("registry: could not look for overdue splits: %s", error.message)
+            log.warning("registry: could not look for overdue splits and training runs: %s", error.message)
         else:
-            if expired:
-                log.info("registry: failed %d split(s) whose computation never finished", expired)
+            if splits or runs:
+                log.info("registry: failed %d split(s) and %d training run(s) that never finished", splits, runs)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), EXPIRY_INTERVAL_SECONDS)
 
@@ -82,6 +84,7 @@ async def run(
         datasets_root=settings.datasets_root,
         splits_dir=settings.splits_dir,
         split_timeout_seconds=settings.split_timeout_seconds,
+        training_timeout_seconds=settings.training_timeout_seconds,
         split_maker=split_maker,
         launcher=launcher,
         deployer=deployer,
@@ -94,7 +97,7 @@ async def run(
     except BaseException:
         store.close()
         raise
-    expiring = asyncio.create_task(_expire_overdue_splits(service, stop), name="registry-split-expiry")
+    expiring = asyncio.create_task(_expire_overdue_work(service, stop), name="registry-expiry")
     log.info("registry: REST API on %s; database %s", listen, shown(settings.database))
     try:
         if settings.ready_file is not None:

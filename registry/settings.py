@@ -13,12 +13,18 @@ from sqlalchemy.engine import URL
 
 from modelplane.addresses import Address
 from modelplane.auth.access_check import AuthSettings
-from modelplane.auth_flags import add_auth_flags, auth_settings_from, check_authenticated_exposure
+from modelplane.auth_flags import (
+    add_auth_flags,
+    add_client_token_flag,
+    auth_settings_from,
+    check_authenticated_exposure,
+    client_token,
+)
 from modelplane.config import parse_layered
 from modelplane.flag_types import address, seconds
 from modelplane.process_flags import add_process_flags
 from modelplane.transport import TransportError, TransportSecurity
-from modelplane.transport_flags import add_serving_tls_flags, serving_security_from
+from modelplane.transport_flags import add_serving_tls_flags, add_tls_flags, security_from, serving_security_from
 from registry.store.database import DatabaseUrlError, database_url
 
 DEFAULT_LISTEN = "127.0.0.1:9010"
@@ -32,11 +38,18 @@ class RegistrySettings:
     datasets_root: Path
     database: URL  # with any password: log it only through registry.store.database.shown
     split_timeout_seconds: float
+    training_timeout_seconds: float
+    scheduler: Address | None  # where trained models are deployed; None: deploying answers 503
+    scheduler_security: TransportSecurity
+    deploy_timeout_seconds: float
+    deploy_requirements: tuple[str, ...]
     ready_file: Path | None
     log_level: str
     log_json: bool
     # Who may call what (modelplane/auth): tokens, client certificates and roles, as every serving process has them.
     auth: AuthSettings = field(default_factory=AuthSettings)
+    # The token deploys present to the scheduler (a file, read again when it changes; else MODELPLANE_AUTH_TOKEN).
+    token_file: Path | None = None
 
     @property
     def splits_dir(self) -> Path:
@@ -78,9 +91,38 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="a split not computed within this fails (also one whose registry stopped; default 600)",
     )
-    parser.add_argument("--insecure", action="store_true", help="allow plaintext HTTP on a non-loopback --listen")
+    parser.add_argument(
+        "--training-timeout",
+        type=seconds(7 * 86_400),
+        default=3600.0,
+        metavar="SECONDS",
+        help="a training run not finished within this fails (also one whose registry stopped; default 3600)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        type=address,
+        metavar="HOST:PORT",
+        help="the scheduler deploys go to (LoadModel); without it, deploying answers 503",
+    )
+    parser.add_argument(
+        "--deploy-timeout",
+        type=seconds(3600),
+        default=300.0,
+        metavar="SECONDS",
+        help="how long a deploy waits for the model to be available (default 300)",
+    )
+    parser.add_argument(
+        "--deploy-requirements",
+        default="sklearn",
+        metavar="LIST",
+        help="comma-separated requirements of deployed models (the servers that can load them; default sklearn)",
+    )
+    # As the trainer's: --tls-* (and --auth-token-file) are about the scheduler it calls, --serve-tls-* about the
+    # REST API it serves; --insecure allows plaintext off loopback for both.
+    add_tls_flags(parser, server=False)
     add_serving_tls_flags(parser)
     add_auth_flags(parser)
+    add_client_token_flag(parser)
     add_process_flags(parser, section="registry", ready_file_help="write the listen address here once serving")
     return parser
 
@@ -101,6 +143,12 @@ def parse_settings(
         datasets_root=options.datasets_root or state_dir / "datasets",
         database=database,
         split_timeout_seconds=options.split_timeout,
+        training_timeout_seconds=options.training_timeout,
+        scheduler=options.scheduler,
+        scheduler_security=security_from(options),
+        token_file=options.auth_token_file,
+        deploy_timeout_seconds=options.deploy_timeout,
+        deploy_requirements=tuple(item.strip() for item in options.deploy_requirements.split(",") if item.strip()),
         ready_file=options.ready_file,
         log_level=options.log_level,
         log_json=options.log_json,
@@ -110,6 +158,10 @@ def parse_settings(
         settings.serving.check_plaintext_allowed([settings.listen])
         auth = auth_settings_from(options, [settings.listen])
         check_authenticated_exposure([settings.listen], settings.serving, auth)
+        if settings.scheduler is not None:
+            settings.scheduler_security.validate()
+            settings.scheduler_security.check_plaintext_allowed([settings.scheduler])
+        client_token(settings.token_file)  # a token file that cannot be used stops the registry at start
     except TransportError as error:
         parser.error(str(error))
     return dataclasses.replace(settings, auth=auth)

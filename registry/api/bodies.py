@@ -5,10 +5,20 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+)
 
 # The directives language owns its limits (registry/data/directives.py); the body refuses more before parsing.
-from registry.data.directives import MAX_DIRECTIVES
+from registry.data.directives import MAX_DIRECTIVES, parse_directives
 from registry.data.directives import MAX_LINE_CHARS as MAX_DIRECTIVE_CHARS
 
 MAX_NAME_CHARS: Final = 128
@@ -18,8 +28,20 @@ MAX_HYPERPARAMETERS: Final = 100
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME_CHARS)]
 Description = Annotated[str, StringConstraints(max_length=MAX_DESCRIPTION_CHARS)]
+
+
+def _parsed(lines: list[str]) -> list[str]:
+    """Directives are checked when they are accepted, whichever call brings them: an unknown directive, a missing
+    argument or a refused expression is a 400 naming it and its line (DirectiveError is a ValueError, which pydantic
+    reports as this field's problem), never a split that fails later."""
+    parse_directives(lines)
+    return lines
+
+
 Directives = Annotated[
-    list[Annotated[str, StringConstraints(max_length=MAX_DIRECTIVE_CHARS)]], Field(max_length=MAX_DIRECTIVES)
+    list[Annotated[str, StringConstraints(max_length=MAX_DIRECTIVE_CHARS)]],
+    Field(max_length=MAX_DIRECTIVES),
+    AfterValidator(_parsed),
 ]
 Features = Annotated[list[Name], Field(max_length=MAX_FEATURES)]
 HyperparameterValue = StrictStr | StrictInt | StrictFloat | StrictBool

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from registry.service.splits import SplitView
-from registry.store.tables import ExperimentRow, ModelRow, SplitRow
+from registry.store.tables import DatasetRow, ExperimentRow, ModelRow, ModelVersionRow, SplitRow
 
 
 def experiment(row: ExperimentRow) -> dict[str, Any]:
@@ -43,6 +43,8 @@ def split(view: SplitView, *, with_stats: bool) -> dict[str, Any]:
         "createtime": row.create_time,
         "models": view.models,
     }
+    if row.dataset_id is not None:
+        document["dataset"] = {"id": row.dataset_id, "sha256": row.dataset_sha256}
     if with_stats:
         document["stats"] = row.stats or []
     return _with_reason(document, row.reason)
@@ -70,8 +72,49 @@ def model(row: ModelRow) -> dict[str, Any]:
         document["traintime"] = row.train_time
     if row.deploy_time is not None:
         document["deploytime"] = row.deploy_time
+    if row.training_run is not None:
+        document["trainingRun"] = row.training_run
+    if row.serving_name is not None:
+        document["servingName"] = row.serving_name  # the name to infer with, through the gateway
     return _with_reason(document, row.reason)
 
 
 def model_status(row: ModelRow) -> dict[str, Any]:
     return _with_reason({"id": row.id, "status": row.state}, row.reason)
+
+
+def dataset(row: DatasetRow) -> dict[str, Any]:
+    """Seed 001's dataset: its format and sample count, with the sha256 that names this version of it."""
+    document: dict[str, Any] = {
+        "id": row.id,
+        "srcpath": row.srcpath,
+        "format": row.format,
+        "sampleCount": row.sample_count,
+        "sha256": row.sha256,
+        "sizeBytes": row.size_bytes,
+        "columns": row.columns,
+        "createtime": row.create_time,
+    }
+    if row.label_counts is not None:
+        document["labelCounts"] = row.label_counts
+    return document
+
+
+def model_version(row: ModelVersionRow) -> dict[str, Any]:
+    """Seed 001's registered model: its manifest (version, download URL, sha256), metrics, metadata, lineage."""
+    return {
+        "model": row.model_id,
+        "version": row.version,
+        "manifest": {
+            "version": str(row.version),
+            "downloadURL": row.artifact_url,
+            "sha256sum": row.artifact_sha256,
+            "artifact": row.artifact_name,
+            "sizeBytes": row.artifact_size_bytes,
+        },
+        "evaluationMetrics": row.evaluation_metrics,
+        "fittedParameters": row.fitted_parameters,
+        "metadata": row.model_metadata,
+        "lineage": row.lineage,
+        "createtime": row.create_time,
+    }

@@ -28,6 +28,8 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
         "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]*$", "maxLength": MAX_NAME_CHARS},
         "split": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
         "model": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+        "dataset": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
+        "version": {"type": "integer", "minimum": 1},
     }
     parameters: list[dict[str, Any]] = [
         {"name": name, "in": "path", "required": True, "schema": described[name]}

@@ -44,6 +44,16 @@ def resource_id(request: web.Request, key: str, what: str) -> str:
     return value
 
 
+MAX_VERSION: Final = 10**9
+
+
+def version_number(request: web.Request) -> int:
+    number = parse_whole_number(request.match_info["version"])
+    if number is None or not 1 <= number <= MAX_VERSION:
+        raise NotFound("no such version: versions are whole numbers from 1")
+    return number
+
+
 def page(request: web.Request) -> tuple[int, int]:
     """(offset, limit) from the query: offset 0 and limit DEFAULT_LIMIT when not given."""
     offset = parse_whole_number(request.query.get("offset", "0"))

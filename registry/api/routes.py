@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from registry.api import documents
 from registry.api.bodies import DirectivesBody, ExperimentBody, ModelBody, SplitBody, TrainBody
-from registry.api.requests import body, experiment_name, new_experiment_name, page, resource_id
+from registry.api.requests import body, experiment_name, new_experiment_name, page, resource_id, version_number
 from registry.service.experiments import ExperimentFields
 from registry.service.models import NewModel, TrainingSpec
 from registry.service.registry_service import RegistryService
@@ -61,6 +61,16 @@ async def list_experiments(service: RegistryService, request: web.Request) -> we
     offset, limit = page(request)
     found = await service.experiments.list(request.query.get("srcpath"), offset, limit)
     return _paged([documents.experiment(row) for row in found.rows], found.total)
+
+
+async def list_datasets(service: RegistryService, request: web.Request) -> web.StreamResponse:
+    offset, limit = page(request)
+    found = await service.datasets.list(request.query.get("srcpath"), offset, limit)
+    return _paged([documents.dataset(row) for row in found.rows], found.total)
+
+
+async def get_dataset(service: RegistryService, request: web.Request) -> web.StreamResponse:
+    return _json(documents.dataset(await service.datasets.get(resource_id(request, "dataset", "dataset"))))
 
 
 async def get_experiment(service: RegistryService, request: web.Request) -> web.StreamResponse:
@@ -165,7 +175,20 @@ async def train_model(service: RegistryService, request: web.Request) -> web.Str
     name, model_id = experiment_name(request), resource_id(request, "model", "model")
     parsed = await body(request, TrainBody)
     spec = TrainingSpec(parsed.algorithm, dict(parsed.hyperparameters), parsed.features)
-    return _json(documents.model(await service.models.train(name, model_id, spec)), 202)
+    return _json(documents.model(await service.training.train(name, model_id, spec)), 202)
+
+
+async def list_versions(service: RegistryService, request: web.Request) -> web.StreamResponse:
+    offset, limit = page(request)
+    name, model_id = experiment_name(request), resource_id(request, "model", "model")
+    found = await service.versions.list(name, model_id, offset, limit)
+    return _paged([documents.model_version(row) for row in found.rows], found.total)
+
+
+async def get_version(service: RegistryService, request: web.Request) -> web.StreamResponse:
+    name, model_id = experiment_name(request), resource_id(request, "model", "model")
+    row = await service.versions.get(name, model_id, version_number(request))
+    return _json(documents.model_version(row))
 
 
 async def deploy_model(service: RegistryService, request: web.Request) -> web.StreamResponse:
@@ -180,6 +203,9 @@ _MODEL: Final = _EXPERIMENT + "/models/{model}"
 ROUTES: Final = (
     Route("GET", "/experiments", list_experiments, "list experiments", answers={200: "experiments"}, paged=True,
           query=("srcpath",)),
+    Route("GET", "/datasets", list_datasets, "list the datasets splits have read (each version once)",
+          answers={200: "datasets"}, paged=True, query=("srcpath",)),
+    Route("GET", "/datasets/{dataset}", get_dataset, "get a dataset", answers={200: "dataset"}),
     Route("GET", _EXPERIMENT, get_experiment, "get an experiment", answers={200: "experiment"}),
     Route("PUT", _EXPERIMENT, put_experiment, "add or update an experiment", ExperimentBody,
           {200: "experiment (updated)", 201: "experiment (created)"}, (409,)),
@@ -206,6 +232,10 @@ ROUTES: Final = (
     Route("PUT", _MODEL + "/directives", put_directives, "replace the model's directives (unassigns its split)",
           DirectivesBody, {200: "model"}, (409,)),
     Route("POST", _MODEL + "/train", train_model, "train the model", TrainBody, {202: "model"}, (409, 502, 503)),
-    Route("POST", _MODEL + "/deploy", deploy_model, "deploy the model", answers={200: "model"},
-          refusals=(409, 502, 503)),
+    Route("POST", _MODEL + "/deploy", deploy_model, "deploy the model's newest version (answered once it serves)",
+          answers={200: "model"}, refusals=(409, 502, 503)),
+    Route("GET", _MODEL + "/versions", list_versions, "list the model's registered versions (one per training)",
+          answers={200: "versions"}, paged=True),
+    Route("GET", _MODEL + "/versions/{version}", get_version, "get a registered version: manifest, metrics, "
+          "metadata, lineage", answers={200: "version"}),
 )  # fmt: skip

@@ -27,6 +27,7 @@ class ServiceContext:
     datasets_root: Path
     splits_dir: Path  # trainingPath / testPath of computed splits, one folder per split
     split_timeout_seconds: float = 600.0  # a split still SPLITTING after this is failed (its computer stopped)
+    training_timeout_seconds: float = 3600.0  # a model still TRAINING after this is failed (its registry stopped)
     split_maker: SplitMaker | None = None
     launcher: TrainingLauncher | None = None
     deployer: Deployer | None = None

@@ -12,10 +12,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from registry.errors import InvalidInput, PortFailed, Unavailable
+from registry.errors import Conflict, InvalidInput, PortFailed, Unavailable
 from registry.lifecycle import MODEL_STATE_FOR_SPLIT, ModelAction, ModelState, SplitState, next_model_state
-from registry.ports import DeployError, DeployRequest, LaunchError, TrainingRequest, TrainingResult
-from registry.service import assignments, lookups
+from registry.ports import DeployError, DeployRequest
+from registry.service import assignments, lookups, versions
 from registry.service.context import ServiceContext, new_id
 from registry.service.splits import SplitService, SplitSpec, new_split_row
 from registry.store.database import guard
@@ -56,7 +56,7 @@ class ModelService:
             raise InvalidInput("give directives or a split, not both (a split carries its own directives)")
 
         def unit(session: Session) -> ModelRow:
-            lookups.experiment(session, experiment_name)
+            experiment = lookups.experiment(session, experiment_name)
             row = ModelRow(
                 id=new_id(),
                 experiment_name=experiment_name,
@@ -77,7 +77,9 @@ class ModelService:
                 row.state = MODEL_STATE_FOR_SPLIT[SplitState(split.state)].value
                 row.reason = split.reason
                 if not row.features and split.stats is not None:
-                    row.features = [str(field["field"]) for field in split.stats if "field" in field]
+                    # The split describes every field, the outcome too; a model's features are what predicts it.
+                    fields = [str(field["field"]) for field in split.stats if "field" in field]
+                    row.features = [name for name in fields if name != experiment.outcome]
             session.add(row)
             return row
 
@@ -152,103 +154,43 @@ class ModelService:
 
         return await self._context.store.write(unit)
 
-    async def train(self, experiment_name: str, model_id: str, spec: TrainingSpec) -> ModelRow:
-        """Move the model to TRAINING (with the algorithm and hyper-parameters) and launch its run; a launch that
-        fails moves it to TRAINING_FAILED with the reason."""
-
-        def start(session: Session) -> tuple[ModelRow, TrainingRequest]:
-            row = lookups.model(session, experiment_name, model_id)
-            assignments.move(row, ModelAction.TRAIN)
-            if self._context.launcher is None:
-                raise Unavailable("this registry launches no training yet (no trainer was wired into it)")
-            split = session.get(SplitRow, row.split_id) if row.split_id else None
-            if split is None or split.training_path is None or split.test_path is None:
-                raise InvalidInput(f"{lookups.describe(row)} has no computed split to train on")
-            experiment = lookups.experiment(session, experiment_name)
-            row.algorithm = spec.algorithm
-            row.hyperparameters = dict(spec.hyperparameters)
-            if spec.features is not None:
-                row.features = list(spec.features)
-            row.reason = None
-            request = TrainingRequest(
-                experiment=experiment_name,
-                model_id=row.id,
-                model_name=row.name,
-                algorithm=spec.algorithm,
-                hyperparameters=dict(spec.hyperparameters),
-                features=list(row.features),
-                outcome=experiment.outcome,
-                outcome_type=experiment.outcome_type,
-                training_path=split.training_path,
-                test_path=split.test_path,
-            )
-            return row, request
-
-        row, request = await self._context.store.write(start)
-        assert self._context.launcher is not None  # noqa: S101 - start() refused without one
-        try:
-            run = await self._context.launcher.launch(request)
-        except LaunchError as error:
-            await self._record(experiment_name, model_id, ModelAction.TRAINING_FAILED, reason=str(error))
-            raise PortFailed(f"the training run could not be started: {error}") from None
-        return await self._record(experiment_name, model_id, None, training_run=run) or row
-
-    async def record_training_result(
-        self, experiment_name: str, model_id: str, result: TrainingResult | None, reason: str | None = None
-    ) -> None:
-        """A run's end: TRAINED with its metrics (``result``), or TRAINING_FAILED with ``reason``. A model deleted
-        meanwhile is left deleted."""
-        action = ModelAction.TRAINING_SUCCEEDED if result is not None else ModelAction.TRAINING_FAILED
-        await self._record(experiment_name, model_id, action, result=result, reason=reason)
-
-    async def _record(
-        self,
-        experiment_name: str,
-        model_id: str,
-        action: ModelAction | None,
-        *,
-        result: TrainingResult | None = None,
-        reason: str | None = None,
-        training_run: str | None = None,
-    ) -> ModelRow | None:
-        def unit(session: Session) -> ModelRow | None:
-            row = session.get(ModelRow, model_id)
-            if row is None or row.experiment_name != experiment_name:
-                return None
-            if action is not None:
-                assignments.move(row, action)
-            if training_run is not None:
-                row.training_run = training_run
-            if result is not None:
-                row.evaluation_metrics = dict(result.evaluation_metrics)
-                row.train_time = self._context.clock()
-            if reason is not None:
-                row.reason = reason[:2000]
-            return row
-
-        return await self._context.store.write(unit)
-
     async def deploy(self, experiment_name: str, model_id: str) -> ModelRow:
-        """Deploy through the Deployer port, then record DEPLOYED (the table is checked before and after)."""
+        """Deploy the model's newest registered version through the Deployer port, which answers once it serves
+        (or refuses); then record DEPLOYED. The lifecycle table is checked before and again at the record: a model
+        changed meanwhile is not marked deployed. A refusal leaves the state as it was, with the reason."""
 
         def check(session: Session) -> DeployRequest:
             row = lookups.model(session, experiment_name, model_id)
             next_model_state(lookups.describe(row), ModelState(row.state), ModelAction.DEPLOY)
             if self._context.deployer is None:
-                raise Unavailable("this registry deploys nothing yet (no scheduler was wired into it)")
-            return DeployRequest(experiment_name, row.id, row.name, row.training_run)
+                raise Unavailable("this registry deploys nothing (no scheduler was wired into it)")
+            newest = versions.newest(session, row.id)
+            if newest is None:
+                raise Conflict(f"{lookups.describe(row)} has no registered version to deploy (train it again)")
+            return DeployRequest(
+                experiment_name, row.id, row.name, row.training_run, newest.version, newest.artifact_url
+            )
 
         request = await self._context.store.read(check)
         assert self._context.deployer is not None  # noqa: S101 - check() refused without one
         try:
-            await self._context.deployer.deploy(request)
+            serving_name = await self._context.deployer.deploy(request)
         except DeployError as error:
+            reason = f"deploy failed: {error}"
+            await self._context.store.write(lambda session: _note_reason(session, experiment_name, model_id, reason))
             raise PortFailed(f"the model could not be deployed: {error}") from None
 
         def record(session: Session) -> ModelRow:
             row = lookups.model(session, experiment_name, model_id)
             assignments.move(row, ModelAction.DEPLOY)
             row.deploy_time = self._context.clock()
+            row.serving_name = serving_name
+            row.reason = None
             return row
 
         return await self._context.store.write(record)
+
+
+def _note_reason(session: Session, experiment_name: str, model_id: str, reason: str) -> None:
+    row = lookups.model(session, experiment_name, model_id)
+    row.reason = reason[:2000]

@@ -1,19 +1,26 @@
-"""The service layer as one object the REST edge and the process hold: experiments, splits, models."""
+"""The service layer as one object the REST edge and the process hold: experiments, datasets, splits, models."""
 
 from __future__ import annotations
 
 from registry.service.context import ServiceContext
+from registry.service.datasets import DatasetService
 from registry.service.experiments import ExperimentService
 from registry.service.models import ModelService
 from registry.service.splits import SplitService
+from registry.service.training import TrainingService
+from registry.service.versions import VersionService
 
 
 class RegistryService:
     def __init__(self, context: ServiceContext) -> None:
         self.context = context
         self.experiments = ExperimentService(context)
+        self.datasets = DatasetService(context)
         self.splits = SplitService(context)
         self.models = ModelService(context, self.splits)
+        self.training = TrainingService(context)
+        self.versions = VersionService(context)
 
     async def close(self) -> None:
         await self.splits.close()
+        await self.training.close()

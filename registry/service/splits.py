@@ -29,7 +29,7 @@ from registry.lifecycle import (
     next_split_state,
 )
 from registry.ports import SplitError, SplitMaker, SplitOutcome, SplitRequest
-from registry.service import assignments, lookups
+from registry.service import assignments, datasets, lookups
 from registry.service.context import ServiceContext, new_id
 from registry.srcpaths import resolve_srcpath
 from registry.store.database import guard
@@ -122,6 +122,7 @@ class SplitService:
             request = SplitRequest(
                 split_id=row.id,
                 experiment=row.experiment_name,
+                srcpath=experiment.srcpath,
                 source=resolve_srcpath(experiment.srcpath, self._context.datasets_root),
                 kind=row.kind,
                 percent=float(row.parameters["percent"]),
@@ -161,6 +162,12 @@ class SplitService:
             if outcome is not None:
                 split.training_path, split.test_path = outcome.training_path, outcome.test_path
                 split.schema, split.stats = outcome.schema, outcome.stats
+                if outcome.seed is not None and split.parameters.get("seed") != outcome.seed:
+                    # The seed a random split chose is kept: the same split can be asked for again.
+                    split.parameters = {**split.parameters, "seed": outcome.seed}
+                if outcome.dataset is not None:
+                    dataset = datasets.register(session, outcome.dataset, self._context.clock())
+                    split.dataset_id, split.dataset_sha256 = dataset.id, dataset.sha256
             for model in lookups.models_of_split(session, split_id):
                 if model.state == ModelState.SPLITTING.value:
                     assignments.move(model, MODEL_ACTION_FOR_SPLIT_OUTCOME[after])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAME_CHARS = 128
@@ -23,6 +23,8 @@ ID_CHARS = 32
 PATH_CHARS = 2048
 STATE_CHARS = 32
 REASON_CHARS = 2000
+SHA256_CHARS = 64
+FORMAT_CHARS = 16
 
 
 class Base(DeclarativeBase):
@@ -39,6 +41,28 @@ class ExperimentRow(Base):
     outcome_type: Mapped[str | None] = mapped_column(String(NAME_CHARS))
     directives: Mapped[list[str]] = mapped_column(JSON, default=list)
     create_time: Mapped[int] = mapped_column(BigInteger)
+    row_version: Mapped[int] = mapped_column(Integer)
+
+    __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012 - SQLAlchemy's declarative form
+
+
+class DatasetRow(Base):
+    """A dataset the registry has read (seed 001): one row per srcpath and content (sha256), so a file changed under
+    the same srcpath is a new version, and the splits made of the old one still name the bytes they were made of."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("srcpath", "sha256", name="uq_datasets_srcpath_sha256"),)
+
+    id: Mapped[str] = mapped_column(String(ID_CHARS), primary_key=True)
+    srcpath: Mapped[str] = mapped_column(String(PATH_CHARS), index=True)
+    sha256: Mapped[str] = mapped_column(String(SHA256_CHARS))
+    format: Mapped[str] = mapped_column(String(FORMAT_CHARS))
+    sample_count: Mapped[int] = mapped_column(BigInteger)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    columns: Mapped[list[str]] = mapped_column(JSON, default=list)
+    label_counts: Mapped[dict[str, int] | None] = mapped_column(JSON)
+    create_time: Mapped[int] = mapped_column(BigInteger)  # when this version was first read
+    description: Mapped[str] = mapped_column(Text, default="")
     row_version: Mapped[int] = mapped_column(Integer)
 
     __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012 - SQLAlchemy's declarative form
@@ -61,6 +85,9 @@ class SplitRow(Base):
     stats: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(STATE_CHARS))
     reason: Mapped[str | None] = mapped_column(String(REASON_CHARS))  # why it failed
+    # The dataset version it was made of (lineage): the id of its DatasetRow, and its sha256 kept here too.
+    dataset_id: Mapped[str | None] = mapped_column(String(ID_CHARS), ForeignKey("datasets.id"), index=True)
+    dataset_sha256: Mapped[str | None] = mapped_column(String(SHA256_CHARS))
     create_time: Mapped[int] = mapped_column(BigInteger)
     row_version: Mapped[int] = mapped_column(Integer)
 
@@ -88,6 +115,38 @@ class ModelRow(Base):
     create_time: Mapped[int] = mapped_column(BigInteger)
     train_time: Mapped[int | None] = mapped_column(BigInteger)
     deploy_time: Mapped[int | None] = mapped_column(BigInteger)
+    # When its training started: a run still TRAINING long after is failed (the registry running it stopped).
+    train_start_time: Mapped[int | None] = mapped_column(BigInteger)
+    serving_name: Mapped[str | None] = mapped_column(String(NAME_CHARS))  # the name it is deployed under
+    row_version: Mapped[int] = mapped_column(Integer)
+
+    __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012 - SQLAlchemy's declarative form
+
+
+class ModelVersionRow(Base):
+    """A registered model version (seed 001): what one training run of a model made, never changed afterwards.
+    ``artifact_*`` is its manifest, ``model_metadata`` what it is (task, classes, framework), ``lineage`` what it
+    was made of (dataset and its sha256, split, directives, training run, modelplane version)."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "version", name="uq_model_versions_model_version"),)
+
+    id: Mapped[str] = mapped_column(String(ID_CHARS), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(ID_CHARS), ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    experiment_name: Mapped[str] = mapped_column(
+        String(NAME_CHARS), ForeignKey("experiments.name", ondelete="CASCADE"), index=True
+    )
+    version: Mapped[int] = mapped_column(Integer)  # 1, 2, ... per model
+    artifact_url: Mapped[str] = mapped_column(String(PATH_CHARS))
+    artifact_sha256: Mapped[str] = mapped_column(String(SHA256_CHARS))
+    artifact_name: Mapped[str] = mapped_column(String(NAME_CHARS))
+    artifact_size_bytes: Mapped[int] = mapped_column(BigInteger)
+    evaluation_metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    fitted_parameters: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    model_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    lineage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    create_time: Mapped[int] = mapped_column(BigInteger)
+    description: Mapped[str] = mapped_column(Text, default="")
     row_version: Mapped[int] = mapped_column(Integer)
 
     __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012 - SQLAlchemy's declarative form

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import Popen
@@ -73,3 +74,19 @@ def start_registry(
     argv = ["registry", "--listen=127.0.0.1:0", f"--state-dir={state_dir}", f"--ready-file={ready_file}", *extra]
     process, addresses = _start_until_ready(argv, ready_file, log_path, ready_timeout, "ab")
     return RegistryProcess(process, addresses["listen"], state_dir, log_path)
+
+
+def wait_for_status(
+    registry: RegistryProcess, path: str, settled: set[str], timeout: float = 300.0, interval: float = 0.1
+) -> dict[str, Any]:
+    """Poll ``path`` (a split's or model's status) until its ``status`` is one of ``settled``; the last status
+    document. ``timeout`` is a hang guard for a loaded machine, not a timing check."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = registry.call("GET", path)
+        assert answer.status == 200, answer
+        if answer.body["status"] in settled:
+            return dict(answer.body)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} still {answer.body} after {timeout:g}s (waiting for {sorted(settled)})")
+        time.sleep(interval)

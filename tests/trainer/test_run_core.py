@@ -167,6 +167,50 @@ def test_the_in_process_run_matches_a_direct_fit(tmp_path: Path) -> None:
     assert metadata["dataset"]["stats"]["target_stats"]["min"] < metadata["dataset"]["stats"]["target_stats"]["max"]
 
 
+def test_a_split_made_before_the_run_is_used_as_given(tmp_path: Path) -> None:
+    """The registry's split: the training rows in one file, the test rows in another; the schema's criteria (here
+    a random 0.2) are not used, and the metrics are those of exactly the given test rows."""
+    frame = schemas.regression_frame()
+    shuffled = frame.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    train_rows, test_rows = shuffled.iloc[:130], shuffled.iloc[130:]
+    train_path, test_path = tmp_path / "train.parquet", tmp_path / "test.parquet"
+    train_rows.to_parquet(train_path, index=False)
+    test_rows.to_parquet(test_path, index=False)
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    TrainingJob(
+        run_id="run-1",
+        event_id="event-1",
+        dataset=DatasetSource(path=str(train_path)),
+        artifact_name="model.joblib",
+        test_dataset=DatasetSource(path=str(test_path)),
+    ).write(job_dir)
+    (job_dir / DESIGN_SCHEMA_FILE).write_bytes(schemas.linear_regression(test_fraction=0.2).SerializeToString())
+    result = execute(job_dir)
+    assert result.succeeded, result.errors
+
+    features = list(schemas.REGRESSION_FEATURES)
+    direct = LinearRegression().fit(train_rows[features].to_numpy(), train_rows["y"])
+    trained = joblib.load(job_dir / OUTPUT_DIR / "model.joblib")
+    np.testing.assert_allclose(trained.coef_, direct.coef_)
+    errors = direct.predict(test_rows[features].to_numpy()) - test_rows["y"].to_numpy()
+    assert result.metrics["mae"] == pytest.approx(float(np.mean(np.abs(errors))))
+    metadata = metadata_of(job_dir)
+    assert (metadata["split"]["method"], metadata["split"]["train_rows"], metadata["split"]["test_rows"]) == (
+        "given",
+        130,
+        70,
+    )
+    assert metadata["test_dataset"]["sha256"] == hashlib.sha256(test_path.read_bytes()).hexdigest()
+    assert metadata["dataset"]["sha256"] == hashlib.sha256(train_path.read_bytes()).hexdigest()
+
+    # Halves whose columns differ are refused by name, as bad input.
+    test_rows.drop(columns=["x1"]).to_parquet(test_path, index=False)
+    refused, code = execute_with_exit_code(job_dir)
+    assert (refused.succeeded, code) == (False, EXIT_BAD_INPUT)
+    assert "other columns than the training dataset" in refused.errors[0]
+
+
 def test_binary_uses_the_positive_label(tmp_path: Path) -> None:
     dataset = iris_csv(tmp_path)
     job_dir = make_job(tmp_path, schemas.iris_binary(), DatasetSource(path=str(dataset)))

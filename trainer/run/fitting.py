@@ -8,7 +8,8 @@ the served artifact takes. Preprocessing and postprocessing are recorded, not em
 Splits (``criteria``; seed 002): ``test_fraction`` (default 0.2) of the rows, rounded up, are for testing.
 Random: rows are permuted with ``numpy.random.default_rng(random_seed)`` and the first test rows of the
 permutation are the test split. ``first_rows_for_training``: the first rows (in file order) train, the rest
-test. Either way both splits have at least one row and training holds at least two classes.
+test. Either way both splits have at least one row and training holds at least two classes. A split made before
+the run (``test_rows``: the registry's, its training rows first, then its test rows) is used as given ("given").
 """
 
 from __future__ import annotations
@@ -86,8 +87,15 @@ class TrainedModel:
     warnings: list[str]
 
 
-def train(schema: training_pb2.ModelDesignSchema, frame: pd.DataFrame, origin: str = "dataset") -> TrainedModel:
-    """Train what ``schema`` describes on ``frame``; TrainingInputError subclasses name any bad input."""
+def train(
+    schema: training_pb2.ModelDesignSchema,
+    frame: pd.DataFrame,
+    origin: str = "dataset",
+    *,
+    test_rows: int | None = None,
+) -> TrainedModel:
+    """Train what ``schema`` describes on ``frame``; TrainingInputError subclasses name any bad input. With
+    ``test_rows`` the split is given: the last ``test_rows`` rows are the test rows, the others train."""
     design = read_design(schema)
     steps = compile_preprocessor(schema)
     algorithm = select_algorithm(schema, design.task)
@@ -101,7 +109,7 @@ def train(schema: training_pb2.ModelDesignSchema, frame: pd.DataFrame, origin: s
     processed = apply_preprocessor(steps, numeric_columns(frame, plan.raw_features), rows)
     features = np.column_stack([processed[name] for name in design.features]).astype(np.float64, copy=False)
     target = _target(frame, plan, design)
-    split = split_rows(rows, design.split)
+    split = split_rows(rows, design.split) if test_rows is None else given_split(rows, test_rows)
     train_y = target[split.train_indices]
     if design.task.is_classification and len(np.unique(train_y)) < 2:
         raise DatasetError(
@@ -187,6 +195,15 @@ def split_rows(rows: int, split: Split) -> SplitUsed:
     return SplitUsed(
         split.method, split.test_fraction, split.random_seed, train_rows, test_rows, train_indices, test_indices
     )
+
+
+def given_split(rows: int, test_rows: int) -> SplitUsed:
+    """A split made before the run: the first ``rows - test_rows`` rows train, the rest test."""
+    train_rows = rows - test_rows
+    if train_rows < 1 or test_rows < 1:
+        raise DatasetError(f"the given split has {train_rows} training and {test_rows} test rows; each needs one")
+    order = np.arange(rows, dtype=np.int64)
+    return SplitUsed("given", test_rows / rows, 0, train_rows, test_rows, order[:train_rows], order[train_rows:])
 
 
 def _fit(

@@ -54,6 +54,9 @@ class TrainingJob:
     dataset: DatasetSource
     artifact_name: str = DEFAULT_ARTIFACT_NAME
     timeout_seconds: float = 3600.0
+    # A split made before the run (the registry's): ``dataset`` is the training rows and this the test rows, and
+    # the schema's criteria are not used. None: the run splits ``dataset`` by the criteria itself.
+    test_dataset: DatasetSource | None = None
 
     def write(self, job_dir: Path) -> None:
         (job_dir / JOB_FILE).write_text(json.dumps(asdict(self), indent=2))
@@ -61,12 +64,14 @@ class TrainingJob:
     @classmethod
     def read(cls, job_dir: Path) -> TrainingJob:
         raw = json.loads((job_dir / JOB_FILE).read_text())
+        test_dataset = raw.get("test_dataset")
         return cls(
             run_id=str(raw["run_id"]),
             event_id=str(raw["event_id"]),
             dataset=DatasetSource(**raw["dataset"]),
             artifact_name=str(raw.get("artifact_name", DEFAULT_ARTIFACT_NAME)),
             timeout_seconds=float(raw.get("timeout_seconds", 3600.0)),
+            test_dataset=DatasetSource(**test_dataset) if test_dataset is not None else None,
         )
 
 

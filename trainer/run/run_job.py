@@ -17,7 +17,8 @@ metadata.json keys: ``format_version``, ``run_id``, ``event_id``, ``design_schem
 MessageToDict with proto field names), ``algorithm``, ``task``, ``features``, ``target``, ``classes``,
 ``hyper_parameters``, ``metrics``, ``metrics_skipped``, ``fitted_parameters``, ``preprocessing``,
 ``postprocessing``, ``warnings``, ``split``, ``dataset`` (``origin``, ``format``, ``size_bytes``, ``sha256``,
-``stats``), ``artifact`` (``name``, ``format``, ``size_bytes``, ``sha256``, ``input``), ``framework_versions``
+``stats``), ``test_dataset`` (a job whose split was made before the run: its test rows' ``origin`` to ``sha256``),
+``artifact`` (``name``, ``format``, ``size_bytes``, ``sha256``, ``input``), ``framework_versions``
 (python, scikit-learn, numpy, pandas, joblib), ``started_at``, ``finished_at`` (UTC, ISO 8601),
 ``duration_seconds``, ``fit_seconds``.
 """
@@ -110,9 +111,19 @@ def _run(job_dir: Path, environ: Mapping[str, str]) -> RunResult:
         if stale.is_file():
             stale.unlink()
     timeout = min(60.0, job.timeout_seconds) if job.timeout_seconds >= 1.0 else 1.0
-    dataset = load_dataset(job.dataset, environ, DatasetLimits(timeout_seconds=timeout))
+    limits = DatasetLimits(timeout_seconds=timeout)
+    dataset = load_dataset(job.dataset, environ, limits)
+    frame, test_rows, test_info = dataset.frame, None, None
+    if job.test_dataset is not None:  # a split made before the run: its training rows, then its test rows
+        test = load_dataset(job.test_dataset, environ, limits)
+        if list(test.frame.columns) != list(dataset.frame.columns):
+            raise TrainingInputError(
+                f"the test dataset {test.origin} has other columns than the training dataset {dataset.origin}"
+            )
+        frame = pd.concat([dataset.frame, test.frame], ignore_index=True)
+        test_rows, test_info = len(test.frame), _dataset_info(test)
     fit_clock = time.monotonic()
-    model = train(schema, dataset.frame, dataset.origin)
+    model = train(schema, frame, dataset.origin, test_rows=test_rows)
     fit_seconds = time.monotonic() - fit_clock
     output.mkdir(parents=True, exist_ok=True)
     artifact = output / artifact_name
@@ -121,6 +132,8 @@ def _run(job_dir: Path, environ: Mapping[str, str]) -> RunResult:
     temporary.replace(artifact)  # a reader never sees a half-written artifact under the final name
     sha256 = file_sha256(artifact)  # streamed: the artifact may be large, its bytes are not needed here
     metadata = build_metadata(job, schema, model, dataset_info=_dataset_info(dataset))
+    if test_info is not None:
+        metadata["test_dataset"] = test_info
     metadata["artifact"] = {
         "name": artifact_name,
         "format": "joblib",
@@ -157,8 +170,9 @@ def read_job(job_dir: Path) -> TrainingJob:
         raise TrainingInputError(f"{JOB_FILE} lacks the field {exc.args[0]!r}") from None
     except (TypeError, ValueError, AttributeError) as exc:
         raise TrainingInputError(f"{JOB_FILE} has a malformed field: {exc}") from None
-    if not isinstance(job.dataset.path, str) or not isinstance(job.dataset.url, str):
-        raise TrainingInputError(f"{JOB_FILE}: dataset.path and dataset.url must be strings")
+    for name, source in (("dataset", job.dataset), ("test_dataset", job.test_dataset)):
+        if source is not None and (not isinstance(source.path, str) or not isinstance(source.url, str)):
+            raise TrainingInputError(f"{JOB_FILE}: {name}.path and {name}.url must be strings")
     return job
 
 

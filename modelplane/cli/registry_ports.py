@@ -1,0 +1,40 @@
+"""What ``modelplane registry`` is given to act on the world: the registry's ports (registry/ports.py) filled in
+here, at the composition root, because some of them are other processes' code (the trainer's run) that the
+registry itself may not import."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modelplane.auth_flags import client_token
+from modelplane.cli.registry_training import TrainerRunLauncher
+from registry.dataset_splits import DatasetSplitMaker
+from registry.ports import Deployer, SplitMaker, TrainingLauncher
+from registry.scheduler_deployer import SchedulerDeployer
+from registry.settings import RegistrySettings
+from trainer.launchers.local import LocalLauncherSettings, LocalProcessLauncher
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryPorts:
+    split_maker: SplitMaker | None
+    launcher: TrainingLauncher | None
+    deployer: Deployer | None
+
+
+def registry_ports(settings: RegistrySettings) -> RegistryPorts:
+    # Splits are computed in the registry's own process (registry/data), in worker threads; each training is the
+    # trainer's run in a child process (its deadline, memory limit and process group: trainer/launchers/local.py).
+    timeout = settings.training_timeout_seconds
+    runs = LocalProcessLauncher(LocalLauncherSettings(timeout_seconds=timeout))
+    launcher = TrainerRunLauncher(settings.state_dir / "runs", runs, timeout)
+    deployer = None
+    if settings.scheduler is not None:
+        deployer = SchedulerDeployer(
+            settings.scheduler,
+            settings.scheduler_security,
+            settings.deploy_requirements or ("sklearn",),
+            settings.deploy_timeout_seconds,
+            client_token(settings.token_file),
+        )
+    return RegistryPorts(split_maker=DatasetSplitMaker(), launcher=launcher, deployer=deployer)

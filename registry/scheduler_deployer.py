@@ -1,0 +1,97 @@
+"""The Deployer port over the scheduler's gRPC API (seed 003's Scheduler service): LoadModel for the version's
+folder, then the scheduler's status stream followed until the model is available (DEPLOYED) or failed (the
+scheduler's reason). The model is served under a name made of its experiment and id, so two registries' models
+never share a name and a retrained version replaces the served one the way any changed LoadModel does.
+
+An adapter at the registry's edge (it speaks gRPC); the service layer sees only DeployRequest and DeployError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Final
+
+import grpc
+
+from generated.mlops.scheduler import scheduler_pb2 as pb
+from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
+from modelplane.addresses import Address
+from modelplane.auth.client_token import ClientToken
+from modelplane.spec.names import MAX_NAME_LENGTH
+from modelplane.transport import TransportError, TransportSecurity, open_channel
+from registry.ports import DeployError, DeployRequest
+
+AVAILABLE: Final = pb.ModelStatus.ModelState.Value("ModelAvailable")
+FAILED: Final = frozenset(pb.ModelStatus.ModelState.Value(name) for name in ("ModelFailed", "ScheduleFailed"))
+SUBSCRIBER: Final = "modelplane-registry"
+_INVALID: Final = re.compile(r"[^a-z0-9-]+")
+
+
+def serving_name(experiment: str, model_id: str) -> str:
+    """``<experiment>-<model id>`` as a scheduler model name (lower case, digits and '-', at most 63); when the
+    experiment's name had to change (case, dots, length), a short hash of it keeps distinct experiments apart."""
+    stem = _INVALID.sub("-", experiment.lower()).strip("-") or "model"
+    if stem != experiment:
+        stem = f"{stem}-{hashlib.sha256(experiment.encode()).hexdigest()[:6]}"
+    stem = stem[: MAX_NAME_LENGTH - len(model_id) - 1].strip("-")
+    return f"{stem}-{model_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerDeployer:
+    scheduler: Address
+    security: TransportSecurity
+    requirements: tuple[str, ...] = ("sklearn",)
+    timeout_seconds: float = 300.0  # until the model is available: a first load may start an inference server
+    token: ClientToken | None = None  # presented with every call (modelplane/auth_flags.py: a file or the env)
+
+    async def deploy(self, request: DeployRequest) -> str:
+        name = serving_name(request.experiment, request.model_id)
+        model = pb.Model(
+            meta=pb.MetaData(name=name),
+            modelSpec=pb.ModelSpec(uri=request.artifact_url, requirements=list(self.requirements)),
+            deploymentSpec=pb.DeploymentSpec(replicas=1),
+        )
+        try:
+            async with open_channel(self.scheduler, self.security, self.token) as channel:
+                stub = pb_grpc.SchedulerStub(channel)
+                # Subscribed first: the stream sends every model's current state, then changes, so nothing
+                # between the LoadModel and the first read is missed.
+                stream = stub.SubscribeModelStatus(pb.ModelSubscriptionRequest(subscriberName=SUBSCRIBER))
+                try:
+                    await stub.LoadModel(pb.LoadModelRequest(model=model), timeout=30)
+                    async with asyncio.timeout(self.timeout_seconds):
+                        await _until_available(stream, name, request.artifact_url)
+                finally:
+                    stream.cancel()
+        except TimeoutError:
+            raise DeployError(f"model {name} was not available within {self.timeout_seconds:g} s") from None
+        except grpc.aio.AioRpcError as error:
+            raise DeployError(f"the scheduler at {self.scheduler}: {error.code().name}: {error.details()}") from None
+        except TransportError as error:
+            raise DeployError(f"cannot reach the scheduler at {self.scheduler}: {error}") from None
+        return name
+
+
+StatusStream = grpc.aio.UnaryStreamCall[pb.ModelSubscriptionRequest, pb.ModelStatusResponse]
+
+
+async def _until_available(stream: StatusStream, name: str, uri: str) -> None:
+    while True:
+        message = await stream.read()
+        if not isinstance(message, pb.ModelStatusResponse):
+            raise DeployError("the scheduler closed its status stream before the model was available")
+        if message.modelName != name or not message.versions:
+            continue
+        newest = message.versions[-1]
+        if newest.HasField("modelDefn") and newest.modelDefn.modelSpec.uri != uri:
+            continue  # an earlier version of the same name (a redeploy): this LoadModel's is not reported yet
+        state = newest.state
+        if state.state == AVAILABLE:
+            return
+        if state.state in FAILED:
+            shown = pb.ModelStatus.ModelState.Name(state.state)
+            raise DeployError(f"model {name} is {shown}: {state.reason or 'no reason given'}")

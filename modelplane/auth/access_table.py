@@ -203,6 +203,10 @@ HTTP_ROUTES: Mapping[str, Rule] = {
     "PUT /experiments/{name}/models/{model}/directives": _roles(Role.OPERATOR),
     "POST /experiments/{name}/models/{model}/train": _roles(Role.OPERATOR),
     "POST /experiments/{name}/models/{model}/deploy": _roles(Role.OPERATOR),
+    "GET /experiments/{name}/models/{model}/versions": _roles(Role.VIEWER),
+    "GET /experiments/{name}/models/{model}/versions/{version}": _roles(Role.VIEWER),
+    "GET /datasets": _roles(Role.VIEWER),
+    "GET /datasets/{dataset}": _roles(Role.VIEWER),
 }
 
 # aiohttp adds a HEAD route next to every GET one; it answers what GET answers, without the body.

@@ -87,6 +87,8 @@ def design_schema(request: TrainingRequest) -> training_pb2.ModelDesignSchema:
         schema.output.classification_schema.multi_class.target_variable.value = request.outcome
         models = schema.algorithm.classification.multiclass
     chosen = getattr(models, name)
+    # Present even without hyper-parameters: an empty message the schema does not mark as set is no algorithm at all.
+    chosen.SetInParent()
     for key, value in request.hyperparameters.items():
         chosen.hyper_parameters.hyper_parameter[key].CopyFrom(hyper_parameter(value))
     return schema

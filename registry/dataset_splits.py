@@ -19,7 +19,7 @@ from typing import Final
 import pandas as pd
 
 from modelplane.s3 import S3Settings
-from registry.data.datasets import Dataset, DatasetError, DatasetLimits, LocalDataset, read_dataset, resolve_source
+from registry.data.datasets import Dataset, DatasetError, DatasetLimits, read_dataset, resolve_source
 from registry.data.directives import DirectiveError, parse_directives
 from registry.data.field_stats import FieldStatsError, split_stats, stats_to_json
 from registry.data.splits import SplitError as DataSplitError
@@ -63,7 +63,8 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
 class DatasetSplitMaker:
     """Computes splits in this process, from files under the datasets root or objects in ``s3`` (when given)."""
 
-    def __init__(self, limits: DatasetLimits | None = None, s3: S3Settings | None = None) -> None:
+    def __init__(self, datasets_root: Path, limits: DatasetLimits | None = None, s3: S3Settings | None = None) -> None:
+        self._datasets_root = datasets_root
         self._limits = limits or DatasetLimits()
         self._s3 = s3
 
@@ -75,11 +76,7 @@ class DatasetSplitMaker:
         try:
             # The directives were checked when they were accepted; parsed again here, as they are what runs.
             program = parse_directives(request.directives)
-            source = (
-                LocalDataset(request.source, request.srcpath)
-                if isinstance(request.source, Path)
-                else resolve_source(request.source, datasets_root=None, s3=self._s3)
-            )
+            source = resolve_source(request.srcpath, datasets_root=self._datasets_root, s3=self._s3)
             dataset = read_dataset(source, self._limits)
             if dataset.frame is None:
                 raise SplitError(

@@ -15,8 +15,7 @@ from typing import Any, Protocol
 class SplitRequest:
     split_id: str
     experiment: str
-    srcpath: str  # as the experiment names it (the dataset's name in the registry)
-    source: Path | str  # resolved srcpath: a file under the datasets root, or an s3:// URL
+    srcpath: str  # as the experiment names it; the maker resolves it (registry/data/sources.py) when it reads
     kind: str  # "random" or "first"
     percent: float  # of the rows that go to training
     seed: int | None  # for "random": the same seed, the same split

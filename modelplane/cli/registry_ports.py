@@ -37,4 +37,4 @@ def registry_ports(settings: RegistrySettings) -> RegistryPorts:
             settings.deploy_timeout_seconds,
             client_token(settings.token_file),
         )
-    return RegistryPorts(split_maker=DatasetSplitMaker(), launcher=launcher, deployer=deployer)
+    return RegistryPorts(split_maker=DatasetSplitMaker(settings.datasets_root), launcher=launcher, deployer=deployer)

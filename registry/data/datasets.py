@@ -19,7 +19,14 @@ import pandas as pd
 from registry.data.dataset_errors import DatasetError, DatasetUnavailableError
 from registry.data.dataset_limits import DatasetLimits
 from registry.data.sample_lists import count_detection_annotations, count_image_list
-from registry.data.sources import DatasetSource, LocalDataset, S3Dataset, fetch_bytes, resolve_source
+from registry.data.sources import (
+    DatasetSource,
+    LocalDataset,
+    S3Dataset,
+    check_srcpath,
+    fetch_bytes,
+    resolve_source,
+)
 from registry.data.tables import PARQUET_MAGIC, read_csv, read_parquet
 
 __all__ = [
@@ -31,6 +38,7 @@ __all__ = [
     "DatasetUnavailableError",
     "LocalDataset",
     "S3Dataset",
+    "check_srcpath",
     "read_dataset",
     "resolve_source",
 ]

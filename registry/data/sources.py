@@ -1,10 +1,13 @@
 """Where a dataset's bytes come from (:data:`DatasetSource`), how a user's ``srcpath`` names one
 (:func:`resolve_source`), and reading them whole within a byte limit (:func:`fetch_bytes`).
 
-A ``srcpath`` is a path relative to the registry's datasets root, a ``file://`` URL (which must also point inside
-that root: the registry answers with a dataset's statistics, so reading any file on its host would leak it), or an
-``s3://bucket/key`` URL read through modelplane's one S3 client (modelplane/s3.py) with the registry's S3 settings.
-Symbolic links are resolved before the check, so a link inside the root that points outside it is refused too.
+A ``srcpath`` is a path relative to the registry's datasets root (a leading ``/`` is the root's, as seed 002 writes
+"/path/to/files"), a ``file://`` URL (which must also point inside that root: the registry answers with a dataset's
+statistics, so reading any file on its host would leak it), or an ``s3://bucket/key`` URL read through modelplane's
+one S3 client (modelplane/s3.py) with the registry's S3 settings. Symbolic links are resolved before the check, so
+a link inside the root that points outside it is refused too. This module is the one owner of those rules: the
+REST edge checks a srcpath with :func:`check_srcpath` when it is given, and the split maker resolves it again when
+it reads, so a link changed in between is caught.
 """
 
 from __future__ import annotations
@@ -57,17 +60,26 @@ class S3Dataset:
 DatasetSource = LocalDataset | S3Dataset
 
 
+def check_srcpath(srcpath: str, *, datasets_root: Path | None) -> None:
+    """DatasetError when ``srcpath`` is malformed or escapes the datasets root; an S3 URL needs no settings here
+    (whether the store is configured is found when the dataset is read)."""
+    _locate(srcpath, datasets_root, s3=None, s3_needed=False)
+
+
 def resolve_source(srcpath: str, *, datasets_root: Path | None, s3: S3Settings | None) -> DatasetSource:
     """The dataset ``srcpath`` names; DatasetError when it is malformed, escapes the datasets root, or needs a
     store (a root, S3 settings) this registry does not have."""
-    if not isinstance(srcpath, str) or not srcpath.strip():
-        raise DatasetError("srcpath is empty: give a path under the datasets root, or an s3:// or file:// URL")
-    if len(srcpath) > MAX_SRCPATH_CHARS:
-        raise DatasetError(f"srcpath is longer than {MAX_SRCPATH_CHARS} characters ({len(srcpath)})")
-    if any(ord(character) < 0x20 or ord(character) == 0x7F for character in srcpath):
-        raise DatasetError("srcpath holds control characters")
+    located = _locate(srcpath, datasets_root, s3, s3_needed=True)
+    assert located is not None  # noqa: S101 - s3_needed: an S3 URL without settings was refused
+    return located
+
+
+def _locate(
+    srcpath: str, datasets_root: Path | None, s3: S3Settings | None, *, s3_needed: bool
+) -> DatasetSource | None:
+    _check_text(srcpath)
     if "://" not in srcpath:
-        return _under_root(srcpath, srcpath, datasets_root)
+        return _under_root(srcpath.lstrip("/"), srcpath, datasets_root)
     try:
         parts = urlsplit(srcpath)
         has_credentials = parts.username is not None or parts.password is not None
@@ -83,13 +95,27 @@ def resolve_source(srcpath: str, *, datasets_root: Path | None, s3: S3Settings |
             raise DatasetError("srcpath file:// URLs must name a local path (no host)")
         return _under_root(unquote(parts.path), srcpath, datasets_root)
     if scheme == "s3":
-        bucket, key = parts.netloc, unquote(parts.path.lstrip("/"))
-        if not bucket or not key or key.endswith("/"):
-            raise DatasetError(f"srcpath s3://{bucket}/{key} must name one object: s3://bucket/key")
-        if s3 is None:
-            raise DatasetError("srcpath is an s3:// URL, but this registry has no S3 store configured")
-        return S3Dataset(bucket, key, s3)
+        return _s3_object(parts.netloc, unquote(parts.path.lstrip("/")), s3, s3_needed=s3_needed)
     raise DatasetError(f"srcpath scheme {scheme or '(none)'!r} is not supported; use s3://, file:// or a path")
+
+
+def _check_text(srcpath: str) -> None:
+    if not isinstance(srcpath, str) or not srcpath.strip():
+        raise DatasetError("srcpath is empty: give a path under the datasets root, or an s3:// or file:// URL")
+    if len(srcpath) > MAX_SRCPATH_CHARS:
+        raise DatasetError(f"srcpath is longer than {MAX_SRCPATH_CHARS} characters ({len(srcpath)})")
+    if any(ord(character) < 0x20 or ord(character) == 0x7F for character in srcpath):
+        raise DatasetError("srcpath holds control characters")
+
+
+def _s3_object(bucket: str, key: str, s3: S3Settings | None, *, s3_needed: bool) -> S3Dataset | None:
+    if not bucket or not key or key.endswith("/"):
+        raise DatasetError(f"srcpath s3://{bucket}/{key} must name one object: s3://bucket/key")
+    if s3 is None:
+        if not s3_needed:
+            return None
+        raise DatasetError("srcpath is an s3:// URL, but this registry has no S3 store configured")
+    return S3Dataset(bucket, key, s3)
 
 
 def _under_root(path_text: str, shown: str, datasets_root: Path | None) -> LocalDataset:

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from registry.data.dataset_errors import DatasetError
+from registry.data.sources import check_srcpath
+from registry.errors import InvalidInput
 from registry.experiment_rules import check_redefinition
 from registry.service import lookups
 from registry.service.context import ServiceContext
-from registry.srcpaths import check_srcpath
 from registry.store.tables import ExperimentRow
 
 
@@ -39,7 +41,10 @@ class ExperimentService:
     async def put(self, name: str, fields: ExperimentFields) -> tuple[ExperimentRow, bool]:
         """Create or update; (the experiment, True when it was created)."""
         if fields.srcpath is not None:
-            check_srcpath(fields.srcpath, self._context.datasets_root)
+            try:
+                check_srcpath(fields.srcpath, datasets_root=self._context.datasets_root)
+            except DatasetError as error:
+                raise InvalidInput(str(error)) from None
 
         def unit(session: Session) -> tuple[ExperimentRow, bool]:
             row = session.get(ExperimentRow, name)

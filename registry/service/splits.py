@@ -31,7 +31,6 @@ from registry.lifecycle import (
 from registry.ports import SplitError, SplitMaker, SplitOutcome, SplitRequest
 from registry.service import assignments, datasets, lookups
 from registry.service.context import ServiceContext, new_id
-from registry.srcpaths import resolve_srcpath
 from registry.store.database import guard
 from registry.store.tables import ExperimentRow, SplitRow
 
@@ -123,7 +122,6 @@ class SplitService:
                 split_id=row.id,
                 experiment=row.experiment_name,
                 srcpath=experiment.srcpath,
-                source=resolve_srcpath(experiment.srcpath, self._context.datasets_root),
                 kind=row.kind,
                 percent=float(row.parameters["percent"]),
                 seed=row.parameters.get("seed"),

@@ -185,7 +185,6 @@ def test_a_file_that_is_missing_or_a_directory_is_refused(tmp_path: Path) -> Non
     ("srcpath", "reason"),
     [
         ("../outside.csv", "points outside the datasets root"),
-        ("/etc/passwd", "points outside the datasets root"),
         ("file:///etc/passwd", "points outside the datasets root"),
         ("escape/x.csv", "points outside the datasets root"),  # a symlink inside the root to a folder outside it
         (".", "points outside the datasets root"),
@@ -222,6 +221,11 @@ def test_local_paths_need_a_datasets_root_and_file_urls_resolve_inside_it(tmp_pa
     (tmp_path / "sub" / "d.csv").write_bytes(CSV)
     source = resolve_source(f"file://{tmp_path}/sub/d.csv", datasets_root=tmp_path, s3=None)
     assert source == LocalDataset((tmp_path / "sub" / "d.csv").resolve(), f"file://{tmp_path}/sub/d.csv")
+    # A leading / is the root's (seed 002 writes "/path/to/files"): never the host's.
+    rooted = resolve_source("/sub/d.csv", datasets_root=tmp_path, s3=None)
+    assert rooted == LocalDataset((tmp_path / "sub" / "d.csv").resolve(), "/sub/d.csv")
+    host_path = resolve_source("/etc/passwd", datasets_root=tmp_path, s3=None)
+    assert host_path == LocalDataset((tmp_path / "etc" / "passwd").resolve(), "/etc/passwd")
     assert read_dataset(source).sample_count == 3
 
 

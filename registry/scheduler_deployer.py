@@ -9,7 +9,6 @@ An adapter at the registry's edge (it speaks gRPC); the service layer sees only 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import re
 from dataclasses import dataclass
 from typing import Final
@@ -20,7 +19,7 @@ from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane.addresses import Address
 from modelplane.auth.client_token import ClientToken
-from modelplane.spec.names import MAX_NAME_LENGTH
+from modelplane.spec.names import model_name_for
 from modelplane.transport import TransportError, TransportSecurity, open_channel
 from registry.ports import DeployError, DeployRequest
 
@@ -31,13 +30,9 @@ _INVALID: Final = re.compile(r"[^a-z0-9-]+")
 
 
 def serving_name(experiment: str, model_id: str) -> str:
-    """``<experiment>-<model id>`` as a scheduler model name (lower case, digits and '-', at most 63); when the
-    experiment's name had to change (case, dots, length), a short hash of it keeps distinct experiments apart."""
-    stem = _INVALID.sub("-", experiment.lower()).strip("-") or "model"
-    if stem != experiment:
-        stem = f"{stem}-{hashlib.sha256(experiment.encode()).hexdigest()[:6]}"
-    stem = stem[: MAX_NAME_LENGTH - len(model_id) - 1].strip("-")
-    return f"{stem}-{model_id}"
+    """``<experiment>-<model id>`` as a scheduler model name (modelplane/spec/names.py): when the experiment's name
+    has to change (case, dots, length), a short hash keeps distinct experiments apart."""
+    return model_name_for(f"{experiment}-{model_id}")
 
 
 @dataclass(frozen=True, slots=True)

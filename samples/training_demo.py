@@ -68,9 +68,9 @@ from generated.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from generated.mlops.training.v1 import training_pb2
 from modelplane.addresses import parse_address
 from modelplane.s3 import minio_client
+from modelplane.spec.names import model_name_for
 from modelplane.transport import TransportSecurity, open_channel
 from servers.launch.local import free_ports, log_tail
-from trainer.service.deploy import model_name_for
 from trainer.service.design_store import design_key
 from trainer.settings import (
     DEFAULT_DESIGN_KEY_TEMPLATE,

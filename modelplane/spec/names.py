@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
@@ -44,3 +45,18 @@ def check_kubernetes_meta(meta: pb.KubernetesMeta, where: str, error: type[Sched
         raise error(f"{where}.kubernetesMeta.namespace {shown(meta.namespace)} is not a Kubernetes namespace name")
     if not 0 <= meta.generation <= MAX_GENERATION:
         raise error(f"{where}.kubernetesMeta.generation {meta.generation} is negative")
+
+
+_INVALID_NAME_CHARACTERS = re.compile(r"[^a-z0-9-]+")
+
+
+def model_name_for(text: str) -> str:
+    """A valid scheduler model name made from free text (a design token, an experiment and a model id): invalid
+    characters become ``-``; when anything had to change, a short hash of ``text`` keeps distinct texts apart
+    (``Iris_LR`` and ``iris-lr`` are different names)."""
+    name = _INVALID_NAME_CHARACTERS.sub("-", text.lower()).strip("-")
+    if name == text and len(name) <= MAX_NAME_LENGTH:
+        return name
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    stem = name[: MAX_NAME_LENGTH - len(digest) - 1].strip("-") or "model"
+    return f"{stem}-{digest}"

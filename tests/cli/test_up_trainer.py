@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.artifacts.storage_config import secret_env_name
+from modelplane.spec.names import model_name_for
 from tests.support.kafka_broker import KafkaBroker, free_port, produce
 from tests.support.modelplane_up import assert_stops_cleanly, server_processes, start_up
 from tests.support.processes import MODELPLANE, STARTED, run_modelplane
@@ -32,7 +33,6 @@ from tests.support.trainer_stack import (
     statuses_for,
 )
 from tests.support.training_schemas import iris_designed, write_iris_csv
-from trainer.service.deploy import model_name_for
 
 pytest_plugins = ["tests.support.real_components", "tests.support.kafka_broker", "tests.support.redis_server"]
 

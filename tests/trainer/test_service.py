@@ -30,6 +30,7 @@ import servers.designed_model
 from agent.artifacts.storage_config import secret_env_name
 from generated.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from generated.mlops.training.v1 import training_pb2
+from modelplane.spec.names import model_name_for
 from tests.support.agent_processes import AgentSpec, start_agents, stop_agent
 from tests.support.kafka_broker import KafkaBroker, consume_until, free_port, produce
 from tests.support.processes import start_scheduler, stop_process
@@ -56,7 +57,6 @@ from trainer.launchers.warm import WarmProcessLauncher
 from trainer.run.jobs import RunResult, TrainingJob
 from trainer.run.serving_bundle import ENTRY_MODULE, RUNTIME_PACKAGE, SETTINGS_FILE
 from trainer.service.consumer import TrainerService
-from trainer.service.deploy import model_name_for
 from trainer.service.design_store import DesignStore
 from trainer.service.run_registry import ClaimKind, FinalRecord, RunRegistry
 from trainer.settings import TrainerSettings

@@ -15,10 +15,9 @@ from hypothesis import strategies as st
 
 from generated.mlops.training.v1 import training_pb2
 from modelplane.kafka_delivery import OffsetTracker
-from modelplane.spec.names import check_name
+from modelplane.spec.names import check_name, model_name_for
 from tests.support.training_schemas import iris_multiclass_logistic
 from trainer.run.jobs import DatasetSource
-from trainer.service.deploy import model_name_for
 from trainer.service.design_store import DesignInvalidError, design_key, parse_schema
 from trainer.service.events import PoisonEventError, RecordPosition, dataset_for_run, decode_event, resolve_dataset_path
 from trainer.service.model_store import expected_sha256s, path_segment

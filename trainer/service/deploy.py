@@ -8,27 +8,10 @@ replaces the served one the way any other update does.
 
 from __future__ import annotations
 
-import hashlib
-import re
-
 from generated.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from modelplane.addresses import Address
 from modelplane.auth.client_token import ClientToken
-from modelplane.spec.names import MAX_NAME_LENGTH
 from modelplane.transport import TransportSecurity, open_channel
-
-_INVALID = re.compile(r"[^a-z0-9-]+")
-
-
-def model_name_for(design_token: str) -> str:
-    """A scheduler model name for ``design_token``: invalid characters become ``-``; when anything changed, a
-    short hash of the token keeps distinct tokens apart (``Iris_LR`` and ``iris-lr`` are different designs)."""
-    name = _INVALID.sub("-", design_token.lower()).strip("-")
-    if name == design_token and len(name) <= MAX_NAME_LENGTH:
-        return name
-    digest = hashlib.sha256(design_token.encode()).hexdigest()[:8]
-    stem = name[: MAX_NAME_LENGTH - len(digest) - 1].strip("-") or "model"
-    return f"{stem}-{digest}"
 
 
 class SchedulerDeployer:

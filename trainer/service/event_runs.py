@@ -17,9 +17,9 @@ from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
 from generated.mlops.training.v1 import training_pb2
 from modelplane import logs
+from modelplane.spec.names import model_name_for
 from trainer.launchers.base import Launcher, LaunchOutcome, LaunchVerdict
 from trainer.run.jobs import DESIGN_SCHEMA_FILE, OUTPUT_DIR, RESULT_FILE, RunResult, TrainingJob
-from trainer.service.deploy import model_name_for
 from trainer.service.design_store import REDIS_RETRYABLE, DesignInvalidError, DesignNotFoundError, DesignStore
 from trainer.service.events import PoisonEventError, RecordPosition, TrainingRequest, dataset_for_run, decode_event
 from trainer.service.model_store import TRANSIENT_ERRORS, ArtifactMismatchError, ModelStore

@@ -71,6 +71,9 @@ from load_model_rate import (
     load_requests,
     rss_bytes,
     spawn,
+    start_profiler,
+    stop_profiler,
+    summarize_profile,
     wait_all_available,
     wait_for_file,
     wait_replicas,
@@ -103,6 +106,7 @@ class Config:
     available_timeout: float
     workdir: Path
     seeded: bool = False
+    py_spy: str | None = None  # profile every restart from its spawn until all Available (slows it: not for figures)
 
 
 def scheduler_command(config: Config, ready: Path, listen: str, agent_listen: str, sync_grace: float) -> list[str]:
@@ -237,6 +241,8 @@ async def restart_phase(
     process = spawn(command, config.workdir / f"scheduler-restarted-{cycle}.log")
     result: dict[str, Any] = {"restarted_monotonic": started, "command": command, "status_streams_dropped": []}
     running.append(Running(process, result))
+    raw_profile = config.workdir / f"profile-restarted-{cycle}.txt"
+    profiler = start_profiler(config.py_spy, process.pid, raw_profile) if config.py_spy else None
     ready_task = asyncio.create_task(ready_file_seen(ready, process, config.available_timeout))
     try:
         answered = await first_answer(info["listen"], min(names), process, config.available_timeout)
@@ -249,6 +255,9 @@ async def restart_phase(
             stop_probe.set()
             latencies = await probing
         cpu_to_available = cpu_seconds(process.pid)
+        if profiler is not None:
+            stop_profiler(profiler)
+            result["profile"] = summarize_profile(raw_profile, top=40)
         rss, hwm = rss_bytes(process.pid)
         ready_at = await asyncio.wait_for(ready_task, config.available_timeout)
         result |= {
@@ -265,6 +274,8 @@ async def restart_phase(
         }
         await asyncio.sleep(config.observe)
     finally:
+        if profiler is not None:
+            stop_profiler(profiler)
         ready_task.cancel()
         result["observed_until_monotonic"] = time.monotonic()  # before the next kill or the graceful stop
     return result
@@ -450,6 +461,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--seeded", action="store_true", help="write the models into the state store instead of loading them"
     )
+    parser.add_argument("--py-spy", metavar="BIN", help="profile each restarted scheduler with this py-spy binary")
     parser.add_argument("--quick", action="store_true", help="smoke run: 300 models, 20 replicas, observe 0.5 s")
     parser.add_argument(
         "--available-timeout",
@@ -484,6 +496,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             options.available_timeout,
             workdir,
             options.seeded,
+            options.py_spy,
         )
         result = asyncio.run(benchmark(config))
     print(render(result))

@@ -446,6 +446,14 @@ def fanout_figures(steps: list[Step], sizes: Sizes) -> list[Figure]:
     slowdown = [number(dig(compared, str(n), "load_model_slowdown")) for n in counts]
     gross = [number(dig(compared, str(n), "gross_deliveries_per_cpu_second")) for n in counts]
     reference = f"1 subscriber: {fmt(number(compared.get('reference_calls_per_second')), 0)} LoadModel calls/s"
+    floor = dig(runs[0].result, "floor") or {}
+    floor_rate = number(floor.get("deliveries_per_cpu_second"))
+    floor_note = (
+        f"the floor, a bare grpc.aio server fanning out as many messages of the same size to "
+        f"{floor.get('subscribers')} subscribers: {fmt(floor_rate, 0)} per CPU-second"
+        if floor_rate is not None
+        else "no floor measured"
+    )
     non_readers = f"{sizes.fanout_non_readers} of which never read"
     return [
         Figure(
@@ -454,7 +462,7 @@ def fanout_figures(steps: list[Step], sizes: Sizes) -> list[Figure]:
             f"({' / '.join(map(str, counts))} subscribers, {non_readers}); in brackets over all its CPU",
             per_cpu,
             " / ".join(f"**{fmt(v, 0)}** ({fmt(g, 0)})" for v, g in zip(per_cpu, gross, strict=True)),
-            reference,
+            f"{reference}; {floor_note}",
             ">= 100k per CPU-second",
             runs,
         ),
@@ -617,7 +625,8 @@ WHAT_EACH_FIGURE_IS = """## What each figure is
   read: zero flow-control window), against phases with one subscriber (first and last). Deliveries per CPU-second:
   the messages all subscribers got over the scheduler CPU beyond the one-subscriber phases' (marginal), from the first
   call until every reader has seen a sentinel model loaded after all M were Available. Slowdown: calls/s with one
-  subscriber over calls/s with N.
+  subscriber over calls/s with N. The floor: a bare grpc.aio server fanning out as many messages of the same size to
+  the largest N's subscribers in the same run (what Python gRPC does per CPU-second here at all).
 - **Gateway vs MLServer direct, pipeline vs by hand** (bench/gateway_inference.py): one real stack (scheduler, agent
   with its MLServer, gateway); the iris sample's request straight to MLServer, through the agent's proxy and through
   the gateway, interleaved in slices over rounds: p50 of sequential requests and requests/s of 8 closed-loop clients.

@@ -538,10 +538,21 @@ class FakeAgent:
 
 
 async def run_agents(
-    target: str, replicas: int, memory: int, ready_file: Path, stats_file: Path, *, reconnect: bool = False
+    target: str,
+    replicas: int,
+    memory: int,
+    ready_file: Path,
+    stats_file: Path,
+    *,
+    reconnect: bool = False,
+    hold: int = 0,
 ) -> None:
+    """R simulated agents; with ``hold``, each starts holding (and registers reporting) its share of the models
+    ``load_requests(hold)`` names, model i on replica i mod R (a seeded state store's models: scheduler_restart.py)."""
     stats = AgentStats()
     agents = [FakeAgent(target, index, memory, stats, reconnect=reconnect) for index in range(replicas)]
+    for index, request in enumerate(load_requests(hold)):
+        agents[index % replicas].held[request.model.meta.name] = (1, request.model.modelSpec.memoryBytes)
     ever_registered: set[int] = set()
 
     def registered(index: int) -> None:
@@ -881,6 +892,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--stats-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
     parser.add_argument("--reconnect", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--hold", type=int, default=0, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.models is None:
         options.models = 1000 if options.quick else 10_000
@@ -920,6 +932,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 options.ready_file,
                 options.stats_file,
                 reconnect=options.reconnect,
+                hold=options.hold,
             )
         )
         return 0

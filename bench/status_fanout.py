@@ -27,8 +27,15 @@ LoadModel rate during the calls. Reported per phase with N subscribers:
 - **deliveries per scheduler CPU-second**: the messages the N subscribers received over the scheduler CPU
   seconds beyond the reference phases' (the marginal cost of fan-out), and over all of the phase's CPU (gross).
 
+**The floor, in the same run** (after the phases): a bare grpc.aio server (``--role bare-server``: the same method
+path, an async generator handler fed by a queue per stream, bytes sent as they are) serves a new readers' process
+with the largest N's subscribers, J of them never reading; it sends every stream as many messages, of the mean size
+the verifier received in that phase, as each subscriber got from the scheduler, then the sentinel. Its deliveries
+per CPU-second are what Python gRPC on this machine can do at all with one message per write, and the scheduler's
+gross figure is reported beside it (``floor``).
+
     .venv/bin/python bench/status_fanout.py [--models 500] [--replicas 10] [--subscribers 200,1000]
-                                            [--non-readers 20] [--quick] [--json PATH] [--workdir DIR]
+                                            [--non-readers 20] [--no-floor] [--quick] [--json PATH] [--workdir DIR]
 
 Everything listens on 127.0.0.1 ports picked by the kernel; child processes are stopped by PID.
 
@@ -44,17 +51,19 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench_processes import cpu_seconds, stop_process
+import grpc
+from bench_processes import cpu_seconds, read_ready_file, stop_process
 from grpc import aio
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -67,6 +76,9 @@ from load_model_rate import (
     load_requests,
     rss_bytes,
     spawn,
+    start_profiler,
+    stop_profiler,
+    summarize_profile,
     wait_for_file,
     wait_replicas,
     working_directory,
@@ -280,9 +292,10 @@ def serve_readers(target: str, readers: int, non_readers: int) -> None:
 class ReadersProcess:
     """The readers' process, driven over its stdin and stdout; stopped by its PID."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, subscribers: int) -> None:
         if process.stdin is None or process.stdout is None:
             raise ValueError("the readers' process is driven over pipes")
+        self.subscribers = subscribers + 1  # with the verifier: the phase's N
         self.process = process
         self.stdin, self.stdout = process.stdin, process.stdout
 
@@ -294,7 +307,7 @@ class ReadersProcess:
             process = await asyncio.create_subprocess_exec(
                 sys.executable, *command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr
             )
-        started = cls(process)
+        started = cls(process, readers + non_readers)
         try:
             await started.expect("ready")
         except BaseException:
@@ -325,6 +338,113 @@ class ReadersProcess:
                 await self.process.wait()
 
 
+# --------------------------------------------------------------------------------------------- the floor
+
+
+async def serve_bare(ready_file: Path) -> None:
+    """The floor: a grpc.aio server whose SubscribeModelStatus handler yields bytes from a queue per stream.
+
+    A new stream gets the warm-up model's status at once (its snapshot). On stdin, ``send COUNT SIZE`` queues COUNT
+    messages of SIZE bytes, then the sentinel's status, for every stream; the queues are filled 16 messages per
+    stream at a time, yielding to the loop between, as a publisher would.
+    """
+    queues: list[asyncio.Queue[bytes]] = []
+
+    async def subscribe(request: bytes, context: aio.ServicerContext[bytes, bytes]) -> AsyncIterator[bytes]:
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        queues.append(queue)
+        queue.put_nowait(status_bytes(WARM_UP, 0))
+        while True:
+            yield await queue.get()
+
+    handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_stream_rpc_method_handler(subscribe)  # bytes as they are
+    server = aio.server()
+    service, _, method = SUBSCRIBE_PATH[1:].partition("/")
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {method: handler}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    write_json(ready_file, {"pid": os.getpid(), "listen": f"127.0.0.1:{port}"})
+    loop = asyncio.get_running_loop()
+    commands = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(commands), sys.stdin)
+    while line := (await commands.readline()).decode().strip():
+        _send, count, size = line.split()
+        message = status_bytes("m-floor", int(size))
+        for index in range(int(count)):
+            for queue in queues:
+                queue.put_nowait(message)
+            if index % 16 == 15:
+                await asyncio.sleep(0)
+        for queue in queues:
+            queue.put_nowait(status_bytes(SENTINEL, 0))
+    await server.stop(None)
+
+
+def status_bytes(name: str, size: int) -> bytes:
+    """A ModelStatusResponse of ``name`` (Available), padded with its reason to about ``size`` bytes."""
+    status = pb.ModelStatusResponse(
+        modelName=name,
+        versions=[pb.ModelVersionStatus(version=1, serverName="mlserver", state=pb.ModelStatus(state=AVAILABLE))],
+        operation=pb.ModelStatusResponse.ModelCreate,
+    )
+    padding = size - status.ByteSize()
+    if padding > 3:
+        status.versions[0].state.reason = "x" * (padding - 3)
+    return status.SerializeToString()
+
+
+async def floor_phase(config: Config, subscribers: int, per_subscriber: int, size: int) -> dict[str, Any]:
+    """The bare server fanning out ``per_subscriber`` messages of ``size`` bytes to ``subscribers`` streams."""
+    work = config.workdir / "floor"
+    work.mkdir()
+    ready = work / "ready.json"
+    with (work / "bare.log").open("wb") as log:
+        server = await asyncio.create_subprocess_exec(
+            sys.executable, str(THIS_FILE), "--role", "bare-server", "--ready-file", str(ready),
+            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    readers: ReadersProcess | None = None
+    non_readers = min(config.non_readers, subscribers - 1)
+    try:
+        async with asyncio.timeout(60):
+            while (info := read_ready_file(ready)) is None:
+                if server.returncode is not None:
+                    raise RuntimeError(f"the bare grpc.aio server exited ({server.returncode}) before it was ready")
+                await asyncio.sleep(0.02)
+        readers = await ReadersProcess.start(
+            info["listen"], subscribers - non_readers, non_readers, work / "readers.log"
+        )
+        before = await readers.counts()
+        cpu_before = cpu_seconds(server.pid)
+        started = time.monotonic()
+        if server.stdin is None:
+            raise RuntimeError("the bare grpc.aio server has no stdin")
+        server.stdin.write(f"send {per_subscriber} {size}\n".encode())
+        await server.stdin.drain()
+        after = await readers.expect("caught_up")
+        seconds = time.monotonic() - started
+        cpu = cpu_seconds(server.pid) - cpu_before
+    finally:
+        if readers is not None:
+            await readers.stop()
+        if server.returncode is None:
+            server.terminate()  # by its PID
+        await server.wait()
+    delivered = after["messages"] - before["messages"]
+    return {
+        "subscribers": subscribers,
+        "non_readers": non_readers,
+        "messages_per_subscriber": per_subscriber,
+        "bytes_per_message": size,
+        "seconds": round(seconds, 2),
+        "server_cpu_seconds": round(cpu, 2),
+        "deliveries": delivered,
+        "deliveries_per_cpu_second": round(delivered / cpu) if cpu else None,
+        "us_per_delivery": round(1e6 * cpu / max(1, delivered), 1),
+        "readers_cpu_seconds": round(after["cpu_seconds"] - before["cpu_seconds"], 2),
+    }
+
+
 # --------------------------------------------------------------------------------------------- a phase
 
 
@@ -336,6 +456,7 @@ class Verifier:
         stub = pb_grpc.SchedulerStub(self.channel)
         self.call = stub.SubscribeModelStatus(pb.ModelSubscriptionRequest(subscriberName="bench-fanout-verifier"))
         self.messages = 0
+        self.bytes = 0  # serialised size of every status received: the floor sends messages of the mean size
         self.available: set[str] = set()
         self.changed = asyncio.Event()
         self.task = asyncio.create_task(self._read())
@@ -343,6 +464,7 @@ class Verifier:
     async def _read(self) -> None:
         async for status in self.call:
             self.messages += 1
+            self.bytes += status.ByteSize()
             if status.versions and status.versions[-1].state.state == AVAILABLE:
                 self.available.add(status.modelName)
             else:
@@ -375,6 +497,9 @@ class Config:
     non_readers: int
     subscriber_lag: float
     workdir: Path
+    floor: bool = True
+    py_spy: str | None = None  # profile the scheduler in the largest N's phase (slows it: figures from runs without)
+    profile_out: Path | None = None
 
 
 def one_request(name: str) -> pb.LoadModelRequest:
@@ -420,6 +545,10 @@ async def measure(
     names = {request.model.meta.name for request in requests}
     readers_before = await readers.counts() if readers is not None else None
     verifier_before = verifier.messages
+    verifier_bytes_before = verifier.bytes
+    profiled = config.py_spy is not None and readers is not None and readers.subscribers == max(config.subscribers)
+    profile = config.workdir / "profile.txt"
+    profiler = start_profiler(config.py_spy, scheduler_pid, profile) if profiled and config.py_spy else None
     cpu_before = cpu_seconds(scheduler_pid)
     started = time.monotonic()
     drive = await drive_load_model(listen, requests, config.concurrency, scheduler_pid)
@@ -431,8 +560,14 @@ async def measure(
     readers_after = await readers.expect("caught_up") if readers is not None else None
     caught_up = time.monotonic()
     cpu = cpu_seconds(scheduler_pid) - cpu_before
+    if profiler is not None:
+        stop_profiler(profiler)
+        if config.profile_out is not None:
+            shutil.copyfile(profile, config.profile_out)
     delivered = verifier.messages - verifier_before
-    phase: dict[str, Any] = {}
+    phase: dict[str, Any] = {
+        "bytes_per_status": round((verifier.bytes - verifier_bytes_before) / max(1, delivered)),
+    }
     if readers_before is not None and readers_after is not None:
         delivered += readers_after["messages"] - readers_before["messages"]
         phase["readers_cpu_seconds"] = round(readers_after["cpu_seconds"] - readers_before["cpu_seconds"], 2)
@@ -440,6 +575,8 @@ async def measure(
         phase["non_readers_ended"] = readers_after["non_readers_ended"]
     drive_fields = asdict(drive)
     drive_fields.pop("segments")
+    if profiler is not None:
+        phase["profile"] = summarize_profile(profile, top=25)
     return phase | {
         "load_model": drive_fields,
         "seconds_to_all_available": round(all_available - started, 3),
@@ -492,8 +629,9 @@ async def run_phase(config: Config, label: str, subscribers: int) -> dict[str, A
     return result
 
 
-def compare(phases: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each N against the mean of the reference phases (one subscriber), first and last."""
+def compare(phases: list[dict[str, Any]], floor: dict[str, Any] | None) -> dict[str, Any]:
+    """Each N against the mean of the reference phases (one subscriber), first and last; the largest N's gross
+    deliveries per CPU-second also against the bare grpc.aio server's (the floor)."""
     references = [p for p in phases if p["subscribers"] == 1]
     rate = sum(p["load_model"]["calls_per_second"] for p in references) / len(references)
     cpu = sum(p["scheduler_cpu_seconds"] for p in references) / len(references)
@@ -513,6 +651,12 @@ def compare(phases: list[dict[str, Any]]) -> dict[str, Any]:
             if phase["deliveries"] > delivered
             else None,
         }
+        if floor is not None and floor["subscribers"] == phase["subscribers"] and floor["deliveries_per_cpu_second"]:
+            figures = found[str(phase["subscribers"])]
+            figures["floor_deliveries_per_cpu_second"] = floor["deliveries_per_cpu_second"]
+            figures["gross_over_floor"] = round(
+                phase["gross_deliveries_per_cpu_second"] / floor["deliveries_per_cpu_second"], 2
+            )
     return found
 
 
@@ -520,6 +664,11 @@ async def benchmark(config: Config) -> dict[str, Any]:
     env = environment(config.workdir)
     plan = [1, *config.subscribers, 1]
     phases = [await run_phase(config, f"phase-{index}-{count}", count) for index, count in enumerate(plan)]
+    floor = None
+    if config.floor:
+        largest = max(phases, key=lambda phase: phase["subscribers"])
+        per_subscriber = round(largest["deliveries"] / largest["subscribers"])
+        floor = await floor_phase(config, largest["subscribers"], per_subscriber, largest["bytes_per_status"])
     env["loadavg_end"] = os.getloadavg()[0]
     return {
         "config": {
@@ -529,10 +678,12 @@ async def benchmark(config: Config) -> dict[str, Any]:
             "subscribers": config.subscribers,
             "non_readers": config.non_readers,
             "subscriber_lag": config.subscriber_lag,
+            "floor": config.floor,
         },
         "environment": env,
         "phases": phases,
-        "compared": compare(phases),
+        "compared": compare(phases, floor),
+        "floor": floor,
     }
 
 
@@ -560,6 +711,13 @@ def render(result: dict[str, Any]) -> str:
             f"({figures['scheduler_cpu_us_per_delivery']} us each), {figures['gross_deliveries_per_cpu_second']} "
             "over all its CPU"
         )
+    floor = result.get("floor")
+    if floor:
+        lines.append(
+            f"floor, a bare grpc.aio server, {floor['subscribers']} subscribers: {floor['deliveries']} deliveries of "
+            f"{floor['bytes_per_message']} B in {floor['server_cpu_seconds']} CPU s: "
+            f"{floor['deliveries_per_cpu_second']} per CPU-second ({floor['us_per_delivery']} us each)"
+        )
     return "\n".join(lines)
 
 
@@ -573,11 +731,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--subscriber-lag", type=float, default=600, help="the scheduler's --subscriber-lag (default 600)"
     )
+    parser.add_argument(
+        "--no-floor", dest="floor", action="store_false", help="skip the bare grpc.aio server (the floor)"
+    )
+    parser.add_argument("--py-spy", metavar="BIN", help="py-spy binary: profile the scheduler with the largest N")
+    parser.add_argument("--profile-out", type=Path, metavar="PATH", help="keep py-spy's raw stacks here")
     parser.add_argument("--quick", action="store_true", help="smoke run: 100 models, 5 replicas, 50,100 subscribers")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the result as JSON here")
     parser.add_argument("--workdir", type=Path, help="keep logs and state in a new folder in DIR (default: removed)")
     # The readers' process.
-    parser.add_argument("--role", choices=("main", "readers"), default="main", help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=("main", "readers", "bare-server"), default="main", help=argparse.SUPPRESS)
+    parser.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
     parser.add_argument("--readers", type=int, default=0, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
@@ -603,6 +767,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options.role == "readers":
         serve_readers(options.target, options.readers, options.non_readers)
         return 0
+    if options.role == "bare-server":
+        asyncio.run(serve_bare(options.ready_file))
+        return 0
     with working_directory(options.workdir) as workdir:
         config = Config(
             options.models,
@@ -612,6 +779,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             options.non_readers,
             options.subscriber_lag,
             workdir,
+            options.floor,
+            options.py_spy,
+            options.profile_out,
         )
         result = asyncio.run(benchmark(config))
     print(render(result))

@@ -1,7 +1,10 @@
 """The scheduler's loops over the cluster: the synchroniser, the reconcile loop and the scale-down loop.
 
 - Nothing is placed until the synchroniser is ready: after a restart, the agents that held models get a grace
-  period to reconnect and report them, so nothing is loaded twice or moved needlessly.
+  period to reconnect and report them, so nothing is loaded twice or moved needlessly. The grace runs from the
+  later of the restore and the last expected replica's return, so replicas still coming back one after another
+  (a thousand agents whose backoff grew while the scheduler restored 100,000 records) are waited for, while one
+  that stays away costs one grace after the others; it never runs past ``MAX_GRACE_PERIODS`` graces in all.
 - Reconciles are synchronous Cluster calls, and their triggers coalesce in one dirty set drained by one loop,
   a batch at a time so that RPCs get in between batches.
 - New capacity (a replica registering, memory freed) retries the models waiting for it
@@ -19,6 +22,9 @@ from collections.abc import Callable, Iterable
 from scheduler.models.cluster import Cluster
 
 log = logging.getLogger(__name__)
+
+# The synchroniser waits at most this many grace periods from the restore, however long replicas keep returning.
+MAX_GRACE_PERIODS = 3
 
 
 class Reconciler:
@@ -42,7 +48,9 @@ class Reconciler:
         self._capacity_changed = False  # the models waiting for capacity join the next round
         self._wake = asyncio.Event()
         self._expected_replicas: set[tuple[str, int]] = set()
-        self._sync_deadline = 0.0
+        self._grace_seconds = 0.0
+        self._sync_deadline = 0.0  # the grace's end: moved on each time an expected replica returns
+        self._sync_last_deadline = 0.0  # MAX_GRACE_PERIODS graces from the restore
 
     @property
     def busy(self) -> bool:
@@ -58,8 +66,12 @@ class Reconciler:
         self._expected_replicas.update(replicas)
 
     def start_grace(self, seconds: float) -> None:
-        """Start the synchroniser's grace period: ready after it at the latest."""
-        self._sync_deadline = time.monotonic() + seconds
+        """Start the synchroniser's grace period: ready once it has passed with no expected replica returning, and
+        after ``MAX_GRACE_PERIODS`` of them at the latest."""
+        now = time.monotonic()
+        self._grace_seconds = seconds
+        self._sync_deadline = now + seconds
+        self._sync_last_deadline = now + MAX_GRACE_PERIODS * seconds
 
     def mark(self, reconcile: dict[str, bool], *, capacity_changed: bool = False) -> None:
         """Reconcile these models (name -> retry a failed placement) on the loop's next round; with
@@ -70,11 +82,16 @@ class Reconciler:
         self._wake.set()
 
     async def synchroniser(self) -> None:
-        """Ready once every expected replica has reconnected, or the grace period is over."""
+        """Ready once every expected replica has reconnected, or the grace period is over (module docstring)."""
+        missing_before = len(self._expected_replicas)
         while not self.ready.is_set():
             connected = {(s.name, i) for s in self._cluster.servers.values() for i in s.replicas}
             missing = self._expected_replicas - connected
-            if not missing or time.monotonic() >= self._sync_deadline:
+            now = time.monotonic()
+            if len(missing) < missing_before:  # expected replicas came back: give the others a grace from now
+                missing_before = len(missing)
+                self._sync_deadline = min(max(self._sync_deadline, now + self._grace_seconds), self._sync_last_deadline)
+            if not missing or now >= self._sync_deadline:
                 if missing:
                     log.warning(
                         "starting to schedule without %d expected replica(s): %s", len(missing), sorted(missing)[:10]

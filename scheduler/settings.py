@@ -99,7 +99,8 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         type=positive_seconds,
         default=10.0,
         metavar="SECONDS",
-        help="after a restart, how long to wait for known agents to reconnect before placing models (default 10)",
+        help="after a restart, how long to wait for known agents to reconnect before placing models, counted again "
+        "from each one's return while they keep coming back, three times this at most (default 10)",
     )
     parser.add_argument(
         "--heartbeat",

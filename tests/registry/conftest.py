@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.postgres_server import PostgresServer
+# Imported to register the session's PostgreSQL fixture for these tests: a conftest below the root may not name
+# plugins (pytest_plugins), and pytest refused to collect the whole suite when this one did.
+from tests.support.postgres_server import PostgresServer, postgres_server  # noqa: F401
 from tests.support.processes import stop_process
 from tests.support.registry_process import RegistryProcess, start_registry
-
-pytest_plugins = ["tests.support.postgres_server"]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -21,12 +21,12 @@ COPY wheelhouse/ /wheelhouse/
 COPY pyproject.toml README.md ./
 COPY modelplane ./modelplane
 COPY scheduler ./scheduler
-COPY controller ./controller
 COPY agent ./agent
 COPY servers ./servers
 COPY gateway ./gateway
 COPY trainer ./trainer
 COPY controller ./controller
+COPY registry ./registry
 COPY generated ./generated
 # A venv, so the runtime stage takes exactly what was installed and nothing of the build (sources, wheels).
 RUN python3 -m venv /opt/modelplane \

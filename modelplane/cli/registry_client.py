@@ -274,7 +274,7 @@ def _common_flags(parser: argparse.ArgumentParser, *, listing: bool, timeout: fl
     tls.add_argument("--tls-ca", type=Path, metavar="PEM", help="CA the registry's certificate chains to")
     tls.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate (mutual TLS)")
     tls.add_argument("--tls-key", type=Path, metavar="PEM", help="client private key (mutual TLS)")
-    add_client_token_flag(parser)
+    add_client_token_flag(parser, presented_to="the registry")
     if listing:
         parser.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N (default 0)")
         parser.add_argument("--limit", type=int, default=100, metavar="N", help="at most N, 1-1000 (default 100)")

@@ -147,6 +147,16 @@ def test_split_train_compare_and_a_deploy_refused(capsys: pytest.CaptureFixture[
     assert "503" in err
     assert "no scheduler" in err
     assert json.loads(_run(capsys, live, "models", "get", "iris", models["logistic"])[1])["status"] == "TRAINED"
+    # A training that fails under --wait: exit 1, the status with the trainer's reason printed.
+    status, out, err = _run(capsys, live, "models", "create", "iris", f"--split={split['id']}", "--name=doomed")
+    doomed = json.loads(out)["id"]
+    status, out, err = _run(
+        capsys, live, "models", "train", "iris", doomed, "--algorithm=decision_tree", "--param=no_such_knob=1", "--wait"
+    )
+    assert status == 1, out
+    failed = json.loads(out)
+    assert failed["status"] == "TRAINING_FAILED"
+    assert "no_such_knob" in failed["reason"]
     # Training again a model that is TRAINED is the lifecycle's 409: the work cannot be done, exit 1.
     status, out, err = _run(capsys, live, "models", "train", "iris", models["stump"], "--algorithm=decision_tree")
     assert status == 1

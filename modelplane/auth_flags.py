@@ -119,12 +119,12 @@ def add_auth_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_client_token_flag(parser: argparse.ArgumentParser) -> None:
+def add_client_token_flag(parser: argparse.ArgumentParser, presented_to: str = "the scheduler") -> None:
     parser.add_argument(
         "--auth-token-file",
         type=Path,
         metavar="FILE",
-        help=f"a bearer token to present to the scheduler (or the environment variable {TOKEN_ENV}); read "
+        help=f"a bearer token to present to {presented_to} (or the environment variable {TOKEN_ENV}); read "
         "again when the file changes (a ServiceAccount token the kubelet rotates)",
     )
 

@@ -25,7 +25,7 @@ from modelplane import __version__, logs
 from modelplane.addresses import Address
 from modelplane.audit import AuditLogError
 from modelplane.auth_flags import add_client_token_flag, client_token
-from modelplane.cli import audit_command, model_commands, status_command, up
+from modelplane.cli import audit_command, model_commands, registry_client, status_command, up
 from modelplane.command_line import EXIT_FAILURE, EXIT_USAGE, fail, subparsers
 from modelplane.config import parse_layered
 from modelplane.flag_types import peer_address
@@ -115,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
             help="run the model registry (experiments, splits, models: a REST API)",
             description="Run the registry: seed 002's REST API of experiments, splits and models on --listen, "
             "/openapi.json describing it, kept in SQLite in --state-dir or in PostgreSQL (--database).",
+            epilog=registry_client.EPILOG,
         )
     )
     status = commands.add_parser(
@@ -303,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         print(f"modelplane {__version__}")
         return 0
+    if command == "registry" and rest and rest[0] in registry_client.GROUPS:
+        return registry_client.run(rest)  # a client command; flags first is the serving command, as before
     if command in PROCESSES:
         return PROCESSES[command](commands[command], rest)
     if command == "status":

@@ -10,6 +10,7 @@ from modelplane import __version__
 from registry.api.bodies import MAX_NAME_CHARS
 from registry.api.requests import DEFAULT_LIMIT, MAX_LIMIT
 from registry.api.routes import ROUTES, TOTAL_COUNT_HEADER, Route
+from registry.service.model_order import BETTER_FIRST, HIGHER_IS_BETTER, LOWER_IS_BETTER, ORDERS
 
 _ERRORS = {
     400: "malformed input: the reason names the field",
@@ -21,6 +22,21 @@ _ERRORS = {
 }
 _ERROR_SCHEMA = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
 _PARAMETER = re.compile(r"\{(\w+)\}")
+_BETTER_RULE = f"higher is better for {', '.join(HIGHER_IS_BETTER)}; lower is better for {', '.join(LOWER_IS_BETTER)}"
+# Query parameters with more to say than "a string".
+_QUERY: dict[str, dict[str, Any]] = {
+    "sort": {
+        "description": "order the models by this evaluation metric, the best first unless order says otherwise ("
+        + _BETTER_RULE
+        + "); models without the metric come last, ties and those in creation order. An unknown metric is a 400",
+        "schema": {"type": "string", "enum": sorted(BETTER_FIRST)},
+    },
+    "order": {
+        "description": "with sort: desc (highest first) or asc (lowest first) instead of the metric's better "
+        "direction. An unknown order, or an order without sort, is a 400",
+        "schema": {"type": "string", "enum": list(ORDERS)},
+    },
+}
 
 
 def _parameters(route: Route) -> list[dict[str, Any]]:
@@ -44,7 +60,9 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
                 "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
             },
         ]
-    parameters += [{"name": name, "in": "query", "schema": {"type": "string"}} for name in route.query]
+    parameters += [
+        {"name": name, "in": "query", **_QUERY.get(name, {"schema": {"type": "string"}})} for name in route.query
+    ]
     return parameters
 
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from modelplane.whole_numbers import parse_whole_number
 from registry.errors import InvalidInput, NotFound
+from registry.service.model_order import MetricOrder, metric_order
 
 B = TypeVar("B", bound=BaseModel)
 
@@ -63,6 +64,17 @@ def page(request: web.Request) -> tuple[int, int]:
     if limit is None or not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput(f"limit must be a whole number from 1 to {MAX_LIMIT}")
     return offset, limit
+
+
+def models_order(request: web.Request) -> MetricOrder | None:
+    """``sort`` (a metric) and ``order`` from the query: None without either (creation order); 400 naming an unknown
+    value, or an order without a metric to order by."""
+    sort, order = request.query.get("sort"), request.query.get("order")
+    if sort is None:
+        if order is not None:
+            raise InvalidInput("order: needs sort, the metric to order by")
+        return None
+    return metric_order(sort, order)
 
 
 async def body(request: web.Request, model: type[B]) -> B:

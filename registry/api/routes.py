@@ -12,7 +12,15 @@ from pydantic import BaseModel
 
 from registry.api import documents
 from registry.api.bodies import DirectivesBody, ExperimentBody, ModelBody, SplitBody, TrainBody
-from registry.api.requests import body, experiment_name, new_experiment_name, page, resource_id, version_number
+from registry.api.requests import (
+    body,
+    experiment_name,
+    models_order,
+    new_experiment_name,
+    page,
+    resource_id,
+    version_number,
+)
 from registry.service.experiments import ExperimentFields
 from registry.service.models import NewModel, TrainingSpec
 from registry.service.registry_service import RegistryService
@@ -134,7 +142,7 @@ async def create_model(service: RegistryService, request: web.Request) -> web.St
 
 async def list_models(service: RegistryService, request: web.Request) -> web.StreamResponse:
     offset, limit = page(request)
-    found = await service.models.list(experiment_name(request), offset, limit)
+    found = await service.models.list(experiment_name(request), offset, limit, models_order(request))
     return _paged([documents.model(row) for row in found.rows], found.total)
 
 
@@ -220,8 +228,8 @@ ROUTES: Final = (
           refusals=(409,)),
     Route("POST", _EXPERIMENT + "/models", create_model, "create a model (directives or a split)", ModelBody,
           {201: "id"}),
-    Route("GET", _EXPERIMENT + "/models", list_models, "list an experiment's models", answers={200: "models"},
-          paged=True),
+    Route("GET", _EXPERIMENT + "/models", list_models, "list an experiment's models (by a metric with sort)",
+          answers={200: "models"}, paged=True, query=("sort", "order")),
     Route("GET", _MODEL, get_model, "get a model", answers={200: "model"}),
     Route("DELETE", _MODEL, delete_model, "delete a model", answers={204: ""}),
     Route("GET", _MODEL + "/status", model_status, "get a model's status", answers={200: "status"}),

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from registry.errors import Conflict, InvalidInput, PortFailed, Unavailable
@@ -17,6 +17,7 @@ from registry.lifecycle import MODEL_STATE_FOR_SPLIT, ModelAction, ModelState, S
 from registry.ports import DeployError, DeployRequest
 from registry.service import assignments, lookups, versions
 from registry.service.context import ServiceContext, new_id
+from registry.service.model_order import MetricOrder, Order
 from registry.service.splits import SplitService, SplitSpec, new_split_row
 from registry.store.database import guard
 from registry.store.tables import ModelRow, SplitRow
@@ -85,12 +86,18 @@ class ModelService:
 
         return await self._context.store.write(unit)
 
-    async def list(self, experiment_name: str, offset: int, limit: int) -> ModelPage:
+    async def list(
+        self, experiment_name: str, offset: int, limit: int, by_metric: MetricOrder | None = None
+    ) -> ModelPage:
+        """A page of the experiment's models, in creation order, or by one metric (registry/service/model_order.py):
+        the database orders them, so offset and limit page through the same order."""
+
         def unit(session: Session) -> ModelPage:
             lookups.experiment(session, experiment_name)
             query = select(ModelRow).where(ModelRow.experiment_name == experiment_name)
             total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-            rows = session.scalars(query.order_by(ModelRow.create_time, ModelRow.id).offset(offset).limit(limit))
+            ordered = query.order_by(*_metric_keys(by_metric), ModelRow.create_time, ModelRow.id)
+            rows = session.scalars(ordered.offset(offset).limit(limit))
             return ModelPage(list(rows), total)
 
         return await self._context.store.read(unit)
@@ -189,6 +196,16 @@ class ModelService:
             return row
 
         return await self._context.store.write(record)
+
+
+def _metric_keys(by_metric: MetricOrder | None) -> list[ColumnElement[Any]]:
+    """The sort keys before creation order: models without the metric last (a JSON null or a missing key is SQL
+    NULL on SQLite and PostgreSQL alike; an explicit IS NULL key, as the two put NULLs at opposite ends), then
+    the metric's value in the order asked."""
+    if by_metric is None:
+        return []
+    value = ModelRow.evaluation_metrics[by_metric.metric].as_float()
+    return [value.is_(None), value.desc() if by_metric.order is Order.DESCENDING else value.asc()]
 
 
 def _note_reason(session: Session, experiment_name: str, model_id: str, reason: str) -> None:

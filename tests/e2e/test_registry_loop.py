@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.support.modelplane_up import assert_stops_cleanly, start_up
-from tests.support.processes import stop_process
+from tests.support.processes import run_modelplane, stop_process
 from tests.support.registry_process import RegistryProcess, start_registry, wait_for_status
 from tests.support.training_schemas import write_iris_csv
 
@@ -98,6 +98,14 @@ def test_dataset_split_two_models_metrics_deploy_predict(tmp_path: Path) -> None
         # Deploying again is the same full-state request: still DEPLOYED, the same name.
         again = registry.call("POST", f"/experiments/iris/models/{best}/deploy")
         assert (again.status, again.body["status"], again.body["servingName"]) == (200, "DEPLOYED", name)
+        # The command line's deploy and compare (modelplane/cli/registry_client.py) over the same registry.
+        at = f"--registry=http://{registry.listen}"
+        cli = run_modelplane("registry", "models", "deploy", "iris", best, at, timeout=400)
+        assert cli.returncode == 0, cli.stderr
+        assert (json.loads(cli.stdout)["status"], json.loads(cli.stdout)["servingName"]) == ("DEPLOYED", name)
+        ranked = run_modelplane("registry", "models", "list", "iris", "--sort=accuracy", "--output=json", at)
+        assert ranked.returncode == 0, ranked.stderr
+        assert [model["id"] for model in json.loads(ranked.stdout)] == [logistic, stump]
         assert registry.call("POST", f"/experiments/iris/models/{stump}/deploy").status == 200
     finally:
         if registry is not None:

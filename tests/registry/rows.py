@@ -39,7 +39,15 @@ def add_split(store: Store, experiment: str, state: SplitState = SplitState.COMP
     return split_id
 
 
-def add_model(store: Store, experiment: str, state: ModelState, split_id: str | None = None) -> str:
+def add_model(
+    store: Store,
+    experiment: str,
+    state: ModelState,
+    split_id: str | None = None,
+    *,
+    metrics: dict[str, float | None] | None = None,
+    create_time: int = 2,
+) -> str:
     model_id = secrets.token_hex(8)
     store.write_now(
         lambda session: session.add(
@@ -50,7 +58,8 @@ def add_model(store: Store, experiment: str, state: ModelState, split_id: str | 
                 split_id=split_id,
                 directives=["drop id"],
                 state=state.value,
-                create_time=2,
+                evaluation_metrics=dict(metrics or {}),
+                create_time=create_time,
             )
         )
     )

@@ -8,8 +8,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from sqlalchemy.engine import URL
+from typing import TYPE_CHECKING
 
 from modelplane.addresses import Address
 from modelplane.auth.access_check import AuthSettings
@@ -25,7 +24,9 @@ from modelplane.flag_types import address, seconds
 from modelplane.process_flags import add_process_flags
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_serving_tls_flags, add_tls_flags, security_from, serving_security_from
-from registry.store.database import DatabaseUrlError, database_url
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 DEFAULT_LISTEN = "127.0.0.1:9010"
 
@@ -132,6 +133,10 @@ def parse_settings(
 ) -> RegistrySettings:
     options = parse_layered(parser, "registry", argv, environ)
     state_dir: Path = options.state_dir
+    # Imported here, not at the top: every modelplane command builds this parser, and SQLAlchemy would add its
+    # memory and import time to the scheduler, the agent and the gateway.
+    from registry.store.database import DatabaseUrlError, database_url  # noqa: PLC0415
+
     try:
         database = database_url(options.database, state_dir)
     except DatabaseUrlError as error:

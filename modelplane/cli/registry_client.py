@@ -30,8 +30,9 @@ from modelplane.cli.registry_http import Answer, RegistryCallError, RegistryHttp
 from modelplane.command_line import EXIT_FAILURE, EXIT_USAGE, fail, subparsers
 from modelplane.flag_types import seconds
 from modelplane.transport import TransportError, TransportSecurity, http_client_ssl
+from registry.settings import DEFAULT_LISTEN
 
-DEFAULT_REGISTRY: Final = "http://127.0.0.1:9010"  # registry/settings.py DEFAULT_LISTEN
+DEFAULT_REGISTRY: Final = f"http://{DEFAULT_LISTEN}"
 GROUPS: Final = ("experiments", "splits", "models")
 # The registry's metrics and orders (registry/service/model_order.py) are its to check: the CLI passes them on.
 SPLIT_SETTLED: Final = frozenset({"COMPLETE", "FAILED"})

@@ -8,6 +8,8 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
+from modelplane.bounded_text import cut, one_line
+
 Column = tuple[str, Callable[[dict[str, Any]], str]]
 MAX_CELL_CHARS: Final = 60
 
@@ -74,8 +76,8 @@ def model_columns(sort: str | None) -> Sequence[Column]:
 
 
 def _cell(text: str) -> str:
-    text = " ".join(text.split())  # one line per row, whatever a name or description holds
-    return text if len(text) <= MAX_CELL_CHARS else text[: MAX_CELL_CHARS - 1] + "…"
+    # One line per row, and nothing a terminal would act on (escape sequences), whatever a name or description holds.
+    return cut(one_line(text), MAX_CELL_CHARS)
 
 
 def table(documents: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:

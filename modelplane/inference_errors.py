@@ -33,7 +33,7 @@ details as ``where: what``, or a traceback's exception (type and message), with 
 file path replaced by ``<path>``. The end of the server's answer is for the log only (:attr:`detail`, bounded).
 
 An answer can be as large as the request it echoes (MLServer puts a 10 MB BYTES element into its exception's
-message; a request may hold 64 MiB). :func:`read_error_body` keeps only what the verdict needs, as it reads
+message; a request may hold 64 MiB). The hops (modelplane/http_hop.py) keep only what the verdict needs, as they read
 (:class:`ErrorBody`): the first :data:`KEPT_BYTES` (whether it is a traceback or JSON, and the start of a
 JSON ``error``), the last :data:`KEPT_BYTES` (the detail for the log) and :data:`KEPT_BYTES` from the last
 traceback frame on (the final exception's type and the start of its message, wherever they are); the rest
@@ -49,7 +49,6 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
-import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
@@ -183,17 +182,6 @@ def read_error_answer(status: int, body: bytes | ErrorBody) -> ErrorAnswer:
     if status == 500 and isinstance(said_error, str) and said_error.startswith(_TRITON_PARSE_FAILURES):
         return ErrorAnswer(Verdict.INVALID, 400, reason, detail)
     return ErrorAnswer(_verdict(status), _caller_status(status), reason, detail)
-
-
-async def read_error_body(response: aiohttp.ClientResponse, limit: int = MAX_ERROR_ANSWER_BYTES) -> ErrorBody:
-    """What is kept of an error answer's body (:class:`ErrorBody`), read up to ``limit`` bytes (aiohttp then
-    closes the connection, the rest unread)."""
-    kept = ErrorBody()
-    async for chunk in response.content.iter_chunked(64 * 1024):
-        kept.feed(chunk[: limit - kept.size])
-        if kept.size >= limit:
-            break
-    return kept
 
 
 def unreadable_body_answer(error: BaseException) -> web.Response:

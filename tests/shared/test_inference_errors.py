@@ -12,13 +12,13 @@ import tracemalloc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from modelplane.http_hop import HopClient
 from modelplane.inference_errors import (
     KEPT_BYTES,
     MAX_REASON_CHARS,
@@ -26,7 +26,6 @@ from modelplane.inference_errors import (
     ErrorBody,
     Verdict,
     read_error_answer,
-    read_error_body,
     safe_reason,
 )
 from tests.support.http_stand_ins import serving
@@ -217,14 +216,18 @@ FLOAT_ECHO = "ValueError: could not convert string to float: '{}'"
 async def test_a_large_error_answer_is_read_in_bounded_memory_and_still_understood(
     parts: list[bytes], verdict: Verdict, reason: str
 ) -> None:
-    async with answering(500, parts) as url, aiohttp.ClientSession() as http:
+    # Read as the data path's hops read every error answer (modelplane/http_hop.py: HopAnswer.error_body).
+    hops = HopClient(total_timeout=60)
+    async with answering(500, parts) as url:
         tracemalloc.start()
         try:
-            async with http.post(url) as response:
-                answer = read_error_answer(response.status, await read_error_body(response))
+            hop = await hops.request("POST", url.rstrip("/"), "/")
+            assert hop.error_body is not None
+            answer = read_error_answer(hop.status, hop.error_body)
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
+            await hops.close()
     assert peak < 4 * 1024 * 1024, f"reading a {sum(map(len, parts)) >> 20} MiB error answer took {peak >> 20} MiB"
     assert answer.verdict is verdict
     assert answer.reason.startswith(reason), answer.reason

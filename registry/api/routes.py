@@ -10,6 +10,7 @@ from typing import Any, Final
 from aiohttp import web
 from pydantic import BaseModel
 
+from modelplane.spec.registry_api import TOTAL_COUNT_HEADER
 from registry.api import documents
 from registry.api.bodies import DirectivesBody, ExperimentBody, ModelBody, SplitBody, TrainBody
 from registry.api.requests import (
@@ -25,8 +26,6 @@ from registry.service.experiments import ExperimentFields
 from registry.service.models import NewModel, TrainingSpec
 from registry.service.registry_service import RegistryService
 from registry.service.splits import SplitSpec
-
-TOTAL_COUNT_HEADER: Final = "X-Total-Count"  # seed 002's TOTAL_COUNT: all that match, whatever offset and limit
 
 Handler = Callable[[RegistryService, web.Request], Awaitable[web.StreamResponse]]
 

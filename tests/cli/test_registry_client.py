@@ -236,4 +236,6 @@ def test_the_serving_command_keeps_its_flags(capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit) as exited:
         main(["registry", "--help"])
     assert exited.value.code == 0
-    assert "modelplane registry experiments|splits|models ACTION" in " ".join(capsys.readouterr().out.split())
+    assert "modelplane registry experiments|splits|models|versions|datasets ACTION" in " ".join(
+        capsys.readouterr().out.split()
+    )

@@ -135,6 +135,8 @@ async def models_create(http: RegistryHttp, options: argparse.Namespace) -> int:
         "split": options.split,
         "directives": options.directive,
         "features": options.feature,
+        "algorithm": options.algorithm,
+        "hyperparameters": _hyperparameters(options.param) if options.param else None,
     }
     document = {key: value for key, value in given.items() if value is not None}
     _print(options, await http.call("POST", path_of("experiments", options.experiment, "models"), document))
@@ -142,10 +144,11 @@ async def models_create(http: RegistryHttp, options: argparse.Namespace) -> int:
 
 
 async def models_train(http: RegistryHttp, options: argparse.Namespace) -> int:
-    document: dict[str, Any] = {
-        "algorithm": options.algorithm,
-        "hyperparameters": _hyperparameters(options.param or []),
-    }
+    document: dict[str, Any] = {}  # no algorithm, no hyper-parameters: the model's own
+    if options.algorithm is not None:
+        document["algorithm"] = options.algorithm
+    if options.param:
+        document["hyperparameters"] = _hyperparameters(options.param)
     if options.feature is not None:
         document["features"] = options.feature
     model_path = ("experiments", options.experiment, "models", options.model)
@@ -237,6 +240,16 @@ def _splits_commands(actions: argparse._SubParsersAction[argparse.ArgumentParser
     _wait_flags(create, "the split is computed (COMPLETE or FAILED)", 600.0)
 
 
+def _algorithm_flags(parser: argparse.ArgumentParser, algorithm_help: str) -> None:
+    parser.add_argument("--algorithm", metavar="NAME", help=f"e.g. random_forest, linear_regression ({algorithm_help})")
+    parser.add_argument(
+        "--param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a hyper-parameter of the algorithm (a JSON number or true/false is that; else a string)",
+    )
+
+
 def _models_commands(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     listed = _action(actions, "list", "list an experiment's models, or compare them by a metric", listing=True)
     _experiment_argument(listed)
@@ -256,15 +269,10 @@ def _models_commands(actions: argparse._SubParsersAction[argparse.ArgumentParser
     create.add_argument("--split", metavar="SPLIT_ID", help="train on this split (then no --directive)")
     _directive_flag(create, "the model's directives (it is split later)")
     create.add_argument("--feature", action="append", metavar="COLUMN", help="a feature (default: the split's)")
+    _algorithm_flags(create, "the algorithm to train it with (checked now; train may name another)")
     train = _action(actions, "train", "train the model on its split")
     _model_arguments(train)
-    train.add_argument("--algorithm", required=True, metavar="NAME", help="e.g. random_forest, linear_regression")
-    train.add_argument(
-        "--param",
-        action="append",
-        metavar="KEY=VALUE",
-        help="a hyper-parameter (a JSON number or true/false is that; else a string)",
-    )
+    _algorithm_flags(train, "default: the one the model was created with")
     train.add_argument("--feature", action="append", metavar="COLUMN", help="a feature (default: the model's)")
     _wait_flags(train, "the training ends (TRAINED or TRAINING_FAILED)", 3600.0)
     # A deploy is answered once the model serves (the registry's --deploy-timeout, 300 s by default).

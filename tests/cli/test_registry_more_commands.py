@@ -136,11 +136,18 @@ def test_splits_status_and_delete(capsys: pytest.CaptureFixture[str], live: Regi
 def test_versions_and_datasets(capsys: pytest.CaptureFixture[str], live: RegistryProcess) -> None:
     at = live.listen
     split_id = str(_json(capsys, at, "splits", "create", "iris", "--percent=80", "--seed=3", "--wait")["id"])
-    model = str(_json(capsys, at, "models", "create", "iris", f"--split={split_id}", "--name=tree")["id"])
+    # The algorithm chosen at creation; train names none and uses it.
+    created = _json(capsys, at, "models", "create", "iris", f"--split={split_id}", "--name=tree",
+                    "--algorithm=decision_tree", "--param=max_depth=2")  # fmt: skip
+    model = str(created["id"])
     status, out, err = _run(capsys, at, "versions", "list", "iris", model)
     assert (status, out.strip()) == (0, "no versions"), err
-    trained = _json(capsys, at, "models", "train", "iris", model, "--algorithm=decision_tree", "--wait")
-    assert trained["status"] == "TRAINED", trained
+    trained = _json(capsys, at, "models", "train", "iris", model, "--wait")
+    assert (trained["status"], trained["algorithm"], trained["hyperparameters"]) == (
+        "TRAINED",
+        "decision_tree",
+        {"max_depth": 2},
+    ), trained
 
     status, out, err = _run(capsys, at, "versions", "list", "iris", model)
     assert status == 0, err

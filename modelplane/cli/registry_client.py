@@ -27,7 +27,7 @@ from typing import Any, Final
 
 from modelplane.auth_flags import client_token
 from modelplane.cli import registry_datasets, registry_model_commands, registry_tables, registry_versions
-from modelplane.cli.registry_command_kit import Job, UsageError, split_document
+from modelplane.cli.registry_command_kit import SPLIT_SETTLED, Job, UsageError, split_document
 from modelplane.cli.registry_command_kit import action as _action
 from modelplane.cli.registry_command_kit import directive_flag as _directive_flag
 from modelplane.cli.registry_command_kit import experiment_argument as _experiment_argument
@@ -43,7 +43,6 @@ from modelplane.transport import TransportError, TransportSecurity, http_client_
 
 GROUPS: Final = ("experiments", "splits", "models", "versions", "datasets")
 # The registry's metrics and orders (registry/service/model_order.py) are its to check: the CLI passes them on.
-SPLIT_SETTLED: Final = frozenset({"COMPLETE", "FAILED"})
 MODEL_SETTLED_AFTER_TRAIN: Final = frozenset({"TRAINED", "TRAINING_FAILED"})
 EPILOG: Final = (
     "client commands over a running registry: modelplane registry experiments|splits|models|versions|datasets "

@@ -26,6 +26,7 @@ DEFAULT_REGISTRY: Final = f"http://{DEFAULT_LISTEN}"
 # so a training of an hour costs the registry a call every few seconds, not two a second.
 FIRST_POLL_SECONDS: Final = 0.1
 LONGEST_POLL_SECONDS: Final = 5.0
+SPLIT_SETTLED: Final = frozenset({"COMPLETE", "FAILED"})  # a split's statuses that are final
 
 Job = Callable[[RegistryHttp, argparse.Namespace], Coroutine[Any, Any, int]]
 Actions: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"

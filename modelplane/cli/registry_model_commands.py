@@ -18,6 +18,7 @@ import argparse
 from typing import Final
 
 from modelplane.cli.registry_command_kit import (
+    SPLIT_SETTLED,
     Actions,
     Job,
     action,
@@ -32,8 +33,6 @@ from modelplane.cli.registry_command_kit import (
 )
 from modelplane.cli.registry_http import RegistryHttp, path_of
 from modelplane.command_line import EXIT_FAILURE
-
-SPLIT_SETTLED: Final = frozenset({"COMPLETE", "FAILED"})
 
 
 def _split_path(options: argparse.Namespace, *more: str) -> str:

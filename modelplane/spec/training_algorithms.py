@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from generated.mlops.training.v1 import training_pb2
+from modelplane.bounded_text import cut
 
 HyperValue = str | bool | int | float | list[float] | list[str]
 MAX_SEED = 2**32 - 1
 INT32: Final = 2**31
+MAX_SHOWN_VALUE_CHARS: Final = 100
 # An experiment's outcomeType that makes its models regressions; any other (or none) is classification.
 REGRESSION_TYPES: Final = frozenset({"double", "float", "long", "int", "integer", "number"})
 _WHOLE: Final = re.compile(r"[+-]?\d{1,10}")
@@ -179,6 +181,11 @@ def hyper_parameter(value: object) -> training_pb2.HyperParamater:
     return message
 
 
+def _shown(value: object) -> str:
+    # A value is the caller's, of any length (a registry body, a training event): its message names it, briefly.
+    return cut(repr(value), MAX_SHOWN_VALUE_CHARS)
+
+
 def check_choice(
     algorithm: str, hyperparameters: Mapping[str, object], outcome_type: str | None, *, task_decided: bool = True
 ) -> None:
@@ -227,11 +234,11 @@ def check_hyper_parameter(
     if kind == "i32" and "i32" not in param.kinds and "flt" in param.kinds:
         kind, value = "flt", float(message.i32)  # an integer is a fine float
     if kind not in param.kinds:
-        raise HyperParameterError(f"{where} got {kind} {value!r}; expected {param.describe()}")
+        raise HyperParameterError(f"{where} got {kind} {_shown(value)}; expected {param.describe()}")
     if kind == "str":
         assert isinstance(value, str)  # noqa: S101 -- the oneof kind says so
         if value not in param.choices:
-            raise HyperParameterError(f"{where} got {value!r}; expected {param.describe()}")
+            raise HyperParameterError(f"{where} got {_shown(value)}; expected {param.describe()}")
         return value
     if kind in ("i32", "flt"):
         _check_bounds(where, param, kind, float(value), param.describe())  # type: ignore[arg-type]

@@ -231,9 +231,18 @@ class ConnectionCounter:
         assert self.listening.wait(30)
         return self
 
+    async def _close(self) -> None:
+        """End the forwarding still under way (a keep-alive connection the registry holds open)."""
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
     def __exit__(self, *_: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._close(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(30)
+        self.loop.close()
 
 
 def test_one_connection_for_a_whole_command(capsys: pytest.CaptureFixture[str], live: RegistryProcess) -> None:

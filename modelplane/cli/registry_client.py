@@ -46,8 +46,7 @@ GROUPS: Final = ("experiments", "splits", "models", "versions", "datasets")
 MODEL_SETTLED_AFTER_TRAIN: Final = frozenset({"TRAINED", "TRAINING_FAILED"})
 EPILOG: Final = (
     "client commands over a running registry: modelplane registry experiments|splits|models|versions|datasets "
-    "ACTION ... "
-    "(modelplane registry models --help)"
+    "ACTION ... (modelplane registry models --help)"
 )
 
 # --- the calls, one per action ------------------------------------------------------------------------------

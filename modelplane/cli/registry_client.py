@@ -2,7 +2,11 @@
 
     modelplane registry experiments list|get|put|delete
     modelplane registry splits list|get|create
+    modelplane registry splits status|delete
     modelplane registry models list|get|create|train|deploy|status      (list: --sort METRIC [--order desc|asc])
+    modelplane registry models delete|split|unsplit|directives
+    modelplane registry versions list|get
+    modelplane registry datasets list|get
 
 They share ``modelplane registry`` with the serving command (``modelplane registry --listen ...``): a first word
 that is one of GROUPS is a client command, anything else (flags) is the server's, exactly as before.
@@ -18,62 +22,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
-import time
-from collections.abc import Callable, Coroutine, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, Final
 
-from modelplane.auth_flags import add_client_token_flag, client_token
-from modelplane.cli import registry_tables
-from modelplane.cli.registry_http import Answer, RegistryCallError, RegistryHttp, path_of
+from modelplane.auth_flags import client_token
+from modelplane.cli import registry_datasets, registry_model_commands, registry_tables, registry_versions
+from modelplane.cli.registry_command_kit import SPLIT_SETTLED, Job, UsageError, split_document
+from modelplane.cli.registry_command_kit import action as _action
+from modelplane.cli.registry_command_kit import directive_flag as _directive_flag
+from modelplane.cli.registry_command_kit import experiment_argument as _experiment_argument
+from modelplane.cli.registry_command_kit import model_arguments as _model_arguments
+from modelplane.cli.registry_command_kit import page as _page
+from modelplane.cli.registry_command_kit import print_answer as _print
+from modelplane.cli.registry_command_kit import split_flags as _split_flags
+from modelplane.cli.registry_command_kit import wait as _wait
+from modelplane.cli.registry_command_kit import wait_flags as _wait_flags
+from modelplane.cli.registry_http import RegistryCallError, RegistryHttp, path_of
 from modelplane.command_line import EXIT_FAILURE, EXIT_USAGE, fail, subparsers
-from modelplane.flag_types import seconds
 from modelplane.transport import TransportError, TransportSecurity, http_client_ssl
-from registry.settings import DEFAULT_LISTEN
 
-DEFAULT_REGISTRY: Final = f"http://{DEFAULT_LISTEN}"
-GROUPS: Final = ("experiments", "splits", "models")
+GROUPS: Final = ("experiments", "splits", "models", "versions", "datasets")
 # The registry's metrics and orders (registry/service/model_order.py) are its to check: the CLI passes them on.
-SPLIT_SETTLED: Final = frozenset({"COMPLETE", "FAILED"})
 MODEL_SETTLED_AFTER_TRAIN: Final = frozenset({"TRAINED", "TRAINING_FAILED"})
-WAIT_INTERVAL_SECONDS: Final = 0.5
 EPILOG: Final = (
-    "client commands over a running registry: modelplane registry experiments|splits|models ACTION ... "
-    "(modelplane registry models --help)"
+    "client commands over a running registry: modelplane registry experiments|splits|models|versions|datasets "
+    "ACTION ... (modelplane registry models --help)"
 )
 
-Job = Callable[[RegistryHttp, argparse.Namespace], Coroutine[Any, Any, int]]
-
-
-class UsageError(Exception):
-    """Bad input found after parsing (an unreadable hyper-parameter): exit 2."""
-
-
 # --- the calls, one per action ------------------------------------------------------------------------------
-
-
-def _print(
-    options: argparse.Namespace, answer: Answer, columns: Sequence[registry_tables.Column] | None = None
-) -> None:
-    if options.output == "json" or (options.output is None and columns is None):
-        print(json.dumps(answer.body, indent=2))
-    elif columns is not None and isinstance(answer.body, list):
-        print(registry_tables.table(answer.body, columns) if answer.body else f"no {options.group}")
-        _note_more(options, answer)
-    else:
-        print(registry_tables.document_lines(answer.body))
-
-
-def _note_more(options: argparse.Namespace, answer: Answer) -> None:
-    shown = len(answer.body)
-    if answer.total is not None and options.offset + shown < answer.total:
-        first = options.offset + 1
-        print(f"({first}-{options.offset + shown} of {answer.total}: --offset for more)", file=sys.stderr)
-
-
-def _page(options: argparse.Namespace) -> dict[str, str]:
-    return {"offset": str(options.offset), "limit": str(options.limit)}
 
 
 async def experiments_list(http: RegistryHttp, options: argparse.Namespace) -> int:
@@ -118,15 +94,7 @@ async def splits_get(http: RegistryHttp, options: argparse.Namespace) -> int:
 
 
 async def splits_create(http: RegistryHttp, options: argparse.Namespace) -> int:
-    parameters: dict[str, Any] = {"percent": options.percent}
-    if options.seed is not None:
-        parameters["seed"] = options.seed
-    document: dict[str, Any] = {"type": options.type, "parameters": parameters}
-    if options.directive is not None:
-        document["directives"] = options.directive
-    if options.description is not None:
-        document["description"] = options.description
-    answer = await http.call("POST", path_of("experiments", options.experiment, "splits"), document)
+    answer = await http.call("POST", path_of("experiments", options.experiment, "splits"), split_document(options))
     if not options.wait:
         _print(options, answer)
         return 0
@@ -165,6 +133,8 @@ async def models_create(http: RegistryHttp, options: argparse.Namespace) -> int:
         "split": options.split,
         "directives": options.directive,
         "features": options.feature,
+        "algorithm": options.algorithm,
+        "hyperparameters": _hyperparameters(options.param) if options.param else None,
     }
     document = {key: value for key, value in given.items() if value is not None}
     _print(options, await http.call("POST", path_of("experiments", options.experiment, "models"), document))
@@ -172,10 +142,11 @@ async def models_create(http: RegistryHttp, options: argparse.Namespace) -> int:
 
 
 async def models_train(http: RegistryHttp, options: argparse.Namespace) -> int:
-    document: dict[str, Any] = {
-        "algorithm": options.algorithm,
-        "hyperparameters": _hyperparameters(options.param or []),
-    }
+    document: dict[str, Any] = {}  # no algorithm, no hyper-parameters: the model's own
+    if options.algorithm is not None:
+        document["algorithm"] = options.algorithm
+    if options.param:
+        document["hyperparameters"] = _hyperparameters(options.param)
     if options.feature is not None:
         document["features"] = options.feature
     model_path = ("experiments", options.experiment, "models", options.model)
@@ -195,19 +166,6 @@ async def models_deploy(http: RegistryHttp, options: argparse.Namespace) -> int:
     path = path_of("experiments", options.experiment, "models", options.model, "deploy")
     _print(options, await http.call("POST", path))
     return 0
-
-
-async def _wait(http: RegistryHttp, status_path: str, settled: frozenset[str], timeout: float) -> Answer:
-    """Poll a status until it is one of ``settled``; a RegistryCallError past ``timeout`` (--wait-timeout)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = await http.call("GET", status_path)
-        if isinstance(answer.body, dict) and answer.body.get("status") in settled:
-            return answer
-        if time.monotonic() > deadline:
-            status = answer.body.get("status") if isinstance(answer.body, dict) else answer.body
-            raise RegistryCallError(f"{status_path}: still {status} after {timeout:g}s (--wait-timeout)")
-        await asyncio.sleep(WAIT_INTERVAL_SECONDS)
 
 
 def _hyperparameters(pairs: Sequence[str]) -> dict[str, Any]:
@@ -246,76 +204,12 @@ JOBS: Final[dict[tuple[str, str], Job]] = {
     ("models", "train"): models_train,
     ("models", "deploy"): models_deploy,
     ("models", "status"): models_status,
+    **registry_model_commands.JOBS,
+    **registry_versions.JOBS,
+    **registry_datasets.JOBS,
 }
 
 # --- the command line ---------------------------------------------------------------------------------------
-
-
-def _common_flags(parser: argparse.ArgumentParser, *, listing: bool, timeout: float = 30.0) -> None:
-    parser.add_argument(
-        "--registry",
-        default=DEFAULT_REGISTRY,
-        metavar="URL",
-        help=f"the registry's REST API (default {DEFAULT_REGISTRY})",
-    )
-    parser.add_argument(
-        "--output",
-        choices=("json", "table"),
-        default=None,
-        help=f"json (the registry's documents as they are) or table (default: {'table' if listing else 'json'})",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=seconds(86_400),
-        default=timeout,
-        metavar="SECONDS",
-        help=f"per-call deadline (default {timeout:g})",
-    )
-    tls = parser.add_argument_group("HTTPS (a registry serving with --serve-tls-*)")
-    tls.add_argument("--tls-ca", type=Path, metavar="PEM", help="CA the registry's certificate chains to")
-    tls.add_argument("--tls-cert", type=Path, metavar="PEM", help="client certificate (mutual TLS)")
-    tls.add_argument("--tls-key", type=Path, metavar="PEM", help="client private key (mutual TLS)")
-    add_client_token_flag(parser, presented_to="the registry")
-    if listing:
-        parser.add_argument("--offset", type=int, default=0, metavar="N", help="skip the first N (default 0)")
-        parser.add_argument("--limit", type=int, default=100, metavar="N", help="at most N, 1-1000 (default 100)")
-
-
-def _action(
-    actions: argparse._SubParsersAction[argparse.ArgumentParser],
-    name: str,
-    help_text: str,
-    *,
-    listing: bool = False,
-    timeout: float = 30.0,
-) -> argparse.ArgumentParser:
-    parser = actions.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
-    _common_flags(parser, listing=listing, timeout=timeout)
-    return parser
-
-
-def _experiment_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("experiment", metavar="EXPERIMENT", help="the experiment's name")
-
-
-def _directive_flag(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument(
-        "--directive",
-        action="append",
-        metavar="LINE",
-        help=f"{what}, one directive per flag, in order (README: Directives)",
-    )
-
-
-def _wait_flags(parser: argparse.ArgumentParser, until: str, default: float) -> None:
-    parser.add_argument("--wait", action="store_true", help=f"wait until {until}; exit 1 if it failed")
-    parser.add_argument(
-        "--wait-timeout",
-        type=seconds(7 * 86_400),
-        default=default,
-        metavar="SECONDS",
-        help=f"how long --wait waits (default {default:g})",
-    )
 
 
 def _experiments_commands(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -339,17 +233,19 @@ def _splits_commands(actions: argparse._SubParsersAction[argparse.ArgumentParser
     got.add_argument("split", metavar="SPLIT_ID")
     create = _action(actions, "create", "split the experiment's dataset into train and test")
     _experiment_argument(create)
-    create.add_argument("--type", choices=("random", "first"), default="random", help="default random")
-    create.add_argument("--percent", type=float, required=True, metavar="P", help="percent of rows to train on")
-    create.add_argument("--seed", type=int, metavar="N", help="random: the same seed gives the same split")
-    create.add_argument("--description", metavar="TEXT")
+    _split_flags(create)
     _directive_flag(create, "prepare the data before splitting")
     _wait_flags(create, "the split is computed (COMPLETE or FAILED)", 600.0)
 
 
-def _model_arguments(parser: argparse.ArgumentParser) -> None:
-    _experiment_argument(parser)
-    parser.add_argument("model", metavar="MODEL_ID")
+def _algorithm_flags(parser: argparse.ArgumentParser, algorithm_help: str) -> None:
+    parser.add_argument("--algorithm", metavar="NAME", help=f"e.g. random_forest, linear_regression ({algorithm_help})")
+    parser.add_argument(
+        "--param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a hyper-parameter of the algorithm (a JSON number or true/false is that; else a string)",
+    )
 
 
 def _models_commands(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -371,15 +267,10 @@ def _models_commands(actions: argparse._SubParsersAction[argparse.ArgumentParser
     create.add_argument("--split", metavar="SPLIT_ID", help="train on this split (then no --directive)")
     _directive_flag(create, "the model's directives (it is split later)")
     create.add_argument("--feature", action="append", metavar="COLUMN", help="a feature (default: the split's)")
+    _algorithm_flags(create, "the algorithm to train it with (checked now; train may name another)")
     train = _action(actions, "train", "train the model on its split")
     _model_arguments(train)
-    train.add_argument("--algorithm", required=True, metavar="NAME", help="e.g. random_forest, linear_regression")
-    train.add_argument(
-        "--param",
-        action="append",
-        metavar="KEY=VALUE",
-        help="a hyper-parameter (a JSON number or true/false is that; else a string)",
-    )
+    _algorithm_flags(train, "default: the one the model was created with")
     train.add_argument("--feature", action="append", metavar="COLUMN", help="a feature (default: the model's)")
     _wait_flags(train, "the training ends (TRAINED or TRAINING_FAILED)", 3600.0)
     # A deploy is answered once the model serves (the registry's --deploy-timeout, 300 s by default).
@@ -398,9 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
         ("experiments", "experiments: a dataset and the outcome to predict", _experiments_commands),
         ("splits", "an experiment's train/test splits", _splits_commands),
         ("models", "an experiment's models: create, train, compare, deploy", _models_commands),
+        ("versions", "a model's registered versions (one per training)", registry_versions.version_commands),
+        ("datasets", "the datasets the registry's splits have read", registry_datasets.dataset_commands),
     ):
         group = groups.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
-        add(group.add_subparsers(dest="action", metavar="ACTION", required=True))
+        actions = group.add_subparsers(dest="action", metavar="ACTION", required=True)
+        add(actions)
+        registry_model_commands.add_actions(name, actions)  # the seed's other calls on splits and models
     return parser
 
 
@@ -419,6 +314,11 @@ def _usage_problem(options: argparse.Namespace, base: str) -> str | None:
     return None
 
 
+async def _run_job(job: Job, http: RegistryHttp, options: argparse.Namespace) -> int:
+    async with http:  # one HTTP session for all the command's calls
+        return await job(http, options)
+
+
 def run(argv: Sequence[str]) -> int:
     """Run one client command (``argv`` after ``modelplane registry``, starting with one of GROUPS)."""
     parser = build_parser()
@@ -435,9 +335,12 @@ def run(argv: Sequence[str]) -> int:
         token = presented.current() if presented is not None else None  # one command: one read
     except TransportError as error:
         return fail(str(error), EXIT_USAGE)
-    http = RegistryHttp(base, options.timeout, context, token)
     try:
-        return asyncio.run(JOBS[(options.group, options.action)](http, options))
+        return asyncio.run(
+            _run_job(
+                JOBS[(options.group, options.action)], RegistryHttp(base, options.timeout, context, token), options
+            )
+        )
     except UsageError as error:
         return fail(str(error), EXIT_USAGE)
     except RegistryCallError as error:

@@ -58,6 +58,22 @@ SPLIT_COLUMNS: Final[Sequence[Column]] = (
     ("CREATED (UTC)", lambda document: _time(document.get("createtime"))),
 )
 
+VERSION_COLUMNS: Final[Sequence[Column]] = (
+    ("VERSION", _field("version")),
+    ("SHA256", lambda document: _text((document.get("manifest") or {}).get("sha256sum"))[:12]),
+    ("METRICS", _metrics),
+    ("TRAINING RUN", lambda document: _text((document.get("lineage") or {}).get("trainingRun"))),
+    ("CREATED (UTC)", lambda document: _time(document.get("createtime"))),
+)
+DATASET_COLUMNS: Final[Sequence[Column]] = (
+    ("ID", _field("id")),
+    ("SRCPATH", _field("srcpath")),
+    ("FORMAT", _field("format")),
+    ("SAMPLES", _field("sampleCount")),
+    ("SHA256", lambda document: _text(document.get("sha256"))[:12]),
+    ("CREATED (UTC)", lambda document: _time(document.get("createtime"))),
+)
+
 
 def model_columns(sort: str | None) -> Sequence[Column]:
     """A model list's columns; sorted by a metric, that metric has a column of its own, next to the status."""

@@ -7,10 +7,9 @@ may not import the trainer.
   half, so the model is fitted and scored on exactly the rows the split's statistics describe.
 - The task comes from the experiment's ``outcomeType``: a number type (double, float, long, int, integer, number)
   is regression, anything else classification (multiclass, which takes two classes as well).
-- The algorithm is the trainer's name, spaces and dashes read as ``_`` ("decision tree" is decision_tree):
-  logistic_regression, decision_tree, random_forest, gbdt for classification; linear_regression, decision_tree,
-  random_forest, gbdt for regression. Hyper-parameters keep the trainer's names; the seed writes numbers as text
-  ("maxBins": "3"), so text that is a whole number is sent as an integer and other numeric text as a number.
+- The algorithm and its hyper-parameters are the catalogue's (modelplane/spec/training_algorithms.py, which the
+  registry checked the request against already): names as people write them ("decision tree" is decision_tree),
+  the seed's numbers as text ("maxBins": "3") read as numbers.
 - The run's folder (under the registry's state directory) is the version's artifact: the trainer writes the model
   and what MLServer needs to serve it there, so its ``file://`` URL is what a local scheduler's agent loads.
 """
@@ -18,49 +17,22 @@ may not import the trainer.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from generated.mlops.training.v1 import training_pb2
+from modelplane.spec.training_algorithms import CLASSIFIERS, REGRESSORS, algorithm_name, hyper_parameter, is_regression
 from registry.ports import LaunchError, TrainedArtifact, TrainingRequest, TrainingResult
 from trainer.launchers.base import Launcher, LaunchVerdict
 from trainer.run.jobs import DESIGN_SCHEMA_FILE, METADATA_FILE, OUTPUT_DIR, RESULT_FILE, DatasetSource, RunResult
 from trainer.run.jobs import TrainingJob as TrainerJob
 
 ARTIFACT_NAME: Final = "model.joblib"
-REGRESSION_TYPES: Final = frozenset({"double", "float", "long", "int", "integer", "number"})
-CLASSIFIERS: Final = ("logistic_regression", "decision_tree", "random_forest", "gbdt")
-REGRESSORS: Final = ("linear_regression", "decision_tree", "random_forest", "gbdt")
-INT32: Final = 2**31
-_WHOLE: Final = re.compile(r"[+-]?\d{1,10}")
-_NUMBER: Final = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d{1,3})?")
 
 
 class DesignError(LaunchError):
     """The model cannot be described to the trainer (an unknown algorithm, no outcome)."""
-
-
-def algorithm_name(text: str) -> str:
-    return re.sub(r"[\s-]+", "_", text.strip().lower())
-
-
-def hyper_parameter(value: object) -> training_pb2.HyperParamater:
-    message = training_pb2.HyperParamater()
-    if isinstance(value, bool):  # before int: a bool is an int
-        message.bl = value
-    elif isinstance(value, int) and -INT32 <= value < INT32:
-        message.i32 = value
-    elif isinstance(value, int | float):
-        message.flt = float(value)
-    elif isinstance(value, str) and _WHOLE.fullmatch(value.strip()) and -INT32 <= int(value) < INT32:
-        message.i32 = int(value)
-    elif isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-        message.flt = float(value)
-    else:
-        message.str = str(value)
-    return message
 
 
 def design_schema(request: TrainingRequest) -> training_pb2.ModelDesignSchema:
@@ -70,7 +42,7 @@ def design_schema(request: TrainingRequest) -> training_pb2.ModelDesignSchema:
     if not request.features:
         raise DesignError("the model has no features to train on")
     name = algorithm_name(request.algorithm)
-    regression = (request.outcome_type or "").strip().lower() in REGRESSION_TYPES
+    regression = is_regression(request.outcome_type)
     known = REGRESSORS if regression else CLASSIFIERS
     if name not in known:
         task = "regression" if regression else "classification"

@@ -81,13 +81,16 @@ class SplitBody(Body):
 
 
 class ModelBody(Body):
-    """POST /experiments/{name}/models: directives or an existing split, not both."""
+    """POST /experiments/{name}/models: directives or an existing split, not both; the algorithm and its
+    hyper-parameters may be chosen here already (checked against the training catalogue: an unknown one is a 400)."""
 
     name: Annotated[str, StringConstraints(max_length=MAX_NAME_CHARS)] = ""
     description: Description = ""
     directives: Directives | None = None
     split: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = None
     features: Features | None = None
+    algorithm: Name | None = None
+    hyperparameters: Hyperparameters | None = None
 
 
 class DirectivesBody(Body):
@@ -95,6 +98,9 @@ class DirectivesBody(Body):
 
 
 class TrainBody(Body):
-    algorithm: Name
-    hyperparameters: Hyperparameters = Field(default_factory=dict)
+    """POST .../train: without an algorithm, the one the model was created with (and its hyper-parameters unless
+    some are given)."""
+
+    algorithm: Name | None = None
+    hyperparameters: Hyperparameters | None = None
     features: Features | None = None

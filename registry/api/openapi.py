@@ -7,9 +7,10 @@ import re
 from typing import Any
 
 from modelplane import __version__
+from modelplane.spec.registry_api import TOTAL_COUNT_HEADER
 from registry.api.bodies import MAX_NAME_CHARS
 from registry.api.requests import DEFAULT_LIMIT, MAX_LIMIT
-from registry.api.routes import ROUTES, TOTAL_COUNT_HEADER, Route
+from registry.api.routes import ROUTES, Route
 from registry.service.model_order import BETTER_FIRST, HIGHER_IS_BETTER, LOWER_IS_BETTER, ORDERS
 
 _ERRORS = {

@@ -10,6 +10,7 @@ from typing import Any, Final
 from aiohttp import web
 from pydantic import BaseModel
 
+from modelplane.spec.registry_api import TOTAL_COUNT_HEADER
 from registry.api import documents
 from registry.api.bodies import DirectivesBody, ExperimentBody, ModelBody, SplitBody, TrainBody
 from registry.api.requests import (
@@ -25,8 +26,6 @@ from registry.service.experiments import ExperimentFields
 from registry.service.models import NewModel, TrainingSpec
 from registry.service.registry_service import RegistryService
 from registry.service.splits import SplitSpec
-
-TOTAL_COUNT_HEADER: Final = "X-Total-Count"  # seed 002's TOTAL_COUNT: all that match, whatever offset and limit
 
 Handler = Callable[[RegistryService, web.Request], Awaitable[web.StreamResponse]]
 
@@ -135,7 +134,15 @@ async def delete_split(service: RegistryService, request: web.Request) -> web.St
 async def create_model(service: RegistryService, request: web.Request) -> web.StreamResponse:
     name = experiment_name(request)
     parsed = await body(request, ModelBody)
-    new = NewModel(parsed.name, parsed.description, parsed.directives, parsed.split, parsed.features)
+    new = NewModel(
+        parsed.name,
+        parsed.description,
+        parsed.directives,
+        parsed.split,
+        parsed.features,
+        parsed.algorithm,
+        None if parsed.hyperparameters is None else dict(parsed.hyperparameters),
+    )
     row = await service.models.create(name, new)
     return _json({"id": row.id}, 201)
 
@@ -182,7 +189,8 @@ async def put_directives(service: RegistryService, request: web.Request) -> web.
 async def train_model(service: RegistryService, request: web.Request) -> web.StreamResponse:
     name, model_id = experiment_name(request), resource_id(request, "model", "model")
     parsed = await body(request, TrainBody)
-    spec = TrainingSpec(parsed.algorithm, dict(parsed.hyperparameters), parsed.features)
+    hyperparameters = None if parsed.hyperparameters is None else dict(parsed.hyperparameters)
+    spec = TrainingSpec(parsed.algorithm, hyperparameters, parsed.features)
     return _json(documents.model(await service.training.train(name, model_id, spec)), 202)
 
 

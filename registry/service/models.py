@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
+from modelplane.spec.training_algorithms import HyperParameterError, UnknownAlgorithmError, check_choice
 from registry.errors import Conflict, InvalidInput, PortFailed, Unavailable
 from registry.lifecycle import MODEL_STATE_FOR_SPLIT, ModelAction, ModelState, SplitState, next_model_state
 from registry.ports import DeployError, DeployRequest
@@ -32,13 +33,26 @@ class NewModel:
     directives: Sequence[str] | None = None
     split: str | None = None
     features: Sequence[str] | None = None
+    algorithm: str | None = None
+    hyperparameters: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class TrainingSpec:
-    algorithm: str
-    hyperparameters: dict[str, Any]
+    algorithm: str | None  # None: the model's own
+    hyperparameters: dict[str, Any] | None  # None: the model's own when the algorithm is, else none
     features: Sequence[str] | None = None
+
+
+def check_training_choice(
+    algorithm: str, hyperparameters: dict[str, Any], outcome_type: str | None, *, task_decided: bool = True
+) -> None:
+    """An algorithm or hyper-parameter no run could train is refused when it is given (400 naming it and what is
+    known), not found out by a run that fails later: the training catalogue (modelplane/spec) decides."""
+    try:
+        check_choice(algorithm, hyperparameters, outcome_type, task_decided=task_decided)
+    except (UnknownAlgorithmError, HyperParameterError) as error:
+        raise InvalidInput(str(error)) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +69,18 @@ class ModelService:
     async def create(self, experiment_name: str, new: NewModel) -> ModelRow:
         if new.directives is not None and new.split is not None:
             raise InvalidInput("give directives or a split, not both (a split carries its own directives)")
+        if new.hyperparameters is not None and new.algorithm is None:
+            raise InvalidInput("hyperparameters are an algorithm's: give the algorithm too")
 
         def unit(session: Session) -> ModelRow:
             experiment = lookups.experiment(session, experiment_name)
+            if new.algorithm is not None:  # the outcome type may come later: then either task's algorithms pass
+                check_training_choice(
+                    new.algorithm,
+                    new.hyperparameters or {},
+                    experiment.outcome_type,
+                    task_decided=experiment.outcome_type is not None,
+                )
             row = ModelRow(
                 id=new_id(),
                 experiment_name=experiment_name,
@@ -67,6 +90,8 @@ class ModelService:
                 features=list(new.features or []),
                 state=ModelState.PREPARING.value,
                 create_time=self._context.clock(),
+                algorithm=new.algorithm,
+                hyperparameters=dict(new.hyperparameters or {}),
             )
             if new.split is not None:
                 split = session.get(SplitRow, new.split)

@@ -24,7 +24,7 @@ from registry.lifecycle import ModelAction, ModelState
 from registry.ports import LaunchError, TrainingLauncher, TrainingRequest, TrainingResult
 from registry.service import assignments, lookups
 from registry.service.context import ServiceContext, new_id
-from registry.service.models import TrainingSpec
+from registry.service.models import TrainingSpec, check_training_choice
 from registry.store.tables import ModelRow, ModelVersionRow, SplitRow
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,16 @@ class TrainingService:
             if split is None or split.training_path is None or split.test_path is None:
                 raise InvalidInput(f"{lookups.describe(row)} has no computed split to train on")
             experiment = lookups.experiment(session, experiment_name)
+            algorithm = spec.algorithm if spec.algorithm is not None else row.algorithm
+            if algorithm is None:
+                raise InvalidInput(f"{lookups.describe(row)} has no algorithm: give one to train it with")
+            hyperparameters = spec.hyperparameters
+            if hyperparameters is None:
+                hyperparameters = dict(row.hyperparameters) if spec.algorithm is None else {}
+            check_training_choice(algorithm, hyperparameters, experiment.outcome_type)
             run_id = new_id()
-            row.algorithm = spec.algorithm
-            row.hyperparameters = dict(spec.hyperparameters)
+            row.algorithm = algorithm
+            row.hyperparameters = dict(hyperparameters)
             if spec.features is not None:
                 row.features = list(spec.features)
             row.reason = None
@@ -94,8 +101,8 @@ class TrainingService:
                 experiment=experiment_name,
                 model_id=row.id,
                 model_name=row.name,
-                algorithm=spec.algorithm,
-                hyperparameters=dict(spec.hyperparameters),
+                algorithm=algorithm,
+                hyperparameters=dict(hyperparameters),
                 features=list(row.features),
                 outcome=experiment.outcome,
                 outcome_type=experiment.outcome_type,

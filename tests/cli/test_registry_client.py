@@ -147,16 +147,25 @@ def test_split_train_compare_and_a_deploy_refused(capsys: pytest.CaptureFixture[
     assert "503" in err
     assert "no scheduler" in err
     assert json.loads(_run(capsys, live, "models", "get", "iris", models["logistic"])[1])["status"] == "TRAINED"
-    # A training that fails under --wait: exit 1, the status with the trainer's reason printed.
+    # A training that fails under --wait: exit 1, the status with the trainer's reason printed (what only the run
+    # finds: a feature the split does not have).
     status, out, err = _run(capsys, live, "models", "create", "iris", f"--split={split['id']}", "--name=doomed")
     doomed = json.loads(out)["id"]
     status, out, err = _run(
-        capsys, live, "models", "train", "iris", doomed, "--algorithm=decision_tree", "--param=no_such_knob=1", "--wait"
-    )
+        capsys, live, "models", "train", "iris", doomed, "--algorithm=decision_tree", "--feature=no_such_column",
+        "--wait",
+    )  # fmt: skip
     assert status == 1, out
     failed = json.loads(out)
     assert failed["status"] == "TRAINING_FAILED"
-    assert "no_such_knob" in failed["reason"]
+    assert "no_such_column" in failed["reason"]
+    # A hyper-parameter the algorithm does not take is the registry's 400 before any run: exit 2, named.
+    status, out, err = _run(
+        capsys, live, "models", "train", "iris", doomed, "--algorithm=decision_tree", "--param=no_such_knob=1"
+    )
+    assert status == 2
+    assert "400" in err
+    assert "no_such_knob" in err
     # Training again a model that is TRAINED is the lifecycle's 409: the work cannot be done, exit 1.
     status, out, err = _run(capsys, live, "models", "train", "iris", models["stump"], "--algorithm=decision_tree")
     assert status == 1
@@ -176,7 +185,7 @@ def test_split_train_compare_and_a_deploy_refused(capsys: pytest.CaptureFixture[
         (["models", "list", "iris", "--order=asc"], "--order needs --sort"),
         (["experiments", "list", "--limit=0"], "--limit"),
         (["experiments", "frobnicate"], "invalid choice"),
-        (["models", "train", "iris", "0123456789abcdef"], "--algorithm"),
+        (["models", "create", "iris", "--algorithm=deep dreaming"], "unknown algorithm 'deep dreaming'"),
     ],
 )
 def test_bad_input_exits_2_saying_why(
@@ -236,4 +245,6 @@ def test_the_serving_command_keeps_its_flags(capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit) as exited:
         main(["registry", "--help"])
     assert exited.value.code == 0
-    assert "modelplane registry experiments|splits|models ACTION" in " ".join(capsys.readouterr().out.split())
+    assert "modelplane registry experiments|splits|models|versions|datasets ACTION" in " ".join(
+        capsys.readouterr().out.split()
+    )

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from modelplane.cli.registry_training import CLASSIFIERS, REGRESSORS, design_schema
+from modelplane.cli.registry_training import design_schema
+from modelplane.spec.training_algorithms import CLASSIFIERS, REGRESSORS
 from registry.ports import TrainingRequest
 from trainer.run.algorithms import select_algorithm
 from trainer.run.design import Task

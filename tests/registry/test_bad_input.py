@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from modelplane.spec.training_algorithms import CLASSIFIERS, REGRESSORS
 from registry.api.app import MAX_BODY_BYTES
 from registry.data.directives import MAX_DIRECTIVES
 from tests.support.processes import STARTED, alive, stop_process
@@ -23,7 +24,11 @@ MODEL = "{model}"
 BODY_CALLS: list[tuple[str, str, set[str]]] = [
     ("PUT", "/experiments/target", {"description", "srcpath", "outcome", "outcomeType", "directives"}),
     ("POST", "/experiments/target/splits", {"type", "parameters", "directives", "schema", "description"}),
-    ("POST", "/experiments/target/models", {"name", "description", "directives", "split", "features"}),
+    (
+        "POST",
+        "/experiments/target/models",
+        {"name", "description", "directives", "split", "features", "algorithm", "hyperparameters"},
+    ),
     ("PUT", f"/experiments/target/models/{MODEL}/directives", {"directives"}),
     ("POST", f"/experiments/target/models/{MODEL}/train", {"algorithm", "hyperparameters", "features"}),
     (
@@ -101,6 +106,39 @@ def test_known_fields_of_any_type(live: tuple[RegistryProcess, str], call: Any, 
     if answer.status >= 400:
         assert isinstance(answer.body, dict), answer
         assert answer.body.get("error"), answer
+
+
+KNOWN_PARAMETERS = sorted({name for catalogue in (CLASSIFIERS, REGRESSORS) for params in catalogue.values()
+                           for name in params})  # fmt: skip
+hyper_values = (
+    st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=30)
+    | st.from_regex(r"[+-]?\d{1,12}(\.\d{0,4})?([eE][+-]?\d{1,4})?", fullmatch=True)
+)
+
+
+@RELAXED
+@given(
+    algorithm=st.sampled_from(sorted({*CLASSIFIERS, *REGRESSORS})) | st.text(min_size=1, max_size=40),
+    hyperparameters=st.dictionaries(st.sampled_from(KNOWN_PARAMETERS) | st.text(min_size=1, max_size=20),
+                                    hyper_values, max_size=4),
+)  # fmt: skip
+def test_any_algorithm_choice_is_created_or_refused_naming_it(
+    live: tuple[RegistryProcess, str], algorithm: str, hyperparameters: dict[str, Any]
+) -> None:
+    """Any algorithm and hyper-parameters at model creation: created with them, or a 400 naming what the catalogue
+    refuses (the algorithm, or a hyper-parameter); never a 500."""
+    registry, _ = live
+    body = {"algorithm": algorithm, "hyperparameters": hyperparameters}
+    answer = registry.call("POST", "/experiments/target/models", body)
+    if answer.status == 201:
+        created = registry.call("GET", f"/experiments/target/models/{answer.body['id']}").body
+        assert (created["algorithm"], created["hyperparameters"]) == (algorithm, hyperparameters)
+        return
+    _refused(answer, 400)
+    assert "algorithm" in answer.error or "hyper-parameter" in answer.error or "hyperparameters" in answer.error
 
 
 @RELAXED

@@ -153,7 +153,7 @@ def test_models_create_list_get_status_delete(registry: RegistryProcess, store: 
 CALLS: dict[ModelAction, tuple[str, str, object, int]] = {
     ModelAction.EDIT_DIRECTIVES: ("PUT", "directives", {"directives": ["drop size"]}, 200),
     ModelAction.UNASSIGN_SPLIT: ("DELETE", "split", None, 200),
-    ModelAction.TRAIN: ("POST", "train", {"algorithm": "decision tree", "hyperparameters": {"maxBins": "3"}}, 202),
+    ModelAction.TRAIN: ("POST", "train", {"algorithm": "decision tree", "hyperparameters": {"max_depth": "3"}}, 202),
     ModelAction.DEPLOY: ("POST", "deploy", None, 503),
     ModelAction.SPLIT: ("POST", "split", {"type": "random", "parameters": {"percent": "80"}}, 201),
 }

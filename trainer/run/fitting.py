@@ -25,9 +25,10 @@ import pandas as pd
 from google.protobuf import json_format
 
 from generated.mlops.training.v1 import training_pb2
+from modelplane.spec.training_algorithms import HyperValue
 from servers.designed_model.postprocessing import probability_variables, run_postprocessor
 from servers.designed_model.preprocessing import apply_preprocessor
-from trainer.run.algorithms import Algorithm, HyperValue, select_algorithm
+from trainer.run.algorithms import Algorithm, select_algorithm
 from trainer.run.dataset_checks import (
     ColumnPlan,
     check_dataset,

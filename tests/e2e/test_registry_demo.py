@@ -85,3 +85,22 @@ def test_the_registry_demo_runs_the_loop_and_stops(work: Path, tmp_path: Path) -
     assert "Traceback" not in printed
     assert not processes_naming(work)
     assert (work / "state" / "registry" / "registry.db").is_file()  # the registry's state is in up's state dir
+
+
+def test_the_registry_demo_exits_1_naming_the_step_that_failed(work: Path, tmp_path: Path) -> None:
+    # Every modelplane command it runs is told to read a settings file that is not there: up refuses to start.
+    missing = tmp_path / "missing.toml"
+    done = subprocess.run(
+        [sys.executable, str(DEMO), "--once", f"--work-dir={work}"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "MODELPLANE_CONFIG": str(missing)},
+        timeout=DEMO_TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "registry-demo: error: modelplane up exited with 2" in done.stderr
+    assert f"config file {missing} does not exist" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not processes_naming(work)

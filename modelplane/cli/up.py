@@ -34,7 +34,7 @@ from modelplane.audit.audit_settings import AuditSettings, add_audit_flags, audi
 from modelplane.config import parse_layered
 from modelplane.flag_types import byte_size
 from modelplane.spec.server_kinds import DEFAULT_CAPABILITIES
-from modelplane.transport import TransportSecurity
+from modelplane.transport import TransportError, TransportSecurity
 from registry.settings import DEFAULT_LISTEN as DEFAULT_REGISTRY_LISTEN  # where its client looks by default
 from registry.settings import RegistrySettings
 from scheduler.settings import SchedulerSettings
@@ -370,7 +370,10 @@ async def _start_registry(
     serving: asyncio.Future[Address] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(up_registry.serve(settings, api, stop, serving), name="the registry")
     parts.append(task)
-    await _first(serving, task)
+    try:
+        await _first(serving, task)
+    except TransportError as error:  # its port taken (a `modelplane registry` of its own on the default one?)
+        raise TransportError(f"{error} (--registry-listen: another address; --no-registry: no registry)") from None
     _say(
         f"registry     http://{serving.result()} (REST: /experiments, /openapi.json; modelplane registry --help)   "
         f"datasets from {settings.datasets_root}   state in {settings.state_dir}"

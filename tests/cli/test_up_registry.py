@@ -94,3 +94,25 @@ def test_up_without_its_registry(tmp_path: Path, state_dir: Path) -> None:
     assert "modelplane is up; Ctrl-C stops it" in up.stdout()
     assert_stops_cleanly(up)
     assert not (state_dir / "registry").exists()
+
+
+@pytest.mark.servers
+@pytest.mark.timeout(600)
+def test_a_registry_port_in_use_stops_up_with_the_way_out(tmp_path: Path, state_dir: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = run_modelplane(
+            "up",
+            f"--state-dir={state_dir}",
+            *(f"--{flag}=127.0.0.1:0" for flag in ("listen", "agent-listen", "proxy-http", "proxy-grpc", "gateway")),
+            f"--registry-listen={address}",
+            timeout=300,
+        )
+    assert result.returncode == 1, result.stderr
+    assert f"cannot listen on {address}" in result.stderr
+    assert "(--registry-listen: another address; --no-registry: no registry)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "modelplane is up" not in result.stdout
+    assert not server_processes(state_dir)  # what it had started is stopped

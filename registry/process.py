@@ -15,6 +15,7 @@ from typing import Final
 from aiohttp import web
 from sqlalchemy.exc import OperationalError
 
+from modelplane.addresses import Address
 from modelplane.auth.access_check import AccessCheck
 from modelplane.auth.http_access import protect
 from modelplane.http_site import serve_runner
@@ -69,9 +70,11 @@ async def run(
     split_maker: SplitMaker | None = None,
     launcher: TrainingLauncher | None = None,
     deployer: Deployer | None = None,
+    serving: asyncio.Future[Address] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop``). The ports are the composition root's to give (modelplane/cli);
-    without them, splits, training and deploying answer 503."""
+    without them, splits, training and deploying answer 503. ``serving`` is given the address bound once the API
+    answers (``modelplane up`` embeds the registry and prints it)."""
     if stop is None:
         stop = asyncio.Event()
         stop_on_signals(stop)
@@ -102,6 +105,8 @@ async def run(
     try:
         if settings.ready_file is not None:
             write_ready_file(settings.ready_file, {"listen": str(listen)})
+        if serving is not None and not serving.done():
+            serving.set_result(listen)
         await stop.wait()
         log.info("registry stopping")
     finally:

@@ -132,7 +132,9 @@ def parse_settings(
     parser: argparse.ArgumentParser, argv: Sequence[str], environ: Mapping[str, str] | None = None
 ) -> RegistrySettings:
     options = parse_layered(parser, "registry", argv, environ)
-    state_dir: Path = options.state_dir
+    # Absolute, as the trainer's work folder: the paths made from them are stored (splits) and handed to training
+    # runs, which work in folders of their own.
+    state_dir: Path = options.state_dir.absolute()
     # Imported here, not at the top: every modelplane command builds this parser, and SQLAlchemy would add its
     # memory and import time to the scheduler, the agent and the gateway.
     from registry.store.database import DatabaseUrlError, database_url  # noqa: PLC0415
@@ -145,7 +147,7 @@ def parse_settings(
         listen=options.listen,
         serving=serving_security_from(options),
         state_dir=state_dir,
-        datasets_root=options.datasets_root or state_dir / "datasets",
+        datasets_root=options.datasets_root.absolute() if options.datasets_root else state_dir / "datasets",
         database=database,
         split_timeout_seconds=options.split_timeout,
         training_timeout_seconds=options.training_timeout,

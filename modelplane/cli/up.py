@@ -1,14 +1,15 @@
 """``modelplane up``: the all-in-one local stack in one process.
 
 A scheduler (embedded SQLite state), one agent, a local MLServer (or Triton) the agent launches, and a
-gateway (V2 inference for models, experiments and pipelines), everything on loopback with plaintext
-(never anything else: the addresses are checked). With ``--trainer-config FILE`` also a trainer (training
+gateway (V2 inference for models, experiments and pipelines), and the model registry (its REST API, SQLite state
+under DIR/registry, deploying to this scheduler; ``--no-registry`` leaves it out), everything on loopback with
+plaintext (never anything else: the addresses are checked). With ``--trainer-config FILE`` also a trainer (training
 runs as local processes), configured like ``modelplane trainer`` by that TOML file's ``[trainer]`` table;
 Kafka, Redis and S3 are the caller's to run, and what it trains it deploys to this stack's scheduler.
 
 Logs from every part go to stderr, each line naming its part; the inference server's own log is a file whose
-path is printed. Ctrl-C (or SIGTERM) stops the gateway, the trainer and the agent (its models are unloaded,
-the server stopped), then the scheduler; a second Ctrl-C skips the waiting.
+path is printed. Ctrl-C (or SIGTERM) stops the gateway, the registry, the trainer and the agent (its models are
+unloaded, the server stopped), then the scheduler; a second Ctrl-C skips the waiting.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from modelplane.audit.audit_settings import AuditSettings, add_audit_flags, audi
 from modelplane.config import parse_layered
 from modelplane.flag_types import byte_size
 from modelplane.spec.server_kinds import DEFAULT_CAPABILITIES
-from modelplane.transport import TransportSecurity
+from modelplane.transport import TransportError, TransportSecurity
+from registry.settings import DEFAULT_LISTEN as DEFAULT_REGISTRY_LISTEN  # where its client looks by default
+from registry.settings import RegistrySettings
 from scheduler.settings import SchedulerSettings
 from scheduler.state_dir import StateDir
 
@@ -55,6 +58,7 @@ class UpSettings:
     memory_bytes: int
     ready_file: Path | None
     trainer: TrainerSettings | None = None
+    registry: RegistrySettings | None = None  # None: left out (--no-registry)
     audit: AuditSettings = field(default_factory=AuditSettings)
 
 
@@ -111,6 +115,22 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="the gateway's V2 REST inference: models, experiments, pipelines (default 127.0.0.1:9000)",
     )
+    parser.add_argument(
+        "--registry-listen",
+        type=_loopback,
+        default=DEFAULT_REGISTRY_LISTEN,
+        metavar="HOST:PORT",
+        help=f"the model registry's REST API (default {DEFAULT_REGISTRY_LISTEN}, where `modelplane registry "
+        "experiments ...` looks by default)",
+    )
+    parser.add_argument(
+        "--registry-datasets-root",
+        type=Path,
+        metavar="DIR",
+        help="where the registry reads datasets (srcpath) from; nothing outside it is read (default "
+        "STATE_DIR/registry/datasets)",
+    )
+    parser.add_argument("--no-registry", action="store_true", help="leave the model registry out")
     parser.add_argument("--server-kind", choices=("mlserver", "triton"), default="mlserver")
     parser.add_argument(
         "--memory",
@@ -145,6 +165,7 @@ def parse_settings(parser: argparse.ArgumentParser, argv: Sequence[str]) -> UpSe
         memory_bytes=options.memory,
         ready_file=options.ready_file,
         trainer=None if options.trainer_config is None else _trainer_settings(parser, options.trainer_config),
+        registry=None if options.no_registry else _registry_settings(options),
         audit=audit_settings_from(parser, options),
     )
 
@@ -163,6 +184,12 @@ def _trainer_settings(parser: argparse.ArgumentParser, config: Path) -> TrainerS
     if not settings.status_listen.is_loopback:
         parser.error(f"--trainer-config {config}: status_listen {settings.status_listen} is not a loopback address")
     return dataclasses.replace(settings, ready_file=None)
+
+
+def _registry_settings(options: argparse.Namespace) -> RegistrySettings:
+    from modelplane.cli.up_registry import embedded_settings  # noqa: PLC0415 - SQLAlchemy only with a registry
+
+    return embedded_settings(options.state_dir, options.registry_listen, options.registry_datasets_root)
 
 
 def _scheduler_settings(up: UpSettings) -> SchedulerSettings:
@@ -280,10 +307,7 @@ async def run(up: UpSettings) -> None:
                 "grpc": str(proxy.grpc),
                 "gateway": str(gateway),
             }
-            if up.trainer is not None:
-                trainer = await _start_trainer(up.trainer, api, agent_stop, agent_forced, parts)
-                if trainer is not None:
-                    addresses["trainer"] = trainer
+            addresses.update(await _start_optional_parts(up, api, agent_stop, agent_forced, parts))
             if not agent_stop.is_set():
                 if up.ready_file is not None:
                     up.ready_file.write_text(json.dumps(addresses) + "\n")
@@ -321,6 +345,39 @@ async def _start_gateway(up: UpSettings, api: Address, stop: asyncio.Event, part
     parts.append(task)
     await _first(serving, task)
     _say(f"gateway      http://{serving.result()} (V2 REST: /v2/models/NAME/infer, /v2/pipelines/NAME/infer)")
+    return serving.result()
+
+
+async def _start_optional_parts(
+    up: UpSettings, api: Address, stop: asyncio.Event, forced: asyncio.Event, parts: list[asyncio.Task[None]]
+) -> dict[str, str]:
+    """The registry (unless left out) and the trainer (when configured); their addresses for the ready file."""
+    addresses: dict[str, str] = {}
+    if up.registry is not None:
+        addresses["registry"] = str(await _start_registry(up.registry, api, stop, parts))
+    if up.trainer is not None:
+        trainer = await _start_trainer(up.trainer, api, stop, forced, parts)
+        if trainer is not None:
+            addresses["trainer"] = trainer
+    return addresses
+
+
+async def _start_registry(
+    settings: RegistrySettings, api: Address, stop: asyncio.Event, parts: list[asyncio.Task[None]]
+) -> Address:
+    from modelplane.cli import up_registry  # noqa: PLC0415 - see run()
+
+    serving: asyncio.Future[Address] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(up_registry.serve(settings, api, stop, serving), name="the registry")
+    parts.append(task)
+    try:
+        await _first(serving, task)
+    except TransportError as error:  # its port taken (a `modelplane registry` of its own on the default one?)
+        raise TransportError(f"{error} (--registry-listen: another address; --no-registry: no registry)") from None
+    _say(
+        f"registry     http://{serving.result()} (REST: /experiments, /openapi.json; modelplane registry --help)   "
+        f"datasets from {settings.datasets_root}   state in {settings.state_dir}"
+    )
     return serving.result()
 
 

@@ -112,7 +112,7 @@ def assert_predicts_through_the_gateway(up: Up, sample: Sample) -> None:
 @pytest.mark.timeout(900)
 def test_up_serves_the_sample_and_stops_on_ctrl_c(tmp_path: Path, state_dir: Path, sample: Sample) -> None:
     up = start_up(tmp_path, state_dir, "up")
-    assert set(up.addresses) == {"listen", "agent_listen", "http", "grpc", "gateway"}
+    assert set(up.addresses) == {"listen", "agent_listen", "http", "grpc", "gateway", "registry"}
     assert all(address.startswith("127.0.0.1:") for address in up.addresses.values())
     printed = up.stdout()
     assert "modelplane is up; Ctrl-C stops it" in printed
@@ -167,6 +167,7 @@ def test_a_second_up_restores_the_model(tmp_path: Path, state_dir: Path, sample:
         ("--agent-listen", "0.0.0.0:0"),
         ("--proxy-http", "192.168.1.1:9100"),
         ("--proxy-grpc", "[2001:db8::1]:9500"),
+        ("--registry-listen", "0.0.0.0:9010"),
     ],
 )
 def test_up_listens_on_loopback_only(tmp_path: Path, flag: str, address: str) -> None:

@@ -5,6 +5,7 @@ different algorithms trained, their metrics those of exactly the split's test ro
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -159,5 +160,20 @@ def test_a_deploy_the_scheduler_cannot_take_is_502_with_the_reason_and_the_model
         status = registry.call("GET", f"/experiments/iris/models/{model}/status").body
         assert status["status"] == "TRAINED"
         assert status["reason"].startswith("deploy failed:")
+    finally:
+        stop_process(registry.process)
+
+
+def test_a_registry_given_a_relative_state_dir_trains(tmp_path: Path) -> None:
+    """A relative --state-dir (`modelplane up`'s default, .modelplane/up, gives its registry one): the training
+    run, a child working in its own job folder, still finds its job and the split's halves."""
+    state = Path(os.path.relpath(tmp_path / "state"))
+    assert not state.is_absolute()
+    registry = start_registry(tmp_path, state_dir=state)
+    try:
+        split_id, _ = _iris_split(registry, tmp_path / "state" / "datasets")
+        model_id = _model(registry, split_id, "logistic")
+        done = _train(registry, model_id, {"algorithm": "logistic_regression", "hyperparameters": {"max_iter": 500}})
+        assert done["status"] == "TRAINED", registry.call("GET", f"/experiments/iris/models/{model_id}").body["reason"]
     finally:
         stop_process(registry.process)

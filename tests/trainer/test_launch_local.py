@@ -271,3 +271,16 @@ async def test_runs_get_bounded_thread_pools_unless_the_operator_set_them(
     assert outcome.verdict.name == "SUCCEEDED", outcome.detail
     seen = json.loads((job_dir / "threads.json").read_text())
     assert seen == {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "3"}
+
+
+async def test_a_relative_job_dir_reaches_the_run_as_the_folder_it_works_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run works in its job folder (cwd) and is given that folder: given relative, it would name a folder
+    inside itself."""
+    job_dir_for(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    body = "assert (job_dir / 'job.json').is_file(), job_dir\n" + WRITE_RESULT
+    outcome = await launcher(stand_in(body)).run(Path("job"), training_pb2.ModelDesignSchema())
+    assert outcome.verdict is LaunchVerdict.SUCCEEDED, outcome.detail
+    assert json.loads((tmp_path / "job" / "result.json").read_text())["succeeded"] is True

@@ -143,6 +143,8 @@ class LocalProcessLauncher:
 
     async def run(self, job_dir: Path, schema: training_pb2.ModelDesignSchema) -> LaunchOutcome:
         settings = self.settings
+        # The run works in its job folder and is told that folder: relative, it would name one inside itself.
+        job_dir = job_dir.absolute()  # noqa: ASYNC240 - os.getcwd(), no file system wait
         timeout = self._timeout_for(job_dir)
         memory_bytes = memory_limit_bytes(schema, settings.default_memory_gib)
         argv = [*settings.command, str(job_dir)]

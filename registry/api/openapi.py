@@ -46,6 +46,7 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
         "model": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
         "dataset": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
         "version": {"type": "integer", "minimum": 1},
+        "alias": {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,31}$"},
     }
     parameters: list[dict[str, Any]] = [
         {"name": name, "in": "path", "required": True, "schema": described[name]}

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from modelplane.auth_flags import add_client_token_flag, client_token
-from modelplane.cli import registry_tables
+from modelplane.cli import registry_promotion, registry_tables
 from modelplane.cli.registry_http import Answer, RegistryCallError, RegistryHttp, path_of
 from modelplane.command_line import EXIT_FAILURE, EXIT_USAGE, fail, subparsers
 from modelplane.flag_types import seconds
@@ -33,7 +33,7 @@ from modelplane.transport import TransportError, TransportSecurity, http_client_
 from registry.settings import DEFAULT_LISTEN
 
 DEFAULT_REGISTRY: Final = f"http://{DEFAULT_LISTEN}"
-GROUPS: Final = ("experiments", "splits", "models")
+GROUPS: Final = ("experiments", "splits", "models", *registry_promotion.GROUPS)
 # The registry's metrics and orders (registry/service/model_order.py) are its to check: the CLI passes them on.
 SPLIT_SETTLED: Final = frozenset({"COMPLETE", "FAILED"})
 MODEL_SETTLED_AFTER_TRAIN: Final = frozenset({"TRAINED", "TRAINING_FAILED"})
@@ -246,6 +246,7 @@ JOBS: Final[dict[tuple[str, str], Job]] = {
     ("models", "train"): models_train,
     ("models", "deploy"): models_deploy,
     ("models", "status"): models_status,
+    **registry_promotion.jobs(_print),
 }
 
 # --- the command line ---------------------------------------------------------------------------------------
@@ -401,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         group = groups.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         add(group.add_subparsers(dest="action", metavar="ACTION", required=True))
+    registry_promotion.add_groups(groups, _action)
     return parser
 
 
@@ -423,9 +425,10 @@ def run(argv: Sequence[str]) -> int:
     """Run one client command (``argv`` after ``modelplane registry``, starting with one of GROUPS)."""
     parser = build_parser()
     options = parser.parse_args(argv)
-    action_parser = subparsers(subparsers(parser)[options.group])[options.action]
+    group_parser = subparsers(parser)[options.group]
+    action_parser = subparsers(group_parser).get(options.action, group_parser)  # promote has no actions
     base = str(options.registry).rstrip("/")
-    problem = _usage_problem(options, base)
+    problem = _usage_problem(options, base) or registry_promotion.usage_problem(options)
     if problem is not None:
         action_parser.error(problem)  # exit 2 with the action's usage
     try:

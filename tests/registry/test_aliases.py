@@ -6,7 +6,6 @@ scheduler, agents with MLServer, a gateway)."""
 
 from __future__ import annotations
 
-import secrets
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,12 +15,10 @@ import pytest
 from registry.lifecycle import ModelState
 from registry.promotion_rules import MAX_ALIASES_PER_EXPERIMENT, PromotionState
 from registry.store.database import Store
-from registry.store.tables import ModelVersionRow, PromotionRow
 from tests.registry import rows
+from tests.registry.version_rows import HOUSES, add_promotion, trained
 from tests.support.processes import stop_process
 from tests.support.registry_process import RegistryProcess, start_registry
-
-HOUSES = {"srcpath": "/houses.csv", "outcome": "price", "outcomeType": "double"}
 
 
 @pytest.fixture
@@ -31,54 +28,6 @@ def store(database_url: str) -> Iterator[Store]:
         yield opened
     finally:
         opened.close()
-
-
-def add_version(store: Store, experiment: str, model_id: str, version: int = 1) -> None:
-    store.write_now(
-        lambda session: session.add(
-            ModelVersionRow(
-                id=secrets.token_hex(8),
-                model_id=model_id,
-                experiment_name=experiment,
-                version=version,
-                artifact_url=f"/runs/{model_id}/{version}",
-                artifact_sha256="0" * 64,
-                artifact_name="model.joblib",
-                artifact_size_bytes=1,
-                create_time=3,
-            )
-        )
-    )
-
-
-def trained(store: Store, experiment: str = "houses", versions: int = 1) -> str:
-    model_id = rows.add_model(store, experiment, ModelState.TRAINED)
-    for number in range(1, versions + 1):
-        add_version(store, experiment, model_id, number)
-    return model_id
-
-
-def add_promotion(store: Store, production: str, candidate: str, state: PromotionState) -> str:
-    promotion_id = secrets.token_hex(8)
-    store.write_now(
-        lambda session: session.add(
-            PromotionRow(
-                id=promotion_id,
-                experiment_name="houses",
-                state=state.value,
-                stable_name="houses",
-                production_model_id=production,
-                production_version=1,
-                candidate_model_id=candidate,
-                candidate_version=1,
-                candidate_serving_name=f"houses-{candidate}",
-                percent=10,
-                create_time=4,
-                update_time=4,
-            )
-        )
-    )
-    return promotion_id
 
 
 def test_labels_move_list_and_go(registry: RegistryProcess, store: Store) -> None:
@@ -206,3 +155,18 @@ def test_a_promotion_is_held_in_the_database_across_a_restart(tmp_path: Path, da
         assert registry.call("GET", "/experiments/houses/aliases").body == []  # nothing recorded as moved
     finally:
         stop_process(registry.process)
+
+
+def test_openapi_describes_aliases_and_promotions(registry: RegistryProcess) -> None:
+    document = registry.call("GET", "/openapi.json").body
+    paths = document["paths"]
+    assert set(paths["/experiments/{name}/aliases/{alias}"]) == {"get", "put", "delete"}
+    assert set(paths["/experiments/{name}/aliases"]) == {"get"}
+    assert set(paths["/experiments/{name}/promotion"]) == {"get"}
+    for step in ("canary", "finish", "abort"):
+        assert {"409", "502", "503"} <= set(paths[f"/experiments/{{name}}/promotion/{step}"]["post"]["responses"])
+    canary = document["components"]["schemas"]["CanaryBody"]
+    assert (canary["properties"]["percent"]["minimum"], canary["properties"]["percent"]["maximum"]) == (1, 99)
+    assert canary["additionalProperties"] is False
+    alias = [p for p in paths["/experiments/{name}/aliases/{alias}"]["put"]["parameters"] if p["name"] == "alias"]
+    assert alias[0]["schema"]["pattern"] == "^[a-z][a-z0-9-]{0,31}$"

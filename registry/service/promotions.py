@@ -213,6 +213,18 @@ class PromotionService:
         return await self._context.store.write(unit)
 
     async def finish(self, experiment_name: str, model_id: str) -> PromotionRow:
+        def candidate_exists(session: Session) -> None:
+            """Checked before FINISHING is written: a candidate deleted mid-canary cannot become production, and
+            the canary can still be aborted (FINISHING could not be)."""
+            current = current_promotion(session, experiment_name)
+            if current is None or current.candidate_model_id != model_id:
+                return  # _begin refuses it, with the table's reason
+            try:
+                resolve(session, experiment_name, VersionRef(current.candidate_model_id, current.candidate_version))
+            except NotFound as error:
+                raise Conflict(f"{error.message}: the candidate cannot become production; abort the canary") from None
+
+        await self._context.store.read(candidate_exists)
         row = await self._begin(experiment_name, model_id, PromotionAction.FINISH)
         ports = self._ports()
 

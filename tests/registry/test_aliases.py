@@ -170,3 +170,21 @@ def test_openapi_describes_aliases_and_promotions(registry: RegistryProcess) -> 
     assert canary["additionalProperties"] is False
     alias = [p for p in paths["/experiments/{name}/aliases/{alias}"]["put"]["parameters"] if p["name"] == "alias"]
     assert alias[0]["schema"]["pattern"] == "^[a-z][a-z0-9-]{0,31}$"
+
+
+def test_a_candidate_deleted_mid_canary_is_not_finished_and_the_canary_can_still_be_aborted(
+    registry: RegistryProcess, store: Store
+) -> None:
+    assert registry.call("PUT", "/experiments/houses", HOUSES).status == 201
+    production, candidate = trained(store), trained(store)
+    add_promotion(store, production, candidate, PromotionState.CANARY)
+    assert registry.call("DELETE", f"/experiments/houses/models/{candidate}").status == 204  # the seed allows it
+
+    refused = registry.call("POST", "/experiments/houses/promotion/finish", {"model": candidate})
+    assert refused.status == 409, refused.body
+    assert "abort the canary" in refused.error
+    assert registry.call("GET", "/experiments/houses/promotion").body["state"] == "CANARY"
+    # This registry has no scheduler: the abort is refused (503) after the state check, and nothing moves.
+    unwired = registry.call("POST", "/experiments/houses/promotion/abort", {"model": candidate})
+    assert unwired.status == 503, unwired.body
+    assert registry.call("GET", "/experiments/houses/promotion").body["state"] == "CANARY"

@@ -59,12 +59,13 @@ def infer(gateway: str, name: str) -> tuple[int, dict[str, Any]]:
         return error.code, {"error": error.read().decode(errors="replace")}
 
 
-def answered_by(gateway: str, name: str) -> tuple[str, str]:
-    """Which model (the scheduler's name) and which of its versions answered a request to ``name``."""
+def answered_by(gateway: str, name: str, *, any_prediction: bool = False) -> tuple[str, str]:
+    """Which model (the scheduler's name) and which of its versions answered a request to ``name``; the answer
+    right unless ``any_prediction`` (a one-split stump cannot tell a virginica from a versicolor)."""
     status, answer = infer(gateway, name)
     assert status == 200, answer
     predicted = {output["name"]: output["data"] for output in answer["outputs"]}["predict"]
-    assert predicted == ["setosa", "virginica"], answer
+    assert any_prediction or predicted == ["setosa", "virginica"], answer
     return str(answer["model_name"]), str(answer["model_version"])
 
 
@@ -223,4 +224,25 @@ def _promote_a_retrained_version(
     again = run_modelplane("registry", "promote", "iris", retrained, "--finish", at)
     assert again.returncode == 1
     assert "409" in again.stderr
+
+    # A canary aborted: the stump (deployed above under its own name) takes half the traffic, then none.
+    stump = next(m["id"] for m in registry.call("GET", "/experiments/iris/models").body if m["name"] == "stump")
+    tried = run_modelplane("registry", "promote", "iris", stump, "--canary=50", at, timeout=400)
+    assert tried.returncode == 0, tried.stderr
+    stump_name = json.loads(tried.stdout)["candidate"]["servingName"]
+    split: Counter[tuple[str, str]] = Counter()
+
+    def stump_seen() -> bool:
+        split[answered_by(gateway, stable, any_prediction=True)] += 1
+        return {(stable, "2"), (stump_name, "1")} <= set(split)
+
+    until(stump_seen, "answered by both production and the stump")
+    aborted = run_modelplane("registry", "promote", "iris", stump, "--abort", at, timeout=400)
+    assert aborted.returncode == 0, aborted.stderr
+    assert json.loads(aborted.stdout)["state"] == "ABORTED"
+    until(lambda: infer(gateway, stump_name)[0] == 404, "forgotten by the gateway (the aborted candidate)")
+    after = Counter(answered_by(gateway, stable) for _ in range(20))
+    assert after == Counter({(stable, "2"): 20}), after
+    listed = registry.call("GET", "/experiments/iris/aliases").body
+    assert [(a["alias"], a["model"]) for a in listed] == [("production", retrained)]
     return registry

@@ -14,8 +14,9 @@ from registry.service.model_order import BETTER_FIRST, HIGHER_IS_BETTER, LOWER_I
 
 _ERRORS = {
     400: "malformed input: the reason names the field",
-    404: "no such experiment, split or model",
-    409: "the resource's state does not allow this (registry/lifecycle.py's tables), or a defined field redefined",
+    404: "no such experiment, split, model, version, alias or promotion",
+    409: "the resource's state does not allow this (registry/lifecycle.py's and registry/promotion_rules.py's "
+    "tables), or a defined field redefined",
     413: "body over the size limit",
     502: "the trainer or the scheduler refused",
     503: "the database, or the part of the registry this needs, is unavailable",

@@ -5,7 +5,11 @@ unsettled (CANARY, FINISHING, ABORTING) it owns ``production`` and ``candidate``
 abort it).
 
 A move deploys first (the Deployer port answers once the version serves), then records the alias; a deploy the
-scheduler refuses leaves the alias where it was (502 with the scheduler's reason)."""
+scheduler refuses leaves the alias where it was (502 with the scheduler's reason). A registry stopped between the
+two leaves the alias where it was while the stable name may already serve the new version: the same PUT again
+converges (a LoadModel of what is served changes nothing). Two moves of one alias to different versions at the
+same moment are not serialised against each other: the alias records the last recorded, the scheduler serves the
+last loaded, and they can differ until the alias is moved again (a known gap)."""
 
 from __future__ import annotations
 

@@ -90,6 +90,7 @@ async def run(
         launcher=launcher,
         deployer=deployer,
         traffic=traffic,
+        deploy_timeout_seconds=settings.deploy_timeout_seconds,
     )
     service = RegistryService(context)
     app = protect(build_app(service), AccessCheck(settings.auth))

@@ -7,9 +7,9 @@ abort it).
 A move deploys first (the Deployer port answers once the version serves), then records the alias; a deploy the
 scheduler refuses leaves the alias where it was (502 with the scheduler's reason). A registry stopped between the
 two leaves the alias where it was while the stable name may already serve the new version: the same PUT again
-converges (a LoadModel of what is served changes nothing). Two moves of one alias to different versions at the
-same moment are not serialised against each other: the alias records the last recorded, the scheduler serves the
-last loaded, and they can differ until the alias is moved again (a known gap)."""
+converges (a LoadModel of what is served changes nothing). A serving alias's move is claimed in the database
+before the scheduler is asked (AliasMoveRow), so two moves of one alias to different versions never race each
+other to the scheduler: the second is a 409 until the first is recorded or has failed."""
 
 from __future__ import annotations
 
@@ -35,9 +35,12 @@ from registry.service import assignments, lookups, versions
 from registry.service.context import ServiceContext
 from registry.serving_names import stable_name
 from registry.store.database import guard
-from registry.store.tables import AliasRow, ModelRow, ModelVersionRow, PromotionRow
+from registry.store.tables import AliasMoveRow, AliasRow, ModelRow, ModelVersionRow, PromotionRow
 
 MAX_REASON_CHARS = 2000
+# A claimant may still be waiting on the scheduler for up to its deploy timeout; this much more before a claim is
+# taken as its registry's, stopped.
+CLAIM_MARGIN_SECONDS = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,43 @@ def set_alias(
     row.update_time = now
     session.flush()
     return row
+
+
+def move_in_flight(
+    session: Session, experiment_name: str, alias: str, now: int, stale_after: float
+) -> AliasMoveRow | None:
+    """The move of ``alias`` another request is making now, if any (a claim past ``stale_after`` is not)."""
+    move = session.get(AliasMoveRow, (experiment_name, alias))
+    if move is None or move.start_time < now - stale_after - CLAIM_MARGIN_SECONDS:
+        return None
+    return move
+
+
+def claim_move(
+    session: Session, experiment_name: str, alias: str, version: ModelVersionRow, *, now: int, stale_after: float
+) -> None:
+    """Claim the move of ``alias`` to ``version`` before deploying it: refused (409) while another request moves it
+    to another version; the same move again (a retry) takes the claim over. Two claims at once: the second's insert
+    fails on the key, the store runs it again, and it finds the first's."""
+    target = (version.model_id, version.version)
+    moving = move_in_flight(session, experiment_name, alias, now, stale_after)
+    if moving is not None and (moving.model_id, moving.version) != target:
+        raise Conflict(
+            f"alias {alias} of experiment {experiment_name} is being moved to model {moving.model_id} version "
+            f"{moving.version} by another request: try again once it is done"
+        )
+    move = session.get(AliasMoveRow, (experiment_name, alias))
+    if move is None:
+        move = AliasMoveRow(experiment_name=experiment_name, alias=alias)
+        session.add(move)
+    move.model_id, move.version, move.start_time = target[0], target[1], now
+    session.flush()
+
+
+def release_move(session: Session, experiment_name: str, alias: str, model_id: str, version: int) -> None:
+    move = session.get(AliasMoveRow, (experiment_name, alias))
+    if move is not None and (move.model_id, move.version) == (model_id, version):
+        session.delete(move)
 
 
 def record_deployed(model: ModelRow, serving: str, now: int) -> None:
@@ -169,6 +209,8 @@ class AliasService:
                 return version.version, None
             next_model_state(lookups.describe(model), ModelState(model.state), ModelAction.DEPLOY)
             self._deployer()  # after the state checks: a 409 says more than a 503
+            stale_after = self._context.deploy_timeout_seconds
+            claim_move(session, experiment_name, alias, version, now=now(), stale_after=stale_after)
             serving = stable_name(experiment_name) if alias == PRODUCTION else None
             request = DeployRequest(
                 experiment_name,
@@ -181,12 +223,16 @@ class AliasService:
             )
             return version.version, request
 
-        number, request = await self._context.store.read(check)
+        serving_alias = alias in SERVING_ALIASES
+        number, request = await (self._context.store.write if serving_alias else self._context.store.read)(check)
         serving: str | None = None
         if request is not None:
             try:
                 serving = await self._deployer().deploy(request)
             except DeployError as error:
+                await self._context.store.write(
+                    lambda session: release_move(session, experiment_name, alias, request.model_id, number)
+                )
                 raise PortFailed(f"alias {alias}: the version could not be deployed: {error}") from None
 
         def record(session: Session) -> AliasRow:
@@ -194,6 +240,7 @@ class AliasService:
             check_not_held(session, experiment_name, alias)
             guard(session, lookups.experiment(session, experiment_name))  # one alias move per experiment at a time
             if serving is not None:
+                release_move(session, experiment_name, alias, model.id, version.version)
                 record_deployed(model, serving, now())
                 if alias == PRODUCTION:
                     forget_serving_name(session, experiment_name, serving, keep=model.id)

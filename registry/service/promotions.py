@@ -41,6 +41,7 @@ from registry.service.aliases import (
     alias_row,
     current_promotion,
     forget_serving_name,
+    move_in_flight,
     record_deployed,
     resolve,
     set_alias,
@@ -126,6 +127,8 @@ class PromotionService:
                     f"a canary of model {current.candidate_model_id} version {current.candidate_version} is running "
                     f"in experiment {experiment_name}: finish or abort it first"
                 )
+            if move_in_flight(session, experiment_name, PRODUCTION, now(), self._context.deploy_timeout_seconds):
+                raise Conflict(f"the production alias of experiment {experiment_name} is being moved: try again")
             production = alias_row(session, experiment_name, PRODUCTION)
             if production is None or production.serving_name is None:
                 raise Conflict(

@@ -175,6 +175,27 @@ class AliasRow(Base):
     __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012 - SQLAlchemy's declarative form
 
 
+class AliasMoveRow(Base):
+    """A move of a serving alias (production, candidate) in flight: claimed before the scheduler is asked to deploy,
+    removed once the alias is recorded or the deploy failed. A second move of the same alias to another version
+    meanwhile is refused (409) instead of racing the first to the scheduler; a claim older than the deploy timeout
+    (its registry stopped) is taken over."""
+
+    __tablename__ = "alias_moves"
+
+    experiment_name: Mapped[str] = mapped_column(
+        String(NAME_CHARS), ForeignKey("experiments.name", ondelete="CASCADE"), primary_key=True
+    )
+    alias: Mapped[str] = mapped_column(String(ALIAS_CHARS), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(ID_CHARS))
+    version: Mapped[int] = mapped_column(Integer)
+    start_time: Mapped[int] = mapped_column(BigInteger)
+    description: Mapped[str] = mapped_column(Text, default="")
+    row_version: Mapped[int] = mapped_column(Integer)
+
+    __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012 - SQLAlchemy's declarative form
+
+
 class PromotionRow(Base):
     """One promotion of a candidate version to production through a canary (registry/promotion_rules.py's
     table). Its models are named, not foreign keys: a model deleted mid-canary leaves the row, so the canary can

@@ -7,6 +7,7 @@ scheduler, agents with MLServer, a gateway)."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from registry.lifecycle import ModelState
 from registry.promotion_rules import MAX_ALIASES_PER_EXPERIMENT, PromotionState
 from registry.store.database import Store
 from tests.registry import rows
-from tests.registry.version_rows import HOUSES, add_promotion, trained
+from tests.registry.version_rows import HOUSES, add_promotion, claim_move, move_claims, trained
 from tests.support.processes import stop_process
 from tests.support.registry_process import RegistryProcess, start_registry
 
@@ -188,3 +189,40 @@ def test_a_candidate_deleted_mid_canary_is_not_finished_and_the_canary_can_still
     unwired = registry.call("POST", "/experiments/houses/promotion/abort", {"model": candidate})
     assert unwired.status == 503, unwired.body
     assert registry.call("GET", "/experiments/houses/promotion").body["state"] == "CANARY"
+
+
+def test_a_serving_alias_moved_by_another_request_is_not_raced(tmp_path: Path, database_url: str, store: Store) -> None:
+    """A move of production in flight (claimed in the database, its deploy not answered yet): another version is a
+    409 and so is a canary; the same move again proceeds (a retry); a claim older than the deploy timeout (its
+    registry stopped) is taken over; a failed deploy releases the claim."""
+    (tmp_path / "datasets").mkdir()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    flags = [f"--datasets-root={tmp_path / 'datasets'}", f"--scheduler=127.0.0.1:{port}", "--deploy-timeout=5"]
+    if database_url.startswith("postgresql"):
+        flags.append(f"--database={database_url}")
+    registry = start_registry(tmp_path, *flags)
+    try:
+        assert registry.call("PUT", "/experiments/houses", HOUSES).status == 201
+        moving, other = trained(store), trained(store)
+        claim_move(store, moving, start_time=int(time.time()))
+
+        raced = registry.call("PUT", "/experiments/houses/aliases/production", {"model": other})
+        assert raced.status == 409, raced.body
+        assert f"being moved to model {moving} version 1" in raced.error
+        canary = registry.call("POST", "/experiments/houses/promotion/canary", {"model": other, "percent": 5})
+        assert (canary.status, "being moved" in canary.error) == (409, True)
+        assert registry.call("PUT", "/experiments/houses/aliases/staging", {"model": other}).status == 200  # a label
+
+        retried = registry.call("PUT", "/experiments/houses/aliases/production", {"model": moving})
+        assert retried.status == 502, retried.body  # the scheduler is not there; the claim is released
+        assert move_claims(store) == []
+
+        claim_move(store, moving, start_time=int(time.time()) - 3600)  # its registry stopped long ago
+        taken = registry.call("PUT", "/experiments/houses/aliases/production", {"model": other})
+        assert taken.status == 502, taken.body
+        assert move_claims(store) == []
+        assert registry.call("GET", "/experiments/houses/aliases/production").status == 404  # never recorded
+    finally:
+        stop_process(registry.process)

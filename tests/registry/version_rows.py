@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import secrets
 
+from sqlalchemy import select
+
 from registry.lifecycle import ModelState
 from registry.promotion_rules import PromotionState
 from registry.store.database import Store
-from registry.store.tables import ModelVersionRow, PromotionRow
+from registry.store.tables import AliasMoveRow, ModelVersionRow, PromotionRow
 from tests.registry import rows
 
 HOUSES = {"srcpath": "/houses.csv", "outcome": "price", "outcomeType": "double"}
@@ -61,3 +63,17 @@ def add_promotion(store: Store, production: str, candidate: str, state: Promotio
         )
     )
     return promotion_id
+
+
+def claim_move(store: Store, model_id: str, *, start_time: int, alias: str = "production") -> None:
+    """A move of ``alias`` to ``model_id`` version 1 that a registry claimed at ``start_time`` and has not finished."""
+    store.write_now(
+        lambda session: session.add(
+            AliasMoveRow(experiment_name="houses", alias=alias, model_id=model_id, version=1, start_time=start_time)
+        )
+    )
+
+
+def move_claims(store: Store) -> list[tuple[str, str, int]]:
+    found = store.read_now(lambda session: list(session.scalars(select(AliasMoveRow))))
+    return [(row.alias, row.model_id, row.version) for row in found]

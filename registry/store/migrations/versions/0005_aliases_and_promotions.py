@@ -1,5 +1,5 @@
-"""Aliases on registered versions (production, candidate, labels) and promotions through a canary, with their
-state (registry/promotion_rules.py).
+"""Aliases on registered versions (production, candidate, labels), the serving alias moves in flight, and
+promotions through a canary, with their state (registry/promotion_rules.py).
 
 Revision ID: 0005
 Revises: 0004
@@ -35,6 +35,21 @@ def upgrade() -> None:
     )
     op.create_index("ix_aliases_model_id", "aliases", ["model_id"])
     op.create_table(
+        "alias_moves",
+        sa.Column(
+            "experiment_name",
+            sa.String(128),
+            sa.ForeignKey("experiments.name", ondelete="CASCADE"),
+            primary_key=True,
+        ),
+        sa.Column("alias", sa.String(32), primary_key=True),
+        sa.Column("model_id", sa.String(32), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("start_time", sa.BigInteger(), nullable=False),
+        sa.Column("description", sa.Text(), nullable=False),
+        sa.Column("row_version", sa.Integer(), nullable=False),
+    )
+    op.create_table(
         "promotions",
         sa.Column("id", sa.String(32), primary_key=True),
         sa.Column(
@@ -60,5 +75,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_promotions_experiment_name", "promotions")
     op.drop_table("promotions")
+    op.drop_table("alias_moves")
     op.drop_index("ix_aliases_model_id", "aliases")
     op.drop_table("aliases")

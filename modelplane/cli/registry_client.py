@@ -39,8 +39,7 @@ SPLIT_SETTLED: Final = frozenset({"COMPLETE", "FAILED"})
 MODEL_SETTLED_AFTER_TRAIN: Final = frozenset({"TRAINED", "TRAINING_FAILED"})
 WAIT_INTERVAL_SECONDS: Final = 0.5
 EPILOG: Final = (
-    "client commands over a running registry: modelplane registry experiments|splits|models|aliases ACTION ... "
-    "or modelplane registry promote EXPERIMENT MODEL --canary N|--finish|--abort "
+    "client commands over a running registry: modelplane registry experiments|splits|models ACTION ... "
     "(modelplane registry models --help)"
 )
 

@@ -1,5 +1,6 @@
 """What the registry asks of the world, as ports the composition root (modelplane/cli) fills in: computing a split
-(over registry/data), launching a training run (the trainer), deploying a model (the scheduler). A registry
+(over registry/data), launching a training run (the trainer), deploying a model and splitting the traffic of a
+stable name between two deployed models (the scheduler). A registry
 without one answers 503 for the requests that need it and never pretends: no port, no state change.
 
 Each port raises its Error with a message for the model's or split's status (``reason``)."""
@@ -115,6 +116,9 @@ class DeployRequest:
     training_run: str | None
     version: int  # the registered version deployed (the model's newest)
     artifact_url: str  # its folder (TrainedArtifact.url)
+    # The name to serve it under; None: the model's own (<experiment>-<model id>). An alias gives the
+    # experiment's stable name here (registry/serving_names.py).
+    serving_name: str | None = None
 
 
 class DeployError(Exception):
@@ -124,4 +128,36 @@ class DeployError(Exception):
 class Deployer(Protocol):
     async def deploy(self, request: DeployRequest) -> str:
         """Deploy and wait until it serves: the name it is served under (DeployError when it cannot be)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class CanarySplit:
+    """Traffic to ``stable_name`` split: ``percent`` % to ``candidate``, the rest to the model served under
+    ``stable_name`` itself (Seldon's convention: an experiment named like its default model takes that model's
+    traffic, so clients keep calling ``stable_name``)."""
+
+    stable_name: str
+    candidate: str
+    percent: int  # 1-99
+
+
+class TrafficError(Exception):
+    """The scheduler refused or failed a traffic change; the message says why."""
+
+
+class TrafficRouter(Protocol):
+    """Each call converges: asked twice, the second finds it done and succeeds (a promotion cut short by a restart
+    is completed by asking again)."""
+
+    async def split(self, split: CanarySplit) -> None:
+        """Start (or re-weight) the split and wait until the gateways route by it."""
+        ...
+
+    async def unsplit(self, stable_name: str) -> None:
+        """Stop the split: all traffic to ``stable_name``'s own model again. No split: nothing to do."""
+        ...
+
+    async def unload(self, serving_name: str) -> None:
+        """Stop serving ``serving_name``. Not served: nothing to do."""
         ...

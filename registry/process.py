@@ -24,7 +24,7 @@ from modelplane.signals import stop_on_signals
 from modelplane.transport import http_server_ssl
 from registry.api.app import build_app
 from registry.errors import RegistryError
-from registry.ports import Deployer, SplitMaker, TrainingLauncher
+from registry.ports import Deployer, SplitMaker, TrafficRouter, TrainingLauncher
 from registry.service.context import ServiceContext
 from registry.service.registry_service import RegistryService
 from registry.service.splits import EXPIRY_INTERVAL_SECONDS
@@ -71,10 +71,11 @@ async def run(
     launcher: TrainingLauncher | None = None,
     deployer: Deployer | None = None,
     serving: asyncio.Future[Address] | None = None,
+    traffic: TrafficRouter | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop``). The ports are the composition root's to give (modelplane/cli);
-    without them, splits, training and deploying answer 503. ``serving`` is given the address bound once the API
-    answers (``modelplane up`` embeds the registry and prints it)."""
+    without them, splits, training, deploying and promotions answer 503. ``serving`` is given the address bound once
+    the API answers (``modelplane up`` embeds the registry and prints it)."""
     if stop is None:
         stop = asyncio.Event()
         stop_on_signals(stop)
@@ -91,6 +92,8 @@ async def run(
         split_maker=split_maker,
         launcher=launcher,
         deployer=deployer,
+        traffic=traffic,
+        deploy_timeout_seconds=settings.deploy_timeout_seconds,
     )
     service = RegistryService(context)
     app = protect(build_app(service), AccessCheck(settings.auth))

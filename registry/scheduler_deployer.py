@@ -1,7 +1,9 @@
 """The Deployer port over the scheduler's gRPC API (seed 003's Scheduler service): LoadModel for the version's
 folder, then the scheduler's status stream followed until the model is available (DEPLOYED) or failed (the
-scheduler's reason). The model is served under a name made of its experiment and id, so two registries' models
-never share a name and a retrained version replaces the served one the way any changed LoadModel does.
+scheduler's reason). The model is served under a name made of its experiment and id (registry/serving_names.py),
+or the name the request gives (an alias: the experiment's stable name), and a version loaded under a name already
+served replaces the served one the way any changed LoadModel does: the old keeps answering until the new is
+available.
 
 An adapter at the registry's edge (it speaks gRPC); the service layer sees only DeployRequest and DeployError.
 """
@@ -19,20 +21,14 @@ from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane.addresses import Address
 from modelplane.auth.client_token import ClientToken
-from modelplane.spec.names import model_name_for
 from modelplane.transport import TransportError, TransportSecurity, open_channel
 from registry.ports import DeployError, DeployRequest
+from registry.serving_names import model_serving_name
 
 AVAILABLE: Final = pb.ModelStatus.ModelState.Value("ModelAvailable")
 FAILED: Final = frozenset(pb.ModelStatus.ModelState.Value(name) for name in ("ModelFailed", "ScheduleFailed"))
 SUBSCRIBER: Final = "modelplane-registry"
 _INVALID: Final = re.compile(r"[^a-z0-9-]+")
-
-
-def serving_name(experiment: str, model_id: str) -> str:
-    """``<experiment>-<model id>`` as a scheduler model name (modelplane/spec/names.py): when the experiment's name
-    has to change (case, dots, length), a short hash keeps distinct experiments apart."""
-    return model_name_for(f"{experiment}-{model_id}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +40,7 @@ class SchedulerDeployer:
     token: ClientToken | None = None  # presented with every call (modelplane/auth_flags.py: a file or the env)
 
     async def deploy(self, request: DeployRequest) -> str:
-        name = serving_name(request.experiment, request.model_id)
+        name = request.serving_name or model_serving_name(request.experiment, request.model_id)
         model = pb.Model(
             meta=pb.MetaData(name=name),
             modelSpec=pb.ModelSpec(uri=request.artifact_url, requirements=list(self.requirements)),

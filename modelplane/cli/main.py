@@ -207,7 +207,11 @@ def _run_registry(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     try:
         asyncio.run(
             registry_process.run(
-                settings, split_maker=ports.split_maker, launcher=ports.launcher, deployer=ports.deployer
+                settings,
+                split_maker=ports.split_maker,
+                launcher=ports.launcher,
+                deployer=ports.deployer,
+                traffic=ports.traffic,
             )
         )
     except (TransportError, OSError, RuntimeError) as error:

@@ -26,7 +26,13 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from modelplane.auth_flags import client_token
-from modelplane.cli import registry_datasets, registry_model_commands, registry_tables, registry_versions
+from modelplane.cli import (
+    registry_datasets,
+    registry_model_commands,
+    registry_promotion,
+    registry_tables,
+    registry_versions,
+)
 from modelplane.cli.registry_command_kit import SPLIT_SETTLED, Job, UsageError, split_document
 from modelplane.cli.registry_command_kit import action as _action
 from modelplane.cli.registry_command_kit import directive_flag as _directive_flag
@@ -41,7 +47,7 @@ from modelplane.cli.registry_http import RegistryCallError, RegistryHttp, path_o
 from modelplane.command_line import EXIT_FAILURE, EXIT_USAGE, fail, subparsers
 from modelplane.transport import TransportError, TransportSecurity, http_client_ssl
 
-GROUPS: Final = ("experiments", "splits", "models", "versions", "datasets")
+GROUPS: Final = ("experiments", "splits", "models", "versions", "datasets", *registry_promotion.GROUPS)
 # The registry's metrics and orders (registry/service/model_order.py) are its to check: the CLI passes them on.
 MODEL_SETTLED_AFTER_TRAIN: Final = frozenset({"TRAINED", "TRAINING_FAILED"})
 EPILOG: Final = (
@@ -207,6 +213,7 @@ JOBS: Final[dict[tuple[str, str], Job]] = {
     **registry_model_commands.JOBS,
     **registry_versions.JOBS,
     **registry_datasets.JOBS,
+    **registry_promotion.jobs(_print),
 }
 
 # --- the command line ---------------------------------------------------------------------------------------
@@ -296,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         actions = group.add_subparsers(dest="action", metavar="ACTION", required=True)
         add(actions)
         registry_model_commands.add_actions(name, actions)  # the seed's other calls on splits and models
+    registry_promotion.add_groups(groups, _action)
     return parser
 
 
@@ -323,9 +331,10 @@ def run(argv: Sequence[str]) -> int:
     """Run one client command (``argv`` after ``modelplane registry``, starting with one of GROUPS)."""
     parser = build_parser()
     options = parser.parse_args(argv)
-    action_parser = subparsers(subparsers(parser)[options.group])[options.action]
+    group_parser = subparsers(parser)[options.group]
+    action_parser = subparsers(group_parser).get(options.action, group_parser)  # promote has no actions
     base = str(options.registry).rstrip("/")
-    problem = _usage_problem(options, base)
+    problem = _usage_problem(options, base) or registry_promotion.usage_problem(options)
     if problem is not None:
         action_parser.error(problem)  # exit 2 with the action's usage
     try:

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from modelplane.auth_flags import client_token
 from modelplane.cli.registry_training import TrainerRunLauncher
 from registry.dataset_splits import DatasetSplitMaker
-from registry.ports import Deployer, SplitMaker, TrainingLauncher
+from registry.ports import Deployer, SplitMaker, TrafficRouter, TrainingLauncher
 from registry.scheduler_deployer import SchedulerDeployer
+from registry.scheduler_traffic import SchedulerTraffic
 from registry.settings import RegistrySettings
 from trainer.launchers.local import LocalLauncherSettings, LocalProcessLauncher
 
@@ -20,6 +21,7 @@ class RegistryPorts:
     split_maker: SplitMaker | None
     launcher: TrainingLauncher | None
     deployer: Deployer | None
+    traffic: TrafficRouter | None = None
 
 
 def registry_ports(settings: RegistrySettings) -> RegistryPorts:
@@ -29,7 +31,14 @@ def registry_ports(settings: RegistrySettings) -> RegistryPorts:
     runs = LocalProcessLauncher(LocalLauncherSettings(timeout_seconds=timeout))
     launcher = TrainerRunLauncher(settings.state_dir / "runs", runs, timeout)
     deployer = None
+    traffic = None
     if settings.scheduler is not None:
+        traffic = SchedulerTraffic(
+            settings.scheduler,
+            settings.scheduler_security,
+            settings.deploy_timeout_seconds,
+            client_token(settings.token_file),
+        )
         deployer = SchedulerDeployer(
             settings.scheduler,
             settings.scheduler_security,
@@ -37,4 +46,6 @@ def registry_ports(settings: RegistrySettings) -> RegistryPorts:
             settings.deploy_timeout_seconds,
             client_token(settings.token_file),
         )
-    return RegistryPorts(split_maker=DatasetSplitMaker(settings.datasets_root), launcher=launcher, deployer=deployer)
+    return RegistryPorts(
+        split_maker=DatasetSplitMaker(settings.datasets_root), launcher=launcher, deployer=deployer, traffic=traffic
+    )

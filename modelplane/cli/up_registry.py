@@ -50,5 +50,6 @@ async def serve(
         split_maker=ports.split_maker,
         launcher=ports.launcher,
         deployer=ports.deployer,
+        traffic=ports.traffic,
         serving=serving,
     )

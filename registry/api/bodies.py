@@ -104,3 +104,30 @@ class TrainBody(Body):
     algorithm: Name | None = None
     hyperparameters: Hyperparameters | None = None
     features: Features | None = None
+
+
+ModelId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
+VersionNumber = Annotated[int, Field(ge=1, le=10**9)]
+
+
+class AliasBody(Body):
+    """PUT /experiments/{name}/aliases/{alias}: the registered version the alias is moved to."""
+
+    model: ModelId = Field(description="the model's id (a retrained version is another model of the experiment)")
+    version: VersionNumber | None = Field(default=None, description="the model's registered version; default: newest")
+
+
+class CanaryBody(Body):
+    """POST /experiments/{name}/promotion/canary: start (or re-weight) a canary of this version."""
+
+    model: ModelId
+    version: VersionNumber | None = None
+    percent: Annotated[int, Field(ge=1, le=99)] = Field(
+        description="of the stable name's traffic to the candidate (100 is finish)"
+    )
+
+
+class PromotionBody(Body):
+    """POST /experiments/{name}/promotion/finish and .../abort: the candidate's model, as the canary named it."""
+
+    model: ModelId

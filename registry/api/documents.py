@@ -7,7 +7,15 @@ from __future__ import annotations
 from typing import Any
 
 from registry.service.splits import SplitView
-from registry.store.tables import DatasetRow, ExperimentRow, ModelRow, ModelVersionRow, SplitRow
+from registry.store.tables import (
+    AliasRow,
+    DatasetRow,
+    ExperimentRow,
+    ModelRow,
+    ModelVersionRow,
+    PromotionRow,
+    SplitRow,
+)
 
 
 def experiment(row: ExperimentRow) -> dict[str, Any]:
@@ -118,3 +126,32 @@ def model_version(row: ModelVersionRow) -> dict[str, Any]:
         "lineage": row.lineage,
         "createtime": row.create_time,
     }
+
+
+def alias(row: AliasRow) -> dict[str, Any]:
+    """An alias and the version it names; ``servingName`` is what to infer with (for production: the stable name)."""
+    return {
+        "alias": row.alias,
+        "model": row.model_id,
+        "version": row.version,
+        "servingName": row.serving_name,
+        "updatetime": row.update_time,
+    }
+
+
+def promotion(row: PromotionRow) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "id": row.id,
+        "state": row.state,
+        "servingName": row.stable_name,  # the one name clients call, before, during and after
+        "production": {"model": row.production_model_id, "version": row.production_version},
+        "candidate": {
+            "model": row.candidate_model_id,
+            "version": row.candidate_version,
+            "servingName": row.candidate_serving_name,
+        },
+        "percent": row.percent,
+        "createtime": row.create_time,
+        "updatetime": row.update_time,
+    }
+    return _with_reason(document, row.reason)

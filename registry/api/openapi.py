@@ -15,8 +15,9 @@ from registry.service.model_order import BETTER_FIRST, HIGHER_IS_BETTER, LOWER_I
 
 _ERRORS = {
     400: "malformed input: the reason names the field",
-    404: "no such experiment, split or model",
-    409: "the resource's state does not allow this (registry/lifecycle.py's tables), or a defined field redefined",
+    404: "no such experiment, split, model, version, alias or promotion",
+    409: "the resource's state does not allow this (registry/lifecycle.py's and registry/promotion_rules.py's "
+    "tables), or a defined field redefined",
     413: "body over the size limit",
     502: "the trainer or the scheduler refused",
     503: "the database, or the part of the registry this needs, is unavailable",
@@ -47,6 +48,7 @@ def _parameters(route: Route) -> list[dict[str, Any]]:
         "model": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
         "dataset": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
         "version": {"type": "integer", "minimum": 1},
+        "alias": {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,31}$"},
     }
     parameters: list[dict[str, Any]] = [
         {"name": name, "in": "path", "required": True, "schema": described[name]}

@@ -11,8 +11,17 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from modelplane.spec.registry_api import TOTAL_COUNT_HEADER
-from registry.api import documents
-from registry.api.bodies import DirectivesBody, ExperimentBody, ModelBody, SplitBody, TrainBody
+from registry.api import documents, promotion_handlers
+from registry.api.bodies import (
+    AliasBody,
+    CanaryBody,
+    DirectivesBody,
+    ExperimentBody,
+    ModelBody,
+    PromotionBody,
+    SplitBody,
+    TrainBody,
+)
 from registry.api.requests import (
     body,
     experiment_name,
@@ -215,6 +224,8 @@ async def deploy_model(service: RegistryService, request: web.Request) -> web.St
 _EXPERIMENT: Final = "/experiments/{name}"
 _SPLIT: Final = _EXPERIMENT + "/splits/{split}"
 _MODEL: Final = _EXPERIMENT + "/models/{model}"
+_ALIAS: Final = _EXPERIMENT + "/aliases/{alias}"
+_PROMOTION: Final = _EXPERIMENT + "/promotion"
 
 ROUTES: Final = (
     Route("GET", "/experiments", list_experiments, "list experiments", answers={200: "experiments"}, paged=True,
@@ -254,4 +265,22 @@ ROUTES: Final = (
           answers={200: "versions"}, paged=True),
     Route("GET", _MODEL + "/versions/{version}", get_version, "get a registered version: manifest, metrics, "
           "metadata, lineage", answers={200: "version"}),
+    Route("GET", _EXPERIMENT + "/aliases", promotion_handlers.list_aliases, "list an experiment's aliases",
+          answers={200: "aliases"}),
+    Route("GET", _ALIAS, promotion_handlers.get_alias, "get an alias: the version it names", answers={200: "alias"}),
+    Route("PUT", _ALIAS, promotion_handlers.put_alias, "move an alias to a version (production: deployed under the "
+          "experiment's stable name; candidate: under its model's own name; others: labels)", AliasBody,
+          {200: "alias"}, (409, 502, 503)),
+    Route("DELETE", _ALIAS, promotion_handlers.delete_alias, "remove an alias (production: its stable name stops "
+          "serving)", answers={204: ""}, refusals=(409, 502, 503)),
+    Route("GET", _PROMOTION, promotion_handlers.get_promotion, "get the experiment's latest promotion",
+          answers={200: "promotion"}),
+    Route("POST", _PROMOTION + "/canary", promotion_handlers.start_canary, "start a canary: percent of the stable "
+          "name's traffic to the candidate version (again: a new percent)", CanaryBody, {200: "promotion"},
+          (409, 502, 503)),
+    Route("POST", _PROMOTION + "/finish", promotion_handlers.finish_promotion, "make the canary's candidate "
+          "production (all traffic), stop the canary, unload its own name", PromotionBody, {200: "promotion"},
+          (409, 502, 503)),
+    Route("POST", _PROMOTION + "/abort", promotion_handlers.abort_promotion, "stop the canary: all traffic to "
+          "production again", PromotionBody, {200: "promotion"}, (409, 502, 503)),
 )  # fmt: skip

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from registry.ports import Deployer, SplitMaker, TrainingLauncher
+from registry.ports import Deployer, SplitMaker, TrafficRouter, TrainingLauncher
 from registry.store.database import Store
 
 
@@ -31,4 +31,6 @@ class ServiceContext:
     split_maker: SplitMaker | None = None
     launcher: TrainingLauncher | None = None
     deployer: Deployer | None = None
+    deploy_timeout_seconds: float = 300.0  # a serving alias move claimed longer ago than this is taken over
+    traffic: TrafficRouter | None = None  # canaries: the stable name's traffic split (aliases and promotions)
     clock: Callable[[], int] = field(default=now_seconds)

@@ -1,11 +1,14 @@
-"""The service layer as one object the REST edge and the process hold: experiments, datasets, splits, models."""
+"""The service layer as one object the REST edge and the process hold: experiments, datasets, splits, models,
+versions, aliases and promotions."""
 
 from __future__ import annotations
 
+from registry.service.aliases import AliasService
 from registry.service.context import ServiceContext
 from registry.service.datasets import DatasetService
 from registry.service.experiments import ExperimentService
 from registry.service.models import ModelService
+from registry.service.promotions import PromotionService
 from registry.service.splits import SplitService
 from registry.service.training import TrainingService
 from registry.service.versions import VersionService
@@ -20,6 +23,8 @@ class RegistryService:
         self.models = ModelService(context, self.splits)
         self.training = TrainingService(context)
         self.versions = VersionService(context)
+        self.aliases = AliasService(context)
+        self.promotions = PromotionService(context)
 
     async def close(self) -> None:
         await self.splits.close()

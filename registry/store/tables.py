@@ -1,4 +1,5 @@
-"""The registry's tables, as SQLAlchemy 2 typed ORM classes: experiments, their splits, their models.
+"""The registry's tables, as SQLAlchemy 2 typed ORM classes: experiments, their splits, their models, datasets,
+registered versions, aliases and promotions.
 
 Every row carries ``row_version``, SQLAlchemy's ``version_id_col``: each UPDATE or DELETE says ``WHERE
 row_version = <the version read>`` and bumps it, so a writer that decided from a row another writer has changed
@@ -25,6 +26,7 @@ STATE_CHARS = 32
 REASON_CHARS = 2000
 SHA256_CHARS = 64
 FORMAT_CHARS = 16
+ALIAS_CHARS = 32
 
 
 class Base(DeclarativeBase):
@@ -146,6 +148,76 @@ class ModelVersionRow(Base):
     model_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     lineage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     create_time: Mapped[int] = mapped_column(BigInteger)
+    description: Mapped[str] = mapped_column(Text, default="")
+    row_version: Mapped[int] = mapped_column(Integer)
+
+    __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012 - SQLAlchemy's declarative form
+
+
+class AliasRow(Base):
+    """An experiment's alias (``production``, ``candidate``, or a label) on one registered version
+    (registry/promotion_rules.py says why aliases are per experiment). ``serving_name`` is the name the alias
+    deployed the version under (None for a label)."""
+
+    __tablename__ = "aliases"
+
+    experiment_name: Mapped[str] = mapped_column(
+        String(NAME_CHARS), ForeignKey("experiments.name", ondelete="CASCADE"), primary_key=True
+    )
+    alias: Mapped[str] = mapped_column(String(ALIAS_CHARS), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(ID_CHARS), ForeignKey("models.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    serving_name: Mapped[str | None] = mapped_column(String(NAME_CHARS))
+    update_time: Mapped[int] = mapped_column(BigInteger)
+    description: Mapped[str] = mapped_column(Text, default="")
+    row_version: Mapped[int] = mapped_column(Integer)
+
+    __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012 - SQLAlchemy's declarative form
+
+
+class AliasMoveRow(Base):
+    """A move of a serving alias (production, candidate) in flight: claimed before the scheduler is asked to deploy,
+    removed once the alias is recorded or the deploy failed. A second move of the same alias to another version
+    meanwhile is refused (409) instead of racing the first to the scheduler; a claim older than the deploy timeout
+    (its registry stopped) is taken over."""
+
+    __tablename__ = "alias_moves"
+
+    experiment_name: Mapped[str] = mapped_column(
+        String(NAME_CHARS), ForeignKey("experiments.name", ondelete="CASCADE"), primary_key=True
+    )
+    alias: Mapped[str] = mapped_column(String(ALIAS_CHARS), primary_key=True)
+    model_id: Mapped[str] = mapped_column(String(ID_CHARS))
+    version: Mapped[int] = mapped_column(Integer)
+    start_time: Mapped[int] = mapped_column(BigInteger)
+    description: Mapped[str] = mapped_column(Text, default="")
+    row_version: Mapped[int] = mapped_column(Integer)
+
+    __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012 - SQLAlchemy's declarative form
+
+
+class PromotionRow(Base):
+    """One promotion of a candidate version to production through a canary (registry/promotion_rules.py's
+    table). Its models are named, not foreign keys: a model deleted mid-canary leaves the row, so the canary can
+    still be aborted (the scheduler still runs it)."""
+
+    __tablename__ = "promotions"
+
+    id: Mapped[str] = mapped_column(String(ID_CHARS), primary_key=True)
+    experiment_name: Mapped[str] = mapped_column(
+        String(NAME_CHARS), ForeignKey("experiments.name", ondelete="CASCADE"), index=True
+    )
+    state: Mapped[str] = mapped_column(String(STATE_CHARS))
+    stable_name: Mapped[str] = mapped_column(String(NAME_CHARS))  # the name clients call (and the experiment's)
+    production_model_id: Mapped[str] = mapped_column(String(ID_CHARS))
+    production_version: Mapped[int] = mapped_column(Integer)
+    candidate_model_id: Mapped[str] = mapped_column(String(ID_CHARS))
+    candidate_version: Mapped[int] = mapped_column(Integer)
+    candidate_serving_name: Mapped[str] = mapped_column(String(NAME_CHARS))
+    percent: Mapped[int] = mapped_column(Integer)  # of the stable name's traffic to the candidate
+    reason: Mapped[str | None] = mapped_column(String(REASON_CHARS))  # why the last step asked of it failed
+    create_time: Mapped[int] = mapped_column(BigInteger)
+    update_time: Mapped[int] = mapped_column(BigInteger)
     description: Mapped[str] = mapped_column(Text, default="")
     row_version: Mapped[int] = mapped_column(Integer)
 

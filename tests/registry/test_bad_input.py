@@ -4,6 +4,7 @@ Every answer is a 4xx with a reason; never a 500, and the registry keeps serving
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,10 @@ BODY_CALLS: list[tuple[str, str, set[str]]] = [
         f"/experiments/target/models/{MODEL}/split",
         {"type", "parameters", "directives", "schema", "description"},
     ),
+    ("PUT", "/experiments/target/aliases/staging", {"model", "version"}),
+    ("POST", "/experiments/target/promotion/canary", {"model", "version", "percent"}),
+    ("POST", "/experiments/target/promotion/finish", {"model"}),
+    ("POST", "/experiments/target/promotion/abort", {"model"}),
 ]
 RELAXED = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -151,6 +156,20 @@ def test_hostile_names_in_the_path(live: tuple[RegistryProcess, str], name: str,
     assert answer.status < 500, answer
     if answer.status >= 400:
         _refused(answer)
+
+
+@RELAXED
+@given(alias=st.text(min_size=1, max_size=100), method=st.sampled_from(["GET", "PUT", "DELETE"]))
+def test_hostile_alias_names_in_the_path(live: tuple[RegistryProcess, str], alias: str, method: str) -> None:
+    """An alias that is not 1-32 of a-z 0-9 - (from a letter) is a 400 where a PUT would make it, else a 404."""
+    registry, model = live
+    path = "/experiments/target/aliases/" + quote(alias, safe="")
+    answer = registry.call(method, path, {"model": model} if method == "PUT" else None)
+    assert answer.status < 500, answer
+    _refused(answer)
+    routed = not set(alias) & set("{}/") and alias not in {".", ".."}  # what aiohttp's router sends our way
+    if routed and not re.fullmatch(r"[a-z][a-z0-9-]{0,31}", alias):
+        assert answer.status == (400 if method == "PUT" else 404), answer
 
 
 @pytest.mark.parametrize("call", BODY_CALLS, ids=lambda call: f"{call[0]} {call[1]}")

@@ -25,9 +25,10 @@ def _parse(argv: list[str], environ: dict[str, str] | None = None) -> RegistrySe
 def test_defaults() -> None:
     settings = _parse([])
     assert settings.listen == Address("127.0.0.1", 9010)
-    assert settings.state_dir == Path(".modelplane/registry")
-    assert settings.datasets_root == Path(".modelplane/registry/datasets")
-    assert settings.database.database == ".modelplane/registry/registry.db"
+    # Made absolute at start: the training runs work in other folders (tests/registry/test_training.py).
+    assert settings.state_dir == Path(".modelplane/registry").absolute()
+    assert settings.datasets_root == Path(".modelplane/registry/datasets").absolute()
+    assert settings.database.database == str(Path(".modelplane/registry/registry.db").absolute())
     assert (settings.split_timeout_seconds, settings.training_timeout_seconds) == (600.0, 3600.0)
     assert (settings.scheduler, settings.deploy_requirements) == (None, ("sklearn",))
 

@@ -12,11 +12,14 @@ may not import the trainer.
   random_forest, gbdt for regression. Hyper-parameters keep the trainer's names; the seed writes numbers as text
   ("maxBins": "3"), so text that is a whole number is sent as an integer and other numeric text as a number.
 - The run's folder (under the registry's state directory) is the version's artifact: the trainer writes the model
-  and what MLServer needs to serve it there, so its ``file://`` URL is what a local scheduler's agent loads.
+  and what MLServer needs to serve it there, so its ``file://`` URL is what a local scheduler's agent loads; with a
+  model store (``--s3-*``) the folder is uploaded (registry_model_store.py) and its ``s3://`` URL is the artifact's,
+  what an agent on any host loads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from generated.mlops.training.v1 import training_pb2
+from modelplane.cli.registry_model_store import RegistryModelStore
 from registry.ports import LaunchError, TrainedArtifact, TrainingRequest, TrainingResult
 from trainer.launchers.base import Launcher, LaunchVerdict
 from trainer.run.jobs import DESIGN_SCHEMA_FILE, METADATA_FILE, OUTPUT_DIR, RESULT_FILE, DatasetSource, RunResult
@@ -101,6 +105,7 @@ class TrainerRunLauncher:
     runs_dir: Path
     launcher: Launcher
     timeout_seconds: float = 3600.0
+    model_store: RegistryModelStore | None = None  # None: the artifact is the run's local folder (file://)
 
     async def train(self, request: TrainingRequest) -> TrainingResult:
         schema = design_schema(request)
@@ -120,7 +125,11 @@ class TrainerRunLauncher:
         if outcome.verdict is not LaunchVerdict.SUCCEEDED or result is None or not result.succeeded:
             errors = "; ".join(result.errors) if result is not None and result.errors else outcome.detail
             raise LaunchError(errors or f"the training run failed ({outcome.verdict.value})")
-        return result_of(job_dir / OUTPUT_DIR, result)
+        trained = result_of(job_dir / OUTPUT_DIR, result)
+        if self.model_store is None or trained.artifact is None:
+            return trained
+        stored = await self.model_store.put(job_dir / OUTPUT_DIR, request, trained.artifact)
+        return dataclasses.replace(trained, artifact=stored)
 
 
 def result_of(output: Path, result: RunResult) -> TrainingResult:

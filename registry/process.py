@@ -27,9 +27,11 @@ from registry.ports import Deployer, SplitMaker, TrainingLauncher
 from registry.service.context import ServiceContext
 from registry.service.registry_service import RegistryService
 from registry.service.splits import EXPIRY_INTERVAL_SECONDS
+from registry.service.trainer_runs import TrainerRunsService
 from registry.settings import RegistrySettings
 from registry.store import schema
 from registry.store.database import Store, open_engine, shown
+from registry.trainer_runs.consumer import TrainerRunsConsumer
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,10 @@ async def run(
         store.close()
         raise
     expiring = asyncio.create_task(_expire_overdue_work(service, stop), name="registry-expiry")
+    background = [expiring]
+    if settings.trainer_runs is not None and settings.model_store is not None:  # settings.py requires both
+        consumer = TrainerRunsConsumer(settings.trainer_runs, settings.model_store, TrainerRunsService(context))
+        background.append(asyncio.create_task(consumer.run(stop), name="registry-trainer-runs"))
     log.info("registry: REST API on %s; database %s", listen, shown(settings.database))
     try:
         if settings.ready_file is not None:
@@ -107,7 +113,11 @@ async def run(
     finally:
         await runner.cleanup()
         await service.close()
-        expiring.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await expiring
+        stop.set()  # the consumer stops at its next record or poll, uncommitted records are read again later
+        for task in background:
+            if task is expiring:
+                task.cancel()
+        for task in background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         store.close()

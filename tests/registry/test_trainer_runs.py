@@ -241,6 +241,24 @@ def test_records_that_report_no_run_are_skipped_and_a_run_is_registered_once(
         stop_process(again.process)
 
 
+@pytest.mark.timeout(600)
+def test_a_report_that_arrives_while_s3_is_down_is_registered_once_it_is_back(
+    s3_server: S3Server, topic: Topic, models_bucket: str, registry: RegistryProcess
+) -> None:
+    """The model store away is not the record's fault: it is read again (its offset uncommitted), not skipped."""
+    folder = stored_folder(s3_server, models_bucket, "patient")
+    with s3_server.stopped():
+        send(topic.kafka, topic.name, [report("patient", "r-patient", folder)])
+        deadline = time.monotonic() + 120
+        while "waits for the model store" not in registry.log():
+            assert time.monotonic() < deadline, registry.log()
+            time.sleep(0.1)
+        assert versions(registry, "patient") == []
+    [version] = wait_for_versions(registry, "patient", 1)
+    assert version["lineage"]["trainingRun"] == "r-patient"
+    assert "skipped the trainer's status record" not in registry.log()
+
+
 HEADER_NAMES = st.sampled_from(
     [spec.H_EVENT_ID, spec.H_RUN_ID, spec.H_METRICS, spec.H_MODEL_URI, spec.H_ARTIFACT_URI, spec.H_ARTIFACT_SHA256]
 ) | st.text(max_size=20)

@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from agent.artifacts.storage_config import secret_env_name
 from servers.launch.local import free_ports
-from tests.support.agent_processes import AgentSpec, start_agents, stop_agent
-from tests.support.processes import start_scheduler, stop_process
+from tests.support.processes import stop_process
 from tests.support.real_components import ACCESS_KEY, SECRET_KEY, S3Server
 from tests.support.registry_process import RegistryProcess, start_registry, wait_for_status
 from tests.support.training_schemas import iris_frame
@@ -65,26 +62,11 @@ def _train(registry: RegistryProcess, split_id: str) -> tuple[str, dict[str, Any
     return model, wait_for_status(registry, f"/experiments/iris/models/{model}/status", SETTLED_MODEL)
 
 
-@pytest.fixture
-def deploy_target(tmp_path: Path, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
-    """A real scheduler and one agent (MLServer) whose storage secret ``modelstore`` names the S3 store:
-    (the scheduler's address, the agent's V2 proxy URL)."""
-    (tmp_path / "scheduler").mkdir()
-    scheduler = start_scheduler(tmp_path / "scheduler", "--sync-grace=1")
-    monkeypatch.setenv(secret_env_name("modelstore"), s3_server.rclone_ini())
-    [agent] = start_agents(scheduler.agent_listen, [AgentSpec(tmp_path / "agent0")])
-    try:
-        yield scheduler.listen, agent.proxy_url
-    finally:
-        stop_agent(agent)
-        stop_process(scheduler.process)
-
-
 @pytest.mark.timeout(900)
 def test_an_s3_dataset_trains_a_model_stored_in_s3_that_a_remote_agent_loads(
-    tmp_path: Path, s3_server: S3Server, iris_csv: bytes, deploy_target: tuple[str, str]
+    tmp_path: Path, s3_server: S3Server, iris_csv: bytes, s3_deploy_target: tuple[str, str]
 ) -> None:
-    scheduler, agent_proxy = deploy_target
+    scheduler, agent_proxy = s3_deploy_target
     datasets = s3_server.new_bucket({"tables/iris.csv": iris_csv})
     models = s3_server.new_bucket()
     extra = [*s3_flags(tmp_path, s3_server.endpoint, models), f"--scheduler={scheduler}"]
@@ -116,13 +98,13 @@ def test_an_s3_dataset_trains_a_model_stored_in_s3_that_a_remote_agent_loads(
         assert deployed.status == 200, deployed.body
         assert deployed.body["status"] == "DEPLOYED", deployed.body
         flowers = [[5.1, 3.5, 1.4, 0.2], [6.9, 3.1, 5.4, 2.1]]
-        answer = asyncio.run(_infer(agent_proxy, deployed.body["servingName"], flowers))
+        answer = asyncio.run(infer(agent_proxy, deployed.body["servingName"], flowers))
         assert answer["outputs"][0]["data"] == ["setosa", "virginica"]
     finally:
         stop_process(registry.process)
 
 
-async def _infer(proxy: str, name: str, rows: list[list[float]]) -> dict[str, Any]:
+async def infer(proxy: str, name: str, rows: list[list[float]]) -> dict[str, Any]:
     request = {"inputs": [{"name": "predict", "shape": [len(rows), 4], "datatype": "FP64", "data": rows}]}
     async with (
         aiohttp.ClientSession(trust_env=False) as session,

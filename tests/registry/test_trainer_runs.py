@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from generated.mlops.training.v1 import training_pb2
 from modelplane.spec import training_status as spec
 from registry.service.trainer_runs import experiment_name_for
-from tests.registry.test_registry_s3 import s3_flags
+from tests.registry.test_registry_s3 import infer, s3_flags
 from tests.support.kafka_broker import KafkaBroker, create_topics
 from tests.support.processes import stop_process
 from tests.support.real_components import S3Server
@@ -291,11 +291,17 @@ def test_whatever_the_topic_holds_the_consumer_goes_on(
 
 
 @pytest.mark.timeout(900)
-async def test_the_runs_the_trainer_makes_from_events_are_registered(
-    tmp_path: Path, kafka_broker: KafkaBroker, redis_server: RedisServer, s3_server: S3Server
+async def test_the_runs_the_trainer_makes_from_events_are_registered_and_deploy(
+    tmp_path: Path,
+    kafka_broker: KafkaBroker,
+    redis_server: RedisServer,
+    s3_server: S3Server,
+    s3_deploy_target: tuple[str, str],
 ) -> None:
     """Seed 000's flow: an event in, the real trainer trains, stores in S3 and reports; the registry registers
-    each run as a version of the design's model, with the manifest, metrics and lineage the trainer reported."""
+    each run as a version of the design's model, with the manifest, metrics and lineage the trainer reported; the
+    model deploys from the registry like one it trained (a real scheduler and agent fetching it from S3)."""
+    scheduler, agent_proxy = s3_deploy_target
     stack = await stack_for(kafka_broker, redis_server, s3_server, tmp_path)
     await put_schema(stack, "iris-key", iris_multiclass_logistic(design_token="iris-design"))
     s3_server.client.make_bucket(stack.bucket)
@@ -305,12 +311,23 @@ async def test_the_runs_the_trainer_makes_from_events_are_registered(
         f"--kafka-bootstrap={kafka_broker.bootstrap}",
         f"--status-topic={stack.status_topic}",
         f"--consumer-group=registry-{stack.group}",
+        f"--scheduler={scheduler}",
+        "--deploy-storage-secret=modelstore",
     ]
     registry = await asyncio.to_thread(start_registry, tmp_path / "registry", *flags)
     try:
         await send_events(stack.kafka.bootstrap, stack.training_topic, ["event-1", "event-2"])
         statuses = await statuses_for(stack, ["event-1", "event-2"], timeout=300)
         found = await asyncio.to_thread(wait_for_versions, registry, "iris-design", 2)
+        [model] = registry.call("GET", "/experiments/iris-design/models").body
+        assert (model["status"], model["name"]) == ("TRAINED", "iris-multiclass"), model  # the design's name
+        deployed = await asyncio.to_thread(
+            registry.call, "POST", f"/experiments/iris-design/models/{model['id']}/deploy"
+        )
+        assert deployed.status == 200, deployed.body
+        flowers = [[5.1, 3.5, 1.4, 0.2], [6.9, 3.1, 5.4, 2.1]]
+        answer = await infer(agent_proxy, deployed.body["servingName"], flowers)
+        assert answer["outputs"][0]["data"] == ["setosa", "virginica"]
     finally:
         stop_process(registry.process)
         stop_process(trainer)

@@ -100,10 +100,11 @@ async def run(
         store.close()
         raise
     expiring = asyncio.create_task(_expire_overdue_work(service, stop), name="registry-expiry")
-    background = [expiring]
+    consuming: asyncio.Task[None] | None = None
+    consumer_stop = asyncio.Event()  # its own: ``stop`` may be the caller's (modelplane up), not ours to set
     if settings.trainer_runs is not None and settings.model_store is not None:  # settings.py requires both
         consumer = TrainerRunsConsumer(settings.trainer_runs, settings.model_store, TrainerRunsService(context))
-        background.append(asyncio.create_task(consumer.run(stop), name="registry-trainer-runs"))
+        consuming = asyncio.create_task(consumer.run(consumer_stop), name="registry-trainer-runs")
     log.info("registry: REST API on %s; database %s", listen, shown(settings.database))
     try:
         if settings.ready_file is not None:
@@ -113,11 +114,21 @@ async def run(
     finally:
         await runner.cleanup()
         await service.close()
-        stop.set()  # the consumer stops at its next record or poll, uncommitted records are read again later
-        for task in background:
-            if task is expiring:
-                task.cancel()
-        for task in background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _stop_consuming(consuming, consumer_stop)
+        expiring.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await expiring
         store.close()
+
+
+async def _stop_consuming(consuming: asyncio.Task[None] | None, consumer_stop: asyncio.Event) -> None:
+    """Stop the consumer of the trainer's runs at its next record or poll (a record not finished is read again by
+    the next registry: its offset is not committed); cancelled if it does not stop within the grace (a Kafka
+    client still connecting)."""
+    if consuming is None:
+        return
+    consumer_stop.set()
+    await asyncio.wait({consuming}, timeout=SHUTDOWN_GRACE_SECONDS)
+    consuming.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await consuming

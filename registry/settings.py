@@ -49,6 +49,7 @@ DEFAULT_LISTEN = "127.0.0.1:9010"
 SECTION = "registry"
 DEFAULT_CONSUMER_GROUP = "modelplane-registry"
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's own rule for topic names
+_SECRET_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")  # a Kubernetes Secret's name, roughly
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,12 @@ class RegistrySettings:
 def _topic(text: str) -> str:
     if not _TOPIC.match(text) or text in {".", ".."}:
         raise argparse.ArgumentTypeError(f"{text!r} is not a Kafka topic name: use 1-249 of A-Z a-z 0-9 . _ -")
+    return text
+
+
+def _secret_name(text: str) -> str:
+    if text and not _SECRET_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text[:80]!r} is not a secret name: 1-253 of A-Z a-z 0-9 . _ -")
     return text
 
 
@@ -197,6 +204,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--deploy-storage-secret",
+        type=_secret_name,
         default="",
         metavar="NAME",
         help="storageSecretName of deployed models: the agents' secret holding the model store's S3 settings "

@@ -9,8 +9,10 @@ id (the same design, the same model, on every registry replica), named after the
 design id); every run is a new version of it, with the run's metrics, the artifact manifest (the run's ``s3://``
 folder, the artifact's sha256 as read back from the store), metadata (task, labels, framework) and lineage
 (training run, event, design schema and its version, dataset URL and sha256, algorithm, hyper-parameters,
-features). A model made here enters the lifecycle at TRAINED (it was trained without a split of the registry's);
-a model already there keeps its state (a DEPLOYED one goes on serving its version) and takes the new metrics.
+features); the dataset the run read is registered as a dataset (seed 001: format, sample count, sha256), which the
+lineage names by id. A model made here enters the lifecycle at TRAINED (it was trained without a split of the
+registry's); a model already there keeps its state (a DEPLOYED one goes on serving its version) and takes the new
+metrics.
 
 Idempotent: a version's id is derived from the run id, so a report delivered again (Kafka is at least once) finds
 its version and changes nothing; two registries racing on one report lose nothing either (the store runs the
@@ -21,18 +23,22 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from registry.lifecycle import ModelState
+from registry.ports import DatasetRecord
+from registry.service import datasets
 from registry.service.context import ServiceContext
-from registry.store.tables import NAME_CHARS, ExperimentRow, ModelRow, ModelVersionRow
+from registry.store.tables import NAME_CHARS, PATH_CHARS, ExperimentRow, ModelRow, ModelVersionRow
 from registry.trainer_runs.reports import RunReport
 from registry.trainer_runs.stored_runs import StoredRun
 
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]")
+_SHA256: Final = re.compile(r"[0-9a-f]{64}")
+_FORMATS: Final = frozenset({"csv", "parquet"})  # what the trainer reads
 _HASH_CHARS: Final = 10
 
 
@@ -109,6 +115,8 @@ class TrainerRunsService:
         model.training_run = report.run_id
         model.train_time = now
         model.reason = None
+        dataset = _dataset(metadata)
+        dataset_id = datasets.register(session, dataset, now).id if dataset is not None else None
         newest = session.scalar(select(func.max(ModelVersionRow.version)).where(ModelVersionRow.model_id == model_id))
         session.add(
             ModelVersionRow(
@@ -123,11 +131,30 @@ class TrainerRunsService:
                 evaluation_metrics=dict(report.metrics),
                 fitted_parameters=_dict(metadata.get("fitted_parameters")),
                 model_metadata=_model_metadata(metadata),
-                lineage=_lineage(report, metadata, design),
+                lineage=_lineage(report, metadata, design) | {"datasetId": dataset_id},
                 create_time=now,
             )
         )
         return True
+
+
+def _dataset(metadata: dict[str, Any]) -> DatasetRecord | None:
+    """The dataset the run read, as the trainer describes it (its origin, format, sha256, size, sample count), when
+    it describes it whole; registered like the datasets splits read (seed 001), so the version's lineage names it."""
+    dataset = _dict(metadata.get("dataset"))
+    origin, sha256, file_format = dataset.get("origin"), dataset.get("sha256"), dataset.get("format")
+    samples, size = _dict(dataset.get("stats")).get("samples"), dataset.get("size_bytes")
+    if not isinstance(origin, str) or not 0 < len(origin) <= PATH_CHARS:
+        return None
+    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256) or file_format not in _FORMATS:
+        return None
+    if not _count(samples) or not _count(size):
+        return None
+    return DatasetRecord(origin, sha256, str(file_format), samples, size)
+
+
+def _count(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
 
 
 def _model_metadata(metadata: dict[str, Any]) -> dict[str, Any]:

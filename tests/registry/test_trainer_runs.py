@@ -96,7 +96,13 @@ def stored_folder(s3: S3Server, bucket: str, design: str) -> StoredFolder:
         "classes": ["x", "y"],
         "hyper_parameters": {"C": 1.0},
         "fitted_parameters": {"estimator": "LogisticRegression"},
-        "dataset": {"origin": "/data/iris.csv", "format": "csv", "size_bytes": 10, "sha256": "ab" * 32},
+        "dataset": {
+            "origin": "/data/iris.csv",
+            "format": "csv",
+            "size_bytes": 10,
+            "sha256": "ab" * 32,
+            "stats": {"samples": 150},
+        },
         "framework_versions": {"scikit-learn": "1.5"},
         "artifact": {"name": "model.joblib", "sha256": folder.sha256, "size_bytes": len(artifact)},
     }
@@ -213,6 +219,13 @@ def test_records_that_report_no_run_are_skipped_and_a_run_is_registered_once(
     assert version["manifest"]["downloadURL"] == f"s3://{models_bucket}/{folder.folder}"
     assert version["manifest"]["sha256sum"] == folder.sha256
     assert version["evaluationMetrics"] == {"accuracy": 0.9, "f1": 0.8}
+    dataset = registry.call("GET", f"/datasets/{version['lineage']['datasetId']}").body
+    assert (dataset["srcpath"], dataset["sha256"], dataset["format"], dataset["sampleCount"]) == (
+        "/data/iris.csv",
+        "ab" * 32,
+        "csv",
+        150,
+    )
     log = registry.log()
     assert log.count("skipped the trainer's status record") == len(bad) - 1, log  # the failure is no record to skip
     assert not unexpected_failures(log), log
@@ -334,6 +347,7 @@ async def test_the_runs_the_trainer_makes_from_events_are_registered_and_deploy(
         flowers = [[5.1, 3.5, 1.4, 0.2], [6.9, 3.1, 5.4, 2.1]]
         answer = await infer(agent_proxy, deployed.body["servingName"], flowers)
         assert answer["outputs"][0]["data"] == ["setosa", "virginica"]
+        registry_datasets = {item["id"]: item for item in registry.call("GET", "/datasets").body}
     finally:
         stop_process(registry.process)
         stop_process(trainer)
@@ -348,6 +362,8 @@ async def test_the_runs_the_trainer_makes_from_events_are_registered_and_deploy(
         assert version["lineage"]["eventId"] == event_id
         assert version["lineage"]["designSchema"] == "iris-design"
         assert version["lineage"]["datasetSha256"] == dataset_sha256
+        dataset = registry_datasets[version["lineage"]["datasetId"]]
+        assert (dataset["sha256"], dataset["sampleCount"], dataset["format"]) == (dataset_sha256, 150, "csv")
         assert version["lineage"]["algorithm"] == "multiclass/logistic_regression"  # as the trainer names it
         assert version["metadata"]["labels"] == ["setosa", "versicolor", "virginica"]
         bucket, _, key = headers[spec.H_ARTIFACT_URI].removeprefix("s3://").partition("/")

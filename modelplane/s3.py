@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import urllib3
 from minio import Minio
+from minio.error import S3Error, ServerError
 
 RETRIES = 2
 _RETRIED_STATUSES = (500, 502, 503, 504)
@@ -113,3 +114,18 @@ def minio_client(
         region=region,
         http_client=pool,
     )
+
+
+def failure_reason(exc: Exception) -> str:
+    """What went wrong with an S3 request, in a few words fit for a status reason (never a credential): the
+    store's error code, its HTTP status, a refused connection, a timeout."""
+    if isinstance(exc, S3Error):
+        return f"{exc.code}" + (f": {exc.message}" if exc.message else "")
+    if isinstance(exc, ServerError):
+        return f"HTTP {exc.status_code}"
+    reason: object = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason else exc
+    if isinstance(reason, urllib3.exceptions.NewConnectionError):  # before TimeoutError: it is one, sadly
+        return "cannot connect"
+    if isinstance(reason, urllib3.exceptions.TimeoutError):
+        return "timed out (no answer within the timeout)"
+    return type(reason).__name__

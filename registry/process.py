@@ -28,9 +28,11 @@ from registry.ports import Deployer, SplitMaker, TrafficRouter, TrainingLauncher
 from registry.service.context import ServiceContext
 from registry.service.registry_service import RegistryService
 from registry.service.splits import EXPIRY_INTERVAL_SECONDS
+from registry.service.trainer_runs import TrainerRunsService
 from registry.settings import RegistrySettings
 from registry.store import schema
 from registry.store.database import Store, open_engine, shown
+from registry.trainer_runs.consumer import TrainerRunsConsumer
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,11 @@ async def run(
         store.close()
         raise
     expiring = asyncio.create_task(_expire_overdue_work(service, stop), name="registry-expiry")
+    consuming: asyncio.Task[None] | None = None
+    consumer_stop = asyncio.Event()  # its own: ``stop`` may be the caller's (modelplane up), not ours to set
+    if settings.trainer_runs is not None and settings.model_store is not None:  # settings.py requires both
+        consumer = TrainerRunsConsumer(settings.trainer_runs, settings.model_store, TrainerRunsService(context))
+        consuming = asyncio.create_task(consumer.run(consumer_stop), name="registry-trainer-runs")
     log.info("registry: REST API on %s; database %s", listen, shown(settings.database))
     try:
         if settings.ready_file is not None:
@@ -115,7 +122,21 @@ async def run(
     finally:
         await runner.cleanup()
         await service.close()
+        await _stop_consuming(consuming, consumer_stop)
         expiring.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await expiring
         store.close()
+
+
+async def _stop_consuming(consuming: asyncio.Task[None] | None, consumer_stop: asyncio.Event) -> None:
+    """Stop the consumer of the trainer's runs at its next record or poll (a record not finished is read again by
+    the next registry: its offset is not committed); cancelled if it does not stop within the grace (a Kafka
+    client still connecting)."""
+    if consuming is None:
+        return
+    consumer_stop.set()
+    await asyncio.wait({consuming}, timeout=SHUTDOWN_GRACE_SECONDS)
+    consuming.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await consuming

@@ -38,6 +38,9 @@ class SchedulerDeployer:
     requirements: tuple[str, ...] = ("sklearn",)
     timeout_seconds: float = 300.0  # until the model is available: a first load may start an inference server
     token: ClientToken | None = None  # presented with every call (modelplane/auth_flags.py: a file or the env)
+    # storageSecretName: the agents' secret holding the model store's S3 settings (an s3:// artifact); "": none,
+    # an agent then uses its own AWS_* environment.
+    storage_secret: str = ""
 
     async def deploy(self, request: DeployRequest) -> str:
         name = request.serving_name or model_serving_name(request.experiment, request.model_id)
@@ -46,6 +49,8 @@ class SchedulerDeployer:
             modelSpec=pb.ModelSpec(uri=request.artifact_url, requirements=list(self.requirements)),
             deploymentSpec=pb.DeploymentSpec(replicas=1),
         )
+        if self.storage_secret:
+            model.modelSpec.storageConfig.storageSecretName = self.storage_secret
         try:
             async with open_channel(self.scheduler, self.security, self.token) as channel:
                 stub = pb_grpc.SchedulerStub(channel)

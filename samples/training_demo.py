@@ -69,13 +69,13 @@ from generated.mlops.training.v1 import training_pb2
 from modelplane.addresses import parse_address
 from modelplane.s3 import minio_client
 from modelplane.spec.names import model_name_for
+from modelplane.spec.training_status import DEFAULT_STATUS_TOPIC
 from modelplane.transport import TransportSecurity, open_channel
 from servers.launch.local import free_ports, log_tail
 from trainer.service.design_store import design_key
 from trainer.settings import (
     DEFAULT_DESIGN_KEY_TEMPLATE,
     DEFAULT_INFERENCE_STORE_TOPIC,
-    DEFAULT_STATUS_TOPIC,
     DEFAULT_TRAINING_TOPIC,
 )
 

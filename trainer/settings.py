@@ -34,6 +34,7 @@ from modelplane.config import parse_layered
 from modelplane.flag_types import address, bounded_int, byte_size, seconds
 from modelplane.process_flags import add_process_flags
 from modelplane.secret_inputs import refuse_secret_flags
+from modelplane.spec.training_status import DEFAULT_STATUS_TOPIC
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_serving_tls_flags, add_tls_flags, security_from, serving_security_from
 from trainer.kubernetes_settings import KubernetesLauncherOptions, add_kubernetes_flags, kubernetes_options_from
@@ -44,7 +45,6 @@ from trainer.run.jobs import DEFAULT_ARTIFACT_NAME
 DEFAULT_DESIGN_KEY_TEMPLATE = "modelplane:design:{token}"
 DEFAULT_REDIS_PREFIX = "modelplane:trainer:"
 DEFAULT_TRAINING_TOPIC = "modelplane.training.events"
-DEFAULT_STATUS_TOPIC = "modelplane.training.status"
 DEFAULT_INFERENCE_STORE_TOPIC = "modelplane.inference.store"
 DEFAULT_GROUP = "modelplane-trainer"
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's own rule for topic names

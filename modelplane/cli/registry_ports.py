@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modelplane.auth_flags import client_token
+from modelplane.cli.registry_model_store import RegistryModelStore
 from modelplane.cli.registry_training import TrainerRunLauncher
 from registry.dataset_splits import DatasetSplitMaker
 from registry.ports import Deployer, SplitMaker, TrafficRouter, TrainingLauncher
@@ -29,7 +30,9 @@ def registry_ports(settings: RegistrySettings) -> RegistryPorts:
     # trainer's run in a child process (its deadline, memory limit and process group: trainer/launchers/local.py).
     timeout = settings.training_timeout_seconds
     runs = LocalProcessLauncher(LocalLauncherSettings(timeout_seconds=timeout))
-    launcher = TrainerRunLauncher(settings.state_dir / "runs", runs, timeout)
+    # With --s3-*, s3:// srcpaths are read from that store and trained models are uploaded to it.
+    store = RegistryModelStore(settings.model_store) if settings.model_store is not None else None
+    launcher = TrainerRunLauncher(settings.state_dir / "runs", runs, timeout, store)
     deployer = None
     traffic = None
     if settings.scheduler is not None:
@@ -45,7 +48,7 @@ def registry_ports(settings: RegistrySettings) -> RegistryPorts:
             settings.deploy_requirements or ("sklearn",),
             settings.deploy_timeout_seconds,
             client_token(settings.token_file),
+            settings.deploy_storage_secret,
         )
-    return RegistryPorts(
-        split_maker=DatasetSplitMaker(settings.datasets_root), launcher=launcher, deployer=deployer, traffic=traffic
-    )
+    split_maker = DatasetSplitMaker(settings.datasets_root, s3=settings.model_store)
+    return RegistryPorts(split_maker=split_maker, launcher=launcher, deployer=deployer, traffic=traffic)

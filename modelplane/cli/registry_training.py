@@ -11,17 +11,21 @@ may not import the trainer.
   registry checked the request against already): names as people write them ("decision tree" is decision_tree),
   the seed's numbers as text ("maxBins": "3") read as numbers.
 - The run's folder (under the registry's state directory) is the version's artifact: the trainer writes the model
-  and what MLServer needs to serve it there, so its ``file://`` URL is what a local scheduler's agent loads.
+  and what MLServer needs to serve it there, so its ``file://`` URL is what a local scheduler's agent loads; with a
+  model store (``--s3-*``) the folder is uploaded (registry_model_store.py) and its ``s3://`` URL is the artifact's,
+  what an agent on any host loads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from generated.mlops.training.v1 import training_pb2
+from modelplane.cli.registry_model_store import RegistryModelStore
 from modelplane.spec.training_algorithms import CLASSIFIERS, REGRESSORS, algorithm_name, hyper_parameter, is_regression
 from registry.ports import LaunchError, TrainedArtifact, TrainingRequest, TrainingResult
 from trainer.launchers.base import Launcher, LaunchVerdict
@@ -73,6 +77,7 @@ class TrainerRunLauncher:
     runs_dir: Path
     launcher: Launcher
     timeout_seconds: float = 3600.0
+    model_store: RegistryModelStore | None = None  # None: the artifact is the run's local folder (file://)
 
     async def train(self, request: TrainingRequest) -> TrainingResult:
         schema = design_schema(request)
@@ -92,7 +97,11 @@ class TrainerRunLauncher:
         if outcome.verdict is not LaunchVerdict.SUCCEEDED or result is None or not result.succeeded:
             errors = "; ".join(result.errors) if result is not None and result.errors else outcome.detail
             raise LaunchError(errors or f"the training run failed ({outcome.verdict.value})")
-        return result_of(job_dir / OUTPUT_DIR, result)
+        trained = result_of(job_dir / OUTPUT_DIR, result)
+        if self.model_store is None or trained.artifact is None:
+            return trained
+        stored = await self.model_store.put(job_dir / OUTPUT_DIR, request, trained.artifact)
+        return dataclasses.replace(trained, artifact=stored)
 
 
 def result_of(output: Path, result: RunResult) -> TrainingResult:

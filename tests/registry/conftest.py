@@ -8,10 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from agent.artifacts.storage_config import secret_env_name
+from tests.support.agent_processes import AgentSpec, start_agents, stop_agent
+
 # Imported to register the session's PostgreSQL fixture for these tests: a conftest below the root may not name
 # plugins (pytest_plugins), and pytest refused to collect the whole suite when this one did.
 from tests.support.postgres_server import PostgresServer, postgres_server  # noqa: F401
-from tests.support.processes import stop_process
+from tests.support.processes import start_scheduler, stop_process
+from tests.support.real_components import S3Server
 from tests.support.registry_process import RegistryProcess, start_registry
 
 
@@ -34,3 +38,19 @@ def registry(tmp_path: Path, database_url: str) -> Iterator[RegistryProcess]:
         yield running
     finally:
         stop_process(running.process)
+
+
+@pytest.fixture
+def s3_deploy_target(tmp_path: Path, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
+    """A real scheduler and one agent (MLServer) whose storage secret ``modelstore`` names the S3 store:
+    (the scheduler's address, the agent's V2 proxy URL). A module using it registers tests.support.real_components
+    (``pytest_plugins``) for the session's ``s3_server``."""
+    (tmp_path / "scheduler").mkdir()
+    scheduler = start_scheduler(tmp_path / "scheduler", "--sync-grace=1")
+    monkeypatch.setenv(secret_env_name("modelstore"), s3_server.rclone_ini())
+    [agent] = start_agents(scheduler.agent_listen, [AgentSpec(tmp_path / "agent0")])
+    try:
+        yield scheduler.listen, agent.proxy_url
+    finally:
+        stop_agent(agent)
+        stop_process(scheduler.process)

@@ -23,6 +23,7 @@ JOB_FILE = "job.json"
 DESIGN_SCHEMA_FILE = "design_schema.pb"
 RESULT_FILE = "result.json"
 OUTPUT_DIR = "output"
+# modelplane/spec/training_status.py names it for the registry too (a run's image carries no modelplane/spec).
 METADATA_FILE = "metadata.json"
 DEFAULT_ARTIFACT_NAME = "retail_forecasting_model.pkl"  # the seed's model-store artifact name
 

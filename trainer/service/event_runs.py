@@ -18,6 +18,7 @@ from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from generated.mlops.training.v1 import training_pb2
 from modelplane import logs
 from modelplane.spec.names import model_name_for
+from modelplane.spec.training_status import H_ARTIFACT_URI
 from trainer.launchers.base import Launcher, LaunchOutcome, LaunchVerdict
 from trainer.run.jobs import DESIGN_SCHEMA_FILE, OUTPUT_DIR, RESULT_FILE, RunResult, TrainingJob
 from trainer.service.design_store import REDIS_RETRYABLE, DesignInvalidError, DesignNotFoundError, DesignStore
@@ -25,7 +26,6 @@ from trainer.service.events import PoisonEventError, RecordPosition, TrainingReq
 from trainer.service.model_store import TRANSIENT_ERRORS, ArtifactMismatchError, ModelStore
 from trainer.service.run_registry import ClaimKind, FinalRecord, RunRecord, RunRegistry, RunState
 from trainer.service.status_messages import (
-    H_ARTIFACT_URI,
     H_AUTO_DEPLOY,
     RunOutcome,
     id_headers,

@@ -7,18 +7,20 @@ import json
 from dataclasses import dataclass, field
 
 from generated.mlops.training.v1 import training_pb2
+from modelplane.spec.training_status import (  # what its readers share (the registry reads the status topic)
+    CONTENT_TYPE,
+    H_ARTIFACT_SHA256,
+    H_ARTIFACT_URI,
+    H_ATTEMPTS,
+    H_DEPLOY,
+    H_EVENT_ID,
+    H_METRICS,
+    H_MODEL_URI,
+    H_RUN_ID,
+)
 from trainer.service.model_store import StoredModel
 from trainer.service.run_registry import RunRecord
 
-CONTENT_TYPE = "application/x-protobuf"
-H_EVENT_ID = "modelplane-event-id"
-H_RUN_ID = "modelplane-run-id"
-H_ATTEMPTS = "modelplane-attempts"
-H_METRICS = "modelplane-metrics"
-H_MODEL_URI = "modelplane-model-uri"
-H_ARTIFACT_URI = "modelplane-artifact-uri"
-H_ARTIFACT_SHA256 = "modelplane-artifact-sha256"
-H_DEPLOY = "modelplane-deploy"
 H_AUTO_DEPLOY = "modelplane-auto-deploy"
 MAX_ERROR_CHARS = 2000
 

@@ -200,20 +200,10 @@ def _run_controller(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int
 def _run_registry(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     settings = parse_registry_settings(parser, argv)
     logs.configure("registry", settings.log_level, json_output=settings.log_json)
-    from modelplane.cli.registry_ports import registry_ports  # noqa: PLC0415 - see _run_agent
-    from registry import process as registry_process  # noqa: PLC0415 - see _run_agent
+    from modelplane.cli.registry_ports import serve_registry  # noqa: PLC0415 - see _run_agent
 
-    ports = registry_ports(settings)
     try:
-        asyncio.run(
-            registry_process.run(
-                settings,
-                split_maker=ports.split_maker,
-                launcher=ports.launcher,
-                deployer=ports.deployer,
-                traffic=ports.traffic,
-            )
-        )
+        asyncio.run(serve_registry(settings))
     except (TransportError, OSError, RuntimeError) as error:
         return fail(str(error))
     return 0

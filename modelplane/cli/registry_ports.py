@@ -4,8 +4,10 @@ registry itself may not import."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
+from modelplane.addresses import Address
 from modelplane.auth_flags import client_token
 from modelplane.cli.registry_model_store import RegistryModelStore
 from modelplane.cli.registry_training import TrainerRunLauncher
@@ -52,3 +54,22 @@ def registry_ports(settings: RegistrySettings) -> RegistryPorts:
         )
     split_maker = DatasetSplitMaker(settings.datasets_root, s3=settings.model_store)
     return RegistryPorts(split_maker=split_maker, launcher=launcher, deployer=deployer, traffic=traffic)
+
+
+async def serve_registry(
+    settings: RegistrySettings, stop: asyncio.Event | None = None, serving: asyncio.Future[Address] | None = None
+) -> None:
+    """Run the registry with every port its settings call for: the one place both ``modelplane registry`` and
+    ``modelplane up`` compose it, so neither can leave a port out (a port left out answers 503)."""
+    from registry import process as registry_process  # noqa: PLC0415 - the registry's database, only when served
+
+    ports = registry_ports(settings)
+    await registry_process.run(
+        settings,
+        stop,
+        split_maker=ports.split_maker,
+        launcher=ports.launcher,
+        deployer=ports.deployer,
+        traffic=ports.traffic,
+        serving=serving,
+    )

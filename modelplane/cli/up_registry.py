@@ -39,17 +39,6 @@ async def serve(
 ) -> None:
     """Run the registry until ``stop``, deploying to ``scheduler``; ``serving`` gets its address once it answers."""
     # Imported here: only `modelplane up` with its registry loads the registry's database and the trainer's code.
-    from modelplane.cli.registry_ports import registry_ports  # noqa: PLC0415
-    from registry import process as registry_process  # noqa: PLC0415
+    from modelplane.cli.registry_ports import serve_registry  # noqa: PLC0415
 
-    settings = dataclasses.replace(settings, scheduler=scheduler)
-    ports = registry_ports(settings)
-    await registry_process.run(
-        settings,
-        stop,
-        split_maker=ports.split_maker,
-        launcher=ports.launcher,
-        deployer=ports.deployer,
-        traffic=ports.traffic,
-        serving=serving,
-    )
+    await serve_registry(dataclasses.replace(settings, scheduler=scheduler), stop, serving)

@@ -154,6 +154,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def parse_settings(parser: argparse.ArgumentParser, argv: Sequence[str]) -> UpSettings:
     options = parse_layered(parser, "up", argv)
+    trainer = None if options.trainer_config is None else _trainer_settings(parser, options.trainer_config)
     return UpSettings(
         state_dir=options.state_dir,
         listen=options.listen,
@@ -164,8 +165,8 @@ def parse_settings(parser: argparse.ArgumentParser, argv: Sequence[str]) -> UpSe
         server_kind=options.server_kind,
         memory_bytes=options.memory,
         ready_file=options.ready_file,
-        trainer=None if options.trainer_config is None else _trainer_settings(parser, options.trainer_config),
-        registry=None if options.no_registry else _registry_settings(options),
+        trainer=trainer,
+        registry=None if options.no_registry else _registry_settings(options, trainer),
         audit=audit_settings_from(parser, options),
     )
 
@@ -186,10 +187,10 @@ def _trainer_settings(parser: argparse.ArgumentParser, config: Path) -> TrainerS
     return dataclasses.replace(settings, ready_file=None)
 
 
-def _registry_settings(options: argparse.Namespace) -> RegistrySettings:
+def _registry_settings(options: argparse.Namespace, trainer: TrainerSettings | None) -> RegistrySettings:
     from modelplane.cli.up_registry import embedded_settings  # noqa: PLC0415 - SQLAlchemy only with a registry
 
-    return embedded_settings(options.state_dir, options.registry_listen, options.registry_datasets_root)
+    return embedded_settings(options.state_dir, options.registry_listen, options.registry_datasets_root, trainer)
 
 
 def _scheduler_settings(up: UpSettings) -> SchedulerSettings:

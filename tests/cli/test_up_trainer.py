@@ -12,6 +12,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,6 +56,12 @@ def trainer_config(stack: Stack, path: Path) -> Path:
 def get_json(url: str) -> dict[str, object]:
     with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 -- a loopback URL the test made
         body: dict[str, object] = json.loads(response.read())
+        return body
+
+
+def get_json_list(url: str) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 -- a loopback URL the test made
+        body: list[dict[str, Any]] = json.loads(response.read())
         return body
 
 
@@ -117,6 +124,23 @@ async def test_up_with_a_trainer_trains_deploys_and_serves(stack: Stack, tmp_pat
     outputs = {output["name"]: output for output in answer["outputs"]}  # type: ignore[attr-defined]
     assert outputs["predict"]["data"] == [0, 1]  # is_virginica
     assert set(outputs) == {"predict", "score", "flag"}
+
+    # up's registry sees every model up's trainer makes: the run is registered from the trainer's status topic,
+    # as a version of the design's model in the experiment named after the design schema.
+    registry = f"http://{up.addresses['registry']}"
+    async with asyncio.timeout(120):
+        while True:
+            experiments = await asyncio.to_thread(get_json_list, f"{registry}/experiments")
+            if experiments:
+                break
+            await asyncio.sleep(0.5)
+    assert [experiment["name"] for experiment in experiments] == ["iris-up"]  # the design schema's id
+    [model] = await asyncio.to_thread(get_json_list, f"{registry}/experiments/iris-up/models")
+    status = await asyncio.to_thread(get_json, f"{registry}/experiments/iris-up/models/{model['id']}/status")
+    assert status["status"] == "TRAINED"
+    [version] = await asyncio.to_thread(get_json_list, f"{registry}/experiments/iris-up/models/{model['id']}/versions")
+    assert version["lineage"]["eventId"] == "up-1"
+    assert version["manifest"]["downloadURL"].startswith("s3://")
 
     runs = await asyncio.to_thread(run_modelplane, "training", "status", f"--trainer={trainer}")
     assert runs.returncode == 0, runs.stderr

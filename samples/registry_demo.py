@@ -23,15 +23,12 @@ venv:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -43,13 +40,13 @@ from training_demo import (
     LOOPBACK,
     MODELPLANE,
     DemoError,
+    KeptRunning,
     Started,
-    _terminate,
+    demo_main,
     detail,
     infer_through_gateway,
-    processes_naming,
+    run_demo,
     say,
-    signals_ignored,
     wait_for,
     write_iris_csv,
 )
@@ -226,59 +223,30 @@ def recorded_species(csv: Path) -> dict[tuple[float, ...], str]:
 
 
 def run(work: Path, once: bool) -> int:
-    if work.exists():
-        if processes_naming(work):
-            raise DemoError(f"processes still use {work} (another registry demo?): stop them first")
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    started = Started(work)
-    serving = False
-    try:
-        datasets = work / "datasets"
-        say(f"starting modelplane up with its registry (work folder {work}; the first start creates MLServer's venv)")
-        up = start_up(started, work, datasets)
-        detail(f"registry   {up.registry} (REST API: /experiments, /openapi.json)")
-        detail(f"gateway    http://{up.gateway}")
-        detail(f"log        {up.log}")
-        detail(f"each command below is given --registry {up.registry} (`modelplane up`'s default needs none)")
-        registry_flow(up, datasets)
-        if once:
-            say("done; stopping (--once)")
-            return 0
-        serving = True
-        say(f"everything keeps running (registry {up.registry}, gateway http://{up.gateway}); Ctrl-C stops it")
-        while up.process.poll() is None:
-            time.sleep(1)
-        raise DemoError(f"modelplane up stopped by itself; log {up.log}")
-    except KeyboardInterrupt:
-        say("stopping (Ctrl-C)" if serving else "interrupted; stopping")
-        return 0 if serving else 130
-    finally:
-        with signals_ignored():
-            started.stop_all()
-            leftovers = processes_naming(work)
-            detail("everything stopped" if not leftovers else f"still running: {leftovers}")
+    return run_demo(work, once, "registry demo", lambda started: _registry_stack(started, work))
+
+
+def _registry_stack(started: Started, work: Path) -> KeptRunning:
+    datasets = work / "datasets"
+    say(f"starting modelplane up with its registry (work folder {work}; the first start creates MLServer's venv)")
+    up = start_up(started, work, datasets)
+    detail(f"registry   {up.registry} (REST API: /experiments, /openapi.json)")
+    detail(f"gateway    http://{up.gateway}")
+    detail(f"log        {up.log}")
+    detail(f"each command below is given --registry {up.registry} (`modelplane up`'s default needs none)")
+    registry_flow(up, datasets)
+    return KeptRunning(up.process, up.log, [f"registry {up.registry}   gateway http://{up.gateway}   logs {up.log}"])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--once", action="store_true", help="stop everything after the prediction")
-    parser.add_argument(
-        "--work-dir",
-        type=Path,
-        default=Path(".modelplane/registry-demo"),
-        metavar="DIR",
-        help="emptied, then holds up's state, the dataset and the logs (default .modelplane/registry-demo)",
+    return demo_main(
+        argv,
+        name="registry-demo",
+        doc=__doc__,
+        work_dir=Path(".modelplane/registry-demo"),
+        work_help="emptied, then holds up's state, the dataset and the logs",
+        run=run,
     )
-    options = parser.parse_args(argv)
-    # Ctrl-C raises KeyboardInterrupt even when started with SIGINT ignored (a background job of a script).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        return run(options.work_dir.absolute(), options.once)
-    except DemoError as error:
-        print(f"\nregistry-demo: error: {error}", file=sys.stderr)
-        return 1
 
 
 if __name__ == "__main__":

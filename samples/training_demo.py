@@ -704,47 +704,37 @@ def signals_ignored() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous[1])
 
 
-def run(work: Path, once: bool) -> int:
+@dataclass(frozen=True)
+class KeptRunning:
+    """What a demo's flow leaves serving: the process to watch, its log, and what to print about it."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+    lines: list[str]
+
+
+def run_demo(work: Path, once: bool, what: str, flow: Callable[[Started], KeptRunning]) -> int:
+    """A demo's life, shared by every demo in samples/: a fresh work folder, the flow, then (unless ``once``)
+    serving until Ctrl-C, and every process stopped by PID on the way out, whatever happened."""
     if work.exists():
         if processes_naming(work):
-            raise DemoError(f"processes still use {work} (another training demo?): stop them first")
+            raise DemoError(f"processes still use {work} (another {what}?): stop them first")
         shutil.rmtree(work)
     work.mkdir(parents=True)
     started = Started(work)
     serving = False
     try:
-        say(f"starting Tansu (Kafka), Redis and SeaweedFS (S3) on 127.0.0.1 (work folder {work})")
-        kafka = start_tansu(started, work / "tansu")
-        detail(f"kafka      {kafka}")
-        redis_url = start_redis(started, work / "redis")
-        detail(f"redis      {redis_url}")
-        store = start_seaweedfs(started, work / "s3")
-        detail(f"s3         http://{store.endpoint} (bucket {BUCKET}; access key {ACCESS_KEY}, secret generated)")
-
-        datasets = work / "datasets"
-        datasets.mkdir()
-        (work / "up").mkdir()
-        config = write_trainer_config(work / "up", kafka=kafka, redis_url=redis_url, store=store, datasets=datasets)
-        say(f"starting modelplane up --trainer-config {config}")
-        detail(f"log {work / 'up' / 'up.log'} (the first start creates MLServer's venv)")
-        detail(f"the trainer: auto_deploy, deploy_storage_secret = {STORAGE_SECRET}")
-        up = start_up(started, work / "up", store, config)
-        detail(f"scheduler  {up.listen}")
-        detail(f"gateway    http://{up.gateway}")
-        detail(f"trainer    {up.trainer}/runs")
-
-        asyncio.run(training_flow(kafka=kafka, redis_url=redis_url, datasets=datasets, up=up, store=store))
+        kept = flow(started)
         if once:
             say("done; stopping (--once)")
             return 0
         serving = True
         say("everything keeps running; Ctrl-C stops it")
-        detail(f"kafka {kafka}   redis {redis_url}   s3 http://{store.endpoint}")
-        detail(f"scheduler {up.listen}   gateway http://{up.gateway}   trainer {up.trainer}/runs")
-        detail(f"logs under {work}")
-        while up.process.poll() is None:
+        for line in kept.lines:
+            detail(line)
+        while kept.process.poll() is None:
             time.sleep(1)
-        raise DemoError(f"modelplane up stopped by itself; log {up.log}")
+        raise DemoError(f"modelplane up stopped by itself; log {kept.log}")
     except KeyboardInterrupt:
         say("stopping (Ctrl-C)" if serving else "interrupted; stopping")
         return 0 if serving else 130
@@ -755,15 +745,20 @@ def run(work: Path, once: bool) -> int:
             detail("everything stopped" if not leftovers else f"still running: {leftovers}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+def demo_main(
+    argv: list[str] | None,
+    *,
+    name: str,
+    doc: str | None,
+    work_dir: Path,
+    work_help: str,
+    run: Callable[[Path, bool], int],
+) -> int:
+    """A demo's command line (``--once``, ``--work-dir``) and its exit status: 1 with the error in words."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0] if doc else None)
     parser.add_argument("--once", action="store_true", help="stop everything after the prediction")
     parser.add_argument(
-        "--work-dir",
-        type=Path,
-        default=Path(".modelplane/training-demo"),
-        metavar="DIR",
-        help="emptied, then holds every component's data and logs (default .modelplane/training-demo)",
+        "--work-dir", type=Path, default=work_dir, metavar="DIR", help=f"{work_help} (default {work_dir})"
     )
     options = parser.parse_args(argv)
     # Ctrl-C raises KeyboardInterrupt even when started with SIGINT ignored (a background job of a script).
@@ -772,8 +767,56 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(options.work_dir.absolute(), options.once)
     except DemoError as error:
-        print(f"\ntraining-demo: error: {error}", file=sys.stderr)
+        print(f"\n{name}: error: {error}", file=sys.stderr)
         return 1
+
+
+def run(work: Path, once: bool) -> int:
+    return run_demo(work, once, "training demo", lambda started: _training_stack(started, work))
+
+
+def _training_stack(started: Started, work: Path) -> KeptRunning:
+    say(f"starting Tansu (Kafka), Redis and SeaweedFS (S3) on 127.0.0.1 (work folder {work})")
+    kafka = start_tansu(started, work / "tansu")
+    detail(f"kafka      {kafka}")
+    redis_url = start_redis(started, work / "redis")
+    detail(f"redis      {redis_url}")
+    store = start_seaweedfs(started, work / "s3")
+    detail(f"s3         http://{store.endpoint} (bucket {BUCKET}; access key {ACCESS_KEY}, secret generated)")
+
+    datasets = work / "datasets"
+    datasets.mkdir()
+    (work / "up").mkdir()
+    config = write_trainer_config(work / "up", kafka=kafka, redis_url=redis_url, store=store, datasets=datasets)
+    say(f"starting modelplane up --trainer-config {config}")
+    detail(f"log {work / 'up' / 'up.log'} (the first start creates MLServer's venv)")
+    detail(f"the trainer: auto_deploy, deploy_storage_secret = {STORAGE_SECRET}")
+    up = start_up(started, work / "up", store, config)
+    detail(f"scheduler  {up.listen}")
+    detail(f"gateway    http://{up.gateway}")
+    detail(f"trainer    {up.trainer}/runs")
+
+    asyncio.run(training_flow(kafka=kafka, redis_url=redis_url, datasets=datasets, up=up, store=store))
+    return KeptRunning(
+        up.process,
+        up.log,
+        [
+            f"kafka {kafka}   redis {redis_url}   s3 http://{store.endpoint}",
+            f"scheduler {up.listen}   gateway http://{up.gateway}   trainer {up.trainer}/runs",
+            f"logs under {work}",
+        ],
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return demo_main(
+        argv,
+        name="training-demo",
+        doc=__doc__,
+        work_dir=Path(".modelplane/training-demo"),
+        work_help="emptied, then holds every component's data and logs",
+        run=run,
+    )
 
 
 if __name__ == "__main__":

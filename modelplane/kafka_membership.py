@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 
-__all__ = ["ForgottenMemberError", "commit_only_as_a_member"]
+__all__ = ["ForgottenMemberError", "commit_only_as_a_member", "group_member"]
 
 # The generation aiokafka gives a member its group has forgotten (OffsetCommitRequest.DEFAULT_GENERATION_ID).
 _NO_GENERATION = -1
@@ -40,3 +41,23 @@ def commit_only_as_a_member(consumer: Any) -> None:
         return await send_commit(assignment, offsets)
 
     coordinator._do_commit_offsets = commit_as_a_member
+
+
+def group_member(
+    *topics: str, bootstrap: str, group_id: str, session_timeout_ms: int, max_record_bytes: int
+) -> AIOKafkaConsumer:
+    """A consumer of ``topics`` in ``group_id`` that commits by hand (after the work is done), starts a new group
+    at the earliest record, heartbeats three times a session, and fetches at least one record of
+    ``max_record_bytes`` (a larger one is the caller's to skip, not a fetch that never completes). Call
+    ``commit_only_as_a_member`` on it once started."""
+    return AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=max(100, session_timeout_ms // 3),
+        max_partition_fetch_bytes=max(max_record_bytes + 65_536, 1 << 20),
+        fetch_max_bytes=max(max_record_bytes * 2, 50 << 20),
+    )

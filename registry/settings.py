@@ -30,7 +30,8 @@ from modelplane.auth_flags import (
     client_token,
 )
 from modelplane.config import parse_layered
-from modelplane.flag_types import address, bounded_int, byte_size, seconds
+from modelplane.flag_types import address, byte_size, seconds
+from modelplane.kafka_flags import add_session_timeout_flag
 from modelplane.model_store_settings import (
     ModelStoreSettings,
     add_model_store_flags,
@@ -125,13 +126,7 @@ def _add_trainer_runs_flags(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_CONSUMER_GROUP,
         help=f"every registry replica shares one group (default {DEFAULT_CONSUMER_GROUP})",
     )
-    kafka.add_argument(
-        "--session-timeout-ms",
-        type=bounded_int(1000, 300_000),
-        default=10_000,
-        metavar="MS",
-        help="how long the group waits for a silent member before reassigning its partitions (default 10000)",
-    )
+    add_session_timeout_flag(kafka)
     kafka.add_argument(
         "--max-status-bytes",
         type=byte_size(1024, 16 * 1024 * 1024),

@@ -32,6 +32,7 @@ from modelplane.auth_flags import (
 )
 from modelplane.config import parse_layered
 from modelplane.flag_types import address, bounded_int, byte_size, seconds
+from modelplane.kafka_flags import add_session_timeout_flag
 from modelplane.process_flags import add_process_flags
 from modelplane.secret_inputs import refuse_secret_flags
 from modelplane.spec.training_status import DEFAULT_STATUS_TOPIC
@@ -135,13 +136,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="InferenceStoreMessage out, for schemas whose output_store is inference_store",
     )
     kafka.add_argument("--consumer-group", default=DEFAULT_GROUP, help="every trainer replica shares one group")
-    kafka.add_argument(
-        "--session-timeout-ms",
-        type=bounded_int(1000, 300_000),
-        default=10_000,
-        metavar="MS",
-        help="how long the group waits for a silent member before reassigning its partitions (default 10000)",
-    )
+    add_session_timeout_flag(kafka)
     kafka.add_argument(
         "--max-event-bytes",
         type=byte_size(1024, 64 * 1024 * 1024),

@@ -18,12 +18,11 @@ import contextlib
 import logging
 from typing import Any, Final
 
-from aiokafka import AIOKafkaConsumer  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from aiokafka.structs import OffsetAndMetadata  # type: ignore[import-untyped]
 
 from modelplane.backoff import Backoff
-from modelplane.kafka_membership import commit_only_as_a_member
+from modelplane.kafka_membership import commit_only_as_a_member, group_member
 from modelplane.model_store_settings import ModelStoreSettings
 from registry.errors import RegistryError
 from registry.service.trainer_runs import TrainerRunsService
@@ -56,16 +55,12 @@ class TrainerRunsConsumer:
 
     async def _run_once(self, stop: asyncio.Event) -> None:
         settings = self._settings
-        consumer = AIOKafkaConsumer(
+        consumer = group_member(
             settings.status_topic,
-            bootstrap_servers=settings.bootstrap,
+            bootstrap=settings.bootstrap,
             group_id=settings.consumer_group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
             session_timeout_ms=settings.session_timeout_ms,
-            heartbeat_interval_ms=max(100, settings.session_timeout_ms // 3),
-            max_partition_fetch_bytes=max(settings.max_message_bytes + 65_536, 1 << 20),
-            fetch_max_bytes=max(settings.max_message_bytes * 2, 50 << 20),
+            max_record_bytes=settings.max_message_bytes,
         )
         try:
             if await self._start(consumer, stop):

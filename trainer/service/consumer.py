@@ -39,14 +39,14 @@ import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError  # type: ignore[import-untyped]
 from aiokafka.structs import OffsetAndMetadata  # type: ignore[import-untyped]
 
 from modelplane.backoff import Backoff
 from modelplane.kafka_delivery import OffsetTracker
-from modelplane.kafka_membership import commit_only_as_a_member
+from modelplane.kafka_membership import commit_only_as_a_member, group_member
 from trainer.launchers.base import Launcher
 from trainer.service.design_store import DesignStore
 from trainer.service.event_runs import Deployer, EventRunner
@@ -110,15 +110,11 @@ class TrainerService:
             bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=False, linger_ms=0
         )
         self._events.producer = self._producer
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
+        self._consumer = group_member(
+            bootstrap=settings.kafka_bootstrap,
             group_id=settings.consumer_group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
             session_timeout_ms=settings.session_timeout_ms,
-            heartbeat_interval_ms=max(100, settings.session_timeout_ms // 3),
-            max_partition_fetch_bytes=max(settings.max_event_bytes + 1024, 1 << 20),
-            fetch_max_bytes=max(settings.max_event_bytes * 2, 50 << 20),
+            max_record_bytes=settings.max_event_bytes,
         )
         try:
             if await self._start(self._producer, "producer", stop) and await self._start(

@@ -212,15 +212,7 @@ class AliasService:
             stale_after = self._context.deploy_timeout_seconds
             claim_move(session, experiment_name, alias, version, now=now(), stale_after=stale_after)
             serving = stable_name(experiment_name) if alias == PRODUCTION else None
-            request = DeployRequest(
-                experiment_name,
-                model.id,
-                model.name,
-                model.training_run,
-                version.version,
-                version.artifact_url,
-                serving,
-            )
+            request = versions.deploy_request(experiment_name, model, version, serving)
             return version.version, request
 
         serving_alias = alias in SERVING_ALIASES

@@ -199,9 +199,7 @@ class ModelService:
             newest = versions.newest(session, row.id)
             if newest is None:
                 raise Conflict(f"{lookups.describe(row)} has no registered version to deploy (train it again)")
-            return DeployRequest(
-                experiment_name, row.id, row.name, row.training_run, newest.version, newest.artifact_url
-            )
+            return versions.deploy_request(experiment_name, row, newest)
 
         request = await self._context.store.read(check)
         assert self._context.deployer is not None  # noqa: S101 - check() refused without one

@@ -34,7 +34,7 @@ from registry.promotion_rules import (
     check_canary_percent,
     next_promotion_state,
 )
-from registry.service import lookups
+from registry.service import lookups, versions
 from registry.service.aliases import (
     MAX_REASON_CHARS,
     VersionRef,
@@ -157,15 +157,8 @@ class PromotionService:
             current.percent = percent
             current.update_time = now()
             session.flush()
-            request = DeployRequest(
-                experiment_name,
-                model.id,
-                model.name,
-                model.training_run,
-                version.version,
-                version.artifact_url,
-                current.candidate_serving_name,  # known before the scheduler is asked: an abort can unload it
-            )
+            # The candidate's name is known before the scheduler is asked: an abort can unload it.
+            request = versions.deploy_request(experiment_name, model, version, current.candidate_serving_name)
             return current, request
 
         row, request = await self._context.store.write(begin)
@@ -235,15 +228,7 @@ class PromotionService:
             model, version = resolve(
                 session, experiment_name, VersionRef(row.candidate_model_id, row.candidate_version)
             )
-            return DeployRequest(
-                experiment_name,
-                model.id,
-                model.name,
-                model.training_run,
-                version.version,
-                version.artifact_url,
-                row.stable_name,
-            )
+            return versions.deploy_request(experiment_name, model, version, row.stable_name)
 
         request = await self._context.store.read(plan)
 

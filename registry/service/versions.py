@@ -8,15 +8,32 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from registry.errors import NotFound
+from registry.ports import DeployRequest
 from registry.service import lookups
 from registry.service.context import ServiceContext
-from registry.store.tables import ModelVersionRow
+from registry.store.tables import ModelRow, ModelVersionRow
 
 
 @dataclass(frozen=True, slots=True)
 class VersionPage:
     rows: list[ModelVersionRow]
     total: int
+
+
+def deploy_request(
+    experiment_name: str, model: ModelRow, version: ModelVersionRow, serving_name: str | None = None
+) -> DeployRequest:
+    """What the Deployer is asked, to serve ``version`` of ``model`` under ``serving_name`` (None: the model's own
+    name, registry/serving_names.py)."""
+    return DeployRequest(
+        experiment_name,
+        model.id,
+        model.name,
+        model.training_run,
+        version.version,
+        version.artifact_url,
+        serving_name,
+    )
 
 
 def newest(session: Session, model_id: str) -> ModelVersionRow | None:

@@ -30,6 +30,7 @@ from trainer.launchers.base import LaunchVerdict
 from trainer.launchers.image_build import (
     CONTENT_HASH_LABEL,
     RUN_REQUIREMENTS,
+    SOURCE_PATHS,
     ImageBuilder,
     ImageBuildError,
     ImageBuildSettings,
@@ -78,17 +79,14 @@ def test_dockerfile_pins_the_framework_and_dependencies_and_labels_the_image() -
     assert 'LABEL io.modelplane.framework-version="1.5.2"' in lines
     assert 'LABEL org.opencontainers.image.version="v2"' in lines
     assert 'LABEL org.opencontainers.image.licenses="Apache-2.0"' in lines
-    assert lines[-11:] == [
+    # The code goes in last (the pinned dependencies' layer is reused across code changes), each of SOURCE_PATHS
+    # where the run's PYTHONPATH finds it (which paths: tests/trainer/test_run_core.py, from what the run imports).
+    copies = [f"COPY {path} /opt/modelplane/{path}" for path in SOURCE_PATHS]
+    assert "COPY modelplane/s3.py /opt/modelplane/modelplane/s3.py" in copies
+    assert lines[-(len(copies) + 3) :] == [
         "COPY requirements.txt /opt/modelplane/requirements.txt",
         'RUN ["python", "-m", "pip", "install", "--no-cache-dir", "-r", "/opt/modelplane/requirements.txt"]',
-        "COPY trainer/__init__.py /opt/modelplane/trainer/__init__.py",
-        "COPY trainer/run /opt/modelplane/trainer/run",
-        "COPY generated /opt/modelplane/generated",
-        "COPY servers/designed_model /opt/modelplane/servers/designed_model",
-        "COPY servers/designed_model_entry.py /opt/modelplane/servers/designed_model_entry.py",
-        "COPY modelplane/__init__.py /opt/modelplane/modelplane/__init__.py",
-        "COPY modelplane/s3.py /opt/modelplane/modelplane/s3.py",
-        "COPY modelplane/whole_numbers.py /opt/modelplane/modelplane/whole_numbers.py",
+        *copies,
         'ENTRYPOINT ["python", "-m", "trainer.run.run_job"]',
     ]
     assert "ENV PYTHONPATH=/opt/modelplane PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1" in lines
@@ -240,6 +238,10 @@ def source_root(tmp_path: Path) -> Path:
     (root / "modelplane" / "__init__.py").write_text('"""stand-in modelplane"""\n')
     (root / "modelplane" / "s3.py").write_text('"""stand-in S3 client"""\n')
     (root / "modelplane" / "whole_numbers.py").write_text('"""stand-in whole-number check"""\n')
+    (root / "modelplane" / "bounded_text.py").write_text('"""stand-in text cut"""\n')
+    (root / "modelplane" / "spec").mkdir()
+    (root / "modelplane" / "spec" / "__init__.py").write_text('"""stand-in shared knowledge"""\n')
+    (root / "modelplane" / "spec" / "training_algorithms.py").write_text('"""stand-in algorithm catalogue"""\n')
     (root / "trainer" / "__init__.py").write_text('"""stand-in trainer"""\n')
     (root / "trainer" / "service").mkdir()
     (root / "trainer" / "service" / "consumer.py").write_text('"""stand-in service: never in an image"""\n')

@@ -52,8 +52,9 @@ REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_HOME = "/opt/modelplane"  # where the code lives in the image (its PYTHONPATH)
 # What `python -m trainer.run.run_job` imports from this repository, folders and single files: of servers/ only the
 # designed_model package and its entry module, which a run copies into the model's folder (servers becomes a
-# namespace package in the image); of modelplane/ only the S3 client and the whole-number check the dataset
-# reader uses, so that editing the rest of modelplane does not change every training image.
+# namespace package in the image); of modelplane/ only the S3 client, the whole-number check the dataset reader uses
+# and the algorithm catalogue (with the text cut its messages use), so that editing the rest of modelplane does not
+# change every training image.
 SOURCE_PATHS = (
     "trainer/__init__.py",
     "trainer/run",
@@ -63,6 +64,9 @@ SOURCE_PATHS = (
     "modelplane/__init__.py",
     "modelplane/s3.py",
     "modelplane/whole_numbers.py",
+    "modelplane/spec/__init__.py",
+    "modelplane/spec/training_algorithms.py",
+    "modelplane/bounded_text.py",
 )
 CONTENT_HASH_LABEL = "io.modelplane.content-hash"
 MAX_DEPENDENCIES = 100

@@ -207,6 +207,15 @@ HTTP_ROUTES: Mapping[str, Rule] = {
     "GET /experiments/{name}/models/{model}/versions/{version}": _roles(Role.VIEWER),
     "GET /datasets": _roles(Role.VIEWER),
     "GET /datasets/{dataset}": _roles(Role.VIEWER),
+    # Aliases and promotions: moving one deploys and shifts traffic, an operator's like deploy.
+    "GET /experiments/{name}/aliases": _roles(Role.VIEWER),
+    "GET /experiments/{name}/aliases/{alias}": _roles(Role.VIEWER),
+    "PUT /experiments/{name}/aliases/{alias}": _roles(Role.OPERATOR),
+    "DELETE /experiments/{name}/aliases/{alias}": _roles(Role.OPERATOR),
+    "GET /experiments/{name}/promotion": _roles(Role.VIEWER),
+    "POST /experiments/{name}/promotion/canary": _roles(Role.OPERATOR),
+    "POST /experiments/{name}/promotion/finish": _roles(Role.OPERATOR),
+    "POST /experiments/{name}/promotion/abort": _roles(Role.OPERATOR),
 }
 
 # aiohttp adds a HEAD route next to every GET one; it answers what GET answers, without the body.

@@ -100,9 +100,9 @@ def _evenly_nested_and_fitting(data: list[Any], max_depth: int, expected: int, d
             break
         if kinds != {list} or depth >= max_depth:
             return False
+        # No early "more than expected" exit here: a level of lists says nothing of the elements under it (with a
+        # zero dimension, [[[]]] holds none). Flattening is linear in what was already parsed, MAX_DIMENSIONS deep.
         level, depth = list(chain.from_iterable(level)), depth + 1
-        if len(level) > expected:
-            return False
     if len(level) != expected or not kinds <= _KIND_TYPES[datatype]:
         return False
     limits = _INTEGER_RANGES.get(datatype)

@@ -11,6 +11,14 @@ protobuf message, whose arena costs ~1.3 KB even for a small spec; ``ModelVersio
 when asked. What placement and derivation read on every change (replicas wanted, memory, requirements, ...) is
 kept parsed in ``SpecFacts``, one object shared by every version whose facts are equal.
 
+Checked once: a restart does not check again the specs this scheduler wrote (100,000 of them took ~1.5 s of CPU,
+half the restore). Every spec in memory passed ``model_specs.validate_spec`` (a request's, or a stored one's at the
+restore; ``Cluster.check_invariants``), so ``to_bytes`` marks each stored spec as checked: its CRC-32 started from
+``SPEC_RULES``, the number of the rules it passed. A record read back whose every spec carries the mark of its own
+bytes under today's rules is ``StoredModel.checked``; any other (written before the mark, damaged since, or under
+other rules) has every spec checked in full, as before (``model_specs.usable_record``). The cheap checks (name,
+version numbers, creation times, how many versions) run on every record either way.
+
 Inline storage credentials are never persisted (``to_bytes`` writes the spec through
 modelplane/storage_secrets.py's ``redacted_model``): the scheduler holds an inline ``storageRcloneConfig`` in
 memory only, for as long as the version lives and an agent may need to load it. The trade-off, chosen over
@@ -30,8 +38,9 @@ import json
 import sys
 import time
 import weakref
+import zlib
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.state.v1 import state_pb2
@@ -48,6 +57,17 @@ ReplicaKey = tuple[str, int]  # (server name, replica index)
 _JSON_RECORD = b"{"[0]
 # A version's derived state until its replicas say otherwise: frozen, so one object serves every new version.
 _NEW_VERSION_STATE = DerivedState(ModelState.PROGRESSING, "", 0, 0)
+
+# The number of the rules a stored spec is checked by (model_specs.validate_spec and what it calls). Add one when they
+# come to refuse a spec they accepted before: specs marked under the old number are then checked in full again at the
+# next restart. tests/scheduler/test_model_records.py pins a fingerprint of those rules' code, so that a change to
+# them is not missed.
+SPEC_RULES = 1
+
+
+def spec_mark(spec: bytes) -> int:
+    """The mark of a stored spec that passed today's rules (module docstring): its CRC-32, started from SPEC_RULES."""
+    return zlib.crc32(spec, SPEC_RULES)
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)
@@ -279,7 +299,9 @@ class ModelRecord:
         return state_pb2.ModelRecord(
             deleted=self.deleted,
             versions=[
-                state_pb2.ModelVersionRecord(version=v.version, created_at=v.created_at, spec=v.shown_spec)
+                state_pb2.ModelVersionRecord(
+                    version=v.version, created_at=v.created_at, spec=v.shown_spec, checked=spec_mark(v.shown_spec)
+                )
                 for v in self.versions
             ],
         ).SerializeToString()
@@ -288,6 +310,13 @@ class ModelRecord:
     def from_bytes(cls, name: str, data: bytes) -> ModelRecord:
         """A stored record, in either form (module docstring). Raises ValueError (or KeyError, TypeError) if it
         cannot be read."""
+        return cls.read_stored(name, data).record
+
+    @classmethod
+    def read_stored(cls, name: str, data: bytes) -> StoredModel:
+        """``from_bytes``, and whether every spec in it carries the mark of its bytes under today's rules (module
+        docstring)."""
+        checked = False
         if data[:1] == bytes([_JSON_RECORD]):
             versions = _versions_from_json(data)
             deleted = bool(json.loads(data)["deleted"])
@@ -295,12 +324,20 @@ class ModelRecord:
             try:
                 stored = state_pb2.ModelRecord.FromString(data)
                 versions = [ModelVersion.restored(v.version, v.spec, v.created_at) for v in stored.versions]
+                checked = all(v.checked and v.checked == spec_mark(v.spec) for v in stored.versions)
             except Exception as error:  # protobuf's DecodeError and friends: the record is damaged
                 raise ValueError(f"stored model {name!r} is not a model record: {error}") from None
             deleted = stored.deleted
         if not versions:
             raise ValueError(f"stored model {name!r} has no versions")
-        return cls(name=name, versions=versions, deleted=deleted)
+        return StoredModel(cls(name=name, versions=versions, deleted=deleted), checked)
+
+
+class StoredModel(NamedTuple):
+    """A model record read back from the store; ``checked``: every spec in it passed today's rules when written."""
+
+    record: ModelRecord
+    checked: bool
 
 
 def _versions_from_json(data: bytes) -> list[ModelVersion]:

@@ -56,7 +56,9 @@ class Cluster(ReplicaLifecycle, VersionPlacement):
 
         Stored records pass the same checks as requests (a record written by an older scheduler, or damaged,
         must not break anything): what fails them is left out and logged; the store keeps it untouched. A spec
-        marked as checked under today's rules when written is not checked again (models/model_records.py).
+        marked as checked under today's rules when written is not checked again (models/model_records.py); a
+        protobuf record that was not marked, and passes whole, is written again with the mark (a JSON one moves to
+        the protobuf form only when it changes).
         """
         for server in servers:
             problem = server_specs.stored_server_problem(server)
@@ -64,10 +66,12 @@ class Cluster(ReplicaLifecycle, VersionPlacement):
                 log.error("cannot use stored server %s (%s); skipping it", limits.shown(server.name), problem)
                 continue
             self.servers[server.name] = server
-        for stored, checked in models:
+        for stored, checked, json_form in models:
             record = model_specs.usable_record(stored, checked=checked)
             if record is None:
                 continue
+            if not checked and not json_form and len(record.versions) == len(stored.versions):
+                self.touched.durable_models.add(record.name)  # checked in full now: marked, not checked again
             self.models[record.name] = record
             self._track(record)
             self._derive_all(record)

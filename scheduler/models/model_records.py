@@ -16,8 +16,10 @@ half the restore). Every spec in memory passed ``model_specs.validate_spec`` (a 
 restore; ``Cluster.check_invariants``), so ``to_bytes`` marks each stored spec as checked: its CRC-32 started from
 ``SPEC_RULES``, the number of the rules it passed. A record read back whose every spec carries the mark of its own
 bytes under today's rules is ``StoredModel.checked``; any other (written before the mark, damaged since, or under
-other rules) has every spec checked in full, as before (``model_specs.usable_record``). The cheap checks (name,
-version numbers, creation times, how many versions) run on every record either way.
+other rules) has every spec checked in full, as before (``model_specs.usable_record``), and, if in the protobuf form
+and usable whole, is written again with the mark (``Cluster.restore``), so that only the first restart after an
+upgrade checks it. The cheap checks (name, version numbers, creation times, how many versions) run on every record
+either way.
 
 Inline storage credentials are never persisted (``to_bytes`` writes the spec through
 modelplane/storage_secrets.py's ``redacted_model``): the scheduler holds an inline ``storageRcloneConfig`` in
@@ -323,7 +325,8 @@ class ModelRecord:
         """``from_bytes``, and whether every spec in it carries the mark of its bytes under today's rules (module
         docstring)."""
         checked = False
-        if data[:1] == bytes([_JSON_RECORD]):
+        json_form = data[:1] == bytes([_JSON_RECORD])
+        if json_form:
             versions = _versions_from_json(data)
             deleted = bool(json.loads(data)["deleted"])
         else:
@@ -340,14 +343,16 @@ class ModelRecord:
             deleted = stored.deleted
         if not versions:
             raise ValueError(f"stored model {name!r} has no versions")
-        return StoredModel(cls(name=name, versions=versions, deleted=deleted), checked)
+        return StoredModel(cls(name=name, versions=versions, deleted=deleted), checked, json_form)
 
 
 class StoredModel(NamedTuple):
-    """A model record read back from the store; ``checked``: every spec in it passed today's rules when written."""
+    """A model record read back from the store; ``checked``: every spec in it passed today's rules when written;
+    ``json_form``: written as JSON, before the protobuf form (module docstring)."""
 
     record: ModelRecord
     checked: bool
+    json_form: bool = False
 
 
 def _versions_from_json(data: bytes) -> list[ModelVersion]:

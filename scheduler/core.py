@@ -112,10 +112,16 @@ class SchedulerCore:
         servers = [
             decode(ServerRecord.from_bytes, SERVERS_TABLE, k, v) for k, v in self.store.load(SERVERS_TABLE).items()
         ]
-        models = [decode(ModelRecord.from_bytes, MODELS_TABLE, k, v) for k, v in self.store.load(MODELS_TABLE).items()]
+        models = [decode(ModelRecord.read_stored, MODELS_TABLE, k, v) for k, v in self.store.load(MODELS_TABLE).items()]
         self.cluster.restore([m for m in models if m is not None], [s for s in servers if s is not None])
         # Records written before inline credentials were redacted hold them in clear: written again, redacted.
-        self._write_behind.save(models={m.name for m in models if m is not None and m.stores_credentials_in_clear()})
+        self._write_behind.save(
+            models={
+                m.record.name
+                for m in models
+                if m is not None and not m.checked and m.record.stores_credentials_in_clear()  # marked: redacted
+            }
+        )
         for key, value in self.store.load(PIPELINES_TABLE).items():
             pipeline = decode(PipelineRecord.from_bytes, PIPELINES_TABLE, key, value)
             if pipeline is not None:

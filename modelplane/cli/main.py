@@ -15,29 +15,18 @@ from typing import Any
 
 import grpc
 
-from agent.settings import build_parser as build_agent_parser
-from agent.settings import parse_settings as parse_agent_settings
-from controller.settings import build_parser as build_controller_parser
-from controller.settings import parse_settings as parse_controller_settings
-from gateway.settings import build_parser as build_gateway_parser
-from gateway.settings import parse_settings as parse_gateway_settings
 from modelplane import __version__, logs
 from modelplane.addresses import Address
 from modelplane.audit import AuditLogError
 from modelplane.auth_flags import add_client_token_flag, client_token
-from modelplane.cli import audit_command, model_commands, registry_client, status_command, up
 from modelplane.command_line import EXIT_FAILURE, EXIT_USAGE, fail, subparsers
 from modelplane.config import parse_layered
 from modelplane.flag_types import peer_address
 from modelplane.kubernetes_api import KubernetesConfigError
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_tls_flags, security_from
-from registry.settings import build_parser as build_registry_parser
-from registry.settings import parse_settings as parse_registry_settings
 from scheduler.leadership.leadership_state import LeadershipLost
-from scheduler.settings import build_parser, parse_settings
 from scheduler.state_dir import StateDirError
-from trainer.commands import TRAINER_COMMANDS, add_trainer_commands, run_trainer_command
 
 DEFAULT_SCHEDULER = "127.0.0.1:9004"
 # Commands with actions (``modelplane model load``): their flags live on the action's parser.
@@ -59,7 +48,60 @@ def add_client_flags(parser: argparse.ArgumentParser, section: str) -> None:
     add_client_token_flag(parser)
 
 
-def _parser() -> argparse.ArgumentParser:
+# Each long-running process's flags are added to its command's parser only when that command runs (or its help is
+# asked), and a process's command builds no client command's parser: building them imports the other processes'
+# settings and the clients' modules, and with them their packages (aiohttp, minio...), which a scheduler would
+# otherwise load too: ~0.3 s of CPU before it restores anything (bench/README.md, "Restart after kill -9").
+# tests/cli/test_command_imports.py pins what the scheduler's command loads.
+def _scheduler_flags(parser: argparse.ArgumentParser) -> None:
+    from scheduler.settings import build_parser  # noqa: PLC0415 - see above
+
+    build_parser(parser)
+
+
+def _agent_flags(parser: argparse.ArgumentParser) -> None:
+    from agent.settings import build_parser  # noqa: PLC0415 - see _scheduler_flags
+
+    build_parser(parser)
+
+
+def _up_flags(parser: argparse.ArgumentParser) -> None:
+    from modelplane.cli import up  # noqa: PLC0415 - see _scheduler_flags
+
+    up.build_parser(parser)
+
+
+def _gateway_flags(parser: argparse.ArgumentParser) -> None:
+    from gateway.settings import build_parser  # noqa: PLC0415 - see _scheduler_flags
+
+    build_parser(parser)
+
+
+def _controller_flags(parser: argparse.ArgumentParser) -> None:
+    from controller.settings import build_parser  # noqa: PLC0415 - see _scheduler_flags
+
+    build_parser(parser)
+
+
+def _registry_flags(parser: argparse.ArgumentParser) -> None:
+    from registry.settings import build_parser  # noqa: PLC0415 - see _scheduler_flags
+
+    build_parser(parser)
+
+
+PROCESS_FLAGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "scheduler": _scheduler_flags,
+    "agent": _agent_flags,
+    "up": _up_flags,
+    "gateway": _gateway_flags,
+    "controller": _controller_flags,
+    "registry": _registry_flags,
+}
+
+
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command's parser; of the long-running processes, only ``command``'s with its flags; when ``command`` is a
+    long-running process, only the processes' parsers (see above)."""
     parser = argparse.ArgumentParser(
         prog="modelplane",
         description="modelplane: a control plane for machine-learning models (Seldon Core v2 scheduler API).",
@@ -67,57 +109,56 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"modelplane {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     commands.add_parser("version", help="print the version", description="Print modelplane's version.")
-    build_parser(
-        commands.add_parser(
-            "scheduler",
-            help="run the scheduler (the Scheduler API server)",
-            description="Run the scheduler: the Seldon Core v2 Scheduler API on --listen and the agent "
-            "service on --agent-listen. Every flag can also be set as MODELPLANE_<FLAG> or in a "
-            "TOML file given with --config.",
-        )
+    commands.add_parser(
+        "scheduler",
+        help="run the scheduler (the Scheduler API server)",
+        description="Run the scheduler: the Seldon Core v2 Scheduler API on --listen and the agent "
+        "service on --agent-listen. Every flag can also be set as MODELPLANE_<FLAG> or in a "
+        "TOML file given with --config.",
     )
-    build_agent_parser(
-        commands.add_parser(
-            "agent",
-            help="run an agent for one inference-server replica",
-            description="Run an agent: it registers one MLServer or Triton replica with the scheduler, loads "
-            "and unloads models on it, and serves an inference proxy in front of it.",
-        )
+    commands.add_parser(
+        "agent",
+        help="run an agent for one inference-server replica",
+        description="Run an agent: it registers one MLServer or Triton replica with the scheduler, loads "
+        "and unloads models on it, and serves an inference proxy in front of it.",
     )
-    up.build_parser(
-        commands.add_parser(
-            "up",
-            help="run the all-in-one local stack: scheduler, agent, a local MLServer and a gateway",
-            description="Run scheduler, agent and a local inference server in one process, on loopback.",
-        )
+    commands.add_parser(
+        "up",
+        help="run the all-in-one local stack: scheduler, agent, a local MLServer and a gateway",
+        description="Run scheduler, agent and a local inference server in one process, on loopback.",
     )
-    build_gateway_parser(
-        commands.add_parser(
-            "gateway",
-            help="run a gateway (V2 inference routing, experiments, pipelines)",
-            description="Run a gateway: V2 REST/gRPC inference routed to the replicas that serve each model, "
-            "experiments' traffic split and mirror, pipelines, and Kafka topics, from the routing table the "
-            "scheduler streams. Stateless: run as many as you like.",
-        )
+    commands.add_parser(
+        "gateway",
+        help="run a gateway (V2 inference routing, experiments, pipelines)",
+        description="Run a gateway: V2 REST/gRPC inference routed to the replicas that serve each model, "
+        "experiments' traffic split and mirror, pipelines, and Kafka topics, from the routing table the "
+        "scheduler streams. Stateless: run as many as you like.",
     )
-    build_controller_parser(
-        commands.add_parser(
-            "controller",
-            help="run the Kubernetes controller (Seldon's Model, Pipeline, Experiment, Server resources)",
-            description="Run the controller: it watches Seldon's custom resources (mlops.seldon.io/v1alpha1) in "
-            "the Kubernetes API, sends them to the scheduler, and writes their status back.",
-        )
+    commands.add_parser(
+        "controller",
+        help="run the Kubernetes controller (Seldon's Model, Pipeline, Experiment, Server resources)",
+        description="Run the controller: it watches Seldon's custom resources (mlops.seldon.io/v1alpha1) in "
+        "the Kubernetes API, sends them to the scheduler, and writes their status back.",
     )
-    add_trainer_commands(commands)
-    build_registry_parser(
-        commands.add_parser(
-            "registry",
-            help="run the model registry (experiments, splits, models: a REST API)",
-            description="Run the registry: seed 002's REST API of experiments, splits and models on --listen, "
-            "/openapi.json describing it, kept in SQLite in --state-dir or in PostgreSQL (--database).",
-            epilog=registry_client.EPILOG,
-        )
+    if command not in PROCESS_FLAGS:
+        from trainer.commands import add_trainer_commands  # noqa: PLC0415 - see _scheduler_flags
+
+        add_trainer_commands(commands)
+    registry = commands.add_parser(
+        "registry",
+        help="run the model registry (experiments, splits, models: a REST API)",
+        description="Run the registry: seed 002's REST API of experiments, splits and models on --listen, "
+        "/openapi.json describing it, kept in SQLite in --state-dir or in PostgreSQL (--database).",
     )
+    if command == "registry":  # the client commands, shown in its help only
+        from modelplane.cli import registry_client  # noqa: PLC0415 - see _scheduler_flags
+
+        registry.epilog = registry_client.EPILOG
+    if command in PROCESS_FLAGS:
+        PROCESS_FLAGS[command](subparsers(parser)[command])
+        return parser
+    from modelplane.cli import audit_command, model_commands  # noqa: PLC0415 - see _scheduler_flags
+
     status = commands.add_parser(
         "status",
         help="show a running scheduler's version, health and services",
@@ -144,6 +185,8 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
 
 
 def _run_scheduler(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    from scheduler.settings import parse_settings  # noqa: PLC0415 - see _scheduler_flags
+
     settings = parse_settings(parser, argv)
     logs.configure("scheduler", settings.log_level, json_output=settings.log_json)
     from scheduler import process  # noqa: PLC0415 - see _run_agent
@@ -158,7 +201,9 @@ def _run_scheduler(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
 
 
 def _run_agent(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
-    settings = parse_agent_settings(parser, argv)
+    from agent.settings import parse_settings  # noqa: PLC0415 - see _scheduler_flags
+
+    settings = parse_settings(parser, argv)
     logs.configure("agent", settings.log_level, json_output=settings.log_json)
     # Each process imports only its own code: a gateway need not carry the agent's or trainer's libraries.
     from agent import process as agent_process  # noqa: PLC0415
@@ -171,7 +216,9 @@ def _run_agent(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
 
 
 def _run_gateway(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
-    settings = parse_gateway_settings(parser, argv)
+    from gateway.settings import parse_settings  # noqa: PLC0415 - see _scheduler_flags
+
+    settings = parse_settings(parser, argv)
     logs.configure("gateway", settings.log_level, json_output=settings.log_json)
     from gateway import process as gateway_process  # noqa: PLC0415 - see _run_agent
 
@@ -183,7 +230,9 @@ def _run_gateway(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
 
 
 def _run_controller(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
-    settings = parse_controller_settings(parser, argv)
+    from controller.settings import parse_settings  # noqa: PLC0415 - see _scheduler_flags
+
+    settings = parse_settings(parser, argv)
     logs.configure("controller", settings.log_level, json_output=settings.log_json)
     from controller import process as controller_process  # noqa: PLC0415 - see _run_agent
     from modelplane.kubernetes_api import KubernetesConfigError  # noqa: PLC0415 - loads the kubernetes client
@@ -198,7 +247,9 @@ def _run_controller(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int
 
 
 def _run_registry(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
-    settings = parse_registry_settings(parser, argv)
+    from registry.settings import parse_settings  # noqa: PLC0415 - see _scheduler_flags
+
+    settings = parse_settings(parser, argv)
     logs.configure("registry", settings.log_level, json_output=settings.log_json)
     from modelplane.cli.registry_ports import serve_registry  # noqa: PLC0415 - see _run_agent
 
@@ -210,6 +261,8 @@ def _run_registry(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
 
 
 def _run_up(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    from modelplane.cli import up  # noqa: PLC0415 - see _scheduler_flags
+
     settings = up.parse_settings(parser, argv)
     logs.configure("up")
     try:
@@ -222,6 +275,8 @@ def _run_up(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
 
 
 def _client(parser: argparse.ArgumentParser, section: str, argv: Sequence[str], action: str | None) -> int:
+    from modelplane.cli import model_commands  # noqa: PLC0415 - see _scheduler_flags
+
     options = parse_layered(parser, section, argv)
     if section == "model" and action == "status" and options.watch and not options.name:
         parser.error("--watch needs a model name")
@@ -251,6 +306,8 @@ def _client_job(
     *,
     token: str | None,
 ) -> Callable[[], Coroutine[Any, Any, str]]:
+    from modelplane.cli import model_commands  # noqa: PLC0415 - see _scheduler_flags
+
     timeout: float = options.timeout
     if section == "model" and action == "status" and options.watch:
         return lambda: model_commands.watch(
@@ -270,6 +327,8 @@ def _client_job(
 
 
 async def _render_status(address: Address, security: TransportSecurity, timeout: float, token: str | None) -> str:
+    from modelplane.cli import status_command  # noqa: PLC0415 - see _scheduler_flags
+
     report = await status_command.fetch_report(address, security, timeout, token=token)
     return report.render()
 
@@ -287,7 +346,7 @@ PROCESSES: dict[str, Callable[[argparse.ArgumentParser, Sequence[str]], int]] = 
 
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one return per command
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
+    parser = _parser(argv[0] if argv else None)
     commands = subparsers(parser)
     if not argv or argv[0] not in commands:
         parser.parse_args(argv)  # prints help, the version, or the usage error (exit 2)
@@ -298,14 +357,21 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         print(f"modelplane {__version__}")
         return 0
-    if command == "registry" and rest and rest[0] in registry_client.GROUPS:
-        return registry_client.run(rest)  # a client command; flags first is the serving command, as before
+    if command == "registry" and rest:
+        from modelplane.cli import registry_client  # noqa: PLC0415 - see _scheduler_flags
+
+        if rest[0] in registry_client.GROUPS:
+            return registry_client.run(rest)  # a client command; flags first is the serving command, as before
     if command in PROCESSES:
         return PROCESSES[command](commands[command], rest)
     if command == "status":
         return _client(commands[command], "status", rest, None)
     if command == "audit":
+        from modelplane.cli import audit_command  # noqa: PLC0415 - see _scheduler_flags
+
         return audit_command.run(commands[command], rest)
+    from trainer.commands import TRAINER_COMMANDS, run_trainer_command  # noqa: PLC0415 - see _scheduler_flags
+
     if command in TRAINER_COMMANDS:
         return run_trainer_command(commands[command], command, rest)
     actions = subparsers(commands[command])

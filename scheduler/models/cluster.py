@@ -39,7 +39,7 @@ from scheduler.invariants import require
 from scheduler.models import model_specs, server_specs
 from scheduler.models.cluster_state import Operation, _derived_state, needs_capacity
 from scheduler.models.memory_ledger import AccountingError
-from scheduler.models.model_records import ModelRecord, ModelVersion
+from scheduler.models.model_records import ModelRecord, ModelVersion, StoredModel
 from scheduler.models.replica_lifecycle import ReplicaLifecycle
 from scheduler.models.replica_state import HOLDS_MEMORY, INACTIVE, UNLOADING_STATES
 from scheduler.models.server_records import ServerRecord
@@ -51,11 +51,14 @@ log = logging.getLogger(__name__)
 class Cluster(ReplicaLifecycle, VersionPlacement):
     """The scheduler's in-memory state of models and servers (see the module docstring for its parts)."""
 
-    def restore(self, models: Iterable[ModelRecord], servers: Iterable[ServerRecord]) -> None:
+    def restore(self, models: Iterable[StoredModel], servers: Iterable[ServerRecord]) -> None:
         """Load durable state after a restart: desired state only; replicas come back with agents.
 
         Stored records pass the same checks as requests (a record written by an older scheduler, or damaged,
-        must not break anything): what fails them is left out and logged; the store keeps it untouched.
+        must not break anything): what fails them is left out and logged; the store keeps it untouched. A spec
+        marked as checked under today's rules when written is not checked again (models/model_records.py); a
+        protobuf record that was not marked, and passes whole, is written again with the mark (a JSON one moves to
+        the protobuf form only when it changes).
         """
         for server in servers:
             problem = server_specs.stored_server_problem(server)
@@ -63,10 +66,12 @@ class Cluster(ReplicaLifecycle, VersionPlacement):
                 log.error("cannot use stored server %s (%s); skipping it", limits.shown(server.name), problem)
                 continue
             self.servers[server.name] = server
-        for stored in models:
-            record = model_specs.usable_record(stored)
+        for stored, checked, json_form in models:
+            record = model_specs.usable_record(stored, checked=checked)
             if record is None:
                 continue
+            if not checked and not json_form and len(record.versions) == len(stored.versions):
+                self.touched.durable_models.add(record.name)  # checked in full now: marked, not checked again
             self.models[record.name] = record
             self._track(record)
             self._derive_all(record)

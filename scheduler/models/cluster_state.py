@@ -27,6 +27,7 @@ checked against a full scan by ``Cluster.check_invariants``:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -267,6 +268,13 @@ def _derived_state(record: ModelRecord, version: ModelVersion) -> DerivedState:
     superseded = version is not record.latest and record.latest.derived.state == ModelState.AVAILABLE
     if record.deleted or superseded:
         return derive_terminating(version.facts())
+    if not version.replicas and version.schedule_failure is None and not version.server_deaths:
+        # Held nowhere and never tried (every version a restart restores): one of a few states, derived once each.
+        return _derived_unplaced(
+            version.spec_facts.desired_replicas,
+            version.spec_facts.min_replicas,
+            any(v.serving > 0 for v in record.versions[:-1]),
+        )
     return derive_live(
         version.facts(),
         desired=version.spec_facts.desired_replicas,
@@ -274,6 +282,14 @@ def _derived_state(record: ModelRecord, version: ModelVersion) -> DerivedState:
         previous_available=any(v.serving > 0 for v in record.versions[:-1]),
         schedule_failure=version.schedule_failure,
         failure=_crash_loop_failure(version),
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _derived_unplaced(desired: int, min_replicas: int, previous_available: bool) -> DerivedState:
+    """``derive_live`` of a version with no replica, no placement failure and no crash-loop failure."""
+    return derive_live(
+        (), desired=desired, min_replicas=min_replicas, previous_available=previous_available, schedule_failure=None
     )
 
 

@@ -11,6 +11,16 @@ protobuf message, whose arena costs ~1.3 KB even for a small spec; ``ModelVersio
 when asked. What placement and derivation read on every change (replicas wanted, memory, requirements, ...) is
 kept parsed in ``SpecFacts``, one object shared by every version whose facts are equal.
 
+Checked once: a restart does not check again the specs this scheduler wrote (100,000 of them took ~1.5 s of CPU,
+half the restore). Every spec in memory passed ``model_specs.validate_spec`` (a request's, or a stored one's at the
+restore; ``Cluster.check_invariants``), so ``to_bytes`` marks each stored spec as checked: its CRC-32 started from
+``SPEC_RULES``, the number of the rules it passed. A record read back whose every spec carries the mark of its own
+bytes under today's rules is ``StoredModel.checked``; any other (written before the mark, damaged since, or under
+other rules) has every spec checked in full, as before (``model_specs.usable_record``), and, if in the protobuf form
+and usable whole, is written again with the mark (``Cluster.restore``), so that only the first restart after an
+upgrade checks it. The cheap checks (name, version numbers, creation times, how many versions) run on every record
+either way.
+
 Inline storage credentials are never persisted (``to_bytes`` writes the spec through
 modelplane/storage_secrets.py's ``redacted_model``): the scheduler holds an inline ``storageRcloneConfig`` in
 memory only, for as long as the version lives and an agent may need to load it. The trade-off, chosen over
@@ -30,8 +40,9 @@ import json
 import sys
 import time
 import weakref
+import zlib
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.state.v1 import state_pb2
@@ -48,6 +59,17 @@ ReplicaKey = tuple[str, int]  # (server name, replica index)
 _JSON_RECORD = b"{"[0]
 # A version's derived state until its replicas say otherwise: frozen, so one object serves every new version.
 _NEW_VERSION_STATE = DerivedState(ModelState.PROGRESSING, "", 0, 0)
+
+# The number of the rules a stored spec is checked by (model_specs.validate_spec and what it calls). Add one when they
+# come to refuse a spec they accepted before: specs marked under the old number are then checked in full again at the
+# next restart. tests/scheduler/test_model_records.py pins a fingerprint of those rules' code, so that a change to
+# them is not missed.
+SPEC_RULES = 1
+
+
+def spec_mark(spec: bytes) -> int:
+    """The mark of a stored spec that passed today's rules (module docstring): its CRC-32, started from SPEC_RULES."""
+    return zlib.crc32(spec, SPEC_RULES)
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)
@@ -66,24 +88,30 @@ class SpecFacts:
     inline_config: bool
     credentials_in_clear: bool
 
-    _shared: ClassVar[weakref.WeakValueDictionary[SpecFacts, SpecFacts]] = weakref.WeakValueDictionary()
+    # The shared facts by their fields' values: a tuple is hashed and compared in C, so a version made like one before
+    # (every restored model, most loads) costs the lookup, not a new object (~3 of the ~7 us of ``of``).
+    _shared: ClassVar[weakref.WeakValueDictionary[tuple[object, ...], SpecFacts]] = weakref.WeakValueDictionary()
 
     @classmethod
     def of(cls, model: pb.Model) -> SpecFacts:
         spec = model.modelSpec
         inline = has_inline_config(model)
-        facts = cls(
-            desired_replicas=model.deploymentSpec.replicas if model.HasField("deploymentSpec") else 1,
-            min_replicas=model.deploymentSpec.minReplicas,
-            memory_bytes=memory_needed(model),
-            requirements=frozenset(spec.requirements),
-            server_pin=spec.server if spec.HasField("server") else None,
-            explainer=spec.WhichOneof("model_spec") == "explainer",
-            clean_topics_on_delete=model.dataflowSpec.cleanTopicsOnDelete,
-            inline_config=inline,
-            credentials_in_clear=inline and not is_redacted(spec.storageConfig.storageRcloneConfig),
+        deployment = model.deploymentSpec
+        values = (
+            deployment.replicas if model.HasField("deploymentSpec") else 1,  # desired_replicas
+            deployment.minReplicas,
+            memory_needed(model),
+            frozenset(spec.requirements),
+            spec.server if spec.HasField("server") else None,
+            spec.WhichOneof("model_spec") == "explainer",
+            model.dataflowSpec.cleanTopicsOnDelete,
+            inline,
+            inline and not is_redacted(spec.storageConfig.storageRcloneConfig),  # credentials_in_clear
         )
-        return cls._shared.setdefault(facts, facts)
+        shared = cls._shared.get(values)
+        if shared is None:
+            shared = cls._shared[values] = cls(*values)
+        return shared
 
 
 @dataclass(slots=True)
@@ -279,7 +307,9 @@ class ModelRecord:
         return state_pb2.ModelRecord(
             deleted=self.deleted,
             versions=[
-                state_pb2.ModelVersionRecord(version=v.version, created_at=v.created_at, spec=v.shown_spec)
+                state_pb2.ModelVersionRecord(
+                    version=v.version, created_at=v.created_at, spec=v.shown_spec, checked=spec_mark(v.shown_spec)
+                )
                 for v in self.versions
             ],
         ).SerializeToString()
@@ -288,19 +318,41 @@ class ModelRecord:
     def from_bytes(cls, name: str, data: bytes) -> ModelRecord:
         """A stored record, in either form (module docstring). Raises ValueError (or KeyError, TypeError) if it
         cannot be read."""
-        if data[:1] == bytes([_JSON_RECORD]):
+        return cls.read_stored(name, data).record
+
+    @classmethod
+    def read_stored(cls, name: str, data: bytes) -> StoredModel:
+        """``from_bytes``, and whether every spec in it carries the mark of its bytes under today's rules (module
+        docstring)."""
+        checked = False
+        json_form = data[:1] == bytes([_JSON_RECORD])
+        if json_form:
             versions = _versions_from_json(data)
             deleted = bool(json.loads(data)["deleted"])
         else:
             try:
                 stored = state_pb2.ModelRecord.FromString(data)
-                versions = [ModelVersion.restored(v.version, v.spec, v.created_at) for v in stored.versions]
+                versions = []
+                checked = True
+                for entry in stored.versions:
+                    spec = entry.spec
+                    versions.append(ModelVersion.restored(entry.version, spec, entry.created_at))
+                    checked = checked and entry.checked != 0 and entry.checked == spec_mark(spec)
             except Exception as error:  # protobuf's DecodeError and friends: the record is damaged
                 raise ValueError(f"stored model {name!r} is not a model record: {error}") from None
             deleted = stored.deleted
         if not versions:
             raise ValueError(f"stored model {name!r} has no versions")
-        return cls(name=name, versions=versions, deleted=deleted)
+        return StoredModel(cls(name=name, versions=versions, deleted=deleted), checked, json_form)
+
+
+class StoredModel(NamedTuple):
+    """A model record read back from the store; ``checked``: every spec in it passed today's rules when written;
+    ``json_form``: written as JSON, before the protobuf form (module docstring)."""
+
+    record: ModelRecord
+    checked: bool
+    json_form: bool = False
 
 
 def _versions_from_json(data: bytes) -> list[ModelVersion]:

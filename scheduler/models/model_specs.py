@@ -167,10 +167,13 @@ def next_version(name: str, latest: int) -> int:
     return latest + 1
 
 
-def usable_record(stored: ModelRecord) -> ModelRecord | None:
+def usable_record(stored: ModelRecord, *, checked: bool = False) -> ModelRecord | None:
     """``stored`` (read back from the state store) with only the versions a request could have made: a version
     number in range, above the one before, and a spec that passes ``validate_model`` for this very model; at most
-    the newest MAX_MODEL_VERSIONS. None when no version is left. Every version left out is logged."""
+    the newest MAX_MODEL_VERSIONS. None when no version is left. Every version left out is logged.
+
+    ``checked``: the specs carry the mark of having passed ``validate_spec`` under today's rules when they were
+    written (models/model_records.py, "Checked once"), so it is not run again; every other check is."""
     try:
         check_name(stored.name)
     except InvalidArgument as error:
@@ -178,7 +181,7 @@ def usable_record(stored: ModelRecord) -> ModelRecord | None:
         return None
     kept: list[ModelVersion] = []
     for version in stored.versions:
-        problem = _stored_version_problem(stored.name, version.version, version.spec, version.created_at)
+        problem = _stored_version_problem(stored.name, version, checked=checked)
         if problem is None and kept and version.version <= kept[-1].version:
             problem = f"its number is not above the version before it ({kept[-1].version})"
         if problem is not None:
@@ -199,15 +202,17 @@ def usable_record(stored: ModelRecord) -> ModelRecord | None:
     return ModelRecord(stored.name, kept, deleted=stored.deleted)
 
 
-def _stored_version_problem(name: str, number: int, spec: pb.Model, created_at: float) -> str | None:
-    if not 1 <= number <= MAX_VERSION:
-        return f"version {number} is outside 1..{MAX_VERSION}"
-    if not math.isfinite(created_at):
-        return f"its creation time {created_at} is not a number"
-    if spec.meta.name != name:
-        return f"its spec is of model {shown(spec.meta.name)}"
+def _stored_version_problem(name: str, version: ModelVersion, *, checked: bool) -> str | None:
+    if not 1 <= version.version <= MAX_VERSION:
+        return f"version {version.version} is outside 1..{MAX_VERSION}"
+    if not math.isfinite(version.created_at):
+        return f"its creation time {version.created_at} is not a number"
+    if version.name != name:  # the spec's meta.name, read when the version was made
+        return f"its spec is of model {shown(version.name)}"
+    if checked:
+        return None
     try:
-        validate_spec(spec)
+        validate_spec(version.spec)
     except InvalidArgument as error:
         return str(error)
     return None

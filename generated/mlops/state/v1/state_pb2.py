@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amlops/state/v1/state.proto\x12\x0emlops.state.v1\"T\n\x0bModelRecord\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12\x34\n\x08versions\x18\x02 \x03(\x0b\x32\".mlops.state.v1.ModelVersionRecord\"G\n\x12ModelVersionRecord\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x12\n\ncreated_at\x18\x02 \x01(\x01\x12\x0c\n\x04spec\x18\x03 \x01(\x0c\x42\x43ZAgithub.com/modelplane/modelplane/generated/mlops/state/v1;statev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amlops/state/v1/state.proto\x12\x0emlops.state.v1\"T\n\x0bModelRecord\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12\x34\n\x08versions\x18\x02 \x03(\x0b\x32\".mlops.state.v1.ModelVersionRecord\"X\n\x12ModelVersionRecord\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x12\n\ncreated_at\x18\x02 \x01(\x01\x12\x0c\n\x04spec\x18\x03 \x01(\x0c\x12\x0f\n\x07\x63hecked\x18\x04 \x01(\x07\x42\x43ZAgithub.com/modelplane/modelplane/generated/mlops/state/v1;statev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,5 +35,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELRECORD']._serialized_start=46
   _globals['_MODELRECORD']._serialized_end=130
   _globals['_MODELVERSIONRECORD']._serialized_start=132
-  _globals['_MODELVERSIONRECORD']._serialized_end=203
+  _globals['_MODELVERSIONRECORD']._serialized_end=220
 # @@protoc_insertion_point(module_scope)

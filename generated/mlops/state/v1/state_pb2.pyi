@@ -58,6 +58,7 @@ class ModelVersionRecord(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
+    CHECKED_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """Wider than the API's uint32, so that whatever a record holds in memory is written as it is; a version out of
     the API's range is left out when the record is read back (scheduler/models/model_specs.py, usable_record).
@@ -69,16 +70,23 @@ class ModelVersionRecord(_message.Message):
     redaction marker (modelplane/storage_secrets.py). Bytes rather than the message, so that the scheduler
     writes what it keeps in memory without parsing it; on the wire the two are the same.
     """
+    checked: _builtins.int
+    """The spec passed the scheduler's checks of a stored spec (scheduler/models/model_specs.py, validate_spec) when this
+    record was written: the CRC-32 of ``spec`` started from the number of those checks' rules
+    (model_records.SPEC_RULES). A restart reads a spec whose mark matches without checking it again; a spec
+    without it, damaged since, or checked under other rules is checked in full (0: not marked).
+    """
     def __init__(
         self,
         *,
         version: _builtins.int = ...,
         created_at: _builtins.float = ...,
         spec: _builtins.bytes = ...,
+        checked: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "spec", b"spec", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checked", b"checked", "created_at", b"created_at", "spec", b"spec", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2,9 +2,10 @@
 scheduler's status stream"), with real components: a scheduler and an agent with a real MLServer as subprocesses,
 and the registry's own trainer run. A model deployed through the registry and then unloaded at the scheduler
 directly is shown as not served; with the scheduler stopped its serving state is unknown (never the last one shown
-as current); restarted on the same addresses (its state folder kept) it serves the model again and the registry
-says so. The lifecycle state stays DEPLOYED throughout (registry/lifecycle.py says why). Stopped by PID; every wait
-is a hang guard for a loaded machine, not a timing check."""
+as current); restarted on the same addresses (its state folder kept) it serves the model again and the registry says
+so; the production alias's stable name is followed too. The lifecycle state stays DEPLOYED throughout
+(registry/lifecycle.py says why). Stopped by PID; every wait is a hang guard for a loaded machine, not a timing
+check."""
 
 from __future__ import annotations
 
@@ -42,6 +43,17 @@ def until_serving(registry: RegistryProcess, model_id: str, state: str) -> dict[
             return serving
         if time.monotonic() > deadline:
             raise AssertionError(f"serving still {serving} after {WAIT:g}s, not {state}:\n{registry.log()[-3000:]}")
+        time.sleep(0.1)
+
+
+def until_alias_serving(registry: RegistryProcess, model_id: str, state: str) -> dict[str, Any]:
+    deadline = time.monotonic() + WAIT
+    while True:
+        got = registry.call("GET", f"/experiments/iris/models/{model_id}").body
+        if got.get("aliasServing") and got["aliasServing"][0]["state"] == state:
+            return dict(got["aliasServing"][0])
+        if time.monotonic() > deadline:
+            raise AssertionError(f"aliasServing still {got.get('aliasServing')} after {WAIT:g}s, not {state}")
         time.sleep(0.1)
 
 
@@ -97,6 +109,15 @@ def test_the_registry_shows_what_the_scheduler_serves_of_a_deployed_model(cluste
         addresses = (f"--listen={scheduler.listen}", f"--agent-listen={scheduler.agent_listen}")
         cluster.scheduler = start_scheduler(tmp_path / "scheduler", *SCHEDULER_FLAGS, *addresses)
         until_serving(registry, model_id, "Available")
+
+        # The production alias serves it under the experiment's stable name too: followed as well.
+        moved = registry.call("PUT", "/experiments/iris/aliases/production", {"model": model_id})
+        assert moved.status == 200, moved.body
+        assert until_alias_serving(registry, model_id, "Available")["name"] == "iris"
+        unloaded = run_modelplane("model", "unload", "iris", f"--scheduler={scheduler.listen}", timeout=60)
+        assert unloaded.returncode == 0, unloaded.stderr
+        until_alias_serving(registry, model_id, "NotServed")
+        assert serving_of(registry, model_id)["state"] == "Available"  # its own name is still served
         assert "Traceback" not in registry.log()
     finally:
         stop_process(registry.process)

@@ -8,7 +8,7 @@ Each port raises its Error with a message for the model's or split's status (``r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -192,9 +192,9 @@ class ServingSink(Protocol):
         """The names the registry has deployed: only these are recorded."""
         ...
 
-    async def record(self, reports: Sequence[ServingReport], *, complete: bool) -> None:
-        """Record ``reports``; ``complete``: they are everything the scheduler serves, so every followed name not
-        among them is not served."""
+    async def record(self, reports: Sequence[ServingReport], *, not_served: Collection[str] = ()) -> None:
+        """Record ``reports``, and the names in ``not_served`` as not served (followed names a complete picture of
+        the scheduler did not hold)."""
         ...
 
     async def unknown(self, reason: str) -> None:

@@ -152,7 +152,10 @@ class SchedulerStatusFollower:
         it after the scheduler has reported it available) is found at the next refresh of the followed names, with
         what the scheduler last said of it."""
         followed = await sink.followed()
-        await sink.record([latest[name] for name in followed if name in latest], complete=True)
+        # Only names followed before the picture was taken are known not held by it: one deployed since may be
+        # held now (its load arrives on the subscription, queued behind the picture).
+        held = [latest[name] for name in followed if name in latest]
+        await sink.record(held, not_served={name for name in followed if name not in latest})
         backoff.reset()  # a connection that gave a complete picture: the next loss starts the backoff over
         while True:
             try:
@@ -162,7 +165,7 @@ class SchedulerStatusFollower:
                 new = now_followed - followed
                 followed = now_followed
                 if new:
-                    await sink.record([latest[name] for name in new if name in latest], complete=False)
+                    await sink.record([latest[name] for name in new if name in latest])
                 continue
             if message is None:
                 return  # the stream ended: the scheduler stopped
@@ -173,7 +176,7 @@ class SchedulerStatusFollower:
                 raise _ConnectionLostError(f"the scheduler holds more than {MAX_MODELS} models: not followed")
             latest[report.name] = report
             if report.name in followed:
-                await sink.record([report], complete=False)
+                await sink.record([report])
 
 
 StatusStream = grpc.aio.UnaryStreamCall[pb.ModelSubscriptionRequest, pb.ModelStatusResponse]

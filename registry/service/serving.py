@@ -8,7 +8,7 @@ current by the next one."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -51,18 +51,16 @@ class ServingService:
     async def followed(self) -> set[str]:
         return await self._context.store.read(_followed)
 
-    async def record(self, reports: Sequence[ServingReport], *, complete: bool) -> None:
+    async def record(self, reports: Sequence[ServingReport], *, not_served: Collection[str] = ()) -> None:
         now = self._context.clock()
 
         def unit(session: Session) -> None:
-            followed = _followed(session)
-            reported = {report.name for report in reports}
+            followed = _followed(session)  # a name deleted meanwhile is not recorded again
             for report in reports:
                 if report.name in followed:
                     _set(session, report.name, report.state, report.reason, now)
-            if complete:
-                for name in followed - reported:
-                    _set(session, name, ServingState.NOT_SERVED, "the scheduler does not hold it", now)
+            for name in followed.intersection(not_served):
+                _set(session, name, ServingState.NOT_SERVED, "the scheduler does not hold it", now)
 
         await self._context.store.write(unit)
 

@@ -3,9 +3,9 @@ scheduler's status stream"), with real components: a scheduler and an agent with
 and the registry's own trainer run. A model deployed through the registry and then unloaded at the scheduler
 directly is shown as not served; with the scheduler stopped its serving state is unknown (never the last one shown
 as current); restarted on the same addresses (its state folder kept) it serves the model again and the registry says
-so; the production alias's stable name is followed too. The lifecycle state stays DEPLOYED throughout
-(registry/lifecycle.py says why). Stopped by PID; every wait is a hang guard for a loaded machine, not a timing
-check."""
+so; the production alias's stable name is followed too, and a killed replica shows. The lifecycle state stays
+DEPLOYED throughout (registry/lifecycle.py says why). Stopped by PID; every wait is a hang guard for a loaded
+machine, not a timing check."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.agent_processes import kill_agent
 from tests.support.cluster_fixtures import SCHEDULER_FLAGS, Cluster
 from tests.support.processes import run_modelplane, start_scheduler, stop_process
 from tests.support.registry_process import RegistryProcess, start_registry, wait_for_status
@@ -43,6 +44,17 @@ def until_serving(registry: RegistryProcess, model_id: str, state: str) -> dict[
             return serving
         if time.monotonic() > deadline:
             raise AssertionError(f"serving still {serving} after {WAIT:g}s, not {state}:\n{registry.log()[-3000:]}")
+        time.sleep(0.1)
+
+
+def until_serving_not(registry: RegistryProcess, model_id: str, state: str) -> dict[str, Any]:
+    deadline = time.monotonic() + WAIT
+    while True:
+        serving = serving_of(registry, model_id)
+        if serving["state"] != state:
+            return serving
+        if time.monotonic() > deadline:
+            raise AssertionError(f"serving still {serving} after {WAIT:g}s")
         time.sleep(0.1)
 
 
@@ -76,7 +88,7 @@ def deployed_model(registry: RegistryProcess) -> tuple[str, str]:
 
 def test_the_registry_shows_what_the_scheduler_serves_of_a_deployed_model(cluster: Cluster, tmp_path: Path) -> None:
     scheduler = cluster.start_scheduler()
-    cluster.start_agents(cluster.agent(0))
+    [agent] = cluster.start_agents(cluster.agent(0))
     (tmp_path / "datasets").mkdir()
     write_iris_csv(tmp_path / "datasets" / "iris.csv")
     registry = start_registry(
@@ -118,6 +130,12 @@ def test_the_registry_shows_what_the_scheduler_serves_of_a_deployed_model(cluste
         assert unloaded.returncode == 0, unloaded.stderr
         until_alias_serving(registry, model_id, "NotServed")
         assert serving_of(registry, model_id)["state"] == "Available"  # its own name is still served
+
+        # Its only replica gone (the agent and its MLServer killed): no longer Available, with the scheduler's reason.
+        kill_agent(agent)
+        gone = until_serving_not(registry, model_id, "Available")
+        assert gone["state"] in {"Progressing", "Failed"}, gone
+        assert gone["reason"], gone
         assert "Traceback" not in registry.log()
     finally:
         stop_process(registry.process)

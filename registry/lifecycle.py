@@ -12,6 +12,14 @@ A model's life::
 
 Deleting is allowed in every state (the seed lists no 409 for it): ``None`` is "no model any more".
 
+DEPLOYED means "the registry deployed it" (a deploytime, a servingName), not "it is served now": what the scheduler
+serves is a separate fact that changes without any request to the registry (a model unloaded at the scheduler, its
+replicas gone, the scheduler away), shown beside the state as ``serving`` (registry/service/serving.py, kept by a
+follower of the scheduler's status stream). The state does not move when the scheduler stops serving: no row here
+depends on what the scheduler does, so every 409 stays exactly the seed's, and a model no longer served is deployed
+again the way any DEPLOYED model is (DEPLOYED --deploy--> DEPLOYED). Moving it back to TRAINED would make the
+lifecycle flap with every scheduler restart (unknown, then served again) and lose its deploytime.
+
 Domain code: no HTTP, no database. The store applies these moves under optimistic row versions
 (registry/store/database.py), so two writers deciding from the same state cannot both win.
 """

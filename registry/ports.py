@@ -1,13 +1,16 @@
 """What the registry asks of the world, as ports the composition root (modelplane/cli) fills in: computing a split
 (over registry/data), launching a training run (the trainer), deploying a model and splitting the traffic of a
-stable name between two deployed models (the scheduler). A registry
+stable name between two deployed models, and following what the scheduler serves (the scheduler). A registry
 without one answers 503 for the requests that need it and never pretends: no port, no state change.
 
 Each port raises its Error with a message for the model's or split's status (``reason``)."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -160,4 +163,46 @@ class TrafficRouter(Protocol):
 
     async def unload(self, serving_name: str) -> None:
         """Stop serving ``serving_name``. Not served: nothing to do."""
+        ...
+
+
+class ServingState(StrEnum):
+    """What the scheduler says of a name the registry deployed (GET .../models/{id}'s ``serving.state``)."""
+
+    AVAILABLE = "Available"  # serves requests
+    PROGRESSING = "Progressing"  # being loaded, or waiting for replicas
+    FAILED = "Failed"  # the scheduler's reason says why
+    NOT_SERVED = "NotServed"  # unloaded, terminated, or not known to the scheduler at all
+    UNKNOWN = (
+        "Unknown"  # the registry cannot tell now (the scheduler unreachable): never the last state shown as current
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ServingReport:
+    name: str  # the scheduler's model name
+    state: ServingState
+    reason: str = ""
+
+
+class ServingSink(Protocol):
+    """Where a ServingFollower puts what it learns (registry/service/serving.py keeps it in the database)."""
+
+    async def followed(self) -> set[str]:
+        """The names the registry has deployed: only these are recorded."""
+        ...
+
+    async def record(self, reports: Sequence[ServingReport], *, not_served: Collection[str] = ()) -> None:
+        """Record ``reports``, and the names in ``not_served`` as not served (followed names a complete picture of
+        the scheduler did not hold)."""
+        ...
+
+    async def unknown(self, reason: str) -> None:
+        """The scheduler cannot be followed now: every followed name's state is unknown, for ``reason``."""
+        ...
+
+
+class ServingFollower(Protocol):
+    async def follow(self, sink: ServingSink, stop: asyncio.Event) -> None:
+        """Follow the scheduler's model statuses into ``sink`` until ``stop``, reconnecting when it goes away."""
         ...

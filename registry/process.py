@@ -1,4 +1,5 @@
-"""The registry process: migrate the database, serve the REST API, fail overdue splits now and then.
+"""The registry process: migrate the database, serve the REST API, fail overdue splits now and then, and (with a
+scheduler) follow what the scheduler serves of what it deployed (registry/service/serving.py).
 
 It holds nothing a restart loses: every accepted call is committed before it is answered, and a split whose
 computation a stop interrupted is failed (at the stop, or by the next registry to look: splits.expire_overdue).
@@ -24,7 +25,7 @@ from modelplane.signals import stop_on_signals
 from modelplane.transport import http_server_ssl
 from registry.api.app import build_app
 from registry.errors import RegistryError
-from registry.ports import Deployer, SplitMaker, TrafficRouter, TrainingLauncher
+from registry.ports import Deployer, ServingFollower, SplitMaker, TrafficRouter, TrainingLauncher
 from registry.service.context import ServiceContext
 from registry.service.registry_service import RegistryService
 from registry.service.splits import EXPIRY_INTERVAL_SECONDS
@@ -74,6 +75,7 @@ async def run(
     deployer: Deployer | None = None,
     serving: asyncio.Future[Address] | None = None,
     traffic: TrafficRouter | None = None,
+    follower: ServingFollower | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT (or ``stop``). The ports are the composition root's to give (modelplane/cli);
     without them, splits, training, deploying and promotions answer 503. ``serving`` is given the address bound once
@@ -98,6 +100,7 @@ async def run(
         deploy_timeout_seconds=settings.deploy_timeout_seconds,
     )
     service = RegistryService(context)
+    await _nothing_served_known(service, follower is not None)
     app = protect(build_app(service), AccessCheck(settings.auth))
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
     try:
@@ -108,6 +111,8 @@ async def run(
     expiring = asyncio.create_task(_expire_overdue_work(service, stop), name="registry-expiry")
     consuming: asyncio.Task[None] | None = None
     consumer_stop = asyncio.Event()  # its own: ``stop`` may be the caller's (modelplane up), not ours to set
+    follow_stop = asyncio.Event()
+    following = asyncio.create_task(_follow_serving(service, follower, follow_stop), name="registry-serving")
     if settings.trainer_runs is not None and settings.model_store is not None:  # settings.py requires both
         consumer = TrainerRunsConsumer(settings.trainer_runs, settings.model_store, TrainerRunsService(context))
         consuming = asyncio.create_task(consumer.run(consumer_stop), name="registry-trainer-runs")
@@ -123,10 +128,41 @@ async def run(
         await runner.cleanup()
         await service.close()
         await _stop_consuming(consuming, consumer_stop)
+        follow_stop.set()
+        await asyncio.wait({following}, timeout=SHUTDOWN_GRACE_SECONDS)
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
         expiring.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await expiring
         store.close()
+
+
+async def _nothing_served_known(service: RegistryService, following: bool) -> None:
+    """Before the API answers: what a stopped registry recorded is not shown as current. Every followed name is
+    unknown until the scheduler says otherwise (for good, with no scheduler to follow)."""
+    if following:
+        why = "not yet heard from the scheduler since the registry started"
+    else:
+        why = "this registry follows no scheduler (no --scheduler)"
+    try:
+        await service.serving.unknown(why)
+    except RegistryError as error:
+        log.warning("registry: could not mark what the scheduler serves as unknown: %s", error.message)
+
+
+async def _follow_serving(service: RegistryService, follower: ServingFollower | None, stop: asyncio.Event) -> None:
+    """The follower until ``stop``. It does not raise; should it anyway, the registry goes on serving (its log says
+    why) and every followed name is unknown from then on."""
+    if follower is None:
+        return
+    try:
+        await follower.follow(service.serving, stop)
+    except Exception as error:
+        log.exception("registry: following what the scheduler serves failed")
+        with contextlib.suppress(RegistryError):
+            await service.serving.unknown(f"the registry stopped following the scheduler: {type(error).__name__}")
 
 
 async def _stop_consuming(consuming: asyncio.Task[None] | None, consumer_stop: asyncio.Event) -> None:

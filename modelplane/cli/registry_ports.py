@@ -12,8 +12,9 @@ from modelplane.auth_flags import client_token
 from modelplane.cli.registry_model_store import RegistryModelStore
 from modelplane.cli.registry_training import TrainerRunLauncher
 from registry.dataset_splits import DatasetSplitMaker
-from registry.ports import Deployer, SplitMaker, TrafficRouter, TrainingLauncher
+from registry.ports import Deployer, ServingFollower, SplitMaker, TrafficRouter, TrainingLauncher
 from registry.scheduler_deployer import SchedulerDeployer
+from registry.scheduler_status_follower import SchedulerStatusFollower
 from registry.scheduler_traffic import SchedulerTraffic
 from registry.settings import RegistrySettings
 from trainer.launchers.local import LocalLauncherSettings, LocalProcessLauncher
@@ -25,6 +26,7 @@ class RegistryPorts:
     launcher: TrainingLauncher | None
     deployer: Deployer | None
     traffic: TrafficRouter | None = None
+    follower: ServingFollower | None = None  # what the scheduler serves of what the registry deployed
 
 
 def registry_ports(settings: RegistrySettings) -> RegistryPorts:
@@ -37,6 +39,7 @@ def registry_ports(settings: RegistrySettings) -> RegistryPorts:
     launcher = TrainerRunLauncher(settings.state_dir / "runs", runs, timeout, store)
     deployer = None
     traffic = None
+    follower = None
     if settings.scheduler is not None:
         traffic = SchedulerTraffic(
             settings.scheduler,
@@ -52,8 +55,13 @@ def registry_ports(settings: RegistrySettings) -> RegistryPorts:
             client_token(settings.token_file),
             settings.deploy_storage_secret,
         )
+        follower = SchedulerStatusFollower(
+            settings.scheduler, settings.scheduler_security, client_token(settings.token_file)
+        )
     split_maker = DatasetSplitMaker(settings.datasets_root, s3=settings.model_store)
-    return RegistryPorts(split_maker=split_maker, launcher=launcher, deployer=deployer, traffic=traffic)
+    return RegistryPorts(
+        split_maker=split_maker, launcher=launcher, deployer=deployer, traffic=traffic, follower=follower
+    )
 
 
 async def serve_registry(
@@ -71,5 +79,6 @@ async def serve_registry(
         launcher=ports.launcher,
         deployer=ports.deployer,
         traffic=ports.traffic,
+        follower=ports.follower,
         serving=serving,
     )

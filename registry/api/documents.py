@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from registry.service.serving import Serving
 from registry.service.splits import SplitView
 from registry.store.tables import (
     AliasRow,
@@ -62,7 +63,21 @@ def split_status(row: SplitRow) -> dict[str, Any]:
     return _with_reason({"id": row.id, "status": row.state}, row.reason)
 
 
-def model(row: ModelRow) -> dict[str, Any]:
+def _serving(found: Serving) -> dict[str, Any]:
+    return {"name": found.name, "state": found.state, "reason": found.reason, "seen": found.seen}
+
+
+def _with_serving(document: dict[str, Any], serving: list[Serving] | None) -> dict[str, Any]:
+    """What the scheduler serves now of the model (registry/service/serving.py): ``serving`` for its servingName,
+    ``aliasServing`` for the other names an alias serves it under (the experiment's stable name)."""
+    if serving:
+        document["serving"] = _serving(serving[0])
+        if len(serving) > 1:
+            document["aliasServing"] = [_serving(found) for found in serving[1:]]
+    return document
+
+
+def model(row: ModelRow, serving: list[Serving] | None = None) -> dict[str, Any]:
     document: dict[str, Any] = {
         "id": row.id,
         "name": row.name,
@@ -84,11 +99,11 @@ def model(row: ModelRow) -> dict[str, Any]:
         document["trainingRun"] = row.training_run
     if row.serving_name is not None:
         document["servingName"] = row.serving_name  # the name to infer with, through the gateway
-    return _with_reason(document, row.reason)
+    return _with_serving(_with_reason(document, row.reason), serving)
 
 
-def model_status(row: ModelRow) -> dict[str, Any]:
-    return _with_reason({"id": row.id, "status": row.state}, row.reason)
+def model_status(row: ModelRow, serving: list[Serving] | None = None) -> dict[str, Any]:
+    return _with_serving(_with_reason({"id": row.id, "status": row.state}, row.reason), serving)
 
 
 def dataset(row: DatasetRow) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from modelplane import __version__
 from modelplane.spec.registry_api import TOTAL_COUNT_HEADER
 from registry.api.bodies import MAX_NAME_CHARS
 from registry.api.requests import DEFAULT_LIMIT, MAX_LIMIT
-from registry.api.routes import ROUTES, Route
+from registry.api.routes import ROUTES, Route, get_model, model_status
+from registry.ports import ServingState
 from registry.service.model_order import BETTER_FIRST, HIGHER_IS_BETTER, LOWER_IS_BETTER, ORDERS
 
 _ERRORS = {
@@ -99,6 +100,28 @@ def _operation(route: Route) -> dict[str, Any]:
     return operation
 
 
+# GET .../models/{id} and .../status: what the scheduler serves of the model now (registry/service/serving.py).
+_SERVING_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "what the scheduler serves under one of the model's names, as the registry's follower of the "
+    "scheduler's status stream last recorded it; Unknown while the scheduler cannot be reached",
+    "properties": {
+        "name": {"type": "string", "description": "the scheduler's model name (servingName, or an alias's)"},
+        "state": {"type": "string", "enum": [state.value for state in ServingState]},
+        "reason": {"type": "string", "description": "the scheduler's state and reason, or why it is unknown"},
+        "seen": {"type": ["integer", "null"], "description": "when the registry recorded this state (epoch s)"},
+    },
+    "required": ["name", "state", "reason", "seen"],
+}
+_WITH_SERVING: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "serving": {"$ref": "#/components/schemas/Serving"},
+        "aliasServing": {"type": "array", "items": {"$ref": "#/components/schemas/Serving"}},
+    },
+}
+
+
 def openapi_document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     schemas: dict[str, Any] = {}
@@ -107,7 +130,10 @@ def openapi_document() -> dict[str, Any]:
         schemas.update(operation.pop("x-schema-defs", {}))
         if "x-schema" in operation and route.body is not None:
             schemas[route.body.__name__] = operation.pop("x-schema")
+        if route.handler in (get_model, model_status):
+            operation["responses"]["200"]["content"]["application/json"]["schema"] = _WITH_SERVING
         paths.setdefault(route.path, {})[route.method.lower()] = operation
+    schemas["Serving"] = _SERVING_SCHEMA
     paths["/openapi.json"] = {
         "get": {"summary": "this document", "responses": {"200": {"description": "OpenAPI 3.1"}}},
     }

@@ -164,12 +164,12 @@ async def list_models(service: RegistryService, request: web.Request) -> web.Str
 
 async def get_model(service: RegistryService, request: web.Request) -> web.StreamResponse:
     row = await service.models.get(experiment_name(request), resource_id(request, "model", "model"))
-    return _json(documents.model(row))
+    return _json(documents.model(row, await service.serving.of(row)))
 
 
 async def model_status(service: RegistryService, request: web.Request) -> web.StreamResponse:
     row = await service.models.get(experiment_name(request), resource_id(request, "model", "model"))
-    return _json(documents.model_status(row))
+    return _json(documents.model_status(row, await service.serving.of(row)))
 
 
 async def delete_model(service: RegistryService, request: web.Request) -> web.StreamResponse:
@@ -249,9 +249,11 @@ ROUTES: Final = (
           {201: "id"}),
     Route("GET", _EXPERIMENT + "/models", list_models, "list an experiment's models (by a metric with sort)",
           answers={200: "models"}, paged=True, query=("sort", "order")),
-    Route("GET", _MODEL, get_model, "get a model", answers={200: "model"}),
+    Route("GET", _MODEL, get_model, "get a model (serving: what the scheduler serves of it now)",
+          answers={200: "model"}),
     Route("DELETE", _MODEL, delete_model, "delete a model", answers={204: ""}),
-    Route("GET", _MODEL + "/status", model_status, "get a model's status", answers={200: "status"}),
+    Route("GET", _MODEL + "/status", model_status, "get a model's status (and what the scheduler serves of it)",
+          answers={200: "status"}),
     Route("POST", _MODEL + "/split", create_model_split, "make a split for the model with its directives", SplitBody,
           {201: "id"}, (409, 503)),
     Route("DELETE", _MODEL + "/split", delete_model_split, "unassign the model's split", answers={200: "model"},

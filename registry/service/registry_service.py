@@ -1,5 +1,5 @@
 """The service layer as one object the REST edge and the process hold: experiments, datasets, splits, models,
-versions, aliases and promotions."""
+versions, aliases, promotions and what the scheduler serves."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from registry.service.datasets import DatasetService
 from registry.service.experiments import ExperimentService
 from registry.service.models import ModelService
 from registry.service.promotions import PromotionService
+from registry.service.serving import ServingService
 from registry.service.splits import SplitService
 from registry.service.training import TrainingService
 from registry.service.versions import VersionService
@@ -25,6 +26,7 @@ class RegistryService:
         self.versions = VersionService(context)
         self.aliases = AliasService(context)
         self.promotions = PromotionService(context)
+        self.serving = ServingService(context)
 
     async def close(self) -> None:
         await self.splits.close()

@@ -222,3 +222,20 @@ class PromotionRow(Base):
     row_version: Mapped[int] = mapped_column(Integer)
 
     __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012 - SQLAlchemy's declarative form
+
+
+class ServingRow(Base):
+    """What the scheduler last said of a name the registry deployed (registry/service/serving.py): its state
+    (registry/ports.py's ServingState), the scheduler's reason, and when the registry recorded it. Keyed by the
+    scheduler's model name: a model's own name and an experiment's stable name are each one row."""
+
+    __tablename__ = "serving"
+
+    name: Mapped[str] = mapped_column(String(NAME_CHARS), primary_key=True)
+    state: Mapped[str] = mapped_column(String(STATE_CHARS))
+    reason: Mapped[str] = mapped_column(String(REASON_CHARS), default="")
+    seen: Mapped[int] = mapped_column(BigInteger)
+    description: Mapped[str] = mapped_column(Text, default="")
+    row_version: Mapped[int] = mapped_column(Integer)
+
+    __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012 - SQLAlchemy's declarative form

@@ -28,7 +28,7 @@ def test_an_empty_database_is_migrated_to_the_newest_schema_at_start(tmp_path: P
     registry = start_registry(tmp_path, *_database_flag(database_url))
     try:
         engine = open_engine(url_of(database_url, tmp_path / "state"))
-        assert schema.current_revision(engine) == schema.head_revision() == "0005"
+        assert schema.current_revision(engine) == schema.head_revision() == "0006"
         with engine.connect() as connection:
             assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
         engine.dispose()

@@ -13,24 +13,15 @@ import pytest
 from modelplane.auth.access_table import Role
 from modelplane.cli.main import main
 from tests.support.auth_material import TOKENS, one_identity_per_role
-from tests.support.processes import STARTED, stop_process
-from tests.support.registry_process import RegistryProcess, start_registry
-from tests.support.training_schemas import write_iris_csv
+from tests.support.processes import stop_process
+from tests.support.registry_process import RegistryProcess, module_registry, start_registry
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
     """One registry for the module, with iris under its datasets root."""
-    workdir = Path(tmp_path_factory.mktemp("registry"))
-    datasets = workdir / "datasets"
-    (datasets / "flowers").mkdir(parents=True)
-    write_iris_csv(datasets / "flowers" / "iris.csv")
-    registry = start_registry(workdir, f"--datasets-root={datasets}")
-    STARTED.remove(registry.process)  # kept out of the per-test sweep of leftover processes; stopped below
-    try:
+    with module_registry(Path(tmp_path_factory.mktemp("registry")), with_iris=True) as registry:
         yield registry
-    finally:
-        stop_process(registry.process)
 
 
 def _run(capsys: pytest.CaptureFixture[str], registry: RegistryProcess | None, *argv: str) -> tuple[int, str, str]:

@@ -15,26 +15,16 @@ from pathlib import Path
 import pytest
 
 from modelplane.cli.main import main
-from tests.support.processes import STARTED, stop_process
-from tests.support.registry_process import RegistryProcess, start_registry
-from tests.support.training_schemas import write_iris_csv
+from tests.support.registry_process import RegistryProcess, module_registry
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
     """One registry for the module, with iris under its datasets root and an experiment over it."""
-    workdir = Path(tmp_path_factory.mktemp("registry"))
-    datasets = workdir / "datasets"
-    (datasets / "flowers").mkdir(parents=True)
-    write_iris_csv(datasets / "flowers" / "iris.csv")
-    registry = start_registry(workdir, f"--datasets-root={datasets}")
-    STARTED.remove(registry.process)  # kept out of the per-test sweep of leftover processes; stopped below
-    try:
+    with module_registry(Path(tmp_path_factory.mktemp("registry")), with_iris=True) as registry:
         document = {"srcpath": "flowers/iris.csv", "outcome": "species", "outcomeType": "string"}
         assert registry.call("PUT", "/experiments/iris", document).status == 201
         yield registry
-    finally:
-        stop_process(registry.process)
 
 
 def _run(capsys: pytest.CaptureFixture[str], at: str, *argv: str) -> tuple[int, str, str]:

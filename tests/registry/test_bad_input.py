@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from modelplane.spec.training_algorithms import CLASSIFIERS, REGRESSORS
 from registry.api.app import MAX_BODY_BYTES
 from registry.data.directives import MAX_DIRECTIVES
-from tests.support.processes import STARTED, alive, stop_process
-from tests.support.registry_process import Answer, RegistryProcess, start_registry
+from tests.support.processes import alive
+from tests.support.registry_process import Answer, RegistryProcess, module_registry
 
 MODEL = "{model}"
 # Each call that reads a body, with the fields its body knows.
@@ -53,15 +53,10 @@ json_values = st.recursive(
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RegistryProcess, str]]:
-    registry = start_registry(Path(tmp_path_factory.mktemp("registry")))
-    # One registry for the module: kept out of the per-test sweep of leftover processes, stopped below.
-    STARTED.remove(registry.process)
-    try:
+    with module_registry(Path(tmp_path_factory.mktemp("registry"))) as registry:
         assert registry.call("PUT", "/experiments/target", {"srcpath": "/t.csv", "outcome": "y"}).status == 201
         model = registry.call("POST", "/experiments/target/models", {"name": "m"}).body["id"]
         yield registry, model
-    finally:
-        stop_process(registry.process)
 
 
 def _refused(answer: Answer, *statuses: int) -> None:

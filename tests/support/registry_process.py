@@ -3,15 +3,18 @@ and thread-pooled racing writers call it directly)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import Popen
 from typing import Any
 
-from tests.support.processes import _start_until_ready
+from tests.support.processes import STARTED, _start_until_ready, stop_process
+from tests.support.training_schemas import write_iris_csv
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,24 @@ def start_registry(
     argv = ["registry", "--listen=127.0.0.1:0", f"--state-dir={state_dir}", f"--ready-file={ready_file}", *extra]
     process, addresses = _start_until_ready(argv, ready_file, log_path, ready_timeout, "ab")
     return RegistryProcess(process, addresses["listen"], state_dir, log_path)
+
+
+@contextlib.contextmanager
+def module_registry(workdir: Path, *, with_iris: bool = False) -> Iterator[RegistryProcess]:
+    """One registry for a test module (``with_iris``: iris at ``flowers/iris.csv`` under its datasets root), kept out
+    of the per-test sweep of leftover processes and stopped on the way out."""
+    extra = []
+    if with_iris:
+        datasets = workdir / "datasets"
+        (datasets / "flowers").mkdir(parents=True)
+        write_iris_csv(datasets / "flowers" / "iris.csv")
+        extra.append(f"--datasets-root={datasets}")
+    registry = start_registry(workdir, *extra)
+    STARTED.remove(registry.process)
+    try:
+        yield registry
+    finally:
+        stop_process(registry.process)
 
 
 def wait_for_status(

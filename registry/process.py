@@ -127,12 +127,8 @@ async def run(
     finally:
         await runner.cleanup()
         await service.close()
-        await _stop_consuming(consuming, consumer_stop)
-        follow_stop.set()
-        await asyncio.wait({following}, timeout=SHUTDOWN_GRACE_SECONDS)
-        following.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await following
+        await _stop_task(consuming, consumer_stop)
+        await _stop_task(following, follow_stop)
         expiring.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await expiring
@@ -165,14 +161,14 @@ async def _follow_serving(service: RegistryService, follower: ServingFollower | 
             await service.serving.unknown(f"the registry stopped following the scheduler: {type(error).__name__}")
 
 
-async def _stop_consuming(consuming: asyncio.Task[None] | None, consumer_stop: asyncio.Event) -> None:
-    """Stop the consumer of the trainer's runs at its next record or poll (a record not finished is read again by
-    the next registry: its offset is not committed); cancelled if it does not stop within the grace (a Kafka
-    client still connecting)."""
-    if consuming is None:
+async def _stop_task(task: asyncio.Task[None] | None, stop: asyncio.Event) -> None:
+    """Stop a background part (the consumer of the trainer's runs, the follower of the scheduler) at its next step:
+    a record of the consumer's not finished is read again by the next registry (its offset is not committed);
+    cancelled if it does not stop within the grace (a Kafka client still connecting)."""
+    if task is None:
         return
-    consumer_stop.set()
-    await asyncio.wait({consuming}, timeout=SHUTDOWN_GRACE_SECONDS)
-    consuming.cancel()
+    stop.set()
+    await asyncio.wait({task}, timeout=SHUTDOWN_GRACE_SECONDS)
+    task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
-        await consuming
+        await task

@@ -9,7 +9,7 @@ it cannot be reached) every followed name is recorded as unknown, with why, and 
 (modelplane/backoff.py); a connection that gave a complete picture resets the backoff.
 
 Bounded: the picture counts at most MAX_MODELS statuses (more: this connection is given up, the state unknown), each
-message is under gRPC's receive limit, and a reason is cut to MAX_REASON_CHARS. Nothing here raises out of
+message is under gRPC's receive limit, and a reason is cut to REASON_CHARS. Nothing here raises out of
 ``follow``: a failure of the sink (the database away) is logged and the connection tried again later.
 """
 
@@ -31,12 +31,12 @@ from modelplane.auth.client_token import ClientToken
 from modelplane.backoff import Backoff
 from modelplane.transport import TransportError, TransportSecurity, open_channel
 from registry.ports import ServingReport, ServingSink, ServingState
+from registry.store.tables import REASON_CHARS  # what a reason column holds: more is cut here, before queueing
 
 log = logging.getLogger(__name__)
 
 SUBSCRIBER: Final = "modelplane-registry-follower"
 MAX_MODELS: Final = 100_000
-MAX_REASON_CHARS: Final = 2000
 PICTURE_TIMEOUT_SECONDS: Final = 60.0
 QUEUED: Final = 1000  # subscription messages read ahead of the database
 
@@ -68,7 +68,7 @@ def report_of(message: pb.ModelStatusResponse) -> ServingReport:
     state = STATES.get(status.state, ServingState.PROGRESSING)
     shown = pb.ModelStatus.ModelState.Name(status.state) if status.state in STATES else str(status.state)
     reason = f"{shown}: {status.reason}" if status.reason else shown
-    return ServingReport(message.modelName, state, reason[:MAX_REASON_CHARS])
+    return ServingReport(message.modelName, state, reason[:REASON_CHARS])
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +88,7 @@ class SchedulerStatusFollower:
                 return
             log.info("registry: following the scheduler at %s: %s; trying again", self.scheduler, why)
             try:
-                await sink.unknown(f"cannot follow the scheduler at {self.scheduler}: {why}"[:MAX_REASON_CHARS])
+                await sink.unknown(f"cannot follow the scheduler at {self.scheduler}: {why}"[:REASON_CHARS])
             except Exception:  # the database away too: recorded at the next connection
                 log.warning("registry: could not record the scheduler's state as unknown", exc_info=True)
             with contextlib.suppress(TimeoutError):

@@ -36,7 +36,6 @@ from registry.promotion_rules import (
 )
 from registry.service import lookups, versions
 from registry.service.aliases import (
-    MAX_REASON_CHARS,
     VersionRef,
     alias_row,
     current_promotion,
@@ -49,7 +48,7 @@ from registry.service.aliases import (
 from registry.service.context import ServiceContext, new_id
 from registry.serving_names import model_serving_name
 from registry.store.database import guard
-from registry.store.tables import PromotionRow
+from registry.store.tables import REASON_CHARS, PromotionRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +103,7 @@ class PromotionService:
             def note(session: Session) -> None:
                 row = session.get(PromotionRow, promotion_id)
                 if row is not None:
-                    row.reason = reason[:MAX_REASON_CHARS]
+                    row.reason = reason[:REASON_CHARS]
                     row.update_time = self._context.clock()
 
             await self._context.store.write(note)

@@ -16,9 +16,7 @@ from sqlalchemy.orm import Session
 
 from registry.ports import ServingReport, ServingState
 from registry.service.context import ServiceContext
-from registry.store.tables import AliasRow, ModelRow, ServingRow
-
-MAX_REASON_CHARS = 2000
+from registry.store.tables import REASON_CHARS, AliasRow, ModelRow, ServingRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +34,7 @@ def _followed(session: Session) -> set[str]:
 
 
 def _set(session: Session, name: str, state: ServingState, reason: str, now: int) -> None:
-    reason = reason[:MAX_REASON_CHARS]
+    reason = reason[:REASON_CHARS]
     row = session.get(ServingRow, name)
     if row is None:
         session.add(ServingRow(name=name, state=state.value, reason=reason, seen=now))

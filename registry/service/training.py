@@ -25,12 +25,11 @@ from registry.ports import LaunchError, TrainingLauncher, TrainingRequest, Train
 from registry.service import assignments, lookups
 from registry.service.context import ServiceContext, new_id
 from registry.service.models import TrainingSpec, check_training_choice
-from registry.store.tables import ModelRow, ModelVersionRow, SplitRow
+from registry.store.tables import REASON_CHARS, ModelRow, ModelVersionRow, SplitRow
 
 log = logging.getLogger(__name__)
 
 STOPPED_REASON: Final = "the registry running this training stopped before it finished"
-MAX_REASON_CHARS: Final = 2000
 
 
 def _lineage(model: ModelRow, split: SplitRow, experiment_srcpath: str | None, run_id: str) -> dict[str, Any]:
@@ -154,7 +153,7 @@ class TrainingService:
             if row.state != ModelState.TRAINING.value:
                 return  # already recorded (an expiry and the run's own end racing)
             assignments.move(row, action)
-            row.reason = reason[:MAX_REASON_CHARS] if reason else None
+            row.reason = reason[:REASON_CHARS] if reason else None
             if result is None:
                 return
             row.evaluation_metrics = dict(result.evaluation_metrics)

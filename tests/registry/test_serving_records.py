@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from registry.lifecycle import ModelState
 from registry.ports import ServingState
-from registry.scheduler_status_follower import MAX_REASON_CHARS, report_of
-from registry.store.tables import ModelRow, ServingRow
+from registry.scheduler_status_follower import report_of
+from registry.store.tables import REASON_CHARS, ModelRow, ServingRow
 from tests.registry.rows import add_model, open_store
 from tests.support.processes import stop_process
 from tests.support.registry_process import RegistryProcess, start_registry
@@ -58,7 +58,7 @@ def test_scheduler_messages_become_bounded_records() -> None:
     long_reason.versions.add().state.CopyFrom(pb.ModelStatus(state=pb.ModelStatus.ModelFailed, reason="x" * 100_000))
     failed = report_of(long_reason)
     assert failed.state is ServingState.FAILED
-    assert len(failed.reason) == MAX_REASON_CHARS
+    assert len(failed.reason) == REASON_CHARS
     odd = pb.ModelStatusResponse(modelName="m")
     odd.versions.add().state.state = pb.ModelStatus.ModelState.ValueType(
         99

@@ -37,7 +37,6 @@ from registry.serving_names import stable_name
 from registry.store.database import guard
 from registry.store.tables import AliasMoveRow, AliasRow, ModelRow, ModelVersionRow, PromotionRow
 
-MAX_REASON_CHARS = 2000
 # A claimant may still be waiting on the scheduler for up to its deploy timeout; this much more before a claim is
 # taken as its registry's, stopped.
 CLAIM_MARGIN_SECONDS = 60
@@ -117,16 +116,20 @@ def claim_move(
     target = (version.model_id, version.version)
     moving = move_in_flight(session, experiment_name, alias, now, stale_after)
     if moving is not None and (moving.model_id, moving.version) != target:
-        raise Conflict(
-            f"alias {alias} of experiment {experiment_name} is being moved to model {moving.model_id} version "
-            f"{moving.version} by another request: try again once it is done"
-        )
+        raise _being_moved(experiment_name, alias, moving)
     move = session.get(AliasMoveRow, (experiment_name, alias))
     if move is None:
         move = AliasMoveRow(experiment_name=experiment_name, alias=alias)
         session.add(move)
     move.model_id, move.version, move.start_time = target[0], target[1], now
     session.flush()
+
+
+def _being_moved(experiment_name: str, alias: str, moving: AliasMoveRow) -> Conflict:
+    return Conflict(
+        f"alias {alias} of experiment {experiment_name} is being moved to model {moving.model_id} version "
+        f"{moving.version} by another request: try again once it is done"
+    )
 
 
 def release_move(session: Session, experiment_name: str, alias: str, model_id: str, version: int) -> None:
@@ -240,6 +243,13 @@ class AliasService:
 
         return await self._context.store.write(record)
 
+    def _not_moving(self, session: Session, experiment_name: str, alias: str) -> None:
+        """Conflict while another request moves ``alias`` (its claim: ``claim_move``)."""
+        stale_after = self._context.deploy_timeout_seconds
+        moving = move_in_flight(session, experiment_name, alias, self._context.clock(), stale_after)
+        if moving is not None:
+            raise _being_moved(experiment_name, alias, moving)
+
     async def delete(self, experiment_name: str, alias: str) -> None:
         """Remove the alias. ``production``'s stable name stops serving (nothing answers it any more); a
         candidate's model stays served under its own name (as POST .../deploy left it)."""
@@ -251,6 +261,7 @@ class AliasService:
             if row is None:
                 raise NotFound(f"experiment {experiment_name} has no alias {alias}")
             check_not_held(session, experiment_name, alias)
+            self._not_moving(session, experiment_name, alias)  # the move would record it again, serving nothing
             if alias == PRODUCTION:
                 self._traffic()
             return row
@@ -267,6 +278,7 @@ class AliasService:
             if current is None:
                 return  # removed meanwhile: the same end
             check_not_held(session, experiment_name, alias)
+            self._not_moving(session, experiment_name, alias)
             if alias == PRODUCTION and current.serving_name is not None:
                 forget_serving_name(session, experiment_name, current.serving_name)
             session.delete(current)

@@ -17,7 +17,7 @@ from registry.lifecycle import ModelState
 from registry.promotion_rules import MAX_ALIASES_PER_EXPERIMENT, PromotionState
 from registry.store.database import Store
 from tests.registry import rows
-from tests.registry.version_rows import HOUSES, add_promotion, claim_move, move_claims, trained
+from tests.registry.version_rows import HOUSES, add_alias, add_promotion, claim_move, move_claims, trained
 from tests.support.processes import stop_process
 from tests.support.registry_process import RegistryProcess, start_registry
 
@@ -224,5 +224,32 @@ def test_a_serving_alias_moved_by_another_request_is_not_raced(tmp_path: Path, d
         assert taken.status == 502, taken.body
         assert move_claims(store) == []
         assert registry.call("GET", "/experiments/houses/aliases/production").status == 404  # never recorded
+    finally:
+        stop_process(registry.process)
+
+
+def test_production_is_not_removed_while_a_move_of_it_is_in_flight(
+    tmp_path: Path, database_url: str, store: Store
+) -> None:
+    """The move, once deployed, would record production again under a stable name the removal had unloaded: a
+    removal while another request moves production is a 409 before the scheduler is asked anything, and production
+    stays as it was."""
+    (tmp_path / "datasets").mkdir()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    flags = [f"--datasets-root={tmp_path / 'datasets'}", f"--scheduler=127.0.0.1:{port}", "--deploy-timeout=5"]
+    if database_url.startswith("postgresql"):
+        flags.append(f"--database={database_url}")
+    registry = start_registry(tmp_path, *flags)
+    try:
+        assert registry.call("PUT", "/experiments/houses", HOUSES).status == 201
+        current, moving = trained(store), trained(store)
+        add_alias(store, current)
+        claim_move(store, moving, start_time=int(time.time()))
+        removed = registry.call("DELETE", "/experiments/houses/aliases/production")
+        assert removed.status == 409, removed.body
+        assert f"being moved to model {moving} version 1" in removed.error
+        assert registry.call("GET", "/experiments/houses/aliases/production").body["model"] == current
     finally:
         stop_process(registry.process)

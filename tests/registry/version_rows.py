@@ -11,7 +11,7 @@ from sqlalchemy import select
 from registry.lifecycle import ModelState
 from registry.promotion_rules import PromotionState
 from registry.store.database import Store
-from registry.store.tables import AliasMoveRow, ModelVersionRow, PromotionRow
+from registry.store.tables import AliasMoveRow, AliasRow, ModelVersionRow, PromotionRow
 from tests.registry import rows
 
 HOUSES = {"srcpath": "/houses.csv", "outcome": "price", "outcomeType": "double"}
@@ -63,6 +63,14 @@ def add_promotion(store: Store, production: str, candidate: str, state: Promotio
         )
     )
     return promotion_id
+
+
+def add_alias(store: Store, model_id: str, alias: str = "production", serving_name: str | None = "houses") -> None:
+    """``alias`` of experiment houses on ``model_id`` version 1, deployed under ``serving_name``."""
+    row = AliasRow(
+        experiment_name="houses", alias=alias, model_id=model_id, version=1, serving_name=serving_name, update_time=4
+    )
+    store.write_now(lambda session: session.add(row))
 
 
 def claim_move(store: Store, model_id: str, *, start_time: int, alias: str = "production") -> None:

@@ -73,6 +73,11 @@ class TrainerRunsService:
     def __init__(self, context: ServiceContext) -> None:
         self._context = context
 
+    async def is_registered(self, run_id: str) -> bool:
+        """Whether the run is a version already (a redelivered report): known before its artifact is read."""
+        version_id = _derived_id("run", run_id)
+        return await self._context.store.read(lambda session: session.get(ModelVersionRow, version_id) is not None)
+
     async def register(self, report: RunReport, stored: StoredRun) -> bool:
         """Register the run (its experiment, model and version); False when it was registered already."""
         return await self._context.store.write(lambda session: self._register(session, report, stored))

@@ -111,6 +111,15 @@ class TrainerRunsConsumer:
                 raise ReportError(
                     f"the model is in bucket {report.bucket!r}, not this registry's {self._store.bucket!r}"
                 )
+            if await self._service.is_registered(report.run_id):
+                # Redelivered: the store (a whole artifact, hashed) is not read again; register() checks too (races).
+                log.info(
+                    "registry: run %s of design %s is registered already (%s)",
+                    report.run_id,
+                    report.design_schema_id,
+                    where,
+                )
+                return True
             stored = await asyncio.to_thread(read_stored_run, self._store, report, self._store.timeout_seconds)
             if await self._service.register(report, stored):
                 self.registered += 1

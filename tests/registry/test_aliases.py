@@ -68,11 +68,16 @@ def test_refusals_say_why(registry: RegistryProcess, store: Store) -> None:
     assert bad_name.status == 400
     assert "a-z 0-9" in bad_name.error
     assert registry.call("GET", "/experiments/houses/aliases/Production").status == 404
-    assert registry.call("PUT", "/experiments/houses/aliases/x", {"model": "zz"}).status == 400
-    assert registry.call("PUT", "/experiments/houses/aliases/x", {"model": model, "version": 0}).status == 400
-    assert registry.call("PUT", "/experiments/houses/aliases/x", {"model": model, "stage": 1}).status == 400
-    assert registry.call("PUT", "/experiments/nowhere/aliases/x", {"model": model}).status == 404
-    assert registry.call("PUT", "/experiments/houses/aliases/x", {"model": "0" * 16}).status == 404
+    for body, status, why in (
+        ({"model": "zz"}, 400, "model"),
+        ({"model": model, "version": 0}, 400, "version"),
+        ({"model": model, "stage": 1}, 400, "stage"),
+        ({"model": "0" * 16}, 404, "0" * 16),
+    ):
+        refused = registry.call("PUT", "/experiments/houses/aliases/x", body)
+        assert (refused.status, why in refused.error) == (status, True), (body, refused.body)
+    nowhere = registry.call("PUT", "/experiments/nowhere/aliases/x", {"model": model})
+    assert (nowhere.status, "nowhere" in nowhere.error) == (404, True), nowhere.body
     missing = registry.call("PUT", "/experiments/houses/aliases/x", {"model": model, "version": 7})
     assert (missing.status, "has no version 7" in missing.error) == (404, True)
     unversioned = registry.call("PUT", "/experiments/houses/aliases/x", {"model": untrained})
@@ -91,7 +96,7 @@ def test_refusals_say_why(registry: RegistryProcess, store: Store) -> None:
     assert "production" in canary.error
     for percent in (0, 100, -5, "10", 10.5):
         bad = registry.call("POST", "/experiments/houses/promotion/canary", {"model": model, "percent": percent})
-        assert bad.status == 400, (percent, bad.body)
+        assert (bad.status, "percent" in bad.error) == (400, True), (percent, bad.body)
     for step in ("finish", "abort"):
         nothing = registry.call("POST", f"/experiments/houses/promotion/{step}", {"model": model})
         assert nothing.status == 409, nothing.body
@@ -217,11 +222,13 @@ def test_a_serving_alias_moved_by_another_request_is_not_raced(tmp_path: Path, d
 
         retried = registry.call("PUT", "/experiments/houses/aliases/production", {"model": moving})
         assert retried.status == 502, retried.body  # the scheduler is not there; the claim is released
+        assert "scheduler" in retried.error
         assert move_claims(store) == []
 
         claim_move(store, moving, start_time=int(time.time()) - 3600)  # its registry stopped long ago
         taken = registry.call("PUT", "/experiments/houses/aliases/production", {"model": other})
         assert taken.status == 502, taken.body
+        assert "scheduler" in taken.error
         assert move_claims(store) == []
         assert registry.call("GET", "/experiments/houses/aliases/production").status == 404  # never recorded
     finally:

@@ -65,11 +65,16 @@ class SchedulerDeployer:
                     stream.cancel()
         except TimeoutError:
             raise DeployError(f"model {name} was not available within {self.timeout_seconds:g} s") from None
-        except grpc.aio.AioRpcError as error:
-            raise DeployError(f"the scheduler at {self.scheduler}: {error.code().name}: {error.details()}") from None
-        except TransportError as error:
-            raise DeployError(f"cannot reach the scheduler at {self.scheduler}: {error}") from None
+        except (grpc.aio.AioRpcError, TransportError) as error:
+            raise DeployError(scheduler_failure(self.scheduler, error)) from None
         return name
+
+
+def scheduler_failure(scheduler: Address, error: grpc.aio.AioRpcError | TransportError) -> str:
+    """A failed call to the scheduler in words, the same from every registry adapter that calls it."""
+    if isinstance(error, TransportError):
+        return f"cannot reach the scheduler at {scheduler}: {error}"
+    return f"the scheduler at {scheduler}: {error.code().name}: {error.details()}"
 
 
 StatusStream = grpc.aio.UnaryStreamCall[pb.ModelSubscriptionRequest, pb.ModelStatusResponse]

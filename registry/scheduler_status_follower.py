@@ -31,6 +31,7 @@ from modelplane.auth.client_token import ClientToken
 from modelplane.backoff import Backoff
 from modelplane.transport import TransportError, TransportSecurity, open_channel
 from registry.ports import ServingReport, ServingSink, ServingState
+from registry.scheduler_deployer import StatusStream
 from registry.store.tables import REASON_CHARS  # what a reason column holds: more is cut here, before queueing
 
 log = logging.getLogger(__name__)
@@ -177,9 +178,6 @@ class SchedulerStatusFollower:
             latest[report.name] = report
             if report.name in followed:
                 await sink.record([report])
-
-
-StatusStream = grpc.aio.UnaryStreamCall[pb.ModelSubscriptionRequest, pb.ModelStatusResponse]
 
 
 async def _read_into(

@@ -27,6 +27,7 @@ from modelplane.addresses import Address
 from modelplane.auth.client_token import ClientToken
 from modelplane.transport import TransportError, TransportSecurity, open_channel
 from registry.ports import CanarySplit, TrafficError
+from registry.scheduler_deployer import scheduler_failure
 
 SUBSCRIBER: Final = "modelplane-registry"
 CALL_TIMEOUT_SECONDS: Final = 30.0
@@ -66,12 +67,8 @@ class SchedulerTraffic:
                 return await work(pb_grpc.SchedulerStub(channel))
         except TimeoutError:
             raise TrafficError(f"{what}: not done within {self.timeout_seconds:g} s") from None
-        except grpc.aio.AioRpcError as error:
-            raise TrafficError(
-                f"{what}: the scheduler at {self.scheduler}: {error.code().name}: {error.details()}"
-            ) from None
-        except TransportError as error:
-            raise TrafficError(f"{what}: cannot reach the scheduler at {self.scheduler}: {error}") from None
+        except (grpc.aio.AioRpcError, TransportError) as error:
+            raise TrafficError(f"{what}: {scheduler_failure(self.scheduler, error)}") from None
 
     async def split(self, split: CanarySplit) -> None:
         experiment = canary_experiment(split)

@@ -29,7 +29,7 @@ WAIT = 180.0
 
 
 def serving_of(registry: RegistryProcess, model_id: str) -> dict[str, Any]:
-    """GET .../status's ``serving``, checked against GET .../models/{id}'s (the same record)."""
+    """GET .../status's ``serving`` (until_serving checks GET .../models/{id} shows the same once it settles)."""
     status = registry.call("GET", f"/experiments/iris/models/{model_id}/status")
     assert status.status == 200, status.body
     assert status.body["status"] == "DEPLOYED", status.body  # the lifecycle does not move with the scheduler
@@ -41,6 +41,9 @@ def until_serving(registry: RegistryProcess, model_id: str, state: str) -> dict[
     while True:
         serving = serving_of(registry, model_id)
         if serving["state"] == state:
+            # The model's own document shows the same record (settled: nothing changes it between the two reads).
+            shown = registry.call("GET", f"/experiments/iris/models/{model_id}").body["serving"]
+            assert (shown["name"], shown["state"]) == (serving["name"], serving["state"]), (shown, serving)
             return serving
         if time.monotonic() > deadline:
             raise AssertionError(f"serving still {serving} after {WAIT:g}s, not {state}:\n{registry.log()[-3000:]}")

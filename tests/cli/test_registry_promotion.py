@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from modelplane.cli.main import main
+from registry.promotion_rules import PromotionState
 from tests.registry import rows
-from tests.registry.version_rows import HOUSES, trained
+from tests.registry.version_rows import HOUSES, add_promotion, trained
 from tests.support.processes import stop_process
 from tests.support.registry_process import RegistryProcess, start_registry
 
@@ -37,6 +38,7 @@ def test_aliases_and_promote_from_the_command_line(capsys: pytest.CaptureFixture
     store = rows.open_store(f"sqlite:///{live.state_dir / 'registry.db'}")
     try:
         model = trained(store, versions=2)
+        production, candidate = trained(store), trained(store)
     finally:
         store.close()
 
@@ -57,10 +59,26 @@ def test_aliases_and_promote_from_the_command_line(capsys: pytest.CaptureFixture
     assert status == 1
     assert "409" in err
     assert "production alias first" in err
+    status, out, err = _run(capsys, live, "promote", "houses", model, "--canary=10", "--version=7")
+    assert (status, "has no version 7" in err) == (1, True), err  # the version reaches the registry
     status, out, err = _run(capsys, live, "promote", "houses", model, "--abort")
     assert (status, "no promotion running" in err) == (1, True)
     status, out, err = _run(capsys, live, "promote", "houses", "--status")
     assert (status, "404" in err) == (1, True)
+    # A canary whose candidate was deleted: --finish is refused by the state (409), --abort is not (this registry
+    # has no scheduler: 503), so the two flags cannot be mixed up unnoticed.
+    store = rows.open_store(f"sqlite:///{live.state_dir / 'registry.db'}")
+    try:
+        add_promotion(store, production, candidate, PromotionState.CANARY)
+    finally:
+        store.close()
+    assert live.call("DELETE", f"/experiments/houses/models/{candidate}").status == 204
+    status, out, err = _run(capsys, live, "promote", "houses", candidate, "--finish")
+    assert (status, "409" in err, "abort the canary" in err) == (1, True, True), err
+    status, out, err = _run(capsys, live, "promote", "houses", candidate, "--abort")
+    assert (status, "503" in err) == (1, True), err
+    status, out, err = _run(capsys, live, "promote", "houses", "--status")
+    assert (status, json.loads(out)["state"]) == (0, "CANARY"), err  # neither moved it
 
     # Bad input: exit 2, before or at the registry.
     for argv in (

@@ -33,7 +33,7 @@ from modelplane.cli import (
     registry_tables,
     registry_versions,
 )
-from modelplane.cli.registry_command_kit import SPLIT_SETTLED, Job, UsageError, split_document
+from modelplane.cli.registry_command_kit import Job, UsageError, split_document, split_outcome
 from modelplane.cli.registry_command_kit import action as _action
 from modelplane.cli.registry_command_kit import directive_flag as _directive_flag
 from modelplane.cli.registry_command_kit import experiment_argument as _experiment_argument
@@ -100,14 +100,8 @@ async def splits_get(http: RegistryHttp, options: argparse.Namespace) -> int:
 
 
 async def splits_create(http: RegistryHttp, options: argparse.Namespace) -> int:
-    answer = await http.call("POST", path_of("experiments", options.experiment, "splits"), split_document(options))
-    if not options.wait:
-        _print(options, answer)
-        return 0
-    status_path = path_of("experiments", options.experiment, "splits", str(answer.body["id"]), "status")
-    settled = await _wait(http, status_path, SPLIT_SETTLED, options.wait_timeout)
-    _print(options, settled)
-    return 0 if settled.body.get("status") == "COMPLETE" else EXIT_FAILURE
+    path = path_of("experiments", options.experiment, "splits")
+    return await split_outcome(http, options, await http.call("POST", path, split_document(options)))
 
 
 async def models_list(http: RegistryHttp, options: argparse.Namespace) -> int:

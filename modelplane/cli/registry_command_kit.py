@@ -17,7 +17,8 @@ from typing import Any, Final, TypeAlias
 from modelplane.auth_flags import add_client_token_flag
 from modelplane.backoff import Backoff
 from modelplane.cli import registry_tables
-from modelplane.cli.registry_http import Answer, RegistryCallError, RegistryHttp
+from modelplane.cli.registry_http import Answer, RegistryCallError, RegistryHttp, path_of
+from modelplane.command_line import EXIT_FAILURE
 from modelplane.flag_types import seconds
 from registry.settings import DEFAULT_LISTEN
 
@@ -74,6 +75,18 @@ async def wait(http: RegistryHttp, status_path: str, settled: frozenset[str], ti
             status = answer.body.get("status") if isinstance(answer.body, dict) else answer.body
             raise RegistryCallError(f"{status_path}: still {status} after {timeout:g}s (--wait-timeout)")
         await asyncio.sleep(min(pause.next(), left))
+
+
+async def split_outcome(http: RegistryHttp, options: argparse.Namespace, created: Answer) -> int:
+    """A split just asked for (``created``, the registry's answer): printed, or with --wait its settled status,
+    exit 1 unless COMPLETE."""
+    if not options.wait:
+        print_answer(options, created)
+        return 0
+    status_path = path_of("experiments", options.experiment, "splits", str(created.body["id"]), "status")
+    settled = await wait(http, status_path, SPLIT_SETTLED, options.wait_timeout)
+    print_answer(options, settled)
+    return 0 if settled.body.get("status") == "COMPLETE" else EXIT_FAILURE
 
 
 def common_flags(parser: argparse.ArgumentParser, *, listing: bool, timeout: float = 30.0) -> None:

@@ -18,7 +18,6 @@ import argparse
 from typing import Final
 
 from modelplane.cli.registry_command_kit import (
-    SPLIT_SETTLED,
     Actions,
     Job,
     action,
@@ -28,11 +27,10 @@ from modelplane.cli.registry_command_kit import (
     split_arguments,
     split_document,
     split_flags,
-    wait,
+    split_outcome,
     wait_flags,
 )
 from modelplane.cli.registry_http import RegistryHttp, path_of
-from modelplane.command_line import EXIT_FAILURE
 
 
 def _split_path(options: argparse.Namespace, *more: str) -> str:
@@ -61,15 +59,9 @@ async def models_delete(http: RegistryHttp, options: argparse.Namespace) -> int:
 
 
 async def models_split(http: RegistryHttp, options: argparse.Namespace) -> int:
-    answer = await http.call("POST", _model_path(options, "split"), split_document(options))
-    if not options.wait:
-        print_answer(options, answer)
-        return 0
-    split_id = str(answer.body["id"])
-    status_path = path_of("experiments", options.experiment, "splits", split_id, "status")
-    settled = await wait(http, status_path, SPLIT_SETTLED, options.wait_timeout)
-    print_answer(options, settled)
-    return 0 if settled.body.get("status") == "COMPLETE" else EXIT_FAILURE
+    return await split_outcome(
+        http, options, await http.call("POST", _model_path(options, "split"), split_document(options))
+    )
 
 
 async def models_unsplit(http: RegistryHttp, options: argparse.Namespace) -> int:

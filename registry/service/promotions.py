@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -109,8 +110,10 @@ class PromotionService:
             await self._context.store.write(note)
             raise PortFailed(f"experiment {experiment_name}: {reason} (the same call again resumes)") from None
 
-    async def canary(self, experiment_name: str, ref: VersionRef, percent: int) -> PromotionRow:
-        check_canary_percent(percent)
+    async def _start_canary(
+        self, experiment_name: str, ref: VersionRef, percent: int
+    ) -> tuple[PromotionRow, DeployRequest]:
+        """The promotion row in CANARY at ``percent`` (new, or the running one re-weighted), the candidate's deploy."""
         now = self._context.clock
 
         def begin(session: Session) -> tuple[PromotionRow, DeployRequest]:
@@ -160,7 +163,12 @@ class PromotionService:
             request = versions.deploy_request(experiment_name, model, version, current.candidate_serving_name)
             return current, request
 
-        row, request = await self._context.store.write(begin)
+        return await self._context.store.write(begin)
+
+    async def canary(self, experiment_name: str, ref: VersionRef, percent: int) -> PromotionRow:
+        check_canary_percent(percent)
+        now = self._context.clock
+        row, request = await self._start_canary(experiment_name, ref, percent)
         ports = self._ports()
         served: list[str] = []
 
@@ -179,19 +187,53 @@ class PromotionService:
             record_deployed(model, candidate_name, now())
             set_alias(session, experiment_name, CANDIDATE, version, serving=candidate_name, now=now())
 
-        await self._context.store.write(deployed)
+        try:
+            await self._context.store.write(deployed)
+        except PromotionConflict:
+            await self._undo_overtaken(experiment_name, row, candidate_name, ports)
         split = CanarySplit(row.stable_name, candidate_name, percent)
         await self._step(experiment_name, row.id, "splitting the traffic", lambda: ports.traffic.split(split))
 
-        def split_done(session: Session) -> PromotionRow:
+        def split_done(session: Session) -> PromotionRow | None:
             promotion = session.get(PromotionRow, row.id)
-            if promotion is None:
-                raise NotFound("the promotion was deleted with its experiment")
+            if promotion is None or promotion.state != PromotionState.CANARY.value:
+                return None
             promotion.reason = None  # of a step that failed before and has now been done
             promotion.update_time = now()
             return promotion
 
-        return await self._context.store.write(split_done)
+        done = await self._context.store.write(split_done)
+        if done is None:
+            await self._undo_overtaken(experiment_name, row, candidate_name, ports)
+        return done
+
+    async def _undo_overtaken(
+        self, experiment_name: str, row: PromotionRow, candidate_name: str, ports: Ports
+    ) -> NoReturn:
+        """Take down what this canary's late steps put up, then refuse (409).
+
+        An abort or finish (or the experiment's deletion) can land between the canary's last state check and the
+        scheduler's answer to its deploy or split: it has already taken down what it knew of, so a candidate served
+        or a split started after that would outlive a promotion that says ABORTED or FINISHED. Both undo steps
+        converge and repeat the settling call's own; they are skipped when a newer promotion holds the names."""
+
+        def ours(session: Session) -> bool:
+            current = current_promotion(session, experiment_name)
+            return current is None or current.id == row.id
+
+        if await self._context.store.read(ours):
+            try:
+                await ports.traffic.unsplit(row.stable_name)
+                if candidate_name != row.stable_name:
+                    await ports.traffic.unload(candidate_name)
+            except TrafficError as error:
+                raise PortFailed(
+                    f"experiment {experiment_name}: the promotion moved on while this canary was being started, and "
+                    f"undoing it failed ({error}): {candidate_name} may still be served or split"
+                ) from None
+        raise PromotionConflict(
+            f"the promotion of experiment {experiment_name} moved on meanwhile; what this canary started is undone"
+        )
 
     async def _begin(self, experiment_name: str, model_id: str, action: PromotionAction) -> PromotionRow:
         def unit(session: Session) -> PromotionRow:

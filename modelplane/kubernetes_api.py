@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from modelplane.auth.client_token import ClientToken, ClientTokenError
 from modelplane.secret_inputs import read_secret_file
 
 if TYPE_CHECKING:  # the client itself is imported where a connection is made: it takes a second to import, and
@@ -44,6 +45,9 @@ class KubernetesConnection:
 
     host: str | None = None  # e.g. https://kubernetes.default.svc, or the tests' fake at http://127.0.0.1:PORT
     token: str | None = None  # bearer token sent to ``host``
+    # Where ``token`` was read: followed as it changes (a projected ServiceAccount token is replaced about hourly
+    # and the old one stops being accepted; a client that lives for days must present the new one).
+    token_file: Path | None = None
     ca_cert: str | None = None  # CA bundle file for ``host``
     verify_ssl: bool = True
     in_cluster: bool = False  # the pod's service-account token and the KUBERNETES_SERVICE_* environment
@@ -71,6 +75,8 @@ async def configuration_for(connection: KubernetesConnection) -> k8s.Configurati
             if connection.token:
                 configuration.api_key = {"BearerToken": connection.token}
                 configuration.api_key_prefix = {"BearerToken": "Bearer"}
+            if connection.token_file is not None:
+                _follow_token_file(configuration, connection.token_file)
         elif connection.in_cluster:
             k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         else:
@@ -80,6 +86,21 @@ async def configuration_for(connection: KubernetesConnection) -> k8s.Configurati
     except k8s_config.ConfigException as error:
         raise KubernetesConfigError(f"no Kubernetes configuration: {error}") from error
     return configuration
+
+
+def _follow_token_file(configuration: k8s.Configuration, path: Path) -> None:
+    """Before each request the client asks ``refresh_api_key_hook`` (as its in-cluster loader does for the pod's
+    token): the file is stat'ed and read again only when it changed (modelplane/auth/client_token.py)."""
+    try:
+        token = ClientToken.from_file(path)
+    except ClientTokenError as error:
+        raise KubernetesConfigError(f"--k8s-token-file: {error}") from None
+
+    def present(configured: k8s.Configuration) -> None:
+        configured.api_key = {"BearerToken": token.current()}
+        configured.api_key_prefix = {"BearerToken": "Bearer"}
+
+    configuration.refresh_api_key_hook = present  # type: ignore[assignment]  # typed by its None default
 
 
 @contextlib.asynccontextmanager
@@ -100,7 +121,10 @@ def add_kubernetes_flags(parser: argparse.ArgumentParser, *, title: str = "kuber
         "--k8s-api", metavar="URL", help="the API server (default: in-cluster with --k8s-in-cluster, else kubeconfig)"
     )
     group.add_argument(
-        "--k8s-token-file", type=Path, metavar="FILE", help="a bearer token for --k8s-api, read from a file"
+        "--k8s-token-file",
+        type=Path,
+        metavar="FILE",
+        help="a bearer token for --k8s-api, read from a file (and again whenever the file changes)",
     )
     group.add_argument("--k8s-ca-file", metavar="FILE", help="the CA bundle that signed --k8s-api's certificate")
     group.add_argument("--k8s-in-cluster", action="store_true", help="use the pod's service account")
@@ -114,6 +138,7 @@ def connection_from_flags(options: argparse.Namespace) -> KubernetesConnection:
     return KubernetesConnection(
         host=options.k8s_api,
         token=read_secret_file(token_file, "--k8s-token-file").strip() if token_file is not None else None,
+        token_file=token_file,
         ca_cert=getattr(options, "k8s_ca_file", None),
         in_cluster=options.k8s_in_cluster,
         kubeconfig=getattr(options, "k8s_kubeconfig", None),

@@ -47,7 +47,7 @@ from scheduler.models.cluster_state import ReplicaConfig
 from scheduler.models.model_records import ModelRecord
 from scheduler.models.model_state import ModelState
 from scheduler.models.server_records import ServerRecord
-from scheduler.persistence import Change, Put, StateStore
+from scheduler.persistence import Change, Delete, Put, StateStore
 from scheduler.pipelines import PipelineRecord, PipelineRegistry, PipelineStatus
 from scheduler.publishing import Publisher, ServerKey
 from scheduler.reconciler import Reconciler
@@ -80,6 +80,9 @@ class CoreSettings:
     # A new leader whose term starts from an empty store (scheduler/leadership/term_state.py): keep what agents hold
     # of models not known yet until the controller's re-send claims them (_end_of_resend), instead of unloading it.
     hold_unknown_models: bool = False
+    # A stopped experiment's record (its status still answers "stopped") is dropped after this long; Seldon's
+    # scheduler does the same with --deleted-resource-ttl (a day by default).
+    stopped_experiment_ttl_seconds: float = 86_400.0
 
 
 class SchedulerCore:
@@ -149,6 +152,7 @@ class SchedulerCore:
             asyncio.create_task(self._write_behind.loop(), name="write-behind"),
             asyncio.create_task(self.reconciler.synchroniser(), name="synchroniser"),
             asyncio.create_task(self.reconciler.scale_down_loop(), name="scale-down"),
+            asyncio.create_task(self._stopped_experiments_loop(), name="stopped-experiments"),
         ]
         if self.settings.hold_unknown_models:
             self._tasks.append(asyncio.create_task(self._end_of_resend(), name="end-of-resend"))
@@ -377,8 +381,31 @@ class SchedulerCore:
         async with self._locks.hold(f"experiment/{name}"):
             prepared = self.experiments.prepare_stop(name)
             await self._write([Put(EXPERIMENTS_TABLE, name, prepared.to_bytes())])
-            self.experiments.apply_stop(name)
+            self.experiments.apply_stop(name, prepared.stopped_at)
             self.publisher.publish_experiments({name})
+
+    async def forget_stopped_experiments(self, now: float) -> list[str]:
+        """Delete the stopped experiments ExperimentRegistry.expired names, durably first; the names forgotten."""
+        ttl = self.settings.stopped_experiment_ttl_seconds
+        forgotten: list[str] = []
+        for name in self.experiments.expired(now, ttl):
+            async with self._locks.hold(f"experiment/{name}"):
+                if name not in self.experiments.expired(now, ttl):  # started again while this waited for the lock
+                    continue
+                await self._write([Delete(EXPERIMENTS_TABLE, name)])
+                self.experiments.forget(name)
+                forgotten.append(name)
+        if forgotten:
+            log.info(
+                "forgot %d experiments stopped over %.0f s ago: %s", len(forgotten), ttl, ", ".join(forgotten[:20])
+            )
+        return forgotten
+
+    async def _stopped_experiments_loop(self) -> None:
+        interval = max(0.2, min(60.0, self.settings.stopped_experiment_ttl_seconds / 4))
+        while True:
+            await asyncio.sleep(interval)
+            await self.forget_stopped_experiments(time.time())
 
     def experiment_status(self, name: str | None) -> list[pb.ExperimentStatusResponse]:
         return self.experiments.status(name)

@@ -94,6 +94,7 @@ async def serve(
         CoreSettings(
             sync_grace_seconds=settings.sync_grace_seconds,
             scale_down_idle_seconds=settings.scale_down_idle_seconds,
+            stopped_experiment_ttl_seconds=settings.stopped_experiment_ttl_seconds,
             hold_unknown_models=settings.hold_unknown_models,
         ),
     )

@@ -48,6 +48,8 @@ class SchedulerSettings:
     heartbeat_seconds: float = 5.0
     # Ask the controller to remove server replicas that have held no model for this long.
     scale_down_idle_seconds: float = 300.0
+    # Forget a stopped experiment (its status no longer answers) this long after its stop.
+    stopped_experiment_ttl_seconds: float = 86_400.0
     # Drop a server stream (status subscriptions, WatchRoutes, status lists) whose client has taken no message
     # for this long while one was waiting: it ends with RESOURCE_EXHAUSTED and should subscribe again.
     subscriber_lag_seconds: float = DEFAULT_SUBSCRIBER_LAG_SECONDS
@@ -117,6 +119,14 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="ask to scale a server down once replicas have held no model this long (default 300)",
     )
     parser.add_argument(
+        "--stopped-experiment-ttl",
+        type=positive_seconds,
+        default=86_400.0,
+        metavar="SECONDS",
+        help="forget a stopped experiment this long after its stop; until then its status answers 'stopped' "
+        "(Seldon's --deleted-resource-ttl; default 86400, a day)",
+    )
+    parser.add_argument(
         "--subscriber-lag",
         type=positive_seconds,
         default=DEFAULT_SUBSCRIBER_LAG_SECONDS,
@@ -152,6 +162,7 @@ def parse_settings(
         sync_grace_seconds=options.sync_grace,
         heartbeat_seconds=options.heartbeat,
         scale_down_idle_seconds=options.scale_down_idle,
+        stopped_experiment_ttl_seconds=options.stopped_experiment_ttl,
         subscriber_lag_seconds=options.subscriber_lag,
         audit=audit_settings_from(parser, options),
         leader_election=leader_election_from(parser, options, options.listen),

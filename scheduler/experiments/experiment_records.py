@@ -1,8 +1,8 @@
 """The scheduler's record of one experiment: what was asked for (durable) and what is observed (rebuilt).
 
-Only the spec and whether it is stopped are durable (``to_bytes``); activity and readiness are observed again
-after a restart, from the gateways and the models' and pipelines' states. Its state changes only along the
-table in experiment_state.py (``move_to``).
+Only the spec, whether it is stopped and since when are durable (``to_bytes``); activity and readiness are
+observed again after a restart, from the gateways and the models' and pipelines' states. Its state changes only
+along the table in experiment_state.py (``move_to``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def copy_experiment(experiment: pb.Experiment) -> pb.Experiment:
 
 @dataclass(slots=True)
 class ExperimentRecord:
-    """One experiment. Stopped experiments are kept (terminated) so their status can still be asked for."""
+    """One experiment. A stopped experiment is kept (terminated) so its status can still be asked for, until it has
+    been stopped for the scheduler's --stopped-experiment-ttl (ExperimentRegistry.expired)."""
 
     spec: pb.Experiment
     state: ExperimentState = ExperimentState.PENDING
@@ -35,6 +36,9 @@ class ExperimentRecord:
     mirror_ready: bool = False
     status_description: str = ""
     changed_at: float = field(default_factory=time.time)
+    # Durable: when it was stopped (seconds since the epoch; None while it runs). A record stored without it (written
+    # before it was kept) counts from its restore.
+    stopped_at: float | None = None
 
     @property
     def name(self) -> str:
@@ -81,11 +85,11 @@ class ExperimentRecord:
         return status
 
     def to_bytes(self) -> bytes:
-        """The durable part: the spec (as hex protobuf) and the stopped flag."""
-        return json.dumps(
-            {"stopped": self.stopped, "spec": self.spec.SerializeToString().hex()},
-            separators=(",", ":"),
-        ).encode()
+        """The durable part: the spec (as hex protobuf), the stopped flag and when it was stopped."""
+        document: dict[str, object] = {"stopped": self.stopped, "spec": self.spec.SerializeToString().hex()}
+        if self.stopped and self.stopped_at is not None:
+            document["stoppedAt"] = self.stopped_at
+        return json.dumps(document, separators=(",", ":")).encode()
 
     @classmethod
     def from_bytes(cls, name: str, data: bytes) -> ExperimentRecord:
@@ -96,4 +100,12 @@ class ExperimentRecord:
             raise ValueError(f"stored experiment {name!r} holds the spec of {spec.name!r}")
         stopped = bool(document["stopped"])
         state = ExperimentState.STOPPED if stopped else ExperimentState.PENDING
-        return cls(spec=spec, state=state, status_description="stopped" if stopped else "")
+        stopped_at = document.get("stoppedAt")
+        if stopped_at is not None and (isinstance(stopped_at, bool) or not isinstance(stopped_at, int | float)):
+            raise ValueError(f"stored experiment {name!r}: stoppedAt is not a number")
+        return cls(
+            spec=spec,
+            state=state,
+            status_description="stopped" if stopped else "",
+            stopped_at=float(stopped_at) if stopped and stopped_at is not None else None,
+        )

@@ -163,7 +163,8 @@ class ExperimentRegistry:
             log.error("cannot use stored experiment %s (%s); skipping it", limits.shown(record.name), error)
             return
         state = ExperimentState.STOPPED if record.stopped else ExperimentState.PENDING
-        fresh = ExperimentRecord(spec=copy_experiment(record.spec), state=state)
+        stopped_at = (record.stopped_at or time.time()) if record.stopped else None
+        fresh = ExperimentRecord(spec=copy_experiment(record.spec), state=state, stopped_at=stopped_at)
         self._install(fresh, () if fresh.stopped else _pending(fresh.spec))
 
     def check_name_free(self, name: str, resource_type: int) -> None:
@@ -195,21 +196,45 @@ class ExperimentRegistry:
             # Seldon's clients read FAILED_PRECONDITION as "do not retry"; an unknown experiment is final.
             raise FailedPrecondition(f"experiment {name!r} not found")
         return ExperimentRecord(
-            spec=copy_experiment(record.spec), state=ExperimentState.STOPPED, status_description=STOPPED
+            spec=copy_experiment(record.spec),
+            state=ExperimentState.STOPPED,
+            status_description=STOPPED,
+            stopped_at=record.stopped_at if record.stopped else time.time(),  # a retried stop keeps the first time
         )
 
-    def apply_stop(self, name: str) -> None:
-        """Terminate ``name`` but keep its record, so its status still answers (stopped, inactive)."""
+    def apply_stop(self, name: str, stopped_at: float | None = None) -> None:
+        """Terminate ``name`` but keep its record, so its status still answers (stopped, inactive), until
+        :meth:`expired` names it. ``stopped_at``: the prepared record's (default now)."""
         record = self.records[name]
         if record.stopped:
             return
         record.move_to(ExperimentState.STOPPED)
+        record.stopped_at = time.time() if stopped_at is None else stopped_at
         record.gateway_acks.clear()
         record.candidates_ready = False
         record.mirror_ready = False
         record.status_description = STOPPED
         record.changed_at = time.time()
         self._not_ready[name] = ()
+
+    def expired(self, now: float, ttl_seconds: float, keep_at_most: int = limits.MAX_EXPERIMENTS) -> list[str]:
+        """The stopped experiments to forget: those stopped ``ttl_seconds`` or more before ``now``, and the oldest
+        beyond ``keep_at_most`` stopped ones (so a stream of short-lived experiments cannot grow the records without
+        bound within one TTL). Running experiments are never named."""
+        stopped = sorted(
+            (record.stopped_at if record.stopped_at is not None else now, name)
+            for name, record in self.records.items()
+            if record.stopped
+        )
+        beyond = len(stopped) - keep_at_most
+        return [name for index, (at, name) in enumerate(stopped) if index < beyond or at <= now - ttl_seconds]
+
+    def forget(self, name: str) -> None:
+        """Drop a stopped experiment's record (after its durable record was deleted): its status no longer answers."""
+        record = self.records.get(name)
+        if record is not None and record.stopped:
+            del self.records[name]
+            self._not_ready.pop(name, None)
 
     # ----------------------------------------------------------------- observed state
 

@@ -468,3 +468,46 @@ def test_experiment_state_follows_its_table() -> None:
     # Only stopped-or-not is durable: a restart restores Stopped, or Pending until gateways route it again.
     restored = ExperimentRecord.from_bytes("ab", registry.records["ab"].to_bytes())
     assert restored.state is ExperimentState.PENDING
+
+
+# ----------------------------------------------------------------- stopped experiments forgotten
+
+
+def test_stopped_experiments_expire_by_age_and_beyond_a_count_and_running_ones_never() -> None:
+    registry = ExperimentRegistry()
+    for name in ("a", "b", "c", "live"):
+        started(registry, experiment(name=name, default=None))
+    for name, at in (("a", 100.0), ("b", 200.0), ("c", 300.0)):
+        prepared = registry.prepare_stop(name)
+        registry.apply_stop(name, at)
+        assert prepared.stopped_at is not None
+    assert registry.expired(now=250.0, ttl_seconds=100.0) == ["a"]
+    assert registry.expired(now=250.0, ttl_seconds=1000.0) == []
+    assert registry.expired(now=250.0, ttl_seconds=1000.0, keep_at_most=1) == ["a", "b"]  # the oldest go first
+    assert "live" not in registry.expired(now=10_000.0, ttl_seconds=1.0)
+    registry.forget("a")
+    registry.forget("live")  # running: not forgotten
+    assert sorted(registry.records) == ["b", "c", "live"]
+    with pytest.raises(FailedPrecondition, match="not found"):
+        registry.status("a")
+
+
+def test_a_stop_time_is_durable_a_retried_stop_keeps_it_and_a_restart_clears_it() -> None:
+    registry = ExperimentRegistry()
+    started(registry, experiment())
+    first = registry.prepare_stop("ab")
+    assert first.stopped_at is not None
+    registry.apply_stop("ab", first.stopped_at)
+    stored = ExperimentRecord.from_bytes("ab", first.to_bytes())
+    assert stored.stopped_at == first.stopped_at
+    assert registry.prepare_stop("ab").stopped_at == first.stopped_at  # a retry does not extend its life
+    started(registry, experiment())
+    assert registry.records["ab"].stopped_at is None
+    assert registry.expired(now=first.stopped_at + 10**9, ttl_seconds=1.0) == []
+    restored = ExperimentRegistry()
+    restored.restore(stored)
+    assert restored.records["ab"].stopped_at == first.stopped_at
+    legacy = ExperimentRecord(spec=experiment(), state=ExperimentState.STOPPED).to_bytes()  # written without it
+    assert b"stoppedAt" not in legacy
+    restored.restore(ExperimentRecord.from_bytes("ab", legacy))
+    assert restored.records["ab"].stopped_at is not None  # counted from the restore

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import grpc
 import pytest
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
-from tests.support.processes import SchedulerProcess
+from tests.support.processes import SchedulerProcess, start_scheduler, stop_process
 
 
 async def test_start_status_stop(scheduler: SchedulerProcess) -> None:
@@ -79,3 +82,52 @@ async def test_bad_experiments(
             await stub.StopExperiment(pb.StopExperimentRequest(name="never"), timeout=10)
         # Seldon's clients read FAILED_PRECONDITION as "do not retry".
         assert stopped.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def _status_of(stub: pb_grpc.SchedulerAsyncStub, name: str) -> pb.ExperimentStatusResponse | None:
+    """The experiment's status, or None once the scheduler no longer knows it (FAILED_PRECONDITION)."""
+    try:
+        [status] = [s async for s in stub.ExperimentStatus(pb.ExperimentStatusRequest(name=name), timeout=10)]
+    except grpc.aio.AioRpcError as error:
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error
+        return None
+    return status
+
+
+async def test_a_stopped_experiment_is_forgotten_after_its_ttl_and_stays_forgotten(tmp_path: Path) -> None:
+    """Seldon's scheduler keeps a deleted experiment's record for --deleted-resource-ttl (a day by default) so its
+    status still answers, then drops it: otherwise every experiment ever started stays in memory and in the store
+    for good. A running one is never dropped, and neither is one started again after its stop."""
+    scheduler = start_scheduler(tmp_path, "--stopped-experiment-ttl=1")
+    try:
+        async with grpc.aio.insecure_channel(scheduler.listen) as channel:
+            stub = pb_grpc.SchedulerStub(channel)
+            for name in ("gone", "again", "running"):
+                spec = pb.Experiment(name=name, candidates=[pb.ExperimentCandidate(name="iris", weight=1)])
+                await stub.StartExperiment(pb.StartExperimentRequest(experiment=spec), timeout=10)
+            await stub.StopExperiment(pb.StopExperimentRequest(name="gone"), timeout=10)
+            await stub.StopExperiment(pb.StopExperimentRequest(name="again"), timeout=10)
+            stopped = await _status_of(stub, "gone")
+            assert stopped is not None
+            assert stopped.statusDescription == "stopped"  # asked at once: the record is still there
+            spec = pb.Experiment(name="again", candidates=[pb.ExperimentCandidate(name="iris", weight=1)])
+            await stub.StartExperiment(pb.StartExperimentRequest(experiment=spec), timeout=10)
+
+            deadline = asyncio.get_running_loop().time() + 60
+            while await _status_of(stub, "gone") is not None:
+                assert asyncio.get_running_loop().time() < deadline, "the stopped experiment was never forgotten"
+                await asyncio.sleep(0.2)
+            assert await _status_of(stub, "again") is not None
+            assert await _status_of(stub, "running") is not None
+    finally:
+        assert stop_process(scheduler.process) == 0
+    restarted = start_scheduler(tmp_path)
+    try:
+        async with grpc.aio.insecure_channel(restarted.listen) as channel:
+            stub = pb_grpc.SchedulerStub(channel)
+            assert await _status_of(stub, "gone") is None  # gone from the store too
+            assert {"again", "running"} <= {
+                s.experimentName async for s in stub.ExperimentStatus(pb.ExperimentStatusRequest(), timeout=10)
+            }
+    finally:
+        stop_process(restarted.process)

@@ -48,7 +48,7 @@ async def run(
     tasks = [asyncio.create_task(source) for source in sources]
     try:
         url = f"http://{address}/"
-        log.info("dashboard: serving %s", url)
+        log.info("serving %s", url)
         if settings.ready_file is not None:
             settings.ready_file.write_text(json.dumps({"url": url}) + "\n")
         if serving is not None:

@@ -174,12 +174,12 @@ class SchedulerFeed:
 
     def _up(self, stream: str) -> None:
         if self._problems.pop(stream, None) is not None:
-            log.info("dashboard: following the scheduler's %s", stream)
+            log.info("following the scheduler's %s", stream)
             self._show_source()
 
     def _down(self, stream: str, why: str) -> None:
         if self._problems.get(stream) != why:
-            log.warning("dashboard: the scheduler's %s stream is down: %s", stream, why)
+            log.warning("the scheduler's %s stream is down: %s", stream, why)
             self._problems[stream] = why
             self._show_source()
 

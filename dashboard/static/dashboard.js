@@ -214,14 +214,14 @@ function renderExperiments() {
     const state = status.active ? "active" : "inactive";
     const card = el("div", { class: "card", "data-experiment": name, "data-active": String(!!status.active) },
       el("h3", {}, name, badge(status.active ? "Available" : "Progressing", state)),
-      status.description ? el("p", { class: "reason" }, status.description) : null);
+      status.description && status.description !== "active" ? el("p", { class: "reason" }, status.description) : null);
     if (spec) {
       const totalWeight = spec.candidates.reduce((sum, candidate) => sum + candidate.weight, 0);
       const routes = new Map((traffic ? traffic.routes : []).map((route) => [route.name, route]));
       const rows = spec.candidates.map((candidate) => {
         const route = routes.get(candidate.name);
         const share = route ? route.share : null;
-        return el("tr", { "data-candidate": candidate.name },
+        return el("tr", { "data-candidate": candidate.name, "data-requests": route ? route.requests : 0 },
           el("td", {}, candidate.name + (candidate.name === spec.default ? " (default)" : "")),
           el("td", {}, `${candidate.weight}` + (totalWeight ? ` (${percent(candidate.weight / totalWeight)})` : "")),
           el("td", {}, el("span", { class: "meter" }, el("span", { "data-width": share === null ? 0 : (100 * share).toFixed(1) })),

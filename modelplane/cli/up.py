@@ -406,9 +406,8 @@ async def _start_dashboard(  # noqa: PLR0917 - what it shows comes from the part
         await _first(serving, task)
     except TransportError as error:  # its port taken (a second `modelplane up`, or a `modelplane dashboard`?)
         raise TransportError(f"{error} (--dashboard-listen: another address; --no-dashboard: no dashboard)") from None
-    url = f"http://{serving.result()}/"
-    _say(f"dashboard    {url} (live: servers, models, pipelines, experiments, training runs)")
-    return url
+    _say(f"dashboard    http://{serving.result()}/ (live: servers, models, pipelines, experiments, training runs)")
+    return str(serving.result())
 
 
 async def _start_registry(

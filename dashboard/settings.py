@@ -63,7 +63,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--trainer",
         type=http_url,
         metavar="URL",
-        help="the trainer's run status API (e.g. http://127.0.0.1:9300): training runs and their metrics",
+        help="the trainer's run status API (e.g. http://127.0.0.1:9600): training runs and their metrics",
     )
     parser.add_argument(
         "--listen",

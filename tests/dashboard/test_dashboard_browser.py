@@ -15,7 +15,7 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,15 +184,38 @@ def test_modelplane_dashboard_refuses_to_serve_beyond_loopback_unless_told() -> 
     assert "--listen-beyond-loopback" in refused.stderr
 
 
-def _first_event(url: str) -> tuple[str, Any]:
-    """The first server-sent event at ``url``: its name and its data."""
+def _events_until(url: str, holds: Callable[[dict[str, dict[str, Any]]], bool]) -> dict[str, dict[str, Any]]:
+    """Follow the event stream at ``url`` as the page does (the snapshot, then each batch of changes applied) until
+    what it holds makes ``holds`` true; that state. The first event must be the snapshot."""
     with urllib.request.urlopen(url, timeout=PAGE_TIMEOUT) as stream:  # noqa: S310 - a loopback URL built here
         assert stream.headers["Content-Type"].startswith("text/event-stream")
-        lines: list[str] = []
-        while (line := stream.readline().decode().rstrip("\n")) != "":
-            lines.append(line)
-    fields = dict(line.split(": ", 1) for line in lines)
-    return fields["event"], json.loads(fields["data"])
+        objects: dict[str, dict[str, Any]] | None = None
+        fields: dict[str, str] = {}
+        while True:
+            line = stream.readline().decode()
+            assert line, "the event stream ended"
+            line = line.rstrip("\n")
+            if line.startswith(":"):
+                continue  # a keep-alive comment
+            if line:
+                key, _, value = line.partition(": ")
+                fields[key] = value
+                continue
+            data = json.loads(fields["data"])
+            if objects is None:
+                assert fields["event"] == "snapshot", fields
+                objects = data["objects"]
+            else:
+                assert fields["event"] == "changes", fields
+                for change in data:
+                    kind = objects[change["kind"]]
+                    if change["view"] is None:
+                        kind.pop(change["name"], None)
+                    else:
+                        kind[change["name"]] = change["view"]
+            fields = {}
+            if holds(objects):
+                return objects
 
 
 def _standalone_dashboard(tmp_path: Path, up: Up) -> None:
@@ -216,9 +239,8 @@ def _standalone_dashboard(tmp_path: Path, up: Up) -> None:
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.05)
     url = json.loads(ready.read_text())["url"]
-    event, snapshot = _first_event(url + "events")
-    assert event == "snapshot"
-    objects = snapshot["objects"]
+    # It serves before it has listed anything: the scheduler is "connecting" until its streams are followed.
+    objects = _events_until(url + "events", lambda objects: objects["sources"]["scheduler"]["ok"])
     assert "mlserver" in objects["servers"]
     assert {"iris", "iris-b"} <= set(objects["models"])
     assert "flowers" in objects["pipelines"]

@@ -33,10 +33,13 @@ class SourceError(Exception):
 
 
 async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
-    body = await response.content.read(limit + 1)
-    if len(body) > limit:
-        raise SourceError(f"answered more than {limit} bytes")
-    return body
+    """The whole body, refused once it passes ``limit`` bytes (read no further than that)."""
+    body = bytearray()
+    async for chunk in response.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise SourceError(f"answered more than {limit} bytes")
+    return bytes(body)
 
 
 class HttpPoller:

@@ -3,6 +3,8 @@ list bounded (a status carries what a client sent the scheduler, which bounds it
 
 from __future__ import annotations
 
+from google.protobuf.descriptor import EnumDescriptor
+
 from dashboard.board_state import JsonView
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.bounded_text import cut, one_line
@@ -20,11 +22,10 @@ def text(value: str) -> str:
     return cut(one_line(value), MAX_TEXT_CHARS)
 
 
-def _enum_name(enum: pb.ModelStatus.ModelState.ValueType | int, names: object) -> str:
-    try:
-        return str(names.Name(enum))  # type: ignore[attr-defined]
-    except ValueError:
-        return f"unknown ({int(enum)})"
+def _enum_name(value: int, enum: EnumDescriptor) -> str:
+    """The enum value's name; a number this build does not know (a newer scheduler's) said as such."""
+    known = enum.values_by_number.get(value)
+    return known.name if known is not None else f"unknown ({value})"
 
 
 def server_view(status: pb.ServerStatusResponse) -> JsonView:
@@ -56,12 +57,16 @@ def model_view(status: pb.ModelStatusResponse) -> JsonView | None:
         "name": text(status.modelName),
         "version": latest.version,
         "server": text(latest.serverName),
-        "state": _enum_name(latest.state.state, _MODEL_STATE),
+        "state": _enum_name(latest.state.state, _MODEL_STATE.DESCRIPTOR),
         "reason": text(latest.state.reason),
         "availableReplicas": latest.state.availableReplicas,
         "unavailableReplicas": latest.state.unavailableReplicas,
         "replicas": [
-            {"index": index, "state": _enum_name(replica.state, _REPLICA_STATE), "reason": text(replica.reason)}
+            {
+                "index": index,
+                "state": _enum_name(replica.state, _REPLICA_STATE.DESCRIPTOR),
+                "reason": text(replica.reason),
+            }
             for index, replica in replicas
         ],
     }
@@ -77,7 +82,7 @@ def pipeline_view(status: pb.PipelineStatusResponse) -> JsonView | None:
     if not status.versions:
         return None
     latest = max(status.versions, key=lambda v: v.state.pipelineVersion)
-    state = _enum_name(latest.state.status, _PIPELINE_STATE)
+    state = _enum_name(latest.state.status, _PIPELINE_STATE.DESCRIPTOR)
     if latest.state.status == _PIPELINE_STATE.PipelineTerminated:
         return None
     pipeline = latest.pipeline

@@ -1,11 +1,12 @@
 """The board and the browsers watching it: every change applied to the state goes to each connected browser's own
-bounded queue. A browser that falls ``max_queued`` changes behind is dropped (its EventSource reconnects and gets a
-fresh snapshot), so a slow one never holds up the sources or the other browsers, and never grows memory."""
+bounded queue, which keeps only the latest change of each object (the page shows state, not history: a browser that
+reads late gets where things are now). A browser with ``max_queued`` objects' changes unsent is dropped (its
+EventSource reconnects and gets a fresh snapshot), so a slow one never holds up the sources or the other browsers,
+and never grows memory."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Iterable, Mapping
 
 from dashboard.board_state import BoardState, Change, JsonView, Kind
@@ -23,17 +24,18 @@ class Watcher:
 
     def __init__(self, max_queued: int) -> None:
         self._max_queued = max_queued
-        self._queued: deque[Change] = deque()
+        self._queued: dict[tuple[Kind, str], Change] = {}  # in the order of each object's latest change
         self._ready = asyncio.Event()
         self.dropped = False
 
     def offer(self, change: Change) -> None:
         if self.dropped:
             return
-        if len(self._queued) >= self._max_queued:
+        key = (change.kind, change.name)
+        if self._queued.pop(key, None) is None and len(self._queued) >= self._max_queued:
             self.drop()
             return
-        self._queued.append(change)
+        self._queued[key] = change
         self._ready.set()
 
     def drop(self) -> None:
@@ -47,7 +49,7 @@ class Watcher:
         self._ready.clear()
         if self.dropped:
             return []
-        changes = list(self._queued)
+        changes = list(self._queued.values())
         self._queued.clear()
         return changes
 

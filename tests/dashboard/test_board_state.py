@@ -1,12 +1,12 @@
 """The dashboard's state: the latest view per object, changes only when something changed, bounded per kind; and
-the browsers' bounded queues, a slow one dropped without holding up the rest."""
+the browsers' bounded queues (the latest change per object), a slow one dropped without holding up the rest."""
 
 from __future__ import annotations
 
 import pytest
 
 from dashboard.board_state import BoardState, Change, Kind
-from dashboard.live_board import LiveBoard, TooManyWatchersError
+from dashboard.live_board import LiveBoard, TooManyWatchersError, Watcher
 
 
 def test_a_view_is_a_change_once_and_the_same_view_again_is_none() -> None:
@@ -68,18 +68,38 @@ async def test_a_watcher_gets_the_snapshot_then_every_change_after_it() -> None:
     assert await watcher.next_changes() == [Change(Kind.MODEL, "iris", {"state": "ModelAvailable"})]
 
 
+def _dropped(watcher: Watcher) -> bool:
+    return watcher.dropped  # read through a call: each put may change it
+
+
+async def test_a_watcher_that_reads_late_gets_the_latest_of_each_object_in_the_order_they_last_changed() -> None:
+    board = LiveBoard(max_queued=3)
+    _, watcher = board.watch()
+    board.put(Kind.MODEL, "a", {"n": 1})
+    board.put(Kind.MODEL, "b", {"n": 1})
+    board.put(Kind.MODEL, "a", {"n": 2})
+    board.remove(Kind.MODEL, "b")
+    assert await watcher.next_changes() == [Change(Kind.MODEL, "a", {"n": 2}), Change(Kind.MODEL, "b", None)]
+    assert not watcher.dropped
+
+
 async def test_a_slow_watcher_is_dropped_and_the_others_keep_every_change() -> None:
     board = LiveBoard(max_queued=3)
     _, slow = board.watch()
     _, fast = board.watch()
     for number in range(3):
-        board.put(Kind.MODEL, "m", {"n": number})
+        board.put(Kind.MODEL, f"m{number}", {"n": number})
     assert len(await fast.next_changes()) == 3  # fast reads; slow does not
-    board.put(Kind.MODEL, "m", {"n": 3})
-    assert slow.dropped
+    board.put(Kind.MODEL, "m0", {"n": 0, "again": True})  # the latest of an object it holds: still 3 objects
+    assert not _dropped(slow)
+    board.put(Kind.MODEL, "m3", {"n": 3})  # a fourth object: too far behind
+    assert _dropped(slow)
     assert await slow.next_changes() == []
     assert board.watchers == 1
-    assert await fast.next_changes() == [Change(Kind.MODEL, "m", {"n": 3})]
+    assert await fast.next_changes() == [
+        Change(Kind.MODEL, "m0", {"n": 0, "again": True}),
+        Change(Kind.MODEL, "m3", {"n": 3}),
+    ]
 
 
 async def test_watchers_are_bounded_and_closing_ends_every_stream() -> None:

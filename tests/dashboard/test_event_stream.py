@@ -64,11 +64,11 @@ async def test_a_browser_that_stops_reading_is_dropped_and_the_others_get_every_
             await wait_for(lambda: board.watchers == 2, 30, "both streams open")
             number = 0
             while board.watchers == 2:  # each put returns at once: the stalled one never holds the board up
-                board.put(Kind.MODEL, "m", {"n": number, "bulk": BIG})
+                board.put(Kind.MODEL, f"m{number}", {"n": number, "bulk": BIG})  # each its own object: none coalesced
                 number += 1
                 await asyncio.sleep(0.01)  # the streams' handlers run
                 assert number < 5000, "the stalled browser was never dropped"
-            board.put(Kind.MODEL, "m", {"n": number, "bulk": BIG})
+            board.put(Kind.MODEL, f"m{number}", {"n": number, "bulk": BIG})
             await wait_for(lambda: bool(seen) and seen[-1]["view"]["n"] == number, 60, "the last change")  # type: ignore[index]
             assert [change["view"]["n"] for change in seen] == list(range(number + 1))  # type: ignore[index]
             assert board.watchers == 1

@@ -1,6 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's chromium and chromedriver, driven by Selenium) over a real
-``modelplane up``: scheduler, agent, MLServer, gateway. The page opened first, then a model loaded: its row goes
-from the first state it is in (Progressing) to Available with no reload; then a second model, a pipeline of both
+``modelplane up``: scheduler, agent, MLServer, gateway. The page opened first, then a model loaded whose artifact
+is held back (served over HTTP by the test) until the page shows it Progressing: then it turns Available on the
+page with no reload; then a second model, a pipeline of both
 drawn as a graph with each step's state, and an experiment over both whose weights show and whose traffic share
 follows requests sent through the gateway.
 
@@ -9,6 +10,7 @@ test's tmp dir (its path is printed). Without chromium the test fails saying how
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -20,10 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from grpc import aio
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
+from tests.support.agent_serving import tar_gz_of
+from tests.support.http_stand_ins import serving
 from tests.support.iris_sample import train_iris_sample
 from tests.support.modelplane_up import Up, assert_stops_cleanly, start_up
 from tests.support.processes import MODELPLANE, STARTED, run_modelplane
@@ -92,6 +97,15 @@ def _infer(up: Up, name: str, request: dict[str, Any]) -> None:
         assert answer.status == 200
 
 
+async def _until(browser: Any, selector: str, timeout: float) -> None:
+    """Wait until the page has an element ``selector`` finds (off the event loop: the loop serves the artifact)."""
+    from selenium.webdriver.common.by import By  # noqa: PLC0415 - see _browser
+    from selenium.webdriver.support.ui import WebDriverWait  # noqa: PLC0415
+
+    wait = WebDriverWait(browser, timeout)
+    await asyncio.to_thread(wait.until, lambda driver: driver.find_elements(By.CSS_SELECTOR, selector))
+
+
 def _screenshot_path(tmp_path: Path) -> Path:
     chosen = os.environ.get("MODELPLANE_DASHBOARD_SCREENSHOT")
     return Path(chosen) if chosen else tmp_path / "dashboard.png"
@@ -118,19 +132,30 @@ async def test_a_model_goes_from_progressing_to_available_on_the_open_page(tmp_p
     # Set once on this document: a reload would make a new one without it.
     browser.execute_script("window.loadedOnce = 'the same page';")
 
-    uri = f"file://{tmp_path / 'iris'}"
-    await _call(up, pb.LoadModelRequest(model=_model("iris", uri)))
-    row = 'tr[data-model="iris"][data-state="ModelAvailable"]'
-    WebDriverWait(browser, LOAD_TIMEOUT).until(lambda driver: driver.find_elements(By.CSS_SELECTOR, row))
+    # The artifact is served over HTTP only once the page has shown the model loading: the page is seen to show
+    # Progressing first, whatever the machine's load, and then to change by itself.
+    served = asyncio.Event()
+    archive = tar_gz_of(tmp_path / "iris")
+
+    async def artifact(_: web.Request) -> web.Response:
+        await served.wait()
+        return web.Response(body=archive, content_type="application/gzip")
+
+    files = web.Application()
+    files.router.add_get("/iris.tar.gz", artifact)
+    async with serving(files) as base:
+        await _call(up, pb.LoadModelRequest(model=_model("iris", f"{base}/iris.tar.gz")))
+        await _until(browser, 'tr[data-model="iris"][data-state="ModelProgressing"]', LOAD_TIMEOUT)
+        served.set()
+        await _until(browser, 'tr[data-model="iris"][data-state="ModelAvailable"]', LOAD_TIMEOUT)
     seen = browser.find_element(By.CSS_SELECTOR, 'tr[data-model="iris"]').get_attribute("data-history").split()
-    assert seen[0] != "ModelAvailable", f"the page never showed iris before it was available: {seen}"
     assert seen[0] == "ModelProgressing", seen
     assert seen[-1] == "ModelAvailable", seen
     assert browser.execute_script("return window.loadedOnce;") == "the same page"
     assert browser.execute_script("return performance.getEntriesByType('navigation').length;") == 1
 
     # A second model, a pipeline of both and an experiment over both.
-    await _call(up, pb.LoadModelRequest(model=_model("iris-b", uri)))
+    await _call(up, pb.LoadModelRequest(model=_model("iris-b", f"file://{tmp_path / 'iris'}")))
     pipeline = pb.Pipeline(name="flowers")
     pipeline.steps.add(name="iris")
     pipeline.steps.add(name="iris-b", inputs=["flowers.inputs"])

@@ -31,6 +31,7 @@ async def run(
 ) -> None:
     """Serve until ``stop`` (None: until SIGINT/SIGTERM); ``serving`` gets the address once the page is served."""
     settings.security.validate()
+    settings.security.check_plaintext_allowed([settings.scheduler])  # before serving: a mistake is said at once
     token = client_token(settings.token_file)
     board = LiveBoard()
     runner = web.AppRunner(build_app(board), shutdown_timeout=2.0)

@@ -209,6 +209,16 @@ def test_modelplane_dashboard_refuses_to_serve_beyond_loopback_unless_told() -> 
     assert "--listen-beyond-loopback" in refused.stderr
 
 
+def test_modelplane_dashboard_refuses_plaintext_to_a_remote_scheduler_before_serving(tmp_path: Path) -> None:
+    ready = tmp_path / "ready.json"
+    refused = run_modelplane(
+        "dashboard", "--scheduler", "10.0.0.1:9004", "--listen", "127.0.0.1:0", f"--ready-file={ready}"
+    )
+    assert refused.returncode == 1
+    assert "refusing plaintext gRPC on non-loopback address 10.0.0.1:9004" in refused.stderr
+    assert not ready.exists()
+
+
 def _events_until(url: str, holds: Callable[[dict[str, dict[str, Any]]], bool]) -> dict[str, dict[str, Any]]:
     """Follow the event stream at ``url`` as the page does (the snapshot, then each batch of changes applied) until
     what it holds makes ``holds`` true; that state. The first event must be the snapshot."""

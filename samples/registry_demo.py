@@ -78,6 +78,7 @@ def start_up(started: Started, folder: Path, datasets: Path) -> Up:
         "up",
         f"--state-dir={folder / 'state'}",
         *(f"--{flag}={LOOPBACK}:0" for flag in ("listen", "agent-listen", "proxy-http", "proxy-grpc", "gateway")),
+        f"--dashboard-listen={LOOPBACK}:0",
         f"--registry-listen={LOOPBACK}:0",
         f"--registry-datasets-root={datasets}",
         f"--ready-file={ready}",

@@ -436,6 +436,7 @@ def start_up(started: Started, folder: Path, store: ModelStore, trainer_config: 
         "up",
         f"--state-dir={folder / 'state'}",
         *(f"--{flag}={LOOPBACK}:0" for flag in ("listen", "agent-listen", "proxy-http", "proxy-grpc", "gateway")),
+        f"--dashboard-listen={LOOPBACK}:0",
         f"--trainer-config={trainer_config}",
         "--no-registry",  # the trainer's flow only (./run registry-demo shows the registry)
         f"--ready-file={ready}",

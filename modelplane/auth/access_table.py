@@ -6,7 +6,7 @@ Roles (a caller gets them from the policy file, policy.py):
 - ``gateway``: the routing stream (RoutingService) and the acknowledgements of model and pipeline updates
   (ModelStatusEvent, PipelineStatusEvent): an acknowledgement from anyone else would be a forgery.
 - ``operator``: every mutation (load/unload models and pipelines, start/stop experiments, ServerNotify).
-- ``viewer``: status and status subscriptions.
+- ``viewer``: status and status subscriptions, and the routing table's stream (read-only; the dashboard's).
 - ``controller``: a Kubernetes controller: what an operator may do, plus SubscribeControlPlane.
 Roles add up: an operator that also watches what it loaded is given ``operator`` and ``viewer``.
 
@@ -139,7 +139,10 @@ GRPC_METHODS: Mapping[str, Rule] = {
     _SCHEDULER + "PipelineStatusEvent": _roles(Role.GATEWAY, resource=ResourceFields("pipeline", "update.pipeline")),
     # The routing stream
     _ROUTING + "ModelEndpoints": _roles(Role.GATEWAY),
-    _ROUTING + "WatchRoutes": _roles(Role.GATEWAY),
+    # Read-only, and a viewer's too: the dashboard shows experiments' weights, which only the routing table carries
+    # (the Scheduler API's experiment status has none). A watcher that never acknowledges changes no experiment's
+    # state: one is active while any connected gateway routes it.
+    _ROUTING + "WatchRoutes": _roles(Role.GATEWAY, Role.VIEWER),
     _ROUTING + "ExperimentRouted": _roles(Role.GATEWAY),
     # Agents
     "/mlops.agent.v1.AgentService/Session": _roles(Role.AGENT),

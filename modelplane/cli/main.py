@@ -89,6 +89,12 @@ def _registry_flags(parser: argparse.ArgumentParser) -> None:
     build_parser(parser)
 
 
+def _dashboard_flags(parser: argparse.ArgumentParser) -> None:
+    from dashboard.settings import build_parser  # noqa: PLC0415 - see _scheduler_flags
+
+    build_parser(parser)
+
+
 PROCESS_FLAGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "scheduler": _scheduler_flags,
     "agent": _agent_flags,
@@ -96,6 +102,7 @@ PROCESS_FLAGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "gateway": _gateway_flags,
     "controller": _controller_flags,
     "registry": _registry_flags,
+    "dashboard": _dashboard_flags,
 }
 
 
@@ -139,6 +146,13 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         help="run the Kubernetes controller (Seldon's Model, Pipeline, Experiment, Server resources)",
         description="Run the controller: it watches Seldon's custom resources (mlops.seldon.io/v1alpha1) in "
         "the Kubernetes API, sends them to the scheduler, and writes their status back.",
+    )
+    commands.add_parser(
+        "dashboard",
+        help="serve a live, read-only web page of the scheduler's servers, models, pipelines and experiments",
+        description="Serve a read-only web page (on loopback by default) that shows a scheduler's servers and their "
+        "memory, models, pipelines as graphs, experiments with their live traffic share (--gateway-metrics) and "
+        "training runs (--trainer), kept live over the scheduler's status streams.",
     )
     if command not in PROCESS_FLAGS:
         from trainer.commands import add_trainer_commands  # noqa: PLC0415 - see _scheduler_flags
@@ -260,6 +274,20 @@ def _run_registry(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     return 0
 
 
+def _run_dashboard(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    from dashboard.settings import parse_settings  # noqa: PLC0415 - see _scheduler_flags
+
+    settings = parse_settings(parser, argv)
+    logs.configure("dashboard", settings.log_level, json_output=settings.log_json)
+    from dashboard import process as dashboard_process  # noqa: PLC0415 - see _run_agent
+
+    try:
+        asyncio.run(dashboard_process.run(settings))
+    except (TransportError, OSError, RuntimeError) as error:
+        return fail(str(error))
+    return 0
+
+
 def _run_up(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     from modelplane.cli import up  # noqa: PLC0415 - see _scheduler_flags
 
@@ -341,6 +369,7 @@ PROCESSES: dict[str, Callable[[argparse.ArgumentParser, Sequence[str]], int]] = 
     "gateway": _run_gateway,
     "controller": _run_controller,
     "registry": _run_registry,
+    "dashboard": _run_dashboard,
 }
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.settings import AgentSettings
+from dashboard.settings import DEFAULT_LISTEN as DEFAULT_DASHBOARD_LISTEN
 from gateway.settings import GatewaySettings
 from modelplane.addresses import Address, AddressError, parse_address
 from modelplane.audit.audit_settings import AuditSettings, add_audit_flags, audit_settings_from
@@ -59,6 +60,7 @@ class UpSettings:
     ready_file: Path | None
     trainer: TrainerSettings | None = None
     registry: RegistrySettings | None = None  # None: left out (--no-registry)
+    dashboard_listen: Address | None = None  # None: left out (--no-dashboard)
     audit: AuditSettings = field(default_factory=AuditSettings)
 
 
@@ -131,6 +133,14 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "STATE_DIR/registry/datasets)",
     )
     parser.add_argument("--no-registry", action="store_true", help="leave the model registry out")
+    parser.add_argument(
+        "--dashboard-listen",
+        type=_loopback,
+        default=DEFAULT_DASHBOARD_LISTEN,
+        metavar="HOST:PORT",
+        help=f"the live dashboard's web page (default {DEFAULT_DASHBOARD_LISTEN})",
+    )
+    parser.add_argument("--no-dashboard", action="store_true", help="leave the dashboard out")
     parser.add_argument("--server-kind", choices=("mlserver", "triton"), default="mlserver")
     parser.add_argument(
         "--memory",
@@ -167,6 +177,7 @@ def parse_settings(parser: argparse.ArgumentParser, argv: Sequence[str]) -> UpSe
         ready_file=options.ready_file,
         trainer=trainer,
         registry=None if options.no_registry else _registry_settings(options, trainer),
+        dashboard_listen=None if options.no_dashboard else options.dashboard_listen,
         audit=audit_settings_from(parser, options),
     )
 
@@ -309,6 +320,10 @@ async def run(up: UpSettings) -> None:
                 "gateway": str(gateway),
             }
             addresses.update(await _start_optional_parts(up, api, agent_stop, agent_forced, parts))
+            if up.dashboard_listen is not None:
+                addresses["dashboard"] = await _start_dashboard(
+                    up, api, gateway, addresses.get("trainer"), agent_stop, parts
+                )
             if not agent_stop.is_set():
                 if up.ready_file is not None:
                     up.ready_file.write_text(json.dumps(addresses) + "\n")
@@ -361,6 +376,38 @@ async def _start_optional_parts(
         if trainer is not None:
             addresses["trainer"] = trainer
     return addresses
+
+
+async def _start_dashboard(  # noqa: PLR0917 - what it shows comes from the parts started before it
+    up: UpSettings,
+    api: Address,
+    gateway: Address,
+    trainer: str | None,
+    stop: asyncio.Event,
+    parts: list[asyncio.Task[None]],
+) -> str:
+    """The dashboard over this stack's scheduler, its gateway's metrics and its trainer (when there is one)."""
+    from dashboard import process as dashboard_process  # noqa: PLC0415 - see run()
+    from dashboard.settings import DashboardSettings  # noqa: PLC0415
+
+    if up.dashboard_listen is None:
+        raise RuntimeError("the dashboard was left out (--no-dashboard)")
+    settings = DashboardSettings(
+        scheduler=api,
+        security=TransportSecurity(),  # loopback only (checked by the parser)
+        listen=up.dashboard_listen,
+        gateway_metrics_url=f"http://{gateway}/metrics",
+        trainer_url=trainer,
+    )
+    serving: asyncio.Future[Address] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(dashboard_process.run(settings, stop, serving), name="the dashboard")
+    parts.append(task)
+    try:
+        await _first(serving, task)
+    except TransportError as error:  # its port taken (a second `modelplane up`, or a `modelplane dashboard`?)
+        raise TransportError(f"{error} (--dashboard-listen: another address; --no-dashboard: no dashboard)") from None
+    _say(f"dashboard    http://{serving.result()}/ (live: servers, models, pipelines, experiments, training runs)")
+    return str(serving.result())
 
 
 async def _start_registry(

@@ -112,7 +112,7 @@ def assert_predicts_through_the_gateway(up: Up, sample: Sample) -> None:
 @pytest.mark.timeout(900)
 def test_up_serves_the_sample_and_stops_on_ctrl_c(tmp_path: Path, state_dir: Path, sample: Sample) -> None:
     up = start_up(tmp_path, state_dir, "up")
-    assert set(up.addresses) == {"listen", "agent_listen", "http", "grpc", "gateway", "registry"}
+    assert set(up.addresses) == {"listen", "agent_listen", "http", "grpc", "gateway", "registry", "dashboard"}
     assert all(address.startswith("127.0.0.1:") for address in up.addresses.values())
     printed = up.stdout()
     assert "modelplane is up; Ctrl-C stops it" in printed

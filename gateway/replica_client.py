@@ -204,6 +204,7 @@ class ReplicaClient:
         else:
             if 200 <= answer.status < 300:
                 self._ejected.pop(endpoint.http_url, None)
+                log.debug("%s %s answered %d by replica %s", method, path, answer.status, endpoint.key)
                 content_type = answer.headers.get("content-type", "application/json")
                 return ReplicaAnswer(answer.status, answer.body, content_type, endpoint)
             server_down = _SERVER_DOWN in answer.headers

@@ -43,7 +43,7 @@ from agent.held_models import NoRoom
 from agent.model_manager import ModelManager
 from agent.server_calls import ServerDown
 from generated.mlops.agent.v1 import agent_pb2
-from modelplane import logs
+from modelplane import logs, tracing
 from modelplane.http_hop import (
     AnswerTimeoutError,
     BrokenConnectionError,
@@ -222,7 +222,16 @@ class InferenceProxy:
             body = await request.read()
         except UNREADABLE_BODY as error:  # a body aiohttp cannot read: bad gzip, a bad chunk
             return unreadable_body_answer(error)
-        answer = await self._ask_server(request, path, body, headers)
+        span = tracing.start_hop("agent proxy", request.method, path, headers)  # None unless tracing is on
+        if span is None:
+            answer = await self._ask_server(request, path, body, headers)
+        else:
+            try:
+                answer = await self._ask_server(request, path, body, headers)
+            except BaseException:
+                tracing.end_hop(span, None)
+                raise
+            tracing.end_hop(span, answer.status if isinstance(answer, web.Response) else answer[0])
         if isinstance(answer, web.Response):
             return answer
         status, content_type, payload = answer

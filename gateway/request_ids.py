@@ -12,7 +12,7 @@ from collections.abc import MutableMapping
 from typing import Final
 
 from gateway.inference_types import MAX_REQUEST_ID_CHARS
-from modelplane.auth.caller import new_request_id
+from modelplane.auth.caller import current_caller, new_request_id
 
 REQUEST_ID_HEADER: Final = "x-request-id"
 # Seldon's own header names the request as well; a caller that sends both means the same request.
@@ -29,6 +29,7 @@ def take_request_id(headers: MutableMapping[str, str]) -> str:
         if given is not None and _USABLE.fullmatch(given):
             headers[REQUEST_ID_HEADER] = given
             return given
-    assigned = new_request_id()
+    # The id the access check gave the request already (its caller's), when it gave one: no second one is made.
+    assigned = current_caller().request_id or new_request_id()
     headers[REQUEST_ID_HEADER] = assigned
     return assigned

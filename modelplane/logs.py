@@ -39,7 +39,6 @@ import contextvars
 import json
 import logging
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, TypedDict, Unpack
 
@@ -78,14 +77,24 @@ def unbind(token: contextvars.Token[LogContext]) -> None:
         _context.reset(token)
 
 
-@contextlib.contextmanager
-def bound(**ids: Unpack[LogContext]) -> Iterator[None]:
-    """Every record logged inside carries ``ids`` (besides what was bound already)."""
-    token = _context.set({**_context.get(), **ids})
-    try:
-        yield
-    finally:
-        unbind(token)
+class _Bound:
+    """The block of :func:`bound` (a class, not a generator: it is entered once per request on the data path)."""
+
+    __slots__ = ("_ids", "_token")
+
+    def __init__(self, ids: LogContext) -> None:
+        self._ids = ids
+
+    def __enter__(self) -> None:
+        self._token = _context.set({**_context.get(), **self._ids})
+
+    def __exit__(self, *_: object) -> None:
+        unbind(self._token)
+
+
+def bound(**ids: Unpack[LogContext]) -> _Bound:
+    """``with bound(model=...):`` every record logged inside carries ``ids`` (besides what was bound already)."""
+    return _Bound(ids)
 
 
 def bound_ids() -> LogContext:

@@ -15,6 +15,7 @@ when its own tracing is on). A caller without a trace context starts a new trace
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import MutableMapping
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -85,6 +86,8 @@ def configure(service: str, otlp_endpoint: str | None, *, exporter: Any = None) 
     # what is batched when the process exits.
     provider = TracerProvider(resource=Resource.create({"service.name": f"modelplane-{service}"}))
     provider.add_span_processor(processor)
+    # A caller's malformed tracestate is dropped with a warning per request: a caller must not fill our logs.
+    logging.getLogger("opentelemetry.trace.span").setLevel(logging.ERROR)
     _tracer = provider.get_tracer("modelplane")
     _propagator = TraceContextTextMapPropagator()
     _trace = trace

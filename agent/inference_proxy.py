@@ -43,6 +43,7 @@ from agent.held_models import NoRoom
 from agent.model_manager import ModelManager
 from agent.server_calls import ServerDown
 from generated.mlops.agent.v1 import agent_pb2
+from modelplane import logs, tracing
 from modelplane.http_hop import (
     AnswerTimeoutError,
     BrokenConnectionError,
@@ -82,6 +83,7 @@ _RETIRE_GRACE_SECONDS = 60.0
 _REQUEST_TIMEOUT_SECONDS = 300.0
 _CONNECT_TIMEOUT_SECONDS = 10.0
 _SERVER_CONNECTIONS = 256  # at once, as many as the gateway keeps to one agent
+REQUEST_ID_HEADER = "x-request-id"
 
 
 class ModelNotHere(Exception):  # noqa: N818 - the name says what the client hit
@@ -188,6 +190,12 @@ class InferenceProxy:
 
     async def _model_route(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
+        request_id = request.headers.get(REQUEST_ID_HEADER)
+        # The gateway's id for the request (it always sends one), so its lines and the agent's are found by one id.
+        with logs.bound(model=name, request_id=request_id) if request_id else logs.bound(model=name):
+            return await self._serve_model(request, name)
+
+    async def _serve_model(self, request: web.Request, name: str) -> web.StreamResponse:
         try:
             version = parse_version(request.match_info.get("version"))
             loaded = await self.resolve(name, version)
@@ -214,10 +222,20 @@ class InferenceProxy:
             body = await request.read()
         except UNREADABLE_BODY as error:  # a body aiohttp cannot read: bad gzip, a bad chunk
             return unreadable_body_answer(error)
-        answer = await self._ask_server(request, path, body, headers)
+        span = tracing.start_hop("agent proxy", request.method, path, headers)  # None unless tracing is on
+        if span is None:
+            answer = await self._ask_server(request, path, body, headers)
+        else:
+            try:
+                answer = await self._ask_server(request, path, body, headers)
+            except BaseException:
+                tracing.end_hop(span, None)
+                raise
+            tracing.end_hop(span, answer.status if isinstance(answer, web.Response) else answer[0])
         if isinstance(answer, web.Response):
             return answer
         status, content_type, payload = answer
+        log.debug("%s %s answered %d by the server", request.method, path, status)
         if rename is not None and content_type.startswith("application/json"):
             payload = _rename_json(payload, *rename)
         return web.Response(body=payload, status=status, headers={"Content-Type": content_type})
@@ -285,6 +303,12 @@ class InferenceProxy:
                 names = agent_pb2.InferenceModelName.FromString(request)
             except DecodeError:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {rpc} request")
+            # Unbound at the end of the RPC's own task (grpc.aio runs each in one).
+            ids: logs.LogContext = {"model": names.name}
+            for key, value in context.invocation_metadata() or ():
+                if key == REQUEST_ID_HEADER and isinstance(value, str):
+                    ids["request_id"] = value
+            logs.bind(**ids)
             try:
                 loaded = await self.resolve(names.name, parse_version(names.version))
             except ModelNotHere as error:

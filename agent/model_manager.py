@@ -42,12 +42,15 @@ from agent.held_models import HeldModel, HeldTable, NoRoom, OperationOutcome, ar
 from agent.server_calls import ServerCalls, ServerDown
 from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane import logs
 from modelplane.keyed_locks import KeyedLocks
 from modelplane.spec.model_resources import memory_needed, requested_instances
 from servers.adapter import InferenceServer, ModelFiles, ServerError
 
 log = logging.getLogger(__name__)
 Event = agent_pb2.ModelEvent
+# Operations that did not do what they were asked: logged at warning (the scheduler logs a failed load too).
+_FAILURES = frozenset({Event.KIND_LOAD_FAILED, Event.KIND_LOAD_FAIL_MEMORY, Event.KIND_UNLOAD_FAILED})
 
 
 class ModelManager:
@@ -146,6 +149,10 @@ class ModelManager:
     async def handle(self, operation: agent_pb2.ModelOperation) -> agent_pb2.ModelEvent:
         """Carry out one operation from the scheduler and say how it went."""
         name, version = operation.model.meta.name, operation.version
+        with logs.bound(model=name, version=version):
+            return await self._handle(operation, name, version)
+
+    async def _handle(self, operation: agent_pb2.ModelOperation, name: str, version: int) -> agent_pb2.ModelEvent:
         started = time.monotonic()
         async with self._locks.hold(name):
             if operation.kind == agent_pb2.ModelOperation.KIND_LOAD and self.down_reason is not None:
@@ -155,7 +162,8 @@ class ModelManager:
             else:
                 outcome = await self._unload(name, version)
         self._write_index()
-        log.info(
+        log.log(
+            logging.WARNING if outcome.kind in _FAILURES else logging.INFO,
             "%s %s_%d in %.2fs%s%s",
             Event.Kind.Name(outcome.kind).removeprefix("KIND_").lower().replace("_", " "),
             name,

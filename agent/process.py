@@ -37,6 +37,7 @@ from agent.server_choice import connect_server, launch_server
 from agent.server_watch import ServerWatch, reason_text
 from agent.settings import AgentSettings
 from generated.mlops.agent.v1 import agent_pb2
+from modelplane import logs
 from modelplane.addresses import Address
 from modelplane.auth.access_check import AccessCheck
 from modelplane.auth.http_access import protect
@@ -168,6 +169,8 @@ async def run(
     registered: asyncio.Future[ProxyAddresses] | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT (or until ``stop`` is set, when the caller handles signals)."""
+    # Every line of this agent names its replica: bound before any task starts, so each inherits it.
+    logs.bind(server=settings.server_name, replica=settings.replica_idx)
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     if stop is None:
         stop, forced = asyncio.Event(), asyncio.Event()

@@ -38,6 +38,7 @@ from modelplane.sizes import format_size
 from modelplane.spec.errors import InvalidArgument
 from modelplane.spec.names import check_name, is_namespace
 from modelplane.spec.server_kinds import DEFAULT_CAPABILITIES, SERVER_KINDS
+from modelplane.tracing import add_tracing_flag
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_tls_flags, security_from
 
@@ -89,6 +90,8 @@ class AgentSettings:
     # Models' storage secrets read from Kubernetes Secrets in this namespace (--k8s-secrets), through this API.
     kubernetes: KubernetesConnection | None = None
     secrets_namespace: str | None = None
+    # OpenTelemetry traces of inference to this OTLP/HTTP endpoint (modelplane/tracing.py); None: off.
+    otel_endpoint: str | None = None
 
 
 def _server_name(text: str) -> str:
@@ -283,6 +286,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     add_kubernetes_flags(parser)
     add_process_flags(parser, section="agent", ready_file_help="write the proxy addresses here once registered")
+    add_tracing_flag(parser)
     add_tls_flags(parser, server=False)
     add_auth_flags(parser)
     add_client_token_flag(parser)
@@ -344,6 +348,7 @@ def parse_settings(
         ready_file=options.ready_file,
         log_level=options.log_level,
         log_json=options.log_json,
+        otel_endpoint=options.otel_endpoint,
         max_model_disk_bytes=options.max_model_disk,
         max_cache_disk_bytes=options.max_cache_disk,
         max_compression_ratio=options.max_compression_ratio,

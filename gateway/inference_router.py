@@ -24,6 +24,7 @@ from gateway.json_documents import JsonDocumentError, loads_bounded
 from gateway.replica_client import ReplicaAnswer, ReplicaClient
 from gateway.routing_table import ROUTE_HEADER, RoutingTable
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane import logs
 from modelplane.inference_limits import MAX_REQUEST_BODY_BYTES
 from modelplane.whole_numbers import parse_whole_number
 
@@ -147,10 +148,12 @@ class InferenceRouter:
         table = self._table()
         experiment = table.experiment_for(name, pb.MODEL) if version is None else None
         target, route_headers = name, dict[str, str]()
+        bound = None
         if experiment is not None:
             target, route_headers = self._split(
                 experiment, headers, lambda mirror: self._forward(mirror, None, body, headers)
             )
+            bound = logs.bind(experiment=experiment.name, model=target)
         elif name not in table.models and name in table.pipelines:
             raise InferenceError(404, f"{name!r} is a pipeline: send it to /v2/pipelines/{name}/infer")
         try:
@@ -159,6 +162,9 @@ class InferenceRouter:
             if target in table.models:  # names of unknown models stay out of the metrics' labels
                 self._count_model(name, target, error.status)
             raise
+        finally:
+            if bound is not None:
+                logs.unbind(bound)
         self._count_model(name, target, answer.status)
         return RoutedAnswer(answer.status, answer.body, answer.content_type, route_headers)
 
@@ -167,7 +173,8 @@ class InferenceRouter:
 
     async def call_model(self, name: str, request: JsonObject, headers: Mapping[str, str]) -> JsonObject:
         """The ModelCaller of pipelines and Kafka: JSON in, JSON out, experiments applied, errors raised."""
-        answer = await self.infer_model(name, None, encode_request(request), headers, checked=True)
+        with logs.bound(model=name):
+            answer = await self.infer_model(name, None, encode_request(request), headers, checked=True)
         return answer.json()
 
     async def _forward(self, model: str, version: int | None, body: bytes, headers: Mapping[str, str]) -> ReplicaAnswer:
@@ -245,7 +252,10 @@ class InferenceRouter:
             target, route_headers = self._split(
                 experiment, headers, lambda mirror: self.run_pipeline(mirror, request, headers)
             )
-        response = await self.run_pipeline(target, request, headers)
+            with logs.bound(experiment=experiment.name, pipeline=target):
+                response = await self.run_pipeline(target, request, headers)
+        else:
+            response = await self.run_pipeline(target, request, headers)
         self.metrics.count("modelplane_gateway_requests_total", kind="pipeline", name=name, route=target, code="200")
         return response, route_headers
 

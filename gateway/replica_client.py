@@ -49,6 +49,7 @@ from typing import Final
 
 from gateway.inference_types import InferenceError
 from gateway.routing_table import Endpoint
+from modelplane import tracing
 from modelplane.auth.client_token import ClientToken
 from modelplane.http_hop import (
     AnswerTimeoutError,
@@ -161,6 +162,32 @@ class ReplicaClient:
             forwarded["Content-Type"] = "application/json"
         if self._token is not None:
             forwarded["Authorization"] = f"Bearer {self._token.current()}"
+        span = tracing.start_hop("gateway", method, path, forwarded)  # None unless tracing is on
+        if span is None:
+            return await self._attempts(endpoints, method=method, path=path, body=body, forwarded=forwarded, what=what)
+        status: int | None = None
+        try:
+            answer = await self._attempts(
+                endpoints, method=method, path=path, body=body, forwarded=forwarded, what=what
+            )
+            status = answer.status
+            return answer
+        except InferenceError as error:
+            status = error.status
+            raise
+        finally:
+            tracing.end_hop(span, status)
+
+    async def _attempts(
+        self,
+        endpoints: Sequence[Endpoint],
+        *,
+        method: str,
+        path: str,
+        body: bytes | None,
+        forwarded: dict[str, str],
+        what: str,
+    ) -> ReplicaAnswer:
         failures: list[tuple[Endpoint, ErrorAnswer]] = []
         for endpoint in self.order(endpoints)[: self.max_attempts]:
             answer = await self._try(endpoint, method, path, body, forwarded)
@@ -204,6 +231,7 @@ class ReplicaClient:
         else:
             if 200 <= answer.status < 300:
                 self._ejected.pop(endpoint.http_url, None)
+                log.debug("%s %s answered %d by replica %s", method, path, answer.status, endpoint.key)
                 content_type = answer.headers.get("content-type", "application/json")
                 return ReplicaAnswer(answer.status, answer.body, content_type, endpoint)
             server_down = _SERVER_DOWN in answer.headers

@@ -23,6 +23,7 @@ from modelplane.config import parse_layered
 from modelplane.flag_types import address, seconds
 from modelplane.kubernetes_api import add_kubernetes_flags
 from modelplane.process_flags import add_process_flags
+from modelplane.tracing import add_tracing_flag
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_serving_tls_flags, add_tls_flags, security_from, serving_security_from
 from modelplane.whole_numbers import parse_whole_number
@@ -55,6 +56,8 @@ class GatewaySettings:
     # scheduler's token: the proxies are plaintext, and a token of an audience only agents accept cannot be
     # replayed against the scheduler by whoever reads the pod network.
     agent_token_file: Path | None = None
+    # OpenTelemetry traces of inference to this OTLP/HTTP endpoint (modelplane/tracing.py); None: off.
+    otel_endpoint: str | None = None
 
 
 def _attempts(text: str) -> int:
@@ -113,6 +116,7 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--kafka-namespace", default="default", help="namespace part of topic names")
     parser.add_argument("--kafka-group", default="modelplane-gateway", help="consumer group all gateways share")
     add_process_flags(parser, section="gateway", ready_file_help="write the listen addresses here once serving")
+    add_tracing_flag(parser)
     add_tls_flags(parser, server=False)
     add_serving_tls_flags(parser)
     add_auth_flags(parser)
@@ -150,6 +154,7 @@ def parse_settings(
         ready_file=options.ready_file,
         log_level=options.log_level,
         log_json=options.log_json,
+        otel_endpoint=options.otel_endpoint,
         token_file=options.auth_token_file,
         agent_token_file=options.agent_token_file,
     )

@@ -1,10 +1,29 @@
 """Structured logging for every modelplane process.
 
-Each record carries the process's component name and, when set, the model, version and request
-ids of the work in progress (from contextvars, so asyncio tasks keep their own). A record written while
-a request is served also carries its caller's request id and identity (modelplane/auth/caller.py): the
-request id its audit line has. Output is ``key=value`` text by default, or one JSON object per line
-with ``json_output=True``.
+Each record carries the process's component name and the ids of the work in progress: the log context, one
+contextvar (so asyncio tasks keep their own, and a task started inside a piece of work inherits its ids). A record
+written while a request is served also carries its caller's request id and identity (modelplane/auth/caller.py): the
+request id its audit line has, unless the work bound its own (the gateway's, received or assigned). Output is
+``key=value`` text by default, or one JSON object per line with ``json_output=True`` (``--log-json``).
+
+The context's keys are the same in every process, declared once here (:class:`LogContext`):
+
+=============  =====================================================================================================
+key            what it names; who binds it
+=============  =====================================================================================================
+model          a model by its public name (scheduler RPCs, reconciler, agent load/unload, gateway, agent proxy)
+version        that model's version, a whole number (scheduler, agent)
+pipeline       a pipeline (scheduler RPCs and state changes, gateway pipeline requests)
+experiment     an experiment (scheduler RPCs and state changes, gateway requests routed by one)
+request_id     one request: the gateway's ``x-request-id`` (received or assigned, and passed to the agent, which
+               logs it too), a Kafka record's, a served RPC's (the caller's, as its audit line says)
+server         an inference server (scheduler agent sessions, the agent itself)
+replica        that server's replica index, a whole number
+run_id         a training run (trainer, per event it runs)
+=============  =====================================================================================================
+
+Binding is cheap (one contextvar set of a small dict per piece of work); nothing is formatted unless a record is
+emitted at an enabled level.
 
 Every record is bounded, whatever a caller sent or a component produced: the message is cut to
 MAX_MESSAGE_CHARS, each field to MAX_FIELD_CHARS, a traceback to MAX_TRACEBACK_CHARS (its head and its
@@ -15,25 +34,74 @@ In text output, control characters of the message and fields are escaped, so one
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from modelplane.auth.caller import current_caller
 from modelplane.bounded_text import cut_saying_how_much
 
-model_name: contextvars.ContextVar[str | None] = contextvars.ContextVar("model_name", default=None)
-model_version: contextvars.ContextVar[int | None] = contextvars.ContextVar("model_version", default=None)
-request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
-_CONTEXT: dict[str, contextvars.ContextVar[Any]] = {
-    "model": model_name,
-    "version": model_version,
-    "request_id": request_id,
-}
+class LogContext(TypedDict, total=False):
+    """The ids a piece of work binds (the module docstring says what each names); the same keys in every process."""
+
+    model: str
+    version: int
+    pipeline: str
+    experiment: str
+    request_id: str
+    server: str
+    replica: int
+    run_id: str
+
+
+CONTEXT_KEYS = tuple(LogContext.__annotations__)
+_NOTHING_BOUND = LogContext()  # never changed: every binding makes a new dict
+_context: contextvars.ContextVar[LogContext] = contextvars.ContextVar("modelplane_log_context", default=_NOTHING_BOUND)
+
+
+def bind(**ids: Unpack[LogContext]) -> contextvars.Token[LogContext]:
+    """Add ``ids`` to the log context of the current task (and of the tasks it starts) until :func:`unbind`.
+    For work whose end is not one block; otherwise use :func:`bound`."""
+    return _context.set({**_context.get(), **ids})
+
+
+def unbind(token: contextvars.Token[LogContext]) -> None:
+    # Left in another context than the one it was bound in (ValueError): an async generator closed by another task;
+    # that context never had these ids, and the generator's own ends with its task.
+    with contextlib.suppress(ValueError):
+        _context.reset(token)
+
+
+class _Bound:
+    """The block of :func:`bound` (a class, not a generator: it is entered once per request on the data path)."""
+
+    __slots__ = ("_ids", "_token")
+
+    def __init__(self, ids: LogContext) -> None:
+        self._ids = ids
+
+    def __enter__(self) -> None:
+        self._token = _context.set({**_context.get(), **self._ids})
+
+    def __exit__(self, *_: object) -> None:
+        unbind(self._token)
+
+
+def bound(**ids: Unpack[LogContext]) -> _Bound:
+    """``with bound(model=...):`` every record logged inside carries ``ids`` (besides what was bound already)."""
+    return _Bound(ids)
+
+
+def bound_ids() -> LogContext:
+    """What is bound now (read only: bind to change it)."""
+    return _context.get()
+
+
 LEVELS = ("debug", "info", "warning", "error")
 
 MAX_MESSAGE_CHARS = 4096
@@ -66,10 +134,8 @@ def _fields(record: logging.LogRecord, component: str) -> dict[str, Any]:
         "logger": record.name,
         "message": cut_saying_how_much(record.getMessage(), MAX_MESSAGE_CHARS),
     }
-    for key, var in _CONTEXT.items():
-        value = var.get()
-        if value is not None:
-            fields[key] = value
+    for key, value in _context.get().items():
+        fields[key] = _bounded_field(value)
     caller = current_caller()
     if caller.request_id:
         fields.setdefault("request_id", _bounded_field(caller.request_id))

@@ -18,6 +18,7 @@ import grpc
 from grpc import aio
 
 from generated.mlops.agent.v1 import agent_pb2, agent_pb2_grpc
+from modelplane import logs
 from modelplane.spec.errors import InvalidArgument, SchedulerError
 from modelplane.spec.limits import (
     MAX_MEMORY_BYTES,
@@ -140,6 +141,8 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         except SchedulerError as error:
             await abort(context, error)
         session = AgentSession(config.agent_id)
+        # For the session's whole task (the stream's, and its reader's, started below): every line names the replica.
+        logs.bind(server=config.server, replica=config.index)
         yield agent_pb2.SessionResponse(
             register_accepted=agent_pb2.RegisterAccepted(
                 session_id=session.session_id, heartbeat_interval_ms=int(self.heartbeat * 1000)

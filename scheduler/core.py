@@ -33,7 +33,9 @@ from dataclasses import dataclass, replace
 from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.routing.v1 import routing_pb2 as rpb
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane import logs
 from modelplane.keyed_locks import KeyedLocks
+from modelplane.logs import with_fields
 from modelplane.spec import limits
 from modelplane.spec.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from modelplane.spec.names import check_name
@@ -63,6 +65,7 @@ from scheduler.write_behind import (
 )
 
 log = logging.getLogger(__name__)
+_FAILED_LOADS = frozenset({agent_pb2.ModelEvent.KIND_LOAD_FAILED, agent_pb2.ModelEvent.KIND_LOAD_FAIL_MEMORY})
 
 # The longest a new leader keeps models the controller has not re-sent, in sync grace periods after it was ready.
 RESEND_WAIT_LIMIT = 6
@@ -209,6 +212,7 @@ class SchedulerCore:
                 return
             await self._write([Put(MODELS_TABLE, name, prepared.to_bytes())])
             self.cluster.apply_load(change, prepared)
+            log.debug("model %s stored; placing it", name)  # lazy: nothing is formatted unless debug is on
             self._after_change()
 
     async def unload_model(self, name: str) -> None:
@@ -326,6 +330,7 @@ class SchedulerCore:
                 )
             await self._write([Put(PIPELINES_TABLE, pipeline.name, prepared.to_bytes())])
             self.pipelines.apply_load(prepared)
+            log.info("pipeline loaded", extra=with_fields(version=prepared.latest.version))
             self._refresh_pipelines({pipeline.name})
 
     async def unload_pipeline(self, name: str) -> None:
@@ -333,6 +338,7 @@ class SchedulerCore:
             prepared = self.pipelines.prepare_unload(name)
             await self._write([Put(PIPELINES_TABLE, name, prepared.to_bytes())])
             self.pipelines.apply_unload(name)
+            log.info("pipeline unloading")
             self._refresh_pipelines({name})
 
     def pipeline_status(self, name: str | None, *, all_versions: bool) -> list[pb.PipelineStatusResponse]:
@@ -375,6 +381,7 @@ class SchedulerCore:
                 )
             await self._write([Put(EXPERIMENTS_TABLE, experiment.name, prepared.to_bytes())])
             self.experiments.apply_start(prepared)
+            log.info("experiment started", extra=with_fields(candidates=[c.name for c in experiment.candidates]))
             self.publisher.publish_experiments({experiment.name} | self.experiments.refresh(self._why_not_ready))
 
     async def stop_experiment(self, name: str) -> None:
@@ -382,6 +389,7 @@ class SchedulerCore:
             prepared = self.experiments.prepare_stop(name)
             await self._write([Put(EXPERIMENTS_TABLE, name, prepared.to_bytes())])
             self.experiments.apply_stop(name, prepared.stopped_at)
+            log.info("experiment stopped")
             self.publisher.publish_experiments({name})
 
     async def forget_stopped_experiments(self, now: float) -> list[str]:
@@ -542,7 +550,18 @@ class SchedulerCore:
         self._after_change()
 
     def agent_event(self, config: ReplicaConfig, session: AgentSession, event: agent_pb2.ModelEvent) -> str | None:
-        rejected = self.cluster.model_event(config.server, config.index, session, event)
+        with logs.bound(model=event.model_name, version=event.model_version):
+            if event.kind in _FAILED_LOADS:
+                # The model's state says so too; the log keeps each failure, with the replica it happened on.
+                log.warning(
+                    "load of %s:%d failed on %s/%d",
+                    event.model_name,
+                    event.model_version,
+                    config.server,
+                    config.index,
+                    extra=with_fields(reason=event.reason),
+                )
+            rejected = self.cluster.model_event(config.server, config.index, session, event)
         self._after_change()
         return rejected
 

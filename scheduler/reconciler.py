@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+from modelplane import logs
 from scheduler.models.cluster import Cluster
 
 log = logging.getLogger(__name__)
@@ -114,10 +115,13 @@ class Reconciler:
                 for name in self._cluster.waiting_for_capacity:
                     batch[name] = True
             for count, (name, retry) in enumerate(batch.items(), 1):
+                token = logs.bind(model=name)
                 try:
                     self._cluster.reconcile(name, retry_failed=retry)
                 except Exception:
                     log.exception("reconcile of model %r failed; it will be retried on the next change", name)
+                finally:
+                    logs.unbind(token)
                 if count % self._reconcile_batch == 0:
                     self._after_change()
                     await asyncio.sleep(0)

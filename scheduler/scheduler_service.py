@@ -13,7 +13,7 @@ from grpc import aio
 from generated.mlops.chainer import chainer_pb2
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
-from modelplane import __version__
+from modelplane import __version__, logs
 from modelplane.grpc_handlers import add_with_raw_responses
 from modelplane.spec.errors import InvalidArgument
 from scheduler import status_codes
@@ -49,7 +49,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         async def call() -> None:
             if not request.HasField("model"):
                 raise InvalidArgument("LoadModelRequest.model is missing")
-            await self.core.load_model(request.model)
+            with logs.bound(model=request.model.meta.name):
+                await self.core.load_model(request.model)
 
         await status_codes.unary(context, call)
         return pb.LoadModelResponse()
@@ -58,7 +59,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         async def call() -> None:
             if not request.HasField("model"):
                 raise InvalidArgument("UnloadModelRequest.model is missing")
-            await self.core.unload_model(request.model.name)
+            with logs.bound(model=request.model.name):
+                await self.core.unload_model(request.model.name)
 
         await status_codes.unary(context, call)
         return pb.UnloadModelResponse()
@@ -128,13 +130,15 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         async def call() -> None:
             if not request.HasField("experiment"):
                 raise InvalidArgument("StartExperimentRequest.experiment is missing")
-            await self.core.start_experiment(request.experiment)
+            with logs.bound(experiment=request.experiment.name):
+                await self.core.start_experiment(request.experiment)
 
         await status_codes.unary(context, call)
         return pb.StartExperimentResponse()
 
     async def StopExperiment(self, request: pb.StopExperimentRequest, context: Context) -> pb.StopExperimentResponse:
-        await status_codes.unary(context, lambda: self.core.stop_experiment(request.name))
+        with logs.bound(experiment=request.name):
+            await status_codes.unary(context, lambda: self.core.stop_experiment(request.name))
         return pb.StopExperimentResponse()
 
     async def ExperimentStatus(
@@ -160,13 +164,15 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         async def call() -> None:
             if not request.HasField("pipeline"):
                 raise InvalidArgument("LoadPipelineRequest.pipeline is missing")
-            await self.core.load_pipeline(request.pipeline)
+            with logs.bound(pipeline=request.pipeline.name):
+                await self.core.load_pipeline(request.pipeline)
 
         await status_codes.unary(context, call)
         return pb.LoadPipelineResponse()
 
     async def UnloadPipeline(self, request: pb.UnloadPipelineRequest, context: Context) -> pb.UnloadPipelineResponse:
-        await status_codes.unary(context, lambda: self.core.unload_pipeline(request.name))
+        with logs.bound(pipeline=request.name):
+            await status_codes.unary(context, lambda: self.core.unload_pipeline(request.name))
         return pb.UnloadPipelineResponse()
 
     async def PipelineStatus(

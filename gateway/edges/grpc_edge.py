@@ -13,15 +13,21 @@ from collections.abc import Callable, Mapping
 from gateway.edges.v2_grpc_service import InferResult, V2InferenceService
 from gateway.inference_router import InferenceRouter, encode_request, parse_version
 from gateway.inference_types import JsonObject
+from gateway.request_ids import take_request_id
+from modelplane import logs
 
 
 def v2_grpc_service(router: InferenceRouter, synced: Callable[[], bool]) -> V2InferenceService:
     async def infer(name: str, version: str | None, body: JsonObject, headers: Mapping[str, str]) -> InferResult:
         number = parse_version(version)
+        carried = dict(headers)
+        request_id = take_request_id(carried)
         if router.is_pipeline(name, number):
-            response, route_headers = await router.route_pipeline(name, body, headers)
+            with logs.bound(request_id=request_id, pipeline=name):
+                response, route_headers = await router.route_pipeline(name, body, carried)
             return InferResult(response, route_headers)
-        answer = await router.infer_model(name, number, encode_request(body), headers, checked=True)
+        with logs.bound(request_id=request_id, model=name):
+            answer = await router.infer_model(name, number, encode_request(body), carried, checked=True)
         return InferResult(answer.json(), answer.headers)
 
     async def model_ready(name: str, version: str | None) -> bool:

@@ -10,6 +10,8 @@ from aiohttp import web
 from gateway.gateway_metrics import GatewayMetrics
 from gateway.inference_router import InferenceRouter, RoutedAnswer, parse_version
 from gateway.inference_types import InferenceError
+from gateway.request_ids import REQUEST_ID_HEADER, take_request_id
+from modelplane import logs
 from modelplane.inference_errors import UNREADABLE_BODY, quiet_caller_http_errors, unreadable_body_answer
 from modelplane.inference_limits import MAX_REQUEST_BODY_BYTES
 
@@ -26,10 +28,11 @@ def _version(request: web.Request) -> int | None:
     return parse_version(request.match_info.get("version"))
 
 
-def _answer(answer: RoutedAnswer) -> web.Response:
+def _answer(answer: RoutedAnswer, request_id: str) -> web.Response:
     response = web.Response(status=answer.status, body=answer.body, content_type=None)
     response.headers["Content-Type"] = answer.content_type
     response.headers.update(answer.headers)
+    response.headers[REQUEST_ID_HEADER] = request_id
     return response
 
 
@@ -65,20 +68,30 @@ def build_app(router: InferenceRouter, metrics: GatewayMetrics, is_ready: Callab
 
     async def infer_model(request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        body = await request.read()
-        return _answer(await router.infer_model(name, _version(request), body, headers_of(request)))
+        headers = headers_of(request)
+        request_id = take_request_id(headers)
+        with logs.bound(request_id=request_id, model=name):
+            body = await request.read()
+            return _answer(await router.infer_model(name, _version(request), body, headers), request_id)
 
     async def model_metadata(request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        return _answer(await router.model_metadata(name, _version(request), headers_of(request)))
+        headers = headers_of(request)
+        request_id = take_request_id(headers)
+        with logs.bound(request_id=request_id, model=name):
+            return _answer(await router.model_metadata(name, _version(request), headers), request_id)
 
     async def model_ready(request: web.Request) -> web.Response:
         ready = router.model_ready(request.match_info["name"], _version(request))
         return web.Response(status=200 if ready else 503)
 
     async def infer_pipeline(request: web.Request) -> web.Response:
-        body = await request.read()
-        return _answer(await router.infer_pipeline(request.match_info["name"], body, headers_of(request)))
+        name = request.match_info["name"]
+        headers = headers_of(request)
+        request_id = take_request_id(headers)
+        with logs.bound(request_id=request_id, pipeline=name):
+            body = await request.read()
+            return _answer(await router.infer_pipeline(name, body, headers), request_id)
 
     async def pipeline_ready(request: web.Request) -> web.Response:
         return web.Response(status=200 if router.pipeline_ready(request.match_info["name"]) else 503)

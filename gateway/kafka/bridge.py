@@ -448,8 +448,9 @@ class KafkaBridge:
             await earlier.wait()
         finished = asyncio.Event()
         self._pending[key] = finished
-        id_token = logs.request_id.set(request_id)
-        model_token = logs.model_name.set(str(resource))
+        ids: logs.LogContext = {"request_id": request_id}
+        ids["model" if resource.kind is ResourceKind.MODEL else "pipeline"] = resource.name
+        token = logs.bind(**ids)
         try:
             if isinstance(decoded, MalformedRecordError):
                 await self._produce_error(record, resource, request_id, decoded.status, decoded.message)
@@ -457,8 +458,7 @@ class KafkaBridge:
                 await self._answer(record, resource, decoded)
             self._answered.add(key)
         finally:
-            logs.model_name.reset(model_token)
-            logs.request_id.reset(id_token)
+            logs.unbind(token)
             del self._pending[key]
             finished.set()
 

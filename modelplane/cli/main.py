@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from modelplane import __version__, logs
+from modelplane import __version__, logs, tracing
 from modelplane.addresses import Address
 from modelplane.audit import AuditLogError
 from modelplane.auth_flags import add_client_token_flag, client_token
@@ -219,6 +219,10 @@ def _run_agent(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
 
     settings = parse_settings(parser, argv)
     logs.configure("agent", settings.log_level, json_output=settings.log_json)
+    try:
+        tracing.configure("agent", settings.otel_endpoint)
+    except tracing.TracingUnavailableError as error:
+        return fail(str(error), EXIT_USAGE)
     # Each process imports only its own code: a gateway need not carry the agent's or trainer's libraries.
     from agent import process as agent_process  # noqa: PLC0415
 
@@ -234,6 +238,10 @@ def _run_gateway(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
 
     settings = parse_settings(parser, argv)
     logs.configure("gateway", settings.log_level, json_output=settings.log_json)
+    try:
+        tracing.configure("gateway", settings.otel_endpoint)
+    except tracing.TracingUnavailableError as error:
+        return fail(str(error), EXIT_USAGE)
     from gateway import process as gateway_process  # noqa: PLC0415 - see _run_agent
 
     try:

@@ -6,7 +6,9 @@ from functools import partial
 from typing import Final
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
+from modelplane import logs
 from modelplane.inference_errors import quiet_caller_http_errors
 from registry.api.errors import json_errors
 from registry.api.openapi import openapi_document
@@ -17,9 +19,25 @@ from registry.service.registry_service import RegistryService
 MAX_BODY_BYTES: Final = 1024 * 1024
 
 
+@web.middleware
+async def _log_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every line logged for a request about one model or experiment names it (modelplane/logs.py's keys); the
+    request's id is its caller's (the access check's), as in every process."""
+    info = request.match_info
+    resource = info.route.resource
+    path = resource.canonical if resource is not None else ""
+    if path.startswith("/models/{model}"):
+        with logs.bound(model=info["model"]):
+            return await handler(request)
+    if path.startswith("/experiments/{name}"):
+        with logs.bound(experiment=info["name"]):
+            return await handler(request)
+    return await handler(request)
+
+
 def build_app(service: RegistryService) -> web.Application:
     quiet_caller_http_errors()
-    app = web.Application(middlewares=[json_errors], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[json_errors, _log_ids], client_max_size=MAX_BODY_BYTES)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, partial(route.handler, service))
     document = openapi_document()

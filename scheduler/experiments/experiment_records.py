@@ -8,11 +8,15 @@ along the table in experiment_state.py (``move_to``).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane.logs import with_fields
 from scheduler.experiments.experiment_state import ExperimentState, check_transition
+
+log = logging.getLogger(__name__)
 
 
 def copy_experiment(experiment: pb.Experiment) -> pb.Experiment:
@@ -65,6 +69,10 @@ class ExperimentRecord:
     def move_to(self, new: ExperimentState) -> None:
         """Change the state along the table (experiment_state.py); raises IllegalTransition off it."""
         check_transition(self.state, new)
+        if new is not self.state:
+            log.info(
+                "experiment %s: %s -> %s", self.name, self.state.name, new.name, extra=with_fields(experiment=self.name)
+            )
         self.state = new
 
     @property

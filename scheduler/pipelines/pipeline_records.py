@@ -7,11 +7,15 @@ Only ``PipelineRecord.to_bytes`` content is durable; observed state is recompute
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane.logs import with_fields
 from scheduler.pipelines.pipeline_state import ENDING, PipelineStatus, check_transition
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -29,6 +33,15 @@ class PipelineVersion:
     def move(self, status: PipelineStatus, reason: str = "") -> None:
         """Change status through the state table (IllegalTransition otherwise)."""
         check_transition(self.status, status)
+        if status != self.status:
+            log.info(
+                "pipeline %s version %d: %s -> %s",
+                self.spec.name,
+                self.version,
+                self.status.name,
+                status.name,
+                extra=with_fields(pipeline=self.spec.name, reason=reason),
+            )
         self.status, self.reason, self.changed_at = status, reason, time.time()
 
     @property

@@ -3,6 +3,7 @@ text can forge a line (issue 10: after a flood of servers one unplaceable model 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -88,3 +89,31 @@ def test_a_record_written_while_a_request_is_served_names_its_request_and_caller
     outside = json.loads(logs.JsonFormatter("scheduler").format(_record("x")))
     assert "request_id" not in outside
     assert "caller" not in outside
+
+
+async def test_bound_ids_are_in_each_line_of_their_own_task_only_and_bounded() -> None:
+    """What a piece of work binds is in every record it logs, as ``key=value`` text or JSON fields by the same keys,
+    and in the tasks it starts; never in another task's records, nor after its block."""
+
+    async def work(name: str, seen: dict[str, str]) -> None:
+        with logs.bound(model=name, version=3, request_id="r\n" + "x" * 100_000):
+            await asyncio.sleep(0)
+            seen[name] = logs.TextFormatter("agent").format(_record("loading"))
+            inner = asyncio.create_task(asyncio.sleep(0, result=logs.bound_ids()))
+            assert (await inner)["model"] == name
+
+    seen: dict[str, str] = {}
+    await asyncio.gather(work("iris", seen), work("wine", seen))
+    assert " model=iris version=3 request_id=r\\nxxx" in seen["iris"]
+    assert "wine" not in seen["iris"]
+    assert len(seen["iris"]) < logs.MAX_FIELD_CHARS + 500
+    with logs.bound(pipeline="flow", experiment="trial", server="mlserver", replica=0, run_id="run-1"):
+        document = json.loads(logs.JsonFormatter("scheduler").format(_record("changed")))
+    assert {key: document[key] for key in ("pipeline", "experiment", "server", "replica", "run_id")} == {
+        "pipeline": "flow",
+        "experiment": "trial",
+        "server": "mlserver",
+        "replica": 0,
+        "run_id": "run-1",
+    }
+    assert not set(logs.CONTEXT_KEYS) & set(json.loads(logs.JsonFormatter("scheduler").format(_record("after"))))

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import io
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -30,6 +31,7 @@ import servers.designed_model
 from agent.artifacts.storage_config import secret_env_name
 from generated.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from generated.mlops.training.v1 import training_pb2
+from modelplane import logs
 from modelplane.spec.names import model_name_for
 from tests.support.agent_processes import AgentSpec, start_agents, stop_agent
 from tests.support.kafka_broker import KafkaBroker, consume_until, free_port, produce
@@ -164,6 +166,38 @@ async def test_event_becomes_a_stored_model_a_success_status_and_an_inference_st
         code, health = await get_json(f"http://{address}/healthz")
         assert health["consuming"] is True
         assert health["instance"] == service.instance
+
+
+class _JsonLines(logging.Handler):
+    """Each record as modelplane's JSON formatter writes it, formatted as it is logged (as the process's handler)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(logs.JsonFormatter("trainer").format(record)))
+
+
+async def test_a_runs_lines_name_its_run_and_its_event(stack: Stack) -> None:
+    """Every line the trainer logs while it runs an event names the run (``run_id``) and the event (``request_id``),
+    by the keys every process uses (modelplane/logs.py)."""
+    await put_schema(stack, "iris-key", iris_multiclass_logistic(design_token="iris-logged"))
+    collected, root = _JsonLines(), logging.getLogger()
+    level = root.level
+    root.addHandler(collected)
+    root.setLevel(logging.INFO)
+    try:
+        async with running_trainer(stack.settings()):
+            await produce(stack.kafka.bootstrap, stack.training_topic, [event("logged-1", "iris-key")])
+            [record] = (await statuses_for(stack, ["logged-1"]))["logged-1"]
+    finally:
+        root.removeHandler(collected)
+        root.setLevel(level)
+    run_id = headers_of(record)["modelplane-run-id"]
+    # The launcher's line says nothing of the run itself: the context does.
+    [started] = [line for line in collected.lines if line["message"] == "training run started"]
+    assert (started.get("run_id"), started.get("request_id")) == (run_id, "logged-1"), started
 
 
 async def test_each_failure_is_a_failure_status_naming_its_cause_and_consuming_goes_on(stack: Stack) -> None:

@@ -96,14 +96,13 @@ class EventRunner:
             )
         except PoisonEventError as poison:
             return await self._reject_poison(poison, position)
-        token = logs.request_id.set(request.event_id)
-        try:
-            await self._train_event(request, position)
-        except StoppingError:
-            logger.info("stopping: event left for redelivery", extra={"fields": {"event_id": request.event_id}})
-            return False
-        finally:
-            logs.request_id.reset(token)
+        # The event's id is the request id its lines carry; its run's id is bound once the run has one.
+        with logs.bound(request_id=request.event_id):
+            try:
+                await self._train_event(request, position)
+            except StoppingError:
+                logger.info("stopping: event left for redelivery", extra={"fields": {"event_id": request.event_id}})
+                return False
         return True
 
     async def _reject_poison(self, poison: PoisonEventError, position: RecordPosition) -> bool:
@@ -141,6 +140,7 @@ class EventRunner:
 
     async def _train_event(self, request: TrainingRequest, position: RecordPosition) -> None:
         run_id = self._new_run_id()
+        logs.bind(run_id=run_id)  # this task's context is _handle_record's block: it ends with it
         owner = f"{self.instance}/{run_id}"
         final = await self._claim(request, owner)
         if final is not None:

@@ -72,6 +72,7 @@ _RESOURCE_NAMES = {
     Kind.EXPERIMENT: "Experiment",
 }
 KINDS_BY_NAME = {name: kind for kind, name in _RESOURCE_NAMES.items()}
+_KINDS_SAID = "Model, Pipeline, Experiment, Server, ServerConfig"
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ def load_order(resources: list[Resource]) -> list[Resource]:
 
 
 def unload_order(resources: list[Resource]) -> list[Resource]:
-    return sorted(resources, key=lambda resource: -resource.kind)
+    """The load order backwards: what was loaded last goes first."""
+    return load_order(resources)[::-1]
 
 
 def _named(document: object) -> str:
@@ -129,7 +131,7 @@ def _resource(document: object, number: int) -> Resource:
     kind = KINDS_BY_NAME.get(kind_name) if isinstance(kind_name, str) else None
     if kind is None:
         shown = repr(kind_name) if len(repr(kind_name)) <= _SHOWN else f"{repr(kind_name)[: _SHOWN - 3]}..."
-        raise ManifestError(f"kind must be one of {', '.join(KINDS_BY_NAME)}, not {shown}")
+        raise ManifestError(f"kind must be one of {_KINDS_SAID}, not {shown}")
     if kind is Kind.MODEL:
         model = model_of(dict(document))
         return Resource(kind, model.meta.name, model, number)

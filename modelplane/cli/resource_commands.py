@@ -10,7 +10,14 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from modelplane.addresses import Address
-from modelplane.cli import experiment_commands, inventory_commands, manifest_commands, pipeline_commands
+from modelplane.cli import (
+    experiment_commands,
+    inventory_commands,
+    manifest_commands,
+    pipeline_commands,
+    status_command,
+)
+from modelplane.cli.output_formats import add_output_flag, render
 from modelplane.cli.scheduler_session import Scheduler
 from modelplane.transport import TransportSecurity
 
@@ -37,8 +44,6 @@ def add_resource_commands(commands: argparse._SubParsersAction[argparse.Argument
     status.add_argument(
         "-f", "--file", metavar="FILE", help="the status of every resource of this manifest (- for stdin) instead"
     )
-    from modelplane.cli.output_formats import add_output_flag  # noqa: PLC0415 - beside its one use here
-
     add_output_flag(status)
 
 
@@ -46,8 +51,6 @@ def usage_problem(section: str, action: str | None, options: argparse.Namespace)
     """A combination of flags argparse cannot refuse by itself."""
     if section in GROUPS and action == "status" and options.wait and not options.name:
         return f"-w needs a {section} name"
-    if section == "status" and options.output != "table" and not options.file:
-        return "--output json|yaml needs -f FILE (the scheduler's own status is a table)"
     if section == "model" and action == "status" and options.watch and options.output != "table":
         return "--watch prints a table; leave out --output"
     return None
@@ -68,8 +71,10 @@ def job(  # noqa: PLR0911 - one return per command
     if section in TOP_LEVEL:
         run = manifest_commands.load if section == "load" else manifest_commands.unload
         return lambda: run(scheduler, options.file)
-    if section == "status":
-        return (lambda: manifest_commands.status(scheduler, options.file, output)) if options.file else None
+    if section == "status" and options.file:
+        return lambda: manifest_commands.status(scheduler, options.file, output)
+    if section == "status" and output != "table":
+        return lambda: _scheduler_report(scheduler, output)
     if section == "pipeline":
         return _pipeline_job(scheduler, action, options, output)
     if section == "experiment":
@@ -109,3 +114,20 @@ def _experiment_job(scheduler: Scheduler, action: str | None, options: argparse.
     if options.wait:
         return lambda: experiment_commands.wait(scheduler, options.name, options.wait_timeout)
     return lambda: experiment_commands.status(scheduler, options.name, output)
+
+
+async def _scheduler_report(scheduler: Scheduler, output: str) -> str:
+    """``modelplane status --output json|yaml``: the scheduler's report as a record (the table is main.py's)."""
+    report = await status_command.fetch_report(
+        scheduler.address, scheduler.security, scheduler.timeout, token=scheduler.token
+    )
+    record = {
+        "address": str(report.address),
+        "version": report.version,
+        "health": report.health,
+        "services": list(report.services),
+        "models": report.models,
+        "servers": report.servers,
+        "replicas": report.replicas,
+    }
+    return render(output, record, report.render)

@@ -18,9 +18,16 @@ from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane.cli.manifest_documents import Kind, Resource, load_order, parse_resources, unload_order
 from modelplane.cli.manifests import ManifestError
-from modelplane.cli.model_commands import CommandError, describe_rpc_error, rpc_exit_status, state_name
+from modelplane.cli.model_commands import (
+    CommandError,
+    describe_rpc_error,
+    read_manifest_text,
+    rpc_exit_status,
+    state_name,
+)
+from modelplane.cli.model_commands import manifest_label as label
 from modelplane.cli.output_formats import Record, as_record, columns, render
-from modelplane.cli.scheduler_session import SUBSCRIBER, Scheduler, label, read_manifest_text
+from modelplane.cli.scheduler_session import SUBSCRIBER, Scheduler
 from modelplane.command_line import EXIT_USAGE
 
 NOT_APPLIED = (

@@ -96,7 +96,10 @@ def parse_resources(text: str) -> list[Resource]:
     for number, document in enumerate(documents, start=1):
         where = f"document {number} " if len(documents) > 1 else ""
         try:
-            resources.append(_resource(document, number))
+            resource = _resource(document, number)
+            if not resource.name:  # every other rule of names is the scheduler's to say, in its words
+                raise ManifestError("metadata.name is empty")
+            resources.append(resource)
         except (ManifestError, ResourceSpecError, ServerSpecError) as error:
             raise ManifestError(f"{where}{_named(document)}{error}") from None
     _refuse_twice_named(resources)

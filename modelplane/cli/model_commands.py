@@ -105,27 +105,45 @@ def _status_rows(status: pb.ModelStatusResponse) -> list[str]:
     return rows
 
 
-def read_manifest(manifest: Path) -> pb.Model:
-    """The Model a manifest file describes; anything wrong with the file is bad input (exit status 2).
+STDIN = "-"  # as a manifest's path: read standard input
 
-    At most 1 MiB and one byte more is read, so ``-f /dev/zero`` or a huge file costs nothing."""
+
+def manifest_label(source: str) -> str:
+    """How a manifest's source is named in a message."""
+    return "standard input" if source == STDIN else source
+
+
+def read_manifest_text(source: str) -> str:
+    """The text of the manifest file ``source`` (``-``: standard input): at most 1 MiB, UTF-8; anything wrong with
+    it is bad input (exit status 2). One byte more than the limit is read, so ``-f /dev/zero`` costs nothing."""
     try:
-        with manifest.open("rb") as file:
-            raw = file.read(MAX_MANIFEST_BYTES + 1)
+        if source == STDIN:
+            raw = sys.stdin.buffer.read(MAX_MANIFEST_BYTES + 1)
+        else:
+            with open(source, "rb") as file:
+                raw = file.read(MAX_MANIFEST_BYTES + 1)
     except OSError as error:
-        raise CommandError(f"cannot read {manifest}: {error.strerror or error}", EXIT_USAGE) from None
+        raise CommandError(f"cannot read {manifest_label(source)}: {error.strerror or error}", EXIT_USAGE) from None
     if len(raw) > MAX_MANIFEST_BYTES:
-        raise CommandError(f"{manifest}: the manifest is larger than 1 MiB", EXIT_USAGE)
+        raise CommandError(f"{manifest_label(source)}: the manifest is larger than 1 MiB", EXIT_USAGE)
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise CommandError(
-            f"cannot read {manifest}: it is not UTF-8 text (byte {error.start} is {raw[error.start]:#04x})", EXIT_USAGE
+            f"cannot read {manifest_label(source)}: it is not UTF-8 text (byte {error.start} is "
+            f"{raw[error.start]:#04x})",
+            EXIT_USAGE,
         ) from None
+
+
+def read_manifest(manifest: Path) -> pb.Model:
+    """The Model a manifest file (``-``: standard input) describes; anything wrong with it is bad input (exit
+    status 2)."""
+    text = read_manifest_text(str(manifest))
     try:
         return parse_model_manifest(text)
     except ManifestError as error:
-        raise CommandError(f"{manifest}: {error}", EXIT_USAGE) from None
+        raise CommandError(f"{manifest_label(str(manifest))}: {error}", EXIT_USAGE) from None
 
 
 async def load(
@@ -267,7 +285,9 @@ def add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     model = commands.add_parser("model", help="load, unload, watch and query models", description="Manage models.")
     model_commands = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
     load_parser = model_commands.add_parser("load", help="load a model from a Model manifest (YAML)")
-    load_parser.add_argument("-f", "--file", type=Path, required=True, metavar="FILE", help="the Model manifest")
+    load_parser.add_argument(
+        "-f", "--file", type=Path, required=True, metavar="FILE", help="the Model manifest, or - for stdin"
+    )
     unload_parser = model_commands.add_parser("unload", help="unload a model")
     unload_parser.add_argument("name")
     status_parser = model_commands.add_parser("status", help="a model's status (all models without a name)")

@@ -1,12 +1,10 @@
 """What the resource commands (pipeline, experiment, model list, server, load/unload/status -f) share: how to reach
-the scheduler for one command, reading a manifest file or stdin, and following a status stream until a resource
-settles.
+the scheduler for one command, and following a status stream until a resource settles.
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,13 +15,10 @@ from grpc import aio
 
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane.addresses import Address
-from modelplane.cli.manifests import MAX_MANIFEST_BYTES
 from modelplane.cli.model_commands import CommandError
-from modelplane.command_line import EXIT_USAGE
 from modelplane.transport import TransportSecurity, open_channel
 
 SUBSCRIBER = "modelplane-cli"
-STDIN = "-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,33 +34,6 @@ class Scheduler:
     async def stub(self) -> AsyncIterator[pb_grpc.SchedulerAsyncStub]:
         async with open_channel(self.address, self.security, self.token) as channel:
             yield pb_grpc.SchedulerStub(channel)
-
-
-def read_manifest_text(source: str) -> str:
-    """The text of the manifest file ``source`` (``-``: standard input): at most 1 MiB, UTF-8; anything wrong with
-    it is bad input (exit status 2). One byte more than the limit is read, so ``-f /dev/zero`` costs nothing."""
-    try:
-        if source == STDIN:
-            raw = sys.stdin.buffer.read(MAX_MANIFEST_BYTES + 1)
-        else:
-            with open(source, "rb") as file:
-                raw = file.read(MAX_MANIFEST_BYTES + 1)
-    except OSError as error:
-        raise CommandError(f"cannot read {label(source)}: {error.strerror or error}", EXIT_USAGE) from None
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise CommandError(f"{label(source)}: the manifest is larger than 1 MiB", EXIT_USAGE)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise CommandError(
-            f"cannot read {label(source)}: it is not UTF-8 text (byte {error.start} is {raw[error.start]:#04x})",
-            EXIT_USAGE,
-        ) from None
-
-
-def label(source: str) -> str:
-    """How a manifest's source is named in a message."""
-    return "standard input" if source == STDIN else source
 
 
 async def follow(

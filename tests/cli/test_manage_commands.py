@@ -5,6 +5,7 @@ wait for them: enough to see every call made, in order, and every answer printed
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from modelplane.cli.main import main
-from tests.support.processes import SchedulerProcess, run_modelplane
+from modelplane.cli.manifest_documents import parse_resources
+from modelplane.cli.manifests import ManifestError
+from tests.support.processes import MODELPLANE, SchedulerProcess, run_modelplane
 
 API = "apiVersion: mlops.seldon.io/v1alpha1"
 SERVER = f"""{API}
@@ -61,19 +64,13 @@ def cli(scheduler: SchedulerProcess, *args: str, stdin: str | None = None) -> su
     if stdin is None:
         return run_modelplane(*args, "--scheduler", scheduler.listen)
     return subprocess.run(
-        [*_modelplane(), *args, "--scheduler", scheduler.listen],
+        [*MODELPLANE, *args, "--scheduler", scheduler.listen],
         input=stdin,
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
-
-
-def _modelplane() -> list[str]:
-    from tests.support.processes import MODELPLANE  # noqa: PLC0415 - the one list of how to run the command
-
-    return MODELPLANE
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> str:
@@ -180,9 +177,16 @@ def test_a_manifest_from_stdin(scheduler: SchedulerProcess) -> None:
         ["iris", "v1", "ScheduleFailed", "0/1"],
         ["iris2", "v1", "ScheduleFailed", "0/1"],
     ]
+    # `model load -f -` too; and what stdin holds is said to be from there when it is wrong.
+    single = ok(cli(scheduler, "model", "load", "-f", "-", stdin=model("iris3")))
+    assert single.strip() == "model iris3 accepted; follow it with: modelplane model status iris3 --watch"
+    broken = cli(scheduler, "model", "load", "-f", "-", stdin=model("iris4").replace("10Mi", "lots"))
+    assert error_line(broken, 2).startswith("standard input: spec.memory")
+    broken = cli(scheduler, "pipeline", "load", "-f", "-", stdin="\xff")
+    assert error_line(broken, 2).startswith("standard input: ")
     as_yaml = yaml.safe_load(ok(cli(scheduler, "model", "list", "--output", "yaml")))
-    assert sorted(m["name"] for m in as_yaml) == ["iris", "iris2"]
-    assert all(m["state"] == "ScheduleFailed" and m["replicas"] == 1 for m in as_yaml)
+    assert sorted(m["name"] for m in as_yaml) == ["iris", "iris2", "iris3"]
+    assert all(m["replicas"] == 1 for m in as_yaml)
 
 
 def test_pipeline_commands(scheduler: SchedulerProcess, tmp_path: Path) -> None:
@@ -371,3 +375,72 @@ def test_any_broken_manifest_is_bad_input_or_applied(
     if out == "":
         assert status == 2
         assert line.startswith(f"modelplane: error: {manifest}: "), line
+
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.text(max_size=12), st.floats())
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)),
+    max_leaves=20,
+)
+_KINDS = st.sampled_from(["Model", "Pipeline", "Experiment", "Server", "ServerConfig", "Other"])
+
+
+@st.composite
+def resource_like(draw: st.DrawFn) -> object:
+    """A document shaped like a resource, with any value anywhere: what the translations must survive."""
+    return {
+        "apiVersion": draw(st.sampled_from(["mlops.seldon.io/v1alpha1", "v1", None])),
+        "kind": draw(_KINDS),
+        "metadata": draw(st.one_of(st.fixed_dictionaries({"name": st.text(max_size=12)}), _VALUES)),
+        "spec": draw(
+            st.one_of(
+                st.dictionaries(
+                    st.sampled_from(
+                        ["replicas", "minReplicas", "maxReplicas", "steps", "candidates", "default", "storageUri"]
+                    ),
+                    _VALUES,
+                    max_size=4,
+                ),
+                _VALUES,
+            )
+        ),
+    }
+
+
+@settings(max_examples=400, deadline=None)
+@given(documents=st.lists(st.one_of(resource_like(), _VALUES), min_size=1, max_size=3))
+def test_any_document_is_a_resource_or_one_line_of_bad_input(documents: list[object]) -> None:
+    text = yaml.safe_dump_all(documents)
+    try:
+        resources = parse_resources(text)
+    except ManifestError as error:
+        assert "\n" not in str(error)
+        assert len(str(error)) < 600
+    else:
+        assert all(resource.name for resource in resources)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("pipeline", "list"),
+        ("pipeline", "status", "chain", "-w"),
+        ("experiment", "status"),
+        ("model", "list", "-o", "json"),
+        ("server", "list"),
+        ("load", "-f", "MANIFEST"),
+        ("status", "-f", "MANIFEST"),
+        ("status", "-o", "yaml"),
+    ],
+)
+def test_an_unreachable_scheduler_in_words(tmp_path: Path, command: tuple[str, ...]) -> None:
+    with socket.socket() as sock:  # a loopback port nothing listens on: bound, then released
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    manifest = tmp_path / "model.yaml"
+    manifest.write_text(model("iris"))
+    args = [str(manifest) if part == "MANIFEST" else part for part in command]
+    result = run_modelplane(*args, "--scheduler", f"127.0.0.1:{port}", "--timeout", "5")
+    line = error_line(result, 1)
+    assert f"cannot reach the scheduler at 127.0.0.1:{port}: is `modelplane scheduler` running there?" in line

@@ -47,11 +47,15 @@ def read_resources(source: str, only: Kind | None = None) -> list[Resource]:
         for resource in resources:
             if resource.kind is not only:
                 raise CommandError(
-                    f"{label(source)}: document {resource.document} is a {resource.kind.resource}, not a "
-                    f"{only.resource}; `modelplane load -f` takes every kind",
+                    f"{label(source)}: document {resource.document} is {_a(resource.kind.resource)}, not "
+                    f"{_a(only.resource)}; `modelplane load -f` takes every kind",
                     EXIT_USAGE,
                 )
     return resources
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "AEIOU" else f"a {kind}"
 
 
 def _not_known(error: aio.AioRpcError) -> bool:

@@ -302,7 +302,7 @@ def test_the_group_commands_take_their_own_kind_only(scheduler: SchedulerProcess
     line = error_line(cli(scheduler, "pipeline", "load", "-f", str(manifest)), 2)
     assert line == f"{manifest}: document 1 is a Model, not a Pipeline; `modelplane load -f` takes every kind"
     line = error_line(cli(scheduler, "experiment", "start", "-f", str(manifest)), 2)
-    assert line == f"{manifest}: document 1 is a Model, not a Experiment; `modelplane load -f` takes every kind"
+    assert line == f"{manifest}: document 1 is a Model, not an Experiment; `modelplane load -f` takes every kind"
 
 
 @pytest.mark.parametrize(

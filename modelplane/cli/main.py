@@ -19,7 +19,7 @@ from modelplane import __version__, logs, tracing
 from modelplane.addresses import Address
 from modelplane.audit import AuditLogError
 from modelplane.auth_flags import add_client_token_flag, client_token
-from modelplane.command_line import EXIT_FAILURE, EXIT_USAGE, fail, subparsers
+from modelplane.command_line import EXIT_USAGE, fail, subparsers
 from modelplane.config import parse_layered
 from modelplane.flag_types import peer_address
 from modelplane.kubernetes_api import KubernetesConfigError
@@ -30,7 +30,7 @@ from scheduler.state_dir import StateDirError
 
 DEFAULT_SCHEDULER = "127.0.0.1:9004"
 # Commands with actions (``modelplane model load``): their flags live on the action's parser.
-GROUPS = ("model", "server")
+GROUPS = ("model", "server", "pipeline", "experiment")
 
 
 def add_client_flags(parser: argparse.ArgumentParser, section: str) -> None:
@@ -188,6 +188,11 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         )
     )
     model_commands.add_model_commands(commands)
+    from modelplane.cli import resource_commands  # noqa: PLC0415 - see _scheduler_flags
+
+    resource_commands.add_resource_commands(commands)
+    for command_name in resource_commands.TOP_LEVEL:
+        add_client_flags(_subparser(parser, command_name), command_name)
     for group in GROUPS:
         for action in subparsers(_subparser(parser, group)).values():
             add_client_flags(action, group)
@@ -316,6 +321,11 @@ def _client(parser: argparse.ArgumentParser, section: str, argv: Sequence[str], 
     options = parse_layered(parser, section, argv)
     if section == "model" and action == "status" and options.watch and not options.name:
         parser.error("--watch needs a model name")
+    from modelplane.cli import resource_commands  # noqa: PLC0415 - see _scheduler_flags
+
+    problem = resource_commands.usage_problem(section, action, options)
+    if problem is not None:
+        parser.error(problem)
     address: Address = options.scheduler
     security = security_from(options)
     try:
@@ -327,9 +337,8 @@ def _client(parser: argparse.ArgumentParser, section: str, argv: Sequence[str], 
     except model_commands.CommandError as error:
         return fail(str(error), error.exit_status)
     except grpc.aio.AioRpcError as error:
-        # The scheduler refused the input itself (a bad name, a value out of range): bad input, as above.
-        status = EXIT_USAGE if error.code() == grpc.StatusCode.INVALID_ARGUMENT else EXIT_FAILURE
-        return fail(model_commands.describe_rpc_error(address, error), status)
+        # In words, and bad input (2) when the scheduler refused the input itself (a bad name, a value out of range).
+        return fail(model_commands.describe_rpc_error(address, error), model_commands.rpc_exit_status(error))
     return 0
 
 
@@ -342,8 +351,11 @@ def _client_job(
     *,
     token: str | None,
 ) -> Callable[[], Coroutine[Any, Any, str]]:
-    from modelplane.cli import model_commands  # noqa: PLC0415 - see _scheduler_flags
+    from modelplane.cli import model_commands, resource_commands  # noqa: PLC0415 - see _scheduler_flags
 
+    added = resource_commands.job(section, action, options, address, security, token=token)
+    if added is not None:
+        return added
     timeout: float = options.timeout
     if section == "model" and action == "status" and options.watch:
         return lambda: model_commands.watch(
@@ -401,8 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
             return registry_client.run(rest)  # a client command; flags first is the serving command, as before
     if command in PROCESSES:
         return PROCESSES[command](commands[command], rest)
-    if command == "status":
-        return _client(commands[command], "status", rest, None)
+    if command in ("status", "load", "unload"):
+        return _client(commands[command], command, rest, None)
     if command == "audit":
         from modelplane.cli import audit_command  # noqa: PLC0415 - see _scheduler_flags
 

@@ -21,12 +21,15 @@ spec:
 
 from __future__ import annotations
 
+from typing import Any
+
 import yaml
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.spec.seldon_resources import MODEL_SPEC_FIELDS, ResourceSpecError, listed, model_from_resource
 
 MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_DOCUMENTS = 100  # in one manifest file (``---`` between them)
 _MAX_SHOWN = 80  # characters of a message quoted from PyYAML
 
 
@@ -49,12 +52,13 @@ def _one_line(text: str) -> str:
     return flat if len(flat) <= 2 * _MAX_SHOWN else f"{flat[: 2 * _MAX_SHOWN - 3]}..."
 
 
-def parse_model_manifest(text: str) -> pb.Model:
-    """The Model message a manifest describes; raises ManifestError naming the first bad field."""
+def load_yaml_documents(text: str) -> list[Any]:
+    """Every YAML document of ``text`` (``---`` between them; empty ones left out); ManifestError for anything
+    PyYAML cannot read, said on one line."""
     if len(text.encode()) > MAX_MANIFEST_BYTES:
         raise ManifestError("the manifest is larger than 1 MiB")
     try:
-        document = yaml.safe_load(text)
+        documents = [document for document in yaml.safe_load_all(text) if document is not None]
     except yaml.YAMLError as error:
         raise ManifestError(_yaml_problem(error)) from None
     except RecursionError:
@@ -68,6 +72,13 @@ def parse_model_manifest(text: str) -> pb.Model:
         else:
             detail = f"a tagged value is malformed ({type(error).__name__} in the YAML library)"
         raise ManifestError(f"not valid YAML: a value cannot be read: {detail}") from None
+    if len(documents) > MAX_DOCUMENTS:
+        raise ManifestError(f"the manifest holds {len(documents)} documents; at most {MAX_DOCUMENTS} are taken")
+    return documents
+
+
+def model_of(document: object) -> pb.Model:
+    """The Model message of one Model document; ManifestError naming the first bad or unknown field."""
     if not isinstance(document, dict):
         raise ManifestError("the manifest must be a mapping with apiVersion, kind, metadata and spec")
     try:
@@ -78,3 +89,15 @@ def parse_model_manifest(text: str) -> pb.Model:
         unknown = sorted(field.removeprefix("spec.") for field in translation.unknown)
         raise ManifestError(f"spec has unknown field(s) {listed(unknown)}; known: {', '.join(MODEL_SPEC_FIELDS)}")
     return translation.message
+
+
+def parse_model_manifest(text: str) -> pb.Model:
+    """The Model message a manifest describes; raises ManifestError naming the first bad field."""
+    documents = load_yaml_documents(text)
+    if not documents:
+        return model_of(None)
+    if len(documents) != 1:
+        raise ManifestError(
+            f"the manifest holds {len(documents)} documents, not one Model; `modelplane load -f` takes several"
+        )
+    return model_of(documents[0])

@@ -42,16 +42,48 @@ def state_name(value: int) -> str:
     return ModelState.Name(value)  # type: ignore[arg-type]
 
 
+# The scheduler's answers whose details are a sentence for the user already ("model 'nosuch' not found", "model
+# name 'A_B' must be ..."): said as they are, with no gRPC code in front (scheduler/status_codes.py writes them).
+_SAID_AS_IS = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.OUT_OF_RANGE,
+    }
+)
+# Bad input, whoever noticed it: the command's exit status 2 (main.py's docstring).
+_BAD_INPUT = frozenset({grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE})
+
+
 def describe_rpc_error(address: Address, error: grpc.aio.AioRpcError) -> str:
+    """A failed call in words: the one place every client command turns a gRPC error into its message."""
     details = error.details() or ""
+    code = error.code()
     # gRPC's own words when no connection could be made (as opposed to the scheduler answering UNAVAILABLE).
     no_connection = ("failed to connect", "connection refused", "connections to all backends failing", "dns resolution")
-    unreachable = error.code() == grpc.StatusCode.DEADLINE_EXCEEDED or (
-        error.code() == grpc.StatusCode.UNAVAILABLE and any(words in details.lower() for words in no_connection)
+    unreachable = code == grpc.StatusCode.DEADLINE_EXCEEDED or (
+        code == grpc.StatusCode.UNAVAILABLE and any(words in details.lower() for words in no_connection)
     )
     if unreachable:
         return f"cannot reach the scheduler at {address}: is `modelplane scheduler` running there? ({details})"
-    return f"scheduler at {address} answered {error.code().name}: {details}"
+    if code in _SAID_AS_IS and details:
+        return details
+    said = {
+        grpc.StatusCode.UNAUTHENTICATED: f"the scheduler at {address} did not accept the credentials",
+        grpc.StatusCode.PERMISSION_DENIED: f"the scheduler at {address} does not permit this",
+        grpc.StatusCode.RESOURCE_EXHAUSTED: f"the scheduler at {address} is at a limit",
+        grpc.StatusCode.UNAVAILABLE: f"the scheduler at {address} is not serving yet",
+        grpc.StatusCode.CANCELLED: f"the call to the scheduler at {address} was cancelled",
+        grpc.StatusCode.UNIMPLEMENTED: f"the scheduler at {address} does not offer this call",
+    }.get(code, f"the scheduler at {address} failed ({code.name.lower().replace('_', ' ')})")
+    return f"{said}: {details}" if details else said
+
+
+def rpc_exit_status(error: grpc.aio.AioRpcError) -> int:
+    """2 when the scheduler refused the input itself (a bad name, a value out of range), else 1."""
+    return EXIT_USAGE if error.code() in _BAD_INPUT else EXIT_FAILURE
 
 
 def _status_rows(status: pb.ModelStatusResponse) -> list[str]:
@@ -73,27 +105,45 @@ def _status_rows(status: pb.ModelStatusResponse) -> list[str]:
     return rows
 
 
-def read_manifest(manifest: Path) -> pb.Model:
-    """The Model a manifest file describes; anything wrong with the file is bad input (exit status 2).
+STDIN = "-"  # as a manifest's path: read standard input
 
-    At most 1 MiB and one byte more is read, so ``-f /dev/zero`` or a huge file costs nothing."""
+
+def manifest_label(source: str) -> str:
+    """How a manifest's source is named in a message."""
+    return "standard input" if source == STDIN else source
+
+
+def read_manifest_text(source: str) -> str:
+    """The text of the manifest file ``source`` (``-``: standard input): at most 1 MiB, UTF-8; anything wrong with
+    it is bad input (exit status 2). One byte more than the limit is read, so ``-f /dev/zero`` costs nothing."""
     try:
-        with manifest.open("rb") as file:
-            raw = file.read(MAX_MANIFEST_BYTES + 1)
+        if source == STDIN:
+            raw = sys.stdin.buffer.read(MAX_MANIFEST_BYTES + 1)
+        else:
+            with open(source, "rb") as file:
+                raw = file.read(MAX_MANIFEST_BYTES + 1)
     except OSError as error:
-        raise CommandError(f"cannot read {manifest}: {error.strerror or error}", EXIT_USAGE) from None
+        raise CommandError(f"cannot read {manifest_label(source)}: {error.strerror or error}", EXIT_USAGE) from None
     if len(raw) > MAX_MANIFEST_BYTES:
-        raise CommandError(f"{manifest}: the manifest is larger than 1 MiB", EXIT_USAGE)
+        raise CommandError(f"{manifest_label(source)}: the manifest is larger than 1 MiB", EXIT_USAGE)
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise CommandError(
-            f"cannot read {manifest}: it is not UTF-8 text (byte {error.start} is {raw[error.start]:#04x})", EXIT_USAGE
+            f"cannot read {manifest_label(source)}: it is not UTF-8 text (byte {error.start} is "
+            f"{raw[error.start]:#04x})",
+            EXIT_USAGE,
         ) from None
+
+
+def read_manifest(manifest: Path) -> pb.Model:
+    """The Model a manifest file (``-``: standard input) describes; anything wrong with it is bad input (exit
+    status 2)."""
+    text = read_manifest_text(str(manifest))
     try:
         return parse_model_manifest(text)
     except ManifestError as error:
-        raise CommandError(f"{manifest}: {error}", EXIT_USAGE) from None
+        raise CommandError(f"{manifest_label(str(manifest))}: {error}", EXIT_USAGE) from None
 
 
 async def load(
@@ -201,11 +251,22 @@ async def infer(
 
 
 async def server_status(
-    scheduler: Address, security: TransportSecurity, timeout: float, *, token: str | None = None
+    scheduler: Address,
+    security: TransportSecurity,
+    timeout: float,
+    *,
+    token: str | None = None,
+    name: str | None = None,
 ) -> str:
     async with open_channel(scheduler, security, token) as channel:
         request = pb.ServerStatusRequest(subscriberName="modelplane-cli")
+        if name:
+            request.name = name
         servers = [s async for s in pb_grpc.SchedulerStub(channel).ServerStatus(request, timeout=timeout)]
+    return server_table(servers)
+
+
+def server_table(servers: list[pb.ServerStatusResponse]) -> str:
     rows = []
     for server in servers:
         rows.append(
@@ -224,7 +285,9 @@ def add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     model = commands.add_parser("model", help="load, unload, watch and query models", description="Manage models.")
     model_commands = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
     load_parser = model_commands.add_parser("load", help="load a model from a Model manifest (YAML)")
-    load_parser.add_argument("-f", "--file", type=Path, required=True, metavar="FILE", help="the Model manifest")
+    load_parser.add_argument(
+        "-f", "--file", type=Path, required=True, metavar="FILE", help="the Model manifest, or - for stdin"
+    )
     unload_parser = model_commands.add_parser("unload", help="unload a model")
     unload_parser.add_argument("name")
     status_parser = model_commands.add_parser("status", help="a model's status (all models without a name)")
@@ -244,7 +307,10 @@ def add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     infer_parser.add_argument("--data", required=True, metavar="JSON", help='V2 request body, e.g. {"inputs": [...]}')
     server = commands.add_parser("server", help="server status", description="Inspect servers.")
     server_commands = server.add_subparsers(dest="server_command", metavar="ACTION", required=True)
-    server_commands.add_parser("status", help="every server's replicas, memory and models")
+    server_status_parser = server_commands.add_parser(
+        "status", help="a server's replicas, memory and models (all without a name)"
+    )
+    server_status_parser.add_argument("name", nargs="?")
 
 
 def print_result(text: str) -> None:

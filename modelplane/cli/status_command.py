@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import grpc
-
 from generated.mlops.scheduler import scheduler_pb2, scheduler_pb2_grpc
 from modelplane.addresses import Address
 from modelplane.standard_services import check_health, list_services
@@ -57,9 +55,3 @@ async def fetch_report(
         servers=len(servers),
         replicas=sum(s.availableReplicas for s in servers),
     )
-
-
-def describe_rpc_error(address: Address, error: grpc.aio.AioRpcError) -> str:
-    if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return f"cannot reach the scheduler at {address}: is `modelplane scheduler` running there? ({error.details()})"
-    return f"scheduler at {address} answered {error.code().name}: {error.details()}"

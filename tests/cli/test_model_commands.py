@@ -171,7 +171,7 @@ def test_a_manifest_the_scheduler_refuses(scheduler: SchedulerProcess, tmp_path:
     manifest = write_manifest(tmp_path, "Not_A_Valid_Name")
     result = cli(scheduler, "model", "load", "-f", str(manifest))
     assert_clean_failure(result, status=2)  # bad input, even when it is the scheduler that says so
-    assert f"scheduler at {scheduler.listen} answered INVALID_ARGUMENT" in result.stderr
+    assert "model name 'Not_A_Valid_Name' is invalid: use lower-case letters" in result.stderr
 
 
 def test_infer_on_a_model_that_no_replica_serves(scheduler: SchedulerProcess, tmp_path: Path) -> None:
@@ -227,7 +227,11 @@ BAD_INPUT = [
     ("key-with-newline", (GOOD + '  "two\\nlines": 1\n').encode(), "unknown field(s) 'two\\nlines'"),
     ("kind", GOOD.replace("kind: Model", "kind: Pipeline").encode(), "kind must be Model, not 'Pipeline'"),
     ("huge", b"#" * (2 * 1024 * 1024), "the manifest is larger than 1 MiB"),
-    ("refused-name", GOOD.replace("name: good", "name: Not_A_Valid_Name").encode(), "answered INVALID_ARGUMENT"),
+    (
+        "refused-name",
+        GOOD.replace("name: good", "name: Not_A_Valid_Name").encode(),
+        "name 'Not_A_Valid_Name' is invalid",
+    ),
 ]
 
 

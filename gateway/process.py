@@ -112,7 +112,7 @@ class _Gateway:
                 "modelplane_gateway_replica_ejections_total", replica=endpoint.key
             ),
         )
-        router = InferenceRouter(lambda: watcher.table, client, metrics)
+        router = InferenceRouter(lambda: watcher.table, client, metrics, stale_reason=lambda: watcher.stale_reason)
         pipelines = PipelineRunner(lambda: watcher.table, router.call_model, settings.pipeline_timeout_seconds)
         router.pipelines = pipelines
         kafka = _kafka_follower(settings, router)

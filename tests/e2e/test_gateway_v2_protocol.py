@@ -28,6 +28,7 @@ import tritonclient.http.aio as triton_http_aio
 from grpc import aio
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from tritonclient.utils import InferenceServerException
 
 from gateway.edges.v2_grpc_codec import decode_infer_response, encode_infer_request
 from generated.inference.v2 import grpc_predict_v2_pb2 as v2_pb
@@ -261,6 +262,29 @@ async def check_seldon_names(served: Served) -> None:
             metadata = tuple((key.lower(), value) for key, value in headers.items())
             answer = await stub.ModelInfer(encode_infer_request(name, None, request), metadata=metadata, timeout=60)
             assert decode_infer_response(answer)["outputs"][0]["data"] == expected, (name, headers)
+
+
+async def check_agent_proxies(served: Served) -> None:
+    """Callers reach the agents' proxies too (`modelplane up` prints them). Triton's speaks the extension: its
+    binary answer passes on, in the public name; MLServer's refuses a binary body with a 400 that says why (rather
+    than MLServer's own confusion), and takes tritonclient's JSON mode."""
+    mlserver, triton = served.cluster.agents
+    async with triton_http_aio.InferenceServerClient(triton.proxy_http) as client:
+        result = await client.infer("doubler", [doubler_input()])
+        assert result.as_numpy("OUTPUT0").tolist() == [2.0, 5.0, -6.0]
+        assert result.get_response()["model_name"] == "doubler"
+    async with triton_http_aio.InferenceServerClient(mlserver.proxy_http) as client:
+        with pytest.raises(InferenceServerException) as raised:
+            await client.infer("iris", [iris_input(served.iris)])
+        assert raised.value.status() == "400", raised.value
+        assert "binary" in raised.value.message(), raised.value
+        wanted = [triton_http_aio.InferRequestedOutput("predict", binary_data=False)]
+        result = await client.infer("iris", [iris_input(served.iris, binary=False)], outputs=wanted)
+        assert np.asarray(result.get_output("predict")["data"]).ravel().tolist() == served.iris.expected
+
+
+def test_the_agents_proxies_and_the_binary_extension(served: Served) -> None:
+    asyncio.run(check_agent_proxies(served))
 
 
 def test_tritonclient_http_in_its_default_binary_mode(served: Served) -> None:

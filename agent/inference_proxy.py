@@ -235,7 +235,7 @@ class InferenceProxy:
             body = await request.read()
         except UNREADABLE_BODY as error:  # a body aiohttp cannot read: bad gzip, a bad chunk
             return unreadable_body_answer(error)
-        if body and not self.speaks_binary_data:
+        if body and not self.speaks_binary_data and request.content_type != "application/json":
             # The V2 REST bodies are JSON whatever the caller said (tritonclient says nothing, so its HTTP library
             # says application/octet-stream), and MLServer reads only a body marked JSON (else its 422).
             headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}

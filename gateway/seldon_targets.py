@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 SELDON_MODEL_HEADER: Final = "seldon-model"  # lower case: the gateway's headers are
 PIPELINE_SUFFIX: Final = ".pipeline"
@@ -25,8 +24,7 @@ class TargetKind(enum.Enum):
     EXPERIMENT = "experiment"
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(NamedTuple):  # a tuple, not a frozen dataclass: made once per request, and cheaper to make
     kind: TargetKind
     name: str
 
@@ -34,6 +32,8 @@ class Target:
 def target_of(path_name: str, headers: Mapping[str, str]) -> Target:
     """What a request names: the Seldon-Model header's value if given, else the path's name, read with the
     suffixes above."""
+    if SELDON_MODEL_HEADER not in headers and "." not in path_name:
+        return Target(TargetKind.MODEL, path_name)  # the common case, in one look at each
     named = headers.get(SELDON_MODEL_HEADER, "").strip() or path_name
     if named.endswith(PIPELINE_SUFFIX) and len(named) > len(PIPELINE_SUFFIX):
         return Target(TargetKind.PIPELINE, named[: -len(PIPELINE_SUFFIX)])

@@ -118,12 +118,13 @@ class InferenceProxy:
         server_http_url: str,
         server_grpc_target: str,
         *,
-        speaks_binary_data: bool = True,
+        triton_extensions: bool = True,
     ) -> None:
         self.manager = manager
-        # Whether the server reads binary tensor data (Triton does, MLServer does not: a binary body is refused
-        # here with a 400 that says so, where MLServer would fail to read it as JSON).
-        self.speaks_binary_data = speaks_binary_data
+        # Whether the server speaks Triton's V2 extensions: binary tensor data and the model configuration (Triton
+        # does, MLServer does not: a binary body, or a /config, is refused here with a 400 that says so, where
+        # MLServer would fail to read the body as JSON, or answer a 404 that reads as "the model is not here").
+        self.triton_extensions = triton_extensions
         self.server_http_url = server_http_url.rstrip("/")
         self.server_grpc_target = server_grpc_target
         self._session: HopClient | None = None
@@ -203,11 +204,14 @@ class InferenceProxy:
 
     async def _model_route(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
-        if not self.speaks_binary_data and BINARY_HEADER_LENGTH in request.headers:
+        if not self.triton_extensions and BINARY_HEADER_LENGTH in request.headers:
             reason = (
                 f"this replica's server does not read binary tensor data ({BINARY_HEADER_LENGTH}): send JSON "
                 "tensors (tritonclient: binary_data=False), or call through the gateway, which converts"
             )
+            return web.json_response({"error": reason}, status=400)
+        if not self.triton_extensions and request.match_info.get("rest") == "/config":
+            reason = "this replica's server has no model configuration (/config is Triton's): ask for its metadata"
             return web.json_response({"error": reason}, status=400)
         try:
             version = parse_version(request.match_info.get("version"))
@@ -235,7 +239,7 @@ class InferenceProxy:
             body = await request.read()
         except UNREADABLE_BODY as error:  # a body aiohttp cannot read: bad gzip, a bad chunk
             return unreadable_body_answer(error)
-        if body and not self.speaks_binary_data and request.content_type != "application/json":
+        if body and not self.triton_extensions and request.content_type != "application/json":
             # The V2 REST bodies are JSON whatever the caller said (tritonclient says nothing, so its HTTP library
             # says application/octet-stream), and MLServer reads only a body marked JSON (else its 422).
             headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}

@@ -188,7 +188,7 @@ async def run(
         )
         await manager.adopt_from_server()
         proxy = InferenceProxy(
-            manager, server.http_url, server.grpc_target, speaks_binary_data=settings.server_kind == "triton"
+            manager, server.http_url, server.grpc_target, triton_extensions=settings.server_kind == "triton"
         )
         runner, grpc_server, addresses = await start_proxy(proxy, settings)
         session = SchedulerSession(

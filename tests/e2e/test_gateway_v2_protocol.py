@@ -204,6 +204,11 @@ async def check_metadata_and_identity(served: Served, grpc_server: list[str]) ->
         assert (response.status, metadata["name"], metadata["versions"]) == (200, "doubler", ["1"]), metadata
         async with http.get(f"{url}/v2/models/doubler/config") as response:
             assert (await response.json())["name"] == "doubler"
+        # MLServer has no configuration endpoint: said so, not taken for a model that moved away (503).
+        async with http.get(f"{url}/v2/models/iris/config") as response:
+            said = await response.json()
+            assert response.status == 400, said
+            assert "configuration" in said["error"], said
         # REST readiness: 200 is true, a 4xx false (the protocol's health rule), with the reason.
         async with http.get(f"{url}/v2/models/nosuch/ready") as response:
             assert response.status == 404

@@ -31,7 +31,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
@@ -108,9 +108,25 @@ def parse_version(text: str | None) -> int | None:
     return number
 
 
+# The V2 binary tensor data extension (Triton's; tritonclient's default): the request header giving the length of
+# the JSON part of a body, and the answer header saying the same of the answer.
+BINARY_HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
 class InferenceProxy:
-    def __init__(self, manager: ModelManager, server_http_url: str, server_grpc_target: str) -> None:
+    def __init__(
+        self,
+        manager: ModelManager,
+        server_http_url: str,
+        server_grpc_target: str,
+        *,
+        triton_extensions: bool = True,
+    ) -> None:
         self.manager = manager
+        # Whether the server speaks Triton's V2 extensions: binary tensor data and the model configuration (Triton
+        # does, MLServer does not: a binary body, or a /config, is refused here with a 400 that says so, where
+        # MLServer would fail to read the body as JSON, or answer a 404 that reads as "the model is not here").
+        self.triton_extensions = triton_extensions
         self.server_http_url = server_http_url.rstrip("/")
         self.server_grpc_target = server_grpc_target
         self._session: HopClient | None = None
@@ -196,6 +212,15 @@ class InferenceProxy:
             return await self._serve_model(request, name)
 
     async def _serve_model(self, request: web.Request, name: str) -> web.StreamResponse:
+        if not self.triton_extensions and BINARY_HEADER_LENGTH in request.headers:
+            reason = (
+                f"this replica's server does not read binary tensor data ({BINARY_HEADER_LENGTH}): send JSON "
+                "tensors (tritonclient: binary_data=False), or call through the gateway, which converts"
+            )
+            return web.json_response({"error": reason}, status=400)
+        if not self.triton_extensions and request.match_info.get("rest") == "/config":
+            reason = "this replica's server has no model configuration (/config is Triton's): ask for its metadata"
+            return web.json_response({"error": reason}, status=400)
         try:
             version = parse_version(request.match_info.get("version"))
             loaded = await self.resolve(name, version)
@@ -222,6 +247,11 @@ class InferenceProxy:
             body = await request.read()
         except UNREADABLE_BODY as error:  # a body aiohttp cannot read: bad gzip, a bad chunk
             return unreadable_body_answer(error)
+        if body and not self.triton_extensions and request.content_type != "application/json":
+            # The V2 REST bodies are JSON whatever the caller said (tritonclient says nothing, so its HTTP library
+            # says application/octet-stream), and MLServer reads only a body marked JSON (else its 422).
+            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+            headers["Content-Type"] = "application/json"
         span = tracing.start_hop("agent proxy", request.method, path, headers)  # None unless tracing is on
         if span is None:
             answer = await self._ask_server(request, path, body, headers)
@@ -234,16 +264,25 @@ class InferenceProxy:
             tracing.end_hop(span, answer.status if isinstance(answer, web.Response) else answer[0])
         if isinstance(answer, web.Response):
             return answer
-        status, content_type, payload = answer
+        status, content_type, payload, header_length = answer
         log.debug("%s %s answered %d by the server", request.method, path, status)
-        if rename is not None and content_type.startswith("application/json"):
+        answer_headers = {"Content-Type": content_type}
+        if header_length is not None:
+            # Binary tensor data: the JSON part (renamed) and then the tensors, as the server wrote them.
+            head, tensors = payload[:header_length], payload[header_length:]
+            if rename is not None:
+                head = _rename_json(head, *rename)
+            payload = head + tensors
+            answer_headers[BINARY_HEADER_LENGTH] = str(len(head))
+        elif rename is not None and content_type.startswith("application/json"):
             payload = _rename_json(payload, *rename)
-        return web.Response(body=payload, status=status, headers={"Content-Type": content_type})
+        return web.Response(body=payload, status=status, headers=answer_headers)
 
     async def _ask_server(
         self, request: web.Request, path: str, body: bytes, headers: dict[str, str]
-    ) -> tuple[int, str, bytes] | web.Response:
-        """The server's 2xx answer as (status, content type, body), or the proxy's answer for anything else. (A
+    ) -> tuple[int, str, bytes, int | None] | web.Response:
+        """The server's 2xx answer as (status, content type, body, the length of its JSON part when the rest is
+        binary tensor data), or the proxy's answer for anything else. (A
         request on a kept-alive connection the server had just closed, as uvicorn does after a 500, is sent once
         more on a new one by the client: inference and the V2 reads have no side effects.)"""
         try:
@@ -257,7 +296,7 @@ class InferenceProxy:
             return web.json_response({"error": safe_reason(f"the request cannot be passed on: {error}")}, status=400)
         content_type = answer.headers.get("content-type", "application/json")
         if 200 <= answer.status < 300:
-            return answer.status, content_type, answer.body
+            return answer.status, content_type, answer.body, _header_length(answer.headers, len(answer.body))
         return self._error_answer(path, read_error_answer(answer.status, answer.error_body or ErrorBody()))
 
     def _failure_answer(self, error: HopError) -> web.Response:
@@ -366,6 +405,16 @@ class _GrpcProxyHandler(grpc.GenericRpcHandler):
 
         # No (de)serialisers: the proxy handles raw message bytes.
         return grpc.unary_unary_rpc_method_handler(handle)
+
+
+def _header_length(headers: Mapping[str, str], body_length: int) -> int | None:
+    """The length of an answer's JSON part, when the server says the rest is binary tensor data (and says it
+    in a form that fits the answer; otherwise the answer is passed on as one whole)."""
+    text = headers.get(BINARY_HEADER_LENGTH.lower())
+    if text is None or not (text.isascii() and text.isdigit() and len(text) <= 12):
+        return None
+    length = int(text)
+    return length if length <= body_length else None
 
 
 # The start of an inference answer as MLServer and Triton write it (compact JSON, these two keys first): the

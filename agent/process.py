@@ -190,7 +190,9 @@ async def run(
             server, artifacts, memory_bytes=settings.memory_bytes, overcommit_percent=settings.overcommit_percent
         )
         await manager.adopt_from_server()
-        proxy = InferenceProxy(manager, server.http_url, server.grpc_target)
+        proxy = InferenceProxy(
+            manager, server.http_url, server.grpc_target, triton_extensions=settings.server_kind == "triton"
+        )
         runner, grpc_server, addresses = await start_proxy(proxy, settings)
         session = SchedulerSession(
             settings.scheduler,

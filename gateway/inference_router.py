@@ -23,6 +23,7 @@ from gateway.inference_types import MAX_REQUEST_ID_CHARS, InferenceError, JsonOb
 from gateway.json_documents import JsonDocumentError, loads_bounded
 from gateway.replica_client import ReplicaAnswer, ReplicaClient
 from gateway.routing_table import ROUTE_HEADER, RoutingTable
+from gateway.seldon_targets import Target, TargetKind
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane import logs
 from modelplane.inference_limits import MAX_REQUEST_BODY_BYTES
@@ -123,8 +124,11 @@ class InferenceRouter:
         client: ReplicaClient,
         metrics: GatewayMetrics,
         splitter: ExperimentSplitter | None = None,
+        stale_reason: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._table = table
+        # Why the table may be out of date now (no table yet, the scheduler unreachable), or None.
+        self._stale_reason = stale_reason
         self.client = client
         self.metrics = metrics
         self.splitter = splitter or ExperimentSplitter()
@@ -133,6 +137,46 @@ class InferenceRouter:
 
     def table(self) -> RoutingTable:
         return self._table()
+
+    def unknown(self, what: str) -> InferenceError:
+        """The error for a name the table does not hold: 404, or 503 while the table may be out of date (the
+        name may well exist: the scheduler cannot tell this gateway now)."""
+        reason = self._stale_reason()
+        if reason is None:
+            return InferenceError(404, f"{what} not found")
+        return InferenceError(
+            503, f"{what} is not known to this gateway, whose routing table may be out of date: {reason}"
+        )
+
+    # ----------------------------------------------------------------- Seldon's names
+
+    async def infer_target(
+        self, target: Target, version: int | None, body: bytes, headers: Mapping[str, str]
+    ) -> RoutedAnswer:
+        """A REST infer by what the request names (gateway.seldon_targets): a model (the plain path), a pipeline
+        or an experiment."""
+        if target.kind is TargetKind.MODEL:
+            return await self.infer_model(target.name, version, body, headers)
+        if version is not None:
+            raise InferenceError(400, f"a {target.kind.value} has no versions: leave /versions/{version} out")
+        if target.kind is TargetKind.PIPELINE:
+            return await self.infer_pipeline(target.name, body, headers)
+        experiment = self._table().experiments.get(target.name)
+        if experiment is None:
+            raise self.unknown(f"experiment {target.name!r}")
+        if experiment.resourceType == pb.PIPELINE:
+            return await self.infer_pipeline(target.name, body, headers)
+        return await self.infer_model(target.name, None, body, headers)
+
+    def target_ready(self, target: Target, version: int | None) -> bool:
+        if target.kind is TargetKind.MODEL:
+            return self.model_ready(target.name, version)
+        if target.kind is TargetKind.PIPELINE:
+            return self.pipeline_ready(target.name)
+        experiment = self._table().experiments.get(target.name)
+        if experiment is None:
+            raise self.unknown(f"experiment {target.name!r}")
+        return _any_candidate_serves(self._table(), experiment)
 
     # ----------------------------------------------------------------- models
 
@@ -194,7 +238,7 @@ class InferenceRouter:
         table = self._table()
         route = table.models.get(model)
         if route is None:
-            raise InferenceError(404, f"model {model!r} not found")
+            raise self.unknown(f"model {model!r}")
         which = f"model {model!r}" + (f" version {version}" if version is not None else "")
         if version is not None and version not in route.versions:
             known = ", ".join(str(v) for v in route.versions) or "none"
@@ -214,9 +258,23 @@ class InferenceRouter:
             raise
 
     async def model_metadata(self, name: str, version: int | None, headers: Mapping[str, str]) -> RoutedAnswer:
-        path = f"/v2/models/{name}/versions/{version}" if version is not None else f"/v2/models/{name}"
-        answer = await self._send(name, version, method="GET", path=path, body=None, headers=headers)
-        return RoutedAnswer(answer.status, answer.body, answer.content_type)
+        """The serving replica's metadata of ``name``, told in the public terms: the model's name (never the
+        server's versioned ``iris_1``) and the versions this gateway routes to."""
+        return await self._described(name, version, "", headers)
+
+    async def model_config(self, name: str, version: int | None, headers: Mapping[str, str]) -> RoutedAnswer:
+        """The serving replica's model configuration (Triton's ``/config``), with the public name."""
+        return await self._described(name, version, "/config", headers)
+
+    async def _described(self, name: str, version: int | None, suffix: str, headers: Mapping[str, str]) -> RoutedAnswer:
+        base = f"/v2/models/{name}/versions/{version}" if version is not None else f"/v2/models/{name}"
+        answer = await self._send(name, version, method="GET", path=base + suffix, body=None, headers=headers)
+        document = RoutedAnswer(answer.status, answer.body, answer.content_type).json()
+        document["name"] = name
+        route = self._table().models.get(name)
+        if not suffix and route is not None:
+            document["versions"] = [str(number) for number in route.versions]
+        return RoutedAnswer(answer.status, json.dumps(document).encode())
 
     def model_ready(self, name: str, version: int | None) -> bool:
         """Ready when some replica serves it (an experiment: when a candidate can answer, as requests go
@@ -227,7 +285,7 @@ class InferenceRouter:
             return _any_candidate_serves(table, experiment)
         route = table.models.get(name)
         if route is None:
-            raise InferenceError(404, f"model {name!r} not found")
+            raise self.unknown(f"model {name!r}")
         return bool(route.endpoints(version))
 
     # ----------------------------------------------------------------- pipelines
@@ -261,7 +319,7 @@ class InferenceRouter:
 
     async def run_pipeline(self, name: str, request: JsonObject, headers: Mapping[str, str]) -> JsonObject:
         if name not in self._table().pipelines:
-            raise InferenceError(404, f"pipeline {name!r} not found")
+            raise self.unknown(f"pipeline {name!r}")
         if self.pipelines is None:
             raise InferenceError(501, "this gateway executes no pipelines")
         return await self.pipelines.run(name, request, headers)
@@ -273,7 +331,7 @@ class InferenceRouter:
         if experiment is not None and name not in table.pipelines:
             return _any_candidate_serves(table, experiment)
         if name not in table.pipelines:
-            raise InferenceError(404, f"pipeline {name!r} not found")
+            raise self.unknown(f"pipeline {name!r}")
         return table.pipeline_models_ready(name)
 
     def is_pipeline(self, name: str, version: int | None) -> bool:

@@ -112,7 +112,7 @@ class _Gateway:
                 "modelplane_gateway_replica_ejections_total", replica=endpoint.key
             ),
         )
-        router = InferenceRouter(lambda: watcher.table, client, metrics)
+        router = InferenceRouter(lambda: watcher.table, client, metrics, stale_reason=lambda: watcher.stale_reason)
         pipelines = PipelineRunner(lambda: watcher.table, router.call_model, settings.pipeline_timeout_seconds)
         router.pipelines = pipelines
         kafka = _kafka_follower(settings, router)
@@ -132,11 +132,15 @@ class _Gateway:
 
 
 async def run(
-    settings: GatewaySettings, stop: asyncio.Event | None = None, serving: asyncio.Future[Address] | None = None
+    settings: GatewaySettings,
+    stop: asyncio.Event | None = None,
+    serving: asyncio.Future[Address] | None = None,
+    grpc_serving: asyncio.Future[Address] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT (or until ``stop`` is set, when the caller handles signals).
 
-    ``serving`` (for ``modelplane up``) gets the REST address once the first routing table is in.
+    ``serving`` (for ``modelplane up``) gets the REST address once the first routing table is in;
+    ``grpc_serving`` the gRPC address (with ``settings.grpc_listen``) once that edge serves, before then.
     """
     if stop is None:
         stop = asyncio.Event()
@@ -162,6 +166,8 @@ async def run(
                 settings.grpc_listen, parts.router, parts.watcher, settings.serving, access
             )
             addresses["grpc_listen"] = str(grpc_address)
+            if grpc_serving is not None and not grpc_serving.done():
+                grpc_serving.set_result(grpc_address)
             log.info("gateway %s: V2 gRPC on %s", settings.name, grpc_address)
         if await _first_table(parts.watcher, stop):
             if settings.ready_file is not None:

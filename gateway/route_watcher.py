@@ -62,6 +62,9 @@ class RouteWatcher:
     ) -> None:
         self.table = RoutingTable()
         self.synced = asyncio.Event()  # set once a first snapshot is complete
+        # Why the table may be out of date now (None while a stream is up and its snapshot complete): a name
+        # the table lacks may exist, and the gateway says so rather than "not found".
+        self.stale_reason: str | None = "it has had no routing table from the scheduler yet"
         self._connect = connect
         self._channel = connect()  # a channel that cannot be made stops the gateway at start, saying why
         self._routes = rpb_grpc.RoutingServiceStub(self._channel)
@@ -85,8 +88,11 @@ class RouteWatcher:
                 try:
                     if await self._watch_once():
                         backoff = self._initial_backoff
+                    self.stale_reason = "its routing stream from the scheduler ended; it is reconnecting"
                 except aio.AioRpcError as error:
                     log.warning("routing stream from the scheduler ended: %s %s", error.code().name, error.details())
+                    said = (error.details() or "")[:200]
+                    self.stale_reason = f"the scheduler cannot be reached ({error.code().name}: {said})"
                 delay = backoff * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not cryptography
                 await asyncio.sleep(delay)
                 backoff = min(self._max_backoff, backoff * 2)
@@ -138,6 +144,7 @@ class RouteWatcher:
 
     def _swap(self, table: RoutingTable) -> None:
         self.table = table
+        self.stale_reason = None
         self.snapshots += 1
         self._acked.clear()  # a new stream: acknowledge everything again (idempotent on the scheduler)
         for route in table.models.values():

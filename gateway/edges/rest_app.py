@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 
 from aiohttp import web
 
+from gateway.edges import v2_binary_data
 from gateway.gateway_metrics import GatewayMetrics
 from gateway.inference_router import InferenceRouter, RoutedAnswer, parse_version
 from gateway.inference_types import InferenceError
 from gateway.request_ids import REQUEST_ID_HEADER, take_request_id
+from gateway.seldon_targets import Target, TargetKind, target_of
+from gateway.server_identity import server_metadata_document
 from modelplane import logs
 from modelplane.inference_errors import UNREADABLE_BODY, quiet_caller_http_errors, unreadable_body_answer
 from modelplane.inference_limits import MAX_REQUEST_BODY_BYTES
@@ -26,6 +31,25 @@ def _error(status: int, message: str) -> web.Response:
 
 def _version(request: web.Request) -> int | None:
     return parse_version(request.match_info.get("version"))
+
+
+async def _infer(
+    call: Callable[[bytes], Awaitable[RoutedAnswer]], body: bytes, headers: dict[str, str], request_id: str
+) -> web.Response:
+    """One infer, plain JSON passed through as it came; a request using the binary data extension
+    (gateway.edges.v2_binary_data) goes on as plain JSON, and its answer comes back as the caller wished."""
+    if not v2_binary_data.may_use_binary_data(body, headers):
+        return _answer(await call(body), request_id)
+    request, wish = v2_binary_data.read_request(body, headers)
+    answer = await call(json.dumps(request).encode())
+    if not wish.any or answer.status != 200:
+        return _answer(answer, request_id)
+    packed, header_length = v2_binary_data.write_response(answer.json(), wish)
+    response = _answer(
+        RoutedAnswer(answer.status, packed, v2_binary_data.BINARY_CONTENT_TYPE, answer.headers), request_id
+    )
+    response.headers[v2_binary_data.HEADER_LENGTH_NAME] = str(header_length)
+    return response
 
 
 def _answer(answer: RoutedAnswer, request_id: str) -> web.Response:
@@ -59,6 +83,22 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(500, "the gateway failed on this request; its log says why")
 
 
+def _log_context(target: Target, request_id: str) -> AbstractContextManager[None]:
+    """The request's id and the model, pipeline or experiment it names, on every line logged while it is served."""
+    if target.kind is TargetKind.PIPELINE:
+        return logs.bound(request_id=request_id, pipeline=target.name)
+    if target.kind is TargetKind.EXPERIMENT:
+        return logs.bound(request_id=request_id, experiment=target.name)
+    return logs.bound(request_id=request_id, model=target.name)
+
+
+def _model_named(target: Target) -> str:
+    """Metadata and configuration are a model's (a replica's); Seldon's other names have none here."""
+    if target.kind is not TargetKind.MODEL:
+        raise InferenceError(404, f"a {target.kind.value} has no model metadata: name one of its models")
+    return target.name
+
+
 def build_app(router: InferenceRouter, metrics: GatewayMetrics, is_ready: Callable[[], bool]) -> web.Application:
     quiet_caller_http_errors()
     app = web.Application(middlewares=[_errors], client_max_size=MAX_REQUEST_BODY_BYTES)
@@ -67,31 +107,42 @@ def build_app(router: InferenceRouter, metrics: GatewayMetrics, is_ready: Callab
         return {k.lower(): v for k, v in request.headers.items()}
 
     async def infer_model(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
         headers = headers_of(request)
         request_id = take_request_id(headers)
-        with logs.bound(request_id=request_id, model=name):
+        target = target_of(request.match_info["name"], headers)
+        version = _version(request)
+        with _log_context(target, request_id):
             body = await request.read()
-            return _answer(await router.infer_model(name, _version(request), body, headers), request_id)
+            return await _infer(
+                lambda given: router.infer_target(target, version, given, headers), body, headers, request_id
+            )
 
     async def model_metadata(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
         headers = headers_of(request)
         request_id = take_request_id(headers)
+        name = _model_named(target_of(request.match_info["name"], headers))
         with logs.bound(request_id=request_id, model=name):
             return _answer(await router.model_metadata(name, _version(request), headers), request_id)
 
+    async def model_config(request: web.Request) -> web.Response:
+        headers = headers_of(request)
+        request_id = take_request_id(headers)
+        name = _model_named(target_of(request.match_info["name"], headers))
+        with logs.bound(request_id=request_id, model=name):
+            return _answer(await router.model_config(name, _version(request), headers), request_id)
+
     async def model_ready(request: web.Request) -> web.Response:
-        ready = router.model_ready(request.match_info["name"], _version(request))
+        target = target_of(request.match_info["name"], headers_of(request))
+        ready = router.target_ready(target, _version(request))
         return web.Response(status=200 if ready else 503)
 
     async def infer_pipeline(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
         headers = headers_of(request)
         request_id = take_request_id(headers)
+        name = request.match_info["name"]
         with logs.bound(request_id=request_id, pipeline=name):
             body = await request.read()
-            return _answer(await router.infer_pipeline(name, body, headers), request_id)
+            return await _infer(lambda given: router.infer_pipeline(name, given, headers), body, headers, request_id)
 
     async def pipeline_ready(request: web.Request) -> web.Response:
         return web.Response(status=200 if router.pipeline_ready(request.match_info["name"]) else 503)
@@ -103,7 +154,7 @@ def build_app(router: InferenceRouter, metrics: GatewayMetrics, is_ready: Callab
         return web.Response(status=200 if is_ready() else 503)
 
     async def server_metadata(_request: web.Request) -> web.Response:
-        return web.json_response({"name": "modelplane-gateway", "extensions": []})
+        return web.json_response(server_metadata_document())
 
     async def render_metrics(_request: web.Request) -> web.Response:
         return web.Response(text=metrics.render(), content_type="text/plain")
@@ -112,6 +163,8 @@ def build_app(router: InferenceRouter, metrics: GatewayMetrics, is_ready: Callab
     app.router.add_post("/v2/models/{name}/infer", infer_model)
     app.router.add_get("/v2/models/{name}/versions/{version}/ready", model_ready)
     app.router.add_get("/v2/models/{name}/ready", model_ready)
+    app.router.add_get("/v2/models/{name}/versions/{version}/config", model_config)
+    app.router.add_get("/v2/models/{name}/config", model_config)
     app.router.add_get("/v2/models/{name}/versions/{version}", model_metadata)
     app.router.add_get("/v2/models/{name}", model_metadata)
     app.router.add_post("/v2/pipelines/{name}/infer", infer_pipeline)

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from trainer.settings import TrainerSettings
 
 DEFAULT_STATE_DIR = Path(".modelplane/up")
+DEFAULT_GATEWAY_GRPC = Address("127.0.0.1", 9001)  # next to the gateway's REST port
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,7 @@ class UpSettings:
     registry: RegistrySettings | None = None  # None: left out (--no-registry)
     dashboard_listen: Address | None = None  # None: left out (--no-dashboard)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    gateway_grpc: Address = DEFAULT_GATEWAY_GRPC
 
 
 def _loopback(text: str) -> Address:
@@ -116,6 +118,13 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default="127.0.0.1:9000",
         metavar="HOST:PORT",
         help="the gateway's V2 REST inference: models, experiments, pipelines (default 127.0.0.1:9000)",
+    )
+    parser.add_argument(
+        "--gateway-grpc",
+        type=_loopback,
+        default=str(DEFAULT_GATEWAY_GRPC),
+        metavar="HOST:PORT",
+        help=f"the gateway's V2 gRPC inference (default {DEFAULT_GATEWAY_GRPC})",
     )
     parser.add_argument(
         "--registry-listen",
@@ -179,6 +188,7 @@ def parse_settings(parser: argparse.ArgumentParser, argv: Sequence[str]) -> UpSe
         registry=None if options.no_registry else _registry_settings(options, trainer),
         dashboard_listen=None if options.no_dashboard else options.dashboard_listen,
         audit=audit_settings_from(parser, options),
+        gateway_grpc=options.gateway_grpc,
     )
 
 
@@ -252,7 +262,7 @@ def _gateway_settings(up: UpSettings, api: Address) -> GatewaySettings:
         serving=TransportSecurity(),  # loopback only (checked by the parser)
         name="up-gateway",
         listen=up.gateway,
-        grpc_listen=None,
+        grpc_listen=up.gateway_grpc,
         max_attempts=3,
         request_timeout_seconds=60.0,
         pipeline_timeout_seconds=120.0,
@@ -311,13 +321,14 @@ async def run(up: UpSettings) -> None:
             proxy = registered.result()
             server_log = agent_settings.work_dir / up.server_kind / f"{up.server_kind}.log"
             _say(f"agent proxy  http://{proxy.http} (V2 REST)   {proxy.grpc} (V2 gRPC)   server log {server_log}")
-            gateway = await _start_gateway(up, api, agent_stop, parts)
+            gateway, gateway_grpc = await _start_gateway(up, api, agent_stop, parts)
             addresses = {
                 "listen": str(api),
                 "agent_listen": str(agents),
                 "http": str(proxy.http),
                 "grpc": str(proxy.grpc),
                 "gateway": str(gateway),
+                "gateway_grpc": str(gateway_grpc),
             }
             addresses.update(await _start_optional_parts(up, api, agent_stop, agent_forced, parts))
             if up.dashboard_listen is not None:
@@ -353,15 +364,23 @@ async def _until_stopped(parts: list[asyncio.Task[None]], stop: asyncio.Event) -
     raise RuntimeError(f"{ended.get_name()} stopped by itself; modelplane up stopped the rest")
 
 
-async def _start_gateway(up: UpSettings, api: Address, stop: asyncio.Event, parts: list[asyncio.Task[None]]) -> Address:
+async def _start_gateway(
+    up: UpSettings, api: Address, stop: asyncio.Event, parts: list[asyncio.Task[None]]
+) -> tuple[Address, Address]:
+    """The gateway's REST and gRPC addresses, once it serves."""
     from gateway import process as gateway_process  # noqa: PLC0415 - see run()
 
-    serving: asyncio.Future[Address] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(gateway_process.run(_gateway_settings(up, api), stop, serving), name="the gateway")
+    loop = asyncio.get_running_loop()
+    serving: asyncio.Future[Address] = loop.create_future()
+    grpc_serving: asyncio.Future[Address] = loop.create_future()
+    task = asyncio.create_task(
+        gateway_process.run(_gateway_settings(up, api), stop, serving, grpc_serving), name="the gateway"
+    )
     parts.append(task)
     await _first(serving, task)
-    _say(f"gateway      http://{serving.result()} (V2 REST: /v2/models/NAME/infer, /v2/pipelines/NAME/infer)")
-    return serving.result()
+    rest, grpc = serving.result(), grpc_serving.result()  # the gRPC edge is up before the REST one says so
+    _say(f"gateway      http://{rest} (V2 REST: /v2/models/NAME/infer, /v2/pipelines/NAME/infer)   {grpc} (V2 gRPC)")
+    return rest, grpc
 
 
 async def _start_optional_parts(

@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from gateway.edges.v2_grpc_codec import decode_infer_response, encode_infer_request
+from generated.inference.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from tests.support.iris_sample import train_iris_sample
 from tests.support.modelplane_up import Up, assert_stops_cleanly, server_processes, start_up
 from tests.support.processes import run_modelplane, stop_all_started
@@ -108,11 +111,28 @@ def assert_predicts_through_the_gateway(up: Up, sample: Sample) -> None:
     assert answer["outputs"][0]["data"] == sample.expected
 
 
+def assert_predicts_through_the_gateways_grpc(up: Up, sample: Sample) -> None:
+    """The gateway's V2 gRPC edge is served too (after the REST check: the route is in by then)."""
+    with grpc.insecure_channel(up.addresses["gateway_grpc"]) as channel:
+        stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        answer = stub.ModelInfer(encode_infer_request("iris", None, sample.request), timeout=60)
+    assert decode_infer_response(answer)["outputs"][0]["data"] == sample.expected
+
+
 @pytest.mark.servers
 @pytest.mark.timeout(900)
 def test_up_serves_the_sample_and_stops_on_ctrl_c(tmp_path: Path, state_dir: Path, sample: Sample) -> None:
     up = start_up(tmp_path, state_dir, "up")
-    assert set(up.addresses) == {"listen", "agent_listen", "http", "grpc", "gateway", "registry", "dashboard"}
+    assert set(up.addresses) == {
+        "listen",
+        "agent_listen",
+        "http",
+        "grpc",
+        "gateway",
+        "gateway_grpc",
+        "registry",
+        "dashboard",
+    }
     assert all(address.startswith("127.0.0.1:") for address in up.addresses.values())
     printed = up.stdout()
     assert "modelplane is up; Ctrl-C stops it" in printed
@@ -123,6 +143,8 @@ def test_up_serves_the_sample_and_stops_on_ctrl_c(tmp_path: Path, state_dir: Pat
     load_and_wait(up, sample)
     assert_predicts(up, sample)
     assert_predicts_through_the_gateway(up, sample)
+    assert f"{up.addresses['gateway_grpc']} (V2 gRPC)" in printed
+    assert_predicts_through_the_gateways_grpc(up, sample)
     servers = run_modelplane("server", "status", "--scheduler", up.listen)
     assert servers.returncode == 0, servers.stderr
     assert servers.stdout.startswith("mlserver")

@@ -61,6 +61,8 @@ def start_up(workdir: Path, state_dir: Path, label: str, *extra: str, env: dict[
                 "127.0.0.1:0",
                 "--gateway",
                 "127.0.0.1:0",
+                "--gateway-grpc",
+                "127.0.0.1:0",
                 "--registry-listen",
                 "127.0.0.1:0",
                 "--dashboard-listen",

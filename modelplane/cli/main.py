@@ -30,7 +30,7 @@ from scheduler.state_dir import StateDirError
 
 DEFAULT_SCHEDULER = "127.0.0.1:9004"
 # Commands with actions (``modelplane model load``): their flags live on the action's parser.
-GROUPS = ("model", "server")
+GROUPS = ("model", "server", "pipeline", "experiment")
 
 
 def add_client_flags(parser: argparse.ArgumentParser, section: str) -> None:
@@ -174,9 +174,13 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         )
     )
     model_commands.add_model_commands(commands)
+    from modelplane.cli import infer_commands, inference_groups  # noqa: PLC0415 - see _scheduler_flags
+
+    inference_groups.add_inference_groups(commands)
     for group in GROUPS:
-        for action in subparsers(_subparser(parser, group)).values():
-            add_client_flags(action, group)
+        for name, action in subparsers(_subparser(parser, group)).items():
+            if (group, name) not in infer_commands.COMMANDS:  # they talk to a gateway: flags of their own
+                add_client_flags(action, group)
     return parser
 
 
@@ -318,9 +322,6 @@ def _client_job(
         ("server", "status"): lambda: model_commands.server_status(address, security, timeout, token=token),
         ("model", "load"): lambda: model_commands.load(address, security, options.file, timeout, token=token),
         ("model", "unload"): lambda: model_commands.unload(address, security, options.name, timeout, token=token),
-        ("model", "infer"): lambda: model_commands.infer(
-            address, security, options.name, options.data, timeout, token=token
-        ),
         ("model", "status"): lambda: model_commands.status(address, security, options.name, timeout, token=token),
     }
     return jobs[(section, action)]
@@ -378,6 +379,10 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
     if not rest or rest[0] not in actions:
         commands[command].parse_args(rest)  # usage error or help
         return EXIT_USAGE
+    from modelplane.cli import infer_commands  # noqa: PLC0415 - see _scheduler_flags
+
+    if (command, rest[0]) in infer_commands.COMMANDS:
+        return infer_commands.run(actions[rest[0]], command, rest[0], rest[1:])
     return _client(actions[rest[0]], command, rest[1:], rest[0])
 
 

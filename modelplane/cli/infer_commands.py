@@ -108,15 +108,19 @@ def read_data(data: str, stdin: IO[bytes] | None = None) -> bytes:
     """The request body ``--data`` gives: the JSON itself, ``@FILE``'s, or standard input's for ``-``; checked
     and re-encoded compactly. Anything wrong is bad input (InferError with exit status 2)."""
     if data == "-":
-        raw = (stdin if stdin is not None else sys.stdin.buffer).read(MAX_REQUEST_BODY_BYTES + 1)
+        try:
+            raw = (stdin if stdin is not None else sys.stdin.buffer).read(MAX_REQUEST_BODY_BYTES + 1)
+        except (OSError, ValueError, AttributeError) as error:  # closed, or no standard input at all
+            raise InferError(f"--data -: cannot read standard input: {error}", EXIT_USAGE) from None
         where = "standard input"
     elif data.startswith("@"):
         path = Path(data[1:])
         try:
             with path.open("rb") as file:
                 raw = file.read(MAX_REQUEST_BODY_BYTES + 1)
-        except OSError as error:
-            raise InferError(f"--data: cannot read {path}: {error.strerror or error}", EXIT_USAGE) from None
+        except (OSError, ValueError) as error:  # ValueError: a NUL in the name
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+            raise InferError(f"--data: cannot read {_shown(str(path), 300)}: {reason}", EXIT_USAGE) from None
         where = str(path)
     else:
         raw, where = data.encode("utf-8", "surrogateescape"), ""
@@ -357,6 +361,7 @@ async def infer(
         return _render_answer(document, answer.route, output)
     latencies: list[float] = []
     routes: Counter[str] = Counter()
+    announced = False  # the route (or its absence) is said once, after the first answer
     started = time.perf_counter()
     for number in range(1, iterations + 1):
         sent = time.perf_counter()
@@ -367,7 +372,8 @@ async def infer(
             raise InferError(f"request {number} of {iterations} failed: {error}", error.exit_status)
         if answer.route is not None:
             routes[answer.route] += 1
-        if sticky and not extra:
+        if sticky and not announced:
+            announced = True
             _say_route(answer.route, name)
             if answer.route is not None:
                 extra = {ROUTE_HEADER: answer.route}

@@ -2,7 +2,7 @@
 
 Exit status: 0 on success, 1 when the work itself failed (e.g. a scheduler that cannot be reached,
 a port in use, a model that failed), 2 for bad input: command line, configuration, a manifest, or a
-request the scheduler refused as INVALID_ARGUMENT.
+request the scheduler refused as INVALID_ARGUMENT (or, for ``infer``, the gateway as malformed: 400, 413).
 """
 
 from __future__ import annotations

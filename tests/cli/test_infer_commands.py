@@ -201,7 +201,7 @@ def test_the_gateways_refusals_in_words(stack: Stack, tmp_path: Path) -> None:
     missing = tmp_path / "missing.json"
     unreadable = infer(stack, "model", "pa", data=f"@{missing}")
     assert_clean_failure(unreadable, status=2)
-    assert f"--data: cannot read {missing}: No such file or directory" in unreadable.stderr
+    assert f"--data: cannot read '{missing}': No such file or directory" in unreadable.stderr
 
 
 @pytest.mark.servers
@@ -282,6 +282,10 @@ def test_experiment_infer_sticky_and_iterations(stack: Stack) -> None:
     assert pipes.returncode == 0, pipes.stderr
     assert json.loads(pipes.stdout)["model_name"] in {"abc", "abc2"}
     assert "the gateway named no route (x-modelplane-route): pipes is not an experiment with sticky" in pipes.stderr
+    several = infer(stack, "experiment", "pipes", "--sticky", "--iterations", "5")
+    assert several.returncode == 0, several.stderr
+    assert json.loads(several.stdout)["routes"] == {}
+    assert len(several.stderr.splitlines()) == 1  # said once, not per request
 
 
 @pytest.mark.servers
@@ -298,14 +302,16 @@ def test_experiment_infer_sticky_and_iterations(stack: Stack) -> None:
             ),
             max_leaves=12,
         ).map(json.dumps),
-    )
+        st.text(max_size=30).map(lambda name: f"@{name}"),  # a file name: mostly missing, or a folder
+    ).filter(lambda data: data != "-")
 )
 def test_any_data_is_an_answer_or_an_error_in_words(
     stack: Stack, capsys: pytest.CaptureFixture[str], data: str
 ) -> None:
     """Whatever --data holds, against the live gateway: an answer (exit 0), or one error line, exit 2 for what is
     wrong with the request, never a traceback."""
-    result = in_process(capsys, "model", "infer", "pa", "--data", data, "--gateway", stack.address)
+    # --data=DATA: a value starting with "-" is then --data's, not a flag; "-" itself reads standard input.
+    result = in_process(capsys, "model", "infer", "pa", f"--data={data}", "--gateway", stack.address)
     if result.returncode == 0:
         assert json.loads(result.stdout)["model_name"] == "pa"
         return
@@ -417,3 +423,22 @@ def test_data_over_the_limit_is_refused_before_it_is_parsed(tmp_path: Path) -> N
         read_data(f"@{big}")
     assert caught.value.exit_status == 2
     assert f"larger than {MAX_REQUEST_BODY_BYTES} bytes" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ("@bad\x00name", "--data: cannot read 'bad\\x00name': embedded null byte"),
+        ("@", "--data: cannot read '.': Is a directory"),
+        ('{"inputs": [{"name": "a"}]', "--data is not JSON: "),
+        ("[" * 100_000, "--data is not JSON: "),  # deeper than the parser's recursion limit
+    ],
+    ids=["nul-in-file-name", "no-file-name", "truncated", "too-deep"],
+)
+def test_data_that_cannot_be_read_is_bad_input(data: str, message: str) -> None:
+    from modelplane.cli.infer_commands import InferError  # noqa: PLC0415 - next to its uses
+
+    with pytest.raises(InferError) as caught:
+        read_data(data)
+    assert caught.value.exit_status == 2
+    assert str(caught.value).startswith(message)

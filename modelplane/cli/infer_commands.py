@@ -14,6 +14,7 @@ up`` prints), so what is tried is what applications get: experiments' splits, pi
 - ``--iterations N``: N requests one after another; prints latency percentiles (nearest rank), min, max,
   throughput and the routes taken instead of the answers. The first failed request ends the run (a figure
   mixing failures with answers would say nothing true about either).
+- ``--grpc``: the same through the gateway's V2 gRPC endpoint (modelplane/cli/infer_grpc.py).
 - ``pipeline inspect``: one request with ``x-modelplane-inspect: steps``, which makes the gateway add each step's
   input and output tensors to its answer (gateway/pipelines/step_trace.py): the steps run inside the gateway,
   so that is where they are seen.
@@ -35,7 +36,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Any, Final, Protocol
 
 import aiohttp
 
@@ -176,6 +177,12 @@ def add_infer_parser(actions: argparse._SubParsersAction[argparse.ArgumentParser
         "send it back with every later request",
     )
     parser.add_argument(
+        "--grpc",
+        action="store_true",
+        help="use the gateway's V2 gRPC endpoint (modelplane gateway --grpc-listen) instead of REST: --gateway is "
+        "then that address",
+    )
+    parser.add_argument(
         "--iterations",
         type=bounded_int(1, MAX_ITERATIONS),
         default=1,
@@ -282,7 +289,7 @@ async def _read_bounded(response: aiohttp.ClientResponse) -> bytes:
     return b"".join(chunks)
 
 
-def _refusal(gateway: Gateway, answer: Answer) -> InferError:
+def _refusal(address: Address, answer: Answer) -> InferError:
     """An error answer in words: the gateway's own reason (its ``{"error": ...}``), exit 2 when it refused the
     request itself as malformed or too large."""
     try:
@@ -291,18 +298,16 @@ def _refusal(gateway: Gateway, answer: Answer) -> InferError:
     except ValueError:
         detail = answer.body[:500].decode("utf-8", "replace").strip() or "(no reason given)"
     status = EXIT_USAGE if answer.status in (400, 413) else EXIT_FAILURE
-    return InferError(f"gateway at {gateway.address} answered {answer.status} {answer.reason}: {detail}", status)
+    return InferError(f"gateway at {address} answered {answer.status} {answer.reason}: {detail}", status)
 
 
-def _document(gateway: Gateway, answer: Answer) -> dict[str, Any]:
-    if answer.status != 200:
-        raise _refusal(gateway, answer)
+def _document(address: Address, answer: Answer) -> dict[str, Any]:
     try:
         document: Any = json.loads(answer.body)
     except ValueError as error:
-        raise InferError(f"the gateway at {gateway.address} answered something that is not JSON: {error}") from None
+        raise InferError(f"the gateway at {address} answered something that is not JSON: {error}") from None
     if not isinstance(document, dict):
-        raise InferError(f"the gateway at {gateway.address} answered JSON that is not an object")
+        raise InferError(f"the gateway at {address} answered JSON that is not an object")
     return document
 
 
@@ -348,14 +353,37 @@ class RunFigures:
         }
 
 
-async def infer(
-    gateway: Gateway, kind: str, name: str, body: bytes, *, sticky: bool, iterations: int, output: str
-) -> str:
-    path = await _infer_path(gateway, kind, name)
+class Sender(Protocol):
+    """Sends the command's one request to the gateway (REST or gRPC): its answer, or InferError."""
+
+    @property
+    def address(self) -> Address: ...
+
+    async def send(self, extra: Mapping[str, str]) -> Answer: ...
+
+
+@dataclass(frozen=True)
+class RestSender:
+    gateway: Gateway
+    path: str
+    body: bytes
+
+    @property
+    def address(self) -> Address:
+        return self.gateway.address
+
+    async def send(self, extra: Mapping[str, str]) -> Answer:
+        answer = await self.gateway.call("POST", self.path, self.body, extra)
+        if answer.status != 200:
+            raise _refusal(self.gateway.address, answer)
+        return answer
+
+
+async def infer(sender: Sender, kind: str, name: str, *, sticky: bool, iterations: int, output: str) -> str:
     extra: dict[str, str] = {}
     if iterations == 1:
-        answer = await gateway.call("POST", path, body)
-        document = _document(gateway, answer)
+        answer = await sender.send(extra)
+        document = _document(sender.address, answer)
         if sticky:
             _say_route(answer.route, name)
         return _render_answer(document, answer.route, output)
@@ -365,11 +393,11 @@ async def infer(
     started = time.perf_counter()
     for number in range(1, iterations + 1):
         sent = time.perf_counter()
-        answer = await gateway.call("POST", path, body, extra)
+        try:
+            answer = await sender.send(extra)
+        except InferError as error:
+            raise InferError(f"request {number} of {iterations} failed: {error}", error.exit_status) from None
         latencies.append(time.perf_counter() - sent)
-        if answer.status != 200:
-            error = _refusal(gateway, answer)
-            raise InferError(f"request {number} of {iterations} failed: {error}", error.exit_status)
         if answer.route is not None:
             routes[answer.route] += 1
         if sticky and not announced:
@@ -378,7 +406,7 @@ async def infer(
             if answer.route is not None:
                 extra = {ROUTE_HEADER: answer.route}
     figures = RunFigures(iterations, time.perf_counter() - started, latencies, routes)
-    return _render_figures(figures, kind, name, gateway, output)
+    return _render_figures(figures, kind, name, sender.address, output)
 
 
 def _say_route(route: str | None, name: str) -> None:
@@ -393,8 +421,8 @@ def _say_route(route: str | None, name: str) -> None:
 
 
 async def inspect(gateway: Gateway, name: str, body: bytes, output: str) -> str:
-    answer = await gateway.call("POST", f"/v2/pipelines/{name}/infer", body, {INSPECT_HEADER: INSPECT_STEPS})
-    document = _document(gateway, answer)
+    answer = await RestSender(gateway, f"/v2/pipelines/{name}/infer", body).send({INSPECT_HEADER: INSPECT_STEPS})
+    document = _document(gateway.address, answer)
     if not isinstance(document.get("steps"), list):
         raise InferError(
             f"the gateway at {gateway.address} answered without the steps' tensors: it is older than this command "
@@ -441,13 +469,13 @@ def _tensor_rows(tensors: object, prefix: str) -> list[str]:
     return rows
 
 
-def _render_figures(figures: RunFigures, kind: str, name: str, gateway: Gateway, output: str) -> str:
+def _render_figures(figures: RunFigures, kind: str, name: str, address: Address, output: str) -> str:
     document = figures.document()
     if output == "json":
         return json.dumps(document, indent=2)
     latency = document["latency_ms"]
     lines = [
-        f"requests     {figures.requests} to {kind} {name} through {gateway.address}",
+        f"requests     {figures.requests} to {kind} {name} through {address}",
         "latency ms   " + "  ".join(f"{key} {value:g}" for key, value in latency.items()),
         f"throughput   {document['throughput_per_second']} requests/s",
     ]
@@ -496,6 +524,28 @@ async def _job(
             f"refusing plaintext HTTP to the gateway at {address}: give --tls-ca (HTTPS), or --insecure to accept "
             "plaintext"
         )
+    if getattr(options, "grpc", False):
+        from modelplane.cli.infer_grpc import GrpcSender  # noqa: PLC0415 - the gRPC client only when asked for
+
+        headers = {key.lower(): value for key, value in options.header}
+        opened = GrpcSender.open(
+            address,
+            security=security,
+            token=token,
+            name=options.name,
+            body=body,
+            headers=headers,
+            timeout=options.timeout,
+        )
+        async with opened as grpc_sender:
+            return await infer(
+                grpc_sender,
+                group,
+                options.name,
+                sticky=options.sticky,
+                iterations=options.iterations,
+                output=options.output,
+            )
     context = http_client_ssl(security.ca_file, security.cert_file, security.key_file)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     headers.update(dict(options.header))  # given last: a header of the caller's wins
@@ -505,11 +555,11 @@ async def _job(
         gateway = Gateway(address, session, "https" if security.uses_tls else "http", headers)
         if action == "inspect":
             return await inspect(gateway, options.name, body, options.output)
+        sender = RestSender(gateway, await _infer_path(gateway, group, options.name), body)
         return await infer(
-            gateway,
+            sender,
             group,
             options.name,
-            body,
             sticky=options.sticky,
             iterations=options.iterations,
             output=options.output,

@@ -56,7 +56,9 @@ async def _serve_everything(cluster: Cluster, iris: Iris, models_root: Path) -> 
     async with api_of(cluster) as api:
         for name, folder in (("pa", iris.folder), ("pa2", iris.folder), ("pb", b_folder), ("pc", c_folder)):
             await api.load(model(name, str(folder)))
-        gateway = await asyncio.to_thread(start_gateway, cluster.root / "gateway", scheduler.listen)
+        gateway = await asyncio.to_thread(
+            start_gateway, cluster.root / "gateway", scheduler.listen, "--grpc-listen=127.0.0.1:0"
+        )
         for name in ("pa", "pa2", "pb", "pc"):
             await api.available(name)
     async with aio.insecure_channel(scheduler.listen) as channel:
@@ -347,6 +349,48 @@ def test_any_header_is_sent_or_refused_in_words(
         return
     assert result.returncode == 0, (text, result.stderr)
     assert classes(json.loads(result.stdout)) == stack.iris.expected
+
+
+@pytest.mark.servers
+@pytest.mark.timeout(600)
+def test_infer_over_grpc(stack: Stack) -> None:
+    """--grpc: the gateway's V2 gRPC endpoint answers as its REST one does, the route in its metadata."""
+    assert stack.gateway.grpc_listen is not None
+    grpc_address = stack.gateway.grpc_listen
+
+    def over_grpc(kind: str, name: str, *args: str, data: str | None = None) -> subprocess.CompletedProcess[str]:
+        return run_modelplane(
+            kind, "infer", name, "--data", data or stack.data, "--gateway", grpc_address, "--grpc", *args
+        )
+
+    model = over_grpc("model", "pa")
+    assert model.returncode == 0, model.stderr
+    assert (json.loads(model.stdout)["model_name"], classes(json.loads(model.stdout))) == ("pa", stack.iris.expected)
+
+    pipeline = over_grpc("pipeline", "abc")
+    assert pipeline.returncode == 0, pipeline.stderr
+    assert {tensor["name"] for tensor in json.loads(pipeline.stdout)["outputs"]} == {"b_predict", "c_predict"}
+
+    sticky = over_grpc("experiment", "sticky", "--sticky", "--iterations", "10")
+    assert sticky.returncode == 0, sticky.stderr
+    [(route, count)] = json.loads(sticky.stdout)["routes"].items()
+    assert (route in {"pa", "pa2"}, count) == (True, 10)
+    assert sticky.stderr == f"x-modelplane-route: {route}\n"
+
+    unknown = over_grpc("model", "nosuch")
+    assert_clean_failure(unknown)
+    assert f"gateway at {grpc_address} answered NOT_FOUND: " in unknown.stderr
+    bad = '{"inputs": [{"name": "predict", "shape": [1, 4], "datatype": "FP64", "data": [1, 2, 3]}]}'
+    refused = over_grpc("model", "pa", data=bad)
+    assert_clean_failure(refused, status=2)
+    assert "--data cannot be sent over gRPC: " in refused.stderr
+
+    port = closed_port()
+    unreachable = run_modelplane(
+        "model", "infer", "pa", "--data", stack.data, "--grpc", "--gateway", f"127.0.0.1:{port}"
+    )
+    assert_clean_failure(unreachable)
+    assert f"cannot reach the gateway's gRPC endpoint at 127.0.0.1:{port}" in unreachable.stderr
 
 
 # ------------------------------------------------------------------------------- without a stack

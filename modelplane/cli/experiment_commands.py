@@ -10,6 +10,7 @@ import asyncio
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.cli.manifest_commands import apply, experiment_state_word, read_resources, remove
 from modelplane.cli.manifest_documents import Kind
+from modelplane.cli.infer_commands import add_infer_parser
 from modelplane.cli.output_formats import add_output_flag, as_record, columns, render
 from modelplane.cli.scheduler_session import SUBSCRIBER, Scheduler, follow
 
@@ -36,6 +37,7 @@ def add_experiment_commands(commands: argparse._SubParsersAction[argparse.Argume
     add_output_flag(status)
     listing = actions.add_parser("list", help="every experiment and whether it is active")
     add_output_flag(listing)
+    add_infer_parser(actions, "experiment")  # through the gateway, with flags of its own (infer_commands.py)
 
 
 async def start(scheduler: Scheduler, source: str) -> str:

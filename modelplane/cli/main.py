@@ -2,7 +2,7 @@
 
 Exit status: 0 on success, 1 when the work itself failed (e.g. a scheduler that cannot be reached,
 a port in use, a model that failed), 2 for bad input: command line, configuration, a manifest, or a
-request the scheduler refused as INVALID_ARGUMENT.
+request the scheduler refused as INVALID_ARGUMENT (or, for ``infer``, the gateway as malformed: 400, 413).
 """
 
 from __future__ import annotations
@@ -188,14 +188,15 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         )
     )
     model_commands.add_model_commands(commands)
-    from modelplane.cli import resource_commands  # noqa: PLC0415 - see _scheduler_flags
+    from modelplane.cli import infer_commands, resource_commands  # noqa: PLC0415 - see _scheduler_flags
 
-    resource_commands.add_resource_commands(commands)
+    resource_commands.add_resource_commands(commands)  # the pipeline and experiment groups, their infer included
     for command_name in resource_commands.TOP_LEVEL:
         add_client_flags(_subparser(parser, command_name), command_name)
     for group in GROUPS:
-        for action in subparsers(_subparser(parser, group)).values():
-            add_client_flags(action, group)
+        for name, action in subparsers(_subparser(parser, group)).items():
+            if (group, name) not in infer_commands.COMMANDS:  # they talk to a gateway: flags of their own
+                add_client_flags(action, group)
     return parser
 
 
@@ -366,9 +367,6 @@ def _client_job(
         ("server", "status"): lambda: model_commands.server_status(address, security, timeout, token=token),
         ("model", "load"): lambda: model_commands.load(address, security, options.file, timeout, token=token),
         ("model", "unload"): lambda: model_commands.unload(address, security, options.name, timeout, token=token),
-        ("model", "infer"): lambda: model_commands.infer(
-            address, security, options.name, options.data, timeout, token=token
-        ),
         ("model", "status"): lambda: model_commands.status(address, security, options.name, timeout, token=token),
     }
     return jobs[(section, action)]
@@ -427,6 +425,10 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0911 - one retur
     if not rest or rest[0] not in actions:
         commands[command].parse_args(rest)  # usage error or help
         return EXIT_USAGE
+    from modelplane.cli import infer_commands  # noqa: PLC0415 - see _scheduler_flags
+
+    if (command, rest[0]) in infer_commands.COMMANDS:
+        return infer_commands.run(actions[rest[0]], command, rest[0], rest[1:])
     return _client(actions[rest[0]], command, rest[1:], rest[0])
 
 

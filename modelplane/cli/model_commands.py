@@ -1,4 +1,5 @@
-"""Client commands against a running scheduler: ``model load|unload|status|infer`` and ``server status``.
+"""Client commands against a running scheduler: ``model load|unload|status`` and ``server status`` (``model infer``
+goes to the gateway: modelplane/cli/infer_commands.py).
 
 Every command takes ``--scheduler HOST:PORT`` (default 127.0.0.1:9004, or MODELPLANE_SCHEDULER) and
 says plainly when the scheduler cannot be reached, the input is invalid, or the model is unknown or
@@ -9,19 +10,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import grpc
 
-from generated.mlops.routing.v1 import routing_pb2, routing_pb2_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane.addresses import Address
+from modelplane.cli.infer_commands import add_infer_parser
 from modelplane.cli.manifests import MAX_MANIFEST_BYTES, ManifestError, parse_model_manifest
 from modelplane.command_line import EXIT_FAILURE, EXIT_USAGE
 from modelplane.transport import TransportSecurity, open_channel
@@ -218,38 +216,6 @@ async def watch(
             stream.cancel()
 
 
-async def infer(
-    scheduler: Address, security: TransportSecurity, name: str, data: str, timeout: float, *, token: str | None = None
-) -> str:
-    try:
-        body = json.loads(data)
-    except ValueError as error:
-        raise CommandError(f"--data is not JSON: {error}", EXIT_USAGE) from None
-    if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
-        raise CommandError(
-            '--data must be a V2 inference request: {"inputs": [{"name", "shape", "datatype", "data"}, ...]}',
-            EXIT_USAGE,
-        )
-    async with open_channel(scheduler, security, token) as channel:
-        route = await routing_pb2_grpc.RoutingServiceStub(channel).ModelEndpoints(
-            routing_pb2.ModelEndpointsRequest(model_name=name), timeout=timeout
-        )
-    errors = []
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-        for endpoint in route.endpoints:
-            url = f"{endpoint.http_url}/v2/models/{name}/infer"
-            try:
-                async with session.post(url, json=body) as response:
-                    answer: Any = await response.json(content_type=None)
-                    if response.status == 200:
-                        return json.dumps(answer, indent=2)
-                    detail = answer.get("error", answer) if isinstance(answer, dict) else answer
-                    errors.append(f"{url}: HTTP {response.status}: {detail}")
-            except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-                errors.append(f"{url}: {error}")
-    raise CommandError("inference failed on every replica:\n  " + "\n  ".join(errors))
-
-
 async def server_status(
     scheduler: Address,
     security: TransportSecurity,
@@ -302,9 +268,7 @@ def add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     status_parser.add_argument(
         "--wait-timeout", type=float, default=300.0, metavar="SECONDS", help="how long --watch waits (default 300)"
     )
-    infer_parser = model_commands.add_parser("infer", help="send a V2 inference request and print the answer")
-    infer_parser.add_argument("name")
-    infer_parser.add_argument("--data", required=True, metavar="JSON", help='V2 request body, e.g. {"inputs": [...]}')
+    add_infer_parser(model_commands, "model")
     server = commands.add_parser("server", help="server status", description="Inspect servers.")
     server_commands = server.add_subparsers(dest="server_command", metavar="ACTION", required=True)
     server_status_parser = server_commands.add_parser(

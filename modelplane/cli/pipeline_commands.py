@@ -17,6 +17,7 @@ from modelplane.cli.manifest_commands import (
 )
 from modelplane.cli.manifest_documents import Kind
 from modelplane.cli.model_commands import CommandError
+from modelplane.cli.infer_commands import add_infer_parser, add_inspect_parser
 from modelplane.cli.output_formats import add_output_flag, as_record, columns, render
 from modelplane.cli.scheduler_session import SUBSCRIBER, Scheduler, follow
 
@@ -51,6 +52,8 @@ def add_pipeline_commands(commands: argparse._SubParsersAction[argparse.Argument
     add_output_flag(status)
     listing = actions.add_parser("list", help="every pipeline and its state")
     add_output_flag(listing)
+    add_infer_parser(actions, "pipeline")  # through the gateway, with flags of its own (infer_commands.py)
+    add_inspect_parser(actions)
 
 
 async def load(scheduler: Scheduler, source: str) -> str:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.server_choice import prepare_local_server
 from agent.settings import AgentSettings
 from dashboard.settings import DEFAULT_LISTEN as DEFAULT_DASHBOARD_LISTEN
 from gateway.settings import GatewaySettings
@@ -313,6 +314,8 @@ async def run(up: UpSettings) -> None:
                 "auth         off: everything listens on loopback only, so any local process may call anything"
             )
             _say(f"agent        starting a local {up.server_kind} (its venv is created on first use: about a minute)")
+            # Created here rather than inside the agent, so that its progress lines reach this terminal.
+            await asyncio.to_thread(prepare_local_server, up.server_kind, lambda line: _say(f"             {line}"))
             registered: asyncio.Future[agent_process.ProxyAddresses] = loop.create_future()
             agent_settings = _agent_settings(up, agents)
             agent_task = asyncio.create_task(agent_process.run(agent_settings, agent_stop, agent_forced, registered))

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +32,7 @@ _DISPLAY = {"mlserver": "MLServer", "triton": "Triton"}
 SUPPORTED_PYTHONS = ((3, 11), (3, 12))
 MARKER = "modelplane-requirements.txt"
 INSTALL_TIMEOUT = 1800.0  # a hang guard for pip, not an expected duration
+PROGRESS_EVERY = 10.0  # seconds between two progress lines of a venv being created
 
 
 class VenvError(RuntimeError):
@@ -47,7 +49,8 @@ def server_venv(kind: str, base: Path | None = None, *, progress: Callable[[str]
     """The venv for ``kind`` ("mlserver" or "triton"), created with the pinned packages if missing.
 
     Blocks for about a minute on first use (run it in a thread from async code). ``progress`` gets
-    one human-readable line when an install starts (default: logged at INFO).
+    human-readable lines (default: logged at INFO): one when an install starts, then one every
+    PROGRESS_EVERY seconds saying how many packages pip has fetched so far.
     """
     if kind not in REQUIREMENTS:
         raise ValueError(f"unknown server kind {kind!r}; known: {', '.join(sorted(REQUIREMENTS))}")
@@ -62,7 +65,9 @@ def server_venv(kind: str, base: Path | None = None, *, progress: Callable[[str]
             return venv
         say = progress or log.info
         say(f"creating {_DISPLAY[kind]} venv in {venv}, this takes about a minute")
-        _create(venv, REQUIREMENTS[kind], base / f"{kind}-install.log")
+        _create(
+            venv, REQUIREMENTS[kind], base / f"{kind}-install.log", lambda line: say(f"{_DISPLAY[kind]} venv: {line}")
+        )
         (venv / MARKER).write_text(wanted)
     return venv
 
@@ -106,24 +111,62 @@ def _base_python() -> str:
     raise VenvError("the inference-server venvs need Python 3.11 or 3.12; neither python3.11 nor python3.12 is on PATH")
 
 
-def _create(venv: Path, requirements: tuple[str, ...], install_log: Path) -> None:
+def _create(venv: Path, requirements: tuple[str, ...], install_log: Path, say: Callable[[str], None]) -> None:
     shutil.rmtree(venv, ignore_errors=True)  # a half-made venv from an interrupted install
+    python = str(venv / "bin" / "python")
     commands = [
         [_base_python(), "-m", "venv", str(venv)],
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *requirements],
+        # Not --quiet: the log's "Collecting ..." and "Processing ..." lines are what the progress lines count.
+        [python, "-m", "pip", "install", "--disable-pip-version-check", "--progress-bar", "off", *requirements],
     ]
+    started = time.monotonic()
     with install_log.open("w") as out:
         for command in commands:
             out.write(f"$ {' '.join(command)}\n")
             out.flush()
             try:
-                subprocess.run(  # noqa: S603 - fixed argv, no shell
-                    command, stdout=out, stderr=subprocess.STDOUT, timeout=INSTALL_TIMEOUT, check=True
-                )
-            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as error:
+                with subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT) as process:  # noqa: S603 - fixed argv
+                    _wait_saying_progress(process, install_log, started, say)
+            except (subprocess.TimeoutExpired, OSError) as error:
                 out.flush()
-                tail = _tail(install_log)
-                raise VenvError(f"creating {venv} failed ({error}); log {install_log}:\n{tail}") from error
+                raise VenvError(
+                    f"creating {venv} failed ({error}); log {install_log}:\n{_tail(install_log)}"
+                ) from error
+            if process.returncode != 0:
+                out.flush()
+                raise VenvError(
+                    f"creating {venv} failed ({command[2]} exited with {process.returncode}); log {install_log}:\n"
+                    f"{_tail(install_log)}"
+                )
+    say(f"ready after {time.monotonic() - started:.0f}s")
+
+
+def _wait_saying_progress(
+    process: subprocess.Popen[bytes], install_log: Path, started: float, say: Callable[[str], None]
+) -> None:
+    """Wait for ``process``, saying every PROGRESS_EVERY seconds how far pip has got; killed after
+    INSTALL_TIMEOUT (raises TimeoutExpired)."""
+    deadline = started + INSTALL_TIMEOUT
+    while True:
+        try:
+            process.wait(timeout=min(PROGRESS_EVERY, max(0.0, deadline - time.monotonic())))
+            return
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                process.kill()
+                process.wait()
+                raise
+        fetched = _packages_fetched(install_log)
+        say(f"{fetched} packages fetched so far, {time.monotonic() - started:.0f}s (log {install_log})")
+
+
+def _packages_fetched(install_log: Path) -> int:
+    try:
+        text = install_log.read_text(errors="replace")
+    except OSError:
+        return 0
+    # pip says "Collecting" for a package from an index, "Processing" for one from a local wheel or folder.
+    return sum(1 for line in text.splitlines() if line.startswith(("Collecting ", "Processing ")))
 
 
 def _tail(path: Path, lines: int = 30) -> str:

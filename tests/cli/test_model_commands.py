@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from modelplane.cli.main import main
 from modelplane.cli.model_commands import CommandError, read_manifest
-from tests.support.processes import SchedulerProcess, run_modelplane
+from tests.support.processes import SchedulerProcess, run_modelplane, start_gateway
 
 MANIFEST = """\
 apiVersion: mlops.seldon.io/v1alpha1
@@ -175,24 +175,18 @@ def test_a_manifest_the_scheduler_refuses(scheduler: SchedulerProcess, tmp_path:
 
 
 def test_infer_on_a_model_that_no_replica_serves(scheduler: SchedulerProcess, tmp_path: Path) -> None:
+    """`model infer` goes through the gateway (tests/cli/test_infer_commands.py): a model no replica serves has no
+    route there, and the gateway's answer is printed with its reason, not blamed on the connection."""
     load_and_wait_schedule_failed(scheduler, tmp_path, "iris")
-    result = cli(scheduler, "model", "infer", "iris", "--data", INFER_BODY)
-    assert_clean_failure(result)
-    assert "model 'iris' is not served yet" in result.stderr
-    assert "no servers are connected" in result.stderr
-
-
-def test_infer_on_a_failed_model_does_not_blame_the_connection(scheduler: SchedulerProcess, tmp_path: Path) -> None:
-    load_and_wait_schedule_failed(scheduler, tmp_path, "iris")
-    result = cli(scheduler, "model", "infer", "iris", "--data", INFER_BODY)
-    assert result.returncode == 1
-    assert "cannot reach the scheduler" not in result.stderr
-
-
-def test_infer_on_an_unknown_model(scheduler: SchedulerProcess) -> None:
-    result = cli(scheduler, "model", "infer", "nope", "--data", INFER_BODY)
-    assert_clean_failure(result)
-    assert "model 'nope' not found" in result.stderr
+    gateway = start_gateway(tmp_path / "gateway", scheduler.listen)
+    answers = {
+        "iris": "503 Service Unavailable: model 'iris' has no available replica",
+        "nope": "404 Not Found: model 'nope' not found",
+    }
+    for name, answer in answers.items():
+        result = run_modelplane("model", "infer", name, "--data", INFER_BODY, "--gateway", gateway.listen)
+        assert_clean_failure(result)
+        assert f"gateway at {gateway.listen} answered {answer}" in result.stderr
 
 
 def test_server_status_with_no_servers(scheduler: SchedulerProcess) -> None:
@@ -318,10 +312,9 @@ def test_a_manifest_that_is_not_utf8(tmp_path: Path) -> None:
         ("model", "status"),
         ("model", "status", "iris"),
         ("model", "status", "iris", "--watch"),
-        ("model", "infer", "iris", "--data", INFER_BODY),
         ("server", "status"),
     ],
-    ids=["load", "unload", "status-all", "status", "watch", "infer", "server-status"],
+    ids=["load", "unload", "status-all", "status", "watch", "server-status"],
 )
 def test_an_unreachable_scheduler(tmp_path: Path, command: tuple[str, ...]) -> None:
     port = closed_port()
@@ -344,7 +337,7 @@ def test_an_unreachable_scheduler(tmp_path: Path, command: tuple[str, ...]) -> N
 def test_infer_data_is_checked_before_anything_is_sent(
     capsys: pytest.CaptureFixture[str], data: str, message: str
 ) -> None:
-    result = in_process(capsys, "model", "infer", "iris", "--data", data, "--scheduler", f"127.0.0.1:{closed_port()}")
+    result = in_process(capsys, "model", "infer", "iris", "--data", data, "--gateway", f"127.0.0.1:{closed_port()}")
     assert_clean_failure(result, status=2)
     assert message in result.stderr
 

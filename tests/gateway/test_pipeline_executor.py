@@ -675,3 +675,40 @@ def test_well_formed_tensors_pass_through_an_identity_pipeline_unchanged(specs: 
 
 async def _echo(request: JsonObject) -> JsonObject:
     return {"outputs": request["inputs"]}
+
+
+# ----------------------------------------------------------------- the steps' tensors on request (pipeline inspect)
+
+
+async def test_the_steps_tensors_are_in_the_answer_only_when_asked() -> None:
+    """``x-modelplane-inspect: steps``: each step that ran, with what its model received (after tensorMap) and
+    answered; a step still running when the output was complete is marked cancelled; without the header the
+    answer has no ``steps``."""
+    spec = pipeline(
+        [
+            step("double", ["p.inputs.x"]),
+            step("inc", ["double.outputs.y"], tensorMap={"double.outputs.y": "z"}),
+            step("slow", ["p.inputs.x"]),
+        ],
+        ["inc", "slow"],  # ANY: the output fires on inc's answer while slow still runs
+        output_spec={"stepsJoin": J.Value("ANY")},
+    )
+    models = Models(
+        double=unary(lambda x: {"y": [2 * v for v in x["x"]]}),
+        inc=unary(lambda x: {"w": [v + 1 for v in x["z"]]}),
+        slow=hang(),
+    )
+    plain = await run(spec, models)
+    assert "steps" not in plain
+    answer = await PipelineExecutor(spec).execute(REQUEST, models, {**HEADERS, "x-modelplane-inspect": "steps"})
+    assert by_name(answer["outputs"]) == by_name(plain["outputs"]) == {"w": [3, 5, 7]}
+    steps = {entry["step"]: entry for entry in answer["steps"]}
+    assert [entry["step"] for entry in answer["steps"]][-1] == "inc"  # in the order the steps started
+    assert (by_name(steps["double"]["inputs"]), by_name(steps["double"]["outputs"])) == (
+        {"x": [1, 2, 3]},
+        {"y": [2, 4, 6]},
+    )
+    assert (by_name(steps["inc"]["inputs"]), by_name(steps["inc"]["outputs"])) == ({"z": [2, 4, 6]}, {"w": [3, 5, 7]})
+    assert steps["inc"]["model"] == "inc"
+    assert (steps["slow"]["outputs"], steps["slow"].get("cancelled")) == (None, True)
+    assert "cancelled" not in steps["double"]

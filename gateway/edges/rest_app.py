@@ -12,6 +12,7 @@ from gateway.inference_router import InferenceRouter, RoutedAnswer, parse_versio
 from gateway.inference_types import InferenceError
 from modelplane.inference_errors import UNREADABLE_BODY, quiet_caller_http_errors, unreadable_body_answer
 from modelplane.inference_limits import MAX_REQUEST_BODY_BYTES
+from modelplane.metrics_http import add_metrics_route
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,6 @@ def build_app(router: InferenceRouter, metrics: GatewayMetrics, is_ready: Callab
     async def server_metadata(_request: web.Request) -> web.Response:
         return web.json_response({"name": "modelplane-gateway", "extensions": []})
 
-    async def render_metrics(_request: web.Request) -> web.Response:
-        return web.Response(text=metrics.render(), content_type="text/plain")
-
     app.router.add_post("/v2/models/{name}/versions/{version}/infer", infer_model)
     app.router.add_post("/v2/models/{name}/infer", infer_model)
     app.router.add_get("/v2/models/{name}/versions/{version}/ready", model_ready)
@@ -106,5 +104,5 @@ def build_app(router: InferenceRouter, metrics: GatewayMetrics, is_ready: Callab
     app.router.add_get("/v2/health/live", live)
     app.router.add_get("/v2/health/ready", ready)
     app.router.add_get("/v2", server_metadata)
-    app.router.add_get("/metrics", render_metrics)
+    add_metrics_route(app, metrics.registry)
     return app

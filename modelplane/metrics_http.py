@@ -13,12 +13,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from modelplane.addresses import Address
 from modelplane.http_site import serve_runner
 
 METRICS_PATH = "/metrics"
+# The text format every Prometheus reads (what generate_latest writes for names that are valid without quoting, as
+# all of modelplane's are); prometheus_client's CONTENT_TYPE_LATEST names a newer version older servers do not know.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def render(registries: Iterable[CollectorRegistry]) -> bytes:
@@ -31,7 +34,7 @@ def metrics_handler(*registries: CollectorRegistry) -> Callable[[web.Request], A
 
     async def scrape(_request: web.Request) -> web.Response:
         response = web.Response(body=render(registries))
-        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        response.headers["Content-Type"] = CONTENT_TYPE
         return response
 
     return scrape

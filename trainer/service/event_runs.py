@@ -122,10 +122,10 @@ class EventRunner:
         logger.warning("poison event", extra={"fields": {"at": str(position), "reason": poison.reason}})
         try:
             await self._until.retrying("record the run", lambda: self.registry.save(run, new=True))
+            self.metrics.run_finished(run.run_id, RunState.FAILED)
             await self._publish_status(run, training_pb2.TRAINING_STATUS_FAILURE, [poison.reason])
         except StoppingError:
             return False
-        self.metrics.run_finished(run.run_id, RunState.FAILED)
         return True
 
     def _new_run_id(self) -> str:
@@ -182,14 +182,15 @@ class EventRunner:
             if outcome.stored is not None:
                 run.model_uri = outcome.stored.folder_uri
             status = training_pb2.TRAINING_STATUS_SUCCESS if outcome.succeeded else training_pb2.TRAINING_STATUS_FAILURE
+            final_state = RunState.SUCCEEDED if outcome.succeeded else RunState.FAILED
+            self.metrics.run_finished(run_id, final_state)  # counted once its outcome is known, before it is told
             await self._publish_status(run, status, outcome.errors, outcome)
-            run.state = (RunState.SUCCEEDED if outcome.succeeded else RunState.FAILED).value
+            run.state = final_state.value
             await self._until.retrying("record the run", lambda: self.registry.save(run))
             final = FinalRecord(run_id, outcome.succeeded, run.errors, run.model_uri, time.time())
             await self._until.retrying(
                 "record the outcome", lambda: self.registry.finish(request.event_id, owner, final)
             )
-            self.metrics.run_finished(run_id, RunState(run.state))
             logger.info(
                 "run finished",
                 extra={"fields": {"run_id": run_id, "state": run.state, "errors": run.errors[:3]}},

@@ -1,0 +1,96 @@
+"""Every process's Prometheus metrics, scraped live: a real scheduler (--metrics-listen), an agent with a real MLServer
+(/metrics on its proxy's HTTP port) and a gateway (/metrics on its REST port), before and after a load, inferences
+and an unload. Names and values both: a count that does not move, or moves by the wrong amount, fails."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from tests.support.cluster_fixtures import Cluster, Iris, api_of, model
+from tests.support.metrics_reading import sample_names, sample_sum, scrape
+from tests.support.processes import start_gateway, stop_process
+
+pytest_plugins = ["tests.support.real_components", "tests.support.cluster_fixtures"]
+pytestmark = [pytest.mark.servers, pytest.mark.timeout(600)]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        yield session
+
+
+async def test_scheduler_agent_and_gateway_metrics_follow_a_load_inferences_and_an_unload(
+    cluster: Cluster, iris: Iris, http: aiohttp.ClientSession
+) -> None:
+    scheduler = cluster.start_scheduler()
+    [agent] = cluster.start_agents(cluster.agent(0))
+    assert scheduler.metrics_listen is not None
+    scheduler_url, agent_url = f"http://{scheduler.metrics_listen}/metrics", f"{agent.proxy_url}/metrics"
+
+    before = await scrape(http, scheduler_url)
+    assert sample_sum(before, "modelmesh_models_managed_total") == 0
+    assert sample_sum(before, "modelplane_scheduler_agent_sessions", server="mlserver") == 1
+    assert sample_sum(before, "modelplane_scheduler_load_model_duration_seconds_count") == 0
+    held_before = await scrape(http, agent_url)
+    assert sample_sum(held_before, "modelmesh_instance_models_total") == 0
+    assert sample_sum(held_before, "modelmesh_instance_capacity_bytes") == 200 * 1024 * 1024
+    assert sample_sum(held_before, "modelplane_agent_server_serving") == 1
+    assert "modelmesh_instance_lru_age_seconds" not in sample_names(held_before)  # nothing loaded: no LRU model
+
+    async with api_of(cluster) as api:
+        await api.load(model("iris", str(iris.folder)))
+        await api.available("iris")
+
+    loaded = await scrape(http, scheduler_url)
+    assert sample_sum(loaded, "modelplane_scheduler_models", state="AVAILABLE") == 1
+    assert sample_sum(loaded, "modelplane_scheduler_models") == 1  # one model, in one state
+    assert sample_sum(loaded, "modelmesh_models_loaded_total") == 1
+    assert sample_sum(loaded, "modelmesh_models_managed_total") == 1
+    assert sample_sum(loaded, "modelplane_scheduler_load_model_duration_seconds_count") == 1
+    assert sample_sum(loaded, "modelplane_scheduler_load_model_duration_seconds_sum") > 0
+    assert sample_sum(loaded, "modelplane_scheduler_placement_duration_seconds_count") >= 1
+    assert sample_sum(loaded, "modelplane_scheduler_store_commit_duration_seconds_count") >= 1
+    held = await scrape(http, agent_url)
+    assert sample_sum(held, "modelmesh_instance_models_total") == 1
+    assert sample_sum(held, "modelmesh_loadmodel_milliseconds_count") == 1
+    assert sample_sum(held, "modelmesh_loadmodel_milliseconds_sum") > 0
+    assert sample_sum(held, "modelmesh_loading_queue_delay_milliseconds_count") == 1
+    assert sample_sum(held, "modelmesh_loadmodel_failure_total") == 0
+    assert sample_sum(held, "modelmesh_instance_used_bytes") == 10 * 1024 * 1024  # the model's memoryBytes
+    assert "modelplane_agent_artifact_cache_bytes" in sample_names(held)  # 0: a local folder is used in place
+    assert sample_sum(held, "modelmesh_instance_lru_age_seconds") >= 0
+    assert "modelmesh_instance_lru_seconds" in sample_names(held)
+
+    gateway = start_gateway(cluster.root / "gateway", scheduler.listen)
+    try:
+        for _ in range(3):
+            async with http.post(f"{gateway.url}/v2/models/iris/infer", json=iris.request) as response:
+                assert response.status == 200, await response.text()
+        async with http.post(f"{gateway.url}/v2/models/nosuch/infer", json=iris.request) as response:
+            assert response.status == 404
+        routed = await scrape(http, f"{gateway.url}/metrics")
+        labels = {"kind": "model", "name": "iris", "route": "iris", "code": "200"}
+        assert sample_sum(routed, "modelplane_gateway_requests_total", **labels) == 3
+        assert sample_sum(routed, "modelplane_gateway_request_duration_seconds_count", **labels) == 3
+        assert sample_sum(routed, "modelplane_gateway_request_duration_seconds_bucket", **labels, le="+Inf") == 3
+        assert sample_sum(routed, "modelplane_gateway_requests_total") == 3  # the unknown name got no series
+        watched = await scrape(http, scheduler_url)
+        assert sample_sum(watched, "modelplane_scheduler_status_subscribers", hub="routes") == 1  # the gateway
+        assert sample_sum(watched, "modelplane_scheduler_stream_lag_seconds", rpc="WatchRoutes") >= 0
+    finally:
+        stop_process(gateway.process)
+
+    async with api_of(cluster) as api:
+        await api.unload("iris")
+        await api.gone("iris")
+    unloaded = await scrape(http, agent_url)
+    assert sample_sum(unloaded, "modelmesh_instance_models_total") == 0
+    assert sample_sum(unloaded, "modelmesh_unloadmodel_milliseconds_count") == 1
+    assert sample_sum(unloaded, "modelmesh_instance_used_bytes") == 0
+    forgotten = await scrape(http, scheduler_url)
+    assert sample_sum(forgotten, "modelmesh_models_managed_total") == 0
+    assert sample_sum(forgotten, "modelplane_scheduler_models") == 0

@@ -85,10 +85,13 @@ async def serve(
     settings: SchedulerSettings,
     shutdown: ShutdownRequest,
     serving: asyncio.Future[tuple[Address, Address]] | None = None,
+    *,
+    metrics_serving: asyncio.Future[Address] | None = None,
 ) -> None:
     """Serve until ``shutdown`` is requested, then stop gracefully. The state dir must be open.
 
-    ``serving``, when given, gets the bound (API, agent) addresses once both listen.
+    ``serving``, when given, gets the bound (API, agent) addresses once both listen; ``metrics_serving`` the
+    metrics listener's, once it listens.
     """
     store = await SqliteStateStore.open(settings.state_dir)
     metrics = SchedulerMetrics()
@@ -105,6 +108,8 @@ async def serve(
         try:
             await _restore(core)
             metrics_runner, metrics_address = await serve_metrics(settings.metrics_listen, metrics.registry)
+            if metrics_serving is not None and not metrics_serving.done():
+                metrics_serving.set_result(metrics_address)
             try:
                 await _serve(settings, shutdown, core, audit, serving, metrics=metrics, metrics_address=metrics_address)
             finally:

@@ -60,6 +60,8 @@ class UpSettings:
     trainer: TrainerSettings | None = None
     registry: RegistrySettings | None = None  # None: left out (--no-registry)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    # The scheduler's /metrics; the other parts serve theirs on their own HTTP ports (printed at start).
+    metrics_listen: Address = field(default_factory=lambda: Address("127.0.0.1", 0))
 
 
 def _loopback(text: str) -> Address:
@@ -116,6 +118,14 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="the gateway's V2 REST inference: models, experiments, pipelines (default 127.0.0.1:9000)",
     )
     parser.add_argument(
+        "--metrics-listen",
+        type=_loopback,
+        default="127.0.0.1:9006",
+        metavar="HOST:PORT",
+        help="the scheduler's Prometheus metrics (default 127.0.0.1:9006); the agent, gateway, trainer and registry "
+        "serve theirs as /metrics on their own HTTP ports, all printed at start",
+    )
+    parser.add_argument(
         "--registry-listen",
         type=_loopback,
         default=DEFAULT_REGISTRY_LISTEN,
@@ -168,6 +178,7 @@ def parse_settings(parser: argparse.ArgumentParser, argv: Sequence[str]) -> UpSe
         trainer=trainer,
         registry=None if options.no_registry else _registry_settings(options, trainer),
         audit=audit_settings_from(parser, options),
+        metrics_listen=options.metrics_listen,
     )
 
 
@@ -197,6 +208,7 @@ def _scheduler_settings(up: UpSettings) -> SchedulerSettings:
     return SchedulerSettings(
         listen=up.listen,
         agent_listen=up.agent_listen,
+        metrics_listen=up.metrics_listen,
         state_dir=up.state_dir / "scheduler",
         security=TransportSecurity(),  # plaintext, and loopback only (checked by the parser)
         shutdown_grace_seconds=5.0,
@@ -282,7 +294,10 @@ async def run(up: UpSettings) -> None:
     scheduler_settings = _scheduler_settings(up)
     with StateDir(scheduler_settings.state_dir):
         serving: asyncio.Future[tuple[Address, Address]] = loop.create_future()
-        scheduler_task = asyncio.create_task(scheduler_process.serve(scheduler_settings, shutdown, serving))
+        metrics: asyncio.Future[Address] = loop.create_future()
+        scheduler_task = asyncio.create_task(
+            scheduler_process.serve(scheduler_settings, shutdown, serving, metrics_serving=metrics)
+        )
         parts: list[asyncio.Task[None]] = []  # what stops before the scheduler does
         try:
             await _first(serving, scheduler_task)
@@ -309,6 +324,11 @@ async def run(up: UpSettings) -> None:
                 "gateway": str(gateway),
             }
             addresses.update(await _start_optional_parts(up, api, agent_stop, agent_forced, parts))
+            addresses["metrics"] = str(metrics.result())
+            _say(
+                f"metrics      http://{metrics.result()}/metrics (scheduler)   http://{proxy.http}/metrics (agent)   "
+                f"http://{gateway}/metrics (gateway); a trainer's and the registry's on their own ports, /metrics"
+            )
             if not agent_stop.is_set():
                 if up.ready_file is not None:
                     up.ready_file.write_text(json.dumps(addresses) + "\n")

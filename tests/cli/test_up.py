@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.support.iris_sample import train_iris_sample
+from tests.support.metrics_reading import sample_sum, scrape_text
 from tests.support.modelplane_up import Up, assert_stops_cleanly, server_processes, start_up
 from tests.support.processes import run_modelplane, stop_all_started
 
@@ -112,7 +113,7 @@ def assert_predicts_through_the_gateway(up: Up, sample: Sample) -> None:
 @pytest.mark.timeout(900)
 def test_up_serves_the_sample_and_stops_on_ctrl_c(tmp_path: Path, state_dir: Path, sample: Sample) -> None:
     up = start_up(tmp_path, state_dir, "up")
-    assert set(up.addresses) == {"listen", "agent_listen", "http", "grpc", "gateway", "registry"}
+    assert set(up.addresses) == {"listen", "agent_listen", "http", "grpc", "gateway", "registry", "metrics"}
     assert all(address.startswith("127.0.0.1:") for address in up.addresses.values())
     printed = up.stdout()
     assert "modelplane is up; Ctrl-C stops it" in printed
@@ -120,9 +121,20 @@ def test_up_serves_the_sample_and_stops_on_ctrl_c(tmp_path: Path, state_dir: Pat
     # Zero configuration on loopback, and it says so.
     assert "auth         off: everything listens on loopback only" in printed
 
+    assert f"metrics      http://{up.addresses['metrics']}/metrics (scheduler)" in printed
+
     load_and_wait(up, sample)
     assert_predicts(up, sample)
+    gateway_metrics = f"http://{up.addresses['gateway']}/metrics"
+    answered_before = sample_sum(scrape_text(gateway_metrics), "modelplane_gateway_requests_total", name="iris")
     assert_predicts_through_the_gateway(up, sample)
+    answered = sample_sum(scrape_text(gateway_metrics), "modelplane_gateway_requests_total", name="iris", code="200")
+    assert answered == answered_before + 1
+    scheduler_metrics = scrape_text(f"http://{up.addresses['metrics']}/metrics")
+    assert sample_sum(scheduler_metrics, "modelplane_scheduler_models", state="AVAILABLE") == 1
+    assert sample_sum(scheduler_metrics, "modelplane_scheduler_agent_sessions", server="mlserver") == 1
+    agent_metrics = scrape_text(f"http://{up.addresses['http']}/metrics")
+    assert sample_sum(agent_metrics, "modelmesh_instance_models_total") == 1
     servers = run_modelplane("server", "status", "--scheduler", up.listen)
     assert servers.returncode == 0, servers.stderr
     assert servers.stdout.startswith("mlserver")

@@ -3,6 +3,7 @@ own parser) or from a registry in this interpreter."""
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Iterable
 
 import aiohttp
@@ -17,6 +18,13 @@ async def scrape(http: aiohttp.ClientSession, url: str) -> list[Metric]:
         assert response.headers["Content-Type"].startswith("text/plain"), response.headers["Content-Type"]
         text = await response.text()
     return list(text_string_to_metric_families(text))
+
+
+def scrape_text(url: str) -> list[Metric]:
+    """:func:`scrape` for synchronous tests."""
+    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 - a loopback URL the test made
+        assert response.status == 200
+        return list(text_string_to_metric_families(response.read().decode()))
 
 
 def sample_sum(families: Iterable[Metric], sample: str, **labels: str) -> float:

@@ -10,6 +10,7 @@ HELP/TYPE lines, histogram buckets), done at scrape time only.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
@@ -45,10 +46,13 @@ def add_metrics_route(app: web.Application, *registries: CollectorRegistry) -> N
     app.router.add_get(METRICS_PATH, metrics_handler(*registries))
 
 
-async def serve_metrics(address: Address, *registries: CollectorRegistry) -> tuple[web.AppRunner, Address]:
-    """A listener of its own serving only ``GET /metrics`` on ``address`` (port 0: the kernel picks one); the runner
-    (clean it up to stop) and the address bound. A port in use is a TransportError naming it."""
+async def serve_metrics(
+    address: Address, *registries: CollectorRegistry, ssl_context: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, Address]:
+    """A listener of its own serving only ``GET /metrics`` on ``address`` (port 0: the kernel picks one), over TLS
+    with ``ssl_context`` (the process's own, from modelplane.transport.http_server_ssl); the runner (clean it up to
+    stop) and the address bound. A port in use is a TransportError naming it."""
     app = web.Application()
     add_metrics_route(app, *registries)
     runner = web.AppRunner(app, access_log=None)
-    return runner, await serve_runner(runner, address)
+    return runner, await serve_runner(runner, address, ssl_context)

@@ -32,7 +32,7 @@ from modelplane.logs import with_fields
 from modelplane.metrics_http import serve_metrics
 from modelplane.ready_file import write_ready_file
 from modelplane.standard_services import HEALTH_SERVICE, Health, add_reflection
-from modelplane.transport import bind, new_server
+from modelplane.transport import bind, http_server_ssl, new_server
 from scheduler import resource_versions
 from scheduler.agent_service import AgentService
 from scheduler.audit_interceptor import AccessRefusals, AuditInterceptor
@@ -107,7 +107,11 @@ async def serve(
         audit = settings.audit.open(settings.state_dir)
         try:
             await _restore(core)
-            metrics_runner, metrics_address = await serve_metrics(settings.metrics_listen, metrics.registry)
+            # Over TLS when the scheduler's listeners are (its certificate; a client CA asks Prometheus for one too).
+            metrics_tls = http_server_ssl(settings.security)
+            metrics_runner, metrics_address = await serve_metrics(
+                settings.metrics_listen, metrics.registry, ssl_context=metrics_tls
+            )
             if metrics_serving is not None and not metrics_serving.done():
                 metrics_serving.set_result(metrics_address)
             try:

@@ -51,6 +51,12 @@ class AgentMetrics:
             buckets=LOAD_BUCKETS_MS,
             registry=self.registry,
         )
+        self.cache_miss_ms = Histogram(
+            "modelmesh_cache_miss_milliseconds",
+            "Time an inference request waited for its model, evicted earlier, to be loaded again (a cache miss).",
+            buckets=LOAD_BUCKETS_MS,
+            registry=self.registry,
+        )
         self.load_failures = Counter(
             "modelmesh_loadmodel_failure",
             "Model loads that failed (any reason, memory included).",

@@ -275,10 +275,12 @@ class ModelManager:
         held.last_used = time.monotonic()
         if held.on_server:
             return held.loaded_name
+        started = time.monotonic()
         async with self._locks.hold(name):
             if not held.on_server and held.loaded_name in self.models:
                 held.loading = True
                 await self._bring_onto_server(held)
+                self.metrics.cache_miss_ms.observe((time.monotonic() - started) * 1000)
         return held.loaded_name
 
     async def _bring_onto_server(self, entry: HeldModel) -> None:

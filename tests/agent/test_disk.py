@@ -253,6 +253,9 @@ async def test_a_model_evicted_by_lru_keeps_its_files_and_loads_again(
     assert await manager.ensure_on_server("lru-a") == "lru-a_1"  # a request for it loads it again
     assert "lru-a_1" in await mlserver.loaded_models()
     assert metric("modelmesh_model_evicted_total") == 2  # lru-b made room for it
+    assert metric("modelmesh_cache_miss_milliseconds_count") == 1
+    assert await manager.ensure_on_server("lru-a") == "lru-a_1"  # on the server now: no miss
+    assert metric("modelmesh_cache_miss_milliseconds_count") == 1
 
     for name in archives:
         assert (await unload(manager, name)).kind == Event.KIND_UNLOADED

@@ -12,6 +12,7 @@ from grpc import aio
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
+from tests.support.agent_processes import kill_server_of
 from tests.support.cluster_fixtures import Cluster, Iris, api_of, model, until
 from tests.support.metrics_reading import sample_names, sample_sum, scrape
 from tests.support.processes import start_gateway, stop_process
@@ -132,6 +133,19 @@ async def test_scheduler_agent_and_gateway_metrics_follow_a_load_inferences_and_
         assert sample_sum(watched, "modelplane_scheduler_stream_lag_seconds", rpc="WatchRoutes") >= 0
     finally:
         stop_process(gateway.process)
+
+    # The agent's server killed: restarted, counted, serving again with both models loaded again.
+    kill_server_of(agent)
+
+    async def restarted_and_serving() -> bool:
+        families = await scrape(http, agent_url)
+        restarts = sample_sum(families, "modelplane_agent_server_restarts_total")
+        return restarts >= 1 and sample_sum(families, "modelplane_agent_server_serving") == 1
+
+    await until(restarted_and_serving, "the agent's server restarted and serving", cluster.diagnostics)
+    again = await scrape(http, agent_url)
+    assert sample_sum(again, "modelplane_agent_server_restarts_total") == 1
+    assert sample_sum(again, "modelmesh_instance_models_total") == 2
 
     async with api_of(cluster) as api:
         for name in ("iris", "iris-b"):

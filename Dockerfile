@@ -46,7 +46,7 @@ RUN groupadd --gid 10001 modelplane \
 
 USER 10001:10001
 WORKDIR /var/lib/modelplane
-# Scheduler API, agent service, gateway REST and gRPC, agent proxy REST and gRPC, trainer status API.
-EXPOSE 9004 9005 9000 9001 9100 9500 9600
+# Scheduler API, agent service, scheduler metrics, gateway REST and gRPC, agent proxy REST and gRPC, trainer status API.
+EXPOSE 9004 9005 9006 9000 9001 9100 9500 9600
 ENTRYPOINT ["modelplane"]
 CMD ["--help"]

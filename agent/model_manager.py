@@ -36,6 +36,7 @@ import logging
 import time
 from typing import Any
 
+from agent.agent_metrics import AgentMetrics
 from agent.artifacts import ArtifactError, ArtifactStore
 from agent.held_index import is_agents_name, read_index, write_index
 from agent.held_models import HeldModel, HeldTable, NoRoom, OperationOutcome, artifact_source
@@ -63,8 +64,10 @@ class ModelManager:
         overcommit_percent: int,
         load_retries: int = 3,
         retry_delay_seconds: float = 1.0,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.server = server
+        self.metrics = metrics if metrics is not None else AgentMetrics()
         self.artifacts = artifacts
         self.memory_bytes = memory_bytes
         self.accept_bytes = memory_bytes * (100 + overcommit_percent) // 100
@@ -155,12 +158,14 @@ class ModelManager:
     async def _handle(self, operation: agent_pb2.ModelOperation, name: str, version: int) -> agent_pb2.ModelEvent:
         started = time.monotonic()
         async with self._locks.hold(name):
+            began = time.monotonic()
             if operation.kind == agent_pb2.ModelOperation.KIND_LOAD and self.down_reason is not None:
                 outcome = OperationOutcome(Event.KIND_LOAD_FAILED, str(ServerDown(self.down_reason)))
             elif operation.kind == agent_pb2.ModelOperation.KIND_LOAD:
                 outcome = await self._load(operation.model, version)
             else:
                 outcome = await self._unload(name, version)
+        self._measure(outcome.kind, began - started, time.monotonic() - began)
         self._write_index()
         log.log(
             logging.WARNING if outcome.kind in _FAILURES else logging.INFO,
@@ -181,6 +186,18 @@ class ModelManager:
             available_memory_bytes=self.available_bytes,
             server_died_during_load=outcome.server_died,
         )
+
+    def _measure(self, kind: int, waited: float, took: float) -> None:
+        metrics = self.metrics
+        metrics.queue_delay_ms.observe(waited * 1000)
+        if kind == Event.KIND_LOADED:
+            metrics.load_ms.observe(took * 1000)
+        elif kind == Event.KIND_UNLOADED:
+            metrics.unload_ms.observe(took * 1000)
+        elif kind == Event.KIND_UNLOAD_FAILED:
+            metrics.unload_failures.inc()
+        else:  # KIND_LOAD_FAILED, KIND_LOAD_FAIL_MEMORY
+            metrics.load_failures.inc()
 
     async def _load(self, model: pb.Model, version: int) -> OperationOutcome:
         loaded_name = f"{model.meta.name}_{version}"
@@ -266,10 +283,12 @@ class ModelManager:
         held.last_used = time.monotonic()
         if held.on_server:
             return held.loaded_name
+        started = time.monotonic()
         async with self._locks.hold(name):
             if not held.on_server and held.loaded_name in self.models:
                 held.loading = True
                 await self._bring_onto_server(held)
+                self.metrics.cache_miss_ms.observe((time.monotonic() - started) * 1000)
         return held.loaded_name
 
     async def _bring_onto_server(self, entry: HeldModel) -> None:
@@ -312,6 +331,8 @@ class ModelManager:
             await self._calls.call(functools.partial(self.server.unload, victim.loaded_name))
             victim.on_server = False
             needed -= victim.memory
+            self.metrics.evictions.inc()
+            self.metrics.age_at_eviction_ms.observe(max(0.0, time.monotonic() - victim.last_used) * 1000)
             log.info("evicted %s (least recently used) to make room for %s", victim.loaded_name, entry.loaded_name)
 
     async def unload_everything(self) -> None:

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from grpc import aio
+from prometheus_client import CollectorRegistry
 
+from agent.agent_metrics import AgentMetrics, HeldState
 from agent.artifacts import ArtifactStore, ExtractLimits
 from agent.artifacts.kubernetes_secrets import KubernetesSecrets
 from agent.inference_proxy import InferenceProxy
@@ -44,6 +46,7 @@ from modelplane.auth.http_access import protect
 from modelplane.auth_flags import client_token
 from modelplane.http_site import serve_runner
 from modelplane.kubernetes_api import kubernetes_client
+from modelplane.metrics_http import add_metrics_route
 from modelplane.ready_file import write_ready_file
 from modelplane.signals import stop_on_signals
 from modelplane.transport import TransportError, TransportSecurity, bind, new_server
@@ -97,10 +100,14 @@ async def storage_secrets(settings: AgentSettings) -> AsyncIterator[KubernetesSe
 
 
 async def start_proxy(
-    proxy: InferenceProxy, settings: AgentSettings
+    proxy: InferenceProxy, settings: AgentSettings, metrics: CollectorRegistry | None = None
 ) -> tuple[web.AppRunner, aio.Server, ProxyAddresses]:
+    """The proxy's REST and gRPC listeners; the REST one also serves ``metrics`` as /metrics (the agent's own)."""
     access = AccessCheck(settings.auth)
-    runner = web.AppRunner(protect(proxy.rest_app(), access), access_log=None)
+    app = proxy.rest_app()
+    if metrics is not None:
+        add_metrics_route(app, metrics)
+    runner = web.AppRunner(protect(app, access), access_log=None)
     http_port = (await serve_runner(runner, settings.proxy_http)).port
     grpc_server = new_server(access=access)
     grpc_server.add_generic_rpc_handlers((proxy.grpc_handler(),))
@@ -186,14 +193,19 @@ async def run(
             cache_limit_bytes=settings.max_cache_disk_bytes,
             secret_reader=secret_reader,
         )
+        metrics = AgentMetrics()
         manager = ModelManager(
-            server, artifacts, memory_bytes=settings.memory_bytes, overcommit_percent=settings.overcommit_percent
+            server,
+            artifacts,
+            memory_bytes=settings.memory_bytes,
+            overcommit_percent=settings.overcommit_percent,
+            metrics=metrics,
         )
         await manager.adopt_from_server()
         proxy = InferenceProxy(
             manager, server.http_url, server.grpc_target, triton_extensions=settings.server_kind == "triton"
         )
-        runner, grpc_server, addresses = await start_proxy(proxy, settings)
+        runner, grpc_server, addresses = await start_proxy(proxy, settings, metrics.registry)
         session = SchedulerSession(
             settings.scheduler,
             settings.security,
@@ -204,6 +216,15 @@ async def run(
         relay = HealthRelay(manager, proxy, session)
         watch = ServerWatch(server, launched, settings.watch, on_down=relay.down, on_up=relay.up, busy=manager.busy)
         proxy.on_unreachable = watch.probe_now
+        metrics.watch(
+            HeldState(
+                held_models=manager.models.values,
+                capacity_bytes=lambda: manager.memory_bytes,
+                cache_bytes=lambda: artifacts.cache_bytes,
+                server_restarts=lambda: watch.restarts,
+                serving=lambda: manager.down_reason is None,
+            )
+        )
         session_task = asyncio.create_task(session.run(), name="scheduler-session")
         watch_task = asyncio.create_task(watch.run(), name="server-watch")
         try:

@@ -174,6 +174,7 @@ def spawn_scheduler(work: Path, ready_file: Path) -> subprocess.Popen[bytes]:
             "scheduler",
             "--listen=127.0.0.1:0",
             "--agent-listen=127.0.0.1:0",
+            "--metrics-listen=127.0.0.1:0",
             f"--state-dir={work / 'state'}",
             f"--ready-file={ready_file}",
             "--sync-grace=0.1",

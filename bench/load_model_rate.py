@@ -605,7 +605,8 @@ def start_scheduler(config: Config) -> tuple[subprocess.Popen[bytes], dict[str, 
     """``modelplane scheduler`` on free loopback ports; returns once its ready file names it."""
     ready = config.workdir / "ready.json"
     command = [sys.executable, "-m", "modelplane.cli", "scheduler", "--listen", "127.0.0.1:0"]
-    command += ["--agent-listen", "127.0.0.1:0", "--state-dir", str(config.workdir / "state")]
+    command += ["--agent-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]
+    command += ["--state-dir", str(config.workdir / "state")]
     command += ["--ready-file", str(ready), "--sync-grace", "0.1", "--shutdown-grace", "2", "--log-level", "warning"]
     scheduler = spawn(command, config.workdir / "scheduler.log")
     try:

@@ -117,7 +117,8 @@ async def one_run(options: argparse.Namespace, workdir: Path, *, trace: bool) ->
     ready = workdir / "ready.json"
     snapshots = workdir / "snapshots"
     snapshots.mkdir()
-    argv = ["--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0", "--state-dir", str(workdir / "state")]
+    argv = ["--listen", "127.0.0.1:0", "--agent-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]
+    argv += ["--state-dir", str(workdir / "state")]
     argv += ["--ready-file", str(ready), "--sync-grace", "0.1", "--shutdown-grace", "2", "--log-level", "warning"]
     command = [sys.executable, str(THIS_FILE), "--role", "scheduler", "--snapshots", str(snapshots)]
     command += ["--trace"] if trace else []

@@ -386,7 +386,8 @@ async def probe(stub: pb_grpc.SchedulerAsyncStub, names: Sequence[str], out: lis
 def start_scheduler(work: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     ready = work / "ready.json"
     command = [sys.executable, "-m", "modelplane.cli", "scheduler", "--listen=127.0.0.1:0"]
-    command += ["--agent-listen=127.0.0.1:0", f"--state-dir={work / 'state'}", f"--ready-file={ready}"]
+    command += ["--agent-listen=127.0.0.1:0", "--metrics-listen=127.0.0.1:0"]
+    command += [f"--state-dir={work / 'state'}", f"--ready-file={ready}"]
     command += ["--sync-grace=0.1", "--shutdown-grace=2", "--log-level=warning"]
     scheduler = spawn(command, work / "scheduler.log")
     try:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -193,6 +194,7 @@ class InferenceRouter:
         experiment = table.experiment_for(name, pb.MODEL) if version is None else None
         target, route_headers = name, dict[str, str]()
         bound = None
+        started = time.perf_counter()
         if experiment is not None:
             target, route_headers = self._split(
                 experiment, headers, lambda mirror: self._forward(mirror, None, body, headers)
@@ -204,16 +206,13 @@ class InferenceRouter:
             answer = await self._forward(target, version, body, headers)
         except InferenceError as error:
             if target in table.models:  # names of unknown models stay out of the metrics' labels
-                self._count_model(name, target, error.status)
+                self.metrics.request("model", name, target, error.status, time.perf_counter() - started)
             raise
         finally:
             if bound is not None:
                 logs.unbind(bound)
-        self._count_model(name, target, answer.status)
+        self.metrics.request("model", name, target, answer.status, time.perf_counter() - started)
         return RoutedAnswer(answer.status, answer.body, answer.content_type, route_headers)
-
-    def _count_model(self, name: str, target: str, status: int) -> None:
-        self.metrics.count("modelplane_gateway_requests_total", kind="model", name=name, route=target, code=str(status))
 
     async def call_model(self, name: str, request: JsonObject, headers: Mapping[str, str]) -> JsonObject:
         """The ModelCaller of pipelines and Kafka: JSON in, JSON out, experiments applied, errors raised."""
@@ -251,7 +250,7 @@ class InferenceRouter:
             # The table may have changed while we tried (a model that moved): one more go with the new route.
             fresh = self._table().models.get(model)
             if error.status in (502, 503) and fresh is not None and fresh != route and fresh.endpoints(version):
-                self.metrics.count("modelplane_gateway_replica_retries_total", model=model)
+                self.metrics.retry(model)
                 return await self.client.send(
                     fresh.endpoints(version), method=method, path=path, body=body, headers=headers, what=which
                 )
@@ -306,6 +305,7 @@ class InferenceRouter:
         and the response headers that name the candidate taken (sticky sessions)."""
         experiment = self._table().experiment_for(name, pb.PIPELINE)
         target, route_headers = name, dict[str, str]()
+        started = time.perf_counter()
         if experiment is not None:
             target, route_headers = self._split(
                 experiment, headers, lambda mirror: self.run_pipeline(mirror, request, headers)
@@ -314,7 +314,7 @@ class InferenceRouter:
                 response = await self.run_pipeline(target, request, headers)
         else:
             response = await self.run_pipeline(target, request, headers)
-        self.metrics.count("modelplane_gateway_requests_total", kind="pipeline", name=name, route=target, code="200")
+        self.metrics.request("pipeline", name, target, 200, time.perf_counter() - started)
         return response, route_headers
 
     async def run_pipeline(self, name: str, request: JsonObject, headers: Mapping[str, str]) -> JsonObject:
@@ -358,6 +358,7 @@ class InferenceRouter:
             raise InferenceError(
                 503, f"experiment {experiment.name!r}: none of its candidates ({', '.join(names)}) can answer now"
             )
+        self.metrics.experiment_route(experiment.name, decision.candidate)
         if decision.mirror:
             mirror = decision.mirror
             self._mirror(experiment.name, mirror, lambda: send_copy(mirror))
@@ -374,9 +375,7 @@ class InferenceRouter:
             except InferenceError as error:
                 log.debug("mirror %s of experiment %s failed: %s", target, experiment, error.message)
                 outcome = "error"
-            self.metrics.count(
-                "modelplane_gateway_mirror_requests_total", experiment=experiment, mirror=target, outcome=outcome
-            )
+            self.metrics.mirror(experiment, target, outcome)
 
         task = asyncio.create_task(copy())
         self._background.add(task)

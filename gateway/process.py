@@ -108,14 +108,16 @@ class _Gateway:
             token=agent_token,
             max_attempts=settings.max_attempts,
             timeout_seconds=settings.request_timeout_seconds,
-            on_eject=lambda endpoint, _seconds, _reason: metrics.count(
-                "modelplane_gateway_replica_ejections_total", replica=endpoint.key
-            ),
+            on_eject=lambda endpoint, _seconds, _reason: metrics.ejection(endpoint.key),
         )
         router = InferenceRouter(lambda: watcher.table, client, metrics, stale_reason=lambda: watcher.stale_reason)
-        pipelines = PipelineRunner(lambda: watcher.table, router.call_model, settings.pipeline_timeout_seconds)
+        pipelines = PipelineRunner(
+            lambda: watcher.table, router.call_model, settings.pipeline_timeout_seconds, metrics.pipeline_step
+        )
         router.pipelines = pipelines
         kafka = _kafka_follower(settings, router)
+        if kafka is not None:
+            metrics.watch_kafka_lag(kafka.bridge.lag)
 
         def on_table(table: RoutingTable) -> None:
             pipelines.forget_missing(table)

@@ -24,6 +24,7 @@ from modelplane.ready_file import write_ready_file
 from modelplane.signals import stop_on_signals
 from modelplane.transport import http_server_ssl
 from registry.api.app import build_app
+from registry.api.registry_metrics import RegistryMetrics
 from registry.errors import RegistryError
 from registry.ports import Deployer, ServingFollower, SplitMaker, TrafficRouter, TrainingLauncher
 from registry.service.context import ServiceContext
@@ -101,7 +102,7 @@ async def run(
     )
     service = RegistryService(context)
     await _nothing_served_known(service, follower is not None)
-    app = protect(build_app(service), AccessCheck(settings.auth))
+    app = protect(build_app(service, RegistryMetrics()), AccessCheck(settings.auth))
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_SECONDS)
     try:
         listen = await serve_runner(runner, settings.listen, http_server_ssl(settings.serving))

@@ -305,6 +305,10 @@ class EventHub(Generic[K, V]):
     def closed(self) -> bool:
         return self._closed
 
+    def pending_counts(self) -> list[int]:
+        """How many values each subscriber has waiting (its queue depth), for metrics."""
+        return [subscription.pending_count for subscription in tuple(self._subscribers)]
+
     def subscribe(
         self,
         name: str,

@@ -29,9 +29,10 @@ from modelplane.audit import AuditLog
 from modelplane.auth.access_check import AccessCheck
 from modelplane.auth.grpc_access import RefusalRecorder
 from modelplane.logs import with_fields
+from modelplane.metrics_http import serve_metrics
 from modelplane.ready_file import write_ready_file
 from modelplane.standard_services import HEALTH_SERVICE, Health, add_reflection
-from modelplane.transport import bind, new_server
+from modelplane.transport import bind, http_server_ssl, new_server
 from scheduler import resource_versions
 from scheduler.agent_service import AgentService
 from scheduler.audit_interceptor import AccessRefusals, AuditInterceptor
@@ -39,6 +40,7 @@ from scheduler.core import CoreSettings, SchedulerCore
 from scheduler.persistence import SqliteStateStore
 from scheduler.request_limits import RequestLimits
 from scheduler.routing_service import RoutingService
+from scheduler.scheduler_metrics import SchedulerMetrics, TimedStore
 from scheduler.scheduler_service import SchedulerService
 from scheduler.settings import SchedulerSettings
 from scheduler.state_dir import StateDir
@@ -83,14 +85,18 @@ async def serve(
     settings: SchedulerSettings,
     shutdown: ShutdownRequest,
     serving: asyncio.Future[tuple[Address, Address]] | None = None,
+    *,
+    metrics_serving: asyncio.Future[Address] | None = None,
 ) -> None:
     """Serve until ``shutdown`` is requested, then stop gracefully. The state dir must be open.
 
-    ``serving``, when given, gets the bound (API, agent) addresses once both listen.
+    ``serving``, when given, gets the bound (API, agent) addresses once both listen; ``metrics_serving`` the
+    metrics listener's, once it listens.
     """
     store = await SqliteStateStore.open(settings.state_dir)
+    metrics = SchedulerMetrics()
     core = SchedulerCore(
-        store,
+        TimedStore(store, metrics.store_commit_seconds.observe),
         CoreSettings(
             sync_grace_seconds=settings.sync_grace_seconds,
             scale_down_idle_seconds=settings.scale_down_idle_seconds,
@@ -102,7 +108,17 @@ async def serve(
         audit = settings.audit.open(settings.state_dir)
         try:
             await _restore(core)
-            await _serve(settings, shutdown, core, audit, serving)
+            # Over TLS when the scheduler's listeners are (its certificate; a client CA asks Prometheus for one too).
+            metrics_tls = http_server_ssl(settings.security)
+            metrics_runner, metrics_address = await serve_metrics(
+                settings.metrics_listen, metrics.registry, ssl_context=metrics_tls
+            )
+            if metrics_serving is not None and not metrics_serving.done():
+                metrics_serving.set_result(metrics_address)
+            try:
+                await _serve(settings, shutdown, core, audit, serving, metrics=metrics, metrics_address=metrics_address)
+            finally:
+                await metrics_runner.cleanup()
         finally:
             await core.close()
             audit.close()
@@ -143,6 +159,9 @@ async def _serve(
     core: SchedulerCore,
     audit: AuditLog,
     serving: asyncio.Future[tuple[Address, Address]] | None,
+    *,
+    metrics: SchedulerMetrics,
+    metrics_address: Address,
 ) -> None:
     health = Health()
     api_services = [SCHEDULER_SERVICE, ROUTING_SERVICE, HEALTH_SERVICE]
@@ -162,7 +181,8 @@ async def _serve(
         record_refusal=AccessRefusals(audit),
     )
     streams = StreamWatchdog(settings.subscriber_lag_seconds)
-    SchedulerService(core, streams).add_to(api)
+    metrics.watch(core, streams)
+    SchedulerService(core, streams, observe_load=metrics.load_model_seconds.observe).add_to(api)
     RoutingService(core, streams).add_to(api)
     health.add_to(api)
 
@@ -177,7 +197,12 @@ async def _serve(
     if settings.ready_file is not None:
         write_ready_file(
             settings.ready_file,
-            {"version": __version__, "listen": str(api_address), "agent_listen": str(agent_address)},
+            {
+                "version": __version__,
+                "listen": str(api_address),
+                "agent_listen": str(agent_address),
+                "metrics_listen": str(metrics_address),
+            },
         )
     if serving is not None and not serving.done():
         serving.set_result((api_address, agent_address))
@@ -187,6 +212,7 @@ async def _serve(
             version=__version__,
             listen=str(api_address),
             agent_listen=str(agent_address),
+            metrics_listen=str(metrics_address),
             state_dir=str(settings.state_dir),
             roles=str(settings.auth.policy_file) if settings.auth.policy_file is not None else "off",
         ),

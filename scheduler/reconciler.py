@@ -52,6 +52,8 @@ class Reconciler:
         self._grace_seconds = 0.0
         self._sync_deadline = 0.0  # the grace's end: moved on each time an expected replica returns
         self._sync_last_deadline = 0.0  # MAX_GRACE_PERIODS graces from the restore
+        # Told how long each model's reconcile (its placement) took, in seconds: the scheduler's metrics.
+        self.observe_placement: Callable[[float], None] = _ignore
 
     @property
     def busy(self) -> bool:
@@ -114,14 +116,17 @@ class Reconciler:
                 self._capacity_changed = False
                 for name in self._cluster.waiting_for_capacity:
                     batch[name] = True
+            observe = self.observe_placement
             for count, (name, retry) in enumerate(batch.items(), 1):
                 token = logs.bind(model=name)
+                started = time.perf_counter()
                 try:
                     self._cluster.reconcile(name, retry_failed=retry)
                 except Exception:
                     log.exception("reconcile of model %r failed; it will be retried on the next change", name)
                 finally:
                     logs.unbind(token)
+                observe(time.perf_counter() - started)
                 if count % self._reconcile_batch == 0:
                     self._after_change()
                     await asyncio.sleep(0)
@@ -134,3 +139,7 @@ class Reconciler:
             if self.ready.is_set():
                 self._cluster.request_scale_downs(time.time(), self._scale_down_idle_seconds)
                 self._after_change()
+
+
+def _ignore(_seconds: float) -> None:
+    pass

@@ -5,7 +5,8 @@ Thin on purpose: validation and state live in SchedulerCore; errors map to codes
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from grpc import aio
@@ -34,9 +35,12 @@ RAW_RESPONSES = (
 
 
 class SchedulerService(pb_grpc.SchedulerServicer):
-    def __init__(self, core: SchedulerCore, streams: StreamWatchdog) -> None:
+    def __init__(
+        self, core: SchedulerCore, streams: StreamWatchdog, *, observe_load: Callable[[float], None] | None = None
+    ) -> None:
         self.core = core
         self.streams = streams  # every streaming answer goes through it (the subscriber lag)
+        self._observe_load = observe_load  # told each LoadModel's seconds (scheduler/scheduler_metrics.py)
 
     def add_to(self, server: aio.Server) -> None:
         """Serve this on ``server``: the generated registration, with ``RAW_RESPONSES`` sending bytes as they are."""
@@ -52,7 +56,12 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             with logs.bound(model=request.model.meta.name):
                 await self.core.load_model(request.model)
 
-        await status_codes.unary(context, call)
+        started = time.perf_counter()
+        try:
+            await status_codes.unary(context, call)
+        finally:
+            if self._observe_load is not None:
+                self._observe_load(time.perf_counter() - started)
         return pb.LoadModelResponse()
 
     async def UnloadModel(self, request: pb.UnloadModelRequest, context: Context) -> pb.UnloadModelResponse:

@@ -26,6 +26,7 @@ from scheduler.stream_watchdog import DEFAULT_SUBSCRIBER_LAG_SECONDS
 
 DEFAULT_LISTEN = "127.0.0.1:9004"
 DEFAULT_AGENT_LISTEN = "127.0.0.1:9005"
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9006"
 DEFAULT_STATE_DIR = ".modelplane/state"
 
 
@@ -35,6 +36,9 @@ class SchedulerSettings:
     agent_listen: Address
     state_dir: Path
     security: TransportSecurity
+    # Prometheus' /metrics (plain HTTP, no credentials: metric labels carry names only, never a secret). The flag's
+    # default is DEFAULT_METRICS_LISTEN; settings made in code (tests, embedders) get a free loopback port.
+    metrics_listen: Address = field(default_factory=lambda: Address("127.0.0.1", 0))
     # How long in-flight RPCs may take to finish after SIGTERM/SIGINT before they are cancelled.
     shutdown_grace_seconds: float = 10.0
     # A file to write the bound addresses to once the scheduler serves (for tools and tests that
@@ -81,6 +85,13 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=DEFAULT_AGENT_LISTEN,
         metavar="HOST:PORT",
         help=f"address agents connect to (default {DEFAULT_AGENT_LISTEN}; port 0 picks one)",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        type=address,
+        default=DEFAULT_METRICS_LISTEN,
+        metavar="HOST:PORT",
+        help=f"Prometheus metrics, GET /metrics over plain HTTP (default {DEFAULT_METRICS_LISTEN}; port 0 picks one)",
     )
     parser.add_argument(
         "--state-dir",
@@ -153,6 +164,7 @@ def parse_settings(
     settings = SchedulerSettings(
         listen=options.listen,
         agent_listen=options.agent_listen,
+        metrics_listen=options.metrics_listen,
         state_dir=options.state_dir,
         security=security_from(options),
         shutdown_grace_seconds=options.shutdown_grace,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -54,11 +55,22 @@ class StreamWatchdog:
         self.lag_seconds = lag_seconds
         self._streams: set[_Stream] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self.dropped: Counter[str] = Counter()  # rpc -> streams dropped for lagging, since start (for metrics)
 
     @property
     def streams(self) -> int:
         """Streams being relayed now (a dropped one is no longer counted)."""
         return len(self._streams)
+
+    def lag_by_rpc(self, now: float) -> dict[str, tuple[int, float]]:
+        """Per RPC, the streams being relayed and the longest time one of them has had a write pending (0 when
+        none has): the subscribers' lag, for metrics. ``now`` is the event loop's time."""
+        found: dict[str, tuple[int, float]] = {}
+        for stream in list(self._streams):
+            count, longest = found.get(stream.rpc, (0, 0.0))
+            since = stream.writing_since
+            found[stream.rpc] = (count + 1, max(longest, now - since if since is not None else 0.0))
+        return found
 
     async def relay(
         self,
@@ -107,6 +119,7 @@ class StreamWatchdog:
     def _drop(self, stream: _Stream, waited: float) -> None:
         stream.dropped = True
         self._streams.discard(stream)
+        self.dropped[stream.rpc] += 1
         reason = (
             f"this {stream.rpc} stream fell behind: its client took no message for {waited:.0f} s while one was "
             f"waiting (the limit is {self.lag_seconds:g} s), so the scheduler dropped it; subscribe again to get "

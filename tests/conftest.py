@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.processes import SchedulerProcess, start_scheduler, stop_all_started, stop_process
+
+# Every scheduler a test starts (as a child process, which inherits this) serves its metrics on a free port: the
+# flag's default, 127.0.0.1:9006, is one port for the whole machine, and tests (and other people's test runs) start
+# many schedulers at once.
+os.environ.setdefault("MODELPLANE_SCHEDULER_METRICS_LISTEN", "127.0.0.1:0")
+os.environ.setdefault("MODELPLANE_UP_METRICS_LISTEN", "127.0.0.1:0")
 
 
 def pytest_configure(config: pytest.Config) -> None:

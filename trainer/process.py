@@ -122,7 +122,12 @@ async def run(
             return {"consuming": service.consuming, "in_flight": service.in_flight, "instance": service.instance}
 
         runner, port = await start_status_api(
-            settings.status_listen, service.registry, health, status_tls, AccessCheck(settings.auth)
+            settings.status_listen,
+            service.registry,
+            health,
+            status_tls,
+            AccessCheck(settings.auth),
+            metrics=service.metrics.registry,
         )
         status_address = f"{settings.status_listen.host}:{port}"
         url = f"{'https' if status_tls else 'http'}://{status_address}"

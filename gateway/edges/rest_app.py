@@ -19,6 +19,7 @@ from gateway.server_identity import server_metadata_document
 from modelplane import logs
 from modelplane.inference_errors import UNREADABLE_BODY, quiet_caller_http_errors, unreadable_body_answer
 from modelplane.inference_limits import MAX_REQUEST_BODY_BYTES
+from modelplane.metrics_http import add_metrics_route
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +157,6 @@ def build_app(router: InferenceRouter, metrics: GatewayMetrics, is_ready: Callab
     async def server_metadata(_request: web.Request) -> web.Response:
         return web.json_response(server_metadata_document())
 
-    async def render_metrics(_request: web.Request) -> web.Response:
-        return web.Response(text=metrics.render(), content_type="text/plain")
-
     app.router.add_post("/v2/models/{name}/versions/{version}/infer", infer_model)
     app.router.add_post("/v2/models/{name}/infer", infer_model)
     app.router.add_get("/v2/models/{name}/versions/{version}/ready", model_ready)
@@ -172,5 +170,5 @@ def build_app(router: InferenceRouter, metrics: GatewayMetrics, is_ready: Callab
     app.router.add_get("/v2/health/live", live)
     app.router.add_get("/v2/health/ready", ready)
     app.router.add_get("/v2", server_metadata)
-    app.router.add_get("/metrics", render_metrics)
+    add_metrics_route(app, metrics.registry)
     return app

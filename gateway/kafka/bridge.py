@@ -125,6 +125,20 @@ class KafkaBridge:
 
     # ---- public API -------------------------------------------------------------------------------------
 
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Per assigned partition that has had records since its assignment: records fetched or waiting on the
+        broker that are not answered yet (the high watermark last fetched minus the next offset to commit)."""
+        consumer = self._consumer
+        lags: dict[tuple[str, int], int] = {}
+        if consumer is None:
+            return lags
+        for partition, tracker in list(self._trackers.items()):
+            high = consumer.highwater(partition)
+            position = tracker.committable()
+            if high is not None and position is not None:
+                lags[(partition.topic, partition.partition)] = max(0, high - position)
+        return lags
+
     @property
     def subscribed_topics(self) -> frozenset[str]:
         """The input topics the bridge consumes (or will, once connected)."""

@@ -43,8 +43,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from gateway.inference_types import InferenceError, JsonObject, ModelCaller
 from gateway.pipelines.graph import (
@@ -69,6 +70,9 @@ from gateway.pipelines.tensors import (
     renamed,
 )
 from generated.mlops.scheduler import scheduler_pb2 as pb
+
+# Told of each step's model call when it ends: (pipeline, step, answered well, seconds). The gateway's metrics.
+StepTimer = Callable[[str, str, bool, float], None]
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +135,7 @@ class PipelineExecutor:
         headers: Mapping[str, str],
         *,
         timeout_s: float | None = None,
+        step_timer: StepTimer | None = None,
     ) -> JsonObject:
         """Run the pipeline on V2 ``request``; return the V2 response ``{"model_name", "id", "outputs"}``.
 
@@ -141,7 +146,7 @@ class PipelineExecutor:
             inputs = check_request(request, self.limits)
         except TensorError as error:
             raise InferenceError(400, f"pipeline {self.name!r}: malformed request: {error}") from None
-        run = _Run(self, request, call_model, headers)
+        run = _Run(self, request, call_model, headers, step_timer)
         return await run.execute(inputs, self.timeout_s if timeout_s is None else timeout_s)
 
 
@@ -149,8 +154,14 @@ class _Run:
     """The state of one request going through the graph."""
 
     def __init__(
-        self, executor: PipelineExecutor, request: JsonObject, call_model: ModelCaller, headers: Mapping[str, str]
+        self,
+        executor: PipelineExecutor,
+        request: JsonObject,
+        call_model: ModelCaller,
+        headers: Mapping[str, str],
+        step_timer: StepTimer | None = None,
     ) -> None:
+        self.step_timer = step_timer
         self.graph: PipelineGraph = executor.graph
         self.rule = executor.trigger_rule
         self.limits = executor.limits
@@ -376,17 +387,25 @@ class _Run:
             self.traced[task] = self.trace.started(name, consumer.model, tensors)
 
     async def _call(self, step: Consumer, body: JsonObject) -> list[JsonObject]:
+        started = time.perf_counter()
         try:
             response = await self.call_model(step.model, body, self.headers)
         except InferenceError as error:
+            self._time_step(step, False, started)
             raise _StepError(step.name, _pipeline_status(error.status), error.message) from None
         except Exception as error:
+            self._time_step(step, False, started)
             # Whatever the caller raised, the request fails naming the step (the adapter logs details).
             raise _StepError(step.name, 502, f"{type(error).__name__}: {error}") from None
+        self._time_step(step, True, started)
         try:
             return check_response(response, self.limits)
         except TensorError as error:
             raise _StepError(step.name, 502, f"malformed response: {error}") from None
+
+    def _time_step(self, step: Consumer, ok: bool, started: float) -> None:
+        if self.step_timer is not None:
+            self.step_timer(self.graph.name, step.name, ok, time.perf_counter() - started)
 
     # ------------------------------------------------------------------ endings
 

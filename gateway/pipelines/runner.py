@@ -6,16 +6,23 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from gateway.inference_types import InferenceError, JsonObject, ModelCaller
-from gateway.pipelines.executor import PipelineExecutor
+from gateway.pipelines.executor import PipelineExecutor, StepTimer
 from gateway.routing_table import PipelineRoute, RoutingTable
 from generated.mlops.routing.v1 import routing_pb2 as rpb
 
 
 class PipelineRunner:
-    def __init__(self, table: Callable[[], RoutingTable], call_model: ModelCaller, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        table: Callable[[], RoutingTable],
+        call_model: ModelCaller,
+        timeout_seconds: float,
+        step_timer: StepTimer | None = None,
+    ) -> None:
         self._table = table
         self._call_model = call_model
         self._timeout = timeout_seconds
+        self._step_timer = step_timer
         self._executors: dict[str, tuple[str, PipelineExecutor]] = {}  # name -> (uid, executor)
 
     def executor(self, route: PipelineRoute) -> PipelineExecutor:
@@ -38,7 +45,7 @@ class PipelineRunner:
         route = self._table().pipelines.get(name)
         if route is None:
             raise InferenceError(404, f"pipeline {name!r} not found")
-        return await self.executor(route).execute(request, self._call_model, headers)
+        return await self.executor(route).execute(request, self._call_model, headers, step_timer=self._step_timer)
 
     def forget_missing(self, table: RoutingTable) -> None:
         for name in [n for n in self._executors if n not in table.pipelines]:

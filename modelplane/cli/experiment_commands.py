@@ -8,9 +8,9 @@ import argparse
 import asyncio
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane.cli.infer_commands import add_infer_parser
 from modelplane.cli.manifest_commands import apply, experiment_state_word, read_resources, remove
 from modelplane.cli.manifest_documents import Kind
-from modelplane.cli.infer_commands import add_infer_parser
 from modelplane.cli.output_formats import add_output_flag, as_record, columns, render
 from modelplane.cli.scheduler_session import SUBSCRIBER, Scheduler, follow
 

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane.cli.infer_commands import add_infer_parser, add_inspect_parser
 from modelplane.cli.manifest_commands import (
     apply,
     pipeline_state_name,
@@ -17,7 +18,6 @@ from modelplane.cli.manifest_commands import (
 )
 from modelplane.cli.manifest_documents import Kind
 from modelplane.cli.model_commands import CommandError
-from modelplane.cli.infer_commands import add_infer_parser, add_inspect_parser
 from modelplane.cli.output_formats import add_output_flag, as_record, columns, render
 from modelplane.cli.scheduler_session import SUBSCRIBER, Scheduler, follow
 

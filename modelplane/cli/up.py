@@ -43,6 +43,7 @@ from scheduler.settings import SchedulerSettings
 from scheduler.state_dir import StateDir
 
 if TYPE_CHECKING:
+    from agent.process import ProxyAddresses
     from trainer.settings import TrainerSettings
 
 DEFAULT_STATE_DIR = Path(".modelplane/up")
@@ -65,6 +66,8 @@ class UpSettings:
     dashboard_listen: Address | None = None  # None: left out (--no-dashboard)
     audit: AuditSettings = field(default_factory=AuditSettings)
     gateway_grpc: Address = DEFAULT_GATEWAY_GRPC
+    # The scheduler's /metrics; the other parts serve theirs on their own HTTP ports (printed at start).
+    metrics_listen: Address = field(default_factory=lambda: Address("127.0.0.1", 0))
 
 
 def _loopback(text: str) -> Address:
@@ -126,6 +129,14 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=str(DEFAULT_GATEWAY_GRPC),
         metavar="HOST:PORT",
         help=f"the gateway's V2 gRPC inference (default {DEFAULT_GATEWAY_GRPC})",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        type=_loopback,
+        default="127.0.0.1:9006",
+        metavar="HOST:PORT",
+        help="the scheduler's Prometheus metrics (default 127.0.0.1:9006); the agent, gateway, trainer and registry "
+        "serve theirs as /metrics on their own HTTP ports, all printed at start",
     )
     parser.add_argument(
         "--registry-listen",
@@ -190,6 +201,7 @@ def parse_settings(parser: argparse.ArgumentParser, argv: Sequence[str]) -> UpSe
         dashboard_listen=None if options.no_dashboard else options.dashboard_listen,
         audit=audit_settings_from(parser, options),
         gateway_grpc=options.gateway_grpc,
+        metrics_listen=options.metrics_listen,
     )
 
 
@@ -219,6 +231,7 @@ def _scheduler_settings(up: UpSettings) -> SchedulerSettings:
     return SchedulerSettings(
         listen=up.listen,
         agent_listen=up.agent_listen,
+        metrics_listen=up.metrics_listen,
         state_dir=up.state_dir / "scheduler",
         security=TransportSecurity(),  # plaintext, and loopback only (checked by the parser)
         shutdown_grace_seconds=5.0,
@@ -284,7 +297,6 @@ def _say(text: str) -> None:
 
 async def run(up: UpSettings) -> None:
     # Imported here, not at the top: the CLI imports this module for its flags whatever command runs.
-    from agent import process as agent_process  # noqa: PLC0415
     from scheduler import process as scheduler_process  # noqa: PLC0415
 
     up.state_dir.mkdir(parents=True, exist_ok=True)
@@ -304,7 +316,10 @@ async def run(up: UpSettings) -> None:
     scheduler_settings = _scheduler_settings(up)
     with StateDir(scheduler_settings.state_dir):
         serving: asyncio.Future[tuple[Address, Address]] = loop.create_future()
-        scheduler_task = asyncio.create_task(scheduler_process.serve(scheduler_settings, shutdown, serving))
+        metrics: asyncio.Future[Address] = loop.create_future()
+        scheduler_task = asyncio.create_task(
+            scheduler_process.serve(scheduler_settings, shutdown, serving, metrics_serving=metrics)
+        )
         parts: list[asyncio.Task[None]] = []  # what stops before the scheduler does
         try:
             await _first(serving, scheduler_task)
@@ -313,17 +328,7 @@ async def run(up: UpSettings) -> None:
                 f"scheduler    {api} (Scheduler API)   {agents} (agents)   state in {scheduler_settings.state_dir}\n"
                 "auth         off: everything listens on loopback only, so any local process may call anything"
             )
-            _say(f"agent        starting a local {up.server_kind} (its venv is created on first use: about a minute)")
-            # Created here rather than inside the agent, so that its progress lines reach this terminal.
-            await asyncio.to_thread(prepare_local_server, up.server_kind, lambda line: _say(f"             {line}"))
-            registered: asyncio.Future[agent_process.ProxyAddresses] = loop.create_future()
-            agent_settings = _agent_settings(up, agents)
-            agent_task = asyncio.create_task(agent_process.run(agent_settings, agent_stop, agent_forced, registered))
-            parts.append(agent_task)
-            await _first(registered, agent_task)
-            proxy = registered.result()
-            server_log = agent_settings.work_dir / up.server_kind / f"{up.server_kind}.log"
-            _say(f"agent proxy  http://{proxy.http} (V2 REST)   {proxy.grpc} (V2 gRPC)   server log {server_log}")
+            proxy = await _start_agent(up, agents, agent_stop, agent_forced, parts)
             gateway, gateway_grpc = await _start_gateway(up, api, agent_stop, parts)
             addresses = {
                 "listen": str(api),
@@ -338,6 +343,11 @@ async def run(up: UpSettings) -> None:
                 addresses["dashboard"] = await _start_dashboard(
                     up, api, gateway, addresses.get("trainer"), agent_stop, parts
                 )
+            addresses["metrics"] = str(metrics.result())
+            _say(
+                f"metrics      http://{metrics.result()}/metrics (scheduler)   http://{proxy.http}/metrics (agent)   "
+                f"http://{gateway}/metrics (gateway); a trainer's and the registry's on their own ports, /metrics"
+            )
             if not agent_stop.is_set():
                 if up.ready_file is not None:
                     up.ready_file.write_text(json.dumps(addresses) + "\n")
@@ -351,6 +361,26 @@ async def run(up: UpSettings) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await scheduler_task
     _say("modelplane is down")
+
+
+async def _start_agent(
+    up: UpSettings, agents: Address, stop: asyncio.Event, forced: asyncio.Event, parts: list[asyncio.Task[None]]
+) -> ProxyAddresses:
+    """The local inference server (its venv made first if missing) and its agent; the proxy's addresses."""
+    from agent import process as agent_process  # noqa: PLC0415 - see run()
+
+    _say(f"agent        starting a local {up.server_kind} (its venv is created on first use: about a minute)")
+    # Created here rather than inside the agent, so that its progress lines reach this terminal.
+    await asyncio.to_thread(prepare_local_server, up.server_kind, lambda line: _say(f"             {line}"))
+    registered: asyncio.Future[ProxyAddresses] = asyncio.get_running_loop().create_future()
+    agent_settings = _agent_settings(up, agents)
+    agent_task = asyncio.create_task(agent_process.run(agent_settings, stop, forced, registered))
+    parts.append(agent_task)
+    await _first(registered, agent_task)
+    proxy = registered.result()
+    server_log = agent_settings.work_dir / up.server_kind / f"{up.server_kind}.log"
+    _say(f"agent proxy  http://{proxy.http} (V2 REST)   {proxy.grpc} (V2 gRPC)   server log {server_log}")
+    return proxy
 
 
 async def _until_stopped(parts: list[asyncio.Task[None]], stop: asyncio.Event) -> None:

@@ -1,4 +1,5 @@
-"""The registry's aiohttp application: ROUTES at the root, /openapi.json, JSON errors, a body-size limit."""
+"""The registry's aiohttp application: ROUTES at the root, /openapi.json, JSON errors, a body-size limit, and
+/metrics with every request counted (registry/api/registry_metrics.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from aiohttp.typedefs import Handler
 
 from modelplane import logs
 from modelplane.inference_errors import quiet_caller_http_errors
+from modelplane.metrics_http import add_metrics_route
 from registry.api.errors import json_errors
 from registry.api.openapi import openapi_document
+from registry.api.registry_metrics import RegistryMetrics
 from registry.api.routes import ROUTES
 from registry.service.registry_service import RegistryService
 
@@ -35,9 +38,11 @@ async def _log_ids(request: web.Request, handler: Handler) -> web.StreamResponse
     return await handler(request)
 
 
-def build_app(service: RegistryService) -> web.Application:
+def build_app(service: RegistryService, metrics: RegistryMetrics | None = None) -> web.Application:
+    """The application; with ``metrics``, every request is counted and timed and /metrics serves them."""
     quiet_caller_http_errors()
-    app = web.Application(middlewares=[json_errors, _log_ids], client_max_size=MAX_BODY_BYTES)
+    middlewares = [json_errors, _log_ids] if metrics is None else [metrics.middleware, json_errors, _log_ids]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, partial(route.handler, service))
     document = openapi_document()
@@ -46,4 +51,6 @@ def build_app(service: RegistryService) -> web.Application:
         return web.json_response(document)
 
     app.router.add_get("/openapi.json", openapi)
+    if metrics is not None:
+        add_metrics_route(app, metrics.registry)
     return app

@@ -245,9 +245,17 @@ async def test_a_model_evicted_by_lru_keeps_its_files_and_loads_again(
     assert "lru-a_1" not in await mlserver.loaded_models()
     assert placed(mlserver, "lru-") == ["lru-a_1", "lru-b_1", "lru-c_1"]
     assert len([path for path in files_in(cache) if path.name == "model.joblib"]) == 3
+    metric = manager.metrics.registry.get_sample_value
+    assert metric("modelmesh_model_evicted_total") == 1
+    assert metric("modelmesh_age_at_eviction_milliseconds_count") == 1
+    assert metric("modelmesh_loadmodel_milliseconds_count") == 3
 
     assert await manager.ensure_on_server("lru-a") == "lru-a_1"  # a request for it loads it again
     assert "lru-a_1" in await mlserver.loaded_models()
+    assert metric("modelmesh_model_evicted_total") == 2  # lru-b made room for it
+    assert metric("modelmesh_cache_miss_milliseconds_count") == 1
+    assert await manager.ensure_on_server("lru-a") == "lru-a_1"  # on the server now: no miss
+    assert metric("modelmesh_cache_miss_milliseconds_count") == 1
 
     for name in archives:
         assert (await unload(manager, name)).kind == Event.KIND_UNLOADED
@@ -267,6 +275,8 @@ async def test_a_load_refused_for_want_of_room_leaves_no_files(
     refused = await load(manager, "roomless", str(archive))
 
     assert refused.kind == Event.KIND_LOAD_FAIL_MEMORY, refused
+    assert manager.metrics.registry.get_sample_value("modelmesh_loadmodel_failure_total") == 1
+    assert manager.metrics.registry.get_sample_value("modelmesh_loadmodel_milliseconds_count") == 0
     assert placed(mlserver, "roomless") == []
     assert files_in(cache) == []
     assert manager.held() == []

@@ -25,6 +25,7 @@ import pytest
 from gateway.edges.v2_grpc_codec import decode_infer_response, encode_infer_request
 from generated.inference.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from tests.support.iris_sample import train_iris_sample
+from tests.support.metrics_reading import sample_sum, scrape_text
 from tests.support.modelplane_up import Up, assert_stops_cleanly, server_processes, start_up
 from tests.support.processes import run_modelplane, stop_all_started
 
@@ -135,6 +136,7 @@ def test_up_serves_the_sample_and_stops_on_ctrl_c(tmp_path: Path, state_dir: Pat
         "gateway_grpc",
         "registry",
         "dashboard",
+        "metrics",
     }
     assert all(address.startswith("127.0.0.1:") for address in up.addresses.values())
     printed = up.stdout()
@@ -143,10 +145,22 @@ def test_up_serves_the_sample_and_stops_on_ctrl_c(tmp_path: Path, state_dir: Pat
     # Zero configuration on loopback, and it says so.
     assert "auth         off: everything listens on loopback only" in printed
 
+    assert f"metrics      http://{up.addresses['metrics']}/metrics (scheduler)" in printed
+
     load_and_wait(up, sample)
     assert_predicts(up, sample)
     assert f"{up.addresses['gateway_grpc']} (V2 gRPC)" in printed
     assert_predicts_through_the_gateways_grpc(up, sample)
+    gateway_metrics = f"http://{up.addresses['gateway']}/metrics"
+    answered_before = sample_sum(scrape_text(gateway_metrics), "modelplane_gateway_requests_total", name="iris")
+    assert_predicts_through_the_gateway(up, sample)
+    answered = sample_sum(scrape_text(gateway_metrics), "modelplane_gateway_requests_total", name="iris", code="200")
+    assert answered == answered_before + 1
+    scheduler_metrics = scrape_text(f"http://{up.addresses['metrics']}/metrics")
+    assert sample_sum(scheduler_metrics, "modelplane_scheduler_models", state="AVAILABLE") == 1
+    assert sample_sum(scheduler_metrics, "modelplane_scheduler_agent_sessions", server="mlserver") == 1
+    agent_metrics = scrape_text(f"http://{up.addresses['http']}/metrics")
+    assert sample_sum(agent_metrics, "modelmesh_instance_models_total") == 1
     servers = run_modelplane("server", "status", "--scheduler", up.listen)
     assert servers.returncode == 0, servers.stderr
     assert servers.stdout.startswith("mlserver")

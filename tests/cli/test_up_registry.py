@@ -106,7 +106,10 @@ def test_a_registry_port_in_use_stops_up_with_the_way_out(tmp_path: Path, state_
         result = run_modelplane(
             "up",
             f"--state-dir={state_dir}",
-            *(f"--{flag}=127.0.0.1:0" for flag in ("listen", "agent-listen", "proxy-http", "proxy-grpc", "gateway")),
+            *(
+                f"--{flag}=127.0.0.1:0"
+                for flag in ("listen", "agent-listen", "proxy-http", "proxy-grpc", "gateway", "metrics-listen")
+            ),
             f"--registry-listen={address}",
             timeout=300,
         )

@@ -171,7 +171,17 @@ def test_ctrl_c_while_the_trainer_waits_for_redis_stops_everything_cleanly(tmp_p
     state = tmp_path / "state"
     out, err = tmp_path / "up.out", tmp_path / "up.err"
     argv = [*MODELPLANE, "up", f"--state-dir={state}", f"--trainer-config={config}"]
-    ports = ("listen", "agent-listen", "proxy-http", "proxy-grpc", "gateway", "registry-listen", "dashboard-listen")
+    ports = (
+        "listen",
+        "agent-listen",
+        "proxy-http",
+        "proxy-grpc",
+        "gateway",
+        "gateway-grpc",
+        "registry-listen",
+        "dashboard-listen",
+        "metrics-listen",
+    )
     argv += [f"--{flag}=127.0.0.1:0" for flag in ports]
     with out.open("wb") as stdout, err.open("wb") as stderr:
         process = subprocess.Popen(argv, stdout=stdout, stderr=stderr)

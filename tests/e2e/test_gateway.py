@@ -67,7 +67,7 @@ async def metric(http: aiohttp.ClientSession, gateway: GatewayProcess, name: str
     total = 0
     for line in text.splitlines():
         if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += int(line.rsplit(" ", 1)[1])
+            total += int(float(line.rsplit(" ", 1)[1]))  # prometheus_client writes 1.0
     return total
 
 

@@ -162,7 +162,7 @@ async def metric(http: aiohttp.ClientSession, gateway: GatewayProcess, name: str
         text = await response.text()
     wanted = [f'{key}="{value}"' for key, value in labels.items()]
     return sum(
-        int(line.rsplit(" ", 1)[1])
+        int(float(line.rsplit(" ", 1)[1]))  # prometheus_client writes 1.0
         for line in text.splitlines()
         if line.startswith(name + "{") and all(label in line for label in wanted)
     )

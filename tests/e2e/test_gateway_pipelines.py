@@ -21,8 +21,9 @@ from grpc import aio
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
-from tests.support.cluster_fixtures import WAIT, Cluster, Iris, api_of, model
+from tests.support.cluster_fixtures import WAIT, Cluster, Iris, api_of, model, until
 from tests.support.kafka_broker import KafkaBroker, consume_until, create_topics, produce
+from tests.support.metrics_reading import sample_sum, scrape
 from tests.support.pipeline_models import class_models, three_step_pipeline
 from tests.support.processes import GatewayProcess, start_gateway, stop_process
 
@@ -146,4 +147,19 @@ async def test_three_model_pipeline_over_rest_and_kafka_equals_the_calls_by_hand
     problem = json.loads(error.value)
     assert problem["status"] == 400
     assert problem["name"] == "abc"
+
+    # Its metrics: the pipeline's step timed for each request (REST and Kafka alike); the consumer lag of each input
+    # partition it took records from, down to nothing once every record is answered.
+    lag_labels = {"topic": f"{topics}.pipeline.abc.inputs", "partition": "0"}
+
+    async def lag_is_zero() -> bool:
+        families = await scrape(http, f"{gateway.url}/metrics")
+        lags = [s for f in families for s in f.samples if s.name == "modelplane_gateway_kafka_consumer_lag"]
+        return any(s.labels == lag_labels and s.value == 0 for s in lags)
+
+    await until(lag_is_zero, "the pipeline topic's lag reported, at 0")
+    families = await scrape(http, f"{gateway.url}/metrics")
+    step = {"pipeline": "abc", "step": "pa", "outcome": "ok"}
+    # One REST request and five by Kafka ran the pipeline; the 400 one never reached a step.
+    assert sample_sum(families, "modelplane_gateway_pipeline_step_duration_seconds_count", **step) == 6
     stop_process(gateway.process)

@@ -165,10 +165,15 @@ async def test_an_inline_secret_appears_in_no_status_stream_log_or_state_file(
             await api.unload("iris")
             await api.gone("iris")
             await streams_again.close()
-        # The gateway's metrics (the only process serving /metrics): kept as a file under the folder searched.
-        async with aiohttp.ClientSession() as http, http.get(f"{gateway.url}/metrics") as scraped:
-            assert scraped.status == 200
-            (cluster.root / "gateway" / "metrics.txt").write_bytes(await scraped.read())
+        # Every process's metrics: kept as files under the folder searched.
+        scheduler_metrics = f"http://{cluster.scheduler.metrics_listen}/metrics"
+        endpoints = {"gateway": f"{gateway.url}/metrics", "scheduler": scheduler_metrics}
+        endpoints |= {f"agent{a.replica_idx}": f"{a.proxy_url}/metrics" for a in cluster.agents}
+        async with aiohttp.ClientSession() as http:
+            for name, url in endpoints.items():
+                async with http.get(url) as scraped:
+                    assert scraped.status == 200
+                    (cluster.root / f"{name}-metrics.txt").write_bytes(await scraped.read())
     seen.extend(streams.seen + streams_again.seen)
     assert any(isinstance(m, pb.ModelStatusResponse) and m.modelName == "iris" for m in streams.seen)
     assert any(isinstance(m, rpb.WatchRoutesResponse) for m in streams_again.seen)

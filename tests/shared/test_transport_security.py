@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 
@@ -34,6 +36,16 @@ async def test_tls(tmp_path: Path, tls: TlsFiles) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await _status(scheduler.listen, TransportSecurity())  # plaintext client against a TLS server
         assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+        # Its metrics listener is TLS too: HTTPS with the CA answers, plain HTTP does not.
+        metrics_url = f"{scheduler.metrics_listen}/metrics"
+        verified = ssl.create_default_context(cafile=str(tls.ca))
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"https://{metrics_url}", ssl=verified) as response:
+                assert response.status == 200
+                assert "modelplane_scheduler_models" in await response.text()
+            with pytest.raises(aiohttp.ClientError):
+                async with http.get(f"http://{metrics_url}") as response:
+                    await response.read()
     finally:
         assert stop_process(scheduler.process) == 0
 

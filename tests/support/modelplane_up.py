@@ -67,6 +67,8 @@ def start_up(workdir: Path, state_dir: Path, label: str, *extra: str, env: dict[
                 "127.0.0.1:0",
                 "--dashboard-listen",
                 "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
                 "--ready-file",
                 str(ready_file),
                 *extra,

@@ -26,6 +26,7 @@ class SchedulerProcess:
     agent_listen: str
     state_dir: Path
     log_path: Path
+    metrics_listen: str | None = None  # its /metrics (HOST:PORT)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -68,12 +69,15 @@ def start_scheduler(workdir: Path, *extra: str, ready_timeout: float = 20) -> Sc
         "scheduler",
         "--listen=127.0.0.1:0",
         "--agent-listen=127.0.0.1:0",
+        "--metrics-listen=127.0.0.1:0",
         f"--state-dir={state_dir}",
         f"--ready-file={ready_file}",
         *extra,
     ]
     process, addresses = _start_until_ready(argv, ready_file, log_path, ready_timeout, "wb")
-    return SchedulerProcess(process, addresses["listen"], addresses["agent_listen"], state_dir, log_path)
+    return SchedulerProcess(
+        process, addresses["listen"], addresses["agent_listen"], state_dir, log_path, addresses.get("metrics_listen")
+    )
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 20) -> int:

@@ -52,6 +52,7 @@ from trainer.service.design_store import DesignStore
 from trainer.service.event_runs import Deployer, EventRunner
 from trainer.service.model_store import ModelStore
 from trainer.service.run_registry import RunRegistry
+from trainer.service.trainer_metrics import TrainerMetrics
 from trainer.settings import TrainerSettings
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,9 @@ class TrainerService:
         self._offsets: dict[Any, OffsetTracker] = {}  # TopicPartition -> its tracker, for assigned partitions
         self._consumer: Any = None
         self._producer: Any = None
+        self.metrics = TrainerMetrics()
         self._events = EventRunner(
+            metrics=self.metrics,
             settings=settings,
             launcher=launcher,
             registry=self.registry,
@@ -179,6 +182,7 @@ class TrainerService:
         if tracker is None:
             tracker = self._offsets[tp] = OffsetTracker()
         tracker.add(record.offset)
+        self.metrics.event_consumed()
         task = asyncio.create_task(
             self._events.handle(record), name=f"event {tp.topic}[{tp.partition}]@{record.offset}"
         )

@@ -33,6 +33,7 @@ from trainer.service.status_messages import (
     truncate,
 )
 from trainer.service.stopping import StoppingError, UntilStopped
+from trainer.service.trainer_metrics import TrainerMetrics
 from trainer.settings import TrainerSettings
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,9 @@ class EventRunner:
         deployer: Deployer | None,
         instance: str,
         stopping: asyncio.Event,
+        metrics: TrainerMetrics | None = None,
     ) -> None:
+        self.metrics = metrics if metrics is not None else TrainerMetrics()
         self.settings = settings
         self.launcher = launcher
         self.registry = registry
@@ -118,6 +121,7 @@ class EventRunner:
         logger.warning("poison event", extra={"fields": {"at": str(position), "reason": poison.reason}})
         try:
             await self._until.retrying("record the run", lambda: self.registry.save(run, new=True))
+            self.metrics.run_finished(run.run_id, RunState.FAILED)
             await self._publish_status(run, training_pb2.TRAINING_STATUS_FAILURE, [poison.reason])
         except StoppingError:
             return False
@@ -169,6 +173,7 @@ class EventRunner:
                 previous.errors.append(f"its trainer stopped mid-run; the event was retried as {run_id}")
                 await self._until.retrying("record the abandoned run", lambda: self.registry.save(previous))
         await self._until.retrying("record the run", lambda: self.registry.save(run, new=True))
+        self.metrics.run_state(run_id, RunState(run.state))
         renewer = asyncio.create_task(self._keep_lease(request.event_id, owner))
         try:
             outcome = await self._run_to_outcome(request, run)
@@ -177,8 +182,10 @@ class EventRunner:
             if outcome.stored is not None:
                 run.model_uri = outcome.stored.folder_uri
             status = training_pb2.TRAINING_STATUS_SUCCESS if outcome.succeeded else training_pb2.TRAINING_STATUS_FAILURE
+            final_state = RunState.SUCCEEDED if outcome.succeeded else RunState.FAILED
+            self.metrics.run_finished(run_id, final_state)  # counted once its outcome is known, before it is told
             await self._publish_status(run, status, outcome.errors, outcome)
-            run.state = (RunState.SUCCEEDED if outcome.succeeded else RunState.FAILED).value
+            run.state = final_state.value
             await self._until.retrying("record the run", lambda: self.registry.save(run))
             final = FinalRecord(run_id, outcome.succeeded, run.errors, run.model_uri, time.time())
             await self._until.retrying(
@@ -189,6 +196,7 @@ class EventRunner:
                 extra={"fields": {"run_id": run_id, "state": run.state, "errors": run.errors[:3]}},
             )
         except (StoppingError, asyncio.CancelledError):
+            self.metrics.run_left(run_id)
             # Shutting down mid-run: free the event at once so the next owner retrains it without waiting.
             with contextlib.suppress(*REDIS_RETRYABLE):
                 await asyncio.shield(self.registry.release(request.event_id, owner))
@@ -210,6 +218,7 @@ class EventRunner:
 
     async def _set_state(self, run: RunRecord, state: RunState) -> None:
         run.state = state.value
+        self.metrics.run_state(run.run_id, state)
         await self._until.retrying("record the run", lambda: self.registry.save(run))
 
     async def _run_to_outcome(self, request: TrainingRequest, run: RunRecord) -> RunOutcome:

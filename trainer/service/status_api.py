@@ -3,6 +3,7 @@
 - ``GET /healthz``: ``{"status": "ok", "consuming": bool, "in_flight": N, "instance": ID}``.
 - ``GET /runs?limit=N``: ``{"runs": [RunRecord, ...]}``, newest first (N from 1 to 1000, default 100).
 - ``GET /runs/{run_id}``: one RunRecord (see trainer/service/run_registry.py), or 404.
+- ``GET /metrics``: this trainer's Prometheus metrics (trainer/service/trainer_metrics.py).
 
 The records live in Redis, so any replica answers for every replica's runs. Redis being unreachable is a 503
 with a message, never a crash. Plain HTTP on purpose: it serves read-only progress, bound to loopback unless
@@ -18,10 +19,12 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from modelplane.addresses import Address
 from modelplane.auth.access_check import AccessCheck, AuthSettings
 from modelplane.auth.http_access import protect
+from modelplane.metrics_http import add_metrics_route
 from modelplane.whole_numbers import parse_whole_number
 from trainer.service.design_store import REDIS_RETRYABLE
 from trainer.service.run_registry import RunRegistry
@@ -34,7 +37,9 @@ def _json(body: object, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(body, indent=2), status=status, content_type="application/json")
 
 
-def build_app(registry: RunRegistry, health: Callable[[], dict[str, Any]]) -> web.Application:
+def build_app(
+    registry: RunRegistry, health: Callable[[], dict[str, Any]], metrics: CollectorRegistry | None = None
+) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return _json({"status": "ok", **health()})
 
@@ -64,6 +69,8 @@ def build_app(registry: RunRegistry, health: Callable[[], dict[str, Any]]) -> we
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/runs", runs)
     app.router.add_get("/runs/{run_id}", run)
+    if metrics is not None:
+        add_metrics_route(app, metrics)
     return app
 
 
@@ -73,11 +80,13 @@ async def start_status_api(
     health: Callable[[], dict[str, Any]],
     ssl_context: ssl.SSLContext | None = None,
     access: AccessCheck | None = None,
+    *,
+    metrics: CollectorRegistry | None = None,
 ) -> tuple[web.AppRunner, int]:
     """Serve on ``address`` (port 0 picks one), over TLS with ``ssl_context``; returns the runner (to clean
     up) and the bound port."""
     # Every HTTP server passes the access check (modelplane/auth); without one, nothing is refused.
-    app = protect(build_app(registry, health), access or AccessCheck(AuthSettings()))
+    app = protect(build_app(registry, health, metrics), access or AccessCheck(AuthSettings()))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, address.host, address.port, ssl_context=ssl_context)

@@ -17,6 +17,7 @@ import gc
 import logging
 import signal
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from grpc import aio
 
@@ -29,7 +30,6 @@ from modelplane.audit import AuditLog
 from modelplane.auth.access_check import AccessCheck
 from modelplane.auth.grpc_access import RefusalRecorder
 from modelplane.logs import with_fields
-from modelplane.metrics_http import serve_metrics
 from modelplane.ready_file import write_ready_file
 from modelplane.standard_services import HEALTH_SERVICE, Health, add_reflection
 from modelplane.transport import bind, http_server_ssl, new_server
@@ -45,6 +45,9 @@ from scheduler.scheduler_service import SchedulerService
 from scheduler.settings import SchedulerSettings
 from scheduler.state_dir import StateDir
 from scheduler.stream_watchdog import StreamWatchdog
+
+if TYPE_CHECKING:  # imported where the metrics listener starts (_serve_metrics)
+    from aiohttp import web
 
 log = logging.getLogger(__name__)
 
@@ -108,17 +111,7 @@ async def serve(
         audit = settings.audit.open(settings.state_dir)
         try:
             await _restore(core)
-            # Over TLS when the scheduler's listeners are (its certificate; a client CA asks Prometheus for one too).
-            metrics_tls = http_server_ssl(settings.security)
-            metrics_runner, metrics_address = await serve_metrics(
-                settings.metrics_listen, metrics.registry, ssl_context=metrics_tls
-            )
-            if metrics_serving is not None and not metrics_serving.done():
-                metrics_serving.set_result(metrics_address)
-            try:
-                await _serve(settings, shutdown, core, audit, serving, metrics=metrics, metrics_address=metrics_address)
-            finally:
-                await metrics_runner.cleanup()
+            await _serve(settings, shutdown, core, audit, serving, metrics=metrics, metrics_serving=metrics_serving)
         finally:
             await core.close()
             audit.close()
@@ -161,7 +154,7 @@ async def _serve(
     serving: asyncio.Future[tuple[Address, Address]] | None,
     *,
     metrics: SchedulerMetrics,
-    metrics_address: Address,
+    metrics_serving: asyncio.Future[Address] | None,
 ) -> None:
     health = Health()
     api_services = [SCHEDULER_SERVICE, ROUTING_SERVICE, HEALTH_SERVICE]
@@ -194,6 +187,13 @@ async def _serve(
     await agents.start()
     for service in ("", SCHEDULER_SERVICE, AGENT_SERVICE):
         await health.set_serving(service)
+    try:
+        metrics_runner, metrics_address = await _serve_metrics(settings, metrics)
+    except BaseException:
+        await _stop_servers([api, agents], None)
+        raise
+    if metrics_serving is not None and not metrics_serving.done():
+        metrics_serving.set_result(metrics_address)
     if settings.ready_file is not None:
         write_ready_file(
             settings.ready_file,
@@ -230,7 +230,19 @@ async def _serve(
         await _stop_servers([api, agents], None)
         await stopping
     forced.cancel()
+    await metrics_runner.cleanup()
     log.info("scheduler stopped")
+
+
+async def _serve_metrics(settings: SchedulerSettings, metrics: SchedulerMetrics) -> tuple[web.AppRunner, Address]:
+    """The metrics listener, started once the API serves: its HTTP stack (aiohttp, ~0.1 s of CPU to import) is not
+    paid for before a restarted scheduler's first answer (tests/cli/test_command_imports.py pins that). Over TLS
+    when the scheduler's listeners are (its certificate; a client CA asks Prometheus for one too)."""
+    from modelplane.metrics_http import serve_metrics  # noqa: PLC0415 - see above
+
+    return await serve_metrics(
+        settings.metrics_listen, metrics.registry, ssl_context=http_server_ssl(settings.security)
+    )
 
 
 async def _stop_servers(servers: list[aio.Server], grace: float | None) -> None:

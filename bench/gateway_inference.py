@@ -15,8 +15,10 @@ gateway``, all processes on 127.0.0.1:
 2. A pipeline ``pa -> pb, pa -> pc, join pb + pc -> output`` (tests/e2e/test_gateway_pipelines.py's) through
    the gateway, ``/v2/pipelines/abc/infer``, against the same three model calls made by hand straight to
    MLServer: a then b then c, and a then b and c concurrently; also by hand through the gateway's model
-   routes (b and c concurrently), which separates the pipeline executor from the extra hops. N sequential
-   requests each per round, taking turns in slices of 10, R rounds.
+   routes (b and c concurrently), which separates the pipeline executor from the extra hops; and by hand
+   through the agent's proxy (b and c concurrently): every hop a pipeline takes but the gateway's own, the
+   floor a gateway costing nothing would reach. N sequential requests each per round, taking turns in slices
+   of 10, R rounds.
 
 For every phase the CPU seconds (``/proc/PID/stat``) of the gateway, the agent, MLServer (all processes of
 its session) and this client are recorded, so the CPU each request costs in each process is known; and the
@@ -25,6 +27,9 @@ gateway's RSS (``VmRSS``) idle, after each part, and its peak (``VmHWM``).
     .venv/bin/python bench/gateway_inference.py [--rounds 3] [--requests 300] [--pipeline-requests 150]
                                                 [--clients 8] [--seconds 3] [--rows 2] [--quick] [--json PATH]
                                                 [--workdir DIR] [--py-spy BIN [--profile-out PATH]]
+                                                [--pipeline-only]
+
+``--pipeline-only`` measures part 2 alone (an A/B of pipeline changes in a minute).
 
 ``--py-spy`` samples the gateway and the agent in an extra phase after the measurements (so the figures are not
 slowed by it): gateway model throughput and sequential pipeline requests, and prints their top functions.
@@ -83,7 +88,13 @@ from tests.support.pipeline_models import class_models, three_step_pipeline  # t
 PIPELINE = "abc"
 MODELS = ("iris", "pa", "pb", "pc")
 TARGETS = ("direct", "proxy", "gateway")
-PIPELINE_WAYS = ("gateway_pipeline", "by_hand_direct_sequential", "by_hand_direct_concurrent", "by_hand_gateway")
+PIPELINE_WAYS = (
+    "gateway_pipeline",
+    "by_hand_direct_sequential",
+    "by_hand_direct_concurrent",
+    "by_hand_gateway",
+    "by_hand_proxy_concurrent",
+)
 JSON_HEADERS = {"Content-Type": "application/json"}
 LOAD_TIMEOUT = 120.0
 # The ways take turns in slices this small (requests; a second of throughput), so drift hits each alike.
@@ -224,6 +235,7 @@ class Ways:
     urls: dict[str, str]
     mlserver: str
     gateway: str
+    proxy: str
 
     def model_call(self, target: str) -> Call:
         url = self.urls[target]
@@ -254,6 +266,8 @@ class Ways:
             "by_hand_direct_sequential": lambda s: self.by_hand(s, self.mlserver, "_1", concurrent=False),
             "by_hand_direct_concurrent": lambda s: self.by_hand(s, self.mlserver, "_1", concurrent=True),
             "by_hand_gateway": lambda s: self.by_hand(s, self.gateway, "", concurrent=True),
+            # The floor of a pipeline through the gateway: the same calls with every hop it takes but its own.
+            "by_hand_proxy_concurrent": lambda s: self.by_hand(s, self.proxy, "", concurrent=True),
         }
         return calls[way]
 
@@ -357,6 +371,7 @@ class Config:
     workdir: Path
     py_spy: str | None
     profile_out: Path | None
+    pipeline_only: bool = False
 
 
 def per_process_ms(cpu: dict[str, float], requests: int) -> dict[str, float | None]:
@@ -474,6 +489,7 @@ async def measure(stack: Stack, config: Config, request: dict[str, Any], expecte
         },
         stack.mlserver_url,
         stack.gateway_url,
+        stack.proxy_url,
     )
     gateway_pid = gateway.pid
     result: dict[str, Any] = {"gateway_rss_bytes": {"idle": rss_bytes(gateway_pid)}}
@@ -491,16 +507,17 @@ async def measure(stack: Stack, config: Config, request: dict[str, Any], expecte
         for way in PIPELINE_WAYS:
             await sequential(session, ways.pipeline_call(way), 20)()
 
-        result["model_latency"] = await in_turns(TARGETS, config.requests, SLICE_REQUESTS, ways.model_call)
-        slices = max(1, round(config.seconds))
-        result["model_throughput"] = await measure_ways(
-            TARGETS,
-            config.rounds,
-            slices,
-            lambda run: phase(watched, run),
-            lambda t: closed_loop(session, ways.model_call(t), config.clients, config.seconds / slices),
-        )
-        result["gateway_rss_bytes"]["after_model_part"] = rss_bytes(gateway_pid)
+        if not config.pipeline_only:
+            result["model_latency"] = await in_turns(TARGETS, config.requests, SLICE_REQUESTS, ways.model_call)
+            slices = max(1, round(config.seconds))
+            result["model_throughput"] = await measure_ways(
+                TARGETS,
+                config.rounds,
+                slices,
+                lambda run: phase(watched, run),
+                lambda t: closed_loop(session, ways.model_call(t), config.clients, config.seconds / slices),
+            )
+            result["gateway_rss_bytes"]["after_model_part"] = rss_bytes(gateway_pid)
         pipeline_requests, pipeline_call = config.pipeline_requests, ways.pipeline_call
         result["pipeline_latency"] = await in_turns(
             PIPELINE_WAYS, pipeline_requests, SLICE_PIPELINE_REQUESTS, pipeline_call
@@ -511,15 +528,26 @@ async def measure(stack: Stack, config: Config, request: dict[str, Any], expecte
             result.update(await profile_gateway(config.py_spy, session, ways, config, watched))
 
     keys = ("p50_ms", "p90_ms", "p99_ms")
-    lat, thr, pipe = result["model_latency"], result["model_throughput"], result["pipeline_latency"]
-    result["ratios"] = {
-        "latency_gateway_to_direct": ratios(lat, "gateway", "direct", keys),
-        "latency_proxy_to_direct": ratios(lat, "proxy", "direct", keys),
-        "throughput_gateway_to_direct": round(thr["gateway"]["requests_per_s"] / thr["direct"]["requests_per_s"], 3),
-        "throughput_proxy_to_direct": round(thr["proxy"]["requests_per_s"] / thr["direct"]["requests_per_s"], 3),
+    pipe = result["pipeline_latency"]
+    result["ratios"] = {}
+    if not config.pipeline_only:
+        lat, thr = result["model_latency"], result["model_throughput"]
+        result["ratios"] = {
+            "latency_gateway_to_direct": ratios(lat, "gateway", "direct", keys),
+            "latency_proxy_to_direct": ratios(lat, "proxy", "direct", keys),
+            "throughput_gateway_to_direct": round(
+                thr["gateway"]["requests_per_s"] / thr["direct"]["requests_per_s"], 3
+            ),
+            "throughput_proxy_to_direct": round(thr["proxy"]["requests_per_s"] / thr["direct"]["requests_per_s"], 3),
+        }
+    result["ratios"] |= {
         "pipeline_to_by_hand_direct_sequential": ratios(pipe, "gateway_pipeline", "by_hand_direct_sequential", keys),
         "pipeline_to_by_hand_direct_concurrent": ratios(pipe, "gateway_pipeline", "by_hand_direct_concurrent", keys),
         "pipeline_to_by_hand_gateway": ratios(pipe, "gateway_pipeline", "by_hand_gateway", keys),
+        "pipeline_to_by_hand_proxy_concurrent": ratios(pipe, "gateway_pipeline", "by_hand_proxy_concurrent", keys),
+        "by_hand_proxy_concurrent_to_by_hand_direct_sequential": ratios(
+            pipe, "by_hand_proxy_concurrent", "by_hand_direct_sequential", keys
+        ),
     }
     return result
 
@@ -534,7 +562,8 @@ async def profile_gateway(
     profilers = [start_profiler(py_spy, watched.gateway, out), start_profiler(py_spy, watched.agent, agent_out)]
     try:
         await asyncio.sleep(1.0)  # py-spy attaches
-        await closed_loop(session, ways.model_call("gateway"), config.clients, 2 * config.seconds)()
+        if not config.pipeline_only:
+            await closed_loop(session, ways.model_call("gateway"), config.clients, 2 * config.seconds)()
         await sequential(session, ways.pipeline_call("gateway_pipeline"), 2 * config.pipeline_requests)()
     finally:
         for profiler in profilers:
@@ -558,6 +587,7 @@ async def benchmark(config: Config, request: dict[str, Any], expected: list[int]
             "clients": config.clients,
             "seconds": config.seconds,
             "rows": len(expected),
+            "pipeline_only": config.pipeline_only,
             "request_body_bytes": len(json.dumps(request)),
         },
         "code": await asyncio.to_thread(code_fingerprint),
@@ -591,7 +621,7 @@ def render(result: dict[str, Any]) -> str:
         f"{'way':<10} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}  {'p50 per round':<24} {'req/s':>7} "
         f"{'req/s per round':<22} {'gw / agent / mlserver / client CPU ms per req (throughput)'}",
     ]
-    for target in TARGETS:
+    for target in TARGETS if "model_latency" in result else ():
         lat, thr = result["model_latency"][target], result["model_throughput"][target]
         per_round = " ".join(f"{part['latency']['p50_ms']:.2f}" for part in lat["rounds"])
         rates = " ".join(f"{part['requests'] / part['wall_s']:.0f}" for part in thr["rounds"])
@@ -623,12 +653,12 @@ def render(result: dict[str, Any]) -> str:
     gw = result["gateway_rss_bytes"]
     lines += [
         "",
-        f"gateway RSS: idle {gw['idle'] / MiB:.1f} MiB, after (1) {gw['after_model_part'] / MiB:.1f}, after (2) "
+        f"gateway RSS: idle {gw['idle'] / MiB:.1f} MiB, after (1) {gw.get('after_model_part', 0) / MiB:.1f}, after (2) "
         f"{gw['after_pipeline_part'] / MiB:.1f}, peak {gw['peak_hwm'] / MiB:.1f} MiB; agent "
         f"{result['agent_rss_bytes'] / MiB:.1f} MiB; MLServer {result.get('mlserver_rss_bytes', 0) / MiB:.1f} MiB",
-        f"gateway CPU s: latency part {sum(p['cpu_s']['gateway'] for p in result['model_latency'].values()):.2f}, "
-        f"throughput part {sum(p['cpu_s']['gateway'] for p in result['model_throughput'].values()):.2f}, "
-        f"pipeline part {sum(p['cpu_s']['gateway'] for p in result['pipeline_latency'].values()):.2f}",
+        f"gateway CPU s: latency part {gateway_cpu(result, 'model_latency'):.2f}, "
+        f"throughput part {gateway_cpu(result, 'model_throughput'):.2f}, "
+        f"pipeline part {gateway_cpu(result, 'pipeline_latency'):.2f}",
         f"errors: {errors_of(result)}; checks {result['checks']}; exits {result['exits']}",
     ]
     for key, process in (("profile", "gateway"), ("agent_profile", "agent")):
@@ -638,9 +668,14 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def gateway_cpu(result: dict[str, Any], part: str) -> float:
+    """The gateway's CPU seconds over every way of a part (0 for a part not measured: --pipeline-only)."""
+    return float(sum(way["cpu_s"]["gateway"] for way in result.get(part, {}).values()))
+
+
 def errors_of(result: dict[str, Any]) -> int:
     parts = ("model_latency", "model_throughput", "pipeline_latency")
-    return sum(way["errors"] for part in parts for way in result[part].values())
+    return sum(way["errors"] for part in parts for way in result.get(part, {}).values())
 
 
 # --------------------------------------------------------------------------------------------- command line
@@ -657,6 +692,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--rows", type=int, default=2, help="flowers per request (default 2: the sample's request as it is)"
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 rounds, 50 requests, 1 s")
+    parser.add_argument(
+        "--pipeline-only", action="store_true", help="measure only part (2), the pipeline against the calls by hand"
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the result as JSON here")
     parser.add_argument("--workdir", type=Path, help="keep logs in a new folder in DIR (default: temporary, removed)")
     parser.add_argument("--py-spy", metavar="BIN", help="profile the gateway and agent with this py-spy (extra phase)")
@@ -699,6 +737,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workdir,
             options.py_spy,
             options.profile_out,
+            options.pipeline_only,
         )
         request, expected = scaled(printed["request"], printed["expected"], options.rows)
         result = asyncio.run(benchmark(config, request, expected))

@@ -9,7 +9,6 @@ version (``/versions/{v}``) addresses exactly that model version and bypasses ex
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -21,7 +20,7 @@ from gateway.edges.v2_grpc_codec import check_infer_request
 from gateway.experiment_split import ExperimentSplitter
 from gateway.gateway_metrics import GatewayMetrics
 from gateway.inference_types import MAX_REQUEST_ID_CHARS, InferenceError, JsonObject
-from gateway.json_documents import JsonDocumentError, loads_bounded
+from gateway.json_documents import JsonDocumentError, dumps, loads_bounded
 from gateway.replica_client import ReplicaAnswer, ReplicaClient
 from gateway.routing_table import ROUTE_HEADER, RoutingTable
 from gateway.seldon_targets import Target, TargetKind
@@ -69,7 +68,7 @@ def parse_request(body: bytes) -> JsonObject:
 def encode_request(request: JsonObject) -> bytes:
     """The body of an already-decoded request (gRPC, Kafka), held to the same checks as :func:`parse_request`
     without parsing it back."""
-    body = json.dumps(request).encode()
+    body = dumps(request)
     _check_size(body)
     check_routable(request)
     return body
@@ -273,7 +272,7 @@ class InferenceRouter:
         route = self._table().models.get(name)
         if not suffix and route is not None:
             document["versions"] = [str(number) for number in route.versions]
-        return RoutedAnswer(answer.status, json.dumps(document).encode())
+        return RoutedAnswer(answer.status, dumps(document))
 
     def model_ready(self, name: str, version: int | None) -> bool:
         """Ready when some replica serves it (an experiment: when a candidate can answer, as requests go
@@ -291,7 +290,7 @@ class InferenceRouter:
 
     async def infer_pipeline(self, name: str, body: bytes, headers: Mapping[str, str]) -> RoutedAnswer:
         response, route_headers = await self.route_pipeline(name, parse_request(body), headers)
-        return RoutedAnswer(200, json.dumps(response).encode(), "application/json", route_headers)
+        return RoutedAnswer(200, dumps(response), "application/json", route_headers)
 
     async def call_pipeline(self, name: str, request: JsonObject, headers: Mapping[str, str]) -> JsonObject:
         """The pipeline caller of the Kafka bridge (experiments applied)."""

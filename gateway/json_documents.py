@@ -82,9 +82,27 @@ def loads_bounded(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
             document = orjson.loads(data)
         except orjson.JSONDecodeError:
             document = _standard_loads(data, too_deep)
-    if nesting_depth(document, stop_after=max_depth) > max_depth:
+    # Each level of nesting opens with a "[" or "{": a document with no more of them than the limit (a string
+    # holding some only adds to the count) cannot nest past it, and is not walked (most messages, counted in C).
+    if data.count(b"[") + data.count(b"{") > max_depth and nesting_depth(document, stop_after=max_depth) > max_depth:
         raise JsonDocumentError(too_deep)
     return document
+
+
+def dumps(document: Any) -> bytes:
+    """A document made of JSON values (as :func:`loads_bounded` gives, and strings, numbers, lists and dicts
+    built from them) as JSON bytes: what ``json.dumps(document).encode()`` writes, as a JSON document, written
+    by orjson where that is the same (compact and UTF-8 rather than spaced and ``\\u``-escaped; 5-10x faster).
+    Written by the standard library instead: what orjson refuses (an integer past 64 bits, a lone surrogate, a
+    key that is not a string), and any output holding ``null``, because orjson writes NaN and +-Infinity (which
+    a request may carry: the standard library reads them) as ``null`` where the standard library keeps them."""
+    try:
+        data = orjson.dumps(document)
+    except orjson.JSONEncodeError:
+        return json.dumps(document).encode()
+    if b"null" in data:
+        return json.dumps(document).encode()
+    return data
 
 
 def _standard_loads(data: bytes, too_deep: str) -> Any:

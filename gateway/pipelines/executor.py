@@ -82,6 +82,10 @@ LOOP_STATUS = 508
 _KEPT_STEP_STATUSES = frozenset({503, 504})
 
 
+# What ready_to_fire gets for the live steps in a graph without OUTER joins: it reads them only for those.
+_NOT_ASKED: frozenset[str] = frozenset()
+
+
 class TriggerRule(enum.Enum):
     """When a trigger reference counts as true."""
 
@@ -123,6 +127,11 @@ class PipelineExecutor:
         self.trigger_rule = trigger_rule
         self.limits = limits or TensorLimits()
         self.timeout_s = timeout_s
+        # The steps in spec order, then the output: the order every pass over the graph takes.
+        self.consumers: tuple[Consumer, ...] = (*self.graph.steps.values(), self.graph.output)
+        # Which steps may still emit matters only to an OUTER join (it waits for those, or for its window);
+        # a graph without one never asks, so a request through it does not compute it at every pass.
+        self.has_outer_join = any(JoinType.OUTER in (c.inputs_join, c.triggers_join) for c in self.consumers)
 
     @property
     def name(self) -> str:
@@ -163,6 +172,8 @@ class _Run:
     ) -> None:
         self.step_timer = step_timer
         self.graph: PipelineGraph = executor.graph
+        self.consumers = executor.consumers
+        self.has_outer_join = executor.has_outer_join
         self.rule = executor.trigger_rule
         self.limits = executor.limits
         self.call_model = call_model
@@ -176,6 +187,12 @@ class _Run:
         # Only when the caller asked for each step's tensors (gateway/pipelines/step_trace.py): None costs nothing.
         self.trace: StepTrace | None = StepTrace() if wants_steps(headers) else None
         self.traced: dict[asyncio.Task[list[JsonObject]], JsonObject] = {}
+        # Steps that finished since the loop last looked, and the future the loop sleeps on: one done callback
+        # per step and one future per wait, where asyncio.wait would add and remove a callback on every
+        # running step and start a timer each time it is called.
+        self.finished: list[asyncio.Task[list[JsonObject]]] = []
+        self.wakeup: asyncio.Future[None] | None = None
+        self.out_of_time = False  # the deadline's alarm rang (timers may ring a clock tick early)
         self.response: JsonObject | None = None
         self.loop = asyncio.get_running_loop()
         # Without cycles a step runs once; with them, 1 + maxStepRevisits times.
@@ -185,6 +202,8 @@ class _Run:
 
     async def execute(self, inputs: list[JsonObject], timeout_s: float | None) -> JsonObject:
         deadline = None if timeout_s is None else self.loop.time() + timeout_s
+        # One timer for the whole request: it wakes the loop at the deadline, whatever it is waiting for.
+        alarm = None if deadline is None else self.loop.call_at(deadline, self._ring)
         try:
             self._emit(PIPELINE_INPUTS, inputs)
             while True:
@@ -194,25 +213,45 @@ class _Run:
                         self.response["steps"] = self.trace.document()
                     return self.response
                 waits = self._window_ends()
-                if not self.running and not waits:
+                if not self.running and not self.finished and not waits:
                     raise self._no_output()
-                now = self.loop.time()
-                wake = min([*waits, *([deadline] if deadline is not None else [])], default=None)
-                if deadline is not None and now >= deadline:
+                if self.out_of_time or (deadline is not None and self.loop.time() >= deadline):
                     raise self._timed_out(timeout_s)
-                if not self.running:
-                    await asyncio.sleep(max(0.0, (wake or now) - now))
-                    continue
-                done, _ = await asyncio.wait(
-                    set(self.running),
-                    timeout=None if wake is None else max(0.0, wake - now),
-                    return_when="FIRST_COMPLETED",
-                )
+                await self._wait_for_step(min(waits, default=None))
+                done, self.finished = self.finished, []
                 self._collect(done)
         finally:
+            if alarm is not None:
+                alarm.cancel()
             await self._cancel_running()
 
-    def _collect(self, done: set[asyncio.Task[list[JsonObject]]]) -> None:
+    async def _wait_for_step(self, until: float | None) -> None:
+        """Until a step finishes, the deadline's alarm rings, or (when given) the loop's clock reaches ``until``."""
+        if self.finished:
+            return
+        self.wakeup = self.loop.create_future()
+        timer = None if until is None else self.loop.call_at(until, self._wake)
+        try:
+            await self.wakeup
+        finally:
+            self.wakeup = None
+            if timer is not None:
+                timer.cancel()
+
+    def _ring(self) -> None:
+        self.out_of_time = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.wakeup is not None and not self.wakeup.done():
+            self.wakeup.set_result(None)
+
+    def _step_done(self, task: asyncio.Task[list[JsonObject]]) -> None:
+        if task in self.running:  # not one cancelled when the request ended
+            self.finished.append(task)
+            self._wake()
+
+    def _collect(self, done: list[asyncio.Task[list[JsonObject]]]) -> None:
         """Emit the outputs of finished steps; the first failure (in spec order) fails the request."""
         order = list(self.graph.steps)
         failures: list[_StepError] = []
@@ -303,11 +342,13 @@ class _Run:
 
     def _window_ends(self) -> list[float]:
         """When a waiting OUTER join's window closes: the loop must wake then even if no step finishes."""
+        if not self.has_outer_join:
+            return []
         live = self._live_steps()
         now = self.loop.time()
         ends: list[float] = []
-        for name in [*self.graph.steps, OUTPUT_NAME]:
-            consumer, held = self.graph.consumer(name), self.held[name]
+        for consumer in self.consumers:
+            name, held = consumer.name, self.held[consumer.name]
             outer = JoinType.OUTER in (consumer.inputs_join, consumer.triggers_join)
             # A window already closed is not what the join waits for (a step still running is): no busy loop.
             closes = held.window_ends
@@ -321,10 +362,10 @@ class _Run:
         progress = True
         while progress and self.response is None:
             progress = False
-            live = self._live_steps()
+            live = self._live_steps() if self.has_outer_join else _NOT_ASKED
             now = self.loop.time()
-            for name in [*self.graph.steps, OUTPUT_NAME]:
-                consumer = self.graph.consumer(name)
+            for consumer in self.consumers:
+                name = consumer.name
                 if not ready_to_fire(consumer, self.held[name], live, now):
                     continue
                 if self._exhausted(name) and not self.graph.allow_cycles:
@@ -381,10 +422,11 @@ class _Run:
         body: JsonObject = {"id": self.request_id, "inputs": tensors}
         if isinstance(self.parameters, dict):
             body["parameters"] = self.parameters
-        task = asyncio.create_task(self._call(consumer, body), name=f"pipeline {self.graph.name} step {name}")
+        task = self.loop.create_task(self._call(consumer, body), name=f"pipeline {self.graph.name} step {name}")
         self.running[task] = name
         if self.trace is not None:
             self.traced[task] = self.trace.started(name, consumer.model, tensors)
+        task.add_done_callback(self._step_done)
 
     async def _call(self, step: Consumer, body: JsonObject) -> list[JsonObject]:
         started = time.perf_counter()

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 
 from gateway.inference_types import JsonObject
@@ -28,7 +28,7 @@ class Held:
     window_ends: float | None = None  # join window, started by the first arrival after the last firing
 
 
-def could_fire(consumer: Consumer, held: Held, live: set[str]) -> bool:
+def could_fire(consumer: Consumer, held: Held, live: Set[str]) -> bool:
     """Whether ``consumer``'s joins could still be satisfied by what it ``held`` and what ``live`` steps may emit."""
 
     def coming(port: Port) -> bool:
@@ -43,7 +43,7 @@ def could_fire(consumer: Consumer, held: Held, live: set[str]) -> bool:
     return all(triggers) if consumer.triggers_join is JoinType.INNER else any(triggers)
 
 
-def ready_to_fire(consumer: Consumer, held: Held, live: set[str], now: float) -> bool:
+def ready_to_fire(consumer: Consumer, held: Held, live: Set[str], now: float) -> bool:
     """Whether ``consumer``'s joins are satisfied now by what it ``held`` (the module docstring of executor.py)."""
     window_over = held.window_ends is not None and now >= held.window_ends
 

@@ -14,13 +14,28 @@ from hypothesis import strategies as st
 
 from gateway.inference_router import parse_request
 from gateway.inference_types import InferenceError
-from gateway.json_documents import MAX_JSON_DEPTH, JsonDocumentError, loads_bounded, nesting_depth
+from gateway.json_documents import MAX_JSON_DEPTH, JsonDocumentError, dumps, loads_bounded, nesting_depth
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
     max_leaves=40,
 )
+
+
+# Everything json.dumps writes: NaN and infinities, integers of any size, strings with lone surrogates.
+any_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(st.characters(blacklist_categories=())),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    max_leaves=40,
+)
+
+
+@given(any_json_values)
+def test_dumps_writes_the_document_the_standard_library_writes(value: Any) -> None:
+    """Read back, what dumps wrote is what json.dumps wrote: the same values, NaN and Infinity kept (orjson alone
+    would write them as null), big integers exact."""
+    assert json.dumps(json.loads(dumps(value))) == json.dumps(value)
 
 
 def depth_of(value: Any) -> int:

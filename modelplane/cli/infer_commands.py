@@ -33,7 +33,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final, Protocol
@@ -48,6 +48,8 @@ from modelplane.command_line import EXIT_FAILURE, EXIT_USAGE, fail
 from modelplane.config import LayeredAppend, parse_layered
 from modelplane.flag_types import bounded_int, peer_address
 from modelplane.inference_limits import MAX_REQUEST_BODY_BYTES
+from modelplane.spec.errors import InvalidArgument
+from modelplane.spec.names import check_name
 from modelplane.transport import TransportError, TransportSecurity, http_client_ssl
 from modelplane.transport_flags import add_tls_flags, security_from
 
@@ -98,6 +100,20 @@ def header(text: str) -> tuple[str, str]:
     if name.lower() in RESERVED_HEADERS:
         raise argparse.ArgumentTypeError(f"{name} is set by modelplane itself")
     return name, value
+
+
+def resource_name(kind: str) -> Callable[[str], str]:
+    """The NAME of ``KIND infer NAME``: a model, pipeline or experiment name as the scheduler allows it (a DNS
+    label). It becomes a segment of the request's path, so anything else ('/', '?', '#', '%') would send the
+    request somewhere other than the named resource (``model infer ../pipelines/p`` to pipeline p)."""
+
+    def parse(text: str) -> str:
+        try:
+            return check_name(text, kind)
+        except InvalidArgument as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return parse
 
 
 def _shown(text: str, limit: int = 60) -> str:
@@ -168,7 +184,7 @@ def add_infer_parser(actions: argparse._SubParsersAction[argparse.ArgumentParser
         description=f"Send a V2 inference request to {kind} NAME through the gateway (REST) and print the answer; "
         "with --iterations, latency percentiles instead.",
     )
-    parser.add_argument("name", help=f"the {kind}'s name")
+    parser.add_argument("name", type=resource_name(kind), help=f"the {kind}'s name")
     _add_request_flags(parser, kind)
     parser.add_argument(
         "--sticky",
@@ -200,7 +216,7 @@ def add_inspect_parser(actions: argparse._SubParsersAction[argparse.ArgumentPars
         description="Send one V2 request to pipeline NAME through the gateway, asking it (x-modelplane-inspect: "
         "steps) for the tensors each step received and answered, and print them with the pipeline's answer.",
     )
-    parser.add_argument("name", help="the pipeline's name")
+    parser.add_argument("name", type=resource_name("pipeline"), help="the pipeline's name")
     _add_request_flags(parser, "pipeline")
 
 

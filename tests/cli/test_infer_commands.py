@@ -486,3 +486,25 @@ def test_data_that_cannot_be_read_is_bad_input(data: str, message: str) -> None:
         read_data(data)
     assert caught.value.exit_status == 2
     assert str(caught.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("kind", "action", "name"),
+    [
+        ("model", "infer", "../pipelines/abc"),
+        ("model", "infer", "a?b"),
+        ("pipeline", "infer", "abc/../../models/pa"),
+        ("experiment", "infer", "a#b"),
+        ("pipeline", "inspect", "%2e%2e"),
+    ],
+)
+def test_a_name_that_is_no_resource_name_is_bad_input(
+    capsys: pytest.CaptureFixture[str], kind: str, action: str, name: str
+) -> None:
+    # The name becomes a segment of the request's path: one with '/', '?', '#' or an escape would send the
+    # request somewhere else (``../pipelines/abc`` to pipeline abc under ``model infer``).
+    result = in_process(
+        capsys, kind, action, name, "--data", '{"inputs": [{"name": "a"}]}', "--gateway", f"127.0.0.1:{closed_port()}"
+    )
+    assert_clean_failure(result, status=2)
+    assert f"argument name: {kind} name {name!r} is invalid" in result.stderr

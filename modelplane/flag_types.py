@@ -26,6 +26,11 @@ def address(text: str) -> Address:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+# A client's per-call deadline, and how long a command may follow a resource until it settles (``-w``).
+MAX_CALL_SECONDS = 3600.0
+MAX_WAIT_SECONDS = 86400.0
+
+
 def seconds(maximum: float) -> Callable[[str], float]:
     """A positive number of seconds up to ``maximum``."""
 

@@ -13,6 +13,7 @@ from modelplane.cli.manifest_commands import apply, experiment_state_word, read_
 from modelplane.cli.manifest_documents import Kind
 from modelplane.cli.output_formats import add_output_flag, as_record, columns, render
 from modelplane.cli.scheduler_session import SUBSCRIBER, Scheduler, follow
+from modelplane.flag_types import MAX_WAIT_SECONDS, seconds
 
 
 def add_experiment_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,7 +33,11 @@ def add_experiment_commands(commands: argparse._SubParsersAction[argparse.Argume
         "-w", "--wait", action="store_true", help="print each change until the experiment is active and ready"
     )
     status.add_argument(
-        "--wait-timeout", type=float, default=300.0, metavar="SECONDS", help="how long -w waits (default 300)"
+        "--wait-timeout",
+        type=seconds(MAX_WAIT_SECONDS),
+        default=300.0,
+        metavar="SECONDS",
+        help="how long -w waits (default 300)",
     )
     add_output_flag(status)
     listing = actions.add_parser("list", help="every experiment and whether it is active")

@@ -21,7 +21,7 @@ from modelplane.audit import AuditLogError
 from modelplane.auth_flags import add_client_token_flag, client_token
 from modelplane.command_line import EXIT_USAGE, fail, subparsers
 from modelplane.config import parse_layered
-from modelplane.flag_types import peer_address
+from modelplane.flag_types import MAX_CALL_SECONDS, peer_address, seconds
 from modelplane.kubernetes_api import KubernetesConfigError
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_tls_flags, security_from
@@ -42,7 +42,13 @@ def add_client_flags(parser: argparse.ArgumentParser, section: str) -> None:
         metavar="HOST:PORT",
         help=f"the scheduler's API address (default {DEFAULT_SCHEDULER}; env MODELPLANE_SCHEDULER)",
     )
-    parser.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help="per-call deadline (default 10)")
+    parser.add_argument(
+        "--timeout",
+        type=seconds(MAX_CALL_SECONDS),
+        default=10.0,
+        metavar="SECONDS",
+        help="per-call deadline (default 10)",
+    )
     parser.add_argument("--config", metavar="FILE", help=f"TOML settings file ([{section}] table)")
     add_tls_flags(parser, server=False)
     add_client_token_flag(parser)

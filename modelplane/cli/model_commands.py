@@ -22,6 +22,7 @@ from modelplane.addresses import Address
 from modelplane.cli.infer_commands import add_infer_parser
 from modelplane.cli.manifests import MAX_MANIFEST_BYTES, ManifestError, parse_model_manifest
 from modelplane.command_line import EXIT_FAILURE, EXIT_USAGE
+from modelplane.flag_types import MAX_WAIT_SECONDS, seconds
 from modelplane.transport import TransportSecurity, open_channel
 
 ModelState = pb.ModelStatus.ModelState
@@ -266,7 +267,11 @@ def add_model_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         help="the state --watch waits for (default ModelAvailable)",
     )
     status_parser.add_argument(
-        "--wait-timeout", type=float, default=300.0, metavar="SECONDS", help="how long --watch waits (default 300)"
+        "--wait-timeout",
+        type=seconds(MAX_WAIT_SECONDS),
+        default=300.0,
+        metavar="SECONDS",
+        help="how long --watch waits (default 300)",
     )
     add_infer_parser(model_commands, "model")
     server = commands.add_parser("server", help="server status", description="Inspect servers.")

@@ -20,6 +20,7 @@ from modelplane.cli.manifest_documents import Kind
 from modelplane.cli.model_commands import CommandError
 from modelplane.cli.output_formats import add_output_flag, as_record, columns, render
 from modelplane.cli.scheduler_session import SUBSCRIBER, Scheduler, follow
+from modelplane.flag_types import MAX_WAIT_SECONDS, seconds
 
 PipelineStatus = pb.PipelineVersionState.PipelineStatus
 _FAILED = {PipelineStatus.Value("PipelineFailed")}
@@ -47,7 +48,11 @@ def add_pipeline_commands(commands: argparse._SubParsersAction[argparse.Argument
         help="print each change until the pipeline reaches STATE (default PipelineReady)",
     )
     status.add_argument(
-        "--wait-timeout", type=float, default=300.0, metavar="SECONDS", help="how long -w waits (default 300)"
+        "--wait-timeout",
+        type=seconds(MAX_WAIT_SECONDS),
+        default=300.0,
+        metavar="SECONDS",
+        help="how long -w waits (default 300)",
     )
     add_output_flag(status)
     listing = actions.add_parser("list", help="every pipeline and its state")

@@ -50,7 +50,7 @@ def add_resource_commands(commands: argparse._SubParsersAction[argparse.Argument
 def usage_problem(section: str, action: str | None, options: argparse.Namespace) -> str | None:
     """A combination of flags argparse cannot refuse by itself."""
     if section in GROUPS and action == "status" and options.wait and not options.name:
-        return f"-w needs a {section} name"
+        return f"-w needs {'an' if section[0] in 'aeiou' else 'a'} {section} name"
     if section == "model" and action == "status" and options.watch and options.output != "table":
         return "--watch prints a table; leave out --output"
     return None

@@ -309,7 +309,12 @@ def test_the_group_commands_take_their_own_kind_only(scheduler: SchedulerProcess
     ("args", "message"),
     [
         (("pipeline", "status", "-w"), "-w needs a pipeline name"),
-        (("experiment", "status", "-w"), "-w needs a experiment name"),
+        (("experiment", "status", "-w"), "-w needs an experiment name"),
+        (("pipeline", "status", "x", "-w", "--wait-timeout", "nan"), "argument --wait-timeout: nan is out of range"),
+        (("experiment", "status", "x", "-w", "--wait-timeout", "-5"), "argument --wait-timeout: -5 is out of range"),
+        (("model", "status", "x", "--watch", "--wait-timeout", "0"), "argument --wait-timeout: 0 is out of range"),
+        (("pipeline", "list", "--timeout", "nan"), "argument --timeout: nan is out of range"),
+        (("server", "list", "--timeout", "-1"), "argument --timeout: -1 is out of range"),
         (("pipeline", "status", "x", "-w", "Bogus"), "argument -w/--wait: invalid choice: 'Bogus'"),
         (("model", "list", "--output", "xml"), "argument -o/--output: invalid choice: 'xml'"),
         (("load",), "the following arguments are required: -f/--file"),

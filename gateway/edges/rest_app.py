@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
 
 from aiohttp import web
@@ -24,6 +24,8 @@ from modelplane.metrics_http import add_metrics_route
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The router's model_metadata or model_config: (name, version, headers) to the replica's answer.
+ModelDocumentFetch = Callable[[str, int | None, Mapping[str, str]], Awaitable[RoutedAnswer]]
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -118,19 +120,19 @@ def build_app(router: InferenceRouter, metrics: GatewayMetrics, is_ready: Callab
                 lambda given: router.infer_target(target, version, given, headers), body, headers, request_id
             )
 
-    async def model_metadata(request: web.Request) -> web.Response:
+    async def model_document(request: web.Request, fetch: ModelDocumentFetch) -> web.Response:
+        """A model's metadata or configuration, as the serving replica gives it (``fetch``)."""
         headers = headers_of(request)
         request_id = take_request_id(headers)
         name = _model_named(target_of(request.match_info["name"], headers))
         with logs.bound(request_id=request_id, model=name):
-            return _answer(await router.model_metadata(name, _version(request), headers), request_id)
+            return _answer(await fetch(name, _version(request), headers), request_id)
+
+    async def model_metadata(request: web.Request) -> web.Response:
+        return await model_document(request, router.model_metadata)
 
     async def model_config(request: web.Request) -> web.Response:
-        headers = headers_of(request)
-        request_id = take_request_id(headers)
-        name = _model_named(target_of(request.match_info["name"], headers))
-        with logs.bound(request_id=request_id, model=name):
-            return _answer(await router.model_config(name, _version(request), headers), request_id)
+        return await model_document(request, router.model_config)
 
     async def model_ready(request: web.Request) -> web.Response:
         target = target_of(request.match_info["name"], headers_of(request))

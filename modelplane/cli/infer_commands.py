@@ -65,9 +65,10 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 
 _VALUE = re.compile(r"[\x20-\x7e\t]*")  # printable ASCII and tabs: what every server reads the same way
 PERCENTILES: Final = (50, 90, 99)
 
-# (group, action) of the commands this module runs.
+# (group, action) of the commands this module runs: those that talk to a gateway (``model metadata``'s parser and
+# answer are inventory_commands.py's; its transport is this module's).
 COMMANDS: Final = frozenset(
-    {("model", "infer"), ("pipeline", "infer"), ("experiment", "infer"), ("pipeline", "inspect")}
+    {("model", "infer"), ("pipeline", "infer"), ("experiment", "infer"), ("pipeline", "inspect"), ("model", "metadata")}
 )
 
 
@@ -227,6 +228,14 @@ def _add_request_flags(parser: argparse.ArgumentParser, section: str) -> None:
         metavar="JSON|@FILE|-",
         help='the V2 request: JSON ({"inputs": [...]}), @FILE to read it from a file, - from standard input',
     )
+    add_gateway_flags(parser, section)
+    parser.add_argument(
+        "--output", choices=("json", "table"), default="json", help="how to print the answer (default json)"
+    )
+
+
+def add_gateway_flags(parser: argparse.ArgumentParser, section: str) -> None:
+    """The flags of every command that talks to a gateway: where it is, how (TLS, token), extra headers."""
     parser.add_argument(
         "--header",
         type=header,
@@ -242,9 +251,6 @@ def _add_request_flags(parser: argparse.ArgumentParser, section: str) -> None:
         metavar="HOST:PORT",
         help=f"the gateway's V2 REST address (default {DEFAULT_GATEWAY}, as `modelplane up` serves it; "
         "env MODELPLANE_GATEWAY)",
-    )
-    parser.add_argument(
-        "--output", choices=("json", "table"), default="json", help="how to print the answer (default json)"
     )
     parser.add_argument(
         "--timeout", type=seconds(MAX_CALL_SECONDS), default=10.0, metavar="SECONDS", help="per-request deadline"
@@ -511,7 +517,7 @@ def run(parser: argparse.ArgumentParser, group: str, action: str, argv: Sequence
     if len(options.header) > MAX_HEADERS:
         parser.error(f"at most {MAX_HEADERS} --header flags")
     try:
-        body = read_data(options.data)
+        body = read_data(options.data) if action != "metadata" else b""
         security = security_from(options)
         gateway_address: Address = options.gateway
         presented = client_token(options.auth_token_file)
@@ -571,6 +577,10 @@ async def _job(
         gateway = Gateway(address, session, "https" if security.uses_tls else "http", headers)
         if action == "inspect":
             return await inspect(gateway, options.name, body, options.output)
+        if action == "metadata":
+            from modelplane.cli.inventory_commands import model_metadata  # noqa: PLC0415 - it imports this module
+
+            return await model_metadata(gateway, options.name, options.output)
         sender = RestSender(gateway, await _infer_path(gateway, group, options.name), body)
         return await infer(
             sender,

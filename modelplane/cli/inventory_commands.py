@@ -8,19 +8,14 @@ from __future__ import annotations
 import argparse
 import json
 from typing import Any
-from urllib.parse import quote
-
-import aiohttp
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
-from modelplane.addresses import Address
-from modelplane.cli.model_commands import CommandError, server_table, state_name
+from modelplane.cli.infer_commands import Gateway, InferError, add_gateway_flags, resource_name
+from modelplane.cli.model_commands import server_table, state_name
 from modelplane.cli.output_formats import Record, add_output_flag, as_record, columns, render
 from modelplane.cli.scheduler_session import SUBSCRIBER, Scheduler
 from modelplane.command_line import subparsers
-from modelplane.flag_types import peer_address
 
-DEFAULT_GATEWAY = "127.0.0.1:9000"  # `modelplane up`'s, as it prints it
 MAX_METADATA_BYTES = 4 * 1024 * 1024  # a model's metadata: names, shapes, types of its tensors
 
 
@@ -34,14 +29,8 @@ def add_inventory_commands(commands: argparse._SubParsersAction[argparse.Argumen
     metadata = model_group.add_parser(
         "metadata", help="a model's V2 metadata (inputs, outputs, platform), from the gateway"
     )
-    metadata.add_argument("name")
-    metadata.add_argument(
-        "--gateway",
-        type=peer_address,
-        default=DEFAULT_GATEWAY,
-        metavar="HOST:PORT",
-        help=f"the gateway's V2 REST address (default {DEFAULT_GATEWAY}, as `modelplane up` prints it)",
-    )
+    metadata.add_argument("name", type=resource_name("model"), help="the model's name")
+    add_gateway_flags(metadata, "model")  # as infer's: the gateway's address, TLS, token and headers
     add_output_flag(metadata)
     add_output_flag(subparsers(groups["server"])["status"])
     add_output_flag(_group(groups["server"]).add_parser("list", help="every server and its replicas"))
@@ -133,34 +122,23 @@ async def server_list(scheduler: Scheduler, output: str) -> str:
     )
 
 
-async def model_metadata(gateway: Address, name: str, timeout: float, output: str) -> str:
-    """The model's V2 metadata as the gateway serves it (``GET /v2/models/NAME``)."""
-    url = f"http://{gateway}/v2/models/{quote(name, safe='')}"
+async def model_metadata(gateway: Gateway, name: str, output: str) -> str:
+    """The model's V2 metadata as the gateway serves it (``GET /v2/models/NAME``); InferError for anything else."""
+    answered = await gateway.call("GET", f"/v2/models/{name}")
+    address = gateway.address
+    if len(answered.body) > MAX_METADATA_BYTES:
+        raise InferError(f"the gateway at {address} sent more than {MAX_METADATA_BYTES} bytes of metadata")
     try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
-            session.get(url) as response,
-        ):
-            body = await response.content.read(MAX_METADATA_BYTES + 1)
-            status = response.status
-    except (aiohttp.ClientError, TimeoutError) as error:
-        raise CommandError(
-            f"cannot reach the gateway at {gateway}: is `modelplane up` or `modelplane gateway` running there? "
-            f"({error or type(error).__name__})"
-        ) from None
-    if len(body) > MAX_METADATA_BYTES:
-        raise CommandError(f"the gateway at {gateway} sent more than {MAX_METADATA_BYTES} bytes of metadata")
-    try:
-        answer: Any = json.loads(body)
+        answer: Any = json.loads(answered.body)
     except ValueError:
         answer = None
-    if status != 200:
+    if answered.status != 200:
         said = answer.get("error") if isinstance(answer, dict) else None
-        if status == 404:
-            raise CommandError(f"model {name!r} not found at the gateway {gateway}" + (f": {said}" if said else ""))
-        raise CommandError(f"the gateway at {gateway} answered HTTP {status}" + (f": {said}" if said else ""))
+        if answered.status == 404:
+            raise InferError(f"model {name!r} not found at the gateway {address}" + (f": {said}" if said else ""))
+        raise InferError(f"the gateway at {address} answered HTTP {answered.status}" + (f": {said}" if said else ""))
     if not isinstance(answer, dict):
-        raise CommandError(f"the gateway at {gateway} sent metadata that is not a JSON object")
+        raise InferError(f"the gateway at {address} sent metadata that is not a JSON object")
     return render(output, answer, lambda: _metadata_table(answer))
 
 

@@ -81,8 +81,6 @@ def job(  # noqa: PLR0911 - one return per command
         return _experiment_job(scheduler, action, options, output)
     if section == "model" and action == "list":
         return lambda: inventory_commands.model_list(scheduler, output)
-    if section == "model" and action == "metadata":
-        return lambda: inventory_commands.model_metadata(options.gateway, options.name, options.timeout, output)
     if section == "model" and action == "status" and output != "table":
         return lambda: inventory_commands.model_status_records(scheduler, options.name, output)
     if section == "server" and action == "list":

@@ -508,3 +508,17 @@ def test_a_name_that_is_no_resource_name_is_bad_input(
     )
     assert_clean_failure(result, status=2)
     assert f"argument name: {kind} name {name!r} is invalid" in result.stderr
+
+
+def test_model_metadata_takes_the_gateways_transport_flags(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    # `model metadata` talks to the gateway as infer does: its TLS and token flags are the gateway's, and plaintext
+    # off loopback is refused; they were the scheduler's flags, taken and ignored (always plaintext, no token).
+    result = in_process(capsys, "model", "metadata", "x", "--gateway", "10.1.2.3:9000", "--timeout", "1")
+    assert_clean_failure(result, status=2)
+    assert "refusing plaintext HTTP to the gateway at 10.1.2.3:9000" in result.stderr
+    result = in_process(capsys, "model", "metadata", "x", "--scheduler", "127.0.0.1:9004")
+    assert_clean_failure(result, status=2)
+    assert "unrecognized arguments: --scheduler" in result.stderr
+    result = in_process(capsys, "model", "metadata", "../pipelines/x")
+    assert_clean_failure(result, status=2)
+    assert "argument name: model name '../pipelines/x' is invalid" in result.stderr

@@ -55,7 +55,8 @@ def manifest_of(sample: Path) -> str:
 
 
 def cli(up: Up, *args: str) -> str:
-    result = run_modelplane(*args, "--scheduler", up.listen, timeout=WAIT + 30)
+    scheduler = () if args[:2] == ("model", "metadata") else ("--scheduler", up.listen)  # metadata: the gateway's
+    result = run_modelplane(*args, *scheduler, timeout=WAIT + 30)
     assert result.returncode == 0, (args, result.stdout, result.stderr, up.stderr()[-3000:])
     return result.stdout
 

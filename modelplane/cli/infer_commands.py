@@ -560,14 +560,7 @@ async def _job(
             timeout=options.timeout,
         )
         async with opened as grpc_sender:
-            return await infer(
-                grpc_sender,
-                group,
-                options.name,
-                sticky=options.sticky,
-                iterations=options.iterations,
-                output=options.output,
-            )
+            return await _infer_as_asked(grpc_sender, group, options)
     context = http_client_ssl(security.ca_file, security.cert_file, security.key_file)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     headers.update(dict(options.header))  # given last: a header of the caller's wins
@@ -582,11 +575,11 @@ async def _job(
 
             return await model_metadata(gateway, options.name, options.output)
         sender = RestSender(gateway, await _infer_path(gateway, group, options.name), body)
-        return await infer(
-            sender,
-            group,
-            options.name,
-            sticky=options.sticky,
-            iterations=options.iterations,
-            output=options.output,
-        )
+        return await _infer_as_asked(sender, group, options)
+
+
+async def _infer_as_asked(sender: Sender, group: str, options: argparse.Namespace) -> str:
+    """``infer`` with the command's flags, over REST or gRPC."""
+    return await infer(
+        sender, group, options.name, sticky=options.sticky, iterations=options.iterations, output=options.output
+    )

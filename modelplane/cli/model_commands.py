@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -179,8 +178,20 @@ async def watch(
     scheduler: Address, security: TransportSecurity, name: str, until: str, timeout: float, *, token: str | None = None
 ) -> str:
     """Print each change of ``name`` until it reaches ``until`` (or fails, or the time is up)."""
+    from modelplane.cli.scheduler_session import follow  # noqa: PLC0415 - it imports this module (CommandError)
+
     target = ModelState.Value(until)
-    deadline = time.monotonic() + timeout
+
+    def settled(update: pb.ModelStatusResponse) -> str | None:
+        latest = update.versions[-1].state if update.versions else None
+        if latest is not None and latest.state == target:
+            return f"model {name} is {until}"
+        if latest is not None and latest.state in FAILED_STATES and target not in FAILED_STATES:
+            raise CommandError(f"model {name} is {state_name(latest.state)}: {latest.reason}")
+        if not update.versions and update.deleted:
+            raise CommandError(f"model {name} was deleted")
+        return None
+
     async with open_channel(scheduler, security, token) as channel:
         stub = pb_grpc.SchedulerStub(channel)
         # One-shot first: an unknown model is an error now, not a silent wait.
@@ -188,33 +199,17 @@ async def watch(
             s async for s in stub.ModelStatus(pb.ModelStatusRequest(model=pb.ModelReference(name=name)), timeout=10)
         ]
         stream = stub.SubscribeModelStatus(pb.ModelSubscriptionRequest(subscriberName="modelplane-cli-watch"))
-        try:
-            update: pb.ModelStatusResponse | None = current
-            while True:
-                if update is not None and update.modelName == name:
-                    for row in _status_rows(update):
-                        print(row, flush=True)
-                    latest = update.versions[-1].state if update.versions else None
-                    if latest is not None and latest.state == target:
-                        return f"model {name} is {until}"
-                    if latest is not None and latest.state in FAILED_STATES and target not in FAILED_STATES:
-                        raise CommandError(f"model {name} is {state_name(latest.state)}: {latest.reason}")
-                    if not update.versions and update.deleted:
-                        raise CommandError(f"model {name} was deleted")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise CommandError(f"model {name} did not reach {until} within {timeout:g}s")
-                try:
-                    async with asyncio.timeout(remaining):
-                        message = await stream.read()
-                except TimeoutError:
-                    update = None
-                    continue
-                if not isinstance(message, pb.ModelStatusResponse):
-                    raise CommandError("the scheduler closed the status stream")
-                update = message
-        finally:
-            stream.cancel()
+        return await follow(
+            stream,
+            first=current,
+            name_of=lambda update: update.modelName,
+            name=name,
+            settled=settled,
+            show=lambda update: "\n".join(_status_rows(update)),
+            wait_seconds=timeout,
+            what=f"model {name}",
+            goal=f"reach {until}",
+        )
 
 
 async def server_status(

@@ -46,9 +46,11 @@ async def follow(
     show: Callable[[Any], str],
     wait_seconds: float,
     what: str,
+    goal: str = "settle",
 ) -> str:
     """Print each state of ``name`` (``first``, then the stream's updates of it) until ``settled`` returns the
-    closing line (it raises CommandError for a state that will not settle), or ``wait_seconds`` pass."""
+    closing line (it raises CommandError for a state that will not settle), or ``wait_seconds`` pass (CommandError:
+    ``{what} did not {goal} within ...``)."""
     deadline = time.monotonic() + wait_seconds
     update: Any = first
     try:
@@ -60,7 +62,7 @@ async def follow(
                     return done
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise CommandError(f"{what} did not settle within {wait_seconds:g}s")
+                raise CommandError(f"{what} did not {goal} within {wait_seconds:g}s")
             try:
                 async with asyncio.timeout(remaining):
                     message = await stream.read()

@@ -5,11 +5,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.cli.infer_commands import add_infer_parser
-from modelplane.cli.manifest_commands import apply, experiment_state_word, read_resources, remove
+from modelplane.cli.manifest_commands import apply_one_kind, experiment_state_word, remove_one
 from modelplane.cli.manifest_documents import Kind
 from modelplane.cli.output_formats import add_output_flag, as_record, columns, render
 from modelplane.cli.scheduler_session import SUBSCRIBER, Scheduler, follow
@@ -46,16 +45,11 @@ def add_experiment_commands(commands: argparse._SubParsersAction[argparse.Argume
 
 
 async def start(scheduler: Scheduler, source: str) -> str:
-    resources = await asyncio.to_thread(read_resources, source, Kind.EXPERIMENT)
-    async with scheduler.stub() as stub:
-        lines = [await apply(stub, resource, scheduler.timeout) for resource in resources]
-    follow_up = "; follow it with: modelplane experiment status {} -w"
-    return "\n".join(line + follow_up.format(resource.name) for line, resource in zip(lines, resources, strict=True))
+    return await apply_one_kind(scheduler, source, Kind.EXPERIMENT)
 
 
 async def stop(scheduler: Scheduler, name: str) -> str:
-    async with scheduler.stub() as stub:
-        return await remove(stub, Kind.EXPERIMENT, name, scheduler.timeout)
+    return await remove_one(scheduler, Kind.EXPERIMENT, name)
 
 
 async def _statuses(scheduler: Scheduler, name: str | None) -> list[pb.ExperimentStatusResponse]:

@@ -106,6 +106,24 @@ async def remove(stub: pb_grpc.SchedulerAsyncStub, kind: Kind, name: str, timeou
     return f"server config {name} not applied: {NOT_APPLIED}"
 
 
+async def apply_one_kind(scheduler: Scheduler, source: str, kind: Kind) -> str:
+    """``pipeline load`` and ``experiment start``: every resource of the manifest, all of ``kind``, applied in the
+    file's order, each line saying how to follow it."""
+    resources = await asyncio.to_thread(read_resources, source, kind)
+    async with scheduler.stub() as stub:
+        lines = [await apply(stub, resource, scheduler.timeout) for resource in resources]
+    return "\n".join(
+        f"{line}; follow it with: modelplane {kind.word} status {resource.name} -w"
+        for line, resource in zip(lines, resources, strict=True)
+    )
+
+
+async def remove_one(scheduler: Scheduler, kind: Kind, name: str) -> str:
+    """``pipeline unload`` and ``experiment stop``."""
+    async with scheduler.stub() as stub:
+        return await remove(stub, kind, name, scheduler.timeout)
+
+
 def _server_request(name: str) -> pb.ServerStatusRequest:
     return pb.ServerStatusRequest(subscriberName=SUBSCRIBER, name=name)
 

@@ -6,16 +6,10 @@ or the wait is over.
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.cli.infer_commands import add_infer_parser, add_inspect_parser
-from modelplane.cli.manifest_commands import (
-    apply,
-    pipeline_state_name,
-    read_resources,
-    remove,
-)
+from modelplane.cli.manifest_commands import apply_one_kind, pipeline_state_name, remove_one
 from modelplane.cli.manifest_documents import Kind
 from modelplane.cli.model_commands import CommandError
 from modelplane.cli.output_formats import add_output_flag, as_record, columns, render
@@ -62,16 +56,11 @@ def add_pipeline_commands(commands: argparse._SubParsersAction[argparse.Argument
 
 
 async def load(scheduler: Scheduler, source: str) -> str:
-    resources = await asyncio.to_thread(read_resources, source, Kind.PIPELINE)
-    async with scheduler.stub() as stub:
-        lines = [await apply(stub, resource, scheduler.timeout) for resource in resources]
-    follow_up = "; follow it with: modelplane pipeline status {} -w"
-    return "\n".join(line + follow_up.format(resource.name) for line, resource in zip(lines, resources, strict=True))
+    return await apply_one_kind(scheduler, source, Kind.PIPELINE)
 
 
 async def unload(scheduler: Scheduler, name: str) -> str:
-    async with scheduler.stub() as stub:
-        return await remove(stub, Kind.PIPELINE, name, scheduler.timeout)
+    return await remove_one(scheduler, Kind.PIPELINE, name)
 
 
 async def _statuses(scheduler: Scheduler, name: str | None) -> list[pb.PipelineStatusResponse]:

@@ -184,7 +184,10 @@ def write_response(response: JsonObject, wish: BinaryWish) -> tuple[bytes, int]:
             continue
         entry, datatype, _, values = json_tensor(output, "output", index, BAD_RESPONSE)
         where = tensor_label("output", output["name"], index)
-        parameters = dict(entry.get("parameters") or {})
+        given = entry.get("parameters")
+        if given is not None and not isinstance(given, Mapping):
+            raise InferenceError(BAD_RESPONSE, f"{where}: parameters must be an object, not {json_type(given)}")
+        parameters = dict(given or {})
         if datatype.kind == "bytes" and parameters.get(CONTENT_TYPE) == BASE64:
             values = [_unbase64(value, where) for value in values]
             del parameters[CONTENT_TYPE]

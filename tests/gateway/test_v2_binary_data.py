@@ -116,3 +116,16 @@ def test_a_body_that_cannot_be_read_is_a_400_that_says_why(
         read_request(header + tail, {"inference-header-content-length": length})
     assert raised.value.status == 400
     assert reason in raised.value.message
+
+
+@pytest.mark.parametrize("parameters", [[1, 2], "text", 5, True])
+def test_an_answer_whose_output_parameters_are_no_object_is_a_502_that_says_why(parameters: Any) -> None:
+    # The answer is the model server's: a bad one is the server's fault (502 naming it), not a crash of the gateway.
+    answer: dict[str, Any] = {
+        "outputs": [{"name": "y", "shape": [1], "datatype": "FP32", "data": [1.0], "parameters": parameters}]
+    }
+    with pytest.raises(InferenceError) as raised:
+        write_response(answer, BinaryWish(all_outputs=True, named={}))
+    assert raised.value.status == 502
+    assert "output 'y'" in raised.value.message
+    assert "parameters" in raised.value.message

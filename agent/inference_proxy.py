@@ -64,6 +64,7 @@ from modelplane.inference_errors import (
     unreadable_body_answer,
 )
 from modelplane.inference_limits import MAX_REQUEST_BODY_BYTES
+from modelplane.request_ids import is_usable_request_id
 from modelplane.whole_numbers import parse_whole_number
 from servers.adapter import ServerError
 
@@ -207,6 +208,7 @@ class InferenceProxy:
     async def _model_route(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         request_id = request.headers.get(REQUEST_ID_HEADER)
+        request_id = request_id if request_id is not None and is_usable_request_id(request_id) else None
         # The gateway's id for the request (it always sends one), so its lines and the agent's are found by one id.
         with logs.bound(model=name, request_id=request_id) if request_id else logs.bound(model=name):
             return await self._serve_model(request, name)
@@ -345,7 +347,7 @@ class InferenceProxy:
             # Unbound at the end of the RPC's own task (grpc.aio runs each in one).
             ids: logs.LogContext = {"model": names.name}
             for key, value in context.invocation_metadata() or ():
-                if key == REQUEST_ID_HEADER and isinstance(value, str):
+                if key == REQUEST_ID_HEADER and isinstance(value, str) and is_usable_request_id(value):
                     ids["request_id"] = value
             logs.bind(**ids)
             try:

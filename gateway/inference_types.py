@@ -11,10 +11,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
+from modelplane import request_ids
+
 JsonObject = dict[str, Any]
 
-# A request's id (a V2 request's "id", a Kafka record's x-request-id or key) is at most this long.
-MAX_REQUEST_ID_CHARS: Final = 256
+# A request's id (a V2 request's "id", a Kafka record's x-request-id or key) is at most this long (the rule the
+# agent's proxy shares).
+MAX_REQUEST_ID_CHARS: Final = request_ids.MAX_REQUEST_ID_CHARS
 
 
 class InferenceError(Exception):

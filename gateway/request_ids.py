@@ -7,18 +7,15 @@ request in both processes), and, over REST, comes back to the caller in the answ
 
 from __future__ import annotations
 
-import re
 from collections.abc import MutableMapping
 from typing import Final
 
-from gateway.inference_types import MAX_REQUEST_ID_CHARS
 from modelplane.auth.caller import current_caller, new_request_id
+from modelplane.request_ids import is_usable_request_id
 
 REQUEST_ID_HEADER: Final = "x-request-id"
 # Seldon's own header names the request as well; a caller that sends both means the same request.
 _CALLER_HEADERS: Final = (REQUEST_ID_HEADER, "seldon-request-id")
-# Visible ASCII: what an HTTP header (to the replica and back to the caller) and a log line carry as sent.
-_USABLE: Final = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_ID_CHARS}}}")
 
 
 def take_request_id(headers: MutableMapping[str, str]) -> str:
@@ -26,7 +23,7 @@ def take_request_id(headers: MutableMapping[str, str]) -> str:
     ``headers`` then carry it as ``x-request-id``, for the replica."""
     for name in _CALLER_HEADERS:
         given = headers.get(name)
-        if given is not None and _USABLE.fullmatch(given):
+        if given is not None and is_usable_request_id(given):
             headers[REQUEST_ID_HEADER] = given
             return given
     # The id the access check gave the request already (its caller's), when it gave one: no second one is made.

@@ -118,3 +118,27 @@ async def test_lines_name_their_model_and_request_by_the_same_keys_in_every_proc
         "replica",
         "run_id",
     }
+
+
+async def test_the_agents_proxy_logs_only_a_usable_request_id(cluster: Cluster, iris: Iris) -> None:
+    # The agent's proxy is reached directly too (tritonclient, a replica's own clients): a caller's x-request-id
+    # goes on its log lines only when it is what the gateway takes (visible ASCII, at most 256 characters).
+    cluster.start_scheduler(*JSON_LOGS)
+    [agent] = await asyncio.to_thread(cluster.start_agents, cluster.agent(0, extra=JSON_LOGS))
+    async with api_of(cluster) as api:
+        await api.load(model("iris", str(iris.folder)))
+        await api.available("iris")
+    unusable = ["x" * 5000, "has spaces in it"]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
+        url = f"{agent.proxy_url}/v2/models/iris/infer"
+        for request_id in [*unusable, "usable-id-1"]:
+            async with http.post(url, json=iris.request, headers={"x-request-id": request_id}) as response:
+                assert response.status == 200, await response.text()
+
+    async def logged_the_usable_one() -> bool:
+        return bool(with_ids(json_lines(agent.log_path), request_id="usable-id-1", model="iris"))
+
+    await until(logged_the_usable_one, "the agent's line of the request with a usable id", cluster.diagnostics)
+    records = json_lines(agent.log_path)
+    for request_id in unusable:
+        assert not with_ids(records, request_id=request_id), request_id[:40]

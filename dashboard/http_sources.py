@@ -17,7 +17,7 @@ import aiohttp
 from dashboard.board_state import JsonView, Kind
 from dashboard.live_board import LiveBoard
 from dashboard.status_views import MAX_LIST_ITEMS, text
-from dashboard.traffic_metrics import MAX_METRICS_BYTES, Scrape, TrafficWindow, parse_request_counts
+from dashboard.traffic_metrics import MAX_METRICS_BYTES, Scrape, TrafficWindow, parse_route_counts
 from modelplane.auth.client_token import ClientToken
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ class GatewayMetricsPoller(HttpPoller):
         self._window = TrafficWindow(window)
 
     def take(self, body: bytes) -> None:
-        self._window.add(Scrape(time.monotonic(), parse_request_counts(body.decode())))
+        self._window.add(Scrape(time.monotonic(), parse_route_counts(body.decode())))
         state = self._board.state
         specs = (state.view(Kind.EXPERIMENT_SPEC, name) for name in state.names(Kind.EXPERIMENT_SPEC))
         self._board.replace_all(

@@ -1,5 +1,7 @@
-"""The live share of each experiment route, from the gateway's request counters (``/metrics``, Prometheus' text
-format): ``modelplane_gateway_requests_total{kind,name,route,code}``.
+"""The live share of each experiment route, from the gateway's counts of each experiment's draws (``/metrics``,
+Prometheus' text format): ``modelplane_gateway_experiment_routes_total{experiment,route}``. Those count exactly the
+requests the experiment routed; the request counters (by name asked for and route taken) cannot tell a request that
+went through the experiment from one for its default model that bypassed it (by version, or before it started).
 
 Only that family is read, by a small parser with limits of its own (a metrics page is another process's output:
 its size, line count and line length are bounded here, and a line that does not parse is skipped, never an
@@ -17,18 +19,18 @@ from dataclasses import dataclass
 
 from dashboard.board_state import JsonView
 
-REQUESTS_METRIC = "modelplane_gateway_requests_total"
+ROUTES_METRIC = "modelplane_gateway_experiment_routes_total"
 MAX_METRICS_BYTES = 8 * 1024 * 1024
 MAX_LINE_CHARS = 8192
 MAX_SERIES = 50_000
-WANTED_LABELS = ("kind", "name", "route")
+WANTED_LABELS = ("experiment", "route")
 
 # One label pair: name="value" with the text format's escapes (\\, \", \n) inside the quotes.
 _LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,|$)')
 _UNESCAPE = re.compile(r"\\(.)")
 
-# kind, name, route -> requests answered (every status code added up)
-SeriesKey = tuple[str, str, str]
+# experiment, route -> requests it sent there
+SeriesKey = tuple[str, str]
 
 
 def _unescape(value: str) -> str:
@@ -47,10 +49,10 @@ def _labels(text: str) -> dict[str, str] | None:
     return labels
 
 
-def parse_request_counts(body: str) -> dict[SeriesKey, float]:
-    """The request counters in ``body``, by (kind, name, route); lines past the limits are left out."""
+def parse_route_counts(body: str) -> dict[SeriesKey, float]:
+    """The experiments' route counters in ``body``, by (experiment, route); lines past the limits are left out."""
     counts: dict[SeriesKey, float] = {}
-    prefix = REQUESTS_METRIC + "{"
+    prefix = ROUTES_METRIC + "{"
     for line in body[:MAX_METRICS_BYTES].splitlines():
         if len(line) > MAX_LINE_CHARS or not line.startswith(prefix):
             continue
@@ -67,7 +69,7 @@ def parse_request_counts(body: str) -> dict[SeriesKey, float]:
             continue
         if not math.isfinite(value) or value < 0:
             continue
-        key = (labels["kind"], labels["name"], labels["route"])
+        key = (labels["experiment"], labels["route"])
         if key not in counts and len(counts) >= MAX_SERIES:
             continue
         counts[key] = counts.get(key, 0.0) + value
@@ -92,23 +94,18 @@ class TrafficWindow:
         self._scrapes.append(scrape)
 
     def experiment_traffic(self, spec: JsonView) -> JsonView:
-        """Requests per candidate of the experiment ``spec`` (experiment_spec_view) in the window, and each one's
-        share. Requests named by the experiment or by its default go through it (the gateway's routing)."""
-        names = {spec["name"], spec["default"]} - {""}
+        """Requests the experiment ``spec`` (experiment_spec_view) sent to each candidate in the window, and each
+        one's share."""
         routes = [candidate["name"] for candidate in spec["candidates"]]
-        kind = spec["resourceType"]
         newest = self._scrapes[-1] if self._scrapes else None
         oldest = self._scrapes[0] if len(self._scrapes) > 1 else None
         requests: dict[str, float] = {}
         for route in routes:
-            total = 0.0
-            for name in names:
-                key = (kind, name, route)
-                now = newest.counts.get(key, 0.0) if newest else 0.0
-                before = oldest.counts.get(key, 0.0) if oldest else 0.0
-                # A counter that went down is a restarted gateway: count what it has since.
-                total += now - before if now >= before else now
-            requests[route] = total
+            key = (spec["name"], route)
+            now = newest.counts.get(key, 0.0) if newest else 0.0
+            before = oldest.counts.get(key, 0.0) if oldest else 0.0
+            # A counter that went down is a restarted gateway: count what it has since.
+            requests[route] = now - before if now >= before else now
         answered = sum(requests.values())
         window = newest.at - oldest.at if newest and oldest else 0.0
         return {

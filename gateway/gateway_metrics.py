@@ -1,10 +1,10 @@
 """The gateway's Prometheus metrics, on a registry of its own (modelplane/metrics_http.py serves it on /metrics).
 
 The names and labels of the counters that were here before prometheus_client stay as they were:
-``modelplane_gateway_requests_total{kind,name,route,code}`` is what the dashboard reads an experiment's traffic
-share from (``name`` the experiment, ``route`` the candidate taken). Label values are model, pipeline, experiment
-and replica names only: never a secret, and never a name a caller made up (the router counts unknown models under
-no label of theirs).
+``modelplane_gateway_requests_total{kind,name,route,code}``; the dashboard reads an experiment's traffic share from
+``modelplane_gateway_experiment_routes_total{experiment,route}`` (what the experiment itself sent where). Label
+values are model, pipeline, experiment and replica names only: never a secret, and never a name a caller made up
+(the router counts unknown models under no label of theirs).
 
 Label children are kept in small dicts keyed by their values, so a request costs a dict lookup and an increment,
 not prometheus_client's label validation every time.

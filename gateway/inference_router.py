@@ -194,17 +194,18 @@ class InferenceRouter:
         target, route_headers = name, dict[str, str]()
         bound = None
         started = time.perf_counter()
-        if experiment is not None:
-            target, route_headers = self._split(
-                experiment, headers, lambda mirror: self._forward(mirror, None, body, headers)
-            )
-            bound = logs.bind(experiment=experiment.name, model=target)
-        elif name not in table.models and name in table.pipelines:
+        if experiment is None and name not in table.models and name in table.pipelines:
             raise InferenceError(404, f"{name!r} is a pipeline: send it to /v2/pipelines/{name}/infer")
         try:
+            if experiment is not None:
+                target, route_headers = self._split(
+                    experiment, headers, lambda mirror: self._forward(mirror, None, body, headers)
+                )
+                bound = logs.bind(experiment=experiment.name, model=target)
             answer = await self._forward(target, version, body, headers)
         except InferenceError as error:
-            if target in table.models:  # names of unknown models stay out of the metrics' labels
+            # Names of unknown models stay out of the metrics' labels; an experiment's are known.
+            if experiment is not None or target in table.models:
                 self.metrics.request("model", name, target, error.status, time.perf_counter() - started)
             raise
         finally:
@@ -305,14 +306,20 @@ class InferenceRouter:
         experiment = self._table().experiment_for(name, pb.PIPELINE)
         target, route_headers = name, dict[str, str]()
         started = time.perf_counter()
-        if experiment is not None:
-            target, route_headers = self._split(
-                experiment, headers, lambda mirror: self.run_pipeline(mirror, request, headers)
-            )
-            with logs.bound(experiment=experiment.name, pipeline=target):
+        try:
+            if experiment is not None:
+                target, route_headers = self._split(
+                    experiment, headers, lambda mirror: self.run_pipeline(mirror, request, headers)
+                )
+                with logs.bound(experiment=experiment.name, pipeline=target):
+                    response = await self.run_pipeline(target, request, headers)
+            else:
                 response = await self.run_pipeline(target, request, headers)
-        else:
-            response = await self.run_pipeline(target, request, headers)
+        except InferenceError as error:
+            # Failures are answers too (the same as a model's); names of unknown pipelines stay out of the labels.
+            if experiment is not None or target in self._table().pipelines:
+                self.metrics.request("pipeline", name, target, error.status, time.perf_counter() - started)
+            raise
         self.metrics.request("pipeline", name, target, 200, time.perf_counter() - started)
         return response, route_headers
 

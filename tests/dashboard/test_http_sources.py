@@ -115,7 +115,7 @@ async def test_experiment_traffic_comes_from_a_metrics_page_read_in_chunks() -> 
 
     async def metrics(request: web.Request) -> web.StreamResponse:
         lines = [
-            f'modelplane_gateway_requests_total{{code="200",kind="model",name="ab",route="{route}"}} {count}\n'
+            f'modelplane_gateway_experiment_routes_total{{experiment="ab",route="{route}"}} {float(count)}\n'
             for route, count in counts.items()
         ]
         return await _answer_with(filler + "".join(lines).encode(), "text/plain", request)

@@ -3,6 +3,7 @@ route's share: bounded, and what cannot be read is left out rather than an error
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 from hypothesis import given
@@ -10,8 +11,14 @@ from hypothesis import strategies as st
 
 from dashboard.http_sources import run_view
 from dashboard.status_views import MAX_LIST_ITEMS, MAX_TEXT_CHARS, experiment_spec_view, model_view, pipeline_view
-from dashboard.traffic_metrics import MAX_LINE_CHARS, Scrape, TrafficWindow, parse_request_counts
+from dashboard.traffic_metrics import MAX_LINE_CHARS, Scrape, TrafficWindow, parse_route_counts
+from gateway.gateway_metrics import GatewayMetrics
+from gateway.inference_router import InferenceRouter
+from gateway.inference_types import InferenceError
+from gateway.replica_client import ReplicaClient
+from gateway.routing_table import Endpoint, ModelRoute, RoutingTable
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane.metrics_http import render
 
 
 def test_a_model_shows_its_latest_version_state_and_replicas_and_none_once_deleted() -> None:
@@ -67,51 +74,48 @@ def test_an_experiment_spec_shows_its_weights_default_and_mirror() -> None:
     assert len(experiment_spec_view(many)["candidates"]) == MAX_LIST_ITEMS
 
 
-METRICS = """# HELP modelplane_gateway_requests_total Inference requests answered.
-# TYPE modelplane_gateway_requests_total counter
-modelplane_gateway_requests_total{code="200",kind="model",name="ab",route="a"} 3
-modelplane_gateway_requests_total{code="500",kind="model",name="ab",route="a"} 1
-modelplane_gateway_requests_total{code="200",kind="model",name="ab",route="b"} 4.0
-modelplane_gateway_requests_total{code="200",kind="model",name="we\\"ird\\\\",route="b"} 2
-modelplane_gateway_requests_total{code="200",kind="model",name="ab",route="c"} NaN
-modelplane_gateway_requests_total{code="200",kind="model" broken} 9
+METRICS = """# HELP modelplane_gateway_experiment_routes_total Requests an experiment sent to each candidate.
+# TYPE modelplane_gateway_experiment_routes_total counter
+modelplane_gateway_experiment_routes_total{experiment="ab",route="a"} 3
+modelplane_gateway_experiment_routes_total{experiment="ab",route="b"} 4.0
+modelplane_gateway_experiment_routes_total{experiment="we\\"ird\\\\",route="b"} 2
+modelplane_gateway_experiment_routes_total{experiment="ab",route="c"} NaN
+modelplane_gateway_experiment_routes_total{experiment="ab" broken} 9
+modelplane_gateway_experiment_routes_created{experiment="ab",route="a"} 1.7e+09
+modelplane_gateway_requests_total{code="200",kind="model",name="a",route="a"} 7.0
 modelplane_gateway_mirror_requests_total{experiment="ab",mirror="c",outcome="ok"} 5
 """
 
 
-def test_the_request_counters_are_read_by_kind_name_and_route_and_the_rest_skipped() -> None:
-    assert parse_request_counts(METRICS) == {
-        ("model", "ab", "a"): 4.0,
-        ("model", "ab", "b"): 4.0,
-        ("model", 'we"ird\\', "b"): 2.0,
-    }
-    too_long = 'modelplane_gateway_requests_total{kind="model",name="' + "n" * MAX_LINE_CHARS + '",route="a"} 1'
-    assert parse_request_counts(too_long) == {}
+def test_the_route_counters_are_read_by_experiment_and_route_and_the_rest_skipped() -> None:
+    assert parse_route_counts(METRICS) == {("ab", "a"): 3.0, ("ab", "b"): 4.0, ('we"ird\\', "b"): 2.0}
+    too_long = 'modelplane_gateway_experiment_routes_total{experiment="' + "n" * MAX_LINE_CHARS + '",route="a"} 1'
+    assert parse_route_counts(too_long) == {}
 
 
 @given(st.text(max_size=2000))
 def test_any_metrics_text_parses_to_finite_non_negative_counts(body: str) -> None:
-    counts = parse_request_counts(body)
+    counts = parse_route_counts(body)
     assert all(math.isfinite(value) and value >= 0 for value in counts.values())
 
 
 SPEC = {"name": "ab", "resourceType": "model", "default": "a", "candidates": [{"name": "a"}, {"name": "b"}]}
 
 
-def test_each_route_share_is_its_growth_over_the_window_through_the_experiment_and_its_default() -> None:
+def test_each_route_share_is_its_growth_over_the_window() -> None:
     window = TrafficWindow(3)
-    window.add(Scrape(0.0, {("model", "ab", "a"): 10.0, ("model", "ab", "b"): 10.0}))
-    window.add(Scrape(5.0, {("model", "ab", "a"): 11.0, ("model", "ab", "b"): 13.0, ("model", "a", "a"): 4.0}))
+    window.add(Scrape(0.0, {("ab", "a"): 10.0, ("ab", "b"): 10.0}))
+    window.add(Scrape(5.0, {("ab", "a"): 15.0, ("ab", "b"): 13.0, ("other", "a"): 4.0}))
     traffic = window.experiment_traffic(SPEC)
     assert traffic["windowSeconds"] == 5.0
     assert traffic["total"] == 8.0
     assert traffic["routes"] == [
-        {"name": "a", "requests": 5.0, "share": 5 / 8},  # 1 through the experiment, 4 through its default's name
+        {"name": "a", "requests": 5.0, "share": 5 / 8},
         {"name": "b", "requests": 3.0, "share": 3 / 8},
     ]
     # A gateway restarted: its counters start again from zero, counted as they are.
-    window.add(Scrape(10.0, {("model", "ab", "a"): 2.0}))
-    window.add(Scrape(15.0, {("model", "ab", "a"): 1.0}))
+    window.add(Scrape(10.0, {("ab", "a"): 2.0}))
+    window.add(Scrape(15.0, {("ab", "a"): 1.0}))
     assert window.experiment_traffic(SPEC)["routes"][0]["requests"] == 1.0
 
 
@@ -140,3 +144,36 @@ def test_a_training_run_keeps_only_finite_metrics_and_something_else_is_no_run()
     assert view["lastError"] == "last line"
     assert run_view({"state": "queued"}) is None
     assert run_view(["not", "a", "run"]) is None
+
+
+async def test_requests_that_bypass_the_experiment_are_no_share_of_its_traffic() -> None:
+    """A live router's metrics, read as the dashboard reads them: a request for the experiment's default by
+    version does not go through the experiment (the gateway's routing), so it is no share of its traffic; one
+    for the experiment's name is."""
+    table = RoutingTable()
+    table.experiments["ab"] = pb.Experiment(
+        name="ab",
+        default="a",
+        candidates=[pb.ExperimentCandidate(name="a", weight=1)],
+        resourceType=pb.MODEL,
+    )
+    for name in ("a", "b"):
+        table.models[name] = ModelRoute(name, {1: (Endpoint("mlserver", 0, "http://127.0.0.1:1", ""),)})
+    metrics = GatewayMetrics()
+    client = ReplicaClient(max_attempts=1)
+    router = InferenceRouter(lambda: table, client, metrics)
+    body = b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}'
+    window = TrafficWindow(2)
+    spec = experiment_spec_view(table.experiments["ab"])
+    try:
+        window.add(Scrape(0.0, parse_route_counts(render([metrics.registry]).decode())))
+        for name, version in (("a", 1), ("a", 1), ("ab", None)):
+            with contextlib.suppress(InferenceError):  # nothing listens on port 1: answered 503, counted all the same
+                await router.infer_model(name, version, body, {})
+        window.add(Scrape(5.0, parse_route_counts(render([metrics.registry]).decode())))
+    finally:
+        await router.close()
+        await client.close()
+    traffic = window.experiment_traffic(spec)
+    assert traffic["total"] == 1.0, traffic
+    assert traffic["routes"] == [{"name": "a", "requests": 1.0, "share": 1.0}]

@@ -15,6 +15,7 @@ from gateway.experiment_split import ExperimentSplitter
 from gateway.gateway_metrics import GatewayMetrics
 from gateway.inference_router import InferenceRouter
 from gateway.inference_types import InferenceError
+from gateway.pipelines.runner import PipelineRunner
 from gateway.replica_client import ReplicaClient
 from gateway.routing_table import ROUTE_HEADER, Endpoint, ModelRoute, PipelineRoute, RoutingTable
 from generated.mlops.scheduler import scheduler_pb2 as pb
@@ -111,3 +112,33 @@ def test_a_pipeline_candidate_can_answer_when_every_step_model_can() -> None:
     assert not table.serves("q", pb.PIPELINE)
     assert table.serves("m1", pb.MODEL)
     assert not table.serves("p", pb.MODEL)
+
+
+async def test_a_pipeline_request_that_fails_is_counted_with_its_status() -> None:
+    # Before: only a pipeline's 200s reached modelplane_gateway_requests_total (and the dashboard's traffic share),
+    # so a pipeline whose step cannot answer looked idle on /metrics.
+    table = RoutingTable()
+    table.pipelines["p"] = PipelineRoute("p", 1, "uid", pb.Pipeline(name="p", steps=[pb.PipelineStep(name="m1")]))
+    table.models["m1"] = ModelRoute("m1", {})  # known, but no replica serves it: the step fails
+    metrics = GatewayMetrics()
+    client = ReplicaClient()
+    router = InferenceRouter(lambda: table, client, metrics)
+    router.pipelines = PipelineRunner(lambda: table, router.call_model, 30.0)
+    body = b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}'
+    try:
+        with pytest.raises(InferenceError) as raised:
+            await router.infer_pipeline("p", body, {})
+        with pytest.raises(InferenceError):
+            await router.infer_pipeline("made-up", body, {})
+    finally:
+        await router.close()
+        await client.close()
+    labels = {"kind": "pipeline", "name": "p", "route": "p", "code": str(raised.value.status)}
+    assert metrics.registry.get_sample_value("modelplane_gateway_requests_total", labels) == 1
+    names = {
+        sample.labels["name"]
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "modelplane_gateway_requests_total" and sample.labels["kind"] == "pipeline"
+    }
+    assert names == {"p"}, "a name no pipeline has stays out of the labels"

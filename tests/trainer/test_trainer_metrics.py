@@ -59,3 +59,23 @@ async def test_runs_and_events_are_counted_as_they_finish(stack: Stack) -> None:
     assert sample_sum(after, "modelplane_trainer_run_duration_seconds_sum", state="succeeded") > 0
     assert sample_sum(after, "modelplane_trainer_runs") == 0  # none running any more
     assert stop_process(trainer, 60) == 0
+
+
+async def test_a_run_ended_by_an_internal_error_is_no_longer_counted_as_running(stack: Stack) -> None:
+    # A file where the trainer makes its job folders: the run fails on an error of the trainer's own (not the
+    # event's), which the runner reports as a failed event. Before, that run stayed in modelplane_trainer_runs.
+    stack.work.mkdir(parents=True, exist_ok=True)
+    (stack.work / "jobs").write_text("in the way")
+    await put_schema(stack, "tok", iris_multiclass_logistic(design_token="metrics"))
+    trainer, address, log = start_trainer(stack, "internal")
+    url = f"http://{address}/metrics"
+    await produce(stack.kafka.bootstrap, stack.training_topic, [event("jobless", "tok")])
+    # Reported as an internal error, by the record's position (as an event that could not be handled).
+    reported = f"kafka:{stack.training_topic}:0:0"
+    statuses = await statuses_for(stack, [reported], timeout=200)
+    assert status_of(statuses[reported][0]).status == FAILURE, log.read_text()
+    async with aiohttp.ClientSession(trust_env=False) as http:
+        after = await scrape(http, url)
+    assert sample_sum(after, "modelplane_trainer_runs_finished_total", state="failed") == 1
+    assert sample_sum(after, "modelplane_trainer_runs") == 0, "the run that failed is still counted as running"
+    assert stop_process(trainer, 60) == 0

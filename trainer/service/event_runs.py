@@ -196,12 +196,14 @@ class EventRunner:
                 extra={"fields": {"run_id": run_id, "state": run.state, "errors": run.errors[:3]}},
             )
         except (StoppingError, asyncio.CancelledError):
-            self.metrics.run_left(run_id)
             # Shutting down mid-run: free the event at once so the next owner retrains it without waiting.
             with contextlib.suppress(*REDIS_RETRYABLE):
                 await asyncio.shield(self.registry.release(request.event_id, owner))
             raise
         finally:
+            # However the run ended without an outcome (stopping, or an error of the trainer's own, which handle()
+            # reports as a failed event under another run): no longer running here. After run_finished, a no-op.
+            self.metrics.run_left(run_id)
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer

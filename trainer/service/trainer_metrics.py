@@ -62,7 +62,8 @@ class TrainerMetrics:
             self._duration.labels(state.value).observe(time.monotonic() - active[1])
 
     def run_left(self, run_id: str) -> None:
-        """A run stopped without an outcome (the trainer is stopping: the event is left for redelivery)."""
+        """A run is no longer running here: stopped without an outcome (the trainer is stopping, or failed on an
+        error of its own), or finished (then nothing is left to do)."""
         self._active.pop(run_id, None)
 
 

@@ -170,6 +170,8 @@ HTTP_ROUTES: Mapping[str, Rule] = {
     "GET /v2/models/{name}/ready": _INFERENCE,
     "GET /v2/models/{name}/versions/{version}": _INFERENCE,
     "GET /v2/models/{name}": _INFERENCE,
+    "GET /v2/models/{name}/versions/{version}/config": _INFERENCE,  # a model's configuration, as its metadata
+    "GET /v2/models/{name}/config": _INFERENCE,
     "POST /v2/pipelines/{name}/infer": _INFERENCE,
     "GET /v2/pipelines/{name}/ready": _INFERENCE,
     "GET /v2/health/live": _OPEN,

@@ -12,6 +12,7 @@ from typing import BinaryIO
 import aiohttp
 
 from agent.artifacts.errors import ArtifactError
+from agent.artifacts.progress import PROGRESS_EVERY_SECONDS, DownloadProgress
 from agent.artifacts.safety import CHUNK_BYTES
 
 
@@ -62,6 +63,7 @@ async def download(
     max_bytes: int,
     conditional: dict[str, str] | None = None,
     before_write: Callable[[int], None] | None = None,
+    progress_every_seconds: float = PROGRESS_EVERY_SECONDS,
 ) -> Downloaded:
     """GET ``url`` into the new file ``target``.
 
@@ -69,7 +71,7 @@ async def download(
     ``conditional`` (If-None-Match / If-Modified-Since) may make the answer a 304. ``before_write`` is
     told how many bytes are about to be written, and may refuse them by raising an ArtifactError. A status
     other than 200 (or that 304), a body over ``max_bytes``, a timeout or a connection failure is an
-    ArtifactError.
+    ArtifactError. A download that runs longer than ``progress_every_seconds`` logs its progress (progress.py).
     """
     timeout = aiohttp.ClientTimeout(
         total=None, connect=timeout_seconds, sock_connect=timeout_seconds, sock_read=timeout_seconds
@@ -91,6 +93,7 @@ async def download(
                 )
             sink = await asyncio.to_thread(_Sink, target)
             size = 0
+            progress = DownloadProgress(display, response.content_length, every_seconds=progress_every_seconds)
             try:
                 pending = bytearray()
                 async for chunk in response.content.iter_chunked(CHUNK_BYTES):
@@ -100,6 +103,7 @@ async def download(
                             f"HTTP GET {display}: the body is over the limit of {max_bytes} bytes (the per-model "
                             "size limit, the agent's --max-model-disk, with room for archive headers)"
                         )
+                    progress.add(len(chunk))
                     pending += chunk
                     if len(pending) >= CHUNK_BYTES:
                         await asyncio.to_thread(_write, sink, bytes(pending), before_write)
@@ -108,6 +112,7 @@ async def download(
                     await asyncio.to_thread(_write, sink, bytes(pending), before_write)
             finally:
                 digest = await asyncio.to_thread(sink.close)
+            progress.finish()
             return Downloaded(
                 not_modified=False,
                 sha256=digest,

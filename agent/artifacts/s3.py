@@ -11,7 +11,8 @@ from minio import Minio
 from minio.error import MinioException, S3Error
 
 from agent.artifacts.errors import ArtifactError
-from agent.artifacts.safety import Budget, Charge, ExtractLimits, Tree, UnsafeName, safe_parts
+from agent.artifacts.progress import PROGRESS_EVERY_SECONDS, DownloadProgress
+from agent.artifacts.safety import Budget, Charge, ExtractLimits, Readable, Tree, UnsafeName, safe_parts
 from agent.artifacts.sources import S3Location
 from modelplane.s3 import S3Settings, s3_client
 
@@ -113,6 +114,22 @@ def _single_object(client: Minio, location: S3Location) -> list[S3Object]:
     return [S3Object(location.prefix, parts[-1:], (stat.etag or "").strip('"'), stat.size or 0)]
 
 
+class _Counted:
+    """An object's body whose every chunk read is counted by the download's progress."""
+
+    __slots__ = ("_body", "_progress")
+
+    def __init__(self, body: Readable, progress: DownloadProgress) -> None:
+        self._body = body
+        self._progress = progress
+
+    def read(self, size: int = -1, /) -> bytes:
+        chunk = self._body.read(size)
+        if chunk:
+            self._progress.add(len(chunk))
+        return chunk
+
+
 def download_objects(
     client: Minio,
     location: S3Location,
@@ -123,9 +140,11 @@ def download_objects(
     limits: ExtractLimits,
     stop: threading.Event,
     charge: Charge | None = None,
+    progress_every_seconds: float = PROGRESS_EVERY_SECONDS,
 ) -> None:
     """Download ``objects`` into the new folder ``target``, keeping their relative paths, within ``limits``
-    (and ``charge``'s room in the cache): what the listing declares is checked first, what is written always."""
+    (and ``charge``'s room in the cache): what the listing declares is checked first, what is written always.
+    A download that runs longer than ``progress_every_seconds`` logs its progress (progress.py)."""
     where = f"s3://{location.bucket}/{location.prefix}"
     declared = sum(item.size for item in objects)
     if declared > limits.max_total_bytes:
@@ -137,6 +156,7 @@ def download_objects(
         charge.check_room(declared, f"its objects are {declared} bytes")
     target.mkdir()
     budget = Budget(limits, where, stop, charge=charge)
+    progress = DownloadProgress(where, declared, len(objects), every_seconds=progress_every_seconds)
     tree = Tree(target, budget)
     for item in objects:
         budget.add_member(item.key)
@@ -151,7 +171,8 @@ def download_objects(
                 {"If-Match": f'"{item.etag}"'} if item.etag else None
             )
             response = client.get_object(location.bucket, item.key, request_headers=headers)
-            budget.copy(response, path, item.key)
+            budget.copy(_Counted(response, progress), path, item.key)
+            progress.file_done()
         except S3Error as exc:
             if exc.code == "PreconditionFailed":
                 raise ArtifactError(f"s3://{location.bucket}/{item.key} changed while it was downloaded") from None
@@ -162,3 +183,4 @@ def download_objects(
             if response is not None:
                 response.close()
                 response.release_conn()
+    progress.finish()

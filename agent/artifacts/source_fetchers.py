@@ -18,6 +18,7 @@ from agent.artifacts.archives import ArchiveKind, detect_archive, extract_archiv
 from agent.artifacts.cache import DATA, CacheDir, now_iso
 from agent.artifacts.errors import ArtifactError
 from agent.artifacts.http import download
+from agent.artifacts.progress import PROGRESS_EVERY_SECONDS
 from agent.artifacts.quota import CacheQuota, QuotaCharge
 from agent.artifacts.s3 import download_objects, list_objects, make_client
 from agent.artifacts.safety import CHUNK_BYTES, ExtractLimits
@@ -70,7 +71,10 @@ def inspect_local(path: Path) -> ArchiveKind | None:
 
 
 async def in_thread(function: Callable[[threading.Event], T]) -> T:
-    """Run blocking work in a thread; if the awaiting task is cancelled, tell the thread to stop."""
+    """Run blocking work in a thread; if the awaiting task is cancelled, tell the thread to stop.
+
+    asyncio.to_thread runs it in a copy of the caller's context, so what it logs carries the log context (the
+    model being loaded), as a download's progress lines must."""
     stop = threading.Event()
     try:
         return await asyncio.to_thread(function, stop)
@@ -82,11 +86,19 @@ async def in_thread(function: Callable[[threading.Event], T]) -> T:
 class SourceFetchers:
     """Fills cache entries from each kind of source, through one cache, its quota and the per-model limits."""
 
-    def __init__(self, cache: CacheDir, quota: CacheQuota, limits: ExtractLimits, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        cache: CacheDir,
+        quota: CacheQuota,
+        limits: ExtractLimits,
+        timeout_seconds: float,
+        progress_every_seconds: float = PROGRESS_EVERY_SECONDS,
+    ) -> None:
         self._cache = cache
         self._quota = quota
         self._limits = limits
         self._timeout = timeout_seconds
+        self._progress_every = progress_every_seconds
         self.downloads = 0  # how many bodies were downloaded (S3 objects, http resources): for tests and metrics
 
     async def local_archive(self, path: Path, kind: ArchiveKind, key: str, sha256: str | None) -> Path:
@@ -154,7 +166,15 @@ class SourceFetchers:
         charge = self._quota.charge(location.display)
         try:
             download_objects(
-                client, location, objects, temp / DATA, settings=settings, limits=self._limits, stop=stop, charge=charge
+                client,
+                location,
+                objects,
+                temp / DATA,
+                settings=settings,
+                limits=self._limits,
+                stop=stop,
+                charge=charge,
+                progress_every_seconds=self._progress_every,
             )
             marker = {
                 "uri": location.display,
@@ -194,6 +214,7 @@ class SourceFetchers:
                 max_bytes=self._limits.max_total_bytes + _ARCHIVE_OVERHEAD_PER_MEMBER * (self._limits.max_files + 2),
                 conditional=conditional or None,
                 before_write=charge.take,
+                progress_every_seconds=self._progress_every,
             )
             if got.not_modified and marker is not None:
                 await asyncio.to_thread(self._cache.discard, temp)

@@ -49,6 +49,7 @@ from typing import Protocol
 
 from agent.artifacts.cache import CacheDir, cache_key, is_key
 from agent.artifacts.errors import ArtifactError
+from agent.artifacts.progress import PROGRESS_EVERY_SECONDS
 from agent.artifacts.quota import CacheQuota
 from agent.artifacts.safety import GIB, ExtractLimits
 from agent.artifacts.source_fetchers import SourceFetchers, inspect_local
@@ -84,6 +85,7 @@ class ArtifactStore:
       ``max_total_bytes`` plus tar's per-member overhead.
     - ``cache_limit_bytes`` bounds everything the cache holds, complete or being fetched.
     - ``timeout_seconds`` bounds every network wait: connecting, a response, each read of a body.
+    - ``progress_every_seconds``: how often a download that runs long logs its progress (progress.py).
 
     Concurrent fetches of one source share one download. Every failure is an ArtifactError. A fetch
     without a holder is not protected from a release that removes the entry it returned.
@@ -99,6 +101,7 @@ class ArtifactStore:
         cache_limit_bytes: int = DEFAULT_CACHE_LIMIT_BYTES,
         timeout_seconds: float = 600,
         secret_reader: StorageSecretReader | None = None,
+        progress_every_seconds: float = PROGRESS_EVERY_SECONDS,
     ) -> None:
         if timeout_seconds <= 0:
             raise ValueError("timeout_seconds must be positive")
@@ -111,7 +114,7 @@ class ArtifactStore:
         self._cleaned = False
         self._clean_lock = asyncio.Lock()
         self._quota = CacheQuota(cache_limit_bytes)
-        self._fetchers = SourceFetchers(self._cache, self._quota, limits, timeout_seconds)
+        self._fetchers = SourceFetchers(self._cache, self._quota, limits, timeout_seconds, progress_every_seconds)
         self._holds: dict[str, str] = {}  # holder (a loaded model version) -> the cache key it uses
         self._removals: set[asyncio.Task[None]] = set()
 

@@ -17,6 +17,8 @@ from aiohttp import web
 
 from dashboard.live_board import LiveBoard, TooManyWatchersError
 
+# A comment line every so often: proxies keep the stream open, and a page closed without a word is noticed (the
+# write fails) and its slot of the board's max_watchers given back within this long.
 HEARTBEAT_SECONDS = 15.0
 WRITE_TIMEOUT_SECONDS = 10.0  # a browser that takes longer to take one batch is dropped
 
@@ -41,7 +43,7 @@ def _event(name: str, data: object) -> bytes:
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def build_app(board: LiveBoard) -> web.Application:
+def build_app(board: LiveBoard, heartbeat_seconds: float = HEARTBEAT_SECONDS) -> web.Application:
     page = _read_static("index.html")
     files = {name: (_read_static(name), content_type) for name, content_type in _STATIC.items()}
 
@@ -68,7 +70,7 @@ def build_app(board: LiveBoard) -> web.Application:
             await asyncio.wait_for(response.write(_event("snapshot", snapshot)), WRITE_TIMEOUT_SECONDS)
             while True:
                 try:
-                    changes = await asyncio.wait_for(watcher.next_changes(), HEARTBEAT_SECONDS)
+                    changes = await asyncio.wait_for(watcher.next_changes(), heartbeat_seconds)
                 except TimeoutError:
                     await asyncio.wait_for(response.write(b": still here\n\n"), WRITE_TIMEOUT_SECONDS)
                     continue

@@ -29,7 +29,8 @@ BIG = "x" * 64 * 1024  # one view this big: a reader that stops fills the socket
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[LiveBoard, str]]:
     board = LiveBoard(max_queued=4, max_watchers=3)
-    runner = web.AppRunner(build_app(board), shutdown_timeout=1.0)
+    # A short heartbeat: a closed page is noticed at the next one (test_open_streams_are_bounded waits for that).
+    runner = web.AppRunner(build_app(board, heartbeat_seconds=0.5), shutdown_timeout=1.0)
     address = await serve_runner(runner, Address("127.0.0.1", 0))
     try:
         yield board, f"http://{address}"

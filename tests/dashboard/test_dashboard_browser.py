@@ -106,6 +106,18 @@ async def _until(browser: Any, selector: str, timeout: float) -> None:
     await asyncio.to_thread(wait.until, lambda driver: driver.find_elements(By.CSS_SELECTOR, selector))
 
 
+def _read(browser: Any, selector: str, attribute: str) -> list[str]:
+    """``attribute`` ("text" for the visible text) of every element ``selector`` finds, read in one script run: the
+    page re-renders its rows as changes arrive, so an element found by one WebDriver call may be gone by the next
+    (StaleElementReferenceException); one script sees one state of the page."""
+    script = (
+        "return Array.from(document.querySelectorAll(arguments[0]))"
+        ".map(e => arguments[1] === 'text' ? e.innerText : (e.getAttribute(arguments[1]) || ''));"
+    )
+    values: list[str] = browser.execute_script(script, selector, attribute)
+    return values
+
+
 def _screenshot_path(tmp_path: Path) -> Path:
     chosen = os.environ.get("MODELPLANE_DASHBOARD_SCREENSHOT")
     return Path(chosen) if chosen else tmp_path / "dashboard.png"
@@ -124,7 +136,7 @@ async def test_a_model_goes_from_progressing_to_available_on_the_open_page(tmp_p
     browser.get(page)
     WebDriverWait(browser, PAGE_TIMEOUT).until(
         lambda driver: (
-            driver.find_element(By.ID, "connection").text == "live"
+            _read(driver, "#connection", "text") == ["live"]
             and driver.find_elements(By.CSS_SELECTOR, 'tr[data-server="mlserver"]')
         )
     )
@@ -148,7 +160,8 @@ async def test_a_model_goes_from_progressing_to_available_on_the_open_page(tmp_p
         await _until(browser, 'tr[data-model="iris"][data-state="ModelProgressing"]', LOAD_TIMEOUT)
         served.set()
         await _until(browser, 'tr[data-model="iris"][data-state="ModelAvailable"]', LOAD_TIMEOUT)
-    seen = browser.find_element(By.CSS_SELECTOR, 'tr[data-model="iris"]').get_attribute("data-history").split()
+    [history] = _read(browser, 'tr[data-model="iris"]', "data-history")
+    seen = history.split()
     assert seen[0] == "ModelProgressing", seen
     assert seen[-1] == "ModelAvailable", seen
     assert browser.execute_script("return window.loadedOnce;") == "the same page"
@@ -172,24 +185,20 @@ async def test_a_model_goes_from_progressing_to_available_on_the_open_page(tmp_p
             and driver.find_elements(By.CSS_SELECTOR, '[data-experiment="iris-ab"][data-active="true"]')
         )
     )
-    steps = browser.find_elements(
-        By.CSS_SELECTOR, 'svg[data-pipeline-graph="flowers"] g[data-step]:not([data-step=""])'
-    )
-    assert {step.get_attribute("data-step"): step.get_attribute("data-state") for step in steps} == {
+    step_nodes = 'svg[data-pipeline-graph="flowers"] g[data-step]:not([data-step=""])'
+    steps = zip(_read(browser, step_nodes, "data-step"), _read(browser, step_nodes, "data-state"), strict=True)
+    assert dict(steps) == {
         "iris": "ModelAvailable",
         "iris-b": "ModelAvailable",
     }
-    weights = browser.find_element(By.CSS_SELECTOR, '[data-experiment="iris-ab"] tr[data-candidate="iris"]').text
+    [weights] = _read(browser, '[data-experiment="iris-ab"] tr[data-candidate="iris"]', "text")
     assert "75 (75%)" in weights
 
     for _ in range(12):
         _infer(up, "iris-ab", sample["request"])
     traffic = '[data-experiment="iris-ab"] tr[data-candidate]'
     WebDriverWait(browser, PAGE_TIMEOUT).until(
-        lambda driver: (
-            sum(int(row.get_attribute("data-requests") or 0) for row in driver.find_elements(By.CSS_SELECTOR, traffic))
-            == 12
-        )
+        lambda driver: sum(int(float(count or 0)) for count in _read(driver, traffic, "data-requests")) == 12
     )
     assert browser.execute_script("return window.loadedOnce;") == "the same page"
 

@@ -110,7 +110,10 @@ def lease_annotations(api: FakeKubernetesApi) -> dict[str, str]:
 
 
 async def wait_leading(entry: Running, what: str = "") -> None:
-    await wait_for(entry.elector.leading.is_set, HANG_GUARD, what or f"{entry.elector.identity} to lead")
+    """Until the entry leads AND its watcher has noted when: the event is set a loop turn before the watcher runs, so
+    a poll of the event alone could return with ``moments["leading"]`` not yet written (it failed so under load)."""
+    await wait_for(lambda: "leading" in entry.moments, HANG_GUARD, what or f"{entry.elector.identity} to lead")
+    assert entry.elector.leading.is_set()
 
 
 # -- the rules on their own ------------------------------------------------------------------------------------------

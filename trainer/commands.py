@@ -28,6 +28,7 @@ from modelplane.auth_flags import add_client_token_flag, client_token
 from modelplane.command_line import EXIT_USAGE, fail, subparsers
 from modelplane.config import parse_layered
 from modelplane.flag_types import seconds
+from modelplane.output_formats import add_output_flag, as_yaml
 from modelplane.transport import TransportError, TransportSecurity, http_client_ssl
 from trainer.settings import build_parser, parse_settings
 
@@ -56,7 +57,9 @@ def add_trainer_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         help=f"the trainer's status API (default {DEFAULT_TRAINER_URL}; env MODELPLANE_TRAINING_TRAINER)",
     )
     status.add_argument("--limit", type=int, default=20, metavar="N", help="how many runs to list (default 20)")
-    status.add_argument("--json", action="store_true", help="print the API's JSON as is")
+    add_output_flag(status)
+    # Before --output: kept working, as scripts call it.
+    status.add_argument("--json", action="store_true", help="the same as --output json")
     status.add_argument("--timeout", type=seconds(3600), default=10.0, metavar="SECONDS")
     status.add_argument("--config", metavar="FILE", help="TOML settings file ([training] table)")
     tls = status.add_argument_group("HTTPS (a trainer serving its status API with --serve-tls-*)")
@@ -119,8 +122,11 @@ def _status(options: argparse.Namespace) -> int:
     if status != 200:
         message = body.get("error", body) if isinstance(body, dict) else body
         return fail(f"{url}: HTTP {status}: {message}")
-    if options.json:
+    output = "json" if options.json else options.output
+    if output == "json":
         print(json.dumps(body, indent=2))
+    elif output == "yaml":
+        print(as_yaml(body))
     elif options.run_id:
         print(_render_run(body, detailed=True))
     else:

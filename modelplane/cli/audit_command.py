@@ -22,6 +22,7 @@ from modelplane.audit.audit_record import AuditRecord
 from modelplane.audit.audit_settings import AUDIT_FILE_NAME
 from modelplane.bounded_text import cut, one_line
 from modelplane.command_line import EXIT_FAILURE, fail
+from modelplane.output_formats import OUTPUT_FORMATS, as_yaml
 
 DEFAULT_AUDIT_LOG = Path(".modelplane/state") / AUDIT_FILE_NAME  # `modelplane scheduler`'s default state dir
 MAX_BAD_LINES_SHOWN = 20  # each one on stderr; beyond that, only how many more
@@ -64,7 +65,12 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     parser.add_argument("--since", type=moment, metavar="TIME", help="only calls at or after TIME (ISO 8601, or 1h)")
     parser.add_argument("--until", type=moment, metavar="TIME", help="only calls before TIME (ISO 8601, or 15m)")
-    parser.add_argument("--output", choices=("table", "json"), default="table", help="json: one record per line")
+    parser.add_argument(
+        "--output",
+        choices=OUTPUT_FORMATS,
+        default="table",
+        help="json: one record per line; yaml: one document per record (---)",
+    )
     return parser
 
 
@@ -164,6 +170,9 @@ def run(
     if options.output == "json":
         for record in matching():
             out.write(json.dumps(record.to_document(), separators=(",", ":")) + "\n")
+    elif options.output == "yaml":
+        for record in matching():  # streamed like json: a log may be long
+            out.write("---\n" + as_yaml(record.to_document()) + "\n")
     else:
         render_table(matching(), out)
     for line in bad:

@@ -10,9 +10,9 @@ from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.cli.infer_commands import add_infer_parser
 from modelplane.cli.manifest_commands import apply_one_kind, experiment_state_word, remove_one
 from modelplane.cli.manifest_documents import Kind
-from modelplane.cli.output_formats import add_output_flag, as_record, columns, render
 from modelplane.cli.scheduler_session import SUBSCRIBER, Scheduler, follow
 from modelplane.flag_types import MAX_WAIT_SECONDS, seconds
+from modelplane.output_formats import add_output_flag, as_record, columns, render
 
 
 def add_experiment_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

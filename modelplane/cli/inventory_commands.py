@@ -12,9 +12,9 @@ from typing import Any
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.cli.infer_commands import Gateway, InferError, add_gateway_flags, resource_name
 from modelplane.cli.model_commands import server_table, state_name
-from modelplane.cli.output_formats import Record, add_output_flag, as_record, columns, render
 from modelplane.cli.scheduler_session import SUBSCRIBER, Scheduler
 from modelplane.command_line import subparsers
+from modelplane.output_formats import Record, add_output_flag, as_record, columns, render
 
 MAX_METADATA_BYTES = 4 * 1024 * 1024  # a model's metadata: names, shapes, types of its tensors
 

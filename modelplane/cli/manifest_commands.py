@@ -26,9 +26,9 @@ from modelplane.cli.model_commands import (
     state_name,
 )
 from modelplane.cli.model_commands import manifest_label as label
-from modelplane.cli.output_formats import Record, as_record, columns, render
 from modelplane.cli.scheduler_session import SUBSCRIBER, Scheduler
 from modelplane.command_line import EXIT_USAGE
+from modelplane.output_formats import Record, as_record, columns, render
 
 NOT_APPLIED = (
     "a ServerConfig is a pod template for Kubernetes (apply it with kubectl); the Scheduler API has no call for it"

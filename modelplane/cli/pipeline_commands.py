@@ -12,9 +12,9 @@ from modelplane.cli.infer_commands import add_infer_parser, add_inspect_parser
 from modelplane.cli.manifest_commands import apply_one_kind, pipeline_state_name, remove_one
 from modelplane.cli.manifest_documents import Kind
 from modelplane.cli.model_commands import CommandError
-from modelplane.cli.output_formats import add_output_flag, as_record, columns, render
 from modelplane.cli.scheduler_session import SUBSCRIBER, Scheduler, follow
 from modelplane.flag_types import MAX_WAIT_SECONDS, seconds
+from modelplane.output_formats import add_output_flag, as_record, columns, render
 
 PipelineStatus = pb.PipelineVersionState.PipelineStatus
 _FAILED = {PipelineStatus.Value("PipelineFailed")}

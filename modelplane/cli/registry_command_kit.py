@@ -20,6 +20,7 @@ from modelplane.cli import registry_tables
 from modelplane.cli.registry_http import Answer, RegistryCallError, RegistryHttp, path_of
 from modelplane.command_line import EXIT_FAILURE
 from modelplane.flag_types import seconds
+from modelplane.output_formats import OUTPUT_FORMATS, as_yaml
 from registry.settings import DEFAULT_LISTEN
 
 DEFAULT_REGISTRY: Final = f"http://{DEFAULT_LISTEN}"
@@ -40,8 +41,11 @@ class UsageError(Exception):
 def print_answer(
     options: argparse.Namespace, answer: Answer, columns: Sequence[registry_tables.Column] | None = None
 ) -> None:
-    """A list as a table (unless ``--output json``), a document as the registry's JSON (unless ``--output table``)."""
-    if options.output == "json" or (options.output is None and columns is None):
+    """A list as a table (unless ``--output json|yaml``), a document as the registry's JSON (unless ``--output table``
+    or ``yaml``)."""
+    if options.output == "yaml":
+        print(as_yaml(answer.body))
+    elif options.output == "json" or (options.output is None and columns is None):
         print(json.dumps(answer.body, indent=2))
     elif columns is not None and isinstance(answer.body, list):
         print(registry_tables.table(answer.body, columns) if answer.body else f"no {options.group}")
@@ -98,9 +102,10 @@ def common_flags(parser: argparse.ArgumentParser, *, listing: bool, timeout: flo
     )
     parser.add_argument(
         "--output",
-        choices=("json", "table"),
+        choices=OUTPUT_FORMATS,
         default=None,
-        help=f"json (the registry's documents as they are) or table (default: {'table' if listing else 'json'})",
+        help="json or yaml (the registry's documents as they are) or table "
+        f"(default: {'table' if listing else 'json'})",
     )
     parser.add_argument(
         "--timeout",

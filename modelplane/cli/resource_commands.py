@@ -17,8 +17,8 @@ from modelplane.cli import (
     pipeline_commands,
     status_command,
 )
-from modelplane.cli.output_formats import add_output_flag, render
 from modelplane.cli.scheduler_session import Scheduler
+from modelplane.output_formats import add_output_flag, render
 from modelplane.transport import TransportSecurity
 
 GROUPS = ("pipeline", "experiment")

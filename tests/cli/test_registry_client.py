@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from modelplane.auth.access_table import Role
 from modelplane.cli.main import main
@@ -59,6 +60,9 @@ def test_experiments_put_get_list_delete(capsys: pytest.CaptureFixture[str], liv
     status, out, err = _run(capsys, live, "experiments", "list", "--output=json", "--srcpath=houses.csv")
     assert status == 0, err
     assert [document["name"] for document in json.loads(out)] == ["houses"]
+    status, out, err = _run(capsys, live, "experiments", "get", "houses", "--output=yaml")
+    assert status == 0, err
+    assert yaml.safe_load(out)["outcomeType"] == "double"  # the registry's document as it is, in yaml
 
     status, out, err = _run(capsys, live, "experiments", "get", "houses", "--output=table")
     assert status == 0, err

@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 from grpc import aio
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -202,6 +203,9 @@ def check_audit_command(running: SchedulerProcess, lines: list[AuditRecord]) -> 
         return [AuditRecord.from_document(json.loads(line)) for line in result.stdout.splitlines()]
 
     assert audit() == lines
+    as_yaml = run_modelplane("audit", f"--audit-log={path}", "--output=yaml")
+    assert as_yaml.returncode == 0, as_yaml.stderr
+    assert [AuditRecord.from_document(doc) for doc in yaml.safe_load_all(as_yaml.stdout)] == lines  # one per record
     assert audit("--resource=iris") == [line for line in lines if line.resource_name == "iris"]
     assert audit("--rpc=UnloadPipeline") == [line for line in lines if line.method == "UnloadPipeline"]
     assert audit(f"--rpc={PREFIX}StopExperiment") == [line for line in lines if line.method == "StopExperiment"]

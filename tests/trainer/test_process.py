@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.support.kafka_broker import produce
 from tests.support.processes import stop_process
@@ -78,6 +79,10 @@ async def test_killed_mid_run_the_event_is_trained_after_restart_and_nothing_is_
     assert detail.returncode == 0, detail.stderr
     assert f"model: {new['model_uri']}" in detail.stdout
     assert "metric accuracy" in detail.stdout
+    for flags in (["--output=json"], ["--json"], ["--output=yaml"]):  # --json: what --output json was before
+        document = await _command("training", "status", f"--trainer=http://{address}", new["run_id"], *flags)
+        assert document.returncode == 0, document.stderr
+        assert yaml.safe_load(document.stdout)["state"] == "succeeded", flags  # JSON is YAML too
     missing = await _command("training", "status", f"--trainer=http://{address}", "run-nope")
     assert missing.returncode == 1
     assert "run run-nope not found" in missing.stderr

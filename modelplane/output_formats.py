@@ -1,4 +1,5 @@
-"""``--output json|yaml|table`` for every read command: one flag, one renderer.
+"""``--output json|yaml|table`` for every read command (the scheduler's, the registry's, the trainer's, the audit
+log's): one flag, one renderer.
 
 A read command gathers its answer as records (plain dicts and lists, from the Scheduler API's messages with
 ``as_record``) and a table renderer for people; ``render`` picks. JSON and YAML carry every field the scheduler sent,
@@ -13,7 +14,6 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import yaml
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
@@ -63,8 +63,16 @@ def render(output: str, records: Sequence[Record] | Record, table: Callable[[], 
     if output == "json":
         return json.dumps(records, indent=2, sort_keys=False)
     if output == "yaml":
-        return yaml.safe_dump(records, sort_keys=False, default_flow_style=False).rstrip("\n")
+        return as_yaml(records)
     return table()
+
+
+def as_yaml(records: Sequence[Record] | Record | Any) -> str:
+    """Plain data as block YAML, in the given key order."""
+    import yaml  # noqa: PLC0415 - only a command printing yaml pays for it
+
+    text: str = yaml.safe_dump(records, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return text.rstrip("\n")
 
 
 def columns(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -5,6 +5,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.support.processes import SchedulerProcess, start_scheduler, stop_all_started, stop_process
 
@@ -13,6 +14,13 @@ from tests.support.processes import SchedulerProcess, start_scheduler, stop_all_
 # many schedulers at once.
 os.environ.setdefault("MODELPLANE_SCHEDULER_METRICS_LISTEN", "127.0.0.1:0")
 os.environ.setdefault("MODELPLANE_UP_METRICS_LISTEN", "127.0.0.1:0")
+
+# Hypothesis fails an example that runs longer than 200 ms by default, and fails the test as flaky when the replay is
+# quicker: a timed assertion, which this project keeps out of tests (speed lives in bench/). On two shared cores one
+# example of a few milliseconds is sometimes held up that long. Loaded here, before any test module is imported, so
+# that every @settings(...) without a deadline of its own inherits None.
+settings.register_profile("modelplane", deadline=None)
+settings.load_profile("modelplane")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -32,6 +32,7 @@ from kubernetes.aio import client as k8s
 
 from agent.artifacts.errors import ArtifactError
 from agent.artifacts.storage_config import flatten_config_object, parse_config_text
+from modelplane import bounded_yaml
 
 MAX_SECRET_RESPONSE_BYTES = 256 * 1024
 MAX_SECRET_VALUE_BYTES = 64 * 1024
@@ -164,7 +165,7 @@ def _rclone_values(text: str, origin: str) -> dict[str, str]:
     if stripped.startswith("{") or first_line.startswith("["):
         return parse_config_text(stripped, origin)  # JSON, or INI with one [section]
     try:
-        loaded = yaml.safe_load(stripped)
+        loaded = bounded_yaml.safe_load(stripped)
     except yaml.YAMLError as error:  # its text quotes the config: only the problem and the line are kept
         problem = getattr(error, "problem", None) or "cannot parse"
         mark = getattr(error, "problem_mark", None)

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from modelplane import bounded_yaml
 from modelplane.auth.access_table import Resource, Role
 from modelplane.auth.reloading_file import AuthFileError, ReloadingFile
 from modelplane.auth.tokens import NAME
@@ -107,7 +108,7 @@ def _section(document: Mapping[str, Any], key: str, where: str) -> dict[str, tup
 
 def parse_policy(text: str, where: str) -> Policy:
     try:
-        document = yaml.safe_load(text)
+        document = bounded_yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""

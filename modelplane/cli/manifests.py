@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane import bounded_yaml
 from modelplane.spec.seldon_resources import MODEL_SPEC_FIELDS, ResourceSpecError, listed, model_from_resource
 
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -58,7 +59,7 @@ def load_yaml_documents(text: str) -> list[Any]:
     if len(text.encode()) > MAX_MANIFEST_BYTES:
         raise ManifestError("the manifest is larger than 1 MiB")
     try:
-        documents = [document for document in yaml.safe_load_all(text) if document is not None]
+        documents = [document for document in bounded_yaml.safe_load_all(text) if document is not None]
     except yaml.YAMLError as error:
         raise ManifestError(_yaml_problem(error)) from None
     except RecursionError:

@@ -155,6 +155,12 @@ def test_the_aws_shape_maps_to_s3_keys_and_refuses_strangers() -> None:
         storage_values_from({"s3": "type: s3\n  bad: [SECRETVALUE\n"}, "here")
 
 
+def test_an_rclone_yaml_whose_aliases_explode_is_an_artifact_error() -> None:
+    lines = ['a0: &a0 "lol"'] + [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 9)}]" for n in range(1, 10)]
+    with pytest.raises(ArtifactError, match="aliases expand"):
+        storage_values_from({"s3": "type: s3\n" + "\n".join(lines) + "\n"}, "here")
+
+
 @given(st.dictionaries(st.text(max_size=30), st.text(max_size=200), max_size=4))
 def test_any_secret_data_gives_s3_keys_or_an_artifact_error_that_quotes_no_value(data: dict[str, str]) -> None:
     try:

@@ -244,6 +244,32 @@ def test_yaml_anchors_and_aliases_resolve() -> None:
     assert list(parse_model_manifest(text).modelSpec.requirements) == ["sklearn", "xgboost"]
 
 
+def _billion_laughs(levels: int, fanout: int) -> str:
+    """Nine levels of nine aliases each: under 1 KiB of text that expands to fanout**levels strings."""
+    lines = ['a0: &a0 "lol"']
+    for level in range(1, levels + 1):
+        aliases = ", ".join([f"*a{level - 1}"] * fanout)
+        lines.append(f"a{level}: &a{level} [{aliases}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_aliases_that_expand_beyond_the_node_limit_are_a_manifest_error() -> None:
+    text = _billion_laughs(9, 9) + BASE
+    assert len(text.encode()) < 1024
+    with pytest.raises(ManifestError, match="aliases expand"):
+        parse_model_manifest(text)
+
+
+def test_a_recursive_alias_is_a_manifest_error() -> None:
+    with pytest.raises(ManifestError, match="refers to itself"):
+        parse_model_manifest("x: &loop [*loop]\n" + BASE)
+
+
+def test_aliases_under_the_node_limit_still_resolve() -> None:
+    text = _billion_laughs(3, 9) + BASE + "  requirements: [sklearn]\n"
+    assert list(parse_model_manifest(text).modelSpec.requirements) == ["sklearn"]
+
+
 def test_memory_may_be_a_plain_number_of_bytes() -> None:
     assert parse_model_manifest(manifest(memory=2048)).modelSpec.memoryBytes == 2048
     assert parse_model_manifest(manifest(memory="1.5G")).modelSpec.memoryBytes == 1_500_000_000

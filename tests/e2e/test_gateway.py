@@ -26,7 +26,7 @@ from generated.inference.v2 import grpc_predict_v2_pb2_grpc as v2_grpc
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from tests.support.agent_processes import kill_agent, kill_server_of
-from tests.support.cluster_fixtures import WAIT, Cluster, Iris, api_of, model
+from tests.support.cluster_fixtures import WAIT, Cluster, Iris, api_of, model, until
 from tests.support.processes import GatewayProcess, start_gateway, stop_process
 
 pytest_plugins = ["tests.support.real_components", "tests.support.cluster_fixtures"]
@@ -258,6 +258,15 @@ async def test_a_restarted_gateway_rebuilds_its_routes_and_follows_a_moved_model
         await asyncio.to_thread(kill_agent, holder)
         kill_server_of(holder)
         await api.available("mover", replica=survivor.replica_idx)
+
+        # The scheduler says Available once the survivor has loaded it; the gateway hears of the new route on its
+        # own stream a moment later (requests in between meet the dead replica: 503, counted above). Once it
+        # answers, every request goes to the survivor.
+        async def routed_to_the_survivor() -> bool:
+            code, _, _ = await post(http, f"{gateway.url}/v2/models/mover/infer", iris.request)
+            return code == 200
+
+        await until(routed_to_the_survivor, "the gateway to route mover to the replica it moved to")
         after = await many(http, f"{gateway.url}/v2/models/mover/infer", iris.request, 50)
         moving = False
         await asker

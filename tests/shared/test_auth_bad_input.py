@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 import grpc
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -71,6 +72,12 @@ yaml_like = st.recursive(
     ),
     max_leaves=20,
 )
+
+
+def test_a_policy_whose_aliases_explode_is_refused_with_a_reason() -> None:
+    lines = ['a0: &a0 "lol"'] + [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 9)}]" for n in range(1, 10)]
+    with pytest.raises(AuthFileError, match=r"policy.yaml: not valid YAML: aliases expand"):
+        parse_policy("\n".join(lines) + "\nidentities: {}\n", "policy.yaml")
 
 
 @settings(max_examples=300, deadline=None)

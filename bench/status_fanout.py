@@ -18,7 +18,7 @@ each does the same work from the same empty state:
 
 In each phase, once every subscriber holds the snapshot (one warm-up model), M LoadModel calls for distinct
 models (64 in flight); when all M are Available one more model, the sentinel, is loaded: a subscriber gets
-statuses in the order their models first became pending (scheduler/event_hub.py), so one that has seen the
+statuses in the order their models first became pending (modelplane/event_hub.py), so one that has seen the
 sentinel has been delivered every status before it. Measured from the first call until every reading subscriber
 has seen the sentinel: the scheduler's CPU seconds and the messages delivered to all subscribers, and the
 LoadModel rate during the calls. Reported per phase with N subscribers:

@@ -442,7 +442,7 @@ def test_interleaved_reads_always_see_current_values_and_converge(operations: li
     asyncio.run(scenario())
 
 
-class SourceLost(Exception):
+class SourceLostError(Exception):
     pass
 
 
@@ -455,18 +455,18 @@ async def test_fail_subscribers_ends_each_with_the_error_and_the_hub_takes_new_o
     blocked = asyncio.create_task(anext(waiting))  # a reader waiting for the next value
     publish(hub, "b", 1)
     await asyncio.sleep(0)
-    hub.fail_subscribers(SourceLost("the source is gone"))
+    hub.fail_subscribers(SourceLostError("the source is gone"))
     assert hub.subscriber_count == 0
     assert behind.pending_count == 0  # what it had not read is dropped, not delivered as if current
-    with pytest.raises(SourceLost, match="the source is gone"):
+    with pytest.raises(SourceLostError, match="the source is gone"):
         await anext(behind)
-    with pytest.raises(SourceLost):
+    with pytest.raises(SourceLostError):
         await anext(behind)  # and keeps failing
     # The reader that was waiting got "b" already, or gets the error: never a value published after the failure.
     publish(hub, "c", 1)
     try:
         got = await asyncio.wait_for(blocked, HANG_GUARD)
-    except SourceLost:
+    except SourceLostError:
         pass
     else:
         assert got == ("b", 1)

@@ -13,6 +13,7 @@ import asyncio
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -20,10 +21,14 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 from grpc import aio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane.auth.access_table import Role
+from modelplane.spec import limits
+from modelplane.spec.errors import InvalidArgument
 from status_relay.process import RelayServing
 from status_relay.status_cache import CacheState
 from tests.support.auth_material import TOKENS, bearer, one_identity_per_role
@@ -331,3 +336,60 @@ async def test_callers_are_checked_as_the_scheduler_checks_them(tmp_path: Path) 
 
 def _attempted(relay: RelayServing) -> bool:
     return all("UNAUTHENTICATED" in cache.why_not_current for cache in relay.caches.values())
+
+
+class RelayInThread:
+    """A scheduler and a relay of it in an event loop of their own, on a thread: the property test below calls the
+    relay synchronously, one example after the other, while they serve."""
+
+    def __init__(self) -> None:
+        self.address: str | None = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), name="relay", daemon=True)
+
+    def __enter__(self) -> str:
+        self._thread.start()
+        if not self._ready.wait(60) or self.address is None:
+            raise RuntimeError("the relay did not start")
+        return self.address
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(60)
+
+    async def _serve(self) -> None:
+        self._stop, self._loop = asyncio.Event(), asyncio.get_running_loop()
+        try:
+            async with in_process_scheduler() as scheduler, in_process_relay(scheduler.listen) as relay:
+                await relay_current(relay)
+                self.address = str(relay.address)
+                self._ready.set()
+                await self._stop.wait()
+        finally:
+            self._ready.set()
+
+
+def test_any_subscriber_name_is_served_or_refused_with_a_reason() -> None:
+    with RelayInThread() as address, grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.SchedulerStub(channel)
+
+        @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(st.text(st.characters(codec="utf-8"), max_size=700))
+        def served_or_refused(name: str) -> None:
+            call = stub.SubscribeExperimentStatus(pb.ExperimentSubscriptionRequest(subscriberName=name), timeout=30)
+            try:
+                call.initial_metadata()  # the headers of a stream served, or the end of one refused
+                try:
+                    limits.check_text(name, "subscriberName", limits.SUBSCRIBER)
+                except InvalidArgument:
+                    assert call.code() == grpc.StatusCode.INVALID_ARGUMENT, (name, call.details())
+                    assert "subscriber" in call.details(), call.details()
+                else:
+                    assert call.is_active(), (name, call.code(), call.details())
+            finally:
+                call.cancel()
+
+        served_or_refused()

@@ -181,12 +181,10 @@ async def test_a_lost_scheduler_ends_the_relays_streams_and_a_fresh_snapshot_fol
             scheduler.process.wait()
             killed_at = time.time_ns()
             await agent.crash()
-            received = sum(len(statuses) for statuses in watch.history.values())
             with pytest.raises(aio.AioRpcError) as ended:
                 await watch.task
             assert ended.value.code() == grpc.StatusCode.UNAVAILABLE, ended.value
             assert "lost its SubscribeModelStatus stream" in (ended.value.details() or ""), ended.value.details()
-            assert sum(len(statuses) for statuses in watch.history.values()) == received
             refused = await subscription_refused(relay.listen)
             assert refused.code() == grpc.StatusCode.UNAVAILABLE, refused  # nothing stale is served meanwhile
 

@@ -61,6 +61,9 @@ class Sizes:
     fanout_replicas: int
     fanout_subscribers: tuple[int, ...]
     fanout_non_readers: int
+    # The fan-out again with the subscribers through this many status relays (0: not run; not in --quick, which CI
+    # runs with its minutes counted).
+    fanout_relays: int = 0
     load_flags: tuple[str, ...] = ()
     restart_flags: tuple[str, ...] = ()
     gateway_flags: tuple[str, ...] = ()
@@ -94,6 +97,7 @@ SCALES = {
         fanout_replicas=10,
         fanout_subscribers=(200, 1000),
         fanout_non_readers=20,
+        fanout_relays=2,
         # A restart that has not got every model Available in 4 minutes is reported as such (on a busy machine main
         # can take 10 minutes and more): the suite's time stays bounded.
         restart_flags=("--available-timeout", "240"),
@@ -110,6 +114,7 @@ SCALES = {
         fanout_replicas=10,
         fanout_subscribers=(200, 1000),
         fanout_non_readers=20,
+        fanout_relays=2,
         load_flags=("--available-timeout", "600"),
         # The 100,000 records are written into the state store through the scheduler's own code rather than loaded:
         # at today's LoadModel rate on 1,000 replicas loading them would take longer than the restart measured.
@@ -166,6 +171,9 @@ def plan(sizes: Sizes, parts: Sequence[str], work: Path) -> list[Step]:
         arguments += ["--subscribers", ",".join(map(str, sizes.fanout_subscribers))]
         arguments += ["--non-readers", str(sizes.fanout_non_readers)]
         steps.append(Step("fanout", "fanout", "status_fanout.py", arguments, work))
+        if sizes.fanout_relays:
+            relayed = [*arguments, "--relays", str(sizes.fanout_relays), "--no-floor"]
+            steps.append(Step("fanout", "fanout-relays", "status_fanout.py", relayed, work))
     if "gateway" in parts:
         steps.append(Step("gateway", "gateway", "gateway_inference.py", [*sizes.gateway_flags], work))
     for step in steps:
@@ -437,7 +445,7 @@ def not_within(restart: dict[str, Any], models: int) -> str:
 
 
 def fanout_figures(steps: list[Step], sizes: Sizes) -> list[Figure]:
-    runs = [s for s in steps if s.part == "fanout"]
+    runs = [s for s in steps if s.part == "fanout" and s.label == "fanout"]
     if not runs:
         return []
     compared = dig(runs[0].result, "compared") or {}
@@ -469,6 +477,44 @@ def fanout_figures(steps: list[Step], sizes: Sizes) -> list[Figure]:
         Figure(
             "fanout_load_model_slowdown",
             f"status fan-out: LoadModel slowdown with {' / '.join(map(str, counts))} subscribers ({non_readers})",
+            slowdown,
+            " / ".join(f"**{fmt(v)}x**" for v in slowdown),
+            reference,
+            "1,000 subscribers cost LoadModel < 2x",
+            runs,
+        ),
+        *relayed_fanout_figures(steps, sizes),
+    ]
+
+
+def relayed_fanout_figures(steps: list[Step], sizes: Sizes) -> list[Figure]:
+    """The same fan-out with every subscriber but one through status relays (status_relay/): what the scheduler pays
+    then, and the relays' own CPU, on the same two cores."""
+    runs = [s for s in steps if s.label == "fanout-relays"]
+    if not runs:
+        return []
+    compared = dig(runs[0].result, "compared") or {}
+    counts = sizes.fanout_subscribers
+    gross = [number(dig(compared, str(n), "gross_deliveries_per_cpu_second")) for n in counts]
+    together = [number(dig(compared, str(n), "gross_deliveries_per_cpu_second_with_relays")) for n in counts]
+    relays_cpu = [number(dig(compared, str(n), "relays_cpu_seconds")) for n in counts]
+    slowdown = [number(dig(compared, str(n), "load_model_slowdown")) for n in counts]
+    reference = f"1 subscriber: {fmt(number(compared.get('reference_calls_per_second')), 0)} LoadModel calls/s"
+    through = f"through {sizes.fanout_relays} status relays on the same cores"
+    return [
+        Figure(
+            "fanout_relays_deliveries_per_cpu_second",
+            f"status fan-out {through}: deliveries per scheduler CPU-second, over all its CPU "
+            f"({' / '.join(map(str, counts))} subscribers); in brackets over the scheduler's and the relays' CPU",
+            gross,
+            " / ".join(f"**{fmt(v, 0)}** ({fmt(t, 0)})" for v, t in zip(gross, together, strict=True)),
+            f"{reference}; the relays used {' / '.join(fmt(c) for c in relays_cpu)} CPU s",
+            ">= 100k per CPU-second",
+            runs,
+        ),
+        Figure(
+            "fanout_relays_load_model_slowdown",
+            f"status fan-out {through}: LoadModel slowdown with {' / '.join(map(str, counts))} subscribers",
             slowdown,
             " / ".join(f"**{fmt(v)}x**" for v in slowdown),
             reference,

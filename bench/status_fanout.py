@@ -18,7 +18,7 @@ each does the same work from the same empty state:
 
 In each phase, once every subscriber holds the snapshot (one warm-up model), M LoadModel calls for distinct
 models (64 in flight); when all M are Available one more model, the sentinel, is loaded: a subscriber gets
-statuses in the order their models first became pending (scheduler/event_hub.py), so one that has seen the
+statuses in the order their models first became pending (modelplane/event_hub.py), so one that has seen the
 sentinel has been delivered every status before it. Measured from the first call until every reading subscriber
 has seen the sentinel: the scheduler's CPU seconds and the messages delivered to all subscribers, and the
 LoadModel rate during the calls. Reported per phase with N subscribers:
@@ -88,6 +88,7 @@ from load_model_rate import THIS_FILE as LOAD_MODEL_RATE
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
+from modelplane.standard_services import status_name, watch_health
 
 THIS_FILE = Path(__file__).resolve()
 AVAILABLE = pb.ModelStatus.ModelAvailable
@@ -232,8 +233,14 @@ def serve_readers(target: str, readers: int, non_readers: int) -> None:
     stdout gets one JSON object a line: ``{"event": "ready"}`` once every reader has its snapshot and every
     non-reader its response headers; ``{"event": "counts", ...}`` for each ``counts`` line on stdin;
     ``{"event": "caught_up", ...}`` once every reader has seen the sentinel. SIGTERM ends it (its default)."""
+    targets = target.split(",")  # with relays: the subscribers spread over them, one after the other
     subscribers = [
-        RawSubscriber(target, READER_WINDOW if index < readers else 0, f"bench-fanout-{index}", SENTINEL.encode())
+        RawSubscriber(
+            targets[index % len(targets)],
+            READER_WINDOW if index < readers else 0,
+            f"bench-fanout-{index}",
+            SENTINEL.encode(),
+        )
         for index in range(readers + non_readers)
     ]
     reading, silent = subscribers[:readers], subscribers[readers:]
@@ -500,6 +507,8 @@ class Config:
     floor: bool = True
     py_spy: str | None = None  # profile the scheduler in the largest N's phase (slows it: figures from runs without)
     profile_out: Path | None = None
+    relays: int = 0  # the N - 1 subscribers of a phase through this many status relays (0: at the scheduler)
+    relay_nice: int = 0  # the relays' niceness: > 0 lets the scheduler's loop go first on the shared cores
 
 
 def one_request(name: str) -> pb.LoadModelRequest:
@@ -511,7 +520,8 @@ def one_request(name: str) -> pb.LoadModelRequest:
 def start_processes(config: Config, work: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     ready = work / "ready.json"
     command = [sys.executable, "-m", "modelplane.cli", "scheduler", "--listen", "127.0.0.1:0"]
-    command += ["--agent-listen", "127.0.0.1:0", "--state-dir", str(work / "state"), "--ready-file", str(ready)]
+    command += ["--agent-listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]
+    command += ["--state-dir", str(work / "state"), "--ready-file", str(ready)]
     command += ["--sync-grace", "0.1", "--shutdown-grace", "2", "--log-level", "warning"]
     command += ["--subscriber-lag", f"{config.subscriber_lag:g}"]
     scheduler = spawn(command, work / "scheduler.log")
@@ -521,6 +531,38 @@ def start_processes(config: Config, work: Path) -> tuple[subprocess.Popen[bytes]
         stop_process(scheduler)
         raise
     return scheduler, info
+
+
+def start_relays(config: Config, work: Path, scheduler_listen: str) -> list[tuple[subprocess.Popen[bytes], str]]:
+    """``config.relays`` status relays (``modelplane status-relay``) of the scheduler: (process, listen) each."""
+    relays: list[tuple[subprocess.Popen[bytes], str]] = []
+    try:
+        for index in range(config.relays):
+            ready = work / f"relay-{index}-ready.json"
+            command = ["nice", "-n", str(config.relay_nice)] if config.relay_nice else []
+            command += [sys.executable, "-m", "modelplane.cli", "status-relay", "--scheduler", scheduler_listen]
+            command += ["--listen", "127.0.0.1:0", "--ready-file", str(ready), "--log-level", "warning"]
+            command += ["--subscriber-lag", f"{config.subscriber_lag:g}", "--max-subscribers", "100000"]
+            relay = spawn(command, work / f"relay-{index}.log")
+            relays.append((relay, ""))
+            info = wait_for_file(ready, relay, 60, f"status relay {index}")
+            relays[-1] = (relay, info["listen"])
+    except BaseException:
+        for relay, _listen in relays:
+            stop_process(relay)
+        raise
+    return relays
+
+
+async def wait_relays_current(relays: list[tuple[subprocess.Popen[bytes], str]]) -> None:
+    """Until every relay's Scheduler service is SERVING: it has a current snapshot of every kind of status."""
+    service = pb.DESCRIPTOR.services_by_name["Scheduler"].full_name
+    async with asyncio.timeout(PHASE_TIMEOUT):
+        for _relay, listen in relays:
+            async with aio.insecure_channel(listen) as channel:
+                async for answer in watch_health(channel, service):
+                    if status_name(answer.status) == "SERVING":
+                        break
 
 
 def start_agents(config: Config, work: Path, agent_listen: str) -> subprocess.Popen[bytes]:
@@ -538,7 +580,13 @@ def start_agents(config: Config, work: Path, agent_listen: str) -> subprocess.Po
 
 
 async def measure(
-    config: Config, listen: str, scheduler_pid: int, verifier: Verifier, readers: ReadersProcess | None
+    config: Config,
+    listen: str,
+    scheduler_pid: int,
+    verifier: Verifier,
+    readers: ReadersProcess | None,
+    *,
+    relay_pids: Sequence[int] = (),
 ) -> dict[str, Any]:
     """The M calls and the sentinel, with the subscribers in place; counts and CPU around them."""
     requests = load_requests(config.models)
@@ -550,6 +598,7 @@ async def measure(
     profile = config.workdir / "profile.txt"
     profiler = start_profiler(config.py_spy, scheduler_pid, profile) if profiled and config.py_spy else None
     cpu_before = cpu_seconds(scheduler_pid)
+    relays_before = sum(cpu_seconds(pid) for pid in relay_pids)
     started = time.monotonic()
     drive = await drive_load_model(listen, requests, config.concurrency, scheduler_pid)
     await verifier.wait_available(names)
@@ -560,6 +609,7 @@ async def measure(
     readers_after = await readers.expect("caught_up") if readers is not None else None
     caught_up = time.monotonic()
     cpu = cpu_seconds(scheduler_pid) - cpu_before
+    relays_cpu = sum(cpu_seconds(pid) for pid in relay_pids) - relays_before
     if profiler is not None:
         stop_profiler(profiler)
         if config.profile_out is not None:
@@ -577,6 +627,10 @@ async def measure(
     drive_fields.pop("segments")
     if profiler is not None:
         phase["profile"] = summarize_profile(profile, top=25)
+    if relay_pids:
+        # The relays' own CPU, on the same two cores as the scheduler: the fan-out's cost moved, not gone.
+        phase["relays_cpu_seconds"] = round(relays_cpu, 2)
+        phase["gross_deliveries_per_cpu_second_with_relays"] = round(delivered / (cpu + relays_cpu))
     return phase | {
         "load_model": drive_fields,
         "seconds_to_all_available": round(all_available - started, 3),
@@ -597,6 +651,7 @@ async def run_phase(config: Config, label: str, subscribers: int) -> dict[str, A
     agents: subprocess.Popen[bytes] | None = None
     readers: ReadersProcess | None = None
     verifier: Verifier | None = None
+    relays: list[tuple[subprocess.Popen[bytes], str]] = []
     result: dict[str, Any] = {"subscribers": subscribers}
     try:
         agents = start_agents(config, work, info["agent_listen"])
@@ -605,15 +660,22 @@ async def run_phase(config: Config, label: str, subscribers: int) -> dict[str, A
         async with aio.insecure_channel(info["listen"]) as channel:
             await pb_grpc.SchedulerStub(channel).LoadModel(one_request(WARM_UP), timeout=60)
         await verifier.wait_available({WARM_UP})
+        target = info["listen"]
+        if subscribers > 1 and config.relays:
+            relays = start_relays(config, work, info["listen"])
+            await wait_relays_current(relays)
+            target = ",".join(listen for _relay, listen in relays)
+            result["relays"] = config.relays
         if subscribers > 1:
             non_readers = min(config.non_readers, subscribers - 1)
             result["non_readers"] = non_readers
             opening = time.monotonic()
             readers = await ReadersProcess.start(
-                info["listen"], subscribers - 1 - non_readers, non_readers, work / "readers.log"
+                target, subscribers - 1 - non_readers, non_readers, work / "readers.log"
             )
             result["subscribe_seconds"] = round(time.monotonic() - opening, 2)
-        result |= await measure(config, info["listen"], scheduler.pid, verifier, readers)
+        relay_pids = [relay.pid for relay, _listen in relays]
+        result |= await measure(config, info["listen"], scheduler.pid, verifier, readers, relay_pids=relay_pids)
     finally:
         if verifier is not None:
             await verifier.close()
@@ -621,6 +683,8 @@ async def run_phase(config: Config, label: str, subscribers: int) -> dict[str, A
         result["scheduler_exit"] = {"status": status, "shutdown_seconds": shutdown}
         if readers is not None:
             await readers.stop()
+        for relay, _listen in relays:
+            stop_process(relay)
         if agents is not None:
             stop_process(agents)
     lines = [line for line in (work / "scheduler.log").read_text(errors="replace").splitlines() if line.strip()]
@@ -651,6 +715,12 @@ def compare(phases: list[dict[str, Any]], floor: dict[str, Any] | None) -> dict[
             if phase["deliveries"] > delivered
             else None,
         }
+        if "relays_cpu_seconds" in phase:
+            found[str(phase["subscribers"])] |= {
+                "relays": phase["relays"],
+                "relays_cpu_seconds": phase["relays_cpu_seconds"],
+                "gross_deliveries_per_cpu_second_with_relays": phase["gross_deliveries_per_cpu_second_with_relays"],
+            }
         if floor is not None and floor["subscribers"] == phase["subscribers"] and floor["deliveries_per_cpu_second"]:
             figures = found[str(phase["subscribers"])]
             figures["floor_deliveries_per_cpu_second"] = floor["deliveries_per_cpu_second"]
@@ -679,6 +749,8 @@ async def benchmark(config: Config) -> dict[str, Any]:
             "non_readers": config.non_readers,
             "subscriber_lag": config.subscriber_lag,
             "floor": config.floor,
+            "relays": config.relays,
+            "relay_nice": config.relay_nice,
         },
         "environment": env,
         "phases": phases,
@@ -690,7 +762,8 @@ async def benchmark(config: Config) -> dict[str, Any]:
 def render(result: dict[str, Any]) -> str:
     lines = [
         f"{result['config']['models']} LoadModel calls per phase on {result['config']['replicas']} replicas; "
-        f"{result['config']['non_readers']} of the subscribers never read",
+        f"{result['config']['non_readers']} of the subscribers never read"
+        + (f"; all but one through {result['config']['relays']} status relays" if result["config"]["relays"] else ""),
         f"{'subscribers':>11} {'calls/s':>8} {'to caught up s':>15} {'sched CPU s':>12} {'deliveries':>11} "
         f"{'per model':>9} {'readers CPU s':>13} {'non-readers ended':>17}",
     ]
@@ -711,6 +784,12 @@ def render(result: dict[str, Any]) -> str:
             f"({figures['scheduler_cpu_us_per_delivery']} us each), {figures['gross_deliveries_per_cpu_second']} "
             "over all its CPU"
         )
+        if "relays_cpu_seconds" in figures:
+            lines.append(
+                f"  through {figures['relays']} relays: the relays used {figures['relays_cpu_seconds']} CPU s; "
+                f"{figures['gross_deliveries_per_cpu_second_with_relays']} deliveries per CPU-second of the scheduler "
+                "and the relays together"
+            )
     floor = result.get("floor")
     if floor:
         lines.append(
@@ -736,6 +815,21 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--py-spy", metavar="BIN", help="py-spy binary: profile the scheduler with the largest N")
     parser.add_argument("--profile-out", type=Path, metavar="PATH", help="keep py-spy's raw stacks here")
+    parser.add_argument(
+        "--relays",
+        type=int,
+        default=0,
+        metavar="K",
+        help="serve the N - 1 subscribers through K status relays (modelplane status-relay), spread evenly; the "
+        "verifier stays at the scheduler (default 0: every subscriber at the scheduler)",
+    )
+    parser.add_argument(
+        "--relay-nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the relays with this niceness (0 to 19; default 0): the scheduler first on shared cores",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 100 models, 5 replicas, 50,100 subscribers")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the result as JSON here")
     parser.add_argument("--workdir", type=Path, help="keep logs and state in a new folder in DIR (default: removed)")
@@ -755,6 +849,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error("--subscribers takes comma-separated whole numbers, e.g. 200,1000")
     if not all(2 <= count <= 5000 for count in options.subscribers):
         parser.error("each subscriber count must be from 2 to 5000")
+    if not 0 <= options.relays <= 16 or not 0 <= options.relay_nice <= 19:
+        parser.error("--relays must be from 0 to 16, --relay-nice from 0 to 19")
     if options.models < 1 or options.replicas < 1 or options.concurrency < 1 or options.non_readers < 0:
         parser.error("--models, --replicas and --concurrency must be at least 1, --non-readers at least 0")
     if options.replicas * REPLICA_MEMORY < (options.models + 2) * MODEL_MEMORY:
@@ -782,6 +878,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             options.floor,
             options.py_spy,
             options.profile_out,
+            options.relays,
+            options.relay_nice,
         )
         result = asyncio.run(benchmark(config))
     print(render(result))

@@ -134,7 +134,7 @@ def add_with_raw_responses(
 ) -> None:
     """Register ``servicer`` as the generated ``add_to_server`` does, except that the methods named in ``raw`` send
     what their behaviour gives as it is: bytes the servicer has serialised already (a status serialised once for
-    every subscriber, scheduler/event_hub.py). The bytes on the wire are the same as if gRPC had serialised the
+    every subscriber, modelplane/event_hub.py). The bytes on the wire are the same as if gRPC had serialised the
     message, so clients see no difference."""
     registrations = _Registrations()
     add_to_server(servicer, registrations)

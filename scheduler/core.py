@@ -34,6 +34,7 @@ from generated.mlops.agent.v1 import agent_pb2
 from generated.mlops.routing.v1 import routing_pb2 as rpb
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane import logs
+from modelplane.event_hub import Subscription
 from modelplane.keyed_locks import KeyedLocks
 from modelplane.logs import with_fields
 from modelplane.spec import limits
@@ -41,7 +42,6 @@ from modelplane.spec.errors import FailedPrecondition, NotFound, ResourceExhaust
 from modelplane.spec.names import check_name
 from scheduler import route_messages, status_messages
 from scheduler.agent_sessions import AgentSession
-from scheduler.event_hub import Subscription
 from scheduler.experiments import ExperimentRecord, ExperimentRegistry
 from scheduler.models import model_specs, server_specs
 from scheduler.models.cluster import Cluster

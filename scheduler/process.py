@@ -32,6 +32,7 @@ from modelplane.auth.grpc_access import RefusalRecorder
 from modelplane.logs import with_fields
 from modelplane.ready_file import write_ready_file
 from modelplane.standard_services import HEALTH_SERVICE, Health, add_reflection
+from modelplane.stream_watchdog import StreamWatchdog
 from modelplane.transport import bind, http_server_ssl, new_server
 from scheduler import resource_versions
 from scheduler.agent_service import AgentService
@@ -44,7 +45,6 @@ from scheduler.scheduler_metrics import SchedulerMetrics, TimedStore
 from scheduler.scheduler_service import SchedulerService
 from scheduler.settings import SchedulerSettings
 from scheduler.state_dir import StateDir
-from scheduler.stream_watchdog import StreamWatchdog
 
 if TYPE_CHECKING:  # imported where the metrics listener starts (_serve_metrics)
     from aiohttp import web

@@ -12,9 +12,9 @@ from google.protobuf.message import Message
 
 from generated.mlops.routing.v1 import routing_pb2 as rpb
 from generated.mlops.scheduler import scheduler_pb2 as pb
+from modelplane.event_hub import EventHub, Subscription
 from modelplane.spec import limits
 from scheduler import route_messages, status_messages
-from scheduler.event_hub import EventHub, Subscription
 from scheduler.experiments import ExperimentRegistry
 from scheduler.models.cluster import Cluster
 from scheduler.models.cluster_state import Touched
@@ -29,7 +29,7 @@ def most_status_keys(max_models: int) -> int:
     """The most keys a status stream's state can have within the limits: every model, every server's status and
     scaling request (a ServerKey each), every pipeline and running experiment, and the routing table's
     end-of-snapshot marker. Every hub's bound on published values pending per subscriber: a subscriber that
-    has all of them changed before it reads one still fits (scheduler/event_hub.py says what the bound is for)."""
+    has all of them changed before it reads one still fits (modelplane/event_hub.py says what the bound is for)."""
     return max_models + 2 * limits.MAX_SERVERS + limits.MAX_PIPELINES + limits.MAX_EXPERIMENTS + 1
 
 

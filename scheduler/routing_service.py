@@ -11,9 +11,9 @@ from generated.mlops.routing.v1 import routing_pb2 as pb
 from generated.mlops.routing.v1 import routing_pb2_grpc as pb_grpc
 from modelplane.grpc_handlers import add_with_raw_responses
 from modelplane.spec.names import check_name
+from modelplane.stream_watchdog import StreamWatchdog
 from scheduler import status_codes
 from scheduler.core import SchedulerCore
-from scheduler.stream_watchdog import StreamWatchdog
 
 Context = aio.ServicerContext[Any, Any]
 

@@ -22,11 +22,11 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from modelplane.event_hub import EventHub
+from modelplane.stream_watchdog import StreamWatchdog
 from scheduler.core import SchedulerCore
-from scheduler.event_hub import EventHub
 from scheduler.models.model_state import ModelState
 from scheduler.persistence.state_store import Change, StateStore
-from scheduler.stream_watchdog import StreamWatchdog
 
 # Seconds: a LoadModel answers in well under a millisecond without a store write (bench/README.md) and a few
 # milliseconds with one; placement of one model takes microseconds to milliseconds.

@@ -17,9 +17,9 @@ from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane import __version__, logs
 from modelplane.grpc_handlers import add_with_raw_responses
 from modelplane.spec.errors import InvalidArgument
+from modelplane.stream_watchdog import StreamWatchdog
 from scheduler import status_codes
 from scheduler.core import SchedulerCore
-from scheduler.stream_watchdog import StreamWatchdog
 
 Context = aio.ServicerContext[Any, Any]
 

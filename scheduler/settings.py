@@ -15,6 +15,7 @@ from modelplane.auth_flags import add_auth_flags, auth_settings_from, check_auth
 from modelplane.config import parse_layered
 from modelplane.flag_types import address, seconds
 from modelplane.process_flags import add_process_flags
+from modelplane.stream_watchdog import DEFAULT_SUBSCRIBER_LAG_SECONDS
 from modelplane.transport import TransportError, TransportSecurity
 from modelplane.transport_flags import add_tls_flags, security_from
 from scheduler.leadership.election_settings import (
@@ -22,7 +23,6 @@ from scheduler.leadership.election_settings import (
     add_leader_election_flags,
     leader_election_from,
 )
-from scheduler.stream_watchdog import DEFAULT_SUBSCRIBER_LAG_SECONDS
 
 DEFAULT_LISTEN = "127.0.0.1:9004"
 DEFAULT_AGENT_LISTEN = "127.0.0.1:9005"

@@ -9,9 +9,9 @@ from typing import Any, NoReturn, TypeVar
 import grpc
 from grpc import aio
 
+from modelplane.event_hub import SubscriberLagged, Subscription
 from modelplane.spec import errors
-from scheduler.event_hub import SubscriberLagged, Subscription
-from scheduler.stream_watchdog import StreamWatchdog
+from modelplane.stream_watchdog import StreamWatchdog
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,9 +76,14 @@ async def subscription(
     subscriber: str,
 ) -> AsyncIterator[bytes]:
     """Relay a subscription (``stream``) as the bytes of its messages, each serialised once for every subscriber
-    (scheduler/event_hub.py); the method must send bytes as they are (``add_with_raw_responses``). One whose client
-    stops reading is dropped and its backlog freed."""
+    (modelplane/event_hub.py); the method must send bytes as they are (``add_with_raw_responses``). One whose client
+    stops reading is dropped and its backlog freed.
+
+    The response headers go out at once, the subscriber being registered: a client that waits for them knows that
+    every change from then on reaches it, even while there is nothing to send (the status relay lists the state
+    then, status_relay/upstream.py)."""
     async with subscribed:
+        await context.send_initial_metadata(())
         async for item in stream(
             context, subscribed.encoded(), streams, rpc=rpc, subscriber=subscriber, release=subscribed.drop
         ):

@@ -101,6 +101,12 @@ def _dashboard_flags(parser: argparse.ArgumentParser) -> None:
     build_parser(parser)
 
 
+def _status_relay_flags(parser: argparse.ArgumentParser) -> None:
+    from status_relay.settings import build_parser  # noqa: PLC0415 - see _scheduler_flags
+
+    build_parser(parser)
+
+
 PROCESS_FLAGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "scheduler": _scheduler_flags,
     "agent": _agent_flags,
@@ -109,6 +115,7 @@ PROCESS_FLAGS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "controller": _controller_flags,
     "registry": _registry_flags,
     "dashboard": _dashboard_flags,
+    "status-relay": _status_relay_flags,
 }
 
 
@@ -159,6 +166,16 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         description="Serve a read-only web page (on loopback by default) that shows a scheduler's servers and their "
         "memory, models, pipelines as graphs, experiments with their live traffic share (--gateway-metrics) and "
         "training runs (--trainer), kept live over the scheduler's status streams.",
+    )
+    commands.add_parser(
+        "status-relay",
+        help="serve the scheduler's status subscriptions to many subscribers from one subscription each",
+        description="Run a status relay: it holds one SubscribeModelStatus, SubscribeServerStatus, "
+        "SubscribePipelineStatus and SubscribeExperimentStatus stream to the scheduler (--scheduler) and serves "
+        "the same RPCs, wire-compatible, to many subscribers on --listen: the scheduler pays one delivery per "
+        "status whatever their number. Subscribers get the relay's snapshot, then the changes; when the relay "
+        "loses the scheduler, their streams end with UNAVAILABLE and new ones are refused until it has a fresh "
+        "snapshot. Every other Scheduler RPC answers UNIMPLEMENTED: call the scheduler for those.",
     )
     if command not in PROCESS_FLAGS:
         from trainer.commands import add_trainer_commands  # noqa: PLC0415 - see _scheduler_flags
@@ -308,6 +325,20 @@ def _run_dashboard(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     return 0
 
 
+def _run_status_relay(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
+    from status_relay.settings import parse_settings  # noqa: PLC0415 - see _scheduler_flags
+
+    settings = parse_settings(parser, argv)
+    logs.configure("status-relay", settings.log_level, json_output=settings.log_json)
+    from status_relay import process as relay_process  # noqa: PLC0415 - see _run_agent
+
+    try:
+        asyncio.run(relay_process.run(settings))
+    except (TransportError, OSError, RuntimeError) as error:
+        return fail(str(error))
+    return 0
+
+
 def _run_up(parser: argparse.ArgumentParser, argv: Sequence[str]) -> int:
     from modelplane.cli import up  # noqa: PLC0415 - see _scheduler_flags
 
@@ -394,6 +425,7 @@ PROCESSES: dict[str, Callable[[argparse.ArgumentParser, Sequence[str]], int]] = 
     "controller": _run_controller,
     "registry": _run_registry,
     "dashboard": _run_dashboard,
+    "status-relay": _run_status_relay,
 }
 
 

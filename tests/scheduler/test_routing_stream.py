@@ -7,7 +7,7 @@ import contextlib
 
 from generated.mlops.routing.v1 import routing_pb2 as rpb
 from generated.mlops.scheduler import scheduler_pb2 as pb
-from scheduler.event_hub import Subscription
+from modelplane.event_hub import Subscription
 from scheduler.route_messages import RouteKey
 from tests.support.scheduler_harness import Harness
 

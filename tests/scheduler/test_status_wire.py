@@ -1,5 +1,5 @@
 """The status streams on the wire, against a real `modelplane scheduler` process: each status is serialised once for
-every subscriber and sent as bytes (scheduler/event_hub.py), and a client must not be able to tell.
+every subscriber and sent as bytes (modelplane/event_hub.py), and a client must not be able to tell.
 
 Every message of every subscription stream, read as raw bytes, is exactly what protobuf serialises the message it
 parses to into (the bytes gRPC's generated serializer would have sent); a client built from the generated stubs,
@@ -189,7 +189,7 @@ async def test_every_subscription_sends_what_grpc_would_have_serialised(running:
             "both model readers to have every model's final state",
         )
 
-        # Each reader coalesces what it has not read yet (scheduler/event_hub.py), so two readers may get different
+        # Each reader coalesces what it has not read yet (modelplane/event_hub.py), so two readers may get different
         # numbers of messages; once both have caught up they hold the same last message of every key.
         def caught_up(stream: Stream) -> bool:
             key = KEYS[stream.kind]

@@ -37,6 +37,7 @@ from modelplane.auth.access_check import AccessCheck, AuthSettings
 from modelplane.auth.access_table import GRPC_METHODS, HTTP_ROUTES, Access, Role, Rule
 from modelplane.auth.http_access import protect
 from modelplane.standard_services import HEALTH_SERVICE, Health, add_reflection
+from modelplane.stream_watchdog import StreamWatchdog
 from modelplane.transport import TransportSecurity, bind, new_server, open_channel
 from registry.api.app import build_app as registry_app
 from scheduler.agent_service import AgentService
@@ -45,7 +46,6 @@ from scheduler.persistence import MemoryStateStore
 from scheduler.request_limits import RequestLimits
 from scheduler.routing_service import RoutingService
 from scheduler.scheduler_service import SchedulerService
-from scheduler.stream_watchdog import StreamWatchdog
 from tests.support.auth_material import (
     IDENTITIES,
     TOKENS,

@@ -16,6 +16,7 @@ from grpc import aio
 
 from generated.mlops.agent.v1 import agent_pb2_grpc
 from modelplane.addresses import Address
+from modelplane.stream_watchdog import StreamWatchdog
 from modelplane.transport import TransportSecurity, bind, new_server
 from scheduler.agent_service import AgentService
 from scheduler.core import CoreSettings, SchedulerCore
@@ -23,7 +24,6 @@ from scheduler.persistence import MemoryStateStore, StateStore
 from scheduler.request_limits import RequestLimits
 from scheduler.routing_service import RoutingService
 from scheduler.scheduler_service import SchedulerService
-from scheduler.stream_watchdog import StreamWatchdog
 
 
 @dataclass

@@ -32,7 +32,8 @@ handler holds a ``Subscription`` and forwards what it yields. Invariants:
   never encoded if no subscriber takes it as bytes (coalesced away, or read as a value).
 
 The hub is not thread-safe: use it from its event loop's thread (from another thread, go through
-``loop.call_soon_threadsafe``). Domain code: no grpc imports here.
+``loop.call_soon_threadsafe``). Domain code: no grpc imports here. Shared by the scheduler (scheduler/publishing.py)
+and the status relay (status_relay/), which fans out what it receives from the scheduler the same way.
 """
 
 from __future__ import annotations
@@ -354,6 +355,15 @@ class EventHub(Generic[K, V]):
                 dropped.append(subscription)
         for subscription in dropped:
             self._unregister(subscription)
+
+    def fail_subscribers(self, error: Exception) -> None:
+        """End every current subscription with ``error``: pending values are dropped and each one's next read
+        raises it. The hub stays open for new subscribers. For a state owner whose state stopped being current
+        (the status relay, when its source is lost): its subscribers must not go on as if nothing had happened."""
+        subscriptions, self._subscribers = self._subscribers, {}
+        for subscription in subscriptions:
+            if not subscription.closed:
+                subscription._fail(error)
 
     def close(self) -> None:
         """End every subscription (pending values are dropped, iterators finish) and refuse new ones.

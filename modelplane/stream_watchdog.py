@@ -1,11 +1,11 @@
 """Ends server streams whose client has stopped taking messages: the subscriber lag.
 
 Every server-streaming RPC of the scheduler (the status subscriptions, WatchRoutes, the control plane and
-the one-shot status lists) hands gRPC one message at a time and takes the next only once gRPC has written
-it, so gRPC never holds more than one message for a stream; what is still to come waits in the stream's
-source (an EventHub subscription coalesces it per key). A client that reads nothing stops taking messages
-once its transport's flow-control window is full (a few KiB to a few MiB), and the write in progress then
-never completes.
+the one-shot status lists), and of the status relay (status_relay/), hands gRPC one message at a time and takes
+the next only once gRPC has written it, so gRPC never holds more than one message for a stream; what is still to
+come waits in the stream's source (an EventHub subscription coalesces it per key). A client that reads nothing
+stops taking messages once its transport's flow-control window is full (a few KiB to a few MiB), and the write in
+progress then never completes.
 
 A stream with a write pending for longer than ``lag_seconds`` is dropped: its source is released at once
 (the subscription's pending state is freed) and the call is set to end with RESOURCE_EXHAUSTED and a
@@ -49,10 +49,11 @@ class _Stream:
 class StreamWatchdog:
     """Relays server streams and drops those whose client has taken no message for ``lag_seconds``."""
 
-    def __init__(self, lag_seconds: float = DEFAULT_SUBSCRIBER_LAG_SECONDS) -> None:
+    def __init__(self, lag_seconds: float = DEFAULT_SUBSCRIBER_LAG_SECONDS, *, server: str = "scheduler") -> None:
         if not lag_seconds > 0:
             raise ValueError(f"the subscriber lag must be positive, got {lag_seconds}")
         self.lag_seconds = lag_seconds
+        self.server = server  # who drops a stream, as its clients are told
         self._streams: set[_Stream] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self.dropped: Counter[str] = Counter()  # rpc -> streams dropped for lagging, since start (for metrics)
@@ -122,7 +123,7 @@ class StreamWatchdog:
         self.dropped[stream.rpc] += 1
         reason = (
             f"this {stream.rpc} stream fell behind: its client took no message for {waited:.0f} s while one was "
-            f"waiting (the limit is {self.lag_seconds:g} s), so the scheduler dropped it; subscribe again to get "
+            f"waiting (the limit is {self.lag_seconds:g} s), so the {self.server} dropped it; subscribe again to get "
             "the current state"
         )
         # Sent as the call's status once the message in progress is written (HTTP/2 keeps that order), or never,

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scheduler.event_hub import EventHub, EventHubClosedError, SubscriberLagged, Subscription
+from modelplane.event_hub import EventHub, EventHubClosedError, SubscriberLagged, Subscription
 
 Event = tuple[str, int]
 Hub = EventHub[str, Event]
@@ -440,3 +440,35 @@ def test_interleaved_reads_always_see_current_values_and_converge(operations: li
         assert seen == state
 
     asyncio.run(scenario())
+
+
+class SourceLostError(Exception):
+    pass
+
+
+async def test_fail_subscribers_ends_each_with_the_error_and_the_hub_takes_new_ones() -> None:
+    hub: Hub = EventHub()
+    state = {"a": ("a", 1)}
+    waiting = hub.subscribe("waiting", *snapshot_of(state))
+    behind = hub.subscribe("behind", *snapshot_of(state))
+    assert await read(waiting, 1) == [("a", 1)]
+    blocked = asyncio.create_task(anext(waiting))  # a reader waiting for the next value
+    publish(hub, "b", 1)
+    await asyncio.sleep(0)
+    hub.fail_subscribers(SourceLostError("the source is gone"))
+    assert hub.subscriber_count == 0
+    assert behind.pending_count == 0  # what it had not read is dropped, not delivered as if current
+    with pytest.raises(SourceLostError, match="the source is gone"):
+        await anext(behind)
+    with pytest.raises(SourceLostError):
+        await anext(behind)  # and keeps failing
+    # The reader that was waiting got "b" already, or gets the error: never a value published after the failure.
+    publish(hub, "c", 1)
+    try:
+        got = await asyncio.wait_for(blocked, HANG_GUARD)
+    except SourceLostError:
+        pass
+    else:
+        assert got == ("b", 1)
+    fresh = hub.subscribe("fresh", *snapshot_of({"c": ("c", 1)}))
+    assert await read(fresh, 1) == [("c", 1)]

@@ -1,0 +1,152 @@
+"""The relay's side as a client of the scheduler: one subscription per kind of status, followed for as long as the
+relay runs, reconnected with jittered backoff.
+
+Each attempt opens a new channel (so the wait between attempts is this loop's backoff, not the channel's own, which
+grows to two minutes) with the relay's own credentials, subscribes, waits for the scheduler to accept the
+subscription (its response headers), lists the same kind (status_cache.py says why), and then passes every status
+on to the cache as the bytes the scheduler sent: they are never decoded into a message that is sent again, only
+parsed for their key. When the stream ends or fails, for whatever reason, the cache is told first (its subscribers
+end with UNAVAILABLE at once), then the next attempt follows the backoff. A relay started before the scheduler
+waits here, refusing subscribers, until the scheduler answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from modelplane.addresses import Address
+from modelplane.auth.client_token import ClientToken
+from modelplane.backoff import Backoff
+from modelplane.transport import TransportSecurity, open_channel
+from status_relay.status_cache import CacheState, StatusCache
+
+log = logging.getLogger(__name__)
+
+SCHEDULER_SERVICE = "/seldon.mlops.scheduler.Scheduler/"
+LIST_TIMEOUT_SECONDS = 60.0
+FIRST_RETRY_SECONDS = 0.2
+MOST_RETRY_SECONDS = 10.0
+STEADY_SECONDS = 30.0  # a stream that lasted this long starts the backoff over
+
+
+class UpstreamFeed:
+    """Follows one kind's subscription at the scheduler into its StatusCache, until cancelled."""
+
+    def __init__(
+        self,
+        cache: StatusCache,
+        scheduler: Address,
+        security: TransportSecurity,
+        token: ClientToken | None,
+        subscriber_name: str,
+        *,
+        on_state: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.cache = cache
+        self._scheduler = scheduler
+        self._security = security
+        self._token = token
+        self._subscriber_name = subscriber_name
+        self._on_state = on_state  # told when the cache's state may have changed (health)
+        self.attempts = 0
+        self._seen_state = cache.state
+
+    def _state_seen(self) -> None:
+        """Tell whoever follows the cache's state (health) when it changed, and log it."""
+        state = self.cache.state
+        if state is self._seen_state:
+            return
+        self._seen_state = state
+        if state is CacheState.CURRENT:
+            log.info("%s statuses current: %d held", self.cache.kind.name, len(self.cache))
+        self._on_state()
+
+    async def run(self) -> None:
+        backoff = Backoff(FIRST_RETRY_SECONDS, MOST_RETRY_SECONDS)
+        loop = asyncio.get_running_loop()
+        kind = self.cache.kind
+        while True:
+            self.attempts += 1
+            started = loop.time()
+            try:
+                reason = await self._follow()
+            except aio.AioRpcError as error:
+                reason = f"{error.code().name}: {error.details()}"
+            except grpc.RpcError as error:  # pragma: no cover - aio raises AioRpcError; kept for the type
+                reason = str(error)
+            was_current = self.cache.state is CacheState.CURRENT
+            self.cache.lost(f"{reason}; reconnecting to {self._scheduler}")
+            self._state_seen()
+            if was_current or loop.time() - started > STEADY_SECONDS:
+                backoff.reset()  # it worked: the scheduler is back soon, or another replica answers
+            delay = backoff.next_jittered()
+            (log.warning if was_current else log.info)(
+                "%s stream from the scheduler at %s ended (%s); retrying in %.1f s",
+                kind.subscribe_rpc,
+                self._scheduler,
+                reason,
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+    async def _follow(self) -> str:
+        """One attempt: subscribe, list, relay until the stream ends. Returns why it ended (raises AioRpcError when
+        it failed)."""
+        kind = self.cache.kind
+        channel = open_channel(self._scheduler, self._security, self._token)
+        try:
+            subscribe: Any = channel.unary_stream(
+                SCHEDULER_SERVICE + kind.subscribe_rpc,
+                request_serializer=_serialize,
+                response_deserializer=None,  # the bytes as the scheduler sent them
+            )
+            call: Any = subscribe(kind.subscribe_request(subscriberName=self._subscriber_name))
+            await call.initial_metadata()  # the scheduler has registered the subscription (status_codes.py)
+            self.cache.began()
+            reader = asyncio.ensure_future(self._relay(call))
+            listing = asyncio.ensure_future(self._list(channel))
+            try:
+                await asyncio.wait((reader, listing), return_when=asyncio.FIRST_COMPLETED)
+                if not reader.done():
+                    self.cache.listed(listing.result())
+                    self._state_seen()
+                return await reader
+            finally:
+                listing.cancel()
+                reader.cancel()
+                call.cancel()
+        finally:
+            await channel.close()
+
+    async def _list(self, channel: aio.Channel) -> list[Hashable]:
+        kind = self.cache.kind
+        listing = channel.unary_stream(
+            SCHEDULER_SERVICE + kind.list_rpc,
+            request_serializer=_serialize,
+            response_deserializer=kind.response.FromString,
+        )
+        request = kind.list_request(subscriberName=self._subscriber_name)
+        return [kind.key(status) async for status in listing(request, timeout=LIST_TIMEOUT_SECONDS)]
+
+    async def _relay(self, call: Any) -> str:
+        cache = self.cache
+        async for data in call:
+            cache.receive(data)
+            if cache.state is not self._seen_state:
+                self._state_seen()
+        code = await call.code()
+        details = await call.details()
+        if code == grpc.StatusCode.OK:
+            return "the scheduler ended the stream (shutting down?)"
+        return f"{code.name}: {details}"
+
+
+def _serialize(message: Any) -> bytes:
+    data: bytes = message.SerializeToString()
+    return data

@@ -242,18 +242,24 @@ async def drive_load_model(
 
 
 async def wait_all_available(
-    target: str, names: set[str], timeout: float, dropped: list[str] | None = None
+    target: str,
+    names: set[str],
+    timeout: float,
+    dropped: list[str] | None = None,
+    received: Counter[str] | None = None,
 ) -> tuple[float | None, dict[str, int]]:
     """Subscribe to model status (snapshot first, then changes) until every model in ``names`` is Available.
 
     A stream the scheduler drops for lagging (RESOURCE_EXHAUSTED, "subscribe again") is subscribed again, as the
-    scheduler asks and as a real client would; each drop's message is appended to ``dropped`` when given.
+    scheduler asks and as a real client would; each drop's message is appended to ``dropped`` when given. The
+    statuses read are counted in ``received`` when given (``statuses``, and ``not_available`` of them).
     Returns (monotonic time when the last one was seen Available, or None on timeout or when the stream ended;
     the latest state of every model by state name, for the report).
     """
     latest: dict[str, int] = {}
     available: set[str] = set()
     done_at: float | None = None
+    counts: Counter[str] = Counter() if received is None else received
     request = pb.ModelSubscriptionRequest(subscriberName="bench-load-model-rate")
     async with aio.insecure_channel(target) as channel:
         stub = pb_grpc.SchedulerStub(channel)
@@ -268,6 +274,8 @@ async def wait_all_available(
                             state = (
                                 status.versions[-1].state.state if status.versions else pb.ModelStatus.ModelStateUnknown
                             )
+                            counts["statuses"] += 1
+                            counts["not_available"] += state != AVAILABLE
                             latest[status.modelName] = state
                             if state == AVAILABLE:
                                 available.add(status.modelName)

@@ -249,8 +249,11 @@ async def restart_phase(
         stop_probe = asyncio.Event()
         probing = asyncio.create_task(probe(info["listen"], min(names), stop_probe))
         dropped = result["status_streams_dropped"]
+        received: Counter[str] = Counter()
         try:
-            done_at, states = await wait_all_available(info["listen"], names, config.available_timeout, dropped)
+            done_at, states = await wait_all_available(
+                info["listen"], names, config.available_timeout, dropped, received
+            )
         finally:
             stop_probe.set()
             latencies = await probing
@@ -266,6 +269,9 @@ async def restart_phase(
             "all_available_seconds": seconds(done_at, started),  # None: not within --available-timeout
             "available_timeout_seconds": config.available_timeout,
             "model_states_at_end": states,
+            # The status stream's messages until all Available, and how many of them said a model was not (yet).
+            "status_messages_received": received["statuses"],
+            "status_messages_not_available": received["not_available"],
             "scheduler_cpu_seconds_to_all_available": round(cpu_to_available, 2),
             "scheduler_rss_bytes_all_available": rss,
             "scheduler_rss_peak_bytes": hwm,
@@ -432,6 +438,8 @@ def render(result: dict[str, Any]) -> str:
             ("  all Available", f"{restart.get('all_available_seconds')} s; "
                                 f"final states {restart.get('model_states_at_end')}; status streams dropped "
                                 f"{len(restart.get('status_streams_dropped', []))}"),
+            ("  status stream", f"{restart.get('status_messages_received')} statuses read until then, "
+                                f"{restart.get('status_messages_not_available')} of them not Available"),
             ("  probe", f"slowest answer {restart.get('probe_slowest_seconds')} s of {restart.get('probe_answers')}"),
             ("  agents", f"{agents.get('registrations')} registrations from {agents.get('replicas_registered')} "
                          f"replicas, registered after (p50, p90, max) {agents.get('registration_seconds_p50_p90_max')}"

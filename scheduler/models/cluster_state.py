@@ -23,6 +23,13 @@ checked against a full scan by ``Cluster.check_invariants``:
   expected replica count, a registration) call.
 - each server's capabilities (a count per capability over its replicas): kept by ``ServerRecord.add_replica`` and
   ``remove_replica``.
+
+And one set that is not an index: ``unreported``, the models restored at start-up whose state no replica has
+reported yet, while the synchroniser waits for the replicas (``Cluster.restore`` fills it; ``take_touched`` takes
+out every model a change touched, whose status is then published; ``end_of_sync`` empties it). Status streams leave
+these models out of their snapshots (scheduler/publishing.py): what they would show is not known yet, and each is
+published once it is. Invariant: every name in it is a model, and none of its versions is on a replica unless a
+change not yet taken touched it.
 """
 
 from __future__ import annotations
@@ -105,10 +112,19 @@ class ClusterState:
         self.assignments = AssignmentIndex()
         self.waiting_for_capacity: dict[str, None] = {}
         self.unclaimed_holders: dict[str, dict[ReplicaKey, None]] = {}
+        self.unreported: set[str] = set()  # see the module docstring
 
     def take_touched(self) -> Touched:
         touched, self.touched = self.touched, Touched()
+        if self.unreported and touched.models:
+            self.unreported.difference_update(touched.models)  # known now, and published by the caller
         return touched
+
+    def end_of_sync(self) -> None:
+        """The synchroniser is done waiting for the replicas: the models none of them reported are shown as they are
+        now (published by the caller, with what the change touched)."""
+        self.touched.models.update(self.unreported)
+        self.unreported.clear()
 
     def _changed(self, record: ModelRecord, *, retry_failed: bool = False) -> None:
         self._derive_all(record)

@@ -71,10 +71,10 @@ class Publisher:
 
     def subscribe_models(self, subscriber: str) -> Subscription[str, pb.ModelStatusResponse]:
         """Every model's status, then changes; but a model restored at start-up whose state no replica has reported
-        yet, while the synchroniser waits for them (``Cluster.unreported``), is left out of the snapshot: it is
-        published once its state is known (its replica's agent reports it, one status, Available) or the wait is
-        over (``Cluster.end_of_sync``). A stream opened at once after a restart would otherwise get each model twice,
-        first saying only that it is not known yet (at 100,000 models, half the restart's CPU: bench/README.md)."""
+        yet (``Cluster.unreported``) is left out of the snapshot: it is published once its state is known (its
+        replica's agent reports it: one status, Available) or at its first reconcile, once the synchroniser has
+        stopped waiting (models/cluster_state.py's docstring). A stream opened at once after a restart would
+        otherwise get each model twice, first saying only that it is not known yet (bench/README.md)."""
         models = self._cluster.models
         unreported = self._cluster.unreported
 

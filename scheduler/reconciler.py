@@ -100,8 +100,6 @@ class Reconciler:
                         "starting to schedule without %d expected replica(s): %s", len(missing), sorted(missing)[:10]
                     )
                 self.ready.set()
-                self._cluster.end_of_sync()  # the models no replica reported are shown as they are now
-                self._after_change()
                 self._wake.set()
                 log.info("scheduler ready")
                 return

@@ -25,11 +25,13 @@ checked against a full scan by ``Cluster.check_invariants``:
   ``remove_replica``.
 
 And one set that is not an index: ``unreported``, the models restored at start-up whose state no replica has
-reported yet, while the synchroniser waits for the replicas (``Cluster.restore`` fills it; ``take_touched`` takes
-out every model a change touched, whose status is then published; ``end_of_sync`` empties it). Status streams leave
-these models out of their snapshots (scheduler/publishing.py): what they would show is not known yet, and each is
-published once it is. Invariant: every name in it is a model, and none of its versions is on a replica unless a
-change not yet taken touched it.
+reported yet (``Cluster.restore`` fills it; ``take_touched`` takes out every model a change touched, whose status is
+then published). Status streams leave these models out of their snapshots (scheduler/publishing.py): what they
+would show is not known yet, and each is published once it is: when its replica's agent reports it, or at its first
+reconcile, once the synchroniser has stopped waiting for the replicas (``VersionPlacement.reconcile``; the first
+round of the reconcile loop reconciles every restored model, 200 at a time, so the models no replica reported are
+published in those slices, never all in one go). Invariant: every name in it is a model, and none of its versions
+is on a replica unless a change not yet taken touched it.
 """
 
 from __future__ import annotations
@@ -119,12 +121,6 @@ class ClusterState:
         if self.unreported and touched.models:
             self.unreported.difference_update(touched.models)  # known now, and published by the caller
         return touched
-
-    def end_of_sync(self) -> None:
-        """The synchroniser is done waiting for the replicas: the models none of them reported are shown as they are
-        now (published by the caller, with what the change touched)."""
-        self.touched.models.update(self.unreported)
-        self.unreported.clear()
 
     def _changed(self, record: ModelRecord, *, retry_failed: bool = False) -> None:
         self._derive_all(record)

@@ -69,6 +69,11 @@ GiB = 1 << 30
 SERVER_NAME = "mlserver"
 PROTOCOL_VERSION = 1
 MODEL_MEMORY = 1 * MiB
+# The real agent's reconnect backoff (agent/scheduler_session.py's defaults): 0.2 s doubling to 10 s, jittered to
+# 50-100 %. ``--backoff-max`` (scheduler_restart.py's ``--agent-backoff-max``) tries another cap: a question of the
+# real agent's, asked of the simulated ones.
+AGENT_BACKOFF_INITIAL = 0.2
+AGENT_BACKOFF_MAX = 10.0
 REPLICA_MEMORY = 64 * GiB
 AVAILABLE = pb.ModelStatus.ModelAvailable
 THIS_FILE = Path(__file__).resolve()
@@ -242,18 +247,24 @@ async def drive_load_model(
 
 
 async def wait_all_available(
-    target: str, names: set[str], timeout: float, dropped: list[str] | None = None
+    target: str,
+    names: set[str],
+    timeout: float,
+    dropped: list[str] | None = None,
+    received: Counter[str] | None = None,
 ) -> tuple[float | None, dict[str, int]]:
     """Subscribe to model status (snapshot first, then changes) until every model in ``names`` is Available.
 
     A stream the scheduler drops for lagging (RESOURCE_EXHAUSTED, "subscribe again") is subscribed again, as the
-    scheduler asks and as a real client would; each drop's message is appended to ``dropped`` when given.
+    scheduler asks and as a real client would; each drop's message is appended to ``dropped`` when given. The
+    statuses read are counted in ``received`` when given (``statuses``, and ``not_available`` of them).
     Returns (monotonic time when the last one was seen Available, or None on timeout or when the stream ended;
     the latest state of every model by state name, for the report).
     """
     latest: dict[str, int] = {}
     available: set[str] = set()
     done_at: float | None = None
+    counts: Counter[str] = Counter() if received is None else received
     request = pb.ModelSubscriptionRequest(subscriberName="bench-load-model-rate")
     async with aio.insecure_channel(target) as channel:
         stub = pb_grpc.SchedulerStub(channel)
@@ -268,6 +279,8 @@ async def wait_all_available(
                             state = (
                                 status.versions[-1].state.state if status.versions else pb.ModelStatus.ModelStateUnknown
                             )
+                            counts["statuses"] += 1
+                            counts["not_available"] += state != AVAILABLE
                             latest[status.modelName] = state
                             if state == AVAILABLE:
                                 available.add(status.modelName)
@@ -385,8 +398,18 @@ class FakeAgent:
     the same jittered exponential backoff (0.2 s doubling to 10 s) and registers again reporting every model
     it holds. Without it, a session that ends stays ended (what load_model_rate and soak measure)."""
 
-    def __init__(self, target: str, index: int, memory: int, stats: AgentStats, *, reconnect: bool = False) -> None:
+    def __init__(
+        self,
+        target: str,
+        index: int,
+        memory: int,
+        stats: AgentStats,
+        *,
+        reconnect: bool = False,
+        backoff_max: float = AGENT_BACKOFF_MAX,
+    ) -> None:
         self.target = target
+        self.backoff_max = backoff_max
         self.index = index
         self.memory = memory
         self.held: dict[str, tuple[int, int]] = {}  # model name -> (version, memory bytes)
@@ -461,7 +484,7 @@ class FakeAgent:
         )
 
     async def run(self, registered: Callable[[int], None]) -> None:
-        backoff = Backoff(0.2, 10.0)  # the real agent's (agent/scheduler_session.py)
+        backoff = Backoff(AGENT_BACKOFF_INITIAL, self.backoff_max)
         while not self.stopping:
             accepted = await self._session(registered)
             if not self.reconnect or self.stopping:
@@ -546,11 +569,15 @@ async def run_agents(
     *,
     reconnect: bool = False,
     hold: int = 0,
+    backoff_max: float = AGENT_BACKOFF_MAX,
 ) -> None:
     """R simulated agents; with ``hold``, each starts holding (and registers reporting) its share of the models
     ``load_requests(hold)`` names, model i on replica i mod R (a seeded state store's models: scheduler_restart.py)."""
     stats = AgentStats()
-    agents = [FakeAgent(target, index, memory, stats, reconnect=reconnect) for index in range(replicas)]
+    agents = [
+        FakeAgent(target, index, memory, stats, reconnect=reconnect, backoff_max=backoff_max)
+        for index in range(replicas)
+    ]
     for index, request in enumerate(load_requests(hold)):
         agents[index % replicas].held[request.model.meta.name] = (1, request.model.modelSpec.memoryBytes)
     ever_registered: set[int] = set()
@@ -893,6 +920,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--stats-file", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
     parser.add_argument("--reconnect", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--backoff-max", type=float, default=AGENT_BACKOFF_MAX, help=argparse.SUPPRESS)
     parser.add_argument("--hold", type=int, default=0, help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.models is None:
@@ -934,6 +962,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 options.stats_file,
                 reconnect=options.reconnect,
                 hold=options.hold,
+                backoff_max=options.backoff_max,
             )
         )
         return 0

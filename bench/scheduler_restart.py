@@ -63,6 +63,7 @@ from typing import Any
 from bench_processes import cpu_seconds, stop_process, wait_for_json
 from grpc import aio
 from load_model_rate import (
+    AGENT_BACKOFF_MAX,
     MODEL_MEMORY,
     REPLICA_MEMORY,
     THIS_FILE,
@@ -107,11 +108,15 @@ class Config:
     workdir: Path
     seeded: bool = False
     py_spy: str | None = None  # profile every restart from its spawn until all Available (slows it: not for figures)
+    agent_backoff_max: float = AGENT_BACKOFF_MAX  # the simulated agents' reconnect backoff cap (the real agent's: 10 s)
 
 
 def scheduler_command(config: Config, ready: Path, listen: str, agent_listen: str, sync_grace: float) -> list[str]:
     command = [sys.executable, "-m", "modelplane.cli", "scheduler", "--listen", listen, "--agent-listen", agent_listen]
     command += ["--state-dir", str(config.workdir / "state"), "--ready-file", str(ready)]
+    # Metrics on a port of the kernel's choice: on the default one, a second run at the same time (or any other
+    # scheduler) made the restarted scheduler exit after its first answer, "address already in use".
+    command += ["--metrics-listen", "127.0.0.1:0"]
     return [*command, "--sync-grace", f"{sync_grace:g}", "--shutdown-grace", "2", "--log-level", "warning"]
 
 
@@ -124,6 +129,7 @@ def start_agents(config: Config, agent_listen: str, *, wait: bool = True) -> sub
     if config.seeded:
         command += ["--hold", str(config.models)]
     command += ["--stats-file", str(config.workdir / "agents-stats.json")]
+    command += ["--backoff-max", f"{config.agent_backoff_max:g}"]
     agents = spawn(command, config.workdir / "agents.log")
     if not wait:
         return agents
@@ -249,8 +255,11 @@ async def restart_phase(
         stop_probe = asyncio.Event()
         probing = asyncio.create_task(probe(info["listen"], min(names), stop_probe))
         dropped = result["status_streams_dropped"]
+        received: Counter[str] = Counter()
         try:
-            done_at, states = await wait_all_available(info["listen"], names, config.available_timeout, dropped)
+            done_at, states = await wait_all_available(
+                info["listen"], names, config.available_timeout, dropped, received
+            )
         finally:
             stop_probe.set()
             latencies = await probing
@@ -266,6 +275,9 @@ async def restart_phase(
             "all_available_seconds": seconds(done_at, started),  # None: not within --available-timeout
             "available_timeout_seconds": config.available_timeout,
             "model_states_at_end": states,
+            # The status stream's messages until all Available, and how many of them said a model was not (yet).
+            "status_messages_received": received["statuses"],
+            "status_messages_not_available": received["not_available"],
             "scheduler_cpu_seconds_to_all_available": round(cpu_to_available, 2),
             "scheduler_rss_bytes_all_available": rss,
             "scheduler_rss_peak_bytes": hwm,
@@ -432,6 +444,8 @@ def render(result: dict[str, Any]) -> str:
             ("  all Available", f"{restart.get('all_available_seconds')} s; "
                                 f"final states {restart.get('model_states_at_end')}; status streams dropped "
                                 f"{len(restart.get('status_streams_dropped', []))}"),
+            ("  status stream", f"{restart.get('status_messages_received')} statuses read until then, "
+                                f"{restart.get('status_messages_not_available')} of them not Available"),
             ("  probe", f"slowest answer {restart.get('probe_slowest_seconds')} s of {restart.get('probe_answers')}"),
             ("  agents", f"{agents.get('registrations')} registrations from {agents.get('replicas_registered')} "
                          f"replicas, registered after (p50, p90, max) {agents.get('registration_seconds_p50_p90_max')}"
@@ -462,6 +476,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--seeded", action="store_true", help="write the models into the state store instead of loading them"
     )
     parser.add_argument("--py-spy", metavar="BIN", help="profile each restarted scheduler with this py-spy binary")
+    parser.add_argument(
+        "--agent-backoff-max",
+        type=float,
+        default=AGENT_BACKOFF_MAX,
+        metavar="SECONDS",
+        help="the simulated agents' reconnect backoff cap (default: the real agent's, %(default)g s)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 300 models, 20 replicas, observe 0.5 s")
     parser.add_argument(
         "--available-timeout",
@@ -497,6 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workdir,
             options.seeded,
             options.py_spy,
+            options.agent_backoff_max,
         )
         result = asyncio.run(benchmark(config))
     print(render(result))

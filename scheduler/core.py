@@ -11,7 +11,8 @@ these promises:
   synchronous Cluster calls, and triggers coalesce in one dirty set drained by one loop.
 - Nothing is placed until the synchroniser is ready: after a restart, the agents that held models get
   a grace period to reconnect and report them, so nothing is loaded twice or moved needlessly.
-- Status streams get the current state first, then changes (see EventHub).
+- Status streams get the current state first, then changes (see EventHub); after a restart, a model no replica
+  has reported yet is shown once it has been, or once the synchroniser stops waiting (Publisher.subscribe_models).
 
 Over 400 lines, on purpose: it is one class whose methods are each a few lines of the same pattern (lock the
 name, validate, write durably, apply, publish), one per RPC. Split by resource, the rule that a model, pipeline

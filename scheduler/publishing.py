@@ -70,11 +70,19 @@ class Publisher:
     # ----------------------------------------------------------------- subscriptions
 
     def subscribe_models(self, subscriber: str) -> Subscription[str, pb.ModelStatusResponse]:
+        """Every model's status, then changes; but a model restored at start-up whose state no replica has reported
+        yet (``Cluster.unreported``) is left out of the snapshot: it is published once its state is known (its
+        replica's agent reports it: one status, Available) or at its first reconcile, once the synchroniser has
+        stopped waiting (models/cluster_state.py's docstring). A stream opened at once after a restart would
+        otherwise get each model twice, first saying only that it is not known yet (bench/README.md)."""
         models = self._cluster.models
+        unreported = self._cluster.unreported
 
         def render(name: str) -> pb.ModelStatusResponse | None:
             record = models.get(name)
-            return status_messages.model_status(record) if record is not None else None
+            if record is None or name in unreported:
+                return None
+            return status_messages.model_status(record)
 
         return self.models_hub.subscribe(subscriber, lambda: list(models), render)
 

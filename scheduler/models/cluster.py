@@ -76,6 +76,9 @@ class Cluster(ReplicaLifecycle, VersionPlacement):
             self._track(record)
             self._derive_all(record)
             self.touched.want_reconcile(record.name, retry_failed=True)
+            self.unreported.add(record.name)
+        # Restored, not changed: nothing to publish (the records are the ones stored; no stream has a state to follow).
+        self.touched.models.clear()
 
     def prepare_load(self, model: pb.Model) -> tuple[model_specs.SpecChange, ModelRecord | None]:
         """What a LoadModel would change, without changing anything: (kind of change, the durable
@@ -265,6 +268,16 @@ class Cluster(ReplicaLifecycle, VersionPlacement):
                     unclaimed.setdefault(name, {})[replica.key] = None
             server.by_free_memory.check(usable)
         require(self.unclaimed_holders == unclaimed, "the holders of unclaimed models are not those that hold them")
+        self._check_unreported()
+
+    def _check_unreported(self) -> None:
+        """The models awaited from a replica (cluster_state.py's docstring) are models no replica has reported, but
+        for those a change not yet taken touched."""
+        for name in self.unreported:
+            record = self.models.get(name)
+            require(record is not None, f"model {name!r} is awaited from a replica but is not a model")
+            if record is not None and name not in self.touched.models:
+                require(not any(v.replicas for v in record.versions), f"model {name!r} was reported, yet awaited still")
 
 
 def _check_reason(text: str | None, where: str) -> None:

@@ -23,6 +23,15 @@ checked against a full scan by ``Cluster.check_invariants``:
   expected replica count, a registration) call.
 - each server's capabilities (a count per capability over its replicas): kept by ``ServerRecord.add_replica`` and
   ``remove_replica``.
+
+And one set that is not an index: ``unreported``, the models restored at start-up whose state no replica has
+reported yet (``Cluster.restore`` fills it; ``take_touched`` takes out every model a change touched, whose status is
+then published). Status streams leave these models out of their snapshots (scheduler/publishing.py): what they
+would show is not known yet, and each is published once it is: when its replica's agent reports it, or at its first
+reconcile, once the synchroniser has stopped waiting for the replicas (``VersionPlacement.reconcile``; the first
+round of the reconcile loop reconciles every restored model, 200 at a time, so the models no replica reported are
+published in those slices, never all in one go). Invariant: every name in it is a model, and none of its versions
+is on a replica unless a change not yet taken touched it.
 """
 
 from __future__ import annotations
@@ -105,9 +114,12 @@ class ClusterState:
         self.assignments = AssignmentIndex()
         self.waiting_for_capacity: dict[str, None] = {}
         self.unclaimed_holders: dict[str, dict[ReplicaKey, None]] = {}
+        self.unreported: set[str] = set()  # see the module docstring
 
     def take_touched(self) -> Touched:
         touched, self.touched = self.touched, Touched()
+        if self.unreported and touched.models:
+            self.unreported.difference_update(touched.models)  # known now, and published by the caller
         return touched
 
     def _changed(self, record: ModelRecord, *, retry_failed: bool = False) -> None:

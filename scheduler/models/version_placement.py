@@ -24,6 +24,9 @@ class VersionPlacement(ClusterState):
         record = self.models.get(name)
         if record is None:
             return
+        if name in self.unreported:
+            # Restored, and no replica reported it while the synchroniser waited: shown from now on, as it is.
+            self.touched.models.add(name)
         # The replicas whose drains this reconcile may end: those the model is on (a move only leaves them).
         on = {key for version in record.versions for key in version.replicas}
         before = _what_status_shows(record)

@@ -17,7 +17,7 @@ import asyncio
 import pytest
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
-from scheduler.event_hub import Subscription
+from modelplane.event_hub import Subscription
 from scheduler.persistence import MemoryStateStore
 from tests.support.scheduler_harness import Harness, MiB
 from tests.support.waiting import wait_for

@@ -28,6 +28,7 @@ COPY trainer ./trainer
 COPY controller ./controller
 COPY registry ./registry
 COPY dashboard ./dashboard
+COPY status_relay ./status_relay
 COPY generated ./generated
 # A venv, so the runtime stage takes exactly what was installed and nothing of the build (sources, wheels).
 RUN python3 -m venv /opt/modelplane \

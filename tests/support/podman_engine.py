@@ -17,6 +17,7 @@ import functools
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,11 +72,13 @@ def _wait_for_engine(process: subprocess.Popen[bytes], url: str, log: Path, time
 
 
 @pytest.fixture(scope="session")
-def docker_engine_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def docker_engine_url() -> Iterator[str]:
     """``unix://.../podman.sock``: a Docker Engine API (Podman 4.3) for the session; stopped by PID after it."""
     if shutil.which("podman") is None or shutil.which("unshare") is None:
         pytest.fail("podman is not installed: apt-get install -y podman buildah (see infra.md)")
-    folder = tmp_path_factory.mktemp("podman")
+    # Podman refuses a --runroot of more than 50 characters, and pytest's session folders grow long (under
+    # pytest-xdist: /tmp/pytest-of-root/pytest-N/popen-gwK/podman0/runroot is 52). Removed after the session.
+    folder = Path(tempfile.mkdtemp(prefix="mp-podman-", dir="/tmp"))
     (folder / "containers.conf").write_text(CONTAINERS_CONF)
     (folder / "tmp").mkdir()
     socket_path = folder / "podman.sock"

@@ -120,7 +120,7 @@ def _agent_listens(reason: str) -> bool:
     return reason != AGENT_CLOSED and not reason.startswith((NO_MESSAGE_PREFIX, STREAM_ERROR_PREFIX))
 
 
-class _SessionClocks:
+class SessionClocks:
     """The two clocks of one session, each one timer re-armed per heartbeat interval rather than a timeout per
     message (a timer made and cancelled for every message read and every message written was ~2-3 % of the
     scheduler's CPU per LoadModel, bench/README.md): a heartbeat goes to the agent once the scheduler has sent
@@ -128,11 +128,11 @@ class _SessionClocks:
     nothing came from the agent for three intervals. ``sent`` and ``heard`` note the time of a message; each timer
     fires when its deadline as last known has passed, and goes back to sleep until the deadline as it is now."""
 
-    def __init__(self, session: AgentSession, interval: float) -> None:
+    def __init__(self, session: AgentSession, interval: float, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._session = session
         self._interval = interval
         self._silence = 3 * interval
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
         now = self._loop.time()
         self._last_sent = now
         self._last_heard = now  # the Register message
@@ -152,7 +152,10 @@ class _SessionClocks:
             # writer (an agent not reading); an outbox with messages in it has something to send anyway.
             self._session.send(agent_pb2.SessionResponse(heartbeat=agent_pb2.Heartbeat()))
             self._last_sent = now
-        self._heartbeat = self._loop.call_at(max(now, self._last_sent) + self._interval, self._heartbeat_due)
+        # Due one interval after the last message went out (taken off the outbox later than queued, a heartbeat
+        # moves _last_sent on): not one interval from now, which would leave an idle agent two intervals apart.
+        due = self._last_sent + self._interval
+        self._heartbeat = self._loop.call_at(due if due > now else now + self._interval, self._heartbeat_due)
 
     def _silence_due(self) -> None:
         now = self._loop.time()
@@ -198,7 +201,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             config, first.register.loaded_models, session, server_down=server_down_reason(first.register)
         )
         log.info("agent connected", extra={"fields": {"server": config.server, "replica": config.index}})
-        clocks = _SessionClocks(session, self.heartbeat)
+        clocks = SessionClocks(session, self.heartbeat)
         reader = asyncio.create_task(self._read(request_iterator, config, session, clocks))
         try:
             while True:
@@ -231,12 +234,12 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         requests: AsyncIterator[agent_pb2.SessionRequest],
         config: ReplicaConfig,
         session: AgentSession,
-        clocks: _SessionClocks,
+        clocks: SessionClocks,
     ) -> None:
         iterator = aiter(requests)
         try:
             while True:
-                request = await anext(iterator)  # silence for three intervals ends the session: _SessionClocks
+                request = await anext(iterator)  # silence for three intervals ends the session: SessionClocks
                 clocks.heard()
                 if session.closed_reason is not None:
                     continue  # the session is ending: what the agent still sends is dropped until it half-closes

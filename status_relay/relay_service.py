@@ -73,7 +73,8 @@ class RelayService:
         try:
             async with subscription:
                 # Headers at once, as the scheduler sends them (scheduler/status_codes.py): the client knows it is
-                # subscribed even while nothing changes (and a relay can follow a relay).
+                # subscribed even while nothing changes. (A relay cannot follow a relay: it lists the kind with
+                # the scheduler's one-shot RPCs, which a relay does not answer.)
                 await context.send_initial_metadata(())
                 async for data in self.streams.relay(
                     context, subscription, rpc=rpc, subscriber=subscriber, release=subscription.drop

@@ -11,7 +11,11 @@ current:
     CURRENT     the upstream snapshot is complete and changes flow     served         -
 
     CONNECTING -> CURRENT   every key the scheduler listed after the subscription began has been received
-                            (``listed``, then ``receive``), or it listed none
+                            (``listed``, then ``receive``), or it listed none; or ``settle``: the listed keys
+                            stopped arriving (upstream.py's stall), i.e. the scheduler holds the rest back (after
+                            a restart it shows a restored model once a replica reports it, or a server or
+                            experiment was forgotten meanwhile): the cache then holds what the scheduler's own
+                            stream shows, and the held-back keys come later as changes
     CURRENT -> CONNECTING   ``lost``: the upstream stream ended or failed (the scheduler stopped, a network fault,
                             the scheduler dropped the relay for lagging)
     CONNECTING -> CONNECTING ``lost`` again (each new upstream attempt starts from an empty cache)
@@ -107,6 +111,17 @@ class StatusCache:
         self._awaited = {key for key in keys if self.kind.in_snapshot(key)} - self._seen
         self._seen = set()
         self._maybe_current()
+
+    @property
+    def awaited_count(self) -> int:
+        """Listed keys not received yet (0 before the listing)."""
+        return len(self._awaited) if self._awaited is not None else 0
+
+    def settle(self) -> None:
+        """The listed keys still awaited will not come for now (the module docstring's ``settle``): CURRENT."""
+        if self._awaited is not None and self._state is CacheState.CONNECTING:
+            self._awaited = set()
+            self._maybe_current()
 
     def lost(self, reason: str) -> None:
         """The upstream stream ended: end every subscriber with UpstreamLost, forget every status."""

@@ -33,6 +33,8 @@ LIST_TIMEOUT_SECONDS = 60.0
 FIRST_RETRY_SECONDS = 0.2
 MOST_RETRY_SECONDS = 10.0
 STEADY_SECONDS = 30.0  # a stream that lasted this long starts the backoff over
+# Listed keys that stop arriving for this long are held back by the scheduler (status_cache.py, CONNECTING -> CURRENT).
+STALLED_SNAPSHOT_SECONDS = 3.0
 
 
 class UpstreamFeed:
@@ -47,8 +49,10 @@ class UpstreamFeed:
         subscriber_name: str,
         *,
         on_state: Callable[[], None] = lambda: None,
+        stalled_snapshot_seconds: float = STALLED_SNAPSHOT_SECONDS,
     ) -> None:
         self.cache = cache
+        self._stalled_snapshot_seconds = stalled_snapshot_seconds
         self._scheduler = scheduler
         self._security = security
         self._token = token
@@ -78,8 +82,12 @@ class UpstreamFeed:
                 reason = await self._follow()
             except aio.AioRpcError as error:
                 reason = f"{error.code().name}: {error.details()}"
-            except grpc.RpcError as error:  # pragma: no cover - aio raises AioRpcError; kept for the type
-                reason = str(error)
+            except Exception as error:
+                # Anything else (a TLS file that cannot be read while it is rotated, a status that does not parse):
+                # the feed must go on trying, and its subscribers must hear that the stream is gone, never be left
+                # with a cache that no longer follows the scheduler.
+                log.exception("%s stream from the scheduler failed", kind.subscribe_rpc)
+                reason = f"{type(error).__name__}: {error}"
             was_current = self.cache.state is CacheState.CURRENT
             self.cache.lost(f"{reason}; reconnecting to {self._scheduler}")
             self._state_seen()
@@ -116,6 +124,7 @@ class UpstreamFeed:
                 if not reader.done():
                     self.cache.listed(listing.result())
                     self._state_seen()
+                    await self._until_current(reader)
                 return await reader
             finally:
                 listing.cancel()
@@ -123,6 +132,32 @@ class UpstreamFeed:
                 call.cancel()
         finally:
             await channel.close()
+
+    async def _until_current(self, reader: asyncio.Future[str]) -> None:
+        """Wait while the listed keys arrive; once none has arrived for ``stalled_snapshot_seconds``, the scheduler
+        is holding the rest back (after a restart it shows a restored model only once a replica reports it,
+        scheduler/publishing.py; a server or experiment it forgot meanwhile never comes): the cache is as current as
+        the scheduler's own stream, and serves (``StatusCache.settle``). Those keys come later as changes."""
+        cache = self.cache
+        awaited = cache.awaited_count
+        while not self._current() and not reader.done():
+            await asyncio.wait((reader,), timeout=self._stalled_snapshot_seconds)
+            if self._current() or reader.done():
+                return
+            if cache.awaited_count == awaited:
+                log.info(
+                    "%s: %d listed key(s) not sent by the scheduler for %.1f s: serving without them until it does",
+                    cache.kind.subscribe_rpc,
+                    awaited,
+                    self._stalled_snapshot_seconds,
+                )
+                cache.settle()
+                self._state_seen()
+                return
+            awaited = cache.awaited_count
+
+    def _current(self) -> bool:
+        return self.cache.state is CacheState.CURRENT
 
     async def _list(self, channel: aio.Channel) -> list[Hashable]:
         kind = self.cache.kind

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-MAX_EXPANDED_NODES = 100_000  # per document: scalars, sequences and mappings, each alias counted as its whole node
+# Per text, all its documents together: scalars, sequences and mappings, each alias counted as its whole node.
+MAX_EXPANDED_NODES = 100_000
 
 
 class YAMLExpansionError(yaml.YAMLError):
@@ -41,7 +42,7 @@ def _expanded_size(root: yaml.Node, limit: int) -> int:
             open_nodes.discard(key)
             sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
             if sizes[key] > limit:
-                raise YAMLExpansionError(f"aliases expand the document beyond {limit:,} values")
+                raise YAMLExpansionError(f"aliases expand the text beyond {MAX_EXPANDED_NODES:,} values")
             continue
         if key in sizes:
             continue
@@ -67,18 +68,22 @@ def _children(node: yaml.Node) -> Iterator[yaml.Node]:
 
 
 class _BoundedSafeLoader(yaml.SafeLoader):
-    """PyYAML's safe loader that measures each composed document before building Python objects from it."""
+    """PyYAML's safe loader that measures each composed document before building Python objects from it, against
+    one budget for the whole text (many small documents must not add up to what one may not be)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._nodes_left = MAX_EXPANDED_NODES
 
     def get_node(self) -> yaml.Node | None:
-        node: yaml.Node | None = super().get_node()
-        if node is not None:
-            _expanded_size(node, MAX_EXPANDED_NODES)
-        return node
+        return self._measured(super().get_node())
 
     def get_single_node(self) -> yaml.Node | None:
-        node: yaml.Node | None = super().get_single_node()
+        return self._measured(super().get_single_node())
+
+    def _measured(self, node: yaml.Node | None) -> yaml.Node | None:
         if node is not None:
-            _expanded_size(node, MAX_EXPANDED_NODES)
+            self._nodes_left -= _expanded_size(node, self._nodes_left)
         return node
 
 

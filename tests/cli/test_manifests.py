@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
-from modelplane.cli.manifests import MAX_MANIFEST_BYTES, ManifestError, parse_model_manifest
+from modelplane.cli.manifests import MAX_MANIFEST_BYTES, ManifestError, load_yaml_documents, parse_model_manifest
 
 FULL = """\
 apiVersion: mlops.seldon.io/v1alpha1
@@ -258,6 +258,14 @@ def test_aliases_that_expand_beyond_the_node_limit_are_a_manifest_error() -> Non
     assert len(text.encode()) < 1024
     with pytest.raises(ManifestError, match="aliases expand"):
         parse_model_manifest(text)
+
+
+def test_the_node_limit_is_for_the_whole_file_not_each_document() -> None:
+    one = _billion_laughs(4, 9)  # 9**4 = 6,561 strings: each document alone is under the limit
+    text = "---\n".join([one] * 20)  # together, over it
+    with pytest.raises(ManifestError, match="aliases expand"):
+        load_yaml_documents(text)
+    assert len(load_yaml_documents("---\n".join([one] * 2))) == 2
 
 
 def test_a_recursive_alias_is_a_manifest_error() -> None:

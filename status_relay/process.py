@@ -24,7 +24,7 @@ from modelplane.logs import with_fields
 from modelplane.ready_file import write_ready_file
 from modelplane.standard_services import HEALTH_SERVICE, Health, add_reflection
 from modelplane.stream_watchdog import StreamWatchdog
-from modelplane.transport import bind, new_server
+from modelplane.transport import bind, http_server_ssl, new_server
 from status_relay.relay_service import RelayService
 from status_relay.settings import MAX_PENDING_KEYS, RelaySettings
 from status_relay.status_cache import CacheState, StatusCache
@@ -43,6 +43,7 @@ class RelayServing:
     address: Address
     caches: Mapping[str, StatusCache]
     service: RelayService
+    metrics_address: Address | None = None  # where /metrics is served (--metrics-listen), if it is
 
 
 async def serve(
@@ -71,14 +72,27 @@ async def serve(
         for cache in caches.values()
     ]
     await server.start()
+    metrics_runner = None
+    metrics_address: Address | None = None
+    if settings.metrics_listen is not None:
+        from modelplane.metrics_http import serve_metrics  # noqa: PLC0415 - aiohttp only when metrics are on
+        from status_relay.relay_metrics import RelayMetrics  # noqa: PLC0415 - likewise (prometheus_client)
+
+        metrics = RelayMetrics(feeds, service, streams)
+        metrics_runner, metrics_address = await serve_metrics(
+            settings.metrics_listen, metrics.registry, ssl_context=http_server_ssl(settings.serving)
+        )
     await health.set_serving("")
     await health.set_not_serving(SCHEDULER_SERVICE)
     tasks = [asyncio.create_task(feed.run(), name=f"relay-{feed.cache.kind.name}") for feed in feeds]
     tasks.append(asyncio.create_task(_follow_health(caches.values(), health, health_changes), name="relay-health"))
     if settings.ready_file is not None:
-        write_ready_file(settings.ready_file, {"version": __version__, "listen": str(address)})
+        addresses = {"version": __version__, "listen": str(address)}
+        if metrics_address is not None:
+            addresses["metrics_listen"] = str(metrics_address)
+        write_ready_file(settings.ready_file, addresses)
     if serving is not None and not serving.done():
-        serving.set_result(RelayServing(address, caches, service))
+        serving.set_result(RelayServing(address, caches, service, metrics_address))
     log.info(
         "status relay serving",
         extra=with_fields(version=__version__, listen=str(address), scheduler=str(settings.scheduler)),
@@ -96,6 +110,8 @@ async def serve(
         for cache in caches.values():
             cache.hub.close()  # ends every stream: its client subscribes again (to another relay)
         await server.stop(settings.shutdown_grace_seconds)
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
     log.info("status relay stopped")
 
 

@@ -54,6 +54,7 @@ class RelaySettings:
     token_file: Path | None = None
     auth: AuthSettings = field(default_factory=AuthSettings)
     ready_file: Path | None = None
+    metrics_listen: Address | None = None  # Prometheus /metrics (plain HTTP, or the listener's TLS); None: off
     log_level: str = "info"
     log_json: bool = False
 
@@ -95,6 +96,14 @@ def build_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="drop a stream whose client has taken no message for this long while one was waiting; it ends "
         "with RESOURCE_EXHAUSTED and should subscribe again, as at the scheduler "
         f"(default {DEFAULT_SUBSCRIBER_LAG_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        type=address,
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics, GET /metrics, here (off unless given; port 0 picks one): per kind of "
+        "status whether it is current, statuses held and received, reconnects, subscribers, refusals and drops",
     )
     parser.add_argument(
         "--shutdown-grace",
@@ -140,6 +149,7 @@ def parse_settings(
         shutdown_grace_seconds=options.shutdown_grace,
         token_file=options.auth_token_file,
         ready_file=options.ready_file,
+        metrics_listen=options.metrics_listen,
         log_level=options.log_level,
         log_json=options.log_json,
     )

@@ -33,6 +33,7 @@ from status_relay.process import RelayServing
 from status_relay.status_cache import CacheState
 from tests.support.auth_material import TOKENS, bearer, one_identity_per_role
 from tests.support.grpc_agent import FakeGrpcAgent
+from tests.support.metrics_reading import sample_sum, scrape_text
 from tests.support.processes import start_scheduler, stop_process
 from tests.support.scheduler_client import AVAILABLE, Client, ModelWatch, model_spec
 from tests.support.scheduler_in_process import in_process_scheduler
@@ -94,7 +95,7 @@ async def test_relay_subscribers_see_what_direct_subscribers_see() -> None:
                 await client.load(model_spec(f"m{index}"))
             for index in range(4):
                 await client.wait_state(f"m{index}", AVAILABLE)
-            async with in_process_relay(scheduler.listen) as relay:
+            async with in_process_relay(scheduler.listen, "--metrics-listen=127.0.0.1:0") as relay:
                 await relay_current(relay)
                 via = Client(str(relay.address))
                 try:
@@ -140,6 +141,17 @@ async def test_relay_subscribers_see_what_direct_subscribers_see() -> None:
                     await wait_for(lambda: all(len(watch.history) == 6 for watch in more), what="5 more snapshots")
                     assert relay.service.subscribers == 8
                     assert hub.subscriber_count == 3
+                    # What the relay's /metrics says of it, read as Prometheus reads it.
+                    assert relay.metrics_address is not None
+                    families = await asyncio.to_thread(scrape_text, f"http://{relay.metrics_address}/metrics")
+                    for kind in ("model", "server", "pipeline", "experiment"):
+                        assert sample_sum(families, "modelplane_status_relay_current", kind=kind) == 1
+                    assert sample_sum(families, "modelplane_status_relay_statuses", kind="model") == 6
+                    assert sample_sum(families, "modelplane_status_relay_subscribers", kind="model") == 7
+                    assert sample_sum(families, "modelplane_status_relay_subscribers", kind="server") == 1
+                    assert sample_sum(families, "modelplane_status_relay_received_total", kind="model") >= 7
+                    assert sample_sum(families, "modelplane_status_relay_upstream_attempts_total", kind="model") == 1
+                    assert sample_sum(families, "modelplane_status_relay_refused_full_total") == 0
                 finally:
                     await via.close()
         finally:

@@ -3,7 +3,8 @@ of a status). On a registry of its own (modelplane/metrics_http.py serves it at 
 
 Per kind of status (model, server, pipeline, experiment): whether the relay serves it now (``current``: it holds a
 complete snapshot and follows the scheduler), the statuses it holds, the statuses received from the scheduler and
-the subscriptions to it attempted since start (1 + reconnects), and the streams served now; for the whole relay,
+the subscriptions to it attempted since start (1 + reconnects), the streams served now and the statuses
+forgotten because the scheduler no longer lists them; for the whole relay,
 the subscribers refused because --max-subscribers were served and the streams dropped for not reading.
 """
 
@@ -34,7 +35,7 @@ class RelayMetrics(Collector):
 
     def collect(self) -> Iterable[Metric]:
         families = self._families()
-        current, held, received, attempts, subscribers, refused, dropped = families
+        current, held, received, attempts, subscribers, refused, dropped, forgotten = families
         for feed in self._feeds:
             cache = feed.cache
             kind = [cache.kind.name]
@@ -43,6 +44,7 @@ class RelayMetrics(Collector):
             received.add_metric(kind, cache.changes)
             attempts.add_metric(kind, feed.attempts)
             subscribers.add_metric(kind, cache.hub.subscriber_count)
+            forgotten.add_metric(kind, cache.forgotten)
         refused.add_metric([], self._service.refused_full)
         for rpc, count in sorted(self._streams.dropped.items()):
             dropped.add_metric([rpc], count)
@@ -55,6 +57,7 @@ class RelayMetrics(Collector):
         CounterMetricFamily,
         CounterMetricFamily,
         GaugeMetricFamily,
+        CounterMetricFamily,
         CounterMetricFamily,
         CounterMetricFamily,
     ]:
@@ -82,5 +85,10 @@ class RelayMetrics(Collector):
                 "modelplane_status_relay_dropped",
                 "Streams dropped because their client took no message for --subscriber-lag",
                 labels=("rpc",),
+            ),
+            CounterMetricFamily(
+                "modelplane_status_relay_forgotten",
+                "Statuses dropped because the scheduler no longer lists their key (a server or experiment it forgot)",
+                labels=("kind",),
             ),
         )

@@ -25,6 +25,12 @@ once the scheduler has accepted the subscription (its response headers come afte
 scheduler/status_codes.py), so every listed key is in that subscription's snapshot or was published to it since:
 once each has arrived, the cache holds at least the state as listed, and everything after it comes as changes.
 
+Forgotten keys: the scheduler forgets a server, or a stopped experiment after its TTL, without a status saying so.
+While CURRENT the feed lists the kind again now and then (``begin_relist``, then ``relisted``): a cached key the
+listing lacks, and that no status has brought since the listing began, is dropped, so that the cache (and a new
+subscriber's snapshot) holds what the scheduler's own snapshot would, and memory does not grow with names that
+come and go. Subscribers already served keep what they had, as the scheduler's own subscribers do.
+
 Invariants (checked by ``check``): CURRENT has no keys awaited; CONNECTING has no subscribers; every cached key is
 one the kind keeps in its snapshot. Domain code: no grpc here.
 """
@@ -63,6 +69,8 @@ class StatusCache:
         self._awaited: set[Hashable] | None = None  # listed keys not received yet; None: not listed yet
         self._why = f"the relay is connecting to the scheduler at {describe_upstream}"
         self.changes = 0  # statuses received from the scheduler since start (for metrics and the benchmark)
+        self.forgotten = 0  # cached keys dropped because the scheduler no longer lists them (for metrics)
+        self._relisting: set[Hashable] | None = None  # keys received since a relist began; None: none going on
 
     @property
     def state(self) -> CacheState:
@@ -100,6 +108,8 @@ class StatusCache:
             else:
                 self._values[key] = data  # a known key keeps its place: the scheduler's order is first-come
         self.hub.publish(key, data)
+        if self._relisting is not None:
+            self._relisting.add(key)
         if self._awaited is not None:
             self._awaited.discard(key)
             self._maybe_current()
@@ -111,6 +121,24 @@ class StatusCache:
         self._awaited = {key for key in keys if self.kind.in_snapshot(key)} - self._seen
         self._seen = set()
         self._maybe_current()
+
+    def begin_relist(self) -> None:
+        """A listing of the kind is about to be asked for (the module docstring's forgotten keys)."""
+        self._relisting = set()
+
+    def relisted(self, keys: Iterable[Hashable]) -> None:
+        """The listing asked for since ``begin_relist``: drop cached keys it lacks that no status brought since."""
+        received, self._relisting = self._relisting, None
+        if received is None or self._state is not CacheState.CURRENT:
+            return  # lost (and emptied) meanwhile: the next stream starts afresh
+        listed = set(keys)
+        for key in [key for key in self._values if key not in listed and key not in received]:
+            del self._values[key]
+            self.forgotten += 1
+
+    def relisted_failed(self) -> None:
+        """The listing asked for since ``begin_relist`` did not come: nothing is dropped."""
+        self._relisting = None
 
     @property
     def awaited_count(self) -> int:
@@ -148,6 +176,7 @@ class StatusCache:
         self._values = {}
         self._seen = set()
         self._awaited = None
+        self._relisting = None
 
     def _maybe_current(self) -> None:
         if self._awaited is not None and not self._awaited and self._state is CacheState.CONNECTING:

@@ -35,6 +35,8 @@ MOST_RETRY_SECONDS = 10.0
 STEADY_SECONDS = 30.0  # a stream that lasted this long starts the backoff over
 # Listed keys that stop arriving for this long are held back by the scheduler (status_cache.py, CONNECTING -> CURRENT).
 STALLED_SNAPSHOT_SECONDS = 3.0
+# How often a current cache lists its kind again to drop what the scheduler forgot silently (status_cache.py).
+RELIST_SECONDS = 300.0
 
 
 class UpstreamFeed:
@@ -50,9 +52,11 @@ class UpstreamFeed:
         *,
         on_state: Callable[[], None] = lambda: None,
         stalled_snapshot_seconds: float = STALLED_SNAPSHOT_SECONDS,
+        relist_seconds: float = RELIST_SECONDS,
     ) -> None:
         self.cache = cache
         self._stalled_snapshot_seconds = stalled_snapshot_seconds
+        self._relist_seconds = relist_seconds
         self._scheduler = scheduler
         self._security = security
         self._token = token
@@ -125,7 +129,11 @@ class UpstreamFeed:
                     self.cache.listed(listing.result())
                     self._state_seen()
                     await self._until_current(reader)
-                return await reader
+                relister = asyncio.ensure_future(self._relist_now_and_then(channel))
+                try:
+                    return await reader
+                finally:
+                    relister.cancel()
             finally:
                 listing.cancel()
                 reader.cancel()
@@ -155,6 +163,22 @@ class UpstreamFeed:
                 self._state_seen()
                 return
             awaited = cache.awaited_count
+
+    async def _relist_now_and_then(self, channel: aio.Channel) -> None:
+        """Every ``relist_seconds`` while current, list the kind again so the cache drops what the scheduler forgot
+        without a status (status_cache.py). A failed listing is tried again next time: the stream is what counts."""
+        while True:
+            await asyncio.sleep(self._relist_seconds)
+            if not self._current():
+                continue
+            self.cache.begin_relist()
+            try:
+                keys = await self._list(channel)
+            except aio.AioRpcError as error:
+                log.info("%s: listing again failed (%s)", self.cache.kind.list_rpc, error.code().name)
+                self.cache.relisted_failed()
+                continue
+            self.cache.relisted(keys)
 
     def _current(self) -> bool:
         return self.cache.state is CacheState.CURRENT

@@ -65,7 +65,9 @@ class ScriptedScheduler:
 async def _feeding(
     cache: StatusCache, scheduler: Address, security: TransportSecurity
 ) -> tuple[UpstreamFeed, asyncio.Task[None]]:
-    feed = UpstreamFeed(cache, scheduler, security, None, "relay-test", stalled_snapshot_seconds=0.5)
+    feed = UpstreamFeed(
+        cache, scheduler, security, None, "relay-test", stalled_snapshot_seconds=0.5, relist_seconds=0.3
+    )
     return feed, asyncio.create_task(feed.run())
 
 
@@ -96,3 +98,22 @@ async def test_a_feed_that_cannot_open_its_channel_keeps_trying_and_serves_nothi
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_keys_the_scheduler_forgot_without_a_status_leave_the_cache_at_the_next_listing() -> None:
+    # A server, or a stopped experiment past its TTL, is forgotten with no status saying so: only a listing tells.
+    scheduler = ScriptedScheduler(listed=["kept", "forgotten"], streamed=["kept", "forgotten"])
+    await scheduler.server.start()
+    cache = StatusCache(MODELS, 100, "the scripted scheduler")
+    feed, task = await _feeding(cache, Address("127.0.0.1", scheduler.port), TransportSecurity())
+    try:
+        await wait_for(lambda: cache.state is CacheState.CURRENT and len(cache) == 2, 20, "both cached")
+        scheduler.listed = ["kept"]
+        await wait_for(lambda: len(cache) == 1, 20, "the forgotten key to leave the cache")
+        assert cache.forgotten == 1
+        assert cache.state is CacheState.CURRENT
+        assert feed.attempts == 1  # one stream throughout: the listing is asked on the side
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await scheduler.server.stop(None)

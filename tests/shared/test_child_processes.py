@@ -61,7 +61,9 @@ def test_a_server_started_by_a_parent_killed_by_sigkill_dies_with_it(tmp_path: P
         from servers.launch.local import server_env, start_process
         log = pathlib.Path({str(tmp_path / "child.log")!r})
         child = start_process(["/bin/sleep", "600"], log_path=log, cwd=log.parent, env=server_env(), name="sleep")
-        pathlib.Path({str(pid_file)!r}).write_text(str(child.pid))
+        written = pathlib.Path({str(pid_file) + ".partial"!r})
+        written.write_text(str(child.pid))
+        written.rename({str(pid_file)!r})  # whole or not there: the test reads it as soon as it exists
         time.sleep(600)
         """
     )

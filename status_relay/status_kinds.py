@@ -39,6 +39,10 @@ class StatusKind:
     # Whether a key is part of the state a new subscriber's snapshot holds. A server's scaling requests are not:
     # the scheduler sends them as they happen only, so the relay passes them on and keeps none.
     in_snapshot: Callable[[Hashable], bool] = lambda _key: True
+    # Whether the scheduler forgets keys of this kind without a final status (servers; stopped experiments after
+    # their TTL): only those kinds are listed again now and then (status_cache.py, forgotten keys). Models and
+    # pipelines end with a final status, and listing 100,000 models every few minutes would cost the scheduler.
+    forgets_silently: bool = False
 
     def parse(self, data: bytes) -> Message:
         return self.response.FromString(data)
@@ -82,6 +86,7 @@ KINDS: tuple[StatusKind, ...] = (
         pb.ServerStatusResponse,
         key=lambda status: (status.serverName, status.type),
         final=_never,
+        forgets_silently=True,
         sorted_snapshot=False,
         in_snapshot=lambda key: isinstance(key, tuple) and key[1] == pb.ServerStatusResponse.StatusUpdate,
     ),
@@ -105,6 +110,7 @@ KINDS: tuple[StatusKind, ...] = (
         pb.ExperimentStatusResponse,
         key=lambda status: status.experimentName,
         final=_never,
+        forgets_silently=True,
         sorted_snapshot=True,
     ),
 )

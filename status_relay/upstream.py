@@ -166,7 +166,10 @@ class UpstreamFeed:
 
     async def _relist_now_and_then(self, channel: aio.Channel) -> None:
         """Every ``relist_seconds`` while current, list the kind again so the cache drops what the scheduler forgot
-        without a status (status_cache.py). A failed listing is tried again next time: the stream is what counts."""
+        without a status (status_cache.py); only kinds it forgets silently. A failed listing is tried again next
+        time: the stream is what counts."""
+        if not self.cache.kind.forgets_silently:
+            return
         while True:
             await asyncio.sleep(self._relist_seconds)
             if not self._current():

@@ -14,17 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from grpc import aio
 
 from generated.mlops.scheduler import scheduler_pb2 as pb
 from modelplane.addresses import Address
 from modelplane.transport import TransportSecurity
 from status_relay.status_cache import CacheState, StatusCache
-from status_relay.status_kinds import KINDS
+from status_relay.status_kinds import KINDS, StatusKind
 from status_relay.upstream import UpstreamFeed
 from tests.support.waiting import wait_for
 
 MODELS = next(kind for kind in KINDS if kind.subscribe_rpc == "SubscribeModelStatus")
+EXPERIMENTS = next(kind for kind in KINDS if kind.subscribe_rpc == "SubscribeExperimentStatus")
 
 
 def _status(name: str) -> pb.ModelStatusResponse:
@@ -32,34 +34,44 @@ def _status(name: str) -> pb.ModelStatusResponse:
 
 
 class ScriptedScheduler:
-    """Lists ``listed``; streams ``streamed`` and then holds the stream open."""
+    """Lists ``listed``; streams ``streamed`` and then holds the stream open; for ``kind`` (models by default)."""
 
-    def __init__(self, listed: list[str], streamed: list[str]) -> None:
+    def __init__(self, listed: list[str], streamed: list[str], kind: StatusKind = MODELS) -> None:
         self.listed = listed
         self.streamed = streamed
+        self.listings = 0
+        self._kind = kind
         self.server = aio.server()
         handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
-            "SubscribeModelStatus": grpc.unary_stream_rpc_method_handler(
-                self._subscribe, pb.ModelSubscriptionRequest.FromString, pb.ModelStatusResponse.SerializeToString
+            kind.subscribe_rpc: grpc.unary_stream_rpc_method_handler(
+                self._subscribe, kind.subscribe_request.FromString, _serialize
             ),
-            "ModelStatus": grpc.unary_stream_rpc_method_handler(
-                self._list, pb.ModelStatusRequest.FromString, pb.ModelStatusResponse.SerializeToString
-            ),
+            kind.list_rpc: grpc.unary_stream_rpc_method_handler(self._list, kind.list_request.FromString, _serialize),
         }
         self.server.add_generic_rpc_handlers(
             [grpc.method_handlers_generic_handler("seldon.mlops.scheduler.Scheduler", handlers)]
         )
         self.port = self.server.add_insecure_port("127.0.0.1:0")
 
-    async def _subscribe(self, _request: Any, context: Any) -> AsyncIterator[pb.ModelStatusResponse]:
+    def _status(self, name: str) -> Message:
+        if self._kind is MODELS:
+            return _status(name)
+        return pb.ExperimentStatusResponse(experimentName=name, active=False, statusDescription="stopped")
+
+    async def _subscribe(self, _request: Any, context: Any) -> AsyncIterator[Message]:
         await context.send_initial_metadata(())
         for name in self.streamed:
-            yield _status(name)
+            yield self._status(name)
         await asyncio.Event().wait()  # held open, as the scheduler's stream between changes
 
-    async def _list(self, _request: Any, _context: Any) -> AsyncIterator[pb.ModelStatusResponse]:
+    async def _list(self, _request: Any, _context: Any) -> AsyncIterator[Message]:
+        self.listings += 1
         for name in self.listed:
-            yield _status(name)
+            yield self._status(name)
+
+
+def _serialize(message: Message) -> bytes:
+    return message.SerializeToString()
 
 
 async def _feeding(
@@ -101,10 +113,10 @@ async def test_a_feed_that_cannot_open_its_channel_keeps_trying_and_serves_nothi
 
 
 async def test_keys_the_scheduler_forgot_without_a_status_leave_the_cache_at_the_next_listing() -> None:
-    # A server, or a stopped experiment past its TTL, is forgotten with no status saying so: only a listing tells.
-    scheduler = ScriptedScheduler(listed=["kept", "forgotten"], streamed=["kept", "forgotten"])
+    # A stopped experiment past its TTL (or a server) is forgotten with no status saying so: only a listing tells.
+    scheduler = ScriptedScheduler(listed=["kept", "forgotten"], streamed=["kept", "forgotten"], kind=EXPERIMENTS)
     await scheduler.server.start()
-    cache = StatusCache(MODELS, 100, "the scripted scheduler")
+    cache = StatusCache(EXPERIMENTS, 100, "the scripted scheduler")
     feed, task = await _feeding(cache, Address("127.0.0.1", scheduler.port), TransportSecurity())
     try:
         await wait_for(lambda: cache.state is CacheState.CURRENT and len(cache) == 2, 20, "both cached")
@@ -113,6 +125,21 @@ async def test_keys_the_scheduler_forgot_without_a_status_leave_the_cache_at_the
         assert cache.forgotten == 1
         assert cache.state is CacheState.CURRENT
         assert feed.attempts == 1  # one stream throughout: the listing is asked on the side
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await scheduler.server.stop(None)
+
+
+async def test_models_are_not_listed_again_they_end_with_a_final_status() -> None:
+    scheduler = ScriptedScheduler(listed=["a"], streamed=["a"])
+    await scheduler.server.start()
+    cache = StatusCache(MODELS, 100, "the scripted scheduler")
+    _feed, task = await _feeding(cache, Address("127.0.0.1", scheduler.port), TransportSecurity())
+    try:
+        await wait_for(lambda: cache.state is CacheState.CURRENT, 20, "the cache to serve")
+        await asyncio.sleep(1.0)  # a few relist intervals (0.3 s): none may list models
+        assert scheduler.listings == 1  # the listing that made the cache current, no other
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from generated.mlops.scheduler import scheduler_pb2_grpc as pb_grpc
 from modelplane.auth.access_table import Role
 from modelplane.spec import limits
 from modelplane.spec.errors import InvalidArgument
+from servers.launch.local import free_ports
 from status_relay.process import RelayServing
 from status_relay.status_cache import CacheState
 from tests.support.auth_material import TOKENS, bearer, one_identity_per_role
@@ -159,15 +159,8 @@ async def test_relay_subscribers_see_what_direct_subscribers_see() -> None:
             await agent.close()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 async def test_a_lost_scheduler_ends_the_relays_streams_and_a_fresh_snapshot_follows(tmp_path: Path) -> None:
-    port = free_port()
+    [port] = free_ports(1)  # below the kernel's ephemeral range: the restart binds it again later
     scheduler_address = f"127.0.0.1:{port}"
     # The relay starts first, and waits for the scheduler, refusing subscribers meanwhile.
     relay = start_status_relay(tmp_path / "relay", scheduler_address, "--log-level=debug")
